@@ -1,0 +1,52 @@
+"""Zero-shot classification: label prompts embedded once (cached), images ranked against them."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+
+from polymodal.errors import PolymodalError
+
+
+class PromptCache:
+    """LRU of label-prompt matrices, so repeated classify() calls do not re-encode the labels."""
+
+    def __init__(self, model, size: int = 32) -> None:
+        self._model = model
+        self._size = size
+        self._items: OrderedDict = OrderedDict()
+        self.misses = 0
+
+    def get(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        labels, templates = tuple(str(x) for x in labels), tuple(templates)
+        if not labels:
+            raise PolymodalError("no labels given; pass at least one label, e.g. --labels cat,dog")
+        for t in templates:
+            if "{}" not in t:
+                raise PolymodalError(f"template {t!r} has no '{{}}' where the label goes, e.g. 'a photo of a {{}}.'")
+        key = (labels, templates)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        self.misses += 1
+        prompts = [t.format(label) for label in labels for t in templates]
+        emb = self._model.encode_text(prompts).reshape(len(labels), len(templates), -1).mean(axis=1)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
+        self._items[key] = emb
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return emb
+
+
+def rank_labels(
+    image_emb: np.ndarray, label_emb: np.ndarray, labels: list[str], logit_scale: float, top_k: int | None = None
+) -> list[list[tuple[str, float]]]:
+    logits = logit_scale * image_emb @ label_emb.T
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=1, keepdims=True)
+    k = len(labels) if top_k is None else min(top_k, len(labels))
+    order = np.argsort(-probs, axis=1)[:, :k]
+    return [[(labels[j], float(p[j])) for j in row] for p, row in zip(probs, order)]

@@ -1,0 +1,163 @@
+"""Command line: thin wrappers that parse arguments, call the library and print. User errors -> one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from polymodal.errors import PolymodalError
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=None))
+
+
+def _table(rows: list[tuple], headers: tuple) -> str:
+    cells = [tuple(str(c) for c in headers)] + [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_index(args) -> int:
+    import polymodal
+    from polymodal.index import ImageIndex
+    from polymodal.index.scan import scan_images
+
+    scan_images(args.folder)  # a missing or empty folder fails here, before the model loads
+    model = polymodal.load(args.model)
+    with ImageIndex.open_for_write(args.db, model) as index:
+        report = index.update(args.folder, model, progress=not args.json, batch_size=args.batch_size)
+        info = index.info()
+    if args.json:
+        _print_json({**report.to_dict(), "index": info})
+        return 0
+    print(
+        f"indexed {args.folder} into {args.db}: {report.added} added, {report.updated} updated, "
+        f"{report.removed} removed, {report.unchanged} unchanged, {len(report.skipped)} skipped; "
+        f"{info['count']} images with model {info['model']}"
+    )
+    for path, reason in report.skipped:
+        print(f"  skipped {path}: {reason}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    import polymodal
+    from polymodal.index import ImageIndex
+
+    if (args.query is None) == (args.image is None):
+        raise PolymodalError('pass either a text query or --image FILE, e.g. polymodal search --db DB "a dog"')
+    index = ImageIndex.open(args.db)
+    model = polymodal.load(args.model or index.model_name)
+    if args.image is not None:
+        hits = index.search_image(model, args.image, args.k)
+    else:
+        hits = index.search_text(model, args.query, args.k)
+    if args.json:
+        _print_json([{"rank": i + 1, "path": h.path, "score": round(h.score, 4)} for i, h in enumerate(hits)])
+    else:
+        print(_table([(i + 1, f"{h.score:.3f}", h.path) for i, h in enumerate(hits)], ("rank", "score", "path")))
+    return 0
+
+
+def cmd_classify(args) -> int:
+    import polymodal
+
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+    templates = args.template or None
+    model = polymodal.load(args.model)
+    results = model.classify(args.images, labels, templates=templates, top_k=args.top_k)
+    if args.json:
+        _print_json(
+            [{"image": img, "labels": [{"label": l, "score": round(s, 4)} for l, s in r]} for img, r in zip(args.images, results)]
+        )
+        return 0
+    for img, ranked in zip(args.images, results):
+        print(img)
+        print(_table([(l, f"{s:.3f}") for l, s in ranked], ("label", "score")))
+        print()
+    return 0
+
+
+def cmd_info(args) -> int:
+    import polymodal
+    from polymodal.cache import cache_dir
+    from polymodal.registry import DESCRIPTIONS
+
+    info = {
+        "polymodal": polymodal.__version__,
+        "models": {name: DESCRIPTIONS.get(name, "") for name in polymodal.available_models()},
+        "cache": str(cache_dir()),
+    }
+    if args.db:
+        from polymodal.index import ImageIndex
+
+        info["index"] = ImageIndex.open(args.db).info()
+    if args.json:
+        _print_json(info)
+        return 0
+    print(f"polymodal {info['polymodal']}  (cache: {info['cache']})")
+    print(_table(sorted(info["models"].items()), ("model", "description")))
+    if "index" in info:
+        print()
+        print(_table(sorted((k, v) for k, v in info["index"].items()), ("index", "value")))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="polymodal", description="Multimodal models, offline: embed, search, classify.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("index", help="embed every image under a folder into a persistent index")
+    s.add_argument("folder")
+    s.add_argument("--db", required=True, help="index folder (created if missing)")
+    s.add_argument("--model", default="lite", help="built-in name or checkpoint path (default: lite)")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("search", help="search an index by text or by image")
+    s.add_argument("query", nargs="?", help="text query")
+    s.add_argument("--image", help="query image file")
+    s.add_argument("--db", required=True)
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--model", help="defaults to the index's model; another model is refused")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_search)
+
+    s = sub.add_parser("classify", help="zero-shot classification of images against labels")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--labels", required=True, help="comma-separated, e.g. cat,dog,car")
+    s.add_argument("--template", action="append", help="prompt template with {}; repeat for an ensemble")
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--model", default="lite")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_classify)
+
+    s = sub.add_parser("info", help="version, built-in models, and an index's details")
+    s.add_argument("--db")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except PolymodalError as exc:
+        print(f"polymodal: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("polymodal: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Input processing: images, text."""

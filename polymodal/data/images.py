@@ -1,0 +1,102 @@
+"""Image loading and numpy-only preprocessing (no torch), so exported models preprocess identically."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from polymodal.errors import PolymodalError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+def load_image(image: Any) -> Image.Image:
+    """Path, bytes, PIL image or HxW[xC] numpy array -> RGB PIL image (first frame of animations)."""
+    if isinstance(image, Image.Image):
+        img = image
+    elif isinstance(image, np.ndarray):
+        arr = image
+        if arr.dtype != np.uint8:
+            if arr.size and float(np.nanmax(arr)) <= 1.0:
+                arr = arr * 255.0
+            arr = np.clip(arr, 0, 255).astype(np.uint8)
+        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+            arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim not in (2, 3):
+            raise PolymodalError(f"image array has shape {image.shape}; pass HxW, HxWx3 or HxWx4")
+        img = Image.fromarray(arr)
+    elif isinstance(image, (bytes, bytearray)):
+        img = _open(io.BytesIO(image), "the given bytes")
+    elif isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise PolymodalError(f"image not found: {path}; pass an existing image file")
+        img = _open(path, str(path))
+    else:
+        raise PolymodalError(
+            f"cannot read an image from {type(image).__name__}; pass a path, PIL image or numpy array"
+        )
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)
+    return img.convert("RGB")
+
+
+def _open(source, name: str) -> Image.Image:
+    try:
+        img = Image.open(source)
+        img.load()
+        return img
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise PolymodalError(f"not a readable image: {name} ({exc.__class__.__name__})") from exc
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """Resize the short side, centre-crop, scale to [0,1], normalise. Settings live in the model config."""
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple = (0.5, 0.5, 0.5)
+    std: tuple = (0.5, 0.5, 0.5)
+    resample: str = "bicubic"
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImageTransform":
+        d = dict(d)
+        for key in ("mean", "std"):
+            if key in d:
+                d[key] = tuple(float(x) for x in d[key])
+        return cls(**d)
+
+    def pil_crop(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        # Truncate the long side as CLIP's processors (HF and torchvision) do, so CLIP checkpoints match exactly.
+        if w <= h:
+            nw, nh = self.resize, int(self.resize * h / w)
+        else:
+            nw, nh = int(self.resize * w / h), self.resize
+        nw, nh = max(self.crop, nw), max(self.crop, nh)
+        img = img.resize((nw, nh), _RESAMPLE[self.resample])
+        left, top = (nw - self.crop) // 2, (nh - self.crop) // 2
+        return img.crop((left, top, left + self.crop, top + self.crop))
+
+    def __call__(self, images: Sequence[Any]) -> np.ndarray:
+        """Images -> float32 [B, 3, crop, crop]."""
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        out = np.empty((len(images), 3, self.crop, self.crop), dtype=np.float32)
+        for i, image in enumerate(images):
+            arr = np.asarray(self.pil_crop(load_image(image)), dtype=np.float32) / 255.0
+            out[i] = ((arr - mean) / std).transpose(2, 0, 1)
+        return out

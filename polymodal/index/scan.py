@@ -1,0 +1,82 @@
+"""Find the image files under a folder, with the stat fields used to spot changes cheaply."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from polymodal.data.images import IMAGE_EXTENSIONS
+from polymodal.errors import PolymodalError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    path: str  # absolute, see canonical_path
+    size: int
+    mtime_ns: int
+
+
+def canonical_path(path: str | Path) -> str:
+    """Absolute path with the folders resolved but the file name kept (a symlinked file stays itself).
+
+    scan_images builds its paths the same way, so paths given later (e.g. to remove) match the stored ones.
+    """
+    path = Path(path).expanduser()
+    return str(path.parent.resolve() / path.name)
+
+
+def scan_images(folder: str | Path) -> tuple[list[ImageFile], list[tuple[str, str]]]:
+    """All images under `folder` (recursive, sorted by path) and the (path, reason) of entries that can't be read.
+
+    Extensions match case-insensitively. Hidden files and folders (".name") are ignored: they are mostly
+    thumbnails and macOS "._x.jpg" resource forks that only look like images.
+    """
+    root = Path(folder).expanduser()
+    if not root.exists():
+        raise PolymodalError(f"folder not found: {root}; pass an existing folder of images")
+    if not root.is_dir():
+        raise PolymodalError(f"{root} is not a folder; pass a folder of images")
+    root = root.resolve()
+
+    files: list[ImageFile] = []
+    skipped: list[tuple[str, str]] = []
+
+    def on_error(exc: OSError) -> None:
+        skipped.append((str(exc.filename), f"cannot list folder ({exc.strerror})"))
+
+    # followlinks=False: a symlink loop can't hang the scan, and every parent folder is a real folder,
+    # so root / relative path is already canonical.
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)  # follows a symlinked file, so its target's changes are seen
+            except OSError as exc:
+                skipped.append((path, f"cannot stat ({exc.strerror})"))
+                continue
+            files.append(ImageFile(path, st.st_size, st.st_mtime_ns))
+
+    if not files:
+        raise PolymodalError(
+            f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)}); pass a folder that has some"
+        )
+    files.sort(key=lambda f: f.path)
+    log.info("found %d images under %s", len(files), root)
+    return files, skipped
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash, read in 1 MiB chunks so big files don't load whole."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

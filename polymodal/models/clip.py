@@ -1,0 +1,319 @@
+"""Real CLIP checkpoints from local files: a Hugging Face CLIP folder or an OpenAI/open_clip-layout state dict.
+
+    load_clip("~/models/clip-vit-base-patch32")            # HF folder (config.json, model.safetensors, tokenizer)
+    load_clip("ViT-B-32.pt", tokenizer="~/models/clip-tok")  # OpenAI layout; tokenizer files from a folder
+
+Nothing is downloaded: every from_pretrained call uses local_files_only=True.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from polymodal.data.images import ImageTransform
+from polymodal.errors import PolymodalError
+from polymodal.models.base import EmbeddingModel
+from polymodal.models.openai_convert import is_openai_layout, openai_to_hf
+
+log = logging.getLogger(__name__)
+
+OPENAI_CLIP_TRANSFORM = ImageTransform(
+    resize=224,
+    crop=224,
+    mean=(0.48145466, 0.4578275, 0.40821073),
+    std=(0.26862954, 0.26130258, 0.27577711),
+    resample="bicubic",
+)
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+EXPECTED = (
+    "expected a Hugging Face CLIP folder (config.json + model.safetensors + tokenizer files) or an "
+    "OpenAI-layout state dict (.pt/.safetensors with visual.conv1.weight ...)"
+)
+_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL enum values used by HF processors
+
+
+class ClipModel(EmbeddingModel):
+    """A transformers CLIPModel + tokenizer behind the EmbeddingModel interface."""
+
+    def __init__(self, model, tokenizer, *, name: str, version: str, transform: ImageTransform = OPENAI_CLIP_TRANSFORM):
+        super().__init__()
+        self.model = model.eval().float()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.version = version
+        self.transform = transform
+        self.dim = int(model.config.projection_dim)
+        self.max_length = int(model.config.text_config.max_position_embeddings)
+        self.logit_scale = float(model.logit_scale.detach().exp())
+
+    def _image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_image_features(pixel_values=pixels))
+
+    def _text_batch(self, texts: list[str]) -> torch.Tensor:
+        # truncation keeps <|endoftext|> (the post-processor adds it after truncating), which pooling needs
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return _features(self.model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
+
+
+def _features(out) -> torch.Tensor:
+    # transformers 4 returns the projected tensor; transformers 5 returns an output object whose pooler_output
+    # holds the projected features.
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+# -- fingerprints ---------------------------------------------------------------------------------------------------
+def fingerprint(files: list[Path], chunk: int = 1 << 20) -> str:
+    """Short hash of each file's size, first and last MB: an index built with one checkpoint refuses another."""
+    h = hashlib.sha256()
+    for f in sorted(files):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size};".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(chunk))
+            if size > chunk:
+                fh.seek(max(chunk, size - chunk))
+                h.update(fh.read(chunk))
+    return h.hexdigest()[:12]
+
+
+# -- image transform ------------------------------------------------------------------------------------------------
+def transform_from_preprocessor(folder: Path) -> ImageTransform:
+    """ImageTransform from a CLIPImageProcessor preprocessor_config.json; OpenAI CLIP's settings if absent."""
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        log.info("%s has no preprocessor_config.json; using OpenAI CLIP preprocessing", folder)
+        return OPENAI_CLIP_TRANSFORM
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PolymodalError(f"unreadable {path} ({exc}); fix or delete it to use OpenAI CLIP preprocessing") from exc
+    d = OPENAI_CLIP_TRANSFORM
+    size, crop = cfg.get("size", d.resize), cfg.get("crop_size", d.crop)
+    if isinstance(size, dict):
+        if "shortest_edge" not in size:
+            log.warning("%s resizes to a fixed %s; approximating with short-side resize + centre crop", path, size)
+        size = size.get("shortest_edge") or min(size.get("height", d.resize), size.get("width", d.resize))
+    if isinstance(crop, dict):
+        crop = min(crop.get("height", d.crop), crop.get("width", d.crop))
+    if cfg.get("do_center_crop") is False:
+        crop = size
+    resample = cfg.get("resample", 3)
+    return ImageTransform(
+        resize=int(size),
+        crop=int(crop),
+        mean=tuple(float(x) for x in cfg.get("image_mean", d.mean)),
+        std=tuple(float(x) for x in cfg.get("image_std", d.std)),
+        resample=_PIL_RESAMPLE.get(resample, "bicubic") if isinstance(resample, int) else str(resample),
+    )
+
+
+# -- tokenizer ------------------------------------------------------------------------------------------------------
+def _has_tokenizer(folder: Path) -> bool:
+    return any(all((folder / f).is_file() for f in group) for group in TOKENIZER_FILES)
+
+
+def load_tokenizer(folder: str | Path):
+    from transformers import AutoTokenizer, CLIPTokenizer
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir() or not _has_tokenizer(folder):
+        raise PolymodalError(
+            f"no CLIP tokenizer in {folder}: expected vocab.json + merges.txt or tokenizer.json; "
+            "pass tokenizer=FOLDER (CLI: --tokenizer FOLDER) with those files"
+        )
+    try:
+        if (folder / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)  # bare vocab/merges: no class recorded
+    except (OSError, ValueError, KeyError) as exc:
+        raise PolymodalError(
+            f"cannot load the tokenizer in {folder} ({exc}); pass a folder with CLIP tokenizer files"
+        ) from exc
+
+
+# -- Hugging Face folder --------------------------------------------------------------------------------------------
+def load_hf_clip(folder: str | Path, tokenizer: str | Path | None = None) -> ClipModel:
+    """A Hugging Face CLIP folder: config.json (model_type "clip"), model.safetensors or pytorch_model.bin and
+    tokenizer files (or `tokenizer=FOLDER`)."""
+    from safetensors import SafetensorError
+    from transformers import CLIPModel
+
+    folder = Path(folder).expanduser()
+    _check_hf_config(folder)
+    weights = _hf_weight_files(folder)
+    tok = load_tokenizer(tokenizer if tokenizer is not None else folder)
+    try:
+        model, info = CLIPModel.from_pretrained(
+            folder, local_files_only=True, dtype=torch.float32, output_loading_info=True
+        )
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise PolymodalError(f"cannot load the CLIP weights in {folder} ({exc}); {EXPECTED}") from exc
+    bad = list(info.get("missing_keys") or []) + [str(m) for m in info.get("mismatched_keys") or []]
+    if bad:
+        raise PolymodalError(f"{folder}: weights do not fit config.json (missing/mismatched: {_few(bad)})")
+    return ClipModel(model, tok, name=folder.resolve().name, version=fingerprint(weights),
+                     transform=transform_from_preprocessor(folder))
+
+
+def _check_hf_config(folder: Path) -> None:
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise PolymodalError(f"{folder} has no config.json; {EXPECTED}")
+    try:
+        model_type = json.loads(cfg_path.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise PolymodalError(f"unreadable {cfg_path} ({exc}); {EXPECTED}") from exc
+    if model_type != "clip":
+        raise PolymodalError(f"{cfg_path} has model_type {model_type!r}, not 'clip'; {EXPECTED}")
+
+
+def _hf_weight_files(folder: Path) -> list[Path]:
+    for name in HF_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return [folder / name]
+        index = folder / f"{name}.index.json"
+        if index.is_file():  # sharded checkpoint: fingerprint every shard
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError) as exc:
+                raise PolymodalError(f"unreadable {index} ({exc})") from exc
+            return [folder / s for s in shards]
+    raise PolymodalError(f"{folder} has no model.safetensors or pytorch_model.bin; {EXPECTED}")
+
+
+# -- OpenAI layout --------------------------------------------------------------------------------------------------
+def read_state_dict(file: str | Path) -> dict:
+    """.safetensors, or a torch file: a plain state dict, {"state_dict": ...} or a TorchScript archive."""
+    file = Path(file).expanduser()
+    if not file.is_file():
+        raise PolymodalError(f"checkpoint not found: {file}; {EXPECTED}")
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(file))
+        except Exception as exc:  # safetensors raises its own error types
+            raise PolymodalError(f"not a readable safetensors file: {file} ({exc})") from exc
+    else:
+        sd = _torch_load(file)
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
+        raise PolymodalError(f"{file} does not hold a state dict; {EXPECTED}")
+    return {k.removeprefix("module."): v for k, v in sd.items()}  # DataParallel/DDP prefix
+
+
+def _torch_load(file: Path):
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*TorchScript archive")  # handled below
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except RuntimeError as exc:
+        if "TorchScript" not in str(exc):
+            raise PolymodalError(f"cannot read {file} as a torch checkpoint ({exc}); {EXPECTED}") from exc
+    except Exception as exc:  # unpickling errors come in many types
+        raise PolymodalError(f"cannot read {file} as a torch checkpoint ({exc}); {EXPECTED}") from exc
+    # OpenAI's original .pt files are TorchScript archives: take their weights only.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.load is deprecated but is the only reader of these files
+            return torch.jit.load(str(file), map_location="cpu").state_dict()
+    except Exception as exc:
+        raise PolymodalError(f"cannot read TorchScript archive {file} ({exc}); {EXPECTED}") from exc
+
+
+def build_hf_clip(state_dict: dict, **config_kw):
+    """OpenAI-layout weights -> a transformers CLIPModel, loaded strictly."""
+    from transformers import CLIPModel
+
+    config, hf_sd = openai_to_hf(state_dict, **config_kw)
+    hf_sd = {k: v.float() if v.is_floating_point() else v for k, v in hf_sd.items()}  # OpenAI ships fp16
+    try:
+        from transformers.initialization import no_init_weights  # skip random init: every weight is overwritten
+    except ImportError:  # pragma: no cover - other transformers versions
+        from contextlib import nullcontext as no_init_weights
+    with no_init_weights():
+        model = CLIPModel(config)
+    result = model.load_state_dict(hf_sd, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise PolymodalError(
+            "the OpenAI-layout checkpoint does not match a ViT CLIP: "
+            f"missing {_few(result.missing_keys)}; unexpected {_few(result.unexpected_keys)}"
+        )
+    return model.eval()
+
+
+def load_openai_clip(
+    file: str | Path,
+    tokenizer: str | Path | None = None,
+    *,
+    vision_heads: int | None = None,
+    text_heads: int | None = None,
+    hidden_act: str = "quick_gelu",
+) -> ClipModel:
+    """An OpenAI/open_clip-layout ViT CLIP state dict (.pt/.pth/.bin/.safetensors). The file has no tokenizer:
+    `tokenizer` is a folder with vocab.json + merges.txt or tokenizer.json (default: the checkpoint's folder).
+    hidden_act: "quick_gelu" for OpenAI weights; open_clip models trained without QuickGELU need "gelu"."""
+    file = Path(file).expanduser()
+    sd = read_state_dict(file)
+    if not is_openai_layout(sd):
+        raise PolymodalError(f"{file} has no visual.conv1.weight (keys start {_few(list(sd))}); {EXPECTED}")
+    tok_dir = Path(tokenizer).expanduser() if tokenizer is not None else file.parent
+    if tokenizer is None and not _has_tokenizer(tok_dir):
+        raise PolymodalError(
+            f"{file.name} has no tokenizer and none lies beside it; pass tokenizer=FOLDER "
+            "(CLI: --tokenizer FOLDER), a folder with CLIP's vocab.json + merges.txt or tokenizer.json"
+        )
+    tok = load_tokenizer(tok_dir)
+    model = build_hf_clip(sd, vision_heads=vision_heads, text_heads=text_heads, hidden_act=hidden_act,
+                          eos_token_id=tok.eos_token_id)
+    transform = transform_from_preprocessor(file.parent)
+    if transform.crop != model.config.vision_config.image_size:  # e.g. a 336px model with no preprocessor config
+        size = model.config.vision_config.image_size
+        transform = ImageTransform(size, size, transform.mean, transform.std, transform.resample)
+    return ClipModel(model, tok, name=file.stem, version=fingerprint([file]), transform=transform)
+
+
+# -- dispatch -------------------------------------------------------------------------------------------------------
+def load_clip(path: str | Path, **kw) -> ClipModel:
+    """A Hugging Face CLIP folder, an OpenAI-layout checkpoint file, or a folder holding exactly one such file."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return load_openai_clip(path, **kw)
+    if not path.is_dir():
+        raise PolymodalError(f"no such file or folder: {path}; {EXPECTED}")
+    if (path / "config.json").is_file():
+        return load_hf_clip(path, **kw)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if len(files) > 1:  # safetensors headers are cheap to read: keep only OpenAI-layout files
+        files = [f for f in files if f.suffix != ".safetensors" or _safetensors_is_openai(f)] or files
+    if not files:
+        raise PolymodalError(f"{path} has neither config.json nor a .pt/.pth/.bin/.safetensors file; {EXPECTED}")
+    if len(files) > 1:
+        raise PolymodalError(
+            f"{path} holds several checkpoints ({', '.join(f.name for f in files)}); pass the file to load"
+        )
+    return load_openai_clip(files[0], **kw)
+
+
+def _safetensors_is_openai(file: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), "pt") as f:
+            return is_openai_layout(f.keys())
+    except Exception:
+        return False
+
+
+def _few(items, n: int = 5) -> str:
+    items = list(items)
+    return ", ".join(items[:n]) + (f" ... ({len(items)} in all)" if len(items) > n else "") if items else "none"

@@ -1,0 +1,73 @@
+"""`lite`: a joint image-text space without paired training (ConSE, Norouzi et al. 2014).
+
+The image tower is an ImageNet classifier. An image's embedding is the probability-weighted mean of the
+text embeddings of its top-k class prompts, so images land in the sentence encoder's space and can be
+compared with any text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+
+import numpy as np
+import torch
+
+from polymodal.cache import atomic_write_bytes, cache_dir
+from polymodal.encoders.efficientnet import LITE0_TRANSFORM, EfficientNetLite0
+from polymodal.encoders.text import SentenceEncoder, minilm_path
+from polymodal.models.base import EmbeddingModel
+from polymodal.resources import imagenet_classes
+
+log = logging.getLogger(__name__)
+
+CLASS_TEMPLATE = "a photo of a {}"
+MODEL_VERSION = "1"
+
+
+class ConSEModel(EmbeddingModel):
+    name = "lite"
+    transform = LITE0_TRANSFORM
+    logit_scale = 50.0  # MiniLM cosines spread less than CLIP's; 50 gives usable softmax scores
+
+    def __init__(self, top_k: int = 10) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.version = f"{MODEL_VERSION}-k{top_k}"
+        self.text_tower = SentenceEncoder(minilm_path())
+        self.image_tower = EfficientNetLite0()
+        self.dim = self.text_tower.dim
+        self.class_names = imagenet_classes()
+        self.class_matrix = torch.from_numpy(self._class_prompt_matrix())  # [1000, D], rows normalised
+
+    def _class_prompt_matrix(self) -> np.ndarray:
+        """Embeddings of 'a photo of a {class}' for the 1000 classes, computed once and cached on disk."""
+        key = hashlib.sha256(
+            "\n".join([MODEL_VERSION, CLASS_TEMPLATE, *self.class_names]).encode()
+        ).hexdigest()[:16]
+        path = cache_dir() / f"conse-classes-{key}.npy"
+        if path.is_file():
+            try:
+                matrix = np.load(path)
+                if matrix.shape == (len(self.class_names), self.dim):
+                    return matrix
+            except (OSError, ValueError):
+                log.warning("class prompt cache %s is unreadable; recomputing", path)
+        log.info("computing %d class prompt embeddings (once; cached at %s)", len(self.class_names), path)
+        matrix = self.encode_text([CLASS_TEMPLATE.format(c) for c in self.class_names])
+        buf = io.BytesIO()
+        np.save(buf, matrix)
+        atomic_write_bytes(path, buf.getvalue())
+        return matrix
+
+    def class_probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_tower(pixels).softmax(dim=-1)
+
+    def _image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        probs = self.class_probabilities(pixels)
+        top_p, top_i = probs.topk(self.top_k, dim=-1)  # [B, k]
+        return torch.einsum("bk,bkd->bd", top_p, self.class_matrix[top_i])
+
+    def _text_batch(self, texts: list[str]) -> torch.Tensor:
+        return self.text_tower(texts)

@@ -1,0 +1,38 @@
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data; skipped (with the reason) outside CI when absent, a failure under CI=true."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs the shared data folder {path}")
+        pytest.skip(f"shared data {path} not present on this machine")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep the test run's derived files (class-prompt matrix) out of the user's cache."""
+    os.environ["POLYMODAL_CACHE"] = str(tmp_path_factory.mktemp("polymodal-cache"))
+
+
+@pytest.fixture(scope="session")
+def lite():
+    import polymodal
+
+    return polymodal.load("lite")
+
+
+@pytest.fixture(scope="session")
+def gallery(tmp_path_factory):
+    from polymodal.data.samples import write_sample_gallery
+
+    folder = tmp_path_factory.mktemp("gallery")
+    write_sample_gallery(folder)
+    return folder

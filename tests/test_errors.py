@@ -1,0 +1,62 @@
+"""User mistakes give one clear line and a non-zero exit code, never a traceback."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import polymodal
+from polymodal.data.images import load_image
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "polymodal", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_unknown_model_name():
+    with pytest.raises(polymodal.PolymodalError, match="unknown model 'nope'.*lite"):
+        polymodal.load("nope")
+    assert_one_line_error(run_cli("classify", "x.jpg", "--labels", "a,b", "--model", "nope"), "unknown model")
+
+
+def test_missing_folder_for_index(tmp_path):
+    assert_one_line_error(run_cli("index", str(tmp_path / "absent"), "--db", str(tmp_path / "db")), "absent")
+
+
+def test_empty_folder_for_index(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli("index", str(tmp_path / "empty"), "--db", str(tmp_path / "db")), "no images")
+
+
+def test_missing_index_for_search(tmp_path):
+    assert_one_line_error(run_cli("search", "--db", str(tmp_path / "nodb"), "a dog"), "polymodal index")
+
+
+def test_bad_images(tmp_path):
+    (tmp_path / "fake.jpg").write_text("not an image")
+    with pytest.raises(polymodal.PolymodalError, match="not a readable image"):
+        load_image(tmp_path / "fake.jpg")
+    with pytest.raises(polymodal.PolymodalError, match="image not found"):
+        load_image(tmp_path / "missing.jpg")
+    with pytest.raises(polymodal.PolymodalError, match="shape"):
+        load_image(np.zeros((2, 2, 2, 2), np.uint8))
+    with pytest.raises(polymodal.PolymodalError, match="cannot read an image from int"):
+        load_image(3)
+
+
+def test_bad_labels_and_templates(lite, gallery):
+    with pytest.raises(polymodal.PolymodalError, match="no labels"):
+        lite.classify([gallery / "cat.jpg"], [])
+    with pytest.raises(polymodal.PolymodalError, match="template"):
+        lite.classify([gallery / "cat.jpg"], ["cat"], templates=["a photo"])
