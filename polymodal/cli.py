@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import asdict
 
+from polymodal.data.images import IMAGE_EXTENSIONS
 from polymodal.errors import PolymodalError
 
 
@@ -27,19 +29,17 @@ def cmd_index(args) -> int:
     from polymodal.index import ImageIndex
     from polymodal.index.scan import scan_images
 
-    scan_images(args.folder)  # a missing or empty folder fails here, before the model loads
+    files, _ = scan_images(args.folder)  # a missing or empty folder fails here, before the model loads
+    if not files:
+        raise PolymodalError(f"no images under {args.folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     model = polymodal.load(args.model)
-    with ImageIndex.open_for_write(args.db, model) as index:
-        report = index.update(args.folder, model, progress=not args.json, batch_size=args.batch_size)
-        info = index.info()
+    index = ImageIndex(args.db)
+    report = index.update(args.folder, model, progress=not args.json, batch_size=args.batch_size)
+    info = index.info()
     if args.json:
-        _print_json({**report.to_dict(), "index": info})
+        _print_json({**asdict(report), "index": info})
         return 0
-    print(
-        f"indexed {args.folder} into {args.db}: {report.added} added, {report.updated} updated, "
-        f"{report.removed} removed, {report.unchanged} unchanged, {len(report.skipped)} skipped; "
-        f"{info['count']} images with model {info['model']}"
-    )
+    print(f"indexed {args.folder} into {args.db}: {report.summary()}; {info['count']} images, model {info['model']}")
     for path, reason in report.skipped:
         print(f"  skipped {path}: {reason}")
     return 0
@@ -51,8 +51,10 @@ def cmd_search(args) -> int:
 
     if (args.query is None) == (args.image is None):
         raise PolymodalError('pass either a text query or --image FILE, e.g. polymodal search --db DB "a dog"')
-    index = ImageIndex.open(args.db)
-    model = polymodal.load(args.model or index.model_name)
+    if args.k < 1:
+        raise PolymodalError(f"-k must be at least 1, got {args.k}")
+    index = ImageIndex(args.db)
+    model = polymodal.load(args.model or index.info()["model_name"])
     if args.image is not None:
         hits = index.search_image(model, args.image, args.k)
     else:
@@ -96,7 +98,7 @@ def cmd_info(args) -> int:
     if args.db:
         from polymodal.index import ImageIndex
 
-        info["index"] = ImageIndex.open(args.db).info()
+        info["index"] = ImageIndex(args.db).info()
     if args.json:
         _print_json(info)
         return 0
