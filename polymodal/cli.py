@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
+
+    from polymodal.cli_train import add_parsers
+
+    add_parsers(sub)
     return p
 
 

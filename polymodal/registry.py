@@ -14,8 +14,21 @@ def _lite(**kw):
     return ConSEModel(**kw)
 
 
-MODELS: dict[str, Callable] = {"lite": _lite}
-DESCRIPTIONS = {"lite": "EfficientNet-Lite0 + all-MiniLM-L6-v2 joined by ConSE (no paired training), 384-d"}
+def _builtin_dual_encoder(name: str) -> Callable:
+    def build(**kw):
+        from polymodal.models.dual_encoder import load_dual_encoder
+        from polymodal.resources import HERE
+
+        return load_dual_encoder(HERE / "models" / name)
+
+    return build
+
+
+MODELS: dict[str, Callable] = {"lite": _lite, "default": _builtin_dual_encoder("default")}
+DESCRIPTIONS = {
+    "lite": "EfficientNet-Lite0 + all-MiniLM-L6-v2 joined by ConSE (no paired training), 384-d",
+    "default": "the lite towers with contrastive heads trained on Flickr8k + COCO captions (polymodal train contrastive)",
+}
 
 
 def available_models() -> list[str]:
@@ -23,14 +36,19 @@ def available_models() -> list[str]:
 
 
 def load(name_or_path: str | Path = "lite", **kwargs):
-    """Return a ready model. A registered name (see available_models()) or a local checkpoint path:
-    a Hugging Face CLIP folder, or an OpenAI/open_clip-layout CLIP state dict. Nothing is downloaded."""
+    """Return a ready model. A registered name (see available_models()) or a local checkpoint path: a folder
+    written by `polymodal train`, a Hugging Face CLIP folder, or an OpenAI/open_clip-layout CLIP state dict.
+    Nothing is downloaded."""
     key = str(name_or_path)
     if key in MODELS:
         return MODELS[key](**kwargs)
     path = Path(key).expanduser()
     if path.exists():
         from polymodal.models.clip import load_clip
+        from polymodal.models.dual_encoder import is_dual_encoder_folder, load_dual_encoder
+
+        if path.is_dir() and is_dual_encoder_folder(path):
+            return load_dual_encoder(path)
 
         return load_clip(path, **kwargs)
     raise PolymodalError(

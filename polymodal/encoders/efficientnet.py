@@ -42,6 +42,25 @@ class EfficientNetLite0(nn.Module):
         # (benchmarks/embed_throughput.py).
         self.net = self.net.to(memory_format=torch.channels_last).eval()
 
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.net._blocks  # 16 MBConv blocks; the last 4 work on the 7x7 grid
+
+    def trunk(self, pixels: torch.Tensor, upto: int) -> torch.Tensor:
+        """Stem and blocks[:upto]: what stays frozen (and is cached) when the last blocks are trained."""
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(pixels.contiguous(memory_format=torch.channels_last))))
+        for block in self.blocks[:upto]:
+            x = block(x)  # drop-connect off: the towers always run in eval mode
+        return x
+
+    def rest(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """blocks[start:] and the 1x1 head conv: trunk output -> spatial map [B,1280,7,7]."""
+        net = self.net
+        for block in self.blocks[start:]:
+            x = block(x)
+        return net._swish(net._bn1(net._conv_head(x)))
+
     def spatial(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(pixels.contiguous(memory_format=torch.channels_last))
 

@@ -19,27 +19,16 @@ class Pairs:
 
 
 def read_pairs(path: str | Path) -> Pairs:
-    """JSONL rows {"image": path relative to the file, "caption": text}."""
-    path = Path(path)
-    if not path.is_file():
-        raise PolymodalError(f"pairs file not found: {path}; pass a JSONL of {{\"image\", \"caption\"}} rows")
-    index: dict[Path, int] = {}
-    captions, owner = [], []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                image, caption = row["image"], row["caption"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise PolymodalError(f"{path}:{n}: expected a JSON object with 'image' and 'caption'") from exc
-            img = (path.parent / image).resolve()
-            owner.append(index.setdefault(img, len(index)))
-            captions.append(str(caption))
-    if not captions:
-        raise PolymodalError(f"{path} has no pairs")
-    return Pairs(list(index), captions, np.asarray(owner))
+    """Image-caption pairs from any source `polymodal.data.pairs.read_pair_source` reads: a JSONL of
+    {"image": path relative to the file, "caption": text} rows, a CSV (image,caption or filepath,title), a folder
+    of images with same-named .txt captions, or tar shards. Unusable rows are skipped with a logged warning.
+    Images inside tar shards are returned as their encoded bytes (which every encoder accepts)."""
+    from polymodal.data.pairs import read_pair_source
+    from polymodal.data.shards import image_bytes, split_tar_ref
+
+    pairset = read_pair_source(path)
+    images = [image_bytes(img) if split_tar_ref(img) is not None else Path(img) for img in pairset.images]
+    return Pairs(images, pairset.captions, pairset.caption_image)
 
 
 def _ranks(sim: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:

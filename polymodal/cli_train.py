@@ -1,0 +1,113 @@
+"""`polymodal train ...`, `polymodal eval ...`, `polymodal plot ...`: thin wrappers over polymodal.train / eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from polymodal.errors import PolymodalError
+
+# flag -> (recipe section, key, type); a config file uses the same keys (section "arch" for architecture)
+TRAIN_FLAGS = {
+    "epochs": ("train", int), "lr": ("train", float), "weight_decay": ("train", float),
+    "warmup_steps": ("train", int), "grad_clip": ("train", float), "seed": ("train", int),
+    "patience": ("train", int), "unfreeze_every": ("train", int), "log_every": ("train", int),
+    "embed_dim": ("arch", int), "image_features": ("arch", str), "image_head": ("arch", str),
+    "text_head": ("arch", str), "image_trainable_blocks": ("arch", int), "text_trainable_layers": ("arch", int),
+    "batch_size": ("", int), "gradcache_chunk": ("", int), "views": ("", int), "val_fraction": ("", float),
+    "workers": ("", int),
+}
+
+
+def _read_config(path: str) -> dict:
+    p = Path(path)
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(p.read_text())
+        return json.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise PolymodalError(f"config file not found: {p}") from exc
+    except ValueError as exc:
+        raise PolymodalError(f"cannot parse config {p} ({exc}); use JSON or TOML with the flag names as keys") from exc
+
+
+def cmd_train_contrastive(args) -> int:
+    from polymodal.train.contrastive import ContrastiveRecipe, train_contrastive
+
+    settings = _read_config(args.config) if args.config else {}
+    settings.setdefault("arch", {})
+    settings.setdefault("train", {})
+    for key in ("pairs", "val_pairs", "out", "model"):
+        if getattr(args, key):
+            settings[key] = getattr(args, key)
+    for key, (section, _) in TRAIN_FLAGS.items():
+        value = getattr(args, key)
+        if value is not None:
+            (settings[section] if section else settings)[key] = value
+    if not settings.get("pairs") or not settings.get("out"):
+        raise PolymodalError("pass --pairs FILE and --out RUN_DIR (or put them in --config)")
+    result = train_contrastive(ContrastiveRecipe.from_dict(settings), resume=args.resume, progress=not args.quiet)
+    print(json.dumps({"out": settings["out"], "model": str(Path(settings["out"]) / "model"), "best": result}))
+    return 0
+
+
+def cmd_eval_retrieval(args) -> int:
+    import polymodal
+    from polymodal.eval.retrieval import read_pairs, retrieval_metrics
+
+    pairs = read_pairs(args.pairs)
+    model = polymodal.load(args.model)
+    metrics = retrieval_metrics(model.encode_image(pairs.images), model.encode_text(pairs.captions), pairs.caption_image)
+    print(json.dumps({"model": args.model, "images": len(pairs.images), "captions": len(pairs.captions), **metrics}))
+    return 0
+
+
+def cmd_eval_zeroshot(args) -> int:
+    import polymodal
+    from polymodal.eval.zeroshot import TEMPLATES, read_labelled_images, zeroshot_accuracy
+
+    images, labels = read_labelled_images(args.labels_file)
+    model = polymodal.load(args.model)
+    templates = args.template or TEMPLATES
+    print(json.dumps({"model": args.model, **zeroshot_accuracy(model, images, labels, templates)}))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from polymodal.train.plot import plot_run
+
+    print(plot_run(args.run, args.out))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    train = sub.add_parser("train", help="train or fine-tune on your own data").add_subparsers(dest="task", required=True)
+    s = train.add_parser("contrastive", help="CLIP-style dual encoder on image-caption pairs (InfoNCE)")
+    s.add_argument("--pairs", nargs="+", help="JSONL/CSV file, caption folder or tar shards (several allowed)")
+    s.add_argument("--val-pairs", nargs="+", help="validation pairs (default: split off --val-fraction by image)")
+    s.add_argument("--out", help="run folder: model/, checkpoint.pt, metrics.jsonl, tensorboard/")
+    s.add_argument("--model", help="'lite' (default: new heads over the lite towers) or a trained model folder")
+    s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
+    s.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    for key, (_, typ) in TRAIN_FLAGS.items():
+        s.add_argument("--" + key.replace("_", "-"), type=typ, default=None)
+    s.set_defaults(func=cmd_train_contrastive)
+
+    ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="task", required=True)
+    s = ev.add_parser("retrieval", help="text->image and image->text Recall@1/5/10 and median rank")
+    s.add_argument("--pairs", required=True)
+    s.add_argument("--model", default="default")
+    s.set_defaults(func=cmd_eval_retrieval)
+    s = ev.add_parser("zeroshot", help="zero-shot top-1/top-5 accuracy over a JSONL of {image, label}")
+    s.add_argument("--labels-file", required=True)
+    s.add_argument("--model", default="default")
+    s.add_argument("--template", action="append", help="prompt template with {}; repeat for an ensemble")
+    s.set_defaults(func=cmd_eval_zeroshot)
+
+    s = sub.add_parser("plot", help="training curves of a run as a PNG")
+    s.add_argument("run")
+    s.add_argument("--out", help="PNG path (default RUN/curves.png)")
+    s.set_defaults(func=cmd_plot)

@@ -1,0 +1,356 @@
+"""Image-caption pairs for contrastive training and retrieval evaluation.
+
+`read_pair_source(path)` reads any of:
+- a JSONL file of {"image": path relative to the file, "caption": text} rows (extra keys ignored);
+- a CSV/TSV file with a header naming an image column (image, filepath) and a caption column (caption, title,
+  text), as open_clip's CSV loader expects (tab-separated when the header has a tab); paths relative to the file;
+- a folder of images with same-named .txt captions (`cat.jpg` + `cat.txt`, one caption per non-empty line);
+- tar shards: a .tar file, a folder of them, a glob, or a brace pattern like `shards-{000..009}.tar`
+  (see `polymodal.data.shards`); their images are referenced as "<shard>#<member>" strings.
+Rows that cannot be used (bad JSON, missing key, missing image file) are collected in `PairSet.skipped` and
+logged; only a source with no usable pair at all is an error.
+
+`ImageCaptionDataset` serves one (pixels, caption, image index) per unique image: in a batch no two rows show
+the same image, so the contrastive loss sees no duplicate-image false negatives.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from polymodal.data import shards as _shards
+from polymodal.data.augment import Augment, make_rng
+from polymodal.data.images import IMAGE_EXTENSIONS, ImageTransform, load_image
+from polymodal.errors import PolymodalError
+
+log = logging.getLogger(__name__)
+
+IMAGE_COLUMNS = ("image", "filepath", "image_path", "file", "path")
+CAPTION_COLUMNS = ("caption", "title", "text")
+FORMATS = (
+    "a JSONL file of {\"image\", \"caption\"} rows, a CSV with image,caption (or filepath,title) columns, "
+    "a folder of images with same-named .txt captions, or tar shards (file, folder, glob or {000..009} pattern)"
+)
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Path | str  # resolved image path, or "<shard>#<member>" for an image inside a tar shard
+    caption: str
+
+
+@dataclass
+class PairSet:
+    pairs: list[Pair]
+    images: list[Path | str]  # unique images, in order of first appearance
+    caption_image: np.ndarray  # [C] int64: index into images of each pair's image
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (row / location, reason)
+    source: str = ""
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[Pair], skipped: Sequence = (), source: str = "") -> "PairSet":
+        pairs = list(pairs)
+        index: dict[Any, int] = {}
+        owner = [index.setdefault(p.image, len(index)) for p in pairs]
+        return cls(pairs, list(index), np.asarray(owner, dtype=np.int64), list(skipped), source)
+
+    @property
+    def captions(self) -> list[str]:
+        return [p.caption for p in self.pairs]
+
+    def captions_of(self, image_index: int) -> list[str]:
+        return [self.pairs[c].caption for c in np.flatnonzero(self.caption_image == image_index)]
+
+    def subset(self, image_indices: Iterable[int]) -> "PairSet":
+        """The pairs of the given images (pair order kept; images renumbered by first appearance)."""
+        keep = np.zeros(len(self.images), dtype=bool)
+        keep[np.asarray(list(image_indices), dtype=np.int64)] = True
+        return PairSet.from_pairs(
+            (p for p, o in zip(self.pairs, self.caption_image) if keep[o]), source=self.source
+        )
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __repr__(self) -> str:
+        return (f"PairSet({len(self.images)} images, {len(self.pairs)} captions, "
+                f"{len(self.skipped)} skipped, source={self.source!r})")
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_pair_source(source: str | Path | Sequence[str | Path]) -> PairSet:
+    """JSONL, CSV/TSV, caption folder or tar shards -> PairSet (see the module docstring)."""
+    if isinstance(source, (list, tuple)):
+        return _finish(_read_shards(source), source)
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if _folder_images(path):
+            return _finish(_read_folder(path), source)
+        if any(_shards.is_tar(p) for p in path.iterdir()):
+            return _finish(_read_shards(path), source)
+        raise PolymodalError(f"folder {path} has no images and no .tar shards; pass {FORMATS}")
+    if path.is_file():
+        name = path.name.lower()
+        if name.endswith((".jsonl", ".ndjson", ".json")):
+            return _finish(_read_jsonl(path), source)
+        if name.endswith((".csv", ".tsv")):
+            return _finish(_read_csv(path), source)
+        if _shards.is_tar(name):
+            return _finish(_read_shards(path), source)
+        raise PolymodalError(f"unknown pairs format: {path}; pass {FORMATS}")
+    if _shards.looks_like_pattern(text):
+        return _finish(_read_shards(text), source)
+    raise PolymodalError(f"pairs source not found: {path}; pass {FORMATS}")
+
+
+def _finish(result: tuple[list[Pair], list[tuple[str, str]]], source: Any) -> PairSet:
+    pairs, skipped = result
+    name = str(source) if isinstance(source, (str, Path)) else "::".join(str(s) for s in source)
+    if skipped:
+        loc, why = skipped[0]
+        log.warning("%s: skipped %d unusable rows or files (first: %s: %s)", name, len(skipped), loc, why)
+    if not pairs:
+        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise PolymodalError(f"{name} has no usable image-caption pairs; {len(skipped)} skipped{first}; pass {FORMATS}")
+    return PairSet.from_pairs(pairs, skipped, name)
+
+
+class _ImageCheck:
+    """Resolves image paths relative to a base folder and remembers which exist."""
+
+    def __init__(self, base: Path):
+        self.base, self.seen = base, {}
+
+    def __call__(self, image: str) -> Path | None:
+        path = (self.base / Path(image).expanduser()).resolve()
+        if path not in self.seen:
+            self.seen[path] = path.is_file()
+        return path if self.seen[path] else None
+
+
+def _pick(row: dict, names: Sequence[str]) -> Any:
+    return next((row[n] for n in names if row.get(n) not in (None, "")), None)
+
+
+def _clean(caption: Any) -> str:
+    return " ".join(str(caption).split())
+
+
+def _read_jsonl(path: Path) -> tuple[list[Pair], list]:
+    pairs, skipped = [], []
+    check = _ImageCheck(path.parent)
+    with path.open(encoding="utf-8-sig", errors="replace") as f:
+        head = f.read(1)
+        while head.isspace():
+            head = f.read(1)
+        f.seek(0)
+        if head == "[":  # a JSON array of row objects is accepted too
+            try:
+                rows = enumerate(json.load(f), 1)
+            except json.JSONDecodeError as exc:
+                raise PolymodalError(f"{path} is not valid JSON ({exc}); pass one JSON object per line") from exc
+        else:
+            rows = ((n, line) for n, line in enumerate(f, 1) if line.strip())
+        for n, row in rows:
+            where = f"{path}:{n}"
+            if isinstance(row, str):
+                try:
+                    row = json.loads(row)
+                except json.JSONDecodeError as exc:
+                    skipped.append((where, f"bad JSON ({exc.msg})"))
+                    continue
+            if not isinstance(row, dict):
+                skipped.append((where, "not a JSON object"))
+                continue
+            image, caption = _pick(row, IMAGE_COLUMNS), _pick(row, CAPTION_COLUMNS)
+            _add_row(pairs, skipped, where, image, caption, check)
+    return pairs, skipped
+
+
+def _add_row(pairs: list, skipped: list, where: str, image: Any, caption: Any, check: _ImageCheck) -> None:
+    if image is None:
+        skipped.append((where, f"no image key (one of {', '.join(IMAGE_COLUMNS)})"))
+        return
+    captions = caption if isinstance(caption, list) else [] if caption is None else [caption]
+    captions = [c for c in (_clean(c) for c in captions) if c]
+    if not captions:
+        skipped.append((where, f"no caption (one of {', '.join(CAPTION_COLUMNS)})"))
+        return
+    resolved = check(str(image))
+    if resolved is None:
+        skipped.append((where, f"image file not found: {image}"))
+        return
+    pairs.extend(Pair(resolved, c) for c in captions)
+
+
+def _read_csv(path: Path) -> tuple[list[Pair], list]:
+    pairs, skipped = [], []
+    check = _ImageCheck(path.parent)
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+        header = f.readline()
+        f.seek(0)
+        delimiter = "\t" if "\t" in header or path.suffix.lower() == ".tsv" else ","
+        reader = csv.DictReader(f, delimiter=delimiter)
+        columns = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
+        image_col = next((columns[c] for c in IMAGE_COLUMNS if c in columns), None)
+        caption_col = next((columns[c] for c in CAPTION_COLUMNS if c in columns), None)
+        if image_col is None or caption_col is None:
+            raise PolymodalError(
+                f"{path}: header has columns {list(columns)}; it needs an image column ({', '.join(IMAGE_COLUMNS)}) "
+                f"and a caption column ({', '.join(CAPTION_COLUMNS)})"
+            )
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in row or any(v is None for v in row.values()):
+                skipped.append((where, f"row does not have the header's {len(columns)} fields"))
+                continue
+            image, caption = row[image_col].strip() or None, row[caption_col]
+            _add_row(pairs, skipped, where, image, caption, check)
+    return pairs, skipped
+
+
+def _folder_images(root: Path) -> list[Path]:
+    return sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not any(s.startswith(".") for s in p.relative_to(root).parts)
+        and p.is_file()
+    )
+
+
+def _read_folder(root: Path) -> tuple[list[Pair], list]:
+    pairs, skipped = [], []
+    for image in _folder_images(root):
+        where = str(image.relative_to(root))
+        txt = image.with_suffix(".txt")
+        if not txt.is_file():
+            skipped.append((where, f"no caption file {txt.name}"))
+            continue
+        try:
+            lines = txt.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            skipped.append((where, f"unreadable caption file {txt.name} ({exc.__class__.__name__})"))
+            continue
+        captions = [c for c in (_clean(line) for line in lines) if c]
+        if not captions:
+            skipped.append((where, f"caption file {txt.name} is empty"))
+            continue
+        resolved = image.resolve()
+        pairs.extend(Pair(resolved, c) for c in captions)
+    return pairs, skipped
+
+
+def _read_shards(patterns: Any) -> tuple[list[Pair], list]:
+    pairs, skipped = [], []
+    for sample in _shards.iter_samples(patterns, read_images=False, skipped=skipped):
+        ref = _shards.tar_ref(sample.shard, sample.image_name)
+        pairs.extend(Pair(ref, c) for c in sample.captions)
+    return pairs, skipped
+
+
+def open_pair_image(image: Path | str) -> Image.Image:
+    """A `Pair.image` (file path or "<shard>#<member>") -> RGB PIL image."""
+    split = _shards.split_tar_ref(image)
+    if split is None:
+        return load_image(image)
+    try:
+        return load_image(_shards.read_tar_member(*split))
+    except PolymodalError as exc:
+        raise PolymodalError(f"{image}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------- splitting
+
+
+def split_by_image(pairset: PairSet, val_fraction: float, seed: int = 0) -> tuple[PairSet, PairSet]:
+    """(train, val) with every caption of an image on the same side. `val_fraction` of the images (rounded, at
+    least one when > 0) go to val, chosen by a seeded permutation of the image order: the same source and seed
+    give the same split on any machine."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise PolymodalError(f"val_fraction={val_fraction} is out of range; pass a fraction in [0, 1)")
+    n = len(pairset.images)
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0:
+        if n < 2:
+            raise PolymodalError(f"cannot split {n} image(s) into train and val; add images or pass val_fraction=0")
+        n_val = min(max(1, n_val), n - 1)
+    order = make_rng(seed).permutation(n)
+    val_images = np.sort(order[:n_val])
+    train_images = np.sort(order[n_val:])
+    return pairset.subset(train_images), pairset.subset(val_images)
+
+
+# ---------------------------------------------------------------------------------------------- training dataset
+
+
+class ImageCaptionDataset(Dataset):
+    """Map-style dataset over the unique images of a PairSet: item i = (pixels float32 [3, H, W], caption, i).
+
+    Each epoch gives every image one caption. An image with k captions walks through a seeded random
+    permutation of them, one per epoch, a new permutation every k epochs: all captions are used, in random
+    order, and the choice depends only on (seed, epoch, i), not on DataLoader workers or batch order.
+    Call `set_epoch(e)` before each epoch (it reaches persistent workers too: the epoch is in shared memory).
+    `augment` (if given) runs on the PIL image before `transform`, seeded by (seed, epoch, i).
+    """
+
+    def __init__(self, pairset: PairSet, transform: ImageTransform, augment: Augment | None = None, seed: int = 0):
+        if not pairset.images:
+            raise PolymodalError("ImageCaptionDataset got an empty PairSet; read a source with read_pair_source")
+        self.images = list(pairset.images)
+        self.captions: list[list[str]] = [[] for _ in self.images]
+        for pair, owner in zip(pairset.pairs, pairset.caption_image):
+            self.captions[owner].append(pair.caption)
+        self.transform, self.augment, self.seed = transform, augment, int(seed)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def caption_for(self, index: int, epoch: int | None = None) -> str:
+        """The caption image `index` gets in `epoch` (default: the current epoch)."""
+        captions = self.captions[index]
+        if len(captions) == 1:
+            return captions[0]
+        cycle, position = divmod(self.epoch if epoch is None else int(epoch), len(captions))
+        return captions[int(make_rng(self.seed, index, cycle, 0).permutation(len(captions))[position])]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, int]:
+        index = int(index)
+        if not 0 <= index < len(self.images):
+            raise IndexError(f"index {index} out of range for {len(self.images)} images")
+        image = open_pair_image(self.images[index])
+        if self.augment is not None:
+            image = self.augment(image, make_rng(self.seed, self.epoch, index, 1))
+        pixels = torch.from_numpy(self.transform([image])[0])
+        return pixels, self.caption_for(index), index
+
+
+def collate_pairs(batch: Sequence[tuple]) -> tuple[torch.Tensor, list[str], Any]:
+    """[(pixels, caption, id)] -> (pixels [B, 3, H, W], captions, ids: int64 tensor, or a list for string keys)."""
+    if not batch:
+        raise PolymodalError("collate_pairs got an empty batch")
+    pixels = torch.stack([b[0] for b in batch])
+    captions = [b[1] for b in batch]
+    ids = [b[2] for b in batch]
+    if all(isinstance(i, (int, np.integer)) for i in ids):
+        ids = torch.as_tensor(ids, dtype=torch.int64)
+    return pixels, captions, ids

@@ -1,0 +1,503 @@
+"""WebDataset-style tar shards of image-caption samples, for data that does not fit in memory.
+
+A sample is the run of consecutive tar members that share a key (the name up to the first dot of the base name):
+`000000123.jpg` + `000000123.txt` (and/or `000000123.json` with a "caption" or "captions" key). Images may be
+.jpg/.jpeg/.png/.webp/.bmp/.gif. A .txt holds one caption per non-empty line; `write_shards` stores one sample
+per unique image with all of its captions, so a training stream never shows the same image twice in an epoch.
+
+- `write_shards(pairs, out_dir, samples_per_shard)` writes shards atomically (temporary file, then rename).
+- `iter_shards(patterns)` streams (key, PIL image or bytes, caption) with `tarfile` in "r|*" mode.
+- `ShardDataset` is an `IterableDataset` that splits shards across DataLoader workers and distributed ranks,
+  shuffles through a buffer of undecoded samples and decodes lazily.
+
+Patterns are paths, globs (`shards/*.tar`), brace patterns (`shards-{000..009}.tar`, `{a,b}.tar`), folders of
+shards, or several of these joined by "::" or given as a list.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+import os
+import re
+import tarfile
+import tempfile
+import threading
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from polymodal.data.augment import Augment, make_rng
+from polymodal.data.images import IMAGE_EXTENSIONS, ImageTransform, load_image
+from polymodal.errors import PolymodalError
+
+log = logging.getLogger(__name__)
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+IMAGE_EXTS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+_KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's split: key up to the first dot of the base name
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+
+
+# ---------------------------------------------------------------------------------------------- patterns
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Bash-style brace expansion: `a-{000..003}.tar` -> a-000.tar .. a-003.tar; `{x,y}.tar` -> x.tar, y.tar.
+
+    Numeric ranges keep zero padding (`{8..10}` -> 8 9 10, `{08..10}` -> 08 09 10) and may count down.
+    A brace group with neither a comma nor a range is kept literally.
+    """
+    pos = 0
+    while True:
+        m = _BRACE.search(pattern, pos)
+        if m is None:
+            return [pattern]
+        alternatives = _brace_alternatives(m.group(1))
+        if alternatives is not None:
+            break
+        pos = m.start() + 1
+    out: list[str] = []
+    for alt in alternatives:
+        for s in expand_braces(pattern[: m.start()] + alt + pattern[m.end() :]):
+            if s not in out:
+                out.append(s)
+    return out
+
+
+def _brace_alternatives(body: str) -> list[str] | None:
+    r = _RANGE.match(body)
+    if r:
+        a, b = r.group(1), r.group(2)
+        lo, hi = int(a), int(b)
+        padded = any(len(x.lstrip("-")) > 1 and x.lstrip("-").startswith("0") for x in (a, b))
+        width = max(len(a), len(b)) if padded else 0
+        step = 1 if hi >= lo else -1
+        return [f"{i:0{width}d}" for i in range(lo, hi + step, step)]
+    if "," in body:
+        return body.split(",")
+    return None
+
+
+def is_tar(path: str | Path) -> bool:
+    return str(path).lower().endswith(TAR_SUFFIXES)
+
+
+def looks_like_pattern(text: str) -> bool:
+    """True when `text` is a glob, brace or "::"-joined shard pattern rather than one plain path."""
+    return "::" in text or any(c in text for c in "*?[") or bool(_BRACE.search(text))
+
+
+def expand_shards(patterns: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Shard patterns -> the existing tar files they name, in order (braces in order, globs sorted), deduplicated."""
+    if isinstance(patterns, (str, Path)):
+        patterns = [patterns]
+    parts = [p for pattern in patterns for p in str(pattern).split("::") if p]
+    if not parts:
+        raise PolymodalError(
+            "no shard pattern given; pass tar files, a glob like 'shards/*.tar' or 'shards-{000..009}.tar'"
+        )
+    out: dict[Path, None] = {}
+    for part in parts:
+        for expanded in expand_braces(os.path.expanduser(part)):
+            if any(c in expanded for c in "*?["):
+                found = [Path(p) for p in sorted(glob.glob(expanded)) if is_tar(p) and Path(p).is_file()]
+                if not found:
+                    raise PolymodalError(f"no tar shards match {expanded!r}; check the pattern and the folder")
+            elif Path(expanded).is_dir():
+                found = sorted(p for p in Path(expanded).iterdir() if is_tar(p) and p.is_file())
+                if not found:
+                    raise PolymodalError(f"folder {expanded} has no .tar shards; write some with write_shards")
+            elif Path(expanded).is_file():
+                if not is_tar(expanded):
+                    raise PolymodalError(f"{expanded} is not a tar shard; shards end with {', '.join(TAR_SUFFIXES)}")
+                found = [Path(expanded)]
+            else:
+                raise PolymodalError(f"shard not found: {expanded} (from {part!r}); check the path or pattern")
+            for p in found:
+                out.setdefault(p.resolve(), None)
+    return list(out)
+
+
+# ---------------------------------------------------------------------------------------------- image references
+
+
+def tar_ref(shard: str | Path, member: str) -> str:
+    """A string naming one member of a tar shard: "<shard path>#<member name>" (what `Pair.image` holds)."""
+    return f"{shard}#{member}"
+
+
+def split_tar_ref(ref: Any) -> tuple[Path, str] | None:
+    """"<shard>#<member>" -> (shard path, member name); None for anything that is not a tar reference."""
+    if not isinstance(ref, str) or "#" not in ref:
+        return None
+    for i, c in enumerate(ref):
+        if c == "#" and is_tar(ref[:i]):
+            return Path(ref[:i]), ref[i + 1 :]
+    return None
+
+
+_TAR_CACHE: OrderedDict[tuple[int, str], tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = OrderedDict()
+_TAR_LOCK = threading.Lock()
+_TAR_CACHE_SIZE = 16
+
+
+def read_tar_member(shard: str | Path, member: str) -> bytes:
+    """Bytes of one member of a tar file (random access; open files cached per process)."""
+    key = (os.getpid(), str(shard))  # per process: a forked DataLoader worker must not share a file offset
+    with _TAR_LOCK:
+        entry = _TAR_CACHE.get(key)
+        if entry is None:
+            if not Path(shard).is_file():
+                raise PolymodalError(f"shard not found: {shard}; pass an existing tar file")
+            try:
+                tf = tarfile.open(shard, "r:*")
+                entry = (tf, {m.name: m for m in tf.getmembers() if m.isfile()})
+            except _READ_ERRORS as exc:
+                raise PolymodalError(f"not a readable tar shard: {shard} ({exc})") from exc
+            _TAR_CACHE[key] = entry
+            while len(_TAR_CACHE) > _TAR_CACHE_SIZE:
+                (pid, _), (old, _) = _TAR_CACHE.popitem(last=False)
+                if pid == os.getpid():
+                    old.close()
+        else:
+            _TAR_CACHE.move_to_end(key)
+        tf, index = entry
+        info = index.get(member)
+        if info is None:
+            raise PolymodalError(f"{shard} has no member {member!r}; the shard changed since it was listed")
+        try:
+            return tf.extractfile(info).read()
+        except _READ_ERRORS as exc:
+            raise PolymodalError(f"cannot read {member} from {shard} ({exc})") from exc
+
+
+def image_bytes(ref: str | Path) -> bytes:
+    """Encoded bytes of an image given as a file path or a tar reference."""
+    split = split_tar_ref(ref)
+    if split is not None:
+        return read_tar_member(*split)
+    path = Path(ref)
+    if not path.is_file():
+        raise PolymodalError(f"image not found: {path}; pass an existing image file")
+    return path.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def write_shards(
+    pairs: Any, out_dir: str | Path, samples_per_shard: int = 1000, prefix: str = "shard"
+) -> list[Path]:
+    """Write pairs (a PairSet or Pair list) as tar shards `<prefix>-000000.tar`...; one sample per unique image.
+
+    Each sample is `<key>.<image ext>` (the original encoded bytes), `<key>.txt` (its captions, one per line) and
+    `<key>.json` ({"caption": first, "captions": all, "source": original file name}). Keys are global sample
+    numbers, unique across shards. Each shard is written to a temporary file and renamed when complete.
+    """
+    if samples_per_shard < 1:
+        raise PolymodalError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    items = getattr(pairs, "pairs", pairs)
+    groups: dict[Any, list[str]] = {}
+    for pair in items:
+        caption = " ".join(str(pair.caption).split())
+        if caption:
+            groups.setdefault(pair.image, []).append(caption)
+    if not groups:
+        raise PolymodalError("write_shards got no pairs; pass a PairSet or a non-empty list of Pair")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples = list(groups.items())
+    n_shards = -(-len(samples) // samples_per_shard)
+    shard_width = max(6, len(str(n_shards - 1)))
+    key_width = max(9, len(str(len(samples) - 1)))
+    written = []
+    for s in range(n_shards):
+        final = out_dir / f"{prefix}-{s:0{shard_width}d}.tar"
+        chunk = samples[s * samples_per_shard : (s + 1) * samples_per_shard]
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{final.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
+                    for k, (image, captions) in enumerate(chunk, start=s * samples_per_shard):
+                        key = f"{k:0{key_width}d}"
+                        ext, data = _encoded_image(image)
+                        meta = {"caption": captions[0], "captions": captions, "source": _source_name(image)}
+                        _add(tf, f"{key}.{ext}", data)
+                        _add(tf, f"{key}.txt", "\n".join(captions).encode("utf-8"))
+                        _add(tf, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(final)
+    stale = sorted(set(out_dir.glob(f"{prefix}-*.tar")) - set(written))
+    if stale:
+        log.warning("%s also holds %d older %s-*.tar shards (e.g. %s) that a folder or glob would read too",
+                    out_dir, len(stale), prefix, stale[0].name)
+    log.info("wrote %d samples to %d shards in %s", len(samples), len(written), out_dir)
+    return written
+
+
+def _encoded_image(image: Any) -> tuple[str, bytes]:
+    split = split_tar_ref(image)
+    name = split[1] if split else str(image)
+    m = _KEY_EXT.match(Path(name).name)
+    ext = m.group(2).lower() if m else ""
+    data = image_bytes(image)
+    if ext not in IMAGE_EXTS:  # a format readers would not recognise: store it as PNG
+        buf = io.BytesIO()
+        load_image(data).save(buf, format="PNG")
+        ext, data = "png", buf.getvalue()
+    return ext, data
+
+
+def _source_name(image: Any) -> str:
+    split = split_tar_ref(image)
+    return Path(split[1]).name if split else Path(image).name
+
+
+def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0  # fixed metadata: the same pairs give the same bytes
+    tf.addfile(info, io.BytesIO(data))
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class ShardSample:
+    shard: Path
+    key: str
+    image_name: str  # the tar member holding the image
+    image: bytes | None  # encoded bytes (None when read with read_images=False)
+    captions: list[str]
+
+
+def iter_samples(
+    patterns: Any, *, read_images: bool = True, skipped: list[tuple[str, str]] | None = None
+) -> Iterator[ShardSample]:
+    """Stream the samples of shards (tarfile "r|*": sequential, no seeking). Broken samples and unreadable shard
+    tails are logged, appended to `skipped` as (location, reason) and passed over."""
+    yield from _iter_paths(expand_shards(patterns), read_images, skipped)
+
+
+def _iter_paths(shards: Iterable[Path], read_images: bool, skipped: list | None) -> Iterator[ShardSample]:
+    for shard in shards:
+        yield from _iter_one_shard(Path(shard), read_images, skipped)
+
+
+def _skip(skipped: list | None, location: str, reason: str) -> None:
+    log.warning("skipping %s: %s", location, reason)
+    if skipped is not None:
+        skipped.append((location, reason))
+
+
+def _iter_one_shard(shard: Path, read_images: bool, skipped: list | None) -> Iterator[ShardSample]:
+    current: str | None = None
+    files: dict[str, tuple[str, bytes | None]] = {}
+    try:
+        with open(shard, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                base = member.name.rsplit("/", 1)[-1]
+                if base.startswith(".") or base.startswith("__"):
+                    continue
+                m = _KEY_EXT.match(member.name)
+                if m is None:
+                    _skip(skipped, f"{shard}:{member.name}", "member name has no extension")
+                    continue
+                key, ext = m.group(1), m.group(2).lower()
+                if key != current:
+                    if current is not None:
+                        sample = _make_sample(shard, current, files, skipped)
+                        if sample is not None:
+                            yield sample
+                    current, files = key, {}
+                wanted = read_images or ext not in IMAGE_EXTS
+                data = tf.extractfile(member).read() if wanted else None
+                files[ext] = (member.name, data)
+    except _READ_ERRORS as exc:
+        where = f"{shard}:{current}" if current else str(shard)
+        _skip(skipped, where, f"unreadable tar data, rest of shard skipped ({exc})")
+        return
+    if current is not None:
+        sample = _make_sample(shard, current, files, skipped)
+        if sample is not None:
+            yield sample
+
+
+def _make_sample(shard: Path, key: str, files: dict, skipped: list | None) -> ShardSample | None:
+    location = f"{shard}:{key}"
+    image_ext = next((e for e in IMAGE_EXTS if e in files), None)
+    if image_ext is None:
+        _skip(skipped, location, f"no image ({'/'.join(IMAGE_EXTS)}) among {sorted(files)}")
+        return None
+    try:
+        captions = _captions(files)
+    except (ValueError, UnicodeDecodeError) as exc:
+        _skip(skipped, location, f"unreadable caption ({exc.__class__.__name__}: {exc})")
+        return None
+    if not captions:
+        _skip(skipped, location, "no caption (.txt lines or .json 'caption'/'captions')")
+        return None
+    name, data = files[image_ext]
+    return ShardSample(shard, key, name, data, captions)
+
+
+def _captions(files: dict) -> list[str]:
+    meta = {}
+    if "json" in files:
+        meta = json.loads(files["json"][1].decode("utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("the .json is not an object")
+        listed = meta.get("captions")
+        if isinstance(listed, list) and listed:
+            return [c for c in (" ".join(str(x).split()) for x in listed) if c]
+    for ext in ("txt", "caption", "text"):
+        if ext in files:
+            return [line.strip() for line in files[ext][1].decode("utf-8").splitlines() if line.strip()]
+    for name in ("caption", "text"):
+        if isinstance(meta.get(name), str) and meta[name].strip():
+            return [" ".join(meta[name].split())]
+    return []
+
+
+def iter_shards(patterns: Any, decode: bool = True) -> Iterator[tuple[str, Any, str]]:
+    """Stream (key, image, caption) triples, one per caption: image is an RGB PIL image, or the encoded bytes
+    with decode=False. Samples whose image does not decode are logged and skipped."""
+    for sample in iter_samples(patterns):
+        image: Any = sample.image
+        if decode:
+            try:
+                image = load_image(sample.image)
+            except PolymodalError as exc:
+                _skip(None, f"{sample.shard}:{sample.image_name}", str(exc))
+                continue
+        for caption in sample.captions:
+            yield sample.key, image, caption
+
+
+# ---------------------------------------------------------------------------------------------- training stream
+
+
+def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None or world_size is not None:
+        if rank is None or world_size is None or not 0 <= rank < world_size:
+            raise PolymodalError(f"rank={rank}, world_size={world_size}: pass both, with 0 <= rank < world_size")
+        return rank, world_size
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ShardDataset(IterableDataset):
+    """Stream of (pixels float32 [3, H, W], caption, key) from tar shards, for training.
+
+    Shard i (after an optional per-epoch shuffle that every rank does identically) goes to consumer i % n, where
+    the n = world_size * num_workers consumers are DataLoader workers on distributed ranks. With fewer shards
+    than consumers, every consumer reads all shards and keeps sample j where j % n is its own number, so the
+    split is still disjoint and complete. Samples pass undecoded through a shuffle buffer; each is decoded,
+    augmented and transformed only when it leaves. One caption per image per epoch, chosen at random.
+    Call `set_epoch(e)` before each epoch (it reaches persistent workers too: the epoch is in shared memory).
+    `skipped` lists (location, reason) for samples dropped in this process (with num_workers=0, all of them).
+    """
+
+    def __init__(
+        self,
+        patterns: Any,
+        transform: ImageTransform,
+        augment: Augment | None = None,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        *,
+        shuffle_shards: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        super().__init__()
+        self.shards = expand_shards(patterns)
+        self.transform, self.augment = transform, augment
+        self.shuffle_buffer, self.seed, self.shuffle_shards = int(shuffle_buffer), int(seed), shuffle_shards
+        _rank_world(rank, world_size)  # validate now, resolve when iterating (torch.distributed may start later)
+        self.rank, self.world_size = rank, world_size
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.skipped: list[tuple[str, str]] = []
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def consumer(self) -> tuple[int, int]:
+        """(this consumer's number, number of consumers) from the rank and the DataLoader worker."""
+        rank, world = _rank_world(self.rank, self.world_size)
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank * nw + wid, world * nw
+
+    def _own_shards(self, me: int, n: int, epoch: int) -> tuple[list[Path], bool]:
+        order = list(self.shards)
+        if self.shuffle_shards:
+            order = [order[i] for i in make_rng(self.seed, epoch).permutation(len(order))]
+        if len(order) >= n:
+            return order[me::n], False
+        if me == 0:
+            log.warning("%d shards for %d consumers (ranks x workers): splitting by sample, each reads every shard; "
+                        "write at least %d shards to avoid the extra reading", len(order), n, n)
+        return order, True
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, str, str]]:
+        me, n = self.consumer()
+        epoch = self.epoch
+        shards, by_sample = self._own_shards(me, n, epoch)
+        rng = make_rng(self.seed, epoch, me + 1)
+        stream: Iterable[ShardSample] = _iter_paths(shards, True, self.skipped)
+        if by_sample:
+            stream = (s for j, s in enumerate(stream) if j % n == me)
+        for sample in _shuffled(stream, self.shuffle_buffer, rng):
+            try:
+                image = load_image(sample.image)
+                if self.augment is not None:
+                    image = self.augment(image, rng)
+                pixels = torch.from_numpy(self.transform([image])[0])
+            except PolymodalError as exc:
+                _skip(self.skipped, f"{sample.shard}:{sample.image_name}", str(exc))
+                continue
+            caption = sample.captions[int(rng.integers(len(sample.captions)))]
+            yield pixels, caption, sample.key
+
+
+def _shuffled(stream: Iterable, size: int, rng: np.random.Generator) -> Iterator:
+    """Shuffle a stream through a buffer of `size` items (size <= 1: pass through in order)."""
+    if size <= 1:
+        yield from stream
+        return
+    buffer: list = []
+    for item in stream:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = int(rng.integers(size))
+        buffer[j], item = item, buffer[j]
+        yield item
+    for j in rng.permutation(len(buffer)):
+        yield buffer[j]

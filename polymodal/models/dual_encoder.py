@@ -1,0 +1,204 @@
+"""DualEncoder: CLIP-style model over the pretrained towers with trainable projection heads.
+
+Only what was trained is saved (heads, temperature, and any unfrozen tower blocks); the frozen towers come from
+the installed weight packages, so a saved model is a few MB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from polymodal.cache import atomic_write_bytes
+from polymodal.encoders.efficientnet import LITE0_TRANSFORM, EfficientNetLite0
+from polymodal.encoders.text import SentenceEncoder, minilm_path
+from polymodal.errors import PolymodalError
+from polymodal.models.base import EmbeddingModel
+from polymodal.models.heads import build_head
+
+N_IMAGE_BLOCKS = 16
+IMAGE_DIM = 1280
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+@dataclass
+class DualEncoderConfig:
+    name: str = "dual-encoder"
+    embed_dim: int = 256
+    image_features: str = "pooled"  # "pooled" [B,1280] or "spatial" [B,49,1280] tokens
+    image_head: str = "linear"  # linear | mlp | attention (attention needs spatial)
+    text_head: str = "linear"
+    image_trainable_blocks: int = 0  # last N of the 16 MBConv blocks (max N for progressive unfreezing)
+    text_trainable_layers: int = 0  # last N of the 6 transformer layers
+    logit_scale_init: float = 1 / 0.07
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DualEncoderConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known - {"type", "version", "transform"}
+        if unknown:
+            raise PolymodalError(f"unknown dual-encoder config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def validate(self) -> None:
+        if self.image_features not in ("pooled", "spatial"):
+            raise PolymodalError(f"image_features must be 'pooled' or 'spatial', got {self.image_features!r}")
+        if self.image_head == "attention" and self.image_features != "spatial":
+            raise PolymodalError("the attention head pools spatial tokens; set image_features: spatial")
+        if not 0 <= self.image_trainable_blocks <= N_IMAGE_BLOCKS:
+            raise PolymodalError(f"image_trainable_blocks must be 0..{N_IMAGE_BLOCKS}")
+        if not 0 <= self.text_trainable_layers <= 6:
+            raise PolymodalError("text_trainable_layers must be 0..6")
+
+
+class DualEncoder(nn.Module, EmbeddingModel):
+    transform = LITE0_TRANSFORM
+
+    def __init__(self, config: DualEncoderConfig | None = None, version: str = "untrained") -> None:
+        nn.Module.__init__(self)
+        EmbeddingModel.__init__(self)
+        self.config = config or DualEncoderConfig()
+        self.config.validate()
+        self.name, self.version, self.dim = self.config.name, version, self.config.embed_dim
+        self.image_tower = EfficientNetLite0()
+        self.text_tower = SentenceEncoder(minilm_path())
+        self.image_head = build_head(self.config.image_head, IMAGE_DIM, self.dim)
+        self.text_head = build_head(self.config.text_head, self.text_tower.dim, self.dim)
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(self.config.logit_scale_init)))
+        # Frozen towers run in eval mode (BatchNorm statistics fixed); cached features stay valid.
+        self.image_tower.requires_grad_(False)
+        self.text_tower.requires_grad_(False)
+        self.set_trainable(self.config.image_trainable_blocks, self.config.text_trainable_layers)
+
+    # -- what is trained ---------------------------------------------------------
+    @property
+    def image_cut(self) -> int:
+        """Blocks before this index never train, so their output is what the feature cache stores."""
+        return N_IMAGE_BLOCKS - self.config.image_trainable_blocks
+
+    def set_trainable(self, image_blocks: int, text_layers: int) -> None:
+        """Unfreeze the last `image_blocks` MBConv blocks (+ head conv) and last `text_layers` text layers."""
+        tower = self.image_tower
+        for i, block in enumerate(tower.blocks):
+            block.requires_grad_(i >= N_IMAGE_BLOCKS - image_blocks)
+        tower.net._conv_head.requires_grad_(image_blocks > 0)
+        tower.net._bn1.requires_grad_(image_blocks > 0)
+        for i, layer in enumerate(self.text_tower.model.encoder.layer):
+            layer.requires_grad_(i >= len(self.text_tower.model.encoder.layer) - text_layers)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.image_tower.eval()
+        self.text_tower.eval()
+        return self
+
+    @property
+    def logit_scale_tensor(self) -> torch.Tensor:
+        return self.log_logit_scale.clamp(max=math.log(100.0)).exp()  # CLIP's clamp at 100
+
+    @property
+    def logit_scale(self) -> float:  # EmbeddingModel uses a float for zero-shot softmax
+        return float(self.logit_scale_tensor.detach())
+
+    @property
+    def image_cache_signature(self) -> str:
+        """Changes whenever what image_cache_input computes changes (tower weights, cut, feature kind, transform)."""
+        return f"lite0|cut{self.image_cut}|{self.config.image_features}|{self.transform.to_dict()}"
+
+    @property
+    def text_cache_signature(self) -> str:
+        return "all-MiniLM-L6-v2|mean"
+
+    # -- image path: pixels -> cache input -> features -> head ----------------------
+    def image_cache_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What the feature cache stores per image: tower features if the tower is frozen, else the trunk output."""
+        if self.image_cut == N_IMAGE_BLOCKS:
+            return self._features(self.image_tower.spatial(pixels))
+        return self.image_tower.trunk(pixels, self.image_cut)
+
+    def image_from_cache(self, x: torch.Tensor) -> torch.Tensor:
+        """Cached tensor -> unnormalised embedding [B, D] (gradients flow into heads and unfrozen blocks)."""
+        feats = x if self.image_cut == N_IMAGE_BLOCKS else self._features(self.image_tower.rest(x, self.image_cut))
+        return self.image_head(feats.float())
+
+    def _features(self, spatial: torch.Tensor) -> torch.Tensor:
+        if self.config.image_features == "pooled":
+            return spatial.mean(dim=(2, 3))
+        return spatial.flatten(2).transpose(1, 2)  # [B, 49, 1280]
+
+    def _image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_from_cache(self.image_cache_input(pixels))
+
+    # -- text path ------------------------------------------------------------------
+    @property
+    def text_frozen(self) -> bool:
+        return self.config.text_trainable_layers == 0
+
+    def text_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.text_head(pooled.float())
+
+    def _text_batch(self, texts: list[str]) -> torch.Tensor:
+        return self.text_head(self.text_tower(texts))
+
+    # -- saving and loading ------------------------------------------------------------
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """Heads, temperature and the unfrozen tower parts (parameters and BatchNorm buffers)."""
+        keep = ("image_head.", "text_head.", "log_logit_scale")
+        n = self.config.image_trainable_blocks
+        if n:
+            keep += tuple(f"image_tower.net._blocks.{i}." for i in range(N_IMAGE_BLOCKS - n, N_IMAGE_BLOCKS))
+            keep += ("image_tower.net._conv_head.", "image_tower.net._bn1.")
+        layers = len(self.text_tower.model.encoder.layer)
+        keep += tuple(f"text_tower.model.encoder.layer.{i}." for i in range(layers - self.config.text_trainable_layers, layers))
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items() if k.startswith(keep)}
+
+    def save(self, folder: str | Path) -> Path:
+        """Write config.json + model.safetensors atomically; returns the folder."""
+        from safetensors.torch import save as save_bytes
+
+        folder = Path(folder)
+        data = save_bytes(self.trained_state())
+        self.version = hashlib.sha256(data).hexdigest()[:12]
+        config = {"type": "dual_encoder", "version": self.version, **asdict(self.config),
+                  "transform": self.transform.to_dict()}
+        atomic_write_bytes(folder / WEIGHTS_FILE, data)
+        atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())
+        return folder
+
+
+def is_dual_encoder_folder(path: Path) -> bool:
+    try:
+        return json.loads((path / CONFIG_FILE).read_text()).get("type") == "dual_encoder"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_dual_encoder(folder: str | Path) -> DualEncoder:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        raw = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise PolymodalError(f"cannot read {folder / CONFIG_FILE}; pass a folder written by `polymodal train`") from exc
+    model = DualEncoder(DualEncoderConfig.from_dict(raw), version=str(raw.get("version", "unknown")))
+    try:
+        state = load_file(str(folder / WEIGHTS_FILE))
+    except (OSError, SafetensorError) as exc:
+        raise PolymodalError(f"cannot read {folder / WEIGHTS_FILE} ({exc}); the model folder is incomplete") from exc
+    expected = model.trained_state()
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if missing or unexpected:
+        raise PolymodalError(
+            f"{folder / WEIGHTS_FILE} does not match its config: missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}"
+        )
+    model.load_state_dict(state, strict=False)
+    return model.eval()

@@ -1,0 +1,1 @@
+"""Training: GradCache for large contrastive batches, torch.distributed helpers."""

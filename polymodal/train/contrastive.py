@@ -1,0 +1,145 @@
+"""`polymodal train contrastive`: fine-tune a dual encoder on your own image-caption pairs.
+
+Frozen towers are run once (features cached on disk, several augmented views per image if asked); every epoch then
+trains only the heads and any unfrozen blocks on the cached tensors. Writes RUN/model (loadable with
+polymodal.load), RUN/checkpoint.pt (resume), RUN/metrics.jsonl, RUN/tensorboard, RUN/train_config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from polymodal.cache import atomic_write_bytes
+from polymodal.data.augment import Augment
+from polymodal.data.pairs import PairSet, read_pair_source, split_by_image
+from polymodal.errors import PolymodalError
+from polymodal.eval.retrieval import retrieval_metrics
+from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig, is_dual_encoder_folder, load_dual_encoder
+from polymodal.train import distributed
+from polymodal.train.features import CachedPairDataset, collate_cached, image_features, text_features
+from polymodal.train.objectives import ContrastiveObjective
+from polymodal.train.trainer import TrainConfig, Trainer, set_seed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ContrastiveRecipe:
+    pairs: list[str]
+    out: str
+    val_pairs: list[str] = field(default_factory=list)
+    val_fraction: float = 0.1  # used when no val_pairs are given: split off by image
+    model: str = "lite"  # "lite" (fresh heads over the lite towers) or a dual-encoder folder to continue from
+    arch: DualEncoderConfig = field(default_factory=DualEncoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    batch_size: int = 256
+    gradcache_chunk: int = 0  # >0: GradCache with this chunk size (contrastive batch beyond memory)
+    views: int = 1  # cached image views per image: 1 = centre crop only, >1 adds augmented views
+    workers: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ContrastiveRecipe":
+        d = dict(d)
+        arch = DualEncoderConfig.from_dict(d.pop("arch", {}))
+        train_keys = set(TrainConfig.__dataclass_fields__)
+        train = TrainConfig(**{k: d.pop(k) for k in list(d) if k in train_keys}, **d.pop("train", {}))
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise PolymodalError(f"unknown training settings {sorted(unknown)}")
+        for key in ("pairs", "val_pairs"):
+            if isinstance(d.get(key), str):
+                d[key] = [d[key]]
+        return cls(arch=arch, train=train, **d)
+
+
+def _read(sources: list[str]) -> PairSet:
+    pairsets = [read_pair_source(s) for s in sources]
+    for ps in pairsets:
+        if ps.skipped:
+            log.warning("%s: %d unreadable rows skipped (first: %s)", ps.source, len(ps.skipped), ps.skipped[0])
+    if len(pairsets) == 1:
+        return pairsets[0]
+    return PairSet.from_pairs([p for ps in pairsets for p in ps.pairs], [s for ps in pairsets for s in ps.skipped])
+
+
+def retrieval_eval(model, image_feats: np.ndarray, text_feats, caption_image: np.ndarray, prefix: str = "val/") -> dict:
+    """R@1/5/10 both ways on cached features, plus rsum (sum of the six recalls) for early stopping."""
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(model.image_from_cache(torch.from_numpy(np.array(image_feats[0], np.float32))), dim=-1)
+        if isinstance(text_feats, np.ndarray):
+            txt = model.text_from_pooled(torch.from_numpy(np.array(text_feats, np.float32)))
+        else:
+            txt = torch.cat([model._text_batch(text_feats[i : i + 128]) for i in range(0, len(text_feats), 128)])
+        txt = torch.nn.functional.normalize(txt, dim=-1)
+    m = retrieval_metrics(img.numpy(), txt.numpy(), caption_image)
+    m["rsum"] = sum(v for k, v in m.items() if "R@" in k)
+    return {prefix + k: v for k, v in m.items()}
+
+
+def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress: bool = True) -> dict:
+    distributed.init_from_env()
+    set_seed(recipe.train.seed)  # before the heads are initialised: same seed, same run
+    train_set = _read(recipe.pairs)
+    if recipe.val_pairs:
+        val_set = _read(recipe.val_pairs)
+    elif recipe.val_fraction > 0:
+        train_set, val_set = split_by_image(train_set, recipe.val_fraction, seed=recipe.train.seed)
+    else:
+        val_set = None
+    log.info("train: %s; val: %s", train_set, val_set)
+
+    if recipe.model == "lite":
+        model = DualEncoder(recipe.arch)
+    elif is_dual_encoder_folder(Path(recipe.model)):
+        model = load_dual_encoder(recipe.model)  # continue training a saved dual encoder
+        recipe.arch = model.config
+    else:
+        raise PolymodalError(f"cannot train from {recipe.model!r}; pass --model lite or a folder from `polymodal train`")
+
+    feats = image_features(model, train_set.images, views=recipe.views, augment=Augment(), seed=recipe.train.seed,
+                           progress=progress)
+    texts = text_features(model, train_set.captions, progress=progress) if model.text_frozen else train_set.captions
+    dataset = CachedPairDataset(feats, texts, train_set.caption_image, seed=recipe.train.seed)
+    if len(dataset) < 2:
+        raise PolymodalError(f"need at least 2 training images, got {len(dataset)}")
+    batch = min(recipe.batch_size, len(dataset))
+    # The order of epoch e depends only on (seed, e), so a resumed run sees the batches the straight run saw.
+    # DistributedSampler does exactly that, and also shards the data when torchrun starts several ranks.
+    sampler = DistributedSampler(dataset, num_replicas=distributed.world_size(), rank=distributed.rank(),
+                                 seed=recipe.train.seed, drop_last=True)
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, collate_fn=collate_cached,
+                        num_workers=recipe.workers)
+    dataset.set_epoch = _both(dataset.set_epoch, sampler.set_epoch)
+
+    eval_fn = None
+    if val_set is not None:
+        val_img = image_features(model, val_set.images, views=1, progress=progress)
+        val_txt = text_features(model, val_set.captions, progress=progress) if model.text_frozen else val_set.captions
+        eval_fn = lambda m: retrieval_eval(m, val_img, val_txt, val_set.caption_image)  # noqa: E731
+
+    objective = ContrastiveObjective(gradcache_chunk=recipe.gradcache_chunk or None, gather=distributed.is_distributed())
+    trainer = Trainer(model, {"contrastive": (objective, 1.0, loader)}, recipe.train, recipe.out, eval_fn, progress)
+    out = Path(recipe.out)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        settings = asdict(recipe) | {"train_images": len(train_set.images), "val_images": len(val_set.images) if val_set else 0}
+        atomic_write_bytes(out / "train_config.json", json.dumps(settings, indent=2).encode())
+    best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"))
+    if val_set is None and distributed.is_main():
+        model.save(out / "model")
+    return best
+
+
+def _both(f, g):
+    def call(epoch: int) -> None:
+        f(epoch)
+        g(epoch)
+
+    return call

@@ -1,0 +1,69 @@
+"""Small torch.distributed helpers that read torchrun's environment and fall back to one process."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+
+from polymodal.errors import PolymodalError
+
+log = logging.getLogger(__name__)
+
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def is_distributed() -> bool:
+    """True once a default process group exists."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def local_rank() -> int:
+    """This process's index on its machine (torchrun's LOCAL_RANK), 0 when not launched by torchrun."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    """True on rank 0 (or without distribution): the process that logs, saves and evaluates."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def init_from_env(backend: str = "gloo") -> bool:
+    """Join the process group torchrun describes in RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT.
+
+    Returns True when distributed. A no-op (False) when none of the variables are set (a plain `python` run) or a
+    group already exists (True). With backend="nccl" the process's GPU is set from LOCAL_RANK first.
+    """
+    if is_distributed():
+        return True
+    present = [name for name in _TORCHRUN_VARS if name in os.environ]
+    if not present:
+        return False
+    missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
+    if missing:
+        raise PolymodalError(
+            f"distributed environment is incomplete: {', '.join(missing)} not set; launch with "
+            "`torchrun --nproc_per_node N ...` or set all of " + ", ".join(_TORCHRUN_VARS)
+        )
+    if not dist.is_available():
+        raise PolymodalError("this torch build has no torch.distributed; install a torch build with it")
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend)  # reads the env:// variables checked above
+    log.info("joined process group: rank %d of %d (%s)", rank(), world_size(), backend)
+    return True

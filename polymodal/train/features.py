@@ -1,0 +1,123 @@
+"""Frozen-tower features computed once and cached on disk, so epochs over frozen towers cost no tower passes.
+
+The image cache stores `model.image_cache_input(pixels)`: the pooled/spatial features when the image tower is
+frozen, or the trunk activations before the first trainable block under partial unfreezing. View 0 is the plain
+centre crop; views 1.. are fixed augmented views (augmentation per cached view).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from polymodal.cache import atomic_write_bytes, cache_dir
+from polymodal.data.augment import Augment, make_rng
+from polymodal.data.pairs import open_pair_image
+
+log = logging.getLogger(__name__)
+
+
+def _identity(image) -> str:
+    """Path + size + mtime (content changes invalidate the cache); shard members by name."""
+    try:
+        st = os.stat(image)
+        return f"{image}|{st.st_size}|{st.st_mtime_ns}"
+    except (OSError, TypeError, ValueError):
+        return str(image)
+
+
+def _load_cached(key: str, kind: str) -> tuple[Path, np.ndarray | None]:
+    path = cache_dir() / "features" / f"{kind}-{key}.npy"
+    if path.is_file():
+        try:
+            return path, np.load(path, mmap_mode="r")
+        except (OSError, ValueError):
+            log.warning("feature cache %s is unreadable; recomputing", path)
+    return path, None
+
+
+def _store(path: Path, array: np.ndarray) -> np.ndarray:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+    return np.load(path, mmap_mode="r")
+
+
+@torch.inference_mode()
+def image_features(
+    model, images: Sequence, views: int = 1, augment: Augment | None = None, seed: int = 0,
+    batch_size: int = 32, progress: bool = True,
+) -> np.ndarray:
+    """[views, N, *feature_shape] float16, memory-mapped from the cache (computed on first use)."""
+    augment = augment or Augment()
+    ident = "\n".join([model.image_cache_signature, str(views), repr(augment), str(seed), *map(_identity, images)])
+    path, cached = _load_cached(hashlib.sha256(ident.encode()).hexdigest()[:20], "image")
+    if cached is not None:
+        return cached
+    out = None
+    bar = tqdm(total=views * len(images), desc="caching image features", unit="img", disable=not progress)
+    for v in range(views):
+        for i in range(0, len(images), batch_size):
+            pils = [open_pair_image(x) for x in images[i : i + batch_size]]
+            if v > 0:  # view v of image j depends only on (seed, j, v)
+                pils = [augment(p, make_rng(seed, i + j, v)) for j, p in enumerate(pils)]
+            feats = model.image_cache_input(torch.from_numpy(model.transform(pils))).float().numpy()
+            if out is None:
+                out = np.empty((views, len(images), *feats.shape[1:]), dtype=np.float16)
+            out[v, i : i + len(pils)] = feats
+            bar.update(len(pils))
+    bar.close()
+    return _store(path, out)
+
+
+@torch.inference_mode()
+def text_features(model, captions: Sequence[str], batch_size: int = 128, progress: bool = True) -> np.ndarray:
+    """[C, 384] float32 pooled sentence features of the frozen text tower (cached)."""
+    ident = "\n".join([model.text_cache_signature, *captions])
+    path, cached = _load_cached(hashlib.sha256(ident.encode()).hexdigest()[:20], "text")
+    if cached is not None:
+        return cached
+    chunks = []
+    for i in tqdm(range(0, len(captions), batch_size), desc="caching text features", disable=not progress):
+        chunks.append(model.text_tower(list(captions[i : i + batch_size])).float().numpy())
+    return _store(path, np.concatenate(chunks))
+
+
+class CachedPairDataset(Dataset):
+    """Item i = (cached image features of image i, one of its captions' features or text), drawn per epoch.
+
+    One caption per image per epoch: a batch never holds the same image twice (no false negatives)."""
+
+    def __init__(self, image_feats: np.ndarray, texts, caption_image: np.ndarray, seed: int = 0) -> None:
+        self.image_feats, self.texts, self.seed, self.epoch = image_feats, texts, seed, 0
+        self.captions_of = [np.flatnonzero(caption_image == i) for i in range(image_feats.shape[1])]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.image_feats.shape[1]
+
+    def __getitem__(self, i: int):
+        rng = make_rng(self.seed, self.epoch, i)
+        view = int(rng.integers(self.image_feats.shape[0]))
+        caption = int(rng.choice(self.captions_of[i]))
+        text = self.texts[caption]
+        # np.array copies out of the read-only memory map (torch wants writable memory)
+        text = torch.from_numpy(np.array(text, dtype=np.float32)) if not isinstance(text, str) else text
+        return torch.from_numpy(np.array(self.image_feats[view, i], dtype=np.float32)), text
+
+
+def collate_cached(batch):
+    images = torch.stack([b[0] for b in batch])
+    texts = [b[1] for b in batch]
+    return images, (texts if isinstance(texts[0], str) else torch.stack(texts))

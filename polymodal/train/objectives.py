@@ -1,0 +1,71 @@
+"""Training objectives: each turns a batch into a loss and metrics. The Trainer sums weighted objectives.
+
+An objective implements `compute(model, batch) -> (loss, metrics)`; the default `backward` scales and
+back-propagates it. Objectives that manage memory themselves (GradCache) override `backward`. Later
+objectives (ITM, MLM, MRM, VQA) plug in the same way, each with its own data loader.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from polymodal.losses import contrastive_loss
+from polymodal.train.gradcache import gradcache_backward
+
+
+class Objective:
+    name = "objective"
+
+    def compute(self, model, batch) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def backward(self, model, batch, weight: float = 1.0) -> dict:
+        loss, metrics = self.compute(model, batch)
+        (weight * loss).backward()
+        return {"loss": float(loss.detach()), **metrics}
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+class ContrastiveObjective(Objective):
+    """Symmetric InfoNCE between images and captions (CLIP) with the model's learnable temperature.
+
+    batch = (image inputs from the feature cache [B, ...], texts: pooled text features [B, 384] or list[str]).
+    With `gradcache_chunk`, the contrastive batch can exceed what fits in one forward/backward (GradCache).
+    With `gather`, embeddings are gathered across torch.distributed ranks (global-batch loss)."""
+
+    name = "contrastive"
+
+    def __init__(self, gradcache_chunk: int | None = None, gather: bool = False) -> None:
+        self.chunk, self.gather = gradcache_chunk, gather
+
+    @staticmethod
+    def _embed_image(model, x):
+        return _normalize(model.image_from_cache(x))
+
+    @staticmethod
+    def _embed_text(model, t):
+        return _normalize(model.text_from_pooled(t) if isinstance(t, torch.Tensor) else model._text_batch(list(t)))
+
+    def compute(self, model, batch):
+        images, texts = batch
+        out = contrastive_loss(
+            self._embed_image(model, images), self._embed_text(model, texts), model.logit_scale_tensor, gather=self.gather
+        )
+        return out.loss, {"acc_i2t": out.accuracy_i2t, "acc_t2i": out.accuracy_t2i}
+
+    def backward(self, model, batch, weight: float = 1.0) -> dict:
+        if not self.chunk:
+            return super().backward(model, batch, weight)
+        images, texts = batch
+
+        def loss_fn(img, txt):
+            return weight * contrastive_loss(img, txt, model.logit_scale_tensor, gather=self.gather).loss
+
+        loss, _, _ = gradcache_backward(
+            lambda x: self._embed_image(model, x), lambda t: self._embed_text(model, t),
+            images, texts, loss_fn, self.chunk,
+        )
+        return {"loss": float(loss) / weight}

@@ -1,0 +1,241 @@
+"""A training loop people can trust: AdamW, warmup + cosine, clipping, seeds, resumable checkpoints, early stopping,
+progress bar (loss, lr, samples/s), JSONL/TensorBoard metrics, evaluation hooks and weighted multi-task objectives."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from polymodal.cache import atomic_write_bytes
+from polymodal.errors import PolymodalError
+from polymodal.train.metrics import MetricsLogger
+
+log = logging.getLogger(__name__)
+
+
+class NullLogger:
+    def write(self, record: dict) -> None:
+        pass
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    seed: int = 0
+    early_stop_metric: str = "val/rsum"  # higher is better
+    patience: int = 5  # epochs without improvement before stopping (0: never stop early)
+    unfreeze_every: int = 0  # progressive unfreezing: one more image block every N epochs (0: off)
+    log_every: int = 10
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class Trainer:
+    """objectives: {name: (objective, weight, loader)}; each step draws one batch per objective (cycling loaders)
+    and accumulates weighted gradients. eval_fn(model) -> {"val/...": float} runs after every epoch."""
+
+    def __init__(self, model, objectives: dict, config: TrainConfig, out_dir: str | Path,
+                 eval_fn: Callable | None = None, progress: bool = True) -> None:
+        if not objectives:
+            raise PolymodalError("no training objectives given")
+        self.model, self.objectives, self.cfg = model, objectives, config
+        self.out = Path(out_dir)
+        self.eval_fn, self.progress = eval_fn, progress
+        params = [p for p in model.parameters() if p.requires_grad] + self._progressive_params()
+        decay = [p for p in dict.fromkeys(params) if p.ndim >= 2]
+        no_decay = [p for p in dict.fromkeys(params) if p.ndim < 2]  # biases, norms, temperature
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+        )
+        self.steps_per_epoch = max(len(loader) for _, _, loader in objectives.values())
+        total = self.steps_per_epoch * config.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(config.warmup_steps, total))
+        self.step, self.epoch, self.best, self.bad_epochs = 0, 0, -math.inf, 0
+        self.history: list[dict] = []
+
+    # -- progressive unfreezing ------------------------------------------------------
+    def _progressive_params(self) -> list:
+        """Blocks that progressive unfreezing will open later must be in the optimizer from the start."""
+        if not self.cfg.unfreeze_every or not hasattr(self.model, "image_tower"):
+            return []
+        n = self.model.config.image_trainable_blocks
+        blocks = list(self.model.image_tower.blocks)[len(self.model.image_tower.blocks) - n:]
+        head = [self.model.image_tower.net._conv_head, self.model.image_tower.net._bn1]
+        return [p for m in blocks + head for p in m.parameters()]
+
+    def _apply_unfreezing(self) -> None:
+        if self.cfg.unfreeze_every and hasattr(self.model, "set_trainable"):
+            n = min(self.model.config.image_trainable_blocks, self.epoch // self.cfg.unfreeze_every)
+            self.model.set_trainable(n, self.model.config.text_trainable_layers)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "model": self.model.trained_state() if hasattr(self.model, "trained_state") else self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "step": self.step, "epoch": self.epoch, "best": self.best, "bad_epochs": self.bad_epochs,
+            "config": asdict(self.cfg), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.checkpoint_path, buf.getvalue())
+
+    def load_checkpoint(self) -> None:
+        if not self.checkpoint_path.is_file():
+            raise PolymodalError(f"no checkpoint at {self.checkpoint_path}; train without --resume first")
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.best, self.bad_epochs = state["step"], state["epoch"], state["best"], state["bad_epochs"]
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self, resume: bool = False, on_best: Callable | None = None) -> dict:
+        """Train; returns the best validation metrics. on_best(model) runs whenever validation improves."""
+        from polymodal.train import distributed
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        main = distributed.is_main()  # only rank 0 writes metrics, checkpoints and models
+        logger = MetricsLogger(self.out) if main else NullLogger()
+        if resume:
+            self.load_checkpoint()
+            logger.truncate_after(self.step)
+            log.info("resumed at epoch %d, step %d", self.epoch, self.step)
+        else:
+            set_seed(self.cfg.seed)
+        best_metrics: dict = {}
+        try:
+            while self.epoch < self.cfg.epochs:
+                self._apply_unfreezing()
+                train_metrics = self._train_epoch(logger)
+                self.epoch += 1
+                record = {"step": self.step, "epoch": self.epoch, "split": "val", **train_metrics}
+                if self.eval_fn is not None:
+                    self.model.eval()
+                    with torch.no_grad():
+                        record.update(self.eval_fn(self.model))
+                logger.write(record)
+                score = record.get(self.cfg.early_stop_metric, -record.get("train_loss", 0.0))
+                if score > self.best:
+                    self.best, self.bad_epochs, best_metrics = score, 0, record
+                    if on_best is not None and main:
+                        on_best(self.model)
+                else:
+                    self.bad_epochs += 1
+                if main:
+                    self.save_checkpoint()
+                log.info("epoch %d: %s", self.epoch, {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
+                if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
+                    log.info("early stop: %s did not improve for %d epochs", self.cfg.early_stop_metric, self.bad_epochs)
+                    break
+        finally:
+            logger.close()
+        return best_metrics
+
+    def _sync_gradients(self) -> None:
+        """Average gradients across torch.distributed ranks (what DDP does; our objectives call model methods
+        other than forward, which DDP's hooks would not see). With gathered contrastive features each rank holds
+        world_size x its share, so the average is exactly the single-process global-batch gradient."""
+        from polymodal.train import distributed
+
+        if not distributed.is_distributed() or distributed.world_size() == 1:
+            return
+        world = distributed.world_size()
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+
+    def _batches(self):
+        iters = {name: iter(loader) for name, (_, _, loader) in self.objectives.items()}
+        for _ in range(self.steps_per_epoch):
+            batch = {}
+            for name, (_, _, loader) in self.objectives.items():
+                try:
+                    batch[name] = next(iters[name])
+                except StopIteration:  # shorter loaders cycle within the epoch
+                    iters[name] = iter(loader)
+                    batch[name] = next(iters[name])
+            yield batch
+
+    def _train_epoch(self, logger: MetricsLogger) -> dict:
+        self.model.train()
+        for _, _, loader in self.objectives.values():
+            if hasattr(loader.dataset, "set_epoch"):
+                loader.dataset.set_epoch(self.epoch)
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                   disable=not self.progress, leave=False)
+        losses, samples, t0 = [], 0, time.perf_counter()
+        for batches in self._batches():
+            self.optimizer.zero_grad(set_to_none=True)
+            metrics, total = {}, 0.0
+            for name, (objective, weight, _) in self.objectives.items():
+                m = objective.backward(self.model, batches[name], weight)
+                total += weight * m["loss"]
+                metrics.update({f"{name}/{k}": v for k, v in m.items()})
+            self._sync_gradients()
+            if self.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None], self.cfg.grad_clip
+                )
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            losses.append(total)
+            samples += len(next(iter(batches.values()))[0])
+            rate = samples / (time.perf_counter() - t0)
+            lr = self.scheduler.get_last_lr()[0]
+            bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
+            bar.update()
+            if self.step % self.cfg.log_every == 0:
+                logger.write({"step": self.step, "epoch": self.epoch, "split": "train", "loss": total, "lr": lr,
+                              "samples_per_s": rate, **metrics})
+        bar.close()
+        return {"train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "samples_per_s": samples / max(1e-9, time.perf_counter() - t0)}

@@ -1,0 +1,157 @@
+"""Contrastive loss with gather=True under 2-process CPU DDP (gloo, loopback) equals one process on the global batch."""
+
+import os
+import runpy
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from polymodal.errors import PolymodalError
+from polymodal.losses import contrastive_loss
+from polymodal.train import distributed
+
+REPO = Path(__file__).resolve().parents[1]
+WORLD = 2
+
+# Written to tmp_path and started once per rank with torchrun's environment variables.
+SCRIPT = '''
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from polymodal.errors import PolymodalError
+from polymodal.losses import LearnableTemperature, contrastive_loss
+from polymodal.train import distributed
+
+
+class Towers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.image = nn.Sequential(nn.Linear(12, 32), nn.GELU(), nn.Linear(32, 8))
+        self.text = nn.Sequential(nn.Linear(10, 32), nn.GELU(), nn.Linear(32, 8))
+        self.temperature = LearnableTemperature()
+
+    def forward(self, images, texts):
+        return F.normalize(self.image(images), dim=-1), F.normalize(self.text(texts), dim=-1), self.temperature()
+
+
+def build():
+    torch.manual_seed(0)
+    return Towers()
+
+
+def global_batch(n=16):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 12, generator=g), torch.randn(n, 10, generator=g)
+
+
+if __name__ == "__main__":
+    assert distributed.init_from_env("gloo")
+    rank, world = distributed.rank(), distributed.world_size()
+    model = DistributedDataParallel(build())
+    images, texts = global_batch()
+    b = len(images) // world
+    image_emb, text_emb, scale = model(images[rank * b : (rank + 1) * b], texts[rank * b : (rank + 1) * b])
+    out = contrastive_loss(image_emb, text_emb, scale, gather=True)
+    out.loss.backward()
+    grads = {name: p.grad for name, p in model.module.named_parameters()}
+
+    # Unequal local batches must fail the same clear way on every rank, not hang in the gather.
+    try:
+        contrastive_loss(image_emb[: rank + 1].detach(), text_emb[: rank + 1].detach(), 10.0, gather=True)
+        unequal = "no error"
+    except PolymodalError as exc:
+        unequal = str(exc)
+    torch.save({"loss": out.loss.detach(), "logits": out.logits_per_image.detach(), "grads": grads,
+                "unequal": unequal}, f"{sys.argv[1]}/rank{rank}.pt")
+    distributed.barrier()
+    dist.destroy_process_group()
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(script: Path, out: Path) -> None:
+    env = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        WORLD_SIZE=str(WORLD),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    if sys.platform.startswith("linux"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo on loopback whatever the hostname resolves to
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(out)],
+            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(WORLD)
+    ]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=60)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for r, p in enumerate(procs):
+        assert p.returncode == 0, f"rank {r} failed:\n" + "\n".join(logs)
+
+
+def test_ddp_gathered_loss_equals_single_process(tmp_path):
+    script = tmp_path / "ddp_clip.py"
+    script.write_text(SCRIPT)
+    _launch(script, tmp_path)
+
+    # Reference: one process, the same model and the whole batch of 16, no gathering.
+    ns = runpy.run_path(str(script), run_name="reference")
+    model = ns["build"]()
+    image_emb, text_emb, scale = model(*ns["global_batch"]())
+    ref = contrastive_loss(image_emb, text_emb, scale)
+    ref.loss.backward()
+
+    for r in range(WORLD):
+        got = torch.load(tmp_path / f"rank{r}.pt")
+        torch.testing.assert_close(got["loss"], ref.loss.detach(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(got["logits"], ref.logits_per_image.detach(), atol=1e-5, rtol=0)
+        assert "drop_last=True" in got["unequal"], got["unequal"]
+        assert set(got["grads"]) == {name for name, _ in model.named_parameters()}
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(got["grads"][name], p.grad, atol=1e-5, rtol=0, msg=f"rank {r}: {name}")
+
+
+def test_helpers_without_process_group(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert not distributed.is_distributed()
+    assert distributed.rank() == 0 and distributed.world_size() == 1 and distributed.local_rank() == 0
+    assert distributed.is_main()
+    distributed.barrier()  # a no-op
+    assert distributed.init_from_env() is False
+
+
+def test_incomplete_environment_is_a_user_error(monkeypatch):
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(PolymodalError, match="MASTER_ADDR"):
+        distributed.init_from_env()
