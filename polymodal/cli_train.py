@@ -15,7 +15,7 @@ TRAIN_FLAGS = {
     "embed_dim": ("arch", int), "image_features": ("arch", str), "image_head": ("arch", str),
     "text_head": ("arch", str), "image_trainable_blocks": ("arch", int), "text_trainable_layers": ("arch", int),
     "batch_size": ("", int), "gradcache_chunk": ("", int), "views": ("", int), "val_fraction": ("", float),
-    "workers": ("", int),
+    "workers": ("", int), "zeroshot_labels": ("", str),
 }
 
 

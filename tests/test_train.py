@@ -60,6 +60,21 @@ def test_train_writes_a_loadable_model_that_learned(capsys, pairs_file, tmp_path
     assert metrics["images"] == 15 and metrics["t2i_R@5"] > 0.5
 
 
+def test_zeroshot_hook_and_eval_command(capsys, pairs_file, tmp_path, lite, monkeypatch):
+    from polymodal import registry
+
+    monkeypatch.setitem(registry.MODELS, "lite", lambda **kw: lite)
+    labels = tmp_path / "labels.jsonl"
+    rows = [("cat", "cat"), ("coffee", "coffee"), ("rocket", "rocket"), ("motorcycle", "motorcycle"), ("flower", "flower")]
+    labels.write_text("".join(json.dumps({"image": str(pairs_file.parent / f"{n}.jpg"), "label": l}) + "\n" for n, l in rows))
+    _train(capsys, pairs_file, tmp_path / "run", "--epochs", "2", "--embed-dim", "32", "--zeroshot-labels", labels)
+    val = [r for r in read_metrics(tmp_path / "run") if r["split"] == "val"]
+    assert all(0 <= r["val/zeroshot_top1"] <= 1 and r["val/zeroshot_top5"] == 1.0 for r in val)  # 5 classes
+    assert cli.main(["eval", "zeroshot", "--labels-file", str(labels), "--model", "lite"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["top1"] >= 0.8 and result["images"] == 5 and result["classes"] == 5
+
+
 def test_resume_continues_the_same_loss_curve(capsys, pairs_file, tmp_path, monkeypatch):
     common = ["--epochs", "4", "--lr", "2e-3", "--embed-dim", "32", "--seed", "3", "--views", "2", "--patience", "0",
               "--log-every", "1"]

@@ -43,6 +43,7 @@ class ContrastiveRecipe:
     gradcache_chunk: int = 0  # >0: GradCache with this chunk size (contrastive batch beyond memory)
     views: int = 1  # cached image views per image: 1 = centre crop only, >1 adds augmented views
     workers: int = 0
+    zeroshot_labels: str = ""  # JSONL of {"image", "label"}: zero-shot accuracy as a hook after every epoch
 
     @classmethod
     def from_dict(cls, d: dict) -> "ContrastiveRecipe":
@@ -124,6 +125,9 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         val_txt = text_features(model, val_set.captions, progress=progress) if model.text_frozen else val_set.captions
         eval_fn = lambda m: retrieval_eval(m, val_img, val_txt, val_set.caption_image)  # noqa: E731
 
+    if recipe.zeroshot_labels:
+        eval_fn = _with_zeroshot(eval_fn, recipe.zeroshot_labels)
+
     objective = ContrastiveObjective(gradcache_chunk=recipe.gradcache_chunk or None, gather=distributed.is_distributed())
     trainer = Trainer(model, {"contrastive": (objective, 1.0, loader)}, recipe.train, recipe.out, eval_fn, progress)
     out = Path(recipe.out)
@@ -135,6 +139,20 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     if val_set is None and distributed.is_main():
         model.save(out / "model")
     return best
+
+
+def _with_zeroshot(eval_fn, labels_file: str):
+    from polymodal.eval.zeroshot import read_labelled_images, zeroshot_accuracy
+
+    images, labels = read_labelled_images(labels_file)
+
+    def run(model) -> dict:
+        metrics = eval_fn(model) if eval_fn else {}
+        model._prompts = type(model._prompts)(model)  # the heads changed: label embeddings must be recomputed
+        z = zeroshot_accuracy(model, images, labels)
+        return metrics | {"val/zeroshot_top1": z["top1"], "val/zeroshot_top5": z["top5"]}
+
+    return run
 
 
 def _both(f, g):
