@@ -9,7 +9,7 @@ from polymodal.errors import PolymodalError
 
 # flag -> (recipe section, key, type); a config file uses the same keys (section "arch" for architecture)
 TRAIN_FLAGS = {
-    "epochs": ("train", int), "lr": ("train", float), "weight_decay": ("train", float),
+    "epochs": ("train", int), "lr": ("train", float), "tower_lr_scale": ("train", float), "weight_decay": ("train", float),
     "warmup_steps": ("train", int), "grad_clip": ("train", float), "seed": ("train", int),
     "patience": ("train", int), "unfreeze_every": ("train", int), "log_every": ("train", int),
     "embed_dim": ("arch", int), "image_features": ("arch", str), "image_head": ("arch", str),

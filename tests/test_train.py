@@ -144,3 +144,44 @@ def test_gradcache_objective_matches_plain_backward(pairs_file):
         grads.append([p.grad.clone() for p in (model.image_head.proj.weight, model.text_head.proj.weight, model.log_logit_scale)])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_spatial_features_with_attention_head_train(capsys, pairs_file, tmp_path):
+    _train(capsys, pairs_file, tmp_path / "run", "--epochs", "2", "--embed-dim", "32",
+           "--image-features", "spatial", "--image-head", "attention")
+    model = polymodal.load(str(tmp_path / "run" / "model"))
+    assert model.config.image_head == "attention"
+    assert model.encode_image([pairs_file.parent / "cat.jpg"]).shape == (1, 32)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))  # TensorBoard scalars written
+
+
+def test_multitask_objectives_are_weighted_and_summed(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from polymodal.train.objectives import Objective
+    from polymodal.train.trainer import TrainConfig, Trainer
+
+    class Pull(Objective):
+        """A toy objective: pull the image head's output towards a target."""
+
+        name = "pull"
+
+        def __init__(self, target):
+            self.target = target
+
+        def compute(self, model, batch):
+            out = model.image_head(batch[0])
+            return ((out - self.target) ** 2).mean(), {}
+
+    model = DualEncoder(DualEncoderConfig(embed_dim=4))
+    inputs = torch.randn(8, 1280)
+    loader = DataLoader(TensorDataset(inputs), batch_size=4)
+    trainer = Trainer(model, {"up": (Pull(1.0), 1.0, loader), "down": (Pull(-1.0), 3.0, loader)},
+                      TrainConfig(epochs=30, lr=1e-2, warmup_steps=1, patience=0), tmp_path, progress=False)
+    trainer.fit()
+    with torch.no_grad():
+        out = model.image_head(inputs).mean()
+    # The weighted optimum of (o-1)^2 + 3(o+1)^2 is o = -0.5: both objectives count, by their weights.
+    assert out.item() == pytest.approx(-0.5, abs=0.15)
+    records = read_metrics(tmp_path)
+    assert any("up/loss" in r and "down/loss" in r for r in records if r["split"] == "train")

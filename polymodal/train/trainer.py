@@ -38,6 +38,7 @@ class NullLogger:
 class TrainConfig:
     epochs: int = 10
     lr: float = 1e-3
+    tower_lr_scale: float = 1.0  # learning rate of unfrozen tower layers relative to lr
     weight_decay: float = 0.1
     warmup_steps: int = 50
     grad_clip: float = 1.0
@@ -75,11 +76,16 @@ class Trainer:
         self.model, self.objectives, self.cfg = model, objectives, config
         self.out = Path(out_dir)
         self.eval_fn, self.progress = eval_fn, progress
-        params = [p for p in model.parameters() if p.requires_grad] + self._progressive_params()
-        decay = [p for p in dict.fromkeys(params) if p.ndim >= 2]
-        no_decay = [p for p in dict.fromkeys(params) if p.ndim < 2]  # biases, norms, temperature
+        trainable = {id(p) for p in model.parameters() if p.requires_grad} | {id(p) for p in self._progressive_params()}
+        groups: dict[tuple, list] = {}
+        for name, p in model.named_parameters():
+            if id(p) in trainable:
+                # pretrained tower weights move at tower_lr_scale x lr; biases, norms and temperature get no decay
+                tower = name.startswith(("image_tower.", "text_tower."))
+                groups.setdefault((tower, p.ndim >= 2), []).append(p)
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [{"params": ps, "lr": config.lr * (config.tower_lr_scale if tower else 1.0),
+              "weight_decay": config.weight_decay if decay else 0.0} for (tower, decay), ps in groups.items()],
             lr=config.lr,
         )
         self.steps_per_epoch = max(len(loader) for _, _, loader in objectives.values())
