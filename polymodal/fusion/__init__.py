@@ -1,0 +1,74 @@
+"""Fusion modules behind one interface (see `base` for the contract and `FusionOutput` for what comes back).
+
+    from polymodal.fusion import build_fusion
+    fusion = build_fusion("co_attention", dims=[768, 384], out_dim=256)
+    out = fusion([image_tokens, text_tokens], [None, text_mask])   # [B, T_i, D_i] or [B, D_i]; True = real token
+    out.pooled                                                      # [B, 256]
+
+Names: concat (early), late (decision-level), attention_pool, cross_attention, co_attention, gated, bilinear
+(low-rank, MFB), tensor (TFN), single_stream (VisualBERT/ViLT). cross_attention, co_attention and bilinear take
+exactly two modalities; the rest take two or more (concat also one, as a single-modality baseline).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Sequence
+
+from polymodal.errors import PolymodalError
+from polymodal.fusion.attention import AttentionPoolFusion, CoAttentionFusion, CrossAttentionFusion
+from polymodal.fusion.base import FusionModule, FusionOutput, masked_mean, masked_softmax
+from polymodal.fusion.bilinear import BilinearFusion, TensorFusion
+from polymodal.fusion.concat import ConcatFusion
+from polymodal.fusion.gated import GatedFusion
+from polymodal.fusion.late import LateFusion
+from polymodal.fusion.single_stream import SingleStreamFusion
+
+FUSIONS: dict[str, type[FusionModule]] = {
+    cls.name: cls
+    for cls in (
+        ConcatFusion,
+        LateFusion,
+        AttentionPoolFusion,
+        CrossAttentionFusion,
+        CoAttentionFusion,
+        GatedFusion,
+        BilinearFusion,
+        TensorFusion,
+        SingleStreamFusion,
+    )
+}
+
+
+def build_fusion(name: str, dims: Sequence[int], out_dim: int, **kw) -> FusionModule:
+    """Build the fusion registered as ``name`` for modalities of sizes ``dims``; ``kw`` are that module's options."""
+    if name not in FUSIONS:
+        raise PolymodalError(f"unknown fusion {name!r}; choose one of {', '.join(FUSIONS)}")
+    cls = FUSIONS[name]
+    params = inspect.signature(cls.__init__).parameters
+    options = [p for p in params if p not in ("self", "dims", "out_dim")]
+    unknown = sorted(set(kw) - set(options))
+    if unknown:
+        raise PolymodalError(
+            f"{name} fusion has no option {', '.join(map(repr, unknown))}; its options are {', '.join(options)}"
+        )
+    return cls(dims, out_dim, **kw)
+
+
+__all__ = [
+    "FUSIONS",
+    "build_fusion",
+    "FusionModule",
+    "FusionOutput",
+    "masked_mean",
+    "masked_softmax",
+    "ConcatFusion",
+    "LateFusion",
+    "AttentionPoolFusion",
+    "CrossAttentionFusion",
+    "CoAttentionFusion",
+    "GatedFusion",
+    "BilinearFusion",
+    "TensorFusion",
+    "SingleStreamFusion",
+]

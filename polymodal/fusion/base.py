@@ -1,0 +1,173 @@
+"""The fusion interface: `FusionOutput`, the `FusionModule` base class and exact masked pooling helpers.
+
+Every fusion module is built as ``Cls(dims, out_dim, **options)`` (``dims``: the per-modality input sizes D_i) and
+called as ``module(inputs, masks=None) -> FusionOutput``:
+
+- ``inputs``: one tensor per modality, in the order of ``dims``: tokens ``[B, T_i, D_i]`` or pooled ``[B, D_i]``
+  (a pooled vector is treated as one token). Modalities may mix the two forms and have different T_i.
+- ``masks``: ``None`` (every token real) or one entry per modality: ``None`` or ``[B, T_i]`` with True (or 1, as
+  in a Hugging Face ``attention_mask``) for a real token; a pooled input takes ``[B]`` or ``[B, 1]``.
+
+Padding is exact: padded positions are zeroed on the way in (``torch.where``, so even NaN cannot leak) and excluded
+from every mean and every attention, so whatever they hold never changes an output. A sample whose tokens are all
+padded for one modality (a missing modality) gives zeros from `masked_mean` and from attention over it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from polymodal.errors import PolymodalError
+
+
+@dataclass
+class FusionOutput:
+    """What every fusion module returns.
+
+    pooled: ``[B, out_dim]`` the fused vector that heads consume.
+    tokens: ``[B, T, out_dim]`` fused token states where the module has them (cross-attention: the query modality's
+        tokens; co-attention and single-stream: every modality's tokens concatenated in input order, so
+        ``tokens.split([T_0, T_1, ...], dim=1)`` gives them back per modality), else None. Padded positions are 0.
+    mask: ``[B, T]`` bool, True for real positions of ``tokens``; None when ``tokens`` is None.
+    attention: None, or a tuple with one entry per modality: None or ``[B, Q, T_i]``, the head-averaged weights
+        that Q query positions (last layer) put on modality i's tokens; padded positions get exactly 0.
+        Q = 1 for attention pooling (the learned query) and single-stream (the [CLS] token); for cross-attention
+        Q = T_query and only the attended modality has an entry; for co-attention entry i holds the other
+        stream's tokens attending over modality i. Use it for heat maps over image patches or words.
+    modality_weights: ``[B, M]`` how much each modality counts per sample (late fusion's decision weights,
+        gated fusion's mean gate), else None.
+    """
+
+    pooled: Tensor
+    tokens: Tensor | None = None
+    mask: Tensor | None = None
+    attention: tuple[Tensor | None, ...] | None = None
+    modality_weights: Tensor | None = None
+
+
+def masked_mean(tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``[B, T, D]`` tokens, ``[B, T]`` bool mask (True = real) -> ``[B, D]`` mean over real tokens.
+
+    Exact: padded positions are selected away (never multiplied), so NaN or huge padding cannot leak; a sample
+    without real tokens gives zeros."""
+    if mask is None:
+        return tokens.mean(dim=1)
+    mask = mask.bool()
+    summed = torch.where(mask[..., None], tokens, tokens.new_zeros(())).sum(dim=1)
+    count = mask.sum(dim=1, keepdim=True).clamp(min=1).to(tokens.dtype)
+    return summed / count
+
+
+def masked_softmax(scores: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:
+    """Softmax over ``dim`` where masked-out entries (mask False) get exactly 0 weight; a slice with no real entry
+    gets all zeros (not NaN). ``mask`` broadcasts against ``scores``."""
+    if mask is None:
+        return scores.softmax(dim)
+    mask = mask.bool()
+    scores = scores.masked_fill(~mask, float("-inf"))
+    any_real = mask.any(dim=dim, keepdim=True)
+    scores = scores.masked_fill(~any_real, 0.0)  # an all-padded slice: finite softmax, zeroed just below
+    return scores.softmax(dim) * any_real
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+class FusionModule(nn.Module):
+    """Base class: validates ``dims`` / ``out_dim`` and turns ``(inputs, masks)`` into token form.
+
+    Subclasses set ``name`` (their registry key), ``min_modalities`` and ``max_modalities`` (None = no limit) and
+    implement ``forward(inputs, masks=None) -> FusionOutput``."""
+
+    name = "fusion"
+    min_modalities = 2
+    max_modalities: int | None = None
+
+    def __init__(self, dims: Sequence[int], out_dim: int) -> None:
+        super().__init__()
+        dims = list(dims) if isinstance(dims, (list, tuple)) else dims
+        if not isinstance(dims, list) or not all(_positive_int(d) for d in dims):
+            raise PolymodalError(
+                f"{self.name} fusion: dims must be a list of positive ints (one per modality), got {dims!r}"
+            )
+        if not _positive_int(out_dim):
+            raise PolymodalError(f"{self.name} fusion: out_dim must be a positive int, got {out_dim!r}")
+        lo, hi = self.min_modalities, self.max_modalities
+        if len(dims) < lo or (hi is not None and len(dims) > hi):
+            wanted = f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
+            raise PolymodalError(
+                f"{self.name} fusion takes {wanted} modalities, got {len(dims)} (dims={dims}); "
+                + ("fuse modalities pairwise or pick a fusion that takes more (concat, gated, single_stream)"
+                   if hi == 2 else "pass one input size per modality")
+            )
+        self.dims = dims
+        self.out_dim = out_dim
+
+    @property
+    def num_modalities(self) -> int:
+        return len(self.dims)
+
+    def prepare(
+        self, inputs: Sequence[Tensor], masks: Sequence[Tensor | None] | None = None
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Validate and normalise: returns ``[B, T_i, D_i]`` tokens with padded positions zeroed, and
+        ``[B, T_i]`` bool masks (never None)."""
+        if isinstance(inputs, Tensor) or len(inputs) != len(self.dims):
+            got = "one tensor" if isinstance(inputs, Tensor) else f"{len(inputs)} inputs"
+            raise PolymodalError(
+                f"{self.name} fusion was built for {len(self.dims)} modalities (dims={self.dims}) but got {got}; "
+                "pass a list with one [B, T, D] or [B, D] tensor per modality"
+            )
+        if masks is None:
+            masks = [None] * len(inputs)
+        if isinstance(masks, Tensor) or len(masks) != len(inputs):
+            raise PolymodalError(
+                f"{self.name} fusion: masks must be None or a list with one entry per modality ({len(inputs)})"
+            )
+        batch = None
+        tokens_out, masks_out = [], []
+        for i, (x, m, d) in enumerate(zip(inputs, masks, self.dims)):
+            if not isinstance(x, Tensor) or x.dim() not in (2, 3) or x.shape[-1] != d:
+                shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+                raise PolymodalError(
+                    f"{self.name} fusion: modality {i} must be [B, T, {d}] tokens or [B, {d}] pooled, got {shape}; "
+                    "check the order of inputs against dims"
+                )
+            if x.dim() == 2:
+                x = x[:, None, :]
+            b, t = x.shape[:2]
+            if batch is None:
+                batch = b
+            elif b != batch:
+                raise PolymodalError(f"{self.name} fusion: modality {i} has batch size {b}, modality 0 has {batch}")
+            if m is None:
+                m = torch.ones(b, t, dtype=torch.bool, device=x.device)
+            else:
+                if m.dim() == 1 and t == 1:
+                    m = m[:, None]
+                if tuple(m.shape) != (b, t):
+                    raise PolymodalError(
+                        f"{self.name} fusion: mask {i} must be [B, T] = [{b}, {t}] (True = real token), "
+                        f"got {tuple(m.shape)}"
+                    )
+                m = m.to(device=x.device) != 0 if m.dtype != torch.bool else m.to(device=x.device)
+                x = torch.where(m[..., None], x, x.new_zeros(()))
+            tokens_out.append(x)
+            masks_out.append(m)
+        return tokens_out, masks_out
+
+    def forward(self, inputs: Sequence[Tensor], masks: Sequence[Tensor | None] | None = None) -> FusionOutput:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}, out_dim={self.out_dim}"
+
+
+def mlp(d_in: int, hidden: int, d_out: int, dropout: float = 0.0) -> nn.Sequential:
+    """Linear -> GELU -> Dropout -> Linear: the small nonlinear map several fusions end with."""
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
