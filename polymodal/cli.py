@@ -147,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     from polymodal.cli_train import add_parsers
+    from polymodal.cli_vqa import add_parsers as add_vqa_parsers
+
+    actions = add_parsers(sub)
+    add_vqa_parsers(sub, actions)
+    from polymodal.cli_serve import add_parsers
 
     add_parsers(sub)
     return p

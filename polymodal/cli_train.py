@@ -13,7 +13,7 @@ TRAIN_FLAGS = {
     "warmup_steps": ("train", int), "grad_clip": ("train", float), "seed": ("train", int),
     "patience": ("train", int), "unfreeze_every": ("train", int), "log_every": ("train", int),
     "embed_dim": ("arch", int), "image_features": ("arch", str), "image_head": ("arch", str),
-    "text_head": ("arch", str), "image_trainable_blocks": ("arch", int), "text_trainable_layers": ("arch", int),
+    "text_head": ("arch", str), "head_dropout": ("arch", float), "image_trainable_blocks": ("arch", int), "text_trainable_layers": ("arch", int),
     "batch_size": ("", int), "gradcache_chunk": ("", int), "views": ("", int), "val_fraction": ("", float),
     "workers": ("", int), "zeroshot_labels": ("", str),
 }
@@ -82,7 +82,8 @@ def cmd_plot(args) -> int:
     return 0
 
 
-def add_parsers(sub) -> None:
+def add_parsers(sub) -> dict:
+    """Adds train, eval and plot; returns {"train": ..., "eval": ...}, their sub-actions, for other tasks' parsers."""
     train = sub.add_parser("train", help="train or fine-tune on your own data").add_subparsers(dest="task", required=True)
     s = train.add_parser("contrastive", help="CLIP-style dual encoder on image-caption pairs (InfoNCE)")
     s.add_argument("--pairs", nargs="+", help="JSONL/CSV file, caption folder or tar shards (several allowed)")
@@ -111,3 +112,4 @@ def add_parsers(sub) -> None:
     s.add_argument("run")
     s.add_argument("--out", help="PNG path (default RUN/curves.png)")
     s.set_defaults(func=cmd_plot)
+    return {"train": train, "eval": ev}

@@ -24,11 +24,28 @@ def _builtin_dual_encoder(name: str) -> Callable:
     return build
 
 
+def _builtin_fusion_encoder(name: str) -> Callable:
+    def build(**kw):
+        from polymodal.models.fusion_encoder import load_fusion_encoder
+        from polymodal.resources import HERE
+
+        folder = HERE / "models" / name
+        if not folder.is_dir():
+            raise PolymodalError(f"the built-in model {name!r} is not installed at {folder}; reinstall polymodal "
+                                 "or rebuild it with benchmarks/easy_vqa.py --save-builtin")
+        return load_fusion_encoder(folder)
+
+    return build
+
+
 MODELS: dict[str, Callable] = {"lite": _lite, "default": _builtin_dual_encoder("default")}
+MODELS["easy-vqa"] = _builtin_fusion_encoder("easy-vqa")
 DESCRIPTIONS = {
     "lite": "EfficientNet-Lite0 + all-MiniLM-L6-v2 joined by ConSE (no paired training), 384-d",
     "default": "the lite towers with contrastive heads trained on Flickr8k + COCO captions (polymodal train contrastive)",
 }
+DESCRIPTIONS["easy-vqa"] = ("VQA fusion encoder (frozen lite towers: 7x7 image grid + question tokens, concat fusion) "
+                            "trained on easy-VQA shapes and colours (benchmarks/easy_vqa.py); polymodal vqa IMAGE QUESTION")
 
 
 def available_models() -> list[str]:
@@ -49,6 +66,10 @@ def load(name_or_path: str | Path = "lite", **kwargs):
 
         if path.is_dir() and is_dual_encoder_folder(path):
             return load_dual_encoder(path)
+        from polymodal.models.fusion_encoder import is_fusion_encoder_folder, load_fusion_encoder
+
+        if path.is_dir() and is_fusion_encoder_folder(path):
+            return load_fusion_encoder(path)
 
         return load_clip(path, **kwargs)
     raise PolymodalError(

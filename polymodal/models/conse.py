@@ -26,6 +26,35 @@ CLASS_TEMPLATE = "a photo of a {}"
 MODEL_VERSION = "1"
 
 
+def conse_embedding(logits: torch.Tensor, class_matrix: torch.Tensor, top_k: int = 10) -> torch.Tensor:
+    """ImageNet logits [B, 1000] -> sum over the top-k classes of p(class) * class prompt embedding: [B, D]."""
+    top_p, top_i = logits.softmax(dim=-1).topk(top_k, dim=-1)  # [B, k]
+    return torch.einsum("bk,bkd->bd", top_p, class_matrix[top_i])
+
+
+def class_prompt_matrix(text_tower) -> np.ndarray:
+    """Normalised embeddings of 'a photo of a {class}' for the 1000 classes [1000, D]; computed once, cached on disk."""
+    names = imagenet_classes()
+    key = hashlib.sha256("\n".join([MODEL_VERSION, CLASS_TEMPLATE, *names]).encode()).hexdigest()[:16]
+    path = cache_dir() / f"conse-classes-{key}.npy"
+    if path.is_file():
+        try:
+            matrix = np.load(path)
+            if matrix.shape == (len(names), text_tower.dim):
+                return matrix
+        except (OSError, ValueError):
+            log.warning("class prompt cache %s is unreadable; recomputing", path)
+    log.info("computing %d class prompt embeddings (once; cached at %s)", len(names), path)
+    prompts = [CLASS_TEMPLATE.format(c) for c in names]
+    with torch.inference_mode():
+        matrix = torch.cat([text_tower(prompts[i : i + 64]) for i in range(0, len(prompts), 64)])
+    matrix = torch.nn.functional.normalize(matrix, dim=-1).numpy()
+    buf = io.BytesIO()
+    np.save(buf, matrix)
+    atomic_write_bytes(path, buf.getvalue())
+    return matrix
+
+
 class ConSEModel(EmbeddingModel):
     name = "lite"
     transform = LITE0_TRANSFORM
@@ -39,35 +68,13 @@ class ConSEModel(EmbeddingModel):
         self.image_tower = EfficientNetLite0()
         self.dim = self.text_tower.dim
         self.class_names = imagenet_classes()
-        self.class_matrix = torch.from_numpy(self._class_prompt_matrix())  # [1000, D], rows normalised
-
-    def _class_prompt_matrix(self) -> np.ndarray:
-        """Embeddings of 'a photo of a {class}' for the 1000 classes, computed once and cached on disk."""
-        key = hashlib.sha256(
-            "\n".join([MODEL_VERSION, CLASS_TEMPLATE, *self.class_names]).encode()
-        ).hexdigest()[:16]
-        path = cache_dir() / f"conse-classes-{key}.npy"
-        if path.is_file():
-            try:
-                matrix = np.load(path)
-                if matrix.shape == (len(self.class_names), self.dim):
-                    return matrix
-            except (OSError, ValueError):
-                log.warning("class prompt cache %s is unreadable; recomputing", path)
-        log.info("computing %d class prompt embeddings (once; cached at %s)", len(self.class_names), path)
-        matrix = self.encode_text([CLASS_TEMPLATE.format(c) for c in self.class_names])
-        buf = io.BytesIO()
-        np.save(buf, matrix)
-        atomic_write_bytes(path, buf.getvalue())
-        return matrix
+        self.class_matrix = torch.from_numpy(class_prompt_matrix(self.text_tower))  # [1000, D], rows normalised
 
     def class_probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.image_tower(pixels).softmax(dim=-1)
 
     def _image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
-        probs = self.class_probabilities(pixels)
-        top_p, top_i = probs.topk(self.top_k, dim=-1)  # [B, k]
-        return torch.einsum("bk,bkd->bd", top_p, self.class_matrix[top_i])
+        return conse_embedding(self.image_tower(pixels), self.class_matrix, self.top_k)
 
     def _text_batch(self, texts: list[str]) -> torch.Tensor:
         return self.text_tower(texts)

@@ -34,6 +34,7 @@ class DualEncoderConfig:
     image_features: str = "pooled"  # "pooled" [B,1280] or "spatial" [B,49,1280] tokens
     image_head: str = "linear"  # linear | mlp | attention (attention needs spatial)
     text_head: str = "linear"
+    head_dropout: float = 0.1  # dropout inside "mlp" heads (strong dropout helps on small data)
     image_trainable_blocks: int = 0  # last N of the 16 MBConv blocks (max N for progressive unfreezing)
     text_trainable_layers: int = 0  # last N of the 6 transformer layers
     logit_scale_init: float = 1 / 0.07
@@ -53,6 +54,10 @@ class DualEncoderConfig:
             raise PolymodalError("the attention head pools spatial tokens; set image_features: spatial")
         if not 0 <= self.image_trainable_blocks <= N_IMAGE_BLOCKS:
             raise PolymodalError(f"image_trainable_blocks must be 0..{N_IMAGE_BLOCKS}")
+        if self.image_head == "conse_residual" and (self.image_features != "pooled" or self.embed_dim != 384):
+            raise PolymodalError("the conse_residual head lives in the text tower's space: pooled features, embed_dim 384")
+        if self.text_head == "residual" and self.embed_dim != 384:
+            raise PolymodalError("the residual text head keeps the text tower's 384 dimensions: set embed_dim 384")
         if not 0 <= self.text_trainable_layers <= 6:
             raise PolymodalError("text_trainable_layers must be 0..6")
 
@@ -68,9 +73,14 @@ class DualEncoder(nn.Module, EmbeddingModel):
         self.name, self.version, self.dim = self.config.name, version, self.config.embed_dim
         self.image_tower = EfficientNetLite0()
         self.text_tower = SentenceEncoder(minilm_path())
-        self.image_head = build_head(self.config.image_head, IMAGE_DIM, self.dim)
-        self.text_head = build_head(self.config.text_head, self.text_tower.dim, self.dim)
+        self.image_head = build_head(self.config.image_head, IMAGE_DIM, self.dim, self.config.head_dropout)
+        self.text_head = build_head(self.config.text_head, self.text_tower.dim, self.dim, self.config.head_dropout)
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(self.config.logit_scale_init)))
+        if self.config.image_head == "conse_residual":
+            # ConSE base (see models/conse.py): image embedding = ConSE(ImageNet logits) + learned correction
+            from polymodal.models.conse import class_prompt_matrix
+
+            self.register_buffer("class_matrix", torch.from_numpy(class_prompt_matrix(self.text_tower)))
         # Frozen towers run in eval mode (BatchNorm statistics fixed); cached features stay valid.
         self.image_tower.requires_grad_(False)
         self.text_tower.requires_grad_(False)
@@ -125,7 +135,12 @@ class DualEncoder(nn.Module, EmbeddingModel):
     def image_from_cache(self, x: torch.Tensor) -> torch.Tensor:
         """Cached tensor -> unnormalised embedding [B, D] (gradients flow into heads and unfrozen blocks)."""
         feats = x if self.image_cut == N_IMAGE_BLOCKS else self._features(self.image_tower.rest(x, self.image_cut))
-        return self.image_head(feats.float())
+        out = self.image_head(feats.float())
+        if self.config.image_head == "conse_residual":
+            from polymodal.models.conse import conse_embedding
+
+            out = out + conse_embedding(self.image_tower.net._fc(feats.float()), self.class_matrix)
+        return out
 
     def _features(self, spatial: torch.Tensor) -> torch.Tensor:
         if self.config.image_features == "pooled":
@@ -149,7 +164,7 @@ class DualEncoder(nn.Module, EmbeddingModel):
     # -- saving and loading ------------------------------------------------------------
     def trained_state(self) -> dict[str, torch.Tensor]:
         """Heads, temperature and the unfrozen tower parts (parameters and BatchNorm buffers)."""
-        keep = ("image_head.", "text_head.", "log_logit_scale")
+        keep = ("image_head.", "text_head.", "log_logit_scale", "class_matrix")
         n = self.config.image_trainable_blocks
         if n:
             keep += tuple(f"image_tower.net._blocks.{i}." for i in range(N_IMAGE_BLOCKS - n, N_IMAGE_BLOCKS))

@@ -48,12 +48,30 @@ class AttentionPoolHead(nn.Module):
         return (out, weights[:, 0]) if return_weights else out
 
 
-HEADS = {"linear": LinearHead, "mlp": MLPHead, "attention": AttentionPoolHead}
+class ResidualHead(nn.Module):
+    """[B, D] -> [B, D]: x + MLP(x), the MLP's last layer zero-initialised so training starts at the identity
+    (keeps what the pretrained space already knows, e.g. zero-shot labels, and learns a correction)."""
+
+    def __init__(self, d_in: int, d_out: int, hidden: int = 1024, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.mlp = MLPHead(d_in, d_out, hidden, dropout)
+        nn.init.zeros_(self.mlp.net[-1].weight)
+        nn.init.zeros_(self.mlp.net[-1].bias)
+        self.same = d_in == d_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x) + (x if self.same else 0)
 
 
-def build_head(kind: str, d_in: int, d_out: int) -> nn.Module:
+HEADS = {"linear": LinearHead, "mlp": MLPHead, "attention": AttentionPoolHead, "residual": ResidualHead,
+         "conse_residual": ResidualHead}  # conse_residual: the DualEncoder adds the ConSE embedding as the base
+
+
+def build_head(kind: str, d_in: int, d_out: int, dropout: float = 0.1) -> nn.Module:
     if kind not in HEADS:
         from polymodal.errors import PolymodalError
 
         raise PolymodalError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
+    if kind in ("mlp", "residual", "conse_residual"):
+        return HEADS[kind](d_in, d_out, dropout=dropout)
     return HEADS[kind](d_in, d_out)

@@ -1,0 +1,191 @@
+"""HTTP serving load: image-embedding requests at several concurrencies, micro-batching on and off.
+
+Starts `polymodal serve` on a free loopback port per configuration, sends a bounded load (a fixed number of requests
+per concurrency level, cut off by a time limit), stops the server, and prints one JSON line per measurement
+(QPS, p50/p99 latency in ms, mean images per forward pass) plus a final ratio line: QPS with batching / without
+at the highest concurrency. It always stops by itself.
+
+    python benchmarks/serve_load.py                       # lite over the sample gallery, concurrency 1,8,32
+    python benchmarks/serve_load.py --db pics.idx --requests 200
+
+The client runs on the same machine as the server and takes CPU from it; compare configurations with each other,
+not with benchmarks/embed_throughput.py. `--runtime` is the model runtime the server uses; only "torch" today.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RUNTIMES = ("torch",)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _batch_stats(metrics_text: str) -> tuple[float, float]:
+    """(sum, count) of polymodal_batch_size for images, from the Prometheus text."""
+    out = []
+    for suffix in ("sum", "count"):
+        m = re.search(rf'^polymodal_batch_size_{suffix}{{kind="image"}} (\S+)$', metrics_text, re.M)
+        out.append(float(m.group(1)) if m else 0.0)
+    return out[0], out[1]
+
+
+class Server:
+    def __init__(self, args, db: Path, batching: bool, log) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "polymodal", "serve", "--model", args.model, "--db", str(db),
+               "--host", "127.0.0.1", "--port", str(self.port), "--max-batch", str(args.max_batch),
+               "--max-wait-ms", str(args.max_wait_ms)]
+        if not batching:
+            cmd.append("--no-batching")
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+
+    def wait_ready(self, timeout: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited with code {self.proc.returncode}; see the log")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise SystemExit(f"server did not answer /healthz within {timeout:g} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+async def _load(url: str, image: bytes, concurrency: int, requests: int, time_limit: float) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    issued = 0
+    deadline = time.monotonic() + time_limit
+
+    async def worker(client) -> None:
+        nonlocal issued, errors
+        while issued < requests and time.monotonic() < deadline:
+            issued += 1
+            t0 = time.perf_counter()
+            try:
+                r = await client.post("/v1/embed", files={"image": ("q.jpg", image, "image/jpeg")})
+                ok = r.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    timeout = httpx.Timeout(max(time_limit, 1.0))
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        seconds = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {
+        "requests": len(latencies), "errors": errors, "seconds": round(seconds, 2),
+        "qps": round(len(latencies) / seconds, 2) if seconds > 0 else 0.0,
+        "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "timed_out": time.monotonic() >= deadline and len(latencies) + errors < requests,
+    }
+
+
+def _gallery_db(model: str, workdir: Path) -> Path:
+    """An index of the sample gallery (needs scikit-image), built with the CLI in a temporary folder."""
+    from polymodal.data.samples import write_sample_gallery
+
+    gallery = workdir / "gallery"
+    write_sample_gallery(gallery)
+    db = workdir / "db"
+    subprocess.run([sys.executable, "-m", "polymodal", "index", str(gallery), "--db", str(db), "--model", model,
+                    "--json"], check=True, stdout=subprocess.DEVNULL, timeout=600)
+    return db
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="lite")
+    ap.add_argument("--db", help="an existing index (default: the sample gallery, indexed into a temporary folder)")
+    ap.add_argument("--image", help="query image file (default: the sample gallery's coffee.jpg)")
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--requests", type=int, default=160, help="requests per concurrency level")
+    ap.add_argument("--time-limit", type=float, default=60.0, help="seconds per concurrency level, at most")
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, help="torch threads in the server (default: torch's choice)")
+    ap.add_argument("--runtime", default="torch", choices=RUNTIMES, help="model runtime in the server (only torch yet)")
+    ap.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for a server to start")
+    args = ap.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
+        work = Path(tmp)
+        db = Path(args.db) if args.db else _gallery_db(args.model, work)
+        image = Path(args.image).read_bytes() if args.image else _default_image(work)
+        qps: dict[tuple[bool, int], float] = {}
+        with open(work / "server.log", "ab") as log:
+            for batching in (True, False):
+                import httpx
+
+                server = Server(args, db, batching, log)
+                try:
+                    server.wait_ready(args.start_timeout)
+                    for _ in range(4):  # warm-up: first calls allocate and fill caches
+                        httpx.post(server.url + "/v1/embed", files={"image": ("q.jpg", image, "image/jpeg")}, timeout=60)
+                    for c in levels:
+                        before = _batch_stats(httpx.get(server.url + "/metrics").text)
+                        result = asyncio.run(_load(server.url, image, c, args.requests, args.time_limit))
+                        after = _batch_stats(httpx.get(server.url + "/metrics").text)
+                        passes = after[1] - before[1]
+                        mean_batch = round((after[0] - before[0]) / passes, 2) if passes else None
+                        qps[(batching, c)] = result["qps"]
+                        line = {"bench": "serve_load", "runtime": args.runtime, "model": args.model,
+                                "threads": args.threads, "batching": batching, "concurrency": c, **result, "mean_batch": mean_batch}
+                        print(json.dumps(line))
+                        sys.stdout.flush()
+                finally:
+                    server.stop()
+    top = max(levels)
+    on, off = qps.get((True, top)), qps.get((False, top))
+    print(json.dumps({"bench": "serve_load", "runtime": args.runtime, "ratio": "qps_batching/qps_no_batching",
+                      "concurrency": top, "value": round(on / off, 2) if on and off else None, "cpus": os.cpu_count()}))
+    return 0
+
+
+def _default_image(work: Path) -> bytes:
+    from polymodal.data.samples import write_sample_gallery
+
+    return next(p for p in write_sample_gallery(work / "gallery") if p.name == "coffee.jpg").read_bytes()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""`polymodal serve`: the HTTP service over an index (needs the serve extra; FastAPI is imported only here)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from polymodal.errors import PolymodalError
+
+log = logging.getLogger(__name__)
+
+
+def cmd_serve(args) -> int:
+    from polymodal.index import ImageIndex
+    from polymodal.serve.limits import ServeSettings
+
+    if args.max_batch < 1 or args.max_wait_ms < 0:
+        raise PolymodalError(f"--max-batch must be at least 1 and --max-wait-ms at least 0, got {args.max_batch}, {args.max_wait_ms}")
+    if not 0 <= args.port <= 65535:
+        raise PolymodalError(f"--port must be 0-65535, got {args.port}")
+    try:
+        import uvicorn  # noqa: F401
+        import fastapi  # noqa: F401
+    except ImportError as exc:
+        raise PolymodalError(f"serving needs the serve extra ({exc.name} is missing); pip install 'polymodal[serve]'") from exc
+    info = ImageIndex(args.db).info()  # a missing index: one line, before the model loads
+    settings = ServeSettings(
+        batching=not args.no_batching,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_body_bytes=args.max_body_mb * 2**20,
+        request_timeout_s=args.timeout,
+    )
+    if args.threads is not None:
+        if args.threads < 1:
+            raise PolymodalError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from polymodal.serve.app import create_app
+
+    sock = _bind(args.host, args.port)  # before the slow model load: a busy port is one line and exit 2
+    try:
+        app = create_app(args.model or info["model_name"], args.db, api_key=args.api_key, settings=settings)
+    except BaseException:
+        sock.close()
+        raise
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        log.warning("serving on %s without --api-key: anyone who can reach this address can use and change the index", args.host)
+    import uvicorn
+
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"polymodal: serving {app.state.service.model.key} over {args.db} ({info['count']} images) on "
+          f"http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops", flush=True)
+    config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", timeout_keep_alive=5,
+                            server_header=False)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise PolymodalError(f"cannot resolve --host {host!r} ({exc.strerror}); pass an address like 127.0.0.1") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise PolymodalError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port") from None
+    return sock
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("serve", help="serve an index over HTTP: embed, search, classify, web page (needs [serve])")
+    s.add_argument("--model", default=None, help="built-in name or checkpoint path (default: the index's model)")
+    s.add_argument("--db", required=True, help="index folder built by `polymodal index`")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument(
+        "--api-key", default=os.environ.get("POLYMODAL_API_KEY") or None,
+        help="require this key in the X-API-Key header on every endpoint but /healthz and the page shell "
+        "(default: $POLYMODAL_API_KEY; the variable keeps the key out of the process list)",
+    )
+    s.add_argument("--max-batch", type=int, default=32, help="items per merged forward pass (default 32)")
+    s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
+    s.add_argument("--no-batching", action="store_true", help="run each request's forward pass alone")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch threads for the model (default: torch's choice; 1 can be steadier on a busy machine)")
+    s.add_argument("--max-body-mb", type=int, default=20, help="largest request body in MB (default 20)")
+    s.add_argument("--timeout", type=float, default=30.0, help="request timeout in seconds (default 30)")
+    s.set_defaults(func=cmd_serve)

@@ -1,0 +1,128 @@
+"""`polymodal vqa`, `polymodal train vqa`, `polymodal eval vqa`: thin wrappers over the fusion encoder, train.vqa and
+eval.vqa. `add_parsers(sub, actions)` takes the subcommand action and the "train"/"eval" sub-actions that
+`polymodal.cli_train.add_parsers` returns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from polymodal.errors import PolymodalError
+
+# flag -> (recipe section, type): "train" = TrainConfig, "arch" = FusionEncoderConfig, "" = the recipe itself
+VQA_FLAGS = {
+    "epochs": ("train", int), "lr": ("train", float), "weight_decay": ("train", float),
+    "warmup_steps": ("train", int), "grad_clip": ("train", float), "seed": ("train", int),
+    "patience": ("train", int), "log_every": ("train", int),
+    "fusion": ("arch", str), "dim": ("arch", int), "dropout": ("arch", float), "image_size": ("arch", int),
+    "batch_size": ("", int), "val_fraction": ("", float), "min_answer_count": ("", int), "max_answers": ("", int),
+    "label_smoothing": ("", float), "itm_weight": ("", float), "workers": ("", int),
+}
+
+
+def _load_vqa_model(name: str):
+    import polymodal
+    from polymodal.models.fusion_encoder import FusionEncoder
+
+    model = polymodal.load(name)
+    if not isinstance(model, FusionEncoder):
+        raise PolymodalError(f"model {name!r} does not answer questions; pass --model easy-vqa or a folder "
+                             "written by `polymodal train vqa`")
+    return model
+
+
+def cmd_vqa(args) -> int:
+    from polymodal.data.images import load_image
+
+    image = load_image(args.image)  # a missing or corrupt image fails here, before the model loads
+    choices = [c.strip() for c in args.choices.split(",") if c.strip()] if args.choices else None
+    model = _load_vqa_model(args.model)
+    result = model.answer(image, args.question, choices=choices, top_k=args.top_k)
+    if args.explain:
+        from polymodal.apps.explain import save_heatmap
+
+        save_heatmap(image, model.explain(image, args.question), args.explain)
+        result["explain"] = str(args.explain)
+    if args.json:
+        print(json.dumps({"image": args.image, "question": args.question, "answer": result["answer"],
+                          "score": round(result["score"], 4),
+                          "alternatives": [{"answer": a, "score": round(s, 4)} for a, s in result["alternatives"]],
+                          **({"explain": result["explain"]} if args.explain else {})}))
+        return 0
+    print(f"{result['answer']}  ({result['score']:.3f})")
+    for a, s in result["alternatives"][1:]:
+        print(f"  {a}  ({s:.3f})")
+    if args.explain:
+        print(f"heat map: {args.explain}")
+    return 0
+
+
+def cmd_train_vqa(args) -> int:
+    from polymodal.cli_train import _read_config
+    from polymodal.train.vqa import VQARecipe, train_vqa
+
+    settings = _read_config(args.config) if args.config else {}
+    settings.setdefault("arch", {})
+    settings.setdefault("train", {})
+    for key in ("qa", "val_qa", "out", "model"):
+        if getattr(args, key):
+            settings[key] = getattr(args, key)
+    for key, (section, _) in VQA_FLAGS.items():
+        value = getattr(args, key)
+        if value is not None:
+            (settings[section] if section else settings)[key] = value
+    if args.fusion_options:
+        try:
+            settings["arch"]["fusion_options"] = json.loads(args.fusion_options)
+        except ValueError as exc:
+            raise PolymodalError(f"--fusion-options must be a JSON object, e.g. '{{\"layers\": 2}}' ({exc})") from exc
+    if args.pixel_patches:
+        settings["arch"]["pixel_patches"] = True
+    if args.itm_head:
+        settings["arch"]["itm_head"] = True
+    if not settings.get("qa") or not settings.get("out"):
+        raise PolymodalError("pass --qa FILE.jsonl and --out RUN_DIR (or put them in --config)")
+    result = train_vqa(VQARecipe.from_dict(settings), resume=args.resume, progress=not args.quiet)
+    print(json.dumps({"out": settings["out"], "model": str(Path(settings["out"]) / "model"), "best": result}))
+    return 0
+
+
+def cmd_eval_vqa(args) -> int:
+    from polymodal.eval.vqa import read_qa, vqa_accuracy
+
+    rows = read_qa(args.qa)
+    model = _load_vqa_model(args.model)
+    print(json.dumps({"model": args.model, "questions": len(rows), **vqa_accuracy(model, rows)}))
+    return 0
+
+
+def add_parsers(sub, actions: dict) -> None:
+    s = sub.add_parser("vqa", help="answer a question about an image")
+    s.add_argument("image")
+    s.add_argument("question")
+    s.add_argument("--choices", help="comma-separated candidate answers, e.g. yes,no")
+    s.add_argument("--model", default="easy-vqa", help="built-in name or fusion-encoder folder (default: easy-vqa)")
+    s.add_argument("--top-k", type=int, default=3)
+    s.add_argument("--explain", metavar="OUT_PNG", help="also save a heat map of where the model looked")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_vqa)
+
+    s = actions["train"].add_parser("vqa", help="fusion encoder for visual question answering on image-question-answer rows")
+    s.add_argument("--qa", nargs="+", help='JSONL of {"image", "question", "answer"} (image relative to the file)')
+    s.add_argument("--val-qa", nargs="+", help="validation rows (default: split off --val-fraction by image)")
+    s.add_argument("--out", help="run folder: model/, checkpoint.pt, metrics.jsonl")
+    s.add_argument("--model", help="'new' (default) or a fusion-encoder folder to continue training")
+    s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
+    s.add_argument("--fusion-options", help='JSON options for the fusion, e.g. \'{"layers": 2}\'')
+    s.add_argument("--pixel-patches", action="store_true", help="add raw-pixel patch embeddings to the grid tokens")
+    s.add_argument("--itm-head", action="store_true", help="add an image-text matching head (train with --itm-weight)")
+    s.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    for key, (_, typ) in VQA_FLAGS.items():
+        s.add_argument("--" + key.replace("_", "-"), type=typ, default=None)
+    s.set_defaults(func=cmd_train_vqa)
+
+    s = actions["eval"].add_parser("vqa", help="VQA accuracy, overall and per answer type, on a QA JSONL")
+    s.add_argument("--qa", required=True)
+    s.add_argument("--model", default="easy-vqa")
+    s.set_defaults(func=cmd_eval_vqa)

@@ -1,0 +1,138 @@
+"""VQA data and metrics: question-answer rows from JSONL, exact-match accuracy overall and per answer type.
+
+A QA file is JSONL with one ``{"image": path relative to the file, "question": text, "answer": text}`` per line
+(optional ``"answer_type"``; a JSON array of such objects works too). Unusable rows (bad JSON, missing keys, missing
+image file) are counted and logged; a file without any usable row is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from polymodal.errors import PolymodalError
+from polymodal.models.fusion_encoder import YES_NO, normalize_answer
+
+log = logging.getLogger(__name__)
+
+QA_FORMAT = 'JSONL with one {"image": path relative to the file, "question": ..., "answer": ...} object per line'
+
+
+@dataclass(frozen=True)
+class QARow:
+    image: Any  # a resolved Path (from a file) or anything polymodal.data.images.load_image reads
+    question: str
+    answer: str  # normalised (see normalize_answer)
+    answer_type: str | None = None
+
+    @property
+    def type(self) -> str:
+        """The row's answer type: its own ``answer_type`` if given, else "yes/no" or "other"."""
+        return self.answer_type or answer_type(self.answer)
+
+
+def answer_type(answer: str) -> str:
+    return "yes/no" if normalize_answer(answer) in YES_NO else "other"
+
+
+def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
+    """One or several QA JSONL files -> rows (image paths resolved against each file's folder)."""
+    if isinstance(source, (list, tuple)):
+        return [row for s in source for row in read_qa(s)]
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise PolymodalError(f"QA file not found: {path}; pass {QA_FORMAT}")
+    rows, skipped, exists = [], [], {}
+    with path.open(encoding="utf-8-sig", errors="replace") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        try:
+            items = list(enumerate(json.loads(text), 1))
+        except json.JSONDecodeError as exc:
+            raise PolymodalError(f"{path} is not valid JSON ({exc}); pass {QA_FORMAT}") from exc
+    else:
+        items = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    for n, item in items:
+        where = f"{path}:{n}"
+        if isinstance(item, str):
+            try:
+                item = json.loads(item)
+            except json.JSONDecodeError as exc:
+                skipped.append((where, f"bad JSON ({exc.msg})"))
+                continue
+        if not isinstance(item, dict):
+            skipped.append((where, "not a JSON object"))
+            continue
+        missing = [k for k in ("image", "question", "answer") if item.get(k) in (None, "")]
+        if missing:
+            skipped.append((where, f"no {', '.join(missing)}"))
+            continue
+        image = (path.parent / Path(str(item["image"])).expanduser()).resolve()
+        if image not in exists:
+            exists[image] = image.is_file()
+        if not exists[image]:
+            skipped.append((where, f"image file not found: {item['image']}"))
+            continue
+        rows.append(QARow(image, " ".join(str(item["question"]).split()), normalize_answer(item["answer"]),
+                          item.get("answer_type") or None))
+    if skipped:
+        log.warning("%s: skipped %d unusable rows (first: %s: %s)", path, len(skipped), *skipped[0])
+    if not rows:
+        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise PolymodalError(f"{path} has no usable question-answer rows; {len(skipped)} skipped{first}; pass {QA_FORMAT}")
+    return rows
+
+
+def as_rows(rows: Iterable[Any]) -> list[QARow]:
+    """QARow objects or dicts with image/question/answer(/answer_type) -> QARow list."""
+    out = []
+    for r in rows:
+        if isinstance(r, QARow):
+            out.append(r)
+        elif isinstance(r, dict) and all(k in r for k in ("image", "question", "answer")):
+            out.append(QARow(r["image"], str(r["question"]), normalize_answer(r["answer"]), r.get("answer_type")))
+        else:
+            raise PolymodalError(f"a VQA row needs image, question and answer; got {r!r:.80}")
+    return out
+
+
+def accuracy_by_type(predicted: Sequence[str], rows: Sequence[QARow]) -> dict:
+    """Exact match (after normalize_answer) -> {"accuracy", "count", "per_type": {type: accuracy},
+    "per_type_count": {type: n}}."""
+    if len(predicted) != len(rows):
+        raise PolymodalError(f"{len(predicted)} predictions for {len(rows)} rows")
+    hits: dict[str, list[int]] = {}
+    for pred, row in zip(predicted, rows):
+        hits.setdefault(row.type, []).append(int(normalize_answer(pred) == row.answer))
+    total = sum(sum(h) for h in hits.values())
+    return {
+        "accuracy": total / max(1, len(rows)),
+        "count": len(rows),
+        "per_type": {t: sum(h) / len(h) for t, h in sorted(hits.items())},
+        "per_type_count": {t: len(h) for t, h in sorted(hits.items())},
+    }
+
+
+def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool = False) -> dict:
+    """Exact-match accuracy of a fusion encoder on QA rows, overall and per answer type ("yes/no" when the answer
+    is yes or no, else "other"; a row's own answer_type wins). With ``cache``, image and question features go
+    through the on-disk feature cache (image paths only), so a second evaluation costs no tower pass."""
+    from polymodal.models.fusion_encoder import FusionEncoder
+
+    if not isinstance(model, FusionEncoder):
+        raise PolymodalError(f"VQA needs a fusion encoder (e.g. 'easy-vqa' or a `polymodal train vqa` folder), "
+                             f"got {type(model).__name__}")
+    rows = as_rows(rows)
+    if not rows:
+        raise PolymodalError("no rows to evaluate")
+    if cache and all(isinstance(r.image, (str, Path)) for r in rows):
+        from polymodal.train.vqa import cached_predictions
+
+        predicted = [a for a, _ in cached_predictions(model, [r.image for r in rows], [r.question for r in rows],
+                                                      progress=progress)]
+    else:
+        predicted = [a for a, _ in model.predict([r.image for r in rows], [r.question for r in rows])]
+    return accuracy_by_type(predicted, rows)

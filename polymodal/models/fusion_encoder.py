@@ -1,0 +1,398 @@
+"""FusionEncoder: a ViLT/VisualBERT-style model for visual question answering over the pretrained towers.
+
+    image -> EfficientNet-Lite0 spatial map [B, 1280, g, g] -> g*g grid tokens -> LayerNorm + Linear -> [B, g*g, D]
+             (+ learned 2-D position embedding, + optionally a linear embedding of the raw pixel patch of each cell)
+    text  -> MiniLM token states [B, L, 384] (attention mask = padding mask) -> LayerNorm + Linear -> [B, L, D]
+    fusion (any of polymodal.fusion, named in the config) -> pooled [B, D]
+    heads:  VQA: MLP -> logits over the answer vocabulary (built from the training answers)
+            ITM (optional): Linear -> one logit, "does this text match this image"
+
+The towers are frozen (eval mode); their outputs are what the training feature cache stores
+(`image_cache_input`, `text_cache_input`), so an epoch costs no tower pass. Only the projections, fusion and heads
+are saved (config.json with the answer vocabulary + model.safetensors): a saved model is a few MB.
+
+Multiple choice (`answer(..., choices=[...])`): candidates in the answer vocabulary are ranked by the classifier's
+logits restricted to them (softmax over the candidates). If some candidates are outside the vocabulary, the
+in-vocabulary ones keep their full-vocabulary probability and each outside one is scored by the ITM head as
+sigmoid(ITM(image, question + " " + candidate)) -- or 0.0 when the model has no ITM head (it cannot judge them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from polymodal.cache import atomic_write_bytes
+from polymodal.data.images import ImageTransform
+from polymodal.errors import PolymodalError
+from polymodal.fusion import FUSIONS, FusionOutput, build_fusion
+
+log = logging.getLogger(__name__)
+
+IMAGE_DIM, TEXT_DIM = 1280, 384
+PATCH = 8  # raw-pixel patch side per grid cell (pixels are average-pooled to grid * PATCH first)
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+YES_NO = ("yes", "no")
+
+
+def normalize_answer(text: Any) -> str:
+    """Lower case, single spaces, no trailing full stop: 'Yes.' and ' yes' are the same answer."""
+    return " ".join(str(text).lower().split()).rstrip(".").strip()
+
+
+@dataclass
+class FusionEncoderConfig:
+    name: str = "fusion-encoder"
+    fusion: str = "cross_attention"  # any name in polymodal.fusion.FUSIONS
+    fusion_options: dict = field(default_factory=dict)  # that fusion's options, e.g. {"layers": 2}
+    dim: int = 128  # D: token width inside the fusion
+    dropout: float = 0.1
+    answers: list = field(default_factory=list)  # the answer vocabulary (classifier outputs, in order)
+    itm_head: bool = False  # an image-text matching head (scores candidates outside the vocabulary)
+    pixel_patches: bool = False  # add a linear embedding of each grid cell's raw pixels (exact colour)
+    image_size: int = 224  # resize (short side) and centre crop; 224 -> a 7x7 grid
+    max_question_tokens: int = 32
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FusionEncoderConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known - {"type", "version", "transform"}
+        if unknown:
+            raise PolymodalError(f"unknown fusion-encoder config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def validate(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise PolymodalError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if not isinstance(self.dim, int) or self.dim <= 0:
+            raise PolymodalError(f"dim must be a positive int, got {self.dim!r}")
+        if not self.answers:
+            raise PolymodalError("a fusion encoder needs an answer vocabulary (config 'answers'); "
+                                 "train one with `polymodal train vqa`")
+        if len(set(self.answers)) != len(self.answers):
+            raise PolymodalError("the answer vocabulary has duplicates")
+        if self.image_size % 32 or self.image_size < 32:
+            raise PolymodalError(f"image_size must be a multiple of 32 (the tower's stride), got {self.image_size}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // 32
+
+    @property
+    def transform(self) -> ImageTransform:
+        # resize == crop: a square image keeps its borders (a 64x64 easy-VQA image loses nothing to the crop)
+        return ImageTransform(resize=self.image_size, crop=self.image_size, mean=(0.5, 0.5, 0.5),
+                              std=(0.5, 0.5, 0.5), resample="bicubic")
+
+
+class FusionEncoder(nn.Module):
+    """Image grid tokens + question tokens -> fusion -> VQA answer logits (and an optional ITM logit).
+
+    Shapes: image cache input ``[B, g*g, F]`` (F = 1280, + 3*8*8 raw pixels with ``pixel_patches``); text cache
+    input ``([B, L, 384], mask [B, L])``; answer logits ``[B, A]``."""
+
+    def __init__(self, config: FusionEncoderConfig, version: str = "untrained") -> None:
+        super().__init__()
+        from polymodal.encoders.efficientnet import EfficientNetLite0
+        from polymodal.encoders.text import SentenceEncoder, minilm_path
+
+        config.validate()
+        if config.fusion == "cross_attention" and "query" not in config.fusion_options:
+            # the question asks, the image answers: text tokens query the grid (and the attention is a heat map)
+            config.fusion_options = {**config.fusion_options, "query": 1}
+        self.config, self.version, self.name = config, version, config.name
+        self.transform = config.transform
+        self.answers = list(config.answers)
+        self.answer_index = {a: i for i, a in enumerate(self.answers)}
+        d, n_tokens = config.dim, config.grid**2
+
+        self.image_tower = EfficientNetLite0()
+        self.text_tower = SentenceEncoder(minilm_path(), max_length=config.max_question_tokens)
+        self.image_tower.requires_grad_(False)
+        self.text_tower.requires_grad_(False)
+
+        self.image_proj = nn.Sequential(nn.LayerNorm(IMAGE_DIM), nn.Linear(IMAGE_DIM, d))
+        self.pixel_proj = nn.Linear(3 * PATCH * PATCH, d) if config.pixel_patches else None
+        self.image_pos = nn.Parameter(0.02 * torch.randn(n_tokens, d))
+        self.text_proj = nn.Sequential(nn.LayerNorm(TEXT_DIM), nn.Linear(TEXT_DIM, d))
+        self.drop = nn.Dropout(config.dropout)
+        self.fusion = build_fusion(config.fusion, [d, d], d, **config.fusion_options)
+        self.vqa_head = nn.Sequential(
+            nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(2 * d, len(self.answers))
+        )
+        self.itm = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1)) if config.itm_head else None
+
+    # -- modes -------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.image_tower.eval()  # frozen towers: BatchNorm statistics fixed, cached features stay valid
+        self.text_tower.eval()
+        return self
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    # -- what the feature cache stores ----------------------------------------------------------
+    @property
+    def image_cache_signature(self) -> str:
+        return f"lite0|grid|pixels{int(self.config.pixel_patches)}|{self.transform.to_dict()}"
+
+    @property
+    def text_cache_signature(self) -> str:
+        return f"all-MiniLM-L6-v2|tokens|max{self.config.max_question_tokens}"
+
+    @torch.no_grad()
+    def image_cache_input(self, pixels: Tensor) -> Tensor:
+        """Normalised pixels ``[B, 3, S, S]`` -> grid tokens ``[B, g*g, F]``: the tower's 1280-d cell features,
+        followed (with pixel_patches) by the cell's raw pixels average-pooled to 8x8 (192 values)."""
+        grid = self.image_tower.spatial(pixels).float()  # [B, 1280, g, g]
+        tokens = grid.flatten(2).transpose(1, 2)
+        if not self.config.pixel_patches:
+            return tokens.contiguous()
+        g = self.config.grid
+        small = nn.functional.adaptive_avg_pool2d(pixels.float(), g * PATCH)  # [B, 3, g*8, g*8]
+        patches = small.unfold(2, PATCH, PATCH).unfold(3, PATCH, PATCH)  # [B, 3, g, g, 8, 8]
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(pixels.shape[0], g * g, 3 * PATCH * PATCH)
+        return torch.cat([tokens, patches], dim=-1).contiguous()
+
+    @torch.no_grad()
+    def text_cache_input(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Strings -> MiniLM token states ``[B, L, 384]`` (padding zeroed) and mask ``[B, L]`` (True = real)."""
+        batch = self.text_tower.tokenize(list(texts))
+        states = self.text_tower.model(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].bool()
+        return torch.where(mask[..., None], states, states.new_zeros(())), mask
+
+    # -- trainable part ---------------------------------------------------------------------------
+    def image_tokens(self, x: Tensor) -> Tensor:
+        """Cached image input ``[B, T, F]`` -> ``[B, T, D]``."""
+        x = x.float()
+        tokens = self.image_proj(x[..., :IMAGE_DIM]) + self.image_pos[: x.shape[1]]
+        if self.pixel_proj is not None:
+            tokens = tokens + self.pixel_proj(x[..., IMAGE_DIM:])
+        return self.drop(tokens)
+
+    def text_tokens(self, states: Tensor) -> Tensor:
+        return self.drop(self.text_proj(states.float()))
+
+    def fuse_tokens(self, image_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor) -> FusionOutput:
+        return self.fusion([image_tokens, text_tokens], [None, text_mask])
+
+    def fuse(self, images: Tensor, states: Tensor, mask: Tensor, row_image: Tensor | None = None) -> FusionOutput:
+        """images ``[I, T, F]`` (cache input), question states ``[R, L, 384]`` + mask; ``row_image`` ``[R]`` picks
+        each row's image (the image projection then runs once per image, not once per question)."""
+        img = self.image_tokens(images)
+        if row_image is not None:
+            img = img[row_image]
+        return self.fuse_tokens(img, self.text_tokens(states), mask)
+
+    def vqa_logits(self, images: Tensor, states: Tensor, mask: Tensor, row_image: Tensor | None = None) -> Tensor:
+        """-> ``[R, A]`` answer logits."""
+        return self.vqa_head(self.fuse(images, states, mask, row_image).pooled)
+
+    def itm_logits(self, images: Tensor, states: Tensor, mask: Tensor, row_image: Tensor | None = None) -> Tensor:
+        """-> ``[R]`` image-text match logits (needs ``itm_head``)."""
+        if self.itm is None:
+            raise PolymodalError("this fusion encoder has no ITM head; train it with itm_head: true")
+        return self.itm(self.fuse(images, states, mask, row_image).pooled)[:, 0]
+
+    def forward(self, images: Tensor, states: Tensor, mask: Tensor, row_image: Tensor | None = None) -> Tensor:
+        return self.vqa_logits(images, states, mask, row_image)
+
+    # -- inference ----------------------------------------------------------------------------------
+    def encode_images(self, images: Sequence[Any], batch_size: int = 32) -> Tensor:
+        """Paths / PIL images / arrays -> cache inputs ``[N, T, F]`` (one tower pass)."""
+        out = []
+        for i in range(0, len(images), batch_size):
+            out.append(self.image_cache_input(torch.from_numpy(self.transform(list(images[i : i + batch_size])))))
+        return torch.cat(out) if out else torch.zeros(0, self.config.grid**2, IMAGE_DIM)
+
+    def encode_questions(self, questions: Sequence[str], batch_size: int = 128) -> tuple[Tensor, Tensor]:
+        """Strings -> padded token states ``[N, L, 384]`` and mask ``[N, L]``."""
+        states, masks = [], []
+        for i in range(0, len(questions), batch_size):
+            s, m = self.text_cache_input(questions[i : i + batch_size])
+            states.append(s)
+            masks.append(m)
+        width = max(s.shape[1] for s in states)
+        states = [nn.functional.pad(s, (0, 0, 0, width - s.shape[1])) for s in states]
+        masks = [nn.functional.pad(m, (0, width - m.shape[1])) for m in masks]
+        return torch.cat(states), torch.cat(masks)
+
+    @torch.inference_mode()
+    def logits_for(self, image_inputs: Tensor, q_states: Tensor, q_mask: Tensor, row_image: Tensor,
+                   row_question: Tensor, batch_size: int = 256) -> Tensor:
+        """Answer logits ``[R, A]`` for rows (image index, question index) over encoded images and questions."""
+        self.eval()
+        out = []
+        for s in range(0, len(row_image), batch_size):
+            ri, rq = row_image[s : s + batch_size], row_question[s : s + batch_size]
+            used, local = torch.unique(ri, return_inverse=True)
+            states, mask = q_states[rq], q_mask[rq]
+            width = int(mask.sum(1).max()) if len(rq) else 1
+            out.append(self.vqa_logits(image_inputs[used], states[:, :width], mask[:, :width], local).float())
+        return torch.cat(out) if out else torch.zeros(0, len(self.answers))
+
+    def predict(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 256) -> list[tuple[str, float]]:
+        """One (answer, probability) per (image, question) row; each distinct image and question is encoded once."""
+        if len(images) != len(questions):
+            raise PolymodalError(f"got {len(images)} images but {len(questions)} questions; pass one image per question")
+        img_keys, q_keys = _dedupe(images), _dedupe(questions)
+        img_list, row_image = img_keys
+        q_list, row_question = q_keys
+        with torch.inference_mode():
+            image_inputs = self.encode_images(img_list)
+            q_states, q_mask = self.encode_questions([str(q) for q in q_list])
+        probs = self.logits_for(image_inputs, q_states, q_mask, torch.as_tensor(row_image),
+                                torch.as_tensor(row_question), batch_size).softmax(-1)
+        score, best = probs.max(-1)
+        return [(self.answers[int(b)], float(s)) for b, s in zip(best, score)]
+
+    @torch.inference_mode()
+    def answer(self, image: Any, question: str, choices: Sequence[str] | None = None, top_k: int = 3) -> dict:
+        """-> ``{"answer", "score", "alternatives": [(answer, score), ...]}``: the best answer and its probability;
+        alternatives are the ``top_k`` best, best first (so alternatives[0] is the answer itself). With
+        ``choices``, only those candidates are ranked (see the module docstring for how)."""
+        if not str(question).strip():
+            raise PolymodalError("the question is empty; ask something about the image")
+        self.eval()
+        image_inputs = self.encode_images([image])
+        states, mask = self.encode_questions([str(question)])
+        logits = self.vqa_logits(image_inputs, states, mask)[0].float()
+        if choices is None:
+            ranked = [(self.answers[int(i)], float(p))
+                      for p, i in zip(*logits.softmax(-1).topk(min(max(1, top_k), len(self.answers))))]
+        else:
+            ranked = self._rank_choices(logits, image_inputs, str(question), choices)
+        top = ranked[: max(1, top_k)]
+        return {"answer": top[0][0], "score": top[0][1], "alternatives": top}
+
+    def _rank_choices(self, logits: Tensor, image_inputs: Tensor, question: str, choices: Sequence[str]) -> list:
+        seen: dict[str, str] = {}
+        for c in choices:
+            if str(c).strip():
+                seen.setdefault(normalize_answer(c), str(c).strip())
+        if not seen:
+            raise PolymodalError("no choices given; pass candidate answers like --choices yes,no")
+        inside = [k for k in seen if k in self.answer_index]
+        outside = [k for k in seen if k not in self.answer_index]
+        scores: dict[str, float] = {}
+        if not outside:
+            idx = torch.tensor([self.answer_index[k] for k in inside])
+            scores = dict(zip(inside, logits[idx].softmax(-1).tolist()))
+        else:
+            probs = logits.softmax(-1)
+            scores = {k: float(probs[self.answer_index[k]]) for k in inside}
+            if self.itm is not None:
+                states, mask = self.encode_questions([f"{question} {seen[k]}" for k in outside])
+                match = torch.sigmoid(self.itm_logits(image_inputs, states, mask, torch.zeros(len(outside), dtype=torch.long)))
+                scores.update(zip(outside, match.tolist()))
+            else:
+                log.info("no ITM head: candidates outside the answer vocabulary score 0: %s", outside)
+                scores.update({k: 0.0 for k in outside})
+        order = sorted(seen, key=lambda k: -scores[k])
+        return [(seen[k], float(scores[k])) for k in order]
+
+    def explain(self, image: Any, question: str) -> np.ndarray:
+        """A ``[g, g]`` (7x7 at 224 px) float32 heat map in [0, 1] over the image grid: the fusion's last-layer
+        attention over the image tokens (averaged over the positions that attend), or, for fusions without
+        attention over the image, |gradient x input| relevance of the top answer's logit per image token."""
+        self.eval()
+        g = self.config.grid
+        with torch.inference_mode():
+            image_inputs = self.encode_images([image])
+            states, mask = self.encode_questions([str(question)])
+        image_inputs, states, mask = image_inputs.clone(), states.clone(), mask.clone()  # leave inference mode
+        with torch.no_grad():
+            out = self.fuse(image_inputs, states, mask)
+        att = out.attention[0] if out.attention else None
+        if att is not None:
+            att = att[0].float()  # [Q, T]
+            rows = att.sum(-1) > 0  # padded query positions carry no weight
+            heat = att[rows].mean(0) if rows.any() else att.mean(0)
+        else:
+            with torch.enable_grad():
+                img = self.image_tokens(image_inputs).detach().requires_grad_(True)
+                pooled = self.fuse_tokens(img, self.text_tokens(states), mask).pooled
+                logits = self.vqa_head(pooled)[0]
+                (grad,) = torch.autograd.grad(logits[logits.argmax()], img)
+            heat = (grad * img.detach())[0].sum(-1).abs()  # |gradient x input| per token
+        heat = heat.detach().float().reshape(g, g)
+        top = float(heat.max())
+        return (heat / top if top > 0 else heat).numpy().astype(np.float32)
+
+    # -- saving and loading ---------------------------------------------------------------------------
+    def trained_state(self) -> dict[str, Tensor]:
+        """Everything except the frozen towers."""
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items()
+                if not k.startswith(("image_tower.", "text_tower."))}
+
+    def save(self, folder: str | Path) -> Path:
+        """Write config.json (with the answer vocabulary) + model.safetensors atomically; returns the folder."""
+        from safetensors.torch import save as save_bytes
+
+        folder = Path(folder)
+        data = save_bytes(self.trained_state())
+        self.version = hashlib.sha256(data).hexdigest()[:12]
+        config = {"type": "fusion_encoder", "version": self.version, **asdict(self.config),
+                  "transform": self.transform.to_dict()}
+        atomic_write_bytes(folder / WEIGHTS_FILE, data)
+        atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())
+        return folder
+
+
+def _dedupe(items: Sequence[Any]) -> tuple[list, list[int]]:
+    """Distinct items (paths and strings by value, other objects by identity) and each row's index into them."""
+    index: dict[Any, int] = {}
+    unique: list = []
+    rows = []
+    for item in items:
+        key = str(item) if isinstance(item, (str, Path)) else id(item)
+        if key not in index:
+            index[key] = len(unique)
+            unique.append(item)
+        rows.append(index[key])
+    return unique, rows
+
+
+def is_fusion_encoder_folder(path: str | Path) -> bool:
+    try:
+        return json.loads((Path(path) / CONFIG_FILE).read_text()).get("type") == "fusion_encoder"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_fusion_encoder(folder: str | Path) -> FusionEncoder:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        raw = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise PolymodalError(f"cannot read {folder / CONFIG_FILE}; pass a folder written by `polymodal train vqa`") from exc
+    if raw.get("type") != "fusion_encoder":
+        raise PolymodalError(f"{folder} holds a {raw.get('type', 'unknown')!r} model, not a fusion encoder")
+    model = FusionEncoder(FusionEncoderConfig.from_dict(raw), version=str(raw.get("version", "unknown")))
+    try:
+        state = load_file(str(folder / WEIGHTS_FILE))
+    except (OSError, SafetensorError) as exc:
+        raise PolymodalError(f"cannot read {folder / WEIGHTS_FILE} ({exc}); the model folder is incomplete") from exc
+    expected = model.trained_state()
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if missing or unexpected:
+        raise PolymodalError(
+            f"{folder / WEIGHTS_FILE} does not match its config: missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}"
+        )
+    model.load_state_dict(state, strict=False)
+    return model.eval()

@@ -1,0 +1,454 @@
+"""The HTTP service: create_app(model, db) -> a FastAPI app. Needs the `serve` extra (FastAPI, python-multipart).
+
+    from polymodal.serve import create_app
+    app = create_app("lite", "pics.idx", api_key=None)       # then: uvicorn.run(app, host="127.0.0.1")
+
+Endpoints (JSON in, JSON out; every user error is a 4xx {"error": "..."}):
+  POST /v1/embed     {"texts": [...]} | {"images": [base64, ...]} | multipart `image` file(s)  -> vectors
+  POST /v1/search    {"text": "...", "k": 10} | {"image": base64, "k": 10} | multipart `image` + `k`  -> hits
+  POST /v1/classify  multipart `image` + `labels` (comma-separated) | {"image": base64, "labels": [...]}
+  POST /v1/vqa       multipart `image` + `question` | {"image": base64, "question": "..."}  (models with answer())
+  POST /v1/index     multipart `image` file(s) to add | {"remove": [ids]}
+  GET  /v1/thumb/{id}  a JPEG thumbnail of an indexed image;  GET /v1/info;  GET /healthz;  GET /metrics;  GET /docs
+  GET  /             the web page
+"""
+
+# no `from __future__ import annotations`: FastAPI must see the real Request class of the locally imported fastapi
+
+import base64
+import binascii
+import json
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from polymodal.errors import PolymodalError
+from polymodal.serve.limits import (
+    ApiError, ServeSettings, check_k, check_templates, check_texts, open_image_checked,
+)
+from polymodal.serve.service import Service, jsonable
+
+log = logging.getLogger(__name__)
+
+_IMAGE_B64 = {"type": "string", "description": "base64 image bytes (a data: URL is accepted too)"}
+_FILE = {"type": "string", "format": "binary"}
+_FILES = {"type": "array", "items": _FILE}
+_STR_LIST = {"type": "array", "items": {"type": "string"}}
+
+
+def _body(description: str, json_props: dict, form_props: dict | None) -> dict:
+    content = {"application/json": {"schema": {"type": "object", "properties": json_props}}}
+    if form_props is not None:
+        content["multipart/form-data"] = {"schema": {"type": "object", "properties": form_props}}
+    return {"requestBody": {"required": True, "description": description, "content": content}}
+
+
+def create_app(
+    model: Any, db_path: str | Path, api_key: str | None = None, settings: ServeSettings | None = None
+):
+    """A FastAPI app serving `model` (a registered name, a checkpoint path, or a loaded model) over the index at
+    `db_path`. A missing index, an unknown model or a model that doesn't match the index raises PolymodalError."""
+    try:
+        from fastapi import FastAPI, Request
+        from fastapi.exceptions import RequestValidationError
+        from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+        from starlette.concurrency import run_in_threadpool
+        from starlette.datastructures import UploadFile
+        from starlette.exceptions import HTTPException as StarletteHTTPException
+    except ImportError as exc:
+        raise PolymodalError(
+            f"serving needs the serve extra ({exc.name} is missing); pip install 'polymodal[serve]'"
+        ) from exc
+
+    from polymodal.apps.zeroshot import rank_labels
+    from polymodal.index import ImageIndex
+    from polymodal.models.base import EmbeddingModel
+    from polymodal.serve.middleware import ApiKeyMiddleware, LimitsMiddleware, MetricsMiddleware
+    from polymodal.serve.page import render_page
+
+    settings = settings or ServeSettings()
+    ImageIndex(db_path).info()  # a missing index fails before the (slow) model load
+    if isinstance(model, (str, Path)):
+        import polymodal
+
+        model = polymodal.load(model)
+    svc = Service(model, db_path, settings)
+    s = settings
+
+    @asynccontextmanager
+    async def lifespan(app):
+        svc.start()
+        try:
+            yield
+        finally:
+            svc.close()
+
+    app = FastAPI(
+        title="polymodal",
+        version=_version(),
+        description=f"Embed, search, classify with model `{model.key}` over an image index. "
+        "Errors are JSON `{\"error\": \"...\"}`." + (" Send the API key in the `X-API-Key` header." if api_key else ""),
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.service = svc
+
+    # -- request parsing ------------------------------------------------------------------------------------------
+    async def read_json(request: Request, allowed: set[str], example: str) -> dict:
+        raw = await request.body()
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+            raise ApiError(400, f"malformed JSON ({str(exc)[:200]}); send an object like {example}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, f"the JSON body must be an object like {example}, not {type(data).__name__}")
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; this endpoint takes {', '.join(sorted(allowed))}")
+        check_model_field(data.get("model"))
+        return data
+
+    def content_type(request: Request, multipart: bool = True) -> str:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "application/json" or (multipart and ctype == "multipart/form-data"):
+            return ctype
+        wanted = "application/json or multipart/form-data" if multipart else "application/json"
+        raise ApiError(415, f"unsupported Content-Type {ctype or '(none)'!r}; send {wanted}")
+
+    def parse_form(request: Request):
+        return request.form(max_files=s.max_images_per_request, max_fields=s.max_labels + 16)
+
+    def check_form_fields(form, allowed: set[str]) -> None:
+        unknown = sorted(set(form.keys()) - allowed)
+        if unknown:
+            raise ApiError(400, f"unknown form field(s) {', '.join(map(repr, unknown))}; this endpoint takes {', '.join(sorted(allowed))}")
+        check_model_field(form.get("model"))
+
+    def check_model_field(name) -> None:
+        if name is not None and name not in (model.name, model.key):
+            raise ApiError(
+                400, f"this server serves model {model.name!r} ({model.key}), not {str(name)[:100]!r}; "
+                f"drop the model field or start a server with --model {str(name)[:100]}"
+            )
+
+    def form_text(form, key: str) -> str | None:
+        value = form.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ApiError(400, f"form field {key!r} must be text, not a file")
+        return value
+
+    async def form_images(form, required: bool = True) -> list[tuple[str, bytes]]:
+        out = []
+        for i, item in enumerate(form.getlist("image")):
+            if not isinstance(item, UploadFile):
+                raise ApiError(400, "form field 'image' must be a file upload (multipart file part), not text")
+            out.append((_client_name(item.filename, i), await item.read()))
+        if required and not out:
+            raise ApiError(400, "no image: send the image file in the multipart field 'image'")
+        return out
+
+    def json_images(data: dict, required: bool = True) -> list[tuple[str, bytes]]:
+        items = []
+        if "image" in data:
+            items.append(data["image"])
+        if "images" in data:
+            if not isinstance(data["images"], list):
+                raise ApiError(400, '"images" must be a list of base64 strings')
+            items += data["images"]
+        if required and not items:
+            raise ApiError(400, 'no image: send {"image": "<base64 bytes>"} or a multipart file field \'image\'')
+        if len(items) > s.max_images_per_request:
+            raise ApiError(413, f"{len(items)} images in one request; the limit is {s.max_images_per_request}")
+        return [(f"image {i}", _b64(x, i)) for i, x in enumerate(items)]
+
+    async def prepare(items: list[tuple[str, bytes]]) -> list:
+        """Decoded and preprocessed in a worker thread: ready for svc.batcher.images."""
+        return await run_in_threadpool(svc.prepare, items)
+
+    async def decode(items: list[tuple[str, bytes]]) -> list:
+        """Decoded to PIL images in a worker thread: for model methods that take images (answer, classify)."""
+        return await run_in_threadpool(svc.decode, items)
+
+    def thumb_url(request: Request, image_id: int) -> str:
+        return f"{request.scope.get('root_path', '')}/v1/thumb/{image_id}"
+
+    # -- endpoints ------------------------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(render_page())
+
+    @app.get("/healthz", summary="Liveness: 200 while the service runs (never needs the API key)")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/v1/info", summary="The model, the index size, batching and limits")
+    async def info():
+        return JSONResponse(await run_in_threadpool(svc.info))
+
+    @app.get("/metrics", summary="Prometheus metrics (text format)", response_class=PlainTextResponse)
+    async def metrics():
+        text = await run_in_threadpool(svc.metrics.render)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.post(
+        "/v1/embed",
+        summary="Embed texts or images into the model's space (L2-normalised float32)",
+        openapi_extra=_body(
+            "JSON texts or base64 images, or multipart image files",
+            {"texts": _STR_LIST, "images": {"type": "array", "items": _IMAGE_B64}, "image": _IMAGE_B64},
+            {"image": _FILES},
+        ),
+    )
+    async def embed(request: Request):
+        if content_type(request) == "application/json":
+            data = await read_json(request, {"texts", "image", "images", "model"}, '{"texts": ["a dog"]}')
+            if "texts" in data:
+                if "image" in data or "images" in data:
+                    raise ApiError(400, "send either texts or images in one request, not both")
+                texts = check_texts(data["texts"], s.max_texts_per_request, s.max_text_chars)
+                vectors = await svc.batcher.texts(texts)
+            else:
+                if not ("image" in data or "images" in data):
+                    raise ApiError(400, 'nothing to embed: send {"texts": [...]} or {"images": [base64, ...]}')
+                vectors = await svc.batcher.images(await prepare(json_images(data)))
+        else:
+            async with parse_form(request) as form:
+                check_form_fields(form, {"image", "model"})
+                items = await form_images(form)
+            vectors = await svc.batcher.images(await prepare(items))
+        return JSONResponse({"model": model.key, "dim": int(vectors.shape[1]), "vectors": vectors.tolist()})
+
+    @app.post(
+        "/v1/search",
+        summary="Search the index by text or by image",
+        openapi_extra=_body(
+            "JSON text (or base64 image) and k, or a multipart image file (or text field) and k",
+            {"text": {"type": "string"}, "image": _IMAGE_B64, "k": {"type": "integer", "default": 10}},
+            {"image": _FILE, "text": {"type": "string"}, "k": {"type": "integer", "default": 10}},
+        ),
+    )
+    async def search(request: Request):
+        if content_type(request) == "application/json":
+            data = await read_json(request, {"text", "image", "k", "model"}, '{"text": "a dog", "k": 10}')
+            k = check_k(data.get("k", 10), s.max_k)
+            text = data.get("text")
+            items = json_images(data, required=False)
+        else:
+            async with parse_form(request) as form:
+                check_form_fields(form, {"image", "text", "k", "model"})
+                k = check_k(form_text(form, "k") or 10, s.max_k)
+                text = form_text(form, "text")
+                items = await form_images(form, required=False)
+        if (text is None) == (not items):
+            raise ApiError(400, 'send either a text query or one image, e.g. {"text": "a dog on a beach", "k": 10}')
+        if len(items) > 1:
+            raise ApiError(400, "search takes one image per request")
+        if text is not None:
+            vectors = await svc.batcher.texts(check_texts([text], 1, s.max_text_chars, "text"))
+        else:
+            vectors = await svc.batcher.images(await prepare(items))
+        hits = (await run_in_threadpool(svc.search, vectors, k))[0]
+        for rank, hit in enumerate(hits, 1):
+            hit.update(rank=rank, name=Path(hit["path"]).name, thumb=thumb_url(request, hit["id"]))
+        return JSONResponse({"model": model.key, "k": k, "hits": hits})
+
+    @app.post(
+        "/v1/classify",
+        summary="Zero-shot classification of images against labels",
+        openapi_extra=_body(
+            "multipart image file(s) + labels (comma-separated or repeated), or JSON with base64 image(s)",
+            {"image": _IMAGE_B64, "images": {"type": "array", "items": _IMAGE_B64}, "labels": _STR_LIST,
+             "top_k": {"type": "integer"}, "templates": _STR_LIST},
+            {"image": _FILES, "labels": {"type": "string"}, "top_k": {"type": "integer"}, "templates": _STR_LIST},
+        ),
+    )
+    async def classify(request: Request):
+        if content_type(request) == "application/json":
+            data = await read_json(
+                request, {"image", "images", "labels", "top_k", "templates", "model"},
+                '{"image": "<base64>", "labels": ["cat", "dog"]}',
+            )
+            labels, top_k, templates = data.get("labels"), data.get("top_k"), data.get("templates")
+            items = json_images(data)
+        else:
+            async with parse_form(request) as form:
+                check_form_fields(form, {"image", "labels", "top_k", "templates", "model"})
+                labels = [x for x in form.getlist("labels") if isinstance(x, str)] or None
+                top_k, templates = form_text(form, "top_k"), form.getlist("templates") or None
+                items = await form_images(form)
+        labels = _labels(labels, s.max_labels)
+        templates = check_templates(templates, s.max_templates)
+        if top_k is not None:
+            top_k = check_k(top_k, s.max_labels)
+        if getattr(type(model), "classify", None) in (None, EmbeddingModel.classify):  # the usual path: images batched with other requests
+            image_emb = await svc.batcher.images(await prepare(items))
+            label_emb = await svc.batcher.call(model.label_embeddings, labels, templates)
+            ranked = rank_labels(image_emb, label_emb, labels, model.logit_scale, top_k)
+        else:
+            ranked = await svc.batcher.call(model.classify, await decode(items), labels, templates, top_k)
+        results = [
+            {"image": name, "labels": [{"label": l, "score": float(p)} for l, p in r]}
+            for (name, _), r in zip(items, ranked)
+        ]
+        return JSONResponse({"model": model.key, "results": results})
+
+    @app.post(
+        "/v1/vqa",
+        summary="Answer a question about an image (only for models with a VQA head; 404 otherwise)",
+        openapi_extra=_body(
+            "multipart image + question (+ choices), or JSON with a base64 image",
+            {"image": _IMAGE_B64, "question": {"type": "string"}, "choices": _STR_LIST},
+            {"image": _FILE, "question": {"type": "string"}, "choices": _STR_LIST},
+        ),
+    )
+    async def vqa(request: Request):
+        if not svc.vqa:
+            raise ApiError(
+                404, f"model {model.name!r} cannot answer questions: it has no answer(image, question) method "
+                "(no VQA head); serve a model with a VQA head to use /v1/vqa",
+            )
+        if content_type(request) == "application/json":
+            data = await read_json(request, {"image", "question", "choices", "model"}, '{"image": "<base64>", "question": "what is this?"}')
+            question, choices = data.get("question"), data.get("choices")
+            items = json_images(data)
+        else:
+            async with parse_form(request) as form:
+                check_form_fields(form, {"image", "question", "choices", "model"})
+                question, choices = form_text(form, "question"), form.getlist("choices") or None
+                items = await form_images(form)
+        if len(items) != 1:
+            raise ApiError(400, "vqa takes exactly one image")
+        if not isinstance(question, str) or not question.strip():
+            raise ApiError(400, 'no question: send "question", e.g. "what colour is the car?"')
+        question = check_texts([question], 1, 2000, "question")[0]
+        if choices is not None:
+            choices = check_texts(choices, s.max_labels, 500, "choices")
+        image = (await decode(items))[0]
+        answer = await svc.batcher.call(model.answer, image, question, choices)
+        return JSONResponse({"model": model.key, "question": question, "answer": jsonable(answer)})
+
+    @app.post(
+        "/v1/index",
+        summary="Add uploaded images to the index, or remove images by id",
+        openapi_extra=_body(
+            "multipart image file(s) to add, or JSON {\"remove\": [ids]}",
+            {"remove": {"type": "array", "items": {"type": "integer"}}},
+            {"image": _FILES},
+        ),
+    )
+    async def index_write(request: Request):
+        if content_type(request) == "application/json":
+            data = await read_json(request, {"remove", "model"}, '{"remove": [12, 13]}')
+            ids = data.get("remove")
+            if not isinstance(ids, list) or not ids:
+                raise ApiError(400, 'send {"remove": [ids]} with at least one image id (ids come from /v1/search)')
+            if len(ids) > s.max_remove_ids:
+                raise ApiError(413, f"{len(ids)} ids in one request; the limit is {s.max_remove_ids}")
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise ApiError(400, '"remove" must be a list of integer image ids')
+            valid = [i for i in ids if 0 <= i < 2**63]  # larger ones can't be SQLite ids
+            result = await run_in_threadpool(svc.remove_ids, valid)
+            result["not_found"] += [i for i in ids if not 0 <= i < 2**63]
+            return JSONResponse(result)
+        async with parse_form(request) as form:
+            check_form_fields(form, {"image", "model"})
+            items = await form_images(form)
+
+        def validate_and_add():
+            for name, data in items:  # decode each fully so a bad file fails the request before anything is written
+                open_image_checked(data, s.max_image_pixels, name)
+            return svc.add_images(items)
+
+        result = await run_in_threadpool(validate_and_add)
+        for entry in result["added"]:
+            entry["thumb"] = thumb_url(request, entry["id"])
+        return JSONResponse(result)
+
+    @app.get("/v1/thumb/{image_id}", summary="A JPEG thumbnail of an indexed image, by id", response_class=Response)
+    async def thumb(image_id: int):
+        if not 0 <= image_id < 2**63:
+            raise ApiError(404, f"no image with id {image_id} in the index")
+        data = await run_in_threadpool(svc.thumbnail, image_id)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+    # -- errors: always {"error": "..."} ----------------------------------------------------------------------------
+    @app.exception_handler(ApiError)
+    async def api_error(request, exc: ApiError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(PolymodalError)
+    async def polymodal_error(request, exc: PolymodalError):
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path}; see /docs for the API"
+        elif exc.status_code == 400 and "multipart" in request.headers.get("content-type", ""):
+            message = f"multipart body rejected ({message}); send multipart/form-data with the image in a file field named 'image'"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}; see /docs for the right method"
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "path", "query"))
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return JSONResponse({"error": "invalid request: " + "; ".join(parts)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, exc: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal server error; see the server log"}, status_code=500)
+
+    # -- middleware: added innermost first ------------------------------------------------------------------------
+    app.add_middleware(LimitsMiddleware, max_body_bytes=s.max_body_bytes, timeout_s=s.request_timeout_s,
+                       no_deadline=("/v1/index",))
+    app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=("/healthz", "/"))
+    app.add_middleware(MetricsMiddleware, metrics=svc.metrics, routes_of=app)
+    return app
+
+
+def _version() -> str:
+    from polymodal import __version__
+
+    return __version__
+
+
+def _client_name(filename: str | None, i: int) -> str:
+    """The client's file name, only to echo back in messages and results (never used as a path)."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable())[:100]
+    return name or f"upload {i}"
+
+
+def _b64(value, i: int) -> bytes:
+    if not isinstance(value, str):
+        raise ApiError(400, f"image {i} must be a base64 string, got {type(value).__name__}")
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"image {i} is not valid base64; send the image bytes base64-encoded") from None
+
+
+def _labels(labels, limit: int) -> list[str]:
+    if labels is None:
+        raise ApiError(400, 'no labels: send labels, e.g. "cat,dog,car" (form) or ["cat", "dog"] (JSON)')
+    if isinstance(labels, str):
+        labels = [labels]
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise ApiError(400, '"labels" must be a list of strings or a comma-separated string')
+    out = [part.strip() for x in labels for part in x.split(",") if part.strip()]
+    if not out:
+        raise ApiError(400, "no labels given; pass at least one label, e.g. cat,dog")
+    if len(out) > limit:
+        raise ApiError(413, f"{len(out)} labels; the limit is {limit}")
+    if any(len(x) > 200 for x in out):
+        raise ApiError(400, "a label is longer than 200 characters")
+    return out

@@ -1,0 +1,212 @@
+"""A micro-batcher: concurrent embedding requests are merged into one forward pass on one worker thread.
+
+Every model call of the service goes through the one worker thread, so the event loop is never blocked and the
+model is never used from two threads at once. Jobs are queued; the worker takes the first one and, when batching is
+on, keeps taking jobs of the same kind (images or texts) until the batch holds `max_batch` items or `max_wait_ms`
+has passed since it started waiting. Jobs that are already queued when the wait ends still join (up to
+`max_batch`), so under load batches fill without any waiting at all.
+
+    batcher = MicroBatcher(model, max_batch=32, max_wait_ms=5)
+    vectors = batcher.submit_images([pil_image]).result()     # from any thread; or `await batcher.images([...])`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from polymodal.errors import PolymodalError
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass
+class _Job:
+    kind: str  # "image" | "text" | "call"
+    items: list = field(default_factory=list)
+    fn: Callable | None = None
+    args: tuple = ()
+    future: Future = field(default_factory=Future)
+
+
+class MicroBatcher:
+    """Runs model work on one thread; merges concurrent `image` and `text` jobs when `enabled`.
+
+    on_batch(kind, items, requests) is called after each forward pass (for metrics).
+    """
+
+    def __init__(
+        self,
+        model,
+        max_batch: int = 32,
+        max_wait_ms: float = 5.0,
+        enabled: bool = True,
+        on_batch: Callable[[str, int, int], None] | None = None,
+        image_forward: Callable[[list], np.ndarray] | None = None,
+    ) -> None:
+        if max_batch < 1 or max_wait_ms < 0:
+            raise PolymodalError(f"max_batch must be >= 1 and max_wait_ms >= 0, got {max_batch}, {max_wait_ms}")
+        self.model = model
+        self.max_batch = int(max_batch)
+        self.max_wait = float(max_wait_ms) / 1000.0
+        self.enabled = bool(enabled)
+        self.on_batch = on_batch
+        # items of an "image" job -> [N, dim]; default model.encode_image (items: paths, PIL images, arrays)
+        self.image_forward = image_forward or (lambda items: model.encode_image(items, batch_size=max(len(items), 1)))
+        self.forward_calls = 0  # model forward passes run (image + text)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._carry: deque = deque()  # a job taken while filling a batch that belongs to the next one
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    # -- submitting (any thread) ------------------------------------------------------------------------------
+    def submit_images(self, images: list) -> Future:
+        """Images as image_forward takes them (by default PIL images / arrays) -> Future of float32 [N, dim]."""
+        return self._submit(_Job("image", list(images)))
+
+    def submit_texts(self, texts: list[str]) -> Future:
+        return self._submit(_Job("text", list(texts)))
+
+    def submit_call(self, fn: Callable, *args) -> Future:
+        """Any other model work (classification labels, VQA, index updates), run alone on the worker thread."""
+        return self._submit(_Job("call", fn=fn, args=args))
+
+    async def images(self, images: list) -> np.ndarray:
+        return await asyncio.wrap_future(self.submit_images(images))
+
+    async def texts(self, texts: list[str]) -> np.ndarray:
+        return await asyncio.wrap_future(self.submit_texts(texts))
+
+    async def call(self, fn: Callable, *args) -> Any:
+        return await asyncio.wrap_future(self.submit_call(fn, *args))
+
+    def pending(self) -> int:
+        """Jobs waiting to run (approximate)."""
+        return self._queue.qsize() + len(self._carry)
+
+    def _submit(self, job: _Job) -> Future:
+        self.start()
+        self._queue.put(job)
+        return job.future
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="polymodal-model", daemon=True)
+                self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish queued work, then stop the worker thread."""
+        with self._start_lock:
+            thread, self._thread = self._thread, None
+        if thread is not None and thread.is_alive():
+            self._queue.put(_STOP)
+            thread.join(timeout)
+
+    # -- the worker thread -----------------------------------------------------------------------------------
+    def _next(self, timeout: float | None):
+        if self._carry:
+            return self._carry.popleft()
+        if timeout is None:
+            return self._queue.get()
+        if timeout <= 0:
+            return self._queue.get_nowait()
+        return self._queue.get(timeout=timeout)
+
+    def _run(self) -> None:
+        while True:
+            job = self._next(None)
+            if job is _STOP:
+                return
+            if not job.future.set_running_or_notify_cancel():
+                continue  # its request timed out or went away while queued
+            if job.kind == "call":
+                self._run_call(job)
+                continue
+            batch, size = [job], len(job.items)
+            if self.enabled:
+                deadline = time.monotonic() + self.max_wait
+                while size < self.max_batch:
+                    try:
+                        nxt = self._next(deadline - time.monotonic())
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP or nxt.kind != job.kind or size + len(nxt.items) > self.max_batch:
+                        self._carry.append(nxt)
+                        break
+                    if nxt.future.set_running_or_notify_cancel():
+                        batch.append(nxt)
+                        size += len(nxt.items)
+            self._run_batch(job.kind, batch)
+
+    def _forward(self, kind: str, items: list) -> np.ndarray:
+        self.forward_calls += 1
+        if kind == "image":
+            return self.image_forward(items)
+        return self.model.encode_text(items, batch_size=max(len(items), 1))
+
+    def _run_batch(self, kind: str, batch: list[_Job]) -> None:
+        items = [x for job in batch for x in job.items]
+        try:
+            vectors = self._forward(kind, items)
+        except BaseException as exc:  # noqa: BLE001 - reported to the waiting requests
+            if len(batch) > 1:  # one bad request must not fail the others: retry each alone
+                for job in batch:
+                    self._run_alone(kind, job)
+                return
+            batch[0].future.set_exception(exc)
+            return
+        self._report(kind, len(items), len(batch))
+        start = 0
+        for job in batch:
+            job.future.set_result(vectors[start : start + len(job.items)])
+            start += len(job.items)
+
+    def _run_alone(self, kind: str, job: _Job) -> None:
+        try:
+            result = self._forward(kind, job.items)
+        except BaseException as exc:  # noqa: BLE001
+            job.future.set_exception(exc)
+            return
+        self._report(kind, len(job.items), 1)
+        job.future.set_result(result)
+
+    def _run_call(self, job: _Job) -> None:
+        try:
+            job.future.set_result(job.fn(*job.args))
+        except BaseException as exc:  # noqa: BLE001
+            job.future.set_exception(exc)
+
+    def _report(self, kind: str, items: int, requests: int) -> None:
+        if self.on_batch is not None:
+            try:
+                self.on_batch(kind, items, requests)
+            except Exception:  # noqa: BLE001 - metrics must never break serving
+                log.exception("batch metrics callback failed")
+
+
+class BatchedModel:
+    """A stand-in for the model whose encode_image runs on the batcher's thread: for ImageIndex.update, so index
+    adds share the one model thread with the requests instead of calling the model from a second thread."""
+
+    def __init__(self, model, batcher: MicroBatcher) -> None:
+        self._model, self._batcher = model, batcher
+        self.name, self.version, self.dim, self.key = model.name, model.version, model.dim, model.key
+
+    def encode_image(self, images, batch_size: int | None = None) -> np.ndarray:
+        return self._batcher.submit_call(self._model.encode_image, images, batch_size).result()
+
+    def encode_text(self, texts, batch_size: int | None = None) -> np.ndarray:
+        return self._batcher.submit_call(self._model.encode_text, texts, batch_size).result()

@@ -1,0 +1,137 @@
+"""Service settings and the checks every request passes: body size, image pixels, k, list lengths.
+
+No FastAPI here: these are plain functions that raise ApiError (an HTTP status and a message), so they are easy to
+test and reuse (e.g. by a future ONNX runtime server).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from polymodal.errors import PolymodalError
+
+# Formats the service decodes. Restricting Pillow to these keeps exotic decoders away from request bytes; they are
+# also the formats the index scans (polymodal.data.images.IMAGE_EXTENSIONS).
+IMAGE_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}
+
+
+class ApiError(PolymodalError):
+    """A user error with the HTTP status to answer it with. The message is sent as {"error": message}."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    max_body_bytes: int = 20 * 1024 * 1024  # whole request body
+    max_image_pixels: int = 40_000_000  # width * height read from the header, checked before decoding
+    max_k: int = 1000  # search results per query
+    request_timeout_s: float = 30.0  # whole request, body upload included (index adds: body and queueing only)
+    batching: bool = True  # merge concurrent embedding requests into one forward pass
+    max_batch: int = 32  # items per merged forward pass
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
+    max_images_per_request: int = 64
+    max_texts_per_request: int = 256
+    max_text_chars: int = 10_000
+    max_labels: int = 1000
+    max_templates: int = 16
+    max_remove_ids: int = 10_000
+    thumb_size: int = 256  # longest side of served thumbnails, pixels
+
+    def __post_init__(self) -> None:
+        for key, value in asdict(self).items():
+            if isinstance(value, bool):
+                continue
+            if not isinstance(value, (int, float)) or value < 0 or (value == 0 and key != "max_wait_ms"):
+                raise PolymodalError(f"serve setting {key} must be a positive number, got {value!r}")
+
+    def public(self) -> dict:
+        """What clients may know (shown by GET /v1/info)."""
+        return asdict(self)
+
+
+def open_image_checked(data: bytes, max_pixels: int, name: str = "upload") -> Image.Image:
+    """Bytes -> decoded RGB PIL image, refusing anything too big *before* decoding it.
+
+    Image.open only parses the header, so a 20000x20000 PNG of a few KB (a decompression bomb) is refused from
+    its declared size without allocating its pixels.
+    """
+    if not data:
+        raise ApiError(400, f"{name} is empty; send the bytes of a JPEG, PNG, WebP, BMP or GIF image")
+    try:
+        img = Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ApiError(
+            400, f"{name} is not a readable image ({exc.__class__.__name__}); send a JPEG, PNG, WebP, BMP or GIF file"
+        ) from None
+    except Image.DecompressionBombError as exc:  # Pillow's own header check, for sizes far past ours
+        raise ApiError(413, f"{name} declares too many pixels ({exc}); the limit is {max_pixels:,} pixels") from None
+    w, h = img.size
+    if w < 1 or h < 1 or w * h > max_pixels:
+        raise ApiError(
+            413,
+            f"{name} is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} pixels ({max_pixels / 1e6:g} MP); "
+            "send a smaller image",
+        )
+    try:
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        img.load()
+        return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:
+        raise ApiError(400, f"{name} is a damaged or truncated image ({exc.__class__.__name__}); send a complete file") from None
+
+
+def image_suffix(data: bytes) -> str:
+    """The file extension for already-validated image bytes (server-chosen, never the client's file name)."""
+    with Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS)) as img:
+        return IMAGE_FORMATS[img.format]
+
+
+def check_k(k, max_k: int) -> int:
+    if isinstance(k, str):
+        try:
+            k = int(k.strip())
+        except ValueError:
+            raise ApiError(400, f"k must be a whole number, got {k[:40]!r}") from None
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ApiError(400, f"k must be a whole number, got {type(k).__name__}")
+    if not 1 <= k <= max_k:
+        raise ApiError(400, f"k must be between 1 and {max_k}, got {k}")
+    return k
+
+
+def check_texts(texts, limit: int, max_chars: int, field: str = "texts") -> list[str]:
+    if isinstance(texts, str) or not isinstance(texts, list):
+        raise ApiError(400, f'"{field}" must be a list of strings, e.g. {{"{field}": ["a dog", "a cat"]}}')
+    if not texts:
+        raise ApiError(400, f'"{field}" is empty; pass at least one string')
+    if len(texts) > limit:
+        raise ApiError(413, f'"{field}" has {len(texts)} items; the limit is {limit} per request')
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ApiError(400, f'"{field}"[{i}] must be a string, got {type(t).__name__}')
+        if len(t) > max_chars:
+            raise ApiError(413, f'"{field}"[{i}] has {len(t)} characters; the limit is {max_chars}')
+    return texts
+
+
+def check_templates(templates, limit: int) -> list[str] | None:
+    """Prompt templates with exactly one '{}' and no other braces (so str.format can't reach attributes)."""
+    if templates is None:
+        return None
+    if isinstance(templates, str):
+        templates = [templates]
+    if not isinstance(templates, list) or not templates or len(templates) > limit:
+        raise ApiError(400, f'"templates" must be a list of 1 to {limit} strings like "a photo of a {{}}."')
+    for t in templates:
+        if not isinstance(t, str) or t.count("{") != 1 or t.count("}") != 1 or "{}" not in t or len(t) > 500:
+            raise ApiError(400, f"template {str(t)[:80]!r} must contain exactly one '{{}}' (where the label goes) and no other braces")
+    return templates

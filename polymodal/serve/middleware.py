@@ -1,0 +1,165 @@
+"""Pure-ASGI layers around the app, outermost first: metrics, API key, body size + request timeout.
+
+Pure ASGI (no BaseHTTPMiddleware) so a request rejected here never reaches the router, the body is read once, and
+a 50 MB upload is refused from its Content-Length without reading it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+
+async def send_error(send, status: int, message: str, headers: dict | None = None) -> None:
+    body = json.dumps({"error": message}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value
+    return None
+
+
+class MetricsMiddleware:
+    """Counts every response by route template (not raw path: ids would explode the label set) and status."""
+
+    def __init__(self, app, metrics, routes_of) -> None:
+        self.app, self.metrics, self.routes_of = app, metrics, routes_of
+
+    def _endpoint(self, scope) -> str:
+        from starlette.routing import Match
+
+        partial = None
+        for route in self.routes_of.router.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return getattr(route, "path", "unmatched")
+            if match == Match.PARTIAL and partial is None:  # the path matched, the method did not (-> 405)
+                partial = getattr(route, "path", None)
+        return partial or "unmatched"
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+        endpoint = self._endpoint(scope)
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.observe_request(endpoint, scope["method"], status, time.perf_counter() - start)
+
+
+class ApiKeyMiddleware:
+    """With a key set, every request except the open paths needs `X-API-Key: KEY` (compared in constant time)."""
+
+    def __init__(self, app, api_key: str | None, open_paths: tuple = ("/healthz",)) -> None:
+        self.app = app
+        self.key = api_key.encode() if api_key else None
+        self.open_paths = set(open_paths)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or self.key is None or scope["path"] in self.open_paths:
+            return await self.app(scope, receive, send)
+        given = _header(scope, b"x-api-key")
+        if given is None:
+            return await send_error(send, 401, "missing API key: send it in the X-API-Key header")
+        if not hmac.compare_digest(given, self.key):
+            return await send_error(send, 401, "wrong API key in the X-API-Key header")
+        await self.app(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class LimitsMiddleware:
+    """Reads the body up front (at most max_body_bytes, within the timeout), then runs the app with a deadline.
+
+    Paths in `no_deadline` (index writes, which must not be cut off half-way) get the body deadline only.
+    """
+
+    def __init__(self, app, max_body_bytes: int, timeout_s: float, no_deadline: tuple = ()) -> None:
+        self.app, self.max_body, self.timeout = app, int(max_body_bytes), float(timeout_s)
+        self.no_deadline = set(no_deadline)
+
+    def _too_large(self, size: str) -> str:
+        return f"request body is {size}; the limit is {self.max_body:,} bytes ({self.max_body / 2**20:g} MB)"
+
+    async def _read_body(self, receive) -> bytes | None:
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.max_body:
+                raise _TooLarge()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.monotonic()
+        length = _header(scope, b"content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                return await send_error(send, 400, "Content-Length header is not a number")
+            if int(length) > self.max_body:
+                return await send_error(send, 413, self._too_large(f"{int(length):,} bytes"))
+        try:
+            body = await asyncio.wait_for(self._read_body(receive), self.timeout)
+        except _TooLarge:
+            return await send_error(send, 413, self._too_large(f"over {self.max_body:,} bytes"))
+        except asyncio.TimeoutError:
+            return await send_error(send, 408, f"the request body did not arrive within {self.timeout:g} s")
+        if body is None:  # client went away
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as the server would
+
+        if scope["path"] in self.no_deadline:
+            return await self.app(scope, replay, send)
+        started = False
+
+        async def send_tracked(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        remaining = max(self.timeout - (time.monotonic() - start), 0.001)
+        try:
+            await asyncio.wait_for(self.app(scope, replay, send_tracked), remaining)
+        except asyncio.TimeoutError:
+            log.warning("%s %s took longer than %g s; answered 503", scope["method"], scope["path"], self.timeout)
+            if not started:
+                await send_error(
+                    send, 503, f"the request took longer than {self.timeout:g} s (server busy); retry later",
+                    {"Retry-After": "1"},
+                )

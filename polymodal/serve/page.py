@@ -1,0 +1,222 @@
+"""The web page at /: text search, image drop/upload search, a grid of thumbnails with scores, VQA when supported.
+
+One self-contained HTML string (no CDN, no build step, no package data). It talks to the JSON API only; results are
+put in the page with textContent, never innerHTML, so file names can't inject markup. With an API key set, the
+page asks for it once, keeps it in sessionStorage and sends it as X-API-Key (thumbnails are fetched as blobs then).
+"""
+
+from __future__ import annotations
+
+PAGE = r"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>polymodal search</title>
+<style>
+  :root { --fg: #1d2330; --muted: #667085; --line: #d0d5dd; --accent: #2f5bea; --bg: #f7f8fa; }
+  * { box-sizing: border-box; }
+  body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: var(--bg); }
+  header { padding: 14px 24px; background: #fff; border-bottom: 1px solid var(--line); display: flex; gap: 16px; align-items: baseline; }
+  header h1 { font-size: 18px; margin: 0; }
+  header .meta { color: var(--muted); font-size: 13px; }
+  main { max-width: 1100px; margin: 0 auto; padding: 20px 24px 40px; }
+  form { display: flex; gap: 8px; margin: 0; }
+  input[type=search], input[type=text], input[type=password] { flex: 1; padding: 9px 12px; border: 1px solid var(--line); border-radius: 8px; font: inherit; }
+  select, button { padding: 9px 14px; border: 1px solid var(--line); border-radius: 8px; font: inherit; background: #fff; cursor: pointer; }
+  button.primary { background: var(--accent); border-color: var(--accent); color: #fff; }
+  #drop { margin-top: 12px; border: 2px dashed var(--line); border-radius: 10px; padding: 18px; text-align: center; color: var(--muted); background: #fff; }
+  #drop.over { border-color: var(--accent); color: var(--accent); }
+  #drop label { color: var(--accent); cursor: pointer; text-decoration: underline; }
+  #status { min-height: 22px; margin: 12px 0 4px; color: var(--muted); }
+  #status.error { color: #b42318; }
+  #results { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 14px; margin-top: 8px; }
+  .hit { background: #fff; border: 1px solid var(--line); border-radius: 10px; overflow: hidden; }
+  .hit img { width: 100%; aspect-ratio: 1; object-fit: cover; display: block; background: #eef0f3; }
+  .hit .cap { padding: 6px 10px; font-size: 13px; display: flex; justify-content: space-between; gap: 8px; }
+  .hit .name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+  .hit .score { color: var(--muted); font-variant-numeric: tabular-nums; }
+  section.box { margin-top: 26px; padding: 16px; background: #fff; border: 1px solid var(--line); border-radius: 10px; }
+  section.box h2 { font-size: 15px; margin: 0 0 10px; }
+  #vqa-answer { margin-top: 10px; font-weight: 600; }
+  [hidden] { display: none !important; }
+</style>
+</head>
+<body>
+<header><h1>polymodal</h1><span class="meta" id="meta">connecting…</span></header>
+<main>
+  <section id="keybox" class="box" hidden>
+    <h2>API key</h2>
+    <form id="key-form"><input id="key" type="password" placeholder="X-API-Key" autocomplete="off"><button class="primary" type="submit">Use key</button></form>
+  </section>
+
+  <form id="search-form" role="search">
+    <input id="q" name="q" type="search" placeholder="Describe a picture, e.g. a dog on a beach" autocomplete="off" autofocus>
+    <select id="k" aria-label="number of results"><option>10</option><option selected>20</option><option>50</option><option>100</option></select>
+    <button id="search-btn" class="primary" type="submit">Search</button>
+  </form>
+  <div id="drop">Drop an image here to find similar ones, or <label for="file">choose a file</label>
+    <input id="file" type="file" accept="image/*" hidden></div>
+
+  <div id="status" role="status"></div>
+  <div id="results"></div>
+
+  <section id="vqa" class="box" hidden>
+    <h2>Ask about an image</h2>
+    <form id="vqa-form">
+      <input id="vqa-file" type="file" accept="image/*">
+      <input id="vqa-q" type="text" placeholder="Question, e.g. what colour is the car?">
+      <button class="primary" type="submit">Ask</button>
+    </form>
+    <div id="vqa-answer"></div>
+  </section>
+
+  <section class="box">
+    <h2>Add images to the index</h2>
+    <form id="add-form"><input id="add-files" type="file" accept="image/*" multiple><button type="submit">Add</button></form>
+  </section>
+</main>
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+let apiKey = sessionStorage.getItem("polymodal-key") || "";
+const thumbUrls = [];
+
+function headers(extra) {
+  const h = Object.assign({}, extra || {});
+  if (apiKey) h["X-API-Key"] = apiKey;
+  return h;
+}
+function status(text, isError) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+}
+async function api(path, options) {
+  const opts = Object.assign({}, options || {});
+  opts.headers = headers(opts.headers);
+  const res = await fetch(path, opts);
+  let body = null;
+  try { body = await res.json(); } catch (e) { body = null; }
+  if (res.status === 401) { $("keybox").hidden = false; }
+  if (!res.ok) throw new Error((body && body.error) || ("HTTP " + res.status));
+  return body;
+}
+async function loadInfo() {
+  try {
+    const info = await api("/v1/info");
+    $("meta").textContent = info.model.name + " · " + info.index.count + " images" +
+      (info.batching.enabled ? " · micro-batching on" : "");
+    $("vqa").hidden = !info.model.vqa;
+    $("keybox").hidden = true;
+  } catch (e) {
+    $("meta").textContent = "not connected";
+    status(e.message, true);
+  }
+}
+function setThumb(img, url) {
+  if (!apiKey) { img.src = url; return; }
+  fetch(url, { headers: headers() }).then((r) => r.ok ? r.blob() : null).then((b) => {
+    if (b) { const u = URL.createObjectURL(b); thumbUrls.push(u); img.src = u; }
+  });
+}
+function showHits(hits, what) {
+  while (thumbUrls.length) URL.revokeObjectURL(thumbUrls.pop());
+  const grid = $("results");
+  grid.replaceChildren();
+  for (const hit of hits) {
+    const card = document.createElement("figure");
+    card.className = "hit";
+    card.style.margin = "0";
+    card.dataset.id = hit.id;
+    card.dataset.name = hit.name;
+    const img = document.createElement("img");
+    img.alt = hit.name;
+    img.loading = "lazy";
+    setThumb(img, hit.thumb);
+    const cap = document.createElement("figcaption");
+    cap.className = "cap";
+    const name = document.createElement("span");
+    name.className = "name"; name.textContent = hit.name; name.title = hit.path;
+    const score = document.createElement("span");
+    score.className = "score"; score.textContent = hit.score.toFixed(3);
+    cap.append(name, score);
+    card.append(img, cap);
+    grid.append(card);
+  }
+  status(hits.length ? hits.length + " results for " + what : "no results for " + what, false);
+}
+async function searchText(text) {
+  status("searching…", false);
+  try {
+    const res = await api("/v1/search", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ text: text, k: parseInt($("k").value, 10) }),
+    });
+    showHits(res.hits, "\u201c" + text + "\u201d");
+  } catch (e) { status(e.message, true); }
+}
+async function searchImage(file) {
+  status("searching by image…", false);
+  const form = new FormData();
+  form.append("image", file);
+  form.append("k", $("k").value);
+  try {
+    const res = await api("/v1/search", { method: "POST", body: form });
+    showHits(res.hits, file.name || "the image");
+  } catch (e) { status(e.message, true); }
+}
+$("search-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const text = $("q").value.trim();
+  if (text) searchText(text); else status("type what you are looking for", true);
+});
+$("file").addEventListener("change", () => { if ($("file").files[0]) searchImage($("file").files[0]); });
+const drop = $("drop");
+["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (ev) => { ev.preventDefault(); drop.classList.add("over"); }));
+["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (ev) => { ev.preventDefault(); drop.classList.remove("over"); }));
+drop.addEventListener("drop", (ev) => {
+  const file = ev.dataTransfer && ev.dataTransfer.files[0];
+  if (file) searchImage(file);
+});
+$("vqa-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const file = $("vqa-file").files[0];
+  if (!file) { $("vqa-answer").textContent = "choose an image first"; return; }
+  const form = new FormData();
+  form.append("image", file);
+  form.append("question", $("vqa-q").value);
+  $("vqa-answer").textContent = "thinking…";
+  try {
+    const res = await api("/v1/vqa", { method: "POST", body: form });
+    $("vqa-answer").textContent = typeof res.answer === "string" ? res.answer : JSON.stringify(res.answer);
+  } catch (e) { $("vqa-answer").textContent = e.message; }
+});
+$("add-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const files = $("add-files").files;
+  if (!files.length) { status("choose images to add", true); return; }
+  const form = new FormData();
+  for (const f of files) form.append("image", f);
+  status("adding " + files.length + " images…", false);
+  try {
+    const res = await api("/v1/index", { method: "POST", body: form });
+    status("added " + res.added.length + " images; the index holds " + res.count, false);
+    loadInfo();
+  } catch (e) { status(e.message, true); }
+});
+$("key-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  apiKey = $("key").value.trim();
+  sessionStorage.setItem("polymodal-key", apiKey);
+  status("", false);
+  loadInfo();
+});
+loadInfo();
+</script>
+</body>
+</html>
+"""
+
+
+def render_page() -> str:
+    return PAGE

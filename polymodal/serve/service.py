@@ -1,0 +1,291 @@
+"""What the HTTP layer calls: one model, one index, one model thread. No FastAPI here.
+
+Paths from requests are never opened: searches and thumbnails reach files only through ids stored in the index,
+and uploads are written under `DB/uploads/<batch>/` with names the server chooses.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from polymodal.errors import PolymodalError
+from polymodal.index import ImageIndex
+from polymodal.index.scan import canonical_path
+from polymodal.serve.batching import BatchedModel, MicroBatcher
+from polymodal.serve.limits import IMAGE_FORMATS, ApiError, ServeSettings, image_suffix, open_image_checked
+from polymodal.serve.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+UPLOADS = "uploads"
+ORPHAN_AGE_S = 3600  # an upload batch with no indexed rows older than this is from a crashed add: deleted at start
+
+
+def supports_vqa(model) -> bool:
+    return callable(getattr(model, "answer", None))
+
+
+def preprocesses_outside(model) -> bool:
+    """True for models whose encode_image is EmbeddingModel's (transform, then _image_batch): the service can then
+    run the transform in the request's thread, so the one model thread only runs forward passes and a request
+    holds a 224x224 array instead of its full decoded image while it waits."""
+    from polymodal.models.base import EmbeddingModel
+
+    return (
+        isinstance(model, EmbeddingModel)
+        and type(model).encode_image is EmbeddingModel.encode_image
+        and callable(getattr(model, "transform", None))
+    )
+
+
+class Service:
+    def __init__(self, model, db: str | Path, settings: ServeSettings | None = None) -> None:
+        self.settings = settings or ServeSettings()
+        self.index = ImageIndex(db)
+        self.index.check_model(model)  # also: a missing index raises here, with the command that builds one
+        self.model = model
+        self.uploads = self.index.db / UPLOADS
+        self.metrics = Metrics()
+        s = self.settings
+        self.pixels = preprocesses_outside(model)
+        self.batcher = MicroBatcher(
+            model, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, enabled=s.batching,
+            on_batch=self.metrics.observe_batch, image_forward=self._forward_pixels if self.pixels else None,
+        )
+        self._write_lock = threading.Lock()  # adds and removes, one at a time (the index also has a file lock)
+        self._thumbs: OrderedDict[int, bytes] = OrderedDict()
+        self._thumbs_lock = threading.Lock()
+        self.metrics.gauge("polymodal_index_images", "Images in the index.", self.count)
+        self.metrics.gauge("polymodal_queue_depth", "Model jobs waiting for the model thread.", self.batcher.pending)
+
+    @property
+    def vqa(self) -> bool:
+        return supports_vqa(self.model)
+
+    def start(self) -> None:
+        self.batcher.start()
+        try:
+            self.clean_orphan_uploads()
+        except (OSError, PolymodalError) as exc:  # housekeeping only
+            log.warning("could not clean orphan uploads in %s: %s", self.uploads, exc)
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    def count(self) -> int:
+        return self.index.info()["count"]
+
+    def info(self) -> dict:
+        info = self.index.info()
+        return {
+            "model": {"name": self.model.name, "key": self.model.key, "dim": self.model.dim, "vqa": self.vqa},
+            "index": {"count": info["count"], "model": info["model"], "updated": info["updated"]},
+            "batching": {"enabled": self.batcher.enabled, "max_batch": self.batcher.max_batch,
+                         "max_wait_ms": self.batcher.max_wait * 1000},
+            "limits": self.settings.public(),
+        }
+
+    # -- images in -------------------------------------------------------------------------------------------------
+    def decode(self, uploads: list[tuple[str, bytes]]) -> list[Image.Image]:
+        """(name, bytes) -> RGB PIL images, each checked against the pixel limit before decoding."""
+        return [open_image_checked(data, self.settings.max_image_pixels, name) for name, data in uploads]
+
+    def prepare(self, uploads: list[tuple[str, bytes]]) -> list:
+        """(name, bytes) -> what the batcher's image jobs take: model input arrays [3, H, W] when the model allows
+        (see preprocesses_outside), else PIL images. Run in a request thread, one image decoded at a time."""
+        out = []
+        for name, data in uploads:
+            image = open_image_checked(data, self.settings.max_image_pixels, name)
+            out.append(self.model.transform([image])[0] if self.pixels else image)
+        return out
+
+    def _forward_pixels(self, items: list[np.ndarray]) -> np.ndarray:
+        """On the model thread: [3, H, W] arrays -> L2-normalised [N, dim], exactly as EmbeddingModel.encode_image."""
+        import torch
+
+        from polymodal.models.base import l2_normalize
+
+        out = [np.zeros((0, self.model.dim), np.float32)]
+        step = self.settings.max_batch
+        with torch.inference_mode():
+            for start in range(0, len(items), step):
+                pixels = torch.from_numpy(np.stack(items[start : start + step]))
+                out.append(l2_normalize(self.model._image_batch(pixels)).numpy())
+        return np.concatenate(out)
+
+    # -- ids <-> paths (one read snapshot each) -----------------------------------------------------------------
+    def _query(self, sql: str, keys: Sequence) -> list[tuple]:
+        rows: list[tuple] = []
+        with self.index._reading() as (con, _):  # the index's read snapshot; it has no public id lookup yet
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                rows += con.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall()
+        return rows
+
+    def ids_for(self, paths: Sequence[str]) -> dict[str, int]:
+        return dict(self._query("SELECT path, id FROM images WHERE path IN ({})", list(dict.fromkeys(paths))))
+
+    def paths_for(self, ids: Sequence[int]) -> dict[int, str]:
+        return dict(self._query("SELECT id, path FROM images WHERE id IN ({})", list(dict.fromkeys(ids))))
+
+    # -- reading ---------------------------------------------------------------------------------------------------
+    def search(self, vectors: np.ndarray, k: int) -> list[list[dict]]:
+        """[Q, D] -> per query [{id, path, score}] (runs faiss + SQLite; call from a worker thread)."""
+        results = self.index.search(vectors, k)
+        ids = self.ids_for([h.path for hits in results for h in hits])
+        return [
+            [{"id": ids[h.path], "path": h.path, "score": float(h.score)} for h in hits if h.path in ids]
+            for hits in results
+        ]
+
+    def thumbnail(self, image_id: int) -> bytes:
+        with self._thumbs_lock:
+            if image_id in self._thumbs:
+                self._thumbs.move_to_end(image_id)
+                return self._thumbs[image_id]
+        path = self.paths_for([image_id]).get(image_id)
+        if path is None:
+            raise ApiError(404, f"no image with id {image_id} in the index")
+        data = self._make_thumbnail(path, image_id)
+        with self._thumbs_lock:
+            self._thumbs[image_id] = data
+            while len(self._thumbs) > 512:
+                self._thumbs.popitem(last=False)
+        return data
+
+    def _make_thumbnail(self, path: str, image_id: int) -> bytes:
+        size = self.settings.thumb_size
+        try:
+            with Image.open(path, formats=list(IMAGE_FORMATS)) as img:
+                img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
+                if img.width * img.height > max(self.settings.max_image_pixels, Image.MAX_IMAGE_PIXELS or 0):
+                    raise ApiError(422, f"image {image_id} is {img.width}x{img.height}; too large to thumbnail")
+                img.seek(0)
+                img = ImageOps.exif_transpose(img).convert("RGB")
+                img.thumbnail((size, size))
+                out = io.BytesIO()
+                img.save(out, "JPEG", quality=85)
+                return out.getvalue()
+        except FileNotFoundError:
+            raise ApiError(404, f"image {image_id} is in the index but its file is gone; re-index the folder") from None
+        except ApiError:
+            raise
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise ApiError(422, f"image {image_id} cannot be read for a thumbnail ({exc.__class__.__name__})") from None
+
+    # -- writing (call from a worker thread) ---------------------------------------------------------------------
+    def _acquire_write(self) -> None:
+        if not self._write_lock.acquire(timeout=self.settings.request_timeout_s):
+            raise ApiError(
+                503, f"another index update has been running for over {self.settings.request_timeout_s:g} s; "
+                "retry later", {"Retry-After": "5"},
+            )
+
+    def add_images(self, uploads: list[tuple[str, bytes]]) -> dict:
+        """Validated image bytes -> files under DB/uploads/<batch>/ with server-chosen names -> indexed.
+
+        All or nothing: the index adds the batch in one transaction; if that fails (or the process dies) no row
+        points at the files, and a failed call deletes them.
+        """
+        self._acquire_write()
+        try:
+            batch = self.uploads / uuid.uuid4().hex
+            batch.mkdir(parents=True)
+            names: dict[str, str] = {}  # stored path -> client's name (echoed back only)
+            try:
+                for name, data in uploads:
+                    path = batch / f"{uuid.uuid4().hex}{image_suffix(data)}"
+                    with open(path, "xb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    names[canonical_path(path)] = name
+                try:
+                    report = self.index.update(batch, BatchedModel(self.model, self.batcher), progress=False)
+                except PolymodalError as exc:
+                    raise ApiError(409, f"could not add to the index: {exc}") from None
+            except BaseException:
+                shutil.rmtree(batch, ignore_errors=True)
+                raise
+            skipped = []
+            for path, reason in report.skipped:  # already validated, so unexpected; keep no file without a row
+                skipped.append({"upload": names.get(path, "?"), "reason": reason.replace(str(batch), "<upload>")})
+                Path(path).unlink(missing_ok=True)
+            ids = self.ids_for(list(names))
+            added = [{"id": ids[p], "upload": names[p]} for p in names if p in ids]
+            return {"added": added, "skipped": skipped, "count": self.count()}
+        finally:
+            self._write_lock.release()
+
+    def remove_ids(self, ids: list[int]) -> dict:
+        """Drop these ids from the index; files the server uploaded are deleted too, other files are untouched."""
+        self._acquire_write()
+        try:
+            paths = self.paths_for(ids)
+            try:
+                self.index.remove(list(paths.values()))
+            except PolymodalError as exc:
+                raise ApiError(409, f"could not remove from the index: {exc}") from None
+            uploads = str(self.uploads) + os.sep
+            for path in paths.values():
+                if path.startswith(uploads):
+                    Path(path).unlink(missing_ok=True)
+                    try:
+                        Path(path).parent.rmdir()  # the batch folder, once empty
+                    except OSError:
+                        pass
+            with self._thumbs_lock:
+                for i in paths:
+                    self._thumbs.pop(i, None)
+            return {"removed": sorted(paths), "not_found": [i for i in ids if i not in paths], "count": self.count()}
+        finally:
+            self._write_lock.release()
+
+    def clean_orphan_uploads(self) -> int:
+        """Delete upload batches that no index row points at (left by an add that crashed), once they are old."""
+        if not self.uploads.is_dir():
+            return 0
+        removed = 0
+        with self._write_lock:
+            for batch in self.uploads.iterdir():
+                if not batch.is_dir() or time.time() - batch.stat().st_mtime < ORPHAN_AGE_S:
+                    continue
+                files = [canonical_path(p) for p in batch.iterdir()]
+                if files and self.ids_for(files):
+                    continue
+                shutil.rmtree(batch, ignore_errors=True)
+                removed += 1
+        if removed:
+            log.info("deleted %d orphan upload batches under %s", removed, self.uploads)
+        return removed
+
+
+def jsonable(value: Any) -> Any:
+    """A model's answer (str, numbers, numpy, tuples, dataclasses...) -> plain JSON values."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return jsonable(asdict(value))
+    return str(value)

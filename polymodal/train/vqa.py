@@ -1,0 +1,362 @@
+"""`polymodal train vqa`: train a fusion encoder on {"image", "question", "answer"} rows.
+
+The frozen towers run once: image grid tokens per image (float16) and question token states per distinct question
+are cached on disk (``$POLYMODAL_CACHE/features``), so an epoch is only projections + fusion + heads. A batch holds
+whole images with all their questions (about ``batch_size`` questions). Validation accuracy (a split by image when
+no ``val_qa`` is given) drives early stopping; the best model is saved to RUN/model (loadable with
+polymodal.load), with RUN/checkpoint.pt (resume), RUN/metrics.jsonl and RUN/train_config.json beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from polymodal.cache import atomic_write_bytes
+from polymodal.errors import PolymodalError
+from polymodal.eval.vqa import QARow, accuracy_by_type, read_qa
+from polymodal.models.fusion_encoder import (
+    FusionEncoder,
+    FusionEncoderConfig,
+    is_fusion_encoder_folder,
+    load_fusion_encoder,
+)
+from polymodal.train.features import _identity, _load_cached, _store
+from polymodal.train.trainer import TrainConfig, Trainer, set_seed
+from polymodal.train.vqa_objective import VQABatch, VQAObjective
+
+log = logging.getLogger(__name__)
+
+VQA_TRAIN_DEFAULTS = {"early_stop_metric": "val/accuracy", "epochs": 10, "lr": 1e-3, "weight_decay": 0.05,
+                      "warmup_steps": 30, "patience": 3}
+
+
+@dataclass
+class VQARecipe:
+    qa: list[str]
+    out: str
+    val_qa: list[str] = field(default_factory=list)
+    val_fraction: float = 0.1  # without val_qa: this fraction of the images (with all their questions) validates
+    model: str = "new"  # "new" (fresh heads over the towers) or a fusion-encoder folder to continue from
+    arch: FusionEncoderConfig = field(default_factory=FusionEncoderConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(**VQA_TRAIN_DEFAULTS))
+    batch_size: int = 256  # questions per step (whole images are packed, so about this many)
+    min_answer_count: int = 1  # answers seen fewer times in training are left out of the vocabulary
+    max_answers: int = 3000  # the vocabulary keeps the most frequent answers
+    label_smoothing: float = 0.0
+    itm_weight: float = 0.0  # > 0 trains the ITM head (arch.itm_head) on true vs sampled wrong answers
+    workers: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VQARecipe":
+        d = dict(d)
+        arch = d.pop("arch", {})
+        arch = FusionEncoderConfig.from_dict(arch) if isinstance(arch, dict) else arch  # answers: from the data
+        train_keys = set(TrainConfig.__dataclass_fields__)
+        train = {**VQA_TRAIN_DEFAULTS, **d.pop("train", {}), **{k: d.pop(k) for k in list(d) if k in train_keys}}
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise PolymodalError(f"unknown VQA training settings {sorted(unknown)}")
+        for key in ("qa", "val_qa"):
+            if isinstance(d.get(key), str):
+                d[key] = [d[key]]
+        return cls(arch=arch, train=TrainConfig(**train), **d)
+
+
+# -- feature cache --------------------------------------------------------------------------------------------------
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+@torch.inference_mode()
+def grid_features(model: FusionEncoder, images: Sequence, batch_size: int = 32, progress: bool = True) -> np.ndarray:
+    """``[N, g*g, F]`` float16 image grid tokens (model.image_cache_input), memory-mapped from the cache."""
+    path, cached = _load_cached(_key(model.image_cache_signature, *map(_identity, images)), "vqa-image")
+    if cached is not None:
+        return cached
+    out = None
+    bar = tqdm(total=len(images), desc="caching image grid tokens", unit="img", disable=not progress)
+    for i in range(0, len(images), batch_size):
+        chunk = list(images[i : i + batch_size])
+        feats = model.image_cache_input(torch.from_numpy(model.transform(chunk))).numpy()
+        if out is None:
+            out = np.empty((len(images), *feats.shape[1:]), dtype=np.float16)
+        out[i : i + len(chunk)] = feats
+        bar.update(len(chunk))
+    bar.close()
+    if out is None:
+        raise PolymodalError("no images to encode")
+    return _store(path, out)
+
+
+@torch.inference_mode()
+def question_features(model: FusionEncoder, questions: Sequence[str], batch_size: int = 256,
+                      progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Token states ``[Q, L, 384]`` float16 (padding zeroed) and lengths ``[Q]`` of distinct questions (cached)."""
+    key = _key(model.text_cache_signature, *questions)
+    path, states = _load_cached(key, "vqa-text")
+    len_path, lengths = _load_cached(key, "vqa-textlen")
+    if states is not None and lengths is not None:
+        return states, lengths
+    chunks, lens = [], []
+    for i in tqdm(range(0, len(questions), batch_size), desc="caching question tokens", disable=not progress):
+        s, m = model.text_cache_input(list(questions[i : i + batch_size]))
+        chunks.append(s.numpy().astype(np.float16))
+        lens.append(m.sum(1).numpy())
+    width = max(c.shape[1] for c in chunks)
+    states = np.concatenate([np.pad(c, ((0, 0), (0, width - c.shape[1]), (0, 0))) for c in chunks])
+    return _store(path, states), _store(len_path, np.concatenate(lens).astype(np.int64))
+
+
+def _mask(lengths: np.ndarray, width: int) -> torch.Tensor:
+    return torch.arange(width)[None, :] < torch.from_numpy(np.asarray(lengths, dtype=np.int64))[:, None]
+
+
+def _gather_questions(states: np.ndarray, lengths: np.ndarray, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    lens = lengths[idx]
+    width = max(1, int(lens.max())) if len(idx) else 1
+    return torch.from_numpy(np.asarray(states[idx, :width], dtype=np.float32)), _mask(lens, width)
+
+
+@torch.inference_mode()
+def predict_features(model: FusionEncoder, image_feats: np.ndarray, q_states: np.ndarray, q_len: np.ndarray,
+                     row_image: np.ndarray, row_question: np.ndarray, images_per_batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Cached features -> (answer index ``[R]``, probability ``[R]``) per row, a chunk of images at a time."""
+    model.eval()
+    row_image, row_question = np.asarray(row_image), np.asarray(row_question)
+    best = np.zeros(len(row_image), dtype=np.int64)
+    prob = np.zeros(len(row_image), dtype=np.float32)
+    order = np.argsort(row_image, kind="stable")
+    bounds = np.searchsorted(row_image[order], np.arange(0, image_feats.shape[0] + images_per_batch, images_per_batch))
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        rows = order[lo:hi]
+        if not len(rows):
+            continue
+        used, local = np.unique(row_image[rows], return_inverse=True)
+        images = torch.from_numpy(np.asarray(image_feats[used], dtype=np.float32))
+        states, mask = _gather_questions(q_states, q_len, row_question[rows])
+        p = model.vqa_logits(images, states, mask, torch.from_numpy(local.astype(np.int64))).float().softmax(-1)
+        s, b = p.max(-1)
+        best[rows], prob[rows] = b.numpy(), s.numpy()
+    return best, prob
+
+
+def cached_predictions(model: FusionEncoder, images: Sequence, questions: Sequence[str],
+                       progress: bool = False) -> list[tuple[str, float]]:
+    """(answer, probability) per (image path, question) row through the on-disk feature cache."""
+    img_index: dict[str, int] = {}
+    q_index: dict[str, int] = {}
+    row_image = np.array([img_index.setdefault(str(Path(i)), len(img_index)) for i in images], dtype=np.int64)
+    row_question = np.array([q_index.setdefault(str(q), len(q_index)) for q in questions], dtype=np.int64)
+    feats = grid_features(model, [Path(p) for p in img_index], progress=progress)
+    states, lengths = question_features(model, list(q_index), progress=progress)
+    best, prob = predict_features(model, feats, states, lengths, row_image, row_question)
+    return [(model.answers[b], float(p)) for b, p in zip(best, prob)]
+
+
+# -- data --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncodedQA:
+    """QA rows over cached features: row i asks question ``row_question[i]`` about image ``row_image[i]``."""
+
+    rows: list[QARow]
+    images: list
+    questions: list[str]
+    row_image: np.ndarray
+    row_question: np.ndarray
+
+    @classmethod
+    def from_rows(cls, rows: list[QARow]) -> "EncodedQA":
+        img_index: dict = {}
+        q_index: dict = {}
+        ri = [img_index.setdefault(r.image, len(img_index)) for r in rows]
+        rq = [q_index.setdefault(r.question, len(q_index)) for r in rows]
+        return cls(rows, list(img_index), list(q_index), np.asarray(ri, np.int64), np.asarray(rq, np.int64))
+
+
+def split_by_image(rows: list[QARow], fraction: float, seed: int = 0) -> tuple[list[QARow], list[QARow]]:
+    """Hold out ``fraction`` of the images (with all their questions): no validation image is seen in training."""
+    images = sorted({str(r.image) for r in rows})
+    if len(images) < 2:
+        raise PolymodalError("need at least 2 images to split off validation; pass --val-qa")
+    rng = np.random.default_rng(seed)
+    n_val = min(len(images) - 1, max(1, round(fraction * len(images))))
+    val = set(rng.permutation(images)[:n_val].tolist())
+    return [r for r in rows if str(r.image) not in val], [r for r in rows if str(r.image) in val]
+
+
+def answer_vocabulary(rows: Sequence[QARow], min_count: int = 1, max_answers: int = 3000) -> list[str]:
+    """The most frequent training answers (ties alphabetical), each seen at least min_count times."""
+    counts = Counter(r.answer for r in rows)
+    ranked = sorted((a for a, c in counts.items() if c >= min_count), key=lambda a: (-counts[a], a))
+    if not ranked:
+        raise PolymodalError(f"no answer occurs {min_count}+ times in the training rows; lower min_answer_count")
+    return ranked[:max_answers]
+
+
+class EpochShuffle(Sampler):
+    """A permutation that depends only on (seed, epoch): a resumed run sees the batches the straight run saw."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+
+
+class ImageQuestionSet(Dataset):
+    """Item = one image with all its training questions; `collate` packs items into a `VQABatch`."""
+
+    def __init__(self, image_feats: np.ndarray, q_states: np.ndarray, q_len: np.ndarray, row_image: np.ndarray,
+                 row_question: np.ndarray, row_target: np.ndarray, itm: tuple | None = None, seed: int = 0) -> None:
+        self.image_feats = image_feats
+        self.q_states, self.q_len = np.asarray(q_states), np.asarray(q_len)  # small: held in memory
+        self.row_question, self.row_target = row_question, row_target
+        keep = np.flatnonzero(row_target >= 0)  # rows whose answer is outside the vocabulary do not train
+        order = keep[np.argsort(row_image[keep], kind="stable")]
+        self.image_ids, starts = np.unique(row_image[order], return_index=True)
+        self.rows_of = np.split(order, starts[1:])
+        self.itm = itm  # (states, lengths, row_pos, row_neg) or None
+        self.sampler = EpochShuffle(len(self.image_ids), seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    @property
+    def rows(self) -> int:
+        return sum(len(r) for r in self.rows_of)
+
+    def collate(self, items: list[int]) -> VQABatch:
+        items = sorted(items)
+        images = torch.from_numpy(np.asarray(self.image_feats[self.image_ids[items]], dtype=np.float32))
+        rows = np.concatenate([self.rows_of[i] for i in items])
+        row_image = torch.from_numpy(np.repeat(np.arange(len(items)), [len(self.rows_of[i]) for i in items]))
+        states, mask = _gather_questions(self.q_states, self.q_len, self.row_question[rows])
+        batch = VQABatch(torch.from_numpy(self.row_target[rows]), row_image, images, states, mask)
+        if self.itm is None:
+            return batch
+        itm_states, itm_len, row_pos, row_neg = self.itm
+        texts = np.concatenate([row_pos[rows], row_neg[rows]])
+        s, m = _gather_questions(itm_states, itm_len, texts)
+        labels = torch.cat([torch.ones(len(rows)), torch.zeros(len(rows))])
+        return batch._replace(itm_states=s, itm_mask=m, itm_labels=labels, itm_row_image=torch.cat([row_image, row_image]))
+
+
+def _itm_texts(rows: list[QARow], answers: list[str], seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Per row: "question answer" (matching) and "question other-answer" (not), the wrong answer drawn once per
+    distinct (question, answer) so the texts to encode stay few."""
+    rng = np.random.default_rng(seed)
+    texts: dict[str, int] = {}
+    negative: dict[tuple[str, str], str] = {}
+    pos, neg = [], []
+    for r in rows:
+        if (r.question, r.answer) not in negative:
+            others = [a for a in answers if a != r.answer] or answers
+            negative[(r.question, r.answer)] = others[int(rng.integers(len(others)))]
+        pos.append(texts.setdefault(f"{r.question} {r.answer}", len(texts)))
+        neg.append(texts.setdefault(f"{r.question} {negative[(r.question, r.answer)]}", len(texts)))
+    return list(texts), np.asarray(pos, np.int64), np.asarray(neg, np.int64)
+
+
+def feature_eval(model: FusionEncoder, data: EncodedQA, feats: np.ndarray, states: np.ndarray, lengths: np.ndarray,
+                 prefix: str = "val/") -> dict:
+    """Accuracy overall and per answer type on cached features: {"val/accuracy": .., "val/acc_yes/no": ..}."""
+    best, _ = predict_features(model, feats, states, lengths, data.row_image, data.row_question)
+    m = accuracy_by_type([model.answers[b] for b in best], data.rows)
+    return {prefix + "accuracy": m["accuracy"], **{f"{prefix}acc_{t}": v for t, v in m["per_type"].items()}}
+
+
+# -- the recipe -----------------------------------------------------------------------------------------------------
+
+
+def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True) -> dict:
+    """Train (or continue training) a fusion encoder; returns the best validation metrics plus timings."""
+    t_start = time.perf_counter()
+    set_seed(recipe.train.seed)
+    train_rows = read_qa(recipe.qa)
+    if recipe.val_qa:
+        val_rows = read_qa(recipe.val_qa)
+    elif recipe.val_fraction > 0:
+        train_rows, val_rows = split_by_image(train_rows, recipe.val_fraction, recipe.train.seed)
+    else:
+        val_rows = []
+
+    if recipe.model == "new":
+        recipe.arch.answers = answer_vocabulary(train_rows, recipe.min_answer_count, recipe.max_answers)
+        model = FusionEncoder(recipe.arch)
+    elif is_fusion_encoder_folder(recipe.model):
+        model = load_fusion_encoder(recipe.model)  # continue training; its answer vocabulary stays
+        recipe.arch = model.config
+    else:
+        raise PolymodalError(f"cannot train from {recipe.model!r}; pass model 'new' or a folder from `polymodal train vqa`")
+    if recipe.itm_weight > 0 and model.itm is None:
+        raise PolymodalError("itm_weight > 0 needs an ITM head: set itm_head: true in arch (or --itm-head)")
+
+    train = EncodedQA.from_rows(train_rows)
+    targets = np.asarray([model.answer_index.get(r.answer, -1) for r in train_rows], dtype=np.int64)
+    if (targets < 0).all():
+        raise PolymodalError("no training answer is in the model's answer vocabulary")
+    log.info("train: %d questions over %d images (%d answers); val: %d questions",
+             len(train_rows), len(train.images), len(model.answers), len(val_rows))
+    feats = grid_features(model, train.images, progress=progress)
+    q_states, q_len = question_features(model, train.questions, progress=progress)
+    itm = None
+    if recipe.itm_weight > 0:
+        texts, row_pos, row_neg = _itm_texts(train_rows, model.answers, recipe.train.seed)
+        itm = (*question_features(model, texts, progress=progress), row_pos, row_neg)
+    dataset = ImageQuestionSet(feats, q_states, q_len, train.row_image, train.row_question, targets, itm,
+                               seed=recipe.train.seed)
+    per_image = dataset.rows / max(1, len(dataset))
+    images_per_batch = max(1, min(len(dataset), round(recipe.batch_size / per_image)))
+    loader = DataLoader(dataset, batch_size=images_per_batch, sampler=dataset.sampler, collate_fn=dataset.collate,
+                        num_workers=recipe.workers)
+
+    eval_fn = None
+    if val_rows:
+        val = EncodedQA.from_rows(val_rows)
+        val_feats = grid_features(model, val.images, progress=progress)
+        val_states, val_len = question_features(model, val.questions, progress=progress)
+        eval_fn = lambda m: feature_eval(m, val, val_feats, val_states, val_len)  # noqa: E731
+    t_cached = time.perf_counter()
+
+    out = Path(recipe.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = asdict(recipe) | {"train_questions": len(train_rows), "train_images": len(train.images),
+                                 "val_questions": len(val_rows), "images_per_batch": images_per_batch}
+    settings["arch"]["answers"] = len(model.answers)  # the vocabulary itself is in model/config.json
+    atomic_write_bytes(out / "train_config.json", json.dumps(settings, indent=2, default=str).encode())
+    objective = VQAObjective(recipe.label_smoothing, recipe.itm_weight)
+    trainer = Trainer(model, {"vqa": (objective, 1.0, loader)}, recipe.train, out, eval_fn, progress)
+    best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"))
+    if not val_rows:
+        model.save(out / "model")
+    t_end = time.perf_counter()
+    return {**best, "cache_seconds": t_cached - t_start, "train_seconds": t_end - t_cached,
+            "epochs_run": trainer.epoch}

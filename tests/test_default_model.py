@@ -1,0 +1,18 @@
+"""The shipped `default` model (contrastive heads trained on Flickr8k + COCO captions) loads offline and works."""
+
+import numpy as np
+
+import polymodal
+
+
+def test_default_loads_and_retrieves_unseen_photos(gallery):
+    model = polymodal.load("default")
+    assert model.dim == 384 and model.key.startswith("default@")
+    names = ["cat", "coffee", "motorcycle", "flower", "astronaut"]
+    img = model.encode_image([gallery / f"{n}.jpg" for n in names])
+    txt = model.encode_text(["a cat lying down", "a cup of coffee", "a motorcycle", "a flower", "a man in a space suit"])
+    assert img.dtype == np.float32 and np.allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5)
+    ranks = (-(txt @ img.T)).argsort(axis=1)
+    # These photos are not in the training data; each caption's photo should be among its top 2 of 5.
+    hits = [i in ranks[i, :2] for i in range(len(names))]
+    assert sum(hits) >= 4, ranks

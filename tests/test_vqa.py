@@ -1,0 +1,161 @@
+"""VQA core: a fusion encoder trained end to end on a tiny question set over the sample gallery (CLI, cache, save and
+load, answer/choices, explain heat maps, eval JSON), and the built-in easy-vqa model on real easy-VQA questions."""
+
+import contextlib
+import dataclasses
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import polymodal
+from polymodal import cli
+from polymodal.apps.explain import save_heatmap
+from polymodal.data.samples import SKIMAGE_PHOTOS, SKLEARN_PHOTOS
+from polymodal.eval.vqa import read_qa, vqa_accuracy
+from polymodal.fusion import build_fusion
+from polymodal.models.fusion_encoder import FusionEncoder, is_fusion_encoder_folder
+from polymodal.resources import HERE
+
+NAMES = sorted({**SKIMAGE_PHOTOS, **SKLEARN_PHOTOS})
+
+
+@pytest.fixture(scope="module")
+def qa_file(gallery):
+    """Per photo: what is it (15 answers), and one yes and one no question: 45 rows, majority answer 1/3."""
+    path = gallery / "qa.jsonl"
+    with path.open("w") as f:
+        for i, name in enumerate(NAMES):
+            other = NAMES[(i + 5) % len(NAMES)]
+            for q, a in (("what is in the picture?", name), (f"is this a {name}?", "yes"), (f"is this a {other}?", "no")):
+                f.write(json.dumps({"image": f"{name}.jpg", "question": q, "answer": a}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(qa_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vqa-run")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(["train", "vqa", "--qa", str(qa_file), "--val-qa", str(qa_file), "--out", str(out), "--quiet",
+                         "--fusion", "cross_attention", "--dim", "64", "--epochs", "30", "--lr", "3e-3",
+                         "--batch-size", "6", "--warmup-steps", "5", "--patience", "0", "--dropout", "0"])
+    assert code == 0
+    return out, json.loads(printed.getvalue().strip().splitlines()[-1])
+
+
+def test_training_learns_and_saves_a_small_loadable_model(trained):
+    trained, result = trained
+    val = [json.loads(l) for l in (trained / "metrics.jsonl").read_text().splitlines() if '"val"' in l]
+    assert val[-1]["train_loss"] < val[0]["train_loss"]
+    assert result["best"]["val/accuracy"] > 0.8  # chance (the majority answer) is 1/3
+    folder = trained / "model"
+    assert is_fusion_encoder_folder(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["type"] == "fusion_encoder" and set(config["answers"]) == {*NAMES, "yes", "no"}
+    assert (folder / "model.safetensors").stat().st_size < 3_000_000  # heads and fusion only, not the towers
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    m = polymodal.load(str(trained[0] / "model"))
+    assert isinstance(m, FusionEncoder)
+    return m
+
+
+def test_save_load_round_trip_gives_identical_logits(model, tmp_path, gallery):
+    again = polymodal.load(str(model.save(tmp_path / "copy")))
+    assert again.answers == model.answers and again.config.fusion_options == {"query": 1}
+    imgs = model.encode_images([gallery / "cat.jpg"])
+    states, mask = model.encode_questions(["what is in the picture?"])
+    with torch.no_grad():
+        assert torch.allclose(model.vqa_logits(imgs, states, mask), again.vqa_logits(imgs, states, mask), atol=1e-5)
+
+
+def test_answer_and_choices(model, gallery):
+    out = model.answer(gallery / "cat.jpg", "what is in the picture?", top_k=3)
+    assert out["answer"] == "cat" and len(out["alternatives"]) == 3
+    assert out["alternatives"][0] == (out["answer"], out["score"])
+    scores = [s for _, s in out["alternatives"]]
+    assert scores == sorted(scores, reverse=True) and 0 < out["score"] <= 1
+
+    picked = model.answer(gallery / "rocket.jpg", "what is in the picture?", choices=["cat", "Rocket", "moon"])
+    assert picked["answer"] == "Rocket"  # the caller's spelling comes back
+    assert abs(sum(s for _, s in picked["alternatives"]) - 1) < 1e-5  # softmax over the candidates
+    # a candidate outside the vocabulary scores 0 without an ITM head; in-vocabulary ones keep their probability
+    mixed = model.answer(gallery / "rocket.jpg", "what is in the picture?", choices=["spaceship", "rocket"])
+    assert mixed["answer"] == "rocket" and dict(mixed["alternatives"])["spaceship"] == 0.0
+    with pytest.raises(polymodal.PolymodalError):
+        model.answer(gallery / "cat.jpg", "   ")
+
+
+def test_itm_head_scores_candidates_outside_the_vocabulary(model, gallery):
+    config = dataclasses.replace(model.config, itm_head=True)
+    m = FusionEncoder(config).eval()
+    m.load_state_dict(model.trained_state(), strict=False)  # everything but the fresh ITM head
+    out = m.answer(gallery / "cat.jpg", "what is in the picture?", choices=["cat", "kitten"])
+    assert 0 < dict(out["alternatives"])["kitten"] < 1  # sigmoid of the ITM logit
+
+
+def test_predict_and_eval_accuracy(model, qa_file):
+    rows = read_qa(qa_file)
+    result = vqa_accuracy(model, rows)
+    assert result["accuracy"] > 0.8 and set(result["per_type"]) == {"yes/no", "other"}
+    assert result["per_type_count"] == {"other": 15, "yes/no": 30}
+    assert vqa_accuracy(model, rows[:6], cache=False)["accuracy"] == pytest.approx(
+        vqa_accuracy(model, rows[:6])["accuracy"])
+
+
+def test_explain_heatmap_attention_and_gradient(model, gallery, tmp_path):
+    heat = model.explain(gallery / "cat.jpg", "what is in the picture?")
+    assert heat.shape == (7, 7) and heat.dtype == np.float32
+    assert heat.max() == pytest.approx(1.0) and heat.min() >= 0
+    out = save_heatmap(gallery / "cat.jpg", heat, tmp_path / "heat.png")
+    with Image.open(out) as png, Image.open(gallery / "cat.jpg") as src:
+        assert png.format == "PNG" and png.size == src.size
+
+    # a fusion without attention over the image: gradient x input relevance instead
+    saved = model.fusion
+    try:
+        model.fusion = build_fusion("concat", [64, 64], 64)
+        grad_heat = model.explain(gallery / "cat.jpg", "what is in the picture?")
+    finally:
+        model.fusion = saved
+    assert grad_heat.shape == (7, 7) and np.isfinite(grad_heat).all() and grad_heat.max() <= 1
+
+
+def test_cli_vqa_and_eval(trained, qa_file, gallery, tmp_path, capsys):
+    folder = str(trained[0] / "model")
+    assert cli.main(["vqa", str(gallery / "moon.jpg"), "what is in the picture?", "--model", folder,
+                     "--explain", str(tmp_path / "x.png"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["answer"] == "moon" and len(out["alternatives"]) == 3 and (tmp_path / "x.png").is_file()
+    assert cli.main(["vqa", str(gallery / "moon.jpg"), "is this a moon?", "--model", folder, "--choices", "yes,no"]) == 0
+    assert capsys.readouterr().out.startswith("yes")
+
+    assert cli.main(["eval", "vqa", "--qa", str(qa_file), "--model", folder]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    metrics = json.loads(lines[0])
+    assert metrics["questions"] == 45 and metrics["accuracy"] > 0.8 and "yes/no" in metrics["per_type"]
+
+    assert cli.main(["vqa", str(gallery / "moon.jpg"), "what?", "--model", "lite"]) == 2  # not a VQA model
+    assert "does not answer questions" in capsys.readouterr().err
+
+
+def test_builtin_easy_vqa_model_answers_real_questions():
+    easy_vqa = pytest.importorskip("easy_vqa")
+    if not (HERE / "models" / "easy-vqa" / "config.json").is_file():
+        pytest.skip("the built-in easy-vqa model is not shipped in this checkout")
+    model = polymodal.load("easy-vqa")
+    questions, answers, image_ids = easy_vqa.get_test_questions()
+    paths = easy_vqa.get_test_image_paths()
+    rows = [{"image": paths[i], "question": q, "answer": a}
+            for q, a, i in list(zip(questions, answers, image_ids))[:200]]
+    result = vqa_accuracy(model, rows)
+    assert result["accuracy"] >= 0.95, result
+    first = rows[0]
+    assert model.answer(first["image"], first["question"])["answer"] == first["answer"]

@@ -1,0 +1,138 @@
+"""The web page end to end in headless Chromium (Playwright): type a query, submit, see coffee.jpg first.
+
+Outside CI a missing Chromium or Playwright skips with the reason; under CI=true (where .ci/install-browser has
+installed Debian's chromium and `make test` the test extra) the test must run.
+"""
+
+import contextlib
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from polymodal.index import ImageIndex
+
+CHROMIUM = os.environ.get("POLYMODAL_CHROMIUM", "/usr/bin/chromium")
+LAUNCH_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run",
+]
+
+
+def _need(condition: bool, reason: str) -> None:
+    if condition:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the browser test: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser_tools():
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        _need(False, f"{exc.name} is not installed (pip install 'polymodal[serve,test]')")
+    _need(Path(CHROMIUM).is_file() or bool(shutil.which(CHROMIUM)),
+          f"{CHROMIUM} not found (apt-get install chromium, or run .ci/install-browser)")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def db(lite, gallery, tmp_path_factory):
+    path = tmp_path_factory.mktemp("web") / "db"
+    ImageIndex(path).update(gallery, lite, progress=False)
+    return path
+
+
+@contextlib.contextmanager
+def _serving(app):
+    """uvicorn on a free loopback port, in a thread of this process (reusing the loaded model)."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(browser_tools, lite, db):
+    from polymodal.serve import create_app
+
+    with _serving(create_app(lite, db)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _page(browser_tools, tmp_path):
+    with browser_tools() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS,
+            viewport={"width": 1100, "height": 800},
+        )
+        try:
+            page = context.new_page()
+            page.errors = []
+            page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+            yield page
+        finally:
+            context.close()
+
+
+def _search(page, text: str):
+    page.fill("#q", text)
+    page.click("#search-btn")
+    page.wait_for_selector("#results .hit", timeout=20_000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results .hit img')].every((i) => i.complete && i.naturalWidth > 0)",
+        timeout=20_000,
+    )
+    return page.locator("#results .hit").first
+
+
+def test_search_page_finds_the_coffee(browser_tools, server, tmp_path):
+    with _page(browser_tools, tmp_path) as page:
+        page.goto(server + "/", wait_until="domcontentloaded")
+        page.wait_for_function("document.getElementById('meta').textContent.includes('images')", timeout=20_000)
+        assert page.is_hidden("#vqa")  # lite has no VQA head: no question box
+        first = _search(page, "a cup of coffee")
+        assert first.get_attribute("data-name") == "coffee.jpg"
+        assert float(first.locator(".score").inner_text()) > 0
+        shot = tmp_path / "search.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        assert page.errors == []
+
+
+def test_page_asks_for_the_api_key(browser_tools, lite, db, tmp_path):
+    from polymodal.serve import create_app
+
+    with _serving(create_app(lite, db, api_key="s3cret")) as url, _page(browser_tools, tmp_path) as page:
+        page.goto(url + "/", wait_until="domcontentloaded")
+        page.wait_for_selector("#keybox", state="visible", timeout=20_000)  # /v1/info said 401
+        page.fill("#key", "s3cret")
+        page.click("#key-form button")
+        page.wait_for_function("document.getElementById('meta').textContent.includes('images')", timeout=20_000)
+        first = _search(page, "a rocket on the launch pad")  # thumbnails come as blobs fetched with the key
+        assert first.get_attribute("data-name") == "rocket.jpg"
+        assert first.locator("img").get_attribute("src").startswith("blob:")
+        assert page.errors == []
