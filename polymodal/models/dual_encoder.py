@@ -195,15 +195,21 @@ def is_dual_encoder_folder(path: Path) -> bool:
 
 
 def load_dual_encoder(folder: str | Path) -> DualEncoder:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     try:
         raw = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, ValueError) as exc:
         raise PolymodalError(f"cannot read {folder / CONFIG_FILE}; pass a folder written by `polymodal train`") from exc
     model = DualEncoder(DualEncoderConfig.from_dict(raw), version=str(raw.get("version", "unknown")))
+    return load_trained_weights(model, folder)
+
+
+def load_trained_weights(model, folder: Path):
+    """Load folder/model.safetensors into a model built from its config; the keys must be exactly what
+    model.trained_state() saves. Shared by every model saved this way (dual and fusion encoders)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         state = load_file(str(folder / WEIGHTS_FILE))
     except (OSError, SafetensorError) as exc:

@@ -372,9 +372,6 @@ def is_fusion_encoder_folder(path: str | Path) -> bool:
 
 
 def load_fusion_encoder(folder: str | Path) -> FusionEncoder:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     try:
         raw = json.loads((folder / CONFIG_FILE).read_text())
@@ -383,16 +380,6 @@ def load_fusion_encoder(folder: str | Path) -> FusionEncoder:
     if raw.get("type") != "fusion_encoder":
         raise PolymodalError(f"{folder} holds a {raw.get('type', 'unknown')!r} model, not a fusion encoder")
     model = FusionEncoder(FusionEncoderConfig.from_dict(raw), version=str(raw.get("version", "unknown")))
-    try:
-        state = load_file(str(folder / WEIGHTS_FILE))
-    except (OSError, SafetensorError) as exc:
-        raise PolymodalError(f"cannot read {folder / WEIGHTS_FILE} ({exc}); the model folder is incomplete") from exc
-    expected = model.trained_state()
-    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
-    if missing or unexpected:
-        raise PolymodalError(
-            f"{folder / WEIGHTS_FILE} does not match its config: missing {sorted(missing)[:3]}, "
-            f"unexpected {sorted(unexpected)[:3]}"
-        )
-    model.load_state_dict(state, strict=False)
-    return model.eval()
+    from polymodal.models.dual_encoder import load_trained_weights
+
+    return load_trained_weights(model, folder)
