@@ -1,12 +1,19 @@
-"""Images/s and texts/s of a model at batch 1 and 32; one JSON line per measurement.
+"""Images/s and texts/s of a model at batch 1 and 32, PyTorch eager and ONNX runtime; one JSON line each.
 
-    python benchmarks/embed_throughput.py --model lite
+    python benchmarks/embed_throughput.py --model lite                        # torch and onnx (exported to a temp dir)
+    python benchmarks/embed_throughput.py --model lite --onnx-dir EXPORT      # an existing `polymodal export onnx`
+    python benchmarks/embed_throughput.py --runtime torch
+
+End to end from decoded photos (preprocessing included). With both runtimes, ratio lines give onnx/torch per kind
+and batch size, measured in the same run (this machine is noisy: compare ratios, not absolute rates).
 """
 
 import argparse
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -37,20 +44,42 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="lite")
     ap.add_argument("--seconds", type=float, default=5.0, help="time per measurement")
     ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--runtime", default="torch,onnx", help="comma-separated: torch, onnx")
+    ap.add_argument("--onnx-dir", help="export of --model to measure (default: exported now into a temporary folder)")
     args = ap.parse_args(argv)
-    model = polymodal.load(args.model)
     photos = [arr for arr, _ in sample_photos().values()]
     images = [photos[i % len(photos)] for i in range(64)]
     texts = [SENTENCES[i % len(SENTENCES)] for i in range(64)]
-    for batch in (int(b) for b in args.batches.split(",")):
-        for kind, items, fn in (
-            ("images", images, lambda x, b: model.encode_image(x, batch_size=b)),
-            ("texts", texts, lambda x, b: model.encode_text(x, batch_size=b)),
-        ):
-            rate = _rate(fn, items, batch, args.seconds)
-            print(json.dumps({"model": args.model, "kind": kind, "batch": batch, f"{kind}_per_s": round(rate, 1)}))
-            sys.stdout.flush()
+    rates = {}
+    with tempfile.TemporaryDirectory(prefix="embed-throughput-") as tmp:
+        for runtime in args.runtime.split(","):
+            if runtime == "onnx":
+                folder = args.onnx_dir or _export(args.model, Path(tmp) / "onnx")
+                model = polymodal.load(folder, runtime="onnx")
+            else:
+                model = polymodal.load(args.model)
+            for batch in (int(b) for b in args.batches.split(",")):
+                for kind, items, fn in (
+                    ("images", images, lambda x, b: model.encode_image(x, batch_size=b)),
+                    ("texts", texts, lambda x, b: model.encode_text(x, batch_size=b)),
+                ):
+                    rate = rates[(runtime, kind, batch)] = _rate(fn, items, batch, args.seconds)
+                    variant = getattr(model, "variants", {}).get(kind[:-1], "eager")
+                    print(json.dumps({"model": args.model, "runtime": runtime, "variant": variant, "kind": kind,
+                                      "batch": batch, f"{kind}_per_s": round(rate, 1)}))
+                    sys.stdout.flush()
+    for (runtime, kind, batch), rate in rates.items():
+        if runtime == "onnx" and ("torch", kind, batch) in rates:
+            print(json.dumps({"model": args.model, "ratio": "onnx/torch", "kind": kind, "batch": batch,
+                              "value": round(rate / rates[("torch", kind, batch)], 2)}))
     return 0
+
+
+def _export(model: str, out: Path) -> str:
+    from polymodal.export.onnx_export import export_onnx, validation_set
+
+    export_onnx(polymodal.load(model), out, validation_set(None))
+    return str(out)
 
 
 if __name__ == "__main__":

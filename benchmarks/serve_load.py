@@ -9,7 +9,8 @@ at the highest concurrency. It always stops by itself.
     python benchmarks/serve_load.py --db pics.idx --requests 200
 
 The client runs on the same machine as the server and takes CPU from it; compare configurations with each other,
-not with benchmarks/embed_throughput.py. `--runtime` is the model runtime the server uses; only "torch" today.
+not with benchmarks/embed_throughput.py. `--runtime torch,onnx` measures both model runtimes in one run; the ONNX
+runtime serves the export of --model (`polymodal export onnx`, made into a temporary folder unless --onnx-dir).
 """
 
 import argparse
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIMES = ("torch",)
+RUNTIMES = ("torch", "onnx")
 
 
 def _free_port() -> int:
@@ -45,10 +46,11 @@ def _batch_stats(metrics_text: str) -> tuple[float, float]:
 
 
 class Server:
-    def __init__(self, args, db: Path, batching: bool, log) -> None:
+    def __init__(self, args, db: Path, batching: bool, log, runtime: str = "torch", model: str | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "polymodal", "serve", "--model", args.model, "--db", str(db),
+        cmd = [sys.executable, "-m", "polymodal", "serve", "--model", model or args.model, "--db", str(db),
+               "--runtime", runtime,
                "--host", "127.0.0.1", "--port", str(self.port), "--max-batch", str(args.max_batch),
                "--max-wait-ms", str(args.max_wait_ms)]
         if not batching:
@@ -142,43 +144,68 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--threads", type=int, help="torch threads in the server (default: torch's choice)")
-    ap.add_argument("--runtime", default="torch", choices=RUNTIMES, help="model runtime in the server (only torch yet)")
+    ap.add_argument("--runtime", default="torch,onnx", help="comma-separated model runtimes to measure: torch, onnx")
+    ap.add_argument("--onnx-dir", help="an existing export of --model (default: exported into a temporary folder)")
     ap.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for a server to start")
     args = ap.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
+    runtimes = [r for r in args.runtime.split(",") if r]
+    if not runtimes or set(runtimes) - set(RUNTIMES):
+        raise SystemExit(f"--runtime takes a comma-separated subset of {', '.join(RUNTIMES)}")
 
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         work = Path(tmp)
         db = Path(args.db) if args.db else _gallery_db(args.model, work)
         image = Path(args.image).read_bytes() if args.image else _default_image(work)
-        qps: dict[tuple[bool, int], float] = {}
+        qps: dict[tuple[str, bool, int], float] = {}
         with open(work / "server.log", "ab") as log:
-            for batching in (True, False):
-                import httpx
-
-                server = Server(args, db, batching, log)
-                try:
-                    server.wait_ready(args.start_timeout)
-                    for _ in range(4):  # warm-up: first calls allocate and fill caches
-                        httpx.post(server.url + "/v1/embed", files={"image": ("q.jpg", image, "image/jpeg")}, timeout=60)
-                    for c in levels:
-                        before = _batch_stats(httpx.get(server.url + "/metrics").text)
-                        result = asyncio.run(_load(server.url, image, c, args.requests, args.time_limit))
-                        after = _batch_stats(httpx.get(server.url + "/metrics").text)
-                        passes = after[1] - before[1]
-                        mean_batch = round((after[0] - before[0]) / passes, 2) if passes else None
-                        qps[(batching, c)] = result["qps"]
-                        line = {"bench": "serve_load", "runtime": args.runtime, "model": args.model,
-                                "threads": args.threads, "batching": batching, "concurrency": c, **result, "mean_batch": mean_batch}
-                        print(json.dumps(line))
-                        sys.stdout.flush()
-                finally:
-                    server.stop()
+            for runtime in runtimes:
+                model = args.model
+                if runtime == "onnx":
+                    model = args.onnx_dir or _export(args.model, work / "onnx", log)
+                for batching in (True, False):
+                    _measure(args, db, image, levels, runtime, model, batching, log, qps)
     top = max(levels)
-    on, off = qps.get((True, top)), qps.get((False, top))
-    print(json.dumps({"bench": "serve_load", "runtime": args.runtime, "ratio": "qps_batching/qps_no_batching",
-                      "concurrency": top, "value": round(on / off, 2) if on and off else None, "cpus": os.cpu_count()}))
+    for runtime in runtimes:
+        on, off = qps.get((runtime, True, top)), qps.get((runtime, False, top))
+        print(json.dumps({"bench": "serve_load", "runtime": runtime, "ratio": "qps_batching/qps_no_batching",
+                          "concurrency": top, "value": round(on / off, 2) if on and off else None,
+                          "cpus": os.cpu_count()}))
+    if "torch" in runtimes and "onnx" in runtimes:
+        on, off = qps.get(("onnx", True, top)), qps.get(("torch", True, top))
+        print(json.dumps({"bench": "serve_load", "ratio": "qps_onnx/qps_torch (batching on)", "concurrency": top,
+                          "value": round(on / off, 2) if on and off else None}))
     return 0
+
+
+def _export(model: str, out: Path, log) -> str:
+    """`polymodal export onnx` with its default gate (the sample photos); returns the export folder."""
+    subprocess.run([sys.executable, "-m", "polymodal", "export", "onnx", model, "--out", str(out), "--json"],
+                   check=True, stdout=log, stderr=log, timeout=1800)
+    return str(out)
+
+
+def _measure(args, db, image, levels, runtime, model, batching, log, qps) -> None:
+    import httpx
+
+    server = Server(args, db, batching, log, runtime, model)
+    try:
+        server.wait_ready(args.start_timeout)
+        for _ in range(4):  # warm-up: first calls allocate and fill caches
+            httpx.post(server.url + "/v1/embed", files={"image": ("q.jpg", image, "image/jpeg")}, timeout=60)
+        for c in levels:
+            before = _batch_stats(httpx.get(server.url + "/metrics").text)
+            result = asyncio.run(_load(server.url, image, c, args.requests, args.time_limit))
+            after = _batch_stats(httpx.get(server.url + "/metrics").text)
+            passes = after[1] - before[1]
+            mean_batch = round((after[0] - before[0]) / passes, 2) if passes else None
+            qps[(runtime, batching, c)] = result["qps"]
+            line = {"bench": "serve_load", "runtime": runtime, "model": args.model, "threads": args.threads,
+                    "batching": batching, "concurrency": c, **result, "mean_batch": mean_batch}
+            print(json.dumps(line))
+            sys.stdout.flush()
+    finally:
+        server.stop()
 
 
 def _default_image(work: Path) -> bytes:

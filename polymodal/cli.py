@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     from polymodal.cli_serve import add_parsers
 
     add_parsers(sub)
+    from polymodal.cli_export import add_parsers as add_export_parsers
+
+    add_export_parsers(sub)
     return p
 
 

@@ -35,14 +35,20 @@ def cmd_serve(args) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise PolymodalError(f"--threads must be at least 1, got {args.threads}")
-        import torch
+        if args.runtime == "torch":
+            import torch
 
-        torch.set_num_threads(args.threads)
+            torch.set_num_threads(args.threads)
     from polymodal.serve.app import create_app
 
     sock = _bind(args.host, args.port)  # before the slow model load: a busy port is one line and exit 2
     try:
-        app = create_app(args.model or info["model_name"], args.db, api_key=args.api_key, settings=settings)
+        model = args.model or info["model_name"]
+        if args.runtime == "onnx":
+            import polymodal
+
+            model = polymodal.load(model, runtime="onnx", threads=args.threads)
+        app = create_app(model, args.db, api_key=args.api_key, settings=settings)
     except BaseException:
         sock.close()
         raise
@@ -82,6 +88,8 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("serve", help="serve an index over HTTP: embed, search, classify, web page (needs [serve])")
     s.add_argument("--model", default=None, help="built-in name or checkpoint path (default: the index's model)")
     s.add_argument("--db", required=True, help="index folder built by `polymodal index`")
+    s.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="onnx: serve the export of --model (`polymodal export onnx`) through onnxruntime, without torch")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument(

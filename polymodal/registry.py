@@ -52,11 +52,38 @@ def available_models() -> list[str]:
     return sorted(MODELS)
 
 
-def load(name_or_path: str | Path = "lite", **kwargs):
+RUNTIMES = ("torch", "onnx")
+
+
+def onnx_export_dir(name: str) -> Path:
+    """Where `polymodal export onnx NAME` writes a built-in model's export by default."""
+    from polymodal.cache import cache_dir
+
+    return cache_dir() / "onnx" / name
+
+
+def load(name_or_path: str | Path = "lite", runtime: str = "torch", **kwargs):
     """Return a ready model. A registered name (see available_models()) or a local checkpoint path: a folder
     written by `polymodal train`, a Hugging Face CLIP folder, or an OpenAI/open_clip-layout CLIP state dict.
-    Nothing is downloaded."""
+    Nothing is downloaded.
+
+    ``runtime="onnx"`` serves an export (`polymodal export onnx`) through onnxruntime without importing torch:
+    pass the export folder, or a built-in name exported to its default folder (onnx_export_dir(name))."""
     key = str(name_or_path)
+    if runtime not in RUNTIMES:
+        raise PolymodalError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    from polymodal.export.runtime import OnnxEmbeddingModel, is_onnx_folder
+
+    if runtime == "onnx":
+        folder = Path(key).expanduser()
+        if not is_onnx_folder(folder):
+            folder = onnx_export_dir(key)
+        if not is_onnx_folder(folder):
+            raise PolymodalError(f"no ONNX export of {key!r} (looked in {key} and {folder}); "
+                                 f"create it with `polymodal export onnx {key}` or pass an export folder")
+        return OnnxEmbeddingModel(folder, **kwargs)
+    if is_onnx_folder(Path(key).expanduser()):
+        raise PolymodalError(f"{key} is an ONNX export; load it with runtime='onnx' (CLI: --runtime onnx)")
     if key in MODELS:
         return MODELS[key](**kwargs)
     path = Path(key).expanduser()

@@ -35,8 +35,11 @@ def _write_tokenizer_files(folder):
 
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+def make_tiny_clip(folder):
     """Tiny HF CLIP folder: model.safetensors + config.json, tokenizer.json, preprocessor_config.json."""
-    folder = tmp_path_factory.mktemp("tiny-clip")
     bare = folder.parent / "bare-tokenizer"  # vocab.json + merges.txt only, as users have beside OpenAI .pt files
     vocab_size = _write_tokenizer_files(bare)
     tok = CLIPTokenizer.from_pretrained(bare)

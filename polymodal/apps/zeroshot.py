@@ -50,3 +50,26 @@ def rank_labels(
     k = len(labels) if top_k is None else min(top_k, len(labels))
     order = np.argsort(-probs, axis=1)[:, :k]
     return [[(labels[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+
+class ZeroShotMixin:
+    """label_embeddings() and classify() for any model with encode_image/encode_text and a logit_scale
+    (shared by the PyTorch models and the torch-free ONNX runtime)."""
+
+    DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+    def label_embeddings(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
+        """[L, dim] prompt-ensemble embeddings, cached per (labels, templates)."""
+        if "_prompts" not in self.__dict__:
+            self._prompts = PromptCache(self)
+        return self._prompts.get(labels, templates or self.DEFAULT_TEMPLATES)
+
+    def forget_label_embeddings(self) -> None:
+        """Call after the text side changed (training): cached label embeddings are recomputed on next use."""
+        self._prompts = PromptCache(self)
+
+    def classify(self, images, labels: Sequence[str], templates: Sequence[str] | None = None,
+                 top_k: int | None = None) -> list[list[tuple[str, float]]]:
+        """For each image, labels ranked by softmax(logit_scale * cosine), best first: [(label, score), ...]."""
+        label_emb = self.label_embeddings(labels, templates)
+        return rank_labels(self.encode_image(images), label_emb, list(labels), self.logit_scale, top_k)

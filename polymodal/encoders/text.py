@@ -45,8 +45,12 @@ class SentenceEncoder(nn.Module):
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
 
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids and mask ``[B, L]`` -> mean of the real tokens' states ``[B, D]`` (the exported text graph)."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
     def forward(self, texts: list[str]) -> torch.Tensor:
         batch = self.tokenize(texts)
-        hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return self.pool(batch["input_ids"], batch["attention_mask"])

@@ -60,7 +60,15 @@ class ClipModel(EmbeddingModel):
     def _text_batch(self, texts: list[str]) -> torch.Tensor:
         # truncation keeps <|endoftext|> (the post-processor adds it after truncating), which pooling needs
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        return _features(self.model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
+        return self.text_from_tokens(enc["input_ids"], enc["attention_mask"])
+
+    # what polymodal.export turns into the text graph
+    def text_from_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+
+    @property
+    def text_tokenizer(self):
+        return self.tokenizer, self.max_length
 
 
 def _features(out) -> torch.Tensor:

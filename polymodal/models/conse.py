@@ -78,3 +78,11 @@ class ConSEModel(EmbeddingModel):
 
     def _text_batch(self, texts: list[str]) -> torch.Tensor:
         return self.text_tower(texts)
+
+    # what polymodal.export turns into the text graph
+    def text_from_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text_tower.pool(input_ids, attention_mask)
+
+    @property
+    def text_tokenizer(self):
+        return self.text_tower.tokenizer, self.text_tower.max_length

@@ -44,8 +44,25 @@ def _body(description: str, json_props: dict, form_props: dict | None) -> dict:
     return {"requestBody": {"required": True, "description": description, "content": content}}
 
 
+DOCS_ASSETS = "/docs-assets"
+DOCS_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
+
+
+def swagger_assets() -> Path | None:
+    """Swagger UI's files from the swagger-ui-bundle package (the serve extra), or None: /docs then falls back
+    to FastAPI's CDN links, which need internet."""
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+        log.warning("swagger-ui-bundle is not installed: /docs loads Swagger UI from a CDN (needs internet)")
+        return None
+    folder = Path(swagger_ui_bundle.swagger_ui_path)
+    return folder if all((folder / n).is_file() for n in DOCS_FILES) else None
+
+
 def create_app(
-    model: Any, db_path: str | Path, api_key: str | None = None, settings: ServeSettings | None = None
+    model: Any, db_path: str | Path, api_key: str | None = None, settings: ServeSettings | None = None,
+    runtime: str = "torch",
 ):
     """A FastAPI app serving `model` (a registered name, a checkpoint path, or a loaded model) over the index at
     `db_path`. A missing index, an unknown model or a model that doesn't match the index raises PolymodalError."""
@@ -63,7 +80,7 @@ def create_app(
 
     from polymodal.apps.zeroshot import rank_labels
     from polymodal.index import ImageIndex
-    from polymodal.models.base import EmbeddingModel
+    from polymodal.apps.zeroshot import ZeroShotMixin
     from polymodal.serve.middleware import ApiKeyMiddleware, LimitsMiddleware, MetricsMiddleware
     from polymodal.serve.page import render_page
 
@@ -72,7 +89,7 @@ def create_app(
     if isinstance(model, (str, Path)):
         import polymodal
 
-        model = polymodal.load(model)
+        model = polymodal.load(model, runtime=runtime)
     svc = Service(model, db_path, settings)
     s = settings
 
@@ -91,6 +108,7 @@ def create_app(
         "Errors are JSON `{\"error\": \"...\"}`." + (" Send the API key in the `X-API-Key` header." if api_key else ""),
         lifespan=lifespan,
         redoc_url=None,
+        docs_url=None,  # served below from local files: no CDN, so /docs works offline
     )
     app.state.service = svc
 
@@ -177,6 +195,23 @@ def create_app(
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(render_page())
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import FileResponse
+
+    assets = swagger_assets()
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        local = {"swagger_js_url": f"{DOCS_ASSETS}/swagger-ui-bundle.js", "swagger_css_url": f"{DOCS_ASSETS}/swagger-ui.css",
+                 "swagger_favicon_url": f"{DOCS_ASSETS}/favicon-32x32.png"} if assets else {}
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="polymodal API", **local)
+
+    @app.get(DOCS_ASSETS + "/{name}", include_in_schema=False)
+    async def docs_asset(name: str):
+        if assets is None or name not in DOCS_FILES:
+            raise ApiError(404, f"no docs asset {name[:60]!r}")
+        return FileResponse(assets / name, headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/healthz", summary="Liveness: 200 while the service runs (never needs the API key)")
     async def healthz():
@@ -281,7 +316,7 @@ def create_app(
         templates = check_templates(templates, s.max_templates)
         if top_k is not None:
             top_k = check_k(top_k, s.max_labels)
-        if getattr(type(model), "classify", None) in (None, EmbeddingModel.classify):  # the usual path: images batched with other requests
+        if getattr(type(model), "classify", None) in (None, ZeroShotMixin.classify):  # the usual path: images batched with other requests
             image_emb = await svc.batcher.images(await prepare(items))
             label_emb = await svc.batcher.call(model.label_embeddings, labels, templates)
             ranked = rank_labels(image_emb, label_emb, labels, model.logit_scale, top_k)
@@ -408,7 +443,9 @@ def create_app(
     # -- middleware: added innermost first ------------------------------------------------------------------------
     app.add_middleware(LimitsMiddleware, max_body_bytes=s.max_body_bytes, timeout_s=s.request_timeout_s,
                        no_deadline=("/v1/index",))
-    app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=("/healthz", "/"))
+    # the page shell and the API docs hold no data: they load without the key (every call they make needs it)
+    docs_paths = ("/docs", "/openapi.json", *(f"{DOCS_ASSETS}/{n}" for n in DOCS_FILES))
+    app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=("/healthz", "/", *docs_paths))
     app.add_middleware(MetricsMiddleware, metrics=svc.metrics, routes_of=app)
     return app
 

@@ -38,14 +38,14 @@ def supports_vqa(model) -> bool:
 
 
 def preprocesses_outside(model) -> bool:
-    """True for models whose encode_image is EmbeddingModel's (transform, then _image_batch): the service can then
-    run the transform in the request's thread, so the one model thread only runs forward passes and a request
-    holds a 224x224 array instead of its full decoded image while it waits."""
-    from polymodal.models.base import EmbeddingModel
-
+    """True for models whose encode_image is EmbeddingInterface's, transform then embed_pixels (the PyTorch models
+    and the ONNX runtime, unless a subclass overrides it): the service can then run the transform in the request's thread, so
+    the one model thread only runs forward passes and a request holds a 224x224 array instead of its full decoded
+    image while it waits. Checked without importing torch (the ONNX runtime must not need it)."""
+    encode = getattr(type(model), "encode_image", None)
     return (
-        isinstance(model, EmbeddingModel)
-        and type(model).encode_image is EmbeddingModel.encode_image
+        getattr(encode, "__qualname__", "") == "EmbeddingInterface.encode_image"
+        and callable(getattr(model, "embed_pixels", None))
         and callable(getattr(model, "transform", None))
     )
 
@@ -112,17 +112,11 @@ class Service:
         return out
 
     def _forward_pixels(self, items: list[np.ndarray]) -> np.ndarray:
-        """On the model thread: [3, H, W] arrays -> L2-normalised [N, dim], exactly as EmbeddingModel.encode_image."""
-        import torch
-
-        from polymodal.models.base import l2_normalize
-
+        """On the model thread: [3, H, W] arrays -> L2-normalised [N, dim], exactly as the model's encode_image."""
         out = [np.zeros((0, self.model.dim), np.float32)]
         step = self.settings.max_batch
-        with torch.inference_mode():
-            for start in range(0, len(items), step):
-                pixels = torch.from_numpy(np.stack(items[start : start + step]))
-                out.append(l2_normalize(self.model._image_batch(pixels)).numpy())
+        for start in range(0, len(items), step):
+            out.append(self.model.embed_pixels(np.stack(items[start : start + step])))
         return np.concatenate(out)
 
     # -- ids <-> paths (one read snapshot each) -----------------------------------------------------------------

@@ -148,7 +148,7 @@ def _with_zeroshot(eval_fn, labels_file: str):
 
     def run(model) -> dict:
         metrics = eval_fn(model) if eval_fn else {}
-        model._prompts = type(model._prompts)(model)  # the heads changed: label embeddings must be recomputed
+        model.forget_label_embeddings()  # the heads changed: label embeddings must be recomputed
         z = zeroshot_accuracy(model, images, labels)
         return metrics | {"val/zeroshot_top1": z["top1"], "val/zeroshot_top5": z["top5"]}
 

@@ -1,0 +1,61 @@
+"""`polymodal export onnx MODEL [--out DIR] [--val-pairs FILE]`: ONNX graphs, parity, gated variants, report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from polymodal.errors import PolymodalError
+
+
+def cmd_export_onnx(args) -> int:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise PolymodalError(f"ONNX export needs the onnx extra ({exc.name} is missing); pip install 'polymodal[onnx]'") from exc
+    import polymodal
+    from polymodal.export.onnx_export import export_onnx, report_table, validation_set
+    from polymodal.registry import MODELS, onnx_export_dir
+
+    if args.val_limit < 2:
+        raise PolymodalError(f"--val-limit must be at least 2, got {args.val_limit}")
+    out = Path(args.out) if args.out else (onnx_export_dir(args.model) if args.model in MODELS else None)
+    if out is None:
+        raise PolymodalError("pass --out DIR: where to write the export of a model given by path")
+    if out.exists() and not out.is_dir():
+        raise PolymodalError(f"--out {out} is a file; pass a folder")
+    variants = [v for v in (args.variants or "").split(",") if v] if args.variants is not None else None
+    val = validation_set(args.val_pairs, limit=args.val_limit)
+    model = polymodal.load(args.model)
+
+    def progress(message: str) -> None:
+        if not args.json:
+            print(f"polymodal: {message}", file=sys.stderr, flush=True)
+
+    kwargs = {} if variants is None else {"variants": variants}
+    report = export_onnx(model, out, val, max_drop_points=args.max_drop_points, progress=progress, **kwargs)
+    if args.json:
+        print(json.dumps({"out": str(out), **report}))
+    else:
+        print(report_table(report))
+        print(f"written to {out}; use it with polymodal.load({str(out)!r}, runtime='onnx') "
+              f"or `polymodal serve --runtime onnx --model {out}`")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    export = sub.add_parser("export", help="export a model for deployment").add_subparsers(dest="format", required=True)
+    s = export.add_parser("onnx", help="ONNX graphs of both towers, parity-checked; int8/bf16 variants kept only if "
+                                       "faster and within --max-drop-points R@5 (needs [onnx])")
+    s.add_argument("model", help="built-in name or model folder/checkpoint")
+    s.add_argument("--out", help="export folder (default for built-in names: the cache's onnx/NAME, where "
+                                 "polymodal.load(NAME, runtime='onnx') looks)")
+    s.add_argument("--val-pairs", nargs="+", help="image-caption pairs for parity and the accuracy gate "
+                                                  "(default: the built-in sample photos, a coarse gate)")
+    s.add_argument("--val-limit", type=int, default=300, help="validation images sampled from --val-pairs (default 300)")
+    s.add_argument("--variants", help="comma-separated subset of int8_dynamic,int8_static,bf16 (default: all; '' = none)")
+    s.add_argument("--max-drop-points", type=float, default=1.0, help="largest R@5 drop a kept variant may cost (default 1)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_export_onnx)

@@ -1,0 +1,100 @@
+"""The two graphs an embedding model exports: pixels -> embedding and token ids -> embedding (L2-normalised).
+
+Any model with ``_image_batch(pixels)``, ``text_from_tokens(input_ids, attention_mask)`` and ``text_tokenizer``
+(lite, dual encoders such as ``default``, CLIP checkpoints) exports. The batch axis (and the token axis) are dynamic.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from polymodal.errors import PolymodalError
+
+OPSET = 17
+
+
+class _Graph(nn.Module):
+    """Registers the model's modules and tensors so the tracer sees weights as parameters, not constants
+    (lite is not an nn.Module itself)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+        if isinstance(model, nn.Module):
+            self.inner = model
+        else:
+            for name, value in vars(model).items():
+                if isinstance(value, nn.Module):
+                    self.add_module(f"m_{name}", value)
+                elif isinstance(value, torch.Tensor):
+                    self.register_buffer(f"b_{name}", value, persistent=False)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(dtype) replaces registered buffers; point the (non-Module) model's attributes at the new tensors
+        out = super()._apply(fn, *args, **kwargs)
+        if not isinstance(self.model, nn.Module):
+            for name, value in self._buffers.items():
+                setattr(self.model, name[2:], value)
+        return out
+
+
+class ImageGraph(_Graph):
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` normalised pixels -> ``[B, D]`` unit vectors."""
+        return nn.functional.normalize(self.model._image_batch(pixels).float(), dim=-1)
+
+
+class TextGraph(_Graph):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` token ids and mask -> ``[B, D]`` unit vectors."""
+        return nn.functional.normalize(self.model.text_from_tokens(input_ids, attention_mask).float(), dim=-1)
+
+
+class _Bf16(nn.Module):
+    """Runs a graph in bfloat16 (weights and activations), float32 in and out."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = copy.deepcopy(graph).to(torch.bfloat16)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        inputs = tuple(x.to(torch.bfloat16) if x.is_floating_point() else x for x in inputs)
+        return self.graph(*inputs).float()
+
+
+def check_exportable(model) -> None:
+    missing = [a for a in ("_image_batch", "text_from_tokens", "text_tokenizer") if not hasattr(model, a)]
+    if missing:
+        raise PolymodalError(f"{type(model).__name__} cannot be exported to ONNX (it lacks {', '.join(missing)}); "
+                             "export an embedding model: lite, default, a folder from `polymodal train contrastive`, "
+                             "or a CLIP checkpoint")
+
+
+def export_graph(graph: nn.Module, example: tuple[torch.Tensor, ...], names: list[str], path: Path,
+                 bf16: bool = False) -> Path:
+    """Trace ``graph`` on ``example`` into ONNX at ``path`` (written beside it, then renamed)."""
+    graph = graph.eval().requires_grad_(False)
+    if bf16:
+        graph = _Bf16(graph).eval()
+    axes = {n: ({0: "batch", 1: "tokens"} if ex.dim() == 2 else {0: "batch"}) for n, ex in zip(names, example)}
+    axes["embedding"] = {0: "batch"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's business
+            torch.onnx.export(graph, example, tmp, input_names=names, output_names=["embedding"],
+                              dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,257 @@
+"""`polymodal export onnx MODEL --out DIR`: export both towers, check parity, try faster variants, keep what earns it.
+
+1. Trace the image graph (pixels -> unit embedding) and the text graph (token ids, mask -> unit embedding) to
+   fp32 ONNX with dynamic batch (and token) axes.
+2. Parity on real inputs (the validation photos and captions): every onnxruntime fp32 embedding must have cosine
+   >= 0.999 with PyTorch's, or the export fails.
+3. Per tower, try int8 dynamic, int8 static (calibrated on validation inputs) and bf16. A variant is KEPT only if
+   it is faster here than fp32 onnxruntime at batch 32 (by >= 5%, above timing noise) AND text->image and
+   image->text R@5 on the validation set drop by at most ``max_drop_points`` (1 point) against PyTorch fp32.
+   The fastest kept variant serves each tower; the combination is checked once more.
+4. Write onnx_config.json (what `polymodal.load(DIR, runtime="onnx")` reads: files, variants, preprocessing,
+   tokenizer), tokenizer.json, report.json and report.md (every try, kept or not, and why).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from polymodal.cache import atomic_write_bytes
+from polymodal.errors import PolymodalError
+from polymodal.eval.retrieval import retrieval_metrics
+from polymodal.export import variants as V
+from polymodal.export.graphs import ImageGraph, TextGraph, check_exportable, export_graph
+from polymodal.export.runtime import ONNX_CONFIG, TokenizerRuntime, onnx_session
+
+log = logging.getLogger(__name__)
+
+PARITY_MIN_COSINE = 0.999
+MIN_SPEEDUP = 1.05
+SPEED_BATCH = 32
+
+
+@dataclass
+class ValidationSet:
+    images: list  # paths or arrays
+    captions: list[str]
+    caption_image: np.ndarray  # [C] index into images
+    source: str
+
+
+def validation_set(pairs: str | Path | Sequence | None = None, limit: int = 300, seed: int = 0) -> ValidationSet:
+    """Image-caption pairs for parity and the accuracy gate: ``limit`` images (a seeded sample) of a pair source,
+    or, without one, the built-in sample photos with their descriptions (small: the gate is then coarse)."""
+    if pairs is None:
+        from polymodal.data.samples import sample_photos
+
+        photos = sample_photos()
+        return ValidationSet([a for a, _ in photos.values()], [d for _, d in photos.values()],
+                             np.arange(len(photos)), "built-in sample photos (pass --val-pairs for a real gate)")
+    from polymodal.eval.retrieval import read_pairs
+
+    p = read_pairs(pairs)
+    keep = sorted(random.Random(seed).sample(range(len(p.images)), min(limit, len(p.images))))
+    new_index = {old: new for new, old in enumerate(keep)}
+    rows = [c for c in range(len(p.captions)) if int(p.caption_image[c]) in new_index]
+    return ValidationSet([p.images[i] for i in keep], [p.captions[c] for c in rows],
+                         np.array([new_index[int(p.caption_image[c])] for c in rows]), f"{pairs} ({len(keep)} images)")
+
+
+def _items_per_second(run: Callable[[], Any], items: int, min_seconds: float = 1.0, repeats: int = 3) -> float:
+    """Best of ``repeats`` timings (each >= min_seconds of calls) after one warm-up call."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        n, start = 0, time.perf_counter()
+        while True:
+            run()
+            n += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        best = min(best, elapsed / n)
+    return items / best
+
+
+def _r5(metrics: dict) -> dict:
+    return {"t2i_R@5": metrics["t2i_R@5"], "i2t_R@5": metrics["i2t_R@5"]}
+
+
+class _Session:
+    """An onnxruntime session of one tower's graph with a batched embed()."""
+
+    def __init__(self, path: Path, tower: str, tokenizer: TokenizerRuntime) -> None:
+        self.session, self.tower, self.tokenizer = onnx_session(path), tower, tokenizer
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def run(self, batch) -> np.ndarray:
+        feeds = {"pixels": batch} if self.tower == "image" else \
+            {k: v for k, v in self.tokenizer(batch).items() if k in self.inputs}
+        return self.session.run(None, feeds)[0].astype(np.float32, copy=False)
+
+    def embed(self, items, batch: int = SPEED_BATCH) -> np.ndarray:
+        return np.concatenate([self.run(items[i : i + batch]) for i in range(0, len(items), batch)])
+
+
+def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[str] = V.VARIANTS,
+                max_drop_points: float = 1.0, progress: Callable[[str], None] = log.info,
+                timing_seconds: float = 1.0) -> dict:
+    """Export ``model`` to ``out`` (see the module docstring); returns the report (also written to out).
+    ``timing_seconds``: each speed figure is the best of 3 runs of at least this long."""
+
+    def speed(run, items: int = SPEED_BATCH) -> float:
+        return _items_per_second(run, items, min_seconds=timing_seconds)
+
+    check_exportable(model)
+    unknown = set(variants) - set(V.VARIANTS)
+    if unknown:
+        raise PolymodalError(f"unknown variants {sorted(unknown)}; choose from {', '.join(V.VARIANTS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    hf_tok, max_length = model.text_tokenizer
+    if not getattr(hf_tok, "is_fast", False):
+        raise PolymodalError("the ONNX runtime needs a fast (tokenizer.json) tokenizer; this model's is a slow one")
+    hf_tok.backend_tokenizer.save(str(out / "tokenizer.json"))
+    pad_token = hf_tok.pad_token or hf_tok.eos_token
+    tok_cfg = {"tokenizer": "tokenizer.json", "max_length": int(max_length),
+               "pad_id": int(hf_tok.convert_tokens_to_ids(pad_token)), "pad_token": str(pad_token)}
+    tokenizer = TokenizerRuntime(out / "tokenizer.json", tok_cfg["max_length"], tok_cfg["pad_id"], pad_token)
+
+    progress(f"preprocessing {len(val.images)} validation images and {len(val.captions)} captions")
+    pixels = np.concatenate([model.transform(val.images[i : i + 64]) for i in range(0, len(val.images), 64)])
+    captions = list(val.captions)
+    if tokenizer(captions[:16])["input_ids"].tolist() != hf_tok(captions[:16], padding=True, truncation=True,
+                                                               max_length=max_length)["input_ids"]:
+        raise PolymodalError("the exported tokenizer.json does not reproduce the model's tokenizer; cannot export")
+
+    progress("PyTorch fp32 reference embeddings and speed")
+    with torch.inference_mode():
+        ref = {"image": np.concatenate([model.embed_pixels(pixels[i : i + SPEED_BATCH])
+                                        for i in range(0, len(pixels), SPEED_BATCH)]),
+               "text": model.encode_text(captions, batch_size=SPEED_BATCH)}
+        speed_items = {"image": pixels[:SPEED_BATCH], "text": (captions * SPEED_BATCH)[:SPEED_BATCH]}
+        eager = {"image": speed(lambda: model.embed_pixels(speed_items["image"]), len(speed_items["image"])),
+                 "text": speed(lambda: model.encode_text(speed_items["text"], SPEED_BATCH))}
+    reference = _r5(retrieval_metrics(ref["image"], ref["text"], val.caption_image))
+
+    enc = hf_tok(captions[:2], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    examples = {"image": ((torch.from_numpy(pixels[:2]),), ["pixels"], ImageGraph(model)),
+                "text": ((enc["input_ids"], enc["attention_mask"]), ["input_ids", "attention_mask"], TextGraph(model))}
+    calibration = {"image": [{"pixels": pixels[i : i + 8]} for i in range(0, min(len(pixels), 64), 8)],
+                   "text": [{k: v for k, v in tokenizer(captions[i : i + 16]).items()}
+                            for i in range(0, min(len(captions), 128), 16)]}
+    rows, chosen, embeddings = [], {}, {}
+    for tower in ("image", "text"):
+        example, names, graph = examples[tower]
+        fp32 = out / f"{tower}.fp32.onnx"
+        progress(f"exporting the {tower} graph (fp32)")
+        export_graph(graph, example, names, fp32)
+        items = pixels if tower == "image" else captions
+        session = _Session(fp32, tower, tokenizer)
+        emb = session.embed(items)
+        cosine = float((emb * ref[tower]).sum(1).min())
+        if cosine < PARITY_MIN_COSINE:
+            raise PolymodalError(f"{tower} graph parity failed: min cosine with PyTorch {cosine:.5f} < "
+                                 f"{PARITY_MIN_COSINE}; the export is wrong, please report it")
+        base_speed = speed(lambda: session.run(speed_items[tower]), len(speed_items[tower]))
+        rows.append(_row(tower, "fp32", "baseline", base_speed, eager[tower], base_speed, emb, ref, tower, val,
+                         reference, f"parity: min cosine {cosine:.6f} vs PyTorch", fp32.name))
+        chosen[tower], embeddings[tower] = (fp32.name, "fp32", base_speed), emb
+        if tower == "text":
+            calibration["text"] = [{k: v for k, v in c.items() if k in session.inputs} for c in calibration["text"]]
+        for name in variants:
+            path = out / f"{tower}.{name}.onnx"
+            progress(f"trying {name} for the {tower} graph")
+            try:
+                if name == "bf16":
+                    V.bf16(lambda p, g=graph, e=example, n=names: export_graph(g, e, n, p, bf16=True), path)
+                else:
+                    getattr(V, name)(fp32, path, calibration[tower])
+                trial = _Session(path, tower, tokenizer)
+                v_emb = trial.embed(items)
+                v_speed = speed(lambda: trial.run(speed_items[tower]), len(speed_items[tower]))
+            except Exception as exc:  # an unsupported operator or type is a finding for the report, not a crash
+                reason = f"failed here: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                rows.append({"tower": tower, "variant": name, "status": "failed", "reason": reason})
+                path.unlink(missing_ok=True)
+                continue
+            row = _row(tower, name, "", v_speed, eager[tower], base_speed, v_emb, ref, tower, val, reference, "", path.name)
+            row["status"], row["reason"] = gate(v_speed, base_speed, row["drop_points"], max_drop_points)
+            rows.append(row)
+            if row["status"] == "kept" and v_speed > chosen[tower][2]:
+                chosen[tower], embeddings[tower] = (path.name, name, v_speed), v_emb
+            elif row["status"] != "kept":
+                path.unlink(missing_ok=True)
+
+    combined = _r5(retrieval_metrics(embeddings["image"], embeddings["text"], val.caption_image))
+    drop = _drop(reference, combined)
+    if drop > max_drop_points and "fp32" not in (chosen["image"][1], chosen["text"][1]):
+        # each variant passed alone but not together: serve the text tower in fp32 (the image tower is the cost)
+        chosen["text"] = ("text.fp32.onnx", "fp32", 0.0)
+        combined = _r5(retrieval_metrics(embeddings["image"], ref["text"], val.caption_image))
+        drop = _drop(reference, combined)
+    for row in rows:
+        if row["status"] == "kept" and chosen[row["tower"]][0] != row["file"]:
+            row["status"], row["reason"] = "kept (not served)", row["reason"] + "; a faster kept variant serves"
+    config = {"type": "onnx_embedding", "name": model.name, "version": model.version, "dim": int(model.dim),
+              "logit_scale": float(model.logit_scale), "transform": model.transform.to_dict(),
+              "image": {"file": chosen["image"][0], "variant": chosen["image"][1]},
+              "text": {"file": chosen["text"][0], "variant": chosen["text"][1], **tok_cfg}}
+    report = {"model": model.key, "validation": val.source, "max_drop_points": max_drop_points,
+              "reference_pytorch_fp32": reference, "served": {t: chosen[t][1] for t in chosen},
+              "served_metrics": combined, "served_drop_points": round(drop, 2),
+              "pytorch_eager_items_per_s": {t: round(v, 1) for t, v in eager.items()}, "tries": rows}
+    atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
+    atomic_write_bytes(out / "report.md", report_table(report).encode())
+    atomic_write_bytes(out / ONNX_CONFIG, json.dumps(config, indent=2).encode())
+    return report
+
+
+def gate(speed: float, base_speed: float, drop_points: float, max_drop_points: float) -> tuple[str, str]:
+    """Keep a variant only if it is faster than fp32 onnxruntime (by MIN_SPEEDUP, above timing noise) and its
+    R@5 drop is within max_drop_points. -> (status, reason)."""
+    faster = speed >= MIN_SPEEDUP * base_speed
+    accurate = drop_points <= max_drop_points
+    reason = (f"{'faster' if faster else 'not faster'} ({speed / base_speed:.2f}x fp32 onnxruntime); "
+              f"R@5 drop {drop_points:.1f} points ({'within' if accurate else 'over'} {max_drop_points:g})")
+    return ("kept" if faster and accurate else "rejected"), reason
+
+
+def _drop(reference: dict, metrics: dict) -> float:
+    return max(100 * (reference[k] - metrics[k]) for k in reference)
+
+
+def _row(tower, variant, status, speed, eager, base, emb, ref, which, val, reference, reason, file) -> dict:
+    other = ref["text" if which == "image" else "image"]
+    pair = (emb, other) if which == "image" else (other, emb)
+    metrics = _r5(retrieval_metrics(pair[0], pair[1], val.caption_image))
+    return {"tower": tower, "variant": variant, "status": status, "file": file, "items_per_s": round(speed, 1),
+            "x_fp32_onnx": round(speed / base, 2), "x_pytorch_eager": round(speed / eager, 2),
+            "min_cosine_vs_pytorch": round(float((emb * ref[which]).sum(1).min()), 5), **metrics,
+            "drop_points": round(_drop(reference, metrics), 2), "reason": reason}
+
+
+def report_table(report: dict) -> str:
+    """The report as a Markdown table (one row per try)."""
+    head = ("| tower | variant | status | items/s (batch 32) | x fp32 ORT | x PyTorch eager | min cosine | "
+            "t2i R@5 | i2t R@5 | R@5 drop (points) | why |")
+    lines = [f"# ONNX export of {report['model']}", "",
+             f"Validation: {report['validation']}. PyTorch fp32 R@5: t2i {report['reference_pytorch_fp32']['t2i_R@5']}, "
+             f"i2t {report['reference_pytorch_fp32']['i2t_R@5']}. PyTorch eager items/s at batch 32: "
+             f"{report['pytorch_eager_items_per_s']}. Served: {report['served']} (R@5 drop "
+             f"{report['served_drop_points']} points).", "", head, "|" + "---|" * 11]
+    for r in report["tries"]:
+        cells = [r["tower"], r["variant"], r["status"], r.get("items_per_s", ""), r.get("x_fp32_onnx", ""),
+                 r.get("x_pytorch_eager", ""), r.get("min_cosine_vs_pytorch", ""), r.get("t2i_R@5", ""),
+                 r.get("i2t_R@5", ""), r.get("drop_points", ""), r.get("reason", "")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"

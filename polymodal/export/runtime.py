@@ -1,0 +1,95 @@
+"""Serve an exported embedding model through onnxruntime: numpy + Pillow preprocessing, a `tokenizers` tokenizer,
+no torch import (``polymodal.load(name_or_folder, runtime="onnx")``).
+
+The export folder (written by `polymodal export onnx`) holds onnx_config.json, the graphs (fp32 and any kept
+variants) and tokenizer.json; the config names which variant each tower runs and how to preprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polymodal.data.images import ImageTransform
+from polymodal.errors import PolymodalError
+from polymodal.models.interface import EmbeddingInterface, as_list
+
+log = logging.getLogger(__name__)
+
+ONNX_CONFIG = "onnx_config.json"
+
+
+def is_onnx_folder(path: str | Path) -> bool:
+    return (Path(path) / ONNX_CONFIG).is_file()
+
+
+def onnx_session(path: Path, threads: int | None = None):
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise PolymodalError("the ONNX runtime needs onnxruntime: pip install 'polymodal[onnx]'") from exc
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+class TokenizerRuntime:
+    """tokenizer.json -> padded int64 ids and mask, as the PyTorch model's tokenizer makes them."""
+
+    def __init__(self, path: Path, max_length: int, pad_id: int, pad_token: str) -> None:
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(str(path))
+        self.tok.enable_truncation(max_length=max_length)
+        self.tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        enc = self.tok.encode_batch(texts)
+        return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
+
+
+class OnnxEmbeddingModel(EmbeddingInterface):
+    """The EmbeddingModel interface (encode_image, encode_text, embed_pixels, classify, key, dim) over ONNX graphs."""
+
+    text_batch_size = 64
+
+    def __init__(self, folder: str | Path, threads: int | None = None) -> None:
+        folder = Path(folder)
+        try:
+            config = json.loads((folder / ONNX_CONFIG).read_text())
+        except (OSError, ValueError) as exc:
+            raise PolymodalError(f"cannot read {folder / ONNX_CONFIG}; pass a folder written by `polymodal export onnx`") from exc
+        self.folder, self.config = folder, config
+        self.name, self.version, self.dim = config["name"], config["version"], int(config["dim"])
+        self.logit_scale = float(config["logit_scale"])
+        self.transform = ImageTransform.from_dict(config["transform"])
+        self.variants = {tower: config[tower]["variant"] for tower in ("image", "text")}
+        self.image_session = onnx_session(folder / config["image"]["file"], threads)
+        self.text_session = onnx_session(folder / config["text"]["file"], threads)
+        t = config["text"]
+        self.tokenizer = TokenizerRuntime(folder / t["tokenizer"], t["max_length"], t["pad_id"], t["pad_token"])
+        self._text_inputs = {i.name for i in self.text_session.get_inputs()}
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Preprocessed pixels [B, 3, H, W] -> float32 [B, dim], rows L2-normalised."""
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        return self.image_session.run(None, {"pixels": pixels})[0].astype(np.float32, copy=False)
+
+    def encode_text(self, texts: Any, batch_size: int | None = None) -> np.ndarray:
+        texts = [str(t) for t in as_list(texts)]
+        bs = batch_size or self.text_batch_size
+        out = [np.zeros((0, self.dim), np.float32)]
+        for i in range(0, len(texts), bs):
+            feeds = {k: v for k, v in self.tokenizer(texts[i : i + bs]).items() if k in self._text_inputs}
+            out.append(self.text_session.run(None, feeds)[0].astype(np.float32, copy=False))
+        return np.concatenate(out)
+
+    def __repr__(self) -> str:
+        return f"OnnxEmbeddingModel({self.key}, image={self.variants['image']}, text={self.variants['text']})"

@@ -1,0 +1,69 @@
+"""Faster variants of an exported fp32 graph: int8 dynamic and static quantization (onnxruntime.quantization)
+and bfloat16. Each builder writes one file or raises; whether the variant is kept is the gate's decision
+(polymodal.export.onnx_export), never assumed: dynamic int8 convolutions, for one, run slower than fp32 on CPUs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("int8_dynamic", "int8_static", "bf16")
+
+
+def _atomic(build: Callable[[str], None], out: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    logging.disable(logging.WARNING)  # the quantizer logs a warning per LayerNorm weight: noise for the user
+    try:
+        build(tmp)
+        os.replace(tmp, out)
+    finally:
+        logging.disable(logging.NOTSET)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def int8_dynamic(fp32: Path, out: Path, calibration=None) -> Path:
+    """Weights int8, activations quantized per batch at run time (no calibration)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    return _atomic(lambda tmp: quantize_dynamic(str(fp32), tmp, weight_type=QuantType.QInt8, per_channel=True), out)
+
+
+class _Feeds:
+    """onnxruntime's CalibrationDataReader protocol over a list of input dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._it: Iterator = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self) -> None:  # some onnxruntime versions call it
+        pass
+
+
+def int8_static(fp32: Path, out: Path, calibration: list[dict[str, np.ndarray]]) -> Path:
+    """Weights and activations int8 (QDQ, per-channel weights), activation ranges from calibration inputs."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    if not calibration:
+        raise ValueError("static quantization needs calibration inputs")
+    reader = type("Reader", (_Feeds, CalibrationDataReader), {})(calibration)
+    return _atomic(lambda tmp: quantize_static(
+        str(fp32), tmp, reader, quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8), out)
+
+
+def bf16(export_bf16: Callable[[Path], Path], out: Path) -> Path:
+    """The graph traced again with bfloat16 weights and activations (float32 in and out)."""
+    return export_bf16(out)

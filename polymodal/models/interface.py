@@ -1,0 +1,42 @@
+"""What every embedding model offers, torch-free so the ONNX runtime shares it: images and texts -> L2-normalised
+float32 vectors in one space, plus zero-shot classification. Subclasses implement embed_pixels and encode_text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from polymodal.apps.zeroshot import ZeroShotMixin
+
+
+def as_list(x: Any) -> list:
+    if isinstance(x, (str, bytes)) or not isinstance(x, (list, tuple)):
+        return [x]
+    return list(x)
+
+
+class EmbeddingInterface(ZeroShotMixin):
+    name: str = "model"
+    version: str = "0"
+    dim: int = 0
+    image_batch_size: int = 32
+
+    @property
+    def key(self) -> str:
+        """Identifies the embedding space: vectors from different keys must never be mixed."""
+        return f"{self.name}@{self.version}"
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Preprocessed pixels [B, 3, H, W] (self.transform's output) -> float32 [B, dim], rows L2-normalised."""
+        raise NotImplementedError
+
+    def encode_image(self, images: Any, batch_size: int | None = None) -> np.ndarray:
+        """Paths, PIL images or numpy arrays -> float32 [N, dim], rows L2-normalised (self.transform, then
+        embed_pixels: the service relies on this split to preprocess in request threads)."""
+        images = as_list(images)
+        bs = batch_size or self.image_batch_size
+        out = [np.zeros((0, self.dim), np.float32)]
+        for i in range(0, len(images), bs):
+            out.append(self.embed_pixels(self.transform(images[i : i + bs])))
+        return np.concatenate(out)

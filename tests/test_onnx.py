@@ -1,0 +1,141 @@
+"""ONNX export: parity with PyTorch on real photos, the keep/reject gate, the torch-free runtime, CLI and serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+import polymodal  # noqa: E402
+from polymodal import cli  # noqa: E402
+from polymodal.errors import PolymodalError  # noqa: E402
+from polymodal.export.onnx_export import export_onnx, gate, validation_set  # noqa: E402
+from polymodal.export.runtime import OnnxEmbeddingModel  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lite_export(lite, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "lite"
+    report = export_onnx(lite, out, validation_set(None), variants=["int8_dynamic"], timing_seconds=0.05)
+    return out, report
+
+
+def test_export_writes_parity_checked_graphs_and_a_report(lite_export):
+    out, report = lite_export
+    rows = {(r["tower"], r["variant"]): r for r in report["tries"]}
+    for tower in ("image", "text"):
+        base = rows[(tower, "fp32")]
+        assert base["status"] == "baseline" and base["min_cosine_vs_pytorch"] >= 0.999
+        trial = rows[(tower, "int8_dynamic")]
+        assert trial["status"] in ("kept", "rejected", "failed") and trial["reason"]
+        served = report["served"][tower]
+        assert served == "fp32" or rows[(tower, served)]["status"] == "kept"
+    config = json.loads((out / "onnx_config.json").read_text())
+    assert (out / config["image"]["file"]).is_file() and (out / config["text"]["file"]).is_file()
+    assert "| image | fp32 | baseline |" in (out / "report.md").read_text()
+    # rejected variants leave no file behind
+    for r in report["tries"]:
+        if r["status"] in ("rejected", "failed"):
+            assert not (out / f"{r['tower']}.{r['variant']}.onnx").exists()
+
+
+def test_gate_keeps_only_faster_and_accurate_variants():
+    assert gate(200.0, 100.0, 0.5, 1.0)[0] == "kept"
+    assert gate(101.0, 100.0, 0.0, 1.0)[0] == "rejected"  # within timing noise is not faster
+    assert gate(16.0, 253.0, 0.0, 1.0)[0] == "rejected"  # dynamic int8 convolutions: slower than fp32
+    status, reason = gate(300.0, 100.0, 1.5, 1.0)
+    assert status == "rejected" and "over 1" in reason
+
+
+def test_runtime_matches_pytorch_and_never_imports_torch(lite_export, lite, gallery, tmp_path):
+    out, report = lite_export
+    images = sorted(gallery.glob("*.jpg"))[:4]
+    texts = ["a tabby cat", "a cup of coffee", "a rocket on the launch pad"]
+    np.save(tmp_path / "img.npy", lite.encode_image(images))
+    np.save(tmp_path / "txt.npy", lite.encode_text(texts))
+    script = textwrap.dedent(f"""
+        import sys, json
+        import numpy as np
+        import polymodal
+        m = polymodal.load({str(out)!r}, runtime="onnx")
+        img = m.encode_image({[str(p) for p in images]!r})
+        txt = m.encode_text({texts!r})
+        top = m.classify([{str(gallery / 'cat.jpg')!r}], ["cat", "car", "coffee"])[0][0][0]
+        print(json.dumps({{"torch": "torch" in sys.modules, "key": m.key, "top": top,
+            "img": float((img * np.load({str(tmp_path / 'img.npy')!r})).sum(1).min()),
+            "txt": float((txt * np.load({str(tmp_path / 'txt.npy')!r})).sum(1).min())}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ})
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False
+    assert got["key"] == lite.key  # an index built with the PyTorch model serves with its export
+    assert got["top"] == "cat"
+    floor = {"fp32": 0.999}
+    assert got["img"] >= floor.get(report["served"]["image"], 0.98)
+    assert got["txt"] >= floor.get(report["served"]["text"], 0.98)
+
+
+def test_text_graph_has_dynamic_batch_and_length(lite_export, lite):
+    out, _ = lite_export
+    model = OnnxEmbeddingModel(out)
+    texts = ["a dog", "a much longer description of a dog running on the beach " * 6]
+    for batch in (texts[:1], texts, texts * 3):
+        emb = model.encode_text(batch)
+        assert emb.shape == (len(batch), lite.dim)
+        assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+    assert float((model.encode_text(texts) * lite.encode_text(texts)).sum(1).min()) > 0.98
+
+
+def test_tiny_clip_checkpoint_exports_with_parity(tmp_path):
+    from test_clip_checkpoints import make_tiny_clip
+
+    from polymodal.models.clip import load_clip
+
+    model = load_clip(make_tiny_clip(tmp_path / "tiny-clip"))
+    report = export_onnx(model, tmp_path / "clip-onnx", validation_set(None), variants=[], timing_seconds=0.02)
+    assert [r["variant"] for r in report["tries"]] == ["fp32", "fp32"]
+    assert all(r["min_cosine_vs_pytorch"] >= 0.999 for r in report["tries"])
+    onnx_model = OnnxEmbeddingModel(tmp_path / "clip-onnx")
+    texts = ["a cat", "cat dog cat dog cat dog cat dog cat dog cat dog cat dog"]  # the second is truncated
+    assert float((onnx_model.encode_text(texts) * model.encode_text(texts)).sum(1).min()) >= 0.999
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(PolymodalError, match="polymodal export onnx"):
+        polymodal.load(str(tmp_path / "nothing"), runtime="onnx")
+    with pytest.raises(PolymodalError, match="unknown runtime"):
+        polymodal.load("lite", runtime="tensorrt")
+
+
+def test_cli_export_refuses_models_without_towers(capsys, tmp_path):
+    assert cli.main(["export", "onnx", "easy-vqa", "--out", str(tmp_path / "x"), "--variants", ""]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be exported" in err and "Traceback" not in err
+
+
+def test_serving_through_the_onnx_runtime(lite_export, lite, gallery, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from polymodal.index import ImageIndex
+    from polymodal.serve import create_app
+
+    out, _ = lite_export
+    db = tmp_path / "db"
+    ImageIndex(db).update(gallery, lite, progress=False)  # built with PyTorch, served with ONNX
+    model = OnnxEmbeddingModel(out)
+    with TestClient(create_app(model, db)) as c:
+        hits = c.post("/v1/search", json={"text": "a rocket on the launch pad", "k": 3}).json()["hits"]
+        assert hits[0]["name"] == "rocket.jpg"
+        files = {"image": ("cat.jpg", (gallery / "cat.jpg").read_bytes(), "image/jpeg")}
+        emb = np.array(c.post("/v1/embed", files=files).json()["vectors"][0])
+        assert float(emb @ lite.encode_image([gallery / "cat.jpg"])[0]) > 0.98
