@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     actions = add_parsers(sub)
     add_vqa_parsers(sub, actions)
+    from polymodal.cli_pretrain import add_parsers as add_pretrain_parsers
+
+    add_pretrain_parsers(sub, actions)
     from polymodal.cli_serve import add_parsers
 
     add_parsers(sub)

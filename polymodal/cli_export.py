@@ -52,7 +52,7 @@ def add_parsers(sub) -> None:
     s.add_argument("model", help="built-in name or model folder/checkpoint")
     s.add_argument("--out", help="export folder (default for built-in names: the cache's onnx/NAME, where "
                                  "polymodal.load(NAME, runtime='onnx') looks)")
-    s.add_argument("--val-pairs", nargs="+", help="image-caption pairs for parity and the accuracy gate "
+    s.add_argument("--val-pairs", help="image-caption pairs for parity and the accuracy gate "
                                                   "(default: the built-in sample photos, a coarse gate)")
     s.add_argument("--val-limit", type=int, default=300, help="validation images sampled from --val-pairs (default 300)")
     s.add_argument("--variants", help="comma-separated subset of int8_dynamic,int8_static,bf16 (default: all; '' = none)")

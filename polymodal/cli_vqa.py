@@ -25,7 +25,7 @@ def _load_vqa_model(name: str):
     from polymodal.models.fusion_encoder import FusionEncoder
 
     model = polymodal.load(name)
-    if not isinstance(model, FusionEncoder):
+    if not isinstance(model, FusionEncoder) and not getattr(model, "answers_questions", False):
         raise PolymodalError(f"model {name!r} does not answer questions; pass --model easy-vqa or a folder "
                              "written by `polymodal train vqa`")
     return model
@@ -80,6 +80,10 @@ def cmd_train_vqa(args) -> int:
         settings["arch"]["pixel_patches"] = True
     if args.itm_head:
         settings["arch"]["itm_head"] = True
+    if args.new_head:
+        settings["new_head"] = True
+    if args.freeze:
+        settings["freeze"] = [p.strip() for p in args.freeze.split(",") if p.strip()]
     if not settings.get("qa") or not settings.get("out"):
         raise PolymodalError("pass --qa FILE.jsonl and --out RUN_DIR (or put them in --config)")
     result = train_vqa(VQARecipe.from_dict(settings), resume=args.resume, progress=not args.quiet)
@@ -111,7 +115,10 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--qa", nargs="+", help='JSONL of {"image", "question", "answer"} (image relative to the file)')
     s.add_argument("--val-qa", nargs="+", help="validation rows (default: split off --val-fraction by image)")
     s.add_argument("--out", help="run folder: model/, checkpoint.pt, metrics.jsonl")
-    s.add_argument("--model", help="'new' (default) or a fusion-encoder folder to continue training")
+    s.add_argument("--model", help="'new' (default) or a fusion-encoder folder to continue training or to fine-tune "
+                                   "(a pretrained encoder from `polymodal train pretrain` gets a fresh VQA head)")
+    s.add_argument("--new-head", action="store_true", help="with --model FOLDER: a fresh VQA head over these answers")
+    s.add_argument("--freeze", help="comma-separated parts not to train: projections, image_proj, text_proj, fusion, itm")
     s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
     s.add_argument("--fusion-options", help='JSON options for the fusion, e.g. \'{"layers": 2}\'')
     s.add_argument("--pixel-patches", action="store_true", help="add raw-pixel patch embeddings to the grid tokens")

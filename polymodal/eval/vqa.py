@@ -122,13 +122,13 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     through the on-disk feature cache (image paths only), so a second evaluation costs no tower pass."""
     from polymodal.models.fusion_encoder import FusionEncoder
 
-    if not isinstance(model, FusionEncoder):
+    if not isinstance(model, FusionEncoder) and not getattr(model, "answers_questions", False):
         raise PolymodalError(f"VQA needs a fusion encoder (e.g. 'easy-vqa' or a `polymodal train vqa` folder), "
                              f"got {type(model).__name__}")
     rows = as_rows(rows)
     if not rows:
         raise PolymodalError("no rows to evaluate")
-    if cache and all(isinstance(r.image, (str, Path)) for r in rows):
+    if cache and isinstance(model, FusionEncoder) and all(isinstance(r.image, (str, Path)) for r in rows):
         from polymodal.train.vqa import cached_predictions
 
         predicted = [a for a, _ in cached_predictions(model, [r.image for r in rows], [r.question for r in rows],

@@ -34,6 +34,7 @@ def onnx_session(path: Path, threads: int | None = None):
         raise PolymodalError("the ONNX runtime needs onnxruntime: pip install 'polymodal[onnx]'") from exc
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only: graph-cleanup notes (unused initializers) are not the user's business
     if threads:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,7 +24,9 @@ def _atomic(build: Callable[[str], None], out: Path) -> Path:
     os.close(fd)
     logging.disable(logging.WARNING)  # the quantizer logs a warning per LayerNorm weight: noise for the user
     try:
-        build(tmp)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):  # and numpy warnings on constant tensors
+            warnings.simplefilter("ignore")
+            build(tmp)
         os.replace(tmp, out)
     finally:
         logging.disable(logging.NOTSET)

@@ -4,8 +4,19 @@
              (+ learned 2-D position embedding, + optionally a linear embedding of the raw pixel patch of each cell)
     text  -> MiniLM token states [B, L, 384] (attention mask = padding mask) -> LayerNorm + Linear -> [B, L, D]
     fusion (any of polymodal.fusion, named in the config) -> pooled [B, D]
-    heads:  VQA: MLP -> logits over the answer vocabulary (built from the training answers)
+    heads:  VQA: MLP -> logits over the answer vocabulary (built from the training answers; absent in an encoder
+                 that was only pretrained -- `add_vqa_head` adds a fresh one for fine-tuning)
             ITM (optional): Linear -> one logit, "does this text match this image"
+            MLM (optional, pretraining): fused text tokens at masked positions -> Linear+GELU+LayerNorm to 384 ->
+                 logits over MiniLM's word-piece vocabulary, tied to the frozen tower's word-embedding matrix (only
+                 the transform and a bias are trained). The words are masked at the tower's INPUT (the token states
+                 are computed from the masked sentence), so a masked token's state cannot leak its word.
+            MRM (optional, pretraining): masked grid cells get a learned mask embedding (+ their position) before
+                 the fusion; their fused image tokens -> MLP -> the cell's 1280-d feature ("regress", scored
+                 against the LayerNorm-ed feature) or its ImageNet class distribution ("classify": the tower's own
+                 classifier applied to the cell).
+            MLM needs a fusion with fused text tokens and MRM one with fused image tokens (`fused_token_modalities`):
+            co_attention and single_stream have both, cross_attention has its query modality's tokens.
 
 The towers are frozen (eval mode); their outputs are what the training feature cache stores
 (`image_cache_input`, `text_cache_input`), so an epoch costs no tower pass. Only the projections, fusion and heads
@@ -33,7 +44,7 @@ from torch import Tensor, nn
 from polymodal.cache import atomic_write_bytes
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
-from polymodal.fusion import FUSIONS, FusionOutput, build_fusion
+from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, build_fusion
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +52,27 @@ IMAGE_DIM, TEXT_DIM = 1280, 384
 PATCH = 8  # raw-pixel patch side per grid cell (pixels are average-pooled to grid * PATCH first)
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 YES_NO = ("yes", "no")
+MRM_TARGETS = ("", "regress", "classify")
+N_CLASSES = 1000  # ImageNet classes of the image tower's classifier (MRM "classify" targets)
+FREEZABLE = {  # freeze(parts) names -> the attributes they cover
+    "image_proj": ("image_proj", "pixel_proj", "image_pos", "mask_token"),
+    "text_proj": ("text_proj",),
+    "projections": ("image_proj", "pixel_proj", "image_pos", "mask_token", "text_proj"),
+    "fusion": ("fusion",),
+    "itm": ("itm",),
+    "vqa": ("vqa_head",),
+}
+
+
+def fused_token_modalities(fusion: str, options: dict) -> tuple[str, ...]:
+    """Which modalities' fused token states the fusion returns (``FusionOutput.tokens``): MLM needs "text", MRM
+    needs "image". co_attention and single_stream return both; cross_attention its query modality's tokens
+    (``options["query"]``: 0 = image, 1 = text, the fusion encoder's default); the pooling fusions none."""
+    if fusion in ("co_attention", "single_stream"):
+        return ("image", "text")
+    if fusion == "cross_attention":
+        return ("image",) if options.get("query", 1) == 0 else ("text",)
+    return ()
 
 
 def normalize_answer(text: Any) -> str:
@@ -57,6 +89,8 @@ class FusionEncoderConfig:
     dropout: float = 0.1
     answers: list = field(default_factory=list)  # the answer vocabulary (classifier outputs, in order)
     itm_head: bool = False  # an image-text matching head (scores candidates outside the vocabulary)
+    mlm_head: bool = False  # masked language modelling head (pretraining; needs fused text tokens)
+    mrm_head: str = ""  # masked region modelling head: "" (none), "regress" or "classify" (needs fused image tokens)
     pixel_patches: bool = False  # add a linear embedding of each grid cell's raw pixels (exact colour)
     image_size: int = 224  # resize (short side) and centre crop; 224 -> a 7x7 grid
     max_question_tokens: int = 32
@@ -74,13 +108,22 @@ class FusionEncoderConfig:
             raise PolymodalError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
         if not isinstance(self.dim, int) or self.dim <= 0:
             raise PolymodalError(f"dim must be a positive int, got {self.dim!r}")
-        if not self.answers:
-            raise PolymodalError("a fusion encoder needs an answer vocabulary (config 'answers'); "
-                                 "train one with `polymodal train vqa`")
+        # no answers: an encoder that was only pretrained (no VQA head until fine-tuning adds one)
         if len(set(self.answers)) != len(self.answers):
             raise PolymodalError("the answer vocabulary has duplicates")
         if self.image_size % 32 or self.image_size < 32:
             raise PolymodalError(f"image_size must be a multiple of 32 (the tower's stride), got {self.image_size}")
+        if self.mrm_head not in MRM_TARGETS:
+            raise PolymodalError(f"mrm_head must be one of {', '.join(map(repr, MRM_TARGETS))}, got {self.mrm_head!r}")
+        support = fused_token_modalities(self.fusion, self.fusion_options)
+        if self.mlm_head and "text" not in support:
+            raise PolymodalError(
+                f"masked language modelling predicts words from the fused text tokens, but the {self.fusion} fusion "
+                f"{_returns(self.fusion, support)}; use co_attention or single_stream (or cross_attention with query 1)")
+        if self.mrm_head and "image" not in support:
+            raise PolymodalError(
+                f"masked region modelling predicts grid cells from the fused image tokens, but the {self.fusion} fusion "
+                f"{_returns(self.fusion, support)}; use co_attention or single_stream (or cross_attention with query 0)")
 
     @property
     def grid(self) -> int:
@@ -97,17 +140,17 @@ class FusionEncoder(nn.Module):
     """Image grid tokens + question tokens -> fusion -> VQA answer logits (and an optional ITM logit).
 
     Shapes: image cache input ``[B, g*g, F]`` (F = 1280, + 3*8*8 raw pixels with ``pixel_patches``); text cache
-    input ``([B, L, 384], mask [B, L])``; answer logits ``[B, A]``."""
+    input ``([B, L, 384], mask [B, L])``; answer logits ``[B, A]``. Pretraining heads: see the module docstring."""
 
     def __init__(self, config: FusionEncoderConfig, version: str = "untrained") -> None:
         super().__init__()
         from polymodal.encoders.efficientnet import EfficientNetLite0
         from polymodal.encoders.text import SentenceEncoder, minilm_path
 
-        config.validate()
         if config.fusion == "cross_attention" and "query" not in config.fusion_options:
             # the question asks, the image answers: text tokens query the grid (and the attention is a heat map)
             config.fusion_options = {**config.fusion_options, "query": 1}
+        config.validate()
         self.config, self.version, self.name = config, version, config.name
         self.transform = config.transform
         self.answers = list(config.answers)
@@ -125,10 +168,65 @@ class FusionEncoder(nn.Module):
         self.text_proj = nn.Sequential(nn.LayerNorm(TEXT_DIM), nn.Linear(TEXT_DIM, d))
         self.drop = nn.Dropout(config.dropout)
         self.fusion = build_fusion(config.fusion, [d, d], d, **config.fusion_options)
-        self.vqa_head = nn.Sequential(
-            nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(2 * d, len(self.answers))
-        )
+        self.vqa_head = self._new_vqa_head(len(self.answers)) if self.answers else None
         self.itm = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1)) if config.itm_head else None
+        if config.mlm_head:  # decoder tied to the frozen word embeddings: transform + per-word bias are trained
+            self.mlm_transform = nn.Sequential(nn.Linear(d, TEXT_DIM), nn.GELU(), nn.LayerNorm(TEXT_DIM))
+            self.mlm_bias = nn.Parameter(torch.zeros(self.word_embeddings.shape[0]))
+        else:
+            self.mlm_transform, self.mlm_bias = None, None
+        if config.mrm_head:
+            self.mask_token = nn.Parameter(0.02 * torch.randn(d))
+            out = IMAGE_DIM if config.mrm_head == "regress" else N_CLASSES
+            self.mrm = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, out))
+        else:
+            self.mask_token, self.mrm = None, None
+
+    def _new_vqa_head(self, n_answers: int) -> nn.Module:
+        d = self.config.dim
+        return nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.GELU(), nn.Dropout(self.config.dropout),
+                             nn.Linear(2 * d, n_answers))
+
+    # -- heads added or removed after pretraining --------------------------------------------------
+    def add_vqa_head(self, answers: Sequence[str]) -> None:
+        """A fresh (randomly initialised) VQA head over ``answers``, replacing any existing one: fine-tuning a
+        pretrained encoder for question answering."""
+        answers = [str(a) for a in answers]
+        if not answers or len(set(answers)) != len(answers):
+            raise PolymodalError("a VQA head needs a non-empty answer vocabulary without duplicates")
+        self.config.answers = answers
+        self.answers = list(answers)
+        self.answer_index = {a: i for i, a in enumerate(self.answers)}
+        self.vqa_head = self._new_vqa_head(len(answers))
+
+    def add_itm_head(self) -> None:
+        if self.itm is None:
+            self.itm = nn.Sequential(nn.LayerNorm(self.config.dim), nn.Linear(self.config.dim, 1))
+            self.config.itm_head = True
+
+    def drop_pretraining_heads(self) -> None:
+        """Remove the MLM and MRM heads (and the region mask embedding): a fine-tuned model does not need them."""
+        self.mlm_transform, self.mlm_bias, self.mask_token, self.mrm = None, None, None, None
+        self.config.mlm_head, self.config.mrm_head = False, ""
+
+    def freeze(self, parts: Sequence[str]) -> list[str]:
+        """Stop training ``parts`` (names in FREEZABLE: image_proj, text_proj, projections, fusion, itm, vqa);
+        returns the frozen parameter names. The trainer only optimises parameters that require gradients."""
+        unknown = sorted(set(parts) - set(FREEZABLE))
+        if unknown:
+            raise PolymodalError(f"cannot freeze {unknown}; choose from {', '.join(FREEZABLE)}")
+        attrs = {a for p in parts for a in FREEZABLE[p]}
+        frozen = []
+        for name, param in self.named_parameters():
+            if name.split(".")[0] in attrs:
+                param.requires_grad_(False)
+                frozen.append(name)
+        return frozen
+
+    @property
+    def word_embeddings(self) -> Tensor:
+        """MiniLM's frozen word-piece embedding matrix ``[V, 384]`` (the tied MLM decoder)."""
+        return self.text_tower.model.embeddings.word_embeddings.weight
 
     # -- modes -------------------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -168,18 +266,33 @@ class FusionEncoder(nn.Module):
     def text_cache_input(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Strings -> MiniLM token states ``[B, L, 384]`` (padding zeroed) and mask ``[B, L]`` (True = real)."""
         batch = self.text_tower.tokenize(list(texts))
-        states = self.text_tower.model(**batch).last_hidden_state.float()
-        mask = batch["attention_mask"].bool()
-        return torch.where(mask[..., None], states, states.new_zeros(())), mask
+        return self.text_states(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"].bool()
+
+    @torch.no_grad()
+    def text_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Word-piece ids ``[B, L]`` (e.g. with [MASK]s put in for MLM) -> MiniLM token states ``[B, L, 384]``,
+        padding zeroed."""
+        states = self.text_tower.model(input_ids=input_ids, attention_mask=attention_mask,
+                                       token_type_ids=torch.zeros_like(input_ids)).last_hidden_state.float()
+        mask = attention_mask.bool()
+        return torch.where(mask[..., None], states, states.new_zeros(()))
 
     # -- trainable part ---------------------------------------------------------------------------
-    def image_tokens(self, x: Tensor) -> Tensor:
-        """Cached image input ``[B, T, F]`` -> ``[B, T, D]``."""
+    def image_tokens(self, x: Tensor, row_image: Tensor | None = None, region_mask: Tensor | None = None) -> Tensor:
+        """Cached image input ``[I, T, F]`` -> ``[I, T, D]`` (or ``[R, T, D]`` with ``row_image`` ``[R]``: the
+        projection runs once per image). ``region_mask`` ``[R, T]`` (True = masked, MRM) replaces those cells'
+        content by the learned mask embedding; their position embedding stays."""
         x = x.float()
-        tokens = self.image_proj(x[..., :IMAGE_DIM]) + self.image_pos[: x.shape[1]]
+        tokens = self.image_proj(x[..., :IMAGE_DIM])
         if self.pixel_proj is not None:
             tokens = tokens + self.pixel_proj(x[..., IMAGE_DIM:])
-        return self.drop(tokens)
+        if row_image is not None:
+            tokens = tokens[row_image]
+        if region_mask is not None:
+            if self.mask_token is None:
+                raise PolymodalError("masking grid cells needs the MRM mask embedding; build with mrm_head set")
+            tokens = torch.where(region_mask[..., None], self.mask_token.to(tokens.dtype), tokens)
+        return self.drop(tokens + self.image_pos[: x.shape[1]])
 
     def text_tokens(self, states: Tensor) -> Tensor:
         return self.drop(self.text_proj(states.float()))
@@ -187,17 +300,67 @@ class FusionEncoder(nn.Module):
     def fuse_tokens(self, image_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor) -> FusionOutput:
         return self.fusion([image_tokens, text_tokens], [None, text_mask])
 
-    def fuse(self, images: Tensor, states: Tensor, mask: Tensor, row_image: Tensor | None = None) -> FusionOutput:
+    def fuse(self, images: Tensor, states: Tensor, mask: Tensor, row_image: Tensor | None = None,
+             region_mask: Tensor | None = None) -> FusionOutput:
         """images ``[I, T, F]`` (cache input), question states ``[R, L, 384]`` + mask; ``row_image`` ``[R]`` picks
-        each row's image (the image projection then runs once per image, not once per question)."""
-        img = self.image_tokens(images)
-        if row_image is not None:
-            img = img[row_image]
+        each row's image (the image projection then runs once per image, not once per question); ``region_mask``
+        ``[R, T]`` masks grid cells (MRM)."""
+        img = self.image_tokens(images, row_image, region_mask)
         return self.fuse_tokens(img, self.text_tokens(states), mask)
+
+    def split_fused(self, out: FusionOutput, n_image: int, n_text: int) -> tuple[Tensor | None, Tensor | None]:
+        """The fused (image ``[R, T, D]``, text ``[R, L, D]``) token states of a fusion output; None for a modality
+        the fusion returns no tokens for."""
+        if out.tokens is None:
+            return None, None
+        if isinstance(self.fusion, CrossAttentionFusion):
+            return (out.tokens, None) if self.fusion.query_index == 0 else (None, out.tokens)
+        if out.tokens.shape[1] == n_image + n_text:
+            image, text = out.tokens.split([n_image, n_text], dim=1)
+            return image, text
+        return None, None
 
     def vqa_logits(self, images: Tensor, states: Tensor, mask: Tensor, row_image: Tensor | None = None) -> Tensor:
         """-> ``[R, A]`` answer logits."""
+        if self.vqa_head is None:
+            raise PolymodalError("this fusion encoder has no VQA head (it was only pretrained); fine-tune one with "
+                                 "`polymodal train vqa --model FOLDER --qa ...`")
         return self.vqa_head(self.fuse(images, states, mask, row_image).pooled)
+
+    def mlm_logits(self, images: Tensor, states: Tensor, mask: Tensor, positions: Tensor,
+                   row_image: Tensor | None = None) -> Tensor:
+        """Masked-word logits ``[M, V]`` over MiniLM's vocabulary at the ``M`` True entries of ``positions``
+        ``[R, L]``; ``states`` must come from the masked sentences (see `text_states`)."""
+        if self.mlm_transform is None:
+            raise PolymodalError("this fusion encoder has no MLM head; build it with mlm_head: true")
+        out = self.fuse(images, states, mask, row_image)
+        _, text = self.split_fused(out, self.config.grid**2, states.shape[1])
+        if text is None:
+            raise PolymodalError(f"the {self.config.fusion} fusion returned no fused text tokens for MLM")
+        hidden = self.mlm_transform(text[positions])
+        return hidden @ self.word_embeddings.detach().to(hidden.dtype).T + self.mlm_bias
+
+    def mrm_predictions(self, images: Tensor, states: Tensor, mask: Tensor, region_mask: Tensor,
+                        row_image: Tensor | None = None) -> Tensor:
+        """Predictions ``[M, 1280]`` (regress) or class logits ``[M, 1000]`` (classify) for the ``M`` masked cells
+        (True entries of ``region_mask`` ``[R, T]``, in row-major order), each row seeing its text."""
+        if self.mrm is None:
+            raise PolymodalError("this fusion encoder has no MRM head; build it with mrm_head: regress or classify")
+        out = self.fuse(images, states, mask, row_image, region_mask)
+        image, _ = self.split_fused(out, region_mask.shape[1], states.shape[1])
+        if image is None:
+            raise PolymodalError(f"the {self.config.fusion} fusion returned no fused image tokens for MRM")
+        return self.mrm(image[region_mask])
+
+    @torch.no_grad()
+    def mrm_targets(self, images: Tensor, region_mask: Tensor, row_image: Tensor | None = None) -> Tensor:
+        """What MRM predicts for the masked cells: their raw 1280-d features ``[M, 1280]`` (regress; the loss
+        normalises them) or the tower's ImageNet logits for each cell ``[M, 1000]`` (classify)."""
+        feats = images[..., :IMAGE_DIM].float()
+        if row_image is not None:
+            feats = feats[row_image]
+        cells = feats[region_mask]
+        return self.image_tower.net._fc(cells).float() if self.config.mrm_head == "classify" else cells
 
     def itm_logits(self, images: Tensor, states: Tensor, mask: Tensor, row_image: Tensor | None = None) -> Tensor:
         """-> ``[R]`` image-text match logits (needs ``itm_head``)."""
@@ -306,6 +469,8 @@ class FusionEncoder(nn.Module):
         """A ``[g, g]`` (7x7 at 224 px) float32 heat map in [0, 1] over the image grid: the fusion's last-layer
         attention over the image tokens (averaged over the positions that attend), or, for fusions without
         attention over the image, |gradient x input| relevance of the top answer's logit per image token."""
+        if self.vqa_head is None:
+            raise PolymodalError("this fusion encoder has no VQA head (it was only pretrained); fine-tune it first")
         self.eval()
         g = self.config.grid
         with torch.inference_mode():
@@ -362,6 +527,12 @@ def _dedupe(items: Sequence[Any]) -> tuple[list, list[int]]:
             unique.append(item)
         rows.append(index[key])
     return unique, rows
+
+
+def _returns(fusion: str, support: tuple[str, ...]) -> str:
+    if not support:
+        return "returns only a pooled vector (no per-token outputs)"
+    return f"returns fused tokens only for the {' and '.join(support)}"
 
 
 def is_fusion_encoder_folder(path: str | Path) -> bool:

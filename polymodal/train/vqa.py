@@ -49,6 +49,9 @@ class VQARecipe:
     val_qa: list[str] = field(default_factory=list)
     val_fraction: float = 0.1  # without val_qa: this fraction of the images (with all their questions) validates
     model: str = "new"  # "new" (fresh heads over the towers) or a fusion-encoder folder to continue from
+    new_head: bool = False  # from a folder: a fresh VQA head over this data's answers (automatic for a
+    #                         pretrained encoder, which has none)
+    freeze: list[str] = field(default_factory=list)  # parts not trained: projections, image_proj, text_proj, fusion, itm
     arch: FusionEncoderConfig = field(default_factory=FusionEncoderConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**VQA_TRAIN_DEFAULTS))
     batch_size: int = 256  # questions per step (whole images are packed, so about this many)
@@ -71,6 +74,8 @@ class VQARecipe:
         for key in ("qa", "val_qa"):
             if isinstance(d.get(key), str):
                 d[key] = [d[key]]
+        if isinstance(d.get("freeze"), str):
+            d["freeze"] = [p.strip() for p in d["freeze"].split(",") if p.strip()]
         return cls(arch=arch, train=TrainConfig(**train), **d)
 
 
@@ -296,6 +301,32 @@ def feature_eval(model: FusionEncoder, data: EncodedQA, feats: np.ndarray, state
 # -- the recipe -----------------------------------------------------------------------------------------------------
 
 
+def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEncoder:
+    """A new fusion encoder over the training answers, or the one in the folder ``recipe.model``: continued as
+    is, or -- for an encoder from `polymodal train pretrain`, which has no VQA head, or with ``new_head`` -- with
+    a fresh VQA head over the training answers (its pretraining MLM/MRM heads are dropped). ``freeze`` parts stop
+    training."""
+    if recipe.model == "new":
+        recipe.arch.answers = answer_vocabulary(train_rows, recipe.min_answer_count, recipe.max_answers)
+        model = FusionEncoder(recipe.arch)
+    elif is_fusion_encoder_folder(recipe.model):
+        model = load_fusion_encoder(recipe.model)  # continue training; its answer vocabulary stays
+        model.drop_pretraining_heads()  # MLM / MRM heads of a pretrained encoder do not train here
+        if recipe.new_head or not model.answers:  # fine-tune a pretrained encoder: a fresh head over these answers
+            model.add_vqa_head(answer_vocabulary(train_rows, recipe.min_answer_count, recipe.max_answers))
+        if recipe.itm_weight > 0:
+            model.add_itm_head()
+        recipe.arch = model.config
+    else:
+        raise PolymodalError(f"cannot train from {recipe.model!r}; pass model 'new' or a folder from `polymodal train vqa`")
+    if recipe.freeze:
+        frozen = model.freeze(recipe.freeze)
+        log.info("frozen: %d parameter tensors (%s)", len(frozen), ", ".join(recipe.freeze))
+    if recipe.itm_weight > 0 and model.itm is None:
+        raise PolymodalError("itm_weight > 0 needs an ITM head: set itm_head: true in arch (or --itm-head)")
+    return model
+
+
 def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True) -> dict:
     """Train (or continue training) a fusion encoder; returns the best validation metrics plus timings."""
     t_start = time.perf_counter()
@@ -308,16 +339,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True) ->
     else:
         val_rows = []
 
-    if recipe.model == "new":
-        recipe.arch.answers = answer_vocabulary(train_rows, recipe.min_answer_count, recipe.max_answers)
-        model = FusionEncoder(recipe.arch)
-    elif is_fusion_encoder_folder(recipe.model):
-        model = load_fusion_encoder(recipe.model)  # continue training; its answer vocabulary stays
-        recipe.arch = model.config
-    else:
-        raise PolymodalError(f"cannot train from {recipe.model!r}; pass model 'new' or a folder from `polymodal train vqa`")
-    if recipe.itm_weight > 0 and model.itm is None:
-        raise PolymodalError("itm_weight > 0 needs an ITM head: set itm_head: true in arch (or --itm-head)")
+    model = build_vqa_model(recipe, train_rows)
 
     train = EncodedQA.from_rows(train_rows)
     targets = np.asarray([model.answer_index.get(r.answer, -1) for r in train_rows], dtype=np.int64)

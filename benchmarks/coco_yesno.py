@@ -1,0 +1,200 @@
+"""Yes/no VQA on real COCO photos: every attempt with 5-fold image-disjoint cross-validation, one JSON line each.
+
+    python benchmarks/coco_yesno.py [--qa /work/shared/data/vqa-coco-yesno-train/qa.jsonl] [--groups image|pair|both]
+    python benchmarks/coco_yesno.py --save-builtin      # also train the chosen method on ALL rows and write
+                                                        # polymodal/resources/models/coco-yesno/
+
+Folds: GroupKFold(5, shuffle, seed 0) by image ("image"), or by connected components of images that share a
+question key phrase ("pair": VQA v2 asks the same question of two similar photos with opposite answers, and
+this keeps such pairs in one fold). Tower outputs are computed once and cached (--cache, default
+$POLYMODAL_CACHE/coco-yesno-bench-*.npz); after that a full run is seconds of numpy/sklearn. Single-threaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+DEFAULT_QA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vqa-coco-yesno-train" / "qa.jsonl"
+if not DEFAULT_QA.is_file():
+    DEFAULT_QA = Path("/work/shared/data/vqa-coco-yesno-train/qa.jsonl")
+OUT = Path(__file__).resolve().parents[1] / "polymodal" / "resources" / "models" / "coco-yesno"
+CHOSEN_C = 0.3
+
+
+def read_rows(qa: Path) -> list[dict]:
+    rows = [json.loads(line) for line in qa.read_text().splitlines() if line.strip()]
+    for r in rows:
+        r["path"] = str((qa.parent / r["image"]).resolve())
+    return rows
+
+
+def encode(rows: list[dict], cache: Path | None) -> dict:
+    """Everything the attempts need, computed once: image embeddings (default, ConSE), ImageNet class probabilities,
+    question / key-phrase / statement embeddings."""
+    import torch
+
+    from polymodal.models.conse import conse_embedding
+    from polymodal.models.yesno import YesNoModel, _empty_state, _normalize, question_to_statement
+
+    images = sorted({r["path"] for r in rows})
+    if cache and cache.is_file():
+        data = dict(np.load(cache, allow_pickle=False))
+        if list(data["images"]) == images:
+            return data
+    torch.set_num_threads(1)
+    model = YesNoModel(_empty_state())
+    base = model.base
+    emb = {"default": [], "conse": [], "probs": []}
+    with torch.inference_mode():
+        for i in range(0, len(images), 32):
+            pixels = torch.from_numpy(base.transform(images[i : i + 32]))
+            pooled = base.image_tower.pooled(pixels).float()
+            logits = base.image_tower.net._fc(pooled)
+            emb["default"].append(_normalize(base.image_from_cache(pooled).numpy()))
+            emb["conse"].append(_normalize(conse_embedding(logits, base.class_matrix).numpy()))
+            emb["probs"].append(logits.softmax(-1).numpy())
+            print(f"encoded {i + len(pixels)}/{len(images)} images", file=sys.stderr, flush=True)
+        questions = [r["question"] for r in rows]
+        q = model.encode_questions(questions)
+        statements = [question_to_statement(t)[0] for t in questions]
+        s_raw = base.text_tower(statements)
+        s_def = _normalize(base.text_head(s_raw).numpy())
+        class_matrix = base.class_matrix.numpy()
+    data = {"images": np.array(images), "image_default": np.concatenate(emb["default"]),
+            "image_conse": np.concatenate(emb["conse"]), "image_probs": np.concatenate(emb["probs"]),
+            "q_raw": q["question"], "k_def": q["default"], "k_raw": q["conse"],
+            "s_def": s_def, "s_raw": _normalize(s_raw.numpy()),
+            "class_matrix": class_matrix}
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, **data)
+    return data
+
+
+def pair_groups(rows: list[dict], image_index: np.ndarray) -> np.ndarray:
+    """Connected components of images linked by a shared question key phrase (article dropped)."""
+    import re
+
+    from polymodal.models.yesno import question_to_statement
+
+    parent = list(range(int(image_index.max()) + 1))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    first: dict[str, int] = {}
+    for r, i in zip(rows, image_index):
+        key = re.sub(r"^(a|an|the) ", "", question_to_statement(r["question"])[1])
+        if key in first:
+            parent[find(int(i))] = find(first[key])
+        else:
+            first[key] = int(i)
+    return np.array([find(int(i)) for i in image_index])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--qa", type=Path, default=DEFAULT_QA)
+    ap.add_argument("--groups", choices=("image", "pair", "both"), default="both")
+    ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--save-builtin", action="store_true")
+    args = ap.parse_args()
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+
+    from polymodal.cache import cache_dir
+    from polymodal.models.yesno import SPACES, fit_state, row_features
+
+    if not args.qa.is_file():
+        print(f"no QA file at {args.qa}; pass --qa", file=sys.stderr)
+        return 2
+    rows = read_rows(args.qa)
+    digest = hashlib.sha256(args.qa.read_bytes()).hexdigest()[:12]
+    data = encode(rows, args.cache or cache_dir() / f"coco-yesno-bench-{digest}.npz")
+    index = {p: i for i, p in enumerate(data["images"])}
+    gi = np.array([index[r["path"]] for r in rows])
+    y = np.array([r["answer"] == "yes" for r in rows], dtype=np.int64)
+    answers = [r["answer"] for r in rows]
+    n = len(rows)
+    img = {"default": data["image_default"], "conse": data["image_conse"]}
+    q_emb = {"question": data["q_raw"], "default": data["k_def"], "conse": data["k_raw"]}
+
+    def lr(x, tr, te, C=1.0):
+        return LogisticRegression(C=C, max_iter=5000).fit(x[tr], y[tr]).predict_proba(x[te])[:, 1]
+
+    def zpool(image, text, tr, kind):
+        """Exact z-scores against the fold's training images ("image") or distinct training phrases ("text")."""
+        s = np.einsum("nd,nd->n", image[gi], text)
+        pool = image[np.unique(gi[tr])] if kind == "image" else np.unique(text[tr].round(5), axis=0)
+        other = text if kind == "image" else image[gi]
+        p = other @ pool.T
+        return (s - p.mean(1)) / (p.std(1) + 1e-6)
+
+    def class_evidence(tr):
+        """ImageNet object evidence: the key phrase's nearest class names (softmax(20 cos)) weighted by the image's
+        class probabilities, log, z-scored against the fold's training images."""
+        rel = data["k_raw"] @ data["class_matrix"].T
+        rel = np.exp(20 * (rel - rel.max(1, keepdims=True)))
+        rel /= rel.sum(1, keepdims=True)
+        ev = np.log((rel * data["image_probs"][gi]).sum(1) + 1e-6)
+        pool = np.log(rel @ data["image_probs"][np.unique(gi[tr])].T + 1e-6)
+        return (ev - pool.mean(1)) / (pool.std(1) + 1e-6)
+
+    def shipped(tr, te):
+        state = fit_state(img, {k: v[tr] for k, v in q_emb.items()}, gi[tr], [answers[i] for i in tr], CHOSEN_C)
+        x = row_features(state, img, q_emb, gi[te], np.asarray(te))
+        return 1 / (1 + np.exp(-(x @ state["coef"] + state["intercept"][0])))
+
+    z4 = lambda tr: np.stack([zpool(img[s], q_emb[s], tr, k) for s in SPACES for k in ("image", "text")], 1)  # noqa: E731
+    attempts = {
+        "majority (training-fold majority answer)": lambda tr, te: np.full(len(te), float(y[tr].mean() > 0.5)),
+        "question-only: LR on MiniLM question embedding": lambda tr, te: lr(data["q_raw"], tr, te),
+        "image-only: LR on default image embedding": lambda tr, te: lr(img["default"][gi], tr, te),
+        "learned fusion: LR on image*statement elementwise (default space)":
+            lambda tr, te: lr(10 * img["default"][gi] * data["s_def"], tr, te, 0.1),
+        "statement cosine (default model) + threshold": lambda tr, te: lr(
+            np.einsum("nd,nd->n", img["default"][gi], data["s_def"])[:, None], tr, te),
+        "statement z vs image pool (default)": lambda tr, te: lr(zpool(img["default"], data["s_def"], tr, "image")[:, None], tr, te),
+        "key-phrase z vs image pool (default)": lambda tr, te: lr(zpool(img["default"], q_emb["default"], tr, "image")[:, None], tr, te),
+        "key-phrase z vs phrase pool (default)": lambda tr, te: lr(zpool(img["default"], q_emb["default"], tr, "text")[:, None], tr, te),
+        "key-phrase z vs image pool (lite ConSE)": lambda tr, te: lr(zpool(img["conse"], q_emb["conse"], tr, "image")[:, None], tr, te),
+        "key-phrase z vs phrase pool (lite ConSE)": lambda tr, te: lr(zpool(img["conse"], q_emb["conse"], tr, "text")[:, None], tr, te),
+        "ImageNet object evidence for the key phrase (z)": lambda tr, te: lr(class_evidence(tr)[:, None], tr, te),
+        "4 alignment z-scores (LR)": lambda tr, te: lr(z4(tr), tr, te),
+        "4 z-scores + object evidence (LR)": lambda tr, te: lr(np.hstack([z4(tr), class_evidence(tr)[:, None]]), tr, te),
+        "CHOSEN: 4 z-scores + question embedding (LR C=0.3, shipped code)": shipped,
+    }
+    groupings = ["image", "pair"] if args.groups == "both" else [args.groups]
+    for grouping in groupings:
+        groups = gi if grouping == "image" else pair_groups(rows, gi)
+        folds = list(GroupKFold(5, shuffle=True, random_state=0).split(np.zeros(n), y, groups))
+        for name, fn in attempts.items():
+            accs = [float(np.mean((fn(tr, te) > 0.5) == y[te])) for tr, te in folds]
+            print(json.dumps({"name": name, "folds": grouping, "accuracy": round(float(np.mean(accs)), 4),
+                              "std": round(float(np.std(accs)), 4), "n": n}), flush=True)
+    if args.save_builtin:
+        from polymodal.models.yesno import YesNoModel
+
+        state = fit_state(img, q_emb, gi, answers, CHOSEN_C)
+        model = YesNoModel(state, {"name": "coco-yesno", "base": "default", "C": CHOSEN_C, "n_train": n,
+                                   "trained_on": "vqa-coco-yesno-train (benchmarks/coco_yesno.py --save-builtin)"})
+        model.save(OUT)
+        size = sum(f.stat().st_size for f in OUT.iterdir())
+        print(json.dumps({"saved": str(OUT), "bytes": size, "version": model.version}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""`polymodal train pretrain`: a thin wrapper over `polymodal.train.pretrain` (ITM / MLM / MRM pretraining of a
+fusion encoder on image-caption pairs). `add_parsers(sub, actions)` takes the "train" sub-action that
+`polymodal.cli_train.add_parsers` returns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from polymodal.errors import PolymodalError
+
+# flag -> (recipe section, type): "train" = TrainConfig, "arch" = FusionEncoderConfig, "" = the recipe itself
+PRETRAIN_FLAGS = {
+    "epochs": ("train", int), "lr": ("train", float), "weight_decay": ("train", float),
+    "warmup_steps": ("train", int), "grad_clip": ("train", float), "seed": ("train", int),
+    "patience": ("train", int), "log_every": ("train", int),
+    "fusion": ("arch", str), "dim": ("arch", int), "dropout": ("arch", float), "image_size": ("arch", int),
+    "objectives": ("", str), "batch_size": ("", int), "val_fraction": ("", float), "negatives": ("", str),
+    "hard_k": ("", int), "hard_fraction": ("", float), "mlm_rate": ("", float), "mlm_variants": ("", int), "mrm_rate": ("", float),
+    "mrm_target": ("", str), "workers": ("", int),
+}
+
+
+def cmd_train_pretrain(args) -> int:
+    from polymodal.cli_train import _read_config
+    from polymodal.train.pretrain import PretrainRecipe, train_pretrain
+
+    settings = _read_config(args.config) if args.config else {}
+    settings.setdefault("arch", {})
+    settings.setdefault("train", {})
+    for key in ("pairs", "val_pairs", "out", "model"):
+        if getattr(args, key):
+            settings[key] = getattr(args, key)
+    for key, (section, _) in PRETRAIN_FLAGS.items():
+        value = getattr(args, key)
+        if value is not None:
+            (settings[section] if section else settings)[key] = value
+    if args.fusion_options:
+        try:
+            settings["arch"]["fusion_options"] = json.loads(args.fusion_options)
+        except ValueError as exc:
+            raise PolymodalError(f"--fusion-options must be a JSON object, e.g. '{{\"layers\": 2}}' ({exc})") from exc
+    if args.pixel_patches:
+        settings["arch"]["pixel_patches"] = True
+    if not settings.get("pairs") or not settings.get("out"):
+        raise PolymodalError("pass --pairs FILE.jsonl and --out RUN_DIR (or put them in --config)")
+    result = train_pretrain(PretrainRecipe.from_dict(settings), resume=args.resume, progress=not args.quiet)
+    print(json.dumps({"out": settings["out"], "model": str(Path(settings["out"]) / "model"), "best": result}))
+    return 0
+
+
+def add_parsers(sub, actions: dict) -> None:
+    s = actions["train"].add_parser(
+        "pretrain", help="pretrain a fusion encoder on image-caption pairs: ITM (hard negatives), MLM, MRM")
+    s.add_argument("--pairs", nargs="+", help="JSONL/CSV file, caption folder or tar shards (several allowed)")
+    s.add_argument("--val-pairs", nargs="+", help="validation pairs (default: split off --val-fraction by image)")
+    s.add_argument("--out", help="run folder: model/ (fine-tune it with `polymodal train vqa --model RUN/model`), "
+                                 "checkpoint.pt, metrics.jsonl")
+    s.add_argument("--model", help="'new' (default) or a fusion-encoder folder to continue pretraining")
+    s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
+    s.add_argument("--fusion-options", help='JSON options for the fusion, e.g. \'{"layers": 2}\'')
+    s.add_argument("--pixel-patches", action="store_true", help="add raw-pixel patch embeddings to the grid tokens")
+    s.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    helps = {
+        "objectives": "weighted objectives, e.g. itm:1,mlm:1,mrm:0.5 (default)",
+        "fusion": "fusion module (default co_attention; MLM needs fused text tokens, MRM fused image tokens)",
+        "negatives": "contrastive model mining ITM hard negatives: default, a dual-encoder folder, or random",
+        "hard_k": "draw each hard negative from the k most similar non-matching items (default 8)",
+        "hard_fraction": "share of ITM training negatives that are hard, the rest uniform (default 0.5)",
+        "mrm_target": "regress (1280-d cell features, default) or classify (their ImageNet class distribution)",
+        "batch_size": "caption rows per objective per step (default 64)",
+    }
+    for key, (_, typ) in PRETRAIN_FLAGS.items():
+        s.add_argument("--" + key.replace("_", "-"), type=typ, default=None, help=helps.get(key))
+    s.set_defaults(func=cmd_train_pretrain)
