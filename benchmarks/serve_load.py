@@ -1,4 +1,4 @@
-"""HTTP serving load: image-embedding requests at several concurrencies, micro-batching on and off.
+"""HTTP serving load: embedding requests (images, and texts) at several concurrencies, micro-batching on and off.
 
 Starts `polymodal serve` on a free loopback port per configuration, sends a bounded load (a fixed number of requests
 per concurrency level, cut off by a time limit), stops the server, and prints one JSON line per measurement
@@ -36,11 +36,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _batch_stats(metrics_text: str) -> tuple[float, float]:
-    """(sum, count) of polymodal_batch_size for images, from the Prometheus text."""
+def _batch_stats(metrics_text: str, kind: str = "image") -> tuple[float, float]:
+    """(sum, count) of polymodal_batch_size for one kind (image or text), from the Prometheus text."""
     out = []
     for suffix in ("sum", "count"):
-        m = re.search(rf'^polymodal_batch_size_{suffix}{{kind="image"}} (\S+)$', metrics_text, re.M)
+        m = re.search(rf'^polymodal_batch_size_{suffix}{{kind="{kind}"}} (\S+)$', metrics_text, re.M)
         out.append(float(m.group(1)) if m else 0.0)
     return out[0], out[1]
 
@@ -83,7 +83,16 @@ class Server:
                 self.proc.wait(5)
 
 
-async def _load(url: str, image: bytes, concurrency: int, requests: int, time_limit: float) -> dict:
+TEXT = "a brown dog runs along the beach next to the water"
+
+
+def _post(client, kind: str, image: bytes):
+    if kind == "text":
+        return client.post("/v1/embed", json={"texts": [TEXT]})
+    return client.post("/v1/embed", files={"image": ("q.jpg", image, "image/jpeg")})
+
+
+async def _load(url: str, image: bytes, concurrency: int, requests: int, time_limit: float, kind: str = "image") -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -97,7 +106,7 @@ async def _load(url: str, image: bytes, concurrency: int, requests: int, time_li
             issued += 1
             t0 = time.perf_counter()
             try:
-                r = await client.post("/v1/embed", files={"image": ("q.jpg", image, "image/jpeg")})
+                r = await _post(client, kind, image)
                 ok = r.status_code == 200
             except httpx.HTTPError:
                 ok = False
@@ -137,6 +146,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lite")
     ap.add_argument("--db", help="an existing index (default: the sample gallery, indexed into a temporary folder)")
+    ap.add_argument("--kinds", default="image,text", help="what the requests embed: image, text or both")
     ap.add_argument("--image", help="query image file (default: the sample gallery's coffee.jpg)")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--requests", type=int, default=160, help="requests per concurrency level")
@@ -166,15 +176,16 @@ def main(argv=None) -> int:
                 for batching in (True, False):
                     _measure(args, db, image, levels, runtime, model, batching, log, qps)
     top = max(levels)
-    for runtime in runtimes:
-        on, off = qps.get((runtime, True, top)), qps.get((runtime, False, top))
-        print(json.dumps({"bench": "serve_load", "runtime": runtime, "ratio": "qps_batching/qps_no_batching",
-                          "concurrency": top, "value": round(on / off, 2) if on and off else None,
-                          "cpus": os.cpu_count()}))
-    if "torch" in runtimes and "onnx" in runtimes:
-        on, off = qps.get(("onnx", True, top)), qps.get(("torch", True, top))
-        print(json.dumps({"bench": "serve_load", "ratio": "qps_onnx/qps_torch (batching on)", "concurrency": top,
-                          "value": round(on / off, 2) if on and off else None}))
+    for kind in args.kinds.split(","):
+        for runtime in runtimes:
+            on, off = qps.get((runtime, True, top, kind)), qps.get((runtime, False, top, kind))
+            print(json.dumps({"bench": "serve_load", "runtime": runtime, "kind": kind, "ratio": "qps_batching/qps_no_batching",
+                              "concurrency": top, "value": round(on / off, 2) if on and off else None,
+                              "cpus": os.cpu_count()}))
+        if "torch" in runtimes and "onnx" in runtimes:
+            on, off = qps.get(("onnx", True, top, kind)), qps.get(("torch", True, top, kind))
+            print(json.dumps({"bench": "serve_load", "kind": kind, "ratio": "qps_onnx/qps_torch (batching on)",
+                              "concurrency": top, "value": round(on / off, 2) if on and off else None}))
     return 0
 
 
@@ -193,17 +204,19 @@ def _measure(args, db, image, levels, runtime, model, batching, log, qps) -> Non
         server.wait_ready(args.start_timeout)
         for _ in range(4):  # warm-up: first calls allocate and fill caches
             httpx.post(server.url + "/v1/embed", files={"image": ("q.jpg", image, "image/jpeg")}, timeout=60)
-        for c in levels:
-            before = _batch_stats(httpx.get(server.url + "/metrics").text)
-            result = asyncio.run(_load(server.url, image, c, args.requests, args.time_limit))
-            after = _batch_stats(httpx.get(server.url + "/metrics").text)
-            passes = after[1] - before[1]
-            mean_batch = round((after[0] - before[0]) / passes, 2) if passes else None
-            qps[(runtime, batching, c)] = result["qps"]
-            line = {"bench": "serve_load", "runtime": runtime, "model": args.model, "threads": args.threads,
-                    "batching": batching, "concurrency": c, **result, "mean_batch": mean_batch}
-            print(json.dumps(line))
-            sys.stdout.flush()
+        for kind in args.kinds.split(","):
+            for c in levels:
+                before = _batch_stats(httpx.get(server.url + "/metrics").text, kind)
+                result = asyncio.run(_load(server.url, image, c, args.requests, args.time_limit, kind))
+                after = _batch_stats(httpx.get(server.url + "/metrics").text, kind)
+                passes = after[1] - before[1]
+                mean_batch = round((after[0] - before[0]) / passes, 2) if passes else None
+                qps[(runtime, batching, c, kind)] = result["qps"]
+                line = {"bench": "serve_load", "runtime": runtime, "kind": kind, "model": args.model,
+                        "threads": args.threads, "batching": batching, "concurrency": c, **result,
+                        "mean_batch": mean_batch}
+                print(json.dumps(line))
+                sys.stdout.flush()
     finally:
         server.stop()
 
