@@ -22,26 +22,10 @@ PRETRAIN_FLAGS = {
 
 
 def cmd_train_pretrain(args) -> int:
-    from polymodal.cli_train import _read_config
+    from polymodal.cli_train import recipe_settings
     from polymodal.train.pretrain import PretrainRecipe, train_pretrain
 
-    settings = _read_config(args.config) if args.config else {}
-    settings.setdefault("arch", {})
-    settings.setdefault("train", {})
-    for key in ("pairs", "val_pairs", "out", "model"):
-        if getattr(args, key):
-            settings[key] = getattr(args, key)
-    for key, (section, _) in PRETRAIN_FLAGS.items():
-        value = getattr(args, key)
-        if value is not None:
-            (settings[section] if section else settings)[key] = value
-    if args.fusion_options:
-        try:
-            settings["arch"]["fusion_options"] = json.loads(args.fusion_options)
-        except ValueError as exc:
-            raise PolymodalError(f"--fusion-options must be a JSON object, e.g. '{{\"layers\": 2}}' ({exc})") from exc
-    if args.pixel_patches:
-        settings["arch"]["pixel_patches"] = True
+    settings = recipe_settings(args, ("pairs", "val_pairs", "out", "model"), PRETRAIN_FLAGS)
     if not settings.get("pairs") or not settings.get("out"):
         raise PolymodalError("pass --pairs FILE.jsonl and --out RUN_DIR (or put them in --config)")
     result = train_pretrain(PretrainRecipe.from_dict(settings), resume=args.resume, progress=not args.quiet)

@@ -33,19 +33,34 @@ def _read_config(path: str) -> dict:
         raise PolymodalError(f"cannot parse config {p} ({exc}); use JSON or TOML with the flag names as keys") from exc
 
 
-def cmd_train_contrastive(args) -> int:
-    from polymodal.train.contrastive import ContrastiveRecipe, train_contrastive
-
+def recipe_settings(args, paths: tuple[str, ...], flags: dict) -> dict:
+    """The recipe a `train` command runs: --config (JSON/TOML) first, then the given path arguments and every flag
+    the user set (flags: name -> (section, type); section "train", "arch" or "" for the recipe itself)."""
     settings = _read_config(args.config) if args.config else {}
     settings.setdefault("arch", {})
     settings.setdefault("train", {})
-    for key in ("pairs", "val_pairs", "out", "model"):
+    for key in paths:
         if getattr(args, key):
             settings[key] = getattr(args, key)
-    for key, (section, _) in TRAIN_FLAGS.items():
+    for key, (section, _) in flags.items():
         value = getattr(args, key)
         if value is not None:
             (settings[section] if section else settings)[key] = value
+    fusion_options = getattr(args, "fusion_options", None)
+    if fusion_options:
+        try:
+            settings["arch"]["fusion_options"] = json.loads(fusion_options)
+        except ValueError as exc:
+            raise PolymodalError(f"--fusion-options must be a JSON object, e.g. '{{\"layers\": 2}}' ({exc})") from exc
+    if getattr(args, "pixel_patches", False):
+        settings["arch"]["pixel_patches"] = True
+    return settings
+
+
+def cmd_train_contrastive(args) -> int:
+    from polymodal.train.contrastive import ContrastiveRecipe, train_contrastive
+
+    settings = recipe_settings(args, ("pairs", "val_pairs", "out", "model"), TRAIN_FLAGS)
     if not settings.get("pairs") or not settings.get("out"):
         raise PolymodalError("pass --pairs FILE and --out RUN_DIR (or put them in --config)")
     result = train_contrastive(ContrastiveRecipe.from_dict(settings), resume=args.resume, progress=not args.quiet)

@@ -58,26 +58,10 @@ def cmd_vqa(args) -> int:
 
 
 def cmd_train_vqa(args) -> int:
-    from polymodal.cli_train import _read_config
+    from polymodal.cli_train import recipe_settings
     from polymodal.train.vqa import VQARecipe, train_vqa
 
-    settings = _read_config(args.config) if args.config else {}
-    settings.setdefault("arch", {})
-    settings.setdefault("train", {})
-    for key in ("qa", "val_qa", "out", "model"):
-        if getattr(args, key):
-            settings[key] = getattr(args, key)
-    for key, (section, _) in VQA_FLAGS.items():
-        value = getattr(args, key)
-        if value is not None:
-            (settings[section] if section else settings)[key] = value
-    if args.fusion_options:
-        try:
-            settings["arch"]["fusion_options"] = json.loads(args.fusion_options)
-        except ValueError as exc:
-            raise PolymodalError(f"--fusion-options must be a JSON object, e.g. '{{\"layers\": 2}}' ({exc})") from exc
-    if args.pixel_patches:
-        settings["arch"]["pixel_patches"] = True
+    settings = recipe_settings(args, ("qa", "val_qa", "out", "model"), VQA_FLAGS)
     if args.itm_head:
         settings["arch"]["itm_head"] = True
     if args.new_head:
