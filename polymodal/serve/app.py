@@ -182,7 +182,8 @@ def create_app(
 
     async def prepare(items: list[tuple[str, bytes]]) -> list:
         """Decoded and preprocessed in a worker thread: ready for svc.batcher.images."""
-        return await run_in_threadpool(svc.prepare, items)
+        with svc.batcher.incoming():  # a batch being filled waits for this request
+            return await run_in_threadpool(svc.prepare, items)
 
     async def decode(items: list[tuple[str, bytes]]) -> list:
         """Decoded to PIL images in a worker thread: for model methods that take images (answer, classify)."""

@@ -4,7 +4,8 @@ Every model call of the service goes through the one worker thread, so the event
 model is never used from two threads at once. Jobs are queued; the worker takes the first one and, when batching is
 on, keeps taking jobs of the same kind (images or texts) until the batch holds `max_batch` items or `max_wait_ms`
 has passed since it started waiting. Jobs that are already queued when the wait ends still join (up to
-`max_batch`), so under load batches fill without any waiting at all.
+`max_batch`), so under load batches fill without any waiting at all. It waits only while another request is on its
+way (being decoded: see `incoming()`); a lone request runs at once instead of paying max_wait_ms.
 
     batcher = MicroBatcher(model, max_batch=32, max_wait_ms=5)
     vectors = batcher.submit_images([pil_image]).result()     # from any thread; or `await batcher.images([...])`
@@ -18,6 +19,7 @@ import queue
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -69,6 +71,19 @@ class MicroBatcher:
         self._carry: deque = deque()  # a job taken while filling a batch that belongs to the next one
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._incoming = 0  # requests preprocessing their inputs, about to submit
+        self._incoming_lock = threading.Lock()
+
+    @contextmanager
+    def incoming(self):
+        """Wrap a request's preprocessing (decode, resize): while any is running, a batch waits for it to join."""
+        with self._incoming_lock:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._incoming_lock:
+                self._incoming -= 1
 
     # -- submitting (any thread) ------------------------------------------------------------------------------
     def submit_images(self, images: list) -> Future:
@@ -140,7 +155,8 @@ class MicroBatcher:
                 deadline = time.monotonic() + self.max_wait
                 while size < self.max_batch:
                     try:
-                        nxt = self._next(deadline - time.monotonic())
+                        # nothing on its way: take what is queued, don't wait
+                        nxt = self._next(deadline - time.monotonic() if self._incoming else 0)
                     except queue.Empty:
                         break
                     if nxt is _STOP or nxt.kind != job.kind or size + len(nxt.items) > self.max_batch:
