@@ -35,6 +35,9 @@ def onnx_session(path: Path, threads: int | None = None):
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: graph-cleanup notes (unused initializers) are not the user's business
+    # idle intra-op threads sleep instead of spinning: in a server the spinning starves the request threads
+    # (benchmarks/serve_load.py)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
