@@ -27,8 +27,12 @@ def cmd_export_onnx(args) -> int:
     if out.exists() and not out.is_dir():
         raise PolymodalError(f"--out {out} is a file; pass a folder")
     variants = [v for v in (args.variants or "").split(",") if v] if args.variants is not None else None
+    if args.val_qa:
+        return _export_vqa(args, out)
     val = validation_set(args.val_pairs, limit=args.val_limit)
     model = polymodal.load(args.model)
+    if hasattr(model, "vqa_logits"):
+        raise PolymodalError(f"{args.model} is a VQA model: pass --val-qa FILE.jsonl (questions to check the export on)")
 
     def progress(message: str) -> None:
         if not args.json:
@@ -45,6 +49,25 @@ def cmd_export_onnx(args) -> int:
     return 0
 
 
+def _export_vqa(args, out: Path) -> int:
+    import random
+
+    import polymodal
+    from polymodal.eval.vqa import read_qa
+    from polymodal.export.fusion_export import export_fusion_onnx
+
+    rows = read_qa(args.val_qa)
+    rows = random.Random(0).sample(rows, min(args.val_limit, len(rows)))
+    model = polymodal.load(args.model)
+    if not hasattr(model, "vqa_logits"):
+        raise PolymodalError(f"{args.model} does not answer questions through a fusion encoder; --val-qa is for "
+                             "VQA models such as easy-vqa (embedding models take --val-pairs)")
+    report = export_fusion_onnx(model, out, rows, progress=lambda m: None if args.json else
+                                print(f"polymodal: {m}", file=sys.stderr, flush=True))
+    print(json.dumps({"out": str(out), **report}) if args.json else json.dumps(report, indent=2))
+    return 0
+
+
 def add_parsers(sub) -> None:
     export = sub.add_parser("export", help="export a model for deployment").add_subparsers(dest="format", required=True)
     s = export.add_parser("onnx", help="ONNX graphs of both towers, parity-checked; int8/bf16 variants kept only if "
@@ -54,7 +77,9 @@ def add_parsers(sub) -> None:
                                  "polymodal.load(NAME, runtime='onnx') looks)")
     s.add_argument("--val-pairs", help="image-caption pairs for parity and the accuracy gate "
                                                   "(default: the built-in sample photos, a coarse gate)")
-    s.add_argument("--val-limit", type=int, default=300, help="validation images sampled from --val-pairs (default 300)")
+    s.add_argument("--val-qa", help="VQA models: question rows (JSONL) the export is checked on")
+    s.add_argument("--val-limit", type=int, default=300,
+                   help="validation images sampled from --val-pairs, or questions from --val-qa (default 300)")
     s.add_argument("--variants", help="comma-separated subset of int8_dynamic,int8_static,bf16 (default: all; '' = none)")
     s.add_argument("--max-drop-points", type=float, default=1.0, help="largest R@5 drop a kept variant may cost (default 1)")
     s.add_argument("--json", action="store_true")

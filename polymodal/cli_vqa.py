@@ -20,12 +20,11 @@ VQA_FLAGS = {
 }
 
 
-def _load_vqa_model(name: str):
+def _load_vqa_model(name: str, runtime: str = "torch"):
     import polymodal
-    from polymodal.models.fusion_encoder import FusionEncoder
 
-    model = polymodal.load(name)
-    if not isinstance(model, FusionEncoder) and not getattr(model, "answers_questions", False):
+    model = polymodal.load(name, runtime=runtime)
+    if not getattr(model, "answers_questions", False) and not hasattr(model, "vqa_logits"):
         raise PolymodalError(f"model {name!r} does not answer questions; pass --model easy-vqa or a folder "
                              "written by `polymodal train vqa`")
     return model
@@ -36,9 +35,11 @@ def cmd_vqa(args) -> int:
 
     image = load_image(args.image)  # a missing or corrupt image fails here, before the model loads
     choices = [c.strip() for c in args.choices.split(",") if c.strip()] if args.choices else None
-    model = _load_vqa_model(args.model)
+    model = _load_vqa_model(args.model, args.runtime)
     result = model.answer(image, args.question, choices=choices, top_k=args.top_k)
     if args.explain:
+        if not hasattr(model, "explain"):
+            raise PolymodalError("--explain needs the PyTorch runtime (gradients and attention maps); drop --runtime onnx")
         from polymodal.apps.explain import save_heatmap
 
         save_heatmap(image, model.explain(image, args.question), args.explain)
@@ -79,7 +80,7 @@ def cmd_eval_vqa(args) -> int:
     from polymodal.eval.vqa import read_qa, vqa_accuracy
 
     rows = read_qa(args.qa)
-    model = _load_vqa_model(args.model)
+    model = _load_vqa_model(args.model, args.runtime)
     print(json.dumps({"model": args.model, "questions": len(rows), **vqa_accuracy(model, rows)}))
     return 0
 
@@ -92,6 +93,8 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--model", default="easy-vqa", help="built-in name or fusion-encoder folder (default: easy-vqa)")
     s.add_argument("--top-k", type=int, default=3)
     s.add_argument("--explain", metavar="OUT_PNG", help="also save a heat map of where the model looked")
+    s.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="onnx: answer with the model's `polymodal export onnx` folder (no --explain)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_vqa)
 
@@ -116,4 +119,5 @@ def add_parsers(sub, actions: dict) -> None:
     s = actions["eval"].add_parser("vqa", help="VQA accuracy, overall and per answer type, on a QA JSONL")
     s.add_argument("--qa", required=True)
     s.add_argument("--model", default="easy-vqa")
+    s.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
     s.set_defaults(func=cmd_eval_vqa)

@@ -75,7 +75,7 @@ def load(name_or_path: str | Path = "lite", runtime: str = "torch", **kwargs):
     key = str(name_or_path)
     if runtime not in RUNTIMES:
         raise PolymodalError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
-    from polymodal.export.runtime import OnnxEmbeddingModel, is_onnx_folder
+    from polymodal.export.runtime import is_onnx_folder, load_onnx
 
     if runtime == "onnx":
         folder = Path(key).expanduser()
@@ -84,7 +84,7 @@ def load(name_or_path: str | Path = "lite", runtime: str = "torch", **kwargs):
         if not is_onnx_folder(folder):
             raise PolymodalError(f"no ONNX export of {key!r} (looked in {key} and {folder}); "
                                  f"create it with `polymodal export onnx {key}` or pass an export folder")
-        return OnnxEmbeddingModel(folder, **kwargs)
+        return load_onnx(folder, **kwargs)
     if is_onnx_folder(Path(key).expanduser()):
         raise PolymodalError(f"{key} is an ONNX export; load it with runtime='onnx' (CLI: --runtime onnx)")
     if key in MODELS:

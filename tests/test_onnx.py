@@ -117,7 +117,7 @@ def test_load_errors(tmp_path):
 
 
 def test_cli_export_refuses_models_without_towers(capsys, tmp_path):
-    assert cli.main(["export", "onnx", "easy-vqa", "--out", str(tmp_path / "x"), "--variants", ""]) == 2
+    assert cli.main(["export", "onnx", "coco-yesno", "--out", str(tmp_path / "x"), "--variants", ""]) == 2
     err = capsys.readouterr().err
     assert "cannot be exported" in err and "Traceback" not in err
 
@@ -139,3 +139,44 @@ def test_serving_through_the_onnx_runtime(lite_export, lite, gallery, tmp_path):
         files = {"image": ("cat.jpg", (gallery / "cat.jpg").read_bytes(), "image/jpeg")}
         emb = np.array(c.post("/v1/embed", files=files).json()["vectors"][0])
         assert float(emb @ lite.encode_image([gallery / "cat.jpg"])[0]) > 0.98
+
+
+@pytest.fixture(scope="module")
+def easy_vqa_rows(tmp_path_factory):
+    easy_vqa = pytest.importorskip("easy_vqa")
+    questions, answers, image_ids = easy_vqa.get_test_questions()
+    paths = easy_vqa.get_test_image_paths()
+    path = tmp_path_factory.mktemp("easy-vqa") / "qa.jsonl"
+    rows = [{"image": str(paths[i]), "question": q, "answer": a}
+            for q, a, i in list(zip(questions, answers, image_ids))[:40]]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path, rows
+
+
+def test_vqa_model_exports_with_parity_and_answers_without_torch(easy_vqa_rows, tmp_path, capsys):
+    qa, rows = easy_vqa_rows
+    out = tmp_path / "easy-vqa-onnx"
+    assert cli.main(["export", "onnx", "easy-vqa", "--out", str(out), "--val-qa", str(qa), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["parity"]["same_top1"] == 1.0 and report["parity"]["min_logit_cosine"] >= 0.999
+    assert report["accuracy_onnx"]["accuracy"] == report["accuracy_pytorch"]["accuracy"] >= 0.9
+    script = textwrap.dedent(f"""
+        import sys, json
+        import polymodal
+        m = polymodal.load({str(out)!r}, runtime="onnx")
+        r = m.answer({rows[0]['image']!r}, {rows[0]['question']!r})
+        c = m.answer({rows[0]['image']!r}, {rows[0]['question']!r}, choices=["yes", "no"])
+        print(json.dumps({{"torch": "torch" in sys.modules, "answer": r["answer"], "choice": c["answer"]}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False and got["answer"] == rows[0]["answer"]
+    assert got["choice"] in ("yes", "no")
+    assert cli.main(["eval", "vqa", "--model", str(out), "--runtime", "onnx", "--qa", str(qa)]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == report["accuracy_onnx"]["accuracy"]  # same 40 rows
+
+
+def test_export_asks_vqa_models_for_questions(tmp_path, capsys):
+    assert cli.main(["export", "onnx", "easy-vqa", "--out", str(tmp_path / "x")]) == 2
+    assert "--val-qa" in capsys.readouterr().err

@@ -78,20 +78,23 @@ def check_exportable(model) -> None:
 
 
 def export_graph(graph: nn.Module, example: tuple[torch.Tensor, ...], names: list[str], path: Path,
-                 bf16: bool = False) -> Path:
-    """Trace ``graph`` on ``example`` into ONNX at ``path`` (written beside it, then renamed)."""
+                 bf16: bool = False, output: str = "embedding", token_axes: dict | None = None) -> Path:
+    """Trace ``graph`` on ``example`` into ONNX at ``path`` (written beside it, then renamed). Axis 0 of every input
+    and the output is the batch; 2-D inputs (token ids, masks) also have a dynamic token axis; ``token_axes``
+    names other dynamic axes, e.g. {"states": {0: "batch", 1: "tokens"}}."""
     graph = graph.eval().requires_grad_(False)
     if bf16:
         graph = _Bf16(graph).eval()
     axes = {n: ({0: "batch", 1: "tokens"} if ex.dim() == 2 else {0: "batch"}) for n, ex in zip(names, example)}
-    axes["embedding"] = {0: "batch"}
+    axes[output] = {0: "batch"}
+    axes.update(token_axes or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's business
-            torch.onnx.export(graph, example, tmp, input_names=names, output_names=["embedding"],
+            torch.onnx.export(graph, example, tmp, input_names=names, output_names=[output],
                               dynamic_axes=axes, opset_version=OPSET, dynamo=False)
         os.replace(tmp, path)
     finally:

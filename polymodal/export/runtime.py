@@ -27,6 +27,17 @@ def is_onnx_folder(path: str | Path) -> bool:
     return (Path(path) / ONNX_CONFIG).is_file()
 
 
+def read_export_config(folder: str | Path) -> dict:
+    path = Path(folder) / ONNX_CONFIG
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PolymodalError(f"cannot read {path}; pass a folder written by `polymodal export onnx`") from exc
+    if not isinstance(config, dict):
+        raise PolymodalError(f"{path} is not an export config; pass a folder written by `polymodal export onnx`")
+    return config
+
+
 def onnx_session(path: Path, threads: int | None = None):
     try:
         import onnxruntime as ort
@@ -66,10 +77,7 @@ class OnnxEmbeddingModel(EmbeddingInterface):
 
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
         folder = Path(folder)
-        try:
-            config = json.loads((folder / ONNX_CONFIG).read_text())
-        except (OSError, ValueError) as exc:
-            raise PolymodalError(f"cannot read {folder / ONNX_CONFIG}; pass a folder written by `polymodal export onnx`") from exc
+        config = read_export_config(folder)
         self.folder, self.config = folder, config
         self.name, self.version, self.dim = config["name"], config["version"], int(config["dim"])
         self.logit_scale = float(config["logit_scale"])
@@ -97,3 +105,12 @@ class OnnxEmbeddingModel(EmbeddingInterface):
 
     def __repr__(self) -> str:
         return f"OnnxEmbeddingModel({self.key}, image={self.variants['image']}, text={self.variants['text']})"
+
+
+def load_onnx(folder: str | Path, **kwargs):
+    """An export folder -> its runtime model: OnnxEmbeddingModel or, for VQA models, OnnxFusionEncoder."""
+    if read_export_config(folder).get("type") == "onnx_fusion_encoder":
+        from polymodal.export.fusion_runtime import OnnxFusionEncoder
+
+        return OnnxFusionEncoder(folder, **kwargs)
+    return OnnxEmbeddingModel(folder, **kwargs)

@@ -1,0 +1,126 @@
+"""ONNX export of a VQA fusion encoder (`easy-vqa`, `polymodal train vqa` folders): three graphs
+
+    grid.onnx      pixels [B, 3, S, S] -> grid tokens [B, g*g, F]            (the image tower, the cost)
+    question.onnx  input_ids, attention_mask [B, L] -> token states [B, L, 384] (the text tower)
+    head.onnx      grid tokens, token states, attention_mask -> answer logits [B, A]  (projections, fusion, VQA head)
+
+Parity: on validation questions the onnxruntime logits must give the same top-1 answer as PyTorch for every row
+(cosine >= 0.999 of the logit vectors); the VQA accuracy of both is reported. Quantized variants are not tried for
+VQA models yet (fp32 only); the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from polymodal.cache import atomic_write_bytes
+from polymodal.errors import PolymodalError
+from polymodal.export.graphs import export_graph
+from polymodal.export.runtime import ONNX_CONFIG
+
+log = logging.getLogger(__name__)
+
+
+class _Grid(nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.image_cache_input(pixels)
+
+
+class _Question(nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.model.text_tower.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return states.float() * attention_mask.unsqueeze(-1).float()  # padding zeroed, as the cache stores it
+
+
+class _Head(nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, grid: torch.Tensor, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.vqa_logits(grid, states, attention_mask.bool())
+
+
+def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callable[[str], None] = log.info) -> dict:
+    """Export a FusionEncoder with a VQA head to ``out``; ``rows`` (QARow) check parity and accuracy."""
+    from polymodal.eval.vqa import accuracy_by_type
+    from polymodal.export.fusion_runtime import OnnxFusionEncoder
+
+    if not getattr(model, "answers", None):
+        raise PolymodalError("this fusion encoder has no VQA head (a pretrained encoder?); fine-tune it with "
+                             "`polymodal train vqa --model FOLDER` before exporting")
+    if not rows:
+        raise PolymodalError("VQA export needs validation questions: pass --val-qa FILE.jsonl")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval().requires_grad_(False)
+    tok = model.text_tower.tokenizer
+    tok.backend_tokenizer.save(str(out / "tokenizer.json"))
+    max_length = int(model.text_tower.max_length)
+    pixels = torch.from_numpy(model.transform([rows[0].image, rows[-1].image]))
+    enc = tok([rows[0].question, rows[-1].question + " and more words"], padding=True, truncation=True,
+              max_length=max_length, return_tensors="pt")
+    with torch.no_grad():
+        grid = model.image_cache_input(pixels)
+        states = _Question(model)(enc["input_ids"], enc["attention_mask"])
+    progress("exporting the grid, question and head graphs (fp32)")
+    export_graph(_Grid(model), (pixels,), ["pixels"], out / "grid.onnx", output="grid")
+    export_graph(_Question(model), (enc["input_ids"], enc["attention_mask"]), ["input_ids", "attention_mask"],
+                 out / "question.onnx", output="states", token_axes={"states": {0: "batch", 1: "tokens"}})
+    export_graph(_Head(model), (grid, states, enc["attention_mask"]), ["grid", "states", "attention_mask"],
+                 out / "head.onnx", output="logits",
+                 token_axes={"states": {0: "batch", 1: "tokens"}})
+    config = {"type": "onnx_fusion_encoder", "name": model.name, "version": model.version,
+              "answers": list(model.answers), "transform": model.transform.to_dict(),
+              "tokenizer": "tokenizer.json", "max_length": max_length,
+              "pad_id": int(tok.pad_token_id), "pad_token": str(tok.pad_token)}
+    atomic_write_bytes(out / ONNX_CONFIG, json.dumps(config, indent=2).encode())
+
+    progress(f"parity and accuracy on {len(rows)} validation questions")
+    images, questions = [r.image for r in rows], [r.question for r in rows]
+    onnx_model = OnnxFusionEncoder(out)
+    ref_logits = _torch_logits(model, images, questions)
+    got_logits = onnx_model.logits(images, questions)
+    cosine = float((_unit(ref_logits) * _unit(got_logits)).sum(1).min())
+    same_top1 = float((ref_logits.argmax(1) == got_logits.argmax(1)).mean())
+    if same_top1 < 1.0 or cosine < 0.999:
+        raise PolymodalError(f"VQA graph parity failed: same top-1 on {same_top1:.4f} of rows, min logit cosine "
+                             f"{cosine:.5f}; the export is wrong, please report it")
+    answers = model.answers
+    acc_torch = accuracy_by_type([answers[i] for i in ref_logits.argmax(1)], rows)
+    acc_onnx = accuracy_by_type([answers[i] for i in got_logits.argmax(1)], rows)
+    report = {"model": model.key, "questions": len(rows), "parity": {"same_top1": same_top1, "min_logit_cosine":
+              round(cosine, 6)}, "accuracy_pytorch": acc_torch, "accuracy_onnx": acc_onnx,
+              "served": {"grid": "fp32", "question": "fp32", "head": "fp32"},
+              "variants": "not tried for VQA models yet (fp32 only)"}
+    atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
+    return report
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+
+
+@torch.inference_mode()
+def _torch_logits(model, images: Sequence, questions: Sequence[str]) -> np.ndarray:
+    out = []
+    for i in range(len(images)):
+        grid = model.encode_images([images[i]])
+        states, mask = model.encode_questions([questions[i]])
+        out.append(model.vqa_logits(grid, states, mask).float().numpy())
+    return np.concatenate(out)

@@ -1,0 +1,82 @@
+"""A VQA fusion encoder exported by `polymodal export onnx` (grid, question and head graphs), run by onnxruntime with
+numpy preprocessing and no torch import: answer(), predict() and logits() like the PyTorch FusionEncoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from polymodal.data.images import ImageTransform
+from polymodal.errors import PolymodalError
+from polymodal.export.runtime import TokenizerRuntime, onnx_session, read_export_config
+
+
+def _normalize_answer(text: Any) -> str:  # as polymodal.models.fusion_encoder.normalize_answer (which needs torch)
+    return " ".join(str(text).lower().split()).rstrip(".").strip()
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+class OnnxFusionEncoder:
+    answers_questions = True  # polymodal vqa / eval vqa accept it
+
+    def __init__(self, folder: str | Path, threads: int | None = None) -> None:
+        folder = Path(folder)
+        config = read_export_config(folder)
+        self.config = config
+        self.name, self.version = config["name"], config["version"]
+        self.answers = list(config["answers"])
+        self.answer_index = {a: i for i, a in enumerate(self.answers)}
+        self.transform = ImageTransform.from_dict(config["transform"])
+        self.grid = onnx_session(folder / "grid.onnx", threads)
+        self.question = onnx_session(folder / "question.onnx", threads)
+        self.head = onnx_session(folder / "head.onnx", threads)
+        self.tokenizer = TokenizerRuntime(folder / config["tokenizer"], config["max_length"], config["pad_id"],
+                                          config["pad_token"])
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def logits(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """``[R, A]`` answer logits, one row per (image, question)."""
+        if len(images) != len(questions):
+            raise PolymodalError(f"got {len(images)} images but {len(questions)} questions; pass one image per question")
+        out = [np.zeros((0, len(self.answers)), np.float32)]
+        for i in range(0, len(images), batch_size):
+            pixels = self.transform(list(images[i : i + batch_size]))
+            grid = self.grid.run(None, {"pixels": pixels})[0]
+            tokens = self.tokenizer([str(q) for q in questions[i : i + batch_size]])
+            states = self.question.run(None, tokens)[0]
+            out.append(self.head.run(None, {"grid": grid, "states": states,
+                                            "attention_mask": tokens["attention_mask"]})[0])
+        return np.concatenate(out)
+
+    def predict(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 32) -> list[tuple[str, float]]:
+        probs = _softmax(self.logits(images, questions, batch_size))
+        return [(self.answers[int(i)], float(p[i])) for p, i in zip(probs, probs.argmax(1))]
+
+    def answer(self, image: Any, question: str, choices: Sequence[str] | None = None, top_k: int = 3) -> dict:
+        """-> {"answer", "score", "alternatives"}; with ``choices``, only those (in the answer vocabulary) compete."""
+        if not str(question).strip():
+            raise PolymodalError("the question is empty; ask something about the image")
+        logits = self.logits([image], [str(question)])[0]
+        if choices is None:
+            probs = _softmax(logits)
+            order = np.argsort(-probs)[: max(1, top_k)]
+            ranked = [(self.answers[int(i)], float(probs[i])) for i in order]
+        else:
+            seen = {_normalize_answer(c): str(c).strip() for c in choices if str(c).strip()}
+            outside = [c for c in seen if c not in self.answer_index]
+            if not seen or outside:
+                raise PolymodalError(f"choices outside this model's answers ({', '.join(outside) or 'none given'}) need "
+                                     "the PyTorch runtime (its ITM head scores them); pass answers the model knows")
+            idx = [self.answer_index[c] for c in seen]
+            probs = _softmax(logits[idx])
+            ranked = sorted(((seen[c], float(p)) for c, p in zip(seen, probs)), key=lambda t: -t[1])[: max(1, top_k)]
+        return {"answer": ranked[0][0], "score": ranked[0][1], "alternatives": ranked}
