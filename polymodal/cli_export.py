@@ -39,7 +39,8 @@ def cmd_export_onnx(args) -> int:
             print(f"polymodal: {message}", file=sys.stderr, flush=True)
 
     kwargs = {} if variants is None else {"variants": variants}
-    report = export_onnx(model, out, val, max_drop_points=args.max_drop_points, progress=progress, **kwargs)
+    report = export_onnx(model, out, val, max_drop_points=args.max_drop_points, progress=progress,
+                         timing_seconds=args.timing_seconds, **kwargs)
     if args.json:
         print(json.dumps({"out": str(out), **report}))
     else:
@@ -63,7 +64,9 @@ def _export_vqa(args, out: Path) -> int:
         raise PolymodalError(f"{args.model} does not answer questions through a fusion encoder; --val-qa is for "
                              "VQA models such as easy-vqa (embedding models take --val-pairs)")
     report = export_fusion_onnx(model, out, rows, progress=lambda m: None if args.json else
-                                print(f"polymodal: {m}", file=sys.stderr, flush=True))
+                                print(f"polymodal: {m}", file=sys.stderr, flush=True),
+                                max_drop_points=args.max_drop_points, timing_seconds=args.timing_seconds,
+                                try_variants=args.variants != "")
     print(json.dumps({"out": str(out), **report}) if args.json else json.dumps(report, indent=2))
     return 0
 
@@ -82,5 +85,6 @@ def add_parsers(sub) -> None:
                    help="validation images sampled from --val-pairs, or questions from --val-qa (default 300)")
     s.add_argument("--variants", help="comma-separated subset of int8_dynamic,int8_static,bf16 (default: all; '' = none)")
     s.add_argument("--max-drop-points", type=float, default=1.0, help="largest R@5 drop a kept variant may cost (default 1)")
+    s.add_argument("--timing-seconds", type=float, default=1.0, help="length of each speed measurement (default 1)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_export_onnx)

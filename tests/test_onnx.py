@@ -156,10 +156,17 @@ def easy_vqa_rows(tmp_path_factory):
 def test_vqa_model_exports_with_parity_and_answers_without_torch(easy_vqa_rows, tmp_path, capsys):
     qa, rows = easy_vqa_rows
     out = tmp_path / "easy-vqa-onnx"
-    assert cli.main(["export", "onnx", "easy-vqa", "--out", str(out), "--val-qa", str(qa), "--json"]) == 0
+    assert cli.main(["export", "onnx", "easy-vqa", "--out", str(out), "--val-qa", str(qa), "--json",
+                     "--timing-seconds", "0.05"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["parity"]["same_top1"] == 1.0 and report["parity"]["min_logit_cosine"] >= 0.999
     assert report["accuracy_onnx"]["accuracy"] == report["accuracy_pytorch"]["accuracy"] >= 0.9
+    tried = {(t["graph"], t["variant"]) for t in report["tries"]}
+    assert tried == {("grid", "int8_static"), ("grid", "int8_dynamic"), ("question", "int8_dynamic")}
+    for t in report["tries"]:  # served variants passed the gate; the others left no file
+        served = report["served"][t["graph"]] == f"{t['graph']}.{t['variant']}.onnx"
+        assert (t["status"] == "kept") if served else not (out / f"{t['graph']}.{t['variant']}.onnx").exists() or t["status"] == "kept"
+    assert report["accuracy_pytorch"]["accuracy"] - report["accuracy_served"]["accuracy"] <= 0.01
     script = textwrap.dedent(f"""
         import sys, json
         import polymodal

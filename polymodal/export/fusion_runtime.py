@@ -33,9 +33,11 @@ class OnnxFusionEncoder:
         self.answers = list(config["answers"])
         self.answer_index = {a: i for i, a in enumerate(self.answers)}
         self.transform = ImageTransform.from_dict(config["transform"])
-        self.grid = onnx_session(folder / "grid.onnx", threads)
-        self.question = onnx_session(folder / "question.onnx", threads)
-        self.head = onnx_session(folder / "head.onnx", threads)
+        files = {"grid": "grid.onnx", "question": "question.onnx", "head": "head.onnx", **config.get("files", {})}
+        self.files = files
+        self.grid = onnx_session(folder / files["grid"], threads)
+        self.question = onnx_session(folder / files["question"], threads)
+        self.head = onnx_session(folder / files["head"], threads)
         self.tokenizer = TokenizerRuntime(folder / config["tokenizer"], config["max_length"], config["pad_id"],
                                           config["pad_token"])
 

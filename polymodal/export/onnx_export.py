@@ -222,13 +222,14 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
     return report
 
 
-def gate(speed: float, base_speed: float, drop_points: float, max_drop_points: float) -> tuple[str, str]:
+def gate(speed: float, base_speed: float, drop_points: float, max_drop_points: float,
+         metric: str = "R@5") -> tuple[str, str]:
     """Keep a variant only if it is faster than fp32 onnxruntime (by MIN_SPEEDUP, above timing noise) and its
     R@5 drop is within max_drop_points. -> (status, reason)."""
     faster = speed >= MIN_SPEEDUP * base_speed
     accurate = drop_points <= max_drop_points
     reason = (f"{'faster' if faster else 'not faster'} ({speed / base_speed:.2f}x fp32 onnxruntime); "
-              f"R@5 drop {drop_points:.1f} points ({'within' if accurate else 'over'} {max_drop_points:g})")
+              f"{metric} drop {drop_points:.1f} points ({'within' if accurate else 'over'} {max_drop_points:g})")
     return ("kept" if faster and accurate else "rejected"), reason
 
 
