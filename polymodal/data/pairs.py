@@ -17,7 +17,6 @@ the same image, so the contrastive loss sees no duplicate-image false negatives.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch.utils.data import Dataset
 from polymodal.data import shards as _shards
 from polymodal.data.augment import Augment, make_rng
 from polymodal.data.images import IMAGE_EXTENSIONS, ImageTransform, load_image
+from polymodal.data.jsonl import iter_json_rows
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -152,31 +152,11 @@ def _clean(caption: Any) -> str:
 def _read_jsonl(path: Path) -> tuple[list[Pair], list]:
     pairs, skipped = [], []
     check = _ImageCheck(path.parent)
-    with path.open(encoding="utf-8-sig", errors="replace") as f:
-        head = f.read(1)
-        while head.isspace():
-            head = f.read(1)
-        f.seek(0)
-        if head == "[":  # a JSON array of row objects is accepted too
-            try:
-                rows = enumerate(json.load(f), 1)
-            except json.JSONDecodeError as exc:
-                raise PolymodalError(f"{path} is not valid JSON ({exc}); pass one JSON object per line") from exc
-        else:
-            rows = ((n, line) for n, line in enumerate(f, 1) if line.strip())
-        for n, row in rows:
-            where = f"{path}:{n}"
-            if isinstance(row, str):
-                try:
-                    row = json.loads(row)
-                except json.JSONDecodeError as exc:
-                    skipped.append((where, f"bad JSON ({exc.msg})"))
-                    continue
-            if not isinstance(row, dict):
-                skipped.append((where, "not a JSON object"))
-                continue
-            image, caption = _pick(row, IMAGE_COLUMNS), _pick(row, CAPTION_COLUMNS)
-            _add_row(pairs, skipped, where, image, caption, check)
+    for where, row, why in iter_json_rows(path, "pass one JSON object per line"):
+        if row is None:
+            skipped.append((where, why))
+            continue
+        _add_row(pairs, skipped, where, _pick(row, IMAGE_COLUMNS), _pick(row, CAPTION_COLUMNS), check)
     return pairs, skipped
 
 

@@ -7,12 +7,12 @@ image file) are counted and logged; a file without any usable row is an error.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from polymodal.data.jsonl import iter_json_rows
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import YES_NO, normalize_answer
 
@@ -46,25 +46,9 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
     if not path.is_file():
         raise PolymodalError(f"QA file not found: {path}; pass {QA_FORMAT}")
     rows, skipped, exists = [], [], {}
-    with path.open(encoding="utf-8-sig", errors="replace") as f:
-        text = f.read()
-    if text.lstrip().startswith("["):
-        try:
-            items = list(enumerate(json.loads(text), 1))
-        except json.JSONDecodeError as exc:
-            raise PolymodalError(f"{path} is not valid JSON ({exc}); pass {QA_FORMAT}") from exc
-    else:
-        items = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    for n, item in items:
-        where = f"{path}:{n}"
-        if isinstance(item, str):
-            try:
-                item = json.loads(item)
-            except json.JSONDecodeError as exc:
-                skipped.append((where, f"bad JSON ({exc.msg})"))
-                continue
-        if not isinstance(item, dict):
-            skipped.append((where, "not a JSON object"))
+    for where, item, why in iter_json_rows(path, f"pass {QA_FORMAT}"):
+        if item is None:
+            skipped.append((where, why))
             continue
         missing = [k for k in ("image", "question", "answer") if item.get(k) in (None, "")]
         if missing:
