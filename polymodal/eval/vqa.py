@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 from polymodal.data.jsonl import iter_json_rows
 from polymodal.errors import PolymodalError
-from polymodal.models.fusion_encoder import YES_NO, normalize_answer
+from polymodal.data.answers import YES_NO, normalize_answer
 
 log = logging.getLogger(__name__)
 

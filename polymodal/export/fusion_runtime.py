@@ -8,13 +8,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from polymodal.data.answers import unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.export.runtime import TokenizerRuntime, onnx_session, read_export_config
-
-
-def _normalize_answer(text: Any) -> str:  # as polymodal.models.fusion_encoder.normalize_answer (which needs torch)
-    return " ".join(str(text).lower().split()).rstrip(".").strip()
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -73,11 +70,11 @@ class OnnxFusionEncoder:
             order = np.argsort(-probs)[: max(1, top_k)]
             ranked = [(self.answers[int(i)], float(probs[i])) for i in order]
         else:
-            seen = {_normalize_answer(c): str(c).strip() for c in choices if str(c).strip()}
+            seen = unique_choices(choices)
             outside = [c for c in seen if c not in self.answer_index]
-            if not seen or outside:
-                raise PolymodalError(f"choices outside this model's answers ({', '.join(outside) or 'none given'}) need "
-                                     "the PyTorch runtime (its ITM head scores them); pass answers the model knows")
+            if outside:
+                raise PolymodalError(f"choices outside this model's answers ({', '.join(outside)}) need the PyTorch "
+                                     "runtime (its ITM head scores them); pass answers the model knows")
             idx = [self.answer_index[c] for c in seen]
             probs = _softmax(logits[idx])
             ranked = sorted(((seen[c], float(p)) for c, p in zip(seen, probs)), key=lambda t: -t[1])[: max(1, top_k)]

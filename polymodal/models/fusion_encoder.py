@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.cache import atomic_write_bytes
+from polymodal.data.answers import unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, build_fusion
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 IMAGE_DIM, TEXT_DIM = 1280, 384
 PATCH = 8  # raw-pixel patch side per grid cell (pixels are average-pooled to grid * PATCH first)
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-YES_NO = ("yes", "no")
 MRM_TARGETS = ("", "regress", "classify")
 N_CLASSES = 1000  # ImageNet classes of the image tower's classifier (MRM "classify" targets)
 FREEZABLE = {  # freeze(parts) names -> the attributes they cover
@@ -73,11 +73,6 @@ def fused_token_modalities(fusion: str, options: dict) -> tuple[str, ...]:
     if fusion == "cross_attention":
         return ("image",) if options.get("query", 1) == 0 else ("text",)
     return ()
-
-
-def normalize_answer(text: Any) -> str:
-    """Lower case, single spaces, no trailing full stop: 'Yes.' and ' yes' are the same answer."""
-    return " ".join(str(text).lower().split()).rstrip(".").strip()
 
 
 @dataclass
@@ -440,12 +435,7 @@ class FusionEncoder(nn.Module):
         return {"answer": top[0][0], "score": top[0][1], "alternatives": top}
 
     def _rank_choices(self, logits: Tensor, image_inputs: Tensor, question: str, choices: Sequence[str]) -> list:
-        seen: dict[str, str] = {}
-        for c in choices:
-            if str(c).strip():
-                seen.setdefault(normalize_answer(c), str(c).strip())
-        if not seen:
-            raise PolymodalError("no choices given; pass candidate answers like --choices yes,no")
+        seen = unique_choices(choices)
         inside = [k for k in seen if k in self.answer_index]
         outside = [k for k in seen if k not in self.answer_index]
         scores: dict[str, float] = {}

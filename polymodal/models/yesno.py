@@ -32,7 +32,8 @@ import torch
 
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
-from polymodal.models.fusion_encoder import YES_NO, _dedupe, normalize_answer
+from polymodal.data.answers import YES_NO, normalize_answer, unique_choices
+from polymodal.models.fusion_encoder import _dedupe
 
 log = logging.getLogger(__name__)
 
@@ -197,12 +198,7 @@ class YesNoModel:
         if choices is None:
             ranked = sorted(scores.items(), key=lambda kv: -kv[1])
         else:
-            seen: dict[str, str] = {}
-            for c in choices:
-                if str(c).strip():
-                    seen.setdefault(normalize_answer(c), str(c).strip())
-            if not seen:
-                raise PolymodalError("no choices given; pass candidate answers like --choices yes,no")
+            seen = unique_choices(choices)
             if not set(seen) & set(YES_NO):
                 raise PolymodalError(f"{self.name} answers only yes or no; none of the choices {list(seen.values())} is")
             ranked = sorted(((seen[k], scores.get(k, 0.0)) for k in seen), key=lambda kv: -kv[1])
