@@ -26,7 +26,7 @@ def cmd_export_onnx(args) -> int:
         raise PolymodalError("pass --out DIR: where to write the export of a model given by path")
     if out.exists() and not out.is_dir():
         raise PolymodalError(f"--out {out} is a file; pass a folder")
-    variants = [v for v in (args.variants or "").split(",") if v] if args.variants is not None else None
+    variants = _variants(args)
     if args.val_qa:
         return _export_vqa(args, out)
     val = validation_set(args.val_pairs, limit=args.val_limit)
@@ -50,6 +50,19 @@ def cmd_export_onnx(args) -> int:
     return 0
 
 
+def _variants(args) -> list[str] | None:
+    """--variants as a list (None = all); unknown names are an error."""
+    from polymodal.export.variants import VARIANTS
+
+    if args.variants is None:
+        return None
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise PolymodalError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    return names
+
+
 def _export_vqa(args, out: Path) -> int:
     import random
 
@@ -66,7 +79,7 @@ def _export_vqa(args, out: Path) -> int:
     report = export_fusion_onnx(model, out, rows, progress=lambda m: None if args.json else
                                 print(f"polymodal: {m}", file=sys.stderr, flush=True),
                                 max_drop_points=args.max_drop_points, timing_seconds=args.timing_seconds,
-                                try_variants=args.variants != "")
+                                variants=_variants(args))
     print(json.dumps({"out": str(out), **report}) if args.json else json.dumps(report, indent=2))
     return 0
 

@@ -29,30 +29,26 @@ from polymodal.export.runtime import ONNX_CONFIG
 log = logging.getLogger(__name__)
 
 
-class _Grid(nn.Module):
+class _Part(nn.Module):
+    """One traced part of a fusion encoder (its forward picks the part)."""
+
     def __init__(self, model) -> None:
         super().__init__()
         self.model = model
 
+
+class _Grid(_Part):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.image_cache_input(pixels)
 
 
-class _Question(nn.Module):
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
-
+class _Question(_Part):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         states = self.model.text_tower.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return states.float() * attention_mask.unsqueeze(-1).float()  # padding zeroed, as the cache stores it
 
 
-class _Head(nn.Module):
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
-
+class _Head(_Part):
     def forward(self, grid: torch.Tensor, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model.vqa_logits(grid, states, attention_mask.bool())
 
@@ -61,8 +57,10 @@ TOWER_VARIANTS = {"grid": ("int8_static", "int8_dynamic"), "question": ("int8_dy
 
 
 def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callable[[str], None] = log.info,
-                       max_drop_points: float = 1.0, timing_seconds: float = 1.0, try_variants: bool = True) -> dict:
-    """Export a FusionEncoder with a VQA head to ``out``; ``rows`` (QARow) check parity and accuracy."""
+                       max_drop_points: float = 1.0, timing_seconds: float = 1.0,
+                       variants: Sequence[str] | None = None) -> dict:
+    """Export a FusionEncoder with a VQA head to ``out``; ``rows`` (QARow) check parity and accuracy. ``variants``
+    limits which int8 variants are tried (default: all of TOWER_VARIANTS; [] = none)."""
     from polymodal.eval.vqa import accuracy_by_type
     from polymodal.export.fusion_runtime import OnnxFusionEncoder
 
@@ -109,8 +107,9 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
     answers = model.answers
     acc_torch = accuracy_by_type([answers[i] for i in ref_logits.argmax(1)], rows)
     acc_onnx = accuracy_by_type([answers[i] for i in got_logits.argmax(1)], rows)
-    tries = _try_variants(out, config, onnx_model, rows, acc_torch["accuracy"], max_drop_points, timing_seconds,
-                          progress) if try_variants else []
+    wanted = {g: [v for v in names if variants is None or v in variants] for g, names in TOWER_VARIANTS.items()}
+    tries = _try_variants(out, config, onnx_model, rows, acc_torch["accuracy"], wanted, max_drop_points,
+                          timing_seconds, progress)
     final = OnnxFusionEncoder(out)
     acc_served = accuracy_by_type([a for a, _ in final.predict(images, questions)], rows)
     report = {"model": model.key, "questions": len(rows), "parity": {"same_top1": same_top1, "min_logit_cosine":
@@ -121,13 +120,13 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
     return report
 
 
-def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, max_drop: float, seconds: float,
-                  progress) -> list[dict]:
+def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, wanted: dict, max_drop: float,
+                  seconds: float, progress) -> list[dict]:
     """int8 variants of the grid and question graphs through the gate; the kept fastest is written to the config."""
     from polymodal.eval.vqa import accuracy_by_type
     from polymodal.export import variants as V
     from polymodal.export.fusion_runtime import OnnxFusionEncoder
-    from polymodal.export.onnx_export import _items_per_second, gate
+    from polymodal.export.onnx_export import gate, paired_speed
 
     images, questions = [r.image for r in rows], [r.question for r in rows]
     pixels = fp32_model.transform(images[:32])
@@ -136,7 +135,7 @@ def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, max
     calibration = {"grid": [{"pixels": pixels[i : i + 8]} for i in range(0, len(pixels), 8)],
                    "question": [fp32_model.tokenizer(questions[i : i + 8]) for i in range(0, min(len(questions), 64), 8)]}
     tries = []
-    for graph, names in TOWER_VARIANTS.items():
+    for graph, names in wanted.items():
         fp32_session = getattr(fp32_model, graph)
         best = None
         for name in names:
@@ -149,12 +148,9 @@ def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, max
                 trial = OnnxFusionEncoder(out)
                 acc = accuracy_by_type([a for a, _ in trial.predict(images, questions)], rows)["accuracy"]
                 session = getattr(trial, graph)
-                n = len(next(iter(inputs[graph].values())))
-                speed = fp32_speed = 0.0
-                for _ in range(3):  # in turns with fp32, so load from elsewhere hits both alike
-                    speed = max(speed, _items_per_second(lambda: session.run(None, inputs[graph]), n, seconds, 1))
-                    fp32_speed = max(fp32_speed, _items_per_second(lambda: fp32_session.run(None, inputs[graph]),
-                                                                   n, seconds, 1))
+                speed, fp32_speed = paired_speed(lambda: session.run(None, inputs[graph]),
+                                                 lambda: fp32_session.run(None, inputs[graph]),
+                                                 len(next(iter(inputs[graph].values()))), seconds)
             except Exception as exc:  # an unsupported operator is a finding for the report, not a crash
                 tries.append({"graph": graph, "variant": name, "status": "failed",
                               "reason": f"failed here: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})

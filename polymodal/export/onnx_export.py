@@ -82,6 +82,16 @@ def _items_per_second(run: Callable[[], Any], items: int, min_seconds: float = 1
     return items / best
 
 
+def paired_speed(run: Callable[[], Any], base_run: Callable[[], Any], items: int, seconds: float) -> tuple[float, float]:
+    """Items/s of ``run`` and of ``base_run``, timed in turns (best of 3 each) so that a load spike from elsewhere
+    on the machine hits both alike."""
+    speed = base = 0.0
+    for _ in range(3):
+        speed = max(speed, _items_per_second(run, items, seconds, 1))
+        base = max(base, _items_per_second(base_run, items, seconds, 1))
+    return speed, base
+
+
 def _r5(metrics: dict) -> dict:
     return {"t2i_R@5": metrics["t2i_R@5"], "i2t_R@5": metrics["i2t_R@5"]}
 
@@ -178,12 +188,9 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
                     getattr(V, name)(fp32, path, calibration[tower])
                 trial = _Session(path, tower, tokenizer)
                 v_emb = trial.embed(items)
-                # timed in turns with fp32 so a load spike from elsewhere on the machine hits both alike
-                n = len(speed_items[tower])
-                v_speed, fp32_now = 0.0, 0.0
-                for _ in range(3):
-                    v_speed = max(v_speed, _items_per_second(lambda: trial.run(speed_items[tower]), n, timing_seconds, 1))
-                    fp32_now = max(fp32_now, _items_per_second(lambda: session.run(speed_items[tower]), n, timing_seconds, 1))
+                v_speed, fp32_now = paired_speed(lambda: trial.run(speed_items[tower]),
+                                                 lambda: session.run(speed_items[tower]),
+                                                 len(speed_items[tower]), timing_seconds)
             except Exception as exc:  # an unsupported operator or type is a finding for the report, not a crash
                 reason = f"failed here: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 rows.append({"tower": tower, "variant": name, "status": "failed", "reason": reason})
