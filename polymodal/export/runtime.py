@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
-from polymodal.models.interface import EmbeddingInterface, as_list
+from polymodal.models.interface import EmbeddingInterface
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,6 @@ class TokenizerRuntime:
 class OnnxEmbeddingModel(EmbeddingInterface):
     """The EmbeddingModel interface (encode_image, encode_text, embed_pixels, classify, key, dim) over ONNX graphs."""
 
-    text_batch_size = 64
 
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
         folder = Path(folder)
@@ -94,14 +92,9 @@ class OnnxEmbeddingModel(EmbeddingInterface):
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
         return self.image_session.run(None, {"pixels": pixels})[0].astype(np.float32, copy=False)
 
-    def encode_text(self, texts: Any, batch_size: int | None = None) -> np.ndarray:
-        texts = [str(t) for t in as_list(texts)]
-        bs = batch_size or self.text_batch_size
-        out = [np.zeros((0, self.dim), np.float32)]
-        for i in range(0, len(texts), bs):
-            feeds = {k: v for k, v in self.tokenizer(texts[i : i + bs]).items() if k in self._text_inputs}
-            out.append(self.text_session.run(None, feeds)[0].astype(np.float32, copy=False))
-        return np.concatenate(out)
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        feeds = {k: v for k, v in self.tokenizer(texts).items() if k in self._text_inputs}
+        return self.text_session.run(None, feeds)[0].astype(np.float32, copy=False)
 
     def __repr__(self) -> str:
         return f"OnnxEmbeddingModel({self.key}, image={self.variants['image']}, text={self.variants['text']})"

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import torch
 
 from polymodal.apps.zeroshot import PromptCache
 from polymodal.data.images import ImageTransform
-from polymodal.models.interface import EmbeddingInterface, as_list
+from polymodal.models.interface import EmbeddingInterface
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -25,7 +24,6 @@ class EmbeddingModel(EmbeddingInterface):
 
     transform: ImageTransform = ImageTransform()
     logit_scale: float = 100.0
-    text_batch_size: int = 64
 
     def __init__(self) -> None:
         self._prompts = PromptCache(self)
@@ -44,11 +42,5 @@ class EmbeddingModel(EmbeddingInterface):
         return l2_normalize(self._image_batch(torch.from_numpy(np.ascontiguousarray(pixels)))).numpy()
 
     @torch.inference_mode()
-    def encode_text(self, texts: Any, batch_size: int | None = None) -> np.ndarray:
-        """Strings -> float32 [N, dim], rows L2-normalised."""
-        texts = [str(t) for t in as_list(texts)]
-        bs = batch_size or self.text_batch_size
-        out = [np.zeros((0, self.dim), np.float32)]
-        for i in range(0, len(texts), bs):
-            out.append(l2_normalize(self._text_batch(texts[i : i + bs])).numpy())
-        return np.concatenate(out)
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return l2_normalize(self._text_batch(texts)).numpy()

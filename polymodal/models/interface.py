@@ -1,5 +1,5 @@
 """What every embedding model offers, torch-free so the ONNX runtime shares it: images and texts -> L2-normalised
-float32 vectors in one space, plus zero-shot classification. Subclasses implement embed_pixels and encode_text."""
+float32 vectors in one space, plus zero-shot classification. Subclasses implement embed_pixels and embed_texts."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ class EmbeddingInterface(ZeroShotMixin):
     version: str = "0"
     dim: int = 0
     image_batch_size: int = 32
+    text_batch_size: int = 64
 
     @property
     def key(self) -> str:
@@ -30,6 +31,19 @@ class EmbeddingInterface(ZeroShotMixin):
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Preprocessed pixels [B, 3, H, W] (self.transform's output) -> float32 [B, dim], rows L2-normalised."""
         raise NotImplementedError
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """One batch of strings -> float32 [B, dim], rows L2-normalised."""
+        raise NotImplementedError
+
+    def encode_text(self, texts: Any, batch_size: int | None = None) -> np.ndarray:
+        """Strings -> float32 [N, dim], rows L2-normalised (embed_texts in batches of batch_size)."""
+        texts = [str(t) for t in as_list(texts)]
+        bs = batch_size or self.text_batch_size
+        out = [np.zeros((0, self.dim), np.float32)]
+        for i in range(0, len(texts), bs):
+            out.append(self.embed_texts(texts[i : i + bs]))
+        return np.concatenate(out)
 
     def encode_image(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """Paths, PIL images or numpy arrays -> float32 [N, dim], rows L2-normalised (self.transform, then

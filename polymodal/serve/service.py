@@ -39,12 +39,13 @@ def supports_vqa(model) -> bool:
 
 def preprocesses_outside(model) -> bool:
     """True for models whose encode_image is EmbeddingInterface's, transform then embed_pixels (the PyTorch models
-    and the ONNX runtime, unless a subclass overrides it): the service can then run the transform in the request's thread, so
-    the one model thread only runs forward passes and a request holds a 224x224 array instead of its full decoded
-    image while it waits. Checked without importing torch (the ONNX runtime must not need it)."""
-    encode = getattr(type(model), "encode_image", None)
+    and the ONNX runtime, unless a subclass overrides it): the service can then run the transform in the request's
+    thread, so the one model thread only runs forward passes and a request holds a 224x224 array instead of its full
+    decoded image while it waits. Checked without importing torch (the ONNX runtime must not need it)."""
+    from polymodal.models.interface import EmbeddingInterface  # torch-free
+
     return (
-        getattr(encode, "__qualname__", "") == "EmbeddingInterface.encode_image"
+        getattr(type(model), "encode_image", None) is EmbeddingInterface.encode_image
         and callable(getattr(model, "embed_pixels", None))
         and callable(getattr(model, "transform", None))
     )
