@@ -36,3 +36,19 @@ def gallery(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gallery")
     write_sample_gallery(folder)
     return folder
+
+
+def cli_json(args: list) -> dict:
+    """Run the CLI in-process (module-scoped fixtures cannot use capsys); it must exit 0; its last stdout line is
+    JSON and is returned."""
+    import contextlib
+    import io
+    import json
+
+    from polymodal import cli
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main([str(a) for a in args])
+    assert code == 0, printed.getvalue()
+    return json.loads(printed.getvalue().strip().splitlines()[-1])

@@ -2,8 +2,6 @@
 fusion requirement, hard-negative mining, multi-task pretraining through the CLI on a tiny caption set over the
 sample gallery, and pretrain -> save -> fine-tune VQA (weights carried over, a fresh head, frozen parts fixed)."""
 
-import contextlib
-import io
 import json
 import math
 
@@ -40,6 +38,7 @@ from polymodal.train.pretrain_objectives import (
 )
 from polymodal.train.trainer import set_seed
 from polymodal.train.vqa import VQARecipe, build_vqa_model
+from conftest import cli_json
 
 NAMES = sorted({**SKIMAGE_PHOTOS, **SKLEARN_PHOTOS})
 TEMPLATES = ("a photo of a {}", "there is a {} in this picture", "the {} is shown here")
@@ -225,14 +224,10 @@ def pairs_file(gallery):
 @pytest.fixture(scope="module")
 def pretrained(pairs_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain-run")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = cli.main(["train", "pretrain", "--pairs", str(pairs_file), "--val-pairs", str(pairs_file),
-                         "--out", str(out), "--objectives", "itm:1,mlm:1,mrm:0.5", "--fusion", "co_attention",
-                         "--dim", "64", "--dropout", "0", "--epochs", "12", "--lr", "3e-3", "--batch-size", "16",
-                         "--warmup-steps", "5", "--patience", "0", "--hard-k", "4", "--quiet"])
-    assert code == 0
-    return out, json.loads(printed.getvalue().strip().splitlines()[-1])
+    return out, cli_json(["train", "pretrain", "--pairs", str(pairs_file), "--val-pairs", str(pairs_file),
+                          "--out", str(out), "--objectives", "itm:1,mlm:1,mrm:0.5", "--fusion", "co_attention",
+                          "--dim", "64", "--dropout", "0", "--epochs", "12", "--lr", "3e-3", "--batch-size", "16",
+                          "--warmup-steps", "5", "--patience", "0", "--hard-k", "4", "--quiet"])
 
 
 def test_multitask_pretraining_reduces_each_loss(pretrained):

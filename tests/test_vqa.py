@@ -1,9 +1,7 @@
 """VQA core: a fusion encoder trained end to end on a tiny question set over the sample gallery (CLI, cache, save and
 load, answer/choices, explain heat maps, eval JSON), and the built-in easy-vqa model on real easy-VQA questions."""
 
-import contextlib
 import dataclasses
-import io
 import json
 
 import numpy as np
@@ -19,6 +17,7 @@ from polymodal.eval.vqa import read_qa, vqa_accuracy
 from polymodal.fusion import build_fusion
 from polymodal.models.fusion_encoder import FusionEncoder, is_fusion_encoder_folder
 from polymodal.resources import HERE
+from conftest import cli_json
 
 NAMES = sorted({**SKIMAGE_PHOTOS, **SKLEARN_PHOTOS})
 
@@ -38,13 +37,9 @@ def qa_file(gallery):
 @pytest.fixture(scope="module")
 def trained(qa_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("vqa-run")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = cli.main(["train", "vqa", "--qa", str(qa_file), "--val-qa", str(qa_file), "--out", str(out), "--quiet",
-                         "--fusion", "cross_attention", "--dim", "64", "--epochs", "30", "--lr", "3e-3",
-                         "--batch-size", "6", "--warmup-steps", "5", "--patience", "0", "--dropout", "0"])
-    assert code == 0
-    return out, json.loads(printed.getvalue().strip().splitlines()[-1])
+    return out, cli_json(["train", "vqa", "--qa", str(qa_file), "--val-qa", str(qa_file), "--out", str(out), "--quiet",
+                          "--fusion", "cross_attention", "--dim", "64", "--epochs", "30", "--lr", "3e-3",
+                          "--batch-size", "6", "--warmup-steps", "5", "--patience", "0", "--dropout", "0"])
 
 
 def test_training_learns_and_saves_a_small_loadable_model(trained):
