@@ -2,10 +2,10 @@
 
     python benchmarks/embed_throughput.py --model lite                        # torch and onnx (exported to a temp dir)
     python benchmarks/embed_throughput.py --model lite --onnx-dir EXPORT      # an existing `polymodal export onnx`
-    python benchmarks/embed_throughput.py --runtime torch
+    python benchmarks/embed_throughput.py --runtime torch,torch-bf16 --batches 1,8,32   # polymodal.load(precision="bf16")
 
 End to end from decoded photos (preprocessing included). With both runtimes, ratio lines give onnx/torch per kind
-and batch size, measured in the same run (this machine is noisy: compare ratios, not absolute rates).
+and batch size (and torch-bf16/torch), measured in the same run (this machine is noisy: compare ratios, not absolute rates).
 """
 
 import argparse
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="lite")
     ap.add_argument("--seconds", type=float, default=5.0, help="time per measurement")
     ap.add_argument("--batches", default="1,32")
-    ap.add_argument("--runtime", default="torch,onnx", help="comma-separated: torch, onnx")
+    ap.add_argument("--runtime", default="torch,torch-bf16,onnx", help="comma-separated: torch, torch-bf16, onnx")
     ap.add_argument("--onnx-dir", help="export of --model to measure (default: exported now into a temporary folder)")
     args = ap.parse_args(argv)
     photos = [arr for arr, _ in sample_photos().values()]
@@ -57,20 +57,20 @@ def main(argv=None) -> int:
                 folder = args.onnx_dir or _export(args.model, Path(tmp) / "onnx")
                 model = polymodal.load(folder, runtime="onnx")
             else:
-                model = polymodal.load(args.model)
+                model = polymodal.load(args.model, precision="bf16" if runtime == "torch-bf16" else "fp32")
             for batch in (int(b) for b in args.batches.split(",")):
                 for kind, items, fn in (
                     ("images", images, lambda x, b: model.encode_image(x, batch_size=b)),
                     ("texts", texts, lambda x, b: model.encode_text(x, batch_size=b)),
                 ):
                     rate = rates[(runtime, kind, batch)] = _rate(fn, items, batch, args.seconds)
-                    variant = getattr(model, "variants", {}).get(kind[:-1], "eager")
+                    variant = getattr(model, "variants", {}).get(kind[:-1], runtime)
                     print(json.dumps({"model": args.model, "runtime": runtime, "variant": variant, "kind": kind,
                                       "batch": batch, f"{kind}_per_s": round(rate, 1)}))
                     sys.stdout.flush()
     for (runtime, kind, batch), rate in rates.items():
-        if runtime == "onnx" and ("torch", kind, batch) in rates:
-            print(json.dumps({"model": args.model, "ratio": "onnx/torch", "kind": kind, "batch": batch,
+        if runtime != "torch" and ("torch", kind, batch) in rates:
+            print(json.dumps({"model": args.model, "ratio": f"{runtime}/torch", "kind": kind, "batch": batch,
                               "value": round(rate / rates[("torch", kind, batch)], 2)}))
     return 0
 

@@ -9,8 +9,9 @@ at the highest concurrency. It always stops by itself.
     python benchmarks/serve_load.py --db pics.idx --requests 200
 
 The client runs on the same machine as the server and takes CPU from it; compare configurations with each other,
-not with benchmarks/embed_throughput.py. `--runtime torch,onnx` measures both model runtimes in one run; the ONNX
-runtime serves the export of --model (`polymodal export onnx`, made into a temporary folder unless --onnx-dir).
+not with benchmarks/embed_throughput.py. `--runtime torch,torch-bf16,onnx` (the default) measures PyTorch fp32,
+PyTorch with `--precision bf16`, and onnxruntime in one run; the ONNX runtime serves the export of --model
+(`polymodal export onnx`, made into a temporary folder unless --onnx-dir).
 """
 
 import argparse
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "torch-bf16", "onnx")  # torch-bf16: `serve --precision bf16`
 
 
 def _free_port() -> int:
@@ -50,7 +51,8 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "polymodal", "serve", "--model", model or args.model, "--db", str(db),
-               "--runtime", runtime,
+               "--runtime", "onnx" if runtime == "onnx" else "torch",
+               "--precision", "bf16" if runtime == "torch-bf16" else "fp32",
                "--host", "127.0.0.1", "--port", str(self.port), "--max-batch", str(args.max_batch),
                "--max-wait-ms", str(args.max_wait_ms)]
         if not batching:
@@ -86,41 +88,59 @@ class Server:
 TEXT = "a brown dog runs along the beach next to the water"
 
 
-def _post(client, kind: str, image: bytes):
+def _request_bytes(kind: str, image: bytes, port: int) -> bytes:
+    """One complete HTTP/1.1 request, built once: the load client only writes bytes and reads replies, so it takes
+    as little CPU as possible from the server it shares the machine with (httpx spent ~2 ms per request here)."""
     if kind == "text":
-        return client.post("/v1/embed", json={"texts": [TEXT]})
-    return client.post("/v1/embed", files={"image": ("q.jpg", image, "image/jpeg")})
+        body, ctype = json.dumps({"texts": [TEXT]}).encode(), "application/json"
+    else:
+        b = "polymodal-bench-boundary"
+        body = (f'--{b}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+                f"Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{b}--\r\n".encode()
+        ctype = f"multipart/form-data; boundary={b}"
+    head = f"POST /v1/embed HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+async def _exchange(reader, writer, request: bytes) -> int:
+    """Send one request on a kept-alive connection and read the whole reply; returns the HTTP status."""
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length: *(\d+)", head)
+    await reader.readexactly(int(length.group(1)) if length else 0)
+    return int(head.split(b" ", 2)[1])
 
 
 async def _load(url: str, image: bytes, concurrency: int, requests: int, time_limit: float, kind: str = "image") -> dict:
-    import httpx
-
+    host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+    request = _request_bytes(kind, image, int(port))
     latencies: list[float] = []
     errors = 0
     issued = 0
     deadline = time.monotonic() + time_limit
 
-    async def worker(client) -> None:
+    async def worker() -> None:
         nonlocal issued, errors
+        conn = None
         while issued < requests and time.monotonic() < deadline:
             issued += 1
             t0 = time.perf_counter()
             try:
-                r = await _post(client, kind, image)
-                ok = r.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            if ok:
+                conn = conn or await asyncio.open_connection(host, int(port))
+                status = await asyncio.wait_for(_exchange(*conn, request), max(deadline - time.monotonic(), 0.1))
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
+                status, conn = 0, None  # reconnect for the next request
+            if status == 200:
                 latencies.append(time.perf_counter() - t0)
             else:
                 errors += 1
+        if conn:
+            conn[1].close()
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    timeout = httpx.Timeout(max(time_limit, 1.0))
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - t0
     lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
     return {
         "requests": len(latencies), "errors": errors, "seconds": round(seconds, 2),
@@ -151,10 +171,10 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--requests", type=int, default=160, help="requests per concurrency level")
     ap.add_argument("--time-limit", type=float, default=60.0, help="seconds per concurrency level, at most")
-    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--threads", type=int, help="torch threads in the server (default: torch's choice)")
-    ap.add_argument("--runtime", default="torch,onnx", help="comma-separated model runtimes to measure: torch, onnx")
+    ap.add_argument("--runtime", default=",".join(RUNTIMES), help=f"comma-separated, some of: {', '.join(RUNTIMES)}")
     ap.add_argument("--onnx-dir", help="an existing export of --model (default: exported into a temporary folder)")
     ap.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for a server to start")
     args = ap.parse_args(argv)
@@ -182,9 +202,9 @@ def main(argv=None) -> int:
             print(json.dumps({"bench": "serve_load", "runtime": runtime, "kind": kind, "ratio": "qps_batching/qps_no_batching",
                               "concurrency": top, "value": round(on / off, 2) if on and off else None,
                               "cpus": os.cpu_count()}))
-        if "torch" in runtimes and "onnx" in runtimes:
-            on, off = qps.get(("onnx", True, top, kind)), qps.get(("torch", True, top, kind))
-            print(json.dumps({"bench": "serve_load", "kind": kind, "ratio": "qps_onnx/qps_torch (batching on)",
+        for runtime in (r for r in runtimes if r != "torch" and "torch" in runtimes):
+            on, off = qps.get((runtime, True, top, kind)), qps.get(("torch", True, top, kind))
+            print(json.dumps({"bench": "serve_load", "kind": kind, "ratio": f"qps_{runtime}/qps_torch (batching on)",
                               "concurrency": top, "value": round(on / off, 2) if on and off else None}))
     return 0
 

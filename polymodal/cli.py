@@ -8,6 +8,7 @@ import logging
 import sys
 from dataclasses import asdict
 
+from polymodal.cli_options import add_precision
 from polymodal.data.images import IMAGE_EXTENSIONS
 from polymodal.errors import PolymodalError
 
@@ -32,7 +33,7 @@ def cmd_index(args) -> int:
     files, _ = scan_images(args.folder)  # a missing or empty folder fails here, before the model loads
     if not files:
         raise PolymodalError(f"no images under {args.folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    model = polymodal.load(args.model)
+    model = polymodal.load(args.model, precision=args.precision)
     index = ImageIndex(args.db)
     report = index.update(args.folder, model, progress=not args.json, batch_size=args.batch_size)
     info = index.info()
@@ -54,7 +55,7 @@ def cmd_search(args) -> int:
     if args.k < 1:
         raise PolymodalError(f"-k must be at least 1, got {args.k}")
     index = ImageIndex(args.db)
-    model = polymodal.load(args.model or index.info()["model_name"])
+    model = polymodal.load(args.model or index.info()["model_name"], precision=args.precision)
     if args.image is not None:
         hits = index.search_image(model, args.image, args.k)
     else:
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="lite", help="built-in name or checkpoint path (default: lite)")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--json", action="store_true")
+    add_precision(s)
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("search", help="search an index by text or by image")
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--model", help="defaults to the index's model; another model is refused")
     s.add_argument("--json", action="store_true")
+    add_precision(s)
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("classify", help="zero-shot classification of images against labels")

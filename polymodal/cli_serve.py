@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 
+from polymodal.cli_options import add_precision
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,10 @@ def cmd_serve(args) -> int:
 
     sock = _bind(args.host, args.port)  # before the slow model load: a busy port is one line and exit 2
     try:
-        model = args.model or info["model_name"]
-        if args.runtime == "onnx":
-            import polymodal
+        import polymodal
 
-            model = polymodal.load(model, runtime="onnx", threads=args.threads)
+        extra = {"threads": args.threads} if args.runtime == "onnx" else {}
+        model = polymodal.load(args.model or info["model_name"], runtime=args.runtime, precision=args.precision, **extra)
         app = create_app(model, args.db, api_key=args.api_key, settings=settings)
     except BaseException:
         sock.close()
@@ -90,6 +90,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--db", required=True, help="index folder built by `polymodal index`")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="onnx: serve the export of --model (`polymodal export onnx`) through onnxruntime, without torch")
+    add_precision(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument(
@@ -97,7 +98,7 @@ def add_parsers(sub) -> None:
         help="require this key in the X-API-Key header on every endpoint but /healthz and the page shell "
         "(default: $POLYMODAL_API_KEY; the variable keeps the key out of the process list)",
     )
-    s.add_argument("--max-batch", type=int, default=32, help="items per merged forward pass (default 32)")
+    s.add_argument("--max-batch", type=int, default=8, help="items per merged forward pass (default 8)")
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
     s.add_argument("--no-batching", action="store_true", help="run each request's forward pass alone")
     s.add_argument("--threads", type=int, default=None,

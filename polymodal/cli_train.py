@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from polymodal.cli_options import add_precision
 from polymodal.errors import PolymodalError
 
 # flag -> (recipe section, key, type); a config file uses the same keys (section "arch" for architecture)
@@ -73,9 +74,9 @@ def cmd_eval_retrieval(args) -> int:
     from polymodal.eval.retrieval import read_pairs, retrieval_metrics
 
     pairs = read_pairs(args.pairs)
-    model = polymodal.load(args.model)
+    model = polymodal.load(args.model, precision=args.precision)
     metrics = retrieval_metrics(model.encode_image(pairs.images), model.encode_text(pairs.captions), pairs.caption_image)
-    print(json.dumps({"model": args.model, "images": len(pairs.images), "captions": len(pairs.captions), **metrics}))
+    print(json.dumps({"model": args.model, "precision": args.precision, "images": len(pairs.images), "captions": len(pairs.captions), **metrics}))
     return 0
 
 
@@ -116,6 +117,7 @@ def add_parsers(sub) -> dict:
     s = ev.add_parser("retrieval", help="text->image and image->text Recall@1/5/10 and median rank")
     s.add_argument("--pairs", required=True)
     s.add_argument("--model", default="default")
+    add_precision(s)
     s.set_defaults(func=cmd_eval_retrieval)
     s = ev.add_parser("zeroshot", help="zero-shot top-1/top-5 accuracy over a JSONL of {image, label}")
     s.add_argument("--labels-file", required=True)
