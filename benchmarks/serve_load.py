@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kinds", default="image,text", help="what the requests embed: image, text or both")
     ap.add_argument("--image", help="query image file (default: the sample gallery's coffee.jpg)")
     ap.add_argument("--concurrency", default="1,8,32")
-    ap.add_argument("--requests", type=int, default=160, help="requests per concurrency level")
+    ap.add_argument("--requests", type=int, default=320, help="requests per concurrency level")
     ap.add_argument("--time-limit", type=float, default=60.0, help="seconds per concurrency level, at most")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
