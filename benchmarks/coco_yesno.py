@@ -23,9 +23,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from yesno_joint_heads import caption_rows, train_and_score  # noqa: E402
+
 DEFAULT_QA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vqa-coco-yesno-train" / "qa.jsonl"
 if not DEFAULT_QA.is_file():
     DEFAULT_QA = Path("/work/shared/data/vqa-coco-yesno-train/qa.jsonl")
+CAPTIONS = [DEFAULT_QA.parents[1] / "flickr8k-dev" / "pairs.jsonl", DEFAULT_QA.parents[1] / "coco-mini-train" / "pairs.jsonl"]
 OUT = Path(__file__).resolve().parents[1] / "polymodal" / "resources" / "models" / "coco-yesno"
 CHOSEN_C = 0.3
 
@@ -48,12 +51,12 @@ def encode(rows: list[dict], cache: Path | None) -> dict:
     images = sorted({r["path"] for r in rows})
     if cache and cache.is_file():
         data = dict(np.load(cache, allow_pickle=False))
-        if list(data["images"]) == images:
+        if list(data["images"]) == images and "image_pooled" in data:
             return data
     torch.set_num_threads(1)
     model = YesNoModel(_empty_state())
     base = model.base
-    emb = {"default": [], "conse": [], "probs": []}
+    emb = {"default": [], "conse": [], "probs": [], "pooled": []}
     with torch.inference_mode():
         for i in range(0, len(images), 32):
             pixels = torch.from_numpy(base.transform(images[i : i + 32]))
@@ -62,6 +65,7 @@ def encode(rows: list[dict], cache: Path | None) -> dict:
             emb["default"].append(_normalize(base.image_from_cache(pooled).numpy()))
             emb["conse"].append(_normalize(conse_embedding(logits, base.class_matrix).numpy()))
             emb["probs"].append(logits.softmax(-1).numpy())
+            emb["pooled"].append(pooled.numpy())
             print(f"encoded {i + len(pixels)}/{len(images)} images", file=sys.stderr, flush=True)
         questions = [r["question"] for r in rows]
         q = model.encode_questions(questions)
@@ -71,9 +75,43 @@ def encode(rows: list[dict], cache: Path | None) -> dict:
         class_matrix = base.class_matrix.numpy()
     data = {"images": np.array(images), "image_default": np.concatenate(emb["default"]),
             "image_conse": np.concatenate(emb["conse"]), "image_probs": np.concatenate(emb["probs"]),
+            "image_pooled": np.concatenate(emb["pooled"]),
             "q_raw": q["question"], "k_def": q["default"], "k_raw": q["conse"],
             "s_def": s_def, "s_raw": _normalize(s_raw.numpy()),
             "class_matrix": class_matrix}
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, **data)
+    return data
+
+
+def encode_captions(files: list[Path], cache: Path | None) -> dict:
+    """Caption pairs for the joint-heads attempt: pooled tower features and ConSE per image, MiniLM per caption."""
+    import torch
+
+    from polymodal.models.conse import conse_embedding
+    from polymodal.models.yesno import YesNoModel, _empty_state, _normalize
+
+    pairs = caption_rows(files)
+    images = sorted({p for p, _ in pairs})
+    if cache and cache.is_file():
+        data = dict(np.load(cache, allow_pickle=False))
+        if list(data["images"]) == images:
+            return data
+    torch.set_num_threads(1)
+    base = YesNoModel(_empty_state()).base
+    pooled, conse = [], []
+    with torch.inference_mode():
+        for i in range(0, len(images), 32):
+            p = base.image_tower.pooled(torch.from_numpy(base.transform(images[i : i + 32]))).float()
+            pooled.append(p.numpy())
+            conse.append(_normalize(conse_embedding(base.image_tower.net._fc(p), base.class_matrix).numpy()))
+            print(f"encoded {i + len(p)}/{len(images)} caption images", file=sys.stderr, flush=True)
+        texts = [c for _, c in pairs]
+        text = np.concatenate([_normalize(base.text_tower(texts[i : i + 256]).numpy()) for i in range(0, len(texts), 256)])
+    index = {p: i for i, p in enumerate(images)}
+    data = {"images": np.array(images), "pooled": np.concatenate(pooled), "conse": np.concatenate(conse),
+            "text": text, "image": np.array([index[p] for p, _ in pairs])}
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, **data)
@@ -109,6 +147,8 @@ def main() -> int:
     ap.add_argument("--qa", type=Path, default=DEFAULT_QA)
     ap.add_argument("--groups", choices=("image", "pair", "both"), default="both")
     ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--captions", type=Path, nargs="*", default=CAPTIONS,
+                    help="caption pair files for the joint-heads attempt (none: skip it)")
     ap.add_argument("--save-builtin", action="store_true")
     args = ap.parse_args()
     from sklearn.linear_model import LogisticRegression
@@ -123,6 +163,11 @@ def main() -> int:
     rows = read_rows(args.qa)
     digest = hashlib.sha256(args.qa.read_bytes()).hexdigest()[:12]
     data = encode(rows, args.cache or cache_dir() / f"coco-yesno-bench-{digest}.npz")
+    captions = [f for f in args.captions if f.is_file()]
+    caps = None
+    if captions:
+        key = hashlib.sha256(b"".join(f.read_bytes() for f in captions)).hexdigest()[:12]
+        caps = encode_captions(captions, cache_dir() / f"coco-yesno-captions-{key}.npz")
     index = {p: i for i, p in enumerate(data["images"])}
     gi = np.array([index[r["path"]] for r in rows])
     y = np.array([r["answer"] == "yes" for r in rows], dtype=np.int64)
@@ -174,6 +219,8 @@ def main() -> int:
         "ImageNet object evidence for the key phrase (z)": lambda tr, te: lr(class_evidence(tr)[:, None], tr, te),
         "4 alignment z-scores (LR)": lambda tr, te: lr(z4(tr), tr, te),
         "4 z-scores + object evidence (LR)": lambda tr, te: lr(np.hstack([z4(tr), class_evidence(tr)[:, None]]), tr, te),
+        **({} if caps is None else {"joint heads: caption InfoNCE + yes/no BCE on the key phrase (yesno_joint_heads.py)":
+                                     lambda tr, te: train_and_score(data, caps, gi, y, tr, te)}),
         "CHOSEN: 4 z-scores + question embedding (LR C=0.3, shipped code)": shipped,
     }
     groupings = ["image", "pair"] if args.groups == "both" else [args.groups]
