@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from yesno_joint_heads import caption_rows, train_and_score  # noqa: E402
+from yesno_joint_heads import train_and_score  # noqa: E402
 
 DEFAULT_QA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vqa-coco-yesno-train" / "qa.jsonl"
 if not DEFAULT_QA.is_file():
@@ -40,82 +40,88 @@ def read_rows(qa: Path) -> list[dict]:
     return rows
 
 
-def encode(rows: list[dict], cache: Path | None) -> dict:
-    """Everything the attempts need, computed once: image embeddings (default, ConSE), ImageNet class probabilities,
-    question / key-phrase / statement embeddings."""
-    import torch
-
-    from polymodal.models.conse import conse_embedding
-    from polymodal.models.yesno import YesNoModel, _empty_state, _normalize, question_to_statement
-
-    images = sorted({r["path"] for r in rows})
-    if cache and cache.is_file():
-        data = dict(np.load(cache, allow_pickle=False))
-        if list(data["images"]) == images and "image_pooled" in data:
-            return data
-    torch.set_num_threads(1)
-    model = YesNoModel(_empty_state())
-    base = model.base
-    emb = {"default": [], "conse": [], "probs": [], "pooled": []}
-    with torch.inference_mode():
-        for i in range(0, len(images), 32):
-            pixels = torch.from_numpy(base.transform(images[i : i + 32]))
-            pooled = base.image_tower.pooled(pixels).float()
-            logits = base.image_tower.net._fc(pooled)
-            emb["default"].append(_normalize(base.image_from_cache(pooled).numpy()))
-            emb["conse"].append(_normalize(conse_embedding(logits, base.class_matrix).numpy()))
-            emb["probs"].append(logits.softmax(-1).numpy())
-            emb["pooled"].append(pooled.numpy())
-            print(f"encoded {i + len(pixels)}/{len(images)} images", file=sys.stderr, flush=True)
-        questions = [r["question"] for r in rows]
-        q = model.encode_questions(questions)
-        statements = [question_to_statement(t)[0] for t in questions]
-        s_raw = base.text_tower(statements)
-        s_def = _normalize(base.text_head(s_raw).numpy())
-        class_matrix = base.class_matrix.numpy()
-    data = {"images": np.array(images), "image_default": np.concatenate(emb["default"]),
-            "image_conse": np.concatenate(emb["conse"]), "image_probs": np.concatenate(emb["probs"]),
-            "image_pooled": np.concatenate(emb["pooled"]),
-            "q_raw": q["question"], "k_def": q["default"], "k_raw": q["conse"],
-            "s_def": s_def, "s_raw": _normalize(s_raw.numpy()),
-            "class_matrix": class_matrix}
-    if cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, **data)
-    return data
-
-
-def encode_captions(files: list[Path], cache: Path | None) -> dict:
-    """Caption pairs for the joint-heads attempt: pooled tower features and ConSE per image, MiniLM per caption."""
-    import torch
-
-    from polymodal.models.conse import conse_embedding
-    from polymodal.models.yesno import YesNoModel, _empty_state, _normalize
-
-    pairs = caption_rows(files)
-    images = sorted({p for p, _ in pairs})
+def cached(cache: Path | None, images: list[str], compute) -> dict:
+    """compute() -> arrays (with "images"), loaded from `cache` instead when it holds the same images."""
     if cache and cache.is_file():
         data = dict(np.load(cache, allow_pickle=False))
         if list(data["images"]) == images:
             return data
-    torch.set_num_threads(1)
-    base = YesNoModel(_empty_state()).base
-    pooled, conse = [], []
-    with torch.inference_mode():
-        for i in range(0, len(images), 32):
-            p = base.image_tower.pooled(torch.from_numpy(base.transform(images[i : i + 32]))).float()
-            pooled.append(p.numpy())
-            conse.append(_normalize(conse_embedding(base.image_tower.net._fc(p), base.class_matrix).numpy()))
-            print(f"encoded {i + len(p)}/{len(images)} caption images", file=sys.stderr, flush=True)
-        texts = [c for _, c in pairs]
-        text = np.concatenate([_normalize(base.text_tower(texts[i : i + 256]).numpy()) for i in range(0, len(texts), 256)])
-    index = {p: i for i, p in enumerate(images)}
-    data = {"images": np.array(images), "pooled": np.concatenate(pooled), "conse": np.concatenate(conse),
-            "text": text, "image": np.array([index[p] for p, _ in pairs])}
+    data = compute()
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, **data)
     return data
+
+
+def image_features(base, paths: list[str], what: str) -> dict:
+    """Tower outputs per image: pooled [N, 1280], default and ConSE embeddings, ImageNet class probabilities."""
+    import torch
+
+    from polymodal.models.conse import conse_embedding
+    from polymodal.models.yesno import _normalize
+
+    out = {"pooled": [], "default": [], "conse": [], "probs": []}
+    with torch.inference_mode():
+        for i in range(0, len(paths), 32):
+            pooled = base.image_tower.pooled(torch.from_numpy(base.transform(paths[i : i + 32]))).float()
+            logits = base.image_tower.net._fc(pooled)
+            out["pooled"].append(pooled.numpy())
+            out["default"].append(_normalize(base.image_from_cache(pooled).numpy()))
+            out["conse"].append(_normalize(conse_embedding(logits, base.class_matrix).numpy()))
+            out["probs"].append(logits.softmax(-1).numpy())
+            print(f"encoded {i + len(pooled)}/{len(paths)} {what}", file=sys.stderr, flush=True)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def encode(rows: list[dict], cache: Path | None) -> dict:
+    """Everything the attempts need, computed once: image embeddings (default, ConSE), pooled tower features,
+    ImageNet class probabilities, question / key-phrase / statement embeddings."""
+
+    def compute() -> dict:
+        import torch
+
+        from polymodal.models.yesno import YesNoModel, _empty_state, _normalize, question_to_statement
+
+        torch.set_num_threads(1)
+        model = YesNoModel(_empty_state())
+        base = model.base
+        f = image_features(base, images, "images")
+        questions = [r["question"] for r in rows]
+        with torch.inference_mode():
+            q = model.encode_questions(questions)
+            s_raw = base.text_tower([question_to_statement(t)[0] for t in questions])
+            s_def = _normalize(base.text_head(s_raw).numpy())
+        return {"images": np.array(images), "image_default": f["default"], "image_conse": f["conse"],
+                "image_probs": f["probs"], "image_pooled": f["pooled"],
+                "q_raw": q["question"], "k_def": q["default"], "k_raw": q["conse"],
+                "s_def": s_def, "s_raw": _normalize(s_raw.numpy()), "class_matrix": base.class_matrix.numpy()}
+
+    images = sorted({r["path"] for r in rows})
+    return cached(cache, images, compute)
+
+
+def encode_captions(files: list[Path], cache: Path | None) -> dict:
+    """Caption pairs for the joint-heads attempt: pooled tower features and ConSE per image, MiniLM per caption."""
+    from polymodal.data.pairs import read_pair_source
+
+    sets = [read_pair_source(f) for f in files]
+    images = [str(Path(p).resolve()) for ps in sets for p in ps.images]
+    owner = np.concatenate([ps.caption_image + sum(len(x.images) for x in sets[:k]) for k, ps in enumerate(sets)])
+    texts = [c for ps in sets for c in ps.captions]
+
+    def compute() -> dict:
+        import torch
+
+        from polymodal.models.yesno import YesNoModel, _empty_state, _normalize
+
+        torch.set_num_threads(1)
+        base = YesNoModel(_empty_state()).base
+        f = image_features(base, images, "caption images")
+        with torch.inference_mode():
+            text = np.concatenate([_normalize(base.text_tower(texts[i : i + 256]).numpy()) for i in range(0, len(texts), 256)])
+        return {"images": np.array(images), "pooled": f["pooled"], "conse": f["conse"], "text": text, "image": owner}
+
+    return cached(cache, images, compute)
 
 
 def pair_groups(rows: list[dict], image_index: np.ndarray) -> np.ndarray:
@@ -162,7 +168,7 @@ def main() -> int:
         return 2
     rows = read_rows(args.qa)
     digest = hashlib.sha256(args.qa.read_bytes()).hexdigest()[:12]
-    data = encode(rows, args.cache or cache_dir() / f"coco-yesno-bench-{digest}.npz")
+    data = encode(rows, args.cache or cache_dir() / f"coco-yesno-bench-v2-{digest}.npz")
     captions = [f for f in args.captions if f.is_file()]
     caps = None
     if captions:

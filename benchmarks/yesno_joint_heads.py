@@ -15,19 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def caption_rows(files: list) -> list[tuple[str, str]]:
-    """(absolute image path, caption) from pair files {"image", "caption"} (image relative to the file)."""
-    import json
-
-    out = []
-    for f in files:
-        for line in f.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                out.append((str((f.parent / r["image"]).resolve()), r["caption"]))
-    return out
-
-
 def train_and_score(data: dict, caps: dict, gi: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray,
                     steps: int = 400, lam: float = 1.0, seed: int = 0) -> np.ndarray:
     """p(yes) for rows ``te`` after training on rows ``tr`` plus all caption pairs. ``data``: image_pooled,
