@@ -4,11 +4,6 @@ fusion encoder on image-caption pairs). `add_parsers(sub, actions)` takes the "t
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from polymodal.errors import PolymodalError
-
 # flag -> (recipe section, type): "train" = TrainConfig, "arch" = FusionEncoderConfig, "" = the recipe itself
 PRETRAIN_FLAGS = {
     "epochs": ("train", int), "lr": ("train", float), "weight_decay": ("train", float),
@@ -22,15 +17,11 @@ PRETRAIN_FLAGS = {
 
 
 def cmd_train_pretrain(args) -> int:
-    from polymodal.cli_train import recipe_settings
+    from polymodal.cli_train import recipe_settings, run_recipe
     from polymodal.train.pretrain import PretrainRecipe, train_pretrain
 
     settings = recipe_settings(args, ("pairs", "val_pairs", "out", "model"), PRETRAIN_FLAGS)
-    if not settings.get("pairs") or not settings.get("out"):
-        raise PolymodalError("pass --pairs FILE.jsonl and --out RUN_DIR (or put them in --config)")
-    result = train_pretrain(PretrainRecipe.from_dict(settings), resume=args.resume, progress=not args.quiet)
-    print(json.dumps({"out": settings["out"], "model": str(Path(settings["out"]) / "model"), "best": result}))
-    return 0
+    return run_recipe(args, settings, "pairs", PretrainRecipe, train_pretrain)
 
 
 def add_parsers(sub, actions: dict) -> None:

@@ -58,15 +58,20 @@ def recipe_settings(args, paths: tuple[str, ...], flags: dict) -> dict:
     return settings
 
 
+def run_recipe(args, settings: dict, data: str, recipe_cls, train) -> int:
+    """Check that the recipe names its data (`data`: 'pairs' or 'qa') and run folder, train, print one JSON line."""
+    if not settings.get(data) or not settings.get("out"):
+        raise PolymodalError(f"pass --{data} FILE and --out RUN_DIR (or put them in --config)")
+    result = train(recipe_cls.from_dict(settings), resume=args.resume, progress=not args.quiet)
+    print(json.dumps({"out": settings["out"], "model": str(Path(settings["out"]) / "model"), "best": result}))
+    return 0
+
+
 def cmd_train_contrastive(args) -> int:
     from polymodal.train.contrastive import ContrastiveRecipe, train_contrastive
 
     settings = recipe_settings(args, ("pairs", "val_pairs", "out", "model"), TRAIN_FLAGS)
-    if not settings.get("pairs") or not settings.get("out"):
-        raise PolymodalError("pass --pairs FILE and --out RUN_DIR (or put them in --config)")
-    result = train_contrastive(ContrastiveRecipe.from_dict(settings), resume=args.resume, progress=not args.quiet)
-    print(json.dumps({"out": settings["out"], "model": str(Path(settings["out"]) / "model"), "best": result}))
-    return 0
+    return run_recipe(args, settings, "pairs", ContrastiveRecipe, train_contrastive)
 
 
 def cmd_eval_retrieval(args) -> int:

@@ -5,7 +5,6 @@ eval.vqa. `add_parsers(sub, actions)` takes the subcommand action and the "train
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from polymodal.errors import PolymodalError
 
@@ -59,7 +58,7 @@ def cmd_vqa(args) -> int:
 
 
 def cmd_train_vqa(args) -> int:
-    from polymodal.cli_train import recipe_settings
+    from polymodal.cli_train import recipe_settings, run_recipe
     from polymodal.train.vqa import VQARecipe, train_vqa
 
     settings = recipe_settings(args, ("qa", "val_qa", "out", "model"), VQA_FLAGS)
@@ -69,11 +68,7 @@ def cmd_train_vqa(args) -> int:
         settings["new_head"] = True
     if args.freeze:
         settings["freeze"] = [p.strip() for p in args.freeze.split(",") if p.strip()]
-    if not settings.get("qa") or not settings.get("out"):
-        raise PolymodalError("pass --qa FILE.jsonl and --out RUN_DIR (or put them in --config)")
-    result = train_vqa(VQARecipe.from_dict(settings), resume=args.resume, progress=not args.quiet)
-    print(json.dumps({"out": settings["out"], "model": str(Path(settings["out"]) / "model"), "best": result}))
-    return 0
+    return run_recipe(args, settings, "qa", VQARecipe, train_vqa)
 
 
 def cmd_eval_vqa(args) -> int:

@@ -60,3 +60,9 @@ def test_bad_labels_and_templates(lite, gallery):
         lite.classify([gallery / "cat.jpg"], [])
     with pytest.raises(polymodal.PolymodalError, match="template"):
         lite.classify([gallery / "cat.jpg"], ["cat"], templates=["a photo"])
+
+
+@pytest.mark.parametrize("command, needle", [("contrastive", "--pairs"), ("pretrain", "--pairs"), ("vqa", "--qa")])
+def test_train_without_data_names_the_missing_flag(tmp_path, command, needle):
+    assert_one_line_error(run_cli("train", command, "--out", str(tmp_path / "run")), needle, "--out RUN_DIR")
+    assert not (tmp_path / "run").exists()
