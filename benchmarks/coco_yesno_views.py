@@ -90,10 +90,15 @@ def main() -> int:
     if not args.qa.is_file():
         print(f"no QA file at {args.qa}; pass --qa", file=sys.stderr)
         return 2
+    unknown = sorted(set(args.towers.split(",")) - set(TOWERS))
+    if unknown:
+        print(f"unknown tower(s) {', '.join(unknown)}; choose from {', '.join(TOWERS)}", file=sys.stderr)
+        return 2
     rows, data = load_qa(args.qa)
     digest = hashlib.sha256(args.qa.read_bytes()).hexdigest()[:12]
     images = list(data["images"])
-    gi = np.array([images.index(r["path"]) for r in rows])
+    index = {p: i for i, p in enumerate(images)}
+    gi = np.array([index[r["path"]] for r in rows])
     y = np.array([r["answer"] == "yes" for r in rows], dtype=np.int64)
     folds = list(GroupKFold(5, shuffle=True, random_state=0).split(np.zeros(len(rows)), y, gi))
     space = {"default": (data["image_default"], data["k_def"]), "conse": (data["image_conse"], data["k_raw"])}
