@@ -13,7 +13,6 @@ View logits are cached per tower ($POLYMODAL_CACHE/coco-yesno-views-*.npz): lite
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import os
@@ -72,6 +71,8 @@ def view_logits(name: str, images: list[str], cache: Path) -> np.ndarray:
 
 
 def conse(probs: np.ndarray, class_matrix: np.ndarray, k: int = 10) -> np.ndarray:
+    """polymodal.models.conse.conse_embedding for pooled probabilities (it takes logits), normalised, in numpy:
+    its torch float32 softmax moves the figures here by a few rows."""
     top = np.argsort(-probs, 1)[:, :k]
     emb = np.einsum("bk,bkd->bd", np.take_along_axis(probs, top, 1), class_matrix[top])
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
@@ -94,8 +95,7 @@ def main() -> int:
     if unknown:
         print(f"unknown tower(s) {', '.join(unknown)}; choose from {', '.join(TOWERS)}", file=sys.stderr)
         return 2
-    rows, data = load_qa(args.qa)
-    digest = hashlib.sha256(args.qa.read_bytes()).hexdigest()[:12]
+    rows, data, digest = load_qa(args.qa)
     images = list(data["images"])
     index = {p: i for i, p in enumerate(images)}
     gi = np.array([index[r["path"]] for r in rows])
