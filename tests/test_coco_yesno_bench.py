@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from coco_yesno import breakdown, pool_z  # noqa: E402
+from coco_yesno import breakdown, pair_ranking, pool_z  # noqa: E402
 from coco_yesno_views import views  # noqa: E402
 
 
@@ -54,3 +54,13 @@ def test_views_are_whole_mirror_and_five_crops(tmp_path):
     assert v.shape == (7, 3, 32, 32) and v.min() >= -1 and v.max() <= 1
     assert np.allclose(v[1], v[0][:, :, ::-1], atol=0.05)  # the mirror
     assert v[2].mean() > 0.5 and v[3].mean() < -0.5  # top-left crop mostly white, top-right mostly black
+
+
+def test_pair_ranking_counts_only_yes_no_pairs_of_one_phrase_on_different_photos():
+    rows = _rows([("Is this a zoo?", "yes"), ("Could this be zoo?", "no"), ("Is this a zoo?", "no"),
+                  ("Is this a kitchen?", "yes"), ("Is this a kitchen?", "no"), ("Is this a farm?", "yes")])
+    image_index = np.array([0, 1, 2, 3, 3, 4])  # the kitchen rows share a photo: not a pair
+    n, frac = pair_ranking(rows, np.array([0.5, 0.4, 0.9, 1.0, 0.0, 0.0]), image_index)
+    assert n == 2 and frac == 0.5  # zoo yes (0.5) beats no (0.4), loses to no (0.9)
+    n, frac = pair_ranking(rows[5:], np.zeros(1), image_index[5:])
+    assert n == 0 and np.isnan(frac)
