@@ -1,8 +1,11 @@
 """Where polymodal keeps derived files (e.g. class-prompt matrices): $POLYMODAL_CACHE or ~/.cache/polymodal."""
 
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def cache_dir() -> Path:
@@ -14,13 +17,20 @@ def cache_dir() -> Path:
     return path
 
 
+def temp_beside(path: Path) -> tuple[int, str]:
+    """(fd, name) of a new hidden temporary file in `path`'s folder, to be renamed onto `path` once complete."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; the result is an ordinary file other users may read
+    return fd, tmp
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the result is an ordinary shared file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -30,3 +40,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """Build a folder's contents in a hidden sibling; on success it replaces `out` (an old `out` is removed only
+    then), on an error it is removed. A crash or kill never leaves `out` half-written, only a hidden .partial."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    os.chmod(stage, 0o755)  # mkdtemp makes 0700; the result is an ordinary folder
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(stage, out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -177,6 +177,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("polymodal: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a path the user gave cannot be made or written (its parent is a file, no permission, ...)
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+        print(f"polymodal: error: {exc.strerror or exc}{': ' + where if where else ''}; check the path "
+              "(its folder must exist or be creatable, and be writable)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from polymodal.cache import staged_folder
 from polymodal.errors import PolymodalError
 
 
@@ -17,6 +18,7 @@ def cmd_export_onnx(args) -> int:
         raise PolymodalError(f"ONNX export needs the onnx extra ({exc.name} is missing); pip install 'polymodal[onnx]'") from exc
     import polymodal
     from polymodal.export.onnx_export import export_onnx, report_table, validation_set
+    from polymodal.export.runtime import ONNX_CONFIG
     from polymodal.registry import MODELS, onnx_export_dir
 
     if args.val_limit < 2:
@@ -26,6 +28,11 @@ def cmd_export_onnx(args) -> int:
         raise PolymodalError("pass --out DIR: where to write the export of a model given by path")
     if out.exists() and not out.is_dir():
         raise PolymodalError(f"--out {out} is a file; pass a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / ONNX_CONFIG).is_file():
+        # the export replaces the whole folder: never delete files that are not an earlier export's
+        raise PolymodalError(f"--out {out} holds files that are not a polymodal export; pass a new or empty folder")
+    if args.max_drop_points < 0:
+        raise PolymodalError(f"--max-drop-points must be 0 or more, got {args.max_drop_points}")
     variants = _variants(args)
     if args.val_qa:
         return _export_vqa(args, out)
@@ -39,8 +46,9 @@ def cmd_export_onnx(args) -> int:
             print(f"polymodal: {message}", file=sys.stderr, flush=True)
 
     kwargs = {} if variants is None else {"variants": variants}
-    report = export_onnx(model, out, val, max_drop_points=args.max_drop_points, progress=progress,
-                         timing_seconds=args.timing_seconds, **kwargs)
+    with staged_folder(out) as stage:
+        report = export_onnx(model, stage, val, max_drop_points=args.max_drop_points, progress=progress,
+                             timing_seconds=args.timing_seconds, **kwargs)
     if args.json:
         print(json.dumps({"out": str(out), **report}))
     else:
@@ -76,10 +84,11 @@ def _export_vqa(args, out: Path) -> int:
     if not hasattr(model, "vqa_logits"):
         raise PolymodalError(f"{args.model} does not answer questions through a fusion encoder; --val-qa is for "
                              "VQA models such as easy-vqa (embedding models take --val-pairs)")
-    report = export_fusion_onnx(model, out, rows, progress=lambda m: None if args.json else
-                                print(f"polymodal: {m}", file=sys.stderr, flush=True),
-                                max_drop_points=args.max_drop_points, timing_seconds=args.timing_seconds,
-                                variants=_variants(args))
+    with staged_folder(out) as stage:
+        report = export_fusion_onnx(model, stage, rows, progress=lambda m: None if args.json else
+                                    print(f"polymodal: {m}", file=sys.stderr, flush=True),
+                                    max_drop_points=args.max_drop_points, timing_seconds=args.timing_seconds,
+                                    variants=_variants(args))
     print(json.dumps({"out": str(out), **report}) if args.json else json.dumps(report, indent=2))
     return 0
 

@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import tarfile
-import tempfile
 import threading
 import zlib
 from collections import OrderedDict
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from polymodal.cache import temp_beside
 from polymodal.data.augment import Augment, make_rng
 from polymodal.data.images import IMAGE_EXTENSIONS, ImageTransform, load_image
 from polymodal.errors import PolymodalError
@@ -225,7 +225,7 @@ def write_shards(
     for s in range(n_shards):
         final = out_dir / f"{prefix}-{s:0{shard_width}d}.tar"
         chunk = samples[s * samples_per_shard : (s + 1) * samples_per_shard]
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{final.name}.", suffix=".tmp")
+        fd, tmp = temp_beside(final)
         try:
             with os.fdopen(fd, "wb") as f:
                 with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:

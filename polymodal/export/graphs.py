@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from polymodal.cache import temp_beside
 from polymodal.errors import PolymodalError
 
 OPSET = 17
@@ -89,7 +89,7 @@ def export_graph(graph: nn.Module, example: tuple[torch.Tensor, ...], names: lis
     axes[output] = {0: "batch"}
     axes.update(token_axes or {})
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     os.close(fd)
     try:
         with torch.no_grad(), warnings.catch_warnings():

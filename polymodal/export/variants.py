@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+
+from polymodal.cache import temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ VARIANTS = ("int8_dynamic", "int8_static", "bf16")
 
 
 def _atomic(build: Callable[[str], None], out: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(out)
     os.close(fd)
     logging.disable(logging.WARNING)  # the quantizer logs a warning per LayerNorm weight: noise for the user
     try:

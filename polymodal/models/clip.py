@@ -135,7 +135,7 @@ def load_tokenizer(folder: str | Path):
     if not folder.is_dir() or not _has_tokenizer(folder):
         raise PolymodalError(
             f"no CLIP tokenizer in {folder}: expected vocab.json + merges.txt or tokenizer.json; "
-            "pass tokenizer=FOLDER (CLI: --tokenizer FOLDER) with those files"
+            "put those files beside the checkpoint (in Python, load_clip(..., tokenizer=FOLDER) also takes them)"
         )
     try:
         if (folder / "tokenizer_config.json").is_file():
@@ -219,6 +219,13 @@ def read_state_dict(file: str | Path) -> dict:
     return {k.removeprefix("module."): v for k, v in sd.items()}  # DataParallel/DDP prefix
 
 
+def _first_line(exc: Exception) -> str:
+    """torch's unpickling errors run to a page of advice about weights_only; say what failed in a few words."""
+    if "Weights only load failed" in str(exc):
+        return "it holds Python objects besides tensors, which are not unpickled for safety"
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _torch_load(file: Path):
     try:
         with warnings.catch_warnings():
@@ -226,9 +233,9 @@ def _torch_load(file: Path):
             return torch.load(file, map_location="cpu", weights_only=True)
     except RuntimeError as exc:
         if "TorchScript" not in str(exc):
-            raise PolymodalError(f"cannot read {file} as a torch checkpoint ({exc}); {EXPECTED}") from exc
+            raise PolymodalError(f"cannot read {file} as a torch checkpoint ({_first_line(exc)}); {EXPECTED}") from exc
     except Exception as exc:  # unpickling errors come in many types
-        raise PolymodalError(f"cannot read {file} as a torch checkpoint ({exc}); {EXPECTED}") from exc
+        raise PolymodalError(f"cannot read {file} as a torch checkpoint ({_first_line(exc)}); {EXPECTED}") from exc
     # OpenAI's original .pt files are TorchScript archives: take their weights only.
     try:
         with warnings.catch_warnings():
@@ -277,8 +284,8 @@ def load_openai_clip(
     tok_dir = Path(tokenizer).expanduser() if tokenizer is not None else file.parent
     if tokenizer is None and not _has_tokenizer(tok_dir):
         raise PolymodalError(
-            f"{file.name} has no tokenizer and none lies beside it; pass tokenizer=FOLDER "
-            "(CLI: --tokenizer FOLDER), a folder with CLIP's vocab.json + merges.txt or tokenizer.json"
+            f"{file.name} has no tokenizer and none lies beside it; put CLIP's vocab.json + merges.txt or "
+            "tokenizer.json in its folder (in Python, load_clip(..., tokenizer=FOLDER) also takes them)"
         )
     tok = load_tokenizer(tok_dir)
     model = build_hf_clip(sd, vision_heads=vision_heads, text_heads=text_heads, hidden_act=hidden_act,
