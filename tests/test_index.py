@@ -210,6 +210,17 @@ def test_missing_index(tmp_path: Path) -> None:
     assert not index.exists() and not (tmp_path / "nope").exists()
 
 
+def test_an_index_still_being_built_is_not_called_missing(tmp_path: Path) -> None:
+    index = ImageIndex(tmp_path / "coming")
+    (tmp_path / "coming").mkdir()
+    with FileLock(str(index.lock_path)):  # another writer's first update: lock taken, no tables yet
+        with pytest.raises(PolymodalError, match="being built by another process") as err:
+            index.search_text(FakeModel(), "red")
+    assert "\n" not in str(err.value)
+    with pytest.raises(PolymodalError, match="no index at"):  # the writer gave up: now it is missing
+        index.search_text(FakeModel(), "red")
+
+
 def test_other_model_is_refused(built) -> None:
     index, photos = built
     for other in (FakeModel(version="2"), FakeModel(dim=16)):

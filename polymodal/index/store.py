@@ -344,6 +344,13 @@ class ImageIndex:
             )
 
     def _missing(self) -> PolymodalError:
+        if self.lock_path.is_file():
+            try:
+                with FileLock(str(self.lock_path), timeout=0):
+                    pass
+            except Timeout:  # a first `polymodal index` is still running: the index is coming, not absent
+                return PolymodalError(f"index {self.db} is being built by another process and holds no images yet; "
+                                      "search again when it finishes")
         return PolymodalError(f"no index at {self.db}; build one with `polymodal index DIR --db {self.db}`")
 
     # -- FAISS -----------------------------------------------------------------
