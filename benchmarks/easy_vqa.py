@@ -95,7 +95,7 @@ def main(argv=None) -> int:
             "arch": {"name": "easy-vqa", "fusion": fusion, "fusion_options": json.loads(args.fusion_options),
                      "dim": args.dim, "pixel_patches": args.pixel_patches},
         })
-        best = train_vqa(recipe, progress=False)
+        best = train_vqa(recipe, progress=False, overwrite=True)  # a rerun replaces its own earlier runs
         model = load_fusion_encoder(out / fusion / "model")
         t_eval = time.perf_counter()
         test = vqa_accuracy(model, test_rows)

@@ -233,7 +233,7 @@ def run_fusion(data: Prepared, fusion: str, arch: dict, epochs: int, args, out: 
         "epochs": epochs, "lr": RECIPE["lr"], "patience": RECIPE["patience"], "seed": args.seed,
         "arch": {**arch, "name": f"{data.name}-{fusion}", "fusion": fusion},
     })
-    best = train_vqa(recipe, progress=progress)
+    best = train_vqa(recipe, progress=progress, overwrite=True)  # a rerun replaces its own earlier runs
     model = load_fusion_encoder(run / "model")
     test = vqa_accuracy(model, read_qa(data.test))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     for name in wanted:
         recipe = PretrainRecipe.from_dict({**base, **runs[name], "out": str(out_root / name)})
         objectives = dict(recipe.objectives)
-        result = train_pretrain(recipe, progress=False)
+        result = train_pretrain(recipe, progress=False, overwrite=True)  # a rerun replaces its own earlier runs
         model = load_fusion_encoder(out_root / name / "model")
         if held_out is None:  # the held-out split, features and mined negatives (all from the cache)
             _, val_pairs = split_pairs_by_image(read_pairs([args.pairs]), 0.1, 0)

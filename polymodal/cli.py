@@ -11,6 +11,7 @@ from dataclasses import asdict
 from polymodal.cli_options import add_precision
 from polymodal.data.images import IMAGE_EXTENSIONS
 from polymodal.errors import PolymodalError
+from polymodal.registry import require_embedding
 
 
 def _print_json(obj) -> None:
@@ -33,7 +34,8 @@ def cmd_index(args) -> int:
     files, _ = scan_images(args.folder)  # a missing or empty folder fails here, before the model loads
     if not files:
         raise PolymodalError(f"no images under {args.folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    model = polymodal.load(args.model, precision=args.precision)
+    # a model that cannot embed is refused here, before the index folder is created
+    model = require_embedding(polymodal.load(args.model, precision=args.precision), args.model)
     index = ImageIndex(args.db)
     report = index.update(args.folder, model, progress=not args.json, batch_size=args.batch_size)
     info = index.info()
@@ -52,10 +54,13 @@ def cmd_search(args) -> int:
 
     if (args.query is None) == (args.image is None):
         raise PolymodalError('pass either a text query or --image FILE, e.g. polymodal search --db DB "a dog"')
+    if args.query is not None and not args.query.strip():
+        raise PolymodalError('the text query is empty; pass some words, e.g. polymodal search --db DB "a dog"')
     if args.k < 1:
         raise PolymodalError(f"-k must be at least 1, got {args.k}")
     index = ImageIndex(args.db)
-    model = polymodal.load(args.model or index.info()["model_name"], precision=args.precision)
+    name = args.model or index.info()["model_name"]
+    model = require_embedding(polymodal.load(name, precision=args.precision), name)
     if args.image is not None:
         hits = index.search_image(model, args.image, args.k)
     else:
@@ -70,9 +75,11 @@ def cmd_search(args) -> int:
 def cmd_classify(args) -> int:
     import polymodal
 
+    if args.top_k is not None and args.top_k < 1:
+        raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     templates = args.template or None
-    model = polymodal.load(args.model)
+    model = require_embedding(polymodal.load(args.model), args.model)
     results = model.classify(args.images, labels, templates=templates, top_k=args.top_k)
     if args.json:
         _print_json(

@@ -9,3 +9,11 @@ def add_precision(parser) -> None:
         help="image inference precision for the PyTorch runtime: bf16 runs a frozen bf16 graph of the "
         "EfficientNet-Lite0 tower, several times faster on CPUs with bf16 instructions (default fp32)",
     )
+
+
+def add_run_options(parser) -> None:
+    """--resume / --overwrite / --quiet of a training command (polymodal.cli_train.run_recipe reads them)."""
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out (its checkpoint, model, metrics and TensorBoard logs)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")

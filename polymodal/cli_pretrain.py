@@ -4,6 +4,8 @@ fusion encoder on image-caption pairs). `add_parsers(sub, actions)` takes the "t
 
 from __future__ import annotations
 
+from polymodal.cli_options import add_run_options
+
 # flag -> (recipe section, type): "train" = TrainConfig, "arch" = FusionEncoderConfig, "" = the recipe itself
 PRETRAIN_FLAGS = {
     "epochs": ("train", int), "lr": ("train", float), "weight_decay": ("train", float),
@@ -35,8 +37,7 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
     s.add_argument("--fusion-options", help='JSON options for the fusion, e.g. \'{"layers": 2}\'')
     s.add_argument("--pixel-patches", action="store_true", help="add raw-pixel patch embeddings to the grid tokens")
-    s.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_options(s)
     helps = {
         "objectives": "weighted objectives, e.g. itm:1,mlm:1,mrm:0.5 (default)",
         "fusion": "fusion module (default co_attention; MLM needs fused text tokens, MRM fused image tokens)",

@@ -44,11 +44,10 @@ def cmd_serve(args) -> int:
 
     sock = _bind(args.host, args.port)  # before the slow model load: a busy port is one line and exit 2
     try:
-        import polymodal
-
         extra = {"threads": args.threads} if args.runtime == "onnx" else {}
-        model = polymodal.load(args.model or info["model_name"], runtime=args.runtime, precision=args.precision, **extra)
-        app = create_app(model, args.db, api_key=args.api_key, settings=settings)
+        # a VQA --model answers /v1/vqa next to the index's own model (create_app loads both)
+        app = create_app(args.model or info["model_name"], args.db, api_key=args.api_key, settings=settings,
+                         runtime=args.runtime, precision=args.precision, **extra)
     except BaseException:
         sock.close()
         raise
@@ -58,7 +57,9 @@ def cmd_serve(args) -> int:
 
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"polymodal: serving {app.state.service.model.key} over {args.db} ({info['count']} images) on "
+    svc = app.state.service
+    vqa = f", answering questions with {svc.vqa_model.key}" if svc.vqa and svc.vqa_model is not svc.model else ""
+    print(f"polymodal: serving {svc.model.key} over {args.db} ({info['count']} images{vqa}) on "
           f"http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops", flush=True)
     config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", timeout_keep_alive=5,
                             server_header=False)
@@ -86,7 +87,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("serve", help="serve an index over HTTP: embed, search, classify, web page (needs [serve])")
-    s.add_argument("--model", default=None, help="built-in name or checkpoint path (default: the index's model)")
+    s.add_argument("--model", default=None, help="built-in name or checkpoint path (default: the index's model); "
+                   "a VQA model (easy-vqa, coco-yesno) answers /v1/vqa while the index's model embeds and searches")
     s.add_argument("--db", required=True, help="index folder built by `polymodal index`")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="onnx: serve the export of --model (`polymodal export onnx`) through onnxruntime, without torch")

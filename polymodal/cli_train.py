@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from polymodal.cli_options import add_precision
+from polymodal.cli_options import add_precision, add_run_options
 from polymodal.errors import PolymodalError
 
 # flag -> (recipe section, key, type); a config file uses the same keys (section "arch" for architecture)
@@ -18,6 +18,8 @@ TRAIN_FLAGS = {
     "batch_size": ("", int), "gradcache_chunk": ("", int), "views": ("", int), "val_fraction": ("", float),
     "workers": ("", int), "zeroshot_labels": ("", str),
 }
+RUN_KEYS = ("resume", "overwrite", "quiet")  # flags that steer the command rather than the recipe
+ARCH_KEYS = ("fusion_options", "pixel_patches", "itm_head")  # architecture flags outside the flag tables
 
 
 def _read_config(path: str) -> dict:
@@ -36,10 +38,25 @@ def _read_config(path: str) -> dict:
 
 def recipe_settings(args, paths: tuple[str, ...], flags: dict) -> dict:
     """The recipe a `train` command runs: --config (JSON/TOML) first, then the given path arguments and every flag
-    the user set (flags: name -> (section, type); section "train", "arch" or "" for the recipe itself)."""
-    settings = _read_config(args.config) if args.config else {}
-    settings.setdefault("arch", {})
-    settings.setdefault("train", {})
+    the user set (flags: name -> (section, type); section "train", "arch" or "" for the recipe itself). The config
+    takes the flags' keys (batch_size or batch-size) at its top level, or in "arch" / "train" sections."""
+    config = _read_config(args.config) if args.config else {}
+    if not isinstance(config, dict):
+        raise PolymodalError(f"config {args.config} must hold settings by name, e.g. {{\"epochs\": 5}}")
+    settings: dict = {"arch": {}, "train": {}}
+    for key, value in config.items():
+        key = key.replace("-", "_")
+        if key in ("arch", "train"):
+            if not isinstance(value, dict):
+                raise PolymodalError(f"{key} in config {args.config} must be a table of settings, got {value!r}")
+            settings[key].update(value)
+        elif key in RUN_KEYS:
+            if not isinstance(value, bool):
+                raise PolymodalError(f"{key} in config {args.config} must be true or false, got {value!r}")
+            setattr(args, key, getattr(args, key, False) or value)  # the flag still wins when given
+        else:
+            section = "arch" if key in ARCH_KEYS else flags.get(key, ("",))[0]
+            (settings[section] if section else settings)[key] = value
     for key in paths:
         if getattr(args, key):
             settings[key] = getattr(args, key)
@@ -59,11 +76,24 @@ def recipe_settings(args, paths: tuple[str, ...], flags: dict) -> dict:
 
 
 def run_recipe(args, settings: dict, data: str, recipe_cls, train) -> int:
-    """Check that the recipe names its data (`data`: 'pairs' or 'qa') and run folder, train, print one JSON line."""
+    """Check that the recipe names its data (`data`: 'pairs' or 'qa') and run folder, train, print one JSON line.
+    The trainer checks the settings and the run folder (--resume / --overwrite) before it writes anything."""
+    from polymodal.train import distributed
+
     if not settings.get(data) or not settings.get("out"):
         raise PolymodalError(f"pass --{data} FILE and --out RUN_DIR (or put them in --config)")
-    result = train(recipe_cls.from_dict(settings), resume=args.resume, progress=not args.quiet)
-    print(json.dumps({"out": settings["out"], "model": str(Path(settings["out"]) / "model"), "best": result}))
+    result = train(recipe_cls.from_dict(settings), resume=args.resume, progress=not args.quiet,
+                   overwrite=getattr(args, "overwrite", False))
+    if not distributed.is_main():  # under torchrun every rank trains; rank 0 reports
+        return 0
+    model = Path(settings["out"]) / "model"
+    line = {"out": settings["out"], "model": str(model) if model.is_dir() else None}
+    if "epoch" in result:  # the best epoch's record
+        line["best"] = result
+    else:
+        line |= {"best": None, "note": "no epoch improved the validation metric (a NaN loss? try a lower --lr)",
+                 **result}
+    print(json.dumps(line))
     return 0
 
 
@@ -78,8 +108,10 @@ def cmd_eval_retrieval(args) -> int:
     import polymodal
     from polymodal.eval.retrieval import read_pairs, retrieval_metrics
 
+    from polymodal.registry import require_embedding
+
     pairs = read_pairs(args.pairs)
-    model = polymodal.load(args.model, precision=args.precision)
+    model = require_embedding(polymodal.load(args.model, precision=args.precision), args.model)
     metrics = retrieval_metrics(model.encode_image(pairs.images), model.encode_text(pairs.captions), pairs.caption_image)
     print(json.dumps({"model": args.model, "precision": args.precision, "images": len(pairs.images), "captions": len(pairs.captions), **metrics}))
     return 0
@@ -112,8 +144,7 @@ def add_parsers(sub) -> dict:
     s.add_argument("--out", help="run folder: model/, checkpoint.pt, metrics.jsonl, tensorboard/")
     s.add_argument("--model", help="'lite' (default: new heads over the lite towers) or a trained model folder")
     s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
-    s.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_options(s)
     for key, (_, typ) in TRAIN_FLAGS.items():
         s.add_argument("--" + key.replace("_", "-"), type=typ, default=None)
     s.set_defaults(func=cmd_train_contrastive)

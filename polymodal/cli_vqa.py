@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from polymodal.cli_options import add_run_options
 from polymodal.errors import PolymodalError
 
 # flag -> (recipe section, type): "train" = TrainConfig, "arch" = FusionEncoderConfig, "" = the recipe itself
@@ -21,12 +22,9 @@ VQA_FLAGS = {
 
 def _load_vqa_model(name: str, runtime: str = "torch"):
     import polymodal
+    from polymodal.registry import require_vqa
 
-    model = polymodal.load(name, runtime=runtime)
-    if not getattr(model, "answers_questions", False) and not hasattr(model, "vqa_logits"):
-        raise PolymodalError(f"model {name!r} does not answer questions; pass --model easy-vqa or a folder "
-                             "written by `polymodal train vqa`")
-    return model
+    return require_vqa(polymodal.load(name, runtime=runtime), name)
 
 
 def cmd_vqa(args) -> int:
@@ -105,8 +103,7 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--fusion-options", help='JSON options for the fusion, e.g. \'{"layers": 2}\'')
     s.add_argument("--pixel-patches", action="store_true", help="add raw-pixel patch embeddings to the grid tokens")
     s.add_argument("--itm-head", action="store_true", help="add an image-text matching head (train with --itm-weight)")
-    s.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_options(s)
     for key, (_, typ) in VQA_FLAGS.items():
         s.add_argument("--" + key.replace("_", "-"), type=typ, default=None)
     s.set_defaults(func=cmd_train_vqa)

@@ -55,6 +55,35 @@ def available_models() -> list[str]:
     return sorted(MODELS)
 
 
+def embeds(model) -> bool:
+    """Maps images and texts into one space (lite, default, CLIP, trained dual encoders and their ONNX exports)."""
+    return callable(getattr(model, "encode_image", None)) and callable(getattr(model, "encode_text", None))
+
+
+def answers(model) -> bool:
+    """Answers questions about an image (easy-vqa, coco-yesno, `polymodal train vqa` folders, their exports)."""
+    return callable(getattr(model, "answer", None))
+
+
+def _require(model, name, can: bool, lacks: str, other: str, use: str):
+    if not can:
+        raise PolymodalError(f"model {str(name or getattr(model, 'name', model))!r}{other} {lacks}; use {use} "
+                             "(polymodal info lists them)")
+    return model
+
+
+def require_embedding(model, name=None):
+    """The model, or one PolymodalError before any work (or any file written) when it cannot embed images."""
+    return _require(model, name, embeds(model), "cannot embed images", " is a VQA model and" if answers(model) else "",
+                    "an embedding model such as 'lite' or 'default'")
+
+
+def require_vqa(model, name=None):
+    """The model, or one PolymodalError when it cannot answer questions (the converse of require_embedding)."""
+    return _require(model, name, answers(model), "does not answer questions",
+                    " is an embedding model and" if embeds(model) else "", "a VQA model such as 'easy-vqa' or 'coco-yesno'")
+
+
 RUNTIMES = ("torch", "onnx")
 
 
@@ -74,7 +103,7 @@ def load(name_or_path: str | Path = "lite", runtime: str = "torch", precision: s
     pass the export folder, or a built-in name exported to its default folder (onnx_export_dir(name)).
 
     ``precision="bf16"`` (PyTorch runtime, models with the EfficientNet-Lite0 image tower): image inference runs a
-    frozen bf16 graph, several times faster on CPUs with bf16 instructions; embeddings match fp32 to cosine ~0.999
+    frozen bf16 graph, several times faster on CPUs with bf16 instructions; embeddings match fp32 to mean cosine ~0.99
     (benchmarks/embed_throughput.py --precision fp32,bf16 measures speed and retrieval recall side by side)."""
     key = str(name_or_path)
     if runtime not in RUNTIMES:

@@ -105,10 +105,9 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     is yes or no, else "other"; a row's own answer_type wins). With ``cache``, image and question features go
     through the on-disk feature cache (image paths only), so a second evaluation costs no tower pass."""
     from polymodal.models.fusion_encoder import FusionEncoder
+    from polymodal.registry import require_vqa
 
-    if not isinstance(model, FusionEncoder) and not getattr(model, "answers_questions", False):
-        raise PolymodalError(f"VQA needs a fusion encoder (e.g. 'easy-vqa' or a `polymodal train vqa` folder), "
-                             f"got {type(model).__name__}")
+    require_vqa(model)
     rows = as_rows(rows)
     if not rows:
         raise PolymodalError("no rows to evaluate")

@@ -2,36 +2,48 @@
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
+from polymodal.data.jsonl import iter_json_rows
 from polymodal.errors import PolymodalError
+from polymodal.registry import require_embedding
+
+log = logging.getLogger(__name__)
+LABELS_FORMAT = 'a JSONL of {"image": path relative to the file, "label": ...} rows'
 
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a close-up photo of a {}.", "a photo of the {}.")
 
 
 def read_labelled_images(path: str | Path) -> tuple[list[Path], list[str]]:
+    """Images (resolved against the file's folder) and their labels. Unusable rows (bad JSON, no image or label,
+    missing image file) are counted and logged like eval retrieval's and eval vqa's; none left is an error."""
     path = Path(path)
     if not path.is_file():
-        raise PolymodalError(f"labels file not found: {path}; pass a JSONL of {{\"image\", \"label\"}} rows")
-    images, labels = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            images.append((path.parent / row["image"]).resolve())
+        raise PolymodalError(f"labels file not found: {path}; pass {LABELS_FORMAT}")
+    images, labels, skipped = [], [], []
+    for where, row, why in iter_json_rows(path, f"pass {LABELS_FORMAT}"):
+        if row is None:
+            skipped.append((where, why))
+        elif row.get("image") in (None, "") or row.get("label") in (None, ""):
+            skipped.append((where, "no image or label"))
+        elif not (path.parent / str(row["image"])).is_file():
+            skipped.append((where, f"image file not found: {row['image']}"))
+        else:
+            images.append((path.parent / str(row["image"])).resolve())
             labels.append(str(row["label"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise PolymodalError(f"{path}:{n}: expected a JSON object with 'image' and 'label'") from exc
+    if skipped:
+        log.warning("%s: skipped %d unusable rows (first: %s: %s)", path, len(skipped), *skipped[0])
     if not images:
-        raise PolymodalError(f"{path} has no rows")
+        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise PolymodalError(f"{path} has no usable rows; {len(skipped)} skipped{first}; pass {LABELS_FORMAT}")
     return images, labels
 
 
 def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, image_emb: np.ndarray | None = None) -> dict:
+    require_embedding(model)
     classes = sorted(set(labels))
     class_emb = model.label_embeddings(classes, templates)
     emb = model.encode_image(images) if image_emb is None else image_emb

@@ -20,8 +20,6 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 class OnnxFusionEncoder:
-    answers_questions = True  # polymodal vqa / eval vqa accept it
-
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
         folder = Path(folder)
         config = read_export_config(folder)

@@ -438,6 +438,11 @@ class FusionEncoder(nn.Module):
         seen = unique_choices(choices)
         inside = [k for k in seen if k in self.answer_index]
         outside = [k for k in seen if k not in self.answer_index]
+        if not inside and self.itm is None:  # every choice would score 0: an answer made of nothing
+            more = f", ... ({len(self.answers)} in all)" if len(self.answers) > 10 else ""
+            known = ", ".join(self.answers[:10]) + more
+            raise PolymodalError(f"model {self.name!r} knows none of the choices ({', '.join(seen.values())}) and has "
+                                 f"no ITM head to score other answers; pass answers it knows, e.g. {known}")
         scores: dict[str, float] = {}
         if not outside:
             idx = torch.tensor([self.answer_index[k] for k in inside])
@@ -450,7 +455,8 @@ class FusionEncoder(nn.Module):
                 match = torch.sigmoid(self.itm_logits(image_inputs, states, mask, torch.zeros(len(outside), dtype=torch.long)))
                 scores.update(zip(outside, match.tolist()))
             else:
-                log.info("no ITM head: candidates outside the answer vocabulary score 0: %s", outside)
+                log.warning("%s has no ITM head to score choices outside its answers; these score 0: %s",
+                            self.name, ", ".join(seen[k] for k in outside))
                 scores.update({k: 0.0 for k in outside})
         order = sorted(seen, key=lambda k: -scores[k])
         return [(seen[k], float(scores[k])) for k in order]

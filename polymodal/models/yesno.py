@@ -107,7 +107,6 @@ class YesNoModel:
     (training key phrases); ``coef`` [4 + 384], ``intercept`` [1]. ``base`` is the loaded `default` dual encoder."""
 
     answers = list(YES_NO)
-    answers_questions = True  # polymodal vqa / eval vqa accept any model that says so (duck typing)
 
     def __init__(self, state: dict[str, np.ndarray], config: dict | None = None, base=None) -> None:
         self.config = dict(config or {})
@@ -200,7 +199,11 @@ class YesNoModel:
         else:
             seen = unique_choices(choices)
             if not set(seen) & set(YES_NO):
-                raise PolymodalError(f"{self.name} answers only yes or no; none of the choices {list(seen.values())} is")
+                raise PolymodalError(f"{self.name} answers only yes or no, and none of the choices "
+                                     f"({', '.join(seen.values())}) is; pass yes and/or no")
+            if set(seen) - set(YES_NO):
+                log.warning("%s answers only yes or no; these choices score 0: %s", self.name,
+                            ", ".join(v for k, v in seen.items() if k not in YES_NO))
             ranked = sorted(((seen[k], scores.get(k, 0.0)) for k in seen), key=lambda kv: -kv[1])
         top = ranked[: max(1, top_k)]
         return {"answer": top[0][0], "score": top[0][1], "alternatives": top}

@@ -7,7 +7,7 @@ Endpoints (JSON in, JSON out; every user error is a 4xx {"error": "..."}):
   POST /v1/embed     {"texts": [...]} | {"images": [base64, ...]} | multipart `image` file(s)  -> vectors
   POST /v1/search    {"text": "...", "k": 10} | {"image": base64, "k": 10} | multipart `image` + `k`  -> hits
   POST /v1/classify  multipart `image` + `labels` (comma-separated) | {"image": base64, "labels": [...]}
-  POST /v1/vqa       multipart `image` + `question` | {"image": base64, "question": "..."}  (models with answer())
+  POST /v1/vqa       multipart `image` + `question` | {"image": base64, "question": "..."}  (with a VQA model)
   POST /v1/index     multipart `image` file(s) to add | {"remove": [ids]}
   GET  /v1/thumb/{id}  a JPEG thumbnail of an indexed image;  GET /v1/info;  GET /healthz;  GET /metrics;  GET /docs
   GET  /             the web page
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from polymodal.errors import PolymodalError
+from polymodal.registry import answers, embeds
 from polymodal.serve.limits import (
     ApiError, ServeSettings, check_k, check_templates, check_texts, open_image_checked,
 )
@@ -62,10 +63,14 @@ def swagger_assets() -> Path | None:
 
 def create_app(
     model: Any, db_path: str | Path, api_key: str | None = None, settings: ServeSettings | None = None,
-    runtime: str = "torch",
+    runtime: str = "torch", vqa_model: Any = None, **load_options,
 ):
     """A FastAPI app serving `model` (a registered name, a checkpoint path, or a loaded model) over the index at
-    `db_path`. A missing index, an unknown model or a model that doesn't match the index raises PolymodalError."""
+    `db_path`. A missing index, an unknown model or a model that doesn't match the index raises PolymodalError.
+
+    /v1/vqa answers with `vqa_model`, or with `model` itself when it answers questions. A VQA model that cannot embed
+    (easy-vqa, coco-yesno) passed as `model` becomes the VQA model, and the index's own model embeds and searches.
+    Names are loaded with polymodal.load(name, runtime=runtime, **load_options)."""
     try:
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
@@ -85,12 +90,19 @@ def create_app(
     from polymodal.serve.page import render_page
 
     settings = settings or ServeSettings()
-    ImageIndex(db_path).info()  # a missing index fails before the (slow) model load
-    if isinstance(model, (str, Path)):
+    index_model = ImageIndex(db_path).info()["model_name"]  # a missing index fails before the (slow) model load
+
+    def load(m):
         import polymodal
 
-        model = polymodal.load(model, runtime=runtime)
-    svc = Service(model, db_path, settings)
+        return polymodal.load(m, runtime=runtime, **load_options) if isinstance(m, (str, Path)) else m
+
+    model, vqa_model = load(model), load(vqa_model)
+    if vqa_model is None and answers(model) and not embeds(model):
+        # an index holds embeddings, which a VQA model cannot make: the index's own model serves it
+        model, vqa_model = load(index_model), model
+    svc = Service(model, db_path, settings, vqa_model=vqa_model)
+    vqa_model = svc.vqa_model  # (not `vqa`: that name is the endpoint below)
     s = settings
 
     @asynccontextmanager
@@ -104,8 +116,9 @@ def create_app(
     app = FastAPI(
         title="polymodal",
         version=_version(),
-        description=f"Embed, search, classify with model `{model.key}` over an image index. "
-        "Errors are JSON `{\"error\": \"...\"}`." + (" Send the API key in the `X-API-Key` header." if api_key else ""),
+        description=f"Embed, search, classify with model `{model.key}` over an image index"
+        + (f"; answer questions with `{vqa_model.key}`. " if vqa_model is not None else ". ")
+        + "Errors are JSON `{\"error\": \"...\"}`." + (" Send the API key in the `X-API-Key` header." if api_key else ""),
         lifespan=lifespan,
         redoc_url=None,
         docs_url=None,  # served below from local files: no CDN, so /docs works offline
@@ -144,7 +157,8 @@ def create_app(
         check_model_field(form.get("model"))
 
     def check_model_field(name) -> None:
-        if name is not None and name not in (model.name, model.key):
+        served = (model.name, model.key) + ((vqa_model.name, vqa_model.key) if vqa_model is not None else ())
+        if name is not None and name not in served:
             raise ApiError(
                 400, f"this server serves model {model.name!r} ({model.key}), not {str(name)[:100]!r}; "
                 f"drop the model field or start a server with --model {str(name)[:100]}"
@@ -339,10 +353,10 @@ def create_app(
         ),
     )
     async def vqa(request: Request):
-        if not svc.vqa:
+        if vqa_model is None:
             raise ApiError(
-                404, f"model {model.name!r} cannot answer questions: it has no answer(image, question) method "
-                "(no VQA head); serve a model with a VQA head to use /v1/vqa",
+                404, f"model {model.name!r} cannot answer questions and this server has no VQA model; start it with "
+                "--model easy-vqa (or another VQA model: the index's own model still embeds and searches)",
             )
         if content_type(request) == "application/json":
             data = await read_json(request, {"image", "question", "choices", "model"}, '{"image": "<base64>", "question": "what is this?"}')
@@ -361,8 +375,8 @@ def create_app(
         if choices is not None:
             choices = check_texts(choices, s.max_labels, 500, "choices")
         image = (await decode(items))[0]
-        answer = await svc.batcher.call(model.answer, image, question, choices)
-        return JSONResponse({"model": model.key, "question": question, "answer": jsonable(answer)})
+        answer = await svc.batcher.call(vqa_model.answer, image, question, choices)
+        return JSONResponse({"model": vqa_model.key, "question": question, "answer": jsonable(answer)})
 
     @app.post(
         "/v1/index",

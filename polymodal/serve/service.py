@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 from polymodal.errors import PolymodalError
 from polymodal.index import ImageIndex
 from polymodal.index.scan import canonical_path
+from polymodal.registry import answers, require_embedding, require_vqa
 from polymodal.serve.batching import BatchedModel, MicroBatcher
 from polymodal.serve.limits import IMAGE_FORMATS, ApiError, ServeSettings, image_suffix, open_image_checked
 from polymodal.serve.metrics import Metrics
@@ -31,10 +32,6 @@ log = logging.getLogger(__name__)
 
 UPLOADS = "uploads"
 ORPHAN_AGE_S = 3600  # an upload batch with no indexed rows older than this is from a crashed add: deleted at start
-
-
-def supports_vqa(model) -> bool:
-    return callable(getattr(model, "answer", None))
 
 
 def preprocesses_outside(model) -> bool:
@@ -52,11 +49,16 @@ def preprocesses_outside(model) -> bool:
 
 
 class Service:
-    def __init__(self, model, db: str | Path, settings: ServeSettings | None = None) -> None:
+    """`model` embeds, searches and classifies over the index; `vqa_model` (default: `model`, if it answers questions)
+    answers /v1/vqa: an index holds embeddings, so a VQA model is served next to the index's own embedding model."""
+
+    def __init__(self, model, db: str | Path, settings: ServeSettings | None = None, vqa_model=None) -> None:
         self.settings = settings or ServeSettings()
         self.index = ImageIndex(db)
+        require_embedding(model)
         self.index.check_model(model)  # also: a missing index raises here, with the command that builds one
         self.model = model
+        self.vqa_model = require_vqa(vqa_model) if vqa_model is not None else model if answers(model) else None
         self.uploads = self.index.db / UPLOADS
         self.metrics = Metrics()
         s = self.settings
@@ -73,7 +75,7 @@ class Service:
 
     @property
     def vqa(self) -> bool:
-        return supports_vqa(self.model)
+        return self.vqa_model is not None
 
     def start(self) -> None:
         self.batcher.start()
@@ -91,7 +93,8 @@ class Service:
     def info(self) -> dict:
         info = self.index.info()
         return {
-            "model": {"name": self.model.name, "key": self.model.key, "dim": self.model.dim, "vqa": self.vqa},
+            "model": {"name": self.model.name, "key": self.model.key, "dim": self.model.dim, "vqa": self.vqa,
+                      "vqa_model": self.vqa_model.key if self.vqa else None},
             "index": {"count": info["count"], "model": info["model"], "updated": info["updated"]},
             "batching": {"enabled": self.batcher.enabled, "max_batch": self.batcher.max_batch,
                          "max_wait_ms": self.batcher.max_wait * 1000},

@@ -24,6 +24,9 @@ from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig, is_dual_encoder_folder, load_dual_encoder
 from polymodal.train import distributed
 from polymodal.train.features import CachedPairDataset, collate_cached, image_features, text_features
+from polymodal.train.guards import (
+    AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
+)
 from polymodal.train.objectives import ContrastiveObjective
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 
@@ -50,7 +53,7 @@ class ContrastiveRecipe:
         d = dict(d)
         arch = DualEncoderConfig.from_dict(d.pop("arch", {}))
         train_keys = set(TrainConfig.__dataclass_fields__)
-        train = TrainConfig(**{k: d.pop(k) for k in list(d) if k in train_keys}, **d.pop("train", {}))
+        train = TrainConfig.from_dict({**d.pop("train", {}), **{k: d.pop(k) for k in list(d) if k in train_keys}})
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise PolymodalError(f"unknown training settings {sorted(unknown)}")
@@ -59,12 +62,28 @@ class ContrastiveRecipe:
                 d[key] = [d[key]]
         return cls(arch=arch, train=train, **d)
 
+    def validate(self) -> None:
+        check_types(self)
+        check_ranges(self, {"batch_size": ("at least 2 (a contrastive batch compares pairs)", lambda v: v >= 2),
+                            "gradcache_chunk": NON_NEGATIVE, "views": AT_LEAST_1, "workers": NON_NEGATIVE,
+                            "val_fraction": FRACTION})
+        self.train.validate()
+        self.arch.validate()
+
+
+def rank_batch_size(images: int, batch_size: int, world: int = 1) -> int:
+    """The batch each rank trains on: batch_size, capped so that every rank gets one full batch (the sampler hands
+    each rank images // world items and the loader drops a last partial batch)."""
+    if images < 2:
+        raise PolymodalError(f"need at least 2 training images, got {images}; add pairs")
+    if images < world:
+        raise PolymodalError(f"{images} training images cannot give each of {world} processes a batch; add pairs or "
+                             "start fewer processes (torchrun --nproc_per_node)")
+    return min(batch_size, images // world)
+
 
 def _read(sources: list[str]) -> PairSet:
-    pairsets = [read_pair_source(s) for s in sources]
-    for ps in pairsets:
-        if ps.skipped:
-            log.warning("%s: %d unreadable rows skipped (first: %s)", ps.source, len(ps.skipped), ps.skipped[0])
+    pairsets = [read_pair_source(s) for s in sources]  # each warns about its unreadable rows
     if len(pairsets) == 1:
         return pairsets[0]
     return PairSet.from_pairs([p for ps in pairsets for p in ps.pairs], [s for ps in pairsets for s in ps.skipped])
@@ -84,8 +103,12 @@ def retrieval_eval(model, image_feats: np.ndarray, text_feats, caption_image: np
     return {prefix + k: v for k, v in m.items()}
 
 
-def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress: bool = True) -> dict:
+def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress: bool = True,
+                      overwrite: bool = False) -> dict:
+    recipe.validate()
     distributed.init_from_env()
+    check_run_folder(recipe.out, resume, overwrite)
+    distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
     set_seed(recipe.train.seed)  # before the heads are initialised: same seed, same run
     train_set = _read(recipe.pairs)
     if recipe.val_pairs:
@@ -108,9 +131,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
                            progress=progress)
     texts = text_features(model, train_set.captions, progress=progress) if model.text_frozen else train_set.captions
     dataset = CachedPairDataset(feats, texts, train_set.caption_image, seed=recipe.train.seed)
-    if len(dataset) < 2:
-        raise PolymodalError(f"need at least 2 training images, got {len(dataset)}")
-    batch = min(recipe.batch_size, len(dataset))
+    batch = rank_batch_size(len(dataset), recipe.batch_size, distributed.world_size())
     # The order of epoch e depends only on (seed, e), so a resumed run sees the batches the straight run saw.
     # DistributedSampler does exactly that, and also shards the data when torchrun starts several ranks.
     sampler = DistributedSampler(dataset, num_replicas=distributed.world_size(), rank=distributed.rank(),
@@ -132,7 +153,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     trainer = Trainer(model, {"contrastive": (objective, 1.0, loader)}, recipe.train, recipe.out, eval_fn, progress)
     out = Path(recipe.out)
     if distributed.is_main():
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_run_folder(out, overwrite)
         settings = asdict(recipe) | {"train_images": len(train_set.images), "val_images": len(val_set.images) if val_set else 0}
         atomic_write_bytes(out / "train_config.json", json.dumps(settings, indent=2).encode())
     best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"))

@@ -7,8 +7,14 @@ from pathlib import Path
 from polymodal.errors import PolymodalError
 from polymodal.train.metrics import read_metrics
 
+FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "tif", "tiff", "webp", "eps", "ps")  # what matplotlib's Agg writes
+
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    out = Path(out) if out else Path(run_dir) / "curves.png"
+    if out.suffix.lower().lstrip(".") not in FORMATS:
+        raise PolymodalError(f"cannot plot to {out}: the file name must end in one of .{', .'.join(FORMATS)} "
+                             "(e.g. --out curves.png)")
     records = read_metrics(Path(run_dir))
     if not records:
         raise PolymodalError(f"no metrics.jsonl in {run_dir}; pass a folder written by `polymodal train`")
@@ -34,7 +40,6 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle(str(run_dir))
     fig.tight_layout()
-    out = Path(out) if out else Path(run_dir) / "curves.png"
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

@@ -49,6 +49,9 @@ from polymodal.data.pairs import PairSet, read_pair_source
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig, is_fusion_encoder_folder, load_fusion_encoder
 from polymodal.train.features import _load_cached, _store
+from polymodal.train.guards import (
+    FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
+)
 from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatch
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa import EpochShuffle, grid_features
@@ -124,10 +127,13 @@ class PretrainRecipe:
                 d[key] = [d[key]]
         if "objectives" in d:
             d["objectives"] = parse_objectives(d["objectives"])
-        return cls(arch=arch, train=TrainConfig(**train), **d)
+        return cls(arch=arch, train=TrainConfig.from_dict(train), **d)
 
     def validate(self) -> None:
         self.objectives = parse_objectives(self.objectives)
+        check_types(self)
+        check_ranges(self, {"workers": NON_NEGATIVE, "val_fraction": FRACTION})
+        self.train.validate()
         if not 0 < self.mlm_rate <= 1 or not 0 < self.mrm_rate <= 1:
             raise PolymodalError("mlm_rate and mrm_rate must be in (0, 1]")
         if not 0 <= self.hard_fraction <= 1:
@@ -409,7 +415,6 @@ class CaptionRows(Dataset):
     def _negatives(self, captions: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(a negative caption for each caption's image, a negative image for each caption): each one hard
         (from the mined lists) with probability ``self.hard``, else uniform over the non-matching ones."""
-        d, owner = self.data, self.data.pairs.caption_image
         if self.hard >= 1:
             return self._hard(captions, rng)
         neg_caption, neg_image = self._uniform(captions, rng)
@@ -562,10 +567,12 @@ def build_model(recipe: PretrainRecipe) -> FusionEncoder:
     return model
 
 
-def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool = True) -> dict:
+def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool = True,
+                   overwrite: bool = False) -> dict:
     """Pretrain (or continue pretraining) a fusion encoder; returns the best validation metrics plus timings."""
     t_start = time.perf_counter()
     recipe.validate()
+    check_run_folder(recipe.out, resume, overwrite)
     set_seed(recipe.train.seed)
     pairs = read_pairs(recipe.pairs)
     if recipe.val_pairs:
@@ -600,12 +607,11 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
         sets = evaluation_sets(val, names, seed, recipe.mrm_rate, recipe.zero_images)
         eval_fn = lambda m: evaluate(m, sets, recipe.objectives)  # noqa: E731
 
-    out = Path(recipe.out)
-    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(model, loaders, recipe.train, recipe.out, eval_fn, progress)  # refuses an empty epoch
+    out = prepare_run_folder(recipe.out, overwrite)
     settings = asdict(recipe) | {"train_captions": len(train_pairs), "train_images": len(train_pairs.images),
                                  "val_captions": len(val_pairs) if val_pairs else 0}
     atomic_write_bytes(out / "train_config.json", json.dumps(settings, indent=2, default=str).encode())
-    trainer = Trainer(model, loaders, recipe.train, out, eval_fn, progress)
     best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"))
     if val is None:
         model.save(out / "model")

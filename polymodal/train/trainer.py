@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
+from polymodal.train.guards import AT_LEAST_1, NON_NEGATIVE, POSITIVE, check_ranges, check_types
 from polymodal.train.metrics import MetricsLogger
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,22 @@ class TrainConfig:
     unfreeze_every: int = 0  # progressive unfreezing: one more image block every N epochs (0: off)
     log_every: int = 10
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise PolymodalError(f"unknown train settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        check_types(self)
+        check_ranges(self, {
+            "epochs": AT_LEAST_1, "lr": POSITIVE, "tower_lr_scale": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
+            "warmup_steps": NON_NEGATIVE, "grad_clip": NON_NEGATIVE, "patience": NON_NEGATIVE,
+            "unfreeze_every": NON_NEGATIVE, "log_every": AT_LEAST_1,
+            "seed": ("in 0..2**32-1", lambda v: 0 <= v < 2**32),  # numpy's seed range
+        })
+
 
 def set_seed(seed: int) -> None:
     random.seed(seed)
@@ -73,6 +90,7 @@ class Trainer:
                  eval_fn: Callable | None = None, progress: bool = True) -> None:
         if not objectives:
             raise PolymodalError("no training objectives given")
+        config.validate()
         self.model, self.objectives, self.cfg = model, objectives, config
         self.out = Path(out_dir)
         self.eval_fn, self.progress = eval_fn, progress
@@ -89,9 +107,13 @@ class Trainer:
             lr=config.lr,
         )
         self.steps_per_epoch = max(len(loader) for _, _, loader in objectives.values())
+        if self.steps_per_epoch == 0:  # an epoch without a step would "finish" and save an untrained model
+            raise PolymodalError("the training data gives no batch (too few rows for the batch size); add data or "
+                                 "lower --batch-size")
         total = self.steps_per_epoch * config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(config.warmup_steps, total))
         self.step, self.epoch, self.best, self.bad_epochs = 0, 0, -math.inf, 0
+        self.best_metrics: dict = {}  # the record of the best epoch so far (kept in the checkpoint)
         self.history: list[dict] = []
 
     # -- progressive unfreezing ------------------------------------------------------
@@ -119,6 +141,7 @@ class Trainer:
             "model": self.model.trained_state() if hasattr(self.model, "trained_state") else self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "step": self.step, "epoch": self.epoch, "best": self.best, "bad_epochs": self.bad_epochs,
+            "best_metrics": self.best_metrics,
             "config": asdict(self.cfg), "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
         }
@@ -134,25 +157,30 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.best, self.bad_epochs = state["step"], state["epoch"], state["best"], state["bad_epochs"]
+        self.best_metrics = state.get("best_metrics", {})  # older checkpoints did not keep it
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self, resume: bool = False, on_best: Callable | None = None) -> dict:
-        """Train; returns the best validation metrics. on_best(model) runs whenever validation improves."""
+        """Train; returns the record of the best epoch ({} when none improved: a NaN metric, or a resumed older
+        checkpoint). on_best(model) runs whenever validation improves."""
         from polymodal.train import distributed
 
+        if resume:
+            self.load_checkpoint()
+            if self.epoch >= self.cfg.epochs:  # nothing left to train: refuse rather than report it as a run
+                raise PolymodalError(f"the run in {self.out} already trained {self.epoch} epochs; pass --epochs "
+                                     f"{self.epoch + 1} or more to continue it")
+            log.info("resumed at epoch %d, step %d", self.epoch, self.step)
+        else:
+            set_seed(self.cfg.seed)
         self.out.mkdir(parents=True, exist_ok=True)
         main = distributed.is_main()  # only rank 0 writes metrics, checkpoints and models
         logger = MetricsLogger(self.out) if main else NullLogger()
         if resume:
-            self.load_checkpoint()
             logger.truncate_after(self.step)
-            log.info("resumed at epoch %d, step %d", self.epoch, self.step)
-        else:
-            set_seed(self.cfg.seed)
-        best_metrics: dict = {}
         try:
             while self.epoch < self.cfg.epochs:
                 self._apply_unfreezing()
@@ -166,7 +194,7 @@ class Trainer:
                 logger.write(record)
                 score = record.get(self.cfg.early_stop_metric, -record.get("train_loss", 0.0))
                 if score > self.best:
-                    self.best, self.bad_epochs, best_metrics = score, 0, record
+                    self.best, self.bad_epochs, self.best_metrics = score, 0, record
                     if on_best is not None and main:
                         on_best(self.model)
                 else:
@@ -179,7 +207,7 @@ class Trainer:
                     break
         finally:
             logger.close()
-        return best_metrics
+        return self.best_metrics
 
     def _sync_gradients(self) -> None:
         """Average gradients across torch.distributed ranks (what DDP does; our objectives call model methods
@@ -218,7 +246,7 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
                    disable=not self.progress, leave=False)
         losses, samples, t0 = [], 0, time.perf_counter()
-        for batches in self._batches():
+        for i, batches in enumerate(self._batches()):
             self.optimizer.zero_grad(set_to_none=True)
             metrics, total = {}, 0.0
             for name, (objective, weight, _) in self.objectives.items():
@@ -239,7 +267,8 @@ class Trainer:
             lr = self.scheduler.get_last_lr()[0]
             bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
             bar.update()
-            if self.step % self.cfg.log_every == 0:
+            # every log_every steps, and the last step of each epoch so that short runs have a curve too
+            if self.step % self.cfg.log_every == 0 or i == self.steps_per_epoch - 1:
                 logger.write({"step": self.step, "epoch": self.epoch, "split": "train", "loss": total, "lr": lr,
                               "samples_per_s": rate, **metrics})
         bar.close()

@@ -33,6 +33,9 @@ from polymodal.models.fusion_encoder import (
     load_fusion_encoder,
 )
 from polymodal.train.features import _identity, _load_cached, _store
+from polymodal.train.guards import (
+    AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
+)
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa_objective import VQABatch, VQAObjective
 
@@ -76,7 +79,14 @@ class VQARecipe:
                 d[key] = [d[key]]
         if isinstance(d.get("freeze"), str):
             d["freeze"] = [p.strip() for p in d["freeze"].split(",") if p.strip()]
-        return cls(arch=arch, train=TrainConfig(**train), **d)
+        return cls(arch=arch, train=TrainConfig.from_dict(train), **d)
+
+    def validate(self) -> None:
+        check_types(self)
+        check_ranges(self, {"batch_size": AT_LEAST_1, "min_answer_count": AT_LEAST_1, "max_answers": AT_LEAST_1,
+                            "label_smoothing": FRACTION, "itm_weight": NON_NEGATIVE, "workers": NON_NEGATIVE,
+                            "val_fraction": FRACTION})
+        self.train.validate()
 
 
 # -- feature cache --------------------------------------------------------------------------------------------------
@@ -327,9 +337,11 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
     return model
 
 
-def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True) -> dict:
+def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     """Train (or continue training) a fusion encoder; returns the best validation metrics plus timings."""
     t_start = time.perf_counter()
+    recipe.validate()
+    check_run_folder(recipe.out, resume, overwrite)
     set_seed(recipe.train.seed)
     train_rows = read_qa(recipe.qa)
     if recipe.val_qa:
@@ -368,14 +380,13 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True) ->
         eval_fn = lambda m: feature_eval(m, val, val_feats, val_states, val_len)  # noqa: E731
     t_cached = time.perf_counter()
 
-    out = Path(recipe.out)
-    out.mkdir(parents=True, exist_ok=True)
+    objective = VQAObjective(recipe.label_smoothing, recipe.itm_weight)
+    trainer = Trainer(model, {"vqa": (objective, 1.0, loader)}, recipe.train, recipe.out, eval_fn, progress)
+    out = prepare_run_folder(recipe.out, overwrite)
     settings = asdict(recipe) | {"train_questions": len(train_rows), "train_images": len(train.images),
                                  "val_questions": len(val_rows), "images_per_batch": images_per_batch}
     settings["arch"]["answers"] = len(model.answers)  # the vocabulary itself is in model/config.json
     atomic_write_bytes(out / "train_config.json", json.dumps(settings, indent=2, default=str).encode())
-    objective = VQAObjective(recipe.label_smoothing, recipe.itm_weight)
-    trainer = Trainer(model, {"vqa": (objective, 1.0, loader)}, recipe.train, out, eval_fn, progress)
     best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"))
     if not val_rows:
         model.save(out / "model")

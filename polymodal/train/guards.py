@@ -1,0 +1,92 @@
+"""Checks a training run makes before it computes or writes anything: the settings' types and ranges, and what the
+run folder already holds (nothing, a checkpoint to --resume, or an old run to --overwrite)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import typing
+from pathlib import Path
+
+from polymodal.errors import PolymodalError
+
+# What a run writes into its folder; all but curves.png (from `polymodal plot`) mark the folder as holding a run.
+RUN_FILES = ("checkpoint.pt", "model", "metrics.jsonl", "tensorboard", "train_config.json", "curves.png")
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "an object",
+               list: "a list"}
+
+# (what a value must be, test); NaN fails every comparison, so it is refused too
+AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
+POSITIVE = ("above 0", lambda v: v > 0)
+NON_NEGATIVE = ("0 or more", lambda v: v >= 0)
+FRACTION = ("in [0, 1)", lambda v: 0 <= v < 1)
+
+
+def _matches(value, kind) -> bool:
+    kind = typing.get_origin(kind) or kind
+    if kind is bool or kind is dict:
+        return isinstance(value, kind)
+    if isinstance(value, bool):  # JSON true is no number
+        return False
+    if kind is int:
+        return isinstance(value, int)
+    if kind is float:
+        return isinstance(value, (int, float))
+    if kind is str:
+        return isinstance(value, (str, os.PathLike))
+    if kind in (list, tuple):
+        return isinstance(value, (list, tuple))
+    return True
+
+
+def check_types(settings) -> None:
+    """Settings from a config file arrive untyped: a wrong type is one line naming the key, not a TypeError deep
+    inside training. Nested settings (arch, train) are checked too."""
+    hints = typing.get_type_hints(type(settings))
+    for f in dataclasses.fields(settings):
+        value, kind = getattr(settings, f.name), hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            check_types(value)
+        elif not _matches(value, kind):
+            want = _TYPE_NAMES.get(typing.get_origin(kind) or kind, str(kind))
+            raise PolymodalError(f"setting {f.name} must be {want}, got {value!r}; fix it in the --config file")
+
+
+def check_ranges(settings, rules: dict) -> None:
+    """rules: {field: (what it must be, test)}, e.g. {"epochs": AT_LEAST_1}."""
+    for name, (want, ok) in rules.items():
+        value = getattr(settings, name)
+        if not ok(value):
+            raise PolymodalError(f"{name} must be {want}, got {value!r}; fix --{name.replace('_', '-')} "
+                                 "(or the --config file)")
+
+
+def check_run_folder(out, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder: a folder holding a run needs --resume or --overwrite."""
+    out = Path(out)
+    if resume and overwrite:
+        raise PolymodalError(f"pass --resume to continue the run in {out} or --overwrite to replace it, not both")
+    if out.exists() and not out.is_dir():
+        raise PolymodalError(f"--out {out} is a file; pass a folder for the run")
+    if resume:
+        if not (out / "checkpoint.pt").is_file():
+            raise PolymodalError(f"no checkpoint at {out / 'checkpoint.pt'}; train without --resume first")
+    elif not overwrite and any((out / name).exists() for name in RUN_FILES[:-1]):
+        raise PolymodalError(f"{out} already holds a training run; pass --resume to continue it, --overwrite to "
+                             "replace it, or choose another --out")
+
+
+def prepare_run_folder(out, overwrite: bool) -> Path:
+    """Create the run folder just before the first write; with overwrite, remove the old run's files first
+    (this late, so that a mistake found while reading the data loses nothing)."""
+    out = Path(out)
+    if overwrite:
+        for path in (out / name for name in RUN_FILES):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out

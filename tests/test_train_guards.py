@@ -1,0 +1,204 @@
+"""Training refuses mistakes up front (one line, exit 2, no folder left behind), never mixes two runs in one folder,
+never reports a run without optimizer steps as trained, and gives every rank of a torchrun run a batch."""
+
+import json
+import logging
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from polymodal import cli
+from polymodal.data.samples import SKIMAGE_PHOTOS, SKLEARN_PHOTOS
+from polymodal.errors import PolymodalError
+from polymodal.train.contrastive import _read, rank_batch_size
+from polymodal.train.metrics import read_metrics
+from polymodal.train.objectives import Objective
+from polymodal.train.trainer import TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def pairs_file(gallery):
+    path = gallery / "guard_pairs.jsonl"
+    path.write_text("".join(json.dumps({"image": f"{name}.jpg", "caption": desc}) + "\n"
+                            for name, (_, desc) in {**SKIMAGE_PHOTOS, **SKLEARN_PHOTOS}.items()))
+    return path
+
+
+def _contrastive(pairs_file, out, *extra, epochs=1) -> list[str]:
+    return ["train", "contrastive", "--pairs", str(pairs_file), "--val-pairs", str(pairs_file), "--out", str(out),
+            "--quiet", "--embed-dim", "16", *(["--epochs", str(epochs)] if epochs else []), *map(str, extra)]
+
+
+def _one_line_error(capsys, argv, *needles) -> str:
+    assert cli.main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+# -- 1. every rank gets a batch; no step, no "trained" run ------------------------------------------------------
+
+
+def test_batch_is_capped_per_rank():
+    assert rank_batch_size(60, 256, world=2) == 30  # was 60: each rank's 30 images made no full batch
+    assert rank_batch_size(60, 64, world=2) == 30
+    assert rank_batch_size(60, 16, world=2) == 16
+    assert rank_batch_size(15, 256) == 15
+    with pytest.raises(PolymodalError, match="at least 2 training images"):
+        rank_batch_size(1, 8)
+    with pytest.raises(PolymodalError, match="4 processes"):
+        rank_batch_size(3, 8, world=4)
+
+
+def test_rank_of_a_two_process_run_takes_a_step(capsys, pairs_file, tmp_path, monkeypatch):
+    # Rank 0 of two, without a process group: the sampler hands it 7 of the 15 images.
+    from polymodal.train import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    assert cli.main(_contrastive(pairs_file, tmp_path / "run")) == 0  # default --batch-size 256
+    best = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["best"]
+    assert best["step"] == 1 and math.isfinite(best["train_loss"])
+
+
+class Pull(Objective):
+    def compute(self, model, batch):
+        return ((model(batch[0]) - 1) ** 2).mean(), {}
+
+
+def _trainer(out, epochs=1, rows=8, batch=4, drop_last=False, eval_fn=None, **cfg):
+    torch.manual_seed(0)
+    loader = DataLoader(TensorDataset(torch.randn(rows, 3)), batch_size=batch, drop_last=drop_last)
+    config = TrainConfig(epochs=epochs, warmup_steps=1, patience=0, **cfg)
+    return Trainer(torch.nn.Linear(3, 1), {"pull": (Pull(), 1.0, loader)}, config, out, eval_fn, progress=False)
+
+
+def test_no_batch_means_no_run(tmp_path):
+    with pytest.raises(PolymodalError, match="no batch"):
+        _trainer(tmp_path / "run", rows=3, batch=4, drop_last=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resuming_a_finished_run_is_refused(tmp_path):
+    _trainer(tmp_path, epochs=1).fit()
+    with pytest.raises(PolymodalError, match="already trained 1 epochs; pass --epochs 2"):
+        _trainer(tmp_path, epochs=1).fit(resume=True)
+
+
+# -- 2. one run per folder -----------------------------------------------------------------------------------------
+
+
+def test_existing_run_is_refused_and_overwrite_replaces_it(capsys, pairs_file, tmp_path):
+    out = tmp_path / "mine"
+    assert cli.main(_contrastive(pairs_file, out)) == 0
+    before = (out / "metrics.jsonl").read_text()
+    _one_line_error(capsys, _contrastive(pairs_file, out), "already holds a training run", "--resume", "--overwrite")
+    assert (out / "metrics.jsonl").read_text() == before
+    (out / "notes.txt").write_text("mine")
+    assert cli.main(_contrastive(pairs_file, out, "--overwrite", epochs=2)) == 0
+    assert [r["epoch"] for r in read_metrics(out) if r["split"] == "val"] == [1, 2]  # the new run only
+    assert len(list((out / "tensorboard").iterdir())) == 1
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own files go
+
+
+@pytest.mark.parametrize("argv", [["train", "pretrain", "--pairs", "p.jsonl"], ["train", "vqa", "--qa", "q.jsonl"]])
+def test_every_trainer_refuses_an_existing_run(capsys, tmp_path, argv):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
+    _one_line_error(capsys, argv + ["--out", tmp_path / "run"], "already holds a training run")
+
+
+# -- 3. settings checked before any folder is made -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra, config, needle", [
+    (["--resume"], None, "no checkpoint"),
+    ([], {"epochs": "two"}, "epochs must be an integer"),
+    ([], {"train": {"foo": 1}}, "unknown train settings ['foo']"),
+    (["--lr", "-1"], None, "lr must be above 0"),
+    (["--epochs", "0"], None, "epochs must be at least 1"),
+    (["--batch-size", "0"], None, "batch_size must be at least 2"),
+    (["--val-fraction", "1"], None, "val_fraction must be in [0, 1)"),
+    (["--resume", "--overwrite"], None, "not both"),
+])
+def test_bad_settings_are_one_line_and_leave_no_folder(capsys, pairs_file, tmp_path, extra, config, needle):
+    if config is not None:
+        (tmp_path / "c.json").write_text(json.dumps(config))
+        extra = extra + ["--config", tmp_path / "c.json"]
+    _one_line_error(capsys, _contrastive(pairs_file, tmp_path / "run", *extra, epochs=None), needle)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv", [["train", "pretrain", "--pairs", "p.jsonl"], ["train", "vqa", "--qa", "q.jsonl"]])
+def test_pretrain_and_vqa_check_settings_first(capsys, tmp_path, argv):
+    _one_line_error(capsys, argv + ["--out", tmp_path / "run", "--lr", "-1"], "lr must be above 0")
+    _one_line_error(capsys, argv + ["--out", tmp_path / "run", "--resume"], "no checkpoint")
+    assert not (tmp_path / "run").exists()
+
+
+# -- 4. the result says which epoch was best -------------------------------------------------------------------------
+
+
+def test_resume_without_improvement_keeps_the_previous_best(tmp_path):
+    first = _trainer(tmp_path, epochs=1, eval_fn=lambda m: {"val/rsum": 1.0}).fit()
+    again = _trainer(tmp_path, epochs=2, eval_fn=lambda m: {"val/rsum": 0.5}).fit(resume=True)
+    assert again == first and again["epoch"] == 1
+
+
+def test_result_line_on_rank_0_only_and_says_when_nothing_improved(capsys, tmp_path, monkeypatch):
+    from polymodal.cli_train import run_recipe
+    from polymodal.train import distributed
+
+    args = SimpleNamespace(resume=False, quiet=True, overwrite=False)
+    recipe = SimpleNamespace(from_dict=lambda settings: settings)
+    settings = {"pairs": ["p.jsonl"], "out": str(tmp_path / "run")}
+    assert run_recipe(args, settings, "pairs", recipe, lambda r, **kw: {}) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["best"] is None and "no epoch improved" in line["note"] and line["model"] is None
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    assert run_recipe(args, settings, "pairs", recipe, lambda r, **kw: {"epoch": 1}) == 0
+    assert capsys.readouterr().out == ""
+
+
+# -- 5. plot -----------------------------------------------------------------------------------------------------------
+
+
+def test_plot_refuses_a_format_it_cannot_write(capsys, tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "epoch": 1, "split": "val", "train_loss": 1.0}\n')
+    _one_line_error(capsys, ["plot", tmp_path, "--out", tmp_path / "curves.txt"], "curves.txt", ".png", ".pdf", ".svg")
+    assert not (tmp_path / "curves.txt").exists()
+
+
+def test_short_epochs_still_log_a_step(tmp_path):
+    _trainer(tmp_path, epochs=2, rows=8, batch=4, log_every=10).fit()  # 2 steps an epoch, fewer than log_every
+    assert [(r["step"], "lr" in r) for r in read_metrics(tmp_path) if r["split"] == "train"] == [(2, True), (4, True)]
+
+
+# -- 6. / 7. data warnings and config keys ---------------------------------------------------------------------------
+
+
+def test_malformed_rows_are_warned_about_once(pairs_file, caplog):
+    bad = pairs_file.parent / "guard_bad_rows.jsonl"
+    bad.write_text(pairs_file.read_text().replace("\n", "\n{not json\n", 1))
+    with caplog.at_level(logging.WARNING):
+        _read([str(bad)])
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1, caplog.text
+
+
+def test_config_takes_every_flag_key(tmp_path):
+    from polymodal.cli_train import TRAIN_FLAGS, recipe_settings
+    from polymodal.train.contrastive import ContrastiveRecipe
+
+    (tmp_path / "c.json").write_text(json.dumps({"quiet": True, "embed-dim": 32, "batch_size": 8, "epochs": 3,
+                                                 "val_pairs": "v.jsonl", "train": {"lr": 0.01}}))
+    args = cli.build_parser().parse_args(["train", "contrastive", "--pairs", "p.jsonl", "--out", "o",
+                                          "--config", str(tmp_path / "c.json"), "--epochs", "5"])
+    settings = recipe_settings(args, ("pairs", "val_pairs", "out", "model"), TRAIN_FLAGS)
+    recipe = ContrastiveRecipe.from_dict(settings)
+    assert args.quiet and recipe.arch.embed_dim == 32 and recipe.batch_size == 8
+    assert recipe.train.epochs == 5 and recipe.train.lr == 0.01  # the flag overrides the config
+    assert recipe.val_pairs == ["v.jsonl"]
