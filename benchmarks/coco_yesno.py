@@ -213,8 +213,9 @@ def phrase_classes(phrases: np.ndarray, class_matrix: np.ndarray) -> np.ndarray:
 
 def pair_ranking(rows: list[dict], score: np.ndarray, image_index: np.ndarray) -> tuple[int, float]:
     """Over every (yes row, no row) pair with the same key phrase and different photos: how often the yes row's
-    score is the higher. The phrase's own bias cancels, so this is the image-text alignment alone, and it bounds
-    accuracy on such rows even for a model that knew each phrase's best threshold. Chance 0.5."""
+    score is the higher. The phrase's own bias cancels, so this is the image-text alignment alone. Chance 0.5. On a
+    phrase asked once each way, one threshold per phrase that is not told the answers scores about this fraction
+    at best: between the two scores it gets both rows right or both wrong, anywhere else exactly one."""
     by: dict[str, list[int]] = {}
     for i, k in enumerate(key_phrases(rows)):
         by.setdefault(k, []).append(i)
