@@ -61,14 +61,22 @@ def cmd_search(args) -> int:
     index = ImageIndex(args.db)
     name = args.model or index.info()["model_name"]
     model = require_embedding(polymodal.load(name, precision=args.precision), name)
-    if args.image is not None:
-        hits = index.search_image(model, args.image, args.k)
-    else:
-        hits = index.search_text(model, args.query, args.k)
+    index.check_model(model)
+    query = model.encode_image([args.image]) if args.image is not None else model.encode_text([args.query])
+    hits = index.search(query, args.k)[0]
+    explained = None
+    if args.explain and hits:  # why the top match matched: occlusion relevance against the same query vector
+        from polymodal.apps.explain import occlusion_heat, save_heatmap
+
+        top = hits[0].path
+        explained = str(save_heatmap(top, occlusion_heat(model, top, query[0]), args.explain, transform=model.transform))
     if args.json:
-        _print_json([{"rank": i + 1, "path": h.path, "score": round(h.score, 4)} for i, h in enumerate(hits)])
+        rows = [{"rank": i + 1, "path": h.path, "score": round(h.score, 4)} for i, h in enumerate(hits)]
+        _print_json({"hits": rows, "explain": explained} if args.explain else rows)
     else:
         print(_table([(i + 1, f"{h.score:.3f}", h.path) for i, h in enumerate(hits)], ("rank", "score", "path")))
+        if explained:
+            print(f"heat map of why rank 1 matched: {explained}")
     return 0
 
 
@@ -138,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db", required=True)
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--model", help="defaults to the index's model; another model is refused")
+    s.add_argument("--explain", metavar="OUT_PNG", help="also save a heat map of which parts of the top match made "
+                   "it match (occlusion: each of 7x7 regions blanked in turn; about 50 extra image passes)")
     s.add_argument("--json", action="store_true")
     add_precision(s)
     s.set_defaults(func=cmd_search)

@@ -39,7 +39,7 @@ def cmd_vqa(args) -> int:
             raise PolymodalError("--explain needs the PyTorch runtime (gradients and attention maps); drop --runtime onnx")
         from polymodal.apps.explain import save_heatmap
 
-        save_heatmap(image, model.explain(image, args.question), args.explain)
+        save_heatmap(image, model.explain(image, args.question), args.explain, transform=model.transform)
         result["explain"] = str(args.explain)
     if args.json:
         print(json.dumps({"image": args.image, "question": args.question, "answer": result["answer"],

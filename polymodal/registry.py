@@ -8,9 +8,27 @@ from typing import Callable
 from polymodal.errors import PolymodalError
 
 
+def _options(fn: Callable, skip: int = 0) -> list[str]:
+    """The keyword options fn takes, after its first `skip` parameters (the folder or file it loads)."""
+    import inspect
+
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    return [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _check_options(kwargs: dict, accepted: list[str], what: str) -> None:
+    """Unknown keyword options to polymodal.load are one clear error, not a TypeError from a constructor."""
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        takes = f"takes only {', '.join(accepted)}" if accepted else "takes no options"
+        raise PolymodalError(f"polymodal.load got unknown option(s) {', '.join(unknown)} for {what}, which {takes}; "
+                             "drop them")
+
+
 def _lite(**kw):
     from polymodal.models.conse import ConSEModel
 
+    _check_options(kw, _options(ConSEModel), "'lite'")
     return ConSEModel(**kw)
 
 
@@ -21,6 +39,8 @@ def _builtin(name: str, module: str, loader: str, rebuild: str) -> Callable:
         import importlib
 
         from polymodal.resources import HERE
+
+        _check_options(kw, [], repr(name))
 
         folder = HERE / "models" / name
         if not folder.is_dir():
@@ -104,7 +124,10 @@ def load(name_or_path: str | Path = "lite", runtime: str = "torch", precision: s
 
     ``precision="bf16"`` (PyTorch runtime, models with the EfficientNet-Lite0 image tower): image inference runs a
     frozen bf16 graph, several times faster on CPUs with bf16 instructions; embeddings match fp32 to mean cosine ~0.99
-    (benchmarks/embed_throughput.py --precision fp32,bf16 measures speed and retrieval recall side by side)."""
+    (benchmarks/embed_throughput.py --precision fp32,bf16 measures speed and retrieval recall side by side).
+
+    Keyword options go to the model's loader (lite: top_k; CLIP checkpoints: tokenizer, ...; ONNX: threads); an
+    option that loader does not take is refused with the list of those it does."""
     key = str(name_or_path)
     if runtime not in RUNTIMES:
         raise PolymodalError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
@@ -120,6 +143,9 @@ def load(name_or_path: str | Path = "lite", runtime: str = "torch", precision: s
         if not is_onnx_folder(folder):
             raise PolymodalError(f"no ONNX export of {key!r} (looked in {key} and {folder}); "
                                  f"create it with `polymodal export onnx {key}` or pass an export folder")
+        from polymodal.export.runtime import OnnxEmbeddingModel  # the VQA runtime takes the same options
+
+        _check_options(kwargs, _options(OnnxEmbeddingModel, skip=1), f"the ONNX export {folder}")
         return load_onnx(folder, **kwargs)
     if is_onnx_folder(Path(key).expanduser()):
         raise PolymodalError(f"{key} is an ONNX export; load it with runtime='onnx' (CLI: --runtime onnx)")
@@ -144,20 +170,25 @@ def _load_torch(key: str, **kwargs):
         return MODELS[key](**kwargs)
     path = Path(key).expanduser()
     if path.exists():
-        from polymodal.models.clip import load_clip
+        from polymodal.models.clip import load_clip, load_hf_clip, load_openai_clip
         from polymodal.models.dual_encoder import is_dual_encoder_folder, load_dual_encoder
 
         if path.is_dir() and is_dual_encoder_folder(path):
+            _check_options(kwargs, [], f"the dual-encoder folder {path}")
             return load_dual_encoder(path)
         from polymodal.models.fusion_encoder import is_fusion_encoder_folder, load_fusion_encoder
 
         if path.is_dir() and is_fusion_encoder_folder(path):
+            _check_options(kwargs, [], f"the fusion-encoder folder {path}")
             return load_fusion_encoder(path)
         from polymodal.models.yesno import is_yesno_folder, load_yesno
 
         if path.is_dir() and is_yesno_folder(path):
+            _check_options(kwargs, [], f"the yes/no model folder {path}")
             return load_yesno(path)
 
+        hf = path.is_dir() and (path / "config.json").is_file()  # load_clip's own dispatch
+        _check_options(kwargs, _options(load_hf_clip if hf else load_openai_clip, skip=1), f"the CLIP checkpoint {path}")
         return load_clip(path, **kwargs)
     raise PolymodalError(
         f"unknown model {key!r}: not a built-in name ({', '.join(available_models())}) and no such path; "

@@ -38,6 +38,16 @@ def gallery(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def db(lite, gallery, tmp_path_factory):
+    """An index of the sample gallery built with `lite`, one per test module (modules may change theirs)."""
+    from polymodal.index import ImageIndex
+
+    path = tmp_path_factory.mktemp("db") / "db"
+    ImageIndex(path).update(gallery, lite, progress=False)
+    return path
+
+
 def cli_json(args: list) -> dict:
     """Run the CLI in-process (module-scoped fixtures cannot use capsys); it must exit 0; its last stdout line is
     JSON and is returned."""

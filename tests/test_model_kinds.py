@@ -10,7 +10,6 @@ import pytest
 import polymodal
 from polymodal import cli, registry
 from polymodal.errors import PolymodalError
-from polymodal.index import ImageIndex
 from conftest import cli_json
 
 
@@ -29,13 +28,6 @@ def loaded(monkeypatch, lite, easy_vqa, yesno):
     """Built-in names give the already-loaded models (each test would otherwise load them again)."""
     for name, model in (("lite", lite), ("easy-vqa", easy_vqa), ("coco-yesno", yesno)):
         monkeypatch.setitem(registry.MODELS, name, lambda model=model, **kw: model)
-
-
-@pytest.fixture(scope="module")
-def db(lite, gallery, tmp_path_factory):
-    path = tmp_path_factory.mktemp("kinds") / "db"
-    ImageIndex(path).update(gallery, lite, progress=False)
-    return path
 
 
 def fails(capsys, argv, *expected) -> str:

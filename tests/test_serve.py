@@ -2,7 +2,6 @@
 
 import base64
 import io
-import json
 import os
 import shutil
 import signal
@@ -26,13 +25,6 @@ from fastapi.testclient import TestClient  # noqa: E402
 from polymodal import cli, registry  # noqa: E402
 from polymodal.index import ImageIndex  # noqa: E402
 from polymodal.serve import ServeSettings, create_app  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def db(lite, gallery, tmp_path_factory):
-    path = tmp_path_factory.mktemp("serve") / "db"
-    ImageIndex(path).update(gallery, lite, progress=False)
-    return path
 
 
 @pytest.fixture(scope="module")

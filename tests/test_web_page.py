@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from polymodal.index import ImageIndex
 
 CHROMIUM = os.environ.get("POLYMODAL_CHROMIUM", "/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -42,13 +41,6 @@ def browser_tools():
     _need(Path(CHROMIUM).is_file() or bool(shutil.which(CHROMIUM)),
           f"{CHROMIUM} not found (apt-get install chromium, or run .ci/install-browser)")
     return sync_playwright
-
-
-@pytest.fixture(scope="module")
-def db(lite, gallery, tmp_path_factory):
-    path = tmp_path_factory.mktemp("web") / "db"
-    ImageIndex(path).update(gallery, lite, progress=False)
-    return path
 
 
 @contextlib.contextmanager

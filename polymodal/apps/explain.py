@@ -1,5 +1,5 @@
-"""Heat maps over images: overlay a coarse ``[h, w]`` relevance grid (e.g. `FusionEncoder.explain`'s 7x7) on the
-image it explains and save a PNG. Pillow only."""
+"""Heat maps over images: a coarse ``[h, w]`` relevance grid (`FusionEncoder.explain`'s 7x7 for VQA, or
+`occlusion_heat` for why a retrieval match matched) overlaid on the image it explains and saved as a picture."""
 
 from __future__ import annotations
 
@@ -23,25 +23,64 @@ def heat_colors(heat: np.ndarray) -> np.ndarray:
     return (stops[lo] * (1 - frac) + stops[lo + 1] * frac).astype(np.uint8)
 
 
-def overlay_heatmap(image: Any, heat: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """The image (its original size) blended with the heat grid, upsampled smoothly to the image size."""
+def occlusion_heat(model, image: Any, query: np.ndarray, grid: int = 7, window: int = 2, batch: int = 32) -> np.ndarray:
+    """Why an embedding model matched ``image`` to ``query`` (a unit vector from encode_text or encode_image), for any
+    model with ``transform`` and ``embed_pixels`` (lite, default, CLIP, their ONNX exports): blank a ``window`` x
+    ``window`` block of a ``grid`` x ``grid`` partition of the crop the model sees (0 after normalisation: the
+    dataset's mean colour), at every position, and measure how much the cosine with the query drops; each cell gets
+    the mean drop of the blocks covering it (blocks, not single cells: one cell is rarely the only evidence).
+    ``[grid, grid]`` float32, >= 0, largest where it matters."""
+    pixels = model.transform([image])
+    edges = np.linspace(0, pixels.shape[-1], grid + 1).round().astype(int)
+    window = max(1, min(window, grid))
+    starts = [(r, c) for r in range(grid - window + 1) for c in range(grid - window + 1)]
+    occluded = np.repeat(pixels, len(starts), axis=0)
+    for k, (r, c) in enumerate(starts):
+        occluded[k, :, edges[r] : edges[r + window], edges[c] : edges[c + window]] = 0.0
+    q = np.asarray(query, dtype=np.float32).reshape(-1)
+    base = float(model.embed_pixels(pixels)[0] @ q)
+    sims = np.concatenate([model.embed_pixels(occluded[i : i + batch]) @ q for i in range(0, len(occluded), batch)])
+    heat, covered = np.zeros((grid, grid), np.float32), np.zeros((grid, grid), np.float32)
+    for (r, c), drop in zip(starts, np.clip(base - sims, 0, None)):
+        heat[r : r + window, c : c + window] += drop
+        covered[r : r + window, c : c + window] += 1
+    return heat / covered
+
+
+def overlay_heatmap(image: Any, heat: np.ndarray, alpha: float = 0.5, box: tuple | None = None) -> Image.Image:
+    """The image (its original size) blended with the heat grid, upsampled smoothly over ``box`` (left, top, right,
+    bottom in the image's pixels: the centre crop the model saw, see ImageTransform.source_box; default the whole
+    image). Outside the box the image is left as it is."""
     img = load_image(image)
     heat = np.asarray(heat, dtype=np.float32)
     if heat.ndim != 2 or not heat.size or not np.isfinite(heat).all():
         raise PolymodalError(f"a heat map must be a finite 2-D array, got shape {heat.shape}")
     lo, hi = float(heat.min()), float(heat.max())
     heat = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
-    grid = Image.fromarray((heat * 255).astype(np.uint8), mode="L").resize(img.size, Image.BICUBIC)
+    left, top, right, bottom = (round(v) for v in (box or (0, 0, *img.size)))
+    region = img.crop((left, top, right, bottom))
+    grid = Image.fromarray((heat * 255).astype(np.uint8), mode="L").resize(region.size, Image.BICUBIC)
     colors = Image.fromarray(heat_colors(np.asarray(grid, dtype=np.float32) / 255.0))
-    return Image.blend(img, colors, alpha)
+    out = img.copy()
+    out.paste(Image.blend(region, colors, alpha), (left, top))
+    return out
 
 
-def save_heatmap(image: Any, heat: np.ndarray, out_png: str | Path, alpha: float = 0.5) -> Path:
-    """Write ``image`` with ``heat`` overlaid as a PNG of the image's size (atomically); returns the path."""
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0.5, transform=None) -> Path:
+    """Write ``image`` with ``heat`` overlaid, at the image's size, atomically; the file's suffix picks the format
+    (.png, .jpg, .webp). With the model's ``transform`` the grid covers the centre crop the model saw."""
     import io
 
-    out = Path(out_png)
+    out = Path(out)
+    fmt = _FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise PolymodalError(f"cannot write a heat map as {out.name!r}; end the file name in {', '.join(_FORMATS)}")
+    img = load_image(image)
+    box = transform.source_box(img.size) if transform is not None else None
     buf = io.BytesIO()
-    overlay_heatmap(image, heat, alpha).save(buf, format="PNG")
+    overlay_heatmap(img, heat, alpha, box).save(buf, format=fmt)
     atomic_write_bytes(out, buf.getvalue())
     return out

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from polymodal.errors import PolymodalError
+from polymodal.models.inputs import as_texts, check_count
 
 
 class PromptCache:
@@ -59,7 +60,9 @@ class ZeroShotMixin:
     DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
     def label_embeddings(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
-        """[L, dim] prompt-ensemble embeddings, cached per (labels, templates)."""
+        """[L, dim] prompt-ensemble embeddings, cached per (labels, templates); one string is one label."""
+        labels = as_texts(labels, "labels")
+        templates = None if templates is None else as_texts(templates, "templates")
         if "_prompts" not in self.__dict__:
             self._prompts = PromptCache(self)
         return self._prompts.get(labels, templates or self.DEFAULT_TEMPLATES)
@@ -71,5 +74,6 @@ class ZeroShotMixin:
     def classify(self, images, labels: Sequence[str], templates: Sequence[str] | None = None,
                  top_k: int | None = None) -> list[list[tuple[str, float]]]:
         """For each image, labels ranked by softmax(logit_scale * cosine), best first: [(label, score), ...]."""
+        labels, top_k = as_texts(labels, "labels"), check_count(top_k, "top_k", "all labels")
         label_emb = self.label_embeddings(labels, templates)
-        return rank_labels(self.encode_image(images), label_emb, list(labels), self.logit_scale, top_k)
+        return rank_labels(self.encode_image(images), label_emb, labels, self.logit_scale, top_k)

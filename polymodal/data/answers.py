@@ -16,8 +16,10 @@ def normalize_answer(text: Any) -> str:
 
 def unique_choices(choices: Sequence[Any]) -> dict[str, str]:
     """Candidate answers -> {normalised: as given (first spelling wins)}; blank ones dropped; none left is an error."""
+    from polymodal.models.inputs import as_texts
+
     seen: dict[str, str] = {}
-    for c in choices:
+    for c in as_texts(choices, "choices"):  # one string is one choice, not its letters
         if str(c).strip():
             seen.setdefault(normalize_answer(c), str(c).strip())
     if not seen:

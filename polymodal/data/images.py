@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from polymodal.errors import PolymodalError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
+MAX_ASPECT = 1000  # longest side / shortest side beyond which an image is refused (check_image_size)
+# Before the short-side resize, cut longer images to this aspect around the centre: the centre crop only keeps a
+# square, and resizing a whole 1:1000 strip would allocate resize * 1000 * resize pixels. Images up to 8:1 keep
+# their exact CLIP-processor pixels.
+_MAX_RESIZED_ASPECT = 8
 
 
 def load_image(image: Any) -> Image.Image:
@@ -21,11 +28,7 @@ def load_image(image: Any) -> Image.Image:
     if isinstance(image, Image.Image):
         img = image
     elif isinstance(image, np.ndarray):
-        arr = image
-        if arr.dtype != np.uint8:
-            if arr.size and float(np.nanmax(arr)) <= 1.0:
-                arr = arr * 255.0
-            arr = np.clip(arr, 0, 255).astype(np.uint8)
+        arr = _to_uint8(image)
         if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
             arr = arr.transpose(1, 2, 0)  # CHW -> HWC
         if arr.ndim == 3 and arr.shape[-1] == 1:
@@ -35,6 +38,11 @@ def load_image(image: Any) -> Image.Image:
         img = Image.fromarray(arr)
     elif isinstance(image, (bytes, bytearray)):
         img = _open(io.BytesIO(image), "the given bytes")
+    elif isinstance(image, str) and _URL.match(image):  # Path() would also eat one slash of "https://"
+        raise PolymodalError(
+            f"{image} is a URL; polymodal works offline and does not download images: download the file first "
+            "and pass its local path"
+        )
     elif isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
@@ -44,9 +52,45 @@ def load_image(image: Any) -> Image.Image:
         raise PolymodalError(
             f"cannot read an image from {type(image).__name__}; pass a path, PIL image or numpy array"
         )
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """A decoded image as the RGB pixels a viewer shows: first frame, EXIF rotation applied, 16-bit and float
+    samples scaled to 8 bits, transparency over white. Shared by load_image and the service's uploads."""
     if getattr(img, "n_frames", 1) > 1:
         img.seek(0)
+    if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # phones store photos sideways plus this tag
+        img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I") or img.mode == "F":  # convert("RGB") would clip these samples at 255
+        img = Image.fromarray(_to_uint8(np.asarray(img), sixteen_bit=img.mode != "F"))
+    if img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
+        # Dropping alpha leaves whatever colour hides under it (often black); show it on white like a viewer
+        rgba = img.convert("RGBA")
+        img = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img.alpha_composite(rgba)
     return img.convert("RGB")
+
+
+def _to_uint8(arr: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:
+    """Pixel samples -> uint8. 16-bit ones (uint16, or Pillow's 32-bit 'I' holding 16-bit PNG/TIFF data) keep
+    their high byte, as Pillow does for 16-bit RGB files; floats in [0, 1] are scaled by 255; the rest is clipped."""
+    if arr.dtype == np.uint8:
+        return arr
+    if sixteen_bit or (arr.dtype.kind == "u" and arr.dtype.itemsize == 2):
+        return (np.clip(arr, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
+    if arr.size and float(np.nanmax(arr)) <= 1.0:
+        arr = arr * 255.0
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def check_image_size(w: int, h: int, name: str = "image") -> None:
+    """Refuse degenerate shapes: a 1x40000 strip is no picture, and resizing it for a model would take gigabytes."""
+    if w < 1 or h < 1 or max(w, h) > MAX_ASPECT * min(w, h):
+        raise PolymodalError(
+            f"{name} is {w}x{h} pixels; images need both sides at least 1 pixel and an aspect ratio within "
+            f"1:{MAX_ASPECT}; crop or pad it to a less extreme shape"
+        )
 
 
 def _open(source, name: str) -> Image.Image:
@@ -83,8 +127,23 @@ class ImageTransform:
                 d[key] = tuple(float(x) for x in d[key])
         return cls(**d)
 
+    def source_box(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """The part of an image of ``size`` (w, h) that the centre crop keeps, in its own pixels (left, top, right,
+        bottom): where a heat map over the model's input belongs on the original image."""
+        w, h = size
+        nw, nh = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
+        nw, nh = max(self.crop, nw), max(self.crop, nh)
+        left, top = (nw - self.crop) // 2, (nh - self.crop) // 2
+        return left * w / nw, top * h / nh, (left + self.crop) * w / nw, (top + self.crop) * h / nh
+
     def pil_crop(self, img: Image.Image) -> Image.Image:
         w, h = img.size
+        check_image_size(w, h)
+        keep = _MAX_RESIZED_ASPECT * min(w, h)
+        if not self.crop_box and max(w, h) > keep:  # the box path below only resizes the crop already
+            x0, y0 = (w - min(w, keep)) // 2, (h - min(h, keep)) // 2
+            img = img.crop((x0, y0, x0 + min(w, keep), y0 + min(h, keep)))
+            w, h = img.size
         # Truncate the long side as CLIP's processors (HF and torchvision) do, so CLIP checkpoints match exactly.
         if w <= h:
             nw, nh = self.resize, int(self.resize * h / w)

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 from polymodal.index.scan import ImageFile, canonical_path, file_sha256, scan_images
+from polymodal.models.inputs import check_count
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,7 @@ class ImageIndex:
         Only rows under `folder` are compared, so one index can hold several folders. Unreadable files are
         skipped and reported; any other error leaves the index as it was before the call.
         """
-        if batch_size < 1:
-            raise PolymodalError(f"batch_size must be at least 1, got {batch_size}")
+        batch_size = check_count(batch_size, "batch_size")
         if self.exists():  # refuse a wrong model before a long scan
             self.check_model(model)
         files, skipped = scan_images(folder)
@@ -197,13 +197,19 @@ class ImageIndex:
     # -- reading ---------------------------------------------------------------
     def search(self, query_vectors: Any, k: int = 10) -> list[list[Hit]]:
         """Nearest images by cosine for each query row ([Q, D] or [D]); k is clamped to the number of images."""
-        q = np.asarray(query_vectors, dtype=np.float32)
+        k = check_count(k, "k")
+        try:
+            q = np.asarray(query_vectors, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise PolymodalError(f"query vectors must be an array of numbers, [D] or [Q, D] (e.g. model.encode_text"
+                                 f"(...)), got {type(query_vectors).__name__}") from None
         if q.ndim == 1:
             q = q[None]
         if q.ndim != 2:
             raise PolymodalError(f"query vectors must be [D] or [Q, D], got shape {q.shape}")
-        if k < 1:
-            raise PolymodalError(f"k must be at least 1, got {k}")
+        if not np.isfinite(q).all():  # NaN scores match nothing: FAISS would return no hits, silently
+            bad = sorted({int(r) for r in np.nonzero(~np.isfinite(q))[0]})
+            raise PolymodalError(f"query vector row(s) {bad[:5]} hold NaN or infinite values; embed the query again")
         # Normalising makes inner product = cosine even for raw vectors; model outputs are unchanged by it.
         q = np.ascontiguousarray(q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12))
         with self._reading() as (con, meta):
@@ -227,6 +233,10 @@ class ImageIndex:
         ]
 
     def search_text(self, model, text: str, k: int = 10) -> list[Hit]:
+        """One query string; for several, search(model.encode_text(queries), k) returns one hit list per query."""
+        if not isinstance(text, str):
+            raise PolymodalError(f"search_text takes one query string, got {type(text).__name__}; for several "
+                                 "queries use search(model.encode_text(queries), k)")
         self.check_model(model)
         return self.search(model.encode_text([text]), k)[0]
 

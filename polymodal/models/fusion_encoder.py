@@ -46,6 +46,8 @@ from polymodal.data.answers import unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, build_fusion
+from polymodal.models.inputs import as_texts, check_count
+from polymodal.models.interface import as_list
 
 log = logging.getLogger(__name__)
 
@@ -402,14 +404,15 @@ class FusionEncoder(nn.Module):
 
     def predict(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 256) -> list[tuple[str, float]]:
         """One (answer, probability) per (image, question) row; each distinct image and question is encoded once."""
-        if len(images) != len(questions):
-            raise PolymodalError(f"got {len(images)} images but {len(questions)} questions; pass one image per question")
-        img_keys, q_keys = _dedupe(images), _dedupe(questions)
-        img_list, row_image = img_keys
-        q_list, row_question = q_keys
+        images, questions = vqa_rows(images, questions)
+        batch_size = check_count(batch_size, "batch_size")
+        if not questions:
+            return []
+        img_list, row_image = _dedupe(images)
+        q_list, row_question = _dedupe(questions)
         with torch.inference_mode():
             image_inputs = self.encode_images(img_list)
-            q_states, q_mask = self.encode_questions([str(q) for q in q_list])
+            q_states, q_mask = self.encode_questions(q_list)
         probs = self.logits_for(image_inputs, q_states, q_mask, torch.as_tensor(row_image),
                                 torch.as_tensor(row_question), batch_size).softmax(-1)
         score, best = probs.max(-1)
@@ -430,7 +433,7 @@ class FusionEncoder(nn.Module):
             ranked = [(self.answers[int(i)], float(p))
                       for p, i in zip(*logits.softmax(-1).topk(min(max(1, top_k), len(self.answers))))]
         else:
-            ranked = self._rank_choices(logits, image_inputs, str(question), choices)
+            ranked = self._rank_choices(logits, image_inputs, str(question), as_texts(choices, "choices"))
         top = ranked[: max(1, top_k)]
         return {"answer": top[0][0], "score": top[0][1], "alternatives": top}
 
@@ -509,6 +512,15 @@ class FusionEncoder(nn.Module):
         atomic_write_bytes(folder / WEIGHTS_FILE, data)
         atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())
         return folder
+
+
+def vqa_rows(images: Any, questions: Any) -> tuple[list, list[str]]:
+    """predict()'s arguments as rows: a single image (path, PIL image, array) or question string is one row, not a
+    sequence of characters; the counts must match."""
+    images, questions = as_list(images), as_texts(questions, "questions")
+    if len(images) != len(questions):
+        raise PolymodalError(f"got {len(images)} images but {len(questions)} questions; pass one image per question")
+    return images, questions
 
 
 def _dedupe(items: Sequence[Any]) -> tuple[list, list[int]]:

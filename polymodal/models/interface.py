@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from polymodal.apps.zeroshot import ZeroShotMixin
+from polymodal.models.inputs import as_texts, check_count
 
 
 def as_list(x: Any) -> list:
@@ -37,9 +38,9 @@ class EmbeddingInterface(ZeroShotMixin):
         raise NotImplementedError
 
     def encode_text(self, texts: Any, batch_size: int | None = None) -> np.ndarray:
-        """Strings -> float32 [N, dim], rows L2-normalised (embed_texts in batches of batch_size)."""
-        texts = [str(t) for t in as_list(texts)]
-        bs = batch_size or self.text_batch_size
+        """A string or strings -> float32 [N, dim], rows L2-normalised (embed_texts in batches of batch_size)."""
+        texts = as_texts(texts)
+        bs = check_count(batch_size, "batch_size", "the default") or self.text_batch_size
         out = [np.zeros((0, self.dim), np.float32)]
         for i in range(0, len(texts), bs):
             out.append(self.embed_texts(texts[i : i + bs]))
@@ -49,7 +50,7 @@ class EmbeddingInterface(ZeroShotMixin):
         """Paths, PIL images or numpy arrays -> float32 [N, dim], rows L2-normalised (self.transform, then
         embed_pixels: the service relies on this split to preprocess in request threads)."""
         images = as_list(images)
-        bs = batch_size or self.image_batch_size
+        bs = check_count(batch_size, "batch_size", "the default") or self.image_batch_size
         out = [np.zeros((0, self.dim), np.float32)]
         for i in range(0, len(images), bs):
             out.append(self.embed_pixels(self.transform(images[i : i + bs])))

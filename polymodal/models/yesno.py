@@ -33,7 +33,8 @@ import torch
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import YES_NO, normalize_answer, unique_choices
-from polymodal.models.fusion_encoder import _dedupe
+from polymodal.models.fusion_encoder import _dedupe, vqa_rows
+from polymodal.models.inputs import as_texts, check_count
 
 log = logging.getLogger(__name__)
 
@@ -174,15 +175,15 @@ class YesNoModel:
     def predict(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 32) -> list[tuple[str, float]]:
         """One (answer, probability of that answer) per (image, question) row; each distinct image and question is
         encoded once."""
-        if len(images) != len(questions):
-            raise PolymodalError(f"got {len(images)} images but {len(questions)} questions; pass one image per question")
-        if not len(images):
+        images, questions = vqa_rows(images, questions)
+        batch_size = check_count(batch_size, "batch_size")
+        if not questions:
             return []
         for q in questions:
-            if not str(q).strip():
+            if not q.strip():
                 raise PolymodalError("a question is empty; ask a yes/no question about the image")
         img_list, row_image = _dedupe(images)
-        q_list, row_question = _dedupe([str(q) for q in questions])
+        q_list, row_question = _dedupe(questions)
         p = self.probabilities(self.encode_images(img_list, batch_size), self.encode_questions(q_list),
                                row_image, row_question)
         return [("yes", float(v)) if v >= 0.5 else ("no", float(1 - v)) for v in p]
@@ -197,7 +198,7 @@ class YesNoModel:
         if choices is None:
             ranked = sorted(scores.items(), key=lambda kv: -kv[1])
         else:
-            seen = unique_choices(choices)
+            seen = unique_choices(as_texts(choices, "choices"))
             if not set(seen) & set(YES_NO):
                 raise PolymodalError(f"{self.name} answers only yes or no, and none of the choices "
                                      f"({', '.join(seen.values())}) is; pass yes and/or no")

@@ -7,10 +7,13 @@ Endpoints (JSON in, JSON out; every user error is a 4xx {"error": "..."}):
   POST /v1/embed     {"texts": [...]} | {"images": [base64, ...]} | multipart `image` file(s)  -> vectors
   POST /v1/search    {"text": "...", "k": 10} | {"image": base64, "k": 10} | multipart `image` + `k`  -> hits
   POST /v1/classify  multipart `image` + `labels` (comma-separated) | {"image": base64, "labels": [...]}
-  POST /v1/vqa       multipart `image` + `question` | {"image": base64, "question": "..."}  (with a VQA model)
+  POST /v1/vqa       multipart `image` + `question` (+ `choices`, comma-separated)
+                     | {"image": base64, "question": "...", "choices": [...]}  (with a VQA model)
   POST /v1/index     multipart `image` file(s) to add | {"remove": [ids]}
   GET  /v1/thumb/{id}  a JPEG thumbnail of an indexed image;  GET /v1/info;  GET /healthz;  GET /metrics;  GET /docs
   GET  /             the web page
+Multipart text fields are strings, so a list there is comma-separated; a JSON list is taken as given (one item
+each, commas and all). Over --timeout: 503 (408 while the body is still arriving).
 """
 
 # no `from __future__ import annotations`: FastAPI must see the real Request class of the locally imported fastapi
@@ -36,6 +39,7 @@ _IMAGE_B64 = {"type": "string", "description": "base64 image bytes (a data: URL 
 _FILE = {"type": "string", "format": "binary"}
 _FILES = {"type": "array", "items": _FILE}
 _STR_LIST = {"type": "array", "items": {"type": "string"}}
+_COMMAS = {"type": "string", "description": "comma-separated, e.g. cat,dog (or repeat the field)"}
 
 
 def _body(description: str, json_props: dict, form_props: dict | None) -> dict:
@@ -170,6 +174,13 @@ def create_app(
             raise ApiError(400, f"form field {key!r} must be text, not a file")
         return value
 
+    def form_list(form, key: str) -> list[str] | None:
+        """A multipart list field (labels, choices): each value comma-separated, and it may be repeated."""
+        values = form.getlist(key)
+        if not all(isinstance(v, str) for v in values):
+            raise ApiError(400, f"form field {key!r} must be text, not a file")
+        return [part.strip() for v in values for part in v.split(",") if part.strip()] or None
+
     async def form_images(form, required: bool = True) -> list[tuple[str, bytes]]:
         out = []
         for i, item in enumerate(form.getlist("image")):
@@ -181,18 +192,20 @@ def create_app(
         return out
 
     def json_images(data: dict, required: bool = True) -> list[tuple[str, bytes]]:
-        items = []
+        fields = []  # (field name for messages, value)
         if "image" in data:
-            items.append(data["image"])
+            if not isinstance(data["image"], str):
+                raise ApiError(400, f'"image" must be a base64 string (one image), got {_json_kind(data["image"])}')
+            fields.append(('"image"', data["image"]))
         if "images" in data:
             if not isinstance(data["images"], list):
-                raise ApiError(400, '"images" must be a list of base64 strings')
-            items += data["images"]
-        if required and not items:
+                raise ApiError(400, f'"images" must be a list of base64 strings, got {_json_kind(data["images"])}')
+            fields += [(f'"images"[{i}]', x) for i, x in enumerate(data["images"])]
+        if required and not fields:
             raise ApiError(400, 'no image: send {"image": "<base64 bytes>"} or a multipart file field \'image\'')
-        if len(items) > s.max_images_per_request:
-            raise ApiError(413, f"{len(items)} images in one request; the limit is {s.max_images_per_request}")
-        return [(f"image {i}", _b64(x, i)) for i, x in enumerate(items)]
+        if len(fields) > s.max_images_per_request:
+            raise ApiError(413, f"{len(fields)} images in one request; the limit is {s.max_images_per_request}")
+        return [(f"image {i}", _b64(x, where)) for i, (where, x) in enumerate(fields)]
 
     async def prepare(items: list[tuple[str, bytes]]) -> list:
         """Decoded and preprocessed in a worker thread: ready for svc.batcher.images."""
@@ -283,6 +296,9 @@ def create_app(
             data = await read_json(request, {"text", "image", "k", "model"}, '{"text": "a dog", "k": 10}')
             k = check_k(data.get("k", 10), s.max_k)
             text = data.get("text")
+            if text is not None and not isinstance(text, str):
+                raise ApiError(400, f'"text" must be a string (one query), got {_json_kind(text)}; '
+                               "to embed several texts use /v1/embed")
             items = json_images(data, required=False)
         else:
             async with parse_form(request) as form:
@@ -294,6 +310,8 @@ def create_app(
             raise ApiError(400, 'send either a text query or one image, e.g. {"text": "a dog on a beach", "k": 10}')
         if len(items) > 1:
             raise ApiError(400, "search takes one image per request")
+        if text is not None and not text.strip():
+            raise ApiError(400, '"text" is blank; send what to look for, e.g. "a dog on a beach"')
         if text is not None:
             vectors = await svc.batcher.texts(check_texts([text], 1, s.max_text_chars, "text"))
         else:
@@ -310,7 +328,7 @@ def create_app(
             "multipart image file(s) + labels (comma-separated or repeated), or JSON with base64 image(s)",
             {"image": _IMAGE_B64, "images": {"type": "array", "items": _IMAGE_B64}, "labels": _STR_LIST,
              "top_k": {"type": "integer"}, "templates": _STR_LIST},
-            {"image": _FILES, "labels": {"type": "string"}, "top_k": {"type": "integer"}, "templates": _STR_LIST},
+            {"image": _FILES, "labels": _COMMAS, "top_k": {"type": "integer"}, "templates": _STR_LIST},
         ),
     )
     async def classify(request: Request):
@@ -324,13 +342,16 @@ def create_app(
         else:
             async with parse_form(request) as form:
                 check_form_fields(form, {"image", "labels", "top_k", "templates", "model"})
-                labels = [x for x in form.getlist("labels") if isinstance(x, str)] or None
+                labels = form_list(form, "labels")
                 top_k, templates = form_text(form, "top_k"), form.getlist("templates") or None
                 items = await form_images(form)
         labels = _labels(labels, s.max_labels)
         templates = check_templates(templates, s.max_templates)
         if top_k is not None:
-            top_k = check_k(top_k, s.max_labels)
+            try:
+                top_k = check_k(top_k, s.max_labels)
+            except ApiError as exc:  # check_k's messages name search's field, k
+                raise ApiError(exc.status, "top_k" + exc.message[1:]) from None
         if getattr(type(model), "classify", None) in (None, ZeroShotMixin.classify):  # the usual path: images batched with other requests
             image_emb = await svc.batcher.images(await prepare(items))
             label_emb = await svc.batcher.call(model.label_embeddings, labels, templates)
@@ -349,7 +370,7 @@ def create_app(
         openapi_extra=_body(
             "multipart image + question (+ choices), or JSON with a base64 image",
             {"image": _IMAGE_B64, "question": {"type": "string"}, "choices": _STR_LIST},
-            {"image": _FILE, "question": {"type": "string"}, "choices": _STR_LIST},
+            {"image": _FILE, "question": {"type": "string"}, "choices": _COMMAS},
         ),
     )
     async def vqa(request: Request):
@@ -365,11 +386,13 @@ def create_app(
         else:
             async with parse_form(request) as form:
                 check_form_fields(form, {"image", "question", "choices", "model"})
-                question, choices = form_text(form, "question"), form.getlist("choices") or None
+                question, choices = form_text(form, "question"), form_list(form, "choices")
                 items = await form_images(form)
         if len(items) != 1:
             raise ApiError(400, "vqa takes exactly one image")
-        if not isinstance(question, str) or not question.strip():
+        if question is not None and not isinstance(question, str):
+            raise ApiError(400, f'"question" must be a string, got {_json_kind(question)}')
+        if question is None or not question.strip():
             raise ApiError(400, 'no question: send "question", e.g. "what colour is the car?"')
         question = check_texts([question], 1, 2000, "question")[0]
         if choices is not None:
@@ -478,29 +501,41 @@ def _client_name(filename: str | None, i: int) -> str:
     return name or f"upload {i}"
 
 
-def _b64(value, i: int) -> bytes:
+def _json_kind(value) -> str:
+    """A JSON value's type as a message says it: 'a list', 'an object', 'a number'..."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {list: "a list", dict: "an object", str: "a string"}.get(type(value), "null")
+
+
+def _b64(value, where: str) -> bytes:
     if not isinstance(value, str):
-        raise ApiError(400, f"image {i} must be a base64 string, got {type(value).__name__}")
+        raise ApiError(400, f"{where} must be a base64 string, got {_json_kind(value)}")
     if value.startswith("data:"):
         value = value.partition(",")[2]
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, f"image {i} is not valid base64; send the image bytes base64-encoded") from None
+        raise ApiError(400, f"{where} is not valid base64; send the image bytes base64-encoded") from None
 
 
 def _labels(labels, limit: int) -> list[str]:
+    """JSON labels as given (a label may hold a comma: "Washington, D.C."); form labels come already split."""
     if labels is None:
         raise ApiError(400, 'no labels: send labels, e.g. "cat,dog,car" (form) or ["cat", "dog"] (JSON)')
-    if isinstance(labels, str):
-        labels = [labels]
+    if isinstance(labels, str):  # a JSON string stays comma-separated, as it always was (a list keeps commas)
+        labels = [x.strip() for x in labels.split(",") if x.strip()]
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise ApiError(400, '"labels" must be a list of strings or a comma-separated string')
-    out = [part.strip() for x in labels for part in x.split(",") if part.strip()]
-    if not out:
+        raise ApiError(400, '"labels" must be a list of strings, e.g. ["cat", "dog"], or one comma-separated string')
+    if not labels:
         raise ApiError(400, "no labels given; pass at least one label, e.g. cat,dog")
-    if len(out) > limit:
-        raise ApiError(413, f"{len(out)} labels; the limit is {limit}")
-    if any(len(x) > 200 for x in out):
+    blank = next((i for i, x in enumerate(labels) if not x.strip()), None)
+    if blank is not None:
+        raise ApiError(400, f"label {blank} is empty; every label needs some text")
+    if len(labels) > limit:
+        raise ApiError(413, f"{len(labels)} labels; the limit is {limit}")
+    if any(len(x) > 200 for x in labels):
         raise ApiError(400, "a label is longer than 200 characters")
-    return out
+    return labels

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from polymodal.data.images import check_image_size, to_rgb
 from polymodal.errors import PolymodalError
 
 # Formats the service decodes. Restricting Pillow to these keeps exotic decoders away from request bytes; they are
@@ -76,17 +77,19 @@ def open_image_checked(data: bytes, max_pixels: int, name: str = "upload") -> Im
     except Image.DecompressionBombError as exc:  # Pillow's own header check, for sizes far past ours
         raise ApiError(413, f"{name} declares too many pixels ({exc}); the limit is {max_pixels:,} pixels") from None
     w, h = img.size
-    if w < 1 or h < 1 or w * h > max_pixels:
+    if w * h > max_pixels:
         raise ApiError(
             413,
             f"{name} is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} pixels ({max_pixels / 1e6:g} MP); "
             "send a smaller image",
         )
     try:
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)
+        check_image_size(w, h, name)  # a 1x40,000,000 strip passes the pixel limit but is no picture
+    except PolymodalError as exc:
+        raise ApiError(400, str(exc)) from None
+    try:
         img.load()
-        return img.convert("RGB")
+        return to_rgb(img)  # the same pixels load_image gives for this file (EXIF rotation, 16-bit, alpha)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:
         raise ApiError(400, f"{name} is a damaged or truncated image ({exc.__class__.__name__}); send a complete file") from None
 

@@ -93,6 +93,8 @@ class LimitsMiddleware:
     """Reads the body up front (at most max_body_bytes, within the timeout), then runs the app with a deadline.
 
     Paths in `no_deadline` (index writes, which must not be cut off half-way) get the body deadline only.
+    Past the deadline: 408 while the body is still arriving (the client is slow), else 503 (the server could not
+    answer in time: standard for overload, and clients and proxies know to retry it).
     """
 
     def __init__(self, app, max_body_bytes: int, timeout_s: float, no_deadline: tuple = ()) -> None:
@@ -131,7 +133,10 @@ class LimitsMiddleware:
         except _TooLarge:
             return await send_error(send, 413, self._too_large(f"over {self.max_body:,} bytes"))
         except asyncio.TimeoutError:
-            return await send_error(send, 408, f"the request body did not arrive within {self.timeout:g} s")
+            return await send_error(
+                send, 408, f"the request body did not arrive within {self.timeout:g} s (--timeout); send a smaller "
+                "body or use a faster connection, or start the server with a larger --timeout",
+            )
         if body is None:  # client went away
             return
         replayed = False
@@ -160,6 +165,7 @@ class LimitsMiddleware:
             log.warning("%s %s took longer than %g s; answered 503", scope["method"], scope["path"], self.timeout)
             if not started:
                 await send_error(
-                    send, 503, f"the request took longer than {self.timeout:g} s (server busy); retry later",
-                    {"Retry-After": "1"},
+                    send, 503, f"the request took longer than {self.timeout:g} s (--timeout): the server is busy or "
+                    "the request too large; retry, send fewer items per request, or start the server with a larger "
+                    "--timeout", {"Retry-After": "1"},
                 )

@@ -39,6 +39,7 @@ PAGE = r"""<!doctype html>
   section.box { margin-top: 26px; padding: 16px; background: #fff; border: 1px solid var(--line); border-radius: 10px; }
   section.box h2 { font-size: 15px; margin: 0 0 10px; }
   #vqa-answer { margin-top: 10px; font-weight: 600; }
+  #vqa-answer .alternatives { font-weight: normal; color: var(--muted); font-size: 13px; }
   [hidden] { display: none !important; }
 </style>
 </head>
@@ -178,6 +179,24 @@ drop.addEventListener("drop", (ev) => {
   const file = ev.dataTransfer && ev.dataTransfer.files[0];
   if (file) searchImage(file);
 });
+function pct(score) {
+  return typeof score === "number" ? " (" + Math.round(score * 100) + "%)" : "";
+}
+function showAnswer(answer) {
+  // the VQA models answer {answer, score, alternatives: [[answer, score], ...]}; another model may send a string
+  const box = $("vqa-answer");
+  if (!answer || typeof answer !== "object" || answer.answer === undefined) {
+    box.textContent = typeof answer === "string" ? answer : JSON.stringify(answer);
+    return;
+  }
+  const best = document.createElement("div");
+  best.textContent = answer.answer + pct(answer.score);
+  const others = (answer.alternatives || []).filter((a) => Array.isArray(a) && a[0] !== answer.answer);
+  const alts = document.createElement("div");
+  alts.className = "alternatives";
+  alts.textContent = others.length ? "also: " + others.map((a) => a[0] + pct(a[1])).join(", ") : "";
+  box.replaceChildren(best, alts);
+}
 $("vqa-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const file = $("vqa-file").files[0];
@@ -188,7 +207,7 @@ $("vqa-form").addEventListener("submit", async (ev) => {
   $("vqa-answer").textContent = "thinking…";
   try {
     const res = await api("/v1/vqa", { method: "POST", body: form });
-    $("vqa-answer").textContent = typeof res.answer === "string" ? res.answer : JSON.stringify(res.answer);
+    showAnswer(res.answer);
   } catch (e) { $("vqa-answer").textContent = e.message; }
 });
 $("add-form").addEventListener("submit", async (ev) => {

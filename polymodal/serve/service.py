@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from polymodal.data.images import to_rgb
 from polymodal.errors import PolymodalError
 from polymodal.index import ImageIndex
 from polymodal.index.scan import canonical_path
@@ -170,8 +171,7 @@ class Service:
                 img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
                 if img.width * img.height > max(self.settings.max_image_pixels, Image.MAX_IMAGE_PIXELS or 0):
                     raise ApiError(422, f"image {image_id} is {img.width}x{img.height}; too large to thumbnail")
-                img.seek(0)
-                img = ImageOps.exif_transpose(img).convert("RGB")
+                img = to_rgb(img)  # the pixels the model embedded: first frame, EXIF rotation, 16-bit, alpha on white
                 img.thumbnail((size, size))
                 out = io.BytesIO()
                 img.save(out, "JPEG", quality=85)

@@ -22,6 +22,7 @@ from polymodal.data.pairs import PairSet, read_pair_source, split_by_image
 from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig, is_dual_encoder_folder, load_dual_encoder
+from polymodal.models.inputs import as_settings
 from polymodal.train import distributed
 from polymodal.train.features import CachedPairDataset, collate_cached, image_features, text_features
 from polymodal.train.guards import (
@@ -47,6 +48,10 @@ class ContrastiveRecipe:
     views: int = 1  # cached image views per image: 1 = centre crop only, >1 adds augmented views
     workers: int = 0
     zeroshot_labels: str = ""  # JSONL of {"image", "label"}: zero-shot accuracy as a hook after every epoch
+
+    def __post_init__(self) -> None:  # from Python, nested settings may come as dicts (as in a --config file)
+        self.arch = as_settings(self.arch, DualEncoderConfig, "arch")
+        self.train = as_settings(self.train, TrainConfig, "train")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ContrastiveRecipe":

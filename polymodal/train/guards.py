@@ -51,7 +51,8 @@ def check_types(settings) -> None:
             check_types(value)
         elif not _matches(value, kind):
             want = _TYPE_NAMES.get(typing.get_origin(kind) or kind, str(kind))
-            raise PolymodalError(f"setting {f.name} must be {want}, got {value!r}; fix it in the --config file")
+            raise PolymodalError(f"setting {f.name} must be {want}, got {value!r}; fix {f.name} (in the recipe, or "
+                                 "the --config file on the command line)")
 
 
 def check_ranges(settings, rules: dict) -> None:
@@ -59,8 +60,9 @@ def check_ranges(settings, rules: dict) -> None:
     for name, (want, ok) in rules.items():
         value = getattr(settings, name)
         if not ok(value):
-            raise PolymodalError(f"{name} must be {want}, got {value!r}; fix --{name.replace('_', '-')} "
-                                 "(or the --config file)")
+            # the same check serves Python recipes and the CLI: name the setting, then its flag
+            raise PolymodalError(f"{name} must be {want}, got {value!r}; fix {name} (--{name.replace('_', '-')} "
+                                 "or the --config file on the command line)")
 
 
 def check_run_folder(out, resume: bool, overwrite: bool) -> None:

@@ -48,6 +48,7 @@ from polymodal.cache import atomic_write_bytes
 from polymodal.data.pairs import PairSet, read_pair_source
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig, is_fusion_encoder_folder, load_fusion_encoder
+from polymodal.models.inputs import as_settings
 from polymodal.train.features import _load_cached, _store
 from polymodal.train.guards import (
     FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
@@ -110,6 +111,10 @@ class PretrainRecipe:
     mrm_target: str = "regress"  # "regress" the 1280-d cell features or "classify" their ImageNet distribution
     zero_images: bool = False  # control runs: every image feature is zero (text-only baseline)
     workers: int = 0
+
+    def __post_init__(self) -> None:  # from Python, nested settings may come as dicts (as in a --config file)
+        self.arch = as_settings(self.arch, FusionEncoderConfig, "arch", {"fusion": "co_attention"})
+        self.train = as_settings(self.train, TrainConfig, "train", PRETRAIN_TRAIN_DEFAULTS)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainRecipe":

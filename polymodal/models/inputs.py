@@ -1,0 +1,45 @@
+"""Checks on what the Python API is given (torch-free, imports nothing of polymodal but errors, so any module can
+use them): a user mistake becomes one PolymodalError, not a silent misreading or a raw TypeError."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from numbers import Integral
+from typing import Any
+
+from polymodal.errors import PolymodalError
+
+
+def as_texts(value: Any, what: str = "texts") -> list[str]:
+    """A string or an iterable of strings -> a list of strings. A single string is one text (never its characters);
+    anything not a string is refused, so None or a nested list is not silently embedded as its repr."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (bytes, Mapping)) or not isinstance(value, Iterable):
+        raise PolymodalError(f"{what} must be a string or a list of strings, got {type(value).__name__}")
+    items = list(value)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise PolymodalError(f"{what}[{i}] is {item!r:.40} ({type(item).__name__}), not a string; "
+                                 f"pass {what} as strings")
+    return items
+
+
+def check_count(value: Any, what: str, none_means: str = "") -> int | None:
+    """A whole number >= 1 (batch_size, top_k, k) -> int. None passes only when none_means says what it means."""
+    if value is None and none_means:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        also = f" (or None for {none_means})" if none_means else ""
+        raise PolymodalError(f"{what} must be a whole number of at least 1{also}, got {value!r}")
+    return int(value)
+
+
+def as_settings(value: Any, kind: type, what: str, defaults: dict | None = None):
+    """A nested settings dataclass (a recipe's arch or train) given as itself or, natural from Python, as a dict
+    of its settings (over `defaults`, as a --config file's would be) -> an instance of kind."""
+    if isinstance(value, Mapping):
+        return kind.from_dict({**(defaults or {}), **value})
+    if not isinstance(value, kind):
+        raise PolymodalError(f"{what} must be a {kind.__name__} or a dict of its settings, got {type(value).__name__}")
+    return value
