@@ -127,14 +127,20 @@ class ImageTransform:
                 d[key] = tuple(float(x) for x in d[key])
         return cls(**d)
 
+    def _resized(self, w: int, h: int) -> tuple[int, int, int, int]:
+        """(resized w, resized h, crop left, crop top) for a w x h image. The long side is truncated as CLIP's
+        processors (HF and torchvision) do, so CLIP checkpoints match exactly."""
+        nw, nh = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
+        nw, nh = max(self.crop, nw), max(self.crop, nh)
+        return nw, nh, (nw - self.crop) // 2, (nh - self.crop) // 2
+
     def source_box(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
         """The part of an image of ``size`` (w, h) that the centre crop keeps, in its own pixels (left, top, right,
         bottom): where a heat map over the model's input belongs on the original image."""
         w, h = size
-        nw, nh = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
-        nw, nh = max(self.crop, nw), max(self.crop, nh)
-        left, top = (nw - self.crop) // 2, (nh - self.crop) // 2
-        return left * w / nw, top * h / nh, (left + self.crop) * w / nw, (top + self.crop) * h / nh
+        nw, nh, left, top = self._resized(w, h)
+        sx, sy = w / nw, h / nh
+        return left * sx, top * sy, (left + self.crop) * sx, (top + self.crop) * sy
 
     def pil_crop(self, img: Image.Image) -> Image.Image:
         w, h = img.size
@@ -144,17 +150,10 @@ class ImageTransform:
             x0, y0 = (w - min(w, keep)) // 2, (h - min(h, keep)) // 2
             img = img.crop((x0, y0, x0 + min(w, keep), y0 + min(h, keep)))
             w, h = img.size
-        # Truncate the long side as CLIP's processors (HF and torchvision) do, so CLIP checkpoints match exactly.
-        if w <= h:
-            nw, nh = self.resize, int(self.resize * h / w)
-        else:
-            nw, nh = int(self.resize * w / h), self.resize
-        nw, nh = max(self.crop, nw), max(self.crop, nh)
-        left, top = (nw - self.crop) // 2, (nh - self.crop) // 2
+        nw, nh, left, top = self._resized(w, h)
         if not self.crop_box:
             return img.resize((nw, nh), _RESAMPLE[self.resample]).crop((left, top, left + self.crop, top + self.crop))
-        sx, sy = w / nw, h / nh
-        box = (left * sx, top * sy, (left + self.crop) * sx, (top + self.crop) * sy)
+        box = self.source_box((w, h))
         return img.resize((self.crop, self.crop), _RESAMPLE[self.resample], box=box)
 
     def __call__(self, images: Sequence[Any]) -> np.ndarray:
