@@ -17,11 +17,17 @@ def cache_dir() -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def temp_beside(path: Path) -> tuple[int, str]:
     """(fd, name) of a new hidden temporary file in `path`'s folder, to be renamed onto `path` once complete."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; the result is an ordinary file other users may read
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result is an ordinary file, as open() would make it
     return fd, tmp
 
 
@@ -46,17 +52,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def staged_folder(out: Path) -> Iterator[Path]:
     """Build a folder's contents in a hidden sibling; on success it replaces `out` (an old `out` is removed only
     then), on an error it is removed. A crash or kill never leaves `out` half-written, only a hidden .partial."""
-    out = Path(out)
+    out = Path(out).resolve()  # `--out .` and symlinks: work on the real folder and its real parent
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
-    os.chmod(stage, 0o755)  # mkdtemp makes 0700; the result is an ordinary folder
+    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
     try:
         yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(stage, out)
-    shutil.rmtree(old, ignore_errors=True)
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists():
+            os.replace(out, old)
+        try:
+            os.replace(stage, out)
+        except OSError:
+            if old.exists():  # put the previous folder back rather than leave none
+                os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # gone after a success's rename; removed after an error

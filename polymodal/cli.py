@@ -146,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db", required=True)
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--model", help="defaults to the index's model; another model is refused")
-    s.add_argument("--explain", metavar="OUT_PNG", help="also save a heat map of which parts of the top match made "
-                   "it match (occlusion: each of 7x7 regions blanked in turn; about 50 extra image passes)")
+    s.add_argument("--explain", metavar="OUT", help="also save a heat map (.png, .jpg or .webp) of which parts of the "
+                   "top match made it match (occlusion: each 2x2 block of a 7x7 grid blanked in turn; 37 extra "
+                   "image passes)")
     s.add_argument("--json", action="store_true")
     add_precision(s)
     s.set_defaults(func=cmd_search)
@@ -194,10 +195,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("polymodal: interrupted", file=sys.stderr)
         return 130
-    except OSError as exc:  # a path the user gave cannot be made or written (its parent is a file, no permission, ...)
+    except OSError as exc:  # mostly a path that cannot be made or written (its parent is a file, no permission)
+        if args.verbose:
+            raise  # the whole story, for a bug report
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
-        print(f"polymodal: error: {exc.strerror or exc}{': ' + where if where else ''}; check the path "
-              "(its folder must exist or be creatable, and be writable)", file=sys.stderr)
+        print(f"polymodal: error: {exc.strerror or exc}{': ' + where if where else ''} (a file-system error: check "
+              "that path and the free space; -v shows the details)", file=sys.stderr)
         return 2
 
 

@@ -18,7 +18,6 @@ def cmd_export_onnx(args) -> int:
         raise PolymodalError(f"ONNX export needs the onnx extra ({exc.name} is missing); pip install 'polymodal[onnx]'") from exc
     import polymodal
     from polymodal.export.onnx_export import export_onnx, report_table, validation_set
-    from polymodal.export.runtime import ONNX_CONFIG
     from polymodal.registry import MODELS, onnx_export_dir
 
     if args.val_limit < 2:
@@ -28,9 +27,10 @@ def cmd_export_onnx(args) -> int:
         raise PolymodalError("pass --out DIR: where to write the export of a model given by path")
     if out.exists() and not out.is_dir():
         raise PolymodalError(f"--out {out} is a file; pass a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / ONNX_CONFIG).is_file():
-        # the export replaces the whole folder: never delete files that are not an earlier export's
-        raise PolymodalError(f"--out {out} holds files that are not a polymodal export; pass a new or empty folder")
+    foreign = sorted(p.name for p in out.iterdir() if not _export_file(p.name)) if out.is_dir() else []
+    if foreign:  # the export replaces the whole folder: never delete files that are not an earlier export's
+        raise PolymodalError(f"--out {out} holds files that are not a polymodal export ({', '.join(foreign[:3])}); "
+                             "pass a new or empty folder")
     if args.max_drop_points < 0:
         raise PolymodalError(f"--max-drop-points must be 0 or more, got {args.max_drop_points}")
     variants = _variants(args)
@@ -56,6 +56,13 @@ def cmd_export_onnx(args) -> int:
         print(f"written to {out}; use it with polymodal.load({str(out)!r}, runtime='onnx') "
               f"or `polymodal serve --runtime onnx --model {out}`")
     return 0
+
+
+def _export_file(name: str) -> bool:
+    """What `polymodal export onnx` writes: graphs, the tokenizer, its config and reports."""
+    from polymodal.export.runtime import ONNX_CONFIG
+
+    return name.endswith(".onnx") or name in (ONNX_CONFIG, "tokenizer.json", "report.json", "report.md")
 
 
 def _variants(args) -> list[str] | None:

@@ -50,10 +50,12 @@ def recipe_settings(args, paths: tuple[str, ...], flags: dict) -> dict:
             if not isinstance(value, dict):
                 raise PolymodalError(f"{key} in config {args.config} must be a table of settings, got {value!r}")
             settings[key].update(value)
+        elif key in ("resume", "overwrite"):  # a file that always deletes or resumes is a trap: only by flag
+            raise PolymodalError(f"{key} in config {args.config} is not taken; pass --{key} on the command line")
         elif key in RUN_KEYS:
             if not isinstance(value, bool):
                 raise PolymodalError(f"{key} in config {args.config} must be true or false, got {value!r}")
-            setattr(args, key, getattr(args, key, False) or value)  # the flag still wins when given
+            setattr(args, key, getattr(args, key, False) or value)
         else:
             section = "arch" if key in ARCH_KEYS else flags.get(key, ("",))[0]
             (settings[section] if section else settings)[key] = value

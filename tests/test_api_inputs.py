@@ -148,3 +148,15 @@ def test_range_errors_name_the_setting_and_the_flag():
 
     with pytest.raises(PolymodalError, match=r"fix batch_size \(--batch-size"):
         ContrastiveRecipe(pairs=["p.jsonl"], out="run", batch_size=1).validate()
+
+
+def test_one_image_or_a_batch_of_them_in_any_container():
+    import numpy as np
+
+    from polymodal.models.inputs import as_images
+
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    assert len(as_images(pixels)) == 1 and len(as_images(np.zeros((4, 8, 8, 3), np.uint8))) == 4
+    assert as_images(np.array(["a.png", "b.png"])) == ["a.png", "b.png"]  # an array of paths is a batch
+    assert as_images(p for p in ("a.png", "b.png")) == ["a.png", "b.png"]
+    assert as_images("a.png") == ["a.png"] and as_images(b"\x89PNG") == [b"\x89PNG"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from polymodal import cli
-from polymodal.cache import atomic_write_bytes, staged_folder
+from polymodal.cache import _umask, atomic_write_bytes, staged_folder
 
 
 def test_staged_folder_replaces_the_old_folder_only_on_success(tmp_path):
@@ -26,7 +26,7 @@ def test_staged_folder_replaces_the_old_folder_only_on_success(tmp_path):
         (stage / "new.txt").write_text("new")
     assert [p.name for p in out.iterdir()] == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["export"]
-    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~_umask()  # an ordinary folder, as mkdir makes it
 
 
 def test_written_files_are_readable_by_other_users(tmp_path):
@@ -35,7 +35,7 @@ def test_written_files_are_readable_by_other_users(tmp_path):
     atomic_write_bytes(tmp_path / "a.json", b"{}")
     export_graph(torch.nn.Linear(3, 2), (torch.zeros(1, 3),), ["x"], tmp_path / "g.onnx")
     for name in ("a.json", "g.onnx"):
-        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~_umask(), name  # not mkstemp's 0600
 
 
 def test_export_never_replaces_a_folder_that_is_not_an_export(tmp_path, capsys):
@@ -44,6 +44,9 @@ def test_export_never_replaces_a_folder_that_is_not_an_export(tmp_path, capsys):
     (out / "notes.txt").write_text("keep me")
     assert cli.main(["export", "onnx", "lite", "--out", str(out)]) == 2
     assert "not a polymodal export" in capsys.readouterr().err
+    (out / "onnx_config.json").write_text("{}")  # an earlier export with the user's notes added: still refused
+    assert cli.main(["export", "onnx", "lite", "--out", str(out)]) == 2
+    assert "notes.txt" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "keep me"
     assert cli.main(["export", "onnx", "lite", "--out", str(tmp_path / "new"), "--max-drop-points", "-1"]) == 2
     assert "--max-drop-points" in capsys.readouterr().err and not (tmp_path / "new").exists()

@@ -73,6 +73,36 @@ def test_form_choices_split_on_commas_and_json_choices_are_taken_as_given(client
     r = client.post("/v1/vqa", json={"image": b64, "question": "where?", "choices": ["Washington, D.C.", "Paris"]})
     assert r.status_code == 200, r.text
     assert asker.choices == [["red", "blue"], None, ["Washington, D.C.", "Paris"]]
+    # a JSON string is comma-separated, as for labels; blank choices are refused, as blank labels are
+    r = client.post("/v1/vqa", json={"image": b64, "question": "colour?", "choices": "red, blue"})
+    assert r.status_code == 200, r.text
+    assert asker.choices[-1] == ["red", "blue"]
+    assert "choice 1 is empty" in error_of(client.post("/v1/vqa", json={"image": b64, "question": "?", "choices": ["red", " "]}), 400)
+    assert "must be a list" in error_of(client.post("/v1/vqa", json={"image": b64, "question": "?", "choices": [1]}), 400)
+
+
+class _Vqa:
+    """A VQA model that cannot embed, served beside lite: each endpoint accepts only its own model's name."""
+
+    name = key = "stub-vqa"
+
+    def answer(self, image, question, choices=None):
+        return {"answer": "red", "score": 1.0, "alternatives": [("red", 1.0)]}
+
+
+def test_model_field_names_the_model_answering_that_endpoint(lite, db, cat):
+    b64 = base64.b64encode(cat).decode()
+    with TestClient(create_app(lite, db, vqa_model=_Vqa())) as c:
+        for path, body in [("/v1/embed", {"texts": ["a dog"]}), ("/v1/search", {"text": "a dog"})]:
+            assert c.post(path, json={**body, "model": lite.key}).status_code == 200
+            msg = error_of(c.post(path, json={**body, "model": "stub-vqa"}), 400)
+            assert f"serves model {lite.name!r}" in msg and "stub-vqa" in msg
+        vqa = {"image": b64, "question": "colour?"}
+        assert c.post("/v1/vqa", json={**vqa, "model": "stub-vqa"}).status_code == 200
+        assert "serves model 'stub-vqa'" in error_of(c.post("/v1/vqa", json={**vqa, "model": lite.name}), 400)
+        form = {"question": "colour?", "model": "stub-vqa"}
+        assert c.post("/v1/vqa", files={"image": ("c.jpg", cat, "image/jpeg")}, data=form).status_code == 200
+        assert "serves model" in error_of(c.post("/v1/embed", files={"image": ("c.jpg", cat, "image/jpeg")}, data={"model": "stub-vqa"}), 400)
 
 
 def test_json_fields_of_the_wrong_type_say_which_type(client, cat):

@@ -124,6 +124,7 @@ def test_every_trainer_refuses_an_existing_run(capsys, tmp_path, argv):
     (["--batch-size", "0"], None, "batch_size must be at least 2"),
     (["--val-fraction", "1"], None, "val_fraction must be in [0, 1)"),
     (["--resume", "--overwrite"], None, "not both"),
+    ([], {"overwrite": True}, "pass --overwrite on the command line"),  # a config that always deletes is a trap
 ])
 def test_bad_settings_are_one_line_and_leave_no_folder(capsys, pairs_file, tmp_path, extra, config, needle):
     if config is not None:
@@ -202,3 +203,14 @@ def test_config_takes_every_flag_key(tmp_path):
     assert args.quiet and recipe.arch.embed_dim == 32 and recipe.batch_size == 8
     assert recipe.train.epochs == 5 and recipe.train.lr == 0.01  # the flag overrides the config
     assert recipe.val_pairs == ["v.jsonl"]
+
+
+def test_settings_from_python_take_numpy_numbers_and_a_bare_path(tmp_path):
+    import numpy as np
+
+    from polymodal.train.vqa import VQARecipe
+
+    config = TrainConfig(epochs=np.int64(3), lr=np.float32(0.01))
+    config.validate()  # a sweep over np.arange values is valid input
+    recipe = VQARecipe(qa=tmp_path / "train.jsonl", out=str(tmp_path / "run"))
+    assert recipe.qa == [tmp_path / "train.jsonl"] and recipe.val_qa == []

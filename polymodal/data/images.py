@@ -13,6 +13,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from polymodal.errors import PolymodalError
 
+# Bumped when decoding changes pixels (2: EXIF rotation, alpha over white, 16-bit scaling), so that caches of
+# features computed from images are not reused across it.
+LOADER_VERSION = 2
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")

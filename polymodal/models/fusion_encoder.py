@@ -46,8 +46,7 @@ from polymodal.data.answers import unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, build_fusion
-from polymodal.models.inputs import as_texts, check_count
-from polymodal.models.interface import as_list
+from polymodal.models.inputs import as_texts, check_count, vqa_rows
 
 log = logging.getLogger(__name__)
 
@@ -512,15 +511,6 @@ class FusionEncoder(nn.Module):
         atomic_write_bytes(folder / WEIGHTS_FILE, data)
         atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())
         return folder
-
-
-def vqa_rows(images: Any, questions: Any) -> tuple[list, list[str]]:
-    """predict()'s arguments as rows: a single image (path, PIL image, array) or question string is one row, not a
-    sequence of characters; the counts must match."""
-    images, questions = as_list(images), as_texts(questions, "questions")
-    if len(images) != len(questions):
-        raise PolymodalError(f"got {len(images)} images but {len(questions)} questions; pass one image per question")
-    return images, questions
 
 
 def _dedupe(items: Sequence[Any]) -> tuple[list, list[int]]:

@@ -25,6 +25,37 @@ def as_texts(value: Any, what: str = "texts") -> list[str]:
     return items
 
 
+def as_images(value: Any) -> list:
+    """One image (a path, bytes, a PIL image, an array of up to 3 dimensions) -> [it]; a batch (a list, tuple,
+    array of paths, [N, H, W, C] array, generator, pandas Series ...) -> a list of its items."""
+    import os
+
+    if isinstance(value, (str, bytes, bytearray, os.PathLike)) or hasattr(value, "getpixel"):  # getpixel: PIL
+        return [value]
+    ndim = getattr(value, "ndim", None)
+    if ndim is not None and getattr(value, "dtype", None) is not None and value.dtype.kind in "biuf" and ndim <= 3:
+        return [value]  # pixels: H x W, H x W x C or C x H x W
+    if isinstance(value, Iterable):
+        return list(value)
+    return [value]
+
+
+def vqa_rows(images: Any, questions: Any) -> tuple[list, list[str]]:
+    """predict()'s arguments as rows: a single image (path, PIL image, array) or question string is one row, not a
+    sequence of characters; the counts must match."""
+    images, questions = as_images(images), as_texts(questions, "questions")
+    if len(images) != len(questions):
+        raise PolymodalError(f"got {len(images)} images but {len(questions)} questions; pass one image per question")
+    return images, questions
+
+
+def as_paths(value: Any) -> list:
+    """A recipe's data files: one path (str or Path) or a list of them -> a list."""
+    import os
+
+    return [value] if isinstance(value, (str, os.PathLike)) else value
+
+
 def check_count(value: Any, what: str, none_means: str = "") -> int | None:
     """A whole number >= 1 (batch_size, top_k, k) -> int. None passes only when none_means says what it means."""
     if value is None and none_means:

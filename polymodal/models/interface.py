@@ -8,13 +8,7 @@ from typing import Any
 import numpy as np
 
 from polymodal.apps.zeroshot import ZeroShotMixin
-from polymodal.models.inputs import as_texts, check_count
-
-
-def as_list(x: Any) -> list:
-    if isinstance(x, (str, bytes)) or not isinstance(x, (list, tuple)):
-        return [x]
-    return list(x)
+from polymodal.models.inputs import as_images, as_texts, check_count
 
 
 class EmbeddingInterface(ZeroShotMixin):
@@ -49,7 +43,7 @@ class EmbeddingInterface(ZeroShotMixin):
     def encode_image(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """Paths, PIL images or numpy arrays -> float32 [N, dim], rows L2-normalised (self.transform, then
         embed_pixels: the service relies on this split to preprocess in request threads)."""
-        images = as_list(images)
+        images = as_images(images)
         bs = check_count(batch_size, "batch_size", "the default") or self.image_batch_size
         out = [np.zeros((0, self.dim), np.float32)]
         for i in range(0, len(images), bs):

@@ -33,8 +33,8 @@ import torch
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import YES_NO, normalize_answer, unique_choices
-from polymodal.models.fusion_encoder import _dedupe, vqa_rows
-from polymodal.models.inputs import as_texts, check_count
+from polymodal.models.fusion_encoder import _dedupe
+from polymodal.models.inputs import as_texts, check_count, vqa_rows
 
 log = logging.getLogger(__name__)
 

@@ -130,7 +130,7 @@ def create_app(
     app.state.service = svc
 
     # -- request parsing ------------------------------------------------------------------------------------------
-    async def read_json(request: Request, allowed: set[str], example: str) -> dict:
+    async def read_json(request: Request, allowed: set[str], example: str, vqa: bool = False) -> dict:
         raw = await request.body()
         try:
             data = json.loads(raw)
@@ -141,7 +141,7 @@ def create_app(
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; this endpoint takes {', '.join(sorted(allowed))}")
-        check_model_field(data.get("model"))
+        check_model_field(data.get("model"), vqa)
         return data
 
     def content_type(request: Request, multipart: bool = True) -> str:
@@ -154,17 +154,19 @@ def create_app(
     def parse_form(request: Request):
         return request.form(max_files=s.max_images_per_request, max_fields=s.max_labels + 16)
 
-    def check_form_fields(form, allowed: set[str]) -> None:
+    def check_form_fields(form, allowed: set[str], vqa: bool = False) -> None:
         unknown = sorted(set(form.keys()) - allowed)
         if unknown:
             raise ApiError(400, f"unknown form field(s) {', '.join(map(repr, unknown))}; this endpoint takes {', '.join(sorted(allowed))}")
-        check_model_field(form.get("model"))
+        check_model_field(form.get("model"), vqa)
 
-    def check_model_field(name) -> None:
-        served = (model.name, model.key) + ((vqa_model.name, vqa_model.key) if vqa_model is not None else ())
-        if name is not None and name not in served:
+    def check_model_field(name, vqa: bool = False) -> None:
+        """`model` names the model that answers this endpoint: the VQA model on /v1/vqa, the embedding model elsewhere."""
+        m = vqa_model if vqa and vqa_model is not None else model
+        if name is not None and name not in (m.name, m.key):
+            where = "/v1/vqa" if vqa else "this endpoint"
             raise ApiError(
-                400, f"this server serves model {model.name!r} ({model.key}), not {str(name)[:100]!r}; "
+                400, f"this server serves model {m.name!r} ({m.key}) on {where}, not {str(name)[:100]!r}; "
                 f"drop the model field or start a server with --model {str(name)[:100]}"
             )
 
@@ -345,7 +347,7 @@ def create_app(
                 labels = form_list(form, "labels")
                 top_k, templates = form_text(form, "top_k"), form.getlist("templates") or None
                 items = await form_images(form)
-        labels = _labels(labels, s.max_labels)
+        labels = _text_list(labels, "labels", s.max_labels)
         templates = check_templates(templates, s.max_templates)
         if top_k is not None:
             try:
@@ -380,12 +382,14 @@ def create_app(
                 "--model easy-vqa (or another VQA model: the index's own model still embeds and searches)",
             )
         if content_type(request) == "application/json":
-            data = await read_json(request, {"image", "question", "choices", "model"}, '{"image": "<base64>", "question": "what is this?"}')
+            data = await read_json(
+                request, {"image", "question", "choices", "model"}, '{"image": "<base64>", "question": "what is this?"}', vqa=True,
+            )
             question, choices = data.get("question"), data.get("choices")
             items = json_images(data)
         else:
             async with parse_form(request) as form:
-                check_form_fields(form, {"image", "question", "choices", "model"})
+                check_form_fields(form, {"image", "question", "choices", "model"}, vqa=True)
                 question, choices = form_text(form, "question"), form_list(form, "choices")
                 items = await form_images(form)
         if len(items) != 1:
@@ -396,7 +400,7 @@ def create_app(
             raise ApiError(400, 'no question: send "question", e.g. "what colour is the car?"')
         question = check_texts([question], 1, 2000, "question")[0]
         if choices is not None:
-            choices = check_texts(choices, s.max_labels, 500, "choices")
+            choices = _text_list(choices, "choices", s.max_labels, max_chars=500)
         image = (await decode(items))[0]
         answer = await svc.batcher.call(vqa_model.answer, image, question, choices)
         return JSONResponse({"model": vqa_model.key, "question": question, "answer": jsonable(answer)})
@@ -521,21 +525,23 @@ def _b64(value, where: str) -> bytes:
         raise ApiError(400, f"{where} is not valid base64; send the image bytes base64-encoded") from None
 
 
-def _labels(labels, limit: int) -> list[str]:
-    """JSON labels as given (a label may hold a comma: "Washington, D.C."); form labels come already split."""
-    if labels is None:
-        raise ApiError(400, 'no labels: send labels, e.g. "cat,dog,car" (form) or ["cat", "dog"] (JSON)')
-    if isinstance(labels, str):  # a JSON string stays comma-separated, as it always was (a list keeps commas)
-        labels = [x.strip() for x in labels.split(",") if x.strip()]
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise ApiError(400, '"labels" must be a list of strings, e.g. ["cat", "dog"], or one comma-separated string')
-    if not labels:
-        raise ApiError(400, "no labels given; pass at least one label, e.g. cat,dog")
-    blank = next((i for i, x in enumerate(labels) if not x.strip()), None)
+def _text_list(value, field: str, limit: int, max_chars: int = 200) -> list[str]:
+    """A list field (labels, choices): a JSON list as given (an item may hold a comma: "Washington, D.C."), a string
+    comma-separated (form lists come already split); blank items refused."""
+    item, eg = field.removesuffix("s"), ("red", "blue") if field == "choices" else ("cat", "dog")
+    if value is None:
+        raise ApiError(400, f'no {field}: send {field}, e.g. "{eg[0]},{eg[1]}" (form) or ["{eg[0]}", "{eg[1]}"] (JSON)')
+    if isinstance(value, str):  # a JSON string stays comma-separated, as it always was (a list keeps commas)
+        value = [x.strip() for x in value.split(",") if x.strip()]
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise ApiError(400, f'"{field}" must be a list of strings, e.g. ["{eg[0]}", "{eg[1]}"], or one comma-separated string')
+    if not value:
+        raise ApiError(400, f"no {field} given; pass at least one {item}, e.g. {eg[0]},{eg[1]}")
+    blank = next((i for i, x in enumerate(value) if not x.strip()), None)
     if blank is not None:
-        raise ApiError(400, f"label {blank} is empty; every label needs some text")
-    if len(labels) > limit:
-        raise ApiError(413, f"{len(labels)} labels; the limit is {limit}")
-    if any(len(x) > 200 for x in labels):
-        raise ApiError(400, "a label is longer than 200 characters")
-    return labels
+        raise ApiError(400, f"{item} {blank} is empty; every {item} needs some text")
+    if len(value) > limit:
+        raise ApiError(413, f"{len(value)} {field}; the limit is {limit}")
+    if any(len(x) > max_chars for x in value):
+        raise ApiError(400, f"a {item} is longer than {max_chars} characters")
+    return value

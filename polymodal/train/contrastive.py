@@ -22,7 +22,7 @@ from polymodal.data.pairs import PairSet, read_pair_source, split_by_image
 from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig, is_dual_encoder_folder, load_dual_encoder
-from polymodal.models.inputs import as_settings
+from polymodal.models.inputs import as_paths, as_settings
 from polymodal.train import distributed
 from polymodal.train.features import CachedPairDataset, collate_cached, image_features, text_features
 from polymodal.train.guards import (
@@ -50,6 +50,7 @@ class ContrastiveRecipe:
     zeroshot_labels: str = ""  # JSONL of {"image", "label"}: zero-shot accuracy as a hook after every epoch
 
     def __post_init__(self) -> None:  # from Python, nested settings may come as dicts (as in a --config file)
+        self.pairs, self.val_pairs = as_paths(self.pairs), as_paths(self.val_pairs)  # one file may come bare
         self.arch = as_settings(self.arch, DualEncoderConfig, "arch")
         self.train = as_settings(self.train, TrainConfig, "train")
 
@@ -160,7 +161,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     if distributed.is_main():
         prepare_run_folder(out, overwrite)
         settings = asdict(recipe) | {"train_images": len(train_set.images), "val_images": len(val_set.images) if val_set else 0}
-        atomic_write_bytes(out / "train_config.json", json.dumps(settings, indent=2).encode())
+        atomic_write_bytes(out / "train_config.json", json.dumps(settings, indent=2, default=str).encode())
     best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"))
     if val_set is None and distributed.is_main():
         model.save(out / "model")

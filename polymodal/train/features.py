@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from polymodal.cache import atomic_write_bytes, cache_dir
 from polymodal.data.augment import Augment, make_rng
+from polymodal.data.images import LOADER_VERSION
 from polymodal.data.pairs import open_pair_image
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ def image_features(
 ) -> np.ndarray:
     """[views, N, *feature_shape] float16, memory-mapped from the cache (computed on first use)."""
     augment = augment or Augment()
-    ident = "\n".join([model.image_cache_signature, str(views), repr(augment), str(seed), *map(_identity, images)])
+    ident = "\n".join([model.image_cache_signature, f"loader {LOADER_VERSION}", str(views), repr(augment), str(seed),
+                       *map(_identity, images)])
     path, cached = _load_cached(hashlib.sha256(ident.encode()).hexdigest()[:20], "image")
     if cached is not None:
         return cached

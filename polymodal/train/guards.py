@@ -4,6 +4,7 @@ run folder already holds (nothing, a checkpoint to --resume, or an old run to --
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import shutil
 import typing
@@ -30,10 +31,10 @@ def _matches(value, kind) -> bool:
         return isinstance(value, kind)
     if isinstance(value, bool):  # JSON true is no number
         return False
-    if kind is int:
-        return isinstance(value, int)
+    if kind is int:  # numbers.*: numpy scalars from a sweep (np.arange) are numbers too
+        return isinstance(value, numbers.Integral)
     if kind is float:
-        return isinstance(value, (int, float))
+        return isinstance(value, numbers.Real)
     if kind is str:
         return isinstance(value, (str, os.PathLike))
     if kind in (list, tuple):

@@ -48,7 +48,7 @@ from polymodal.cache import atomic_write_bytes
 from polymodal.data.pairs import PairSet, read_pair_source
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig, is_fusion_encoder_folder, load_fusion_encoder
-from polymodal.models.inputs import as_settings
+from polymodal.models.inputs import as_paths, as_settings
 from polymodal.train.features import _load_cached, _store
 from polymodal.train.guards import (
     FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
@@ -113,6 +113,7 @@ class PretrainRecipe:
     workers: int = 0
 
     def __post_init__(self) -> None:  # from Python, nested settings may come as dicts (as in a --config file)
+        self.pairs, self.val_pairs = as_paths(self.pairs), as_paths(self.val_pairs)  # one file may come bare
         self.arch = as_settings(self.arch, FusionEncoderConfig, "arch", {"fusion": "co_attention"})
         self.train = as_settings(self.train, TrainConfig, "train", PRETRAIN_TRAIN_DEFAULTS)
 

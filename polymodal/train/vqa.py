@@ -32,7 +32,7 @@ from polymodal.models.fusion_encoder import (
     is_fusion_encoder_folder,
     load_fusion_encoder,
 )
-from polymodal.models.inputs import as_settings
+from polymodal.models.inputs import as_paths, as_settings
 from polymodal.train.features import _identity, _load_cached, _store
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
@@ -66,6 +66,7 @@ class VQARecipe:
     workers: int = 0
 
     def __post_init__(self) -> None:  # from Python, nested settings may come as dicts (as in a --config file)
+        self.qa, self.val_qa = as_paths(self.qa), as_paths(self.val_qa)  # one file may come bare
         self.arch = as_settings(self.arch, FusionEncoderConfig, "arch")
         self.train = as_settings(self.train, TrainConfig, "train", VQA_TRAIN_DEFAULTS)
 
