@@ -93,8 +93,10 @@ def run_recipe(args, settings: dict, data: str, recipe_cls, train) -> int:
     if "epoch" in result:  # the best epoch's record
         line["best"] = result
     else:
-        line |= {"best": None, "note": "no epoch improved the validation metric (a NaN loss? try a lower --lr)",
-                 **result}
+        note = ("no epoch of this session improved the validation metric; the model from before the resume is kept"
+                if args.resume and model.is_dir() else
+                "no epoch improved the validation metric (a NaN loss? try a lower --lr)")
+        line |= {"best": None, "note": note, **result}
     print(json.dumps(line))
     return 0
 

@@ -137,7 +137,7 @@ def test_recipes_take_nested_settings_as_dicts():
     p = PretrainRecipe(pairs=["p.jsonl"], out="run", train={"epochs": 2}, arch={"dim": 64})
     p.validate()
     assert p.train.epochs == 2 and p.arch.fusion == "co_attention"
-    with pytest.raises(PolymodalError, match="unknown train settings"):
+    with pytest.raises(PolymodalError, match="unknown settings under train"):
         ContrastiveRecipe(pairs=["p.jsonl"], out="run", train={"epoch": 1})
     with pytest.raises(PolymodalError, match="train must be a TrainConfig or a dict"):
         VQARecipe(qa=["qa.jsonl"], out="run", train=5)

@@ -53,6 +53,8 @@ def test_batch_is_capped_per_rank():
         rank_batch_size(1, 8)
     with pytest.raises(PolymodalError, match="4 processes"):
         rank_batch_size(3, 8, world=4)
+    with pytest.raises(PolymodalError, match="a batch of 2"):  # one image per rank has nothing to contrast with
+        rank_batch_size(5, 8, world=4)
 
 
 def test_rank_of_a_two_process_run_takes_a_step(capsys, pairs_file, tmp_path, monkeypatch):
@@ -118,7 +120,7 @@ def test_every_trainer_refuses_an_existing_run(capsys, tmp_path, argv):
 @pytest.mark.parametrize("extra, config, needle", [
     (["--resume"], None, "no checkpoint"),
     ([], {"epochs": "two"}, "epochs must be an integer"),
-    ([], {"train": {"foo": 1}}, "unknown train settings ['foo']"),
+    ([], {"train": {"foo": 1}}, "unknown settings under train: ['foo']"),
     (["--lr", "-1"], None, "lr must be above 0"),
     (["--epochs", "0"], None, "epochs must be at least 1"),
     (["--batch-size", "0"], None, "batch_size must be at least 2"),
@@ -160,6 +162,11 @@ def test_result_line_on_rank_0_only_and_says_when_nothing_improved(capsys, tmp_p
     assert run_recipe(args, settings, "pairs", recipe, lambda r, **kw: {}) == 0
     line = json.loads(capsys.readouterr().out)
     assert line["best"] is None and "no epoch improved" in line["note"] and line["model"] is None
+    (tmp_path / "run" / "model").mkdir(parents=True)  # a resumed run whose new epochs did not beat the old model
+    assert run_recipe(SimpleNamespace(resume=True, quiet=True, overwrite=False), settings, "pairs", recipe,
+                      lambda r, **kw: {}) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert "model from before the resume is kept" in line["note"] and line["model"] == str(tmp_path / "run" / "model")
     monkeypatch.setattr(distributed, "rank", lambda: 1)
     assert run_recipe(args, settings, "pairs", recipe, lambda r, **kw: {"epoch": 1}) == 0
     assert capsys.readouterr().out == ""

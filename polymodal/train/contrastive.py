@@ -62,7 +62,7 @@ class ContrastiveRecipe:
         train = TrainConfig.from_dict({**d.pop("train", {}), **{k: d.pop(k) for k in list(d) if k in train_keys}})
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise PolymodalError(f"unknown training settings {sorted(unknown)}")
+            raise PolymodalError(f"unknown settings {sorted(unknown)}")
         for key in ("pairs", "val_pairs"):
             if isinstance(d.get(key), str):
                 d[key] = [d[key]]
@@ -82,9 +82,9 @@ def rank_batch_size(images: int, batch_size: int, world: int = 1) -> int:
     each rank images // world items and the loader drops a last partial batch)."""
     if images < 2:
         raise PolymodalError(f"need at least 2 training images, got {images}; add pairs")
-    if images < world:
-        raise PolymodalError(f"{images} training images cannot give each of {world} processes a batch; add pairs or "
-                             "start fewer processes (torchrun --nproc_per_node)")
+    if images < 2 * world:  # InfoNCE needs a second image in each batch to contrast with
+        raise PolymodalError(f"{images} training images cannot give each of {world} processes a batch of 2; add "
+                             "pairs or start fewer processes (torchrun --nproc_per_node)")
     return min(batch_size, images // world)
 
 

@@ -53,7 +53,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise PolymodalError(f"unknown train settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+            raise PolymodalError(f"unknown settings under train: {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
         return cls(**d)
 
     def validate(self) -> None:
