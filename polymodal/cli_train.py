@@ -18,7 +18,6 @@ TRAIN_FLAGS = {
     "batch_size": ("", int), "gradcache_chunk": ("", int), "views": ("", int), "val_fraction": ("", float),
     "workers": ("", int), "zeroshot_labels": ("", str),
 }
-RUN_KEYS = ("resume", "overwrite", "quiet")  # flags that steer the command rather than the recipe
 ARCH_KEYS = ("fusion_options", "pixel_patches", "itm_head")  # architecture flags outside the flag tables
 
 
@@ -52,7 +51,7 @@ def recipe_settings(args, paths: tuple[str, ...], flags: dict) -> dict:
             settings[key].update(value)
         elif key in ("resume", "overwrite"):  # a file that always deletes or resumes is a trap: only by flag
             raise PolymodalError(f"{key} in config {args.config} is not taken; pass --{key} on the command line")
-        elif key in RUN_KEYS:
+        elif key == "quiet":  # steers the command, not the recipe
             if not isinstance(value, bool):
                 raise PolymodalError(f"{key} in config {args.config} must be true or false, got {value!r}")
             setattr(args, key, getattr(args, key, False) or value)
@@ -85,7 +84,7 @@ def run_recipe(args, settings: dict, data: str, recipe_cls, train) -> int:
     if not settings.get(data) or not settings.get("out"):
         raise PolymodalError(f"pass --{data} FILE and --out RUN_DIR (or put them in --config)")
     result = train(recipe_cls.from_dict(settings), resume=args.resume, progress=not args.quiet,
-                   overwrite=getattr(args, "overwrite", False))
+                   overwrite=args.overwrite)
     if not distributed.is_main():  # under torchrun every rank trains; rank 0 reports
         return 0
     model = Path(settings["out"]) / "model"
@@ -111,7 +110,6 @@ def cmd_train_contrastive(args) -> int:
 def cmd_eval_retrieval(args) -> int:
     import polymodal
     from polymodal.eval.retrieval import read_pairs, retrieval_metrics
-
     from polymodal.registry import require_embedding
 
     pairs = read_pairs(args.pairs)

@@ -38,6 +38,20 @@ def gallery(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def easy_vqa():
+    import polymodal
+
+    return polymodal.load("easy-vqa")
+
+
+@pytest.fixture(scope="session")
+def coco_yesno():
+    import polymodal
+
+    return polymodal.load("coco-yesno")
+
+
 @pytest.fixture(scope="module")
 def db(lite, gallery, tmp_path_factory):
     """An index of the sample gallery built with `lite`, one per test module (modules may change theirs)."""

@@ -7,27 +7,12 @@ import pytest
 import polymodal
 from polymodal.errors import PolymodalError
 
-# ZeroShotMixin.classify lives in polymodal/apps/zeroshot.py, outside this change: it needs as_texts/check_count
-# from polymodal.models.inputs (labels, templates, top_k). Remove the mark when that lands.
-
 
 @pytest.fixture(scope="module")
-def easy_vqa():
-    return polymodal.load("easy-vqa")
-
-
-@pytest.fixture(scope="module")
-def coco_yesno():
-    return polymodal.load("coco-yesno")
-
-
-@pytest.fixture(scope="module")
-def index(lite, gallery, tmp_path_factory):
+def index(db):
     from polymodal.index import ImageIndex
 
-    idx = ImageIndex(tmp_path_factory.mktemp("api-index"))
-    idx.update(gallery, lite, progress=False)
-    return idx
+    return ImageIndex(db)
 
 
 # -- texts: one string is one text; anything else that is not a string is refused ---------------------------------

@@ -7,26 +7,15 @@ import logging
 
 import pytest
 
-import polymodal
 from polymodal import cli, registry
 from polymodal.errors import PolymodalError
 from conftest import cli_json
 
 
-@pytest.fixture(scope="module")
-def easy_vqa():
-    return polymodal.load("easy-vqa")
-
-
-@pytest.fixture(scope="module")
-def yesno():
-    return polymodal.load("coco-yesno")
-
-
 @pytest.fixture(autouse=True)
-def loaded(monkeypatch, lite, easy_vqa, yesno):
+def loaded(monkeypatch, lite, easy_vqa, coco_yesno):
     """Built-in names give the already-loaded models (each test would otherwise load them again)."""
-    for name, model in (("lite", lite), ("easy-vqa", easy_vqa), ("coco-yesno", yesno)):
+    for name, model in (("lite", lite), ("easy-vqa", easy_vqa), ("coco-yesno", coco_yesno)):
         monkeypatch.setitem(registry.MODELS, name, lambda model=model, **kw: model)
 
 
@@ -112,7 +101,7 @@ def test_eval_zeroshot_skips_and_counts_missing_images(gallery, tmp_path, capsys
 
 
 # -- VQA choices the model cannot score ---------------------------------------------------------------------------
-def test_vqa_choices_outside_the_vocabulary(easy_vqa, yesno, gallery, capsys, caplog):
+def test_vqa_choices_outside_the_vocabulary(easy_vqa, coco_yesno, gallery, capsys, caplog):
     image = gallery / "cat.jpg"
     fails(capsys, ["vqa", image, "is it red?", "--choices", "maybe,perhaps", "--model", "easy-vqa"],
           "knows none of the choices (maybe, perhaps)", "rectangle")
@@ -122,10 +111,10 @@ def test_vqa_choices_outside_the_vocabulary(easy_vqa, yesno, gallery, capsys, ca
     assert "score 0" in caplog.text and "maybe" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):  # the yes/no model: the same rule with its two answers
-        mixed = yesno.answer(image, "is it a cat?", choices=["Yes", "maybe"])
+        mixed = coco_yesno.answer(image, "is it a cat?", choices=["Yes", "maybe"])
     assert mixed["answer"] == "Yes" and "these choices score 0: maybe" in caplog.text
     with pytest.raises(PolymodalError, match="pass yes and/or no"):
-        yesno.answer(image, "is it a cat?", choices=["maybe", "perhaps"])
+        coco_yesno.answer(image, "is it a cat?", choices=["maybe", "perhaps"])
 
 
 # -- small refusals ------------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ def unique_choices(choices: Sequence[Any]) -> dict[str, str]:
 
     seen: dict[str, str] = {}
     for c in as_texts(choices, "choices"):  # one string is one choice, not its letters
-        if str(c).strip():
-            seen.setdefault(normalize_answer(c), str(c).strip())
+        if c.strip():
+            seen.setdefault(normalize_answer(c), c.strip())
     if not seen:
         raise PolymodalError("no choices given; pass candidate answers like --choices yes,no")
     return seen

@@ -46,7 +46,7 @@ from polymodal.data.answers import unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, build_fusion
-from polymodal.models.inputs import as_texts, check_count, vqa_rows
+from polymodal.models.inputs import check_count, vqa_rows
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +432,7 @@ class FusionEncoder(nn.Module):
             ranked = [(self.answers[int(i)], float(p))
                       for p, i in zip(*logits.softmax(-1).topk(min(max(1, top_k), len(self.answers))))]
         else:
-            ranked = self._rank_choices(logits, image_inputs, str(question), as_texts(choices, "choices"))
+            ranked = self._rank_choices(logits, image_inputs, str(question), choices)
         top = ranked[: max(1, top_k)]
         return {"answer": top[0][0], "score": top[0][1], "alternatives": top}
 

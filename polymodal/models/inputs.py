@@ -3,6 +3,7 @@ use them): a user mistake becomes one PolymodalError, not a silent misreading or
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from numbers import Integral
 from typing import Any
@@ -28,8 +29,6 @@ def as_texts(value: Any, what: str = "texts") -> list[str]:
 def as_images(value: Any) -> list:
     """One image (a path, bytes, a PIL image, an array of up to 3 dimensions) -> [it]; a batch (a list, tuple,
     array of paths, [N, H, W, C] array, generator, pandas Series ...) -> a list of its items."""
-    import os
-
     if isinstance(value, (str, bytes, bytearray, os.PathLike)) or hasattr(value, "getpixel"):  # getpixel: PIL
         return [value]
     ndim = getattr(value, "ndim", None)
@@ -51,8 +50,6 @@ def vqa_rows(images: Any, questions: Any) -> tuple[list, list[str]]:
 
 def as_paths(value: Any) -> list:
     """A recipe's data files: one path (str or Path) or a list of them -> a list."""
-    import os
-
     return [value] if isinstance(value, (str, os.PathLike)) else value
 
 

@@ -34,7 +34,7 @@ from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import YES_NO, normalize_answer, unique_choices
 from polymodal.models.fusion_encoder import _dedupe
-from polymodal.models.inputs import as_texts, check_count, vqa_rows
+from polymodal.models.inputs import check_count, vqa_rows
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class YesNoModel:
         if choices is None:
             ranked = sorted(scores.items(), key=lambda kv: -kv[1])
         else:
-            seen = unique_choices(as_texts(choices, "choices"))
+            seen = unique_choices(choices)
             if not set(seen) & set(YES_NO):
                 raise PolymodalError(f"{self.name} answers only yes or no, and none of the choices "
                                      f"({', '.join(seen.values())}) is; pass yes and/or no")
