@@ -49,13 +49,7 @@ def cmd_export_onnx(args) -> int:
     with staged_folder(out) as stage:
         report = export_onnx(model, stage, val, max_drop_points=args.max_drop_points, progress=progress,
                              timing_seconds=args.timing_seconds, **kwargs)
-    if args.json:
-        print(json.dumps({"out": str(out), **report}))
-    else:
-        print(report_table(report))
-        print(f"written to {out}; use it with polymodal.load({str(out)!r}, runtime='onnx') "
-              f"or `polymodal serve --runtime onnx --model {out}`")
-    return 0
+    return _print_result(args, out, report, report_table(report), f"`polymodal serve --runtime onnx --model {out}`")
 
 
 def _export_file(name: str) -> bool:
@@ -83,7 +77,7 @@ def _export_vqa(args, out: Path) -> int:
 
     import polymodal
     from polymodal.eval.vqa import read_qa
-    from polymodal.export.fusion_export import export_fusion_onnx
+    from polymodal.export.fusion_export import export_fusion_onnx, vqa_report_table
 
     rows = read_qa(args.val_qa)
     rows = random.Random(0).sample(rows, min(args.val_limit, len(rows)))
@@ -96,7 +90,17 @@ def _export_vqa(args, out: Path) -> int:
                                     print(f"polymodal: {m}", file=sys.stderr, flush=True),
                                     max_drop_points=args.max_drop_points, timing_seconds=args.timing_seconds,
                                     variants=_variants(args))
-    print(json.dumps({"out": str(out), **report}) if args.json else json.dumps(report, indent=2))
+    return _print_result(args, out, report, vqa_report_table(report),
+                         f"`polymodal vqa IMAGE QUESTION --model {out} --runtime onnx`")
+
+
+def _print_result(args, out: Path, report: dict, table: str, command: str) -> int:
+    """One JSON line with --json; otherwise the report table and how to use the export."""
+    if args.json:
+        print(json.dumps({"out": str(out), **report}))
+    else:
+        print(table)
+        print(f"written to {out}; use it with polymodal.load({str(out)!r}, runtime='onnx') or {command}")
     return 0
 
 

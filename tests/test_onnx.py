@@ -167,6 +167,8 @@ def test_vqa_model_exports_with_parity_and_answers_without_torch(easy_vqa_rows, 
         served = report["served"][t["graph"]] == f"{t['graph']}.{t['variant']}.onnx"
         assert (t["status"] == "kept") if served else not (out / f"{t['graph']}.{t['variant']}.onnx").exists() or t["status"] == "kept"
     assert report["accuracy_pytorch"]["accuracy"] - report["accuracy_served"]["accuracy"] <= 0.01
+    table = (out / "report.md").read_text()  # one row per try, readable beside report.json
+    assert all(f"| {t['graph']} | {t['variant']} | {t['status']} |" in table for t in report["tries"])
     script = textwrap.dedent(f"""
         import sys, json
         import polymodal

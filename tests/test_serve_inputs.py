@@ -96,13 +96,17 @@ def test_model_field_names_the_model_answering_that_endpoint(lite, db, cat):
         for path, body in [("/v1/embed", {"texts": ["a dog"]}), ("/v1/search", {"text": "a dog"})]:
             assert c.post(path, json={**body, "model": lite.key}).status_code == 200
             msg = error_of(c.post(path, json={**body, "model": "stub-vqa"}), 400)
-            assert f"serves model {lite.name!r}" in msg and "stub-vqa" in msg
+            # the VQA model is served here, so the hint is the endpoint, not another server
+            assert "'stub-vqa' answers /v1/vqa on this server" in msg and repr(lite.name) in msg
+            assert "--model" not in msg
+            assert "start a server with --model nope" in error_of(c.post(path, json={**body, "model": "nope"}), 400)
         vqa = {"image": b64, "question": "colour?"}
         assert c.post("/v1/vqa", json={**vqa, "model": "stub-vqa"}).status_code == 200
-        assert "serves model 'stub-vqa'" in error_of(c.post("/v1/vqa", json={**vqa, "model": lite.name}), 400)
+        msg = error_of(c.post("/v1/vqa", json={**vqa, "model": lite.name}), 400)
+        assert f"{lite.name!r} answers the embedding endpoints" in msg and "uses 'stub-vqa'" in msg
         form = {"question": "colour?", "model": "stub-vqa"}
         assert c.post("/v1/vqa", files={"image": ("c.jpg", cat, "image/jpeg")}, data=form).status_code == 200
-        assert "serves model" in error_of(c.post("/v1/embed", files={"image": ("c.jpg", cat, "image/jpeg")}, data={"model": "stub-vqa"}), 400)
+        assert "answers /v1/vqa" in error_of(c.post("/v1/embed", files={"image": ("c.jpg", cat, "image/jpeg")}, data={"model": "stub-vqa"}), 400)
 
 
 def test_json_fields_of_the_wrong_type_say_which_type(client, cat):

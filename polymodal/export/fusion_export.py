@@ -117,7 +117,24 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
               "served": {g: config.get("files", {}).get(g, f"{g}.onnx") for g in ("grid", "question", "head")},
               "accuracy_served": acc_served, "tries": tries}
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
+    atomic_write_bytes(out / "report.md", vqa_report_table(report).encode())
     return report
+
+
+def vqa_report_table(report: dict) -> str:
+    """The VQA export report as Markdown: parity, accuracies, then one row per variant tried."""
+    served = ", ".join(f"{g}: {f}" for g, f in report["served"].items())
+    lines = [f"# ONNX export of {report['model']}", "",
+             f"Validation: {report['questions']} questions. Parity: same top-1 answer on "
+             f"{report['parity']['same_top1']:.4f} of them, min logit cosine {report['parity']['min_logit_cosine']}. "
+             f"Accuracy: PyTorch {report['accuracy_pytorch']['accuracy']}, ONNX fp32 {report['accuracy_onnx']['accuracy']}, "
+             f"served {report['accuracy_served']['accuracy']}. Served graphs: {served}.", "",
+             "| graph | variant | status | items/s | x fp32 ORT | accuracy | drop (points) | why |", "|" + "---|" * 8]
+    for t in report["tries"]:
+        cells = [t["graph"], t["variant"], t["status"], t.get("items_per_s", ""), t.get("x_fp32_onnx", ""),
+                 t.get("accuracy", ""), t.get("drop_points", ""), t.get("reason", "")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, wanted: dict, max_drop: float,

@@ -165,6 +165,10 @@ def create_app(
         m = vqa_model if vqa and vqa_model is not None else model
         if name is not None and name not in (m.name, m.key):
             where = "/v1/vqa" if vqa else "this endpoint"
+            other = (model if vqa else vqa_model) if vqa_model is not None else None
+            if other is not None and name in (other.name, other.key):  # served here, on the other kind of endpoint
+                raise ApiError(400, f"model {str(name)!r} answers {'the embedding endpoints' if vqa else '/v1/vqa'} on "
+                                    f"this server; {where} uses {m.name!r}: drop the model field or send {m.name!r}")
             raise ApiError(
                 400, f"this server serves model {m.name!r} ({m.key}) on {where}, not {str(name)[:100]!r}; "
                 f"drop the model field or start a server with --model {str(name)[:100]}"
