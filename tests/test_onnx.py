@@ -18,12 +18,13 @@ from polymodal import cli  # noqa: E402
 from polymodal.errors import PolymodalError  # noqa: E402
 from polymodal.export.onnx_export import export_onnx, gate, validation_set  # noqa: E402
 from polymodal.export.runtime import OnnxEmbeddingModel  # noqa: E402
+from polymodal.export.variants import bf16_unavailable  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def lite_export(lite, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "lite"
-    report = export_onnx(lite, out, validation_set(None), variants=["int8_dynamic"], timing_seconds=0.05)
+    report = export_onnx(lite, out, validation_set(None), variants=["int8_dynamic", "bf16"], timing_seconds=0.05)
     return out, report
 
 
@@ -37,6 +38,9 @@ def test_export_writes_parity_checked_graphs_and_a_report(lite_export):
         assert trial["status"] in ("kept", "rejected", "failed") and trial["reason"]
         served = report["served"][tower]
         assert served == "fp32" or rows[(tower, served)]["status"] == "kept"
+        if bf16_unavailable():  # CPU-only onnxruntime: said once per tower, not a cryptic exporter failure
+            assert rows[(tower, "bf16")]["status"] == "skipped" and "no bf16 kernels" in rows[(tower, "bf16")]["reason"]
+            assert not (out / f"{tower}.bf16.onnx").exists()
     config = json.loads((out / "onnx_config.json").read_text())
     assert (out / config["image"]["file"]).is_file() and (out / config["text"]["file"]).is_file()
     assert "| image | fp32 | baseline |" in (out / "report.md").read_text()

@@ -4,7 +4,8 @@
    fp32 ONNX with dynamic batch (and token) axes.
 2. Parity on real inputs (the validation photos and captions): every onnxruntime fp32 embedding must have cosine
    >= 0.999 with PyTorch's, or the export fails.
-3. Per tower, try int8 dynamic, int8 static (calibrated on validation inputs) and bf16. A variant is KEPT only if
+3. Per tower, try int8 dynamic, int8 static (calibrated on validation inputs) and bf16 (skipped, with the reason in
+   the report, where onnxruntime has only its CPU provider: it has no bf16 kernels). A variant is KEPT only if
    it is faster here than fp32 onnxruntime at batch 32 (by >= 5%, above timing noise) AND text->image and
    image->text R@5 on the validation set drop by at most ``max_drop_points`` (1 point) against PyTorch fp32.
    The fastest kept variant serves each tower; the combination is checked once more.
@@ -180,6 +181,9 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
             calibration["text"] = [{k: v for k, v in c.items() if k in session.inputs} for c in calibration["text"]]
         for name in variants:
             path = out / f"{tower}.{name}.onnx"
+            if name == "bf16" and V.bf16_unavailable():
+                rows.append({"tower": tower, "variant": name, "status": "skipped", "reason": V.bf16_unavailable()})
+                continue
             progress(f"trying {name} for the {tower} graph")
             try:
                 if name == "bf16":

@@ -68,6 +68,20 @@ def int8_static(fp32: Path, out: Path, calibration: list[dict[str, np.ndarray]])
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8), out)
 
 
+BF16_PROVIDERS = ("CUDAExecutionProvider", "ROCMExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider")
+
+
+def bf16_unavailable() -> str | None:
+    """Why a bf16 graph cannot run here, or None. onnxruntime's CPU provider has no bf16 kernels for MatMul, Add or
+    Conv (checked on 1.32), so without a GPU provider a bf16 variant could only fail."""
+    import onnxruntime as ort
+
+    if any(p in BF16_PROVIDERS for p in ort.get_available_providers()):
+        return None
+    return ("skipped: onnxruntime's CPU provider has no bf16 kernels (MatMul, Add, Conv); on CPUs with bf16 support "
+            "use the PyTorch runtime's --precision bf16 instead")
+
+
 def bf16(export_bf16: Callable[[Path], Path], out: Path) -> Path:
     """The graph traced again with bfloat16 weights and activations (float32 in and out)."""
     return export_bf16(out)
