@@ -9,8 +9,8 @@ from PIL import Image
 
 from conftest import shared_data
 from polymodal.errors import PolymodalError
-from polymodal.models.yesno import (YesNoModel, _empty_state, fit_state, load_base, load_yesno, question_to_statement,
-                                    row_features, train_yesno)
+from polymodal.models.yesno import (DIM, FEATURES, SPACES, YesNoModel, _empty_state, fit_state, load_base, load_yesno,
+                                    pool_stats, question_to_statement, row_features, train_yesno)
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +50,35 @@ def tiny(base):
     ("Could this be  zoo?", "a photo of a zoo", "zoo"),
     ("Could this be a paved road?", "a photo of a paved road", "paved road"),
     ("Does the dog have a collar?", "dog have a collar", "dog have a collar"),
+    ("Is it raining?", "a photo of something raining", "raining"),
+    ("Are those cows?", "a photo of something cows", "cows"),
+    ("Is that a bus?", "a photo of a bus", "bus"),
+    ("Can this be a kitchen?", "a photo of a kitchen", "kitchen"),
 ])
 def test_question_to_statement(question, statement, key):
     assert question_to_statement(question) == (statement, key)
+
+
+def test_row_features_are_pool_z_scores_in_feature_order():
+    # the shipped coefficients are tied to this order and sign: a refit would hide a swap, the built-in would not
+    rng = np.random.default_rng(0)
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+    images = {sp: unit(rng.normal(size=(40, DIM)) + 3 * k * rng.normal(size=DIM)) for k, sp in enumerate(SPACES)}
+    phrases = {sp: unit(rng.normal(size=(30, DIM)) + (2 - k) * rng.normal(size=DIM)) for k, sp in enumerate(SPACES)}
+    state = {}
+    for sp in SPACES:
+        state[f"{sp}_image_mean"], state[f"{sp}_image_cov"] = pool_stats(images[sp])
+        state[f"{sp}_text_mean"], state[f"{sp}_text_cov"] = pool_stats(phrases[sp])
+    question = {"question": unit(rng.normal(size=(30, DIM))), **phrases}
+    x = row_features(state, images, question, row_image=[3, 7], row_question=[5, 9])
+    assert x.shape == (2, len(FEATURES) + DIM)
+    for col, name in enumerate(FEATURES):  # "z_image_default": vs the image pool, in the default space
+        _, pool, space = name.split("_")
+        for r, (i, q) in enumerate([(3, 5), (7, 9)]):
+            s = images[space][i] @ phrases[space][q]
+            others = phrases[space][q] @ images[space].T if pool == "image" else images[space][i] @ phrases[space].T
+            assert x[r, col] == pytest.approx((s - others.mean()) / others.std(), abs=0.02), name
+    assert np.allclose(x[:, len(FEATURES):], question["question"][[5, 9]])
 
 
 def test_question_to_statement_rejects_empty():

@@ -264,6 +264,50 @@ def test_tensor_fusion_size_is_checked():
         build_fusion("tensor", [6, 10, 4], OUT, hidden=32, max_size=10_000)
 
 
+def test_tensor_fusion_keeps_unimodal_terms():
+    # the appended constant 1 keeps each modality's own terms: with modality 1's features all zero, the product
+    # still holds modality 0's, so samples stay apart (appending 0 would zero the whole product)
+    fusion = make("tensor")
+    with torch.no_grad():
+        fusion.subnets[1][0].bias.fill_(-1e4)  # ReLU -> exactly 0 for every sample
+        pooled = fusion(padded_inputs()[0]).pooled
+    assert (pooled - pooled[0]).abs().amax() > 1e-4
+
+
+def test_bilinear_output_is_unit_length_unless_asked_not_to():
+    xs, masks = padded_inputs()
+    torch.testing.assert_close(make("bilinear")(xs, masks).pooled.norm(dim=-1), torch.ones(B))
+    raw = make("bilinear", normalize=False)(xs, masks).pooled.norm(dim=-1)
+    assert ((raw - 1).abs() > 1e-3).all()
+
+
+def test_cross_attention_padded_queries_attend_nowhere():
+    xs, masks = padded_inputs()
+    att = make("cross_attention")(xs, masks).attention[1]  # [B, T_query, T_key]: modality 0 asks
+    assert (att[1, 2:] == 0).all()  # sample 1's query tokens 2.. are padding
+    torch.testing.assert_close(att[0].sum(-1), torch.ones(4))
+
+
+def test_co_attention_streams_read_the_previous_layer():
+    # ViLBERT: in one layer both streams attend to the other's states from BEFORE this layer
+    fusion = make("co_attention")
+    xs, masks = padded_inputs()
+    with torch.no_grad():
+        out = fusion(xs, masks)
+        a, b = fusion.proj[0](xs[0]), fusion.proj[1](xs[1])
+        _, w_ab = fusion.blocks[0][0](a, b, masks[1])
+        _, w_ba = fusion.blocks[0][1](b, a, masks[0])
+    _same(out.attention[0], w_ba.mean(dim=1) * masks[1][..., None])
+    _same(out.attention[1], w_ab.mean(dim=1) * masks[0][..., None])
+
+
+def test_single_stream_gives_each_modality_its_own_type_embedding():
+    fusion = make("single_stream").train()
+    xs, masks = padded_inputs()
+    (fusion(xs, masks).pooled * torch.randn(B, OUT, generator=torch.Generator().manual_seed(3))).sum().backward()
+    assert (fusion.type_embedding.grad.abs().sum(-1) > 0).all()  # a row no modality reads would get no gradient
+
+
 def test_single_stream_max_len():
     with pytest.raises(PolymodalError, match="max_len=3"):
         make("single_stream", max_len=3)(padded_inputs()[0])

@@ -188,13 +188,17 @@ def test_mrm_mask_hides_the_masked_cells(encoder):
     assert not torch.equal(encoder.mrm_targets(images, regions), encoder.mrm_targets(changed, regions))
 
 
-def test_itm_rows_use_mined_negatives():
+def _toy_caption_data(**kw):
+    """4 images x 2 captions; image i is all i, caption c is all c; image i's mined negative caption is one of i+1's."""
     pairs = PairSet.from_pairs([Pair(f"{i}.jpg", f"caption {i} {j}") for i in range(4) for j in range(2)])
-    hard_captions = np.array([[2], [4], [6], [0]])  # image i's negative: a caption of image i + 1
-    hard_images = np.array([[3], [3], [0], [0], [1], [1], [2], [2]])
-    feats = np.broadcast_to(np.arange(4, dtype=np.float16)[:, None, None], (4, 49, 1280))  # image i is all i
-    states = np.broadcast_to(np.arange(8, dtype=np.float16)[:, None, None], (8, 3, 384))  # caption c is all c
-    data = CaptionData(pairs, feats, states, np.full(8, 3), hard_captions=hard_captions, hard_images=hard_images)
+    feats = np.broadcast_to(np.arange(4, dtype=np.float16)[:, None, None], (4, 49, 1280))
+    states = np.broadcast_to(np.arange(8, dtype=np.float16)[:, None, None], (8, 3, 384))
+    return CaptionData(pairs, feats, states, np.full(8, 3), **kw)
+
+
+def test_itm_rows_use_mined_negatives():
+    data = _toy_caption_data(hard_captions=np.array([[2], [4], [6], [0]]),  # image i's: a caption of image i + 1
+                             hard_images=np.array([[3], [3], [0], [0], [1], [1], [2], [2]]))
 
     def rows(batch):  # (image, caption) of each row
         return [(int(batch.images[i, 0, 0]), int(s[0, 0])) for i, s in zip(batch.row_image, batch.states)]
@@ -206,6 +210,42 @@ def test_itm_rows_use_mined_negatives():
         batch = CaptionRows(data, "itm", hard=hard).collate(list(range(8)))
         assert batch.itm_labels.sum() == 8 and len(batch.row_image) == 24
         assert all((image == caption // 2) == bool(label) for (image, caption), label in zip(rows(batch), batch.itm_labels))
+
+
+def test_hard_fraction_mixes_mined_and_uniform_negatives():
+    data = _toy_caption_data(hard_captions=np.array([[2], [4], [6], [0]]),
+                             hard_images=np.array([[3], [3], [0], [0], [1], [1], [2], [2]]))
+
+    def mined_share(hard):
+        rows = CaptionRows(data, "itm", hard=hard)
+        hits = []
+        for epoch in range(40):
+            rows.set_epoch(epoch)
+            b = rows.collate(list(range(8)))
+            negatives = b.states[8:16, 0, 0].long()  # the negative captions of images 0,0,1,1,...
+            hits += (negatives == torch.tensor([(2 * (c // 2) + 2) % 8 for c in range(8)])).tolist()
+        return float(np.mean(hits))
+
+    # uniform picks the mined caption 1 time in 6; half hard: 1/2 + 1/2 * 1/6 = 0.58
+    assert mined_share(0.0) < 0.3 and 0.45 < mined_share(0.5) < 0.72 and mined_share(1.0) == 1.0
+
+
+def test_mlm_rows_use_the_masked_copy_of_the_epoch():
+    variants, width = 2, 3
+    m_states = np.zeros((variants * 8, width, 384), np.float16)
+    m_targets = np.zeros((variants * 8, width), np.int64)
+    for v in range(variants):
+        for c in range(8):
+            m_states[v * 8 + c], m_targets[v * 8 + c] = 100 * v + c, 1000 * v + c
+    data = _toy_caption_data()
+    data.mlm = (m_states, np.full(variants * 8, width), m_targets)
+    rows = CaptionRows(data, "mlm")
+    for epoch in (0, 1, 2):
+        rows.set_epoch(epoch)
+        b = rows.collate([1, 6])
+        v = epoch % variants
+        assert b.states[:, 0, 0].tolist() == [100 * v + 1, 100 * v + 6]  # masked words, never the clean caption
+        assert b.mlm_targets[:, 0].tolist() == [1000 * v + 1, 1000 * v + 6]
 
 
 # -- training through the CLI -----------------------------------------------------------------------------------------

@@ -91,8 +91,24 @@ def test_itm_head_scores_candidates_outside_the_vocabulary(model, gallery):
     config = dataclasses.replace(model.config, itm_head=True)
     m = FusionEncoder(config).eval()
     m.load_state_dict(model.trained_state(), strict=False)  # everything but the fresh ITM head
+    asked = []
+    encode = m.encode_questions
+    m.encode_questions = lambda texts, *a, **k: asked.append(list(texts)) or encode(texts, *a, **k)
     out = m.answer(gallery / "cat.jpg", "what is in the picture?", choices=["cat", "kitten"])
     assert 0 < dict(out["alternatives"])["kitten"] < 1  # sigmoid of the ITM logit
+    assert ["what is in the picture? kitten"] in asked  # ITM reads the question with the candidate appended
+
+
+def test_padding_in_a_batch_never_changes_a_questions_logits(model, gallery):
+    # a short question batched with a longer one is padded; its logits must equal those it gets alone
+    imgs = model.encode_images([gallery / "cat.jpg"])
+    short, long = "what is it?", "is this a photo of a small grey cat sitting on a soft red blanket at home?"
+    with torch.no_grad():
+        alone = model.vqa_logits(imgs, *model.encode_questions([short]), torch.zeros(1, dtype=torch.long))
+        states, mask = model.encode_questions([short, long])
+        assert not mask[0].all()  # the short one really is padded
+        batched = model.vqa_logits(imgs, states, mask, torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(batched[0], alone[0], atol=1e-4, rtol=0)
 
 
 def test_predict_and_eval_accuracy(model, qa_file):
