@@ -40,6 +40,15 @@ def test_perfect_pairs_score_full_accuracy():
     assert out.accuracy_i2t == 1.0 and out.accuracy_t2i == 1.0
 
 
+def test_accuracy_counts_each_direction_on_its_own_axis():
+    # logits [[1,0,0],[2,0,0],[0,0,1]]: image 1 picks caption 0, so i2t = 2/3; caption 0 picks image 1 and
+    # caption 1 (a tie of zeros) image 0, so t2i = 1/3
+    logits = torch.tensor([[1.0, 0, 0], [2, 0, 0], [0, 0, 1]])
+    out = contrastive_loss(torch.eye(3), logits.T.contiguous(), 1.0)
+    torch.testing.assert_close(out.logits_per_image, logits)
+    assert out.accuracy_i2t == pytest.approx(2 / 3) and out.accuracy_t2i == pytest.approx(1 / 3)
+
+
 def test_loss_falls_as_pairs_align():
     img, noise = _pairs(b=16, seed=1)
     losses = [contrastive_loss(img, F.normalize(a * img + noise, dim=1), 10.0).loss.item() for a in (0.0, 0.5, 1, 4)]

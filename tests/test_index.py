@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sqlite3
 import stat
@@ -342,3 +341,87 @@ def test_readers_see_the_last_commit_during_an_update(built) -> None:
 def test_faiss_file_has_the_database_mode(built) -> None:
     index, _ = built
     assert stat.S_IMODE(index.faiss_path.stat().st_mode) == stat.S_IMODE(index.sqlite_path.stat().st_mode)
+
+
+def _faiss_ids(index: ImageIndex) -> list[int]:
+    import faiss
+
+    stored = faiss.read_index(str(index.faiss_path))  # kept alive while its id_map is read
+    return sorted(faiss.vector_to_array(stored.id_map).tolist())
+
+
+def _sqlite_ids(index: ImageIndex) -> list[int]:
+    with sqlite3.connect(index.sqlite_path) as con:
+        return [r[0] for r in con.execute("SELECT id FROM images ORDER BY id")]
+
+
+def test_deleted_images_leave_the_faiss_index_too(built) -> None:
+    # A deleted row's vector left in FAISS is a ghost: it wins a k=1 search, then is filtered out -> no hits.
+    index, photos = built
+    assert index.remove([photos / "red.png"]) == 1
+    hits = index.search_text(FakeModel(), "red", k=1)
+    assert len(hits) == 1 and Path(hits[0].path).name != "red.png"
+    assert _faiss_ids(index) == _sqlite_ids(index) and len(_sqlite_ids(index)) == 2
+
+    (photos / "sub" / "Blue.JPG").unlink()  # the update path drops rows the same way (and re-adds red.png)
+    report = index.update(photos, FakeModel(), progress=False)
+    assert (report.added, report.removed) == (1, 1)
+    hits = index.search_text(FakeModel(), "blue", k=1)
+    assert len(hits) == 1 and Path(hits[0].path).name != "Blue.JPG"
+    assert _faiss_ids(index) == _sqlite_ids(index) and len(_sqlite_ids(index)) == 2
+
+
+def test_query_vectors_are_normalised(built) -> None:
+    # Scores are cosines whatever the query's length: a scaled query scores the same as the unit one.
+    index, _ = built
+    query = FakeModel().encode_text(["red"])[0]
+    unit = index.search(query, k=3)[0]
+    scaled = index.search(5 * query, k=3)[0]
+    assert unit[0].score == pytest.approx(1.0, abs=1e-4) and scaled[0].score == pytest.approx(1.0, abs=1e-4)
+    assert [h.path for h in scaled] == [h.path for h in unit]
+    assert [h.score for h in scaled] == pytest.approx([h.score for h in unit], abs=1e-4)
+
+
+def test_faiss_file_is_replaced_atomically(built) -> None:
+    # Written to a temp file and renamed: a reader never sees half a file, so the inode changes on each write.
+    index, photos = built
+    before = index.faiss_path.stat().st_ino
+    paint(photos / "white.png", "white")
+    assert index.update(photos, FakeModel(), progress=False).added == 1
+    assert index.faiss_path.stat().st_ino != before
+    assert [p.name for p in index.db.iterdir() if p.name.endswith(".tmp")] == []
+    assert top(ImageIndex(index.db), "white") == "white.png"
+
+
+def test_changed_file_with_its_old_mtime_is_embedded_again(built) -> None:
+    # The stat check compares size as well as mtime: a rewrite that keeps the old mtime is still seen.
+    index, photos = built
+    green = photos / "green.png"
+    old = green.stat()
+    Image.new("RGB", (40, 24), COLOURS["yellow"]).save(green)  # other content, other size
+    os.utime(green, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert green.stat().st_size != old.st_size and green.stat().st_mtime_ns == old.st_mtime_ns
+    model = FakeModel()
+    report = index.update(photos, model, progress=False)
+    assert (report.updated, report.unchanged, model.embedded) == (1, 2, 1)
+    assert top(index, "yellow") == "green.png"
+
+
+def test_sibling_folder_with_a_common_prefix_is_left_alone(built, tmp_path: Path) -> None:
+    # "photos" must not claim "photos2"'s rows: the folder match is on "photos/", not the bare prefix.
+    index, photos = built
+    paint(tmp_path / "photos2" / "white.png", "white")
+    assert index.update(tmp_path / "photos2", FakeModel(), progress=False).added == 1
+    report = index.update(photos, FakeModel(), progress=False)
+    assert (report.removed, report.unchanged) == (0, 3)
+    assert index.info()["count"] == 4 and top(index, "white") == "white.png"
+
+
+def test_unchanged_update_writes_back_a_missing_faiss_file(built) -> None:
+    # The writer rebuilt the vectors from SQLite; it saves them even when no image changed.
+    index, photos = built
+    index.faiss_path.unlink()
+    report = index.update(photos, FakeModel(), progress=False)
+    assert (report.added, report.updated, report.removed, report.unchanged) == (0, 0, 0, 3)
+    assert index.faiss_path.is_file()
+    assert _faiss_ids(index) == _sqlite_ids(index)

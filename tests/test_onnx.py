@@ -56,6 +56,16 @@ def test_gate_keeps_only_faster_and_accurate_variants():
     assert gate(16.0, 253.0, 0.0, 1.0)[0] == "rejected"  # dynamic int8 convolutions: slower than fp32
     status, reason = gate(300.0, 100.0, 1.5, 1.0)
     assert status == "rejected" and "over 1" in reason
+    assert gate(200.0, 100.0, 1.0, 1.0)[0] == "kept"  # a drop of exactly the limit is within it
+
+
+def test_a_variant_the_gate_rejects_is_never_served(lite, tmp_path, monkeypatch):
+    import polymodal.export.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "gate", lambda *a, **k: ("rejected", "stub gate: rejected"))
+    report = export_onnx(lite, tmp_path / "out", validation_set(None), variants=["int8_dynamic"], timing_seconds=0.02)
+    assert report["served"] == {"image": "fp32", "text": "fp32"}
+    assert not list((tmp_path / "out").glob("*.int8_dynamic.onnx"))
 
 
 def test_runtime_matches_pytorch_and_never_imports_torch(lite_export, lite, gallery, tmp_path):

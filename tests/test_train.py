@@ -137,13 +137,17 @@ def test_gradcache_objective_matches_plain_backward(pairs_file):
     torch.manual_seed(0)
     model = DualEncoder(DualEncoderConfig(embed_dim=16)).train()
     images, texts = torch.randn(12, 1280), torch.randn(12, 384)
-    grads = []
-    for objective in (ContrastiveObjective(), ContrastiveObjective(gradcache_chunk=4)):
-        model.zero_grad()
-        objective.backward(model, (images, texts))
-        grads.append([p.grad.clone() for p in (model.image_head.proj.weight, model.text_head.proj.weight, model.log_logit_scale)])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    for weight in (1.0, 3.0):  # a multi-task weight scales both paths' gradients alike
+        grads = []
+        for objective in (ContrastiveObjective(), ContrastiveObjective(gradcache_chunk=4)):
+            model.zero_grad()
+            objective.backward(model, (images, texts), weight)
+            grads.append([p.grad.clone() for p in (model.image_head.proj.weight, model.text_head.proj.weight, model.log_logit_scale)])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        if weight == 1.0:
+            unit = grads[0]
+    torch.testing.assert_close(grads[1][0], 3 * unit[0], atol=1e-5, rtol=1e-4)
 
 
 def test_spatial_features_with_attention_head_train(capsys, pairs_file, tmp_path):

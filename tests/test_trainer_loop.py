@@ -1,0 +1,96 @@
+"""The Trainer's loop on a toy model: the warmup + cosine schedule, gradient clipping, which epoch counts as best,
+early stopping, and settings checks. Seconds on a CPU."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from polymodal.errors import PolymodalError
+from polymodal.train.objectives import Objective
+from polymodal.train.trainer import TrainConfig, Trainer, warmup_cosine
+from polymodal.train.metrics import read_metrics
+
+
+class _Fit(Objective):
+    """Least squares of a linear model; `scale` makes the loss (and its gradient) as large as wanted."""
+
+    name = "fit"
+
+    def __init__(self, scale=1.0):
+        self.scale = scale
+
+    def compute(self, model, batch):
+        x, y = batch
+        return self.scale * ((model(x) - y) ** 2).mean(), {}
+
+
+def _trainer(tmp_path, eval_fn=None, scale=1.0, **settings):
+    torch.manual_seed(0)
+    x = torch.randn(32, 4)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])[:, None]
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)  # 4 steps an epoch
+    config = TrainConfig(**{"epochs": 5, "lr": 0.05, "warmup_steps": 2, "patience": 0, "weight_decay": 0.0, **settings})
+    return Trainer(nn.Linear(4, 1), {"fit": (_Fit(scale), 1.0, loader)}, config, tmp_path, eval_fn=eval_fn,
+                   progress=False)
+
+
+def test_warmup_then_cosine_to_zero():
+    f = warmup_cosine(4, 20)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(12) == pytest.approx(0.5)  # half-way through the decay
+    assert f(19) < 0.02 and f(25) == pytest.approx(0.0, abs=1e-12)  # never negative past the end
+
+
+def test_logged_learning_rate_rises_then_decays(tmp_path):
+    trainer = _trainer(tmp_path, epochs=3, log_every=1)
+    trainer.fit()
+    lrs = [r["lr"] for r in read_metrics(tmp_path) if r["split"] == "train"]
+    assert len(lrs) == 12
+    assert lrs[0] == pytest.approx(0.05) and max(lrs) == pytest.approx(0.05)  # lr after the 1st step: warmup done
+    assert lrs[-1] < 0.05 * 0.05 and all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+
+
+def test_gradients_are_clipped_before_each_step(tmp_path):
+    norms = []
+    for clip in (0.1, 0.0):  # 0 turns clipping off
+        trainer = _trainer(tmp_path / str(clip), scale=1e4, grad_clip=clip, epochs=1)
+
+        def record(optimizer, args, kwargs, clip=clip):  # runs just before each optimizer step
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            norms.append((clip, torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()))
+
+        trainer.optimizer.register_step_pre_hook(record)
+        trainer.fit()
+    clipped = [n for c, n in norms if c == 0.1]
+    assert len(clipped) == 4 and max(clipped) <= 0.1 + 1e-5
+    assert max(n for c, n in norms if c == 0.0) > 10
+
+
+def test_without_validation_the_lowest_training_loss_is_best(tmp_path):
+    best = _trainer(tmp_path, epochs=3).fit()
+    assert best["epoch"] == 3  # the loss only falls on this easy fit
+
+
+def _scripted(scores):
+    it = iter(scores)
+    return lambda model: {"val/rsum": next(it)}
+
+
+@pytest.mark.parametrize("scores, epochs_run, best_epoch", [
+    ([1, 0, 0, 0, 0], 3, 1),  # two epochs without improvement stop the run
+    ([1, 0, 2, 0, 0], 5, 3),  # an improvement resets the count
+    ([1, 2, 3, 4, 5], 5, 5),
+])
+def test_early_stopping_counts_epochs_since_the_best(tmp_path, scores, epochs_run, best_epoch):
+    best = _trainer(tmp_path, eval_fn=_scripted(scores), patience=2).fit()
+    assert len([r for r in read_metrics(tmp_path) if r["split"] == "val"]) == epochs_run
+    assert best["epoch"] == best_epoch and best["val/rsum"] == max(scores[:epochs_run])
+
+
+@pytest.mark.parametrize("setting", [{"grad_clip": -1.0}, {"warmup_steps": -1}, {"lr": 0.0}, {"patience": -2}])
+def test_out_of_range_settings_are_refused(tmp_path, setting):
+    name = next(iter(setting))
+    with pytest.raises(PolymodalError, match=name):
+        _trainer(tmp_path, **setting)
+
