@@ -5,10 +5,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from coco_yesno import breakdown, pair_ranking, pool_z  # noqa: E402
+from coco_yesno_tuned_towers import parse_configs  # noqa: E402
 from coco_yesno_views import views  # noqa: E402
 
 
@@ -64,3 +66,10 @@ def test_pair_ranking_counts_only_yes_no_pairs_of_one_phrase_on_different_photos
     assert n == 2 and frac == 0.5  # zoo yes (0.5) beats no (0.4), loses to no (0.9)
     n, frac = pair_ranking(rows[5:], np.zeros(1), image_index[5:])
     assert n == 0 and np.isnan(frac)
+
+
+def test_tuned_tower_configs_parse_or_say_what_is_expected():
+    assert parse_configs("0:0, 2:0,2:2") == [(0, 0), (2, 0), (2, 2)]
+    for bad in ("2", "a:b", "1:-1", "", "1:2:3"):
+        with pytest.raises(SystemExit, match="image_blocks:text_layers"):
+            parse_configs(bad)
