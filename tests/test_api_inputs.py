@@ -145,3 +145,40 @@ def test_one_image_or_a_batch_of_them_in_any_container():
     assert as_images(np.array(["a.png", "b.png"])) == ["a.png", "b.png"]  # an array of paths is a batch
     assert as_images(p for p in ("a.png", "b.png")) == ["a.png", "b.png"]
     assert as_images("a.png") == ["a.png"] and as_images(b"\x89PNG") == [b"\x89PNG"]
+
+
+# -- the input helpers themselves (mutation-testing additions) -----------------------------------------------------
+
+
+def test_as_texts_refuses_a_dict():
+    # a dict is iterable (its keys), but {"text": ...} is a mistake, not a list of texts
+    from polymodal.models.inputs import as_texts
+
+    with pytest.raises(PolymodalError, match="texts must be a string or a list of strings, got dict"):
+        as_texts({"a cat": 1})
+    assert as_texts(("a", "b")) == ["a", "b"]
+
+
+def test_as_images_keeps_bytearray_whole():
+    # bytearray holds one encoded image, like bytes: not a batch of ints
+    from polymodal.models.inputs import as_images
+
+    data = bytearray(b"\x89PNG\r\n")
+    assert as_images(data) == [data]
+
+
+def test_check_count_none_only_when_it_means_something():
+    from polymodal.models.inputs import check_count
+
+    assert check_count(None, "batch_size", "the default") is None
+    with pytest.raises(PolymodalError, match="k must be a whole number of at least 1, got None"):
+        check_count(None, "k")
+    assert check_count(np.int64(3), "k") == 3
+
+
+def test_vqa_rows_counts_must_match():
+    from polymodal.models.inputs import vqa_rows
+
+    assert vqa_rows("a.png", "q?") == (["a.png"], ["q?"])
+    with pytest.raises(PolymodalError, match="got 2 images but 1 questions"):
+        vqa_rows(["a.png", "b.png"], ["q?"])

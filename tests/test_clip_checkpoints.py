@@ -307,3 +307,40 @@ def test_a_pickle_of_objects_gets_a_short_reason(tmp_path):
     with pytest.raises(PolymodalError, match="Python objects besides tensors") as got:
         load_clip(file)
     assert "\n" not in str(got.value) and "weights_only" not in str(got.value)
+
+
+# -- mutation-testing additions -------------------------------------------------------------------------------------
+def test_openai_padded_vocab_pools_at_the_tokenizers_eot(reference, hf_folder, tmp_path):
+    """Some checkpoints pad token_embedding beyond the tokenizer's vocab, so <|endoftext|> is not the last row:
+    pooling must follow the tokenizer's EOT id (= OpenAI's argmax of ids), not assume vocab - 1."""
+    sd = hf_to_openai(reference[0].state_dict())
+    emb = sd["token_embedding.weight"]
+    sd["token_embedding.weight"] = torch.cat([emb, torch.randn(3, emb.shape[1], generator=torch.Generator().manual_seed(0))])
+    file = tmp_path / "padded.safetensors"
+    save_file(sd, str(file))
+    model = load_clip(file, tokenizer=hf_folder)
+    assert model.model.config.text_config.eos_token_id == model.tokenizer.eos_token_id != len(sd["token_embedding.weight"]) - 1
+    ids = model.tokenizer(TEXTS, padding=True, truncation=True, max_length=16, return_tensors="pt")["input_ids"]
+    text, _ = _openai_forward(sd, ids, torch.from_numpy(model.transform(_images())))
+    np.testing.assert_allclose(model.encode_text(TEXTS), text, atol=1e-5)
+
+
+def test_head_counts_go_to_their_own_tower(reference):
+    # vision_heads and text_heads are separate settings: neither may leak into the other tower's config
+    sd = hf_to_openai(reference[0].state_dict())
+    config, _ = openai_to_hf(sd, vision_heads=2, text_heads=4)
+    assert (config.vision_config.num_attention_heads, config.text_config.num_attention_heads) == (2, 4)
+    config, _ = openai_to_hf(sd, text_heads=2)
+    assert (config.vision_config.num_attention_heads, config.text_config.num_attention_heads) == (1, 2)
+
+
+def test_preprocessor_without_centre_crop(tmp_path):
+    """do_center_crop=false: the model sees the whole resized image (crop = resize), as CLIPImageProcessor does."""
+    from polymodal.models.clip import transform_from_preprocessor
+
+    proc = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 24, "width": 24}, do_center_crop=False)
+    proc.save_pretrained(tmp_path)
+    transform = transform_from_preprocessor(tmp_path)
+    assert (transform.resize, transform.crop) == (32, 32)
+    square = [Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8))]
+    np.testing.assert_allclose(transform(square), proc(images=square, return_tensors="np")["pixel_values"], atol=1e-5)

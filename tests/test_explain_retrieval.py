@@ -63,3 +63,38 @@ def test_cli_search_explain_writes_a_heat_map_of_the_top_match(lite, gallery, tm
     assert np.abs(np.asarray(Image.open(out), np.int16) - np.asarray(Image.open(top).convert("RGB"), np.int16)).max() > 0
     plain = cli_json(["search", "a cup of coffee", "--db", str(db), "-k", "2", "--json"])
     assert [h["path"] for h in plain] == [h["path"] for h in result["hits"]]  # same ranking with or without
+
+
+class MeanBrightnessModel:
+    """Embeds an image by the mean of its whole crop: every block of the same area matters equally."""
+
+    transform = ImageTransform(resize=56, crop=56)
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        a = pixels.mean(axis=(1, 2, 3))
+        e = np.stack([a, np.ones_like(a)], 1)
+        return (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_occlusion_heat_is_the_mean_drop_of_window_sized_blocks():
+    # grid 3, window 2: four 2x2-cell blocks of equal area (37x37 px), each dropping the cosine by the same d. Every
+    # cell is the MEAN over the blocks covering it (a sum would make the centre 4d), and each block blanks all of its
+    # window x window cells (blanking one cell would give unequal drops)
+    model, image, query = MeanBrightnessModel(), Image.new("RGB", (56, 56), "white"), np.array([1, 1]) / np.sqrt(2)
+    pixels = model.transform([image])
+    blanked = pixels.copy()
+    blanked[:, :, :37, :37] = 0
+    d = float(model.embed_pixels(pixels)[0] @ query - model.embed_pixels(blanked)[0] @ query)
+    heat = occlusion_heat(model, image, query, grid=3, window=2)
+    assert d > 0.01
+    np.testing.assert_allclose(heat, np.full((3, 3), d), rtol=1e-5)
+
+
+def test_save_heatmap_with_transform_leaves_the_uncropped_sides_alone(tmp_path):
+    # the grid covers only the centre crop the model saw: a PNG (lossless) keeps the sides' original pixels
+    img = Image.new("RGB", (448, 224), "gray")
+    heat = np.zeros((7, 7), np.float32)
+    heat[3, 3] = 1
+    out = np.asarray(Image.open(save_heatmap(img, heat, tmp_path / "h.png", transform=ImageTransform(224, 224))), np.int16)
+    assert (out[:, :112] == 128).all() and (out[:, 337:] == 128).all()
+    assert np.abs(out[:, 112:336] - 128).max() > 20

@@ -112,3 +112,37 @@ def test_server_refuses_degenerate_strips():
 def test_urls_are_refused_with_the_url_intact():
     with pytest.raises(PolymodalError, match="https://example.com/a.jpg is a URL.*download the file first"):
         load_image("https://example.com/a.jpg")
+
+
+def test_16_bit_keeps_the_high_byte_not_the_low(tmp_path):
+    # 0x12FF must become 0x12: samples whose two bytes are equal (v * 257) cannot tell high from low byte
+    arr16 = np.full((4, 6), 0x12FF, np.uint16)
+    arr16[1, 1] = 0xA001
+    Image.fromarray(arr16).save(tmp_path / "g16.png")
+    want = np.where(arr16 >> 8 == 0x12, 0x12, 0xA0).astype(np.uint8)
+    for source in (tmp_path / "g16.png", arr16, np.dstack([arr16] * 3)):
+        np.testing.assert_array_equal(np.asarray(load_image(source)), np.stack([want] * 3, -1))
+
+
+def test_aspect_ratio_limit_is_inclusive():
+    # "an aspect ratio within 1:1000": exactly 1:1000 is accepted, one pixel more is refused
+    from polymodal.data.images import MAX_ASPECT, check_image_size
+
+    check_image_size(1, MAX_ASPECT)
+    check_image_size(3 * MAX_ASPECT, 3)
+    assert ImageTransform(resize=32, crop=28).pil_crop(Image.new("RGB", (MAX_ASPECT, 1))).size == (28, 28)
+    with pytest.raises(PolymodalError, match="aspect ratio"):
+        check_image_size(1, MAX_ASPECT + 1)
+
+
+def test_torch_tensors_are_read_as_pixel_arrays():
+    torch = pytest.importorskip("torch")
+    from polymodal.models.inputs import as_images
+
+    chw = torch.zeros(3, 8, 8)
+    chw[0] = 1.0  # red, floats in [0, 1] like a transforms.ToTensor() output
+    (one,) = as_images(chw)  # one image, not 3 rows of a batch
+    assert load_image(one).getpixel((4, 4)) == (255, 0, 0)
+    batch = as_images(torch.stack([chw, chw.flip(0)]))  # [N, C, H, W] is a batch of N
+    assert [load_image(im).getpixel((0, 0)) for im in batch] == [(255, 0, 0), (0, 0, 255)]
+    assert load_image(torch.zeros(8, 8, 3, dtype=torch.bfloat16)).getpixel((0, 0)) == (0, 0, 0)

@@ -369,3 +369,62 @@ def test_flickr8k_dev_pairs():
     assert np.bincount(ps.caption_image).tolist() == [5] * 1000
     train, val = split_by_image(ps, 0.2, seed=0)
     assert len(val.images) == 200 and not set(train.images) & set(val.images)
+
+
+# ---------------------------------------------------------------------------------------------- edge cases (mutation tests)
+
+
+def test_tab_separated_csv_and_header_spelling(data, tmp_path):
+    # open_clip's CSVs are often tab-separated but named .csv (csv_separator="\t"): the header's tab decides
+    with (tmp_path / "openclip.csv").open("w", newline="") as f:
+        csv.writer(f, delimiter="\t").writerows([("filepath", "title"), (data / "img0.png", "red, square")])
+    assert read_pair_source(tmp_path / "openclip.csv").captions == ["red, square"]
+    # header names are matched ignoring case and surrounding spaces (and a UTF-8 BOM, as Excel writes)
+    (tmp_path / "excel.csv").write_bytes(f"\ufeff Image , Caption \n{data / 'img1.png'},green\n".encode("utf-8"))
+    ps = read_pair_source(tmp_path / "excel.csv")
+    assert ps.captions == ["green"] and ps.skipped == []
+
+
+def test_csv_row_with_an_unquoted_comma_is_skipped_not_truncated(data, tmp_path):
+    # "hello, world" unquoted is three fields: the row is reported, not read as the caption "hello"
+    (tmp_path / "ragged.csv").write_text(f"image,caption\n{data / 'img0.png'},hello, world\n{data / 'img1.png'},ok\n")
+    ps = read_pair_source(tmp_path / "ragged.csv")
+    assert ps.captions == ["ok"]
+    assert [(loc.rsplit(":", 1)[1], "fields" in why) for loc, why in ps.skipped] == [("2", True)]
+
+
+def test_blank_captions_are_not_pairs(data, tmp_path):
+    # whitespace-only captions are dropped; a row left with none is skipped (no empty-string training captions)
+    rows = [{"image": "img0.png", "caption": "  \t "}, {"image": "img1.png", "caption": ["one", "   ", "two"]}]
+    (tmp_path / "blank.jsonl").write_text("\n".join(json.dumps({**r, "image": str(data / r["image"])}) for r in rows))
+    ps = read_pair_source(tmp_path / "blank.jsonl")
+    assert ps.captions == ["one", "two"]
+    assert len(ps.skipped) == 1 and "no caption" in ps.skipped[0][1]
+
+
+def test_json_array_file_with_leading_whitespace(data, tmp_path):
+    # a pretty-printed JSON array may start with blank lines; its items are numbered from 1
+    rows = [{"image": str(data / "img0.png"), "caption": "a"}, {"image": "gone.png", "caption": "b"}]
+    (tmp_path / "rows.json").write_text("\n\n  " + json.dumps(rows, indent=2))
+    ps = read_pair_source(tmp_path / "rows.json")
+    assert ps.captions == ["a"]
+    assert [loc.rsplit(":", 1)[1] for loc, _ in ps.skipped] == ["2"]
+
+
+def test_caption_folder_ignores_hidden_files(tmp_path):
+    # .ipynb_checkpoints / macOS "._x.png" files are not images of the data set
+    folder = tmp_path / "photos"
+    (folder / ".ipynb_checkpoints").mkdir(parents=True)
+    _write_image(folder / "a.png", 0)
+    (folder / "a.txt").write_text("the real one\n")
+    _write_image(folder / ".ipynb_checkpoints" / "b.png", 1)
+    (folder / ".ipynb_checkpoints" / "b.txt").write_text("a stale copy\n")
+    (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    ps = read_pair_source(folder)
+    assert ps.captions == ["the real one"] and ps.skipped == []
+
+
+def test_brace_ranges_pad_when_either_end_is_padded():
+    # as bash: {1..010} -> 001 .. 010 (a leading zero on either end sets the width)
+    assert expand_braces("s-{1..010}.tar") == [f"s-{i:03d}.tar" for i in range(1, 11)]
+    assert expand_braces("{010..8}") == ["010", "009", "008"]

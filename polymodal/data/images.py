@@ -12,6 +12,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from polymodal.errors import PolymodalError
+from polymodal.models.inputs import tensor_to_array
 
 # Bumped when decoding changes pixels (2: EXIF rotation, alpha over white, 16-bit scaling), so that caches of
 # features computed from images are not reused across it.
@@ -27,7 +28,9 @@ _MAX_RESIZED_ASPECT = 8
 
 
 def load_image(image: Any) -> Image.Image:
-    """Path, bytes, PIL image or HxW[xC] numpy array -> RGB PIL image (first frame of animations)."""
+    """Path, bytes, PIL image or HxW[xC] numpy array (or torch tensor) -> RGB PIL image (first frame of
+    animations)."""
+    image = tensor_to_array(image)
     if isinstance(image, Image.Image):
         img = image
     elif isinstance(image, np.ndarray):

@@ -31,12 +31,22 @@ def as_images(value: Any) -> list:
     array of paths, [N, H, W, C] array, generator, pandas Series ...) -> a list of its items."""
     if isinstance(value, (str, bytes, bytearray, os.PathLike)) or hasattr(value, "getpixel"):  # getpixel: PIL
         return [value]
+    value = tensor_to_array(value)
     ndim = getattr(value, "ndim", None)
     if ndim is not None and getattr(value, "dtype", None) is not None and value.dtype.kind in "biuf" and ndim <= 3:
         return [value]  # pixels: H x W, H x W x C or C x H x W
     if isinstance(value, Iterable):
         return list(value)
     return [value]
+
+
+def tensor_to_array(value: Any) -> Any:
+    """A torch tensor -> its numpy array (pixels are read like any array); anything else unchanged. Duck-typed so
+    this module stays torch-free."""
+    if hasattr(value, "detach") and hasattr(value, "numpy") and hasattr(value, "cpu"):
+        value = value.detach().cpu()
+        return (value.float() if str(value.dtype) == "torch.bfloat16" else value).numpy()  # numpy has no bf16
+    return value
 
 
 def vqa_rows(images: Any, questions: Any) -> tuple[list, list[str]]:
