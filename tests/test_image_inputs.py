@@ -146,3 +146,11 @@ def test_torch_tensors_are_read_as_pixel_arrays():
     batch = as_images(torch.stack([chw, chw.flip(0)]))  # [N, C, H, W] is a batch of N
     assert [load_image(im).getpixel((0, 0)) for im in batch] == [(255, 0, 0), (0, 0, 255)]
     assert load_image(torch.zeros(8, 8, 3, dtype=torch.bfloat16)).getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_32_bit_int_images_holding_8_bit_values_keep_them():
+    # Image.fromarray(int32 array) is mode "I"; values up to 255 are 8-bit samples (was black: taken as 16-bit)
+    grey8 = np.asarray(Image.fromarray(red_square()).convert("L"))
+    img = Image.fromarray(grey8.astype(np.int32))
+    assert img.mode == "I"
+    np.testing.assert_array_equal(np.asarray(load_image(img)), np.stack([grey8] * 3, -1))

@@ -14,9 +14,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import tensor_to_array
 
-# Bumped when decoding changes pixels (2: EXIF rotation, alpha over white, 16-bit scaling), so that caches of
-# features computed from images are not reused across it.
-LOADER_VERSION = 2
+# Bumped when decoding changes pixels (2: EXIF rotation, alpha over white, 16-bit scaling; 3: 8-bit values in
+# 32-bit "I" images), so that caches of features computed from images are not reused across it.
+LOADER_VERSION = 3
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -69,7 +69,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # phones store photos sideways plus this tag
         img = ImageOps.exif_transpose(img)
     if img.mode.startswith("I") or img.mode == "F":  # convert("RGB") would clip these samples at 255
-        img = Image.fromarray(_to_uint8(np.asarray(img), sixteen_bit=img.mode != "F"))
+        arr = np.asarray(img)
+        # 16-bit files open as I;16*; plain 32-bit "I" is 16-bit data from older readers (PGM) or, with nothing
+        # above 255, 8-bit values in an int array (Image.fromarray of int32), which would otherwise turn black
+        sixteen_bit = img.mode.startswith("I;16") or (img.mode == "I" and arr.size and int(arr.max()) > 255)
+        img = Image.fromarray(_to_uint8(arr, sixteen_bit=bool(sixteen_bit)))
     if img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
         # Dropping alpha leaves whatever colour hides under it (often black); show it on white like a viewer
         rgba = img.convert("RGBA")
