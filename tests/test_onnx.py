@@ -203,3 +203,22 @@ def test_vqa_model_exports_with_parity_and_answers_without_torch(easy_vqa_rows, 
 def test_export_asks_vqa_models_for_questions(tmp_path, capsys):
     assert cli.main(["export", "onnx", "easy-vqa", "--out", str(tmp_path / "x")]) == 2
     assert "--val-qa" in capsys.readouterr().err
+
+
+def test_the_fastest_kept_variant_serves(lite, tmp_path, monkeypatch):
+    import polymodal.export.onnx_export as onnx_export
+
+    # both variants pass the gate; per tower the first is timed at 3x fp32, the second at 1.5x
+    speeds = iter([(300.0, 100.0), (150.0, 100.0)] * 2)
+    monkeypatch.setattr(onnx_export, "gate", lambda *a, **k: ("kept", "stub gate: kept"))
+    monkeypatch.setattr(onnx_export, "paired_speed", lambda *a, **k: next(speeds))
+    out = tmp_path / "out"
+    report = export_onnx(lite, out, validation_set(None), variants=["int8_dynamic", "int8_static"],
+                         max_drop_points=100.0, timing_seconds=0.02)  # no fp32 fallback for the pair's accuracy
+    assert report["served"] == {"image": "int8_dynamic", "text": "int8_dynamic"}
+    rows = {(r["tower"], r["variant"]): r for r in report["tries"]}
+    for tower in ("image", "text"):
+        assert rows[(tower, "int8_static")]["status"] == "kept (not served)"
+        assert (out / f"{tower}.int8_static.onnx").is_file()  # kept files stay, for whoever wants them
+    config = json.loads((out / "onnx_config.json").read_text())
+    assert config["image"]["file"] == "image.int8_dynamic.onnx"
