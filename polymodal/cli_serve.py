@@ -20,6 +20,9 @@ def cmd_serve(args) -> int:
         raise PolymodalError(f"--max-batch must be at least 1 and --max-wait-ms at least 0, got {args.max_batch}, {args.max_wait_ms}")
     if not 0 <= args.port <= 65535:
         raise PolymodalError(f"--port must be 0-65535, got {args.port}")
+    if args.api_key is not None and not args.api_key.strip():
+        raise PolymodalError("the API key (--api-key or $POLYMODAL_API_KEY) is blank, which would turn authentication "
+                             "off; give a non-empty key, or leave both unset to serve without one")
     try:
         import uvicorn  # noqa: F401
         import fastapi  # noqa: F401

@@ -170,7 +170,7 @@ def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, wan
                                                  len(next(iter(inputs[graph].values()))), seconds)
             except Exception as exc:  # an unsupported operator is a finding for the report, not a crash
                 tries.append({"graph": graph, "variant": name, "status": "failed",
-                              "reason": f"failed here: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
+                              "reason": V.failure_reason(exc)})
                 path.unlink(missing_ok=True)
                 continue
             finally:

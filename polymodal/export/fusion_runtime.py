@@ -12,7 +12,7 @@ from polymodal.data.answers import unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.export.runtime import TokenizerRuntime, onnx_session, read_export_config
-from polymodal.models.inputs import vqa_rows
+from polymodal.models.inputs import check_count, vqa_rows
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -44,6 +44,7 @@ class OnnxFusionEncoder:
     def logits(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """``[R, A]`` answer logits, one row per (image, question)."""
         images, questions = vqa_rows(images, questions)  # one image or question string is one row
+        batch_size = check_count(batch_size, "batch_size")
         out = [np.zeros((0, len(self.answers)), np.float32)]
         for i in range(0, len(images), batch_size):
             pixels = self.transform(list(images[i : i + batch_size]))

@@ -85,3 +85,9 @@ def bf16_unavailable() -> str | None:
 def bf16(export_bf16: Callable[[Path], Path], out: Path) -> Path:
     """The graph traced again with bfloat16 weights and activations (float32 in and out)."""
     return export_bf16(out)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A variant's failure as one report line; some errors (MemoryError()) have no message at all."""
+    lines = str(exc).strip().splitlines()
+    return f"failed here: {type(exc).__name__}" + (f": {lines[0][:200]}" if lines else "")
