@@ -99,7 +99,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument(
-        "--api-key", default=os.environ.get("POLYMODAL_API_KEY") or None,
+        "--api-key", default=os.environ.get("POLYMODAL_API_KEY"),  # set but blank is refused, not "no key"
         help="require this key in the X-API-Key header on every endpoint but /healthz and the page shell "
         "(default: $POLYMODAL_API_KEY; the variable keeps the key out of the process list)",
     )

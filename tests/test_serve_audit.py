@@ -298,3 +298,6 @@ def test_cli_serve_refuses_a_blank_api_key(lite, db, capsys, monkeypatch):
     for key in ("", "   "):  # would have served with no authentication at all
         assert cli.main(["serve", "--db", str(db), "--port", "0", "--api-key", key]) == 2
         assert "API key (--api-key or $POLYMODAL_API_KEY) is blank" in capsys.readouterr().err
+    monkeypatch.setenv("POLYMODAL_API_KEY", "")  # e.g. an env file's "POLYMODAL_API_KEY=" with the value missing
+    assert cli.main(["serve", "--db", str(db), "--port", "0"]) == 2
+    assert "is blank" in capsys.readouterr().err
