@@ -20,9 +20,6 @@ def cmd_serve(args) -> int:
         raise PolymodalError(f"--max-batch must be at least 1 and --max-wait-ms at least 0, got {args.max_batch}, {args.max_wait_ms}")
     if not 0 <= args.port <= 65535:
         raise PolymodalError(f"--port must be 0-65535, got {args.port}")
-    if args.api_key is not None and not args.api_key.strip():
-        raise PolymodalError("the API key (--api-key or $POLYMODAL_API_KEY) is blank, which would turn authentication "
-                             "off; give a non-empty key, or leave both unset to serve without one")
     try:
         import uvicorn  # noqa: F401
         import fastapi  # noqa: F401
@@ -99,7 +96,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument(
-        "--api-key", default=os.environ.get("POLYMODAL_API_KEY"),  # set but blank is refused, not "no key"
+        "--api-key", default=os.environ.get("POLYMODAL_API_KEY"),  # set but blank: create_app refuses it
         help="require this key in the X-API-Key header on every endpoint but /healthz and the page shell "
         "(default: $POLYMODAL_API_KEY; the variable keeps the key out of the process list)",
     )

@@ -18,6 +18,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from polymodal import cli, registry  # noqa: E402
+from polymodal.errors import PolymodalError  # noqa: E402
 from polymodal.index import ImageIndex  # noqa: E402
 from polymodal.serve import ServeSettings, create_app  # noqa: E402
 from polymodal.serve.middleware import LimitsMiddleware  # noqa: E402
@@ -301,3 +302,5 @@ def test_cli_serve_refuses_a_blank_api_key(lite, db, capsys, monkeypatch):
     monkeypatch.setenv("POLYMODAL_API_KEY", "")  # e.g. an env file's "POLYMODAL_API_KEY=" with the value missing
     assert cli.main(["serve", "--db", str(db), "--port", "0"]) == 2
     assert "is blank" in capsys.readouterr().err
+    with pytest.raises(PolymodalError, match="is blank"):  # the library refuses it too, not only the CLI
+        create_app(lite, db, api_key=" ")

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 
-
 @dataclass
 class Pairs:
     images: list[Path]  # unique images

@@ -75,6 +75,9 @@ def create_app(
     /v1/vqa answers with `vqa_model`, or with `model` itself when it answers questions. A VQA model that cannot embed
     (easy-vqa, coco-yesno) passed as `model` becomes the VQA model, and the index's own model embeds and searches.
     Names are loaded with polymodal.load(name, runtime=runtime, **load_options)."""
+    if api_key is not None and not api_key.strip():  # None is "no key"; a blank one is a mistake, not the same
+        raise PolymodalError("the API key (--api-key or $POLYMODAL_API_KEY) is blank, which would turn "
+                             "authentication off; give a non-empty key, or none at all to serve without one")
     try:
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
