@@ -6,7 +6,7 @@
     python benchmarks/fusion_compare.py --quick                        # a tiny subset, 1 epoch: a smoke run
 
 Each fusion is trained as a FusionEncoder (frozen EfficientNet-Lite0 7x7 grid tokens + MiniLM question tokens,
-trainable projections + fusion + VQA head) with the recipe of the shipped easy-vqa model (benchmarks/easy_vqa.py:
+trainable projections + fusion + VQA head) with the recipe of the shipped easy-vqa model (benchmarks/train_easy_vqa.py:
 dim 128, lr 2e-3, batch 256, 6 epochs, patience 4, seed 0, 10% of the training images split off for validation and
 early stopping); only the fusion changes. The tower pass runs once per dataset: its features are cached on disk
 before the first fusion trains, and every fusion reads the same cache (its time is reported once, on the dataset's
@@ -45,9 +45,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
-# benchmarks/easy_vqa.py is named like the easy_vqa package: keep this folder off the path so `import easy_vqa`
-# finds the package, and load the benchmark module from its file
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -55,7 +52,7 @@ log = logging.getLogger("fusion_compare")
 
 DATASETS = ("easy-vqa", "coco-yesno")
 COCO_YESNO = ROOT.parent / "shared" / "data" / "vqa-coco-yesno-train" / "qa.jsonl"
-# the shipped easy-vqa model's recipe (benchmarks/easy_vqa.py defaults)
+# the shipped easy-vqa model's recipe (benchmarks/train_easy_vqa.py defaults)
 RECIPE = {"dim": 128, "lr": 2e-3, "batch_size": 256, "epochs": 6, "patience": 4, "val_fraction": 0.1}
 QUICK = {"easy_train_images": 40, "easy_test_images": 15, "coco_images": 60, "epochs": 1}
 INFER_BATCH = 256
@@ -75,7 +72,7 @@ class Prepared:
 
 
 def _easy_vqa_module():
-    spec = importlib.util.spec_from_file_location("_easy_vqa_benchmark", HERE / "easy_vqa.py")
+    spec = importlib.util.spec_from_file_location("_easy_vqa_benchmark", HERE / "train_easy_vqa.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

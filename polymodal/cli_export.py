@@ -77,8 +77,9 @@ def _export_vqa(args, out: Path) -> int:
 
     import polymodal
     from polymodal.eval.vqa import read_qa
-    from polymodal.export.fusion_export import export_fusion_onnx, vqa_report_table
+    from polymodal.export.fusion_export import check_vqa_variants, export_fusion_onnx, vqa_report_table
 
+    check_vqa_variants(_variants(args))
     rows = read_qa(args.val_qa)
     rows = random.Random(0).sample(rows, min(args.val_limit, len(rows)))
     model = polymodal.load(args.model)

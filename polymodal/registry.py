@@ -56,7 +56,7 @@ MODELS: dict[str, Callable] = {
     "default": _builtin("default", "polymodal.models.dual_encoder", "load_dual_encoder",
                         "recipes/default.json and scripts/ship_model.py"),
     "easy-vqa": _builtin("easy-vqa", "polymodal.models.fusion_encoder", "load_fusion_encoder",
-                         "benchmarks/easy_vqa.py --save-builtin"),
+                         "benchmarks/train_easy_vqa.py --save-builtin"),
     "coco-yesno": _builtin("coco-yesno", "polymodal.models.yesno", "load_yesno",
                            "benchmarks/coco_yesno.py --save-builtin"),
 }
@@ -64,7 +64,7 @@ DESCRIPTIONS = {
     "lite": "EfficientNet-Lite0 + all-MiniLM-L6-v2 joined by ConSE (no paired training), 384-d",
     "default": "the lite towers with contrastive heads trained on Flickr8k + COCO captions (polymodal train contrastive)",
     "easy-vqa": "VQA fusion encoder (frozen lite towers: 7x7 image grid + question tokens, concat fusion) "
-                "trained on easy-VQA shapes and colours (benchmarks/easy_vqa.py); polymodal vqa IMAGE QUESTION",
+                "trained on easy-VQA shapes and colours (benchmarks/train_easy_vqa.py); polymodal vqa IMAGE QUESTION",
     "coco-yesno": "yes/no questions about photos: question -> key phrase scored against the image with the "
                   "default and lite spaces (pool z-scores) + question embedding, logistic regression trained on "
                   "COCO yes/no VQA (benchmarks/coco_yesno.py); about 0.57 held-out accuracy (bar 0.60 not met yet)",

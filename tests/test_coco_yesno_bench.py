@@ -13,7 +13,7 @@ sys.path.insert(0, BENCHMARKS)
 from coco_yesno import breakdown, pair_ranking, pool_z  # noqa: E402
 from coco_yesno_tuned_towers import parse_configs  # noqa: E402
 from coco_yesno_views import views  # noqa: E402
-sys.path.remove(BENCHMARKS)  # benchmarks/easy_vqa.py would hide the easy_vqa package from later tests
+sys.path.remove(BENCHMARKS)  # later tests must not import benchmark scripts by accident
 
 
 def _rows(spec):

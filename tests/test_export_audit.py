@@ -119,6 +119,9 @@ def test_vqa_export_refuses_a_model_without_answers_and_no_questions(easy_vqa, v
 
     with pytest.raises(PolymodalError, match="--val-qa"):
         export_fusion_onnx(easy_vqa, tmp_path / "a", [], variants=[])
+    with pytest.raises(PolymodalError, match="no bf16 variant; choose from int8_dynamic, int8_static"):
+        export_fusion_onnx(easy_vqa, tmp_path / "c", vqa_qa[1][:2], variants=["int8_dynamic", "bf16"])
+    assert not (tmp_path / "c").exists()
     monkeypatch.setattr(easy_vqa, "answers", [])
     with pytest.raises(PolymodalError, match="no VQA head"):
         export_fusion_onnx(easy_vqa, tmp_path / "b", vqa_qa[1][:2], variants=[])
@@ -318,7 +321,8 @@ def test_a_broken_export_config_is_one_clear_error(tmp_path, text):
 
 
 @pytest.mark.parametrize("args, message", [(["--val-limit", "1"], "--val-limit"),
-                                           (["--variants", "int8_dynamic,int4"], "unknown variants")])
+                                           (["--variants", "int8_dynamic,int4"], "unknown variants"),
+                                           (["--variants", "int8_dynamic,bf16"], "VQA exports have no bf16")])
 def test_cli_export_rejects_bad_options_before_loading(tmp_path, capsys, vqa_qa, args, message):
     assert cli.main(["export", "onnx", "easy-vqa", "--out", str(tmp_path / "x"), "--val-qa", str(vqa_qa[0]),
                      *args]) == 2

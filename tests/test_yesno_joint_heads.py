@@ -9,7 +9,7 @@ import numpy as np
 BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 from yesno_joint_heads import train_and_score  # noqa: E402
-sys.path.remove(BENCHMARKS)  # benchmarks/easy_vqa.py would hide the easy_vqa package from later tests
+sys.path.remove(BENCHMARKS)  # later tests must not import benchmark scripts by accident
 
 
 def _unit(x):

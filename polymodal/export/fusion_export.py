@@ -56,6 +56,14 @@ class _Head(_Part):
 TOWER_VARIANTS = {"grid": ("int8_static", "int8_dynamic"), "question": ("int8_dynamic",)}
 
 
+def check_vqa_variants(variants: Sequence[str] | None) -> None:
+    """A variant no VQA graph has (bf16) is an error, not a silent export without it."""
+    known = sorted({v for names in TOWER_VARIANTS.values() for v in names})
+    missing = sorted(set(variants or ()) - set(known))
+    if missing:
+        raise PolymodalError(f"VQA exports have no {', '.join(missing)} variant; choose from {', '.join(known)}")
+
+
 def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callable[[str], None] = log.info,
                        max_drop_points: float = 1.0, timing_seconds: float = 1.0,
                        variants: Sequence[str] | None = None) -> dict:
@@ -64,6 +72,7 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
     from polymodal.eval.vqa import accuracy_by_type
     from polymodal.export.fusion_runtime import OnnxFusionEncoder
 
+    check_vqa_variants(variants)
     if not getattr(model, "answers", None):
         raise PolymodalError("this fusion encoder has no VQA head (a pretrained encoder?); fine-tune it with "
                              "`polymodal train vqa --model FOLDER` before exporting")

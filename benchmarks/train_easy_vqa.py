@@ -1,8 +1,8 @@
 """easy-VQA benchmark: train fusion encoders on easy-VQA (the `easy-vqa` package) on this machine, report test accuracy.
 
-    python benchmarks/easy_vqa.py                                   # the shipped recipe: concat fusion, 6 epochs
-    python benchmarks/easy_vqa.py --fusion cross_attention,co_attention,single_stream
-    python benchmarks/easy_vqa.py --save-builtin                    # refresh the built-in 'easy-vqa' model
+    python benchmarks/train_easy_vqa.py                             # the shipped recipe: concat fusion, 6 epochs
+    python benchmarks/train_easy_vqa.py --fusion cross_attention,co_attention,single_stream
+    python benchmarks/train_easy_vqa.py --save-builtin              # refresh the built-in 'easy-vqa' model
 
 Writes the data as QA JSONL files (DATA/train.jsonl, DATA/test.jsonl, images copied beside them), then per fusion
 trains with `polymodal.train.vqa.train_vqa` (10% of the training images split off for validation and early stopping;
@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# this file is named like the easy_vqa package: take its own folder off the path so the import finds the package
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
 BUILTIN = ROOT / "polymodal" / "resources" / "models" / "easy-vqa"
