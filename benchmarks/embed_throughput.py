@@ -15,8 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import polymodal
 from polymodal.data.samples import sample_photos
 
