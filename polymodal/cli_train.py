@@ -48,7 +48,7 @@ def recipe_settings(args, paths: tuple[str, ...], flags: dict) -> dict:
         if key in ("arch", "train"):
             if not isinstance(value, dict):
                 raise PolymodalError(f"{key} in config {args.config} must be a table of settings, got {value!r}")
-            settings[key].update(value)
+            settings[key].update({str(k).replace("-", "_"): v for k, v in value.items()})  # embed-dim = embed_dim
         elif key in ("resume", "overwrite"):  # a file that always deletes or resumes is a trap: only by flag
             raise PolymodalError(f"{key} in config {args.config} is not taken; pass --{key} on the command line")
         elif key == "quiet":  # steers the command, not the recipe
