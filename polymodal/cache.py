@@ -9,8 +9,9 @@ from typing import Iterator
 
 
 def cache_dir() -> Path:
+    # An empty XDG_CACHE_HOME counts as unset (XDG spec), not as "" (which would be a relative folder in the cwd).
     root = os.environ.get("POLYMODAL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "polymodal"
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "polymodal"
     )
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 
@@ -181,14 +182,34 @@ def build_parser() -> argparse.ArgumentParser:
     from polymodal.cli_export import add_parsers as add_export_parsers
 
     add_export_parsers(sub)
+    _verbose_everywhere(p)
     return p
+
+
+def _verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """-v also after the subcommand (`polymodal index pics --db x -v`), as the error hints say. SUPPRESS keeps a
+    subcommand without -v from resetting the top-level flag."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                   help="log progress details")
+                _verbose_everywhere(child)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler, not at interpreter exit
+        return code
+    except BrokenPipeError:  # `polymodal ... | head`: the reader left; stop quietly like other Unix tools
+        try:  # later flushes (at exit) then go nowhere instead of failing again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except PolymodalError as exc:
         print(f"polymodal: error: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,8 @@ def cmd_export_onnx(args) -> int:
     from polymodal.export.onnx_export import export_onnx, report_table, validation_set
     from polymodal.registry import MODELS, onnx_export_dir
 
+    if args.model not in MODELS and not Path(args.model).exists():
+        polymodal.load(args.model)  # the registry's "unknown model" error, before any other advice
     if args.val_limit < 2:
         raise PolymodalError(f"--val-limit must be at least 2, got {args.val_limit}")
     out = Path(args.out) if args.out else (onnx_export_dir(args.model) if args.model in MODELS else None)

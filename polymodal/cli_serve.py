@@ -55,11 +55,14 @@ def cmd_serve(args) -> int:
         log.warning("serving on %s without --api-key: anyone who can reach this address can use and change the index", args.host)
     import uvicorn
 
+    from polymodal.serve.service import runs_on
+
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     svc = app.state.service
     vqa = f", answering questions with {svc.vqa_model.key}" if svc.vqa and svc.vqa_model is not svc.model else ""
-    print(f"polymodal: serving {svc.model.key} over {args.db} ({info['count']} images{vqa}) on "
+    how = runs_on(svc.model)
+    print(f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db} ({info['count']} images{vqa}) on "
           f"http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops", flush=True)
     config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", timeout_keep_alive=5,
                             server_header=False)

@@ -30,6 +30,10 @@ def _load_vqa_model(name: str, runtime: str = "torch"):
 def cmd_vqa(args) -> int:
     from polymodal.data.images import load_image
 
+    if not args.question.strip():
+        raise PolymodalError("the question is empty; ask something about the image")
+    if args.top_k < 1:
+        raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
     image = load_image(args.image)  # a missing or corrupt image fails here, before the model loads
     choices = [c.strip() for c in args.choices.split(",") if c.strip()] if args.choices else None
     model = _load_vqa_model(args.model, args.runtime)

@@ -104,7 +104,7 @@ def test_eval_zeroshot_skips_and_counts_missing_images(gallery, tmp_path, capsys
 def test_vqa_choices_outside_the_vocabulary(easy_vqa, coco_yesno, gallery, capsys, caplog):
     image = gallery / "cat.jpg"
     fails(capsys, ["vqa", image, "is it red?", "--choices", "maybe,perhaps", "--model", "easy-vqa"],
-          "knows none of the choices (maybe, perhaps)", "rectangle")
+          "knows none of the choices ('maybe', 'perhaps')", "rectangle")
     with caplog.at_level(logging.WARNING):
         mixed = easy_vqa.answer(image, "what colour is it?", choices=["maybe", "red"])
     assert mixed["answer"] == "red" and dict(mixed["alternatives"])["maybe"] == 0.0

@@ -262,7 +262,8 @@ def test_removing_an_indexed_file_keeps_the_users_file_and_forgets_its_thumbnail
 # -- /v1/info -------------------------------------------------------------------------------------------------------
 def test_info_reports_model_index_batching_and_limits(client, lite, small):
     info = client.get("/v1/info").json()
-    assert info["model"] == {"name": lite.name, "key": lite.key, "dim": 384, "vqa": False, "vqa_model": None}
+    assert info["model"] == {"name": lite.name, "key": lite.key, "dim": 384, "vqa": False, "vqa_model": None,
+                             "runtime": "torch", "precision": "fp32"}
     assert info["index"]["count"] == 15
     assert info["batching"] == {"enabled": True, "max_batch": 8, "max_wait_ms": 5.0}
     assert info["limits"]["max_images_per_request"] == 2 and info["limits"]["max_body_bytes"] == 20 * 2**20

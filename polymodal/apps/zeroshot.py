@@ -32,7 +32,7 @@ class PromptCache:
             self._items.move_to_end(key)
             return self._items[key]
         self.misses += 1
-        prompts = [t.format(label) for label in labels for t in templates]
+        prompts = [t.replace("{}", label) for label in labels for t in templates]  # never raises on other braces
         emb = self._model.encode_text(prompts).reshape(len(labels), len(templates), -1).mean(axis=1)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
         self._items[key] = emb

@@ -147,32 +147,48 @@ def split_tar_ref(ref: Any) -> tuple[Path, str] | None:
     return None
 
 
-_TAR_CACHE: OrderedDict[tuple[int, str], tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = OrderedDict()
+_TAR_CACHE: OrderedDict[tuple[int, str], tuple[tarfile.TarFile, dict[str, tarfile.TarInfo], tuple]] = OrderedDict()
 _TAR_LOCK = threading.Lock()
 _TAR_CACHE_SIZE = 16
 
 
+def _file_identity(path: str | Path) -> tuple | None:
+    """(inode, size, mtime) of a file, None when it is missing: a rewritten shard (write_shards renames a new file
+    onto it) gets a new identity, so a cached open file of the old one is not reused."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def read_tar_member(shard: str | Path, member: str) -> bytes:
-    """Bytes of one member of a tar file (random access; open files cached per process)."""
+    """Bytes of one member of a tar file (random access; open files cached per process, reopened when the file
+    changed since)."""
     key = (os.getpid(), str(shard))  # per process: a forked DataLoader worker must not share a file offset
+    identity = _file_identity(shard)
     with _TAR_LOCK:
         entry = _TAR_CACHE.get(key)
+        if entry is not None and entry[2] != identity:  # rewritten or removed since it was opened
+            del _TAR_CACHE[key]
+            entry[0].close()
+            entry = None
         if entry is None:
-            if not Path(shard).is_file():
+            if identity is None or not Path(shard).is_file():
                 raise PolymodalError(f"shard not found: {shard}; pass an existing tar file")
             try:
                 tf = tarfile.open(shard, "r:*")
-                entry = (tf, {m.name: m for m in tf.getmembers() if m.isfile()})
+                entry = (tf, {m.name: m for m in tf.getmembers() if m.isfile()}, identity)
             except _READ_ERRORS as exc:
                 raise PolymodalError(f"not a readable tar shard: {shard} ({exc})") from exc
             _TAR_CACHE[key] = entry
             while len(_TAR_CACHE) > _TAR_CACHE_SIZE:
-                (pid, _), (old, _) = _TAR_CACHE.popitem(last=False)
+                (pid, _), (old, _, _) = _TAR_CACHE.popitem(last=False)
                 if pid == os.getpid():
                     old.close()
         else:
             _TAR_CACHE.move_to_end(key)
-        tf, index = entry
+        tf, index, _ = entry
         info = index.get(member)
         if info is None:
             raise PolymodalError(f"{shard} has no member {member!r}; the shard changed since it was listed")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from polymodal.errors import PolymodalError
+
 
 @dataclass
 class Pairs:
@@ -41,6 +43,10 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image
     sim = text_emb @ image_emb.T  # [C, I]
     t2i = _ranks(sim, [np.array([i]) for i in caption_image])
     owners = [np.flatnonzero(caption_image == i) for i in range(len(image_emb))]
+    bare = [i for i, o in enumerate(owners) if not len(o)]
+    if bare:
+        raise PolymodalError(f"{len(bare)} of {len(image_emb)} images have no caption (first: image {bare[0]}); "
+                             "image->text recall needs one per image: drop those images or caption them")
     i2t = _ranks(sim.T, owners)
     out = {}
     for name, ranks in (("t2i", t2i), ("i2t", i2t)):

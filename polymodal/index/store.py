@@ -165,7 +165,7 @@ class ImageIndex:
         # Rows go into the open transaction batch by batch, so memory stays flat; nothing is visible until commit.
         # size/mtime come from the scan, taken before hashing: if the file changes meanwhile, the next update
         # sees a newer mtime and looks again.
-        with tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress) as bar:
+        with tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
                 ready = []

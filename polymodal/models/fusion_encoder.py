@@ -443,8 +443,9 @@ class FusionEncoder(nn.Module):
         if not inside and self.itm is None:  # every choice would score 0: an answer made of nothing
             more = f", ... ({len(self.answers)} in all)" if len(self.answers) > 10 else ""
             known = ", ".join(self.answers[:10]) + more
-            raise PolymodalError(f"model {self.name!r} knows none of the choices ({', '.join(seen.values())}) and has "
-                                 f"no ITM head to score other answers; pass answers it knows, e.g. {known}")
+            hint = "; separate choices with commas, e.g. yes,no" if any(" " in c or "[" in c for c in seen.values()) else ""
+            raise PolymodalError(f"model {self.name!r} knows none of the choices ({', '.join(map(repr, seen.values()))}) "
+                                 f"and has no ITM head to score other answers; pass answers it knows, e.g. {known}{hint}")
         scores: dict[str, float] = {}
         if not outside:
             idx = torch.tensor([self.answer_index[k] for k in inside])

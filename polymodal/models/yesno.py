@@ -193,6 +193,9 @@ class YesNoModel:
         answers yes or no; with ``choices``, yes/no among them are ranked (other candidates score 0.0)."""
         if not str(question).strip():
             raise PolymodalError("the question is empty; ask a yes/no question about the image")
+        if not re.match(rf"{_AUX}\b|(am|may|might)\b", str(question).strip().lower()):
+            log.warning("%s answers only yes or no; %r does not read like a yes/no question (is/are/can/does ...)",
+                        self.name, str(question))
         p_yes = float(self.probabilities(self.encode_images([image]), self.encode_questions([str(question)]), [0])[0])
         scores = {"yes": p_yes, "no": 1.0 - p_yes}
         if choices is None:

@@ -49,6 +49,15 @@ def preprocesses_outside(model) -> bool:
     )
 
 
+def runs_on(model) -> dict:
+    """What executes the model: {"runtime": "torch", "precision": the image tower's ("fp32" if it has none)} or
+    {"runtime": "onnx", "precision": the served graph variant per tower, e.g. "image=int8_static, text=fp32"}."""
+    variants = getattr(model, "variants", None)
+    if type(model).__module__.startswith("polymodal.export") and isinstance(variants, dict):
+        return {"runtime": "onnx", "precision": ", ".join(f"{k}={v}" for k, v in variants.items())}
+    return {"runtime": "torch", "precision": getattr(getattr(model, "image_tower", None), "precision", "fp32")}
+
+
 class Service:
     """`model` embeds, searches and classifies over the index; `vqa_model` (default: `model`, if it answers questions)
     answers /v1/vqa: an index holds embeddings, so a VQA model is served next to the index's own embedding model."""
@@ -95,7 +104,7 @@ class Service:
         info = self.index.info()
         return {
             "model": {"name": self.model.name, "key": self.model.key, "dim": self.model.dim, "vqa": self.vqa,
-                      "vqa_model": self.vqa_model.key if self.vqa else None},
+                      "vqa_model": self.vqa_model.key if self.vqa else None, **runs_on(self.model)},
             "index": {"count": info["count"], "model": info["model"], "updated": info["updated"]},
             "batching": {"enabled": self.batcher.enabled, "max_batch": self.batcher.max_batch,
                          "max_wait_ms": self.batcher.max_wait * 1000},

@@ -589,6 +589,11 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
         train_pairs, val_pairs = pairs, None
     if len(train_pairs.images) < 2 and "itm" in recipe.objectives:
         raise PolymodalError("ITM needs captions of at least 2 training images")
+    if val_pairs is not None and len(val_pairs.images) < 2 and "itm" in recipe.objectives:
+        where = f"--val-pairs {recipe.val_pairs}" if recipe.val_pairs else \
+            f"the validation split ({recipe.val_fraction:g} of {len(pairs.images)} images)"
+        raise PolymodalError(f"ITM validation needs captions of at least 2 images and {where} has "
+                             f"{len(val_pairs.images)}; pass --val-pairs FILE with more images or more pairs")
     model = build_model(recipe)
     names = list(recipe.objectives)
     log.info("pretrain %s on %d captions of %d images; val: %d captions", names, len(train_pairs),

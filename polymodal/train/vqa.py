@@ -333,6 +333,9 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
         if recipe.itm_weight > 0:
             model.add_itm_head()
         recipe.arch = model.config
+    elif not Path(recipe.model).exists():
+        raise PolymodalError(f"no model folder {recipe.model}; pass model 'new', a folder from `polymodal train vqa` "
+                             "or the model subfolder of a `polymodal train pretrain` run")
     else:
         raise PolymodalError(f"cannot train from {recipe.model!r}; pass model 'new' or a folder from `polymodal train vqa`")
     if recipe.freeze:
