@@ -28,6 +28,15 @@ class ContrastiveOutput:
     accuracy_t2i: float  # share of texts whose best-scoring image is their own
 
 
+def _all_gather(out: Tensor, x: Tensor) -> None:
+    # torch 2.13 renamed all_gather_into_tensor (a FutureWarning per call under torchrun); older torch has only it
+    (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(out, x)
+
+
+def _reduce_scatter_sum(out: Tensor, x: Tensor) -> None:
+    (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(out, x, op=dist.ReduceOp.SUM)
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather along dim 0 whose backward sums every rank's gradient for this rank's rows (reduce-scatter)."""
 
@@ -35,14 +44,14 @@ class _GatherWithGrad(torch.autograd.Function):
     def forward(ctx, x: Tensor) -> Tensor:
         x = x.contiguous()
         out = x.new_empty((dist.get_world_size() * x.shape[0], *x.shape[1:]))
-        dist.all_gather_into_tensor(out, x)
+        _all_gather(out, x)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         grad = grad.contiguous()
         local = grad.new_empty((grad.shape[0] // dist.get_world_size(), *grad.shape[1:]))
-        dist.reduce_scatter_tensor(local, grad, op=dist.ReduceOp.SUM)
+        _reduce_scatter_sum(local, grad)
         return local
 
 
@@ -51,7 +60,7 @@ def _gather(image_emb: Tensor, text_emb: Tensor) -> tuple[Tensor, Tensor]:
     # one clear message, raised on every rank alike since every rank sees all shapes.
     shape = torch.tensor([image_emb.shape], device=image_emb.device)  # [1, 2]: gathers along dim 0
     shapes = shape.new_empty((dist.get_world_size(), 2))  # [world, 2]
-    dist.all_gather_into_tensor(shapes, shape)
+    _all_gather(shapes, shape)
     if not bool((shapes == shape).all()):  # same verdict on every rank
         raise PolymodalError(
             f"contrastive_loss(gather=True) needs the same [B, D] on every rank, got {shapes.tolist()}; "

@@ -113,6 +113,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
                       overwrite: bool = False) -> dict:
     recipe.validate()
     distributed.init_from_env()
+    progress = progress and distributed.is_main()  # one set of progress bars under torchrun, not one per rank
     check_run_folder(recipe.out, resume, overwrite)
     distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
     set_seed(recipe.train.seed)  # before the heads are initialised: same seed, same run
