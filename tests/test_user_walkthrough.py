@@ -144,3 +144,25 @@ def test_templates_with_other_braces_do_not_crash(lite, gallery):
     image = str(next(gallery.glob("*.jpg")))
     ranked = lite.classify([image], ["cat", "dog"], templates=["a {} or a {} {x}"])[0]
     assert sorted(label for label, _ in ranked) == ["cat", "dog"]
+
+
+def test_paired_speed_stops_early_only_for_a_clearly_slower_variant(monkeypatch):
+    from polymodal.export import onnx_export
+
+    now = [0.0]  # a fake clock: each call of a graph advances it by that graph's seconds per call
+    monkeypatch.setattr(onnx_export.time, "perf_counter", lambda: now[0])
+
+    def graph(name: str, seconds: float, calls: list):
+        def run():
+            calls.append(name)
+            now[0] += seconds
+        return run
+
+    for per_call, turns in ((0.05, 1), (0.011, 3), (0.008, 3)):  # 0.2x fp32: one turn; 0.9x and 1.25x: all three
+        calls = []
+        speed, base = onnx_export.paired_speed(graph("variant", per_call, calls), graph("base", 0.01, calls), 10,
+                                               seconds=0.02)
+        assert calls[:2] == ["variant", "base"]  # one warm-up call each, then the timed turns
+        calls_per_turn = -(-0.02 // per_call)  # calls until a turn lasts `seconds`
+        assert calls[2:].count("variant") == turns * calls_per_turn, (per_call, calls)
+        assert abs(speed - 10 / per_call) < 1e-6 and abs(base - 1000) < 1e-6
