@@ -20,8 +20,8 @@ def test_metrics_on_known_rankings():
     # captions 0,1 -> image 0; caption 2 -> image 1 (but closest to image 2); captions 3,4 -> image 2.
     texts = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 0.2, 0.9], [0, 0, 1], [0, 0.5, 0.5]], dtype=np.float32)
     m = retrieval_metrics(images, texts, np.array([0, 0, 1, 2, 2]))
-    # t2i ranks: 1, 1, 2, 1, 2 (caption 4 ties images 1 and 2: only strictly better ones count, so rank 1)
-    assert m["t2i_R@1"] == 0.8 and m["t2i_R@5"] == 1.0 and m["t2i_median_rank"] == 1.0
+    # t2i ranks: 1, 1, 2, 1, 2 (caption 4 ties images 1 and 2: a tie counts against it, so rank 2)
+    assert m["t2i_R@1"] == 0.6 and m["t2i_R@5"] == 1.0 and m["t2i_median_rank"] == 1.0
     # i2t: image 1's only caption (0.2) ranks below caption 4 (0.5) -> rank 2; images 0 and 2 rank 1.
     assert m["i2t_R@1"] == round(2 / 3, 4) and m["i2t_R@5"] == 1.0 and m["i2t_median_rank"] == 1.0
 

@@ -31,15 +31,26 @@ def read_pairs(path: str | Path) -> Pairs:
 
 
 def _ranks(sim: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:
-    """1-based rank of the best-ranked positive in each row of sim [Q, N]."""
+    """1-based rank of the best-ranked positive in each row of sim [Q, N]. A tie with a non-positive counts against
+    the query, and a row with NaN or inf ranks last: a collapsed or diverged model scores R@1 = 0, not 1, so early
+    stopping on validation recall never keeps it."""
     ranks = np.empty(len(sim), dtype=np.int64)
     for q, (row, pos) in enumerate(zip(sim, positives)):
-        ranks[q] = int((row > row[pos].max()).sum()) + 1
+        if not np.isfinite(row).all():
+            ranks[q] = row.shape[0]
+            continue
+        ranks[q] = int((np.delete(row, pos) >= row[pos].max()).sum()) + 1
     return ranks
 
 
 def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image: np.ndarray) -> dict:
-    """Text->image and image->text R@1/5/10 and median rank. Rows are L2-normalised embeddings."""
+    """Text->image and image->text R@1/5/10 and median rank. Rows are L2-normalised embeddings; ``caption_image``
+    [C] gives each text row's image row."""
+    caption_image = np.asarray(caption_image)
+    if caption_image.shape != (len(text_emb),) or (len(caption_image) and (
+            caption_image.dtype.kind not in "iu" or caption_image.min() < 0 or caption_image.max() >= len(image_emb))):
+        raise PolymodalError(f"caption_image must hold one image row index (0..{len(image_emb) - 1}) per text row "
+                             f"({len(text_emb)}), got {caption_image.dtype} of shape {caption_image.shape}")
     sim = text_emb @ image_emb.T  # [C, I]
     t2i = _ranks(sim, [np.array([i]) for i in caption_image])
     owners = [np.flatnonzero(caption_image == i) for i in range(len(image_emb))]

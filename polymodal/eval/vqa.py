@@ -88,6 +88,7 @@ def accuracy_by_type(predicted: Sequence[str], rows: Sequence[QARow]) -> dict:
     "per_type_count": {type: n}}."""
     if len(predicted) != len(rows):
         raise PolymodalError(f"{len(predicted)} predictions for {len(rows)} rows")
+    rows = as_rows(rows)  # dicts too, like vqa_accuracy
     hits: dict[str, list[int]] = {}
     for pred, row in zip(predicted, rows):
         hits.setdefault(row.type, []).append(int(normalize_answer(pred) == row.answer))

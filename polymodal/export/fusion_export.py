@@ -59,6 +59,8 @@ TOWER_VARIANTS = {"grid": ("int8_static", "int8_dynamic"), "question": ("int8_dy
 def check_vqa_variants(variants: Sequence[str] | None) -> None:
     """A variant no VQA graph has (bf16) is an error, not a silent export without it."""
     known = sorted({v for names in TOWER_VARIANTS.values() for v in names})
+    if isinstance(variants, str):
+        raise PolymodalError(f"variants must be a list of names, e.g. [{variants!r}], got the string {variants!r}")
     missing = sorted(set(variants or ()) - set(known))
     if missing:
         raise PolymodalError(f"VQA exports have no {', '.join(missing)} variant; choose from {', '.join(known)}")
@@ -69,10 +71,11 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
                        variants: Sequence[str] | None = None) -> dict:
     """Export a FusionEncoder with a VQA head to ``out``; ``rows`` (QARow) check parity and accuracy. ``variants``
     limits which int8 variants are tried (default: all of TOWER_VARIANTS; [] = none)."""
-    from polymodal.eval.vqa import accuracy_by_type
+    from polymodal.eval.vqa import accuracy_by_type, as_rows
     from polymodal.export.fusion_runtime import OnnxFusionEncoder
 
     check_vqa_variants(variants)
+    rows = as_rows(rows)  # QARow objects or {"image", "question", "answer"} dicts
     if not getattr(model, "answers", None):
         raise PolymodalError("this fusion encoder has no VQA head (a pretrained encoder?); fine-tune it with "
                              "`polymodal train vqa --model FOLDER` before exporting")

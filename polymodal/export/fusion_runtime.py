@@ -12,7 +12,7 @@ from polymodal.data.answers import unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.export.runtime import TokenizerRuntime, onnx_session, read_export_config
-from polymodal.models.inputs import check_count, vqa_rows
+from polymodal.models.inputs import check_count, one_question, vqa_rows
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -61,9 +61,8 @@ class OnnxFusionEncoder:
 
     def answer(self, image: Any, question: str, choices: Sequence[str] | None = None, top_k: int = 3) -> dict:
         """-> {"answer", "score", "alternatives"}; with ``choices``, only those (in the answer vocabulary) compete."""
-        if not str(question).strip():
-            raise PolymodalError("the question is empty; ask something about the image")
-        logits = self.logits([image], [str(question)])[0]
+        question, top_k = one_question(question), check_count(top_k, "top_k")
+        logits = self.logits([image], [question])[0]
         if choices is None:
             probs = _softmax(logits)
             order = np.argsort(-probs)[: max(1, top_k)]

@@ -70,6 +70,10 @@ class _Bf16(nn.Module):
 
 
 def check_exportable(model) -> None:
+    if hasattr(model, "vqa_logits"):
+        raise PolymodalError(f"{getattr(model, 'name', 'this model')} is a VQA model: export it with "
+                             "polymodal.export.fusion_export.export_fusion_onnx(model, out, qa_rows) "
+                             "(`polymodal export onnx MODEL --val-qa FILE`)")
     missing = [a for a in ("_image_batch", "text_from_tokens", "text_tokenizer") if not hasattr(model, a)]
     if missing:
         raise PolymodalError(f"{type(model).__name__} cannot be exported to ONNX (it lacks {', '.join(missing)}); "

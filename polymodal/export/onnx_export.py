@@ -131,6 +131,11 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
         return _items_per_second(run, items, min_seconds=timing_seconds)
 
     check_exportable(model)
+    if not isinstance(val, ValidationSet):
+        raise PolymodalError(f"val must be a ValidationSet, got {type(val).__name__}; build one with "
+                             "validation_set(PAIRS_FILE) or validation_set() for the built-in sample photos")
+    if isinstance(variants, str):
+        raise PolymodalError(f"variants must be a list of names, e.g. [{variants!r}], got the string {variants!r}")
     unknown = set(variants) - set(V.VARIANTS)
     if unknown:
         raise PolymodalError(f"unknown variants {sorted(unknown)}; choose from {', '.join(V.VARIANTS)}")

@@ -40,6 +40,21 @@ FUSIONS: dict[str, type[FusionModule]] = {
 }
 
 
+def register_fusion(cls: type[FusionModule]) -> type[FusionModule]:
+    """Make your own FusionModule subclass buildable by its ``name``: build_fusion, FusionEncoderConfig(fusion=name)
+    and the saved models that name it. Usable as a class decorator; register it in every process that loads them."""
+    if not (isinstance(cls, type) and issubclass(cls, FusionModule)):
+        raise PolymodalError(f"register_fusion takes a FusionModule subclass, got {cls!r}")
+    name = cls.__dict__.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise PolymodalError(f"{cls.__name__} needs its own `name = '...'` class attribute: the key models are saved with")
+    old = FUSIONS.get(name)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise PolymodalError(f"the fusion name {name!r} is taken by {old.__module__}.{old.__qualname__}; pick another")
+    FUSIONS[name] = cls  # the same class defined again (a re-run notebook cell) replaces itself
+    return cls
+
+
 def build_fusion(name: str, dims: Sequence[int], out_dim: int, **kw) -> FusionModule:
     """Build the fusion registered as ``name`` for modalities of sizes ``dims``; ``kw`` are that module's options."""
     if name not in FUSIONS:
@@ -58,6 +73,7 @@ def build_fusion(name: str, dims: Sequence[int], out_dim: int, **kw) -> FusionMo
 __all__ = [
     "FUSIONS",
     "build_fusion",
+    "register_fusion",
     "FusionModule",
     "FusionOutput",
     "masked_mean",

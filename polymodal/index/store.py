@@ -94,7 +94,13 @@ class ImageIndex:
         Only rows under `folder` are compared, so one index can hold several folders. Unreadable files are
         skipped and reported; any other error leaves the index as it was before the call.
         """
+        from polymodal.registry import require_embedding
+
         batch_size = check_count(batch_size, "batch_size")
+        require_embedding(model)  # a VQA model (or None) is refused before any index file is made
+        if not isinstance(folder, (str, os.PathLike)):
+            raise PolymodalError(f"update() takes one folder (a path), got {type(folder).__name__}; put the images "
+                                 "in a folder and pass it (one index can hold several folders)")
         if self.exists():  # refuse a wrong model before a long scan
             self.check_model(model)
         files, skipped = scan_images(folder)
@@ -143,8 +149,9 @@ class ImageIndex:
         return report
 
     def remove(self, paths: Iterable[str | Path]) -> int:
-        """Drop these image paths from the index (files on disk are untouched); returns how many were there."""
-        targets = [canonical_path(p) for p in paths]
+        """Drop these image paths (one path or several) from the index (files on disk are untouched); returns how
+        many were there."""
+        targets = [canonical_path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
         if not self.sqlite_path.is_file():
             raise self._missing()
         with self._locked() as con:

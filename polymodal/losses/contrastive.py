@@ -84,6 +84,15 @@ def contrastive_loss(
     Without DDP (or another mean all-reduce of gradients), divide by world_size yourself. Parameters used after the
     gather (a learnable temperature) get the same, already global, gradient on every rank.
     """
+    for what, x in (("image_emb", image_emb), ("text_emb", text_emb)):
+        if not isinstance(x, Tensor):
+            raise PolymodalError(f"contrastive_loss: {what} must be a torch tensor [B, D], got {type(x).__name__} "
+                                 "(torch.as_tensor turns arrays and lists into one)")
+    if isinstance(logit_scale, torch.nn.Module):
+        raise PolymodalError("contrastive_loss: logit_scale is a module; pass its value, e.g. temperature()")
+    if image_emb.dtype != text_emb.dtype:
+        raise PolymodalError(f"contrastive_loss: image_emb is {image_emb.dtype} but text_emb is {text_emb.dtype}; "
+                             "cast both to one dtype")
     if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape != text_emb.shape:
         raise PolymodalError(
             f"contrastive_loss needs image and text embeddings of the same shape [B, D], got "

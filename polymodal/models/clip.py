@@ -168,7 +168,17 @@ def load_hf_clip(folder: str | Path, tokenizer: str | Path | None = None) -> Cli
     if bad:
         raise PolymodalError(f"{folder}: weights do not fit config.json (missing/mismatched: {_few(bad)})")
     return ClipModel(model, tok, name=folder.resolve().name, version=fingerprint(weights),
-                     transform=transform_from_preprocessor(folder))
+                     transform=_fitted_transform(folder, model))
+
+
+def _fitted_transform(folder: Path, model) -> ImageTransform:
+    """The folder's preprocessing, cropped to the size the vision tower takes (a 336px model, or a small one, with no
+    preprocessor_config.json would otherwise get 224px crops and fail on the first image)."""
+    transform = transform_from_preprocessor(folder)
+    size = model.config.vision_config.image_size
+    if transform.crop != size:
+        transform = ImageTransform(size, size, transform.mean, transform.std, transform.resample)
+    return transform
 
 
 def _check_hf_config(folder: Path) -> None:
@@ -290,11 +300,7 @@ def load_openai_clip(
     tok = load_tokenizer(tok_dir)
     model = build_hf_clip(sd, vision_heads=vision_heads, text_heads=text_heads, hidden_act=hidden_act,
                           eos_token_id=tok.eos_token_id)
-    transform = transform_from_preprocessor(file.parent)
-    if transform.crop != model.config.vision_config.image_size:  # e.g. a 336px model with no preprocessor config
-        size = model.config.vision_config.image_size
-        transform = ImageTransform(size, size, transform.mean, transform.std, transform.resample)
-    return ClipModel(model, tok, name=file.stem, version=fingerprint([file]), transform=transform)
+    return ClipModel(model, tok, name=file.stem, version=fingerprint([file]), transform=_fitted_transform(file.parent, model))
 
 
 # -- dispatch -------------------------------------------------------------------------------------------------------

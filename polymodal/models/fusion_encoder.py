@@ -46,7 +46,8 @@ from polymodal.data.answers import unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, build_fusion
-from polymodal.models.inputs import check_count, vqa_rows
+from polymodal.models.inputs import as_images, as_texts, check_count, one_question, vqa_rows
+from polymodal.models.modes import in_eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,11 @@ class FusionEncoderConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def validate(self) -> None:
+        if not isinstance(self.fusion, str):
+            raise PolymodalError(f"fusion must be a registered name, got a {type(self.fusion).__name__}; for your own "
+                                 "module: polymodal.fusion.register_fusion(YourFusion), then fusion=YourFusion.name")
+        if isinstance(self.answers, str) or not isinstance(self.answers, (list, tuple)):
+            raise PolymodalError(f"answers must be a list of answer strings, got {type(self.answers).__name__}")
         if self.fusion not in FUSIONS:
             raise PolymodalError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
         if not isinstance(self.dim, int) or self.dim <= 0:
@@ -205,9 +211,10 @@ class FusionEncoder(nn.Module):
         self.mlm_transform, self.mlm_bias, self.mask_token, self.mrm = None, None, None, None
         self.config.mlm_head, self.config.mrm_head = False, ""
 
-    def freeze(self, parts: Sequence[str]) -> list[str]:
-        """Stop training ``parts`` (names in FREEZABLE: image_proj, text_proj, projections, fusion, itm, vqa);
-        returns the frozen parameter names. The trainer only optimises parameters that require gradients."""
+    def freeze(self, parts: str | Sequence[str]) -> list[str]:
+        """Stop training ``parts`` (a name or names in FREEZABLE: image_proj, text_proj, projections, fusion, itm,
+        vqa); returns the frozen parameter names. The trainer only optimises parameters that require gradients."""
+        parts = [parts] if isinstance(parts, str) else list(parts)
         unknown = sorted(set(parts) - set(FREEZABLE))
         if unknown:
             raise PolymodalError(f"cannot freeze {unknown}; choose from {', '.join(FREEZABLE)}")
@@ -301,8 +308,33 @@ class FusionEncoder(nn.Module):
         """images ``[I, T, F]`` (cache input), question states ``[R, L, 384]`` + mask; ``row_image`` ``[R]`` picks
         each row's image (the image projection then runs once per image, not once per question); ``region_mask``
         ``[R, T]`` masks grid cells (MRM)."""
+        self._check_inputs(images, states, mask, row_image)
         img = self.image_tokens(images, row_image, region_mask)
         return self.fuse_tokens(img, self.text_tokens(states), mask)
+
+    def _check_inputs(self, images: Any, states: Any, mask: Any, row_image: Any) -> None:
+        """One clear error for inputs that would fail deep inside torch (or, worse, broadcast)."""
+        cells = self.config.grid**2
+        width = IMAGE_DIM + (PATCH * PATCH * 3 if self.config.pixel_patches else 0)
+        for what, x in (("images", images), ("states", states), ("mask", mask)):
+            if not isinstance(x, Tensor):
+                raise PolymodalError(f"{what} must be a torch tensor, got {type(x).__name__}; encode_images() and "
+                                     "encode_questions() make them from images and strings")
+        if images.ndim != 3 or tuple(images.shape[1:]) != (cells, width):
+            raise PolymodalError(f"images must be grid features [N, {cells}, {width}] (encode_images' output), got "
+                                 f"{tuple(images.shape)}")
+        if states.ndim != 3 or states.shape[2] != TEXT_DIM or mask.shape != states.shape[:2]:
+            raise PolymodalError(f"states must be [R, L, 384] with a mask [R, L] (encode_questions' output), got "
+                                 f"{tuple(states.shape)} and {tuple(mask.shape)}")
+        if row_image is None:
+            if len(images) != len(states):
+                raise PolymodalError(f"{len(images)} images for {len(states)} questions; pass one image per question "
+                                     "or row_image [R] (each question's image index)")
+        elif not isinstance(row_image, Tensor) or row_image.dtype not in (torch.int32, torch.int64) \
+                or row_image.shape != (len(states),) or (len(row_image) and int(row_image.max()) >= len(images)) \
+                or (len(row_image) and int(row_image.min()) < 0):
+            raise PolymodalError(f"row_image must be an integer tensor [{len(states)}] of image indices in "
+                                 f"0..{len(images) - 1}, got {row_image!r:.80}")
 
     def split_fused(self, out: FusionOutput, n_image: int, n_text: int) -> tuple[Tensor | None, Tensor | None]:
         """The fused (image ``[R, T, D]``, text ``[R, L, D]``) token states of a fusion output; None for a modality
@@ -368,15 +400,18 @@ class FusionEncoder(nn.Module):
         return self.vqa_logits(images, states, mask, row_image)
 
     # -- inference ----------------------------------------------------------------------------------
-    def encode_images(self, images: Sequence[Any], batch_size: int = 32) -> Tensor:
-        """Paths / PIL images / arrays -> cache inputs ``[N, T, F]`` (one tower pass)."""
+    def encode_images(self, images: Any, batch_size: int = 32) -> Tensor:
+        """An image or images (paths / PIL images / arrays, as encode_image takes them) -> cache inputs ``[N, T, F]``
+        (one tower pass)."""
+        images = as_images(images)
         out = []
         for i in range(0, len(images), batch_size):
             out.append(self.image_cache_input(torch.from_numpy(self.transform(list(images[i : i + batch_size])))))
         return torch.cat(out) if out else torch.zeros(0, self.config.grid**2, IMAGE_DIM)
 
-    def encode_questions(self, questions: Sequence[str], batch_size: int = 128) -> tuple[Tensor, Tensor]:
-        """Strings -> padded token states ``[N, L, 384]`` and mask ``[N, L]``."""
+    def encode_questions(self, questions: Any, batch_size: int = 128) -> tuple[Tensor, Tensor]:
+        """A string or strings -> padded token states ``[N, L, 384]`` and mask ``[N, L]``."""
+        questions = as_texts(questions, "questions")
         states, masks = [], []
         for i in range(0, len(questions), batch_size):
             s, m = self.text_cache_input(questions[i : i + batch_size])
@@ -387,11 +422,11 @@ class FusionEncoder(nn.Module):
         masks = [nn.functional.pad(m, (0, width - m.shape[1])) for m in masks]
         return torch.cat(states), torch.cat(masks)
 
+    @in_eval_mode
     @torch.inference_mode()
     def logits_for(self, image_inputs: Tensor, q_states: Tensor, q_mask: Tensor, row_image: Tensor,
                    row_question: Tensor, batch_size: int = 256) -> Tensor:
         """Answer logits ``[R, A]`` for rows (image index, question index) over encoded images and questions."""
-        self.eval()
         out = []
         for s in range(0, len(row_image), batch_size):
             ri, rq = row_image[s : s + batch_size], row_question[s : s + batch_size]
@@ -401,6 +436,7 @@ class FusionEncoder(nn.Module):
             out.append(self.vqa_logits(image_inputs[used], states[:, :width], mask[:, :width], local).float())
         return torch.cat(out) if out else torch.zeros(0, len(self.answers))
 
+    @in_eval_mode
     def predict(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 256) -> list[tuple[str, float]]:
         """One (answer, probability) per (image, question) row; each distinct image and question is encoded once."""
         images, questions = vqa_rows(images, questions)
@@ -417,22 +453,22 @@ class FusionEncoder(nn.Module):
         score, best = probs.max(-1)
         return [(self.answers[int(b)], float(s)) for b, s in zip(best, score)]
 
+    @in_eval_mode
     @torch.inference_mode()
     def answer(self, image: Any, question: str, choices: Sequence[str] | None = None, top_k: int = 3) -> dict:
         """-> ``{"answer", "score", "alternatives": [(answer, score), ...]}``: the best answer and its probability;
         alternatives are the ``top_k`` best, best first (so alternatives[0] is the answer itself). With
         ``choices``, only those candidates are ranked (see the module docstring for how)."""
-        if not str(question).strip():
-            raise PolymodalError("the question is empty; ask something about the image")
-        self.eval()
+        question = one_question(question)
+        top_k = check_count(top_k, "top_k")
         image_inputs = self.encode_images([image])
-        states, mask = self.encode_questions([str(question)])
+        states, mask = self.encode_questions([question])
         logits = self.vqa_logits(image_inputs, states, mask)[0].float()
         if choices is None:
             ranked = [(self.answers[int(i)], float(p))
                       for p, i in zip(*logits.softmax(-1).topk(min(max(1, top_k), len(self.answers))))]
         else:
-            ranked = self._rank_choices(logits, image_inputs, str(question), choices)
+            ranked = self._rank_choices(logits, image_inputs, question, choices)
         top = ranked[: max(1, top_k)]
         return {"answer": top[0][0], "score": top[0][1], "alternatives": top}
 
@@ -464,17 +500,18 @@ class FusionEncoder(nn.Module):
         order = sorted(seen, key=lambda k: -scores[k])
         return [(seen[k], float(scores[k])) for k in order]
 
+    @in_eval_mode
     def explain(self, image: Any, question: str) -> np.ndarray:
         """A ``[g, g]`` (7x7 at 224 px) float32 heat map in [0, 1] over the image grid: the fusion's last-layer
         attention over the image tokens (averaged over the positions that attend), or, for fusions without
         attention over the image, |gradient x input| relevance of the top answer's logit per image token."""
         if self.vqa_head is None:
             raise PolymodalError("this fusion encoder has no VQA head (it was only pretrained); fine-tune it first")
-        self.eval()
+        question = one_question(question)
         g = self.config.grid
         with torch.inference_mode():
             image_inputs = self.encode_images([image])
-            states, mask = self.encode_questions([str(question)])
+            states, mask = self.encode_questions([question])
         image_inputs, states, mask = image_inputs.clone(), states.clone(), mask.clone()  # leave inference mode
         with torch.no_grad():
             out = self.fuse(image_inputs, states, mask)

@@ -58,6 +58,16 @@ def vqa_rows(images: Any, questions: Any) -> tuple[list, list[str]]:
     return images, questions
 
 
+def one_question(value: Any, ask: str = "ask something about the image") -> str:
+    """answer()'s question: one non-blank string. A list or None is a mistake, not text to answer."""
+    if not isinstance(value, str):
+        raise PolymodalError(f"the question must be one string, got {type(value).__name__}; "
+                             "predict() answers many (image, question) rows")
+    if not value.strip():
+        raise PolymodalError(f"the question is empty; {ask}")
+    return value
+
+
 def as_paths(value: Any) -> list:
     """A recipe's data files: one path (str or Path) or a list of them -> a list."""
     return [value] if isinstance(value, (str, os.PathLike)) else value

@@ -34,7 +34,7 @@ from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import YES_NO, normalize_answer, unique_choices
 from polymodal.models.fusion_encoder import _dedupe
-from polymodal.models.inputs import check_count, vqa_rows
+from polymodal.models.inputs import check_count, one_question, vqa_rows
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +191,8 @@ class YesNoModel:
     def answer(self, image: Any, question: str, choices: Sequence[str] | None = None, top_k: int = 3) -> dict:
         """-> ``{"answer", "score", "alternatives": [(answer, score), ...]}`` like FusionEncoder.answer. The model only
         answers yes or no; with ``choices``, yes/no among them are ranked (other candidates score 0.0)."""
-        if not str(question).strip():
-            raise PolymodalError("the question is empty; ask a yes/no question about the image")
+        question = one_question(question, "ask a yes/no question about the image")
+        top_k = check_count(top_k, "top_k")
         if not re.match(rf"{_AUX}\b|(am|may|might)\b", str(question).strip().lower()):
             log.warning("%s answers only yes or no; %r does not read like a yes/no question (is/are/can/does ...)",
                         self.name, str(question))
