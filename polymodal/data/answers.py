@@ -14,6 +14,32 @@ def normalize_answer(text: Any) -> str:
     return " ".join(str(text).lower().split()).rstrip(".").strip()
 
 
+_NUMBERS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+_ARTICLES = {"a", "an", "the"}
+
+
+def comparable_answer(text: Any) -> str:
+    """An answer as the VQA v2 evaluation compares it: normalize_answer, then punctuation dropped (a decimal point
+    kept), number words as digits, articles dropped: 'Two dogs!' -> '2 dogs', 'the red one' -> 'red 1'. (The
+    official script also expands contractions such as 'dont'; this does not.)"""
+    text = normalize_answer(text).replace("'", "")  # "it's" -> "its", as the official script does
+    chars = [c if c.isalnum() or c.isspace() or (c == "." and 0 < i < len(text) - 1 and text[i - 1].isdigit()
+                                                     and text[i + 1].isdigit()) else " "
+             for i, c in enumerate(text)]
+    words = [_NUMBERS.get(w, w) for w in "".join(chars).split() if w not in _ARTICLES]
+    return " ".join(words)
+
+
+def soft_vqa_score(predicted: str, annotators: Sequence[str]) -> float:
+    """VQA v2 accuracy of one prediction against the annotators' answers (all already comparable_answer): the mean,
+    over leaving out each annotator in turn, of min(1, matching others / 3). Ten annotators who all agree: 1.0;
+    two of ten: 0.6."""
+    matches = sum(a == predicted for a in annotators)
+    if len(annotators) == 1:
+        return float(matches)
+    return sum(min(1.0, (matches - (a == predicted)) / 3) for a in annotators) / len(annotators)
+
+
 def unique_choices(choices: Sequence[Any]) -> dict[str, str]:
     """Candidate answers -> {normalised: as given (first spelling wins)}; blank ones dropped; none left is an error."""
     from polymodal.models.inputs import as_texts

@@ -1,8 +1,12 @@
-"""VQA data and metrics: question-answer rows from JSONL, exact-match accuracy overall and per answer type.
+"""VQA data and metrics: question-answer rows from JSONL, accuracy overall and per answer type.
 
 A QA file is JSONL with one ``{"image": path relative to the file, "question": text, "answer": text}`` per line
-(optional ``"answer_type"``; a JSON array of such objects works too). Unusable rows (bad JSON, missing keys, missing
-image file) are counted and logged; a file without any usable row is an error.
+(optional ``"answer_type"``; a JSON array of such objects works too). A row may carry the annotators' answers as
+``"answers"`` (strings, or VQA v2's ``{"answer": ...}`` objects; ``"answer"`` then defaults to the most common): such
+rows score the VQA v2 soft accuracy (min(1, agreeing annotators / 3), averaged over leaving each annotator out), the
+others exact match; both compare answers as the VQA v2 evaluation does (``comparable_answer``: 'Two.' = '2').
+Unusable rows (bad JSON, missing keys, missing image file) are counted and logged; a file without any usable row is
+an error.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any, Iterable, Sequence
 
 from polymodal.data.jsonl import iter_json_rows
 from polymodal.errors import PolymodalError
-from polymodal.data.answers import YES_NO, normalize_answer
+from polymodal.data.answers import YES_NO, comparable_answer, normalize_answer, soft_vqa_score
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,7 @@ class QARow:
     question: str
     answer: str  # normalised (see normalize_answer)
     answer_type: str | None = None
+    answers: tuple[str, ...] = ()  # the annotators' answers (VQA v2 soft accuracy), normalised; () = exact match
 
     @property
     def type(self) -> str:
@@ -50,6 +55,13 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
         if item is None:
             skipped.append((where, why))
             continue
+        try:
+            annotators = annotator_answers(item.get("answers"))
+        except PolymodalError as exc:
+            skipped.append((where, str(exc)))
+            continue
+        if item.get("answer") in (None, "") and annotators:
+            item = {**item, "answer": max(annotators, key=annotators.count)}  # the most common, first on a tie
         missing = [k for k in ("image", "question", "answer") if item.get(k) in (None, "")]
         if missing:
             skipped.append((where, f"no {', '.join(missing)}"))
@@ -61,7 +73,7 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
             skipped.append((where, f"image file not found: {item['image']}"))
             continue
         rows.append(QARow(image, " ".join(str(item["question"]).split()), normalize_answer(item["answer"]),
-                          item.get("answer_type") or None))
+                          item.get("answer_type") or None, annotators))
     if skipped:
         log.warning("%s: skipped %d unusable rows (first: %s: %s)", path, len(skipped), *skipped[0])
     if not rows:
@@ -70,32 +82,49 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
     return rows
 
 
+def annotator_answers(value: Any) -> tuple[str, ...]:
+    """A row's "answers": None, or a list of strings or of VQA v2 {"answer": ...} objects -> normalised tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
+        raise PolymodalError(f'"answers" must be a list of the annotators\' answers, got {value!r:.60}')
+    out = tuple(normalize_answer(a.get("answer", "") if isinstance(a, dict) else a) for a in value)
+    if not all(out):
+        raise PolymodalError('"answers" holds a blank answer (or an object without "answer")')
+    return out
+
+
 def as_rows(rows: Iterable[Any]) -> list[QARow]:
-    """QARow objects or dicts with image/question/answer(/answer_type) -> QARow list."""
+    """QARow objects or dicts with image/question/answer(/answer_type/answers) -> QARow list."""
     out = []
     for r in rows:
         if isinstance(r, QARow):
             out.append(r)
         elif isinstance(r, dict) and all(k in r for k in ("image", "question", "answer")):
-            out.append(QARow(r["image"], str(r["question"]), normalize_answer(r["answer"]), r.get("answer_type")))
+            out.append(QARow(r["image"], str(r["question"]), normalize_answer(r["answer"]), r.get("answer_type"),
+                             annotator_answers(r.get("answers"))))
         else:
             raise PolymodalError(f"a VQA row needs image, question and answer; got {r!r:.80}")
     return out
 
 
 def accuracy_by_type(predicted: Sequence[str], rows: Sequence[QARow]) -> dict:
-    """Exact match (after normalize_answer) -> {"accuracy", "count", "per_type": {type: accuracy},
-    "per_type_count": {type: n}}."""
+    """Accuracy (VQA v2 soft accuracy on rows with annotators' answers, else exact match; answers compared as
+    comparable_answer) -> {"accuracy", "count", "soft_count", "per_type": {type: accuracy}, "per_type_count"}."""
     if len(predicted) != len(rows):
         raise PolymodalError(f"{len(predicted)} predictions for {len(rows)} rows")
     rows = as_rows(rows)  # dicts too, like vqa_accuracy
-    hits: dict[str, list[int]] = {}
+    hits: dict[str, list[float]] = {}
     for pred, row in zip(predicted, rows):
-        hits.setdefault(row.type, []).append(int(normalize_answer(pred) == row.answer))
+        pred = comparable_answer(pred)
+        score = soft_vqa_score(pred, [comparable_answer(a) for a in row.answers]) if row.answers else \
+            float(pred == comparable_answer(row.answer))
+        hits.setdefault(row.type, []).append(score)
     total = sum(sum(h) for h in hits.values())
     return {
         "accuracy": total / max(1, len(rows)),
         "count": len(rows),
+        "soft_count": sum(bool(r.answers) for r in rows),
         "per_type": {t: sum(h) / len(h) for t, h in sorted(hits.items())},
         "per_type_count": {t: len(h) for t, h in sorted(hits.items())},
     }
