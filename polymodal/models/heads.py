@@ -38,6 +38,9 @@ class AttentionPoolHead(nn.Module):
         super().__init__()
         self.pos = nn.Parameter(torch.zeros(grid, d_in))
         self.attn = nn.MultiheadAttention(d_in, heads, batch_first=True)
+        # a zero output projection (its bias starts at zero) makes the attention term vanish at init, so the head
+        # starts as proj(mean of the tokens); the projection still gets gradients, so the attention learns
+        nn.init.zeros_(self.attn.out_proj.weight)
         self.proj = nn.Linear(d_in, d_out, bias=False)
 
     def forward(self, tokens: torch.Tensor, return_weights: bool = False):

@@ -6,6 +6,8 @@ import json
 import logging
 from pathlib import Path
 
+from polymodal.cache import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 
@@ -26,8 +28,8 @@ class MetricsLogger:
         """On resume: drop records written after the checkpoint, so the curve continues without duplicates."""
         if not self.path.is_file():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = [json.dumps(r) for r in _records(self.path) if r["step"] <= step]
+        atomic_write_bytes(self.path, "".join(line + "\n" for line in keep).encode())
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
@@ -44,4 +46,25 @@ class MetricsLogger:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return _records(path) if path.is_file() else []
+
+
+def _records(path: Path) -> list[dict]:
+    """The file's records; a line cut short (the run was killed mid-write) is skipped with a warning, so --resume
+    and `polymodal plot` still work."""
+    records, bad = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+        else:
+            bad += 1
+    if bad:
+        log.warning("%s: skipped %d unreadable line(s) (a run stopped mid-write?)", path, bad)
+    return records
