@@ -1,5 +1,7 @@
 """Where polymodal keeps derived files (e.g. class-prompt matrices): $POLYMODAL_CACHE or ~/.cache/polymodal."""
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -71,3 +73,9 @@ def staged_folder(out: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # gone after a success's rename; removed after an error
+
+
+def cache_key(*parts) -> str:
+    """A short digest of ``parts`` (each as str) for a feature-cache file name. JSON keeps the parts apart, so texts
+    holding newlines cannot make two different lists hash alike (["a\\nb", "c"] vs ["a", "b\\nc"])."""
+    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:20]

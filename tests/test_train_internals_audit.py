@@ -670,3 +670,10 @@ def test_a_metrics_line_cut_short_is_skipped_by_resume_and_plot(tmp_path, caplog
     logger.truncate_after(1)  # --resume from the step-1 checkpoint
     logger.write({"step": 2, "loss": 1.4})
     assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(1, 2.0), (2, 1.4)]
+
+
+def test_cache_keys_keep_texts_with_newlines_apart():
+    from polymodal.cache import cache_key
+
+    assert cache_key("sig", "a\nb", "c") != cache_key("sig", "a", "b\nc")
+    assert cache_key("sig", 1, "x") == cache_key("sig", "1", "x") and len(cache_key("sig")) == 20

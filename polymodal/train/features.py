@@ -7,7 +7,6 @@ centre crop; views 1.. are fixed augmented views (augmentation per cached view).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -19,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from polymodal.cache import atomic_write_bytes, cache_dir
+from polymodal.cache import atomic_write_bytes, cache_dir, cache_key
 from polymodal.data.augment import Augment, make_rng
 from polymodal.data.images import LOADER_VERSION
 from polymodal.data.pairs import open_pair_image
@@ -60,9 +59,8 @@ def image_features(
 ) -> np.ndarray:
     """[views, N, *feature_shape] float16, memory-mapped from the cache (computed on first use)."""
     augment = augment or Augment()
-    ident = "\n".join([model.image_cache_signature, f"loader {LOADER_VERSION}", str(views), repr(augment), str(seed),
-                       *map(_identity, images)])
-    path, cached = _load_cached(hashlib.sha256(ident.encode()).hexdigest()[:20], "image")
+    path, cached = _load_cached(cache_key(model.image_cache_signature, f"loader {LOADER_VERSION}", views, repr(augment),
+                                          seed, *map(_identity, images)), "image")
     if cached is not None:
         return cached
     out = None
@@ -84,8 +82,7 @@ def image_features(
 @torch.inference_mode()
 def text_features(model, captions: Sequence[str], batch_size: int = 128, progress: bool = True) -> np.ndarray:
     """[C, 384] float32 pooled sentence features of the frozen text tower (cached)."""
-    ident = "\n".join([model.text_cache_signature, *captions])
-    path, cached = _load_cached(hashlib.sha256(ident.encode()).hexdigest()[:20], "text")
+    path, cached = _load_cached(cache_key(model.text_cache_signature, *captions), "text")
     if cached is not None:
         return cached
     chunks = []

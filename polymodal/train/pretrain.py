@@ -30,7 +30,6 @@ VQA head: fine-tune it with ``polymodal train vqa --model RUN/model``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -44,7 +43,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from polymodal.cache import atomic_write_bytes
+from polymodal.cache import atomic_write_bytes, cache_key
 from polymodal.data.pairs import PairSet, read_pair_source
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig, is_fusion_encoder_folder, load_fusion_encoder
@@ -173,9 +172,6 @@ def split_pairs_by_image(pairs: PairSet, fraction: float, seed: int = 0) -> tupl
     return pairs.subset(train), pairs.subset(np.sort(val))
 
 
-def _key(*parts) -> str:
-    return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()[:20]
-
 
 def maskable_words(tokens: Sequence[str], special: set[str]) -> list[list[int]]:
     """Word-piece tokens -> the positions of each maskable whole word (a piece plus its "##" continuations);
@@ -248,7 +244,7 @@ def _encode_ids(model: FusionEncoder, rows: Sequence[Sequence[int]], batch_size:
 
 def caption_features(model: FusionEncoder, captions: Sequence[str], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Token states ``[C, L, 384]`` float16 and lengths ``[C]`` of the captions (cached)."""
-    key = _key(model.text_cache_signature, "captions", *captions)
+    key = cache_key(model.text_cache_signature, "captions", *captions)
     path, states = _load_cached(key, "pretrain-text")
     len_path, lengths = _load_cached(key, "pretrain-textlen")
     if states is not None and lengths is not None:
@@ -280,7 +276,7 @@ def masked_caption_features(model: FusionEncoder, captions: Sequence[str], varia
                             seed: int = 0, progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MLM inputs: token states of the masked sentences ``[V*C, L, 384]`` float16, lengths ``[V*C]`` and
     targets ``[V*C, L]`` (original word-piece ids at masked positions, IGNORE elsewhere); cached."""
-    key = _key(model.text_cache_signature, "mlm-wholeword-v1", variants, rate, seed, *captions)
+    key = cache_key(model.text_cache_signature, "mlm-wholeword-v1", variants, rate, seed, *captions)
     paths = [_load_cached(key, kind) for kind in ("pretrain-mlm", "pretrain-mlmlen", "pretrain-mlmtarget")]
     if all(a is not None for _, a in paths):
         return tuple(a for _, a in paths)  # type: ignore[return-value]

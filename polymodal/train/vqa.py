@@ -9,7 +9,6 @@ polymodal.load), with RUN/checkpoint.pt (resume), RUN/metrics.jsonl and RUN/trai
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -23,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from polymodal.cache import atomic_write_bytes
+from polymodal.cache import atomic_write_bytes, cache_key
 from polymodal.errors import PolymodalError
 from polymodal.eval.vqa import QARow, accuracy_by_type, read_qa
 from polymodal.models.fusion_encoder import (
@@ -98,14 +97,11 @@ class VQARecipe:
 # -- feature cache --------------------------------------------------------------------------------------------------
 
 
-def _key(*parts: str) -> str:
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
-
 
 @torch.inference_mode()
 def grid_features(model: FusionEncoder, images: Sequence, batch_size: int = 32, progress: bool = True) -> np.ndarray:
     """``[N, g*g, F]`` float16 image grid tokens (model.image_cache_input), memory-mapped from the cache."""
-    path, cached = _load_cached(_key(model.image_cache_signature, *map(_identity, images)), "vqa-image")
+    path, cached = _load_cached(cache_key(model.image_cache_signature, *map(_identity, images)), "vqa-image")
     if cached is not None:
         return cached
     out = None
@@ -127,7 +123,7 @@ def grid_features(model: FusionEncoder, images: Sequence, batch_size: int = 32, 
 def question_features(model: FusionEncoder, questions: Sequence[str], batch_size: int = 256,
                       progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Token states ``[Q, L, 384]`` float16 (padding zeroed) and lengths ``[Q]`` of distinct questions (cached)."""
-    key = _key(model.text_cache_signature, *questions)
+    key = cache_key(model.text_cache_signature, *questions)
     path, states = _load_cached(key, "vqa-text")
     len_path, lengths = _load_cached(key, "vqa-textlen")
     if states is not None and lengths is not None:
