@@ -65,6 +65,9 @@ def test_temperature_init_and_clamp():
     assert temp.log_scale.item() == pytest.approx(math.log(100))
     with pytest.raises(PolymodalError):
         LearnableTemperature(0.001)  # scale 1000 > 100
+    with pytest.raises(PolymodalError, match=r"in \[1/100, 1\]"):
+        LearnableTemperature(2.0)  # scale 0.5: clamp_() would silently reset it to 1
+    assert LearnableTemperature(1.0)().item() == pytest.approx(1.0)
 
 
 def test_gradients_flow_to_embeddings_and_temperature():

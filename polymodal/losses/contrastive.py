@@ -123,9 +123,9 @@ class LearnableTemperature(nn.Module):
 
     def __init__(self, temperature: float = DEFAULT_TEMPERATURE, max_scale: float = MAX_LOGIT_SCALE):
         super().__init__()
-        if not 0 < temperature or not 1 / temperature <= max_scale:
+        if not 0 < temperature <= 1 or not 1 / temperature <= max_scale:  # clamp_() keeps the scale in [1, max]
             raise PolymodalError(
-                f"temperature {temperature} is out of range; pass a value in [1/{max_scale}, inf) such as 0.07"
+                f"temperature {temperature} is out of range; pass a value in [1/{max_scale:g}, 1] such as 0.07"
             )
         self.max_scale = max_scale
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
