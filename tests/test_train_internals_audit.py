@@ -372,7 +372,7 @@ def test_contrastive_objective_normalises_both_sides_and_uses_the_model_scale():
     torch.testing.assert_close(loss_s, ref_s.loss)
 
 
-@pytest.mark.parametrize("weight", [1.0, 3.0])
+@pytest.mark.parametrize("weight", [1.0, 3.0, 0.0])
 def test_gradcache_objective_reports_the_unweighted_loss_like_the_plain_path(weight):
     from polymodal.train.objectives import ContrastiveObjective
 
@@ -383,6 +383,7 @@ def test_gradcache_objective_reports_the_unweighted_loss_like_the_plain_path(wei
         model.zero_grad()
         metrics = objective.backward(model, (images, texts), weight)
         out.append((metrics["loss"], {n: p.grad.clone() for n, p in model.named_parameters()}))
+        assert set(metrics) == {"loss", "acc_i2t", "acc_t2i"}  # the same metrics either way
     (plain_loss, plain_grads), (cached_loss, cached_grads) = out
     assert cached_loss == pytest.approx(plain_loss, rel=1e-9)
     assert len(plain_grads) == 5

@@ -60,12 +60,13 @@ class ContrastiveObjective(Objective):
         if not self.chunk:
             return super().backward(model, batch, weight)
         images, texts = batch
+        seen = {}
 
-        def loss_fn(img, txt):
-            return weight * contrastive_loss(img, txt, model.logit_scale_tensor, gather=self.gather).loss
+        def loss_fn(img, txt):  # runs once, over the whole batch's cached embeddings
+            seen["out"] = contrastive_loss(img, txt, model.logit_scale_tensor, gather=self.gather)
+            return weight * seen["out"].loss
 
-        loss, _, _ = gradcache_backward(
-            lambda x: self._embed_image(model, x), lambda t: self._embed_text(model, t),
-            images, texts, loss_fn, self.chunk,
-        )
-        return {"loss": float(loss) / weight}
+        gradcache_backward(lambda x: self._embed_image(model, x), lambda t: self._embed_text(model, t),
+                           images, texts, loss_fn, self.chunk)
+        out = seen["out"]  # unweighted, with the accuracies the plain path reports too (weight 0 divides nothing)
+        return {"loss": float(out.loss.detach()), "acc_i2t": out.accuracy_i2t, "acc_t2i": out.accuracy_t2i}
