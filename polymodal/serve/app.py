@@ -470,6 +470,9 @@ def create_app(
         message = str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}; see /docs for the API"
+        elif exc.status_code == 400 and message.startswith("Too many files"):  # Starlette's max_files, as JSON's
+            return JSONResponse({"error": f"more than {s.max_images_per_request} images in one request; the limit is "
+                                          f"{s.max_images_per_request}: send them in several requests"}, status_code=413)
         elif exc.status_code == 400 and "multipart" in request.headers.get("content-type", ""):
             message = f"multipart body rejected ({message}); send multipart/form-data with the image in a file field named 'image'"
         elif exc.status_code == 405:
