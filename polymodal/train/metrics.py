@@ -28,7 +28,7 @@ class MetricsLogger:
         """On resume: drop records written after the checkpoint, so the curve continues without duplicates."""
         if not self.path.is_file():
             return
-        keep = [json.dumps(r) for r in _records(self.path) if r["step"] <= step]
+        keep = [json.dumps(r) for r in _records(self.path) if r.get("step", 0) <= step]
         atomic_write_bytes(self.path, "".join(line + "\n" for line in keep).encode())
 
     def write(self, record: dict) -> None:
@@ -61,7 +61,7 @@ def _records(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             bad += 1
             continue
-        if isinstance(record, dict) and "step" in record:
+        if isinstance(record, dict):
             records.append(record)
         else:
             bad += 1
