@@ -18,10 +18,10 @@ def cmd_export_onnx(args) -> int:
         raise PolymodalError(f"ONNX export needs the onnx extra ({exc.name} is missing); pip install 'polymodal[onnx]'") from exc
     import polymodal
     from polymodal.export.onnx_export import export_onnx, report_table, validation_set
-    from polymodal.registry import MODELS, onnx_export_dir
+    from polymodal.registry import MODELS, onnx_export_dir, unknown_model
 
-    if args.model not in MODELS and not Path(args.model).exists():
-        polymodal.load(args.model)  # the registry's "unknown model" error, before any other advice
+    if args.model not in MODELS and not Path(args.model).exists():  # before any other advice (e.g. "pass --out")
+        raise unknown_model(args.model)
     if args.val_limit < 2:
         raise PolymodalError(f"--val-limit must be at least 2, got {args.val_limit}")
     out = Path(args.out) if args.out else (onnx_export_dir(args.model) if args.model in MODELS else None)

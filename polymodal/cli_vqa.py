@@ -29,9 +29,9 @@ def _load_vqa_model(name: str, runtime: str = "torch"):
 
 def cmd_vqa(args) -> int:
     from polymodal.data.images import load_image
+    from polymodal.models.inputs import one_question
 
-    if not args.question.strip():
-        raise PolymodalError("the question is empty; ask something about the image")
+    one_question(args.question)  # an empty question fails here, before the model loads
     if args.top_k < 1:
         raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
     image = load_image(args.image)  # a missing or corrupt image fails here, before the model loads

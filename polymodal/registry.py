@@ -190,7 +190,11 @@ def _load_torch(key: str, **kwargs):
         hf = path.is_dir() and (path / "config.json").is_file()  # load_clip's own dispatch
         _check_options(kwargs, _options(load_hf_clip if hf else load_openai_clip, skip=1), f"the CLIP checkpoint {path}")
         return load_clip(path, **kwargs)
-    raise PolymodalError(
-        f"unknown model {key!r}: not a built-in name ({', '.join(available_models())}) and no such path; "
+    raise unknown_model(key)
+
+
+def unknown_model(name: str) -> PolymodalError:
+    return PolymodalError(
+        f"unknown model {name!r}: not a built-in name ({', '.join(available_models())}) and no such path; "
         "pass one of those names or a local checkpoint folder/file"
     )

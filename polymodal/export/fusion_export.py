@@ -23,6 +23,7 @@ from torch import nn
 
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
+from polymodal.export import variants as V
 from polymodal.export.graphs import export_graph
 from polymodal.export.runtime import ONNX_CONFIG
 
@@ -59,8 +60,7 @@ TOWER_VARIANTS = {"grid": ("int8_static", "int8_dynamic"), "question": ("int8_dy
 def check_vqa_variants(variants: Sequence[str] | None) -> None:
     """A variant no VQA graph has (bf16) is an error, not a silent export without it."""
     known = sorted({v for names in TOWER_VARIANTS.values() for v in names})
-    if isinstance(variants, str):
-        raise PolymodalError(f"variants must be a list of names, e.g. [{variants!r}], got the string {variants!r}")
+    V.check_variant_list(variants)
     missing = sorted(set(variants or ()) - set(known))
     if missing:
         raise PolymodalError(f"VQA exports have no {', '.join(missing)} variant; choose from {', '.join(known)}")
@@ -153,7 +153,6 @@ def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, wan
                   seconds: float, progress) -> list[dict]:
     """int8 variants of the grid and question graphs through the gate; the kept fastest is written to the config."""
     from polymodal.eval.vqa import accuracy_by_type
-    from polymodal.export import variants as V
     from polymodal.export.fusion_runtime import OnnxFusionEncoder
     from polymodal.export.onnx_export import gate, paired_speed
 

@@ -65,7 +65,7 @@ class OnnxFusionEncoder:
         logits = self.logits([image], [question])[0]
         if choices is None:
             probs = _softmax(logits)
-            order = np.argsort(-probs)[: max(1, top_k)]
+            order = np.argsort(-probs)[:top_k]
             ranked = [(self.answers[int(i)], float(probs[i])) for i in order]
         else:
             seen = unique_choices(choices)
@@ -75,5 +75,5 @@ class OnnxFusionEncoder:
                                      "runtime (its ITM head scores them); pass answers the model knows")
             idx = [self.answer_index[c] for c in seen]
             probs = _softmax(logits[idx])
-            ranked = sorted(((seen[c], float(p)) for c, p in zip(seen, probs)), key=lambda t: -t[1])[: max(1, top_k)]
+            ranked = sorted(((seen[c], float(p)) for c, p in zip(seen, probs)), key=lambda t: -t[1])[:top_k]
         return {"answer": ranked[0][0], "score": ranked[0][1], "alternatives": ranked}

@@ -134,8 +134,7 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
     if not isinstance(val, ValidationSet):
         raise PolymodalError(f"val must be a ValidationSet, got {type(val).__name__}; build one with "
                              "validation_set(PAIRS_FILE) or validation_set() for the built-in sample photos")
-    if isinstance(variants, str):
-        raise PolymodalError(f"variants must be a list of names, e.g. [{variants!r}], got the string {variants!r}")
+    V.check_variant_list(variants)
     unknown = set(variants) - set(V.VARIANTS)
     if unknown:
         raise PolymodalError(f"unknown variants {sorted(unknown)}; choose from {', '.join(V.VARIANTS)}")

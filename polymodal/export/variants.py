@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from polymodal.cache import temp_beside
+from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,12 @@ def bf16_unavailable() -> str | None:
 def bf16(export_bf16: Callable[[Path], Path], out: Path) -> Path:
     """The graph traced again with bfloat16 weights and activations (float32 in and out)."""
     return export_bf16(out)
+
+
+def check_variant_list(variants) -> None:
+    """``variants`` names a list of variants; one string would be read as its letters."""
+    if isinstance(variants, str):
+        raise PolymodalError(f"variants must be a list of names, e.g. [{variants!r}], got the string {variants!r}")
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -466,10 +466,10 @@ class FusionEncoder(nn.Module):
         logits = self.vqa_logits(image_inputs, states, mask)[0].float()
         if choices is None:
             ranked = [(self.answers[int(i)], float(p))
-                      for p, i in zip(*logits.softmax(-1).topk(min(max(1, top_k), len(self.answers))))]
+                      for p, i in zip(*logits.softmax(-1).topk(min(top_k, len(self.answers))))]
         else:
             ranked = self._rank_choices(logits, image_inputs, question, choices)
-        top = ranked[: max(1, top_k)]
+        top = ranked[:top_k]
         return {"answer": top[0][0], "score": top[0][1], "alternatives": top}
 
     def _rank_choices(self, logits: Tensor, image_inputs: Tensor, question: str, choices: Sequence[str]) -> list:

@@ -193,10 +193,10 @@ class YesNoModel:
         answers yes or no; with ``choices``, yes/no among them are ranked (other candidates score 0.0)."""
         question = one_question(question, "ask a yes/no question about the image")
         top_k = check_count(top_k, "top_k")
-        if not re.match(rf"{_AUX}\b|(am|may|might)\b", str(question).strip().lower()):
+        if not re.match(rf"{_AUX}\b|(am|may|might)\b", question.strip().lower()):
             log.warning("%s answers only yes or no; %r does not read like a yes/no question (is/are/can/does ...)",
-                        self.name, str(question))
-        p_yes = float(self.probabilities(self.encode_images([image]), self.encode_questions([str(question)]), [0])[0])
+                        self.name, question)
+        p_yes = float(self.probabilities(self.encode_images([image]), self.encode_questions([question]), [0])[0])
         scores = {"yes": p_yes, "no": 1.0 - p_yes}
         if choices is None:
             ranked = sorted(scores.items(), key=lambda kv: -kv[1])
@@ -209,7 +209,7 @@ class YesNoModel:
                 log.warning("%s answers only yes or no; these choices score 0: %s", self.name,
                             ", ".join(v for k, v in seen.items() if k not in YES_NO))
             ranked = sorted(((seen[k], scores.get(k, 0.0)) for k in seen), key=lambda kv: -kv[1])
-        top = ranked[: max(1, top_k)]
+        top = ranked[:top_k]
         return {"answer": top[0][0], "score": top[0][1], "alternatives": top}
 
     def explain(self, image: Any, question: str) -> np.ndarray:

@@ -172,7 +172,6 @@ def split_pairs_by_image(pairs: PairSet, fraction: float, seed: int = 0) -> tupl
     return pairs.subset(train), pairs.subset(np.sort(val))
 
 
-
 def maskable_words(tokens: Sequence[str], special: set[str]) -> list[list[int]]:
     """Word-piece tokens -> the positions of each maskable whole word (a piece plus its "##" continuations);
     special tokens and words without a letter or digit (punctuation) are not maskable."""

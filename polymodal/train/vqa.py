@@ -97,7 +97,6 @@ class VQARecipe:
 # -- feature cache --------------------------------------------------------------------------------------------------
 
 
-
 @torch.inference_mode()
 def grid_features(model: FusionEncoder, images: Sequence, batch_size: int = 32, progress: bool = True) -> np.ndarray:
     """``[N, g*g, F]`` float16 image grid tokens (model.image_cache_input), memory-mapped from the cache."""
