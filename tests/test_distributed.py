@@ -53,6 +53,12 @@ def global_batch(n=16):
     return torch.randn(n, 12, generator=g), torch.randn(n, 10, generator=g)
 
 
+def extras(model, n=16, negatives=6):
+    """Hard-negative texts (each rank passes its share, in rank order) and ids: pairs 2k and 2k+1 share a photo."""
+    g = torch.Generator().manual_seed(2)
+    return F.normalize(model.text(torch.randn(negatives, 10, generator=g)), dim=-1), torch.arange(n) // 2
+
+
 if __name__ == "__main__":
     assert distributed.init_from_env("gloo")
     rank, world = distributed.rank(), distributed.world_size()
@@ -64,6 +70,14 @@ if __name__ == "__main__":
     out.loss.backward()
     grads = {name: p.grad for name, p in model.module.named_parameters()}
 
+    # Negatives and ids are gathered too: the same loss as one process with all negatives and the global ids.
+    with torch.no_grad():
+        negatives, ids = extras(model.module)
+        k = len(negatives) // world
+        with_extras = contrastive_loss(image_emb.detach(), text_emb.detach(), scale.detach(), gather=True,
+                                       negative_text_emb=negatives[rank * k : (rank + 1) * k],
+                                       image_ids=ids[rank * b : (rank + 1) * b]).loss
+
     # Unequal local batches must fail the same clear way on every rank, not hang in the gather.
     try:
         contrastive_loss(image_emb[: rank + 1].detach(), text_emb[: rank + 1].detach(), 10.0, gather=True)
@@ -71,7 +85,7 @@ if __name__ == "__main__":
     except PolymodalError as exc:
         unequal = str(exc)
     torch.save({"loss": out.loss.detach(), "logits": out.logits_per_image.detach(), "grads": grads,
-                "unequal": unequal}, f"{sys.argv[1]}/rank{rank}.pt")
+                "unequal": unequal, "with_extras": with_extras}, f"{sys.argv[1]}/rank{rank}.pt")
     distributed.barrier()
     dist.destroy_process_group()
 '''
@@ -129,12 +143,17 @@ def test_ddp_gathered_loss_equals_single_process(tmp_path):
     image_emb, text_emb, scale = model(*ns["global_batch"]())
     ref = contrastive_loss(image_emb, text_emb, scale)
     ref.loss.backward()
+    with torch.no_grad():
+        negatives, ids = ns["extras"](model)
+        ref_extras = contrastive_loss(image_emb, text_emb, scale, negative_text_emb=negatives, image_ids=ids).loss
+    assert ref_extras.item() != pytest.approx(ref.loss.item())  # the extras change the loss, so the check bites
 
     for r in range(WORLD):
         got = torch.load(tmp_path / f"rank{r}.pt")
         torch.testing.assert_close(got["loss"], ref.loss.detach(), atol=1e-5, rtol=0)
         torch.testing.assert_close(got["logits"], ref.logits_per_image.detach(), atol=1e-5, rtol=0)
         assert "drop_last=True" in got["unequal"], got["unequal"]
+        torch.testing.assert_close(got["with_extras"], ref_extras, atol=1e-5, rtol=0)
         assert set(got["grads"]) == {name for name, _ in model.named_parameters()}
         for name, p in model.named_parameters():
             torch.testing.assert_close(got["grads"][name], p.grad, atol=1e-5, rtol=0, msg=f"rank {r}: {name}")

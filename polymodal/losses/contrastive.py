@@ -55,38 +55,97 @@ class _GatherWithGrad(torch.autograd.Function):
         return local
 
 
-def _gather(image_emb: Tensor, text_emb: Tensor) -> tuple[Tensor, Tensor]:
+def _gather(*tensors: Tensor) -> list[Tensor]:
+    """all_gather each tensor along dim 0 (with gradients where they need them), after one shape check."""
     # all_gather needs equal shapes on every rank; checking first turns a hang or a cryptic backend error into
     # one clear message, raised on every rank alike since every rank sees all shapes.
-    shape = torch.tensor([image_emb.shape], device=image_emb.device)  # [1, 2]: gathers along dim 0
-    shapes = shape.new_empty((dist.get_world_size(), 2))  # [world, 2]
+    dims = [(t.shape[0], t.shape[1] if t.ndim > 1 else 0) for t in tensors]
+    shape = torch.tensor([[d for pair in dims for d in pair]], device=tensors[0].device)  # [1, 2k]
+    shapes = shape.new_empty((dist.get_world_size(), shape.shape[1]))
     _all_gather(shapes, shape)
     if not bool((shapes == shape).all()):  # same verdict on every rank
         raise PolymodalError(
             f"contrastive_loss(gather=True) needs the same [B, D] on every rank, got {shapes.tolist()}; "
-            "use DistributedSampler with drop_last=True and a DataLoader with drop_last=True"
+            "use DistributedSampler with drop_last=True and a DataLoader with drop_last=True (and as many "
+            "negative texts on every rank)"
         )
-    return _GatherWithGrad.apply(image_emb), _GatherWithGrad.apply(text_emb)
+    out = []
+    for t in tensors:
+        if t.requires_grad:
+            out.append(_GatherWithGrad.apply(t))
+        else:
+            full = t.new_empty((dist.get_world_size() * t.shape[0], *t.shape[1:]))
+            _all_gather(full, t.contiguous())
+            out.append(full)
+    return out
 
 
 def contrastive_loss(
-    image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float, *, gather: bool = False
+    image_emb: Tensor,
+    text_emb: Tensor,
+    logit_scale: Tensor | float,
+    *,
+    gather: bool = False,
+    negative_text_emb: Tensor | None = None,
+    image_ids: Tensor | None = None,
 ) -> ContrastiveOutput:
     """Symmetric InfoNCE (CLIP): pair i of `image_emb` [B, D] matches pair i of `text_emb` [B, D].
 
     Callers L2-normalise the embeddings (the loss uses plain dot products, so unnormalised inputs silently change
     the effective temperature). `logit_scale` is the multiplier already exponentiated, e.g. LearnableTemperature().
 
-    gather=True with torch.distributed initialised and world size > 1: embeddings from all ranks are gathered with
-    gradients and every rank computes the same loss over the global batch N = world_size * B. The gather's backward
-    sums every rank's gradient, so each rank's local gradient is world_size times its share; DDP's gradient
-    averaging divides that by world_size, which leaves exactly the single-process gradient on the global batch.
-    Without DDP (or another mean all-reduce of gradients), divide by world_size yourself. Parameters used after the
-    gather (a learnable temperature) get the same, already global, gradient on every rank.
+    negative_text_emb [M, D]: hard-negative texts that match no image in the batch (NegCLIP: a caption with its
+    words swapped). They join the image->text softmax as extra wrong answers; text->image is over the pairs only,
+    and `accuracy_i2t` counts an image whose best text is a negative as a miss.
+
+    image_ids [B] (integers): rows with the same id show the same image (several captions of one photo in one
+    batch). Each image's targets are then all texts of its id, equally weighted (soft-target cross-entropy, as
+    UniCL does), and vice versa, instead of counting a batch mate's caption of the same photo as a wrong answer.
+    Without ids every row is its own image, exactly CLIP's loss.
+
+    gather=True with torch.distributed initialised and world size > 1: embeddings (and negatives and ids) from all
+    ranks are gathered with gradients and every rank computes the same loss over the global batch
+    N = world_size * B. The gather's backward sums every rank's gradient, so each rank's local gradient is
+    world_size times its share; DDP's gradient averaging divides that by world_size, which leaves exactly the
+    single-process gradient on the global batch. Without DDP (or another mean all-reduce of gradients), divide by
+    world_size yourself. Parameters used after the gather (a learnable temperature) get the same, already global,
+    gradient on every rank. Ids must mean the same image on every rank (e.g. dataset indices).
     """
-    for what, x in (("image_emb", image_emb), ("text_emb", text_emb)):
-        if not isinstance(x, Tensor):
-            raise PolymodalError(f"contrastive_loss: {what} must be a torch tensor [B, D], got {type(x).__name__} "
+    _check_inputs(image_emb, text_emb, logit_scale, negative_text_emb, image_ids)
+    extras = [t for t in (negative_text_emb, image_ids) if t is not None]
+    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        image_emb, text_emb, *extras = _gather(image_emb, text_emb, *extras)
+        negative_text_emb = extras.pop(0) if negative_text_emb is not None else None
+        image_ids = extras.pop(0) if image_ids is not None else None
+
+    logits_per_image = logit_scale * image_emb @ text_emb.T  # [N, N]
+    n = logits_per_image.shape[0]
+    if image_ids is None:
+        positive = torch.eye(n, dtype=torch.bool, device=logits_per_image.device)
+        targets = torch.arange(n, device=logits_per_image.device)  # index targets: CLIP's loss bit for bit
+        targets_i2t = targets_t2i = targets
+    else:
+        positive = image_ids[:, None] == image_ids[None, :]  # [N, N], symmetric
+        targets_i2t = targets_t2i = positive.to(logits_per_image.dtype) / positive.sum(1, keepdim=True)
+    i2t = logits_per_image
+    if negative_text_emb is not None:
+        i2t = torch.cat([logits_per_image, logit_scale * image_emb @ negative_text_emb.T], dim=1)  # [N, N + M]
+        if image_ids is not None:
+            targets_i2t = F.pad(targets_i2t, (0, i2t.shape[1] - n))
+    loss = (F.cross_entropy(i2t, targets_i2t) + F.cross_entropy(logits_per_image.T, targets_t2i)) / 2
+    with torch.no_grad():
+        rows = torch.arange(n, device=logits_per_image.device)
+        best_text, best_image = i2t.argmax(dim=1), logits_per_image.argmax(dim=0)
+        acc_i2t = (best_text < n).logical_and(positive[rows, best_text.clamp(max=n - 1)]).float().mean().item()
+        acc_t2i = positive[best_image, rows].float().mean().item()
+    return ContrastiveOutput(loss, logits_per_image, acc_i2t, acc_t2i)
+
+
+def _check_inputs(image_emb, text_emb, logit_scale, negative_text_emb, image_ids) -> None:
+    for what, x in (("image_emb", image_emb), ("text_emb", text_emb), ("negative_text_emb", negative_text_emb),
+                    ("image_ids", image_ids)):
+        if x is not None and not isinstance(x, Tensor):
+            raise PolymodalError(f"contrastive_loss: {what} must be a torch tensor, got {type(x).__name__} "
                                  "(torch.as_tensor turns arrays and lists into one)")
     if isinstance(logit_scale, torch.nn.Module):
         raise PolymodalError("contrastive_loss: logit_scale is a module; pass its value, e.g. temperature()")
@@ -100,16 +159,18 @@ def contrastive_loss(
         )
     if image_emb.shape[0] == 0:
         raise PolymodalError("contrastive_loss got an empty batch; pass at least one image-text pair")
-    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        image_emb, text_emb = _gather(image_emb, text_emb)
-
-    logits_per_image = logit_scale * image_emb @ text_emb.T  # [N, N]
-    targets = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
-    loss = (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_image.T, targets)) / 2
-    with torch.no_grad():
-        acc_i2t = (logits_per_image.argmax(dim=1) == targets).float().mean().item()
-        acc_t2i = (logits_per_image.argmax(dim=0) == targets).float().mean().item()
-    return ContrastiveOutput(loss, logits_per_image, acc_i2t, acc_t2i)
+    if negative_text_emb is not None and (negative_text_emb.ndim != 2 or negative_text_emb.shape[1] !=
+                                          text_emb.shape[1] or negative_text_emb.dtype != text_emb.dtype):
+        raise PolymodalError(
+            f"contrastive_loss: negative_text_emb must be [M, {text_emb.shape[1]}] {text_emb.dtype} like text_emb, "
+            f"got {tuple(negative_text_emb.shape)} {negative_text_emb.dtype}; embed the negatives with the text tower"
+        )
+    if image_ids is not None and (image_ids.shape != (image_emb.shape[0],) or image_ids.is_floating_point()
+                                  or image_ids.is_complex()):
+        raise PolymodalError(
+            f"contrastive_loss: image_ids must be {image_emb.shape[0]} integers, one per row, got "
+            f"{tuple(image_ids.shape)} {image_ids.dtype}; e.g. torch.tensor([0, 0, 1]) for two captions of one photo"
+        )
 
 
 class LearnableTemperature(nn.Module):
@@ -159,7 +220,16 @@ class ClipLoss(nn.Module):
         self.temperature.requires_grad_(learnable)
         self.gather = gather
 
-    def forward(self, image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | None = None) -> ContrastiveOutput:
-        """image_emb, text_emb: [B, D], L2-normalised."""
+    def forward(
+        self,
+        image_emb: Tensor,
+        text_emb: Tensor,
+        logit_scale: Tensor | None = None,
+        *,
+        negative_text_emb: Tensor | None = None,
+        image_ids: Tensor | None = None,
+    ) -> ContrastiveOutput:
+        """image_emb, text_emb: [B, D], L2-normalised; negatives and ids as in `contrastive_loss`."""
         scale = self.temperature() if logit_scale is None else logit_scale
-        return contrastive_loss(image_emb, text_emb, scale, gather=self.gather)
+        return contrastive_loss(image_emb, text_emb, scale, gather=self.gather, negative_text_emb=negative_text_emb,
+                                image_ids=image_ids)
