@@ -28,15 +28,23 @@ class SentenceEncoder(nn.Module):
 
     def __init__(self, folder: str | Path, max_length: int = 256) -> None:
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
+
+        from polymodal.encoders import bert
 
         hf_logging.disable_progress_bar()
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise PolymodalError(f"no transformer config.json in {folder}; pass a sentence-transformers model folder")
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+        raw_config = bert.read_config(folder)
+        if bert.supports(raw_config) and (folder / "model.safetensors").is_file():
+            self.model = bert.BertModel.from_folder(folder, raw_config)  # no transformers modelling import: ~2 s
+        else:
+            from transformers import AutoModel
+
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
         self.max_length = max_length
         self.dim = self.model.config.hidden_size
 
