@@ -151,7 +151,7 @@ class Trainer:
 
     def load_checkpoint(self) -> None:
         if not self.checkpoint_path.is_file():
-            raise PolymodalError(f"no checkpoint at {self.checkpoint_path}; train without --resume first")
+            raise PolymodalError(f"no checkpoint at {self.checkpoint_path}; train without --resume (fit(resume=True)) first")
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(state["model"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
