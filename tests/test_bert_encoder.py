@@ -88,3 +88,30 @@ def test_an_unsupported_folder_falls_back_to_transformers(tmp_path):
     encoder = SentenceEncoder(tmp_path)
     assert not isinstance(encoder.model, bert.BertModel)
     assert encoder(["a cat"]).shape == (1, 32)
+
+
+ODD_TEXTS = ["", "   ", "Hello, World!", "Café crème brûlée", "naïve résumé", "北京 is a city", "emoji 🐶 dog",
+             "UPPER lower MiXeD", "tabs\tand\nnewlines", "a " * 400, "don't stop-believing (1999) #42 @home",
+             "ﬁne ligature", "Ελληνικά και русский"]
+
+
+def test_the_fast_tokenizer_makes_the_transformers_ids(towers):
+    ours, _, tok = towers
+    got = ours.tokenize(TEXTS + ODD_TEXTS)
+    want = tok(TEXTS + ODD_TEXTS, padding=True, truncation=True, max_length=ours.max_length, return_tensors="pt")
+    assert got["input_ids"].shape[1] == ours.max_length  # the long text is truncated to the tower's limit
+    assert torch.equal(got["input_ids"], want["input_ids"])
+    assert torch.equal(got["attention_mask"], want["attention_mask"])
+    assert got["input_ids"].dtype == torch.int64
+
+
+def test_embedding_a_text_imports_no_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, polymodal\n"
+            "m = polymodal.load('lite')\n"
+            "m.encode_text(['a dog on the beach'])\n"
+            "print(sorted(k for k in sys.modules if k.split('.')[0] == 'transformers'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out  # importing transformers costs ~3 s of every CLI call (benchmarks/text_tower.py)

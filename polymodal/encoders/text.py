@@ -24,31 +24,56 @@ def minilm_path() -> Path:
 
 
 class SentenceEncoder(nn.Module):
-    """Texts -> mean-pooled token states [B, D] (not normalised; the model normalises)."""
+    """Texts -> mean-pooled token states [B, D] (not normalised; the model normalises).
+
+    A plain BERT folder with tokenizer.json (the bundled MiniLM) runs without importing transformers: the
+    plain-torch BERT (`polymodal.encoders.bert`) and the `tokenizers` tokenizer. `.tokenizer`, the transformers
+    tokenizer that MLM masking and ONNX export need, loads on first use.
+    """
 
     def __init__(self, folder: str | Path, max_length: int = 256) -> None:
         super().__init__()
-        from transformers import AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
+        from polymodal.data.tokenizer import FastTokenizer
         from polymodal.encoders import bert
 
-        hf_logging.disable_progress_bar()
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise PolymodalError(f"no transformer config.json in {folder}; pass a sentence-transformers model folder")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        self.folder, self.max_length = folder, max_length
+        self._hf_tokenizer = None
         raw_config = bert.read_config(folder)
+        self._fast = None
         if bert.supports(raw_config) and (folder / "model.safetensors").is_file():
-            self.model = bert.BertModel.from_folder(folder, raw_config)  # no transformers modelling import: ~2 s
+            self._fast = FastTokenizer.from_model_folder(folder, max_length)
+        if self._fast is not None:
+            self.model = bert.BertModel.from_folder(folder, raw_config)
         else:
             from transformers import AutoModel
 
+            self._quiet_transformers()
             self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
-        self.max_length = max_length
         self.dim = self.model.config.hidden_size
 
+    @staticmethod
+    def _quiet_transformers() -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+    @property
+    def tokenizer(self):
+        """The transformers tokenizer of the folder (for MLM masking and ONNX export), loaded on first use."""
+        if self._hf_tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._quiet_transformers()
+            self._hf_tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
+        return self._hf_tokenizer
+
     def tokenize(self, texts: list[str]) -> dict:
+        """Texts -> {"input_ids", "attention_mask"} int64 tensors [B, L], padded to the longest, truncated."""
+        if self._fast is not None:
+            return {k: torch.from_numpy(v) for k, v in self._fast(list(texts)).items()}
         return self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )

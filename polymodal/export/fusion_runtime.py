@@ -10,8 +10,9 @@ import numpy as np
 
 from polymodal.data.answers import unique_choices
 from polymodal.data.images import ImageTransform
+from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
-from polymodal.export.runtime import TokenizerRuntime, onnx_session, read_export_config
+from polymodal.export.runtime import onnx_session, read_export_config
 from polymodal.models.inputs import check_count, one_question, vqa_rows
 
 
@@ -34,7 +35,7 @@ class OnnxFusionEncoder:
         self.grid = onnx_session(folder / files["grid"], threads)
         self.question = onnx_session(folder / files["question"], threads)
         self.head = onnx_session(folder / files["head"], threads)
-        self.tokenizer = TokenizerRuntime(folder / config["tokenizer"], config["max_length"], config["pad_id"],
+        self.tokenizer = FastTokenizer(folder / config["tokenizer"], config["max_length"], config["pad_id"],
                                           config["pad_token"])
 
     @property

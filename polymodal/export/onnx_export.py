@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from polymodal.cache import atomic_write_bytes
+from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.export import variants as V
 from polymodal.export.graphs import ImageGraph, TextGraph, check_exportable, export_graph
-from polymodal.export.runtime import ONNX_CONFIG, TokenizerRuntime, onnx_session
+from polymodal.export.runtime import ONNX_CONFIG, onnx_session
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def _r5(metrics: dict) -> dict:
 class _Session:
     """An onnxruntime session of one tower's graph with a batched embed()."""
 
-    def __init__(self, path: Path, tower: str, tokenizer: TokenizerRuntime) -> None:
+    def __init__(self, path: Path, tower: str, tokenizer: FastTokenizer) -> None:
         self.session, self.tower, self.tokenizer = onnx_session(path), tower, tokenizer
         self.inputs = {i.name for i in self.session.get_inputs()}
 
@@ -147,7 +148,7 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
     pad_token = hf_tok.pad_token or hf_tok.eos_token
     tok_cfg = {"tokenizer": "tokenizer.json", "max_length": int(max_length),
                "pad_id": int(hf_tok.convert_tokens_to_ids(pad_token)), "pad_token": str(pad_token)}
-    tokenizer = TokenizerRuntime(out / "tokenizer.json", tok_cfg["max_length"], tok_cfg["pad_id"], pad_token)
+    tokenizer = FastTokenizer(out / "tokenizer.json", tok_cfg["max_length"], tok_cfg["pad_id"], pad_token)
 
     progress(f"preprocessing {len(val.images)} validation images and {len(val.captions)} captions")
     pixels = np.concatenate([model.transform(val.images[i : i + 64]) for i in range(0, len(val.images), 64)])

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from polymodal.data.images import ImageTransform
+from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
 from polymodal.models.interface import EmbeddingInterface
 
@@ -53,22 +54,6 @@ def onnx_session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-class TokenizerRuntime:
-    """tokenizer.json -> padded int64 ids and mask, as the PyTorch model's tokenizer makes them."""
-
-    def __init__(self, path: Path, max_length: int, pad_id: int, pad_token: str) -> None:
-        from tokenizers import Tokenizer
-
-        self.tok = Tokenizer.from_file(str(path))
-        self.tok.enable_truncation(max_length=max_length)
-        self.tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
-
-    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tok.encode_batch(texts)
-        return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
-
-
 class OnnxEmbeddingModel(EmbeddingInterface):
     """The EmbeddingModel interface (encode_image, encode_text, embed_pixels, classify, key, dim) over ONNX graphs."""
 
@@ -84,7 +69,7 @@ class OnnxEmbeddingModel(EmbeddingInterface):
         self.image_session = onnx_session(folder / config["image"]["file"], threads)
         self.text_session = onnx_session(folder / config["text"]["file"], threads)
         t = config["text"]
-        self.tokenizer = TokenizerRuntime(folder / t["tokenizer"], t["max_length"], t["pad_id"], t["pad_token"])
+        self.tokenizer = FastTokenizer(folder / t["tokenizer"], t["max_length"], t["pad_id"], t["pad_token"])
         self._text_inputs = {i.name for i in self.text_session.get_inputs()}
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
