@@ -151,7 +151,8 @@ class ImageIndex:
     def remove(self, paths: Iterable[str | Path]) -> int:
         """Drop these image paths (one path or several) from the index (files on disk are untouched); returns how
         many were there."""
-        targets = [canonical_path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+        targets = list(dict.fromkeys(canonical_path(p) for p in paths))  # a path named twice is removed and counted once
         if not self.sqlite_path.is_file():
             raise self._missing()
         with self._locked() as con:
