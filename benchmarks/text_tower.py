@@ -22,6 +22,8 @@ STARTUP = {
     "transformers": (
         "import torch\n"
         "from transformers import AutoModel, AutoTokenizer\n"
+        "from transformers.utils import logging\n"
+        "logging.disable_progress_bar()\n"
         "from polymodal.encoders.text import minilm_path\n"
         "p = str(minilm_path())\n"
         "tok = AutoTokenizer.from_pretrained(p, local_files_only=True)\n"
@@ -69,9 +71,11 @@ def main(argv=None) -> int:
 
     import torch
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
     from polymodal.encoders.text import SentenceEncoder, minilm_path
 
+    hf_logging.disable_progress_bar()
     ours = SentenceEncoder(minilm_path())
     theirs = AutoModel.from_pretrained(str(minilm_path()), local_files_only=True).eval()
 

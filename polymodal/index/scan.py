@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,20 @@ def canonical_path(path: str | Path) -> str:
     """
     path = Path(path).expanduser()
     return str(path.parent.resolve() / path.name)
+
+
+def image_file(path: str | Path) -> ImageFile | tuple[str, str]:
+    """One image file named by the caller -> its ImageFile, or (path, reason) when it can't be indexed."""
+    path = canonical_path(path)
+    if not path.lower().endswith(IMAGE_EXTENSIONS):
+        return path, f"not an image file (looked for {', '.join(IMAGE_EXTENSIONS)})"
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return path, f"cannot stat ({exc.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return path, "not a file"
+    return ImageFile(path, st.st_size, st.st_mtime_ns)
 
 
 def scan_images(folder: str | Path) -> tuple[list[ImageFile], list[tuple[str, str]]]:

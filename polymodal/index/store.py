@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
-from polymodal.index.scan import ImageFile, canonical_path, file_sha256, scan_images
+from polymodal.index.scan import ImageFile, canonical_path, file_sha256, image_file, scan_images
 from polymodal.models.inputs import check_count
 
 log = logging.getLogger(__name__)
@@ -106,38 +106,58 @@ class ImageIndex:
         files, skipped = scan_images(folder)
         root = Path(folder).expanduser().resolve()
         report = UpdateReport(skipped=list(skipped))
+        return self._sync(model, files, report, lambda con: _rows_under(con, root), True, batch_size, progress)
+
+    def add(self, paths: Iterable[str | Path], model, progress: bool = True, batch_size: int = 32) -> UpdateReport:
+        """Index these image files (one path or several, from any folders): new ones are embedded, ones changed
+        since they were indexed are embedded again, unchanged ones are left; no other row is touched.
+
+        Paths that are missing, not images or unreadable are skipped and reported (an error if all of them are).
+        The index keeps paths, not pixels, so it can notice later changes: save in-memory images as files first.
+        """
+        from polymodal.registry import require_embedding
+
+        batch_size = check_count(batch_size, "batch_size")
+        require_embedding(model)
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+        if not isinstance(paths, Iterable) or isinstance(paths, (bytes, np.ndarray)):
+            raise PolymodalError(f"add() takes image file paths, got {type(paths).__name__}; the index keeps paths "
+                                 "so it can notice later changes: save in-memory images as files and pass those")
+        paths = list(paths)
+        for p in paths:
+            if not isinstance(p, (str, os.PathLike)):
+                raise PolymodalError(f"add() takes image file paths, got a {type(p).__name__}; save in-memory "
+                                     "images as files and pass their paths")
+        files, skipped = [], []
+        for p in dict.fromkeys(canonical_path(p) for p in paths):  # a path named twice is indexed once
+            found = image_file(p)
+            if isinstance(found, tuple):
+                skipped.append(found)
+            else:
+                files.append(found)
+        if not files:
+            why = f": {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+            raise PolymodalError(f"no image to add{why}; pass paths of existing image files")
+        if self.exists():
+            self.check_model(model)
+        report = UpdateReport(skipped=skipped)
+        wanted = [f.path for f in files]
+        return self._sync(model, files, report, lambda con: _rows_at(con, wanted), False, batch_size, progress)
+
+    def _sync(self, model, files: list[ImageFile], report: UpdateReport, known_rows, drop_unseen: bool,
+              batch_size: int, progress: bool) -> UpdateReport:
+        """One transaction: embed new and changed `files`; with drop_unseen, also drop the rows known_rows(con)
+        returned that no file matched (files deleted from an updated folder)."""
         with self._locked() as con:
             with _transaction(con):
                 meta = self._meta(con) or self._create(con, model)
                 self._check_model(meta, model)
                 index, from_file = self._load_vectors(con, meta)
-                known = _rows_under(con, root)
-                drop: list[int] = []  # row ids to delete
-                todo: list[tuple[ImageFile, bool, str | None]] = []  # (file, is_update, sha256 if known)
-                for f in files:
-                    row = known.pop(f.path, None)
-                    if row is None:
-                        todo.append((f, False, None))
-                    elif (row.size, row.mtime_ns) == (f.size, f.mtime_ns):
-                        report.unchanged += 1
-                    elif row.size != f.size:
-                        drop.append(row.id)
-                        todo.append((f, True, None))
-                    else:
-                        try:
-                            digest = file_sha256(f.path)
-                        except OSError as exc:
-                            report.skipped.append((f.path, f"cannot read ({exc.strerror})"))
-                            drop.append(row.id)  # don't keep a vector for content we can't see
-                            continue
-                        if digest == row.sha256:  # touched or copied, same bytes: remember the new mtime only
-                            con.execute("UPDATE images SET mtime_ns = ? WHERE id = ?", (f.mtime_ns, row.id))
-                            report.unchanged += 1
-                        else:
-                            drop.append(row.id)
-                            todo.append((f, True, digest))
-                report.removed = len(known)  # rows under root whose file is gone
-                drop += [row.id for row in known.values()]
+                known = known_rows(con)
+                drop, todo = _plan(con, files, known, report)  # pops the rows it sees from `known`
+                if drop_unseen:
+                    report.removed = len(known)  # rows under the folder whose file is gone
+                    drop += [row.id for row in known.values()]
                 _delete(con, index, drop)
                 self._embed_all(con, index, model, todo, report, batch_size, progress)
                 changed = bool(drop or report.added or report.updated)
@@ -435,6 +455,48 @@ def _transaction(con: sqlite3.Connection) -> Iterator[None]:
             con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
+
+
+def _plan(con: sqlite3.Connection, files: list[ImageFile], known: dict[str, _Row], report: UpdateReport
+          ) -> tuple[list[int], list[tuple[ImageFile, bool, str | None]]]:
+    """Compare files with their stored rows (popped from `known`): -> row ids to drop and files to embed as
+    (file, is_update, sha256 if already computed). Unchanged files count in the report; a file touched without a
+    content change only gets its new mtime."""
+    drop: list[int] = []
+    todo: list[tuple[ImageFile, bool, str | None]] = []
+    for f in files:
+        row = known.pop(f.path, None)
+        if row is None:
+            todo.append((f, False, None))
+        elif (row.size, row.mtime_ns) == (f.size, f.mtime_ns):
+            report.unchanged += 1
+        elif row.size != f.size:
+            drop.append(row.id)
+            todo.append((f, True, None))
+        else:
+            try:
+                digest = file_sha256(f.path)
+            except OSError as exc:
+                report.skipped.append((f.path, f"cannot read ({exc.strerror})"))
+                drop.append(row.id)  # don't keep a vector for content we can't see
+                continue
+            if digest == row.sha256:  # touched or copied, same bytes: remember the new mtime only
+                con.execute("UPDATE images SET mtime_ns = ? WHERE id = ?", (f.mtime_ns, row.id))
+                report.unchanged += 1
+            else:
+                drop.append(row.id)
+                todo.append((f, True, digest))
+    return drop, todo
+
+
+def _rows_at(con: sqlite3.Connection, paths: list[str]) -> dict[str, _Row]:
+    rows: dict[str, _Row] = {}
+    for start in range(0, len(paths), 500):  # stay under SQLite's bound-parameter limit
+        chunk = paths[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        query = f"SELECT path, id, size, mtime_ns, sha256 FROM images WHERE path IN ({marks})"
+        rows.update({path: _Row(*rest) for path, *rest in con.execute(query, chunk)})
+    return rows
 
 
 def _rows_under(con: sqlite3.Connection, root: Path) -> dict[str, _Row]:
