@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from dataclasses import asdict
 
@@ -197,11 +199,40 @@ def _verbose_everywhere(parser: argparse.ArgumentParser) -> None:
                 _verbose_everywhere(child)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a service manager), raised like Ctrl-C so cleanups run: an export's staging
+    folder, an index transaction. Python's default SIGTERM ends the process without running them."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_cleans_up():
+    """While a command runs: SIGTERM raises Terminated, unless someone else already handles SIGTERM (or this is
+    not the main thread, where handlers cannot be set)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    installed = False
+    if previous == signal.SIG_DFL:
+        try:
+            signal.signal(signal.SIGTERM, _raise_terminated)
+            installed = True
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        code = args.func(args)
+        with _sigterm_cleans_up():
+            code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handler, not at interpreter exit
         return code
     except BrokenPipeError:  # `polymodal ... | head`: the reader left; stop quietly like other Unix tools
@@ -213,7 +244,10 @@ def main(argv=None) -> int:
     except PolymodalError as exc:
         print(f"polymodal: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            print("polymodal: terminated", file=sys.stderr)
+            return 143  # what a shell reports for a process SIGTERM ended
         print("polymodal: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # mostly a path that cannot be made or written (its parent is a file, no permission)

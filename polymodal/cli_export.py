@@ -51,7 +51,7 @@ def cmd_export_onnx(args) -> int:
     with staged_folder(out) as stage:
         report = export_onnx(model, stage, val, max_drop_points=args.max_drop_points, progress=progress,
                              timing_seconds=args.timing_seconds, **kwargs)
-    return _print_result(args, out, report, report_table(report), f"`polymodal serve --runtime onnx --model {out}`")
+    return _print_result(args, out, report, report_table(report), f"`polymodal serve --db INDEX --runtime onnx --model {out}`")
 
 
 def _export_file(name: str) -> bool:

@@ -25,6 +25,10 @@ def cmd_serve(args) -> int:
         import fastapi  # noqa: F401
     except ImportError as exc:
         raise PolymodalError(f"serving needs the serve extra ({exc.name} is missing); pip install 'polymodal[serve]'") from exc
+    if args.max_body_mb < 1:  # checked here, not only by ServeSettings: its message would name max_body_bytes
+        raise PolymodalError(f"--max-body-mb must be at least 1, got {args.max_body_mb}")
+    if not args.timeout > 0:
+        raise PolymodalError(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
     info = ImageIndex(args.db).info()  # a missing index: one line, before the model loads
     settings = ServeSettings(
         batching=not args.no_batching,
@@ -107,7 +111,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
     s.add_argument("--no-batching", action="store_true", help="run each request's forward pass alone")
     s.add_argument("--threads", type=int, default=None,
-                   help="torch threads for the model (default: torch's choice; 1 can be steadier on a busy machine)")
+                   help="threads for the model's forward passes: torch's with --runtime torch, each onnxruntime session's "
+                   "with --runtime onnx (default: the runtime's choice; 1 can be steadier on a busy machine)")
     s.add_argument("--max-body-mb", type=int, default=20, help="largest request body in MB (default 20)")
     s.add_argument("--timeout", type=float, default=30.0, help="request timeout in seconds (default 30)")
     s.set_defaults(func=cmd_serve)

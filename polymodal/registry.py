@@ -138,11 +138,15 @@ def load(name_or_path: str | Path = "lite", runtime: str = "torch", precision: s
             raise PolymodalError("precision applies to the PyTorch runtime; an ONNX export's variants are chosen "
                                  "and gated by `polymodal export onnx`")
         folder = Path(key).expanduser()
-        if not is_onnx_folder(folder):
+        if not is_onnx_folder(folder) and key in MODELS:
             folder = onnx_export_dir(key)
         if not is_onnx_folder(folder):
-            raise PolymodalError(f"no ONNX export of {key!r} (looked in {key} and {folder}); "
-                                 f"create it with `polymodal export onnx {key}` or pass an export folder")
+            if key in MODELS:
+                raise PolymodalError(f"no ONNX export of {key!r} (looked in {key} and {folder}); "
+                                     f"create it with `polymodal export onnx {key}` or pass an export folder")
+            what = "does not exist" if not folder.exists() else "is not an ONNX export (no onnx_config.json)"
+            raise PolymodalError(f"{key} {what}; pass a folder written by `polymodal export onnx MODEL --out DIR`, "
+                                 f"or a built-in name ({', '.join(sorted(MODELS))}) exported to its default folder")
         from polymodal.export.runtime import OnnxEmbeddingModel  # the VQA runtime takes the same options
 
         _check_options(kwargs, _options(OnnxEmbeddingModel, skip=1), f"the ONNX export {folder}")

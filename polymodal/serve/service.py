@@ -14,8 +14,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -101,7 +102,8 @@ class Service:
         return self.index.info()["count"]
 
     def info(self) -> dict:
-        info = self.index.info()
+        with self._serving_index():
+            info = self.index.info()
         return {
             "model": {"name": self.model.name, "key": self.model.key, "dim": self.model.dim, "vqa": self.vqa,
                       "vqa_model": self.vqa_model.key if self.vqa else None, **runs_on(self.model)},
@@ -110,6 +112,24 @@ class Service:
                          "max_wait_ms": self.batcher.max_wait * 1000},
             "limits": self.settings.public(),
         }
+
+    def _gone(self) -> ApiError:
+        return ApiError(
+            503, f"the index this server serves ({self.index.db}) is gone: it was moved or deleted while serving; "
+            "put it back, or restart the server with --db pointing at an index", {"Retry-After": "30"},
+        )
+
+    @contextmanager
+    def _serving_index(self) -> Iterator[None]:
+        """A vanished index is the server's problem (503), not the client's (the PolymodalError's 400)."""
+        try:
+            yield
+        except ApiError:
+            raise
+        except PolymodalError:
+            if not self.index.exists():
+                raise self._gone() from None
+            raise
 
     # -- images in -------------------------------------------------------------------------------------------------
     def decode(self, uploads: list[tuple[str, bytes]]) -> list[Image.Image]:
@@ -151,21 +171,27 @@ class Service:
     # -- reading ---------------------------------------------------------------------------------------------------
     def search(self, vectors: np.ndarray, k: int) -> list[list[dict]]:
         """[Q, D] -> per query [{id, path, score}] (runs faiss + SQLite; call from a worker thread)."""
-        results = self.index.search(vectors, k)
-        ids = self.ids_for([h.path for hits in results for h in hits])
+        with self._serving_index():
+            results = self.index.search(vectors, k)
+            ids = self.ids_for([h.path for hits in results for h in hits])
         return [
             [{"id": ids[h.path], "path": h.path, "score": float(h.score)} for h in hits if h.path in ids]
             for hits in results
         ]
 
     def thumbnail(self, image_id: int) -> bytes:
+        # Looked up on every call, cached or not: another writer (`polymodal index`, a second server on this
+        # index) may have removed the image since its thumbnail was cached. Ids are never reused.
+        with self._serving_index():
+            path = self.paths_for([image_id]).get(image_id)
+        if path is None:
+            with self._thumbs_lock:
+                self._thumbs.pop(image_id, None)
+            raise ApiError(404, f"no image with id {image_id} in the index")
         with self._thumbs_lock:
             if image_id in self._thumbs:
                 self._thumbs.move_to_end(image_id)
                 return self._thumbs[image_id]
-        path = self.paths_for([image_id]).get(image_id)
-        if path is None:
-            raise ApiError(404, f"no image with id {image_id} in the index")
         data = self._make_thumbnail(path, image_id)
         with self._thumbs_lock:
             self._thumbs[image_id] = data
@@ -208,6 +234,8 @@ class Service:
         """
         self._acquire_write()
         try:
+            if not self.index.exists():  # index.update would quietly start a new, empty index in its place
+                raise self._gone()
             batch = self.uploads / uuid.uuid4().hex
             batch.mkdir(parents=True)
             names: dict[str, str] = {}  # stored path -> client's name (echoed back only)
@@ -240,7 +268,8 @@ class Service:
         """Drop these ids from the index; files the server uploaded are deleted too, other files are untouched."""
         self._acquire_write()
         try:
-            paths = self.paths_for(ids)
+            with self._serving_index():
+                paths = self.paths_for(ids)
             try:
                 self.index.remove(list(paths.values()))
             except PolymodalError as exc:

@@ -1,0 +1,136 @@
+"""What a deployment walk-through (export, load, serve with both runtimes, index writers beside a server, SIGTERM)
+found: each test fails without its fix."""
+
+import contextlib
+import io
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+import polymodal  # noqa: E402
+from polymodal import cli  # noqa: E402
+from polymodal.errors import PolymodalError  # noqa: E402
+from polymodal.index import ImageIndex  # noqa: E402
+from polymodal.serve import create_app  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def error_of(response, status: int) -> str:
+    assert response.status_code == status, (response.status_code, response.text)
+    return response.json()["error"]
+
+
+@pytest.fixture()
+def db_copy(db, tmp_path):
+    path = tmp_path / "db"
+    shutil.copytree(db, path)
+    return path
+
+
+def test_thumbnail_of_an_image_another_writer_removed_is_404(lite, db_copy):
+    """Two servers (or `polymodal index`) on one index: a thumbnail cached before another writer removed the image
+    was served forever from the cache; now every request checks the id is still indexed."""
+    with TestClient(create_app(lite, db_copy)) as c:
+        hit = c.post("/v1/search", json={"text": "a cat", "k": 1}).json()["hits"][0]
+        assert c.get(hit["thumb"]).status_code == 200  # cached now
+        ImageIndex(db_copy).remove([hit["path"]])  # another process's write
+        assert "no image with id" in error_of(c.get(hit["thumb"]), 404)
+
+
+def test_an_index_moved_away_while_serving_is_503_and_not_recreated_by_an_add(lite, db_copy, gallery, tmp_path):
+    """The index folder vanishing under a running server was answered 400 (a client error) on searches, and an
+    upload to /v1/index quietly started a new one-image index in its place."""
+    with TestClient(create_app(lite, db_copy)) as c:
+        thumb = c.post("/v1/search", json={"text": "a cat", "k": 1}).json()["hits"][0]["thumb"]
+        assert c.get(thumb).status_code == 200
+        shutil.move(db_copy, tmp_path / "moved")
+        r = c.post("/v1/search", json={"text": "a cat", "k": 1})
+        assert "is gone" in error_of(r, 503) and r.headers["retry-after"]
+        assert "is gone" in error_of(c.get("/v1/info"), 503)
+        assert "is gone" in error_of(c.get(thumb), 503)
+        files = {"image": ("cat.jpg", (gallery / "cat.jpg").read_bytes(), "image/jpeg")}
+        assert "is gone" in error_of(c.post("/v1/index", files=files), 503)
+        assert "is gone" in error_of(c.post("/v1/index", json={"remove": [1]}), 503)
+        assert not ImageIndex(db_copy).exists() and not db_copy.exists()
+
+
+def test_sigterm_during_an_export_removes_its_staging_folder(tmp_path):
+    """`kill`/`timeout`/a service manager stopping `polymodal export onnx` left a hidden .partial folder (tens of MB
+    each time): Python's default SIGTERM skips the cleanup that Ctrl-C runs. Now SIGTERM exits 143 after it."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "export"
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        import polymodal
+        import polymodal.export.onnx_export as ox
+        from polymodal import cli
+        polymodal.load = lambda *a, **k: object()
+        def export_onnx(model, stage, *a, **k):
+            (stage / "image.fp32.onnx").write_bytes(b"0" * 1000)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(20)
+        ox.export_onnx = export_onnx
+        sys.exit(cli.main(["export", "onnx", "lite", "--out", {str(out)!r}]))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert "polymodal: terminated" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no .export.*.partial, no half export
+
+
+def test_export_suggests_a_serve_command_that_parses(lite, tmp_path, monkeypatch):
+    """The export ended with `polymodal serve --runtime onnx --model OUT`, which argparse refuses (--db is required)."""
+    pytest.importorskip("onnxruntime")
+    import polymodal.export.onnx_export as ox
+
+    monkeypatch.setattr(polymodal, "load", lambda *a, **k: lite)
+    monkeypatch.setattr(ox, "export_onnx", lambda model, stage, *a, **k: {})
+    monkeypatch.setattr(ox, "report_table", lambda report: "table")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["export", "onnx", "lite", "--out", str(tmp_path / "out")]) == 0
+    command = printed.getvalue().split("`")[1]
+    argv = shlex.split(command.replace("INDEX", "pics.idx"))
+    assert argv[:2] == ["polymodal", "serve"]
+    args = cli.build_parser().parse_args(argv[1:])  # SystemExit(2) if a required option is missing
+    assert args.runtime == "onnx" and args.model == str((tmp_path / "out"))
+
+
+@pytest.mark.parametrize("flag, value", [("--timeout", "0"), ("--max-body-mb", "0")])
+def test_serve_option_errors_name_the_option(db, flag, value, capsys):
+    """`serve --timeout 0` said 'serve setting request_timeout_s must be a positive number' (and --max-body-mb 0
+    'max_body_bytes'): names a deployer never typed."""
+    assert cli.main(["serve", "--db", str(db), flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flag in err and "_" not in err.split(flag)[0]
+
+
+def test_threads_help_says_it_applies_to_onnx_too(capsys):
+    """`serve --threads` sets onnxruntime's threads too, but its help said only 'torch threads'."""
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--runtime onnx" in help_text.split("--threads THREADS", 2)[2].split("--max-body-mb")[0]
+
+
+def test_onnx_load_of_a_path_that_is_no_export_names_it_once(tmp_path):
+    """load(PATH, runtime="onnx") said 'no ONNX export of PATH (looked in PATH and PATH); create it with
+    `polymodal export onnx PATH`' - the same path twice, and an export command for a path that does not exist."""
+    missing = str(tmp_path / "nothing")
+    with pytest.raises(PolymodalError) as exc:
+        polymodal.load(missing, runtime="onnx")
+    assert str(exc.value).count(missing) == 1 and "does not exist" in str(exc.value)
+    with pytest.raises(PolymodalError, match="is not an ONNX export"):
+        polymodal.load(str(tmp_path), runtime="onnx")
