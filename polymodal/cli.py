@@ -12,7 +12,6 @@ import sys
 from dataclasses import asdict
 
 from polymodal.cli_options import add_precision
-from polymodal.data.images import IMAGE_EXTENSIONS
 from polymodal.errors import PolymodalError
 from polymodal.registry import require_embedding
 
@@ -31,21 +30,34 @@ def _table(rows: list[tuple], headers: tuple) -> str:
 
 def cmd_index(args) -> int:
     import polymodal
-    from polymodal.index import ImageIndex
-    from polymodal.index.scan import scan_images
+    from polymodal.index import ImageIndex, UpdateReport
+    from polymodal.index.scan import image_file, scan_images
 
-    files, _ = scan_images(args.folder)  # a missing or empty folder fails here, before the model loads
-    if not files:
-        raise PolymodalError(f"no images under {args.folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    folders, files = [], []
+    for target in args.paths:  # every path is checked here, before the model loads
+        if os.path.isdir(target):
+            scan_images(target)  # an empty folder fails here
+            folders.append(target)
+        else:
+            found = image_file(target)
+            if isinstance(found, tuple):
+                what = "not found" if not os.path.exists(target) else found[1]
+                raise PolymodalError(f"{target}: {what}; pass folders of images or image files")
+            files.append(target)
     # a model that cannot embed is refused here, before the index folder is created
     model = require_embedding(polymodal.load(args.model, precision=args.precision), args.model)
     index = ImageIndex(args.db)
-    report = index.update(args.folder, model, progress=not args.json, batch_size=args.batch_size)
+    reports = [index.update(f, model, progress=not args.json, batch_size=args.batch_size) for f in folders]
+    if files:
+        reports.append(index.add(files, model, progress=not args.json, batch_size=args.batch_size))
+    report = UpdateReport(*(sum(getattr(r, k) for r in reports) for k in ("added", "updated", "removed", "unchanged")),
+                          skipped=[s for r in reports for s in r.skipped])
     info = index.info()
     if args.json:
         _print_json({**asdict(report), "index": info})
         return 0
-    print(f"indexed {args.folder} into {args.db}: {report.summary()}; {info['count']} images, model {info['model']}")
+    what = ", ".join(folders + ([f"{len(files)} file{'s' * (len(files) != 1)}"] if files else []))
+    print(f"indexed {what} into {args.db}: {report.summary()}; {info['count']} images, model {info['model']}")
     for path, reason in report.skipped:
         print(f"  skipped {path}: {reason}")
     return 0
@@ -134,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("index", help="embed every image under a folder into a persistent index")
-    s.add_argument("folder")
+    s = sub.add_parser("index", help="embed the images under folders (kept in sync: deleted files leave the "
+                       "index) and image files into a persistent index")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="a folder of images or an image file; several allowed")
     s.add_argument("--db", required=True, help="index folder (created if missing)")
     s.add_argument("--model", default="lite", help="built-in name or checkpoint path (default: lite)")
     s.add_argument("--batch-size", type=int, default=32)

@@ -80,3 +80,41 @@ def test_add_refuses_a_different_model(tmp_path):
     with pytest.raises(PolymodalError, match="dim"):
         index.add(paint(tmp_path / "green.png", "green"), FakeModel(dim=4), progress=False)
     assert len(index) == 1
+
+
+def test_the_index_command_takes_folders_and_files(tmp_path, capsys, monkeypatch):
+    import json
+
+    import polymodal
+    from polymodal import cli
+
+    monkeypatch.setattr(polymodal, "load", lambda *a, **kw: FakeModel())
+    album = paint(tmp_path / "album" / "red.png", "red").parent
+    green = paint(tmp_path / "loose" / "green.png", "green")
+    blue = paint(tmp_path / "elsewhere" / "blue.png", "blue")
+    db = tmp_path / "db"
+    assert cli.main(["index", str(album), str(green), str(blue), "--db", str(db), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["added"], out["removed"], out["index"]["count"]) == (3, 0, 3)
+    green.unlink()
+    paint(tmp_path / "album" / "more.png", "blue")
+    assert cli.main(["index", str(album), "--db", str(db)]) == 0  # a folder sync leaves the loose files' rows alone
+    text = capsys.readouterr().out
+    assert f"indexed {album} into {db}: added 1, updated 0, removed 0" in text and "4 images" in text
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda tmp: tmp / "absent.png", "absent.png: not found"),
+    (lambda tmp: (tmp / "notes.txt").write_text("x") and tmp / "notes.txt", "notes.txt: not an image file"),
+    (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "no images found under"),
+])
+def test_the_index_command_checks_every_path_before_loading_the_model(tmp_path, capsys, monkeypatch, make, match):
+    import polymodal
+    from polymodal import cli
+
+    monkeypatch.setattr(polymodal, "load", lambda *a, **kw: pytest.fail("the model loaded before the paths were checked"))
+    good = paint(tmp_path / "ok" / "red.png", "red")
+    assert cli.main(["index", str(good), str(make(tmp_path)), "--db", str(tmp_path / "db")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and match in err, err
+    assert not (tmp_path / "db").exists()
