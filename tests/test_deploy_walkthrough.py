@@ -134,3 +134,18 @@ def test_onnx_load_of_a_path_that_is_no_export_names_it_once(tmp_path):
     assert str(exc.value).count(missing) == 1 and "does not exist" in str(exc.value)
     with pytest.raises(PolymodalError, match="is not an ONNX export"):
         polymodal.load(str(tmp_path), runtime="onnx")
+
+
+def test_an_add_while_another_process_writes_is_409_with_retry_after(lite, db_copy, gallery):
+    """Another process (a second server, `polymodal index`) holding the writer lock is a passing state: the 409 for an
+    add or a remove says when to come back (it had no Retry-After)."""
+    from filelock import FileLock
+
+    with TestClient(create_app(lite, db_copy)) as c:
+        files = {"image": ("cat.jpg", (gallery / "cat.jpg").read_bytes(), "image/jpeg")}
+        with FileLock(str(ImageIndex(db_copy).lock_path)):
+            r = c.post("/v1/index", files=files)
+            assert "being written by another process" in error_of(r, 409) and r.headers["retry-after"] == "5"
+            r = c.post("/v1/index", json={"remove": [1]})
+            assert error_of(r, 409) and r.headers["retry-after"] == "5"
+        assert c.post("/v1/index", files=files).status_code == 200  # lock released: the same add goes through

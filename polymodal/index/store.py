@@ -47,6 +47,10 @@ _SCHEMA = (
 _Row = namedtuple("_Row", "id size mtime_ns sha256")
 
 
+class IndexBusy(PolymodalError):
+    """Another process holds the index's writer lock: a passing condition, worth retrying."""
+
+
 @dataclass
 class Hit:
     path: str
@@ -326,7 +330,7 @@ class ImageIndex:
         try:
             lock.acquire()
         except Timeout:
-            raise PolymodalError(
+            raise IndexBusy(
                 f"index {self.db} is being written by another process (lock file {self.lock_path}); "
                 "wait for it to finish, then retry"
             ) from None

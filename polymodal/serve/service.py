@@ -23,7 +23,7 @@ from PIL import Image
 
 from polymodal.data.images import to_rgb
 from polymodal.errors import PolymodalError
-from polymodal.index import ImageIndex
+from polymodal.index import ImageIndex, IndexBusy
 from polymodal.index.scan import canonical_path
 from polymodal.registry import answers, require_embedding, require_vqa
 from polymodal.serve.batching import BatchedModel, MicroBatcher
@@ -250,7 +250,7 @@ class Service:
                 try:
                     report = self.index.update(batch, BatchedModel(self.model, self.batcher), progress=False)
                 except PolymodalError as exc:
-                    raise ApiError(409, f"could not add to the index: {exc}") from None
+                    raise _conflict("could not add to the index", exc) from None
             except BaseException:
                 shutil.rmtree(batch, ignore_errors=True)
                 raise
@@ -273,7 +273,7 @@ class Service:
             try:
                 self.index.remove(list(paths.values()))
             except PolymodalError as exc:
-                raise ApiError(409, f"could not remove from the index: {exc}") from None
+                raise _conflict("could not remove from the index", exc) from None
             uploads = str(self.uploads) + os.sep
             for path in paths.values():
                 if path.startswith(uploads):
@@ -306,6 +306,11 @@ class Service:
         if removed:
             log.info("deleted %d orphan upload batches under %s", removed, self.uploads)
         return removed
+
+
+def _conflict(what: str, exc: PolymodalError) -> ApiError:
+    """409; with Retry-After when another process holds the index's writer lock, which passes."""
+    return ApiError(409, f"{what}: {exc}", {"Retry-After": "5"} if isinstance(exc, IndexBusy) else None)
 
 
 def jsonable(value: Any) -> Any:
