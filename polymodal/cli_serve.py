@@ -51,7 +51,7 @@ def cmd_serve(args) -> int:
         extra = {"threads": args.threads} if args.runtime == "onnx" else {}
         # a VQA --model answers /v1/vqa next to the index's own model (create_app loads both)
         app = create_app(args.model or info["model_name"], args.db, api_key=args.api_key, settings=settings,
-                         runtime=args.runtime, precision=args.precision, **extra)
+                         runtime=args.runtime, precision=args.precision, vqa_model=args.vqa_model, **extra)
     except BaseException:
         sock.close()
         raise
@@ -96,6 +96,9 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("serve", help="serve an index over HTTP: embed, search, classify, web page (needs [serve])")
     s.add_argument("--model", default=None, help="built-in name or checkpoint path (default: the index's model); "
                    "a VQA model (easy-vqa, coco-yesno) answers /v1/vqa while the index's model embeds and searches")
+    s.add_argument("--vqa-model", default=None,
+                   help="a VQA model (name, checkpoint or, with --runtime onnx, export folder) for /v1/vqa beside "
+                   "--model, e.g. --runtime onnx --model LITE_EXPORT --vqa-model VQA_EXPORT")
     s.add_argument("--db", required=True, help="index folder built by `polymodal index`")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="onnx: serve the export of --model (`polymodal export onnx`) through onnxruntime, without torch")

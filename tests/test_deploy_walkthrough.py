@@ -149,3 +149,21 @@ def test_an_add_while_another_process_writes_is_409_with_retry_after(lite, db_co
             r = c.post("/v1/index", json={"remove": [1]})
             assert error_of(r, 409) and r.headers["retry-after"] == "5"
         assert c.post("/v1/index", files=files).status_code == 200  # lock released: the same add goes through
+
+
+def test_serve_takes_a_vqa_model_beside_the_embedding_model(lite, easy_vqa, db, monkeypatch, capsys):
+    """`serve --runtime onnx --model VQA_EXPORT` could only pair the VQA export with the index model's export in the
+    default cache folder; --vqa-model names the question answerer while --model stays the embedding model."""
+    uvicorn = pytest.importorskip("uvicorn")
+    from polymodal import registry
+
+    monkeypatch.setitem(registry.MODELS, "lite", lambda **kw: lite)
+    monkeypatch.setitem(registry.MODELS, "easy-vqa", lambda **kw: easy_vqa)
+    served = {}
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: served.update(app=self.config.app))
+    assert cli.main(["serve", "--db", str(db), "--port", "0", "--model", "lite", "--vqa-model", "easy-vqa"]) == 0
+    svc = served["app"].state.service
+    assert svc.model is lite and svc.vqa_model is easy_vqa
+    assert "answering questions with" in capsys.readouterr().out
+    assert cli.main(["serve", "--db", str(db), "--port", "0", "--vqa-model", "lite"]) == 2  # lite cannot answer
+    assert "does not answer questions" in capsys.readouterr().err
