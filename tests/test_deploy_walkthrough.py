@@ -167,3 +167,22 @@ def test_serve_takes_a_vqa_model_beside_the_embedding_model(lite, easy_vqa, db, 
     assert "answering questions with" in capsys.readouterr().out
     assert cli.main(["serve", "--db", str(db), "--port", "0", "--vqa-model", "lite"]) == 2  # lite cannot answer
     assert "does not answer questions" in capsys.readouterr().err
+
+
+def test_an_oversized_upload_is_a_413_without_a_pillow_warning_in_the_server_log():
+    """Each image past Pillow's own bomb threshold also printed a DecompressionBombWarning into the server log,
+    though the request was already answered 413 from its declared size."""
+    import warnings
+
+    from PIL import Image
+
+    from polymodal.serve.limits import ApiError, open_image_checked
+
+    buf = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(buf, "PNG")  # 100 MP declared, a few KB on the wire
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(ApiError) as exc:
+            open_image_checked(buf.getvalue(), max_pixels=40_000_000)
+    assert exc.value.status == 413 and "10000x10000" in exc.value.message
+    assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]

@@ -7,6 +7,7 @@ test and reuse (e.g. by a future ONNX runtime server).
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import asdict, dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -69,7 +70,9 @@ def open_image_checked(data: bytes, max_pixels: int, name: str = "upload") -> Im
     if not data:
         raise ApiError(400, f"{name} is empty; send the bytes of a JPEG, PNG, WebP, BMP or GIF image")
     try:
-        img = Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS))
+        with warnings.catch_warnings():  # Pillow's DecompressionBombWarning: the size is judged below, as a 413
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ApiError(
             400, f"{name} is not a readable image ({exc.__class__.__name__}); send a JPEG, PNG, WebP, BMP or GIF file"
