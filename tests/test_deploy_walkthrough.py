@@ -186,3 +186,13 @@ def test_an_oversized_upload_is_a_413_without_a_pillow_warning_in_the_server_log
             open_image_checked(buf.getvalue(), max_pixels=40_000_000)
     assert exc.value.status == 413 and "10000x10000" in exc.value.message
     assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+@pytest.mark.parametrize("name, stem", [("beach sunset.JPG", "beach_sunset"), ("../../evil.jpg", "evil"),
+                                        ("..", "image"), ("", "image"), ("C:\\\\photos\\\\cat.png", "cat"),
+                                        ("été à Paris.jpg", "été_à_Paris"), ("x" * 200 + ".jpg", "x" * 60)])
+def test_uploads_keep_a_safe_form_of_the_client_name(name, stem):
+    """Uploaded images showed up in search results as <32 hex digits>.jpg; now as NNN-<the client's name, made safe>."""
+    from polymodal.serve.service import _safe_stem
+
+    assert _safe_stem(name) == stem

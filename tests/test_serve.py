@@ -146,7 +146,9 @@ def test_index_add_and_remove(lite, db_copy, gallery):
         added = r.json()["added"]
         assert r.status_code == 200 and r.json()["count"] == before + 2 and len(added) == 2
         stored = sorted(p for p in (db_copy / "uploads").rglob("*") if p.is_file())
-        assert len(stored) == 2 and all(len(p.stem) == 32 for p in stored)  # server-chosen names, inside the db
+        # inside the db, in a batch folder of the server's; the client's names made safe, never its folders
+        assert [p.name for p in stored] == ["000-evil.jpg", "001-clock.jpg"]
+        assert all(p.parent.parent == db_copy / "uploads" and len(p.parent.name) == 32 for p in stored)
         assert not (db_copy.parent / "evil.jpg").exists()
         assert c.get(added[0]["thumb"]).status_code == 200
 

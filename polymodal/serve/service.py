@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -227,7 +228,8 @@ class Service:
             )
 
     def add_images(self, uploads: list[tuple[str, bytes]]) -> dict:
-        """Validated image bytes -> files under DB/uploads/<batch>/ with server-chosen names -> indexed.
+        """Validated image bytes -> files under DB/uploads/<random batch>/NNN-<client's file name, made safe> ->
+        indexed (search results then show a name people recognise, never a path the client chose).
 
         All or nothing: the index adds the batch in one transaction; if that fails (or the process dies) no row
         points at the files, and a failed call deletes them.
@@ -240,8 +242,8 @@ class Service:
             batch.mkdir(parents=True)
             names: dict[str, str] = {}  # stored path -> client's name (echoed back only)
             try:
-                for name, data in uploads:
-                    path = batch / f"{uuid.uuid4().hex}{image_suffix(data)}"
+                for n, (name, data) in enumerate(uploads):
+                    path = batch / f"{n:03d}-{_safe_stem(name)}{image_suffix(data)}"
                     with open(path, "xb") as f:
                         f.write(data)
                         f.flush()
@@ -306,6 +308,13 @@ class Service:
         if removed:
             log.info("deleted %d orphan upload batches under %s", removed, self.uploads)
         return removed
+
+
+def _safe_stem(name: str) -> str:
+    """A client's file name as a plain file-name stem: letters, digits, _ and - only (no folders or dots), at most
+    60 characters."""
+    stem = re.sub(r"[^\w-]+", "_", Path(str(name).replace("\\", "/")).stem).strip("_")
+    return stem[:60] or "image"
 
 
 def _conflict(what: str, exc: PolymodalError) -> ApiError:
