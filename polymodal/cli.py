@@ -240,7 +240,16 @@ def _sigterm_cleans_up():
             signal.signal(signal.SIGTERM, previous)
 
 
+def _quiet_openmp_waits() -> None:
+    """Idle OpenMP threads sleep instead of spinning (unless the user chose): when other work shares the cores,
+    spinning threads made torch 1.5-2x slower beside one busy process and 3-8x beside a test run; on a quiet
+    machine the policies measured alike (benchmarks/omp_wait_policy.py). OpenMP reads it when torch loads, so
+    this runs before any command imports torch; onnxruntime's sessions already sleep (allow_spinning 0)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv=None) -> int:
+    _quiet_openmp_waits()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
