@@ -28,34 +28,7 @@ from polymodal.train.vqa import (
     predict_features, question_features, split_by_image,
 )
 
-DIMS, OUT, B = [6, 10], 8, 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make(name, dims=DIMS, out_dim=OUT, **kw):
-    torch.manual_seed(0)
-    return build_fusion(name, dims, out_dim, **kw).eval()
-
-
-def padded_inputs(dims=DIMS, lengths=(4, 5), seed=1):
-    """Sample 0 full, sample 1 half padded, sample 2 without modality 1."""
-    g = torch.Generator().manual_seed(seed)
-    xs = [torch.randn(B, t, d, generator=g) for t, d in zip(lengths, dims)]
-    masks = []
-    for i, t in enumerate(lengths):
-        m = torch.ones(B, t, dtype=torch.bool)
-        m[1, t // 2 :] = False
-        if i == 1:
-            m[2] = False
-        masks.append(m)
-    return xs, masks
+from test_fusion import B, OUT, _one_thread, make, padded_inputs  # _one_thread: the autouse fixture, used by pytest
 
 
 def close(a, b, atol=1e-5):

@@ -494,13 +494,15 @@ def _plan(con: sqlite3.Connection, files: list[ImageFile], known: dict[str, _Row
 
 
 def _rows_at(con: sqlite3.Connection, paths: list[str]) -> dict[str, _Row]:
-    rows: dict[str, _Row] = {}
-    for start in range(0, len(paths), 500):  # stay under SQLite's bound-parameter limit
-        chunk = paths[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        query = f"SELECT path, id, size, mtime_ns, sha256 FROM images WHERE path IN ({marks})"
-        rows.update({path: _Row(*rest) for path, *rest in con.execute(query, chunk)})
-    return rows
+    rows = _select_in(con, "path, id, size, mtime_ns, sha256", "path", paths)
+    return {path: _Row(*rest) for path, *rest in rows}
+
+
+def _select_in(con: sqlite3.Connection, columns: str, key: str, values: list) -> Iterator[tuple]:
+    """SELECT columns FROM images WHERE key IN values, in chunks under SQLite's bound-parameter limit."""
+    for start in range(0, len(values), 500):
+        chunk = values[start : start + 500]
+        yield from con.execute(f"SELECT {columns} FROM images WHERE {key} IN ({','.join('?' * len(chunk))})", chunk)
 
 
 def _rows_under(con: sqlite3.Connection, root: Path) -> dict[str, _Row]:
@@ -529,13 +531,7 @@ def _touch(con: sqlite3.Connection, meta: dict, bump: bool) -> tuple:
 
 
 def _paths(con: sqlite3.Connection, ids: list[int]) -> dict[int, str]:
-    out: dict[int, str] = {}
-    unique = sorted(set(ids))
-    for start in range(0, len(unique), 500):  # stay under SQLite's bound-parameter limit
-        chunk = unique[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        out.update(con.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", chunk))
-    return out
+    return dict(_select_in(con, "id, path", "id", sorted(set(ids))))
 
 
 def _embed(model, paths: list[str]) -> list[np.ndarray | str]:
