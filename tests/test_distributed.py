@@ -78,6 +78,14 @@ if __name__ == "__main__":
                                        negative_text_emb=negatives[rank * k : (rank + 1) * k],
                                        image_ids=ids[rank * b : (rank + 1) * b]).loss
 
+    # Hard negatives may come in different numbers per rank (rank 0: 5, rank 1: 1): gathered with their padding
+    # dropped, and each rank's negatives get world_size times their single-process gradient (see the docstring).
+    cut = [0, 5, 6][rank : rank + 2]
+    ragged = negatives[cut[0] : cut[1]].clone().requires_grad_()
+    ragged_loss = contrastive_loss(image_emb.detach(), text_emb.detach(), scale.detach(), gather=True,
+                                   negative_text_emb=ragged).loss
+    ragged_loss.backward()
+
     # Unequal local batches must fail the same clear way on every rank, not hang in the gather.
     try:
         contrastive_loss(image_emb[: rank + 1].detach(), text_emb[: rank + 1].detach(), 10.0, gather=True)
@@ -85,7 +93,8 @@ if __name__ == "__main__":
     except PolymodalError as exc:
         unequal = str(exc)
     torch.save({"loss": out.loss.detach(), "logits": out.logits_per_image.detach(), "grads": grads,
-                "unequal": unequal, "with_extras": with_extras}, f"{sys.argv[1]}/rank{rank}.pt")
+                "unequal": unequal, "with_extras": with_extras,
+                "ragged_loss": ragged_loss.detach(), "ragged_grad": ragged.grad}, f"{sys.argv[1]}/rank{rank}.pt")
     distributed.barrier()
     dist.destroy_process_group()
 '''
@@ -147,6 +156,10 @@ def test_ddp_gathered_loss_equals_single_process(tmp_path):
         negatives, ids = ns["extras"](model)
         ref_extras = contrastive_loss(image_emb, text_emb, scale, negative_text_emb=negatives, image_ids=ids).loss
     assert ref_extras.item() != pytest.approx(ref.loss.item())  # the extras change the loss, so the check bites
+    all_negatives = negatives.detach().clone().requires_grad_()
+    ref_ragged = contrastive_loss(image_emb.detach(), text_emb.detach(), scale.detach(),
+                                  negative_text_emb=all_negatives).loss
+    ref_ragged.backward()
 
     for r in range(WORLD):
         got = torch.load(tmp_path / f"rank{r}.pt")
@@ -154,6 +167,9 @@ def test_ddp_gathered_loss_equals_single_process(tmp_path):
         torch.testing.assert_close(got["logits"], ref.logits_per_image.detach(), atol=1e-5, rtol=0)
         assert "drop_last=True" in got["unequal"], got["unequal"]
         torch.testing.assert_close(got["with_extras"], ref_extras, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got["ragged_loss"], ref_ragged.detach(), atol=1e-5, rtol=0)
+        rows = slice(*[0, 5, 6][r : r + 2])
+        torch.testing.assert_close(got["ragged_grad"], WORLD * all_negatives.grad[rows], atol=1e-5, rtol=0)
         assert set(got["grads"]) == {name for name, _ in model.named_parameters()}
         for name, p in model.named_parameters():
             torch.testing.assert_close(got["grads"][name], p.grad, atol=1e-5, rtol=0, msg=f"rank {r}: {name}")

@@ -7,6 +7,8 @@
 - a folder of images with same-named .txt captions (`cat.jpg` + `cat.txt`, one caption per non-empty line);
 - tar shards: a .tar file, a folder of them, a glob, or a brace pattern like `shards-{000..009}.tar`
   (see `polymodal.data.shards`); their images are referenced as "<shard>#<member>" strings.
+JSONL rows may carry "negatives" (a text or a list) and CSV files a "negatives" column (texts joined by "|"):
+hard-negative captions that describe the row's photo wrongly (NegCLIP; `polymodal train contrastive` uses them).
 Rows that cannot be used (bad JSON, missing key, missing image file) are collected in `PairSet.skipped` and
 logged; only a source with no usable pair at all is an error.
 
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("image", "filepath", "image_path", "file", "path")
 CAPTION_COLUMNS = ("caption", "title", "text")
+NEGATIVE_COLUMNS = ("negatives", "negative")
+NEGATIVE_SEPARATOR = "|"  # several negatives in one CSV cell
 FORMATS = (
     "a JSONL file of {\"image\", \"caption\"} rows, a CSV with image,caption (or filepath,title) columns, "
     "a folder of images with same-named .txt captions, or tar shards (file, folder, glob or {000..009} pattern)"
@@ -47,6 +51,7 @@ FORMATS = (
 class Pair:
     image: Path | str  # resolved image path, or "<shard>#<member>" for an image inside a tar shard
     caption: str
+    negatives: tuple[str, ...] = ()  # hard-negative captions: texts that do not describe this image
 
 
 @dataclass
@@ -67,6 +72,10 @@ class PairSet:
     @property
     def captions(self) -> list[str]:
         return [p.caption for p in self.pairs]
+
+    @property
+    def has_negatives(self) -> bool:
+        return any(p.negatives for p in self.pairs)
 
     def captions_of(self, image_index: int) -> list[str]:
         return [self.pairs[c].caption for c in np.flatnonzero(self.caption_image == image_index)]
@@ -156,16 +165,23 @@ def _read_jsonl(path: Path) -> tuple[list[Pair], list]:
         if row is None:
             skipped.append((where, why))
             continue
-        _add_row(pairs, skipped, where, _pick(row, IMAGE_COLUMNS), _pick(row, CAPTION_COLUMNS), check)
+        _add_row(pairs, skipped, where, _pick(row, IMAGE_COLUMNS), _pick(row, CAPTION_COLUMNS), check,
+                 _pick(row, NEGATIVE_COLUMNS))
     return pairs, skipped
 
 
-def _add_row(pairs: list, skipped: list, where: str, image: Any, caption: Any, check: _ImageCheck) -> None:
+def _texts(value: Any) -> list[str]:
+    """A JSON string/list (or a CSV cell, already split) -> cleaned, non-empty texts."""
+    values = value if isinstance(value, list) else [] if value is None else [value]
+    return [c for c in (_clean(v) for v in values) if c]
+
+
+def _add_row(pairs: list, skipped: list, where: str, image: Any, caption: Any, check: _ImageCheck,
+             negatives: Any = None) -> None:
     if image is None:
         skipped.append((where, f"no image key (one of {', '.join(IMAGE_COLUMNS)})"))
         return
-    captions = caption if isinstance(caption, list) else [] if caption is None else [caption]
-    captions = [c for c in (_clean(c) for c in captions) if c]
+    captions = _texts(caption)
     if not captions:
         skipped.append((where, f"no caption (one of {', '.join(CAPTION_COLUMNS)})"))
         return
@@ -173,7 +189,8 @@ def _add_row(pairs: list, skipped: list, where: str, image: Any, caption: Any, c
     if resolved is None:
         skipped.append((where, f"image file not found: {image}"))
         return
-    pairs.extend(Pair(resolved, c) for c in captions)
+    wrong = tuple(_texts(negatives))
+    pairs.extend(Pair(resolved, c, tuple(n for n in wrong if n != c)) for c in captions)
 
 
 def _read_csv(path: Path) -> tuple[list[Pair], list]:
@@ -187,6 +204,7 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
         columns = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
         image_col = next((columns[c] for c in IMAGE_COLUMNS if c in columns), None)
         caption_col = next((columns[c] for c in CAPTION_COLUMNS if c in columns), None)
+        negative_col = next((columns[c] for c in NEGATIVE_COLUMNS if c in columns), None)
         if image_col is None or caption_col is None:
             raise PolymodalError(
                 f"{path}: header has columns {list(columns)}; it needs an image column ({', '.join(IMAGE_COLUMNS)}) "
@@ -198,7 +216,8 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
                 skipped.append((where, f"row does not have the header's {len(columns)} fields"))
                 continue
             image, caption = row[image_col].strip() or None, row[caption_col]
-            _add_row(pairs, skipped, where, image, caption, check)
+            negatives = row[negative_col].split(NEGATIVE_SEPARATOR) if negative_col else None
+            _add_row(pairs, skipped, where, image, caption, check, negatives)
     return pairs, skipped
 
 

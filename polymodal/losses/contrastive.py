@@ -66,8 +66,7 @@ def _gather(*tensors: Tensor) -> list[Tensor]:
     if not bool((shapes == shape).all()):  # same verdict on every rank
         raise PolymodalError(
             f"contrastive_loss(gather=True) needs the same [B, D] on every rank, got {shapes.tolist()}; "
-            "use DistributedSampler with drop_last=True and a DataLoader with drop_last=True (and as many "
-            "negative texts on every rank)"
+            "use DistributedSampler with drop_last=True and a DataLoader with drop_last=True"
         )
     out = []
     for t in tensors:
@@ -78,6 +77,23 @@ def _gather(*tensors: Tensor) -> list[Tensor]:
             _all_gather(full, t.contiguous())
             out.append(full)
     return out
+
+
+def _gather_ragged(x: Tensor) -> Tensor:
+    """all_gather [M_rank, D] rows whose count differs across ranks (hard negatives): pad to the largest count,
+    gather (with gradients where needed), drop the padding."""
+    count = torch.tensor([x.shape[0]], device=x.device)
+    counts = count.new_empty(dist.get_world_size())
+    _all_gather(counts, count)
+    most = int(counts.max())
+    padded = F.pad(x, (0, 0, 0, most - x.shape[0]))
+    if padded.requires_grad:
+        full = _GatherWithGrad.apply(padded)
+    else:
+        full = padded.new_empty((dist.get_world_size() * most, *padded.shape[1:]))
+        _all_gather(full, padded.contiguous())
+    keep = (torch.arange(most, device=x.device)[None, :] < counts[:, None]).reshape(-1)
+    return full[keep]
 
 
 def contrastive_loss(
@@ -95,7 +111,7 @@ def contrastive_loss(
     the effective temperature). `logit_scale` is the multiplier already exponentiated, e.g. LearnableTemperature().
 
     negative_text_emb [M, D]: hard-negative texts that match no image in the batch (NegCLIP: a caption with its
-    words swapped). They join the image->text softmax as extra wrong answers; text->image is over the pairs only,
+    words swapped); M may be 0, and may differ between ranks under gather. They join the image->text softmax as extra wrong answers; text->image is over the pairs only,
     and `accuracy_i2t` counts an image whose best text is a negative as a miss.
 
     image_ids [B] (integers): rows with the same id show the same image (several captions of one photo in one
@@ -112,11 +128,11 @@ def contrastive_loss(
     gradient on every rank. Ids must mean the same image on every rank (e.g. dataset indices).
     """
     _check_inputs(image_emb, text_emb, logit_scale, negative_text_emb, image_ids)
-    extras = [t for t in (negative_text_emb, image_ids) if t is not None]
     if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        image_emb, text_emb, *extras = _gather(image_emb, text_emb, *extras)
-        negative_text_emb = extras.pop(0) if negative_text_emb is not None else None
-        image_ids = extras.pop(0) if image_ids is not None else None
+        image_emb, text_emb, *ids = _gather(image_emb, text_emb, *([image_ids] if image_ids is not None else []))
+        image_ids = ids[0] if ids else None
+        if negative_text_emb is not None:  # every rank must pass negatives (maybe [0, D]) or none
+            negative_text_emb = _gather_ragged(negative_text_emb)
 
     logits_per_image = logit_scale * image_emb @ text_emb.T  # [N, N]
     n = logits_per_image.shape[0]

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from polymodal.cache import atomic_write_bytes
 from polymodal.data.augment import Augment
+from polymodal.data.negatives import HARD_NEGATIVE_MODES, negatives_per_caption
 from polymodal.data.pairs import PairSet, read_pair_source, split_by_image
 from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import retrieval_metrics
@@ -48,6 +49,9 @@ class ContrastiveRecipe:
     views: int = 1  # cached image views per image: 1 = centre crop only, >1 adds augmented views
     workers: int = 0
     zeroshot_labels: str = ""  # JSONL of {"image", "label"}: zero-shot accuracy as a hook after every epoch
+    # NegCLIP hard-negative captions in the image->text softmax: "data" = the pairs' own "negatives" (if any),
+    # "swap" = those, else two word-swapped copies of the caption (polymodal.data.negatives), "none" = off
+    hard_negatives: str = "data"
 
     def __post_init__(self) -> None:  # from Python, nested settings may come as dicts (as in a --config file)
         self.pairs, self.val_pairs = as_paths(self.pairs), as_paths(self.val_pairs)  # one file may come bare
@@ -72,7 +76,9 @@ class ContrastiveRecipe:
         check_types(self)
         check_ranges(self, {"batch_size": ("at least 2 (a contrastive batch compares pairs)", lambda v: v >= 2),
                             "gradcache_chunk": NON_NEGATIVE, "views": AT_LEAST_1, "workers": NON_NEGATIVE,
-                            "val_fraction": FRACTION})
+                            "val_fraction": FRACTION,
+                            "hard_negatives": (f"one of {', '.join(HARD_NEGATIVE_MODES)}",
+                                               lambda v: v in HARD_NEGATIVE_MODES)})
         self.train.validate()
         self.arch.validate()
 
@@ -137,7 +143,8 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     feats = image_features(model, train_set.images, views=recipe.views, augment=Augment(), seed=recipe.train.seed,
                            progress=progress)
     texts = text_features(model, train_set.captions, progress=progress) if model.text_frozen else train_set.captions
-    dataset = CachedPairDataset(feats, texts, train_set.caption_image, seed=recipe.train.seed)
+    negatives = _hard_negatives(model, train_set, recipe, progress)
+    dataset = CachedPairDataset(feats, texts, train_set.caption_image, seed=recipe.train.seed, negatives=negatives)
     batch = rank_batch_size(len(dataset), recipe.batch_size, distributed.world_size())
     # The order of epoch e depends only on (seed, e), so a resumed run sees the batches the straight run saw.
     # DistributedSampler does exactly that, and also shards the data when torchrun starts several ranks.
@@ -167,6 +174,22 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     if val_set is None and distributed.is_main():
         model.save(out / "model")
     return best
+
+
+def _hard_negatives(model, train_set: PairSet, recipe: ContrastiveRecipe, progress: bool):
+    """(negative features or texts [M], per caption the indices of its negatives), or None without negatives."""
+    lists = negatives_per_caption(train_set.pairs, recipe.hard_negatives, seed=recipe.train.seed)
+    flat = [text for texts in lists for text in texts]
+    if not flat:
+        if recipe.hard_negatives == "swap":
+            log.warning("no caption has two different content words to swap: training without hard negatives")
+        return None
+    log.info("hard negatives: %d texts for %d of %d captions (%s)", len(flat), sum(map(bool, lists)), len(lists),
+             recipe.hard_negatives)
+    ends = np.cumsum([len(texts) for texts in lists])
+    negatives_of = [np.arange(end - len(texts), end) for end, texts in zip(ends, lists)]
+    features = text_features(model, flat, progress=progress) if model.text_frozen else flat
+    return features, negatives_of
 
 
 def _with_zeroshot(eval_fn, labels_file: str):

@@ -94,11 +94,15 @@ def text_features(model, captions: Sequence[str], batch_size: int = 128, progres
 class CachedPairDataset(Dataset):
     """Item i = (cached image features of image i, one of its captions' features or text), drawn per epoch.
 
-    One caption per image per epoch: a batch never holds the same image twice (no false negatives)."""
+    One caption per image per epoch: a batch never holds the same image twice (no false negatives).
+    With `negatives` = (negative features or texts [M], negatives_of: per caption an index array into them), items
+    are (image, caption, one of that caption's hard negatives or None) and collate adds the batch's negatives."""
 
-    def __init__(self, image_feats: np.ndarray, texts, caption_image: np.ndarray, seed: int = 0) -> None:
+    def __init__(self, image_feats: np.ndarray, texts, caption_image: np.ndarray, seed: int = 0,
+                 negatives: tuple | None = None) -> None:
         self.image_feats, self.texts, self.seed, self.epoch = image_feats, texts, seed, 0
         self.captions_of = [np.flatnonzero(caption_image == i) for i in range(image_feats.shape[1])]
+        self.negatives = negatives
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -110,13 +114,28 @@ class CachedPairDataset(Dataset):
         rng = make_rng(self.seed, self.epoch, i)
         view = int(rng.integers(self.image_feats.shape[0]))
         caption = int(rng.choice(self.captions_of[i]))
-        text = self.texts[caption]
-        # np.array copies out of the read-only memory map (torch wants writable memory)
-        text = torch.from_numpy(np.array(text, dtype=np.float32)) if not isinstance(text, str) else text
-        return torch.from_numpy(np.array(self.image_feats[view, i], dtype=np.float32)), text
+        image = torch.from_numpy(np.array(self.image_feats[view, i], dtype=np.float32))
+        if self.negatives is None:
+            return image, _text_item(self.texts[caption])
+        features, negatives_of = self.negatives
+        choices = negatives_of[caption]
+        negative = _text_item(features[int(rng.choice(choices))]) if len(choices) else None
+        return image, _text_item(self.texts[caption]), negative
+
+
+def _text_item(text):
+    # np.array copies out of the read-only memory map (torch wants writable memory)
+    return text if isinstance(text, str) else torch.from_numpy(np.array(text, dtype=np.float32))
+
+
+def _stack_texts(texts: list):
+    return texts if not texts or isinstance(texts[0], str) else torch.stack(texts)
 
 
 def collate_cached(batch):
+    """-> (images [B, ...], texts: [B, 384] features or B strings[, negatives: [M, 384] or M strings, M <= B])."""
     images = torch.stack([b[0] for b in batch])
-    texts = [b[1] for b in batch]
-    return images, (texts if isinstance(texts[0], str) else torch.stack(texts))
+    texts = _stack_texts([b[1] for b in batch])
+    if len(batch[0]) == 2:
+        return images, texts
+    return images, texts, _stack_texts([b[2] for b in batch if b[2] is not None])

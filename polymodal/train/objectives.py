@@ -32,7 +32,9 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
 class ContrastiveObjective(Objective):
     """Symmetric InfoNCE between images and captions (CLIP) with the model's learnable temperature.
 
-    batch = (image inputs from the feature cache [B, ...], texts: pooled text features [B, 384] or list[str]).
+    batch = (image inputs from the feature cache [B, ...], texts: pooled text features [B, 384] or list[str]
+    [, negatives: M hard-negative captions in the same form, M >= 0]). Negatives join the image->text softmax as
+    extra wrong answers (NegCLIP); they are embedded with the captions in one pass.
     With `gradcache_chunk`, the contrastive batch can exceed what fits in one forward/backward (GradCache).
     With `gather`, embeddings are gathered across torch.distributed ranks (global-batch loss)."""
 
@@ -49,21 +51,35 @@ class ContrastiveObjective(Objective):
     def _embed_text(model, t):
         return _normalize(model.text_from_pooled(t) if isinstance(t, torch.Tensor) else model._text_batch(list(t)))
 
+    @staticmethod
+    def _texts(batch):
+        """(images, all texts to embed: captions then negatives, number of captions, whether negatives come)."""
+        images, texts, *rest = batch
+        negatives = rest[0] if rest else []
+        if len(negatives) == 0:
+            return images, texts, len(texts), bool(rest)
+        joined = torch.cat([texts, negatives]) if isinstance(texts, torch.Tensor) else list(texts) + list(negatives)
+        return images, joined, len(texts), True
+
+    def _loss(self, model, image_emb, text_emb, n_captions: int, with_negatives: bool):
+        # A batch with a negatives slot passes them even when there are none ([0, D]): under torchrun every rank
+        # must join the negatives' gather, whatever its own count.
+        return contrastive_loss(image_emb, text_emb[:n_captions], model.logit_scale_tensor, gather=self.gather,
+                                negative_text_emb=text_emb[n_captions:] if with_negatives else None)
+
     def compute(self, model, batch):
-        images, texts = batch
-        out = contrastive_loss(
-            self._embed_image(model, images), self._embed_text(model, texts), model.logit_scale_tensor, gather=self.gather
-        )
+        images, texts, *split = self._texts(batch)
+        out = self._loss(model, self._embed_image(model, images), self._embed_text(model, texts), *split)
         return out.loss, {"acc_i2t": out.accuracy_i2t, "acc_t2i": out.accuracy_t2i}
 
     def backward(self, model, batch, weight: float = 1.0) -> dict:
         if not self.chunk:
             return super().backward(model, batch, weight)
-        images, texts = batch
+        images, texts, *split = self._texts(batch)
         seen = {}
 
         def loss_fn(img, txt):  # runs once, over the whole batch's cached embeddings
-            seen["out"] = contrastive_loss(img, txt, model.logit_scale_tensor, gather=self.gather)
+            seen["out"] = self._loss(model, img, txt, *split)
             return weight * seen["out"].loss
 
         gradcache_backward(lambda x: self._embed_image(model, x), lambda t: self._embed_text(model, t),

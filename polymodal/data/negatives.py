@@ -1,0 +1,64 @@
+"""Hard-negative captions made from the caption itself (NegCLIP, Yuksekgonul et al. 2023): the same words with two
+content words swapped ("a dog chases a cat" -> "a cat chases a dog"). A bag-of-words model cannot tell them from
+the caption, so training against them pushes the model to read word order and attachment.
+
+No part-of-speech tagger (none installs offline with its model): a content word is an alphabetic word that is not
+on a short list of function words. Trailing punctuation stays where it was.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+from polymodal.data.augment import make_rng
+from polymodal.errors import PolymodalError
+
+FUNCTION_WORDS = frozenset(
+    "a an the this that these those some any each every no one two three several many few "
+    "of in on at to into onto from by with without for about over under near behind beside between through "
+    "across along around up down out off and or but while as than then there here "
+    "is are was were be been being has have had do does did it its his her their them they he she we you "
+    "i me my our your who which what whose whom".split()
+)
+_WORD = re.compile(r"^([A-Za-z][A-Za-z'-]*)([^A-Za-z]*)$")  # a word and its trailing punctuation
+
+
+def _content_positions(tokens: list[str]) -> list[int]:
+    return [i for i, t in enumerate(tokens) if (m := _WORD.match(t)) and m.group(1).lower() not in FUNCTION_WORDS]
+
+
+def swapped_captions(caption: str, k: int = 2, seed: int = 0) -> list[str]:
+    """Up to `k` distinct captions, each `caption` with two of its content words swapped. Deterministic for a given
+    (caption, seed); fewer than `k` (or none) when the caption has too few different content words."""
+    tokens = caption.split()
+    positions = _content_positions(tokens)
+    swaps = [(i, j) for a, i in enumerate(positions) for j in positions[a + 1:]
+             if _WORD.match(tokens[i]).group(1).lower() != _WORD.match(tokens[j]).group(1).lower()]
+    rng = make_rng(seed, zlib.crc32(caption.encode("utf-8")))
+    out: list[str] = []
+    for s in rng.permutation(len(swaps)):
+        i, j = swaps[s]
+        (wi, pi), (wj, pj) = _WORD.match(tokens[i]).groups(), _WORD.match(tokens[j]).groups()
+        new = list(tokens)
+        new[i], new[j] = wj + pi, wi + pj
+        text = " ".join(new)
+        if text != caption and text not in out:
+            out.append(text)
+        if len(out) == k:
+            break
+    return out
+
+
+HARD_NEGATIVE_MODES = ("data", "swap", "none")
+
+
+def negatives_per_caption(pairs, mode: str = "data", per_caption: int = 2, seed: int = 0) -> list[tuple[str, ...]]:
+    """The hard negatives of each pair: its own "negatives" ("data"), those or else `per_caption` word swaps of the
+    caption ("swap"), or none ("none")."""
+    if mode not in HARD_NEGATIVE_MODES:
+        raise PolymodalError(f"hard_negatives must be one of {', '.join(HARD_NEGATIVE_MODES)}, got {mode!r}")
+    if mode == "none":
+        return [() for _ in pairs]
+    return [p.negatives or (tuple(swapped_captions(p.caption, per_caption, seed)) if mode == "swap" else ())
+            for p in pairs]
