@@ -104,7 +104,25 @@ def cmd_train_contrastive(args) -> int:
     from polymodal.train.contrastive import ContrastiveRecipe, train_contrastive
 
     settings = recipe_settings(args, ("pairs", "val_pairs", "out", "model"), TRAIN_FLAGS)
+    if args.resume:
+        settings = with_run_settings(settings, set(ContrastiveRecipe.__dataclass_fields__))
     return run_recipe(args, settings, "pairs", ContrastiveRecipe, train_contrastive)
+
+
+def with_run_settings(settings: dict, known: set) -> dict:
+    """--resume: what the command does not set again comes from RUN/train_config.json, so that
+    `--out RUN --resume` continues the run as it was started (flags and --config still override)."""
+    path = Path(settings["out"]) / "train_config.json" if settings.get("out") else None
+    if path is None or not path.is_file():
+        return settings  # the trainer says what is missing
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as exc:
+        raise PolymodalError(f"cannot read {path} ({exc}); pass the run's settings again with --resume") from exc
+    merged = {k: v for k, v in saved.items() if k in known} | settings
+    for section in ("arch", "train"):
+        merged[section] = {**saved.get(section, {}), **settings[section]}
+    return merged
 
 
 def cmd_eval_retrieval(args) -> int:

@@ -154,6 +154,8 @@ def load(name_or_path: str | Path = "lite", runtime: str = "torch", precision: s
     if is_onnx_folder(Path(key).expanduser()):
         raise PolymodalError(f"{key} is an ONNX export; load it with runtime='onnx' (CLI: --runtime onnx)")
     model = _load_torch(key, **kwargs)
+    if key not in MODELS:  # a folder or file: an index built with it records where to load it from again
+        model.source = str(Path(key).expanduser().resolve())
     if precision != "fp32":
         _set_image_precision(model, key, precision)
     return model

@@ -368,7 +368,7 @@ class ImageIndex:
             "schema": SCHEMA_VERSION,
             "uid": uuid.uuid4().hex,  # tells a rebuilt index apart from the old one at the same path
             "model": model.key,
-            "model_name": model.name,
+            "model_name": getattr(model, "source", None) or model.name,  # what `search --db` loads: a path if loaded from one
             "model_version": model.version,
             "dim": model.dim,
             "created": now,

@@ -25,7 +25,9 @@ from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig, is_dual_encoder_folder, load_dual_encoder
 from polymodal.models.inputs import as_paths, as_settings
 from polymodal.train import distributed
-from polymodal.train.features import CachedPairDataset, collate_cached, image_features, text_features
+from polymodal.train.features import (
+    CachedPairDataset, collate_cached, image_features, readable_rows, text_features,
+)
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
 )
@@ -101,6 +103,30 @@ def _read(sources: list[str]) -> PairSet:
     return PairSet.from_pairs([p for ps in pairsets for p in ps.pairs], [s for ps in pairsets for s in ps.skipped])
 
 
+def check_same_arch(out: Path, arch: DualEncoderConfig) -> None:
+    """--resume: the checkpoint only fits the architecture it was trained with (RUN/train_config.json)."""
+    try:
+        saved = json.loads((out / "train_config.json").read_text())["arch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a run from before train_config.json: loading the checkpoint is the check
+    now = json.loads(json.dumps(asdict(arch), default=str))
+    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        was = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (asked now: {now[k]})" for k in changed)
+        raise PolymodalError(f"the run in {out} was trained with {was}; resume with the run's settings (leave them "
+                             f"out: --resume reads {out / 'train_config.json'}), or train into a new --out")
+
+
+def _readable(pairset: PairSet, rows: np.ndarray) -> PairSet:
+    """The pairs of the images whose features are in ``rows`` (`readable_rows`); the others are reported."""
+    if len(rows) == len(pairset.images):
+        return pairset
+    bad = np.setdiff1d(np.arange(len(pairset.images)), rows)
+    log.warning("%s: left out %d unreadable image(s) (first: %s); -v says why", pairset.source, len(bad),
+                pairset.images[bad[0]])
+    return pairset.subset(rows)
+
+
 def retrieval_eval(model, image_feats: np.ndarray, text_feats, caption_image: np.ndarray, prefix: str = "val/") -> dict:
     """R@1/5/10 both ways on cached features, plus rsum (sum of the six recalls) for early stopping."""
     with torch.no_grad():
@@ -140,11 +166,16 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     else:
         raise PolymodalError(f"cannot train from {recipe.model!r}; pass --model lite or a folder from `polymodal train`")
 
+    if resume:
+        check_same_arch(Path(recipe.out), recipe.arch)
     feats = image_features(model, train_set.images, views=recipe.views, augment=Augment(), seed=recipe.train.seed,
-                           progress=progress)
+                           progress=progress, skip_unreadable=True)
+    rows = readable_rows(feats)
+    train_set = _readable(train_set, rows)
     texts = text_features(model, train_set.captions, progress=progress) if model.text_frozen else train_set.captions
     negatives = _hard_negatives(model, train_set, recipe, progress)
-    dataset = CachedPairDataset(feats, texts, train_set.caption_image, seed=recipe.train.seed, negatives=negatives)
+    dataset = CachedPairDataset(feats, texts, train_set.caption_image, seed=recipe.train.seed, rows=rows,
+                                negatives=negatives)
     batch = rank_batch_size(len(dataset), recipe.batch_size, distributed.world_size())
     # The order of epoch e depends only on (seed, e), so a resumed run sees the batches the straight run saw.
     # DistributedSampler does exactly that, and also shards the data when torchrun starts several ranks.
@@ -156,7 +187,10 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
 
     eval_fn = None
     if val_set is not None:
-        val_img = image_features(model, val_set.images, views=1, progress=progress)
+        val_img = image_features(model, val_set.images, views=1, progress=progress, skip_unreadable=True)
+        rows = readable_rows(val_img)
+        if len(rows) < len(val_set.images):
+            val_set, val_img = _readable(val_set, rows), val_img[:, rows]
         val_txt = text_features(model, val_set.captions, progress=progress) if model.text_frozen else val_set.captions
         eval_fn = lambda m: retrieval_eval(m, val_img, val_txt, val_set.caption_image)  # noqa: E731
 

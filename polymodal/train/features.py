@@ -22,6 +22,7 @@ from polymodal.cache import atomic_write_bytes, cache_dir, cache_key
 from polymodal.data.augment import Augment, make_rng
 from polymodal.data.images import LOADER_VERSION
 from polymodal.data.pairs import open_pair_image
+from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
 
@@ -52,31 +53,55 @@ def _store(path: Path, array: np.ndarray) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
+def _open_or_none(image, skip_unreadable: bool):
+    """The image, or None for an unreadable one when skipping those (a corrupt file should not end a run)."""
+    try:
+        return open_pair_image(image)
+    except PolymodalError as exc:
+        if not skip_unreadable:
+            raise
+        log.info("left out: %s", exc)
+        return None
+
+
 @torch.inference_mode()
 def image_features(
     model, images: Sequence, views: int = 1, augment: Augment | None = None, seed: int = 0,
-    batch_size: int = 32, progress: bool = True,
+    batch_size: int = 32, progress: bool = True, skip_unreadable: bool = False,
 ) -> np.ndarray:
-    """[views, N, *feature_shape] float16, memory-mapped from the cache (computed on first use)."""
+    """[views, N, *feature_shape] float16, memory-mapped from the cache (computed on first use). An unreadable
+    image is an error, or with ``skip_unreadable`` gets NaN features (see `readable_rows`)."""
     augment = augment or Augment()
+    skip = ("skip unreadable",) if skip_unreadable else ()
     path, cached = _load_cached(cache_key(model.image_cache_signature, f"loader {LOADER_VERSION}", views, repr(augment),
-                                          seed, *map(_identity, images)), "image")
+                                          seed, *skip, *map(_identity, images)), "image")
     if cached is not None:
         return cached
     out = None
     bar = tqdm(total=views * len(images), desc="caching image features", unit="img", disable=not progress)
     for v in range(views):
         for i in range(0, len(images), batch_size):
-            pils = [open_pair_image(x) for x in images[i : i + batch_size]]
+            pils = [_open_or_none(x, skip_unreadable) for x in images[i : i + batch_size]]
             if v > 0:  # view v of image j depends only on (seed, j, v)
-                pils = [augment(p, make_rng(seed, i + j, v)) for j, p in enumerate(pils)]
-            feats = model.image_cache_input(torch.from_numpy(model.transform(pils))).float().numpy()
-            if out is None:
-                out = np.empty((views, len(images), *feats.shape[1:]), dtype=np.float16)
-            out[v, i : i + len(pils)] = feats
+                pils = [p and augment(p, make_rng(seed, i + j, v)) for j, p in enumerate(pils)]
+            rows = [j for j, p in enumerate(pils) if p is not None]
+            if rows:
+                feats = model.image_cache_input(torch.from_numpy(model.transform([pils[j] for j in rows]))).float().numpy()
+                if out is None:
+                    out = np.full((views, len(images), *feats.shape[1:]), np.nan, dtype=np.float16)
+                out[v, [i + j for j in rows]] = feats
             bar.update(len(pils))
     bar.close()
+    if out is None:
+        raise PolymodalError(f"none of the {len(images)} images could be read (first: {images[:1]}); check the "
+                             "image files (polymodal -v ... names each one)")
     return _store(path, out)
+
+
+def readable_rows(image_feats: np.ndarray) -> np.ndarray:
+    """Indices of the images `image_features(..., skip_unreadable=True)` could read (the others are NaN)."""
+    first = image_feats[0].reshape(image_feats.shape[1], -1)[:, 0]  # one value per image, read from the map
+    return np.flatnonzero(~np.isnan(first))
 
 
 @torch.inference_mode()
@@ -98,23 +123,26 @@ class CachedPairDataset(Dataset):
     With `negatives` = (negative features or texts [M], negatives_of: per caption an index array into them), items
     are (image, caption, one of that caption's hard negatives or None) and collate adds the batch's negatives."""
 
-    def __init__(self, image_feats: np.ndarray, texts, caption_image: np.ndarray, seed: int = 0,
+    def __init__(self, image_feats: np.ndarray, texts, caption_image: np.ndarray, seed: int = 0, rows=None,
                  negatives: tuple | None = None) -> None:
+        """rows: the rows of image_feats that item 0, 1, ... serve (default all), e.g. those `readable_rows`
+        gives; caption_image then indexes into rows."""
         self.image_feats, self.texts, self.seed, self.epoch = image_feats, texts, seed, 0
-        self.captions_of = [np.flatnonzero(caption_image == i) for i in range(image_feats.shape[1])]
+        self.rows = np.arange(image_feats.shape[1]) if rows is None else np.asarray(rows)
+        self.captions_of = [np.flatnonzero(caption_image == i) for i in range(len(self.rows))]
         self.negatives = negatives
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.image_feats.shape[1]
+        return len(self.rows)
 
     def __getitem__(self, i: int):
         rng = make_rng(self.seed, self.epoch, i)
         view = int(rng.integers(self.image_feats.shape[0]))
         caption = int(rng.choice(self.captions_of[i]))
-        image = torch.from_numpy(np.array(self.image_feats[view, i], dtype=np.float32))
+        image = torch.from_numpy(np.array(self.image_feats[view, self.rows[i]], dtype=np.float32))
         if self.negatives is None:
             return image, _text_item(self.texts[caption])
         features, negatives_of = self.negatives

@@ -153,8 +153,12 @@ class Trainer:
         if not self.checkpoint_path.is_file():
             raise PolymodalError(f"no checkpoint at {self.checkpoint_path}; train without --resume (fit(resume=True)) first")
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        self.model.load_state_dict(state["model"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"], strict=False)
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as exc:  # another architecture: sizes or parameter groups differ
+            raise PolymodalError(f"{self.checkpoint_path} does not fit this model ({str(exc).splitlines()[0]}); "
+                                 "resume with the settings the run was trained with, or train into a new folder") from exc
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.best, self.bad_epochs = state["step"], state["epoch"], state["best"], state["bad_epochs"]
         self.best_metrics = state.get("best_metrics", {})  # older checkpoints did not keep it
