@@ -112,3 +112,43 @@ def test_index_built_with_a_trained_model_searches_without_model(run, gallery, t
     assert report["index"]["model_name"] == str((run / "model").resolve())
     hits = cli_json(["search", "--db", db, "a tabby cat", "-k", "3", "--json"])
     assert len(hits) == 3
+
+
+def test_repeated_rows_count_once_and_are_reported(gallery, tmp_path):
+    from polymodal.data.pairs import read_pair_source
+
+    rows = [{"image": str(gallery / "cat.jpg"), "caption": "a cat"}] * 3 + [
+        {"image": str(gallery / "cat.jpg"), "caption": "a  cat "},  # the same caption once spaces are tidied
+        {"image": str(gallery / "cat.jpg"), "caption": "a tabby cat"}]
+    data = tmp_path / "rep.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = read_pair_source(data)
+    assert got.captions == ["a cat", "a tabby cat"]
+    assert len(got.skipped) == 3 and all("repeats the caption 'a cat'" in why for _, why in got.skipped)
+
+
+def test_a_warmup_longer_than_the_run_is_named(pairs, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        # the last --warmup-steps wins over _argv's
+        assert _run(_argv(pairs, tmp_path / "run", "--epochs", "1", "--val-fraction", "0", "--warmup-steps", "50")) == 0
+    assert "warmup_steps=50 is not shorter than the whole run (1 steps)" in caplog.text
+    assert "--warmup-steps 1" in caplog.text
+
+
+def test_resume_works_from_another_folder(pairs, tmp_path, monkeypatch, capsys):
+    """train_config.json used to keep data paths as typed, so resuming from elsewhere could not find the pairs."""
+    import shutil
+
+    shutil.copy(pairs, tmp_path / "mine.jsonl")
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    (tmp_path / "mine.jsonl").write_text("".join(
+        json.dumps({**r, "image": str(pairs.parent / r["image"])}) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path)
+    assert _run(_argv("mine.jsonl", "run", "--epochs", "1", "--val-fraction", "0")) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert _run(["train", "contrastive", "--out", tmp_path / "run", "--resume", "--epochs", "2", "--quiet"]) == 0
+    config = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert config["pairs"] == [str(tmp_path / "mine.jsonl")]

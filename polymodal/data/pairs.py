@@ -127,6 +127,7 @@ def read_pair_source(source: str | Path | Sequence[str | Path]) -> PairSet:
 
 def _finish(result: tuple[list[Pair], list[tuple[str, str]]], source: Any) -> PairSet:
     pairs, skipped = result
+    pairs = _without_repeats(pairs, skipped)
     name = str(source) if isinstance(source, (str, Path)) else "::".join(str(s) for s in source)
     if skipped:
         loc, why = skipped[0]
@@ -135,6 +136,21 @@ def _finish(result: tuple[list[Pair], list[tuple[str, str]]], source: Any) -> Pa
         first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise PolymodalError(f"{name} has no usable image-caption pairs; {len(skipped)} skipped{first}; pass {FORMATS}")
     return PairSet.from_pairs(pairs, skipped, name)
+
+
+def _without_repeats(pairs: list[Pair], skipped: list) -> list[Pair]:
+    """A caption given twice for the same image (a repeated row) would weigh twice in training and count twice in
+    recall: keep the first, report the others as skipped."""
+    seen: set = set()
+    kept = []
+    for pair in pairs:
+        key = (pair.image, pair.caption)
+        if key in seen:
+            skipped.append((str(pair.image), f"repeats the caption {pair.caption!r} of an earlier row"))
+            continue
+        seen.add(key)
+        kept.append(pair)
+    return kept
 
 
 class _ImageCheck:

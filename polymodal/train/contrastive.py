@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -202,12 +203,26 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     out = Path(recipe.out)
     if distributed.is_main():
         prepare_run_folder(out, overwrite)
-        settings = asdict(recipe) | {"train_images": len(train_set.images), "val_images": len(val_set.images) if val_set else 0}
+        settings = asdict(recipe) | _absolute_paths(recipe) | {
+            "train_images": len(train_set.images), "val_images": len(val_set.images) if val_set else 0}
         atomic_write_bytes(out / "train_config.json", json.dumps(settings, indent=2, default=str).encode())
     best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"))
     if val_set is None and distributed.is_main():
         model.save(out / "model")
     return best
+
+
+def _absolute_paths(recipe: ContrastiveRecipe) -> dict:
+    """The recipe's data paths as absolute paths, so that `--out RUN --resume` works from any folder."""
+    def absolute(source: str) -> str:  # "a.tar::b.tar" names several shard sources
+        return "::".join(os.path.abspath(os.path.expanduser(part)) for part in source.split("::"))
+
+    out = {"pairs": [absolute(p) for p in recipe.pairs], "val_pairs": [absolute(p) for p in recipe.val_pairs]}
+    if recipe.zeroshot_labels:
+        out["zeroshot_labels"] = absolute(recipe.zeroshot_labels)
+    if recipe.model != "lite":
+        out["model"] = absolute(recipe.model)
+    return out
 
 
 def _hard_negatives(model, train_set: PairSet, recipe: ContrastiveRecipe, progress: bool):
