@@ -8,7 +8,7 @@ per --hard-negatives mode, then measures on the other 20% of the photos, whose c
   (two content words exchanged: the kind "swap" trains on, other captions and seed), and three kinds it never
   trains on: `trigrams` (word trigrams reordered), `within` (words reordered inside each trigram), `shuffle`.
 
-    python benchmarks/hard_negatives.py [--modes none swap] [--text-layers 0] [--epochs 10]
+    python benchmarks/hard_negatives.py [--modes none swap] [--text-layers 0 [--tower-lr-scale 0.01]] [--epochs 10]
 Prints one JSON line per mode; tower features are cached, so the second mode trains in seconds.
 """
 
@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", nargs="+", default=["none", "swap"], choices=["none", "swap"])
     ap.add_argument("--text-layers", type=int, default=0, help="unfreeze the last N text layers (0: frozen text)")
+    ap.add_argument("--image-blocks", type=int, default=0, help="unfreeze the last N image blocks")
+    ap.add_argument("--tower-lr-scale", type=float, default=None, help="lr of unfrozen tower layers relative to lr")
     ap.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     ap.add_argument("--views", type=int, default=None, help="cached image views (default: the recipe's)")
     args = ap.parse_args(argv)
@@ -108,6 +110,9 @@ def main(argv=None) -> int:
     train_file = _write(train_set.pairs, work / "train.jsonl")
     settings = json.loads((ROOT / "recipes" / "default.json").read_text())
     settings["arch"]["text_trainable_layers"] = args.text_layers
+    settings["arch"]["image_trainable_blocks"] = args.image_blocks
+    if args.tower_lr_scale is not None:
+        settings["train"]["tower_lr_scale"] = args.tower_lr_scale
     if args.epochs:
         settings["train"]["epochs"] = args.epochs
     if args.views:
@@ -121,7 +126,8 @@ def main(argv=None) -> int:
         model = load_dual_encoder(work / mode / "model")
         metrics = retrieval_metrics(model.encode_image(held_out.images), model.encode_text(held_out.captions),
                                     held_out.caption_image)
-        line = {"hard_negatives": mode, "text_layers": args.text_layers, "epochs": recipe.train.epochs,
+        line = {"hard_negatives": mode, "text_layers": args.text_layers, "image_blocks": args.image_blocks, "tower_lr_scale": recipe.train.tower_lr_scale,
+                "epochs": recipe.train.epochs,
                 "train_images": len(train_set.images), "held_out_images": len(held_out.images),
                 "train_s": round(seconds, 1),
                 "rsum": round(sum(v for k, v in metrics.items() if "R@" in k), 4),
