@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,8 +17,9 @@ from polymodal.errors import PolymodalError
 from polymodal.models.inputs import tensor_to_array
 
 # Bumped when decoding changes pixels (2: EXIF rotation, alpha over white, 16-bit scaling; 3: 8-bit values in
-# 32-bit "I" images), so that caches of features computed from images are not reused across it.
-LOADER_VERSION = 3
+# 32-bit "I" images; 4: crop-box resize of tall images in the full resize's pass order), so that caches of features
+# computed from images are not reused across it.
+LOADER_VERSION = 4
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -25,6 +28,21 @@ MAX_ASPECT = 1000  # longest side / shortest side beyond which an image is refus
 # square, and resizing a whole 1:1000 strip would allocate resize * 1000 * resize pixels. Images up to 8:1 keep
 # their exact CLIP-processor pixels.
 _MAX_RESIZED_ASPECT = 8
+_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}  # Pillow's filter radius in source pixels when not downscaling
+
+
+@functools.cache
+def _pillow_orders_passes() -> bool:
+    """Whether this Pillow runs the vertical pass first when the height shrinks much more than the width (13+)."""
+    img = Image.fromarray((np.indices((12, 3)).sum(0) % 2 * 255).astype(np.uint8))  # a checkerboard clips either way
+    vertical_first = img.resize((3, 4), Image.BICUBIC).resize((2, 4), Image.BICUBIC).tobytes()
+    horizontal_first = img.resize((2, 12), Image.BICUBIC).resize((2, 4), Image.BICUBIC).tobytes()
+    return img.resize((2, 4), Image.BICUBIC).tobytes() == vertical_first != horizontal_first
+
+
+def _vertical_first(w: int, h: int, out_w: int, out_h: int) -> bool:
+    """Whether Pillow's resize of a w x h image (any box) to out_w x out_h runs its vertical pass first."""
+    return _pillow_orders_passes() and 0 < h - out_h and h - out_h > 2 * (w - out_w)
 
 
 def load_image(image: Any) -> Image.Image:
@@ -121,9 +139,11 @@ class ImageTransform:
     mean: tuple = (0.5, 0.5, 0.5)
     std: tuple = (0.5, 0.5, 0.5)
     resample: str = "bicubic"
-    # Resize only the part the centre crop keeps: the same filter taps in half the time, but box coordinates round
-    # differently, so ~0.05% of pixels differ by 1/255 from resize-then-crop. Off for CLIP checkpoints (their
-    # processors' pixels are matched exactly); on for the lite towers.
+    # Resize only the part the centre crop keeps: the same filter taps in half the time. Pillow takes the box as
+    # 32-bit floats, so its taps' weights round differently from resize-then-crop: ~0.01% (photos) to ~0.04% (noise)
+    # of pixel values differ by 1/255, and about one in five million by 2/255. The pass order could cost more (up to
+    # ~25/255 on tall images); _box_resize keeps the full resize's. Off for CLIP checkpoints (their processors' pixels
+    # are matched exactly); on for the lite towers.
     crop_box: bool = False
 
     def to_dict(self) -> dict:
@@ -163,8 +183,29 @@ class ImageTransform:
         nw, nh, left, top = self._resized(w, h)
         if not self.crop_box:
             return img.resize((nw, nh), _RESAMPLE[self.resample]).crop((left, top, left + self.crop, top + self.crop))
+        return self._box_resize(img, nw, nh)
+
+    def _box_resize(self, img: Image.Image, nw: int, nh: int) -> Image.Image:
+        """The crop that resizing img whole to nw x nh would keep, resampling only that part. Pillow resizes in two
+        8-bit passes and, from Pillow 13, runs the vertical one first when the height shrinks by over twice as many
+        pixels as the width, judged on the whole image, not the box. Bicubic overshoot is clipped between the passes,
+        so the order moves pixels by up to ~25/255 on sharp detail: where the box call would pick another order than
+        the full resize (tall images, upscaled or over 2:1), run the two passes here in the full resize's order."""
+        (w, h), c, resample = img.size, self.crop, _RESAMPLE[self.resample]
         box = self.source_box((w, h))
-        return img.resize((self.crop, self.crop), _RESAMPLE[self.resample], box=box)
+        vertical_first = _vertical_first(w, h, nw, nh)
+        if self.resample == "nearest" or vertical_first == _vertical_first(w, h, c, c):
+            return img.resize((c, c), resample, box=box)
+        x0, y0, x1, y1 = box
+        if not vertical_first:  # horizontal pass over just the rows the vertical taps read, then the vertical pass
+            reach = _SUPPORT[self.resample] * max(1.0, (y1 - y0) / c)
+            top, bottom = max(0, math.floor(y0 - reach) - 1), min(h, math.ceil(y1 + reach) + 1)
+            band = img.crop((0, top, w, bottom)).resize((c, bottom - top), resample, box=(x0, 0, x1, bottom - top))
+            return band.resize((c, c), resample, box=(0, y0 - top, c, y1 - top))
+        reach = _SUPPORT[self.resample] * max(1.0, (x1 - x0) / c)
+        left, right = max(0, math.floor(x0 - reach) - 1), min(w, math.ceil(x1 + reach) + 1)
+        band = img.crop((left, 0, right, h)).resize((right - left, c), resample, box=(0, y0, right - left, y1))
+        return band.resize((c, c), resample, box=(x0 - left, 0, x1 - left, c))
 
     def __call__(self, images: Sequence[Any]) -> np.ndarray:
         """Images -> float32 [B, 3, crop, crop]."""
