@@ -130,10 +130,13 @@ def encode_captions(files: list[Path], cache: Path | None) -> dict:
 def load_qa(qa: Path, cache: Path | None = None) -> tuple[list[dict], dict, str]:
     """The QA rows, their encodings (cached by the file's digest unless `cache` names a file) and that digest."""
     from polymodal.cache import cache_dir
+    from polymodal.resources import HERE
 
     rows = read_rows(qa)
     digest = hashlib.sha256(qa.read_bytes()).hexdigest()[:12]
-    return rows, encode(rows, cache or cache_dir() / f"coco-yesno-bench-v2-{digest}.npz"), digest
+    # the embeddings come from the shipped `default` heads: a re-shipped default must not reuse them
+    base_version = json.loads((HERE / "models" / "default" / "config.json").read_text())["version"]
+    return rows, encode(rows, cache or cache_dir() / f"coco-yesno-bench-v2-{digest}-{base_version}.npz"), digest
 
 
 def pool_z(image: np.ndarray, text: np.ndarray, gi: np.ndarray, tr: np.ndarray, kind: str) -> np.ndarray:

@@ -62,12 +62,13 @@ MODELS: dict[str, Callable] = {
 }
 DESCRIPTIONS = {
     "lite": "EfficientNet-Lite0 + all-MiniLM-L6-v2 joined by ConSE (no paired training), 384-d",
-    "default": "the lite towers with contrastive heads trained on Flickr8k + COCO captions (polymodal train contrastive)",
+    "default": "the lite towers with contrastive heads trained on Flickr8k + COCO captions and word-swapped hard "
+               "negatives (polymodal train contrastive --config recipes/default.json)",
     "easy-vqa": "VQA fusion encoder (frozen lite towers: 7x7 image grid + question tokens, concat fusion) "
                 "trained on easy-VQA shapes and colours (benchmarks/train_easy_vqa.py); polymodal vqa IMAGE QUESTION",
     "coco-yesno": "yes/no questions about photos: question -> key phrase scored against the image with the "
                   "default and lite spaces (pool z-scores) + question embedding, logistic regression trained on "
-                  "COCO yes/no VQA (benchmarks/coco_yesno.py); about 0.57 held-out accuracy (bar 0.60 not met yet)",
+                  "COCO yes/no VQA (benchmarks/coco_yesno.py); about 0.565 held-out accuracy (bar 0.60 not met yet)",
 }
 
 
