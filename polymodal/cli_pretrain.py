@@ -19,10 +19,12 @@ PRETRAIN_FLAGS = {
 
 
 def cmd_train_pretrain(args) -> int:
-    from polymodal.cli_train import recipe_settings, run_recipe
+    from polymodal.cli_train import recipe_settings, run_recipe, with_run_settings
     from polymodal.train.pretrain import PretrainRecipe, train_pretrain
 
     settings = recipe_settings(args, ("pairs", "val_pairs", "out", "model"), PRETRAIN_FLAGS)
+    if args.resume:
+        settings = with_run_settings(settings, set(PretrainRecipe.__dataclass_fields__))
     return run_recipe(args, settings, "pairs", PretrainRecipe, train_pretrain)
 
 

@@ -60,7 +60,7 @@ def cmd_vqa(args) -> int:
 
 
 def cmd_train_vqa(args) -> int:
-    from polymodal.cli_train import recipe_settings, run_recipe
+    from polymodal.cli_train import recipe_settings, run_recipe, with_run_settings
     from polymodal.train.vqa import VQARecipe, train_vqa
 
     settings = recipe_settings(args, ("qa", "val_qa", "out", "model"), VQA_FLAGS)
@@ -70,6 +70,10 @@ def cmd_train_vqa(args) -> int:
         settings["new_head"] = True
     if args.freeze:
         settings["freeze"] = [p.strip() for p in args.freeze.split(",") if p.strip()]
+    if args.resume:
+        settings = with_run_settings(settings, set(VQARecipe.__dataclass_fields__))
+        if isinstance(settings["arch"].get("answers"), int):  # train_config.json keeps only their number
+            del settings["arch"]["answers"]
     return run_recipe(args, settings, "qa", VQARecipe, train_vqa)
 
 

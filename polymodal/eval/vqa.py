@@ -72,8 +72,11 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
         if not exists[image]:
             skipped.append((where, f"image file not found: {item['image']}"))
             continue
-        rows.append(QARow(image, " ".join(str(item["question"]).split()), normalize_answer(item["answer"]),
-                          item.get("answer_type") or None, annotators))
+        question, answer = " ".join(str(item["question"]).split()), normalize_answer(item["answer"])
+        if not question or not answer:  # blank once spaces (and for answers, punctuation) are tidied
+            skipped.append((where, f"blank {'question' if not question else 'answer'}"))
+            continue
+        rows.append(QARow(image, question, answer, item.get("answer_type") or None, annotators))
     if skipped:
         log.warning("%s: skipped %d unusable rows (first: %s: %s)", path, len(skipped), *skipped[0])
     if not rows:

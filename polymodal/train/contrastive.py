@@ -7,9 +7,7 @@ polymodal.load), RUN/checkpoint.pt (resume), RUN/metrics.jsonl, RUN/tensorboard,
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,7 +15,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from polymodal.cache import atomic_write_bytes
 from polymodal.data.augment import Augment
 from polymodal.data.negatives import HARD_NEGATIVE_MODES, negatives_per_caption
 from polymodal.data.pairs import PairSet, read_pair_source, split_by_image
@@ -27,12 +24,13 @@ from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig, is_dua
 from polymodal.models.inputs import as_paths, as_settings
 from polymodal.train import distributed
 from polymodal.train.features import (
-    CachedPairDataset, collate_cached, image_features, readable_rows, text_features,
+    CachedPairDataset, collate_cached, image_features, readable_pairs, readable_rows, text_features,
 )
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
 )
 from polymodal.train.objectives import ContrastiveObjective
+from polymodal.train.run_settings import absolute_paths, check_same_arch, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 
 log = logging.getLogger(__name__)
@@ -104,30 +102,6 @@ def _read(sources: list[str]) -> PairSet:
     return PairSet.from_pairs([p for ps in pairsets for p in ps.pairs], [s for ps in pairsets for s in ps.skipped])
 
 
-def check_same_arch(out: Path, arch: DualEncoderConfig) -> None:
-    """--resume: the checkpoint only fits the architecture it was trained with (RUN/train_config.json)."""
-    try:
-        saved = json.loads((out / "train_config.json").read_text())["arch"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # a run from before train_config.json: loading the checkpoint is the check
-    now = json.loads(json.dumps(asdict(arch), default=str))
-    changed = [k for k in now if k in saved and saved[k] != now[k]]
-    if changed:
-        was = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (asked now: {now[k]})" for k in changed)
-        raise PolymodalError(f"the run in {out} was trained with {was}; resume with the run's settings (leave them "
-                             f"out: --resume reads {out / 'train_config.json'}), or train into a new --out")
-
-
-def _readable(pairset: PairSet, rows: np.ndarray) -> PairSet:
-    """The pairs of the images whose features are in ``rows`` (`readable_rows`); the others are reported."""
-    if len(rows) == len(pairset.images):
-        return pairset
-    bad = np.setdiff1d(np.arange(len(pairset.images)), rows)
-    log.warning("%s: left out %d unreadable image(s) (first: %s); -v says why", pairset.source, len(bad),
-                pairset.images[bad[0]])
-    return pairset.subset(rows)
-
-
 def retrieval_eval(model, image_feats: np.ndarray, text_feats, caption_image: np.ndarray, prefix: str = "val/") -> dict:
     """R@1/5/10 both ways on cached features, plus rsum (sum of the six recalls) for early stopping."""
     with torch.no_grad():
@@ -172,7 +146,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     feats = image_features(model, train_set.images, views=recipe.views, augment=Augment(), seed=recipe.train.seed,
                            progress=progress, skip_unreadable=True)
     rows = readable_rows(feats)
-    train_set = _readable(train_set, rows)
+    train_set = readable_pairs(train_set, rows)
     texts = text_features(model, train_set.captions, progress=progress) if model.text_frozen else train_set.captions
     negatives = _hard_negatives(model, train_set, recipe, progress)
     dataset = CachedPairDataset(feats, texts, train_set.caption_image, seed=recipe.train.seed, rows=rows,
@@ -191,7 +165,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         val_img = image_features(model, val_set.images, views=1, progress=progress, skip_unreadable=True)
         rows = readable_rows(val_img)
         if len(rows) < len(val_set.images):
-            val_set, val_img = _readable(val_set, rows), val_img[:, rows]
+            val_set, val_img = readable_pairs(val_set, rows), val_img[:, rows]
         val_txt = text_features(model, val_set.captions, progress=progress) if model.text_frozen else val_set.captions
         eval_fn = lambda m: retrieval_eval(m, val_img, val_txt, val_set.caption_image)  # noqa: E731
 
@@ -203,26 +177,13 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     out = Path(recipe.out)
     if distributed.is_main():
         prepare_run_folder(out, overwrite)
-        settings = asdict(recipe) | _absolute_paths(recipe) | {
-            "train_images": len(train_set.images), "val_images": len(val_set.images) if val_set else 0}
-        atomic_write_bytes(out / "train_config.json", json.dumps(settings, indent=2, default=str).encode())
-    best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"))
+    settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("zeroshot_labels", "model")) | {
+        "train_images": len(train_set.images), "val_images": len(val_set.images) if val_set else 0}
+    best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"),
+                       on_start=lambda: write_train_config(out, settings))  # after the checkpoint loaded
     if val_set is None and distributed.is_main():
         model.save(out / "model")
     return best
-
-
-def _absolute_paths(recipe: ContrastiveRecipe) -> dict:
-    """The recipe's data paths as absolute paths, so that `--out RUN --resume` works from any folder."""
-    def absolute(source: str) -> str:  # "a.tar::b.tar" names several shard sources
-        return "::".join(os.path.abspath(os.path.expanduser(part)) for part in source.split("::"))
-
-    out = {"pairs": [absolute(p) for p in recipe.pairs], "val_pairs": [absolute(p) for p in recipe.val_pairs]}
-    if recipe.zeroshot_labels:
-        out["zeroshot_labels"] = absolute(recipe.zeroshot_labels)
-    if recipe.model != "lite":
-        out["model"] = absolute(recipe.model)
-    return out
 
 
 def _hard_negatives(model, train_set: PairSet, recipe: ContrastiveRecipe, progress: bool):

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from polymodal.cache import atomic_write_bytes, cache_dir, cache_key
 from polymodal.data.augment import Augment, make_rng
 from polymodal.data.images import LOADER_VERSION
-from polymodal.data.pairs import open_pair_image
+from polymodal.data.pairs import PairSet, open_pair_image
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,52 @@ def image_features(
 
 def readable_rows(image_feats: np.ndarray) -> np.ndarray:
     """Indices of the images `image_features(..., skip_unreadable=True)` could read (the others are NaN)."""
-    first = image_feats[0].reshape(image_feats.shape[1], -1)[:, 0]  # one value per image, read from the map
+    return readable_images(image_feats[0])
+
+
+def readable_images(feats: np.ndarray) -> np.ndarray:
+    """`readable_rows` of one view ``[N, ...]`` (as `polymodal.train.vqa.grid_features` returns it)."""
+    first = feats.reshape(feats.shape[0], -1)[:, 0]  # one value per image, read from the map
     return np.flatnonzero(~np.isnan(first))
+
+
+def report_unreadable(source, images: Sequence, rows: np.ndarray) -> None:
+    """One warning when some of ``images`` are not in ``rows`` (`readable_rows`): how many, and the first."""
+    if len(rows) < len(images):
+        bad = np.setdiff1d(np.arange(len(images)), rows)
+        log.warning("%s: left out %d unreadable image(s) (first: %s); -v says why", source, len(bad), images[bad[0]])
+
+
+def readable_pairs(pairset: PairSet, rows: np.ndarray) -> PairSet:
+    """The pairs of the images whose features are in ``rows`` (`readable_rows`); the others are reported."""
+    if len(rows) == len(pairset.images):
+        return pairset
+    report_unreadable(pairset.source, pairset.images, rows)
+    return pairset.subset(rows)
+
+
+class RowSubset:
+    """Rows ``rows`` of a (memory-mapped) feature array, read on demand: the readable images' features without
+    copying the array. Indexing and ``shape`` follow the subset (row i is ``array[rows[i]]``)."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray) -> None:
+        self.array, self.rows = array, np.asarray(rows)
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self.rows), *self.array.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return self.array[self.rows[index]]
+
+
+def readable_subset(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray | RowSubset]:
+    """(rows that could be read, their features) of one view ``[N, ...]`` with NaN rows for unreadable images."""
+    rows = readable_images(feats)
+    return rows, feats if len(rows) == len(feats) else RowSubset(feats, rows)
 
 
 @torch.inference_mode()

@@ -30,7 +30,6 @@ VQA head: fine-tune it with ``polymodal train vqa --model RUN/model``).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,16 +42,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from polymodal.cache import atomic_write_bytes, cache_key
+from polymodal.cache import cache_key
 from polymodal.data.pairs import PairSet, read_pair_source
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig, is_fusion_encoder_folder, load_fusion_encoder
 from polymodal.models.inputs import as_paths, as_settings
-from polymodal.train.features import _load_cached, _store
+from polymodal.train.features import _load_cached, _store, readable_pairs, readable_subset
 from polymodal.train.guards import (
     FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
 )
 from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatch
+from polymodal.train.run_settings import absolute_paths, check_same_arch, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa import EpochShuffle, grid_features
 
@@ -484,8 +484,9 @@ class CaptionRows(Dataset):
 def encode_split(model: FusionEncoder, pairs: PairSet, objectives: Sequence[str], recipe: PretrainRecipe,
                  miner=None, progress: bool = True) -> CaptionData:
     """Cache a split's features (and mine its hard negatives with ``miner`` when ITM is trained)."""
-    data = CaptionData(pairs, grid_features(model, pairs.images, progress=progress),
-                       *caption_features(model, pairs.captions, progress=progress))
+    rows, feats = readable_subset(grid_features(model, pairs.images, progress=progress, skip_unreadable=True))
+    pairs = readable_pairs(pairs, rows)  # an unreadable image (and its captions) is left out, with one warning
+    data = CaptionData(pairs, feats, *caption_features(model, pairs.captions, progress=progress))
     if "mlm" in objectives:
         data.mlm = masked_caption_features(model, pairs.captions, recipe.mlm_variants, recipe.mlm_rate,
                                            recipe.train.seed, progress=progress)
@@ -590,6 +591,8 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
         raise PolymodalError(f"ITM validation needs captions of at least 2 images and {where} has "
                              f"{len(val_pairs.images)}; pass --val-pairs FILE with more images or more pairs")
     model = build_model(recipe)
+    if resume:
+        check_same_arch(Path(recipe.out), recipe.arch)
     names = list(recipe.objectives)
     log.info("pretrain %s on %d captions of %d images; val: %d captions", names, len(train_pairs),
              len(train_pairs.images), len(val_pairs) if val_pairs else 0)
@@ -615,10 +618,11 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
 
     trainer = Trainer(model, loaders, recipe.train, recipe.out, eval_fn, progress)  # refuses an empty epoch
     out = prepare_run_folder(recipe.out, overwrite)
-    settings = asdict(recipe) | {"train_captions": len(train_pairs), "train_images": len(train_pairs.images),
-                                 "val_captions": len(val_pairs) if val_pairs else 0}
-    atomic_write_bytes(out / "train_config.json", json.dumps(settings, indent=2, default=str).encode())
-    best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"))
+    settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("model", "negatives")) | {
+        "train_captions": len(train.pairs), "train_images": len(train.pairs.images),
+        "val_captions": len(val.pairs) if val else 0}
+    best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"),
+                       on_start=lambda: write_train_config(out, settings))  # after the checkpoint loaded
     if val is None:
         model.save(out / "model")
     t_end = time.perf_counter()

@@ -75,6 +75,12 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _first_detail(exc: Exception) -> str:
+    """The informative line of a state-dict error (torch's first line is only "Error(s) in loading ...:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return next((line for line in lines if not line.endswith(":")), lines[0] if lines else type(exc).__name__)
+
+
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
@@ -164,7 +170,7 @@ class Trainer:
             self.model.load_state_dict(state["model"], strict=False)
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as exc:  # another architecture: sizes or parameter groups differ
-            raise PolymodalError(f"{self.checkpoint_path} does not fit this model ({str(exc).splitlines()[0]}); "
+            raise PolymodalError(f"{self.checkpoint_path} does not fit this model ({_first_detail(exc)}); "
                                  "resume with the settings the run was trained with, or train into a new folder") from exc
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.best, self.bad_epochs = state["step"], state["epoch"], state["best"], state["bad_epochs"]
@@ -174,9 +180,10 @@ class Trainer:
         random.setstate(state["python_rng"])
 
     # -- the loop ------------------------------------------------------------------------
-    def fit(self, resume: bool = False, on_best: Callable | None = None) -> dict:
+    def fit(self, resume: bool = False, on_best: Callable | None = None, on_start: Callable | None = None) -> dict:
         """Train; returns the record of the best epoch ({} when none improved: a NaN metric, or a resumed older
-        checkpoint). on_best(model) runs whenever validation improves."""
+        checkpoint). on_best(model) runs whenever validation improves; on_start() once the checkpoint to resume
+        has loaded and before the first step (e.g. to write the run's settings: a refused resume writes nothing)."""
         from polymodal.train import distributed
 
         if resume:
@@ -189,6 +196,8 @@ class Trainer:
             set_seed(self.cfg.seed)
         self.out.mkdir(parents=True, exist_ok=True)
         main = distributed.is_main()  # only rank 0 writes metrics, checkpoints and models
+        if on_start is not None and main:
+            on_start()
         logger = MetricsLogger(self.out) if main else NullLogger()
         if resume:
             logger.truncate_after(self.step)

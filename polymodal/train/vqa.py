@@ -9,7 +9,6 @@ polymodal.load), with RUN/checkpoint.pt (resume), RUN/metrics.jsonl and RUN/trai
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -22,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from polymodal.cache import atomic_write_bytes, cache_key
+from polymodal.cache import cache_key
 from polymodal.errors import PolymodalError
 from polymodal.eval.vqa import QARow, accuracy_by_type, read_qa
 from polymodal.models.fusion_encoder import (
@@ -32,10 +31,11 @@ from polymodal.models.fusion_encoder import (
     load_fusion_encoder,
 )
 from polymodal.models.inputs import as_paths, as_settings
-from polymodal.train.features import _identity, _load_cached, _store
+from polymodal.train.features import _load_cached, _store, image_features, readable_subset, report_unreadable
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
 )
+from polymodal.train.run_settings import absolute_paths, check_same_arch, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa_objective import VQABatch, VQAObjective
 
@@ -97,25 +97,11 @@ class VQARecipe:
 # -- feature cache --------------------------------------------------------------------------------------------------
 
 
-@torch.inference_mode()
-def grid_features(model: FusionEncoder, images: Sequence, batch_size: int = 32, progress: bool = True) -> np.ndarray:
-    """``[N, g*g, F]`` float16 image grid tokens (model.image_cache_input), memory-mapped from the cache."""
-    path, cached = _load_cached(cache_key(model.image_cache_signature, *map(_identity, images)), "vqa-image")
-    if cached is not None:
-        return cached
-    out = None
-    bar = tqdm(total=len(images), desc="caching image grid tokens", unit="img", disable=not progress)
-    for i in range(0, len(images), batch_size):
-        chunk = list(images[i : i + batch_size])
-        feats = model.image_cache_input(torch.from_numpy(model.transform(chunk))).numpy()
-        if out is None:
-            out = np.empty((len(images), *feats.shape[1:]), dtype=np.float16)
-        out[i : i + len(chunk)] = feats
-        bar.update(len(chunk))
-    bar.close()
-    if out is None:
-        raise PolymodalError("no images to encode")
-    return _store(path, out)
+def grid_features(model: FusionEncoder, images: Sequence, batch_size: int = 32, progress: bool = True,
+                  skip_unreadable: bool = False) -> np.ndarray:
+    """``[N, g*g, F]`` float16 image grid tokens (model.image_cache_input), memory-mapped from the cache. An
+    unreadable image is an error, or with ``skip_unreadable`` gets NaN tokens (see `readable_subset`)."""
+    return image_features(model, images, batch_size=batch_size, progress=progress, skip_unreadable=skip_unreadable)[0]
 
 
 @torch.inference_mode()
@@ -203,6 +189,19 @@ class EncodedQA:
         ri = [img_index.setdefault(r.image, len(img_index)) for r in rows]
         rq = [q_index.setdefault(r.question, len(q_index)) for r in rows]
         return cls(rows, list(img_index), list(q_index), np.asarray(ri, np.int64), np.asarray(rq, np.int64))
+
+
+def readable_qa(model: FusionEncoder, rows: list[QARow], source, progress: bool = True) -> tuple[EncodedQA, object]:
+    """(the rows whose image could be read, their images' grid tokens): rows of an unreadable image (a truncated
+    JPEG, a file that is no image) are left out with one warning; no readable image at all is an error."""
+    data = EncodedQA.from_rows(rows)
+    feats = grid_features(model, data.images, progress=progress, skip_unreadable=True)
+    readable, feats = readable_subset(feats)
+    if len(readable) == len(data.images):
+        return data, feats
+    report_unreadable(source, data.images, readable)
+    keep = {data.images[i] for i in readable}
+    return EncodedQA.from_rows([r for r in rows if r.image in keep]), feats
 
 
 def split_by_image(rows: list[QARow], fraction: float, seed: int = 0) -> tuple[list[QARow], list[QARow]]:
@@ -356,14 +355,18 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
         val_rows = []
 
     model = build_vqa_model(recipe, train_rows)
-
-    train = EncodedQA.from_rows(train_rows)
+    if resume:
+        check_same_arch(Path(recipe.out), recipe.arch, ignore=("answers",))  # the vocabulary: when the checkpoint loads
+    train, feats = readable_qa(model, train_rows, ",".join(map(str, recipe.qa)), progress)
+    if len(train.rows) < len(train_rows):  # the answer vocabulary comes from the readable rows alone
+        train_rows = train.rows
+        set_seed(recipe.train.seed)
+        model = build_vqa_model(recipe, train_rows)
     targets = np.asarray([model.answer_index.get(r.answer, -1) for r in train_rows], dtype=np.int64)
     if (targets < 0).all():
         raise PolymodalError("no training answer is in the model's answer vocabulary")
     log.info("train: %d questions over %d images (%d answers); val: %d questions",
              len(train_rows), len(train.images), len(model.answers), len(val_rows))
-    feats = grid_features(model, train.images, progress=progress)
     q_states, q_len = question_features(model, train.questions, progress=progress)
     itm = None
     if recipe.itm_weight > 0:
@@ -378,8 +381,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
 
     eval_fn = None
     if val_rows:
-        val = EncodedQA.from_rows(val_rows)
-        val_feats = grid_features(model, val.images, progress=progress)
+        val, val_feats = readable_qa(model, val_rows, ",".join(map(str, recipe.val_qa or recipe.qa)), progress)
+        val_rows = val.rows
         val_states, val_len = question_features(model, val.questions, progress=progress)
         eval_fn = lambda m: feature_eval(m, val, val_feats, val_states, val_len)  # noqa: E731
     t_cached = time.perf_counter()
@@ -387,11 +390,12 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     objective = VQAObjective(recipe.label_smoothing, recipe.itm_weight)
     trainer = Trainer(model, {"vqa": (objective, 1.0, loader)}, recipe.train, recipe.out, eval_fn, progress)
     out = prepare_run_folder(recipe.out, overwrite)
-    settings = asdict(recipe) | {"train_questions": len(train_rows), "train_images": len(train.images),
-                                 "val_questions": len(val_rows), "images_per_batch": images_per_batch}
+    settings = asdict(recipe) | absolute_paths(recipe, ("qa", "val_qa"), ("model",)) | {
+        "train_questions": len(train_rows), "train_images": len(train.images), "val_questions": len(val_rows),
+        "images_per_batch": images_per_batch}
     settings["arch"]["answers"] = len(model.answers)  # the vocabulary itself is in model/config.json
-    atomic_write_bytes(out / "train_config.json", json.dumps(settings, indent=2, default=str).encode())
-    best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"))
+    best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"),
+                       on_start=lambda: write_train_config(out, settings))  # after the checkpoint loaded
     if not val_rows:
         model.save(out / "model")
     t_end = time.perf_counter()

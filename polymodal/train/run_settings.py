@@ -1,0 +1,53 @@
+"""RUN/train_config.json: the settings a run was trained with, kept so that `--out RUN --resume` continues it (from
+any folder: data paths are stored absolute) and refuses another architecture before anything is written."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+from polymodal.cache import atomic_write_bytes
+from polymodal.errors import PolymodalError
+
+
+def absolute_source(source: str) -> str:
+    """A data path as an absolute path; "a.tar::b.tar" names several shard sources."""
+    return "::".join(os.path.abspath(os.path.expanduser(part)) for part in str(source).split("::"))
+
+
+def absolute_paths(recipe, sources: Sequence[str] = (), names: Sequence[str] = ()) -> dict:
+    """The recipe's paths made absolute: every entry of the ``sources`` lists, and each of ``names`` that names
+    an existing file or folder (not a built-in name such as 'new' or 'default')."""
+    out = {key: [absolute_source(p) for p in getattr(recipe, key)] for key in sources}
+    for key in names:
+        value = getattr(recipe, key)
+        if value and os.path.exists(os.path.expanduser(str(value))):
+            out[key] = absolute_source(value)
+    return out
+
+
+def write_train_config(out: Path, settings: dict) -> None:
+    atomic_write_bytes(Path(out) / "train_config.json", json.dumps(settings, indent=2, default=str).encode())
+
+
+def check_same_arch(out: Path, arch, ignore: Sequence[str] = ()) -> None:
+    """--resume: the checkpoint only fits the architecture it was trained with (RUN/train_config.json); ``ignore``:
+    keys that are no flag (checked when the checkpoint loads)."""
+    try:
+        saved = json.loads((Path(out) / "train_config.json").read_text())["arch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a run from before train_config.json: loading the checkpoint is the check
+    now = json.loads(json.dumps(asdict(arch), default=str))
+    changed = [k for k in now if k in saved and k not in ignore and saved[k] != now[k]]
+    if changed:
+        was = ", ".join(f"--{k.replace('_', '-')} {_flag_value(saved[k])} (asked now: {_flag_value(now[k])})"
+                        for k in changed)
+        raise PolymodalError(f"the run in {out} was trained with {was}; resume with the run's settings (leave them "
+                             f"out: --resume reads {Path(out) / 'train_config.json'}), or train into a new --out")
+
+
+def _flag_value(value) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list, bool)) else str(value)
