@@ -178,7 +178,7 @@ def read_tar_member(shard: str | Path, member: str) -> bytes:
                 raise PolymodalError(f"shard not found: {shard}; pass an existing tar file")
             try:
                 tf = tarfile.open(shard, "r:*")
-                entry = (tf, {m.name: m for m in tf.getmembers() if m.isfile()}, identity)
+                entry = (tf, _member_index(tf), identity)
             except _READ_ERRORS as exc:
                 raise PolymodalError(f"not a readable tar shard: {shard} ({exc})") from exc
             _TAR_CACHE[key] = entry
@@ -196,6 +196,19 @@ def read_tar_member(shard: str | Path, member: str) -> bytes:
             return tf.extractfile(info).read()
         except _READ_ERRORS as exc:
             raise PolymodalError(f"cannot read {member} from {shard} ({exc})") from exc
+
+
+def _member_index(tf: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
+    """Name -> member of the files of an open tar file, up to where its data ends: the samples `iter_samples` lists
+    before a truncated or corrupt tail stay readable (getmembers() would refuse the whole shard)."""
+    index: dict[str, tarfile.TarInfo] = {}
+    try:
+        for member in tf:
+            if member.isfile():
+                index[member.name] = member
+    except _READ_ERRORS as exc:
+        log.info("%s: members after %d files unreadable (%s)", tf.name, len(index), exc)
+    return index
 
 
 def image_bytes(ref: str | Path) -> bytes:

@@ -21,13 +21,27 @@ def read_pairs(path: str | Path) -> Pairs:
     """Image-caption pairs from any source `polymodal.data.pairs.read_pair_source` reads: a JSONL of
     {"image": path relative to the file, "caption": text} rows, a CSV (image,caption or filepath,title), a folder
     of images with same-named .txt captions, or tar shards. Unusable rows are skipped with a logged warning.
-    Images inside tar shards are returned as their encoded bytes (which every encoder accepts)."""
+    Images inside tar shards are returned as their encoded bytes (which every encoder accepts), checked to decode."""
     from polymodal.data.pairs import read_pair_source
-    from polymodal.data.shards import image_bytes, split_tar_ref
+    from polymodal.data.shards import split_tar_ref
 
     pairset = read_pair_source(path)
-    images = [image_bytes(img) if split_tar_ref(img) is not None else Path(img) for img in pairset.images]
+    images = [_shard_image(img) if split_tar_ref(img) is not None else Path(img) for img in pairset.images]
     return Pairs(images, pairset.captions, pairset.caption_image)
+
+
+def _shard_image(ref: str) -> bytes:
+    """The encoded bytes of "<shard>#<member>", decoded once here: an encoder given the bytes could only report
+    "the given bytes" as unreadable, not which member of which shard."""
+    from polymodal.data.images import load_image
+    from polymodal.data.shards import image_bytes
+
+    data = image_bytes(ref)
+    try:
+        load_image(data)
+    except PolymodalError as exc:
+        raise PolymodalError(f"{ref}: {exc}; remove that sample from the shard or rewrite the shard without it") from exc
+    return data
 
 
 def _ranks(sim: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:

@@ -99,7 +99,8 @@ def _read(sources: list[str]) -> PairSet:
     pairsets = [read_pair_source(s) for s in sources]  # each warns about its unreadable rows
     if len(pairsets) == 1:
         return pairsets[0]
-    return PairSet.from_pairs([p for ps in pairsets for p in ps.pairs], [s for ps in pairsets for s in ps.skipped])
+    return PairSet.from_pairs([p for ps in pairsets for p in ps.pairs], [s for ps in pairsets for s in ps.skipped],
+                              source=",".join(map(str, sources)))
 
 
 def retrieval_eval(model, image_feats: np.ndarray, text_feats, caption_image: np.ndarray, prefix: str = "val/") -> dict:

@@ -22,13 +22,18 @@ from polymodal.cache import atomic_write_bytes, cache_dir, cache_key
 from polymodal.data.augment import Augment, make_rng
 from polymodal.data.images import LOADER_VERSION
 from polymodal.data.pairs import PairSet, open_pair_image
+from polymodal.data.shards import _file_identity, split_tar_ref
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
 
 
 def _identity(image) -> str:
-    """Path + size + mtime (content changes invalidate the cache); shard members by name."""
+    """Path + size + mtime (content changes invalidate the cache); a shard member by name + its shard's inode, size
+    and mtime (write_shards names the samples of any data alike: shard-000000.tar#000000000.jpg, ...)."""
+    split = split_tar_ref(image)
+    if split is not None:
+        return f"{image}|{_file_identity(split[0])}"
     try:
         st = os.stat(image)
         return f"{image}|{st.st_size}|{st.st_mtime_ns}"

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from polymodal.cache import cache_key
-from polymodal.data.pairs import PairSet, read_pair_source
+from polymodal.data.pairs import PairSet, open_pair_image, read_pair_source
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig, is_fusion_encoder_folder, load_fusion_encoder
 from polymodal.models.inputs import as_paths, as_settings
@@ -336,7 +336,10 @@ def contrastive_embeddings(miner, images: Sequence, captions: Sequence[str], pro
         txt = torch.cat([l2_normalize(miner.text_from_pooled(torch.from_numpy(np.array(pooled[i : i + batch_size], np.float32))))
                          for i in range(0, len(captions), batch_size)])
         return img.numpy(), txt.numpy()
-    return miner.encode_image(list(images)), miner.encode_text(list(captions))
+    # a model's encode_image reads files, not "<shard>#<member>" references: open the images here, a batch at a time
+    img = [miner.encode_image([open_pair_image(x) for x in images[i : i + batch_size]])
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(img), miner.encode_text(list(captions))
 
 
 def mine_pairs(image_emb: np.ndarray, caption_emb: np.ndarray, pairs: PairSet, k: int) -> tuple[np.ndarray, np.ndarray]:
