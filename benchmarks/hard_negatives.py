@@ -3,7 +3,7 @@
 Trains the shipped `default` recipe (recipes/default.json) on 80% of the Flickr8k dev photos (+ COCO-mini) once
 per --hard-negatives mode, then measures on the other 20% of the photos, whose captions were never trained on:
 - retrieval: Recall@1/5/10 both ways and rsum over the held-out photos and all their captions;
-- word order (as ARO's Flickr-Order, Yuksekgonul et al. 2023): each held-out photo's first caption against 4
+- word order (polymodal.eval.word_order, as ARO's Flickr-Order): each held-out photo's first caption against 4
   scrambled copies of it; accuracy = share of photos whose own caption scores highest (chance 0.2). Kinds: `swap`
   (two content words exchanged: the kind "swap" trains on, other captions and seed), and three kinds it never
   trains on: `trigrams` (word trigrams reordered), `within` (words reordered inside each trigram), `shuffle`.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import tempfile
 import time
@@ -25,53 +24,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-
-
-def _scramble(kind: str, words: list[str], rng: random.Random) -> list[str]:
-    if kind == "trigrams":
-        grams = [words[i : i + 3] for i in range(0, len(words), 3)]
-        rng.shuffle(grams)
-        return [w for g in grams for w in g]
-    if kind == "within":
-        out = []
-        for i in range(0, len(words), 3):
-            gram = words[i : i + 3]
-            rng.shuffle(gram)
-            out += gram
-        return out
-    words = list(words)
-    rng.shuffle(words)
-    return words
-
-
-def scrambled(caption: str, kind: str, n: int = 4, seed: int = 0) -> list[str]:
-    """n scrambled copies of caption that differ from it (fewer if it has too few words to scramble)."""
-    from polymodal.data.negatives import swapped_captions
-
-    if kind == "swap":
-        return swapped_captions(caption, n, seed=seed + 1)  # training uses seed 0 on other captions
-    rng, words, out = random.Random(f"{seed}-{kind}-{caption}"), caption.split(), []
-    for _ in range(20 * n):
-        text = " ".join(_scramble(kind, words, rng))
-        if text != caption and text not in out:
-            out.append(text)
-        if len(out) == n:
-            break
-    return out
-
-
-def order_accuracy(model, images: list, captions: list[str], kind: str) -> float:
-    """Share of photos whose caption outscores its scrambled copies (photos with fewer than 4 copies skipped)."""
-    image_emb = model.encode_image(images)
-    hits, total = 0, 0
-    for emb, caption in zip(image_emb, captions):
-        candidates = scrambled(caption, kind)
-        if len(candidates) < 4:
-            continue
-        scores = model.encode_text([caption, *candidates]) @ emb
-        hits += int(scores.argmax() == 0)
-        total += 1
-    return hits / max(total, 1)
 
 
 def _write(pairs, path: Path) -> Path:
@@ -93,6 +45,7 @@ def main(argv=None) -> int:
 
     from polymodal.data.pairs import PairSet, read_pair_source, split_by_image
     from polymodal.eval.retrieval import retrieval_metrics
+    from polymodal.eval.word_order import word_order_accuracy
     from polymodal.models.dual_encoder import load_dual_encoder
     from polymodal.train.contrastive import ContrastiveRecipe, train_contrastive
 
@@ -132,8 +85,8 @@ def main(argv=None) -> int:
                 "train_s": round(seconds, 1),
                 "rsum": round(sum(v for k, v in metrics.items() if "R@" in k), 4),
                 **{k: round(v, 4) for k, v in metrics.items() if "R@" in k}}
-        for kind in ("swap", "trigrams", "within", "shuffle"):
-            line[f"order/{kind}"] = round(order_accuracy(model, held_out.images, first_caption, kind), 4)
+        order = word_order_accuracy(model, held_out.images, first_caption)
+        line.update({k: round(v, 4) for k, v in order.items() if k.startswith("order/")})
         print(json.dumps(line), flush=True)
     return 0
 

@@ -126,6 +126,8 @@ def with_run_settings(settings: dict, known: set) -> dict:
 
 
 def cmd_eval_retrieval(args) -> int:
+    import numpy as np
+
     import polymodal
     from polymodal.eval.retrieval import read_pairs, retrieval_metrics
     from polymodal.registry import require_embedding
@@ -133,6 +135,11 @@ def cmd_eval_retrieval(args) -> int:
     pairs = read_pairs(args.pairs)
     model = require_embedding(polymodal.load(args.model, precision=args.precision), args.model)
     metrics = retrieval_metrics(model.encode_image(pairs.images), model.encode_text(pairs.captions), pairs.caption_image)
+    if args.word_order:
+        from polymodal.eval.word_order import word_order_accuracy
+
+        first = [pairs.captions[int(np.flatnonzero(pairs.caption_image == i)[0])] for i in range(len(pairs.images))]
+        metrics |= word_order_accuracy(model, pairs.images, first)
     print(json.dumps({"model": args.model, "precision": args.precision, "images": len(pairs.images), "captions": len(pairs.captions), **metrics}))
     return 0
 
@@ -173,6 +180,9 @@ def add_parsers(sub) -> dict:
     s = ev.add_parser("retrieval", help="text->image and image->text Recall@1/5/10 and median rank")
     s.add_argument("--pairs", required=True)
     s.add_argument("--model", default="default")
+    s.add_argument("--word-order", action="store_true",
+                   help="also: how often each photo's first caption beats 4 scrambled copies of it (order/swap, "
+                        "order/trigrams, order/within, order/shuffle; chance 0.2)")
     add_precision(s)
     s.set_defaults(func=cmd_eval_retrieval)
     s = ev.add_parser("zeroshot", help="zero-shot top-1/top-5 accuracy over a JSONL of {image, label}")

@@ -160,3 +160,46 @@ def test_bad_mode_is_one_clear_error(capsys, negative_pairs, tmp_path):
     err = capsys.readouterr().err
     assert code != 0 and "hard_negatives" in err and "one of data, swap, none" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+class _TextModel:
+    """Each photo's embedding is its caption's; texts embed by their words alone (bag of words) or by the whole
+    string (order-aware). Stands in for an embedding model in the word-order tests."""
+
+    def __init__(self, captions, bag_of_words: bool):
+        self.captions, self.bag = list(captions), bag_of_words
+
+    def _one(self, text):
+        key = " ".join(sorted(text.split())) if self.bag else text
+        v = np.random.default_rng(abs(hash(key)) % 2**32).normal(size=16)
+        return v / np.linalg.norm(v)
+
+    def encode_text(self, texts):
+        return np.stack([self._one(t) for t in texts])
+
+    def encode_image(self, images):
+        return self.encode_text([self.captions[i] for i in images])
+
+
+def test_word_order_accuracy_separates_bag_of_words_from_order_aware_models():
+    from polymodal.eval.word_order import KINDS, scrambled, word_order_accuracy
+
+    captions = ["a dog chases a cat across the grass .", "a man rides a red bike down the street",
+                "two girls play with a ball on the beach", "a dog"]  # the last has too few words to scramble
+    for kind in KINDS:
+        copies = scrambled(captions[0], kind)
+        assert len(copies) == 4 and captions[0] not in copies
+        assert all(sorted(c.split()) == sorted(captions[0].split()) for c in copies)
+    assert scrambled(captions[0], "trigrams") == scrambled(captions[0], "trigrams")  # deterministic
+    images = list(range(len(captions)))
+    bag = word_order_accuracy(_TextModel(captions, True), images, captions)
+    assert all(bag[f"order/{k}"] == 0.0 for k in KINDS), bag  # ties are no win
+    aware = word_order_accuracy(_TextModel(captions, False), images, captions)
+    assert all(aware[f"order/{k}"] == 1.0 for k in KINDS) and aware["order_photos"] == 4, aware
+
+
+def test_eval_retrieval_reports_word_order(capsys, negative_pairs):
+    assert cli.main(["eval", "retrieval", "--pairs", str(negative_pairs), "--model", "default", "--word-order"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert {"order/swap", "order/trigrams", "order/within", "order/shuffle"} <= set(line)
+    assert line["order/shuffle"] is not None and 0.0 <= line["order/shuffle"] <= 1.0 and line["t2i_R@1"] > 0

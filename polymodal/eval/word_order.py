@@ -1,0 +1,67 @@
+"""Word-order tests for an embedding model (ARO's Flickr-Order, Yuksekgonul et al. 2023): does a photo's caption
+outscore scrambled copies of its own words? A bag-of-words model cannot tell them apart (chance is 1 in 5).
+
+Kinds: `swap` (two content words exchanged, as `--hard-negatives swap` trains on), `trigrams` (word trigrams
+reordered), `within` (words reordered inside each trigram), `shuffle` (all words).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import numpy as np
+
+from polymodal.data.negatives import swapped_captions
+
+KINDS = ("swap", "trigrams", "within", "shuffle")
+COPIES = 4  # scrambled copies per caption
+
+
+def _scramble(kind: str, words: list[str], rng: random.Random) -> list[str]:
+    if kind == "trigrams":
+        grams = [words[i : i + 3] for i in range(0, len(words), 3)]
+        rng.shuffle(grams)
+        return [w for g in grams for w in g]
+    if kind == "within":
+        out = []
+        for i in range(0, len(words), 3):
+            gram = words[i : i + 3]
+            rng.shuffle(gram)
+            out += gram
+        return out
+    words = list(words)
+    rng.shuffle(words)
+    return words
+
+
+def scrambled(caption: str, kind: str, n: int = COPIES, seed: int = 0) -> list[str]:
+    """Up to n distinct scrambled copies of caption that differ from it (fewer when it has too few words)."""
+    if kind == "swap":
+        return swapped_captions(caption, n, seed=seed + 1)  # training swaps use seed 0: other copies
+    rng, words, out = random.Random(f"{seed}-{kind}-{caption}"), caption.split(), []
+    for _ in range(20 * n):
+        text = " ".join(_scramble(kind, words, rng))
+        if text != caption and text not in out:
+            out.append(text)
+        if len(out) == n:
+            break
+    return out
+
+
+def word_order_accuracy(model, images: Sequence, captions: Sequence[str], kinds: Sequence[str] = KINDS) -> dict:
+    """{"order/KIND": share of photos whose caption scores strictly above all its scrambled copies, ...,
+    "order_photos": photos tested}. `captions[i]` describes `images[i]`; captions with fewer than 4 copies of a
+    kind are left out of that kind."""
+    image_emb = np.asarray(model.encode_image(list(images)))
+    out: dict = {}
+    for kind in kinds:
+        rows = [(i, [c, *copies]) for i, c in enumerate(captions) if len(copies := scrambled(c, kind)) == COPIES]
+        if not rows:
+            out[f"order/{kind}"] = None
+            continue
+        text_emb = np.asarray(model.encode_text([t for _, texts in rows for t in texts])).reshape(len(rows), COPIES + 1, -1)
+        scores = np.einsum("rkd,rd->rk", text_emb, image_emb[[i for i, _ in rows]])
+        out[f"order/{kind}"] = float(np.mean(scores[:, 0] > scores[:, 1:].max(1)))  # a tie is no win
+    out["order_photos"] = len(captions)
+    return out
