@@ -44,6 +44,7 @@ def cmd_index(args) -> int:
                 what = "not found" if not os.path.exists(target) else found[1]
                 raise PolymodalError(f"{target}: {what}; pass folders of images or image files")
             files.append(target)
+    folders = _outermost(folders)  # `index pics pics/2023`: each image is synced (and counted) once
     # a model that cannot embed is refused here, before the index folder is created
     model = require_embedding(polymodal.load(args.model, precision=args.precision), args.model)
     index = ImageIndex(args.db)
@@ -63,6 +64,19 @@ def cmd_index(args) -> int:
     return 0
 
 
+def _outermost(folders: list[str]) -> list[str]:
+    """The folders not inside (or equal to) an earlier-listed or enclosing one, in the order given."""
+    from pathlib import Path
+
+    resolved = [Path(f).expanduser().resolve() for f in folders]
+    keep = []
+    for i, (folder, path) in enumerate(zip(folders, resolved)):
+        inside = any(j != i and path.is_relative_to(other) and (path != other or j < i) for j, other in enumerate(resolved))
+        if not inside:
+            keep.append(folder)
+    return keep
+
+
 def cmd_search(args) -> int:
     import polymodal
     from polymodal.index import ImageIndex
@@ -73,8 +87,15 @@ def cmd_search(args) -> int:
         raise PolymodalError('the text query is empty; pass some words, e.g. polymodal search --db DB "a dog"')
     if args.k < 1:
         raise PolymodalError(f"-k must be at least 1, got {args.k}")
+    if args.explain:  # a bad file name is refused before the model loads and the 37 occlusion passes run
+        from polymodal.apps.explain import heatmap_format
+
+        heatmap_format(args.explain)
     index = ImageIndex(args.db)
     name = args.model or index.info()["model_name"]
+    if not args.model and os.sep in name and not os.path.exists(name):  # built from a model folder since moved
+        raise PolymodalError(f"index {index.db} was built with the model at {name}, which is no longer there; pass "
+                             "--model with where that model is now, or build a new index with a new --db")
     model = require_embedding(polymodal.load(name, precision=args.precision), name)
     index.check_model(model)
     query = model.encode_image([args.image]) if args.image is not None else model.encode_text([args.query])
@@ -103,17 +124,45 @@ def cmd_classify(args) -> int:
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     templates = args.template or None
     model = require_embedding(polymodal.load(args.model), args.model)
-    results = model.classify(args.images, labels, templates=templates, top_k=args.top_k)
+    model.label_embeddings(labels, templates)  # label and template mistakes end the command here, before any image
+    results = _classify_readable(model, args.images, labels, templates, args.top_k)
+    if all(isinstance(r, str) for r in results):  # nothing could be classified: one error, as before
+        raise PolymodalError(results[0] if len(results) == 1 else f"none of the {len(results)} images could be "
+                             f"classified (first: {results[0]})")
     if args.json:
-        _print_json(
-            [{"image": img, "labels": [{"label": l, "score": round(s, 4)} for l, s in r]} for img, r in zip(args.images, results)]
-        )
+        _print_json([{"image": img, "error": r} if isinstance(r, str) else
+                     {"image": img, "labels": [{"label": l, "score": round(s, 4)} for l, s in r]}
+                     for img, r in zip(args.images, results)])
         return 0
     for img, ranked in zip(args.images, results):
+        if isinstance(ranked, str):
+            continue
         print(img)
         print(_table([(l, f"{s:.3f}") for l, s in ranked], ("label", "score")))
         print()
+    for img, ranked in zip(args.images, results):
+        if isinstance(ranked, str):
+            print(f"polymodal: skipped {img}: {ranked}", file=sys.stderr)
     return 0
+
+
+def _classify_readable(model, images: list, labels: list, templates, top_k, batch: int = 32) -> list:
+    """model.classify per batch of images; a batch with an unreadable image (missing, truncated, not an image) is
+    retried one by one, so that image gets its error message (a str) in place of a ranking and the rest still run."""
+    results: list = []
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        try:
+            results += model.classify(chunk, labels, templates=templates, top_k=top_k)
+            continue
+        except PolymodalError:
+            pass
+        for image in chunk:
+            try:
+                results += model.classify([image], labels, templates=templates, top_k=top_k)
+            except PolymodalError as exc:
+                results.append(str(exc))
+    return results
 
 
 def cmd_info(args) -> int:

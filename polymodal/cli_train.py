@@ -129,17 +129,19 @@ def cmd_eval_retrieval(args) -> int:
     import numpy as np
 
     import polymodal
-    from polymodal.eval.retrieval import read_pairs, retrieval_metrics
+    from polymodal.eval.retrieval import encode_readable, read_pairs, readable_subset, retrieval_metrics
     from polymodal.registry import require_embedding
 
     pairs = read_pairs(args.pairs)
     model = require_embedding(polymodal.load(args.model, precision=args.precision), args.model)
-    metrics = retrieval_metrics(model.encode_image(pairs.images), model.encode_text(pairs.captions), pairs.caption_image)
+    image_emb, rows = encode_readable(model, pairs.images, str(args.pairs))  # a corrupt photo is left out, not fatal
+    pairs = readable_subset(pairs, rows)
+    metrics = retrieval_metrics(image_emb, model.encode_text(pairs.captions), pairs.caption_image)
     if args.word_order:
         from polymodal.eval.word_order import word_order_accuracy
 
         first = [pairs.captions[int(np.flatnonzero(pairs.caption_image == i)[0])] for i in range(len(pairs.images))]
-        metrics |= word_order_accuracy(model, pairs.images, first)
+        metrics |= word_order_accuracy(model, pairs.images, first, image_emb=image_emb)
     print(json.dumps({"model": args.model, "precision": args.precision, "images": len(pairs.images), "captions": len(pairs.captions), **metrics}))
     return 0
 

@@ -5,6 +5,7 @@ sample gallery (test_pretrain's pairs_file: 15 photos x 3 captions)."""
 
 import io
 import json
+import logging
 import tarfile
 
 import numpy as np
@@ -13,7 +14,6 @@ import pytest
 from polymodal.data.images import ImageTransform
 from polymodal.data.pairs import open_pair_image, read_pair_source
 from polymodal.data.shards import write_shards
-from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import read_pairs
 from polymodal.train.features import image_features
 from polymodal.train.pretrain import contrastive_embeddings
@@ -47,6 +47,11 @@ def _add(tf, name, data):
     tf.addfile(info, io.BytesIO(data))
 
 
+def _close(expected: dict):
+    # the same data in another form gives the same run; torch's multi-threaded sums may differ in the last digits
+    return pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
 def _printed(capsys, keep: tuple) -> dict:
     """The metrics starting with ``keep`` of the JSON line a command printed last (a run's "best" ones)."""
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -65,20 +70,20 @@ def test_train_contrastive_and_eval_read_every_shard_form_as_jsonl(pairs_file, s
     expected = train("jsonl", [pairs_file], [pairs_file])
     assert expected["val/rsum"] > 0
     for name, form in _forms(shards).items():
-        assert train(name, form, form) == expected, name
+        assert train(name, form, form) == _close(expected), name
     views = train("views-jsonl", [pairs_file], [pairs_file], "--views", "2")
-    assert train("views", [shards], _forms(shards)["brace"], "--views", "2") == views != expected
+    assert train("views", [shards], _forms(shards)["brace"], "--views", "2") == _close(views) and views != expected
     resumed = []
     for run in ("jsonl", "joined"):  # --out RUN --resume alone: the sources come from RUN/train_config.json
         assert _run(["train", "contrastive", "--out", tmp_path / run, "--resume", "--epochs", "2", "--quiet"]) == 0
         resumed.append(_printed(capsys, ("val/",)))
-    assert resumed[0] == resumed[1] != expected
+    assert resumed[0] == _close(resumed[1]) and resumed[0] != expected
 
     assert _run(["eval", "retrieval", "--pairs", pairs_file, "--model", tmp_path / "jsonl" / "model"]) == 0
     expected = _printed(capsys, ("t2i", "i2t"))
     for form in ("folder", "glob", "brace", "joined"):
         assert _run(["eval", "retrieval", "--pairs", *_forms(shards)[form], "--model", tmp_path / "jsonl" / "model"]) == 0
-        assert _printed(capsys, ("t2i", "i2t")) == expected, form
+        assert _printed(capsys, ("t2i", "i2t")) == _close(expected), form
 
 
 def test_train_pretrain_reads_shards_as_jsonl_and_mines_with_any_model(pairs_file, shards, tmp_path, capsys):
@@ -91,8 +96,8 @@ def test_train_pretrain_reads_shards_as_jsonl_and_mines_with_any_model(pairs_fil
 
     expected = pretrain("jsonl", [pairs_file])
     assert "val/itm_accuracy_hard" in expected
-    assert pretrain("brace", _forms(shards)["brace"]) == expected
-    assert pretrain("joined", _forms(shards)["joined"]) == expected
+    assert pretrain("brace", _forms(shards)["brace"]) == _close(expected)
+    assert pretrain("joined", _forms(shards)["joined"]) == _close(expected)
 
 
 def test_miner_embeddings_of_shard_images_equal_the_files(lite, pairs_file, shards):
@@ -120,7 +125,7 @@ def test_truncated_shard_keeps_the_samples_before_the_cut(pairs_file, shards, tm
     assert len(read_pairs(cut).images) == len(ps.images)
 
 
-def test_corrupt_image_member_is_named(pairs_file, tmp_path, capsys):
+def test_corrupt_image_member_is_named(pairs_file, tmp_path, capsys, caplog):
     """`eval retrieval` and `export onnx --val-pairs` ended with 'not a readable image: the given bytes'."""
     with tarfile.open(tmp_path / "s.tar", "w") as tf:
         _add(tf, "a.jpg", (pairs_file.parent / "cat.jpg").read_bytes())
@@ -128,12 +133,20 @@ def test_corrupt_image_member_is_named(pairs_file, tmp_path, capsys):
         _add(tf, "b.jpg", b"not a jpeg at all")
         _add(tf, "b.txt", b"broken")
         _add(tf, "c.jpg", (pairs_file.parent / "cat.jpg").read_bytes())  # no caption: skipped when listing
-    with pytest.raises(PolymodalError, match=r"s\.tar#b\.jpg: not a readable image"):
-        read_pairs(tmp_path / "s.tar")
+    # left out like an unreadable image file, with a warning naming the member
+    with caplog.at_level(logging.WARNING):
+        pairs = read_pairs(tmp_path / "s.tar")
+    assert pairs.captions == ["a cat"] and len(pairs.images) == 1 and list(pairs.caption_image) == [0]
+    assert "left out 1 unreadable image(s)" in caplog.text and "s.tar#b.jpg: not a readable image" in caplog.text
     capsys.readouterr()
-    assert _run(["eval", "retrieval", "--pairs", tmp_path / "s.tar", "--model", "lite"]) == 2
+    assert _run(["eval", "retrieval", "--pairs", tmp_path / "s.tar", "--model", "lite"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 1
+    with tarfile.open(tmp_path / "bad.tar", "w") as tf:
+        _add(tf, "b.jpg", b"not a jpeg at all")
+        _add(tf, "b.txt", b"broken")
+    assert _run(["eval", "retrieval", "--pairs", tmp_path / "bad.tar", "--model", "lite"]) == 2
     err = capsys.readouterr().err
-    assert "s.tar#b.jpg" in err and "Traceback" not in err
+    assert "bad.tar#b.jpg" in err and "Traceback" not in err
 
 
 class _PixelMean:

@@ -69,15 +69,21 @@ def overlay_heatmap(image: Any, heat: np.ndarray, alpha: float = 0.5, box: tuple
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
+def heatmap_format(out: str | Path) -> str:
+    """The image format a heat map saved as ``out`` gets (from its suffix), or a PolymodalError saying which to use."""
+    fmt = _FORMATS.get(Path(out).suffix.lower())
+    if fmt is None:
+        raise PolymodalError(f"cannot write a heat map as {Path(out).name!r}; end the file name in {', '.join(_FORMATS)}")
+    return fmt
+
+
 def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0.5, transform=None) -> Path:
     """Write ``image`` with ``heat`` overlaid, at the image's size, atomically; the file's suffix picks the format
     (.png, .jpg, .webp). With the model's ``transform`` the grid covers the centre crop the model saw."""
     import io
 
     out = Path(out)
-    fmt = _FORMATS.get(out.suffix.lower())
-    if fmt is None:
-        raise PolymodalError(f"cannot write a heat map as {out.name!r}; end the file name in {', '.join(_FORMATS)}")
+    fmt = heatmap_format(out)
     img = load_image(image)
     box = transform.source_box(img.size) if transform is not None else None
     buf = io.BytesIO()

@@ -44,6 +44,10 @@ class PromptCache:
 def rank_labels(
     image_emb: np.ndarray, label_emb: np.ndarray, labels: list[str], logit_scale: float, top_k: int | None = None
 ) -> list[list[tuple[str, float]]]:
+    first = {label: i for i, label in reversed(list(enumerate(labels)))}  # a label given twice is one label: two
+    if len(first) < len(labels):  # copies would split its probability and show up twice
+        keep = sorted(first.values())
+        labels, label_emb = [labels[i] for i in keep], np.asarray(label_emb)[keep]
     logits = logit_scale * image_emb @ label_emb.T
     logits -= logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)

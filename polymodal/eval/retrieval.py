@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from polymodal.errors import PolymodalError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,8 +29,20 @@ def read_pairs(path: str | Path) -> Pairs:
     from polymodal.data.shards import split_tar_ref
 
     pairset = read_pair_source(path)
-    images = [_shard_image(img) if split_tar_ref(img) is not None else Path(img) for img in pairset.images]
-    return Pairs(images, pairset.captions, pairset.caption_image)
+    images, bad = [], []
+    for img in pairset.images:
+        try:
+            images.append(_shard_image(img) if split_tar_ref(img) is not None else Path(img))
+        except PolymodalError as exc:
+            images.append(None)
+            bad.append(str(exc))
+    pairs = Pairs(images, pairset.captions, pairset.caption_image)
+    if not bad:
+        return pairs
+    if len(bad) == len(images):
+        raise PolymodalError(f"none of the {len(images)} shard images of {path} could be read (first: {bad[0]})")
+    log.warning("%s: left out %d unreadable image(s) (first: %s)", path, len(bad), bad[0])
+    return readable_subset(pairs, np.flatnonzero([img is not None for img in images]))
 
 
 def _shard_image(ref: str) -> bytes:
@@ -40,7 +55,7 @@ def _shard_image(ref: str) -> bytes:
     try:
         load_image(data)
     except PolymodalError as exc:
-        raise PolymodalError(f"{ref}: {exc}; remove that sample from the shard or rewrite the shard without it") from exc
+        raise PolymodalError(f"{ref}: {exc}") from exc
     return data
 
 
@@ -79,3 +94,42 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image
             out[f"{name}_R@{k}"] = round(float((ranks <= k).mean()), 4)
         out[f"{name}_median_rank"] = float(np.median(ranks))
     return out
+
+
+def encode_readable(model, images: list, source: str = "images", batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """``model.encode_image`` over ``images``, leaving out the ones that cannot be read (a truncated JPEG, a file
+    that is no image) with one warning instead of ending the evaluation. -> (embeddings of the readable images,
+    their indices into ``images``). None readable is an error."""
+    from polymodal.models.inputs import as_images
+
+    images = as_images(images)
+    rows, chunks, bad = [], [], []
+    for start in range(0, len(images), batch_size):
+        chunk = list(images[start : start + batch_size])
+        try:
+            chunks.append(model.encode_image(chunk))
+            rows.extend(range(start, start + len(chunk)))
+            continue
+        except PolymodalError:
+            pass
+        for j, image in enumerate(chunk):  # a failing batch is retried one by one, so only the bad images go
+            try:
+                chunks.append(model.encode_image([image]))
+                rows.append(start + j)
+            except PolymodalError as exc:
+                bad.append(str(exc))
+    if bad:
+        log.warning("%s: left out %d unreadable image(s) (first: %s)", source, len(bad), bad[0])
+    if not rows:
+        raise PolymodalError(f"none of the {len(images)} images could be read (first: {bad[0] if bad else '-'}); "
+                             "check the image files")
+    return np.concatenate(chunks), np.asarray(rows, dtype=np.int64)
+
+
+def readable_subset(pairs: Pairs, rows: np.ndarray) -> Pairs:
+    """The pairs of the images at ``rows`` (see `encode_readable`): other images and their captions are dropped."""
+    new_index = np.full(len(pairs.images), -1, dtype=np.int64)
+    new_index[rows] = np.arange(len(rows))
+    keep = new_index[np.asarray(pairs.caption_image)] >= 0
+    return Pairs([pairs.images[i] for i in rows], [c for c, k in zip(pairs.captions, keep) if k],
+                 new_index[np.asarray(pairs.caption_image)[keep]])

@@ -49,11 +49,12 @@ def scrambled(caption: str, kind: str, n: int = COPIES, seed: int = 0) -> list[s
     return out
 
 
-def word_order_accuracy(model, images: Sequence, captions: Sequence[str], kinds: Sequence[str] = KINDS) -> dict:
+def word_order_accuracy(model, images: Sequence, captions: Sequence[str], kinds: Sequence[str] = KINDS,
+                        image_emb: np.ndarray | None = None) -> dict:
     """{"order/KIND": share of photos whose caption scores strictly above all its scrambled copies, ...,
     "order_photos": photos tested}. `captions[i]` describes `images[i]`; captions with fewer than 4 copies of a
-    kind are left out of that kind."""
-    image_emb = np.asarray(model.encode_image(list(images)))
+    kind are left out of that kind. `image_emb`: the images' embeddings, if already computed."""
+    image_emb = np.asarray(model.encode_image(list(images)) if image_emb is None else image_emb)
     out: dict = {}
     for kind in kinds:
         rows = [(i, [c, *copies]) for i, c in enumerate(captions) if len(copies := scrambled(c, kind)) == COPIES]

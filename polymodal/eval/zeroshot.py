@@ -46,9 +46,15 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     require_embedding(model)
     classes = sorted(set(labels))
     class_emb = model.label_embeddings(classes, templates)
-    emb = model.encode_image(images) if image_emb is None else image_emb
+    if image_emb is None:  # an unreadable image is left out with a warning, not the end of the evaluation
+        from polymodal.eval.retrieval import encode_readable
+
+        emb, rows = encode_readable(model, images, "zero-shot images")
+        labels = [labels[i] for i in rows]
+    else:
+        emb = image_emb
     order = np.argsort(-(emb @ class_emb.T), axis=1)
     truth = np.array([classes.index(label) for label in labels])
     rank = (order == truth[:, None]).argmax(axis=1)
     return {"top1": round(float((rank < 1).mean()), 4), "top5": round(float((rank < 5).mean()), 4),
-            "images": len(images), "classes": len(classes)}
+            "images": len(labels), "classes": len(classes)}
