@@ -15,6 +15,7 @@ import pytest
 import polymodal
 from conftest import cli_json
 from polymodal import cli
+from polymodal.errors import PolymodalError
 
 
 @pytest.fixture
@@ -137,3 +138,19 @@ def test_a_folder_listed_with_its_subfolder_counts_each_photo_once(quick_load, g
     assert (first["added"], first["unchanged"], first["index"]["count"]) == (3, 0, 3)
     again = cli_json(["index", root / "2023", root, "--db", db, "--json"])
     assert (again["added"], again["unchanged"]) == (0, 3)
+
+
+def test_unreadable_image_errors_give_pillows_reason(gallery, tmp_path):
+    from polymodal.data.images import load_image
+
+    whole = (gallery / "cat.jpg").read_bytes()
+    (tmp_path / "half.jpg").write_bytes(whole[: len(whole) // 3])
+    (tmp_path / "text.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(PolymodalError, match=r"half\.jpg \(image file is truncated"):
+        load_image(tmp_path / "half.jpg")
+    with pytest.raises(PolymodalError) as info:
+        load_image(tmp_path / "text.jpg")
+    assert str(info.value).endswith("text.jpg (cannot identify image file)")  # the path is not repeated
+    with pytest.raises(PolymodalError) as info:
+        load_image(b"not a jpeg")
+    assert "(cannot identify image file)" in str(info.value) and "0x" not in str(info.value)

@@ -127,7 +127,13 @@ def _open(source, name: str) -> Image.Image:
         img.load()
         return img
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise PolymodalError(f"not a readable image: {name} ({exc.__class__.__name__})") from exc
+        raise PolymodalError(f"not a readable image: {name} ({_reason(exc)})") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """Pillow's reason ("image file is truncated ...") without the file name it sometimes repeats."""
+    text = re.split(r" '| <", str(exc))[0].strip()  # "... file '/path'" or "... file <_io.BytesIO object at 0x..>"
+    return text or exc.__class__.__name__
 
 
 @dataclass(frozen=True)
