@@ -45,6 +45,7 @@ def cmd_index(args) -> int:
                 raise PolymodalError(f"{target}: {what}; pass folders of images or image files")
             files.append(target)
     folders = _outermost(folders)  # `index pics pics/2023`: each image is synced (and counted) once
+    files = list({os.path.abspath(f): f for f in files}.values())  # `index a.jpg ./a.jpg` is one file
     # a model that cannot embed is refused here, before the index folder is created
     model = require_embedding(polymodal.load(args.model, precision=args.precision), args.model)
     index = ImageIndex(args.db)

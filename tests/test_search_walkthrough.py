@@ -140,6 +140,14 @@ def test_a_folder_listed_with_its_subfolder_counts_each_photo_once(quick_load, g
     assert (again["added"], again["unchanged"]) == (0, 3)
 
 
+def test_a_file_named_twice_is_one_file(quick_load, gallery, tmp_path, capsys, monkeypatch):
+    shutil.copy(gallery / "cat.jpg", tmp_path / "cat.jpg")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["index", "cat.jpg", "./cat.jpg", str(tmp_path / "cat.jpg"), "--db", "db"]) == 0
+    out = capsys.readouterr().out
+    assert "indexed 1 file into db" in out, out
+
+
 def test_unreadable_image_errors_give_pillows_reason(gallery, tmp_path):
     from polymodal.data.images import load_image
 
