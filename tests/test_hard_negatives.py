@@ -203,3 +203,30 @@ def test_eval_retrieval_reports_word_order(capsys, negative_pairs):
     line = json.loads(capsys.readouterr().out)
     assert {"order/swap", "order/trigrams", "order/within", "order/shuffle"} <= set(line)
     assert line["order/shuffle"] is not None and 0.0 <= line["order/shuffle"] <= 1.0 and line["t2i_R@1"] > 0
+
+
+def test_shards_carry_hard_negatives(gallery, tmp_path):
+    """write_shards keeps each caption's negatives in the sample's .json; a hand-made shard may give one list for
+    all captions of its sample."""
+    import io
+    import tarfile
+
+    from polymodal.data.pairs import PairSet
+    from polymodal.data.shards import write_shards
+
+    pairs = [Pair((gallery / "cat.jpg").resolve(), "a cat on a sofa", ("a sofa on a cat",)),
+             Pair((gallery / "cat.jpg").resolve(), "a tabby cat"),
+             Pair((gallery / "coffee.jpg").resolve(), "a cup of coffee")]
+    write_shards(PairSet.from_pairs(pairs), tmp_path / "shards")
+    got = read_pair_source(tmp_path / "shards")
+    assert [(p.caption, p.negatives) for p in got.pairs] == [
+        ("a cat on a sofa", ("a sofa on a cat",)), ("a tabby cat", ()), ("a cup of coffee", ())]
+
+    meta = {"captions": ["a dog", "a brown dog"], "negatives": ["a cat", "a dog"]}  # "a dog" is dropped for caption 1
+    with tarfile.open(tmp_path / "hand.tar", "w") as tf:
+        for name, data in (("x.jpg", (gallery / "cat.jpg").read_bytes()), ("x.json", json.dumps(meta).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    got = read_pair_source(tmp_path / "hand.tar")
+    assert [p.negatives for p in got.pairs] == [("a cat",), ("a cat", "a dog")]

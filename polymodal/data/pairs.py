@@ -7,7 +7,8 @@
 - a folder of images with same-named .txt captions (`cat.jpg` + `cat.txt`, one caption per non-empty line);
 - tar shards: a .tar file, a folder of them, a glob, or a brace pattern like `shards-{000..009}.tar`
   (see `polymodal.data.shards`); their images are referenced as "<shard>#<member>" strings.
-JSONL rows may carry "negatives" (a text or a list) and CSV files a "negatives" column (texts joined by "|"):
+JSONL rows may carry "negatives" (a text or a list), CSV files a "negatives" column (texts joined by "|") and
+shard samples a "negatives" key in their .json (see `polymodal.data.shards.write_shards`):
 hard-negative captions that describe the row's photo wrongly (NegCLIP; `polymodal train contrastive` uses them).
 Rows that cannot be used (bad JSON, missing key, missing image file) are collected in `PairSet.skipped` and
 logged; only a source with no usable pair at all is an error.
@@ -271,7 +272,8 @@ def _read_shards(patterns: Any) -> tuple[list[Pair], list]:
     pairs, skipped = [], []
     for sample in _shards.iter_samples(patterns, read_images=False, skipped=skipped):
         ref = _shards.tar_ref(sample.shard, sample.image_name)
-        pairs.extend(Pair(ref, c) for c in sample.captions)
+        negatives = sample.negatives or [()] * len(sample.captions)
+        pairs.extend(Pair(ref, c, n) for c, n in zip(sample.captions, negatives))
     return pairs, skipped
 
 

@@ -26,7 +26,7 @@ import tarfile
 import threading
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -231,17 +231,20 @@ def write_shards(
     """Write pairs (a PairSet or Pair list) as tar shards `<prefix>-000000.tar`...; one sample per unique image.
 
     Each sample is `<key>.<image ext>` (the original encoded bytes), `<key>.txt` (its captions, one per line) and
-    `<key>.json` ({"caption": first, "captions": all, "source": original file name}). Keys are global sample
+    `<key>.json` ({"caption": first, "captions": all, "source": original file name, and "negatives": per caption
+    its hard-negative captions, when any pair has some}). Keys are global sample
     numbers, unique across shards. Each shard is written to a temporary file and renamed when complete.
     """
     if samples_per_shard < 1:
         raise PolymodalError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
     items = getattr(pairs, "pairs", pairs)
     groups: dict[Any, list[str]] = {}
+    negatives: dict[Any, list[list[str]]] = {}  # per image, aligned with its captions
     for pair in items:
         caption = " ".join(str(pair.caption).split())
         if caption:
             groups.setdefault(pair.image, []).append(caption)
+            negatives.setdefault(pair.image, []).append(list(getattr(pair, "negatives", ())))
     if not groups:
         raise PolymodalError("write_shards got no pairs; pass a PairSet or a non-empty list of Pair")
     out_dir = Path(out_dir)
@@ -262,6 +265,8 @@ def write_shards(
                         key = f"{k:0{key_width}d}"
                         ext, data = _encoded_image(image)
                         meta = {"caption": captions[0], "captions": captions, "source": _source_name(image)}
+                        if any(negatives[image]):
+                            meta["negatives"] = negatives[image]
                         _add(tf, f"{key}.{ext}", data)
                         _add(tf, f"{key}.txt", "\n".join(captions).encode("utf-8"))
                         _add(tf, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
@@ -314,6 +319,7 @@ class ShardSample:
     image_name: str  # the tar member holding the image
     image: bytes | None  # encoded bytes (None when read with read_images=False)
     captions: list[str]
+    negatives: list[tuple[str, ...]] = field(default_factory=list)  # per caption (the .json's "negatives")
 
 
 def iter_samples(
@@ -385,7 +391,20 @@ def _make_sample(shard: Path, key: str, files: dict, skipped: list | None) -> Sh
         _skip(skipped, location, "no caption (.txt lines or .json 'caption'/'captions')")
         return None
     name, data = files[image_ext]
-    return ShardSample(shard, key, name, data, captions)
+    return ShardSample(shard, key, name, data, captions, _negatives(files, captions))
+
+
+def _negatives(files: dict, captions: list[str]) -> list[tuple[str, ...]]:
+    """The .json's "negatives": a list per caption (as write_shards writes them), or one text or list of texts for
+    every caption of the sample. A negative equal to its caption is dropped."""
+    value = json.loads(files["json"][1].decode("utf-8")).get("negatives") if "json" in files else None
+    clean = lambda texts: [t for t in (" ".join(str(x).split()) for x in texts) if t]  # noqa: E731
+    if isinstance(value, list) and len(value) == len(captions) and all(isinstance(v, list) for v in value):
+        per_caption = [clean(v) for v in value]
+    else:
+        shared = clean([value] if isinstance(value, str) else value if isinstance(value, list) else [])
+        per_caption = [shared] * len(captions)
+    return [tuple(n for n in negs if n != c) for c, negs in zip(captions, per_caption)]
 
 
 def _captions(files: dict) -> list[str]:
