@@ -86,7 +86,7 @@ def main(argv=None) -> int:
                 "rsum": round(sum(v for k, v in metrics.items() if "R@" in k), 4),
                 **{k: round(v, 4) for k, v in metrics.items() if "R@" in k}}
         order = word_order_accuracy(model, held_out.images, first_caption)
-        line.update({k: round(v, 4) for k, v in order.items() if k.startswith("order/")})
+        line.update({k: round(v, 4) for k, v in order.items() if not k.endswith("_n")})
         print(json.dumps(line), flush=True)
     return 0
 

@@ -119,6 +119,9 @@ def with_run_settings(settings: dict, known: set) -> dict:
         saved = json.loads(path.read_text())
     except ValueError as exc:
         raise PolymodalError(f"cannot read {path} ({exc}); pass the run's settings again with --resume") from exc
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k, {}), dict) for k in ("arch", "train")):
+        raise PolymodalError(f"{path} does not hold a run's settings (an object with arch and train objects); pass "
+                             "the run's settings again with --resume")
     merged = {k: v for k, v in saved.items() if k in known} | settings
     for section in ("arch", "train"):
         merged[section] = {**saved.get(section, {}), **settings[section]}

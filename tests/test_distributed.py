@@ -92,7 +92,14 @@ if __name__ == "__main__":
         unequal = "no error"
     except PolymodalError as exc:
         unequal = str(exc)
-    torch.save({"loss": out.loss.detach(), "logits": out.logits_per_image.detach(), "grads": grads,
+    # Ranks that read different numbers of images fail alike instead of hanging later; equal counts pass.
+    distributed.same_on_all_ranks(7, "a count", "fix it")
+    try:
+        distributed.same_on_all_ranks(rank, "how many images could be read", "check the files")
+        disagree = "no error"
+    except PolymodalError as exc:
+        disagree = str(exc)
+    torch.save({"disagree": disagree, "loss": out.loss.detach(), "logits": out.logits_per_image.detach(), "grads": grads,
                 "unequal": unequal, "with_extras": with_extras,
                 "ragged_loss": ragged_loss.detach(), "ragged_grad": ragged.grad}, f"{sys.argv[1]}/rank{rank}.pt")
     distributed.barrier()
@@ -166,6 +173,7 @@ def test_ddp_gathered_loss_equals_single_process(tmp_path):
         torch.testing.assert_close(got["loss"], ref.loss.detach(), atol=1e-5, rtol=0)
         torch.testing.assert_close(got["logits"], ref.logits_per_image.detach(), atol=1e-5, rtol=0)
         assert "drop_last=True" in got["unequal"], got["unequal"]
+        assert got["disagree"] == "the processes disagree on how many images could be read ([0, 1] by rank); check the files"
         torch.testing.assert_close(got["with_extras"], ref_extras, atol=1e-5, rtol=0)
         torch.testing.assert_close(got["ragged_loss"], ref_ragged.detach(), atol=1e-5, rtol=0)
         rows = slice(*[0, 5, 6][r : r + 2])

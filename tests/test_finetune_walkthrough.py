@@ -152,3 +152,26 @@ def test_resume_works_from_another_folder(pairs, tmp_path, monkeypatch, capsys):
     assert _run(["train", "contrastive", "--out", tmp_path / "run", "--resume", "--epochs", "2", "--quiet"]) == 0
     config = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert config["pairs"] == [str(tmp_path / "mine.jsonl")]
+
+
+def test_a_row_in_two_sources_counts_once(gallery, tmp_path):
+    from polymodal.data.pairs import read_pair_sources
+
+    row = json.dumps({"image": str(gallery / "cat.jpg"), "caption": "a cat"}) + "\n"
+    (tmp_path / "a.jsonl").write_text(row)
+    (tmp_path / "b.jsonl").write_text(row + json.dumps({"image": str(gallery / "cat.jpg"), "caption": "a pet"}) + "\n")
+    got = read_pair_sources([tmp_path / "a.jsonl", tmp_path / "b.jsonl"])
+    assert got.captions == ["a cat", "a pet"] and len(got.skipped) == 1
+
+
+def test_built_in_model_names_stay_names_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    """`--out lite` created ./lite before the settings were written, and 'lite' became /abs/lite: --resume failed."""
+    from polymodal.train.run_settings import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lite").mkdir()
+    (tmp_path / "mine").mkdir()
+    recipe = ContrastiveRecipe(pairs=["p.jsonl"], out="lite", model="lite")
+    assert "model" not in absolute_paths(recipe, ("pairs",), ("model",))
+    recipe.model = "mine"
+    assert absolute_paths(recipe, ("pairs",), ("model",))["model"] == str(tmp_path / "mine")

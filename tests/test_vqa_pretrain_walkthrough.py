@@ -117,11 +117,15 @@ def test_resume_with_another_architecture_is_one_line_and_writes_nothing(run, ca
 
 def test_a_refused_resume_keeps_the_runs_settings(run, capsys):
     """`--resume` with nothing left to train is refused; train_config.json used to be rewritten first (here with
-    --lr 0.5 and --epochs 1 that never ran)."""
+    settings that never ran)."""
     command, out, data = run
     before = (out / "train_config.json").read_text()
-    assert _run(["train", command, *data, "--out", out, "--resume", "--epochs", "1", "--lr", "0.5", "--quiet"]) == 2
+    assert _run(["train", command, *data, "--out", out, "--resume", "--epochs", "1", "--log-every", "7", "--quiet"]) == 2
     assert "already trained 1 epochs" in capsys.readouterr().err
+    assert (out / "train_config.json").read_text() == before
+    # another learning rate would be recorded but not used (the optimizer state brings the old one back): refused
+    assert _run(["train", command, *data, "--out", out, "--resume", "--epochs", "2", "--lr", "0.5", "--quiet"]) == 2
+    assert "was trained with --lr 0.001 (asked now: 0.5)" in capsys.readouterr().err
     assert (out / "train_config.json").read_text() == before
 
 

@@ -146,7 +146,7 @@ class ImageTransform:
     std: tuple = (0.5, 0.5, 0.5)
     resample: str = "bicubic"
     # Resize only the part the centre crop keeps: the same filter taps in half the time. Pillow takes the box as
-    # 32-bit floats, so its taps' weights round differently from resize-then-crop: ~0.01% (photos) to ~0.04% (noise)
+    # 32-bit floats, so its taps' weights round differently from resize-then-crop: ~0.01% (photos) to ~0.2% (noise)
     # of pixel values differ by 1/255, and about one in five million by 2/255. The pass order could cost more (up to
     # ~25/255 on tall images); _box_resize keeps the full resize's. Off for CLIP checkpoints (their processors' pixels
     # are matched exactly); on for the lite towers.

@@ -28,13 +28,20 @@ def _content_positions(tokens: list[str]) -> list[int]:
     return [i for i, t in enumerate(tokens) if (m := _WORD.match(t)) and m.group(1).lower() not in FUNCTION_WORDS]
 
 
+def _coordinated(between: list[str]) -> bool:
+    """Words joined by "and"/"or" ("tan and white", "big, black and white"): swapping them keeps the meaning."""
+    words = [t.lower().strip(",;") for t in between]
+    return any(w in ("and", "or") for w in words) and all(w in FUNCTION_WORDS or not w for w in words)
+
+
 def swapped_captions(caption: str, k: int = 2, seed: int = 0) -> list[str]:
     """Up to `k` distinct captions, each `caption` with two of its content words swapped. Deterministic for a given
     (caption, seed); fewer than `k` (or none) when the caption has too few different content words."""
     tokens = caption.split()
     positions = _content_positions(tokens)
     swaps = [(i, j) for a, i in enumerate(positions) for j in positions[a + 1:]
-             if _WORD.match(tokens[i]).group(1).lower() != _WORD.match(tokens[j]).group(1).lower()]
+             if _WORD.match(tokens[i]).group(1).lower() != _WORD.match(tokens[j]).group(1).lower()
+             and not _coordinated(tokens[i + 1 : j])]
     rng = make_rng(seed, zlib.crc32(caption.encode("utf-8")))
     out: list[str] = []
     for s in rng.permutation(len(swaps)):

@@ -126,9 +126,21 @@ def read_pair_source(source: str | Path | Sequence[str | Path]) -> PairSet:
     raise PolymodalError(f"pairs source not found: {path}; pass {FORMATS}")
 
 
+def read_pair_sources(sources: Sequence[str | Path]) -> PairSet:
+    """Several sources as one PairSet; a row given in two sources counts once."""
+    if not sources:
+        raise PolymodalError(f"no pair source given; pass {FORMATS}")
+    sets = [read_pair_source(s) for s in sources]  # each warns about its unreadable rows
+    if len(sets) == 1:
+        return sets[0]
+    skipped = [x for ps in sets for x in ps.skipped]
+    pairs = without_repeats([p for ps in sets for p in ps.pairs], skipped)
+    return PairSet.from_pairs(pairs, skipped, source=",".join(map(str, sources)))
+
+
 def _finish(result: tuple[list[Pair], list[tuple[str, str]]], source: Any) -> PairSet:
     pairs, skipped = result
-    pairs = _without_repeats(pairs, skipped)
+    pairs = without_repeats(pairs, skipped)
     name = str(source) if isinstance(source, (str, Path)) else "::".join(str(s) for s in source)
     if skipped:
         loc, why = skipped[0]
@@ -139,7 +151,7 @@ def _finish(result: tuple[list[Pair], list[tuple[str, str]]], source: Any) -> Pa
     return PairSet.from_pairs(pairs, skipped, name)
 
 
-def _without_repeats(pairs: list[Pair], skipped: list) -> list[Pair]:
+def without_repeats(pairs: list[Pair], skipped: list) -> list[Pair]:
     """A caption given twice for the same image (a repeated row) would weigh twice in training and count twice in
     recall: keep the first, report the others as skipped."""
     seen: set = set()
@@ -193,6 +205,12 @@ def _texts(value: Any) -> list[str]:
     return [c for c in (_clean(v) for v in values) if c]
 
 
+def _negative_texts(value: Any) -> list[str]:
+    """Like _texts, but only strings count: a nested list or an object is no caption."""
+    values = value if isinstance(value, list) else [value]
+    return _texts([v for v in values if isinstance(v, str)])
+
+
 def _add_row(pairs: list, skipped: list, where: str, image: Any, caption: Any, check: _ImageCheck,
              negatives: Any = None) -> None:
     if image is None:
@@ -206,7 +224,7 @@ def _add_row(pairs: list, skipped: list, where: str, image: Any, caption: Any, c
     if resolved is None:
         skipped.append((where, f"image file not found: {image}"))
         return
-    wrong = tuple(_texts(negatives))
+    wrong = tuple(_negative_texts(negatives))
     pairs.extend(Pair(resolved, c, tuple(n for n in wrong if n != c)) for c in captions)
 
 

@@ -398,9 +398,10 @@ def _negatives(files: dict, captions: list[str]) -> list[tuple[str, ...]]:
     """The .json's "negatives": a list per caption (as write_shards writes them), or one text or list of texts for
     every caption of the sample. A negative equal to its caption is dropped."""
     value = json.loads(files["json"][1].decode("utf-8")).get("negatives") if "json" in files else None
-    clean = lambda texts: [t for t in (" ".join(str(x).split()) for x in texts) if t]  # noqa: E731
-    if isinstance(value, list) and len(value) == len(captions) and all(isinstance(v, list) for v in value):
-        per_caption = [clean(v) for v in value]
+    clean = lambda texts: [t for t in (" ".join(x.split()) for x in texts if isinstance(x, str)) if t]  # noqa: E731
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        # per caption; if blank captions were dropped the lists no longer line up: none rather than wrong ones
+        per_caption = [clean(v) for v in value] if len(value) == len(captions) else [[]] * len(captions)
     else:
         shared = clean([value] if isinstance(value, str) else value if isinstance(value, list) else [])
         per_caption = [shared] * len(captions)

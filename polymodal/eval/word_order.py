@@ -38,7 +38,9 @@ def _scramble(kind: str, words: list[str], rng: random.Random) -> list[str]:
 def scrambled(caption: str, kind: str, n: int = COPIES, seed: int = 0) -> list[str]:
     """Up to n distinct scrambled copies of caption that differ from it (fewer when it has too few words)."""
     if kind == "swap":
-        return swapped_captions(caption, n, seed=seed + 1)  # training swaps use seed 0: other copies
+        # --hard-negatives swap trains with seed 0: on its own training captions about half of these copies are
+        # ones it trained on, so measure on held-out pairs
+        return swapped_captions(caption, n, seed=seed + 1)
     rng, words, out = random.Random(f"{seed}-{kind}-{caption}"), caption.split(), []
     for _ in range(20 * n):
         text = " ".join(_scramble(kind, words, rng))
@@ -51,18 +53,18 @@ def scrambled(caption: str, kind: str, n: int = COPIES, seed: int = 0) -> list[s
 
 def word_order_accuracy(model, images: Sequence, captions: Sequence[str], kinds: Sequence[str] = KINDS,
                         image_emb: np.ndarray | None = None) -> dict:
-    """{"order/KIND": share of photos whose caption scores strictly above all its scrambled copies, ...,
-    "order_photos": photos tested}. `captions[i]` describes `images[i]`; captions with fewer than 4 copies of a
+    """{"order/KIND": share of photos whose caption scores strictly above all its scrambled copies, "order/KIND_n":
+    photos tested for that kind, ...}. `captions[i]` describes `images[i]`; captions with fewer than 4 copies of a
     kind are left out of that kind. `image_emb`: the images' embeddings, if already computed."""
     image_emb = np.asarray(model.encode_image(list(images)) if image_emb is None else image_emb)
     out: dict = {}
     for kind in kinds:
         rows = [(i, [c, *copies]) for i, c in enumerate(captions) if len(copies := scrambled(c, kind)) == COPIES]
+        out[f"order/{kind}_n"] = len(rows)
         if not rows:
             out[f"order/{kind}"] = None
             continue
         text_emb = np.asarray(model.encode_text([t for _, texts in rows for t in texts])).reshape(len(rows), COPIES + 1, -1)
         scores = np.einsum("rkd,rd->rk", text_emb, image_emb[[i for i, _ in rows]])
         out[f"order/{kind}"] = float(np.mean(scores[:, 0] > scores[:, 1:].max(1)))  # a tie is no win
-    out["order_photos"] = len(captions)
     return out

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from polymodal.data.augment import Augment
 from polymodal.data.negatives import HARD_NEGATIVE_MODES, negatives_per_caption
-from polymodal.data.pairs import PairSet, read_pair_source, split_by_image
+from polymodal.data.pairs import PairSet, read_pair_sources, split_by_image
 from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig, is_dual_encoder_folder, load_dual_encoder
@@ -30,7 +30,7 @@ from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
 )
 from polymodal.train.objectives import ContrastiveObjective
-from polymodal.train.run_settings import absolute_paths, check_same_arch, write_train_config
+from polymodal.train.run_settings import absolute_paths, check_same_arch, check_same_rates, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 
 log = logging.getLogger(__name__)
@@ -96,11 +96,7 @@ def rank_batch_size(images: int, batch_size: int, world: int = 1) -> int:
 
 
 def _read(sources: list[str]) -> PairSet:
-    pairsets = [read_pair_source(s) for s in sources]  # each warns about its unreadable rows
-    if len(pairsets) == 1:
-        return pairsets[0]
-    return PairSet.from_pairs([p for ps in pairsets for p in ps.pairs], [s for ps in pairsets for s in ps.skipped],
-                              source=",".join(map(str, sources)))
+    return read_pair_sources(sources)
 
 
 def retrieval_eval(model, image_feats: np.ndarray, text_feats, caption_image: np.ndarray, prefix: str = "val/") -> dict:
@@ -144,6 +140,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
 
     if resume:
         check_same_arch(Path(recipe.out), recipe.arch)
+        check_same_rates(Path(recipe.out), recipe.train)
     feats = image_features(model, train_set.images, views=recipe.views, augment=Augment(), seed=recipe.train.seed,
                            progress=progress, skip_unreadable=True)
     rows = readable_rows(feats)

@@ -43,6 +43,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def same_on_all_ranks(value: int, what: str, fix: str) -> None:
+    """Raise the same PolymodalError on every rank when ranks hold different values of ``what`` (they would
+    otherwise run different numbers of steps and hang in a collective)."""
+    if not is_distributed() or world_size() == 1:
+        return
+    values: list = [None] * world_size()
+    dist.all_gather_object(values, int(value))
+    if len(set(values)) > 1:
+        raise PolymodalError(f"the processes disagree on {what} ({values} by rank); {fix}")
+
+
 def init_from_env(backend: str = "gloo") -> bool:
     """Join the process group torchrun describes in RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT.
 

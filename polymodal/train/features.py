@@ -24,6 +24,7 @@ from polymodal.data.images import LOADER_VERSION
 from polymodal.data.pairs import PairSet, open_pair_image
 from polymodal.data.shards import _file_identity, split_tar_ref
 from polymodal.errors import PolymodalError
+from polymodal.train import distributed
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,12 @@ def readable_rows(image_feats: np.ndarray) -> np.ndarray:
 def readable_images(feats: np.ndarray) -> np.ndarray:
     """`readable_rows` of one view ``[N, ...]`` (as `polymodal.train.vqa.grid_features` returns it)."""
     first = feats.reshape(feats.shape[0], -1)[:, 0]  # one value per image, read from the map
-    return np.flatnonzero(~np.isnan(first))
+    rows = np.flatnonzero(~np.isnan(first))
+    # under torchrun an image that failed to read on one rank only would give the ranks different datasets
+    distributed.same_on_all_ranks(len(rows), "how many images could be read",
+                                  "an image read on one process failed on another; check the image files (-v names "
+                                  "each one) and run again")
+    return rows
 
 
 def report_unreadable(source, images: Sequence, rows: np.ndarray) -> None:

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from polymodal.cache import cache_key
-from polymodal.data.pairs import PairSet, open_pair_image, read_pair_source
+from polymodal.data.pairs import PairSet, open_pair_image, read_pair_sources
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig, is_fusion_encoder_folder, load_fusion_encoder
 from polymodal.models.inputs import as_paths, as_settings
@@ -52,7 +52,7 @@ from polymodal.train.guards import (
     FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
 )
 from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatch
-from polymodal.train.run_settings import absolute_paths, check_same_arch, write_train_config
+from polymodal.train.run_settings import absolute_paths, check_same_arch, check_same_rates, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa import EpochShuffle, grid_features
 
@@ -154,11 +154,9 @@ class PretrainRecipe:
 
 def read_pairs(sources: Sequence[str | Path]) -> PairSet:
     """One PairSet from several pair sources (JSONL, CSV, caption folders, shards)."""
-    sets = [read_pair_source(s) for s in sources]
-    if not sets:
+    if not sources:
         raise PolymodalError("no pair source given; pass --pairs FILE.jsonl")
-    return PairSet.from_pairs([p for s in sets for p in s.pairs], [x for s in sets for x in s.skipped],
-                              source=",".join(map(str, sources)))
+    return read_pair_sources(sources)
 
 
 def split_pairs_by_image(pairs: PairSet, fraction: float, seed: int = 0) -> tuple[PairSet, PairSet]:
@@ -596,6 +594,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     model = build_model(recipe)
     if resume:
         check_same_arch(Path(recipe.out), recipe.arch)
+        check_same_rates(Path(recipe.out), recipe.train)
     names = list(recipe.objectives)
     log.info("pretrain %s on %d captions of %d images; val: %d captions", names, len(train_pairs),
              len(train_pairs.images), len(val_pairs) if val_pairs else 0)

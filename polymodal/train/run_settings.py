@@ -22,8 +22,12 @@ def absolute_paths(recipe, sources: Sequence[str] = (), names: Sequence[str] = (
     """The recipe's paths made absolute: every entry of the ``sources`` lists, and each of ``names`` that names
     an existing file or folder (not a built-in name such as 'new' or 'default')."""
     out = {key: [absolute_source(p) for p in getattr(recipe, key)] for key in sources}
+    from polymodal.registry import MODELS
+
     for key in names:
         value = getattr(recipe, key)
+        if value in MODELS or value in ("new", "random"):  # names, even beside a folder called so (--out lite)
+            continue
         if value and os.path.exists(os.path.expanduser(str(value))):
             out[key] = absolute_source(value)
     return out
@@ -36,12 +40,27 @@ def write_train_config(out: Path, settings: dict) -> None:
 def check_same_arch(out: Path, arch, ignore: Sequence[str] = ()) -> None:
     """--resume: the checkpoint only fits the architecture it was trained with (RUN/train_config.json); ``ignore``:
     keys that are no flag (checked when the checkpoint loads)."""
+    _check_unchanged(out, "arch", arch, lambda k: k not in ignore)
+
+
+RESUMED_RATES = ("lr", "tower_lr_scale", "weight_decay")  # the checkpoint's optimizer state brings these back
+
+
+def check_same_rates(out: Path, train) -> None:
+    """--resume: the optimizer and schedule continue at the rates they were saved with, so another --lr,
+    --tower-lr-scale or --weight-decay would be recorded in train_config.json but not used: refuse it."""
+    _check_unchanged(out, "train", train, lambda k: k in RESUMED_RATES)
+
+
+def _check_unchanged(out: Path, section: str, settings, compared) -> None:
     try:
-        saved = json.loads((Path(out) / "train_config.json").read_text())["arch"]
+        saved = json.loads((Path(out) / "train_config.json").read_text())[section]
+        if not isinstance(saved, dict):
+            return
     except (OSError, ValueError, KeyError, TypeError):
         return  # a run from before train_config.json: loading the checkpoint is the check
-    now = json.loads(json.dumps(asdict(arch), default=str))
-    changed = [k for k in now if k in saved and k not in ignore and saved[k] != now[k]]
+    now = json.loads(json.dumps(asdict(settings), default=str))
+    changed = [k for k in now if k in saved and compared(k) and saved[k] != now[k]]
     if changed:
         was = ", ".join(f"--{k.replace('_', '-')} {_flag_value(saved[k])} (asked now: {_flag_value(now[k])})"
                         for k in changed)
