@@ -190,3 +190,25 @@ def test_export_validation_set_from_shards_equals_jsonl(pairs_file, shards):
     assert got.captions == want.captions and got.caption_image.tolist() == want.caption_image.tolist()
     transform = ImageTransform(resize=32, crop=32)
     np.testing.assert_array_equal(transform(got.images), transform(want.images))
+
+
+def test_skipping_and_strict_callers_share_one_feature_cache(pairs_file, tmp_path, monkeypatch):
+    """One cache entry for both: a strict caller (VQA predict, contrastive_cv) reuses what a training run cached,
+    and still fails on an image that could not be read, with the image's own error."""
+    from polymodal.errors import PolymodalError
+    from polymodal.train import features
+
+    good = [pairs_file.parent / "cat.jpg", pairs_file.parent / "coffee.jpg"]
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    model = _PixelMean()
+    first = image_features(model, good, progress=False, skip_unreadable=True)
+    with_bad = [*good, tmp_path / "bad.jpg"]
+    assert np.isnan(image_features(model, with_bad, progress=False, skip_unreadable=True)[0, 2]).all()
+
+    def no_computing(*args):
+        raise AssertionError("computed again instead of using the cache")
+
+    monkeypatch.setattr(features, "_open_or_none", no_computing)
+    np.testing.assert_array_equal(image_features(model, good, progress=False), first)
+    with pytest.raises(PolymodalError, match=r"bad\.jpg \(cannot identify image file\)"):
+        image_features(model, with_bad, progress=False)

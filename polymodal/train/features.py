@@ -76,11 +76,14 @@ def image_features(
     batch_size: int = 32, progress: bool = True, skip_unreadable: bool = False,
 ) -> np.ndarray:
     """[views, N, *feature_shape] float16, memory-mapped from the cache (computed on first use). An unreadable
-    image is an error, or with ``skip_unreadable`` gets NaN features (see `readable_rows`)."""
+    image is an error, or with ``skip_unreadable`` gets NaN features (see `readable_rows`). Both kinds of caller
+    share one cache entry: one that skips nothing fails on a NaN row as it would have on the image."""
     augment = augment or Augment()
-    skip = ("skip unreadable",) if skip_unreadable else ()
     path, cached = _load_cached(cache_key(model.image_cache_signature, f"loader {LOADER_VERSION}", views, repr(augment),
-                                          seed, *skip, *map(_identity, images)), "image")
+                                          seed, *map(_identity, images)), "image")
+    if cached is not None and not skip_unreadable and len(unread := _nan_rows(cached[0])):
+        open_pair_image(images[unread[0]])  # raises the image's own error; if it reads now, compute afresh
+        cached = None
     if cached is not None:
         return cached
     out = None
@@ -109,10 +112,14 @@ def readable_rows(image_feats: np.ndarray) -> np.ndarray:
     return readable_images(image_feats[0])
 
 
+def _nan_rows(feats: np.ndarray) -> np.ndarray:
+    """Rows of one view ``[N, ...]`` that are NaN: images that could not be read when the cache was made."""
+    return np.flatnonzero(np.isnan(feats.reshape(feats.shape[0], -1)[:, 0]))  # one value per image, from the map
+
+
 def readable_images(feats: np.ndarray) -> np.ndarray:
     """`readable_rows` of one view ``[N, ...]`` (as `polymodal.train.vqa.grid_features` returns it)."""
-    first = feats.reshape(feats.shape[0], -1)[:, 0]  # one value per image, read from the map
-    rows = np.flatnonzero(~np.isnan(first))
+    rows = np.setdiff1d(np.arange(feats.shape[0]), _nan_rows(feats))
     # under torchrun an image that failed to read on one rank only would give the ranks different datasets
     distributed.same_on_all_ranks(len(rows), "how many images could be read",
                                   "an image read on one process failed on another; check the image files (-v names "
