@@ -126,7 +126,11 @@ def cmd_classify(args) -> int:
     templates = args.template or None
     model = require_embedding(polymodal.load(args.model), args.model)
     model.label_embeddings(labels, templates)  # label and template mistakes end the command here, before any image
-    results = _classify_readable(model, args.images, labels, templates, args.top_k)
+    from polymodal.models.inputs import each_or_error
+
+    # a batch with an unreadable image is retried one by one: that image gets its error, the rest still run
+    results = each_or_error(lambda chunk: model.classify(chunk, labels, templates=templates, top_k=args.top_k),
+                            args.images)
     if all(isinstance(r, str) for r in results):  # nothing could be classified: one error, as before
         raise PolymodalError(results[0] if len(results) == 1 else f"none of the {len(results)} images could be "
                              f"classified (first: {results[0]})")
@@ -145,25 +149,6 @@ def cmd_classify(args) -> int:
         if isinstance(ranked, str):
             print(f"polymodal: skipped {img}: {ranked}", file=sys.stderr)
     return 0
-
-
-def _classify_readable(model, images: list, labels: list, templates, top_k, batch: int = 32) -> list:
-    """model.classify per batch of images; a batch with an unreadable image (missing, truncated, not an image) is
-    retried one by one, so that image gets its error message (a str) in place of a ranking and the rest still run."""
-    results: list = []
-    for start in range(0, len(images), batch):
-        chunk = images[start : start + batch]
-        try:
-            results += model.classify(chunk, labels, templates=templates, top_k=top_k)
-            continue
-        except PolymodalError:
-            pass
-        for image in chunk:
-            try:
-                results += model.classify([image], labels, templates=templates, top_k=top_k)
-            except PolymodalError as exc:
-                results.append(str(exc))
-    return results
 
 
 def cmd_info(args) -> int:

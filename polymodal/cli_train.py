@@ -132,13 +132,13 @@ def cmd_eval_retrieval(args) -> int:
     import numpy as np
 
     import polymodal
-    from polymodal.eval.retrieval import encode_readable, read_pairs, readable_subset, retrieval_metrics
+    from polymodal.eval.retrieval import encode_readable, pairs_of_images, read_pairs, retrieval_metrics
     from polymodal.registry import require_embedding
 
     pairs = read_pairs(args.pairs)
     model = require_embedding(polymodal.load(args.model, precision=args.precision), args.model)
     image_emb, rows = encode_readable(model, pairs.images, str(args.pairs))  # a corrupt photo is left out, not fatal
-    pairs = readable_subset(pairs, rows)
+    pairs = pairs_of_images(pairs, rows)
     metrics = retrieval_metrics(image_emb, model.encode_text(pairs.captions), pairs.caption_image)
     if args.word_order:
         from polymodal.eval.word_order import word_order_accuracy

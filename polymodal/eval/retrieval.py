@@ -42,7 +42,7 @@ def read_pairs(path: str | Path) -> Pairs:
     if len(bad) == len(images):
         raise PolymodalError(f"none of the {len(images)} shard images of {path} could be read (first: {bad[0]})")
     log.warning("%s: left out %d unreadable image(s) (first: %s)", path, len(bad), bad[0])
-    return readable_subset(pairs, np.flatnonzero([img is not None for img in images]))
+    return pairs_of_images(pairs, np.flatnonzero([img is not None for img in images]))
 
 
 def _shard_image(ref: str) -> bytes:
@@ -100,33 +100,21 @@ def encode_readable(model, images: list, source: str = "images", batch_size: int
     """``model.encode_image`` over ``images``, leaving out the ones that cannot be read (a truncated JPEG, a file
     that is no image) with one warning instead of ending the evaluation. -> (embeddings of the readable images,
     their indices into ``images``). None readable is an error."""
-    from polymodal.models.inputs import as_images
+    from polymodal.models.inputs import as_images, each_or_error
 
     images = as_images(images)
-    rows, chunks, bad = [], [], []
-    for start in range(0, len(images), batch_size):
-        chunk = list(images[start : start + batch_size])
-        try:
-            chunks.append(model.encode_image(chunk))
-            rows.extend(range(start, start + len(chunk)))
-            continue
-        except PolymodalError:
-            pass
-        for j, image in enumerate(chunk):  # a failing batch is retried one by one, so only the bad images go
-            try:
-                chunks.append(model.encode_image([image]))
-                rows.append(start + j)
-            except PolymodalError as exc:
-                bad.append(str(exc))
+    results = each_or_error(model.encode_image, images, batch_size)
+    rows = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    bad = [r for r in results if isinstance(r, str)]
     if bad:
         log.warning("%s: left out %d unreadable image(s) (first: %s)", source, len(bad), bad[0])
     if not rows:
         raise PolymodalError(f"none of the {len(images)} images could be read (first: {bad[0] if bad else '-'}); "
                              "check the image files")
-    return np.concatenate(chunks), np.asarray(rows, dtype=np.int64)
+    return np.stack([results[i] for i in rows]), np.asarray(rows, dtype=np.int64)
 
 
-def readable_subset(pairs: Pairs, rows: np.ndarray) -> Pairs:
+def pairs_of_images(pairs: Pairs, rows: np.ndarray) -> Pairs:
     """The pairs of the images at ``rows`` (see `encode_readable`): other images and their captions are dropped."""
     new_index = np.full(len(pairs.images), -1, dtype=np.int64)
     new_index[rows] = np.arange(len(rows))

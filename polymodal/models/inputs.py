@@ -91,3 +91,22 @@ def as_settings(value: Any, kind: type, what: str, defaults: dict | None = None)
     if not isinstance(value, kind):
         raise PolymodalError(f"{what} must be a {kind.__name__} or a dict of its settings, got {type(value).__name__}")
     return value
+
+
+def each_or_error(fn, items: list, batch_size: int = 32) -> list:
+    """fn(batch) -> one result per item, run a batch at a time; a batch that raises PolymodalError (an unreadable
+    image in it) is retried item by item, and an item that still fails gets its error message (a str) instead."""
+    out: list = []
+    for start in range(0, len(items), batch_size):
+        chunk = list(items[start : start + batch_size])
+        try:
+            out += list(fn(chunk))
+            continue
+        except PolymodalError:
+            pass
+        for item in chunk:
+            try:
+                out += list(fn([item]))
+            except PolymodalError as exc:
+                out.append(str(exc))
+    return out
