@@ -30,7 +30,7 @@ from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
 )
 from polymodal.train.objectives import ContrastiveObjective
-from polymodal.train.run_settings import absolute_paths, check_same_arch, check_same_rates, write_train_config
+from polymodal.train.run_settings import absolute_paths, check_same_run, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         raise PolymodalError(f"cannot train from {recipe.model!r}; pass --model lite or a folder from `polymodal train`")
 
     if resume:
-        check_same_arch(Path(recipe.out), recipe.arch)
-        check_same_rates(Path(recipe.out), recipe.train)
+        check_same_run(Path(recipe.out), recipe.arch, recipe.train)
     feats = image_features(model, train_set.images, views=recipe.views, augment=Augment(), seed=recipe.train.seed,
                            progress=progress, skip_unreadable=True)
     rows = readable_rows(feats)

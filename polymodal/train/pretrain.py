@@ -52,7 +52,7 @@ from polymodal.train.guards import (
     FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
 )
 from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatch
-from polymodal.train.run_settings import absolute_paths, check_same_arch, check_same_rates, write_train_config
+from polymodal.train.run_settings import absolute_paths, check_same_run, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa import EpochShuffle, grid_features
 
@@ -593,8 +593,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
                              f"{len(val_pairs.images)}; pass --val-pairs FILE with more images or more pairs")
     model = build_model(recipe)
     if resume:
-        check_same_arch(Path(recipe.out), recipe.arch)
-        check_same_rates(Path(recipe.out), recipe.train)
+        check_same_run(Path(recipe.out), recipe.arch, recipe.train)
     names = list(recipe.objectives)
     log.info("pretrain %s on %d captions of %d images; val: %d captions", names, len(train_pairs),
              len(train_pairs.images), len(val_pairs) if val_pairs else 0)

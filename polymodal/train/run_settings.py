@@ -37,35 +37,34 @@ def write_train_config(out: Path, settings: dict) -> None:
     atomic_write_bytes(Path(out) / "train_config.json", json.dumps(settings, indent=2, default=str).encode())
 
 
-def check_same_arch(out: Path, arch, ignore: Sequence[str] = ()) -> None:
-    """--resume: the checkpoint only fits the architecture it was trained with (RUN/train_config.json); ``ignore``:
-    keys that are no flag (checked when the checkpoint loads)."""
-    _check_unchanged(out, "arch", arch, lambda k: k not in ignore)
-
-
 RESUMED_RATES = ("lr", "tower_lr_scale", "weight_decay")  # the checkpoint's optimizer state brings these back
 
 
-def check_same_rates(out: Path, train) -> None:
-    """--resume: the optimizer and schedule continue at the rates they were saved with, so another --lr,
-    --tower-lr-scale or --weight-decay would be recorded in train_config.json but not used: refuse it."""
-    _check_unchanged(out, "train", train, lambda k: k in RESUMED_RATES)
-
-
-def _check_unchanged(out: Path, section: str, settings, compared) -> None:
+def check_same_run(out: Path, arch, train, ignore: Sequence[str] = ()) -> None:
+    """--resume (RUN/train_config.json): the checkpoint only fits the architecture it was trained with (``ignore``:
+    arch keys that are no flag, checked when the checkpoint loads), and the optimizer and schedule continue at the
+    rates they were saved with, so another --lr, --tower-lr-scale or --weight-decay would be recorded but not used:
+    refuse both."""
     try:
-        saved = json.loads((Path(out) / "train_config.json").read_text())[section]
-        if not isinstance(saved, dict):
-            return
-    except (OSError, ValueError, KeyError, TypeError):
+        saved = json.loads((Path(out) / "train_config.json").read_text())
+    except (OSError, ValueError):
         return  # a run from before train_config.json: loading the checkpoint is the check
-    now = json.loads(json.dumps(asdict(settings), default=str))
-    changed = [k for k in now if k in saved and compared(k) and saved[k] != now[k]]
+    changed = _changed(saved, "arch", arch, lambda k: k not in ignore) + _changed(saved, "train", train,
+                                                                                lambda k: k in RESUMED_RATES)
     if changed:
-        was = ", ".join(f"--{k.replace('_', '-')} {_flag_value(saved[k])} (asked now: {_flag_value(now[k])})"
-                        for k in changed)
+        was = ", ".join(f"--{k.replace('_', '-')} {_flag_value(old)} (asked now: {_flag_value(new)})"
+                        for k, old, new in changed)
         raise PolymodalError(f"the run in {out} was trained with {was}; resume with the run's settings (leave them "
                              f"out: --resume reads {Path(out) / 'train_config.json'}), or train into a new --out")
+
+
+def _changed(saved, section: str, settings, compared) -> list[tuple]:
+    """(key, saved value, value now) of the compared keys of ``section`` that differ from the saved run's."""
+    was = saved.get(section) if isinstance(saved, dict) else None
+    if not isinstance(was, dict):
+        return []
+    now = json.loads(json.dumps(asdict(settings), default=str))
+    return [(k, was[k], now[k]) for k in now if k in was and compared(k) and was[k] != now[k]]
 
 
 def _flag_value(value) -> str:

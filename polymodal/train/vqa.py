@@ -35,7 +35,7 @@ from polymodal.train.features import _load_cached, _store, image_features, reada
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
 )
-from polymodal.train.run_settings import absolute_paths, check_same_arch, check_same_rates, write_train_config
+from polymodal.train.run_settings import absolute_paths, check_same_run, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa_objective import VQABatch, VQAObjective
 
@@ -356,8 +356,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
 
     model = build_vqa_model(recipe, train_rows)
     if resume:
-        check_same_arch(Path(recipe.out), recipe.arch, ignore=("answers",))  # the vocabulary: when the checkpoint loads
-        check_same_rates(Path(recipe.out), recipe.train)
+        # the vocabulary ("answers") is checked when the checkpoint loads
+        check_same_run(Path(recipe.out), recipe.arch, recipe.train, ignore=("answers",))
     train, feats = readable_qa(model, train_rows, ",".join(map(str, recipe.qa)), progress)
     if len(train.rows) < len(train_rows):  # the answer vocabulary comes from the readable rows alone
         train_rows = train.rows
