@@ -383,7 +383,8 @@ def _make_sample(shard: Path, key: str, files: dict, skipped: list | None) -> Sh
         _skip(skipped, location, f"no image ({'/'.join(IMAGE_EXTS)}) among {sorted(files)}")
         return None
     try:
-        captions = _captions(files)
+        meta = _meta(files)
+        captions = _captions(files, meta)
     except (ValueError, UnicodeDecodeError) as exc:
         _skip(skipped, location, f"unreadable caption ({exc.__class__.__name__}: {exc})")
         return None
@@ -391,13 +392,23 @@ def _make_sample(shard: Path, key: str, files: dict, skipped: list | None) -> Sh
         _skip(skipped, location, "no caption (.txt lines or .json 'caption'/'captions')")
         return None
     name, data = files[image_ext]
-    return ShardSample(shard, key, name, data, captions, _negatives(files, captions))
+    return ShardSample(shard, key, name, data, captions, _negatives(meta, captions))
 
 
-def _negatives(files: dict, captions: list[str]) -> list[tuple[str, ...]]:
+def _meta(files: dict) -> dict:
+    """The sample's .json object ({} without one)."""
+    if "json" not in files:
+        return {}
+    meta = json.loads(files["json"][1].decode("utf-8"))
+    if not isinstance(meta, dict):
+        raise ValueError("the .json is not an object")
+    return meta
+
+
+def _negatives(meta: dict, captions: list[str]) -> list[tuple[str, ...]]:
     """The .json's "negatives": a list per caption (as write_shards writes them), or one text or list of texts for
     every caption of the sample. A negative equal to its caption is dropped."""
-    value = json.loads(files["json"][1].decode("utf-8")).get("negatives") if "json" in files else None
+    value = meta.get("negatives")
     clean = lambda texts: [t for t in (" ".join(x.split()) for x in texts if isinstance(x, str)) if t]  # noqa: E731
     if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
         # per caption; if blank captions were dropped the lists no longer line up: none rather than wrong ones
@@ -408,15 +419,10 @@ def _negatives(files: dict, captions: list[str]) -> list[tuple[str, ...]]:
     return [tuple(n for n in negs if n != c) for c, negs in zip(captions, per_caption)]
 
 
-def _captions(files: dict) -> list[str]:
-    meta = {}
-    if "json" in files:
-        meta = json.loads(files["json"][1].decode("utf-8"))
-        if not isinstance(meta, dict):
-            raise ValueError("the .json is not an object")
-        listed = meta.get("captions")
-        if isinstance(listed, list) and listed:
-            return [c for c in (" ".join(str(x).split()) for x in listed) if c]
+def _captions(files: dict, meta: dict) -> list[str]:
+    listed = meta.get("captions")
+    if isinstance(listed, list) and listed:
+        return [c for c in (" ".join(str(x).split()) for x in listed) if c]
     for ext in ("txt", "caption", "text"):
         if ext in files:
             return [line.strip() for line in files[ext][1].decode("utf-8").splitlines() if line.strip()]
