@@ -24,8 +24,10 @@ FUNCTION_WORDS = frozenset(
 _WORD = re.compile(r"^([A-Za-z][A-Za-z'-]*)([^A-Za-z]*)$")  # a word and its trailing punctuation
 
 
-def _content_positions(tokens: list[str]) -> list[int]:
-    return [i for i, t in enumerate(tokens) if (m := _WORD.match(t)) and m.group(1).lower() not in FUNCTION_WORDS]
+def _content_words(tokens: list[str]) -> dict[int, tuple[str, str]]:
+    """Position -> (word, trailing punctuation) of each content word."""
+    parts = {i: m.groups() for i, t in enumerate(tokens) if (m := _WORD.match(t))}
+    return {i: wp for i, wp in parts.items() if wp[0].lower() not in FUNCTION_WORDS}
 
 
 def _coordinated(between: list[str]) -> bool:
@@ -38,15 +40,15 @@ def swapped_captions(caption: str, k: int = 2, seed: int = 0) -> list[str]:
     """Up to `k` distinct captions, each `caption` with two of its content words swapped. Deterministic for a given
     (caption, seed); fewer than `k` (or none) when the caption has too few different content words."""
     tokens = caption.split()
-    positions = _content_positions(tokens)
+    words = _content_words(tokens)
+    positions = list(words)
     swaps = [(i, j) for a, i in enumerate(positions) for j in positions[a + 1:]
-             if _WORD.match(tokens[i]).group(1).lower() != _WORD.match(tokens[j]).group(1).lower()
-             and not _coordinated(tokens[i + 1 : j])]
+             if words[i][0].lower() != words[j][0].lower() and not _coordinated(tokens[i + 1 : j])]
     rng = make_rng(seed, zlib.crc32(caption.encode("utf-8")))
     out: list[str] = []
     for s in rng.permutation(len(swaps)):
         i, j = swaps[s]
-        (wi, pi), (wj, pj) = _WORD.match(tokens[i]).groups(), _WORD.match(tokens[j]).groups()
+        (wi, pi), (wj, pj) = words[i], words[j]
         new = list(tokens)
         new[i], new[j] = wj + pi, wi + pj
         text = " ".join(new)
