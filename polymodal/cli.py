@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from polymodal.cli_options import add_precision
 from polymodal.errors import PolymodalError
@@ -109,7 +110,9 @@ def cmd_search(args) -> int:
         explained = str(save_heatmap(top, occlusion_heat(model, top, query[0]), args.explain, transform=model.transform))
     if args.json:
         rows = [{"rank": i + 1, "path": h.path, "score": round(h.score, 4)} for i, h in enumerate(hits)]
-        _print_json({"hits": rows, "explain": explained} if args.explain else rows)
+        if explained:  # on the row it explains, so the output is the same list with or without --explain
+            rows[0]["explain"] = explained
+        _print_json(rows)
     else:
         print(_table([(i + 1, f"{h.score:.3f}", h.path) for i, h in enumerate(hits)], ("rank", "score", "path")))
         if explained:
@@ -122,7 +125,7 @@ def cmd_classify(args) -> int:
 
     if args.top_k is not None and args.top_k < 1:
         raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
-    labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+    labels = _labels(args)
     templates = args.template or None
     model = require_embedding(polymodal.load(args.model), args.model)
     model.label_embeddings(labels, templates)  # label and template mistakes end the command here, before any image
@@ -149,6 +152,26 @@ def cmd_classify(args) -> int:
         if isinstance(ranked, str):
             print(f"polymodal: skipped {img}: {ranked}", file=sys.stderr)
     return 0
+
+
+def _labels(args) -> list[str]:
+    """--labels a,b,c or --labels-from FILE (one label per line: for long lists and labels with commas)."""
+    if (args.labels is None) == (args.labels_from is None):
+        raise PolymodalError("pass either --labels cat,dog,car or --labels-from FILE (one label per line)")
+    if args.labels is not None:
+        return [x.strip() for x in args.labels.split(",") if x.strip()]
+    try:
+        text = Path(args.labels_from).read_text(encoding="utf-8-sig")  # -sig: a BOM from Notepad is not a label
+    except FileNotFoundError:
+        raise PolymodalError(f"labels file not found: {args.labels_from}; pass a text file with one label per line")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolymodalError(f"cannot read labels file {args.labels_from} ({exc}); pass a UTF-8 text file with one "
+                             "label per line")
+    labels = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not labels:
+        raise PolymodalError(f"{args.labels_from} holds no labels; write one label per line (lines starting with # "
+                             "are comments)")
+    return labels
 
 
 def cmd_info(args) -> int:
@@ -206,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("classify", help="zero-shot classification of images against labels")
     s.add_argument("images", nargs="+")
-    s.add_argument("--labels", required=True, help="comma-separated, e.g. cat,dog,car")
+    s.add_argument("--labels", help="comma-separated, e.g. cat,dog,car")
+    s.add_argument("--labels-from", metavar="FILE", help="a text file with one label per line (# starts a comment)")
     s.add_argument("--template", action="append", help="prompt template with {}; repeat for an ensemble")
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--model", default="lite")

@@ -142,6 +142,34 @@ def test_classify_honours_templates_and_top_k(capsys, spy_load, photos, monkeypa
     assert [x["label"] for x in result[0]["labels"]][:1] == ["red"] and len(result[0]["labels"]) == 2
 
 
+def test_classify_labels_from_a_file_one_per_line(capsys, spy_load, photos, tmp_path):
+    labels = tmp_path / "labels.txt"
+    # a BOM, a comment, a blank line, a label with a comma (which --labels cannot pass) and spaces around one
+    labels.write_text("\ufeff# colours\nred\n\n  green, dark  \nblue\n", encoding="utf-8")
+    code, out, _ = run(capsys, "classify", photos / "red.png", "--labels-from", labels, "--model", "fake", "--json")
+    assert code == 0
+    assert sorted(x["label"] for x in json.loads(out)[0]["labels"]) == ["blue", "green, dark", "red"]
+
+
+@pytest.mark.parametrize("content, extra, needle", [
+    (None, [], "labels file not found"),
+    ("# only a comment\n\n", [], "holds no labels"),
+    (b"\xff\xfe\x00bad", [], "cannot read labels file"),
+    ("red\n", ["--labels", "red,blue"], "either --labels"),
+    (None, ["NO-FILE"], "either --labels"),
+])
+def test_classify_labels_file_mistakes_are_one_line(capsys, spy_load, photos, tmp_path, content, extra, needle):
+    labels = tmp_path / "labels.txt"
+    if isinstance(content, bytes):
+        labels.write_bytes(content)
+    elif content is not None:
+        labels.write_text(content)
+    source = [] if extra == ["NO-FILE"] else ["--labels-from", labels]
+    extra = [] if extra == ["NO-FILE"] else extra
+    assert needle in one_line_error(capsys, "classify", photos / "red.png", *source, *extra, "--model", "fake")
+    assert not spy_load.calls  # refused before the model loads
+
+
 def test_keyboard_interrupt_exits_130(capsys, monkeypatch, tmp_path):
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
