@@ -299,6 +299,15 @@ def _sigterm_cleans_up():
             signal.signal(signal.SIGTERM, previous)
 
 
+def _saved_work(exc: BaseException, args) -> str:
+    """What an interrupted index update kept (it commits as it goes, see ImageIndex.update), or "" if none ran."""
+    saved, total = getattr(exc, "index_progress", (0, 0))
+    if not total:
+        return ""
+    return (f": {saved:,} of {total:,} images to embed were saved to {args.db}; run the same command again to "
+            "finish")
+
+
 def _quiet_openmp_waits() -> None:
     """Idle OpenMP threads sleep instead of spinning (unless the user chose): when other work shares the cores,
     spinning threads made torch 1.5-2x slower beside one busy process and 3-8x beside a test run; on a quiet
@@ -326,11 +335,10 @@ def main(argv=None) -> int:
         print(f"polymodal: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        if isinstance(exc, Terminated):
-            print("polymodal: terminated", file=sys.stderr)
-            return 143  # what a shell reports for a process SIGTERM ended
-        print("polymodal: interrupted", file=sys.stderr)
-        return 130
+        # 143 and 130: what a shell reports for a process SIGTERM or Ctrl-C ended
+        word, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(f"polymodal: {word}{_saved_work(exc, args)}", file=sys.stderr)
+        return code
     except OSError as exc:  # mostly a path that cannot be made or written (its parent is a file, no permission)
         if args.verbose:
             raise  # the whole story, for a bug report

@@ -49,7 +49,8 @@ def scan_images(folder: str | Path) -> tuple[list[ImageFile], list[tuple[str, st
     """All images under `folder` (recursive, sorted by path) and the (path, reason) of entries that can't be read.
 
     Extensions match case-insensitively. Hidden files and folders (".name") are ignored: they are mostly
-    thumbnails and macOS "._x.jpg" resource forks that only look like images.
+    thumbnails and macOS "._x.jpg" resource forks that only look like images. Symlinked folders are not followed,
+    and reported.
     """
     root = Path(folder).expanduser()
     if not root.exists():
@@ -64,10 +65,12 @@ def scan_images(folder: str | Path) -> tuple[list[ImageFile], list[tuple[str, st
     def on_error(exc: OSError) -> None:
         skipped.append((str(exc.filename), f"cannot list folder ({exc.strerror})"))
 
-    # followlinks=False: a symlink loop can't hang the scan, and every parent folder is a real folder,
-    # so root / relative path is already canonical.
+    # followlinks=False: a symlink loop can't hang the scan, and every parent folder is a real folder, so
+    # root / relative path is already canonical (and under root, where update() looks for the rows to compare).
     for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        skipped += [_linked_folder(root, os.path.join(dirpath, d)) for d in dirnames
+                    if os.path.islink(os.path.join(dirpath, d))]
         for name in filenames:
             if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
@@ -80,12 +83,21 @@ def scan_images(folder: str | Path) -> tuple[list[ImageFile], list[tuple[str, st
             files.append(ImageFile(path, st.st_size, st.st_mtime_ns))
 
     if not files:
+        why = f"; skipped {skipped[0][0]}: {skipped[0][1]}" if skipped else ""  # e.g. all were in a linked folder
         raise PolymodalError(
-            f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)}); pass a folder that has some"
+            f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)}){why}; pass a folder that has some"
         )
     files.sort(key=lambda f: f.path)
     log.info("found %d images under %s", len(files), root)
     return files, skipped
+
+
+def _linked_folder(root: Path, path: str) -> tuple[str, str]:
+    """(path, reason) for a symlinked folder the scan does not follow, saying how to index what it points at."""
+    target = Path(os.path.realpath(path))
+    if target.is_relative_to(root):
+        return path, f"symlinked folder, not followed: its target {target} is indexed under its own path"
+    return path, f"symlinked folder, not followed: to index it, name its target {target} too"
 
 
 def file_sha256(path: str | Path) -> str:

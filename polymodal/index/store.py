@@ -6,10 +6,14 @@ Layout of the folder (the CLI's --db):
   vectors.faiss  a derived cache for fast search: IndexIDMap2(IndexFlatIP), ids = SQLite row ids
   index.lock     held by the one process allowed to write
 
-Crash safety: an update is one SQLite transaction, committed only at the end, and vectors.faiss is replaced
-atomically after the commit. A row's vector never changes (a changed file gets a new row) and ids are never
-reused (AUTOINCREMENT), so vectors.faiss is valid exactly when its id set equals the table's; if not (crash
-between commit and write, file deleted), it is rebuilt from the BLOBs.
+Crash safety: an update commits its work in SQLite transactions about a minute apart (COMMIT_EVERY_S), so a
+crash, kill or Ctrl-C loses only about the last minute and a re-run embeds only the rest. Every commit is a
+consistent index: a changed file's old row leaves in the commit that brings its new one, the rows of deleted
+files leave together in the first commit, and each commit bumps the generation. Readers (WAL) only ever see
+committed states. vectors.faiss is replaced atomically after the last commit. A row's vector never changes (a
+changed file gets a new row) and ids are never reused (AUTOINCREMENT), so vectors.faiss is valid exactly when its
+id set equals the table's; if not (an update interrupted or still running, file deleted), it is rebuilt from the
+BLOBs. Files that failed to decode are remembered (table failures) and not read again until they change.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import os
 import sqlite3
 import stat
+import time
 import uuid
 from collections import namedtuple
 from contextlib import closing, contextmanager
@@ -44,7 +49,17 @@ _SCHEMA = (
     "CREATE TABLE images (id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE,"
     " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, vector BLOB NOT NULL)",
 )
+# Made when missing by every update, so indexes from before it get it too (no format change: older code ignores it).
+_FAILURES = ("CREATE TABLE IF NOT EXISTS failures (path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
+             " mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL, failed TEXT NOT NULL)")
 _Row = namedtuple("_Row", "id size mtime_ns sha256")
+_Failure = namedtuple("_Failure", "size mtime_ns reason failed")
+_COLUMNS = {"images": ("id, size, mtime_ns, sha256", _Row), "failures": ("size, mtime_ns, reason, failed", _Failure)}
+
+# Commits come by time, not by count: the work a crash loses stays about a minute whatever the model's speed (a GPU
+# embeds thousands of images a minute, a CPU a few dozen), and each commit makes live readers rebuild their FAISS
+# cache from the BLOBs, which once a minute stays cheap.
+COMMIT_EVERY_S = 60.0
 
 
 class IndexBusy(PolymodalError):
@@ -92,15 +107,20 @@ class ImageIndex:
             return self._meta(con) is not None
 
     # -- writing ---------------------------------------------------------------
-    def update(self, folder: str | Path, model, progress: bool = True, batch_size: int = 32) -> UpdateReport:
+    def update(self, folder: str | Path, model, progress: bool = True, batch_size: int = 32,
+               commit_every_s: float | None = COMMIT_EVERY_S) -> UpdateReport:
         """Make the index match the images under `folder`: embed new and changed files, drop deleted ones.
 
         Only rows under `folder` are compared, so one index can hold several folders. Unreadable files are
-        skipped and reported; any other error leaves the index as it was before the call.
+        skipped and reported (and remembered: not read again until they change). Work is committed every
+        `commit_every_s` seconds, so an error or interrupt keeps what was committed and a re-run does the rest
+        (the exception's `index_progress` is (files done and saved, files to do)); None commits once, at the end:
+        all or nothing.
         """
         from polymodal.registry import require_embedding
 
         batch_size = check_count(batch_size, "batch_size")
+        _check_interval(commit_every_s)
         require_embedding(model)  # a VQA model (or None) is refused before any index file is made
         if not isinstance(folder, (str, os.PathLike)):
             raise PolymodalError(f"update() takes one folder (a path), got {type(folder).__name__}; put the images "
@@ -110,18 +130,22 @@ class ImageIndex:
         files, skipped = scan_images(folder)
         root = Path(folder).expanduser().resolve()
         report = UpdateReport(skipped=list(skipped))
-        return self._sync(model, files, report, lambda con: _rows_under(con, root), True, batch_size, progress)
+        return self._sync(model, files, report, lambda con, table: _rows_under(con, root, table), True, batch_size,
+                          progress, commit_every_s)
 
-    def add(self, paths: Iterable[str | Path], model, progress: bool = True, batch_size: int = 32) -> UpdateReport:
+    def add(self, paths: Iterable[str | Path], model, progress: bool = True, batch_size: int = 32,
+            commit_every_s: float | None = COMMIT_EVERY_S) -> UpdateReport:
         """Index these image files (one path or several, from any folders): new ones are embedded, ones changed
         since they were indexed are embedded again, unchanged ones are left; no other row is touched.
 
         Paths that are missing, not images or unreadable are skipped and reported (an error if all of them are).
         The index keeps paths, not pixels, so it can notice later changes: save in-memory images as files first.
+        Commits as update() does.
         """
         from polymodal.registry import require_embedding
 
         batch_size = check_count(batch_size, "batch_size")
+        _check_interval(commit_every_s)
         require_embedding(model)
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else paths
         if not isinstance(paths, Iterable) or isinstance(paths, (bytes, np.ndarray)):
@@ -146,29 +170,39 @@ class ImageIndex:
             self.check_model(model)
         report = UpdateReport(skipped=skipped)
         wanted = [f.path for f in files]
-        return self._sync(model, files, report, lambda con: _rows_at(con, wanted), False, batch_size, progress)
+        return self._sync(model, files, report, lambda con, table: _rows_at(con, wanted, table), False, batch_size,
+                          progress, commit_every_s)
 
     def _sync(self, model, files: list[ImageFile], report: UpdateReport, known_rows, drop_unseen: bool,
-              batch_size: int, progress: bool) -> UpdateReport:
-        """One transaction: embed new and changed `files`; with drop_unseen, also drop the rows known_rows(con)
-        returned that no file matched (files deleted from an updated folder)."""
-        with self._locked() as con:
-            with _transaction(con):
-                meta = self._meta(con) or self._create(con, model)
-                self._check_model(meta, model)
-                index, from_file = self._load_vectors(con, meta)
-                known = known_rows(con)
-                drop, todo = _plan(con, files, known, report)  # pops the rows it sees from `known`
-                if drop_unseen:
-                    report.removed = len(known)  # rows under the folder whose file is gone
-                    drop += [row.id for row in known.values()]
-                _delete(con, index, drop)
-                self._embed_all(con, index, model, todo, report, batch_size, progress)
-                changed = bool(drop or report.added or report.updated)
-                state = _touch(con, meta, bump=changed)
-            if changed or not from_file:
-                self._save_vectors(index)
-            self._cache = (state, index)
+              batch_size: int, progress: bool, commit_every_s: float | None) -> UpdateReport:
+        """Embed new and changed `files`; with drop_unseen, also drop the rows known_rows(con, table) returned that
+        no file matched (files deleted from an updated folder). The drops go in the first commit."""
+        done = _Done()
+        try:
+            with self._locked() as con:
+                with _transaction(con):
+                    meta = self._meta(con) or self._create(con, model)
+                    self._check_model(meta, model)
+                    con.execute(_FAILURES)
+                    index, from_file = self._load_vectors(con, meta)
+                    known, failed = known_rows(con, "images"), known_rows(con, "failures")
+                    drop, todo = _plan(con, files, known, failed, report)  # pops the rows it sees from both
+                    if drop_unseen:
+                        report.removed = len(known)  # rows under the folder whose file is gone
+                        drop += [row.id for row in known.values()]
+                        con.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in failed])
+                    _delete(con, index, drop)
+                    done.total = len(todo)
+                    self._embed_all(con, index, meta, model, todo, report, batch_size, progress, commit_every_s, done)
+                    changed = bool(drop or report.added or report.updated)
+                    state = _touch(con, meta, bump=changed)
+                done.saved = done.total
+                if changed or not from_file:
+                    self._save_vectors(index)
+                self._cache = (state, index)
+        except BaseException as exc:
+            exc.index_progress = (done.saved, done.total)  # for the CLI's "N of M were saved" line
+            raise
         log.info("index %s: %s", self.db, report.summary())
         return report
 
@@ -193,38 +227,58 @@ class ImageIndex:
             self._cache = (state, index)
         return len(ids)
 
-    def _embed_all(self, con, index, model, todo, report: UpdateReport, batch_size: int, progress: bool) -> None:
-        # Rows go into the open transaction batch by batch, so memory stays flat; nothing is visible until commit.
-        # size/mtime come from the scan, taken before hashing: if the file changes meanwhile, the next update
-        # sees a newer mtime and looks again.
+    def _embed_all(self, con, index, meta: dict, model, todo, report: UpdateReport, batch_size: int,
+                   progress: bool, commit_every_s: float | None, done: _Done) -> None:
+        # Rows go into the open transaction batch by batch, so memory stays flat; it is committed (and a new one
+        # begun) every commit_every_s seconds, and the caller commits the rest. Readers see only commits.
+        last_commit = time.monotonic()
         with tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
-                ready = []
-                for f, is_update, digest in batch:
-                    try:
-                        ready.append((f, is_update, digest or file_sha256(f.path)))
-                    except OSError as exc:
-                        report.skipped.append((f.path, f"cannot read ({exc.strerror})"))
-                results = _embed(model, [f.path for f, _, _ in ready]) if ready else []
-                ids, vectors = [], []
-                for (f, is_update, digest), result in zip(ready, results):
-                    if isinstance(result, str):
-                        report.skipped.append((f.path, result))
-                        continue
-                    cur = con.execute(
-                        "INSERT INTO images (path, size, mtime_ns, sha256, vector) VALUES (?, ?, ?, ?, ?)",
-                        (f.path, f.size, f.mtime_ns, digest, result.astype("<f4").tobytes()),
-                    )
-                    ids.append(cur.lastrowid)
-                    vectors.append(result)
-                    if is_update:
-                        report.updated += 1
-                    else:
-                        report.added += 1
-                if ids:
-                    index.add_with_ids(np.stack(vectors).astype(np.float32), np.asarray(ids, dtype=np.int64))
+                self._embed_batch(con, index, model, batch, report)
                 bar.update(len(batch))
+                finished = start + len(batch)
+                due = commit_every_s is not None and time.monotonic() - last_commit >= commit_every_s
+                if due and finished < len(todo):  # the last batch goes in the caller's commit
+                    _touch(con, meta, bump=True)
+                    con.execute("COMMIT")
+                    done.saved = finished
+                    con.execute("BEGIN IMMEDIATE")
+                    last_commit = time.monotonic()
+
+    def _embed_batch(self, con, index, model, batch, report: UpdateReport) -> None:
+        """Embed one batch into the open transaction: new rows in, the old rows of changed files out (in the same
+        commit, whatever happens to the new one), files that fail to decode remembered."""
+        # size/mtime come from the scan, taken before hashing: if the file changes meanwhile, the next update
+        # sees a newer mtime and looks again.
+        _delete(con, index, [old for _, old, _ in batch if old is not None])
+        ready = []
+        for f, old, digest in batch:
+            try:
+                ready.append((f, old, digest or file_sha256(f.path)))
+            except OSError as exc:  # not remembered: permissions or a mount can come back without a new mtime
+                report.skipped.append((f.path, f"cannot read ({exc.strerror})"))
+        results = _embed(model, [f.path for f, _, _ in ready]) if ready else []
+        ids, vectors = [], []
+        for (f, old, digest), result in zip(ready, results):
+            if isinstance(result, str):
+                report.skipped.append((f.path, result))
+                con.execute("INSERT OR REPLACE INTO failures (path, size, mtime_ns, reason, failed) VALUES "
+                            "(?, ?, ?, ?, ?)", (f.path, f.size, f.mtime_ns, result, _now()))
+                continue
+            con.execute("DELETE FROM failures WHERE path = ?", (f.path,))  # it failed before and is fixed now
+            cur = con.execute(
+                "INSERT INTO images (path, size, mtime_ns, sha256, vector) VALUES (?, ?, ?, ?, ?)",
+                (f.path, f.size, f.mtime_ns, digest, result.astype("<f4").tobytes()),
+            )
+            ids.append(cur.lastrowid)
+            vectors.append(result)
+            if old is not None:
+                report.updated += 1
+            else:
+                report.added += 1
+        if ids:
+            index.add_with_ids(np.stack(vectors).astype(np.float32), np.asarray(ids, dtype=np.int64))
 
     # -- reading ---------------------------------------------------------------
     def search(self, query_vectors: Any, k: int = 10) -> list[list[Hit]]:
@@ -461,22 +515,26 @@ def _transaction(con: sqlite3.Connection) -> Iterator[None]:
     con.execute("COMMIT")
 
 
-def _plan(con: sqlite3.Connection, files: list[ImageFile], known: dict[str, _Row], report: UpdateReport
-          ) -> tuple[list[int], list[tuple[ImageFile, bool, str | None]]]:
-    """Compare files with their stored rows (popped from `known`): -> row ids to drop and files to embed as
-    (file, is_update, sha256 if already computed). Unchanged files count in the report; a file touched without a
-    content change only gets its new mtime."""
+def _plan(con: sqlite3.Connection, files: list[ImageFile], known: dict[str, _Row], failed: dict[str, _Failure],
+          report: UpdateReport) -> tuple[list[int], list[tuple[ImageFile, int | None, str | None]]]:
+    """Compare files with their stored rows and failures (popped from `known` and `failed`): -> row ids to drop now
+    and files to embed as (file, id of its old row or None, sha256 if already computed). Unchanged files count in
+    the report, unchanged files that failed before are skipped unread; a file touched without a content change
+    only gets its new mtime."""
     drop: list[int] = []
-    todo: list[tuple[ImageFile, bool, str | None]] = []
+    todo: list[tuple[ImageFile, int | None, str | None]] = []
     for f in files:
-        row = known.pop(f.path, None)
+        row, failure = known.pop(f.path, None), failed.pop(f.path, None)
         if row is None:
-            todo.append((f, False, None))
+            if failure is not None and (failure.size, failure.mtime_ns) == (f.size, f.mtime_ns):
+                report.skipped.append((f.path, f"{failure.reason}; unchanged since it failed on {failure.failed[:10]}, "
+                                               "so not read again"))
+            else:
+                todo.append((f, None, None))
         elif (row.size, row.mtime_ns) == (f.size, f.mtime_ns):
             report.unchanged += 1
         elif row.size != f.size:
-            drop.append(row.id)
-            todo.append((f, True, None))
+            todo.append((f, row.id, None))
         else:
             try:
                 digest = file_sha256(f.path)
@@ -488,30 +546,28 @@ def _plan(con: sqlite3.Connection, files: list[ImageFile], known: dict[str, _Row
                 con.execute("UPDATE images SET mtime_ns = ? WHERE id = ?", (f.mtime_ns, row.id))
                 report.unchanged += 1
             else:
-                drop.append(row.id)
-                todo.append((f, True, digest))
+                todo.append((f, row.id, digest))
     return drop, todo
 
 
-def _rows_at(con: sqlite3.Connection, paths: list[str]) -> dict[str, _Row]:
-    rows = _select_in(con, "path, id, size, mtime_ns, sha256", "path", paths)
-    return {path: _Row(*rest) for path, *rest in rows}
+def _rows_at(con: sqlite3.Connection, paths: list[str], table: str = "images") -> dict[str, tuple]:
+    columns, row = _COLUMNS[table]
+    return {path: row(*rest) for path, *rest in _select_in(con, f"path, {columns}", "path", paths, table)}
 
 
-def _select_in(con: sqlite3.Connection, columns: str, key: str, values: list) -> Iterator[tuple]:
-    """SELECT columns FROM images WHERE key IN values, in chunks under SQLite's bound-parameter limit."""
+def _select_in(con: sqlite3.Connection, columns: str, key: str, values: list, table: str = "images") -> Iterator[tuple]:
+    """SELECT columns FROM table WHERE key IN values, in chunks under SQLite's bound-parameter limit."""
     for start in range(0, len(values), 500):
         chunk = values[start : start + 500]
-        yield from con.execute(f"SELECT {columns} FROM images WHERE {key} IN ({','.join('?' * len(chunk))})", chunk)
+        yield from con.execute(f"SELECT {columns} FROM {table} WHERE {key} IN ({','.join('?' * len(chunk))})", chunk)
 
 
-def _rows_under(con: sqlite3.Connection, root: Path) -> dict[str, _Row]:
+def _rows_under(con: sqlite3.Connection, root: Path, table: str = "images") -> dict[str, tuple]:
     prefix = str(root) if str(root).endswith(os.sep) else str(root) + os.sep
     upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # every path starting with prefix sorts in [prefix, upper)
-    rows = con.execute(
-        "SELECT path, id, size, mtime_ns, sha256 FROM images WHERE path >= ? AND path < ?", (prefix, upper)
-    )
-    return {path: _Row(*rest) for path, *rest in rows}
+    columns, row = _COLUMNS[table]
+    rows = con.execute(f"SELECT path, {columns} FROM {table} WHERE path >= ? AND path < ?", (prefix, upper))
+    return {path: row(*rest) for path, *rest in rows}
 
 
 def _delete(con: sqlite3.Connection, index, ids: Sequence[int]) -> None:
@@ -521,13 +577,27 @@ def _delete(con: sqlite3.Connection, index, ids: Sequence[int]) -> None:
 
 
 def _touch(con: sqlite3.Connection, meta: dict, bump: bool) -> tuple:
-    """Record the update time; bump the generation when vectors changed. -> the new (uid, generation)."""
-    generation = meta["generation"] + int(bump)
+    """Record the update time; bump the generation (in `meta` too) when vectors changed. -> (uid, generation)."""
+    meta["generation"] += int(bump)
     con.executemany(
         "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-        [("generation", str(generation)), ("updated", _now())],
+        [("generation", str(meta["generation"])), ("updated", _now())],
     )
-    return meta["uid"], generation
+    return meta["uid"], meta["generation"]
+
+
+@dataclass
+class _Done:
+    """How far an update got: files embedded (or failed) and committed, of `total` to embed."""
+
+    saved: int = 0
+    total: int = 0
+
+
+def _check_interval(commit_every_s) -> None:
+    if commit_every_s is not None and (not isinstance(commit_every_s, (int, float)) or not commit_every_s >= 0):
+        raise PolymodalError(f"commit_every_s must be a number of seconds >= 0 (or None: commit once, at the end), "
+                             f"got {commit_every_s!r}")
 
 
 def _paths(con: sqlite3.Connection, ids: list[int]) -> dict[int, str]:

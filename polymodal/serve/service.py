@@ -250,7 +250,8 @@ class Service:
                         os.fsync(f.fileno())
                     names[canonical_path(path)] = name
                 try:
-                    report = self.index.update(batch, BatchedModel(self.model, self.batcher), progress=False)
+                    report = self.index.update(batch, BatchedModel(self.model, self.batcher), progress=False,
+                                               commit_every_s=None)  # one transaction: all or nothing
                 except PolymodalError as exc:
                     raise _conflict("could not add to the index", exc) from None
             except BaseException:
