@@ -34,6 +34,7 @@ CAPTIONS = [DEFAULT_QA.parents[1] / "flickr8k-dev" / "pairs.jsonl", DEFAULT_QA.p
 OUT = Path(__file__).resolve().parents[1] / "polymodal" / "resources" / "models" / "coco-yesno"
 CHOSEN_C = 0.3
 CHOSEN = "CHOSEN: 4 z-scores + question embedding (LR C=0.3, shipped code)"
+CAPTION_KS = (10, 25, 50, 100)  # caption-kNN neighbour counts; each fold picks one by inner CV on its training rows
 
 
 def read_rows(qa: Path) -> list[dict]:
@@ -104,7 +105,7 @@ def encode(rows: list[dict], cache: Path | None) -> dict:
 
 
 def encode_captions(files: list[Path], cache: Path | None) -> dict:
-    """Caption pairs for the joint-heads attempt: pooled tower features and ConSE per image, MiniLM per caption."""
+    """Caption pairs for the joint-heads and caption-kNN attempts: pooled tower features and ConSE per image, MiniLM per caption."""
     from polymodal.data.pairs import read_pair_source
 
     sets = [read_pair_source(f) for f in files]
@@ -214,6 +215,59 @@ def phrase_classes(phrases: np.ndarray, class_matrix: np.ndarray) -> np.ndarray:
     return rel / rel.sum(1, keepdims=True)
 
 
+def unit_rows(a: np.ndarray) -> np.ndarray:
+    return a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-12)
+
+
+def caption_knn_scores(qa_pooled: np.ndarray, caps: dict, phrases: np.ndarray, k: int) -> np.ndarray:
+    """'Describe by neighbours' [rows, QA images]: a phrase's best caption cosine (MiniLM-MiniLM) on each of the
+    image's k nearest caption photos, averaged. The neighbours come from image-image cosine of sqrt pooled tower
+    features, centred on the caption photos; text-text and image-image stand in for the weak cross-modal link."""
+    cap, qa = np.sqrt(np.maximum(caps["pooled"], 0)), np.sqrt(np.maximum(qa_pooled, 0))
+    sim = unit_rows(qa - cap.mean(0)) @ unit_rows(cap - cap.mean(0)).T
+    order = np.argsort(caps["image"], kind="stable")  # five captions per photo, grouped by photo
+    best = (phrases @ caps["text"][order].T).reshape(len(phrases), len(cap), -1).max(2)  # [rows, caption photos]
+    near = np.argsort(-sim, 1)[:, :k]
+    return best[:, near].mean(2)
+
+
+def image_pool_z(scores: np.ndarray, gi: np.ndarray, tr: np.ndarray) -> np.ndarray:
+    """Each row's score on its own image, z-scored against the same phrase's scores on the fold's training images."""
+    pool = scores[:, np.unique(gi[tr])]
+    return (scores[np.arange(len(gi)), gi] - pool.mean(1)) / (pool.std(1) + 1e-6)
+
+
+def neighbour_vote(pooled: np.ndarray, phrases: np.ndarray, gi: np.ndarray, y: np.ndarray, tr: np.ndarray,
+                   te: np.ndarray, threshold: float = 0.8) -> np.ndarray:
+    """Question-conditioned kNN: the training rows whose key phrase is close (MiniLM cosine >= threshold) vote
+    with their answer (+1 yes, -1 no), weighted by that cosine times how much more their photo resembles the test
+    photo than the voters' photos do on average (centring: a phrase's prior is the question embedding's job)."""
+    feats = np.sqrt(np.maximum(pooled, 0))
+    feats = unit_rows(feats - feats[np.unique(gi[tr])].mean(0))
+    look = feats[gi[te]] @ feats[gi[tr]].T
+    w = phrases[te] @ phrases[tr].T
+    w = w * (w >= threshold)
+    centre = (w * look).sum(1, keepdims=True) / np.maximum(w.sum(1, keepdims=True), 1e-9)
+    return (w * (2 * y[tr] - 1) * (look - centre)).sum(1) / np.maximum(w.sum(1), 1e-9)
+
+
+def out_of_fold_vote(pooled, phrases, gi, y, tr, te) -> np.ndarray:
+    """neighbour_vote for every row: test rows hear all training rows; a training row hears only the training
+    rows of other photos (inner image-disjoint folds), so the LR sees the vote as it will be at test time."""
+    tr = np.asarray(tr)
+    out = np.zeros(len(gi))
+    out[te] = neighbour_vote(pooled, phrases, gi, y, tr, te)
+    for inner_tr, inner_te in _inner_folds(gi, tr, seed=1):
+        out[tr[inner_te]] = neighbour_vote(pooled, phrases, gi, y, tr[inner_tr], tr[inner_te])
+    return out
+
+
+def _inner_folds(gi: np.ndarray, tr: np.ndarray, splits: int = 5, seed: int = 0) -> list:
+    from sklearn.model_selection import GroupKFold
+
+    return list(GroupKFold(splits, shuffle=True, random_state=seed).split(tr, groups=gi[tr]))
+
+
 def pair_ranking(rows: list[dict], score: np.ndarray, image_index: np.ndarray) -> tuple[int, float]:
     """Over every (yes row, no row) pair with the same key phrase and different photos: how often the yes row's
     score is the higher. The phrase's own bias cancels, so this is the image-text alignment alone. Chance 0.5. On a
@@ -233,7 +287,7 @@ def main() -> int:
     ap.add_argument("--groups", choices=("image", "pair", "both"), default="both")
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--captions", type=Path, nargs="*", default=CAPTIONS,
-                    help="caption pair files for the joint-heads attempt (none: skip it)")
+                    help="caption pair files for the joint-heads and caption-kNN attempts (none: skip them)")
     ap.add_argument("--save-builtin", action="store_true")
     args = ap.parse_args()
     from sklearn.linear_model import LogisticRegression
@@ -278,6 +332,30 @@ def main() -> int:
         x = row_features(state, img, q_emb, gi[te], np.asarray(te))
         return 1 / (1 + np.exp(-(x @ state["coef"] + state["intercept"][0])))
 
+    def chosen_features(tr):
+        """CHOSEN's feature rows (4 z-scores + question embedding) for every row, pools from rows `tr`."""
+        state = fit_state(img, {k: v[tr] for k, v in q_emb.items()}, gi[tr], [answers[i] for i in tr], CHOSEN_C)
+        return row_features(state, img, q_emb, gi, np.arange(n))
+
+    knn = {} if caps is None else {k: caption_knn_scores(data["image_pooled"], caps, data["k_raw"], k) for k in CAPTION_KS}
+
+    def caption_knn(tr, te, with_chosen):
+        """The caption-kNN z-score, alone or as one more column beside CHOSEN's; k by 3-fold inner CV on `tr`."""
+        def fit_predict(k, fit, pred):
+            x = image_pool_z(knn[k], gi, fit)[:, None]
+            return lr(np.hstack([chosen_features(fit), x]), fit, pred, CHOSEN_C) if with_chosen else lr(x, fit, pred)
+
+        tr = np.asarray(tr)
+        inner = [(tr[a], tr[b]) for a, b in _inner_folds(gi, tr, 3)]
+        best = max(CAPTION_KS, key=lambda k: np.mean([((fit_predict(k, a, b) > 0.5) == y[b]).mean() for a, b in inner]))
+        return fit_predict(best, tr, te)
+
+    def vote(tr, te, with_chosen):
+        """The question-conditioned neighbour vote (standardized on the training rows), alone or beside CHOSEN's."""
+        v = out_of_fold_vote(data["image_pooled"], data["k_raw"], gi, y, tr, te)[:, None]
+        v = v / (v[tr].std() + 1e-9)
+        return lr(np.hstack([chosen_features(tr), v]), tr, te, CHOSEN_C) if with_chosen else lr(v, tr, te)
+
     z4 = lambda tr: np.stack([zpool(img[s], q_emb[s], tr, k) for s in SPACES for k in ("image", "text")], 1)  # noqa: E731
     attempts = {
         "majority (training-fold majority answer)": lambda tr, te: np.full(len(te), float(y[tr].mean() > 0.5)),
@@ -297,6 +375,13 @@ def main() -> int:
         "4 z-scores + object evidence (LR)": lambda tr, te: lr(np.hstack([z4(tr), class_evidence(tr)[:, None]]), tr, te),
         **({} if caps is None else {"joint heads: caption InfoNCE + yes/no BCE on the key phrase (yesno_joint_heads.py)":
                                      lambda tr, te: train_and_score(data, caps, gi, y, tr, te)}),
+        **({} if caps is None else {
+            "caption kNN: key phrase vs captions of the k nearest caption photos, z vs image pool (LR)":
+                lambda tr, te: caption_knn(tr, te, False),
+            "CHOSEN features + caption-kNN z (LR C=0.3)": lambda tr, te: caption_knn(tr, te, True)}),
+        "question-conditioned kNN: similar-phrase training rows vote, weighted by centred photo similarity (LR)":
+            lambda tr, te: vote(tr, te, False),
+        "CHOSEN features + neighbour vote (LR C=0.3)": lambda tr, te: vote(tr, te, True),
         CHOSEN: shipped,
     }
     groupings = ["image", "pair"] if args.groups == "both" else [args.groups]
@@ -320,6 +405,9 @@ def main() -> int:
               "key-phrase cosine (lite ConSE)": np.einsum("nd,nd->n", img["conse"][gi], q_emb["conse"]),
               "ImageNet object evidence": np.log((rel * data["image_probs"][gi]).sum(1) + 1e-6)}
     ranked["sum of the three, each standardized"] = sum((v - v.mean()) / v.std() for v in list(ranked.values()))
+    for k, scores in knn.items():
+        ranked[f"caption kNN, k={k}"] = cap = scores[np.arange(n), gi]
+        ranked[f"sum of the three + caption kNN k={k}"] = ranked["sum of the three, each standardized"] + (cap - cap.mean()) / cap.std()
     for name, score in ranked.items():
         pairs, frac = pair_ranking(rows, score, gi)
         print(json.dumps({"name": f"PAIR RANKING (yes photo above no photo, same phrase): {name}",
