@@ -2,6 +2,7 @@
 
     python benchmarks/omp_wait_policy.py                 # text and image towers, batch 32 / 8
     python benchmarks/omp_wait_policy.py --seconds 5 --busy 2
+    python benchmarks/omp_wait_policy.py --repeats 4 --policies default,PASSIVE,spin:3000   # GOMP_SPINCOUNT=3000
 
 Each measurement runs in a fresh interpreter (the policy is read when torch loads OpenMP). "busy" starts --busy
 processes that spin on the CPU meanwhile, as other jobs do on a shared machine. Ratio lines compare the policies
@@ -14,6 +15,8 @@ import multiprocessing
 import os
 import subprocess
 import sys
+
+import numpy as np
 
 MEASURE = r"""
 import json, sys, time
@@ -47,9 +50,13 @@ def _spin(stop) -> None:
         sum(range(10_000))
 
 
-def measure(policy: str | None, seconds: float) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if policy:
+def measure(policy: str, seconds: float) -> dict:
+    """One fresh interpreter under `policy`: "default" (OpenMP's own), an OMP_WAIT_POLICY value (PASSIVE, ACTIVE),
+    or "spin:N" (GOMP_SPINCOUNT=N: GNU OpenMP, which the PyPI torch wheels bundle, spins N times, then sleeps)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if policy.startswith("spin:"):
+        env["GOMP_SPINCOUNT"] = policy.split(":", 1)[1]
+    elif policy != "default":
         env["OMP_WAIT_POLICY"] = policy
     out = subprocess.run([sys.executable, "-c", MEASURE, str(seconds)], env=env, capture_output=True, text=True,
                          check=True).stdout
@@ -60,7 +67,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     ap.add_argument("--busy", type=int, default=1, help="spinning processes in the busy condition")
+    ap.add_argument("--policies", default="default,PASSIVE",
+                    help="comma-separated: default, PASSIVE, ACTIVE or spin:N (GOMP_SPINCOUNT); ratios are to the first")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds over the policies, interleaved; the median is kept")
     args = ap.parse_args(argv)
+    policies = [x.strip() for x in args.policies.split(",") if x.strip()]
+    base = policies[0]
     for condition in ("quiet", "busy"):
         stop = multiprocessing.Event()
         spinners = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
@@ -68,7 +80,12 @@ def main(argv=None) -> int:
         for p in spinners:
             p.start()
         try:
-            got = {policy or "default": measure(policy, args.seconds) for policy in (None, "PASSIVE")}
+            runs = {policy: [] for policy in policies}
+            for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits every policy
+                for policy in policies:
+                    runs[policy].append(measure(policy, args.seconds))
+            got = {policy: {k: float(np.median([r[k] for r in rs])) if isinstance(rs[0][k], float) else rs[0][k]
+                            for k in rs[0]} for policy, rs in runs.items()}
         finally:
             stop.set()
             for p in spinners:
@@ -76,10 +93,10 @@ def main(argv=None) -> int:
         for policy, rates in got.items():
             print(json.dumps({"bench": "omp_wait_policy", "condition": condition, "policy": policy,
                               **{k: round(v, 1) if isinstance(v, float) else v for k, v in rates.items()}}))
-        for kind in ("text_batch32", "image_batch8"):
-            print(json.dumps({"bench": "omp_wait_policy", "condition": condition, "kind": kind,
-                              "ratio": "passive/default",
-                              "value": round(got["PASSIVE"][kind] / got["default"][kind], 2)}))
+        for policy in policies[1:]:
+            for kind in ("text_batch32", "image_batch8"):
+                print(json.dumps({"bench": "omp_wait_policy", "condition": condition, "kind": kind,
+                                  "ratio": f"{policy}/{base}", "value": round(got[policy][kind] / got[base][kind], 2)}))
     return 0
 
 
