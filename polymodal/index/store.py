@@ -112,10 +112,10 @@ class ImageIndex:
         """Make the index match the images under `folder`: embed new and changed files, drop deleted ones.
 
         Only rows under `folder` are compared, so one index can hold several folders. Unreadable files are
-        skipped and reported (and remembered: not read again until they change). Work is committed every
-        `commit_every_s` seconds, so an error or interrupt keeps what was committed and a re-run does the rest
-        (the exception's `index_progress` is (files done and saved, files to do)); None commits once, at the end:
-        all or nothing.
+        skipped and reported; ones that fail to decode are remembered: not read again until they change. Work is
+        committed every `commit_every_s` seconds, so an error or interrupt keeps what was committed and a re-run
+        does the rest (the exception's `index_progress` is (files done and saved, files to do)); None commits once,
+        at the end: all or nothing.
         """
         from polymodal.registry import require_embedding
 
@@ -194,7 +194,8 @@ class ImageIndex:
                     _delete(con, index, drop)
                     done.total = len(todo)
                     self._embed_all(con, index, meta, model, todo, report, batch_size, progress, commit_every_s, done)
-                    changed = bool(drop or report.added or report.updated)
+                    # a changed file's old row left in _embed_batch even when its new one failed to embed
+                    changed = bool(drop or report.added or any(old is not None for _, old, _ in todo))
                     state = _touch(con, meta, bump=changed)
                 done.saved = done.total
                 if changed or not from_file:
@@ -263,6 +264,8 @@ class ImageIndex:
         for (f, old, digest), result in zip(ready, results):
             if isinstance(result, str):
                 report.skipped.append((f.path, result))
+                if image_file(f.path) != f:  # gone or changed since the scan: not remembered, looked at again next time
+                    continue
                 con.execute("INSERT OR REPLACE INTO failures (path, size, mtime_ns, reason, failed) VALUES "
                             "(?, ?, ?, ?, ?)", (f.path, f.size, f.mtime_ns, result, _now()))
                 continue
