@@ -214,11 +214,18 @@ def test_a_folder_with_only_a_linked_folder_says_so(tmp_path: Path) -> None:
         scan_images(tmp_path / "photos")
 
 
-@pytest.mark.parametrize("bad", [-1, "60", float("nan")])
+@pytest.mark.parametrize("bad", [-1, "60", float("nan"), True])
 def test_a_bad_commit_interval_is_refused(built, bad) -> None:
     index, photos = built
     with pytest.raises(PolymodalError, match="commit_every_s must be"):
         index.update(photos, FakeModel(), progress=False, commit_every_s=bad)
+
+
+def test_a_numpy_commit_interval_is_taken(built) -> None:
+    import numpy as np
+
+    index, photos = built
+    assert index.update(photos, FakeModel(), progress=False, commit_every_s=np.float32(30)).added == len(NEW)
 
 
 class MinuteClock:

@@ -19,6 +19,7 @@ BLOBs. Files that failed to decode are remembered (table failures) and not read 
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import sqlite3
 import stat
@@ -598,7 +599,9 @@ class _Done:
 
 
 def _check_interval(commit_every_s) -> None:
-    if commit_every_s is not None and (not isinstance(commit_every_s, (int, float)) or not commit_every_s >= 0):
+    # numbers.Real takes numpy scalars too; a bool is a mistake, not a 1-second interval
+    if commit_every_s is not None and (not isinstance(commit_every_s, numbers.Real) or isinstance(commit_every_s, bool)
+                                       or not commit_every_s >= 0):
         raise PolymodalError(f"commit_every_s must be a number of seconds >= 0 (or None: commit once, at the end), "
                              f"got {commit_every_s!r}")
 
