@@ -194,10 +194,21 @@ def _load_torch(key: str, **kwargs):
             _check_options(kwargs, [], f"the yes/no model folder {path}")
             return load_yesno(path)
 
+        if hint := run_folder_hint(path):
+            raise PolymodalError(hint)
         hf = path.is_dir() and (path / "config.json").is_file()  # load_clip's own dispatch
         _check_options(kwargs, _options(load_hf_clip if hf else load_openai_clip, skip=1), f"the CLIP checkpoint {path}")
         return load_clip(path, **kwargs)
     raise unknown_model(key)
+
+
+def run_folder_hint(path: str | Path) -> str:
+    """What to pass instead of a `polymodal train` run folder (its model is RUN/model): passing RUN itself is an
+    easy slip that would otherwise read RUN/checkpoint.pt as a CLIP checkpoint. "" for any other path."""
+    run = Path(path).expanduser()
+    if not ((run / "model" / "config.json").is_file() and (run / "checkpoint.pt").is_file()):
+        return ""
+    return f"{path} is a training run folder; its model is {run / 'model'}: pass that"
 
 
 def unknown_model(name: str) -> PolymodalError:

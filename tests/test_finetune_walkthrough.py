@@ -132,7 +132,7 @@ def test_a_warmup_longer_than_the_run_is_named(pairs, tmp_path, caplog):
         # the last --warmup-steps wins over _argv's
         assert _run(_argv(pairs, tmp_path / "run", "--epochs", "1", "--val-fraction", "0", "--warmup-steps", "50")) == 0
     assert "warmup_steps=50 is not shorter than the whole run (1 steps)" in caplog.text
-    assert "--warmup-steps 1" in caplog.text
+    assert "--warmup-steps 0" in caplog.text  # 1 would warn again in a 1-step run
 
 
 def test_resume_works_from_another_folder(pairs, tmp_path, monkeypatch, capsys):

@@ -69,6 +69,9 @@ def load_image(image: Any) -> Image.Image:
         )
     elif isinstance(image, (str, Path)):
         path = Path(image)
+        if path.is_dir():  # "not found" would send the user looking for a path that is right there
+            raise PolymodalError(f"{path} is a folder, not an image file; pass an image file inside it "
+                                 "(`polymodal index` takes folders)")
         if not path.is_file():
             raise PolymodalError(f"image not found: {path}; pass an existing image file")
         img = _open(path, str(path))

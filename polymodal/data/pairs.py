@@ -247,6 +247,11 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
             )
         for row in reader:
             where = f"{path}:{reader.line_num}"
+            joined = _lines_run_together(row, reader.line_num)
+            if joined:
+                skipped.append((f"{path}:{joined}", f"a quoted field runs over lines {joined} (an unclosed \" "
+                                "quote?); close the quote, or double a quote inside a caption (\"\")"))
+                continue
             if None in row or any(v is None for v in row.values()):
                 skipped.append((where, f"row does not have the header's {len(columns)} fields"))
                 continue
@@ -254,6 +259,14 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
             negatives = row[negative_col].split(NEGATIVE_SEPARATOR) if negative_col else None
             _add_row(pairs, skipped, where, image, caption, check, negatives)
     return pairs, skipped
+
+
+def _lines_run_together(row: dict, end: int) -> str:
+    """"START-END" when a cell holds a line break, else "". Captions are one line: a break means a quote left open,
+    which makes csv read every following row into this one (up to the next quote, or to the end of the file)."""
+    cells = [v for value in row.values() for v in (value if isinstance(value, list) else [value])]
+    breaks = sum(v.rstrip("\r\n").count("\n") for v in cells if isinstance(v, str))  # EOF ends a last one
+    return f"{end - breaks}-{end}" if breaks else ""
 
 
 def _folder_images(root: Path) -> list[Path]:

@@ -22,6 +22,7 @@ from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig, is_dual_encoder_folder, load_dual_encoder
 from polymodal.models.inputs import as_paths, as_settings
+from polymodal.registry import run_folder_hint
 from polymodal.train import distributed
 from polymodal.train.features import (
     CachedPairDataset, collate_cached, image_features, readable_pairs, readable_rows, text_features,
@@ -136,7 +137,8 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         model = load_dual_encoder(recipe.model)  # continue training a saved dual encoder
         recipe.arch = model.config
     else:
-        raise PolymodalError(f"cannot train from {recipe.model!r}; pass --model lite or a folder from `polymodal train`")
+        raise PolymodalError(run_folder_hint(recipe.model)
+                             or f"cannot train from {recipe.model!r}; pass --model lite or a folder from `polymodal train`")
 
     if resume:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train)

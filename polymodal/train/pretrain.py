@@ -47,6 +47,7 @@ from polymodal.data.pairs import PairSet, open_pair_image, read_pair_sources
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig, is_fusion_encoder_folder, load_fusion_encoder
 from polymodal.models.inputs import as_paths, as_settings
+from polymodal.registry import run_folder_hint
 from polymodal.train.features import _load_cached, _store, readable_pairs, readable_subset
 from polymodal.train.guards import (
     FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
@@ -559,7 +560,8 @@ def build_model(recipe: PretrainRecipe) -> FusionEncoder:
         arch.mrm_head = arch.mrm_head or (recipe.mrm_target if "mrm" in names else "")
         return FusionEncoder(arch)
     if not is_fusion_encoder_folder(recipe.model):
-        raise PolymodalError(f"cannot pretrain from {recipe.model!r}; pass model 'new' or a fusion-encoder folder")
+        raise PolymodalError(run_folder_hint(recipe.model)
+                             or f"cannot pretrain from {recipe.model!r}; pass model 'new' or a fusion-encoder folder")
     model = load_fusion_encoder(recipe.model)
     if "itm" in names:
         model.add_itm_head()

@@ -123,7 +123,7 @@ class Trainer:
         if config.warmup_steps >= total:
             log.warning("warmup_steps=%d is not shorter than the whole run (%d steps): the learning rate never reaches "
                         "lr=%g nor decays; pass --warmup-steps %d (a tenth of the run) or train longer",
-                        config.warmup_steps, total, config.lr, max(1, total // 10))
+                        config.warmup_steps, total, config.lr, min(max(1, total // 10), total - 1))  # a 1-step run: 0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(config.warmup_steps, total))
         self.step, self.epoch, self.best, self.bad_epochs = 0, 0, -math.inf, 0
         self.best_metrics: dict = {}  # the record of the best epoch so far (kept in the checkpoint)

@@ -31,6 +31,7 @@ from polymodal.models.fusion_encoder import (
     load_fusion_encoder,
 )
 from polymodal.models.inputs import as_paths, as_settings
+from polymodal.registry import run_folder_hint
 from polymodal.train.features import _load_cached, _store, image_features, readable_subset, report_unreadable
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
@@ -331,7 +332,8 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
         raise PolymodalError(f"no model folder {recipe.model}; pass model 'new', a folder from `polymodal train vqa` "
                              "or the model subfolder of a `polymodal train pretrain` run")
     else:
-        raise PolymodalError(f"cannot train from {recipe.model!r}; pass model 'new' or a folder from `polymodal train vqa`")
+        raise PolymodalError(run_folder_hint(recipe.model)
+                             or f"cannot train from {recipe.model!r}; pass model 'new' or a folder from `polymodal train vqa`")
     if recipe.freeze:
         frozen = model.freeze(recipe.freeze)
         log.info("frozen: %d parameter tensors (%s)", len(frozen), ", ".join(recipe.freeze))
