@@ -202,6 +202,9 @@ def cmd_info(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="polymodal", description="Multimodal models, offline: embed, search, classify.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    from polymodal import __version__  # the package's __init__ imports no torch
+
+    p.add_argument("--version", action="version", version=f"polymodal {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("index", help="embed the images under folders (kept in sync: deleted files leave the "

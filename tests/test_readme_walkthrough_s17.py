@@ -87,3 +87,22 @@ def test_the_warmup_hint_fits_a_one_step_run(gallery, tmp_path, caplog):
                          "--quiet"]) == 0
     assert "warmup_steps=1 is not shorter than the whole run (1 steps)" in caplog.text
     assert "pass --warmup-steps 0" in caplog.text
+
+
+def test_version_flag_prints_the_package_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"polymodal {polymodal.__version__}"
+
+
+def test_an_empty_csv_says_it_is_empty(tmp_path):
+    (tmp_path / "pairs.csv").write_text("")
+    with pytest.raises(polymodal.PolymodalError, match="pairs.csv is empty; write a header line"):
+        read_pair_source(tmp_path / "pairs.csv")
+
+
+def test_an_unknown_recipe_setting_lists_the_known_ones():
+    from polymodal.train.contrastive import ContrastiveRecipe
+
+    with pytest.raises(polymodal.PolymodalError, match=r"unknown settings \['nonsense'\]; known: .*'hard_negatives'.*'lr'"):
+        ContrastiveRecipe.from_dict({"nonsense": 1})

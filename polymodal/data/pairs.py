@@ -240,6 +240,8 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
         image_col = next((columns[c] for c in IMAGE_COLUMNS if c in columns), None)
         caption_col = next((columns[c] for c in CAPTION_COLUMNS if c in columns), None)
         negative_col = next((columns[c] for c in NEGATIVE_COLUMNS if c in columns), None)
+        if not columns:
+            raise PolymodalError(f"{path} is empty; write a header line (e.g. image,caption), then one row per pair")
         if image_col is None or caption_col is None:
             raise PolymodalError(
                 f"{path}: header has columns {list(columns)}; it needs an image column ({', '.join(IMAGE_COLUMNS)}) "

@@ -68,7 +68,8 @@ class ContrastiveRecipe:
         train = TrainConfig.from_dict({**d.pop("train", {}), **{k: d.pop(k) for k in list(d) if k in train_keys}})
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise PolymodalError(f"unknown settings {sorted(unknown)}")
+            raise PolymodalError(f"unknown settings {sorted(unknown)}; known: "
+                                 f"{sorted(set(cls.__dataclass_fields__) | train_keys)}")
         for key in ("pairs", "val_pairs"):
             if isinstance(d.get(key), str):
                 d[key] = [d[key]]
