@@ -106,3 +106,28 @@ def test_an_unknown_recipe_setting_lists_the_known_ones():
 
     with pytest.raises(polymodal.PolymodalError, match=r"unknown settings \['nonsense'\]; known: .*'hard_negatives'.*'lr'"):
         ContrastiveRecipe.from_dict({"nonsense": 1})
+
+
+@pytest.mark.parametrize("steps_per_epoch, epochs, want", [(7, 2, 1), (10, 10, 10), (100, 10, 50), (1, 1, 0)])
+def test_the_default_warmup_is_at_most_a_tenth_of_the_run(steps_per_epoch, epochs, want, caplog, tmp_path):
+    """Unset, warmup is 50 steps but never more than a tenth of the run: a small data set's run used to warm up
+    for all of it (the lr never reached its peak) and warn about a setting the user never chose."""
+    import torch
+
+    from polymodal.train.trainer import Trainer, TrainConfig
+
+    model = torch.nn.Linear(2, 1)
+    loader = [torch.zeros(1, 2)] * steps_per_epoch
+    trainer = Trainer(model, {"x": (lambda m, b: m(b).sum(), 1.0, loader)}, TrainConfig(epochs=epochs), tmp_path,
+                      progress=False)
+    lrs = [trainer.scheduler.lr_lambdas[0](step) for step in range(steps_per_epoch * epochs)]
+    assert next(i for i, f in enumerate(lrs) if f == max(lrs)) == max(want - 1, 0)  # the peak comes after `want` steps
+    assert "warmup_steps" not in caplog.text
+
+
+@pytest.mark.parametrize("bad", ["5", 2.5, -1, True])
+def test_a_bad_warmup_is_still_one_error(bad):
+    from polymodal.train.trainer import TrainConfig
+
+    with pytest.raises(polymodal.PolymodalError, match="warmup_steps"):
+        TrainConfig(warmup_steps=bad).validate()

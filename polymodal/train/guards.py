@@ -22,10 +22,14 @@ _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "tru
 AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
 POSITIVE = ("above 0", lambda v: v > 0)
 NON_NEGATIVE = ("0 or more", lambda v: v >= 0)
+NONE_OR_NON_NEGATIVE = ("0 or more (or unset)", lambda v: v is None or v >= 0)
 FRACTION = ("in [0, 1)", lambda v: 0 <= v < 1)
 
 
 def _matches(value, kind) -> bool:
+    args = typing.get_args(kind)
+    if type(None) in args:  # `int | None`: None (the default's "automatic"), or a value of the other type
+        return value is None or _matches(value, next(a for a in args if a is not type(None)))
     kind = typing.get_origin(kind) or kind
     if kind is bool or kind is dict:
         return isinstance(value, kind)

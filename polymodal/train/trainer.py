@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
-from polymodal.train.guards import AT_LEAST_1, NON_NEGATIVE, POSITIVE, check_ranges, check_types
+from polymodal.train.guards import AT_LEAST_1, NON_NEGATIVE, NONE_OR_NON_NEGATIVE, POSITIVE, check_ranges, check_types
 from polymodal.train.metrics import MetricsLogger
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class TrainConfig:
     # 2.86-2.97 at 0.1, 3.00-3.02 at 0.01, 2.90 with frozen towers)
     tower_lr_scale: float = 0.01
     weight_decay: float = 0.1
-    warmup_steps: int = 50
+    warmup_steps: int | None = None  # None: 50 steps, but at most a tenth of the run (short runs on small data)
     grad_clip: float = 1.0
     seed: int = 0
     early_stop_metric: str = "val/rsum"  # higher is better
@@ -63,7 +63,7 @@ class TrainConfig:
         check_types(self)
         check_ranges(self, {
             "epochs": AT_LEAST_1, "lr": POSITIVE, "tower_lr_scale": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
-            "warmup_steps": NON_NEGATIVE, "grad_clip": NON_NEGATIVE, "patience": NON_NEGATIVE,
+            "warmup_steps": NONE_OR_NON_NEGATIVE, "grad_clip": NON_NEGATIVE, "patience": NON_NEGATIVE,
             "unfreeze_every": NON_NEGATIVE, "log_every": AT_LEAST_1,
             "seed": ("in 0..2**32-1", lambda v: 0 <= v < 2**32),  # numpy's seed range
         })
@@ -120,11 +120,14 @@ class Trainer:
             raise PolymodalError("the training data gives no batch (too few rows for the batch size); add data or "
                                  "lower --batch-size")
         total = self.steps_per_epoch * config.epochs
-        if config.warmup_steps >= total:
+        warmup = config.warmup_steps
+        if warmup is None:  # 50 steps would be the whole of a short run: the lr would never reach its peak
+            warmup = min(50, total // 10)
+        elif warmup >= total:
             log.warning("warmup_steps=%d is not shorter than the whole run (%d steps): the learning rate never reaches "
                         "lr=%g nor decays; pass --warmup-steps %d (a tenth of the run) or train longer",
-                        config.warmup_steps, total, config.lr, min(max(1, total // 10), total - 1))  # a 1-step run: 0
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(config.warmup_steps, total))
+                        warmup, total, config.lr, min(max(1, total // 10), total - 1))  # a 1-step run: 0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup, total))
         self.step, self.epoch, self.best, self.bad_epochs = 0, 0, -math.inf, 0
         self.best_metrics: dict = {}  # the record of the best epoch so far (kept in the checkpoint)
         self.history: list[dict] = []
