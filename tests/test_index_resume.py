@@ -259,3 +259,17 @@ def test_the_index_command_says_what_an_interrupt_saved(built, capsys, monkeypat
     monkeypatch.setattr(polymodal, "load", lambda *a, **kw: FakeModel())
     assert cli.main(["index", str(photos), "--db", db]) == 0
     assert "added 1, updated 0, removed 0, unchanged 6" in capsys.readouterr().out
+
+
+def test_an_index_is_not_started_among_other_files(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    paint(photos / "red.png", "red")
+    with pytest.raises(PolymodalError, match="holding other files .*red.png.* and no index; pass a new or empty folder"):
+        ImageIndex(photos).update(photos, FakeModel(), progress=False)  # --db naming the photo folder itself
+    assert sorted(p.name for p in photos.iterdir()) == ["red.png"]  # nothing written among the photos
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".DS_Store").write_text("")
+    assert ImageIndex(empty).update(photos, FakeModel(), progress=False).added == 1  # empty but for hidden files
+    paint(empty / "later.png", "blue")  # an index folder, once made, may gain other files: still an index
+    assert ImageIndex(empty).update(photos, FakeModel(), progress=False).unchanged == 1

@@ -53,6 +53,9 @@ _SCHEMA = (
 # Made when missing by every update, so indexes from before it get it too (no format change: older code ignores it).
 _FAILURES = ("CREATE TABLE IF NOT EXISTS failures (path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
              " mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL, failed TEXT NOT NULL)")
+# what an index folder may hold (uploads/: the service's, written before its first update)
+_OWN_NAMES = {"meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm", "meta.sqlite-journal", "vectors.faiss", "index.lock",
+              "uploads"}
 _Row = namedtuple("_Row", "id size mtime_ns sha256")
 _Failure = namedtuple("_Failure", "size mtime_ns reason failed")
 _COLUMNS = {"images": ("id, size, mtime_ns, sha256", _Row), "failures": ("size, mtime_ns, reason, failed", _Failure)}
@@ -383,6 +386,7 @@ class ImageIndex:
         """The writer lock and a connection; the lock is held until the FAISS file is saved too."""
         if self.db.exists() and not self.db.is_dir():
             raise PolymodalError(f"--db {self.db} is a file; pass a folder to hold the index")
+        self._check_not_foreign()
         self.db.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.lock_path), timeout=0)
         try:
@@ -399,6 +403,16 @@ class ImageIndex:
                 yield con
         finally:
             lock.release()
+
+    def _check_not_foreign(self) -> None:
+        """Refuse to start an index in a folder that holds other things (`--db` naming the photo folder itself would
+        scatter the index files among the photos). Hidden files (.DS_Store) and the index's own names are fine."""
+        if not self.db.is_dir() or self.sqlite_path.exists():
+            return
+        other = sorted(p.name for p in self.db.iterdir() if p.name not in _OWN_NAMES and not p.name.startswith("."))
+        if other:
+            raise PolymodalError(f"--db {self.db} is a folder holding other files ({other[0]}, ...) and no index; pass "
+                                 f"a new or empty folder for the index, e.g. --db {self.db.name}.idx")
 
     def _meta(self, con: sqlite3.Connection) -> dict | None:
         try:
