@@ -126,6 +126,9 @@ def cmd_classify(args) -> int:
     if args.top_k is not None and args.top_k < 1:
         raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
     labels = _labels(args)
+    if len(set(labels)) == 1:  # a softmax over one label is 1 whatever the image: say so rather than look confident
+        print(f"polymodal: note: with one label every image scores 1.000 (scores are shared out among the labels); "
+              f"pass two or more, e.g. --labels {labels[0]},other", file=sys.stderr)
     templates = args.template or None
     model = require_embedding(polymodal.load(args.model), args.model)
     model.label_embeddings(labels, templates)  # label and template mistakes end the command here, before any image

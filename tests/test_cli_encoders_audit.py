@@ -151,6 +151,14 @@ def test_classify_labels_from_a_file_one_per_line(capsys, spy_load, photos, tmp_
     assert sorted(x["label"] for x in json.loads(out)[0]["labels"]) == ["blue", "green, dark", "red"]
 
 
+def test_classify_with_one_label_says_the_score_means_nothing(capsys, spy_load, photos):
+    code, out, err = run(capsys, "classify", photos / "red.png", "--labels", "red", "--model", "fake", "--json")
+    assert code == 0 and json.loads(out)[0]["labels"][0]["score"] == 1.0
+    assert "with one label every image scores 1.000" in err
+    code, _, err = run(capsys, "classify", photos / "red.png", "--labels", "red,blue", "--model", "fake")
+    assert code == 0 and "one label" not in err
+
+
 @pytest.mark.parametrize("content, extra, needle", [
     (None, [], "labels file not found"),
     ("# only a comment\n\n", [], "holds no labels"),
