@@ -68,8 +68,6 @@ def cmd_index(args) -> int:
 
 def _outermost(folders: list[str]) -> list[str]:
     """The folders not inside (or equal to) an earlier-listed or enclosing one, in the order given."""
-    from pathlib import Path
-
     resolved = [Path(f).expanduser().resolve() for f in folders]
     keep = []
     for i, (folder, path) in enumerate(zip(folders, resolved)):
@@ -317,8 +315,9 @@ def _saved_work(exc: BaseException, args) -> str:
 def _quiet_openmp_waits() -> None:
     """Idle OpenMP threads sleep instead of spinning (unless the user chose): when other work shares the cores,
     spinning threads made torch 1.5-2x slower beside one busy process and 3-8x beside a test run; on a quiet
-    machine sleeping costs 0-25% (benchmarks/omp_wait_policy.py): the bad case is the busy one. OpenMP reads it when torch loads, so
-    this runs before any command imports torch; onnxruntime's sessions already sleep (allow_spinning 0)."""
+    machine sleeping costs 0-25% (benchmarks/omp_wait_policy.py): the bad case is the busy one. OpenMP reads it
+    when torch loads, so this runs before any command imports torch; onnxruntime's sessions already sleep
+    (allow_spinning 0)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

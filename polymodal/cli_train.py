@@ -143,7 +143,9 @@ def cmd_eval_retrieval(args) -> int:
     if args.word_order:
         from polymodal.eval.word_order import word_order_accuracy
 
-        first = [pairs.captions[int(np.flatnonzero(pairs.caption_image == i)[0])] for i in range(len(pairs.images))]
+        # each image's first caption: one pass (np.unique's first indices; every image has a caption), not one per image
+        _, first_rows = np.unique(pairs.caption_image, return_index=True)
+        first = [pairs.captions[int(i)] for i in first_rows]
         metrics |= word_order_accuracy(model, pairs.images, first, image_emb=image_emb)
     print(json.dumps({"model": args.model, "precision": args.precision, "images": len(pairs.images), "captions": len(pairs.captions), **metrics}))
     return 0

@@ -68,7 +68,8 @@ DESCRIPTIONS = {
                 "trained on easy-VQA shapes and colours (benchmarks/train_easy_vqa.py); polymodal vqa IMAGE QUESTION",
     "coco-yesno": "yes/no questions about photos: question -> key phrase scored against the image with the "
                   "default and lite spaces (pool z-scores) + question embedding, logistic regression trained on "
-                  "COCO yes/no VQA (benchmarks/coco_yesno.py); about 0.565 accuracy on photos it was not fit on (majority answer 0.52)",
+                  "COCO yes/no VQA (benchmarks/coco_yesno.py); about 0.565 accuracy on photos it was not fit on "
+                  "(majority answer 0.52)",
 }
 
 

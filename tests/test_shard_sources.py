@@ -177,10 +177,10 @@ def test_rewritten_shard_is_not_served_stale_cached_features(pairs_file, tmp_pat
 
 def test_several_sources_are_named_in_warnings(shards):
     """`train contrastive --pairs A B` warned 'WARNING : left out ... unreadable image(s)' (no source named)."""
-    from polymodal.train.contrastive import _read
+    from polymodal.data.pairs import read_pair_sources
 
     a, b = _forms(shards)["several"][:2]
-    assert _read([a, b]).source == f"{a},{b}"
+    assert read_pair_sources([a, b]).source == f"{a},{b}"
 
 
 def test_export_validation_set_from_shards_equals_jsonl(pairs_file, shards):

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from polymodal import cli
 from polymodal.data.samples import SKIMAGE_PHOTOS, SKLEARN_PHOTOS
 from polymodal.errors import PolymodalError
-from polymodal.train.contrastive import _read, rank_batch_size
+from polymodal.data.pairs import read_pair_sources
+from polymodal.train.contrastive import rank_batch_size
 from polymodal.train.metrics import read_metrics
 from polymodal.train.objectives import Objective
 from polymodal.train.trainer import TrainConfig, Trainer
@@ -193,7 +194,7 @@ def test_malformed_rows_are_warned_about_once(pairs_file, caplog):
     bad = pairs_file.parent / "guard_bad_rows.jsonl"
     bad.write_text(pairs_file.read_text().replace("\n", "\n{not json\n", 1))
     with caplog.at_level(logging.WARNING):
-        _read([str(bad)])
+        read_pair_sources([str(bad)])
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1, caplog.text
 
 

@@ -97,10 +97,6 @@ def rank_batch_size(images: int, batch_size: int, world: int = 1) -> int:
     return min(batch_size, images // world)
 
 
-def _read(sources: list[str]) -> PairSet:
-    return read_pair_sources(sources)
-
-
 def retrieval_eval(model, image_feats: np.ndarray, text_feats, caption_image: np.ndarray, prefix: str = "val/") -> dict:
     """R@1/5/10 both ways on cached features, plus rsum (sum of the six recalls) for early stopping."""
     with torch.no_grad():
@@ -123,9 +119,9 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     check_run_folder(recipe.out, resume, overwrite)
     distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
     set_seed(recipe.train.seed)  # before the heads are initialised: same seed, same run
-    train_set = _read(recipe.pairs)
+    train_set = read_pair_sources(recipe.pairs)
     if recipe.val_pairs:
-        val_set = _read(recipe.val_pairs)
+        val_set = read_pair_sources(recipe.val_pairs)
     elif recipe.val_fraction > 0:
         train_set, val_set = split_by_image(train_set, recipe.val_fraction, seed=recipe.train.seed)
     else:
