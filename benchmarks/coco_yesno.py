@@ -215,16 +215,14 @@ def phrase_classes(phrases: np.ndarray, class_matrix: np.ndarray) -> np.ndarray:
     return rel / rel.sum(1, keepdims=True)
 
 
-def unit_rows(a: np.ndarray) -> np.ndarray:
-    return a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-12)
-
-
 def caption_knn_scores(qa_pooled: np.ndarray, caps: dict, phrases: np.ndarray, k: int) -> np.ndarray:
     """'Describe by neighbours' [rows, QA images]: a phrase's best caption cosine (MiniLM-MiniLM) on each of the
     image's k nearest caption photos, averaged. The neighbours come from image-image cosine of sqrt pooled tower
     features, centred on the caption photos; text-text and image-image stand in for the weak cross-modal link."""
+    from polymodal.models.yesno import _normalize
+
     cap, qa = np.sqrt(np.maximum(caps["pooled"], 0)), np.sqrt(np.maximum(qa_pooled, 0))
-    sim = unit_rows(qa - cap.mean(0)) @ unit_rows(cap - cap.mean(0)).T
+    sim = _normalize(qa - cap.mean(0)) @ _normalize(cap - cap.mean(0)).T
     order = np.argsort(caps["image"], kind="stable")  # five captions per photo, grouped by photo
     best = (phrases @ caps["text"][order].T).reshape(len(phrases), len(cap), -1).max(2)  # [rows, caption photos]
     near = np.argsort(-sim, 1)[:, :k]
@@ -242,8 +240,10 @@ def neighbour_vote(pooled: np.ndarray, phrases: np.ndarray, gi: np.ndarray, y: n
     """Question-conditioned kNN: the training rows whose key phrase is close (MiniLM cosine >= threshold) vote
     with their answer (+1 yes, -1 no), weighted by that cosine times how much more their photo resembles the test
     photo than the voters' photos do on average (centring: a phrase's prior is the question embedding's job)."""
+    from polymodal.models.yesno import _normalize
+
     feats = np.sqrt(np.maximum(pooled, 0))
-    feats = unit_rows(feats - feats[np.unique(gi[tr])].mean(0))
+    feats = _normalize(feats - feats[np.unique(gi[tr])].mean(0))
     look = feats[gi[te]] @ feats[gi[tr]].T
     w = phrases[te] @ phrases[tr].T
     w = w * (w >= threshold)
