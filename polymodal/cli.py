@@ -8,11 +8,12 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from polymodal.cli_options import add_precision
+from polymodal.cli_options import add_precision, add_qdrant
 from polymodal.errors import PolymodalError
 from polymodal.registry import require_embedding
 
@@ -34,6 +35,10 @@ def cmd_index(args) -> int:
     from polymodal.index import ImageIndex, UpdateReport
     from polymodal.index.scan import image_file, scan_images
 
+    if not args.paths and not args.qdrant:
+        raise PolymodalError("pass folders of images or image files to index, e.g. polymodal index photos --db DB "
+                             "(or only --qdrant URL to push an existing index)")
+    target_collection = _collection(args)  # a bad --qdrant or --collection is refused before any work
     folders, files = [], []
     for target in args.paths:  # every path is checked here, before the model loads
         if os.path.isdir(target):
@@ -47,23 +52,42 @@ def cmd_index(args) -> int:
             files.append(target)
     folders = _outermost(folders)  # `index pics pics/2023`: each image is synced (and counted) once
     files = list({os.path.abspath(f): f for f in files}.values())  # `index a.jpg ./a.jpg` is one file
-    # a model that cannot embed is refused here, before the index folder is created
-    model = require_embedding(polymodal.load(args.model, precision=args.precision), args.model)
     index = ImageIndex(args.db)
-    reports = [index.update(f, model, progress=not args.json, batch_size=args.batch_size) for f in folders]
-    if files:
-        reports.append(index.add(files, model, progress=not args.json, batch_size=args.batch_size))
+    reports = []
+    if args.paths:
+        # a model that cannot embed is refused here, before the index folder is created
+        model = require_embedding(polymodal.load(args.model, precision=args.precision), args.model)
+        reports = [index.update(f, model, progress=not args.json, batch_size=args.batch_size) for f in folders]
+        if files:
+            reports.append(index.add(files, model, progress=not args.json, batch_size=args.batch_size))
     report = UpdateReport(*(sum(getattr(r, k) for r in reports) for k in ("added", "updated", "removed", "unchanged")),
                           skipped=[s for r in reports for s in r.skipped])
     info = index.info()
+    pushed = target_collection and target_collection.push(index, progress=not args.json)
     if args.json:
-        _print_json({**asdict(report), "index": info})
+        extra = {"qdrant": {**asdict(pushed), **target_collection.info()}} if pushed else {}
+        _print_json({**asdict(report), "index": info, **extra})
         return 0
-    what = ", ".join(folders + ([f"{len(files)} file{'s' * (len(files) != 1)}"] if files else []))
-    print(f"indexed {what} into {args.db}: {report.summary()}; {info['count']} images, model {info['model']}")
-    for path, reason in report.skipped:
-        print(f"  skipped {path}: {reason}")
+    if args.paths:
+        what = ", ".join(folders + ([f"{len(files)} file{'s' * (len(files) != 1)}"] if files else []))
+        print(f"indexed {what} into {args.db}: {report.summary()}; {info['count']} images, model {info['model']}")
+        for path, reason in report.skipped:
+            print(f"  skipped {path}: {reason}")
+    if pushed:
+        print(f"pushed {args.db} to {target_collection.where()}: {pushed.summary()}; "
+              f"{target_collection.info()['count']} images in the collection")
     return 0
+
+
+def _collection(args):
+    """The QdrantCollection that --qdrant/--collection name, or None without --qdrant."""
+    if not args.qdrant:
+        if args.collection:
+            raise PolymodalError("--collection names a Qdrant collection; pass --qdrant URL with it")
+        return None
+    from polymodal.index.qdrant import DEFAULT_COLLECTION, QdrantCollection
+
+    return QdrantCollection(args.qdrant, args.collection or DEFAULT_COLLECTION)
 
 
 def _outermost(folders: list[str]) -> list[str]:
@@ -91,11 +115,14 @@ def cmd_search(args) -> int:
         from polymodal.apps.explain import heatmap_format
 
         heatmap_format(args.explain)
-    index = ImageIndex(args.db)
+    if bool(args.db) == bool(args.qdrant):
+        raise PolymodalError('pass either --db DB (a local index) or --qdrant URL (a collection), e.g. polymodal '
+                             'search --db DB "a dog"')
+    index = _collection(args) or ImageIndex(args.db)
     name = args.model or index.info()["model_name"]
     if not args.model and os.sep in name and not os.path.exists(name):  # built from a model folder since moved
-        raise PolymodalError(f"index {index.db} was built with the model at {name}, which is no longer there; pass "
-                             "--model with where that model is now, or build a new index with a new --db")
+        raise PolymodalError(f"{index.where()} was built with the model at {name}, which is no longer there; pass "
+                             "--model with where that model is now")
     model = require_embedding(polymodal.load(name, precision=args.precision), name)
     index.check_model(model)
     query = model.encode_image([args.image]) if args.image is not None else model.encode_text([args.query])
@@ -107,12 +134,15 @@ def cmd_search(args) -> int:
         top = hits[0].path
         explained = str(save_heatmap(top, occlusion_heat(model, top, query[0]), args.explain, transform=model.transform))
     if args.json:
-        rows = [{"rank": i + 1, "path": h.path, "score": round(h.score, 4)} for i, h in enumerate(hits)]
+        rows = [{"rank": i + 1, "path": h.path, "score": round(h.score, 4), **({"host": h.host} if h.host else {})}
+                for i, h in enumerate(hits)]
         if explained:  # on the row it explains, so the output is the same list with or without --explain
             rows[0]["explain"] = explained
         _print_json(rows)
     else:
-        print(_table([(i + 1, f"{h.score:.3f}", h.path) for i, h in enumerate(hits)], ("rank", "score", "path")))
+        here = socket.gethostname()  # a collection fed by several machines: say which one holds the file
+        print(_table([(i + 1, f"{h.score:.3f}", h.path if h.host in (None, here) else f"{h.host}:{h.path}")
+                      for i, h in enumerate(hits)], ("rank", "score", "path")))
         if explained:
             print(f"heat map of why rank 1 matched: {explained}")
     return 0
@@ -189,6 +219,8 @@ def cmd_info(args) -> int:
         from polymodal.index import ImageIndex
 
         info["index"] = ImageIndex(args.db).info()
+    if collection := _collection(args):
+        info["qdrant"] = collection.info()
     if args.json:
         _print_json(info)
         return 0
@@ -197,6 +229,9 @@ def cmd_info(args) -> int:
     if "index" in info:
         print()
         print(_table(sorted((k, v) for k, v in info["index"].items()), ("index", "value")))
+    if "qdrant" in info:
+        print()
+        print(_table(sorted((k, v) for k, v in info["qdrant"].items()), ("qdrant collection", "value")))
     return 0
 
 
@@ -210,8 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("index", help="embed the images under folders (kept in sync: deleted files leave the "
                        "index) and image files into a persistent index")
-    s.add_argument("paths", nargs="+", metavar="PATH", help="a folder of images or an image file; several allowed")
+    s.add_argument("paths", nargs="*", metavar="PATH", help="a folder of images or an image file; several allowed "
+                   "(none with --qdrant: push the index as it is)")
     s.add_argument("--db", required=True, help="index folder (created if missing)")
+    add_qdrant(s, "then push the index to this Qdrant (a server URL, or a folder for Qdrant's local mode); only "
+               "new rows are sent, deleted ones are removed")
     s.add_argument("--model", default="lite", help="built-in name or checkpoint path (default: lite)")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--json", action="store_true")
@@ -221,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="search an index by text or by image")
     s.add_argument("query", nargs="?", help="text query")
     s.add_argument("--image", help="query image file")
-    s.add_argument("--db", required=True)
+    s.add_argument("--db", help="a local index folder (built by polymodal index)")
+    add_qdrant(s, "search this Qdrant collection instead of --db (pushed by polymodal index --qdrant)")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--model", help="defaults to the index's model; another model is refused")
     s.add_argument("--explain", metavar="OUT", help="also save a heat map (.png, .jpg or .webp) of which parts of the "
@@ -243,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("info", help="version, built-in models, and an index's details")
     s.add_argument("--db")
+    add_qdrant(s, "also show this Qdrant collection's details")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
 

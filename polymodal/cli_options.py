@@ -17,3 +17,9 @@ def add_run_options(parser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run already in --out (its checkpoint, model, metrics and TensorBoard logs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_qdrant(parser, what: str) -> None:
+    """--qdrant and --collection (the Qdrant backend needs the qdrant extra; the key comes from QDRANT_API_KEY)."""
+    parser.add_argument("--qdrant", metavar="URL", help=f"{what}; the API key is read from QDRANT_API_KEY")
+    parser.add_argument("--collection", help="the Qdrant collection (default: polymodal)")

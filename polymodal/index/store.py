@@ -74,6 +74,7 @@ class IndexBusy(PolymodalError):
 class Hit:
     path: str
     score: float  # cosine similarity
+    host: str | None = None  # the machine that holds the file (Qdrant collections fed by several machines)
 
 
 @dataclass
@@ -91,7 +92,24 @@ class UpdateReport:
         )
 
 
-class ImageIndex:
+class SearchByModel:
+    """search_text / search_image over a store's search(vectors, k) and check_model(model)."""
+
+    def search_text(self, model, text: str, k: int = 10) -> list[Hit]:
+        """One query string; for several, search(model.encode_text(queries), k) returns one hit list per query."""
+        if not isinstance(text, str):
+            raise PolymodalError(f"search_text takes one query string, got {type(text).__name__}; for several "
+                                 "queries use search(model.encode_text(queries), k)")
+        self.check_model(model)
+        return self.search(model.encode_text([text]), k)[0]
+
+    def search_image(self, model, image: Any, k: int = 10) -> list[Hit]:
+        """`image`: a path, PIL image or numpy array."""
+        self.check_model(model)
+        return self.search(model.encode_image([image]), k)[0]
+
+
+class ImageIndex(SearchByModel):
     """Open or create the index in folder `db`. Nothing is touched until a method runs."""
 
     def __init__(self, db: str | Path) -> None:
@@ -103,6 +121,9 @@ class ImageIndex:
 
     def __repr__(self) -> str:
         return f"ImageIndex({str(self.db)!r})"
+
+    def where(self) -> str:
+        return f"index {self.db}"
 
     def exists(self) -> bool:
         if not self.sqlite_path.is_file():
@@ -291,26 +312,9 @@ class ImageIndex:
     def search(self, query_vectors: Any, k: int = 10) -> list[list[Hit]]:
         """Nearest images by cosine for each query row ([Q, D] or [D]); k is clamped to the number of images."""
         k = check_count(k, "k")
-        try:
-            q = np.asarray(query_vectors, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise PolymodalError(f"query vectors must be an array of numbers, [D] or [Q, D] (e.g. model.encode_text"
-                                 f"(...)), got {type(query_vectors).__name__}") from None
-        if q.ndim == 1:
-            q = q[None]
-        if q.ndim != 2:
-            raise PolymodalError(f"query vectors must be [D] or [Q, D], got shape {q.shape}")
-        if not np.isfinite(q).all():  # NaN scores match nothing: FAISS would return no hits, silently
-            bad = sorted({int(r) for r in np.nonzero(~np.isfinite(q))[0]})
-            raise PolymodalError(f"query vector row(s) {bad[:5]} hold NaN or infinite values; embed the query again")
-        # Normalising makes inner product = cosine even for raw vectors; model outputs are unchanged by it.
-        q = np.ascontiguousarray(q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12))
+        q = query_matrix(query_vectors)
         with self._reading() as (con, meta):
-            if q.shape[1] != meta["dim"]:
-                raise PolymodalError(
-                    f"query vectors have dimension {q.shape[1]} but index {self.db} holds dimension "
-                    f"{meta['dim']} ({meta['model']}); embed queries with {meta['model']}"
-                )
+            check_query_dim(q, meta, f"index {self.db}")
             index, rebuilt = self._vectors(con, meta)
             k = min(k, index.ntotal)
             if k == 0:
@@ -324,19 +328,6 @@ class ImageIndex:
             [Hit(paths[i], s) for s, i in zip(srow, irow) if i in paths]
             for srow, irow in zip(scores.tolist(), ids.tolist())
         ]
-
-    def search_text(self, model, text: str, k: int = 10) -> list[Hit]:
-        """One query string; for several, search(model.encode_text(queries), k) returns one hit list per query."""
-        if not isinstance(text, str):
-            raise PolymodalError(f"search_text takes one query string, got {type(text).__name__}; for several "
-                                 "queries use search(model.encode_text(queries), k)")
-        self.check_model(model)
-        return self.search(model.encode_text([text]), k)[0]
-
-    def search_image(self, model, image: Any, k: int = 10) -> list[Hit]:
-        """`image`: a path, PIL image or numpy array."""
-        self.check_model(model)
-        return self.search(model.encode_image([image]), k)[0]
 
     def check_model(self, model) -> None:
         """Raise PolymodalError unless `model` embeds into this index's space."""
@@ -637,6 +628,31 @@ def _embed(model, paths: list[str]) -> list[np.ndarray | str]:
             f"model {model.key} returned vectors of shape {vectors.shape}, expected ({len(paths)}, {model.dim})"
         )
     return list(vectors)
+
+
+def query_matrix(query_vectors: Any) -> np.ndarray:
+    """Query vectors ([D] or [Q, D]) as a C-contiguous float32 [Q, D] of unit rows, or one clear error."""
+    try:
+        q = np.asarray(query_vectors, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise PolymodalError(f"query vectors must be an array of numbers, [D] or [Q, D] (e.g. model.encode_text"
+                             f"(...)), got {type(query_vectors).__name__}") from None
+    if q.ndim == 1:
+        q = q[None]
+    if q.ndim != 2:
+        raise PolymodalError(f"query vectors must be [D] or [Q, D], got shape {q.shape}")
+    if not np.isfinite(q).all():  # NaN scores match nothing: a search would return no hits, silently
+        bad = sorted({int(r) for r in np.nonzero(~np.isfinite(q))[0]})
+        raise PolymodalError(f"query vector row(s) {bad[:5]} hold NaN or infinite values; embed the query again")
+    # Normalising makes inner product = cosine even for raw vectors; model outputs are unchanged by it.
+    return np.ascontiguousarray(q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12))
+
+
+def check_query_dim(q: np.ndarray, meta: dict, where: str) -> None:
+    """Refuse queries from another space: `meta` is the index's (or collection's) model key and dim."""
+    if q.shape[1] != meta["dim"]:
+        raise PolymodalError(f"query vectors have dimension {q.shape[1]} but {where} holds dimension {meta['dim']} "
+                             f"({meta['model']}); embed queries with {meta['model']}")
 
 
 def _now() -> str:
