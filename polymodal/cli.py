@@ -57,9 +57,16 @@ def cmd_index(args) -> int:
     if args.paths:
         # a model that cannot embed is refused here, before the index folder is created
         model = require_embedding(polymodal.load(args.model, precision=args.precision), args.model)
-        reports = [index.update(f, model, progress=not args.json, batch_size=args.batch_size) for f in folders]
-        if files:
-            reports.append(index.add(files, model, progress=not args.json, batch_size=args.batch_size))
+        try:
+            for f in folders:
+                reports.append(index.update(f, model, progress=not args.json, batch_size=args.batch_size))
+            if files:
+                reports.append(index.add(files, model, progress=not args.json, batch_size=args.batch_size))
+        except BaseException as exc:  # an interrupt's "N of M saved" counts the paths finished before too
+            if hasattr(exc, "index_progress"):
+                finished = sum(r.added + r.updated for r in reports)
+                exc.index_progress = tuple(n + finished for n in exc.index_progress)
+            raise
     report = UpdateReport(*(sum(getattr(r, k) for r in reports) for k in ("added", "updated", "removed", "unchanged")),
                           skipped=[s for r in reports for s in r.skipped])
     info = index.info()

@@ -273,3 +273,21 @@ def test_an_index_is_not_started_among_other_files(tmp_path: Path) -> None:
     assert ImageIndex(empty).update(photos, FakeModel(), progress=False).added == 1  # empty but for hidden files
     paint(empty / "later.png", "blue")  # an index folder, once made, may gain other files: still an index
     assert ImageIndex(empty).update(photos, FakeModel(), progress=False).unchanged == 1
+
+
+def test_an_interrupt_during_the_second_folder_counts_the_first(built, tmp_path, capsys, monkeypatch) -> None:
+    import polymodal
+    from polymodal import cli
+    from polymodal.index import store
+
+    index, photos = built  # 4 new photos in `photos`, then 2 in `more`
+    more = tmp_path / "more"
+    for colour in ("red", "blue"):
+        paint(more / f"{colour}.png", colour)
+    monkeypatch.setattr(polymodal, "load", lambda *a, **kw: StopsAfter(5))
+    monkeypatch.setattr(store, "time", MinuteClock())
+    db = str(index.db)
+    assert cli.main(["index", str(photos), str(more), "--db", db, "--batch-size", "1"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (f"polymodal: interrupted: 5 of 6 images to embed were saved "
+                                                       f"to {db}; run the same command again to finish")
+    assert len(index) == 3 + 5
