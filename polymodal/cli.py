@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from polymodal.cli_options import add_precision, add_qdrant
+from polymodal.cli_options import add_precision, add_qdrant, qdrant_collection
 from polymodal.errors import PolymodalError
 from polymodal.registry import require_embedding
 
@@ -38,7 +38,7 @@ def cmd_index(args) -> int:
     if not args.paths and not args.qdrant:
         raise PolymodalError("pass folders of images or image files to index, e.g. polymodal index photos --db DB "
                              "(or only --qdrant URL to push an existing index)")
-    target_collection = _collection(args)  # a bad --qdrant or --collection is refused before any work
+    target_collection = qdrant_collection(args)  # a bad --qdrant or --collection is refused before any work
     folders, files = [], []
     for target in args.paths:  # every path is checked here, before the model loads
         if os.path.isdir(target):
@@ -86,17 +86,6 @@ def cmd_index(args) -> int:
     return 0
 
 
-def _collection(args):
-    """The QdrantCollection that --qdrant/--collection name, or None without --qdrant."""
-    if not args.qdrant:
-        if args.collection:
-            raise PolymodalError("--collection names a Qdrant collection; pass --qdrant URL with it")
-        return None
-    from polymodal.index.qdrant import DEFAULT_COLLECTION, QdrantCollection
-
-    return QdrantCollection(args.qdrant, args.collection or DEFAULT_COLLECTION)
-
-
 def _outermost(folders: list[str]) -> list[str]:
     """The folders not inside (or equal to) an earlier-listed or enclosing one, in the order given."""
     resolved = [Path(f).expanduser().resolve() for f in folders]
@@ -125,7 +114,7 @@ def cmd_search(args) -> int:
     if bool(args.db) == bool(args.qdrant):
         raise PolymodalError('pass either --db DB (a local index) or --qdrant URL (a collection), e.g. polymodal '
                              'search --db DB "a dog"')
-    index = _collection(args) or ImageIndex(args.db)
+    index = qdrant_collection(args) or ImageIndex(args.db)
     name = args.model or index.info()["model_name"]
     if not args.model and os.sep in name and not os.path.exists(name):  # built from a model folder since moved
         raise PolymodalError(f"{index.where()} was built with the model at {name}, which is no longer there; pass "
@@ -226,7 +215,7 @@ def cmd_info(args) -> int:
         from polymodal.index import ImageIndex
 
         info["index"] = ImageIndex(args.db).info()
-    if collection := _collection(args):
+    if collection := qdrant_collection(args):
         info["qdrant"] = collection.info()
     if args.json:
         _print_json(info)

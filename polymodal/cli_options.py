@@ -23,3 +23,16 @@ def add_qdrant(parser, what: str) -> None:
     """--qdrant and --collection (the Qdrant backend needs the qdrant extra; the key comes from QDRANT_API_KEY)."""
     parser.add_argument("--qdrant", metavar="URL", help=f"{what}; the API key is read from QDRANT_API_KEY")
     parser.add_argument("--collection", help="the Qdrant collection (default: polymodal)")
+
+
+def qdrant_collection(args):
+    """The QdrantCollection that --qdrant/--collection name, or None without --qdrant."""
+    if not args.qdrant:
+        if args.collection:
+            from polymodal.errors import PolymodalError
+
+            raise PolymodalError("--collection names a Qdrant collection; pass --qdrant URL with it")
+        return None
+    from polymodal.index.qdrant import DEFAULT_COLLECTION, QdrantCollection
+
+    return QdrantCollection(args.qdrant, args.collection or DEFAULT_COLLECTION)

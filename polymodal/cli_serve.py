@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 
-from polymodal.cli_options import add_precision
+from polymodal.cli_options import add_precision, add_qdrant, qdrant_collection
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,10 @@ def cmd_serve(args) -> int:
         raise PolymodalError(f"--max-body-mb must be at least 1, got {args.max_body_mb}")
     if not args.timeout > 0:
         raise PolymodalError(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
-    info = ImageIndex(args.db).info()  # a missing index: one line, before the model loads
+    if bool(args.db) == bool(args.qdrant):
+        raise PolymodalError("pass either --db DB (a local index) or --qdrant URL (a collection) to serve")
+    index = qdrant_collection(args) or ImageIndex(args.db)
+    info = index.info()  # a missing index: one line, before the model loads
     settings = ServeSettings(
         batching=not args.no_batching,
         max_batch=args.max_batch,
@@ -50,7 +53,7 @@ def cmd_serve(args) -> int:
     try:
         extra = {"threads": args.threads} if args.runtime == "onnx" else {}
         # a VQA --model answers /v1/vqa next to the index's own model (create_app loads both)
-        app = create_app(args.model or info["model_name"], args.db, api_key=args.api_key, settings=settings,
+        app = create_app(args.model or info["model_name"], args.db or index, api_key=args.api_key, settings=settings,
                          runtime=args.runtime, precision=args.precision, vqa_model=args.vqa_model, **extra)
     except BaseException:
         sock.close()
@@ -66,7 +69,7 @@ def cmd_serve(args) -> int:
     svc = app.state.service
     vqa = f", answering questions with {svc.vqa_model.key}" if svc.vqa and svc.vqa_model is not svc.model else ""
     how = runs_on(svc.model)
-    print(f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db} ({info['count']} images{vqa}) on "
+    print(f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} ({info['count']} images{vqa}) on "
           f"http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops", flush=True)
     config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", timeout_keep_alive=5,
                             server_header=False)
@@ -99,7 +102,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--vqa-model", default=None,
                    help="a VQA model (name, checkpoint or, with --runtime onnx, export folder) for /v1/vqa beside "
                    "--model, e.g. --runtime onnx --model LITE_EXPORT --vqa-model VQA_EXPORT")
-    s.add_argument("--db", required=True, help="index folder built by `polymodal index`")
+    s.add_argument("--db", help="index folder built by `polymodal index`")
+    add_qdrant(s, "serve this Qdrant collection instead of --db (searches and thumbnails; images are added by "
+               "pushing indexes to it: polymodal index --qdrant); several servers can share one")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="onnx: serve the export of --model (`polymodal export onnx`) through onnxruntime, without torch")
     add_precision(s)

@@ -40,6 +40,10 @@ _ID_SPACE = uuid.UUID("6f1c1c53-8a55-4d4e-9a7e-2f0c3b1f6d2a")  # polymodal's nam
 _PAGE = 10_000  # ids per scroll page and per delete call
 
 
+class QdrantUnavailable(PolymodalError):
+    """The server could not be reached or failed (5xx): a passing condition, worth retrying."""
+
+
 @dataclass
 class PushReport:
     added: int = 0  # points sent to the collection
@@ -76,6 +80,12 @@ class QdrantCollection(SearchByModel):
 
     def where(self) -> str:
         return f"Qdrant collection {self.collection} at {self.location}"
+
+    def exists(self) -> bool:
+        if not self.remote and not os.path.isdir(os.path.expanduser(self.location)):
+            return False
+        with self._errors():
+            return self._client_().collection_exists(self.collection)
 
     # -- writing ---------------------------------------------------------------
     def push(self, index: ImageIndex, progress: bool = True, batch_size: int = 256) -> PushReport:
@@ -159,7 +169,14 @@ class QdrantCollection(SearchByModel):
             check_query_dim(q, self._meta(), self.where())
             answers = self._client_().query_batch_points(self.collection, requests=[
                 models.QueryRequest(query=row.tolist(), limit=k, with_payload=["path", "host"]) for row in q])
-        return [[Hit(p.payload["path"], float(p.score), p.payload.get("host")) for p in a.points] for a in answers]
+        return [[Hit(p.payload["path"], float(p.score), p.payload.get("host"), str(p.id)) for p in a.points]
+                for a in answers]
+
+    def paths_for(self, ids: list[str]) -> dict[str, tuple[str, str | None]]:
+        """Point id -> (path, host) for the ids that are in the collection."""
+        with self._errors():
+            found = self._client_().retrieve(self.collection, ids, with_payload=["path", "host"], with_vectors=False)
+        return {str(p.id): (p.payload["path"], p.payload.get("host")) for p in found}
 
     def check_model(self, model) -> None:
         with self._errors():
@@ -217,18 +234,21 @@ class QdrantCollection(SearchByModel):
         except PolymodalError:
             raise
         except Exception as exc:  # the client raises several unrelated types (httpx, its own, RuntimeError)
-            raise PolymodalError(self._explain(exc)) from exc
+            raise self._explain(exc) from exc
 
-    def _explain(self, exc: Exception) -> str:
+    def _explain(self, exc: Exception) -> PolymodalError:
         from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
         if isinstance(exc, UnexpectedResponse):
             if exc.status_code in (401, 403):
-                return f"Qdrant at {self.location} refused the request ({exc.status_code}); set QDRANT_API_KEY"
-            return f"Qdrant at {self.location} answered {exc.status_code}: {exc.content[:300]!r}"
+                return PolymodalError(f"Qdrant at {self.location} refused the request ({exc.status_code}); set "
+                                      "QDRANT_API_KEY")
+            kind = QdrantUnavailable if exc.status_code >= 500 else PolymodalError
+            return kind(f"Qdrant at {self.location} answered {exc.status_code}: {exc.content[:300]!r}")
         if isinstance(exc, ResponseHandlingException):
-            return f"cannot reach Qdrant at {self.location} ({exc}); start the server, or fix --qdrant"
+            return QdrantUnavailable(f"cannot reach Qdrant at {self.location} ({exc}); start the server, or fix "
+                                     "--qdrant")
         if "already accessed by another instance" in str(exc):
-            return (f"the Qdrant folder {self.location} is open in another process (local mode allows one at a "
-                    "time); stop that one, or run a Qdrant server and pass its URL")
-        return f"{self.where()}: {type(exc).__name__}: {exc}"
+            return PolymodalError(f"the Qdrant folder {self.location} is open in another process (local mode allows "
+                                  "one at a time); stop that one, or run a Qdrant server and pass its URL")
+        return PolymodalError(f"{self.where()}: {type(exc).__name__}: {exc}")

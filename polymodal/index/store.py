@@ -75,6 +75,7 @@ class Hit:
     path: str
     score: float  # cosine similarity
     host: str | None = None  # the machine that holds the file (Qdrant collections fed by several machines)
+    id: int | str | None = None  # the index's row id (a Qdrant collection's point id)
 
 
 @dataclass
@@ -325,7 +326,7 @@ class ImageIndex(SearchByModel):
             self._try_save(index, meta)
         # An id without a path can't happen within one snapshot; the filter is only a guard.
         return [
-            [Hit(paths[i], s) for s, i in zip(srow, irow) if i in paths]
+            [Hit(paths[i], s, id=i) for s, i in zip(srow, irow) if i in paths]
             for srow, irow in zip(scores.tolist(), ids.tolist())
         ]
 

@@ -70,7 +70,7 @@ def create_app(
     runtime: str = "torch", vqa_model: Any = None, **load_options,
 ):
     """A FastAPI app serving `model` (a registered name, a checkpoint path, or a loaded model) over the index at
-    `db_path`. A missing index, an unknown model or a model that doesn't match the index raises PolymodalError.
+    `db_path` (or a QdrantCollection: searched, not written). A missing index, an unknown model or a model that doesn't match the index raises PolymodalError.
 
     /v1/vqa answers with `vqa_model`, or with `model` itself when it answers questions. A VQA model that cannot embed
     (easy-vqa, coco-yesno) passed as `model` becomes the VQA model, and the index's own model embeds and searches.
@@ -92,12 +92,14 @@ def create_app(
 
     from polymodal.apps.zeroshot import rank_labels
     from polymodal.index import ImageIndex
+    from polymodal.index.qdrant import QdrantCollection
     from polymodal.apps.zeroshot import ZeroShotMixin
     from polymodal.serve.middleware import ApiKeyMiddleware, LimitsMiddleware, MetricsMiddleware
     from polymodal.serve.page import render_page
 
     settings = settings or ServeSettings()
-    index_model = ImageIndex(db_path).info()["model_name"]  # a missing index fails before the (slow) model load
+    # a missing index fails before the (slow) model load
+    index_model = (db_path if isinstance(db_path, QdrantCollection) else ImageIndex(db_path)).info()["model_name"]
 
     def load(m):
         import polymodal
@@ -225,7 +227,7 @@ def create_app(
         """Decoded to PIL images in a worker thread: for model methods that take images (answer, classify)."""
         return await run_in_threadpool(svc.decode, items)
 
-    def thumb_url(request: Request, image_id: int) -> str:
+    def thumb_url(request: Request, image_id: int | str) -> str:
         return f"{request.scope.get('root_path', '')}/v1/thumb/{image_id}"
 
     # -- endpoints ------------------------------------------------------------------------------------------------
@@ -422,6 +424,8 @@ def create_app(
         ),
     )
     async def index_write(request: Request):
+        if not svc.writable:  # before reading the body: nothing it holds could be done
+            raise svc._read_only()
         if content_type(request) == "application/json":
             data = await read_json(request, {"remove", "model"}, '{"remove": [12, 13]}')
             ids = data.get("remove")
@@ -450,10 +454,8 @@ def create_app(
         return JSONResponse(result)
 
     @app.get("/v1/thumb/{image_id}", summary="A JPEG thumbnail of an indexed image, by id", response_class=Response)
-    async def thumb(image_id: int):
-        if not 0 <= image_id < 2**63:
-            raise ApiError(404, f"no image with id {image_id} in the index")
-        data = await run_in_threadpool(svc.thumbnail, image_id)
+    async def thumb(image_id: str):
+        data = await run_in_threadpool(svc.thumbnail, svc.parse_id(image_id))
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
     # -- errors: always {"error": "..."} ----------------------------------------------------------------------------

@@ -72,7 +72,7 @@ PAGE = r"""<!doctype html>
     <div id="vqa-answer"></div>
   </section>
 
-  <section class="box">
+  <section class="box" id="add">
     <h2>Add images to the index</h2>
     <form id="add-form"><input id="add-files" type="file" accept="image/*" multiple><button type="submit">Add</button></form>
   </section>
@@ -108,6 +108,7 @@ async function loadInfo() {
     $("meta").textContent = info.model.name + " · " + info.index.count + " images" +
       (info.batching.enabled ? " · micro-batching on" : "");
     $("vqa").hidden = !info.model.vqa;
+    $("add").hidden = !info.index.writable;  // a Qdrant collection is filled by pushes, not uploads
     $("keybox").hidden = true;
   } catch (e) {
     $("meta").textContent = "not connected";

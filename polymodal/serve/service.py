@@ -1,7 +1,9 @@
 """What the HTTP layer calls: one model, one index, one model thread. No FastAPI here.
 
 Paths from requests are never opened: searches and thumbnails reach files only through ids stored in the index,
-and uploads are written under `DB/uploads/<batch>/` with names the server chooses.
+and uploads are written under `DB/uploads/<batch>/` with names the server chooses. The index is a local one
+(`--db`: searched and written) or a Qdrant collection (`--qdrant`: searched; its indexes push to it), so that
+several servers can share one large collection.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -25,6 +28,7 @@ from PIL import Image
 from polymodal.data.images import to_rgb
 from polymodal.errors import PolymodalError
 from polymodal.index import ImageIndex, IndexBusy
+from polymodal.index.qdrant import QdrantCollection, QdrantUnavailable
 from polymodal.index.scan import canonical_path
 from polymodal.registry import answers, require_embedding, require_vqa
 from polymodal.serve.batching import BatchedModel, MicroBatcher
@@ -64,14 +68,16 @@ class Service:
     """`model` embeds, searches and classifies over the index; `vqa_model` (default: `model`, if it answers questions)
     answers /v1/vqa: an index holds embeddings, so a VQA model is served next to the index's own embedding model."""
 
-    def __init__(self, model, db: str | Path, settings: ServeSettings | None = None, vqa_model=None) -> None:
+    def __init__(self, model, db: str | Path | QdrantCollection, settings: ServeSettings | None = None,
+                 vqa_model=None) -> None:
         self.settings = settings or ServeSettings()
-        self.index = ImageIndex(db)
+        self.index = db if isinstance(db, QdrantCollection) else ImageIndex(db)
+        self.writable = isinstance(self.index, ImageIndex)  # a collection is written by its indexes' pushes
         require_embedding(model)
         self.index.check_model(model)  # also: a missing index raises here, with the command that builds one
         self.model = model
         self.vqa_model = require_vqa(vqa_model) if vqa_model is not None else model if answers(model) else None
-        self.uploads = self.index.db / UPLOADS
+        self.uploads = self.index.db / UPLOADS if self.writable else None
         self.metrics = Metrics()
         s = self.settings
         self.pixels = preprocesses_outside(model)
@@ -80,7 +86,7 @@ class Service:
             on_batch=self.metrics.observe_batch, image_forward=self._forward_pixels if self.pixels else None,
         )
         self._write_lock = threading.Lock()  # adds and removes, one at a time (the index also has a file lock)
-        self._thumbs: OrderedDict[int, bytes] = OrderedDict()
+        self._thumbs: OrderedDict[int | str, bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
         self.metrics.gauge("polymodal_index_images", "Images in the index.", self.count)
         self.metrics.gauge("polymodal_queue_depth", "Model jobs waiting for the model thread.", self.batcher.pending)
@@ -91,6 +97,8 @@ class Service:
 
     def start(self) -> None:
         self.batcher.start()
+        if not self.writable:
+            return
         try:
             self.clean_orphan_uploads()
         except (OSError, PolymodalError) as exc:  # housekeeping only
@@ -108,13 +116,17 @@ class Service:
         return {
             "model": {"name": self.model.name, "key": self.model.key, "dim": self.model.dim, "vqa": self.vqa,
                       "vqa_model": self.vqa_model.key if self.vqa else None, **runs_on(self.model)},
-            "index": {"count": info["count"], "model": info["model"], "updated": info["updated"]},
+            "index": {"count": info["count"], "model": info["model"], "updated": info.get("updated"),
+                      "writable": self.writable, "where": self.index.where()},
             "batching": {"enabled": self.batcher.enabled, "max_batch": self.batcher.max_batch,
                          "max_wait_ms": self.batcher.max_wait * 1000},
             "limits": self.settings.public(),
         }
 
     def _gone(self) -> ApiError:
+        if not self.writable:
+            return ApiError(503, f"{self.index.where()} is gone: it was deleted while serving; push an index to "
+                            "it again (polymodal index --db DB --qdrant ...)", {"Retry-After": "30"})
         return ApiError(
             503, f"the index this server serves ({self.index.db}) is gone: it was moved or deleted while serving; "
             "put it back, or restart the server with --db pointing at an index", {"Retry-After": "30"},
@@ -127,6 +139,8 @@ class Service:
             yield
         except ApiError:
             raise
+        except QdrantUnavailable as exc:
+            raise ApiError(503, str(exc), {"Retry-After": "5"}) from None
         except PolymodalError:
             if not self.index.exists():
                 raise self._gone() from None
@@ -171,20 +185,17 @@ class Service:
 
     # -- reading ---------------------------------------------------------------------------------------------------
     def search(self, vectors: np.ndarray, k: int) -> list[list[dict]]:
-        """[Q, D] -> per query [{id, path, score}] (runs faiss + SQLite; call from a worker thread)."""
+        """[Q, D] -> per query [{id, path, score}] (+ host from a collection; call from a worker thread)."""
         with self._serving_index():
             results = self.index.search(vectors, k)
-            ids = self.ids_for([h.path for hits in results for h in hits])
-        return [
-            [{"id": ids[h.path], "path": h.path, "score": float(h.score)} for h in hits if h.path in ids]
-            for hits in results
-        ]
+        return [[{"id": h.id, "path": h.path, "score": float(h.score), **({"host": h.host} if h.host else {})}
+                 for h in hits] for hits in results]
 
-    def thumbnail(self, image_id: int) -> bytes:
+    def thumbnail(self, image_id: int | str) -> bytes:
         # Looked up on every call, cached or not: another writer (`polymodal index`, a second server on this
         # index) may have removed the image since its thumbnail was cached. Ids are never reused.
         with self._serving_index():
-            path = self.paths_for([image_id]).get(image_id)
+            path = self._path_of(image_id)
         if path is None:
             with self._thumbs_lock:
                 self._thumbs.pop(image_id, None)
@@ -200,7 +211,32 @@ class Service:
                 self._thumbs.popitem(last=False)
         return data
 
-    def _make_thumbnail(self, path: str, image_id: int) -> bytes:
+    def parse_id(self, text: str) -> int | str:
+        """An image id from a URL: an index's integer row id, or a collection's point id (a UUID)."""
+        if self.writable:
+            if not re.fullmatch(r"-?[0-9]{1,30}", text):
+                raise ApiError(422, f"image id {text[:40]!r} is not a valid integer; ids come from /v1/search")
+            if not 0 <= int(text) < 2**63:  # larger ones can't be SQLite ids
+                raise ApiError(404, f"no image with id {text} in the index")
+            return int(text)
+        try:
+            return str(uuid.UUID(text))
+        except ValueError:
+            raise ApiError(422, f"image id {text[:40]!r} is not a point id (a UUID); ids come from /v1/search") from None
+
+    def _path_of(self, image_id: int | str) -> str | None:
+        if self.writable:
+            return self.paths_for([image_id]).get(image_id)
+        found = self.index.paths_for([image_id]).get(image_id)
+        if found is None:
+            return None
+        path, host = found
+        if host not in (None, socket.gethostname()) and not os.path.exists(path):
+            raise ApiError(404, f"image {image_id} is on host {host}, not on this server; a server there (or one "
+                           "that mounts its files) shows its thumbnail")
+        return path
+
+    def _make_thumbnail(self, path: str, image_id: int | str) -> bytes:
         size = self.settings.thumb_size
         try:
             with Image.open(path, formats=list(IMAGE_FORMATS)) as img:
@@ -227,6 +263,10 @@ class Service:
                 "retry later", {"Retry-After": "5"},
             )
 
+    def _read_only(self) -> ApiError:
+        return ApiError(405, f"this server searches {self.index.where()}, which it does not write; add or remove "
+                        "images where they are indexed, then push: polymodal index PHOTOS --db DB --qdrant ...")
+
     def add_images(self, uploads: list[tuple[str, bytes]]) -> dict:
         """Validated image bytes -> files under DB/uploads/<random batch>/NNN-<client's file name, made safe> ->
         indexed (search results then show a name people recognise, never a path the client chose).
@@ -234,6 +274,8 @@ class Service:
         All or nothing: the index adds the batch in one transaction; if that fails (or the process dies) no row
         points at the files, and a failed call deletes them.
         """
+        if not self.writable:
+            raise self._read_only()
         self._acquire_write()
         try:
             if not self.index.exists():  # index.update would quietly start a new, empty index in its place
@@ -269,6 +311,8 @@ class Service:
 
     def remove_ids(self, ids: list[int]) -> dict:
         """Drop these ids from the index; files the server uploaded are deleted too, other files are untouched."""
+        if not self.writable:
+            raise self._read_only()
         self._acquire_write()
         try:
             with self._serving_index():
