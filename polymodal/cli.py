@@ -128,6 +128,9 @@ def cmd_search(args) -> int:
         from polymodal.apps.explain import occlusion_heat, save_heatmap
 
         top = hits[0].path
+        if hits[0].host not in (None, socket.gethostname()) and not os.path.exists(top):
+            raise PolymodalError(f"--explain needs the top match's image, {top}, which is on {hits[0].host}; run the "
+                                 "search there, or drop --explain")
         explained = str(save_heatmap(top, occlusion_heat(model, top, query[0]), args.explain, transform=model.transform))
     if args.json:
         rows = [{"rank": i + 1, "path": h.path, "score": round(h.score, 4), **({"host": h.host} if h.host else {})}

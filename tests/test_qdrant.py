@@ -211,3 +211,23 @@ def test_cli_usage_errors(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_rebuilt_index_replaces_the_earlier_ones_points(built, tmp_path):
+    import shutil
+
+    pics, index, collection = built
+    collection.push(index, progress=False)
+    other = ImageIndex(tmp_path / "elsewhere")  # another index, another --db: kept
+    other.update(_photos(tmp_path / "more", ["red"]), FakeModel(), progress=False)
+    collection.push(other, progress=False)
+    shutil.rmtree(index.db)  # rebuilt at the same --db: a new uid, and the old points would be duplicates
+    (pics / "white.png").unlink()
+    index.update(pics, FakeModel(), progress=False)
+    report = collection.push(index, progress=False)
+    assert (report.added, report.replaced, report.unchanged) == (len(COLOURS) - 1, len(COLOURS), 0)
+    assert "7 of an earlier index at this --db removed" in report.summary()
+    assert collection.info()["count"] == len(COLOURS) - 1 + 1
+    names = [Path(h.path).name for h in collection.search_text(FakeModel(), "red", 3)]
+    assert names.count("red.png") == 2  # this index's and the other index's; no stale duplicate
+    assert collection.push(index, progress=False).replaced == 0

@@ -21,7 +21,6 @@ import os
 import re
 import socket
 import uuid
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -38,6 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_COLLECTION = "polymodal"
 _ID_SPACE = uuid.UUID("6f1c1c53-8a55-4d4e-9a7e-2f0c3b1f6d2a")  # polymodal's namespace for point ids
 _PAGE = 10_000  # ids per scroll page and per delete call
+_FLOATS_PER_REQUEST = 2**19  # vector floats per upsert: 256 rows of 2048 dims
 
 
 class QdrantUnavailable(PolymodalError):
@@ -49,9 +49,11 @@ class PushReport:
     added: int = 0  # points sent to the collection
     removed: int = 0  # points of this index whose rows are gone
     unchanged: int = 0  # points already there
+    replaced: int = 0  # points of an earlier index at the same place (host and --db): rebuilt since
 
     def summary(self) -> str:
-        return f"{self.added} added, {self.removed} removed, {self.unchanged} unchanged"
+        replaced = f", {self.replaced} of an earlier index at this --db removed" if self.replaced else ""
+        return f"{self.added} added, {self.removed} removed, {self.unchanged} unchanged{replaced}"
 
 
 def point_id(index_uid: str, row_id: int) -> str:
@@ -96,23 +98,32 @@ class QdrantCollection(SearchByModel):
         batch_size = check_count(batch_size, "batch_size")
         with index._reading() as (con, meta):
             rows = [r[0] for r in con.execute("SELECT id FROM images")]
+            origin = {"host": socket.gethostname(), "db": str(index.db)}
             with self._errors():
                 self._ensure(meta)
+                replaced = self._drop_replaced(meta["uid"], origin)
                 have = self._own_ids(meta["uid"])
-            want = {point_id(meta["uid"], r): r for r in rows}
-            todo = [want[p] for p in want if p not in have]
-            report = PushReport(unchanged=len(want) - len(todo))
-            host = socket.gethostname()
+            todo = []  # rows without a point; what stays in `have` are points whose rows are gone
+            for r in rows:  # no {point id: row} map beside `have`: millions of rows would hold both in memory
+                p = point_id(meta["uid"], r)
+                if p in have:
+                    have.discard(p)
+                else:
+                    todo.append(r)
+            report = PushReport(unchanged=len(rows) - len(todo), replaced=replaced)
+            del rows
+            # JSON costs about 21 bytes a float: keep each upsert near 11 MB, well under a server's 32 MB default
+            batch_size = max(1, min(batch_size, _FLOATS_PER_REQUEST // meta["dim"]))
             bar = tqdm(total=len(todo), desc=f"pushing to {self.collection}", unit="img", disable=not progress)
             for i in range(0, len(todo), batch_size):
                 chunk = todo[i : i + batch_size]
                 marks = ",".join("?" * len(chunk))
                 found = con.execute(f"SELECT id, path, vector FROM images WHERE id IN ({marks})", chunk).fetchall()
-                self._upsert(meta, host, found)
+                self._upsert(meta, origin, found)
                 report.added += len(found)
                 bar.update(len(chunk))
             bar.close()
-        gone = sorted(have - want.keys())
+        gone = sorted(have)
         with self._errors():
             from qdrant_client import models
 
@@ -121,11 +132,11 @@ class QdrantCollection(SearchByModel):
         report.removed = len(gone)
         return report
 
-    def _upsert(self, meta: dict, host: str, found: list[tuple]) -> None:
+    def _upsert(self, meta: dict, origin: dict, found: list[tuple]) -> None:
         from qdrant_client import models
 
         vectors = [np.frombuffer(blob, dtype=np.float32).tolist() for _, _, blob in found]
-        payloads = [{"path": path, "host": host, "index": meta["uid"]} for _, path, _ in found]
+        payloads = [{"path": path, **origin, "index": meta["uid"]} for _, path, _ in found]
         with self._errors():
             self._client_().upsert(self.collection, wait=True, points=models.Batch(
                 ids=[point_id(meta["uid"], r) for r, _, _ in found], vectors=vectors, payloads=payloads))
@@ -135,16 +146,45 @@ class QdrantCollection(SearchByModel):
         from qdrant_client import models
 
         client = self._client_(create=True)
-        if client.collection_exists(self.collection):
-            self._check_model(self._meta(), meta["model"], meta["dim"], meta["model_name"])
-            return
-        client.create_collection(
-            self.collection,
-            vectors_config=models.VectorParams(size=meta["dim"], distance=models.Distance.COSINE),
-            metadata={"made_by": "polymodal", **{k: meta[k] for k in ("model", "model_name", "model_version", "dim")}},
-        )
-        if self.remote:  # pushes and deletes filter on it (local mode has no payload indexes and warns)
-            client.create_payload_index(self.collection, "index", field_schema=models.PayloadSchemaType.KEYWORD)
+        if not client.collection_exists(self.collection):
+            try:
+                client.create_collection(
+                    self.collection,
+                    vectors_config=models.VectorParams(size=meta["dim"], distance=models.Distance.COSINE),
+                    metadata={"made_by": "polymodal",
+                              **{k: meta[k] for k in ("model", "model_name", "model_version", "dim")}},
+                )
+            except Exception:
+                if not client.collection_exists(self.collection):
+                    raise
+                # another push made it meanwhile: checked below like any existing collection
+            else:
+                if not (client.get_collection(self.collection).config.metadata or {}).get("made_by"):
+                    # a server before 1.16 takes the request and drops the metadata: nothing could search it later
+                    client.delete_collection(self.collection)
+                    raise PolymodalError(f"Qdrant at {self.location} does not keep collection metadata (servers "
+                                         "before 1.16), where polymodal records the model; upgrade the server")
+        # the index's model is fixed: the way out is another collection (--model would re-embed the index)
+        self._check_model(self._meta(), meta["model"], meta["dim"], "push the index to another --collection")
+        # pushes and deletes filter on it; checked on every push, as a push stopped right after creating the
+        # collection leaves it without (local mode has no payload indexes and warns)
+        if self.remote:
+            indexed = client.get_collection(self.collection).payload_schema or {}
+            for field in ("index", "host", "db"):
+                if field not in indexed:
+                    client.create_payload_index(self.collection, field, field_schema=models.PayloadSchemaType.KEYWORD)
+
+    def _drop_replaced(self, uid: str, origin: dict) -> int:
+        """Delete the points of earlier indexes pushed from this host and --db folder: an index rebuilt there (a new
+        uid) replaces the old one, whose points would otherwise stay as duplicate results for good."""
+        from qdrant_client import models
+
+        same = [models.FieldCondition(key=k, match=models.MatchValue(value=v)) for k, v in origin.items()]
+        stale = models.Filter(must=same, must_not=[models.FieldCondition(key="index", match=models.MatchValue(value=uid))])
+        count = self._client_().count(self.collection, count_filter=stale, exact=True).count
+        if count:
+            self._client_().delete(self.collection, models.FilterSelector(filter=stale), wait=True)
+        return count
 
     def _own_ids(self, uid: str) -> set[str]:
         from qdrant_client import models
@@ -180,7 +220,9 @@ class QdrantCollection(SearchByModel):
 
     def check_model(self, model) -> None:
         with self._errors():
-            self._check_model(self._meta(), model.key, model.dim, model.name)
+            meta = self._meta()
+            self._check_model(meta, model.key, model.dim,
+                              f"use --model {meta['model_name']} with it, or another --collection for {model.name}")
 
     def info(self) -> dict:
         with self._errors():
@@ -200,11 +242,10 @@ class QdrantCollection(SearchByModel):
                                  "--collection")
         return meta
 
-    def _check_model(self, meta: dict, key: str, dim: int, name: str) -> None:
+    def _check_model(self, meta: dict, key: str, dim: int, fix: str) -> None:
         if meta["model"] != key or int(meta["dim"]) != dim:
             raise PolymodalError(f"{self.where()} holds vectors of model {meta['model']} (dim {meta['dim']}), not "
-                                 f"{key} (dim {dim}); use --model {meta['model_name']} with it, or another "
-                                 f"--collection for {name}")
+                                 f"{key} (dim {dim}); {fix}")
 
     # -- the client --------------------------------------------------------------
     def _client_(self, create: bool = False):
@@ -217,14 +258,29 @@ class QdrantCollection(SearchByModel):
             if not self.remote and not create and not os.path.isdir(folder):  # a typo must not leave a new folder
                 raise PolymodalError(f"no Qdrant folder at {self.location}; push an index there first (polymodal "
                                      f"index --db DB --qdrant {self.location}), or pass a server URL (http://...)")
-            with self._errors(), warnings.catch_warnings():
-                # an unreachable server gets our one-line error at its first call; this warning would come first
-                warnings.filterwarnings("ignore", message="Failed to obtain server version")
-                if self.remote:
-                    self._client = QdrantClient(url=self.location, api_key=self.api_key, timeout=60)
+            if not self.remote:
+                self._check_local_folder(folder)
+            with self._errors():
+                if self.remote:  # no version check: the client runs it in a thread whose warnings would
+                    # come out between our lines (and after our one-line error for an unreachable server)
+                    self._client = QdrantClient(url=self.location, api_key=self.api_key, timeout=60,
+                                                check_compatibility=False)
                 else:
                     self._client = QdrantClient(path=folder)
         return self._client
+
+    def _check_local_folder(self, folder: str) -> None:
+        """Refuse a file, or a folder holding other things (the photos, an index): local mode would write its
+        files there."""
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise PolymodalError(f"--qdrant {self.location} is a file; pass a folder for Qdrant's local mode, or a "
+                                 "server URL (http://host:6333)")
+        if os.path.isdir(folder) and not os.path.exists(os.path.join(folder, "meta.json")):
+            other = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+            if other:
+                raise PolymodalError(f"--qdrant {self.location} is a folder holding other files ({other[0]}, ...) "
+                                     "and no Qdrant data; pass a new or empty folder for Qdrant's local mode, or a "
+                                     "server URL (http://host:6333)")
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
