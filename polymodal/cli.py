@@ -57,6 +57,8 @@ def cmd_index(args) -> int:
     if args.paths:
         # a model that cannot embed is refused here, before the index folder is created
         model = require_embedding(polymodal.load(args.model, precision=args.precision), args.model)
+        if target_collection:
+            target_collection.preflight(model)
         try:
             for f in folders:
                 reports.append(index.update(f, model, progress=not args.json, batch_size=args.batch_size))

@@ -231,3 +231,23 @@ def test_a_rebuilt_index_replaces_the_earlier_ones_points(built, tmp_path):
     names = [Path(h.path).name for h in collection.search_text(FakeModel(), "red", 3)]
     assert names.count("red.png") == 2  # this index's and the other index's; no stale duplicate
     assert collection.push(index, progress=False).replaced == 0
+
+
+def test_index_checks_the_collection_before_embedding(tmp_path, capsys, monkeypatch):
+    pics = _photos(tmp_path / "pics", ["red", "blue"])
+    q = str(tmp_path / "q")
+    monkeypatch.setattr("polymodal.load", lambda name, **kw: FakeModel())
+    assert main(["index", str(pics), "--db", str(tmp_path / "db"), "--qdrant", q]) == 0
+    embedded = []
+
+    class Wide(FakeModel):
+        def _image_batch(self, pixels):
+            embedded.append(len(pixels))
+            return super()._image_batch(pixels)
+
+    monkeypatch.setattr("polymodal.load", lambda name, **kw: Wide(dim=16))
+    assert main(["index", str(pics), "--db", str(tmp_path / "db16"), "--qdrant", q]) == 2
+    assert "holds vectors of model fake@1 (dim 8)" in capsys.readouterr().err
+    assert embedded == [] and not (tmp_path / "db16").exists()  # refused before any work
+    assert main(["index", str(pics), "--db", str(tmp_path / "db2"), "--qdrant", "http://127.0.0.1:1"]) == 2
+    assert "cannot reach Qdrant" in capsys.readouterr().err and not (tmp_path / "db2").exists()

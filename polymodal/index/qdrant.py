@@ -90,6 +90,13 @@ class QdrantCollection(SearchByModel):
             return self._client_().collection_exists(self.collection)
 
     # -- writing ---------------------------------------------------------------
+    def preflight(self, model) -> None:
+        """Before a long update that ends in a push: the server answers, the key works, and an existing collection
+        holds `model`'s vectors (found after an hour of embedding, each would be a wasted wait)."""
+        with self._errors():
+            if self._client_(create=True).collection_exists(self.collection):
+                self._check_model(self._meta(), model.key, model.dim, "push the index to another --collection")
+
     def push(self, index: ImageIndex, progress: bool = True, batch_size: int = 256) -> PushReport:
         """Make this collection hold exactly `index`'s images (its own points; other indexes' are left alone).
 
