@@ -128,3 +128,24 @@ def test_page_asks_for_the_api_key(browser_tools, lite, db, tmp_path):
         assert first.get_attribute("data-name") == "rocket.jpg"
         assert first.locator("img").get_attribute("src").startswith("blob:")
         assert page.errors == []
+
+
+def test_page_over_a_qdrant_collection(browser_tools, lite, db, tmp_path):
+    """`serve --qdrant`: thumbnails by point id (a UUID), and no upload box (the collection is filled by pushes)."""
+    pytest.importorskip("qdrant_client")
+    from polymodal.index import ImageIndex
+    from polymodal.index.qdrant import QdrantCollection
+    from polymodal.serve import create_app
+
+    collection = QdrantCollection(str(tmp_path / "q"), "photos")
+    collection.push(ImageIndex(db), progress=False)
+    with _serving(create_app(lite, collection)) as url, _page(browser_tools, tmp_path) as page:
+        page.goto(url + "/", wait_until="domcontentloaded")
+        page.wait_for_function("document.getElementById('meta').textContent.includes('images')", timeout=20_000)
+        assert page.is_hidden("#add")
+        assert "in Qdrant collection photos at" in page.inner_text("#meta")
+        first = _search(page, "a cup of coffee")
+        assert first.get_attribute("data-name") == "coffee.jpg"
+        assert len(first.get_attribute("data-id")) == 36  # a UUID
+        page.screenshot(path=str(tmp_path / "qdrant.png"), full_page=True)
+        assert page.errors == []

@@ -38,6 +38,8 @@ PAGE = r"""<!doctype html>
   .hit .score { color: var(--muted); font-variant-numeric: tabular-nums; }
   section.box { margin-top: 26px; padding: 16px; background: #fff; border: 1px solid var(--line); border-radius: 10px; }
   section.box h2 { font-size: 15px; margin: 0 0 10px; }
+  #keybox { margin: 0 0 16px; }  /* above the search bar, which it must not touch */
+  #add-form, #vqa-form { align-items: center; }
   #vqa-answer { margin-top: 10px; font-weight: 600; }
   #vqa-answer .alternatives { font-weight: normal; color: var(--muted); font-size: 13px; }
   [hidden] { display: none !important; }
@@ -106,6 +108,7 @@ async function loadInfo() {
   try {
     const info = await api("/v1/info");
     $("meta").textContent = info.model.name + " · " + info.index.count + " images" +
+      (info.index.writable === false ? " in " + info.index.where : "") +
       (info.batching.enabled ? " · micro-batching on" : "");
     $("vqa").hidden = !info.model.vqa;
     $("add").hidden = !info.index.writable;  // a Qdrant collection is filled by pushes, not uploads
