@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from polymodal.cli_options import add_precision, add_qdrant, qdrant_collection
+from polymodal.cli_options import add_precision, add_qdrant, add_runtime, load_model, qdrant_collection
 from polymodal.errors import PolymodalError
 from polymodal.registry import require_embedding
 
@@ -31,7 +31,6 @@ def _table(rows: list[tuple], headers: tuple) -> str:
 
 
 def cmd_index(args) -> int:
-    import polymodal
     from polymodal.index import ImageIndex, UpdateReport
     from polymodal.index.scan import image_file, scan_images
 
@@ -56,7 +55,7 @@ def cmd_index(args) -> int:
     reports = []
     if args.paths:
         # a model that cannot embed is refused here, before the index folder is created
-        model = require_embedding(polymodal.load(args.model, precision=args.precision), args.model)
+        model = require_embedding(load_model(args, args.model), args.model)
         if target_collection:
             target_collection.preflight(model)
         try:
@@ -100,7 +99,6 @@ def _outermost(folders: list[str]) -> list[str]:
 
 
 def cmd_search(args) -> int:
-    import polymodal
     from polymodal.index import ImageIndex
 
     if (args.query is None) == (args.image is None):
@@ -121,7 +119,7 @@ def cmd_search(args) -> int:
     if not args.model and os.sep in name and not os.path.exists(name):  # built from a model folder since moved
         raise PolymodalError(f"{index.where()} was built with the model at {name}, which is no longer there; pass "
                              "--model with where that model is now")
-    model = require_embedding(polymodal.load(name, precision=args.precision), name)
+    model = require_embedding(load_model(args, name), name)
     index.check_model(model)
     query = model.encode_image([args.image]) if args.image is not None else model.encode_text([args.query])
     hits = index.search(query, args.k)[0]
@@ -150,8 +148,6 @@ def cmd_search(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    import polymodal
-
     if args.top_k is not None and args.top_k < 1:
         raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
     labels = _labels(args)
@@ -159,7 +155,7 @@ def cmd_classify(args) -> int:
         print(f"polymodal: note: with one label every image scores 1.000 (scores are shared out among the labels); "
               f"pass two or more, e.g. --labels {labels[0]},other", file=sys.stderr)
     templates = args.template or None
-    model = require_embedding(polymodal.load(args.model), args.model)
+    model = require_embedding(load_model(args, args.model), args.model)
     model.label_embeddings(labels, templates)  # label and template mistakes end the command here, before any image
     from polymodal.models.inputs import each_or_error
 
@@ -254,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="lite", help="built-in name or checkpoint path (default: lite)")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--json", action="store_true")
+    add_runtime(s)
     add_precision(s)
     s.set_defaults(func=cmd_index)
 
@@ -268,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "top match made it match (occlusion: each 2x2 block of a 7x7 grid blanked in turn; 37 extra "
                    "image passes)")
     s.add_argument("--json", action="store_true")
+    add_runtime(s)
     add_precision(s)
     s.set_defaults(func=cmd_search)
 
@@ -279,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--model", default="lite")
     s.add_argument("--json", action="store_true")
+    add_runtime(s)
     s.set_defaults(func=cmd_classify)
 
     s = sub.add_parser("info", help="version, built-in models, and an index's details")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from polymodal.cli_options import add_precision, add_run_options
+from polymodal.cli_options import add_precision, add_run_options, add_runtime, load_model
 from polymodal.errors import PolymodalError
 
 # flag -> (recipe section, key, type); a config file uses the same keys (section "arch" for architecture)
@@ -131,12 +131,11 @@ def with_run_settings(settings: dict, known: set) -> dict:
 def cmd_eval_retrieval(args) -> int:
     import numpy as np
 
-    import polymodal
     from polymodal.eval.retrieval import encode_readable, pairs_of_images, read_pairs, retrieval_metrics
     from polymodal.registry import require_embedding
 
     pairs = read_pairs(args.pairs)
-    model = require_embedding(polymodal.load(args.model, precision=args.precision), args.model)
+    model = require_embedding(load_model(args, args.model), args.model)
     image_emb, rows = encode_readable(model, pairs.images, str(args.pairs))  # a corrupt photo is left out, not fatal
     pairs = pairs_of_images(pairs, rows)
     metrics = retrieval_metrics(image_emb, model.encode_text(pairs.captions), pairs.caption_image)
@@ -147,18 +146,17 @@ def cmd_eval_retrieval(args) -> int:
         _, first_rows = np.unique(pairs.caption_image, return_index=True)
         first = [pairs.captions[int(i)] for i in first_rows]
         metrics |= word_order_accuracy(model, pairs.images, first, image_emb=image_emb)
-    print(json.dumps({"model": args.model, "precision": args.precision, "images": len(pairs.images), "captions": len(pairs.captions), **metrics}))
+    print(json.dumps({"model": args.model, "runtime": args.runtime, "precision": args.precision, "images": len(pairs.images), "captions": len(pairs.captions), **metrics}))
     return 0
 
 
 def cmd_eval_zeroshot(args) -> int:
-    import polymodal
     from polymodal.eval.zeroshot import TEMPLATES, read_labelled_images, zeroshot_accuracy
 
     images, labels = read_labelled_images(args.labels_file)
-    model = polymodal.load(args.model)
+    model = load_model(args, args.model)
     templates = args.template or TEMPLATES
-    print(json.dumps({"model": args.model, **zeroshot_accuracy(model, images, labels, templates)}))
+    print(json.dumps({"model": args.model, "runtime": args.runtime, **zeroshot_accuracy(model, images, labels, templates)}))
     return 0
 
 
@@ -190,12 +188,14 @@ def add_parsers(sub) -> dict:
     s.add_argument("--word-order", action="store_true",
                    help="also: how often each photo's first caption beats 4 scrambled copies of it (order/swap, "
                         "order/trigrams, order/within, order/shuffle; chance 0.2)")
+    add_runtime(s)
     add_precision(s)
     s.set_defaults(func=cmd_eval_retrieval)
     s = ev.add_parser("zeroshot", help="zero-shot top-1/top-5 accuracy over a JSONL of {image, label}")
     s.add_argument("--labels-file", required=True)
     s.add_argument("--model", default="default")
     s.add_argument("--template", action="append", help="prompt template with {}; repeat for an ensemble")
+    add_runtime(s)
     s.set_defaults(func=cmd_eval_zeroshot)
 
     s = sub.add_parser("plot", help="training curves of a run as a PNG")

@@ -152,7 +152,10 @@ def load(name_or_path: str | Path = "lite", runtime: str = "torch", precision: s
         from polymodal.export.runtime import OnnxEmbeddingModel  # the VQA runtime takes the same options
 
         _check_options(kwargs, _options(OnnxEmbeddingModel, skip=1), f"the ONNX export {folder}")
-        return load_onnx(folder, **kwargs)
+        model = load_onnx(folder, **kwargs)
+        if key not in MODELS:  # an index built with it records where to load it from again (as below)
+            model.source = str(folder.resolve())
+        return model
     if is_onnx_folder(Path(key).expanduser()):
         raise PolymodalError(f"{key} is an ONNX export; load it with runtime='onnx' (CLI: --runtime onnx)")
     model = _load_torch(key, **kwargs)

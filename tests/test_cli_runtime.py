@@ -1,0 +1,89 @@
+"""--runtime onnx on the commands that embed (index, search, classify, eval retrieval, eval zeroshot): the export of
+--model runs through onnxruntime, and indexes made either way are interchangeable (same model key)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from polymodal import cli  # noqa: E402
+from polymodal.export.onnx_export import export_onnx, validation_set  # noqa: E402
+from polymodal.index import ImageIndex  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cache_with_export(lite, tmp_path_factory):
+    """A cache folder holding `lite`'s export where `--model lite --runtime onnx` looks (onnx/lite)."""
+    cache = tmp_path_factory.mktemp("cache-with-export")
+    export_onnx(lite, cache / "onnx" / "lite", validation_set(None), variants=[], timing_seconds=0.02)
+    return cache
+
+
+@pytest.fixture
+def onnx_cache(cache_with_export, monkeypatch):
+    monkeypatch.setenv("POLYMODAL_CACHE", str(cache_with_export))
+    return cache_with_export
+
+
+def last_json(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_index_and_search_with_onnx_match_torch(onnx_cache, gallery, tmp_path, capsys, monkeypatch):
+    import onnxruntime
+
+    sessions = []
+    real = onnxruntime.InferenceSession
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *a, **kw: sessions.append(a[0]) or real(*a, **kw))
+    onnx_db, torch_db = str(tmp_path / "onnx.idx"), str(tmp_path / "torch.idx")
+    assert cli.main(["index", str(gallery), "--db", onnx_db, "--runtime", "onnx", "--json"]) == 0
+    assert last_json(capsys)["added"] == 15 and any("image" in str(s) for s in sessions)  # onnxruntime embedded
+    assert cli.main(["index", str(gallery), "--db", torch_db, "--json"]) == 0
+    capsys.readouterr()
+    assert ImageIndex(onnx_db).info()["model"] == ImageIndex(torch_db).info()["model"]  # interchangeable
+    for db, runtime in ((onnx_db, "torch"), (torch_db, "onnx"), (onnx_db, "onnx")):
+        assert cli.main(["search", "a cup of coffee", "--db", db, "--runtime", runtime, "-k", "1", "--json"]) == 0
+        assert Path(last_json(capsys)[0]["path"]).name == "coffee.jpg"
+
+
+def test_classify_and_eval_take_the_runtime(onnx_cache, gallery, tmp_path, capsys):
+    assert cli.main(["classify", str(gallery / "coffee.jpg"), "--labels", "a cup of coffee,a rocket", "--runtime",
+                     "onnx", "--model", "lite", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "a cup of coffee" in out.split("rocket")[0]  # the coffee label ranks first
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"image": str(gallery / f"{n}.jpg"), "caption": c}) + "\n" for n, c in
+                             (("coffee", "a cup of coffee"), ("rocket", "a rocket on a launch pad"),
+                              ("cat", "a close-up of a cat"))))
+    assert cli.main(["eval", "retrieval", "--pairs", str(pairs), "--model", "lite", "--runtime", "onnx"]) == 0
+    result = last_json(capsys)
+    assert result["runtime"] == "onnx" and result["images"] == 3
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"image": str(gallery / f"{n}.jpg"), "label": n}) + "\n"
+                              for n in ("coffee", "rocket", "cat")))
+    assert cli.main(["eval", "zeroshot", "--labels-file", str(labels), "--model", "lite", "--runtime", "onnx"]) == 0
+    assert last_json(capsys)["images"] == 3
+
+
+def test_an_index_built_from_an_export_folder_says_how_to_search_it(onnx_cache, gallery, tmp_path, capsys):
+    export, db = str(onnx_cache / "onnx" / "lite"), str(tmp_path / "db")
+    assert cli.main(["index", str(gallery), "--db", db, "--runtime", "onnx", "--model", export]) == 0
+    assert ImageIndex(db).info()["model_name"] == export  # where to load it from again
+    capsys.readouterr()
+    assert cli.main(["search", "coffee", "--db", db]) == 2
+    assert "is an ONNX export; load it with runtime='onnx' (CLI: --runtime onnx)" in capsys.readouterr().err
+    assert cli.main(["search", "coffee", "--db", db, "--runtime", "onnx", "-k", "1", "--json"]) == 0
+    assert Path(last_json(capsys)[0]["path"]).name == "coffee.jpg"
+
+
+def test_runtime_mistakes_are_one_line(gallery, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "empty-cache"))
+    assert cli.main(["index", str(gallery), "--db", str(tmp_path / "db"), "--runtime", "onnx"]) == 2
+    assert "no ONNX export of 'lite'" in capsys.readouterr().err and not (tmp_path / "db").exists()
+    assert cli.main(["index", str(gallery), "--db", str(tmp_path / "db"), "--runtime", "onnx", "--precision",
+                     "bf16"]) == 2
+    assert "precision applies to the PyTorch runtime" in capsys.readouterr().err
