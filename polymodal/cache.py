@@ -2,12 +2,15 @@
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -79,3 +82,29 @@ def cache_key(*parts) -> str:
     """A short digest of ``parts`` (each as str) for a feature-cache file name. JSON keeps the parts apart, so texts
     holding newlines cannot make two different lists hash alike (["a\\nb", "c"] vs ["a", "b\\nc"])."""
     return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:20]
+
+
+def load_cached(key: str, kind: str):
+    """(path, memory-mapped array or None) of cache entry `kind`-`key` under cache_dir()/features (numpy only: the
+    torch-free runtime uses it too)."""
+    import numpy as np
+
+    path = cache_dir() / "features" / f"{kind}-{key}.npy"
+    if path.is_file():
+        try:
+            return path, np.load(path, mmap_mode="r")
+        except (OSError, ValueError):
+            log.warning("feature cache %s is unreadable; recomputing", path)
+    return path, None
+
+
+def store_cached(path: Path, array):
+    """Write `array` to `path` atomically; -> it, memory-mapped from there."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+    return np.load(path, mmap_mode="r")

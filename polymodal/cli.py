@@ -111,9 +111,11 @@ def cmd_search(args) -> int:
         from polymodal.apps.explain import heatmap_format
 
         heatmap_format(args.explain)
-    if bool(args.db) == bool(args.qdrant):
-        raise PolymodalError('pass either --db DB (a local index) or --qdrant URL (a collection), e.g. polymodal '
-                             'search --db DB "a dog"')
+    if sum(map(bool, (args.db, args.qdrant, args.texts))) != 1:
+        raise PolymodalError('pass one of --db DB (a local index), --qdrant URL (a collection) or --texts FILE (one '
+                             'text per line), e.g. polymodal search --db DB "a dog"')
+    if args.texts:
+        return _search_texts(args)
     index = qdrant_collection(args) or ImageIndex(args.db)
     name = args.model or index.info()["model_name"]
     if not args.model and os.sep in name and not os.path.exists(name):  # built from a model folder since moved
@@ -144,6 +146,38 @@ def cmd_search(args) -> int:
                       for i, h in enumerate(hits)], ("rank", "score", "path")))
         if explained:
             print(f"heat map of why rank 1 matched: {explained}")
+    return 0
+
+
+def _search_texts(args) -> int:
+    """search --texts FILE: the file's lines ranked against the image (image->text) or the text query."""
+    from polymodal.apps.text_search import read_text_lines, search_texts
+
+    if args.collection:
+        raise PolymodalError("--collection names a Qdrant collection; pass --qdrant URL with it")
+    if args.explain and args.image is None:
+        raise PolymodalError("--explain with --texts maps where in the --image the top text matches; pass --image")
+    texts, lines = read_text_lines(args.texts)
+    name = args.model or "default"  # trained on captions: better than lite at caption-style text
+    model = require_embedding(load_model(args, name), name)
+    query = model.encode_image([args.image]) if args.image is not None else model.encode_text([args.query])
+    hits = search_texts(model, query, texts, args.k, lines)[0]
+    explained = None
+    if args.explain:  # where in the query photo the best text matches
+        from polymodal.apps.explain import occlusion_heat, save_heatmap
+
+        heat = occlusion_heat(model, args.image, model.encode_text([hits[0].text])[0])
+        explained = str(save_heatmap(args.image, heat, args.explain, transform=model.transform))
+    if args.json:
+        rows = [{"rank": i + 1, "text": h.text, "score": round(h.score, 4), "line": h.line} for i, h in enumerate(hits)]
+        if explained:
+            rows[0]["explain"] = explained
+        _print_json(rows)
+    else:
+        print(_table([(i + 1, f"{h.score:.3f}", h.line, h.text) for i, h in enumerate(hits)],
+                     ("rank", "score", "line", "text")))
+        if explained:
+            print(f"heat map of where rank 1 matches the image: {explained}")
     return 0
 
 
@@ -188,18 +222,9 @@ def _labels(args) -> list[str]:
         raise PolymodalError("pass either --labels cat,dog,car or --labels-from FILE (one label per line)")
     if args.labels is not None:
         return [x.strip() for x in args.labels.split(",") if x.strip()]
-    try:
-        text = Path(args.labels_from).read_text(encoding="utf-8-sig")  # -sig: a BOM from Notepad is not a label
-    except FileNotFoundError:
-        raise PolymodalError(f"labels file not found: {args.labels_from}; pass a text file with one label per line")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolymodalError(f"cannot read labels file {args.labels_from} ({exc}); pass a UTF-8 text file with one "
-                             "label per line")
-    labels = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if not labels:
-        raise PolymodalError(f"{args.labels_from} holds no labels; write one label per line (lines starting with # "
-                             "are comments)")
-    return labels
+    from polymodal.apps.text_search import read_text_lines
+
+    return read_text_lines(args.labels_from, "labels")[0]
 
 
 def cmd_info(args) -> int:
@@ -258,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("query", nargs="?", help="text query")
     s.add_argument("--image", help="query image file")
     s.add_argument("--db", help="a local index folder (built by polymodal index)")
+    s.add_argument("--texts", metavar="FILE", help="rank the lines of this text file instead of images (image->text "
+                   "with --image, text->text with a query; # starts a comment); model default: default")
     add_qdrant(s, "search this Qdrant collection instead of --db (pushed by polymodal index --qdrant)")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--model", help="defaults to the index's model; another model is refused")

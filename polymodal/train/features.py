@@ -7,10 +7,8 @@ centre crop; views 1.. are fixed augmented views (augmentation per cached view).
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -18,7 +16,9 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from polymodal.cache import atomic_write_bytes, cache_dir, cache_key
+from polymodal.cache import cache_key
+from polymodal.cache import load_cached as _load_cached
+from polymodal.cache import store_cached as _store
 from polymodal.data.augment import Augment, make_rng
 from polymodal.data.images import LOADER_VERSION
 from polymodal.data.pairs import PairSet, open_pair_image
@@ -40,23 +40,6 @@ def _identity(image) -> str:
         return f"{image}|{st.st_size}|{st.st_mtime_ns}"
     except (OSError, TypeError, ValueError):
         return str(image)
-
-
-def _load_cached(key: str, kind: str) -> tuple[Path, np.ndarray | None]:
-    path = cache_dir() / "features" / f"{kind}-{key}.npy"
-    if path.is_file():
-        try:
-            return path, np.load(path, mmap_mode="r")
-        except (OSError, ValueError):
-            log.warning("feature cache %s is unreadable; recomputing", path)
-    return path, None
-
-
-def _store(path: Path, array: np.ndarray) -> np.ndarray:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    atomic_write_bytes(path, buf.getvalue())
-    return np.load(path, mmap_mode="r")
 
 
 def _open_or_none(image, skip_unreadable: bool):
