@@ -87,3 +87,16 @@ def test_runtime_mistakes_are_one_line(gallery, tmp_path, capsys, monkeypatch):
     assert cli.main(["index", str(gallery), "--db", str(tmp_path / "db"), "--runtime", "onnx", "--precision",
                      "bf16"]) == 2
     assert "precision applies to the PyTorch runtime" in capsys.readouterr().err
+
+
+def test_the_index_runtime_benchmark_runs(cache_with_export, gallery):
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "index_runtime.py"
+    out = subprocess.run([sys.executable, str(script), "--images", str(gallery)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "POLYMODAL_CACHE": str(cache_with_export)}, check=True).stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r.get("runtime") for r in rows[:2]] == ["torch", "onnx"] and all(r["images"] == 15 for r in rows[:2])
+    assert rows[-1]["ratio"] > 0 and rows[-1]["top10_overlap_of_the_two_indexes"] > 0.8
