@@ -34,7 +34,7 @@ def cmd_index(args) -> int:
     from polymodal.index import ImageIndex, UpdateReport
     from polymodal.index.scan import image_file, scan_images
 
-    if not args.paths and not args.qdrant:
+    if not args.paths and args.qdrant is None:
         raise PolymodalError("pass folders of images or image files to index, e.g. polymodal index photos --db DB "
                              "(or only --qdrant URL to push an existing index)")
     target_collection = qdrant_collection(args)  # a bad --qdrant or --collection is refused before any work
@@ -101,17 +101,18 @@ def _outermost(folders: list[str]) -> list[str]:
 def cmd_search(args) -> int:
     from polymodal.index import ImageIndex
 
+    where = f"--texts {args.texts}" if args.texts else "--db DB"  # the examples name what the user searches
     if (args.query is None) == (args.image is None):
-        raise PolymodalError('pass either a text query or --image FILE, e.g. polymodal search --db DB "a dog"')
+        raise PolymodalError(f'pass either a text query or --image FILE, e.g. polymodal search {where} "a dog"')
     if args.query is not None and not args.query.strip():
-        raise PolymodalError('the text query is empty; pass some words, e.g. polymodal search --db DB "a dog"')
+        raise PolymodalError(f'the text query is empty; pass some words, e.g. polymodal search {where} "a dog"')
     if args.k < 1:
         raise PolymodalError(f"-k must be at least 1, got {args.k}")
     if args.explain:  # a bad file name is refused before the model loads and the 37 occlusion passes run
         from polymodal.apps.explain import heatmap_format
 
         heatmap_format(args.explain)
-    if sum(map(bool, (args.db, args.qdrant, args.texts))) != 1:
+    if sum((bool(args.db), args.qdrant is not None, bool(args.texts))) != 1:
         raise PolymodalError('pass one of --db DB (a local index), --qdrant URL (a collection) or --texts FILE (one '
                              'text per line), e.g. polymodal search --db DB "a dog"')
     if args.texts:
@@ -133,6 +134,11 @@ def cmd_search(args) -> int:
         if hits[0].host not in (None, socket.gethostname()) and not os.path.exists(top):
             raise PolymodalError(f"--explain needs the top match's image, {top}, which is on {hits[0].host}; run the "
                                  "search there, or drop --explain")
+        if not os.path.exists(top):  # deleted or moved since it was indexed: not a file the user passed
+            push = " and push the index again" if args.qdrant else ""
+            raise PolymodalError(f"--explain needs the top match's image, {top}, which is no longer there (moved or "
+                                 f"deleted since it was indexed); re-index its folder{push} to drop it from the "
+                                 "results, or drop --explain")
         explained = str(save_heatmap(top, occlusion_heat(model, top, query[0]), args.explain, transform=model.transform))
     if args.json:
         rows = [{"rank": i + 1, "path": h.path, "score": round(h.score, 4), **({"host": h.host} if h.host else {})}
@@ -284,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image", help="query image file")
     s.add_argument("--db", help="a local index folder (built by polymodal index)")
     s.add_argument("--texts", metavar="FILE", help="rank the lines of this text file instead of images (image->text "
-                   "with --image, text->text with a query; # starts a comment); model default: default")
+                   "with --image, text->text with a query; a line starting with # is a comment); model default: default")
     add_qdrant(s, "search this Qdrant collection instead of --db (pushed by polymodal index --qdrant)")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--model", help="defaults to the index's model; another model is refused")
@@ -299,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("classify", help="zero-shot classification of images against labels")
     s.add_argument("images", nargs="+")
     s.add_argument("--labels", help="comma-separated, e.g. cat,dog,car")
-    s.add_argument("--labels-from", metavar="FILE", help="a text file with one label per line (# starts a comment)")
+    s.add_argument("--labels-from", metavar="FILE", help="a text file with one label per line (a line starting with # is a comment)")
     s.add_argument("--template", action="append", help="prompt template with {}; repeat for an ensemble")
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--model", default="lite")

@@ -16,7 +16,8 @@ def add_runtime(parser) -> None:
     parser.add_argument(
         "--runtime", choices=("torch", "onnx"), default="torch",
         help="onnx: embed with --model's export through onnxruntime (a built-in name once `polymodal export onnx "
-        "NAME` has run, or an export folder): lite indexes photos ~3.6x faster on a CPU; same vectors, same index",
+        "NAME` has run, or an export folder): lite embeds photos ~3.4x faster on a CPU; same model key, so an index "
+        "built with either runtime searches with the other",
     )
 
 
@@ -43,7 +44,7 @@ def add_qdrant(parser, what: str) -> None:
 
 def qdrant_collection(args):
     """The QdrantCollection that --qdrant/--collection name, or None without --qdrant."""
-    if not args.qdrant:
+    if args.qdrant is None:  # `--qdrant ""` (an unset variable) is a mistake, not "no Qdrant": refused below
         if args.collection:
             from polymodal.errors import PolymodalError
 

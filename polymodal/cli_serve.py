@@ -29,7 +29,7 @@ def cmd_serve(args) -> int:
         raise PolymodalError(f"--max-body-mb must be at least 1, got {args.max_body_mb}")
     if not args.timeout > 0:
         raise PolymodalError(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
-    if bool(args.db) == bool(args.qdrant):
+    if bool(args.db) == (args.qdrant is not None):
         raise PolymodalError("pass either --db DB (a local index) or --qdrant URL (a collection) to serve")
     index = qdrant_collection(args) or ImageIndex(args.db)
     info = index.info()  # a missing index: one line, before the model loads

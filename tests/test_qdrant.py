@@ -201,8 +201,8 @@ def test_cli_index_push_search_info(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["search", "red"], "pass either --db DB"),
-    (["search", "red", "--db", "x", "--qdrant", "y"], "pass either --db DB"),
+    (["search", "red"], "pass one of --db DB"),
+    (["search", "red", "--db", "x", "--qdrant", "y"], "pass one of --db DB"),
     (["index", "--db", "x"], "pass folders of images"),
     (["search", "red", "--db", "x", "--collection", "c"], "pass --qdrant URL with it"),
     (["search", "red", "--qdrant", "localhost:6333"], "needs its scheme"),

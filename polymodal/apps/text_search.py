@@ -33,7 +33,9 @@ def read_text_lines(path: str | Path, what: str = "texts") -> tuple[list[str], l
         raise PolymodalError(f"{path} is a folder; pass a text file with one of the {what} per line") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PolymodalError(f"cannot read {what} file {path} ({exc}); pass a UTF-8 text file with one per line") from None
-    kept = [(n, line.strip()) for n, line in enumerate(raw.splitlines(), 1)
+    # split on newlines only (reading made CRLF and CR into "\n"): str.splitlines would also split a caption at a
+    # form feed, U+0085 or U+2028, giving two texts and line numbers an editor does not show
+    kept = [(n, line.strip()) for n, line in enumerate(raw.split("\n"), 1)
             if line.strip() and not line.lstrip().startswith("#")]
     if not kept:
         raise PolymodalError(f"{path} holds no {what}; write one per line (lines starting with # are comments)")

@@ -121,7 +121,8 @@ class QdrantCollection(SearchByModel):
             del rows
             # JSON costs about 21 bytes a float: keep each upsert near 11 MB, well under a server's 32 MB default
             batch_size = max(1, min(batch_size, _FLOATS_PER_REQUEST // meta["dim"]))
-            bar = tqdm(total=len(todo), desc=f"pushing to {self.collection}", unit="img", disable=not progress)
+            bar = tqdm(total=len(todo), desc=f"pushing to {self.collection}", unit="img",
+                       disable=not progress or not todo)  # no "0img" bar when there is nothing to send
             for i in range(0, len(todo), batch_size):
                 chunk = todo[i : i + batch_size]
                 marks = ",".join("?" * len(chunk))
@@ -235,7 +236,9 @@ class QdrantCollection(SearchByModel):
         with self._errors():
             meta = self._meta()
             count = self._client_().count(self.collection, exact=True).count
-        return {"qdrant": self.location, "collection": self.collection, "count": count,
+        # a local-mode folder as an absolute path, like the index's "db": the relative one means nothing elsewhere
+        where = self.location if self.remote else os.path.abspath(os.path.expanduser(self.location))
+        return {"qdrant": where, "collection": self.collection, "count": count,
                 **{k: meta.get(k) for k in ("model", "model_name", "model_version", "dim")}}
 
     def _meta(self) -> dict:
