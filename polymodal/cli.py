@@ -34,9 +34,9 @@ def cmd_index(args) -> int:
     from polymodal.index import ImageIndex, UpdateReport
     from polymodal.index.scan import image_file, scan_images
 
-    if not args.paths and args.qdrant is None:
+    if not args.paths and args.qdrant is None and not args.prune:
         raise PolymodalError("pass folders of images or image files to index, e.g. polymodal index photos --db DB "
-                             "(or only --qdrant URL to push an existing index)")
+                             "(or only --prune, or --qdrant URL to push an existing index)")
     target_collection = qdrant_collection(args)  # a bad --qdrant or --collection is refused before any work
     folders, files = [], []
     for target in args.paths:  # every path is checked here, before the model loads
@@ -47,7 +47,9 @@ def cmd_index(args) -> int:
             found = image_file(target)
             if isinstance(found, tuple):
                 what = "not found" if not os.path.exists(target) else found[1]
-                raise PolymodalError(f"{target}: {what}; pass folders of images or image files")
+                moved = (" (a folder indexed before and since moved or deleted: --prune alone drops its images)"
+                         if not os.path.exists(target) else "")
+                raise PolymodalError(f"{target}: {what}; pass folders of images or image files{moved}")
             files.append(target)
     folders = _outermost(folders)  # `index pics pics/2023`: each image is synced (and counted) once
     files = list({os.path.abspath(f): f for f in files}.values())  # `index a.jpg ./a.jpg` is one file
@@ -70,10 +72,13 @@ def cmd_index(args) -> int:
             raise
     report = UpdateReport(*(sum(getattr(r, k) for r in reports) for k in ("added", "updated", "removed", "unchanged")),
                           skipped=[s for r in reports for s in r.skipped])
+    pruned = index.prune() if args.prune else []
     info = index.info()
     pushed = target_collection and target_collection.push(index, progress=not args.json)
     if args.json:
         extra = {"qdrant": {**asdict(pushed), **target_collection.info()}} if pushed else {}
+        if args.prune:
+            extra["pruned"] = pruned
         _print_json({**asdict(report), "index": info, **extra})
         return 0
     if args.paths:
@@ -81,6 +86,9 @@ def cmd_index(args) -> int:
         print(f"indexed {what} into {args.db}: {report.summary()}; {info['count']} images, model {info['model']}")
         for path, reason in report.skipped:
             print(f"  skipped {path}: {reason}")
+    if args.prune:
+        print(f"pruned {len(pruned)} image{'s' * (len(pruned) != 1)} whose files are gone from {args.db}; "
+              f"{info['count']} images left" + (f" (first: {pruned[0]})" if pruned else ""))
     if pushed:
         print(f"pushed {args.db} to {target_collection.where()}: {pushed.summary()}; "
               f"{target_collection.info()['count']} images in the collection")
@@ -276,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("paths", nargs="*", metavar="PATH", help="a folder of images or an image file; several allowed "
                    "(none with --qdrant: push the index as it is)")
     s.add_argument("--db", required=True, help="index folder (created if missing)")
+    s.add_argument("--prune", action="store_true", help="also drop the images whose files no longer exist (a folder "
+                   "moved or deleted; an unmounted drive looks deleted too); alone, without PATHs, only that")
     add_qdrant(s, "then push the index to this Qdrant (a server URL, or a folder for Qdrant's local mode); only "
                "new rows are sent, deleted ones are removed")
     s.add_argument("--model", default="lite", help="built-in name or checkpoint path (default: lite)")

@@ -291,3 +291,31 @@ def test_an_interrupt_during_the_second_folder_counts_the_first(built, tmp_path,
     assert capsys.readouterr().err.splitlines()[-1] == (f"polymodal: interrupted: 5 of 6 images to embed were saved "
                                                        f"to {db}; run the same command again to finish")
     assert len(index) == 3 + 5
+
+
+def test_prune_drops_the_images_of_a_moved_folder(tmp_path, capsys, monkeypatch) -> None:
+    import json
+
+    import polymodal
+    from polymodal import cli
+
+    monkeypatch.setattr(polymodal, "load", lambda *a, **kw: FakeModel())
+    first, db = tmp_path / "first", str(tmp_path / "db")
+    for colour in ("red", "green", "blue"):
+        paint(first / f"{colour}.png", colour)
+    assert cli.main(["index", str(first), "--db", db]) == 0
+    index = ImageIndex(db)
+    with sqlite3.connect(index.sqlite_path) as con:  # a remembered decode failure of a file that then vanishes
+        con.execute("INSERT INTO failures VALUES (?, 1, 1, 'broken', 'now')", (str(first / "bad.png"),))
+    first.rename(tmp_path / "second")
+    assert cli.main(["index", str(first), "--db", db]) == 2
+    assert "--prune alone drops its images" in capsys.readouterr().err
+    assert cli.main(["index", str(tmp_path / "second"), "--db", db, "--prune", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["added"] == 3 and sorted(Path(p).name for p in out["pruned"]) == ["blue.png", "green.png", "red.png"]
+    assert out["index"]["count"] == 3 and len(index) == 3
+    assert [h.path for h in index.search_text(FakeModel(), "red", 1)] == [str(tmp_path / "second" / "red.png")]
+    with sqlite3.connect(index.sqlite_path) as con:
+        assert con.execute("SELECT COUNT(*) FROM failures").fetchone()[0] == 0
+    assert cli.main(["index", "--db", db, "--prune"]) == 0  # alone: nothing more to drop
+    assert "pruned 0 images whose files are gone" in capsys.readouterr().out

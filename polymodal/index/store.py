@@ -254,6 +254,20 @@ class ImageIndex(SearchByModel):
             self._cache = (state, index)
         return len(ids)
 
+    def prune(self) -> list[str]:
+        """Drop the rows of files that no longer exist (`update` compares only the folders it is given, so the
+        rows of a folder moved or deleted stay until this); -> their paths. A drive that is not mounted looks
+        deleted too. Remembered decode failures of vanished files are forgotten as well."""
+        with self._reading() as (con, _):
+            gone = [p for (p,) in con.execute("SELECT path FROM images") if not os.path.lexists(p)]
+        if gone:
+            self.remove(gone)
+        with self._locked() as con, _transaction(con):
+            if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'failures'").fetchone():
+                stale = [p for (p,) in con.execute("SELECT path FROM failures") if not os.path.lexists(p)]
+                con.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in stale])
+        return gone
+
     def _embed_all(self, con, index, meta: dict, model, todo, report: UpdateReport, batch_size: int,
                    progress: bool, commit_every_s: float | None, done: _Done) -> None:
         # Rows go into the open transaction batch by batch, so memory stays flat; it is committed (and a new one
