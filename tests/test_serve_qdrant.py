@@ -51,7 +51,8 @@ def test_the_collection_is_not_written_through_the_server(client, gallery, colle
     before = collection.info()["count"]
     files = {"image": ("x.jpg", (gallery / "cat.jpg").read_bytes(), "image/jpeg")}
     assert "does not write" in error_of(client.post("/v1/index", files=files), 405)
-    assert "polymodal index PHOTOS --db DB --qdrant" in error_of(client.post("/v1/index", json={"remove": [1]}), 405)
+    message = error_of(client.post("/v1/index", json={"remove": [1]}), 405)
+    assert f"polymodal index PHOTOS --db DB --qdrant {collection.location} --collection photos" in message
     assert collection.info()["count"] == before
 
 
@@ -62,6 +63,8 @@ def test_thumbnail_ids_are_checked(client, collection, monkeypatch):
     real = collection.paths_for
     monkeypatch.setattr(collection, "paths_for", lambda ids: {i: ("/elsewhere/dog.jpg", "box7") for i in real(ids)})
     assert "is on host box7, not on this server" in error_of(client.get(hit["thumb"]), 404)
+    monkeypatch.setattr(collection, "paths_for", lambda ids: {i: ("/nowhere/dog.jpg", None) for i in real(ids)})
+    assert "file is gone; re-index its folder and push the index again" in error_of(client.get(hit["thumb"]), 404)
 
 
 def test_an_unreachable_or_deleted_collection_is_the_servers_problem(client, collection, monkeypatch):

@@ -88,3 +88,15 @@ def test_runtime_help_matches_the_measured_speed_up():
     for command in ("index", "search", "classify"):
         runtime = next(a for a in sub.choices[command]._actions if a.dest == "runtime")
         assert "3.6x" not in runtime.help and "~3.4x" in runtime.help and "same vectors" not in runtime.help
+
+
+def test_an_empty_db_is_refused_not_the_current_folder(tmp_path, monkeypatch, capsys):
+    from polymodal import cli
+
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "photos" / "red.png")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["index", "photos", "--db", ""]) == 2  # `--db "$UNSET"`
+    assert "--db is empty" in capsys.readouterr().err and [p.name for p in tmp_path.iterdir()] == ["photos"]

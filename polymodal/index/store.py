@@ -114,6 +114,8 @@ class ImageIndex(SearchByModel):
     """Open or create the index in folder `db`. Nothing is touched until a method runs."""
 
     def __init__(self, db: str | Path) -> None:
+        if not str(db).strip():  # Path("") is the current folder: `--db "$UNSET"` would index into the cwd
+            raise PolymodalError("--db is empty; pass the index folder, e.g. --db pics.idx")
         self.db = Path(db).expanduser().resolve()
         self.sqlite_path = self.db / "meta.sqlite"
         self.faiss_path = self.db / "vectors.faiss"

@@ -249,7 +249,8 @@ class Service:
                 img.save(out, "JPEG", quality=85)
                 return out.getvalue()
         except FileNotFoundError:
-            raise ApiError(404, f"image {image_id} is in the index but its file is gone; re-index the folder") from None
+            again = "re-index its folder" + ("" if self.writable else " and push the index again")
+            raise ApiError(404, f"image {image_id} is in the index but its file is gone; {again}") from None
         except ApiError:
             raise
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -265,7 +266,8 @@ class Service:
 
     def _read_only(self) -> ApiError:
         return ApiError(405, f"this server searches {self.index.where()}, which it does not write; add or remove "
-                        "images where they are indexed, then push: polymodal index PHOTOS --db DB --qdrant ...")
+                        "images where they are indexed, then push: polymodal index PHOTOS --db DB --qdrant "
+                        f"{self.index.location} --collection {self.index.collection}")
 
     def add_images(self, uploads: list[tuple[str, bytes]]) -> dict:
         """Validated image bytes -> files under DB/uploads/<random batch>/NNN-<client's file name, made safe> ->
