@@ -51,7 +51,12 @@ def cmd_export_onnx(args) -> int:
     with staged_folder(out) as stage:
         report = export_onnx(model, stage, val, max_drop_points=args.max_drop_points, progress=progress,
                              timing_seconds=args.timing_seconds, **kwargs)
-    return _print_result(args, out, report, report_table(report), f"`polymodal serve --db INDEX --runtime onnx --model {out}`")
+    from polymodal.registry import MODELS, onnx_export_dir
+
+    # a built-in name exported to its default folder is found by name
+    model_arg = args.model if args.model in MODELS and out == onnx_export_dir(args.model) else out
+    return _print_result(args, out, report, report_table(report),
+                         f"--runtime onnx --model {model_arg} on index, search, classify, eval and serve")
 
 
 def _export_file(name: str) -> bool:
