@@ -244,12 +244,16 @@ def _labels(args) -> list[str]:
 def cmd_info(args) -> int:
     import polymodal
     from polymodal.cache import cache_dir
-    from polymodal.registry import DESCRIPTIONS
+    from polymodal.export.runtime import is_onnx_folder
+    from polymodal.registry import DESCRIPTIONS, onnx_export_dir
 
+    names = polymodal.available_models()
     info = {
         "polymodal": polymodal.__version__,
-        "models": {name: DESCRIPTIONS.get(name, "") for name in polymodal.available_models()},
+        "models": {name: DESCRIPTIONS.get(name, "") for name in names},
         "cache": str(cache_dir()),
+        # the built-in models `--runtime onnx` can run by name (`polymodal export onnx NAME` made these)
+        "onnx_exports": {n: str(onnx_export_dir(n)) for n in names if is_onnx_folder(onnx_export_dir(n))},
     }
     if args.db:
         from polymodal.index import ImageIndex
@@ -262,6 +266,8 @@ def cmd_info(args) -> int:
         return 0
     print(f"polymodal {info['polymodal']}  (cache: {info['cache']})")
     print(_table(sorted(info["models"].items()), ("model", "description")))
+    exported = ", ".join(info["onnx_exports"]) or "none (polymodal export onnx NAME makes one)"
+    print(f"ONNX exports for --runtime onnx: {exported}")
     if "index" in info:
         print()
         print(_table(sorted((k, v) for k, v in info["index"].items()), ("index", "value")))

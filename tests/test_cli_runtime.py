@@ -100,3 +100,11 @@ def test_the_index_runtime_benchmark_runs(cache_with_export, gallery):
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r.get("runtime") for r in rows[:2]] == ["torch", "onnx"] and all(r["images"] == 15 for r in rows[:2])
     assert rows[-1]["ratio"] > 0 and rows[-1]["top10_overlap_of_the_two_indexes"] > 0.8
+
+
+def test_info_lists_the_onnx_exports(onnx_cache, capsys, tmp_path, monkeypatch):
+    assert cli.main(["info", "--json"]) == 0
+    assert last_json(capsys)["onnx_exports"] == {"lite": str(onnx_cache / "onnx" / "lite")}
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "empty"))
+    assert cli.main(["info"]) == 0
+    assert "ONNX exports for --runtime onnx: none (polymodal export onnx NAME makes one)" in capsys.readouterr().out
