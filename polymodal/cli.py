@@ -30,6 +30,9 @@ def _table(rows: list[tuple], headers: tuple) -> str:
     return "\n".join(lines)
 
 
+TIP_RUNTIME_AT = 500  # images embedded with torch in one run, from which `index` mentions --runtime onnx
+
+
 def cmd_index(args) -> int:
     from polymodal.index import ImageIndex, UpdateReport
     from polymodal.index.scan import image_file, scan_images
@@ -86,6 +89,9 @@ def cmd_index(args) -> int:
         print(f"indexed {what} into {args.db}: {report.summary()}; {info['count']} images, model {info['model']}")
         for path, reason in report.skipped:
             print(f"  skipped {path}: {reason}")
+        if args.runtime == "torch" and report.added + report.updated >= TIP_RUNTIME_AT:
+            print(f"tip: --runtime onnx embeds photos ~3.4x faster on a CPU (after `polymodal export onnx "
+                  f"{args.model}`; the index stays the same)", file=sys.stderr)
     if args.prune:
         print(f"pruned {len(pruned)} image{'s' * (len(pruned) != 1)} whose files are gone from {args.db}; "
               f"{info['count']} images left" + (f" (first: {pruned[0]})" if pruned else ""))
