@@ -56,7 +56,8 @@ def cmd_export_onnx(args) -> int:
     # a built-in name exported to its default folder is found by name
     model_arg = args.model if args.model in MODELS and out == onnx_export_dir(args.model) else out
     return _print_result(args, out, report, report_table(report),
-                         f"--runtime onnx --model {model_arg} on index, search, classify, eval and serve")
+                         f"--runtime onnx --model {model_arg} on index, search, classify and eval, e.g. "
+                         f"`polymodal serve --db INDEX --runtime onnx --model {model_arg}`")
 
 
 def _export_file(name: str) -> bool:

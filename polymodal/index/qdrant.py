@@ -16,11 +16,13 @@ Qdrant's embedded local mode (one process at a time; for trying it out and for t
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
 import socket
 import uuid
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -277,6 +279,10 @@ class QdrantCollection(SearchByModel):
                                                 check_compatibility=False)
                 else:
                     self._client = QdrantClient(path=folder)
+            # closed before the interpreter tears down its modules: the client's own __del__ at exit fails in local
+            # mode ("sys.meta_path is None") and prints a traceback; a weak reference keeps no client alive
+            ref = weakref.ref(self._client)
+            atexit.register(lambda: (client := ref()) is not None and client.close())
         return self._client
 
     def _check_local_folder(self, folder: str) -> None:
