@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
@@ -116,3 +117,17 @@ def test_a_big_torch_index_run_mentions_the_onnx_runtime(gallery, tmp_path, caps
     assert "tip: --runtime onnx embeds photos ~3.4x faster" in capsys.readouterr().err
     assert cli.main(["index", str(gallery), "--db", str(tmp_path / "db")]) == 0  # nothing embedded: no tip
     assert "tip:" not in capsys.readouterr().err
+
+
+def test_texts_are_cached_per_runtime(onnx_cache, lite):
+    import polymodal
+    from polymodal.apps.text_search import text_embeddings
+
+    texts = ["a sentence only this test embeds", "and another"]
+    onnx = polymodal.load("lite", runtime="onnx")
+    banks = lambda: set((onnx_cache / "features").glob("text-bank-*.npy"))  # noqa: E731
+    before = banks()
+    torch_vectors, onnx_vectors = text_embeddings(lite, texts), text_embeddings(onnx, texts)
+    assert len(banks() - before) == 2  # one entry each: an int8 export's vectors never stand in for torch's
+    np.testing.assert_allclose(onnx_vectors, np.asarray(onnx.encode_text(texts), np.float32), atol=2e-3)
+    np.testing.assert_allclose(torch_vectors, np.asarray(lite.encode_text(texts), np.float32), atol=2e-3)

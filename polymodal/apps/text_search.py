@@ -43,8 +43,10 @@ def read_text_lines(path: str | Path, what: str = "texts") -> tuple[list[str], l
 
 
 def text_embeddings(model, texts: Sequence[str]) -> np.ndarray:
-    """[N, dim] float32 `model.encode_text(texts)`, cached on disk per model (key and version) and list of texts."""
-    path, cached = load_cached(cache_key(model.key, *texts), "text-bank")
+    """[N, dim] float32 `model.encode_text(texts)`, cached on disk per model (key and version), runtime and list of
+    texts (the ONNX export shares the model's key but may run an int8 text tower)."""
+    runtime = f"{type(model).__module__}.{type(model).__name__}"
+    path, cached = load_cached(cache_key(model.key, runtime, *texts), "text-bank")
     if cached is not None and cached.shape == (len(texts), model.dim):
         return np.asarray(cached, dtype=np.float32)
     return np.asarray(store_cached(path, np.asarray(model.encode_text(list(texts)), dtype=np.float16)), np.float32)
