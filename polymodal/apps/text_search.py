@@ -14,6 +14,10 @@ import numpy as np
 
 from polymodal.cache import cache_key, load_cached, store_cached
 from polymodal.errors import PolymodalError
+from polymodal.models.inputs import as_texts, check_count
+
+_CHUNK = 8192  # texts embedded, or scored, at a time
+_SCORES = 1 << 24  # floats in one block of query x text scores (64 MB)
 
 
 @dataclass
@@ -42,29 +46,66 @@ def read_text_lines(path: str | Path, what: str = "texts") -> tuple[list[str], l
     return [t for _, t in kept], [n for n, _ in kept]
 
 
+def _text_bank(model, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """([U, dim] float16 embeddings of the distinct texts, memory-mapped from the cache; [N] the row of each text
+    there). A line written twice is embedded once, and scores exactly like its twin."""
+    rows: dict[str, int] = {}
+    which = np.fromiter((rows.setdefault(t, len(rows)) for t in as_texts(texts)), np.int64)
+    distinct = list(rows)
+    runtime = f"{type(model).__module__}.{type(model).__name__}"
+    path, cached = load_cached(cache_key(model.key, runtime, *distinct), "text-bank")
+    if cached is not None and cached.shape == (len(distinct), model.dim):
+        return cached, which
+    bank = np.empty((len(distinct), model.dim), np.float16)  # filled a chunk at a time: no float32 copy of it all
+    for start in range(0, len(distinct), _CHUNK):
+        bank[start : start + _CHUNK] = model.encode_text(distinct[start : start + _CHUNK])
+    return store_cached(path, bank), which
+
+
 def text_embeddings(model, texts: Sequence[str]) -> np.ndarray:
     """[N, dim] float32 `model.encode_text(texts)`, cached on disk per model (key and version), runtime and list of
     texts (the ONNX export shares the model's key but may run an int8 text tower)."""
-    runtime = f"{type(model).__module__}.{type(model).__name__}"
-    path, cached = load_cached(cache_key(model.key, runtime, *texts), "text-bank")
-    if cached is not None and cached.shape == (len(texts), model.dim):
-        return np.asarray(cached, dtype=np.float32)
-    return np.asarray(store_cached(path, np.asarray(model.encode_text(list(texts)), dtype=np.float16)), np.float32)
+    bank, which = _text_bank(model, texts)
+    return np.asarray(bank[which], np.float32)
 
 
 def search_texts(model, query_vectors, texts: Sequence[str], k: int = 10,
                  lines: Sequence[int] | None = None) -> list[list[TextHit]]:
-    """The k texts nearest each query row ([Q, D] or [D], e.g. model.encode_image([...])) by cosine."""
+    """The k texts nearest each query row ([Q, D] or [D], e.g. model.encode_image([...])) by cosine; equal scores
+    in file order (a line written twice is listed twice, with each line number)."""
     from polymodal.index.store import query_matrix
 
+    k = check_count(k, "k")
+    texts = as_texts(texts)
     q = query_matrix(query_vectors)
-    bank = text_embeddings(model, texts)
+    bank, which = _text_bank(model, texts)
     if q.shape[1] != bank.shape[1]:
         raise PolymodalError(f"query vectors have dimension {q.shape[1]}, the texts' {bank.shape[1]} ({model.key}); "
                              f"embed queries with {model.key}")
-    bank = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
-    scores = q @ bank.T
-    k = min(k, len(texts))
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     lines = list(lines) if lines is not None else list(range(1, len(texts) + 1))
-    return [[TextHit(texts[j], float(row[j]), lines[j]) for j in order] for row, order in zip(scores, top)]
+    # the bank a chunk at a time and the queries a block at a time: a million texts need neither a float32 copy
+    # of the whole bank nor a [Q, N] float32 score matrix for many queries
+    n = len(bank)
+    inv = np.concatenate([np.zeros(0, np.float32)] + [
+        1 / np.maximum(np.linalg.norm(np.asarray(bank[i : i + _CHUNK], np.float32), axis=1), 1e-12)
+        for i in range(0, n, _CHUNK)])
+    out: list[list[TextHit]] = []
+    step = max(1, _SCORES // max(1, len(texts)))
+    for qs in range(0, len(q), step):
+        block = q[qs : qs + step]
+        scores = np.empty((len(block), n), np.float32)
+        for i in range(0, n, _CHUNK):
+            part = np.asarray(bank[i : i + _CHUNK], np.float32) * inv[i : i + _CHUNK, None]
+            scores[:, i : i + _CHUNK] = block @ part.T
+        out += [[TextHit(texts[j], float(row[j]), lines[j]) for j in _top(row, k)] for row in scores[:, which]]
+    return out
+
+
+def _top(row: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, highest first, equal scores in index order (a partition, not a full sort)."""
+    if k < len(row):
+        kth = np.partition(row, len(row) - k)[len(row) - k]
+        candidates = np.flatnonzero(row >= kth)
+    else:
+        candidates = np.arange(len(row))
+    return candidates[np.lexsort((candidates, -row[candidates]))][:k]

@@ -259,16 +259,28 @@ class ImageIndex(SearchByModel):
     def prune(self) -> list[str]:
         """Drop the rows of files that no longer exist (`update` compares only the folders it is given, so the
         rows of a folder moved or deleted stay until this); -> their paths. A drive that is not mounted looks
-        deleted too. Remembered decode failures of vanished files are forgotten as well."""
-        with self._reading() as (con, _):
-            gone = [p for (p,) in con.execute("SELECT path FROM images") if not os.path.lexists(p)]
-        if gone:
-            self.remove(gone)
-        with self._locked() as con, _transaction(con):
-            if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'failures'").fetchone():
-                stale = [p for (p,) in con.execute("SELECT path FROM failures") if not os.path.lexists(p)]
-                con.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in stale])
-        return gone
+        deleted too, and so does a symlinked file whose target is gone (as a folder update drops it). Remembered
+        decode failures of vanished files are forgotten as well."""
+        with self._reading() as (con, _):  # the slow part (a stat per row) outside the writer lock
+            candidates = [p for (p,) in con.execute("SELECT path FROM images") if not os.path.exists(p)]
+        with self._locked() as con:
+            with _transaction(con):
+                meta = self._meta(con)
+                if meta is None:
+                    raise self._missing()
+                # checked again under the lock: a file back (and maybe re-indexed) since the scan keeps its row
+                rows = [r for r in _select_in(con, "id, path", "path", candidates) if not os.path.exists(r[1])]
+                if rows:
+                    index = self._load_vectors(con, meta)[0]
+                    _delete(con, index, [i for i, _ in rows])
+                    state = _touch(con, meta, bump=True)
+                if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'failures'").fetchone():
+                    stale = [p for (p,) in con.execute("SELECT path FROM failures") if not os.path.exists(p)]
+                    con.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in stale])
+            if rows:
+                self._save_vectors(index)
+                self._cache = (state, index)
+        return sorted(p for _, p in rows)
 
     def _embed_all(self, con, index, meta: dict, model, todo, report: UpdateReport, batch_size: int,
                    progress: bool, commit_every_s: float | None, done: _Done) -> None:
