@@ -100,3 +100,18 @@ def test_cli_names_a_missing_collection(capsys, tmp_path):
     assert cli.main(["serve", "--qdrant", str(tmp_path / "q"), "--collection", "nope", "--port", "0"]) == 2
     assert "no Qdrant collection nope" in capsys.readouterr().err
     assert not Path(tmp_path / "q" / "collection" / "nope").exists()
+
+
+def test_qdrant_gone_while_checking_an_error_is_still_503(client, collection, monkeypatch):
+    from polymodal.errors import PolymodalError
+
+    def odd(*args, **kwargs):
+        raise PolymodalError("Qdrant at q answered 404: collection vanished")
+
+    def down():
+        raise QdrantUnavailable("cannot reach Qdrant at http://q:6333 (connection refused)")
+
+    monkeypatch.setattr(collection, "search", odd)
+    monkeypatch.setattr(collection, "exists", down)
+    res = client.post("/v1/search", json={"text": "a dog"})
+    assert "cannot reach Qdrant" in error_of(res, 503) and res.headers["retry-after"] == "5"

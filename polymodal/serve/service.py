@@ -142,7 +142,11 @@ class Service:
         except QdrantUnavailable as exc:
             raise ApiError(503, str(exc), {"Retry-After": "5"}) from None
         except PolymodalError:
-            if not self.index.exists():
+            try:
+                gone = not self.index.exists()
+            except QdrantUnavailable as exc:  # the server went away while answering: still the server's problem
+                raise ApiError(503, str(exc), {"Retry-After": "5"}) from None
+            if gone:
                 raise self._gone() from None
             raise
 
