@@ -78,6 +78,7 @@ class QdrantCollection(SearchByModel):
                                  "a folder name is taken as Qdrant's local mode")
         self.api_key = api_key if api_key is not None else os.environ.get("QDRANT_API_KEY") or None
         self._client = None
+        self._metadata: dict | None = None  # the collection's, once read: a search then costs one request, not three
 
     def __repr__(self) -> str:
         return f"QdrantCollection({self.location!r}, {self.collection!r})"
@@ -244,6 +245,11 @@ class QdrantCollection(SearchByModel):
                 **{k: meta.get(k) for k in ("model", "model_name", "model_version", "dim")}}
 
     def _meta(self) -> dict:
+        if self._metadata is None:
+            self._metadata = self._read_meta()
+        return self._metadata
+
+    def _read_meta(self) -> dict:
         client = self._client_()
         if not client.collection_exists(self.collection):
             raise PolymodalError(f"no {self.where()}; push an index into it with `polymodal index --db DB --qdrant "
@@ -303,10 +309,11 @@ class QdrantCollection(SearchByModel):
         """Qdrant's exceptions as one PolymodalError saying what to do."""
         try:
             yield
-        except PolymodalError:
-            raise
-        except Exception as exc:  # the client raises several unrelated types (httpx, its own, RuntimeError)
-            raise self._explain(exc) from exc
+        except Exception as exc:
+            self._metadata = None  # read again next time: the collection may be gone, or made anew
+            if isinstance(exc, PolymodalError):
+                raise
+            raise self._explain(exc) from exc  # the client raises several unrelated types (httpx, its own, ...)
 
     def _explain(self, exc: Exception) -> PolymodalError:
         from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
