@@ -31,7 +31,7 @@ from polymodal.registry import answers, embeds
 from polymodal.serve.limits import (
     ApiError, ServeSettings, check_k, check_templates, check_texts, open_image_checked,
 )
-from polymodal.serve.service import Service, jsonable
+from polymodal.serve.service import Service, jsonable, open_index
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +91,13 @@ def create_app(
         ) from exc
 
     from polymodal.apps.zeroshot import rank_labels
-    from polymodal.index import ImageIndex
-    from polymodal.index.qdrant import QdrantCollection
     from polymodal.apps.zeroshot import ZeroShotMixin
     from polymodal.serve.middleware import ApiKeyMiddleware, LimitsMiddleware, MetricsMiddleware
     from polymodal.serve.page import render_page
 
     settings = settings or ServeSettings()
     # a missing index fails before the (slow) model load
-    index_model = (db_path if isinstance(db_path, QdrantCollection) else ImageIndex(db_path)).info()["model_name"]
+    index_model = open_index(db_path).info()["model_name"]
 
     def load(m):
         import polymodal

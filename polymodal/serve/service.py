@@ -64,6 +64,11 @@ def runs_on(model) -> dict:
     return {"runtime": "torch", "precision": getattr(getattr(model, "image_tower", None), "precision", "fp32")}
 
 
+def open_index(db: str | Path | QdrantCollection) -> ImageIndex | QdrantCollection:
+    """A collection as it is, or the local index in folder `db`."""
+    return db if isinstance(db, QdrantCollection) else ImageIndex(db)
+
+
 class Service:
     """`model` embeds, searches and classifies over the index; `vqa_model` (default: `model`, if it answers questions)
     answers /v1/vqa: an index holds embeddings, so a VQA model is served next to the index's own embedding model."""
@@ -71,7 +76,7 @@ class Service:
     def __init__(self, model, db: str | Path | QdrantCollection, settings: ServeSettings | None = None,
                  vqa_model=None) -> None:
         self.settings = settings or ServeSettings()
-        self.index = db if isinstance(db, QdrantCollection) else ImageIndex(db)
+        self.index = open_index(db)
         self.writable = isinstance(self.index, ImageIndex)  # a collection is written by its indexes' pushes
         require_embedding(model)
         self.index.check_model(model)  # also: a missing index raises here, with the command that builds one
@@ -139,12 +144,12 @@ class Service:
             yield
         except ApiError:
             raise
-        except QdrantUnavailable as exc:
-            raise ApiError(503, str(exc), {"Retry-After": "5"}) from None
-        except PolymodalError:
+        except PolymodalError as exc:
             try:
-                gone = not self.index.exists()
-            except QdrantUnavailable as exc:  # the server went away while answering: still the server's problem
+                gone = not isinstance(exc, QdrantUnavailable) and not self.index.exists()
+            except QdrantUnavailable as down:  # the server went away while answering: still the server's problem
+                exc = down
+            if isinstance(exc, QdrantUnavailable):
                 raise ApiError(503, str(exc), {"Retry-After": "5"}) from None
             if gone:
                 raise self._gone() from None
