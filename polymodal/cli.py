@@ -145,11 +145,11 @@ def cmd_search(args) -> int:
         from polymodal.apps.explain import occlusion_heat, save_heatmap
 
         top = hits[0].path
-        if hits[0].host not in (None, socket.gethostname()) and not os.path.exists(top):
-            raise PolymodalError(f"--explain needs the top match's image, {top}, which is on {hits[0].host}; run the "
-                                 "search there, or drop --explain")
-        if not os.path.exists(top):  # deleted or moved since it was indexed: not a file the user passed
-            push = " and push the index again" if args.qdrant else ""
+        if not os.path.exists(top):  # not a file the user passed: say where it went
+            if hits[0].host not in (None, socket.gethostname()):
+                raise PolymodalError(f"--explain needs the top match's image, {top}, which is on {hits[0].host}; "
+                                     "run the search there, or drop --explain")
+            push = " and push the index again" if args.qdrant else ""  # deleted or moved since it was indexed
             raise PolymodalError(f"--explain needs the top match's image, {top}, which is no longer there (moved or "
                                  f"deleted since it was indexed); re-index its folder{push} to drop it from the "
                                  "results, or drop --explain")
@@ -173,8 +173,7 @@ def _search_texts(args) -> int:
     """search --texts FILE: the file's lines ranked against the image (image->text) or the text query."""
     from polymodal.apps.text_search import read_text_lines, search_texts
 
-    if args.collection:
-        raise PolymodalError("--collection names a Qdrant collection; pass --qdrant URL with it")
+    qdrant_collection(args)  # (there is no --qdrant here) refuses a --collection
     if args.explain and args.image is None:
         raise PolymodalError("--explain with --texts maps where in the --image the top text matches; pass --image")
     texts, lines = read_text_lines(args.texts)
