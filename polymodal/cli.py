@@ -348,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     from polymodal.cli_pretrain import add_parsers as add_pretrain_parsers
 
     add_pretrain_parsers(sub, actions)
+    from polymodal.cli_caption import add_parsers as add_caption_parsers
+
+    add_caption_parsers(sub, actions)
     from polymodal.cli_serve import add_parsers
 
     add_parsers(sub)

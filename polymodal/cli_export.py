@@ -40,6 +40,9 @@ def cmd_export_onnx(args) -> int:
         return _export_vqa(args, out)
     val = validation_set(args.val_pairs, limit=args.val_limit)
     model = polymodal.load(args.model)
+    if callable(getattr(model, "caption", None)):  # a decoder run step by step: no export path yet
+        raise PolymodalError(f"{args.model} is a captioner; ONNX export covers embedding and VQA models, so run it "
+                             "with the PyTorch runtime (polymodal caption IMAGE --model ...)")
     if hasattr(model, "vqa_logits"):
         raise PolymodalError(f"{args.model} is a VQA model: pass --val-qa FILE.jsonl (questions to check the export on)")
 

@@ -54,7 +54,8 @@ def cmd_serve(args) -> int:
         extra = {"threads": args.threads} if args.runtime == "onnx" else {}
         # a VQA --model answers /v1/vqa next to the index's own model (create_app loads both)
         app = create_app(args.model or info["model_name"], args.db or index, api_key=args.api_key, settings=settings,
-                         runtime=args.runtime, precision=args.precision, vqa_model=args.vqa_model, **extra)
+                         runtime=args.runtime, precision=args.precision, vqa_model=args.vqa_model,
+                         caption_model=args.caption_model, **extra)
     except BaseException:
         sock.close()
         raise
@@ -68,6 +69,7 @@ def cmd_serve(args) -> int:
     shown = f"[{host}]" if ":" in host else host
     svc = app.state.service
     vqa = f", answering questions with {svc.vqa_model.key}" if svc.vqa and svc.vqa_model is not svc.model else ""
+    vqa += f", captioning with {svc.caption_model.key}" if svc.caption_model is not None else ""
     how = runs_on(svc.model)
     print(f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} ({info['count']} images{vqa}) on "
           f"http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops", flush=True)
@@ -102,6 +104,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--vqa-model", default=None,
                    help="a VQA model (name, checkpoint or, with --runtime onnx, export folder) for /v1/vqa beside "
                    "--model, e.g. --runtime onnx --model LITE_EXPORT --vqa-model VQA_EXPORT")
+    s.add_argument("--caption-model", default=None,
+                   help="a captioner (captioner, or a `polymodal train captioner` folder) for /v1/caption; runs on "
+                        "PyTorch whatever --runtime says")
     s.add_argument("--db", help="index folder built by `polymodal index`")
     add_qdrant(s, "serve this Qdrant collection instead of --db (searches and thumbnails; images are added by "
                "pushing indexes to it: polymodal index --qdrant); several servers can share one")

@@ -1,4 +1,4 @@
-"""`make demo`: index a gallery of real photos (installed with pip), then search it and classify zero-shot.
+"""`make demo`: index a gallery of real photos (installed with pip), search it, classify zero-shot, write captions.
 
     python -m polymodal.demo [--out demo-out] [--model lite]
 """
@@ -16,6 +16,7 @@ from polymodal.cli import _table
 from polymodal.errors import PolymodalError
 
 TEXT_QUERIES = ["a cat", "a hot drink", "a rocket launch", "a motorbike", "an old building with a roof", "a flower"]
+CAPTIONED = ["astronaut", "coffee", "motorcycle", "rocket"]
 LABELS = ["cat", "dog", "coffee", "rocket", "motorcycle", "flower", "temple", "person", "clock", "coins"]
 
 
@@ -28,7 +29,7 @@ def _query_image(gallery: Path, out: Path) -> Path:
     return path
 
 
-def _write_page(out: Path, sections: list[tuple[str, list]]) -> Path:
+def _write_page(out: Path, sections: list[tuple[str, list]], captions: list[tuple[Path, str]]) -> Path:
     """A small static page with thumbnails: results are easier to see than to read."""
     parts = ["<!doctype html><meta charset=utf-8><title>polymodal demo</title>",
              "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:4px;text-align:center}"
@@ -39,6 +40,10 @@ def _write_page(out: Path, sections: list[tuple[str, list]]) -> Path:
             src = Path(h.path).relative_to(out.resolve()).as_posix()
             parts.append(f"<figure><img src='{html.escape(src)}'><figcaption>{html.escape(Path(h.path).name)} "
                          f"{h.score:.3f}</figcaption></figure>")
+    parts.append("<h2>captions</h2>")
+    for path, caption in captions:
+        src = path.resolve().relative_to(out.resolve()).as_posix()
+        parts.append(f"<figure><img src='{html.escape(src)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
     page = out / "results.html"
     page.write_text("\n".join(parts), encoding="utf-8")
     return page
@@ -80,13 +85,19 @@ def run(out: Path, model_name: str) -> None:
     rows = [(f"{n}.jpg", *[f"{label} {score:.2f}" for label, score in r]) for n, r in zip(names, results)]
     print(_indent(_table(rows, ("photo", "1st", "2nd", "3rd"))))
 
-    page = _write_page(out, sections)
-    print(f"\n7. Thumbnails of these results: {page}")
+    captioned = [gallery / f"{n}.jpg" for n in CAPTIONED]
+    captions = polymodal.load("captioner").caption(captioned)
+    print("\n7. Captions written by the built-in captioner (trained on Flickr8k + COCO captions)")
+    print(_indent(_table([(p.name, c) for p, c in zip(captioned, captions)], ("photo", "caption"))))
+
+    page = _write_page(out, sections, list(zip(captioned, captions)))
+    print(f"\n8. Thumbnails of these results: {page}")
     print("\nOn your own photos:")
     print("  .venv/bin/polymodal index ~/Pictures --db pics.idx")
     print('  .venv/bin/polymodal search --db pics.idx "a dog on the beach" -k 10')
     print("  .venv/bin/polymodal search --db pics.idx --image query.jpg")
     print("  .venv/bin/polymodal classify photo.jpg --labels cat,dog,car")
+    print("  .venv/bin/polymodal caption photo.jpg")
 
 
 def _indent(text: str) -> str:

@@ -59,6 +59,8 @@ MODELS: dict[str, Callable] = {
                          "benchmarks/train_easy_vqa.py --save-builtin"),
     "coco-yesno": _builtin("coco-yesno", "polymodal.models.yesno", "load_yesno",
                            "benchmarks/coco_yesno.py --save-builtin"),
+    "captioner": _builtin("captioner", "polymodal.models.captioner", "load_captioner",
+                          "benchmarks/captioning.py --save-builtin"),
 }
 DESCRIPTIONS = {
     "lite": "EfficientNet-Lite0 + all-MiniLM-L6-v2 joined by ConSE (no paired training), 384-d",
@@ -70,6 +72,9 @@ DESCRIPTIONS = {
                   "default and lite spaces (pool z-scores) + question embedding, logistic regression trained on "
                   "COCO yes/no VQA (benchmarks/coco_yesno.py); about 0.565 accuracy on photos it was not fit on "
                   "(majority answer 0.52)",
+    "captioner": "writes a caption for a photo: the lite towers as a prefix language model (7x7 image grid pooled "
+                 "to 10 prefix tokens, MiniLM with LoRA adapters decoding left to right) trained on Flickr8k + COCO "
+                 "captions (benchmarks/captioning.py); polymodal caption IMAGE",
 }
 
 
@@ -85,6 +90,11 @@ def embeds(model) -> bool:
 def answers(model) -> bool:
     """Answers questions about an image (easy-vqa, coco-yesno, `polymodal train vqa` folders, their exports)."""
     return callable(getattr(model, "answer", None))
+
+
+def captions(model) -> bool:
+    """Writes captions for images (captioner, `polymodal train captioner` folders)."""
+    return callable(getattr(model, "caption", None))
 
 
 def _require(model, name, can: bool, lacks: str, other: str, use: str):
@@ -192,6 +202,11 @@ def _load_torch(key: str, **kwargs):
         if path.is_dir() and is_fusion_encoder_folder(path):
             _check_options(kwargs, [], f"the fusion-encoder folder {path}")
             return load_fusion_encoder(path)
+        from polymodal.models.captioner import is_captioner_folder, load_captioner
+
+        if path.is_dir() and is_captioner_folder(path):
+            _check_options(kwargs, [], f"the captioner folder {path}")
+            return load_captioner(path)
         from polymodal.models.yesno import is_yesno_folder, load_yesno
 
         if path.is_dir() and is_yesno_folder(path):

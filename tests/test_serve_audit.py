@@ -263,6 +263,7 @@ def test_removing_an_indexed_file_keeps_the_users_file_and_forgets_its_thumbnail
 def test_info_reports_model_index_batching_and_limits(client, lite, small):
     info = client.get("/v1/info").json()
     assert info["model"] == {"name": lite.name, "key": lite.key, "dim": 384, "vqa": False, "vqa_model": None,
+                             "caption_model": None,
                              "runtime": "torch", "precision": "fp32"}
     assert info["index"]["count"] == 15
     assert info["batching"] == {"enabled": True, "max_batch": 8, "max_wait_ms": 5.0}

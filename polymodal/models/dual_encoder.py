@@ -7,7 +7,6 @@ the installed weight packages, so a saved model is a few MB.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from polymodal.cache import atomic_write_bytes
+from polymodal.models.folders import WEIGHTS_FILE, folder_type, read_folder_config, write_model_folder
 from polymodal.encoders.efficientnet import LITE0_TRANSFORM, EfficientNetLite0
 from polymodal.encoders.text import SentenceEncoder, minilm_path
 from polymodal.errors import PolymodalError
@@ -24,7 +23,6 @@ from polymodal.models.heads import build_head
 
 N_IMAGE_BLOCKS = 16
 IMAGE_DIM = 1280
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 @dataclass
@@ -193,24 +191,16 @@ class DualEncoder(nn.Module, EmbeddingModel):
         self.version = hashlib.sha256(data).hexdigest()[:12]
         config = {"type": "dual_encoder", "version": self.version, **asdict(self.config),
                   "transform": self.transform.to_dict()}
-        atomic_write_bytes(folder / WEIGHTS_FILE, data)
-        atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())
-        return folder
+        return write_model_folder(folder, data, config)
 
 
 def is_dual_encoder_folder(path: Path) -> bool:
-    try:
-        return json.loads((path / CONFIG_FILE).read_text()).get("type") == "dual_encoder"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return folder_type(path) == "dual_encoder"
 
 
 def load_dual_encoder(folder: str | Path) -> DualEncoder:
     folder = Path(folder)
-    try:
-        raw = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise PolymodalError(f"cannot read {folder / CONFIG_FILE}; pass a folder written by `polymodal train`") from exc
+    raw = read_folder_config(folder, "`polymodal train`")
     model = DualEncoder(DualEncoderConfig.from_dict(raw), version=str(raw.get("version", "unknown")))
     return load_trained_weights(model, folder)
 

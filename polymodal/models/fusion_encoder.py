@@ -31,7 +31,6 @@ sigmoid(ITM(image, question + " " + candidate)) -- or 0.0 when the model has no 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from polymodal.cache import atomic_write_bytes
+from polymodal.models.folders import folder_type, read_folder_config, write_model_folder
 from polymodal.data.answers import unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
@@ -53,7 +52,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_DIM, TEXT_DIM = 1280, 384
 PATCH = 8  # raw-pixel patch side per grid cell (pixels are average-pooled to grid * PATCH first)
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 MRM_TARGETS = ("", "regress", "classify")
 N_CLASSES = 1000  # ImageNet classes of the image tower's classifier (MRM "classify" targets)
 FREEZABLE = {  # freeze(parts) names -> the attributes they cover
@@ -546,9 +544,7 @@ class FusionEncoder(nn.Module):
         self.version = hashlib.sha256(data).hexdigest()[:12]
         config = {"type": "fusion_encoder", "version": self.version, **asdict(self.config),
                   "transform": self.transform.to_dict()}
-        atomic_write_bytes(folder / WEIGHTS_FILE, data)
-        atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())
-        return folder
+        return write_model_folder(folder, data, config)
 
 
 def _dedupe(items: Sequence[Any]) -> tuple[list, list[int]]:
@@ -572,18 +568,12 @@ def _returns(fusion: str, support: tuple[str, ...]) -> str:
 
 
 def is_fusion_encoder_folder(path: str | Path) -> bool:
-    try:
-        return json.loads((Path(path) / CONFIG_FILE).read_text()).get("type") == "fusion_encoder"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return folder_type(path) == "fusion_encoder"
 
 
 def load_fusion_encoder(folder: str | Path) -> FusionEncoder:
     folder = Path(folder)
-    try:
-        raw = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise PolymodalError(f"cannot read {folder / CONFIG_FILE}; pass a folder written by `polymodal train vqa`") from exc
+    raw = read_folder_config(folder, "`polymodal train vqa`")
     if raw.get("type") != "fusion_encoder":
         raise PolymodalError(f"{folder} holds a {raw.get('type', 'unknown')!r} model, not a fusion encoder")
     model = FusionEncoder(FusionEncoderConfig.from_dict(raw), version=str(raw.get("version", "unknown")))

@@ -21,7 +21,6 @@ installed packages and the built-in `default` model. Accuracy on held-out COCO y
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from polymodal.cache import atomic_write_bytes
+from polymodal.models.folders import WEIGHTS_FILE, folder_type, read_folder_config, write_model_folder
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import YES_NO, normalize_answer, unique_choices
 from polymodal.models.fusion_encoder import _dedupe
@@ -38,7 +37,6 @@ from polymodal.models.inputs import check_count, one_question, vqa_rows
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 MODEL_TYPE = "yesno"
 FEATURES = ("z_image_default", "z_text_default", "z_image_conse", "z_text_conse")
 SPACES = ("default", "conse")  # image embedding spaces; the key phrase is embedded in the matching text space
@@ -227,10 +225,8 @@ class YesNoModel:
         self.version = hashlib.sha256(data).hexdigest()[:12]
         config = {**self.config, "type": MODEL_TYPE, "version": self.version, "name": self.name,
                   "features": list(FEATURES) + ["question_embedding[384]"]}
-        atomic_write_bytes(folder / WEIGHTS_FILE, data)
-        atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())
         self.config = config
-        return folder
+        return write_model_folder(folder, data, config)
 
 
 def row_features(state: dict, image_emb: dict, question_emb: dict, row_image, row_question=None) -> np.ndarray:
@@ -311,10 +307,7 @@ def load_base(name: str):
 
 
 def is_yesno_folder(path: str | Path) -> bool:
-    try:
-        return json.loads((Path(path) / CONFIG_FILE).read_text()).get("type") == MODEL_TYPE
-    except (OSError, ValueError, AttributeError):
-        return False
+    return folder_type(path) == MODEL_TYPE
 
 
 def load_yesno(folder: str | Path, base=None) -> YesNoModel:
@@ -322,10 +315,7 @@ def load_yesno(folder: str | Path, base=None) -> YesNoModel:
     from safetensors.numpy import load_file
 
     folder = Path(folder)
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise PolymodalError(f"cannot read {folder / CONFIG_FILE}; pass a folder written by YesNoModel.save") from exc
+    config = read_folder_config(folder, "YesNoModel.save")
     if not isinstance(config, dict) or config.get("type") != MODEL_TYPE:
         raise PolymodalError(f"{folder} holds a {config.get('type', 'unknown') if isinstance(config, dict) else 'unknown'!r} "
                              "model, not a yes/no model")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from polymodal.errors import PolymodalError
-from polymodal.registry import answers, embeds
+from polymodal.registry import answers, captions, embeds
 from polymodal.serve.limits import (
     ApiError, ServeSettings, check_k, check_templates, check_texts, open_image_checked,
 )
@@ -50,6 +50,7 @@ def _body(description: str, json_props: dict, form_props: dict | None) -> dict:
 
 
 DOCS_ASSETS = "/docs-assets"
+MAX_BEAM = 5  # /v1/caption: wider beams cost time per request and rarely change the caption
 DOCS_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
 
 
@@ -67,14 +68,15 @@ def swagger_assets() -> Path | None:
 
 def create_app(
     model: Any, db_path: str | Path, api_key: str | None = None, settings: ServeSettings | None = None,
-    runtime: str = "torch", vqa_model: Any = None, **load_options,
+    runtime: str = "torch", vqa_model: Any = None, caption_model: Any = None, **load_options,
 ):
     """A FastAPI app serving `model` (a registered name, a checkpoint path, or a loaded model) over the index at
     `db_path` (or a QdrantCollection: searched, not written). A missing index, an unknown model or a model that doesn't match the index raises PolymodalError.
 
     /v1/vqa answers with `vqa_model`, or with `model` itself when it answers questions. A VQA model that cannot embed
     (easy-vqa, coco-yesno) passed as `model` becomes the VQA model, and the index's own model embeds and searches.
-    Names are loaded with polymodal.load(name, runtime=runtime, **load_options)."""
+    /v1/caption writes captions with `caption_model` (a captioner passed as `model` serves it the same way; it
+    runs on PyTorch whatever the runtime). Names are loaded with polymodal.load(name, runtime=runtime, **load_options)."""
     if api_key is not None and not api_key.strip():  # None is "no key"; a blank one is a mistake, not the same
         raise PolymodalError("the API key (--api-key or $POLYMODAL_API_KEY) is blank, which would turn "
                              "authentication off; give a non-empty key, or none at all to serve without one")
@@ -105,10 +107,16 @@ def create_app(
         return polymodal.load(m, runtime=runtime, **load_options) if isinstance(m, (str, Path)) else m
 
     model, vqa_model = load(model), load(vqa_model)
+    if isinstance(caption_model, (str, Path)):
+        import polymodal
+
+        caption_model = polymodal.load(caption_model)  # a decoder: no ONNX export to run (yet)
     if vqa_model is None and answers(model) and not embeds(model):
         # an index holds embeddings, which a VQA model cannot make: the index's own model serves it
         model, vqa_model = load(index_model), model
-    svc = Service(model, db_path, settings, vqa_model=vqa_model)
+    elif caption_model is None and captions(model) and not embeds(model):  # the same for a captioner
+        model, caption_model = load(index_model), model
+    svc = Service(model, db_path, settings, vqa_model=vqa_model, caption_model=caption_model)
     vqa_model = svc.vqa_model  # (not `vqa`: that name is the endpoint below)
     s = settings
 
@@ -124,7 +132,8 @@ def create_app(
         title="polymodal",
         version=_version(),
         description=f"Embed, search, classify with model `{model.key}` over an image index"
-        + (f"; answer questions with `{vqa_model.key}`. " if vqa_model is not None else ". ")
+        + (f"; answer questions with `{vqa_model.key}`" if vqa_model is not None else "")
+        + (f"; write captions with `{caption_model.key}`. " if caption_model is not None else ". ")
         + "Errors are JSON `{\"error\": \"...\"}`." + (" Send the API key in the `X-API-Key` header." if api_key else ""),
         lifespan=lifespan,
         redoc_url=None,
@@ -357,10 +366,7 @@ def create_app(
         labels = _text_list(labels, "labels", s.max_labels)
         templates = check_templates(templates, s.max_templates)
         if top_k is not None:
-            try:
-                top_k = check_k(top_k, s.max_labels)
-            except ApiError as exc:  # check_k's messages name search's field, k
-                raise ApiError(exc.status, "top_k" + exc.message[1:]) from None
+            top_k = check_k(top_k, s.max_labels, "top_k")
         if getattr(type(model), "classify", None) in (None, ZeroShotMixin.classify):  # the usual path: images batched with other requests
             image_emb = await svc.batcher.images(await prepare(items))
             label_emb = await svc.batcher.call(model.label_embeddings, labels, templates)
@@ -411,6 +417,31 @@ def create_app(
         image = (await decode(items))[0]
         answer = await svc.batcher.call(vqa_model.answer, image, question, choices)
         return JSONResponse({"model": vqa_model.key, "question": question, "answer": jsonable(answer)})
+
+    @app.post(
+        "/v1/caption",
+        summary="Write a caption for each image (only with a captioner: serve --caption-model captioner; 404 otherwise)",
+        openapi_extra=_body(
+            "multipart image file(s) (+ beam), or JSON with base64 image(s)",
+            {"image": _IMAGE_B64, "images": {"type": "array", "items": _IMAGE_B64}, "beam": {"type": "integer"}},
+            {"image": _FILES, "beam": {"type": "integer"}},
+        ),
+    )
+    async def caption(request: Request):
+        if caption_model is None:
+            raise ApiError(404, "this server has no captioner; start it with --caption-model captioner (or a folder "
+                                "written by polymodal train captioner)")
+        if content_type(request) == "application/json":
+            data = await read_json(request, {"image", "images", "beam"}, '{"image": "<base64>"}')
+            beam, items = data.get("beam"), json_images(data)
+        else:
+            async with parse_form(request) as form:
+                check_form_fields(form, {"image", "beam"})
+                beam, items = form_text(form, "beam"), await form_images(form)
+        beam = 3 if beam is None else check_k(beam, MAX_BEAM, "beam")
+        written = await svc.batcher.call(caption_model.caption, await decode(items), beam)
+        return JSONResponse({"model": caption_model.key,
+                             "results": [{"image": name, "caption": c} for (name, _), c in zip(items, written)]})
 
     @app.post(
         "/v1/index",

@@ -103,16 +103,17 @@ def image_suffix(data: bytes) -> str:
         return IMAGE_FORMATS[img.format]
 
 
-def check_k(k, max_k: int) -> int:
+def check_k(k, max_k: int, field: str = "k") -> int:
+    """A count field (k, top_k, beam): a whole number from 1 to max_k, sent as a number or as form text."""
     if isinstance(k, str):
         try:
             k = int(k.strip())
         except ValueError:
-            raise ApiError(400, f"k must be a whole number, got {k[:40]!r}") from None
+            raise ApiError(400, f"{field} must be a whole number, got {k[:40]!r}") from None
     if isinstance(k, bool) or not isinstance(k, int):
-        raise ApiError(400, f"k must be a whole number, got {type(k).__name__}")
+        raise ApiError(400, f"{field} must be a whole number, got {type(k).__name__}")
     if not 1 <= k <= max_k:
-        raise ApiError(400, f"k must be between 1 and {max_k}, got {k}")
+        raise ApiError(400, f"{field} must be between 1 and {max_k}, got {k}")
     return k
 
 

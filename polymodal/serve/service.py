@@ -30,7 +30,7 @@ from polymodal.errors import PolymodalError
 from polymodal.index import ImageIndex, IndexBusy
 from polymodal.index.qdrant import QdrantCollection, QdrantUnavailable
 from polymodal.index.scan import canonical_path
-from polymodal.registry import answers, require_embedding, require_vqa
+from polymodal.registry import answers, captions, require_embedding, require_vqa
 from polymodal.serve.batching import BatchedModel, MicroBatcher
 from polymodal.serve.limits import IMAGE_FORMATS, ApiError, ServeSettings, image_suffix, open_image_checked
 from polymodal.serve.metrics import Metrics
@@ -71,10 +71,11 @@ def open_index(db: str | Path | QdrantCollection) -> ImageIndex | QdrantCollecti
 
 class Service:
     """`model` embeds, searches and classifies over the index; `vqa_model` (default: `model`, if it answers questions)
-    answers /v1/vqa: an index holds embeddings, so a VQA model is served next to the index's own embedding model."""
+    answers /v1/vqa: an index holds embeddings, so a VQA model is served next to the index's own embedding model;
+    `caption_model` writes /v1/caption's captions."""
 
     def __init__(self, model, db: str | Path | QdrantCollection, settings: ServeSettings | None = None,
-                 vqa_model=None) -> None:
+                 vqa_model=None, caption_model=None) -> None:
         self.settings = settings or ServeSettings()
         self.index = open_index(db)
         self.writable = isinstance(self.index, ImageIndex)  # a collection is written by its indexes' pushes
@@ -82,6 +83,10 @@ class Service:
         self.index.check_model(model)  # also: a missing index raises here, with the command that builds one
         self.model = model
         self.vqa_model = require_vqa(vqa_model) if vqa_model is not None else model if answers(model) else None
+        if caption_model is not None and not captions(caption_model):
+            raise PolymodalError(f"--caption-model {getattr(caption_model, 'name', caption_model)!r} does not write "
+                                 "captions; pass 'captioner' or a folder written by polymodal train captioner")
+        self.caption_model = caption_model
         self.uploads = self.index.db / UPLOADS if self.writable else None
         self.metrics = Metrics()
         s = self.settings
@@ -120,7 +125,9 @@ class Service:
             info = self.index.info()
         return {
             "model": {"name": self.model.name, "key": self.model.key, "dim": self.model.dim, "vqa": self.vqa,
-                      "vqa_model": self.vqa_model.key if self.vqa else None, **runs_on(self.model)},
+                      "vqa_model": self.vqa_model.key if self.vqa else None,
+                      "caption_model": self.caption_model.key if self.caption_model is not None else None,
+                      **runs_on(self.model)},
             "index": {"count": info["count"], "model": info["model"], "updated": info.get("updated"),
                       "writable": self.writable, "where": self.index.where()},
             "batching": {"enabled": self.batcher.enabled, "max_batch": self.batcher.max_batch,

@@ -1,0 +1,97 @@
+"""Image captioning on held-out photos: the trained captioner vs retrieval captioning, BLEU-1..4 and CIDEr-D.
+
+    python benchmarks/captioning.py                      # train on 80% of Flickr8k dev's photos, score the rest
+    python benchmarks/captioning.py --save-builtin       # then train on all of it (+ COCO mini) and ship 'captioner'
+
+Held out: the other 20% of Flickr8k dev (by photo, seeded) and the 80 COCO mini photos (another photo source).
+Peer: retrieval captioning, each photo gets the training caption closest to it in `lite`'s space (`polymodal search
+--texts CAPTIONS --image PHOTO`; `lite` was fit on no caption data, `default` saw these photos so is left out).
+Prints one JSON line per (system, set); captioning speed in photos/s on this machine.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_pairs(pairset, path: Path) -> Path:
+    path.write_text("".join(json.dumps({"image": str(p.image), "caption": p.caption}) + "\n" for p in pairset.pairs))
+    return path
+
+
+def train(pairs: list[Path], out: Path, epochs: int) -> Path:
+    """Validation (which epoch is kept) is 10% of the training photos: the held-out sets choose nothing."""
+    from polymodal.train.captioning import CaptionRecipe, train_captioner
+
+    recipe = CaptionRecipe.from_dict({"pairs": [str(p) for p in pairs], "out": str(out), "epochs": epochs,
+                                      "val_fraction": 0.1,
+                                      "patience": 0, "val_images": 100})
+    result = train_captioner(recipe, overwrite=True)
+    print(json.dumps({"trained": str(out), **{k: v for k, v in result.items() if not isinstance(v, dict)}}), flush=True)
+    return out / "model"
+
+
+def retrieval_captions(train_set, photos: list) -> list[str]:
+    import polymodal
+    from polymodal.apps.text_search import search_texts
+
+    lite = polymodal.load("lite")
+    return [hits[0].text for hits in search_texts(lite, lite.encode_image(photos), train_set.captions, k=1)]
+
+
+def score(system: str, name: str, pairset, captions: list[str], seconds: float) -> None:
+    from polymodal.eval.captions import caption_scores
+
+    refs = [pairset.captions_of(i) for i in range(len(pairset.images))]
+    result = caption_scores(refs, captions)
+    print(json.dumps({"system": system, "set": name, "photos": len(captions),
+                      **{k: round(v, 4) for k, v in result.items()},
+                      "photos_per_s": round(len(captions) / seconds, 2),
+                      "examples": [[Path(str(pairset.images[i])).name, captions[i]] for i in range(3)]}), flush=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--beam", type=int, default=3)
+    ap.add_argument("--heldout-fraction", type=float, default=0.2)
+    ap.add_argument("--save-builtin", action="store_true", help="also train on all the photos and ship 'captioner'")
+    ap.add_argument("--skip-heldout", action="store_true", help="with --save-builtin: only train and ship")
+    args = ap.parse_args(argv)
+
+    from polymodal.data.pairs import open_pair_image, read_pair_source, split_by_image
+
+    flickr = read_pair_source(SHARED / "flickr8k-dev" / "pairs.jsonl")
+    coco = read_pair_source(SHARED / "coco-mini-train" / "pairs.jsonl")
+    train_set, held = split_by_image(flickr, args.heldout_fraction, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if not args.skip_heldout:
+            import polymodal
+
+            model = polymodal.load(str(train([write_pairs(train_set, tmp / "train.jsonl")], tmp / "run", args.epochs)))
+            for name, pairset in (("flickr8k-heldout", held), ("coco-mini", coco)):
+                photos = [open_pair_image(p) for p in pairset.images]
+                t0 = time.perf_counter()
+                captions = model.caption(photos, beam=args.beam)
+                score(f"captioner beam {args.beam}", name, pairset, captions, time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                captions = retrieval_captions(train_set, photos)
+                score("retrieval lite", name, pairset, captions, time.perf_counter() - t0)
+        if args.save_builtin:
+            import subprocess
+
+            both = [SHARED / "flickr8k-dev" / "pairs.jsonl", SHARED / "coco-mini-train" / "pairs.jsonl"]
+            folder = train(both, tmp / "all", args.epochs)
+            subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "ship_model.py"),
+                            str(folder), "captioner"], check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""`polymodal caption`, `polymodal train captioner`, `polymodal eval captions`: thin wrappers over
+polymodal.models.captioner, train.captioning and eval.captions."""
+
+from __future__ import annotations
+
+import json
+
+from polymodal.cli_options import add_run_options
+from polymodal.errors import PolymodalError
+
+# flag -> (recipe section, type), as polymodal.cli_train.recipe_settings reads them
+CAPTION_FLAGS = {
+    "epochs": ("train", int), "lr": ("train", float), "weight_decay": ("train", float),
+    "warmup_steps": ("train", int), "grad_clip": ("train", float), "seed": ("train", int),
+    "patience": ("train", int), "log_every": ("train", int),
+    "prefix_grid": ("arch", int), "lora_rank": ("arch", int), "max_caption_tokens": ("arch", int),
+    "batch_size": ("", int), "val_fraction": ("", float), "label_smoothing": ("", float), "val_images": ("", int),
+}
+
+
+def load_captioner_model(name: str):
+    import polymodal
+
+    model = polymodal.load(name)
+    if not callable(getattr(model, "caption", None)):
+        raise PolymodalError(f"model {name!r} does not write captions; use 'captioner' or a folder written by "
+                             "`polymodal train captioner` (to rank your own captions: polymodal search --texts FILE "
+                             "--image IMAGE)")
+    return model
+
+
+def _check_decoding(args) -> None:
+    if args.beam < 1 or args.max_tokens < 1:
+        raise PolymodalError(f"--beam and --max-tokens must be at least 1, got {args.beam} and {args.max_tokens}")
+
+
+def cmd_caption(args) -> int:
+    from polymodal.data.images import load_image
+
+    _check_decoding(args)
+    images = [load_image(path) for path in args.images]  # a missing or corrupt image fails before the model loads
+    model = load_captioner_model(args.model)
+    captions = model.caption(images, beam=args.beam, max_tokens=args.max_tokens)
+    for path, caption in zip(args.images, captions):
+        print(json.dumps({"image": path, "caption": caption}) if args.json else
+              (f"{path}\t{caption}" if len(args.images) > 1 else caption))
+    return 0
+
+
+def cmd_train_captioner(args) -> int:
+    from polymodal.cli_train import recipe_settings, run_recipe, with_run_settings
+    from polymodal.train.captioning import CaptionRecipe, train_captioner
+
+    settings = recipe_settings(args, ("pairs", "val_pairs", "out", "model"), CAPTION_FLAGS)
+    if args.resume:
+        settings = with_run_settings(settings, set(CaptionRecipe.__dataclass_fields__))
+    return run_recipe(args, settings, "pairs", CaptionRecipe, train_captioner)
+
+
+def cmd_eval_captions(args) -> int:
+    from polymodal.data.pairs import read_pair_source
+    from polymodal.eval.captions import evaluate_captions
+
+    _check_decoding(args)
+    pairs = read_pair_source(args.pairs)
+    model = load_captioner_model(args.model)
+    result = evaluate_captions(model, pairs, beam=args.beam, max_tokens=args.max_tokens, limit=args.limit,
+                               examples=args.examples)
+    print(json.dumps({"model": args.model, **result}))
+    return 0
+
+
+def _decoding_options(s) -> None:
+    s.add_argument("--beam", type=int, default=3, help="beam width (1 = greedy; default 3)")
+    s.add_argument("--max-tokens", type=int, default=20, help="longest caption in word pieces (default 20)")
+
+
+def add_parsers(sub, actions: dict) -> None:
+    s = sub.add_parser("caption", help="write a caption for each image")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--model", default="captioner", help="built-in name or captioner folder (default: captioner)")
+    _decoding_options(s)
+    s.add_argument("--json", action="store_true", help="one {image, caption} object per line")
+    s.set_defaults(func=cmd_caption)
+
+    s = actions["train"].add_parser("captioner", help="image captioning model on image-caption pairs")
+    s.add_argument("--pairs", nargs="+", help="JSONL/CSV file, caption folder or tar shards (several allowed)")
+    s.add_argument("--val-pairs", nargs="+", help="validation pairs (default: split off --val-fraction by image)")
+    s.add_argument("--out", help="run folder: model/, checkpoint.pt, metrics.jsonl")
+    s.add_argument("--model", help="'new' (default) or a captioner folder to continue from (e.g. to fine-tune "
+                                   "'captioner''s shipped folder on your own captions)")
+    s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
+    add_run_options(s)
+    for key, (_, typ) in CAPTION_FLAGS.items():
+        s.add_argument("--" + key.replace("_", "-"), type=typ, default=None)
+    s.set_defaults(func=cmd_train_captioner)
+
+    s = actions["eval"].add_parser("captions", help="BLEU-1..4 and CIDEr-D of generated captions against references")
+    s.add_argument("--pairs", required=True, help="image-caption pairs: every caption of a photo is a reference")
+    s.add_argument("--model", default="captioner")
+    s.add_argument("--limit", type=int, help="caption only the first N photos")
+    s.add_argument("--examples", type=int, default=5, help="photos whose captions the JSON line shows (default 5)")
+    _decoding_options(s)
+    s.set_defaults(func=cmd_eval_captions)

@@ -1,0 +1,75 @@
+"""Caption metrics: BLEU-1..4 and CIDEr-D, computed by pycocoevalcap (the COCO caption evaluation's own scorers).
+
+Captions are compared as lower-case word tokens with punctuation dropped, what the COCO evaluation's PTB tokenizer
+does before scoring (that tokenizer needs Java; the scorers themselves are plain Python). CIDEr's word weights
+come from the references of the evaluated set, as in the COCO evaluation: scores are comparable between models
+on the same set, not across sets.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from polymodal.errors import PolymodalError
+
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def caption_tokens(text: str) -> str:
+    """'A dog, running.' -> 'a dog running' (the form the scorers compare)."""
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU-1..4 and CIDEr-D of one generated caption per image against that image's reference captions."""
+    if len(references) != len(hypotheses):
+        raise PolymodalError(f"{len(hypotheses)} captions for {len(references)} sets of references; give one each")
+    if not hypotheses:
+        raise PolymodalError("no captions to score")
+    if any(not refs for refs in references):
+        raise PolymodalError("every image needs at least one reference caption")
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+    except ImportError as exc:
+        raise PolymodalError("caption metrics need pycocoevalcap: pip install 'polymodal[captions]'") from exc
+    gts = {i: [caption_tokens(r) for r in refs] for i, refs in enumerate(references)}
+    res = {i: [caption_tokens(h)] for i, h in enumerate(hypotheses)}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    cider, _ = Cider().compute_score(gts, res)
+    return {**{f"bleu{n}": float(b) for n, b in enumerate(bleu, 1)}, "cider": float(cider)}
+
+
+def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: int | None = None,
+                      examples: int = 5, batch_size: int = 16, progress: bool = True) -> dict:
+    """Caption each photo of a PairSet (every caption of a photo is a reference) and score the captions. Photos
+    that cannot be read are counted and left out."""
+    from tqdm.auto import tqdm
+
+    from polymodal.data.pairs import open_pair_image  # reads files and images inside tar shards alike
+
+    if limit is not None and limit < 1:
+        raise PolymodalError(f"--limit must be at least 1, got {limit}")
+    images = list(pairs.images[:limit] if limit else pairs.images)
+    kept, hyps, unreadable = [], [], 0
+    for start in tqdm(range(0, len(images), batch_size), desc="captioning", unit="batch", disable=not progress):
+        chunk = list(range(start, min(len(images), start + batch_size)))
+        try:
+            out = model.caption([open_pair_image(images[i]) for i in chunk], beam=beam, max_tokens=max_tokens)
+        except PolymodalError:  # one unreadable photo in the batch: caption the others one by one
+            out = []
+            for i in list(chunk):
+                try:
+                    out += model.caption([open_pair_image(images[i])], beam=beam, max_tokens=max_tokens)
+                except PolymodalError:
+                    chunk.remove(i)
+                    unreadable += 1
+        kept += chunk
+        hyps += out
+    if not kept:
+        raise PolymodalError(f"none of the {len(images)} photos could be read; check the image files")
+    refs = [pairs.captions_of(i) for i in kept]
+    return {"images": len(kept), "unreadable": unreadable, **caption_scores(refs, hyps),
+            "examples": [{"image": str(images[i]), "caption": h, "reference": r[0]}
+                         for i, h, r in list(zip(kept, hyps, refs))[:examples]]}

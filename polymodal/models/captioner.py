@@ -1,0 +1,270 @@
+"""Captioner: generates a caption for a photo with the pretrained towers (VLP/UniLM-style prefix language model).
+
+    image -> EfficientNet-Lite0 7x7 grid [49, 1280] (frozen; what the training cache stores)
+          -> prefix: the grid's mean + the grid average-pooled to prefix_grid x prefix_grid
+          -> LayerNorm + Linear to 384 (+ a learned position per prefix token) -> [1 + p*p, 384]
+    tags  -> the tower's own top-`tags` ImageNet classes for the photo ("espresso", "tabby"), as MiniLM word pieces
+          (+ a learned embedding of each class's rank): words the decoder can copy, as object tags do in Oscar
+    text  -> MiniLM's word-piece embeddings ([CLS] w1 .. wn)
+    [prefix ; tags ; text] -> MiniLM's six layers with a prefix-LM mask: prefix tokens see the prefix only; a word sees the
+          whole prefix and the words before it -> the next word: Linear+GELU+LayerNorm -> logits over MiniLM's
+          vocabulary, tied to its word-embedding matrix (plus a trained bias). [SEP] ends the caption.
+
+MiniLM stays frozen; low-rank adapters (`polymodal.models.lora`) on every Linear of its layers, their LayerNorms,
+the prefix projection and the output transform are trained: about 1.4M parameters, a few MB saved. A bidirectional
+sentence encoder becomes a left-to-right decoder through the mask and the adapters, and keeps its word knowledge.
+Captions come out lower case (MiniLM's vocabulary is uncased). Decoding is beam search with a length penalty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from polymodal.data.images import ImageTransform
+from polymodal.errors import PolymodalError
+from polymodal.models.folders import folder_type, read_folder_config, write_model_folder
+from polymodal.models.inputs import as_images, check_count
+from polymodal.models.modes import in_eval_mode
+
+IMAGE_DIM = 1280
+CLS, SEP, PAD = 101, 102, 0  # MiniLM's (BERT uncased) special word pieces
+
+
+@dataclass
+class CaptionerConfig:
+    name: str = "captioner"
+    prefix_grid: int = 3  # the 7x7 grid pooled to 3x3 (+ its mean): 10 prefix tokens
+    tags: int = 5  # the photo's top ImageNet classes given as words in the prefix (0: none)
+    tag_pieces: int = 4  # word pieces kept per class name
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    dropout: float = 0.1
+    max_caption_tokens: int = 32  # longer training captions are cut (word pieces, with [CLS] and [SEP])
+    image_size: int = 224
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CaptionerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known - {"type", "version", "transform"}
+        if unknown:
+            raise PolymodalError(f"unknown captioner config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def validate(self) -> None:
+        if not isinstance(self.tags, int) or self.tags < 0:
+            raise PolymodalError(f"tags must be an int >= 0, got {self.tags!r}")
+        for key in ("prefix_grid", "lora_rank", "max_caption_tokens", "tag_pieces"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise PolymodalError(f"{key} must be a positive int, got {getattr(self, key)!r}")
+        if self.prefix_grid > self.image_size // 32:
+            raise PolymodalError(f"prefix_grid {self.prefix_grid} is finer than the image grid ({self.image_size // 32})")
+        if self.image_size % 32 or self.image_size < 32:
+            raise PolymodalError(f"image_size must be a multiple of 32 (the tower's stride), got {self.image_size}")
+
+    @property
+    def transform(self) -> ImageTransform:
+        return ImageTransform(resize=self.image_size, crop=self.image_size, mean=(0.5, 0.5, 0.5),
+                              std=(0.5, 0.5, 0.5), resample="bicubic")
+
+
+class Captioner(nn.Module):
+    """Image grid features ``[B, 49, 1280]`` + caption word pieces ``[B, L]`` -> next-word logits ``[B, L, V]``."""
+
+    def __init__(self, config: CaptionerConfig, version: str = "untrained") -> None:
+        super().__init__()
+        from polymodal.encoders.efficientnet import EfficientNetLite0
+        from polymodal.encoders.text import SentenceEncoder, minilm_path
+        from polymodal.models.lora import add_lora
+
+        config.validate()
+        self.config, self.version, self.name = config, version, config.name
+        self.transform = config.transform
+        self.image_tower = EfficientNetLite0().requires_grad_(False)
+        text = SentenceEncoder(minilm_path(), max_length=config.max_caption_tokens)
+        self._text = [text]  # the tokenizer; not a submodule: its BERT is self.decoder
+        self.decoder = text.model.requires_grad_(False)
+        add_lora(self.decoder.encoder.layer, config.lora_rank, config.lora_alpha)
+        for name, p in self.decoder.encoder.named_parameters():
+            if "LayerNorm" in name:
+                p.requires_grad_(True)
+        d = self.decoder.config.hidden_size
+        self.prefix_proj = nn.Sequential(nn.LayerNorm(IMAGE_DIM), nn.Linear(IMAGE_DIM, d), nn.Dropout(config.dropout))
+        self.prefix_pos = nn.Parameter(0.02 * torch.randn(1 + config.prefix_grid**2, d))
+        self.prefix_norm = nn.LayerNorm(d)
+        self.tag_rank = nn.Parameter(0.02 * torch.randn(config.tags, d)) if config.tags else None
+        self._class_pieces = self._tag_vocabulary() if config.tags else None
+        self.lm_transform = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
+        self.lm_bias = nn.Parameter(torch.zeros(self.decoder.config.vocab_size))
+        self._trained = {n for n, p in self.named_parameters() if p.requires_grad}
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.image_tower.eval()  # frozen towers keep eval-mode batch norm and no dropout
+        self.decoder.embeddings.eval()
+        return self
+
+    # -- inputs ---------------------------------------------------------------------------------
+    @property
+    def image_cache_signature(self) -> str:
+        return f"lite0|grid|pixels0|{self.transform.to_dict()}"  # the fusion encoder's grid cache, shared
+
+    @torch.no_grad()
+    def image_cache_input(self, pixels: Tensor) -> Tensor:
+        """Normalised pixels ``[B, 3, S, S]`` -> the tower's grid features ``[B, g*g, 1280]``."""
+        return self.image_tower.spatial(pixels).float().flatten(2).transpose(1, 2).contiguous()
+
+    def encode_images(self, images: Any, batch_size: int = 32) -> Tensor:
+        images = as_images(images)
+        out = [self.image_cache_input(torch.from_numpy(self.transform(list(images[i : i + batch_size]))))
+               for i in range(0, len(images), batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, (self.config.image_size // 32) ** 2, IMAGE_DIM)
+
+    def tokenize(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        """Captions -> word pieces ``[B, L]`` ([CLS] ... [SEP], padded) and their mask (True = real)."""
+        batch = self._text[0].tokenize(captions)
+        return batch["input_ids"], batch["attention_mask"].bool()
+
+    def _tag_vocabulary(self) -> Tensor:
+        """``[1000, tag_pieces]`` word pieces of each ImageNet class name (padded with 0)."""
+        from polymodal.resources import imagenet_classes
+
+        ids, _ = self.tokenize(imagenet_classes())
+        pieces = torch.zeros(len(ids), self.config.tag_pieces, dtype=torch.long)
+        for row, seq in enumerate(ids.tolist()):
+            words = [t for t in seq if t not in (PAD, CLS, SEP)][: self.config.tag_pieces]
+            pieces[row, : len(words)] = torch.tensor(words, dtype=torch.long)
+        return pieces
+
+    # -- the model ------------------------------------------------------------------------------
+    def prefix(self, grid: Tensor) -> tuple[Tensor, Tensor]:
+        """Grid features ``[B, g*g, 1280]`` -> prefix tokens ``[B, P, 384]`` (photo, then its class tags) and their
+        mask ``[B, P]`` (False = a padding slot of a short class name)."""
+        grid = grid.float()
+        b, cells, f = grid.shape
+        g = int(round(cells**0.5))
+        pooled = F.adaptive_avg_pool2d(grid.transpose(1, 2).reshape(b, f, g, g), self.config.prefix_grid)
+        tokens = torch.cat([grid.mean(1, keepdim=True), pooled.flatten(2).transpose(1, 2)], 1)
+        photo = self.prefix_norm(self.prefix_proj(tokens) + self.prefix_pos)
+        real = torch.ones(b, photo.shape[1], dtype=torch.bool, device=grid.device)
+        if not self.config.tags:
+            return photo, real
+        with torch.no_grad():  # the tower's own classifier on the pooled grid, as in its forward pass
+            top = self.image_tower.net._fc(grid.mean(1)).topk(self.config.tags, dim=-1).indices  # [B, tags]
+        pieces = self._class_pieces[top]  # [B, tags, tag_pieces]
+        words = self.decoder.embeddings.word_embeddings(pieces) + self.tag_rank[None, :, None]
+        tags = self.prefix_norm(words).reshape(b, -1, photo.shape[-1])
+        return torch.cat([photo, tags], 1), torch.cat([real, (pieces != PAD).reshape(b, -1)], 1)
+
+    def hidden(self, prefix: tuple[Tensor, Tensor], ids: Tensor, mask: Tensor) -> Tensor:
+        """Prefix (tokens ``[B, P, D]``, mask ``[B, P]``) + word pieces ``[B, L]`` (mask True = real) -> the words'
+        states ``[B, L, D]``."""
+        prefix, prefix_mask = prefix
+        n, length = prefix.shape[1], ids.shape[1]
+        x = torch.cat([prefix, self.decoder.embeddings(ids, None)], 1)
+        sees = torch.zeros(n + length, n + length, dtype=torch.bool, device=ids.device)
+        sees[:, :n] = True  # everyone sees the image; the image sees only itself
+        sees[n:, n:] = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
+        real = torch.cat([prefix_mask, mask.bool()], 1)
+        keep = sees[None, None] & real[:, None, None, :]
+        keep = keep | torch.eye(n + length, dtype=torch.bool, device=ids.device)  # a padding row sees itself
+        for layer in self.decoder.encoder.layer:
+            x = layer(x, keep)
+        return x[:, n:]
+
+    def logits(self, states: Tensor) -> Tensor:
+        return self.lm_transform(states) @ self.decoder.embeddings.word_embeddings.weight.t() + self.lm_bias
+
+    def loss(self, grid: Tensor, ids: Tensor, mask: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        """Mean next-word cross-entropy of the captions ``ids`` ``[B, L]`` given their photos' grids ``[B, 49, 1280]``."""
+        states = self.hidden(self.prefix(grid), ids[:, :-1], mask[:, :-1])
+        targets = ids[:, 1:].masked_fill(~mask[:, 1:].bool(), -100)
+        logits = self.logits(states)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100,
+                               label_smoothing=label_smoothing)
+
+    # -- decoding -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, grid: Tensor, beam: int = 3, max_tokens: int = 20, length_penalty: float = 1.0) -> list[list[int]]:
+        """Beam search: the word pieces of the best caption per image (without [CLS]/[SEP]). Finished beams are
+        ranked by log-probability / length**length_penalty."""
+        b, k = grid.shape[0], beam
+        prefix = tuple(t.repeat_interleave(k, 0) for t in self.prefix(grid))  # [B*k, P, D], [B*k, P]
+        ids = torch.full((b * k, 1), CLS, dtype=torch.long)
+        score = torch.full((b, k), float("-inf"))
+        score[:, 0] = 0.0  # one live beam per image at the start
+        done = torch.zeros(b * k, dtype=torch.bool)
+        for _ in range(max_tokens):
+            logp = F.log_softmax(self.logits(self.hidden(prefix, ids, torch.ones_like(ids, dtype=torch.bool))[:, -1]).float(), -1)
+            logp[:, PAD] = float("-inf")
+            logp[:, CLS] = float("-inf")
+            logp[done] = float("-inf")
+            logp[done, PAD] = 0.0  # a finished beam continues with padding at no cost
+            vocab = logp.shape[-1]
+            cand = (score.reshape(-1, 1) + logp).reshape(b, k * vocab)
+            score, flat = cand.topk(k, dim=1)
+            origin = (flat // vocab) + torch.arange(b)[:, None] * k
+            token = (flat % vocab).reshape(-1)
+            origin = origin.reshape(-1)
+            ids = torch.cat([ids[origin], token[:, None]], 1)
+            done = done[origin] | (token == SEP) | (token == PAD)
+            if bool(done.all()):
+                break
+        lengths = ((ids != PAD) & (ids != CLS)).sum(1).clamp(min=1).float().reshape(b, k)
+        best = (score / lengths**length_penalty).argmax(1)
+        chosen = ids.reshape(b, k, -1)[torch.arange(b), best]
+        return [[t for t in row.tolist() if t not in (PAD, CLS, SEP)] for row in chosen]
+
+    @in_eval_mode
+    def caption(self, images: Any, beam: int = 3, max_tokens: int = 20, batch_size: int = 16) -> list[str]:
+        """An image or images (paths, PIL images, arrays) -> one caption each."""
+        beam = check_count(beam, "beam")
+        max_tokens = check_count(max_tokens, "max_tokens")
+        images = as_images(images)
+        out: list[str] = []
+        for i in range(0, len(images), batch_size):
+            grid = self.encode_images(images[i : i + batch_size], batch_size)
+            out += [self.decode(ids) for ids in self.generate(grid, beam=beam, max_tokens=max_tokens)]
+        return out
+
+    def decode(self, pieces: list[int]) -> str:
+        """Word pieces (as `generate` returns them) -> text."""
+        return self._text[0].tokenizer.decode(pieces)
+
+    # -- saving ---------------------------------------------------------------------------------
+    def trained_state(self) -> dict[str, Tensor]:
+        """The adapters, prefix and output layers (the frozen towers are not saved)."""
+        return {k: v.detach().contiguous() for k, v in self.named_parameters() if k in self._trained}
+
+    def save(self, folder: str | Path) -> Path:
+        from safetensors.torch import save as save_bytes
+
+        folder = Path(folder)
+        data = save_bytes(self.trained_state())
+        self.version = hashlib.sha256(data).hexdigest()[:12]
+        config = {"type": "captioner", "version": self.version, **asdict(self.config),
+                  "transform": self.transform.to_dict()}
+        return write_model_folder(folder, data, config)
+
+
+def is_captioner_folder(path: str | Path) -> bool:
+    return folder_type(path) == "captioner"
+
+
+def load_captioner(folder: str | Path) -> Captioner:
+    folder = Path(folder)
+    raw = read_folder_config(folder, "`polymodal train captioner`")
+    model = Captioner(CaptionerConfig.from_dict(raw), version=str(raw.get("version", "unknown")))
+    from polymodal.models.dual_encoder import load_trained_weights
+
+    return load_trained_weights(model, folder)

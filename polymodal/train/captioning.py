@@ -1,0 +1,204 @@
+"""`polymodal train captioner`: fit a Captioner on image-caption pairs (the formats `train contrastive` reads).
+
+The image tower runs once: each photo's 7x7 grid is cached on disk (shared with the fusion encoder's cache), so an
+epoch is the adapted MiniLM over [prefix ; caption] only. After each epoch the validation photos (a split by image
+when no val_pairs is given) are captioned greedily and scored: CIDEr-D drives early stopping when pycocoevalcap is
+installed (the `captions` extra), the validation loss otherwise. Training can continue from the built-in
+`captioner` or an earlier run's folder (`model`), to fit it to your own captions. The best model is saved to RUN/model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from polymodal.data.pairs import PairSet, read_pair_sources, split_by_image
+from polymodal.errors import PolymodalError
+from polymodal.models.captioner import Captioner, CaptionerConfig, is_captioner_folder
+from polymodal.models.inputs import as_paths, as_settings
+from polymodal.train.features import image_features, readable_pairs, readable_rows
+from polymodal.train.guards import AT_LEAST_1, FRACTION, check_ranges, check_run_folder, check_types, prepare_run_folder
+from polymodal.train.objectives import Objective
+from polymodal.train.run_settings import absolute_paths, check_same_run, write_train_config
+from polymodal.train.trainer import TrainConfig, Trainer, set_seed
+
+log = logging.getLogger(__name__)
+
+CAPTION_TRAIN_DEFAULTS = {"early_stop_metric": "val/cider", "epochs": 5, "lr": 5e-4, "weight_decay": 0.01,
+                          "warmup_steps": 100, "patience": 2}
+
+
+@dataclass
+class CaptionRecipe:
+    pairs: list[str]
+    out: str
+    val_pairs: list[str] = field(default_factory=list)
+    val_fraction: float = 0.1  # without val_pairs: this fraction of the photos (with all their captions) validates
+    model: str = "new"  # "new" (fresh adapters over the towers) or a captioner folder to continue from
+    arch: CaptionerConfig = field(default_factory=CaptionerConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(**CAPTION_TRAIN_DEFAULTS))
+    batch_size: int = 32  # captions per step
+    label_smoothing: float = 0.1
+    val_images: int = 200  # photos captioned after each epoch for the validation scores (greedy decoding)
+
+    def __post_init__(self) -> None:
+        self.pairs, self.val_pairs = as_paths(self.pairs), as_paths(self.val_pairs)
+        self.arch = as_settings(self.arch, CaptionerConfig, "arch")
+        self.train = as_settings(self.train, TrainConfig, "train", CAPTION_TRAIN_DEFAULTS)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CaptionRecipe":
+        d = dict(d)
+        arch = d.pop("arch", {})
+        train_keys = set(TrainConfig.__dataclass_fields__)
+        train = {**CAPTION_TRAIN_DEFAULTS, **d.pop("train", {}), **{k: d.pop(k) for k in list(d) if k in train_keys}}
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise PolymodalError(f"unknown captioner training settings {sorted(unknown)}")
+        return cls(arch=CaptionerConfig.from_dict(arch) if isinstance(arch, dict) else arch,
+                   train=TrainConfig.from_dict(train), **d)
+
+    def validate(self) -> None:
+        check_types(self)
+        check_ranges(self, {"batch_size": AT_LEAST_1, "val_images": AT_LEAST_1, "label_smoothing": FRACTION,
+                            "val_fraction": FRACTION})
+        self.arch.validate()
+        self.train.validate()
+
+
+class CaptionObjective(Objective):
+    """Next-word cross-entropy of a batch (grids [B, 49, 1280], word pieces [B, L], mask [B, L])."""
+
+    name = "caption"
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing
+
+    def compute(self, model, batch) -> tuple[torch.Tensor, dict]:
+        grid, ids, mask = batch
+        loss = model.loss(grid, ids, mask, self.label_smoothing)
+        return loss, {"caption_loss": float(loss.detach())}
+
+
+class _Captions(torch.utils.data.Dataset):
+    """One item per caption: (its photo's cached grid, the caption)."""
+
+    def __init__(self, grids: np.ndarray, pairs: PairSet) -> None:
+        self.grids, self.pairs = grids, pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        return self.grids[self.pairs.caption_image[i]], self.pairs.pairs[i].caption
+
+
+def _collate(model: Captioner):
+    def collate(items):
+        ids, mask = model.tokenize([c for _, c in items])
+        return torch.from_numpy(np.stack([g for g, _ in items]).astype(np.float32)), ids, mask
+
+    return collate
+
+
+def _readable(model: Captioner, pairs: PairSet, progress: bool) -> tuple[PairSet, np.ndarray]:
+    """The pairs whose photo reads, and the grids of those photos (cached)."""
+    feats = image_features(model, pairs.images, progress=progress, skip_unreadable=True)
+    rows = readable_rows(feats)
+    if len(rows) == len(pairs.images):
+        return pairs, feats[0]
+    return readable_pairs(pairs, rows), feats[0][rows]
+
+
+def caption_eval(model: Captioner, pairs: PairSet, grids: np.ndarray, limit: int, batch_size: int = 32) -> dict:
+    """Validation loss over every caption, and (with pycocoevalcap) BLEU-4 / CIDEr of greedy captions for the first
+    `limit` photos."""
+    collate, total, n = _collate(model), 0.0, 0
+    data = _Captions(grids, pairs)
+    for start in range(0, len(data), batch_size):
+        grid, ids, mask = collate([data[i] for i in range(start, min(len(data), start + batch_size))])
+        total += float(model.loss(grid, ids, mask)) * len(ids)
+        n += len(ids)
+    out = {"val/loss": total / max(1, n), "val/neg_loss": -total / max(1, n)}  # neg_loss: higher is better
+    if not has_caption_metrics():
+        return out
+    from polymodal.eval.captions import caption_scores
+
+    shown = range(min(limit, len(pairs.images)))
+    hyps = []
+    for start in range(0, len(shown), batch_size):
+        chunk = torch.from_numpy(np.asarray(grids[start : start + batch_size][: len(shown) - start], np.float32))
+        hyps += [model.decode(t) for t in model.generate(chunk, beam=1)]
+    scores = caption_scores([pairs.captions_of(i) for i in shown], hyps)
+    return out | {"val/bleu4": scores["bleu4"], "val/cider": scores["cider"]}
+
+
+def has_caption_metrics() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pycocoevalcap") is not None
+
+
+def build_captioner(recipe: CaptionRecipe) -> Captioner:
+    """A new captioner, or one to continue from: the built-in name or a folder written by `train captioner`."""
+    if recipe.model in ("new", "", None):
+        return Captioner(recipe.arch)
+    import polymodal
+    from polymodal.registry import MODELS, captions
+
+    if not (is_captioner_folder(recipe.model) or (recipe.model in MODELS and recipe.model != "lite")):
+        raise PolymodalError(f"--model {recipe.model}: pass 'new', 'captioner' or a folder written by "
+                             "`polymodal train captioner`")
+    model = polymodal.load(recipe.model)
+    if not captions(model):
+        raise PolymodalError(f"--model {recipe.model} does not write captions; pass 'new', 'captioner' or a folder "
+                             "written by `polymodal train captioner`")
+    return model.train()
+
+
+def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
+    """Train (or continue training) a captioner; returns the best validation record plus timings."""
+    t_start = time.perf_counter()
+    recipe.validate()
+    check_run_folder(recipe.out, resume, overwrite)
+    if recipe.train.early_stop_metric == "val/cider" and not has_caption_metrics():
+        log.warning("pycocoevalcap is not installed (pip install 'polymodal[captions]'): the validation loss, not "
+                    "CIDEr-D, chooses the epoch to keep")
+        recipe.train.early_stop_metric = "val/neg_loss"
+    set_seed(recipe.train.seed)
+    pairs = read_pair_sources(recipe.pairs)
+    if recipe.val_pairs:
+        val = read_pair_sources(recipe.val_pairs)
+    elif recipe.val_fraction > 0:
+        pairs, val = split_by_image(pairs, recipe.val_fraction, recipe.train.seed)
+    else:
+        val = None
+    model = build_captioner(recipe)
+    if resume:
+        check_same_run(Path(recipe.out), recipe.arch, recipe.train)
+    pairs, grids = _readable(model, pairs, progress)
+    loader = DataLoader(_Captions(grids, pairs), batch_size=recipe.batch_size, shuffle=True, collate_fn=_collate(model))
+    eval_fn = None
+    if val is not None and len(val):
+        val, val_grids = _readable(model, val, progress)
+        eval_fn = lambda m: caption_eval(m, val, val_grids, recipe.val_images)  # noqa: E731
+    log.info("train: %d captions of %d photos; val: %d photos", len(pairs), len(pairs.images),
+             len(val.images) if val is not None else 0)
+    t_cached = time.perf_counter()
+    trainer = Trainer(model, {"caption": (CaptionObjective(recipe.label_smoothing), 1.0, loader)}, recipe.train,
+                      recipe.out, eval_fn, progress)
+    out = prepare_run_folder(recipe.out, overwrite)
+    settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("model",)) | {
+        "train_captions": len(pairs), "train_images": len(pairs.images)}
+    best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"),
+                       on_start=lambda: write_train_config(out, settings))
+    if eval_fn is None:
+        model.save(out / "model")
+    return {**best, "cache_seconds": t_cached - t_start, "train_seconds": time.perf_counter() - t_cached,
+            "epochs_run": trainer.epoch}

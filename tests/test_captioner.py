@@ -1,0 +1,192 @@
+"""The captioner: prefix-LM masking, LoRA adapters, decoding, saving, training, metrics and the CLI."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from polymodal.cli import main
+from polymodal.errors import PolymodalError
+from polymodal.eval.captions import caption_scores, caption_tokens
+from polymodal.models.captioner import Captioner, CaptionerConfig, load_captioner
+from polymodal.models.lora import LoRALinear
+
+CAPTIONS = {"red": "a red square on a white wall", "blue": "two blue circles in the grass"}
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    torch.manual_seed(0)
+    return Captioner(CaptionerConfig()).eval()
+
+
+def _photo(colour: str) -> Image.Image:
+    img = Image.new("RGB", (96, 96), "white")
+    if colour == "red":
+        img.paste((220, 20, 20), (20, 20, 76, 76))
+    else:
+        for x in (10, 55):
+            img.paste((20, 40, 220), (x, 30, x + 30, 60))
+    return img
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A captioner overfit to two synthetic photos, each with its own caption."""
+    torch.manual_seed(0)
+    model = Captioner(CaptionerConfig(dropout=0.0))
+    grids = model.encode_images([_photo("red"), _photo("blue")])
+    ids, mask = model.tokenize([CAPTIONS["red"], CAPTIONS["blue"]])
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-3)
+    model.train()
+    for _ in range(60):
+        opt.zero_grad()
+        model.loss(grids, ids, mask).backward()
+        opt.step()
+    return model.eval()
+
+
+def test_words_see_the_photo_and_earlier_words_only(fresh):
+    grid = torch.randn(2, 49, 1280)
+    ids, mask = fresh.tokenize(["a dog runs on the beach", "a dog runs on the grass"])
+    with torch.no_grad():
+        states = fresh.hidden(fresh.prefix(grid[:1].expand(2, -1, -1)), ids, mask)
+        other_photo = fresh.hidden(fresh.prefix(grid[1:].expand(2, -1, -1)), ids, mask)
+    differs = (states[0] - states[1]).abs().amax(-1)
+    first_diff = int(torch.nonzero(ids[0] != ids[1])[0])
+    assert differs[:first_diff].max() < 1e-5  # a later word never changes an earlier word's state
+    assert differs[first_diff] > 1e-3
+    assert (states - other_photo).abs().amax() > 1e-3  # the photo reaches every word
+
+
+def test_padding_does_not_change_the_words(fresh):
+    grid = torch.randn(1, 49, 1280)
+    ids, mask = fresh.tokenize(["a dog", "a much longer caption about a dog on a beach"])
+    with torch.no_grad():
+        padded = fresh.hidden(fresh.prefix(grid.expand(2, -1, -1)), ids, mask)[0, : int(mask[0].sum())]
+        alone_ids, alone_mask = fresh.tokenize(["a dog"])
+        alone = fresh.hidden(fresh.prefix(grid), alone_ids, alone_mask)[0]
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_starts_as_the_pretrained_layer_and_only_adapters_train(fresh):
+    base = torch.nn.Linear(8, 4)
+    adapted = LoRALinear(base, rank=2, alpha=4.0)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(adapted(x), base(x))
+    with torch.no_grad():
+        adapted.lora_b.fill_(0.1)
+    assert (adapted(x) - base(x)).abs().max() > 1e-3
+    assert not base.weight.requires_grad
+    trained = fresh.trained_state()
+    assert not any(k.startswith("image_tower.") or k.endswith("base.weight") or "word_embeddings" in k for k in trained)
+    assert any("lora_a" in k for k in trained) and "lm_bias" in trained
+    assert sum(v.numel() for v in trained.values()) < 3_000_000  # a few MB saved, not MiniLM's 22M
+
+
+def test_an_overfit_captioner_writes_each_photos_caption(fitted):
+    assert fitted.caption([_photo("red"), _photo("blue")], beam=1) == [CAPTIONS["red"], CAPTIONS["blue"]]
+    assert fitted.caption(_photo("blue"), beam=3) == [CAPTIONS["blue"]]
+
+
+def _logprob(model, grid, pieces):
+    ids = torch.tensor([[101, *pieces, 102]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model.logits(model.hidden(model.prefix(grid), ids[:, :-1], torch.ones_like(ids[:, :-1],
+                                                                                                           dtype=torch.bool))), -1)
+    return float(logp[0, torch.arange(ids.shape[1] - 1), ids[0, 1:]].sum())
+
+
+def test_beam_search_finds_a_caption_at_least_as_likely_as_greedy(fresh):
+    grid = torch.randn(3, 49, 1280)
+    greedy = fresh.generate(grid, beam=1, max_tokens=6, length_penalty=0.0)
+    beam = fresh.generate(grid, beam=4, max_tokens=6, length_penalty=0.0)
+    for i in range(3):
+        if len(greedy[i]) < 6 and len(beam[i]) < 6:  # both ended with [SEP]: compare whole captions
+            assert _logprob(fresh, grid[i : i + 1], beam[i]) >= _logprob(fresh, grid[i : i + 1], greedy[i]) - 1e-4
+
+
+def test_saved_captioner_loads_and_writes_the_same_captions(fitted, tmp_path):
+    import polymodal
+
+    fitted.save(tmp_path / "cap")
+    config = json.loads((tmp_path / "cap" / "config.json").read_text())
+    assert config["type"] == "captioner" and config["version"] == fitted.version
+    again = polymodal.load(str(tmp_path / "cap"))
+    assert isinstance(again, Captioner)
+    assert again.caption([_photo("red"), _photo("blue")], beam=1) == [CAPTIONS["red"], CAPTIONS["blue"]]
+    (tmp_path / "cap" / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(PolymodalError, match="incomplete"):
+        load_captioner(tmp_path / "cap")
+
+
+def test_caption_scores_rank_right_captions_above_wrong_ones():
+    refs = [["a dog runs on the grass", "a brown dog running in a field"], ["a man rides a bike", "a cyclist on a road"],
+            ["two children play in the snow", "kids playing in snow"]]
+    right = caption_scores(refs, ["a dog running on grass", "a man riding a bike on a road", "children play in snow"])
+    wrong = caption_scores(refs, ["a man riding a bike on a road", "children play in snow", "a dog running on grass"])
+    assert right["cider"] > wrong["cider"] + 0.5 and right["bleu1"] > wrong["bleu1"]
+    assert caption_scores([["A dog, running."]], ["a dog running"])["bleu1"] == pytest.approx(1.0)
+    assert caption_tokens("A dog's ball, red!") == "a dog's ball red"
+    with pytest.raises(PolymodalError, match="one each"):
+        caption_scores(refs, ["a dog"])
+
+
+def _pairs(tmp_path, n=4):
+    rows = []
+    for i in range(n):
+        colour = "red" if i % 2 == 0 else "blue"
+        _photo(colour).save(tmp_path / f"p{i}.png")
+        rows += [{"image": f"p{i}.png", "caption": CAPTIONS[colour]}, {"image": f"p{i}.png", "caption": f"photo {colour}"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_cli_trains_captions_and_evaluates(tmp_path, capsys):
+    pairs = _pairs(tmp_path)
+    assert main(["train", "captioner", "--pairs", str(pairs), "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--batch-size", "4", "--val-fraction", "0.25", "--quiet"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model = tmp_path / "run" / "model"
+    assert line["model"] == str(model) and "val/loss" in line["best"] and "val/cider" in line["best"]
+    assert main(["caption", str(tmp_path / "p0.png"), str(tmp_path / "p1.png"), "--model", str(model), "--json",
+                 "--beam", "2"]) == 0
+    out = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [o["image"] for o in out] == [str(tmp_path / "p0.png"), str(tmp_path / "p1.png")]
+    assert all(isinstance(o["caption"], str) for o in out)
+    assert main(["eval", "captions", "--pairs", str(pairs), "--model", str(model), "--beam", "1", "--examples", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 4 and 0.0 <= result["bleu4"] <= 1.0 and len(result["examples"]) == 1
+
+
+def test_cli_mistakes_are_one_line(tmp_path, capsys):
+    _photo("red").save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert main(["caption", str(tmp_path / "bad.png")]) == 2
+    assert main(["caption", str(tmp_path / "ok.png"), "--model", "lite"]) == 2
+    assert "does not write captions" in capsys.readouterr().err
+    assert main(["caption", str(tmp_path / "ok.png"), "--beam", "0"]) == 2
+    assert main(["train", "captioner", "--pairs", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists()
+
+
+def test_without_pycocoevalcap_the_validation_loss_chooses_the_epoch(tmp_path, monkeypatch, caplog):
+    from polymodal.train import captioning
+
+    monkeypatch.setattr(captioning, "has_caption_metrics", lambda: False)
+    recipe = captioning.CaptionRecipe(pairs=[str(_pairs(tmp_path))], out=str(tmp_path / "run"), val_fraction=0.25,
+                                      batch_size=4, train={"epochs": 1})
+    result = captioning.train_captioner(recipe, progress=False)
+    assert "val/cider" not in result and result["val/neg_loss"] == pytest.approx(-result["val/loss"])
+    assert "pycocoevalcap is not installed" in caplog.text
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+def test_training_continues_only_from_a_captioner(tmp_path, capsys):
+    pairs = _pairs(tmp_path)
+    for model in ("lite", str(tmp_path)):
+        assert main(["train", "captioner", "--pairs", str(pairs), "--out", str(tmp_path / "r"), "--model", model]) == 2
+        assert "pass 'new', 'captioner' or a folder" in capsys.readouterr().err
