@@ -3,10 +3,8 @@
     image -> EfficientNet-Lite0 7x7 grid [49, 1280] (frozen; what the training cache stores)
           -> prefix: the grid's mean + the grid average-pooled to prefix_grid x prefix_grid
           -> LayerNorm + Linear to 384 (+ a learned position per prefix token) -> [1 + p*p, 384]
-    tags  -> the tower's own top-`tags` ImageNet classes for the photo ("espresso", "tabby"), as MiniLM word pieces
-          (+ a learned embedding of each class's rank): words the decoder can copy, as object tags do in Oscar
     text  -> MiniLM's word-piece embeddings ([CLS] w1 .. wn)
-    [prefix ; tags ; text] -> MiniLM's six layers with a prefix-LM mask: prefix tokens see the prefix only; a word sees the
+    [prefix ; text] -> MiniLM's six layers with a prefix-LM mask: prefix tokens see the prefix only; a word sees the
           whole prefix and the words before it -> the next word: Linear+GELU+LayerNorm -> logits over MiniLM's
           vocabulary, tied to its word-embedding matrix (plus a trained bias). [SEP] ends the caption.
 
@@ -41,8 +39,6 @@ CLS, SEP, PAD = 101, 102, 0  # MiniLM's (BERT uncased) special word pieces
 class CaptionerConfig:
     name: str = "captioner"
     prefix_grid: int = 3  # the 7x7 grid pooled to 3x3 (+ its mean): 10 prefix tokens
-    tags: int = 5  # the photo's top ImageNet classes given as words in the prefix (0: none)
-    tag_pieces: int = 4  # word pieces kept per class name
     lora_rank: int = 16
     lora_alpha: float = 32.0
     dropout: float = 0.1
@@ -58,9 +54,7 @@ class CaptionerConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def validate(self) -> None:
-        if not isinstance(self.tags, int) or self.tags < 0:
-            raise PolymodalError(f"tags must be an int >= 0, got {self.tags!r}")
-        for key in ("prefix_grid", "lora_rank", "max_caption_tokens", "tag_pieces"):
+        for key in ("prefix_grid", "lora_rank", "max_caption_tokens"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise PolymodalError(f"{key} must be a positive int, got {getattr(self, key)!r}")
         if self.prefix_grid > self.image_size // 32:
@@ -98,8 +92,6 @@ class Captioner(nn.Module):
         self.prefix_proj = nn.Sequential(nn.LayerNorm(IMAGE_DIM), nn.Linear(IMAGE_DIM, d), nn.Dropout(config.dropout))
         self.prefix_pos = nn.Parameter(0.02 * torch.randn(1 + config.prefix_grid**2, d))
         self.prefix_norm = nn.LayerNorm(d)
-        self.tag_rank = nn.Parameter(0.02 * torch.randn(config.tags, d)) if config.tags else None
-        self._class_pieces = self._tag_vocabulary() if config.tags else None
         self.lm_transform = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         self.lm_bias = nn.Parameter(torch.zeros(self.decoder.config.vocab_size))
         self._trained = {n for n, p in self.named_parameters() if p.requires_grad}
@@ -135,47 +127,24 @@ class Captioner(nn.Module):
         batch = self._text[0].tokenize(captions)
         return batch["input_ids"], batch["attention_mask"].bool()
 
-    def _tag_vocabulary(self) -> Tensor:
-        """``[1000, tag_pieces]`` word pieces of each ImageNet class name (padded with 0)."""
-        from polymodal.resources import imagenet_classes
-
-        ids, _ = self.tokenize(imagenet_classes())
-        pieces = torch.zeros(len(ids), self.config.tag_pieces, dtype=torch.long)
-        for row, seq in enumerate(ids.tolist()):
-            words = [t for t in seq if t not in (PAD, CLS, SEP)][: self.config.tag_pieces]
-            pieces[row, : len(words)] = torch.tensor(words, dtype=torch.long)
-        return pieces
-
     # -- the model ------------------------------------------------------------------------------
-    def prefix(self, grid: Tensor) -> tuple[Tensor, Tensor]:
-        """Grid features ``[B, g*g, 1280]`` -> prefix tokens ``[B, P, 384]`` (photo, then its class tags) and their
-        mask ``[B, P]`` (False = a padding slot of a short class name)."""
+    def prefix(self, grid: Tensor) -> Tensor:
+        """Grid features ``[B, g*g, 1280]`` -> prefix tokens ``[B, 1 + p*p, 384]``."""
         grid = grid.float()
         b, cells, f = grid.shape
         g = int(round(cells**0.5))
         pooled = F.adaptive_avg_pool2d(grid.transpose(1, 2).reshape(b, f, g, g), self.config.prefix_grid)
         tokens = torch.cat([grid.mean(1, keepdim=True), pooled.flatten(2).transpose(1, 2)], 1)
-        photo = self.prefix_norm(self.prefix_proj(tokens) + self.prefix_pos)
-        real = torch.ones(b, photo.shape[1], dtype=torch.bool, device=grid.device)
-        if not self.config.tags:
-            return photo, real
-        with torch.no_grad():  # the tower's own classifier on the pooled grid, as in its forward pass
-            top = self.image_tower.net._fc(grid.mean(1)).topk(self.config.tags, dim=-1).indices  # [B, tags]
-        pieces = self._class_pieces[top]  # [B, tags, tag_pieces]
-        words = self.decoder.embeddings.word_embeddings(pieces) + self.tag_rank[None, :, None]
-        tags = self.prefix_norm(words).reshape(b, -1, photo.shape[-1])
-        return torch.cat([photo, tags], 1), torch.cat([real, (pieces != PAD).reshape(b, -1)], 1)
+        return self.prefix_norm(self.prefix_proj(tokens) + self.prefix_pos)
 
-    def hidden(self, prefix: tuple[Tensor, Tensor], ids: Tensor, mask: Tensor) -> Tensor:
-        """Prefix (tokens ``[B, P, D]``, mask ``[B, P]``) + word pieces ``[B, L]`` (mask True = real) -> the words'
-        states ``[B, L, D]``."""
-        prefix, prefix_mask = prefix
+    def hidden(self, prefix: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+        """Prefix ``[B, P, D]`` + word pieces ``[B, L]`` (mask True = real) -> the words' states ``[B, L, D]``."""
         n, length = prefix.shape[1], ids.shape[1]
         x = torch.cat([prefix, self.decoder.embeddings(ids, None)], 1)
         sees = torch.zeros(n + length, n + length, dtype=torch.bool, device=ids.device)
         sees[:, :n] = True  # everyone sees the image; the image sees only itself
         sees[n:, n:] = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
-        real = torch.cat([prefix_mask, mask.bool()], 1)
+        real = torch.cat([mask.new_ones(ids.shape[0], n), mask.bool()], 1)
         keep = sees[None, None] & real[:, None, None, :]
         keep = keep | torch.eye(n + length, dtype=torch.bool, device=ids.device)  # a padding row sees itself
         for layer in self.decoder.encoder.layer:
@@ -199,7 +168,7 @@ class Captioner(nn.Module):
         """Beam search: the word pieces of the best caption per image (without [CLS]/[SEP]). Finished beams are
         ranked by log-probability / length**length_penalty."""
         b, k = grid.shape[0], beam
-        prefix = tuple(t.repeat_interleave(k, 0) for t in self.prefix(grid))  # [B*k, P, D], [B*k, P]
+        prefix = self.prefix(grid).repeat_interleave(k, 0)  # [B*k, P, D]
         ids = torch.full((b * k, 1), CLS, dtype=torch.long)
         score = torch.full((b, k), float("-inf"))
         score[:, 0] = 0.0  # one live beam per image at the start
