@@ -108,6 +108,21 @@ def test_beam_search_finds_a_caption_at_least_as_likely_as_greedy(fresh):
             assert _logprob(fresh, grid[i : i + 1], beam[i]) >= _logprob(fresh, grid[i : i + 1], greedy[i]) - 1e-4
 
 
+def test_cached_decoding_matches_running_the_whole_sequence(fresh):
+    """generate() keeps keys and values between steps; use_cache=False reruns [prefix ; words] every step."""
+    grid = torch.randn(3, 49, 1280)
+    ids = torch.full((3, 1), 101)
+    with torch.no_grad():  # greedy by hand from the full sequence: the reference for both
+        for _ in range(5):
+            logits = fresh.logits(fresh.hidden(fresh.prefix(grid), ids, torch.ones_like(ids, dtype=torch.bool))[:, -1])
+            logits[:, [0, 101]] = float("-inf")
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
+    by_hand = [[t for t in row if t != 102][:5] for row in ids[:, 1:].tolist()]
+    cached = fresh.generate(grid, beam=1, max_tokens=5)
+    assert [row[: len(c)] for row, c in zip(by_hand, cached)] == cached and sum(map(len, cached)) > 5
+    assert fresh.generate(grid, beam=3, max_tokens=8) == fresh.generate(grid, beam=3, max_tokens=8, use_cache=False)
+
+
 def test_saved_captioner_loads_and_writes_the_same_captions(fitted, tmp_path):
     import polymodal
 
