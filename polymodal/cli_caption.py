@@ -20,13 +20,9 @@ CAPTION_FLAGS = {
 
 def load_captioner_model(name: str):
     import polymodal
+    from polymodal.registry import require_captioner
 
-    model = polymodal.load(name)
-    if not callable(getattr(model, "caption", None)):
-        raise PolymodalError(f"model {name!r} does not write captions; use 'captioner' or a folder written by "
-                             "`polymodal train captioner` (to rank your own captions: polymodal search --texts FILE "
-                             "--image IMAGE)")
-    return model
+    return require_captioner(polymodal.load(name), name)
 
 
 def _check_decoding(args) -> None:
@@ -48,13 +44,10 @@ def cmd_caption(args) -> int:
 
 
 def cmd_train_captioner(args) -> int:
-    from polymodal.cli_train import recipe_settings, run_recipe, with_run_settings
+    from polymodal.cli_train import run_pairs_recipe
     from polymodal.train.captioning import CaptionRecipe, train_captioner
 
-    settings = recipe_settings(args, ("pairs", "val_pairs", "out", "model"), CAPTION_FLAGS)
-    if args.resume:
-        settings = with_run_settings(settings, set(CaptionRecipe.__dataclass_fields__))
-    return run_recipe(args, settings, "pairs", CaptionRecipe, train_captioner)
+    return run_pairs_recipe(args, CAPTION_FLAGS, CaptionRecipe, train_captioner)
 
 
 def cmd_eval_captions(args) -> int:

@@ -19,13 +19,10 @@ PRETRAIN_FLAGS = {
 
 
 def cmd_train_pretrain(args) -> int:
-    from polymodal.cli_train import recipe_settings, run_recipe, with_run_settings
+    from polymodal.cli_train import run_pairs_recipe
     from polymodal.train.pretrain import PretrainRecipe, train_pretrain
 
-    settings = recipe_settings(args, ("pairs", "val_pairs", "out", "model"), PRETRAIN_FLAGS)
-    if args.resume:
-        settings = with_run_settings(settings, set(PretrainRecipe.__dataclass_fields__))
-    return run_recipe(args, settings, "pairs", PretrainRecipe, train_pretrain)
+    return run_pairs_recipe(args, PRETRAIN_FLAGS, PretrainRecipe, train_pretrain)
 
 
 def add_parsers(sub, actions: dict) -> None:

@@ -100,13 +100,19 @@ def run_recipe(args, settings: dict, data: str, recipe_cls, train) -> int:
     return 0
 
 
+def run_pairs_recipe(args, flags: dict, recipe_cls, train) -> int:
+    """A `train` task on image-caption pairs (contrastive, pretrain, captioner): --config and flags, the run's own
+    settings on --resume, then run_recipe."""
+    settings = recipe_settings(args, ("pairs", "val_pairs", "out", "model"), flags)
+    if args.resume:
+        settings = with_run_settings(settings, set(recipe_cls.__dataclass_fields__))
+    return run_recipe(args, settings, "pairs", recipe_cls, train)
+
+
 def cmd_train_contrastive(args) -> int:
     from polymodal.train.contrastive import ContrastiveRecipe, train_contrastive
 
-    settings = recipe_settings(args, ("pairs", "val_pairs", "out", "model"), TRAIN_FLAGS)
-    if args.resume:
-        settings = with_run_settings(settings, set(ContrastiveRecipe.__dataclass_fields__))
-    return run_recipe(args, settings, "pairs", ContrastiveRecipe, train_contrastive)
+    return run_pairs_recipe(args, TRAIN_FLAGS, ContrastiveRecipe, train_contrastive)
 
 
 def with_run_settings(settings: dict, known: set) -> dict:

@@ -110,6 +110,13 @@ def require_embedding(model, name=None):
                     "an embedding model such as 'lite' or 'default'")
 
 
+def require_captioner(model, name=None):
+    """The model, or one PolymodalError when it cannot write captions (CLI, serve and train captioner share it)."""
+    return _require(model, name, captions(model), "does not write captions", "",
+                    "'captioner' or a folder written by `polymodal train captioner` (to rank your own captions "
+                    "instead: polymodal search --texts FILE --image IMAGE)")
+
+
 def require_vqa(model, name=None):
     """The model, or one PolymodalError when it cannot answer questions (the converse of require_embedding)."""
     return _require(model, name, answers(model), "does not answer questions",

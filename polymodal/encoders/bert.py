@@ -75,12 +75,19 @@ class _SelfAttention(nn.Module):
         self.query, self.key, self.value = (nn.Linear(c.hidden_size, c.hidden_size) for _ in range(3))
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
+        return self.attend(x, keep)[0]
+
+    def attend(self, x: Tensor, keep: Tensor | None, past: tuple[Tensor, Tensor] | None = None):
+        """``x`` ``[B, L, D]`` attending over itself (under ``keep``) and over the earlier tokens whose keys and
+        values are ``past`` -> (output ``[B, L, D]``, (keys, values) of past + x)."""
         b, length, d = x.shape
         q, k, v = (proj(x).view(b, length, self.heads, d // self.heads).transpose(1, 2)
                    for proj in (self.query, self.key, self.value))
+        if past is not None:
+            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
                                              dropout_p=self.dropout_p if self.training else 0.0)
-        return out.transpose(1, 2).reshape(b, length, d)
+        return out.transpose(1, 2).reshape(b, length, d), (k, v)
 
 
 class _Residual(nn.Module):
@@ -125,6 +132,14 @@ class _Layer(nn.Module):
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
         x = self.attention(x, keep)
         return self.output(self.intermediate(x), x)
+
+    def extend(self, x: Tensor, past: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """New tokens ``x`` ``[B, t, D]`` that see every earlier token (their keys and values in ``past``, or none)
+        and each other, unmasked: left-to-right decoding one step at a time. Returns the new tokens' states and the
+        keys and values so far."""
+        attended, kv = self.attention.self.attend(x, None, past)
+        x = self.attention.output(attended, x)
+        return self.output(self.intermediate(x), x), kv
 
 
 class _Encoder(nn.Module):

@@ -48,25 +48,22 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
     from tqdm.auto import tqdm
 
     from polymodal.data.pairs import open_pair_image  # reads files and images inside tar shards alike
+    from polymodal.models.inputs import each_or_error
 
     if limit is not None and limit < 1:
         raise PolymodalError(f"--limit must be at least 1, got {limit}")
     images = list(pairs.images[:limit] if limit else pairs.images)
-    kept, hyps, unreadable = [], [], 0
-    for start in tqdm(range(0, len(images), batch_size), desc="captioning", unit="batch", disable=not progress):
-        chunk = list(range(start, min(len(images), start + batch_size)))
-        try:
-            out = model.caption([open_pair_image(images[i]) for i in chunk], beam=beam, max_tokens=max_tokens)
-        except PolymodalError:  # one unreadable photo in the batch: caption the others one by one
-            out = []
-            for i in list(chunk):
-                try:
-                    out += model.caption([open_pair_image(images[i])], beam=beam, max_tokens=max_tokens)
-                except PolymodalError:
-                    chunk.remove(i)
-                    unreadable += 1
-        kept += chunk
-        hyps += out
+    bar = tqdm(total=len(images), desc="captioning", unit="img", disable=not progress)
+
+    def caption_batch(chunk: list) -> list[tuple[str]]:  # tuples: each_or_error gives a failed photo its error str
+        out = [(c,) for c in model.caption([open_pair_image(p) for p in chunk], beam=beam, max_tokens=max_tokens)]
+        bar.update(len(chunk))
+        return out
+
+    results = each_or_error(caption_batch, images, batch_size)  # one unreadable photo: the batch goes one by one
+    bar.close()
+    kept = [i for i, r in enumerate(results) if isinstance(r, tuple)]
+    hyps, unreadable = [results[i][0] for i in kept], len(images) - len(kept)
     if not kept:
         raise PolymodalError(f"none of the {len(images)} photos could be read; check the image files")
     refs = [pairs.captions_of(i) for i in kept]

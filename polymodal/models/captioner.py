@@ -170,26 +170,13 @@ class Captioner(nn.Module):
         x = e.word_embeddings(ids) + e.position_embeddings.weight[position] + e.token_type_embeddings.weight[0]
         return e.LayerNorm(x)
 
-    @staticmethod
-    def _extend(layer: nn.Module, x: Tensor, past: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """One BERT layer over new tokens ``x`` ``[N, t, D]`` that see every earlier token (keys and values in
-        ``past``) and each other: the prefix in one call, then one word per call. Earlier tokens never see later
-        ones under the prefix-LM mask, so their states (and keys and values) do not change: decoding reuses them."""
-        a = layer.attention.self
-        n, t, d = x.shape
-        q, k, v = (proj(x).view(n, t, a.heads, d // a.heads).transpose(1, 2) for proj in (a.query, a.key, a.value))
-        if past is not None:
-            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, d)
-        x = layer.attention.output(attended, x)
-        return layer.output(layer.intermediate(x), x), (k, v)
-
     @torch.no_grad()
     def generate(self, grid: Tensor, beam: int = 3, max_tokens: int = 20, length_penalty: float = 1.0,
                  use_cache: bool = True) -> list[list[int]]:
         """Beam search: the word pieces of the best caption per image (without [CLS]/[SEP]). Finished beams are
         ranked by log-probability / length**length_penalty. With use_cache, keys and values of the prefix and of
-        the words so far are kept per layer, so each step runs the new word only (3.4x faster at beam 3,
+        the words so far are kept per layer (earlier tokens never see later ones under the prefix-LM mask, so
+        their states do not change), so each step runs the new word only (3.4x faster at beam 3,
         benchmarks/caption_speed.py; the same captions); without, [prefix ; words] is rerun every step."""
         b, k = grid.shape[0], beam
         layers = self.decoder.encoder.layer
@@ -198,7 +185,7 @@ class Captioner(nn.Module):
         if use_cache:
             x = prefix
             for layer in layers:
-                x, kv = self._extend(layer, x, None)
+                x, kv = layer.extend(x, None)
                 cache.append(kv)
 
         def last_state(ids: Tensor) -> Tensor:
@@ -206,7 +193,7 @@ class Captioner(nn.Module):
                 return self.hidden(prefix, ids, torch.ones_like(ids, dtype=torch.bool))[:, -1]
             x = self._embed_at(ids[:, -1:], ids.shape[1] - 1)
             for i, layer in enumerate(layers):
-                x, cache[i] = self._extend(layer, x, cache[i])
+                x, cache[i] = layer.extend(x, cache[i])
             return x[:, -1]
 
         ids = torch.full((b * k, 1), CLS, dtype=torch.long)

@@ -30,7 +30,7 @@ from polymodal.errors import PolymodalError
 from polymodal.index import ImageIndex, IndexBusy
 from polymodal.index.qdrant import QdrantCollection, QdrantUnavailable
 from polymodal.index.scan import canonical_path
-from polymodal.registry import answers, captions, require_embedding, require_vqa
+from polymodal.registry import answers, require_captioner, require_embedding, require_vqa
 from polymodal.serve.batching import BatchedModel, MicroBatcher
 from polymodal.serve.limits import IMAGE_FORMATS, ApiError, ServeSettings, image_suffix, open_image_checked
 from polymodal.serve.metrics import Metrics
@@ -83,10 +83,7 @@ class Service:
         self.index.check_model(model)  # also: a missing index raises here, with the command that builds one
         self.model = model
         self.vqa_model = require_vqa(vqa_model) if vqa_model is not None else model if answers(model) else None
-        if caption_model is not None and not captions(caption_model):
-            raise PolymodalError(f"--caption-model {getattr(caption_model, 'name', caption_model)!r} does not write "
-                                 "captions; pass 'captioner' or a folder written by polymodal train captioner")
-        self.caption_model = caption_model
+        self.caption_model = require_captioner(caption_model) if caption_model is not None else None
         self.uploads = self.index.db / UPLOADS if self.writable else None
         self.metrics = Metrics()
         s = self.settings

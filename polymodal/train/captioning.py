@@ -150,16 +150,12 @@ def build_captioner(recipe: CaptionRecipe) -> Captioner:
     if recipe.model in ("new", "", None):
         return Captioner(recipe.arch)
     import polymodal
-    from polymodal.registry import MODELS, captions
+    from polymodal.registry import MODELS, require_captioner
 
     if not (is_captioner_folder(recipe.model) or (recipe.model in MODELS and recipe.model != "lite")):
         raise PolymodalError(f"--model {recipe.model}: pass 'new', 'captioner' or a folder written by "
                              "`polymodal train captioner`")
-    model = polymodal.load(recipe.model)
-    if not captions(model):
-        raise PolymodalError(f"--model {recipe.model} does not write captions; pass 'new', 'captioner' or a folder "
-                             "written by `polymodal train captioner`")
-    return model.train()
+    return require_captioner(polymodal.load(recipe.model), recipe.model).train()
 
 
 def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
