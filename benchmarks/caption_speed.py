@@ -1,6 +1,8 @@
 """Captioning speed: beam search keeping keys/values (generate's default) vs rerunning [prefix ; words] each step.
 
     python benchmarks/caption_speed.py [--photos 32] [--beam 3]
+    python benchmarks/caption_speed.py --onnx DIR    # end to end (photo files -> captions): PyTorch vs the export
+                                                     # in DIR (`polymodal export onnx captioner --out DIR`)
 
 Both decode the same photos (scikit-image's gallery, repeated) from the built-in captioner; prints one JSON line per
 way and their ratio, and whether the captions agree.
@@ -20,6 +22,7 @@ def main(argv=None) -> int:
     ap.add_argument("--photos", type=int, default=32)
     ap.add_argument("--beam", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--onnx", help="an export folder of the captioner: compare whole caption() calls with it instead")
     args = ap.parse_args(argv)
 
     import polymodal
@@ -30,19 +33,30 @@ def main(argv=None) -> int:
         paths = write_sample_gallery(tmp)
         photos = [paths[i % len(paths)] for i in range(args.photos)]
         grid = model.encode_images(photos)
-    results, outputs = {}, {}
-    with torch.no_grad():
-        for _ in range(args.repeats):  # alternate, so that both see the same machine load
-            for name, fn in (("cached", lambda g: model.generate(g, beam=args.beam)),
-                             ("rerun", lambda g: model.generate(g, beam=args.beam, use_cache=False))):
-                t0 = time.perf_counter()
-                outputs[name] = [c for i in range(0, len(grid), 16) for c in fn(grid[i : i + 16])]
-                results.setdefault(name, []).append(time.perf_counter() - t0)
+        if args.onnx:
+            from polymodal.data.images import load_image
+
+            images = [load_image(p) for p in photos]
+            exported = polymodal.load(args.onnx, runtime="onnx")
+            ways = {"onnx": lambda: exported.caption(images, beam=args.beam),
+                    "pytorch": lambda: model.caption(images, beam=args.beam)}
+        else:
+            batches = [grid[i : i + 16] for i in range(0, len(grid), 16)]
+            ways = {"cached": lambda: [c for g in batches for c in model.generate(g, beam=args.beam)],
+                    "rerun": lambda: [c for g in batches for c in model.generate(g, beam=args.beam, use_cache=False)]}
+        results, outputs = {}, {}
+        with torch.no_grad():
+            for _ in range(args.repeats):  # alternate, so that both see the same machine load
+                for name, fn in ways.items():
+                    t0 = time.perf_counter()
+                    outputs[name] = fn()
+                    results.setdefault(name, []).append(time.perf_counter() - t0)
     for name, times in results.items():
         print(json.dumps({"decoding": name, "photos": args.photos, "beam": args.beam,
                           "photos_per_s": round(args.photos / min(times), 2)}))
-    print(json.dumps({"cached_over_rerun": round(min(results["rerun"]) / min(results["cached"]), 2),
-                      "same_captions": outputs["cached"] == outputs["rerun"]}))
+    first, second = ways
+    print(json.dumps({f"{first}_over_{second}": round(min(results[second]) / min(results[first]), 2),
+                      "same_captions": outputs[first] == outputs[second]}))
     return 0
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/captioning.py                      # train on 80% of Flickr8k dev's photos, score the rest
     python benchmarks/captioning.py --save-builtin       # then train on all of it (+ COCO mini) and ship 'captioner'
+    python benchmarks/captioning.py --run DIR            # keep the held-out run in DIR; a later call reuses it
 
 Held out: the other 20% of Flickr8k dev (by photo, seeded) and the 80 COCO mini photos (another photo source).
 Peer: retrieval captioning, each photo gets the training caption closest to it in `lite`'s space (`polymodal search
@@ -59,9 +60,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--beam", type=int, default=3)
+    ap.add_argument("--no-repeat", type=int, nargs="+", default=[3, 0],
+                    help="beam search's no-repeat n-gram sizes to score on the same model (0: repeats allowed)")
     ap.add_argument("--heldout-fraction", type=float, default=0.2)
     ap.add_argument("--save-builtin", action="store_true", help="also train on all the photos and ship 'captioner'")
     ap.add_argument("--skip-heldout", action="store_true", help="with --save-builtin: only train and ship")
+    ap.add_argument("--run", type=Path, default=None,
+                    help="keep the held-out training run here (reused when DIR/model exists: decoding changes are "
+                         "then scored on the same model in seconds)")
     args = ap.parse_args(argv)
 
     from polymodal.data.pairs import open_pair_image, read_pair_source, split_by_image
@@ -74,12 +80,16 @@ def main(argv=None) -> int:
         if not args.skip_heldout:
             import polymodal
 
-            model = polymodal.load(str(train([write_pairs(train_set, tmp / "train.jsonl")], tmp / "run", args.epochs)))
+            run = args.run or tmp / "run"
+            folder = run / "model" if (run / "model").is_dir() else train(
+                [write_pairs(train_set, tmp / "train.jsonl")], run, args.epochs)
+            model = polymodal.load(str(folder))
             for name, pairset in (("flickr8k-heldout", held), ("coco-mini", coco)):
                 photos = [open_pair_image(p) for p in pairset.images]
-                t0 = time.perf_counter()
-                captions = model.caption(photos, beam=args.beam)
-                score(f"captioner beam {args.beam}", name, pairset, captions, time.perf_counter() - t0)
+                for n in args.no_repeat:
+                    t0 = time.perf_counter()
+                    captions = model.caption(photos, beam=args.beam, no_repeat=n)
+                    score(f"captioner beam {args.beam} no-repeat {n}", name, pairset, captions, time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 captions = retrieval_captions(train_set, photos)
                 score("retrieval lite", name, pairset, captions, time.perf_counter() - t0)

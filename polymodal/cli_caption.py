@@ -18,11 +18,11 @@ CAPTION_FLAGS = {
 }
 
 
-def load_captioner_model(name: str):
+def load_captioner_model(name: str, runtime: str = "torch"):
     import polymodal
     from polymodal.registry import require_captioner
 
-    return require_captioner(polymodal.load(name), name)
+    return require_captioner(polymodal.load(name, runtime=runtime), name)
 
 
 def _check_decoding(args) -> None:
@@ -35,7 +35,7 @@ def cmd_caption(args) -> int:
 
     _check_decoding(args)
     images = [load_image(path) for path in args.images]  # a missing or corrupt image fails before the model loads
-    model = load_captioner_model(args.model)
+    model = load_captioner_model(args.model, args.runtime)
     captions = model.caption(images, beam=args.beam, max_tokens=args.max_tokens)
     for path, caption in zip(args.images, captions):
         print(json.dumps({"image": path, "caption": caption}) if args.json else
@@ -56,7 +56,7 @@ def cmd_eval_captions(args) -> int:
 
     _check_decoding(args)
     pairs = read_pair_source(args.pairs)
-    model = load_captioner_model(args.model)
+    model = load_captioner_model(args.model, args.runtime)
     result = evaluate_captions(model, pairs, beam=args.beam, max_tokens=args.max_tokens, limit=args.limit,
                                examples=args.examples)
     print(json.dumps({"model": args.model, **result}))
@@ -66,6 +66,8 @@ def cmd_eval_captions(args) -> int:
 def _decoding_options(s) -> None:
     s.add_argument("--beam", type=int, default=3, help="beam width (1 = greedy; default 3)")
     s.add_argument("--max-tokens", type=int, default=20, help="longest caption in word pieces (default 20)")
+    s.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="onnx: caption with the model's `polymodal export onnx` folder through onnxruntime")
 
 
 def add_parsers(sub, actions: dict) -> None:

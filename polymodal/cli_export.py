@@ -40,9 +40,8 @@ def cmd_export_onnx(args) -> int:
         return _export_vqa(args, out)
     val = validation_set(args.val_pairs, limit=args.val_limit)
     model = polymodal.load(args.model)
-    if callable(getattr(model, "caption", None)):  # a decoder run step by step: no export path yet
-        raise PolymodalError(f"{args.model} is a captioner; ONNX export covers embedding and VQA models, so run it "
-                             "with the PyTorch runtime (polymodal caption IMAGE --model ...)")
+    if callable(getattr(model, "caption", None)):
+        return _export_captioner(args, model, val.images, out)
     if hasattr(model, "vqa_logits"):
         raise PolymodalError(f"{args.model} is a VQA model: pass --val-qa FILE.jsonl (questions to check the export on)")
 
@@ -104,6 +103,18 @@ def _export_vqa(args, out: Path) -> int:
                                     variants=_variants(args))
     return _print_result(args, out, report, vqa_report_table(report),
                          f"`polymodal vqa IMAGE QUESTION --model {out} --runtime onnx`")
+
+
+def _export_captioner(args, model, images: list, out: Path) -> int:
+    from polymodal.export.caption_export import caption_report_table, export_captioner_onnx
+
+    if args.variants:
+        raise PolymodalError("captioner exports have no int8/bf16 variants yet; drop --variants")
+    with staged_folder(out) as stage:
+        report = export_captioner_onnx(model, stage, images, progress=lambda m: None if args.json else
+                                       print(f"polymodal: {m}", file=sys.stderr, flush=True))
+    return _print_result(args, out, report, caption_report_table(report),
+                         f"`polymodal caption IMAGE --model {out} --runtime onnx`")
 
 
 def _print_result(args, out: Path, report: dict, table: str, command: str) -> int:

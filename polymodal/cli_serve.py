@@ -105,8 +105,8 @@ def add_parsers(sub) -> None:
                    help="a VQA model (name, checkpoint or, with --runtime onnx, export folder) for /v1/vqa beside "
                    "--model, e.g. --runtime onnx --model LITE_EXPORT --vqa-model VQA_EXPORT")
     s.add_argument("--caption-model", default=None,
-                   help="a captioner (captioner, or a `polymodal train captioner` folder) for /v1/caption; runs on "
-                        "PyTorch whatever --runtime says")
+                   help="a captioner (captioner, a `polymodal train captioner` folder or, with --runtime onnx, "
+                        "its `polymodal export onnx` folder) for /v1/caption")
     s.add_argument("--db", help="index folder built by `polymodal index`")
     add_qdrant(s, "serve this Qdrant collection instead of --db (searches and thumbnails; images are added by "
                "pushing indexes to it: polymodal index --qdrant); several servers can share one")

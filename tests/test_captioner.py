@@ -9,6 +9,7 @@ from PIL import Image
 from polymodal.cli import main
 from polymodal.errors import PolymodalError
 from polymodal.eval.captions import caption_scores, caption_tokens
+from polymodal.models.beam_search import repeats
 from polymodal.models.captioner import Captioner, CaptionerConfig, load_captioner
 from polymodal.models.lora import LoRALinear
 
@@ -101,8 +102,8 @@ def _logprob(model, grid, pieces):
 
 def test_beam_search_finds_a_caption_at_least_as_likely_as_greedy(fresh):
     grid = torch.randn(3, 49, 1280)
-    greedy = fresh.generate(grid, beam=1, max_tokens=6, length_penalty=0.0)
-    beam = fresh.generate(grid, beam=4, max_tokens=6, length_penalty=0.0)
+    greedy = fresh.generate(grid, beam=1, max_tokens=6, length_penalty=0.0, no_repeat=0)
+    beam = fresh.generate(grid, beam=4, max_tokens=6, length_penalty=0.0, no_repeat=0)
     for i in range(3):
         if len(greedy[i]) < 6 and len(beam[i]) < 6:  # both ended with [SEP]: compare whole captions
             assert _logprob(fresh, grid[i : i + 1], beam[i]) >= _logprob(fresh, grid[i : i + 1], greedy[i]) - 1e-4
@@ -118,9 +119,36 @@ def test_cached_decoding_matches_running_the_whole_sequence(fresh):
             logits[:, [0, 101]] = float("-inf")
             ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
     by_hand = [[t for t in row if t != 102][:5] for row in ids[:, 1:].tolist()]
-    cached = fresh.generate(grid, beam=1, max_tokens=5)
+    cached = fresh.generate(grid, beam=1, max_tokens=5, no_repeat=0)
     assert [row[: len(c)] for row, c in zip(by_hand, cached)] == cached and sum(map(len, cached)) > 5
     assert fresh.generate(grid, beam=3, max_tokens=8) == fresh.generate(grid, beam=3, max_tokens=8, use_cache=False)
+
+
+def test_repeats_names_the_pieces_that_would_repeat_an_ngram_or_the_last_piece():
+    assert repeats([[101, 1, 2, 3, 1, 2]], 3) == [[2, 3]]  # "1 2 3" again, or "2" twice in a row
+    assert repeats([[101, 1, 2, 1]], 2) == [[1, 2]]
+    assert repeats([[101], [101, 5], [101, 7, 7]], 0) == [[], [5], [7]]
+
+
+def _ngrams(seq, n):
+    return [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
+
+
+def test_beam_search_without_repeats(fresh):
+    """A decoder that favours three pieces loops over them; with no_repeat=3 no 3-gram and no piece twice in a row
+    survive."""
+    import copy
+
+    looping = copy.deepcopy(fresh)
+    with torch.no_grad():
+        looping.lm_bias[[1037, 3899, 2003]] += 30.0  # "a", "dog", "is"
+    grid = torch.randn(4, 49, 1280)
+    loose = looping.generate(grid, beam=3, max_tokens=16, no_repeat=0)
+    assert any(len(set(_ngrams(c, 3))) < len(_ngrams(c, 3)) or len(set(_ngrams(c, 1))) < len(c) for c in loose)
+    for c in looping.generate(grid, beam=3, max_tokens=16, no_repeat=3):
+        assert len(set(_ngrams(c, 3))) == len(_ngrams(c, 3)) and all(a != b for a, b in zip(c, c[1:]))
+    with pytest.raises(PolymodalError, match="no_repeat"):
+        fresh.caption(_photo("red"), no_repeat=1)
 
 
 def test_saved_captioner_loads_and_writes_the_same_captions(fitted, tmp_path):

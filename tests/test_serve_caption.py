@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from polymodal import registry  # noqa: E402
 from polymodal.models.captioner import Captioner, CaptionerConfig  # noqa: E402
 from polymodal.serve import create_app  # noqa: E402
+from test_web_page import _page, _serving, browser_tools  # noqa: E402,F401 - browser_tools is a fixture
 
 
 class _Recording(Captioner):
@@ -77,3 +78,15 @@ def test_a_model_that_cannot_caption_is_refused_at_start(lite, db):
 
     with pytest.raises(PolymodalError, match="does not write captions"):
         create_app(lite, db, caption_model=lite)
+
+
+def test_page_captions_an_uploaded_photo(browser_tools, lite, db, gallery, captioner, tmp_path):  # noqa: F811
+    with _serving(create_app(lite, db, caption_model=captioner)) as url, _page(browser_tools, tmp_path) as page:
+        page.goto(url + "/", wait_until="domcontentloaded")
+        page.wait_for_selector("#caption", state="visible", timeout=20_000)
+        page.set_input_files("#caption-file", str(gallery / "cat.jpg"))
+        page.click("#caption-form button")
+        page.wait_for_function("!document.getElementById('caption-text').textContent.includes('writing')", timeout=20_000)
+        assert page.inner_text("#caption-text") == captioner.caption(str(gallery / "cat.jpg"))[0]
+        assert page.errors == []
+

@@ -106,6 +106,7 @@ def test_search_page_finds_the_coffee(browser_tools, server, tmp_path):
         page.goto(server + "/", wait_until="domcontentloaded")
         page.wait_for_function("document.getElementById('meta').textContent.includes('images')", timeout=20_000)
         assert page.is_hidden("#vqa")  # lite has no VQA head: no question box
+        assert page.is_hidden("#caption")  # nor a captioner beside it
         first = _search(page, "a cup of coffee")
         assert first.get_attribute("data-name") == "coffee.jpg"
         assert float(first.locator(".score").inner_text()) > 0

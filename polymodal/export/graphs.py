@@ -82,15 +82,16 @@ def check_exportable(model) -> None:
 
 
 def export_graph(graph: nn.Module, example: tuple[torch.Tensor, ...], names: list[str], path: Path,
-                 bf16: bool = False, output: str = "embedding", token_axes: dict | None = None) -> Path:
+                 bf16: bool = False, output: str | list[str] = "embedding", token_axes: dict | None = None) -> Path:
     """Trace ``graph`` on ``example`` into ONNX at ``path`` (written beside it, then renamed). Axis 0 of every input
-    and the output is the batch; 2-D inputs (token ids, masks) also have a dynamic token axis; ``token_axes``
-    names other dynamic axes, e.g. {"states": {0: "batch", 1: "tokens"}}."""
+    and output (one name, or a list for several) is the batch; 2-D inputs (token ids, masks) also have a dynamic
+    token axis; ``token_axes`` replaces a name's dynamic axes, e.g. {"states": {0: "batch", 1: "tokens"}}."""
+    outputs = [output] if isinstance(output, str) else list(output)
     graph = graph.eval().requires_grad_(False)
     if bf16:
         graph = _Bf16(graph).eval()
     axes = {n: ({0: "batch", 1: "tokens"} if ex.dim() == 2 else {0: "batch"}) for n, ex in zip(names, example)}
-    axes[output] = {0: "batch"}
+    axes.update({name: {0: "batch"} for name in outputs})
     axes.update(token_axes or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_beside(path)
@@ -98,7 +99,7 @@ def export_graph(graph: nn.Module, example: tuple[torch.Tensor, ...], names: lis
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's business
-            torch.onnx.export(graph, example, tmp, input_names=names, output_names=[output],
+            torch.onnx.export(graph, example, tmp, input_names=names, output_names=outputs,
                               dynamic_axes=axes, opset_version=OPSET, dynamo=False)
         os.replace(tmp, path)
     finally:

@@ -86,9 +86,14 @@ class OnnxEmbeddingModel(EmbeddingInterface):
 
 
 def load_onnx(folder: str | Path, **kwargs):
-    """An export folder -> its runtime model: OnnxEmbeddingModel or, for VQA models, OnnxFusionEncoder."""
-    if read_export_config(folder).get("type") == "onnx_fusion_encoder":
+    """An export folder -> its runtime model: OnnxEmbeddingModel, OnnxFusionEncoder (VQA) or OnnxCaptioner."""
+    kind = read_export_config(folder).get("type")
+    if kind == "onnx_fusion_encoder":
         from polymodal.export.fusion_runtime import OnnxFusionEncoder
 
         return OnnxFusionEncoder(folder, **kwargs)
+    if kind == "onnx_captioner":
+        from polymodal.export.caption_runtime import OnnxCaptioner
+
+        return OnnxCaptioner(folder, **kwargs)
     return OnnxEmbeddingModel(folder, **kwargs)

@@ -21,18 +21,19 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
+from polymodal.models.beam_search import NO_REPEAT, beam_search, check_no_repeat
 from polymodal.models.folders import folder_type, read_folder_config, write_model_folder
 from polymodal.models.inputs import as_images, check_count
 from polymodal.models.modes import in_eval_mode
 
 IMAGE_DIM = 1280
-CLS, SEP, PAD = 101, 102, 0  # MiniLM's (BERT uncased) special word pieces
 
 
 @dataclass
@@ -92,6 +93,13 @@ class Captioner(nn.Module):
         self.prefix_proj = nn.Sequential(nn.LayerNorm(IMAGE_DIM), nn.Linear(IMAGE_DIM, d), nn.Dropout(config.dropout))
         self.prefix_pos = nn.Parameter(0.02 * torch.randn(1 + config.prefix_grid**2, d))
         self.prefix_norm = nn.LayerNorm(d)
+        # the mean + the grid average-pooled to prefix_grid x prefix_grid, as one [cells, 1 + p*p] matrix (exact, and
+        # an ONNX MatMul: adaptive pooling 7 -> 3 has no ONNX operator)
+        g = config.image_size // 32
+        cells = torch.eye(g * g).reshape(g * g, 1, g, g)
+        pooling = torch.cat([torch.full((g * g, 1), 1.0 / (g * g)),
+                             F.adaptive_avg_pool2d(cells, config.prefix_grid).flatten(1)], 1)
+        self.register_buffer("pooling", pooling, persistent=False)
         self.lm_transform = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         self.lm_bias = nn.Parameter(torch.zeros(self.decoder.config.vocab_size))
         self._trained = {n for n, p in self.named_parameters() if p.requires_grad}
@@ -130,11 +138,7 @@ class Captioner(nn.Module):
     # -- the model ------------------------------------------------------------------------------
     def prefix(self, grid: Tensor) -> Tensor:
         """Grid features ``[B, g*g, 1280]`` -> prefix tokens ``[B, 1 + p*p, 384]``."""
-        grid = grid.float()
-        b, cells, f = grid.shape
-        g = int(round(cells**0.5))
-        pooled = F.adaptive_avg_pool2d(grid.transpose(1, 2).reshape(b, f, g, g), self.config.prefix_grid)
-        tokens = torch.cat([grid.mean(1, keepdim=True), pooled.flatten(2).transpose(1, 2)], 1)
+        tokens = torch.einsum("cp,bcf->bpf", self.pooling, grid.float())
         return self.prefix_norm(self.prefix_proj(tokens) + self.prefix_pos)
 
     def hidden(self, prefix: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
@@ -172,15 +176,14 @@ class Captioner(nn.Module):
 
     @torch.no_grad()
     def generate(self, grid: Tensor, beam: int = 3, max_tokens: int = 20, length_penalty: float = 1.0,
-                 use_cache: bool = True) -> list[list[int]]:
-        """Beam search: the word pieces of the best caption per image (without [CLS]/[SEP]). Finished beams are
-        ranked by log-probability / length**length_penalty. With use_cache, keys and values of the prefix and of
-        the words so far are kept per layer (earlier tokens never see later ones under the prefix-LM mask, so
-        their states do not change), so each step runs the new word only (3.4x faster at beam 3,
-        benchmarks/caption_speed.py; the same captions); without, [prefix ; words] is rerun every step."""
-        b, k = grid.shape[0], beam
+                 use_cache: bool = True, no_repeat: int = NO_REPEAT) -> list[list[int]]:
+        """Beam search (`polymodal.models.beam_search`): the word pieces of the best caption per image. With
+        use_cache, keys and values of the prefix and of the words so far are kept per layer (earlier tokens never
+        see later ones under the prefix-LM mask, so their states do not change), so each step runs the new word
+        only (3.4x faster at beam 3, benchmarks/caption_speed.py; the same captions); without, [prefix ; words] is
+        rerun every step. no_repeat: see beam_search."""
         layers = self.decoder.encoder.layer
-        prefix = self.prefix(grid).repeat_interleave(k, 0)  # [B*k, P, D]
+        prefix = self.prefix(grid).repeat_interleave(beam, 0)  # [B*k, P, D]
         cache = []
         if use_cache:
             x = prefix
@@ -188,49 +191,33 @@ class Captioner(nn.Module):
                 x, kv = layer.extend(x, None)
                 cache.append(kv)
 
-        def last_state(ids: Tensor) -> Tensor:
+        def step(ids: np.ndarray, origin: np.ndarray) -> np.ndarray:
+            ids = torch.from_numpy(ids)
             if not use_cache:
-                return self.hidden(prefix, ids, torch.ones_like(ids, dtype=torch.bool))[:, -1]
-            x = self._embed_at(ids[:, -1:], ids.shape[1] - 1)
-            for i, layer in enumerate(layers):
-                x, cache[i] = layer.extend(x, cache[i])
-            return x[:, -1]
+                x = self.hidden(prefix, ids, torch.ones_like(ids, dtype=torch.bool))[:, -1]
+            else:
+                rows = torch.from_numpy(origin)
+                x = self._embed_at(ids[:, -1:], ids.shape[1] - 1)
+                for i, layer in enumerate(layers):
+                    x, cache[i] = layer.extend(x, (cache[i][0][rows], cache[i][1][rows]))
+                x = x[:, -1]
+            return self.logits(x).float().numpy()
 
-        ids = torch.full((b * k, 1), CLS, dtype=torch.long)
-        score = torch.full((b, k), float("-inf"))
-        score[:, 0] = 0.0  # one live beam per image at the start
-        done = torch.zeros(b * k, dtype=torch.bool)
-        for _ in range(max_tokens):
-            logp = F.log_softmax(self.logits(last_state(ids)).float(), -1)
-            logp[:, PAD] = float("-inf")
-            logp[:, CLS] = float("-inf")
-            logp[done] = float("-inf")
-            logp[done, PAD] = 0.0  # a finished beam continues with padding at no cost
-            vocab = logp.shape[-1]
-            cand = (score.reshape(-1, 1) + logp).reshape(b, k * vocab)
-            score, flat = cand.topk(k, dim=1)
-            origin = ((flat // vocab) + torch.arange(b)[:, None] * k).reshape(-1)
-            token = (flat % vocab).reshape(-1)
-            ids = torch.cat([ids[origin], token[:, None]], 1)
-            cache[:] = [(kk[origin], vv[origin]) for kk, vv in cache]
-            done = done[origin] | (token == SEP) | (token == PAD)
-            if bool(done.all()):
-                break
-        lengths = ((ids != PAD) & (ids != CLS)).sum(1).clamp(min=1).float().reshape(b, k)
-        best = (score / lengths**length_penalty).argmax(1)
-        chosen = ids.reshape(b, k, -1)[torch.arange(b), best]
-        return [[t for t in row.tolist() if t not in (PAD, CLS, SEP)] for row in chosen]
+        return beam_search(step, grid.shape[0], beam, max_tokens, length_penalty, no_repeat)
 
     @in_eval_mode
-    def caption(self, images: Any, beam: int = 3, max_tokens: int = 20, batch_size: int = 16) -> list[str]:
-        """An image or images (paths, PIL images, arrays) -> one caption each."""
+    def caption(self, images: Any, beam: int = 3, max_tokens: int = 20, batch_size: int = 16,
+                no_repeat: int = NO_REPEAT) -> list[str]:
+        """An image or images (paths, PIL images, arrays) -> one caption each (no_repeat: see generate)."""
         beam = check_count(beam, "beam")
         max_tokens = check_count(max_tokens, "max_tokens")
+        no_repeat = check_no_repeat(no_repeat)
         images = as_images(images)
         out: list[str] = []
         for i in range(0, len(images), batch_size):
             grid = self.encode_images(images[i : i + batch_size], batch_size)
-            out += [self.decode(ids) for ids in self.generate(grid, beam=beam, max_tokens=max_tokens)]
+            out += [self.decode(ids) for ids in self.generate(grid, beam=beam, max_tokens=max_tokens,
+                                                              no_repeat=no_repeat)]
         return out
 
     def decode(self, pieces: list[int]) -> str:

@@ -75,8 +75,8 @@ def create_app(
 
     /v1/vqa answers with `vqa_model`, or with `model` itself when it answers questions. A VQA model that cannot embed
     (easy-vqa, coco-yesno) passed as `model` becomes the VQA model, and the index's own model embeds and searches.
-    /v1/caption writes captions with `caption_model` (a captioner passed as `model` serves it the same way; it
-    runs on PyTorch whatever the runtime). Names are loaded with polymodal.load(name, runtime=runtime, **load_options)."""
+    /v1/caption writes captions with `caption_model` (a captioner passed as `model` serves it the same way).
+    Names are loaded with polymodal.load(name, runtime=runtime, **load_options)."""
     if api_key is not None and not api_key.strip():  # None is "no key"; a blank one is a mistake, not the same
         raise PolymodalError("the API key (--api-key or $POLYMODAL_API_KEY) is blank, which would turn "
                              "authentication off; give a non-empty key, or none at all to serve without one")
@@ -110,7 +110,7 @@ def create_app(
     if isinstance(caption_model, (str, Path)):
         import polymodal
 
-        caption_model = polymodal.load(caption_model)  # a decoder: no ONNX export to run (yet)
+        caption_model = polymodal.load(caption_model, runtime=runtime)  # --runtime onnx: its export
     if vqa_model is None and answers(model) and not embeds(model):
         # an index holds embeddings, which a VQA model cannot make: the index's own model serves it
         model, vqa_model = load(index_model), model

@@ -1,4 +1,5 @@
-"""The web page at /: text search, image drop/upload search, a grid of thumbnails with scores, VQA when supported.
+"""The web page at /: text search, image drop/upload search, a grid of thumbnails with scores, VQA and captions
+when the server has models for them.
 
 One self-contained HTML string (no CDN, no build step, no package data). It talks to the JSON API only; results are
 put in the page with textContent, never innerHTML, so file names can't inject markup. With an API key set, the
@@ -39,7 +40,8 @@ PAGE = r"""<!doctype html>
   section.box { margin-top: 26px; padding: 16px; background: #fff; border: 1px solid var(--line); border-radius: 10px; }
   section.box h2 { font-size: 15px; margin: 0 0 10px; }
   #keybox { margin: 0 0 16px; }  /* above the search bar, which it must not touch */
-  #add-form, #vqa-form { align-items: center; }
+  #add-form, #vqa-form, #caption-form { align-items: center; }
+  #caption-text { margin-top: 10px; font-weight: 600; }
   #vqa-answer { margin-top: 10px; font-weight: 600; }
   #vqa-answer .alternatives { font-weight: normal; color: var(--muted); font-size: 13px; }
   [hidden] { display: none !important; }
@@ -72,6 +74,15 @@ PAGE = r"""<!doctype html>
       <button class="primary" type="submit">Ask</button>
     </form>
     <div id="vqa-answer"></div>
+  </section>
+
+  <section id="caption" class="box" hidden>
+    <h2>Describe an image</h2>
+    <form id="caption-form">
+      <input id="caption-file" type="file" accept="image/*">
+      <button class="primary" type="submit">Caption</button>
+    </form>
+    <div id="caption-text"></div>
   </section>
 
   <section class="box" id="add">
@@ -111,6 +122,7 @@ async function loadInfo() {
       (info.index.writable === false ? " in " + info.index.where : "") +
       (info.batching.enabled ? " · micro-batching on" : "");
     $("vqa").hidden = !info.model.vqa;
+    $("caption").hidden = !info.model.caption_model;
     $("add").hidden = !info.index.writable;  // a Qdrant collection is filled by pushes, not uploads
     $("keybox").hidden = true;
   } catch (e) {
@@ -213,6 +225,18 @@ $("vqa-form").addEventListener("submit", async (ev) => {
     const res = await api("/v1/vqa", { method: "POST", body: form });
     showAnswer(res.answer);
   } catch (e) { $("vqa-answer").textContent = e.message; }
+});
+$("caption-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const file = $("caption-file").files[0];
+  if (!file) { $("caption-text").textContent = "choose an image first"; return; }
+  const form = new FormData();
+  form.append("image", file);
+  $("caption-text").textContent = "writing…";
+  try {
+    const res = await api("/v1/caption", { method: "POST", body: form });
+    $("caption-text").textContent = res.results[0].caption;
+  } catch (e) { $("caption-text").textContent = e.message; }
 });
 $("add-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();

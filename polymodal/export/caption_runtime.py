@@ -1,0 +1,67 @@
+"""A captioner exported by `polymodal export onnx` (prefix and step graphs), run by onnxruntime with numpy
+preprocessing and no torch import: caption() like the PyTorch Captioner, through the same beam search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from polymodal.data.images import ImageTransform
+from polymodal.export.runtime import onnx_session, read_export_config
+from polymodal.models.beam_search import CLS, NO_REPEAT, beam_search, check_no_repeat
+from polymodal.models.inputs import as_images, check_count
+
+
+class OnnxCaptioner:
+    def __init__(self, folder: str | Path, threads: int | None = None) -> None:
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        config = read_export_config(folder)
+        self.config = config
+        self.name, self.version = config["name"], config["version"]
+        self.transform = ImageTransform.from_dict(config["transform"])
+        self.prefix = onnx_session(folder / "prefix.onnx", threads)
+        self.step = onnx_session(folder / "step.onnx", threads)
+        self.tokenizer = Tokenizer.from_file(str(folder / config["tokenizer"]))
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def _prefix(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        return self.prefix.run(None, {"pixels": self.transform(list(images))})
+
+    def _logits(self, ids: np.ndarray, keys: np.ndarray, values: np.ndarray):
+        position = np.array([ids.shape[1] - 1], dtype=np.int64)
+        return self.step.run(None, {"ids": ids[:, -1:], "position": position, "keys": keys, "values": values})
+
+    def first_logits(self, images: Sequence[Any]) -> np.ndarray:
+        """The logits of each photo's first word (the export's parity check)."""
+        keys, values = self._prefix(as_images(images))
+        return self._logits(np.full((keys.shape[1], 1), CLS, dtype=np.int64), keys, values)[0]
+
+    def caption(self, images: Any, beam: int = 3, max_tokens: int = 20, batch_size: int = 16,
+                no_repeat: int = NO_REPEAT) -> list[str]:
+        """An image or images (paths, PIL images, arrays) -> one caption each."""
+        beam, max_tokens = check_count(beam, "beam"), check_count(max_tokens, "max_tokens")
+        no_repeat = check_no_repeat(no_repeat)
+        images = as_images(images)
+        out: list[str] = []
+        for i in range(0, len(images), batch_size):
+            keys, values = (np.repeat(a, beam, axis=1) for a in self._prefix(images[i : i + batch_size]))
+            state = {"keys": keys, "values": values}
+
+            def step(ids: np.ndarray, origin: np.ndarray) -> np.ndarray:
+                logits, state["keys"], state["values"] = self._logits(ids, state["keys"][:, origin],
+                                                                      state["values"][:, origin])
+                return logits
+
+            pieces = beam_search(step, len(keys[0]) // beam, beam, max_tokens, no_repeat=no_repeat)
+            out += [self.tokenizer.decode(p) for p in pieces]
+        return out
+
+    def __repr__(self) -> str:
+        return f"OnnxCaptioner({self.key})"

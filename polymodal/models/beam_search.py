@@ -1,0 +1,79 @@
+"""Beam search over word pieces, in numpy: the PyTorch captioner and its ONNX export decode through this one loop.
+
+The model is a function ``step(ids, origin) -> logits``: ``ids`` ``[N, t]`` are the N = images x beam sequences so far
+([CLS] first), ``origin`` ``[N]`` says which row of the previous call each row continues (a step that keeps keys and
+values reorders them by it), and ``logits`` ``[N, V]`` score the next piece.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from polymodal.errors import PolymodalError
+
+CLS, SEP, PAD = 101, 102, 0  # MiniLM's (BERT uncased) special word pieces
+NO_REPEAT = 3  # captions never repeat a 3-gram or a piece twice in a row (benchmarks/captioning.py --no-repeat)
+
+
+def repeats(sequences: list[list[int]], n: int) -> list[list[int]]:
+    """Per sequence of word pieces ([CLS] first), the pieces that would repeat one of its n-grams or its last
+    piece if written next (the no-repeat rule; n < 2 forbids only the last piece)."""
+    out = []
+    for seq in sequences:
+        seq = seq[1:]
+        banned = {seq[-1]} if seq else set()
+        if n >= 2 and len(seq) >= n - 1:
+            tail = seq[len(seq) - n + 1:]
+            banned.update(seq[i + n - 1] for i in range(len(seq) - n + 1) if seq[i : i + n - 1] == tail)
+        out.append(sorted(banned))
+    return out
+
+
+def check_no_repeat(no_repeat) -> int:
+    if isinstance(no_repeat, bool) or not isinstance(no_repeat, int) or no_repeat < 0 or no_repeat == 1:
+        raise PolymodalError(f"no_repeat must be 0 (repeats allowed) or an n-gram size >= 2, got {no_repeat!r}")
+    return no_repeat
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32, copy=False)
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def beam_search(step: Callable[[np.ndarray, np.ndarray], np.ndarray], images: int, beam: int, max_tokens: int,
+                length_penalty: float = 1.0, no_repeat: int = 0) -> list[list[int]]:
+    """The word pieces of the best caption per image (without [CLS]/[SEP]). Finished beams are ranked by
+    log-probability / length**length_penalty. no_repeat=n (>= 2) forbids a piece that would repeat an n-gram of
+    the caption so far or the piece just written; 0 allows repeats."""
+    b, k = images, beam
+    ids = np.full((b * k, 1), CLS, dtype=np.int64)
+    origin = np.arange(b * k)
+    score = np.full((b, k), -np.inf, dtype=np.float32)
+    score[:, 0] = 0.0  # one live beam per image at the start
+    done = np.zeros(b * k, dtype=bool)
+    for _ in range(max_tokens):
+        logp = _log_softmax(np.asarray(step(ids, origin)))
+        logp[:, [PAD, CLS]] = -np.inf
+        if no_repeat:
+            for row, banned in enumerate(repeats(ids.tolist(), no_repeat)):
+                logp[row, banned] = -np.inf
+        logp[done] = -np.inf
+        logp[done, PAD] = 0.0  # a finished beam continues with padding at no cost
+        vocab = logp.shape[-1]
+        cand = (score.reshape(-1, 1) + logp).reshape(b, k * vocab)
+        top = np.argpartition(-cand, k - 1, axis=1)[:, :k]
+        flat = np.take_along_axis(top, np.argsort(-np.take_along_axis(cand, top, 1), axis=1, kind="stable"), 1)
+        score = np.take_along_axis(cand, flat, 1)
+        origin = ((flat // vocab) + np.arange(b)[:, None] * k).reshape(-1)
+        token = (flat % vocab).reshape(-1)
+        ids = np.concatenate([ids[origin], token[:, None]], 1)
+        done = done[origin] | (token == SEP) | (token == PAD)
+        if done.all():
+            break
+    lengths = np.maximum(((ids != PAD) & (ids != CLS)).sum(1), 1).astype(np.float32).reshape(b, k)
+    best = (score / lengths**length_penalty).argmax(1)
+    chosen = ids.reshape(b, k, -1)[np.arange(b), best]
+    return [[t for t in row.tolist() if t not in (PAD, CLS, SEP)] for row in chosen]
