@@ -156,7 +156,8 @@ class Captioner(nn.Module):
         return x[:, n:]
 
     def logits(self, states: Tensor) -> Tensor:
-        return self.lm_transform(states) @ self.decoder.embeddings.word_embeddings.weight.t() + self.lm_bias
+        # F.linear, not @ weight.t(): ONNX export would store the transposed copy of the tied matrix (47 MB)
+        return F.linear(self.lm_transform(states), self.decoder.embeddings.word_embeddings.weight, self.lm_bias)
 
     def loss(self, grid: Tensor, ids: Tensor, mask: Tensor, label_smoothing: float = 0.0) -> Tensor:
         """Mean next-word cross-entropy of the captions ``ids`` ``[B, L]`` given their photos' grids ``[B, 49, 1280]``."""
