@@ -36,12 +36,8 @@ class _Prefix(nn.Module):
         self.model = model
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, keys, values = self.model.prefix(self.model.image_cache_input(pixels)), [], []
-        for layer in self.model.decoder.encoder.layer:
-            x, (k, v) = layer.extend(x, None)
-            keys.append(k)
-            values.append(v)
-        return torch.stack(keys), torch.stack(values)
+        past = self.model.past_of(self.model.prefix(self.model.image_cache_input(pixels)))
+        return torch.stack([k for k, _ in past]), torch.stack([v for _, v in past])
 
 
 class _Step(nn.Module):
@@ -50,14 +46,8 @@ class _Step(nn.Module):
         self.model = model
 
     def forward(self, ids: torch.Tensor, position: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
-        e = self.model.decoder.embeddings
-        x = e.LayerNorm(e.word_embeddings(ids) + e.position_embeddings(position) + e.token_type_embeddings.weight[0])
-        new_keys, new_values = [], []
-        for i, layer in enumerate(self.model.decoder.encoder.layer):
-            x, (k, v) = layer.extend(x, (keys[i], values[i]))
-            new_keys.append(k)
-            new_values.append(v)
-        return self.model.logits(x[:, -1]), torch.stack(new_keys), torch.stack(new_values)
+        logits, past = self.model.extend(ids, position, list(zip(keys.unbind(0), values.unbind(0))))
+        return logits, torch.stack([k for k, _ in past]), torch.stack([v for _, v in past])
 
 
 def export_captioner_onnx(model, out: str | Path, images: Sequence, progress: Callable[[str], None] = log.info,

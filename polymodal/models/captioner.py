@@ -168,12 +168,26 @@ class Captioner(nn.Module):
                                label_smoothing=label_smoothing)
 
     # -- decoding -------------------------------------------------------------------------------
-    def _embed_at(self, ids: Tensor, position: int) -> Tensor:
-        """Word pieces ``[N, 1]`` at one caption position -> their input embeddings ``[N, 1, D]`` (as
-        decoder.embeddings computes them for a whole caption)."""
+    def past_of(self, prefix: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Prefix tokens ``[N, P, D]`` -> each decoder layer's keys and values for them (the photo sees itself only,
+        so they never change while words are added)."""
+        x, past = prefix, []
+        for layer in self.decoder.encoder.layer:
+            x, kv = layer.extend(x, None)
+            past.append(kv)
+        return past
+
+    def extend(self, ids: Tensor, position: Tensor, past: list[tuple[Tensor, Tensor]]):
+        """One word piece per row ``[N, 1]`` at caption position ``position`` (``[1]``, [CLS] is 0), after the
+        keys and values ``past`` -> (next-piece logits ``[N, V]``, the keys and values with this piece). The ONNX
+        step graph is this function."""
         e = self.decoder.embeddings
-        x = e.word_embeddings(ids) + e.position_embeddings.weight[position] + e.token_type_embeddings.weight[0]
-        return e.LayerNorm(x)
+        x = e.LayerNorm(e.word_embeddings(ids) + e.position_embeddings(position) + e.token_type_embeddings.weight[0])
+        grown = []
+        for layer, kv in zip(self.decoder.encoder.layer, past):
+            x, kv = layer.extend(x, kv)
+            grown.append(kv)
+        return self.logits(x[:, -1]), grown
 
     @torch.no_grad()
     def generate(self, grid: Tensor, beam: int = 3, max_tokens: int = 20, length_penalty: float = 1.0,
@@ -183,26 +197,17 @@ class Captioner(nn.Module):
         see later ones under the prefix-LM mask, so their states do not change), so each step runs the new word
         only (3.4x faster at beam 3, benchmarks/caption_speed.py; the same captions); without, [prefix ; words] is
         rerun every step. no_repeat: see beam_search."""
-        layers = self.decoder.encoder.layer
         prefix = self.prefix(grid).repeat_interleave(beam, 0)  # [B*k, P, D]
-        cache = []
-        if use_cache:
-            x = prefix
-            for layer in layers:
-                x, kv = layer.extend(x, None)
-                cache.append(kv)
+        past = self.past_of(prefix) if use_cache else []
 
         def step(ids: np.ndarray, origin: np.ndarray) -> np.ndarray:
             ids = torch.from_numpy(ids)
             if not use_cache:
-                x = self.hidden(prefix, ids, torch.ones_like(ids, dtype=torch.bool))[:, -1]
-            else:
-                rows = torch.from_numpy(origin)
-                x = self._embed_at(ids[:, -1:], ids.shape[1] - 1)
-                for i, layer in enumerate(layers):
-                    x, cache[i] = layer.extend(x, (cache[i][0][rows], cache[i][1][rows]))
-                x = x[:, -1]
-            return self.logits(x).float().numpy()
+                return self.logits(self.hidden(prefix, ids, torch.ones_like(ids, dtype=torch.bool))[:, -1]).numpy()
+            rows = torch.from_numpy(origin)
+            logits, past[:] = self.extend(ids[:, -1:], torch.tensor([ids.shape[1] - 1]),
+                                          [(k[rows], v[rows]) for k, v in past])
+            return logits.numpy()
 
         return beam_search(step, grid.shape[0], beam, max_tokens, length_penalty, no_repeat)
 
