@@ -3,6 +3,7 @@
     python benchmarks/captioning.py                      # train on 80% of Flickr8k dev's photos, score the rest
     python benchmarks/captioning.py --save-builtin       # then train on all of it (+ COCO mini) and ship 'captioner'
     python benchmarks/captioning.py --run DIR            # keep the held-out run in DIR; a later call reuses it
+    python benchmarks/captioning.py --run DIR --onnx     # also its ONNX export, fp32 and int8 step graph
 
 Held out: the other 20% of Flickr8k dev (by photo, seeded) and the 80 COCO mini photos (another photo source).
 Peer: retrieval captioning, each photo gets the training caption closest to it in `lite`'s space (`polymodal search
@@ -45,6 +46,23 @@ def retrieval_captions(train_set, photos: list) -> list[str]:
     return [hits[0].text for hits in search_texts(lite, lite.encode_image(photos), train_set.captions, k=1)]
 
 
+def onnx_exports(model, out: Path) -> dict:
+    """The model's ONNX export (fp32; parity checked on the built-in sample photos) and a copy whose step graph is
+    int8 dynamic, loaded for onnxruntime: {"fp32": ..., "int8 step": ...}."""
+    import shutil
+
+    import polymodal
+    from polymodal.data.samples import sample_photos
+    from polymodal.export import variants as V
+    from polymodal.export.caption_export import export_captioner_onnx
+
+    export_captioner_onnx(model, out / "fp32", [a for a, _ in sample_photos().values()], variants=[])
+    shutil.copytree(out / "fp32", out / "int8")
+    V.int8_dynamic(out / "fp32" / "step.onnx", out / "int8" / "step.onnx")
+    return {"fp32": polymodal.load(str(out / "fp32"), runtime="onnx"),
+            "int8 step": polymodal.load(str(out / "int8"), runtime="onnx")}
+
+
 def score(system: str, name: str, pairset, captions: list[str], seconds: float) -> None:
     from polymodal.eval.captions import caption_scores
 
@@ -68,6 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run", type=Path, default=None,
                     help="keep the held-out training run here (reused when DIR/model exists: decoding changes are "
                          "then scored on the same model in seconds)")
+    ap.add_argument("--onnx", action="store_true",
+                    help="also score the held-out model's ONNX export: fp32 graphs and the int8 (dynamic) step graph")
     args = ap.parse_args(argv)
 
     from polymodal.data.pairs import open_pair_image, read_pair_source, split_by_image
@@ -84,12 +104,18 @@ def main(argv=None) -> int:
             folder = run / "model" if (run / "model").is_dir() else train(
                 [write_pairs(train_set, tmp / "train.jsonl")], run, args.epochs)
             model = polymodal.load(str(folder))
+            systems = {f"captioner beam {args.beam} no-repeat {n}":
+                       lambda photos, n=n: model.caption(photos, beam=args.beam, no_repeat=n) for n in args.no_repeat}
+            if args.onnx:
+                for variant, exported in onnx_exports(model, tmp / "onnx").items():
+                    systems[f"captioner beam {args.beam} onnx {variant}"] = (
+                        lambda photos, m=exported: m.caption(photos, beam=args.beam))
             for name, pairset in (("flickr8k-heldout", held), ("coco-mini", coco)):
                 photos = [open_pair_image(p) for p in pairset.images]
-                for n in args.no_repeat:
+                for system, write in systems.items():
                     t0 = time.perf_counter()
-                    captions = model.caption(photos, beam=args.beam, no_repeat=n)
-                    score(f"captioner beam {args.beam} no-repeat {n}", name, pairset, captions, time.perf_counter() - t0)
+                    captions = write(photos)
+                    score(system, name, pairset, captions, time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 captions = retrieval_captions(train_set, photos)
                 score("retrieval lite", name, pairset, captions, time.perf_counter() - t0)

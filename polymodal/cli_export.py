@@ -41,7 +41,7 @@ def cmd_export_onnx(args) -> int:
     val = validation_set(args.val_pairs, limit=args.val_limit)
     model = polymodal.load(args.model)
     if callable(getattr(model, "caption", None)):
-        return _export_captioner(args, model, val.images, out)
+        return _export_captioner(args, model, val, out, variants)
     if hasattr(model, "vqa_logits"):
         raise PolymodalError(f"{args.model} is a VQA model: pass --val-qa FILE.jsonl (questions to check the export on)")
 
@@ -105,13 +105,15 @@ def _export_vqa(args, out: Path) -> int:
                          f"`polymodal vqa IMAGE QUESTION --model {out} --runtime onnx`")
 
 
-def _export_captioner(args, model, images: list, out: Path) -> int:
-    from polymodal.export.caption_export import caption_report_table, export_captioner_onnx
+def _export_captioner(args, model, val, out: Path, variants) -> int:
+    from polymodal.export.caption_export import caption_report_table, check_caption_variants, export_captioner_onnx
 
-    if args.variants:
-        raise PolymodalError("captioner exports have no int8/bf16 variants yet; drop --variants")
+    check_caption_variants(variants)
+    references = [[c for c, i in zip(val.captions, val.caption_image) if i == k] for k in range(len(val.images))]
     with staged_folder(out) as stage:
-        report = export_captioner_onnx(model, stage, images, progress=lambda m: None if args.json else
+        report = export_captioner_onnx(model, stage, val.images, references, variants=variants,
+                                       max_drop_points=args.max_drop_points, timing_seconds=args.timing_seconds,
+                                       progress=lambda m: None if args.json else
                                        print(f"polymodal: {m}", file=sys.stderr, flush=True))
     return _print_result(args, out, report, caption_report_table(report),
                          f"`polymodal caption IMAGE --model {out} --runtime onnx`")

@@ -39,7 +39,7 @@ def exported(tmp_path_factory):
     (root / "served.json").write_text(json.dumps(model.caption(root / "red.png")))  # the server's defaults
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["export", "onnx", str(root / "cap"), "--out", str(root / "onnx"), "--val-pairs",
-                     str(root / "val.jsonl"), "--json"]) == 0
+                     str(root / "val.jsonl"), "--variants", "", "--json"]) == 0
     return root
 
 
@@ -83,9 +83,36 @@ def test_serving_captions_through_the_onnx_export(exported, lite, db):
         assert r.json()["results"][0]["caption"] == json.loads((exported / "served.json").read_text())[0]
 
 
-def test_captioner_exports_have_no_variants_yet(exported, capsys):
-    assert main(["export", "onnx", str(exported / "cap"), "--out", str(exported / "x"), "--variants",
-                 "int8_dynamic"]) == 2
+def test_captioner_exports_refuse_variants_they_lack(exported, capsys):
+    assert main(["export", "onnx", str(exported / "cap"), "--out", str(exported / "x"), "--variants", "bf16"]) == 2
     err = capsys.readouterr().err
-    assert "no int8/bf16 variants" in err and "Traceback" not in err
+    assert "no bf16 variant" in err and "int8_dynamic" in err and "Traceback" not in err
     assert not (exported / "x").exists()
+
+
+@pytest.mark.parametrize("verdict", ["rejected", "kept"])
+def test_the_int8_step_graph_is_served_only_when_the_gate_keeps_it(exported, tmp_path, monkeypatch, verdict):
+    pytest.importorskip("pycocoevalcap")
+    import shutil
+
+    import polymodal
+    import polymodal.export.onnx_export as onnx_export
+    from polymodal.export.caption_export import _try_int8
+    from polymodal.export.runtime import read_export_config
+
+    out = shutil.copytree(exported / "onnx", tmp_path / "onnx")
+    config = read_export_config(out)
+    fp32 = polymodal.load(str(out), runtime="onnx")
+    photos = [exported / f"{c}.png" for c in COLOURS]
+    written = json.loads((exported / "written.json").read_text())
+    monkeypatch.setattr(onnx_export, "gate", lambda *a, **k: (verdict, "forced by the test"))
+    row = _try_int8(out, config, fp32, photos, [["a red square"], ["two blue circles"]], written, 3, 1.0, 0.05,
+                    lambda m: None)
+    assert row["status"] == verdict and row["variant"] == "int8_dynamic" and "cider" in row
+    served = polymodal.load(str(out), runtime="onnx")
+    if verdict == "kept":
+        assert served.files["step"] == "step.int8_dynamic.onnx" and (out / "step.int8_dynamic.onnx").is_file()
+        assert (out / "step.int8_dynamic.onnx").stat().st_size < (out / "step.onnx").stat().st_size / 2
+        assert len(served.caption(photos, max_tokens=4)) == 2
+    else:
+        assert served.files["step"] == "step.onnx" and not (out / "step.int8_dynamic.onnx").exists()

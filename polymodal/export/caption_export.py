@@ -8,6 +8,8 @@
 The beam search itself (`polymodal.models.beam_search`, numpy) is shared with the PyTorch captioner, so the two
 runtimes decode the same way. Parity: on the validation photos both write captions with beam 3, and the first
 step's logits must agree (cosine >= 0.999); the report gives the fraction of identical captions and photos/s of each.
+Then an int8 (dynamic) step graph is tried: kept, and served, only if it captions faster than the fp32 graphs here
+and CIDEr-D against the validation captions drops by at most ``max_drop_points`` (x100, as R@5 points elsewhere).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
+from polymodal.export import variants as V
 from polymodal.export.graphs import export_graph
 from polymodal.export.runtime import ONNX_CONFIG
 
@@ -50,9 +53,11 @@ class _Step(nn.Module):
         return logits, torch.stack([k for k, _ in past]), torch.stack([v for _, v in past])
 
 
-def export_captioner_onnx(model, out: str | Path, images: Sequence, progress: Callable[[str], None] = log.info,
-                          beam: int = 3) -> dict:
-    """Export a Captioner to ``out``; ``images`` (paths or PIL images) check parity and time both runtimes."""
+def export_captioner_onnx(model, out: str | Path, images: Sequence, references: Sequence[Sequence[str]] | None = None,
+                          progress: Callable[[str], None] = log.info, beam: int = 3, max_drop_points: float = 1.0,
+                          timing_seconds: float = 1.0, variants: Sequence[str] | None = None) -> dict:
+    """Export a Captioner to ``out``; ``images`` (paths or PIL images) check parity and time both runtimes, their
+    ``references`` (captions per image) gate the int8 step graph (``variants=[]`` tries none)."""
     import time
 
     from polymodal.export.caption_runtime import OnnxCaptioner
@@ -99,17 +104,69 @@ def export_captioner_onnx(model, out: str | Path, images: Sequence, progress: Ca
               "parity": {"min_first_step_logit_cosine": round(cosine, 6), "same_captions": round(same, 4)},
               "photos_per_s": {"pytorch": round(len(images) / torch_s, 2), "onnx": round(len(images) / onnx_s, 2)},
               "examples": [[str(getattr(i, "name", i))[-60:], c] for i, c in zip(images[:3], got[:3])]}
+    check_caption_variants(variants)
+    report["tries"] = [] if variants == [] else [_try_int8(out, config, onnx_model, images, references, got, beam,
+                                                           max_drop_points, timing_seconds, progress)]
+    report["served"] = config.get("files", {}).get("step", "step.onnx")
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
     atomic_write_bytes(out / "report.md", caption_report_table(report).encode())
     return report
 
 
+def check_caption_variants(variants: Sequence[str] | None) -> None:
+    other = sorted(set(variants or ()) - {"int8_dynamic"})
+    if other:
+        raise PolymodalError(f"captioner exports have no {', '.join(other)} variant; the one tried is int8_dynamic")
+
+
+def _try_int8(out: Path, config: dict, fp32_model, images: Sequence, references, fp32_captions: list[str], beam: int,
+              max_drop: float, seconds: float, progress) -> dict:
+    """The int8 dynamic step graph through the gate; a kept one is written into the config as the served step."""
+    from polymodal.eval.captions import caption_scores
+    from polymodal.export.caption_runtime import OnnxCaptioner
+    from polymodal.export.onnx_export import gate, paired_speed
+
+    row = {"graph": "step", "variant": "int8_dynamic"}
+    try:
+        reference = caption_scores(references, fp32_captions)["cider"] if references else None
+    except PolymodalError as exc:  # pycocoevalcap missing: no quality gate, so no variant
+        return {**row, "status": "skipped", "reason": str(exc)}
+    if reference is None:
+        return {**row, "status": "skipped", "reason": "no validation captions to gate on (pass --val-pairs)"}
+    path = out / "step.int8_dynamic.onnx"
+    progress("trying int8_dynamic for the step graph")
+    try:
+        V.int8_dynamic(out / "step.onnx", path)
+        atomic_write_bytes(out / ONNX_CONFIG, json.dumps({**config, "files": {"step": path.name}}).encode())
+        trial = OnnxCaptioner(out)
+        cider = caption_scores(references, trial.caption(images, beam=beam))["cider"]
+        few = list(images[:8])
+        speed, fp32_speed = paired_speed(lambda: trial.caption(few, beam=beam),
+                                         lambda: fp32_model.caption(few, beam=beam), len(few), seconds)
+    except Exception as exc:  # an unsupported operator is a finding for the report, not a crash
+        path.unlink(missing_ok=True)
+        return {**row, "status": "failed", "reason": V.failure_reason(exc)}
+    finally:
+        atomic_write_bytes(out / ONNX_CONFIG, json.dumps(config, indent=2).encode())
+    drop = round(100 * (reference - cider), 2)
+    status, reason = gate(speed, fp32_speed, drop, max_drop, metric="CIDEr-D")
+    if status == "kept":
+        config["files"] = {"step": path.name}
+        atomic_write_bytes(out / ONNX_CONFIG, json.dumps(config, indent=2).encode())
+    else:
+        path.unlink(missing_ok=True)
+    return {**row, "status": status, "photos_per_s": round(speed, 2), "x_fp32_onnx": round(speed / fp32_speed, 2),
+            "cider": round(cider, 4), "cider_fp32": round(reference, 4), "drop_points": drop, "reason": reason}
+
+
 def caption_report_table(report: dict) -> str:
     p, s = report["parity"], report["photos_per_s"]
-    return (f"# ONNX export of {report['model']}\n\nValidation: {report['photos']} photos, beam {report['beam']}. "
-            f"Parity: first-step logit cosine >= {p['min_first_step_logit_cosine']}, identical captions on "
-            f"{p['same_captions']:.2%} of photos.\n\n| runtime | photos/s |\n|---|---|\n"
-            f"| PyTorch | {s['pytorch']} |\n| ONNX | {s['onnx']} |\n")
+    lines = [f"# ONNX export of {report['model']}", "",
+             f"Validation: {report['photos']} photos, beam {report['beam']}. Parity: first-step logit cosine >= "
+             f"{p['min_first_step_logit_cosine']}, identical captions on {p['same_captions']:.2%} of photos. "
+             f"PyTorch {s['pytorch']} photos/s, ONNX fp32 {s['onnx']}. Served step graph: {report['served']}.", ""]
+    lines += V.tries_table(report["tries"], ("photos_per_s", "photos/s"), ("cider", "CIDEr-D"))
+    return "\n".join(lines) + "\n"
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -23,8 +23,9 @@ class OnnxCaptioner:
         self.config = config
         self.name, self.version = config["name"], config["version"]
         self.transform = ImageTransform.from_dict(config["transform"])
-        self.prefix = onnx_session(folder / "prefix.onnx", threads)
-        self.step = onnx_session(folder / "step.onnx", threads)
+        self.files = {"prefix": "prefix.onnx", "step": "step.onnx", **config.get("files", {})}
+        self.prefix = onnx_session(folder / self.files["prefix"], threads)
+        self.step = onnx_session(folder / self.files["step"], threads)
         self.tokenizer = Tokenizer.from_file(str(folder / config["tokenizer"]))
 
     @property
@@ -64,4 +65,4 @@ class OnnxCaptioner:
         return out
 
     def __repr__(self) -> str:
-        return f"OnnxCaptioner({self.key})"
+        return f"OnnxCaptioner({self.key}, step={self.files['step']})"

@@ -140,12 +140,8 @@ def vqa_report_table(report: dict) -> str:
              f"Validation: {report['questions']} questions. Parity: same top-1 answer on "
              f"{report['parity']['same_top1']:.4f} of them, min logit cosine {report['parity']['min_logit_cosine']}. "
              f"Accuracy: PyTorch {report['accuracy_pytorch']['accuracy']}, ONNX fp32 {report['accuracy_onnx']['accuracy']}, "
-             f"served {report['accuracy_served']['accuracy']}. Served graphs: {served}.", "",
-             "| graph | variant | status | items/s | x fp32 ORT | accuracy | drop (points) | why |", "|" + "---|" * 8]
-    for t in report["tries"]:
-        cells = [t["graph"], t["variant"], t["status"], t.get("items_per_s", ""), t.get("x_fp32_onnx", ""),
-                 t.get("accuracy", ""), t.get("drop_points", ""), t.get("reason", "")]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+             f"served {report['accuracy_served']['accuracy']}. Served graphs: {served}.", ""]
+    lines += V.tries_table(report["tries"], ("items_per_s", "items/s"), ("accuracy", "accuracy"))
     return "\n".join(lines) + "\n"
 
 

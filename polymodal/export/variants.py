@@ -98,3 +98,14 @@ def failure_reason(exc: BaseException) -> str:
     """A variant's failure as one report line; some errors (MemoryError()) have no message at all."""
     lines = str(exc).strip().splitlines()
     return f"failed here: {type(exc).__name__}" + (f": {lines[0][:200]}" if lines else "")
+
+
+def tries_table(tries: list[dict], speed: tuple[str, str], metric: tuple[str, str]) -> list[str]:
+    """Markdown rows of the variants an export tried: (key, column title) of its speed and its quality metric."""
+    lines = [f"| graph | variant | status | {speed[1]} | x fp32 ORT | {metric[1]} | drop (points) | why |",
+             "|" + "---|" * 8]
+    for t in tries:
+        cells = [t["graph"], t["variant"], t["status"], t.get(speed[0], ""), t.get("x_fp32_onnx", ""),
+                 t.get(metric[0], ""), t.get("drop_points", ""), t.get("reason", "")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
