@@ -19,9 +19,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from polymodal.data.augment import Augment, make_rng
 from polymodal.data.images import ImageTransform, load_image
 from polymodal.data.jsonl import iter_json_rows
-from polymodal.data.pairs import ImageCaptionDataset, Pair, PairSet, open_pair_image, read_pair_source, split_by_image
+from polymodal.data.datasets import ImageCaptionDataset, ShardDataset
+from polymodal.data.pairs import Pair, PairSet, open_pair_image, read_pair_source, split_by_image
 from polymodal.data.shards import (
-    ShardDataset, expand_braces, expand_shards, iter_samples, iter_shards, write_shards,
+    expand_braces, expand_shards, iter_samples, iter_shards, write_shards,
 )
 from polymodal.errors import PolymodalError
 from polymodal.train.features import CachedPairDataset, image_features

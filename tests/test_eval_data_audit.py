@@ -24,8 +24,9 @@ from polymodal.data.augment import Augment
 from polymodal.data.jsonl import iter_json_rows
 from polymodal.data.pairs import Pair
 from polymodal.data.samples import write_sample_gallery
+from polymodal.data.datasets import ShardDataset
 from polymodal.data.shards import (
-    ShardDataset, image_bytes, iter_samples, iter_shards, split_tar_ref, tar_ref, write_shards,
+    image_bytes, iter_samples, iter_shards, split_tar_ref, tar_ref, write_shards,
 )
 from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import retrieval_metrics

@@ -98,6 +98,24 @@ def test_runtime_matches_pytorch_and_never_imports_torch(lite_export, lite, gall
     assert got["txt"] >= floor.get(report["served"]["text"], 0.98)
 
 
+def test_eval_retrieval_on_the_export_never_imports_torch(lite_export, gallery, tmp_path):
+    out, _ = lite_export
+    rows = {"cat.jpg": "a tabby cat", "coffee.jpg": "a cup of coffee", "rocket.jpg": "a rocket on the launch pad"}
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"image": str(gallery / k), "caption": v}) + "\n" for k, v in rows.items()))
+    script = textwrap.dedent(f"""
+        import sys
+        from polymodal.cli import main
+        assert main(["eval", "retrieval", "--pairs", {str(pairs)!r}, "--model", {str(out)!r}, "--runtime", "onnx"]) == 0
+        print("TORCH", "torch" in sys.modules)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert json.loads(lines[0])["t2i_R@1"] == 1.0 and lines[-1] == "TORCH False"
+
+
 def test_text_graph_has_dynamic_batch_and_length(lite_export, lite):
     out, _ = lite_export
     model = OnnxEmbeddingModel(out)

@@ -16,16 +16,9 @@ from torch.utils.data import DataLoader
 from conftest import shared_data
 from polymodal.data.augment import Augment, views
 from polymodal.data.images import ImageTransform
-from polymodal.data.pairs import (
-    ImageCaptionDataset,
-    Pair,
-    PairSet,
-    collate_pairs,
-    open_pair_image,
-    read_pair_source,
-    split_by_image,
-)
-from polymodal.data.shards import ShardDataset, expand_braces, expand_shards, iter_shards, write_shards
+from polymodal.data.datasets import ImageCaptionDataset, ShardDataset, collate_pairs
+from polymodal.data.pairs import Pair, PairSet, open_pair_image, read_pair_source, split_by_image
+from polymodal.data.shards import expand_braces, expand_shards, iter_shards, write_shards
 from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import read_pairs
 

@@ -13,8 +13,7 @@ hard-negative captions that describe the row's photo wrongly (NegCLIP; `polymoda
 Rows that cannot be used (bad JSON, missing key, missing image file) are collected in `PairSet.skipped` and
 logged; only a source with no usable pair at all is an error.
 
-`ImageCaptionDataset` serves one (pixels, caption, image index) per unique image: in a batch no two rows show
-the same image, so the contrastive loss sees no duplicate-image false negatives.
+Torch-free: the training datasets over pairs and shards are in `polymodal.data.datasets`.
 """
 
 from __future__ import annotations
@@ -26,13 +25,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from polymodal.data import shards as _shards
-from polymodal.data.augment import Augment, make_rng
-from polymodal.data.images import IMAGE_EXTENSIONS, ImageTransform, load_image
+from polymodal.data.augment import make_rng
+from polymodal.data.images import IMAGE_EXTENSIONS, load_image
 from polymodal.data.jsonl import iter_json_rows
 from polymodal.errors import PolymodalError
 
@@ -340,67 +337,3 @@ def split_by_image(pairset: PairSet, val_fraction: float, seed: int = 0) -> tupl
     val_images = np.sort(order[:n_val])
     train_images = np.sort(order[n_val:])
     return pairset.subset(train_images), pairset.subset(val_images)
-
-
-# ---------------------------------------------------------------------------------------------- training dataset
-
-
-class ImageCaptionDataset(Dataset):
-    """Map-style dataset over the unique images of a PairSet: item i = (pixels float32 [3, H, W], caption, i).
-
-    Each epoch gives every image one caption. An image with k captions walks through a seeded random
-    permutation of them, one per epoch, a new permutation every k epochs: all captions are used, in random
-    order, and the choice depends only on (seed, epoch, i), not on DataLoader workers or batch order.
-    Call `set_epoch(e)` before each epoch (it reaches persistent workers too: the epoch is in shared memory).
-    `augment` (if given) runs on the PIL image before `transform`, seeded by (seed, epoch, i).
-    """
-
-    def __init__(self, pairset: PairSet, transform: ImageTransform, augment: Augment | None = None, seed: int = 0):
-        if not pairset.images:
-            raise PolymodalError("ImageCaptionDataset got an empty PairSet; read a source with read_pair_source")
-        self.images = list(pairset.images)
-        self.captions: list[list[str]] = [[] for _ in self.images]
-        for pair, owner in zip(pairset.pairs, pairset.caption_image):
-            self.captions[owner].append(pair.caption)
-        self.transform, self.augment, self.seed = transform, augment, int(seed)
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(int(epoch))
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def caption_for(self, index: int, epoch: int | None = None) -> str:
-        """The caption image `index` gets in `epoch` (default: the current epoch)."""
-        captions = self.captions[index]
-        if len(captions) == 1:
-            return captions[0]
-        cycle, position = divmod(self.epoch if epoch is None else int(epoch), len(captions))
-        return captions[int(make_rng(self.seed, index, cycle, 0).permutation(len(captions))[position])]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, int]:
-        index = int(index)
-        if not 0 <= index < len(self.images):
-            raise IndexError(f"index {index} out of range for {len(self.images)} images")
-        image = open_pair_image(self.images[index])
-        if self.augment is not None:
-            image = self.augment(image, make_rng(self.seed, self.epoch, index, 1))
-        pixels = torch.from_numpy(self.transform([image])[0])
-        return pixels, self.caption_for(index), index
-
-
-def collate_pairs(batch: Sequence[tuple]) -> tuple[torch.Tensor, list[str], Any]:
-    """[(pixels, caption, id)] -> (pixels [B, 3, H, W], captions, ids: int64 tensor, or a list for string keys)."""
-    if not batch:
-        raise PolymodalError("collate_pairs got an empty batch")
-    pixels = torch.stack([b[0] for b in batch])
-    captions = [b[1] for b in batch]
-    ids = [b[2] for b in batch]
-    if all(isinstance(i, (int, np.integer)) for i in ids):
-        ids = torch.as_tensor(ids, dtype=torch.int64)
-    return pixels, captions, ids

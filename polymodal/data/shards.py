@@ -7,8 +7,7 @@ per unique image with all of its captions, so a training stream never shows the 
 
 - `write_shards(pairs, out_dir, samples_per_shard)` writes shards atomically (temporary file, then rename).
 - `iter_shards(patterns)` streams (key, PIL image or bytes, caption) with `tarfile` in "r|*" mode.
-- `ShardDataset` is an `IterableDataset` that splits shards across DataLoader workers and distributed ranks,
-  shuffles through a buffer of undecoded samples and decodes lazily.
+- `polymodal.data.datasets.ShardDataset` is the training stream over them (torch); this module is torch-free.
 
 Patterns are paths, globs (`shards/*.tar`), brace patterns (`shards-{000..009}.tar`, `{a,b}.tar`), folders of
 shards, or several of these joined by "::" or given as a list.
@@ -30,13 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import numpy as np
-import torch
-from torch.utils.data import IterableDataset, get_worker_info
-
 from polymodal.cache import temp_beside
-from polymodal.data.augment import Augment, make_rng
-from polymodal.data.images import IMAGE_EXTENSIONS, ImageTransform, load_image
+from polymodal.data.images import IMAGE_EXTENSIONS, load_image
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -335,7 +329,7 @@ def _iter_paths(shards: Iterable[Path], read_images: bool, skipped: list | None)
         yield from _iter_one_shard(Path(shard), read_images, skipped)
 
 
-def _skip(skipped: list | None, location: str, reason: str) -> None:
+def note_skipped(skipped: list | None, location: str, reason: str) -> None:
     log.warning("skipping %s: %s", location, reason)
     if skipped is not None:
         skipped.append((location, reason))
@@ -354,7 +348,7 @@ def _iter_one_shard(shard: Path, read_images: bool, skipped: list | None) -> Ite
                     continue
                 m = _KEY_EXT.match(member.name)
                 if m is None:
-                    _skip(skipped, f"{shard}:{member.name}", "member name has no extension")
+                    note_skipped(skipped, f"{shard}:{member.name}", "member name has no extension")
                     continue
                 key, ext = m.group(1), m.group(2).lower()
                 if key != current:
@@ -368,7 +362,7 @@ def _iter_one_shard(shard: Path, read_images: bool, skipped: list | None) -> Ite
                 files[ext] = (member.name, data)
     except _READ_ERRORS as exc:
         where = f"{shard}:{current}" if current else str(shard)
-        _skip(skipped, where, f"unreadable tar data, rest of shard skipped ({exc})")
+        note_skipped(skipped, where, f"unreadable tar data, rest of shard skipped ({exc})")
         return
     if current is not None:
         sample = _make_sample(shard, current, files, skipped)
@@ -380,16 +374,16 @@ def _make_sample(shard: Path, key: str, files: dict, skipped: list | None) -> Sh
     location = f"{shard}:{key}"
     image_ext = next((e for e in IMAGE_EXTS if e in files), None)
     if image_ext is None:
-        _skip(skipped, location, f"no image ({'/'.join(IMAGE_EXTS)}) among {sorted(files)}")
+        note_skipped(skipped, location, f"no image ({'/'.join(IMAGE_EXTS)}) among {sorted(files)}")
         return None
     try:
         meta = _meta(files)
         captions = _captions(files, meta)
     except (ValueError, UnicodeDecodeError) as exc:
-        _skip(skipped, location, f"unreadable caption ({exc.__class__.__name__}: {exc})")
+        note_skipped(skipped, location, f"unreadable caption ({exc.__class__.__name__}: {exc})")
         return None
     if not captions:
-        _skip(skipped, location, "no caption (.txt lines or .json 'caption'/'captions')")
+        note_skipped(skipped, location, "no caption (.txt lines or .json 'caption'/'captions')")
         return None
     name, data = files[image_ext]
     return ShardSample(shard, key, name, data, captions, _negatives(meta, captions))
@@ -441,118 +435,7 @@ def iter_shards(patterns: Any, decode: bool = True) -> Iterator[tuple[str, Any, 
             try:
                 image = load_image(sample.image)
             except PolymodalError as exc:
-                _skip(None, f"{sample.shard}:{sample.image_name}", str(exc))
+                note_skipped(None, f"{sample.shard}:{sample.image_name}", str(exc))
                 continue
         for caption in sample.captions:
             yield sample.key, image, caption
-
-
-# ---------------------------------------------------------------------------------------------- training stream
-
-
-def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if rank is not None or world_size is not None:
-        if rank is None or world_size is None or not 0 <= rank < world_size:
-            raise PolymodalError(f"rank={rank}, world_size={world_size}: pass both, with 0 <= rank < world_size")
-        return rank, world_size
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-class ShardDataset(IterableDataset):
-    """Stream of (pixels float32 [3, H, W], caption, key) from tar shards, for training.
-
-    Shard i (after an optional per-epoch shuffle that every rank does identically) goes to consumer i % n, where
-    the n = world_size * num_workers consumers are DataLoader workers on distributed ranks. With fewer shards
-    than consumers, every consumer reads all shards and keeps sample j where j % n is its own number, so the
-    split is still disjoint and complete. Samples pass undecoded through a shuffle buffer; each is decoded,
-    augmented and transformed only when it leaves. One caption per image per epoch, chosen at random.
-    Call `set_epoch(e)` before each epoch (it reaches persistent workers too: the epoch is in shared memory).
-    `skipped` lists (location, reason) for samples dropped in this process (with num_workers=0, all of them).
-    """
-
-    def __init__(
-        self,
-        patterns: Any,
-        transform: ImageTransform,
-        augment: Augment | None = None,
-        shuffle_buffer: int = 1000,
-        seed: int = 0,
-        *,
-        shuffle_shards: bool = True,
-        rank: int | None = None,
-        world_size: int | None = None,
-    ):
-        super().__init__()
-        self.shards = expand_shards(patterns)
-        self.transform, self.augment = transform, augment
-        self.shuffle_buffer, self.seed, self.shuffle_shards = int(shuffle_buffer), int(seed), shuffle_shards
-        _rank_world(rank, world_size)  # validate now, resolve when iterating (torch.distributed may start later)
-        self.rank, self.world_size = rank, world_size
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-        self.skipped: list[tuple[str, str]] = []
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(int(epoch))
-
-    def consumer(self) -> tuple[int, int]:
-        """(this consumer's number, number of consumers) from the rank and the DataLoader worker."""
-        rank, world = _rank_world(self.rank, self.world_size)
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        return rank * nw + wid, world * nw
-
-    def _own_shards(self, me: int, n: int, epoch: int) -> tuple[list[Path], bool]:
-        order = list(self.shards)
-        if self.shuffle_shards:
-            order = [order[i] for i in make_rng(self.seed, epoch).permutation(len(order))]
-        if len(order) >= n:
-            return order[me::n], False
-        if me == 0:
-            log.warning("%d shards for %d consumers (ranks x workers): splitting by sample, each reads every shard; "
-                        "write at least %d shards to avoid the extra reading", len(order), n, n)
-        return order, True
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, str, str]]:
-        me, n = self.consumer()
-        epoch = self.epoch
-        shards, by_sample = self._own_shards(me, n, epoch)
-        rng = make_rng(self.seed, epoch, me + 1)
-        stream: Iterable[ShardSample] = _iter_paths(shards, True, self.skipped)
-        if by_sample:
-            stream = (s for j, s in enumerate(stream) if j % n == me)
-        for sample in _shuffled(stream, self.shuffle_buffer, rng):
-            try:
-                image = load_image(sample.image)
-                if self.augment is not None:
-                    image = self.augment(image, rng)
-                pixels = torch.from_numpy(self.transform([image])[0])
-            except PolymodalError as exc:
-                _skip(self.skipped, f"{sample.shard}:{sample.image_name}", str(exc))
-                continue
-            caption = sample.captions[int(rng.integers(len(sample.captions)))]
-            yield pixels, caption, sample.key
-
-
-def _shuffled(stream: Iterable, size: int, rng: np.random.Generator) -> Iterator:
-    """Shuffle a stream through a buffer of `size` items (size <= 1: pass through in order)."""
-    if size <= 1:
-        yield from stream
-        return
-    buffer: list = []
-    for item in stream:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        j = int(rng.integers(size))
-        buffer[j], item = item, buffer[j]
-        yield item
-    for j in rng.permutation(len(buffer)):
-        yield buffer[j]
