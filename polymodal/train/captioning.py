@@ -25,7 +25,7 @@ from polymodal.models.inputs import as_paths, as_settings
 from polymodal.train.features import image_features, readable_pairs, readable_rows
 from polymodal.train.guards import AT_LEAST_1, FRACTION, check_ranges, check_run_folder, check_types, prepare_run_folder
 from polymodal.train.objectives import Objective
-from polymodal.train.run_settings import absolute_paths, check_same_run, write_train_config
+from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 
 log = logging.getLogger(__name__)
@@ -54,15 +54,8 @@ class CaptionRecipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CaptionRecipe":
-        d = dict(d)
-        arch = d.pop("arch", {})
-        train_keys = set(TrainConfig.__dataclass_fields__)
-        train = {**CAPTION_TRAIN_DEFAULTS, **d.pop("train", {}), **{k: d.pop(k) for k in list(d) if k in train_keys}}
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise PolymodalError(f"unknown captioner training settings {sorted(unknown)}")
-        return cls(arch=CaptionerConfig.from_dict(arch) if isinstance(arch, dict) else arch,
-                   train=TrainConfig.from_dict(train), **d)
+        arch, train, d = recipe_parts(cls, d, "captioner training ", CAPTION_TRAIN_DEFAULTS)
+        return cls(arch=CaptionerConfig.from_dict(arch) if isinstance(arch, dict) else arch, train=train, **d)
 
     def validate(self) -> None:
         check_types(self)

@@ -31,7 +31,7 @@ from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
 )
 from polymodal.train.objectives import ContrastiveObjective
-from polymodal.train.run_settings import absolute_paths, check_same_run, write_train_config
+from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 
 log = logging.getLogger(__name__)
@@ -62,18 +62,8 @@ class ContrastiveRecipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ContrastiveRecipe":
-        d = dict(d)
-        arch = DualEncoderConfig.from_dict(d.pop("arch", {}))
-        train_keys = set(TrainConfig.__dataclass_fields__)
-        train = TrainConfig.from_dict({**d.pop("train", {}), **{k: d.pop(k) for k in list(d) if k in train_keys}})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise PolymodalError(f"unknown settings {sorted(unknown)}; known: "
-                                 f"{sorted(set(cls.__dataclass_fields__) | train_keys)}")
-        for key in ("pairs", "val_pairs"):
-            if isinstance(d.get(key), str):
-                d[key] = [d[key]]
-        return cls(arch=arch, train=train, **d)
+        arch, train, d = recipe_parts(cls, d, list_keys=("pairs", "val_pairs"))
+        return cls(arch=DualEncoderConfig.from_dict(arch), train=train, **d)
 
     def validate(self) -> None:
         check_types(self)

@@ -53,7 +53,7 @@ from polymodal.train.guards import (
     FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
 )
 from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatch
-from polymodal.train.run_settings import absolute_paths, check_same_run, write_train_config
+from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa import EpochShuffle, grid_features
 
@@ -119,21 +119,12 @@ class PretrainRecipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainRecipe":
-        d = dict(d)
-        arch = d.pop("arch", {})
+        arch, train, d = recipe_parts(cls, d, "pretraining ", PRETRAIN_TRAIN_DEFAULTS, ("pairs", "val_pairs"))
         if isinstance(arch, dict):
             arch = FusionEncoderConfig.from_dict({"fusion": "co_attention", **arch})
-        train_keys = set(TrainConfig.__dataclass_fields__)
-        train = {**PRETRAIN_TRAIN_DEFAULTS, **d.pop("train", {}), **{k: d.pop(k) for k in list(d) if k in train_keys}}
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise PolymodalError(f"unknown pretraining settings {sorted(unknown)}")
-        for key in ("pairs", "val_pairs"):
-            if isinstance(d.get(key), str):
-                d[key] = [d[key]]
         if "objectives" in d:
             d["objectives"] = parse_objectives(d["objectives"])
-        return cls(arch=arch, train=TrainConfig.from_dict(train), **d)
+        return cls(arch=arch, train=train, **d)
 
     def validate(self) -> None:
         self.objectives = parse_objectives(self.objectives)

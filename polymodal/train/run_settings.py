@@ -7,10 +7,31 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
+
+
+def recipe_parts(cls, d: dict, label: str = "", train_defaults: dict | None = None,
+                 list_keys: Sequence[str] = ()) -> tuple[Any, Any, dict]:
+    """A recipe dict -> (its "arch" entry as given, its TrainConfig, the recipe's other keys). Train settings may sit
+    under "train" or at the top level (flags): defaults < "train" < top level. A key the recipe class does not
+    have is one error listing the known ones; ``list_keys`` given as one string become a one-item list."""
+    from polymodal.train.trainer import TrainConfig
+
+    d = dict(d)
+    arch = d.pop("arch", {})
+    train_keys = set(TrainConfig.__dataclass_fields__)
+    train = {**(train_defaults or {}), **d.pop("train", {}), **{k: d.pop(k) for k in list(d) if k in train_keys}}
+    unknown = set(d) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise PolymodalError(f"unknown {label}settings {sorted(unknown)}; known: "
+                             f"{sorted(set(cls.__dataclass_fields__) | train_keys)}")
+    for key in list_keys:
+        if isinstance(d.get(key), str):
+            d[key] = [d[key]]
+    return arch, TrainConfig.from_dict(train), d
 
 
 def absolute_source(source: str) -> str:

@@ -36,7 +36,7 @@ from polymodal.train.features import _load_cached, _store, image_features, reada
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
 )
-from polymodal.train.run_settings import absolute_paths, check_same_run, write_train_config
+from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa_objective import VQABatch, VQAObjective
 
@@ -72,20 +72,11 @@ class VQARecipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VQARecipe":
-        d = dict(d)
-        arch = d.pop("arch", {})
+        arch, train, d = recipe_parts(cls, d, "VQA training ", VQA_TRAIN_DEFAULTS, ("qa", "val_qa"))
         arch = FusionEncoderConfig.from_dict(arch) if isinstance(arch, dict) else arch  # answers: from the data
-        train_keys = set(TrainConfig.__dataclass_fields__)
-        train = {**VQA_TRAIN_DEFAULTS, **d.pop("train", {}), **{k: d.pop(k) for k in list(d) if k in train_keys}}
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise PolymodalError(f"unknown VQA training settings {sorted(unknown)}")
-        for key in ("qa", "val_qa"):
-            if isinstance(d.get(key), str):
-                d[key] = [d[key]]
         if isinstance(d.get("freeze"), str):
             d["freeze"] = [p.strip() for p in d["freeze"].split(",") if p.strip()]
-        return cls(arch=arch, train=TrainConfig.from_dict(train), **d)
+        return cls(arch=arch, train=train, **d)
 
     def validate(self) -> None:
         check_types(self)
