@@ -25,18 +25,24 @@ def load_captioner_model(name: str, runtime: str = "torch"):
     return require_captioner(polymodal.load(name, runtime=runtime), name)
 
 
-def _check_decoding(args) -> None:
+def _check_decoding(args) -> dict:
+    """The decoding flags, checked -> caption() keyword arguments."""
     if args.beam < 1 or args.max_tokens < 1:
         raise PolymodalError(f"--beam and --max-tokens must be at least 1, got {args.beam} and {args.max_tokens}")
+    if args.no_repeat is None:
+        return {"beam": args.beam, "max_tokens": args.max_tokens}
+    if args.no_repeat < 0 or args.no_repeat == 1:
+        raise PolymodalError(f"--no-repeat must be 0 (repeats allowed) or an n-gram size >= 2, got {args.no_repeat}")
+    return {"beam": args.beam, "max_tokens": args.max_tokens, "no_repeat": args.no_repeat}
 
 
 def cmd_caption(args) -> int:
     from polymodal.data.images import load_image
 
-    _check_decoding(args)
+    decoding = _check_decoding(args)
     images = [load_image(path) for path in args.images]  # a missing or corrupt image fails before the model loads
     model = load_captioner_model(args.model, args.runtime)
-    captions = model.caption(images, beam=args.beam, max_tokens=args.max_tokens)
+    captions = model.caption(images, **decoding)
     for path, caption in zip(args.images, captions):
         print(json.dumps({"image": path, "caption": caption}) if args.json else
               (f"{path}\t{caption}" if len(args.images) > 1 else caption))
@@ -54,11 +60,10 @@ def cmd_eval_captions(args) -> int:
     from polymodal.data.pairs import read_pair_source
     from polymodal.eval.captions import evaluate_captions
 
-    _check_decoding(args)
+    decoding = _check_decoding(args)
     pairs = read_pair_source(args.pairs)
     model = load_captioner_model(args.model, args.runtime)
-    result = evaluate_captions(model, pairs, beam=args.beam, max_tokens=args.max_tokens, limit=args.limit,
-                               examples=args.examples)
+    result = evaluate_captions(model, pairs, limit=args.limit, examples=args.examples, **decoding)
     print(json.dumps({"model": args.model, **result}))
     return 0
 
@@ -66,6 +71,9 @@ def cmd_eval_captions(args) -> int:
 def _decoding_options(s) -> None:
     s.add_argument("--beam", type=int, default=3, help="beam width (1 = greedy; default 3)")
     s.add_argument("--max-tokens", type=int, default=20, help="longest caption in word pieces (default 20)")
+    s.add_argument("--no-repeat", type=int, default=None,
+                   help="forbid repeating an n-gram of this many word pieces, or a piece twice in a row (default 3; "
+                        "0 allows repeats, e.g. 'a man in a red shirt and a woman in a red shirt')")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="onnx: caption with the model's `polymodal export onnx` folder through onnxruntime")
 

@@ -151,6 +151,26 @@ def test_beam_search_without_repeats(fresh):
         fresh.caption(_photo("red"), no_repeat=1)
 
 
+def test_cli_no_repeat_flag(fresh, tmp_path, capsys):
+    """`caption --no-repeat 0` lets the looping decoder repeat itself; the default does not."""
+    import copy
+
+    looping = copy.deepcopy(fresh)
+    with torch.no_grad():
+        looping.lm_bias[[1037, 3899, 2003]] += 30.0  # "a", "dog", "is"
+    looping.save(tmp_path / "loop")
+    _photo("red").save(tmp_path / "red.png")
+    words = {}
+    for flag in ([], ["--no-repeat", "0"]):
+        assert main(["caption", str(tmp_path / "red.png"), "--model", str(tmp_path / "loop"), "--max-tokens", "8",
+                     *flag]) == 0
+        words[bool(flag)] = capsys.readouterr().out.split()
+    assert any(a == b for a, b in zip(words[True], words[True][1:]))
+    assert not any(a == b for a, b in zip(words[False], words[False][1:]))
+    assert main(["caption", str(tmp_path / "red.png"), "--no-repeat", "1"]) == 2
+    assert "--no-repeat must be 0" in capsys.readouterr().err
+
+
 def test_saved_captioner_loads_and_writes_the_same_captions(fitted, tmp_path):
     import polymodal
 

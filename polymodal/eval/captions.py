@@ -42,9 +42,9 @@ def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str
 
 
 def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: int | None = None,
-                      examples: int = 5, batch_size: int = 16, progress: bool = True) -> dict:
+                      examples: int = 5, batch_size: int = 16, progress: bool = True, **decoding) -> dict:
     """Caption each photo of a PairSet (every caption of a photo is a reference) and score the captions. Photos
-    that cannot be read are counted and left out."""
+    that cannot be read are counted and left out; ``decoding`` (e.g. no_repeat) goes to model.caption."""
     from tqdm.auto import tqdm
 
     from polymodal.data.pairs import open_pair_image  # reads files and images inside tar shards alike
@@ -56,7 +56,8 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
     bar = tqdm(total=len(images), desc="captioning", unit="img", disable=not progress)
 
     def caption_batch(chunk: list) -> list[tuple[str]]:  # tuples: each_or_error gives a failed photo its error str
-        out = [(c,) for c in model.caption([open_pair_image(p) for p in chunk], beam=beam, max_tokens=max_tokens)]
+        out = [(c,) for c in model.caption([open_pair_image(p) for p in chunk], beam=beam, max_tokens=max_tokens,
+                                             **decoding)]
         bar.update(len(chunk))
         return out
 
