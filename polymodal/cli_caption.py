@@ -31,8 +31,9 @@ def _check_decoding(args) -> dict:
         raise PolymodalError(f"--beam and --max-tokens must be at least 1, got {args.beam} and {args.max_tokens}")
     if args.no_repeat is None:
         return {"beam": args.beam, "max_tokens": args.max_tokens}
-    if args.no_repeat < 0 or args.no_repeat == 1:
-        raise PolymodalError(f"--no-repeat must be 0 (repeats allowed) or an n-gram size >= 2, got {args.no_repeat}")
+    from polymodal.models.beam_search import check_no_repeat
+
+    check_no_repeat(args.no_repeat, "--no-repeat")
     return {"beam": args.beam, "max_tokens": args.max_tokens, "no_repeat": args.no_repeat}
 
 

@@ -60,16 +60,20 @@ def export_captioner_onnx(model, out: str | Path, images: Sequence, references: 
     ``references`` (captions per image) gate the int8 step graph (``variants=[]`` tries none)."""
     import time
 
+    from polymodal.data.pairs import open_pair_image
     from polymodal.export.caption_runtime import OnnxCaptioner
     from polymodal.models.beam_search import CLS
 
     if len(images) < 1:
         raise PolymodalError("captioner export needs validation photos: pass --val-pairs FILE")
+    check_caption_variants(variants)
+    names = [str(getattr(i, "name", i))[-60:] for i in images[:3]]
+    images = [open_pair_image(i) for i in images]  # decoded once for every run below (files or tar members)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.eval().requires_grad_(False)
     model._text[0].tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
-    pixels = torch.from_numpy(model.transform(list(images[:2]) * (2 if len(images) < 2 else 1)))
+    pixels = torch.from_numpy(model.transform(images[:2] * (2 if len(images) < 2 else 1)))
     with torch.no_grad():
         keys, values = _Prefix(model)(pixels)
     ids, position = torch.full((2, 1), CLS, dtype=torch.long), torch.zeros(1, dtype=torch.long)
@@ -103,8 +107,7 @@ def export_captioner_onnx(model, out: str | Path, images: Sequence, references: 
     report = {"model": model.key, "photos": len(images), "beam": beam,
               "parity": {"min_first_step_logit_cosine": round(cosine, 6), "same_captions": round(same, 4)},
               "photos_per_s": {"pytorch": round(len(images) / torch_s, 2), "onnx": round(len(images) / onnx_s, 2)},
-              "examples": [[str(getattr(i, "name", i))[-60:], c] for i, c in zip(images[:3], got[:3])]}
-    check_caption_variants(variants)
+              "examples": [[name, c] for name, c in zip(names, got[:3])]}
     report["tries"] = [] if variants == [] else [_try_int8(out, config, onnx_model, images, references, got, beam,
                                                            max_drop_points, timing_seconds, progress)]
     report["served"] = config.get("files", {}).get("step", "step.onnx")

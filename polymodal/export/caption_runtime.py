@@ -10,8 +10,8 @@ import numpy as np
 
 from polymodal.data.images import ImageTransform
 from polymodal.export.runtime import onnx_session, read_export_config
-from polymodal.models.beam_search import CLS, NO_REPEAT, beam_search, check_no_repeat
-from polymodal.models.inputs import as_images, check_count
+from polymodal.models.beam_search import CLS, NO_REPEAT, beam_search, caption_batches
+from polymodal.models.inputs import as_images
 
 
 class OnnxCaptioner:
@@ -47,12 +47,9 @@ class OnnxCaptioner:
     def caption(self, images: Any, beam: int = 3, max_tokens: int = 20, batch_size: int = 16,
                 no_repeat: int = NO_REPEAT) -> list[str]:
         """An image or images (paths, PIL images, arrays) -> one caption each."""
-        beam, max_tokens = check_count(beam, "beam"), check_count(max_tokens, "max_tokens")
-        no_repeat = check_no_repeat(no_repeat)
-        images = as_images(images)
-        out: list[str] = []
-        for i in range(0, len(images), batch_size):
-            keys, values = (np.repeat(a, beam, axis=1) for a in self._prefix(images[i : i + batch_size]))
+
+        def pieces_of(batch: list, beam: int, max_tokens: int, no_repeat: int) -> list[list[int]]:
+            keys, values = (np.repeat(a, beam, axis=1) for a in self._prefix(batch))
             state = {"keys": keys, "values": values}
 
             def step(ids: np.ndarray, origin: np.ndarray) -> np.ndarray:
@@ -60,9 +57,9 @@ class OnnxCaptioner:
                                                                       state["values"][:, origin])
                 return logits
 
-            pieces = beam_search(step, len(keys[0]) // beam, beam, max_tokens, no_repeat=no_repeat)
-            out += [self.tokenizer.decode(p) for p in pieces]
-        return out
+            return beam_search(step, len(batch), beam, max_tokens, no_repeat=no_repeat)
+
+        return caption_batches(images, batch_size, beam, max_tokens, no_repeat, pieces_of, self.tokenizer.decode)
 
     def __repr__(self) -> str:
         return f"OnnxCaptioner({self.key}, step={self.files['step']})"

@@ -7,11 +7,12 @@ values reorders them by it), and ``logits`` ``[N, V]`` score the next piece.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from polymodal.errors import PolymodalError
+from polymodal.models.inputs import as_images, check_count
 
 CLS, SEP, PAD = 101, 102, 0  # MiniLM's (BERT uncased) special word pieces
 NO_REPEAT = 3  # captions never repeat a 3-gram or a piece twice in a row (benchmarks/captioning.py --no-repeat)
@@ -31,10 +32,22 @@ def repeats(sequences: list[list[int]], n: int) -> list[list[int]]:
     return out
 
 
-def check_no_repeat(no_repeat) -> int:
+def check_no_repeat(no_repeat, name: str = "no_repeat") -> int:
     if isinstance(no_repeat, bool) or not isinstance(no_repeat, int) or no_repeat < 0 or no_repeat == 1:
-        raise PolymodalError(f"no_repeat must be 0 (repeats allowed) or an n-gram size >= 2, got {no_repeat!r}")
+        raise PolymodalError(f"{name} must be 0 (repeats allowed) or an n-gram size >= 2, got {no_repeat!r}")
     return no_repeat
+
+
+def caption_batches(images: Any, batch_size: int, beam: int, max_tokens: int, no_repeat: int,
+                    pieces_of: Callable[..., list[list[int]]], text_of: Callable[[list[int]], str]) -> list[str]:
+    """caption() of both runtimes: an image or images (paths, PIL images, arrays) -> one caption each, after one
+    check of the decoding options. ``pieces_of(batch, beam, max_tokens, no_repeat)`` writes the word pieces of a
+    batch of images; ``text_of`` turns them into text."""
+    beam, max_tokens = check_count(beam, "beam"), check_count(max_tokens, "max_tokens")
+    no_repeat = check_no_repeat(no_repeat)
+    images = as_images(images)
+    return [text_of(pieces) for i in range(0, len(images), batch_size)
+            for pieces in pieces_of(images[i : i + batch_size], beam, max_tokens, no_repeat)]
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

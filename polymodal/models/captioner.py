@@ -28,9 +28,9 @@ from torch import Tensor, nn
 
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
-from polymodal.models.beam_search import NO_REPEAT, beam_search, check_no_repeat
+from polymodal.models.beam_search import NO_REPEAT, beam_search, caption_batches
 from polymodal.models.folders import folder_type, read_folder_config, write_model_folder
-from polymodal.models.inputs import as_images, check_count
+from polymodal.models.inputs import as_images
 from polymodal.models.modes import in_eval_mode
 
 IMAGE_DIM = 1280
@@ -215,16 +215,12 @@ class Captioner(nn.Module):
     def caption(self, images: Any, beam: int = 3, max_tokens: int = 20, batch_size: int = 16,
                 no_repeat: int = NO_REPEAT) -> list[str]:
         """An image or images (paths, PIL images, arrays) -> one caption each (no_repeat: see generate)."""
-        beam = check_count(beam, "beam")
-        max_tokens = check_count(max_tokens, "max_tokens")
-        no_repeat = check_no_repeat(no_repeat)
-        images = as_images(images)
-        out: list[str] = []
-        for i in range(0, len(images), batch_size):
-            grid = self.encode_images(images[i : i + batch_size], batch_size)
-            out += [self.decode(ids) for ids in self.generate(grid, beam=beam, max_tokens=max_tokens,
-                                                              no_repeat=no_repeat)]
-        return out
+
+        def pieces_of(batch: list, beam: int, max_tokens: int, no_repeat: int) -> list[list[int]]:
+            return self.generate(self.encode_images(batch, batch_size), beam=beam, max_tokens=max_tokens,
+                                 no_repeat=no_repeat)
+
+        return caption_batches(images, batch_size, beam, max_tokens, no_repeat, pieces_of, self.decode)
 
     def decode(self, pieces: list[int]) -> str:
         """Word pieces (as `generate` returns them) -> text."""
