@@ -282,8 +282,16 @@ def cmd_info(args) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own mistakes (a bad flag value, a missing argument) as one line, like every other polymodal
+    error, instead of the command's whole usage block (27 lines for `train contrastive`) before it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="polymodal", description="Multimodal models, offline: embed, search, classify.")
+    p = OneLineParser(prog="polymodal", description="Multimodal models, offline: embed, search, classify.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     from polymodal import __version__  # the package's __init__ imports no torch
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 from polymodal.cli_options import add_run_options
-from polymodal.errors import PolymodalError
 
 # flag -> (recipe section, type), as polymodal.cli_train.recipe_settings reads them
 CAPTION_FLAGS = {
@@ -27,26 +26,27 @@ def load_captioner_model(name: str, runtime: str = "torch"):
 
 def _check_decoding(args) -> dict:
     """The decoding flags, checked -> caption() keyword arguments."""
-    if args.beam < 1 or args.max_tokens < 1:
-        raise PolymodalError(f"--beam and --max-tokens must be at least 1, got {args.beam} and {args.max_tokens}")
-    if args.no_repeat is None:
-        return {"beam": args.beam, "max_tokens": args.max_tokens}
-    from polymodal.models.beam_search import check_no_repeat
+    from polymodal.models.beam_search import NO_REPEAT, check_decoding
 
-    check_no_repeat(args.no_repeat, "--no-repeat")
-    return {"beam": args.beam, "max_tokens": args.max_tokens, "no_repeat": args.no_repeat}
+    no_repeat = NO_REPEAT if args.no_repeat is None else args.no_repeat
+    check_decoding(args.beam, args.max_tokens, no_repeat, getattr(args, "batch_size", 1), flags=True)
+    decoding = {"beam": args.beam, "max_tokens": args.max_tokens}
+    return decoding if args.no_repeat is None else {**decoding, "no_repeat": args.no_repeat}
 
 
 def cmd_caption(args) -> int:
-    from polymodal.data.images import load_image
+    from polymodal.data.images import check_image_file
 
     decoding = _check_decoding(args)
-    images = [load_image(path) for path in args.images]  # a missing or corrupt image fails before the model loads
+    for path in args.images:  # a missing, unreadable or degenerate file fails before the model loads
+        check_image_file(path)
     model = load_captioner_model(args.model, args.runtime)
-    captions = model.caption(images, **decoding)
-    for path, caption in zip(args.images, captions):
-        print(json.dumps({"image": path, "caption": caption}) if args.json else
-              (f"{path}\t{caption}" if len(args.images) > 1 else caption))
+    # a batch at a time: memory stays flat over thousands of photos, and each batch's captions show as they come
+    for start in range(0, len(args.images), args.batch_size):
+        paths = args.images[start : start + args.batch_size]
+        for path, caption in zip(paths, model.caption(paths, **decoding)):
+            print(json.dumps({"image": path, "caption": caption}) if args.json else
+                  (f"{path}\t{caption}" if len(args.images) > 1 else caption), flush=True)
     return 0
 
 
@@ -84,6 +84,7 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("images", nargs="+")
     s.add_argument("--model", default="captioner", help="built-in name or captioner folder (default: captioner)")
     _decoding_options(s)
+    s.add_argument("--batch-size", type=int, default=16, help="photos decoded and captioned at a time (default 16)")
     s.add_argument("--json", action="store_true", help="one {image, caption} object per line")
     s.set_defaults(func=cmd_caption)
 

@@ -24,6 +24,8 @@ def cmd_export_onnx(args) -> int:
         raise unknown_model(args.model)
     if args.val_limit < 2:
         raise PolymodalError(f"--val-limit must be at least 2, got {args.val_limit}")
+    if not args.timing_seconds > 0:  # also refuses nan
+        raise PolymodalError(f"--timing-seconds must be more than 0, got {args.timing_seconds}")
     out = Path(args.out) if args.out else (onnx_export_dir(args.model) if args.model in MODELS else None)
     if out is None:
         raise PolymodalError("pass --out DIR: where to write the export of a model given by path")
@@ -131,8 +133,9 @@ def _print_result(args, out: Path, report: dict, table: str, command: str) -> in
 
 def add_parsers(sub) -> None:
     export = sub.add_parser("export", help="export a model for deployment").add_subparsers(dest="format", required=True)
-    s = export.add_parser("onnx", help="ONNX graphs of both towers, parity-checked; int8/bf16 variants kept only if "
-                                       "faster and within --max-drop-points R@5 (needs [onnx])")
+    s = export.add_parser("onnx", help="ONNX graphs of a model (embedding towers, VQA, captioner), parity-checked; "
+                                       "int8/bf16 variants kept only if faster and within --max-drop-points "
+                                       "(needs [onnx])")
     s.add_argument("model", help="built-in name or model folder/checkpoint")
     s.add_argument("--out", help="export folder (default for built-in names: the cache's onnx/NAME, where "
                                  "polymodal.load(NAME, runtime='onnx') looks)")
@@ -141,8 +144,12 @@ def add_parsers(sub) -> None:
     s.add_argument("--val-qa", help="VQA models: question rows (JSONL) the export is checked on")
     s.add_argument("--val-limit", type=int, default=300,
                    help="validation images sampled from --val-pairs, or questions from --val-qa (default 300)")
-    s.add_argument("--variants", help="comma-separated subset of int8_dynamic,int8_static,bf16 (default: all; '' = none)")
-    s.add_argument("--max-drop-points", type=float, default=1.0, help="largest R@5 drop a kept variant may cost (default 1)")
+    s.add_argument("--variants",
+                   help="comma-separated subset of int8_dynamic,int8_static,bf16 (default: all the model's kind "
+                        "has; '' = none; captioners: int8_dynamic)")
+    s.add_argument("--max-drop-points", type=float, default=1.0,
+                   help="largest quality drop in points a kept variant may cost: R@5 for embedding models, "
+                        "accuracy for VQA, CIDEr-D x100 for captioners (default 1)")
     s.add_argument("--timing-seconds", type=float, default=1.0, help="length of each speed measurement (default 1)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_export_onnx)

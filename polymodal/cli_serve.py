@@ -69,7 +69,8 @@ def cmd_serve(args) -> int:
     shown = f"[{host}]" if ":" in host else host
     svc = app.state.service
     vqa = f", answering questions with {svc.vqa_model.key}" if svc.vqa and svc.vqa_model is not svc.model else ""
-    vqa += f", captioning with {svc.caption_model.key}" if svc.caption_model is not None else ""
+    if svc.caption_model is not None:  # an ONNX captioner's int8 step writes other captions than fp32: say which
+        vqa += f", captioning with {svc.caption_model.key} ({runs_on(svc.caption_model)['precision']})"
     how = runs_on(svc.model)
     print(f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} ({info['count']} images{vqa}) on "
           f"http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops", flush=True)

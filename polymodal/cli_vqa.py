@@ -35,7 +35,10 @@ def cmd_vqa(args) -> int:
     if args.top_k < 1:
         raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
     image = load_image(args.image)  # a missing or corrupt image fails here, before the model loads
-    choices = [c.strip() for c in args.choices.split(",") if c.strip()] if args.choices else None
+    choices = None if args.choices is None else [c.strip() for c in args.choices.split(",") if c.strip()]
+    if choices == []:  # `--choices ""` (an empty shell variable) would otherwise answer open-ended without a word
+        raise PolymodalError(f"--choices {args.choices!r} names no answer; pass candidates like --choices yes,no, "
+                             "or leave --choices out for an open answer")
     model = _load_vqa_model(args.model, args.runtime)
     result = model.answer(image, args.question, choices=choices, top_k=args.top_k)
     if args.explain:

@@ -96,6 +96,7 @@ def test_the_int8_step_graph_is_served_only_when_the_gate_keeps_it(exported, tmp
     import shutil
 
     import polymodal
+    import polymodal.export.caption_export as caption_export
     import polymodal.export.onnx_export as onnx_export
     from polymodal.export.caption_export import _try_int8
     from polymodal.export.runtime import read_export_config
@@ -105,14 +106,47 @@ def test_the_int8_step_graph_is_served_only_when_the_gate_keeps_it(exported, tmp
     fp32 = polymodal.load(str(out), runtime="onnx")
     photos = [exported / f"{c}.png" for c in COLOURS]
     written = json.loads((exported / "written.json").read_text())
+    references = [["a red square"], ["two blue circles"]]
+    row = _try_int8(out, config, fp32, photos, references, written, 3, 1.0, 0.05, lambda m: None)
+    assert row["status"] == "skipped" and "at least 5 photos" in row["reason"]  # CIDEr-D of 2 photos says nothing
+    monkeypatch.setattr(caption_export, "MIN_GATE_PHOTOS", 2)  # two photos keep the test quick
     monkeypatch.setattr(onnx_export, "gate", lambda *a, **k: (verdict, "forced by the test"))
-    row = _try_int8(out, config, fp32, photos, [["a red square"], ["two blue circles"]], written, 3, 1.0, 0.05,
-                    lambda m: None)
+    row = _try_int8(out, config, fp32, photos, references, written, 3, 1.0, 0.05, lambda m: None)
     assert row["status"] == verdict and row["variant"] == "int8_dynamic" and "cider" in row
     served = polymodal.load(str(out), runtime="onnx")
     if verdict == "kept":
         assert served.files["step"] == "step.int8_dynamic.onnx" and (out / "step.int8_dynamic.onnx").is_file()
+        assert served.variants == {"prefix": "fp32", "step": "int8_dynamic"}  # what serve's banner shows
         assert (out / "step.int8_dynamic.onnx").stat().st_size < (out / "step.onnx").stat().st_size / 2
         assert len(served.caption(photos, max_tokens=4)) == 2
     else:
         assert served.files["step"] == "step.onnx" and not (out / "step.int8_dynamic.onnx").exists()
+        assert served.variants == {"prefix": "fp32", "step": "fp32"}
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("prefix.onnx missing", "prefix.onnx is missing"),
+    ("prefix.onnx truncated", "prefix.onnx cannot be loaded"),
+    ("prefix.onnx is the step graph", "prefix.onnx is not the graph expected there"),
+    ("tokenizer.json garbled", "tokenizer.json cannot be read"),
+    ("onnx_config.json without transform", "onnx_config.json lacks or garbles 'transform'"),
+])
+def test_a_damaged_export_is_one_line_that_says_export_again(exported, tmp_path, capsys, damage, message):
+    out = tmp_path / "onnx"
+    out.mkdir()
+    for f in (exported / "onnx").iterdir():  # links: the graphs are large, and only the damaged file is new
+        (out / f.name).symlink_to(f)
+    name = damage.split()[0]
+    (out / name).unlink()
+    if damage == "prefix.onnx truncated":
+        (out / name).write_bytes((exported / "onnx" / name).read_bytes()[:1000])
+    elif damage == "prefix.onnx is the step graph":
+        (out / name).symlink_to(exported / "onnx" / "step.onnx")
+    elif damage == "tokenizer.json garbled":
+        (out / name).write_text("{}")
+    elif damage == "onnx_config.json without transform":
+        config = json.loads((exported / "onnx" / name).read_text())
+        (out / name).write_text(json.dumps({k: v for k, v in config.items() if k != "transform"}))
+    assert main(["caption", str(exported / "red.png"), "--model", str(out), "--runtime", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "export the model again" in err and "Traceback" not in err

@@ -151,6 +151,38 @@ def test_beam_search_without_repeats(fresh):
         fresh.caption(_photo("red"), no_repeat=1)
 
 
+@pytest.mark.parametrize("option, match", [
+    ({"batch_size": -3}, "batch_size must be a whole number"),  # once returned [] without a word
+    ({"batch_size": 0}, "batch_size must be a whole number"),
+    ({"beam": 21}, "beam must be at most 20"),  # beam 1000 took 2.9 GB for one photo
+    ({"max_tokens": 513}, "max_tokens must be at most 512"),  # past the position table: an IndexError
+])
+def test_caption_refuses_decoding_options_it_cannot_honour(fresh, option, match):
+    with pytest.raises(PolymodalError, match=match):
+        fresh.caption(_photo("red"), **option)
+
+
+def test_evaluation_names_a_bad_option_before_captioning_anything(fresh, tmp_path, monkeypatch):
+    from polymodal.data.pairs import read_pair_source
+    from polymodal.eval.captions import evaluate_captions
+
+    pairs = read_pair_source(_pairs(tmp_path))
+    calls = []
+    monkeypatch.setattr(fresh, "caption", lambda *a, **k: calls.append(1) or [])
+    for option, match in (({"beam": 0}, "beam must be"), ({"no_repeat": 1}, "no_repeat must be"),
+                          ({"batch_size": -1}, "batch_size must be"), ({"examples": -1}, "examples must be")):
+        with pytest.raises(PolymodalError, match=match):  # not "none of the photos could be read"
+            evaluate_captions(fresh, pairs, progress=False, **option)
+    assert calls == []
+
+
+def test_cider_needs_two_photos():
+    """CIDEr-D weighs words by how few photos they describe: over one photo every weight is 0, so it is None."""
+    one = caption_scores([["a red square on a wall"]], ["a red square on a wall"])
+    assert one["cider"] is None and one["bleu1"] == pytest.approx(1.0)
+    assert caption_scores([["a red square"], ["two blue circles"]], ["a red square", "two blue circles"])["cider"] > 1
+
+
 def test_cli_no_repeat_flag(fresh, tmp_path, capsys):
     """`caption --no-repeat 0` lets the looping decoder repeat itself; the default does not."""
     import copy
@@ -180,6 +212,10 @@ def test_saved_captioner_loads_and_writes_the_same_captions(fitted, tmp_path):
     again = polymodal.load(str(tmp_path / "cap"))
     assert isinstance(again, Captioner)
     assert again.caption([_photo("red"), _photo("blue")], beam=1) == [CAPTIONS["red"], CAPTIONS["blue"]]
+    config["lora_rank"] = 8  # edited after training: the adapters' shapes no longer match
+    (tmp_path / "cap" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PolymodalError, match="is \\[16, 384\\] in the weights, \\[8, 384\\] by config.json"):
+        load_captioner(tmp_path / "cap")
     (tmp_path / "cap" / "model.safetensors").write_bytes(b"not weights")
     with pytest.raises(PolymodalError, match="incomplete"):
         load_captioner(tmp_path / "cap")
@@ -211,7 +247,7 @@ def _pairs(tmp_path, n=4):
 def test_cli_trains_captions_and_evaluates(tmp_path, capsys):
     pairs = _pairs(tmp_path)
     assert main(["train", "captioner", "--pairs", str(pairs), "--out", str(tmp_path / "run"), "--epochs", "1",
-                 "--batch-size", "4", "--val-fraction", "0.25", "--quiet"]) == 0
+                 "--batch-size", "4", "--val-fraction", "0.5", "--quiet"]) == 0  # CIDEr-D needs 2+ photos
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     model = tmp_path / "run" / "model"
     assert line["model"] == str(model) and "val/loss" in line["best"] and "val/cider" in line["best"]
@@ -220,6 +256,13 @@ def test_cli_trains_captions_and_evaluates(tmp_path, capsys):
     out = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [o["image"] for o in out] == [str(tmp_path / "p0.png"), str(tmp_path / "p1.png")]
     assert all(isinstance(o["caption"], str) for o in out)
+    data = (tmp_path / "p1.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])  # a readable header, pixels cut off
+    assert main(["caption", str(tmp_path / "p0.png"), str(tmp_path / "cut.png"), "--model", str(model), "--json",
+                 "--batch-size", "1"]) == 2
+    streamed = capsys.readouterr()  # the batch before the damaged photo was printed, not lost
+    assert [json.loads(x)["image"] for x in streamed.out.strip().splitlines()] == [str(tmp_path / "p0.png")]
+    assert str(tmp_path / "cut.png") in streamed.err and "Traceback" not in streamed.err
     assert main(["eval", "captions", "--pairs", str(pairs), "--model", str(model), "--beam", "1", "--examples", "1"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 4 and 0.0 <= result["bleu4"] <= 1.0 and len(result["examples"]) == 1
@@ -235,19 +278,27 @@ def test_cli_mistakes_are_one_line(tmp_path, capsys):
     assert main(["caption", str(tmp_path / "ok.png"), "--model", "lite"]) == 2
     assert "does not write captions" in capsys.readouterr().err
     assert main(["caption", str(tmp_path / "ok.png"), "--beam", "0"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--beam must be a whole number of at least 1, got 0")
+    Image.new("RGB", (2000, 1)).save(tmp_path / "strip.png")
+    assert main(["caption", str(tmp_path / "ok.png"), str(tmp_path / "strip.png"), "--model", "no-such-model"]) == 2
+    assert f"{tmp_path / 'strip.png'} is 2000x1 pixels" in capsys.readouterr().err  # named, before the model loads
     assert main(["train", "captioner", "--pairs", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "r")]) == 2
     assert not (tmp_path / "r").exists()
 
 
-def test_without_pycocoevalcap_the_validation_loss_chooses_the_epoch(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("why", ["no pycocoevalcap", "one validation photo"])
+def test_without_cider_the_validation_loss_chooses_the_epoch(tmp_path, monkeypatch, caplog, why):
     from polymodal.train import captioning
 
-    monkeypatch.setattr(captioning, "has_caption_metrics", lambda: False)
+    if why == "no pycocoevalcap":
+        monkeypatch.setattr(captioning, "has_caption_metrics", lambda: False)
+    else:
+        pytest.importorskip("pycocoevalcap")
     recipe = captioning.CaptionRecipe(pairs=[str(_pairs(tmp_path))], out=str(tmp_path / "run"), val_fraction=0.25,
-                                      batch_size=4, train={"epochs": 1})
+                                      batch_size=4, train={"epochs": 1})  # 4 photos: 1 for validation
     result = captioning.train_captioner(recipe, progress=False)
     assert "val/cider" not in result and result["val/neg_loss"] == pytest.approx(-result["val/loss"])
-    assert "pycocoevalcap is not installed" in caplog.text
+    assert ("pycocoevalcap is not installed" if why == "no pycocoevalcap" else "CIDEr-D needs at least 2") in caplog.text
     assert (tmp_path / "run" / "model" / "config.json").is_file()
 
 

@@ -92,3 +92,12 @@ def test_second_writer_gets_one_line_and_exit_2(gallery, tmp_path):
                               capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "being written by another process" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["search", "red", "--db", "x", "-k", "abc"], ["train", "contrastive", "--lr", "abc"],
+                                  ["export", "onnx"]])
+def test_argparse_mistakes_are_one_line_too(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "usage:" not in err and "--help" in err

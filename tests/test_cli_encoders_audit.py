@@ -215,6 +215,12 @@ def test_vqa_explain_without_explain_support_is_one_line(capsys, spy_load, photo
     assert "--explain needs the PyTorch runtime" in err and not (tmp_path / "h.png").exists()
 
 
+@pytest.mark.parametrize("choices", ["", " , "])
+def test_vqa_choices_that_name_no_answer_are_refused(capsys, spy_load, photos, choices):
+    err = one_line_error(capsys, "vqa", photos / "red.png", "is it red?", "--model", "fake-vqa", "--choices", choices)
+    assert "names no answer" in err and spy_load.calls == []  # before the model loads
+
+
 def test_vqa_refuses_an_embedding_model(capsys, spy_load, photos):
     assert "does not answer questions" in one_line_error(capsys, "vqa", photos / "red.png", "q?", "--model", "fake")
 

@@ -114,6 +114,8 @@ def test_eval_retrieval_on_the_export_never_imports_torch(lite_export, gallery, 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert json.loads(lines[0])["t2i_R@1"] == 1.0 and lines[-1] == "TORCH False"
+    served = json.loads((out / "onnx_config.json").read_text())  # the line says which graphs ran, not "fp32"
+    assert json.loads(lines[0])["variants"] == {t: served[t]["variant"] for t in ("image", "text")}
 
 
 def test_text_graph_has_dynamic_batch_and_length(lite_export, lite):
@@ -141,11 +143,27 @@ def test_tiny_clip_checkpoint_exports_with_parity(tmp_path):
     assert float((onnx_model.encode_text(texts) * model.encode_text(texts)).sum(1).min()) >= 0.999
 
 
-def test_load_errors(tmp_path):
+def test_load_errors(tmp_path, lite_export):
     with pytest.raises(PolymodalError, match="polymodal export onnx"):
         polymodal.load(str(tmp_path / "nothing"), runtime="onnx")
     with pytest.raises(PolymodalError, match="unknown runtime"):
         polymodal.load("lite", runtime="tensorrt")
+    with pytest.raises(PolymodalError, match="threads must be a whole number"):
+        polymodal.load(str(lite_export[0]), runtime="onnx", threads=-2)
+    partial = tmp_path / "partial"  # an export missing its text graph: one line, not onnxruntime's NO_SUCHFILE
+    partial.mkdir()
+    config = json.loads((lite_export[0] / "onnx_config.json").read_text())
+    for f in lite_export[0].iterdir():
+        if f.name != config["text"]["file"]:
+            (partial / f.name).symlink_to(f)
+    with pytest.raises(PolymodalError, match=f"incomplete or damaged export \\({config['text']['file']} is missing"):
+        polymodal.load(str(partial), runtime="onnx")
+
+
+def test_export_refuses_a_timing_that_measures_nothing(capsys, tmp_path):
+    assert cli.main(["export", "onnx", "lite", "--out", str(tmp_path / "x"), "--timing-seconds", "0"]) == 2
+    assert "--timing-seconds must be more than 0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_export_refuses_models_without_towers(capsys, tmp_path):

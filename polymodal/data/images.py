@@ -68,18 +68,36 @@ def load_image(image: Any) -> Image.Image:
             "and pass its local path"
         )
     elif isinstance(image, (str, Path)):
-        path = Path(image)
-        if path.is_dir():  # "not found" would send the user looking for a path that is right there
-            raise PolymodalError(f"{path} is a folder, not an image file; pass an image file inside it "
-                                 "(`polymodal index` takes folders)")
-        if not path.is_file():
-            raise PolymodalError(f"image not found: {path}; pass an existing image file")
+        path = _existing_file(image)
         img = _open(path, str(path))
     else:
         raise PolymodalError(
             f"cannot read an image from {type(image).__name__}; pass a path, PIL image or numpy array"
         )
     return to_rgb(img)
+
+
+def check_image_file(path: str | Path) -> None:
+    """What load_image would refuse about an image file, read from its header (no pixels decoded): missing, a
+    folder, no image format Pillow knows, an extreme shape. A command over many files calls it on each first, so a
+    mistake stops it before a model loads; a file damaged past its header still fails when it is decoded."""
+    path = _existing_file(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise PolymodalError(f"not a readable image: {path} ({_reason(exc)})") from exc
+    check_image_size(w, h, str(path))
+
+
+def _existing_file(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():  # "not found" would send the user looking for a path that is right there
+        raise PolymodalError(f"{path} is a folder, not an image file; pass an image file inside it "
+                             "(`polymodal index` takes folders)")
+    if not path.is_file():
+        raise PolymodalError(f"image not found: {path}; pass an existing image file")
+    return path
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

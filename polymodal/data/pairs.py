@@ -139,12 +139,12 @@ def _finish(result: tuple[list[Pair], list[tuple[str, str]]], source: Any) -> Pa
     pairs, skipped = result
     pairs = without_repeats(pairs, skipped)
     name = str(source) if isinstance(source, (str, Path)) else "::".join(str(s) for s in source)
+    if not pairs:  # one error line; a warning before it would only repeat it
+        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise PolymodalError(f"{name} has no usable image-caption pairs; {len(skipped)} skipped{first}; pass {FORMATS}")
     if skipped:
         loc, why = skipped[0]
         log.warning("%s: skipped %d unusable rows or files (first: %s: %s)", name, len(skipped), loc, why)
-    if not pairs:
-        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
-        raise PolymodalError(f"{name} has no usable image-caption pairs; {len(skipped)} skipped{first}; pass {FORMATS}")
     return PairSet.from_pairs(pairs, skipped, name)
 
 

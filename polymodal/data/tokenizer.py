@@ -15,10 +15,11 @@ import numpy as np
 class FastTokenizer:
     """tokenizer.json -> padded int64 ids and mask, as the PyTorch model's tokenizer makes them."""
 
-    def __init__(self, path: Path, max_length: int, pad_id: int, pad_token: str) -> None:
+    def __init__(self, path, max_length: int, pad_id: int, pad_token: str) -> None:
+        """``path``: a tokenizer.json, or a tokenizers.Tokenizer already read from one."""
         from tokenizers import Tokenizer
 
-        self.tok = Tokenizer.from_file(str(path))
+        self.tok = path if isinstance(path, Tokenizer) else Tokenizer.from_file(str(path))
         self.tok.enable_truncation(max_length=max_length)
         self.tok.enable_padding(pad_id=pad_id, pad_token=pad_token)  # to the longest row, as padding=True does
 

@@ -8,11 +8,16 @@ on the same set, not across sets.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Sequence
 
 from polymodal.errors import PolymodalError
 
+log = logging.getLogger(__name__)
+# CIDEr-D weighs each n-gram by how few of the set's photos it describes: over one photo every weight is 0, so the
+# score is 0 whatever the caption. Below this many photos caption_scores gives None for it.
+MIN_CIDER_PHOTOS = 2
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
@@ -21,8 +26,9 @@ def caption_tokens(text: str) -> str:
     return " ".join(_WORD.findall(text.lower()))
 
 
-def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float]:
-    """Corpus BLEU-1..4 and CIDEr-D of one generated caption per image against that image's reference captions."""
+def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float | None]:
+    """Corpus BLEU-1..4 and CIDEr-D of one generated caption per image against that image's reference captions
+    (CIDEr-D None below MIN_CIDER_PHOTOS images)."""
     if len(references) != len(hypotheses):
         raise PolymodalError(f"{len(hypotheses)} captions for {len(references)} sets of references; give one each")
     if not hypotheses:
@@ -37,8 +43,8 @@ def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str
     gts = {i: [caption_tokens(r) for r in refs] for i, refs in enumerate(references)}
     res = {i: [caption_tokens(h)] for i, h in enumerate(hypotheses)}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    cider, _ = Cider().compute_score(gts, res)
-    return {**{f"bleu{n}": float(b) for n, b in enumerate(bleu, 1)}, "cider": float(cider)}
+    cider = float(Cider().compute_score(gts, res)[0]) if len(hypotheses) >= MIN_CIDER_PHOTOS else None
+    return {**{f"bleu{n}": float(b) for n, b in enumerate(bleu, 1)}, "cider": cider}
 
 
 def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: int | None = None,
@@ -48,10 +54,16 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
     from tqdm.auto import tqdm
 
     from polymodal.data.pairs import open_pair_image  # reads files and images inside tar shards alike
+    from polymodal.models.beam_search import NO_REPEAT, check_decoding
     from polymodal.models.inputs import each_or_error
 
+    # checked before any photo: a bad option raised inside the loop would read as "photos could not be read"
+    beam, max_tokens, _, batch_size = check_decoding(beam, max_tokens, decoding.get("no_repeat", NO_REPEAT),
+                                                     batch_size)
     if limit is not None and limit < 1:
         raise PolymodalError(f"--limit must be at least 1, got {limit}")
+    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
+        raise PolymodalError(f"examples must be a whole number of at least 0, got {examples!r}")
     images = list(pairs.images[:limit] if limit else pairs.images)
     bar = tqdm(total=len(images), desc="captioning", unit="img", disable=not progress)
 
@@ -65,8 +77,14 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
     bar.close()
     kept = [i for i, r in enumerate(results) if isinstance(r, tuple)]
     hyps, unreadable = [results[i][0] for i in kept], len(images) - len(kept)
+    first = next((f" (first: {r})" for r in results if isinstance(r, str)), "")
     if not kept:
-        raise PolymodalError(f"none of the {len(images)} photos could be read; check the image files")
+        raise PolymodalError(f"none of the {len(images)} photos could be read{first}; check the image files")
+    if unreadable:
+        log.warning("left out %d unreadable photos%s", unreadable, first)
+    if len(kept) < MIN_CIDER_PHOTOS:
+        log.warning("CIDEr-D needs at least %d photos (its word weights come from the set): scored BLEU only",
+                    MIN_CIDER_PHOTOS)
     refs = [pairs.captions_of(i) for i in kept]
     return {"images": len(kept), "unreadable": unreadable, **caption_scores(refs, hyps),
             "examples": [{"image": str(images[i]), "caption": h, "reference": r[0]}

@@ -31,6 +31,7 @@ from polymodal.export.runtime import ONNX_CONFIG
 
 log = logging.getLogger(__name__)
 MIN_SAME_CAPTIONS = 0.9  # float rounding may flip a near-tie between beams on a few photos, not more
+MIN_GATE_PHOTOS = 5  # CIDEr-D weighs words by their rarity across the photos: a handful say nothing
 
 
 class _Prefix(nn.Module):
@@ -134,8 +135,11 @@ def _try_int8(out: Path, config: dict, fp32_model, images: Sequence, references,
         reference = caption_scores(references, fp32_captions)["cider"] if references else None
     except PolymodalError as exc:  # pycocoevalcap missing: no quality gate, so no variant
         return {**row, "status": "skipped", "reason": str(exc)}
-    if reference is None:
+    if not references:
         return {**row, "status": "skipped", "reason": "no validation captions to gate on (pass --val-pairs)"}
+    if len(references) < MIN_GATE_PHOTOS:
+        return {**row, "status": "skipped", "reason": f"CIDEr-D on {len(references)} photos says nothing about "
+                f"quality; pass --val-pairs with at least {MIN_GATE_PHOTOS} photos"}
     path = out / "step.int8_dynamic.onnx"
     progress("trying int8_dynamic for the step graph")
     try:

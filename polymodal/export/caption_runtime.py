@@ -9,28 +9,31 @@ from typing import Any, Sequence
 import numpy as np
 
 from polymodal.data.images import ImageTransform
-from polymodal.export.runtime import onnx_session, read_export_config
+from polymodal.export.runtime import export_tokenizer, onnx_session, read_export_config
 from polymodal.models.beam_search import CLS, NO_REPEAT, beam_search, caption_batches
 from polymodal.models.inputs import as_images
 
 
 class OnnxCaptioner:
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
-        from tokenizers import Tokenizer
-
         folder = Path(folder)
         config = read_export_config(folder)
         self.config = config
         self.name, self.version = config["name"], config["version"]
         self.transform = ImageTransform.from_dict(config["transform"])
         self.files = {"prefix": "prefix.onnx", "step": "step.onnx", **config.get("files", {})}
-        self.prefix = onnx_session(folder / self.files["prefix"], threads)
-        self.step = onnx_session(folder / self.files["step"], threads)
-        self.tokenizer = Tokenizer.from_file(str(folder / config["tokenizer"]))
+        self.prefix = onnx_session(folder / self.files["prefix"], threads, {"pixels"})
+        self.step = onnx_session(folder / self.files["step"], threads, {"ids", "position", "keys", "values"})
+        self.tokenizer = export_tokenizer(folder / config["tokenizer"])
 
     @property
     def key(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def variants(self) -> dict[str, str]:
+        """The variant each graph runs, e.g. {"prefix": "fp32", "step": "int8_dynamic"}: int8 writes other captions."""
+        return {graph: file.split(".")[1] if file.count(".") == 2 else "fp32" for graph, file in self.files.items()}
 
     def _prefix(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         return self.prefix.run(None, {"pixels": self.transform(list(images))})

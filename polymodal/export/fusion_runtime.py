@@ -12,7 +12,7 @@ from polymodal.data.answers import unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
-from polymodal.export.runtime import onnx_session, read_export_config
+from polymodal.export.runtime import export_tokenizer, onnx_session, read_export_config
 from polymodal.models.inputs import check_count, one_question, vqa_rows
 
 
@@ -32,11 +32,11 @@ class OnnxFusionEncoder:
         self.transform = ImageTransform.from_dict(config["transform"])
         files = {"grid": "grid.onnx", "question": "question.onnx", "head": "head.onnx", **config.get("files", {})}
         self.files = files
-        self.grid = onnx_session(folder / files["grid"], threads)
-        self.question = onnx_session(folder / files["question"], threads)
-        self.head = onnx_session(folder / files["head"], threads)
-        self.tokenizer = FastTokenizer(folder / config["tokenizer"], config["max_length"], config["pad_id"],
-                                          config["pad_token"])
+        self.grid = onnx_session(folder / files["grid"], threads, {"pixels"})
+        self.question = onnx_session(folder / files["question"], threads, {"input_ids"})
+        self.head = onnx_session(folder / files["head"], threads, {"grid", "states", "attention_mask"})
+        self.tokenizer = FastTokenizer(export_tokenizer(folder / config["tokenizer"]), config["max_length"],
+                                       config["pad_id"], config["pad_token"])
 
     @property
     def key(self) -> str:

@@ -38,11 +38,19 @@ def read_export_config(folder: str | Path) -> dict:
     return config
 
 
-def onnx_session(path: Path, threads: int | None = None):
+def onnx_session(path: Path, threads: int | None = None, inputs: set[str] | None = None):
+    """An onnxruntime session of one graph of an export; a missing or damaged file, or a graph without the
+    ``inputs`` expected of it, is one clear error that says to export again."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
         raise PolymodalError("the ONNX runtime needs onnxruntime: pip install 'polymodal[onnx]'") from exc
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+        raise PolymodalError(f"threads must be a whole number of at least 1 (0 or None: onnxruntime's default), "
+                             f"got {threads!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise damaged_export(path.parent, f"{path.name} is missing")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: graph-cleanup notes (unused initializers) are not the user's business
@@ -51,7 +59,31 @@ def onnx_session(path: Path, threads: int | None = None):
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...) for a bad file
+        raise damaged_export(path.parent, f"{path.name} cannot be loaded: {str(exc).splitlines()[0][:200]}") from exc
+    missing = (inputs or set()) - {i.name for i in session.get_inputs()}
+    if missing:
+        raise damaged_export(path.parent, f"{path.name} is not the graph expected there (no input {sorted(missing)})")
+    return session
+
+
+def damaged_export(folder: Path, what: str) -> PolymodalError:
+    return PolymodalError(f"{folder} is an incomplete or damaged export ({what}); export the model again with "
+                          f"`polymodal export onnx MODEL --out {folder}`")
+
+
+def export_tokenizer(path: Path):
+    """The tokenizers.Tokenizer saved in an export, or one clear error when the file is missing or damaged."""
+    from tokenizers import Tokenizer
+
+    if not Path(path).is_file():
+        raise damaged_export(Path(path).parent, f"{Path(path).name} is missing")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot parse
+        raise damaged_export(Path(path).parent, f"{Path(path).name} cannot be read: {exc}") from exc
 
 
 class OnnxEmbeddingModel(EmbeddingInterface):
@@ -66,10 +98,11 @@ class OnnxEmbeddingModel(EmbeddingInterface):
         self.logit_scale = float(config["logit_scale"])
         self.transform = ImageTransform.from_dict(config["transform"])
         self.variants = {tower: config[tower]["variant"] for tower in ("image", "text")}
-        self.image_session = onnx_session(folder / config["image"]["file"], threads)
-        self.text_session = onnx_session(folder / config["text"]["file"], threads)
+        self.image_session = onnx_session(folder / config["image"]["file"], threads, {"pixels"})
+        self.text_session = onnx_session(folder / config["text"]["file"], threads, {"input_ids"})
         t = config["text"]
-        self.tokenizer = FastTokenizer(folder / t["tokenizer"], t["max_length"], t["pad_id"], t["pad_token"])
+        self.tokenizer = FastTokenizer(export_tokenizer(folder / t["tokenizer"]), t["max_length"], t["pad_id"],
+                                       t["pad_token"])
         self._text_inputs = {i.name for i in self.text_session.get_inputs()}
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -89,11 +122,12 @@ def load_onnx(folder: str | Path, **kwargs):
     """An export folder -> its runtime model: OnnxEmbeddingModel, OnnxFusionEncoder (VQA) or OnnxCaptioner."""
     kind = read_export_config(folder).get("type")
     if kind == "onnx_fusion_encoder":
-        from polymodal.export.fusion_runtime import OnnxFusionEncoder
-
-        return OnnxFusionEncoder(folder, **kwargs)
-    if kind == "onnx_captioner":
-        from polymodal.export.caption_runtime import OnnxCaptioner
-
-        return OnnxCaptioner(folder, **kwargs)
-    return OnnxEmbeddingModel(folder, **kwargs)
+        from polymodal.export.fusion_runtime import OnnxFusionEncoder as runtime
+    elif kind == "onnx_captioner":
+        from polymodal.export.caption_runtime import OnnxCaptioner as runtime
+    else:
+        runtime = OnnxEmbeddingModel
+    try:
+        return runtime(folder, **kwargs)
+    except (KeyError, TypeError, ValueError) as exc:  # a config entry missing or of the wrong kind
+        raise damaged_export(Path(folder), f"{ONNX_CONFIG} lacks or garbles {exc}") from exc

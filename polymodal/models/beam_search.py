@@ -7,6 +7,7 @@ values reorders them by it), and ``logits`` ``[N, V]`` score the next piece.
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any, Callable
 
 import numpy as np
@@ -16,6 +17,8 @@ from polymodal.models.inputs import as_images, check_count
 
 CLS, SEP, PAD = 101, 102, 0  # MiniLM's (BERT uncased) special word pieces
 NO_REPEAT = 3  # captions never repeat a 3-gram or a piece twice in a row (benchmarks/captioning.py --no-repeat)
+MAX_BEAM = 20  # keys and values grow with beam x batch: --beam 1000 took 2.9 GB for one photo; 5+ rarely changes it
+MAX_TOKENS = 512  # MiniLM's position table: a word piece past position 511 has no position embedding
 
 
 def repeats(sequences: list[list[int]], n: int) -> list[list[int]]:
@@ -33,9 +36,23 @@ def repeats(sequences: list[list[int]], n: int) -> list[list[int]]:
 
 
 def check_no_repeat(no_repeat, name: str = "no_repeat") -> int:
-    if isinstance(no_repeat, bool) or not isinstance(no_repeat, int) or no_repeat < 0 or no_repeat == 1:
+    if isinstance(no_repeat, bool) or not isinstance(no_repeat, Integral) or no_repeat < 0 or no_repeat == 1:
         raise PolymodalError(f"{name} must be 0 (repeats allowed) or an n-gram size >= 2, got {no_repeat!r}")
-    return no_repeat
+    return int(no_repeat)
+
+
+def check_decoding(beam, max_tokens, no_repeat=NO_REPEAT, batch_size=1, flags: bool = False) -> tuple[int, ...]:
+    """The decoding options of caption() -> (beam, max_tokens, no_repeat, batch_size) as ints, or one clear
+    error naming the option (as a CLI flag when ``flags``)."""
+    name = (lambda key: "--" + key.replace("_", "-")) if flags else (lambda key: key)
+    beam, max_tokens = check_count(beam, name("beam")), check_count(max_tokens, name("max_tokens"))
+    if beam > MAX_BEAM:
+        raise PolymodalError(f"{name('beam')} must be at most {MAX_BEAM}, got {beam}: memory grows with the beam "
+                             "and wider beams rarely change a caption")
+    if max_tokens > MAX_TOKENS:
+        raise PolymodalError(f"{name('max_tokens')} must be at most {MAX_TOKENS} (the text tower's positions), "
+                             f"got {max_tokens}")
+    return beam, max_tokens, check_no_repeat(no_repeat, name("no_repeat")), check_count(batch_size, name("batch_size"))
 
 
 def caption_batches(images: Any, batch_size: int, beam: int, max_tokens: int, no_repeat: int,
@@ -43,8 +60,7 @@ def caption_batches(images: Any, batch_size: int, beam: int, max_tokens: int, no
     """caption() of both runtimes: an image or images (paths, PIL images, arrays) -> one caption each, after one
     check of the decoding options. ``pieces_of(batch, beam, max_tokens, no_repeat)`` writes the word pieces of a
     batch of images; ``text_of`` turns them into text."""
-    beam, max_tokens = check_count(beam, "beam"), check_count(max_tokens, "max_tokens")
-    no_repeat = check_no_repeat(no_repeat)
+    beam, max_tokens, no_repeat, batch_size = check_decoding(beam, max_tokens, no_repeat, batch_size)
     images = as_images(images)
     return [text_of(pieces) for i in range(0, len(images), batch_size)
             for pieces in pieces_of(images[i : i + batch_size], beam, max_tokens, no_repeat)]

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
-from polymodal.models.beam_search import NO_REPEAT, beam_search, caption_batches
+from polymodal.models.beam_search import MAX_TOKENS, NO_REPEAT, beam_search, caption_batches
 from polymodal.models.folders import folder_type, read_folder_config, write_model_folder
 from polymodal.models.inputs import as_images
 from polymodal.models.modes import in_eval_mode
@@ -55,13 +55,20 @@ class CaptionerConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def validate(self) -> None:
-        for key in ("prefix_grid", "lora_rank", "max_caption_tokens"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+        for key in ("prefix_grid", "lora_rank", "max_caption_tokens", "image_size"):
+            if isinstance(getattr(self, key), bool) or not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise PolymodalError(f"{key} must be a positive int, got {getattr(self, key)!r}")
+        if self.max_caption_tokens > MAX_TOKENS:
+            raise PolymodalError(f"max_caption_tokens must be at most {MAX_TOKENS} (the text tower's positions), "
+                                 f"got {self.max_caption_tokens}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise PolymodalError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
+            raise PolymodalError(f"lora_alpha must be a number above 0, got {self.lora_alpha!r}")
+        if self.image_size % 32:
+            raise PolymodalError(f"image_size must be a multiple of 32 (the tower's stride), got {self.image_size}")
         if self.prefix_grid > self.image_size // 32:
             raise PolymodalError(f"prefix_grid {self.prefix_grid} is finer than the image grid ({self.image_size // 32})")
-        if self.image_size % 32 or self.image_size < 32:
-            raise PolymodalError(f"image_size must be a multiple of 32 (the tower's stride), got {self.image_size}")
 
     @property
     def transform(self) -> ImageTransform:

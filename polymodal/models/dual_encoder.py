@@ -222,5 +222,11 @@ def load_trained_weights(model, folder: Path):
             f"{folder / WEIGHTS_FILE} does not match its config: missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]}"
         )
+    shapes = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if shapes:  # e.g. a config.json edited after training (another lora_rank or dim)
+        k = shapes[0]
+        raise PolymodalError(f"{folder / WEIGHTS_FILE} does not match its config: {k} is "
+                             f"{list(state[k].shape)} in the weights, {list(expected[k].shape)} by config.json "
+                             f"({len(shapes)} such); the folder is damaged or its config was edited")
     model.load_state_dict(state, strict=False)
     return model.eval()

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from polymodal.data.pairs import PairSet, read_pair_sources, split_by_image
 from polymodal.errors import PolymodalError
+from polymodal.eval.captions import MIN_CIDER_PHOTOS
 from polymodal.models.captioner import Captioner, CaptionerConfig, is_captioner_folder
 from polymodal.models.inputs import as_paths, as_settings
 from polymodal.train.features import image_features, readable_pairs, readable_rows
@@ -129,7 +130,8 @@ def caption_eval(model: Captioner, pairs: PairSet, grids: np.ndarray, limit: int
         chunk = torch.from_numpy(np.asarray(grids[start : start + batch_size][: len(shown) - start], np.float32))
         hyps += [model.decode(t) for t in model.generate(chunk, beam=1)]
     scores = caption_scores([pairs.captions_of(i) for i in shown], hyps)
-    return out | {"val/bleu4": scores["bleu4"], "val/cider": scores["cider"]}
+    out["val/bleu4"] = scores["bleu4"]
+    return out if scores["cider"] is None else out | {"val/cider": scores["cider"]}  # None: under 2 photos
 
 
 def has_caption_metrics() -> bool:
@@ -176,6 +178,10 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     eval_fn = None
     if val is not None and len(val):
         val, val_grids = _readable(model, val, progress)
+        if recipe.train.early_stop_metric == "val/cider" and min(len(val.images), recipe.val_images) < MIN_CIDER_PHOTOS:
+            log.warning("CIDEr-D needs at least %d validation photos: the validation loss chooses the epoch to keep",
+                        MIN_CIDER_PHOTOS)
+            recipe.train.early_stop_metric = "val/neg_loss"
         eval_fn = lambda m: caption_eval(m, val, val_grids, recipe.val_images)  # noqa: E731
     log.info("train: %d captions of %d photos; val: %d photos", len(pairs), len(pairs.images),
              len(val.images) if val is not None else 0)
