@@ -263,10 +263,18 @@ def test_unrelated_pt(tmp_path):
         load_clip(file)
 
 
+class _NotATensor:
+    pass
+
+
 def test_not_a_checkpoint(tmp_path):
     file = tmp_path / "junk.pt"
     file.write_bytes(b"not a torch file")
-    with pytest.raises(PolymodalError, match="cannot read"):
+    with pytest.raises(PolymodalError, match="cannot read .* not a torch checkpoint's") as error:
+        load_clip(file)
+    assert "Python objects" not in str(error.value)  # the text file holds no pickled objects
+    torch.save({"visual.conv1.weight": _NotATensor()}, file)
+    with pytest.raises(PolymodalError, match="holds Python objects besides tensors"):
         load_clip(file)
 
 
