@@ -152,11 +152,10 @@ def cmd_eval_retrieval(args) -> int:
         _, first_rows = np.unique(pairs.caption_image, return_index=True)
         first = [pairs.captions[int(i)] for i in first_rows]
         metrics |= word_order_accuracy(model, pairs.images, first, image_emb=image_emb)
-    how = {"runtime": args.runtime, "precision": args.precision}
-    if hasattr(model, "variants"):  # an ONNX export: which graph (fp32 or a gated int8/bf16 one) ran per tower
-        how = {"runtime": args.runtime, "variants": model.variants}
-    print(json.dumps({"model": args.model, **how, "images": len(pairs.images), "captions": len(pairs.captions),
-                      **metrics}))
+    # an ONNX export: which graph (fp32 or a gated int8/bf16 one) ran per tower, not the PyTorch-only --precision
+    how = {"variants": model.variants} if hasattr(model, "variants") else {"precision": args.precision}
+    print(json.dumps({"model": args.model, "runtime": args.runtime, **how, "images": len(pairs.images),
+                      "captions": len(pairs.captions), **metrics}))
     return 0
 
 

@@ -131,15 +131,15 @@ def _try_int8(out: Path, config: dict, fp32_model, images: Sequence, references,
     from polymodal.export.onnx_export import gate, paired_speed
 
     row = {"graph": "step", "variant": "int8_dynamic"}
-    try:
-        reference = caption_scores(references, fp32_captions)["cider"] if references else None
-    except PolymodalError as exc:  # pycocoevalcap missing: no quality gate, so no variant
-        return {**row, "status": "skipped", "reason": str(exc)}
     if not references:
         return {**row, "status": "skipped", "reason": "no validation captions to gate on (pass --val-pairs)"}
     if len(references) < MIN_GATE_PHOTOS:
         return {**row, "status": "skipped", "reason": f"CIDEr-D on {len(references)} photos says nothing about "
                 f"quality; pass --val-pairs with at least {MIN_GATE_PHOTOS} photos"}
+    try:
+        reference = caption_scores(references, fp32_captions)["cider"]
+    except PolymodalError as exc:  # pycocoevalcap missing: no quality gate, so no variant
+        return {**row, "status": "skipped", "reason": str(exc)}
     path = out / "step.int8_dynamic.onnx"
     progress("trying int8_dynamic for the step graph")
     try:

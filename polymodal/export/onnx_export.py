@@ -91,8 +91,9 @@ def paired_speed(run: Callable[[], Any], base_run: Callable[[], Any], items: int
     """Items/s of ``run`` and of ``base_run`` from the turn (of up to ``turns``, each timing both back to back, so
     that a load spike from elsewhere hits both alike) least favourable to ``run``: a speed-up must hold in every
     turn, not only in the luckiest one (timing noise on a shared 2-core machine exceeds MIN_SPEEDUP, and the best
-    turn of each let a variant that fp32 beat in the same export's baseline pass as 1.06x). A variant under 2/3 of the speed it needs after a turn stops there: more turns cannot make it kept,
-    and a slow graph's turns are the slowest part of an export."""
+    turn of each let a variant that fp32 beat in the same export's baseline pass as 1.06x). A variant under 2/3 of
+    the speed it needs after a turn stops there: more turns cannot make it kept, and a slow graph's turns are the
+    slowest part of an export."""
     run()
     base_run()
     timed = []

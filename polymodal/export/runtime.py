@@ -48,9 +48,7 @@ def onnx_session(path: Path, threads: int | None = None, inputs: set[str] | None
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
         raise PolymodalError(f"threads must be a whole number of at least 1 (0 or None: onnxruntime's default), "
                              f"got {threads!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise damaged_export(path.parent, f"{path.name} is missing")
+    path = _export_file(path)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: graph-cleanup notes (unused initializers) are not the user's business
@@ -74,16 +72,23 @@ def damaged_export(folder: Path, what: str) -> PolymodalError:
                           f"`polymodal export onnx MODEL --out {folder}`")
 
 
+def _export_file(path: str | Path) -> Path:
+    """A file an export's config names, or the damaged-export error when it is not there."""
+    path = Path(path)
+    if not path.is_file():
+        raise damaged_export(path.parent, f"{path.name} is missing")
+    return path
+
+
 def export_tokenizer(path: Path):
     """The tokenizers.Tokenizer saved in an export, or one clear error when the file is missing or damaged."""
     from tokenizers import Tokenizer
 
-    if not Path(path).is_file():
-        raise damaged_export(Path(path).parent, f"{Path(path).name} is missing")
+    path = _export_file(path)
     try:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot parse
-        raise damaged_export(Path(path).parent, f"{Path(path).name} cannot be read: {exc}") from exc
+        raise damaged_export(path.parent, f"{path.name} cannot be read: {exc}") from exc
 
 
 class OnnxEmbeddingModel(EmbeddingInterface):
