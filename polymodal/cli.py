@@ -75,6 +75,7 @@ def cmd_index(args) -> int:
             raise
     report = UpdateReport(*(sum(getattr(r, k) for r in reports) for k in ("added", "updated", "removed", "unchanged")),
                           skipped=[s for r in reports for s in r.skipped])
+    unreadable = args.paths and report.skipped and not (report.added + report.updated + report.unchanged)
     pruned = index.prune() if args.prune else []
     info = index.info()
     pushed = target_collection and target_collection.push(index, progress=not args.json)
@@ -83,7 +84,7 @@ def cmd_index(args) -> int:
         if args.prune:
             extra["pruned"] = pruned
         _print_json({**asdict(report), "index": info, **extra})
-        return 0
+        return _none_readable(report) if unreadable else 0
     if args.paths:
         what = ", ".join(folders + ([f"{len(files)} file{'s' * (len(files) != 1)}"] if files else []))
         print(f"indexed {what} into {args.db}: {report.summary()}; {info['count']} images, model {info['model']}")
@@ -98,7 +99,15 @@ def cmd_index(args) -> int:
     if pushed:
         print(f"pushed {args.db} to {target_collection.where()}: {pushed.summary()}; "
               f"{target_collection.info()['count']} images in the collection")
-    return 0
+    return _none_readable(report) if unreadable else 0
+
+
+def _none_readable(report) -> int:
+    """Exit status 2, with one error line, when every image file given was skipped (an empty folder is refused too)."""
+    n = len(report.skipped)
+    print(f"polymodal: error: none of the {n} image file{'s' * (n != 1)} could be read (the skipped list says why); "
+          f"pass photos (JPEG, PNG, WebP, ...)", file=sys.stderr)
+    return 2
 
 
 def _outermost(folders: list[str]) -> list[str]:
@@ -166,6 +175,9 @@ def cmd_search(args) -> int:
                       for i, h in enumerate(hits)], ("rank", "score", "path")))
         if explained:
             print(f"heat map of why rank 1 matched: {explained}")
+        if not hits:  # a header alone would look like "nothing matched"
+            print(f"polymodal: note: {index.where()} holds no images yet; `polymodal index FOLDER --db DB` adds some"
+                  + (" and --qdrant URL pushes them" if args.qdrant else ""), file=sys.stderr)
     return 0
 
 

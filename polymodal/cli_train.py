@@ -142,7 +142,8 @@ def cmd_eval_retrieval(args) -> int:
 
     pairs = read_pairs(args.pairs)
     model = require_embedding(load_model(args, args.model), args.model)
-    image_emb, rows = encode_readable(model, pairs.images, str(args.pairs))  # a corrupt photo is left out, not fatal
+    # a corrupt photo is left out, not fatal; the bar goes to stderr, the JSON line to stdout
+    image_emb, rows = encode_readable(model, pairs.images, str(args.pairs), progress=True)
     pairs = pairs_of_images(pairs, rows)
     metrics = retrieval_metrics(image_emb, model.encode_text(pairs.captions), pairs.caption_image)
     if args.word_order:
@@ -165,7 +166,8 @@ def cmd_eval_zeroshot(args) -> int:
     images, labels = read_labelled_images(args.labels_file)
     model = load_model(args, args.model)
     templates = args.template or TEMPLATES
-    print(json.dumps({"model": args.model, "runtime": args.runtime, **zeroshot_accuracy(model, images, labels, templates)}))
+    metrics = zeroshot_accuracy(model, images, labels, templates, progress=True)
+    print(json.dumps({"model": args.model, "runtime": args.runtime, **metrics}))
     return 0
 
 

@@ -66,6 +66,21 @@ def test_corrupt_file_is_reported_and_skipped(run, photos, tmp_path):
     assert json.loads(out)["index"]["count"] == len(list(photos.glob("*.jpg"))) - 1
 
 
+def test_a_folder_of_only_unreadable_files_is_an_error_and_its_empty_index_says_so(run, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.jpg").write_text("not a photo")
+    (folder / "b.png").write_text("nor this")
+    for _ in range(2):  # the re-sync skips them unread (remembered failures): still nothing readable
+        code, out, err = run("index", folder, "--db", tmp_path / "db")
+        assert code == 2 and "skipped 2" in out and "a.jpg" in out
+        assert err.strip().splitlines()[-1].startswith("polymodal: error: none of the 2 image files could be read")
+    code, out, _ = run("index", folder, "--db", tmp_path / "db", "--json")
+    assert code == 2 and len(json.loads(out)["skipped"]) == 2  # the JSON report still comes out
+    code, out, err = run("search", "--db", tmp_path / "db", "a cat")
+    assert code == 0 and "holds no images yet" in err
+
+
 def test_search_with_another_model_is_refused(run, photos, tmp_path, monkeypatch):
     db = tmp_path / "db"
     assert run("index", photos, "--db", db)[0] == 0

@@ -61,13 +61,15 @@ def test_classify_and_eval_take_the_runtime(onnx_cache, gallery, tmp_path, capsy
                              (("coffee", "a cup of coffee"), ("rocket", "a rocket on a launch pad"),
                               ("cat", "a close-up of a cat"))))
     assert cli.main(["eval", "retrieval", "--pairs", str(pairs), "--model", "lite", "--runtime", "onnx"]) == 0
-    result = last_json(capsys)
-    assert result["runtime"] == "onnx" and result["images"] == 3
+    out, err = capsys.readouterr()
+    result = json.loads(out.strip().splitlines()[-1])  # stdout stays one JSON line; the bar goes to stderr
+    assert result["runtime"] == "onnx" and result["images"] == 3 and "embedding" in err and "3/3" in err
     labels = tmp_path / "labels.jsonl"
     labels.write_text("".join(json.dumps({"image": str(gallery / f"{n}.jpg"), "label": n}) + "\n"
                               for n in ("coffee", "rocket", "cat")))
     assert cli.main(["eval", "zeroshot", "--labels-file", str(labels), "--model", "lite", "--runtime", "onnx"]) == 0
-    assert last_json(capsys)["images"] == 3
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["images"] == 3 and "3/3" in err
 
 
 def test_an_index_built_from_an_export_folder_says_how_to_search_it(onnx_cache, gallery, tmp_path, capsys):

@@ -147,8 +147,29 @@ def test_out_of_range_samples_are_clipped_not_wrapped():
 def test_a_decompression_bomb_is_a_readable_error(tmp_path, monkeypatch):
     png(tmp_path / "big.png", size=(64, 64))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4096 pixels > 2x the limit: Pillow refuses it
-    with pytest.raises(PolymodalError, match="not a readable image"):
+    with pytest.raises(PolymodalError, match="larger than Pillow decodes safely .*; downscale it first"):
         load_image(tmp_path / "big.png")
+
+
+def test_a_big_local_photo_below_pillows_refusal_loads_without_its_bomb_warning(tmp_path, monkeypatch):
+    import warnings
+
+    from polymodal.data.images import check_image_file
+
+    png(tmp_path / "big.png", size=(64, 64))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 4096 pixels: over the warning's limit, under 2x
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would raise here
+        check_image_file(tmp_path / "big.png")
+        assert load_image(tmp_path / "big.png").size == (64, 64)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_pixel_arrays_with_nan_or_inf_are_refused(bad):
+    arr = np.full((4, 4, 3), 0.5, np.float32)
+    arr[1, 2, 0] = bad
+    with pytest.raises(PolymodalError, match="holds 1 NaN or infinite values"):
+        load_image(arr)
 
 
 def test_a_very_long_image_keeps_its_centre():

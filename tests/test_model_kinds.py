@@ -96,6 +96,7 @@ def test_eval_zeroshot_skips_and_counts_missing_images(gallery, tmp_path, capsys
         result = cli_json(["eval", "zeroshot", "--labels-file", labels, "--model", "lite"])
     assert result["images"] == 2 and result["classes"] == 2
     assert "skipped 2 unusable rows" in caplog.text and "image file not found: nope.jpg" in caplog.text
+    capsys.readouterr()  # the first run's embedding bar (stderr)
     labels.write_text(json.dumps({"image": "nope.jpg", "label": "dog"}) + "\n")
     fails(capsys, ["eval", "zeroshot", "--labels-file", labels, "--model", "lite"], "has no usable rows", "1 skipped")
 

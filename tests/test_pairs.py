@@ -115,14 +115,17 @@ def test_bad_rows_are_counted_not_fatal(data, tmp_path, caplog):
         json.dumps(["a", "list"]),
         "",
         json.dumps({"image": str(data / "img1.png"), "caption": "another good one", "extra": 1}),
+        json.dumps({"image": str(data / "img1.png"), "caption": 5}),  # a number is no caption (was kept as "5")
+        json.dumps({"image": str(data / "img1.png"), "caption": ["ok", {"text": "nested"}]}),
     ]
     (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
     with caplog.at_level(logging.WARNING):
         ps = read_pair_source(tmp_path / "bad.jsonl")
     assert ps.captions == ["good one", "another good one"]
-    assert [loc.rsplit(":", 1)[1] for loc, _ in ps.skipped] == ["2", "3", "4", "5", "6"]
+    assert [loc.rsplit(":", 1)[1] for loc, _ in ps.skipped] == ["2", "3", "4", "5", "6", "9", "10"]
     assert "bad JSON" in ps.skipped[0][1] and "not found" in ps.skipped[3][1]
-    assert "skipped 5" in caplog.text
+    assert [why.split(",")[0] for _, why in ps.skipped[-2:]] == ["the caption must be text (a string or a list of strings)"] * 2
+    assert "skipped 7" in caplog.text
 
     (tmp_path / "bad.csv").write_text(f"image,caption\n{data / 'img0.png'},ok\nnope.png,missing\n{data / 'img1.png'}\n")
     ps = read_pair_source(tmp_path / "bad.csv")

@@ -109,21 +109,38 @@ def test_an_unknown_recipe_setting_lists_the_known_ones():
         ContrastiveRecipe.from_dict({"nonsense": 1})
 
 
-@pytest.mark.parametrize("steps_per_epoch, epochs, want", [(7, 2, 1), (10, 10, 10), (100, 10, 50), (1, 1, 0)])
-def test_the_default_warmup_is_at_most_a_tenth_of_the_run(steps_per_epoch, epochs, want, caplog, tmp_path):
-    """Unset, warmup is 50 steps but never more than a tenth of the run: a small data set's run used to warm up
-    for all of it (the lr never reached its peak) and warn about a setting the user never chose."""
+@pytest.mark.parametrize("steps_per_epoch, epochs, cap, want", [
+    (7, 2, 50, 1), (10, 10, 50, 10), (100, 10, 50, 50), (1, 1, 50, 0),
+    (169, 5, 100, 84), (200, 5, 100, 100), (6, 1, 30, 0),  # the captioning and VQA recipes' caps
+])
+def test_the_default_warmup_is_at_most_a_tenth_of_the_run(steps_per_epoch, epochs, cap, want, caplog, tmp_path):
+    """Unset, warmup is the recipe's warmup_cap steps (50; VQA and pretraining 30, captioning 100) but never more
+    than a tenth of the run: a small data set's run used to warm up for all of it (the lr never reached its peak)
+    and warn about a setting the user never chose."""
     import torch
 
     from polymodal.train.trainer import Trainer, TrainConfig
 
     model = torch.nn.Linear(2, 1)
     loader = [torch.zeros(1, 2)] * steps_per_epoch
-    trainer = Trainer(model, {"x": (lambda m, b: m(b).sum(), 1.0, loader)}, TrainConfig(epochs=epochs), tmp_path,
-                      progress=False)
+    trainer = Trainer(model, {"x": (lambda m, b: m(b).sum(), 1.0, loader)}, TrainConfig(epochs=epochs, warmup_cap=cap),
+                      tmp_path, progress=False)
     lrs = [trainer.scheduler.lr_lambdas[0](step) for step in range(steps_per_epoch * epochs)]
     assert next(i for i, f in enumerate(lrs) if f == max(lrs)) == max(want - 1, 0)  # the peak comes after `want` steps
     assert "warmup_steps" not in caplog.text
+
+
+def test_the_vqa_pretraining_and_captioning_recipes_leave_warmup_unset_with_their_own_caps():
+    from polymodal.train.captioning import CaptionRecipe
+    from polymodal.train.pretrain import PretrainRecipe
+    from polymodal.train.vqa import VQARecipe
+
+    recipes = {"vqa": VQARecipe.from_dict({"qa": "qa.jsonl", "out": "run"}),
+               "pretrain": PretrainRecipe.from_dict({"pairs": "pairs.jsonl", "out": "run"}),
+               "captioning": CaptionRecipe.from_dict({"pairs": "pairs.jsonl", "out": "run"})}
+    assert {k: (r.train.warmup_steps, r.train.warmup_cap) for k, r in recipes.items()} == {
+        "vqa": (None, 30), "pretrain": (None, 30), "captioning": (None, 100)}
+    assert VQARecipe.from_dict({"qa": "qa.jsonl", "out": "run", "warmup_steps": 7}).train.warmup_steps == 7  # a chosen warmup is kept as chosen
 
 
 @pytest.mark.parametrize("bad", ["5", 2.5, -1, True])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -82,11 +84,8 @@ def check_image_file(path: str | Path) -> None:
     folder, no image format Pillow knows, an extreme shape. A command over many files calls it on each first, so a
     mistake stops it before a model loads; a file damaged past its header still fails when it is decoded."""
     path = _existing_file(path)
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise PolymodalError(f"not a readable image: {path} ({_reason(exc)})") from exc
+    with _pillow_errors(str(path)), Image.open(path) as img:
+        w, h = img.size
     check_image_size(w, h, str(path))
 
 
@@ -126,6 +125,9 @@ def _to_uint8(arr: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:
     their high byte, as Pillow does for 16-bit RGB files; floats in [0, 1] are scaled by 255; the rest is clipped."""
     if arr.dtype == np.uint8:
         return arr
+    if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all():  # NaN would cast to arbitrary bytes
+        raise PolymodalError(f"the image array holds {int((~np.isfinite(arr)).sum()):,} NaN or infinite values; "
+                             "pass finite pixel values (0-255, or 0-1 floats)")
     if sixteen_bit or (arr.dtype.kind == "u" and arr.dtype.itemsize == 2):
         return (np.clip(arr, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
     if arr.size and float(np.nanmax(arr)) <= 1.0:
@@ -143,12 +145,26 @@ def check_image_size(w: int, h: int, name: str = "image") -> None:
 
 
 def _open(source, name: str) -> Image.Image:
-    try:
+    with _pillow_errors(name):
         img = Image.open(source)
         img.load()
         return img
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise PolymodalError(f"not a readable image: {name} ({_reason(exc)})") from exc
+
+
+@contextlib.contextmanager
+def _pillow_errors(name: str):
+    """Pillow's reading errors -> one PolymodalError naming the file. A local photo of 89-179 MP decodes without
+    Pillow's DecompressionBombWarning (the user chose the file; the server has its own pixel limit); above that
+    Pillow refuses it, and the message says to downscale."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            yield
+        except Image.DecompressionBombError as exc:
+            raise PolymodalError(f"not a readable image: {name} is larger than Pillow decodes safely "
+                                 f"({_reason(exc).split(', could be')[0]}); downscale it first") from exc
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise PolymodalError(f"not a readable image: {name} ({_reason(exc)})") from exc
 
 
 def _reason(exc: Exception) -> str:

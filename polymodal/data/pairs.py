@@ -213,6 +213,9 @@ def _add_row(pairs: list, skipped: list, where: str, image: Any, caption: Any, c
     if image is None:
         skipped.append((where, f"no image key (one of {', '.join(IMAGE_COLUMNS)})"))
         return
+    if caption is not None and not all(isinstance(c, str) for c in (caption if isinstance(caption, list) else [caption])):
+        skipped.append((where, f"the caption must be text (a string or a list of strings), got {caption!r:.60}"))
+        return
     captions = _texts(caption)
     if not captions:
         skipped.append((where, f"no caption (one of {', '.join(CAPTION_COLUMNS)})"))

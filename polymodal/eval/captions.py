@@ -51,11 +51,10 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
                       examples: int = 5, batch_size: int = 16, progress: bool = True, **decoding) -> dict:
     """Caption each photo of a PairSet (every caption of a photo is a reference) and score the captions. Photos
     that cannot be read are counted and left out; ``decoding`` (e.g. no_repeat) goes to model.caption."""
-    from tqdm.auto import tqdm
-
     from polymodal.data.pairs import open_pair_image  # reads files and images inside tar shards alike
     from polymodal.models.beam_search import NO_REPEAT, check_decoding
-    from polymodal.models.inputs import each_or_error
+    from polymodal.models.inputs import each_or_error, readable_rows
+    from polymodal.progress import progress_bar
 
     # checked before any photo: a bad option raised inside the loop would read as "photos could not be read"
     beam, max_tokens, _, batch_size = check_decoding(beam, max_tokens, decoding.get("no_repeat", NO_REPEAT),
@@ -65,7 +64,7 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
         raise PolymodalError(f"examples must be a whole number of at least 0, got {examples!r}")
     images = list(pairs.images[:limit] if limit else pairs.images)
-    bar = tqdm(total=len(images), desc="captioning", unit="img", disable=not progress)
+    bar = progress_bar(total=len(images), desc="captioning", unit="img", disable=not progress)
 
     def caption_batch(chunk: list) -> list[tuple[str]]:  # tuples: each_or_error gives a failed photo its error str
         out = [(c,) for c in model.caption([open_pair_image(p) for p in chunk], beam=beam, max_tokens=max_tokens,
@@ -75,13 +74,8 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
 
     results = each_or_error(caption_batch, images, batch_size)  # one unreadable photo: the batch goes one by one
     bar.close()
-    kept = [i for i, r in enumerate(results) if isinstance(r, tuple)]
+    kept = readable_rows(results, "photos")
     hyps, unreadable = [results[i][0] for i in kept], len(images) - len(kept)
-    first = next((f" (first: {r})" for r in results if isinstance(r, str)), "")
-    if not kept:
-        raise PolymodalError(f"none of the {len(images)} photos could be read{first}; check the image files")
-    if unreadable:
-        log.warning("left out %d unreadable photos%s", unreadable, first)
     if len(kept) < MIN_CIDER_PHOTOS:
         log.warning("CIDEr-D needs at least %d photos (its word weights come from the set): scored BLEU only",
                     MIN_CIDER_PHOTOS)

@@ -27,22 +27,15 @@ def read_pairs(path: str | Path) -> Pairs:
     Images inside tar shards are returned as their encoded bytes (which every encoder accepts), checked to decode."""
     from polymodal.data.pairs import read_pair_source
     from polymodal.data.shards import split_tar_ref
+    from polymodal.models.inputs import each_or_error, readable_rows
 
     pairset = read_pair_source(path)
-    images, bad = [], []
-    for img in pairset.images:
-        try:
-            images.append(_shard_image(img) if split_tar_ref(img) is not None else Path(img))
-        except PolymodalError as exc:
-            images.append(None)
-            bad.append(str(exc))
-    pairs = Pairs(images, pairset.captions, pairset.caption_image)
-    if not bad:
-        return pairs
-    if len(bad) == len(images):
-        raise PolymodalError(f"none of the {len(images)} shard images of {path} could be read (first: {bad[0]})")
-    log.warning("%s: left out %d unreadable image(s) (first: %s)", path, len(bad), bad[0])
-    return pairs_of_images(pairs, np.flatnonzero([img is not None for img in images]))
+    results = each_or_error(lambda one: [_shard_image(one[0]) if split_tar_ref(one[0]) is not None else Path(one[0])],
+                            list(pairset.images), batch_size=1)
+    rows = readable_rows(results, "image(s)", str(path))
+    pairs = Pairs([r if isinstance(r, (bytes, Path)) else None for r in results], pairset.captions,
+                  pairset.caption_image)
+    return pairs if len(rows) == len(results) else pairs_of_images(pairs, np.asarray(rows, dtype=np.int64))
 
 
 def _shard_image(ref: str) -> bytes:
@@ -96,21 +89,23 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image
     return out
 
 
-def encode_readable(model, images: list, source: str = "images", batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def encode_readable(model, images: list, source: str = "images", batch_size: int = 32,
+                    progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``model.encode_image`` over ``images``, leaving out the ones that cannot be read (a truncated JPEG, a file
     that is no image) with one warning instead of ending the evaluation. -> (embeddings of the readable images,
-    their indices into ``images``). None readable is an error."""
-    from polymodal.models.inputs import as_images, each_or_error
+    their indices into ``images``). None readable is an error. ``progress`` shows a bar (the CLI's evaluations)."""
+    from polymodal.models.inputs import as_images, each_or_error, readable_rows
+    from polymodal.progress import progress_bar
 
     images = as_images(images)
-    results = each_or_error(model.encode_image, images, batch_size)
-    rows = [i for i, r in enumerate(results) if not isinstance(r, str)]
-    bad = [r for r in results if isinstance(r, str)]
-    if bad:
-        log.warning("%s: left out %d unreadable image(s) (first: %s)", source, len(bad), bad[0])
-    if not rows:
-        raise PolymodalError(f"none of the {len(images)} images could be read (first: {bad[0] if bad else '-'}); "
-                             "check the image files")
+    with progress_bar(total=len(images), desc="embedding", unit="img", disable=not progress) as bar:
+        def encode(chunk: list) -> np.ndarray:
+            out = model.encode_image(chunk)
+            bar.update(len(chunk))  # a batch retried photo by photo (one unreadable) counts once, when it succeeds
+            return out
+
+        results = each_or_error(encode, images, batch_size)
+    rows = readable_rows(results, "image(s)", source)
     return np.stack([results[i] for i in rows]), np.asarray(rows, dtype=np.int64)
 
 

@@ -42,14 +42,15 @@ def read_labelled_images(path: str | Path) -> tuple[list[Path], list[str]]:
     return images, labels
 
 
-def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, image_emb: np.ndarray | None = None) -> dict:
+def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, image_emb: np.ndarray | None = None,
+                      progress: bool = False) -> dict:
     require_embedding(model)
     classes = sorted(set(labels))
     class_emb = model.label_embeddings(classes, templates)
     if image_emb is None:  # an unreadable image is left out with a warning, not the end of the evaluation
         from polymodal.eval.retrieval import encode_readable
 
-        emb, rows = encode_readable(model, images, "zero-shot images")
+        emb, rows = encode_readable(model, images, "zero-shot images", progress=progress)
         labels = [labels[i] for i in rows]
     else:
         emb = image_emb

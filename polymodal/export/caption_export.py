@@ -64,12 +64,17 @@ def export_captioner_onnx(model, out: str | Path, images: Sequence, references: 
     from polymodal.data.pairs import open_pair_image
     from polymodal.export.caption_runtime import OnnxCaptioner
     from polymodal.models.beam_search import CLS
+    from polymodal.models.inputs import each_or_error, readable_rows
 
     if len(images) < 1:
         raise PolymodalError("captioner export needs validation photos: pass --val-pairs FILE")
     check_caption_variants(variants)
-    names = [str(getattr(i, "name", i))[-60:] for i in images[:3]]
-    images = [open_pair_image(i) for i in images]  # decoded once for every run below (files or tar members)
+    # decoded once for every run below (files or tar members); unreadable ones are left out, as eval captions does
+    opened = each_or_error(lambda chunk: [open_pair_image(i) for i in chunk], list(images))
+    kept = readable_rows(opened, "validation photos")
+    names = [str(getattr(images[i], "name", images[i]))[-60:] for i in kept[:3]]
+    images = [opened[i] for i in kept]
+    references = None if references is None else [references[i] for i in kept]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.eval().requires_grad_(False)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
-from tqdm import tqdm
+from polymodal.progress import progress_bar
 
 from polymodal.errors import PolymodalError
 from polymodal.index.store import Hit, ImageIndex, SearchByModel, check_query_dim, query_matrix
@@ -124,7 +124,7 @@ class QdrantCollection(SearchByModel):
             del rows
             # JSON costs about 21 bytes a float: keep each upsert near 11 MB, well under a server's 32 MB default
             batch_size = max(1, min(batch_size, _FLOATS_PER_REQUEST // meta["dim"]))
-            bar = tqdm(total=len(todo), desc=f"pushing to {self.collection}", unit="img",
+            bar = progress_bar(total=len(todo), desc=f"pushing to {self.collection}", unit="img",
                        disable=not progress or not todo)  # no "0img" bar when there is nothing to send
             for i in range(0, len(todo), batch_size):
                 chunk = todo[i : i + batch_size]

@@ -35,7 +35,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import faiss
 import numpy as np
 from filelock import FileLock, Timeout
-from tqdm import tqdm
+from polymodal.progress import progress_bar
 
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
@@ -287,7 +287,7 @@ class ImageIndex(SearchByModel):
         # Rows go into the open transaction batch by batch, so memory stays flat; it is committed (and a new one
         # begun) every commit_every_s seconds, and the caller commits the rest. Readers see only commits.
         last_commit = time.monotonic()
-        with tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo) as bar:
+        with progress_bar(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
                 self._embed_batch(con, index, model, batch, report)

@@ -3,12 +3,15 @@ use them): a user mistake becomes one PolymodalError, not a silent misreading or
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from numbers import Integral
 from typing import Any
 
 from polymodal.errors import PolymodalError
+
+log = logging.getLogger(__name__)
 
 
 def as_texts(value: Any, what: str = "texts") -> list[str]:
@@ -110,3 +113,16 @@ def each_or_error(fn, items: list, batch_size: int = 32) -> list:
             except PolymodalError as exc:
                 out.append(str(exc))
     return out
+
+
+def readable_rows(results: list, what: str = "image(s)", source: str = "") -> list[int]:
+    """The positions of each_or_error's successes. Failures get one warning (how many, the first reason); none
+    succeeding is an error, e.g. "none of the 3 images could be read (first: ...); check the image files"."""
+    rows = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    bad = [r for r in results if isinstance(r, str)]
+    if not rows:
+        raise PolymodalError(f"none of the {len(results)} {what.replace('(s)', 's')} could be read (first: "
+                             f"{bad[0] if bad else '-'}); check the image files")
+    if bad:
+        log.warning("%sleft out %d unreadable %s (first: %s)", f"{source}: " if source else "", len(bad), what, bad[0])
+    return rows

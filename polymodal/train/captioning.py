@@ -32,7 +32,8 @@ from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 log = logging.getLogger(__name__)
 
 CAPTION_TRAIN_DEFAULTS = {"early_stop_metric": "val/cider", "epochs": 5, "lr": 5e-4, "weight_decay": 0.01,
-                          "warmup_steps": 100, "patience": 2}
+                          "warmup_steps": None, "warmup_cap": 100,
+                          "patience": 2}
 
 
 @dataclass

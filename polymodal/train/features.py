@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from polymodal.progress import progress_bar
 
 from polymodal.cache import cache_key
 from polymodal.cache import load_cached as _load_cached
@@ -70,7 +70,7 @@ def image_features(
     if cached is not None:
         return cached
     out = None
-    bar = tqdm(total=views * len(images), desc="caching image features", unit="img", disable=not progress)
+    bar = progress_bar(total=views * len(images), desc="caching image features", unit="img", disable=not progress)
     for v in range(views):
         for i in range(0, len(images), batch_size):
             pils = [_open_or_none(x, skip_unreadable) for x in images[i : i + batch_size]]
@@ -156,7 +156,7 @@ def text_features(model, captions: Sequence[str], batch_size: int = 128, progres
     if cached is not None:
         return cached
     chunks = []
-    for i in tqdm(range(0, len(captions), batch_size), desc="caching text features", disable=not progress):
+    for i in progress_bar(range(0, len(captions), batch_size), desc="caching text features", disable=not progress):
         chunks.append(model.text_tower(list(captions[i : i + batch_size])).float().numpy())
     return _store(path, np.concatenate(chunks))
 

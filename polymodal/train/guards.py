@@ -76,16 +76,17 @@ def check_run_folder(out, resume: bool, overwrite: bool) -> None:
     Messages name the CLI flag and, in brackets, the keyword the Python functions take (resume=, overwrite=)."""
     out = Path(out)
     if resume and overwrite:
-        raise PolymodalError(f"pass --resume (resume=True) to continue the run in {out} or --overwrite "
-                             "(overwrite=True) to replace it, not both")
+        raise PolymodalError(f"pass --resume (resume=True in Python) to continue the run in {out} or --overwrite "
+                             "(overwrite=True in Python) to replace it, not both")
     if out.exists() and not out.is_dir():
         raise PolymodalError(f"--out {out} is a file; pass a folder for the run (the recipe's out)")
     if resume:
         if not (out / "checkpoint.pt").is_file():
-            raise PolymodalError(f"no checkpoint at {out / 'checkpoint.pt'}; train without --resume (resume=True) first")
+            raise PolymodalError(f"no checkpoint at {out / 'checkpoint.pt'}; train without --resume "
+                                 "(resume=True in Python) first")
     elif not overwrite and any((out / name).exists() for name in RUN_FILES[:-1]):
-        raise PolymodalError(f"{out} already holds a training run; pass --resume (resume=True) to continue it, "
-                             "--overwrite (overwrite=True) to replace it, or choose another --out")
+        raise PolymodalError(f"{out} already holds a training run; pass --resume (resume=True in Python) to continue it, "
+                             "--overwrite (overwrite=True in Python) to replace it, or choose another --out")
 
 
 def prepare_run_folder(out, overwrite: bool) -> Path:

@@ -40,7 +40,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from polymodal.progress import progress_bar
 
 from polymodal.cache import cache_key
 from polymodal.data.pairs import PairSet, open_pair_image, read_pair_sources
@@ -61,7 +61,8 @@ log = logging.getLogger(__name__)
 
 KIND_SEED = {"itm": 1, "mlm": 2, "mrm": 3}  # separate random streams per objective
 PRETRAIN_TRAIN_DEFAULTS = {"early_stop_metric": "val/score", "epochs": 10, "lr": 1e-3, "weight_decay": 0.05,
-                           "warmup_steps": 30, "patience": 3}
+                           "warmup_steps": None, "warmup_cap": 30,
+                           "patience": 3}
 
 
 def parse_objectives(spec) -> dict[str, float]:
@@ -219,7 +220,7 @@ def _encode_ids(model: FusionEncoder, rows: Sequence[Sequence[int]], batch_size:
     width = max(1, int(lengths.max())) if len(rows) else 1
     states = np.zeros((len(rows), width, model.text_tower.dim), dtype=np.float16)
     order = np.argsort(lengths, kind="stable")
-    for s in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress):
+    for s in progress_bar(range(0, len(rows), batch_size), desc=desc, disable=not progress):
         idx = order[s : s + batch_size]
         w = int(lengths[idx].max())
         ids = torch.zeros(len(idx), w, dtype=torch.long)

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from polymodal.progress import progress_bar
 
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
@@ -44,7 +44,8 @@ class TrainConfig:
     # 2.86-2.97 at 0.1, 3.00-3.02 at 0.01, 2.90 with frozen towers)
     tower_lr_scale: float = 0.01
     weight_decay: float = 0.1
-    warmup_steps: int | None = None  # None: 50 steps, but at most a tenth of the run (short runs on small data)
+    warmup_steps: int | None = None  # None: warmup_cap steps, but at most a tenth of the run (short runs, small data)
+    warmup_cap: int = 50  # each recipe's own length of a full warmup (VQA 30, captioning 100)
     grad_clip: float = 1.0
     seed: int = 0
     early_stop_metric: str = "val/rsum"  # higher is better
@@ -63,8 +64,8 @@ class TrainConfig:
         check_types(self)
         check_ranges(self, {
             "epochs": AT_LEAST_1, "lr": POSITIVE, "tower_lr_scale": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
-            "warmup_steps": NONE_OR_NON_NEGATIVE, "grad_clip": NON_NEGATIVE, "patience": NON_NEGATIVE,
-            "unfreeze_every": NON_NEGATIVE, "log_every": AT_LEAST_1,
+            "warmup_steps": NONE_OR_NON_NEGATIVE, "warmup_cap": NON_NEGATIVE, "grad_clip": NON_NEGATIVE,
+            "patience": NON_NEGATIVE, "unfreeze_every": NON_NEGATIVE, "log_every": AT_LEAST_1,
             "seed": ("in 0..2**32-1", lambda v: 0 <= v < 2**32),  # numpy's seed range
         })
 
@@ -121,8 +122,8 @@ class Trainer:
                                  "lower --batch-size")
         total = self.steps_per_epoch * config.epochs
         warmup = config.warmup_steps
-        if warmup is None:  # 50 steps would be the whole of a short run: the lr would never reach its peak
-            warmup = min(50, total // 10)
+        if warmup is None:  # a full warmup would be the whole of a short run: the lr would never reach its peak
+            warmup = min(config.warmup_cap, total // 10)
         elif warmup >= total:
             log.warning("warmup_steps=%d is not shorter than the whole run (%d steps): the learning rate never reaches "
                         "lr=%g nor decays; pass --warmup-steps %d (a tenth of the run) or train longer",
@@ -167,7 +168,8 @@ class Trainer:
 
     def load_checkpoint(self) -> None:
         if not self.checkpoint_path.is_file():
-            raise PolymodalError(f"no checkpoint at {self.checkpoint_path}; train without --resume (fit(resume=True)) first")
+            raise PolymodalError(f"no checkpoint at {self.checkpoint_path}; train without --resume "
+                                 "(fit(resume=True) in Python) first")
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
         try:
             self.model.load_state_dict(state["model"], strict=False)
@@ -266,7 +268,7 @@ class Trainer:
         for _, _, loader in self.objectives.values():
             if hasattr(loader.dataset, "set_epoch"):
                 loader.dataset.set_epoch(self.epoch)
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+        bar = progress_bar(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
                    disable=not self.progress, leave=False)
         losses, samples, t0 = [], 0, time.perf_counter()
         for i, batches in enumerate(self._batches()):

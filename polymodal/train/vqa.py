@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
+from polymodal.progress import progress_bar
 
 from polymodal.cache import cache_key
 from polymodal.errors import PolymodalError
@@ -43,7 +43,8 @@ from polymodal.train.vqa_objective import VQABatch, VQAObjective
 log = logging.getLogger(__name__)
 
 VQA_TRAIN_DEFAULTS = {"early_stop_metric": "val/accuracy", "epochs": 10, "lr": 1e-3, "weight_decay": 0.05,
-                      "warmup_steps": 30, "patience": 3}
+                      "warmup_steps": None, "warmup_cap": 30,
+                      "patience": 3}
 
 
 @dataclass
@@ -106,7 +107,7 @@ def question_features(model: FusionEncoder, questions: Sequence[str], batch_size
     if states is not None and lengths is not None:
         return states, lengths
     chunks, lens = [], []
-    for i in tqdm(range(0, len(questions), batch_size), desc="caching question tokens", disable=not progress):
+    for i in progress_bar(range(0, len(questions), batch_size), desc="caching question tokens", disable=not progress):
         s, m = model.text_cache_input(list(questions[i : i + batch_size]))
         chunks.append(s.numpy().astype(np.float16))
         lens.append(m.sum(1).numpy())
