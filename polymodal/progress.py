@@ -1,4 +1,5 @@
-"""Progress bars: tqdm's live bar on a terminal; in a log file, a line at most every 30 s and the final state kept.
+"""Progress bars: tqdm's live bar on a terminal or in a notebook; in a log file, a line at most every 30 s and the
+final state kept.
 
 On a terminal tqdm redraws one line with carriage returns; written to a file (`make demo > log`, CI) every redraw stays,
 and a bar closed with leave=False leaves its 0% line behind. Every bar in polymodal comes from here.
@@ -10,13 +11,17 @@ import sys
 from tqdm.auto import tqdm
 
 LOG_INTERVAL_S = 30.0
+# In Jupyter tqdm.auto gives a widget bar (and stderr is no terminal there): that one is left as it is
+_NOTEBOOK = any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)
 
 
 def progress_bar(iterable=None, **kwargs) -> tqdm:
-    """tqdm(iterable, **kwargs), throttled and kept when its output is not a terminal."""
+    """tqdm(iterable, **kwargs), throttled and kept when its output is a file (not a terminal, not a notebook's
+    widget). Per-step ``set_postfix`` calls should pass refresh=False: a refresh ignores the throttle."""
     stream = kwargs.get("file") or sys.stderr
-    if not _is_terminal(stream):
+    if not _NOTEBOOK and not _is_terminal(stream):
         kwargs["mininterval"] = max(kwargs.get("mininterval", 0.1), LOG_INTERVAL_S)
+        kwargs["maxinterval"] = max(kwargs.get("maxinterval", 10.0), LOG_INTERVAL_S)  # its monitor thread's redraws
         kwargs["leave"] = True
     return tqdm(iterable, **kwargs)
 

@@ -151,17 +151,18 @@ def test_a_decompression_bomb_is_a_readable_error(tmp_path, monkeypatch):
         load_image(tmp_path / "big.png")
 
 
-def test_a_big_local_photo_below_pillows_refusal_loads_without_its_bomb_warning(tmp_path, monkeypatch):
-    import warnings
-
-    from polymodal.data.images import check_image_file
+def test_a_big_local_photo_below_pillows_refusal_loads_without_its_bomb_warning(tmp_path):
+    """In a fresh interpreter where every warning is an error: pytest drops filters set while it collects, so the
+    module's own filter is only seen outside it."""
+    import subprocess
+    import sys
 
     png(tmp_path / "big.png", size=(64, 64))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 4096 pixels: over the warning's limit, under 2x
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would raise here
-        check_image_file(tmp_path / "big.png")
-        assert load_image(tmp_path / "big.png").size == (64, 64)
+    script = (f"from PIL import Image; Image.MAX_IMAGE_PIXELS = 3000\n"  # 4096 pixels: over the warning's limit, under 2x
+              f"from polymodal.data.images import check_image_file, load_image\n"
+              f"check_image_file({str(tmp_path / 'big.png')!r}); print(load_image({str(tmp_path / 'big.png')!r}).size)")
+    done = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "(64, 64)", done.stderr[-500:]
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

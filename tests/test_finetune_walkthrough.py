@@ -47,7 +47,7 @@ def test_unreadable_images_are_left_out_not_fatal(gallery, tmp_path, caplog):
     config = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert config["train_images"] == config["val_images"] == len(PHOTOS)
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
-    assert "left out 2 unreadable image(s)" in caplog.text and "truncated.jpg" in caplog.text
+    assert "left out 2 unreadable images" in caplog.text and "truncated.jpg" in caplog.text
 
 
 def test_no_readable_image_is_one_error(gallery, tmp_path):
@@ -55,7 +55,7 @@ def test_no_readable_image_is_one_error(gallery, tmp_path):
     from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig
 
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(PolymodalError, match="none of the 1 images could be read"):
+    with pytest.raises(PolymodalError, match="none of the 1 image could be read"):
         image_features(DualEncoder(DualEncoderConfig(embed_dim=16)), [tmp_path / "bad.jpg"], progress=False,
                        skip_unreadable=True)
 

@@ -154,3 +154,17 @@ def test_32_bit_int_images_holding_8_bit_values_keep_them():
     img = Image.fromarray(grey8.astype(np.int32))
     assert img.mode == "I"
     np.testing.assert_array_equal(np.asarray(load_image(img)), np.stack([grey8] * 3, -1))
+
+
+def test_readable_results_counts_names_the_source_and_refuses_none(caplog):
+    import logging
+
+    from polymodal.models.inputs import readable_results
+
+    with caplog.at_level(logging.WARNING):
+        assert readable_results([np.zeros(2), "x.jpg: not a readable image", np.ones(2)], "image", "p.jsonl") == [0, 2]
+    assert "p.jsonl: left out 1 unreadable image (first: x.jpg: not a readable image)" in caplog.text
+    with pytest.raises(PolymodalError, match=r"none of the 2 validation photos in p.jsonl could be read \(first: a\)"):
+        readable_results(["a", "b"], "validation photo", "p.jsonl")
+    with pytest.raises(PolymodalError, match="no images to read"):
+        readable_results([], "image")

@@ -30,3 +30,32 @@ def test_a_terminal_keeps_tqdms_live_redraws():
     for _ in bar:
         pass
     assert len(_lines(screen.getvalue())) > 10
+
+
+def test_tqdms_monitor_thread_is_throttled_too():
+    bar = progress_bar(total=3, file=io.StringIO())
+    assert bar.mininterval >= 30 and bar.maxinterval >= 30  # maxinterval=10 would force a redraw every 10 s
+    bar.close()
+
+
+def test_a_training_epoch_in_a_log_file_is_two_lines_not_one_per_step(tmp_path, capsys):
+    """The trainer sets the bar's loss/lr postfix every step: a refreshing set_postfix ignored the throttle."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from polymodal.train.objectives import Objective
+    from polymodal.train.trainer import TrainConfig, Trainer
+
+    class Fit(Objective):
+        name = "fit"
+
+        def compute(self, model, batch):
+            x, y = batch
+            return ((model(x) - y) ** 2).mean(), {}
+
+    loader = DataLoader(TensorDataset(torch.randn(60, 2), torch.randn(60, 1)), batch_size=1)  # 60 steps
+    trainer = Trainer(torch.nn.Linear(2, 1), {"fit": (Fit(), 1.0, loader)},
+                      TrainConfig(epochs=1, patience=0, log_every=1000), tmp_path, progress=True)
+    trainer.fit()
+    lines = [line for line in _lines(capsys.readouterr().err) if "epoch 1/1" in line]
+    assert len(lines) == 2 and "60/60" in lines[-1] and "loss=" in lines[-1], lines

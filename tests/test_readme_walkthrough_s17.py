@@ -111,7 +111,7 @@ def test_an_unknown_recipe_setting_lists_the_known_ones():
 
 @pytest.mark.parametrize("steps_per_epoch, epochs, cap, want", [
     (7, 2, 50, 1), (10, 10, 50, 10), (100, 10, 50, 50), (1, 1, 50, 0),
-    (169, 5, 100, 84), (200, 5, 100, 100), (6, 1, 30, 0),  # the captioning and VQA recipes' caps
+    (169, 5, 100, 84), (200, 5, 100, 100), (100, 5, 30, 30),  # the captioning and VQA recipes' caps
 ])
 def test_the_default_warmup_is_at_most_a_tenth_of_the_run(steps_per_epoch, epochs, cap, want, caplog, tmp_path):
     """Unset, warmup is the recipe's warmup_cap steps (50; VQA and pretraining 30, captioning 100) but never more

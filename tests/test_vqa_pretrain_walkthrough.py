@@ -46,7 +46,7 @@ def test_vqa_leaves_unreadable_images_out(qa_file, tmp_path, caplog):
                      *VQA]) == 0
     config = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert config["train_images"] == 15 and config["val_questions"] == config["train_questions"] == 45
-    assert "left out 2 unreadable image(s)" in caplog.text and "truncated.jpg" in caplog.text
+    assert "left out 2 unreadable images" in caplog.text and "truncated.jpg" in caplog.text
 
 
 def test_pretrain_leaves_unreadable_images_out(pairs_file, tmp_path, caplog):
@@ -56,7 +56,7 @@ def test_pretrain_leaves_unreadable_images_out(pairs_file, tmp_path, caplog):
                      "--epochs", "1", *PRETRAIN]) == 0
     config = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert config["train_images"] == 15 and config["val_captions"] == config["train_captions"] == 45
-    assert "left out 2 unreadable image(s)" in caplog.text and "truncated.jpg" in caplog.text
+    assert "left out 2 unreadable images" in caplog.text and "truncated.jpg" in caplog.text
 
 
 def test_blank_question_or_answer_rows_are_skipped(qa_file, tmp_path):

@@ -31,6 +31,10 @@ MAX_ASPECT = 1000  # longest side / shortest side beyond which an image is refus
 # their exact CLIP-processor pixels.
 _MAX_RESIZED_ASPECT = 8
 _SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}  # Pillow's filter radius in source pixels when not downscaling
+# A photo of 89-179 MP is one the user chose to pass: decode it without Pillow's DecompressionBombWarning on stderr
+# (set once here: a catch_warnings() per image would reset Python's show-once memory for every other warning, and is
+# not thread-safe). Above that Pillow still refuses it (_pillow_errors); the server has its own, lower pixel limit.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @functools.cache
@@ -71,7 +75,10 @@ def load_image(image: Any) -> Image.Image:
         )
     elif isinstance(image, (str, Path)):
         path = _existing_file(image)
-        img = _open(path, str(path))
+        try:
+            return to_rgb(_open(path, str(path)))
+        except PolymodalError as exc:  # a float TIFF holding NaN: say which file
+            raise PolymodalError(exc if str(path) in str(exc) else f"{path}: {exc}") from exc
     else:
         raise PolymodalError(
             f"cannot read an image from {type(image).__name__}; pass a path, PIL image or numpy array"
@@ -153,18 +160,14 @@ def _open(source, name: str) -> Image.Image:
 
 @contextlib.contextmanager
 def _pillow_errors(name: str):
-    """Pillow's reading errors -> one PolymodalError naming the file. A local photo of 89-179 MP decodes without
-    Pillow's DecompressionBombWarning (the user chose the file; the server has its own pixel limit); above that
-    Pillow refuses it, and the message says to downscale."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            yield
-        except Image.DecompressionBombError as exc:
-            raise PolymodalError(f"not a readable image: {name} is larger than Pillow decodes safely "
-                                 f"({_reason(exc).split(', could be')[0]}); downscale it first") from exc
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise PolymodalError(f"not a readable image: {name} ({_reason(exc)})") from exc
+    """Pillow's reading errors -> one PolymodalError naming the file; past Pillow's pixel limit, say to downscale."""
+    try:
+        yield
+    except Image.DecompressionBombError as exc:
+        raise PolymodalError(f"not a readable image: {name} is larger than Pillow decodes safely "
+                             f"({_reason(exc).split(', could be')[0]}); downscale it first") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise PolymodalError(f"not a readable image: {name} ({_reason(exc)})") from exc
 
 
 def _reason(exc: Exception) -> str:

@@ -53,7 +53,7 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
     that cannot be read are counted and left out; ``decoding`` (e.g. no_repeat) goes to model.caption."""
     from polymodal.data.pairs import open_pair_image  # reads files and images inside tar shards alike
     from polymodal.models.beam_search import NO_REPEAT, check_decoding
-    from polymodal.models.inputs import each_or_error, readable_rows
+    from polymodal.models.inputs import each_or_error, readable_results
     from polymodal.progress import progress_bar
 
     # checked before any photo: a bad option raised inside the loop would read as "photos could not be read"
@@ -73,8 +73,9 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
         return out
 
     results = each_or_error(caption_batch, images, batch_size)  # one unreadable photo: the batch goes one by one
+    bar.update(len(images) - bar.n)  # the unreadable ones were looked at too
     bar.close()
-    kept = readable_rows(results, "photos")
+    kept = readable_results(results, "photo")
     hyps, unreadable = [results[i][0] for i in kept], len(images) - len(kept)
     if len(kept) < MIN_CIDER_PHOTOS:
         log.warning("CIDEr-D needs at least %d photos (its word weights come from the set): scored BLEU only",

@@ -27,12 +27,12 @@ def read_pairs(path: str | Path) -> Pairs:
     Images inside tar shards are returned as their encoded bytes (which every encoder accepts), checked to decode."""
     from polymodal.data.pairs import read_pair_source
     from polymodal.data.shards import split_tar_ref
-    from polymodal.models.inputs import each_or_error, readable_rows
+    from polymodal.models.inputs import each_or_error, readable_results
 
     pairset = read_pair_source(path)
     results = each_or_error(lambda one: [_shard_image(one[0]) if split_tar_ref(one[0]) is not None else Path(one[0])],
                             list(pairset.images), batch_size=1)
-    rows = readable_rows(results, "image(s)", str(path))
+    rows = readable_results(results, "image", str(path))
     pairs = Pairs([r if isinstance(r, (bytes, Path)) else None for r in results], pairset.captions,
                   pairset.caption_image)
     return pairs if len(rows) == len(results) else pairs_of_images(pairs, np.asarray(rows, dtype=np.int64))
@@ -89,12 +89,12 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image
     return out
 
 
-def encode_readable(model, images: list, source: str = "images", batch_size: int = 32,
+def encode_readable(model, images: list, source: str = "", batch_size: int = 32,
                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``model.encode_image`` over ``images``, leaving out the ones that cannot be read (a truncated JPEG, a file
     that is no image) with one warning instead of ending the evaluation. -> (embeddings of the readable images,
     their indices into ``images``). None readable is an error. ``progress`` shows a bar (the CLI's evaluations)."""
-    from polymodal.models.inputs import as_images, each_or_error, readable_rows
+    from polymodal.models.inputs import as_images, each_or_error, readable_results
     from polymodal.progress import progress_bar
 
     images = as_images(images)
@@ -105,7 +105,8 @@ def encode_readable(model, images: list, source: str = "images", batch_size: int
             return out
 
         results = each_or_error(encode, images, batch_size)
-    rows = readable_rows(results, "image(s)", source)
+        bar.update(len(images) - bar.n)  # the unreadable ones were looked at too
+    rows = readable_results(results, "image", source)
     return np.stack([results[i] for i in rows]), np.asarray(rows, dtype=np.int64)
 
 

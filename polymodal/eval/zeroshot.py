@@ -50,7 +50,7 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     if image_emb is None:  # an unreadable image is left out with a warning, not the end of the evaluation
         from polymodal.eval.retrieval import encode_readable
 
-        emb, rows = encode_readable(model, images, "zero-shot images", progress=progress)
+        emb, rows = encode_readable(model, images, progress=progress)
         labels = [labels[i] for i in rows]
     else:
         emb = image_emb

@@ -64,14 +64,14 @@ def export_captioner_onnx(model, out: str | Path, images: Sequence, references: 
     from polymodal.data.pairs import open_pair_image
     from polymodal.export.caption_runtime import OnnxCaptioner
     from polymodal.models.beam_search import CLS
-    from polymodal.models.inputs import each_or_error, readable_rows
+    from polymodal.models.inputs import each_or_error, readable_results
 
     if len(images) < 1:
         raise PolymodalError("captioner export needs validation photos: pass --val-pairs FILE")
     check_caption_variants(variants)
     # decoded once for every run below (files or tar members); unreadable ones are left out, as eval captions does
     opened = each_or_error(lambda chunk: [open_pair_image(i) for i in chunk], list(images))
-    kept = readable_rows(opened, "validation photos")
+    kept = readable_results(opened, "validation photo")
     names = [str(getattr(images[i], "name", images[i]))[-60:] for i in kept[:3]]
     images = [opened[i] for i in kept]
     references = None if references is None else [references[i] for i in kept]

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
-from polymodal.progress import progress_bar
 
 from polymodal.errors import PolymodalError
 from polymodal.index.store import Hit, ImageIndex, SearchByModel, check_query_dim, query_matrix
 from polymodal.models.inputs import check_count
+from polymodal.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -35,12 +35,12 @@ from typing import Any, Iterable, Iterator, Sequence
 import faiss
 import numpy as np
 from filelock import FileLock, Timeout
-from polymodal.progress import progress_bar
 
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 from polymodal.index.scan import ImageFile, canonical_path, file_sha256, image_file, scan_images
 from polymodal.models.inputs import check_count
+from polymodal.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

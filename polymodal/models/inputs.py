@@ -115,14 +115,24 @@ def each_or_error(fn, items: list, batch_size: int = 32) -> list:
     return out
 
 
-def readable_rows(results: list, what: str = "image(s)", source: str = "") -> list[int]:
+def readable_results(results: list, what: str = "image", source: str = "") -> list[int]:
     """The positions of each_or_error's successes. Failures get one warning (how many, the first reason); none
-    succeeding is an error, e.g. "none of the 3 images could be read (first: ...); check the image files"."""
+    succeeding is an error, e.g. "none of the 3 images in pairs.jsonl could be read (first: ...)". ``what`` is
+    the singular noun ("image", "validation photo"); ``source`` names where they came from."""
     rows = [i for i, r in enumerate(results) if not isinstance(r, str)]
     bad = [r for r in results if isinstance(r, str)]
+    where = f" in {source}" if source else ""
+    if not results:
+        raise PolymodalError(f"no {what}s{where} to read; pass at least one image")
     if not rows:
-        raise PolymodalError(f"none of the {len(results)} {what.replace('(s)', 's')} could be read (first: "
-                             f"{bad[0] if bad else '-'}); check the image files")
+        raise PolymodalError(f"none of the {plural(len(results), what)}{where} could be read (first: {bad[0]}); "
+                             "check the image files")
     if bad:
-        log.warning("%sleft out %d unreadable %s (first: %s)", f"{source}: " if source else "", len(bad), what, bad[0])
+        log.warning("%sleft out %s (first: %s)", f"{source}: " if source else "",
+                    plural(len(bad), f"unreadable {what}"), bad[0])
     return rows
+
+
+def plural(n: int, noun: str) -> str:
+    """"1 image", "2 images"."""
+    return f"{n:,} {noun}{'s' * (n != 1)}"

@@ -14,7 +14,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from polymodal.progress import progress_bar
 
 from polymodal.cache import cache_key
 from polymodal.cache import load_cached as _load_cached
@@ -24,6 +23,8 @@ from polymodal.data.images import LOADER_VERSION
 from polymodal.data.pairs import PairSet, open_pair_image
 from polymodal.data.shards import _file_identity, split_tar_ref
 from polymodal.errors import PolymodalError
+from polymodal.models.inputs import plural
+from polymodal.progress import progress_bar
 from polymodal.train import distributed
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,8 @@ def image_features(
             bar.update(len(pils))
     bar.close()
     if out is None:
-        raise PolymodalError(f"none of the {len(images)} images could be read (first: {images[:1]}); check the "
-                             "image files (polymodal -v ... names each one)")
+        raise PolymodalError(f"none of the {plural(len(images), 'image')} could be read (first: {images[0]}); check "
+                             "the image files (polymodal -v ... names each one)")
     return _store(path, out)
 
 
@@ -114,7 +115,8 @@ def report_unreadable(source, images: Sequence, rows: np.ndarray) -> None:
     """One warning when some of ``images`` are not in ``rows`` (`readable_rows`): how many, and the first."""
     if len(rows) < len(images):
         bad = np.setdiff1d(np.arange(len(images)), rows)
-        log.warning("%s: left out %d unreadable image(s) (first: %s); -v says why", source, len(bad), images[bad[0]])
+        log.warning("%s: left out %s (first: %s); -v says why", source, plural(len(bad), "unreadable image"),
+                    images[bad[0]])
 
 
 def readable_pairs(pairset: PairSet, rows: np.ndarray) -> PairSet:

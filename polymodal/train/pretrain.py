@@ -40,13 +40,13 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from polymodal.progress import progress_bar
 
 from polymodal.cache import cache_key
 from polymodal.data.pairs import PairSet, open_pair_image, read_pair_sources
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig, is_fusion_encoder_folder, load_fusion_encoder
 from polymodal.models.inputs import as_paths, as_settings
+from polymodal.progress import progress_bar
 from polymodal.registry import run_folder_hint
 from polymodal.train.features import _load_cached, _store, readable_pairs, readable_subset
 from polymodal.train.guards import (

@@ -14,10 +14,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-from polymodal.progress import progress_bar
 
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
+from polymodal.progress import progress_bar
 from polymodal.train.guards import AT_LEAST_1, NON_NEGATIVE, NONE_OR_NON_NEGATIVE, POSITIVE, check_ranges, check_types
 from polymodal.train.metrics import MetricsLogger
 
@@ -290,7 +290,7 @@ class Trainer:
             samples += len(next(iter(batches.values()))[0])
             rate = samples / (time.perf_counter() - t0)
             lr = self.scheduler.get_last_lr()[0]
-            bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}", refresh=False)
             bar.update()
             # every log_every steps, and the last step of each epoch so that short runs have a curve too
             if self.step % self.cfg.log_every == 0 or i == self.steps_per_epoch - 1:

@@ -19,7 +19,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from polymodal.progress import progress_bar
 
 from polymodal.cache import cache_key
 from polymodal.errors import PolymodalError
@@ -31,6 +30,7 @@ from polymodal.models.fusion_encoder import (
     load_fusion_encoder,
 )
 from polymodal.models.inputs import as_paths, as_settings
+from polymodal.progress import progress_bar
 from polymodal.registry import run_folder_hint
 from polymodal.train.features import _load_cached, _store, image_features, readable_subset, report_unreadable
 from polymodal.train.guards import (
