@@ -41,13 +41,23 @@ def soft_vqa_score(predicted: str, annotators: Sequence[str]) -> float:
 
 
 def unique_choices(choices: Sequence[Any]) -> dict[str, str]:
-    """Candidate answers -> {normalised: as given (first spelling wins)}; blank ones dropped; none left is an error."""
+    """Candidate answers -> {comparable_answer: as given (first spelling wins)}; blank ones dropped; none left is an
+    error. Keyed as evaluation compares answers, so "a triangle" finds the answer "triangle" (see `choice_index`)."""
     from polymodal.models.inputs import as_texts
 
     seen: dict[str, str] = {}
     for c in as_texts(choices, "choices"):  # one string is one choice, not its letters
         if c.strip():
-            seen.setdefault(normalize_answer(c), c.strip())
+            seen.setdefault(comparable_answer(c), c.strip())
     if not seen:
         raise PolymodalError("no choices given; pass candidate answers like --choices yes,no")
     return seen
+
+
+def choice_index(answers: Sequence[str]) -> dict[str, int]:
+    """A model's answer vocabulary -> {comparable_answer: its index} (the first of answers that compare equal), the
+    keys `unique_choices` gives: a vocabulary written "Yes"/"No" still finds the choice "yes"."""
+    index: dict[str, int] = {}
+    for i, a in enumerate(answers):
+        index.setdefault(comparable_answer(a), i)
+    return index

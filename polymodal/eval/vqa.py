@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 from polymodal.data.jsonl import iter_json_rows
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import YES_NO, comparable_answer, normalize_answer, soft_vqa_score
+from polymodal.models.inputs import each_or_error, readable_results
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
         if missing:
             skipped.append((where, f"no {', '.join(missing)}"))
             continue
+        wrong = _wrong_types(item)
+        if wrong:
+            skipped.append((where, wrong))
+            continue
         image = (path.parent / Path(str(item["image"])).expanduser()).resolve()
         if image not in exists:
             exists[image] = image.is_file()
@@ -83,6 +88,21 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
         first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise PolymodalError(f"{path} has no usable question-answer rows; {len(skipped)} skipped{first}; pass {QA_FORMAT}")
     return rows
+
+
+def _wrong_types(item: dict) -> str | None:
+    """Why a row's question / answer / answer_type would be scored as something else (str() of a list, True as
+    "true"), or None when they are text (an answer may be a number: "how many" answers)."""
+    answer, question, kind = item.get("answer"), item.get("question"), item.get("answer_type")
+    if not isinstance(question, str):
+        return f"the question must be text, got {question!r:.60}"
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        hint = '; write "yes" or "no"' if isinstance(answer, bool) else \
+            '; put several annotators\' answers in "answers"' if isinstance(answer, list) else ""
+        return f"the answer must be text, got {answer!r:.60}{hint}"
+    if kind is not None and not isinstance(kind, str):
+        return f"answer_type must be text (e.g. \"yes/no\"), got {kind!r:.60}"
+    return None
 
 
 def annotator_answers(value: Any) -> tuple[str, ...]:
@@ -104,6 +124,9 @@ def as_rows(rows: Iterable[Any]) -> list[QARow]:
         if isinstance(r, QARow):
             out.append(r)
         elif isinstance(r, dict) and all(k in r for k in ("image", "question", "answer")):
+            wrong = _wrong_types(r)
+            if wrong:
+                raise PolymodalError(f"{wrong} (in the row {r!r:.80})")
             out.append(QARow(r["image"], str(r["question"]), normalize_answer(r["answer"]), r.get("answer_type"),
                              annotator_answers(r.get("answers"))))
         else:
@@ -147,8 +170,12 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     if cache and isinstance(model, FusionEncoder) and all(isinstance(r.image, (str, Path)) for r in rows):
         from polymodal.train.vqa import cached_predictions
 
-        predicted = [a for a, _ in cached_predictions(model, [r.image for r in rows], [r.question for r in rows],
-                                                      progress=progress)]
+        results = cached_predictions(model, [r.image for r in rows], [r.question for r in rows], progress=progress,
+                                     skip_unreadable=True)
     else:
-        predicted = [a for a, _ in model.predict([r.image for r in rows], [r.question for r in rows])]
-    return accuracy_by_type(predicted, rows)
+        results = each_or_error(lambda chunk: model.predict([r.image for r in chunk], [r.question for r in chunk]),
+                                rows, 256)
+    # a row whose image cannot be read is left out (as training does), with one warning; none readable is an error
+    kept = readable_results(results, "row")
+    return {**accuracy_by_type([results[i][0] for i in kept], [rows[i] for i in kept]),
+            "unreadable": len(rows) - len(kept)}

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from polymodal.data.answers import unique_choices
+from polymodal.data.answers import choice_index, unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
@@ -28,7 +28,7 @@ class OnnxFusionEncoder:
         self.config = config
         self.name, self.version = config["name"], config["version"]
         self.answers = list(config["answers"])
-        self.answer_index = {a: i for i, a in enumerate(self.answers)}
+        self.answer_index = choice_index(self.answers)  # keyed as unique_choices keys the choices
         self.transform = ImageTransform.from_dict(config["transform"])
         files = {"grid": "grid.onnx", "question": "question.onnx", "head": "head.onnx", **config.get("files", {})}
         self.files = files

@@ -49,6 +49,21 @@ class FusionOutput:
     modality_weights: Tensor | None = None
 
 
+def _padding_mask(m, i: int, fusion: str) -> Tensor:
+    """A mask as given -> a tensor with True/1 for real tokens. An additive attention mask (0 / -inf, as
+    nn.MultiheadAttention's attn_mask or Hugging Face's extended masks) would read inverted: refused."""
+    if not isinstance(m, Tensor):
+        try:
+            m = torch.as_tensor(m)
+        except (TypeError, ValueError, RuntimeError):
+            raise PolymodalError(f"{fusion} fusion: mask {i} must be a [B, T] tensor (True = real token), got "
+                                 f"{type(m).__name__}") from None
+    if m.is_floating_point() and not bool(((m == 0) | (m == 1)).all()):
+        raise PolymodalError(f"{fusion} fusion: mask {i} holds values other than 0 and 1 (an additive attention "
+                             "mask, 0 / -inf?); pass a bool mask with True for real tokens, e.g. mask == 0")
+    return m
+
+
 def masked_mean(tokens: Tensor, mask: Tensor | None = None) -> Tensor:
     """``[B, T, D]`` tokens, ``[B, T]`` bool mask (True = real) -> ``[B, D]`` mean over real tokens.
 
@@ -148,6 +163,7 @@ class FusionModule(nn.Module):
             if m is None:
                 m = torch.ones(b, t, dtype=torch.bool, device=x.device)
             else:
+                m = _padding_mask(m, i, self.name)
                 if m.dim() == 1 and t == 1:
                     m = m[:, None]
                 if tuple(m.shape) != (b, t):

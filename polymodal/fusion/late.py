@@ -39,11 +39,16 @@ class LateFusion(FusionModule):
             self.logits = nn.Parameter(torch.zeros(len(self.dims)))
             self.register_buffer("fixed_weights", None)
         else:
-            w = torch.as_tensor(list(weights), dtype=torch.float32)
-            if w.shape != (len(self.dims),) or bool((w < 0).any()) or float(w.sum()) <= 0:
+            try:
+                w = torch.as_tensor(list(weights), dtype=torch.float32)
+            except (TypeError, ValueError):
+                w = torch.full((0,), float("nan"))  # refused just below, with the weights as given
+            # NaN passes both "< 0" and "sum <= 0" tests: check finiteness too
+            if (w.shape != (len(self.dims),) or not bool(torch.isfinite(w).all()) or bool((w < 0).any())
+                    or float(w.sum()) <= 0):
                 raise PolymodalError(
-                    f"late fusion: weights must be {len(self.dims)} non-negative numbers with a positive sum "
-                    f"(one per modality), got {list(weights)}"
+                    f"late fusion: weights must be {len(self.dims)} finite non-negative numbers with a positive sum "
+                    f"(one per modality), got {weights!r}"
                 )
             self.logits = None
             self.register_buffer("fixed_weights", w / w.sum())

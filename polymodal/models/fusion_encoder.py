@@ -41,10 +41,11 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.models.folders import folder_type, read_folder_config, write_model_folder
-from polymodal.data.answers import unique_choices
+from polymodal.data.answers import choice_index, unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, build_fusion
+from polymodal.models.beam_search import MAX_TOKENS
 from polymodal.models.inputs import as_images, as_texts, check_count, one_question, vqa_rows
 from polymodal.models.modes import in_eval_mode
 
@@ -108,6 +109,10 @@ class FusionEncoderConfig:
             raise PolymodalError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
         if not isinstance(self.dim, int) or self.dim <= 0:
             raise PolymodalError(f"dim must be a positive int, got {self.dim!r}")
+        mq = self.max_question_tokens  # [CLS] + at least one word + [SEP]; MiniLM has 512 positions
+        if isinstance(mq, bool) or not isinstance(mq, int) or not 3 <= mq <= MAX_TOKENS:
+            raise PolymodalError(f"max_question_tokens must be a whole number from 3 to {MAX_TOKENS} (word pieces "
+                                 f"with [CLS] and [SEP]), got {mq!r}")
         # no answers: an encoder that was only pretrained (no VQA head until fine-tuning adds one)
         if len(set(self.answers)) != len(self.answers):
             raise PolymodalError("the answer vocabulary has duplicates")
@@ -154,7 +159,7 @@ class FusionEncoder(nn.Module):
         self.config, self.version, self.name = config, version, config.name
         self.transform = config.transform
         self.answers = list(config.answers)
-        self.answer_index = {a: i for i, a in enumerate(self.answers)}
+        self.answer_index = choice_index(self.answers)  # keyed as unique_choices keys the choices
         d, n_tokens = config.dim, config.grid**2
 
         self.image_tower = EfficientNetLite0()
@@ -196,7 +201,7 @@ class FusionEncoder(nn.Module):
             raise PolymodalError("a VQA head needs a non-empty answer vocabulary without duplicates")
         self.config.answers = answers
         self.answers = list(answers)
-        self.answer_index = {a: i for i, a in enumerate(self.answers)}
+        self.answer_index = choice_index(self.answers)  # keyed as unique_choices keys the choices
         self.vqa_head = self._new_vqa_head(len(answers))
 
     def add_itm_head(self) -> None:
@@ -459,6 +464,7 @@ class FusionEncoder(nn.Module):
         ``choices``, only those candidates are ranked (see the module docstring for how)."""
         question = one_question(question)
         top_k = check_count(top_k, "top_k")
+        self._warn_if_cut(question)
         image_inputs = self.encode_images([image])
         states, mask = self.encode_questions([question])
         logits = self.vqa_logits(image_inputs, states, mask)[0].float()
@@ -469,6 +475,17 @@ class FusionEncoder(nn.Module):
             ranked = self._rank_choices(logits, image_inputs, question, choices)
         top = ranked[:top_k]
         return {"answer": top[0][0], "score": top[0][1], "alternatives": top}
+
+    def _warn_if_cut(self, question: str) -> None:
+        """A question longer than max_question_tokens loses its end (often the part that asks): say so."""
+        fast = getattr(self.text_tower, "_fast", None)
+        if fast is None:
+            return
+        encoding = fast.tok.encode(question)
+        if encoding.overflowing:
+            cut = sum(sum(o.attention_mask) - 2 for o in encoding.overflowing)  # each is [CLS] .. [SEP], padded
+            log.warning("the question is %d word pieces longer than this model reads (max_question_tokens=%d); its end "
+                        "was cut off: ask it in fewer words", cut, self.config.max_question_tokens)
 
     def _rank_choices(self, logits: Tensor, image_inputs: Tensor, question: str, choices: Sequence[str]) -> list:
         seen = unique_choices(choices)

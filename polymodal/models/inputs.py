@@ -58,6 +58,9 @@ def vqa_rows(images: Any, questions: Any) -> tuple[list, list[str]]:
     images, questions = as_images(images), as_texts(questions, "questions")
     if len(images) != len(questions):
         raise PolymodalError(f"got {len(images)} images but {len(questions)} questions; pass one image per question")
+    blank = next((i for i, q in enumerate(questions) if not q.strip()), None)
+    if blank is not None:  # answer() refuses one too: a blank question would get a confident answer to nothing
+        raise PolymodalError(f"question {blank} is empty; ask something about its image")
     return images, questions
 
 

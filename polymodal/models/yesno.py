@@ -177,9 +177,6 @@ class YesNoModel:
         batch_size = check_count(batch_size, "batch_size")
         if not questions:
             return []
-        for q in questions:
-            if not q.strip():
-                raise PolymodalError("a question is empty; ask a yes/no question about the image")
         img_list, row_image = _dedupe(images)
         q_list, row_question = _dedupe(questions)
         p = self.probabilities(self.encode_images(img_list, batch_size), self.encode_questions(q_list),

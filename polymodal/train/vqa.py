@@ -32,7 +32,9 @@ from polymodal.models.fusion_encoder import (
 from polymodal.models.inputs import as_paths, as_settings
 from polymodal.progress import progress_bar
 from polymodal.registry import run_folder_hint
-from polymodal.train.features import _load_cached, _store, image_features, readable_subset, report_unreadable
+from polymodal.train.features import (
+    _load_cached, _nan_rows, _store, image_features, readable_subset, report_unreadable,
+)
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
 )
@@ -150,16 +152,20 @@ def predict_features(model: FusionEncoder, image_feats: np.ndarray, q_states: np
 
 
 def cached_predictions(model: FusionEncoder, images: Sequence, questions: Sequence[str],
-                       progress: bool = False) -> list[tuple[str, float]]:
-    """(answer, probability) per (image path, question) row through the on-disk feature cache."""
+                       progress: bool = False, skip_unreadable: bool = False) -> list[tuple[str, float] | str]:
+    """(answer, probability) per (image path, question) row through the on-disk feature cache. An unreadable image
+    is an error, or with ``skip_unreadable`` its rows get a str saying so (as `each_or_error` gives failures)."""
     img_index: dict[str, int] = {}
     q_index: dict[str, int] = {}
     row_image = np.array([img_index.setdefault(str(Path(i)), len(img_index)) for i in images], dtype=np.int64)
     row_question = np.array([q_index.setdefault(str(q), len(q_index)) for q in questions], dtype=np.int64)
-    feats = grid_features(model, [Path(p) for p in img_index], progress=progress)
+    paths = [Path(p) for p in img_index]
+    feats = grid_features(model, paths, progress=progress, skip_unreadable=skip_unreadable)
     states, lengths = question_features(model, list(q_index), progress=progress)
     best, prob = predict_features(model, feats, states, lengths, row_image, row_question)
-    return [(model.answers[b], float(p)) for b, p in zip(best, prob)]
+    unread = set(_nan_rows(feats).tolist()) if skip_unreadable else set()  # their NaN features gave NaN answers
+    return [f"not a readable image: {paths[i]}" if i in unread else (model.answers[b], float(p))
+            for i, b, p in zip(row_image, best, prob)]
 
 
 # -- data --------------------------------------------------------------------------------------------------------------
@@ -357,7 +363,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
         train_rows = train.rows
         set_seed(recipe.train.seed)
         model = build_vqa_model(recipe, train_rows)
-    targets = np.asarray([model.answer_index.get(r.answer, -1) for r in train_rows], dtype=np.int64)
+    exact = {a: i for i, a in enumerate(model.answers)}  # the vocabulary's own spellings (answer_index is for choices)
+    targets = np.asarray([exact.get(r.answer, -1) for r in train_rows], dtype=np.int64)
     if (targets < 0).all():
         raise PolymodalError("no training answer is in the model's answer vocabulary")
     log.info("train: %d questions over %d images (%d answers); val: %d questions",
