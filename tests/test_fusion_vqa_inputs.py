@@ -103,3 +103,18 @@ def test_an_additive_attention_mask_is_refused_and_lists_are_masks_too():
 def test_late_fusion_refuses_weights_that_are_not_finite_numbers(weights):
     with pytest.raises(PolymodalError, match="late fusion: weights must be 2 finite non-negative numbers"):
         build_fusion("late", [8, 8], 8, weights=weights)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"fusion_options": None}, "fusion_options must be a dict"),
+    ({"dim": True}, "dim must be a positive int"),
+    ({"dropout": 2.0}, r"dropout must be a number in \[0, 1\)"),
+    ({"image_size": 224.0}, "image_size must be a whole number of pixels"),
+    ({"answers": ["yes", 1]}, "answers must be non-blank strings, got 1"),
+    ({"answers": ["", "x"]}, "answers must be non-blank strings, got ''"),
+])
+def test_fusion_encoder_settings_of_the_wrong_type_are_one_error(setting, message):
+    from polymodal.models.fusion_encoder import FusionEncoderConfig
+
+    with pytest.raises(PolymodalError, match=message):  # each was a raw TypeError / ValueError from torch
+        FusionEncoderConfig(**setting).validate()

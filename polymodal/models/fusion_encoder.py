@@ -107,8 +107,19 @@ class FusionEncoderConfig:
             raise PolymodalError(f"answers must be a list of answer strings, got {type(self.answers).__name__}")
         if self.fusion not in FUSIONS:
             raise PolymodalError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
-        if not isinstance(self.dim, int) or self.dim <= 0:
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim <= 0:
             raise PolymodalError(f"dim must be a positive int, got {self.dim!r}")
+        if not isinstance(self.fusion_options, dict):
+            raise PolymodalError(f"fusion_options must be a dict of the fusion's settings (e.g. {{\"layers\": 2}}), "
+                                 f"got {self.fusion_options!r:.60}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise PolymodalError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
+            raise PolymodalError(f"image_size must be a whole number of pixels (a multiple of 32), got "
+                                 f"{self.image_size!r}")
+        if not all(isinstance(a, str) and a.strip() for a in self.answers):
+            bad = next(a for a in self.answers if not (isinstance(a, str) and a.strip()))
+            raise PolymodalError(f"answers must be non-blank strings, got {bad!r} among them")
         mq = self.max_question_tokens  # [CLS] + at least one word + [SEP]; MiniLM has 512 positions
         if isinstance(mq, bool) or not isinstance(mq, int) or not 3 <= mq <= MAX_TOKENS:
             raise PolymodalError(f"max_question_tokens must be a whole number from 3 to {MAX_TOKENS} (word pieces "
@@ -152,7 +163,8 @@ class FusionEncoder(nn.Module):
         from polymodal.encoders.efficientnet import EfficientNetLite0
         from polymodal.encoders.text import SentenceEncoder, minilm_path
 
-        if config.fusion == "cross_attention" and "query" not in config.fusion_options:
+        if config.fusion == "cross_attention" and isinstance(config.fusion_options, dict) \
+                and "query" not in config.fusion_options:
             # the question asks, the image answers: text tokens query the grid (and the attention is a heat map)
             config.fusion_options = {**config.fusion_options, "query": 1}
         config.validate()
