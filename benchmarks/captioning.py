@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-WARMUP_STEPS = 100
 
 
 def write_pairs(pairset, path: Path) -> Path:
@@ -31,10 +30,8 @@ def train(pairs: list[Path], out: Path, epochs: int) -> Path:
     """Validation (which epoch is kept) is 10% of the training photos: the held-out sets choose nothing."""
     from polymodal.train.captioning import CaptionRecipe, train_captioner
 
-    # warmup_steps: the 100 steps the README's figures were measured with (the recipe's default is now 100 but at
-    # most a tenth of the run: 45 for the held-out run here)
     recipe = CaptionRecipe.from_dict({"pairs": [str(p) for p in pairs], "out": str(out), "epochs": epochs,
-                                      "val_fraction": 0.1, "warmup_steps": WARMUP_STEPS,
+                                      "val_fraction": 0.1,
                                       "patience": 0, "val_images": 100})
     result = train_captioner(recipe, overwrite=True)
     print(json.dumps({"trained": str(out), **{k: v for k, v in result.items() if not isinstance(v, dict)}}), flush=True)

@@ -54,7 +54,7 @@ DATASETS = ("easy-vqa", "coco-yesno")
 COCO_YESNO = ROOT.parent / "shared" / "data" / "vqa-coco-yesno-train" / "qa.jsonl"
 # the shipped easy-vqa model's recipe (benchmarks/train_easy_vqa.py defaults)
 # warmup_steps: the VQA recipe's fixed 30 steps when the README's table was measured (its default is now 30 but at
-# most a tenth of the run, which on coco-yesno's 48 steps would be 4)
+# most half the run, which on coco-yesno's 48 steps would be 24)
 RECIPE = {"dim": 128, "lr": 2e-3, "batch_size": 256, "epochs": 6, "patience": 4, "val_fraction": 0.1,
           "warmup_steps": 30}
 QUICK = {"easy_train_images": 40, "easy_test_images": 15, "coco_images": 60, "epochs": 1}

@@ -109,22 +109,23 @@ def test_an_unknown_recipe_setting_lists_the_known_ones():
         ContrastiveRecipe.from_dict({"nonsense": 1})
 
 
-@pytest.mark.parametrize("steps_per_epoch, epochs, cap, want", [
-    (7, 2, 50, 1), (10, 10, 50, 10), (100, 10, 50, 50), (1, 1, 50, 0),
-    (169, 5, 100, 84), (200, 5, 100, 100), (100, 5, 30, 30),  # the captioning and VQA recipes' caps
+@pytest.mark.parametrize("steps_per_epoch, epochs, cap, fraction, want", [
+    (7, 2, 50, 0.1, 1), (10, 10, 50, 0.1, 10), (100, 10, 50, 0.1, 50), (1, 1, 50, 0.1, 0), (3, 10, 50, 0.1, 3),
+    (113, 4, 100, 0.5, 100), (30, 4, 100, 0.5, 60), (6, 1, 30, 0.5, 3), (100, 5, 30, 0.5, 30),  # captioning, VQA
 ])
-def test_the_default_warmup_is_at_most_a_tenth_of_the_run(steps_per_epoch, epochs, cap, want, caplog, tmp_path):
+def test_the_default_warmup_is_at_most_a_part_of_the_run(steps_per_epoch, epochs, cap, fraction, want, caplog,
+                                                         tmp_path):
     """Unset, warmup is the recipe's warmup_cap steps (50; VQA and pretraining 30, captioning 100) but never more
-    than a tenth of the run: a small data set's run used to warm up for all of it (the lr never reached its peak)
-    and warn about a setting the user never chose."""
+    than warmup_fraction of the run (a tenth; those three recipes half): a small data set's run used to warm up for
+    all of it (the lr never reached its peak) and warn about a setting the user never chose."""
     import torch
 
     from polymodal.train.trainer import Trainer, TrainConfig
 
     model = torch.nn.Linear(2, 1)
     loader = [torch.zeros(1, 2)] * steps_per_epoch
-    trainer = Trainer(model, {"x": (lambda m, b: m(b).sum(), 1.0, loader)}, TrainConfig(epochs=epochs, warmup_cap=cap),
-                      tmp_path, progress=False)
+    config = TrainConfig(epochs=epochs, warmup_cap=cap, warmup_fraction=fraction)
+    trainer = Trainer(model, {"x": (lambda m, b: m(b).sum(), 1.0, loader)}, config, tmp_path, progress=False)
     lrs = [trainer.scheduler.lr_lambdas[0](step) for step in range(steps_per_epoch * epochs)]
     assert next(i for i, f in enumerate(lrs) if f == max(lrs)) == max(want - 1, 0)  # the peak comes after `want` steps
     assert "warmup_steps" not in caplog.text
@@ -138,8 +139,8 @@ def test_the_vqa_pretraining_and_captioning_recipes_leave_warmup_unset_with_thei
     recipes = {"vqa": VQARecipe.from_dict({"qa": "qa.jsonl", "out": "run"}),
                "pretrain": PretrainRecipe.from_dict({"pairs": "pairs.jsonl", "out": "run"}),
                "captioning": CaptionRecipe.from_dict({"pairs": "pairs.jsonl", "out": "run"})}
-    assert {k: (r.train.warmup_steps, r.train.warmup_cap) for k, r in recipes.items()} == {
-        "vqa": (None, 30), "pretrain": (None, 30), "captioning": (None, 100)}
+    assert {k: (r.train.warmup_steps, r.train.warmup_cap, r.train.warmup_fraction) for k, r in recipes.items()} == {
+        "vqa": (None, 30, 0.5), "pretrain": (None, 30, 0.5), "captioning": (None, 100, 0.5)}
     assert VQARecipe.from_dict({"qa": "qa.jsonl", "out": "run", "warmup_steps": 7}).train.warmup_steps == 7  # a chosen warmup is kept as chosen
 
 

@@ -88,7 +88,8 @@ def test_early_stopping_counts_epochs_since_the_best(tmp_path, scores, epochs_ru
     assert best["epoch"] == best_epoch and best["val/rsum"] == max(scores[:epochs_run])
 
 
-@pytest.mark.parametrize("setting", [{"grad_clip": -1.0}, {"warmup_steps": -1}, {"lr": 0.0}, {"patience": -2}])
+@pytest.mark.parametrize("setting", [{"grad_clip": -1.0}, {"warmup_steps": -1}, {"lr": 0.0}, {"patience": -2},
+                                     {"warmup_fraction": 1.5}, {"warmup_cap": -1}])
 def test_out_of_range_settings_are_refused(tmp_path, setting):
     name = next(iter(setting))
     with pytest.raises(PolymodalError, match=name):

@@ -32,7 +32,7 @@ from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 log = logging.getLogger(__name__)
 
 CAPTION_TRAIN_DEFAULTS = {"early_stop_metric": "val/cider", "epochs": 5, "lr": 5e-4, "weight_decay": 0.01,
-                          "warmup_steps": None, "warmup_cap": 100,
+                          "warmup_steps": None, "warmup_cap": 100, "warmup_fraction": 0.5,
                           "patience": 2}
 
 

@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 KIND_SEED = {"itm": 1, "mlm": 2, "mrm": 3}  # separate random streams per objective
 PRETRAIN_TRAIN_DEFAULTS = {"early_stop_metric": "val/score", "epochs": 10, "lr": 1e-3, "weight_decay": 0.05,
-                           "warmup_steps": None, "warmup_cap": 30,
+                           "warmup_steps": None, "warmup_cap": 30, "warmup_fraction": 0.5,
                            "patience": 3}
 
 

@@ -45,7 +45,7 @@ from polymodal.train.vqa_objective import VQABatch, VQAObjective
 log = logging.getLogger(__name__)
 
 VQA_TRAIN_DEFAULTS = {"early_stop_metric": "val/accuracy", "epochs": 10, "lr": 1e-3, "weight_decay": 0.05,
-                      "warmup_steps": None, "warmup_cap": 30,
+                      "warmup_steps": None, "warmup_cap": 30, "warmup_fraction": 0.5,
                       "patience": 3}
 
 
