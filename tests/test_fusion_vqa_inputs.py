@@ -118,3 +118,22 @@ def test_fusion_encoder_settings_of_the_wrong_type_are_one_error(setting, messag
 
     with pytest.raises(PolymodalError, match=message):  # each was a raw TypeError / ValueError from torch
         FusionEncoderConfig(**setting).validate()
+
+
+@pytest.mark.parametrize("fusion, options, message", [
+    ("cross_attention", {"query": 1.0}, "query must be 0 or 1"),  # list indices must be integers, deep in torch
+    ("cross_attention", {"query": True}, "query must be 0 or 1"),
+    ("single_stream", {"max_len": 0}, "max_len must be a whole number of at least 1"),
+    ("concat", {"hidden": 0}, "hidden must be a whole number of at least 1"),  # silently became out_dim
+    ("tensor", {"hidden": 2.5}, "hidden must be a whole number of at least 1"),
+    ("gated", {"dropout": 1.5}, r"dropout must be a number in \[0, 1\)"),
+])
+def test_fusion_options_of_the_wrong_kind_are_one_error(fusion, options, message):
+    with pytest.raises(PolymodalError, match=f"{fusion} fusion: {message}"):
+        build_fusion(fusion, [8, 8], 8, **options)
+
+
+def test_fusion_options_that_are_fine_still_build():
+    assert build_fusion("tensor", [8, 8], 8, hidden=[4, 8]) is not None  # one size per modality
+    assert build_fusion("concat", [8, 8], 8, hidden=None) is not None
+    assert build_fusion("cross_attention", [8, 8], 8, query=1).query_index == 1

@@ -67,7 +67,20 @@ def build_fusion(name: str, dims: Sequence[int], out_dim: int, **kw) -> FusionMo
         raise PolymodalError(
             f"{name} fusion has no option {', '.join(map(repr, unknown))}; its options are {', '.join(options)}"
         )
+    for key, value in kw.items():  # the shared options, checked here before torch meets them
+        sizes = value if isinstance(value, (list, tuple)) and key == "hidden" else [value]  # tensor: one per modality
+        if key in _COUNTS and value is not None and any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes):
+            raise PolymodalError(f"{name} fusion: {key} must be a whole number of at least 1, got {value!r}")
+        if key == "dropout" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
+            raise PolymodalError(f"{name} fusion: dropout must be a number in [0, 1), got {value!r}")
+        if key == "query" and (isinstance(value, bool) or value not in (0, 1) or not isinstance(value, int)):
+            raise PolymodalError(f"{name} fusion: query must be 0 or 1 (the modality that asks), got {value!r}")
     return cls(dims, out_dim, **kw)
+
+
+# sizes (None: the module's default where it has one): 0 or 2.5 would fail inside torch, hidden=0 became out_dim
+_COUNTS = ("hidden", "post_hidden", "heads", "layers", "factors", "max_len", "max_size")
 
 
 __all__ = [
