@@ -70,7 +70,7 @@ def export_captioner_onnx(model, out: str | Path, images: Sequence, references: 
         raise PolymodalError("captioner export needs validation photos: pass --val-pairs FILE")
     check_caption_variants(variants)
     # decoded once for every run below (files or tar members); unreadable ones are left out, as eval captions does
-    opened = each_or_error(lambda chunk: [open_pair_image(i) for i in chunk], list(images))
+    opened = each_or_error(lambda one: [open_pair_image(one[0])], list(images), batch_size=1)  # each decoded once
     kept = readable_results(opened, "validation photo")
     names = [str(getattr(images[i], "name", images[i]))[-60:] for i in kept[:3]]
     images = [opened[i] for i in kept]

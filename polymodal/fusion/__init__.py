@@ -16,8 +16,9 @@ import inspect
 from typing import Sequence
 
 from polymodal.errors import PolymodalError
+from polymodal.models.inputs import check_fraction
 from polymodal.fusion.attention import AttentionPoolFusion, CoAttentionFusion, CrossAttentionFusion
-from polymodal.fusion.base import FusionModule, FusionOutput, masked_mean, masked_softmax
+from polymodal.fusion.base import FusionModule, FusionOutput, _positive_int, masked_mean, masked_softmax
 from polymodal.fusion.bilinear import BilinearFusion, TensorFusion
 from polymodal.fusion.concat import ConcatFusion
 from polymodal.fusion.gated import GatedFusion
@@ -69,13 +70,10 @@ def build_fusion(name: str, dims: Sequence[int], out_dim: int, **kw) -> FusionMo
         )
     for key, value in kw.items():  # the shared options, checked here before torch meets them
         sizes = value if isinstance(value, (list, tuple)) and key == "hidden" else [value]  # tensor: one per modality
-        if key in _COUNTS and value is not None and any(
-                isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes):
+        if key in _COUNTS and value is not None and not all(_positive_int(v) for v in sizes):
             raise PolymodalError(f"{name} fusion: {key} must be a whole number of at least 1, got {value!r}")
-        if key == "dropout" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
-            raise PolymodalError(f"{name} fusion: dropout must be a number in [0, 1), got {value!r}")
-        if key == "query" and (isinstance(value, bool) or value not in (0, 1) or not isinstance(value, int)):
-            raise PolymodalError(f"{name} fusion: query must be 0 or 1 (the modality that asks), got {value!r}")
+        if key == "dropout":
+            check_fraction(value, f"{name} fusion: dropout")
     return cls(dims, out_dim, **kw)
 
 

@@ -71,7 +71,7 @@ class CrossAttentionFusion(FusionModule):
         self, dims: Sequence[int], out_dim: int, query: int = 0, heads: int = 4, layers: int = 1, dropout: float = 0.0
     ) -> None:
         super().__init__(dims, out_dim)
-        if query not in (0, 1):
+        if isinstance(query, bool) or not isinstance(query, int) or query not in (0, 1):  # 1.0 would index a list
             raise PolymodalError(
                 f"cross_attention fusion: query must be 0 or 1 (the modality that asks), got {query!r}"
             )

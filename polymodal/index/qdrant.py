@@ -125,7 +125,7 @@ class QdrantCollection(SearchByModel):
             # JSON costs about 21 bytes a float: keep each upsert near 11 MB, well under a server's 32 MB default
             batch_size = max(1, min(batch_size, _FLOATS_PER_REQUEST // meta["dim"]))
             bar = progress_bar(total=len(todo), desc=f"pushing to {self.collection}", unit="img",
-                       disable=not progress or not todo)  # no "0img" bar when there is nothing to send
+                               disable=not progress or not todo)  # no "0img" bar when there is nothing to send
             for i in range(0, len(todo), batch_size):
                 chunk = todo[i : i + batch_size]
                 marks = ",".join("?" * len(chunk))

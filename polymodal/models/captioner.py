@@ -30,7 +30,7 @@ from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.models.beam_search import MAX_TOKENS, NO_REPEAT, beam_search, caption_batches
 from polymodal.models.folders import folder_type, read_folder_config, write_model_folder
-from polymodal.models.inputs import as_images
+from polymodal.models.inputs import as_images, check_fraction
 from polymodal.models.modes import in_eval_mode
 
 IMAGE_DIM = 1280
@@ -61,8 +61,7 @@ class CaptionerConfig:
         if self.max_caption_tokens > MAX_TOKENS:
             raise PolymodalError(f"max_caption_tokens must be at most {MAX_TOKENS} (the text tower's positions), "
                                  f"got {self.max_caption_tokens}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise PolymodalError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        check_fraction(self.dropout, "dropout")
         if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
             raise PolymodalError(f"lora_alpha must be a number above 0, got {self.lora_alpha!r}")
         if self.image_size % 32:

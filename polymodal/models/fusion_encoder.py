@@ -46,7 +46,7 @@ from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, build_fusion
 from polymodal.models.beam_search import MAX_TOKENS
-from polymodal.models.inputs import as_images, as_texts, check_count, one_question, vqa_rows
+from polymodal.models.inputs import as_images, as_texts, check_count, check_fraction, one_question, vqa_rows
 from polymodal.models.modes import in_eval_mode
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,7 @@ class FusionEncoderConfig:
         if not isinstance(self.fusion_options, dict):
             raise PolymodalError(f"fusion_options must be a dict of the fusion's settings (e.g. {{\"layers\": 2}}), "
                                  f"got {self.fusion_options!r:.60}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise PolymodalError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        check_fraction(self.dropout, "dropout")
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
             raise PolymodalError(f"image_size must be a whole number of pixels (a multiple of 32), got "
                                  f"{self.image_size!r}")

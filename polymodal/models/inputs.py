@@ -89,6 +89,12 @@ def check_count(value: Any, what: str, none_means: str = "") -> int | None:
     return int(value)
 
 
+def check_fraction(value: Any, what: str) -> None:
+    """A number in [0, 1) (a dropout probability); one error naming the setting otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise PolymodalError(f"{what} must be a number in [0, 1), got {value!r}")
+
+
 def as_settings(value: Any, kind: type, what: str, defaults: dict | None = None):
     """A nested settings dataclass (a recipe's arch or train) given as itself or, natural from Python, as a dict
     of its settings (over `defaults`, as a --config file's would be) -> an instance of kind."""

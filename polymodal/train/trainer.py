@@ -275,7 +275,7 @@ class Trainer:
             if hasattr(loader.dataset, "set_epoch"):
                 loader.dataset.set_epoch(self.epoch)
         bar = progress_bar(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
-                   disable=not self.progress, leave=False)
+                           disable=not self.progress, leave=False)
         losses, samples, t0 = [], 0, time.perf_counter()
         for i, batches in enumerate(self._batches()):
             self.optimizer.zero_grad(set_to_none=True)
