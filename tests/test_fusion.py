@@ -132,6 +132,23 @@ def test_padding_never_changes_the_output(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_left_padding_never_changes_the_output(name):
+    """Padding in front (left-padded text, as decoder tokenizers pad) is padding too: no position may shift."""
+    fusion = make(name)
+    xs, masks = padded_inputs()
+    g = torch.Generator().manual_seed(11)
+    front_xs, front_masks = [], []
+    for x, m in zip(xs, masks):
+        front_xs.append(torch.cat([1e3 * torch.randn(B, 2, x.shape[2], generator=g), x], dim=1))
+        front_masks.append(torch.cat([torch.zeros(B, 2, dtype=torch.bool), m], dim=1))
+    with torch.no_grad():
+        ref, out = fusion(xs, masks), fusion(front_xs, front_masks)
+    _same(out.pooled, ref.pooled)
+    if ref.tokens is not None:
+        _same(out.tokens[out.mask], ref.tokens[ref.mask])
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_gradients_reach_every_input_and_parameter(name):
     fusion = make(name).train()  # default dropout is 0, so train mode is deterministic too
     xs, masks = padded_inputs()

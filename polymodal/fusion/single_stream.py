@@ -15,8 +15,9 @@ from polymodal.fusion.layers import TransformerBlock, check_heads, check_layers
 class SingleStreamFusion(FusionModule):
     """``[CLS] + tokens_0 + tokens_1 + ...`` through ``layers`` pre-norm self-attention blocks. Each modality's
     tokens are projected to out_dim and get a modality-type embedding plus a learned position embedding from that
-    modality's own table, counted from 0 within the modality: so padding at the end of one modality never shifts
-    another's positions (a global position index would, and padding would change the output).
+    modality's own table, counting only that modality's real tokens from 0: so padding never shifts a position,
+    whether it sits at the end, at the start (left-padded text) or in another modality (a global slot index would
+    shift them, and padding would change the output). A masked-out token in the middle counts as absent.
 
     pooled: the BERT pooler, ``tanh(W h_CLS)``. tokens: ``[B, sum T_i, out_dim]``, every modality's final states in
     input order (without [CLS]). attention: one ``[B, 1, T_i]`` entry per modality, the [CLS] token's last-layer
@@ -57,8 +58,8 @@ class SingleStreamFusion(FusionModule):
                 "build it with a larger max_len"
             )
         parts = [
-            p(t) + self.type_embedding[i] + self.position_embedding[i, : t.shape[1]]
-            for i, (p, t) in enumerate(zip(self.proj, tokens))
+            p(t) + self.type_embedding[i] + self.position_embedding[i][_positions(m)]
+            for i, (p, t, m) in enumerate(zip(self.proj, tokens, masks))
         ]
         batch = tokens[0].shape[0]
         x = self.drop(torch.cat([self.cls.expand(batch, -1, -1), *parts], dim=1))  # [B, 1 + T, D]
@@ -71,3 +72,9 @@ class SingleStreamFusion(FusionModule):
         states = torch.where(mask[..., None], x[:, 1:], x.new_zeros(()))
         attention = weights[:, :, :1, 1:].mean(dim=1).split(lengths, dim=-1)  # [CLS] row, token columns
         return FusionOutput(pooled=pooled, tokens=states, mask=mask, attention=tuple(attention))
+
+
+def _positions(mask: Tensor) -> Tensor:
+    """[B, T] bool -> [B, T] position ids: the number of real tokens before each slot (padding slots repeat their
+    neighbour's id; their output is discarded)."""
+    return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
