@@ -212,3 +212,17 @@ def test_skipping_and_strict_callers_share_one_feature_cache(pairs_file, tmp_pat
     np.testing.assert_array_equal(image_features(model, good, progress=False), first)
     with pytest.raises(PolymodalError, match=r"bad\.jpg \(cannot identify image file\)"):
         image_features(model, with_bad, progress=False)
+
+
+def test_cached_shard_files_are_closed_at_exit(tmp_path):
+    """read_tar_member keeps shards open for random access; the process must close them when it ends."""
+    import subprocess
+    import sys
+
+    shard = tmp_path / "a.tar"
+    with tarfile.open(shard, "w") as tf:
+        _add(tf, "x.txt", b"hello")
+    code = f"from polymodal.data.shards import read_tar_member; print(read_tar_member({str(shard)!r}, 'x.txt'))"
+    run = subprocess.run([sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "b'hello'"
+    assert "ResourceWarning" not in run.stderr, run.stderr
