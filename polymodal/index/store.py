@@ -30,7 +30,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -242,19 +242,7 @@ class ImageIndex(SearchByModel):
         targets = list(dict.fromkeys(canonical_path(p) for p in paths))  # a path named twice is removed and counted once
         if not self.sqlite_path.is_file():
             raise self._missing()
-        with self._locked() as con:
-            with _transaction(con):
-                meta = self._meta(con)
-                if meta is None:
-                    raise self._missing()
-                index, from_file = self._load_vectors(con, meta)
-                ids = [r[0] for p in targets for r in con.execute("SELECT id FROM images WHERE path = ?", (p,))]
-                _delete(con, index, ids)
-                state = _touch(con, meta, bump=bool(ids))
-            if ids or not from_file:
-                self._save_vectors(index)
-            self._cache = (state, index)
-        return len(ids)
+        return len(self._drop(lambda con: list(_select_in(con, "id, path", "path", targets))))
 
     def prune(self) -> list[str]:
         """Drop the rows of files that no longer exist (`update` compares only the folders it is given, so the
@@ -263,24 +251,33 @@ class ImageIndex(SearchByModel):
         decode failures of vanished files are forgotten as well."""
         with self._reading() as (con, _):  # the slow part (a stat per row) outside the writer lock
             candidates = [p for (p,) in con.execute("SELECT path FROM images") if not os.path.exists(p)]
+
+        def gone(con: sqlite3.Connection) -> list[tuple[int, str]]:
+            # checked again under the lock: a file back (and maybe re-indexed) since the scan keeps its row
+            rows = [r for r in _select_in(con, "id, path", "path", candidates) if not os.path.exists(r[1])]
+            if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'failures'").fetchone():
+                stale = [p for (p,) in con.execute("SELECT path FROM failures") if not os.path.exists(p)]
+                con.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in stale])
+            return rows
+
+        return sorted(p for _, p in self._drop(gone))
+
+    def _drop(self, pick: Callable[[sqlite3.Connection], list[tuple[int, str]]]) -> list[tuple[int, str]]:
+        """Drop the rows pick(con) returns as (id, path), in one commit under the writer lock; -> those rows."""
         with self._locked() as con:
             with _transaction(con):
                 meta = self._meta(con)
                 if meta is None:
                     raise self._missing()
-                # checked again under the lock: a file back (and maybe re-indexed) since the scan keeps its row
-                rows = [r for r in _select_in(con, "id, path", "path", candidates) if not os.path.exists(r[1])]
+                rows = pick(con)
                 if rows:
                     index = self._load_vectors(con, meta)[0]
                     _delete(con, index, [i for i, _ in rows])
                     state = _touch(con, meta, bump=True)
-                if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'failures'").fetchone():
-                    stale = [p for (p,) in con.execute("SELECT path FROM failures") if not os.path.exists(p)]
-                    con.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in stale])
             if rows:
                 self._save_vectors(index)
                 self._cache = (state, index)
-        return sorted(p for _, p in rows)
+        return rows
 
     def _embed_all(self, con, index, meta: dict, model, todo, report: UpdateReport, batch_size: int,
                    progress: bool, commit_every_s: float | None, done: _Done) -> None:
