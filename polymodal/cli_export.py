@@ -51,7 +51,7 @@ def cmd_export_onnx(args) -> int:
         if not args.json:
             print(f"polymodal: {message}", file=sys.stderr, flush=True)
 
-    kwargs = {} if variants is None else {"variants": variants}
+    kwargs = {"keep_unserved": args.keep_unserved, **({} if variants is None else {"variants": variants})}
     with staged_folder(out) as stage:
         report = export_onnx(model, stage, val, max_drop_points=args.max_drop_points, progress=progress,
                              timing_seconds=args.timing_seconds, **kwargs)
@@ -102,7 +102,7 @@ def _export_vqa(args, out: Path) -> int:
         report = export_fusion_onnx(model, stage, rows, progress=lambda m: None if args.json else
                                     print(f"polymodal: {m}", file=sys.stderr, flush=True),
                                     max_drop_points=args.max_drop_points, timing_seconds=args.timing_seconds,
-                                    variants=_variants(args))
+                                    variants=_variants(args), keep_unserved=args.keep_unserved)
     return _print_result(args, out, report, vqa_report_table(report),
                          f"`polymodal vqa IMAGE QUESTION --model {out} --runtime onnx`")
 
@@ -114,6 +114,7 @@ def _export_captioner(args, model, val, out: Path, variants) -> int:
     references = [[c for c, i in zip(val.captions, val.caption_image) if i == k] for k in range(len(val.images))]
     with staged_folder(out) as stage:
         report = export_captioner_onnx(model, stage, val.images, references, variants=variants,
+                                       keep_unserved=args.keep_unserved,
                                        max_drop_points=args.max_drop_points, timing_seconds=args.timing_seconds,
                                        progress=lambda m: None if args.json else
                                        print(f"polymodal: {m}", file=sys.stderr, flush=True))
@@ -151,5 +152,8 @@ def add_parsers(sub) -> None:
                    help="largest quality drop in points a kept variant may cost: R@5 for embedding models, "
                         "accuracy for VQA, CIDEr-D x100 for captioners (default 1)")
     s.add_argument("--timing-seconds", type=float, default=1.0, help="length of each speed measurement (default 1)")
+    s.add_argument("--keep-unserved", action="store_true",
+                   help="keep the graphs tried but not served (by default deleted: e.g. the fp32 graph a kept int8 "
+                        "variant replaces, ~90 MB for MiniLM)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_export_onnx)

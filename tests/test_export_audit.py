@@ -165,8 +165,19 @@ def test_vqa_fastest_kept_variant_serves_and_rejected_ones_leave_no_file(choice_
     config = json.loads((out / "onnx_config.json").read_text())
     assert config["files"] == {"grid": "grid.int8_static.onnx"}
     assert OnnxFusionEncoder(out).files["grid"] == "grid.int8_static.onnx"  # the runtime runs what the config says
-    assert (out / "grid.int8_dynamic.onnx").is_file()  # kept but slower: stays
-    assert not (out / "question.int8_dynamic.onnx").exists()
+    # what is not served is deleted: the fp32 grid graph and the kept but slower variant; rejected ones never stay
+    assert report["removed"] == ["grid.int8_dynamic.onnx", "grid.onnx"]
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["grid.int8_static.onnx", "head.onnx", "question.onnx"]
+    assert "Deleted after choosing, not served: grid.int8_dynamic.onnx, grid.onnx" in (out / "report.md").read_text()
+
+
+def test_vqa_export_keeps_the_graphs_it_does_not_serve_when_asked(easy_vqa, vqa_qa, tmp_path):
+    out = tmp_path / "keep"
+    report = _stubbed_export(easy_vqa, out, vqa_qa[1][:8], {"int8_dynamic": _copy_variant}, [(200.0, 100.0)] * 2,
+                             variants=["int8_dynamic"], keep_unserved=True)
+    assert report["removed"] == [] and "Deleted after" not in (out / "report.md").read_text()
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["grid.int8_dynamic.onnx", "grid.onnx", "head.onnx",
+                                                          "question.int8_dynamic.onnx", "question.onnx"]
 
 
 def test_vqa_report_drop_and_served_accuracy_come_from_the_served_graphs(bad_variant_export):
@@ -361,3 +372,19 @@ def test_cli_vqa_export_json_then_table_into_the_same_folder(tmp_path, capsys, v
     assert "| grid | int8_dynamic | rejected |" in captured.out and "(within 7)" in captured.out
     assert f"--model {out} --runtime onnx" in captured.out and "polymodal vqa IMAGE QUESTION" in captured.out
     assert json.loads((out / "report.json").read_text())["questions"] == 4
+
+
+def test_each_export_kind_serves_the_files_its_config_names(tmp_path):
+    from polymodal.export.runtime import drop_unserved, graph_files
+
+    embedding = {"type": "onnx_embedding", "image": {"file": "image.fp32.onnx"}, "text": {"file": "text.int8_dynamic.onnx"}}
+    captioner = {"type": "onnx_captioner", "files": {"step": "step.int8_dynamic.onnx"}}
+    vqa = {"type": "onnx_fusion_encoder"}
+    assert graph_files(embedding) == {"image": "image.fp32.onnx", "text": "text.int8_dynamic.onnx"}
+    assert graph_files(captioner) == {"prefix": "prefix.onnx", "step": "step.int8_dynamic.onnx"}
+    assert graph_files(vqa) == {"grid": "grid.onnx", "question": "question.onnx", "head": "head.onnx"}
+    for name in ("prefix.onnx", "step.onnx", "step.int8_dynamic.onnx", "tokenizer.json", "report.json"):
+        (tmp_path / name).write_bytes(b"x")
+    assert drop_unserved(tmp_path, captioner) == ["step.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prefix.onnx", "report.json", "step.int8_dynamic.onnx",
+                                                          "tokenizer.json"]  # only graphs are ever deleted

@@ -68,11 +68,22 @@ def _few_photos(n: int = 4):
     return dataclasses.replace(val, images=val.images[:n], captions=val.captions[:n], caption_image=val.caption_image[:n])
 
 
-def test_a_variant_the_gate_rejects_is_never_served(lite, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A tiny random CLIP checkpoint: the tests whose gate is stubbed check the export's choices, not the model, and
+    its graphs export and quantize in a fraction of lite's time."""
+    from test_clip_checkpoints import make_tiny_clip
+
+    from polymodal.models.clip import load_clip
+
+    return load_clip(make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip"))
+
+
+def test_a_variant_the_gate_rejects_is_never_served(tiny_clip, tmp_path, monkeypatch):
     import polymodal.export.onnx_export as onnx_export
 
     monkeypatch.setattr(onnx_export, "gate", lambda *a, **k: ("rejected", "stub gate: rejected"))
-    report = export_onnx(lite, tmp_path / "out", _few_photos(), variants=["int8_dynamic"], timing_seconds=0.02)
+    report = export_onnx(tiny_clip, tmp_path / "out", _few_photos(), variants=["int8_dynamic"], timing_seconds=0.02)
     assert report["served"] == {"image": "fp32", "text": "fp32"}
     assert not list((tmp_path / "out").glob("*.int8_dynamic.onnx"))
 
@@ -138,12 +149,8 @@ def test_text_graph_has_dynamic_batch_and_length(lite_export, lite):
     assert float((model.encode_text(texts) * lite.encode_text(texts)).sum(1).min()) > 0.98
 
 
-def test_tiny_clip_checkpoint_exports_with_parity(tmp_path):
-    from test_clip_checkpoints import make_tiny_clip
-
-    from polymodal.models.clip import load_clip
-
-    model = load_clip(make_tiny_clip(tmp_path / "tiny-clip"))
+def test_tiny_clip_checkpoint_exports_with_parity(tiny_clip, tmp_path):
+    model = tiny_clip
     report = export_onnx(model, tmp_path / "clip-onnx", validation_set(None), variants=[], timing_seconds=0.02)
     assert [r["variant"] for r in report["tries"]] == ["fp32", "fp32"]
     assert all(r["min_cosine_vs_pytorch"] >= 0.999 for r in report["tries"])
@@ -250,7 +257,7 @@ def test_export_asks_vqa_models_for_questions(tmp_path, capsys):
     assert "--val-qa" in capsys.readouterr().err
 
 
-def test_the_fastest_kept_variant_serves(lite, tmp_path, monkeypatch):
+def test_the_fastest_kept_variant_serves(tiny_clip, tmp_path, monkeypatch):
     import polymodal.export.onnx_export as onnx_export
 
     # both variants pass the gate; per tower the first is timed at 3x fp32, the second at 1.5x
@@ -258,12 +265,15 @@ def test_the_fastest_kept_variant_serves(lite, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "gate", lambda *a, **k: ("kept", "stub gate: kept"))
     monkeypatch.setattr(onnx_export, "paired_speed", lambda *a, **k: next(speeds))
     out = tmp_path / "out"
-    report = export_onnx(lite, out, _few_photos(), variants=["int8_dynamic", "int8_static"],
+    report = export_onnx(tiny_clip, out, _few_photos(), variants=["int8_dynamic", "int8_static"],
                          max_drop_points=100.0, timing_seconds=0.02)  # no fp32 fallback for the pair's accuracy
     assert report["served"] == {"image": "int8_dynamic", "text": "int8_dynamic"}
     rows = {(r["tower"], r["variant"]): r for r in report["tries"]}
     for tower in ("image", "text"):
         assert rows[(tower, "int8_static")]["status"] == "kept (not served)"
-        assert (out / f"{tower}.int8_static.onnx").is_file()  # kept files stay, for whoever wants them
+    # a deployment copies the folder: only the served graphs stay (export_onnx(keep_unserved=True) keeps the rest)
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["image.int8_dynamic.onnx", "text.int8_dynamic.onnx"]
+    assert report["removed"] == ["image.fp32.onnx", "image.int8_static.onnx", "text.fp32.onnx",
+                                 "text.int8_static.onnx"]
     config = json.loads((out / "onnx_config.json").read_text())
     assert config["image"]["file"] == "image.int8_dynamic.onnx"

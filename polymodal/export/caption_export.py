@@ -27,7 +27,7 @@ from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 from polymodal.export import variants as V
 from polymodal.export.graphs import export_graph
-from polymodal.export.runtime import ONNX_CONFIG
+from polymodal.export.runtime import ONNX_CONFIG, drop_unserved, graph_files, removed_line
 
 log = logging.getLogger(__name__)
 MIN_SAME_CAPTIONS = 0.9  # float rounding may flip a near-tie between beams on a few photos, not more
@@ -56,9 +56,11 @@ class _Step(nn.Module):
 
 def export_captioner_onnx(model, out: str | Path, images: Sequence, references: Sequence[Sequence[str]] | None = None,
                           progress: Callable[[str], None] = log.info, beam: int = 3, max_drop_points: float = 1.0,
-                          timing_seconds: float = 1.0, variants: Sequence[str] | None = None) -> dict:
+                          timing_seconds: float = 1.0, variants: Sequence[str] | None = None,
+                          keep_unserved: bool = False) -> dict:
     """Export a Captioner to ``out``; ``images`` (paths or PIL images) check parity and time both runtimes, their
-    ``references`` (captions per image) gate the int8 step graph (``variants=[]`` tries none)."""
+    ``references`` (captions per image) gate the int8 step graph (``variants=[]`` tries none). Graphs tried but
+    not served (the fp32 step graph a kept int8 one replaces) are deleted unless ``keep_unserved``."""
     import time
 
     from polymodal.data.pairs import open_pair_image
@@ -116,7 +118,8 @@ def export_captioner_onnx(model, out: str | Path, images: Sequence, references: 
               "examples": [[name, c] for name, c in zip(names, got[:3])]}
     report["tries"] = [] if variants == [] else [_try_int8(out, config, onnx_model, images, references, got, beam,
                                                            max_drop_points, timing_seconds, progress)]
-    report["served"] = config.get("files", {}).get("step", "step.onnx")
+    report["served"] = graph_files(config)["step"]
+    report["removed"] = [] if keep_unserved else drop_unserved(out, config)
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
     atomic_write_bytes(out / "report.md", caption_report_table(report).encode())
     return report
@@ -177,6 +180,7 @@ def caption_report_table(report: dict) -> str:
              f"Validation: {report['photos']} photos, beam {report['beam']}. Parity: first-step logit cosine >= "
              f"{p['min_first_step_logit_cosine']}, identical captions on {p['same_captions']:.2%} of photos. "
              f"PyTorch {s['pytorch']} photos/s, ONNX fp32 {s['onnx']}. Served step graph: {report['served']}.", ""]
+    lines += removed_line(report)
     lines += V.tries_table(report["tries"], ("photos_per_s", "photos/s"), ("cider", "CIDEr-D"))
     return "\n".join(lines) + "\n"
 

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from polymodal.data.images import ImageTransform
-from polymodal.export.runtime import export_tokenizer, onnx_session, read_export_config
+from polymodal.export.runtime import export_tokenizer, graph_files, onnx_session, read_export_config
 from polymodal.models.beam_search import CLS, NO_REPEAT, beam_search, caption_batches
 from polymodal.models.inputs import as_images
 
@@ -21,7 +21,7 @@ class OnnxCaptioner:
         self.config = config
         self.name, self.version = config["name"], config["version"]
         self.transform = ImageTransform.from_dict(config["transform"])
-        self.files = {"prefix": "prefix.onnx", "step": "step.onnx", **config.get("files", {})}
+        self.files = graph_files(config)
         self.prefix = onnx_session(folder / self.files["prefix"], threads, {"pixels"})
         self.step = onnx_session(folder / self.files["step"], threads, {"ids", "position", "keys", "values"})
         self.tokenizer = export_tokenizer(folder / config["tokenizer"])

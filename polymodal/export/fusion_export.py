@@ -25,7 +25,7 @@ from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 from polymodal.export import variants as V
 from polymodal.export.graphs import export_graph
-from polymodal.export.runtime import ONNX_CONFIG
+from polymodal.export.runtime import ONNX_CONFIG, drop_unserved, graph_files, removed_line
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,10 @@ def check_vqa_variants(variants: Sequence[str] | None) -> None:
 
 def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callable[[str], None] = log.info,
                        max_drop_points: float = 1.0, timing_seconds: float = 1.0,
-                       variants: Sequence[str] | None = None) -> dict:
+                       variants: Sequence[str] | None = None, keep_unserved: bool = False) -> dict:
     """Export a FusionEncoder with a VQA head to ``out``; ``rows`` (QARow) check parity and accuracy. ``variants``
-    limits which int8 variants are tried (default: all of TOWER_VARIANTS; [] = none)."""
+    limits which int8 variants are tried (default: all of TOWER_VARIANTS; [] = none). Graphs tried but not served
+    are deleted unless ``keep_unserved``."""
     from polymodal.eval.vqa import accuracy_by_type, as_rows
     from polymodal.export.fusion_runtime import OnnxFusionEncoder
 
@@ -126,8 +127,8 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
     acc_served = accuracy_by_type([a for a, _ in final.predict(images, questions)], rows)
     report = {"model": model.key, "questions": len(rows), "parity": {"same_top1": same_top1, "min_logit_cosine":
               round(cosine, 6)}, "accuracy_pytorch": acc_torch, "accuracy_onnx": acc_onnx,
-              "served": {g: config.get("files", {}).get(g, f"{g}.onnx") for g in ("grid", "question", "head")},
-              "accuracy_served": acc_served, "tries": tries}
+              "served": graph_files(config), "accuracy_served": acc_served, "tries": tries,
+              "removed": [] if keep_unserved else drop_unserved(out, config)}
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
     atomic_write_bytes(out / "report.md", vqa_report_table(report).encode())
     return report
@@ -141,6 +142,7 @@ def vqa_report_table(report: dict) -> str:
              f"{report['parity']['same_top1']:.4f} of them, min logit cosine {report['parity']['min_logit_cosine']}. "
              f"Accuracy: PyTorch {report['accuracy_pytorch']['accuracy']}, ONNX fp32 {report['accuracy_onnx']['accuracy']}, "
              f"served {report['accuracy_served']['accuracy']}. Served graphs: {served}.", ""]
+    lines += removed_line(report)
     lines += V.tries_table(report["tries"], ("items_per_s", "items/s"), ("accuracy", "accuracy"))
     return "\n".join(lines) + "\n"
 

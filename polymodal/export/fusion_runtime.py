@@ -12,7 +12,7 @@ from polymodal.data.answers import choice_index, unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
-from polymodal.export.runtime import export_tokenizer, onnx_session, read_export_config
+from polymodal.export.runtime import export_tokenizer, graph_files, onnx_session, read_export_config
 from polymodal.models.inputs import check_count, one_question, vqa_rows
 
 
@@ -30,8 +30,7 @@ class OnnxFusionEncoder:
         self.answers = list(config["answers"])
         self.answer_index = choice_index(self.answers)  # keyed as unique_choices keys the choices
         self.transform = ImageTransform.from_dict(config["transform"])
-        files = {"grid": "grid.onnx", "question": "question.onnx", "head": "head.onnx", **config.get("files", {})}
-        self.files = files
+        self.files = files = graph_files(config)
         self.grid = onnx_session(folder / files["grid"], threads, {"pixels"})
         self.question = onnx_session(folder / files["question"], threads, {"input_ids"})
         self.head = onnx_session(folder / files["head"], threads, {"grid", "states", "attention_mask"})

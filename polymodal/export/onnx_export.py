@@ -10,7 +10,8 @@
    image->text R@5 on the validation set drop by at most ``max_drop_points`` (1 point) against PyTorch fp32.
    The fastest kept variant serves each tower; the combination is checked once more.
 4. Write onnx_config.json (what `polymodal.load(DIR, runtime="onnx")` reads: files, variants, preprocessing,
-   tokenizer), tokenizer.json, report.json and report.md (every try, kept or not, and why).
+   tokenizer), tokenizer.json, report.json and report.md (every try, kept or not, and why), and delete the graphs
+   not served (``keep_unserved`` keeps them).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.export import variants as V
 from polymodal.export.graphs import ImageGraph, TextGraph, check_exportable, export_graph
-from polymodal.export.runtime import ONNX_CONFIG, onnx_session
+from polymodal.export.runtime import ONNX_CONFIG, drop_unserved, onnx_session, removed_line
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,10 @@ class _Session:
 
 def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[str] = V.VARIANTS,
                 max_drop_points: float = 1.0, progress: Callable[[str], None] = log.info,
-                timing_seconds: float = 1.0) -> dict:
+                timing_seconds: float = 1.0, keep_unserved: bool = False) -> dict:
     """Export ``model`` to ``out`` (see the module docstring); returns the report (also written to out).
-    ``timing_seconds``: each speed figure is the best of 3 runs of at least this long."""
+    ``timing_seconds``: each speed figure is the best of 3 runs of at least this long. Graphs tried but not served
+    (the fp32 graph a kept variant replaces, a kept but slower variant) are deleted unless ``keep_unserved``."""
 
     def speed(run, items: int = SPEED_BATCH) -> float:
         return _items_per_second(run, items, min_seconds=timing_seconds)
@@ -242,7 +244,8 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
     report = {"model": model.key, "validation": val.source, "max_drop_points": max_drop_points,
               "reference_pytorch_fp32": reference, "served": {t: chosen[t][1] for t in chosen},
               "served_metrics": combined, "served_drop_points": round(drop, 2),
-              "pytorch_eager_items_per_s": {t: round(v, 1) for t, v in eager.items()}, "tries": rows}
+              "pytorch_eager_items_per_s": {t: round(v, 1) for t, v in eager.items()}, "tries": rows,
+              "removed": [] if keep_unserved else drop_unserved(out, config)}
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
     atomic_write_bytes(out / "report.md", report_table(report).encode())
     atomic_write_bytes(out / ONNX_CONFIG, json.dumps(config, indent=2).encode())
@@ -282,7 +285,7 @@ def report_table(report: dict) -> str:
              f"Validation: {report['validation']}. PyTorch fp32 R@5: t2i {report['reference_pytorch_fp32']['t2i_R@5']}, "
              f"i2t {report['reference_pytorch_fp32']['i2t_R@5']}. PyTorch eager items/s at batch 32: "
              f"{report['pytorch_eager_items_per_s']}. Served: {report['served']} (R@5 drop "
-             f"{report['served_drop_points']} points).", "", head, "|" + "---|" * 11]
+             f"{report['served_drop_points']} points).", "", *removed_line(report), head, "|" + "---|" * 11]
     for r in report["tries"]:
         cells = [r["tower"], r["variant"], r["status"], r.get("items_per_s", ""), r.get("x_fp32_onnx", ""),
                  r.get("x_pytorch_eager", ""), r.get("min_cosine_vs_pytorch", ""), r.get("t2i_R@5", ""),

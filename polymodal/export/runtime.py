@@ -1,8 +1,9 @@
 """Serve an exported embedding model through onnxruntime: numpy + Pillow preprocessing, a `tokenizers` tokenizer,
 no torch import (``polymodal.load(name_or_folder, runtime="onnx")``).
 
-The export folder (written by `polymodal export onnx`) holds onnx_config.json, the graphs (fp32 and any kept
-variants) and tokenizer.json; the config names which variant each tower runs and how to preprocess.
+The export folder (written by `polymodal export onnx`) holds onnx_config.json, the graphs it serves (with
+--keep-unserved also the others it tried) and tokenizer.json; the config names which variant each tower runs and
+how to preprocess.
 """
 
 from __future__ import annotations
@@ -36,6 +37,35 @@ def read_export_config(folder: str | Path) -> dict:
     if not isinstance(config, dict):
         raise PolymodalError(f"{path} is not an export config; pass a folder written by `polymodal export onnx`")
     return config
+
+
+GRAPHS = {"onnx_fusion_encoder": ("grid", "question", "head"), "onnx_captioner": ("prefix", "step")}
+
+
+def graph_files(config: dict) -> dict[str, str]:
+    """Graph -> the file its runtime loads: the config's choice, else GRAPH.onnx (the fp32 graph); an embedding
+    export names both towers' files."""
+    if config.get("type") in GRAPHS:
+        return {**{g: f"{g}.onnx" for g in GRAPHS[config["type"]]}, **config.get("files", {})}
+    return {tower: config[tower]["file"] for tower in ("image", "text")}
+
+
+def drop_unserved(folder: Path, config: dict) -> list[str]:
+    """Delete the graphs an export tried but its runtime does not load (the fp32 graph a faster int8 variant
+    replaced, a kept but slower variant): a deployment copies only what it runs. -> the names deleted."""
+    served = set(graph_files(config).values())
+    gone = sorted(p.name for p in Path(folder).glob("*.onnx") if p.name not in served)
+    for name in gone:
+        (Path(folder) / name).unlink()
+    return gone
+
+
+def removed_line(report: dict) -> list[str]:
+    """The report.md line naming the graphs drop_unserved deleted (none: no line)."""
+    if not report.get("removed"):
+        return []
+    gone = report["removed"]
+    return [f"Deleted after choosing, not served: {', '.join(gone)} (`--keep-unserved` keeps {'them' if len(gone) > 1 else 'it'}).", ""]
 
 
 def onnx_session(path: Path, threads: int | None = None, inputs: set[str] | None = None):
