@@ -68,7 +68,7 @@ class ImageCaptionDataset(Dataset):
         index = int(index)
         if not 0 <= index < len(self.images):
             raise IndexError(f"index {index} out of range for {len(self.images)} images")
-        image = open_pair_image(self.images[index])
+        image = open_pair_image(self.images[index], self.transform.draft_size)
         if self.augment is not None:
             image = self.augment(image, make_rng(self.seed, self.epoch, index, 1))
         pixels = torch.from_numpy(self.transform([image])[0])
@@ -167,7 +167,7 @@ class ShardDataset(IterableDataset):
             stream = (s for j, s in enumerate(stream) if j % n == me)
         for sample in _shuffled(stream, self.shuffle_buffer, rng):
             try:
-                image = load_image(sample.image)
+                image = load_image(sample.image, self.transform.draft_size)
                 if self.augment is not None:
                     image = self.augment(image, rng)
                 pixels = torch.from_numpy(self.transform([image])[0])

@@ -310,13 +310,14 @@ def _read_shards(patterns: Any) -> tuple[list[Pair], list]:
     return pairs, skipped
 
 
-def open_pair_image(image: Path | str) -> Image.Image:
-    """A `Pair.image` (file path or "<shard>#<member>") -> RGB PIL image."""
+def open_pair_image(image: Path | str, min_size: int | None = None) -> Image.Image:
+    """A `Pair.image` (file path or "<shard>#<member>") -> RGB PIL image (``min_size``: see load_image; pass the
+    model's transform.draft_size so training decodes camera photos as indexing does)."""
     split = _shards.split_tar_ref(image)
     if split is None:
-        return load_image(image)
+        return load_image(image, min_size)
     try:
-        return load_image(_shards.read_tar_member(*split))
+        return load_image(_shards.read_tar_member(*split), min_size)
     except PolymodalError as exc:
         raise PolymodalError(f"{image}: {exc}") from exc
 

@@ -61,8 +61,9 @@ class ServeSettings:
         return asdict(self)
 
 
-def open_image_checked(data: bytes, max_pixels: int, name: str = "upload") -> Image.Image:
-    """Bytes -> decoded RGB PIL image, refusing anything too big *before* decoding it.
+def open_image_checked(data: bytes, max_pixels: int, name: str = "upload", min_size: int | None = None) -> Image.Image:
+    """Bytes -> decoded RGB PIL image, refusing anything too big *before* decoding it (``min_size``: a JPEG may
+    decode at reduced scale, as load_image does).
 
     Image.open only parses the header, so a 20000x20000 PNG of a few KB (a decompression bomb) is refused from
     its declared size without allocating its pixels.
@@ -91,6 +92,8 @@ def open_image_checked(data: bytes, max_pixels: int, name: str = "upload") -> Im
     except PolymodalError as exc:
         raise ApiError(400, str(exc)) from None
     try:
+        if min_size:
+            img.draft(None, (min_size, min_size))
         img.load()
         return to_rgb(img)  # the same pixels load_image gives for this file (EXIF rotation, 16-bit, alpha)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:

@@ -88,6 +88,8 @@ class Service:
         self.metrics = Metrics()
         s = self.settings
         self.pixels = preprocesses_outside(model)
+        # uploads decode as files do for this model (a camera JPEG at reduced scale for the lite towers)
+        self.draft_size = getattr(getattr(model, "transform", None), "draft_size", None)
         self.batcher = MicroBatcher(
             model, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, enabled=s.batching,
             on_batch=self.metrics.observe_batch, image_forward=self._forward_pixels if self.pixels else None,
@@ -162,14 +164,14 @@ class Service:
     # -- images in -------------------------------------------------------------------------------------------------
     def decode(self, uploads: list[tuple[str, bytes]]) -> list[Image.Image]:
         """(name, bytes) -> RGB PIL images, each checked against the pixel limit before decoding."""
-        return [open_image_checked(data, self.settings.max_image_pixels, name) for name, data in uploads]
+        return [open_image_checked(data, self.settings.max_image_pixels, name, self.draft_size) for name, data in uploads]
 
     def prepare(self, uploads: list[tuple[str, bytes]]) -> list:
         """(name, bytes) -> what the batcher's image jobs take: model input arrays [3, H, W] when the model allows
         (see preprocesses_outside), else PIL images. Run in a request thread, one image decoded at a time."""
         out = []
         for name, data in uploads:
-            image = open_image_checked(data, self.settings.max_image_pixels, name)
+            image = open_image_checked(data, self.settings.max_image_pixels, name, self.draft_size)
             out.append(self.model.transform([image])[0] if self.pixels else image)
         return out
 

@@ -43,10 +43,10 @@ def _identity(image) -> str:
         return str(image)
 
 
-def _open_or_none(image, skip_unreadable: bool):
+def _open_or_none(image, skip_unreadable: bool, min_size: int | None):
     """The image, or None for an unreadable one when skipping those (a corrupt file should not end a run)."""
     try:
-        return open_pair_image(image)
+        return open_pair_image(image, min_size)
     except PolymodalError as exc:
         if not skip_unreadable:
             raise
@@ -74,7 +74,7 @@ def image_features(
     bar = progress_bar(total=views * len(images), desc="caching image features", unit="img", disable=not progress)
     for v in range(views):
         for i in range(0, len(images), batch_size):
-            pils = [_open_or_none(x, skip_unreadable) for x in images[i : i + batch_size]]
+            pils = [_open_or_none(x, skip_unreadable, model.transform.draft_size) for x in images[i : i + batch_size]]
             if v > 0:  # view v of image j depends only on (seed, j, v)
                 pils = [p and augment(p, make_rng(seed, i + j, v)) for j, p in enumerate(pils)]
             rows = [j for j, p in enumerate(pils) if p is not None]

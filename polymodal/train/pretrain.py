@@ -328,7 +328,7 @@ def contrastive_embeddings(miner, images: Sequence, captions: Sequence[str], pro
                          for i in range(0, len(captions), batch_size)])
         return img.numpy(), txt.numpy()
     # a model's encode_image reads files, not "<shard>#<member>" references: open the images here, a batch at a time
-    img = [miner.encode_image([open_pair_image(x) for x in images[i : i + batch_size]])
+    img = [miner.encode_image([open_pair_image(x, miner.transform.draft_size) for x in images[i : i + batch_size]])
            for i in range(0, len(images), batch_size)]
     return np.concatenate(img), miner.encode_text(list(captions))
 

@@ -1,0 +1,82 @@
+"""Large JPEGs decode at reduced scale (libjpeg DCT scaling) for the lite towers' transform: several times faster for
+camera photos (benchmarks/jpeg_draft.py), the same pixels whichever path reads the file (indexing, training
+features, datasets), and never for CLIP checkpoints, whose processors' full-size pixels are matched exactly."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from polymodal.data.images import ImageTransform, load_image
+from polymodal.encoders.efficientnet import LITE0_TRANSFORM
+
+
+def _jpeg(path, w, h, seed=0):
+    rng = np.random.default_rng(seed)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (h // 64, w // 64, 3), dtype=np.uint8)).resize((w, h)))
+    noisy = np.clip(smooth.astype(np.int16) + rng.integers(-8, 9, smooth.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(path, "JPEG", quality=90)
+    return path
+
+
+@pytest.fixture(scope="module")
+def camera(tmp_path_factory):
+    return _jpeg(tmp_path_factory.mktemp("camera") / "photo.jpg", 2048, 1536)
+
+
+def test_a_jpeg_decodes_at_the_smallest_scale_that_keeps_both_sides_at_min_size(camera, tmp_path):
+    assert load_image(camera).size == (2048, 1536)
+    assert load_image(camera, 256).size == (512, 384)  # 1/4: at 1/8 the short side (192) would be under 256
+    assert load_image(camera.read_bytes(), 256).size == (512, 384)  # bytes too (tar shards, uploads)
+    assert load_image(camera, 1000).size == (2048, 1536)  # 1/2 would be 768 high
+    strip = _jpeg(tmp_path / "strip.jpg", 2048, 320)
+    assert load_image(strip, 256).size == (2048, 320)  # its short side allows no reduction
+    png = tmp_path / "photo.png"
+    Image.open(camera).save(png)
+    assert load_image(png, 256).size == (2048, 1536)  # only JPEGs have DCT scaling
+
+
+def test_the_lite_transform_reads_the_reduced_decode_and_clip_transforms_the_full_one(camera):
+    assert LITE0_TRANSFORM.draft_size == 256
+    pixels = LITE0_TRANSFORM([camera])[0]
+    assert np.array_equal(pixels, LITE0_TRANSFORM([load_image(camera, 256)])[0])
+    full = LITE0_TRANSFORM([load_image(camera)])[0]
+    diff = np.abs(pixels - full) * 255 * 0.5  # back to 0-255 levels (std 0.5)
+    assert 0 < diff.mean() < 3  # another decode of the same photo, not another photo
+    clip = ImageTransform(resize=224, crop=224, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28))
+    assert clip.draft_size is None
+    assert np.array_equal(clip([camera])[0], clip([load_image(camera)])[0])
+
+
+def test_training_reads_camera_photos_as_indexing_does(camera):
+    from polymodal.data.datasets import ImageCaptionDataset
+    from polymodal.data.pairs import Pair, PairSet, open_pair_image
+
+    dataset = ImageCaptionDataset(PairSet.from_pairs([Pair(camera, "a photo")]), LITE0_TRANSFORM)
+    assert np.array_equal(dataset[0][0].numpy(), LITE0_TRANSFORM([camera])[0])
+    assert open_pair_image(camera, LITE0_TRANSFORM.draft_size).size == (512, 384)
+
+
+def test_image_features_of_a_camera_photo_match_what_encode_image_embeds(camera, tmp_path, monkeypatch):
+    import torch
+
+    from polymodal.models.dual_encoder import DualEncoder
+    from polymodal.train.features import image_features
+
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path))
+    model = DualEncoder().eval()
+    cached = image_features(model, [camera], progress=False)[0, 0].astype(np.float32)
+    with torch.inference_mode():
+        direct = model.image_cache_input(torch.from_numpy(LITE0_TRANSFORM([camera]))).float().numpy()[0]
+    np.testing.assert_allclose(cached, direct, rtol=2e-3, atol=2e-3)  # the cache stores float16
+
+
+def test_an_uploaded_camera_photo_embeds_as_the_same_file_on_disk(camera, lite, db):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from polymodal.serve import create_app
+
+    with TestClient(create_app(lite, db)) as client:
+        r = client.post("/v1/embed", files={"image": ("photo.jpg", camera.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.array(r.json()["vectors"]), lite.encode_image([camera]), atol=1e-5)
