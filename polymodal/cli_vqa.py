@@ -34,19 +34,20 @@ def cmd_vqa(args) -> int:
     one_question(args.question)  # an empty question fails here, before the model loads
     if args.top_k < 1:
         raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
-    image = load_image(args.image)  # a missing or corrupt image fails here, before the model loads
+    image = load_image(args.image)  # a missing or corrupt image fails here, before the model loads (kept for --explain)
     choices = None if args.choices is None else [c.strip() for c in args.choices.split(",") if c.strip()]
     if choices == []:  # `--choices ""` (an empty shell variable) would otherwise answer open-ended without a word
         raise PolymodalError(f"--choices {args.choices!r} names no answer; pass candidates like --choices yes,no, "
                              "or leave --choices out for an open answer")
     model = _load_vqa_model(args.model, args.runtime)
-    result = model.answer(image, args.question, choices=choices, top_k=args.top_k)
+    # the path, not the decoded image: the model reads the file as evaluation and training do (see draft_size_of)
+    result = model.answer(args.image, args.question, choices=choices, top_k=args.top_k)
     if args.explain:
         if not hasattr(model, "explain"):
             raise PolymodalError("--explain needs the PyTorch runtime (gradients and attention maps); drop --runtime onnx")
         from polymodal.apps.explain import save_heatmap
 
-        save_heatmap(image, model.explain(image, args.question), args.explain, transform=model.transform)
+        save_heatmap(image, model.explain(args.image, args.question), args.explain, transform=model.transform)
         result["explain"] = str(args.explain)
     if args.json:
         print(json.dumps({"image": args.image, "question": args.question, "answer": result["answer"],

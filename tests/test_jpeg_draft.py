@@ -80,3 +80,44 @@ def test_an_uploaded_camera_photo_embeds_as_the_same_file_on_disk(camera, lite, 
         r = client.post("/v1/embed", files={"image": ("photo.jpg", camera.read_bytes(), "image/jpeg")})
     assert r.status_code == 200, r.text
     np.testing.assert_allclose(np.array(r.json()["vectors"]), lite.encode_image([camera]), atol=1e-5)
+
+
+class _SizeSpy:
+    """A VQA model and a captioner that report the size of the image the server hands them."""
+
+    key = "spy@0"
+    transform = ImageTransform(resize=384, crop=384)  # a fusion encoder's: crop_box off, full decode
+
+    def answer(self, image, question, choices=None, top_k=3):
+        return {"answer": f"{image.size[0]}x{image.size[1]}", "score": 1.0, "alternatives": []}
+
+    def caption(self, images, beam=3):
+        return [f"{im.size[0]}x{im.size[1]}" for im in images]
+
+
+def test_the_server_decodes_each_upload_for_the_model_that_reads_it(camera, lite, db):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from polymodal.serve import create_app
+
+    spy = _SizeSpy()
+    upload = {"image": ("photo.jpg", camera.read_bytes(), "image/jpeg")}
+    with TestClient(create_app(lite, db, vqa_model=spy, caption_model=spy)) as client:
+        vqa = client.post("/v1/vqa", files=upload, data={"question": "is it?"})
+        caption = client.post("/v1/caption", files=upload)
+    assert vqa.status_code == 200 and vqa.json()["answer"]["answer"] == "2048x1536", vqa.text
+    assert caption.status_code == 200 and caption.json()["results"][0]["caption"] == "2048x1536", caption.text
+
+
+def test_augmented_views_decode_large_enough_that_no_random_crop_is_upscaled(tmp_path):
+    from polymodal.data.augment import Augment
+
+    augment = Augment()
+    size = augment.decode_size(LITE0_TRANSFORM.draft_size)
+    mid = _jpeg(tmp_path / "mid.jpg", 640, 520)
+    assert load_image(mid, size).size == (640, 520)  # the plain draft size (256) would have halved it
+    img = load_image(_jpeg(tmp_path / "cam.jpg", 2048, 1536), size)
+    shortest = min(min(b[2] - b[0], b[3] - b[1]) for b, _ in (augment.params(img.size, s) for s in range(2000)))
+    assert img.size == (512, 384) and shortest >= LITE0_TRANSFORM.draft_size  # 1/4, not 1/8 (256x192)
+    assert Augment(random_resized_crop=False).decode_size(256) == 256 and augment.decode_size(None) is None

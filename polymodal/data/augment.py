@@ -77,6 +77,14 @@ class Augment:
         box, flipped = self.params(img.size, rng)
         return self.apply(img, box, flipped)
 
+    def decode_size(self, size: int | None) -> int | None:
+        """load_image's min_size for a photo this augments, when the model's transform decodes at `size` (its
+        draft_size): large enough that even the smallest random crop keeps `size` pixels on its short side, so a crop
+        is never upscaled where a full decode would have shrunk it."""
+        if size is None or not self.random_resized_crop:
+            return size
+        return math.ceil(size / math.sqrt(self.scale[0] * min(self.ratio[0], 1 / self.ratio[1]))) + 1
+
     def views(self, image: Any, n: int, seed: int = 0) -> list[Image.Image]:
         """n fixed augmented views: view v depends only on (seed, v), not on n or on earlier calls."""
         if n < 1:

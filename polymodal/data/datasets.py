@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from polymodal.data.augment import Augment, make_rng
-from polymodal.data.images import ImageTransform, load_image
+from polymodal.data.images import ImageTransform, draft_size_of, load_image
 from polymodal.data.pairs import PairSet, open_pair_image
 from polymodal.data.shards import ShardSample, expand_shards, iter_samples, note_skipped
 from polymodal.errors import PolymodalError
@@ -44,6 +44,7 @@ class ImageCaptionDataset(Dataset):
         for pair, owner in zip(pairset.pairs, pairset.caption_image):
             self.captions[owner].append(pair.caption)
         self.transform, self.augment, self.seed = transform, augment, int(seed)
+        self.decode_size = _decode_size(transform, augment)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @property
@@ -68,11 +69,18 @@ class ImageCaptionDataset(Dataset):
         index = int(index)
         if not 0 <= index < len(self.images):
             raise IndexError(f"index {index} out of range for {len(self.images)} images")
-        image = open_pair_image(self.images[index], self.transform.draft_size)
+        image = open_pair_image(self.images[index], self.decode_size)
         if self.augment is not None:
             image = self.augment(image, make_rng(self.seed, self.epoch, index, 1))
         pixels = torch.from_numpy(self.transform([image])[0])
         return pixels, self.caption_for(index), index
+
+
+def _decode_size(transform, augment: Augment | None) -> int | None:
+    """How large a photo is decoded for this transform (camera JPEGs at reduced scale, see load_image), with room
+    for the augmentation's random crops."""
+    size = draft_size_of(transform)
+    return size if augment is None else augment.decode_size(size)
 
 
 def collate_pairs(batch: Sequence[tuple]) -> tuple[torch.Tensor, list[str], Any]:
@@ -126,6 +134,7 @@ class ShardDataset(IterableDataset):
         super().__init__()
         self.shards = expand_shards(patterns)
         self.transform, self.augment = transform, augment
+        self.decode_size = _decode_size(transform, augment)
         self.shuffle_buffer, self.seed, self.shuffle_shards = int(shuffle_buffer), int(seed), shuffle_shards
         _rank_world(rank, world_size)  # validate now, resolve when iterating (torch.distributed may start later)
         self.rank, self.world_size = rank, world_size
@@ -167,7 +176,7 @@ class ShardDataset(IterableDataset):
             stream = (s for j, s in enumerate(stream) if j % n == me)
         for sample in _shuffled(stream, self.shuffle_buffer, rng):
             try:
-                image = load_image(sample.image, self.transform.draft_size)
+                image = load_image(sample.image, self.decode_size)
                 if self.augment is not None:
                     image = self.augment(image, rng)
                 pixels = torch.from_numpy(self.transform([image])[0])

@@ -88,6 +88,13 @@ def load_image(image: Any, min_size: int | None = None) -> Image.Image:
     return to_rgb(img)
 
 
+def draft_size_of(model_or_transform: Any) -> int | None:
+    """The load_image min_size a model's (or a transform's) ImageTransform allows; None (full size) for anything
+    else, e.g. a custom transform or a model without one."""
+    transform = getattr(model_or_transform, "transform", model_or_transform)
+    return getattr(transform, "draft_size", None)
+
+
 def check_image_file(path: str | Path) -> None:
     """What load_image would refuse about an image file, read from its header (no pixels decoded): missing, a
     folder, no image format Pillow knows, an extreme shape. A command over many files calls it on each first, so a

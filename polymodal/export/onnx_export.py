@@ -244,11 +244,11 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
     report = {"model": model.key, "validation": val.source, "max_drop_points": max_drop_points,
               "reference_pytorch_fp32": reference, "served": {t: chosen[t][1] for t in chosen},
               "served_metrics": combined, "served_drop_points": round(drop, 2),
-              "pytorch_eager_items_per_s": {t: round(v, 1) for t, v in eager.items()}, "tries": rows,
-              "removed": [] if keep_unserved else drop_unserved(out, config)}
+              "pytorch_eager_items_per_s": {t: round(v, 1) for t, v in eager.items()}, "tries": rows}
+    atomic_write_bytes(out / ONNX_CONFIG, json.dumps(config, indent=2).encode())  # first: it must name what stays
+    report["removed"] = [] if keep_unserved else drop_unserved(out, config)
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
     atomic_write_bytes(out / "report.md", report_table(report).encode())
-    atomic_write_bytes(out / ONNX_CONFIG, json.dumps(config, indent=2).encode())
     return report
 
 

@@ -52,9 +52,14 @@ def graph_files(config: dict) -> dict[str, str]:
 
 def drop_unserved(folder: Path, config: dict) -> list[str]:
     """Delete the graphs an export tried but its runtime does not load (the fp32 graph a faster int8 variant
-    replaced, a kept but slower variant): a deployment copies only what it runs. -> the names deleted."""
+    replaced, a kept but slower variant): a deployment copies only what it runs. Only the names an export writes
+    (GRAPH.onnx, GRAPH.VARIANT.onnx) are candidates: other files in the folder stay. -> the names deleted."""
+    from polymodal.export.variants import VARIANTS
+
+    graphs = GRAPHS.get(config.get("type"), ("image", "text"))
+    written = {f"{g}.onnx" for g in graphs} | {f"{g}.{v}.onnx" for g in graphs for v in ("fp32", *VARIANTS)}
     served = set(graph_files(config).values())
-    gone = sorted(p.name for p in Path(folder).glob("*.onnx") if p.name not in served)
+    gone = sorted(p.name for p in Path(folder).glob("*.onnx") if p.name in written - served)
     for name in gone:
         (Path(folder) / name).unlink()
     return gone

@@ -132,6 +132,11 @@ class YesNoModel:
             self._base = load_base(self.config["base"])
         return self._base
 
+    @property
+    def transform(self):
+        """The image transform of the embedding model it scores with (how the server decodes uploads for it)."""
+        return self.base.transform
+
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Any], batch_size: int = 32) -> dict[str, np.ndarray]:
         """Paths / PIL images / arrays -> {"default": [N, 384], "conse": [N, 384]}, rows L2-normalised."""

@@ -230,9 +230,9 @@ def create_app(
         with svc.batcher.incoming():  # a batch being filled waits for this request
             return await run_in_threadpool(svc.prepare, items)
 
-    async def decode(items: list[tuple[str, bytes]]) -> list:
+    async def decode(items: list[tuple[str, bytes]], model) -> list:
         """Decoded to PIL images in a worker thread: for model methods that take images (answer, classify)."""
-        return await run_in_threadpool(svc.decode, items)
+        return await run_in_threadpool(svc.decode, items, model)
 
     def thumb_url(request: Request, image_id: int | str) -> str:
         return f"{request.scope.get('root_path', '')}/v1/thumb/{image_id}"
@@ -372,7 +372,7 @@ def create_app(
             label_emb = await svc.batcher.call(model.label_embeddings, labels, templates)
             ranked = rank_labels(image_emb, label_emb, labels, model.logit_scale, top_k)
         else:
-            ranked = await svc.batcher.call(model.classify, await decode(items), labels, templates, top_k)
+            ranked = await svc.batcher.call(model.classify, await decode(items, model), labels, templates, top_k)
         results = [
             {"image": name, "labels": [{"label": l, "score": float(p)} for l, p in r]}
             for (name, _), r in zip(items, ranked)
@@ -414,7 +414,7 @@ def create_app(
         question = check_texts([question], 1, 2000, "question")[0]
         if choices is not None:
             choices = _text_list(choices, "choices", s.max_labels, max_chars=500)
-        image = (await decode(items))[0]
+        image = (await decode(items, vqa_model))[0]
         answer = await svc.batcher.call(vqa_model.answer, image, question, choices)
         return JSONResponse({"model": vqa_model.key, "question": question, "answer": jsonable(answer)})
 
@@ -439,7 +439,7 @@ def create_app(
                 check_form_fields(form, {"image", "beam"})
                 beam, items = form_text(form, "beam"), await form_images(form)
         beam = 3 if beam is None else check_k(beam, MAX_BEAM, "beam")
-        written = await svc.batcher.call(caption_model.caption, await decode(items), beam)
+        written = await svc.batcher.call(caption_model.caption, await decode(items, caption_model), beam)
         return JSONResponse({"model": caption_model.key,
                              "results": [{"image": name, "caption": c} for (name, _), c in zip(items, written)]})
 

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from polymodal.data.images import to_rgb
+from polymodal.data.images import draft_size_of, to_rgb
 from polymodal.errors import PolymodalError
 from polymodal.index import ImageIndex, IndexBusy
 from polymodal.index.qdrant import QdrantCollection, QdrantUnavailable
@@ -89,7 +89,7 @@ class Service:
         s = self.settings
         self.pixels = preprocesses_outside(model)
         # uploads decode as files do for this model (a camera JPEG at reduced scale for the lite towers)
-        self.draft_size = getattr(getattr(model, "transform", None), "draft_size", None)
+        self.draft_size = draft_size_of(model)
         self.batcher = MicroBatcher(
             model, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, enabled=s.batching,
             on_batch=self.metrics.observe_batch, image_forward=self._forward_pixels if self.pixels else None,
@@ -162,9 +162,11 @@ class Service:
             raise
 
     # -- images in -------------------------------------------------------------------------------------------------
-    def decode(self, uploads: list[tuple[str, bytes]]) -> list[Image.Image]:
-        """(name, bytes) -> RGB PIL images, each checked against the pixel limit before decoding."""
-        return [open_image_checked(data, self.settings.max_image_pixels, name, self.draft_size) for name, data in uploads]
+    def decode(self, uploads: list[tuple[str, bytes]], model) -> list[Image.Image]:
+        """(name, bytes) -> RGB PIL images for `model` (decoded as it decodes files), each checked against the pixel
+        limit before decoding."""
+        size = draft_size_of(model)
+        return [open_image_checked(data, self.settings.max_image_pixels, name, size) for name, data in uploads]
 
     def prepare(self, uploads: list[tuple[str, bytes]]) -> list:
         """(name, bytes) -> what the batcher's image jobs take: model input arrays [3, H, W] when the model allows

@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from polymodal.cache import cache_key
+from polymodal.data.images import draft_size_of
 from polymodal.data.pairs import PairSet, open_pair_image, read_pair_sources
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig, is_fusion_encoder_folder, load_fusion_encoder
@@ -328,7 +329,7 @@ def contrastive_embeddings(miner, images: Sequence, captions: Sequence[str], pro
                          for i in range(0, len(captions), batch_size)])
         return img.numpy(), txt.numpy()
     # a model's encode_image reads files, not "<shard>#<member>" references: open the images here, a batch at a time
-    img = [miner.encode_image([open_pair_image(x, miner.transform.draft_size) for x in images[i : i + batch_size]])
+    img = [miner.encode_image([open_pair_image(x, draft_size_of(miner)) for x in images[i : i + batch_size]])
            for i in range(0, len(images), batch_size)]
     return np.concatenate(img), miner.encode_text(list(captions))
 
