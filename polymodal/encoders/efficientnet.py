@@ -59,10 +59,12 @@ class EfficientNetLite0(nn.Module):
         self.net = self.net.to(memory_format=torch.channels_last).eval()
         self.frozen = None  # a FrozenTrunk once set_precision() is called; used for inference only
         self.precision = "fp32"
+        self._fused: tuple[tuple, nn.Module] | None = None  # (weights_key, BatchNorm-folded copy) for fp32 inference
 
     def set_precision(self, precision: str) -> None:
         """"bf16": inference (no gradients) runs a frozen bf16 graph of the trunk (polymodal.encoders.frozen_trunk);
-        "fp32": plain eager PyTorch, bit-exact with training. Training paths always run eager fp32."""
+        "fp32": a BatchNorm-folded copy (polymodal.encoders.fused_lite; the eager features to ~1e-5). Training paths
+        always run the eager fp32 module."""
         from polymodal.encoders.frozen_trunk import FrozenTrunk, check_precision
 
         check_precision(precision)
@@ -96,7 +98,17 @@ class EfficientNetLite0(nn.Module):
     def _spatial(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.frozen is not None and self.frozen.accepts(pixels):
             return self.frozen(pixels)
-        return self.net.extract_features(pixels.contiguous(memory_format=torch.channels_last))
+        net = self.net if torch.is_grad_enabled() else self._inference_net()
+        return net.extract_features(pixels.contiguous(memory_format=torch.channels_last))
+
+    def _inference_net(self) -> nn.Module:
+        """The BatchNorm-folded copy of the current weights (rebuilt, ~0.1 s, after any change to them)."""
+        from polymodal.encoders.fused_lite import fused_copy, weights_key
+
+        key = weights_key(self.net)
+        if self._fused is None or self._fused[0] != key:
+            self._fused = (key, fused_copy(self.net))
+        return self._fused[1]
 
     def pooled(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.spatial(pixels).mean(dim=(2, 3))
