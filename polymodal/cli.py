@@ -91,7 +91,7 @@ def cmd_index(args) -> int:
         for path, reason in report.skipped:
             print(f"  skipped {path}: {reason}")
         if args.runtime == "torch" and report.added + report.updated >= TIP_RUNTIME_AT:
-            print(f"tip: --runtime onnx embeds photos ~3.4x faster on a CPU (after `polymodal export onnx "
+            print(f"tip: --runtime onnx embeds photos ~2x faster on a CPU (after `polymodal export onnx "
                   f"{args.model}`; the index stays the same)", file=sys.stderr)
     if args.prune:
         print(f"pruned {len(pruned)} image{'s' * (len(pruned) != 1)} whose files are gone from {args.db}; "

@@ -7,7 +7,7 @@ def add_precision(parser) -> None:
     parser.add_argument(
         "--precision", choices=("fp32", "bf16"), default="fp32",
         help="image inference precision for the PyTorch runtime: bf16 runs a frozen bf16 graph of the "
-        "EfficientNet-Lite0 tower, several times faster on CPUs with bf16 instructions (default fp32)",
+        "EfficientNet-Lite0 tower, faster on CPUs with bf16 instructions (1.1-1.2x fp32 here; default fp32)",
     )
 
 
@@ -16,7 +16,7 @@ def add_runtime(parser) -> None:
     parser.add_argument(
         "--runtime", choices=("torch", "onnx"), default="torch",
         help="onnx: embed with --model's export through onnxruntime (a built-in name once `polymodal export onnx "
-        "NAME` has run, or an export folder): lite embeds photos ~3.4x faster on a CPU; same model key, so an index "
+        "NAME` has run, or an export folder): lite embeds photos ~2x faster on a CPU; same model key, so an index "
         "built with either runtime searches with the other",
     )
 
