@@ -49,9 +49,10 @@ def main(argv=None) -> int:
 
     lite = polymodal.load("lite")
     tower = lite.image_tower
-    eager, fused = tower.net, tower._inference_net()
     x = torch.randn(32, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
+        eager, fused = tower.net, tower._inference_net()  # the folded copy exists only where gradients are off
+        assert fused is not eager
         diff = float((eager.extract_features(x[:8]) - fused.extract_features(x[:8])).abs().max())
         for batch in (int(b) for b in args.batches.split(",")):
             chunk = x[:batch]

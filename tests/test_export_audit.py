@@ -391,3 +391,5 @@ def test_each_export_kind_serves_the_files_its_config_names(tmp_path):
     # not stage the export as the CLI does)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["detector.onnx", "prefix.onnx", "report.json",
                                                           "step.int8_dynamic.onnx", "step.mine.onnx", "tokenizer.json"]
+    (tmp_path / "image.onnx").write_bytes(b"x")  # an embedding export never writes this name: not its to delete
+    assert drop_unserved(tmp_path, embedding) == []

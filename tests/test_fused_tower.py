@@ -60,3 +60,28 @@ def test_a_tower_built_under_inference_mode_runs(pixels):
         first = tower.spatial(pixels[:2])
     with torch.no_grad():
         np.testing.assert_allclose(tower.spatial(pixels[:2]).numpy(), first.numpy(), atol=1e-6)
+
+
+def test_an_export_traces_the_registered_weights_not_the_folded_copy(lite, pixels, tmp_path):
+    """onnxruntime's int8 quantizers work on a graph's initializers: traced from the folded copy, the weights became
+    Constant nodes (2 initializers) and int8_dynamic failed."""
+    onnx = pytest.importorskip("onnx")
+    from polymodal.export.graphs import ImageGraph, export_graph
+
+    with torch.inference_mode():
+        lite.image_tower.spatial(pixels[:2])  # the folded copy exists when the export runs, as in export_onnx
+    path = export_graph(ImageGraph(lite), (pixels[:2].clone(),), ["pixels"], tmp_path / "image.onnx") or tmp_path / "image.onnx"
+    assert len(onnx.load(str(path)).graph.initializer) > 50
+
+
+def test_train_mode_loads_and_copies_use_the_current_weights(tower, pixels):
+    import copy
+
+    with torch.inference_mode():
+        first = tower.spatial(pixels[:2])
+        tower.load_state_dict({k: v * 0.5 if v.is_floating_point() else v for k, v in tower.state_dict().items()})
+        assert not torch.allclose(tower.spatial(pixels[:2]), first)  # inference tensors keep no version: reloaded
+    assert tower._fused is not None and copy.deepcopy(tower)._fused is None  # a copy carries no folded copy
+    tower.net.train()  # BatchNorm in train mode uses batch statistics: only the eager module can
+    with torch.no_grad():
+        assert tower._inference_net() is tower.net

@@ -20,8 +20,9 @@ from polymodal.models.inputs import tensor_to_array
 
 # Bumped when decoding changes pixels (2: EXIF rotation, alpha over white, 16-bit scaling; 3: 8-bit values in
 # 32-bit "I" images; 4: crop-box resize of tall images in the full resize's pass order; 5: large JPEGs decoded at
-# reduced scale for crop-box transforms), so that caches of features computed from images are not reused across it.
-LOADER_VERSION = 5
+# reduced scale for crop-box transforms; 6: augmented views decoded larger), so that caches of features computed
+# from images are not reused across it.
+LOADER_VERSION = 6
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")

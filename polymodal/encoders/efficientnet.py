@@ -61,6 +61,15 @@ class EfficientNetLite0(nn.Module):
         self.precision = "fp32"
         self._fused: tuple[tuple, nn.Module] | None = None  # (weights_key, BatchNorm-folded copy) for fp32 inference
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        # load_state_dict (on the tower or any model holding it) may overwrite inference tensors, which keep no
+        # version counter: the folded copy is rebuilt from the new weights
+        self._fused = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "_fused": None}  # a pickle or deepcopy does not carry the folded copy
+
     def set_precision(self, precision: str) -> None:
         """"bf16": inference (no gradients) runs a frozen bf16 graph of the trunk (polymodal.encoders.frozen_trunk);
         "fp32": a BatchNorm-folded copy (polymodal.encoders.fused_lite; the eager features to ~1e-5). Training paths
@@ -91,20 +100,26 @@ class EfficientNetLite0(nn.Module):
         return net._swish(net._bn1(net._conv_head(x)))
 
     def spatial(self, pixels: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or len(pixels) <= self.INFERENCE_CHUNK:
-            return self._spatial(pixels)
-        return torch.cat([self._spatial(c) for c in pixels.split(self.INFERENCE_CHUNK)])
-
-    def _spatial(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.frozen is not None and self.frozen.accepts(pixels):
-            return self.frozen(pixels)
-        net = self.net if torch.is_grad_enabled() else self._inference_net()
-        return net.extract_features(pixels.contiguous(memory_format=torch.channels_last))
+            run = self.frozen
+        else:
+            net = self._inference_net()
+
+            def run(x: torch.Tensor) -> torch.Tensor:
+                return net.extract_features(x.contiguous(memory_format=torch.channels_last))
+
+        if torch.is_grad_enabled() or len(pixels) <= self.INFERENCE_CHUNK:
+            return run(pixels)
+        return torch.cat([run(c) for c in pixels.split(self.INFERENCE_CHUNK)])
 
     def _inference_net(self) -> nn.Module:
-        """The BatchNorm-folded copy of the current weights (rebuilt, ~0.1 s, after any change to them)."""
+        """The BatchNorm-folded copy of the current weights (rebuilt, ~0.1 s, after any change to them), or the
+        eager module wherever that must run: gradients, tracing (an ONNX export records registered weights, which
+        its int8 variants quantize), train mode (BatchNorm statistics). Forward hooks on `net` fire only in eager."""
         from polymodal.encoders.fused_lite import fused_copy, weights_key
 
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or self.net.training:
+            return self.net
         key = weights_key(self.net)
         if self._fused is None or self._fused[0] != key:
             self._fused = (key, fused_copy(self.net))

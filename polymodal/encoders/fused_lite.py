@@ -53,5 +53,6 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 def weights_key(module: nn.Module) -> tuple:
     """Changes whenever a parameter or buffer is replaced or modified in place (optimizer steps and load_state_dict
     bump a tensor's version), so a copy built from older weights is never used. Tensors made under
-    torch.inference_mode() keep no version: only being replaced changes them (training cannot step them)."""
+    torch.inference_mode() keep no version, and writes through `param.data` bump none: the tower also drops its copy
+    after load_state_dict; other `.data` surgery needs `tower._fused = None`."""
     return tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in (*module.parameters(), *module.buffers()))

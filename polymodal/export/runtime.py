@@ -56,8 +56,11 @@ def drop_unserved(folder: Path, config: dict) -> list[str]:
     (GRAPH.onnx, GRAPH.VARIANT.onnx) are candidates: other files in the folder stay. -> the names deleted."""
     from polymodal.export.variants import VARIANTS
 
-    graphs = GRAPHS.get(config.get("type"), ("image", "text"))
-    written = {f"{g}.onnx" for g in graphs} | {f"{g}.{v}.onnx" for g in graphs for v in ("fp32", *VARIANTS)}
+    graphs = GRAPHS.get(config.get("type"))
+    if graphs is None:  # an embedding export writes image.fp32.onnx, never image.onnx
+        written = {f"{g}.{v}.onnx" for g in ("image", "text") for v in ("fp32", *VARIANTS)}
+    else:
+        written = {f"{g}.onnx" for g in graphs} | {f"{g}.{v}.onnx" for g in graphs for v in VARIANTS}
     served = set(graph_files(config).values())
     gone = sorted(p.name for p in Path(folder).glob("*.onnx") if p.name in written - served)
     for name in gone:

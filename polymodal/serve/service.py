@@ -88,8 +88,10 @@ class Service:
         self.metrics = Metrics()
         s = self.settings
         self.pixels = preprocesses_outside(model)
-        # uploads decode as files do for this model (a camera JPEG at reduced scale for the lite towers)
-        self.draft_size = draft_size_of(model)
+        # uploads decode as files do for the model that reads them (a camera JPEG at reduced scale for the lite
+        # towers); resolved once here: coco-yesno's transform loads its base model, not to be raced by requests
+        self.draft_sizes = {id(m): draft_size_of(m) for m in (model, self.vqa_model, self.caption_model) if m is not None}
+        self.draft_size = self.draft_sizes[id(model)]
         self.batcher = MicroBatcher(
             model, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, enabled=s.batching,
             on_batch=self.metrics.observe_batch, image_forward=self._forward_pixels if self.pixels else None,
@@ -165,7 +167,7 @@ class Service:
     def decode(self, uploads: list[tuple[str, bytes]], model) -> list[Image.Image]:
         """(name, bytes) -> RGB PIL images for `model` (decoded as it decodes files), each checked against the pixel
         limit before decoding."""
-        size = draft_size_of(model)
+        size = self.draft_sizes.get(id(model))
         return [open_image_checked(data, self.settings.max_image_pixels, name, size) for name, data in uploads]
 
     def prepare(self, uploads: list[tuple[str, bytes]]) -> list:
