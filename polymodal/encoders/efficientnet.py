@@ -72,7 +72,7 @@ class EfficientNetLite0(nn.Module):
 
     def set_precision(self, precision: str) -> None:
         """"bf16": inference (no gradients) runs a frozen bf16 graph of the trunk (polymodal.encoders.frozen_trunk);
-        "fp32": a BatchNorm-folded copy (polymodal.encoders.fused_lite; the eager features to ~1e-5). Training paths
+        "fp32": a BatchNorm-folded copy (polymodal.encoders.fused_lite; the eager features to ~3e-5). Training paths
         always run the eager fp32 module."""
         from polymodal.encoders.frozen_trunk import FrozenTrunk, check_precision
 

@@ -55,4 +55,5 @@ def weights_key(module: nn.Module) -> tuple:
     bump a tensor's version), so a copy built from older weights is never used. Tensors made under
     torch.inference_mode() keep no version, and writes through `param.data` bump none: the tower also drops its copy
     after load_state_dict; other `.data` surgery needs `tower._fused = None`."""
-    return tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in (*module.parameters(), *module.buffers()))
+    tensors = (*module.parameters(), *module.buffers())
+    return tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in tensors)

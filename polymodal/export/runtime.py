@@ -73,7 +73,8 @@ def removed_line(report: dict) -> list[str]:
     if not report.get("removed"):
         return []
     gone = report["removed"]
-    return [f"Deleted after choosing, not served: {', '.join(gone)} (`--keep-unserved` keeps {'them' if len(gone) > 1 else 'it'}).", ""]
+    keeps = "keeps them" if len(gone) > 1 else "keeps it"
+    return [f"Deleted after choosing, not served: {', '.join(gone)} (`--keep-unserved` {keeps}).", ""]
 
 
 def onnx_session(path: Path, threads: int | None = None, inputs: set[str] | None = None):

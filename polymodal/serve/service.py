@@ -90,7 +90,8 @@ class Service:
         self.pixels = preprocesses_outside(model)
         # uploads decode as files do for the model that reads them (a camera JPEG at reduced scale for the lite
         # towers); resolved once here: coco-yesno's transform loads its base model, not to be raced by requests
-        self.draft_sizes = {id(m): draft_size_of(m) for m in (model, self.vqa_model, self.caption_model) if m is not None}
+        readers = (model, self.vqa_model, self.caption_model)
+        self.draft_sizes = {id(m): draft_size_of(m) for m in readers if m is not None}
         self.draft_size = self.draft_sizes[id(model)]
         self.batcher = MicroBatcher(
             model, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, enabled=s.batching,
