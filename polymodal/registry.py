@@ -142,8 +142,8 @@ def load(name_or_path: str | Path = "lite", runtime: str = "torch", precision: s
     pass the export folder, or a built-in name exported to its default folder (onnx_export_dir(name)).
 
     ``precision="bf16"`` (PyTorch runtime, models with the EfficientNet-Lite0 image tower): image inference runs a
-    frozen bf16 graph, faster on CPUs with bf16 instructions (1.1-1.2x the folded fp32 tower here); embeddings match fp32 to mean cosine ~0.99
-    (benchmarks/embed_throughput.py --precision fp32,bf16 measures speed and retrieval recall side by side).
+    frozen bf16 graph, faster on CPUs with bf16 instructions (1.1-1.2x the folded fp32 tower here); embeddings match
+    fp32 to mean cosine ~0.99 (benchmarks/embed_throughput.py --precision fp32,bf16 measures speed and retrieval recall side by side).
 
     Keyword options go to the model's loader (lite: top_k; CLIP checkpoints: tokenizer, ...; ONNX: threads); an
     option that loader does not take is refused with the list of those it does."""

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from polymodal.data.images import load_image
+from polymodal.data.images import draft_size_of, load_image
 from polymodal.errors import PolymodalError
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom (PIL crop box)
@@ -119,3 +119,10 @@ class Augment:
 def views(image: Any, n: int, seed: int = 0, augment: Augment | None = None) -> list[Image.Image]:
     """n fixed augmented views of an image (default `Augment()` settings); see `Augment.views`."""
     return (augment or Augment()).views(image, n, seed)
+
+
+def photo_decode_size(model_or_transform: Any, augment: Augment | None) -> int | None:
+    """How large a photo is decoded for a model's transform (camera JPEGs at reduced scale, see load_image), with
+    room for `augment`'s random crops when the photo is augmented."""
+    size = draft_size_of(model_or_transform)
+    return size if augment is None else augment.decode_size(size)

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from polymodal.data.augment import Augment, make_rng
-from polymodal.data.images import ImageTransform, draft_size_of, load_image
+from polymodal.data.augment import Augment, make_rng, photo_decode_size
+from polymodal.data.images import ImageTransform, load_image
 from polymodal.data.pairs import PairSet, open_pair_image
 from polymodal.data.shards import ShardSample, expand_shards, iter_samples, note_skipped
 from polymodal.errors import PolymodalError
@@ -44,7 +44,7 @@ class ImageCaptionDataset(Dataset):
         for pair, owner in zip(pairset.pairs, pairset.caption_image):
             self.captions[owner].append(pair.caption)
         self.transform, self.augment, self.seed = transform, augment, int(seed)
-        self.decode_size = _decode_size(transform, augment)
+        self.decode_size = photo_decode_size(transform, augment)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @property
@@ -74,13 +74,6 @@ class ImageCaptionDataset(Dataset):
             image = self.augment(image, make_rng(self.seed, self.epoch, index, 1))
         pixels = torch.from_numpy(self.transform([image])[0])
         return pixels, self.caption_for(index), index
-
-
-def _decode_size(transform, augment: Augment | None) -> int | None:
-    """How large a photo is decoded for this transform (camera JPEGs at reduced scale, see load_image), with room
-    for the augmentation's random crops."""
-    size = draft_size_of(transform)
-    return size if augment is None else augment.decode_size(size)
 
 
 def collate_pairs(batch: Sequence[tuple]) -> tuple[torch.Tensor, list[str], Any]:
@@ -134,7 +127,7 @@ class ShardDataset(IterableDataset):
         super().__init__()
         self.shards = expand_shards(patterns)
         self.transform, self.augment = transform, augment
-        self.decode_size = _decode_size(transform, augment)
+        self.decode_size = photo_decode_size(transform, augment)
         self.shuffle_buffer, self.seed, self.shuffle_shards = int(shuffle_buffer), int(seed), shuffle_shards
         _rank_world(rank, world_size)  # validate now, resolve when iterating (torch.distributed may start later)
         self.rank, self.world_size = rank, world_size

@@ -198,7 +198,7 @@ def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, wan
             atomic_write_bytes(out / ONNX_CONFIG, json.dumps(config, indent=2).encode())
             for t in tries:  # as the embedding export says it: kept, but a faster kept variant serves
                 if t["graph"] == graph and t["status"] == "kept" and f"{graph}.{t['variant']}.onnx" != best[0]:
-                    t["status"], t["reason"] = "kept (not served)", t["reason"] + "; a faster kept variant serves"
+                    V.mark_not_served(t)
     return tries
 
 

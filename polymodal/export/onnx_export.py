@@ -236,7 +236,7 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
         drop = _drop(reference, combined)
     for row in rows:
         if row["status"] == "kept" and chosen[row["tower"]][0] != row["file"]:
-            row["status"], row["reason"] = "kept (not served)", row["reason"] + "; a faster kept variant serves"
+            V.mark_not_served(row)
     config = {"type": "onnx_embedding", "name": model.name, "version": model.version, "dim": int(model.dim),
               "logit_scale": float(model.logit_scale), "transform": model.transform.to_dict(),
               "image": {"file": chosen["image"][0], "variant": chosen["image"][1]},

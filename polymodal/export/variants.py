@@ -94,6 +94,11 @@ def check_variant_list(variants) -> None:
         raise PolymodalError(f"variants must be a list of names, e.g. [{variants!r}], got the string {variants!r}")
 
 
+def mark_not_served(row: dict) -> None:
+    """A try the gate kept while a faster kept variant serves its graph: say so in the report."""
+    row["status"], row["reason"] = "kept (not served)", row["reason"] + "; a faster kept variant serves"
+
+
 def failure_reason(exc: BaseException) -> str:
     """A variant's failure as one report line; some errors (MemoryError()) have no message at all."""
     lines = str(exc).strip().splitlines()

@@ -116,9 +116,9 @@ class FusionEncoderConfig:
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
             raise PolymodalError(f"image_size must be a whole number of pixels (a multiple of 32), got "
                                  f"{self.image_size!r}")
-        if not all(isinstance(a, str) and a.strip() for a in self.answers):
-            bad = next(a for a in self.answers if not (isinstance(a, str) and a.strip()))
-            raise PolymodalError(f"answers must be non-blank strings, got {bad!r} among them")
+        bad = [a for a in self.answers if not (isinstance(a, str) and a.strip())]
+        if bad:
+            raise PolymodalError(f"answers must be non-blank strings, got {bad[0]!r} among them")
         mq = self.max_question_tokens  # [CLS] + at least one word + [SEP]; MiniLM has 512 positions
         if isinstance(mq, bool) or not isinstance(mq, int) or not 3 <= mq <= MAX_TOKENS:
             raise PolymodalError(f"max_question_tokens must be a whole number from 3 to {MAX_TOKENS} (word pieces "

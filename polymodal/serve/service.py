@@ -92,7 +92,6 @@ class Service:
         # towers); resolved once here: coco-yesno's transform loads its base model, not to be raced by requests
         readers = (model, self.vqa_model, self.caption_model)
         self.draft_sizes = {id(m): draft_size_of(m) for m in readers if m is not None}
-        self.draft_size = self.draft_sizes[id(model)]
         self.batcher = MicroBatcher(
             model, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, enabled=s.batching,
             on_batch=self.metrics.observe_batch, image_forward=self._forward_pixels if self.pixels else None,
@@ -174,9 +173,9 @@ class Service:
     def prepare(self, uploads: list[tuple[str, bytes]]) -> list:
         """(name, bytes) -> what the batcher's image jobs take: model input arrays [3, H, W] when the model allows
         (see preprocesses_outside), else PIL images. Run in a request thread, one image decoded at a time."""
-        out = []
+        out, size = [], self.draft_sizes[id(self.model)]
         for name, data in uploads:
-            image = open_image_checked(data, self.settings.max_image_pixels, name, self.draft_size)
+            image = open_image_checked(data, self.settings.max_image_pixels, name, size)
             out.append(self.model.transform([image])[0] if self.pixels else image)
         return out
 

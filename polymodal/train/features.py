@@ -18,8 +18,8 @@ from torch.utils.data import Dataset
 from polymodal.cache import cache_key
 from polymodal.cache import load_cached as _load_cached
 from polymodal.cache import store_cached as _store
-from polymodal.data.augment import Augment, make_rng
-from polymodal.data.images import LOADER_VERSION, draft_size_of
+from polymodal.data.augment import Augment, make_rng, photo_decode_size
+from polymodal.data.images import LOADER_VERSION
 from polymodal.data.pairs import PairSet, open_pair_image
 from polymodal.data.shards import _file_identity, split_tar_ref
 from polymodal.errors import PolymodalError
@@ -73,8 +73,8 @@ def image_features(
     out = None
     bar = progress_bar(total=views * len(images), desc="caching image features", unit="img", disable=not progress)
     for v in range(views):
+        size = photo_decode_size(model, augment if v > 0 else None)  # view 0 is the photo as the model sees it
         for i in range(0, len(images), batch_size):
-            size = draft_size_of(model) if v == 0 else augment.decode_size(draft_size_of(model))
             pils = [_open_or_none(x, skip_unreadable, size) for x in images[i : i + batch_size]]
             if v > 0:  # view v of image j depends only on (seed, j, v)
                 pils = [p and augment(p, make_rng(seed, i + j, v)) for j, p in enumerate(pils)]
