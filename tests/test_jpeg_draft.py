@@ -47,6 +47,34 @@ def test_the_lite_transform_reads_the_reduced_decode_and_clip_transforms_the_ful
     assert np.array_equal(clip([camera])[0], clip([load_image(camera)])[0])
 
 
+def test_fusion_encoders_and_captioners_read_camera_photos_at_reduced_scale_too(camera):
+    from polymodal.models.captioner import CaptionerConfig
+    from polymodal.models.fusion_encoder import FusionEncoderConfig
+
+    for config in (FusionEncoderConfig(image_size=224), CaptionerConfig(image_size=224), FusionEncoderConfig(image_size=64)):
+        t = config.transform
+        assert t.draft_size == config.image_size and t.resize == t.crop == config.image_size
+        assert np.array_equal(t([camera])[0], t([load_image(camera, config.image_size)])[0])
+
+
+class _CaptionSpy:
+    """A captioner that says the size of each photo it is handed."""
+
+    transform = ImageTransform(resize=224, crop=224, crop_box=True)
+
+    def caption(self, images, beam=3, max_tokens=20):
+        return [f"{im.size[0]}x{im.size[1]}" for im in images]
+
+
+def test_caption_evaluation_reads_photos_as_the_caption_command_does(camera):
+    from polymodal.data.pairs import Pair, PairSet
+    from polymodal.eval.captions import evaluate_captions
+
+    pairs = PairSet.from_pairs([Pair(camera, "a photo"), Pair(camera, "a picture")])
+    out = evaluate_captions(_CaptionSpy(), pairs, progress=False)
+    assert [e["caption"] for e in out["examples"]] == ["512x384"]  # 1/4 scale: 1/8 (256x192) is under 224
+
+
 def test_training_reads_camera_photos_as_indexing_does(camera):
     from polymodal.data.datasets import ImageCaptionDataset
     from polymodal.data.pairs import Pair, PairSet, open_pair_image
@@ -86,7 +114,7 @@ class _SizeSpy:
     """A VQA model and a captioner that report the size of the image the server hands them."""
 
     key = "spy@0"
-    transform = ImageTransform(resize=384, crop=384)  # a fusion encoder's: crop_box off, full decode
+    transform = ImageTransform(resize=384, crop=384)  # crop_box off: full decode
 
     def answer(self, image, question, choices=None, top_k=3):
         return {"answer": f"{image.size[0]}x{image.size[1]}", "score": 1.0, "alternatives": []}

@@ -201,7 +201,8 @@ class ImageTransform:
     # 32-bit floats, so its taps' weights round differently from resize-then-crop: ~0.01% (photos) to ~0.2% (noise)
     # of pixel values differ by 1/255, and about one in five million by 2/255. The pass order could cost more (up to
     # ~25/255 on tall images); _box_resize keeps the full resize's. Off for CLIP checkpoints (their processors' pixels
-    # are matched exactly); on for the lite towers. On, large JPEGs also decode at reduced scale (draft_size).
+    # are matched exactly); on for the lite towers, fusion encoders and captioners. On, large JPEGs also decode at
+    # reduced scale (draft_size).
     crop_box: bool = False
 
     def to_dict(self) -> dict:
@@ -219,8 +220,8 @@ class ImageTransform:
     def draft_size(self) -> int | None:
         """The shortest side a JPEG may decode at for this transform (load_image's min_size), or None: full size.
         A 4032x3024 photo decodes at 504x378 (1/8) for a 256/224 transform, ~5x faster with the resize
-        (benchmarks/jpeg_draft.py); only crop-box transforms (the lite towers) do, since CLIP checkpoints match their
-        processors' full-size decode exactly."""
+        (benchmarks/jpeg_draft.py); only crop-box transforms (the lite towers, fusion encoders, captioners) do, since
+        CLIP checkpoints match their processors' full-size decode exactly."""
         return max(self.resize, self.crop) if self.crop_box else None
 
     def _resized(self, w: int, h: int) -> tuple[int, int, int, int]:

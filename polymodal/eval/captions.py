@@ -51,6 +51,7 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
                       examples: int = 5, batch_size: int = 16, progress: bool = True, **decoding) -> dict:
     """Caption each photo of a PairSet (every caption of a photo is a reference) and score the captions. Photos
     that cannot be read are counted and left out; ``decoding`` (e.g. no_repeat) goes to model.caption."""
+    from polymodal.data.images import draft_size_of
     from polymodal.data.pairs import open_pair_image  # reads files and images inside tar shards alike
     from polymodal.models.beam_search import NO_REPEAT, check_decoding
     from polymodal.models.inputs import each_or_error, readable_results
@@ -64,10 +65,11 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
         raise PolymodalError(f"examples must be a whole number of at least 0, got {examples!r}")
     images = list(pairs.images[:limit] if limit else pairs.images)
+    size = draft_size_of(model)  # camera photos decode as `polymodal caption` reads them
     bar = progress_bar(total=len(images), desc="captioning", unit="img", disable=not progress)
 
     def caption_batch(chunk: list) -> list[tuple[str]]:  # tuples: each_or_error gives a failed photo its error str
-        out = [(c,) for c in model.caption([open_pair_image(p) for p in chunk], beam=beam, max_tokens=max_tokens,
+        out = [(c,) for c in model.caption([open_pair_image(p, size) for p in chunk], beam=beam, max_tokens=max_tokens,
                                              **decoding)]
         bar.update(len(chunk))
         return out

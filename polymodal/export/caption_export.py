@@ -63,6 +63,7 @@ def export_captioner_onnx(model, out: str | Path, images: Sequence, references: 
     not served (the fp32 step graph a kept int8 one replaces) are deleted unless ``keep_unserved``."""
     import time
 
+    from polymodal.data.images import draft_size_of
     from polymodal.data.pairs import open_pair_image
     from polymodal.export.caption_runtime import OnnxCaptioner
     from polymodal.models.beam_search import CLS
@@ -72,7 +73,8 @@ def export_captioner_onnx(model, out: str | Path, images: Sequence, references: 
         raise PolymodalError("captioner export needs validation photos: pass --val-pairs FILE")
     check_caption_variants(variants)
     # decoded once for every run below (files or tar members); unreadable ones are left out, as eval captions does
-    opened = each_or_error(lambda one: [open_pair_image(one[0])], list(images), batch_size=1)  # each decoded once
+    size = draft_size_of(model)  # as the captioner reads a file
+    opened = each_or_error(lambda one: [open_pair_image(one[0], size)], list(images), batch_size=1)  # decoded once
     kept = readable_results(opened, "validation photo")
     names = [str(getattr(images[i], "name", images[i]))[-60:] for i in kept[:3]]
     images = [opened[i] for i in kept]

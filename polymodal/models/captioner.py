@@ -71,8 +71,9 @@ class CaptionerConfig:
 
     @property
     def transform(self) -> ImageTransform:
+        # the fusion encoder's (crop_box: camera JPEGs decode at reduced scale)
         return ImageTransform(resize=self.image_size, crop=self.image_size, mean=(0.5, 0.5, 0.5),
-                              std=(0.5, 0.5, 0.5), resample="bicubic")
+                              std=(0.5, 0.5, 0.5), resample="bicubic", crop_box=True)
 
 
 class Captioner(nn.Module):

@@ -146,9 +146,10 @@ class FusionEncoderConfig:
 
     @property
     def transform(self) -> ImageTransform:
-        # resize == crop: a square image keeps its borders (a 64x64 easy-VQA image loses nothing to the crop)
+        # resize == crop: a square image keeps its borders (a 64x64 easy-VQA image loses nothing to the crop);
+        # crop_box: a camera JPEG decodes at reduced scale (draft_size), as for the lite towers
         return ImageTransform(resize=self.image_size, crop=self.image_size, mean=(0.5, 0.5, 0.5),
-                              std=(0.5, 0.5, 0.5), resample="bicubic")
+                              std=(0.5, 0.5, 0.5), resample="bicubic", crop_box=True)
 
 
 class FusionEncoder(nn.Module):
