@@ -28,13 +28,13 @@ def _load_vqa_model(name: str, runtime: str = "torch"):
 
 
 def cmd_vqa(args) -> int:
-    from polymodal.data.images import load_image
+    from polymodal.data.images import check_image_file, load_image
     from polymodal.models.inputs import one_question
 
     one_question(args.question)  # an empty question fails here, before the model loads
     if args.top_k < 1:
         raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
-    image = load_image(args.image)  # a missing or corrupt image fails here, before the model loads (--explain uses it)
+    check_image_file(args.image)  # a missing or unreadable image fails here, before the model loads
     choices = None if args.choices is None else [c.strip() for c in args.choices.split(",") if c.strip()]
     if choices == []:  # `--choices ""` (an empty shell variable) would otherwise answer open-ended without a word
         raise PolymodalError(f"--choices {args.choices!r} names no answer; pass candidates like --choices yes,no, "
@@ -47,7 +47,8 @@ def cmd_vqa(args) -> int:
             raise PolymodalError("--explain needs the PyTorch runtime (gradients and attention maps); drop --runtime onnx")
         from polymodal.apps.explain import save_heatmap
 
-        save_heatmap(image, model.explain(args.image, args.question), args.explain, transform=model.transform)
+        save_heatmap(load_image(args.image), model.explain(args.image, args.question), args.explain,
+                     transform=model.transform)
         result["explain"] = str(args.explain)
     if args.json:
         print(json.dumps({"image": args.image, "question": args.question, "answer": result["answer"],
