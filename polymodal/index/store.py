@@ -131,7 +131,7 @@ class ImageIndex(SearchByModel):
     def exists(self) -> bool:
         if not self.sqlite_path.is_file():
             return False
-        with closing(self._connect()) as con:
+        with closing(self._connect_reader()) as con:
             return self._meta(con) is not None
 
     # -- writing ---------------------------------------------------------------
@@ -382,12 +382,27 @@ class ImageIndex(SearchByModel):
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so one update is exactly one transaction.
         return sqlite3.connect(self.sqlite_path, timeout=30, isolation_level=None)
 
+    def _connect_reader(self) -> sqlite3.Connection:
+        """A connection for reading. In a folder this process cannot write (a read-only mount, another user's index)
+        a WAL database opens only read-only, and only if a writer's -shm file is there to share, or as immutable
+        when none is (no writer has it open)."""
+        if os.access(self.db, os.W_OK):
+            return self._connect()
+        uri = self.sqlite_path.resolve().as_uri() + "?mode=ro"
+        con = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+        try:
+            con.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # opening is lazy: this is where it fails
+            return con
+        except sqlite3.OperationalError:
+            con.close()
+        return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=30, isolation_level=None)
+
     @contextmanager
     def _reading(self) -> Iterator[tuple[sqlite3.Connection, dict]]:
         """A connection inside one read transaction: a consistent snapshot, even while a writer commits."""
         if not self.sqlite_path.is_file():  # checked first: connecting would create the file
             raise self._missing()
-        with closing(self._connect()) as con:
+        with closing(self._connect_reader()) as con:
             con.execute("BEGIN")
             try:
                 meta = self._meta(con)
