@@ -15,6 +15,7 @@ from pathlib import Path
 
 from polymodal.cli_options import add_precision, add_qdrant, add_runtime, load_model, qdrant_collection
 from polymodal.errors import PolymodalError
+from polymodal.models.inputs import plural
 from polymodal.registry import require_embedding
 
 
@@ -94,8 +95,8 @@ def cmd_index(args) -> int:
             print(f"tip: --runtime onnx embeds photos ~2x faster on a CPU (after `polymodal export onnx "
                   f"{args.model}`; the index stays the same)", file=sys.stderr)
     if args.prune:
-        print(f"pruned {len(pruned)} image{'s' * (len(pruned) != 1)} whose files are gone from {args.db}; "
-              f"{info['count']} images left" + (f" (first: {pruned[0]})" if pruned else ""))
+        print(f"pruned {plural(len(pruned), 'image')} whose files are gone from {args.db}; "
+              f"{plural(info['count'], 'image')} left" + (f" (first: {pruned[0]})" if pruned else ""))
     if pushed:
         print(f"pushed {args.db} to {target_collection.where()}: {pushed.summary()}; "
               f"{target_collection.info()['count']} images in the collection")

@@ -132,7 +132,7 @@ def test_labels_file_resolves_images_against_its_folder_and_skips_blank_labels(t
     with caplog.at_level(logging.WARNING):
         images, labels = read_labelled_images(path)
     assert images == [(data / "a.png").resolve(), (data / "c.png").resolve()] and labels == ["cat", "dog"]
-    assert "skipped 1 unusable rows" in caplog.text and "no image or label" in caplog.text
+    assert "skipped 1 unusable row (first" in caplog.text and "no image or label" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------- VQA

@@ -29,20 +29,21 @@ class TextHit:
 
 def read_text_lines(path: str | Path, what: str = "texts") -> tuple[list[str], list[int]]:
     """The non-empty lines of a UTF-8 text file that do not start with # (a BOM is dropped), and their line numbers."""
+    one = f"one {what.removesuffix('s')} per line"  # "one text per line"
     try:
         raw = Path(path).read_text(encoding="utf-8-sig")  # -sig: a BOM from Notepad is not text
     except FileNotFoundError:
-        raise PolymodalError(f"{what} file not found: {path}; pass a text file with one per line") from None
+        raise PolymodalError(f"{what} file not found: {path}; pass a text file with {one}") from None
     except IsADirectoryError:
         raise PolymodalError(f"{path} is a folder; pass a text file with one of the {what} per line") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise PolymodalError(f"cannot read {what} file {path} ({exc}); pass a UTF-8 text file with one per line") from None
+        raise PolymodalError(f"cannot read {what} file {path} ({exc}); pass a UTF-8 text file with {one}") from None
     # split on newlines only (reading made CRLF and CR into "\n"): str.splitlines would also split a caption at a
     # form feed, U+0085 or U+2028, giving two texts and line numbers an editor does not show
     kept = [(n, line.strip()) for n, line in enumerate(raw.split("\n"), 1)
             if line.strip() and not line.lstrip().startswith("#")]
     if not kept:
-        raise PolymodalError(f"{path} holds no {what}; write one per line (lines starting with # are comments)")
+        raise PolymodalError(f"{path} holds no {what}; write {one} (lines starting with # are comments)")
     return [t for _, t in kept], [n for n, _ in kept]
 
 

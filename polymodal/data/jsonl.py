@@ -36,3 +36,14 @@ def iter_json_rows(path: Path, fix: str) -> Iterator[tuple[str, dict | None, str
                 yield where, None, "not a JSON object"
                 continue
             yield where, item, ""
+
+
+def missing_image(image, folder: Path) -> str:
+    """Why a data file's row is skipped when its image is not there: the path that was tried, since a relative
+    path is read from the data file's folder, not from where the command runs."""
+    given = Path(str(image)).expanduser()
+    if given.is_absolute():
+        return f"image file not found: {image}"
+    hint = ("; this one exists relative to the working directory: make it relative to the data file, or absolute"
+            if given.is_file() else "")
+    return f"image file not found: {image}, read as {folder / given} (paths are relative to the data file{hint})"

@@ -30,7 +30,7 @@ from PIL import Image
 from polymodal.data import shards as _shards
 from polymodal.data.augment import make_rng
 from polymodal.data.images import IMAGE_EXTENSIONS, load_image
-from polymodal.data.jsonl import iter_json_rows
+from polymodal.data.jsonl import iter_json_rows, missing_image
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,8 @@ def _finish(result: tuple[list[Pair], list[tuple[str, str]]], source: Any) -> Pa
         raise PolymodalError(f"{name} has no usable image-caption pairs; {len(skipped)} skipped{first}; pass {FORMATS}")
     if skipped:
         loc, why = skipped[0]
-        log.warning("%s: skipped %d unusable rows or files (first: %s: %s)", name, len(skipped), loc, why)
+        log.warning("%s: skipped %d unusable %s (first: %s: %s)", name, len(skipped),
+                    "row or file" if len(skipped) == 1 else "rows or files", loc, why)
     return PairSet.from_pairs(pairs, skipped, name)
 
 
@@ -222,7 +223,7 @@ def _add_row(pairs: list, skipped: list, where: str, image: Any, caption: Any, c
         return
     resolved = check(str(image))
     if resolved is None:
-        skipped.append((where, f"image file not found: {image}"))
+        skipped.append((where, missing_image(image, check.base)))
         return
     wrong = tuple(_negative_texts(negatives))
     pairs.extend(Pair(resolved, c, tuple(n for n in wrong if n != c)) for c in captions)

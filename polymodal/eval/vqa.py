@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from polymodal.data.jsonl import iter_json_rows
+from polymodal.data.jsonl import iter_json_rows, missing_image
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import YES_NO, comparable_answer, normalize_answer, soft_vqa_score
-from polymodal.models.inputs import each_or_error, readable_results
+from polymodal.models.inputs import each_or_error, plural, readable_results
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
         if image not in exists:
             exists[image] = image.is_file()
         if not exists[image]:
-            skipped.append((where, f"image file not found: {item['image']}"))
+            skipped.append((where, missing_image(item["image"], path.parent)))
             continue
         question, answer = " ".join(str(item["question"]).split()), normalize_answer(item["answer"])
         if not question or not answer:  # blank once spaces (and for answers, punctuation) are tidied
@@ -83,7 +83,7 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
             continue
         rows.append(QARow(image, question, answer, item.get("answer_type") or None, annotators))
     if skipped:
-        log.warning("%s: skipped %d unusable rows (first: %s: %s)", path, len(skipped), *skipped[0])
+        log.warning("%s: skipped %s (first: %s: %s)", path, plural(len(skipped), "unusable row"), *skipped[0])
     if not rows:
         first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise PolymodalError(f"{path} has no usable question-answer rows; {len(skipped)} skipped{first}; pass {QA_FORMAT}")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from polymodal.data.jsonl import iter_json_rows
+from polymodal.data.jsonl import iter_json_rows, missing_image
 from polymodal.errors import PolymodalError
+from polymodal.models.inputs import plural
 from polymodal.registry import require_embedding
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,12 @@ def read_labelled_images(path: str | Path) -> tuple[list[Path], list[str]]:
         elif row.get("image") in (None, "") or row.get("label") in (None, ""):
             skipped.append((where, "no image or label"))
         elif not (path.parent / str(row["image"])).is_file():
-            skipped.append((where, f"image file not found: {row['image']}"))
+            skipped.append((where, missing_image(row["image"], path.parent)))
         else:
             images.append((path.parent / str(row["image"])).resolve())
             labels.append(str(row["label"]))
     if skipped:
-        log.warning("%s: skipped %d unusable rows (first: %s: %s)", path, len(skipped), *skipped[0])
+        log.warning("%s: skipped %s (first: %s: %s)", path, plural(len(skipped), "unusable row"), *skipped[0])
     if not images:
         first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise PolymodalError(f"{path} has no usable rows; {len(skipped)} skipped{first}; pass {LABELS_FORMAT}")
