@@ -4,8 +4,10 @@ polymodal.models.captioner, train.captioning and eval.captions."""
 from __future__ import annotations
 
 import json
+import sys
 
 from polymodal.cli_options import add_run_options
+from polymodal.errors import PolymodalError
 
 # flag -> (recipe section, type), as polymodal.cli_train.recipe_settings reads them
 CAPTION_FLAGS = {
@@ -36,18 +38,45 @@ def _check_decoding(args) -> dict:
 
 def cmd_caption(args) -> int:
     from polymodal.data.images import check_image_file
+    from polymodal.models.inputs import each_or_error
 
     decoding = _check_decoding(args)
-    for path in args.images:  # a missing, unreadable or degenerate file fails before the model loads
-        check_image_file(path)
+    # missing or unreadable files are found from their headers before the model loads: all of them bad is one
+    # error; otherwise each bad one is reported and skipped, as `classify` does (one damaged photo costs no others)
+    checked = each_or_error(lambda chunk: [check_image_file(p) for p in chunk], args.images)
+    errors = {p: r for p, r in zip(args.images, checked) if isinstance(r, str)}
+    if all(isinstance(r, str) for r in checked):
+        raise PolymodalError(_none_read(checked))
+    if not args.json:  # said now, not after a long run (--json lists them in order)
+        for path, reason in errors.items():
+            print(f"polymodal: skipped {path}: {reason}", file=sys.stderr, flush=True)
     model = load_captioner_model(args.model, args.runtime)
-    # a batch at a time: memory stays flat over thousands of photos, and each batch's captions show as they come
+    # a batch at a time: memory stays flat over thousands of photos, and each batch's captions show as they come;
+    # a photo damaged past its header fails its batch, which is then captioned one photo at a time
+    captioned = 0
     for start in range(0, len(args.images), args.batch_size):
         paths = args.images[start : start + args.batch_size]
-        for path, caption in zip(paths, model.caption(paths, **decoding)):
-            print(json.dumps({"image": path, "caption": caption}) if args.json else
-                  (f"{path}\t{caption}" if len(args.images) > 1 else caption), flush=True)
+        readable = [p for p in paths if p not in errors]
+        said = each_or_error(lambda chunk: [(c,) for c in model.caption(chunk, **decoding)], readable, len(paths))
+        damaged = {p: r for p, r in zip(readable, said) if isinstance(r, str)}
+        errors.update(damaged)
+        captions = {p: r[0] for p, r in zip(readable, said) if not isinstance(r, str)}
+        for path in paths:
+            if path in captions:
+                captioned += 1
+                print(json.dumps({"image": path, "caption": captions[path]}) if args.json else
+                      (f"{path}\t{captions[path]}" if len(args.images) > 1 else captions[path]), flush=True)
+            elif args.json:
+                print(json.dumps({"image": path, "error": errors[path]}), flush=True)
+            elif path in damaged and len(args.images) > 1:  # one image alone gets the error below
+                print(f"polymodal: skipped {path}: {errors[path]}", file=sys.stderr, flush=True)
+    if not captioned:
+        raise PolymodalError(_none_read([errors[p] for p in args.images]))
     return 0
+
+
+def _none_read(reasons: list[str]) -> str:
+    return reasons[0] if len(reasons) == 1 else f"none of the {len(reasons)} images could be read (first: {reasons[0]})"
 
 
 def cmd_train_captioner(args) -> int:

@@ -258,11 +258,20 @@ def test_cli_trains_captions_and_evaluates(tmp_path, capsys):
     assert all(isinstance(o["caption"], str) for o in out)
     data = (tmp_path / "p1.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])  # a readable header, pixels cut off
-    assert main(["caption", str(tmp_path / "p0.png"), str(tmp_path / "cut.png"), "--model", str(model), "--json",
-                 "--batch-size", "1"]) == 2
-    streamed = capsys.readouterr()  # the batch before the damaged photo was printed, not lost
-    assert [json.loads(x)["image"] for x in streamed.out.strip().splitlines()] == [str(tmp_path / "p0.png")]
-    assert str(tmp_path / "cut.png") in streamed.err and "Traceback" not in streamed.err
+    for batch in ("1", "8"):  # a damaged photo is reported and skipped, alone or in a batch with others
+        assert main(["caption", str(tmp_path / "cut.png"), str(tmp_path / "p0.png"), "--model", str(model),
+                     "--json", "--batch-size", batch, "--beam", "2"]) == 0
+        streamed = capsys.readouterr()
+        lines = [json.loads(x) for x in streamed.out.strip().splitlines()]
+        assert [sorted(x) for x in lines] == [["error", "image"], ["caption", "image"]], lines
+        assert lines[0]["image"] == str(tmp_path / "cut.png") and "truncated" in lines[0]["error"]
+        assert lines[1]["caption"] == out[0]["caption"] and "Traceback" not in streamed.err
+    assert main(["caption", str(tmp_path / "p0.png"), str(tmp_path / "cut.png"), "--model", str(model), "--beam", "2"]) == 0
+    streamed = capsys.readouterr()
+    assert streamed.out.strip() == f"{tmp_path / 'p0.png'}\t{out[0]['caption']}"
+    assert streamed.err.strip() == f"polymodal: skipped {tmp_path / 'cut.png'}: {lines[0]['error']}"
+    assert main(["caption", str(tmp_path / "cut.png"), str(tmp_path / "cut.png"), "--model", str(model)]) == 2
+    assert "none of the 2 images could be read" in capsys.readouterr().err
     assert main(["eval", "captions", "--pairs", str(pairs), "--model", str(model), "--beam", "1", "--examples", "1"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 4 and 0.0 <= result["bleu4"] <= 1.0 and len(result["examples"]) == 1
