@@ -302,6 +302,21 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        # the innermost (sub)command parsed finishes first and names itself: an unknown flag is then reported by the
+        # top-level parser, which would otherwise point at `polymodal --help` instead of `polymodal classify --help`
+        namespace, extras = super().parse_known_args(args, namespace)
+        if not hasattr(namespace, "_command_prog"):
+            namespace._command_prog = self.prog
+        return namespace, extras
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        command = namespace.__dict__.pop("_command_prog", self.prog)
+        if extras:
+            self.exit(2, f"{self.prog}: error: unrecognized arguments: {' '.join(extras)} (see {command} --help)\n")
+        return namespace
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="polymodal", description="Multimodal models, offline: embed, search, classify.")

@@ -66,3 +66,19 @@ def test_bad_labels_and_templates(lite, gallery):
 def test_train_without_data_names_the_missing_flag(tmp_path, command, needle):
     assert_one_line_error(run_cli("train", command, "--out", str(tmp_path / "run")), needle, "--out RUN_DIR")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["classify", "x.jpg", "--labels", "a,b", "--explain", "c.png"], "polymodal classify"),
+    (["train", "vqa", "--qa", "q.jsonl", "--bogus", "1"], "polymodal train vqa"),
+    (["info", "extra"], "polymodal info"),
+])
+def test_an_unknown_flag_points_at_its_commands_help(argv, command, capsys):
+    from polymodal.cli import build_parser, main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and err.startswith("polymodal: error: unrecognized arguments: ")
+    assert err.endswith(f"(see {command} --help)") and len(err.splitlines()) == 1
+    assert "_command_prog" not in vars(build_parser().parse_args(["info"]))  # parsing leaves no extra setting
