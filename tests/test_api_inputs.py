@@ -37,8 +37,16 @@ def test_batch_size_below_1_is_refused(lite, gallery, bs):
         lite.encode_image([gallery / "cat.jpg"], batch_size=bs)
 
 
-def test_classify_single_label_string_is_one_label(lite, gallery):
+def test_classify_single_label_string_is_one_label(lite, gallery, caplog):
     assert [label for label, _ in lite.classify(gallery / "cat.jpg", "red")[0]] == ["red"]
+    assert "got one label ('red'): every image scores 1.0" in caplog.text and "split" not in caplog.text
+    caplog.clear()
+    assert lite.classify(gallery / "cat.jpg", "cat,dog")[0] == [("cat,dog", 1.0)]  # still one label, but said why
+    assert "pass a list, e.g. 'cat,dog'.split(',')" in caplog.text
+    caplog.clear()
+    lite.classify(gallery / "cat.jpg", ["cat", "dog"])
+    lite.classify(gallery / "cat.jpg", ["cat"])  # a list says what it means (the CLI notes one label itself)
+    assert "one label" not in caplog.text
 
 
 @pytest.mark.parametrize("top_k", [0, -1])

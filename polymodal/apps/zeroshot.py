@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from typing import Sequence
 
@@ -9,6 +10,8 @@ import numpy as np
 
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import as_texts, check_count
+
+log = logging.getLogger(__name__)
 
 
 class PromptCache:
@@ -78,6 +81,11 @@ class ZeroShotMixin:
     def classify(self, images, labels: Sequence[str], templates: Sequence[str] | None = None,
                  top_k: int | None = None) -> list[list[tuple[str, float]]]:
         """For each image, labels ranked by softmax(logit_scale * cosine), best first: [(label, score), ...]."""
+        given = labels
         labels, top_k = as_texts(labels, "labels"), check_count(top_k, "top_k", "all labels")
+        if isinstance(given, str):  # classify(img, "cat,dog") is one label, and a softmax over one label is 1.0
+            split = f"; to give several, pass a list, e.g. {given!r}.split(',')" if "," in given else ""
+            log.warning("classify() got one label (%r): every image scores 1.0 with it, since scores are shared out "
+                        "among the labels%s", given, split)
         label_emb = self.label_embeddings(labels, templates)
         return rank_labels(self.encode_image(images), label_emb, labels, self.logit_scale, top_k)
