@@ -185,7 +185,7 @@ def test_export_refuses_a_timing_that_measures_nothing(capsys, tmp_path):
 def test_cli_export_refuses_models_without_towers(capsys, tmp_path):
     assert cli.main(["export", "onnx", "coco-yesno", "--out", str(tmp_path / "x"), "--variants", ""]) == 2
     err = capsys.readouterr().err
-    assert "cannot be exported" in err and "Traceback" not in err
+    assert "coco-yesno cannot be exported" in err and "fusion VQA models (easy-vqa" in err and "Traceback" not in err
 
 
 def test_serving_through_the_onnx_runtime(lite_export, lite, gallery, tmp_path):

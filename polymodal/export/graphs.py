@@ -76,9 +76,10 @@ def check_exportable(model) -> None:
                              "(`polymodal export onnx MODEL --val-qa FILE`)")
     missing = [a for a in ("_image_batch", "text_from_tokens", "text_tokenizer") if not hasattr(model, a)]
     if missing:
-        raise PolymodalError(f"{type(model).__name__} cannot be exported to ONNX (it lacks {', '.join(missing)}); "
-                             "export an embedding model: lite, default, a folder from `polymodal train contrastive`, "
-                             "or a CLIP checkpoint")
+        what = getattr(model, "name", None) or type(model).__name__
+        raise PolymodalError(f"{what} cannot be exported to ONNX; these kinds of model "
+                             "export: embedding models (lite, default, a folder from `polymodal train contrastive`, "
+                             "a CLIP checkpoint), fusion VQA models (easy-vqa, with --val-qa) and captioners")
 
 
 def export_graph(graph: nn.Module, example: tuple[torch.Tensor, ...], names: list[str], path: Path,
