@@ -137,6 +137,20 @@ def test_vqa_only_for_models_that_answer(client, lite, db, gallery):
         assert "no question" in error_of(vqa.post("/v1/vqa", files={"image": ("c.jpg", jpeg(gallery, "cat"), "image/jpeg")}), 400)
 
 
+def test_vqa_replies_say_what_the_model_warned(lite, coco_yesno, db, gallery):
+    with TestClient(create_app(lite, db, vqa_model=coco_yesno)) as c:
+        upload = {"image": ("c.jpg", jpeg(gallery, "cat"), "image/jpeg")}
+        r = c.post("/v1/vqa", files=upload, data={"question": "what colour is it?"})
+        assert r.status_code == 200 and len(r.json()["warnings"]) == 1, r.text
+        assert "answers only yes or no; 'what colour is it?' does not read like a yes/no" in r.json()["warnings"][0]
+        r = c.post("/v1/vqa", json={"image": base64.b64encode(jpeg(gallery, "cat")).decode(), "question": "is it a cat?",
+                                    "choices": ["yes", "maybe"]})
+        assert r.status_code == 200 and r.json()["warnings"] == ["coco-yesno answers only yes or no; these choices score "
+                                                                 "0: maybe"], r.text
+        r = c.post("/v1/vqa", files=upload, data={"question": "is it a cat?"})
+        assert r.status_code == 200 and r.json()["warnings"] == []  # nothing carried over from earlier requests
+
+
 def test_index_add_and_remove(lite, db_copy, gallery):
     with TestClient(create_app(lite, db_copy)) as c:
         before = c.get("/v1/info").json()["index"]["count"]

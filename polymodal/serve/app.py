@@ -9,6 +9,7 @@ Endpoints (JSON in, JSON out; every user error is a 4xx {"error": "..."}):
   POST /v1/classify  multipart `image` + `labels` (comma-separated) | {"image": base64, "labels": [...]}
   POST /v1/vqa       multipart `image` + `question` (+ `choices`, comma-separated)
                      | {"image": base64, "question": "...", "choices": [...]}  (with a VQA model)
+                     -> {"answer": {...}, "warnings": [what the model noted, e.g. a question it cut short]}
   POST /v1/index     multipart `image` file(s) to add | {"remove": [ids]}
   GET  /v1/thumb/{id}  a JPEG thumbnail of an indexed image;  GET /v1/info;  GET /healthz;  GET /metrics;  GET /docs
   GET  /             the web page
@@ -31,6 +32,7 @@ from polymodal.registry import answers, captions, embeds
 from polymodal.serve.limits import (
     ApiError, ServeSettings, check_k, check_templates, check_texts, open_image_checked,
 )
+from polymodal.serve.model_warnings import with_warnings
 from polymodal.serve.service import Service, jsonable, open_index
 
 log = logging.getLogger(__name__)
@@ -415,8 +417,9 @@ def create_app(
         if choices is not None:
             choices = _text_list(choices, "choices", s.max_labels, max_chars=500)
         image = (await decode(items, vqa_model))[0]
-        answer = await svc.batcher.call(vqa_model.answer, image, question, choices)
-        return JSONResponse({"model": vqa_model.key, "question": question, "answer": jsonable(answer)})
+        answer, warnings = await svc.batcher.call(with_warnings, vqa_model.answer, image, question, choices)
+        return JSONResponse({"model": vqa_model.key, "question": question, "answer": jsonable(answer),
+                             "warnings": warnings})
 
     @app.post(
         "/v1/caption",
