@@ -7,6 +7,7 @@ test and reuse (e.g. by a future ONNX runtime server).
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -79,7 +80,10 @@ def open_image_checked(data: bytes, max_pixels: int, name: str = "upload", min_s
             400, f"{name} is not a readable image ({exc.__class__.__name__}); send a JPEG, PNG, WebP, BMP or GIF file"
         ) from None
     except Image.DecompressionBombError as exc:  # Pillow's own header check, for sizes far past ours
-        raise ApiError(413, f"{name} declares too many pixels ({exc}); the limit is {max_pixels:,} pixels") from None
+        found = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (900000000 pixels) exceeds limit of ..."
+        size = f"declares {int(found.group(1)):,} pixels" if found else "declares too many pixels"
+        raise ApiError(413, f"{name} {size}; the limit is {max_pixels:,} pixels ({max_pixels / 1e6:g} MP); send a "
+                            "smaller image") from None
     w, h = img.size
     if w * h > max_pixels:
         raise ApiError(
