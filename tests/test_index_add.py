@@ -118,3 +118,22 @@ def test_the_index_command_checks_every_path_before_loading_the_model(tmp_path, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and match in err, err
     assert not (tmp_path / "db").exists()
+
+
+def test_tiff_photos_in_a_folder_are_indexed_found_and_thumbnailed(tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from polymodal.serve import create_app
+
+    paint(tmp_path / "photos" / "a.jpg", "red")
+    paint(tmp_path / "photos" / "scan.tif", "blue")  # scanners and raw converters write TIFF
+    paint(tmp_path / "photos" / "b.TIFF", "green")
+    model, db = FakeModel(), tmp_path / "db"
+    report = ImageIndex(db).update(tmp_path / "photos", model, progress=False)
+    assert report.added == 3 and report.skipped == []
+    hit = ImageIndex(db).search_text(model, "blue", k=1)[0]
+    assert Path(hit.path).name == "scan.tif"
+    with TestClient(create_app(model, db)) as client:
+        thumb = client.get(f"/v1/thumb/{hit.id}")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"

@@ -16,9 +16,10 @@ from PIL import Image, UnidentifiedImageError
 from polymodal.data.images import check_image_size, to_rgb
 from polymodal.errors import PolymodalError
 
-# Formats the service decodes. Restricting Pillow to these keeps exotic decoders away from request bytes; they are
-# also the formats the index scans (polymodal.data.images.IMAGE_EXTENSIONS).
+# Formats the service decodes from request bytes. Restricting Pillow to these keeps exotic decoders away from them;
+# TIFF (which the index also scans: polymodal.data.images.IMAGE_EXTENSIONS) is read from the index's own files only.
 IMAGE_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}
+INDEXED_FORMATS = [*IMAGE_FORMATS, "TIFF"]  # thumbnails of indexed files
 
 
 class ApiError(PolymodalError):

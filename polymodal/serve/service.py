@@ -32,7 +32,7 @@ from polymodal.index.qdrant import QdrantCollection, QdrantUnavailable
 from polymodal.index.scan import canonical_path
 from polymodal.registry import answers, require_captioner, require_embedding, require_vqa
 from polymodal.serve.batching import BatchedModel, MicroBatcher
-from polymodal.serve.limits import IMAGE_FORMATS, ApiError, ServeSettings, image_suffix, open_image_checked
+from polymodal.serve.limits import INDEXED_FORMATS, ApiError, ServeSettings, image_suffix, open_image_checked
 from polymodal.serve.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ class Service:
     def _make_thumbnail(self, path: str, image_id: int | str) -> bytes:
         size = self.settings.thumb_size
         try:
-            with Image.open(path, formats=list(IMAGE_FORMATS)) as img:
+            with Image.open(path, formats=INDEXED_FORMATS) as img:
                 img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
                 if img.width * img.height > max(self.settings.max_image_pixels, Image.MAX_IMAGE_PIXELS or 0):
                     raise ApiError(422, f"image {image_id} is {img.width}x{img.height}; too large to thumbnail")
