@@ -94,7 +94,7 @@ def cmd_eval_captions(args) -> int:
     pairs = read_pair_source(args.pairs)
     model = load_captioner_model(args.model, args.runtime)
     result = evaluate_captions(model, pairs, limit=args.limit, examples=args.examples, **decoding)
-    print(json.dumps({"model": args.model, **result}))
+    print(json.dumps({"model": args.model, "runtime": args.runtime, **result}))  # as eval retrieval says it
     return 0
 
 

@@ -50,6 +50,8 @@ def test_export_writes_a_parity_checked_report_and_captions_without_torch(export
     assert report["parity"]["same_captions"] == 1.0 and report["parity"]["min_first_step_logit_cosine"] >= 0.999
     assert report["photos"] == 2 and report["photos_per_s"]["onnx"] > 0  # broken.png left out, not fatal
     assert {"prefix.onnx", "step.onnx", "tokenizer.json", "onnx_config.json"} <= {p.name for p in out.iterdir()}
+    table = (out / "report.md").read_text()  # --variants '': said, not a table of headers only
+    assert "No variants were tried" in table and "| graph |" not in table
     script = textwrap.dedent(f"""
         import json, sys
         import polymodal

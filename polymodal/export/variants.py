@@ -107,6 +107,8 @@ def failure_reason(exc: BaseException) -> str:
 
 def tries_table(tries: list[dict], speed: tuple[str, str], metric: tuple[str, str]) -> list[str]:
     """Markdown rows of the variants an export tried: (key, column title) of its speed and its quality metric."""
+    if not tries:  # `--variants ''`: a table of headers only would read as a failed report
+        return ["No variants were tried (`--variants ''`): the fp32 graphs are served."]
     lines = [f"| graph | variant | status | {speed[1]} | x fp32 ORT | {metric[1]} | drop (points) | why |",
              "|" + "---|" * 8]
     for t in tries:
