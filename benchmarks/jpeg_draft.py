@@ -3,12 +3,12 @@
     python benchmarks/jpeg_draft.py [--pairs ../shared/data/coco-mini-train/pairs.jsonl] [--size 4032x3024]
 
 A lite-tower, fusion-encoder or captioner transform decodes a large JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
-scaling; ImageTransform.draft_size) instead of decoding every pixel and then shrinking it to 224. This measures, in one run, on the pairs
-file's photos written as camera-sized JPEGs (upscaled with a little sensor-like noise, quality 90: the shared data
-holds no camera-resolution photos), per photo: decode + transform milliseconds each way (one JSON line per way, and
-a ratio line), the cosine between the two ways' image embeddings, and text->image / image->text R@1/R@5 each way.
-With a captioner (`--model captioner`): each way's captions (beam 3), their CIDEr-D and BLEU-4 against the pairs'
-captions, and how many photos get the same caption both ways.
+scaling; ImageTransform.draft_size) instead of decoding every pixel and then shrinking it to 224. This measures, in
+one run, on the pairs file's photos written as camera-sized JPEGs (upscaled with a little sensor-like noise, quality
+90: the shared data holds no camera-resolution photos), per photo: decode + transform milliseconds each way (one JSON
+line per way, and a ratio line), the cosine between the two ways' image embeddings, and text->image / image->text
+R@1/R@5 each way. With a captioner (`--model captioner`): each way's captions (beam 3), their CIDEr-D and BLEU-4
+against the pairs' captions, and how many photos get the same caption both ways.
 """
 
 from __future__ import annotations

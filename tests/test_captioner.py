@@ -266,7 +266,8 @@ def test_cli_trains_captions_and_evaluates(tmp_path, capsys):
         assert [sorted(x) for x in lines] == [["error", "image"], ["caption", "image"]], lines
         assert lines[0]["image"] == str(tmp_path / "cut.png") and "truncated" in lines[0]["error"]
         assert lines[1]["caption"] == out[0]["caption"] and "Traceback" not in streamed.err
-    assert main(["caption", str(tmp_path / "p0.png"), str(tmp_path / "cut.png"), "--model", str(model), "--beam", "2"]) == 0
+    assert main(["caption", str(tmp_path / "p0.png"), str(tmp_path / "cut.png"), "--model", str(model),
+                 "--beam", "2"]) == 0
     streamed = capsys.readouterr()
     assert streamed.out.strip() == f"{tmp_path / 'p0.png'}\t{out[0]['caption']}"
     assert streamed.err.strip() == f"polymodal: skipped {tmp_path / 'cut.png'}: {lines[0]['error']}"

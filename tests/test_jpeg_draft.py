@@ -51,7 +51,8 @@ def test_fusion_encoders_and_captioners_read_camera_photos_at_reduced_scale_too(
     from polymodal.models.captioner import CaptionerConfig
     from polymodal.models.fusion_encoder import FusionEncoderConfig
 
-    for config in (FusionEncoderConfig(image_size=224), CaptionerConfig(image_size=224), FusionEncoderConfig(image_size=64)):
+    for config in (FusionEncoderConfig(image_size=224), CaptionerConfig(image_size=224),
+                   FusionEncoderConfig(image_size=64)):
         t = config.transform
         assert t.draft_size == config.image_size and t.resize == t.crop == config.image_size
         assert np.array_equal(t([camera])[0], t([load_image(camera, config.image_size)])[0])

@@ -143,10 +143,10 @@ def test_vqa_replies_say_what_the_model_warned(lite, coco_yesno, db, gallery):
         r = c.post("/v1/vqa", files=upload, data={"question": "what colour is it?"})
         assert r.status_code == 200 and len(r.json()["warnings"]) == 1, r.text
         assert "answers only yes or no; 'what colour is it?' does not read like a yes/no" in r.json()["warnings"][0]
-        r = c.post("/v1/vqa", json={"image": base64.b64encode(jpeg(gallery, "cat")).decode(), "question": "is it a cat?",
-                                    "choices": ["yes", "maybe"]})
-        assert r.status_code == 200 and r.json()["warnings"] == ["coco-yesno answers only yes or no; these choices score "
-                                                                 "0: maybe"], r.text
+        image = base64.b64encode(jpeg(gallery, "cat")).decode()
+        r = c.post("/v1/vqa", json={"image": image, "question": "is it a cat?", "choices": ["yes", "maybe"]})
+        said = ["coco-yesno answers only yes or no; these choices score 0: maybe"]
+        assert r.status_code == 200 and r.json()["warnings"] == said, r.text
         r = c.post("/v1/vqa", files=upload, data={"question": "is it a cat?"})
         assert r.status_code == 200 and r.json()["warnings"] == []  # nothing carried over from earlier requests
 
@@ -270,7 +270,7 @@ def test_bad_requests_get_clear_4xx_and_the_service_keeps_serving(client, galler
     decoded.clear()
     msg = error_of(client.post("/v1/embed", files={"image": ("bomb.png", png_header(20000, 20000), "image/png")}), 413)
     assert msg == "bomb.png declares 400,000,000 pixels; the limit is 40,000,000 pixels (40 MP); send a smaller image"
-    assert decoded == []  # refused from the header (Pillow's own bomb check, whose limit it does not quote), never decoded
+    assert decoded == []  # refused from the header (Pillow's own bomb check, its limit not quoted), never decoded
     msg = error_of(client.post("/v1/search", files={"image": ("big.png", png_header(8000, 6000), "image/png")}), 413)
     assert "8000x6000" in msg and "40 MP" in msg and decoded == []
     assert "k must be between 1 and 1000" in error_of(client.post("/v1/search", json={"text": "a dog", "k": 10**9}), 400)

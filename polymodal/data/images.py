@@ -23,7 +23,7 @@ from polymodal.models.inputs import tensor_to_array
 # reduced scale for crop-box transforms; 6: augmented views decoded larger), so that caches of features computed
 # from images are not reused across it.
 LOADER_VERSION = 6
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # what index, folders, shards read
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # index, folders, shards
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
 MAX_ASPECT = 1000  # longest side / shortest side beyond which an image is refused (check_image_size)
