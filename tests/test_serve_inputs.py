@@ -3,6 +3,7 @@ the wrong type says which type it wants; VQA answers read well on the page; a ti
 
 import asyncio
 import base64
+import logging
 
 import pytest
 
@@ -26,6 +27,8 @@ class _Asker:
 
     def answer(self, image, question, choices=None):
         self.choices.append(choices)
+        if question.startswith("what"):  # as coco-yesno does for a question it cannot answer
+            logging.getLogger("polymodal.models.yesno").warning("answers only yes or no")
         return {"answer": "red", "score": 0.7487, "alternatives": [("red", 0.7487), ("blue", 0.2013)]}
 
 
@@ -165,4 +168,5 @@ def test_page_shows_a_vqa_answer_readably(browser_tools, asker, db, gallery, tmp
         page.wait_for_function("!document.getElementById('vqa-answer').textContent.includes('thinking')", timeout=20_000)
         text = page.inner_text("#vqa-answer")
         assert "{" not in text and "red" in text and "75%" in text and "blue" in text and "20%" in text, text
+        assert "note: answers only yes or no" in text  # the model's warning, which the CLI shows on stderr
         assert page.errors == []

@@ -198,7 +198,7 @@ drop.addEventListener("drop", (ev) => {
 function pct(score) {
   return typeof score === "number" ? " (" + Math.round(score * 100) + "%)" : "";
 }
-function showAnswer(answer) {
+function showAnswer(answer, warnings) {
   // the VQA models answer {answer, score, alternatives: [[answer, score], ...]}; another model may send a string
   const box = $("vqa-answer");
   if (!answer || typeof answer !== "object" || answer.answer === undefined) {
@@ -211,7 +211,10 @@ function showAnswer(answer) {
   const alts = document.createElement("div");
   alts.className = "alternatives";
   alts.textContent = others.length ? "also: " + others.map((a) => a[0] + pct(a[1])).join(", ") : "";
-  box.replaceChildren(best, alts);
+  const notes = document.createElement("div");  // e.g. a yes/no model asked another kind of question
+  notes.className = "alternatives";
+  notes.textContent = (warnings || []).map((w) => "note: " + w).join(" ");
+  box.replaceChildren(best, alts, notes);
 }
 $("vqa-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -223,7 +226,7 @@ $("vqa-form").addEventListener("submit", async (ev) => {
   $("vqa-answer").textContent = "thinking…";
   try {
     const res = await api("/v1/vqa", { method: "POST", body: form });
-    showAnswer(res.answer);
+    showAnswer(res.answer, res.warnings);
   } catch (e) { $("vqa-answer").textContent = e.message; }
 });
 $("caption-form").addEventListener("submit", async (ev) => {
