@@ -150,3 +150,25 @@ def test_augmented_views_decode_large_enough_that_no_random_crop_is_upscaled(tmp
     shortest = min(min(b[2] - b[0], b[3] - b[1]) for b, _ in (augment.params(img.size, s) for s in range(2000)))
     assert img.size == (512, 384) and shortest >= LITE0_TRANSFORM.draft_size  # 1/4, not 1/8 (256x192)
     assert Augment(random_resized_crop=False).decode_size(256) == 256 and augment.decode_size(None) is None
+
+
+def test_a_damaged_camera_upload_to_the_index_fails_before_anything_is_written(camera, lite, db, tmp_path):
+    pytest.importorskip("fastapi")
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from polymodal.serve import create_app
+
+    copy = tmp_path / "db"
+    shutil.copytree(db, copy)
+    whole = camera.read_bytes()
+    with TestClient(create_app(lite, copy)) as client:
+        before = client.get("/v1/info").json()["index"]["count"]
+        files = [("image", ("ok.jpg", whole, "image/jpeg")), ("image", ("cut.jpg", whole[:-500], "image/jpeg"))]
+        r = client.post("/v1/index", files=files)  # validated at the reduced decode the model reads
+        assert r.status_code == 400 and "cut.jpg" in r.json()["error"] and "truncated" in r.json()["error"], r.text
+        assert client.get("/v1/info").json()["index"]["count"] == before
+        assert not [p for p in (copy / "uploads").rglob("*") if p.is_file()]
+        r = client.post("/v1/index", files=files[:1])
+        assert r.status_code == 200 and client.get("/v1/info").json()["index"]["count"] == before + 1

@@ -476,8 +476,11 @@ def create_app(
             items = await form_images(form)
 
         def validate_and_add():
-            for name, data in items:  # decode each fully so a bad file fails the request before anything is written
-                open_image_checked(data, s.max_image_pixels, name)
+            # decode each (at the size the model reads: a damaged JPEG fails as it would at full size) so a bad file
+            # fails the request before anything is written
+            size = svc.draft_sizes[id(svc.model)]
+            for name, data in items:
+                open_image_checked(data, s.max_image_pixels, name, size)
             return svc.add_images(items)
 
         result = await run_in_threadpool(validate_and_add)
