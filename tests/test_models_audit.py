@@ -465,6 +465,12 @@ def test_a_saved_folder_refuses_extra_weights_and_loads_in_eval_with_its_version
     ({"image_head": "conse_residual", "embed_dim": 384, "image_features": "spatial"}, "conse_residual head lives"),
     ({"image_trainable_blocks": -1}, "image_trainable_blocks must be 0..16"),
     ({"text_trainable_layers": -1}, "text_trainable_layers must be 0..6"),
+    ({"embed_dim": 0}, "embed_dim must be at least 1"),
+    ({"embed_dim": -4}, "embed_dim must be at least 1"),
+    ({"head_dropout": 1.5}, r"head_dropout must be in \[0, 1\)"),
+    ({"logit_scale_init": float("inf")}, "logit_scale_init must be a finite number"),
+    ({"text_head": "attention"}, "the text head gets one pooled sentence"),
+    ({"image_features": "spatial"}, "only the attention head pools"),
 ])
 def test_dual_encoder_config_refuses_more_bad_settings(settings, needle):
     from polymodal.models.dual_encoder import DualEncoderConfig

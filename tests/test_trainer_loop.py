@@ -95,3 +95,57 @@ def test_out_of_range_settings_are_refused(tmp_path, setting):
     with pytest.raises(PolymodalError, match=name):
         _trainer(tmp_path, **setting)
 
+
+
+@pytest.mark.parametrize("setting", ["lr", "weight_decay", "grad_clip", "tower_lr_scale"])
+def test_infinite_settings_are_refused(setting):
+    with pytest.raises(PolymodalError, match=f"{setting} must be .* and finite, got inf"):
+        TrainConfig(**{setting: float("inf")}).validate()
+
+
+class _Blows(_Fit):
+    """The loss turns infinite at step `at` (1-based): a learning rate far too high, bad data."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def compute(self, model, batch):
+        self.calls += 1
+        loss, extra = super().compute(model, batch)
+        return (loss * float("inf") if self.calls >= self.at else loss), extra
+
+
+def _blowing_trainer(out, at, **settings):
+    trainer = _trainer(out, epochs=3, **settings)
+    loader = trainer.objectives["fit"][2]
+    trainer.objectives = {"fit": (_Blows(at), 1.0, loader)}
+    return trainer
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_step_and_a_first_epoch_leaves_nothing(tmp_path):
+    out = tmp_path / "run"
+    (out / "notes.txt").parent.mkdir()
+    (out / "notes.txt").write_text("mine")  # not a run's file: kept
+    trainer = _blowing_trainer(out, at=3)
+    before = trainer.model.weight.detach().clone()
+    with pytest.raises(PolymodalError, match=r"loss became inf at step 3 \(epoch 1\).*Lower --lr"):
+        trainer.fit(on_start=lambda: (out / "train_config.json").write_text("{}"))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # no half-written run to block the next one
+    assert torch.isfinite(trainer.model.weight).all() and not torch.equal(trainer.model.weight, before)
+
+
+def test_a_non_finite_loss_after_a_checkpoint_keeps_the_run_to_resume(tmp_path):
+    trainer = _blowing_trainer(tmp_path, at=6)  # epoch 1 (steps 1-4) finishes and is saved
+    with pytest.raises(PolymodalError, match="loss became inf at step 6 "):
+        trainer.fit()
+    assert (tmp_path / "checkpoint.pt").is_file()
+    rows = read_metrics(tmp_path)
+    assert rows and all(r["loss"] == r["loss"] and abs(r["loss"]) < float("inf") for r in rows if "loss" in r)
+
+
+def test_a_model_with_every_part_frozen_is_refused(tmp_path):
+    trainer = _trainer(tmp_path)
+    trainer.model.requires_grad_(False)
+    with pytest.raises(PolymodalError, match="nothing is left to train"):
+        Trainer(trainer.model, trainer.objectives, trainer.cfg, tmp_path, progress=False)

@@ -46,6 +46,15 @@ class DualEncoderConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def validate(self) -> None:
+        if not self.embed_dim >= 1:
+            raise PolymodalError(f"embed_dim must be at least 1, got {self.embed_dim!r}")
+        if not 0 <= self.head_dropout < 1:  # also refuses nan
+            raise PolymodalError(f"head_dropout must be in [0, 1), got {self.head_dropout!r}")
+        if not 0 < self.logit_scale_init < float("inf"):
+            raise PolymodalError(f"logit_scale_init must be a finite number above 0, got {self.logit_scale_init!r}")
+        if self.text_head == "attention":
+            raise PolymodalError("the attention head pools spatial image tokens; the text head gets one pooled sentence "
+                                 "vector: choose linear, mlp or residual")
         if self.image_features not in ("pooled", "spatial"):
             raise PolymodalError(f"image_features must be 'pooled' or 'spatial', got {self.image_features!r}")
         if self.image_head == "attention" and self.image_features != "spatial":
@@ -58,6 +67,9 @@ class DualEncoderConfig:
             raise PolymodalError("the residual text head keeps the text tower's 384 dimensions: set embed_dim 384")
         if not 0 <= self.text_trainable_layers <= 6:
             raise PolymodalError("text_trainable_layers must be 0..6")
+        if self.image_features == "spatial" and self.image_head != "attention":
+            raise PolymodalError(f"spatial image features are 49 tokens per image, which only the attention head pools "
+                                 f"(not {self.image_head}); set image_head: attention, or image_features: pooled")
 
 
 class DualEncoder(nn.Module, EmbeddingModel):

@@ -4,6 +4,7 @@ run folder already holds (nothing, a checkpoint to --resume, or an old run to --
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import os
 import shutil
@@ -64,9 +65,10 @@ def check_ranges(settings, rules: dict) -> None:
     """rules: {field: (what it must be, test)}, e.g. {"epochs": AT_LEAST_1}."""
     for name, (want, ok) in rules.items():
         value = getattr(settings, name)
-        if not ok(value):
+        finite = not isinstance(value, numbers.Real) or math.isfinite(value)  # --lr inf would train to NaN
+        if not finite or not ok(value):
             # the same check serves Python recipes and the CLI: name the setting, then its flag
-            raise PolymodalError(f"{name} must be {want}, got {value!r}; fix {name} (--{name.replace('_', '-')} "
+            raise PolymodalError(f"{name} must be {want}{'' if finite else ' and finite'}, got {value!r}; fix {name} (--{name.replace('_', '-')} "
                                  "or the --config file on the command line)")
 
 
@@ -101,3 +103,15 @@ def prepare_run_folder(out, overwrite: bool) -> Path:
                 path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def discard_unfinished_run(out) -> None:
+    """A fresh run that fails before its first checkpoint (a settings combination that breaks the first step, a NaN
+    loss, Ctrl-C in epoch 1) leaves nothing to resume: remove what it wrote, so that running again needs no
+    --overwrite. Files that are not a run's, and the folder itself, are left alone."""
+    out = Path(out)
+    for path in (out / name for name in RUN_FILES[:-1]):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)

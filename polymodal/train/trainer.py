@@ -20,6 +20,7 @@ from polymodal.errors import PolymodalError
 from polymodal.progress import progress_bar
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, NONE_OR_NON_NEGATIVE, POSITIVE, check_ranges, check_types,
+    discard_unfinished_run,
 )
 from polymodal.train.metrics import MetricsLogger
 
@@ -117,6 +118,9 @@ class Trainer:
                 # pretrained tower weights move at tower_lr_scale x lr; biases, norms and temperature get no decay
                 tower = name.startswith(("image_tower.", "text_tower."))
                 groups.setdefault((tower, p.ndim >= 2), []).append(p)
+        if not groups:  # e.g. `train vqa --freeze` naming every part
+            raise PolymodalError("nothing is left to train: every part of the model is frozen; freeze fewer parts "
+                                 "(--freeze)")
         self.optimizer = torch.optim.AdamW(
             [{"params": ps, "lr": config.lr * (config.tower_lr_scale if tower else 1.0),
               "weight_decay": config.weight_decay if decay else 0.0} for (tower, decay), ps in groups.items()],
@@ -212,6 +216,7 @@ class Trainer:
         logger = MetricsLogger(self.out) if main else NullLogger()
         if resume:
             logger.truncate_after(self.step)
+        saved = False
         try:
             while self.epoch < self.cfg.epochs:
                 self._apply_unfreezing()
@@ -232,12 +237,17 @@ class Trainer:
                     self.bad_epochs += 1
                 if main:
                     self.save_checkpoint()
+                    saved = True
                 log.info("epoch %d: %s", self.epoch, {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
                 if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
                     log.info("early stop: %s did not improve for %d epochs", self.cfg.early_stop_metric, self.bad_epochs)
                     break
-        finally:
+        except BaseException:
             logger.close()
+            if main and not resume and not saved:
+                discard_unfinished_run(self.out)
+            raise
+        logger.close()
         return self.best_metrics
 
     def _sync_gradients(self) -> None:
@@ -284,6 +294,10 @@ class Trainer:
                 m = objective.backward(self.model, batches[name], weight)
                 total += weight * m["loss"]
                 metrics.update({f"{name}/{k}": v for k, v in m.items()})
+            if not math.isfinite(total):  # stop before the step: NaN weights would be saved as the best model
+                raise PolymodalError(f"the training loss became {total} at step {self.step + 1} (epoch "
+                                     f"{self.epoch + 1}); the weights were not updated with it. Lower --lr (now "
+                                     f"{self.cfg.lr:g}) or check the data; the run keeps its last checkpoint, if any")
             self._sync_gradients()
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(
