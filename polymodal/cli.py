@@ -437,8 +437,14 @@ def _sigterm_cleans_up():
 
 
 def _saved_work(exc: BaseException, args) -> str:
-    """What an interrupted index update kept (it commits as it goes, see ImageIndex.update), or "" if none ran."""
+    """What an interrupted index update (it commits as it goes, see ImageIndex.update) or training run (a checkpoint
+    each epoch) kept, or "" if neither ran."""
     saved, total = getattr(exc, "index_progress", (0, 0))
+    out = getattr(args, "out", None)
+    if not total and out and hasattr(args, "resume"):  # a `train` command
+        if not (Path(out) / "checkpoint.pt").is_file():
+            return ": no epoch had finished, so nothing was kept"
+        return f": {out} keeps the last finished epoch; run the same command with --resume to continue"
     if not total:
         return ""
     return (f": {saved:,} of {total:,} images to embed were saved to {args.db}; run the same command again to "

@@ -141,6 +141,10 @@ def test_range_errors_name_the_setting_and_the_flag():
 
     with pytest.raises(PolymodalError, match=r"fix batch_size \(--batch-size"):
         ContrastiveRecipe(pairs=["p.jsonl"], out="run", batch_size=1).validate()
+    with pytest.raises(PolymodalError, match="image_trainable_blocks, which is 0; set both"):
+        ContrastiveRecipe(pairs=["p.jsonl"], out="run", train={"unfreeze_every": 2}).validate()
+    ContrastiveRecipe(pairs=["p.jsonl"], out="run", train={"unfreeze_every": 2},
+                      arch={"image_trainable_blocks": 2}).validate()
 
 
 def test_one_image_or_a_batch_of_them_in_any_container():

@@ -106,6 +106,9 @@ def test_existing_run_is_refused_and_overwrite_replaces_it(capsys, pairs_file, t
     assert [r["epoch"] for r in read_metrics(out) if r["split"] == "val"] == [1, 2]  # the new run only
     assert len(list((out / "tensorboard").iterdir())) == 1
     assert (out / "notes.txt").read_text() == "mine"  # only the run's own files go
+    # RUN/model as --out (mixed up with --model) would mix a run into the model folder
+    _one_line_error(capsys, _contrastive(pairs_file, out / "model"), "holds a saved model, not a run")
+    assert sorted(p.name for p in (out / "model").iterdir()) == ["config.json", "model.safetensors"]
 
 
 @pytest.mark.parametrize("argv", [["train", "pretrain", "--pairs", "p.jsonl"], ["train", "vqa", "--qa", "q.jsonl"]])
@@ -222,3 +225,22 @@ def test_settings_from_python_take_numpy_numbers_and_a_bare_path(tmp_path):
     config.validate()  # a sweep over np.arange values is valid input
     recipe = VQARecipe(qa=tmp_path / "train.jsonl", out=str(tmp_path / "run"))
     assert recipe.qa == [tmp_path / "train.jsonl"] and recipe.val_qa == []
+
+
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_ctrl_c_during_training_says_what_was_kept(tmp_path, monkeypatch, capsys, checkpoint):
+    from polymodal import cli
+    from polymodal.train import contrastive
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(contrastive, "train_contrastive", interrupted)
+    out = tmp_path / "run"
+    if checkpoint:
+        out.mkdir()
+        (out / "checkpoint.pt").write_bytes(b"")
+    assert cli.main(["train", "contrastive", "--pairs", str(tmp_path / "p.jsonl"), "--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"polymodal: interrupted: {out} keeps the last finished epoch; run the same command with --resume "
+                   "to continue" if checkpoint else "polymodal: interrupted: no epoch had finished, so nothing was kept")

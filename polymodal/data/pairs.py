@@ -336,7 +336,8 @@ def split_by_image(pairset: PairSet, val_fraction: float, seed: int = 0) -> tupl
     n_val = int(round(n * val_fraction))
     if val_fraction > 0:
         if n < 2:
-            raise PolymodalError(f"cannot split {n} image(s) into train and val; add images or pass val_fraction=0")
+            raise PolymodalError(f"cannot split {n} image(s) into train and val; add images, or pass validation pairs "
+                                 "(--val-pairs FILE)")
         n_val = min(max(1, n_val), n - 1)
     order = make_rng(seed).permutation(n)
     val_images = np.sort(order[:n_val])

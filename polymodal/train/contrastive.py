@@ -74,13 +74,18 @@ class ContrastiveRecipe:
                                                lambda v: v in HARD_NEGATIVE_MODES)})
         self.train.validate()
         self.arch.validate()
+        if self.train.unfreeze_every and not self.arch.image_trainable_blocks:  # min(0, ...) would open nothing
+            raise PolymodalError("unfreeze_every opens one more image block every E epochs, up to "
+                                 "image_trainable_blocks, which is 0; set both, e.g. --unfreeze-every 2 "
+                                 "--image-trainable-blocks 4")
 
 
 def rank_batch_size(images: int, batch_size: int, world: int = 1) -> int:
     """The batch each rank trains on: batch_size, capped so that every rank gets one full batch (the sampler hands
     each rank images // world items and the loader drops a last partial batch)."""
     if images < 2:
-        raise PolymodalError(f"need at least 2 training images, got {images}; add pairs")
+        raise PolymodalError(f"need at least 2 training images, got {images}; add pairs (--val-fraction moves some "
+                             "images to validation: pass --val-pairs FILE to keep them all for training)")
     if images < 2 * world:  # InfoNCE needs a second image in each batch to contrast with
         raise PolymodalError(f"{images} training images cannot give each of {world} processes a batch of 2; add "
                              "pairs or start fewer processes (torchrun --nproc_per_node)")
@@ -125,7 +130,8 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         recipe.arch = model.config
     else:
         raise PolymodalError(run_folder_hint(recipe.model)
-                             or f"cannot train from {recipe.model!r}; pass --model lite or a folder from `polymodal train`")
+                             or f"cannot train from {recipe.model!r}; pass --model lite or the model folder of a "
+                             "`polymodal train contrastive` run (RUN/model)")
 
     if resume:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train)

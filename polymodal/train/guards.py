@@ -82,6 +82,9 @@ def check_run_folder(out, resume: bool, overwrite: bool) -> None:
                              "(overwrite=True in Python) to replace it, not both")
     if out.exists() and not out.is_dir():
         raise PolymodalError(f"--out {out} is a file; pass a folder for the run (the recipe's out)")
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():  # RUN/model given as --out
+        raise PolymodalError(f"--out {out} holds a saved model, not a run; pass a new folder for the run (a model to "
+                             "start from goes in --model)")
     if resume:
         if not (out / "checkpoint.pt").is_file():
             raise PolymodalError(f"no checkpoint at {out / 'checkpoint.pt'}; train without --resume "

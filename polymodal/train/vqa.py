@@ -217,6 +217,9 @@ def split_by_image(rows: list[QARow], fraction: float, seed: int = 0) -> tuple[l
 def answer_vocabulary(rows: Sequence[QARow], min_count: int = 1, max_answers: int = 3000) -> list[str]:
     """The most frequent training answers (ties alphabetical), each seen at least min_count times."""
     counts = Counter(r.answer for r in rows)
+    if len(counts) == 1:  # the model would learn to say it whatever it is asked: loss 0, accuracy 1.0
+        raise PolymodalError(f"every training question has the same answer ({next(iter(counts))!r}); a VQA model "
+                             "needs at least two different answers to learn from")
     ranked = sorted((a for a, c in counts.items() if c >= min_count), key=lambda a: (-counts[a], a))
     if not ranked:
         raise PolymodalError(f"no answer occurs {min_count}+ times in the training rows; lower min_answer_count")
@@ -333,6 +336,9 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
         raise PolymodalError(run_folder_hint(recipe.model)
                              or f"cannot train from {recipe.model!r}; pass model 'new' or a folder from `polymodal train vqa`")
     if recipe.freeze:
+        if recipe.model == "new":
+            log.warning("freezing %s of a new model keeps those parts at their random start; to keep trained parts, "
+                        "pass --model FOLDER (a `train vqa` model or a pretrained encoder)", ", ".join(recipe.freeze))
         frozen = model.freeze(recipe.freeze)
         log.info("frozen: %d parameter tensors (%s)", len(frozen), ", ".join(recipe.freeze))
     if recipe.itm_weight > 0 and model.itm is None:
