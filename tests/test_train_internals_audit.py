@@ -312,14 +312,38 @@ def test_plot_draws_each_curve_from_its_own_column(tmp_path, monkeypatch):
     out = plot_run(tmp_path)
     assert out == tmp_path / "curves.png" and out.stat().st_size > 0
     loss_ax, lr_ax, recall_ax = figs[-1].axes
-    step_line, epoch_line = loss_ax.lines
+    step_line, epoch_line, val_loss = loss_ax.lines
     assert list(step_line.get_xdata()) == [1, 2, 3, 4] and list(step_line.get_ydata()) == [9, 8, 7, 6]
     assert list(epoch_line.get_xdata()) == [2, 4] and list(epoch_line.get_ydata()) == [8.5, 6.5]
+    assert list(val_loss.get_xdata()) == [2, 4] and list(val_loss.get_ydata()) == [9.0, 8.0]  # beside the training loss
     assert list(lr_ax.lines[0].get_xdata()) == [1, 2, 3, 4]
     np.testing.assert_allclose(lr_ax.lines[0].get_ydata(), [0.01, 0.02, 0.03, 0.04])
-    assert len(recall_ax.lines) == 1  # val/loss is no recall
+    assert [line.get_label() for line in recall_ax.lines] == ["i2t_R@1"]  # val/loss is no score
     assert list(recall_ax.lines[0].get_xdata()) == [1, 2] and list(recall_ax.lines[0].get_ydata()) == [0.2, 0.4]
     assert recall_ax.lines[0].get_label() == "i2t_R@1"
+
+
+@pytest.mark.parametrize("metrics", [{"val/accuracy": [0.5, 0.7]}, {"val/cider": [0.1, 0.3], "val/bleu4": [0.05, 0.1]}])
+def test_plot_draws_the_validation_metrics_of_vqa_and_captioner_runs(tmp_path, monkeypatch, metrics):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from polymodal.train.plot import plot_run
+
+    records = [{"step": 2 * e, "epoch": e, "split": "val", "train_loss": 1.0 / e,
+                **{k: v[e - 1] for k, v in metrics.items()}} for e in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    figs = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig) or real_close(fig))
+    plot_run(tmp_path)
+    drawn = {line.get_label(): list(line.get_ydata()) for line in figs[-1].axes[2].lines}
+    assert drawn == {k[4:]: v for k, v in metrics.items()}
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(PolymodalError, match="has no rows yet"):
+        plot_run(tmp_path)
 
 
 # -- objectives ------------------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""`polymodal plot RUN`: training curves (loss, learning rate, validation recall) as one PNG."""
+"""`polymodal plot RUN`: training curves (loss, learning rate, validation metrics) as one PNG, for every kind of run:
+recall for contrastive runs, accuracy for VQA, CIDEr-D and BLEU-4 for captioners, ITM accuracy for pretraining;
+validation losses go beside the training loss."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
                              "(e.g. --out curves.png)")
     records = read_metrics(Path(run_dir))
     if not records:
+        if (Path(run_dir) / "metrics.jsonl").is_file():
+            raise PolymodalError(f"{Path(run_dir) / 'metrics.jsonl'} has no rows yet: the run has not logged a step")
         raise PolymodalError(f"no metrics.jsonl in {run_dir}; pass a folder written by `polymodal train`")
     import matplotlib
 
@@ -28,12 +32,15 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (step)")
     axes[0].plot([r["step"] for r in val], [r["train_loss"] for r in val], "o-", label="train loss (epoch mean)")
+    keys = sorted({k for r in val for k, v in r.items() if k.startswith("val/") and isinstance(v, (int, float))})
+    for key in (k for k in keys if "loss" in k):  # validation losses share the loss axis
+        axes[0].plot(*_series(val, key, "step"), "s--", label=key)
     axes[0].set(xlabel="step", ylabel="loss", title="loss")
     axes[1].plot([r["step"] for r in train], [r["lr"] for r in train])
     axes[1].set(xlabel="step", ylabel="learning rate", title="learning rate")
-    for key in sorted({k for r in val for k in r if k.startswith("val/") and "R@" in k}):
-        axes[2].plot([r["epoch"] for r in val], [r[key] for r in val], "o-", label=key[4:])
-    axes[2].set(xlabel="epoch", ylabel="recall", title="validation retrieval")
+    for key in (k for k in keys if "loss" not in k and k != "val/rsum"):  # rsum: six recalls summed, another scale
+        axes[2].plot(*_series(val, key, "epoch"), "o-", label=key[4:])
+    axes[2].set(xlabel="epoch", ylabel="score", title="validation")
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
@@ -43,3 +50,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _series(records: list[dict], key: str, x: str) -> tuple[list, list]:
+    """(x, value) of the records that have `key` (a metric may start later, or be logged only some epochs)."""
+    rows = [r for r in records if key in r]
+    return [r[x] for r in rows], [r[key] for r in rows]
