@@ -105,7 +105,7 @@ def run_pairs_recipe(args, flags: dict, recipe_cls, train) -> int:
     settings on --resume, then run_recipe."""
     settings = recipe_settings(args, ("pairs", "val_pairs", "out", "model"), flags)
     if args.resume:
-        settings = with_run_settings(settings, set(recipe_cls.__dataclass_fields__))
+        settings = with_run_settings(settings, recipe_cls)
     return run_recipe(args, settings, "pairs", recipe_cls, train)
 
 
@@ -115,9 +115,13 @@ def cmd_train_contrastive(args) -> int:
     return run_pairs_recipe(args, TRAIN_FLAGS, ContrastiveRecipe, train_contrastive)
 
 
-def with_run_settings(settings: dict, known: set) -> dict:
+def with_run_settings(settings: dict, recipe_cls) -> dict:
     """--resume: what the command does not set again comes from RUN/train_config.json, so that
-    `--out RUN --resume` continues the run as it was started (flags and --config still override)."""
+    `--out RUN --resume` continues the run as it was started (flags and --config still override). A run another
+    `train` command started is refused here, before its settings read as unknown keys of this one."""
+    import dataclasses
+    import typing
+
     path = Path(settings["out"]) / "train_config.json" if settings.get("out") else None
     if path is None or not path.is_file():
         return settings  # the trainer says what is missing
@@ -128,6 +132,12 @@ def with_run_settings(settings: dict, known: set) -> dict:
     if not isinstance(saved, dict) or not all(isinstance(saved.get(k, {}), dict) for k in ("arch", "train")):
         raise PolymodalError(f"{path} does not hold a run's settings (an object with arch and train objects); pass "
                              "the run's settings again with --resume")
+    known = {f.name for f in dataclasses.fields(recipe_cls)}
+    arch = {f.name for f in dataclasses.fields(typing.get_type_hints(recipe_cls)["arch"])}
+    foreign = [k for k in ("pairs", "qa") if k in saved and k not in known] + sorted(set(saved.get("arch", {})) - arch)
+    if foreign:
+        raise PolymodalError(f"{settings['out']} holds a run that another `polymodal train` command started (its "
+                             f"settings include {', '.join(foreign[:3])}); continue it with that command and --resume")
     merged = {k: v for k, v in saved.items() if k in known} | settings
     for section in ("arch", "train"):
         merged[section] = {**saved.get(section, {}), **settings[section]}
