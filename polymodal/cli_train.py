@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from polymodal.cli_options import add_precision, add_run_options, add_runtime, load_model
@@ -138,10 +139,23 @@ def with_run_settings(settings: dict, recipe_cls) -> dict:
     if foreign:
         raise PolymodalError(f"{settings['out']} holds a run that another `polymodal train` command started (its "
                              f"settings include {', '.join(foreign[:3])}); continue it with that command and --resume")
+    for key in ("pairs", "qa"):  # other data is allowed (more data, a fixed file), but it is another curve
+        if settings.get(key) and saved.get(key) and _resolved(settings[key]) != _resolved(saved[key]):
+            logging.getLogger(__name__).warning(
+                "--resume with other %s than the run started with (%s); its epochs so far trained on %s", key,
+                ", ".join(map(str, _listed(settings[key]))), ", ".join(map(str, _listed(saved[key]))))
     merged = {k: v for k, v in saved.items() if k in known} | settings
     for section in ("arch", "train"):
         merged[section] = {**saved.get(section, {}), **settings[section]}
     return merged
+
+
+def _listed(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _resolved(value) -> list[str]:
+    return [str(Path(v).expanduser().resolve()) for v in _listed(value)]
 
 
 def cmd_eval_retrieval(args) -> int:

@@ -64,6 +64,7 @@ def test_an_unclosed_quote_in_a_csv_caption_is_reported_not_swallowed(gallery, t
         with pytest.raises(polymodal.PolymodalError, match="no usable image-caption pairs") as error:
             read_pair_source(data)  # used to read one pair, the cat with the rest of the file as its caption
     assert "pairs.csv:2-6: a quoted field runs over lines 2-6" in str(error.value)
+    assert "so their 5 lines were read as one row and left out" in str(error.value)
     assert caplog.text == ""  # the error line says it all: no warning repeating it first
 
 

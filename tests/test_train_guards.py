@@ -252,3 +252,20 @@ def test_resuming_another_commands_run_names_the_mix_up(capsys, pairs_file, tmp_
     assert cli.main(_contrastive(pairs_file, out)) == 0
     _one_line_error(capsys, command + ["--out", out, "--resume", "--epochs", "3"],
                     f"{out} holds a run that another `polymodal train` command started", "with that command and --resume")
+
+
+def test_resuming_with_other_data_says_so(pairs_file, tmp_path, caplog):
+    import shutil
+
+    out = tmp_path / "mine"
+    assert cli.main(_contrastive(pairs_file, out)) == 0
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["train", "contrastive", "--out", str(out), "--resume", "--epochs", "2", "--quiet"]) == 0
+    assert "--resume with other" not in caplog.text  # the run's own data, from its train_config.json
+    other = pairs_file.parent / "more_pairs.jsonl"  # beside it: its image paths are relative to the file
+    shutil.copy(pairs_file, other)
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["train", "contrastive", "--out", str(out), "--resume", "--epochs", "3", "--quiet",
+                         "--pairs", str(other)]) == 0
+    assert f"--resume with other pairs than the run started with ({other}); its epochs so far trained on " \
+           f"{pairs_file.resolve()}" in caplog.text

@@ -252,8 +252,10 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
             where = f"{path}:{reader.line_num}"
             joined = _lines_run_together(row, reader.line_num)
             if joined:
+                first, last = map(int, joined.split("-"))
                 skipped.append((f"{path}:{joined}", f"a quoted field runs over lines {joined} (an unclosed \" "
-                                "quote?); close the quote, or double a quote inside a caption (\"\")"))
+                                f"quote?), so their {last - first + 1} lines were read as one row and left out; close "
+                                "the quote, or double a quote inside a caption (\"\")"))
                 continue
             if None in row or any(v is None for v in row.values()):
                 skipped.append((where, f"row does not have the header's {len(columns)} fields"))
