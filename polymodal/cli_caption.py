@@ -121,8 +121,8 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--pairs", nargs="+", help="JSONL/CSV file, caption folder or tar shards (several allowed)")
     s.add_argument("--val-pairs", nargs="+", help="validation pairs (default: split off --val-fraction by image)")
     s.add_argument("--out", help="run folder: model/, checkpoint.pt, metrics.jsonl")
-    s.add_argument("--model", help="'new' (default) or a captioner folder to continue from (e.g. to fine-tune "
-                                   "'captioner''s shipped folder on your own captions)")
+    s.add_argument("--model", help="'new' (default) or a captioner to continue from (e.g. --model captioner "
+                                   "fine-tunes the shipped one on your own captions)")
     s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
     add_run_options(s)
     for key, (_, typ) in CAPTION_FLAGS.items():

@@ -29,7 +29,9 @@ class PromptCache:
             raise PolymodalError("no labels given; pass at least one label, e.g. --labels cat,dog")
         for t in templates:
             if "{}" not in t:
-                raise PolymodalError(f"template {t!r} has no '{{}}' where the label goes, e.g. 'a photo of a {{}}.'")
+                named = " (only an empty {} is filled, not a named field)" if "{" in t else ""
+                raise PolymodalError(f"template {t!r} has no '{{}}' where the label goes{named}, e.g. 'a photo of a "
+                                     "{}.'")
         key = (labels, templates)
         if key in self._items:
             self._items.move_to_end(key)
