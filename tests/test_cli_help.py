@@ -1,0 +1,29 @@
+"""`polymodal train ... --help` shows each setting's default (the recipe's, which differs between tasks), and
+building the parser imports no torch (the ONNX runtime paths never load it)."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from polymodal.cli import build_parser
+
+
+@pytest.mark.parametrize("task, shown", [
+    ("contrastive", {"patience": "5", "batch-size": "256", "hard-negatives": "data", "zeroshot-labels": "unset"}),
+    ("vqa", {"patience": "3", "weight-decay": "0.05"}),
+    ("captioner", {"patience": "2", "lr": "0.0005"}),
+    ("pretrain", {"patience": "3"}),
+])
+def test_train_help_shows_each_tasks_defaults(task, shown, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", task, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+    for flag, default in shown.items():
+        assert re.search(rf"--{flag} {flag.replace('-', '_').upper()} default: {re.escape(default)}\b", text), flag
+
+
+def test_building_the_parser_imports_no_torch():
+    code = "import sys, polymodal.cli; polymodal.cli.build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip() == "False"
