@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from polymodal.cli_options import add_run_options
+from polymodal.cli_options import add_recipe_flags, add_run_options
 from polymodal.errors import PolymodalError
 
 # flag -> (recipe section, type), as polymodal.cli_train.recipe_settings reads them
@@ -125,8 +125,7 @@ def add_parsers(sub, actions: dict) -> None:
                                    "fine-tunes the shipped one on your own captions)")
     s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
     add_run_options(s)
-    for key, (_, typ) in CAPTION_FLAGS.items():
-        s.add_argument("--" + key.replace("_", "-"), type=typ, default=None)
+    add_recipe_flags(s, CAPTION_FLAGS, "polymodal.train.captioning:CaptionRecipe")
     s.set_defaults(func=cmd_train_captioner)
 
     s = actions["eval"].add_parser("captions", help="BLEU-1..4 and CIDEr-D of generated captions against references")

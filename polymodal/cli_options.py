@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 
 def add_precision(parser) -> None:
     parser.add_argument(
@@ -53,3 +55,40 @@ def qdrant_collection(args):
     from polymodal.index.qdrant import DEFAULT_COLLECTION, QdrantCollection
 
     return QdrantCollection(args.qdrant, args.collection or DEFAULT_COLLECTION)
+
+
+
+def add_recipe_flags(parser, flags: dict, recipe: str, helps: dict | None = None) -> None:
+    """One --flag per recipe setting (flags: {key: (section, type)}); `--help` shows the recipe's default, what a run
+    uses unless the flag or --config sets it. recipe: "module:Class", imported only when help is shown (the recipes
+    import torch, which commands like `index --runtime onnx` never load)."""
+    for key, (section, typ) in flags.items():
+        text = (helps or {}).get(key)
+        if not (text and "default" in text):
+            text = f"{text} (default: %(recipe_default)s)" if text else "default: %(recipe_default)s"
+        action = parser.add_argument("--" + key.replace("_", "-"), type=typ, default=None, help=text)
+        action.recipe_default = _RecipeDefault(recipe, section, key)  # argparse fills %(...)s from the action
+
+
+class _RecipeDefault:
+    """A recipe setting's default, looked up when argparse formats the help that names it."""
+
+    def __init__(self, recipe: str, section: str, key: str) -> None:
+        self.recipe, self.section, self.key = recipe, section, key
+
+    def __str__(self) -> str:
+        recipe = _default_recipe(self.recipe)
+        value = getattr(getattr(recipe, self.section) if self.section else recipe, self.key, None)
+        return "unset" if value in (None, "") else str(value)
+
+
+@functools.lru_cache(maxsize=None)
+def _default_recipe(recipe: str):
+    import dataclasses
+    import importlib
+
+    module, name = recipe.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    required = {f.name: [] if f.name in ("pairs", "qa") else "x" for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    return cls(**required)

@@ -4,7 +4,7 @@ fusion encoder on image-caption pairs). `add_parsers(sub, actions)` takes the "t
 
 from __future__ import annotations
 
-from polymodal.cli_options import add_run_options
+from polymodal.cli_options import add_recipe_flags, add_run_options
 
 # flag -> (recipe section, type): "train" = TrainConfig, "arch" = FusionEncoderConfig, "" = the recipe itself
 PRETRAIN_FLAGS = {
@@ -46,6 +46,5 @@ def add_parsers(sub, actions: dict) -> None:
         "mrm_target": "regress (1280-d cell features, default) or classify (their ImageNet class distribution)",
         "batch_size": "caption rows per objective per step (default 64)",
     }
-    for key, (_, typ) in PRETRAIN_FLAGS.items():
-        s.add_argument("--" + key.replace("_", "-"), type=typ, default=None, help=helps.get(key))
+    add_recipe_flags(s, PRETRAIN_FLAGS, "polymodal.train.pretrain:PretrainRecipe", helps)
     s.set_defaults(func=cmd_train_pretrain)

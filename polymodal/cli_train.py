@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from polymodal.cli_options import add_precision, add_run_options, add_runtime, load_model
+from polymodal.cli_options import add_precision, add_recipe_flags, add_run_options, add_runtime, load_model
 from polymodal.errors import PolymodalError
 
 # flag -> (recipe section, key, type); a config file uses the same keys (section "arch" for architecture)
@@ -212,8 +212,7 @@ def add_parsers(sub) -> dict:
     s.add_argument("--model", help="'lite' (default: new heads over the lite towers) or a trained model folder")
     s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
     add_run_options(s)
-    for key, (_, typ) in TRAIN_FLAGS.items():
-        s.add_argument("--" + key.replace("_", "-"), type=typ, default=None)
+    add_recipe_flags(s, TRAIN_FLAGS, "polymodal.train.contrastive:ContrastiveRecipe")
     s.set_defaults(func=cmd_train_contrastive)
 
     ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="task", required=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from polymodal.cli_options import add_run_options
+from polymodal.cli_options import add_recipe_flags, add_run_options
 from polymodal.errors import PolymodalError
 
 # flag -> (recipe section, type): "train" = TrainConfig, "arch" = FusionEncoderConfig, "" = the recipe itself
@@ -117,8 +117,7 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--pixel-patches", action="store_true", help="add raw-pixel patch embeddings to the grid tokens")
     s.add_argument("--itm-head", action="store_true", help="add an image-text matching head (train with --itm-weight)")
     add_run_options(s)
-    for key, (_, typ) in VQA_FLAGS.items():
-        s.add_argument("--" + key.replace("_", "-"), type=typ, default=None)
+    add_recipe_flags(s, VQA_FLAGS, "polymodal.train.vqa:VQARecipe")
     s.set_defaults(func=cmd_train_vqa)
 
     s = actions["eval"].add_parser("vqa", help="VQA accuracy, overall and per answer type, on a QA JSONL")

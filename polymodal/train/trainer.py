@@ -314,7 +314,8 @@ class Trainer:
             bar.update()
             # every log_every steps, and the last step of each epoch so that short runs have a curve too
             if self.step % self.cfg.log_every == 0 or i == self.steps_per_epoch - 1:
-                logger.write({"step": self.step, "epoch": self.epoch, "split": "train", "loss": total, "lr": lr,
+                # epoch numbered from 1, as the progress bar and the epoch's "val" row that follows number it
+                logger.write({"step": self.step, "epoch": self.epoch + 1, "split": "train", "loss": total, "lr": lr,
                               "samples_per_s": rate, **metrics})
         bar.close()
         return {"train_loss": float(np.mean(losses)) if losses else float("nan"),
