@@ -168,6 +168,7 @@ def cmd_eval_retrieval(args) -> int:
     model = require_embedding(load_model(args, args.model), args.model)
     # a corrupt photo is left out, not fatal; the bar goes to stderr, the JSON line to stdout
     image_emb, rows = encode_readable(model, pairs.images, str(args.pairs), progress=True)
+    unreadable = len(pairs.images) - len(rows)  # counted in the JSON line, as eval captions and eval vqa do
     pairs = pairs_of_images(pairs, rows)
     metrics = retrieval_metrics(image_emb, model.encode_text(pairs.captions), pairs.caption_image)
     if args.word_order:
@@ -180,7 +181,7 @@ def cmd_eval_retrieval(args) -> int:
     # an ONNX export: which graph (fp32 or a gated int8/bf16 one) ran per tower, not the PyTorch-only --precision
     how = {"variants": model.variants} if hasattr(model, "variants") else {"precision": args.precision}
     print(json.dumps({"model": args.model, "runtime": args.runtime, **how, "images": len(pairs.images),
-                      "captions": len(pairs.captions), **metrics}))
+                      "unreadable": unreadable, "captions": len(pairs.captions), **metrics}))
     return 0
 
 

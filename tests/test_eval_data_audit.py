@@ -121,6 +121,8 @@ def test_zeroshot_uses_every_template(tmp_path):
     templates = ("a photo of a {}.", "a drawing of a {}.", "the {}.")
     zeroshot_accuracy(model, ["a", "b"], ["x", "y"], templates=templates)
     assert sorted(model.text_calls[-1]) == sorted(t.format(c) for c in ("x", "y") for t in templates)
+    with pytest.raises(PolymodalError, match="every image has the label 'x'; .* at least two classes"):
+        zeroshot_accuracy(model, ["a", "b"], ["x", "x"], templates=templates)  # top-1 would be 1.0 whatever the model
 
 
 def test_labels_file_resolves_images_against_its_folder_and_skips_blank_labels(tmp_path, monkeypatch, caplog):

@@ -96,7 +96,7 @@ def test_eval_retrieval_leaves_out_an_unreadable_photo_and_its_captions(quick_lo
     code, out, err = run(capsys, "eval", "retrieval", "--pairs", pairs, "--model", "lite")
     assert code == 0, err
     result = json.loads(out)
-    assert (result["images"], result["captions"]) == (2, 2) and result["t2i_R@1"] == 1.0
+    assert (result["images"], result["unreadable"], result["captions"]) == (2, 1, 2) and result["t2i_R@1"] == 1.0
 
 
 # -- search --------------------------------------------------------------------------------------------------------

@@ -47,6 +47,10 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
                       progress: bool = False) -> dict:
     require_embedding(model)
     classes = sorted(set(labels))
+    if len(classes) < 2:  # every image would be "right": top-1 1.0 says nothing
+        what = f"the label {classes[0]!r}" if classes else "no label"
+        raise PolymodalError(f"every image has {what}; zero-shot accuracy ranks each image's label among the others: "
+                             "label images of at least two classes")
     class_emb = model.label_embeddings(classes, templates)
     if image_emb is None:  # an unreadable image is left out with a warning, not the end of the evaluation
         from polymodal.eval.retrieval import encode_readable
