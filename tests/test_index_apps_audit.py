@@ -592,7 +592,9 @@ def test_labels_file_skips_a_folder_named_like_an_image(tmp_path):
 
     (tmp_path / "dir.png").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "b.png")
     labels = tmp_path / "labels.jsonl"
-    labels.write_text(json.dumps({"image": "dir.png", "label": "cat"}) + "\n" + json.dumps({"image": "a.png", "label": "dog"}))
+    labels.write_text("".join(json.dumps({"image": i, "label": l}) + "\n"
+                              for i, l in (("dir.png", "cat"), ("a.png", "dog"), ("b.png", "fox"))))
     images, got = read_labelled_images(labels)
-    assert [p.name for p in images] == ["a.png"] and got == ["dog"]
+    assert [p.name for p in images] == ["a.png", "b.png"] and got == ["dog", "fox"]

@@ -40,17 +40,24 @@ def read_labelled_images(path: str | Path) -> tuple[list[Path], list[str]]:
     if not images:
         first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise PolymodalError(f"{path} has no usable rows; {len(skipped)} skipped{first}; pass {LABELS_FORMAT}")
+    _classes(labels)  # one class: refused before a model loads or a training run starts
     return images, labels
+
+
+def _classes(labels: list[str]) -> list[str]:
+    """The sorted distinct labels; fewer than two is refused: every image would be "right", top-1 1.0."""
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        what = f"the label {classes[0]!r}" if classes else "no label"
+        raise PolymodalError(f"every image has {what}; zero-shot accuracy ranks each image's label among the others: "
+                             "label images of at least two classes")
+    return classes
 
 
 def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, image_emb: np.ndarray | None = None,
                       progress: bool = False) -> dict:
     require_embedding(model)
-    classes = sorted(set(labels))
-    if len(classes) < 2:  # every image would be "right": top-1 1.0 says nothing
-        what = f"the label {classes[0]!r}" if classes else "no label"
-        raise PolymodalError(f"every image has {what}; zero-shot accuracy ranks each image's label among the others: "
-                             "label images of at least two classes")
+    classes = _classes(labels)
     class_emb = model.label_embeddings(classes, templates)
     if image_emb is None:  # an unreadable image is left out with a warning, not the end of the evaluation
         from polymodal.eval.retrieval import encode_readable
