@@ -44,12 +44,22 @@ def recipe_settings(args, paths: tuple[str, ...], flags: dict) -> dict:
     if not isinstance(config, dict):
         raise PolymodalError(f"config {args.config} must hold settings by name, e.g. {{\"epochs\": 5}}")
     settings: dict = {"arch": {}, "train": {}}
+    given: dict = {}  # (section, key) -> how the file spelled it: a setting given twice must agree
+
+    def put(section: str, key: str, value, spelled: str) -> None:
+        where = settings[section] if section else settings
+        if (section, key) in given and where[key] != value:
+            raise PolymodalError(f"config {args.config} sets {key} twice, {where[key]!r} as {given[section, key]} and "
+                                 f"{value!r} as {spelled}; keep one")
+        given[section, key], where[key] = spelled, value
+
     for key, value in config.items():
-        key = key.replace("-", "_")
+        spelled, key = key, key.replace("-", "_")
         if key in ("arch", "train"):
             if not isinstance(value, dict):
                 raise PolymodalError(f"{key} in config {args.config} must be a table of settings, got {value!r}")
-            settings[key].update({str(k).replace("-", "_"): v for k, v in value.items()})  # embed-dim = embed_dim
+            for k, v in value.items():  # embed-dim = embed_dim
+                put(key, str(k).replace("-", "_"), v, f"{key}.{k}")
         elif key in ("resume", "overwrite"):  # a file that always deletes or resumes is a trap: only by flag
             raise PolymodalError(f"{key} in config {args.config} is not taken; pass --{key} on the command line")
         elif key == "quiet":  # steers the command, not the recipe
@@ -57,8 +67,7 @@ def recipe_settings(args, paths: tuple[str, ...], flags: dict) -> dict:
                 raise PolymodalError(f"{key} in config {args.config} must be true or false, got {value!r}")
             setattr(args, key, getattr(args, key, False) or value)
         else:
-            section = "arch" if key in ARCH_KEYS else flags.get(key, ("",))[0]
-            (settings[section] if section else settings)[key] = value
+            put("arch" if key in ARCH_KEYS else flags.get(key, ("",))[0], key, value, spelled)
     for key in paths:
         if getattr(args, key):
             settings[key] = getattr(args, key)

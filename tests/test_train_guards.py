@@ -131,6 +131,8 @@ def test_every_trainer_refuses_an_existing_run(capsys, tmp_path, argv):
     (["--val-fraction", "1"], None, "val_fraction must be in [0, 1)"),
     (["--resume", "--overwrite"], None, "not both"),
     ([], {"overwrite": True}, "pass --overwrite on the command line"),  # a config that always deletes is a trap
+    ([], {"batch_size": 8, "batch-size": 16}, "sets batch_size twice, 8 as batch_size and 16 as batch-size"),
+    ([], {"epochs": 1, "train": {"epochs": 2}}, "sets epochs twice, 1 as epochs and 2 as train.epochs"),
 ])
 def test_bad_settings_are_one_line_and_leave_no_folder(capsys, pairs_file, tmp_path, extra, config, needle):
     if config is not None:
