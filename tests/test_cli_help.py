@@ -26,4 +26,5 @@ def test_train_help_shows_each_tasks_defaults(task, shown, capsys):
 
 def test_building_the_parser_imports_no_torch():
     code = "import sys, polymodal.cli; polymodal.cli.build_parser(); print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip() == "False"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr

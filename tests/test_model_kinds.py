@@ -71,7 +71,8 @@ def test_embedding_commands_refuse_vqa_models_before_writing(db, gallery, tmp_pa
     fails(capsys, ["classify", gallery / "cat.jpg", "--labels", "a,b", "--model", "easy-vqa"], *cant_embed)
     fails(capsys, ["search", "a cat", "--db", db, "--model", "coco-yesno"], "'coco-yesno'", *cant_embed)
     labels = tmp_path / "l.jsonl"
-    labels.write_text("".join(json.dumps({"image": str(gallery / f"{c}.jpg"), "label": c}) + "\n" for c in ("cat", "moon")))
+    labels.write_text("".join(json.dumps({"image": str(gallery / f"{c}.jpg"), "label": c}) + "\n"
+                              for c in ("cat", "moon")))
     fails(capsys, ["eval", "zeroshot", "--labels-file", labels, "--model", "coco-yesno"], *cant_embed)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"image": str(gallery / f), "caption": f}) + "\n" for f in ("cat.jpg", "moon.jpg")))

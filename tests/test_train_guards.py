@@ -244,16 +244,18 @@ def test_ctrl_c_during_training_says_what_was_kept(tmp_path, monkeypatch, capsys
         (out / "checkpoint.pt").write_bytes(b"")
     assert cli.main(["train", "contrastive", "--pairs", str(tmp_path / "p.jsonl"), "--out", str(out)]) == 130
     err = capsys.readouterr().err.strip()
-    assert err == (f"polymodal: interrupted: {out} keeps the last finished epoch; run the same command with --resume "
-                   "to continue" if checkpoint else "polymodal: interrupted: no epoch had finished, so nothing was kept")
+    kept = f"{out} keeps the last finished epoch; run the same command with --resume to continue"
+    assert err == "polymodal: interrupted: " + (kept if checkpoint else "no epoch had finished, so nothing was kept")
 
 
-@pytest.mark.parametrize("command", [["train", "vqa", "--qa", "q.jsonl"], ["train", "captioner"], ["train", "pretrain"]])
+@pytest.mark.parametrize("command", [["train", "vqa", "--qa", "q.jsonl"], ["train", "captioner"],
+                                     ["train", "pretrain"]])
 def test_resuming_another_commands_run_names_the_mix_up(capsys, pairs_file, tmp_path, command):
     out = tmp_path / "mine"
     assert cli.main(_contrastive(pairs_file, out)) == 0
     _one_line_error(capsys, command + ["--out", out, "--resume", "--epochs", "3"],
-                    f"{out} holds a run that another `polymodal train` command started", "with that command and --resume")
+                    f"{out} holds a run that another `polymodal train` command started",
+                    "with that command and --resume")
 
 
 def test_resuming_with_other_data_says_so(pairs_file, tmp_path, caplog):

@@ -53,8 +53,8 @@ class DualEncoderConfig:
         if not 0 < self.logit_scale_init < float("inf"):
             raise PolymodalError(f"logit_scale_init must be a finite number above 0, got {self.logit_scale_init!r}")
         if self.text_head == "attention":
-            raise PolymodalError("the attention head pools spatial image tokens; the text head gets one pooled sentence "
-                                 "vector: choose linear, mlp or residual")
+            raise PolymodalError("the attention head pools spatial image tokens; the text head gets one pooled "
+                                 "sentence vector: choose linear, mlp or residual")
         if self.image_features not in ("pooled", "spatial"):
             raise PolymodalError(f"image_features must be 'pooled' or 'spatial', got {self.image_features!r}")
         if self.image_head == "attention" and self.image_features != "spatial":

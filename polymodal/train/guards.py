@@ -68,7 +68,8 @@ def check_ranges(settings, rules: dict) -> None:
         finite = not isinstance(value, numbers.Real) or math.isfinite(value)  # --lr inf would train to NaN
         if not finite or not ok(value):
             # the same check serves Python recipes and the CLI: name the setting, then its flag
-            raise PolymodalError(f"{name} must be {want}{'' if finite else ' and finite'}, got {value!r}; fix {name} (--{name.replace('_', '-')} "
+            want += "" if finite else " and finite"
+            raise PolymodalError(f"{name} must be {want}, got {value!r}; fix {name} (--{name.replace('_', '-')} "
                                  "or the --config file on the command line)")
 
 
