@@ -15,7 +15,7 @@ from pathlib import Path
 
 from polymodal.cli_options import add_precision, add_qdrant, add_runtime, load_model, qdrant_collection
 from polymodal.errors import PolymodalError
-from polymodal.models.inputs import plural
+from polymodal.models.inputs import none_could_be, plural
 from polymodal.registry import require_embedding
 
 
@@ -229,8 +229,7 @@ def cmd_classify(args) -> int:
     results = each_or_error(lambda chunk: model.classify(chunk, labels, templates=templates, top_k=args.top_k),
                             args.images)
     if all(isinstance(r, str) for r in results):  # nothing could be classified: one error, as before
-        raise PolymodalError(results[0] if len(results) == 1 else f"none of the {len(results)} images could be "
-                             f"classified (first: {results[0]})")
+        raise PolymodalError(none_could_be("classified", results))
     if args.json:
         _print_json([{"image": img, "error": r} if isinstance(r, str) else
                      {"image": img, "labels": [{"label": l, "score": round(s, 4)} for l, s in r]}

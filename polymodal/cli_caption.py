@@ -38,7 +38,7 @@ def _check_decoding(args) -> dict:
 
 def cmd_caption(args) -> int:
     from polymodal.data.images import check_image_file
-    from polymodal.models.inputs import each_or_error
+    from polymodal.models.inputs import each_or_error, none_could_be
 
     decoding = _check_decoding(args)
     # missing or unreadable files are found from their headers before the model loads: all of them bad is one
@@ -46,7 +46,7 @@ def cmd_caption(args) -> int:
     checked = each_or_error(lambda chunk: [check_image_file(p) for p in chunk], args.images)
     errors = {p: r for p, r in zip(args.images, checked) if isinstance(r, str)}
     if all(isinstance(r, str) for r in checked):
-        raise PolymodalError(_none_read(checked))
+        raise PolymodalError(none_could_be("read", checked))
     if not args.json:  # said now, not after a long run (--json lists them in order)
         for path, reason in errors.items():
             print(f"polymodal: skipped {path}: {reason}", file=sys.stderr, flush=True)
@@ -71,12 +71,8 @@ def cmd_caption(args) -> int:
             elif path in damaged and len(args.images) > 1:  # one image alone gets the error below
                 print(f"polymodal: skipped {path}: {errors[path]}", file=sys.stderr, flush=True)
     if not captioned:
-        raise PolymodalError(_none_read([errors[p] for p in args.images]))
+        raise PolymodalError(none_could_be("read", [errors[p] for p in args.images]))
     return 0
-
-
-def _none_read(reasons: list[str]) -> str:
-    return reasons[0] if len(reasons) == 1 else f"none of the {len(reasons)} images could be read (first: {reasons[0]})"
 
 
 def cmd_train_captioner(args) -> int:

@@ -164,7 +164,10 @@ def _listed(value) -> list:
 
 
 def _resolved(value) -> list[str]:
-    return [str(Path(v).expanduser().resolve()) for v in _listed(value)]
+    """Data paths as train_config.json records them (absolute_source), so the same data compares equal."""
+    from polymodal.train.run_settings import absolute_source
+
+    return [absolute_source(v) for v in _listed(value)]
 
 
 def cmd_eval_retrieval(args) -> int:

@@ -142,6 +142,14 @@ def readable_results(results: list, what: str = "image", source: str = "") -> li
     return rows
 
 
+def none_could_be(done: str, reasons: list[str]) -> str:
+    """The one error of a command over images when none could be `done` ("read", "classified"): an image's own
+    reason when it was the only one, else how many and the first reason."""
+    if len(reasons) == 1:
+        return reasons[0]
+    return f"none of the {len(reasons)} images could be {done} (first: {reasons[0]})"
+
+
 def plural(n: int, noun: str) -> str:
     """"1 image", "2 images"."""
     return f"{n:,} {noun}{'s' * (n != 1)}"

@@ -100,22 +100,27 @@ def prepare_run_folder(out, overwrite: bool) -> Path:
     (this late, so that a mistake found while reading the data loses nothing)."""
     out = Path(out)
     if overwrite:
-        for path in (out / name for name in RUN_FILES):
+        _remove_run_files(out, RUN_FILES)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _remove_run_files(out: Path, names, quiet: bool = False) -> None:
+    """Delete these run files and folders in `out` (a symlink itself, never what it points to); `quiet`: ignore a
+    failure (cleaning up after an error must not hide that error)."""
+    for path in (out / name for name in names):
+        try:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             elif path.exists() or path.is_symlink():
                 path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+        except OSError:
+            if not quiet:
+                raise
 
 
 def discard_unfinished_run(out) -> None:
     """A fresh run that fails before its first checkpoint (a settings combination that breaks the first step, a NaN
     loss, Ctrl-C in epoch 1) leaves nothing to resume: remove what it wrote, so that running again needs no
     --overwrite. Files that are not a run's, and the folder itself, are left alone."""
-    out = Path(out)
-    for path in (out / name for name in RUN_FILES[:-1]):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.exists() or path.is_symlink():
-            path.unlink(missing_ok=True)
+    _remove_run_files(Path(out), RUN_FILES[:-1], quiet=True)  # curves.png is `polymodal plot`'s, not a run's
