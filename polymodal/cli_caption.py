@@ -83,11 +83,11 @@ def cmd_train_captioner(args) -> int:
 
 
 def cmd_eval_captions(args) -> int:
-    from polymodal.data.pairs import read_pair_source
+    from polymodal.data.pairs import read_pair_sources
     from polymodal.eval.captions import evaluate_captions
 
     decoding = _check_decoding(args)
-    pairs = read_pair_source(args.pairs)
+    pairs = read_pair_sources(args.pairs)
     model = load_captioner_model(args.model, args.runtime)
     result = evaluate_captions(model, pairs, limit=args.limit, examples=args.examples, **decoding)
     print(json.dumps({"model": args.model, "runtime": args.runtime, **result}))  # as eval retrieval says it
@@ -125,7 +125,8 @@ def add_parsers(sub, actions: dict) -> None:
     s.set_defaults(func=cmd_train_captioner)
 
     s = actions["eval"].add_parser("captions", help="BLEU-1..4 and CIDEr-D of generated captions against references")
-    s.add_argument("--pairs", required=True, help="image-caption pairs: every caption of a photo is a reference")
+    s.add_argument("--pairs", nargs="+", required=True,
+                   help="image-caption pairs, one or several sources: every caption of a photo is a reference")
     s.add_argument("--model", default="captioner")
     s.add_argument("--limit", type=int, help="caption only the first N photos")
     s.add_argument("--examples", type=int, default=5, help="photos whose captions the JSON line shows (default 5)")

@@ -179,7 +179,7 @@ def cmd_eval_retrieval(args) -> int:
     pairs = read_pairs(args.pairs)
     model = require_embedding(load_model(args, args.model), args.model)
     # a corrupt photo is left out, not fatal; the bar goes to stderr, the JSON line to stdout
-    image_emb, rows = encode_readable(model, pairs.images, str(args.pairs), progress=True)
+    image_emb, rows = encode_readable(model, pairs.images, ", ".join(args.pairs), progress=True)
     unreadable = len(pairs.images) - len(rows)  # counted in the JSON line, as eval captions and eval vqa do
     pairs = pairs_of_images(pairs, rows)
     metrics = retrieval_metrics(image_emb, model.encode_text(pairs.captions), pairs.caption_image)
@@ -230,7 +230,8 @@ def add_parsers(sub) -> dict:
 
     ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="task", required=True)
     s = ev.add_parser("retrieval", help="text->image and image->text Recall@1/5/10 and median rank")
-    s.add_argument("--pairs", required=True)
+    s.add_argument("--pairs", nargs="+", required=True,
+                   help="JSONL/CSV file, caption folder or tar shards (several allowed: evaluated as one set)")
     s.add_argument("--model", default="default")
     s.add_argument("--word-order", action="store_true",
                    help="also: how often each photo's first caption beats 4 scrambled copies of it (order/swap, "

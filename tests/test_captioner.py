@@ -277,6 +277,12 @@ def test_cli_trains_captions_and_evaluates(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 4 and result["runtime"] == "torch"
     assert 0.0 <= result["bleu4"] <= 1.0 and len(result["examples"]) == 1
+    lines = pairs.read_text().splitlines(keepends=True)  # the same rows in two files (one row in both): one set
+    (tmp_path / "a.jsonl").write_text("".join(lines[:5]))
+    (tmp_path / "b.jsonl").write_text("".join(lines[4:]))
+    assert main(["eval", "captions", "--pairs", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--model",
+                 str(model), "--beam", "1", "--examples", "1"]) == 0
+    assert json.loads(capsys.readouterr().out) == result
     assert main(["train", "captioner", "--pairs", str(pairs), "--out", str(tmp_path / "more"), "--model", str(model),
                  "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25", "--quiet"]) == 0  # continue from it
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["model"] == str(tmp_path / "more" / "model")

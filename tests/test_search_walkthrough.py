@@ -99,6 +99,21 @@ def test_eval_retrieval_leaves_out_an_unreadable_photo_and_its_captions(quick_lo
     assert (result["images"], result["unreadable"], result["captions"]) == (2, 1, 2) and result["t2i_R@1"] == 1.0
 
 
+def test_eval_retrieval_reads_several_sources_as_one_set(quick_load, gallery, tmp_path, capsys):
+    """`--pairs` took one file while training takes several: held-out sets kept in two files had to be merged."""
+    rows = [{"image": str(gallery / name), "caption": caption} for name, caption in (
+        ("cat.jpg", "a tabby cat"), ("rocket.jpg", "a rocket on the launch pad"), ("coffee.jpg", "a cup of coffee"))]
+    for name, part in (("all", rows), ("a", rows[:2]), ("b", rows[1:])):  # rocket in both: counted once
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    code, out, err = run(capsys, "eval", "retrieval", "--pairs", tmp_path / "all.jsonl", "--model", "lite")
+    assert code == 0, err
+    whole = json.loads(out)
+    code, out, err = run(capsys, "eval", "retrieval", "--pairs", tmp_path / "a.jsonl", tmp_path / "b.jsonl",
+                         "--model", "lite")
+    assert code == 0, err
+    assert json.loads(out) == whole and (whole["images"], whole["captions"]) == (3, 3)
+
+
 # -- search --------------------------------------------------------------------------------------------------------
 
 

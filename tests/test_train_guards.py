@@ -187,6 +187,14 @@ def test_plot_refuses_a_format_it_cannot_write(capsys, tmp_path):
     assert not (tmp_path / "curves.txt").exists()
 
 
+def test_plot_of_a_runs_model_folder_names_the_run(capsys, tmp_path):
+    """`--model RUN/model` is how every other command takes a run; plot said only 'no metrics.jsonl'."""
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "epoch": 1, "split": "val", "train_loss": 1.0}\n')
+    (tmp_path / "model").mkdir()
+    _one_line_error(capsys, ["plot", tmp_path / "model"], "model folder", f"polymodal plot {tmp_path.resolve()}")
+    _one_line_error(capsys, ["plot", tmp_path / "model" / "none"], "no metrics.jsonl")
+
+
 def test_short_epochs_still_log_a_step(tmp_path):
     _trainer(tmp_path, epochs=2, rows=8, batch=4, log_every=10).fit()  # 2 steps an epoch, fewer than log_every
     assert [(r["step"], "lr" in r) for r in read_metrics(tmp_path) if r["split"] == "train"] == [(2, True), (4, True)]

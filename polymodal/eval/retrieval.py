@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -20,16 +21,19 @@ class Pairs:
     caption_image: np.ndarray  # [C] index into images for each caption
 
 
-def read_pairs(path: str | Path) -> Pairs:
+def read_pairs(path: str | Path | Sequence[str | Path]) -> Pairs:
     """Image-caption pairs from any source `polymodal.data.pairs.read_pair_source` reads: a JSONL of
     {"image": path relative to the file, "caption": text} rows, a CSV (image,caption or filepath,title), a folder
-    of images with same-named .txt captions, or tar shards. Unusable rows are skipped with a logged warning.
+    of images with same-named .txt captions, or tar shards; a list or tuple is several such sources read as one
+    (as training's --pairs). Unusable rows are skipped with a logged warning.
     Images inside tar shards are returned as their encoded bytes (which every encoder accepts), checked to decode."""
-    from polymodal.data.pairs import read_pair_source
+    from polymodal.data.pairs import read_pair_source, read_pair_sources
     from polymodal.data.shards import split_tar_ref
     from polymodal.models.inputs import each_or_error, readable_results
 
-    pairset = read_pair_source(path)
+    several = isinstance(path, (list, tuple))
+    pairset = read_pair_sources(path) if several else read_pair_source(path)
+    path = ", ".join(map(str, path)) if several else path
     results = each_or_error(lambda one: [_shard_image(one[0]) if split_tar_ref(one[0]) is not None else Path(one[0])],
                             list(pairset.images), batch_size=1)
     rows = readable_results(results, "image", str(path))

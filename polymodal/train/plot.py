@@ -21,6 +21,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if not records:
         if (Path(run_dir) / "metrics.jsonl").is_file():
             raise PolymodalError(f"{Path(run_dir) / 'metrics.jsonl'} has no rows yet: the run has not logged a step")
+        parent = Path(run_dir).resolve().parent
+        if (parent / "metrics.jsonl").is_file():  # RUN/model, as --model takes it
+            raise PolymodalError(f"{run_dir} is a run's model folder; its metrics are in the run folder: "
+                                 f"polymodal plot {parent}")
         raise PolymodalError(f"no metrics.jsonl in {run_dir}; pass a folder written by `polymodal train`")
     import matplotlib
 
