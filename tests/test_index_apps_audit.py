@@ -340,7 +340,10 @@ def test_yesno_predict_pairs_each_image_with_its_own_question(monkeypatch):
     rows = [("i0", "Is it c?"), ("i0", "Is it a?"), ("i1", "Is it c?"), ("i1", "Is it b?")]
     together = model.predict([i for i, _ in rows], [q for _, q in rows])
     alone = [model.predict([i], [q])[0] for i, q in rows]
-    assert together == alone and len({p for _, p in alone}) == 4
+    # scores to float32 precision: a product over 4 rows need not equal 4 products over 1 row in the last bit
+    assert [a for a, _ in together] == [a for a, _ in alone]
+    assert [p for _, p in together] == pytest.approx([p for _, p in alone], abs=1e-6)
+    assert len({round(p, 4) for _, p in alone}) == 4
 
 
 def test_yesno_fit_learns_which_way_is_yes():
