@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each measurement (3 alternating turns)")
+    ap.add_argument("--photos", type=int, default=15, help="sample photos encoded end to end (at most 15)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
                               **{f"{k}_images_per_s": round(v, 1) for k, v in rates.items()},
                               "fused/eager": round(rates["fused"] / rates["eager"], 2),
                               "max_abs_feature_diff": diff}), flush=True)
-    photos = [a for a, _ in sample_photos().values()]
+    photos = [a for a, _ in sample_photos().values()][: args.photos]
     folded = type(tower)._inference_net.__get__(tower)
 
     def encode_with(net_of):

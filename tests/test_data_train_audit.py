@@ -577,3 +577,29 @@ def test_an_unreadable_feature_cache_file_is_recomputed(images):
     calls = model.calls
     np.testing.assert_array_equal(image_features(model, images, progress=False), first)
     assert model.calls > calls
+
+
+@pytest.mark.parametrize("form", ["array", "tensor", "pil", "bytes"])
+def test_images_in_memory_are_cached_by_their_content(images, form):
+    """str() named an in-memory image in the cache key: a large array prints only its corners, so a second photo
+    with the same borders got the first one's cached features."""
+    model = FakeImageModel()
+    white = np.full((64, 64, 3), 255, np.uint8)
+    marked = white.copy()
+    marked[16:48, 16:48] = (200, 30, 30)  # same corners, same shape
+    as_form = {"array": lambda a: a, "tensor": lambda a: torch.from_numpy(a.copy()), "pil": Image.fromarray,
+               "bytes": _png_bytes_of}[form]
+    plain = np.array(image_features(model, [as_form(white)], progress=False))
+    other = np.array(image_features(model, [as_form(marked)], progress=False))
+    assert not np.array_equal(plain, other) and model.calls == 2
+    again = np.array(image_features(model, [as_form(marked.copy())], progress=False))  # equal content: cached
+    np.testing.assert_array_equal(again, other)
+    assert model.calls == 2
+
+
+def _png_bytes_of(pixels: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -7,6 +7,7 @@ centre crop; views 1.. are fixed augmented views (augmentation per cached view).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from typing import Sequence
@@ -32,15 +33,40 @@ log = logging.getLogger(__name__)
 
 def _identity(image) -> str:
     """Path + size + mtime (content changes invalidate the cache); a shard member by name + its shard's inode, size
-    and mtime (write_shards names the samples of any data alike: shard-000000.tar#000000000.jpg, ...)."""
+    and mtime (write_shards names the samples of any data alike: shard-000000.tar#000000000.jpg, ...); an image in
+    memory by a digest of its content."""
+    if not isinstance(image, (str, os.PathLike)):
+        return _content_identity(image)
     split = split_tar_ref(image)
     if split is not None:
         return f"{image}|{_file_identity(split[0])}"
     try:
         st = os.stat(image)
         return f"{image}|{st.st_size}|{st.st_mtime_ns}"
-    except (OSError, TypeError, ValueError):
+    except (OSError, ValueError):
         return str(image)
+
+
+def _content_identity(image) -> str:
+    """An array, tensor, PIL image or encoded bytes by type, shape and a digest of its bytes. str() named them
+    before: a large array prints only its corners, so two photos with white borders shared one cache entry (the
+    second got the first's features), and a PIL image prints its memory address."""
+    from PIL import Image
+
+    kind = type(image).__name__
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data, form = bytes(image), "encoded"
+    elif isinstance(image, Image.Image):
+        data, form = image.tobytes(), f"{image.mode} {image.size}"
+    else:
+        if isinstance(image, torch.Tensor):
+            form = f"{image.dtype} {tuple(image.shape)}"
+            image = image.detach().cpu().float().numpy()  # numpy has no bfloat16
+        else:
+            image = np.asarray(image)
+            form = f"{image.dtype} {image.shape}"
+        data = np.ascontiguousarray(image).tobytes()
+    return f"{kind}|{form}|{hashlib.sha256(data).hexdigest()}"
 
 
 def _open_or_none(image, skip_unreadable: bool, min_size: int | None):

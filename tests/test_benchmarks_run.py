@@ -1,0 +1,90 @@
+"""Every benchmark the README quotes keeps running: a tiny run of each one no other test runs, checking the JSON lines
+it prints (a benchmark nothing runs rots unseen, as MMF's fusion modules did). Speeds are not checked, only that
+they are measured, and the parity each script reports beside them (fused tower = eager tower, cached decoding =
+rerun decoding)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Scripts set torch's thread count for their measurements; the rest of the suite keeps its own."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_benchmark(name: str, argv: list, capsys) -> list[dict]:
+    """Runs benchmarks/NAME.py's main(argv) in this process (no second torch import) -> its JSON lines."""
+    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        assert module.main([str(a) for a in argv]) == 0
+    finally:
+        sys.modules.pop(spec.name, None)
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_fused_tower(capsys):
+    tower, end_to_end = run_benchmark("fused_tower", ["--batches", "2", "--seconds", "0.1", "--photos", "3"], capsys)
+    assert tower["batch"] == 2 and tower["eager_images_per_s"] > 0 and tower["fused/eager"] > 0
+    assert tower["max_abs_feature_diff"] < 1e-3  # the BatchNorm-folded copy computes the same features
+    assert end_to_end["photos"] == 3 and end_to_end["fused_images_per_s"] > 0
+
+
+def test_train_throughput(capsys):
+    *rows, speedups = run_benchmark("train_throughput", ["--batch", "4", "--steps", "1"], capsys)
+    assert {r["setup"] for r in rows} == {"heads_cached", "heads_plain", "partial_cached", "partial_plain"}
+    assert all(r["samples_per_s"] > 0 for r in rows) and set(speedups["speedup_cached_vs_plain"]) == {"heads", "partial"}
+
+
+def test_caption_speed(capsys):
+    *rows, last = run_benchmark("caption_speed", ["--photos", "2", "--beam", "2", "--repeats", "1"], capsys)
+    assert [r["decoding"] for r in rows] == ["cached", "rerun"] and all(r["photos_per_s"] > 0 for r in rows)
+    assert last["same_captions"] is True  # keys and values kept between steps change no caption
+
+
+def test_embed_throughput(capsys):
+    rows = run_benchmark("embed_throughput", ["--runtime", "torch", "--batches", "1,4", "--seconds", "0.05"], capsys)
+    assert [(r["kind"], r["batch"]) for r in rows] == [("images", 1), ("texts", 1), ("images", 4), ("texts", 4)]
+    assert all(r[f"{r['kind']}_per_s"] > 0 for r in rows)
+
+
+def test_pretrain_fusion(gallery, tmp_path, capsys):
+    from polymodal.data.samples import sample_photos
+
+    rows = [{"image": str(next(gallery.glob(f"{name}.*"))), "caption": caption}
+            for name, (_, description) in sample_photos().items()
+            for caption in (description, f"a photo of the {name}")]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = run_benchmark("pretrain_fusion", ["--pairs", pairs, "--runs", "text_only,multitask", "--epochs", "1",
+                                              "--batch-size", "8", "--dim", "32", "--out", tmp_path / "runs"], capsys)
+    text_only, multitask, summary = lines
+    assert (text_only["run"], multitask["run"]) == ("text_only", "multitask") and summary["summary"] is True
+    assert text_only["held_out_images"] == 2 and text_only["train_captions"] + text_only["held_out_captions"] == 30
+    for key in ("itm_pairwise_random_caption", "mlm_accuracy", "mlm_accuracy_images_zeroed"):
+        assert 0.0 <= multitask[key] <= 1.0, key
+    assert multitask["mrm_loss"] > 0 and "itm_pairwise_random_caption" not in text_only
+
+
+def test_train_easy_vqa(tmp_path, capsys):
+    pytest.importorskip("easy_vqa")
+    data, result, best = run_benchmark("train_easy_vqa", [
+        "--train-images", "12", "--test-images", "4", "--epochs", "1", "--batch-size", "32", "--dim", "32",
+        "--data", tmp_path / "data", "--out", tmp_path / "runs"], capsys)
+    assert data["train_questions"] > 0 and data["test_questions"] > 0
+    assert result["fusion"] == "concat" and 0.0 <= result["test_accuracy"] <= 1.0 and result["epochs_run"] == 1
+    assert (tmp_path / "runs" / "concat" / "model").is_dir() and best["best_fusion"] == "concat"
