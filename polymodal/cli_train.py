@@ -26,7 +26,10 @@ def _read_config(path: str) -> dict:
     p = Path(path)
     try:
         if p.suffix == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+                import tomli as tomllib
 
             return tomllib.loads(p.read_text())
         return json.loads(p.read_text())
