@@ -14,6 +14,7 @@ pytest.importorskip("onnxruntime")
 
 from polymodal.cli import main  # noqa: E402
 from test_captioner import _photo  # noqa: E402
+from conftest import skip_unless_int8_loaded  # noqa: E402
 
 COLOURS = ("red", "blue")
 
@@ -115,6 +116,7 @@ def test_the_int8_step_graph_is_served_only_when_the_gate_keeps_it(exported, tmp
     monkeypatch.setattr(caption_export, "MIN_GATE_PHOTOS", 2)  # two photos keep the test quick
     monkeypatch.setattr(onnx_export, "gate", lambda *a, **k: (verdict, "forced by the test"))
     row = _try_int8(out, config, fp32, photos, references, written, 3, 1.0, 0.05, lambda m: None)
+    skip_unless_int8_loaded(row)
     assert row["status"] == verdict and row["variant"] == "int8_dynamic" and "cider" in row
     served = polymodal.load(str(out), runtime="onnx")
     if verdict == "kept":
