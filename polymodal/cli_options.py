@@ -57,7 +57,6 @@ def qdrant_collection(args):
     return QdrantCollection(args.qdrant, args.collection or DEFAULT_COLLECTION)
 
 
-
 def add_recipe_flags(parser, flags: dict, recipe: str, helps: dict | None = None) -> None:
     """One --flag per recipe setting (flags: {key: (section, type)}); `--help` shows the recipe's default, what a run
     uses unless the flag or --config sets it. recipe: "module:Class", imported only when help is shown (the recipes

@@ -32,6 +32,7 @@ from polymodal.train.metrics import read_metrics
 from polymodal.train.objectives import Objective
 from polymodal.train.trainer import TrainConfig, Trainer
 from test_eval_data_audit import _add, _png_bytes, png
+from test_image_inputs import png_bytes
 from test_pairs import TRANSFORM, _write_image
 import test_train_internals_audit
 from test_train_internals_audit import FakeImageModel
@@ -588,18 +589,10 @@ def test_images_in_memory_are_cached_by_their_content(images, form):
     marked = white.copy()
     marked[16:48, 16:48] = (200, 30, 30)  # same corners, same shape
     as_form = {"array": lambda a: a, "tensor": lambda a: torch.from_numpy(a.copy()), "pil": Image.fromarray,
-               "bytes": _png_bytes_of}[form]
+               "bytes": lambda a: png_bytes(Image.fromarray(a))}[form]
     plain = np.array(image_features(model, [as_form(white)], progress=False))
     other = np.array(image_features(model, [as_form(marked)], progress=False))
     assert not np.array_equal(plain, other) and model.calls == 2
     again = np.array(image_features(model, [as_form(marked.copy())], progress=False))  # equal content: cached
     np.testing.assert_array_equal(again, other)
     assert model.calls == 2
-
-
-def _png_bytes_of(pixels: np.ndarray) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()

@@ -252,10 +252,10 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
             where = f"{path}:{reader.line_num}"
             joined = _lines_run_together(row, reader.line_num)
             if joined:
-                first, last = map(int, joined.split("-"))
-                skipped.append((f"{path}:{joined}", f"a quoted field runs over lines {joined} (an unclosed \" "
-                                f"quote?), so their {last - first + 1} lines were read as one row and left out; close "
-                                "the quote, or double a quote inside a caption (\"\")"))
+                first, last = joined
+                skipped.append((f"{path}:{first}-{last}", f"a quoted field runs over lines {first}-{last} (an "
+                                f"unclosed \" quote?), so their {last - first + 1} lines were read as one row and left "
+                                "out; close the quote, or double a quote inside a caption (\"\")"))
                 continue
             if None in row or any(v is None for v in row.values()):
                 skipped.append((where, f"row does not have the header's {len(columns)} fields"))
@@ -266,12 +266,13 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
     return pairs, skipped
 
 
-def _lines_run_together(row: dict, end: int) -> str:
-    """"START-END" when a cell holds a line break, else "". Captions are one line: a break means a quote left open,
-    which makes csv read every following row into this one (up to the next quote, or to the end of the file)."""
+def _lines_run_together(row: dict, end: int) -> tuple[int, int] | None:
+    """(first, last) line of the row when a cell holds a line break, else None. Captions are one line: a break means a
+    quote left open, which makes csv read every following row into this one (up to the next quote, or to the end of
+    the file)."""
     cells = [v for value in row.values() for v in (value if isinstance(value, list) else [value])]
     breaks = sum(v.rstrip("\r\n").count("\n") for v in cells if isinstance(v, str))  # EOF ends a last one
-    return f"{end - breaks}-{end}" if breaks else ""
+    return (end - breaks, end) if breaks else None
 
 
 def _folder_images(root: Path) -> list[Path]:

@@ -31,12 +31,10 @@ def read_pairs(path: str | Path | Sequence[str | Path]) -> Pairs:
     from polymodal.data.shards import split_tar_ref
     from polymodal.models.inputs import each_or_error, readable_results
 
-    several = isinstance(path, (list, tuple))
-    pairset = read_pair_sources(path) if several else read_pair_source(path)
-    path = ", ".join(map(str, path)) if several else path
+    pairset = read_pair_sources(path) if isinstance(path, (list, tuple)) else read_pair_source(path)
     results = each_or_error(lambda one: [_shard_image(one[0]) if split_tar_ref(one[0]) is not None else Path(one[0])],
                             list(pairset.images), batch_size=1)
-    rows = readable_results(results, "image", str(path))
+    rows = readable_results(results, "image", pairset.source)
     pairs = Pairs([r if isinstance(r, (bytes, Path)) else None for r in results], pairset.captions,
                   pairset.caption_image)
     return pairs if len(rows) == len(results) else pairs_of_images(pairs, np.asarray(rows, dtype=np.int64))
