@@ -481,3 +481,42 @@ def test_staged_folder_through_a_symlink_keeps_the_link(tmp_path):
     with staged_folder(link) as stage:
         (stage / "new.txt").write_text("new")
     assert link.is_symlink() and [p.name for p in real.iterdir()] == ["new.txt"]
+
+
+def test_label_embeddings_follow_the_torch_weights_without_being_told():
+    # a researcher's own training loop (or load_state_dict) changes the text side: classify() must not rank
+    # against label vectors of the old weights
+    import torch
+
+    class TorchEmbedder(torch.nn.Module, ZeroShotMixin):
+        logit_scale = 10.0
+
+        def __init__(self):
+            super().__init__()
+            self.text = torch.nn.Linear(8, 8, bias=False)
+
+        def encode_text(self, texts):
+            with torch.no_grad():
+                return self.text(torch.from_numpy(np.stack([prompt_vector(t) for t in texts]))).numpy()
+
+    model, labels = TorchEmbedder(), ["cat", "dog"]
+    first = model.label_embeddings(labels).copy()
+    model.label_embeddings(labels)
+    assert model._prompts.misses == 1
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.text(torch.ones(1, 8)).sum().backward()
+    opt.step()  # one training step
+    after_step = model.label_embeddings(labels)
+    assert model._prompts.misses == 2 and not np.allclose(after_step, first, atol=1e-3)
+    np.testing.assert_allclose(after_step, _expected_label_emb_of(model, labels), atol=1e-5)
+    model.load_state_dict({"text.weight": torch.eye(8)})  # reloaded weights
+    np.testing.assert_allclose(model.label_embeddings(labels), _expected_label_emb(labels, ["a photo of a {}."]),
+                               atol=1e-5)
+    model.text = torch.nn.Linear(8, 8, bias=False)  # a swapped module
+    model.label_embeddings(labels)
+    assert model._prompts.misses == 4
+
+
+def _expected_label_emb_of(model, labels):
+    emb = model.encode_text([f"a photo of a {lab}." for lab in labels])
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)

@@ -177,6 +177,29 @@ def test_load_errors(tmp_path, lite_export):
         polymodal.load(str(partial), runtime="onnx")
 
 
+def test_a_graph_this_onnxruntime_cannot_run_is_not_called_damaged(tmp_path, lite_export):
+    # an older onnxruntime lacks kernels a newer one exported (1.23 and int8 ConvInteger): exporting again does not
+    # help there, a newer onnxruntime does. Tan on doubles has no CPU kernel in any onnxruntime
+    from onnx import TensorProto, helper, save
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    config = json.loads((lite_export[0] / "onnx_config.json").read_text())
+    for f in lite_export[0].iterdir():
+        if f.name != config["text"]["file"]:
+            (folder / f.name).symlink_to(f)
+    x = helper.make_tensor_value_info("input_ids", TensorProto.DOUBLE, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2])
+    graph = helper.make_graph([helper.make_node("Tan", ["input_ids"], ["y"])], "g", [x], [y])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / config["text"]["file"])
+    with pytest.raises(PolymodalError, match="cannot run on this onnxruntime .*Tan.*pip install -U onnxruntime") as e:
+        polymodal.load(str(folder), runtime="onnx")
+    assert "damaged" not in str(e.value)
+    (folder / config["text"]["file"]).write_bytes(b"not a graph")  # a broken file is still called damaged
+    with pytest.raises(PolymodalError, match="incomplete or damaged export"):
+        polymodal.load(str(folder), runtime="onnx")
+
+
 def test_export_refuses_a_timing_that_measures_nothing(capsys, tmp_path):
     assert cli.main(["export", "onnx", "lite", "--out", str(tmp_path / "x"), "--timing-seconds", "0"]) == 2
     assert "--timing-seconds must be more than 0" in capsys.readouterr().err

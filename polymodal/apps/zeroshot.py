@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import sys
 from collections import OrderedDict
 from typing import Sequence
 
@@ -14,13 +16,26 @@ from polymodal.models.inputs import as_texts, check_count
 log = logging.getLogger(__name__)
 
 
+def weights_version(model) -> tuple:
+    """Changes whenever the model's torch weights do: an optimizer step, load_state_dict or any in-place edit bumps
+    a tensor's version counter, and a swapped module brings other tensors. () for a torch-free model (ONNX)."""
+    torch = sys.modules.get("torch")  # never imported here: the ONNX runtime stays torch-free
+    if torch is None:
+        return ()
+    modules = [model] if isinstance(model, torch.nn.Module) else [
+        v for v in vars(model).values() if isinstance(v, torch.nn.Module)]
+    return tuple((id(t), t._version) for m in modules for t in itertools.chain(m.parameters(), m.buffers()))
+
+
 class PromptCache:
-    """LRU of label-prompt matrices, so repeated classify() calls do not re-encode the labels."""
+    """LRU of label-prompt matrices, so repeated classify() calls do not re-encode the labels; emptied when the
+    model's weights change (training), so classify() never ranks against label vectors of the old weights."""
 
     def __init__(self, model, size: int = 32) -> None:
         self._model = model
         self._size = size
         self._items: OrderedDict = OrderedDict()
+        self._weights: tuple | None = None  # read at first use: a model may build its cache before its modules
         self.misses = 0
 
     def get(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
@@ -32,7 +47,10 @@ class PromptCache:
                 named = " (only an empty {} is filled, not a named field)" if "{" in t else ""
                 raise PolymodalError(f"template {t!r} has no '{{}}' where the label goes{named}, e.g. 'a photo of a "
                                      "{}.'")
-        key = (labels, templates)
+        key, weights = (labels, templates), weights_version(self._model)
+        if weights != self._weights:  # trained or reloaded since: every cached matrix is stale
+            self._items.clear()
+            self._weights = weights
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
@@ -77,7 +95,8 @@ class ZeroShotMixin:
         return self._prompts.get(labels, templates or self.DEFAULT_TEMPLATES)
 
     def forget_label_embeddings(self) -> None:
-        """Call after the text side changed (training): cached label embeddings are recomputed on next use."""
+        """Drops cached label embeddings. Changes to torch weights are noticed without it; call it when the text
+        side changed some other way (a subclass's encode_text now reads other state)."""
         self._prompts = PromptCache(self)
 
     def classify(self, images, labels: Sequence[str], templates: Sequence[str] | None = None,

@@ -99,7 +99,13 @@ def onnx_session(path: Path, threads: int | None = None, inputs: set[str] | None
     try:
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...) for a bad file
-        raise damaged_export(path.parent, f"{path.name} cannot be loaded: {str(exc).splitlines()[0][:200]}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        if type(exc).__name__ == "NotImplemented":  # a sound graph with an operator this build has no kernel for
+            raise PolymodalError(
+                f"{path} cannot run on this onnxruntime ({ort.__version__}): {first}. Install a newer onnxruntime "
+                f"(pip install -U onnxruntime), or export the model again here (`polymodal export onnx MODEL --out "
+                f"{path.parent}`): the export keeps only the variants this onnxruntime runs") from exc
+        raise damaged_export(path.parent, f"{path.name} cannot be loaded: {first}") from exc
     missing = (inputs or set()) - {i.name for i in session.get_inputs()}
     if missing:
         raise damaged_export(path.parent, f"{path.name} is not the graph expected there (no input {sorted(missing)})")
