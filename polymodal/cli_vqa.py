@@ -120,7 +120,8 @@ def add_parsers(sub, actions: dict) -> None:
     add_recipe_flags(s, VQA_FLAGS, "polymodal.train.vqa:VQARecipe")
     s.set_defaults(func=cmd_train_vqa)
 
-    s = actions["eval"].add_parser("vqa", help="VQA accuracy, overall and per answer type, on a QA JSONL")
+    s = actions["eval"].add_parser("vqa", help="VQA accuracy, overall and per answer type, on a QA JSONL (rows "
+                                   "with \"choices\" score as multiple choice)")
     s.add_argument("--qa", required=True)
     s.add_argument("--model", default="easy-vqa")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch")

@@ -121,6 +121,19 @@ def test_answer_shape_and_choices(tiny):
     assert mixed["maybe"] == 0.0 and mixed["yes"] == pytest.approx(res["score"] if res["answer"] == "yes" else 1 - res["score"])
 
 
+def test_predict_choices_is_answer_with_choices_batched(tiny):
+    model, images, _ = tiny
+    questions = ["Is this a red square?", "Is it blue?", "Is this a red square?"]
+    choices = [["No", "Yes"], ["yes", "maybe"], ["no", "perhaps"]]
+    got = model.predict_choices([images[0], images[1], images[1]], questions, choices)
+    for (answer, score), image, question, row in zip(got, [images[0], images[1], images[1]], questions, choices):
+        alone = model.answer(image, question, choices=row)
+        assert answer == alone["answer"] and score == pytest.approx(alone["score"], abs=1e-6)
+    assert got[2][0] == "no" or got[2][1] == 0.5  # "perhaps" scores 0: "no" wins unless p(no) is 0
+    with pytest.raises(PolymodalError, match="answers only yes or no"):
+        model.predict_choices(["missing.jpg"], ["Is it red?"], [["red", "blue"]])  # before any image is read
+
+
 @pytest.mark.parametrize("call", [
     lambda m, im: m.answer(im[0], "   "),
     lambda m, im: m.answer(im[0], "Is it red?", choices=["red", "blue"]),

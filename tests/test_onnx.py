@@ -265,13 +265,15 @@ def test_vqa_model_exports_with_parity_and_answers_without_torch(easy_vqa_rows, 
         m = polymodal.load({str(out)!r}, runtime="onnx")
         r = m.answer({rows[0]['image']!r}, {rows[0]['question']!r})
         c = m.answer({rows[0]['image']!r}, {rows[0]['question']!r}, choices=["yes", "no"])
-        print(json.dumps({{"torch": "torch" in sys.modules, "answer": r["answer"], "choice": c["answer"]}}))
+        p = m.predict_choices([{rows[0]['image']!r}] * 2, [{rows[0]['question']!r}] * 2, [["yes", "no"], ["no", "yes"]])
+        print(json.dumps({{"torch": "torch" in sys.modules, "answer": r["answer"], "choice": c["answer"],
+                          "chosen": [a for a, _ in p], "same_score": abs(p[0][1] - c["score"]) < 1e-5}}))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout.strip().splitlines()[-1])
     assert got["torch"] is False and got["answer"] == rows[0]["answer"]
-    assert got["choice"] in ("yes", "no")
+    assert got["choice"] in ("yes", "no") and got["chosen"] == [got["choice"]] * 2 and got["same_score"]
     assert cli.main(["eval", "vqa", "--model", str(out), "--runtime", "onnx", "--qa", str(qa)]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == report["accuracy_onnx"]["accuracy"]  # same 20 rows
 

@@ -3,6 +3,7 @@ load, answer/choices, explain heat maps, eval JSON), and the built-in easy-vqa m
 
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -118,6 +119,77 @@ def test_predict_and_eval_accuracy(model, qa_file):
     assert result["per_type_count"] == {"other": 15, "yes/no": 30}
     assert vqa_accuracy(model, rows[:6], cache=False)["accuracy"] == pytest.approx(
         vqa_accuracy(model, rows[:6])["accuracy"])
+
+
+def test_predict_choices_is_answer_with_choices_batched(model, gallery):
+    images = [gallery / "rocket.jpg", gallery / "cat.jpg", gallery / "rocket.jpg"]
+    questions = ["what is in the picture?", "what is in the picture?", "is this a rocket?"]
+    choices = [["cat", "Rocket", "moon"], ["spaceship", "moon", "cat"], ["no", "yes"]]
+    encoded = []
+    encode = model.encode_images
+    model.encode_images = lambda imgs, *a, **k: encoded.append(len(imgs)) or encode(imgs, *a, **k)
+    try:
+        got = model.predict_choices(images, questions, choices)
+    finally:
+        del model.encode_images
+    assert encoded == [2]  # each distinct photo once
+    for (answer, score), image, question, row in zip(got, images, questions, choices):
+        alone = model.answer(image, question, choices=row)
+        assert answer == alone["answer"] and score == pytest.approx(alone["score"], abs=1e-5)
+    assert [a for a, _ in got] == ["Rocket", "cat", "yes"]
+    with pytest.raises(polymodal.PolymodalError, match="knows none of the choices"):  # before any image is read
+        model.predict_choices(["no-such.jpg"], ["what is it?"], [["spaceship", "kitten"]])
+    with pytest.raises(polymodal.PolymodalError, match="one list per row"):
+        model.predict_choices(images, questions, choices[:2])
+
+
+def test_eval_scores_rows_with_choices_as_multiple_choice(model, gallery, tmp_path, capsys, caplog):
+    # each row's answer is the model's SECOND best open answer: open-ended it is always wrong, chosen against a
+    # candidate the model ranks lower it is always right; a row scored open-ended would fail this
+    rows = []
+    for name in NAMES[:6]:
+        ranked = [a for a, _ in model.answer(gallery / f"{name}.jpg", "what is in the picture?",
+                                              top_k=len(model.answers))["alternatives"]]
+        rows.append({"image": f"{name}.jpg", "question": "what is in the picture?", "answer": ranked[1],
+                     "choices": [ranked[-1], ranked[1]]})
+    rows.append({"image": "cat.jpg", "question": "what is in the picture?", "answer": "cat"})  # an open one
+    qa = gallery / "qa-choices.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = vqa_accuracy(model, read_qa(qa))
+    assert out["multiple_choice_count"] == 6 and out["multiple_choice_accuracy"] == 1.0
+    assert out["accuracy"] == pytest.approx(7 / 7) and out["count"] == 7
+    no_choices = vqa_accuracy(model, [{**r, "image": gallery / r["image"], "choices": None} for r in rows])
+    assert no_choices["accuracy"] == pytest.approx(1 / 7) and "multiple_choice_count" not in no_choices
+
+    # the CLI: same figures; a model that can score none of a row's choices is one error, not unreadable rows
+    assert cli.main(["eval", "vqa", "--qa", str(qa), "--model", str(model.save(tmp_path / "m"))]) == 0
+    assert json.loads(capsys.readouterr().out)["multiple_choice_accuracy"] == 1.0
+    qa.write_text(json.dumps({"image": "cat.jpg", "question": "what is it?", "answer": "kitten",
+                              "choices": ["kitten", "puppy"]}) + "\n")
+    assert cli.main(["eval", "vqa", "--qa", str(qa), "--model", str(tmp_path / "m")]) == 2
+    assert "knows none of the choices" in capsys.readouterr().err
+    qa.write_text(json.dumps({"image": "cat.jpg", "question": "what is it?", "answer": "cat",
+                              "choices": ["cat", "kitten"]}) + "\n")
+    with caplog.at_level(logging.WARNING):  # said once for the file, not once per row or batch
+        assert vqa_accuracy(model, read_qa(qa))["accuracy"] == 1.0
+    assert caplog.text.count("these score 0: kitten") == 1
+
+
+@pytest.mark.parametrize("choices, reason", [
+    ("cat,dog", "must be a list"),
+    (["cat"], "two or more different candidates"),
+    (["cat", "Cat."], "two or more different candidates"),
+    (["dog", "moon"], "not among its choices"),
+    (["cat", True], "must hold text"),
+])
+def test_rows_with_unusable_choices_are_skipped_and_say_why(gallery, choices, reason, caplog):
+    qa = gallery / "qa-bad-choices.jsonl"
+    good = {"image": "cat.jpg", "question": "what is it?", "answer": "cat", "choices": ["a cat", "dog"]}
+    qa.write_text(json.dumps({**good, "choices": choices}) + "\n" + json.dumps(good) + "\n")
+    with caplog.at_level(logging.WARNING):
+        rows = read_qa(qa)
+    assert [r.choices for r in rows] == [("a cat", "dog")]  # a candidate matches as answers compare: "a cat" = cat
+    assert reason in caplog.text
 
 
 def test_explain_heatmap_attention_and_gradient(model, gallery, tmp_path):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 from polymodal.errors import PolymodalError
+
+log = logging.getLogger(__name__)
 
 YES_NO = ("yes", "no")
 
@@ -52,6 +55,26 @@ def unique_choices(choices: Sequence[Any]) -> dict[str, str]:
     if not seen:
         raise PolymodalError("no choices given; pass candidate answers like --choices yes,no")
     return seen
+
+
+def check_row_choices(choices: Any, rows: int, check) -> list[list[str]]:
+    """predict_choices()'s per-row candidate lists: one list per row, each distinct list passed to ``check`` (the
+    model's check_choices: it raises before any image is read when the model can score none of a row's candidates;
+    its warnings about candidates that score 0 are left to answer() and eval, which give them once, not per batch)."""
+    if isinstance(choices, str) or not isinstance(choices, Sequence):
+        raise PolymodalError(f"choices must hold one list of candidate answers per row, got {type(choices).__name__}")
+    choices = [[c] if isinstance(c, str) else list(c) for c in choices]  # a row's one string is one candidate
+    if len(choices) != rows:
+        raise PolymodalError(f"got {len(choices)} lists of choices for {rows} rows; pass one list per row")
+    for distinct in dict.fromkeys(tuple(c) for c in choices):
+        check(list(distinct))
+    return choices
+
+
+def warn_of(note: str) -> None:
+    """A model's check_choices note (candidates it cannot score), as one warning; "" is nothing to say."""
+    if note:
+        log.warning("%s", note)
 
 
 def choice_index(answers: Sequence[str]) -> dict[str, int]:

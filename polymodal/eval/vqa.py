@@ -5,6 +5,8 @@ A QA file is JSONL with one ``{"image": path relative to the file, "question": t
 ``"answers"`` (strings, or VQA v2's ``{"answer": ...}`` objects; ``"answer"`` then defaults to the most common): such
 rows score the VQA v2 soft accuracy (min(1, agreeing annotators / 3), averaged over leaving each annotator out), the
 others exact match; both compare answers as the VQA v2 evaluation does (``comparable_answer``: 'Two.' = '2').
+A row with ``"choices"`` (two or more candidate answers, the answer among them) is multiple choice: the model picks
+the best of those candidates (``predict_choices``, as ``answer(..., choices=...)`` ranks them).
 Unusable rows (bad JSON, missing keys, missing image file) are counted and logged; a file without any usable row is
 an error.
 """
@@ -18,7 +20,7 @@ from typing import Any, Iterable, Sequence
 
 from polymodal.data.jsonl import iter_json_rows, missing_image
 from polymodal.errors import PolymodalError
-from polymodal.data.answers import YES_NO, comparable_answer, normalize_answer, soft_vqa_score
+from polymodal.data.answers import YES_NO, comparable_answer, normalize_answer, soft_vqa_score, unique_choices
 from polymodal.models.inputs import each_or_error, plural, readable_results
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class QARow:
     answer: str  # normalised (see normalize_answer)
     answer_type: str | None = None
     answers: tuple[str, ...] = ()  # the annotators' answers (VQA v2 soft accuracy), normalised; () = exact match
+    choices: tuple[str, ...] = ()  # candidate answers as given (multiple choice); () = open-ended
 
     @property
     def type(self) -> str:
@@ -81,7 +84,12 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
         if not question or not answer:  # blank once spaces (and for answers, punctuation) are tidied
             skipped.append((where, f"blank {'question' if not question else 'answer'}"))
             continue
-        rows.append(QARow(image, question, answer, item.get("answer_type") or None, annotators))
+        try:
+            choices = row_choices(item.get("choices"), answer)
+        except PolymodalError as exc:
+            skipped.append((where, str(exc)))
+            continue
+        rows.append(QARow(image, question, answer, item.get("answer_type") or None, annotators, choices))
     if skipped:
         log.warning("%s: skipped %s (first: %s: %s)", path, plural(len(skipped), "unusable row"), *skipped[0])
     if not rows:
@@ -117,6 +125,22 @@ def annotator_answers(value: Any) -> tuple[str, ...]:
     return out
 
 
+def row_choices(value: Any, answer: str) -> tuple[str, ...]:
+    """A row's "choices": None (open-ended), or two or more candidate answers among which is ``answer``."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
+        raise PolymodalError(f'"choices" must be a list of candidate answers, e.g. ["red", "blue"], got {value!r:.60}')
+    if any(isinstance(c, bool) or not isinstance(c, (str, int, float)) for c in value):
+        raise PolymodalError(f'"choices" must hold text (a number is fine), got {value!r:.60}')
+    seen = unique_choices([str(c) for c in value])
+    if len(seen) < 2:
+        raise PolymodalError(f'"choices" needs two or more different candidates, got {value!r:.60}')
+    if comparable_answer(answer) not in seen:
+        raise PolymodalError(f"the answer {answer!r} is not among its choices ({', '.join(seen.values())})")
+    return tuple(seen.values())
+
+
 def as_rows(rows: Iterable[Any]) -> list[QARow]:
     """QARow objects or dicts with image/question/answer(/answer_type/answers) -> QARow list."""
     out = []
@@ -127,8 +151,9 @@ def as_rows(rows: Iterable[Any]) -> list[QARow]:
             wrong = _wrong_types(r)
             if wrong:
                 raise PolymodalError(f"{wrong} (in the row {r!r:.80})")
-            out.append(QARow(r["image"], str(r["question"]), normalize_answer(r["answer"]), r.get("answer_type"),
-                             annotator_answers(r.get("answers"))))
+            answer = normalize_answer(r["answer"])
+            out.append(QARow(r["image"], str(r["question"]), answer, r.get("answer_type"),
+                             annotator_answers(r.get("answers")), row_choices(r.get("choices"), answer)))
         else:
             raise PolymodalError(f"a VQA row needs image, question and answer; got {r!r:.80}")
     return out
@@ -158,8 +183,9 @@ def accuracy_by_type(predicted: Sequence[str], rows: Sequence[QARow]) -> dict:
 
 def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool = False) -> dict:
     """Exact-match accuracy of a fusion encoder on QA rows, overall and per answer type ("yes/no" when the answer
-    is yes or no, else "other"; a row's own answer_type wins). With ``cache``, image and question features go
-    through the on-disk feature cache (image paths only), so a second evaluation costs no tower pass."""
+    is yes or no, else "other"; a row's own answer_type wins); rows with choices are multiple choice, also reported
+    apart. With ``cache``, the open rows' image and question features go through the on-disk feature cache (image
+    paths only), so a second evaluation costs no tower pass."""
     from polymodal.models.fusion_encoder import FusionEncoder
     from polymodal.registry import require_vqa
 
@@ -167,15 +193,46 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     rows = as_rows(rows)
     if not rows:
         raise PolymodalError("no rows to evaluate")
-    if cache and isinstance(model, FusionEncoder) and all(isinstance(r.image, (str, Path)) for r in rows):
+    chosen = choice_results(model, [r for r in rows if r.choices])  # first: a model that cannot score them says so now
+    open_rows = [r for r in rows if not r.choices]
+    if cache and isinstance(model, FusionEncoder) and all(isinstance(r.image, (str, Path)) for r in open_rows):
         from polymodal.train.vqa import cached_predictions
 
-        results = cached_predictions(model, [r.image for r in rows], [r.question for r in rows], progress=progress,
-                                     skip_unreadable=True)
+        answered = cached_predictions(model, [r.image for r in open_rows], [r.question for r in open_rows],
+                                      progress=progress, skip_unreadable=True) if open_rows else []
     else:
-        results = each_or_error(lambda chunk: model.predict([r.image for r in chunk], [r.question for r in chunk]),
-                                rows, 256)
+        answered = each_or_error(lambda chunk: model.predict([r.image for r in chunk], [r.question for r in chunk]),
+                                 open_rows, 256)
+    results = _in_row_order(rows, answered, chosen)
     # a row whose image cannot be read is left out (as training does), with one warning; none readable is an error
     kept = readable_results(results, "row")
-    return {**accuracy_by_type([results[i][0] for i in kept], [rows[i] for i in kept]),
-            "unreadable": len(rows) - len(kept)}
+    out = {**accuracy_by_type([results[i][0] for i in kept], [rows[i] for i in kept]),
+           "unreadable": len(rows) - len(kept)}
+    mc = [i for i in kept if rows[i].choices]
+    if mc:  # reported apart too: choosing among a few candidates is an easier task than open answers
+        out["multiple_choice_count"] = len(mc)
+        out["multiple_choice_accuracy"] = accuracy_by_type([results[i][0] for i in mc], [rows[i] for i in mc])["accuracy"]
+    return out
+
+
+def choice_results(model, rows: list[QARow]) -> list:
+    """(choice, score) per multiple-choice row, or a str where its image could not be read. The model checks each
+    distinct list of choices first: one it cannot score at all is an error, not an unreadable row, and what it
+    says about choices it scores 0 is said once."""
+    if not rows:
+        return []
+    if not hasattr(model, "predict_choices"):
+        raise PolymodalError(f"{getattr(model, 'name', type(model).__name__)} cannot rank given choices; drop "
+                             '"choices" from the rows or evaluate a VQA model such as easy-vqa')
+    notes = [model.check_choices(list(c))[1] for c in dict.fromkeys(r.choices for r in rows)]
+    notes = [n for n in notes if n]
+    if notes:
+        log.warning("%s%s", notes[0], f" (and in {len(notes) - 1} other lists of choices)" if len(notes) > 1 else "")
+    return each_or_error(lambda chunk: model.predict_choices([r.image for r in chunk], [r.question for r in chunk],
+                                                             [list(r.choices) for r in chunk]), rows, 256)
+
+
+def _in_row_order(rows: list[QARow], answered: list, chosen: list) -> list:
+    """The open rows' and the multiple-choice rows' results back in the rows' order."""
+    answered, chosen = iter(answered), iter(chosen)
+    return [next(chosen) if r.choices else next(answered) for r in rows]

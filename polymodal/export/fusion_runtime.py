@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from polymodal.data.answers import choice_index, unique_choices
+from polymodal.data.answers import check_row_choices, choice_index, unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
@@ -68,12 +68,28 @@ class OnnxFusionEncoder:
             order = np.argsort(-probs)[:top_k]
             ranked = [(self.answers[int(i)], float(probs[i])) for i in order]
         else:
-            seen = unique_choices(choices)
-            outside = [c for c in seen if c not in self.answer_index]
-            if outside:
-                raise PolymodalError(f"choices outside this model's answers ({', '.join(outside)}) need the PyTorch "
-                                     "runtime (its ITM head scores them); pass answers the model knows")
-            idx = [self.answer_index[c] for c in seen]
-            probs = _softmax(logits[idx])
-            ranked = sorted(((seen[c], float(p)) for c, p in zip(seen, probs)), key=lambda t: -t[1])[:top_k]
+            ranked = self._rank_choices(logits, choices)[:top_k]
         return {"answer": ranked[0][0], "score": ranked[0][1], "alternatives": ranked}
+
+    def predict_choices(self, images: Sequence[Any], questions: Sequence[str], choices: Sequence[Sequence[str]],
+                        batch_size: int = 32) -> list[tuple[str, float]]:
+        """Multiple choice over rows: the best of each row's candidates and its score, as answer(..., choices=...)."""
+        images, questions = vqa_rows(images, questions)
+        choices = check_row_choices(choices, len(questions), self.check_choices)
+        return [self._rank_choices(row, c)[0] for row, c in zip(self.logits(images, questions, batch_size), choices)]
+
+    def check_choices(self, choices: Sequence[str]) -> tuple[dict[str, str], str]:
+        """(unique_choices(choices), "": every candidate is scored), or one error when some are outside the
+        vocabulary (only the PyTorch model's ITM head scores those)."""
+        seen = unique_choices(choices)
+        outside = [c for c in seen if c not in self.answer_index]
+        if outside:
+            raise PolymodalError(f"choices outside this model's answers ({', '.join(outside)}) need the PyTorch "
+                                 "runtime (its ITM head scores them); pass answers the model knows")
+        return seen, ""
+
+    def _rank_choices(self, logits: np.ndarray, choices: Sequence[str]) -> list[tuple[str, float]]:
+        """The candidates ranked by the logits restricted to them (softmax over the candidates), best first."""
+        seen = self.check_choices(choices)[0]
+        probs = _softmax(logits[[self.answer_index[c] for c in seen]])
+        return sorted(((seen[c], float(p)) for c, p in zip(seen, probs)), key=lambda t: -t[1])

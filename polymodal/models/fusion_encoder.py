@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.models.folders import folder_type, read_folder_config, write_model_folder
-from polymodal.data.answers import choice_index, unique_choices
+from polymodal.data.answers import check_row_choices, choice_index, unique_choices, warn_of
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, build_fusion
@@ -477,6 +477,8 @@ class FusionEncoder(nn.Module):
         question = one_question(question)
         top_k = check_count(top_k, "top_k")
         self._warn_if_cut(question)
+        if choices is not None:
+            warn_of(self.check_choices(choices)[1])  # before the image is read
         image_inputs = self.encode_images([image])
         states, mask = self.encode_questions([question])
         logits = self.vqa_logits(image_inputs, states, mask)[0].float()
@@ -499,16 +501,41 @@ class FusionEncoder(nn.Module):
             log.warning("the question is %d word pieces longer than this model reads (max_question_tokens=%d); its end "
                         "was cut off: ask it in fewer words", cut, self.config.max_question_tokens)
 
-    def _rank_choices(self, logits: Tensor, image_inputs: Tensor, question: str, choices: Sequence[str]) -> list:
+    @in_eval_mode
+    @torch.inference_mode()
+    def predict_choices(self, images: Sequence[Any], questions: Sequence[str], choices: Sequence[Sequence[str]],
+                        batch_size: int = 256) -> list[tuple[str, float]]:
+        """Multiple choice over rows: the best of each row's candidates and its score, ranked as ``answer(...,
+        choices=...)`` ranks them; each distinct image and question is encoded once."""
+        choices, img_list, row_image, q_list, row_question = choice_rows(images, questions, choices, self.check_choices)
+        if not choices:
+            return []
+        image_inputs = self.encode_images(img_list)
+        q_states, q_mask = self.encode_questions(q_list)
+        logits = self.logits_for(image_inputs, q_states, q_mask, torch.as_tensor(row_image),
+                                 torch.as_tensor(row_question), check_count(batch_size, "batch_size"))
+        return [self._rank_choices(row_logits, image_inputs[i : i + 1], q_list[q], c)[0]
+                for row_logits, i, q, c in zip(logits, row_image, row_question, choices)]
+
+    def check_choices(self, choices: Sequence[str]) -> tuple[dict[str, str], str]:
+        """Candidate answers -> (unique_choices(choices), a warning naming those that score 0.0 (outside the
+        vocabulary, no ITM head) or ""); one error when the model can score none of them."""
         seen = unique_choices(choices)
-        inside = [k for k in seen if k in self.answer_index]
         outside = [k for k in seen if k not in self.answer_index]
-        if not inside and self.itm is None:  # every choice would score 0: an answer made of nothing
+        if len(outside) == len(seen) and self.itm is None:  # every choice would score 0: an answer made of nothing
             more = f", ... ({len(self.answers)} in all)" if len(self.answers) > 10 else ""
             known = ", ".join(self.answers[:10]) + more
             hint = "; separate choices with commas, e.g. yes,no" if any(" " in c or "[" in c for c in seen.values()) else ""
             raise PolymodalError(f"model {self.name!r} knows none of the choices ({', '.join(map(repr, seen.values()))}) "
                                  f"and has no ITM head to score other answers; pass answers it knows, e.g. {known}{hint}")
+        note = f"{self.name} has no ITM head to score choices outside its answers; these score 0: " + \
+            ", ".join(seen[k] for k in outside) if outside and self.itm is None else ""
+        return seen, note
+
+    def _rank_choices(self, logits: Tensor, image_inputs: Tensor, question: str, choices: Sequence[str]) -> list:
+        seen = self.check_choices(choices)[0]
+        inside = [k for k in seen if k in self.answer_index]
+        outside = [k for k in seen if k not in self.answer_index]
         scores: dict[str, float] = {}
         if not outside:
             idx = torch.tensor([self.answer_index[k] for k in inside])
@@ -521,8 +548,6 @@ class FusionEncoder(nn.Module):
                 match = torch.sigmoid(self.itm_logits(image_inputs, states, mask, torch.zeros(len(outside), dtype=torch.long)))
                 scores.update(zip(outside, match.tolist()))
             else:
-                log.warning("%s has no ITM head to score choices outside its answers; these score 0: %s",
-                            self.name, ", ".join(seen[k] for k in outside))
                 scores.update({k: 0.0 for k in outside})
         order = sorted(seen, key=lambda k: -scores[k])
         return [(seen[k], float(scores[k])) for k in order]
@@ -574,6 +599,13 @@ class FusionEncoder(nn.Module):
         config = {"type": "fusion_encoder", "version": self.version, **asdict(self.config),
                   "transform": self.transform.to_dict()}
         return write_model_folder(folder, data, config)
+
+
+def choice_rows(images: Any, questions: Any, choices: Any, check) -> tuple[list, list, list[int], list[str], list[int]]:
+    """predict_choices()'s arguments checked (``check``: the model's check_choices) -> (choices per row, distinct
+    images, each row's image index, distinct questions, each row's question index)."""
+    images, questions = vqa_rows(images, questions)
+    return (check_row_choices(choices, len(questions), check), *_dedupe(images), *_dedupe(questions))
 
 
 def _dedupe(items: Sequence[Any]) -> tuple[list, list[int]]:

@@ -31,8 +31,8 @@ import torch
 
 from polymodal.models.folders import WEIGHTS_FILE, folder_type, read_folder_config, write_model_folder
 from polymodal.errors import PolymodalError
-from polymodal.data.answers import YES_NO, normalize_answer, unique_choices
-from polymodal.models.fusion_encoder import _dedupe
+from polymodal.data.answers import YES_NO, normalize_answer, unique_choices, warn_of
+from polymodal.models.fusion_encoder import _dedupe, choice_rows
 from polymodal.models.inputs import check_count, one_question, vqa_rows
 
 log = logging.getLogger(__name__)
@@ -196,21 +196,40 @@ class YesNoModel:
         if not re.match(rf"{_AUX}\b|(am|may|might)\b", question.strip().lower()):
             log.warning("%s answers only yes or no; %r does not read like a yes/no question (is/are/can/does ...)",
                         self.name, question)
+        if choices is not None:
+            warn_of(self.check_choices(choices)[1])  # before the image is read
         p_yes = float(self.probabilities(self.encode_images([image]), self.encode_questions([question]), [0])[0])
-        scores = {"yes": p_yes, "no": 1.0 - p_yes}
         if choices is None:
-            ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+            ranked = sorted({"yes": p_yes, "no": 1.0 - p_yes}.items(), key=lambda kv: -kv[1])
         else:
-            seen = unique_choices(choices)
-            if not set(seen) & set(YES_NO):
-                raise PolymodalError(f"{self.name} answers only yes or no, and none of the choices "
-                                     f"({', '.join(seen.values())}) is; pass yes and/or no")
-            if set(seen) - set(YES_NO):
-                log.warning("%s answers only yes or no; these choices score 0: %s", self.name,
-                            ", ".join(v for k, v in seen.items() if k not in YES_NO))
-            ranked = sorted(((seen[k], scores.get(k, 0.0)) for k in seen), key=lambda kv: -kv[1])
+            ranked = self._rank_choices(p_yes, choices)
         top = ranked[:top_k]
         return {"answer": top[0][0], "score": top[0][1], "alternatives": top}
+
+    def predict_choices(self, images: Sequence[Any], questions: Sequence[str], choices: Sequence[Sequence[str]],
+                        batch_size: int = 32) -> list[tuple[str, float]]:
+        """Multiple choice over rows: the best of each row's candidates and its score, as answer(..., choices=...)."""
+        choices, img_list, row_image, q_list, row_question = choice_rows(images, questions, choices, self.check_choices)
+        if not choices:
+            return []
+        p_yes = self.probabilities(self.encode_images(img_list, check_count(batch_size, "batch_size")),
+                                   self.encode_questions(q_list), row_image, row_question)
+        return [self._rank_choices(float(p), c)[0] for p, c in zip(p_yes, choices)]
+
+    def check_choices(self, choices: Sequence[str]) -> tuple[dict[str, str], str]:
+        """(unique_choices(choices), a warning naming those other than yes and no, which score 0.0, or ""); one
+        error when neither yes nor no is among them."""
+        seen = unique_choices(choices)
+        if not set(seen) & set(YES_NO):
+            raise PolymodalError(f"{self.name} answers only yes or no, and none of the choices "
+                                 f"({', '.join(seen.values())}) is; pass yes and/or no")
+        others = [v for k, v in seen.items() if k not in YES_NO]
+        return seen, f"{self.name} answers only yes or no; these choices score 0: {', '.join(others)}" if others else ""
+
+    def _rank_choices(self, p_yes: float, choices: Sequence[str]) -> list[tuple[str, float]]:
+        scores = {"yes": p_yes, "no": 1.0 - p_yes}
+        seen = self.check_choices(choices)[0]
+        return sorted(((seen[k], scores.get(k, 0.0)) for k in seen), key=lambda kv: -kv[1])
 
     def explain(self, image: Any, question: str) -> np.ndarray:
         raise PolymodalError(f"{self.name} scores the whole image against the question and has no heat map; "
