@@ -242,3 +242,14 @@ def test_builtin_easy_vqa_model_answers_real_questions():
     assert result["accuracy"] >= 0.95, result
     first = rows[0]
     assert model.answer(first["image"], first["question"])["answer"] == first["answer"]
+
+
+@pytest.mark.parametrize("cast", [lambda m: m.half(), lambda m: m.to(torch.bfloat16)])
+def test_a_fusion_encoder_cast_to_half_precision_says_what_works(model, gallery, tmp_path, cast):
+    m = cast(polymodal.load(str(model.save(tmp_path / "m"))))
+    with pytest.raises(polymodal.PolymodalError, match=r"computes in float32: call \.float\(\).*precision='bf16'"):
+        m.answer(gallery / "cat.jpg", "what is in the picture?")
+    with pytest.raises(polymodal.PolymodalError, match="computes in float32"):
+        m.vqa_logits(*[t.float() if t.is_floating_point() else t for t in (
+            torch.zeros(1, 49, 1280), torch.zeros(1, 3, 384), torch.ones(1, 3, dtype=torch.bool))])
+    assert m.float().answer(gallery / "cat.jpg", "what is in the picture?")["answer"] == "cat"  # the way back

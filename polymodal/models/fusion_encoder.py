@@ -270,6 +270,7 @@ class FusionEncoder(nn.Module):
     def image_cache_input(self, pixels: Tensor) -> Tensor:
         """Normalised pixels ``[B, 3, S, S]`` -> grid tokens ``[B, g*g, F]``: the tower's 1280-d cell features,
         followed (with pixel_patches) by the cell's raw pixels average-pooled to 8x8 (192 values)."""
+        self._check_float32()
         grid = self.image_tower.spatial(pixels).float()  # [B, 1280, g, g]
         tokens = grid.flatten(2).transpose(1, 2)
         if not self.config.pixel_patches:
@@ -327,7 +328,16 @@ class FusionEncoder(nn.Module):
         img = self.image_tokens(images, row_image, region_mask)
         return self.fuse_tokens(img, self.text_tokens(states), mask)
 
+    def _check_float32(self) -> None:
+        """.half() / .to(torch.bfloat16) would fail deep in a tower with a dtype mismatch: say what works instead."""
+        dtype = next(self.image_proj.parameters()).dtype
+        if dtype != torch.float32:
+            raise PolymodalError(f"this fusion encoder's weights are {dtype}, but it computes in float32: call "
+                                 ".float() on it; for bf16 image inference load it with polymodal.load(NAME, "
+                                 "precision='bf16')")
+
     def _check_inputs(self, images: Any, states: Any, mask: Any, row_image: Any) -> None:
+        self._check_float32()
         """One clear error for inputs that would fail deep inside torch (or, worse, broadcast)."""
         cells = self.config.grid**2
         width = IMAGE_DIM + (PATCH * PATCH * 3 if self.config.pixel_patches else 0)
