@@ -337,8 +337,8 @@ class FusionEncoder(nn.Module):
                                  "precision='bf16')")
 
     def _check_inputs(self, images: Any, states: Any, mask: Any, row_image: Any) -> None:
-        self._check_float32()
         """One clear error for inputs that would fail deep inside torch (or, worse, broadcast)."""
+        self._check_float32()
         cells = self.config.grid**2
         width = IMAGE_DIM + (PATCH * PATCH * 3 if self.config.pixel_patches else 0)
         for what, x in (("images", images), ("states", states), ("mask", mask)):
