@@ -88,3 +88,12 @@ def test_train_easy_vqa(tmp_path, capsys):
     assert data["train_questions"] > 0 and data["test_questions"] > 0
     assert result["fusion"] == "concat" and 0.0 <= result["test_accuracy"] <= 1.0 and result["epochs_run"] == 1
     assert (tmp_path / "runs" / "concat" / "model").is_dir() and best["best_fusion"] == "concat"
+
+
+def test_vqa_choices(capsys):
+    pytest.importorskip("easy_vqa")
+    per_row, batched, summary = run_benchmark("vqa_choices", ["--rows", "8", "--choices", "3"], capsys)
+    assert (per_row["way"], batched["way"]) == ("answer_per_row", "predict_choices")
+    assert per_row["rows"] == batched["rows"] == 8 and batched["rows_per_s"] > 0
+    assert summary["same_choices"] == 1.0  # batching changes the speed, never the choice
+    assert summary["multiple_choice_accuracy"] >= summary["open_accuracy"] - 1e-9  # the answer is always a choice
