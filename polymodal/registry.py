@@ -179,11 +179,12 @@ def load(name_or_path: str | Path = "lite", runtime: str = "torch", precision: s
     if key not in MODELS:  # a folder or file: an index built with it records where to load it from again
         model.source = str(Path(key).expanduser().resolve())
     if precision != "fp32":
-        _set_image_precision(model, key, precision)
+        set_image_precision(model, key, precision)
     return model
 
 
-def _set_image_precision(model, key: str, precision: str) -> None:
+def set_image_precision(model, key: str, precision: str) -> None:
+    """Runs the model's EfficientNet-Lite0 tower in ``precision``; one error for a model without that tower."""
     from polymodal.encoders.efficientnet import EfficientNetLite0
 
     tower = getattr(model, "image_tower", None)

@@ -68,6 +68,20 @@ def test_train_without_data_names_the_missing_flag(tmp_path, command, needle):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("argv, what", [
+    (["eval", "vqa", "--qa", "{folder}"], "QA file"),
+    (["train", "vqa", "--qa", "{folder}", "--out", "{folder}/run"], "QA file"),
+    (["eval", "zeroshot", "--labels-file", "{folder}"], "labels file"),
+])
+def test_a_photo_folder_where_its_rows_file_goes_is_called_a_folder(gallery, capsys, argv, what):
+    # not "not found": the folder exists, and saying so sends the user looking for the wrong mistake
+    from polymodal import cli
+
+    assert cli.main([a.format(folder=gallery) for a in argv]) == 2
+    assert f"is a folder, not a {what}; pass" in capsys.readouterr().err
+    assert not (gallery / "run").exists()
+
+
 @pytest.mark.parametrize("argv, command", [
     (["classify", "x.jpg", "--labels", "a,b", "--explain", "c.png"], "polymodal classify"),
     (["train", "vqa", "--qa", "q.jsonl", "--bogus", "1"], "polymodal train vqa"),

@@ -273,8 +273,17 @@ def test_onnx_vqa_choices_are_renormalised_ranked_and_cut_like_pytorch(easy_vqa,
     assert got["score"] >= got["alternatives"][-1][1]
     one = onnx_vqa.answer(r.image, r.question, choices=choices, top_k=1)
     assert one["alternatives"] == got["alternatives"][:1]
-    with pytest.raises(PolymodalError, match="outside this model's answers"):
-        onnx_vqa.answer(r.image, r.question, choices=["yes", "purple"])
+    # a choice outside the vocabulary scores 0 (with a warning), the others keep their full-vocabulary probability,
+    # as in the PyTorch model without an ITM head; none known is an error in both
+    mixed = ["yes", "purple", "circle"]
+    got, ref = onnx_vqa.answer(r.image, r.question, choices=mixed), easy_vqa.answer(r.image, r.question, choices=mixed)
+    assert [a for a, _ in got["alternatives"]] == [a for a, _ in ref["alternatives"]]
+    assert np.allclose([s for _, s in got["alternatives"]], [s for _, s in ref["alternatives"]], atol=1e-3)
+    assert dict(got["alternatives"])["purple"] == 0.0
+    assert onnx_vqa.predict_choices([r.image], [r.question], [mixed])[0] == pytest.approx(got["alternatives"][0])
+    for model in (onnx_vqa, easy_vqa):
+        with pytest.raises(PolymodalError, match="knows none of the choices"):
+            model.answer(r.image, r.question, choices=["purple", "banana"])
 
 
 def test_load_onnx_picks_the_vqa_runtime_and_passes_threads(vqa_export):

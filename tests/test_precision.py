@@ -58,6 +58,21 @@ def test_precision_needs_the_lite_image_tower(tmp_path):
         polymodal.load(make_tiny_clip(tmp_path / "clip"), precision="bf16")
 
 
+@needs_bf16
+def test_serve_in_bf16_beside_a_vqa_model_without_that_tower(db):
+    # --precision is for the embedding model's image tower: coco-yesno (no such tower) serves beside it in fp32
+    pytest.importorskip("fastapi")
+    from polymodal.serve import create_app
+
+    for model, vqa_model in (("lite", "coco-yesno"), ("coco-yesno", None)):  # the second: the index's model embeds
+        svc = create_app(model, db, vqa_model=vqa_model, precision="bf16").state.service
+        assert svc.model.image_tower.precision == "bf16" and svc.vqa_model.name == "coco-yesno"
+    from test_clip_checkpoints import make_tiny_clip  # an embedding model without it is still refused
+
+    with pytest.raises(PolymodalError, match="EfficientNet-Lite0"):
+        create_app(make_tiny_clip(db.parent / "clip"), db, precision="bf16")
+
+
 def test_crop_box_resize_matches_resize_then_crop(photos):
     """The transform resizes only the crop's box; it must equal the reference resize-whole-image-then-crop."""
     from PIL import Image

@@ -168,6 +168,18 @@ def test_eval_scores_rows_with_choices_as_multiple_choice(model, gallery, tmp_pa
                               "choices": ["kitten", "puppy"]}) + "\n")
     assert cli.main(["eval", "vqa", "--qa", str(qa), "--model", str(tmp_path / "m")]) == 2
     assert "knows none of the choices" in capsys.readouterr().err
+    # beside rows it can score, such a row counts as wrong (as an open answer outside the vocabulary does)
+    with qa.open("a") as f:
+        f.write(json.dumps({"image": "cat.jpg", "question": "what is it?", "answer": "cat",
+                            "choices": ["cat", "moon"]}) + "\n")
+    with caplog.at_level(logging.WARNING):
+        mixed = vqa_accuracy(model, read_qa(qa))
+    assert mixed["accuracy"] == 0.5 and mixed["multiple_choice_unscorable"] == 1
+    assert "1 multiple-choice row counted as wrong" in caplog.text
+    qa.write_text(json.dumps({"image": "cat.jpg", "question": "what is it?", "answer": "kitten",  # beside an open row
+                              "choices": ["kitten", "puppy"]}) + "\n" + json.dumps(
+        {"image": "cat.jpg", "question": "what is in the picture?", "answer": "cat"}) + "\n")
+    assert vqa_accuracy(model, read_qa(qa))["accuracy"] == 0.5
     qa.write_text(json.dumps({"image": "cat.jpg", "question": "what is it?", "answer": "cat",
                               "choices": ["cat", "kitten"]}) + "\n")
     with caplog.at_level(logging.WARNING):  # said once for the file, not once per row or batch
@@ -181,6 +193,7 @@ def test_eval_scores_rows_with_choices_as_multiple_choice(model, gallery, tmp_pa
     (["cat", "Cat."], "two or more different candidates"),
     (["dog", "moon"], "not among its choices"),
     (["cat", True], "must hold text"),
+    ([], '"choices" is empty'),
 ])
 def test_rows_with_unusable_choices_are_skipped_and_say_why(gallery, choices, reason, caplog):
     qa = gallery / "qa-bad-choices.jsonl"

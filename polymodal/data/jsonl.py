@@ -9,6 +9,16 @@ from typing import Iterator
 from polymodal.errors import PolymodalError
 
 
+def existing_file(path: Path, what: str, fix: str) -> Path:
+    """``path``, or one error: "{what} not found", or that it is a folder (a photo folder passed where its list of
+    rows goes is a common slip), each ending with ``fix``."""
+    if path.is_dir():
+        raise PolymodalError(f"{path} is a folder, not a {what}; {fix}")
+    if not path.is_file():
+        raise PolymodalError(f"{what} not found: {path}; {fix}")
+    return path
+
+
 def iter_json_rows(path: Path, fix: str) -> Iterator[tuple[str, dict | None, str]]:
     """-> (where "file:line", row, "") per usable object, or (where, None, why) per unusable line. A file that
     starts as a JSON array but does not parse is an error whose message ends with ``fix``."""

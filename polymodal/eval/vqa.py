@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from polymodal.data.jsonl import iter_json_rows, missing_image
+from polymodal.data.jsonl import existing_file, iter_json_rows, missing_image
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import YES_NO, comparable_answer, normalize_answer, soft_vqa_score, unique_choices
 from polymodal.models.inputs import each_or_error, plural, readable_results
@@ -51,9 +51,7 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
     """One or several QA JSONL files -> rows (image paths resolved against each file's folder)."""
     if isinstance(source, (list, tuple)):
         return [row for s in source for row in read_qa(s)]
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise PolymodalError(f"QA file not found: {path}; pass {QA_FORMAT}")
+    path = existing_file(Path(source).expanduser(), "QA file", f"pass {QA_FORMAT}")
     rows, skipped, exists = [], [], {}
     for where, item, why in iter_json_rows(path, f"pass {QA_FORMAT}"):
         if item is None:
@@ -133,6 +131,8 @@ def row_choices(value: Any, answer: str) -> tuple[str, ...]:
         raise PolymodalError(f'"choices" must be a list of candidate answers, e.g. ["red", "blue"], got {value!r:.60}')
     if any(isinstance(c, bool) or not isinstance(c, (str, int, float)) for c in value):
         raise PolymodalError(f'"choices" must hold text (a number is fine), got {value!r:.60}')
+    if not any(str(c).strip() for c in value):
+        raise PolymodalError('"choices" is empty; give two or more candidate answers, or leave "choices" out')
     seen = unique_choices([str(c) for c in value])
     if len(seen) < 2:
         raise PolymodalError(f'"choices" needs two or more different candidates, got {value!r:.60}')
@@ -193,8 +193,8 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     rows = as_rows(rows)
     if not rows:
         raise PolymodalError("no rows to evaluate")
-    chosen = choice_results(model, [r for r in rows if r.choices])  # first: a model that cannot score them says so now
     open_rows = [r for r in rows if not r.choices]
+    chosen, unscorable = choice_results(model, [r for r in rows if r.choices], len(open_rows))  # first: errors early
     if cache and isinstance(model, FusionEncoder) and all(isinstance(r.image, (str, Path)) for r in open_rows):
         from polymodal.train.vqa import cached_predictions
 
@@ -212,24 +212,41 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     if mc:  # reported apart too: choosing among a few candidates is an easier task than open answers
         out["multiple_choice_count"] = len(mc)
         out["multiple_choice_accuracy"] = accuracy_by_type([results[i][0] for i in mc], [rows[i] for i in mc])["accuracy"]
+        out["multiple_choice_unscorable"] = unscorable  # rows counted wrong: the model scores none of their choices
     return out
 
 
-def choice_results(model, rows: list[QARow]) -> list:
-    """(choice, score) per multiple-choice row, or a str where its image could not be read. The model checks each
-    distinct list of choices first: one it cannot score at all is an error, not an unreadable row, and what it
-    says about choices it scores 0 is said once."""
+def choice_results(model, rows: list[QARow], open_rows: int = 0) -> tuple[list, int]:
+    """((choice, score) per multiple-choice row, or a str where its image could not be read; how many rows had
+    choices the model cannot score at all). The model checks each distinct list of choices first, so what it says
+    is said once. A row whose choices it can score none of (all outside its vocabulary, no ITM head) counts as
+    wrong, as an open answer outside the vocabulary does; when that is every row (and there are no ``open_rows``),
+    the model is the wrong one: an error."""
     if not rows:
-        return []
+        return [], 0
     if not hasattr(model, "predict_choices"):
         raise PolymodalError(f"{getattr(model, 'name', type(model).__name__)} cannot rank given choices; drop "
                              '"choices" from the rows or evaluate a VQA model such as easy-vqa')
-    notes = [model.check_choices(list(c))[1] for c in dict.fromkeys(r.choices for r in rows)]
+    notes, unscorable = [], {}
+    for choices in dict.fromkeys(r.choices for r in rows):
+        try:
+            notes.append(model.check_choices(list(choices))[1])
+        except PolymodalError as exc:
+            unscorable[choices] = exc
+    scorable = [r for r in rows if r.choices not in unscorable]
+    if not scorable and not open_rows:
+        first = next(iter(unscorable.values()))
+        raise first if len(unscorable) == 1 else PolymodalError(
+            f"the model can score none of the choices of any row (first: {first})")
     notes = [n for n in notes if n]
     if notes:
         log.warning("%s%s", notes[0], f" (and in {len(notes) - 1} other lists of choices)" if len(notes) > 1 else "")
-    return each_or_error(lambda chunk: model.predict_choices([r.image for r in chunk], [r.question for r in chunk],
-                                                             [list(r.choices) for r in chunk]), rows, 256)
+    if unscorable:
+        log.warning("%s counted as wrong: the model can score none of their choices (first: %s)",
+                    plural(len(rows) - len(scorable), "multiple-choice row"), next(iter(unscorable.values())))
+    chosen = iter(each_or_error(lambda chunk: model.predict_choices(
+        [r.image for r in chunk], [r.question for r in chunk], [list(r.choices) for r in chunk]), scorable, 256))
+    return [("", 0.0) if r.choices in unscorable else next(chosen) for r in rows], len(rows) - len(scorable)
 
 
 def _in_row_order(rows: list[QARow], answered: list, chosen: list) -> list:

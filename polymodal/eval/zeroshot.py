@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polymodal.data.jsonl import iter_json_rows, missing_image
+from polymodal.data.jsonl import existing_file, iter_json_rows, missing_image
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import plural
 from polymodal.registry import require_embedding
@@ -21,9 +21,7 @@ TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a close-up photo of a {}
 def read_labelled_images(path: str | Path) -> tuple[list[Path], list[str]]:
     """Images (resolved against the file's folder) and their labels. Unusable rows (bad JSON, no image or label,
     missing image file) are counted and logged like eval retrieval's and eval vqa's; none left is an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise PolymodalError(f"labels file not found: {path}; pass {LABELS_FORMAT}")
+    path = existing_file(Path(path), "labels file", f"pass {LABELS_FORMAT}")
     images, labels, skipped = [], [], []
     for where, row, why in iter_json_rows(path, f"pass {LABELS_FORMAT}"):
         if row is None:

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from polymodal.data.answers import check_row_choices, choice_index, unique_choices
+from polymodal.data.answers import check_row_choices, choice_index, unique_choices, warn_of
 from polymodal.data.images import ImageTransform
 from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
@@ -60,8 +60,10 @@ class OnnxFusionEncoder:
         return [(self.answers[int(i)], float(p[i])) for p, i in zip(probs, probs.argmax(1))]
 
     def answer(self, image: Any, question: str, choices: Sequence[str] | None = None, top_k: int = 3) -> dict:
-        """-> {"answer", "score", "alternatives"}; with ``choices``, only those (in the answer vocabulary) compete."""
+        """-> {"answer", "score", "alternatives"}; with ``choices``, only those compete (see _rank_choices)."""
         question, top_k = one_question(question), check_count(top_k, "top_k")
+        if choices is not None:
+            warn_of(self.check_choices(choices)[1])  # before the image is read
         logits = self.logits([image], [question])[0]
         if choices is None:
             probs = _softmax(logits)
@@ -79,17 +81,24 @@ class OnnxFusionEncoder:
         return [self._rank_choices(row, c)[0] for row, c in zip(self.logits(images, questions, batch_size), choices)]
 
     def check_choices(self, choices: Sequence[str]) -> tuple[dict[str, str], str]:
-        """(unique_choices(choices), "": every candidate is scored), or one error when some are outside the
-        vocabulary (only the PyTorch model's ITM head scores those)."""
+        """(unique_choices(choices), a warning naming those outside the vocabulary, which score 0.0 as they do in a
+        PyTorch model without an ITM head, or ""); one error when none is in the vocabulary."""
         seen = unique_choices(choices)
-        outside = [c for c in seen if c not in self.answer_index]
-        if outside:
-            raise PolymodalError(f"choices outside this model's answers ({', '.join(outside)}) need the PyTorch "
-                                 "runtime (its ITM head scores them); pass answers the model knows")
-        return seen, ""
+        outside = [seen[c] for c in seen if c not in self.answer_index]
+        if len(outside) == len(seen):
+            raise PolymodalError(f"model {self.name!r} knows none of the choices ({', '.join(outside)}); an export "
+                                 "scores only its answers (the PyTorch runtime's ITM head, where the model has one, "
+                                 "scores others): pass answers it knows, e.g. " + ", ".join(self.answers[:10]))
+        return seen, (f"{self.name} (ONNX) scores only its answers; these choices score 0: {', '.join(outside)}"
+                      if outside else "")
 
     def _rank_choices(self, logits: np.ndarray, choices: Sequence[str]) -> list[tuple[str, float]]:
-        """The candidates ranked by the logits restricted to them (softmax over the candidates), best first."""
+        """The candidates ranked by the logits restricted to them (softmax over the candidates; all of them known)
+        or, when some are outside the vocabulary, by the full-vocabulary probability (those outside: 0.0), as the
+        PyTorch model without an ITM head ranks them."""
         seen = self.check_choices(choices)[0]
-        probs = _softmax(logits[[self.answer_index[c] for c in seen]])
-        return sorted(((seen[c], float(p)) for c, p in zip(seen, probs)), key=lambda t: -t[1])
+        inside = [c for c in seen if c in self.answer_index]
+        probs = _softmax(logits[[self.answer_index[c] for c in inside]] if len(inside) == len(seen) else logits)
+        scores = dict(zip(inside, probs)) if len(inside) == len(seen) else {
+            c: float(probs[self.answer_index[c]]) if c in self.answer_index else 0.0 for c in seen}
+        return sorted(((seen[c], float(scores[c])) for c in seen), key=lambda t: -t[1])

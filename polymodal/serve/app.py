@@ -105,8 +105,19 @@ def create_app(
 
     def load(m):
         import polymodal
+        from polymodal.registry import set_image_precision
 
-        return polymodal.load(m, runtime=runtime, **load_options) if isinstance(m, (str, Path)) else m
+        if not isinstance(m, (str, Path)):
+            return m
+        precision = load_options.get("precision", "fp32")
+        if precision == "fp32" or runtime != "torch":  # (onnx + bf16: polymodal.load's own error)
+            return polymodal.load(m, runtime=runtime, **load_options)
+        loaded = polymodal.load(m, runtime=runtime, **{k: v for k, v in load_options.items() if k != "precision"})
+        if embeds(loaded) or getattr(loaded, "image_tower", None) is not None:  # what --precision is for: refused
+            set_image_precision(loaded, str(m), precision)                    # there if it cannot apply
+        else:  # a VQA model without that tower (coco-yesno) beside a bf16 embedding model
+            log.info("%s runs in fp32: --precision %s applies to EfficientNet-Lite0 image towers", m, precision)
+        return loaded
 
     model, vqa_model = load(model), load(vqa_model)
     if isinstance(caption_model, (str, Path)):
