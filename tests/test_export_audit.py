@@ -204,7 +204,7 @@ def test_vqa_fallback_when_a_variant_is_over_the_drop_limit(easy_vqa, vqa_qa, tm
     report = _stubbed_export(easy_vqa, out, vqa_qa[1][:8], {"int8_dynamic": _zeroed_variant}, [(200.0, 100.0)] * 2,
                              variants=["int8_dynamic"])
     for t in report["tries"]:
-        assert t["status"] == "rejected" and "over 1" in t["reason"] and t["drop_points"] > 1
+        assert t["status"] == "rejected" and "over the 1-point limit" in t["reason"] and t["drop_points"] > 1
         assert not (out / f"{t['graph']}.int8_dynamic.onnx").exists()
     assert report["served"] == {"grid": "grid.onnx", "question": "question.onnx", "head": "head.onnx"}
     assert "files" not in json.loads((out / "onnx_config.json").read_text())
@@ -378,7 +378,7 @@ def test_cli_vqa_export_json_then_table_into_the_same_folder(tmp_path, capsys, v
     assert cli.main([*base, "--val-limit", "4", "--variants", "int8_dynamic", "--max-drop-points", "7"]) == 0
     captured = capsys.readouterr()
     assert "polymodal: parity and accuracy on 4 validation questions" in captured.err
-    assert "| grid | int8_dynamic | rejected |" in captured.out and "(within 7)" in captured.out
+    assert "| grid | int8_dynamic | rejected |" in captured.out and "(within the 7-point limit)" in captured.out
     assert f"--model {out} --runtime onnx" in captured.out and "polymodal vqa IMAGE QUESTION" in captured.out
     assert json.loads((out / "report.json").read_text())["questions"] == 4
 

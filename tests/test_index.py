@@ -209,6 +209,17 @@ def test_missing_index(tmp_path: Path) -> None:
     assert not index.exists() and not (tmp_path / "nope").exists()
 
 
+def test_searching_the_photo_folder_itself_says_to_index_it_elsewhere(tmp_path: Path) -> None:
+    # `--db pics` where pics is the photo folder: `polymodal index DIR --db pics` would be refused (a folder of other
+    # files), so the advice names a folder of its own
+    photos = tmp_path / "pics"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"x")
+    with pytest.raises(PolymodalError, match=r"folder of other files \(a\.jpg, \.\.\.\); build an index of it with "
+                                             r"`polymodal index .*pics --db pics\.idx`"):
+        ImageIndex(photos).search_text(FakeModel(), "red")
+
+
 def test_an_index_still_being_built_is_not_called_missing(tmp_path: Path) -> None:
     index = ImageIndex(tmp_path / "coming")
     (tmp_path / "coming").mkdir()

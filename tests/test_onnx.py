@@ -56,8 +56,11 @@ def test_gate_keeps_only_faster_and_accurate_variants():
     assert gate(101.0, 100.0, 0.0, 1.0)[0] == "rejected"  # within timing noise is not faster
     assert gate(16.0, 253.0, 0.0, 1.0)[0] == "rejected"  # dynamic int8 convolutions: slower than fp32
     status, reason = gate(300.0, 100.0, 1.5, 1.0)
-    assert status == "rejected" and "over 1" in reason
+    assert status == "rejected" and "over the 1-point limit" in reason
     assert gate(200.0, 100.0, 1.0, 1.0)[0] == "kept"  # a drop of exactly the limit is within it
+    assert gate(200.0, 100.0, 1.0, 1.0)[1].endswith("R@5 drop 1.0 points (within the 1-point limit)")
+    assert gate(200.0, 100.0, -2.4, 1.0)[1].endswith("R@5 gain 2.4 points (within the 1-point limit)")  # not "drop -2.4"
+    assert gate(200.0, 100.0, -0.0, 1.0)[1].endswith("R@5 unchanged (within the 1-point limit)")
 
 
 def _few_photos(n: int = 4):

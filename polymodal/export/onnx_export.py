@@ -258,8 +258,10 @@ def gate(speed: float, base_speed: float, drop_points: float, max_drop_points: f
     R@5 drop is within max_drop_points. -> (status, reason)."""
     faster = speed >= MIN_SPEEDUP * base_speed
     accurate = drop_points <= max_drop_points
+    change = f"{metric} drop {drop_points:.1f} points" if drop_points >= 0.05 else \
+        f"{metric} gain {-drop_points:.1f} points" if drop_points <= -0.05 else f"{metric} unchanged"  # -0.0: none
     reason = (f"{'faster' if faster else 'not faster'} ({speed / base_speed:.2f}x fp32 onnxruntime); "
-              f"{metric} drop {drop_points:.1f} points ({'within' if accurate else 'over'} {max_drop_points:g})")
+              f"{change} ({'within' if accurate else 'over'} the {max_drop_points:g}-point limit)")
     return ("kept" if faster and accurate else "rejected"), reason
 
 

@@ -439,12 +439,16 @@ class ImageIndex(SearchByModel):
     def _check_not_foreign(self) -> None:
         """Refuse to start an index in a folder that holds other things (`--db` naming the photo folder itself would
         scatter the index files among the photos). Hidden files (.DS_Store) and the index's own names are fine."""
-        if not self.db.is_dir() or self.sqlite_path.exists():
-            return
-        other = sorted(p.name for p in self.db.iterdir() if p.name not in _OWN_NAMES and not p.name.startswith("."))
+        other = self._foreign_files()
         if other:
             raise PolymodalError(f"--db {self.db} is a folder holding other files ({other[0]}, ...) and no index; pass "
                                  f"a new or empty folder for the index, e.g. --db {self.db.name}.idx")
+
+    def _foreign_files(self) -> list[str]:
+        """What a --db folder without an index holds besides the index's own names and hidden files, sorted."""
+        if not self.db.is_dir() or self.sqlite_path.exists():
+            return []
+        return sorted(p.name for p in self.db.iterdir() if p.name not in _OWN_NAMES and not p.name.startswith("."))
 
     def _meta(self, con: sqlite3.Connection) -> dict | None:
         try:
@@ -497,6 +501,11 @@ class ImageIndex(SearchByModel):
             except Timeout:  # a first `polymodal index` is still running: the index is coming, not absent
                 return PolymodalError(f"index {self.db} is being built by another process and holds no images yet; "
                                       "search again when it finishes")
+        other = self._foreign_files()
+        if other:  # the photo folder itself given as --db: index it into a folder of its own
+            return PolymodalError(f"no index at {self.db}: it is a folder of other files ({other[0]}, "
+                                  f"...); build an index of it with `polymodal index {self.db} --db "
+                                  f"{self.db.name}.idx`, then search that")
         return PolymodalError(f"no index at {self.db}; build one with `polymodal index DIR --db {self.db}`")
 
     # -- FAISS -----------------------------------------------------------------
