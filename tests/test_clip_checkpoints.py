@@ -106,6 +106,21 @@ def test_hf_folder_matches_transformers(hf_folder, reference):
     _assert_matches_reference(model, reference)
 
 
+def test_loading_a_hf_folder_draws_no_progress_bar_and_leaves_the_setting(hf_folder, capfd):
+    from transformers.utils import logging as hf_logging
+
+    capfd.readouterr()
+    load_clip(hf_folder)
+    assert "Loading weights" not in capfd.readouterr().err  # transformers 5 draws one per load
+    assert hf_logging.is_progress_bar_enabled()  # the caller's own setting is back
+    hf_logging.disable_progress_bar()
+    try:
+        load_clip(hf_folder)
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def _odd_image():
     return [Image.fromarray(np.random.default_rng(1).integers(0, 256, (45, 67, 3), dtype=np.uint8))]
 

@@ -158,12 +158,19 @@ def load_hf_clip(folder: str | Path, tokenizer: str | Path | None = None) -> Cli
     _check_hf_config(folder)
     weights = _hf_weight_files(folder)
     tok = load_tokenizer(tokenizer if tokenizer is not None else folder)
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers 5 draws a "Loading weights" bar for a load of a second or two
     try:
         model, info = CLIPModel.from_pretrained(
             folder, local_files_only=True, dtype=torch.float32, output_loading_info=True
         )
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise PolymodalError(f"cannot load the CLIP weights in {folder} ({exc}); {EXPECTED}") from exc
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     bad = list(info.get("missing_keys") or []) + [str(m) for m in info.get("mismatched_keys") or []]
     if bad:
         raise PolymodalError(f"{folder}: weights do not fit config.json (missing/mismatched: {_few(bad)})")
