@@ -109,16 +109,18 @@ def test_hf_folder_matches_transformers(hf_folder, reference):
 def test_loading_a_hf_folder_draws_no_progress_bar_and_leaves_the_setting(hf_folder, capfd):
     from transformers.utils import logging as hf_logging
 
-    capfd.readouterr()
-    load_clip(hf_folder)
-    assert "Loading weights" not in capfd.readouterr().err  # transformers 5 draws one per load
-    assert hf_logging.is_progress_bar_enabled()  # the caller's own setting is back
-    hf_logging.disable_progress_bar()
+    before = hf_logging.is_progress_bar_enabled()  # (another test or transformers itself may have set it)
     try:
+        hf_logging.enable_progress_bar()
+        capfd.readouterr()
+        load_clip(hf_folder)
+        assert "Loading weights" not in capfd.readouterr().err  # transformers 5 draws one per load
+        assert hf_logging.is_progress_bar_enabled()  # the caller's own setting is back
+        hf_logging.disable_progress_bar()
         load_clip(hf_folder)
         assert not hf_logging.is_progress_bar_enabled()
     finally:
-        hf_logging.enable_progress_bar()
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
 
 
 def _odd_image():
