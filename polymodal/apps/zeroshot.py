@@ -16,15 +16,31 @@ from polymodal.models.inputs import as_texts, check_count
 log = logging.getLogger(__name__)
 
 
-def weights_version(model) -> tuple:
-    """Changes whenever the model's torch weights do: an optimizer step, load_state_dict or any in-place edit bumps
-    a tensor's version counter, and a swapped module brings other tensors. () for a torch-free model (ONNX)."""
-    torch = sys.modules.get("torch")  # never imported here: the ONNX runtime stays torch-free
-    if torch is None:
-        return ()
-    modules = [model] if isinstance(model, torch.nn.Module) else [
-        v for v in vars(model).values() if isinstance(v, torch.nn.Module)]
-    return tuple((id(t), t._version) for m in modules for t in itertools.chain(m.parameters(), m.buffers()))
+class WeightsWatch:
+    """Whether a model's torch weights changed since the last look: an optimizer step, load_state_dict or any
+    in-place edit bumps a tensor's version counter, and a module swapped in at the top two levels
+    (``model.text_tower = ...``) brings other tensors. The tensor list is kept between looks (walking every module
+    each time cost ~1 ms per classify call on lite, the versions alone ~0.06 ms), so a tensor replaced deeper
+    (``load_state_dict(assign=True)``) goes unseen: call forget_label_embeddings() after one. A torch-free model
+    (ONNX) never changes."""
+
+    def __init__(self, model) -> None:
+        self._model, self._layout, self._tensors, self._seen = model, None, [], None
+
+    def changed(self) -> bool:
+        torch = sys.modules.get("torch")  # never imported here: the ONNX runtime stays torch-free
+        if torch is None:
+            return False
+        model = self._model
+        modules = [model] if isinstance(model, torch.nn.Module) else [
+            v for v in vars(model).values() if isinstance(v, torch.nn.Module)]
+        layout = tuple(id(g) for m in modules for c in (m, *m.children()) for g in (c, *c.children()))
+        if layout != self._layout:
+            self._layout = layout
+            self._tensors = [t for m in modules for t in itertools.chain(m.parameters(), m.buffers())]
+        state = (layout, tuple(t._version for t in self._tensors))
+        changed, self._seen = state != self._seen, state
+        return changed
 
 
 class PromptCache:
@@ -35,7 +51,7 @@ class PromptCache:
         self._model = model
         self._size = size
         self._items: OrderedDict = OrderedDict()
-        self._weights: tuple | None = None  # read at first use: a model may build its cache before its modules
+        self._weights = WeightsWatch(model)  # looked at first use: a model may build its cache before its modules
         self.misses = 0
 
     def get(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
@@ -47,10 +63,9 @@ class PromptCache:
                 named = " (only an empty {} is filled, not a named field)" if "{" in t else ""
                 raise PolymodalError(f"template {t!r} has no '{{}}' where the label goes{named}, e.g. 'a photo of a "
                                      "{}.'")
-        key, weights = (labels, templates), weights_version(self._model)
-        if weights != self._weights:  # trained or reloaded since: every cached matrix is stale
+        key = (labels, templates)
+        if self._weights.changed():  # trained or reloaded since: every cached matrix is stale
             self._items.clear()
-            self._weights = weights
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
@@ -95,8 +110,8 @@ class ZeroShotMixin:
         return self._prompts.get(labels, templates or self.DEFAULT_TEMPLATES)
 
     def forget_label_embeddings(self) -> None:
-        """Drops cached label embeddings. Changes to torch weights are noticed without it; call it when the text
-        side changed some other way (a subclass's encode_text now reads other state)."""
+        """Drops cached label embeddings. Training and reloading are noticed without it (WeightsWatch); call it
+        after a deeper replacement of tensors, or when encode_text now reads other state."""
         self._prompts = PromptCache(self)
 
     def classify(self, images, labels: Sequence[str], templates: Sequence[str] | None = None,
