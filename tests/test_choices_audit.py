@@ -311,3 +311,25 @@ def test_without_torch_the_watch_never_sees_a_change(monkeypatch):
     cache.get(["cat"], ("a {}.",))
     cache.get(["cat"], ("a {}.",))
     assert cache.misses == 1
+
+
+def test_a_module_freed_before_its_replacement_is_made_is_still_seen():
+    # CPython often gives the new module the freed one's address: identity, not id(), tells them apart
+    class LinearEmbedder(TorchEmbedder):
+        def __init__(self):
+            super().__init__()
+            self.text = torch.nn.Linear(8, 8, bias=False)
+
+    model, labels = LinearEmbedder(), ["cat", "dog"]
+    model.label_embeddings(labels)
+    for _ in range(3):
+        model.text = None
+        model.text = torch.nn.Linear(8, 8, bias=False)
+        np.testing.assert_allclose(model.label_embeddings(labels), expected(model, labels), atol=1e-5)
+    assert model._prompts.misses == 4
+
+
+@pytest.mark.parametrize("rows", [[None], [5], [["yes", "no"], {"a": 1}]])
+def test_a_row_whose_choices_are_not_a_list_is_one_clear_error(rows):
+    with pytest.raises(PolymodalError, match=r"row \d's choices must be a list of candidate answers"):
+        check_row_choices(rows, len(rows), lambda c: None)

@@ -34,12 +34,16 @@ class WeightsWatch:
         model = self._model
         modules = [model] if isinstance(model, torch.nn.Module) else [
             v for v in vars(model).values() if isinstance(v, torch.nn.Module)]
-        layout = tuple(id(g) for m in modules for c in (m, *m.children()) for g in (c, *c.children()))
-        if layout != self._layout:
+        # the modules themselves, compared by identity: held here, a freed one's address cannot be reused by its
+        # replacement (`m.text = None; m.text = Linear(...)` would otherwise look unchanged)
+        layout = tuple(g for m in modules for c in (m, *m.children()) for g in (c, *c.children()))
+        swapped = self._layout is None or len(layout) != len(self._layout) or any(
+            a is not b for a, b in zip(layout, self._layout))
+        if swapped:
             self._layout = layout
             self._tensors = [t for m in modules for t in itertools.chain(m.parameters(), m.buffers())]
-        state = (layout, tuple(t._version for t in self._tensors))
-        changed, self._seen = state != self._seen, state
+        state = tuple(t._version for t in self._tensors)
+        changed, self._seen = swapped or state != self._seen, state
         return changed
 
 

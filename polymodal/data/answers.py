@@ -63,6 +63,9 @@ def check_row_choices(choices: Any, rows: int, check) -> list[list[str]]:
     its warnings about candidates that score 0 are left to answer() and eval, which give them once, not per batch)."""
     if isinstance(choices, str) or not isinstance(choices, Sequence):
         raise PolymodalError(f"choices must hold one list of candidate answers per row, got {type(choices).__name__}")
+    bad = next((i for i, c in enumerate(choices) if not isinstance(c, (str, list, tuple))), None)
+    if bad is not None:
+        raise PolymodalError(f"row {bad}'s choices must be a list of candidate answers, got {choices[bad]!r:.60}")
     choices = [[c] if isinstance(c, str) else list(c) for c in choices]  # a row's one string is one candidate
     if len(choices) != rows:
         raise PolymodalError(f"got {len(choices)} lists of choices for {rows} rows; pass one list per row")

@@ -518,12 +518,13 @@ class FusionEncoder(nn.Module):
         """Multiple choice over rows: the best of each row's candidates and its score, ranked as ``answer(...,
         choices=...)`` ranks them; each distinct image and question is encoded once."""
         choices, img_list, row_image, q_list, row_question = choice_rows(images, questions, choices, self.check_choices)
+        batch_size = check_count(batch_size, "batch_size")  # before the towers run
         if not choices:
             return []
         image_inputs = self.encode_images(img_list)
         q_states, q_mask = self.encode_questions(q_list)
         logits = self.logits_for(image_inputs, q_states, q_mask, torch.as_tensor(row_image),
-                                 torch.as_tensor(row_question), check_count(batch_size, "batch_size"))
+                                 torch.as_tensor(row_question), batch_size)
         return [self._rank_choices(row_logits, image_inputs[i : i + 1], q_list[q], c)[0]
                 for row_logits, i, q, c in zip(logits, row_image, row_question, choices)]
 
