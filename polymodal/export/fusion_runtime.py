@@ -97,8 +97,9 @@ class OnnxFusionEncoder:
         or, when some are outside the vocabulary, by the full-vocabulary probability (those outside: 0.0), as the
         PyTorch model without an ITM head ranks them."""
         seen = self.check_choices(choices)[0]
-        inside = [c for c in seen if c in self.answer_index]
-        probs = _softmax(logits[[self.answer_index[c] for c in inside]] if len(inside) == len(seen) else logits)
-        scores = dict(zip(inside, probs)) if len(inside) == len(seen) else {
-            c: float(probs[self.answer_index[c]]) if c in self.answer_index else 0.0 for c in seen}
+        if all(c in self.answer_index for c in seen):
+            scores = dict(zip(seen, _softmax(logits[[self.answer_index[c] for c in seen]])))
+        else:
+            probs = _softmax(logits)
+            scores = {c: probs[self.answer_index[c]] if c in self.answer_index else 0.0 for c in seen}
         return sorted(((seen[c], float(scores[c])) for c in seen), key=lambda t: -t[1])
