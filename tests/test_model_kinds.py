@@ -43,7 +43,7 @@ def test_serve_a_vqa_model_next_to_the_index_model(db, lite, easy_vqa, gallery):
         image = ("c.jpg", (gallery / "cat.jpg").read_bytes(), "image/jpeg")
         r = c.post("/v1/vqa", files={"image": image}, data={"question": "what shape is this?"})
         assert r.status_code == 200 and r.json()["model"] == easy_vqa.key
-        assert r.json()["answer"]["answer"] in easy_vqa.answers
+        assert r.json()["answer"] in easy_vqa.answers and r.json()["alternatives"][0] == {"answer": r.json()["answer"], "score": r.json()["score"]}
         r = c.post("/v1/vqa", files={"image": image}, data={"question": "what shape?", "choices": "maybe"})
         assert r.status_code == 400 and "knows none of the choices" in r.json()["error"]
         r = c.post("/v1/search", json={"text": "a cat", "k": 1})  # the index's own model still searches

@@ -67,6 +67,24 @@ def test_json_labels_are_taken_as_given_and_form_labels_split_on_commas(client, 
     assert "must be a list" in error_of(client.post("/v1/classify", json={"image": b64, "labels": [1, 2]}), 400)
 
 
+def test_vqa_reply_has_the_fields_vqa_json_prints(client, asker, cat):
+    r = client.post("/v1/vqa", files={"image": ("c.jpg", cat, "image/jpeg")}, data={"question": "is it red?"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"model": asker.key, "question": "is it red?", "answer": "red",
+                        "score": 0.7487, "warnings": [],
+                        "alternatives": [{"answer": "red", "score": 0.7487}, {"answer": "blue", "score": 0.2013}]}
+
+
+def test_vqa_reply_sends_another_models_own_answer_as_it_is():
+    from polymodal.serve.service import vqa_fields
+
+    assert vqa_fields("a red square") == {"answer": "a red square"}
+    own = {"answer": "red", "votes": (3, 1)}  # no alternatives: not the VQA models' shape, so left whole
+    assert vqa_fields(own) == {"answer": {"answer": "red", "votes": [3, 1]}}
+    odd = {"answer": "red", "score": 1.0, "alternatives": ["red"]}
+    assert vqa_fields(odd)["answer"] == {"answer": "red", "score": 1.0, "alternatives": ["red"]}
+
+
 def test_form_choices_split_on_commas_and_json_choices_are_taken_as_given(client, asker, cat):
     image = {"image": ("c.jpg", cat, "image/jpeg")}
     asker.choices.clear()

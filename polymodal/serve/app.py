@@ -33,7 +33,7 @@ from polymodal.serve.limits import (
     ApiError, ServeSettings, check_k, check_templates, check_texts, open_image_checked,
 )
 from polymodal.serve.model_warnings import with_warnings
-from polymodal.serve.service import Service, jsonable, open_index
+from polymodal.serve.service import Service, open_index, vqa_fields
 
 log = logging.getLogger(__name__)
 
@@ -429,8 +429,7 @@ def create_app(
             choices = _text_list(choices, "choices", s.max_labels, max_chars=500)
         image = (await decode(items, vqa_model))[0]
         answer, warnings = await svc.batcher.call(with_warnings, vqa_model.answer, image, question, choices)
-        return JSONResponse({"model": vqa_model.key, "question": question, "answer": jsonable(answer),
-                             "warnings": warnings})
+        return JSONResponse({"model": vqa_model.key, "question": question, **vqa_fields(answer), "warnings": warnings})
 
     @app.post(
         "/v1/caption",

@@ -198,22 +198,18 @@ drop.addEventListener("drop", (ev) => {
 function pct(score) {
   return typeof score === "number" ? " (" + Math.round(score * 100) + "%)" : "";
 }
-function showAnswer(answer, warnings) {
-  // the VQA models answer {answer, score, alternatives: [[answer, score], ...]}; another model may send a string
+function showAnswer(reply) {
+  // a VQA model's reply: {answer, score, alternatives: [{answer, score}, ...]}; another model may send anything as answer
   const box = $("vqa-answer");
-  if (!answer || typeof answer !== "object" || answer.answer === undefined) {
-    box.textContent = typeof answer === "string" ? answer : JSON.stringify(answer);
-    return;
-  }
   const best = document.createElement("div");
-  best.textContent = answer.answer + pct(answer.score);
-  const others = (answer.alternatives || []).filter((a) => Array.isArray(a) && a[0] !== answer.answer);
+  best.textContent = typeof reply.answer === "string" ? reply.answer + pct(reply.score) : JSON.stringify(reply.answer);
+  const others = (reply.alternatives || []).filter((a) => a && a.answer !== reply.answer);
   const alts = document.createElement("div");
   alts.className = "alternatives";
-  alts.textContent = others.length ? "also: " + others.map((a) => a[0] + pct(a[1])).join(", ") : "";
+  alts.textContent = others.length ? "also: " + others.map((a) => a.answer + pct(a.score)).join(", ") : "";
   const notes = document.createElement("div");  // e.g. a yes/no model asked another kind of question
   notes.className = "alternatives";
-  notes.textContent = (warnings || []).map((w) => "note: " + w).join(" ");
+  notes.textContent = (reply.warnings || []).map((w) => "note: " + w).join(" ");
   box.replaceChildren(best, alts, notes);
 }
 $("vqa-form").addEventListener("submit", async (ev) => {
@@ -226,7 +222,7 @@ $("vqa-form").addEventListener("submit", async (ev) => {
   $("vqa-answer").textContent = "thinking…";
   try {
     const res = await api("/v1/vqa", { method: "POST", body: form });
-    showAnswer(res.answer, res.warnings);
+    showAnswer(res);
   } catch (e) { $("vqa-answer").textContent = e.message; }
 });
 $("caption-form").addEventListener("submit", async (ev) => {

@@ -388,6 +388,17 @@ def _conflict(what: str, exc: PolymodalError) -> ApiError:
     return ApiError(409, f"{what}: {exc}", {"Retry-After": "5"} if isinstance(exc, IndexBusy) else None)
 
 
+def vqa_fields(answer: Any) -> dict:
+    """A VQA model's answer() as the reply's fields, shaped as `polymodal vqa --json` prints them: "answer", "score" and
+    "alternatives" as [{"answer", "score"}, ...] (the objects /v1/classify sends for labels). Another model's answer
+    (a string, a dict of its own) is sent as it is, under "answer"."""
+    alternatives = answer.get("alternatives") if isinstance(answer, dict) else None
+    if not (isinstance(answer, dict) and isinstance(answer.get("answer"), str) and isinstance(alternatives, (list, tuple))
+            and all(isinstance(a, (list, tuple)) and len(a) == 2 for a in alternatives)):
+        return {"answer": jsonable(answer)}
+    return {**jsonable(answer), "alternatives": [{"answer": jsonable(a), "score": jsonable(s)} for a, s in alternatives]}
+
+
 def jsonable(value: Any) -> Any:
     """A model's answer (str, numbers, numpy, tuples, dataclasses...) -> plain JSON values."""
     if isinstance(value, (str, int, float, bool)) or value is None:
