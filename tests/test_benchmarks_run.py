@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,3 +98,34 @@ def test_vqa_choices(capsys):
     assert per_row["rows"] == batched["rows"] == 8 and batched["rows_per_s"] > 0
     assert summary["same_choices"] == 1.0  # batching changes the speed, never the choice
     assert summary["multiple_choice_accuracy"] >= summary["open_accuracy"] - 1e-9  # the answer is always a choice
+
+
+def test_image_centering(gallery, tmp_path, capsys, lite):
+    from polymodal.data.samples import sample_photos
+    from polymodal.eval.retrieval import read_pairs, retrieval_metrics
+
+    photos = sorted(sample_photos().items())
+    files = []
+    for part, chosen in (("test", photos[::2]), ("ref", photos[1::2])):
+        rows = [{"image": str(gallery / f"{name}.jpg"), "caption": description} for name, (_, description) in chosen]
+        files.append(tmp_path / f"{part}.jsonl")
+        files[-1].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shipped, moved = run_benchmark("image_centering", ["--pairs", files[0], "--ref-pairs", files[1], "--models", "lite",
+                                                       "--betas", "0", "1"], capsys)
+    test = read_pairs(files[0])
+    plain = retrieval_metrics(lite.encode_image(test.images), lite.encode_text(test.captions), test.caption_image)
+    assert (shipped["beta"], moved["beta"]) == (0.0, 1.0) and shipped["ref_images"] == len(photos[1::2])
+    assert {k: shipped[k] for k in plain} == plain  # beta 0 is the model as shipped
+    assert 0.0 <= moved["i2t_R@1"] <= 1.0
+
+
+def test_image_centering_refuses_a_reference_that_shares_photos(gallery, tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": str(gallery / "cat.jpg"), "caption": "a cat"}) + "\n")
+    spec = importlib.util.spec_from_file_location("_benchmark_image_centering", BENCHMARKS / "image_centering.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--pairs", str(pairs), "--ref-pairs", str(pairs)]) == 2
+    assert "share photos" in capsys.readouterr().err
+    rows = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert np.allclose(module.centered(rows, rows.mean(0), 1.0), [[2 ** -0.5, -(2 ** -0.5)], [-(2 ** -0.5), 2 ** -0.5]])
