@@ -93,11 +93,13 @@ def test_train_easy_vqa(tmp_path, capsys):
 
 def test_vqa_choices(capsys):
     pytest.importorskip("easy_vqa")
-    per_row, batched, summary = run_benchmark("vqa_choices", ["--rows", "8", "--choices", "3"], capsys)
-    assert (per_row["way"], batched["way"]) == ("answer_per_row", "predict_choices")
+    per_row, batched, cached, summary = run_benchmark("vqa_choices", ["--rows", "8", "--choices", "3"], capsys)
+    assert (per_row["way"], batched["way"], cached["way"]) == ("answer_per_row", "predict_choices", "eval_warm_cache")
     assert per_row["rows"] == batched["rows"] == 8 and batched["rows_per_s"] > 0
     assert summary["same_choices"] == 1.0  # batching changes the speed, never the choice
     assert summary["multiple_choice_accuracy"] >= summary["open_accuracy"] - 1e-9  # the answer is always a choice
+    assert abs(summary["multiple_choice_accuracy_cached"] - summary["multiple_choice_accuracy"]) <= 1 / 8
+    assert summary["warm_cache_vs_predict_choices"] > 0
 
 
 def test_image_centering(gallery, tmp_path, capsys, lite):

@@ -1,8 +1,8 @@
 """What a mutation audit of multiple-choice VQA and the zero-shot weights watch showed slipping through: eval's
-multiple-choice figures and warnings (choice_results, _in_row_order, row_choices), check_row_choices and warn_of,
-predict_choices of the fusion encoder (ITM scoring per row), the ONNX runtime and the yes/no model, and WeightsWatch
-(module swaps, buffers, torch-free models). Each test was checked to fail on its mutation; fakes stand in for the
-models wherever the logic is what is checked."""
+multiple-choice figures and warnings (unscorable_choices, row order, the feature cache, row_choices),
+check_row_choices and warn_of, predict_choices of the fusion encoder (ITM scoring per row), the ONNX runtime and the
+yes/no model, and WeightsWatch (module swaps, buffers, torch-free models). Each test was checked to fail on its
+mutation; fakes stand in for the models wherever the logic is what is checked."""
 
 from __future__ import annotations
 
@@ -223,6 +223,31 @@ def test_predict_choices_scores_outside_candidates_with_each_rows_image_and_ques
     assert len({round(s, 6) for _, s in alone[0]["alternatives"]}) == 2
     assert itm_encoder.check_choices(["red", "blue"])[1] == ""  # the ITM head scores blue: nothing to warn of
     assert itm_encoder.predict_choices([], [], []) == []
+
+
+def test_eval_ranks_choices_from_the_feature_cache_as_predict_choices_does(itm_encoder, gallery, monkeypatch):
+    from polymodal.train.vqa import cached_predictions
+
+    images = [str(gallery / f"{name}.jpg") for name in ("cat", "coffee", "cat")]
+    questions = ["what colour is it?", "is it red?", "is it red?"]
+    choices = [["red", "no"], ["blue", "green"], None]  # inside the vocabulary, outside it (ITM), open
+    got = cached_predictions(itm_encoder, images, questions, choices=choices)
+    direct = itm_encoder.predict_choices(images[:2], questions[:2], choices[:2])
+    for (answer, score), (ref_answer, ref_score) in zip(got[:2], direct):
+        assert answer == ref_answer and score == pytest.approx(ref_score, rel=1e-2)  # float16 features in the cache
+    open_answer, open_score = itm_encoder.predict(images[2:], questions[2:])[0]
+    assert got[2][0] == open_answer and got[2][1] == pytest.approx(open_score, rel=1e-2)
+    rows = [{"image": i, "question": q, "answer": a, "choices": c}
+            for i, q, a, c in zip(images, questions, ["red", "blue", "yes"], choices)]
+    first = vqa_accuracy(itm_encoder, rows)
+
+    def no_tower(*args, **kwargs):
+        raise AssertionError("the image tower ran again")
+
+    monkeypatch.setattr(itm_encoder, "image_cache_input", no_tower)
+    again = vqa_accuracy(itm_encoder, rows)  # every row, choices too, from the cache
+    assert again == first and again["multiple_choice_count"] == 2
+    assert again["multiple_choice_accuracy"] == pytest.approx(sum(a == r["answer"] for (a, _), r in zip(got[:2], rows)) / 2)
 
 
 # -- WeightsWatch ----------------------------------------------------------------------------------------------------

@@ -184,7 +184,7 @@ def accuracy_by_type(predicted: Sequence[str], rows: Sequence[QARow]) -> dict:
 def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool = False) -> dict:
     """Exact-match accuracy of a fusion encoder on QA rows, overall and per answer type ("yes/no" when the answer
     is yes or no, else "other"; a row's own answer_type wins); rows with choices are multiple choice, also reported
-    apart. With ``cache``, the open rows' image and question features go through the on-disk feature cache (image
+    apart. With ``cache``, the rows' image and question features go through the on-disk feature cache (image
     paths only), so a second evaluation costs no tower pass."""
     from polymodal.models.fusion_encoder import FusionEncoder
     from polymodal.registry import require_vqa
@@ -194,16 +194,24 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     if not rows:
         raise PolymodalError("no rows to evaluate")
     open_rows = [r for r in rows if not r.choices]
-    chosen, unscorable = choice_results(model, [r for r in rows if r.choices], len(open_rows))  # first: errors early
-    if cache and isinstance(model, FusionEncoder) and all(isinstance(r.image, (str, Path)) for r in open_rows):
+    mc_rows = [r for r in rows if r.choices]
+    unscorable = unscorable_choices(model, mc_rows, len(open_rows))  # first: errors before any image is read
+    asked = [r for r in rows if r.choices not in unscorable]
+    if cache and isinstance(model, FusionEncoder) and all(isinstance(r.image, (str, Path)) for r in asked):
         from polymodal.train.vqa import cached_predictions
 
-        answered = cached_predictions(model, [r.image for r in open_rows], [r.question for r in open_rows],
-                                      progress=progress, skip_unreadable=True) if open_rows else []
+        answered = iter(cached_predictions(model, [r.image for r in asked], [r.question for r in asked],
+                                           progress=progress, skip_unreadable=True,
+                                           choices=[list(r.choices) for r in asked]) if asked else [])
+        results = [("", 0.0) if r.choices in unscorable else next(answered) for r in rows]
     else:
-        answered = each_or_error(lambda chunk: model.predict([r.image for r in chunk], [r.question for r in chunk]),
-                                 open_rows, 256)
-    results = _in_row_order(rows, answered, chosen)
+        chosen = iter(each_or_error(lambda chunk: model.predict_choices(
+            [r.image for r in chunk], [r.question for r in chunk], [list(r.choices) for r in chunk]),
+            [r for r in mc_rows if r.choices not in unscorable], 256))
+        answered = iter(each_or_error(lambda chunk: model.predict([r.image for r in chunk], [r.question for r in chunk]),
+                                      open_rows, 256))
+        results = [next(answered) if not r.choices else ("", 0.0) if r.choices in unscorable else next(chosen)
+                   for r in rows]
     # a row whose image cannot be read is left out (as training does), with one warning; none readable is an error
     kept = readable_results(results, "row")
     out = {**accuracy_by_type([results[i][0] for i in kept], [rows[i] for i in kept]),
@@ -212,18 +220,18 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     if mc:  # reported apart too: choosing among a few candidates is an easier task than open answers
         out["multiple_choice_count"] = len(mc)
         out["multiple_choice_accuracy"] = accuracy_by_type([results[i][0] for i in mc], [rows[i] for i in mc])["accuracy"]
-        out["multiple_choice_unscorable"] = unscorable  # rows counted wrong: the model scores none of their choices
+        # rows counted wrong: the model scores none of their choices
+        out["multiple_choice_unscorable"] = sum(r.choices in unscorable for r in mc_rows)
     return out
 
 
-def choice_results(model, rows: list[QARow], open_rows: int = 0) -> tuple[list, int]:
-    """((choice, score) per multiple-choice row, or a str where its image could not be read; how many rows had
-    choices the model cannot score at all). The model checks each distinct list of choices first, so what it says
-    is said once. A row whose choices it can score none of (all outside its vocabulary, no ITM head) counts as
-    wrong, as an open answer outside the vocabulary does; when that is every row (and there are no ``open_rows``),
-    the model is the wrong one: an error."""
+def unscorable_choices(model, rows: list[QARow], open_rows: int = 0) -> dict:
+    """{choices: the model's error} for each distinct list of choices in the multiple-choice ``rows`` that the model
+    can score none of. The model checks each distinct list once, so what it says is said once. Such a row counts
+    as wrong, as an open answer outside the vocabulary does; when that is every row (and there are no
+    ``open_rows``), the model is the wrong one: an error."""
     if not rows:
-        return [], 0
+        return {}
     if not hasattr(model, "predict_choices"):
         raise PolymodalError(f"{getattr(model, 'name', type(model).__name__)} cannot rank given choices; drop "
                              '"choices" from the rows or evaluate a VQA model such as easy-vqa')
@@ -233,8 +241,8 @@ def choice_results(model, rows: list[QARow], open_rows: int = 0) -> tuple[list, 
             notes.append(model.check_choices(list(choices))[1])
         except PolymodalError as exc:
             unscorable[choices] = exc
-    scorable = [r for r in rows if r.choices not in unscorable]
-    if not scorable and not open_rows:
+    count = sum(r.choices in unscorable for r in rows)
+    if count == len(rows) and not open_rows:
         first = next(iter(unscorable.values()))
         raise first if len(unscorable) == 1 else PolymodalError(
             f"the model can score none of the choices of any row (first: {first})")
@@ -243,13 +251,5 @@ def choice_results(model, rows: list[QARow], open_rows: int = 0) -> tuple[list, 
         log.warning("%s%s", notes[0], f" (and in {len(notes) - 1} other lists of choices)" if len(notes) > 1 else "")
     if unscorable:
         log.warning("%s counted as wrong: the model can score none of their choices (first: %s)",
-                    plural(len(rows) - len(scorable), "multiple-choice row"), next(iter(unscorable.values())))
-    chosen = iter(each_or_error(lambda chunk: model.predict_choices(
-        [r.image for r in chunk], [r.question for r in chunk], [list(r.choices) for r in chunk]), scorable, 256))
-    return [("", 0.0) if r.choices in unscorable else next(chosen) for r in rows], len(rows) - len(scorable)
-
-
-def _in_row_order(rows: list[QARow], answered: list, chosen: list) -> list:
-    """The open rows' and the multiple-choice rows' results back in the rows' order."""
-    answered, chosen = iter(answered), iter(chosen)
-    return [next(chosen) if r.choices else next(answered) for r in rows]
+                    plural(count, "multiple-choice row"), next(iter(unscorable.values())))
+    return unscorable

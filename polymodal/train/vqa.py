@@ -132,10 +132,19 @@ def _gather_questions(states: np.ndarray, lengths: np.ndarray, idx: np.ndarray) 
 def predict_features(model: FusionEncoder, image_feats: np.ndarray, q_states: np.ndarray, q_len: np.ndarray,
                      row_image: np.ndarray, row_question: np.ndarray, images_per_batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Cached features -> (answer index ``[R]``, probability ``[R]``) per row, a chunk of images at a time."""
-    model.eval()
-    row_image, row_question = np.asarray(row_image), np.asarray(row_question)
     best = np.zeros(len(row_image), dtype=np.int64)
     prob = np.zeros(len(row_image), dtype=np.float32)
+    for rows, _, logits in _logit_chunks(model, image_feats, q_states, q_len, row_image, row_question, images_per_batch):
+        s, b = logits.softmax(-1).max(-1)
+        best[rows], prob[rows] = b.numpy(), s.numpy()
+    return best, prob
+
+
+def _logit_chunks(model: FusionEncoder, image_feats: np.ndarray, q_states: np.ndarray, q_len: np.ndarray,
+                  row_image: np.ndarray, row_question: np.ndarray, images_per_batch: int = 64):
+    """Yields (row numbers, their images' features [U, T, F], answer logits [r, A]) a chunk of images at a time."""
+    model.eval()
+    row_image, row_question = np.asarray(row_image), np.asarray(row_question)
     order = np.argsort(row_image, kind="stable")
     bounds = np.searchsorted(row_image[order], np.arange(0, image_feats.shape[0] + images_per_batch, images_per_batch))
     for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -145,27 +154,35 @@ def predict_features(model: FusionEncoder, image_feats: np.ndarray, q_states: np
         used, local = np.unique(row_image[rows], return_inverse=True)
         images = torch.from_numpy(np.asarray(image_feats[used], dtype=np.float32))
         states, mask = _gather_questions(q_states, q_len, row_question[rows])
-        p = model.vqa_logits(images, states, mask, torch.from_numpy(local.astype(np.int64))).float().softmax(-1)
-        s, b = p.max(-1)
-        best[rows], prob[rows] = b.numpy(), s.numpy()
-    return best, prob
+        with torch.inference_mode():
+            logits = model.vqa_logits(images, states, mask, torch.from_numpy(local.astype(np.int64))).float()
+        yield rows, images[local], logits
 
 
-def cached_predictions(model: FusionEncoder, images: Sequence, questions: Sequence[str],
-                       progress: bool = False, skip_unreadable: bool = False) -> list[tuple[str, float] | str]:
+@torch.inference_mode()
+def cached_predictions(model: FusionEncoder, images: Sequence, questions: Sequence[str], progress: bool = False,
+                       skip_unreadable: bool = False, choices: Sequence | None = None) -> list[tuple[str, float] | str]:
     """(answer, probability) per (image path, question) row through the on-disk feature cache. An unreadable image
-    is an error, or with ``skip_unreadable`` its rows get a str saying so (as `each_or_error` gives failures)."""
+    is an error, or with ``skip_unreadable`` its rows get a str saying so (as `each_or_error` gives failures).
+    ``choices`` (candidates per row, or None/() for an open row) makes a row multiple choice: (the best candidate,
+    its score), ranked as ``answer(..., choices=...)`` ranks them."""
     img_index: dict[str, int] = {}
     q_index: dict[str, int] = {}
     row_image = np.array([img_index.setdefault(str(Path(i)), len(img_index)) for i in images], dtype=np.int64)
     row_question = np.array([q_index.setdefault(str(q), len(q_index)) for q in questions], dtype=np.int64)
+    choices = list(choices) if choices is not None else [None] * len(row_image)
     paths = [Path(p) for p in img_index]
     feats = grid_features(model, paths, progress=progress, skip_unreadable=skip_unreadable)
-    states, lengths = question_features(model, list(q_index), progress=progress)
-    best, prob = predict_features(model, feats, states, lengths, row_image, row_question)
+    q_list = list(q_index)
+    states, lengths = question_features(model, q_list, progress=progress)
+    out: list = [None] * len(row_image)
+    for rows, row_feats, logits in _logit_chunks(model, feats, states, lengths, row_image, row_question):
+        prob, best = logits.softmax(-1).max(-1)
+        for k, r in enumerate(rows.tolist()):
+            out[r] = model._rank_choices(logits[k], row_feats[k : k + 1], q_list[row_question[r]], choices[r])[0] \
+                if choices[r] else (model.answers[int(best[k])], float(prob[k]))
     unread = set(_nan_rows(feats).tolist()) if skip_unreadable else set()  # their NaN features gave NaN answers
-    return [f"not a readable image: {paths[i]}" if i in unread else (model.answers[b], float(p))
-            for i, b, p in zip(row_image, best, prob)]
+    return [f"not a readable image: {paths[i]}" if i in unread else result for i, result in zip(row_image, out)]
 
 
 # -- data --------------------------------------------------------------------------------------------------------------
