@@ -134,7 +134,8 @@ def predict_features(model: FusionEncoder, image_feats: np.ndarray, q_states: np
     """Cached features -> (answer index ``[R]``, probability ``[R]``) per row, a chunk of images at a time."""
     best = np.zeros(len(row_image), dtype=np.int64)
     prob = np.zeros(len(row_image), dtype=np.float32)
-    for rows, _, logits in _logit_chunks(model, image_feats, q_states, q_len, row_image, row_question, images_per_batch):
+    chunks = _logit_chunks(model, image_feats, q_states, q_len, row_image, row_question, images_per_batch)
+    for rows, _, _, logits in chunks:
         s, b = logits.softmax(-1).max(-1)
         best[rows], prob[rows] = b.numpy(), s.numpy()
     return best, prob
@@ -142,7 +143,8 @@ def predict_features(model: FusionEncoder, image_feats: np.ndarray, q_states: np
 
 def _logit_chunks(model: FusionEncoder, image_feats: np.ndarray, q_states: np.ndarray, q_len: np.ndarray,
                   row_image: np.ndarray, row_question: np.ndarray, images_per_batch: int = 64):
-    """Yields (row numbers, their images' features [U, T, F], answer logits [r, A]) a chunk of images at a time."""
+    """Yields (row numbers, the chunk's image features [U, T, F], each row's image among them [r], answer logits
+    [r, A]) a chunk of images at a time."""
     model.eval()
     row_image, row_question = np.asarray(row_image), np.asarray(row_question)
     order = np.argsort(row_image, kind="stable")
@@ -156,7 +158,7 @@ def _logit_chunks(model: FusionEncoder, image_feats: np.ndarray, q_states: np.nd
         states, mask = _gather_questions(q_states, q_len, row_question[rows])
         with torch.inference_mode():
             logits = model.vqa_logits(images, states, mask, torch.from_numpy(local.astype(np.int64))).float()
-        yield rows, images[local], logits
+        yield rows, images, local, logits
 
 
 @torch.inference_mode()
@@ -176,10 +178,11 @@ def cached_predictions(model: FusionEncoder, images: Sequence, questions: Sequen
     q_list = list(q_index)
     states, lengths = question_features(model, q_list, progress=progress)
     out: list = [None] * len(row_image)
-    for rows, row_feats, logits in _logit_chunks(model, feats, states, lengths, row_image, row_question):
+    for rows, chunk_feats, local, logits in _logit_chunks(model, feats, states, lengths, row_image, row_question):
         prob, best = logits.softmax(-1).max(-1)
         for k, r in enumerate(rows.tolist()):
-            out[r] = model._rank_choices(logits[k], row_feats[k : k + 1], q_list[row_question[r]], choices[r])[0] \
+            image = chunk_feats[local[k] : local[k] + 1]  # the ITM head scores candidates outside the vocabulary on it
+            out[r] = model._rank_choices(logits[k], image, q_list[row_question[r]], choices[r])[0] \
                 if choices[r] else (model.answers[int(best[k])], float(prob[k]))
     unread = set(_nan_rows(feats).tolist()) if skip_unreadable else set()  # their NaN features gave NaN answers
     return [f"not a readable image: {paths[i]}" if i in unread else result for i, result in zip(row_image, out)]
