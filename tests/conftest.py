@@ -78,6 +78,18 @@ def cli_json(args: list) -> dict:
     return json.loads(printed.getvalue().strip().splitlines()[-1])
 
 
+def skip_unless_clip_exports() -> None:
+    """Skips a test that exports a CLIP checkpoint where this transformers cannot trace it (5.4-5.8: the export
+    refuses there with one clear error, which test_onnx checks on any version)."""
+    from polymodal.errors import PolymodalError
+    from polymodal.models.clip import check_transformers_traces_clip
+
+    try:
+        check_transformers_traces_clip()
+    except PolymodalError as exc:
+        pytest.skip(str(exc))
+
+
 def skip_unless_int8_loaded(row: dict) -> None:
     """Skips a test of variant selection when this onnxruntime could not load the int8 graph it made (onnxruntime
     1.23, the newest on Python 3.10, has no kernel for some of them; the export then reports the variant as failed

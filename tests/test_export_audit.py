@@ -299,11 +299,13 @@ def test_load_onnx_picks_the_vqa_runtime_and_passes_threads(vqa_export):
 
 @pytest.fixture(scope="module")
 def tiny_clip_export(tmp_path_factory):
+    from conftest import skip_unless_clip_exports
     from test_clip_checkpoints import make_tiny_clip
 
     from polymodal.export.onnx_export import export_onnx, validation_set
     from polymodal.models.clip import load_clip
 
+    skip_unless_clip_exports()
     tmp = tmp_path_factory.mktemp("clip")
     model = load_clip(make_tiny_clip(tmp / "tiny-clip"))
     export_onnx(model, tmp / "onnx", validation_set(None), variants=[], timing_seconds=0.01)

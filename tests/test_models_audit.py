@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import CLIPImageProcessorPil, CLIPModel
+from transformers import CLIPModel
 
 from polymodal.errors import PolymodalError
 from polymodal.models.clip import _hf_weight_files, fingerprint, load_clip, transform_from_preprocessor
 from polymodal.models.openai_convert import hf_to_openai, openai_to_hf
-from test_clip_checkpoints import (TEXTS, _images, _odd_image, _openai_forward, _ref_image, _ref_text,
+from test_clip_checkpoints import (TEXTS, CLIPImageProcessorPil, _images, _odd_image, _openai_forward, _ref_image, _ref_text,
                                    _write_tokenizer_files, make_tiny_clip)
 
 

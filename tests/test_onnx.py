@@ -18,7 +18,7 @@ from polymodal import cli  # noqa: E402
 from polymodal.errors import PolymodalError  # noqa: E402
 from polymodal.export.onnx_export import export_onnx, gate, validation_set  # noqa: E402
 from polymodal.export.runtime import OnnxEmbeddingModel  # noqa: E402
-from conftest import skip_unless_int8_loaded  # noqa: E402
+from conftest import skip_unless_clip_exports, skip_unless_int8_loaded  # noqa: E402
 from polymodal.export.variants import bf16_unavailable  # noqa: E402
 
 
@@ -84,6 +84,7 @@ def tiny_clip(tmp_path_factory):
 
 
 def test_a_variant_the_gate_rejects_is_never_served(tiny_clip, tmp_path, monkeypatch):
+    skip_unless_clip_exports()
     import polymodal.export.onnx_export as onnx_export
 
     monkeypatch.setattr(onnx_export, "gate", lambda *a, **k: ("rejected", "stub gate: rejected"))
@@ -153,7 +154,23 @@ def test_text_graph_has_dynamic_batch_and_length(lite_export, lite):
     assert float((model.encode_text(texts) * lite.encode_text(texts)).sum(1).min()) > 0.98
 
 
+@pytest.mark.parametrize("version, refused", [("5.4.0", True), ("5.8.1", True), ("5.3.0", False), ("5.9.0", False),
+                                               ("4.57.6", False), ("5.10.0.dev0", False)])
+def test_clip_export_on_a_transformers_that_cannot_trace_it_is_one_clear_error(tiny_clip, tmp_path, monkeypatch,
+                                                                             version, refused):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", version)
+    if not refused:
+        tiny_clip.check_onnx_export()
+        return
+    with pytest.raises(PolymodalError, match=f"transformers {version} cannot export a CLIP text tower.*>=5.9"):
+        export_onnx(tiny_clip, tmp_path / "out", validation_set(None), variants=[], timing_seconds=0.02)
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
 def test_tiny_clip_checkpoint_exports_with_parity(tiny_clip, tmp_path):
+    skip_unless_clip_exports()
     model = tiny_clip
     report = export_onnx(model, tmp_path / "clip-onnx", validation_set(None), variants=[], timing_seconds=0.02)
     assert [r["variant"] for r in report["tries"]] == ["fp32", "fp32"]
@@ -287,6 +304,7 @@ def test_export_asks_vqa_models_for_questions(tmp_path, capsys):
 
 
 def test_the_fastest_kept_variant_serves(tiny_clip, tmp_path, monkeypatch):
+    skip_unless_clip_exports()
     import polymodal.export.onnx_export as onnx_export
 
     # both variants pass the gate; per tower the first is timed at 3x fp32, the second at 1.5x

@@ -80,6 +80,8 @@ def check_exportable(model) -> None:
         raise PolymodalError(f"{what} cannot be exported to ONNX; these kinds of model "
                              "export: embedding models (lite, default, a folder from `polymodal train contrastive`, "
                              "a CLIP checkpoint), fusion VQA models (easy-vqa, with --val-qa) and captioners")
+    if hasattr(model, "check_onnx_export"):  # a model whose graphs this environment cannot trace says so here
+        model.check_onnx_export()
 
 
 def export_graph(graph: nn.Module, example: tuple[torch.Tensor, ...], names: list[str], path: Path,

@@ -70,6 +70,21 @@ class ClipModel(EmbeddingModel):
     def text_tokenizer(self):
         return self.tokenizer, self.max_length
 
+    def check_onnx_export(self) -> None:
+        check_transformers_traces_clip()
+
+
+def check_transformers_traces_clip() -> None:
+    """transformers 5.4-5.8 cannot trace CLIP's text mask (an IndexError inside create_causal_mask): one clear
+    error before any export work, instead of that traceback. Loading and embedding work on every version allowed."""
+    import transformers
+
+    version = tuple(int(p) for p in transformers.__version__.split(".")[:2] if p.isdigit())
+    if (5, 4) <= version < (5, 9):
+        raise PolymodalError(f"transformers {transformers.__version__} cannot export a CLIP text tower to ONNX "
+                             "(5.4-5.8 fail to trace its attention mask); pip install -U 'transformers>=5.9' "
+                             "(or <5.4) and export again")
+
 
 def _features(out) -> torch.Tensor:
     # transformers 4 returns the projected tensor; transformers 5 returns an output object whose pooler_output
