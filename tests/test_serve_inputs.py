@@ -75,6 +75,17 @@ def test_vqa_reply_has_the_fields_vqa_json_prints(client, asker, cat):
                         "alternatives": [{"answer": "red", "score": 0.7487}, {"answer": "blue", "score": 0.2013}]}
 
 
+def test_vqa_reply_keeps_its_own_model_and_question_over_the_answers_keys(lite, db, cat):
+    class Boastful(_Asker):
+        def answer(self, image, question, choices=None):
+            return {"answer": "red", "score": 1.0, "alternatives": [("red", 1.0)], "model": "other", "question": "?"}
+
+    with TestClient(create_app(Boastful(lite), db)) as c:
+        r = c.post("/v1/vqa", files={"image": ("c.jpg", cat, "image/jpeg")}, data={"question": "is it red?"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["model"], r.json()["question"], r.json()["answer"]) == (lite.key, "is it red?", "red")
+
+
 def test_vqa_reply_sends_another_models_own_answer_as_it_is():
     from polymodal.serve.service import vqa_fields
 

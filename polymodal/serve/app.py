@@ -429,7 +429,8 @@ def create_app(
             choices = _text_list(choices, "choices", s.max_labels, max_chars=500)
         image = (await decode(items, vqa_model))[0]
         answer, warnings = await svc.batcher.call(with_warnings, vqa_model.answer, image, question, choices)
-        return JSONResponse({"model": vqa_model.key, "question": question, **vqa_fields(answer), "warnings": warnings})
+        # the reply's own fields last: an answer dict holding "model" or "question" keys cannot replace them
+        return JSONResponse({**vqa_fields(answer), "model": vqa_model.key, "question": question, "warnings": warnings})
 
     @app.post(
         "/v1/caption",

@@ -179,11 +179,13 @@ def cached_predictions(model: FusionEncoder, images: Sequence, questions: Sequen
     states, lengths = question_features(model, q_list, progress=progress)
     out: list = [None] * len(row_image)
     for rows, chunk_feats, local, logits in _logit_chunks(model, feats, states, lengths, row_image, row_question):
-        prob, best = logits.softmax(-1).max(-1)
+        prob, best = (t.tolist() for t in logits.softmax(-1).max(-1))  # plain lists: a loop over rows follows
         for k, r in enumerate(rows.tolist()):
+            if not choices[r]:
+                out[r] = (model.answers[best[k]], prob[k])
+                continue
             image = chunk_feats[local[k] : local[k] + 1]  # the ITM head scores candidates outside the vocabulary on it
-            out[r] = model._rank_choices(logits[k], image, q_list[row_question[r]], choices[r])[0] \
-                if choices[r] else (model.answers[int(best[k])], float(prob[k]))
+            out[r] = model._rank_choices(logits[k], image, q_list[row_question[r]], choices[r])[0]
     unread = set(_nan_rows(feats).tolist()) if skip_unreadable else set()  # their NaN features gave NaN answers
     return [f"not a readable image: {paths[i]}" if i in unread else result for i, result in zip(row_image, out)]
 
