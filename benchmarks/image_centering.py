@@ -22,12 +22,12 @@ import numpy as np
 import polymodal
 from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import read_pairs, retrieval_metrics
+from polymodal.index.store import query_matrix
 
 
 def centered(image_emb: np.ndarray, mean: np.ndarray, beta: float) -> np.ndarray:
-    """Rows minus beta x mean, L2-normalised again."""
-    moved = image_emb - beta * mean[None, :]
-    return moved / np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
+    """Rows minus beta x mean, L2-normalised again (as the index normalises its queries)."""
+    return query_matrix(image_emb - beta * mean[None, :])
 
 
 def main(argv=None) -> int:

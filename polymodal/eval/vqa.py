@@ -200,18 +200,12 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     if cache and isinstance(model, FusionEncoder) and all(isinstance(r.image, (str, Path)) for r in asked):
         from polymodal.train.vqa import cached_predictions
 
-        answered = iter(cached_predictions(model, [r.image for r in asked], [r.question for r in asked],
-                                           progress=progress, skip_unreadable=True,
-                                           choices=[list(r.choices) for r in asked]) if asked else [])
-        results = [("", 0.0) if r.choices in unscorable else next(answered) for r in rows]
+        answered = cached_predictions(model, [r.image for r in asked], [r.question for r in asked], progress=progress,
+                                      skip_unreadable=True, choices=[list(r.choices) for r in asked]) if asked else []
     else:
-        chosen = iter(each_or_error(lambda chunk: model.predict_choices(
-            [r.image for r in chunk], [r.question for r in chunk], [list(r.choices) for r in chunk]),
-            [r for r in mc_rows if r.choices not in unscorable], 256))
-        answered = iter(each_or_error(lambda chunk: model.predict([r.image for r in chunk], [r.question for r in chunk]),
-                                      open_rows, 256))
-        results = [next(answered) if not r.choices else ("", 0.0) if r.choices in unscorable else next(chosen)
-                   for r in rows]
+        answered = each_or_error(lambda chunk: _predict_rows(model, chunk), asked, 256)
+    answered = iter(answered)
+    results = [("", 0.0) if r.choices in unscorable else next(answered) for r in rows]
     # a row whose image cannot be read is left out (as training does), with one warning; none readable is an error
     kept = readable_results(results, "row")
     out = {**accuracy_by_type([results[i][0] for i in kept], [rows[i] for i in kept]),
@@ -223,6 +217,15 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
         # rows counted wrong: the model scores none of their choices
         out["multiple_choice_unscorable"] = sum(r.choices in unscorable for r in mc_rows)
     return out
+
+
+def _predict_rows(model, rows: list[QARow]) -> list:
+    """Open rows answered by ``predict``, multiple-choice rows by ``predict_choices``, back in the rows' order."""
+    open_rows, mc_rows = [r for r in rows if not r.choices], [r for r in rows if r.choices]
+    answered = iter(model.predict([r.image for r in open_rows], [r.question for r in open_rows]) if open_rows else [])
+    chosen = iter(model.predict_choices([r.image for r in mc_rows], [r.question for r in mc_rows],
+                                        [list(r.choices) for r in mc_rows]) if mc_rows else [])
+    return [next(chosen) if r.choices else next(answered) for r in rows]
 
 
 def unscorable_choices(model, rows: list[QARow], open_rows: int = 0) -> dict:
