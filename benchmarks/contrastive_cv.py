@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from polymodal.data.augment import Augment, make_rng
 from polymodal.data.pairs import PairSet, read_pair_source
 from polymodal.eval.retrieval import retrieval_metrics
+from polymodal.index.store import query_matrix
 from polymodal.models.dual_encoder import DualEncoder
 from polymodal.train.contrastive import ContrastiveRecipe, _hard_negatives
 from polymodal.train.features import CachedPairDataset, collate_cached, image_features, text_features
@@ -38,6 +39,9 @@ def main(argv=None) -> int:
     ap.add_argument("--config", help="recipe JSON (same keys as `polymodal train contrastive --config`)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--set", nargs="*", default=[], help="overrides like arch.embed_dim=256 train.epochs=10")
+    ap.add_argument("--center-betas", nargs="*", type=float, default=[],
+                    help="also score with beta x the fold's mean training embedding subtracted (hubness check): "
+                         "from the images alone, and from images and texts both")
     args = ap.parse_args(argv)
 
     settings = json.loads(open(args.config).read()) if args.config else {}
@@ -60,6 +64,7 @@ def main(argv=None) -> int:
     folds = np.array_split(make_rng(recipe.train.seed).permutation(n_main), args.folds)
 
     held_img, held_txt, held_owner, offset, t0 = [], [], [], 0, time.perf_counter()
+    train_means = []  # per fold: (mean training image embedding, mean training caption embedding), for --center-betas
     for f, held in enumerate(folds):
         train_imgs = np.setdiff1d(np.arange(len(all_set.images)), held)
         sub = all_set.subset(train_imgs)
@@ -86,6 +91,12 @@ def main(argv=None) -> int:
             caps = [c for c, o in enumerate(all_set.caption_image) if o in set(held.tolist())]
             txt = (model.text_from_pooled(torch.from_numpy(np.array(texts[caps], np.float32)))
                    if isinstance(texts, np.ndarray) else model._text_batch([texts[c] for c in caps]))
+            if args.center_betas:
+                train_img = model.image_from_cache(torch.from_numpy(np.array(feats[0, train_imgs], np.float32)))
+                train_txt = (model.text_from_pooled(torch.from_numpy(np.array(texts[cap_idx], np.float32)))
+                             if isinstance(texts, np.ndarray) else model._text_batch([texts[c] for c in cap_idx]))
+                train_means.append([torch.nn.functional.normalize(e, dim=-1).mean(0).numpy()
+                                    for e in (train_img, train_txt)])
         held_img.append(torch.nn.functional.normalize(img, dim=-1).numpy())
         held_txt.append(torch.nn.functional.normalize(txt, dim=-1).numpy())
         local = {g: i for i, g in enumerate(held.tolist())}
@@ -96,6 +107,12 @@ def main(argv=None) -> int:
     metrics = retrieval_metrics(np.concatenate(held_img), np.concatenate(held_txt), np.concatenate(held_owner))
     print(json.dumps({"pool_images": offset, **metrics, "train_seconds": round(time.perf_counter() - t0, 1),
                       "recipe": settings}))
+    for beta in args.center_betas:
+        for what in ("images", "both"):
+            img = np.concatenate([query_matrix(e - beta * m[0]) for e, m in zip(held_img, train_means)])
+            txt = np.concatenate([query_matrix(e - beta * m[1]) if what == "both" else e
+                                  for e, m in zip(held_txt, train_means)])
+            print(json.dumps({"centered": what, "beta": beta, **retrieval_metrics(img, txt, np.concatenate(held_owner))}))
     return 0
 
 

@@ -441,6 +441,8 @@ def _saved_work(exc: BaseException, args) -> str:
     saved, total = getattr(exc, "index_progress", (0, 0))
     out = getattr(args, "out", None)
     if not total and out and hasattr(args, "resume"):  # a `train` command
+        if getattr(exc, "replaced_run_restored", False):
+            return f": no epoch had finished; {out} holds the run --overwrite was to replace, as before"
         if not (Path(out) / "checkpoint.pt").is_file():
             return ": no epoch had finished, so nothing was kept"
         return f": {out} keeps the last finished epoch; run the same command with --resume to continue"

@@ -104,11 +104,29 @@ def test_existing_run_is_refused_and_overwrite_replaces_it(capsys, pairs_file, t
     (out / "notes.txt").write_text("mine")
     assert cli.main(_contrastive(pairs_file, out, "--overwrite", epochs=2)) == 0
     assert [r["epoch"] for r in read_metrics(out) if r["split"] == "val"] == [1, 2]  # the new run only
+    assert not (out / ".replaced-run").exists()  # the old run went once the new one saved an epoch
     assert len(list((out / "tensorboard").iterdir())) == 1
     assert (out / "notes.txt").read_text() == "mine"  # only the run's own files go
     # RUN/model as --out (mixed up with --model) would mix a run into the model folder
     _one_line_error(capsys, _contrastive(pairs_file, out / "model"), "holds a saved model, not a run")
     assert sorted(p.name for p in (out / "model").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_overwrite_stopped_before_its_first_epoch_puts_the_old_run_back(capsys, monkeypatch, pairs_file, tmp_path):
+    out = tmp_path / "mine"
+    assert cli.main(_contrastive(pairs_file, out)) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def stopped(self, logger):
+        logger.write({"step": 1, "split": "train", "loss": 1.0})  # it had begun writing the new run
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_train_epoch", stopped)
+    assert cli.main(_contrastive(pairs_file, out, "--overwrite", epochs=2)) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"polymodal: interrupted: no epoch had finished; {out} holds the run --overwrite was to replace, " \
+                  "as before"
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize("argv", [["train", "pretrain", "--pairs", "p.jsonl"], ["train", "vqa", "--qa", "q.jsonl"]])
@@ -281,3 +299,45 @@ def test_resuming_with_other_data_says_so(pairs_file, tmp_path, caplog):
                          "--pairs", str(other)]) == 0
     assert f"--resume with other pairs than the run started with ({other}); its epochs so far trained on " \
            f"{pairs_file.resolve()}" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["truncated", "text"])
+def test_a_damaged_checkpoint_on_resume_is_one_line(capsys, pairs_file, tmp_path, damage):
+    out = tmp_path / "mine"
+    assert cli.main(_contrastive(pairs_file, out)) == 0
+    good = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(good[: len(good) // 2] if damage == "truncated" else b"garbage\n")
+    _one_line_error(capsys, ["train", "contrastive", "--out", out, "--resume", "--epochs", "2", "--quiet"],
+                    f"cannot read {out / 'checkpoint.pt'}", "damaged", "--overwrite")
+
+
+def test_fine_tuning_scores_the_model_it_starts_from_as_epoch_0(pairs_file, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert cli.main(_contrastive(pairs_file, first, epochs=2)) == 0
+    kept = max((r for r in read_metrics(first) if r["split"] == "val"), key=lambda r: (r["val/rsum"], r["epoch"]))
+    assert cli.main(_contrastive(pairs_file, second, "--model", first / "model")) == 0
+    start = [r for r in read_metrics(second) if r["split"] == "val"][0]
+    assert start["epoch"] == 0 and start["step"] == 0 and "train_loss" not in start
+    assert start["val/rsum"] == pytest.approx(kept["val/rsum"])  # the same model on the same photos
+    assert (second / "model" / "model.safetensors").is_file()
+    from polymodal.train.plot import plot_run
+
+    assert plot_run(second).is_file()  # epoch 0 has no training loss to draw
+
+
+def test_validation_photos_that_training_sees_or_too_few_of_them_are_warned_about(pairs_file, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(_contrastive(pairs_file, tmp_path / "same")) == 0  # --pairs and --val-pairs: one file
+    photos = len(read_pair_sources([str(pairs_file)]).images)
+    assert f"{photos} of the {photos} validation photos (--val-pairs) are training photos too" in caplog.text
+    assert f"only {photos} validation photos" in caplog.text
+    caplog.clear()
+    val = pairs_file.parent / "guard_val_one.jsonl"
+    lines = pairs_file.read_text().splitlines(keepends=True)
+    val.write_text(lines[0])
+    train = pairs_file.parent / "guard_train_rest.jsonl"
+    train.write_text("".join(lines[1:]))
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["train", "contrastive", "--pairs", str(train), "--val-pairs", str(val), "--out",
+                         str(tmp_path / "apart"), "--quiet", "--embed-dim", "16", "--epochs", "1"]) == 0
+    assert "training photos too" not in caplog.text and "only 1 validation photos" in caplog.text

@@ -130,7 +130,7 @@ def test_run_folder_guard_fires_for_every_run_file_but_not_for_a_plot(tmp_path):
 
 
 def test_overwrite_removes_every_old_run_file_and_nothing_else(tmp_path):
-    from polymodal.train.guards import prepare_run_folder
+    from polymodal.train.guards import forget_replaced_run, prepare_run_folder
 
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)
@@ -145,9 +145,28 @@ def test_overwrite_removes_every_old_run_file_and_nothing_else(tmp_path):
     (run / "tensorboard").symlink_to(elsewhere, target_is_directory=True)
     prepare_run_folder(run, overwrite=False)
     assert (run / "metrics.jsonl").read_text() == "old"
-    prepare_run_folder(run, overwrite=True)
+    prepare_run_folder(run, overwrite=True)  # moved aside until the new run saves an epoch
+    assert sorted(p.name for p in run.iterdir()) == [".replaced-run", "notes.txt"]
+    forget_replaced_run(run)
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
     assert (elsewhere / "keep.txt").read_text() == "keep"  # a symlinked folder is unlinked, not emptied
+
+
+def test_a_replacement_killed_before_its_first_epoch_keeps_the_run_it_was_to_replace(tmp_path):
+    from polymodal.train.guards import discard_unfinished_run, prepare_run_folder
+
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "weights.bin").write_bytes(b"old")
+    (run / "checkpoint.pt").write_bytes(b"old")
+    prepare_run_folder(run, overwrite=True)
+    (run / "metrics.jsonl").write_text("new, unfinished")  # then killed (no exception handler ran)
+    prepare_run_folder(run, overwrite=True)  # replacing again: the stash is still the run to replace
+    assert sorted(p.name for p in run.iterdir()) == [".replaced-run"]
+    assert discard_unfinished_run(run) is True  # this run fails too: the old one comes back
+    assert (run / "model" / "weights.bin").read_bytes() == b"old" and (run / "checkpoint.pt").read_bytes() == b"old"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "model"]
+    assert discard_unfinished_run(run) is False  # nothing to put back
 
 
 # -- feature cache ---------------------------------------------------------------------------------------------------

@@ -88,6 +88,30 @@ def test_early_stopping_counts_epochs_since_the_best(tmp_path, scores, epochs_ru
     assert best["epoch"] == best_epoch and best["val/rsum"] == max(scores[:epochs_run])
 
 
+@pytest.mark.parametrize("scores, epochs_run, best_epoch, saves", [
+    ([5, 1, 2], 2, 0, 1),  # no epoch beats the model it started from: RUN/model stays that model
+    ([5, 1, 6, 2, 3], 4, 2, 2),
+    ([5, 5, 1], 2, 1, 2),  # a tie: the trained epoch is kept, but it does not hold off early stopping
+])
+def test_fine_tuning_keeps_the_starting_model_unless_an_epoch_beats_it(tmp_path, caplog, scores, epochs_run,
+                                                                       best_epoch, saves):
+    saved = []
+    with caplog.at_level("WARNING"):
+        best = _trainer(tmp_path, eval_fn=_scripted(scores), patience=2).fit(
+            on_best=lambda m: saved.append(m.weight.detach().clone()), score_start=True)
+    val = [r for r in read_metrics(tmp_path) if r["split"] == "val"]
+    assert [r["epoch"] for r in val] == list(range(epochs_run + 1))  # epoch 0: before training
+    assert best["epoch"] == best_epoch and best["val/rsum"] == scores[best_epoch]
+    assert len(saved) == saves
+    assert ("no epoch beat the model training started from (val/rsum 5 before training)" in caplog.text) == (
+        best_epoch == 0)
+
+
+def test_without_a_starting_model_there_is_no_epoch_0(tmp_path):
+    _trainer(tmp_path, eval_fn=_scripted([1, 2, 3, 4, 5])).fit()
+    assert [r["epoch"] for r in read_metrics(tmp_path) if r["split"] == "val"] == [1, 2, 3, 4, 5]
+
+
 @pytest.mark.parametrize("setting", [{"grad_clip": -1.0}, {"warmup_steps": -1}, {"lr": 0.0}, {"patience": -2},
                                      {"warmup_fraction": 1.5}, {"warmup_cap": -1}])
 def test_out_of_range_settings_are_refused(tmp_path, setting):

@@ -266,3 +266,20 @@ def test_a_fusion_encoder_cast_to_half_precision_says_what_works(model, gallery,
         m.vqa_logits(*[t.float() if t.is_floating_point() else t for t in (
             torch.zeros(1, 49, 1280), torch.zeros(1, 3, 384), torch.ones(1, 3, dtype=torch.bool))])
     assert m.float().answer(gallery / "cat.jpg", "what is in the picture?")["answer"] == "cat"  # the way back
+
+
+def test_continuing_on_answers_the_model_lacks_says_so(trained, qa_file, tmp_path, caplog):
+    rows = [json.loads(line) for line in qa_file.read_text().splitlines()]
+    rows[0]["answer"], rows[1]["answer"] = "purple", "maybe"  # outside its vocabulary
+    new = qa_file.parent / "qa_new_answers.jsonl"
+    new.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.WARNING):
+        cli_json(["train", "vqa", "--qa", str(new), "--model", str(trained[0] / "model"), "--out", str(tmp_path / "a"),
+                  "--quiet", "--epochs", "1", "--val-fraction", "0"])
+    assert f"2 of {len(rows)} training rows have answers outside {trained[0] / 'model'}'s 17 answers ('maybe', " \
+           "'purple')" in caplog.text and "--new-head" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        cli_json(["train", "vqa", "--qa", str(new), "--model", str(trained[0] / "model"), "--out", str(tmp_path / "b"),
+                  "--quiet", "--epochs", "1", "--val-fraction", "0", "--new-head"])
+    assert "outside" not in caplog.text

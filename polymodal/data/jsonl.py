@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from polymodal.errors import PolymodalError
+
+log = logging.getLogger(__name__)
 
 
 def existing_file(path: Path, what: str, fix: str) -> Path:
@@ -19,10 +23,37 @@ def existing_file(path: Path, what: str, fix: str) -> Path:
     return path
 
 
+@contextmanager
+def utf8_text(path: Path, **open_args):
+    """The file opened as UTF-8 text (a BOM is fine), or one error naming the line that is not UTF-8: a Latin-1 or
+    UTF-16 export would otherwise be read as garbled words, or as rows that make no sense."""
+    with path.open("rb") as raw:
+        head = raw.read(4096)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+        raise PolymodalError(f"{path} is UTF-16 (or binary), not UTF-8 text; save it as UTF-8 (in PowerShell: "
+                             "Out-File -Encoding utf8)")
+    try:
+        with path.open(encoding="utf-8-sig", **open_args) as f:
+            yield f
+    except UnicodeDecodeError as exc:
+        raise PolymodalError(f"{path}:{_first_undecodable_line(path)} is not UTF-8 text ({exc.reason}: "
+                             f"{exc.object[exc.start:exc.end]!r}); save the file as UTF-8") from None
+
+
+def _first_undecodable_line(path: Path) -> int | str:
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return "?"
+
+
 def iter_json_rows(path: Path, fix: str) -> Iterator[tuple[str, dict | None, str]]:
     """-> (where "file:line", row, "") per usable object, or (where, None, why) per unusable line. A file that
     starts as a JSON array but does not parse is an error whose message ends with ``fix``."""
-    with path.open(encoding="utf-8-sig", errors="replace") as f:
+    with utf8_text(path) as f:
         head = f.read(1)
         while head.isspace():
             head = f.read(1)
@@ -46,6 +77,20 @@ def iter_json_rows(path: Path, fix: str) -> Iterator[tuple[str, dict | None, str
                 yield where, None, "not a JSON object"
                 continue
             yield where, item, ""
+
+
+def report_skipped(source, skipped: list, usable: int, what: str, fix: str, noun: str = "unusable row") -> None:
+    """After reading a data file: with no usable row, one error (what is missing, how many rows were skipped and
+    why the first was); otherwise a warning naming the first skipped row, and every one of them at INFO (-v)."""
+    first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+    if not usable:  # one error line; a warning before it would only repeat it
+        raise PolymodalError(f"{source} has no usable {what}; {len(skipped)} skipped{first}; {fix}")
+    if skipped:
+        more = "; -v lists them all" if len(skipped) > 1 else ""
+        log.warning("%s: skipped %s %s%s)", source, f"{len(skipped):,}", noun if len(skipped) == 1 else
+                    noun.replace("row", "rows").replace("file", "files"), first[:-1] + more)
+        for where, why in skipped:
+            log.info("skipped %s: %s", where, why)
 
 
 def missing_image(image, folder: Path) -> str:

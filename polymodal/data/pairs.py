@@ -30,7 +30,7 @@ from PIL import Image
 from polymodal.data import shards as _shards
 from polymodal.data.augment import make_rng
 from polymodal.data.images import IMAGE_EXTENSIONS, load_image
-from polymodal.data.jsonl import iter_json_rows, missing_image
+from polymodal.data.jsonl import iter_json_rows, missing_image, report_skipped, utf8_text
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -139,13 +139,7 @@ def _finish(result: tuple[list[Pair], list[tuple[str, str]]], source: Any) -> Pa
     pairs, skipped = result
     pairs = without_repeats(pairs, skipped)
     name = str(source) if isinstance(source, (str, Path)) else "::".join(str(s) for s in source)
-    if not pairs:  # one error line; a warning before it would only repeat it
-        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
-        raise PolymodalError(f"{name} has no usable image-caption pairs; {len(skipped)} skipped{first}; pass {FORMATS}")
-    if skipped:
-        loc, why = skipped[0]
-        log.warning("%s: skipped %d unusable %s (first: %s: %s)", name, len(skipped),
-                    "row or file" if len(skipped) == 1 else "rows or files", loc, why)
+    report_skipped(name, skipped, len(pairs), "image-caption pairs", f"pass {FORMATS}", "unusable row or file")
     return PairSet.from_pairs(pairs, skipped, name)
 
 
@@ -232,7 +226,7 @@ def _add_row(pairs: list, skipped: list, where: str, image: Any, caption: Any, c
 def _read_csv(path: Path) -> tuple[list[Pair], list]:
     pairs, skipped = [], []
     check = _ImageCheck(path.parent)
-    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+    with utf8_text(path, newline="") as f:
         header = f.readline()
         f.seek(0)
         delimiter = "\t" if "\t" in header or path.suffix.lower() == ".tsv" else ","

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from polymodal.data.jsonl import existing_file, iter_json_rows, missing_image
+from polymodal.data.jsonl import existing_file, iter_json_rows, missing_image, report_skipped
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import YES_NO, comparable_answer, normalize_answer, soft_vqa_score, unique_choices
 from polymodal.models.inputs import each_or_error, plural, readable_results
@@ -88,11 +88,7 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
             skipped.append((where, str(exc)))
             continue
         rows.append(QARow(image, question, answer, item.get("answer_type") or None, annotators, choices))
-    if skipped:
-        log.warning("%s: skipped %s (first: %s: %s)", path, plural(len(skipped), "unusable row"), *skipped[0])
-    if not rows:
-        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
-        raise PolymodalError(f"{path} has no usable question-answer rows; {len(skipped)} skipped{first}; pass {QA_FORMAT}")
+    report_skipped(path, skipped, len(rows), "question-answer rows", f"pass {QA_FORMAT}")
     return rows
 
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from polymodal.data.jsonl import existing_file, iter_json_rows, missing_image
+from polymodal.data.jsonl import existing_file, iter_json_rows, missing_image, report_skipped
 from polymodal.errors import PolymodalError
-from polymodal.models.inputs import plural
 from polymodal.registry import require_embedding
 
 log = logging.getLogger(__name__)
@@ -33,11 +32,7 @@ def read_labelled_images(path: str | Path) -> tuple[list[Path], list[str]]:
         else:
             images.append((path.parent / str(row["image"])).resolve())
             labels.append(str(row["label"]))
-    if skipped:
-        log.warning("%s: skipped %s (first: %s: %s)", path, plural(len(skipped), "unusable row"), *skipped[0])
-    if not images:
-        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
-        raise PolymodalError(f"{path} has no usable rows; {len(skipped)} skipped{first}; pass {LABELS_FORMAT}")
+    report_skipped(path, skipped, len(images), "rows", f"pass {LABELS_FORMAT}")
     _classes(labels)  # one class: refused before a model loads or a training run starts
     return images, labels
 

@@ -24,7 +24,9 @@ from polymodal.eval.captions import MIN_CIDER_PHOTOS
 from polymodal.models.captioner import Captioner, CaptionerConfig, is_captioner_folder
 from polymodal.models.inputs import as_paths, as_settings
 from polymodal.train.features import image_features, readable_pairs, readable_rows
-from polymodal.train.guards import AT_LEAST_1, FRACTION, check_ranges, check_run_folder, check_types, prepare_run_folder
+from polymodal.train.guards import (
+    AT_LEAST_1, FRACTION, check_ranges, check_run_folder, check_types, prepare_run_folder, warn_of_shared_photos,
+)
 from polymodal.train.objectives import Objective
 from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
@@ -167,6 +169,7 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     pairs = read_pair_sources(recipe.pairs)
     if recipe.val_pairs:
         val = read_pair_sources(recipe.val_pairs)
+        warn_of_shared_photos(pairs.images, val.images, "--val-pairs")
     elif recipe.val_fraction > 0:
         pairs, val = split_by_image(pairs, recipe.val_fraction, recipe.train.seed)
     else:
@@ -193,7 +196,8 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("model",)) | {
         "train_captions": len(pairs), "train_images": len(pairs.images)}
     best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"),
-                       on_start=lambda: write_train_config(out, settings))
+                       on_start=lambda: write_train_config(out, settings),
+                       score_start=recipe.model != "new")
     if eval_fn is None:
         model.save(out / "model")
     return {**best, "cache_seconds": t_cached - t_start, "train_seconds": time.perf_counter() - t_cached,

@@ -4,6 +4,7 @@ run folder already holds (nothing, a checkpoint to --resume, or an old run to --
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import numbers
 import os
@@ -12,6 +13,8 @@ import typing
 from pathlib import Path
 
 from polymodal.errors import PolymodalError
+
+log = logging.getLogger(__name__)
 
 # What a run writes into its folder; all but curves.png (from `polymodal plot`) mark the folder as holding a run.
 RUN_FILES = ("checkpoint.pt", "model", "metrics.jsonl", "tensorboard", "train_config.json", "curves.png")
@@ -73,6 +76,16 @@ def check_ranges(settings, rules: dict) -> None:
                                  "or the --config file on the command line)")
 
 
+def warn_of_shared_photos(train_images, val_images, flag: str) -> None:
+    """Validation photos that training also sees (the same file passed twice, say) make the validation metrics,
+    and so the epoch kept, optimistic: say so, with the count."""
+    val = {str(p) for p in val_images}
+    shared = val & {str(p) for p in train_images}
+    if shared:
+        log.warning("%d of the %d validation photos (%s) are training photos too: validation metrics and the epoch kept "
+                    "are optimistic; validate on photos training does not see", len(shared), len(val), flag)
+
+
 def check_run_folder(out, resume: bool, overwrite: bool) -> None:
     """Refuse to mix two runs in one folder: a folder holding a run needs --resume or --overwrite.
 
@@ -95,12 +108,28 @@ def check_run_folder(out, resume: bool, overwrite: bool) -> None:
                              "--overwrite (overwrite=True in Python) to replace it, or choose another --out")
 
 
+# Where --overwrite moves the old run until the new one has saved its first epoch: a new run that fails or is
+# interrupted before that puts the old run back instead of leaving an empty folder.
+REPLACED_RUN = ".replaced-run"
+
+
 def prepare_run_folder(out, overwrite: bool) -> Path:
-    """Create the run folder just before the first write; with overwrite, remove the old run's files first
-    (this late, so that a mistake found while reading the data loses nothing)."""
+    """Create the run folder just before the first write (this late, so that a mistake found while reading the data
+    changes nothing); with overwrite, move the old run's files aside into REPLACED_RUN, from where
+    discard_unfinished_run puts them back and forget_replaced_run deletes them once the new run saved an epoch."""
     out = Path(out)
     if overwrite:
-        _remove_run_files(out, RUN_FILES)
+        stash = out / REPLACED_RUN
+        if stash.is_dir() and not (out / "checkpoint.pt").is_file():
+            # an earlier replacement was killed before its first epoch: the stash still holds the run to replace
+            _remove_run_files(out, RUN_FILES)
+        else:
+            _remove_run_files(out, (REPLACED_RUN,))
+            names = [n for n in RUN_FILES if (out / n).exists() or (out / n).is_symlink()]
+            if names:
+                stash.mkdir()
+                for name in names:  # a rename moves a symlink itself, never what it points to
+                    os.replace(out / name, stash / name)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -119,8 +148,25 @@ def _remove_run_files(out: Path, names, quiet: bool = False) -> None:
                 raise
 
 
-def discard_unfinished_run(out) -> None:
+def forget_replaced_run(out) -> None:
+    """The new run saved an epoch: the run it replaces (moved aside by prepare_run_folder) goes for good."""
+    _remove_run_files(Path(out), (REPLACED_RUN,), quiet=True)
+
+
+def discard_unfinished_run(out) -> bool:
     """A fresh run that fails before its first checkpoint (a settings combination that breaks the first step, a NaN
     loss, Ctrl-C in epoch 1) leaves nothing to resume: remove what it wrote, so that running again needs no
-    --overwrite. Files that are not a run's, and the folder itself, are left alone."""
-    _remove_run_files(Path(out), RUN_FILES[:-1], quiet=True)  # curves.png is `polymodal plot`'s, not a run's
+    --overwrite, and put back the run it was to replace, if any (returns whether it did). Files that are not a
+    run's, and the folder itself, are left alone."""
+    out = Path(out)
+    stash = out / REPLACED_RUN
+    _remove_run_files(out, RUN_FILES[:-1], quiet=True)  # curves.png is `polymodal plot`'s, not a run's
+    if not stash.is_dir():
+        return False
+    try:
+        for path in stash.iterdir():
+            os.replace(path, out / path.name)
+        stash.rmdir()
+    except OSError:  # cleaning up after an error must not hide that error; the stash stays for the user
+        return False
+    return True

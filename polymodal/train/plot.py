@@ -35,7 +35,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     val = [r for r in records if r.get("split") == "val"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (step)")
-    axes[0].plot([r["step"] for r in val], [r["train_loss"] for r in val], "o-", label="train loss (epoch mean)")
+    axes[0].plot(*_series(val, "train_loss", "step"), "o-", label="train loss (epoch mean)")  # none before epoch 1
     keys = sorted({k for r in val for k, v in r.items() if k.startswith("val/") and isinstance(v, (int, float))})
     for key in (k for k in keys if "loss" in k):  # validation losses share the loss axis
         axes[0].plot(*_series(val, key, "step"), "s--", label=key)

@@ -51,7 +51,7 @@ from polymodal.progress import progress_bar
 from polymodal.registry import run_folder_hint
 from polymodal.train.features import _load_cached, _store, readable_pairs, readable_subset
 from polymodal.train.guards import (
-    FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
+    FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder, warn_of_shared_photos,
 )
 from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatch
 from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
@@ -575,6 +575,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     pairs = read_pairs(recipe.pairs)
     if recipe.val_pairs:
         train_pairs, val_pairs = pairs, read_pairs(recipe.val_pairs)
+        warn_of_shared_photos(train_pairs.images, val_pairs.images, "--val-pairs")
     elif recipe.val_fraction > 0:
         train_pairs, val_pairs = split_pairs_by_image(pairs, recipe.val_fraction, recipe.train.seed)
     else:
@@ -618,7 +619,8 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
         "train_captions": len(train.pairs), "train_images": len(train.pairs.images),
         "val_captions": len(val.pairs) if val else 0}
     best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"),
-                       on_start=lambda: write_train_config(out, settings))  # after the checkpoint loaded
+                       on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
+                       score_start=recipe.model != "new")
     if val is None:
         model.save(out / "model")
     t_end = time.perf_counter()

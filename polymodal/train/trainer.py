@@ -21,6 +21,7 @@ from polymodal.progress import progress_bar
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, NONE_OR_NON_NEGATIVE, POSITIVE, check_ranges, check_types,
     discard_unfinished_run,
+    forget_replaced_run,
 )
 from polymodal.train.metrics import MetricsLogger
 
@@ -180,7 +181,12 @@ class Trainer:
         if not self.checkpoint_path.is_file():
             raise PolymodalError(f"no checkpoint at {self.checkpoint_path}; train without --resume "
                                  "(fit(resume=True) in Python) first")
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+            step, epoch, best, bad = state["step"], state["epoch"], state["best"], state["bad_epochs"]
+        except Exception as exc:  # truncated (an interrupted copy), or not a checkpoint at all: not a traceback
+            raise PolymodalError(f"cannot read {self.checkpoint_path} ({_first_detail(exc)}): it is damaged; copy it "
+                                 "again, or start the run over with --overwrite") from exc
         try:
             self.model.load_state_dict(state["model"], strict=False)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -188,17 +194,20 @@ class Trainer:
             raise PolymodalError(f"{self.checkpoint_path} does not fit this model ({_first_detail(exc)}); "
                                  "resume with the settings the run was trained with, or train into a new folder") from exc
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.epoch, self.best, self.bad_epochs = state["step"], state["epoch"], state["best"], state["bad_epochs"]
+        self.step, self.epoch, self.best, self.bad_epochs = step, epoch, best, bad
         self.best_metrics = state.get("best_metrics", {})  # older checkpoints did not keep it
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
 
     # -- the loop ------------------------------------------------------------------------
-    def fit(self, resume: bool = False, on_best: Callable | None = None, on_start: Callable | None = None) -> dict:
+    def fit(self, resume: bool = False, on_best: Callable | None = None, on_start: Callable | None = None,
+            score_start: bool = False) -> dict:
         """Train; returns the record of the best epoch ({} when none improved: a NaN metric, or a resumed older
-        checkpoint). on_best(model) runs whenever validation improves; on_start() once the checkpoint to resume
-        has loaded and before the first step (e.g. to write the run's settings: a refused resume writes nothing)."""
+        checkpoint). on_best(model) runs whenever validation improves (a tie too: the later, more trained, epoch
+        is kept, though a tie does not hold off early stopping); on_start() once the checkpoint to resume has loaded and before the first step (e.g. to write the run's
+        settings: a refused resume writes nothing). score_start (fine-tuning a saved model): validate the model
+        before training as epoch 0, so that it stays the best (RUN/model) unless an epoch beats it."""
         from polymodal.train import distributed
 
         if resume:
@@ -218,6 +227,8 @@ class Trainer:
             logger.truncate_after(self.step)
         saved = False
         try:
+            if score_start and not resume and self.eval_fn is not None:
+                self._score_start(logger, on_best if main else None)
             while self.epoch < self.cfg.epochs:
                 self._apply_unfreezing()
                 train_metrics = self._train_epoch(logger)
@@ -229,26 +240,45 @@ class Trainer:
                         record.update(self.eval_fn(self.model))
                 logger.write(record)
                 score = record.get(self.cfg.early_stop_metric, -record.get("train_loss", 0.0))
-                if score > self.best:
-                    self.best, self.bad_epochs, self.best_metrics = score, 0, record
+                if score >= self.best:  # a tie keeps the later, more trained epoch, but is no progress for patience
+                    self.bad_epochs = 0 if score > self.best else self.bad_epochs + 1
+                    self.best, self.best_metrics = score, record
                     if on_best is not None and main:
                         on_best(self.model)
                 else:
                     self.bad_epochs += 1
                 if main:
                     self.save_checkpoint()
+                    if not saved and not resume:
+                        forget_replaced_run(self.out)
                     saved = True
                 log.info("epoch %d: %s", self.epoch, {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
                 if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
                     log.info("early stop: %s did not improve for %d epochs", self.cfg.early_stop_metric, self.bad_epochs)
                     break
-        except BaseException:
+        except BaseException as exc:
             logger.close()
-            if main and not resume and not saved:
-                discard_unfinished_run(self.out)
+            if main and not resume and not saved and discard_unfinished_run(self.out):
+                exc.replaced_run_restored = True  # the CLI says so instead of "nothing was kept"
             raise
         logger.close()
+        if self.best_metrics.get("epoch") == 0:
+            metric = self.cfg.early_stop_metric
+            log.warning("no epoch beat the model training started from (%s %.4g before training): %s is that model, "
+                        "unchanged; try a lower --lr, more data or other settings", metric, self.best,
+                        self.out / "model")
         return self.best_metrics
+
+    def _score_start(self, logger, on_best: Callable | None) -> None:
+        self.model.eval()
+        with torch.no_grad():
+            record = {"step": 0, "epoch": 0, "split": "val", **self.eval_fn(self.model)}
+        logger.write(record)
+        score = record.get(self.cfg.early_stop_metric)
+        if isinstance(score, (int, float)) and math.isfinite(score):
+            self.best, self.best_metrics = score, record
+            if on_best is not None:
+                on_best(self.model)
 
     def _sync_gradients(self) -> None:
         """Average gradients across torch.distributed ranks (what DDP does; our objectives call model methods

@@ -37,6 +37,7 @@ from polymodal.train.features import (
 )
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
+    warn_of_shared_photos,
 )
 from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
@@ -377,6 +378,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     train_rows = read_qa(recipe.qa)
     if recipe.val_qa:
         val_rows = read_qa(recipe.val_qa)
+        warn_of_shared_photos([r.image for r in train_rows], [r.image for r in val_rows], "--val-qa")
     elif recipe.val_fraction > 0:
         train_rows, val_rows = split_by_image(train_rows, recipe.val_fraction, recipe.train.seed)
     else:
@@ -395,6 +397,12 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     targets = np.asarray([exact.get(r.answer, -1) for r in train_rows], dtype=np.int64)
     if (targets < 0).all():
         raise PolymodalError("no training answer is in the model's answer vocabulary")
+    unknown = sorted({r.answer for r, t in zip(train_rows, targets) if t < 0})
+    if unknown and recipe.model != "new":  # a new model's vocabulary leaves out rare answers on purpose
+        log.warning("%d of %d training rows have answers outside %s's %d answers (%s): they do not train, and the model "
+                    "can never give them; pass --new-head for a fresh head over this data's answers",
+                    int((targets < 0).sum()), len(targets), recipe.model, len(model.answers),
+                    ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
     log.info("train: %d questions over %d images (%d answers); val: %d questions",
              len(train_rows), len(train.images), len(model.answers), len(val_rows))
     q_states, q_len = question_features(model, train.questions, progress=progress)
@@ -425,7 +433,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
         "images_per_batch": images_per_batch}
     settings["arch"]["answers"] = len(model.answers)  # the vocabulary itself is in model/config.json
     best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"),
-                       on_start=lambda: write_train_config(out, settings))  # after the checkpoint loaded
+                       on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
+                       score_start=recipe.model != "new")
     if not val_rows:
         model.save(out / "model")
     t_end = time.perf_counter()
