@@ -36,7 +36,7 @@ TIP_RUNTIME_AT = 500  # images embedded with torch in one run, from which `index
 
 def cmd_index(args) -> int:
     from polymodal.index import ImageIndex, UpdateReport
-    from polymodal.index.scan import image_file, scan_images
+    from polymodal.index.scan import image_file, printable_path, scan_images
 
     if not args.paths and args.qdrant is None and not args.prune:
         raise PolymodalError("pass folders of images or image files to index, e.g. polymodal index photos --db DB "
@@ -53,7 +53,7 @@ def cmd_index(args) -> int:
                 what = "not found" if not os.path.exists(target) else found[1]
                 moved = (" (a folder indexed before and since moved or deleted: --prune alone drops its images)"
                          if not os.path.exists(target) else "")
-                raise PolymodalError(f"{target}: {what}; pass folders of images or image files{moved}")
+                raise PolymodalError(f"{printable_path(str(target))}: {what}; pass folders of images or image files{moved}")
             files.append(target)
     folders = _outermost(folders)  # `index pics pics/2023`: each image is synced (and counted) once
     files = list({os.path.abspath(f): f for f in files}.values())  # `index a.jpg ./a.jpg` is one file
@@ -476,8 +476,8 @@ def main(argv=None) -> int:
         except (OSError, ValueError):
             pass
         return 141
-    except PolymodalError as exc:
-        print(f"polymodal: error: {exc}", file=sys.stderr)
+    except PolymodalError as exc:  # text from the command line or a file name may hold undecodable bytes
+        print(f"polymodal: error: {str(exc).encode('utf-8', 'backslashreplace').decode()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         # 143 and 130: what a shell reports for a process SIGTERM or Ctrl-C ended

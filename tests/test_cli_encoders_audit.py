@@ -617,3 +617,17 @@ def test_lite0_normalisation_is_the_one_the_weights_were_trained_with(tower):
 
     shipped = score(LITE0_TRANSFORM.mean, LITE0_TRANSFORM.std)
     assert shipped >= max(score(m, s) for m, s in candidates.values()) - 1e-6
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_not_a_traceback(capsys, spy_load, tmp_path):
+    import os
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    Image.new("RGB", (4, 4), "red").save(folder / "ok.png")
+    bad = os.path.join(str(folder), os.fsdecode(b"caf\xe9.png"))  # a Latin-1 name, as an old archive leaves it
+    Image.new("RGB", (4, 4), "blue").save(bad)
+    code, out, _ = run(capsys, "index", folder, "--db", tmp_path / "db", "--model", "fake")
+    assert code == 0 and "added 1" in out
+    assert f"skipped {folder}/caf\\xe9.png: the file name is not UTF-8 text" in out
+    assert "rename it" in one_line_error(capsys, "index", bad, "--db", tmp_path / "db", "--model", "fake")

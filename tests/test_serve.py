@@ -1,6 +1,7 @@
 """The HTTP service end to end with the real `lite` model over an index of the sample gallery."""
 
 import base64
+import json
 import io
 import os
 import shutil
@@ -398,3 +399,16 @@ def test_kill_9_during_index_add_leaves_a_working_index(db_copy, gallery, tmp_pa
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_a_lone_surrogate_in_text_is_a_400_not_a_500(client, gallery):
+    def post(path, body: bytes):
+        return client.post(path, content=body, headers={"content-type": "application/json"})
+
+    assert '"text": text 1 is not valid Unicode (U+D800' in error_of(post("/v1/search", b'{"text": "\\ud800 dog"}'), 400)
+    assert '"texts": text 2 is not valid Unicode (U+DC80' in error_of(post("/v1/embed", b'{"texts": ["ok", "\\udc80"]}'),
+                                                                       400)
+    image = base64.b64encode(jpeg(gallery, "cat")).decode()
+    body = json.dumps({"image": image, "labels": ["cat", "\udc80"]}).encode()
+    assert '"labels": text 2 is not valid Unicode' in error_of(post("/v1/classify", body), 400)
+    assert client.post("/v1/search", json={"text": "a dog", "k": 1}).status_code == 200  # still serving

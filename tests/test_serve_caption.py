@@ -90,3 +90,22 @@ def test_page_captions_an_uploaded_photo(browser_tools, lite, db, gallery, capti
         assert page.inner_text("#caption-text") == captioner.caption(str(gallery / "cat.jpg"))[0]
         assert page.errors == []
 
+
+
+def test_a_request_whose_images_decode_to_too_many_pixels_is_refused(lite, db, captioner):
+    from io import BytesIO
+
+    from PIL import Image
+
+    from polymodal.serve.limits import ServeSettings
+
+    buf = BytesIO()
+    Image.new("RGB", (1000, 1000), (120, 30, 200)).save(buf, "PNG")  # a PNG decodes whole: 1 MP each
+    png = ("image", ("flat.png", buf.getvalue(), "image/png"))
+    settings = ServeSettings(max_request_pixels=2_500_000)
+    with TestClient(create_app(lite, db, caption_model=captioner, settings=settings)) as client:
+        assert client.post("/v1/caption", files=[png, png]).status_code == 200
+        r = client.post("/v1/caption", files=[png, png, png])
+        assert r.status_code == 413, r.text
+        assert r.json()["error"].startswith("the first 3 images of this request decode to 3,000,000 pixels; the limit "
+                                            "is 2,500,000 (2.5 MP) per request")

@@ -77,3 +77,13 @@ def test_a_qa_file_with_no_usable_row_is_one_line(folder, capsys):
     assert cli.main(["eval", "vqa", "--qa", str(folder / "qa.jsonl"), "--model", "easy-vqa"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no usable question-answer rows; 1 skipped" in err, err
+
+
+def test_text_that_is_not_valid_unicode_is_one_error_naming_it(lite, capsys, folder):
+    with pytest.raises(PolymodalError, match=r"text 2 is not valid Unicode \(U\+D800 at character 5"):
+        lite.encode_text(["a dog", "cat \ud800"])
+    assert lite.encode_text(["a dog"]).shape == (1, 384)
+    # bad bytes typed at a shell reach argv as surrogate escapes
+    assert cli.main(["classify", str(folder / "a.png"), "--labels", "cat,d\udcffog", "--model", "lite"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not valid Unicode (U+DCFF" in err

@@ -11,6 +11,20 @@ from pathlib import Path
 
 import numpy as np
 
+from polymodal.errors import PolymodalError
+
+
+def check_unicode(texts: list[str]) -> None:
+    """One error naming the first text holding a lone surrogate (not a character: bytes that were not UTF-8, or half
+    of an escaped pair in JSON), which no tokenizer takes. The message leaves the text out: it could not be printed."""
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PolymodalError(f"text {i + 1} is not valid Unicode (U+{ord(text[exc.start]):04X} at character "
+                                 f"{exc.start + 1}, half of a surrogate pair or bytes that were not UTF-8); send it as "
+                                 "UTF-8 text") from None
+
 
 class FastTokenizer:
     """tokenizer.json -> padded int64 ids and mask, as the PyTorch model's tokenizer makes them."""
@@ -44,6 +58,10 @@ class FastTokenizer:
         return tokenizer
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tok.encode_batch(texts)
+        try:
+            enc = self.tok.encode_batch(texts)
+        except TypeError:  # what tokenizers raises for a lone surrogate (bad bytes from a shell, "\ud800" in JSON)
+            check_unicode(texts)
+            raise
         return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}

@@ -31,9 +31,28 @@ def canonical_path(path: str | Path) -> str:
     return str(path.parent.resolve() / path.name)
 
 
+def printable_path(path: str) -> str:
+    """The path as text that prints and stores anywhere: bytes of a name that is not UTF-8 (an old archive's or a
+    Windows share's Latin-1 name reaches Python as surrogate escapes) shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def undecodable_name(path: str) -> tuple[str, str] | None:
+    """(printable path, why) for a file name that is not UTF-8, which the index's SQLite cannot store; else None."""
+    try:
+        path.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return printable_path(path), ("the file name is not UTF-8 text (bytes shown as \\xNN); rename it (e.g. "
+                                      "convmv -f latin1 -t utf8)")
+
+
 def image_file(path: str | Path) -> ImageFile | tuple[str, str]:
     """One image file named by the caller -> its ImageFile, or (path, reason) when it can't be indexed."""
     path = canonical_path(path)
+    bad_name = undecodable_name(path)
+    if bad_name:
+        return bad_name
     if not path.lower().endswith(IMAGE_EXTENSIONS):
         return path, f"not an image file (looked for {', '.join(IMAGE_EXTENSIONS)})"
     try:
@@ -75,6 +94,10 @@ def scan_images(folder: str | Path) -> tuple[list[ImageFile], list[tuple[str, st
             if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             path = os.path.join(dirpath, name)
+            bad_name = undecodable_name(path)
+            if bad_name:
+                skipped.append(bad_name)
+                continue
             try:
                 st = os.stat(path)  # follows a symlinked file, so its target's changes are seen
             except OSError as exc:

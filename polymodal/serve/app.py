@@ -30,7 +30,7 @@ from typing import Any
 from polymodal.errors import PolymodalError
 from polymodal.registry import answers, captions, embeds
 from polymodal.serve.limits import (
-    ApiError, ServeSettings, check_k, check_templates, check_texts, open_image_checked,
+    ApiError, ServeSettings, check_k, check_templates, check_texts, check_unicode_field, open_image_checked,
 )
 from polymodal.serve.model_warnings import with_warnings
 from polymodal.serve.service import Service, open_index, vqa_fields
@@ -602,4 +602,4 @@ def _text_list(value, field: str, limit: int, max_chars: int = 200) -> list[str]
         raise ApiError(413, f"{len(value)} {field}; the limit is {limit}")
     if any(len(x) > max_chars for x in value):
         raise ApiError(400, f"a {item} is longer than {max_chars} characters")
-    return value
+    return check_unicode_field(value, field)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from PIL import Image, UnidentifiedImageError
 
 from polymodal.data.images import check_image_size, to_rgb
+from polymodal.data.tokenizer import check_unicode
 from polymodal.errors import PolymodalError
 
 # Formats the service decodes from request bytes. Restricting Pillow to these keeps exotic decoders away from them;
@@ -36,6 +37,9 @@ class ApiError(PolymodalError):
 class ServeSettings:
     max_body_bytes: int = 20 * 1024 * 1024  # whole request body
     max_image_pixels: int = 40_000_000  # width * height read from the header, checked before decoding
+    # decoded pixels a request may hold at once where its images are kept whole (/v1/caption, /v1/vqa): ~1 GB of
+    # RGB; a JPEG counts at the reduced size it decodes to, so 64 camera photos fit
+    max_request_pixels: int = 200_000_000
     max_k: int = 1000  # search results per query
     request_timeout_s: float = 30.0  # whole request, body upload included (index adds: body and queueing only)
     batching: bool = True  # merge concurrent embedding requests into one forward pass
@@ -137,6 +141,16 @@ def check_texts(texts, limit: int, max_chars: int, field: str = "texts") -> list
             raise ApiError(400, f'"{field}"[{i}] must be a string, got {type(t).__name__}')
         if len(t) > max_chars:
             raise ApiError(413, f'"{field}"[{i}] has {len(t)} characters; the limit is {max_chars}')
+    return check_unicode_field(texts, field)
+
+
+def check_unicode_field(texts: list[str], field: str) -> list[str]:
+    """A lone surrogate ("\\ud800" in JSON) is refused here, as a 400 for this request alone, not in a batch that
+    other requests share."""
+    try:
+        check_unicode(texts)
+    except PolymodalError as exc:
+        raise ApiError(400, f'"{field}": {exc}') from None
     return texts
 
 

@@ -167,8 +167,16 @@ class Service:
     def decode(self, uploads: list[tuple[str, bytes]], model) -> list[Image.Image]:
         """(name, bytes) -> RGB PIL images for `model` (decoded as it decodes files), each checked against the pixel
         limit before decoding."""
-        size = self.draft_sizes.get(id(model))
-        return [open_image_checked(data, self.settings.max_image_pixels, name, size) for name, data in uploads]
+        size, limit = self.draft_sizes.get(id(model)), self.settings.max_request_pixels
+        images, total = [], 0
+        for name, data in uploads:
+            images.append(open_image_checked(data, self.settings.max_image_pixels, name, size))
+            total += images[-1].width * images[-1].height
+            if total > limit:  # all of them stay decoded until the model has run: bound the memory one request holds
+                raise ApiError(413, f"the first {len(images)} images of this request decode to {total:,} pixels; the "
+                                    f"limit is {limit:,} ({limit / 1e6:g} MP) per request: send fewer or smaller images "
+                                    "per request")
+        return images
 
     def prepare(self, uploads: list[tuple[str, bytes]]) -> list:
         """(name, bytes) -> what the batcher's image jobs take: model input arrays [3, H, W] when the model allows
