@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
+import sys
 
 from polymodal.cli_options import add_precision, add_qdrant, qdrant_collection
 from polymodal.errors import PolymodalError
@@ -72,12 +74,14 @@ def cmd_serve(args) -> int:
     if svc.caption_model is not None:  # an ONNX captioner's int8 step writes other captions than fp32: say which
         vqa += f", captioning with {svc.caption_model.key} ({runs_on(svc.caption_model)['precision']})"
     how = runs_on(svc.model)
-    print(f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} ({info['count']} images{vqa}) on "
-          f"http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops", flush=True)
     config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", timeout_keep_alive=5,
                             server_header=False)
     try:
+        print(f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} ({info['count']} images{vqa}) on "
+              f"http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops", flush=True)
         uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C / SIGTERM after its graceful shutdown
+        print("polymodal: server stopped", file=sys.stderr)  # a requested stop: exit 0, or systemd marks it failed
     finally:
         sock.close()
     return 0
@@ -94,7 +98,9 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind(addr)
     except OSError as exc:
         sock.close()
-        raise PolymodalError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port") from None
+        fix = ("pass another --port" if exc.errno in (errno.EADDRINUSE, errno.EACCES) else
+               "pass a --host address of this machine (127.0.0.1, 0.0.0.0 for every interface)")
+        raise PolymodalError(f"cannot listen on {host}:{port} ({exc.strerror}); {fix}") from None
     return sock
 
 

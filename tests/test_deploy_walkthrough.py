@@ -6,6 +6,7 @@ import io
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -196,3 +197,43 @@ def test_uploads_keep_a_safe_form_of_the_client_name(name, stem):
     from polymodal.serve.service import _safe_stem
 
     assert _safe_stem(name) == stem
+
+
+def test_an_index_rebuilt_with_another_model_while_serving_is_503_not_wrong_answers(lite, db_copy, gallery):
+    """The server checked the index's model once, at start: rebuilt under it with another model of the same
+    dimension (`default` for `lite`), searches answered 200 with lite queries against default vectors."""
+    import torch
+
+    from polymodal.models.base import EmbeddingModel
+
+    class Other(EmbeddingModel):
+        name, version, dim = "other", "1", lite.dim
+        transform = lite.transform
+
+        def _image_batch(self, pixels):
+            return torch.ones(len(pixels), self.dim)
+
+    with TestClient(create_app(lite, db_copy)) as c:
+        assert c.post("/v1/search", json={"text": "a cat", "k": 1}).status_code == 200
+        shutil.rmtree(db_copy)
+        ImageIndex(db_copy).add([gallery / "cat.jpg"], Other())
+        r = c.post("/v1/search", json={"text": "a cat", "k": 1})
+        assert "was rebuilt with another model while serving" in error_of(r, 503)
+        assert "other@1" in r.json()["error"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_server_stopped_by_a_signal_exits_0(db, sig):
+    """`systemctl stop` (SIGTERM) or Ctrl-C ended a clean shutdown with 143 / 130, which systemd and Docker count as
+    a failed unit: stopping a server is what was asked, so it exits 0."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "polymodal", "serve", "--db", str(db), "--port", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "serving" in proc.stdout.readline()  # listening
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert err.strip().endswith("polymodal: server stopped") and "Traceback" not in err

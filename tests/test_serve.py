@@ -412,3 +412,28 @@ def test_a_lone_surrogate_in_text_is_a_400_not_a_500(client, gallery):
     body = json.dumps({"image": image, "labels": ["cat", "\udc80"]}).encode()
     assert '"labels": text 2 is not valid Unicode' in error_of(post("/v1/classify", body), 400)
     assert client.post("/v1/search", json={"text": "a dog", "k": 1}).status_code == 200  # still serving
+
+
+def test_a_48_mp_phone_jpeg_is_searched_while_a_48_mp_png_is_refused(client):
+    """A JPEG decodes at reduced scale, so its 40 MP limit counts the decoded size: 48 MP phone photos were 413."""
+    import io
+
+    from PIL import Image
+
+    photo = io.BytesIO()
+    Image.new("RGB", (8000, 6000), (200, 120, 40)).save(photo, "JPEG", quality=50)
+    r = client.post("/v1/search", files={"image": ("phone.jpg", photo.getvalue(), "image/jpeg")}, data={"k": "1"})
+    assert r.status_code == 200, r.text
+    msg = error_of(client.post("/v1/search", files={"image": ("big.png", png_header(8000, 6000), "image/png")}), 413)
+    assert msg.startswith("big.png is 8000x6000 = 48,000,000 pixels; the limit is 40,000,000 pixels (40 MP) decoded")
+
+
+def test_classify_refuses_more_prompts_than_fit_a_request(client, gallery):
+    image = base64.b64encode(jpeg(gallery, "cat")).decode()
+    labels = [f"label {i}" for i in range(300)]
+    templates = [f"a photo of a {{}}, take {i}." for i in range(14)]
+    msg = error_of(client.post("/v1/classify", json={"image": image, "labels": labels, "templates": templates}), 413)
+    assert msg == ("300 labels x 14 templates = 4,200 prompts; the limit is 4,000 per request: send fewer labels or "
+                   "templates")
+    r = client.post("/v1/classify", json={"image": image, "labels": labels[:2], "templates": templates})
+    assert r.status_code == 200, r.text

@@ -66,6 +66,10 @@ _COLUMNS = {"images": ("id, size, mtime_ns, sha256", _Row), "failures": ("size, 
 COMMIT_EVERY_S = 60.0
 
 
+class IndexModelMismatch(PolymodalError):
+    """The index was built with another model than the one at hand."""
+
+
 class IndexBusy(PolymodalError):
     """Another process holds the index's writer lock: a passing condition, worth retrying."""
 
@@ -335,11 +339,15 @@ class ImageIndex(SearchByModel):
             index.add_with_ids(np.stack(vectors).astype(np.float32), np.asarray(ids, dtype=np.int64))
 
     # -- reading ---------------------------------------------------------------
-    def search(self, query_vectors: Any, k: int = 10) -> list[list[Hit]]:
-        """Nearest images by cosine for each query row ([Q, D] or [D]); k is clamped to the number of images."""
+    def search(self, query_vectors: Any, k: int = 10, model=None) -> list[list[Hit]]:
+        """Nearest images by cosine for each query row ([Q, D] or [D]); k is clamped to the number of images.
+        ``model``: the model that made the queries, checked against the index's in the same snapshot (a server's
+        index may be rebuilt with another model while it runs: IndexModelMismatch)."""
         k = check_count(k, "k")
         q = query_matrix(query_vectors)
         with self._reading() as (con, meta):
+            if model is not None:
+                self._check_model(meta, model)
             check_query_dim(q, meta, f"index {self.db}")
             index, rebuilt = self._vectors(con, meta)
             k = min(k, index.ntotal)
@@ -488,7 +496,7 @@ class ImageIndex(SearchByModel):
 
     def _check_model(self, meta: dict, model) -> None:
         if meta["model"] != model.key or meta["dim"] != model.dim:
-            raise PolymodalError(
+            raise IndexModelMismatch(
                 f"index {self.db} was built with model {meta['model']} (dim {meta['dim']}), not {model.key} "
                 f"(dim {model.dim}); use --model {meta['model_name']} with this index, or a new --db for {model.name}"
             )

@@ -378,6 +378,10 @@ def create_app(
                 items = await form_images(form)
         labels = _text_list(labels, "labels", s.max_labels)
         templates = check_templates(templates, s.max_templates)
+        per_label = len(templates or getattr(model, "DEFAULT_TEMPLATES", ("{}",)))
+        if len(labels) * per_label > s.max_prompts:
+            raise ApiError(413, f"{len(labels)} labels x {per_label} templates = {len(labels) * per_label:,} prompts; "
+                                f"the limit is {s.max_prompts:,} per request: send fewer labels or templates")
         if top_k is not None:
             top_k = check_k(top_k, s.max_labels, "top_k")
         if getattr(type(model), "classify", None) in (None, ZeroShotMixin.classify):  # the usual path: images batched with other requests

@@ -36,7 +36,7 @@ class ApiError(PolymodalError):
 @dataclass(frozen=True)
 class ServeSettings:
     max_body_bytes: int = 20 * 1024 * 1024  # whole request body
-    max_image_pixels: int = 40_000_000  # width * height read from the header, checked before decoding
+    max_image_pixels: int = 40_000_000  # width * height to decode (a JPEG's reduced size), checked before decoding
     # decoded pixels a request may hold at once where its images are kept whole (/v1/caption, /v1/vqa): ~1 GB of
     # RGB; a JPEG counts at the reduced size it decodes to, so 64 camera photos fit
     max_request_pixels: int = 200_000_000
@@ -52,6 +52,9 @@ class ServeSettings:
     max_text_chars: int = 10_000
     max_labels: int = 1000
     max_templates: int = 16
+    # labels x templates: prompts one /v1/classify may encode (uncached) on the one model thread; 4,000 short
+    # prompts take seconds on 2 CPU cores, where 1,000 x 16 took longer than the timeout and held up every request
+    max_prompts: int = 4000
     max_remove_ids: int = 10_000
     thumb_size: int = 256  # longest side of served thumbnails, pixels
 
@@ -90,19 +93,21 @@ def open_image_checked(data: bytes, max_pixels: int, name: str = "upload", min_s
         raise ApiError(413, f"{name} {size}; the limit is {max_pixels:,} pixels ({max_pixels / 1e6:g} MP); send a "
                             "smaller image") from None
     w, h = img.size
-    if w * h > max_pixels:
-        raise ApiError(
-            413,
-            f"{name} is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} pixels ({max_pixels / 1e6:g} MP); "
-            "send a smaller image",
-        )
     try:
         check_image_size(w, h, name)  # a 1x40,000,000 strip passes the pixel limit but is no picture
+        if min_size:  # a JPEG then decodes at 1/2 to 1/8 scale: a 48 MP phone photo holds 0.75-3 MP in memory
+            img.draft(None, (min_size, min_size))
     except PolymodalError as exc:
         raise ApiError(400, str(exc)) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ApiError(400, f"{name} is a damaged image ({exc.__class__.__name__}); send a complete file") from None
+    if img.width * img.height > max_pixels:  # what decoding will hold, checked before it happens
+        raise ApiError(
+            413,
+            f"{name} is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} pixels ({max_pixels / 1e6:g} MP) "
+            f"decoded{' (a JPEG counts at the reduced size it decodes to)' if min_size else ''}; send a smaller image",
+        )
     try:
-        if min_size:
-            img.draft(None, (min_size, min_size))
         img.load()
         return to_rgb(img)  # the same pixels load_image gives for this file (EXIF rotation, 16-bit, alpha)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:

@@ -28,6 +28,7 @@ from PIL import Image
 from polymodal.data.images import draft_size_of, to_rgb
 from polymodal.errors import PolymodalError
 from polymodal.index import ImageIndex, IndexBusy
+from polymodal.index.store import IndexModelMismatch
 from polymodal.index.qdrant import QdrantCollection, QdrantUnavailable
 from polymodal.index.scan import canonical_path
 from polymodal.registry import answers, require_captioner, require_embedding, require_vqa
@@ -159,6 +160,9 @@ class Service:
                 exc = down
             if isinstance(exc, QdrantUnavailable):
                 raise ApiError(503, str(exc), {"Retry-After": "5"}) from None
+            if isinstance(exc, IndexModelMismatch):  # the server's problem too: its model no longer fits
+                raise ApiError(503, f"the index this server serves was rebuilt with another model while serving "
+                                    f"({exc}); restart the server with that index's model") from None
             if gone:
                 raise self._gone() from None
             raise
@@ -213,8 +217,9 @@ class Service:
     # -- reading ---------------------------------------------------------------------------------------------------
     def search(self, vectors: np.ndarray, k: int) -> list[list[dict]]:
         """[Q, D] -> per query [{id, path, score}] (+ host from a collection; call from a worker thread)."""
-        with self._serving_index():
-            results = self.index.search(vectors, k)
+        with self._serving_index():  # a local index may be rebuilt with another model while serving: checked
+            results = (self.index.search(vectors, k, model=self.model) if isinstance(self.index, ImageIndex)
+                       else self.index.search(vectors, k))
         return [[{"id": h.id, "path": h.path, "score": float(h.score), **({"host": h.host} if h.host else {})}
                  for h in hits] for hits in results]
 
