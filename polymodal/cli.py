@@ -23,8 +23,11 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, indent=None))
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}  # a newline in a file name would break a table row
+
+
 def _table(rows: list[tuple], headers: tuple) -> str:
-    cells = [tuple(str(c) for c in headers)] + [tuple(str(c) for c in r) for r in rows]
+    cells = [tuple(str(c) for c in headers)] + [tuple(str(c).translate(_CONTROL) for c in r) for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -58,6 +61,7 @@ def cmd_index(args) -> int:
     folders = _outermost(folders)  # `index pics pics/2023`: each image is synced (and counted) once
     files = list({os.path.abspath(f): f for f in files}.values())  # `index a.jpg ./a.jpg` is one file
     index = ImageIndex(args.db)
+    fresh = not index.exists()
     reports = []
     if args.paths:
         # a model that cannot embed is refused here, before the index folder is created
@@ -77,6 +81,10 @@ def cmd_index(args) -> int:
     report = UpdateReport(*(sum(getattr(r, k) for r in reports) for k in ("added", "updated", "removed", "unchanged")),
                           skipped=[s for r in reports for s in r.skipped])
     unreadable = args.paths and report.skipped and not (report.added + report.updated + report.unchanged)
+    if unreadable and fresh and not args.prune and index.discard_if_empty():  # nothing to keep, nothing to push
+        if args.json:
+            _print_json({**asdict(report), "index": None})
+        return _none_readable(report, discarded=None if args.json else args.db)
     pruned = index.prune() if args.prune else []
     info = index.info()
     pushed = target_collection and target_collection.push(index, progress=not args.json)
@@ -90,7 +98,7 @@ def cmd_index(args) -> int:
         what = ", ".join(folders + ([f"{len(files)} file{'s' * (len(files) != 1)}"] if files else []))
         print(f"indexed {what} into {args.db}: {report.summary()}; {info['count']} images, model {info['model']}")
         for path, reason in report.skipped:
-            print(f"  skipped {path}: {reason}")
+            print(f"  skipped {str(path).translate(_CONTROL)}: {reason}")
         if args.runtime == "torch" and report.added + report.updated >= TIP_RUNTIME_AT:
             print(f"tip: --runtime onnx embeds photos ~2x faster on a CPU (after `polymodal export onnx "
                   f"{args.model}`; the index stays the same)", file=sys.stderr)
@@ -103,11 +111,15 @@ def cmd_index(args) -> int:
     return _none_readable(report) if unreadable else 0
 
 
-def _none_readable(report) -> int:
-    """Exit status 2, with one error line, when every image file given was skipped (an empty folder is refused too)."""
+def _none_readable(report, discarded: str | None = None) -> int:
+    """Exit status 2, with one error line, when every image file given was skipped (an empty folder is refused too);
+    `discarded`: the new index this left empty was removed, and the skipped files are listed here."""
     n = len(report.skipped)
+    if discarded:
+        for path, reason in report.skipped:
+            print(f"  skipped {str(path).translate(_CONTROL)}: {reason}")
     print(f"polymodal: error: none of the {n} image file{'s' * (n != 1)} could be read (the skipped list says why); "
-          f"pass photos (JPEG, PNG, WebP, ...)", file=sys.stderr)
+          f"pass photos (JPEG, PNG, WebP, ...)" + ("; no index was made" if discarded else ""), file=sys.stderr)
     return 2
 
 

@@ -51,6 +51,9 @@ def _builtin(name: str, module: str, loader: str, rebuild: str) -> Callable:
     return build
 
 
+# built-ins that `polymodal export onnx` refuses, and why: a missing export is no fault of the user's
+NO_ONNX = {"coco-yesno": "a logistic regression over the `default` and `lite` spaces, with no graph of its own"}
+
 MODELS: dict[str, Callable] = {
     "lite": _lite,
     "default": _builtin("default", "polymodal.models.dual_encoder", "load_dual_encoder",
@@ -160,6 +163,8 @@ def load(name_or_path: str | Path = "lite", runtime: str = "torch", precision: s
         if not is_onnx_folder(folder) and key in MODELS:
             folder = onnx_export_dir(key)
         if not is_onnx_folder(folder):
+            if key in NO_ONNX:
+                raise PolymodalError(f"{key} has no ONNX form ({NO_ONNX[key]}); run it with --runtime torch")
             if key in MODELS:
                 raise PolymodalError(f"no ONNX export of {key!r} (looked in {key} and {folder}); "
                                      f"create it with `polymodal export onnx {key}` or pass an export folder")

@@ -66,19 +66,35 @@ def test_corrupt_file_is_reported_and_skipped(run, photos, tmp_path):
     assert json.loads(out)["index"]["count"] == len(list(photos.glob("*.jpg"))) - 1
 
 
-def test_a_folder_of_only_unreadable_files_is_an_error_and_its_empty_index_says_so(run, tmp_path):
+def test_a_folder_of_only_unreadable_files_is_an_error_and_makes_no_index(run, tmp_path):
+    """A first run that could read nothing left an empty index tied to its model: a second try with another
+    --model was refused ("built with model lite ... use a new --db")."""
     folder = tmp_path / "texts"
     folder.mkdir()
     (folder / "a.jpg").write_text("not a photo")
     (folder / "b.png").write_text("nor this")
-    for _ in range(2):  # the re-sync skips them unread (remembered failures): still nothing readable
+    for _ in range(2):
         code, out, err = run("index", folder, "--db", tmp_path / "db")
-        assert code == 2 and "skipped 2" in out and "a.jpg" in out
-        assert err.strip().splitlines()[-1].startswith("polymodal: error: none of the 2 image files could be read")
+        assert code == 2 and out.count("  skipped ") == 2 and "a.jpg" in out
+        assert err.strip().splitlines()[-1] == ("polymodal: error: none of the 2 image files could be read (the "
+                                                "skipped list says why); pass photos (JPEG, PNG, WebP, ...); no index "
+                                                "was made")
+        assert not (tmp_path / "db").exists()
     code, out, _ = run("index", folder, "--db", tmp_path / "db", "--json")
-    assert code == 2 and len(json.loads(out)["skipped"]) == 2  # the JSON report still comes out
+    assert code == 2 and len(json.loads(out)["skipped"]) == 2 and json.loads(out)["index"] is None
     code, out, err = run("search", "--db", tmp_path / "db", "a cat")
-    assert code == 0 and "holds no images yet" in err
+    assert code == 2 and "no index at" in err
+
+
+def test_an_index_that_already_holds_images_is_kept_when_a_new_folder_is_unreadable(run, photos, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.jpg").write_text("not a photo")
+    assert run("index", photos, "--db", tmp_path / "db")[0] == 0
+    code, out, _ = run("index", folder, "--db", tmp_path / "db")
+    assert code == 2 and "skipped 1" in out
+    code, out, _ = run("info", "--db", tmp_path / "db", "--json")
+    assert json.loads(out)["index"]["count"] == len(list(photos.glob("*.jpg")))
 
 
 def test_search_with_another_model_is_refused(run, photos, tmp_path, monkeypatch):

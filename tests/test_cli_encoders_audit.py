@@ -631,3 +631,14 @@ def test_a_file_name_that_is_not_utf8_is_skipped_not_a_traceback(capsys, spy_loa
     assert code == 0 and "added 1" in out
     assert f"skipped {folder}/caf\\xe9.png: the file name is not UTF-8 text" in out
     assert "rename it" in one_line_error(capsys, "index", bad, "--db", tmp_path / "db", "--model", "fake")
+
+
+def test_a_newline_in_a_file_name_does_not_break_the_table(capsys, spy_load, tmp_path):
+    folder = tmp_path / "p"
+    folder.mkdir()
+    Image.new("RGB", (4, 4), "red").save(folder / "two\nlines.png")
+    Image.new("RGB", (4, 4), "blue").save(folder / "plain.png")
+    assert run(capsys, "index", folder, "--db", tmp_path / "db", "--model", "fake")[0] == 0
+    code, out, _ = run(capsys, "search", "--db", tmp_path / "db", "red", "--model", "fake", "-k", "2")
+    assert code == 0 and "two\\x0alines.png" in out
+    assert len(out.strip().splitlines()) == 4  # header, rule, two rows

@@ -237,3 +237,10 @@ def test_a_server_stopped_by_a_signal_exits_0(db, sig):
         proc.kill()
     assert proc.returncode == 0, err[-2000:]
     assert err.strip().endswith("polymodal: server stopped") and "Traceback" not in err
+
+
+def test_an_address_this_machine_does_not_have_names_the_host_not_the_port():
+    from polymodal.cli_serve import _bind
+
+    with pytest.raises(PolymodalError, match=r"cannot listen on 192\.0\.2\.1:0 .*pass a --host address of this machine"):
+        _bind("192.0.2.1", 0)  # TEST-NET-1: documentation only, on no interface

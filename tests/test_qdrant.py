@@ -46,6 +46,7 @@ def test_search_matches_the_local_index(built):
     for a, b in zip(local, remote):
         assert [h.path for h in a] == [h.path for h in b]
         np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+        assert all(float(np.float32(h.score)) == h.score for h in b)  # float32, as the local index's (no 1.0000000000000002)
     assert remote[0][0].host  # which machine holds the file
     assert collection.info()["count"] == len(COLOURS) and collection.info()["model"] == model.key
 

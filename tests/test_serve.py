@@ -306,6 +306,16 @@ def test_api_key(lite, db):
         assert c.get("/docs").status_code == 200  # the docs shell holds no data; its calls need the key
         r = c.post("/v1/search", json={"text": "a dog"}, headers={"X-API-Key": "s3cret"})
         assert r.status_code == 200 and r.json()["hits"]
+        for _ in range(2):  # the docs can send the key ("Authorize"), every time the schema is asked for
+            schema = c.get("/openapi.json").json()
+            assert schema["components"]["securitySchemes"] == {"ApiKey": {"type": "apiKey", "in": "header",
+                                                                          "name": "X-API-Key"}}
+            assert schema["security"] == [{"ApiKey": []}]
+
+
+def test_without_a_key_the_docs_ask_for_none(client):
+    schema = client.get("/openapi.json").json()
+    assert "security" not in schema and "securitySchemes" not in schema.get("components", {})
 
 
 def test_cli_unknown_model_and_missing_index(lite, db, tmp_path, capsys, monkeypatch):
@@ -437,3 +447,10 @@ def test_classify_refuses_more_prompts_than_fit_a_request(client, gallery):
                    "templates")
     r = client.post("/v1/classify", json={"image": image, "labels": labels[:2], "templates": templates})
     assert r.status_code == 200, r.text
+
+
+def test_head_on_the_page_and_healthz_is_200_without_a_body(client):
+    for path in ("/", "/healthz"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"", (path, r.status_code)
+    assert client.head("/v1/search").status_code == 405  # the API's POST endpoints stay POST only

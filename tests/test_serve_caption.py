@@ -109,3 +109,17 @@ def test_a_request_whose_images_decode_to_too_many_pixels_is_refused(lite, db, c
         assert r.status_code == 413, r.text
         assert r.json()["error"].startswith("the first 3 images of this request decode to 3,000,000 pixels; the limit "
                                             "is 2,500,000 (2.5 MP) per request")
+
+
+def test_the_caption_endpoint_takes_a_model_field_naming_its_captioner(lite, db, gallery, captioner):
+    with TestClient(create_app(lite, db, caption_model=captioner)) as client:
+        r = client.post("/v1/caption", files=[_file(gallery, "cat")], data={"model": captioner.name})
+        assert r.status_code == 200, r.text
+        b64 = base64.b64encode((gallery / "cat.jpg").read_bytes()).decode()
+        assert client.post("/v1/caption", json={"image": b64, "model": captioner.key}).status_code == 200
+        r = client.post("/v1/caption", json={"image": b64, "model": lite.name})
+        assert r.status_code == 400 and f"model {lite.name!r} answers the embedding endpoints" in r.json()["error"]
+        r = client.post("/v1/search", json={"text": "a cat", "model": captioner.name})
+        assert r.status_code == 400 and "answers /v1/caption on this server" in r.json()["error"]
+        r = client.post("/v1/caption", json={"image": b64, "model": "nope"})
+        assert r.status_code == 400 and "start a server with --caption-model nope" in r.json()["error"]

@@ -220,7 +220,9 @@ class QdrantCollection(SearchByModel):
             check_query_dim(q, self._meta(), self.where())
             answers = self._client_().query_batch_points(self.collection, requests=[
                 models.QueryRequest(query=row.tolist(), limit=k, with_payload=["path", "host"]) for row in q])
-        return [[Hit(p.payload["path"], float(p.score), p.payload.get("host"), str(p.id)) for p in a.points]
+        # scores as float32, as the local index gives them (Qdrant's float64 showed 1.0000000000000002 for a photo
+        # against itself)
+        return [[Hit(p.payload["path"], float(np.float32(p.score)), p.payload.get("host"), str(p.id)) for p in a.points]
                 for a in answers]
 
     def paths_for(self, ids: list[str]) -> dict[str, tuple[str, str | None]]:

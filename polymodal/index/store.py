@@ -18,6 +18,7 @@ BLOBs. Files that failed to decode are remembered (table failures) and not read 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import os
@@ -451,6 +452,27 @@ class ImageIndex(SearchByModel):
         if other:
             raise PolymodalError(f"--db {self.db} is a folder holding other files ({other[0]}, ...) and no index; pass "
                                  f"a new or empty folder for the index, e.g. --db {self.db.name}.idx")
+
+    def discard_if_empty(self) -> bool:
+        """Remove an index that holds no image (a first `index` run that could read none of its photos): left in
+        place, it would tie the folder to that run's model. Returns whether it did; an index in use stays."""
+        lock = FileLock(str(self.lock_path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return False
+        try:
+            with closing(self._connect_reader()) as con:
+                if con.execute("SELECT COUNT(*) FROM images").fetchone()[0]:
+                    return False
+            for name in _OWN_NAMES - {"index.lock", "uploads"}:
+                (self.db / name).unlink(missing_ok=True)
+        finally:
+            lock.release()
+        self.lock_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.db.rmdir()  # only when nothing else is in it
+        return True
 
     def _foreign_files(self) -> list[str]:
         """What a --db folder without an index holds besides the index's own names and hidden files, sorted."""

@@ -155,7 +155,7 @@ def create_app(
     app.state.service = svc
 
     # -- request parsing ------------------------------------------------------------------------------------------
-    async def read_json(request: Request, allowed: set[str], example: str, vqa: bool = False) -> dict:
+    async def read_json(request: Request, allowed: set[str], example: str, kind: str = "embed") -> dict:
         raw = await request.body()
         try:
             data = json.loads(raw)
@@ -166,7 +166,7 @@ def create_app(
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; this endpoint takes {', '.join(sorted(allowed))}")
-        check_model_field(data.get("model"), vqa)
+        check_model_field(data.get("model"), kind)
         return data
 
     def content_type(request: Request, multipart: bool = True) -> str:
@@ -179,25 +179,28 @@ def create_app(
     def parse_form(request: Request):
         return request.form(max_files=s.max_images_per_request, max_fields=s.max_labels + 16)
 
-    def check_form_fields(form, allowed: set[str], vqa: bool = False) -> None:
+    def check_form_fields(form, allowed: set[str], kind: str = "embed") -> None:
         unknown = sorted(set(form.keys()) - allowed)
         if unknown:
             raise ApiError(400, f"unknown form field(s) {', '.join(map(repr, unknown))}; this endpoint takes {', '.join(sorted(allowed))}")
-        check_model_field(form.get("model"), vqa)
+        check_model_field(form.get("model"), kind)
 
-    def check_model_field(name, vqa: bool = False) -> None:
-        """`model` names the model that answers this endpoint: the VQA model on /v1/vqa, the embedding model elsewhere."""
-        m = vqa_model if vqa and vqa_model is not None else model
-        if name is not None and name not in (m.name, m.key):
-            where = "/v1/vqa" if vqa else "this endpoint"
-            other = (model if vqa else vqa_model) if vqa_model is not None else None
-            if other is not None and name in (other.name, other.key):  # served here, on the other kind of endpoint
-                raise ApiError(400, f"model {str(name)!r} answers {'the embedding endpoints' if vqa else '/v1/vqa'} on "
-                                    f"this server; {where} uses {m.name!r}: drop the model field or send {m.name!r}")
-            raise ApiError(
-                400, f"this server serves model {m.name!r} ({m.key}) on {where}, not {str(name)[:100]!r}; "
-                f"drop the model field or start a server with --model {str(name)[:100]}"
-            )
+    def check_model_field(name, kind: str = "embed") -> None:
+        """`model` names the model that answers this endpoint: the VQA model on /v1/vqa, the captioner on
+        /v1/caption, the embedding model elsewhere."""
+        served = {"embed": model, "vqa": vqa_model if vqa_model is not None else model, "caption": caption_model}
+        m = served[kind]
+        if name is None or name in (m.name, m.key):
+            return
+        where = {"embed": "this endpoint", "vqa": "/v1/vqa", "caption": "/v1/caption"}[kind]
+        other = next((k for k, o in served.items() if o is not None and o is not m and name in (o.name, o.key)), None)
+        if other is not None:  # served here, on another kind of endpoint
+            answers = {"embed": "the embedding endpoints", "vqa": "/v1/vqa", "caption": "/v1/caption"}[other]
+            raise ApiError(400, f"model {str(name)!r} answers {answers} on this server; {where} uses {m.name!r}: drop "
+                                f"the model field or send {m.name!r}")
+        flag = "--caption-model" if kind == "caption" else "--model"
+        raise ApiError(400, f"this server serves model {m.name!r} ({m.key}) on {where}, not {str(name)[:100]!r}; "
+                            f"drop the model field or start a server with {flag} {str(name)[:100]}")
 
     def form_text(form, key: str) -> str | None:
         value = form.get(key)
@@ -251,7 +254,8 @@ def create_app(
         return f"{request.scope.get('root_path', '')}/v1/thumb/{image_id}"
 
     # -- endpoints ------------------------------------------------------------------------------------------------
-    @app.get("/", include_in_schema=False)
+    # HEAD too on the page and /healthz: load balancers and uptime checks send it (Starlette drops HEAD's body)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(render_page())
 
@@ -272,6 +276,7 @@ def create_app(
             raise ApiError(404, f"no docs asset {name[:60]!r}")
         return FileResponse(assets / name, headers={"Cache-Control": "max-age=86400"})
 
+    @app.head("/healthz", include_in_schema=False)  # a second route: one with both methods repeats its operation id
     @app.get("/healthz", summary="Liveness: 200 while the service runs (never needs the API key)")
     async def healthz():
         return {"status": "ok"}
@@ -413,13 +418,13 @@ def create_app(
             )
         if content_type(request) == "application/json":
             data = await read_json(
-                request, {"image", "question", "choices", "model"}, '{"image": "<base64>", "question": "what is this?"}', vqa=True,
+                request, {"image", "question", "choices", "model"}, '{"image": "<base64>", "question": "what is this?"}', kind="vqa",
             )
             question, choices = data.get("question"), data.get("choices")
             items = json_images(data)
         else:
             async with parse_form(request) as form:
-                check_form_fields(form, {"image", "question", "choices", "model"}, vqa=True)
+                check_form_fields(form, {"image", "question", "choices", "model"}, kind="vqa")
                 question, choices = form_text(form, "question"), form_list(form, "choices")
                 items = await form_images(form)
         if len(items) != 1:
@@ -450,11 +455,11 @@ def create_app(
             raise ApiError(404, "this server has no captioner; start it with --caption-model captioner (or a folder "
                                 "written by polymodal train captioner)")
         if content_type(request) == "application/json":
-            data = await read_json(request, {"image", "images", "beam"}, '{"image": "<base64>"}')
+            data = await read_json(request, {"image", "images", "beam", "model"}, '{"image": "<base64>"}', kind="caption")
             beam, items = data.get("beam"), json_images(data)
         else:
             async with parse_form(request) as form:
-                check_form_fields(form, {"image", "beam"})
+                check_form_fields(form, {"image", "beam", "model"}, kind="caption")
                 beam, items = form_text(form, "beam"), await form_images(form)
         beam = 3 if beam is None else check_k(beam, MAX_BEAM, "beam")
         written = await svc.batcher.call(caption_model.caption, await decode(items, caption_model), beam)
@@ -551,6 +556,17 @@ def create_app(
     docs_paths = ("/docs", "/openapi.json", *(f"{DOCS_ASSETS}/{n}" for n in DOCS_FILES))
     app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=("/healthz", "/", *docs_paths))
     app.add_middleware(MetricsMiddleware, metrics=svc.metrics, routes_of=app)
+    if api_key:  # /docs then shows "Authorize" and sends X-API-Key with "Try it out" (else every try is a 401)
+        schema_of = app.openapi
+
+        def openapi_with_key() -> dict:
+            schema = schema_of()  # built once and cached by FastAPI; setting these twice changes nothing
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+            schema["security"] = [{"ApiKey": []}]
+            return schema
+
+        app.openapi = openapi_with_key
     return app
 
 
