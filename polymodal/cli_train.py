@@ -96,6 +96,8 @@ def run_recipe(args, settings: dict, data: str, recipe_cls, train) -> int:
 
     if not settings.get(data) or not settings.get("out"):
         raise PolymodalError(f"pass --{data} FILE and --out RUN_DIR (or put them in --config)")
+    if not args.resume:
+        check_arch_of_continued_model(settings)
     result = train(recipe_cls.from_dict(settings), resume=args.resume, progress=not args.quiet,
                    overwrite=args.overwrite)
     if not distributed.is_main():  # under torchrun every rank trains; rank 0 reports
@@ -111,6 +113,31 @@ def run_recipe(args, settings: dict, data: str, recipe_cls, train) -> int:
         line |= {"best": None, "note": note, **result}
     print(json.dumps(line))
     return 0
+
+
+CONTINUED_ARCH_KEYS = {"itm_head"}  # architecture settings that still apply to a model trained further (VQA's ITM head)
+
+
+def check_arch_of_continued_model(settings: dict) -> None:
+    """A model continued from a folder (--model) keeps its own architecture: an architecture setting that differs
+    from it would be silently ignored (and recorded in train_config.json as if used), so it is refused."""
+    from polymodal.resources import HERE
+
+    name = settings.get("model")
+    if name in (None, "new", "lite"):
+        return
+    folder = HERE / "models" / name if (HERE / "models" / name).is_dir() else Path(name)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # not a model folder: the trainer says what --model takes
+    differ = sorted(k for k, v in settings.get("arch", {}).items()
+                    if k not in CONTINUED_ARCH_KEYS and k in config and config[k] != v)
+    if differ:
+        given = ", ".join(f"{k} {settings['arch'][k]!r}" for k in differ)
+        has = ", ".join(f"{k} {config[k]!r}" for k in differ)
+        raise PolymodalError(f"--model {name} keeps its own architecture ({has}), so {given} (flags or --config) "
+                             "would be ignored; drop them, or train a new model without --model")
 
 
 def run_pairs_recipe(args, flags: dict, recipe_cls, train) -> int:

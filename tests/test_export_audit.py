@@ -404,3 +404,20 @@ def test_each_export_kind_serves_the_files_its_config_names(tmp_path):
                                                           "step.int8_dynamic.onnx", "step.mine.onnx", "tokenizer.json"]
     (tmp_path / "image.onnx").write_bytes(b"x")  # an embedding export never writes this name: not its to delete
     assert drop_unserved(tmp_path, embedding) == []
+
+
+def test_an_export_gate_on_few_photos_says_it_can_hardly_refuse(tmp_path, caplog):
+    import json
+
+    from PIL import Image
+
+    from polymodal.export.onnx_export import validation_set
+
+    rows = []
+    for name, colour in (("a", "red"), ("b", "blue")):
+        Image.new("RGB", (8, 8), colour).save(tmp_path / f"{name}.png")
+        rows.append(json.dumps({"image": f"{name}.png", "caption": f"a {colour} square"}) + "\n")
+    (tmp_path / "p.jsonl").write_text("".join(rows))
+    with caplog.at_level("WARNING"):
+        assert len(validation_set(tmp_path / "p.jsonl").images) == 2
+    assert "--val-pairs has 2 images: R@5 over so few is nearly always 1.0" in caplog.text

@@ -341,3 +341,15 @@ def test_validation_photos_that_training_sees_or_too_few_of_them_are_warned_abou
         assert cli.main(["train", "contrastive", "--pairs", str(train), "--val-pairs", str(val), "--out",
                          str(tmp_path / "apart"), "--quiet", "--embed-dim", "16", "--epochs", "1"]) == 0
     assert "training photos too" not in caplog.text and "only 1 validation photos" in caplog.text
+
+
+def test_architecture_settings_that_a_continued_model_would_ignore_are_refused(capsys, pairs_file, tmp_path):
+    first = tmp_path / "first"
+    assert cli.main(_contrastive(pairs_file, first)) == 0  # --embed-dim 16
+    argv = ["train", "contrastive", "--pairs", pairs_file, "--out", tmp_path / "second", "--quiet", "--epochs", "1",
+            "--model", first / "model"]
+    _one_line_error(capsys, argv + ["--embed-dim", "32", "--image-head", "mlp"],
+                    f"--model {first / 'model'} keeps its own architecture (embed_dim 16, image_head 'linear'), so "
+                    "embed_dim 32, image_head 'mlp' (flags or --config) would be ignored")
+    assert not (tmp_path / "second").exists()
+    assert cli.main([str(a) for a in argv + ["--embed-dim", "16"]]) == 0  # the model's own value is no conflict

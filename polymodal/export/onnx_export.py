@@ -50,6 +50,9 @@ class ValidationSet:
     source: str
 
 
+MIN_GATE_IMAGES = 50  # below this, recall saturates and the accuracy gate cannot tell variants apart
+
+
 def validation_set(pairs: str | Path | Sequence | None = None, limit: int = 300, seed: int = 0) -> ValidationSet:
     """Image-caption pairs for parity and the accuracy gate: ``limit`` images (a seeded sample) of a pair source,
     or, without one, the built-in sample photos with their descriptions (small: the gate is then coarse)."""
@@ -62,6 +65,10 @@ def validation_set(pairs: str | Path | Sequence | None = None, limit: int = 300,
     from polymodal.eval.retrieval import read_pairs
 
     p = read_pairs(pairs)
+    if len(p.images) < MIN_GATE_IMAGES:
+        log.warning("--val-pairs has %d images: R@5 over so few is nearly always 1.0, so the int8 gate can hardly "
+                    "refuse a variant (the parity cosines in report.md still tell); pass %d or more", len(p.images),
+                    MIN_GATE_IMAGES)
     keep = sorted(random.Random(seed).sample(range(len(p.images)), min(limit, len(p.images))))
     new_index = {old: new for new, old in enumerate(keep)}
     rows = [c for c in range(len(p.captions)) if int(p.caption_image[c]) in new_index]

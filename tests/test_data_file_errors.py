@@ -1,5 +1,6 @@
-"""Data files that are not UTF-8 (a Latin-1 export, PowerShell's UTF-16) are refused with one line naming the file and
-line, instead of training on garbled words ("gar\ufffdon") or reporting every row as bad JSON."""
+"""What a user's data files get wrong, each one clear error or warning: files that are not UTF-8 (a Latin-1 export,
+PowerShell's UTF-16) refused naming the file and line instead of training on garbled words ("gar\ufffdon"); text
+that is not valid Unicode; skipped rows named (all of them with -v); no warning before a no-usable-rows error."""
 
 import json
 
@@ -87,3 +88,4 @@ def test_text_that_is_not_valid_unicode_is_one_error_naming_it(lite, capsys, fol
     assert cli.main(["classify", str(folder / "a.png"), "--labels", "cat,d\udcffog", "--model", "lite"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not valid Unicode (U+DCFF" in err
+
