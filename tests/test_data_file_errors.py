@@ -89,3 +89,13 @@ def test_text_that_is_not_valid_unicode_is_one_error_naming_it(lite, capsys, fol
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not valid Unicode (U+DCFF" in err
 
+
+
+def test_a_folder_holding_a_rows_file_names_that_file(folder, caplog):
+    (folder / "pairs.jsonl").write_text(JSONL)
+    with pytest.raises(PolymodalError, match=f"{folder} holds pairs.jsonl: to read its rows, pass that file"):
+        read_pair_sources([str(folder)])  # a.png and b.png have no .txt captions: nothing to read as a folder
+    (folder / "a.txt").write_text("a red square\n")
+    with caplog.at_level("WARNING"):
+        assert read_pair_sources([str(folder)]).captions == ["a red square"]
+    assert "holds pairs.jsonl: to read its rows, pass that file" in caplog.text

@@ -105,6 +105,15 @@ def read_pair_source(source: str | Path | Sequence[str | Path]) -> PairSet:
     path = Path(text).expanduser()
     if path.is_dir():
         if _folder_images(path):
+            rows_files = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".jsonl", ".ndjson", ".csv", ".tsv"))
+            if rows_files:  # `--pairs data/` for data/pairs.jsonl + data/images/: the rows were meant
+                hint = (f"{path} holds {rows_files[0]}: to read its rows, pass that file, not the folder (a folder is "
+                        "read as images with same-named .txt captions)")
+                found = _read_folder(path)
+                if not found[0]:
+                    raise PolymodalError(hint)
+                log.warning(hint)
+                return _finish(found, source)
             return _finish(_read_folder(path), source)
         if any(_shards.is_tar(p) for p in path.iterdir()):
             return _finish(_read_shards(path), source)
