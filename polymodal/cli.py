@@ -84,7 +84,9 @@ def cmd_index(args) -> int:
     if unreadable and fresh and not args.prune and index.discard_if_empty():  # nothing to keep, nothing to push
         if args.json:
             _print_json({**asdict(report), "index": None})
-        return _none_readable(report, discarded=None if args.json else args.db)
+        else:
+            _print_skipped(report.skipped)
+        return _none_readable(report, discarded=True)
     pruned = index.prune() if args.prune else []
     info = index.info()
     pushed = target_collection and target_collection.push(index, progress=not args.json)
@@ -97,8 +99,7 @@ def cmd_index(args) -> int:
     if args.paths:
         what = ", ".join(folders + ([f"{len(files)} file{'s' * (len(files) != 1)}"] if files else []))
         print(f"indexed {what} into {args.db}: {report.summary()}; {info['count']} images, model {info['model']}")
-        for path, reason in report.skipped:
-            print(f"  skipped {str(path).translate(_CONTROL)}: {reason}")
+        _print_skipped(report.skipped)
         if args.runtime == "torch" and report.added + report.updated >= TIP_RUNTIME_AT:
             print(f"tip: --runtime onnx embeds photos ~2x faster on a CPU (after `polymodal export onnx "
                   f"{args.model}`; the index stays the same)", file=sys.stderr)
@@ -111,13 +112,15 @@ def cmd_index(args) -> int:
     return _none_readable(report) if unreadable else 0
 
 
-def _none_readable(report, discarded: str | None = None) -> int:
+def _print_skipped(skipped) -> None:
+    for path, reason in skipped:
+        print(f"  skipped {str(path).translate(_CONTROL)}: {reason}")
+
+
+def _none_readable(report, discarded: bool = False) -> int:
     """Exit status 2, with one error line, when every image file given was skipped (an empty folder is refused too);
-    `discarded`: the new index this left empty was removed, and the skipped files are listed here."""
+    `discarded`: the new index this left empty was removed."""
     n = len(report.skipped)
-    if discarded:
-        for path, reason in report.skipped:
-            print(f"  skipped {str(path).translate(_CONTROL)}: {reason}")
     print(f"polymodal: error: none of the {n} image file{'s' * (n != 1)} could be read (the skipped list says why); "
           f"pass photos (JPEG, PNG, WebP, ...)" + ("; no index was made" if discarded else ""), file=sys.stderr)
     return 2

@@ -97,6 +97,9 @@ class PairSet:
 # ---------------------------------------------------------------------------------------------- reading
 
 
+ROWS_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv")  # files of pair rows, as opposed to a folder's .txt captions
+
+
 def read_pair_source(source: str | Path | Sequence[str | Path]) -> PairSet:
     """JSONL, CSV/TSV, caption folder or tar shards -> PairSet (see the module docstring)."""
     if isinstance(source, (list, tuple)):
@@ -105,16 +108,15 @@ def read_pair_source(source: str | Path | Sequence[str | Path]) -> PairSet:
     path = Path(text).expanduser()
     if path.is_dir():
         if _folder_images(path):
-            rows_files = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".jsonl", ".ndjson", ".csv", ".tsv"))
+            found = _read_folder(path)
+            rows_files = sorted(p.name for p in path.iterdir() if p.suffix.lower() in ROWS_SUFFIXES)
             if rows_files:  # `--pairs data/` for data/pairs.jsonl + data/images/: the rows were meant
                 hint = (f"{path} holds {rows_files[0]}: to read its rows, pass that file, not the folder (a folder is "
                         "read as images with same-named .txt captions)")
-                found = _read_folder(path)
                 if not found[0]:
                     raise PolymodalError(hint)
                 log.warning(hint)
-                return _finish(found, source)
-            return _finish(_read_folder(path), source)
+            return _finish(found, source)
         if any(_shards.is_tar(p) for p in path.iterdir()):
             return _finish(_read_shards(path), source)
         raise PolymodalError(f"folder {path} has no images and no .tar shards; pass {FORMATS}")

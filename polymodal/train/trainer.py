@@ -205,9 +205,10 @@ class Trainer:
             score_start: bool = False) -> dict:
         """Train; returns the record of the best epoch ({} when none improved: a NaN metric, or a resumed older
         checkpoint). on_best(model) runs whenever validation improves (a tie too: the later, more trained, epoch
-        is kept, though a tie does not hold off early stopping); on_start() once the checkpoint to resume has loaded and before the first step (e.g. to write the run's
-        settings: a refused resume writes nothing). score_start (fine-tuning a saved model): validate the model
-        before training as epoch 0, so that it stays the best (RUN/model) unless an epoch beats it."""
+        is kept, though a tie does not hold off early stopping); on_start() once the checkpoint to resume has
+        loaded and before the first step (e.g. to write the run's settings: a refused resume writes nothing).
+        score_start (fine-tuning a saved model): validate the model before training as epoch 0, so that it stays
+        the best (RUN/model) unless an epoch beats it."""
         from polymodal.train import distributed
 
         if resume:

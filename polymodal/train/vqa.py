@@ -341,13 +341,15 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
     is, or -- for an encoder from `polymodal train pretrain`, which has no VQA head, or with ``new_head`` -- with
     a fresh VQA head over the training answers (its pretraining MLM/MRM heads are dropped). ``freeze`` parts stop
     training."""
+    keeps_answers = False  # the folder's answer vocabulary, kept: rows with other answers cannot train
     if recipe.model == "new":
         recipe.arch.answers = answer_vocabulary(train_rows, recipe.min_answer_count, recipe.max_answers)
         model = FusionEncoder(recipe.arch)
     elif is_fusion_encoder_folder(recipe.model):
         model = load_fusion_encoder(recipe.model)  # continue training; its answer vocabulary stays
         model.drop_pretraining_heads()  # MLM / MRM heads of a pretrained encoder do not train here
-        if recipe.new_head or not model.answers:  # fine-tune a pretrained encoder: a fresh head over these answers
+        keeps_answers = bool(model.answers) and not recipe.new_head
+        if not keeps_answers:  # fine-tune a pretrained encoder: a fresh head over these answers
             model.add_vqa_head(answer_vocabulary(train_rows, recipe.min_answer_count, recipe.max_answers))
         if recipe.itm_weight > 0:
             model.add_itm_head()
@@ -366,6 +368,7 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
         log.info("frozen: %d parameter tensors (%s)", len(frozen), ", ".join(recipe.freeze))
     if recipe.itm_weight > 0 and model.itm is None:
         raise PolymodalError("itm_weight > 0 needs an ITM head: set itm_head: true in arch (or --itm-head)")
+    model.keeps_folder_answers = keeps_answers
     return model
 
 
@@ -398,7 +401,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     if (targets < 0).all():
         raise PolymodalError("no training answer is in the model's answer vocabulary")
     unknown = sorted({r.answer for r, t in zip(train_rows, targets) if t < 0})
-    if unknown and recipe.model != "new":  # a new model's vocabulary leaves out rare answers on purpose
+    if unknown and getattr(model, "keeps_folder_answers", False):  # a new head leaves out rare answers on purpose
         log.warning("%d of %d training rows have answers outside %s's %d answers (%s): they do not train, and the model "
                     "can never give them; pass --new-head for a fresh head over this data's answers",
                     int((targets < 0).sum()), len(targets), recipe.model, len(model.answers),
