@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import socket
 import sys
 
@@ -31,6 +32,9 @@ def cmd_serve(args) -> int:
         raise PolymodalError(f"--max-body-mb must be at least 1, got {args.max_body_mb}")
     if not args.timeout > 0:
         raise PolymodalError(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
+    if args.root_path and not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+/?", args.root_path):
+        raise PolymodalError(f"--root-path must be a URL path like /photos, got {args.root_path[:80]!r}")
+    args.root_path = args.root_path.rstrip("/")
     if bool(args.db) == (args.qdrant is not None):
         raise PolymodalError("pass either --db DB (a local index) or --qdrant URL (a collection) to serve")
     index = qdrant_collection(args) or ImageIndex(args.db)
@@ -75,7 +79,7 @@ def cmd_serve(args) -> int:
         vqa += f", captioning with {svc.caption_model.key} ({runs_on(svc.caption_model)['precision']})"
     how = runs_on(svc.model)
     config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", timeout_keep_alive=5,
-                            server_header=False)
+                            server_header=False, root_path=args.root_path)
     try:
         print(f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} ({info['count']} images{vqa}) on "
               f"http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops", flush=True)
@@ -122,6 +126,8 @@ def add_parsers(sub) -> None:
     add_precision(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--root-path", default="", help="the path a reverse proxy serves this under, e.g. /photos (the "
+                   "proxy strips it): the page, /docs and thumbnail links then point there")
     s.add_argument(
         "--api-key", default=os.environ.get("POLYMODAL_API_KEY"),  # set but blank: create_app refuses it
         help="require this key in the X-API-Key header on every endpoint but /healthz and the page shell "

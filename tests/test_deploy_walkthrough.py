@@ -244,3 +244,10 @@ def test_an_address_this_machine_does_not_have_names_the_host_not_the_port():
 
     with pytest.raises(PolymodalError, match=r"cannot listen on 192\.0\.2\.1:0 .*pass a --host address of this machine"):
         _bind("192.0.2.1", 0)  # TEST-NET-1: documentation only, on no interface
+
+
+@pytest.mark.parametrize("value", ["photos", "/a b", "/x?y", "//"])
+def test_a_root_path_that_is_no_url_path_is_refused(db, value, capsys):
+    assert cli.main(["serve", "--db", str(db), "--root-path", value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--root-path must be a URL path like /photos" in err

@@ -454,3 +454,15 @@ def test_head_on_the_page_and_healthz_is_200_without_a_body(client):
         r = client.head(path)
         assert r.status_code == 200 and r.content == b"", (path, r.status_code)
     assert client.head("/v1/search").status_code == 405  # the API's POST endpoints stay POST only
+
+
+def test_behind_a_proxy_at_a_sub_path_the_page_and_docs_point_there(lite, db):
+    with TestClient(create_app(lite, db), root_path="/photos") as c:
+        page = c.get("/").text
+        assert 'const ROOT_PATH = "/photos";' in page and "fetch(ROOT_PATH + path" in page
+        docs = c.get("/docs").text
+        assert "'/photos/openapi.json'" in docs or '"/photos/openapi.json"' in docs
+        hits = c.post("/v1/search", json={"text": "a cat", "k": 1}).json()["hits"]
+        assert hits[0]["thumb"].startswith("/photos/v1/thumb/")
+    with TestClient(create_app(lite, db)) as c:
+        assert 'const ROOT_PATH = "";' in c.get("/").text

@@ -256,8 +256,8 @@ def create_app(
     # -- endpoints ------------------------------------------------------------------------------------------------
     # HEAD too on the page and /healthz: load balancers and uptime checks send it (Starlette drops HEAD's body)
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    async def page() -> HTMLResponse:
-        return HTMLResponse(render_page())
+    async def page(request: Request) -> HTMLResponse:
+        return HTMLResponse(render_page(request.scope.get("root_path", "")))
 
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import FileResponse
@@ -265,10 +265,12 @@ def create_app(
     assets = swagger_assets()
 
     @app.get("/docs", include_in_schema=False)
-    async def docs() -> HTMLResponse:
-        local = {"swagger_js_url": f"{DOCS_ASSETS}/swagger-ui-bundle.js", "swagger_css_url": f"{DOCS_ASSETS}/swagger-ui.css",
-                 "swagger_favicon_url": f"{DOCS_ASSETS}/favicon-32x32.png"} if assets else {}
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="polymodal API", **local)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")  # behind a reverse proxy at a sub-path (serve --root-path)
+        local = {"swagger_js_url": f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+                 "swagger_css_url": f"{root}{DOCS_ASSETS}/swagger-ui.css",
+                 "swagger_favicon_url": f"{root}{DOCS_ASSETS}/favicon-32x32.png"} if assets else {}
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title="polymodal API", **local)
 
     @app.get(DOCS_ASSETS + "/{name}", include_in_schema=False)
     async def docs_asset(name: str):

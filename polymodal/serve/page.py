@@ -8,6 +8,8 @@ page asks for it once, keeps it in sessionStorage and sends it as X-API-Key (thu
 
 from __future__ import annotations
 
+import json
+
 PAGE = r"""<!doctype html>
 <html lang="en">
 <head>
@@ -105,10 +107,11 @@ function status(text, isError) {
   $("status").textContent = text;
   $("status").className = isError ? "error" : "";
 }
+const ROOT_PATH = __ROOT_PATH__;  // where a reverse proxy mounts the service (serve --root-path), "" at the root
 async function api(path, options) {
   const opts = Object.assign({}, options || {});
   opts.headers = headers(opts.headers);
-  const res = await fetch(path, opts);
+  const res = await fetch(ROOT_PATH + path, opts);
   let body = null;
   try { body = await res.json(); } catch (e) { body = null; }
   if (res.status === 401) { $("keybox").hidden = false; }
@@ -264,5 +267,6 @@ loadInfo();
 """
 
 
-def render_page() -> str:
-    return PAGE
+def render_page(root_path: str = "") -> str:
+    """The page, its API calls prefixed with `root_path` (as a JSON string, with "<" escaped: it sits in a script)."""
+    return PAGE.replace("__ROOT_PATH__", json.dumps(root_path).replace("<", "\\u003c"))
