@@ -168,6 +168,11 @@ def load(name_or_path: str | Path = "lite", runtime: str = "torch", precision: s
             if key in MODELS:
                 raise PolymodalError(f"no ONNX export of {key!r} (looked in {key} and {folder}); "
                                      f"create it with `polymodal export onnx {key}` or pass an export folder")
+            from polymodal.models.folders import folder_type
+
+            if folder_type(folder):  # a saved model (RUN/model): its export is made from it
+                raise PolymodalError(f"{key} is a saved model, not its ONNX export; export it with `polymodal export "
+                                     f"onnx {key} --out DIR`, then pass --model DIR with --runtime onnx")
             what = "does not exist" if not folder.exists() else "is not an ONNX export (no onnx_config.json)"
             raise PolymodalError(f"{key} {what}; pass a folder written by `polymodal export onnx MODEL --out DIR`, "
                                  f"or a built-in name ({', '.join(sorted(MODELS))}) exported to its default folder")

@@ -135,6 +135,12 @@ def test_onnx_load_of_a_path_that_is_no_export_names_it_once(tmp_path):
     assert str(exc.value).count(missing) == 1 and "does not exist" in str(exc.value)
     with pytest.raises(PolymodalError, match="is not an ONNX export"):
         polymodal.load(str(tmp_path), runtime="onnx")
+    saved = tmp_path / "model"  # a training run's RUN/model: the fix is to export it
+    saved.mkdir()
+    (saved / "config.json").write_text('{"type": "dual_encoder"}')
+    with pytest.raises(PolymodalError, match=rf"{saved} is a saved model, not its ONNX export; export it with "
+                                             rf"`polymodal export onnx {saved} --out DIR`, then pass --model DIR"):
+        polymodal.load(str(saved), runtime="onnx")
 
 
 def test_an_add_while_another_process_writes_is_409_with_retry_after(lite, db_copy, gallery):
