@@ -81,7 +81,7 @@ def cmd_index(args) -> int:
     report = UpdateReport(*(sum(getattr(r, k) for r in reports) for k in ("added", "updated", "removed", "unchanged")),
                           skipped=[s for r in reports for s in r.skipped])
     unreadable = args.paths and report.skipped and not (report.added + report.updated + report.unchanged)
-    if unreadable and fresh and not args.prune and index.discard_if_empty():  # nothing to keep, nothing to push
+    if unreadable and fresh and index.discard_if_empty():  # nothing to keep, nothing to push
         if args.json:
             _print_json({**asdict(report), "index": None})
         else:
