@@ -4,7 +4,9 @@ Layout of the folder (the CLI's --db):
   meta.sqlite    the source of truth: one row per image (path, size, mtime, sha256, float32 vector BLOB) and
                  index-level meta (model, dim, times, generation)
   vectors.faiss  a derived cache for fast search: IndexIDMap2(IndexFlatIP), ids = SQLite row ids
-  index.lock     held by the one process allowed to write
+  index.lock     held by the one writer (process or thread) allowed to write; only writers take it
+  vectors.lock   held while vectors.faiss is written: by a writer after its commit, or by a reader writing back
+                 the cache it rebuilt (never index.lock, so searches never make a writer fail with IndexBusy)
 
 Crash safety: an update commits its work in SQLite transactions about a minute apart (COMMIT_EVERY_S), so a
 crash, kill or Ctrl-C loses only about the last minute and a re-run embeds only the rest. Every commit is a
@@ -56,7 +58,7 @@ _FAILURES = ("CREATE TABLE IF NOT EXISTS failures (path TEXT PRIMARY KEY, size I
              " mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL, failed TEXT NOT NULL)")
 # what an index folder may hold (uploads/: the service's, written before its first update)
 _OWN_NAMES = {"meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm", "meta.sqlite-journal", "vectors.faiss", "index.lock",
-              "uploads"}
+              "vectors.lock", "uploads"}
 _Row = namedtuple("_Row", "id size mtime_ns sha256")
 _Failure = namedtuple("_Failure", "size mtime_ns reason failed")
 _COLUMNS = {"images": ("id, size, mtime_ns, sha256", _Row), "failures": ("size, mtime_ns, reason, failed", _Failure)}
@@ -65,6 +67,24 @@ _COLUMNS = {"images": ("id, size, mtime_ns, sha256", _Row), "failures": ("size, 
 # embeds thousands of images a minute, a CPU a few dozen), and each commit makes live readers rebuild their FAISS
 # cache from the BLOBs, which once a minute stays cheap.
 COMMIT_EVERY_S = 60.0
+# How long a writer waits, after its commit, for a reader that is writing back vectors.faiss (a few seconds even for
+# a large index); past it the writer leaves the file, which the next open sees is stale and rebuilds.
+SAVE_WAIT_S = 60.0
+
+
+def _file_paths(paths, method: str) -> list:
+    """add()'s and remove()'s argument: one path or an iterable of them -> a list; anything else one error (None, a
+    number or bytes would otherwise be a raw TypeError, or a path read letter by letter)."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+    if not isinstance(paths, Iterable) or isinstance(paths, (bytes, np.ndarray)):
+        raise PolymodalError(f"{method}() takes image file paths, got {type(paths).__name__}; the index keeps paths "
+                             "so it can notice later changes: save in-memory images as files and pass those")
+    paths = list(paths)
+    for p in paths:
+        if not isinstance(p, (str, os.PathLike)):
+            raise PolymodalError(f"{method}() takes image file paths, got a {type(p).__name__}; save in-memory "
+                                 "images as files and pass their paths")
+    return paths
 
 
 class IndexModelMismatch(PolymodalError):
@@ -72,7 +92,8 @@ class IndexModelMismatch(PolymodalError):
 
 
 class IndexBusy(PolymodalError):
-    """Another process holds the index's writer lock: a passing condition, worth retrying."""
+    """Another writer (another process, or another thread of this one) holds the index's writer lock: a passing
+    condition, worth retrying."""
 
 
 @dataclass
@@ -125,6 +146,7 @@ class ImageIndex(SearchByModel):
         self.sqlite_path = self.db / "meta.sqlite"
         self.faiss_path = self.db / "vectors.faiss"
         self.lock_path = self.db / "index.lock"
+        self.vectors_lock_path = self.db / "vectors.lock"
         self._cache: tuple[tuple, Any] | None = None  # ((uid, generation), faiss index) for repeated searches
 
     def __repr__(self) -> str:
@@ -180,15 +202,7 @@ class ImageIndex(SearchByModel):
         batch_size = check_count(batch_size, "batch_size")
         _check_interval(commit_every_s)
         require_embedding(model)
-        paths = [paths] if isinstance(paths, (str, os.PathLike)) else paths
-        if not isinstance(paths, Iterable) or isinstance(paths, (bytes, np.ndarray)):
-            raise PolymodalError(f"add() takes image file paths, got {type(paths).__name__}; the index keeps paths "
-                                 "so it can notice later changes: save in-memory images as files and pass those")
-        paths = list(paths)
-        for p in paths:
-            if not isinstance(p, (str, os.PathLike)):
-                raise PolymodalError(f"add() takes image file paths, got a {type(p).__name__}; save in-memory "
-                                     "images as files and pass their paths")
+        paths = _file_paths(paths, "add")
         files, skipped = [], []
         for p in dict.fromkeys(canonical_path(p) for p in paths):  # a path named twice is indexed once
             found = image_file(p)
@@ -231,9 +245,9 @@ class ImageIndex(SearchByModel):
                     changed = bool(drop or report.added or any(old is not None for _, old, _ in todo))
                     state = _touch(con, meta, bump=changed)
                 done.saved = done.total
+                self._cache = (state, index)  # committed: this process's searches use it at once, no rebuild
                 if changed or not from_file:
                     self._save_vectors(index)
-                self._cache = (state, index)
         except BaseException as exc:
             exc.index_progress = (done.saved, done.total)  # for the CLI's "N of M were saved" line
             raise
@@ -243,7 +257,7 @@ class ImageIndex(SearchByModel):
     def remove(self, paths: Iterable[str | Path]) -> int:
         """Drop these image paths (one path or several) from the index (files on disk are untouched); returns how
         many were there."""
-        paths = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+        paths = _file_paths(paths, "remove")
         targets = list(dict.fromkeys(canonical_path(p) for p in paths))  # a path named twice is removed and counted once
         if not self.sqlite_path.is_file():
             raise self._missing()
@@ -280,8 +294,8 @@ class ImageIndex(SearchByModel):
                     _delete(con, index, [i for i, _ in rows])
                     state = _touch(con, meta, bump=True)
             if rows:
-                self._save_vectors(index)
                 self._cache = (state, index)
+                self._save_vectors(index)
         return rows
 
     def _embed_all(self, con, index, meta: dict, model, todo, report: UpdateReport, batch_size: int,
@@ -434,7 +448,7 @@ class ImageIndex(SearchByModel):
             lock.acquire()
         except Timeout:
             raise IndexBusy(
-                f"index {self.db} is being written by another process (lock file {self.lock_path}); "
+                f"index {self.db} is being written by another process or thread (lock file {self.lock_path}); "
                 "wait for it to finish, then retry"
             ) from None
         try:
@@ -570,22 +584,30 @@ class ImageIndex(SearchByModel):
         return index, False
 
     def _save_vectors(self, index) -> None:
-        # After the commit: a failure here costs only a rebuild on the next open, so warn instead of failing.
+        """A writer's save, after its commit, under vectors.lock: it waits for a reader's write-back in progress, so
+        that an older rebuild can't land after it. A failure here costs only a rebuild on the next open, so warn
+        instead of failing."""
         try:
-            atomic_write_bytes(self.faiss_path, faiss.serialize_index(index))
-            # mkstemp makes 0600 files; give it meta.sqlite's mode so the same users can read both
-            os.chmod(self.faiss_path, stat.S_IMODE(self.sqlite_path.stat().st_mode))
-        except OSError as exc:
+            with FileLock(str(self.vectors_lock_path), timeout=SAVE_WAIT_S):
+                self._write_vectors(index)
+        except (Timeout, OSError) as exc:
             log.warning("could not write %s (%s); it will be rebuilt on next open", self.faiss_path, exc)
 
+    def _write_vectors(self, index) -> None:
+        atomic_write_bytes(self.faiss_path, faiss.serialize_index(index))
+        # mkstemp makes 0600 files; give it meta.sqlite's mode so the same users can read both
+        os.chmod(self.faiss_path, stat.S_IMODE(self.sqlite_path.stat().st_mode))
+
     def _try_save(self, index, meta: dict) -> None:
-        """A reader that rebuilt the cache writes it back, unless a writer is busy or has committed since."""
+        """A reader that rebuilt the cache writes it back, unless a commit came since its snapshot or another save is
+        in progress. It takes vectors.lock, never the writer lock, so it never makes a writer fail: a writer that
+        commits meanwhile waits for this save, then writes its own file over it."""
         try:
-            with FileLock(str(self.lock_path), timeout=0):
+            with FileLock(str(self.vectors_lock_path), timeout=0):
                 with closing(self._connect()) as con:
                     now = self._meta(con)
                 if now is not None and (now["uid"], now["generation"]) == (meta["uid"], meta["generation"]):
-                    self._save_vectors(index)
+                    self._write_vectors(index)
         except (Timeout, OSError) as exc:  # busy, or a read-only folder: searching still works
             log.debug("not writing %s: %s", self.faiss_path, exc)
 
