@@ -117,14 +117,15 @@ def test_sharded_hf_folder_fingerprints_every_shard(ref_model, hf_folder, tmp_pa
     np.testing.assert_allclose(model.encode_text(TEXTS[:2]), load_clip(hf_folder).encode_text(TEXTS[:2]), atol=1e-6)
 
 
-def test_hf_version_follows_the_weights_not_the_config(ref_model, hf_folder, tmp_path):
+def test_hf_version_follows_the_weights_and_preprocessing_not_the_config(ref_model, hf_folder, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(hf_folder, other)
     sd = {k: v.clone() for k, v in ref_model.state_dict().items()}
     sd["logit_scale"] += 1
     save_file(sd, str(other / "model.safetensors"))
     a, b = load_clip(hf_folder), load_clip(other)
-    assert a.version != b.version and a.version == fingerprint([hf_folder / "model.safetensors"])
+    assert a.version != b.version
+    assert a.version == fingerprint([hf_folder / "model.safetensors", hf_folder / "preprocessor_config.json"])
     assert b.logit_scale == pytest.approx(a.logit_scale * np.e, rel=1e-5)
 
 

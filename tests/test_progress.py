@@ -1,6 +1,8 @@
 """Progress bars written to a log file (not a terminal) do not repeat every redraw and keep their final state."""
 import io
 
+import pytest
+
 from polymodal.progress import progress_bar
 
 
@@ -59,3 +61,33 @@ def test_a_training_epoch_in_a_log_file_is_two_lines_not_one_per_step(tmp_path, 
     trainer.fit()
     lines = [line for line in _lines(capsys.readouterr().err) if "epoch 1/1" in line]
     assert len(lines) == 2 and "60/60" in lines[-1] and "loss=" in lines[-1], lines
+
+
+def test_an_epoch_stopped_by_an_error_closes_its_bar(tmp_path, monkeypatch):
+    """A KeyboardInterrupt in a step used to leave the bar open, drawn again later as a stray 'epoch 1/1: 0%'."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import polymodal.train.trainer as trainer_module
+    from polymodal.train.objectives import Objective
+    from polymodal.train.trainer import TrainConfig, Trainer
+
+    bars = []
+
+    def spy(**kwargs):
+        bars.append(progress_bar(file=io.StringIO(), **kwargs))
+        return bars[-1]
+
+    class Interrupted(Objective):
+        name = "fit"
+
+        def compute(self, model, batch):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "progress_bar", spy)
+    loader = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
+    trainer = Trainer(torch.nn.Linear(2, 1), {"fit": (Interrupted(), 1.0, loader)},
+                      TrainConfig(epochs=1, patience=0), tmp_path, progress=True)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert bars and all(bar.disable for bar in bars)  # tqdm's close() disables the bar

@@ -61,7 +61,12 @@ class PromptCache:
     def get(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         labels, templates = tuple(str(x) for x in labels), tuple(templates)
         if not labels:
-            raise PolymodalError("no labels given; pass at least one label, e.g. --labels cat,dog")
+            raise PolymodalError("no labels given; pass at least one label: --labels cat,dog, or ['cat', 'dog'] "
+                                 "in Python")
+        blank = next((i for i, label in enumerate(labels) if not label.strip()), None)
+        if blank is not None:  # a blank prompt ("a photo of a .") is near every image and takes the softmax
+            raise PolymodalError(f"label {blank} is empty; every label needs some text (drop the blank one a "
+                                 "trailing comma or an empty line leaves)")
         for t in templates:
             if "{}" not in t:
                 named = " (only an empty {} is filled, not a named field)" if "{" in t else ""

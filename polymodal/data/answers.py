@@ -48,21 +48,30 @@ def unique_choices(choices: Sequence[Any]) -> dict[str, str]:
     error. Keyed as evaluation compares answers, so "a triangle" finds the answer "triangle" (see `choice_index`)."""
     from polymodal.models.inputs import as_texts
 
+    if isinstance(choices, str) and "," in choices:  # answer(img, q, choices="yes,no") meant two, not one
+        raise PolymodalError(f"choices is one string ({choices!r}); pass a list of candidate answers, e.g. "
+                             f"{[c.strip() for c in choices.split(',') if c.strip()]!r}")
     seen: dict[str, str] = {}
     for c in as_texts(choices, "choices"):  # one string is one choice, not its letters
         if c.strip():
             seen.setdefault(comparable_answer(c), c.strip())
     if not seen:
-        raise PolymodalError("no choices given; pass candidate answers like --choices yes,no")
+        raise PolymodalError("no choices given; pass candidate answers: --choices yes,no, or choices=['yes', 'no'] "
+                             "in Python")
     return seen
 
 
 def check_row_choices(choices: Any, rows: int, check) -> list[list[str]]:
-    """predict_choices()'s per-row candidate lists: one list per row, each distinct list passed to ``check`` (the
-    model's check_choices: it raises before any image is read when the model can score none of a row's candidates;
-    its warnings about candidates that score 0 are left to answer() and eval, which give them once, not per batch)."""
+    """predict_choices()'s per-row candidate lists: one list per row, or one flat list of strings that every row
+    shares (["red", "blue"] means those two for each row, not one candidate per row, which would always "win").
+    Each distinct list is passed to ``check`` (the model's check_choices: it raises before any image is read when
+    the model can score none of a row's candidates; its warnings about candidates that score 0 are left to answer()
+    and eval, which give them once, not per batch)."""
     if isinstance(choices, str) or not isinstance(choices, Sequence):
-        raise PolymodalError(f"choices must hold one list of candidate answers per row, got {type(choices).__name__}")
+        raise PolymodalError(f"choices must hold one list of candidate answers per row (or one list that every row "
+                             f"shares), got {type(choices).__name__}")
+    if choices and all(isinstance(c, str) for c in choices):
+        choices = [list(choices)] * rows
     bad = next((i for i, c in enumerate(choices) if not isinstance(c, (str, list, tuple))), None)
     if bad is not None:
         raise PolymodalError(f"row {bad}'s choices must be a list of candidate answers, got {choices[bad]!r:.60}")

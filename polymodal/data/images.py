@@ -26,6 +26,7 @@ LOADER_VERSION = 6
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # index, folders, shards
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
+NEGATIVE_PIXEL_TOLERANCE = -0.01  # float pixels below this are normalised ones, not resampling's rounding
 MAX_ASPECT = 1000  # longest side / shortest side beyond which an image is refused (check_image_size)
 # Before the short-side resize, cut longer images to this aspect around the centre: the centre crop only keeps a
 # square, and resizing a whole 1:1000 strip would allocate resize * 1000 * resize pixels. Images up to 8:1 keep
@@ -61,15 +62,17 @@ def load_image(image: Any, min_size: int | None = None) -> Image.Image:
     if isinstance(image, Image.Image):
         img = image
     elif isinstance(image, np.ndarray):
+        _check_not_normalised(image)
         arr = _to_uint8(image)
         if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
             arr = arr.transpose(1, 2, 0)  # CHW -> HWC
         if arr.ndim == 3 and arr.shape[-1] == 1:
             arr = arr[..., 0]
-        if arr.ndim not in (2, 3):
-            raise PolymodalError(f"image array has shape {image.shape}; pass HxW, HxWx3 or HxWx4")
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+            raise PolymodalError(f"image array has shape {image.shape}; pass one image as HxW, HxWx1, HxWx3, HxWx4 "
+                                 "or CxHxW (C 1, 3 or 4), or several as a list or an [N, H, W, C] array")
         img = Image.fromarray(arr)
-    elif isinstance(image, (bytes, bytearray)):
+    elif isinstance(image, (bytes, bytearray, memoryview)):
         img = _open(io.BytesIO(image), "the given bytes", min_size)
     elif isinstance(image, str) and _URL.match(image):  # Path() would also eat one slash of "https://"
         raise PolymodalError(
@@ -135,6 +138,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img.alpha_composite(rgba)
     return img.convert("RGB")
+
+
+def _check_not_normalised(arr: np.ndarray) -> None:
+    """Refuse pixels below 0: a mean/std-normalised tensor (a torchvision pipeline's, or a model's own transform
+    output) would otherwise be clipped to a dark image and embed as something else, silently."""
+    if arr.dtype.kind == "f" and arr.size and np.isfinite(arr).all() and float(arr.min()) < NEGATIVE_PIXEL_TOLERANCE:
+        raise PolymodalError(
+            f"the image array holds negative values (down to {float(arr.min()):.3g}): it looks normalised "
+            "(mean subtracted, divided by std); pass raw pixels (0-255, or 0-1 floats), or pass already "
+            "preprocessed [B, 3, H, W] pixels (the model's transform output) to model.embed_pixels()")
 
 
 def _to_uint8(arr: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:

@@ -153,6 +153,7 @@ class FusionModule(nn.Module):
                     f"{self.name} fusion: modality {i} must be [B, T, {d}] tokens or [B, {d}] pooled, got {shape}; "
                     "check the order of inputs against dims"
                 )
+            x = self._as_weight_dtype(x, i)
             if x.dim() == 2:
                 x = x[:, None, :]
             b, t = x.shape[:2]
@@ -176,6 +177,19 @@ class FusionModule(nn.Module):
             tokens_out.append(x)
             masks_out.append(m)
         return tokens_out, masks_out
+
+    def _as_weight_dtype(self, x: Tensor, i: int) -> Tensor:
+        """Integer or bool features become the weights' dtype (every fusion then takes them, not only the linear
+        ones); another float dtype is a mistake to name (torch.from_numpy of a float64 array), unless autocast runs."""
+        weight = next(self.parameters(), None)
+        if weight is None or x.dtype == weight.dtype:
+            return x
+        if not (x.is_floating_point() or x.is_complex()):
+            return x.to(weight.dtype)
+        if torch.is_autocast_enabled(x.device.type):
+            return x
+        raise PolymodalError(f"{self.name} fusion: modality {i} is {x.dtype} but the module's weights are "
+                             f"{weight.dtype}; cast the inputs (x.to({weight.dtype})) or the module (.to(dtype))")
 
     def forward(self, inputs: Sequence[Tensor], masks: Sequence[Tensor | None] | None = None) -> FusionOutput:
         raise NotImplementedError

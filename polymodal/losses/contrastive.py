@@ -6,8 +6,10 @@ contrastive_loss_with_temperature and open_clip's ClipLoss (gather_with_grad=Tru
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 import torch.distributed as dist
@@ -15,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polymodal.errors import PolymodalError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TEMPERATURE = 0.07  # CLIP's initial temperature: logit scale 1/0.07 ~ 14.3
 MAX_LOGIT_SCALE = 100.0  # CLIP clamps the logit scale here to keep training stable
@@ -165,6 +169,7 @@ def _check_inputs(image_emb, text_emb, logit_scale, negative_text_emb, image_ids
                                  "(torch.as_tensor turns arrays and lists into one)")
     if isinstance(logit_scale, torch.nn.Module):
         raise PolymodalError("contrastive_loss: logit_scale is a module; pass its value, e.g. temperature()")
+    _check_logit_scale(logit_scale)
     if image_emb.dtype != text_emb.dtype:
         raise PolymodalError(f"contrastive_loss: image_emb is {image_emb.dtype} but text_emb is {text_emb.dtype}; "
                              "cast both to one dtype")
@@ -189,6 +194,34 @@ def _check_inputs(image_emb, text_emb, logit_scale, negative_text_emb, image_ids
         )
 
 
+_warned_of_small_scale = False
+
+
+def _check_logit_scale(logit_scale) -> None:
+    """A positive finite scalar; one below 1 is most likely a temperature passed where its inverse belongs (open_clip
+    takes logit_scale, TorchMultimodal a temperature): it flattens the softmax and trains almost nothing."""
+    global _warned_of_small_scale
+    if isinstance(logit_scale, Tensor):
+        if logit_scale.numel() != 1:
+            raise PolymodalError(f"contrastive_loss: logit_scale must be one number, got a tensor of shape "
+                                 f"{tuple(logit_scale.shape)}; pass a scalar such as LearnableTemperature()()")
+        value = float(logit_scale.detach())
+        if not math.isfinite(value):  # a diverged learnable scale: the NaN loss is the trainer's to report, with its step
+            return
+    elif isinstance(logit_scale, Real) and not isinstance(logit_scale, bool):
+        value = float(logit_scale)
+    else:
+        raise PolymodalError(f"contrastive_loss: logit_scale must be a number or a scalar tensor, got "
+                             f"{type(logit_scale).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise PolymodalError(f"contrastive_loss: logit_scale is {value}; it must be a positive finite multiplier, "
+                             f"e.g. 1 / 0.07 = {1 / DEFAULT_TEMPERATURE:.1f}")
+    if value < 1 and not _warned_of_small_scale:
+        _warned_of_small_scale = True
+        log.warning("contrastive_loss: logit_scale %.3g is below 1, which looks like a temperature; the loss takes "
+                    "its inverse (1 / %.3g = %.3g), or LearnableTemperature()()", value, value, 1 / value)
+
+
 class LearnableTemperature(nn.Module):
     """Learnable logit scale: a parameter log_scale = log(1 / temperature); forward() returns exp(log_scale) <= 100.
 
@@ -200,6 +233,9 @@ class LearnableTemperature(nn.Module):
 
     def __init__(self, temperature: float = DEFAULT_TEMPERATURE, max_scale: float = MAX_LOGIT_SCALE):
         super().__init__()
+        if not isinstance(temperature, Real) or isinstance(temperature, bool):  # e.g. "0.07" read from a config
+            raise PolymodalError(f"temperature must be a number such as 0.07, got {temperature!r} "
+                                 f"({type(temperature).__name__})")
         if not 0 < temperature <= 1 or not 1 / temperature <= max_scale:  # clamp_() keeps the scale in [1, max]
             raise PolymodalError(
                 f"temperature {temperature} is out of range; pass a value in [1/{max_scale:g}, 1] such as 0.07"

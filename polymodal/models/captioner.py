@@ -30,7 +30,7 @@ from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.models.beam_search import MAX_TOKENS, NO_REPEAT, beam_search, caption_batches
 from polymodal.models.folders import folder_type, read_folder_config, write_model_folder
-from polymodal.models.inputs import as_images, check_fraction
+from polymodal.models.inputs import as_images, check_count, check_fraction
 from polymodal.models.modes import in_eval_mode
 
 IMAGE_DIM = 1280
@@ -132,7 +132,7 @@ class Captioner(nn.Module):
         return self.image_tower.spatial(pixels).float().flatten(2).transpose(1, 2).contiguous()
 
     def encode_images(self, images: Any, batch_size: int = 32) -> Tensor:
-        images = as_images(images)
+        images, batch_size = as_images(images), check_count(batch_size, "batch_size")
         out = [self.image_cache_input(torch.from_numpy(self.transform(list(images[i : i + batch_size]))))
                for i in range(0, len(images), batch_size)]
         return torch.cat(out) if out else torch.zeros(0, (self.config.image_size // 32) ** 2, IMAGE_DIM)

@@ -108,17 +108,37 @@ def fingerprint(files: list[Path], chunk: int = 1 << 20) -> str:
 
 
 # -- image transform ------------------------------------------------------------------------------------------------
-def transform_from_preprocessor(folder: Path) -> ImageTransform:
-    """ImageTransform from a CLIPImageProcessor preprocessor_config.json; OpenAI CLIP's settings if absent."""
-    path = folder / "preprocessor_config.json"
-    if not path.is_file():
-        log.info("%s has no preprocessor_config.json; using OpenAI CLIP preprocessing", folder)
-        return OPENAI_CLIP_TRANSFORM
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PolymodalError(f"unreadable {path} ({exc}); fix or delete it to use OpenAI CLIP preprocessing") from exc
+def _image_processor_config(folder: Path) -> tuple[dict | None, Path]:
+    """(the folder's CLIPImageProcessor settings or None, the file they came from). transformers 5 saves them nested
+    under "image_processor" in processor_config.json, with no preprocessor_config.json, and reads that first; 4.x
+    saves preprocessor_config.json."""
+    for name, key in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise PolymodalError(f"unreadable {path} ({exc}); fix or delete it") from exc
+        if key is not None and isinstance(cfg, dict):
+            cfg = cfg.get(key)  # 4.x may write a processor_config.json with other settings only
+        if isinstance(cfg, dict):
+            return cfg, path
+    return None, folder
+
+
+def transform_from_preprocessor(folder: Path, missing: int = logging.WARNING) -> ImageTransform:
+    """ImageTransform from the folder's CLIPImageProcessor settings; OpenAI CLIP's if it has none, logged at level
+    `missing` (a warning: the embeddings then differ from CLIPProcessor's if the model was trained otherwise)."""
+    cfg, path = _image_processor_config(folder)
     d = OPENAI_CLIP_TRANSFORM
+    if cfg is None:
+        log.log(missing, "%s has no image processor settings (preprocessor_config.json, or \"image_processor\" in "
+                "processor_config.json); using OpenAI CLIP's: %s resize and centre crop, mean %s, std %s. If the model "
+                "was trained with other settings, save its image processor beside it "
+                "(CLIPProcessor.save_pretrained or CLIPImageProcessor.save_pretrained into that folder)",
+                folder, d.resample, d.mean, d.std)
+        return OPENAI_CLIP_TRANSFORM
     size, crop = cfg.get("size", d.resize), cfg.get("crop_size", d.crop)
     if isinstance(size, dict):
         if "shortest_edge" not in size:
@@ -189,14 +209,16 @@ def load_hf_clip(folder: str | Path, tokenizer: str | Path | None = None) -> Cli
     bad = list(info.get("missing_keys") or []) + [str(m) for m in info.get("mismatched_keys") or []]
     if bad:
         raise PolymodalError(f"{folder}: weights do not fit config.json (missing/mismatched: {_few(bad)})")
-    return ClipModel(model, tok, name=folder.resolve().name, version=fingerprint(weights),
+    settings = _image_processor_config(folder)[1]  # the preprocessing shapes the embeddings as much as the weights
+    version = fingerprint(list(weights) + ([settings] if settings.is_file() else []))
+    return ClipModel(model, tok, name=folder.resolve().name, version=version,
                      transform=_fitted_transform(folder, model))
 
 
-def _fitted_transform(folder: Path, model) -> ImageTransform:
+def _fitted_transform(folder: Path, model, missing: int = logging.WARNING) -> ImageTransform:
     """The folder's preprocessing, cropped to the size the vision tower takes (a 336px model, or a small one, with no
     preprocessor_config.json would otherwise get 224px crops and fail on the first image)."""
-    transform = transform_from_preprocessor(folder)
+    transform = transform_from_preprocessor(folder, missing)
     size = model.config.vision_config.image_size
     if transform.crop != size:
         transform = ImageTransform(size, size, transform.mean, transform.std, transform.resample)
@@ -324,7 +346,9 @@ def load_openai_clip(
     tok = load_tokenizer(tok_dir)
     model = build_hf_clip(sd, vision_heads=vision_heads, text_heads=text_heads, hidden_act=hidden_act,
                           eos_token_id=tok.eos_token_id)
-    return ClipModel(model, tok, name=file.stem, version=fingerprint([file]), transform=_fitted_transform(file.parent, model))
+    # an OpenAI-layout file comes with no processor settings and OpenAI's are its format's own: info, not a warning
+    transform = _fitted_transform(file.parent, model, logging.INFO)
+    return ClipModel(model, tok, name=file.stem, version=fingerprint([file]), transform=transform)
 
 
 # -- dispatch -------------------------------------------------------------------------------------------------------

@@ -428,7 +428,7 @@ class FusionEncoder(nn.Module):
     def encode_images(self, images: Any, batch_size: int = 32) -> Tensor:
         """An image or images (paths / PIL images / arrays, as encode_image takes them) -> cache inputs ``[N, T, F]``
         (one tower pass)."""
-        images = as_images(images)
+        images, batch_size = as_images(images), check_count(batch_size, "batch_size")
         out = []
         for i in range(0, len(images), batch_size):
             out.append(self.image_cache_input(torch.from_numpy(self.transform(list(images[i : i + batch_size])))))

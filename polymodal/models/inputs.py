@@ -34,8 +34,16 @@ def as_images(value: Any) -> list:
     array of paths, [N, H, W, C] array, generator, pandas Series ...) -> a list of its items."""
     if isinstance(value, (str, bytes, bytearray, os.PathLike)) or hasattr(value, "getpixel"):  # getpixel: PIL
         return [value]
+    if isinstance(value, memoryview):  # a buffer of file bytes, not a sequence of ints
+        return [bytes(value)]
+    if isinstance(value, Mapping):  # iterating would read its keys as paths
+        raise PolymodalError(f"images must be a path, PIL image, array or a list of them, got {type(value).__name__}; "
+                             "pass list(d.values()) for a dict of images")
     value = tensor_to_array(value)
     ndim = getattr(value, "ndim", None)
+    if ndim is not None and getattr(value, "dtype", None) is not None and value.dtype.kind not in "biufOUS":
+        raise PolymodalError(f"an image array of dtype {value.dtype} holds no pixels; pass uint8 (0-255) or float "
+                             "(0-1 or 0-255) pixels")
     if ndim is not None and getattr(value, "dtype", None) is not None and value.dtype.kind in "biuf" and ndim <= 3:
         return [value]  # pixels: H x W, H x W x C or C x H x W
     if isinstance(value, Iterable):

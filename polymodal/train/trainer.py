@@ -318,36 +318,37 @@ class Trainer:
         bar = progress_bar(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
                            disable=not self.progress, leave=False)
         losses, samples, t0 = [], 0, time.perf_counter()
-        for i, batches in enumerate(self._batches()):
-            self.optimizer.zero_grad(set_to_none=True)
-            metrics, total = {}, 0.0
-            for name, (objective, weight, _) in self.objectives.items():
-                m = objective.backward(self.model, batches[name], weight)
-                total += weight * m["loss"]
-                metrics.update({f"{name}/{k}": v for k, v in m.items()})
-            if not math.isfinite(total):  # stop before the step: NaN weights would be saved as the best model
-                raise PolymodalError(f"the training loss became {total} at step {self.step + 1} (epoch "
-                                     f"{self.epoch + 1}); the weights were not updated with it. Lower --lr (now "
-                                     f"{self.cfg.lr:g}) or check the data; the run keeps its last checkpoint, if any")
-            self._sync_gradients()
-            if self.cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None], self.cfg.grad_clip
-                )
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
-            losses.append(total)
-            samples += len(next(iter(batches.values()))[0])
-            rate = samples / (time.perf_counter() - t0)
-            lr = self.scheduler.get_last_lr()[0]
-            bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}", refresh=False)
-            bar.update()
-            # every log_every steps, and the last step of each epoch so that short runs have a curve too
-            if self.step % self.cfg.log_every == 0 or i == self.steps_per_epoch - 1:
-                # epoch numbered from 1, as the progress bar and the epoch's "val" row that follows number it
-                logger.write({"step": self.step, "epoch": self.epoch + 1, "split": "train", "loss": total, "lr": lr,
-                              "samples_per_s": rate, **metrics})
-        bar.close()
+        try:  # an interrupt would leave the bar to be drawn again, as a stray "epoch 1/1: 0%" line
+            for i, batches in enumerate(self._batches()):
+                self.optimizer.zero_grad(set_to_none=True)
+                metrics, total = {}, 0.0
+                for name, (objective, weight, _) in self.objectives.items():
+                    m = objective.backward(self.model, batches[name], weight)
+                    total += weight * m["loss"]
+                    metrics.update({f"{name}/{k}": v for k, v in m.items()})
+                if not math.isfinite(total):  # stop before the step: NaN weights would be saved as the best model
+                    raise PolymodalError(f"the training loss became {total} at step {self.step + 1} (epoch "
+                                         f"{self.epoch + 1}); the weights were not updated with it. Lower --lr (now "
+                                         f"{self.cfg.lr:g}) or check the data; the run keeps its last checkpoint, if any")
+                self._sync_gradients()
+                if self.cfg.grad_clip:
+                    grads = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+                    torch.nn.utils.clip_grad_norm_(grads, self.cfg.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                losses.append(total)
+                samples += len(next(iter(batches.values()))[0])
+                rate = samples / (time.perf_counter() - t0)
+                lr = self.scheduler.get_last_lr()[0]
+                bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}", refresh=False)
+                bar.update()
+                # every log_every steps, and the last step of each epoch so that short runs have a curve too
+                if self.step % self.cfg.log_every == 0 or i == self.steps_per_epoch - 1:
+                    # epoch numbered from 1, as the progress bar and the epoch's "val" row that follows number it
+                    logger.write({"step": self.step, "epoch": self.epoch + 1, "split": "train", "loss": total, "lr": lr,
+                                  "samples_per_s": rate, **metrics})
+        finally:
+            bar.close()
         return {"train_loss": float(np.mean(losses)) if losses else float("nan"),
                 "samples_per_s": samples / max(1e-9, time.perf_counter() - t0)}
