@@ -205,8 +205,10 @@ def _check_logit_scale(logit_scale) -> None:
         if logit_scale.numel() != 1:
             raise PolymodalError(f"contrastive_loss: logit_scale must be one number, got a tensor of shape "
                                  f"{tuple(logit_scale.shape)}; pass a scalar such as LearnableTemperature()()")
+        if logit_scale.device.type != "cpu":  # reading the value would sync the device every step
+            return
         value = float(logit_scale.detach())
-        if not math.isfinite(value):  # a diverged learnable scale: the NaN loss is the trainer's to report, with its step
+        if not math.isfinite(value):  # a diverged learnable scale: the NaN loss is the trainer's to report
             return
     elif isinstance(logit_scale, Real) and not isinstance(logit_scale, bool):
         value = float(logit_scale)

@@ -328,8 +328,9 @@ class Trainer:
                     metrics.update({f"{name}/{k}": v for k, v in m.items()})
                 if not math.isfinite(total):  # stop before the step: NaN weights would be saved as the best model
                     raise PolymodalError(f"the training loss became {total} at step {self.step + 1} (epoch "
-                                         f"{self.epoch + 1}); the weights were not updated with it. Lower --lr (now "
-                                         f"{self.cfg.lr:g}) or check the data; the run keeps its last checkpoint, if any")
+                                         f"{self.epoch + 1}); the weights were not updated with it. Lower --lr "
+                                         f"(now {self.cfg.lr:g}) or check the data; the run keeps its last "
+                                         "checkpoint, if any")
                 self._sync_gradients()
                 if self.cfg.grad_clip:
                     grads = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
