@@ -414,11 +414,14 @@ def main() -> int:
                           "fraction": frac, "pairs": pairs}))
     if args.save_builtin:
         from polymodal.models.yesno import YesNoModel
+        from polymodal.training_photos import photo_hashes, read_training_photos, write_training_photos
 
         state = fit_state(img, q_emb, gi, answers, CHOSEN_C)
         model = YesNoModel(state, {"name": "coco-yesno", "base": "default", "C": CHOSEN_C, "n_train": n,
                                    "trained_on": "vqa-coco-yesno-train (benchmarks/coco_yesno.py --save-builtin)"})
         model.save(OUT)
+        # its own photos, and those of `default` whose spaces it scores in: `eval vqa` warns when it meets them
+        write_training_photos(OUT, photo_hashes(sorted({r["path"] for r in rows})) | (read_training_photos("default") or set()))
         size = sum(f.stat().st_size for f in OUT.iterdir())
         print(json.dumps({"saved": str(OUT), "bytes": size, "version": model.version}))
     return 0

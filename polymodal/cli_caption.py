@@ -83,14 +83,20 @@ def cmd_train_captioner(args) -> int:
 
 
 def cmd_eval_captions(args) -> int:
+    from polymodal.data.jsonl import counting_skipped
     from polymodal.data.pairs import read_pair_sources
+    from polymodal.eval.caveats import data_caveats, warn_of_few
     from polymodal.eval.captions import evaluate_captions
 
     decoding = _check_decoding(args)
-    pairs = read_pair_sources(args.pairs)
+    with counting_skipped() as skipped:
+        pairs = read_pair_sources(args.pairs)
     model = load_captioner_model(args.model, args.runtime)
     result = evaluate_captions(model, pairs, limit=args.limit, examples=args.examples, **decoding)
-    print(json.dumps({"model": args.model, "runtime": args.runtime, **result}))  # as eval retrieval says it
+    images = pairs.images[:args.limit] if args.limit else pairs.images
+    caveats = data_caveats(args.model, images, skipped[0])
+    warn_of_few(len(images), "photos", "CIDEr-D (its word weights come from these photos' captions)")
+    print(json.dumps({"model": args.model, "runtime": args.runtime, **caveats, **result}))  # as eval retrieval says it
     return 0
 
 
@@ -127,7 +133,8 @@ def add_parsers(sub, actions: dict) -> None:
     s = actions["eval"].add_parser("captions", help="BLEU-1..4 and CIDEr-D of generated captions against references")
     s.add_argument("--pairs", nargs="+", required=True,
                    help="image-caption pairs, one or several sources: every caption of a photo is a reference")
-    s.add_argument("--model", default="captioner")
+    s.add_argument("--model", default="captioner", help="built-in name, captioner folder or ONNX export "
+                                                         "(default: captioner)")
     s.add_argument("--limit", type=int, help="caption only the first N photos")
     s.add_argument("--examples", type=int, default=5, help="photos whose captions the JSON line shows (default 5)")
     _decoding_options(s)

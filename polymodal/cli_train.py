@@ -203,16 +203,22 @@ def _resolved(value) -> list[str]:
 def cmd_eval_retrieval(args) -> int:
     import numpy as np
 
-    from polymodal.eval.retrieval import encode_readable, pairs_of_images, read_pairs, retrieval_metrics
+    from polymodal.data.jsonl import counting_skipped
+    from polymodal.eval.caveats import data_caveats, warn_of_certain_recall, warn_of_few
+    from polymodal.eval.retrieval import encode_captions, encode_readable, pairs_of_images, read_pairs, retrieval_metrics
     from polymodal.registry import require_embedding
 
-    pairs = read_pairs(args.pairs)
+    with counting_skipped() as skipped:
+        pairs = read_pairs(args.pairs)
     model = require_embedding(load_model(args, args.model), args.model)
     # a corrupt photo is left out, not fatal; the bar goes to stderr, the JSON line to stdout
     image_emb, rows = encode_readable(model, pairs.images, ", ".join(args.pairs), progress=True)
     unreadable = len(pairs.images) - len(rows)  # counted in the JSON line, as eval captions and eval vqa do
     pairs = pairs_of_images(pairs, rows)
-    metrics = retrieval_metrics(image_emb, model.encode_text(pairs.captions), pairs.caption_image)
+    caveats = data_caveats(args.model, pairs.images, skipped[0])
+    warn_of_few(len(pairs.images), "photos", "recall")
+    warn_of_certain_recall(len(pairs.images), len(pairs.captions))
+    metrics = retrieval_metrics(image_emb, encode_captions(model, pairs.captions, progress=True), pairs.caption_image)
     if args.word_order:
         from polymodal.eval.word_order import word_order_accuracy
 
@@ -223,18 +229,25 @@ def cmd_eval_retrieval(args) -> int:
     # an ONNX export: which graph (fp32 or a gated int8/bf16 one) ran per tower, not the PyTorch-only --precision
     how = {"variants": model.variants} if hasattr(model, "variants") else {"precision": args.precision}
     print(json.dumps({"model": args.model, "runtime": args.runtime, **how, "images": len(pairs.images),
-                      "unreadable": unreadable, "captions": len(pairs.captions), **metrics}))
+                      "unreadable": unreadable, **caveats, "captions": len(pairs.captions), **metrics}))
     return 0
 
 
 def cmd_eval_zeroshot(args) -> int:
+    from polymodal.data.jsonl import counting_skipped
+    from polymodal.eval.caveats import data_caveats, warn_of_few
     from polymodal.eval.zeroshot import TEMPLATES, read_labelled_images, zeroshot_accuracy
 
-    images, labels = read_labelled_images(args.labels_file)
+    with counting_skipped() as skipped:
+        images, labels = read_labelled_images(args.labels_file)
     model = load_model(args, args.model)
     templates = args.template or TEMPLATES
+    caveats = data_caveats(args.model, set(images), skipped[0])
     metrics = zeroshot_accuracy(model, images, labels, templates, progress=True)
-    print(json.dumps({"model": args.model, "runtime": args.runtime, **metrics}))
+    warn_of_few(metrics["images"], "images", "accuracy")
+    if metrics["classes"] <= 5:
+        logging.getLogger(__name__).warning("top5 is 1.0 by construction with %d classes", metrics["classes"])
+    print(json.dumps({"model": args.model, "runtime": args.runtime, **caveats, **metrics}))
     return 0
 
 
@@ -262,7 +275,7 @@ def add_parsers(sub) -> dict:
     s = ev.add_parser("retrieval", help="text->image and image->text Recall@1/5/10 and median rank")
     s.add_argument("--pairs", nargs="+", required=True,
                    help="JSONL/CSV file, caption folder or tar shards (several allowed: evaluated as one set)")
-    s.add_argument("--model", default="default")
+    s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
     s.add_argument("--word-order", action="store_true",
                    help="also: how often each photo's first caption beats 4 scrambled copies of it (order/swap, "
                         "order/trigrams, order/within, order/shuffle; chance 0.2)")
@@ -271,7 +284,7 @@ def add_parsers(sub) -> dict:
     s.set_defaults(func=cmd_eval_retrieval)
     s = ev.add_parser("zeroshot", help="zero-shot top-1/top-5 accuracy over a JSONL of {image, label}")
     s.add_argument("--labels-file", required=True)
-    s.add_argument("--model", default="default")
+    s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
     s.add_argument("--template", action="append", help="prompt template with {}; repeat for an ensemble")
     add_runtime(s)
     s.set_defaults(func=cmd_eval_zeroshot)

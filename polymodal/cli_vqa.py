@@ -83,11 +83,18 @@ def cmd_train_vqa(args) -> int:
 
 
 def cmd_eval_vqa(args) -> int:
+    from polymodal.data.jsonl import counting_skipped
+    from polymodal.eval.caveats import data_caveats, warn_of_few
     from polymodal.eval.vqa import read_qa, vqa_accuracy
 
-    rows = read_qa(args.qa)
+    with counting_skipped() as skipped:
+        rows = read_qa(args.qa)
     model = _load_vqa_model(args.model, args.runtime)
-    print(json.dumps({"model": args.model, "questions": len(rows), **vqa_accuracy(model, rows)}))
+    images = {str(r.image) for r in rows}
+    caveats = data_caveats(args.model, sorted(images), skipped[0])
+    warn_of_few(len(images), "photos", "accuracy")
+    print(json.dumps({"model": args.model, "runtime": args.runtime, "questions": len(rows), **caveats,
+                      **vqa_accuracy(model, rows)}))
     return 0
 
 
@@ -122,7 +129,8 @@ def add_parsers(sub, actions: dict) -> None:
 
     s = actions["eval"].add_parser("vqa", help="VQA accuracy, overall and per answer type, on a QA JSONL (rows "
                                    "with \"choices\" score as multiple choice)")
-    s.add_argument("--qa", required=True)
-    s.add_argument("--model", default="easy-vqa")
+    s.add_argument("--qa", nargs="+", required=True, help="QA JSONL file(s), read as one set")
+    s.add_argument("--model", default="easy-vqa", help="built-in name, fusion-encoder folder or ONNX export "
+                                                       "(default: easy-vqa)")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
     s.set_defaults(func=cmd_eval_vqa)

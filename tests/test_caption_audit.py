@@ -158,6 +158,20 @@ def test_evaluation_scores_each_readable_photo_against_its_own_references(tmp_pa
     with pytest.raises(PolymodalError, match="--limit must be at least 1"):
         evaluate_captions(ByColour(), pairs, limit=0, progress=False)
 
+    # the same photos as a pairs file, or read by eval.retrieval.read_pairs: the same scores
+    import json
+
+    from polymodal.eval.retrieval import read_pairs
+
+    readable = [r for r in rows if "broken" not in str(r.image)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"image": str(r.image), "caption": r.caption}) + "\n" for r in readable))
+    by_file = evaluate_captions(ByColour(), str(path), progress=False)
+    by_retrieval = evaluate_captions(ByColour(), read_pairs(path), progress=False)
+    assert by_file["bleu4"] == by_retrieval["bleu4"] == pytest.approx(1.0) and by_file["images"] == 3
+    with pytest.raises(PolymodalError, match="not dict"):
+        evaluate_captions(ByColour(), {"image": "x"}, progress=False)
+
 
 # ---------------------------------------------------------------------------------------------- the model
 def test_the_loss_is_the_mean_next_piece_log_loss_over_real_pieces_only(fresh):

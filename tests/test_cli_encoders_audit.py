@@ -228,10 +228,13 @@ def test_vqa_refuses_an_embedding_model(capsys, spy_load, photos):
 def test_eval_vqa_passes_runtime(capsys, spy_load, tmp_path, monkeypatch):
     import polymodal.eval.vqa as ev
 
-    monkeypatch.setattr(ev, "read_qa", lambda path: [1, 2])
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(ev, "read_qa", lambda path: [SimpleNamespace(image="a.png"), SimpleNamespace(image="b.png")])
     monkeypatch.setattr(ev, "vqa_accuracy", lambda model, rows: {"accuracy": 1.0})
     code, out, _ = run(capsys, "eval", "vqa", "--qa", "q.jsonl", "--model", "fake-vqa", "--runtime", "onnx")
     assert code == 0 and spy_load.calls[-1]["runtime"] == "onnx" and json.loads(out)["questions"] == 2
+    assert json.loads(out)["runtime"] == "onnx" and json.loads(out)["skipped_rows"] == 0
 
 
 # -- cli_train.py / cli_pretrain.py / cli_vqa.py: flags reach the recipe -----------------------------------------------
@@ -351,7 +354,7 @@ def test_eval_commands_pass_precision_and_templates(capsys, spy_load, photos, mo
     assert code == 0 and spy_load.calls[-1]["precision"] == "bf16" and json.loads(out)["precision"] == "bf16"
     seen = []
     monkeypatch.setattr(zs, "read_labelled_images", lambda path: (["a.png"], ["red"]))
-    monkeypatch.setattr(zs, "zeroshot_accuracy", lambda m, i, l, templates, **kw: seen.append(templates) or {"top1": 1.0})
+    monkeypatch.setattr(zs, "zeroshot_accuracy", lambda m, i, l, templates, **kw: seen.append(templates) or {"top1": 1.0, "images": 1, "classes": 2})
     code, _, _ = run(capsys, "eval", "zeroshot", "--labels-file", "x", "--model", "fake", "--template", "a {}")
     assert code == 0 and seen == [["a {}"]]
 

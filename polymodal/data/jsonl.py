@@ -79,9 +79,26 @@ def iter_json_rows(path: Path, fix: str) -> Iterator[tuple[str, dict | None, str
             yield where, item, ""
 
 
+_TALLIES: list[list[int]] = []  # open counting_skipped() blocks
+
+
+@contextmanager
+def counting_skipped() -> Iterator[list[int]]:
+    """Counts the rows every data file read inside the block skipped, as [n]: an evaluation puts the count in its
+    JSON line, where a figure computed on part of the data would otherwise read as computed on all of it."""
+    tally = [0]
+    _TALLIES.append(tally)
+    try:
+        yield tally
+    finally:
+        _TALLIES[:] = [t for t in _TALLIES if t is not tally]  # by identity: two tallies may hold equal counts
+
+
 def report_skipped(source, skipped: list, usable: int, what: str, fix: str, noun: str = "unusable row") -> None:
     """After reading a data file: with no usable row, one error (what is missing, how many rows were skipped and
     why the first was); otherwise a warning naming the first skipped row, and every one of them at INFO (-v)."""
+    for tally in _TALLIES:
+        tally[0] += len(skipped)
     first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
     if not usable:  # one error line; a warning before it would only repeat it
         raise PolymodalError(f"{source} has no usable {what}; {len(skipped)} skipped{first}; {fix}")

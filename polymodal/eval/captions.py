@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Sequence
 
 from polymodal.errors import PolymodalError
@@ -47,6 +48,24 @@ def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str
     return {**{f"bleu{n}": float(b) for n, b in enumerate(bleu, 1)}, "cider": cider}
 
 
+def _with_references(pairs):
+    """(pairs, image index -> its captions) for a PairSet, `polymodal.eval.retrieval.read_pairs`'s Pairs, or the
+    path(s) of pair files, so that each of the ways to read pairs works here."""
+    import numpy as np
+
+    if isinstance(pairs, (str, Path, list, tuple)):
+        from polymodal.data.pairs import read_pair_sources
+
+        pairs = read_pair_sources(list(pairs) if isinstance(pairs, (list, tuple)) else [pairs])
+    if hasattr(pairs, "captions_of"):
+        return pairs, pairs.captions_of
+    if hasattr(pairs, "caption_image") and hasattr(pairs, "captions"):
+        owner = np.asarray(pairs.caption_image)
+        return pairs, lambda i: [pairs.captions[c] for c in np.flatnonzero(owner == i)]
+    raise PolymodalError(f"evaluate_captions takes pair files or pairs read by polymodal.data.pairs.read_pair_sources "
+                         f"or polymodal.eval.retrieval.read_pairs, not {type(pairs).__name__}")
+
+
 def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: int | None = None,
                       examples: int = 5, batch_size: int = 16, progress: bool = True, **decoding) -> dict:
     """Caption each photo of a PairSet (every caption of a photo is a reference) and score the captions. Photos
@@ -64,6 +83,7 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
         raise PolymodalError(f"--limit must be at least 1, got {limit}")
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
         raise PolymodalError(f"examples must be a whole number of at least 0, got {examples!r}")
+    pairs, refs_of = _with_references(pairs)
     images = list(pairs.images[:limit] if limit else pairs.images)
     size = draft_size_of(model)  # camera photos decode as `polymodal caption` reads them
     bar = progress_bar(total=len(images), desc="captioning", unit="img", disable=not progress)
@@ -82,7 +102,7 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
     if len(kept) < MIN_CIDER_PHOTOS:
         log.warning("CIDEr-D needs at least %d photos (its word weights come from the set): scored BLEU only",
                     MIN_CIDER_PHOTOS)
-    refs = [pairs.captions_of(i) for i in kept]
+    refs = [refs_of(i) for i in kept]
     return {"images": len(kept), "unreadable": unreadable, **caption_scores(refs, hyps),
             "examples": [{"image": str(images[i]), "caption": h, "reference": r[0]}
                          for i, h, r in list(zip(kept, hyps, refs))[:examples]]}

@@ -27,14 +27,36 @@ def read_labelled_images(path: str | Path) -> tuple[list[Path], list[str]]:
             skipped.append((where, why))
         elif row.get("image") in (None, "") or row.get("label") in (None, ""):
             skipped.append((where, "no image or label"))
+        elif not isinstance(row["label"], str) or not row["label"].strip():
+            # str() would make ["a", "b"] the class "['a', 'b']" and 0 the prompt "a photo of a 0."
+            skipped.append((where, f"the label must be a class name (text), got {row['label']!r:.60}; a photo of "
+                                   "several classes takes one row per label"))
         elif not (path.parent / str(row["image"])).is_file():
             skipped.append((where, missing_image(row["image"], path.parent)))
         else:
             images.append((path.parent / str(row["image"])).resolve())
-            labels.append(str(row["label"]))
+            labels.append(" ".join(row["label"].split()))  # "horse " and "horse" are one class
     report_skipped(path, skipped, len(images), "rows", f"pass {LABELS_FORMAT}")
+    labels = _one_spelling(labels, path)
     _classes(labels)  # one class: refused before a model loads or a training run starts
     return images, labels
+
+
+def _one_spelling(labels: list[str], source) -> list[str]:
+    """Labels that differ only in case ("Elephant", "elephant") are one class, spelled as most rows spell it: as two
+    classes they would compete with each other and lower top-1."""
+    from collections import Counter
+
+    counts = Counter(labels)
+    spelling = {}
+    for label, _ in counts.most_common():  # most common first; ties keep the file's order
+        spelling.setdefault(label.casefold(), label)
+    merged = sorted({label for label in counts if spelling[label.casefold()] != label})
+    if merged:
+        log.warning("%s: labels differing only in case are one class: %s", source,
+                    "; ".join(f"{m!r} counted as {spelling[m.casefold()]!r}" for m in merged[:3])
+                    + (f"; and {len(merged) - 3} more" if len(merged) > 3 else ""))
+    return [spelling[label.casefold()] for label in labels]
 
 
 def _classes(labels: list[str]) -> list[str]:

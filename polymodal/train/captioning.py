@@ -30,6 +30,7 @@ from polymodal.train.guards import (
 from polymodal.train.objectives import Objective
 from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
+from polymodal.training_photos import TrainingPhotos
 
 log = logging.getLogger(__name__)
 
@@ -195,10 +196,11 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     out = prepare_run_folder(recipe.out, overwrite)
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("model",)) | {
         "train_captions": len(pairs), "train_images": len(pairs.images)}
-    best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"),
+    photos = TrainingPhotos(pairs.images, recipe.model)  # beside each saved model: `eval` warns when it scores them
+    best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),
                        score_start=recipe.model != "new")
     if eval_fn is None:
-        model.save(out / "model")
+        photos.save(model, out / "model")
     return {**best, "cache_seconds": t_cached - t_start, "train_seconds": time.perf_counter() - t_cached,
             "epochs_run": trainer.epoch}

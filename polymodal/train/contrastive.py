@@ -34,6 +34,7 @@ from polymodal.train.guards import (
 from polymodal.train.objectives import ContrastiveObjective
 from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
+from polymodal.training_photos import TrainingPhotos
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +181,12 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         prepare_run_folder(out, overwrite)
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("zeroshot_labels", "model")) | {
         "train_images": len(train_set.images), "val_images": len(val_set.images) if val_set else 0}
-    best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"),
+    photos = TrainingPhotos(train_set.images, recipe.model)  # beside each saved model: `eval` warns when it scores them
+    best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
                        score_start=recipe.model != "lite")
     if val_set is None and distributed.is_main():
-        model.save(out / "model")
+        photos.save(model, out / "model")
     return best
 
 

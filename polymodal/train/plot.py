@@ -42,18 +42,33 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     axes[0].set(xlabel="step", ylabel="loss", title="loss")
     axes[1].plot([r["step"] for r in train], [r["lr"] for r in train])
     axes[1].set(xlabel="step", ylabel="learning rate", title="learning rate")
-    for key in (k for k in keys if "loss" not in k and k != "val/rsum"):  # rsum: six recalls summed, another scale
+    scores = [k for k in keys if "loss" not in k and k != "val/rsum"]  # rsum: six recalls summed, another scale
+    for key in sorted((k for k in scores if "median_rank" not in k), key=_natural):  # R@1, R@5, R@10
         axes[2].plot(*_series(val, key, "epoch"), "o-", label=key[4:])
     axes[2].set(xlabel="epoch", ylabel="score", title="validation")
+    ranks = [k for k in scores if "median_rank" in k]
+    if ranks:  # tens or hundreds: on the recalls' 0-1 axis they would flatten every recall curve
+        right = axes[2].twinx()
+        for key in ranks:
+            right.plot(*_series(val, key, "epoch"), "x--", label=key[4:])
+        right.set(ylabel="median rank (lower is better)", yscale="log")
+        right.legend(fontsize=8, loc="upper right")
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper left" if ax is axes[2] and ranks else "best")
         ax.grid(alpha=0.3)
     fig.suptitle(str(run_dir))
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _natural(key: str) -> list:
+    """"val/t2i_R@10" after "val/t2i_R@5": numbers compare as numbers."""
+    import re
+
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
 def _series(records: list[dict], key: str, x: str) -> tuple[list, list]:

@@ -57,6 +57,7 @@ from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatc
 from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa import EpochShuffle, grid_features
+from polymodal.training_photos import TrainingPhotos
 
 log = logging.getLogger(__name__)
 
@@ -618,10 +619,11 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("model", "negatives")) | {
         "train_captions": len(train.pairs), "train_images": len(train.pairs.images),
         "val_captions": len(val.pairs) if val else 0}
-    best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"),
+    photos = TrainingPhotos(train.pairs.images, recipe.model)  # beside each saved model: `eval` warns when it scores them
+    best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
                        score_start=recipe.model != "new")
     if val is None:
-        model.save(out / "model")
+        photos.save(model, out / "model")
     t_end = time.perf_counter()
     return {**best, "cache_seconds": t_cached - t_start, "train_seconds": t_end - t_cached, "epochs_run": trainer.epoch}

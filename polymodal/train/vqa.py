@@ -42,6 +42,7 @@ from polymodal.train.guards import (
 from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa_objective import VQABatch, VQAObjective
+from polymodal.training_photos import TrainingPhotos
 
 log = logging.getLogger(__name__)
 
@@ -435,11 +436,12 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
         "train_questions": len(train_rows), "train_images": len(train.images), "val_questions": len(val_rows),
         "images_per_batch": images_per_batch}
     settings["arch"]["answers"] = len(model.answers)  # the vocabulary itself is in model/config.json
-    best = trainer.fit(resume=resume, on_best=lambda m: m.save(out / "model"),
+    photos = TrainingPhotos(train.images, recipe.model)  # beside each saved model: `eval` warns when it scores them
+    best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
                        score_start=recipe.model != "new")
     if not val_rows:
-        model.save(out / "model")
+        photos.save(model, out / "model")
     t_end = time.perf_counter()
     return {**best, "cache_seconds": t_cached - t_start, "train_seconds": t_end - t_cached,
             "epochs_run": trainer.epoch}

@@ -1,0 +1,33 @@
+"""What an evaluation's figures rest on, said beside them: rows of the data that were skipped, photos the model was
+trained on, and sets too small for a metric to mean anything. Each is a warning on stderr and, where it is a count,
+a field of the JSON line, since scripts and papers read the JSON, not the log."""
+
+from __future__ import annotations
+
+import logging
+
+from polymodal.training_photos import count_training_photos
+
+log = logging.getLogger(__name__)
+
+FEW_PHOTOS = 20  # below this a recall or a CIDEr-D barely tells two models apart (training warns at the same count)
+
+
+def data_caveats(model: str, images, skipped_rows: int) -> dict:
+    """{"skipped_rows", "seen_in_training"} for the JSON line; seen_in_training is None when the model records no
+    training photos (`lite`, an ONNX export, a model trained before polymodal kept them)."""
+    return {"skipped_rows": skipped_rows, "seen_in_training": count_training_photos(model, list(images))}
+
+
+def warn_of_few(count: int, what: str, metric: str) -> None:
+    if count < FEW_PHOTOS:
+        log.warning("only %d %s: %s over so few says little; evaluate on %d or more", count, what, metric, FEW_PHOTOS)
+
+
+def warn_of_certain_recall(images: int, captions: int, ks=(1, 5, 10)) -> None:
+    """R@k is 1.0 by construction once k reaches the number of candidates: images for text->image, captions for
+    image->text."""
+    certain = [f"t2i_R@{k}" for k in ks if k >= images] + [f"i2t_R@{k}" for k in ks if k >= captions]
+    if certain:
+        log.warning("%s %s 1.0 by construction with %d images and %d captions (k reaches the candidates)",
+                    ", ".join(certain), "is" if len(certain) == 1 else "are", images, captions)
