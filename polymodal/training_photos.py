@@ -15,11 +15,12 @@ from polymodal.cache import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 FILE_NAME = "training_photos.txt"
-HEADER = "# content hashes (blake2b, 8 bytes) of the photos this model was trained on; polymodal eval warns of them\n"
+HEADER = "# content hashes (blake2b, 8 bytes) of the photos this model was trained on; eval warns of them\n"
 
 
 def photo_hash(image) -> str | None:
-    """A photo's content hash: a file path, a tar shard's "<shard>#<member>" or encoded bytes; None when it cannot be read."""
+    """A photo's content hash: a file path, a tar shard's "<shard>#<member>" or encoded bytes; None when it cannot
+    be read."""
     from polymodal.data.shards import read_tar_member, split_tar_ref
 
     if isinstance(image, (bytes, bytearray)):  # a shard's image, as eval retrieval reads it
