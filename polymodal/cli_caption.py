@@ -8,6 +8,7 @@ import sys
 
 from polymodal.cli_options import add_recipe_flags, add_run_options
 from polymodal.errors import PolymodalError
+from polymodal.eval.per_item import add_item_options
 
 # flag -> (recipe section, type), as polymodal.cli_train.recipe_settings reads them
 CAPTION_FLAGS = {
@@ -85,14 +86,19 @@ def cmd_train_captioner(args) -> int:
 def cmd_eval_captions(args) -> int:
     from polymodal.data.jsonl import counting_skipped
     from polymodal.data.pairs import read_pair_sources
-    from polymodal.eval.caveats import data_caveats, warn_of_few
     from polymodal.eval.captions import evaluate_captions
+    from polymodal.eval.caveats import data_caveats, warn_of_few
+    from polymodal.eval.per_item import check_out, write_items
 
     decoding = _check_decoding(args)
+    check_out(args.out)
     with counting_skipped() as skipped:
         pairs = read_pair_sources(args.pairs)
     model = load_captioner_model(args.model, args.runtime)
-    result = evaluate_captions(model, pairs, limit=args.limit, examples=args.examples, **decoding)
+    items: list = []
+    result = evaluate_captions(model, pairs, limit=args.limit, examples=args.examples, details=items, **decoding)
+    if args.out:
+        write_items(args.out, items)
     images = pairs.images[:args.limit] if args.limit else pairs.images
     caveats = data_caveats(args.model, images, skipped[0])
     warn_of_few(len(images), "photos", "CIDEr-D (its word weights come from these photos' captions)")
@@ -138,4 +144,5 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--limit", type=int, help="caption only the first N photos")
     s.add_argument("--examples", type=int, default=5, help="photos whose captions the JSON line shows (default 5)")
     _decoding_options(s)
+    add_item_options(s, ci=False)  # BLEU and CIDEr-D are corpus scores, not means of per-photo ones
     s.set_defaults(func=cmd_eval_captions)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from polymodal.cli_options import add_precision, add_recipe_flags, add_run_options, add_runtime, load_model
 from polymodal.errors import PolymodalError
+from polymodal.eval.per_item import add_item_options
 
 # flag -> (recipe section, key, type); a config file uses the same keys (section "arch" for architecture)
 TRAIN_FLAGS = {
@@ -204,10 +205,13 @@ def cmd_eval_retrieval(args) -> int:
     import numpy as np
 
     from polymodal.data.jsonl import counting_skipped
+    from polymodal.eval.bootstrap import bootstrap_ci
     from polymodal.eval.caveats import data_caveats, warn_of_certain_recall, warn_of_few
+    from polymodal.eval.per_item import check_out, write_items
     from polymodal.eval.retrieval import encode_captions, encode_readable, pairs_of_images, read_pairs, retrieval_metrics
     from polymodal.registry import require_embedding
 
+    check_out(args.out)
     with counting_skipped() as skipped:
         pairs = read_pairs(args.pairs)
     model = require_embedding(load_model(args, args.model), args.model)
@@ -218,7 +222,15 @@ def cmd_eval_retrieval(args) -> int:
     caveats = data_caveats(args.model, pairs.images, skipped[0])
     warn_of_few(len(pairs.images), "photos", "recall")
     warn_of_certain_recall(len(pairs.images), len(pairs.captions))
-    metrics = retrieval_metrics(image_emb, encode_captions(model, pairs.captions, progress=True), pairs.caption_image)
+    ranks: dict = {}
+    metrics = retrieval_metrics(image_emb, encode_captions(model, pairs.captions, progress=True), pairs.caption_image,
+                                ranks)
+    if args.ci:  # t2i over the captions, i2t over the images
+        metrics |= {f"{side}_R@{k}_ci95": bootstrap_ci(ranks[side] <= k) for side in ("t2i", "i2t") for k in (1, 5, 10)}
+    if args.out:
+        write_items(args.out, [{"query": "text", "caption": c, "image": str(pairs.images[i]), "rank": int(r)}
+                               for c, i, r in zip(pairs.captions, pairs.caption_image, ranks["t2i"])]
+                    + [{"query": "image", "image": str(im), "rank": int(r)} for im, r in zip(pairs.images, ranks["i2t"])])
     if args.word_order:
         from polymodal.eval.word_order import word_order_accuracy
 
@@ -234,16 +246,27 @@ def cmd_eval_retrieval(args) -> int:
 
 
 def cmd_eval_zeroshot(args) -> int:
+    import numpy as np
+
     from polymodal.data.jsonl import counting_skipped
+    from polymodal.eval.bootstrap import bootstrap_ci
     from polymodal.eval.caveats import data_caveats, warn_of_few
+    from polymodal.eval.per_item import check_out, write_items
     from polymodal.eval.zeroshot import TEMPLATES, read_labelled_images, zeroshot_accuracy
 
+    check_out(args.out)
     with counting_skipped() as skipped:
         images, labels = read_labelled_images(args.labels_file)
     model = load_model(args, args.model)
     templates = args.template or TEMPLATES
     caveats = data_caveats(args.model, set(images), skipped[0])
-    metrics = zeroshot_accuracy(model, images, labels, templates, progress=True)
+    items: list = []
+    metrics = zeroshot_accuracy(model, images, labels, templates, progress=True, details=items)
+    if args.ci:
+        ranks = np.array([item["rank"] for item in items])
+        metrics |= {"top1_ci95": bootstrap_ci(ranks <= 1), "top5_ci95": bootstrap_ci(ranks <= 5)}
+    if args.out:
+        write_items(args.out, items)
     warn_of_few(metrics["images"], "images", "accuracy")
     if metrics["classes"] <= 5:
         logging.getLogger(__name__).warning("top5 is 1.0 by construction with %d classes", metrics["classes"])
@@ -281,12 +304,14 @@ def add_parsers(sub) -> dict:
                         "order/trigrams, order/within, order/shuffle; chance 0.2)")
     add_runtime(s)
     add_precision(s)
+    add_item_options(s)
     s.set_defaults(func=cmd_eval_retrieval)
     s = ev.add_parser("zeroshot", help="zero-shot top-1/top-5 accuracy over a JSONL of {image, label}")
     s.add_argument("--labels-file", required=True)
     s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
     s.add_argument("--template", action="append", help="prompt template with {}; repeat for an ensemble")
     add_runtime(s)
+    add_item_options(s)
     s.set_defaults(func=cmd_eval_zeroshot)
 
     s = sub.add_parser("plot", help="training curves of a run as a PNG")

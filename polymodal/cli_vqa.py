@@ -8,6 +8,7 @@ import json
 
 from polymodal.cli_options import add_recipe_flags, add_run_options
 from polymodal.errors import PolymodalError
+from polymodal.eval.per_item import add_item_options
 
 # flag -> (recipe section, type): "train" = TrainConfig, "arch" = FusionEncoderConfig, "" = the recipe itself
 VQA_FLAGS = {
@@ -84,17 +85,25 @@ def cmd_train_vqa(args) -> int:
 
 def cmd_eval_vqa(args) -> int:
     from polymodal.data.jsonl import counting_skipped
+    from polymodal.eval.bootstrap import bootstrap_ci
     from polymodal.eval.caveats import data_caveats, warn_of_few
+    from polymodal.eval.per_item import check_out, write_items
     from polymodal.eval.vqa import read_qa, vqa_accuracy
 
+    check_out(args.out)
     with counting_skipped() as skipped:
         rows = read_qa(args.qa)
     model = _load_vqa_model(args.model, args.runtime)
     images = {str(r.image) for r in rows}
     caveats = data_caveats(args.model, sorted(images), skipped[0])
     warn_of_few(len(images), "photos", "accuracy")
-    print(json.dumps({"model": args.model, "runtime": args.runtime, "questions": len(rows), **caveats,
-                      **vqa_accuracy(model, rows)}))
+    items: list = []
+    metrics = vqa_accuracy(model, rows, details=items)
+    if args.ci:
+        metrics["accuracy_ci95"] = bootstrap_ci([item["score"] for item in items if "score" in item])
+    if args.out:
+        write_items(args.out, items)
+    print(json.dumps({"model": args.model, "runtime": args.runtime, "questions": len(rows), **caveats, **metrics}))
     return 0
 
 
@@ -133,4 +142,5 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--model", default="easy-vqa", help="built-in name, fusion-encoder folder or ONNX export "
                                                        "(default: easy-vqa)")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
+    add_item_options(s)
     s.set_defaults(func=cmd_eval_vqa)

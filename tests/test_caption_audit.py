@@ -153,8 +153,11 @@ def test_evaluation_scores_each_readable_photo_against_its_own_references(tmp_pa
     assert out["bleu1"] == pytest.approx(1.0) and out["bleu4"] == pytest.approx(1.0) and out["cider"] > 1
     assert [(e["caption"], e["reference"]) for e in out["examples"]] == [
         (test_captioner.CAPTIONS[c],) * 2 for c in ("red", "blue", "red")]
-    limited = evaluate_captions(ByColour(), pairs, limit=2, progress=False)
+    limited, items = evaluate_captions(ByColour(), pairs, limit=2, progress=False, details=[]), []
     assert (limited["images"], limited["unreadable"]) == (1, 1)  # the first two photos: one reads
+    evaluate_captions(ByColour(), pairs, limit=2, progress=False, details=items)
+    assert items[0]["caption"] == test_captioner.CAPTIONS["red"] and items[0]["references"] == [items[0]["caption"]]
+    assert "error" in items[1] and "caption" not in items[1] and len(items) == 2
     with pytest.raises(PolymodalError, match="--limit must be at least 1"):
         evaluate_captions(ByColour(), pairs, limit=0, progress=False)
 

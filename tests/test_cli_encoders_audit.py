@@ -231,7 +231,7 @@ def test_eval_vqa_passes_runtime(capsys, spy_load, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     monkeypatch.setattr(ev, "read_qa", lambda path: [SimpleNamespace(image="a.png"), SimpleNamespace(image="b.png")])
-    monkeypatch.setattr(ev, "vqa_accuracy", lambda model, rows: {"accuracy": 1.0})
+    monkeypatch.setattr(ev, "vqa_accuracy", lambda model, rows, **kw: {"accuracy": 1.0})
     code, out, _ = run(capsys, "eval", "vqa", "--qa", "q.jsonl", "--model", "fake-vqa", "--runtime", "onnx")
     assert code == 0 and spy_load.calls[-1]["runtime"] == "onnx" and json.loads(out)["questions"] == 2
     assert json.loads(out)["runtime"] == "onnx" and json.loads(out)["skipped_rows"] == 0

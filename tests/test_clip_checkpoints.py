@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -375,3 +376,14 @@ def test_preprocessor_without_centre_crop(tmp_path):
     assert (transform.resize, transform.crop) == (32, 32)
     square = [Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8))]
     np.testing.assert_allclose(transform(square), proc(images=square, return_tensors="np")["pixel_values"], atol=1e-5)
+
+
+def test_a_text_cut_at_the_token_limit_is_warned_of_once(hf_folder, caplog):
+    model = load_clip(hf_folder)  # max_position_embeddings 16
+    with caplog.at_level(logging.WARNING):
+        model.encode_text(["a cat", "a photo"])
+    assert "limit" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        model.encode_text(["a cat " * 20, "a photo"])
+        model.encode_text(["a dog " * 20])
+    assert caplog.text.count("1 text reached the CLIP text tower's limit of 16 tokens") == 1

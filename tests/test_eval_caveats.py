@@ -171,3 +171,35 @@ def test_eval_json_counts_skipped_rows_and_seen_photos(gallery, tmp_path, capsys
     result = json.loads(capsys.readouterr().out)
     assert result["skipped_rows"] == 1 and result["seen_in_training"] is None and result["images"] == 3
     assert "top5 is 1.0 by construction with 3 classes" in caplog.text and "only 3 images" in caplog.text
+
+
+def test_repeated_rows_count_once_in_vqa_and_zeroshot(gallery, tmp_path) -> None:
+    from polymodal.eval.vqa import read_qa
+
+    qa = tmp_path / "qa.jsonl"
+    row = {"image": str(gallery / "cat.jpg"), "question": "is there a cat?", "answer": "yes"}
+    qa.write_text("".join(json.dumps(r) + "\n" for r in (row, row, {**row, "answer": "no"})))
+    with counting_skipped() as skipped:
+        assert [r.answer for r in read_qa(qa)] == ["yes", "no"]  # another answer is another row
+    assert skipped == [1]
+    with counting_skipped() as skipped:
+        images, labels = read_labelled_images(_labels_file(tmp_path, gallery, [("cat", "cat"), ("cat", "Cat "),
+                                                                              ("cat", "pet"), ("rocket", "rocket")]))
+    assert labels == ["cat", "pet", "rocket"] and skipped == [1]
+
+
+def test_rows_of_several_splits_are_named(gallery, tmp_path, caplog) -> None:
+    from polymodal.eval.vqa import read_qa
+
+    qa = tmp_path / "qa.jsonl"
+    row = {"image": str(gallery / "cat.jpg"), "question": "is there a cat?", "answer": "yes"}
+    qa.write_text("".join(json.dumps({**row, "question": f"q{n}?", "split": s}) + "\n"
+                          for n, s in enumerate(["train", "train", "dev"])))
+    with caplog.at_level(logging.WARNING):
+        assert len(read_qa(qa)) == 3
+    assert "2 split values (train 2, dev 1)" in caplog.text and "select(.split == \"dev\")" in caplog.text
+    caplog.clear()
+    qa.write_text("".join(json.dumps({**row, "question": f"q{n}?", "split": "dev"}) + "\n" for n in range(2)))
+    with caplog.at_level(logging.WARNING):
+        read_qa(qa)
+    assert "split" not in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -53,6 +54,7 @@ def _first_undecodable_line(path: Path) -> int | str:
 def iter_json_rows(path: Path, fix: str) -> Iterator[tuple[str, dict | None, str]]:
     """-> (where "file:line", row, "") per usable object, or (where, None, why) per unusable line. A file that
     starts as a JSON array but does not parse is an error whose message ends with ``fix``."""
+    splits: Counter = Counter()
     with utf8_text(path) as f:
         head = f.read(1)
         while head.isspace():
@@ -76,7 +78,20 @@ def iter_json_rows(path: Path, fix: str) -> Iterator[tuple[str, dict | None, str
             if not isinstance(item, dict):
                 yield where, None, "not a JSON object"
                 continue
+            if isinstance(item.get("split"), str):
+                splits[item["split"]] += 1
             yield where, item, ""
+    _warn_of_mixed_splits(path, splits)
+
+
+def _warn_of_mixed_splits(path: Path, splits: Counter) -> None:
+    """Rows marked with several splits ("train", "dev") are all read: nothing filters on the field, and scoring a
+    model on its training split alongside the rest is a slip worth one line."""
+    if len(splits) > 1:
+        counts = ", ".join(f"{name} {n:,}" for name, n in splits.most_common())
+        log.warning("%s: rows carry %d split values (%s) and all of them are read; to use one, filter the file, "
+                    "e.g. jq -c 'select(.split == \"%s\")' %s > %s.jsonl", path, len(splits), counts,
+                    splits.most_common()[-1][0], path.name, splits.most_common()[-1][0])
 
 
 _TALLIES: list[list[int]] = []  # open counting_skipped() blocks

@@ -23,6 +23,19 @@ def minilm_path() -> Path:
     return Path(get_model_path())
 
 
+def warn_once_if_cut(owner, attention_mask: torch.Tensor, max_length: int, tower: str) -> None:
+    """Texts longer than the tower's token limit are cut (as every CLIP-style library does); say so once per
+    model, since a long product description or caption then matches on its first part only."""
+    if getattr(owner, "_warned_cut", False) or attention_mask.shape[1] < max_length:
+        return
+    cut = int((attention_mask.sum(1) >= max_length).sum())
+    if cut:
+        owner._warned_cut = True
+        log.warning("%d text%s reached the %s's limit of %d tokens and %s cut there: later words do not count "
+                    "(shown once per model)", cut, "" if cut == 1 else "s", tower, max_length,
+                    "was" if cut == 1 else "were")
+
+
 class SentenceEncoder(nn.Module):
     """Texts -> mean-pooled token states [B, D] (not normalised; the model normalises).
 
@@ -73,10 +86,12 @@ class SentenceEncoder(nn.Module):
     def tokenize(self, texts: list[str]) -> dict:
         """Texts -> {"input_ids", "attention_mask"} int64 tensors [B, L], padded to the longest, truncated."""
         if self._fast is not None:
-            return {k: torch.from_numpy(v) for k, v in self._fast(list(texts)).items()}
-        return self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+            batch = {k: torch.from_numpy(v) for k, v in self._fast(list(texts)).items()}
+        else:
+            batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                   return_tensors="pt")
+        warn_once_if_cut(self, batch["attention_mask"], self.max_length, "text tower")
+        return batch
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token ids and mask ``[B, L]`` -> mean of the real tokens' states ``[B, D]`` (the exported text graph)."""

@@ -67,9 +67,11 @@ def _with_references(pairs):
 
 
 def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: int | None = None,
-                      examples: int = 5, batch_size: int = 16, progress: bool = True, **decoding) -> dict:
+                      examples: int = 5, batch_size: int = 16, progress: bool = True, details: list | None = None,
+                      **decoding) -> dict:
     """Caption each photo of a PairSet (every caption of a photo is a reference) and score the captions. Photos
-    that cannot be read are counted and left out; ``decoding`` (e.g. no_repeat) goes to model.caption."""
+    that cannot be read are counted and left out; ``decoding`` (e.g. no_repeat) goes to model.caption.
+    ``details``, a list, gets one dict per photo: its caption and every reference (or why it could not be read)."""
     from polymodal.data.images import draft_size_of
     from polymodal.data.pairs import open_pair_image  # reads files and images inside tar shards alike
     from polymodal.models.beam_search import NO_REPEAT, check_decoding
@@ -103,6 +105,10 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
         log.warning("CIDEr-D needs at least %d photos (its word weights come from the set): scored BLEU only",
                     MIN_CIDER_PHOTOS)
     refs = [refs_of(i) for i in kept]
+    if details is not None:
+        said = dict(zip(kept, zip(hyps, refs)))
+        details.extend({"image": str(image), **({"caption": said[i][0], "references": said[i][1]} if i in said else
+                                                {"error": results[i]})} for i, image in enumerate(images))
     return {"images": len(kept), "unreadable": unreadable, **caption_scores(refs, hyps),
             "examples": [{"image": str(images[i]), "caption": h, "reference": r[0]}
                          for i, h, r in list(zip(kept, hyps, refs))[:examples]]}

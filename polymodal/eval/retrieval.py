@@ -67,9 +67,11 @@ def _ranks(sim: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:
     return ranks
 
 
-def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image: np.ndarray) -> dict:
+def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image: np.ndarray,
+                      ranks: dict | None = None) -> dict:
     """Text->image and image->text R@1/5/10 and median rank. Rows are L2-normalised embeddings; ``caption_image``
-    [C] gives each text row's image row."""
+    [C] gives each text row's image row. ``ranks``, a dict, gets the 1-based ranks themselves: "t2i" [C] (each
+    caption's image) and "i2t" [I] (each image's best-ranked caption)."""
     caption_image = np.asarray(caption_image)
     if caption_image.shape != (len(text_emb),) or (len(caption_image) and (
             caption_image.dtype.kind not in "iu" or caption_image.min() < 0 or caption_image.max() >= len(image_emb))):
@@ -83,6 +85,8 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image
         raise PolymodalError(f"{len(bare)} of {len(image_emb)} images have no caption (first: image {bare[0]}); "
                              "image->text recall needs one per image: drop those images or caption them")
     i2t = _ranks(sim.T, owners)
+    if ranks is not None:
+        ranks.update(t2i=t2i, i2t=i2t)
     out = {}
     for name, ranks in (("t2i", t2i), ("i2t", i2t)):
         for k in (1, 5, 10):

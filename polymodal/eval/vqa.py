@@ -52,7 +52,7 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
     if isinstance(source, (list, tuple)):
         return [row for s in source for row in read_qa(s)]
     path = existing_file(Path(source).expanduser(), "QA file", f"pass {QA_FORMAT}")
-    rows, skipped, exists = [], [], {}
+    rows, skipped, exists, repeats = [], [], {}, {}
     for where, item, why in iter_json_rows(path, f"pass {QA_FORMAT}"):
         if item is None:
             skipped.append((where, why))
@@ -87,7 +87,12 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
         except PolymodalError as exc:
             skipped.append((where, str(exc)))
             continue
-        rows.append(QARow(image, question, answer, item.get("answer_type") or None, annotators, choices))
+        row = QARow(image, question, answer, item.get("answer_type") or None, annotators, choices)
+        if row in repeats:  # it would weigh twice in accuracy and in training, as a repeated caption would
+            skipped.append((where, f"repeats {repeats[row]} (the same photo, question and answer)"))
+            continue
+        repeats[row] = where
+        rows.append(row)
     report_skipped(path, skipped, len(rows), "question-answer rows", f"pass {QA_FORMAT}")
     return rows
 
@@ -155,6 +160,15 @@ def as_rows(rows: Iterable[Any]) -> list[QARow]:
     return out
 
 
+def row_score(predicted: str, row: QARow) -> float:
+    """One row's accuracy: VQA v2 soft accuracy when it has annotators' answers, else exact match (answers compared
+    as comparable_answer)."""
+    pred = comparable_answer(predicted)
+    if row.answers:
+        return soft_vqa_score(pred, [comparable_answer(a) for a in row.answers])
+    return float(pred == comparable_answer(row.answer))
+
+
 def accuracy_by_type(predicted: Sequence[str], rows: Sequence[QARow]) -> dict:
     """Accuracy (VQA v2 soft accuracy on rows with annotators' answers, else exact match; answers compared as
     comparable_answer) -> {"accuracy", "count", "soft_count", "per_type": {type: accuracy}, "per_type_count"}."""
@@ -163,10 +177,7 @@ def accuracy_by_type(predicted: Sequence[str], rows: Sequence[QARow]) -> dict:
     rows = as_rows(rows)  # dicts too, like vqa_accuracy
     hits: dict[str, list[float]] = {}
     for pred, row in zip(predicted, rows):
-        pred = comparable_answer(pred)
-        score = soft_vqa_score(pred, [comparable_answer(a) for a in row.answers]) if row.answers else \
-            float(pred == comparable_answer(row.answer))
-        hits.setdefault(row.type, []).append(score)
+        hits.setdefault(row.type, []).append(row_score(pred, row))
     total = sum(sum(h) for h in hits.values())
     return {
         "accuracy": total / max(1, len(rows)),
@@ -177,11 +188,13 @@ def accuracy_by_type(predicted: Sequence[str], rows: Sequence[QARow]) -> dict:
     }
 
 
-def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool = False) -> dict:
+def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool = False,
+                 details: list | None = None) -> dict:
     """Exact-match accuracy of a fusion encoder on QA rows, overall and per answer type ("yes/no" when the answer
     is yes or no, else "other"; a row's own answer_type wins); rows with choices are multiple choice, also reported
     apart. With ``cache``, the rows' image and question features go through the on-disk feature cache (image
-    paths only), so a second evaluation costs no tower pass."""
+    paths only), so a second evaluation costs no tower pass. ``details``, a list, gets one dict per row: its
+    image, question, answer, the predicted answer and the row's score (or why its image could not be read)."""
     from polymodal.models.fusion_encoder import FusionEncoder
     from polymodal.registry import require_vqa
 
@@ -204,6 +217,10 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     results = [("", 0.0) if r.choices in unscorable else next(answered) for r in rows]
     # a row whose image cannot be read is left out (as training does), with one warning; none readable is an error
     kept = readable_results(results, "row")
+    if details is not None:
+        details.extend({"image": str(r.image), "question": r.question, "answer": r.answer,
+                        **({"error": res} if isinstance(res, str) else
+                           {"predicted": res[0], "score": row_score(res[0], r)})} for r, res in zip(rows, results))
     out = {**accuracy_by_type([results[i][0] for i in kept], [rows[i] for i in kept]),
            "unreadable": len(rows) - len(kept)}
     mc = [i for i in kept if rows[i].choices]

@@ -21,7 +21,7 @@ def read_labelled_images(path: str | Path) -> tuple[list[Path], list[str]]:
     """Images (resolved against the file's folder) and their labels. Unusable rows (bad JSON, no image or label,
     missing image file) are counted and logged like eval retrieval's and eval vqa's; none left is an error."""
     path = existing_file(Path(path), "labels file", f"pass {LABELS_FORMAT}")
-    images, labels, skipped = [], [], []
+    images, labels, skipped, repeats = [], [], [], {}
     for where, row, why in iter_json_rows(path, f"pass {LABELS_FORMAT}"):
         if row is None:
             skipped.append((where, why))
@@ -34,8 +34,14 @@ def read_labelled_images(path: str | Path) -> tuple[list[Path], list[str]]:
         elif not (path.parent / str(row["image"])).is_file():
             skipped.append((where, missing_image(row["image"], path.parent)))
         else:
-            images.append((path.parent / str(row["image"])).resolve())
-            labels.append(" ".join(row["label"].split()))  # "horse " and "horse" are one class
+            image, label = (path.parent / str(row["image"])).resolve(), " ".join(row["label"].split())
+            key = (image, label.casefold())  # "horse " and "horse" are one class
+            if key in repeats:  # a repeated row would count twice in the accuracy
+                skipped.append((where, f"repeats {repeats[key]} (the same image and label)"))
+                continue
+            repeats[key] = where
+            images.append(image)
+            labels.append(label)
     report_skipped(path, skipped, len(images), "rows", f"pass {LABELS_FORMAT}")
     labels = _one_spelling(labels, path)
     _classes(labels)  # one class: refused before a model loads or a training run starts
@@ -70,7 +76,9 @@ def _classes(labels: list[str]) -> list[str]:
 
 
 def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, image_emb: np.ndarray | None = None,
-                      progress: bool = False) -> dict:
+                      progress: bool = False, details: list | None = None) -> dict:
+    """Top-1/top-5 of each image's label among all the labels' prompt embeddings. ``details``, a list, gets one
+    dict per scored image: its label, the predicted class and the label's rank (1 = top)."""
     require_embedding(model)
     classes = _classes(labels)
     class_emb = model.label_embeddings(classes, templates)
@@ -78,11 +86,14 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
         from polymodal.eval.retrieval import encode_readable
 
         emb, rows = encode_readable(model, images, progress=progress)
-        labels = [labels[i] for i in rows]
+        images, labels = [images[i] for i in rows], [labels[i] for i in rows]
     else:
         emb = image_emb
     order = np.argsort(-(emb @ class_emb.T), axis=1)
     truth = np.array([classes.index(label) for label in labels])
     rank = (order == truth[:, None]).argmax(axis=1)
+    if details is not None:
+        details.extend({"image": str(image), "label": label, "predicted": classes[int(top)], "rank": int(r) + 1}
+                       for image, label, top, r in zip(images, labels, order[:, 0], rank))
     return {"top1": round(float((rank < 1).mean()), 4), "top5": round(float((rank < 5).mean()), 4),
             "images": len(labels), "classes": len(classes)}

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from polymodal.data.images import ImageTransform
+from polymodal.encoders.text import warn_once_if_cut
 from polymodal.errors import PolymodalError
 from polymodal.models.base import EmbeddingModel
 from polymodal.models.openai_convert import is_openai_layout, openai_to_hf
@@ -60,6 +61,7 @@ class ClipModel(EmbeddingModel):
     def _text_batch(self, texts: list[str]) -> torch.Tensor:
         # truncation keeps <|endoftext|> (the post-processor adds it after truncating), which pooling needs
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        warn_once_if_cut(self, enc["attention_mask"], self.max_length, "CLIP text tower")
         return self.text_from_tokens(enc["input_ids"], enc["attention_mask"])
 
     # what polymodal.export turns into the text graph

@@ -1,0 +1,33 @@
+"""`eval ... --out FILE.jsonl --ci`: every item's result as a JSONL file (to inspect mistakes, or to compare two
+models item by item) and 95% bootstrap intervals beside the headline figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from polymodal.cache import atomic_write_bytes
+from polymodal.errors import PolymodalError
+
+
+def add_item_options(parser, ci: bool = True) -> None:
+    parser.add_argument("--out", metavar="FILE.jsonl", help="also write one JSON line per evaluated item")
+    if ci:
+        parser.add_argument("--ci", action="store_true",
+                            help="add 95%% bootstrap intervals (1,000 resamples, seed 0) as NAME_ci95: [low, high]")
+
+
+def check_out(path: str | None) -> None:
+    """Before any work: a folder, or a file in a folder that is not there, is one error, not a lost evaluation."""
+    if path is None:
+        return
+    out = Path(path)
+    if out.is_dir():
+        raise PolymodalError(f"--out {out} is a folder; pass a file name, e.g. --out {out / 'items.jsonl'}")
+    if not out.resolve().parent.is_dir():
+        raise PolymodalError(f"--out {out}: the folder {out.resolve().parent} does not exist; create it first")
+
+
+def write_items(path: str | Path, items: list[dict]) -> None:
+    """Written whole, then renamed: an interrupted evaluation leaves no half file."""
+    atomic_write_bytes(Path(path), "".join(json.dumps(item) + "\n" for item in items).encode())
