@@ -101,7 +101,7 @@ def cmd_eval_captions(args) -> int:
         write_items(args.out, items)
     images = pairs.images[:args.limit] if args.limit else pairs.images
     caveats = data_caveats(args.model, images, skipped[0])
-    warn_of_few(len(images), "photos", "CIDEr-D (its word weights come from these photos' captions)")
+    warn_of_few(result["images"], "photos", "CIDEr-D (its word weights come from these photos' captions)")
     print(json.dumps({"model": args.model, "runtime": args.runtime, **caveats, **result}))  # as eval retrieval says it
     return 0
 

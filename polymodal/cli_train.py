@@ -228,9 +228,10 @@ def cmd_eval_retrieval(args) -> int:
     if args.ci:  # t2i over the captions, i2t over the images
         metrics |= {f"{side}_R@{k}_ci95": bootstrap_ci(ranks[side] <= k) for side in ("t2i", "i2t") for k in (1, 5, 10)}
     if args.out:
-        write_items(args.out, [{"query": "text", "caption": c, "image": str(pairs.images[i]), "rank": int(r)}
+        names = pairs.image_names()  # "<shard>#<member>" for a shard's photo, not its bytes
+        write_items(args.out, [{"query": "text", "caption": c, "image": names[i], "rank": int(r)}
                                for c, i, r in zip(pairs.captions, pairs.caption_image, ranks["t2i"])]
-                    + [{"query": "image", "image": str(im), "rank": int(r)} for im, r in zip(pairs.images, ranks["i2t"])])
+                    + [{"query": "image", "image": name, "rank": int(r)} for name, r in zip(names, ranks["i2t"])])
     if args.word_order:
         from polymodal.eval.word_order import word_order_accuracy
 

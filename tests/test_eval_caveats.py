@@ -143,14 +143,19 @@ def test_a_tie_in_spellings_keeps_the_first(gallery, tmp_path) -> None:
     assert labels == ["Dog", "Dog", "cup"]
 
 
-def test_certain_recall_is_named(caplog) -> None:
+@pytest.mark.parametrize("images, captions, said", [
+    (5, 25, "t2i_R@5, t2i_R@10 are 1.0 by construction"),
+    (30, 5, "i2t_R@5, i2t_R@10 are 1.0 by construction"),
+    (10, 50, "t2i_R@10 is 1.0 by construction with 10 images and 50 captions"),
+    (11, 55, None)])
+def test_certain_recall_is_named(caplog, images, captions, said) -> None:
     with caplog.at_level(logging.WARNING):
-        warn_of_certain_recall(images=5, captions=25)
-    assert "t2i_R@5, t2i_R@10 are 1.0 by construction" in caplog.text and "i2t" not in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        warn_of_certain_recall(images=11, captions=55)
-    assert caplog.text == ""
+        warn_of_certain_recall(images=images, captions=captions)
+    if said is None:
+        assert caplog.text == ""
+    else:
+        other = "i2t" if said.startswith("t2i") else "t2i"
+        assert said in caplog.text and other not in caplog.text
 
 
 def test_encode_captions_in_chunks_equals_one_pass(lite) -> None:
@@ -203,3 +208,14 @@ def test_rows_of_several_splits_are_named(gallery, tmp_path, caplog) -> None:
     with caplog.at_level(logging.WARNING):
         read_qa(qa)
     assert "split" not in caplog.text
+
+
+def test_the_split_filter_suggested_for_a_json_array_reads_the_array(gallery, tmp_path, caplog) -> None:
+    from polymodal.eval.vqa import read_qa
+
+    qa = tmp_path / "qa.json"
+    qa.write_text(json.dumps([{"image": str(gallery / "cat.jpg"), "question": f"q{n}?", "answer": "yes", "split": s}
+                              for n, s in enumerate(["train", "dev", "dev"])]))
+    with caplog.at_level(logging.WARNING):
+        read_qa(qa)
+    assert "jq -c '.[] | select(.split == \"train\")'" in caplog.text and str(tmp_path / "train.jsonl") in caplog.text

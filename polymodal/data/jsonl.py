@@ -81,17 +81,19 @@ def iter_json_rows(path: Path, fix: str) -> Iterator[tuple[str, dict | None, str
             if isinstance(item.get("split"), str):
                 splits[item["split"]] += 1
             yield where, item, ""
-    _warn_of_mixed_splits(path, splits)
+    _warn_of_mixed_splits(path, splits, head == "[")
 
 
-def _warn_of_mixed_splits(path: Path, splits: Counter) -> None:
+def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool) -> None:
     """Rows marked with several splits ("train", "dev") are all read: nothing filters on the field, and scoring a
     model on its training split alongside the rest is a slip worth one line."""
     if len(splits) > 1:
         counts = ", ".join(f"{name} {n:,}" for name, n in splits.most_common())
+        one = splits.most_common()[-1][0]
+        # written beside the file: its image paths are relative to that folder
+        select = f"{'.[] | ' if array else ''}select(.split == \"{one}\")"
         log.warning("%s: rows carry %d split values (%s) and all of them are read; to use one, filter the file, "
-                    "e.g. jq -c 'select(.split == \"%s\")' %s > %s.jsonl", path, len(splits), counts,
-                    splits.most_common()[-1][0], path.name, splits.most_common()[-1][0])
+                    "e.g. jq -c '%s' %s > %s", path, len(splits), counts, select, path, path.with_name(f"{one}.jsonl"))
 
 
 _TALLIES: list[list[int]] = []  # open counting_skipped() blocks

@@ -87,6 +87,7 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
         raise PolymodalError(f"examples must be a whole number of at least 0, got {examples!r}")
     pairs, refs_of = _with_references(pairs)
     images = list(pairs.images[:limit] if limit else pairs.images)
+    names = pairs.image_names() if hasattr(pairs, "image_names") else [str(image) for image in pairs.images]
     size = draft_size_of(model)  # camera photos decode as `polymodal caption` reads them
     bar = progress_bar(total=len(images), desc="captioning", unit="img", disable=not progress)
 
@@ -107,8 +108,8 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
     refs = [refs_of(i) for i in kept]
     if details is not None:
         said = dict(zip(kept, zip(hyps, refs)))
-        details.extend({"image": str(image), **({"caption": said[i][0], "references": said[i][1]} if i in said else
-                                                {"error": results[i]})} for i, image in enumerate(images))
+        details.extend({"image": names[i], **({"caption": said[i][0], "references": said[i][1]} if i in said else
+                                                {"error": results[i]})} for i in range(len(images)))
     return {"images": len(kept), "unreadable": unreadable, **caption_scores(refs, hyps),
-            "examples": [{"image": str(images[i]), "caption": h, "reference": r[0]}
+            "examples": [{"image": names[i], "caption": h, "reference": r[0]}
                          for i, h, r in list(zip(kept, hyps, refs))[:examples]]}

@@ -19,6 +19,10 @@ class Pairs:
     images: list[Path]  # unique images
     captions: list[str]
     caption_image: np.ndarray  # [C] index into images for each caption
+    names: list[str] | None = None  # how to name each image in output: a shard's image is bytes, named "<shard>#<member>"
+
+    def image_names(self) -> list[str]:
+        return list(self.names) if self.names is not None else [str(image) for image in self.images]
 
 
 def read_pairs(path: str | Path | Sequence[str | Path]) -> Pairs:
@@ -36,7 +40,7 @@ def read_pairs(path: str | Path | Sequence[str | Path]) -> Pairs:
                             list(pairset.images), batch_size=1)
     rows = readable_results(results, "image", pairset.source)
     pairs = Pairs([r if isinstance(r, (bytes, Path)) else None for r in results], pairset.captions,
-                  pairset.caption_image)
+                  pairset.caption_image, [str(image) for image in pairset.images])
     return pairs if len(rows) == len(results) else pairs_of_images(pairs, np.asarray(rows, dtype=np.int64))
 
 
@@ -134,5 +138,6 @@ def pairs_of_images(pairs: Pairs, rows: np.ndarray) -> Pairs:
     new_index = np.full(len(pairs.images), -1, dtype=np.int64)
     new_index[rows] = np.arange(len(rows))
     keep = new_index[np.asarray(pairs.caption_image)] >= 0
+    names = pairs.image_names()
     return Pairs([pairs.images[i] for i in rows], [c for c, k in zip(pairs.captions, keep) if k],
-                 new_index[np.asarray(pairs.caption_image)[keep]])
+                 new_index[np.asarray(pairs.caption_image)[keep]], [names[i] for i in rows])
