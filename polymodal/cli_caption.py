@@ -88,15 +88,17 @@ def cmd_eval_captions(args) -> int:
     from polymodal.data.pairs import read_pair_sources
     from polymodal.eval.captions import evaluate_captions
     from polymodal.eval.caveats import data_caveats, warn_of_few
-    from polymodal.eval.per_item import check_out, write_items
+    from polymodal.eval.per_item import check_out, check_strict, write_items
 
     decoding = _check_decoding(args)
     check_out(args.out)
     with counting_skipped() as skipped:
         pairs = read_pair_sources(args.pairs)
+    check_strict(args, skipped[0])
     model = load_captioner_model(args.model, args.runtime)
     items: list = []
     result = evaluate_captions(model, pairs, limit=args.limit, examples=args.examples, details=items, **decoding)
+    check_strict(args, 0, result["unreadable"])
     if args.out:
         write_items(args.out, items)
     images = pairs.images[:args.limit] if args.limit else pairs.images

@@ -207,17 +207,19 @@ def cmd_eval_retrieval(args) -> int:
     from polymodal.data.jsonl import counting_skipped
     from polymodal.eval.bootstrap import bootstrap_ci
     from polymodal.eval.caveats import data_caveats, warn_of_certain_recall, warn_of_few
-    from polymodal.eval.per_item import check_out, write_items
+    from polymodal.eval.per_item import check_out, check_strict, write_items
     from polymodal.eval.retrieval import encode_captions, encode_readable, pairs_of_images, read_pairs, retrieval_metrics
     from polymodal.registry import require_embedding
 
     check_out(args.out)
     with counting_skipped() as skipped:
         pairs = read_pairs(args.pairs)
+    check_strict(args, skipped[0])
     model = require_embedding(load_model(args, args.model), args.model)
     # a corrupt photo is left out, not fatal; the bar goes to stderr, the JSON line to stdout
     image_emb, rows = encode_readable(model, pairs.images, ", ".join(args.pairs), progress=True)
     unreadable = len(pairs.images) - len(rows)  # counted in the JSON line, as eval captions and eval vqa do
+    check_strict(args, 0, unreadable)
     pairs = pairs_of_images(pairs, rows)
     caveats = data_caveats(args.model, pairs.images, skipped[0])
     warn_of_few(len(pairs.images), "photos", "recall")
@@ -252,17 +254,23 @@ def cmd_eval_zeroshot(args) -> int:
     from polymodal.data.jsonl import counting_skipped
     from polymodal.eval.bootstrap import bootstrap_ci
     from polymodal.eval.caveats import data_caveats, warn_of_few
-    from polymodal.eval.per_item import check_out, write_items
-    from polymodal.eval.zeroshot import TEMPLATES, read_labelled_images, zeroshot_accuracy
+    from polymodal.eval.per_item import check_out, check_strict, write_items
+    from polymodal.eval.zeroshot import TEMPLATES, keep_candidates, read_classes, read_labelled_images, zeroshot_accuracy
 
     check_out(args.out)
-    with counting_skipped() as skipped:
-        images, labels = read_labelled_images(args.labels_file)
+    classes = read_classes(args.classes) if args.classes else None
+    with counting_skipped() as skipped:  # with candidates given, photos of one class are fine
+        images, labels = read_labelled_images(args.labels_file, one_class=classes is not None)
+    if classes:
+        images, labels, outside = keep_candidates(images, labels, classes, args.labels_file)
+        skipped[0] += outside
+    check_strict(args, skipped[0])
     model = load_model(args, args.model)
     templates = args.template or TEMPLATES
     caveats = data_caveats(args.model, set(images), skipped[0])
     items: list = []
-    metrics = zeroshot_accuracy(model, images, labels, templates, progress=True, details=items)
+    metrics = zeroshot_accuracy(model, images, labels, templates, progress=True, details=items, classes=classes)
+    check_strict(args, 0, len(labels) - metrics["images"])
     if args.ci:
         ranks = np.array([item["rank"] for item in items])
         metrics |= {"top1_ci95": bootstrap_ci(ranks <= 1), "top5_ci95": bootstrap_ci(ranks <= 5)}
@@ -311,6 +319,8 @@ def add_parsers(sub) -> dict:
     s.add_argument("--labels-file", required=True)
     s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
     s.add_argument("--template", action="append", help="prompt template with {}; repeat for an ensemble")
+    s.add_argument("--classes", metavar="FILE", help="the candidate classes, one per line (or a JSON list), e.g. all "
+                   "of a dataset's; default: the labels the file holds")
     add_runtime(s)
     add_item_options(s)
     s.set_defaults(func=cmd_eval_zeroshot)

@@ -87,18 +87,20 @@ def cmd_eval_vqa(args) -> int:
     from polymodal.data.jsonl import counting_skipped
     from polymodal.eval.bootstrap import bootstrap_ci
     from polymodal.eval.caveats import data_caveats, warn_of_few
-    from polymodal.eval.per_item import check_out, write_items
+    from polymodal.eval.per_item import check_out, check_strict, write_items
     from polymodal.eval.vqa import read_qa, vqa_accuracy
 
     check_out(args.out)
     with counting_skipped() as skipped:
         rows = read_qa(args.qa)
+    check_strict(args, skipped[0])
     model = _load_vqa_model(args.model, args.runtime)
     images = {str(r.image) for r in rows}
     caveats = data_caveats(args.model, sorted(images), skipped[0])
     warn_of_few(len(images), "photos", "accuracy")
     items: list = []
     metrics = vqa_accuracy(model, rows, details=items)
+    check_strict(args, 0, metrics.get("unreadable", 0))
     if args.ci:
         metrics["accuracy_ci95"] = bootstrap_ci([item["score"] for item in items if "score" in item])
     if args.out:

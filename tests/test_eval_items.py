@@ -72,3 +72,17 @@ def test_eval_zeroshot_writes_items_and_intervals(gallery, tmp_path, capsys, lit
     assert result["top1"] == pytest.approx(np.mean([i["rank"] == 1 for i in items]), abs=1e-4)
     low, high = result["top1_ci95"]
     assert low <= result["top1"] <= high and result["top5_ci95"][1] <= 1.0
+
+
+def test_strict_refuses_figures_on_part_of_the_data() -> None:
+    from types import SimpleNamespace
+
+    from polymodal.eval.per_item import check_strict
+
+    strict, lax = SimpleNamespace(strict=True), SimpleNamespace(strict=False)
+    check_strict(strict, 0, 0)
+    check_strict(lax, 3, 2)
+    with pytest.raises(PolymodalError, match="--strict: 3 skipped rows and 1 unreadable image"):
+        check_strict(strict, 3, 1)
+    with pytest.raises(PolymodalError, match="--strict: 2 unreadable images \\("):
+        check_strict(strict, 0, 2)

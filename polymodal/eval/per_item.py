@@ -1,5 +1,6 @@
-"""`eval ... --out FILE.jsonl --ci`: every item's result as a JSONL file (to inspect mistakes, or to compare two
-models item by item) and 95% bootstrap intervals beside the headline figures."""
+"""`eval ... --out FILE.jsonl --ci --strict`: every item's result as a JSONL file (to inspect mistakes, or to compare
+two models item by item), 95% bootstrap intervals beside the headline figures, and a failed run instead of figures
+computed on part of the data."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from polymodal.errors import PolymodalError
 
 def add_item_options(parser, ci: bool = True) -> None:
     parser.add_argument("--out", metavar="FILE.jsonl", help="also write one JSON line per evaluated item")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail (exit 2, no figures) when any row is skipped or any image cannot be read")
     if ci:
         parser.add_argument("--ci", action="store_true",
                             help="add 95%% bootstrap intervals (1,000 resamples, seed 0) as NAME_ci95: [low, high]")
@@ -31,3 +34,12 @@ def check_out(path: str | None) -> None:
 def write_items(path: str | Path, items: list[dict]) -> None:
     """Written whole, then renamed: an interrupted evaluation leaves no half file."""
     atomic_write_bytes(Path(path), "".join(json.dumps(item) + "\n" for item in items).encode())
+
+
+def check_strict(args, skipped: int, unreadable: int = 0) -> None:
+    """--strict: figures on part of the data are refused; the warnings above name the rows."""
+    if getattr(args, "strict", False) and (skipped or unreadable):
+        what = [f"{n:,} {noun}{'' if n == 1 else 's'}" for n, noun in ((skipped, "skipped row"),
+                                                                        (unreadable, "unreadable image")) if n]
+        raise PolymodalError(f"--strict: {' and '.join(what)} (see the warnings above; -v lists each); fix the data "
+                             "or drop --strict to evaluate the rest")

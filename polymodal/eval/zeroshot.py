@@ -17,7 +17,7 @@ LABELS_FORMAT = 'a JSONL of {"image": path relative to the file, "label": ...} r
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a close-up photo of a {}.", "a photo of the {}.")
 
 
-def read_labelled_images(path: str | Path) -> tuple[list[Path], list[str]]:
+def read_labelled_images(path: str | Path, one_class: bool = False) -> tuple[list[Path], list[str]]:
     """Images (resolved against the file's folder) and their labels. Unusable rows (bad JSON, no image or label,
     missing image file) are counted and logged like eval retrieval's and eval vqa's; none left is an error."""
     path = existing_file(Path(path), "labels file", f"pass {LABELS_FORMAT}")
@@ -44,7 +44,8 @@ def read_labelled_images(path: str | Path) -> tuple[list[Path], list[str]]:
             labels.append(label)
     report_skipped(path, skipped, len(images), "rows", f"pass {LABELS_FORMAT}")
     labels = _one_spelling(labels, path)
-    _classes(labels)  # one class: refused before a model loads or a training run starts
+    if not one_class:  # one class (and no candidate list): refused before a model loads or a training run starts
+        _classes(labels)
     return images, labels
 
 
@@ -75,12 +76,65 @@ def _classes(labels: list[str]) -> list[str]:
     return classes
 
 
+def read_classes(path: str | Path) -> list[str]:
+    """The candidate classes of `eval zeroshot --classes`: a text file with one class per line (blank lines and
+    lines starting with # ignored) or a JSON list of names; trimmed, and a name repeated (in any case) kept once."""
+    path = existing_file(Path(path), "classes file", "pass a text file with one class name per line")
+    from polymodal.data.jsonl import utf8_text
+
+    with utf8_text(path) as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        import json
+
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PolymodalError(f"{path} is not valid JSON ({exc}); pass a JSON list of class names") from exc
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise PolymodalError(f"{path}: a JSON classes file must be a list of names (text)")
+    else:
+        names = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    first: dict[str, str] = {}
+    for name in (" ".join(n.split()) for n in names):
+        if name:
+            first.setdefault(name.casefold(), name)  # the first spelling of each, in the file's order
+    classes = list(first.values())
+    if len(classes) < 2:
+        raise PolymodalError(f"{path} names {len(classes)} class; zero-shot ranks each image's label among at least two")
+    return classes
+
+
+def keep_candidates(images: list, labels: list[str], classes: list[str], source) -> tuple[list, list[str], int]:
+    """The rows whose label is one of ``classes`` (in any case), relabelled with the classes' spelling, and how
+    many were left out (with a warning naming the first): a label no candidate names could never be ranked."""
+    spelling = {c.casefold(): c for c in classes}
+    kept = [(image, spelling[label.casefold()]) for image, label in zip(images, labels) if label.casefold() in spelling]
+    outside = sorted({label for label in labels if label.casefold() not in spelling})
+    if outside:
+        left = len(labels) - len(kept)
+        log.warning("%s: skipped %d row%s whose label is not in --classes (first: %r)", source, left,
+                    "" if left == 1 else "s", outside[0])
+    if not kept:
+        raise PolymodalError(f"no label of {source} is one of the --classes names; check the classes file")
+    return [k[0] for k in kept], [k[1] for k in kept], len(labels) - len(kept)
+
+
 def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, image_emb: np.ndarray | None = None,
-                      progress: bool = False, details: list | None = None) -> dict:
-    """Top-1/top-5 of each image's label among all the labels' prompt embeddings. ``details``, a list, gets one
-    dict per scored image: its label, the predicted class and the label's rank (1 = top)."""
+                      progress: bool = False, details: list | None = None, classes: list[str] | None = None) -> dict:
+    """Top-1/top-5 of each image's label among the candidate classes' prompt embeddings: ``classes`` (say, all of
+    a dataset's), or else the distinct labels, so that figures on two samples of a dataset compare only when they
+    share the classes. ``balanced_top1`` is the mean over the labels present of each one's top-1. ``details``, a
+    list, gets one dict per scored image: its label, the predicted class and the label's rank (1 = top)."""
     require_embedding(model)
-    classes = _classes(labels)
+    if classes is None:
+        classes = _classes(labels)
+    else:
+        classes = list(classes)
+        outside = sorted(set(labels) - set(classes))
+        if outside:
+            raise PolymodalError(f"{len(outside)} label(s) are not among the classes (first: {outside[0]!r}); "
+                                 "add them to the classes or leave those images out")
     class_emb = model.label_embeddings(classes, templates)
     if image_emb is None:  # an unreadable image is left out with a warning, not the end of the evaluation
         from polymodal.eval.retrieval import encode_readable
@@ -95,5 +149,6 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     if details is not None:
         details.extend({"image": str(image), "label": label, "predicted": classes[int(top)], "rank": int(r) + 1}
                        for image, label, top, r in zip(images, labels, order[:, 0], rank))
+    per_label = [float((rank[truth == c] < 1).mean()) for c in np.unique(truth)]
     return {"top1": round(float((rank < 1).mean()), 4), "top5": round(float((rank < 5).mean()), 4),
-            "images": len(labels), "classes": len(classes)}
+            "balanced_top1": round(float(np.mean(per_label)), 4), "images": len(labels), "classes": len(classes)}
