@@ -104,7 +104,8 @@ def cmd_eval_captions(args) -> int:
     images = pairs.images[:args.limit] if args.limit else pairs.images
     caveats = data_caveats(args.model, images, skipped[0])
     warn_of_few(result["images"], "photos", "CIDEr-D (its word weights come from these photos' captions)")
-    print(json.dumps({"model": args.model, "runtime": args.runtime, **caveats, **result}))  # as eval retrieval says it
+    how = {"variants": model.variants} if hasattr(model, "variants") else {}  # which ONNX graphs wrote them
+    print(json.dumps({"model": args.model, "runtime": args.runtime, **how, **caveats, **result}))
     return 0
 
 

@@ -105,7 +105,9 @@ def cmd_eval_vqa(args) -> int:
         metrics["accuracy_ci95"] = bootstrap_ci([item["score"] for item in items if "score" in item])
     if args.out:
         write_items(args.out, items)
-    print(json.dumps({"model": args.model, "runtime": args.runtime, "questions": len(rows), **caveats, **metrics}))
+    how = {"variants": model.variants} if hasattr(model, "variants") else {}  # which ONNX graphs answered
+    print(json.dumps({"model": args.model, "runtime": args.runtime, **how, "questions": len(rows), **caveats,
+                      **metrics}))
     return 0
 
 

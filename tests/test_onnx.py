@@ -301,7 +301,12 @@ def test_vqa_model_exports_with_parity_and_answers_without_torch(easy_vqa_rows, 
     assert got["torch"] is False and got["answer"] == rows[0]["answer"]
     assert got["choice"] in ("yes", "no") and got["chosen"] == [got["choice"]] * 2 and got["same_score"]
     assert cli.main(["eval", "vqa", "--model", str(out), "--runtime", "onnx", "--qa", str(qa)]) == 0
-    assert json.loads(capsys.readouterr().out)["accuracy"] == report["accuracy_onnx"]["accuracy"]  # same 20 rows
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == report["accuracy_onnx"]["accuracy"]  # same 20 rows
+    from polymodal.export.runtime import graph_files, graph_variants, read_export_config
+
+    assert result["variants"] == graph_variants(graph_files(read_export_config(out)))  # which graphs answered
+    assert set(result["variants"]) == {"grid", "question", "head"}
 
 
 def test_export_asks_vqa_models_for_questions(tmp_path, capsys):

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from polymodal.data.images import ImageTransform
-from polymodal.export.runtime import export_tokenizer, graph_files, onnx_session, read_export_config
+from polymodal.export.runtime import export_tokenizer, graph_files, graph_variants, onnx_session, read_export_config
 from polymodal.models.beam_search import CLS, NO_REPEAT, beam_search, caption_batches
 from polymodal.models.inputs import as_images
 
@@ -33,7 +33,7 @@ class OnnxCaptioner:
     @property
     def variants(self) -> dict[str, str]:
         """The variant each graph runs, e.g. {"prefix": "fp32", "step": "int8_dynamic"}: int8 writes other captions."""
-        return {graph: file.split(".")[1] if file.count(".") == 2 else "fp32" for graph, file in self.files.items()}
+        return graph_variants(self.files)
 
     def _prefix(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         return self.prefix.run(None, {"pixels": self.transform(list(images))})

@@ -12,7 +12,7 @@ from polymodal.data.answers import check_row_choices, choice_index, unique_choic
 from polymodal.data.images import ImageTransform
 from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
-from polymodal.export.runtime import export_tokenizer, graph_files, onnx_session, read_export_config
+from polymodal.export.runtime import export_tokenizer, graph_files, graph_variants, onnx_session, read_export_config
 from polymodal.models.inputs import check_count, one_question, vqa_rows
 
 
@@ -40,6 +40,11 @@ class OnnxFusionEncoder:
     @property
     def key(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def variants(self) -> dict[str, str]:
+        """The variant each graph runs, e.g. {"grid": "int8_dynamic", "question": "fp32", "head": "fp32"}."""
+        return graph_variants(self.files)
 
     def logits(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """``[R, A]`` answer logits, one row per (image, question)."""

@@ -50,6 +50,12 @@ def graph_files(config: dict) -> dict[str, str]:
     return {tower: config[tower]["file"] for tower in ("image", "text")}
 
 
+def graph_variants(files: dict[str, str]) -> dict[str, str]:
+    """The variant each graph file runs, e.g. {"prefix": "fp32", "step": "int8_dynamic"} (GRAPH.VARIANT.onnx, or
+    GRAPH.onnx for fp32): an evaluation names them, as int8 answers and captions differ from fp32 ones."""
+    return {graph: file.split(".")[1] if file.count(".") == 2 else "fp32" for graph, file in files.items()}
+
+
 def drop_unserved(folder: Path, config: dict) -> list[str]:
     """Delete the graphs an export tried but its runtime does not load (the fp32 graph a faster int8 variant
     replaced, a kept but slower variant): a deployment copies only what it runs. Only the names an export writes
