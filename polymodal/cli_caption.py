@@ -91,7 +91,7 @@ def cmd_eval_captions(args) -> int:
     from polymodal.eval.per_item import check_out, check_strict, write_items
 
     decoding = _check_decoding(args)
-    check_out(args.out)
+    check_out(args.out, args.pairs)
     with counting_skipped() as skipped:
         pairs = read_pair_sources(args.pairs)
     check_strict(args, skipped[0])

@@ -211,7 +211,7 @@ def cmd_eval_retrieval(args) -> int:
     from polymodal.eval.retrieval import encode_captions, encode_readable, pairs_of_images, read_pairs, retrieval_metrics
     from polymodal.registry import require_embedding
 
-    check_out(args.out)
+    check_out(args.out, args.pairs)
     with counting_skipped() as skipped:
         pairs = read_pairs(args.pairs)
     check_strict(args, skipped[0])
@@ -227,8 +227,10 @@ def cmd_eval_retrieval(args) -> int:
     ranks: dict = {}
     metrics = retrieval_metrics(image_emb, encode_captions(model, pairs.captions, progress=True), pairs.caption_image,
                                 ranks)
-    if args.ci:  # t2i over the captions, i2t over the images
-        metrics |= {f"{side}_R@{k}_ci95": bootstrap_ci(ranks[side] <= k) for side in ("t2i", "i2t") for k in (1, 5, 10)}
+    if args.ci:  # photos resampled: t2i takes each photo's captions together
+        groups = {"t2i": pairs.caption_image, "i2t": None}
+        metrics |= {f"{side}_R@{k}_ci95": bootstrap_ci(ranks[side] <= k, groups[side])
+                    for side in ("t2i", "i2t") for k in (1, 5, 10)}
     if args.out:
         names = pairs.image_names()  # "<shard>#<member>" for a shard's photo, not its bytes
         write_items(args.out, [{"query": "text", "caption": c, "image": names[i], "rank": int(r)}
@@ -257,7 +259,7 @@ def cmd_eval_zeroshot(args) -> int:
     from polymodal.eval.per_item import check_out, check_strict, write_items
     from polymodal.eval.zeroshot import TEMPLATES, keep_candidates, read_classes, read_labelled_images, zeroshot_accuracy
 
-    check_out(args.out)
+    check_out(args.out, [args.labels_file] + ([args.classes] if args.classes else []))
     classes = read_classes(args.classes) if args.classes else None
     with counting_skipped() as skipped:  # with candidates given, photos of one class are fine
         images, labels = read_labelled_images(args.labels_file, one_class=classes is not None)
@@ -272,8 +274,8 @@ def cmd_eval_zeroshot(args) -> int:
     metrics = zeroshot_accuracy(model, images, labels, templates, progress=True, details=items, classes=classes)
     check_strict(args, 0, len(labels) - metrics["images"])
     if args.ci:
-        ranks = np.array([item["rank"] for item in items])
-        metrics |= {"top1_ci95": bootstrap_ci(ranks <= 1), "top5_ci95": bootstrap_ci(ranks <= 5)}
+        ranks, photos = np.array([item["rank"] for item in items]), [item["image"] for item in items]
+        metrics |= {"top1_ci95": bootstrap_ci(ranks <= 1, photos), "top5_ci95": bootstrap_ci(ranks <= 5, photos)}
     if args.out:
         write_items(args.out, items)
     warn_of_few(metrics["images"], "images", "accuracy")

@@ -90,7 +90,7 @@ def cmd_eval_vqa(args) -> int:
     from polymodal.eval.per_item import check_out, check_strict, write_items
     from polymodal.eval.vqa import read_qa, vqa_accuracy
 
-    check_out(args.out)
+    check_out(args.out, args.qa)
     with counting_skipped() as skipped:
         rows = read_qa(args.qa)
     check_strict(args, skipped[0])
@@ -102,7 +102,8 @@ def cmd_eval_vqa(args) -> int:
     metrics = vqa_accuracy(model, rows, details=items)
     check_strict(args, 0, metrics.get("unreadable", 0))
     if args.ci:
-        metrics["accuracy_ci95"] = bootstrap_ci([item["score"] for item in items if "score" in item])
+        scored = [item for item in items if "score" in item]  # a photo's questions resampled together
+        metrics["accuracy_ci95"] = bootstrap_ci([i["score"] for i in scored], [i["image"] for i in scored])
     if args.out:
         write_items(args.out, items)
     how = {"variants": model.variants} if hasattr(model, "variants") else {}  # which ONNX graphs answered

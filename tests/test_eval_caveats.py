@@ -218,4 +218,5 @@ def test_the_split_filter_suggested_for_a_json_array_reads_the_array(gallery, tm
                               for n, s in enumerate(["train", "dev", "dev"])]))
     with caplog.at_level(logging.WARNING):
         read_qa(qa)
-    assert "jq -c '.[] | select(.split == \"train\")'" in caplog.text and str(tmp_path / "train.jsonl") in caplog.text
+    # the held-out split, written to a new file beside this one (never over it, whatever the file is called)
+    assert "jq -c '.[] | select(.split == \"dev\")'" in caplog.text and str(tmp_path / "qa.dev.jsonl") in caplog.text

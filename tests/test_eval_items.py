@@ -21,8 +21,19 @@ def test_bootstrap_interval_holds_the_mean_narrows_with_more_items_and_repeats()
     assert low < few.mean() < high and bootstrap_ci(few) == [low, high]
     low2, high2 = bootstrap_ci(many)
     assert low2 < many.mean() < high2 and high2 - low2 < (high - low) / 4
-    assert bootstrap_ci(np.ones(20)) == [1.0, 1.0]
-    assert all(np.isnan(bootstrap_ci([])))
+    assert bootstrap_ci(np.zeros(40)) == [0.0, 0.0876]  # no spread to resample: Wilson, not [0, 0]
+    assert bootstrap_ci(np.ones(20))[1] == 1.0 and 0.8 < bootstrap_ci(np.ones(20))[0] < 0.9
+    assert bootstrap_ci([]) == [None, None]  # JSON null, not NaN
+
+
+def test_grouped_items_are_resampled_together() -> None:
+    rng = np.random.default_rng(0)
+    per_photo = rng.random(200) < 0.3
+    hits, photos = np.repeat(per_photo, 5), np.repeat(np.arange(200), 5)  # five captions that succeed together
+    flat, grouped = bootstrap_ci(hits), bootstrap_ci(hits, photos)
+    assert grouped[1] - grouped[0] > 1.5 * (flat[1] - flat[0])  # as wide as 200 photos allow, not 1,000 captions
+    assert grouped[0] < hits.mean() < grouped[1]
+    assert bootstrap_ci(np.zeros(10), np.repeat(np.arange(2), 5))[1] > bootstrap_ci(np.zeros(10))[1]  # n = 2 photos
 
 
 def test_retrieval_hands_back_the_ranks_its_recalls_come_from() -> None:
@@ -54,6 +65,9 @@ def test_out_is_checked_before_any_work(tmp_path) -> None:
         check_out(str(tmp_path / "no" / "items.jsonl"))
     check_out(str(tmp_path / "items.jsonl"))
     check_out(None)
+    (tmp_path / "qa.jsonl").write_text("")
+    with pytest.raises(PolymodalError, match="one of the data files being evaluated"):
+        check_out(str(tmp_path / "qa.jsonl"), [str(tmp_path / "sub" / ".." / "qa.jsonl")])
 
 
 def test_eval_zeroshot_writes_items_and_intervals(gallery, tmp_path, capsys, lite, monkeypatch) -> None:

@@ -185,11 +185,12 @@ def test_eval_retrieval_json_items_and_intervals_agree(gallery, tmp_path, capsys
     items = [json.loads(line) for line in out.read_text().splitlines()]
     text = np.array([i["rank"] for i in items if i["query"] == "text"])
     image = np.array([i["rank"] for i in items if i["query"] == "image"])
+    photo_of = {"t2i": [i["image"] for i in items if i["query"] == "text"], "i2t": None}  # captions go by photo
     assert len(text) == 12 and len(image) == 6
     for side, ranks in (("t2i", text), ("i2t", image)):
         for k in (1, 5, 10):
             assert result[f"{side}_R@{k}"] == pytest.approx(np.mean(ranks <= k), abs=1e-4)
-            assert result[f"{side}_R@{k}_ci95"] == bootstrap_ci(ranks <= k)
+            assert result[f"{side}_R@{k}_ci95"] == bootstrap_ci(ranks <= k, photo_of[side])
     assert "only 6 photos" in caplog.text
     assert "t2i_R@10 is 1.0 by construction with 6 images and 12 captions" in caplog.text
 
@@ -227,7 +228,8 @@ def test_eval_vqa_counts_skipped_rows_writes_items_and_intervals_over_scored_row
     items = [json.loads(line) for line in out.read_text().splitlines()]
     scores = [i["score"] for i in items if "score" in i]
     assert len(items) == 24 and len(scores) == 18 and result["accuracy"] == pytest.approx(np.mean(scores))
-    assert result["accuracy_ci95"] == bootstrap_ci(scores)  # the unreadable rows are not scored 0
+    photos = [i["image"] for i in items if "score" in i]  # a photo's questions go together
+    assert result["accuracy_ci95"] == bootstrap_ci(scores, photos)  # the unreadable rows are not scored 0
     assert "only 4 photos" in caplog.text  # photos, not the 24 questions about them
 
 

@@ -84,16 +84,20 @@ def iter_json_rows(path: Path, fix: str) -> Iterator[tuple[str, dict | None, str
     _warn_of_mixed_splits(path, splits, head == "[")
 
 
+HELD_OUT_SPLITS = ("test", "val", "validation", "dev", "eval")
+
+
 def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool) -> None:
     """Rows marked with several splits ("train", "dev") are all read: nothing filters on the field, and scoring a
-    model on its training split alongside the rest is a slip worth one line."""
+    model on its training split alongside the rest is a slip worth one line. The filter it suggests keeps a
+    held-out split and writes a new file beside this one (image paths stay relative to that folder)."""
     if len(splits) > 1:
         counts = ", ".join(f"{name} {n:,}" for name, n in splits.most_common())
-        one = splits.most_common()[-1][0]
-        # written beside the file: its image paths are relative to that folder
+        one = next((s for s in HELD_OUT_SPLITS if s in splits), splits.most_common(1)[0][0])
         select = f"{'.[] | ' if array else ''}select(.split == \"{one}\")"
         log.warning("%s: rows carry %d split values (%s) and all of them are read; to use one, filter the file, "
-                    "e.g. jq -c '%s' %s > %s", path, len(splits), counts, select, path, path.with_name(f"{one}.jsonl"))
+                    "e.g. jq -c '%s' %s > %s", path, len(splits), counts, select, path,
+                    path.with_name(f"{path.stem}.{one}.jsonl"))
 
 
 _TALLIES: list[list[int]] = []  # open counting_skipped() blocks

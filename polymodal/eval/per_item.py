@@ -20,11 +20,15 @@ def add_item_options(parser, ci: bool = True) -> None:
                             help="add 95%% bootstrap intervals (1,000 resamples, seed 0) as NAME_ci95: [low, high]")
 
 
-def check_out(path: str | None) -> None:
-    """Before any work: a folder, or a file in a folder that is not there, is one error, not a lost evaluation."""
+def check_out(path: str | None, inputs=()) -> None:
+    """Before any work: a folder, a file in a folder that is not there, or one of the evaluation's own data files
+    (``inputs``) is one error, not a lost evaluation or overwritten data."""
     if path is None:
         return
     out = Path(path)
+    if any(out.resolve() == Path(i).resolve() for i in inputs):
+        raise PolymodalError(f"--out {out} is one of the data files being evaluated; pass another file name, "
+                             f"e.g. --out {out.with_name(out.stem + '.items.jsonl')}")
     if out.is_dir():
         raise PolymodalError(f"--out {out} is a folder; pass a file name, e.g. --out {out / 'items.jsonl'}")
     if not out.resolve().parent.is_dir():
