@@ -250,6 +250,10 @@ def test_continuing_a_vqa_model_scores_it_warns_of_shared_photos_and_counts_rows
     assert "4 of the 4 validation photos (--val-qa) are training photos too" in caplog.text
     assert f"3 of {len(rows) + 2} training rows have answers outside" in caplog.text  # 'odd' twice, 'rare' once
     assert _val_epochs(tmp_path / "more") == [0, 1]
+    # with a head made for the run there is nothing to score first: a random head must never be kept as the model
+    assert cli.main(["train", "vqa", "--qa", str(qa2), "--val-qa", str(qa2), "--model", str(tmp_path / "new" / "model"),
+                     "--new-head", "--out", str(tmp_path / "fresh"), "--quiet", "--epochs", "1"]) == 0
+    assert _val_epochs(tmp_path / "fresh") == [1]
 
 
 class _Stop(Exception):

@@ -25,7 +25,8 @@ from polymodal.models.captioner import Captioner, CaptionerConfig, is_captioner_
 from polymodal.models.inputs import as_paths, as_settings
 from polymodal.train.features import image_features, readable_pairs, readable_rows
 from polymodal.train.guards import (
-    AT_LEAST_1, FRACTION, check_ranges, check_run_folder, check_types, prepare_run_folder, warn_of_shared_photos,
+    AT_LEAST_1, FRACTION, check_ranges, check_run_folder, check_types, prepare_run_folder, refuse_unfreezing,
+    warn_of_shared_photos,
 )
 from polymodal.train.objectives import Objective
 from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
@@ -68,6 +69,7 @@ class CaptionRecipe:
                             "val_fraction": FRACTION})
         self.arch.validate()
         self.train.validate()
+        refuse_unfreezing(self.train)
 
 
 class CaptionObjective(Objective):

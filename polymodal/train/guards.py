@@ -170,3 +170,11 @@ def discard_unfinished_run(out) -> bool:
     except OSError:  # cleaning up after an error must not hide that error; the stash stays for the user
         return False
     return True
+
+
+def refuse_unfreezing(train) -> None:
+    """Progressive unfreezing opens blocks of the dual encoder's image tower; the fusion encoder and the captioner
+    train over cached tower features, so there is nothing for it to open: say so instead of failing mid-run."""
+    if train.unfreeze_every:
+        raise PolymodalError("unfreeze_every (progressive unfreezing) opens image-tower blocks of a contrastive dual "
+                             "encoder; this model trains over cached, frozen image-tower features: leave it 0")

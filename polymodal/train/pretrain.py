@@ -51,7 +51,8 @@ from polymodal.progress import progress_bar
 from polymodal.registry import run_folder_hint
 from polymodal.train.features import _load_cached, _store, readable_pairs, readable_subset
 from polymodal.train.guards import (
-    FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder, warn_of_shared_photos,
+    FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder, refuse_unfreezing,
+    warn_of_shared_photos,
 )
 from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatch
 from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
@@ -134,6 +135,7 @@ class PretrainRecipe:
         check_types(self)
         check_ranges(self, {"workers": NON_NEGATIVE, "val_fraction": FRACTION})
         self.train.validate()
+        refuse_unfreezing(self.train)
         if not 0 < self.mlm_rate <= 1 or not 0 < self.mrm_rate <= 1:
             raise PolymodalError("mlm_rate and mrm_rate must be in (0, 1]")
         if not 0 <= self.hard_fraction <= 1:

@@ -335,13 +335,13 @@ class Trainer:
                 if self.cfg.grad_clip:
                     grads = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
                     torch.nn.utils.clip_grad_norm_(grads, self.cfg.grad_clip)
+                lr = self.scheduler.get_last_lr()[0]  # the rate this step uses; after scheduler.step() it is the next's
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
                 losses.append(total)
                 samples += len(next(iter(batches.values()))[0])
                 rate = samples / (time.perf_counter() - t0)
-                lr = self.scheduler.get_last_lr()[0]
                 bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}", refresh=False)
                 bar.update()
                 # every log_every steps, and the last step of each epoch so that short runs have a curve too

@@ -37,7 +37,7 @@ from polymodal.train.features import (
 )
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
-    warn_of_shared_photos,
+    refuse_unfreezing, warn_of_shared_photos,
 )
 from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
@@ -88,6 +88,12 @@ class VQARecipe:
         check_ranges(self, {"batch_size": AT_LEAST_1, "min_answer_count": AT_LEAST_1, "max_answers": AT_LEAST_1,
                             "label_smoothing": FRACTION, "itm_weight": NON_NEGATIVE, "workers": NON_NEGATIVE,
                             "val_fraction": FRACTION})
+        refuse_unfreezing(self.train)
+        if self.model == "new" and self.arch.itm_head and not self.itm_weight:
+            # the head would never train, yet answer(choices=) scores candidates outside the vocabulary with it
+            raise PolymodalError("itm_head without itm_weight builds an image-text matching head that never trains, "
+                                 "yet it would score multiple-choice candidates outside the answer vocabulary; pass "
+                                 "--itm-weight (e.g. 0.5; itm_weight in Python) or drop --itm-head")
         self.train.validate()
 
 
@@ -147,7 +153,15 @@ def _logit_chunks(model: FusionEncoder, image_feats: np.ndarray, q_states: np.nd
                   row_image: np.ndarray, row_question: np.ndarray, images_per_batch: int = 64):
     """Yields (row numbers, the chunk's image features [U, T, F], each row's image among them [r], answer logits
     [r, A]) a chunk of images at a time."""
+    was_training = model.training  # put back when the chunks are done: a caller's training loop keeps its dropout
     model.eval()
+    try:
+        yield from _chunks(model, image_feats, q_states, q_len, row_image, row_question, images_per_batch)
+    finally:
+        model.train(was_training)
+
+
+def _chunks(model, image_feats, q_states, q_len, row_image, row_question, images_per_batch):
     row_image, row_question = np.asarray(row_image), np.asarray(row_question)
     order = np.argsort(row_image, kind="stable")
     bounds = np.searchsorted(row_image[order], np.arange(0, image_feats.shape[0] + images_per_batch, images_per_batch))
@@ -439,7 +453,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     photos = TrainingPhotos(train.images, recipe.model)  # beside each saved model: `eval` warns when it scores them
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
-                       score_start=recipe.model != "new")
+                       score_start=model.keeps_folder_answers)  # a head made for this run is random: nothing to keep
     if not val_rows:
         photos.save(model, out / "model")
     t_end = time.perf_counter()
