@@ -86,24 +86,26 @@ def cmd_train_captioner(args) -> int:
 def cmd_eval_captions(args) -> int:
     from polymodal.data.jsonl import counting_skipped
     from polymodal.data.pairs import read_pair_sources
-    from polymodal.eval.captions import evaluate_captions
+    from polymodal.eval.captions import MIN_CIDER_PHOTOS, evaluate_captions
     from polymodal.eval.caveats import data_caveats, warn_of_few
-    from polymodal.eval.per_item import check_out, check_strict, write_items
+    from polymodal.eval.per_item import check_out, check_strict, refuse_ci, write_items
 
     decoding = _check_decoding(args)
+    refuse_ci(args, "BLEU and CIDEr-D are corpus scores, not means of per-photo scores that a bootstrap resamples")
     check_out(args.out, args.pairs)
     with counting_skipped() as skipped:
         pairs = read_pair_sources(args.pairs)
     check_strict(args, skipped[0])
     model = load_captioner_model(args.model, args.runtime)
+    images = pairs.images[:args.limit] if args.limit else pairs.images
+    caveats = data_caveats(args.model, images, skipped[0])  # said before the captioning, not after minutes of it
     items: list = []
     result = evaluate_captions(model, pairs, limit=args.limit, examples=args.examples, details=items, **decoding)
     check_strict(args, 0, result["unreadable"])
     if args.out:
-        write_items(args.out, items)
-    images = pairs.images[:args.limit] if args.limit else pairs.images
-    caveats = data_caveats(args.model, images, skipped[0])
-    warn_of_few(result["images"], "photos", "CIDEr-D (its word weights come from these photos' captions)")
+        write_items(args.out, items, args.model, images)
+    if result["images"] >= MIN_CIDER_PHOTOS:  # below, evaluate_captions said CIDEr-D was not scored at all
+        warn_of_few(result["images"], "photos", "CIDEr-D (its word weights come from these photos' captions)")
     how = {"variants": model.variants} if hasattr(model, "variants") else {}  # which ONNX graphs wrote them
     print(json.dumps({"model": args.model, "runtime": args.runtime, **how, **caveats, **result}))
     return 0

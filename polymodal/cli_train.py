@@ -216,12 +216,12 @@ def cmd_eval_retrieval(args) -> int:
         pairs = read_pairs(args.pairs)
     check_strict(args, skipped[0])
     model = require_embedding(load_model(args, args.model), args.model)
+    caveats = data_caveats(args.model, pairs.images, skipped[0])  # said before the images are encoded
     # a corrupt photo is left out, not fatal; the bar goes to stderr, the JSON line to stdout
     image_emb, rows = encode_readable(model, pairs.images, ", ".join(args.pairs), progress=True)
     unreadable = len(pairs.images) - len(rows)  # counted in the JSON line, as eval captions and eval vqa do
     check_strict(args, 0, unreadable)
     pairs = pairs_of_images(pairs, rows)
-    caveats = data_caveats(args.model, pairs.images, skipped[0])
     warn_of_few(len(pairs.images), "photos", "recall")
     warn_of_certain_recall(len(pairs.images), len(pairs.captions))
     ranks: dict = {}
@@ -235,7 +235,8 @@ def cmd_eval_retrieval(args) -> int:
         names = pairs.image_names()  # "<shard>#<member>" for a shard's photo, not its bytes
         write_items(args.out, [{"query": "text", "caption": c, "image": names[i], "rank": int(r)}
                                for c, i, r in zip(pairs.captions, pairs.caption_image, ranks["t2i"])]
-                    + [{"query": "image", "image": name, "rank": int(r)} for name, r in zip(names, ranks["i2t"])])
+                    + [{"query": "image", "image": name, "rank": int(r)} for name, r in zip(names, ranks["i2t"])],
+                    args.model, pairs.images, names)
     if args.word_order:
         from polymodal.eval.word_order import word_order_accuracy
 
@@ -272,13 +273,13 @@ def cmd_eval_zeroshot(args) -> int:
     caveats = data_caveats(args.model, set(images), skipped[0])
     items: list = []
     metrics = zeroshot_accuracy(model, images, labels, templates, progress=True, details=items, classes=classes)
-    check_strict(args, 0, len(labels) - metrics["images"])
+    check_strict(args, 0, metrics["unreadable"])
     if args.ci:
         ranks, photos = np.array([item["rank"] for item in items]), [item["image"] for item in items]
         metrics |= {"top1_ci95": bootstrap_ci(ranks <= 1, photos), "top5_ci95": bootstrap_ci(ranks <= 5, photos)}
     if args.out:
-        write_items(args.out, items)
-    warn_of_few(metrics["images"], "images", "accuracy")
+        write_items(args.out, items, args.model, images)
+    warn_of_few(metrics["photos"], "photos", "accuracy")
     if metrics["classes"] <= 5:
         logging.getLogger(__name__).warning("top5 is 1.0 by construction with %d classes", metrics["classes"])
     print(json.dumps({"model": args.model, "runtime": args.runtime, **caveats, **metrics}))

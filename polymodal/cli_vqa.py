@@ -105,7 +105,7 @@ def cmd_eval_vqa(args) -> int:
         scored = [item for item in items if "score" in item]  # a photo's questions resampled together
         metrics["accuracy_ci95"] = bootstrap_ci([i["score"] for i in scored], [i["image"] for i in scored])
     if args.out:
-        write_items(args.out, items)
+        write_items(args.out, items, args.model, [r.image for r in rows])
     how = {"variants": model.variants} if hasattr(model, "variants") else {}  # which ONNX graphs answered
     print(json.dumps({"model": args.model, "runtime": args.runtime, **how, "questions": len(rows), **caveats,
                       **metrics}))

@@ -81,14 +81,26 @@ class TrainingPhotos:
         write_training_photos(folder, self.hashes())
 
 
-def count_training_photos(model: str, images, what: str = "photos") -> int | None:
+def _known(model) -> set[str] | None:
+    return read_training_photos(model) if isinstance(model, (str, Path)) else None  # a model object records none
+
+
+def seen_flags(model, images) -> list[bool] | None:
+    """For each image, whether the model learned from it; None when the model records no training photos."""
+    known = _known(model)
+    return None if known is None else [photo_hash(image) in known for image in images]
+
+
+def count_training_photos(model, images, what: str = "photos") -> int | None:
     """How many of the evaluated photos the model learned from (None: it records no training photos), with a
-    warning when any did: those figures are not held-out ones."""
-    known = read_training_photos(model)
+    warning when any did: those figures are not held-out ones. Copies of one photo count once."""
+    known = _known(model)
     if known is None:
         return None
+    images = list(images)
     seen = len(photo_hashes(images) & known)
     if seen:
-        log.warning("%s of the %s evaluated %s are photos the model %r was trained on: these figures are "
-                    "optimistic; evaluate on photos it has not seen", f"{seen:,}", f"{len(images):,}", what, model)
+        log.warning("%s of the %s evaluated %s %s photos the model %r was trained on: these figures are optimistic; "
+                    "evaluate on photos it has not seen (--out marks each item's seen_in_training)", f"{seen:,}",
+                    f"{len(images):,}", what, "is one of the" if seen == 1 else "are", model)
     return seen

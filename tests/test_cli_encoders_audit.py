@@ -354,7 +354,8 @@ def test_eval_commands_pass_precision_and_templates(capsys, spy_load, photos, mo
     assert code == 0 and spy_load.calls[-1]["precision"] == "bf16" and json.loads(out)["precision"] == "bf16"
     seen = []
     monkeypatch.setattr(zs, "read_labelled_images", lambda path, **kw: (["a.png"], ["red"]))
-    monkeypatch.setattr(zs, "zeroshot_accuracy", lambda m, i, l, templates, **kw: seen.append(templates) or {"top1": 1.0, "images": 1, "classes": 2})
+    metrics = {"top1": 1.0, "images": 1, "photos": 1, "unreadable": 0, "classes": 2}
+    monkeypatch.setattr(zs, "zeroshot_accuracy", lambda m, i, l, templates, **kw: seen.append(templates) or metrics)
     code, _, _ = run(capsys, "eval", "zeroshot", "--labels-file", "x", "--model", "fake", "--template", "a {}")
     assert code == 0 and seen == [["a {}"]]
 

@@ -386,4 +386,4 @@ def test_a_text_cut_at_the_token_limit_is_warned_of_once(hf_folder, caplog):
     with caplog.at_level(logging.WARNING):
         model.encode_text(["a cat " * 20, "a photo"])
         model.encode_text(["a dog " * 20])
-    assert caplog.text.count("1 text reached the CLIP text tower's limit of 16 tokens") == 1
+    assert caplog.text.count("a text reached the CLIP text tower's limit of 16 tokens") == 1

@@ -175,7 +175,7 @@ def test_eval_json_counts_skipped_rows_and_seen_photos(gallery, tmp_path, capsys
         assert cli.main(["eval", "zeroshot", "--labels-file", str(path), "--model", "lite"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["skipped_rows"] == 1 and result["seen_in_training"] is None and result["images"] == 3
-    assert "top5 is 1.0 by construction with 3 classes" in caplog.text and "only 3 images" in caplog.text
+    assert "top5 is 1.0 by construction with 3 classes" in caplog.text and "only 3 photos" in caplog.text
 
 
 def test_repeated_rows_count_once_in_vqa_and_zeroshot(gallery, tmp_path) -> None:
@@ -220,3 +220,17 @@ def test_the_split_filter_suggested_for_a_json_array_reads_the_array(gallery, tm
         read_qa(qa)
     # the held-out split, written to a new file beside this one (never over it, whatever the file is called)
     assert "jq -c '.[] | select(.split == \"dev\")'" in caplog.text and str(tmp_path / "qa.dev.jsonl") in caplog.text
+
+
+def test_a_row_in_two_files_counts_once_and_is_said(gallery, tmp_path, caplog) -> None:
+    from polymodal.data.pairs import read_pair_sources
+    from polymodal.eval.vqa import read_qa
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"image": str(gallery / "cat.jpg"), "question": "a cat?", "answer": "yes"}) + "\n")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": str(gallery / "cat.jpg"), "caption": "a cat"}) + "\n")
+    with caplog.at_level(logging.WARNING), counting_skipped() as skipped:
+        assert len(read_qa([qa, qa])) == 1
+        assert len(read_pair_sources([pairs, pairs]).pairs) == 1
+    assert skipped == [2] and caplog.text.count("skipped 1 repeated row") == 2

@@ -12,4 +12,4 @@ def test_minilm_warns_once_of_a_text_past_its_token_limit(lite, caplog) -> None:
         batch = encoder.tokenize(["word " * 400, "short"])
         encoder.tokenize(["word " * 400])
     assert batch["attention_mask"].shape[1] == 256
-    assert caplog.text.count("1 text reached the text tower's limit of 256 tokens") == 1
+    assert caplog.text.count("a text reached the text tower's limit of 256 tokens") == 1

@@ -23,7 +23,10 @@ def test_classes_file_lines_or_json_trimmed_and_kept_once(tmp_path) -> None:
     with pytest.raises(PolymodalError, match="must be a list of names"):
         read_classes(as_json)
     lines.write_text("cat\n")
-    with pytest.raises(PolymodalError, match="names 1 class"):
+    with pytest.raises(PolymodalError, match="names 1 class;"):
+        read_classes(lines)
+    lines.write_text('{"image": "a.jpg", "label": "cat"}\n')
+    with pytest.raises(PolymodalError, match="holds JSON objects, not class names"):
         read_classes(lines)
 
 
@@ -79,3 +82,22 @@ def test_cli_takes_classes_for_a_one_class_sample(gallery, tmp_path, capsys, lit
     assert cli.main(["eval", "zeroshot", "--labels-file", str(labels), "--classes", str(classes),
                      "--model", "lite", "--strict"]) == 2
     assert "--strict: 1 skipped row" in capsys.readouterr().err
+
+
+def test_python_classes_match_labels_in_any_case_as_the_cli_does() -> None:
+    emb = np.eye(4)[[0, 1]]
+    out = zeroshot_accuracy(ByName(), ["x", "y"], ["Cat", "DOG"], image_emb=emb, classes=ByName.names)
+    assert out["top1"] == 1.0 and out["photos"] == 2 and out["unreadable"] == 0
+
+
+def test_photos_with_several_labels_are_warned_of_and_counted_apart(gallery, tmp_path, caplog) -> None:
+    from polymodal.eval.zeroshot import read_labelled_images
+
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"image": str(gallery / f"{n}.jpg"), "label": label}) + "\n"
+                              for n, label in (("cat", "cat"), ("cat", "pet"), ("rocket", "rocket"))))
+    with caplog.at_level(logging.WARNING):
+        images, _ = read_labelled_images(labels)
+    assert "1 photo carries several labels (2 rows)" in caplog.text and "main class" in caplog.text
+    out = zeroshot_accuracy(ByName(), images, ["cat", "cat", "rocket"], image_emb=np.eye(4)[[0, 0, 2]])
+    assert (out["images"], out["photos"]) == (3, 2)

@@ -141,9 +141,11 @@ def read_pair_sources(sources: Sequence[str | Path]) -> PairSet:
     sets = [read_pair_source(s) for s in sources]  # each warns about its unreadable rows
     if len(sets) == 1:
         return sets[0]
-    skipped = [x for ps in sets for x in ps.skipped]
-    pairs = without_repeats([p for ps in sets for p in ps.pairs], skipped)
-    return PairSet.from_pairs(pairs, skipped, source=",".join(map(str, sources)))
+    repeats: list = []  # the same pair in two sources: counted once, and said (each source reported its own)
+    pairs = without_repeats([p for ps in sets for p in ps.pairs], repeats)
+    source = ",".join(map(str, sources))
+    report_skipped(source, repeats, len(pairs), "image-caption pairs", f"pass {FORMATS}", "repeated row")
+    return PairSet.from_pairs(pairs, [x for ps in sets for x in ps.skipped] + repeats, source=source)
 
 
 def _finish(result: tuple[list[Pair], list[tuple[str, str]]], source: Any) -> PairSet:

@@ -31,9 +31,8 @@ def warn_once_if_cut(owner, attention_mask: torch.Tensor, max_length: int, tower
     cut = int((attention_mask.sum(1) >= max_length).sum())
     if cut:
         owner._warned_cut = True
-        log.warning("%d text%s reached the %s's limit of %d tokens and %s cut there: later words do not count "
-                    "(shown once per model)", cut, "" if cut == 1 else "s", tower, max_length,
-                    "was" if cut == 1 else "were")
+        log.warning("a text reached the %s's limit of %d tokens and was cut there (%d in this batch): later words "
+                    "do not count; shown once per model, later texts may be cut too", tower, max_length, cut)
 
 
 class SentenceEncoder(nn.Module):

@@ -21,6 +21,7 @@ def data_caveats(model: str, images, skipped_rows: int) -> dict:
 
 def warn_of_few(count: int, what: str, metric: str) -> None:
     if count < FEW_PHOTOS:
+        what = what[:-1] if count == 1 and what.endswith("s") else what  # "only 1 photo"
         log.warning("only %d %s: %s over so few says little; evaluate on %d or more", count, what, metric, FEW_PHOTOS)
 
 

@@ -4,6 +4,7 @@ computed on part of the data."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -15,9 +16,14 @@ def add_item_options(parser, ci: bool = True) -> None:
     parser.add_argument("--out", metavar="FILE.jsonl", help="also write one JSON line per evaluated item")
     parser.add_argument("--strict", action="store_true",
                         help="fail (exit 2, no figures) when any row is skipped or any image cannot be read")
-    if ci:
-        parser.add_argument("--ci", action="store_true",
-                            help="add 95%% bootstrap intervals (1,000 resamples, seed 0) as NAME_ci95: [low, high]")
+    parser.add_argument("--ci", action="store_true", help=(
+        "add 95%% intervals as NAME_ci95: [low, high] (bootstrap over photos, 1,000 resamples, seed 0; Wilson when "
+        "every item scores the same)") if ci else argparse.SUPPRESS)
+
+
+def refuse_ci(args, why: str) -> None:
+    if getattr(args, "ci", False):
+        raise PolymodalError(f"--ci is not offered here: {why}")
 
 
 def check_out(path: str | None, inputs=()) -> None:
@@ -35,8 +41,17 @@ def check_out(path: str | None, inputs=()) -> None:
         raise PolymodalError(f"--out {out}: the folder {out.resolve().parent} does not exist; create it first")
 
 
-def write_items(path: str | Path, items: list[dict]) -> None:
-    """Written whole, then renamed: an interrupted evaluation leaves no half file."""
+def write_items(path: str | Path, items: list[dict], model=None, images=(), names=None) -> None:
+    """Written whole, then renamed: an interrupted evaluation leaves no half file. With the evaluated ``images``
+    (and their ``names`` as the items give them), each item says whether ``model`` was trained on its photo, so
+    the held-out part can be scored apart."""
+    from polymodal.training_photos import seen_flags
+
+    images = list(images)
+    flags = seen_flags(model, images) if model is not None else None
+    if flags is not None:
+        seen = dict(zip(names if names is not None else [str(i) for i in images], flags))
+        items = [{**item, "seen_in_training": seen.get(item.get("image"))} for item in items]
     atomic_write_bytes(Path(path), "".join(json.dumps(item) + "\n" for item in items).encode())
 
 

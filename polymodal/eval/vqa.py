@@ -50,7 +50,16 @@ def answer_type(answer: str) -> str:
 def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
     """One or several QA JSONL files -> rows (image paths resolved against each file's folder)."""
     if isinstance(source, (list, tuple)):
-        return [row for s in source for row in read_qa(s)]
+        rows, repeats, seen = [], [], set()
+        for one in source:
+            for row in read_qa(one):
+                (repeats if row in seen else rows).append(row)
+                seen.add(row)
+        if repeats:  # the same row in two files (or one file passed twice) would count twice
+            report_skipped(", ".join(map(str, source)), [(str(r.image), f"repeats the question {r.question!r} of an "
+                                                          "earlier file") for r in repeats], len(rows),
+                           "question-answer rows", f"pass {QA_FORMAT}", "repeated row")
+        return rows
     path = existing_file(Path(source).expanduser(), "QA file", f"pass {QA_FORMAT}")
     rows, skipped, exists, repeats = [], [], {}, {}
     for where, item, why in iter_json_rows(path, f"pass {QA_FORMAT}"):
@@ -194,7 +203,8 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     is yes or no, else "other"; a row's own answer_type wins); rows with choices are multiple choice, also reported
     apart. With ``cache``, the rows' image and question features go through the on-disk feature cache (image
     paths only), so a second evaluation costs no tower pass. ``details``, a list, gets one dict per row: its
-    image, question, answer, the predicted answer and the row's score (or why its image could not be read)."""
+    image, question, answer, the predicted answer, the model's confidence in it and the row's score (its
+    correctness), or why its image could not be read."""
     from polymodal.models.fusion_encoder import FusionEncoder
     from polymodal.registry import require_vqa
 
@@ -220,7 +230,8 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     if details is not None:
         details.extend({"image": str(r.image), "question": r.question, "answer": r.answer,
                         **({"error": res} if isinstance(res, str) else
-                           {"predicted": res[0], "score": row_score(res[0], r)})} for r, res in zip(rows, results))
+                           {"predicted": res[0], "confidence": float(res[1]), "score": row_score(res[0], r)})}
+                       for r, res in zip(rows, results))
     out = {**accuracy_by_type([results[i][0] for i in kept], [rows[i] for i in kept]),
            "unreadable": len(rows) - len(kept)}
     mc = [i for i in kept if rows[i].choices]

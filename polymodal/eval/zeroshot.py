@@ -29,8 +29,8 @@ def read_labelled_images(path: str | Path, one_class: bool = False) -> tuple[lis
             skipped.append((where, "no image or label"))
         elif not isinstance(row["label"], str) or not row["label"].strip():
             # str() would make ["a", "b"] the class "['a', 'b']" and 0 the prompt "a photo of a 0."
-            skipped.append((where, f"the label must be a class name (text), got {row['label']!r:.60}; a photo of "
-                                   "several classes takes one row per label"))
+            skipped.append((where, f"the label must be a class name (text), got {row['label']!r:.60}; top-1 ranks "
+                                   "one label per photo: give its main class"))
         elif not (path.parent / str(row["image"])).is_file():
             skipped.append((where, missing_image(row["image"], path.parent)))
         else:
@@ -44,9 +44,24 @@ def read_labelled_images(path: str | Path, one_class: bool = False) -> tuple[lis
             labels.append(label)
     report_skipped(path, skipped, len(images), "rows", f"pass {LABELS_FORMAT}")
     labels = _one_spelling(labels, path)
+    _warn_of_several_labels(images, path)
     if not one_class:  # one class (and no candidate list): refused before a model loads or a training run starts
         _classes(labels)
     return images, labels
+
+
+def _warn_of_several_labels(images: list, source) -> None:
+    """A photo on several rows with different labels can be right on one of them at most: top-1 ranks one class
+    first. Counted as rows, such a set reads lower than the model is."""
+    from collections import Counter
+
+    counts = Counter(images)
+    several = [image for image, n in counts.items() if n > 1]
+    if several:
+        log.warning("%s: %d %s several labels (%d rows); top-1 can be right on one row of each at most, so top1 "
+                    "reads low: give each photo its main class (first: %s)", source, len(several),
+                    "photo carries" if len(several) == 1 else "photos carry", sum(counts[i] for i in several),
+                    several[0])
 
 
 def _one_spelling(labels: list[str], source) -> list[str]:
@@ -84,6 +99,9 @@ def read_classes(path: str | Path) -> list[str]:
 
     with utf8_text(path) as f:
         text = f.read()
+    if text.lstrip().startswith("{"):  # a JSON object or a JSONL file of rows: not one name per line
+        raise PolymodalError(f"{path} holds JSON objects, not class names; pass one class name per line or a JSON "
+                             "list of names (the labelled rows go in --labels-file)")
     if text.lstrip().startswith("["):
         import json
 
@@ -101,7 +119,8 @@ def read_classes(path: str | Path) -> list[str]:
             first.setdefault(name.casefold(), name)  # the first spelling of each, in the file's order
     classes = list(first.values())
     if len(classes) < 2:
-        raise PolymodalError(f"{path} names {len(classes)} class; zero-shot ranks each image's label among at least two")
+        raise PolymodalError(f"{path} names {len(classes)} class{'' if len(classes) == 1 else 'es'}; zero-shot ranks "
+                             "each image's label among at least two")
     return classes
 
 
@@ -124,13 +143,16 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
                       progress: bool = False, details: list | None = None, classes: list[str] | None = None) -> dict:
     """Top-1/top-5 of each image's label among the candidate classes' prompt embeddings: ``classes`` (say, all of
     a dataset's), or else the distinct labels, so that figures on two samples of a dataset compare only when they
-    share the classes. ``balanced_top1`` is the mean over the labels present of each one's top-1. ``details``, a
-    list, gets one dict per scored image: its label, the predicted class and the label's rank (1 = top)."""
+    share the classes. ``balanced_top1`` is the mean over the labels present of each one's top-1; ``images``
+    counts rows, ``photos`` distinct photos, ``unreadable`` the photos left out. ``details``, a list, gets one
+    dict per scored row: its image, label, the predicted class and the label's rank (1 = top)."""
     require_embedding(model)
     if classes is None:
         classes = _classes(labels)
     else:
         classes = list(classes)
+        spelling = {c.casefold(): c for c in classes}  # "Cat" is the class "cat", as the CLI reads it
+        labels = [spelling.get(label.casefold(), label) for label in labels]
         outside = sorted(set(labels) - set(classes))
         if outside:
             raise PolymodalError(f"{len(outside)} label(s) are not among the classes (first: {outside[0]!r}); "
@@ -140,9 +162,10 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
         from polymodal.eval.retrieval import encode_readable
 
         emb, rows = encode_readable(model, images, progress=progress)
+        unreadable = len(set(map(str, images))) - len({str(images[i]) for i in rows})  # photos, not rows
         images, labels = [images[i] for i in rows], [labels[i] for i in rows]
     else:
-        emb = image_emb
+        emb, unreadable = image_emb, 0
     order = np.argsort(-(emb @ class_emb.T), axis=1)
     truth = np.array([classes.index(label) for label in labels])
     rank = (order == truth[:, None]).argmax(axis=1)
@@ -151,4 +174,5 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
                        for image, label, top, r in zip(images, labels, order[:, 0], rank))
     per_label = [float((rank[truth == c] < 1).mean()) for c in np.unique(truth)]
     return {"top1": round(float((rank < 1).mean()), 4), "top5": round(float((rank < 5).mean()), 4),
-            "balanced_top1": round(float(np.mean(per_label)), 4), "images": len(labels), "classes": len(classes)}
+            "balanced_top1": round(float(np.mean(per_label)), 4), "images": len(labels),
+            "photos": len(set(map(str, images))), "unreadable": unreadable, "classes": len(classes)}
