@@ -234,3 +234,15 @@ def test_a_row_in_two_files_counts_once_and_is_said(gallery, tmp_path, caplog) -
         assert len(read_qa([qa, qa])) == 1
         assert len(read_pair_sources([pairs, pairs]).pairs) == 1
     assert skipped == [2] and caplog.text.count("skipped 1 repeated row") == 2
+
+
+@pytest.mark.parametrize("held", ["valid", "test-dev", "Test", "minival"])
+def test_the_suggested_split_is_the_held_out_one_whatever_its_spelling(gallery, tmp_path, caplog, held) -> None:
+    from polymodal.eval.vqa import read_qa
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"image": str(gallery / "cat.jpg"), "question": f"q{n}?", "answer": "yes",
+                                      "split": s}) + "\n" for n, s in enumerate(["train", "train", held])))
+    with caplog.at_level(logging.WARNING):
+        read_qa(qa)
+    assert f'select(.split == "{held}")' in caplog.text

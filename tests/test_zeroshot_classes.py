@@ -101,3 +101,9 @@ def test_photos_with_several_labels_are_warned_of_and_counted_apart(gallery, tmp
     assert "1 photo carries several labels (2 rows)" in caplog.text and "main class" in caplog.text
     out = zeroshot_accuracy(ByName(), images, ["cat", "cat", "rocket"], image_emb=np.eye(4)[[0, 0, 2]])
     assert (out["images"], out["photos"]) == (3, 2)
+
+
+def test_two_spellings_of_a_class_are_one_candidate() -> None:
+    emb = np.eye(4)[[0, 1]]
+    out = zeroshot_accuracy(ByName(), ["x", "y"], ["cat", "dog"], image_emb=emb, classes=["cat", "CAT", "dog"])
+    assert out["classes"] == 2 and out["top1"] == 1.0

@@ -84,7 +84,18 @@ def iter_json_rows(path: Path, fix: str) -> Iterator[tuple[str, dict | None, str
     _warn_of_mixed_splits(path, splits, head == "[")
 
 
-HELD_OUT_SPLITS = ("test", "val", "validation", "dev", "eval")
+HELD_OUT_SPLITS = ("test", "val", "dev", "eval")  # contained in "validation", "minival", "test-dev"
+
+
+def _held_out(splits: Counter) -> str:
+    """The split to suggest keeping for an evaluation: one named like a held-out split ("dev", "valid", "Test",
+    "test-dev", "minival"), else the least common one (training splits are usually the largest)."""
+    names = [name for name, _ in splits.most_common()]
+    for name in names:
+        low = name.casefold()
+        if "train" not in low and any(word in low for word in HELD_OUT_SPLITS + ("valid",)):
+            return name
+    return names[-1]
 
 
 def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool) -> None:
@@ -93,7 +104,7 @@ def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool) -> None:
     held-out split and writes a new file beside this one (image paths stay relative to that folder)."""
     if len(splits) > 1:
         counts = ", ".join(f"{name} {n:,}" for name, n in splits.most_common())
-        one = next((s for s in HELD_OUT_SPLITS if s in splits), splits.most_common(1)[0][0])
+        one = _held_out(splits)
         select = f"{'.[] | ' if array else ''}select(.split == \"{one}\")"
         log.warning("%s: rows carry %d split values (%s) and all of them are read; to use one, filter the file, "
                     "e.g. jq -c '%s' %s > %s", path, len(splits), counts, select, path,

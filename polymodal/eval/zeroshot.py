@@ -150,8 +150,10 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     if classes is None:
         classes = _classes(labels)
     else:
-        classes = list(classes)
-        spelling = {c.casefold(): c for c in classes}  # "Cat" is the class "cat", as the CLI reads it
+        spelling: dict[str, str] = {}
+        for c in classes:  # "Cat" is the class "cat", as the CLI reads it: one spelling each, the first
+            spelling.setdefault(c.casefold(), c)
+        classes = list(spelling.values())
         labels = [spelling.get(label.casefold(), label) for label in labels]
         outside = sorted(set(labels) - set(classes))
         if outside:
