@@ -24,12 +24,13 @@ def photo_hash(image) -> str | None:
     from polymodal.data.shards import read_tar_member, split_tar_ref
 
     if isinstance(image, (bytes, bytearray)):  # a shard's image, as eval retrieval reads it
-        return hashlib.blake2b(image, digest_size=8).hexdigest()
-    try:
-        split = split_tar_ref(image)
-        data = read_tar_member(*split) if split else Path(image).read_bytes()
-    except Exception:  # noqa: BLE001 - an unreadable photo is left out of the count, as the evaluation leaves it out
-        return None
+        data = image
+    else:
+        try:
+            split = split_tar_ref(image)
+            data = read_tar_member(*split) if split else Path(image).read_bytes()
+        except Exception:  # noqa: BLE001 - an unreadable photo is left out of the count, as evaluation leaves it out
+            return None
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 

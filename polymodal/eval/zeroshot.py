@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,6 @@ def read_labelled_images(path: str | Path, one_class: bool = False) -> tuple[lis
 def _warn_of_several_labels(images: list, source) -> None:
     """A photo on several rows with different labels can be right on one of them at most: top-1 ranks one class
     first. Counted as rows, such a set reads lower than the model is."""
-    from collections import Counter
-
     counts = Counter(images)
     several = [image for image, n in counts.items() if n > 1]
     if several:
@@ -64,15 +63,19 @@ def _warn_of_several_labels(images: list, source) -> None:
                     several[0])
 
 
+def spellings(names) -> dict[str, str]:
+    """casefold -> the first of ``names`` spelled that way: names that differ only in case are one class."""
+    first: dict[str, str] = {}
+    for name in names:
+        first.setdefault(name.casefold(), name)
+    return first
+
+
 def _one_spelling(labels: list[str], source) -> list[str]:
     """Labels that differ only in case ("Elephant", "elephant") are one class, spelled as most rows spell it: as two
     classes they would compete with each other and lower top-1."""
-    from collections import Counter
-
     counts = Counter(labels)
-    spelling = {}
-    for label, _ in counts.most_common():  # most common first; ties keep the file's order
-        spelling.setdefault(label.casefold(), label)
+    spelling = spellings(label for label, _ in counts.most_common())  # most common first; ties keep the file's order
     merged = sorted({label for label in counts if spelling[label.casefold()] != label})
     if merged:
         log.warning("%s: labels differing only in case are one class: %s", source,
@@ -113,11 +116,7 @@ def read_classes(path: str | Path) -> list[str]:
             raise PolymodalError(f"{path}: a JSON classes file must be a list of names (text)")
     else:
         names = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    first: dict[str, str] = {}
-    for name in (" ".join(n.split()) for n in names):
-        if name:
-            first.setdefault(name.casefold(), name)  # the first spelling of each, in the file's order
-    classes = list(first.values())
+    classes = list(spellings(name for name in (" ".join(n.split()) for n in names) if name).values())  # file order
     if len(classes) < 2:
         raise PolymodalError(f"{path} names {len(classes)} class{'' if len(classes) == 1 else 'es'}; zero-shot ranks "
                              "each image's label among at least two")
@@ -127,7 +126,7 @@ def read_classes(path: str | Path) -> list[str]:
 def keep_candidates(images: list, labels: list[str], classes: list[str], source) -> tuple[list, list[str], int]:
     """The rows whose label is one of ``classes`` (in any case), relabelled with the classes' spelling, and how
     many were left out (with a warning naming the first): a label no candidate names could never be ranked."""
-    spelling = {c.casefold(): c for c in classes}
+    spelling = spellings(classes)
     kept = [(image, spelling[label.casefold()]) for image, label in zip(images, labels) if label.casefold() in spelling]
     outside = sorted({label for label in labels if label.casefold() not in spelling})
     if outside:
@@ -150,9 +149,7 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     if classes is None:
         classes = _classes(labels)
     else:
-        spelling: dict[str, str] = {}
-        for c in classes:  # "Cat" is the class "cat", as the CLI reads it: one spelling each, the first
-            spelling.setdefault(c.casefold(), c)
+        spelling = spellings(classes)  # "Cat" is the class "cat", as the CLI reads it: one spelling each, the first
         classes = list(spelling.values())
         labels = [spelling.get(label.casefold(), label) for label in labels]
         outside = sorted(set(labels) - set(classes))
