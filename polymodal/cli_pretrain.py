@@ -14,7 +14,7 @@ PRETRAIN_FLAGS = {
     "fusion": ("arch", str), "dim": ("arch", int), "dropout": ("arch", float), "image_size": ("arch", int),
     "objectives": ("", str), "batch_size": ("", int), "val_fraction": ("", float), "negatives": ("", str),
     "hard_k": ("", int), "hard_fraction": ("", float), "mlm_rate": ("", float), "mlm_variants": ("", int), "mrm_rate": ("", float),
-    "mrm_target": ("", str), "workers": ("", int),
+    "mrm_target": ("", str), "workers": ("", int), "freeze": ("", str),
 }
 
 
@@ -43,8 +43,10 @@ def add_parsers(sub, actions: dict) -> None:
         "negatives": "contrastive model mining ITM hard negatives: default, a dual-encoder folder, or random",
         "hard_k": "draw each hard negative from the k most similar non-matching items (default 8)",
         "hard_fraction": "share of ITM training negatives that are hard, the rest uniform (default 0.5)",
-        "mrm_target": "regress (1280-d cell features, default) or classify (their ImageNet class distribution)",
+        "mrm_target": "regress (1280-d cell features, default for a new model) or classify (their ImageNet class distribution)",
         "batch_size": "caption rows per objective per step (default 64)",
+        "freeze": "comma-separated parts not to train, continuing a model: projections, image_proj, text_proj, fusion, "
+                  "itm, mlm, mrm",
     }
     add_recipe_flags(s, PRETRAIN_FLAGS, "polymodal.train.pretrain:PretrainRecipe", helps)
     s.set_defaults(func=cmd_train_pretrain)

@@ -325,3 +325,23 @@ def test_pretrain_then_finetune_vqa(pretrained, gallery, tmp_path, capsys):
     assert frozen and all(torch.equal(after[k], pre[k]) for k in frozen)
     assert not torch.equal(after["vqa_head.1.weight"], state["vqa_head.1.weight"])  # the fresh head trained
     assert tuned.answer(gallery / "cat.jpg", "what is in the picture?")["answer"] in tuned.answers
+
+
+def test_continued_pretraining_freezes_parts_and_keeps_the_mrm_target(pretrained, pairs_file, tmp_path, capsys):
+    folder = pretrained[0] / "model"
+    pre = load_fusion_encoder(folder).trained_state()
+    out = tmp_path / "more"
+    result = cli_json(["train", "pretrain", "--pairs", str(pairs_file), "--val-pairs", str(pairs_file), "--model",
+                       str(folder), "--out", str(out), "--objectives", "itm:1,mrm:0.5", "--freeze", "fusion,mrm",
+                       "--epochs", "2", "--lr", "3e-3", "--batch-size", "16", "--warmup-steps", "1", "--patience", "0",
+                       "--hard-k", "4", "--quiet"])
+    assert (result["best"] or result)["epochs_run"] == 2
+    after = load_fusion_encoder(out / "model").trained_state()
+    frozen = [k for k in after if k.startswith(("fusion.", "mrm."))]
+    assert frozen and all(torch.equal(after[k], pre[k]) for k in frozen)
+    assert not torch.equal(after["itm.1.weight"], pre["itm.1.weight"])  # the rest trained
+    # the folder's MRM head regresses features: asked to classify, the run is refused before any work
+    assert cli.main(["train", "pretrain", "--pairs", str(pairs_file), "--model", str(folder), "--out",
+                     str(tmp_path / "other"), "--mrm-target", "classify", "--quiet"]) == 2
+    assert "trained to regress grid cells, not to classify" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

@@ -15,6 +15,7 @@ padded for one modality (a missing modality) gives zeros from `masked_mean` and 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.errors import PolymodalError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,6 +65,16 @@ def _padding_mask(m, i: int, fusion: str) -> Tensor:
         raise PolymodalError(f"{fusion} fusion: mask {i} holds values other than 0 and 1 (an additive attention "
                              "mask, 0 / -inf?); pass a bool mask with True for real tokens, e.g. mask == 0")
     return m
+
+
+def _looks_inverted(m: Tensor) -> bool:
+    """True when some row of a bool mask has real tokens only after a padded first position while another row is
+    all padding: what PyTorch's key_padding_mask (True = padding) of right-padded tokens looks like read our way.
+    Not checked while tracing or compiling (a data-dependent branch)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or m.dim() != 2 or m.shape[1] < 2:
+        return False
+    late_start = ~m[:, 0] & m[:, 1:].any(1)
+    return bool(late_start.any()) and bool((~m.any(1)).any())
 
 
 def masked_mean(tokens: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -122,6 +135,7 @@ class FusionModule(nn.Module):
             )
         self.dims = dims
         self.out_dim = out_dim
+        self._warned_inverted = False  # say it once per module, not once per batch
 
     @property
     def num_modalities(self) -> int:
@@ -173,6 +187,11 @@ class FusionModule(nn.Module):
                         f"got {tuple(m.shape)}"
                     )
                 m = m.to(device=x.device) != 0 if m.dtype != torch.bool else m.to(device=x.device)
+                if not self._warned_inverted and _looks_inverted(m):
+                    self._warned_inverted = True
+                    log.warning("%s fusion: mask %d looks inverted (rows whose tokens start after padding, beside "
+                                "rows of padding only): polymodal's masks are True for real tokens, as Hugging Face's "
+                                "attention_mask; PyTorch's key_padding_mask is the opposite: pass ~mask", self.name, i)
                 x = torch.where(m[..., None], x, x.new_zeros(()))
             tokens_out.append(x)
             masks_out.append(m)

@@ -23,13 +23,15 @@ The towers are frozen (eval mode); their outputs are what the training feature c
 are saved (config.json with the answer vocabulary + model.safetensors): a saved model is a few MB.
 
 Multiple choice (`answer(..., choices=[...])`): candidates in the answer vocabulary are ranked by the classifier's
-logits restricted to them (softmax over the candidates). If some candidates are outside the vocabulary, the
-in-vocabulary ones keep their full-vocabulary probability and each outside one is scored by the ITM head as
-sigmoid(ITM(image, question + " " + candidate)) -- or 0.0 when the model has no ITM head (it cannot judge them).
+logits restricted to them (softmax over the candidates). If some candidates are outside the vocabulary and the model
+has an ITM head, every candidate (known ones too, so that all scores are of one kind) is scored by it as
+sigmoid(ITM(image, question + " " + candidate)). Without an ITM head the known candidates keep their full-vocabulary
+probability and the outside ones score 0.0 (the model cannot judge them).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from dataclasses import asdict, dataclass, field, fields
@@ -62,6 +64,8 @@ FREEZABLE = {  # freeze(parts) names -> the attributes they cover
     "fusion": ("fusion",),
     "itm": ("itm",),
     "vqa": ("vqa_head",),
+    "mlm": ("mlm_transform", "mlm_bias"),
+    "mrm": ("mrm",),
 }
 
 
@@ -82,7 +86,7 @@ class FusionEncoderConfig:
     fusion: str = "cross_attention"  # any name in polymodal.fusion.FUSIONS
     fusion_options: dict = field(default_factory=dict)  # that fusion's options, e.g. {"layers": 2}
     dim: int = 128  # D: token width inside the fusion
-    dropout: float = 0.1
+    dropout: float = 0.1  # on the projected tokens and in the VQA head; the fusion's own: fusion_options["dropout"]
     answers: list = field(default_factory=list)  # the answer vocabulary (classifier outputs, in order)
     itm_head: bool = False  # an image-text matching head (scores candidates outside the vocabulary)
     mlm_head: bool = False  # masked language modelling head (pretraining; needs fused text tokens)
@@ -163,6 +167,7 @@ class FusionEncoder(nn.Module):
         from polymodal.encoders.efficientnet import EfficientNetLite0
         from polymodal.encoders.text import SentenceEncoder, minilm_path
 
+        config = copy.deepcopy(config)  # the model's own: its defaults and added heads never reach the caller's
         if config.fusion == "cross_attention" and isinstance(config.fusion_options, dict) \
                 and "query" not in config.fusion_options:
             # the question asks, the image answers: text tokens query the grid (and the attention is a heat map)
@@ -228,7 +233,7 @@ class FusionEncoder(nn.Module):
 
     def freeze(self, parts: str | Sequence[str]) -> list[str]:
         """Stop training ``parts`` (a name or names in FREEZABLE: image_proj, text_proj, projections, fusion, itm,
-        vqa); returns the frozen parameter names. The trainer only optimises parameters that require gradients."""
+        vqa, mlm, mrm); returns the frozen parameter names. The trainer only optimises parameters that require gradients."""
         parts = [parts] if isinstance(parts, str) else list(parts)
         unknown = sorted(set(parts) - set(FREEZABLE))
         if unknown:
@@ -547,19 +552,18 @@ class FusionEncoder(nn.Module):
         seen = self.check_choices(choices)[0]
         inside = [k for k in seen if k in self.answer_index]
         outside = [k for k in seen if k not in self.answer_index]
-        scores: dict[str, float] = {}
         if not outside:
             idx = torch.tensor([self.answer_index[k] for k in inside])
             scores = dict(zip(inside, logits[idx].softmax(-1).tolist()))
-        else:
+        elif self.itm is not None:
+            # one kind of score for every candidate: a VQA probability and an ITM sigmoid are not on one scale, and
+            # ranking one against the other picked wrong answers (a known "red" at 0.14 lost to an unknown "magenta")
+            states, mask = self.encode_questions([f"{question} {seen[k]}" for k in seen])
+            match = torch.sigmoid(self.itm_logits(image_inputs, states, mask, torch.zeros(len(seen), dtype=torch.long)))
+            scores = dict(zip(seen, match.tolist()))
+        else:  # no way to judge the outside ones: they score 0 and the known ones keep their probability
             probs = logits.softmax(-1)
-            scores = {k: float(probs[self.answer_index[k]]) for k in inside}
-            if self.itm is not None:
-                states, mask = self.encode_questions([f"{question} {seen[k]}" for k in outside])
-                match = torch.sigmoid(self.itm_logits(image_inputs, states, mask, torch.zeros(len(outside), dtype=torch.long)))
-                scores.update(zip(outside, match.tolist()))
-            else:
-                scores.update({k: 0.0 for k in outside})
+            scores = {k: float(probs[self.answer_index[k]]) for k in inside} | {k: 0.0 for k in outside}
         order = sorted(seen, key=lambda k: -scores[k])
         return [(seen[k], float(scores[k])) for k in order]
 

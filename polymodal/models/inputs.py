@@ -87,6 +87,11 @@ def as_paths(value: Any) -> list:
     return [value] if isinstance(value, (str, os.PathLike)) else value
 
 
+def as_parts(value: Any) -> Any:
+    """A recipe's ``freeze``: "projections,fusion" (as a flag gives it) or a list of part names -> a list."""
+    return [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+
+
 def check_count(value: Any, what: str, none_means: str = "") -> int | None:
     """A whole number >= 1 (batch_size, top_k, k) -> int. None passes only when none_means says what it means."""
     if value is None and none_means:

@@ -178,3 +178,14 @@ def refuse_unfreezing(train) -> None:
     if train.unfreeze_every:
         raise PolymodalError("unfreeze_every (progressive unfreezing) opens image-tower blocks of a contrastive dual "
                              "encoder; this model trains over cached, frozen image-tower features: leave it 0")
+
+
+def freeze_parts(model, parts, model_name: str) -> None:
+    """Stop training ``parts`` of a fusion encoder (`FusionEncoder.freeze` checks the names)."""
+    if not parts:
+        return
+    if model_name == "new":
+        log.warning("freezing %s of a new model keeps those parts at their random start; to keep trained parts, "
+                    "pass --model FOLDER (a trained or pretrained fusion encoder)", ", ".join(parts))
+    frozen = model.freeze(parts)
+    log.info("frozen: %d parameter tensors (%s)", len(frozen), ", ".join(parts))

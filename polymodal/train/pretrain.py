@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
@@ -46,13 +46,13 @@ from polymodal.data.images import draft_size_of
 from polymodal.data.pairs import PairSet, open_pair_image, read_pair_sources
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig, is_fusion_encoder_folder, load_fusion_encoder
-from polymodal.models.inputs import as_paths, as_settings
+from polymodal.models.inputs import as_parts, as_paths, as_settings
 from polymodal.progress import progress_bar
 from polymodal.registry import run_folder_hint
 from polymodal.train.features import _load_cached, _store, readable_pairs, readable_subset
 from polymodal.train.guards import (
     FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder, refuse_unfreezing,
-    warn_of_shared_photos,
+    freeze_parts, warn_of_shared_photos,
 )
 from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatch
 from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
@@ -103,6 +103,7 @@ class PretrainRecipe:
     val_fraction: float = 0.1  # without val_pairs: this fraction of the images (with their captions) validates
     objectives: dict = field(default_factory=lambda: {"itm": 1.0, "mlm": 1.0, "mrm": 0.5})
     model: str = "new"  # "new" or a fusion-encoder folder to continue pretraining
+    freeze: list[str] = field(default_factory=list)  # parts not trained (FusionEncoder.freeze names), e.g. fusion
     arch: FusionEncoderConfig = field(default_factory=lambda: FusionEncoderConfig(fusion="co_attention"))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**PRETRAIN_TRAIN_DEFAULTS))
     batch_size: int = 64  # caption rows per objective per step (ITM adds two negatives per row)
@@ -112,12 +113,14 @@ class PretrainRecipe:
     mlm_rate: float = 0.15
     mlm_variants: int = 2  # cached masked copies of each caption (epoch e uses copy e % mlm_variants)
     mrm_rate: float = 0.15
-    mrm_target: str = "regress"  # "regress" the 1280-d cell features or "classify" their ImageNet distribution
+    mrm_target: str = ""  # "regress" the 1280-d cell features or "classify" their ImageNet distribution; "": the
+    #                       arch's (or a continued model's) mrm_head, else regress
     zero_images: bool = False  # control runs: every image feature is zero (text-only baseline)
     workers: int = 0
 
     def __post_init__(self) -> None:  # from Python, nested settings may come as dicts (as in a --config file)
         self.pairs, self.val_pairs = as_paths(self.pairs), as_paths(self.val_pairs)  # one file may come bare
+        self.freeze = as_parts(self.freeze)
         self.arch = as_settings(self.arch, FusionEncoderConfig, "arch", {"fusion": "co_attention"})
         self.train = as_settings(self.train, TrainConfig, "train", PRETRAIN_TRAIN_DEFAULTS)
 
@@ -142,8 +145,11 @@ class PretrainRecipe:
             raise PolymodalError(f"hard_fraction must be in [0, 1], got {self.hard_fraction}")
         if self.mlm_variants < 1 or self.hard_k < 1 or self.batch_size < 1:
             raise PolymodalError("mlm_variants, hard_k and batch_size must be at least 1")
-        if self.mrm_target not in ("regress", "classify"):
+        if self.mrm_target not in ("", "regress", "classify"):
             raise PolymodalError(f"mrm_target must be 'regress' or 'classify', got {self.mrm_target!r}")
+        if self.mrm_target and self.arch.mrm_head and self.mrm_target != self.arch.mrm_head:
+            raise PolymodalError(f"mrm_target {self.mrm_target!r} contradicts arch mrm_head {self.arch.mrm_head!r}; "
+                                 "set one of them (they name the same thing: what masked grid cells predict)")
 
 
 # -- data: pairs, masks, cached features ----------------------------------------------------------------------------
@@ -551,10 +557,12 @@ def build_model(recipe: PretrainRecipe) -> FusionEncoder:
     names = recipe.objectives
     if recipe.model == "new":
         arch = recipe.arch
-        arch.itm_head = arch.itm_head or "itm" in names
-        arch.mlm_head = arch.mlm_head or "mlm" in names
-        arch.mrm_head = arch.mrm_head or (recipe.mrm_target if "mrm" in names else "")
-        return FusionEncoder(arch)
+        model = FusionEncoder(replace(arch, itm_head=arch.itm_head or "itm" in names,
+                                      mlm_head=arch.mlm_head or "mlm" in names,
+                                      mrm_head=arch.mrm_head or (recipe.mrm_target or "regress" if "mrm" in names
+                                                                 else "")))
+        recipe.arch = model.config  # what was built is what train_config.json records
+        return model
     if not is_fusion_encoder_folder(recipe.model):
         raise PolymodalError(run_folder_hint(recipe.model)
                              or f"cannot pretrain from {recipe.model!r}; pass model 'new' or a fusion-encoder folder")
@@ -564,6 +572,9 @@ def build_model(recipe: PretrainRecipe) -> FusionEncoder:
     missing = [n for n, head in (("mlm", model.mlm_transform), ("mrm", model.mrm)) if n in names and head is None]
     if missing:
         raise PolymodalError(f"{recipe.model} has no {' or '.join(missing)} head; pretrain a new model for them")
+    if "mrm" in names and recipe.mrm_target and recipe.mrm_target != model.config.mrm_head:
+        raise PolymodalError(f"{recipe.model}'s MRM head is trained to {model.config.mrm_head} grid cells, not to "
+                             f"{recipe.mrm_target} them; leave mrm_target out to continue it, or pretrain a new model")
     recipe.arch = model.config
     return model
 
@@ -591,6 +602,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
         raise PolymodalError(f"ITM validation needs captions of at least 2 images and {where} has "
                              f"{len(val_pairs.images)}; pass --val-pairs FILE with more images or more pairs")
     model = build_model(recipe)
+    freeze_parts(model, recipe.freeze, recipe.model)
     if resume:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train)
     names = list(recipe.objectives)

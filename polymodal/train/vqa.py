@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -29,7 +29,7 @@ from polymodal.models.fusion_encoder import (
     is_fusion_encoder_folder,
     load_fusion_encoder,
 )
-from polymodal.models.inputs import as_paths, as_settings
+from polymodal.models.inputs import as_parts, as_paths, as_settings
 from polymodal.progress import progress_bar
 from polymodal.registry import run_folder_hint
 from polymodal.train.features import (
@@ -37,7 +37,7 @@ from polymodal.train.features import (
 )
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
-    refuse_unfreezing, warn_of_shared_photos,
+    freeze_parts, refuse_unfreezing, warn_of_shared_photos,
 )
 from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
@@ -72,6 +72,7 @@ class VQARecipe:
 
     def __post_init__(self) -> None:  # from Python, nested settings may come as dicts (as in a --config file)
         self.qa, self.val_qa = as_paths(self.qa), as_paths(self.val_qa)  # one file may come bare
+        self.freeze = as_parts(self.freeze)
         self.arch = as_settings(self.arch, FusionEncoderConfig, "arch")
         self.train = as_settings(self.train, TrainConfig, "train", VQA_TRAIN_DEFAULTS)
 
@@ -79,8 +80,6 @@ class VQARecipe:
     def from_dict(cls, d: dict) -> "VQARecipe":
         arch, train, d = recipe_parts(cls, d, "VQA training ", VQA_TRAIN_DEFAULTS, ("qa", "val_qa"))
         arch = FusionEncoderConfig.from_dict(arch) if isinstance(arch, dict) else arch  # answers: from the data
-        if isinstance(d.get("freeze"), str):
-            d["freeze"] = [p.strip() for p in d["freeze"].split(",") if p.strip()]
         return cls(arch=arch, train=train, **d)
 
     def validate(self) -> None:
@@ -358,8 +357,9 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
     training."""
     keeps_answers = False  # the folder's answer vocabulary, kept: rows with other answers cannot train
     if recipe.model == "new":
-        recipe.arch.answers = answer_vocabulary(train_rows, recipe.min_answer_count, recipe.max_answers)
-        model = FusionEncoder(recipe.arch)
+        model = FusionEncoder(replace(recipe.arch, answers=answer_vocabulary(train_rows, recipe.min_answer_count,
+                                                                            recipe.max_answers)))
+        recipe.arch = model.config  # what was built (answers, fusion defaults) is what train_config.json records
     elif is_fusion_encoder_folder(recipe.model):
         model = load_fusion_encoder(recipe.model)  # continue training; its answer vocabulary stays
         model.drop_pretraining_heads()  # MLM / MRM heads of a pretrained encoder do not train here
@@ -375,12 +375,7 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
     else:
         raise PolymodalError(run_folder_hint(recipe.model)
                              or f"cannot train from {recipe.model!r}; pass model 'new' or a folder from `polymodal train vqa`")
-    if recipe.freeze:
-        if recipe.model == "new":
-            log.warning("freezing %s of a new model keeps those parts at their random start; to keep trained parts, "
-                        "pass --model FOLDER (a `train vqa` model or a pretrained encoder)", ", ".join(recipe.freeze))
-        frozen = model.freeze(recipe.freeze)
-        log.info("frozen: %d parameter tensors (%s)", len(frozen), ", ".join(recipe.freeze))
+    freeze_parts(model, recipe.freeze, recipe.model)
     if recipe.itm_weight > 0 and model.itm is None:
         raise PolymodalError("itm_weight > 0 needs an ITM head: set itm_head: true in arch (or --itm-head)")
     model.keeps_folder_answers = keeps_answers

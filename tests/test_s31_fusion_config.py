@@ -1,0 +1,56 @@
+"""A fusion encoder's config belongs to it: building one, or a training recipe, leaves the caller's config as it
+was; the recipe's mrm_target and the arch's mrm_head cannot contradict each other; freeze takes "a,b"."""
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+
+from polymodal.errors import PolymodalError
+from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig
+from polymodal.train import pretrain
+from polymodal.train.pretrain import PretrainRecipe
+from polymodal.train.vqa import VQARecipe
+
+
+def test_building_a_model_leaves_the_callers_config_alone():
+    config = FusionEncoderConfig(fusion="cross_attention", dim=16, answers=["yes", "no"])
+    before = dataclasses.asdict(config)
+    model = FusionEncoder(config)
+    assert model.config.fusion_options == {"query": 1}  # the model's own default: text queries the grid
+    model.add_vqa_head(["red", "blue"])
+    model.add_itm_head()
+    assert dataclasses.asdict(config) == before
+    assert model.config.answers == ["red", "blue"] and model.config.itm_head
+
+
+def test_mrm_target_and_mrm_head_name_one_thing(monkeypatch, tmp_path):
+    monkeypatch.setattr(pretrain, "FusionEncoder", lambda arch: SimpleNamespace(config=arch))
+    objectives = {"itm": 1.0, "mrm": 1.0}
+    # the arch's head alone decides; mrm_target alone decides; neither: regress
+    for arch_head, target, built in (("classify", "", "classify"), ("", "classify", "classify"), ("", "", "regress"),
+                                     ("regress", "regress", "regress")):
+        recipe = PretrainRecipe(pairs="p.jsonl", out=str(tmp_path), objectives=objectives, mrm_target=target,
+                                arch={"fusion": "co_attention", "mrm_head": arch_head})
+        recipe.validate()
+        assert pretrain.build_model(recipe).config.mrm_head == built
+    recipe = PretrainRecipe(pairs="p.jsonl", out=str(tmp_path), objectives=objectives, mrm_target="regress",
+                            arch={"fusion": "co_attention", "mrm_head": "classify"})
+    with pytest.raises(PolymodalError, match="mrm_target 'regress' contradicts arch mrm_head 'classify'"):
+        recipe.validate()
+
+
+def test_recipes_build_from_a_copy_and_read_freeze_as_flags_give_it(tmp_path):
+    arch = FusionEncoderConfig(fusion="cross_attention", dim=16)
+    recipe = VQARecipe(qa="qa.jsonl", out=str(tmp_path), arch=arch, freeze="projections, fusion,")
+    assert recipe.freeze == ["projections", "fusion"]
+    assert PretrainRecipe(pairs="p.jsonl", out=str(tmp_path), freeze="fusion").freeze == ["fusion"]
+    from polymodal.eval.vqa import QARow
+    from polymodal.train.vqa import build_vqa_model
+
+    rows = [QARow("a.jpg", "is it red?", "yes"), QARow("b.jpg", "is it red?", "no")]
+    model = build_vqa_model(recipe, rows)
+    assert arch.answers == [] and arch.fusion_options == {}  # the caller's config, as it was
+    assert sorted(model.answers) == ["no", "yes"] and recipe.arch is model.config
+    assert not any(p.requires_grad for p in model.fusion.parameters())
+    assert all(p.requires_grad for p in model.vqa_head.parameters())
