@@ -54,3 +54,18 @@ def test_recipes_build_from_a_copy_and_read_freeze_as_flags_give_it(tmp_path):
     assert sorted(model.answers) == ["no", "yes"] and recipe.arch is model.config
     assert not any(p.requires_grad for p in model.fusion.parameters())
     assert all(p.requires_grad for p in model.vqa_head.parameters())
+
+
+@pytest.mark.parametrize("recipe_path, key", [("polymodal.train.vqa:VQARecipe", "qa"),
+                                              ("polymodal.train.pretrain:PretrainRecipe", "pairs"),
+                                              ("polymodal.train.contrastive:ContrastiveRecipe", "val_pairs"),
+                                              ("polymodal.train.captioning:CaptionRecipe", "pairs")])
+def test_recipes_given_rows_in_memory_say_to_write_a_file(recipe_path, key, tmp_path):
+    import importlib
+
+    module, name = recipe_path.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    data = {"qa" if key == "qa" else "pairs": "data.jsonl"}
+    rows = [{"image": "a.jpg", "caption": "a cat", "question": "what?", "answer": "cat"}]
+    with pytest.raises(PolymodalError, match=f"^{key} takes data files, not rows: write the rows to a JSONL file"):
+        cls(out=str(tmp_path), **{**data, key: rows})

@@ -82,9 +82,17 @@ def one_question(value: Any, ask: str = "ask something about the image") -> str:
     return value
 
 
-def as_paths(value: Any) -> list:
-    """A recipe's data files: one path (str or Path) or a list of them -> a list."""
-    return [value] if isinstance(value, (str, os.PathLike)) else value
+def as_paths(value: Any, what: str = "data") -> list:
+    """A recipe's data files: one path (str or Path) or a list of them -> a list. Rows in memory (dicts) are one
+    error saying how to pass them: a training run records and resumes from its files."""
+    if isinstance(value, (str, os.PathLike)):
+        return [value]
+    rows = isinstance(value, dict) or (isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value))
+    if rows:
+        raise PolymodalError(f"{what} takes data files, not rows: write the rows to a JSONL file first, e.g. "
+                             "Path(\"rows.jsonl\").write_text(\"\".join(json.dumps(r) + \"\\n\" for r in rows)) "
+                             "(image paths relative to that file), and pass its path")
+    return value
 
 
 def as_parts(value: Any) -> Any:

@@ -54,7 +54,7 @@ class CaptionRecipe:
     val_images: int = 200  # photos captioned after each epoch for the validation scores (greedy decoding)
 
     def __post_init__(self) -> None:
-        self.pairs, self.val_pairs = as_paths(self.pairs), as_paths(self.val_pairs)
+        self.pairs, self.val_pairs = as_paths(self.pairs, "pairs"), as_paths(self.val_pairs, "val_pairs")
         self.arch = as_settings(self.arch, CaptionerConfig, "arch")
         self.train = as_settings(self.train, TrainConfig, "train", CAPTION_TRAIN_DEFAULTS)
 

@@ -58,7 +58,7 @@ class ContrastiveRecipe:
     hard_negatives: str = "data"
 
     def __post_init__(self) -> None:  # from Python, nested settings may come as dicts (as in a --config file)
-        self.pairs, self.val_pairs = as_paths(self.pairs), as_paths(self.val_pairs)  # one file may come bare
+        self.pairs, self.val_pairs = as_paths(self.pairs, "pairs"), as_paths(self.val_pairs, "val_pairs")  # one file may come bare
         self.arch = as_settings(self.arch, DualEncoderConfig, "arch")
         self.train = as_settings(self.train, TrainConfig, "train")
 

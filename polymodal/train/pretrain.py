@@ -119,7 +119,7 @@ class PretrainRecipe:
     workers: int = 0
 
     def __post_init__(self) -> None:  # from Python, nested settings may come as dicts (as in a --config file)
-        self.pairs, self.val_pairs = as_paths(self.pairs), as_paths(self.val_pairs)  # one file may come bare
+        self.pairs, self.val_pairs = as_paths(self.pairs, "pairs"), as_paths(self.val_pairs, "val_pairs")  # one file may come bare
         self.freeze = as_parts(self.freeze)
         self.arch = as_settings(self.arch, FusionEncoderConfig, "arch", {"fusion": "co_attention"})
         self.train = as_settings(self.train, TrainConfig, "train", PRETRAIN_TRAIN_DEFAULTS)

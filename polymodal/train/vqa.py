@@ -71,7 +71,7 @@ class VQARecipe:
     workers: int = 0
 
     def __post_init__(self) -> None:  # from Python, nested settings may come as dicts (as in a --config file)
-        self.qa, self.val_qa = as_paths(self.qa), as_paths(self.val_qa)  # one file may come bare
+        self.qa, self.val_qa = as_paths(self.qa, "qa"), as_paths(self.val_qa, "val_qa")  # one file may come bare
         self.freeze = as_parts(self.freeze)
         self.arch = as_settings(self.arch, FusionEncoderConfig, "arch")
         self.train = as_settings(self.train, TrainConfig, "train", VQA_TRAIN_DEFAULTS)
