@@ -8,6 +8,7 @@ from pathlib import Path
 
 from polymodal.cache import staged_folder
 from polymodal.errors import PolymodalError
+from polymodal.training_photos import FILE_NAME, copy_training_photos
 
 
 def cmd_export_onnx(args) -> int:
@@ -55,6 +56,7 @@ def cmd_export_onnx(args) -> int:
     with staged_folder(out) as stage:
         report = export_onnx(model, stage, val, max_drop_points=args.max_drop_points, progress=progress,
                              timing_seconds=args.timing_seconds, **kwargs)
+        copy_training_photos(args.model, stage)  # `eval --runtime onnx --model OUT` warns of them too
     from polymodal.registry import MODELS, onnx_export_dir
 
     # a built-in name exported to its default folder is found by name
@@ -68,7 +70,7 @@ def _export_file(name: str) -> bool:
     """What `polymodal export onnx` writes: graphs, the tokenizer, its config and reports."""
     from polymodal.export.runtime import ONNX_CONFIG
 
-    return name.endswith(".onnx") or name in (ONNX_CONFIG, "tokenizer.json", "report.json", "report.md")
+    return name.endswith(".onnx") or name in (ONNX_CONFIG, "tokenizer.json", "report.json", "report.md", FILE_NAME)
 
 
 def _variants(args) -> list[str] | None:
@@ -103,6 +105,7 @@ def _export_vqa(args, out: Path) -> int:
                                     print(f"polymodal: {m}", file=sys.stderr, flush=True),
                                     max_drop_points=args.max_drop_points, timing_seconds=args.timing_seconds,
                                     variants=_variants(args), keep_unserved=args.keep_unserved)
+        copy_training_photos(args.model, stage)  # `eval --runtime onnx --model OUT` warns of them too
     return _print_result(args, out, report, vqa_report_table(report),
                          f"`polymodal vqa IMAGE QUESTION --model {out} --runtime onnx`")
 
@@ -118,6 +121,7 @@ def _export_captioner(args, model, val, out: Path, variants) -> int:
                                        max_drop_points=args.max_drop_points, timing_seconds=args.timing_seconds,
                                        progress=lambda m: None if args.json else
                                        print(f"polymodal: {m}", file=sys.stderr, flush=True))
+        copy_training_photos(args.model, stage)  # `eval --runtime onnx --model OUT` warns of them too
     return _print_result(args, out, report, caption_report_table(report),
                          f"`polymodal caption IMAGE --model {out} --runtime onnx`")
 

@@ -64,6 +64,13 @@ def write_training_photos(folder, hashes: set[str]) -> None:
     atomic_write_bytes(Path(folder) / FILE_NAME, (HEADER + "".join(h + "\n" for h in sorted(hashes))).encode())
 
 
+def copy_training_photos(name_or_path, folder) -> None:
+    """A model's list travels with what is made from it (an ONNX export, a shipped copy): `eval` of that still warns."""
+    src = model_folder(name_or_path)
+    if src is not None and (src / FILE_NAME).is_file():
+        atomic_write_bytes(Path(folder) / FILE_NAME, (src / FILE_NAME).read_bytes())
+
+
 class TrainingPhotos:
     """Written beside each model a training run saves: the run's training photos plus those of the model it
     started from. Hashed once, on the first save."""

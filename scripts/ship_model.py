@@ -12,7 +12,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save
 
 from polymodal.cache import atomic_write_bytes
-from polymodal.training_photos import FILE_NAME
+from polymodal.training_photos import copy_training_photos
 
 HERE = Path(__file__).resolve().parents[1] / "polymodal" / "resources" / "models"
 
@@ -26,9 +26,7 @@ def main(src: str, name: str) -> int:
     config["name"] = name
     atomic_write_bytes(dst / "model.safetensors", data)
     atomic_write_bytes(dst / "config.json", json.dumps(config, indent=2).encode())
-    photos = src_dir / FILE_NAME  # the photos it trained on travel with it: `eval` warns when it scores them
-    if photos.is_file():
-        atomic_write_bytes(dst / FILE_NAME, photos.read_bytes())
+    copy_training_photos(src_dir, dst)  # the photos it trained on travel with it: `eval` warns when it scores them
     print(f"shipped {src_dir} as {name!r}: {dst} ({len(data) / 1e6:.1f} MB, version {config['version']})")
     return 0
 

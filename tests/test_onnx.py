@@ -303,6 +303,11 @@ def test_vqa_model_exports_with_parity_and_answers_without_torch(easy_vqa_rows, 
     assert cli.main(["eval", "vqa", "--model", str(out), "--runtime", "onnx", "--qa", str(qa)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["accuracy"] == report["accuracy_onnx"]["accuracy"]  # same 20 rows
+    # the model's training photos travel with the export: test photos are none of them (null: it records none)
+    from polymodal.resources import HERE
+
+    shipped = (HERE / "models" / "easy-vqa" / "training_photos.txt").read_bytes()
+    assert (out / "training_photos.txt").read_bytes() == shipped and result["seen_in_training"] == 0
     from polymodal.export.runtime import graph_files, graph_variants, read_export_config
 
     assert result["variants"] == graph_variants(graph_files(read_export_config(out)))  # which graphs answered
