@@ -93,12 +93,12 @@ def cmd_eval_captions(args) -> int:
     decoding = _check_decoding(args)
     refuse_ci(args, "BLEU and CIDEr-D are corpus scores, not means of per-photo scores that a bootstrap resamples")
     check_out(args.out, args.pairs)
-    with counting_skipped() as skipped:
+    with counting_skipped(args.split) as skipped:
         pairs = read_pair_sources(args.pairs)
     check_strict(args, skipped[0])
     model = load_captioner_model(args.model, args.runtime)
     images = pairs.images[:args.limit] if args.limit else pairs.images
-    caveats = data_caveats(args.model, images, skipped[0])  # said before the captioning, not after minutes of it
+    caveats = data_caveats(args.model, images, skipped[0], args.split)  # said before the captioning, not after minutes of it
     items: list = []
     result = evaluate_captions(model, pairs, limit=args.limit, examples=args.examples, details=items, **decoding)
     check_strict(args, 0, result["unreadable"])

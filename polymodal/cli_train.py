@@ -212,11 +212,11 @@ def cmd_eval_retrieval(args) -> int:
     from polymodal.registry import require_embedding
 
     check_out(args.out, args.pairs)
-    with counting_skipped() as skipped:
+    with counting_skipped(args.split) as skipped:
         pairs = read_pairs(args.pairs)
     check_strict(args, skipped[0])
     model = require_embedding(load_model(args, args.model), args.model)
-    caveats = data_caveats(args.model, pairs.images, skipped[0])  # said before the images are encoded
+    caveats = data_caveats(args.model, pairs.images, skipped[0], args.split)  # said before the images are encoded
     # a corrupt photo is left out, not fatal; the bar goes to stderr, the JSON line to stdout
     image_emb, rows = encode_readable(model, pairs.images, ", ".join(args.pairs), progress=True)
     unreadable = len(pairs.images) - len(rows)  # counted in the JSON line, as eval captions and eval vqa do
@@ -262,7 +262,7 @@ def cmd_eval_zeroshot(args) -> int:
 
     check_out(args.out, [args.labels_file] + ([args.classes] if args.classes else []))
     classes = read_classes(args.classes) if args.classes else None
-    with counting_skipped() as skipped:  # with candidates given, photos of one class are fine
+    with counting_skipped(args.split) as skipped:  # with candidates given, photos of one class are fine
         images, labels = read_labelled_images(args.labels_file, one_class=classes is not None)
     if classes:
         images, labels, outside = keep_candidates(images, labels, classes, args.labels_file)
@@ -270,7 +270,7 @@ def cmd_eval_zeroshot(args) -> int:
     check_strict(args, skipped[0])
     model = load_model(args, args.model)
     templates = args.template or TEMPLATES
-    caveats = data_caveats(args.model, set(images), skipped[0])
+    caveats = data_caveats(args.model, set(images), skipped[0], args.split)
     items: list = []
     metrics = zeroshot_accuracy(model, images, labels, templates, progress=True, details=items, classes=classes)
     check_strict(args, 0, metrics["unreadable"])

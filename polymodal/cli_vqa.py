@@ -91,12 +91,12 @@ def cmd_eval_vqa(args) -> int:
     from polymodal.eval.vqa import read_qa, vqa_accuracy
 
     check_out(args.out, args.qa)
-    with counting_skipped() as skipped:
+    with counting_skipped(args.split) as skipped:
         rows = read_qa(args.qa)
     check_strict(args, skipped[0])
     model = _load_vqa_model(args.model, args.runtime)
     images = {str(r.image) for r in rows}
-    caveats = data_caveats(args.model, sorted(images), skipped[0])
+    caveats = data_caveats(args.model, sorted(images), skipped[0], args.split)
     warn_of_few(len(images), "photos", "accuracy")
     items: list = []
     metrics = vqa_accuracy(model, rows, details=items)

@@ -55,6 +55,7 @@ def iter_json_rows(path: Path, fix: str) -> Iterator[tuple[str, dict | None, str
     """-> (where "file:line", row, "") per usable object, or (where, None, why) per unusable line. A file that
     starts as a JSON array but does not parse is an error whose message ends with ``fix``."""
     splits: Counter = Counter()
+    wanted = _SPLITS[-1][0] if _SPLITS else None
     with utf8_text(path) as f:
         head = f.read(1)
         while head.isspace():
@@ -80,8 +81,26 @@ def iter_json_rows(path: Path, fix: str) -> Iterator[tuple[str, dict | None, str
                 continue
             if isinstance(item.get("split"), str):
                 splits[item["split"]] += 1
+            if wanted is not None and str(item.get("split", "")).casefold() != wanted.casefold():
+                continue  # another split: left out, neither read nor skipped
             yield where, item, ""
-    _warn_of_mixed_splits(path, splits, head == "[")
+    if wanted is None:
+        _warn_of_mixed_splits(path, splits, head == "[")
+    else:
+        _check_split(path, splits, wanted)
+
+
+def _check_split(path: Path, splits: Counter, wanted: str) -> None:
+    _SPLITS[-1][1] += 1  # a JSON file was read under --split
+    kept = sum(n for name, n in splits.items() if name.casefold() == wanted.casefold())
+    if not kept:
+        carried = ("its rows carry " + ", ".join(f"{name} {n:,}" for name, n in splits.most_common())
+                   if splits else 'its rows carry no "split" field')
+        raise PolymodalError(f"{path} has no rows of split {wanted!r}: {carried}; pass one of those to --split, "
+                             "or leave --split out to read every row")
+    if len(splits) > 1:
+        log.info("%s: read the %s rows of split %r, left out %s", path, f"{kept:,}", wanted,
+                 ", ".join(f"{name} {n:,}" for name, n in splits.most_common() if name.casefold() != wanted.casefold()))
 
 
 HELD_OUT_SPLITS = ("test", "val", "dev", "eval")  # contained in "validation", "minival", "test-dev"
@@ -106,24 +125,34 @@ def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool) -> None:
         counts = ", ".join(f"{name} {n:,}" for name, n in splits.most_common())
         one = _held_out(splits)
         select = f"{'.[] | ' if array else ''}select(.split == \"{one}\")"
-        log.warning("%s: rows carry %d split values (%s) and all of them are read; to use one, filter the file, "
-                    "e.g. jq -c '%s' %s > %s", path, len(splits), counts, select, path,
-                    path.with_name(f"{path.stem}.{one}.jsonl"))
+        log.warning("%s: rows carry %d split values (%s) and all of them are read; to use one, pass `eval ... "
+                    "--split %s`, or filter the file, e.g. jq -c '%s' %s > %s", path, len(splits), counts, one, select,
+                    path, path.with_name(f"{path.stem}.{one}.jsonl"))
 
 
 _TALLIES: list[list[int]] = []  # open counting_skipped() blocks
+_SPLITS: list[list] = []  # open counting_skipped(split) blocks: [split, JSON files read]
 
 
 @contextmanager
-def counting_skipped() -> Iterator[list[int]]:
+def counting_skipped(split: str | None = None) -> Iterator[list[int]]:
     """Counts the rows every data file read inside the block skipped, as [n]: an evaluation puts the count in its
-    JSON line, where a figure computed on part of the data would otherwise read as computed on all of it."""
+    JSON line, where a figure computed on part of the data would otherwise read as computed on all of it. With
+    ``split`` (`eval --split`), JSON rows whose "split" field is another value (in any case) are left out, a JSON
+    file with none of that split is an error, and so is a block that read no JSON file (nothing to filter)."""
     tally = [0]
     _TALLIES.append(tally)
+    if split is not None:
+        _SPLITS.append(entry := [split, 0])
     try:
         yield tally
+        if split is not None and not entry[1]:
+            raise PolymodalError(f"--split {split} filters JSON/JSONL rows on their \"split\" field, and none of "
+                                 "the data files given is one; filter the data yourself, or leave --split out")
     finally:
         _TALLIES[:] = [t for t in _TALLIES if t is not tally]  # by identity: two tallies may hold equal counts
+        if split is not None:
+            _SPLITS[:] = [e for e in _SPLITS if e is not entry]
 
 
 def report_skipped(source, skipped: list, usable: int, what: str, fix: str, noun: str = "unusable row") -> None:

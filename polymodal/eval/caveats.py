@@ -13,10 +13,12 @@ log = logging.getLogger(__name__)
 FEW_PHOTOS = 20  # below this a recall or a CIDEr-D barely tells two models apart (training warns at the same count)
 
 
-def data_caveats(model: str, images, skipped_rows: int) -> dict:
-    """{"skipped_rows", "seen_in_training"} for the JSON line; seen_in_training is None when the model records no
-    training photos (`lite`, an ONNX export, a model trained before polymodal kept them)."""
-    return {"skipped_rows": skipped_rows, "seen_in_training": count_training_photos(model, list(images))}
+def data_caveats(model: str, images, skipped_rows: int, split: str | None = None) -> dict:
+    """{"skipped_rows", "seen_in_training"} (and "split" when `--split` chose one) for the JSON line;
+    seen_in_training is None when the model records no training photos (`lite`, an ONNX export, a model trained
+    before polymodal kept them)."""
+    return {**({"split": split} if split is not None else {}), "skipped_rows": skipped_rows,
+            "seen_in_training": count_training_photos(model, list(images))}
 
 
 def warn_of_few(count: int, what: str, metric: str) -> None:
