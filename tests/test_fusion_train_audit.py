@@ -4,6 +4,7 @@ tests that need the towers."""
 
 import copy
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -447,7 +448,7 @@ class _StubModel:
 
 def test_build_vqa_model_from_a_folder_honours_new_head_and_itm(monkeypatch, tmp_path):
     stub = _StubModel()
-    monkeypatch.setattr(vqa, "is_fusion_encoder_folder", lambda path: True)
+    monkeypatch.setattr(vqa, "continued_folder", lambda path, task: Path(path))
     monkeypatch.setattr(vqa, "load_fusion_encoder", lambda path: stub)
     rows = _qa(["yes", "no", "yes"])
     recipe = VQARecipe(qa=["qa.jsonl"], out=str(tmp_path), model="folder", new_head=True, itm_weight=0.5)
@@ -604,7 +605,7 @@ def test_build_model_gives_the_heads_the_objectives_need(monkeypatch, tmp_path):
 
     stub = _StubModel()
     stub.mlm_transform, stub.mrm = object(), object()
-    monkeypatch.setattr(pretrain, "is_fusion_encoder_folder", lambda path: True)
+    monkeypatch.setattr(pretrain, "continued_folder", lambda path, task: Path(path))
     monkeypatch.setattr(pretrain, "load_fusion_encoder", lambda path: stub)
     recipe = PretrainRecipe(pairs=["p.jsonl"], out=str(tmp_path), model="folder", objectives={"itm": 1.0, "mlm": 1.0})
     assert pretrain.build_model(recipe) is stub and stub.calls == ["itm"]

@@ -6,11 +6,15 @@ from types import SimpleNamespace
 
 import pytest
 
+from pathlib import Path
+
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig
 from polymodal.train import pretrain
 from polymodal.train.pretrain import PretrainRecipe
 from polymodal.train.vqa import VQARecipe
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_building_a_model_leaves_the_callers_config_alone():
@@ -69,3 +73,31 @@ def test_recipes_given_rows_in_memory_say_to_write_a_file(recipe_path, key, tmp_
     rows = [{"image": "a.jpg", "caption": "a cat", "question": "what?", "answer": "cat"}]
     with pytest.raises(PolymodalError, match=f"^{key} takes data files, not rows: write the rows to a JSONL file"):
         cls(out=str(tmp_path), **{**data, key: rows})
+
+
+def test_train_vqa_continues_the_built_in_easy_vqa_by_name(tmp_path, capsys):
+    import json
+
+    from polymodal import cli
+    from polymodal.training_photos import read_training_photos
+
+    easy_vqa = pytest.importorskip("easy_vqa")
+    questions, answers, image_ids = easy_vqa.get_test_questions()
+    paths = easy_vqa.get_test_image_paths()
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"image": str(paths[i]), "question": q, "answer": a}) + "\n"
+                          for q, a, i in list(zip(questions, answers, image_ids))[:40]))
+    out = tmp_path / "run"
+    assert cli.main(["train", "vqa", "--qa", str(qa), "--val-qa", str(qa), "--model", "easy-vqa", "--out", str(out),
+                     "--epochs", "1", "--quiet"]) == 0
+    config = json.loads((out / "train_config.json").read_text())
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert config["model"] == "easy-vqa" and saved["answers"] == json.loads(
+        (ROOT / "polymodal/resources/models/easy-vqa/config.json").read_text())["answers"]
+    assert read_training_photos(out / "model") >= read_training_photos("easy-vqa")  # inherited, plus these
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"image": str(paths[i]), "caption": f"shape {i}"}) + "\n" for i in range(4)))
+    for task, data in (("vqa", ["--qa", str(qa)]), ("pretrain", ["--pairs", str(pairs)])):
+        assert cli.main(["train", task, *data, "--model", "coco-yesno", "--out", str(tmp_path / task)]) == 2
+        assert f"the built-in 'coco-yesno' is not a fusion encoder, so `polymodal train {task}`" in \
+            capsys.readouterr().err

@@ -647,6 +647,36 @@ def is_fusion_encoder_folder(path: str | Path) -> bool:
     return folder_type(path) == "fusion_encoder"
 
 
+def fusion_encoder_folder(name_or_path) -> Path | None:
+    """The folder of a built-in fusion encoder (``easy-vqa``) or of a saved one; None when that is not one."""
+    from polymodal.training_photos import model_folder
+
+    folder = model_folder(name_or_path)
+    return folder if folder is not None and is_fusion_encoder_folder(folder) else None
+
+
+def continued_folder(name: str, task: str) -> Path:
+    """The fusion encoder `polymodal train vqa|pretrain --model NAME` continues: a built-in name (easy-vqa) or a
+    folder; otherwise one error saying what to pass (checked before any data is read)."""
+    from polymodal.registry import MODELS, run_folder_hint
+
+    folder = fusion_encoder_folder(name)
+    if folder is not None:
+        return folder
+    takes = ("model 'new', 'easy-vqa', a folder from `polymodal train vqa` or the model subfolder of a `polymodal "
+             "train pretrain` run")
+    if name in MODELS:
+        raise PolymodalError(f"the built-in {name!r} is not a fusion encoder, so `polymodal train {task}` cannot "
+                             f"continue it; pass {takes}")
+    hint = run_folder_hint(name)
+    if hint:
+        raise PolymodalError(hint)
+    if not Path(name).exists():
+        raise PolymodalError(f"no model folder {name}; pass {takes}")
+    raise PolymodalError(f"cannot {'train' if task == 'vqa' else task} from {name!r}, which is not a fusion encoder; "
+                         f"pass {takes}")
+
+
 def load_fusion_encoder(folder: str | Path) -> FusionEncoder:
     folder = Path(folder)
     raw = read_folder_config(folder, "`polymodal train vqa`")

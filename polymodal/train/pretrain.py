@@ -45,10 +45,11 @@ from polymodal.cache import cache_key
 from polymodal.data.images import draft_size_of
 from polymodal.data.pairs import PairSet, open_pair_image, read_pair_sources
 from polymodal.errors import PolymodalError
-from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig, is_fusion_encoder_folder, load_fusion_encoder
+from polymodal.models.fusion_encoder import (
+    FusionEncoder, FusionEncoderConfig, continued_folder, load_fusion_encoder,
+)
 from polymodal.models.inputs import as_parts, as_paths, as_settings
 from polymodal.progress import progress_bar
-from polymodal.registry import run_folder_hint
 from polymodal.train.features import _load_cached, _store, readable_pairs, readable_subset
 from polymodal.train.guards import (
     FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder, refuse_unfreezing,
@@ -563,10 +564,7 @@ def build_model(recipe: PretrainRecipe) -> FusionEncoder:
                                                                  else "")))
         recipe.arch = model.config  # what was built is what train_config.json records
         return model
-    if not is_fusion_encoder_folder(recipe.model):
-        raise PolymodalError(run_folder_hint(recipe.model)
-                             or f"cannot pretrain from {recipe.model!r}; pass model 'new' or a fusion-encoder folder")
-    model = load_fusion_encoder(recipe.model)
+    model = load_fusion_encoder(continued_folder(recipe.model, "pretrain"))  # a folder, or a built-in name
     if "itm" in names:
         model.add_itm_head()
     missing = [n for n, head in (("mlm", model.mlm_transform), ("mrm", model.mrm)) if n in names and head is None]
@@ -585,6 +583,8 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     t_start = time.perf_counter()
     recipe.validate()
     check_run_folder(recipe.out, resume, overwrite)
+    if recipe.model != "new":
+        continued_folder(recipe.model, "pretrain")  # what --model names is said before the data is read
     set_seed(recipe.train.seed)
     pairs = read_pairs(recipe.pairs)
     if recipe.val_pairs:

@@ -26,12 +26,11 @@ from polymodal.eval.vqa import QARow, accuracy_by_type, read_qa
 from polymodal.models.fusion_encoder import (
     FusionEncoder,
     FusionEncoderConfig,
-    is_fusion_encoder_folder,
+    continued_folder,
     load_fusion_encoder,
 )
 from polymodal.models.inputs import as_parts, as_paths, as_settings
 from polymodal.progress import progress_bar
-from polymodal.registry import run_folder_hint
 from polymodal.train.features import (
     _load_cached, _nan_rows, _store, image_features, readable_subset, report_unreadable,
 )
@@ -360,8 +359,8 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
         model = FusionEncoder(replace(recipe.arch, answers=answer_vocabulary(train_rows, recipe.min_answer_count,
                                                                             recipe.max_answers)))
         recipe.arch = model.config  # what was built (answers, fusion defaults) is what train_config.json records
-    elif is_fusion_encoder_folder(recipe.model):
-        model = load_fusion_encoder(recipe.model)  # continue training; its answer vocabulary stays
+    else:  # a folder, or a built-in name (easy-vqa)
+        model = load_fusion_encoder(continued_folder(recipe.model, "vqa"))  # its answer vocabulary stays
         model.drop_pretraining_heads()  # MLM / MRM heads of a pretrained encoder do not train here
         keeps_answers = bool(model.answers) and not recipe.new_head
         if not keeps_answers:  # fine-tune a pretrained encoder: a fresh head over these answers
@@ -369,12 +368,6 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
         if recipe.itm_weight > 0:
             model.add_itm_head()
         recipe.arch = model.config
-    elif not Path(recipe.model).exists():
-        raise PolymodalError(f"no model folder {recipe.model}; pass model 'new', a folder from `polymodal train vqa` "
-                             "or the model subfolder of a `polymodal train pretrain` run")
-    else:
-        raise PolymodalError(run_folder_hint(recipe.model)
-                             or f"cannot train from {recipe.model!r}; pass model 'new' or a folder from `polymodal train vqa`")
     freeze_parts(model, recipe.freeze, recipe.model)
     if recipe.itm_weight > 0 and model.itm is None:
         raise PolymodalError("itm_weight > 0 needs an ITM head: set itm_head: true in arch (or --itm-head)")
@@ -387,6 +380,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     t_start = time.perf_counter()
     recipe.validate()
     check_run_folder(recipe.out, resume, overwrite)
+    if recipe.model != "new":
+        continued_folder(recipe.model, "vqa")  # what --model names is said before the data is read
     set_seed(recipe.train.seed)
     train_rows = read_qa(recipe.qa)
     if recipe.val_qa:
