@@ -5,6 +5,7 @@ import dataclasses
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from pathlib import Path
 
@@ -101,3 +102,10 @@ def test_train_vqa_continues_the_built_in_easy_vqa_by_name(tmp_path, capsys):
         assert cli.main(["train", task, *data, "--model", "coco-yesno", "--out", str(tmp_path / task)]) == 2
         assert f"the built-in 'coco-yesno' is not a fusion encoder, so `polymodal train {task}`" in \
             capsys.readouterr().err
+
+
+def test_no_question_encodes_to_an_empty_batch():
+    model = FusionEncoder(FusionEncoderConfig(fusion="concat", dim=16, answers=["yes", "no"]))
+    states, mask = model.encode_questions([])
+    assert states.shape == (0, 1, 384) and mask.shape == (0, 1) and mask.dtype == torch.bool
+    assert model.encode_images([]).shape[0] == 0

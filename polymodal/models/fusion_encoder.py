@@ -447,6 +447,8 @@ class FusionEncoder(nn.Module):
             s, m = self.text_cache_input(questions[i : i + batch_size])
             states.append(s)
             masks.append(m)
+        if not states:  # no question: empty batches, as encode_images gives for no image
+            return torch.zeros(0, 1, TEXT_DIM), torch.zeros(0, 1, dtype=torch.bool)
         width = max(s.shape[1] for s in states)
         states = [nn.functional.pad(s, (0, 0, 0, width - s.shape[1])) for s in states]
         masks = [nn.functional.pad(m, (0, width - m.shape[1])) for m in masks]
