@@ -286,7 +286,7 @@ def test_pretraining_warns_of_validation_photos_that_training_sees(pairs_file, t
     model is built)."""
     import polymodal.train.pretrain as pretrain
 
-    def build_model(recipe):
+    def build_model(recipe, resume=False):
         raise _Stop
 
     monkeypatch.setattr(pretrain, "build_model", build_model)

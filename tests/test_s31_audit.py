@@ -201,7 +201,7 @@ def test_train_pretrain_freezes_the_built_model_before_encoding(monkeypatch, tmp
     pairs = PairSet.from_pairs([Pair(f"{i}.jpg", f"caption {i}") for i in range(3)])
     _any_folder_continues(monkeypatch)
     monkeypatch.setattr(pretrain, "read_pairs", lambda sources: pairs)
-    monkeypatch.setattr(pretrain, "build_model", lambda recipe: model)
+    monkeypatch.setattr(pretrain, "build_model", lambda recipe, resume=False: model)
     monkeypatch.setattr(pretrain, "freeze_parts", lambda *a: calls.append(a) or (_ for _ in ()).throw(Frozen()))
     monkeypatch.setattr(pretrain, "encode_split", lambda *a, **k: pytest.fail("encoded before freezing"))
     recipe = PretrainRecipe(pairs="p.jsonl", out=str(tmp_path / "run"), model="runs/pt/model", freeze="fusion,mrm",

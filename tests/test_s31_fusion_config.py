@@ -41,8 +41,36 @@ def test_mrm_target_and_mrm_head_name_one_thing(monkeypatch, tmp_path):
         assert pretrain.build_model(recipe).config.mrm_head == built
     recipe = PretrainRecipe(pairs="p.jsonl", out=str(tmp_path), objectives=objectives, mrm_target="regress",
                             arch={"fusion": "co_attention", "mrm_head": "classify"})
-    with pytest.raises(PolymodalError, match="mrm_target 'regress' contradicts arch mrm_head 'classify'"):
-        recipe.validate()
+    recipe.validate()
+    with pytest.raises(PolymodalError, match=r"mrm_target 'regress' contradicts arch mrm_head \('classify'\)"):
+        pretrain.build_model(recipe)
+    # a run recorded before stop 31 saved mrm_target "regress" beside any head: resumed, it is rebuilt as recorded
+    assert pretrain.build_model(recipe, resume=True).config.mrm_head == "classify"
+
+
+def test_freezing_a_part_the_model_lacks_is_an_error():
+    model = FusionEncoder(FusionEncoderConfig(fusion="concat", dim=16, answers=["yes", "no"]))
+    with pytest.raises(PolymodalError, match="this model has no mrm, itm part to freeze.*freeze parts it has: "
+                                             "image_proj, text_proj, projections, fusion, vqa$"):
+        model.freeze(["fusion", "mrm", "itm"])
+    assert all(p.requires_grad for p in model.fusion.parameters())  # refused before anything was frozen
+    assert model.freeze("projections")  # image_proj and text_proj; pixel_proj absent is fine
+
+
+def test_resuming_with_other_frozen_parts_is_refused(tmp_path):
+    import json
+
+    from polymodal.train.run_settings import check_same_run
+    from polymodal.train.trainer import TrainConfig
+
+    arch, train = FusionEncoderConfig(fusion="concat", dim=16), TrainConfig()
+    (tmp_path / "train_config.json").write_text(json.dumps({"arch": dataclasses.asdict(arch), "freeze": ["itm"],
+                                                            "train": dataclasses.asdict(train)}))
+    check_same_run(tmp_path, arch, train, freeze=["itm"])
+    with pytest.raises(PolymodalError, match=r"--freeze itm \(asked now: text_proj\)"):
+        check_same_run(tmp_path, arch, train, freeze=["text_proj"])
+    with pytest.raises(PolymodalError, match=r'--freeze itm \(asked now: ""\)'):
+        check_same_run(tmp_path, arch, train, freeze=[])
 
 
 def test_recipes_build_from_a_copy_and_read_freeze_as_flags_give_it(tmp_path):

@@ -237,6 +237,12 @@ class FusionEncoder(nn.Module):
         unknown = sorted(set(parts) - set(FREEZABLE))
         if unknown:
             raise PolymodalError(f"cannot freeze {unknown}; choose from {', '.join(FREEZABLE)}")
+        present = {name.split(".")[0] for name, _ in self.named_parameters()}
+        absent = [p for p in parts if not present & set(FREEZABLE[p])]
+        if absent:  # freezing nothing would read as done
+            raise PolymodalError(f"this model has no {', '.join(absent)} part to freeze (a VQA model drops the "
+                                 "pretraining heads mlm and mrm; itm exists only with itm_head); freeze parts it has: "
+                                 f"{', '.join(p for p in FREEZABLE if present & set(FREEZABLE[p]))}")
         attrs = {a for p in parts for a in FREEZABLE[p]}
         frozen = []
         for name, param in self.named_parameters():

@@ -148,9 +148,6 @@ class PretrainRecipe:
             raise PolymodalError("mlm_variants, hard_k and batch_size must be at least 1")
         if self.mrm_target not in ("", "regress", "classify"):
             raise PolymodalError(f"mrm_target must be 'regress' or 'classify', got {self.mrm_target!r}")
-        if self.mrm_target and self.arch.mrm_head and self.mrm_target != self.arch.mrm_head:
-            raise PolymodalError(f"mrm_target {self.mrm_target!r} contradicts arch mrm_head {self.arch.mrm_head!r}; "
-                                 "set one of them (they name the same thing: what masked grid cells predict)")
 
 
 # -- data: pairs, masks, cached features ----------------------------------------------------------------------------
@@ -554,10 +551,15 @@ def load_miner(name: str):
     return miner
 
 
-def build_model(recipe: PretrainRecipe) -> FusionEncoder:
+def build_model(recipe: PretrainRecipe, resume: bool = False) -> FusionEncoder:
+    """The model to pretrain: new (heads for the objectives), or continued from a folder or a built-in name.
+    mrm_target must agree with the MRM head the arch or the continued model has; a resumed run is rebuilt as it
+    was recorded (runs from before stop 31 recorded mrm_target "regress" beside any head), so it is not checked."""
     names = recipe.objectives
     if recipe.model == "new":
         arch = recipe.arch
+        if not resume:
+            _check_mrm_target(recipe.mrm_target, arch.mrm_head, "arch mrm_head")
         model = FusionEncoder(replace(arch, itm_head=arch.itm_head or "itm" in names,
                                       mlm_head=arch.mlm_head or "mlm" in names,
                                       mrm_head=arch.mrm_head or (recipe.mrm_target or "regress" if "mrm" in names
@@ -570,11 +572,16 @@ def build_model(recipe: PretrainRecipe) -> FusionEncoder:
     missing = [n for n, head in (("mlm", model.mlm_transform), ("mrm", model.mrm)) if n in names and head is None]
     if missing:
         raise PolymodalError(f"{recipe.model} has no {' or '.join(missing)} head; pretrain a new model for them")
-    if "mrm" in names and recipe.mrm_target and recipe.mrm_target != model.config.mrm_head:
-        raise PolymodalError(f"{recipe.model}'s MRM head is trained to {model.config.mrm_head} grid cells, not to "
-                             f"{recipe.mrm_target} them; leave mrm_target out to continue it, or pretrain a new model")
+    if recipe.mrm_target and not resume:
+        _check_mrm_target(recipe.mrm_target, model.config.mrm_head, f"{recipe.model}'s MRM head")
     recipe.arch = model.config
     return model
+
+
+def _check_mrm_target(target: str, head: str, what: str) -> None:
+    if target and head and target != head:
+        raise PolymodalError(f"mrm_target {target!r} contradicts {what} ({head!r}); leave mrm_target out (it names "
+                             "the same thing: what masked grid cells predict), or pretrain a new model")
 
 
 def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool = True,
@@ -601,10 +608,10 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
             f"the validation split ({recipe.val_fraction:g} of {len(pairs.images)} images)"
         raise PolymodalError(f"ITM validation needs captions of at least 2 images and {where} has "
                              f"{len(val_pairs.images)}; pass --val-pairs FILE with more images or more pairs")
-    model = build_model(recipe)
+    model = build_model(recipe, resume)
     freeze_parts(model, recipe.freeze, recipe.model)
     if resume:
-        check_same_run(Path(recipe.out), recipe.arch, recipe.train)
+        check_same_run(Path(recipe.out), recipe.arch, recipe.train, freeze=recipe.freeze)
     names = list(recipe.objectives)
     log.info("pretrain %s on %d captions of %d images; val: %d captions", names, len(train_pairs),
              len(train_pairs.images), len(val_pairs) if val_pairs else 0)

@@ -61,17 +61,20 @@ def write_train_config(out: Path, settings: dict) -> None:
 RESUMED_RATES = ("lr", "tower_lr_scale", "weight_decay")  # the checkpoint's optimizer state brings these back
 
 
-def check_same_run(out: Path, arch, train, ignore: Sequence[str] = ()) -> None:
+def check_same_run(out: Path, arch, train, ignore: Sequence[str] = (), freeze: Sequence[str] | None = None) -> None:
     """--resume (RUN/train_config.json): the checkpoint only fits the architecture it was trained with (``ignore``:
     arch keys that are no flag, checked when the checkpoint loads), and the optimizer and schedule continue at the
     rates they were saved with, so another --lr, --tower-lr-scale or --weight-decay would be recorded but not used:
-    refuse both."""
+    refuse both. ``freeze``: the parts frozen now; the saved optimizer state holds the parameters trained then."""
     try:
         saved = json.loads((Path(out) / "train_config.json").read_text())
     except (OSError, ValueError):
         return  # a run from before train_config.json: loading the checkpoint is the check
     changed = _changed(saved, "arch", arch, lambda k: k not in ignore) + _changed(saved, "train", train,
                                                                                 lambda k: k in RESUMED_RATES)
+    was_frozen = saved.get("freeze", []) if isinstance(saved, dict) else []
+    if freeze is not None and isinstance(was_frozen, list) and sorted(was_frozen) != sorted(freeze):
+        changed.append(("freeze", ",".join(was_frozen) or '""', ",".join(freeze) or '""'))
     if changed:
         was = ", ".join(f"--{k.replace('_', '-')} {_flag_value(old)} (asked now: {_flag_value(new)})"
                         for k, old, new in changed)

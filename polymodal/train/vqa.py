@@ -395,7 +395,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     model = build_vqa_model(recipe, train_rows)
     if resume:
         # the vocabulary ("answers") is checked when the checkpoint loads
-        check_same_run(Path(recipe.out), recipe.arch, recipe.train, ignore=("answers",))
+        check_same_run(Path(recipe.out), recipe.arch, recipe.train, ignore=("answers",), freeze=recipe.freeze)
     train, feats = readable_qa(model, train_rows, ",".join(map(str, recipe.qa)), progress)
     if len(train.rows) < len(train_rows):  # the answer vocabulary comes from the readable rows alone
         train_rows = train.rows
