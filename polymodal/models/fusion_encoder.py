@@ -658,21 +658,14 @@ def is_fusion_encoder_folder(path: str | Path) -> bool:
     return folder_type(path) == "fusion_encoder"
 
 
-def fusion_encoder_folder(name_or_path) -> Path | None:
-    """The folder of a built-in fusion encoder (``easy-vqa``) or of a saved one; None when that is not one."""
-    from polymodal.training_photos import model_folder
-
-    folder = model_folder(name_or_path)
-    return folder if folder is not None and is_fusion_encoder_folder(folder) else None
-
-
 def continued_folder(name: str, task: str) -> Path:
     """The fusion encoder `polymodal train vqa|pretrain --model NAME` continues: a built-in name (easy-vqa) or a
     folder; otherwise one error saying what to pass (checked before any data is read)."""
     from polymodal.registry import MODELS, run_folder_hint
+    from polymodal.training_photos import model_folder  # a built-in name's folder, or the path itself
 
-    folder = fusion_encoder_folder(name)
-    if folder is not None:
+    folder = model_folder(name)
+    if folder is not None and is_fusion_encoder_folder(folder):
         return folder
     takes = ("model 'new', 'easy-vqa', a folder from `polymodal train vqa` or the model subfolder of a `polymodal "
              "train pretrain` run")
