@@ -481,7 +481,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        with _sigterm_cleans_up():
+        from polymodal.eval.per_item import strict_reading
+
+        with _sigterm_cleans_up(), strict_reading(args):
             code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handler, not at interpreter exit
         return code

@@ -522,3 +522,14 @@ def test_label_embeddings_follow_the_torch_weights_without_being_told():
 def _expected_label_emb_of(model, labels):
     emb = model.encode_text([f"a photo of a {lab}." for lab in labels])
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+def test_label_embeddings_with_progress_show_a_bar_and_give_the_same_vectors(capsys):
+    labels, t = [f"class {i}" for i in range(700)], ("a photo of a {}.", "a {}.")  # 1,400 prompts: 3 chunks
+    model = FakeEmbedder()
+    emb = model.label_embeddings(labels, t, progress=True)
+    assert "class prompts" in capsys.readouterr().err
+    np.testing.assert_allclose(emb, _expected_label_emb(labels, t), atol=1e-6)
+    assert [len(c) for c in model.text_calls] == [512, 512, 376]
+    model.label_embeddings(labels, t, progress=True)  # cached: no second bar
+    assert "class prompts" not in capsys.readouterr().err

@@ -17,6 +17,7 @@ import torch
 from polymodal.data.pairs import Pair, PairSet
 from polymodal.errors import PolymodalError
 from polymodal.fusion import build_fusion
+from polymodal.fusion.base import INVERTED_CHECKS
 from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig
 from polymodal.models.inputs import as_paths
 from polymodal.train import pretrain
@@ -112,6 +113,23 @@ def test_an_inverted_mask_of_rows_longer_than_one_token_is_warned_of(caplog):
     assert len(caplog.records) == 1 and "mask 1 looks inverted" in caplog.text
 
 
+def test_the_mask_is_checked_in_the_first_batches_only(caplog):
+    # each check reads the mask back (a GPU sync): a module stops looking after INVERTED_CHECKS masks
+    fusion = build_fusion("concat", [8, 8], 8)
+    right_padded = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]).bool()
+    with caplog.at_level(logging.WARNING, logger="polymodal.fusion.base"):
+        for _ in range(INVERTED_CHECKS):
+            fusion([torch.randn(3, 8), torch.randn(3, 5, 8)], [None, right_padded])
+        fusion([torch.randn(3, 8), torch.randn(3, 5, 8)], [None, ~right_padded])
+    assert not caplog.records and fusion._inverted_checks_left == 0
+    late = build_fusion("concat", [8, 8], 8)
+    with caplog.at_level(logging.WARNING, logger="polymodal.fusion.base"):
+        for _ in range(INVERTED_CHECKS - 1):
+            late([torch.randn(3, 8), torch.randn(3, 5, 8)], [None, right_padded])
+        late([torch.randn(3, 8), torch.randn(3, 5, 8)], [None, ~right_padded])
+    assert len(caplog.records) == 1
+
+
 def test_a_modality_without_tokens_is_not_checked():
     fusion = build_fusion("concat", [8, 8], 8)  # [B, 0] mask: no first position to look at
     out = fusion([torch.randn(2, 8), torch.randn(2, 0, 8)], [None, torch.zeros(2, 0, dtype=torch.bool)])
@@ -126,7 +144,7 @@ def test_tracing_never_checks_the_mask(caplog):
     with caplog.at_level(logging.WARNING, logger="polymodal.fusion.base"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.trace's deprecation and tracer warnings
         torch.jit.trace(module, (torch.randn(3, 8), torch.randn(3, 5, 8), INVERTED), check_trace=False)
-    assert not caplog.records and not module.fusion._warned_inverted
+    assert not caplog.records and module.fusion._inverted_checks_left == INVERTED_CHECKS
 
 
 def test_compiling_never_checks_the_mask(caplog):
@@ -247,3 +265,26 @@ def test_build_model_leaves_the_callers_arch_alone(built, tmp_path):
     config = pretrain.build_model(recipe).config
     assert dataclasses.asdict(arch) == before
     assert recipe.arch is config and config.itm_head and config.mlm_head and config.mrm_head == "regress"
+
+
+# -- a continued model's ITM head that train vqa does not train (s32) --------------------------------------------------
+
+
+def test_an_itm_head_left_untrained_over_trained_layers_is_warned_of(caplog):
+    from polymodal.train.vqa import warn_of_a_drifting_itm_head
+
+    torch.manual_seed(0)
+    model = FusionEncoder(FusionEncoderConfig(fusion="cross_attention", dim=16, dropout=0.0, itm_head=True,
+                                              answers=["yes", "no"]))
+    with caplog.at_level(logging.WARNING, logger="polymodal.train.vqa"):
+        assert not warn_of_a_drifting_itm_head(model, 0.5, "runs/pt/model")  # it trains
+        assert warn_of_a_drifting_itm_head(model, 0.0, "runs/pt/model")
+        assert "runs/pt/model's image-text matching (ITM) head does not train" in caplog.text
+        model.freeze(["fusion", "image_proj"])
+        assert warn_of_a_drifting_itm_head(model, 0.0, "m")  # the text projection still trains
+        model.freeze("projections")
+        assert not warn_of_a_drifting_itm_head(model, 0.0, "m")  # everything under it is frozen
+    model.itm = None
+    for p in model.parameters():
+        p.requires_grad_(True)
+    assert not warn_of_a_drifting_itm_head(model, 0.0, "m")  # no head, nothing to drift

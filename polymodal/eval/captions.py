@@ -89,17 +89,15 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
     images = list(pairs.images[:limit] if limit else pairs.images)
     names = pairs.image_names() if hasattr(pairs, "image_names") else [str(image) for image in pairs.images]
     size = draft_size_of(model)  # camera photos decode as `polymodal caption` reads them
-    bar = progress_bar(total=len(images), desc="captioning", unit="img", disable=not progress)
+    with progress_bar(total=len(images), desc="captioning", unit="img", disable=not progress) as bar:
+        def caption_batch(chunk: list) -> list[tuple[str]]:  # tuples: each_or_error gives a failed photo its error
+            out = [(c,) for c in model.caption([open_pair_image(p, size) for p in chunk], beam=beam,
+                                                 max_tokens=max_tokens, **decoding)]
+            bar.update(len(chunk))
+            return out
 
-    def caption_batch(chunk: list) -> list[tuple[str]]:  # tuples: each_or_error gives a failed photo its error str
-        out = [(c,) for c in model.caption([open_pair_image(p, size) for p in chunk], beam=beam, max_tokens=max_tokens,
-                                             **decoding)]
-        bar.update(len(chunk))
-        return out
-
-    results = each_or_error(caption_batch, images, batch_size)  # one unreadable photo: the batch goes one by one
-    bar.update(len(images) - bar.n)  # the unreadable ones were looked at too
-    bar.close()
+        results = each_or_error(caption_batch, images, batch_size)  # one unreadable photo: the batch goes one by one
+        bar.update(len(images) - bar.n)  # the unreadable ones were looked at too
     kept = readable_results(results, "photo")
     hyps, unreadable = [results[i][0] for i in kept], len(images) - len(kept)
     if len(kept) < MIN_CIDER_PHOTOS:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from polymodal.cache import atomic_write_bytes
@@ -55,6 +56,23 @@ def write_items(path: str | Path, items: list[dict], model=None, images=(), name
         seen = dict(zip(names if names is not None else [str(i) for i in images], flags))
         items = [{**item, "seen_in_training": seen.get(item.get("image"))} for item in items]
     atomic_write_bytes(Path(path), "".join(json.dumps(item) + "\n" for item in items).encode())
+
+
+@contextmanager
+def strict_reading(args):
+    """--strict: the first image that cannot be read ends the command then, not after the whole pass (whose figures
+    --strict would refuse anyway)."""
+    if not getattr(args, "strict", False):
+        yield
+        return
+    from polymodal.models.inputs import Unreadable, stop_at_first_unreadable
+
+    try:
+        with stop_at_first_unreadable():
+            yield
+    except Unreadable as exc:
+        raise PolymodalError(f"--strict: an unreadable image: {exc}; fix the data or drop --strict to evaluate the "
+                             "rest") from None
 
 
 def check_strict(args, skipped: int, unreadable: int = 0) -> None:

@@ -120,13 +120,14 @@ def encode_readable(model, images: list, source: str = "", batch_size: int = 32,
     return np.stack([results[i] for i in rows]), np.asarray(rows, dtype=np.int64)
 
 
-def encode_captions(model, captions: list[str], progress: bool = False, chunk: int = 512) -> np.ndarray:
+def encode_captions(model, captions: list[str], progress: bool = False, chunk: int = 512,
+                    desc: str = "captions") -> np.ndarray:
     """``model.encode_text`` in chunks under a bar: 5,000 captions take about as long as 1,000 photos, and a silent
     half of an evaluation reads as a hang."""
     from polymodal.progress import progress_bar
 
     parts = []
-    with progress_bar(total=len(captions), desc="captions", unit="text", disable=not progress) as bar:
+    with progress_bar(total=len(captions), desc=desc, unit="text", disable=not progress) as bar:
         for start in range(0, len(captions), chunk):
             parts.append(np.asarray(model.encode_text(captions[start:start + chunk])))
             bar.update(len(parts[-1]))

@@ -156,7 +156,11 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
         if outside:
             raise PolymodalError(f"{len(outside)} label(s) are not among the classes (first: {outside[0]!r}); "
                                  "add them to the classes or leave those images out")
-    class_emb = model.label_embeddings(classes, templates)
+    from polymodal.apps.zeroshot import ZeroShotMixin
+
+    # our models show a bar over the prompts; a model of your own needs only label_embeddings(classes, templates)
+    class_emb = (model.label_embeddings(classes, templates, progress=progress) if isinstance(model, ZeroShotMixin)
+                 else model.label_embeddings(classes, templates))
     if image_emb is None:  # an unreadable image is left out with a warning, not the end of the evaluation
         from polymodal.eval.retrieval import encode_readable
 

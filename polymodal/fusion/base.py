@@ -67,11 +67,18 @@ def _padding_mask(m, i: int, fusion: str) -> Tensor:
     return m
 
 
+INVERTED_CHECKS = 16
+
+
+def _tracing() -> bool:
+    """While tracing or compiling, a data-dependent branch (and a counter the compiler would guard on) is out."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def _looks_inverted(m: Tensor) -> bool:
     """True when some row of a bool mask has real tokens only after a padded first position while another row is
-    all padding: what PyTorch's key_padding_mask (True = padding) of right-padded tokens looks like read our way.
-    Not checked while tracing or compiling (a data-dependent branch)."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or m.dim() != 2 or m.shape[1] < 2:
+    all padding: what PyTorch's key_padding_mask (True = padding) of right-padded tokens looks like read our way."""
+    if m.dim() != 2 or m.shape[1] < 2:
         return False
     late_start = ~m[:, 0] & m[:, 1:].any(1)
     return bool(late_start.any()) and bool((~m.any(1)).any())
@@ -135,7 +142,9 @@ class FusionModule(nn.Module):
             )
         self.dims = dims
         self.out_dim = out_dim
-        self._warned_inverted = False  # say it once per module, not once per batch
+        # The inverted-mask check reads the mask back (a device sync on a GPU), so it looks at the first
+        # INVERTED_CHECKS masks only: a swapped convention shows in the first batch, and is said once per module.
+        self._inverted_checks_left = INVERTED_CHECKS
 
     @property
     def num_modalities(self) -> int:
@@ -187,11 +196,14 @@ class FusionModule(nn.Module):
                         f"got {tuple(m.shape)}"
                     )
                 m = m.to(device=x.device) != 0 if m.dtype != torch.bool else m.to(device=x.device)
-                if not self._warned_inverted and _looks_inverted(m):
-                    self._warned_inverted = True
-                    log.warning("%s fusion: mask %d looks inverted (rows whose tokens start after padding, beside "
-                                "rows of padding only): polymodal's masks are True for real tokens, as Hugging Face's "
-                                "attention_mask; PyTorch's key_padding_mask is the opposite: pass ~mask", self.name, i)
+                if self._inverted_checks_left > 0 and not _tracing():
+                    self._inverted_checks_left -= 1
+                    if _looks_inverted(m):
+                        self._inverted_checks_left = 0
+                        log.warning("%s fusion: mask %d looks inverted (rows whose tokens start after padding, "
+                                    "beside rows of padding only): polymodal's masks are True for real tokens, as "
+                                    "Hugging Face's attention_mask; PyTorch's key_padding_mask is the opposite: "
+                                    "pass ~mask", self.name, i)
                 x = torch.where(m[..., None], x, x.new_zeros(()))
             tokens_out.append(x)
             masks_out.append(m)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from numbers import Integral
 from typing import Any
 
@@ -126,9 +128,28 @@ def as_settings(value: Any, kind: type, what: str, defaults: dict | None = None)
     return value
 
 
+class Unreadable(PolymodalError):
+    """An item `each_or_error` could not use, raised at once inside `stop_at_first_unreadable()`."""
+
+
+_STOP_AT_FIRST = ContextVar("polymodal_stop_at_first_unreadable", default=False)
+
+
+@contextmanager
+def stop_at_first_unreadable():
+    """Inside it, `each_or_error` raises `Unreadable` at the first item that fails instead of going on: for `eval
+    --strict`, which refuses figures on part of the data, so the rest of the pass would be wasted."""
+    token = _STOP_AT_FIRST.set(True)
+    try:
+        yield
+    finally:
+        _STOP_AT_FIRST.reset(token)
+
+
 def each_or_error(fn, items: list, batch_size: int = 32) -> list:
     """fn(batch) -> one result per item, run a batch at a time; a batch that raises PolymodalError (an unreadable
-    image in it) is retried item by item, and an item that still fails gets its error message (a str) instead."""
+    image in it) is retried item by item, and an item that still fails gets its error message (a str) instead
+    (or ends the pass, inside `stop_at_first_unreadable()`)."""
     out: list = []
     for start in range(0, len(items), batch_size):
         chunk = list(items[start : start + batch_size])
@@ -141,6 +162,8 @@ def each_or_error(fn, items: list, batch_size: int = 32) -> list:
             try:
                 out += list(fn([item]))
             except PolymodalError as exc:
+                if _STOP_AT_FIRST.get():
+                    raise Unreadable(str(exc)) from None
                 out.append(str(exc))
     return out
 

@@ -24,6 +24,7 @@ from polymodal.cache import cache_key
 from polymodal.errors import PolymodalError
 from polymodal.eval.vqa import QARow, accuracy_by_type, read_qa
 from polymodal.models.fusion_encoder import (
+    FREEZABLE,
     FusionEncoder,
     FusionEncoderConfig,
     continued_folder,
@@ -375,6 +376,22 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
     return model
 
 
+def warn_of_a_drifting_itm_head(model: FusionEncoder, itm_weight: float, name: str) -> bool:
+    """A continued model's ITM head that this run does not train (itm_weight 0) while the projections or fusion
+    under it do: its scores drift, and multiple choice uses them for choices outside the answer vocabulary.
+    Warned of (not dropped): a drifted head still ranks those choices, where no head would score them all 0."""
+    if model.itm is None or itm_weight > 0:
+        return False
+    under = set(FREEZABLE["projections"]) | set(FREEZABLE["fusion"])
+    if not any(p.requires_grad for n, p in model.named_parameters() if n.split(".")[0] in under):
+        return False
+    log.warning("%s's image-text matching (ITM) head does not train in this run (itm_weight 0) but the layers under "
+                "it do, so its scores drift; multiple choice uses them for choices outside the answer vocabulary. "
+                "Pass --itm-weight (e.g. 0.5) to train it too, or --freeze projections,fusion to keep it as it is",
+                name)
+    return True
+
+
 def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     """Train (or continue training) a fusion encoder; returns the best validation metrics plus timings."""
     t_start = time.perf_counter()
@@ -411,6 +428,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
                     "can never give them; pass --new-head for a fresh head over this data's answers",
                     int((targets < 0).sum()), len(targets), recipe.model, len(model.answers),
                     ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+    warn_of_a_drifting_itm_head(model, recipe.itm_weight, recipe.model)
     log.info("train: %d questions over %d images (%d answers); val: %d questions",
              len(train_rows), len(train.images), len(model.answers), len(val_rows))
     q_states, q_len = question_features(model, train.questions, progress=progress)
