@@ -276,7 +276,8 @@ def cmd_eval_zeroshot(args) -> int:
     check_strict(args, 0, metrics["unreadable"])
     if args.ci:
         ranks, photos = np.array([item["rank"] for item in items]), [item["image"] for item in items]
-        metrics |= {"top1_ci95": bootstrap_ci(ranks <= 1, photos), "top5_ci95": bootstrap_ci(ranks <= 5, photos)}
+        metrics |= {"top1_ci95": bootstrap_ci(ranks <= 1, photos), "top5_ci95": bootstrap_ci(ranks <= 5, photos),
+                    "balanced_top1_ci95": bootstrap_ci(ranks <= 1, photos, by=[item["label"] for item in items])}
     if args.out:
         write_items(args.out, items, args.model, images)
     warn_of_few(metrics["photos"], "photos", "accuracy")

@@ -36,6 +36,22 @@ def test_grouped_items_are_resampled_together() -> None:
     assert bootstrap_ci(np.zeros(10), np.repeat(np.arange(2), 5))[1] > bootstrap_ci(np.zeros(10))[1]  # n = 2 photos
 
 
+def test_the_balanced_interval_is_that_of_the_mean_over_classes() -> None:
+    rng = np.random.default_rng(0)
+    # 900 photos of a class scored 0.9, 100 of a class scored 0.3: mean 0.84, balanced mean 0.6
+    labels = np.array(["common"] * 900 + ["rare"] * 100)
+    hits = np.where(labels == "common", rng.random(1000) < 0.9, rng.random(1000) < 0.3).astype(float)
+    balanced = np.mean([hits[labels == c].mean() for c in ("common", "rare")])
+    low, high = bootstrap_ci(hits, np.arange(1000), by=labels)
+    plain = bootstrap_ci(hits, np.arange(1000))
+    assert low < balanced < high and high < plain[0]  # the plain interval sits around 0.84, far above
+    assert high - low > plain[1] - plain[0]  # the rare class's 100 photos make it wider
+    assert bootstrap_ci(hits, np.arange(1000), by=labels) == [low, high]  # seeded
+    one_class = bootstrap_ci(hits[:900], by=labels[:900])
+    assert one_class == bootstrap_ci(hits[:900])  # one class: the balanced mean is the mean, resample for resample
+    assert bootstrap_ci(np.ones(30), by=["a"] * 10 + ["b"] * 20) == bootstrap_ci(np.ones(30))  # Wilson
+
+
 def test_retrieval_hands_back_the_ranks_its_recalls_come_from() -> None:
     rng = np.random.default_rng(0)
     images = rng.normal(size=(6, 8))

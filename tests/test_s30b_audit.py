@@ -273,6 +273,8 @@ def test_eval_zeroshot_counts_photos_and_resamples_them_whole(gallery, tmp_path,
     items = _items(out)
     hits, photos = np.array([i["rank"] for i in items]) <= 1, [i["image"] for i in items]
     assert result["top1_ci95"] == bootstrap_ci(hits, photos) != bootstrap_ci(hits)  # every photo scores 1 of 7
+    labels = [i["label"] for i in items]
+    assert result["balanced_top1_ci95"] == bootstrap_ci(hits, photos, by=labels)
 
 
 # -- eval vqa, eval captions -----------------------------------------------------------------------------------------
