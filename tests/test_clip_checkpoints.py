@@ -224,6 +224,7 @@ def test_openai_folder_with_tokenizer_beside(reference, hf_folder, tmp_path):
     np.testing.assert_allclose(model.encode_text(TEXTS), _ref_text(reference), atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # making the archive; OpenAI's files are ones
 def test_torchscript_archive(reference, hf_folder, tmp_path):
     """OpenAI's own .pt files are TorchScript archives; torch.load(weights_only=True) refuses those."""
     sd = hf_to_openai(reference[0].state_dict())
