@@ -196,7 +196,7 @@ class FusionModule(nn.Module):
                         f"got {tuple(m.shape)}"
                     )
                 m = m.to(device=x.device) != 0 if m.dtype != torch.bool else m.to(device=x.device)
-                if self._inverted_checks_left > 0 and not _tracing():
+                if not _tracing() and self._inverted_checks_left > 0:  # never read while compiling: no guard on it
                     self._inverted_checks_left -= 1
                     if _looks_inverted(m):
                         self._inverted_checks_left = 0

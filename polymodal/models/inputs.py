@@ -146,6 +146,11 @@ def stop_at_first_unreadable():
         _STOP_AT_FIRST.reset(token)
 
 
+def stopping_at_first_unreadable() -> bool:
+    """Inside `stop_at_first_unreadable()`: readers that leave unreadable items out raise `Unreadable` instead."""
+    return _STOP_AT_FIRST.get()
+
+
 def each_or_error(fn, items: list, batch_size: int = 32) -> list:
     """fn(batch) -> one result per item, run a batch at a time; a batch that raises PolymodalError (an unreadable
     image in it) is retried item by item, and an item that still fails gets its error message (a str) instead
@@ -162,7 +167,7 @@ def each_or_error(fn, items: list, batch_size: int = 32) -> list:
             try:
                 out += list(fn([item]))
             except PolymodalError as exc:
-                if _STOP_AT_FIRST.get():
+                if stopping_at_first_unreadable():
                     raise Unreadable(str(exc)) from None
                 out.append(str(exc))
     return out

@@ -24,7 +24,7 @@ from polymodal.data.images import LOADER_VERSION
 from polymodal.data.pairs import PairSet, open_pair_image
 from polymodal.data.shards import _file_identity, split_tar_ref
 from polymodal.errors import PolymodalError
-from polymodal.models.inputs import plural
+from polymodal.models.inputs import Unreadable, plural, stopping_at_first_unreadable
 from polymodal.progress import progress_bar
 from polymodal.train import distributed
 
@@ -76,6 +76,8 @@ def _open_or_none(image, skip_unreadable: bool, min_size: int | None):
     except PolymodalError as exc:
         if not skip_unreadable:
             raise
+        if stopping_at_first_unreadable():  # eval --strict: the rest of the pass would be refused anyway
+            raise Unreadable(str(exc)) from None
         log.info("left out: %s", exc)
         return None
 
@@ -96,8 +98,19 @@ def image_features(
         cached = None
     if cached is not None:
         return cached
-    out = None
     bar = progress_bar(total=views * len(images), desc="caching image features", unit="img", disable=not progress)
+    with bar:  # closed on an error too: no bar line after the error's
+        out = _encode_views(model, images, views, augment, seed, batch_size, skip_unreadable, bar)
+    if out is None:
+        raise PolymodalError(f"none of the {plural(len(images), 'image')} could be read (first: {images[0]}); check "
+                             "the image files (polymodal -v ... names each one)")
+    return _store(path, out)
+
+
+def _encode_views(model, images: Sequence, views: int, augment: Augment, seed: int, batch_size: int,
+                  skip_unreadable: bool, bar) -> np.ndarray | None:
+    """[views, N, *feature_shape] float16 features, NaN rows for unreadable images; None when none could be read."""
+    out = None
     for v in range(views):
         size = photo_decode_size(model, augment if v > 0 else None)  # view 0 is the photo as the model sees it
         for i in range(0, len(images), batch_size):
@@ -111,11 +124,7 @@ def image_features(
                     out = np.full((views, len(images), *feats.shape[1:]), np.nan, dtype=np.float16)
                 out[v, [i + j for j in rows]] = feats
             bar.update(len(pils))
-    bar.close()
-    if out is None:
-        raise PolymodalError(f"none of the {plural(len(images), 'image')} could be read (first: {images[0]}); check "
-                             "the image files (polymodal -v ... names each one)")
-    return _store(path, out)
+    return out
 
 
 def readable_rows(image_feats: np.ndarray) -> np.ndarray:
