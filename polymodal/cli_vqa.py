@@ -42,7 +42,10 @@ def cmd_vqa(args) -> int:
                              "or leave --choices out for an open answer")
     model = _load_vqa_model(args.model, args.runtime)
     # the path, not the decoded image: the model reads the file as evaluation and training do (see draft_size_of)
-    result = model.answer(args.image, args.question, choices=choices, top_k=args.top_k)
+    from polymodal.serve.model_warnings import with_warnings
+
+    # the warnings stay on stderr and are also in --json's "warnings", as /v1/vqa replies carry them
+    result, warnings = with_warnings(lambda: model.answer(args.image, args.question, choices=choices, top_k=args.top_k))
     if args.explain:
         if not hasattr(model, "explain"):
             raise PolymodalError("--explain needs the PyTorch runtime (gradients and attention maps); drop --runtime onnx")
@@ -52,10 +55,10 @@ def cmd_vqa(args) -> int:
                      transform=model.transform)
         result["explain"] = str(args.explain)
     if args.json:
-        print(json.dumps({"image": args.image, "question": args.question, "answer": result["answer"],
-                          "score": round(result["score"], 4),
+        print(json.dumps({"model": model.key, "image": args.image, "question": args.question,
+                          "answer": result["answer"], "score": round(result["score"], 4),
                           "alternatives": [{"answer": a, "score": round(s, 4)} for a, s in result["alternatives"]],
-                          **({"explain": result["explain"]} if args.explain else {})}))
+                          "warnings": warnings, **({"explain": result["explain"]} if args.explain else {})}))
         return 0
     print(f"{result['answer']}  ({result['score']:.3f})")
     for a, s in result["alternatives"][1:]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -38,11 +39,15 @@ def test_export_writes_parity_checked_graphs_and_a_report(lite_export):
         assert base["status"] == "baseline" and base["min_cosine_vs_pytorch"] >= 0.999
         trial = rows[(tower, "int8_dynamic")]
         assert trial["status"] in ("kept", "rejected", "failed") and trial["reason"]
+        if trial["status"] != "failed":  # activations quantized per batch: a vector depends on its batch
+            assert 0.9 < trial["alone_vs_batch_min_cosine"] <= 1.0
         served = report["served"][tower]
         assert served == "fp32" or rows[(tower, served)]["status"] == "kept"
         if bf16_unavailable():  # CPU-only onnxruntime: said once per tower, not a cryptic exporter failure
             assert rows[(tower, "bf16")]["status"] == "skipped" and "no bf16 kernels" in rows[(tower, "bf16")]["reason"]
             assert not (out / f"{tower}.bf16.onnx").exists()
+    assert rows[("text", "int8_dynamic")]["alone_vs_batch_min_cosine"] < 0.99999  # measured, not assumed to be 1
+    assert "alone vs in a batch (min cosine)" in (out / "report.md").read_text()
     config = json.loads((out / "onnx_config.json").read_text())
     assert (out / config["image"]["file"]).is_file() and (out / config["text"]["file"]).is_file()
     assert "| image | fp32 | baseline |" in (out / "report.md").read_text()
@@ -285,6 +290,9 @@ def test_vqa_model_exports_with_parity_and_answers_without_torch(easy_vqa_rows, 
     assert report["accuracy_pytorch"]["accuracy"] - report["accuracy_served"]["accuracy"] <= 0.01
     table = (out / "report.md").read_text()  # one row per try, readable beside report.json
     assert all(f"| {t['graph']} | {t['variant']} | {t['status']} |" in table for t in report["tries"])
+    assert "answers changed when asked alone" in table
+    for t in report["tries"]:  # 20 validation questions, each asked alone too
+        assert t["status"] == "failed" or re.fullmatch(r"\d+ of 20", t["answers_changed_alone"]), t
     script = textwrap.dedent(f"""
         import sys, json
         import polymodal

@@ -229,6 +229,7 @@ def test_cli_vqa_and_eval(trained, qa_file, gallery, tmp_path, capsys):
                      "--explain", str(tmp_path / "x.png"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["answer"] == "moon" and len(out["alternatives"]) == 3 and (tmp_path / "x.png").is_file()
+    assert out["warnings"] == [] and out["model"]  # as /v1/vqa replies
     assert cli.main(["vqa", str(gallery / "moon.jpg"), "is this a moon?", "--model", folder, "--choices", "yes,no"]) == 0
     assert capsys.readouterr().out.startswith("yes")
 
@@ -240,6 +241,14 @@ def test_cli_vqa_and_eval(trained, qa_file, gallery, tmp_path, capsys):
 
     assert cli.main(["vqa", str(gallery / "moon.jpg"), "what?", "--model", "lite"]) == 2  # not a VQA model
     assert "does not answer questions" in capsys.readouterr().err
+
+
+def test_cli_vqa_json_carries_the_models_warnings_as_the_http_reply_does(gallery, capsys):
+    assert cli.main(["vqa", str(gallery / "cat.jpg"), "what color is the cat?", "--model", "coco-yesno",
+                     "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"].startswith("coco-yesno") and out["answer"] in ("yes", "no")
+    assert len(out["warnings"]) == 1 and "does not read like a yes/no question" in out["warnings"][0]
 
 
 def test_builtin_easy_vqa_model_answers_real_questions():

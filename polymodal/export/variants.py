@@ -105,14 +105,18 @@ def failure_reason(exc: BaseException) -> str:
     return f"failed here: {type(exc).__name__}" + (f": {lines[0][:200]}" if lines else "")
 
 
-def tries_table(tries: list[dict], speed: tuple[str, str], metric: tuple[str, str]) -> list[str]:
-    """Markdown rows of the variants an export tried: (key, column title) of its speed and its quality metric."""
+def tries_table(tries: list[dict], speed: tuple[str, str], metric: tuple[str, str],
+                extra: tuple[str, str] | None = None) -> list[str]:
+    """Markdown rows of the variants an export tried: (key, column title) of its speed, its quality metric and an
+    ``extra`` figure, if any."""
     if not tries:  # `--variants ''`: a table of headers only would read as a failed report
         return ["No variants were tried (`--variants ''`): the fp32 graphs are served."]
-    lines = [f"| graph | variant | status | {speed[1]} | x fp32 ORT | {metric[1]} | drop (points) | why |",
-             "|" + "---|" * 8]
+    more = [extra] if extra else []
+    lines = [f"| graph | variant | status | {speed[1]} | x fp32 ORT | {metric[1]} | drop (points) | "
+             + "".join(f"{title} | " for _, title in more) + "why |", "|" + "---|" * (8 + len(more))]
     for t in tries:
         cells = [t["graph"], t["variant"], t["status"], t.get(speed[0], ""), t.get("x_fp32_onnx", ""),
-                 t.get(metric[0], ""), t.get("drop_points", ""), t.get("reason", "")]
+                 t.get(metric[0], ""), t.get("drop_points", ""), *(t.get(key, "") for key, _ in more),
+                 t.get("reason", "")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
