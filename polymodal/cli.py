@@ -101,8 +101,13 @@ def cmd_index(args) -> int:
         print(f"indexed {what} into {args.db}: {report.summary()}; {info['count']} images, model {info['model']}")
         _print_skipped(report.skipped)
         if args.runtime == "torch" and report.added + report.updated >= TIP_RUNTIME_AT:
-            print(f"tip: --runtime onnx embeds photos ~2x faster on a CPU (after `polymodal export onnx "
-                  f"{args.model}`; the index stays the same)", file=sys.stderr)
+            from polymodal.export.runtime import is_onnx_folder
+            from polymodal.registry import MODELS, onnx_export_dir
+
+            exported = args.model in MODELS and is_onnx_folder(onnx_export_dir(args.model))
+            then = "" if exported else f" (after `polymodal export onnx {args.model}`)"
+            print(f"tip: --runtime onnx embeds photos ~2x faster on a CPU{then}; the index stays the same",
+                  file=sys.stderr)
     if args.prune:
         print(f"pruned {plural(len(pruned), 'image')} whose files are gone from {args.db}; "
               f"{plural(info['count'], 'image')} left" + (f" (first: {pruned[0]})" if pruned else ""))

@@ -76,6 +76,7 @@ def test_a_multi_line_csv_row_names_where_it_starts(gallery, tmp_path):
     got = read_pair_source(data)
     assert got.captions == ["a cat", "a coffee"]
     assert got.skipped[0][0] == f"{data}:3-4"  # was {data}:4, a line that looks fine
+    assert [where for where, _ in got.skipped] == [f"{data}:3-4", f"{data}:4"]  # two rows lost: counted as two
 
 
 def test_the_warmup_hint_fits_a_one_step_run(gallery, tmp_path, caplog):

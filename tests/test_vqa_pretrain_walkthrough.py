@@ -115,6 +115,17 @@ def test_resume_with_another_architecture_is_one_line_and_writes_nothing(run, ca
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
+def test_resume_with_another_fusion_names_the_fusion(run, capsys):
+    """It said "gated fusion has no option 'query'" (the run's cross-attention options given to the new fusion)."""
+    command, out, data = run
+    fusion = json.loads((out / "train_config.json").read_text())["arch"]["fusion"]
+    other = "gated" if fusion != "gated" else "concat"
+    capsys.readouterr()
+    assert _run(["train", command, *data, "--out", out, "--resume", "--fusion", other]) == 2
+    err = capsys.readouterr().err
+    assert f"--fusion {fusion} (asked now: {other})" in err and err.count("\n") == 1, err
+
+
 def test_a_refused_resume_keeps_the_runs_settings(run, capsys):
     """`--resume` with nothing left to train is refused; train_config.json used to be rewritten first (here with
     settings that never ran)."""

@@ -260,9 +260,11 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
             joined = _lines_run_together(row, reader.line_num)
             if joined:
                 first, last = joined
-                skipped.append((f"{path}:{first}-{last}", f"a quoted field runs over lines {first}-{last} (an "
-                                f"unclosed \" quote?), so their {last - first + 1} lines were read as one row and left "
-                                "out; close the quote, or double a quote inside a caption (\"\")"))
+                why = (f"a quoted field runs over lines {first}-{last} (an unclosed \" quote?), so their "
+                       f"{last - first + 1} lines were read as one row and left out; close the quote, or double a "
+                       "quote inside a caption (\"\")")
+                skipped.append((f"{path}:{first}-{last}", why))
+                skipped.extend((f"{path}:{line}", why) for line in range(first + 1, last + 1))  # each line a row
                 continue
             if None in row or any(v is None for v in row.values()):
                 skipped.append((where, f"row does not have the header's {len(columns)} fields"))

@@ -56,7 +56,13 @@ from polymodal.train.guards import (
     freeze_parts, warn_of_shared_photos,
 )
 from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatch
-from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
+from polymodal.train.run_settings import (
+    absolute_paths,
+    check_same_fusion,
+    check_same_run,
+    recipe_parts,
+    write_train_config,
+)
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa import EpochShuffle, grid_features
 from polymodal.training_photos import TrainingPhotos
@@ -608,6 +614,8 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
             f"the validation split ({recipe.val_fraction:g} of {len(pairs.images)} images)"
         raise PolymodalError(f"ITM validation needs captions of at least 2 images and {where} has "
                              f"{len(val_pairs.images)}; pass --val-pairs FILE with more images or more pairs")
+    if resume:
+        check_same_fusion(Path(recipe.out), recipe.arch)
     model = build_model(recipe, resume)
     freeze_parts(model, recipe.freeze, recipe.model)
     if resume:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -76,10 +76,26 @@ def check_same_run(out: Path, arch, train, ignore: Sequence[str] = (), freeze: S
     if freeze is not None and isinstance(was_frozen, list) and sorted(was_frozen) != sorted(freeze):
         changed.append(("freeze", ",".join(was_frozen) or '""', ",".join(freeze) or '""'))
     if changed:
-        was = ", ".join(f"--{k.replace('_', '-')} {_flag_value(old)} (asked now: {_flag_value(new)})"
-                        for k, old, new in changed)
-        raise PolymodalError(f"the run in {out} was trained with {was}; resume with the run's settings (leave them "
-                             f"out: --resume reads {Path(out) / 'train_config.json'}), or train into a new --out")
+        raise _another_run(out, changed)
+
+
+def check_same_fusion(out: Path, arch) -> None:
+    """--resume asking for another --fusion, said before the model is built: the run's fusion options (a
+    cross-attention's "query") would not fit the other fusion, and that error would hide this one."""
+    try:
+        saved = json.loads((Path(out) / "train_config.json").read_text())
+    except (OSError, ValueError):
+        return
+    changed = _changed(saved, "arch", arch, lambda k: k == "fusion")
+    if changed:
+        raise _another_run(out, changed)
+
+
+def _another_run(out: Path, changed: list[tuple]) -> PolymodalError:
+    was = ", ".join(f"--{k.replace('_', '-')} {_flag_value(old)} (asked now: {_flag_value(new)})"
+                    for k, old, new in changed)
+    return PolymodalError(f"the run in {out} was trained with {was}; resume with the run's settings (leave them "
+                          f"out: --resume reads {Path(out) / 'train_config.json'}), or train into a new --out")
 
 
 def _changed(saved, section: str, settings, compared) -> list[tuple]:
@@ -87,7 +103,7 @@ def _changed(saved, section: str, settings, compared) -> list[tuple]:
     was = saved.get(section) if isinstance(saved, dict) else None
     if not isinstance(was, dict):
         return []
-    now = json.loads(json.dumps(asdict(settings), default=str))
+    now = json.loads(json.dumps(asdict(settings) if is_dataclass(settings) else dict(settings), default=str))
     return [(k, was[k], now[k]) for k in now if k in was and compared(k) and was[k] != now[k]]
 
 

@@ -39,7 +39,13 @@ from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
     freeze_parts, refuse_unfreezing, warn_of_shared_photos,
 )
-from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
+from polymodal.train.run_settings import (
+    absolute_paths,
+    check_same_fusion,
+    check_same_run,
+    recipe_parts,
+    write_train_config,
+)
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa_objective import VQABatch, VQAObjective
 from polymodal.training_photos import TrainingPhotos
@@ -409,6 +415,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     else:
         val_rows = []
 
+    if resume:
+        check_same_fusion(Path(recipe.out), recipe.arch)
     model = build_vqa_model(recipe, train_rows)
     if resume:
         # the vocabulary ("answers") is checked when the checkpoint loads
