@@ -55,7 +55,7 @@ def cmd_vqa(args) -> int:
                      transform=model.transform)
         result["explain"] = str(args.explain)
     if args.json:
-        print(json.dumps({"model": model.key, "image": args.image, "question": args.question,
+        print(json.dumps({"model": getattr(model, "key", args.model), "image": args.image, "question": args.question,
                           "answer": result["answer"], "score": round(result["score"], 4),
                           "alternatives": [{"answer": a, "score": round(s, 4)} for a, s in result["alternatives"]],
                           "warnings": warnings, **({"explain": result["explain"]} if args.explain else {})}))

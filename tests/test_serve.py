@@ -108,6 +108,10 @@ def test_classify_multipart_and_json(client, gallery):
 
     r = client.post("/v1/classify", json={"image": base64.b64encode(jpeg(gallery, "cat")).decode(), "labels": ["dog", "cat"], "top_k": 1})
     assert r.status_code == 200 and [x["label"] for x in r.json()["results"][0]["labels"]] == ["cat"]
+    assert r.json()["warnings"] == []
+    r = client.post("/v1/classify", json={"image": base64.b64encode(jpeg(gallery, "cat")).decode(), "labels": ["dog"]})
+    assert r.json()["results"][0]["labels"] == [{"label": "dog", "score": 1.0}]  # one label: 1.0 whatever the image
+    assert r.json()["warnings"] and "with one label every image scores 1.0" in r.json()["warnings"][0]
     assert "'{}'" in error_of(client.post("/v1/classify", json={"image": base64.b64encode(jpeg(gallery, "cat")).decode(),
                                                                 "labels": ["cat"], "templates": ["{0.__class__}"]}), 400)
 

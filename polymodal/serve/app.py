@@ -401,7 +401,10 @@ def create_app(
             {"image": name, "labels": [{"label": l, "score": float(p)} for l, p in r]}
             for (name, _), r in zip(items, ranked)
         ]
-        return JSONResponse({"model": model.key, "results": results})
+        # as `polymodal classify` notes it: a softmax over one label is 1.0 whatever the image
+        warnings = ["with one label every image scores 1.0 (scores are shared out among the labels); send two or "
+                    "more labels"] if len(set(labels)) == 1 else []
+        return JSONResponse({"model": model.key, "results": results, "warnings": warnings})
 
     @app.post(
         "/v1/vqa",
