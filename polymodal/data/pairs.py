@@ -280,7 +280,8 @@ def _lines_run_together(row: dict, end: int) -> tuple[int, int] | None:
     quote left open, which makes csv read every following row into this one (up to the next quote, or to the end of
     the file)."""
     cells = [v for value in row.values() for v in (value if isinstance(value, list) else [value])]
-    breaks = sum(v.rstrip("\r\n").count("\n") for v in cells if isinstance(v, str))  # EOF ends a last one
+    # the swallowed cell's own last break ends the row; blank lines after it at EOF are lines csv read too
+    breaks = sum(v.count("\n") - v.endswith("\n") for v in cells if isinstance(v, str))
     return (end - breaks, end) if breaks else None
 
 

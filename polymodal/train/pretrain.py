@@ -614,7 +614,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
             f"the validation split ({recipe.val_fraction:g} of {len(pairs.images)} images)"
         raise PolymodalError(f"ITM validation needs captions of at least 2 images and {where} has "
                              f"{len(val_pairs.images)}; pass --val-pairs FILE with more images or more pairs")
-    if resume:
+    if resume and recipe.model == "new":  # a continued model's fusion comes from its folder, not from arch
         check_same_fusion(Path(recipe.out), recipe.arch)
     model = build_model(recipe, resume)
     freeze_parts(model, recipe.freeze, recipe.model)

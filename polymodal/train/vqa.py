@@ -415,7 +415,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     else:
         val_rows = []
 
-    if resume:
+    if resume and recipe.model == "new":  # a continued model's fusion comes from its folder, not from arch
         check_same_fusion(Path(recipe.out), recipe.arch)
     model = build_vqa_model(recipe, train_rows)
     if resume:
