@@ -66,9 +66,8 @@ def check_same_run(out: Path, arch, train, ignore: Sequence[str] = (), freeze: S
     arch keys that are no flag, checked when the checkpoint loads), and the optimizer and schedule continue at the
     rates they were saved with, so another --lr, --tower-lr-scale or --weight-decay would be recorded but not used:
     refuse both. ``freeze``: the parts frozen now; the saved optimizer state holds the parameters trained then."""
-    try:
-        saved = json.loads((Path(out) / "train_config.json").read_text())
-    except (OSError, ValueError):
+    saved = _recorded(out)
+    if saved is None:
         return  # a run from before train_config.json: loading the checkpoint is the check
     changed = _changed(saved, "arch", arch, lambda k: k not in ignore) + _changed(saved, "train", train,
                                                                                 lambda k: k in RESUMED_RATES)
@@ -82,13 +81,17 @@ def check_same_run(out: Path, arch, train, ignore: Sequence[str] = (), freeze: S
 def check_same_fusion(out: Path, arch) -> None:
     """--resume asking for another --fusion, said before the model is built: the run's fusion options (a
     cross-attention's "query") would not fit the other fusion, and that error would hide this one."""
-    try:
-        saved = json.loads((Path(out) / "train_config.json").read_text())
-    except (OSError, ValueError):
-        return
-    changed = _changed(saved, "arch", arch, lambda k: k == "fusion")
+    changed = _changed(_recorded(out), "arch", arch, lambda k: k == "fusion")  # nothing recorded: nothing changed
     if changed:
         raise _another_run(out, changed)
+
+
+def _recorded(out: Path):
+    """RUN/train_config.json as recorded, or None when there is none (or it cannot be read)."""
+    try:
+        return json.loads((Path(out) / "train_config.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _another_run(out: Path, changed: list[tuple]) -> PolymodalError:
