@@ -171,9 +171,13 @@ def onnx_fake(logits_table):
     m = object.__new__(OnnxFusionEncoder)
     m.name, m.version, m.answers = "fake-onnx", "0", ["yes", "no", "red"]
     m.answer_index = choice_index(m.answers)
-    m.calls = []
-    m.logits = lambda images, questions, batch_size=32: m.calls.append(list(images)) or np.stack(
-        [logits_table[i] for i in images])
+    m.calls, m.match = [], None  # exported without an ITM head
+
+    def batches(images, questions, batch_size=32):  # one batch: the grid is unused without a match graph
+        m.calls.append(list(images))
+        yield np.zeros((len(images), 1)), np.stack([logits_table[i] for i in images])
+
+    m._batches = batches
     return m
 
 
@@ -188,7 +192,8 @@ def test_onnx_predict_choices_ranks_each_row_by_its_own_logits():
     assert got[0] == ("No", pytest.approx(softmax([0.5, -1.0])[0], rel=1e-5))  # softmax over the candidates
     assert got[1] == ("red", pytest.approx(softmax([0.5, 2.0])[1], rel=1e-5))
     assert got[2] == ("no", pytest.approx(softmax([2.0, 0.5, -1.0])[1], rel=1e-5))  # one outside: full vocabulary
-    assert m.check_choices(["no", "purple"])[1] == "fake-onnx (ONNX) scores only its answers; these choices score 0: purple"
+    assert m.check_choices(["no", "purple"])[1] == (
+        "fake-onnx (ONNX) has no ITM head to score choices outside its answers; these score 0: purple")
     assert m.check_choices(["no", "red"])[1] == ""
 
 

@@ -292,6 +292,12 @@ def test_load_onnx_picks_the_vqa_runtime_and_passes_threads(vqa_export):
     m = polymodal.load(str(vqa_export[0]), runtime="onnx", threads=1)
     assert isinstance(m, OnnxFusionEncoder)
     assert m.grid.get_session_options().intra_op_num_threads == 1
+    # easy-vqa has no ITM head: no match graph, and asking for match scores says why there are none
+    out, report = vqa_export
+    assert m.match is None and not (out / "match.onnx").exists() and "match" not in report["served"]
+    assert "match_max_abs_diff" not in report["parity"]
+    with pytest.raises(PolymodalError, match="exported without an ITM head"):
+        m.match_scores(["x.png"], ["a statement"])
 
 
 # --- the embedding runtime: config reading, preprocessing, truncation --------------------------------------------

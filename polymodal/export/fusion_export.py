@@ -1,8 +1,10 @@
-"""ONNX export of a VQA fusion encoder (`easy-vqa`, `polymodal train vqa` folders): three graphs
+"""ONNX export of a VQA fusion encoder (`easy-vqa`, `polymodal train vqa` folders): three graphs, four with an ITM head
 
     grid.onnx      pixels [B, 3, S, S] -> grid tokens [B, g*g, F]            (the image tower, the cost)
     question.onnx  input_ids, attention_mask [B, L] -> token states [B, L, 384] (the text tower)
     head.onnx      grid tokens, token states, attention_mask -> answer logits [B, A]  (projections, fusion, VQA head)
+    match.onnx     grid tokens, token states, attention_mask -> match logits [B]  (the ITM head, which scores
+                   multiple-choice candidates outside the answers; only for models that have one)
 
 Parity: on validation questions the onnxruntime logits must give the same top-1 answer as PyTorch for every row
 (cosine >= 0.999 of the logit vectors); the VQA accuracy of both is reported. Then int8 variants of the two tower
@@ -54,6 +56,11 @@ class _Head(_Part):
         return self.model.vqa_logits(grid, states, attention_mask.bool())
 
 
+class _Match(_Part):
+    def forward(self, grid: torch.Tensor, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.itm_logits(grid, states, attention_mask.bool())
+
+
 TOWER_VARIANTS = {"grid": ("int8_static", "int8_dynamic"), "question": ("int8_dynamic",)}
 ALONE_CHECKS = 32  # questions asked alone too: does a variant answer them as it does inside a batch?
 
@@ -95,17 +102,21 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
     with torch.no_grad():
         grid = model.image_cache_input(pixels)
         states = _Question(model)(enc["input_ids"], enc["attention_mask"])
-    progress("exporting the grid, question and head graphs (fp32)")
+    has_itm = getattr(model, "itm", None) is not None
+    progress(f"exporting the grid, question{', head and match' if has_itm else ' and head'} graphs (fp32)")
     export_graph(_Grid(model), (pixels,), ["pixels"], out / "grid.onnx", output="grid")
     export_graph(_Question(model), (enc["input_ids"], enc["attention_mask"]), ["input_ids", "attention_mask"],
                  out / "question.onnx", output="states", token_axes={"states": {0: "batch", 1: "tokens"}})
     export_graph(_Head(model), (grid, states, enc["attention_mask"]), ["grid", "states", "attention_mask"],
                  out / "head.onnx", output="logits",
                  token_axes={"states": {0: "batch", 1: "tokens"}})
+    if has_itm:
+        export_graph(_Match(model), (grid, states, enc["attention_mask"]), ["grid", "states", "attention_mask"],
+                     out / "match.onnx", output="match", token_axes={"states": {0: "batch", 1: "tokens"}})
     config = {"type": "onnx_fusion_encoder", "name": model.name, "version": model.version,
               "answers": list(model.answers), "transform": model.transform.to_dict(),
               "tokenizer": "tokenizer.json", "max_length": max_length,
-              "pad_id": int(tok.pad_token_id), "pad_token": str(tok.pad_token)}
+              "pad_id": int(tok.pad_token_id), "pad_token": str(tok.pad_token), "itm_head": has_itm}
     atomic_write_bytes(out / ONNX_CONFIG, json.dumps(config, indent=2).encode())
 
     progress(f"parity and accuracy on {len(rows)} validation questions")
@@ -118,6 +129,9 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
     if same_top1 < 1.0 or cosine < 0.999:
         raise PolymodalError(f"VQA graph parity failed: same top-1 on {same_top1:.4f} of rows, min logit cosine "
                              f"{cosine:.5f}; the export is wrong, please report it")
+    parity = {"same_top1": same_top1, "min_logit_cosine": round(cosine, 6)}
+    if has_itm:
+        parity["match_max_abs_diff"] = _match_parity(model, onnx_model, rows)
     answers = model.answers
     acc_torch = accuracy_by_type([answers[i] for i in ref_logits.argmax(1)], rows)
     acc_onnx = accuracy_by_type([answers[i] for i in got_logits.argmax(1)], rows)
@@ -126,9 +140,8 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
                           timing_seconds, progress)
     final = OnnxFusionEncoder(out)
     acc_served = accuracy_by_type([a for a, _ in final.predict(images, questions)], rows)
-    report = {"model": model.key, "questions": len(rows), "parity": {"same_top1": same_top1, "min_logit_cosine":
-              round(cosine, 6)}, "accuracy_pytorch": acc_torch, "accuracy_onnx": acc_onnx,
-              "served": graph_files(config), "accuracy_served": acc_served, "tries": tries,
+    report = {"model": model.key, "questions": len(rows), "parity": parity, "accuracy_pytorch": acc_torch,
+              "accuracy_onnx": acc_onnx, "served": graph_files(config), "accuracy_served": acc_served, "tries": tries,
               "removed": [] if keep_unserved else drop_unserved(out, config)}
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
     atomic_write_bytes(out / "report.md", vqa_report_table(report).encode())
@@ -140,13 +153,41 @@ def vqa_report_table(report: dict) -> str:
     served = ", ".join(f"{g}: {f}" for g, f in report["served"].items())
     lines = [f"# ONNX export of {report['model']}", "",
              f"Validation: {report['questions']} questions. Parity: same top-1 answer on "
-             f"{report['parity']['same_top1']:.4f} of them, min logit cosine {report['parity']['min_logit_cosine']}. "
+             f"{report['parity']['same_top1']:.4f} of them, min logit cosine {report['parity']['min_logit_cosine']}"
+             f"{_match_words(report['parity'])}. "
              f"Accuracy: PyTorch {report['accuracy_pytorch']['accuracy']}, ONNX fp32 {report['accuracy_onnx']['accuracy']}, "
              f"served {report['accuracy_served']['accuracy']}. Served graphs: {served}.", ""]
     lines += removed_line(report)
     lines += V.tries_table(report["tries"], ("items_per_s", "items/s"), ("accuracy", "accuracy"),
                            ("answers_changed_alone", "answers changed when asked alone"))
     return "\n".join(lines) + "\n"
+
+
+def _match_words(parity: dict) -> str:
+    if "match_max_abs_diff" not in parity:
+        return ""
+    return f", ITM match probability within {parity['match_max_abs_diff']} of PyTorch's"
+
+
+MATCH_PARITY_TOLERANCE = 1e-3  # on the sigmoid: a candidate's score, not a ranking
+
+
+def _match_parity(model, onnx_model, rows) -> float:
+    """The largest |sigmoid difference| of the ITM head, PyTorch vs the match graph, on each validation row's
+    question with its answer appended (the statements multiple choice scores); over the tolerance is an error."""
+    statements = [f"{r.question} {r.answer}" for r in rows]
+    with torch.inference_mode():
+        ref = []
+        for r, s in zip(rows, statements):
+            grid = model.encode_images([r.image])
+            states, mask = model.encode_questions([s])
+            ref.append(torch.sigmoid(model.itm_logits(grid, states, mask)).numpy())
+    got = onnx_model.match_scores([r.image for r in rows], statements)
+    diff = float(np.abs(np.concatenate(ref) - got).max())
+    if diff > MATCH_PARITY_TOLERANCE:
+        raise PolymodalError(f"ITM graph parity failed: match probabilities differ by up to {diff:.5f} from "
+                             "PyTorch's; the export is wrong, please report it")
+    return round(diff, 6)
 
 
 def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, wanted: dict, max_drop: float,

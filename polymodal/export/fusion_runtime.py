@@ -34,6 +34,9 @@ class OnnxFusionEncoder:
         self.grid = onnx_session(folder / files["grid"], threads, {"pixels"})
         self.question = onnx_session(folder / files["question"], threads, {"input_ids"})
         self.head = onnx_session(folder / files["head"], threads, {"grid", "states", "attention_mask"})
+        # the ITM head, where the model has one: it scores multiple-choice candidates outside the answers
+        self.match = onnx_session(folder / files["match"], threads, {"grid", "states", "attention_mask"}) \
+            if "match" in files else None
         self.tokenizer = FastTokenizer(export_tokenizer(folder / config["tokenizer"]), config["max_length"],
                                        config["pad_id"], config["pad_token"])
 
@@ -48,17 +51,40 @@ class OnnxFusionEncoder:
 
     def logits(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """``[R, A]`` answer logits, one row per (image, question)."""
+        out = [np.zeros((0, len(self.answers)), np.float32)]
+        out += [logits for _, logits in self._batches(images, questions, batch_size)]
+        return np.concatenate(out)
+
+    def _batches(self, images: Sequence[Any], questions: Sequence[str], batch_size: int):
+        """-> (grid tokens, answer logits) of each batch of rows: multiple choice reuses a row's grid."""
         images, questions = vqa_rows(images, questions)  # one image or question string is one row
         batch_size = check_count(batch_size, "batch_size")
-        out = [np.zeros((0, len(self.answers)), np.float32)]
         for i in range(0, len(images), batch_size):
             pixels = self.transform(list(images[i : i + batch_size]))
             grid = self.grid.run(None, {"pixels": pixels})[0]
             tokens = self.tokenizer([str(q) for q in questions[i : i + batch_size]])
             states = self.question.run(None, tokens)[0]
-            out.append(self.head.run(None, {"grid": grid, "states": states,
-                                            "attention_mask": tokens["attention_mask"]})[0])
-        return np.concatenate(out)
+            yield grid, self.head.run(None, {"grid": grid, "states": states,
+                                             "attention_mask": tokens["attention_mask"]})[0]
+
+    def match_scores(self, images: Sequence[Any], texts: Sequence[str]) -> np.ndarray:
+        """``[R]`` ITM match probabilities of each (image, text) row (needs a model exported with an ITM head)."""
+        if self.match is None:
+            raise PolymodalError(f"model {self.name!r} was exported without an ITM head; it cannot score image-text "
+                                 "matches")
+        images, texts = vqa_rows(images, texts)
+        grid = self.grid.run(None, {"pixels": self.transform(list(images))})[0] if images else None
+        return self._match(grid, [str(t) for t in texts])
+
+    def _match(self, grid: np.ndarray | None, texts: list[str]) -> np.ndarray:
+        """Grid tokens (one row per text, or one row that every text shares) + texts -> match probabilities."""
+        if not texts:
+            return np.zeros(0, np.float32)
+        tokens = self.tokenizer(texts)
+        states = self.question.run(None, tokens)[0]
+        grid = np.repeat(grid, len(texts), 0) if len(grid) == 1 else grid
+        logits = self.match.run(None, {"grid": grid, "states": states, "attention_mask": tokens["attention_mask"]})[0]
+        return (1 / (1 + np.exp(-logits))).astype(np.float32)
 
     def predict(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 32) -> list[tuple[str, float]]:
         probs = _softmax(self.logits(images, questions, batch_size))
@@ -69,13 +95,13 @@ class OnnxFusionEncoder:
         question, top_k = one_question(question), check_count(top_k, "top_k")
         if choices is not None:
             warn_of(self.check_choices(choices)[1])  # before the image is read
-        logits = self.logits([image], [question])[0]
+        grid, logits = next(self._batches([image], [question], 1))
         if choices is None:
-            probs = _softmax(logits)
+            probs = _softmax(logits[0])
             order = np.argsort(-probs)[:top_k]
             ranked = [(self.answers[int(i)], float(probs[i])) for i in order]
         else:
-            ranked = self._rank_choices(logits, choices)[:top_k]
+            ranked = self._rank_choices(logits[0], choices, grid, question)[:top_k]
         return {"answer": ranked[0][0], "score": ranked[0][1], "alternatives": ranked}
 
     def predict_choices(self, images: Sequence[Any], questions: Sequence[str], choices: Sequence[Sequence[str]],
@@ -83,28 +109,41 @@ class OnnxFusionEncoder:
         """Multiple choice over rows: the best of each row's candidates and its score, as answer(..., choices=...)."""
         images, questions = vqa_rows(images, questions)
         choices = check_row_choices(choices, len(questions), self.check_choices)
-        return [self._rank_choices(row, c)[0] for row, c in zip(self.logits(images, questions, batch_size), choices)]
+        out: list[tuple[str, float]] = []
+        for grid, logits in self._batches(images, questions, batch_size):
+            for j, row in enumerate(logits):
+                k = len(out)
+                out.append(self._rank_choices(row, choices[k], grid[j : j + 1], questions[k])[0])
+        return out
 
     def check_choices(self, choices: Sequence[str]) -> tuple[dict[str, str], str]:
         """(unique_choices(choices), a warning naming those outside the vocabulary, which score 0.0 as they do in a
-        PyTorch model without an ITM head, or ""); one error when none is in the vocabulary."""
+        PyTorch model without an ITM head, or ""); one error when none is in the vocabulary. With an ITM head (the
+        match graph) every choice can be scored: no warning, no error."""
         seen = unique_choices(choices)
         outside = [seen[c] for c in seen if c not in self.answer_index]
+        if self.match is not None:
+            return seen, ""
         if len(outside) == len(seen):
-            raise PolymodalError(f"model {self.name!r} knows none of the choices ({', '.join(outside)}); an export "
-                                 "scores only its answers (the PyTorch runtime's ITM head, where the model has one, "
-                                 "scores others): pass answers it knows, e.g. " + ", ".join(self.answers[:10]))
-        return seen, (f"{self.name} (ONNX) scores only its answers; these choices score 0: {', '.join(outside)}"
-                      if outside else "")
+            raise PolymodalError(f"model {self.name!r} knows none of the choices ({', '.join(outside)}) and was "
+                                 "exported without an ITM head to score other answers: pass answers it knows, e.g. "
+                                 + ", ".join(self.answers[:10]))
+        return seen, (f"{self.name} (ONNX) has no ITM head to score choices outside its answers; these score 0: "
+                      f"{', '.join(outside)}" if outside else "")
 
-    def _rank_choices(self, logits: np.ndarray, choices: Sequence[str]) -> list[tuple[str, float]]:
-        """The candidates ranked by the logits restricted to them (softmax over the candidates; all of them known)
-        or, when some are outside the vocabulary, by the full-vocabulary probability (those outside: 0.0), as the
-        PyTorch model without an ITM head ranks them."""
+    def _rank_choices(self, logits: np.ndarray, choices: Sequence[str], grid: np.ndarray,
+                      question: str) -> list[tuple[str, float]]:
+        """The candidates ranked as the PyTorch model ranks them: by the logits restricted to them (softmax over
+        the candidates) when all are known, else known ones by their full-vocabulary probability and the others
+        by the match graph's probability for "QUESTION CHOICE" (0.0 without one)."""
         seen = self.check_choices(choices)[0]
-        if all(c in self.answer_index for c in seen):
+        outside = [c for c in seen if c not in self.answer_index]
+        if not outside:
             scores = dict(zip(seen, _softmax(logits[[self.answer_index[c] for c in seen]])))
         else:
             probs = _softmax(logits)
-            scores = {c: probs[self.answer_index[c]] if c in self.answer_index else 0.0 for c in seen}
+            scores = {c: probs[self.answer_index[c]] for c in seen if c in self.answer_index}
+            match = self._match(grid, [f"{question} {seen[c]}" for c in outside]) if self.match is not None \
+                else np.zeros(len(outside))
+            scores.update(zip(outside, match))
         return sorted(((seen[c], float(scores[c])) for c in seen), key=lambda t: -t[1])

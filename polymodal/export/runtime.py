@@ -46,7 +46,8 @@ def graph_files(config: dict) -> dict[str, str]:
     """Graph -> the file its runtime loads: the config's choice, else GRAPH.onnx (the fp32 graph); an embedding
     export names both towers' files."""
     if config.get("type") in GRAPHS:
-        return {**{g: f"{g}.onnx" for g in GRAPHS[config["type"]]}, **config.get("files", {})}
+        graphs = GRAPHS[config["type"]] + (("match",) if config.get("itm_head") else ())  # a VQA model's ITM head
+        return {**{g: f"{g}.onnx" for g in graphs}, **config.get("files", {})}
     return {tower: config[tower]["file"] for tower in ("image", "text")}
 
 
