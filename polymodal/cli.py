@@ -236,8 +236,10 @@ def _search_texts(args) -> int:
 def cmd_classify(args) -> int:
     if args.top_k is not None and args.top_k < 1:
         raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
+    from polymodal.apps.zeroshot import same_label
+
     labels = _labels(args)
-    if len(set(labels)) == 1:  # a softmax over one label is 1 whatever the image: say so rather than look confident
+    if len({same_label(x) for x in labels}) == 1:  # a softmax over one label is 1 whatever the image: say so rather than look confident
         print(f"polymodal: note: with one label every image scores 1.000 (scores are shared out among the labels); "
               f"pass two or more, e.g. --labels {labels[0]},other", file=sys.stderr)
     templates = args.template or None
@@ -483,6 +485,9 @@ def _quiet_openmp_waits() -> None:
 
 def main(argv=None) -> int:
     _quiet_openmp_waits()
+    from polymodal.data.images import quiet_pillow_size_warnings
+
+    quiet_pillow_size_warnings()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:

@@ -152,14 +152,16 @@ def test_a_decompression_bomb_is_a_readable_error(tmp_path, monkeypatch):
         load_image(tmp_path / "big.png")
 
 
-def test_a_big_local_photo_below_pillows_refusal_loads_without_its_bomb_warning(tmp_path):
+def test_a_big_local_photo_below_pillows_refusal_loads_without_its_bomb_warning_in_the_cli(tmp_path):
     """In a fresh interpreter where every warning is an error: pytest drops filters set while it collects, so the
-    module's own filter is only seen outside it."""
+    CLI's filter is only seen outside it. The CLI sets it as it starts (here `polymodal --help`)."""
     import subprocess
     import sys
 
     png(tmp_path / "big.png", size=(64, 64))
     script = (f"from PIL import Image; Image.MAX_IMAGE_PIXELS = 3000\n"  # 4096 pixels: over the warning's limit, under 2x
+              f"import contextlib, io\nfrom polymodal import cli\n"
+              f"with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): cli.main(['--help'])\n"
               f"from polymodal.data.images import check_image_file, load_image\n"
               f"check_image_file({str(tmp_path / 'big.png')!r}); print(load_image({str(tmp_path / 'big.png')!r}).size)")
     done = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, timeout=120)

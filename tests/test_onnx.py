@@ -243,6 +243,15 @@ def test_cli_export_refuses_models_without_towers(capsys, tmp_path):
     assert "coco-yesno has no ONNX form" in err and "--runtime torch" in err and "export onnx" not in err
 
 
+def test_the_onnx_runtime_warns_once_of_a_cut_text_as_pytorch_does(lite_export, caplog):
+    model = OnnxEmbeddingModel(lite_export[0])
+    with caplog.at_level("WARNING"):
+        model.encode_text(["a short caption", "word " * 600])
+        model.encode_text(["word " * 600])
+    cut = [r for r in caplog.records if "limit of 256 tokens and was cut" in r.getMessage()]
+    assert len(cut) == 1 and "(1 in this batch)" in cut[0].getMessage()
+
+
 def test_serving_through_the_onnx_runtime(lite_export, lite, gallery, tmp_path):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient

@@ -170,6 +170,18 @@ def test_pretrain_and_vqa_check_settings_first(capsys, tmp_path, argv):
 # -- 4. the result says which epoch was best -------------------------------------------------------------------------
 
 
+def test_a_finished_run_resumed_with_more_epochs_trains_its_next_step_at_the_new_schedule(tmp_path):
+    from polymodal.train.trainer import warmup_cosine
+
+    _trainer(tmp_path, epochs=2, lr=1e-3, log_every=1).fit()  # 4 steps; the last rate of its schedule is ~0
+    resumed = _trainer(tmp_path, epochs=4, lr=1e-3, log_every=1)
+    resumed.fit(resume=True)
+    rows = [r for r in read_metrics(tmp_path) if r.get("split") == "train"]
+    first = next(r for r in rows if r["step"] == 5)  # the first step after the resume runs as step index 4
+    assert first["lr"] == pytest.approx(1e-3 * warmup_cosine(1, 8)(4)) and first["lr"] > 1e-4
+    assert [r["step"] for r in rows] == list(range(1, 9))
+
+
 def test_resume_without_improvement_keeps_the_previous_best(tmp_path):
     first = _trainer(tmp_path, epochs=1, eval_fn=lambda m: {"val/rsum": 1.0}).fit()
     again = _trainer(tmp_path, epochs=2, eval_fn=lambda m: {"val/rsum": 0.5}).fit(resume=True)

@@ -94,11 +94,29 @@ class PromptCache:
         return emb
 
 
+def same_label(label: str) -> str:
+    """What two spellings of one label share: case and surrounding spaces do not make another class."""
+    return label.strip().casefold()
+
+
+def merged_labels(labels: list[str]) -> list[str]:
+    """Labels that rank_labels folds into an earlier spelling of theirs (not exact repeats), for a warning."""
+    seen: dict[str, str] = {}
+    merged = []
+    for label in labels:
+        first = seen.setdefault(same_label(label), label)
+        if first != label:
+            merged.append(f"{label!r} as {first!r}")
+    return merged
+
+
 def rank_labels(
     image_emb: np.ndarray, label_emb: np.ndarray, labels: list[str], logit_scale: float, top_k: int | None = None
 ) -> list[list[tuple[str, float]]]:
-    first = {label: i for i, label in reversed(list(enumerate(labels)))}  # a label given twice is one label: two
-    if len(first) < len(labels):  # copies would split its probability and show up twice
+    # a label given twice is one label, spelled as first given: two copies would split its probability and show
+    # up twice. "Dog" and "dog " are one label too, as `eval zeroshot` counts them (one class)
+    first = {same_label(label): i for i, label in reversed(list(enumerate(labels)))}
+    if len(first) < len(labels):
         keep = sorted(first.values())
         labels, label_emb = [labels[i] for i in keep], np.asarray(label_emb)[keep]
     logits = logit_scale * image_emb @ label_emb.T
@@ -140,5 +158,9 @@ class ZeroShotMixin:
             split = f"; to give several, pass a list, e.g. {given!r}.split(',')" if "," in given else ""
             log.warning("classify() got one label (%r): every image scores 1.0 with it, since scores are shared out "
                         "among the labels%s", given, split)
+        merged = merged_labels(labels)
+        if merged:
+            log.warning("labels differing only in case or spaces are one label: %s", "; ".join(merged[:3]) +
+                        (f"; and {len(merged) - 3} more" if len(merged) > 3 else ""))
         label_emb = self.label_embeddings(labels, templates)
         return rank_labels(self.encode_image(images), label_emb, labels, self.logit_scale, top_k)

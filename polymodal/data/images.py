@@ -33,10 +33,15 @@ MAX_ASPECT = 1000  # longest side / shortest side beyond which an image is refus
 # their exact CLIP-processor pixels.
 _MAX_RESIZED_ASPECT = 8
 _SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}  # Pillow's filter radius in source pixels when not downscaling
-# A photo of 89-179 MP is one the user chose to pass: decode it without Pillow's DecompressionBombWarning on stderr
-# (set once here: a catch_warnings() per image would reset Python's show-once memory for every other warning, and is
-# not thread-safe). Above that Pillow still refuses it (_pillow_errors); the server has its own, lower pixel limit.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def quiet_pillow_size_warnings() -> None:
+    """A photo of 89-179 MP is one the user chose to pass: the CLI decodes it without Pillow's
+    DecompressionBombWarning on stderr. Set once for the process by `polymodal` (a catch_warnings() per image would
+    reset Python's show-once memory for every other warning, and is not thread-safe); a Python program keeps
+    Pillow's warning, since importing a library should not change its filters. Above 179 MP Pillow still refuses
+    the image (_pillow_errors); the server has its own, lower pixel limit."""
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @functools.cache
@@ -152,7 +157,9 @@ def _check_not_normalised(arr: np.ndarray) -> None:
 
 def _to_uint8(arr: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:
     """Pixel samples -> uint8. 16-bit ones (uint16, or Pillow's 32-bit 'I' holding 16-bit PNG/TIFF data) keep
-    their high byte, as Pillow does for 16-bit RGB files; floats in [0, 1] are scaled by 255; the rest is clipped."""
+    their high byte, as Pillow does for 16-bit RGB files; floats (and booleans) in [0, 1] are scaled by 255; the
+    rest is clipped. Integers are 0-255 whatever their values: an int64 mask of 0s and 1s is as dark as the same
+    mask in uint8 (before, it was scaled, and the same pixels embedded differently by dtype)."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all():  # NaN would cast to arbitrary bytes
@@ -160,7 +167,7 @@ def _to_uint8(arr: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:
                              "pass finite pixel values (0-255, or 0-1 floats)")
     if sixteen_bit or (arr.dtype.kind == "u" and arr.dtype.itemsize == 2):
         return (np.clip(arr, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
-    if arr.size and float(np.nanmax(arr)) <= 1.0:
+    if arr.dtype.kind in "fb" and arr.size and float(np.nanmax(arr)) <= 1.0:
         arr = arr * 255.0
     return np.clip(arr, 0, 255).astype(np.uint8)
 

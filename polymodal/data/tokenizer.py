@@ -7,11 +7,27 @@ No torch and no transformers import: the ONNX runtime tokenizes with it, and so 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from polymodal.errors import PolymodalError
+
+log = logging.getLogger("polymodal.encoders.text")  # where the warning was always logged from
+
+
+def warn_once_if_cut(owner, attention_mask, max_length: int, tower: str) -> None:
+    """Texts longer than the tower's token limit are cut (as every CLIP-style library does); say so once per
+    model, since a long product description or caption then matches on its first part only. ``attention_mask``:
+    a torch tensor or numpy array ``[B, L]``."""
+    if getattr(owner, "_warned_cut", False) or attention_mask.shape[1] < max_length:
+        return
+    cut = int((attention_mask.sum(1) >= max_length).sum())
+    if cut:
+        owner._warned_cut = True
+        log.warning("a text reached the %s's limit of %d tokens and was cut there (%d in this batch): later words "
+                    "do not count; shown once per model, later texts may be cut too", tower, max_length, cut)
 
 
 def check_unicode(texts: list[str]) -> None:

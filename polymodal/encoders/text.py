@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import logging
+import threading
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from polymodal.data.tokenizer import warn_once_if_cut  # noqa: F401  (models import it from here)
 from polymodal.errors import PolymodalError
-
-log = logging.getLogger(__name__)
 
 
 def minilm_path() -> Path:
@@ -23,16 +22,7 @@ def minilm_path() -> Path:
     return Path(get_model_path())
 
 
-def warn_once_if_cut(owner, attention_mask: torch.Tensor, max_length: int, tower: str) -> None:
-    """Texts longer than the tower's token limit are cut (as every CLIP-style library does); say so once per
-    model, since a long product description or caption then matches on its first part only."""
-    if getattr(owner, "_warned_cut", False) or attention_mask.shape[1] < max_length:
-        return
-    cut = int((attention_mask.sum(1) >= max_length).sum())
-    if cut:
-        owner._warned_cut = True
-        log.warning("a text reached the %s's limit of %d tokens and was cut there (%d in this batch): later words "
-                    "do not count; shown once per model, later texts may be cut too", tower, max_length, cut)
+_HF_LOAD = threading.Lock()
 
 
 class SentenceEncoder(nn.Module):
@@ -75,12 +65,20 @@ class SentenceEncoder(nn.Module):
     @property
     def tokenizer(self):
         """The transformers tokenizer of the folder (for MLM masking and ONNX export), loaded on first use."""
-        if self._hf_tokenizer is None:
-            from transformers import AutoTokenizer
+        with _HF_LOAD:  # two threads importing transformers at once fail ("cannot import name 'AutoTokenizer'")
+            if self._hf_tokenizer is None:
+                from transformers import AutoTokenizer
 
-            self._quiet_transformers()
-            self._hf_tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
+                self._quiet_transformers()
+                self._hf_tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
         return self._hf_tokenizer
+
+    def decode(self, ids: list[int]) -> str:
+        """Word pieces -> text, as the transformers tokenizer decodes them (special pieces kept, spaces before
+        punctuation cleaned), through `tokenizers` where the folder has tokenizer.json: no transformers import."""
+        if self._fast is not None:
+            return self._fast.tok.decode(list(ids), skip_special_tokens=False)
+        return self.tokenizer.decode(ids)
 
     def tokenize(self, texts: list[str]) -> dict:
         """Texts -> {"input_ids", "attention_mask"} int64 tensors [B, L], padded to the longest, truncated."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from polymodal.data.images import ImageTransform
-from polymodal.data.tokenizer import FastTokenizer
+from polymodal.data.tokenizer import FastTokenizer, warn_once_if_cut
 from polymodal.errors import PolymodalError
 from polymodal.models.interface import EmbeddingInterface
 
@@ -160,6 +160,7 @@ class OnnxEmbeddingModel(EmbeddingInterface):
         t = config["text"]
         self.tokenizer = FastTokenizer(export_tokenizer(folder / t["tokenizer"]), t["max_length"], t["pad_id"],
                                        t["pad_token"])
+        self._max_length = int(t["max_length"])
         self._text_inputs = {i.name for i in self.text_session.get_inputs()}
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -168,7 +169,9 @@ class OnnxEmbeddingModel(EmbeddingInterface):
         return self.image_session.run(None, {"pixels": pixels})[0].astype(np.float32, copy=False)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
-        feeds = {k: v for k, v in self.tokenizer(texts).items() if k in self._text_inputs}
+        tokens = self.tokenizer(texts)
+        warn_once_if_cut(self, tokens["attention_mask"], self._max_length, "text tower")  # as the PyTorch model does
+        feeds = {k: v for k, v in tokens.items() if k in self._text_inputs}
         return self.text_session.run(None, feeds)[0].astype(np.float32, copy=False)
 
     def __repr__(self) -> str:

@@ -231,7 +231,7 @@ class Captioner(nn.Module):
 
     def decode(self, pieces: list[int]) -> str:
         """Word pieces (as `generate` returns them) -> text."""
-        return self._text[0].tokenizer.decode(pieces)
+        return self._text[0].decode(pieces)
 
     # -- saving ---------------------------------------------------------------------------------
     def trained_state(self) -> dict[str, Tensor]:

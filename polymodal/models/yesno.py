@@ -33,7 +33,7 @@ from polymodal.models.folders import WEIGHTS_FILE, folder_type, read_folder_conf
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import YES_NO, normalize_answer, unique_choices, warn_of
 from polymodal.models.fusion_encoder import _dedupe, choice_rows
-from polymodal.models.inputs import check_count, one_question, vqa_rows
+from polymodal.models.inputs import as_images, as_texts, check_count, one_question, vqa_rows
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +139,11 @@ class YesNoModel:
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Any], batch_size: int = 32) -> dict[str, np.ndarray]:
-        """Paths / PIL images / arrays -> {"default": [N, 384], "conse": [N, 384]}, rows L2-normalised."""
+        """An image or images (paths / PIL images / arrays) -> {"default": [N, 384], "conse": [N, 384]}, rows
+        L2-normalised."""
         from polymodal.models.conse import conse_embedding
 
+        images, batch_size = as_images(images), check_count(batch_size, "batch_size")  # one path is one image
         base = self.base
         out: dict[str, list] = {space: [np.zeros((0, DIM), np.float32)] for space in SPACES}
         for i in range(0, len(images), batch_size):
@@ -154,7 +156,8 @@ class YesNoModel:
     @torch.inference_mode()
     def encode_questions(self, questions: Sequence[str], batch_size: int = 128) -> dict[str, np.ndarray]:
         """Questions -> {"question": MiniLM [N, 384], "default": key phrase in the default space, "conse": key phrase
-        in MiniLM space (ConSE's)}, rows L2-normalised."""
+        in MiniLM space (ConSE's)}, rows L2-normalised; one string is one question."""
+        questions, batch_size = as_texts(questions, "questions"), check_count(batch_size, "batch_size")
         keys = [question_to_statement(q)[1] for q in questions]
         base = self.base
         q_raw, k_raw, k_def = [np.zeros((0, DIM), np.float32)], [np.zeros((0, DIM), np.float32)], [np.zeros((0, DIM), np.float32)]

@@ -194,6 +194,12 @@ class Trainer:
             raise PolymodalError(f"{self.checkpoint_path} does not fit this model ({_first_detail(exc)}); "
                                  "resume with the settings the run was trained with, or train into a new folder") from exc
         self.scheduler.load_state_dict(state["scheduler"])
+        # the optimizer came back with the old schedule's last rate (0 at the end of a finished run): the step
+        # about to run takes its rate from this run's schedule, which --epochs may have lengthened
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                       self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.step, self.epoch, self.best, self.bad_epochs = step, epoch, best, bad
         self.best_metrics = state.get("best_metrics", {})  # older checkpoints did not keep it
         torch.set_rng_state(state["torch_rng"])

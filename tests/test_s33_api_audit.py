@@ -1,0 +1,106 @@
+"""Findings of stop 33's Python API walkthrough: the captioner decodes without transformers (two threads captioning a
+fresh model raced on its lazy import), integer image arrays are 0-255 whatever their values, coco-yesno's encoders
+take one string as one input, labels differing in case or spaces are one label, and importing polymodal leaves
+Pillow's warning filters alone."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from polymodal.errors import PolymodalError
+
+
+def test_the_captioner_decodes_as_transformers_does_without_importing_it():
+    from polymodal.encoders.text import SentenceEncoder, minilm_path
+
+    encoder = SentenceEncoder(minilm_path())
+    hf = encoder.tokenizer  # the reference (imports transformers in this process: hence the subprocess below)
+    for text in ["two dogs are playing in the grass .", "a man's hat , isn't it ? e.g. 3.5 m", "co-op [UNK] x"]:
+        ids = hf(text, add_special_tokens=False)["input_ids"]
+        assert encoder.decode(ids) == hf.decode(ids)
+    script = textwrap.dedent("""
+        import sys
+        from polymodal.models.captioner import Captioner, CaptionerConfig
+        model = Captioner(CaptionerConfig())
+        ids = model._text[0]._fast.tok.encode("two dogs are playing .", add_special_tokens=False).ids
+        print(model.decode(ids))
+        print("transformers" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["two dogs are playing.", "False"]
+
+
+def test_integer_arrays_are_0_255_whatever_their_dtype_and_floats_0_1_are_scaled():
+    from polymodal.data.images import load_image
+
+    mask = np.zeros((8, 8, 3), np.uint8)
+    mask[:4] = 1
+    as_uint8 = np.asarray(load_image(mask))
+    assert as_uint8.max() == 1
+    for dtype in (np.int64, np.int32, np.int16, np.uint32):
+        assert np.array_equal(np.asarray(load_image(mask.astype(dtype))), as_uint8), dtype
+    assert np.asarray(load_image(mask.astype(np.float32))).max() == 255  # floats in [0, 1] are 0-1 pixels
+    assert np.asarray(load_image(mask.astype(bool))).max() == 255
+    assert np.asarray(load_image(mask.astype(np.int64) * 200)).max() == 200
+
+
+def test_coco_yesno_encoders_take_one_string_as_one_input(coco_yesno, gallery):
+    photo = str(gallery / "cat.jpg")
+    assert coco_yesno.encode_images(photo)["default"].shape == (1, 384)
+    assert coco_yesno.encode_images([photo, photo])["conse"].shape == (2, 384)
+    emb = coco_yesno.encode_questions("Isit")
+    assert all(v.shape == (1, 384) for v in emb.values())
+    with pytest.raises(PolymodalError, match="batch_size"):
+        coco_yesno.encode_images(photo, batch_size=0)
+    with pytest.raises(PolymodalError, match="questions must be a string"):
+        coco_yesno.encode_questions(None)
+
+
+def test_labels_differing_in_case_or_spaces_are_one_label(lite, gallery, caplog):
+    photo = gallery / "cat.jpg"
+    with caplog.at_level(logging.WARNING):
+        ranked = lite.classify(photo, ["Cat", "cat ", "rocket", "cat"])[0]
+    assert sorted(label for label, _ in ranked) == ["Cat", "rocket"]  # the first spelling, once
+    assert abs(sum(score for _, score in ranked) - 1.0) < 1e-6
+    assert "one label: 'cat ' as 'Cat'" in caplog.text and "'cat' as 'Cat'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        lite.classify(photo, ["cat", "cat", "rocket"])  # an exact repeat is merged without a word, as before
+    assert "one label" not in caplog.text
+
+
+def test_the_cli_and_the_server_say_case_variants_are_one_label(lite, gallery, capsys, db):
+    from fastapi.testclient import TestClient
+
+    from polymodal import cli
+    from polymodal.serve import create_app
+
+    assert cli.main(["classify", str(gallery / "cat.jpg"), "--labels", "Cat,cat ", "--model", "lite"]) == 0
+    assert "with one label every image scores 1.000" in capsys.readouterr().err
+    with TestClient(create_app(lite, db)) as c:
+        files = {"image": ("cat.jpg", (gallery / "cat.jpg").read_bytes(), "image/jpeg")}
+        reply = c.post("/v1/classify", files=files, data={"labels": "Cat,cat,rocket"}).json()
+    assert [x["label"] for x in reply["results"][0]["labels"]] in (["Cat", "rocket"], ["rocket", "Cat"])
+    assert reply["warnings"] == ["labels differing only in case or spaces are one label: 'cat' as 'Cat'"]
+
+
+def test_importing_polymodal_leaves_pillows_warning_filters_alone_and_the_cli_quiets_them():
+    script = textwrap.dedent("""
+        import warnings
+        from PIL import Image
+        import polymodal, polymodal.data.images
+        quiet = lambda: any(f[2] is Image.DecompressionBombWarning for f in warnings.filters)
+        print(quiet())
+        polymodal.data.images.quiet_pillow_size_warnings()
+        print(quiet())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
