@@ -391,6 +391,8 @@ def test_answer_vocabulary_counts_ties_and_limits():
     assert answer_vocabulary(rows, max_answers=1) == ["z"]
     with pytest.raises(PolymodalError, match="every training question has the same answer \\('yes'\\)"):
         answer_vocabulary(_qa(["yes"] * 5))  # nothing to learn: it would answer yes to everything
+    with pytest.raises(PolymodalError, match="only 'a' occurs 2\\+ times"):  # the same, through the count filter
+        answer_vocabulary(_qa(["a", "a", "b"]), min_count=2)
 
 
 def test_split_by_image_always_keeps_a_training_image():

@@ -28,7 +28,13 @@ def rows():
 
     questions, answers, image_ids = easy_vqa.get_test_questions()
     paths = easy_vqa.get_test_image_paths()
-    return [QARow(image=str(paths[i]), question=q, answer=a) for q, a, i in list(zip(questions, answers, image_ids))[:6]]
+    rows, seen = [], set()
+    for q, a, i in zip(questions, answers, image_ids):  # six images: a row scored on another's image shows
+        if i not in seen:
+            seen.add(i)
+            rows.append(QARow(image=str(paths[i]), question=q, answer=a))
+        if len(rows) == 6:
+            return rows
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +96,20 @@ def test_a_drifting_match_graph_fails_the_export(itm_model, rows, tmp_path, monk
     monkeypatch.setattr(OnnxFusionEncoder, "match_scores", lambda self, i, t: real(self, i, t) + 0.01)
     with pytest.raises(PolymodalError, match="ITM graph parity failed"):
         export_fusion_onnx(itm_model, tmp_path / "x", rows[:2], variants=[], timing_seconds=0.01)
+
+
+def test_served_int8_tower_graphs_get_a_match_figure_in_the_report(itm_model, rows, tmp_path, monkeypatch):
+    """An int8 grid or question graph feeds the match graph too: the report gives how far its scores moved (the VQA
+    accuracy gate decides; here the 'variants' are copies of the fp32 graphs, kept as faster)."""
+    import shutil
+
+    import polymodal.export.onnx_export as onnx_export
+    import polymodal.export.variants as V
+
+    monkeypatch.setattr(V, "int8_dynamic", lambda src, dst, calibration=None: shutil.copyfile(src, dst))
+    monkeypatch.setattr(onnx_export, "paired_speed", lambda *a, **k: (200.0, 100.0))
+    report = export_fusion_onnx(itm_model, tmp_path / "x", rows[:3], variants=["int8_dynamic"], timing_seconds=0.01)
+    assert report["served"]["grid"] == "grid.int8_dynamic.onnx" and report["served"]["match"] == "match.onnx"
+    assert 0 <= report["parity"]["match_served_max_abs_diff"] <= 1e-3
+    assert "with the served int8 graphs" in (tmp_path / "x" / "report.md").read_text()
+    assert (tmp_path / "x" / "match.onnx").is_file()

@@ -104,3 +104,73 @@ def test_importing_polymodal_leaves_pillows_warning_filters_alone_and_the_cli_qu
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True"]
+
+
+# -- stop 33's training-recipe walkthrough ------------------------------------------------------------------------
+
+
+def test_two_threads_on_a_model_in_train_mode_both_run_in_eval_mode():
+    """The first call to enter restored train mode when it finished, switching dropout back on under a later call
+    still running."""
+    import threading
+
+    import torch
+
+    from polymodal.models.modes import in_eval_mode
+
+    class Model(torch.nn.Module):
+        @in_eval_mode
+        def call(self, name, inside, release):
+            inside.set()
+            release.wait(10)
+            seen[name] = self.training
+
+    seen = {}
+    model = Model().train()
+    events = {name: (threading.Event(), threading.Event()) for name in ("first", "second")}
+    threads = {name: threading.Thread(target=model.call, args=(name, *events[name])) for name in events}
+    for name in ("first", "second"):  # both inside, in this order
+        threads[name].start()
+        events[name][0].wait(10)
+    events["first"][1].set()
+    threads["first"].join(10)
+    assert model.training is False  # the second call is still running: the mode stays eval
+    events["second"][1].set()
+    threads["second"].join(10)
+    assert seen == {"first": False, "second": False} and model.training is True  # the last one out restores it
+    with pytest.raises(ZeroDivisionError):  # an error restores it too
+        in_eval_mode(lambda self: 1 / 0)(model)
+    assert model.training is True
+
+
+def test_a_vocabulary_of_one_answer_is_refused_however_it_comes_about():
+    from polymodal.train.vqa import VQARecipe
+
+    with pytest.raises(PolymodalError, match="max_answers must be at least 2"):
+        VQARecipe(qa=["qa.jsonl"], out="run", max_answers=1).validate()
+
+
+def test_a_misspelt_early_stop_metric_is_one_error_and_leaves_no_run_files(tmp_path):
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from polymodal.train.objectives import Objective
+    from polymodal.train.trainer import TrainConfig, Trainer
+
+    class Pull(Objective):
+        def compute(self, model, batch):
+            return model(batch[0]).pow(2).mean(), {}
+
+    def run(metric, score_start=False):
+        loader = DataLoader(TensorDataset(torch.randn(8, 3)), batch_size=4)
+        config = TrainConfig(epochs=2, warmup_steps=1, early_stop_metric=metric)
+        trainer = Trainer(torch.nn.Linear(3, 1), {"pull": (Pull(), 1.0, loader)}, config, tmp_path / "run",
+                          lambda m: {"val/accuracy": 0.5, "val/loss": 1.0}, progress=False)
+        return trainer.fit(score_start=score_start)
+
+    for score_start in (False, True):
+        with pytest.raises(PolymodalError, match="early_stop_metric 'val/acc' is not among the validation metrics "
+                                                 "\\(val/accuracy, val/loss\\)"):
+            run("val/acc", score_start)
+        assert not list((tmp_path / "run").iterdir())  # no metrics, no checkpoint: nothing to resume or overwrite
+    assert run("val/accuracy")["epoch"] == 2

@@ -110,6 +110,15 @@ def merged_labels(labels: list[str]) -> list[str]:
     return merged
 
 
+def merged_labels_note(labels: list[str]) -> str:
+    """The warning for labels that rank_labels folds into an earlier spelling, or "" when none is."""
+    merged = merged_labels(labels)
+    if not merged:
+        return ""
+    more = f"; and {len(merged) - 3} more" if len(merged) > 3 else ""
+    return "labels differing only in case or spaces are one label: " + "; ".join(merged[:3]) + more
+
+
 def rank_labels(
     image_emb: np.ndarray, label_emb: np.ndarray, labels: list[str], logit_scale: float, top_k: int | None = None
 ) -> list[list[tuple[str, float]]]:
@@ -158,9 +167,8 @@ class ZeroShotMixin:
             split = f"; to give several, pass a list, e.g. {given!r}.split(',')" if "," in given else ""
             log.warning("classify() got one label (%r): every image scores 1.0 with it, since scores are shared out "
                         "among the labels%s", given, split)
-        merged = merged_labels(labels)
-        if merged:
-            log.warning("labels differing only in case or spaces are one label: %s", "; ".join(merged[:3]) +
-                        (f"; and {len(merged) - 3} more" if len(merged) > 3 else ""))
+        note = merged_labels_note(labels)
+        if note:
+            log.warning("%s", note)
         label_emb = self.label_embeddings(labels, templates)
         return rank_labels(self.encode_image(images), label_emb, labels, self.logit_scale, top_k)

@@ -67,14 +67,18 @@ class OnnxFusionEncoder:
             yield grid, self.head.run(None, {"grid": grid, "states": states,
                                              "attention_mask": tokens["attention_mask"]})[0]
 
-    def match_scores(self, images: Sequence[Any], texts: Sequence[str]) -> np.ndarray:
+    def match_scores(self, images: Sequence[Any], texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """``[R]`` ITM match probabilities of each (image, text) row (needs a model exported with an ITM head)."""
         if self.match is None:
             raise PolymodalError(f"model {self.name!r} was exported without an ITM head; it cannot score image-text "
                                  "matches")
         images, texts = vqa_rows(images, texts)
-        grid = self.grid.run(None, {"pixels": self.transform(list(images))})[0] if images else None
-        return self._match(grid, [str(t) for t in texts])
+        batch_size = check_count(batch_size, "batch_size")
+        out = [np.zeros(0, np.float32)]
+        for i in range(0, len(images), batch_size):
+            grid = self.grid.run(None, {"pixels": self.transform(list(images[i : i + batch_size]))})[0]
+            out.append(self._match(grid, [str(t) for t in texts[i : i + batch_size]]))
+        return np.concatenate(out)
 
     def _match(self, grid: np.ndarray | None, texts: list[str]) -> np.ndarray:
         """Grid tokens (one row per text, or one row that every text shares) + texts -> match probabilities."""

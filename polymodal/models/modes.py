@@ -4,25 +4,37 @@ encode) must not switch its dropout off for the rest of the training."""
 from __future__ import annotations
 
 import functools
+import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
 
+_MODE = threading.Lock()  # guards each model's count of inference calls in progress
+_USERS, _RESTORE = "_polymodal_eval_users", "_polymodal_restore_train"
+
 
 @contextmanager
 def evaluating(model: Any) -> Iterator[Any]:
-    """``model.eval()`` inside, the caller's train/eval mode back after (models that are no nn.Module pass through)."""
+    """``model.eval()`` inside, the caller's train/eval mode back after (models that are no nn.Module pass through).
+    Calls in progress are counted per model, so that with two threads the first to finish does not switch dropout
+    back on under the other: the last one out restores the mode."""
     if not isinstance(model, torch.nn.Module):
         yield model
         return
-    was_training = model.training
-    model.eval()
+    state = model.__dict__  # plain attributes: nn.Module's __setattr__ would look for parameters and buffers
+    with _MODE:
+        if not state.get(_USERS):
+            state[_RESTORE] = model.training
+            model.eval()
+        state[_USERS] = state.get(_USERS, 0) + 1
     try:
         yield model
     finally:
-        if was_training:
-            model.train()
+        with _MODE:
+            state[_USERS] -= 1
+            if not state[_USERS] and state.pop(_RESTORE, False):
+                model.train()
 
 
 def in_eval_mode(method: Callable) -> Callable:

@@ -94,7 +94,7 @@ def create_app(
             f"serving needs the serve extra ({exc.name} is missing); pip install 'polymodal[serve]'"
         ) from exc
 
-    from polymodal.apps.zeroshot import merged_labels, rank_labels, same_label
+    from polymodal.apps.zeroshot import merged_labels_note, rank_labels, same_label
     from polymodal.apps.zeroshot import ZeroShotMixin
     from polymodal.serve.middleware import ApiKeyMiddleware, LimitsMiddleware, MetricsMiddleware
     from polymodal.serve.page import render_page
@@ -404,9 +404,8 @@ def create_app(
         # as `polymodal classify` notes it: a softmax over one label is 1.0 whatever the image
         warnings = ["with one label every image scores 1.0 (scores are shared out among the labels); send two or "
                     "more labels"] if len({same_label(x) for x in labels}) == 1 else []
-        merged = merged_labels(labels)
-        if merged:
-            warnings.append("labels differing only in case or spaces are one label: " + "; ".join(merged[:3]))
+        if note := merged_labels_note(labels):
+            warnings.append(note)
         return JSONResponse({"model": model.key, "results": results, "warnings": warnings})
 
     @app.post(

@@ -24,6 +24,7 @@ _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "tru
 
 # (what a value must be, test); NaN fails every comparison, so it is refused too
 AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
+AT_LEAST_2 = ("at least 2", lambda v: v >= 2)  # e.g. answers to choose among
 POSITIVE = ("above 0", lambda v: v > 0)
 NON_NEGATIVE = ("0 or more", lambda v: v >= 0)
 NONE_OR_NON_NEGATIVE = ("0 or more (or unset)", lambda v: v is None or v >= 0)

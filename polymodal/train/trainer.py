@@ -244,7 +244,7 @@ class Trainer:
                 if self.eval_fn is not None:
                     self.model.eval()
                     with torch.no_grad():
-                        record.update(self.eval_fn(self.model))
+                        record.update(self._check_metric(self.eval_fn(self.model)))
                 logger.write(record)
                 score = record.get(self.cfg.early_stop_metric, -record.get("train_loss", 0.0))
                 if score >= self.best:  # a tie keeps the later, more trained epoch, but is no progress for patience
@@ -276,10 +276,18 @@ class Trainer:
                         self.out / "model")
         return self.best_metrics
 
+    def _check_metric(self, metrics: dict) -> dict:
+        """Validation's metrics, or one error when they lack early_stop_metric: a misspelt name would otherwise
+        choose the best model and stop early by the training loss, without a word."""
+        if metrics and self.cfg.early_stop_metric not in metrics:
+            raise PolymodalError(f"early_stop_metric {self.cfg.early_stop_metric!r} is not among the validation "
+                                 f"metrics ({', '.join(sorted(metrics))}); name one of them")
+        return metrics
+
     def _score_start(self, logger, on_best: Callable | None) -> None:
         self.model.eval()
         with torch.no_grad():
-            record = {"step": 0, "epoch": 0, "split": "val", **self.eval_fn(self.model)}
+            record = {"step": 0, "epoch": 0, "split": "val", **self._check_metric(self.eval_fn(self.model))}
         logger.write(record)
         score = record.get(self.cfg.early_stop_metric)
         if isinstance(score, (int, float)) and math.isfinite(score):

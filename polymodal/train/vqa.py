@@ -31,12 +31,13 @@ from polymodal.models.fusion_encoder import (
     load_fusion_encoder,
 )
 from polymodal.models.inputs import as_parts, as_paths, as_settings
+from polymodal.models.modes import evaluating
 from polymodal.progress import progress_bar
 from polymodal.train.features import (
     _load_cached, _nan_rows, _store, image_features, readable_subset, report_unreadable,
 )
 from polymodal.train.guards import (
-    AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
+    AT_LEAST_1, AT_LEAST_2, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
     freeze_parts, refuse_unfreezing, warn_of_shared_photos,
 )
 from polymodal.train.run_settings import (
@@ -90,7 +91,7 @@ class VQARecipe:
 
     def validate(self) -> None:
         check_types(self)
-        check_ranges(self, {"batch_size": AT_LEAST_1, "min_answer_count": AT_LEAST_1, "max_answers": AT_LEAST_1,
+        check_ranges(self, {"batch_size": AT_LEAST_1, "min_answer_count": AT_LEAST_1, "max_answers": AT_LEAST_2,
                             "label_smoothing": FRACTION, "itm_weight": NON_NEGATIVE, "workers": NON_NEGATIVE,
                             "val_fraction": FRACTION})
         refuse_unfreezing(self.train)
@@ -158,12 +159,8 @@ def _logit_chunks(model: FusionEncoder, image_feats: np.ndarray, q_states: np.nd
                   row_image: np.ndarray, row_question: np.ndarray, images_per_batch: int = 64):
     """Yields (row numbers, the chunk's image features [U, T, F], each row's image among them [r], answer logits
     [r, A]) a chunk of images at a time."""
-    was_training = model.training  # put back when the chunks are done: a caller's training loop keeps its dropout
-    model.eval()
-    try:
+    with evaluating(model):  # the caller's mode is put back when the chunks are done: a training loop keeps its dropout
         yield from _chunks(model, image_feats, q_states, q_len, row_image, row_question, images_per_batch)
-    finally:
-        model.train(was_training)
 
 
 def _chunks(model, image_feats, q_states, q_len, row_image, row_question, images_per_batch):
@@ -266,6 +263,9 @@ def answer_vocabulary(rows: Sequence[QARow], min_count: int = 1, max_answers: in
     ranked = sorted((a for a, c in counts.items() if c >= min_count), key=lambda a: (-counts[a], a))
     if not ranked:
         raise PolymodalError(f"no answer occurs {min_count}+ times in the training rows; lower min_answer_count")
+    if len(ranked) == 1:  # the same dead end as one answer in the data, reached through the count filter
+        raise PolymodalError(f"only {ranked[0]!r} occurs {min_count}+ times in the training rows, and a VQA model "
+                             "needs at least two answers to choose from; lower min_answer_count")
     return ranked[:max_answers]
 
 
