@@ -3,6 +3,10 @@ from pathlib import Path
 
 import pytest
 
+# set before torch loads: OpenMP threads that spin while they wait starve the other test worker and the servers
+# and subprocesses tests start (benchmarks/omp_wait_policy.py: 2-8x slower beside a busy process)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
