@@ -80,7 +80,7 @@ class OnnxFusionEncoder:
             out.append(self._match(grid, [str(t) for t in texts[i : i + batch_size]]))
         return np.concatenate(out)
 
-    def _match(self, grid: np.ndarray | None, texts: list[str]) -> np.ndarray:
+    def _match(self, grid: np.ndarray, texts: list[str]) -> np.ndarray:
         """Grid tokens (one row per text, or one row that every text shares) + texts -> match probabilities."""
         if not texts:
             return np.zeros(0, np.float32)
