@@ -174,3 +174,27 @@ def test_a_misspelt_early_stop_metric_is_one_error_and_leaves_no_run_files(tmp_p
             run("val/acc", score_start)
         assert not list((tmp_path / "run").iterdir())  # no metrics, no checkpoint: nothing to resume or overwrite
     assert run("val/accuracy")["epoch"] == 2
+
+
+def test_contrastive_training_without_validation_pairs_keeps_the_best_zero_shot_epoch(gallery, tmp_path, capsys):
+    """Zero-shot labels are then the only validation: the default metric (recall, not measured) would now be an
+    error, so the run follows zero-shot top-1."""
+    import json
+
+    from polymodal import cli
+    from polymodal.data.samples import SKIMAGE_PHOTOS
+    from polymodal.train.metrics import read_metrics
+
+    pairs, labels = tmp_path / "pairs.jsonl", tmp_path / "labels.jsonl"
+    pairs.write_text("".join(json.dumps({"image": str(gallery / f"{n}.jpg"), "caption": d}) + "\n"
+                             for n, (_, d) in SKIMAGE_PHOTOS.items()))
+    labels.write_text("".join(json.dumps({"image": str(gallery / f"{n}.jpg"), "label": n}) + "\n"
+                              for n in ("cat", "coffee", "rocket")))
+    assert cli.main(["train", "contrastive", "--pairs", str(pairs), "--val-fraction", "0", "--zeroshot-labels",
+                     str(labels), "--out", str(tmp_path / "run"), "--quiet", "--epochs", "1", "--batch-size", "4",
+                     "--embed-dim", "32"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "val/zeroshot_top1" in result["best"] and "val/rsum" not in result["best"]
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["train"]["early_stop_metric"] == \
+        "val/zeroshot_top1"
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run") if r["split"] == "val"] == [1]

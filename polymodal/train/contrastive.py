@@ -173,6 +173,9 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
 
     if recipe.zeroshot_labels:
         eval_fn = _with_zeroshot(eval_fn, recipe.zeroshot_labels)
+        if val_set is None and recipe.train.early_stop_metric == "val/rsum":  # no validation pairs: no recall
+            log.info("no validation pairs: the best epoch is the one with the best zero-shot top-1")
+            recipe.train.early_stop_metric = "val/zeroshot_top1"
 
     objective = ContrastiveObjective(gradcache_chunk=recipe.gradcache_chunk or None, gather=distributed.is_distributed())
     trainer = Trainer(model, {"contrastive": (objective, 1.0, loader)}, recipe.train, recipe.out, eval_fn, progress)
