@@ -318,7 +318,7 @@ def test_the_cut_warning_counts_the_batchs_cut_texts(caplog) -> None:
 
     import torch
 
-    from polymodal.encoders.text import warn_once_if_cut
+    from polymodal.data.tokenizer import warn_once_if_cut
 
     with caplog.at_level(logging.WARNING):
         warn_once_if_cut(SimpleNamespace(), torch.ones(3, 8, dtype=torch.long), 8, "text tower")

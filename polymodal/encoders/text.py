@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from polymodal.data.tokenizer import warn_once_if_cut  # noqa: F401  (models import it from here)
+from polymodal.data.tokenizer import warn_once_if_cut
 from polymodal.errors import PolymodalError
 
 

@@ -131,7 +131,8 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
                              f"{cosine:.5f}; the export is wrong, please report it")
     parity = {"same_top1": same_top1, "min_logit_cosine": round(cosine, 6)}
     if has_itm:
-        parity["match_max_abs_diff"] = _match_parity(model, onnx_model, rows)
+        match_ref = _torch_match(model, rows)  # PyTorch's scores, for the fp32 graphs and again for the served ones
+        parity["match_max_abs_diff"] = _match_parity(model, onnx_model, rows, reference=match_ref)
     answers = model.answers
     acc_torch = accuracy_by_type([answers[i] for i in ref_logits.argmax(1)], rows)
     acc_onnx = accuracy_by_type([answers[i] for i in got_logits.argmax(1)], rows)
@@ -141,7 +142,7 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
     final = OnnxFusionEncoder(out)
     acc_served = accuracy_by_type([a for a, _ in final.predict(images, questions)], rows)
     if has_itm and set(final.variants.values()) != {"fp32"}:  # an int8 tower graph feeds the match graph too
-        parity["match_served_max_abs_diff"] = _match_parity(model, final, rows, tolerance=None)
+        parity["match_served_max_abs_diff"] = _match_parity(model, final, rows, tolerance=None, reference=match_ref)
     report = {"model": model.key, "questions": len(rows), "parity": parity, "accuracy_pytorch": acc_torch,
               "accuracy_onnx": acc_onnx, "served": graph_files(config), "accuracy_served": acc_served, "tries": tries,
               "removed": [] if keep_unserved else drop_unserved(out, config)}
@@ -176,19 +177,30 @@ def _match_words(parity: dict) -> str:
 MATCH_PARITY_TOLERANCE = 1e-3  # on the sigmoid: a candidate's score, not a ranking
 
 
-def _match_parity(model, onnx_model, rows, tolerance: float | None = MATCH_PARITY_TOLERANCE) -> float:
-    """The largest |sigmoid difference| of the ITM head, PyTorch vs the match graph, on each validation row's
-    question with its answer appended (the statements multiple choice scores); over ``tolerance`` is an error
-    (None: a figure for the report, e.g. of served int8 graphs, which the VQA accuracy gate judges)."""
-    statements = [f"{r.question} {r.answer}" for r in rows]
-    with torch.inference_mode():
-        ref = []
-        for r, s in zip(rows, statements):
-            grid = model.encode_images([r.image])
-            states, mask = model.encode_questions([s])
-            ref.append(torch.sigmoid(model.itm_logits(grid, states, mask)).numpy())
-    got = onnx_model.match_scores([r.image for r in rows], statements)
-    diff = float(np.abs(np.concatenate(ref) - got).max())
+def _match_statements(rows) -> list[str]:
+    """Each validation row's question with its answer appended: the statements multiple choice scores."""
+    return [f"{r.question} {r.answer}" for r in rows]
+
+
+@torch.inference_mode()
+def _torch_match(model, rows) -> np.ndarray:
+    """The PyTorch ITM head's match probability of each row's statement, its image encoded alone."""
+    ref = []
+    for r, s in zip(rows, _match_statements(rows)):
+        grid = model.encode_images([r.image])
+        states, mask = model.encode_questions([s])
+        ref.append(torch.sigmoid(model.itm_logits(grid, states, mask)).numpy())
+    return np.concatenate(ref)
+
+
+def _match_parity(model, onnx_model, rows, tolerance: float | None = MATCH_PARITY_TOLERANCE,
+                  reference: np.ndarray | None = None) -> float:
+    """The largest |sigmoid difference| of the ITM head, PyTorch (``reference``, else computed) vs the match graph,
+    on each validation row's question with its answer appended; over ``tolerance`` is an error (None: a figure for
+    the report, e.g. of served int8 graphs, which the VQA accuracy gate judges)."""
+    ref = _torch_match(model, rows) if reference is None else reference
+    got = onnx_model.match_scores([r.image for r in rows], _match_statements(rows))
+    diff = float(np.abs(ref - got).max())
     if tolerance is not None and diff > tolerance:
         raise PolymodalError(f"ITM graph parity failed: match probabilities differ by up to {diff:.5f} from "
                              "PyTorch's; the export is wrong, please report it")

@@ -125,9 +125,9 @@ class OnnxFusionEncoder:
         PyTorch model without an ITM head, or ""); one error when none is in the vocabulary. With an ITM head (the
         match graph) every choice can be scored: no warning, no error."""
         seen = unique_choices(choices)
-        outside = [seen[c] for c in seen if c not in self.answer_index]
         if self.match is not None:
             return seen, ""
+        outside = [seen[c] for c in seen if c not in self.answer_index]
         if len(outside) == len(seen):
             raise PolymodalError(f"model {self.name!r} knows none of the choices ({', '.join(outside)}) and was "
                                  "exported without an ITM head to score other answers: pass answers it knows, e.g. "

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from polymodal.data.images import ImageTransform
-from polymodal.encoders.text import warn_once_if_cut
+from polymodal.data.tokenizer import warn_once_if_cut
 from polymodal.errors import PolymodalError
 from polymodal.models.base import EmbeddingModel
 from polymodal.models.openai_convert import is_openai_layout, openai_to_hf
