@@ -13,7 +13,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from polymodal.cli_options import add_precision, add_qdrant, add_runtime, load_model, qdrant_collection
+from polymodal.cli_options import (add_precision, add_qdrant, add_runtime, load_model, qdrant_collection,
+                                   resolve_runtime)
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import none_could_be, plural
 from polymodal.registry import require_embedding
@@ -489,6 +490,7 @@ def main(argv=None) -> int:
 
     quiet_pillow_size_warnings()
     args = build_parser().parse_args(argv)
+    resolve_runtime(args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         from polymodal.eval.per_item import strict_reading

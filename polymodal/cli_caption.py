@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from polymodal.cli_options import add_recipe_flags, add_run_options
+from polymodal.cli_options import add_recipe_flags, add_run_options, add_runtime
 from polymodal.errors import PolymodalError
 from polymodal.eval.per_item import add_item_options
 
@@ -20,7 +20,7 @@ CAPTION_FLAGS = {
 }
 
 
-def load_captioner_model(name: str, runtime: str = "torch"):
+def load_captioner_model(name: str, runtime: str = "auto"):
     import polymodal
     from polymodal.registry import require_captioner
 
@@ -117,8 +117,7 @@ def _decoding_options(s) -> None:
     s.add_argument("--no-repeat", type=int, default=None,
                    help="forbid repeating an n-gram of this many word pieces, or a piece twice in a row (default 3; "
                         "0 allows repeats, e.g. 'a man in a red shirt and a woman in a red shirt')")
-    s.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                   help="onnx: caption with the model's `polymodal export onnx` folder through onnxruntime")
+    add_runtime(s, "onnx: caption with the model's `polymodal export onnx` folder through onnxruntime")
 
 
 def add_parsers(sub, actions: dict) -> None:

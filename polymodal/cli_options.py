@@ -13,21 +13,36 @@ def add_precision(parser) -> None:
     )
 
 
-def add_runtime(parser) -> None:
-    """--runtime for commands that embed (index, search, classify, eval); `load_model` reads it with --precision."""
-    parser.add_argument(
-        "--runtime", choices=("torch", "onnx"), default="torch",
-        help="onnx: embed with --model's export through onnxruntime (a built-in name once `polymodal export onnx "
-        "NAME` has run, or an export folder): lite embeds photos ~2x faster on a CPU; same model key, so an index "
-        "built with either runtime searches with the other",
-    )
+EMBED_RUNTIME_HELP = ("onnx: embed with --model's export through onnxruntime (a built-in name once `polymodal export "
+                      "onnx NAME` has run, or an export folder): lite embeds photos ~2x faster on a CPU; same model "
+                      "key, so an index built with either runtime searches with the other")
+
+
+def add_runtime(parser, help: str = EMBED_RUNTIME_HELP) -> None:
+    """--runtime (default auto: onnx for an export folder, else torch); `resolve_runtime` settles auto after parsing."""
+    parser.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
+                        help=f"{help} (default auto: onnx when --model is an export folder, else torch)")
+
+
+def resolve_runtime(args, model: str | None = None) -> None:
+    """--runtime auto becomes onnx when the model (``model``, else --model) is an export folder, torch otherwise, so
+    that the commands' checks and JSON lines see the runtime that runs. Without a model (search uses the index's) it
+    stays auto and polymodal.load settles it from the folder it loads."""
+    model = model or getattr(args, "model", None)
+    if getattr(args, "runtime", None) != "auto" or not model:
+        return
+    from pathlib import Path
+
+    from polymodal.export.runtime import is_onnx_folder  # torch-free
+
+    args.runtime = "onnx" if is_onnx_folder(Path(model).expanduser()) else "torch"
 
 
 def load_model(args, name: str):
     """polymodal.load(name) with the command's --runtime and --precision (the commands that have them)."""
     import polymodal
 
-    return polymodal.load(name, runtime=getattr(args, "runtime", "torch"), precision=getattr(args, "precision", "fp32"))
+    return polymodal.load(name, runtime=getattr(args, "runtime", "auto"), precision=getattr(args, "precision", "fp32"))
 
 
 def add_run_options(parser) -> None:

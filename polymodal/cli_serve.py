@@ -9,7 +9,7 @@ import re
 import socket
 import sys
 
-from polymodal.cli_options import add_precision, add_qdrant, qdrant_collection
+from polymodal.cli_options import add_precision, add_qdrant, add_runtime, qdrant_collection, resolve_runtime
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ def cmd_serve(args) -> int:
         max_body_bytes=args.max_body_mb * 2**20,
         request_timeout_s=args.timeout,
     )
+    resolve_runtime(args, args.model or info["model_name"])  # without --model: the index's model decides
     if args.threads is not None:
         if args.threads < 1:
             raise PolymodalError(f"--threads must be at least 1, got {args.threads}")
@@ -121,8 +122,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--db", help="index folder built by `polymodal index`")
     add_qdrant(s, "serve this Qdrant collection instead of --db (searches and thumbnails; images are added by "
                "pushing indexes to it: polymodal index --qdrant); several servers can share one")
-    s.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                   help="onnx: serve the export of --model (`polymodal export onnx`) through onnxruntime, without torch")
+    add_runtime(s, "onnx: serve the export of --model (`polymodal export onnx`) through onnxruntime, without torch")
     add_precision(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     s.add_argument("--port", type=int, default=8000)

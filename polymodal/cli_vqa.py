@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from polymodal.cli_options import add_recipe_flags, add_run_options
+from polymodal.cli_options import add_recipe_flags, add_run_options, add_runtime
 from polymodal.errors import PolymodalError
 from polymodal.eval.per_item import add_item_options
 
@@ -21,7 +21,7 @@ VQA_FLAGS = {
 }
 
 
-def _load_vqa_model(name: str, runtime: str = "torch"):
+def _load_vqa_model(name: str, runtime: str = "auto"):
     import polymodal
     from polymodal.registry import require_vqa
 
@@ -123,8 +123,7 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--model", default="easy-vqa", help="built-in name or fusion-encoder folder (default: easy-vqa)")
     s.add_argument("--top-k", type=int, default=3)
     s.add_argument("--explain", metavar="OUT_PNG", help="also save a heat map of where the model looked")
-    s.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                   help="onnx: answer with the model's `polymodal export onnx` folder (no --explain)")
+    add_runtime(s, "onnx: answer with the model's `polymodal export onnx` folder (no --explain)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_vqa)
 
@@ -149,6 +148,6 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--qa", nargs="+", required=True, help="QA JSONL file(s), read as one set")
     s.add_argument("--model", default="easy-vqa", help="built-in name, fusion-encoder folder or ONNX export "
                                                        "(default: easy-vqa)")
-    s.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
+    add_runtime(s, "onnx: answer with the model's `polymodal export onnx` folder")
     add_item_options(s)
     s.set_defaults(func=cmd_eval_vqa)

@@ -126,7 +126,7 @@ def require_vqa(model, name=None):
                     " is an embedding model and" if embeds(model) else "", "a VQA model such as 'easy-vqa' or 'coco-yesno'")
 
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx")
 
 
 def onnx_export_dir(name: str) -> Path:
@@ -136,13 +136,14 @@ def onnx_export_dir(name: str) -> Path:
     return cache_dir() / "onnx" / name
 
 
-def load(name_or_path: str | Path = "lite", runtime: str = "torch", precision: str = "fp32", **kwargs):
+def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: str = "fp32", **kwargs):
     """Return a ready model. A registered name (see available_models()) or a local checkpoint path: a folder
     written by `polymodal train`, a Hugging Face CLIP folder, or an OpenAI/open_clip-layout CLIP state dict.
     Nothing is downloaded.
 
     ``runtime="onnx"`` serves an export (`polymodal export onnx`) through onnxruntime without importing torch:
-    pass the export folder, or a built-in name exported to its default folder (onnx_export_dir(name)).
+    pass the export folder, or a built-in name exported to its default folder (onnx_export_dir(name)). The default,
+    ``"auto"``, loads an export folder with onnx and everything else (built-in names too) with torch.
 
     ``precision="bf16"`` (PyTorch runtime, models with the EfficientNet-Lite0 image tower): image inference runs a
     frozen bf16 graph, faster on CPUs with bf16 instructions (1.1-1.2x the folded fp32 tower here); embeddings match
@@ -155,6 +156,8 @@ def load(name_or_path: str | Path = "lite", runtime: str = "torch", precision: s
         raise PolymodalError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     from polymodal.export.runtime import is_onnx_folder, load_onnx
 
+    if runtime == "auto":
+        runtime = "onnx" if is_onnx_folder(Path(key).expanduser()) else "torch"
     if runtime == "onnx":
         if precision != "fp32":
             raise PolymodalError("precision applies to the PyTorch runtime; an ONNX export's variants are chosen "
@@ -184,7 +187,8 @@ def load(name_or_path: str | Path = "lite", runtime: str = "torch", precision: s
             model.source = str(folder.resolve())
         return model
     if is_onnx_folder(Path(key).expanduser()):
-        raise PolymodalError(f"{key} is an ONNX export; load it with runtime='onnx' (CLI: --runtime onnx)")
+        raise PolymodalError(f"{key} is an ONNX export, which runs with runtime='onnx' (the default, 'auto', picks it; "
+                             "CLI: --runtime onnx or no --runtime)")
     model = _load_torch(key, **kwargs)
     if key not in MODELS:  # a folder or file: an index built with it records where to load it from again
         model.source = str(Path(key).expanduser().resolve())

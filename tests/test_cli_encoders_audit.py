@@ -383,12 +383,19 @@ def test_load_hands_precision_to_the_lite_image_tower(monkeypatch):
         polymodal.load("towerless", precision="bf16")
 
 
-def test_torch_runtime_refuses_an_onnx_export(tmp_path):
+def test_torch_runtime_refuses_an_onnx_export_and_auto_picks_onnx(tmp_path, monkeypatch):
+    from polymodal.export import runtime
     from polymodal.export.runtime import ONNX_CONFIG
 
     (tmp_path / ONNX_CONFIG).write_text("{}")
     with pytest.raises(PolymodalError, match="runtime='onnx'"):
-        polymodal.load(tmp_path)
+        polymodal.load(tmp_path, runtime="torch")
+    loaded = []
+    monkeypatch.setattr(runtime, "load_onnx", lambda folder, **kw: loaded.append(folder) or SimpleNamespace())
+    polymodal.load(tmp_path)  # runtime="auto", the default
+    assert loaded == [tmp_path]
+    with pytest.raises(PolymodalError, match="unknown runtime 'gpu'; choose one of auto, torch, onnx"):
+        polymodal.load(tmp_path, runtime="gpu")
 
 
 def test_require_embedding_and_vqa():

@@ -72,15 +72,35 @@ def test_classify_and_eval_take_the_runtime(onnx_cache, gallery, tmp_path, capsy
     assert json.loads(out.strip().splitlines()[-1])["images"] == 3 and "3/3" in err
 
 
-def test_an_index_built_from_an_export_folder_says_how_to_search_it(onnx_cache, gallery, tmp_path, capsys):
+def test_an_export_folder_runs_with_onnx_without_saying_so(onnx_cache, gallery, tmp_path, capsys, monkeypatch):
+    """--runtime defaults to auto: an export folder as --model (or as the index's model) runs through onnxruntime;
+    before, a plain `index --model EXPORT` and a plain `search` of such an index were refused."""
     export, db = str(onnx_cache / "onnx" / "lite"), str(tmp_path / "db")
-    assert cli.main(["index", str(gallery), "--db", db, "--runtime", "onnx", "--model", export]) == 0
+    monkeypatch.setattr(cli, "TIP_RUNTIME_AT", 1)  # the torch runtime's tip would show here
+    assert cli.main(["index", str(gallery), "--db", db, "--model", export]) == 0
+    assert "tip: --runtime onnx" not in capsys.readouterr().err
     assert ImageIndex(db).info()["model_name"] == export  # where to load it from again
-    capsys.readouterr()
-    assert cli.main(["search", "coffee", "--db", db]) == 2
-    assert "is an ONNX export; load it with runtime='onnx' (CLI: --runtime onnx)" in capsys.readouterr().err
+    assert cli.main(["search", "coffee", "--db", db, "-k", "1", "--json"]) == 0
+    assert Path(last_json(capsys)[0]["path"]).name == "coffee.jpg"
     assert cli.main(["search", "coffee", "--db", db, "--runtime", "onnx", "-k", "1", "--json"]) == 0
     assert Path(last_json(capsys)[0]["path"]).name == "coffee.jpg"
+    assert cli.main(["search", "coffee", "--db", db, "--runtime", "torch"]) == 2  # asked for torch: one line why not
+    assert "is an ONNX export, which runs with runtime='onnx'" in capsys.readouterr().err
+
+
+def test_auto_runtime_is_settled_before_the_command_runs(onnx_cache, tmp_path):
+    from polymodal.cli_options import resolve_runtime
+
+    export = str(onnx_cache / "onnx" / "lite")
+    for argv, expected in [(["index", "x", "--db", "d", "--model", export], "onnx"),
+                           (["index", "x", "--db", "d"], "torch"),  # lite by name: torch, even when exported
+                           (["index", "x", "--db", "d", "--model", export, "--runtime", "torch"], "torch"),
+                           (["vqa", "i.png", "q?", "--model", export], "onnx"),
+                           (["eval", "vqa", "--qa", "f.jsonl"], "torch"),
+                           (["search", "q", "--db", "d"], "auto")]:  # the index's model decides, in polymodal.load
+        args = cli.build_parser().parse_args(argv)
+        resolve_runtime(args)
+        assert args.runtime == expected, argv
 
 
 def test_runtime_mistakes_are_one_line(gallery, tmp_path, capsys, monkeypatch):

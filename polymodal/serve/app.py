@@ -70,7 +70,7 @@ def swagger_assets() -> Path | None:
 
 def create_app(
     model: Any, db_path: str | Path, api_key: str | None = None, settings: ServeSettings | None = None,
-    runtime: str = "torch", vqa_model: Any = None, caption_model: Any = None, **load_options,
+    runtime: str = "auto", vqa_model: Any = None, caption_model: Any = None, **load_options,
 ):
     """A FastAPI app serving `model` (a registered name, a checkpoint path, or a loaded model) over the index at
     `db_path` (or a QdrantCollection: searched, not written). A missing index, an unknown model or a model that doesn't match the index raises PolymodalError.
