@@ -411,12 +411,50 @@ def test_image_question_set_trains_the_first_answer_and_labels_itm_rows():
     row_target = np.array([0, -1, 0, 1])  # answer 0 is the most frequent one; -1: outside the vocabulary
     itm_states = np.arange(8, dtype=np.float16)[:, None, None] * np.ones((8, 2, 384), np.float16)
     itm = (itm_states, np.full(8, 2), np.array([0, 1, 2, 3]), np.array([4, 5, 6, 7]))
+    plain = ImageQuestionSet(feats, q_states, np.full(4, 2), row_image, row_question, row_target)
+    assert plain.rows == 3 and plain.collate([0, 1, 2]).targets.tolist() == [0, 0, 1]  # no ITM: row 1 cannot train
     data = ImageQuestionSet(feats, q_states, np.full(4, 2), row_image, row_question, row_target, itm)
-    assert data.rows == 3 and len(data) == 3
+    assert data.rows == 4 and len(data) == 3  # with an ITM head the row outside the vocabulary trains it
     batch = data.collate([0, 1, 2])
-    assert batch.targets.tolist() == [0, 0, 1]
-    assert batch.itm_labels.tolist() == [1, 1, 1, 0, 0, 0]
-    assert batch.itm_states[:, 0, 0].tolist() == [0, 2, 3, 4, 6, 7]  # matching texts first
+    assert batch.targets.tolist() == [0, -1, 0, 1]
+    assert batch.itm_labels.tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert batch.itm_states[:, 0, 0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7]  # matching texts first
+
+
+def test_rows_outside_the_vocabulary_train_the_itm_head_only():
+    import torch
+
+    from polymodal.train.vqa_objective import VQABatch, VQAObjective
+
+    class Model:  # records which rows reach each head
+        def vqa_logits(self, images, states, mask, row_image):
+            self.vqa_rows = states[:, 0, 0].tolist()
+            return torch.stack([states[:, 0, 0], -states[:, 0, 0]], 1)
+
+        def itm_logits(self, images, states, mask, row_image):
+            self.itm_rows = len(states)
+            return torch.zeros(len(states))
+
+    states = torch.arange(3.0)[:, None, None].expand(3, 2, 4)
+    batch = VQABatch(torch.tensor([0, -1, 1]), torch.zeros(3, dtype=torch.long), torch.zeros(1, 2, 4), states,
+                     torch.ones(3, 2, dtype=torch.bool), states.repeat(2, 1, 1), torch.ones(6, 2, dtype=torch.bool),
+                     torch.tensor([1.0, 1, 1, 0, 0, 0]), torch.zeros(6, dtype=torch.long))
+    model = Model()
+    loss, metrics = VQAObjective(itm_weight=1.0).compute(model, batch)
+    assert model.vqa_rows == [0.0, 2.0] and model.itm_rows == 6
+    assert metrics["accuracy"] == 0.5 and torch.isfinite(loss)
+    only_outside = batch._replace(targets=torch.tensor([-1, -1, -1]))
+    loss, metrics = VQAObjective(itm_weight=1.0).compute(model, only_outside)  # a batch of such rows: ITM loss alone
+    assert metrics["vqa_loss"] == 0.0 and "accuracy" not in metrics
+    assert float(loss) == pytest.approx(metrics["itm_loss"]) and metrics["itm_loss"] == pytest.approx(math.log(2))
+
+
+def test_answers_outside_the_vocabulary_are_also_wrong_answers_for_itm():
+    """Else every "question OUTSIDE-ANSWER" text is a match, and the head learns that unknown answers always match."""
+    rows = [QARow("a.jpg", f"q{i}", a) for i, a in enumerate(["yes", "no", "circle"] * 20)]
+    texts, pos, neg = _itm_texts(rows, ["yes", "no"], seed=0)
+    assert any(texts[n].endswith(" circle") for n in neg)
+    assert all(texts[p] != texts[n] for p, n in zip(pos, neg))
 
 
 def test_itm_negative_answer_is_never_the_rows_own_answer():

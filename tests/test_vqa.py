@@ -277,6 +277,30 @@ def test_a_fusion_encoder_cast_to_half_precision_says_what_works(model, gallery,
     assert m.float().answer(gallery / "cat.jpg", "what is in the picture?")["answer"] == "cat"  # the way back
 
 
+def test_rows_outside_a_continued_models_answers_train_its_itm_head(trained, qa_file, tmp_path, caplog, monkeypatch):
+    """With --itm-weight, rows whose answers the continued model lacks reach the ITM loss (not the VQA head's)."""
+    from polymodal.train.vqa_objective import VQAObjective
+
+    rows = [json.loads(line) for line in qa_file.read_text().splitlines()]
+    rows[0]["answer"] = "purple"
+    new = qa_file.parent / "qa_purple.jsonl"
+    new.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen, compute = [], VQAObjective.compute
+
+    def spy(self, model, batch):
+        seen.append((batch.targets.tolist(), len(batch.itm_labels)))
+        return compute(self, model, batch)
+
+    monkeypatch.setattr(VQAObjective, "compute", spy)
+    with caplog.at_level(logging.WARNING):
+        cli_json(["train", "vqa", "--qa", str(new), "--model", str(trained[0] / "model"), "--out", str(tmp_path / "a"),
+                  "--quiet", "--epochs", "1", "--val-fraction", "0", "--itm-weight", "1"])
+    targets = [t for batch, _ in seen for t in batch]
+    assert len(targets) == len(rows) and targets.count(-1) == 1
+    assert sum(n for _, n in seen) == 2 * len(rows)  # a matching and a wrong "question answer" text per row
+    assert "they train through the ITM loss alone" in caplog.text
+
+
 def test_continuing_on_answers_the_model_lacks_says_so(trained, qa_file, tmp_path, caplog):
     rows = [json.loads(line) for line in qa_file.read_text().splitlines()]
     rows[0]["answer"], rows[1]["answer"] = "purple", "maybe"  # outside its vocabulary

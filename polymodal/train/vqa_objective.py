@@ -17,7 +17,7 @@ from polymodal.train.objectives import Objective
 class VQABatch(NamedTuple):
     """R question rows over I images. ``targets`` comes first so ``len(batch[0])`` is the number of rows."""
 
-    targets: torch.Tensor  # [R] answer indices
+    targets: torch.Tensor  # [R] answer indices; -1 = outside the vocabulary (the row trains through ITM alone)
     row_image: torch.Tensor  # [R] index into images
     images: torch.Tensor  # [I, T, F] cached image inputs
     states: torch.Tensor  # [R, L, 384] question token states
@@ -44,10 +44,14 @@ class VQAObjective(Objective):
         self.label_smoothing, self.itm_weight = label_smoothing, itm_weight
 
     def compute(self, model, batch: VQABatch) -> tuple[torch.Tensor, dict]:
-        logits = model.vqa_logits(batch.images, batch.states, batch.mask, batch.row_image)
-        loss = vqa_loss(logits, batch.targets, self.label_smoothing)
-        metrics = {"vqa_loss": float(loss.detach()),
-                   "accuracy": float((logits.argmax(-1) == batch.targets).float().mean())}
+        known = batch.targets >= 0  # rows outside the vocabulary come only with ITM texts, and train through them
+        targets = batch.targets[known]
+        loss, metrics = batch.images.new_zeros(()), {"vqa_loss": 0.0}
+        if len(targets):
+            rows = (slice(None),) if known.all() else (known,)
+            logits = model.vqa_logits(batch.images, batch.states[rows], batch.mask[rows], batch.row_image[rows])
+            loss = vqa_loss(logits, targets, self.label_smoothing)
+            metrics = {"vqa_loss": float(loss.detach()), "accuracy": float((logits.argmax(-1) == targets).float().mean())}
         if self.itm_weight and batch.itm_states is not None:
             itm = model.itm_logits(batch.images, batch.itm_states, batch.itm_mask, batch.itm_row_image)
             itm_loss = F.binary_cross_entropy_with_logits(itm.float(), batch.itm_labels)
