@@ -102,6 +102,20 @@ def test_vqa_choices(capsys):
     assert summary["warm_cache_vs_predict_choices"] > 0
 
 
+def test_vqa_choices_outside(tmp_path, capsys):
+    pytest.importorskip("easy_vqa")
+    lines = run_benchmark("vqa_choices_outside", ["--train-images", "40", "--test-rows", "12", "--epochs", "1",
+                                                  "--out", tmp_path], capsys)
+    assert {(r["itm_trained_on"], r["rule"]) for r in lines} == {
+        (rows, rule) for rows in ("all rows", "known rows") for rule in ("mixed", "calibrated", "itm_all")}
+    for r in lines:  # each line's rows are one group's; the truth is always among the choices
+        assert r["rows"] > 0 and 0.0 <= r["picked_held_out"] <= 1.0 and 0.0 <= r["accuracy"] <= 1.0
+        if r["group"] == "truth_known":
+            assert r["accuracy"] <= 1.0 - r["picked_held_out"] + 1e-9
+    assert sum(r["rows"] for r in lines if r["rule"] == "mixed" and r["itm_trained_on"] == "all rows") == 12
+    assert (tmp_path / "itm-all" / "model").is_dir() and (tmp_path / "A" / "model").is_dir()
+
+
 def test_image_centering(gallery, tmp_path, capsys, lite):
     from polymodal.data.samples import sample_photos
     from polymodal.eval.retrieval import read_pairs, retrieval_metrics

@@ -109,7 +109,8 @@ def test_search_precision_model_ranks_and_k(capsys, spy_load, photos, tmp_path):
     assert run(capsys, "index", photos, "--db", db, "--model", "fake")[0] == 0
     code, out, _ = run(capsys, "search", "--db", db, "green", "-k", "2", "--precision", "bf16", "--json")
     hits = json.loads(out)
-    assert code == 0 and spy_load.calls[-1] == {"name": "fake", "runtime": "torch", "precision": "bf16"}
+    # no --model: the index's model, whose runtime polymodal.load picks (auto)
+    assert code == 0 and spy_load.calls[-1] == {"name": "fake", "runtime": "auto", "precision": "bf16"}
     assert [h["rank"] for h in hits] == [1, 2] and hits[0]["path"].endswith("green.png")
     code, out, _ = run(capsys, "search", "--db", db, "--image", photos / "blue.png", "-k", "1", "--json")
     assert code == 0 and len(json.loads(out)) == 1 and json.loads(out)[0]["path"].endswith("blue.png")
