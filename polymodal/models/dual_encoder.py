@@ -37,6 +37,12 @@ class DualEncoderConfig:
     text_trainable_layers: int = 0  # last N of the 6 transformer layers
     logit_scale_init: float = 1 / 0.07
 
+    @property
+    def starts_as_lite(self) -> bool:
+        """Heads that start as the identity over lite's space (the ConSE image embedding, the text tower's): before
+        training, the model embeds exactly as `lite` does (cosine 1.0 on sample photos and texts)."""
+        return self.image_head == "conse_residual" and self.text_head == "residual"
+
     @classmethod
     def from_dict(cls, d: dict) -> "DualEncoderConfig":
         known = {f.name for f in fields(cls)}

@@ -187,7 +187,8 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     photos = TrainingPhotos(train_set.images, recipe.model)  # beside each saved model: `eval` warns when it scores them
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
-                       score_start=recipe.model != "lite")
+                       # lite's space: scored as epoch 0, RUN/model stays it unless an epoch beats it
+                       score_start=recipe.model != "lite" or recipe.arch.starts_as_lite)
     if val_set is None and distributed.is_main():
         photos.save(model, out / "model")
     return best
