@@ -38,6 +38,20 @@ def _table(rows: list[tuple], headers: tuple) -> str:
 TIP_RUNTIME_AT = 500  # images embedded with torch in one run, from which `index` mentions --runtime onnx
 
 
+def index_model_name(index, model_arg: str | None, new_index_model: str | None = None) -> str:
+    """--model, else the model the index records (``new_index_model`` for an index not made yet); one line when the
+    index was built from a model folder since moved."""
+    if model_arg:
+        return model_arg
+    if new_index_model is not None and not index.exists():
+        return new_index_model
+    name = index.info()["model_name"]
+    if os.sep in name and not os.path.exists(name):
+        raise PolymodalError(f"{index.where()} was built with the model at {name}, which is no longer there; pass "
+                             "--model with where that model is now")
+    return name
+
+
 def cmd_index(args) -> int:
     from polymodal.index import ImageIndex, UpdateReport
     from polymodal.index.scan import image_file, printable_path, scan_images
@@ -65,6 +79,8 @@ def cmd_index(args) -> int:
     fresh = not index.exists()
     reports = []
     if args.paths:
+        args.model = index_model_name(index, args.model, "lite")  # re-syncing an index needs no --model
+        resolve_runtime(args)
         # a model that cannot embed is refused here, before the index folder is created
         model = require_embedding(load_model(args, args.model), args.model)
         if target_collection:
@@ -163,10 +179,7 @@ def cmd_search(args) -> int:
     if args.texts:
         return _search_texts(args)
     index = qdrant_collection(args) or ImageIndex(args.db)
-    name = args.model or index.info()["model_name"]
-    if not args.model and os.sep in name and not os.path.exists(name):  # built from a model folder since moved
-        raise PolymodalError(f"{index.where()} was built with the model at {name}, which is no longer there; pass "
-                             "--model with where that model is now")
+    name = index_model_name(index, args.model)
     model = require_embedding(load_model(args, name), name)
     index.check_model(model)
     query = model.encode_image([args.image]) if args.image is not None else model.encode_text([args.query])
@@ -357,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "moved or deleted; an unmounted drive looks deleted too); alone, without PATHs, only that")
     add_qdrant(s, "then push the index to this Qdrant (a server URL, or a folder for Qdrant's local mode); only "
                "new rows are sent, deleted ones are removed")
-    s.add_argument("--model", default="lite", help="built-in name or checkpoint path (default: lite)")
+    s.add_argument("--model", help="built-in name or checkpoint path (default: the model the index was built "
+                   "with; lite for a new index)")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--json", action="store_true")
     add_runtime(s)

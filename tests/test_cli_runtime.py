@@ -93,7 +93,8 @@ def test_auto_runtime_is_settled_before_the_command_runs(onnx_cache, tmp_path):
 
     export = str(onnx_cache / "onnx" / "lite")
     for argv, expected in [(["index", "x", "--db", "d", "--model", export], "onnx"),
-                           (["index", "x", "--db", "d"], "torch"),  # lite by name: torch, even when exported
+                           (["index", "x", "--db", "d", "--model", "lite"], "torch"),  # by name: torch, even exported
+                           (["index", "x", "--db", "d"], "auto"),  # the index's model (or lite): cmd_index settles it
                            (["index", "x", "--db", "d", "--model", export, "--runtime", "torch"], "torch"),
                            (["vqa", "i.png", "q?", "--model", export], "onnx"),
                            (["eval", "vqa", "--qa", "f.jsonl"], "torch"),

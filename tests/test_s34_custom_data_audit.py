@@ -36,3 +36,24 @@ def test_the_recipe_scores_lite_as_epoch_0(pairs, tmp_path):
     assert cli.main(["train", "contrastive", "--pairs", str(pairs), "--val-pairs", str(pairs), "--out", str(plain),
                      "--epochs", "1", "--embed-dim", "16", "--quiet"]) == 0
     assert [r["epoch"] for r in read_metrics(plain) if r["split"] == "val"] == [1]
+
+
+def test_index_resyncs_with_the_model_the_index_records(pairs, gallery, tmp_path):
+    """`polymodal index FOLDER --db DB` (the README's re-sync) refused an index built with --model: it fell back to
+    lite, while search and serve use the index's model."""
+    run = tmp_path / "run"
+    assert cli.main(["train", "contrastive", "--pairs", str(pairs), "--out", str(run), "--epochs", "1",
+                     "--embed-dim", "16", "--val-fraction", "0", "--quiet"]) == 0
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("cat", "coffee"):
+        (photos / f"{name}.jpg").write_bytes((gallery / f"{name}.jpg").read_bytes())
+    db = str(tmp_path / "db")
+    assert cli_json(["index", str(photos), "--db", db, "--model", str(run / "model"), "--json"])["added"] == 2
+    (photos / "rocket.jpg").write_bytes((gallery / "rocket.jpg").read_bytes())
+    out = cli_json(["index", str(photos), "--db", db, "--json"])
+    assert (out["added"], out["unchanged"]) == (1, 2) and out["index"]["model_name"] == str((run / "model").resolve())
+    fresh = cli_json(["index", str(photos), "--db", str(tmp_path / "db2"), "--json"])  # a new index: lite
+    assert fresh["index"]["model_name"] == "lite"
+    (run / "model").rename(run / "moved")
+    assert cli.main(["index", str(photos), "--db", db]) == 2  # the recorded model folder moved: one line, as search
