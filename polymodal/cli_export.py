@@ -19,10 +19,15 @@ def cmd_export_onnx(args) -> int:
         raise PolymodalError(f"ONNX export needs the onnx extra ({exc.name} is missing); pip install 'polymodal[onnx]'") from exc
     import polymodal
     from polymodal.export.onnx_export import export_onnx, report_table, validation_set
+    from polymodal.export.runtime import is_onnx_folder
     from polymodal.registry import MODELS, onnx_export_dir, unknown_model
 
     if args.model not in MODELS and not Path(args.model).exists():  # before any other advice (e.g. "pass --out")
         raise unknown_model(args.model)
+    if args.model not in MODELS and is_onnx_folder(Path(args.model)):
+        raise PolymodalError(f"{args.model} is already an ONNX export{_exported_from(Path(args.model))}; use it as it "
+                             f"is (--model {args.model}, polymodal.load({args.model!r})), or export the model "
+                             "folder it was made from")
     if args.val_limit < 2:
         raise PolymodalError(f"--val-limit must be at least 2, got {args.val_limit}")
     if not args.timing_seconds > 0:  # also refuses nan
@@ -134,6 +139,14 @@ def _print_result(args, out: Path, report: dict, table: str, command: str) -> in
         print(table)
         print(f"written to {out}; use it with polymodal.load({str(out)!r}, runtime='onnx') or {command}")
     return 0
+
+
+def _exported_from(folder: Path) -> str:
+    """" (of MODEL_KEY)" from an export's report.json, or "" when it cannot be read."""
+    try:
+        return f" (of {json.loads((folder / 'report.json').read_text())['model']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def add_parsers(sub) -> None:

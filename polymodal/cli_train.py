@@ -165,6 +165,11 @@ def with_run_settings(settings: dict, recipe_cls) -> dict:
 
     path = Path(settings["out"]) / "train_config.json" if settings.get("out") else None
     if path is None or not path.is_file():
+        out = Path(settings["out"]) if settings.get("out") else None
+        if out is not None and not (out / "checkpoint.pt").is_file():  # a mistyped --out: said as such
+            what = "does not exist" if not out.exists() else "holds no run (no train_config.json, no checkpoint.pt)"
+            raise PolymodalError(f"--out {out} {what}, so there is nothing to resume; check the path, or start a run "
+                                 "there without --resume")
         return settings  # the trainer says what is missing
     try:
         saved = json.loads(path.read_text())

@@ -235,7 +235,7 @@ def _load_torch(key: str, **kwargs):
             _check_options(kwargs, [], f"the yes/no model folder {path}")
             return load_yesno(path)
 
-        if hint := run_folder_hint(path):
+        if hint := wrong_folder_hint(path):
             raise PolymodalError(hint)
         hf = path.is_dir() and (path / "config.json").is_file()  # load_clip's own dispatch
         _check_options(kwargs, _options(load_hf_clip if hf else load_openai_clip, skip=1), f"the CLIP checkpoint {path}")
@@ -243,13 +243,21 @@ def _load_torch(key: str, **kwargs):
     raise unknown_model(key)
 
 
-def run_folder_hint(path: str | Path) -> str:
-    """What to pass instead of a `polymodal train` run folder (its model is RUN/model): passing RUN itself is an
-    easy slip that would otherwise read RUN/checkpoint.pt as a CLIP checkpoint. "" for any other path."""
-    run = Path(path).expanduser()
-    if not ((run / "model" / "config.json").is_file() and (run / "checkpoint.pt").is_file()):
-        return ""
-    return f"{path} is a training run folder; its model is {run / 'model'}: pass that"
+def wrong_folder_hint(path: str | Path) -> str:
+    """What to pass instead of a `polymodal train` run folder (its model is RUN/model; RUN/checkpoint.pt would
+    otherwise be read as a CLIP checkpoint) or an index folder (built with a model it names). "" for other paths."""
+    folder = Path(path).expanduser()
+    if (folder / "model" / "config.json").is_file() and (folder / "checkpoint.pt").is_file():
+        return f"{path} is a training run folder; its model is {folder / 'model'}: pass that"
+    if (folder / "meta.sqlite").is_file():
+        from polymodal.index import ImageIndex
+
+        try:
+            built_with = f"; it was built with {ImageIndex(folder).info()['model_name']}: pass that"
+        except PolymodalError:
+            built_with = ""
+        return f"{path} is an index (polymodal index --db), not a model{built_with}"
+    return ""
 
 
 def unknown_model(name: str) -> PolymodalError:

@@ -57,3 +57,92 @@ def test_index_resyncs_with_the_model_the_index_records(pairs, gallery, tmp_path
     assert fresh["index"]["model_name"] == "lite"
     (run / "model").rename(run / "moved")
     assert cli.main(["index", str(photos), "--db", db]) == 2  # the recorded model folder moved: one line, as search
+
+
+def test_exporting_an_export_says_it_already_is_one(tmp_path, capsys):
+    """It said "default cannot be exported to ONNX; these kinds of model export: ... default ...": contradictory,
+    and silent about the folder being an export already."""
+    from polymodal.export.runtime import ONNX_CONFIG
+
+    export = tmp_path / "exports" / "ft"
+    export.mkdir(parents=True)
+    (export / ONNX_CONFIG).write_text("{}")
+    (export / "report.json").write_text(json.dumps({"model": "default@7597405e446b"}))
+    assert cli.main(["export", "onnx", str(export), "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert f"{export} is already an ONNX export (of default@7597405e446b); use it as it is" in err
+    assert not (tmp_path / "again").exists()
+
+
+def test_a_model_trained_under_a_built_in_name_takes_its_run_name(pairs, tmp_path):
+    """recipes/default.json names its arch "default": a user's model trained with it was called `default` in its
+    index key, /v1/info and errors, with only the version hash telling it from the built-in."""
+    run = tmp_path / "holiday-photos"
+    assert cli.main(["train", "contrastive", "--pairs", str(pairs), "--out", str(run), "--config", str(RECIPE),
+                     "--epochs", "1", "--views", "1", "--val-fraction", "0", "--quiet"]) == 0
+    assert json.loads((run / "model" / "config.json").read_text())["name"] == "holiday-photos"
+    assert cli.main(["train", "contrastive", "--out", str(run), "--resume", "--epochs", "2", "--quiet"]) == 0
+    assert json.loads((run / "model" / "config.json").read_text())["name"] == "holiday-photos"
+    plain = tmp_path / "plain"  # a name that is no built-in's stays
+    assert cli.main(["train", "contrastive", "--pairs", str(pairs), "--out", str(plain), "--epochs", "1",
+                     "--embed-dim", "16", "--val-fraction", "0", "--quiet"]) == 0
+    assert json.loads((plain / "model" / "config.json").read_text())["name"] == "dual-encoder"
+
+
+
+@pytest.mark.parametrize("command", [["train", "contrastive"], ["train", "vqa"], ["train", "captioner"]])
+def test_resume_of_a_folder_without_a_run_names_the_folder(command, tmp_path, capsys):
+    """`--out runs/reusme --resume` (a typo) said "pass --pairs FILE and --out RUN_DIR", though --out was passed."""
+    missing = tmp_path / "reusme"
+    assert cli.main([*command, "--out", str(missing), "--resume", "--quiet"]) == 2
+    assert f"--out {missing} does not exist, so there is nothing to resume; check the path" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main([*command, "--out", str(tmp_path / "empty"), "--resume", "--quiet"]) == 2
+    assert "holds no run (no train_config.json, no checkpoint.pt)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"] and not any((tmp_path / "empty").iterdir())
+
+
+def test_an_index_folder_as_model_says_what_it_is(gallery, tmp_path, capsys):
+    """`search --db IDX --model IDX` (and classify) said IDX had "neither config.json nor a .pt/.pth/.bin/.safetensors
+    file", where a run folder got a hint."""
+    db = tmp_path / "pics.idx"
+    assert cli.main(["index", str(gallery / "cat.jpg"), "--db", str(db), "--json"]) == 0
+    capsys.readouterr()
+    assert cli.main(["search", "a cat", "--db", str(db), "--model", str(db)]) == 2
+    assert f"{db} is an index (polymodal index --db), not a model; it was built with lite: pass that" in \
+        capsys.readouterr().err
+    assert cli.main(["classify", str(gallery / "cat.jpg"), "--labels", "cat,dog", "--model", str(db)]) == 2
+    assert "is an index (polymodal index --db), not a model" in capsys.readouterr().err
+
+
+def test_a_damaged_checkpoint_is_one_short_line(pairs, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "contrastive", "--pairs", str(pairs), "--out", str(run), "--epochs", "1",
+                     "--embed-dim", "16", "--val-fraction", "0", "--quiet"]) == 0
+    checkpoint = run / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    capsys.readouterr()
+    assert cli.main(["train", "contrastive", "--out", str(run), "--resume", "--epochs", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read {checkpoint} (PytorchStreamReader failed reading zip archive: failed finding central " \
+           "directory): it is damaged" in err and "miniz" not in err
+
+
+def test_a_photo_found_by_itself_scores_at_most_1(tmp_path):
+    """POST /v1/search with a photo in the index answered "score": 1.0000001192092896 (float32 rounding)."""
+    import numpy as np
+    from PIL import Image
+
+    from polymodal.index import ImageIndex
+    from tests.test_index import FakeModel
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(60):
+        Image.new("RGB", (8, 8), tuple(int(c) for c in rng.integers(0, 256, 3))).save(folder / f"{i}.png")
+    model, index = FakeModel(dim=384), ImageIndex(tmp_path / "db")
+    index.update(folder, model, progress=False)
+    vectors = model.encode_image([str(folder / f"{i}.png") for i in range(60)])
+    scores = [hits[0].score for hits in index.search(vectors, k=1)]
+    assert max(scores) <= 1.0 and min(scores) > 0.999

@@ -222,8 +222,8 @@ class QdrantCollection(SearchByModel):
                 models.QueryRequest(query=row.tolist(), limit=k, with_payload=["path", "host"]) for row in q])
         # scores as float32, as the local index gives them (Qdrant's float64 showed 1.0000000000000002 for a photo
         # against itself)
-        return [[Hit(p.payload["path"], float(np.float32(p.score)), p.payload.get("host"), str(p.id)) for p in a.points]
-                for a in answers]
+        return [[Hit(p.payload["path"], float(np.clip(np.float32(p.score), -1, 1)), p.payload.get("host"), str(p.id))
+                 for p in a.points] for a in answers]
 
     def paths_for(self, ids: list[str]) -> dict[str, tuple[str, str | None]]:
         """Point id -> (path, host) for the ids that are in the collection."""

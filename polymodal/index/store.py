@@ -369,6 +369,7 @@ class ImageIndex(SearchByModel):
             if k == 0:
                 return [[] for _ in q]
             scores, ids = index.search(q, k)
+            scores = np.clip(scores, -1.0, 1.0)  # cosines of unit vectors; float32 rounding gave a photo 1.0000001
             paths = _paths(con, ids[ids >= 0].tolist())
         if rebuilt:
             self._try_save(index, meta)

@@ -661,7 +661,7 @@ def is_fusion_encoder_folder(path: str | Path) -> bool:
 def continued_folder(name: str, task: str) -> Path:
     """The fusion encoder `polymodal train vqa|pretrain --model NAME` continues: a built-in name (easy-vqa) or a
     folder; otherwise one error saying what to pass (checked before any data is read)."""
-    from polymodal.registry import MODELS, run_folder_hint
+    from polymodal.registry import MODELS, wrong_folder_hint
     from polymodal.training_photos import model_folder  # a built-in name's folder, or the path itself
 
     folder = model_folder(name)
@@ -672,7 +672,7 @@ def continued_folder(name: str, task: str) -> Path:
     if name in MODELS:
         raise PolymodalError(f"the built-in {name!r} is not a fusion encoder, so `polymodal train {task}` cannot "
                              f"continue it; pass {takes}")
-    hint = run_folder_hint(name)
+    hint = wrong_folder_hint(name)
     if hint:
         raise PolymodalError(hint)
     if not Path(name).exists():

@@ -29,7 +29,8 @@ from polymodal.train.guards import (
     warn_of_shared_photos,
 )
 from polymodal.train.objectives import Objective
-from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
+from polymodal.train.run_settings import (absolute_paths, check_same_run, name_after_run, recipe_parts,
+                                          write_train_config)
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.training_photos import TrainingPhotos
 
@@ -178,6 +179,7 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     else:
         val = None
     model = build_captioner(recipe)
+    name_after_run(model, recipe.out)
     if resume:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train)
     pairs, grids = _readable(model, pairs, progress)

@@ -22,7 +22,7 @@ from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig, is_dual_encoder_folder, load_dual_encoder
 from polymodal.models.inputs import as_paths, as_settings
-from polymodal.registry import run_folder_hint
+from polymodal.registry import wrong_folder_hint
 from polymodal.train import distributed
 from polymodal.train.features import (
     CachedPairDataset, collate_cached, image_features, readable_pairs, readable_rows, text_features,
@@ -32,7 +32,8 @@ from polymodal.train.guards import (
     warn_of_shared_photos,
 )
 from polymodal.train.objectives import ContrastiveObjective
-from polymodal.train.run_settings import absolute_paths, check_same_run, recipe_parts, write_train_config
+from polymodal.train.run_settings import (absolute_paths, check_same_run, name_after_run, recipe_parts,
+                                          write_train_config)
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.training_photos import TrainingPhotos
 
@@ -135,10 +136,10 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         model = load_dual_encoder(recipe.model)  # continue training a saved dual encoder
         recipe.arch = model.config
     else:
-        raise PolymodalError(run_folder_hint(recipe.model)
+        raise PolymodalError(wrong_folder_hint(recipe.model)
                              or f"cannot train from {recipe.model!r}; pass --model lite or the model folder of a "
                              "`polymodal train contrastive` run (RUN/model)")
-
+    name_after_run(model, recipe.out)
     if resume:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train)
     feats = image_features(model, train_set.images, views=recipe.views, augment=Augment(), seed=recipe.train.seed,

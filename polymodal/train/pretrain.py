@@ -60,6 +60,7 @@ from polymodal.train.run_settings import (
     absolute_paths,
     check_same_fusion,
     check_same_run,
+    name_after_run,
     recipe_parts,
     write_train_config,
 )
@@ -617,6 +618,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     if resume and recipe.model == "new":  # a continued model's fusion comes from its folder, not from arch
         check_same_fusion(Path(recipe.out), recipe.arch)
     model = build_model(recipe, resume)
+    name_after_run(model, recipe.out)
     freeze_parts(model, recipe.freeze, recipe.model)
     if resume:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train, freeze=recipe.freeze)

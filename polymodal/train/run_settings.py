@@ -61,6 +61,19 @@ def write_train_config(out: Path, settings: dict) -> None:
 RESUMED_RATES = ("lr", "tower_lr_scale", "weight_decay")  # the checkpoint's optimizer state brings these back
 
 
+def name_after_run(model, out) -> None:
+    """A model trained under a built-in model's name (recipes/default.json names its arch "default"; the captioner's
+    config and a continued `easy-vqa` or `captioner` keep theirs) is named after its run folder instead: indexes
+    (name@version), /v1/info and errors would otherwise call the user's model by the built-in's name."""
+    from dataclasses import replace
+
+    from polymodal.registry import MODELS
+
+    if model.config.name in MODELS:
+        model.config = replace(model.config, name=Path(out).resolve().name)
+        model.name = model.config.name
+
+
 def check_same_run(out: Path, arch, train, ignore: Sequence[str] = (), freeze: Sequence[str] | None = None) -> None:
     """--resume (RUN/train_config.json): the checkpoint only fits the architecture it was trained with (``ignore``:
     arch keys that are no flag, checked when the checkpoint loads), and the optimizer and schedule continue at the

@@ -185,7 +185,8 @@ class Trainer:
             state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
             step, epoch, best, bad = state["step"], state["epoch"], state["best"], state["bad_epochs"]
         except Exception as exc:  # truncated (an interrupted copy), or not a checkpoint at all: not a traceback
-            raise PolymodalError(f"cannot read {self.checkpoint_path} ({_first_detail(exc)}): it is damaged; copy it "
+            detail = _first_detail(exc).split(". ")[0]  # torch goes on: "This is an internal miniz error. If you..."
+            raise PolymodalError(f"cannot read {self.checkpoint_path} ({detail}): it is damaged; copy it "
                                  "again, or start the run over with --overwrite") from exc
         try:
             self.model.load_state_dict(state["model"], strict=False)

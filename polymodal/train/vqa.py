@@ -44,6 +44,7 @@ from polymodal.train.run_settings import (
     absolute_paths,
     check_same_fusion,
     check_same_run,
+    name_after_run,
     recipe_parts,
     write_train_config,
 )
@@ -380,6 +381,7 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
         if recipe.itm_weight > 0:
             model.add_itm_head()
         recipe.arch = model.config
+    name_after_run(model, recipe.out)
     freeze_parts(model, recipe.freeze, recipe.model)
     if recipe.itm_weight > 0 and model.itm is None:
         raise PolymodalError("itm_weight > 0 needs an ITM head: set itm_head: true in arch (or --itm-head)")
