@@ -81,15 +81,29 @@ def cmd_serve(args) -> int:
     how = runs_on(svc.model)
     config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", timeout_keep_alive=5,
                             server_header=False, root_path=args.root_path)
+    line = (f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} "
+            f"({info['count']} images{vqa}) on http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops")
     try:
-        print(f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} ({info['count']} images{vqa}) on "
-              f"http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops", flush=True)
-        uvicorn.Server(config).run(sockets=[sock])
+        _announcing_server(uvicorn, config, line).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C / SIGTERM after its graceful shutdown
         print("polymodal: server stopped", file=sys.stderr)  # a requested stop: exit 0, or systemd marks it failed
     finally:
         sock.close()
     return 0
+
+
+def _announcing_server(uvicorn, config, line: str):
+    """A uvicorn server that prints ``line`` once it has started: its signal handlers are in place by then, so a
+    Ctrl-C or SIGTERM right after the line stops it cleanly (printed before run(), a signal in between could land
+    while asyncio and uvicorn were still starting, and the server then hung, seen under a busy test run)."""
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                print(line, flush=True)
+
+    return AnnouncingServer(config)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -146,7 +146,7 @@ def run_pairs_recipe(args, flags: dict, recipe_cls, train) -> int:
     settings on --resume, then run_recipe."""
     settings = recipe_settings(args, ("pairs", "val_pairs", "out", "model"), flags)
     if args.resume:
-        settings = with_run_settings(settings, recipe_cls)
+        settings = with_run_settings(settings, recipe_cls, args.overwrite)  # (with --overwrite: "not both")
     return run_recipe(args, settings, "pairs", recipe_cls, train)
 
 
@@ -156,7 +156,7 @@ def cmd_train_contrastive(args) -> int:
     return run_pairs_recipe(args, TRAIN_FLAGS, ContrastiveRecipe, train_contrastive)
 
 
-def with_run_settings(settings: dict, recipe_cls) -> dict:
+def with_run_settings(settings: dict, recipe_cls, overwrite: bool = False) -> dict:
     """--resume: what the command does not set again comes from RUN/train_config.json, so that
     `--out RUN --resume` continues the run as it was started (flags and --config still override). A run another
     `train` command started is refused here, before its settings read as unknown keys of this one."""
@@ -166,10 +166,10 @@ def with_run_settings(settings: dict, recipe_cls) -> dict:
     path = Path(settings["out"]) / "train_config.json" if settings.get("out") else None
     if path is None or not path.is_file():
         out = Path(settings["out"]) if settings.get("out") else None
-        if out is not None and not (out / "checkpoint.pt").is_file():  # a mistyped --out: said as such
-            what = "does not exist" if not out.exists() else "holds no run (no train_config.json, no checkpoint.pt)"
-            raise PolymodalError(f"--out {out} {what}, so there is nothing to resume; check the path, or start a run "
-                                 "there without --resume")
+        if out is not None and not (out / "checkpoint.pt").is_file() and not overwrite:  # a mistyped --out
+            what = "does not exist" if not out.exists() else "holds no run (no train_config.json)"
+            raise PolymodalError(f"--out {out} {what}: no checkpoint to resume; check the path, or start a run there "
+                                 "without --resume")
         return settings  # the trainer says what is missing
     try:
         saved = json.loads(path.read_text())

@@ -80,7 +80,7 @@ def cmd_train_vqa(args) -> int:
     if args.freeze:
         settings["freeze"] = [p.strip() for p in args.freeze.split(",") if p.strip()]
     if args.resume:
-        settings = with_run_settings(settings, VQARecipe)
+        settings = with_run_settings(settings, VQARecipe, args.overwrite)
         if isinstance(settings["arch"].get("answers"), int):  # train_config.json keeps only their number
             del settings["arch"]["answers"]
     return run_recipe(args, settings, "qa", VQARecipe, train_vqa)

@@ -318,6 +318,8 @@ def test_pretrain_flags_reach_the_recipe(recorded, tmp_path):
     assert recipe.val_pairs == ["v.jsonl"] and recipe.model == "enc" and recipe.arch.dim == 32
     assert recipe.hard_fraction == 0.25 and recipe.arch.pixel_patches is False
     assert kw == {"resume": False, "progress": False, "overwrite": False}
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"")  # a run to resume (the CLI refuses a folder without one)
     recipe, kw = recorded("train", "pretrain", "--pairs", "p.jsonl", "--out", tmp_path / "r", "--pixel-patches",
                           "--resume")
     assert recipe.arch.pixel_patches is True and kw == {"resume": True, "progress": True, "overwrite": False}

@@ -167,7 +167,11 @@ def test_serve_takes_a_vqa_model_beside_the_embedding_model(lite, easy_vqa, db, 
     monkeypatch.setitem(registry.MODELS, "lite", lambda **kw: lite)
     monkeypatch.setitem(registry.MODELS, "easy-vqa", lambda **kw: easy_vqa)
     served = {}
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: served.update(app=self.config.app))
+
+    async def started(self):  # the server started (and said so); shut down at once instead of serving
+        served.update(app=self.config.app)
+
+    monkeypatch.setattr(uvicorn.Server, "main_loop", started)
     assert cli.main(["serve", "--db", str(db), "--port", "0", "--model", "lite", "--vqa-model", "easy-vqa"]) == 0
     svc = served["app"].state.service
     assert svc.model is lite and svc.vqa_model is easy_vqa

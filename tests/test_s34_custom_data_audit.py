@@ -95,10 +95,10 @@ def test_resume_of_a_folder_without_a_run_names_the_folder(command, tmp_path, ca
     """`--out runs/reusme --resume` (a typo) said "pass --pairs FILE and --out RUN_DIR", though --out was passed."""
     missing = tmp_path / "reusme"
     assert cli.main([*command, "--out", str(missing), "--resume", "--quiet"]) == 2
-    assert f"--out {missing} does not exist, so there is nothing to resume; check the path" in capsys.readouterr().err
+    assert f"--out {missing} does not exist: no checkpoint to resume; check the path" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert cli.main([*command, "--out", str(tmp_path / "empty"), "--resume", "--quiet"]) == 2
-    assert "holds no run (no train_config.json, no checkpoint.pt)" in capsys.readouterr().err
+    assert "holds no run (no train_config.json): no checkpoint to resume" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"] and not any((tmp_path / "empty").iterdir())
 
 

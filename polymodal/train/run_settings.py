@@ -69,7 +69,7 @@ def name_after_run(model, out) -> None:
 
     from polymodal.registry import MODELS
 
-    if model.config.name in MODELS:
+    if getattr(getattr(model, "config", None), "name", None) in MODELS:
         model.config = replace(model.config, name=Path(out).resolve().name)
         model.name = model.config.name
 
