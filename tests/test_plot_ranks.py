@@ -21,6 +21,12 @@ def test_median_rank_is_on_its_own_log_axis_and_recalls_sort_naturally(tmp_path,
     assert validation.get_ylim()[1] < 1.5  # the recalls' axis is not stretched by ranks of 80
     twin = [ax for ax in figures[0].axes if ax.get_ylabel().startswith("median rank")]
     assert len(twin) == 1 and twin[0].get_yscale() == "log" and twin[0].lines[0].get_label() == "t2i_median_rank"
+    # one legend for both axes, below the panel: inside it, it covered the curves (a helper's plot, stop 34)
+    legend = validation.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["t2i_R@1", "t2i_R@5", "t2i_R@10", "t2i_median_rank"]
+    renderer = figures[0].canvas.get_renderer()
+    assert legend.get_window_extent(renderer).y1 < validation.get_window_extent(renderer).y0
+    assert twin[0].get_legend() is None
     monkeypatch.undo()
     plt.close(figures[0])
 

@@ -47,19 +47,23 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         axes[2].plot(*_series(val, key, "epoch"), "o-", label=key[4:])
     axes[2].set(xlabel="epoch", ylabel="score", title="validation")
     ranks = [k for k in scores if "median_rank" in k]
+    handles, labels = axes[2].get_legend_handles_labels()
     if ranks:  # tens or hundreds: on the recalls' 0-1 axis they would flatten every recall curve
         right = axes[2].twinx()
         for key in ranks:
             right.plot(*_series(val, key, "epoch"), "x--", label=key[4:])
         right.set(ylabel="median rank (lower is better)", yscale="log")
-        right.legend(fontsize=8, loc="upper right")
+        more = right.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    if handles:  # one legend below the panel: inside it, six recalls and two ranks covered the curves
+        axes[2].legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4)
     for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="upper left" if ax is axes[2] and ranks else "best")
+        if ax is not axes[2] and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
         ax.grid(alpha=0.3)
     fig.suptitle(str(run_dir))
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=100, bbox_inches="tight")  # the legend below the validation panel stays in
     plt.close(fig)
     return out
 
