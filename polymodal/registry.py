@@ -213,7 +213,6 @@ def _load_torch(key: str, **kwargs):
         return MODELS[key](**kwargs)
     path = Path(key).expanduser()
     if path.exists():
-        from polymodal.models.clip import load_clip, load_hf_clip, load_openai_clip
         from polymodal.models.dual_encoder import is_dual_encoder_folder, load_dual_encoder
 
         if path.is_dir() and is_dual_encoder_folder(path):
@@ -237,6 +236,9 @@ def _load_torch(key: str, **kwargs):
 
         if hint := wrong_folder_hint(path):
             raise PolymodalError(hint)
+        # imported here, not above: it brings transformers (~2 s), which trained models' folders never need
+        from polymodal.models.clip import load_clip, load_hf_clip, load_openai_clip
+
         hf = path.is_dir() and (path / "config.json").is_file()  # load_clip's own dispatch
         _check_options(kwargs, _options(load_hf_clip if hf else load_openai_clip, skip=1), f"the CLIP checkpoint {path}")
         return load_clip(path, **kwargs)

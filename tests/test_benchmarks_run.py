@@ -116,6 +116,13 @@ def test_vqa_choices_outside(tmp_path, capsys):
     assert (tmp_path / "itm-all" / "model").is_dir() and (tmp_path / "A" / "model").is_dir()
 
 
+def test_cli_startup(tmp_path, capsys):
+    now, first, ratio = run_benchmark("cli_startup", ["--repeats", "1", "--out", tmp_path], capsys)
+    assert (now["way"], first["way"]) == ("now", "clip_loaders_first") and now["runs"] == first["runs"] == 1
+    assert now["median_s"] > 0 and ratio["clip_loaders_first_over_now"] > 0
+    assert (tmp_path / "pics.idx").is_dir() and (tmp_path / "model" / "config.json").is_file()
+
+
 def test_image_centering(gallery, tmp_path, capsys, lite):
     from polymodal.data.samples import sample_photos
     from polymodal.eval.retrieval import read_pairs, retrieval_metrics
