@@ -85,10 +85,11 @@ def cmd_serve(args) -> int:
             f"({info['count']} images{vqa}) on http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops")
     try:
         _announcing_server(uvicorn, config, line).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C / SIGTERM after its graceful shutdown
-        print("polymodal: server stopped", file=sys.stderr)  # a requested stop: exit 0, or systemd marks it failed
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C / SIGTERM after its graceful shutdown, most of the time
+        pass  # (once in a busy test run, a Ctrl-C right after startup came back as a plain return)
     finally:
         sock.close()
+    print("polymodal: server stopped", file=sys.stderr)  # a requested stop: exit 0, or systemd marks it failed
     return 0
 
 
