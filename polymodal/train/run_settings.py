@@ -70,7 +70,8 @@ def name_after_run(model, out) -> None:
     from polymodal.registry import MODELS
 
     if getattr(getattr(model, "config", None), "name", None) in MODELS:
-        model.config = replace(model.config, name=Path(out).resolve().name)
+        name = Path(out).resolve().name
+        model.config = replace(model.config, name=f"{name}-run" if name in MODELS else name)  # --out runs/default
         model.name = model.config.name
 
 
