@@ -119,6 +119,8 @@ def main(argv=None) -> int:
         tmp = BUILTIN.with_name(BUILTIN.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(winner["model"], tmp)
+        config = json.loads((tmp / "config.json").read_text())  # trained as out/FUSION, it is named after that run
+        (tmp / "config.json").write_text(json.dumps(config | {"name": "easy-vqa"}, indent=2))
         shutil.rmtree(BUILTIN, ignore_errors=True)
         tmp.rename(BUILTIN)
         print(json.dumps({"saved_builtin": str(BUILTIN)}), flush=True)

@@ -13,8 +13,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from polymodal.cli_options import (add_precision, add_qdrant, add_runtime, load_model, qdrant_collection,
-                                   resolve_runtime)
+from polymodal.cli_options import (add_precision, add_qdrant, add_runtime, index_model_name, load_model,
+                                   qdrant_collection, resolve_runtime)
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import none_could_be, plural
 from polymodal.registry import require_embedding
@@ -36,20 +36,6 @@ def _table(rows: list[tuple], headers: tuple) -> str:
 
 
 TIP_RUNTIME_AT = 500  # images embedded with torch in one run, from which `index` mentions --runtime onnx
-
-
-def index_model_name(index, model_arg: str | None, new_index_model: str | None = None) -> str:
-    """--model, else the model the index records (``new_index_model`` for an index not made yet); one line when the
-    index was built from a model folder since moved."""
-    if model_arg:
-        return model_arg
-    if new_index_model is not None and not index.exists():
-        return new_index_model
-    name = index.info()["model_name"]
-    if os.sep in name and not os.path.exists(name):
-        raise PolymodalError(f"{index.where()} was built with the model at {name}, which is no longer there; pass "
-                             "--model with where that model is now")
-    return name
 
 
 def cmd_index(args) -> int:
@@ -122,7 +108,8 @@ def cmd_index(args) -> int:
             from polymodal.registry import MODELS, onnx_export_dir
 
             exported = args.model in MODELS and is_onnx_folder(onnx_export_dir(args.model))
-            then = "" if exported else f" (after `polymodal export onnx {args.model}`)"
+            then = "" if exported else f" (after `polymodal export onnx {args.model}`)" if args.model in MODELS else \
+                f" (with --model DIR after `polymodal export onnx {args.model} --out DIR`)"
             print(f"tip: --runtime onnx embeds photos ~2x faster on a CPU{then}; the index stays the same",
                   file=sys.stderr)
     if args.prune:

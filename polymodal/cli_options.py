@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+
+from polymodal.errors import PolymodalError
 
 
 def add_precision(parser) -> None:
@@ -21,21 +24,34 @@ EMBED_RUNTIME_HELP = ("onnx: embed with --model's export through onnxruntime (a 
 def add_runtime(parser, help: str = EMBED_RUNTIME_HELP) -> None:
     """--runtime (default auto: onnx for an export folder, else torch); `resolve_runtime` settles auto after parsing."""
     parser.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
-                        help=f"{help} (default auto: onnx when --model is an export folder, else torch)")
+                        help=f"{help} (default auto: onnx when --model, or without it the index's model, is an export "
+                        "folder, else torch)")
 
 
 def resolve_runtime(args, model: str | None = None) -> None:
     """--runtime auto becomes onnx when the model (``model``, else --model) is an export folder, torch otherwise, so
     that the commands' checks and JSON lines see the runtime that runs. Without a model (search uses the index's) it
-    stays auto and polymodal.load settles it from the folder it loads."""
+    stays auto and polymodal.load settles it from the folder it loads; `serve` settles it per model it loads."""
     model = model or getattr(args, "model", None)
-    if getattr(args, "runtime", None) != "auto" or not model:
+    if getattr(args, "runtime", None) != "auto" or not model or getattr(args, "runtime_per_model", False):
         return
-    from pathlib import Path
+    from polymodal.registry import settled_runtime  # (registry imports no torch)
 
-    from polymodal.export.runtime import is_onnx_folder  # torch-free
+    args.runtime = settled_runtime("auto", model)
 
-    args.runtime = "onnx" if is_onnx_folder(Path(model).expanduser()) else "torch"
+
+def index_model_name(index, model_arg: str | None, new_index_model: str | None = None) -> str:
+    """--model, else the model the index records (``new_index_model`` for an index not made yet); one line when the
+    index was built from a model folder since moved."""
+    if model_arg:
+        return model_arg
+    if new_index_model is not None and not index.exists():
+        return new_index_model
+    name = index.info()["model_name"]
+    if os.sep in name and not os.path.exists(name):
+        raise PolymodalError(f"{index.where()} was built with the model at {name}, which is no longer there; pass "
+                             "--model with where that model is now")
+    return name
 
 
 def load_model(args, name: str):

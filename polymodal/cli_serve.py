@@ -9,7 +9,7 @@ import re
 import socket
 import sys
 
-from polymodal.cli_options import add_precision, add_qdrant, add_runtime, qdrant_collection, resolve_runtime
+from polymodal.cli_options import add_precision, add_qdrant, add_runtime, index_model_name, qdrant_collection
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,11 @@ def cmd_serve(args) -> int:
         max_body_bytes=args.max_body_mb * 2**20,
         request_timeout_s=args.timeout,
     )
-    resolve_runtime(args, args.model or info["model_name"])  # without --model: the index's model decides
+    # --runtime auto stays auto: create_app settles it per model (an export beside a built-in VQA model, say)
     if args.threads is not None:
         if args.threads < 1:
             raise PolymodalError(f"--threads must be at least 1, got {args.threads}")
-        if args.runtime == "torch":
+        if args.runtime != "onnx":
             import torch
 
             torch.set_num_threads(args.threads)
@@ -58,9 +58,9 @@ def cmd_serve(args) -> int:
 
     sock = _bind(args.host, args.port)  # before the slow model load: a busy port is one line and exit 2
     try:
-        extra = {"threads": args.threads} if args.runtime == "onnx" else {}
+        extra = {"threads": args.threads} if args.runtime != "torch" else {}  # create_app: for onnx models only
         # a VQA --model answers /v1/vqa next to the index's own model (create_app loads both)
-        app = create_app(args.model or info["model_name"], args.db or index, api_key=args.api_key, settings=settings,
+        app = create_app(index_model_name(index, args.model), args.db or index, api_key=args.api_key, settings=settings,
                          runtime=args.runtime, precision=args.precision, vqa_model=args.vqa_model,
                          caption_model=args.caption_model, **extra)
     except BaseException:
@@ -156,4 +156,4 @@ def add_parsers(sub) -> None:
                    "with --runtime onnx (default: the runtime's choice; 1 can be steadier on a busy machine)")
     s.add_argument("--max-body-mb", type=int, default=20, help="largest request body in MB (default 20)")
     s.add_argument("--timeout", type=float, default=30.0, help="request timeout in seconds (default 30)")
-    s.set_defaults(func=cmd_serve)
+    s.set_defaults(func=cmd_serve, runtime_per_model=True)  # --runtime auto: settled per model by create_app

@@ -129,6 +129,16 @@ def require_vqa(model, name=None):
 RUNTIMES = ("auto", "torch", "onnx")
 
 
+def settled_runtime(runtime: str, name_or_path: str | Path) -> str:
+    """``runtime``, with "auto" settled: onnx for an ONNX export folder, torch for anything else (built-in names
+    too, even when exported)."""
+    if runtime != "auto":
+        return runtime
+    from polymodal.export.runtime import is_onnx_folder  # torch-free
+
+    return "onnx" if is_onnx_folder(Path(name_or_path).expanduser()) else "torch"
+
+
 def onnx_export_dir(name: str) -> Path:
     """Where `polymodal export onnx NAME` writes a built-in model's export by default."""
     from polymodal.cache import cache_dir
@@ -156,8 +166,7 @@ def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: st
         raise PolymodalError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     from polymodal.export.runtime import is_onnx_folder, load_onnx
 
-    if runtime == "auto":
-        runtime = "onnx" if is_onnx_folder(Path(key).expanduser()) else "torch"
+    runtime = settled_runtime(runtime, key)
     if runtime == "onnx":
         if precision != "fp32":
             raise PolymodalError("precision applies to the PyTorch runtime; an ONNX export's variants are chosen "

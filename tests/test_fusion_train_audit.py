@@ -445,7 +445,7 @@ def test_rows_outside_the_vocabulary_train_the_itm_head_only():
     assert metrics["accuracy"] == 0.5 and torch.isfinite(loss)
     only_outside = batch._replace(targets=torch.tensor([-1, -1, -1]))
     loss, metrics = VQAObjective(itm_weight=1.0).compute(model, only_outside)  # a batch of such rows: ITM loss alone
-    assert metrics["vqa_loss"] == 0.0 and "accuracy" not in metrics
+    assert "vqa_loss" not in metrics and "accuracy" not in metrics
     assert float(loss) == pytest.approx(metrics["itm_loss"]) and metrics["itm_loss"] == pytest.approx(math.log(2))
 
 

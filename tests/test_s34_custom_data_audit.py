@@ -161,3 +161,51 @@ def test_loading_a_trained_model_folder_does_not_import_transformers(tmp_path):
             "print(m.encode_text(['a dog']).shape, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == ["(1,", "16)", "False"], out.stderr[-2000:]
+
+
+# -- a read-through of the whole change (helper): serve settles --runtime auto per model --------------------------------
+from tests.test_cli_encoders_audit import photos, spy_load  # noqa: E402,F401 - fixtures
+
+
+def test_serve_settles_auto_per_model(spy_load, photos, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """`serve --db LITE_INDEX --vqa-model VQA_EXPORT` (no --runtime) ran every model with the runtime of --model or
+    the index's model, so the export was loaded with torch and refused; each model now runs by its own kind, and
+    --threads reaches the onnx ones only (torch's loaders refuse the option)."""
+    uvicorn = pytest.importorskip("uvicorn")
+    from polymodal.export.runtime import ONNX_CONFIG
+
+    db = tmp_path / "db"
+    assert cli.main(["index", str(photos), "--db", str(db), "--model", "fake", "--json"]) == 0
+    export = tmp_path / "vqa-export"
+    export.mkdir()
+    (export / ONNX_CONFIG).write_text("{}")
+    spy_load.models[str(export)] = spy_load.models["fake-vqa"]
+    spy_load.models["fake-vqa"].key = "fake-vqa@1"  # what the app's docs name
+
+    async def started(self):
+        pass
+
+    monkeypatch.setattr(uvicorn.Server, "main_loop", started)
+    capsys.readouterr()
+    spy_load.calls.clear()
+    assert cli.main(["serve", "--db", str(db), "--port", "0", "--vqa-model", str(export), "--threads", "1"]) == 0
+    calls = {c["name"]: c for c in spy_load.calls}
+    assert calls["fake"]["runtime"] == "torch" and "threads" not in calls["fake"]
+    assert calls[str(export)]["runtime"] == "onnx" and calls[str(export)]["threads"] == 1
+
+
+def test_create_app_with_bf16_leaves_a_vqa_model_without_the_tower_in_fp32(spy_load, photos, tmp_path, monkeypatch):  # noqa: F811
+    """create_app's default runtime became "auto", and its check `runtime != "torch"` then sent bf16 to every model:
+    a VQA model without EfficientNet-Lite0 (coco-yesno) beside a bf16 embedding model was refused."""
+    pytest.importorskip("fastapi")
+    from polymodal import registry
+    from polymodal.serve.app import create_app
+
+    db = tmp_path / "db"
+    assert cli.main(["index", str(photos), "--db", str(db), "--model", "fake", "--json"]) == 0
+    set_to = []
+    spy_load.models["fake-vqa"].key = "fake-vqa@1"
+    monkeypatch.setattr(registry, "set_image_precision", lambda model, key, precision: set_to.append((key, precision)))
+    create_app("fake", db, vqa_model="fake-vqa", precision="bf16")
+    assert set_to == [("fake", "bf16")]  # the VQA model has no image tower: left in fp32
+    assert all(c["precision"] == "fp32" for c in spy_load.calls)  # bf16 is set after loading, where it applies

@@ -42,8 +42,8 @@ def test_auto_runtime_finds_a_home_relative_export_folder(tmp_path, monkeypatch)
 
 # G2 (kills SV1 and SV2)
 def test_serve_without_model_runs_an_index_built_from_an_export_with_onnx(tmp_path, monkeypatch):
-    """No --model: the index's model decides the runtime before --threads is applied (onnx sessions' threads);
-    left at auto, --threads reached neither torch nor onnxruntime."""
+    """No --model: the index's model (an export) is served, and --threads reaches create_app, which gives it to the
+    onnx models (a mutant that dropped it for auto reached neither torch nor onnxruntime)."""
     from PIL import Image
 
     from polymodal.index import ImageIndex
@@ -66,7 +66,8 @@ def test_serve_without_model_runs_an_index_built_from_an_export_with_onnx(tmp_pa
 
     monkeypatch.setattr(serve_app, "create_app", create_app)
     assert cli.main(["serve", "--db", str(db), "--port", "0", "--threads", "2"]) == 2
-    assert seen["model"] == str(export) and seen["runtime"] == "onnx" and seen["threads"] == 2
+    # create_app settles auto per model (test_s34_custom_data_audit: the export with onnx, given the threads)
+    assert seen["model"] == str(export) and seen["runtime"] == "auto" and seen["threads"] == 2
 
 
 # G3 (uses its spy_load fixture; kills C5 and P1)

@@ -98,6 +98,7 @@ def search_texts(model, query_vectors, texts: Sequence[str], k: int = 10,
         for i in range(0, n, _CHUNK):
             part = np.asarray(bank[i : i + _CHUNK], np.float32) * inv[i : i + _CHUNK, None]
             scores[:, i : i + _CHUNK] = block @ part.T
+        np.clip(scores, -1.0, 1.0, out=scores)  # cosines; float32 rounding put a text's match with itself above 1
         out += [[TextHit(texts[j], float(row[j]), lines[j]) for j in _top(row, k)] for row in scores[:, which]]
     return out
 

@@ -105,14 +105,16 @@ def create_app(
 
     def load(m):
         import polymodal
-        from polymodal.registry import set_image_precision
+        from polymodal.registry import set_image_precision, settled_runtime
 
         if not isinstance(m, (str, Path)):
             return m
-        precision = load_options.get("precision", "fp32")
-        if precision == "fp32" or runtime != "torch":  # (onnx + bf16: polymodal.load's own error)
-            return polymodal.load(m, runtime=runtime, **load_options)
-        loaded = polymodal.load(m, runtime=runtime, **{k: v for k, v in load_options.items() if k != "precision"})
+        rt = settled_runtime(runtime, m)  # auto: each model by its own kind (an export beside a built-in name)
+        options = {k: v for k, v in load_options.items() if k != "threads" or rt == "onnx"}  # onnxruntime's option
+        precision = options.get("precision", "fp32")
+        if precision == "fp32" or rt != "torch":  # (onnx + bf16: polymodal.load's own error)
+            return polymodal.load(m, runtime=rt, **options)
+        loaded = polymodal.load(m, runtime=rt, **{k: v for k, v in options.items() if k != "precision"})
         if embeds(loaded) or getattr(loaded, "image_tower", None) is not None:  # what --precision is for: refused
             set_image_precision(loaded, str(m), precision)                    # there if it cannot apply
         else:  # a VQA model without that tower (coco-yesno) beside a bf16 embedding model
@@ -123,7 +125,9 @@ def create_app(
     if isinstance(caption_model, (str, Path)):
         import polymodal
 
-        caption_model = polymodal.load(caption_model, runtime=runtime)  # --runtime onnx: its export
+        from polymodal.registry import settled_runtime
+
+        caption_model = polymodal.load(caption_model, runtime=settled_runtime(runtime, caption_model))
     if vqa_model is None and answers(model) and not embeds(model):
         # an index holds embeddings, which a VQA model cannot make: the index's own model serves it
         model, vqa_model = load(index_model), model

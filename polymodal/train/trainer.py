@@ -185,7 +185,9 @@ class Trainer:
             state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
             step, epoch, best, bad = state["step"], state["epoch"], state["best"], state["bad_epochs"]
         except Exception as exc:  # truncated (an interrupted copy), or not a checkpoint at all: not a traceback
-            detail = _first_detail(exc).split(". ")[0]  # torch goes on: "This is an internal miniz error. If you..."
+            detail = _first_detail(exc)
+            if len(detail) > 160:  # torch goes on: "... directory. This is an internal miniz error. If you are ..."
+                detail = detail.split(". ")[0]
             raise PolymodalError(f"cannot read {self.checkpoint_path} ({detail}): it is damaged; copy it "
                                  "again, or start the run over with --overwrite") from exc
         try:

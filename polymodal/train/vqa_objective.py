@@ -46,7 +46,7 @@ class VQAObjective(Objective):
     def compute(self, model, batch: VQABatch) -> tuple[torch.Tensor, dict]:
         known = batch.targets >= 0  # rows outside the vocabulary come only with ITM texts, and train through them
         targets = batch.targets[known]
-        loss, metrics = batch.images.new_zeros(()), {"vqa_loss": 0.0}
+        loss, metrics = batch.images.new_zeros(()), {}  # no row for the VQA head: no vqa_loss to report
         if len(targets):
             rows = (slice(None),) if known.all() else (known,)
             logits = model.vqa_logits(batch.images, batch.states[rows], batch.mask[rows], batch.row_image[rows])
