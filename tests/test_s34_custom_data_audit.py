@@ -209,3 +209,15 @@ def test_create_app_with_bf16_leaves_a_vqa_model_without_the_tower_in_fp32(spy_l
     create_app("fake", db, vqa_model="fake-vqa", precision="bf16")
     assert set_to == [("fake", "bf16")]  # the VQA model has no image tower: left in fp32
     assert all(c["precision"] == "fp32" for c in spy_load.calls)  # bf16 is set after loading, where it applies
+
+
+def test_the_index_speed_tip_for_a_model_folder_names_out(gallery, tmp_path, monkeypatch, capsys):
+    """The tip said `polymodal export onnx FOLDER`, which a folder refuses without --out (and --runtime onnx with
+    the saved model itself is refused too)."""
+    from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig
+
+    folder = DualEncoder(DualEncoderConfig(embed_dim=16)).save(tmp_path / "model")
+    monkeypatch.setattr(cli, "TIP_RUNTIME_AT", 1)
+    assert cli.main(["index", str(gallery / "cat.jpg"), "--db", str(tmp_path / "db"), "--model", str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert f"(with --model DIR after `polymodal export onnx {folder} --out DIR`)" in err
