@@ -221,3 +221,25 @@ def test_the_index_speed_tip_for_a_model_folder_names_out(gallery, tmp_path, mon
     assert cli.main(["index", str(gallery / "cat.jpg"), "--db", str(tmp_path / "db"), "--model", str(folder)]) == 0
     err = capsys.readouterr().err
     assert f"(with --model DIR after `polymodal export onnx {folder} --out DIR`)" in err
+
+
+def test_resuming_a_finished_run_is_one_line_before_the_data_is_read(gallery, tmp_path, capsys, caplog):
+    """It read (and warned about) the data first: three lines, and on a large data set minutes, before the refusal."""
+    rows = [{"image": str(gallery / f"{n}.jpg"), "caption": d} for n, d in PHOTOS.items()]
+    rows.append({"image": "missing.jpg", "caption": "a photo that is not there"})
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    assert cli.main(["train", "contrastive", "--pairs", str(data), "--out", str(run), "--epochs", "1",
+                     "--embed-dim", "16", "--val-fraction", "0", "--quiet"]) == 0
+    assert "missing.jpg" in caplog.text  # the data's warning, as a resume that reads the data prints it again
+    caplog.clear()
+    capsys.readouterr()
+    assert cli.main(["train", "contrastive", "--out", str(run), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the run in {run} already trained 1 epochs; pass --epochs 2 or more" in err
+    assert "missing.jpg" not in caplog.text
+    checkpoint = run / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    assert cli.main(["train", "contrastive", "--out", str(run), "--resume", "--epochs", "2", "--quiet"]) == 2
+    assert "it is damaged" in capsys.readouterr().err and "missing.jpg" not in caplog.text

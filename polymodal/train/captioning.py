@@ -164,7 +164,7 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     """Train (or continue training) a captioner; returns the best validation record plus timings."""
     t_start = time.perf_counter()
     recipe.validate()
-    check_run_folder(recipe.out, resume, overwrite)
+    check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs)
     if recipe.train.early_stop_metric == "val/cider" and not has_caption_metrics():
         log.warning("pycocoevalcap is not installed (pip install 'polymodal[captions]'): the validation loss, not "
                     "CIDEr-D, chooses the epoch to keep")

@@ -117,7 +117,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     recipe.validate()
     distributed.init_from_env()
     progress = progress and distributed.is_main()  # one set of progress bars under torchrun, not one per rank
-    check_run_folder(recipe.out, resume, overwrite)
+    check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs)
     distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
     set_seed(recipe.train.seed)  # before the heads are initialised: same seed, same run
     train_set = read_pair_sources(recipe.pairs)

@@ -596,7 +596,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     """Pretrain (or continue pretraining) a fusion encoder; returns the best validation metrics plus timings."""
     t_start = time.perf_counter()
     recipe.validate()
-    check_run_folder(recipe.out, resume, overwrite)
+    check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs)
     if recipe.model != "new":
         continued_folder(recipe.model, "pretrain")  # what --model names is said before the data is read
     set_seed(recipe.train.seed)

@@ -84,6 +84,37 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def read_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """A run's checkpoint.pt, or one error saying it is damaged (truncated by an interrupted copy, or no checkpoint
+    at all). ``mmap``: tensors stay on disk until used (to look at the epoch only)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        missing = [key for key in ("step", "epoch", "best", "bad_epochs") if key not in state]
+        if missing:
+            raise KeyError(missing[0])
+    except Exception as exc:  # not a traceback
+        detail = _first_detail(exc)
+        if len(detail) > 160:  # torch goes on: "... directory. This is an internal miniz error. If you are ..."
+            detail = detail.split(". ")[0]
+        raise PolymodalError(f"cannot read {path} ({detail}): it is damaged; copy it again, or start the run over "
+                             "with --overwrite") from exc
+    return state
+
+
+def refuse_a_finished_run(out: Path, epoch: int, epochs: int) -> None:
+    if epoch >= epochs:  # nothing left to train: refuse rather than report it as a run
+        raise PolymodalError(f"the run in {out} already trained {epoch} epochs; pass --epochs {epoch + 1} or more "
+                             "to continue it")
+
+
+def check_resumable(out: Path, epochs: int) -> None:
+    """--resume, before the data is read (a large data set takes minutes to check): a damaged checkpoint or a run
+    that already trained ``epochs`` is one line at once. The trainer checks both again as it loads."""
+    path = Path(out) / "checkpoint.pt"
+    if path.is_file():  # (none: check_run_folder's line)
+        refuse_a_finished_run(Path(out), read_checkpoint(path, mmap=True)["epoch"], epochs)
+
+
 def _first_detail(exc: Exception) -> str:
     """The informative line of a state-dict error (torch's first line is only "Error(s) in loading ...:")."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -181,15 +212,8 @@ class Trainer:
         if not self.checkpoint_path.is_file():
             raise PolymodalError(f"no checkpoint at {self.checkpoint_path}; train without --resume "
                                  "(fit(resume=True) in Python) first")
-        try:
-            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-            step, epoch, best, bad = state["step"], state["epoch"], state["best"], state["bad_epochs"]
-        except Exception as exc:  # truncated (an interrupted copy), or not a checkpoint at all: not a traceback
-            detail = _first_detail(exc)
-            if len(detail) > 160:  # torch goes on: "... directory. This is an internal miniz error. If you are ..."
-                detail = detail.split(". ")[0]
-            raise PolymodalError(f"cannot read {self.checkpoint_path} ({detail}): it is damaged; copy it "
-                                 "again, or start the run over with --overwrite") from exc
+        state = read_checkpoint(self.checkpoint_path)
+        step, epoch, best, bad = state["step"], state["epoch"], state["best"], state["bad_epochs"]
         try:
             self.model.load_state_dict(state["model"], strict=False)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -222,9 +246,7 @@ class Trainer:
 
         if resume:
             self.load_checkpoint()
-            if self.epoch >= self.cfg.epochs:  # nothing left to train: refuse rather than report it as a run
-                raise PolymodalError(f"the run in {self.out} already trained {self.epoch} epochs; pass --epochs "
-                                     f"{self.epoch + 1} or more to continue it")
+            refuse_a_finished_run(self.out, self.epoch, self.cfg.epochs)
             log.info("resumed at epoch %d, step %d", self.epoch, self.step)
         else:
             set_seed(self.cfg.seed)

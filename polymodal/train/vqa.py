@@ -409,7 +409,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     """Train (or continue training) a fusion encoder; returns the best validation metrics plus timings."""
     t_start = time.perf_counter()
     recipe.validate()
-    check_run_folder(recipe.out, resume, overwrite)
+    check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs)
     if recipe.model != "new":
         continued_folder(recipe.model, "vqa")  # what --model names is said before the data is read
     set_seed(recipe.train.seed)
