@@ -88,8 +88,10 @@ def _pairs(gallery, tmp_path) -> Path:
 
 
 def _old_run(folder: Path, fusion: str) -> Path:
-    folder.mkdir()
-    (folder / "checkpoint.pt").write_bytes(b"")
+    import torch
+
+    folder.mkdir()  # a checkpoint the early resume check reads (epoch 0 of the run): the build comes after it
+    torch.save({"step": 0, "epoch": 0, "best": float("-inf"), "bad_epochs": 0}, folder / "checkpoint.pt")
     (folder / "train_config.json").write_text(json.dumps({"arch": {"fusion": fusion}, "train": {}}))
     return folder
 

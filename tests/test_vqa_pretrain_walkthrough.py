@@ -121,7 +121,8 @@ def test_resume_with_another_fusion_names_the_fusion(run, capsys):
     fusion = json.loads((out / "train_config.json").read_text())["arch"]["fusion"]
     other = "gated" if fusion != "gated" else "concat"
     capsys.readouterr()
-    assert _run(["train", command, *data, "--out", out, "--resume", "--fusion", other]) == 2
+    # --epochs 2: the run trained 1, and a finished run is refused first (before the data is read)
+    assert _run(["train", command, *data, "--out", out, "--resume", "--fusion", other, "--epochs", "2"]) == 2
     err = capsys.readouterr().err
     assert f"--fusion {fusion} (asked now: {other})" in err and err.count("\n") == 1, err
 

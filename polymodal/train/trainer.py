@@ -84,11 +84,11 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def read_checkpoint(path: Path, mmap: bool = False) -> dict:
+def read_checkpoint(path: Path) -> dict:
     """A run's checkpoint.pt, or one error saying it is damaged (truncated by an interrupted copy, or no checkpoint
-    at all). ``mmap``: tensors stay on disk until used (to look at the epoch only)."""
+    at all)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        state = torch.load(path, map_location="cpu", weights_only=False)
         missing = [key for key in ("step", "epoch", "best", "bad_epochs") if key not in state]
         if missing:
             raise KeyError(missing[0])
@@ -109,10 +109,11 @@ def refuse_a_finished_run(out: Path, epoch: int, epochs: int) -> None:
 
 def check_resumable(out: Path, epochs: int) -> None:
     """--resume, before the data is read (a large data set takes minutes to check): a damaged checkpoint or a run
-    that already trained ``epochs`` is one line at once. The trainer checks both again as it loads."""
+    that already trained ``epochs`` is one line at once. The trainer checks both again as it loads (the checkpoint
+    is read twice: heads and optimizer state, small beside the data scan; mmap refused some checkpoints)."""
     path = Path(out) / "checkpoint.pt"
     if path.is_file():  # (none: check_run_folder's line)
-        refuse_a_finished_run(Path(out), read_checkpoint(path, mmap=True)["epoch"], epochs)
+        refuse_a_finished_run(Path(out), read_checkpoint(path)["epoch"], epochs)
 
 
 def _first_detail(exc: Exception) -> str:
