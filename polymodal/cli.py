@@ -359,8 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
                "new rows are sent, deleted ones are removed")
     s.add_argument("--model", help="built-in name or checkpoint path (default: the model the index was built "
                    "with; lite for a new index)")
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--batch-size", type=int, default=32, help="images embedded per forward pass (default 32)")
+    s.add_argument("--json", action="store_true", help="print the report as one JSON object, no progress bar")
     add_runtime(s)
     add_precision(s)
     s.set_defaults(func=cmd_index)
@@ -372,31 +372,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--texts", metavar="FILE", help="rank the lines of this text file instead of images (image->text "
                    "with --image, text->text with a query; a line starting with # is a comment); model default: default")
     add_qdrant(s, "search this Qdrant collection instead of --db (pushed by polymodal index --qdrant)")
-    s.add_argument("-k", type=int, default=10)
+    s.add_argument("-k", type=int, default=10, help="how many matches to show (default 10)")
     s.add_argument("--model", help="defaults to the index's model; another model is refused")
     s.add_argument("--explain", metavar="OUT", help="also save a heat map (.png, .jpg or .webp) of which parts of the "
                    "top match made it match (occlusion: each 2x2 block of a 7x7 grid blanked in turn; 37 extra "
                    "image passes)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the matches as one JSON list")
     add_runtime(s)
     add_precision(s)
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("classify", help="zero-shot classification of images against labels")
-    s.add_argument("images", nargs="+")
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     s.add_argument("--labels", help="comma-separated, e.g. cat,dog,car")
     s.add_argument("--labels-from", metavar="FILE", help="a text file with one label per line (a line starting with # is a comment)")
     s.add_argument("--template", action="append", help="prompt template with {}; repeat for an ensemble")
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--model", default="lite")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--top-k", type=int, default=None, help="labels shown per image (default: all)")
+    s.add_argument("--model", default="lite", help="built-in name, checkpoint or export folder (default: lite)")
+    s.add_argument("--json", action="store_true", help="print one JSON list of the images and their labels")
     add_runtime(s)
     s.set_defaults(func=cmd_classify)
 
     s = sub.add_parser("info", help="version, built-in models, and an index's details")
-    s.add_argument("--db")
+    s.add_argument("--db", help="also show this index folder's details")
     add_qdrant(s, "also show this Qdrant collection's details")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_info)
 
     from polymodal.cli_train import add_parsers

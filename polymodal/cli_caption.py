@@ -122,7 +122,7 @@ def _decoding_options(s) -> None:
 
 def add_parsers(sub, actions: dict) -> None:
     s = sub.add_parser("caption", help="write a caption for each image")
-    s.add_argument("images", nargs="+")
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     s.add_argument("--model", default="captioner", help="built-in name or captioner folder (default: captioner)")
     _decoding_options(s)
     s.add_argument("--batch-size", type=int, default=16, help="photos decoded and captioned at a time (default 16)")

@@ -65,10 +65,12 @@ def cmd_export_onnx(args) -> int:
     from polymodal.registry import MODELS, onnx_export_dir
 
     # a built-in name exported to its default folder is found by name
-    model_arg = args.model if args.model in MODELS and out == onnx_export_dir(args.model) else out
+    by_name = args.model in MODELS and out == onnx_export_dir(args.model)
+    # an export folder as --model runs through onnxruntime by itself (--runtime auto); a name needs the flag
+    use = f"--runtime onnx --model {args.model}" if by_name else f"--model {out}"
     return _print_result(args, out, report, report_table(report),
-                         f"--runtime onnx --model {model_arg} on index, search, classify and eval, e.g. "
-                         f"`polymodal serve --db INDEX --runtime onnx --model {model_arg}`")
+                         f"{use} on index, search, classify and eval, e.g. `polymodal serve --db INDEX {use}`",
+                         load=f"polymodal.load({args.model!r}, runtime='onnx')" if by_name else None)
 
 
 def _export_file(name: str) -> bool:
@@ -112,7 +114,7 @@ def _export_vqa(args, out: Path) -> int:
                                     variants=_variants(args), keep_unserved=args.keep_unserved)
         copy_training_photos(args.model, stage)  # `eval --runtime onnx --model OUT` warns of them too
     return _print_result(args, out, report, vqa_report_table(report),
-                         f"`polymodal vqa IMAGE QUESTION --model {out} --runtime onnx`")
+                         f"`polymodal vqa IMAGE QUESTION --model {out}`")
 
 
 def _export_captioner(args, model, val, out: Path, variants) -> int:
@@ -128,16 +130,17 @@ def _export_captioner(args, model, val, out: Path, variants) -> int:
                                        print(f"polymodal: {m}", file=sys.stderr, flush=True))
         copy_training_photos(args.model, stage)  # `eval --runtime onnx --model OUT` warns of them too
     return _print_result(args, out, report, caption_report_table(report),
-                         f"`polymodal caption IMAGE --model {out} --runtime onnx`")
+                         f"`polymodal caption IMAGE --model {out}`")
 
 
-def _print_result(args, out: Path, report: dict, table: str, command: str) -> int:
-    """One JSON line with --json; otherwise the report table and how to use the export."""
+def _print_result(args, out: Path, report: dict, table: str, command: str, load: str | None = None) -> int:
+    """One JSON line with --json; otherwise the report table and how to use the export (`load`: the Python call,
+    default polymodal.load(OUT), which picks onnxruntime for an export folder)."""
     if args.json:
         print(json.dumps({"out": str(out), **report}))
     else:
         print(table)
-        print(f"written to {out}; use it with polymodal.load({str(out)!r}, runtime='onnx') or {command}")
+        print(f"written to {out}; use it with {load or f'polymodal.load({str(out)!r})'} or {command}")
     return 0
 
 
@@ -172,5 +175,5 @@ def add_parsers(sub) -> None:
     s.add_argument("--keep-unserved", action="store_true",
                    help="keep the graphs tried but not served (by default deleted: e.g. the fp32 graph a kept int8 "
                         "variant replaces, ~90 MB for MiniLM)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the report as one JSON object, no progress lines")
     s.set_defaults(func=cmd_export_onnx)

@@ -140,7 +140,7 @@ def add_parsers(sub) -> None:
     add_runtime(s, "onnx: serve the export of --model (`polymodal export onnx`) through onnxruntime, without torch")
     add_precision(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     s.add_argument("--root-path", default="", help="the path a reverse proxy serves this under, e.g. /photos (the "
                    "proxy strips it): the page, /docs and thumbnail links then point there")
     s.add_argument(

@@ -325,7 +325,8 @@ def add_parsers(sub) -> dict:
     add_item_options(s)
     s.set_defaults(func=cmd_eval_retrieval)
     s = ev.add_parser("zeroshot", help="zero-shot top-1/top-5 accuracy over a JSONL of {image, label}")
-    s.add_argument("--labels-file", required=True)
+    s.add_argument("--labels-file", required=True, metavar="FILE",
+                   help="a JSONL file of {\"image\": path relative to the file, \"label\"} rows")
     s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
     s.add_argument("--template", action="append", help="prompt template with {}; repeat for an ensemble")
     s.add_argument("--classes", metavar="FILE", help="the candidate classes, one per line (or a JSON list), e.g. all "
@@ -335,7 +336,7 @@ def add_parsers(sub) -> dict:
     s.set_defaults(func=cmd_eval_zeroshot)
 
     s = sub.add_parser("plot", help="training curves of a run as a PNG")
-    s.add_argument("run")
+    s.add_argument("run", help="a training run folder (the --out of polymodal train)")
     s.add_argument("--out", help="PNG path (default RUN/curves.png)")
     s.set_defaults(func=cmd_plot)
     return {"train": train, "eval": ev}

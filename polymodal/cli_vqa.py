@@ -118,14 +118,14 @@ def cmd_eval_vqa(args) -> int:
 
 def add_parsers(sub, actions: dict) -> None:
     s = sub.add_parser("vqa", help="answer a question about an image")
-    s.add_argument("image")
-    s.add_argument("question")
+    s.add_argument("image", help="image file")
+    s.add_argument("question", help='e.g. "what color is the shape?"')
     s.add_argument("--choices", help="comma-separated candidate answers, e.g. yes,no")
     s.add_argument("--model", default="easy-vqa", help="built-in name or fusion-encoder folder (default: easy-vqa)")
-    s.add_argument("--top-k", type=int, default=3)
+    s.add_argument("--top-k", type=int, default=3, help="alternatives shown with their scores (default 3)")
     s.add_argument("--explain", metavar="OUT_PNG", help="also save a heat map of where the model looked")
     add_runtime(s, "onnx: answer with the model's `polymodal export onnx` folder (no --explain)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_vqa)
 
     s = actions["train"].add_parser("vqa", help="fusion encoder for visual question answering on image-question-answer rows")

@@ -28,3 +28,20 @@ def test_building_the_parser_imports_no_torch():
     code = "import sys, polymodal.cli; polymodal.cli.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def _options_without_help(parser, path=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _options_without_help(child, (*path, name))
+        elif not action.help and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            yield " ".join(path), action.option_strings or action.dest
+
+
+def test_every_option_and_argument_has_help():
+    """`search --help` showed `-k K` with no word of what K is (and classify's --top-k/--model, index's --batch-size,
+    every --json, vqa's IMAGE/QUESTION, serve's --port and a dozen more were bare)."""
+    assert list(_options_without_help(build_parser())) == []

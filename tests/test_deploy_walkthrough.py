@@ -106,7 +106,28 @@ def test_export_suggests_a_serve_command_that_parses(lite, tmp_path, monkeypatch
     argv = shlex.split(command.replace("INDEX", "pics.idx"))
     assert argv[:2] == ["polymodal", "serve"]
     args = cli.build_parser().parse_args(argv[1:])  # SystemExit(2) if a required option is missing
-    assert args.runtime == "onnx" and args.model == str((tmp_path / "out"))
+    assert args.model == str((tmp_path / "out"))
+    # an export folder runs through onnxruntime by itself (--runtime auto); the Python call needs no runtime either
+    assert "--runtime" not in argv and "runtime=" not in printed.getvalue()
+
+
+def test_export_of_a_builtin_to_its_default_folder_suggests_the_name_with_the_runtime(lite, tmp_path, monkeypatch):
+    """`export onnx lite` (no --out) writes where `--model lite --runtime onnx` looks: a name needs the flag (auto
+    runs a built-in name through torch)."""
+    pytest.importorskip("onnxruntime")
+    import polymodal.export.onnx_export as ox
+
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(polymodal, "load", lambda *a, **k: lite)
+    monkeypatch.setattr(ox, "export_onnx", lambda model, stage, *a, **k: {})
+    monkeypatch.setattr(ox, "report_table", lambda report: "table")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["export", "onnx", "lite"]) == 0
+    argv = shlex.split(printed.getvalue().split("`")[1].replace("INDEX", "pics.idx"))
+    args = cli.build_parser().parse_args(argv[1:])
+    assert (args.runtime, args.model) == ("onnx", "lite")
+    assert "polymodal.load('lite', runtime='onnx')" in printed.getvalue()
 
 
 @pytest.mark.parametrize("flag, value", [("--timeout", "0"), ("--max-body-mb", "0")])
