@@ -2,7 +2,9 @@
 figures are optimistic instead of printing them as if held out.
 
 A model folder's training_photos.txt holds one 64-bit content hash (blake2b) per photo: renaming or moving a photo
-does not hide it, and the file lists no paths. A model trained from another one inherits that one's photos."""
+does not hide it, and the file lists no paths. The run's validation photos follow as "val HASH" lines: they chose
+the epoch kept, so figures on them are optimistic too (older readers see such a line as a hash that never matches).
+A model trained from another one inherits that one's photos."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ log = logging.getLogger(__name__)
 
 FILE_NAME = "training_photos.txt"
 HEADER = "# content hashes (blake2b, 8 bytes) of the photos this model was trained on; eval warns of them\n"
+VAL_HEADER = "# its validation photos (they chose the epoch kept): eval warns of them too\n"
+VAL = "val "
 
 
 def photo_hash(image) -> str | None:
@@ -50,18 +54,34 @@ def model_folder(name_or_path) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def read_training_photos(name_or_path) -> set[str] | None:
-    """The hashes a model folder (or built-in name) records; None when it records none (trained before polymodal
-    kept them, or an ONNX export)."""
+def _recorded(name_or_path) -> tuple[set[str], set[str]] | None:
+    """(training, validation) hashes a model folder (or built-in name) records; None when it records none (trained
+    before polymodal kept them, or an ONNX export made before exports copied the list)."""
     folder = model_folder(name_or_path)
     path = folder / FILE_NAME if folder else None
     if path is None or not path.is_file():
         return None
-    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return ({h for h in lines if not h.startswith(VAL)}, {h[len(VAL):].strip() for h in lines if h.startswith(VAL)})
 
 
-def write_training_photos(folder, hashes: set[str]) -> None:
-    atomic_write_bytes(Path(folder) / FILE_NAME, (HEADER + "".join(h + "\n" for h in sorted(hashes))).encode())
+def read_training_photos(name_or_path) -> set[str] | None:
+    """The hashes of the photos a model learned from; None when it records none."""
+    recorded = _recorded(name_or_path)
+    return None if recorded is None else recorded[0]
+
+
+def read_validation_photos(name_or_path) -> set[str] | None:
+    """The hashes of the photos that chose a model's epoch (none of them trained it); None when it records none."""
+    recorded = _recorded(name_or_path)
+    return None if recorded is None else recorded[1]
+
+
+def write_training_photos(folder, hashes: set[str], val_hashes: set[str] = frozenset()) -> None:
+    val = sorted(set(val_hashes) - set(hashes))  # a photo trained on is counted as that
+    text = HEADER + "".join(h + "\n" for h in sorted(hashes)) + (VAL_HEADER + "".join(VAL + h + "\n" for h in val)
+                                                                 if val else "")
+    atomic_write_bytes(Path(folder) / FILE_NAME, text.encode())
 
 
 def copy_training_photos(name_or_path, folder) -> None:
@@ -73,42 +93,62 @@ def copy_training_photos(name_or_path, folder) -> None:
 
 class TrainingPhotos:
     """Written beside each model a training run saves: the run's training photos plus those of the model it
-    started from. Hashed once, on the first save."""
+    started from, and the validation photos that chose the epoch (``val_images``: pass none when no validation
+    ran) plus the starting model's. Hashed once, on the first save."""
 
-    def __init__(self, images, start=None) -> None:
-        self._images, self._start, self._hashes = list(images), start, None
+    def __init__(self, images, start=None, val_images=()) -> None:
+        self._images, self._val, self._start, self._hashes = list(images), list(val_images), start, None
 
-    def hashes(self) -> set[str]:
+    def hashes(self) -> tuple[set[str], set[str]]:
+        """(training, validation) hashes."""
         if self._hashes is None:
-            inherited = read_training_photos(self._start) if self._start is not None else None
-            self._hashes = photo_hashes(self._images) | (inherited or set())
+            inherited = _recorded(self._start) if self._start is not None else None
+            train, val = inherited or (set(), set())
+            self._hashes = (photo_hashes(self._images) | train, photo_hashes(self._val) | val)
         return self._hashes
 
     def save(self, model, folder) -> None:
         model.save(folder)
-        write_training_photos(folder, self.hashes())
+        write_training_photos(folder, *self.hashes())
 
 
-def _known(model) -> set[str] | None:
-    return read_training_photos(model) if isinstance(model, (str, Path)) else None  # a model object records none
+def _known(model) -> tuple[set[str], set[str]] | None:
+    return _recorded(model) if isinstance(model, (str, Path)) else None  # a model object records none
 
 
-def seen_flags(model, images) -> list[bool] | None:
-    """For each image, whether the model learned from it; None when the model records no training photos."""
+def seen_flags(model, images) -> list[tuple[bool, bool]] | None:
+    """For each image, (whether the model learned from it, whether it chose the model's epoch); None when the model
+    records no training photos."""
     known = _known(model)
-    return None if known is None else [photo_hash(image) in known for image in images]
+    if known is None:
+        return None
+    return [(h in known[0], h in known[1]) for h in map(photo_hash, images)]
 
 
 def count_training_photos(model, images, what: str = "photos") -> int | None:
-    """How many of the evaluated photos the model learned from (None: it records no training photos), with a
-    warning when any did: those figures are not held-out ones. Copies of one photo count once."""
+    """How many of the evaluated photos the model learned from (None: it records no training photos); warns as
+    count_seen_photos does."""
+    counts = count_seen_photos(model, images, what)
+    return None if counts is None else counts[0]
+
+
+def count_seen_photos(model, images, what: str = "photos") -> tuple[int, int] | None:
+    """How many of the evaluated photos the model learned from, and how many of the others chose its epoch (its
+    validation photos); None when it records no training photos. A warning for each kind found: those figures are
+    not held-out ones. Copies of one photo count once."""
     known = _known(model)
     if known is None:
         return None
     images = list(images)
-    seen = len(photo_hashes(images) & known)
+    hashes = photo_hashes(images)
+    seen, chose = len(hashes & known[0]), len(hashes & known[1])
     if seen:
         log.warning("%s of the %s evaluated %s %s photos the model %r was trained on: these figures are optimistic; "
                     "evaluate on photos it has not seen (--out marks each item's seen_in_training)", f"{seen:,}",
                     f"{len(images):,}", what, "is one of the" if seen == 1 else "are", model)
-    return seen
+    if chose:
+        log.warning("%s of the %s evaluated %s %s the validation photos that chose the epoch of %r: these figures "
+                    "are optimistic too; evaluate on photos it has not seen (--out marks each item's "
+                    "seen_in_validation)", f"{chose:,}", f"{len(images):,}", what,
+                    "is one of" if chose == 1 else "are", model)
+    return seen, chose

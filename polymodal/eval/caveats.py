@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from polymodal.training_photos import count_training_photos
+from polymodal.training_photos import count_seen_photos
 
 log = logging.getLogger(__name__)
 
@@ -14,11 +14,14 @@ FEW_PHOTOS = 20  # below this a recall or a CIDEr-D barely tells two models apar
 
 
 def data_caveats(model: str, images, skipped_rows: int, split: str | None = None) -> dict:
-    """{"skipped_rows", "seen_in_training"} (and "split" when `--split` chose one) for the JSON line;
-    seen_in_training is None when the model records no training photos (`lite`, an ONNX export, a model trained
-    before polymodal kept them)."""
+    """{"skipped_rows", "seen_in_training", "seen_in_validation"} (and "split" when `--split` chose one) for the
+    JSON line; the seen counts are None when the model records no training photos (`lite`, an ONNX export of such a
+    model, a model trained before polymodal kept them). seen_in_validation: photos that chose the model's epoch
+    (0 for a model trained before polymodal recorded them)."""
+    seen = count_seen_photos(model, list(images))
     return {**({"split": split} if split is not None else {}), "skipped_rows": skipped_rows,
-            "seen_in_training": count_training_photos(model, list(images))}
+            "seen_in_training": None if seen is None else seen[0],
+            "seen_in_validation": None if seen is None else seen[1]}
 
 
 def warn_of_few(count: int, what: str, metric: str) -> None:

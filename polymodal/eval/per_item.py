@@ -54,7 +54,8 @@ def write_items(path: str | Path, items: list[dict], model=None, images=(), name
     flags = seen_flags(model, images) if model is not None else None
     if flags is not None:
         seen = dict(zip(names if names is not None else [str(i) for i in images], flags))
-        items = [{**item, "seen_in_training": seen.get(item.get("image"))} for item in items]
+        items = [{**item, "seen_in_training": flag and flag[0], "seen_in_validation": flag and flag[1]}
+                 for item in items for flag in [seen.get(item.get("image"))]]
     atomic_write_bytes(Path(path), "".join(json.dumps(item) + "\n" for item in items).encode())
 
 

@@ -200,7 +200,8 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     out = prepare_run_folder(recipe.out, overwrite)
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("model",)) | {
         "train_captions": len(pairs), "train_images": len(pairs.images)}
-    photos = TrainingPhotos(pairs.images, recipe.model)  # beside each saved model: `eval` warns when it scores them
+    # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
+    photos = TrainingPhotos(pairs.images, recipe.model, val.images if eval_fn else ())
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),
                        score_start=recipe.model != "new")

@@ -185,7 +185,8 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         prepare_run_folder(out, overwrite)
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("zeroshot_labels", "model")) | {
         "train_images": len(train_set.images), "val_images": len(val_set.images) if val_set else 0}
-    photos = TrainingPhotos(train_set.images, recipe.model)  # beside each saved model: `eval` warns when it scores them
+    # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
+    photos = TrainingPhotos(train_set.images, recipe.model, val_set.images if val_set is not None else ())
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
                        # lite's space: scored as epoch 0, RUN/model stays it unless an epoch beats it

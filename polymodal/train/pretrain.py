@@ -650,7 +650,8 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("model", "negatives")) | {
         "train_captions": len(train.pairs), "train_images": len(train.pairs.images),
         "val_captions": len(val.pairs) if val else 0}
-    photos = TrainingPhotos(train.pairs.images, recipe.model)  # beside each saved model: `eval` warns when it scores them
+    # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
+    photos = TrainingPhotos(train.pairs.images, recipe.model, val.pairs.images if val is not None else ())
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
                        score_start=recipe.model != "new")

@@ -476,7 +476,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
         "train_questions": len(train_rows), "train_images": len(train.images), "val_questions": len(val_rows),
         "images_per_batch": images_per_batch}
     settings["arch"]["answers"] = len(model.answers)  # the vocabulary itself is in model/config.json
-    photos = TrainingPhotos(train.images, recipe.model)  # beside each saved model: `eval` warns when it scores them
+    # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
+    photos = TrainingPhotos(train.images, recipe.model, val.images if eval_fn else ())
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
                        score_start=model.keeps_folder_answers)  # a head made for this run is random: nothing to keep
