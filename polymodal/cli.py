@@ -35,6 +35,7 @@ def _table(rows: list[tuple], headers: tuple) -> str:
     return "\n".join(lines)
 
 
+CLASSIFY_BATCH = 32  # images per forward pass; more images (or label prompts) than this show a progress bar
 TIP_RUNTIME_AT = 500  # images embedded with torch in one run, from which `index` mentions --runtime onnx
 
 
@@ -245,12 +246,20 @@ def cmd_classify(args) -> int:
               f"pass two or more, e.g. --labels {labels[0]},other", file=sys.stderr)
     templates = args.template or None
     model = require_embedding(load_model(args, args.model), args.model)
-    model.label_embeddings(labels, templates)  # label and template mistakes end the command here, before any image
+    # label and template mistakes end the command here, before any image; a long label list shows a bar
+    prompts = len(labels) * len(templates or model.DEFAULT_TEMPLATES)
+    model.label_embeddings(labels, templates, progress=not args.json and prompts > CLASSIFY_BATCH)
     from polymodal.models.inputs import each_or_error
+    from polymodal.progress import progress_bar
 
-    # a batch with an unreadable image is retried one by one: that image gets its error, the rest still run
-    results = each_or_error(lambda chunk: model.classify(chunk, labels, templates=templates, top_k=args.top_k),
-                            args.images)
+    results: list = []
+    with progress_bar(total=len(args.images), desc="classifying", unit="img",
+                      disable=args.json or len(args.images) <= CLASSIFY_BATCH) as bar:
+        for start in range(0, len(args.images), CLASSIFY_BATCH):
+            chunk = args.images[start : start + CLASSIFY_BATCH]
+            # a batch with an unreadable image is retried one by one: that image gets its error, the rest still run
+            results += each_or_error(lambda c: model.classify(c, labels, templates=templates, top_k=args.top_k), chunk)
+            bar.update(len(chunk))
     if all(isinstance(r, str) for r in results):  # nothing could be classified: one error, as before
         raise PolymodalError(none_could_be("classified", results))
     if args.json:
