@@ -215,7 +215,7 @@ def _search_texts(args) -> int:
     name = args.model or "default"  # trained on captions: better than lite at caption-style text
     model = require_embedding(load_model(args, name), name)
     query = model.encode_image([args.image]) if args.image is not None else model.encode_text([args.query])
-    hits = search_texts(model, query, texts, args.k, lines)[0]
+    hits = search_texts(model, query, texts, args.k, lines, progress=not args.json)[0]
     explained = None
     if args.explain:  # where in the query photo the best text matches
         from polymodal.apps.explain import occlusion_heat, save_heatmap
@@ -252,14 +252,11 @@ def cmd_classify(args) -> int:
     from polymodal.models.inputs import each_or_error
     from polymodal.progress import progress_bar
 
-    results: list = []
     with progress_bar(total=len(args.images), desc="classifying", unit="img",
                       disable=args.json or len(args.images) <= CLASSIFY_BATCH) as bar:
-        for start in range(0, len(args.images), CLASSIFY_BATCH):
-            chunk = args.images[start : start + CLASSIFY_BATCH]
-            # a batch with an unreadable image is retried one by one: that image gets its error, the rest still run
-            results += each_or_error(lambda c: model.classify(c, labels, templates=templates, top_k=args.top_k), chunk)
-            bar.update(len(chunk))
+        # a batch with an unreadable image is retried one by one: that image gets its error, the rest still run
+        results = each_or_error(lambda chunk: model.classify(chunk, labels, templates=templates, top_k=args.top_k),
+                                args.images, CLASSIFY_BATCH, bar)
     if all(isinstance(r, str) for r in results):  # nothing could be classified: one error, as before
         raise PolymodalError(none_could_be("classified", results))
     if args.json:

@@ -103,7 +103,7 @@ def cmd_eval_vqa(args) -> int:
     caveats = data_caveats(args.model, sorted(images), skipped[0], args.split)
     warn_of_few(len(images), "photos", "accuracy")
     items: list = []
-    metrics = vqa_accuracy(model, rows, details=items)
+    metrics = vqa_accuracy(model, rows, details=items, progress=True)  # (stderr: the JSON line stays alone on stdout)
     check_strict(args, 0, metrics.get("unreadable", 0))
     if args.ci:
         scored = [item for item in items if "score" in item]  # a photo's questions resampled together

@@ -16,7 +16,8 @@ from polymodal.cache import cache_key, load_cached, store_cached
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import as_texts, check_count
 
-_CHUNK = 8192  # texts embedded, or scored, at a time
+_CHUNK = 8192  # texts scored at a time
+_ENCODE_CHUNK = 1024  # texts embedded between two updates of the bar (a multiple of encode_text's batches)
 _SCORES = 1 << 24  # floats in one block of query x text scores (64 MB)
 
 
@@ -47,9 +48,10 @@ def read_text_lines(path: str | Path, what: str = "texts") -> tuple[list[str], l
     return [t for _, t in kept], [n for n, _ in kept]
 
 
-def _text_bank(model, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def _text_bank(model, texts: Sequence[str], progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """([U, dim] float16 embeddings of the distinct texts, memory-mapped from the cache; [N] the row of each text
-    there). A line written twice is embedded once, and scores exactly like its twin."""
+    there). A line written twice is embedded once, and scores exactly like its twin. ``progress``: a bar while
+    texts not cached yet are embedded (100,000 lines take minutes on a CPU)."""
     rows: dict[str, int] = {}
     which = np.fromiter((rows.setdefault(t, len(rows)) for t in as_texts(texts)), np.int64)
     distinct = list(rows)
@@ -57,9 +59,14 @@ def _text_bank(model, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     path, cached = load_cached(cache_key(model.key, runtime, *distinct), "text-bank")
     if cached is not None and cached.shape == (len(distinct), model.dim):
         return cached, which
+    from polymodal.progress import progress_bar
+
     bank = np.empty((len(distinct), model.dim), np.float16)  # filled a chunk at a time: no float32 copy of it all
-    for start in range(0, len(distinct), _CHUNK):
-        bank[start : start + _CHUNK] = model.encode_text(distinct[start : start + _CHUNK])
+    with progress_bar(total=len(distinct), desc="texts", unit="text",
+                      disable=not progress or len(distinct) <= _ENCODE_CHUNK) as bar:
+        for start in range(0, len(distinct), _ENCODE_CHUNK):
+            bank[start : start + _ENCODE_CHUNK] = model.encode_text(distinct[start : start + _ENCODE_CHUNK])
+            bar.update(min(_ENCODE_CHUNK, len(distinct) - start))
     return store_cached(path, bank), which
 
 
@@ -71,15 +78,16 @@ def text_embeddings(model, texts: Sequence[str]) -> np.ndarray:
 
 
 def search_texts(model, query_vectors, texts: Sequence[str], k: int = 10,
-                 lines: Sequence[int] | None = None) -> list[list[TextHit]]:
+                 lines: Sequence[int] | None = None, progress: bool = False) -> list[list[TextHit]]:
     """The k texts nearest each query row ([Q, D] or [D], e.g. model.encode_image([...])) by cosine; equal scores
-    in file order (a line written twice is listed twice, with each line number)."""
+    in file order (a line written twice is listed twice, with each line number). ``progress``: a bar while the
+    texts are embedded the first time."""
     from polymodal.index.store import query_matrix
 
     k = check_count(k, "k")
     texts = as_texts(texts)
     q = query_matrix(query_vectors)
-    bank, which = _text_bank(model, texts)
+    bank, which = _text_bank(model, texts, progress)
     if q.shape[1] != bank.shape[1]:
         raise PolymodalError(f"query vectors have dimension {q.shape[1]}, the texts' {bank.shape[1]} ({model.key}); "
                              f"embed queries with {model.key}")

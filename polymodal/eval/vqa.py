@@ -222,7 +222,10 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
         answered = cached_predictions(model, [r.image for r in asked], [r.question for r in asked], progress=progress,
                                       skip_unreadable=True, choices=[list(r.choices) for r in asked]) if asked else []
     else:
-        answered = each_or_error(lambda chunk: _predict_rows(model, chunk), asked, 256)
+        from polymodal.progress import progress_bar
+
+        with progress_bar(total=len(asked), desc="questions", unit="q", disable=not progress) as bar:
+            answered = each_or_error(lambda chunk: _predict_rows(model, chunk), asked, 256, bar)
     answered = iter(answered)
     results = [("", 0.0) if r.choices in unscorable else next(answered) for r in rows]
     # a row whose image cannot be read is left out (as training does), with one warning; none readable is an error

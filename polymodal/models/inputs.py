@@ -151,25 +151,32 @@ def stopping_at_first_unreadable() -> bool:
     return _STOP_AT_FIRST.get()
 
 
-def each_or_error(fn, items: list, batch_size: int = 32) -> list:
+def each_or_error(fn, items: list, batch_size: int = 32, bar=None) -> list:
     """fn(batch) -> one result per item, run a batch at a time; a batch that raises PolymodalError (an unreadable
     image in it) is retried item by item, and an item that still fails gets its error message (a str) instead
-    (or ends the pass, inside `stop_at_first_unreadable()`)."""
+    (or ends the pass, inside `stop_at_first_unreadable()`). ``bar``, a progress bar, moves by each batch done."""
     out: list = []
     for start in range(0, len(items), batch_size):
         chunk = list(items[start : start + batch_size])
+        out += _batch_or_each(fn, chunk)
+        if bar is not None:
+            bar.update(len(chunk))
+    return out
+
+
+def _batch_or_each(fn, chunk: list) -> list:
+    try:
+        return list(fn(chunk))
+    except PolymodalError:
+        pass
+    out: list = []
+    for item in chunk:
         try:
-            out += list(fn(chunk))
-            continue
-        except PolymodalError:
-            pass
-        for item in chunk:
-            try:
-                out += list(fn([item]))
-            except PolymodalError as exc:
-                if stopping_at_first_unreadable():
-                    raise Unreadable(str(exc)) from None
-                out.append(str(exc))
+            out += list(fn([item]))
+        except PolymodalError as exc:
+            if stopping_at_first_unreadable():
+                raise Unreadable(str(exc)) from None
+            out.append(str(exc))
     return out
 
 
