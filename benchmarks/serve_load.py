@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from cpu_runtimes import runnable
 
 RUNTIMES = ("torch", "torch-bf16", "onnx")  # torch-bf16: `serve --precision bf16`
 
@@ -182,6 +183,9 @@ def main(argv=None) -> int:
     runtimes = [r for r in args.runtime.split(",") if r]
     if not runtimes or set(runtimes) - set(RUNTIMES):
         raise SystemExit(f"--runtime takes a comma-separated subset of {', '.join(RUNTIMES)}")
+    runtimes = runnable(runtimes, "serve_load")
+    if not runtimes:
+        raise SystemExit("none of --runtime runs on this CPU; add torch or onnx")
 
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         work = Path(tmp)

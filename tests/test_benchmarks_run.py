@@ -63,6 +63,18 @@ def test_embed_throughput(capsys):
     assert all(r[f"{r['kind']}_per_s"] > 0 for r in rows)
 
 
+def test_embed_throughput_leaves_out_bf16_on_a_cpu_without_it_and_alternates_runtimes(capsys, monkeypatch):
+    """The README's `embed_throughput.py --model lite` (default runtimes torch,torch-bf16,onnx) ended in a traceback
+    on a CPU without bf16 kernels, after timing PyTorch alone."""
+    import polymodal.encoders.frozen_trunk as trunk
+
+    monkeypatch.setattr(trunk, "bf16_supported", lambda: False)
+    rows = run_benchmark("embed_throughput", ["--runtime", "torch,torch-bf16", "--batches", "1", "--seconds", "0.05"],
+                         capsys)
+    assert rows[0]["runtime"] == "torch-bf16" and "no bf16" in rows[0]["skipped"]
+    assert [(r["runtime"], r["kind"]) for r in rows[1:]] == [("torch", "images"), ("torch", "texts")]
+
+
 def test_pretrain_fusion(gallery, tmp_path, capsys):
     from polymodal.data.samples import sample_photos
 
