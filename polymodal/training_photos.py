@@ -147,8 +147,8 @@ def count_seen_photos(model, images, what: str = "photos") -> tuple[int, int] | 
                     "evaluate on photos it has not seen (--out marks each item's seen_in_training)", f"{seen:,}",
                     f"{len(images):,}", what, "is one of the" if seen == 1 else "are", model)
     if chose:
-        log.warning("%s of the %s evaluated %s %s the validation photos that chose the epoch of %r: these figures "
-                    "are optimistic too; evaluate on photos it has not seen (--out marks each item's "
-                    "seen_in_validation)", f"{chose:,}", f"{len(images):,}", what,
+        log.warning("%s of the %s evaluated %s %s the validation photos that chose the epoch of %r (its run kept "
+                    "the epoch that scored best on them): these figures are optimistic; evaluate on photos it has "
+                    "not seen (--out marks each item's seen_in_validation)", f"{chose:,}", f"{len(images):,}", what,
                     "is one of" if chose == 1 else "are", model)
     return seen, chose
