@@ -443,7 +443,22 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum, frame) -> None:
+    if _importing(frame):  # raised inside an import that torch runs from C++ (pybind11), it aborts the process
+        import threading
+
+        again = threading.Timer(0.1, os.kill, (os.getpid(), signum))  # so the signal comes back after the import
+        again.daemon = True
+        again.start()
+        return
     raise Terminated()
+
+
+def _importing(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextlib.contextmanager
