@@ -62,11 +62,11 @@ def main(argv=None) -> int:
             else:
                 models[runtime] = polymodal.load(args.model, precision="bf16" if runtime == "torch-bf16" else "fp32")
         for batch in (int(b) for b in args.batches.split(",")):
-            for kind, items in (("images", images), ("texts", texts)):
+            for kind, items, method in (("images", images, "encode_image"), ("texts", texts, "encode_text")):
                 for runtime, model in models.items():  # runtimes alternate: a busy spell slows them alike
-                    fn = (lambda x, b, m=model: m.encode_image(x, batch_size=b)) if kind == "images" else \
-                        (lambda x, b, m=model: m.encode_text(x, batch_size=b))
-                    rate = rates[(runtime, kind, batch)] = _rate(fn, items, batch, args.seconds)
+                    encode = getattr(model, method)
+                    rate = rates[(runtime, kind, batch)] = _rate(lambda x, b: encode(x, batch_size=b), items, batch,
+                                                                 args.seconds)
                     variant = getattr(model, "variants", {}).get(kind[:-1], runtime)
                     print(json.dumps({"model": args.model, "runtime": runtime, "variant": variant, "kind": kind,
                                       "batch": batch, f"{kind}_per_s": round(rate, 1)}))

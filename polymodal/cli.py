@@ -347,7 +347,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="polymodal", description="Multimodal models, offline: embed, search, classify, answer questions, caption; train, evaluate, export and serve them.")
+    p = OneLineParser(prog="polymodal", description="Multimodal models, offline: embed, search, classify, answer "
+                      "questions, caption; train, evaluate, export and serve them.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     from polymodal import __version__  # the package's __init__ imports no torch
 

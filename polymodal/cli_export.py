@@ -25,7 +25,8 @@ def cmd_export_onnx(args) -> int:
     if args.model not in MODELS and not Path(args.model).expanduser().exists():  # before other advice ("pass --out")
         raise unknown_model(args.model)
     if args.model not in MODELS and is_onnx_folder(Path(args.model).expanduser()):
-        raise PolymodalError(f"{args.model} is already an ONNX export{_exported_from(Path(args.model).expanduser())}; use it as it "
+        made_from = _exported_from(Path(args.model).expanduser())
+        raise PolymodalError(f"{args.model} is already an ONNX export{made_from}; use it as it "
                              f"is (--model {args.model}, polymodal.load({args.model!r})), or export the model "
                              "folder it was made from")
     if args.val_limit < 2:

@@ -48,8 +48,9 @@ def cmd_vqa(args) -> int:
     result, warnings = with_warnings(lambda: model.answer(args.image, args.question, choices=choices, top_k=args.top_k))
     if args.explain:
         if not hasattr(model, "explain"):
-            raise PolymodalError(f"--explain needs the PyTorch runtime (gradients and attention maps); {args.model} runs "
-                                 "through onnxruntime: pass the model folder it was exported from, without --runtime onnx")
+            raise PolymodalError(f"--explain needs the PyTorch runtime (gradients and attention maps); {args.model} "
+                                 "runs through onnxruntime: pass the model folder it was exported from, without "
+                                 "--runtime onnx")
         from polymodal.apps.explain import save_heatmap
 
         save_heatmap(load_image(args.image), model.explain(args.image, args.question), args.explain,

@@ -78,9 +78,10 @@ def read_validation_photos(name_or_path) -> set[str] | None:
 
 
 def write_training_photos(folder, hashes: set[str], val_hashes: set[str] = frozenset()) -> None:
+    text = HEADER + "".join(h + "\n" for h in sorted(hashes))
     val = sorted(set(val_hashes) - set(hashes))  # a photo trained on is counted as that
-    text = HEADER + "".join(h + "\n" for h in sorted(hashes)) + (VAL_HEADER + "".join(VAL + h + "\n" for h in val)
-                                                                 if val else "")
+    if val:
+        text += VAL_HEADER + "".join(VAL + h + "\n" for h in val)
     atomic_write_bytes(Path(folder) / FILE_NAME, text.encode())
 
 
