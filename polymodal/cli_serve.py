@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import re
 import socket
@@ -19,8 +20,9 @@ def cmd_serve(args) -> int:
     from polymodal.index import ImageIndex
     from polymodal.serve.limits import ServeSettings
 
-    if args.max_batch < 1 or args.max_wait_ms < 0:
-        raise PolymodalError(f"--max-batch must be at least 1 and --max-wait-ms at least 0, got {args.max_batch}, {args.max_wait_ms}")
+    if args.max_batch < 1 or not 0 <= args.max_wait_ms < math.inf:  # written so that nan fails too
+        raise PolymodalError(f"--max-batch must be at least 1 and --max-wait-ms a finite number from 0, got "
+                             f"{args.max_batch}, {args.max_wait_ms}")
     if not 0 <= args.port <= 65535:
         raise PolymodalError(f"--port must be 0-65535, got {args.port}")
     try:
@@ -30,8 +32,8 @@ def cmd_serve(args) -> int:
         raise PolymodalError(f"serving needs the serve extra ({exc.name} is missing); pip install 'polymodal[serve]'") from exc
     if args.max_body_mb < 1:  # checked here, not only by ServeSettings: its message would name max_body_bytes
         raise PolymodalError(f"--max-body-mb must be at least 1, got {args.max_body_mb}")
-    if not args.timeout > 0:
-        raise PolymodalError(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
+    if not 0 < args.timeout < math.inf:
+        raise PolymodalError(f"--timeout must be a finite number of seconds over 0, got {args.timeout:g}")
     if args.root_path and not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+/?", args.root_path):
         raise PolymodalError(f"--root-path must be a URL path like /photos, got {args.root_path[:80]!r}")
     args.root_path = args.root_path.rstrip("/")

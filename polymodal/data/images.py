@@ -183,11 +183,33 @@ def check_image_size(w: int, h: int, name: str = "image") -> None:
 
 def _open(source, name: str, min_size: int | None = None) -> Image.Image:
     with _pillow_errors(name):
-        img = Image.open(source)
+        try:
+            img = Image.open(source)
+        except Image.DecompressionBombError:
+            img = open_drafted_jpeg(source, min_size)
         if min_size:
             img.draft(None, (min_size, min_size))  # JPEG only (other formats ignore it); before any pixel is decoded
         img.load()
         return img
+
+
+def open_drafted_jpeg(source, min_size: int | None) -> Image.Image:
+    """A JPEG past Pillow's pixel limit (179 MP; a 200 MP phone photo is 16320x12240), opened anyway when it decodes
+    at reduced scale (1/2 to 1/8) to fewer pixels than that limit: Pillow's limit guards decoded pixels. Called
+    with Pillow's DecompressionBombError in flight, which anything else re-raises."""
+    if not min_size:
+        raise
+    from PIL import JpegImagePlugin
+
+    data = source if isinstance(source, (bytes, bytearray)) else (
+        Path(source).read_bytes() if not hasattr(source, "read") else (source.seek(0), source.read())[1])
+    if data[:3] != b"\xff\xd8\xff":  # not a JPEG: nothing decodes it smaller
+        raise
+    img = JpegImagePlugin.jpeg_factory(io.BytesIO(data))
+    img.draft(None, (min_size, min_size))
+    if img.width * img.height > 2 * (Image.MAX_IMAGE_PIXELS or math.inf):
+        raise
+    return img
 
 
 @contextlib.contextmanager

@@ -81,3 +81,13 @@ class FastTokenizer:
             raise
         return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
+
+    def warn_if_question_cut(self, question: str, limit: str) -> None:
+        """A question longer than the model reads loses its end (often the part that asks): say so. ``limit``
+        names the setting, e.g. "max_question_tokens=32"."""
+        encoding = self.tok.encode(question)
+        if encoding.overflowing:
+            cut = sum(sum(o.attention_mask) - 2 for o in encoding.overflowing)  # each is [CLS] .. [SEP], padded
+            logging.getLogger("polymodal.models.fusion_encoder").warning(
+                "the question is %d word pieces longer than this model reads (%s); its end was cut off: ask it in "
+                "fewer words", cut, limit)

@@ -37,7 +37,8 @@ class OnnxFusionEncoder:
         # the ITM head, where the model has one: it scores multiple-choice candidates outside the answers
         self.match = onnx_session(folder / files["match"], threads, {"grid", "states", "attention_mask"}) \
             if "match" in files else None
-        self.tokenizer = FastTokenizer(export_tokenizer(folder / config["tokenizer"]), config["max_length"],
+        self.max_length = int(config["max_length"])
+        self.tokenizer = FastTokenizer(export_tokenizer(folder / config["tokenizer"]), self.max_length,
                                        config["pad_id"], config["pad_token"])
 
     @property
@@ -97,6 +98,7 @@ class OnnxFusionEncoder:
     def answer(self, image: Any, question: str, choices: Sequence[str] | None = None, top_k: int = 3) -> dict:
         """-> {"answer", "score", "alternatives"}; with ``choices``, only those compete (see _rank_choices)."""
         question, top_k = one_question(question), check_count(top_k, "top_k")
+        self.tokenizer.warn_if_question_cut(question, f"max_question_tokens={self.max_length}")
         if choices is not None:
             warn_of(self.check_choices(choices)[1])  # before the image is read
         grid, logits = next(self._batches([image], [question], 1))

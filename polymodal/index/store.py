@@ -263,6 +263,14 @@ class ImageIndex(SearchByModel):
             raise self._missing()
         return len(self._drop(lambda con: list(_select_in(con, "id, path", "path", targets))))
 
+    def remove_ids(self, ids: Iterable[int]) -> dict[int, str]:
+        """Drop these row ids (search hits' ids) from the index; -> {id: path} of the rows that were there. By id,
+        not path: a stored path no longer names its row once a folder on it became a symlink."""
+        if not self.sqlite_path.is_file():
+            raise self._missing()
+        ids = list(dict.fromkeys(int(i) for i in ids))
+        return dict(self._drop(lambda con: list(_select_in(con, "id, path", "id", ids))))
+
     def prune(self) -> list[str]:
         """Drop the rows of files that no longer exist (`update` compares only the folders it is given, so the
         rows of a folder moved or deleted stay until this); -> their paths. A drive that is not mounted looks

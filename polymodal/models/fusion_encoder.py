@@ -515,13 +515,8 @@ class FusionEncoder(nn.Module):
     def _warn_if_cut(self, question: str) -> None:
         """A question longer than max_question_tokens loses its end (often the part that asks): say so."""
         fast = getattr(self.text_tower, "_fast", None)
-        if fast is None:
-            return
-        encoding = fast.tok.encode(question)
-        if encoding.overflowing:
-            cut = sum(sum(o.attention_mask) - 2 for o in encoding.overflowing)  # each is [CLS] .. [SEP], padded
-            log.warning("the question is %d word pieces longer than this model reads (max_question_tokens=%d); its end "
-                        "was cut off: ask it in fewer words", cut, self.config.max_question_tokens)
+        if fast is not None:
+            fast.warn_if_question_cut(question, f"max_question_tokens={self.config.max_question_tokens}")
 
     @in_eval_mode
     @torch.inference_mode()

@@ -33,7 +33,7 @@ from polymodal.serve.limits import (
     ApiError, ServeSettings, check_k, check_templates, check_texts, check_unicode_field, open_image_checked,
 )
 from polymodal.serve.model_warnings import with_warnings
-from polymodal.serve.service import Service, open_index, vqa_fields
+from polymodal.serve.service import Service, open_index, thumb_ref, vqa_fields
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,9 @@ def create_app(
 
         from polymodal.registry import settled_runtime
 
-        caption_model = polymodal.load(caption_model, runtime=settled_runtime(runtime, caption_model))
+        rt = settled_runtime(runtime, caption_model)  # --threads too (onnxruntime's option); not --precision
+        threads = {"threads": load_options["threads"]} if rt == "onnx" and "threads" in load_options else {}
+        caption_model = polymodal.load(caption_model, runtime=rt, **threads)
     if vqa_model is None and answers(model) and not embeds(model):
         # an index holds embeddings, which a VQA model cannot make: the index's own model serves it
         model, vqa_model = load(index_model), model
@@ -254,8 +256,8 @@ def create_app(
         """Decoded to PIL images in a worker thread: for model methods that take images (answer, classify)."""
         return await run_in_threadpool(svc.decode, items, model)
 
-    def thumb_url(request: Request, image_id: int | str) -> str:
-        return f"{request.scope.get('root_path', '')}/v1/thumb/{image_id}"
+    def thumb_url(request: Request, ref: str) -> str:
+        return request.scope.get("root_path", "") + ref
 
     # -- endpoints ------------------------------------------------------------------------------------------------
     # HEAD too on the page and /healthz: load balancers and uptime checks send it (Starlette drops HEAD's body)
@@ -360,7 +362,7 @@ def create_app(
             vectors = await svc.batcher.images(await prepare(items))
         hits = (await run_in_threadpool(svc.search, vectors, k))[0]
         for rank, hit in enumerate(hits, 1):
-            hit.update(rank=rank, name=Path(hit["path"]).name, thumb=thumb_url(request, hit["id"]))
+            hit.update(rank=rank, name=Path(hit["path"]).name, thumb=thumb_url(request, thumb_ref(hit["id"], hit["path"])))
         return JSONResponse({"model": model.key, "k": k, "hits": hits})
 
     @app.post(
@@ -516,7 +518,7 @@ def create_app(
 
         result = await run_in_threadpool(validate_and_add)
         for entry in result["added"]:
-            entry["thumb"] = thumb_url(request, entry["id"])
+            entry["thumb"] = thumb_url(request, entry["thumb"])
         return JSONResponse(result)
 
     @app.get("/v1/thumb/{image_id}", summary="A JPEG thumbnail of an indexed image, by id", response_class=Response)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import threading
 import time
@@ -57,7 +58,7 @@ class MicroBatcher:
         on_batch: Callable[[str, int, int], None] | None = None,
         image_forward: Callable[[list], np.ndarray] | None = None,
     ) -> None:
-        if max_batch < 1 or max_wait_ms < 0:
+        if max_batch < 1 or not 0 <= max_wait_ms < math.inf:  # nan or inf would kill the model thread
             raise PolymodalError(f"max_batch must be >= 1 and max_wait_ms >= 0, got {max_batch}, {max_wait_ms}")
         self.model = model
         self.max_batch = int(max_batch)

@@ -7,13 +7,14 @@ test and reuse (e.g. by a future ONNX runtime server).
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
 from dataclasses import asdict, dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from polymodal.data.images import check_image_size, to_rgb
+from polymodal.data.images import check_image_size, open_drafted_jpeg, to_rgb
 from polymodal.data.tokenizer import check_unicode
 from polymodal.errors import PolymodalError
 
@@ -62,7 +63,7 @@ class ServeSettings:
         for key, value in asdict(self).items():
             if isinstance(value, bool):
                 continue
-            if not isinstance(value, (int, float)) or value < 0 or (value == 0 and key != "max_wait_ms"):
+            if not isinstance(value, (int, float)) or not 0 <= value < math.inf or (value == 0 and key != "max_wait_ms"):
                 raise PolymodalError(f"serve setting {key} must be a positive number, got {value!r}")
 
     def public(self) -> dict:
@@ -82,7 +83,10 @@ def open_image_checked(data: bytes, max_pixels: int, name: str = "upload", min_s
     try:
         with warnings.catch_warnings():  # Pillow's DecompressionBombWarning: the size is judged below, as a 413
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS))
+            try:
+                img = Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS))
+            except Image.DecompressionBombError:
+                img = open_drafted_jpeg(data, min_size)  # a 200 MP phone photo decodes at 1/8 scale
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ApiError(
             400, f"{name} is not a readable image ({exc.__class__.__name__}); send a JPEG, PNG, WebP, BMP or GIF file"
@@ -117,7 +121,7 @@ def open_image_checked(data: bytes, max_pixels: int, name: str = "upload", min_s
 def image_suffix(data: bytes) -> str:
     """The file extension for already-validated image bytes (server-chosen, never the client's file name)."""
     with Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS)) as img:
-        return IMAGE_FORMATS[img.format]
+        return {**IMAGE_FORMATS, "MPO": ".jpg"}[img.format]  # a phone's multi-picture JPEG opens as MPO
 
 
 def check_k(k, max_k: int, field: str = "k") -> int:

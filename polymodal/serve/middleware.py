@@ -14,6 +14,9 @@ import time
 
 log = logging.getLogger(__name__)
 
+# a client's made-up methods count as "other": each would be a new metrics series, counted before the API key check
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+
 
 async def send_error(send, status: int, message: str, headers: dict | None = None) -> None:
     body = json.dumps({"error": message}).encode()
@@ -21,6 +24,15 @@ async def send_error(send, status: int, message: str, headers: dict | None = Non
     raw += [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+def route_path(scope) -> str:
+    """The path the app routes on: uvicorn puts --root-path in front of scope["path"] (a proxy stripped it), so
+    "/photos/healthz" is "/healthz" here, as Starlette's router sees it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
+        return path[len(root):] or "/"
+    return path
 
 
 def _header(scope, name: bytes) -> bytes | None:
@@ -63,7 +75,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            self.metrics.observe_request(endpoint, scope["method"], status, time.perf_counter() - start)
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+            self.metrics.observe_request(endpoint, method, status, time.perf_counter() - start)
 
 
 class ApiKeyMiddleware:
@@ -75,7 +88,7 @@ class ApiKeyMiddleware:
         self.open_paths = set(open_paths)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or self.key is None or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or self.key is None or route_path(scope) in self.open_paths:
             return await self.app(scope, receive, send)
         given = _header(scope, b"x-api-key")
         if given is None:
@@ -148,7 +161,7 @@ class LimitsMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # after the body: wait for the disconnect, as the server would
 
-        if scope["path"] in self.no_deadline:
+        if route_path(scope) in self.no_deadline:
             return await self.app(scope, replay, send)
         started = False
 

@@ -8,6 +8,7 @@ several servers can share one large collection.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -25,7 +26,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from polymodal.data.images import draft_size_of, to_rgb
+from polymodal.data.images import draft_size_of, open_drafted_jpeg, to_rgb
 from polymodal.errors import PolymodalError
 from polymodal.index import ImageIndex, IndexBusy
 from polymodal.index.store import IndexModelMismatch
@@ -70,6 +71,12 @@ def open_index(db: str | Path | QdrantCollection) -> ImageIndex | QdrantCollecti
     return db if isinstance(db, QdrantCollection) else ImageIndex(db)
 
 
+def thumb_ref(image_id: int | str, path: str) -> str:
+    """The thumbnail's URL path. Browsers keep a thumbnail a day: ?v= (from the photo's path) gives an index rebuilt
+    at the same place, whose ids start again at 1, new URLs instead of the old photos' thumbnails."""
+    return f"/v1/thumb/{image_id}?v={hashlib.blake2b(path.encode(), digest_size=4).hexdigest()}"
+
+
 class Service:
     """`model` embeds, searches and classifies over the index; `vqa_model` (default: `model`, if it answers questions)
     answers /v1/vqa: an index holds embeddings, so a VQA model is served next to the index's own embedding model;
@@ -98,7 +105,7 @@ class Service:
             on_batch=self.metrics.observe_batch, image_forward=self._forward_pixels if self.pixels else None,
         )
         self._write_lock = threading.Lock()  # adds and removes, one at a time (the index also has a file lock)
-        self._thumbs: OrderedDict[int | str, bytes] = OrderedDict()
+        self._thumbs: OrderedDict[tuple[int | str, str], bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
         self.metrics.gauge("polymodal_index_images", "Images in the index.", self.count)
         self.metrics.gauge("polymodal_queue_depth", "Model jobs waiting for the model thread.", self.batcher.pending)
@@ -225,20 +232,20 @@ class Service:
 
     def thumbnail(self, image_id: int | str) -> bytes:
         # Looked up on every call, cached or not: another writer (`polymodal index`, a second server on this
-        # index) may have removed the image since its thumbnail was cached. Ids are never reused.
+        # index) may have removed the image since its thumbnail was cached, or rebuilt the index (ids start again
+        # at 1 there, so the cache is keyed by id and path).
         with self._serving_index():
             path = self._path_of(image_id)
         if path is None:
-            with self._thumbs_lock:
-                self._thumbs.pop(image_id, None)
             raise ApiError(404, f"no image with id {image_id} in the index")
+        key = (image_id, path)
         with self._thumbs_lock:
-            if image_id in self._thumbs:
-                self._thumbs.move_to_end(image_id)
-                return self._thumbs[image_id]
+            if key in self._thumbs:
+                self._thumbs.move_to_end(key)
+                return self._thumbs[key]
         data = self._make_thumbnail(path, image_id)
         with self._thumbs_lock:
-            self._thumbs[image_id] = data
+            self._thumbs[key] = data
             while len(self._thumbs) > 512:
                 self._thumbs.popitem(last=False)
         return data
@@ -271,7 +278,11 @@ class Service:
     def _make_thumbnail(self, path: str, image_id: int | str) -> bytes:
         size = self.settings.thumb_size
         try:
-            with Image.open(path, formats=INDEXED_FORMATS) as img:
+            try:
+                opened = Image.open(path, formats=INDEXED_FORMATS)
+            except Image.DecompressionBombError:
+                opened = open_drafted_jpeg(path, size)  # a 200 MP phone photo, indexed at reduced scale too
+            with opened as img:
                 img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
                 if img.width * img.height > max(self.settings.max_image_pixels, Image.MAX_IMAGE_PIXELS or 0):
                     raise ApiError(422, f"image {image_id} is {img.width}x{img.height}; too large to thumbnail")
@@ -338,7 +349,7 @@ class Service:
                 skipped.append({"upload": names.get(path, "?"), "reason": reason.replace(str(batch), "<upload>")})
                 Path(path).unlink(missing_ok=True)
             ids = self.ids_for(list(names))
-            added = [{"id": ids[p], "upload": names[p]} for p in names if p in ids]
+            added = [{"id": ids[p], "upload": names[p], "thumb": thumb_ref(ids[p], p)} for p in names if p in ids]
             return {"added": added, "skipped": skipped, "count": self.count()}
         finally:
             self._write_lock.release()
@@ -349,10 +360,11 @@ class Service:
             raise self._read_only()
         self._acquire_write()
         try:
-            with self._serving_index():
-                paths = self.paths_for(ids)
             try:
-                self.index.remove(list(paths.values()))
+                with self._serving_index():
+                    paths = self.index.remove_ids(ids)  # the rows actually dropped, so the reply never claims more
+            except ApiError:  # the index is gone (503)
+                raise
             except PolymodalError as exc:
                 raise _conflict("could not remove from the index", exc) from None
             uploads = str(self.uploads) + os.sep
@@ -364,8 +376,8 @@ class Service:
                     except OSError:
                         pass
             with self._thumbs_lock:
-                for i in paths:
-                    self._thumbs.pop(i, None)
+                for item in paths.items():
+                    self._thumbs.pop(item, None)
             return {"removed": sorted(paths), "not_found": [i for i in ids if i not in paths], "count": self.count()}
         finally:
             self._write_lock.release()
