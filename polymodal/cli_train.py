@@ -125,7 +125,7 @@ def check_arch_of_continued_model(settings: dict) -> None:
     from polymodal.resources import HERE
 
     name = settings.get("model")
-    if name in (None, "new", "lite"):
+    if not isinstance(name, str) or name in ("new", "lite"):  # (a number: the recipe's type check says so)
         return
     folder = HERE / "models" / name if (HERE / "models" / name).is_dir() else Path(name)
     try:

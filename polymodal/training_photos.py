@@ -95,22 +95,26 @@ def copy_training_photos(name_or_path, folder) -> None:
 class TrainingPhotos:
     """Written beside each model a training run saves: the run's training photos plus those of the model it
     started from, and the validation photos that chose the epoch (``val_images``: pass none when no validation
-    ran) plus the starting model's. Hashed once, on the first save."""
+    ran) plus the starting model's. ``earlier``: a resumed run's own RUN/model, whose list holds the photos its
+    earlier sessions learned from (a resume on other data keeps what they taught). Hashed once, on the first save."""
 
-    def __init__(self, images, start=None, val_images=()) -> None:
-        self._images, self._val, self._start, self._hashes = list(images), list(val_images), start, None
+    def __init__(self, images, start=None, val_images=(), earlier=None) -> None:
+        self._images, self._val, self._hashes = list(images), list(val_images), None
+        self._inherit = [source for source in (start, earlier) if source is not None]
 
     def hashes(self) -> tuple[set[str], set[str]]:
         """(training, validation) hashes."""
         if self._hashes is None:
-            inherited = _recorded(self._start) if self._start is not None else None
-            train, val = inherited or (set(), set())
-            self._hashes = (photo_hashes(self._images) | train, photo_hashes(self._val) | val)
+            train, val = photo_hashes(self._images), photo_hashes(self._val)
+            for recorded in filter(None, map(_recorded, self._inherit)):
+                train, val = train | recorded[0], val | recorded[1]
+            self._hashes = (train, val)
         return self._hashes
 
     def save(self, model, folder) -> None:
+        hashes = self.hashes()  # first: ``earlier`` may be this folder, whose list model.save may replace
         model.save(folder)
-        write_training_photos(folder, *self.hashes())
+        write_training_photos(folder, *hashes)
 
 
 def _known(model) -> tuple[set[str], set[str]] | None:

@@ -164,7 +164,7 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     """Train (or continue training) a captioner; returns the best validation record plus timings."""
     t_start = time.perf_counter()
     recipe.validate()
-    check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs)
+    check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs, recipe.train.patience)
     if recipe.train.early_stop_metric == "val/cider" and not has_caption_metrics():
         log.warning("pycocoevalcap is not installed (pip install 'polymodal[captions]'): the validation loss, not "
                     "CIDEr-D, chooses the epoch to keep")
@@ -181,7 +181,7 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     model = build_captioner(recipe)
     name_after_run(model, recipe.out)
     if resume:
-        check_same_run(Path(recipe.out), recipe.arch, recipe.train)
+        check_same_run(Path(recipe.out), recipe.arch, recipe.train, val_fraction=recipe.val_fraction)
     pairs, grids = _readable(model, pairs, progress)
     loader = DataLoader(_Captions(grids, pairs), batch_size=recipe.batch_size, shuffle=True, collate_fn=_collate(model))
     eval_fn = None
@@ -201,7 +201,8 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("model",)) | {
         "train_captions": len(pairs), "train_images": len(pairs.images)}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
-    photos = TrainingPhotos(pairs.images, recipe.model, val.images if eval_fn else ())
+    photos = TrainingPhotos(pairs.images, recipe.model, val.images if eval_fn else (),
+                            earlier=out / "model" if resume else None)
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),
                        score_start=recipe.model != "new")

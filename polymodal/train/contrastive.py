@@ -117,7 +117,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     recipe.validate()
     distributed.init_from_env()
     progress = progress and distributed.is_main()  # one set of progress bars under torchrun, not one per rank
-    check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs)
+    check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs, recipe.train.patience)
     distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
     set_seed(recipe.train.seed)  # before the heads are initialised: same seed, same run
     train_set = read_pair_sources(recipe.pairs)
@@ -141,7 +141,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
                              "`polymodal train contrastive` run (RUN/model)")
     name_after_run(model, recipe.out)
     if resume:
-        check_same_run(Path(recipe.out), recipe.arch, recipe.train)
+        check_same_run(Path(recipe.out), recipe.arch, recipe.train, val_fraction=recipe.val_fraction)
     feats = image_features(model, train_set.images, views=recipe.views, augment=Augment(), seed=recipe.train.seed,
                            progress=progress, skip_unreadable=True)
     rows = readable_rows(feats)
@@ -172,11 +172,14 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         val_txt = text_features(model, val_set.captions, progress=progress) if model.text_frozen else val_set.captions
         eval_fn = lambda m: retrieval_eval(m, val_img, val_txt, val_set.caption_image)  # noqa: E731
 
+    chose = list(val_set.images) if val_set is not None else []  # the photos that choose the epoch kept
     if recipe.zeroshot_labels:
-        eval_fn = _with_zeroshot(eval_fn, recipe.zeroshot_labels)
+        eval_fn, labelled = _with_zeroshot(eval_fn, recipe.zeroshot_labels)
         if val_set is None and recipe.train.early_stop_metric == "val/rsum":  # no validation pairs: no recall
             log.info("no validation pairs: the best epoch is the one with the best zero-shot top-1")
             recipe.train.early_stop_metric = "val/zeroshot_top1"
+        if recipe.train.early_stop_metric.startswith("val/zeroshot"):
+            chose += labelled
 
     objective = ContrastiveObjective(gradcache_chunk=recipe.gradcache_chunk or None, gather=distributed.is_distributed())
     trainer = Trainer(model, {"contrastive": (objective, 1.0, loader)}, recipe.train, recipe.out, eval_fn, progress)
@@ -186,12 +189,12 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("zeroshot_labels", "model")) | {
         "train_images": len(train_set.images), "val_images": len(val_set.images) if val_set else 0}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
-    photos = TrainingPhotos(train_set.images, recipe.model, val_set.images if val_set is not None else ())
+    photos = TrainingPhotos(train_set.images, recipe.model, chose, earlier=out / "model" if resume else None)
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
                        # lite's space: scored as epoch 0, RUN/model stays it unless an epoch beats it
                        score_start=recipe.model != "lite" or recipe.arch.starts_as_lite)
-    if val_set is None and distributed.is_main():
+    if eval_fn is None and distributed.is_main():  # else on_best saved the best epoch, which this would replace
         photos.save(model, out / "model")
     return best
 
@@ -213,6 +216,7 @@ def _hard_negatives(model, train_set: PairSet, recipe: ContrastiveRecipe, progre
 
 
 def _with_zeroshot(eval_fn, labels_file: str):
+    """(eval_fn that adds zero-shot top-1/top-5 on the labelled photos, those photos)."""
     from polymodal.eval.zeroshot import read_labelled_images, zeroshot_accuracy
 
     images, labels = read_labelled_images(labels_file)
@@ -223,7 +227,7 @@ def _with_zeroshot(eval_fn, labels_file: str):
         z = zeroshot_accuracy(model, images, labels)
         return metrics | {"val/zeroshot_top1": z["top1"], "val/zeroshot_top5": z["top5"]}
 
-    return run
+    return run, list(images)
 
 
 def _both(f, g):

@@ -87,9 +87,10 @@ def warn_of_shared_photos(train_images, val_images, flag: str) -> None:
                     "are optimistic; validate on photos training does not see", len(shared), len(val), flag)
 
 
-def check_run_folder(out, resume: bool, overwrite: bool, epochs: int | None = None) -> None:
+def check_run_folder(out, resume: bool, overwrite: bool, epochs: int | None = None, patience: int = 0) -> None:
     """Refuse to mix two runs in one folder: a folder holding a run needs --resume or --overwrite. With ``epochs``,
-    a run to resume that is damaged or already trained that many epochs is refused too (trainer.check_resumable).
+    a run to resume that is damaged, already trained that many epochs or stopped early (``patience``) is refused
+    too (trainer.check_resumable).
 
     Messages name the CLI flag and, in brackets, the keyword the Python functions take (resume=, overwrite=)."""
     out = Path(out)
@@ -103,12 +104,15 @@ def check_run_folder(out, resume: bool, overwrite: bool, epochs: int | None = No
                              "start from goes in --model)")
     if resume:
         if not (out / "checkpoint.pt").is_file():
+            if any((out / name).exists() for name in RUN_FILES[1:-1]):  # killed (SIGKILL, out of memory) early
+                raise PolymodalError(f"no checkpoint at {out / 'checkpoint.pt'}: the run there ended before its first "
+                                     "epoch finished; start it again with --overwrite (overwrite=True in Python)")
             raise PolymodalError(f"no checkpoint at {out / 'checkpoint.pt'}; train without --resume "
                                  "(resume=True in Python) first")
         if epochs is not None:
             from polymodal.train.trainer import check_resumable
 
-            check_resumable(out, epochs)
+            check_resumable(out, epochs, patience)
     elif not overwrite and any((out / name).exists() for name in RUN_FILES[:-1]):
         raise PolymodalError(f"{out} already holds a training run; pass --resume (resume=True in Python) to continue it, "
                              "--overwrite (overwrite=True in Python) to replace it, or choose another --out")

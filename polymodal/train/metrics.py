@@ -12,7 +12,9 @@ log = logging.getLogger(__name__)
 
 
 class MetricsLogger:
-    def __init__(self, out_dir: Path, tensorboard: bool = True) -> None:
+    def __init__(self, out_dir: Path, tensorboard: bool = True, purge_after: int | None = None) -> None:
+        """purge_after (on resume: the checkpoint's step): TensorBoard hides the events a killed session logged
+        after it, as truncate_after drops them from metrics.jsonl."""
         self.path = Path(out_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tb = None
@@ -20,7 +22,8 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+                purge = None if purge_after is None else purge_after + 1
+                self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=purge)
             except ImportError:
                 log.info("tensorboard is not installed; metrics go to %s only (pip install tensorboard)", self.path)
 

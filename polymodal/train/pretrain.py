@@ -31,6 +31,7 @@ VQA head: fine-tune it with ``polymodal train vqa --model RUN/model``).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -78,26 +79,30 @@ PRETRAIN_TRAIN_DEFAULTS = {"early_stop_metric": "val/score", "epochs": 10, "lr":
 
 def parse_objectives(spec) -> dict[str, float]:
     """"itm:1,mlm:1,mrm:0.5" (a weight-less name weighs 1), a list of names or a dict -> {name: weight}."""
+    example = "write e.g. itm:1,mlm:1,mrm:0.5, a list of names or {\"itm\": 1, \"mlm\": 0.5}"
     if isinstance(spec, dict):
         items = list(spec.items())
-    else:
-        parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    elif isinstance(spec, (str, list, tuple)) and all(isinstance(p, str) for p in spec):
         items = []
-        for part in (p.strip() for p in parts):
-            if not part:
-                continue
-            name, _, weight = part.partition(":")
-            try:
-                items.append((name.strip(), float(weight) if weight.strip() else 1.0))
-            except ValueError as exc:
-                raise PolymodalError(f"objective weight {weight!r} is not a number; write e.g. itm:1,mlm:1,mrm:0.5") from exc
+        for part in (p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec)):
+            if part:
+                name, _, weight = part.partition(":")
+                items.append((name.strip(), weight.strip() or 1.0))
+    else:
+        raise PolymodalError(f"objectives must name pretraining objectives, got {spec!r}; {example}")
     out: dict[str, float] = {}
     for name, weight in items:
         if name not in OBJECTIVES:
             raise PolymodalError(f"unknown pretraining objective {name!r}; choose from {', '.join(OBJECTIVES)}")
-        if not float(weight) > 0:
+        try:
+            value = float(weight) if not isinstance(weight, bool) else math.nan
+        except (TypeError, ValueError):
+            value = math.nan
+        if value != value:
+            raise PolymodalError(f"objective weight {weight!r} is not a number; {example}")
+        if not value > 0 or value == math.inf:
             raise PolymodalError(f"objective {name} needs a positive weight, got {weight}")
-        out[name] = float(weight)
+        out[name] = value
     if not out:
         raise PolymodalError("no pretraining objective given; pass e.g. --objectives itm:1,mlm:1,mrm:0.5")
     return out
@@ -596,7 +601,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     """Pretrain (or continue pretraining) a fusion encoder; returns the best validation metrics plus timings."""
     t_start = time.perf_counter()
     recipe.validate()
-    check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs)
+    check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs, recipe.train.patience)
     if recipe.model != "new":
         continued_folder(recipe.model, "pretrain")  # what --model names is said before the data is read
     set_seed(recipe.train.seed)
@@ -621,7 +626,8 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     name_after_run(model, recipe.out)
     freeze_parts(model, recipe.freeze, recipe.model)
     if resume:
-        check_same_run(Path(recipe.out), recipe.arch, recipe.train, freeze=recipe.freeze)
+        check_same_run(Path(recipe.out), recipe.arch, recipe.train, freeze=recipe.freeze,
+                       val_fraction=recipe.val_fraction)
     names = list(recipe.objectives)
     log.info("pretrain %s on %d captions of %d images; val: %d captions", names, len(train_pairs),
              len(train_pairs.images), len(val_pairs) if val_pairs else 0)
@@ -651,7 +657,8 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
         "train_captions": len(train.pairs), "train_images": len(train.pairs.images),
         "val_captions": len(val.pairs) if val else 0}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
-    photos = TrainingPhotos(train.pairs.images, recipe.model, val.pairs.images if val is not None else ())
+    photos = TrainingPhotos(train.pairs.images, recipe.model, val.pairs.images if val is not None else (),
+                            earlier=out / "model" if resume else None)
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
                        score_start=recipe.model != "new")

@@ -59,6 +59,9 @@ def write_train_config(out: Path, settings: dict) -> None:
 
 
 RESUMED_RATES = ("lr", "tower_lr_scale", "weight_decay")  # the checkpoint's optimizer state brings these back
+# the seed also draws the automatic validation split and each epoch's order: another one on resume would validate
+# on photos the earlier epochs trained on
+RESUMED_TRAIN = (*RESUMED_RATES, "seed")
 
 
 def name_after_run(model, out) -> None:
@@ -75,16 +78,21 @@ def name_after_run(model, out) -> None:
         model.name = model.config.name
 
 
-def check_same_run(out: Path, arch, train, ignore: Sequence[str] = (), freeze: Sequence[str] | None = None) -> None:
+def check_same_run(out: Path, arch, train, ignore: Sequence[str] = (), freeze: Sequence[str] | None = None,
+                   val_fraction: float | None = None) -> None:
     """--resume (RUN/train_config.json): the checkpoint only fits the architecture it was trained with (``ignore``:
     arch keys that are no flag, checked when the checkpoint loads), and the optimizer and schedule continue at the
     rates they were saved with, so another --lr, --tower-lr-scale or --weight-decay would be recorded but not used:
-    refuse both. ``freeze``: the parts frozen now; the saved optimizer state holds the parameters trained then."""
+    refuse both. Another --seed or ``val_fraction`` would draw another validation split, partly of photos already
+    trained on: refused too. ``freeze``: the parts frozen now; the saved optimizer state holds the parameters
+    trained then."""
     saved = _recorded(out)
     if saved is None:
         return  # a run from before train_config.json: loading the checkpoint is the check
     changed = _changed(saved, "arch", arch, lambda k: k not in ignore) + _changed(saved, "train", train,
-                                                                                lambda k: k in RESUMED_RATES)
+                                                                                lambda k: k in RESUMED_TRAIN)
+    if val_fraction is not None and isinstance(saved, dict) and saved.get("val_fraction", val_fraction) != val_fraction:
+        changed.append(("val_fraction", saved["val_fraction"], val_fraction))
     was_frozen = saved.get("freeze", []) if isinstance(saved, dict) else []
     if freeze is not None and isinstance(was_frozen, list) and sorted(was_frozen) != sorted(freeze):
         changed.append(("freeze", ",".join(was_frozen) or '""', ",".join(freeze) or '""'))

@@ -101,19 +101,27 @@ def read_checkpoint(path: Path) -> dict:
     return state
 
 
-def refuse_a_finished_run(out: Path, epoch: int, epochs: int) -> None:
-    if epoch >= epochs:  # nothing left to train: refuse rather than report it as a run
+def refuse_a_finished_run(out: Path, epoch: int, epochs: int, bad_epochs: int = 0, patience: int = 0) -> None:
+    """Nothing left to train: refuse rather than report it as a run. A run that stopped early is finished too:
+    resuming it with the same --patience would train one more epoch per resume."""
+    if epoch >= epochs:
         raise PolymodalError(f"the run in {out} already trained {epoch} epochs; pass --epochs {epoch + 1} or more "
                              "to continue it")
+    if patience and bad_epochs >= patience:
+        raise PolymodalError(f"the run in {out} stopped early after epoch {epoch} (its metric did not improve for "
+                             f"{bad_epochs} epochs, --patience {patience}); pass --patience {bad_epochs + 1} or more "
+                             "(0: no early stop) to train on")
 
 
-def check_resumable(out: Path, epochs: int) -> None:
+def check_resumable(out: Path, epochs: int, patience: int = 0) -> None:
     """--resume, before the data is read (a large data set takes minutes to check): a damaged checkpoint or a run
-    that already trained ``epochs`` is one line at once. The trainer checks both again as it loads (the checkpoint
-    is read twice: heads and optimizer state, small beside the data scan; mmap refused some checkpoints)."""
+    that already trained ``epochs`` (or stopped early) is one line at once. The trainer checks both again as it
+    loads (the checkpoint is read twice: heads and optimizer state, small beside the data scan; mmap refused some
+    checkpoints)."""
     path = Path(out) / "checkpoint.pt"
     if path.is_file():  # (none: check_run_folder's line)
-        refuse_a_finished_run(Path(out), read_checkpoint(path)["epoch"], epochs)
+        state = read_checkpoint(path)
+        refuse_a_finished_run(Path(out), state["epoch"], epochs, state["bad_epochs"], patience)
 
 
 def _first_detail(exc: Exception) -> str:
@@ -247,7 +255,7 @@ class Trainer:
 
         if resume:
             self.load_checkpoint()
-            refuse_a_finished_run(self.out, self.epoch, self.cfg.epochs)
+            refuse_a_finished_run(self.out, self.epoch, self.cfg.epochs, self.bad_epochs, self.cfg.patience)
             log.info("resumed at epoch %d, step %d", self.epoch, self.step)
         else:
             set_seed(self.cfg.seed)
@@ -255,7 +263,7 @@ class Trainer:
         main = distributed.is_main()  # only rank 0 writes metrics, checkpoints and models
         if on_start is not None and main:
             on_start()
-        logger = MetricsLogger(self.out) if main else NullLogger()
+        logger = MetricsLogger(self.out, purge_after=self.step if resume else None) if main else NullLogger()
         if resume:
             logger.truncate_after(self.step)
         saved = False

@@ -409,7 +409,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     """Train (or continue training) a fusion encoder; returns the best validation metrics plus timings."""
     t_start = time.perf_counter()
     recipe.validate()
-    check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs)
+    check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs, recipe.train.patience)
     if recipe.model != "new":
         continued_folder(recipe.model, "vqa")  # what --model names is said before the data is read
     set_seed(recipe.train.seed)
@@ -427,7 +427,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     model = build_vqa_model(recipe, train_rows)
     if resume:
         # the vocabulary ("answers") is checked when the checkpoint loads
-        check_same_run(Path(recipe.out), recipe.arch, recipe.train, ignore=("answers",), freeze=recipe.freeze)
+        check_same_run(Path(recipe.out), recipe.arch, recipe.train, ignore=("answers",), freeze=recipe.freeze,
+                       val_fraction=recipe.val_fraction)
     train, feats = readable_qa(model, train_rows, ",".join(map(str, recipe.qa)), progress)
     if len(train.rows) < len(train_rows):  # the answer vocabulary comes from the readable rows alone
         train_rows = train.rows
@@ -477,7 +478,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
         "images_per_batch": images_per_batch}
     settings["arch"]["answers"] = len(model.answers)  # the vocabulary itself is in model/config.json
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
-    photos = TrainingPhotos(train.images, recipe.model, val.images if eval_fn else ())
+    photos = TrainingPhotos(train.images, recipe.model, val.images if eval_fn else (),
+                            earlier=out / "model" if resume else None)
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
                        score_start=model.keeps_folder_answers)  # a head made for this run is random: nothing to keep

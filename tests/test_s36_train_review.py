@@ -1,0 +1,195 @@
+"""What a review of the training recipes found (stop 36): the model a zero-shot-validated run keeps, resumes that
+would change the validation split or forget earlier photos, runs killed before their first checkpoint, early-stopped
+runs resumed, and --config values of the wrong type."""
+
+import json
+
+import pytest
+import torch
+
+import polymodal
+from polymodal import cli
+from polymodal.data.samples import SKIMAGE_PHOTOS
+from polymodal.train.metrics import read_metrics
+from polymodal.training_photos import read_validation_photos
+
+
+LABELLED = ("cat", "coffee", "rocket")  # zero-shot photos kept out of the training pairs
+
+
+def fingerprint(model) -> float:
+    return float(sum(v.double().sum() for v in model.state_dict().values() if v.is_floating_point()))
+
+
+@pytest.fixture()
+def caption_data(gallery, tmp_path):
+    pairs, labels = tmp_path / "pairs.jsonl", tmp_path / "labels.jsonl"
+    pairs.write_text("".join(json.dumps({"image": str(gallery / f"{n}.jpg"), "caption": d}) + "\n"
+                             for n, (_, d) in SKIMAGE_PHOTOS.items() if n not in LABELLED))
+    labels.write_text("".join(json.dumps({"image": str(gallery / f"{n}.jpg"), "label": n}) + "\n"
+                              for n in LABELLED))
+    return pairs, labels
+
+
+def test_a_zero_shot_validated_run_keeps_its_best_epoch_not_its_last(caption_data, tmp_path, monkeypatch, capsys):
+    """RUN/model held the last epoch: the save after fit() replaced the best one that on_best had saved."""
+    import polymodal.eval.zeroshot as zeroshot
+
+    scores, seen = iter([0.3, 0.9, 0.5]), []
+
+    def scripted(model, images, labels, **kw):  # epoch 2 scores best; each call notes the weights it scored
+        seen.append(fingerprint(model))
+        top1 = next(scores)
+        return {"top1": top1, "top5": top1}
+
+    monkeypatch.setattr(zeroshot, "zeroshot_accuracy", scripted)
+    pairs, labels = caption_data
+    assert cli.main(["train", "contrastive", "--pairs", str(pairs), "--val-fraction", "0", "--zeroshot-labels",
+                     str(labels), "--out", str(tmp_path / "run"), "--quiet", "--epochs", "3", "--batch-size", "4",
+                     "--embed-dim", "32", "--lr", "0.05", "--patience", "5"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["best"]["epoch"] == 2 and len(seen) == 3 and len(set(seen)) == 3
+    kept = fingerprint(polymodal.load(tmp_path / "run" / "model"))
+    assert kept == pytest.approx(seen[1], rel=1e-9) and kept != pytest.approx(seen[2], rel=1e-9)
+    # the labelled photos chose that epoch: eval warns of them as it does of validation pairs' photos
+    assert len(read_validation_photos(tmp_path / "run" / "model")) == 3
+
+
+def train(pairs, out, *extra) -> int:
+    return cli.main(["train", "contrastive", "--pairs", str(pairs), "--out", str(out), "--quiet", "--batch-size", "4",
+                     "--embed-dim", "32", *extra])
+
+
+def test_an_early_stopped_run_is_finished_for_resume(caption_data, tmp_path, monkeypatch, capsys):
+    """Each plain --resume of an early-stopped run trained one more epoch (and stopped again)."""
+    import polymodal.eval.zeroshot as zeroshot
+
+    scores = iter([0.9, 0.5, 0.7])
+    monkeypatch.setattr(zeroshot, "zeroshot_accuracy", lambda *a, **kw: dict.fromkeys(("top1", "top5"), next(scores)))
+    pairs, labels = caption_data
+    run = tmp_path / "run"
+    common = ["--val-fraction", "0", "--zeroshot-labels", str(labels), "--epochs", "10"]
+    assert train(pairs, run, *common, "--patience", "1") == 0  # epoch 2 did not improve: stopped
+    capsys.readouterr()
+    assert train(pairs, run, *common, "--patience", "1", "--resume") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stopped early after epoch 2" in err and "pass --patience 2 or more" in err
+    assert train(pairs, run, *common, "--patience", "2", "--resume") == 0  # as the message says: one more epoch
+    assert [r["epoch"] for r in read_metrics(run) if r["split"] == "val"] == [1, 2, 3]
+
+
+def test_a_run_killed_before_its_first_checkpoint_says_to_overwrite(caption_data, tmp_path, capsys):
+    pairs, _ = caption_data
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text("{}")  # what SIGKILL or the out-of-memory killer leaves
+    assert train(pairs, run, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "ended before its first epoch finished; start it again with --overwrite" in err
+    (tmp_path / "empty").mkdir()
+    assert train(pairs, tmp_path / "empty", "--resume") == 2
+    assert "start a run there without --resume" in capsys.readouterr().err  # nothing there at all: the plain advice
+
+
+@pytest.mark.parametrize("changed, message", [
+    (["--seed", "1"], "--seed 0 (asked now: 1)"),
+    (["--val-fraction", "0.3"], "--val-fraction 0.2 (asked now: 0.3)"),
+])
+def test_resume_refuses_another_validation_split(caption_data, tmp_path, capsys, changed, message):
+    pairs, _ = caption_data
+    run = tmp_path / "run"
+    assert train(pairs, run, "--epochs", "1", "--val-fraction", "0.2") == 0
+    capsys.readouterr()
+    assert train(pairs, run, "--epochs", "2", "--val-fraction", "0.2", "--resume", *changed) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_a_resume_on_other_photos_keeps_the_earlier_ones_in_the_list(gallery, tmp_path, capsys):
+    from polymodal.training_photos import photo_hashes, read_training_photos
+
+    names = list(SKIMAGE_PHOTOS)
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for path, part in ((first, names[:6]), (second, names[6:])):
+        path.write_text("".join(json.dumps({"image": str(gallery / f"{n}.jpg"), "caption": SKIMAGE_PHOTOS[n][1]})
+                                + "\n" for n in part))
+    run = tmp_path / "run"
+    assert train(first, run, "--epochs", "1", "--val-fraction", "0") == 0
+    assert train(second, run, "--epochs", "2", "--val-fraction", "0", "--resume") == 0
+    recorded = read_training_photos(run / "model")
+    assert photo_hashes(gallery / f"{n}.jpg" for n in names) <= recorded  # both sessions' photos
+
+
+def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from polymodal.train.objectives import Objective
+    from polymodal.train.trainer import TrainConfig, Trainer
+
+    class Fit(Objective):
+        def __init__(self, stop_at=None):
+            self.calls, self.stop_at = 0, stop_at
+
+        def compute(self, model, batch):
+            self.calls += 1
+            if self.calls == self.stop_at:
+                raise KeyboardInterrupt  # killed in epoch 3, after its first steps were logged
+            x, y = batch
+            return ((model(x) - y) ** 2).mean(), {}
+
+    def trainer(objective):
+        torch.manual_seed(0)
+        x = torch.randn(32, 4)
+        loader = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+        return Trainer(nn.Linear(4, 1), {"fit": (objective, 1.0, loader)},
+                       TrainConfig(epochs=3, warmup_steps=0, patience=0, log_every=1), tmp_path / "run", progress=False)
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer(Fit(stop_at=11)).fit()
+    trainer(Fit()).fit(resume=True)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 12, steps
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"itm": "heavy"}, "objective weight 'heavy' is not a number"),
+    ({"itm": None}, "objective weight None is not a number"),
+    (5, "objectives must name pretraining objectives, got 5"),
+    (["itm", 2], "objectives must name pretraining objectives, got ['itm', 2]"),
+    ("itm:0", "objective itm needs a positive weight"),
+    ("itm:x", "objective weight 'x' is not a number"),
+])
+def test_objectives_of_the_wrong_type_are_one_error(spec, message):
+    from polymodal.errors import PolymodalError
+    from polymodal.train.pretrain import parse_objectives
+
+    with pytest.raises(PolymodalError) as refused:
+        parse_objectives(spec)
+    assert message in str(refused.value)
+    assert parse_objectives(["itm", "mlm:0.5"]) == {"itm": 1.0, "mlm": 0.5}
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"freeze": [1]}, 'freeze takes part names ("projections,fusion" or a list of them), got [1]'),
+    ({"objectives": {"itm": None}}, "objective weight None is not a number"),
+])
+def test_pretrain_config_values_of_the_wrong_type_are_one_line(caption_data, tmp_path, capsys, config, message):
+    pairs, _ = caption_data
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    assert cli.main(["train", "pretrain", "--pairs", str(pairs), "--out", str(tmp_path / "run"), "--quiet",
+                     "--config", str(tmp_path / "c.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_a_model_given_as_a_number_is_one_line(caption_data, tmp_path, capsys):
+    pairs, _ = caption_data
+    (tmp_path / "c.json").write_text('{"model": 5}')
+    assert cli.main(["train", "contrastive", "--pairs", str(pairs), "--out", str(tmp_path / "run"), "--quiet",
+                     "--config", str(tmp_path / "c.json")]) == 2
+    assert "setting model must be a string, got 5" in capsys.readouterr().err
