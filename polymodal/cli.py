@@ -487,11 +487,15 @@ def _saved_work(exc: BaseException, args) -> str:
     saved, total = getattr(exc, "index_progress", (0, 0))
     out = getattr(args, "out", None)
     if not total and out and hasattr(args, "resume"):  # a `train` command
-        if getattr(exc, "replaced_run_restored", False):
-            return f": no epoch had finished; {out} holds the run --overwrite was to replace, as before"
+        overwrite, saved = getattr(args, "overwrite", False), getattr(exc, "saved_an_epoch", False)
+        if getattr(exc, "replaced_run_restored", False) or (overwrite and not saved and not args.resume):
+            # (stopped before training began: the run --overwrite was to replace was never moved)
+            if (Path(out) / "checkpoint.pt").is_file():
+                return f": no epoch had finished; {out} holds the run --overwrite was to replace, as before"
         if not (Path(out) / "checkpoint.pt").is_file():
             return ": no epoch had finished, so nothing was kept"
-        return f": {out} keeps the last finished epoch; run the same command with --resume to continue"
+        how = "with --resume instead of --overwrite" if overwrite else "with --resume"
+        return f": {out} keeps the last finished epoch; run the same command {how} to continue"
     if not total:
         return ""
     return (f": {saved:,} of {total:,} images to embed were saved to {args.db}; run the same command again to "

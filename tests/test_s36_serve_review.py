@@ -249,3 +249,33 @@ def test_threads_reach_an_onnx_captioner(lite, db, monkeypatch):
     with pytest.raises(SystemExit):
         create_app(lite, db, runtime="onnx", caption_model="some/captioner-export", threads=1)
     assert calls == [("some/captioner-export", {"runtime": "onnx", "threads": 1})]
+
+
+# -- a Qdrant collection replaced while serving ----------------------------------------------------------------------
+class OtherSpace:
+    """An embedding model of lite's dimension in another space (as `default` beside `lite`: both 384)."""
+    name, version, dim, key = "other", "1", 384, "other@1"
+
+    def encode_image(self, images, batch_size=None):
+        v = np.random.default_rng(len(images)).normal(size=(len(images), 384)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    encode_text = encode_image
+
+
+def test_a_collection_pushed_again_from_another_model_is_503_not_mixed_rankings(lite, db, gallery, tmp_path):
+    pytest.importorskip("qdrant_client")
+    from polymodal.index.qdrant import QdrantCollection
+
+    other = tmp_path / "other"
+    ImageIndex(other).update(gallery, OtherSpace(), progress=False)
+    served = QdrantCollection(str(tmp_path / "q"), "photos")
+    served.push(ImageIndex(db), progress=False)
+    with TestClient(create_app(lite, served)) as c:
+        assert c.post("/v1/search", json={"text": "a cat", "k": 2}).status_code == 200
+        served._client_().delete_collection("photos")  # elsewhere: deleted, then pushed from the other index
+        pusher = QdrantCollection(str(tmp_path / "q"), "photos")
+        pusher._client = served._client  # (local mode lets one client hold the folder)
+        pusher.push(ImageIndex(other), progress=False)
+        r = c.post("/v1/search", json={"text": "a cat", "k": 2})
+        assert r.status_code == 503 and "now holds vectors of model other@1, not lite" in r.json()["error"], r.text

@@ -193,3 +193,29 @@ def test_a_model_given_as_a_number_is_one_line(caption_data, tmp_path, capsys):
     assert cli.main(["train", "contrastive", "--pairs", str(pairs), "--out", str(tmp_path / "run"), "--quiet",
                      "--config", str(tmp_path / "c.json")]) == 2
     assert "setting model must be a string, got 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("saved_an_epoch, said", [
+    (None, "no epoch had finished; {out} holds the run --overwrite was to replace, as before"),  # while caching
+    (False, "no epoch had finished; {out} holds the run --overwrite was to replace, as before"),
+    (True, "{out} keeps the last finished epoch; run the same command with --resume instead of --overwrite to "
+           "continue"),
+])
+def test_ctrl_c_of_an_overwrite_gives_advice_that_works(tmp_path, monkeypatch, capsys, saved_an_epoch, said):
+    """Stopped before training began, an --overwrite run said 'run the same command with --resume', which is refused
+    beside --overwrite, and without it resumed the old run."""
+    from polymodal.train import contrastive
+
+    def interrupted(*args, **kwargs):
+        exc = KeyboardInterrupt()
+        if saved_an_epoch is not None:
+            exc.saved_an_epoch = saved_an_epoch
+        raise exc
+
+    monkeypatch.setattr(contrastive, "train_contrastive", interrupted)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"")  # the old run's, or the new run's first epoch
+    assert cli.main(["train", "contrastive", "--pairs", str(tmp_path / "p.jsonl"), "--out", str(out),
+                     "--overwrite"]) == 130
+    assert capsys.readouterr().err.strip() == "polymodal: interrupted: " + said.format(out=out)

@@ -152,13 +152,15 @@ def _check_not_normalised(arr: np.ndarray) -> None:
         raise PolymodalError(
             f"the image array holds negative values (down to {float(arr.min()):.3g}): it looks normalised "
             "(mean subtracted, divided by std); pass raw pixels (0-255, or 0-1 floats), or pass already "
-            "preprocessed [B, 3, H, W] pixels (the model's transform output) to model.embed_pixels()")
+            "preprocessed [B, 3, H, W] pixels (the model's transform output) to model.embed_pixels(); 0-1 pixels "
+            "that resizing pushed out of range: clip them (np.clip(x, 0, 1) or x.clamp(0, 1))")
 
 
 def _to_uint8(arr: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:
     """Pixel samples -> uint8. 16-bit ones (uint16, or Pillow's 32-bit 'I' holding 16-bit PNG/TIFF data) keep
-    their high byte, as Pillow does for 16-bit RGB files; floats (and booleans) in [0, 1] are scaled by 255; the
-    rest is clipped. Integers are 0-255 whatever their values: an int64 mask of 0s and 1s is as dark as the same
+    their high byte, as Pillow does for 16-bit RGB files; floats (and booleans) in [0, 1] are scaled by 255 (up to
+    1.01, clipped), floats from 1.01 to 2 are refused (0-1 pixels pushed past 1, which as 0-255 ones would be a
+    black image); the rest is clipped. Integers are 0-255 whatever their values: an int64 mask of 0s and 1s is as dark as the same
     mask in uint8 (before, it was scaled, and the same pixels embedded differently by dtype)."""
     if arr.dtype == np.uint8:
         return arr
@@ -167,8 +169,13 @@ def _to_uint8(arr: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:
                              "pass finite pixel values (0-255, or 0-1 floats)")
     if sixteen_bit or (arr.dtype.kind == "u" and arr.dtype.itemsize == 2):
         return (np.clip(arr, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
-    if arr.dtype.kind in "fb" and arr.size and float(np.nanmax(arr)) <= 1.0:
-        arr = arr * 255.0
+    top = float(np.nanmax(arr)) if arr.dtype.kind in "fb" and arr.size else None
+    if top is not None and top <= 1.0 - NEGATIVE_PIXEL_TOLERANCE:  # 0-1 pixels, resampling's rounding included
+        arr = np.clip(arr, 0.0, 1.0) * 255.0
+    elif top is not None and top < 2.0:  # as 0-255 pixels this is a black image: 0-1 ones pushed past 1
+        raise PolymodalError(f"the image array's float values go up to {top:.3g}: 0-1 pixels must stay within 1 "
+                             "(clip them: np.clip(x, 0, 1) or x.clamp(0, 1)), and 0-255 pixels would make this a "
+                             "black image; pass 0-1 or 0-255 values")
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 

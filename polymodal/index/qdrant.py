@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from polymodal.errors import PolymodalError
-from polymodal.index.store import Hit, ImageIndex, SearchByModel, check_query_dim, query_matrix
+from polymodal.index.store import Hit, ImageIndex, IndexModelMismatch, SearchByModel, check_query_dim, query_matrix
 from polymodal.models.inputs import check_count
 from polymodal.progress import progress_bar
 
@@ -147,7 +147,9 @@ class QdrantCollection(SearchByModel):
         from qdrant_client import models
 
         vectors = [np.frombuffer(blob, dtype=np.float32).tolist() for _, _, blob in found]
-        payloads = [{"path": path, **origin, "index": meta["uid"]} for _, path, _ in found]
+        # each point names its model: a server searching a collection pushed again from another model's index finds
+        # out from the hits (the collection's metadata is read once)
+        payloads = [{"path": path, **origin, "index": meta["uid"], "model": meta["model"]} for _, path, _ in found]
         with self._errors():
             self._client_().upsert(self.collection, wait=True, points=models.Batch(
                 ids=[point_id(meta["uid"], r) for r, _, _ in found], vectors=vectors, payloads=payloads))
@@ -157,6 +159,7 @@ class QdrantCollection(SearchByModel):
         from qdrant_client import models
 
         client = self._client_(create=True)
+        self._metadata = None  # a long-lived collection object: the collection may have been made again since
         if not client.collection_exists(self.collection):
             try:
                 client.create_collection(
@@ -210,8 +213,10 @@ class QdrantCollection(SearchByModel):
                 return ids
 
     # -- reading ---------------------------------------------------------------
-    def search(self, query_vectors: Any, k: int = 10) -> list[list[Hit]]:
-        """Nearest images by cosine for each query row ([Q, D] or [D]), as ImageIndex.search."""
+    def search(self, query_vectors: Any, k: int = 10, model=None) -> list[list[Hit]]:
+        """Nearest images by cosine for each query row ([Q, D] or [D]), as ImageIndex.search. ``model``: the model
+        that made the queries; hits of another model's vectors (the collection was deleted and pushed again from
+        another model's index) raise IndexModelMismatch, as a rebuilt local index does."""
         from qdrant_client import models
 
         k = check_count(k, "k")
@@ -219,7 +224,13 @@ class QdrantCollection(SearchByModel):
         with self._errors():
             check_query_dim(q, self._meta(), self.where())
             answers = self._client_().query_batch_points(self.collection, requests=[
-                models.QueryRequest(query=row.tolist(), limit=k, with_payload=["path", "host"]) for row in q])
+                models.QueryRequest(query=row.tolist(), limit=k, with_payload=["path", "host", "model"]) for row in q])
+            hit_models = {p.payload.get("model") for a in answers for p in a.points} - {None}  # older pushes: none
+            if hit_models - {self._meta()["model"]}:
+                self._metadata = None  # replaced since it was read
+            if model is not None and (hit_models | {self._meta()["model"]}) != {model.key}:
+                raise IndexModelMismatch(f"{self.where()} now holds vectors of model {self._meta()['model']}, not "
+                                         f"{model.key}")
         # scores as float32, as the local index gives them (Qdrant's float64 showed 1.0000000000000002 for a photo
         # against itself)
         return [[Hit(p.payload["path"], float(np.clip(np.float32(p.score), -1, 1)), p.payload.get("host"), str(p.id))

@@ -225,8 +225,7 @@ class Service:
     def search(self, vectors: np.ndarray, k: int) -> list[list[dict]]:
         """[Q, D] -> per query [{id, path, score}] (+ host from a collection; call from a worker thread)."""
         with self._serving_index():  # a local index may be rebuilt with another model while serving: checked
-            results = (self.index.search(vectors, k, model=self.model) if isinstance(self.index, ImageIndex)
-                       else self.index.search(vectors, k))
+            results = self.index.search(vectors, k, model=self.model)
         return [[{"id": h.id, "path": h.path, "score": float(h.score), **({"host": h.host} if h.host else {})}
                  for h in hits] for hits in results]
 

@@ -301,6 +301,7 @@ class Trainer:
             logger.close()
             if main and not resume and not saved and discard_unfinished_run(self.out):
                 exc.replaced_run_restored = True  # the CLI says so instead of "nothing was kept"
+            exc.saved_an_epoch = saved  # (absent: stopped before training, e.g. while caching features)
             raise
         logger.close()
         if self.best_metrics.get("epoch") == 0:
