@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 from polymodal.cache import atomic_write_bytes
@@ -40,6 +41,24 @@ def photo_hash(image) -> str | None:
 
 def photo_hashes(images) -> set[str]:
     return {h for h in map(photo_hash, images) if h is not None}
+
+
+def copies_across(train_images, val_images) -> list[int]:
+    """Indices of the val images whose bytes are those of a training image (the same photo under another name, as
+    scraped caption sets hold). Only files whose size matches another's are read, so a set without copies costs a
+    stat per file; shard members are not compared."""
+    sizes: dict[int, list[tuple[int, object]]] = {}
+    for side, images in enumerate((train_images, val_images)):
+        for i, image in enumerate(images):
+            try:
+                sizes.setdefault(os.stat(image).st_size, []).append((side, i))
+            except (OSError, TypeError, ValueError):  # a shard member, or a file that is gone: not compared
+                continue
+    same = [group for group in sizes.values() if len({side for side, _ in group}) == 2]
+    if not same:
+        return []
+    train_hashes = {photo_hash(train_images[i]) for group in same for side, i in group if side == 0} - {None}
+    return sorted(i for group in same for side, i in group if side == 1 and photo_hash(val_images[i]) in train_hashes)
 
 
 def model_folder(name_or_path) -> Path | None:

@@ -4,6 +4,7 @@ runs resumed, and --config values of the wrong type."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -219,3 +220,65 @@ def test_ctrl_c_of_an_overwrite_gives_advice_that_works(tmp_path, monkeypatch, c
     assert cli.main(["train", "contrastive", "--pairs", str(tmp_path / "p.jsonl"), "--out", str(out),
                      "--overwrite"]) == 130
     assert capsys.readouterr().err.strip() == "polymodal: interrupted: " + said.format(out=out)
+
+
+# -- copies of one photo under two names ----------------------------------------------------------------------------
+def pairs_with_copies(tmp_path, copies: int):
+    """12 distinct photos, the first ``copies`` of them saved a second time under another name."""
+    from PIL import Image
+
+    from polymodal.data.pairs import Pair, PairSet
+
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i in range(12):
+        path = tmp_path / f"p{i}.png"
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(path)
+        pairs.append(Pair(image=path, caption=f"photo {i}"))
+        if i < copies:
+            twin = tmp_path / f"again-{i}.png"
+            twin.write_bytes(path.read_bytes())
+            pairs.append(Pair(image=twin, caption=f"photo {i} again"))
+    return PairSet.from_pairs(pairs)
+
+
+@pytest.mark.parametrize("split", ["split_by_image", "split_pairs_by_image"])  # (the second: pretraining's)
+def test_a_copy_of_a_training_photo_never_validates(tmp_path, caplog, split):
+    import logging
+
+    from polymodal.data import pairs as pairs_module
+    from polymodal.train import pretrain
+    from polymodal.training_photos import photo_hash
+
+    pairs = pairs_with_copies(tmp_path, copies=12)  # every photo twice
+    with caplog.at_level(logging.WARNING):
+        train, val = (getattr(pairs_module, split, None) or getattr(pretrain, split))(pairs, 0.25, seed=0)
+    train_hashes = {photo_hash(p) for p in train.images}
+    assert val.images and not {photo_hash(p) for p in val.images} & train_hashes
+    assert len(train.images) + len(val.images) == 24 and "copies of training photos" in caplog.text
+
+
+def test_a_set_without_copies_keeps_its_split(tmp_path, caplog):
+    import logging
+
+    from polymodal.data.pairs import split_by_image
+    from polymodal.data.augment import make_rng
+
+    pairs = pairs_with_copies(tmp_path, copies=0)
+    with caplog.at_level(logging.WARNING):
+        train, val = split_by_image(pairs, 0.25, seed=3)
+    order = make_rng(3).permutation(12)  # the split runs resumed before this change were made with
+    assert sorted(map(str, val.images)) == sorted(str(pairs.images[i]) for i in order[:3])
+    assert "copies" not in caplog.text
+
+
+def test_val_pairs_that_are_renamed_copies_are_warned_of(tmp_path, caplog):
+    import logging
+
+    from polymodal.train.guards import warn_of_shared_photos
+
+    pairs = pairs_with_copies(tmp_path, copies=2)
+    originals, again = [p for p in pairs.images if "again" not in str(p)], [p for p in pairs.images if "again" in str(p)]
+    with caplog.at_level(logging.WARNING):
+        warn_of_shared_photos(originals, [*again, again[0]], "--val-pairs")
+    assert "2 of the 2 validation photos (--val-pairs) are training photos too" in caplog.text

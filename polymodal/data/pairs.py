@@ -353,6 +353,25 @@ def split_by_image(pairset: PairSet, val_fraction: float, seed: int = 0) -> tupl
                                  "(--val-pairs FILE)")
         n_val = min(max(1, n_val), n - 1)
     order = make_rng(seed).permutation(n)
-    val_images = np.sort(order[:n_val])
-    train_images = np.sort(order[n_val:])
+    train_images, val_images = keep_copies_in_training(pairset.images, np.sort(order[n_val:]), np.sort(order[:n_val]))
     return pairset.subset(train_images), pairset.subset(val_images)
+
+
+def keep_copies_in_training(images, train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) image indices after moving the validation photos that are copies of training photos (the same
+    bytes under another name) to training: validating on them makes the metrics, and the epoch kept, optimistic.
+    When every validation photo is one, the split stays and a warning says so. A set without copies keeps its
+    split exactly (a resumed run depends on it)."""
+    from polymodal.training_photos import copies_across
+
+    copies = copies_across([images[i] for i in train], [images[i] for i in val])
+    if not copies:
+        return train, val
+    if len(copies) == len(val):
+        log.warning("all %d validation photos are copies of training photos (the same bytes under other names): "
+                    "validation metrics and the epoch kept are optimistic; validate on other photos (--val-pairs)",
+                    len(val))
+        return train, val
+    log.warning("%d of the %d validation photos are copies of training photos (the same bytes under other names): "
+                "they train instead, so that they do not flatter validation", len(copies), len(val))
+    return np.sort(np.concatenate([train, val[copies]])), np.delete(val, copies)

@@ -78,10 +78,12 @@ def check_ranges(settings, rules: dict) -> None:
 
 
 def warn_of_shared_photos(train_images, val_images, flag: str) -> None:
-    """Validation photos that training also sees (the same file passed twice, say) make the validation metrics,
-    and so the epoch kept, optimistic: say so, with the count."""
-    val = {str(p) for p in val_images}
-    shared = val & {str(p) for p in train_images}
+    """Validation photos that training also sees (the same file passed twice, or a copy under another name) make
+    the validation metrics, and so the epoch kept, optimistic: say so, with the count."""
+    from polymodal.training_photos import copies_across
+
+    val = list(dict.fromkeys(str(p) for p in val_images))
+    shared = copies_across(list(dict.fromkeys(str(p) for p in train_images)), val)  # a renamed copy counts too
     if shared:
         log.warning("%d of the %d validation photos (%s) are training photos too: validation metrics and the epoch kept "
                     "are optimistic; validate on photos training does not see", len(shared), len(val), flag)

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from polymodal.cache import cache_key
 from polymodal.data.images import draft_size_of
-from polymodal.data.pairs import PairSet, open_pair_image, read_pair_sources
+from polymodal.data.pairs import PairSet, keep_copies_in_training, open_pair_image, read_pair_sources
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import (
     FusionEncoder, FusionEncoderConfig, continued_folder, load_fusion_encoder,
@@ -179,8 +179,8 @@ def split_pairs_by_image(pairs: PairSet, fraction: float, seed: int = 0) -> tupl
         raise PolymodalError("need at least 2 images to split off validation; pass --val-pairs")
     n_val = min(n - 1, max(1, round(fraction * n)))
     val = np.random.default_rng(seed).permutation(n)[:n_val]
-    train = np.setdiff1d(np.arange(n), val)
-    return pairs.subset(train), pairs.subset(np.sort(val))
+    train, val = keep_copies_in_training(pairs.images, np.setdiff1d(np.arange(n), val), np.sort(val))
+    return pairs.subset(train), pairs.subset(val)
 
 
 def maskable_words(tokens: Sequence[str], special: set[str]) -> list[list[int]]:
