@@ -102,7 +102,7 @@ def cmd_index(args) -> int:
         return _none_readable(report) if unreadable else 0
     if args.paths:
         what = ", ".join(folders + ([f"{len(files)} file{'s' * (len(files) != 1)}"] if files else []))
-        print(f"indexed {what} into {args.db}: {report.summary()}; {info['count']} images, model {info['model']}")
+        print(f"indexed {what} into {args.db}: {report.summary()}; {plural(info['count'], 'image')}, model {info['model']}")
         _print_skipped(report.skipped)
         if args.runtime == "torch" and report.added + report.updated >= TIP_RUNTIME_AT:
             from polymodal.export.runtime import is_onnx_folder
@@ -118,7 +118,7 @@ def cmd_index(args) -> int:
               f"{plural(info['count'], 'image')} left" + (f" (first: {pruned[0]})" if pruned else ""))
     if pushed:
         print(f"pushed {args.db} to {target_collection.where()}: {pushed.summary()}; "
-              f"{target_collection.info()['count']} images in the collection")
+              f"{plural(target_collection.info()['count'], 'image')} in the collection")
     return _none_readable(report) if unreadable else 0
 
 

@@ -12,6 +12,7 @@ import sys
 
 from polymodal.cli_options import add_precision, add_qdrant, add_runtime, index_model_name, qdrant_collection
 from polymodal.errors import PolymodalError
+from polymodal.models.inputs import plural
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def cmd_serve(args) -> int:
     config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", timeout_keep_alive=5,
                             server_header=False, root_path=args.root_path)
     line = (f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} "
-            f"({info['count']} images{vqa}) on http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops")
+            f"({plural(info['count'], 'image')}{vqa}) on http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops")
     try:
         _announcing_server(uvicorn, config, line).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C / SIGTERM after its graceful shutdown, most of the time

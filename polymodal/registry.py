@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Callable
 
@@ -101,6 +103,9 @@ def captions(model) -> bool:
 
 
 def _require(model, name, can: bool, lacks: str, other: str, use: str):
+    if isinstance(model, (str, os.PathLike)):  # ImageIndex(...).update(folder, "lite") from Python
+        raise PolymodalError(f"got the model name {str(model)!r} where a loaded model goes; pass "
+                             f"polymodal.load({str(model)!r})")
     if not can:
         raise PolymodalError(f"model {str(name or getattr(model, 'name', model))!r}{other} {lacks}; use {use} "
                              "(polymodal info lists them)")

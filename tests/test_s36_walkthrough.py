@@ -1,11 +1,18 @@
 """What a new user's walkthrough found (stop 36): 0-1 float pixels a little past 1, and what the CLI says when an
 --overwrite run is stopped (see test_s36_train_review)."""
 
+import logging
+
 import numpy as np
 import pytest
 
 from polymodal.data.images import load_image
 from polymodal.errors import PolymodalError
+from tests import test_pretrain, test_vqa
+from tests.test_finetune_walkthrough import _run
+from tests.test_vqa_pretrain_walkthrough import PRETRAIN, VQA
+
+qa_file, pairs_file = test_vqa.qa_file, test_pretrain.pairs_file  # their tiny data sets over the sample gallery
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +46,41 @@ def test_0_255_floats_and_0_1_floats_still_read_as_before(photo):
 def test_a_resized_0_1_image_that_dips_below_0_is_told_to_clip(photo):
     with pytest.raises(PolymodalError, match=r"clip them \(np.clip\(x, 0, 1\)"):
         load_image(photo - 0.2)
+
+
+
+def test_the_readme_pretrain_then_fine_tune_commands_run_without_the_drift_warning(qa_file, pairs_file, tmp_path,
+                                                                                   caplog):
+    """The README's example froze the fusion only, so every run warned that the pretrained ITM head drifts."""
+    assert _run(["train", "pretrain", "--pairs", pairs_file, "--out", tmp_path / "pt", "--epochs", "1",
+                 "--val-pairs", pairs_file, *PRETRAIN]) == 0
+    with caplog.at_level(logging.WARNING):
+        assert _run(["train", "vqa", "--qa", qa_file, "--model", tmp_path / "pt" / "model", "--freeze", "fusion",
+                     "--itm-weight", "0.5", "--out", tmp_path / "ft", "--epochs", "1",
+                     *[a for a in VQA if a not in ("--dim", "32")]]) == 0
+    assert "drift" not in caplog.text
+
+
+def test_a_model_name_where_a_loaded_model_goes_says_to_load_it(gallery, tmp_path):
+    from polymodal.index import ImageIndex
+
+    with pytest.raises(PolymodalError, match=r"got the model name 'lite' where a loaded model goes; pass "
+                                             r"polymodal.load\('lite'\)"):
+        ImageIndex(tmp_path / "db").update(gallery, "lite", progress=False)
+    assert not (tmp_path / "db").exists()
+
+
+def test_plot_into_a_new_folder_makes_it(tmp_path):
+    pytest.importorskip("matplotlib")
+    import json
+
+    from polymodal import cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": 1, "split": "train", "loss": 1.0, "lr": 0.1},
+            {"step": 2, "epoch": 1, "split": "val", "train_loss": 0.9, "val/accuracy": 0.5}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "figures" / "curves.png"
+    assert cli.main(["plot", str(run), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in out.parent.iterdir()] == ["curves.png"]

@@ -4,8 +4,10 @@ validation losses go beside the training loss."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 from polymodal.train.metrics import read_metrics
 
@@ -63,8 +65,11 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle(str(run_dir))
     fig.tight_layout()
-    fig.savefig(out, dpi=100, bbox_inches="tight")  # the legend below the validation panel stays in
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=out.suffix.lower().lstrip("."), dpi=100, bbox_inches="tight")  # keeps the legend below
     plt.close(fig)
+    out.parent.mkdir(parents=True, exist_ok=True)  # as --explain and train --out make theirs
+    atomic_write_bytes(out, buffer.getvalue())  # an interrupted plot leaves the previous picture, not half a file
     return out
 
 
