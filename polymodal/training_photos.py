@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from polymodal.cache import atomic_write_bytes
+from polymodal.cache import atomic_write_bytes, staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,12 @@ class TrainingPhotos:
         return self._hashes
 
     def save(self, model, folder) -> None:
-        hashes = self.hashes()  # first: ``earlier`` may be this folder, whose list model.save may replace
-        model.save(folder)
-        write_training_photos(folder, *hashes)
+        """Weights, config and this list appear together: built in a hidden sibling folder, then renamed over
+        ``folder`` (a kill between two files left new weights beside the old config's version)."""
+        hashes = self.hashes()  # first: ``earlier`` may be this folder
+        with staged_folder(folder) as stage:
+            model.save(stage)
+            write_training_photos(stage, *hashes)
 
 
 def _known(model) -> tuple[set[str], set[str]] | None:

@@ -279,3 +279,23 @@ def test_a_collection_pushed_again_from_another_model_is_503_not_mixed_rankings(
         pusher.push(ImageIndex(other), progress=False)
         r = c.post("/v1/search", json={"text": "a cat", "k": 2})
         assert r.status_code == 503 and "now holds vectors of model other@1, not lite" in r.json()["error"], r.text
+
+
+def test_building_an_export_variant_keeps_the_callers_logging_disable_level(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from polymodal.export.variants import _atomic
+
+    seen = []
+
+    def build(path):
+        seen.append(logging.root.manager.disable)
+        open(path, "wb").write(b"graph")
+
+    logging.disable(logging.ERROR)  # a program that silenced warnings itself
+    try:
+        _atomic(build, tmp_path / "graph.onnx")
+        assert logging.root.manager.disable == logging.ERROR and seen == [logging.ERROR]
+    finally:
+        logging.disable(logging.NOTSET)
+    _atomic(build, tmp_path / "again.onnx")
+    assert logging.root.manager.disable == logging.NOTSET and seen[-1] == logging.WARNING

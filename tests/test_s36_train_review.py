@@ -282,3 +282,32 @@ def test_val_pairs_that_are_renamed_copies_are_warned_of(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         warn_of_shared_photos(originals, [*again, again[0]], "--val-pairs")
     assert "2 of the 2 validation photos (--val-pairs) are training photos too" in caplog.text
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_model_whole(tmp_path):
+    from polymodal.training_photos import TrainingPhotos
+
+    folder = tmp_path / "run" / "model"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"old weights")
+    (folder / "config.json").write_text('{"version": "old"}')
+
+    class Killed:
+        def save(self, where):
+            (where / "model.safetensors").write_bytes(b"new weights")
+            raise KeyboardInterrupt  # before its config.json
+
+    with pytest.raises(KeyboardInterrupt):
+        TrainingPhotos([]).save(Killed(), folder)
+    assert (folder / "model.safetensors").read_bytes() == b"old weights"
+    assert (folder / "config.json").read_text() == '{"version": "old"}'
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["model"]  # no staging folder left behind
+
+    class Saved:
+        def save(self, where):
+            (where / "model.safetensors").write_bytes(b"new weights")
+            (where / "config.json").write_text('{"version": "new"}')
+
+    TrainingPhotos([]).save(Saved(), folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "training_photos.txt"]
+    assert (folder / "config.json").read_text() == '{"version": "new"}'

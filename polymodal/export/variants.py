@@ -24,14 +24,15 @@ VARIANTS = ("int8_dynamic", "int8_static", "bf16")
 def _atomic(build: Callable[[str], None], out: Path) -> Path:
     fd, tmp = temp_beside(out)
     os.close(fd)
-    logging.disable(logging.WARNING)  # the quantizer logs a warning per LayerNorm weight: noise for the user
+    disabled = logging.root.manager.disable  # the caller's own logging.disable level comes back after
+    logging.disable(max(disabled, logging.WARNING))  # the quantizer logs a warning per LayerNorm weight: noise
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):  # and numpy warnings on constant tensors
             warnings.simplefilter("ignore")
             build(tmp)
         os.replace(tmp, out)
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(disabled)
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
