@@ -192,7 +192,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     photos = TrainingPhotos(train_set.images, recipe.model, chose, earlier=out / "model" if resume else None)
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
-                       # lite's space: scored as epoch 0, RUN/model stays it unless an epoch beats it
+                       # lite's space: scored as epoch 0, RUN/model stays it unless an epoch ties or beats it
                        score_start=recipe.model != "lite" or recipe.arch.starts_as_lite)
     if eval_fn is None and distributed.is_main():  # else on_best saved the best epoch, which this would replace
         photos.save(model, out / "model")

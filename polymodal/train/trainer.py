@@ -250,7 +250,7 @@ class Trainer:
         is kept, though a tie does not hold off early stopping); on_start() once the checkpoint to resume has
         loaded and before the first step (e.g. to write the run's settings: a refused resume writes nothing).
         score_start (fine-tuning a saved model): validate the model before training as epoch 0, so that it stays
-        the best (RUN/model) unless an epoch beats it."""
+        the best (RUN/model) unless an epoch ties or beats it."""
         from polymodal.train import distributed
 
         if resume:
