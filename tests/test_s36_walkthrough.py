@@ -84,3 +84,26 @@ def test_plot_into_a_new_folder_makes_it(tmp_path):
     out = tmp_path / "figures" / "curves.png"
     assert cli.main(["plot", str(run), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in out.parent.iterdir()] == ["curves.png"]
+
+
+def test_the_captioners_negated_loss_is_not_drawn_on_the_loss_axis(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from polymodal.train.plot import plot_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": 1, "split": "train", "loss": 2.0, "lr": 0.1},
+            {"step": 2, "epoch": 1, "split": "val", "train_loss": 1.9, "val/loss": 1.8, "val/neg_loss": -1.8,
+             "val/cider": 0.2}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_run(run)
+    labels = figures[0].axes[0].get_legend_handles_labels()[1]
+    monkeypatch.undo()
+    plt.close(figures[0])
+    assert "val/loss" in labels and "val/neg_loss" not in labels

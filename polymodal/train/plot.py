@@ -39,7 +39,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (step)")
     axes[0].plot(*_series(val, "train_loss", "step"), "o-", label="train loss (epoch mean)")  # none before epoch 1
     keys = sorted({k for r in val for k, v in r.items() if k.startswith("val/") and isinstance(v, (int, float))})
-    for key in (k for k in keys if "loss" in k):  # validation losses share the loss axis
+    for key in (k for k in keys if "loss" in k and "neg_loss" not in k):  # val losses share the loss axis (neg_loss:
+        # the captioner's loss negated for early stopping, the same curve upside down)
         axes[0].plot(*_series(val, key, "step"), "s--", label=key)
     axes[0].set(xlabel="step", ylabel="loss", title="loss")
     axes[1].plot([r["step"] for r in train], [r["lr"] for r in train])
