@@ -40,7 +40,8 @@ def temp_beside(path: Path) -> tuple[int, str]:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.exists():  # (a file there: the OS's own "Not a directory" below, not "File exists")
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -481,19 +482,19 @@ def _sigterm_cleans_up():
             signal.signal(signal.SIGTERM, previous)
 
 
-def _saved_work(exc: BaseException, args) -> str:
+def _saved_work(exc: BaseException, args, started: float = 0.0) -> str:
     """What an interrupted index update (it commits as it goes, see ImageIndex.update) or training run (a checkpoint
-    each epoch) kept, or "" if neither ran."""
+    each epoch) kept, or "" if neither ran. ``started``: when the command began (time.time())."""
     saved, total = getattr(exc, "index_progress", (0, 0))
     out = getattr(args, "out", None)
     if not total and out and hasattr(args, "resume"):  # a `train` command
-        overwrite, saved = getattr(args, "overwrite", False), getattr(exc, "saved_an_epoch", False)
-        if getattr(exc, "replaced_run_restored", False) or (overwrite and not saved and not args.resume):
-            # (stopped before training began: the run --overwrite was to replace was never moved)
-            if (Path(out) / "checkpoint.pt").is_file():
-                return f": no epoch had finished; {out} holds the run --overwrite was to replace, as before"
-        if not (Path(out) / "checkpoint.pt").is_file():
+        checkpoint, overwrite = Path(out) / "checkpoint.pt", getattr(args, "overwrite", False)
+        if not checkpoint.is_file():
             return ": no epoch had finished, so nothing was kept"
+        # a checkpoint from before this command, with --overwrite: the run it was to replace, never moved (stopped
+        # before training began) or moved back (stopped before an epoch finished)
+        if getattr(exc, "replaced_run_restored", False) or (overwrite and checkpoint.stat().st_mtime < started):
+            return f": no epoch had finished; {out} holds the run --overwrite was to replace, as before"
         how = "with --resume instead of --overwrite" if overwrite else "with --resume"
         return f": {out} keeps the last finished epoch; run the same command {how} to continue"
     if not total:
@@ -512,6 +513,7 @@ def _quiet_openmp_waits() -> None:
 
 
 def main(argv=None) -> int:
+    started = time.time()
     _quiet_openmp_waits()
     from polymodal.data.images import quiet_pillow_size_warnings
 
@@ -538,7 +540,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as exc:
         # 143 and 130: what a shell reports for a process SIGTERM or Ctrl-C ended
         word, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
-        print(f"polymodal: {word}{_saved_work(exc, args)}", file=sys.stderr)
+        print(f"polymodal: {word}{_saved_work(exc, args, started)}", file=sys.stderr)
         return code
     except OSError as exc:  # mostly a path that cannot be made or written (its parent is a file, no permission)
         if args.verbose:

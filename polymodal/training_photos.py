@@ -44,21 +44,37 @@ def photo_hashes(images) -> set[str]:
 
 
 def copies_across(train_images, val_images) -> list[int]:
-    """Indices of the val images whose bytes are those of a training image (the same photo under another name, as
-    scraped caption sets hold). Only files whose size matches another's are read, so a set without copies costs a
-    stat per file; shard members are not compared."""
-    sizes: dict[int, list[tuple[int, object]]] = {}
+    """Indices of the val images that are training images: the same name, or the same bytes under another name (as
+    scraped caption sets hold). Only files whose size, then first 64 KiB, match another's are hashed whole, so a set
+    without copies costs a stat per file; shard members are compared by name only."""
+    names = {str(image) for image in train_images}
+    same_name = {i for i, image in enumerate(val_images) if str(image) in names}
+    groups: dict = {}
     for side, images in enumerate((train_images, val_images)):
         for i, image in enumerate(images):
-            try:
-                sizes.setdefault(os.stat(image).st_size, []).append((side, i))
-            except (OSError, TypeError, ValueError):  # a shard member, or a file that is gone: not compared
+            if side == 1 and i in same_name:
                 continue
-    same = [group for group in sizes.values() if len({side for side, _ in group}) == 2]
-    if not same:
-        return []
-    train_hashes = {photo_hash(train_images[i]) for group in same for side, i in group if side == 0} - {None}
-    return sorted(i for group in same for side, i in group if side == 1 and photo_hash(val_images[i]) in train_hashes)
+            try:
+                groups.setdefault(os.stat(image).st_size, []).append((side, i))
+            except (OSError, TypeError, ValueError):  # a shard member, or a file that is gone
+                continue
+    for key in (_head_hash, photo_hash):  # each pass narrows the groups that still hold both sides
+        both = [group for group in groups.values() if len({side for side, _ in group}) == 2]
+        groups = {}
+        for group in both:
+            for side, i in group:
+                groups.setdefault(key((train_images, val_images)[side][i]), []).append((side, i))
+        groups.pop(None, None)  # unreadable
+    copies = {i for group in groups.values() if len({side for side, _ in group}) == 2 for side, i in group if side}
+    return sorted(same_name | copies)
+
+
+def _head_hash(image) -> str | None:
+    try:
+        with open(image, "rb") as f:
+            return hashlib.blake2b(f.read(65536), digest_size=8).hexdigest()
+    except OSError:
+        return None
 
 
 def model_folder(name_or_path) -> Path | None:

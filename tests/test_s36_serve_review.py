@@ -121,7 +121,7 @@ def big_jpeg(path=None) -> bytes:
 
 
 def test_a_200_megapixel_phone_photo_decodes_at_reduced_scale(lite, tmp_path):
-    from polymodal.data.images import load_image
+    from polymodal.data.images import check_image_file, load_image
 
     (tmp_path / "phone").mkdir()
     data = big_jpeg(tmp_path / "phone" / "big.jpg")
@@ -134,21 +134,42 @@ def test_a_200_megapixel_phone_photo_decodes_at_reduced_scale(lite, tmp_path):
     with pytest.raises(ApiError) as refused:
         open_image_checked(data, 40_000_000, "big.jpg")
     assert refused.value.status == 413
-    # indexed and thumbnailed like any photo
+    check_image_file(tmp_path / "phone" / "big.jpg")  # `polymodal caption` / `vqa` check it before loading
+    # indexed, uploaded and thumbnailed like any photo
     db = tmp_path / "db"
     assert ImageIndex(db).update(tmp_path / "phone", lite, progress=False).added == 1
     with TestClient(create_app(lite, db)) as c:
         hit = c.post("/v1/search", json={"text": "grey", "k": 1}).json()["hits"][0]
         thumb = c.get(hit["thumb"])
+        added = c.post("/v1/index", files=[("image", ("phone.jpg", data, "image/jpeg"))])
     assert thumb.status_code == 200 and max(Image.open(io.BytesIO(thumb.content)).size) == 256
+    assert added.status_code == 200 and [a["upload"] for a in added.json()["added"]] == ["phone.jpg"], added.text
 
 
-def test_a_png_past_pillows_limit_is_still_refused():
+def test_a_png_past_pillows_limit_is_still_refused(tmp_path, monkeypatch):
+    import builtins
+
+    from polymodal.data.images import load_image
+
     png = io.BytesIO()
     Image.new("1", (15000, 13000)).save(png, "PNG")  # 195 MP of 1-bit pixels: small to write, no draft for PNG
     with pytest.raises(ApiError) as refused:
         open_image_checked(png.getvalue(), 40_000_000, "scan.png", min_size=256)
     assert refused.value.status == 413 and "195,000,000 pixels" in refused.value.message
+    (tmp_path / "scan.png").write_bytes(png.getvalue())
+    reads, real_open = [], builtins.open
+
+    def counting_open(*args, **kwargs):
+        f = real_open(*args, **kwargs)
+        if str(args[0]).endswith("scan.png"):
+            real_read = f.read
+            f.read = lambda n=-1: reads.append(n) or real_read(n)
+        return f
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    with pytest.raises(PolymodalError, match="larger than Pillow decodes safely"):
+        load_image(tmp_path / "scan.png", min_size=256)
+    assert -1 not in reads  # a PNG is refused from its first bytes, never read whole into memory
 
 
 # -- settings that are not finite numbers ------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def test_an_early_stopped_run_is_finished_for_resume(caption_data, tmp_path, mon
     capsys.readouterr()
     assert train(pairs, run, *common, "--patience", "1", "--resume") == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "stopped early after epoch 2" in err and "pass --patience 2 or more" in err
+    assert err.count("\n") == 1 and "did not improve in its last 1 of 2 epochs, which --patience 1 counts as an early stop" in err and "pass --patience 2 or more" in err
     assert train(pairs, run, *common, "--patience", "2", "--resume") == 0  # as the message says: one more epoch
     assert [r["epoch"] for r in read_metrics(run) if r["split"] == "val"] == [1, 2, 3]
 
@@ -86,7 +86,7 @@ def test_a_run_killed_before_its_first_checkpoint_says_to_overwrite(caption_data
     (run / "train_config.json").write_text("{}")  # what SIGKILL or the out-of-memory killer leaves
     assert train(pairs, run, "--resume") == 2
     err = capsys.readouterr().err
-    assert "ended before its first epoch finished; start it again with --overwrite" in err
+    assert "was killed before its first epoch finished, or the file was deleted); start it again with --overwrite" in err
     (tmp_path / "empty").mkdir()
     assert train(pairs, tmp_path / "empty", "--resume") == 2
     assert "start a run there without --resume" in capsys.readouterr().err  # nothing there at all: the plain advice
@@ -196,27 +196,29 @@ def test_a_model_given_as_a_number_is_one_line(caption_data, tmp_path, capsys):
     assert "setting model must be a string, got 5" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("saved_an_epoch, said", [
-    (None, "no epoch had finished; {out} holds the run --overwrite was to replace, as before"),  # while caching
-    (False, "no epoch had finished; {out} holds the run --overwrite was to replace, as before"),
-    (True, "{out} keeps the last finished epoch; run the same command with --resume instead of --overwrite to "
-           "continue"),
+@pytest.mark.parametrize("checkpoint_age, said", [
+    (3600, "no epoch had finished; {out} holds the run --overwrite was to replace, as before"),  # the old run's
+    (0, "{out} keeps the last finished epoch; run the same command with --resume instead of --overwrite to "
+        "continue"),  # written by this command: the new run's first epoch (or its last, then RUN/model's save)
 ])
-def test_ctrl_c_of_an_overwrite_gives_advice_that_works(tmp_path, monkeypatch, capsys, saved_an_epoch, said):
+def test_ctrl_c_of_an_overwrite_gives_advice_that_works(tmp_path, monkeypatch, capsys, checkpoint_age, said):
     """Stopped before training began, an --overwrite run said 'run the same command with --resume', which is refused
     beside --overwrite, and without it resumed the old run."""
+    import os
+    import time
+
     from polymodal.train import contrastive
 
-    def interrupted(*args, **kwargs):
-        exc = KeyboardInterrupt()
-        if saved_an_epoch is not None:
-            exc.saved_an_epoch = saved_an_epoch
-        raise exc
-
-    monkeypatch.setattr(contrastive, "train_contrastive", interrupted)
     out = tmp_path / "run"
     out.mkdir()
-    (out / "checkpoint.pt").write_bytes(b"")  # the old run's, or the new run's first epoch
+
+    def interrupted(*args, **kwargs):
+        (out / "checkpoint.pt").write_bytes(b"")
+        stamp = time.time() - checkpoint_age
+        os.utime(out / "checkpoint.pt", (stamp, stamp))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(contrastive, "train_contrastive", interrupted)
     assert cli.main(["train", "contrastive", "--pairs", str(tmp_path / "p.jsonl"), "--out", str(out),
                      "--overwrite"]) == 130
     assert capsys.readouterr().err.strip() == "polymodal: interrupted: " + said.format(out=out)
@@ -311,3 +313,54 @@ def test_a_save_that_fails_midway_leaves_the_previous_model_whole(tmp_path):
     TrainingPhotos([]).save(Saved(), folder)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "training_photos.txt"]
     assert (folder / "config.json").read_text() == '{"version": "new"}'
+
+
+def test_the_vqa_split_moves_copies_to_training_too(tmp_path):
+    from polymodal.eval.vqa import QARow
+    from polymodal.train.vqa import split_by_image
+    from polymodal.training_photos import photo_hash
+
+    pairs = pairs_with_copies(tmp_path, copies=8)
+    rows = [QARow(image=str(p), question="what is it?", answer="a photo") for p in pairs.images]
+    train, val = split_by_image(rows, 0.25, seed=0)
+    assert val and not {photo_hash(r.image) for r in val} & {photo_hash(r.image) for r in train}
+
+
+def test_same_sized_files_are_told_apart_without_reading_them_whole(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import polymodal.training_photos as tp
+
+    rng = np.random.default_rng(1)
+    files = []
+    for i in range(6):  # BMPs of one size: every file the same length, none a copy
+        path = tmp_path / f"{i}.bmp"
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+        files.append(path)
+    hashed = []
+    monkeypatch.setattr(tp, "photo_hash", lambda image: hashed.append(image) or "same")
+    assert tp.copies_across(files[:3], files[3:]) == [] and hashed == []  # their first 64 KiB differ
+    assert tp.copies_across(files[:3], [tmp_path / "x.tar#0.jpg", files[0]]) == [1]  # by name, shard refs too
+
+
+def test_another_seed_is_taken_on_resume_when_validation_pairs_are_given(caption_data, tmp_path, capsys):
+    pairs, _ = caption_data
+    run = tmp_path / "run"
+    assert train(pairs, run, "--epochs", "1", "--val-pairs", str(pairs)) == 0
+    assert train(pairs, run, "--epochs", "2", "--val-pairs", str(pairs), "--resume", "--seed", "1") == 0  # no split
+
+
+def test_names_and_ids_of_any_iterable_or_size():
+    from polymodal.models.inputs import as_parts
+    from polymodal.train.pretrain import parse_objectives
+
+    assert parse_objectives({"itm": 1.0}.keys()) == {"itm": 1.0} and as_parts({"fusion"}) == ["fusion"]
+
+
+def test_remove_ids_past_sqlites_integers_are_not_found(tmp_path):
+    from polymodal.index import ImageIndex
+    from test_index import FakeModel, paint
+
+    index = ImageIndex(tmp_path / "db")
+    index.update(paint(tmp_path / "p" / "red.png", "red").parent, FakeModel(), progress=False)
+    assert index.remove_ids([2**64, -2**70]) == {} and len(index) == 1

@@ -109,8 +109,12 @@ def check_image_file(path: str | Path) -> None:
     folder, no image format Pillow knows, an extreme shape. A command over many files calls it on each first, so a
     mistake stops it before a model loads; a file damaged past its header still fails when it is decoded."""
     path = _existing_file(path)
-    with _pillow_errors(str(path)), Image.open(path) as img:
-        w, h = img.size
+    with _pillow_errors(str(path)):
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except Image.DecompressionBombError:  # a 200 MP JPEG: the models that decode it smaller take it
+            w, h = open_drafted_jpeg(path, 1).size
     check_image_size(w, h, str(path))
 
 
@@ -200,6 +204,9 @@ def _open(source, name: str, min_size: int | None = None) -> Image.Image:
         return img
 
 
+_JPEG_START = b"\xff\xd8\xff"  # SOI and the next marker's first byte
+
+
 def open_drafted_jpeg(source, min_size: int | None) -> Image.Image:
     """A JPEG past Pillow's pixel limit (179 MP; a 200 MP phone photo is 16320x12240), opened anyway when it decodes
     at reduced scale (1/2 to 1/8) to fewer pixels than that limit: Pillow's limit guards decoded pixels. Called
@@ -208,11 +215,18 @@ def open_drafted_jpeg(source, min_size: int | None) -> Image.Image:
         raise
     from PIL import JpegImagePlugin
 
-    data = source if isinstance(source, (bytes, bytearray)) else (
-        Path(source).read_bytes() if not hasattr(source, "read") else (source.seek(0), source.read())[1])
-    if data[:3] != b"\xff\xd8\xff":  # not a JPEG: nothing decodes it smaller
+    if isinstance(source, (bytes, bytearray)):
+        fp = io.BytesIO(source)
+    elif hasattr(source, "read"):
+        fp = source
+    else:
+        with open(source, "rb") as f:  # only a JPEG is read whole (a 600 MB PNG is refused from its first bytes)
+            head = f.read(3)
+            fp = io.BytesIO(head + f.read()) if head == _JPEG_START else None
+    if fp is None or (fp.seek(0), fp.read(3))[1] != _JPEG_START:  # not a JPEG: nothing decodes it smaller
         raise
-    img = JpegImagePlugin.jpeg_factory(io.BytesIO(data))
+    fp.seek(0)
+    img = JpegImagePlugin.jpeg_factory(fp)
     img.draft(None, (min_size, min_size))
     if img.width * img.height > 2 * (Image.MAX_IMAGE_PIXELS or math.inf):
         raise

@@ -268,7 +268,7 @@ class ImageIndex(SearchByModel):
         not path: a stored path no longer names its row once a folder on it became a symlink."""
         if not self.sqlite_path.is_file():
             raise self._missing()
-        ids = list(dict.fromkeys(int(i) for i in ids))
+        ids = [i for i in dict.fromkeys(int(i) for i in ids) if -2**63 <= i < 2**63]  # SQLite's integers
         return dict(self._drop(lambda con: list(_select_in(con, "id, path", "id", ids))))
 
     def prune(self) -> list[str]:

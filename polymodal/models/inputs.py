@@ -100,7 +100,8 @@ def as_paths(value: Any, what: str = "data") -> list:
 def as_parts(value: Any) -> Any:
     """A recipe's ``freeze``: "projections,fusion" (as a flag gives it) or a list of part names -> a list."""
     parts = [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
-    if not isinstance(parts, (list, tuple)) or not all(isinstance(p, str) for p in parts):
+    parts = list(parts) if isinstance(parts, Iterable) and not isinstance(parts, (bytes, Mapping)) else None
+    if parts is None or not all(isinstance(p, str) for p in parts):
         raise PolymodalError(f'freeze takes part names ("projections,fusion" or a list of them), got {value!r}')
     return list(parts)
 

@@ -120,8 +120,11 @@ def open_image_checked(data: bytes, max_pixels: int, name: str = "upload", min_s
 
 def image_suffix(data: bytes) -> str:
     """The file extension for already-validated image bytes (server-chosen, never the client's file name)."""
-    with Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS)) as img:
-        return {**IMAGE_FORMATS, "MPO": ".jpg"}[img.format]  # a phone's multi-picture JPEG opens as MPO
+    try:
+        with Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS)) as img:
+            return {**IMAGE_FORMATS, "MPO": ".jpg"}[img.format]  # a phone's multi-picture JPEG opens as MPO
+    except Image.DecompressionBombError:  # validated: only a JPEG decoding at reduced scale gets past that limit
+        return ".jpg"
 
 
 def check_k(k, max_k: int, field: str = "k") -> int:

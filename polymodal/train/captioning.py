@@ -181,7 +181,8 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     model = build_captioner(recipe)
     name_after_run(model, recipe.out)
     if resume:
-        check_same_run(Path(recipe.out), recipe.arch, recipe.train, val_fraction=recipe.val_fraction)
+        check_same_run(Path(recipe.out), recipe.arch, recipe.train,
+                       val_fraction=None if recipe.val_pairs else recipe.val_fraction)
     pairs, grids = _readable(model, pairs, progress)
     loader = DataLoader(_Captions(grids, pairs), batch_size=recipe.batch_size, shuffle=True, collate_fn=_collate(model))
     eval_fn = None

@@ -107,8 +107,9 @@ def check_run_folder(out, resume: bool, overwrite: bool, epochs: int | None = No
     if resume:
         if not (out / "checkpoint.pt").is_file():
             if any((out / name).exists() for name in RUN_FILES[1:-1]):  # killed (SIGKILL, out of memory) early
-                raise PolymodalError(f"no checkpoint at {out / 'checkpoint.pt'}: the run there ended before its first "
-                                     "epoch finished; start it again with --overwrite (overwrite=True in Python)")
+                raise PolymodalError(f"no checkpoint at {out / 'checkpoint.pt'}: the run there has none to continue "
+                                     "from (it was killed before its first epoch finished, or the file was deleted); "
+                                     "start it again with --overwrite (overwrite=True in Python), which replaces it")
             raise PolymodalError(f"no checkpoint at {out / 'checkpoint.pt'}; train without --resume "
                                  "(resume=True in Python) first")
         if epochs is not None:

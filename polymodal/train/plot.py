@@ -69,8 +69,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format=out.suffix.lower().lstrip("."), dpi=100, bbox_inches="tight")  # keeps the legend below
     plt.close(fig)
-    out.parent.mkdir(parents=True, exist_ok=True)  # as --explain and train --out make theirs
-    atomic_write_bytes(out, buffer.getvalue())  # an interrupted plot leaves the previous picture, not half a file
+    # a new folder is made, as --explain and train --out make theirs; an interrupted plot leaves the previous picture
+    atomic_write_bytes(out, buffer.getvalue())
     return out
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -82,14 +83,13 @@ def parse_objectives(spec) -> dict[str, float]:
     example = "write e.g. itm:1,mlm:1,mrm:0.5, a list of names or {\"itm\": 1, \"mlm\": 0.5}"
     if isinstance(spec, dict):
         items = list(spec.items())
-    elif isinstance(spec, (str, list, tuple)) and all(isinstance(p, str) for p in spec):
-        items = []
-        for part in (p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec)):
-            if part:
-                name, _, weight = part.partition(":")
-                items.append((name.strip(), weight.strip() or 1.0))
     else:
-        raise PolymodalError(f"objectives must name pretraining objectives, got {spec!r}; {example}")
+        parts = spec.split(",") if isinstance(spec, str) else list(spec) if isinstance(spec, Iterable) else None
+        if parts is None or not all(isinstance(p, str) for p in parts):
+            raise PolymodalError(f"objectives must name pretraining objectives, got {spec!r}; {example}")
+        items = []
+        for name, _, weight in (p.strip().partition(":") for p in parts if p.strip()):
+            items.append((name.strip(), weight.strip() or 1.0))
     out: dict[str, float] = {}
     for name, weight in items:
         if name not in OBJECTIVES:
@@ -627,7 +627,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     freeze_parts(model, recipe.freeze, recipe.model)
     if resume:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train, freeze=recipe.freeze,
-                       val_fraction=recipe.val_fraction)
+                       val_fraction=None if recipe.val_pairs else recipe.val_fraction)
     names = list(recipe.objectives)
     log.info("pretrain %s on %d captions of %d images; val: %d captions", names, len(train_pairs),
              len(train_pairs.images), len(val_pairs) if val_pairs else 0)

@@ -59,9 +59,7 @@ def write_train_config(out: Path, settings: dict) -> None:
 
 
 RESUMED_RATES = ("lr", "tower_lr_scale", "weight_decay")  # the checkpoint's optimizer state brings these back
-# the seed also draws the automatic validation split and each epoch's order: another one on resume would validate
-# on photos the earlier epochs trained on
-RESUMED_TRAIN = (*RESUMED_RATES, "seed")
+
 
 
 def name_after_run(model, out) -> None:
@@ -83,14 +81,15 @@ def check_same_run(out: Path, arch, train, ignore: Sequence[str] = (), freeze: S
     """--resume (RUN/train_config.json): the checkpoint only fits the architecture it was trained with (``ignore``:
     arch keys that are no flag, checked when the checkpoint loads), and the optimizer and schedule continue at the
     rates they were saved with, so another --lr, --tower-lr-scale or --weight-decay would be recorded but not used:
-    refuse both. Another --seed or ``val_fraction`` would draw another validation split, partly of photos already
-    trained on: refused too. ``freeze``: the parts frozen now; the saved optimizer state holds the parameters
-    trained then."""
+    refuse both. ``val_fraction`` (None: the run validates on its own files, no split): another one, or another
+    --seed, would draw another validation split, partly of photos already trained on: refused too. ``freeze``: the
+    parts frozen now; the saved optimizer state holds the parameters trained then."""
     saved = _recorded(out)
     if saved is None:
         return  # a run from before train_config.json: loading the checkpoint is the check
+    resumed = (*RESUMED_RATES, "seed") if val_fraction is not None else RESUMED_RATES  # the seed draws the split
     changed = _changed(saved, "arch", arch, lambda k: k not in ignore) + _changed(saved, "train", train,
-                                                                                lambda k: k in RESUMED_TRAIN)
+                                                                                lambda k: k in resumed)
     if val_fraction is not None and isinstance(saved, dict) and saved.get("val_fraction", val_fraction) != val_fraction:
         changed.append(("val_fraction", saved["val_fraction"], val_fraction))
     was_frozen = saved.get("freeze", []) if isinstance(saved, dict) else []

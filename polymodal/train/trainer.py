@@ -108,8 +108,8 @@ def refuse_a_finished_run(out: Path, epoch: int, epochs: int, bad_epochs: int = 
         raise PolymodalError(f"the run in {out} already trained {epoch} epochs; pass --epochs {epoch + 1} or more "
                              "to continue it")
     if patience and bad_epochs >= patience:
-        raise PolymodalError(f"the run in {out} stopped early after epoch {epoch} (its metric did not improve for "
-                             f"{bad_epochs} epochs, --patience {patience}); pass --patience {bad_epochs + 1} or more "
+        raise PolymodalError(f"the run in {out} did not improve in its last {bad_epochs} of {epoch} epochs, which "
+                             f"--patience {patience} counts as an early stop; pass --patience {bad_epochs + 1} or more "
                              "(0: no early stop) to train on")
 
 
@@ -301,7 +301,6 @@ class Trainer:
             logger.close()
             if main and not resume and not saved and discard_unfinished_run(self.out):
                 exc.replaced_run_restored = True  # the CLI says so instead of "nothing was kept"
-            exc.saved_an_epoch = saved  # (absent: stopped before training, e.g. while caching features)
             raise
         logger.close()
         if self.best_metrics.get("epoch") == 0:

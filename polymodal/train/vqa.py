@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from polymodal.cache import cache_key
+from polymodal.data.pairs import keep_copies_in_training
 from polymodal.errors import PolymodalError
 from polymodal.eval.vqa import QARow, accuracy_by_type, read_qa
 from polymodal.models.fusion_encoder import (
@@ -251,7 +252,11 @@ def split_by_image(rows: list[QARow], fraction: float, seed: int = 0) -> tuple[l
         raise PolymodalError("need at least 2 images to split off validation; pass --val-qa")
     rng = np.random.default_rng(seed)
     n_val = min(len(images) - 1, max(1, round(fraction * len(images))))
-    val = set(rng.permutation(images)[:n_val].tolist())
+    chosen = set(rng.permutation(images)[:n_val].tolist())
+    index = np.arange(len(images))
+    _, val = keep_copies_in_training(images, index[[i not in chosen for i in images]],
+                                     index[[i in chosen for i in images]])
+    val = {images[i] for i in val}
     return [r for r in rows if str(r.image) not in val], [r for r in rows if str(r.image) in val]
 
 
@@ -428,7 +433,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     if resume:
         # the vocabulary ("answers") is checked when the checkpoint loads
         check_same_run(Path(recipe.out), recipe.arch, recipe.train, ignore=("answers",), freeze=recipe.freeze,
-                       val_fraction=recipe.val_fraction)
+                       val_fraction=None if recipe.val_qa else recipe.val_fraction)
     train, feats = readable_qa(model, train_rows, ",".join(map(str, recipe.qa)), progress)
     if len(train.rows) < len(train_rows):  # the answer vocabulary comes from the readable rows alone
         train_rows = train.rows
