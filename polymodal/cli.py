@@ -124,8 +124,8 @@ def cmd_index(args) -> int:
 
 
 def _print_skipped(skipped) -> None:
-    for path, reason in skipped:
-        print(f"  skipped {str(path).translate(_CONTROL)}: {reason}")
+    for path, reason in skipped:  # the reader's reason names the file again: once is enough
+        print(f"  skipped {str(path).translate(_CONTROL)}: {reason.replace(f': {path} (', ' (')}")
 
 
 def _none_readable(report, discarded: bool = False) -> int:

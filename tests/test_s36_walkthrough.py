@@ -107,3 +107,18 @@ def test_the_captioners_negated_loss_is_not_drawn_on_the_loss_axis(tmp_path, mon
     monkeypatch.undo()
     plt.close(figures[0])
     assert "val/loss" in labels and "val/neg_loss" not in labels
+
+
+def test_an_index_skip_line_names_the_file_once(tmp_path, capsys, monkeypatch):
+    import polymodal
+    from polymodal import cli
+    from test_index import FakeModel, paint
+
+    monkeypatch.setattr(polymodal, "load", lambda *a, **kw: FakeModel())
+    paint(tmp_path / "pics" / "red.png", "red")
+    (tmp_path / "pics" / "broken.jpg").write_bytes(b"x")
+    assert cli.main(["index", str(tmp_path / "pics"), "--db", str(tmp_path / "db")]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "skipped " in line and "broken" in line)
+    assert line.count("broken.jpg") == 1 and "not a readable image (" in line, line
+    assert "; 1 image, model fake@1" in out  # not "1 images"
