@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -482,18 +481,30 @@ def _sigterm_cleans_up():
             signal.signal(signal.SIGTERM, previous)
 
 
-def _saved_work(exc: BaseException, args, started: float = 0.0) -> str:
+def _checkpoint_stamp(args) -> tuple | None:
+    """A `train` command's RUN/checkpoint.pt as it was when the command began (None: none there). Every checkpoint
+    is written to a new file and renamed, so one this command wrote never matches (compared by identity, not by a
+    file server's clock against this machine's)."""
+    out = getattr(args, "out", None)
+    try:
+        info = os.stat(Path(out) / "checkpoint.pt") if out and hasattr(args, "resume") else None
+    except OSError:
+        return None
+    return info and (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+def _saved_work(exc: BaseException, args, before: tuple | None = None) -> str:
     """What an interrupted index update (it commits as it goes, see ImageIndex.update) or training run (a checkpoint
-    each epoch) kept, or "" if neither ran. ``started``: when the command began (time.time())."""
+    each epoch) kept, or "" if neither ran. ``before``: _checkpoint_stamp(args) when the command began."""
     saved, total = getattr(exc, "index_progress", (0, 0))
     out = getattr(args, "out", None)
     if not total and out and hasattr(args, "resume"):  # a `train` command
         checkpoint, overwrite = Path(out) / "checkpoint.pt", getattr(args, "overwrite", False)
         if not checkpoint.is_file():
             return ": no epoch had finished, so nothing was kept"
-        # a checkpoint from before this command, with --overwrite: the run it was to replace, never moved (stopped
+        # the checkpoint from before this command, with --overwrite: the run it was to replace, never moved (stopped
         # before training began) or moved back (stopped before an epoch finished)
-        if getattr(exc, "replaced_run_restored", False) or (overwrite and checkpoint.stat().st_mtime < started):
+        if getattr(exc, "replaced_run_restored", False) or (overwrite and _checkpoint_stamp(args) == before):
             return f": no epoch had finished; {out} holds the run --overwrite was to replace, as before"
         how = "with --resume instead of --overwrite" if overwrite else "with --resume"
         return f": {out} keeps the last finished epoch; run the same command {how} to continue"
@@ -513,13 +524,13 @@ def _quiet_openmp_waits() -> None:
 
 
 def main(argv=None) -> int:
-    started = time.time()
     _quiet_openmp_waits()
     from polymodal.data.images import quiet_pillow_size_warnings
 
     quiet_pillow_size_warnings()
     args = build_parser().parse_args(argv)
     resolve_runtime(args)
+    before = _checkpoint_stamp(args)  # what an interrupted `train` kept is judged against it
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         from polymodal.eval.per_item import strict_reading
@@ -540,7 +551,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as exc:
         # 143 and 130: what a shell reports for a process SIGTERM or Ctrl-C ended
         word, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
-        print(f"polymodal: {word}{_saved_work(exc, args, started)}", file=sys.stderr)
+        print(f"polymodal: {word}{_saved_work(exc, args, before)}", file=sys.stderr)
         return code
     except OSError as exc:  # mostly a path that cannot be made or written (its parent is a file, no permission)
         if args.verbose:

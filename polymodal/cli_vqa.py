@@ -35,7 +35,8 @@ def cmd_vqa(args) -> int:
     one_question(args.question)  # an empty question fails here, before the model loads
     if args.top_k < 1:
         raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
-    check_image_file(args.image)  # a missing or unreadable image fails here, before the model loads
+    # a missing or unreadable image fails here, before the model loads (--explain's overlay decodes it full size)
+    check_image_file(args.image, drafted=not args.explain)
     choices = None if args.choices is None else [c.strip() for c in args.choices.split(",") if c.strip()]
     if choices == []:  # `--choices ""` (an empty shell variable) would otherwise answer open-ended without a word
         raise PolymodalError(f"--choices {args.choices!r} names no answer; pass candidates like --choices yes,no, "

@@ -58,13 +58,14 @@ def copies_across(train_images, val_images) -> list[int]:
                 groups.setdefault(os.stat(image).st_size, []).append((side, i))
             except (OSError, TypeError, ValueError):  # a shard member, or a file that is gone
                 continue
-    for key in (_head_hash, photo_hash):  # each pass narrows the groups that still hold both sides
-        both = [group for group in groups.values() if len({side for side, _ in group}) == 2]
+    for key in (_head_hash, photo_hash):  # each pass splits the groups that still hold both sides
+        both = [(found, group) for found, group in groups.items() if len({side for side, _ in group}) == 2]
         groups = {}
-        for group in both:
+        for found, group in both:
             for side, i in group:
-                groups.setdefault(key((train_images, val_images)[side][i]), []).append((side, i))
-        groups.pop(None, None)  # unreadable
+                digest = key((train_images, val_images)[side][i])
+                if digest is not None:  # (unreadable: not compared)
+                    groups.setdefault((found, digest), []).append((side, i))
     copies = {i for group in groups.values() if len({side for side, _ in group}) == 2 for side, i in group if side}
     return sorted(same_name | copies)
 

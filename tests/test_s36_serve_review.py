@@ -167,6 +167,7 @@ def test_a_png_past_pillows_limit_is_still_refused(tmp_path, monkeypatch):
         return f
 
     monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(io, "open", counting_open)  # what Path.read_bytes opens with
     with pytest.raises(PolymodalError, match="larger than Pillow decodes safely"):
         load_image(tmp_path / "scan.png", min_size=256)
     assert -1 not in reads  # a PNG is refused from its first bytes, never read whole into memory

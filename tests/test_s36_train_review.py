@@ -196,26 +196,29 @@ def test_a_model_given_as_a_number_is_one_line(caption_data, tmp_path, capsys):
     assert "setting model must be a string, got 5" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("checkpoint_age, said", [
-    (3600, "no epoch had finished; {out} holds the run --overwrite was to replace, as before"),  # the old run's
-    (0, "{out} keeps the last finished epoch; run the same command with --resume instead of --overwrite to "
-        "continue"),  # written by this command: the new run's first epoch (or its last, then RUN/model's save)
+@pytest.mark.parametrize("written_by_the_command, said", [
+    (False, "no epoch had finished; {out} holds the run --overwrite was to replace, as before"),  # the old run's
+    (True, "{out} keeps the last finished epoch; run the same command with --resume instead of --overwrite to "
+           "continue"),  # the new run's first epoch (or its last, then RUN/model's save)
 ])
-def test_ctrl_c_of_an_overwrite_gives_advice_that_works(tmp_path, monkeypatch, capsys, checkpoint_age, said):
+def test_ctrl_c_of_an_overwrite_gives_advice_that_works(tmp_path, monkeypatch, capsys, written_by_the_command, said):
     """Stopped before training began, an --overwrite run said 'run the same command with --resume', which is refused
-    beside --overwrite, and without it resumed the old run."""
+    beside --overwrite, and without it resumed the old run. Judged by the checkpoint file's identity, not its time
+    (a file server's clock may lag this machine's)."""
     import os
-    import time
 
+    from polymodal.cache import atomic_write_bytes
     from polymodal.train import contrastive
 
     out = tmp_path / "run"
     out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"old run")
+    os.utime(out / "checkpoint.pt", (1, 1))
 
     def interrupted(*args, **kwargs):
-        (out / "checkpoint.pt").write_bytes(b"")
-        stamp = time.time() - checkpoint_age
-        os.utime(out / "checkpoint.pt", (stamp, stamp))
+        if written_by_the_command:
+            atomic_write_bytes(out / "checkpoint.pt", b"old run")  # same bytes, even an old time: still a new file
+            os.utime(out / "checkpoint.pt", (1, 1))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(contrastive, "train_contrastive", interrupted)
@@ -351,10 +354,30 @@ def test_another_seed_is_taken_on_resume_when_validation_pairs_are_given(caption
 
 
 def test_names_and_ids_of_any_iterable_or_size():
+    from types import MappingProxyType
+
     from polymodal.models.inputs import as_parts
     from polymodal.train.pretrain import parse_objectives
 
     assert parse_objectives({"itm": 1.0}.keys()) == {"itm": 1.0} and as_parts({"fusion"}) == ["fusion"]
+    assert parse_objectives(MappingProxyType({"itm": 1.0, "mlm": 0.5})) == {"itm": 1.0, "mlm": 0.5}  # weights kept
+
+
+def test_another_seed_is_taken_on_resume_without_validation(caption_data, tmp_path):
+    pairs, _ = caption_data
+    assert train(pairs, tmp_path / "run", "--epochs", "1", "--val-fraction", "0") == 0
+    assert train(pairs, tmp_path / "run", "--epochs", "2", "--val-fraction", "0", "--resume", "--seed", "1") == 0
+
+
+def test_pretraining_refuses_another_seed_with_validation_pairs(tmp_path, capsys):
+    """Its seed also draws the validation negatives and masks: the restored best score would be another set's."""
+    from polymodal.errors import PolymodalError
+    from polymodal.train.run_settings import check_same_run
+
+    (tmp_path / "train_config.json").write_text(json.dumps({"train": {"seed": 0}, "arch": {}}))
+    with pytest.raises(PolymodalError, match=r"--seed 0 \(asked now: 1\)"):
+        check_same_run(tmp_path, {}, {"seed": 1}, val_fraction=None, seed_draws_validation=True)
+    check_same_run(tmp_path, {}, {"seed": 1}, val_fraction=None, seed_draws_validation=False)
 
 
 def test_remove_ids_past_sqlites_integers_are_not_found(tmp_path):

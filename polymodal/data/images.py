@@ -104,16 +104,20 @@ def draft_size_of(model_or_transform: Any) -> int | None:
     return getattr(transform, "draft_size", None)
 
 
-def check_image_file(path: str | Path) -> None:
+def check_image_file(path: str | Path, drafted: bool = True) -> None:
     """What load_image would refuse about an image file, read from its header (no pixels decoded): missing, a
     folder, no image format Pillow knows, an extreme shape. A command over many files calls it on each first, so a
-    mistake stops it before a model loads; a file damaged past its header still fails when it is decoded."""
+    mistake stops it before a model loads; a file damaged past its header still fails when it is decoded.
+    ``drafted``: the image is read at reduced scale, so a JPEG past Pillow's pixel limit passes (see
+    open_drafted_jpeg)."""
     path = _existing_file(path)
     with _pillow_errors(str(path)):
         try:
             with Image.open(path) as img:
                 w, h = img.size
         except Image.DecompressionBombError:  # a 200 MP JPEG: the models that decode it smaller take it
+            if not drafted:  # the caller decodes it at full size too (vqa --explain's overlay)
+                raise
             w, h = open_drafted_jpeg(path, 1).size
     check_image_size(w, h, str(path))
 

@@ -182,7 +182,8 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     name_after_run(model, recipe.out)
     if resume:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train,
-                       val_fraction=None if recipe.val_pairs else recipe.val_fraction)
+                       val_fraction=None if recipe.val_pairs else recipe.val_fraction,
+                       seed_draws_validation=not recipe.val_pairs and recipe.val_fraction > 0)
     pairs, grids = _readable(model, pairs, progress)
     loader = DataLoader(_Captions(grids, pairs), batch_size=recipe.batch_size, shuffle=True, collate_fn=_collate(model))
     eval_fn = None

@@ -142,7 +142,8 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     name_after_run(model, recipe.out)
     if resume:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train,
-                       val_fraction=None if recipe.val_pairs else recipe.val_fraction)
+                       val_fraction=None if recipe.val_pairs else recipe.val_fraction,
+                       seed_draws_validation=not recipe.val_pairs and recipe.val_fraction > 0)
     feats = image_features(model, train_set.images, views=recipe.views, augment=Augment(), seed=recipe.train.seed,
                            progress=progress, skip_unreadable=True)
     rows = readable_rows(feats)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -81,7 +81,7 @@ PRETRAIN_TRAIN_DEFAULTS = {"early_stop_metric": "val/score", "epochs": 10, "lr":
 def parse_objectives(spec) -> dict[str, float]:
     """"itm:1,mlm:1,mrm:0.5" (a weight-less name weighs 1), a list of names or a dict -> {name: weight}."""
     example = "write e.g. itm:1,mlm:1,mrm:0.5, a list of names or {\"itm\": 1, \"mlm\": 0.5}"
-    if isinstance(spec, dict):
+    if isinstance(spec, Mapping):
         items = list(spec.items())
     else:
         parts = spec.split(",") if isinstance(spec, str) else list(spec) if isinstance(spec, Iterable) else None
@@ -627,7 +627,8 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     freeze_parts(model, recipe.freeze, recipe.model)
     if resume:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train, freeze=recipe.freeze,
-                       val_fraction=None if recipe.val_pairs else recipe.val_fraction)
+                       val_fraction=None if recipe.val_pairs else recipe.val_fraction,
+                       seed_draws_validation=bool(recipe.val_pairs) or recipe.val_fraction > 0)  # masks too
     names = list(recipe.objectives)
     log.info("pretrain %s on %d captions of %d images; val: %d captions", names, len(train_pairs),
              len(train_pairs.images), len(val_pairs) if val_pairs else 0)

@@ -61,7 +61,6 @@ def write_train_config(out: Path, settings: dict) -> None:
 RESUMED_RATES = ("lr", "tower_lr_scale", "weight_decay")  # the checkpoint's optimizer state brings these back
 
 
-
 def name_after_run(model, out) -> None:
     """A model trained under a built-in model's name (recipes/default.json names its arch "default"; the captioner's
     config and a continued `easy-vqa` or `captioner` keep theirs) is named after its run folder instead: indexes
@@ -77,17 +76,18 @@ def name_after_run(model, out) -> None:
 
 
 def check_same_run(out: Path, arch, train, ignore: Sequence[str] = (), freeze: Sequence[str] | None = None,
-                   val_fraction: float | None = None) -> None:
+                   val_fraction: float | None = None, seed_draws_validation: bool = False) -> None:
     """--resume (RUN/train_config.json): the checkpoint only fits the architecture it was trained with (``ignore``:
     arch keys that are no flag, checked when the checkpoint loads), and the optimizer and schedule continue at the
     rates they were saved with, so another --lr, --tower-lr-scale or --weight-decay would be recorded but not used:
-    refuse both. ``val_fraction`` (None: the run validates on its own files, no split): another one, or another
-    --seed, would draw another validation split, partly of photos already trained on: refused too. ``freeze``: the
+    refuse both. ``val_fraction`` (None: the run validates on its own files, no split): another one would draw
+    another validation split, partly of photos already trained on; so would another --seed where
+    ``seed_draws_validation`` (a split, or pretraining's seeded negatives and masks): refused too. ``freeze``: the
     parts frozen now; the saved optimizer state holds the parameters trained then."""
     saved = _recorded(out)
     if saved is None:
         return  # a run from before train_config.json: loading the checkpoint is the check
-    resumed = (*RESUMED_RATES, "seed") if val_fraction is not None else RESUMED_RATES  # the seed draws the split
+    resumed = (*RESUMED_RATES, "seed") if seed_draws_validation else RESUMED_RATES
     changed = _changed(saved, "arch", arch, lambda k: k not in ignore) + _changed(saved, "train", train,
                                                                                 lambda k: k in resumed)
     if val_fraction is not None and isinstance(saved, dict) and saved.get("val_fraction", val_fraction) != val_fraction:

@@ -433,7 +433,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     if resume:
         # the vocabulary ("answers") is checked when the checkpoint loads
         check_same_run(Path(recipe.out), recipe.arch, recipe.train, ignore=("answers",), freeze=recipe.freeze,
-                       val_fraction=None if recipe.val_qa else recipe.val_fraction)
+                       val_fraction=None if recipe.val_qa else recipe.val_fraction,
+                       seed_draws_validation=not recipe.val_qa and recipe.val_fraction > 0)
     train, feats = readable_qa(model, train_rows, ",".join(map(str, recipe.qa)), progress)
     if len(train.rows) < len(train_rows):  # the answer vocabulary comes from the readable rows alone
         train_rows = train.rows
