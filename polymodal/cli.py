@@ -102,7 +102,8 @@ def cmd_index(args) -> int:
         return _none_readable(report) if unreadable else 0
     if args.paths:
         what = ", ".join(folders + ([f"{len(files)} file{'s' * (len(files) != 1)}"] if files else []))
-        print(f"indexed {what} into {args.db}: {report.summary()}; {plural(info['count'], 'image')}, model {info['model']}")
+        print(f"indexed {what} into {args.db}: {report.summary()}; {plural(info['count'], 'image')}, "
+              f"model {info['model']}")
         _print_skipped(report.skipped)
         if args.runtime == "torch" and report.added + report.updated >= TIP_RUNTIME_AT:
             from polymodal.export.runtime import is_onnx_folder

@@ -85,7 +85,8 @@ def cmd_serve(args) -> int:
     config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", timeout_keep_alive=5,
                             server_header=False, root_path=args.root_path)
     line = (f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} "
-            f"({plural(info['count'], 'image')}{vqa}) on http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops")
+            f"({plural(info['count'], 'image')}{vqa}) on http://{shown}:{port} - web page at /, API docs at /docs; "
+            "Ctrl-C stops")
     try:
         _announcing_server(uvicorn, config, line).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C / SIGTERM after its graceful shutdown, most of the time

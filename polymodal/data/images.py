@@ -108,17 +108,11 @@ def check_image_file(path: str | Path, drafted: bool = True) -> None:
     """What load_image would refuse about an image file, read from its header (no pixels decoded): missing, a
     folder, no image format Pillow knows, an extreme shape. A command over many files calls it on each first, so a
     mistake stops it before a model loads; a file damaged past its header still fails when it is decoded.
-    ``drafted``: the image is read at reduced scale, so a JPEG past Pillow's pixel limit passes (see
-    open_drafted_jpeg)."""
+    ``drafted``: the image is read at reduced scale, so a JPEG past Pillow's pixel limit passes (see open_image)."""
     path = _existing_file(path)
-    with _pillow_errors(str(path)):
-        try:
-            with Image.open(path) as img:
-                w, h = img.size
-        except Image.DecompressionBombError:  # a 200 MP JPEG: the models that decode it smaller take it
-            if not drafted:  # the caller decodes it at full size too (vqa --explain's overlay)
-                raise
-            w, h = open_drafted_jpeg(path, 1).size
+    # a 200 MP JPEG passes when drafted: the models that decode it smaller take it (vqa --explain's overlay does not)
+    with _pillow_errors(str(path)), open_image(path, 1 if drafted else None) as img:
+        w, h = img.size
     check_image_size(w, h, str(path))
 
 
@@ -168,8 +162,8 @@ def _to_uint8(arr: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:
     """Pixel samples -> uint8. 16-bit ones (uint16, or Pillow's 32-bit 'I' holding 16-bit PNG/TIFF data) keep
     their high byte, as Pillow does for 16-bit RGB files; floats (and booleans) in [0, 1] are scaled by 255 (up to
     1.01, clipped), floats from 1.01 to 2 are refused (0-1 pixels pushed past 1, which as 0-255 ones would be a
-    black image); the rest is clipped. Integers are 0-255 whatever their values: an int64 mask of 0s and 1s is as dark as the same
-    mask in uint8 (before, it was scaled, and the same pixels embedded differently by dtype)."""
+    black image); the rest is clipped. Integers are 0-255 whatever their values: an int64 mask of 0s and 1s is as
+    dark as the same mask in uint8 (before, it was scaled, and the same pixels embedded differently by dtype)."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all():  # NaN would cast to arbitrary bytes
@@ -198,10 +192,7 @@ def check_image_size(w: int, h: int, name: str = "image") -> None:
 
 def _open(source, name: str, min_size: int | None = None) -> Image.Image:
     with _pillow_errors(name):
-        try:
-            img = Image.open(source)
-        except Image.DecompressionBombError:
-            img = open_drafted_jpeg(source, min_size)
+        img = open_image(source, min_size)
         if min_size:
             img.draft(None, (min_size, min_size))  # JPEG only (other formats ignore it); before any pixel is decoded
         img.load()
@@ -211,12 +202,22 @@ def _open(source, name: str, min_size: int | None = None) -> Image.Image:
 _JPEG_START = b"\xff\xd8\xff"  # SOI and the next marker's first byte
 
 
-def open_drafted_jpeg(source, min_size: int | None) -> Image.Image:
-    """A JPEG past Pillow's pixel limit (179 MP; a 200 MP phone photo is 16320x12240), opened anyway when it decodes
-    at reduced scale (1/2 to 1/8) to fewer pixels than that limit: Pillow's limit guards decoded pixels. Called
-    with Pillow's DecompressionBombError in flight, which anything else re-raises."""
-    if not min_size:
-        raise
+def open_image(source, min_size: int | None = None, formats=None) -> Image.Image:
+    """Image.open, except that a JPEG past Pillow's pixel limit (179 MP; a 200 MP phone photo is 16320x12240) is
+    opened too when ``min_size`` lets it decode at reduced scale (1/2 to 1/8) to fewer pixels than that limit:
+    Pillow's limit guards decoded pixels. Anything else past the limit raises Pillow's DecompressionBombError."""
+    try:
+        return Image.open(source, formats=formats)
+    except Image.DecompressionBombError:
+        img = _drafted_jpeg(source, min_size) if min_size else None
+        if img is None:
+            raise
+        return img
+
+
+def _drafted_jpeg(source, min_size: int) -> Image.Image | None:
+    """A path, bytes or file object holding a JPEG -> the image drafted to ``min_size``; None when it is no JPEG,
+    or still too large at 1/8 scale."""
     from PIL import JpegImagePlugin
 
     if isinstance(source, (bytes, bytearray)):
@@ -228,13 +229,11 @@ def open_drafted_jpeg(source, min_size: int | None) -> Image.Image:
             head = f.read(3)
             fp = io.BytesIO(head + f.read()) if head == _JPEG_START else None
     if fp is None or (fp.seek(0), fp.read(3))[1] != _JPEG_START:  # not a JPEG: nothing decodes it smaller
-        raise
+        return None
     fp.seek(0)
     img = JpegImagePlugin.jpeg_factory(fp)
     img.draft(None, (min_size, min_size))
-    if img.width * img.height > 2 * (Image.MAX_IMAGE_PIXELS or math.inf):
-        raise
-    return img
+    return None if img.width * img.height > 2 * (Image.MAX_IMAGE_PIXELS or math.inf) else img
 
 
 @contextlib.contextmanager

@@ -103,7 +103,7 @@ def as_parts(value: Any) -> Any:
     parts = list(parts) if isinstance(parts, Iterable) and not isinstance(parts, (bytes, Mapping)) else None
     if parts is None or not all(isinstance(p, str) for p in parts):
         raise PolymodalError(f'freeze takes part names ("projections,fusion" or a list of them), got {value!r}')
-    return list(parts)
+    return parts
 
 
 def check_count(value: Any, what: str, none_means: str = "") -> int | None:

@@ -362,7 +362,8 @@ def create_app(
             vectors = await svc.batcher.images(await prepare(items))
         hits = (await run_in_threadpool(svc.search, vectors, k))[0]
         for rank, hit in enumerate(hits, 1):
-            hit.update(rank=rank, name=Path(hit["path"]).name, thumb=thumb_url(request, thumb_ref(hit["id"], hit["path"])))
+            hit.update(rank=rank, name=Path(hit["path"]).name,
+                       thumb=thumb_url(request, thumb_ref(hit["id"], hit["path"])))
         return JSONResponse({"model": model.key, "k": k, "hits": hits})
 
     @app.post(

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from polymodal.data.images import check_image_size, open_drafted_jpeg, to_rgb
+from polymodal.data.images import check_image_size, open_image, to_rgb
 from polymodal.data.tokenizer import check_unicode
 from polymodal.errors import PolymodalError
 
@@ -63,7 +63,8 @@ class ServeSettings:
         for key, value in asdict(self).items():
             if isinstance(value, bool):
                 continue
-            if not isinstance(value, (int, float)) or not 0 <= value < math.inf or (value == 0 and key != "max_wait_ms"):
+            finite = isinstance(value, (int, float)) and 0 <= value < math.inf  # (nan fails too)
+            if not finite or (value == 0 and key != "max_wait_ms"):
                 raise PolymodalError(f"serve setting {key} must be a positive number, got {value!r}")
 
     def public(self) -> dict:
@@ -83,10 +84,7 @@ def open_image_checked(data: bytes, max_pixels: int, name: str = "upload", min_s
     try:
         with warnings.catch_warnings():  # Pillow's DecompressionBombWarning: the size is judged below, as a 413
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            try:
-                img = Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS))
-            except Image.DecompressionBombError:
-                img = open_drafted_jpeg(data, min_size)  # a 200 MP phone photo decodes at 1/8 scale
+            img = open_image(io.BytesIO(data), min_size, list(IMAGE_FORMATS))  # a 200 MP JPEG: drafted to 1/8
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ApiError(
             400, f"{name} is not a readable image ({exc.__class__.__name__}); send a JPEG, PNG, WebP, BMP or GIF file"

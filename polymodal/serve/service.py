@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from polymodal.data.images import draft_size_of, open_drafted_jpeg, to_rgb
+from polymodal.data.images import draft_size_of, open_image, to_rgb
 from polymodal.errors import PolymodalError
 from polymodal.index import ImageIndex, IndexBusy
 from polymodal.index.store import IndexModelMismatch
@@ -277,11 +277,7 @@ class Service:
     def _make_thumbnail(self, path: str, image_id: int | str) -> bytes:
         size = self.settings.thumb_size
         try:
-            try:
-                opened = Image.open(path, formats=INDEXED_FORMATS)
-            except Image.DecompressionBombError:
-                opened = open_drafted_jpeg(path, size)  # a 200 MP phone photo, indexed at reduced scale too
-            with opened as img:
+            with open_image(path, size, INDEXED_FORMATS) as img:  # a 200 MP phone photo: drafted, as indexed
                 img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
                 if img.width * img.height > max(self.settings.max_image_pixels, Image.MAX_IMAGE_PIXELS or 0):
                     raise ApiError(422, f"image {image_id} is {img.width}x{img.height}; too large to thumbnail")
