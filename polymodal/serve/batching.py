@@ -112,24 +112,43 @@ class MicroBatcher:
         return self._queue.qsize() + len(self._carry)
 
     def _submit(self, job: _Job) -> Future:
-        self.start()
-        self._queue.put(job)
+        with self._start_lock:  # atomic with the worker's "nothing queued: stop" check (see _stopping)
+            self._start_locked()
+            self._queue.put(job)
         return job.future
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
         with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="polymodal-model", daemon=True)
-                self._thread.start()
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="polymodal-model", daemon=True)
+            self._thread.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Finish queued work, then stop the worker thread."""
+        """Finish queued work, then stop the worker thread.
+
+        Work submitted while closing (an index add still running at shutdown) is done by the same thread before it
+        stops: there is never a second model thread.
+        """
         with self._start_lock:
-            thread, self._thread = self._thread, None
-        if thread is not None and thread.is_alive():
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                return
             self._queue.put(_STOP)
-            thread.join(timeout)
+        thread.join(timeout)
+
+    def _stopping(self) -> bool:
+        """On a stop: end the thread, or, when work came after the stop (its submit saw this thread alive), queue
+        the stop again behind that work."""
+        with self._start_lock:
+            if self._carry or not self._queue.empty():
+                self._queue.put(_STOP)
+                return False
+            self._thread = None
+            return True
 
     # -- the worker thread -----------------------------------------------------------------------------------
     def _next(self, timeout: float | None):
@@ -145,7 +164,9 @@ class MicroBatcher:
         while True:
             job = self._next(None)
             if job is _STOP:
-                return
+                if self._stopping():
+                    return
+                continue
             if not job.future.set_running_or_notify_cancel():
                 continue  # its request timed out or went away while queued
             if job.kind == "call":
