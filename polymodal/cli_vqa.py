@@ -29,14 +29,14 @@ def _load_vqa_model(name: str, runtime: str = "auto"):
 
 
 def cmd_vqa(args) -> int:
-    from polymodal.data.images import check_image_file, load_image
+    from polymodal.data.images import check_image_file
     from polymodal.models.inputs import one_question
 
     one_question(args.question)  # an empty question fails here, before the model loads
     if args.top_k < 1:
         raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
-    # a missing or unreadable image fails here, before the model loads (--explain's overlay decodes it full size)
-    check_image_file(args.image, drafted=not args.explain)
+    # a missing or unreadable image fails here, before the model loads
+    check_image_file(args.image)
     choices = None if args.choices is None else [c.strip() for c in args.choices.split(",") if c.strip()]
     if choices == []:  # `--choices ""` (an empty shell variable) would otherwise answer open-ended without a word
         raise PolymodalError(f"--choices {args.choices!r} names no answer; pass candidates like --choices yes,no, "
@@ -54,7 +54,7 @@ def cmd_vqa(args) -> int:
                                  "--runtime onnx")
         from polymodal.apps.explain import save_heatmap
 
-        save_heatmap(load_image(args.image), model.explain(args.image, args.question), args.explain,
+        save_heatmap(args.image, model.explain(args.image, args.question), args.explain,
                      transform=model.transform)
         result["explain"] = str(args.explain)
     if args.json:

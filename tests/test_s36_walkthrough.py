@@ -122,17 +122,3 @@ def test_an_index_skip_line_names_the_file_once(tmp_path, capsys, monkeypatch):
     line = next(line for line in out.splitlines() if "skipped " in line and "broken" in line)
     assert line.count("broken.jpg") == 1 and "not a readable image (" in line, line
     assert "; 1 image, model fake@1" in out  # not "1 images"
-
-
-def test_vqa_explain_refuses_a_200_megapixel_photo_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    """--explain's overlay decodes the photo at full size: refused up front, not after an answer was computed."""
-    from PIL import Image
-
-    import polymodal.cli_vqa as cli_vqa
-    from polymodal import cli
-
-    big = tmp_path / "phone.jpg"
-    Image.new("L", (16320, 12240), 128).save(big, "JPEG", quality=50)
-    monkeypatch.setattr(cli_vqa, "_load_vqa_model", lambda *a: pytest.fail("the model loaded"))
-    assert cli.main(["vqa", str(big), "what colour is it?", "--explain", str(tmp_path / "heat.png")]) == 2
-    assert "larger than Pillow decodes safely" in capsys.readouterr().err

@@ -77,14 +77,21 @@ def heatmap_format(out: str | Path) -> str:
     return fmt
 
 
+# A heat map is drawn over the photo decoded with both sides at least this long: a JPEG past 4096 pixels on its
+# short side (48-200 MP phone photos) is decoded at 1/2-1/8 scale, which a 7x7 grid loses nothing to, and a 200 MP
+# one fits Pillow's pixel limit; other photos are drawn at their own size.
+OVERLAY_MIN_SIDE = 2048
+
+
 def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0.5, transform=None) -> Path:
-    """Write ``image`` with ``heat`` overlaid, at the image's size, atomically; the file's suffix picks the format
-    (.png, .jpg, .webp). With the model's ``transform`` the grid covers the centre crop the model saw."""
+    """Write ``image`` with ``heat`` overlaid, atomically, at the image's size (a JPEG file or bytes whose short side
+    passes 4096 pixels at 1/2 to 1/8 of it, see OVERLAY_MIN_SIDE); the file's suffix picks the format (.png, .jpg,
+    .webp). With the model's ``transform`` the grid covers the centre crop the model saw."""
     import io
 
     out = Path(out)
     fmt = heatmap_format(out)
-    img = load_image(image)
+    img = load_image(image, min_size=OVERLAY_MIN_SIDE)
     box = transform.source_box(img.size) if transform is not None else None
     buf = io.BytesIO()
     overlay_heatmap(img, heat, alpha, box).save(buf, format=fmt)

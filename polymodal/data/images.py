@@ -104,14 +104,13 @@ def draft_size_of(model_or_transform: Any) -> int | None:
     return getattr(transform, "draft_size", None)
 
 
-def check_image_file(path: str | Path, drafted: bool = True) -> None:
+def check_image_file(path: str | Path) -> None:
     """What load_image would refuse about an image file, read from its header (no pixels decoded): missing, a
     folder, no image format Pillow knows, an extreme shape. A command over many files calls it on each first, so a
     mistake stops it before a model loads; a file damaged past its header still fails when it is decoded.
-    ``drafted``: the image is read at reduced scale, so a JPEG past Pillow's pixel limit passes (see open_image)."""
+    A JPEG past Pillow's pixel limit passes: the models that draft (see open_image) read it at reduced scale."""
     path = _existing_file(path)
-    # a 200 MP JPEG passes when drafted: the models that decode it smaller take it (vqa --explain's overlay does not)
-    with _pillow_errors(str(path)), open_image(path, 1 if drafted else None) as img:
+    with _pillow_errors(str(path)), open_image(path, 1) as img:
         w, h = img.size
     check_image_size(w, h, str(path))
 

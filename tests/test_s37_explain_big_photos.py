@@ -1,0 +1,50 @@
+"""Heat maps of 48-200 MP phone photos: drawn over the photo decoded at reduced scale (a 200 MP JPEG is past
+Pillow's pixel limit at full size), so `vqa --explain` and `search --explain` take what `vqa` and `search` take."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from polymodal.apps.explain import OVERLAY_MIN_SIDE, occlusion_heat, save_heatmap
+from polymodal.data.images import ImageTransform
+from test_explain_retrieval import TopLeftModel
+
+
+def _jpeg(path, size):
+    Image.new("L", size, 128).save(path, "JPEG", quality=50)
+    return path
+
+
+def test_vqa_explain_on_a_200_megapixel_photo_answers_and_draws_its_heat_map(easy_vqa, tmp_path, capsys, monkeypatch):
+    import polymodal.cli_vqa as cli_vqa
+    from polymodal import cli
+
+    big = _jpeg(tmp_path / "phone.jpg", (16320, 12240))
+    monkeypatch.setattr(cli_vqa, "_load_vqa_model", lambda *a: easy_vqa)
+    heat = tmp_path / "heat.png"
+    assert cli.main(["vqa", str(big), "what color is the shape?", "--explain", str(heat), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["explain"] == str(heat)
+    assert Image.open(heat).size == (4080, 3060)  # 1/4 scale: the first with both sides past OVERLAY_MIN_SIDE
+    assert min(Image.open(heat).size) >= OVERLAY_MIN_SIDE
+
+
+class DraftingTopLeftModel(TopLeftModel):
+    transform = ImageTransform(resize=56, crop=56, crop_box=True)  # drafts JPEGs, as the lite towers do
+
+
+def test_a_search_heat_map_of_a_200_megapixel_top_match(tmp_path):
+    big = _jpeg(tmp_path / "phone.jpg", (16320, 12240))
+    model = DraftingTopLeftModel()
+    heat = occlusion_heat(model, str(big), np.array([1.0, 1.0]) / np.sqrt(2))
+    out = save_heatmap(str(big), heat, tmp_path / "why.jpg", transform=model.transform)
+    assert Image.open(out).size == (4080, 3060)
+
+
+def test_photos_up_to_4096_pixels_on_their_short_side_keep_their_size_in_the_heat_map(tmp_path):
+    heat = np.eye(7, dtype=np.float32)
+    for size in [(4032, 3024), (640, 480)]:  # a 12 MP phone photo; a small one
+        photo = _jpeg(tmp_path / f"{size[0]}.jpg", size)
+        assert Image.open(save_heatmap(str(photo), heat, tmp_path / "h.png")).size == size
+    photo = _jpeg(tmp_path / "48mp.jpg", (8000, 6000))  # 48 MP: half size, both sides still past 2048
+    assert Image.open(save_heatmap(photo.read_bytes(), heat, tmp_path / "h.png")).size == (4000, 3000)
