@@ -1,5 +1,6 @@
 """Where polymodal keeps derived files (e.g. class-prompt matrices): $POLYMODAL_CACHE or ~/.cache/polymodal."""
 
+import errno
 import hashlib
 import json
 import logging
@@ -58,13 +59,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 @contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """Build a folder's contents in a hidden sibling; on success it replaces `out` (an old `out` is removed only
-    then), on an error it is removed. A crash or kill never leaves `out` half-written, only a hidden .partial."""
+    then), on an error it is removed. A crash or kill never leaves `out` half-written, only a hidden .partial; on
+    Linux the old and new folders swap places in one step, so there is no moment without `out` either."""
     out = Path(out).resolve()  # `--out .` and symlinks: work on the real folder and its real parent
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
     try:
         yield stage
+        if out.is_dir() and _exchange(stage, out):
+            return  # the old folder is at `stage` now: removed below
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():
             os.replace(out, old)
@@ -76,7 +80,28 @@ def staged_folder(out: Path) -> Iterator[Path]:
             raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)  # gone after a success's rename; removed after an error
+        shutil.rmtree(stage, ignore_errors=True)  # the old folder after a swap; the new one after an error
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the OS, libc or file system has no
+    such call (the caller then renames twice)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # glibc before 2.28, or a libc without it
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):  # not supported here: rename twice
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def cache_key(*parts) -> str:
