@@ -24,7 +24,8 @@ from polymodal.models.inputs import tensor_to_array
 # from images are not reused across it.
 LOADER_VERSION = 6
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # index, folders, shards
-_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS,
+             "box": Image.BOX, "hamming": Image.HAMMING}
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
 NEGATIVE_PIXEL_TOLERANCE = -0.01  # float pixels below this are normalised ones, not resampling's rounding
 MAX_ASPECT = 1000  # longest side / shortest side beyond which an image is refused (check_image_size)
@@ -32,7 +33,8 @@ MAX_ASPECT = 1000  # longest side / shortest side beyond which an image is refus
 # square, and resizing a whole 1:1000 strip would allocate resize * 1000 * resize pixels. Images up to 8:1 keep
 # their exact CLIP-processor pixels.
 _MAX_RESIZED_ASPECT = 8
-_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}  # Pillow's filter radius in source pixels when not downscaling
+# Pillow's filter radius in source pixels when not downscaling
+_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0, "lanczos": 3.0, "box": 0.5, "hamming": 1.0}
 
 
 def quiet_pillow_size_warnings() -> None:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.models.beam_search import MAX_TOKENS, NO_REPEAT, beam_search, caption_batches
-from polymodal.models.folders import folder_type, read_folder_config, write_model_folder
+from polymodal.models.folders import folder_type, read_folder_config, settings_from, write_model_folder
 from polymodal.models.inputs import as_images, check_count, check_fraction
 from polymodal.models.modes import in_eval_mode
 
@@ -256,7 +256,7 @@ def is_captioner_folder(path: str | Path) -> bool:
 def load_captioner(folder: str | Path) -> Captioner:
     folder = Path(folder)
     raw = read_folder_config(folder, "`polymodal train captioner`")
-    model = Captioner(CaptionerConfig.from_dict(raw), version=str(raw.get("version", "unknown")))
+    model = Captioner(settings_from(folder, raw, CaptionerConfig), version=str(raw.get("version", "unknown")))
     from polymodal.models.dual_encoder import load_trained_weights
 
     return load_trained_weights(model, folder)

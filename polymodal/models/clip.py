@@ -20,7 +20,7 @@ from polymodal.data.images import ImageTransform
 from polymodal.data.tokenizer import warn_once_if_cut
 from polymodal.errors import PolymodalError
 from polymodal.models.base import EmbeddingModel
-from polymodal.models.openai_convert import is_openai_layout, openai_to_hf
+from polymodal.models.openai_convert import is_openai_layout, openai_to_hf, widths
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,9 @@ EXPECTED = (
     "expected a Hugging Face CLIP folder (config.json + model.safetensors + tokenizer files) or an "
     "OpenAI-layout state dict (.pt/.safetensors with visual.conv1.weight ...)"
 )
-_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL enum values used by HF processors
+# PIL enum values used by HF processors
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+OPEN_CLIP_CONFIG = "open_clip_config.json"  # what open_clip (and its hub repos) keep beside the weights
 
 
 class ClipModel(EmbeddingModel):
@@ -150,14 +152,34 @@ def transform_from_preprocessor(folder: Path, missing: int = logging.WARNING) ->
         crop = min(crop.get("height", d.crop), crop.get("width", d.crop))
     if cfg.get("do_center_crop") is False:
         crop = size
-    resample = cfg.get("resample", 3)
-    return ImageTransform(
-        resize=int(size),
-        crop=int(crop),
-        mean=tuple(float(x) for x in cfg.get("image_mean", d.mean)),
-        std=tuple(float(x) for x in cfg.get("image_std", d.std)),
-        resample=_PIL_RESAMPLE.get(resample, "bicubic") if isinstance(resample, int) else str(resample),
-    )
+    try:
+        mean, std = _normalisation(cfg, d)
+        return ImageTransform(resize=int(size), crop=int(crop), mean=mean, std=std,
+                              resample=_resample_name(cfg.get("resample", 3)))
+    except (TypeError, ValueError) as exc:
+        raise PolymodalError(f"{path}: unusable image processor settings ({exc}); fix or delete it") from None
+
+
+def _normalisation(cfg: dict, d: ImageTransform) -> tuple[tuple, tuple]:
+    """(mean, std) on 0-1 pixels that give CLIPImageProcessor's (pixels x rescale_factor - mean) / std, with its
+    do_rescale and do_normalize switches: polymodal scales pixels by 1/255 and then normalises, always."""
+    mean = [float(x) for x in cfg.get("image_mean", d.mean)]
+    std = [float(x) for x in cfg.get("image_std", d.std)]
+    if cfg.get("do_normalize") is False:
+        mean, std = [0.0] * 3, [1.0] * 3
+    factor = float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) is not False else 1.0
+    scale = 1.0 if abs(255 * factor - 1) < 1e-9 else 1 / (255 * factor)  # x * factor == (x / 255) / scale
+    if not 0 < scale < float("inf") or len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"rescale_factor {factor}, image_mean {mean}, image_std {std}")
+    return tuple(m * scale for m in mean), tuple(s * scale for s in std)
+
+
+def _resample_name(resample) -> str:
+    if isinstance(resample, int) and not isinstance(resample, bool) and resample in _PIL_RESAMPLE:
+        return _PIL_RESAMPLE[resample]
+    if isinstance(resample, str) and resample.lower() in _PIL_RESAMPLE.values():
+        return resample.lower()
+    raise ValueError(f"resample {resample!r} is none of {sorted(_PIL_RESAMPLE)} ({', '.join(_PIL_RESAMPLE.values())})")
 
 
 # -- tokenizer ------------------------------------------------------------------------------------------------------
@@ -178,9 +200,9 @@ def load_tokenizer(folder: str | Path):
         if (folder / "tokenizer_config.json").is_file():
             return AutoTokenizer.from_pretrained(folder, local_files_only=True)
         return CLIPTokenizer.from_pretrained(folder, local_files_only=True)  # bare vocab/merges: no class recorded
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - transformers and tokenizers raise many types for one bad file
         raise PolymodalError(
-            f"cannot load the tokenizer in {folder} ({exc}); pass a folder with CLIP tokenizer files"
+            f"cannot load the tokenizer in {folder} ({_first_line(exc)}); pass a folder with CLIP tokenizer files"
         ) from exc
 
 
@@ -199,6 +221,8 @@ def load_hf_clip(folder: str | Path, tokenizer: str | Path | None = None) -> Cli
 
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # transformers 5 draws a "Loading weights" bar for a load of a second or two
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its page-long load report: the keys that do not fit are named below instead
     try:
         model, info = CLIPModel.from_pretrained(
             folder, local_files_only=True, dtype=torch.float32, output_loading_info=True
@@ -206,11 +230,16 @@ def load_hf_clip(folder: str | Path, tokenizer: str | Path | None = None) -> Cli
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise PolymodalError(f"cannot load the CLIP weights in {folder} ({exc}); {EXPECTED}") from exc
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bar:
             hf_logging.enable_progress_bar()
+    # weights config.json has no place for (more layers than it says) would be dropped: a shorter model, silently
+    extra = [k for k in info.get("unexpected_keys") or [] if not k.endswith("position_ids")]
     bad = list(info.get("missing_keys") or []) + [str(m) for m in info.get("mismatched_keys") or []]
-    if bad:
-        raise PolymodalError(f"{folder}: weights do not fit config.json (missing/mismatched: {_few(bad)})")
+    if bad or extra:
+        raise PolymodalError(f"{folder}: weights do not fit config.json (missing/mismatched: {_few(bad)}; "
+                             f"not in its architecture: {_few(extra)}); pass the config.json these weights were "
+                             "saved with")
     settings = _image_processor_config(folder)[1]  # the preprocessing shapes the embeddings as much as the weights
     version = fingerprint(list(weights) + ([settings] if settings.is_file() else []))
     return ClipModel(model, tok, name=folder.resolve().name, version=version,
@@ -220,7 +249,10 @@ def load_hf_clip(folder: str | Path, tokenizer: str | Path | None = None) -> Cli
 def _fitted_transform(folder: Path, model, missing: int = logging.WARNING) -> ImageTransform:
     """The folder's preprocessing, cropped to the size the vision tower takes (a 336px model, or a small one, with no
     preprocessor_config.json would otherwise get 224px crops and fail on the first image)."""
-    transform = transform_from_preprocessor(folder, missing)
+    return _fitted(transform_from_preprocessor(folder, missing), model)
+
+
+def _fitted(transform: ImageTransform, model) -> ImageTransform:
     size = model.config.vision_config.image_size
     if transform.crop != size:
         transform = ImageTransform(size, size, transform.mean, transform.std, transform.resample)
@@ -237,6 +269,19 @@ def _check_hf_config(folder: Path) -> None:
         raise PolymodalError(f"unreadable {cfg_path} ({exc}); {EXPECTED}") from exc
     if model_type != "clip":
         raise PolymodalError(f"{cfg_path} has model_type {model_type!r}, not 'clip'; {EXPECTED}")
+    from transformers import CLIPConfig
+    from transformers.activations import ACT2FN
+
+    try:  # transformers refuses bad values in many error types (its strict dataclasses' among them)
+        config = CLIPConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - all are one mistake: a config.json value transformers refuses
+        reason = " ".join(line.strip() for line in str(exc).splitlines()).split(" Errors: ")[0]  # one line
+        raise PolymodalError(f"{cfg_path} is not a valid CLIP config ({reason[:300]}); fix the value it names"
+                             ) from None
+    for tower in (config.vision_config, config.text_config):  # an unknown one fails only as the model is built
+        if tower.hidden_act not in ACT2FN:
+            raise PolymodalError(f"{cfg_path}: hidden_act {tower.hidden_act!r} is not an activation transformers "
+                                 "knows; OpenAI CLIP uses 'quick_gelu', most open_clip (LAION) models 'gelu'")
 
 
 def _hf_weight_files(folder: Path) -> list[Path]:
@@ -330,11 +375,14 @@ def load_openai_clip(
     *,
     vision_heads: int | None = None,
     text_heads: int | None = None,
-    hidden_act: str = "quick_gelu",
+    hidden_act: str | None = None,
 ) -> ClipModel:
     """An OpenAI/open_clip-layout ViT CLIP state dict (.pt/.pth/.bin/.safetensors). The file has no tokenizer:
     `tokenizer` is a folder with vocab.json + merges.txt or tokenizer.json (default: the checkpoint's folder).
-    hidden_act: "quick_gelu" for OpenAI weights; open_clip models trained without QuickGELU need "gelu"."""
+    The file does not record its head counts or activation either: they come from the open_clip_config.json that
+    open_clip keeps beside its weights, else from these options, else OpenAI's (QuickGELU, width // 64) or, for
+    open_clip's wider ViTs (H, g, bigG), theirs (see openai_convert.default_arch). hidden_act: "quick_gelu" for
+    OpenAI weights; open_clip models trained without QuickGELU need "gelu"."""
     file = Path(file).expanduser()
     sd = read_state_dict(file)
     if not is_openai_layout(sd):
@@ -346,11 +394,65 @@ def load_openai_clip(
             "tokenizer.json in its folder (in Python, load_clip(..., tokenizer=FOLDER) also takes them)"
         )
     tok = load_tokenizer(tok_dir)
-    model = build_hf_clip(sd, vision_heads=vision_heads, text_heads=text_heads, hidden_act=hidden_act,
-                          eos_token_id=tok.eos_token_id)
+    stated, preprocess = _open_clip_settings(file.parent)
+    asked = {"vision_heads": vision_heads, "text_heads": text_heads, "hidden_act": hidden_act}
+    options = {**stated, **{k: v for k, v in asked.items() if v is not None}}
+    model = build_hf_clip(sd, **options, eos_token_id=tok.eos_token_id)
     # an OpenAI-layout file comes with no processor settings and OpenAI's are its format's own: info, not a warning
-    transform = _fitted_transform(file.parent, model, logging.INFO)
-    return ClipModel(model, tok, name=file.stem, version=fingerprint([file]), transform=transform)
+    if preprocess is not None and _image_processor_config(file.parent)[0] is None:
+        transform = _fitted(preprocess, model)
+    else:
+        transform = _fitted_transform(file.parent, model, logging.INFO)
+    version = fingerprint([file]) + _settings_suffix(sd, model, transform)
+    return ClipModel(model, tok, name=file.stem, version=version, transform=transform)
+
+
+def _open_clip_settings(folder: Path) -> tuple[dict, ImageTransform | None]:
+    """(load options, image transform or None) from the open_clip_config.json in ``folder``, if there is one:
+    {"model_cfg": {"quick_gelu", "vision_cfg": {"width", "head_width"}, "text_cfg": {"heads"}}, "preprocess_cfg":
+    {"mean", "std", "interpolation", "resize_mode"}}. What it leaves out: open_clip's defaults (GELU, heads of 64)
+    or, for heads without a width, the shapes' (openai_convert.default_arch)."""
+    path = folder / OPEN_CLIP_CONFIG
+    if not path.is_file():
+        return {}, None
+    try:
+        cfg = json.loads(path.read_text())
+        model_cfg = cfg.get("model_cfg", cfg)  # open_clip's own model configs are the bare model_cfg
+        vision, text = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
+        options = {"hidden_act": "quick_gelu" if model_cfg.get("quick_gelu") else "gelu"}
+        if "heads" in text:  # (a file naming only what differs, e.g. {"model_cfg": {"quick_gelu": false}}, is fine)
+            options["text_heads"] = int(text["heads"])
+        if "width" in vision:
+            options["vision_heads"] = int(vision["width"]) // int(vision.get("head_width", 64))
+        pre = cfg.get("preprocess_cfg")
+        transform = None
+        if isinstance(pre, dict):
+            if pre.get("resize_mode", "shortest") != "shortest":
+                log.warning("%s resizes by %r; approximating with short-side resize + centre crop", path,
+                            pre["resize_mode"])
+            d = OPENAI_CLIP_TRANSFORM
+            interpolation = pre.get("interpolation", "bicubic")
+            transform = ImageTransform(d.resize, d.crop, tuple(float(x) for x in pre.get("mean", d.mean)),
+                                       tuple(float(x) for x in pre.get("std", d.std)),
+                                       _resample_name("bicubic" if interpolation == "random" else interpolation))
+    except (OSError, ValueError, TypeError, AttributeError, ZeroDivisionError) as exc:
+        raise PolymodalError(f"unusable {path} ({exc}); fix it, or delete it to load with OpenAI's settings") from None
+    return options, transform
+
+
+def _settings_suffix(sd: dict, model, transform: ImageTransform) -> str:
+    """'' when the file loads as it always has (OpenAI's activation, width // 64 heads, OpenAI's preprocessing),
+    so indexes built with it stay valid; else a digest of what differs, so an index built with other settings
+    (another hidden_act, vision_heads, open_clip_config.json) refuses this model instead of mixing two."""
+    v, t = model.config.vision_config, model.config.text_config
+    now = {"hidden_act": v.hidden_act, "vision_heads": v.num_attention_heads, "text_heads": t.num_attention_heads,
+           "transform": transform.to_dict()}
+    v_width, t_width = widths(sd)
+    was = {"hidden_act": "quick_gelu", "vision_heads": max(1, v_width // 64), "text_heads": max(1, t_width // 64),
+           "transform": _fitted(OPENAI_CLIP_TRANSFORM, model).to_dict()}
+    if now == was:
+        return ""
+    return "-" + hashlib.sha256(json.dumps(now, sort_keys=True).encode()).hexdigest()[:6]
 
 
 # -- dispatch -------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from polymodal.models.folders import WEIGHTS_FILE, folder_type, read_folder_config, write_model_folder
+from polymodal.models.folders import WEIGHTS_FILE, folder_type, read_folder_config, settings_from, write_model_folder
 from polymodal.encoders.efficientnet import LITE0_TRANSFORM, EfficientNetLite0
 from polymodal.encoders.text import SentenceEncoder, minilm_path
 from polymodal.errors import PolymodalError
@@ -219,7 +219,7 @@ def is_dual_encoder_folder(path: Path) -> bool:
 def load_dual_encoder(folder: str | Path) -> DualEncoder:
     folder = Path(folder)
     raw = read_folder_config(folder, "`polymodal train`")
-    model = DualEncoder(DualEncoderConfig.from_dict(raw), version=str(raw.get("version", "unknown")))
+    model = DualEncoder(settings_from(folder, raw, DualEncoderConfig), version=str(raw.get("version", "unknown")))
     return load_trained_weights(model, folder)
 
 

@@ -27,6 +27,16 @@ def read_folder_config(folder: Path, written_by: str) -> dict:
         raise PolymodalError(f"cannot read {folder / CONFIG_FILE}; pass a folder written by {written_by}") from exc
 
 
+def settings_from(folder: Path, raw: dict, kind: type):
+    """A model folder's config.json (as read) -> its settings dataclass; a value of the wrong type (an edited or
+    hand-written file) is one error naming the key and the file, not a TypeError as the model is built."""
+    from polymodal.train.guards import check_types
+
+    settings = kind.from_dict(raw)
+    check_types(settings, f"in {Path(folder) / CONFIG_FILE}")
+    return settings
+
+
 def write_model_folder(folder: Path, weights: bytes, config: dict) -> Path:
     atomic_write_bytes(folder / WEIGHTS_FILE, weights)
     atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from polymodal.models.folders import folder_type, read_folder_config, write_model_folder
+from polymodal.models.folders import folder_type, read_folder_config, settings_from, write_model_folder
 from polymodal.data.answers import check_row_choices, choice_index, unique_choices, warn_of
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
@@ -681,7 +681,7 @@ def load_fusion_encoder(folder: str | Path) -> FusionEncoder:
     raw = read_folder_config(folder, "`polymodal train vqa`")
     if raw.get("type") != "fusion_encoder":
         raise PolymodalError(f"{folder} holds a {raw.get('type', 'unknown')!r} model, not a fusion encoder")
-    model = FusionEncoder(FusionEncoderConfig.from_dict(raw), version=str(raw.get("version", "unknown")))
+    model = FusionEncoder(settings_from(folder, raw, FusionEncoderConfig), version=str(raw.get("version", "unknown")))
     from polymodal.models.dual_encoder import load_trained_weights
 
     return load_trained_weights(model, folder)

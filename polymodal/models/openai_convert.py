@@ -60,16 +60,46 @@ def _count_blocks(sd: dict, prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
+# open_clip's ViTs wider than OpenAI's (ViT-H, ViT-g, ViT-bigG) use 16 vision heads of 80, 88 and 104 channels, not
+# 64; every one of them was trained with GELU. Their widths divide by width // 64 too, so a guess would load silently.
+OPEN_CLIP_VISION_HEADS = {1280: 16, 1408: 16, 1664: 16}
+
+
+def default_arch(vision_width: int, text_width: int) -> tuple[str, int, int]:
+    """(hidden_act, vision heads, text heads) for a state dict that does not say: OpenAI's (QuickGELU, width // 64)
+    unless the vision width is one of open_clip's own (OPEN_CLIP_VISION_HEADS)."""
+    if vision_width in OPEN_CLIP_VISION_HEADS:
+        return "gelu", OPEN_CLIP_VISION_HEADS[vision_width], max(1, text_width // 64)
+    return "quick_gelu", max(1, vision_width // 64), max(1, text_width // 64)
+
+
+def widths(sd: dict) -> tuple[int, int]:
+    """(vision width, text width) of an OpenAI-layout state dict."""
+    return sd["visual.conv1.weight"].shape[0], sd["ln_final.weight"].shape[0]
+
+
+def _check_options(vision_heads, text_heads, hidden_act) -> None:
+    from transformers.activations import ACT2FN
+
+    for name, heads in (("vision_heads", vision_heads), ("text_heads", text_heads)):
+        if heads is not None and (isinstance(heads, bool) or not isinstance(heads, int) or heads < 1):
+            raise PolymodalError(f"{name} must be a whole number of attention heads (1 or more), got {heads!r}")
+    if hidden_act is not None and hidden_act not in ACT2FN:
+        raise PolymodalError(f"hidden_act {hidden_act!r} is not an activation transformers knows; OpenAI CLIP uses "
+                             "'quick_gelu', most open_clip (LAION) models 'gelu'")
+
+
 def infer_config(
     sd: dict,
     *,
     vision_heads: int | None = None,
     text_heads: int | None = None,
-    hidden_act: str = "quick_gelu",
+    hidden_act: str | None = None,
     eos_token_id: int | None = None,
 ) -> CLIPConfig:
-    """Architecture from tensor shapes. Heads are not stored: OpenAI uses width // 64 for both towers.
-    hidden_act is not stored either: OpenAI models use QuickGELU; many open_clip (LAION) models use "gelu"."""
+    """Architecture from tensor shapes. Heads and the activation are not stored: None takes default_arch's
+    (OpenAI's QuickGELU and width // 64, or open_clip's for its wider ViTs)."""
+    _check_options(vision_heads, text_heads, hidden_act)
     required = ["visual.conv1.weight", "visual.positional_embedding", "visual.proj", "token_embedding.weight",
                 "positional_embedding", "ln_final.weight", "text_projection"]
     missing = [k for k in required if k not in sd]
@@ -77,10 +107,8 @@ def infer_config(
         if any(k.startswith("visual.layer1.") for k in sd):
             raise PolymodalError("this is a ResNet CLIP (visual.layer1...); only ViT CLIP checkpoints are supported")
         raise PolymodalError(f"not an OpenAI-layout ViT CLIP state dict: missing {', '.join(missing)}")
-    conv = sd["visual.conv1.weight"]
-    v_width, patch = conv.shape[0], conv.shape[-1]
+    (v_width, t_width), patch = widths(sd), sd["visual.conv1.weight"].shape[-1]
     grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-    t_width = sd["ln_final.weight"].shape[0]
     embed_dim = sd["text_projection"].shape[1]
     if sd["visual.proj"].shape[1] != embed_dim:
         raise PolymodalError(
@@ -90,12 +118,18 @@ def infer_config(
     vocab = sd["token_embedding.weight"].shape[0]
     v_layers = _count_blocks(sd, "visual.transformer.resblocks.")
     t_layers = _count_blocks(sd, "transformer.resblocks.")
+    for name, layers, prefix in (("image", v_layers, "visual.transformer"), ("text", t_layers, "transformer")):
+        if not layers:  # would load as a tower of no layers: every text (or image) of a length embeds alike
+            raise PolymodalError(f"the checkpoint has no {name} tower blocks ({prefix}.resblocks.N.*): a partial or "
+                                 "filtered state dict; pass the whole checkpoint")
+    act, v_heads, t_heads = default_arch(v_width, t_width)
+    hidden_act = hidden_act or act
     text = dict(
         vocab_size=vocab,
         hidden_size=t_width,
-        intermediate_size=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] if t_layers else 4 * t_width,
+        intermediate_size=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
         num_hidden_layers=t_layers,
-        num_attention_heads=text_heads or max(1, t_width // 64),
+        num_attention_heads=text_heads or t_heads,
         max_position_embeddings=sd["positional_embedding"].shape[0],
         hidden_act=hidden_act,
         projection_dim=embed_dim,
@@ -106,9 +140,9 @@ def infer_config(
     )
     vision = dict(
         hidden_size=v_width,
-        intermediate_size=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] if v_layers else 4 * v_width,
+        intermediate_size=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
         num_hidden_layers=v_layers,
-        num_attention_heads=vision_heads or max(1, v_width // 64),
+        num_attention_heads=vision_heads or v_heads,
         image_size=patch * grid,
         patch_size=patch,
         hidden_act=hidden_act,
@@ -117,8 +151,8 @@ def infer_config(
     for name, cfg in (("vision", vision), ("text", text)):
         if cfg["hidden_size"] % cfg["num_attention_heads"]:
             raise PolymodalError(
-                f"{name} width {cfg['hidden_size']} is not divisible by {cfg['num_attention_heads']} heads; "
-                f"pass {name}_heads=N with the checkpoint's head count"
+                f"{name} width {cfg['hidden_size']} is not divisible by {cfg['num_attention_heads']} heads; put the "
+                f"checkpoint's open_clip_config.json beside it, or pass {name}_heads=N (in Python)"
             )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=embed_dim)
 

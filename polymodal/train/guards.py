@@ -51,18 +51,17 @@ def _matches(value, kind) -> bool:
     return True
 
 
-def check_types(settings) -> None:
+def check_types(settings, where: str = "in the recipe, or the --config file on the command line") -> None:
     """Settings from a config file arrive untyped: a wrong type is one line naming the key, not a TypeError deep
-    inside training. Nested settings (arch, train) are checked too."""
+    inside training. Nested settings (arch, train) are checked too. ``where``: where the user fixes the value."""
     hints = typing.get_type_hints(type(settings))
     for f in dataclasses.fields(settings):
         value, kind = getattr(settings, f.name), hints[f.name]
         if dataclasses.is_dataclass(kind):
-            check_types(value)
+            check_types(value, where)
         elif not _matches(value, kind):
             want = _TYPE_NAMES.get(typing.get_origin(kind) or kind, str(kind))
-            raise PolymodalError(f"setting {f.name} must be {want}, got {value!r}; fix {f.name} (in the recipe, or "
-                                 "the --config file on the command line)")
+            raise PolymodalError(f"setting {f.name} must be {want}, got {value!r}; fix {f.name} ({where})")
 
 
 def check_ranges(settings, rules: dict) -> None:
