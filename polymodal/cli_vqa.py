@@ -35,8 +35,12 @@ def cmd_vqa(args) -> int:
     one_question(args.question)  # an empty question fails here, before the model loads
     if args.top_k < 1:
         raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
-    # a missing or unreadable image fails here, before the model loads
+    # a missing or unreadable image, or a heat map name of no image format, fails here, before the model loads
     check_image_file(args.image)
+    if args.explain:
+        from polymodal.apps.explain import heatmap_format
+
+        heatmap_format(args.explain)
     choices = None if args.choices is None else [c.strip() for c in args.choices.split(",") if c.strip()]
     if choices == []:  # `--choices ""` (an empty shell variable) would otherwise answer open-ended without a word
         raise PolymodalError(f"--choices {args.choices!r} names no answer; pass candidates like --choices yes,no, "
@@ -54,7 +58,8 @@ def cmd_vqa(args) -> int:
                                  "--runtime onnx")
         from polymodal.apps.explain import save_heatmap
 
-        save_heatmap(args.image, model.explain(args.image, args.question), args.explain,
+        # the map of the answer printed (with --choices often not the open top answer a map would show by default)
+        save_heatmap(args.image, model.explain(args.image, args.question, answer=result["answer"]), args.explain,
                      transform=model.transform)
         result["explain"] = str(args.explain)
     if args.json:

@@ -181,10 +181,14 @@ def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: st
         if not is_onnx_folder(folder):
             if key in NO_ONNX:
                 raise PolymodalError(f"{key} has no ONNX form ({NO_ONNX[key]}); run it with --runtime torch")
-            if key in MODELS:
-                raise PolymodalError(f"no ONNX export of {key!r} (looked in {key} and {folder}); "
-                                     f"create it with `polymodal export onnx {key}` or pass an export folder")
             from polymodal.models.folders import folder_type
+
+            if key in MODELS:
+                from polymodal.resources import HERE
+
+                checked_on = " --val-qa FILE.jsonl" if folder_type(HERE / "models" / key) == "fusion_encoder" else ""
+                raise PolymodalError(f"no ONNX export of {key!r} (looked in {key} and {folder}); create it with "
+                                     f"`polymodal export onnx {key}{checked_on}` or pass an export folder")
 
             if folder_type(folder):  # a saved model (RUN/model): its export is made from it
                 raise PolymodalError(f"{key} is a saved model, not its ONNX export; export it with `polymodal export "

@@ -284,6 +284,11 @@ def test_onnx_vqa_choices_are_renormalised_ranked_and_cut_like_pytorch(easy_vqa,
     for model in (onnx_vqa, easy_vqa):
         with pytest.raises(PolymodalError, match="knows none of the choices"):
             model.answer(r.image, r.question, choices=["purple", "banana"])
+    # a lone choice (or spellings of one): its full-vocabulary probability in both, not a softmax over one (1.0)
+    wrong = next(a for a in ("circle", "rectangle", "triangle") if a != r.answer)
+    got, ref = onnx_vqa.answer(r.image, r.question, choices=[wrong, wrong.upper()]), \
+        easy_vqa.answer(r.image, r.question, choices=[wrong])
+    assert got["score"] == pytest.approx(ref["score"], abs=1e-3) and ref["score"] < 0.5
 
 
 def test_load_onnx_picks_the_vqa_runtime_and_passes_threads(vqa_export):

@@ -44,7 +44,7 @@ class QARow:
 
 
 def answer_type(answer: str) -> str:
-    return "yes/no" if normalize_answer(answer) in YES_NO else "other"
+    return "yes/no" if comparable_answer(answer) in YES_NO else "other"  # 'Yes!' is scored as yes: typed so too
 
 
 def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:

@@ -140,16 +140,17 @@ class OnnxFusionEncoder:
     def _rank_choices(self, logits: np.ndarray, choices: Sequence[str], grid: np.ndarray,
                       question: str) -> list[tuple[str, float]]:
         """The candidates ranked as the PyTorch model ranks them: by the logits restricted to them (softmax over
-        the candidates) when all are known, else known ones by their full-vocabulary probability and the others
+        the candidates) when all of two or more are known, else known ones by their full-vocabulary probability and the others
         by the match graph's probability for "QUESTION CHOICE" (0.0 without one)."""
         seen = self.check_choices(choices)[0]
         outside = [c for c in seen if c not in self.answer_index]
-        if not outside:
+        if not outside and len(seen) > 1:
             scores = dict(zip(seen, _softmax(logits[[self.answer_index[c] for c in seen]])))
-        else:
+        else:  # a lone known choice too: a softmax over one says 1.0 whatever the photo
             probs = _softmax(logits)
             scores = {c: probs[self.answer_index[c]] for c in seen if c in self.answer_index}
-            match = self._match(grid, [f"{question} {seen[c]}" for c in outside]) if self.match is not None \
-                else np.zeros(len(outside))
-            scores.update(zip(outside, match))
+            if outside:
+                match = self._match(grid, [f"{question} {seen[c]}" for c in outside]) if self.match is not None \
+                    else np.zeros(len(outside))
+                scores.update(zip(outside, match))
         return sorted(((seen[c], float(scores[c])) for c in seen), key=lambda t: -t[1])

@@ -22,8 +22,9 @@ The towers are frozen (eval mode); their outputs are what the training feature c
 (`image_cache_input`, `text_cache_input`), so an epoch costs no tower pass. Only the projections, fusion and heads
 are saved (config.json with the answer vocabulary + model.safetensors): a saved model is a few MB.
 
-Multiple choice (`answer(..., choices=[...])`): candidates in the answer vocabulary are ranked by the classifier's
-logits restricted to them (softmax over the candidates). If some candidates are outside the vocabulary, the
+Multiple choice (`answer(..., choices=[...])`): two or more candidates in the answer vocabulary are ranked by the
+classifier's logits restricted to them (softmax over the candidates); a lone one gets its full-vocabulary probability.
+If some candidates are outside the vocabulary, the
 in-vocabulary ones keep their full-vocabulary probability and each outside one is scored by the ITM head as
 sigmoid(ITM(image, question + " " + candidate)) -- or 0.0 when the model has no ITM head (it cannot judge them).
 """
@@ -42,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.models.folders import folder_type, read_folder_config, settings_from, write_model_folder
-from polymodal.data.answers import check_row_choices, choice_index, unique_choices, warn_of
+from polymodal.data.answers import check_row_choices, choice_index, comparable_answer, unique_choices, warn_of
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, build_fusion
@@ -555,36 +556,45 @@ class FusionEncoder(nn.Module):
         inside = [k for k in seen if k in self.answer_index]
         outside = [k for k in seen if k not in self.answer_index]
         scores: dict[str, float] = {}
-        if not outside:
+        if not outside and len(inside) > 1:
             idx = torch.tensor([self.answer_index[k] for k in inside])
             scores = dict(zip(inside, logits[idx].softmax(-1).tolist()))
         else:
-            # known choices keep their full-vocabulary probability and unknown ones get the ITM sigmoid. Scoring
-            # every choice with the ITM head instead (one kind of score) was tried in stop 31 and lost: an ITM head
-            # trained beside a strong VQA head picked 0.42 of easy-VQA answers with one unknown distractor, this 1.0
+            # known choices keep their full-vocabulary probability (so does a lone one: a softmax over one choice
+            # says 1.0 whatever the photo) and unknown ones get the ITM sigmoid. Scoring every choice with the ITM
+            # head instead (one kind of score) was tried in stop 31 and lost: an ITM head trained beside a strong
+            # VQA head picked 0.42 of easy-VQA answers with one unknown distractor, this 1.0
             probs = logits.softmax(-1)
             scores = {k: float(probs[self.answer_index[k]]) for k in inside}
-            if self.itm is not None:
+            if outside and self.itm is not None:
                 states, mask = self.encode_questions([f"{question} {seen[k]}" for k in outside])
                 match = torch.sigmoid(self.itm_logits(image_inputs, states, mask, torch.zeros(len(outside), dtype=torch.long)))
                 scores.update(zip(outside, match.tolist()))
             else:
-                scores.update({k: 0.0 for k in outside})
+                scores.update({k: 0.0 for k in outside})  # (none when every choice is known)
         order = sorted(seen, key=lambda k: -scores[k])
         return [(seen[k], float(scores[k])) for k in order]
 
     @in_eval_mode
-    def explain(self, image: Any, question: str) -> np.ndarray:
+    def explain(self, image: Any, question: str, answer: str | None = None) -> np.ndarray:
         """A ``[g, g]`` (7x7 at 224 px) float32 heat map in [0, 1] over the image grid: the fusion's last-layer
         attention over the image tokens (averaged over the positions that attend), or, for fusions without
-        attention over the image, |gradient x input| relevance of the top answer's logit per image token."""
+        attention over the image, |gradient x input| relevance per image token of the logit behind ``answer``: its
+        VQA logit, or for an answer outside the vocabulary the ITM logit of "QUESTION ANSWER" (as a choice is
+        scored); the top answer's by default. An attention map is the pass's that scored the answer: the
+        question's alone for every answer in the vocabulary."""
         if self.vqa_head is None:
             raise PolymodalError("this fusion encoder has no VQA head (it was only pretrained); fine-tune it first")
         question = one_question(question)
         g = self.config.grid
+        key = None if answer is None else comparable_answer(answer)
+        by_itm = key is not None and key not in self.answer_index
+        if by_itm and self.itm is None:
+            raise PolymodalError(f"{answer!r} is not among {self.name!r}'s answers and it has no ITM head to score it; "
+                                 "explain one of its answers")
         with torch.inference_mode():
             image_inputs = self.encode_images([image])
-            states, mask = self.encode_questions([question])
+            states, mask = self.encode_questions([f"{question} {answer}" if by_itm else question])
         image_inputs, states, mask = image_inputs.clone(), states.clone(), mask.clone()  # leave inference mode
         with torch.no_grad():
             out = self.fuse(image_inputs, states, mask)
@@ -597,8 +607,12 @@ class FusionEncoder(nn.Module):
             with torch.enable_grad():
                 img = self.image_tokens(image_inputs).detach().requires_grad_(True)
                 pooled = self.fuse_tokens(img, self.text_tokens(states), mask).pooled
-                logits = self.vqa_head(pooled)[0]
-                (grad,) = torch.autograd.grad(logits[logits.argmax()], img)
+                if by_itm:
+                    target = self.itm(pooled)[0, 0]
+                else:
+                    logits = self.vqa_head(pooled)[0]
+                    target = logits[logits.argmax() if key is None else self.answer_index[key]]
+                (grad,) = torch.autograd.grad(target, img)
             heat = (grad * img.detach())[0].sum(-1).abs()  # |gradient x input| per token
         heat = heat.detach().float().reshape(g, g)
         top = float(heat.max())

@@ -31,7 +31,7 @@ import torch
 
 from polymodal.models.folders import WEIGHTS_FILE, folder_type, read_folder_config, write_model_folder
 from polymodal.errors import PolymodalError
-from polymodal.data.answers import YES_NO, normalize_answer, unique_choices, warn_of
+from polymodal.data.answers import YES_NO, comparable_answer, unique_choices, warn_of
 from polymodal.models.fusion_encoder import _dedupe, choice_rows
 from polymodal.models.inputs import as_images, as_texts, check_count, one_question, vqa_rows
 
@@ -46,13 +46,24 @@ _SUBJECTS = r"(man|woman|person|guy|gentleman|lady|boy|girl|child|kid|people|men
 _GENERIC_PLACE = re.compile(r"\s+(in|on)\s+(the|this|that)\s+(picture|photo|photograph|image|pic|scene|shot)$"
                             r"|\s+(here|in sight|visible|shown|pictured)$")
 _AUX = r"(is|are|was|were|does|do|did|can|could|will|would|has|have|should)"
+# "Isn't there a dog?" asks what "Is there a dog?" asks (yes: there is one): read as that
+_NEGATED_AUX = re.compile(rf"^(?:{_AUX}n['’]?t|(ca)n['’]?t|cannot|(wo)n['’]?t)\b")
+
+
+def _unnegated(question: str) -> str:
+    """A lower-case question with a leading negated auxiliary (isn't, doesn't, can't, won't) made positive."""
+    m = _NEGATED_AUX.match(question)
+    if m is None:
+        return question
+    aux = m.group(1) or ("can" if m.group(2) or m.group(0) == "cannot" else "will")
+    return aux + question[m.end():]
 
 
 def question_to_statement(question: str) -> tuple[str, str]:
     """A yes/no question -> (statement, key phrase), both lower case; the key phrase is what the image is scored
     against. 'Is this man wearing a hat?' -> ('a man wearing a hat', 'wearing a hat'); 'Is there a dog?' ->
     ('a photo with a dog', 'a dog'); 'Could this be zoo?' -> ('a photo of a zoo', 'zoo')."""
-    q = " ".join(str(question).strip().rstrip("?.! ").split()).lower()
+    q = _unnegated(" ".join(str(question).strip().rstrip("?.! ").split()).lower())
     q = re.sub(r"\bany\s+any\b", "any", q)
     if not q:
         raise PolymodalError("the question is empty; ask a yes/no question about the image")
@@ -196,7 +207,7 @@ class YesNoModel:
         answers yes or no; with ``choices``, yes/no among them are ranked (other candidates score 0.0)."""
         question = one_question(question, "ask a yes/no question about the image")
         top_k = check_count(top_k, "top_k")
-        if not re.match(rf"{_AUX}\b|(am|may|might)\b", question.strip().lower()):
+        if not re.match(rf"{_AUX}\b|(am|may|might)\b", _unnegated(question.strip().lower())):
             log.warning("%s answers only yes or no; %r does not read like a yes/no question (is/are/can/does ...)",
                         self.name, question)
         if choices is not None:
@@ -234,7 +245,7 @@ class YesNoModel:
         seen = self.check_choices(choices)[0]
         return sorted(((seen[k], scores.get(k, 0.0)) for k in seen), key=lambda kv: -kv[1])
 
-    def explain(self, image: Any, question: str) -> np.ndarray:
+    def explain(self, image: Any, question: str, answer: str | None = None) -> np.ndarray:
         raise PolymodalError(f"{self.name} scores the whole image against the question and has no heat map; "
                              "drop --explain or use a fusion encoder")
 
@@ -272,8 +283,8 @@ def fit_state(image_emb: dict, question_emb: dict, row_image, answers: Sequence[
     from sklearn.linear_model import LogisticRegression
 
     row_image = np.asarray(row_image, dtype=np.int64)
-    y = np.array([normalize_answer(a) == "yes" for a in answers], dtype=np.int64)
-    bad = [a for a in answers if normalize_answer(a) not in YES_NO]
+    y = np.array([comparable_answer(a) == "yes" for a in answers], dtype=np.int64)  # 'Yes!' too, as scored
+    bad = [a for a in answers if comparable_answer(a) not in YES_NO]
     if bad:
         raise PolymodalError(f"a yes/no model trains on yes/no answers only; got {bad[0]!r}")
     if len(set(y.tolist())) < 2:

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from polymodal.cache import cache_key
+from polymodal.data.answers import comparable_answer
 from polymodal.data.pairs import keep_copies_in_training
 from polymodal.errors import PolymodalError
 from polymodal.eval.vqa import QARow, accuracy_by_type, read_qa
@@ -261,8 +262,13 @@ def split_by_image(rows: list[QARow], fraction: float, seed: int = 0) -> tuple[l
 
 
 def answer_vocabulary(rows: Sequence[QARow], min_count: int = 1, max_answers: int = 3000) -> list[str]:
-    """The most frequent training answers (ties alphabetical), each seen at least min_count times."""
-    counts = Counter(r.answer for r in rows)
+    """The most frequent training answers (ties alphabetical), each seen at least min_count times. Answers that
+    evaluation scores as one ('Yes!' and 'yes', 'two' and '2', 'a dog' and 'dog': comparable_answer) are one class,
+    named by its most frequent spelling."""
+    spellings: dict[str, Counter] = {}
+    for r in rows:
+        spellings.setdefault(comparable_answer(r.answer), Counter())[r.answer] += 1
+    counts = Counter({min(c, key=lambda a: (-c[a], a)): sum(c.values()) for c in spellings.values()})
     if len(counts) == 1:  # the model would learn to say it whatever it is asked: loss 0, accuracy 1.0
         raise PolymodalError(f"every training question has the same answer ({next(iter(counts))!r}); a VQA model "
                              "needs at least two different answers to learn from")
@@ -273,6 +279,12 @@ def answer_vocabulary(rows: Sequence[QARow], min_count: int = 1, max_answers: in
         raise PolymodalError(f"only {ranked[0]!r} occurs {min_count}+ times in the training rows, and a VQA model "
                              "needs at least two answers to choose from; lower min_answer_count")
     return ranked[:max_answers]
+
+
+def answer_targets(answer_index: dict[str, int], rows: Sequence[QARow]) -> np.ndarray:
+    """Each row's class (answer_index: a model's, keyed by comparable_answer) by its answer as evaluation compares
+    it, so 'Yes!' trains 'yes' (answer_vocabulary made them one class); -1 for an answer outside the vocabulary."""
+    return np.asarray([answer_index.get(comparable_answer(r.answer), -1) for r in rows], dtype=np.int64)
 
 
 class EpochShuffle(Sampler):
@@ -440,8 +452,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
         train_rows = train.rows
         set_seed(recipe.train.seed)
         model = build_vqa_model(recipe, train_rows)
-    exact = {a: i for i, a in enumerate(model.answers)}  # the vocabulary's own spellings (answer_index is for choices)
-    targets = np.asarray([exact.get(r.answer, -1) for r in train_rows], dtype=np.int64)
+    targets = answer_targets(model.answer_index, train_rows)
     if (targets < 0).all():
         raise PolymodalError("no training answer is in the model's answer vocabulary")
     unknown = sorted({r.answer for r, t in zip(train_rows, targets) if t < 0})
