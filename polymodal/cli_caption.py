@@ -91,6 +91,8 @@ def cmd_eval_captions(args) -> int:
     from polymodal.eval.per_item import check_out, check_strict, refuse_ci, write_items
 
     decoding = _check_decoding(args)
+    if args.limit is not None and args.limit < 1:  # before the data is read and the model loads
+        raise PolymodalError(f"--limit must be at least 1, got {args.limit}")
     refuse_ci(args, "BLEU and CIDEr-D are corpus scores, not means of per-photo scores that a bootstrap resamples")
     check_out(args.out, args.pairs)
     with counting_skipped(args.split) as skipped:

@@ -18,7 +18,7 @@ def cmd_export_onnx(args) -> int:
     except ImportError as exc:
         raise PolymodalError(f"ONNX export needs the onnx extra ({exc.name} is missing); pip install 'polymodal[onnx]'") from exc
     import polymodal
-    from polymodal.export.onnx_export import export_onnx, report_table, validation_set
+    from polymodal.export.onnx_export import export_onnx, report_table, validation_set, warn_if_the_gate_is_coarse
     from polymodal.export.runtime import is_onnx_folder
     from polymodal.registry import MODELS, onnx_export_dir, unknown_model
 
@@ -47,12 +47,14 @@ def cmd_export_onnx(args) -> int:
     variants = _variants(args)
     if args.val_qa:
         return _export_vqa(args, out)
-    val = validation_set(args.val_pairs, limit=args.val_limit)
+    val = validation_set(args.val_pairs, limit=args.val_limit, warn_few=False)  # (read before the model loads)
     model = polymodal.load(args.model)
     if callable(getattr(model, "caption", None)):
-        return _export_captioner(args, model, val, out, variants)
+        return _export_captioner(args, model, val, out, variants)  # (its gate, CIDEr-D, says when it has too few)
     if hasattr(model, "vqa_logits"):
         raise PolymodalError(f"{args.model} is a VQA model: pass --val-qa FILE.jsonl (questions to check the export on)")
+    if args.val_pairs:
+        warn_if_the_gate_is_coarse(len(val.images))
 
     def progress(message: str) -> None:
         if not args.json:

@@ -408,6 +408,7 @@ def test_the_onnx_runtime_decodes_each_photo_from_its_own_prefix_and_honours_no_
 
     runtime = object.__new__(OnnxCaptioner)  # the graphs replaced by stand-ins
     runtime.prefix, runtime.step = _LoopingSession("prefix"), _LoopingSession("step")
+    runtime.files = {"prefix": "prefix.onnx", "step": "step.onnx"}  # fp32: the photos decode together
     runtime.transform = lambda images: np.stack([np.full((3, 2, 2), float(np.asarray(im)[0, 0, 0])) for im in images])
     runtime.tokenizer = type("Pieces", (), {"decode": staticmethod(lambda pieces: " ".join(map(str, pieces)))})
     photos = [np.full((8, 8, 3), n, np.uint8) for n in (1, 2, 3)]  # 3 photos x beam 3: each photo keeps its own

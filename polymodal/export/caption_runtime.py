@@ -49,7 +49,7 @@ class OnnxCaptioner:
 
     def caption(self, images: Any, beam: int = 3, max_tokens: int = 20, batch_size: int = 16,
                 no_repeat: int = NO_REPEAT) -> list[str]:
-        """An image or images (paths, PIL images, arrays) -> one caption each."""
+        """An image or images (paths, PIL images, arrays) -> one caption each, the same whatever else is in the call."""
 
         def pieces_of(batch: list, beam: int, max_tokens: int, no_repeat: int) -> list[list[int]]:
             keys, values = (np.repeat(a, beam, axis=1) for a in self._prefix(batch))
@@ -62,7 +62,11 @@ class OnnxCaptioner:
 
             return beam_search(step, len(batch), beam, max_tokens, no_repeat=no_repeat)
 
-        return caption_batches(images, batch_size, beam, max_tokens, no_repeat, pieces_of, self.tokenizer.decode)
+        # int8 dynamic quantisation scales activations per batch: photos captioned together would write other
+        # captions than each alone (6 of 12 Flickr8k photos did), so an int8 step graph decodes one photo at a time
+        alone = self.variants["step"] != "fp32"
+        return caption_batches(images, 1 if alone else batch_size, beam, max_tokens, no_repeat, pieces_of,
+                               self.tokenizer.decode)
 
     def __repr__(self) -> str:
         return f"OnnxCaptioner({self.key}, step={self.files['step']})"

@@ -53,9 +53,19 @@ class ValidationSet:
 MIN_GATE_IMAGES = 50  # below this, recall saturates and the accuracy gate cannot tell variants apart
 
 
-def validation_set(pairs: str | Path | Sequence | None = None, limit: int = 300, seed: int = 0) -> ValidationSet:
+def warn_if_the_gate_is_coarse(images: int) -> None:
+    """The embedding export's int8 gate is R@5 over the validation images: over a few it is nearly always 1.0."""
+    if images < MIN_GATE_IMAGES:
+        log.warning("--val-pairs has %d images: R@5 over so few is nearly always 1.0, so the int8 gate can hardly "
+                    "refuse a variant (the parity cosines in report.md still tell); pass %d or more", images,
+                    MIN_GATE_IMAGES)
+
+
+def validation_set(pairs: str | Path | Sequence | None = None, limit: int = 300, seed: int = 0,
+                   warn_few: bool = True) -> ValidationSet:
     """Image-caption pairs for parity and the accuracy gate: ``limit`` images (a seeded sample) of a pair source,
-    or, without one, the built-in sample photos with their descriptions (small: the gate is then coarse)."""
+    or, without one, the built-in sample photos with their descriptions (small: the gate is then coarse).
+    ``warn_few``: warn of an R@5 gate over too few images (a captioner's gate is CIDEr-D: the CLI warns later)."""
     if pairs is None:
         from polymodal.data.samples import sample_photos
 
@@ -65,10 +75,8 @@ def validation_set(pairs: str | Path | Sequence | None = None, limit: int = 300,
     from polymodal.eval.retrieval import read_pairs
 
     p = read_pairs(pairs)
-    if len(p.images) < MIN_GATE_IMAGES:
-        log.warning("--val-pairs has %d images: R@5 over so few is nearly always 1.0, so the int8 gate can hardly "
-                    "refuse a variant (the parity cosines in report.md still tell); pass %d or more", len(p.images),
-                    MIN_GATE_IMAGES)
+    if warn_few:
+        warn_if_the_gate_is_coarse(len(p.images))
     keep = sorted(random.Random(seed).sample(range(len(p.images)), min(limit, len(p.images))))
     new_index = {old: new for new, old in enumerate(keep)}
     rows = [c for c in range(len(p.captions)) if int(p.caption_image[c]) in new_index]

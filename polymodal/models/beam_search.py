@@ -16,6 +16,7 @@ from polymodal.errors import PolymodalError
 from polymodal.models.inputs import as_images, check_count
 
 CLS, SEP, PAD = 101, 102, 0  # MiniLM's (BERT uncased) special word pieces
+UNK, MASK = 100, 103  # never written: the export's tokenizer drops them in decoding, and neither reads as a word
 NO_REPEAT = 3  # captions never repeat a 3-gram or a piece twice in a row (benchmarks/captioning.py --no-repeat)
 MAX_BEAM = 20  # keys and values grow with beam x batch: --beam 1000 took 2.9 GB for one photo; 5+ rarely changes it
 MAX_TOKENS = 512  # MiniLM's position table: a word piece past position 511 has no position embedding
@@ -85,7 +86,7 @@ def beam_search(step: Callable[[np.ndarray, np.ndarray], np.ndarray], images: in
     done = np.zeros(b * k, dtype=bool)
     for _ in range(max_tokens):
         logp = _log_softmax(np.asarray(step(ids, origin)))
-        logp[:, [PAD, CLS]] = -np.inf
+        logp[:, [PAD, UNK, CLS, MASK]] = -np.inf
         if no_repeat:
             for row, banned in enumerate(repeats(ids.tolist(), no_repeat)):
                 logp[row, banned] = -np.inf
