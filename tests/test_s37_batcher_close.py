@@ -60,3 +60,21 @@ def test_a_closed_batcher_starts_again_on_the_next_submit():
     batcher.close(timeout=3)
     batcher.close(timeout=3)  # twice is harmless
     assert not _model_threads()
+
+
+def test_two_closes_while_the_model_is_busy_both_return_and_the_thread_stops():
+    model = _SlowModel()
+    batcher = MicroBatcher(model, max_batch=1, max_wait_ms=0)
+    busy = batcher.submit_texts(["a"])
+    time.sleep(0.05)
+    closers = [threading.Thread(target=batcher.close, kwargs={"timeout": 3}) for _ in range(2)]
+    start = time.monotonic()
+    for c in closers:
+        c.start()
+    for c in closers:
+        c.join(5)
+    assert time.monotonic() - start < 2 and busy.result(1).shape == (1, 4)
+    deadline = time.monotonic() + 2
+    while _model_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _model_threads()  # not two stops putting each other back in the queue for ever

@@ -88,6 +88,9 @@ def test_a_captioner_export_with_few_pairs_is_not_warned_of_an_r_at_5_gate(tmp_p
     ('A "quoted" word -- dash - x', "a quoted word dash x"),
     ("I'm, we've, you'll, he'd", "i 'm we 've you 'll he 'd"),
     ("Cross-country skiers at water's edge", "cross-country skiers at water 's edge"),
+    ("The man doesn’t smile at a “café”.", "the man does n't smile at a café"),  # curly quotes, a letter past ASCII
+    ("A jalapeño pizza, a dog,cat.", "a jalapeño pizza a dog cat"),
+    ("It's 5 o'clock. He cannot swim.", "it 's 5 o'clock he can not swim"),
 ])
 def test_captions_are_compared_as_the_coco_evaluations_ptb_tokenizer_leaves_them(caption, ptb):
     from polymodal.eval.captions import caption_tokens

@@ -199,3 +199,45 @@ def test_a_config_naming_only_the_activation_keeps_the_head_counts(tmp_path):
     config = load_clip(folder).model.config
     assert config.vision_config.hidden_act == "gelu"
     assert (config.vision_config.num_attention_heads, config.text_config.num_attention_heads) == (1, 1)  # width // 64
+
+
+def test_a_processor_setting_now_honoured_gives_a_new_version_and_the_rest_keep_theirs(tmp_path):
+    from test_clip_checkpoints import make_tiny_clip
+
+    hf = make_tiny_clip(tmp_path / "hf")
+    assert len(load_clip(hf).version) == 12  # read as before: indexes built with it stay valid
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=[0.4] * 3,
+                          image_std=[0.2] * 3, resample=1).save_pretrained(hf)  # LANCZOS: read as bicubic before
+    changed = load_clip(hf)
+    assert changed.transform.resample == "lanczos" and len(changed.version) == 12 + 7  # its old index is refused
+    file = tmp_path / "oa" / "tiny.pt"  # an OpenAI-layout file with other (but before-read) settings beside it
+    file.parent.mkdir()
+    _write_tokenizer_files(file.parent)
+    torch.save(hf_to_openai(CLIPModel.from_pretrained(hf).state_dict()), file)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=[0.4] * 3,
+                          image_std=[0.2] * 3).save_pretrained(file.parent)
+    assert len(load_clip(file).version) == 12
+
+
+def test_a_wide_vit_without_its_config_is_loaded_as_laions_with_a_warning(tmp_path, caplog):
+    import logging
+
+    n = _write_tokenizer_files(tmp_path)
+    tok = CLIPTokenizer.from_pretrained(tmp_path)
+    cfg = CLIPConfig(  # ViT-H's width (1280, 16 heads of 80), one small layer per tower
+        text_config=dict(vocab_size=n, hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
+                         max_position_embeddings=16, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                         pad_token_id=tok.pad_token_id, projection_dim=16),
+        vision_config=dict(hidden_size=1280, intermediate_size=64, num_hidden_layers=1, num_attention_heads=16,
+                           image_size=16, patch_size=8, projection_dim=16), projection_dim=16)
+    torch.save(hf_to_openai(CLIPModel(cfg).state_dict()), tmp_path / "vit-h.pt")
+    with caplog.at_level(logging.WARNING):
+        model = load_clip(tmp_path / "vit-h.pt")
+    assert model.model.config.vision_config.hidden_act == "gelu"
+    assert "loading it as open_clip's ViT-H with GELU" in caplog.text and "QuickGELU" in caplog.text
+    (tmp_path / "open_clip_config.json").write_text('{"model_cfg": {"quick_gelu": true}}')  # a DFN5B-like file
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        model = load_clip(tmp_path / "vit-h.pt")
+    assert model.model.config.vision_config.hidden_act == "quick_gelu" and "ViT-H" not in caplog.text
+    assert model.model.config.vision_config.num_attention_heads == 16  # the shape's, the file naming no width

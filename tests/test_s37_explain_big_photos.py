@@ -48,3 +48,10 @@ def test_photos_up_to_4096_pixels_on_their_short_side_keep_their_size_in_the_hea
         assert Image.open(save_heatmap(str(photo), heat, tmp_path / "h.png")).size == size
     photo = _jpeg(tmp_path / "48mp.jpg", (8000, 6000))  # 48 MP: half size, both sides still past 2048
     assert Image.open(save_heatmap(photo.read_bytes(), heat, tmp_path / "h.png")).size == (4000, 3000)
+
+
+def test_a_panorama_past_pillows_limit_is_drawn_at_the_smallest_draft(tmp_path):
+    pano = _jpeg(tmp_path / "pano.jpg", (48000, 4000))  # 192 MP; at 1/2 its short side (2000) is under 2048
+    heat = np.eye(7, dtype=np.float32)
+    out = save_heatmap(str(pano), heat, tmp_path / "h.png", transform=DraftingTopLeftModel.transform)
+    assert Image.open(out).size == (6000, 500)

@@ -100,3 +100,25 @@ def test_the_missing_export_hint_for_a_vqa_model_names_val_qa(monkeypatch, tmp_p
     monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path))
     with pytest.raises(PolymodalError, match=r"`polymodal export onnx easy-vqa --val-qa FILE\.jsonl`"):
         polymodal.load("easy-vqa", runtime="onnx")
+
+
+def test_a_resumed_run_whose_vocabulary_changed_is_refused_not_read_under_other_answers(tmp_path):
+    from polymodal.train.run_settings import check_same_answers
+
+    check_same_answers(tmp_path, ["2", "no", "dog"])  # no model saved yet: nothing to compare
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"answers": ["2", "no", "two"]}))
+    check_same_answers(tmp_path, ["2", "no", "two"])
+    with pytest.raises(PolymodalError, match=r"over 3 answers and this data gives 3 \(2 differ, e.g. 'dog', 'two'\)"):
+        check_same_answers(tmp_path, ["2", "no", "dog"])  # a vocabulary capped by --max-answers: the same size
+    with pytest.raises(PolymodalError, match="the same ones in another order"):
+        check_same_answers(tmp_path, ["no", "2", "two"])
+
+
+def test_itm_negatives_are_never_a_spelling_of_the_rows_own_answer():
+    from polymodal.train.vqa import _itm_texts
+
+    rows = [QARow("a.png", f"how many {i}?", a) for i, a in enumerate(["2", "two"] * 20)]
+    for seed in range(10):
+        texts, pos, neg = _itm_texts(rows, ["2", "two", "3"], seed)
+        assert all(texts[n].endswith(" 3") for n in neg)  # '2' and 'two' are one answer: only '3' is wrong

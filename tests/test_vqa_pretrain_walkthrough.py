@@ -148,7 +148,8 @@ def test_checkpoint_of_another_architecture_names_what_differs(run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(started, out)
     (out / "train_config.json").unlink()
-    data, settings = [str(started.parent / "mine.jsonl")], {"out": str(out), "val_fraction": 0.0,
+    # the run's own split (0.2): the same answers, so the architecture is the one difference
+    data, settings = [str(started.parent / "mine.jsonl")], {"out": str(out), "val_fraction": 0.2,
                                                              "arch": {"dim": 64}, "train": {"epochs": 2}}
     recipe, train = (VQARecipe(qa=data, **settings), train_vqa) if command == "vqa" else \
         (PretrainRecipe(pairs=data, negatives="random", **settings), train_pretrain)

@@ -91,7 +91,10 @@ def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0
 
     out = Path(out)
     fmt = heatmap_format(out)
-    img = load_image(image, min_size=OVERLAY_MIN_SIDE)
+    try:
+        img = load_image(image, min_size=OVERLAY_MIN_SIDE)
+    except PolymodalError:  # a panorama past Pillow's limit with a short side under 4096: the smallest draft, 1/8
+        img = load_image(image, min_size=1)  # (and an unreadable image fails here again, with the same error)
     box = transform.source_box(img.size) if transform is not None else None
     buf = io.BytesIO()
     overlay_heatmap(img, heat, alpha, box).save(buf, format=fmt)

@@ -22,14 +22,19 @@ log = logging.getLogger(__name__)
 # CIDEr-D weighs each n-gram by how few of the set's photos it describes: over one photo every weight is 0, so the
 # score is 0 whatever the caption. Below this many photos caption_scores gives None for it.
 MIN_CIDER_PHOTOS = 2
-_WORD = r"[a-z0-9]+(?:[-.,/:&][a-z0-9]+)*"  # t-shirt, 3.5, 1,000 stay one token, as PTB keeps them
-_TOKEN = re.compile(rf"{_WORD}(?=n't\b)|n't\b|'(?:s|re|ve|ll|d|m)\b|{_WORD}|[()\[\]{{}}]|[^\sa-z0-9.?!,:;'`\"()\[\]{{}}\-]")
+_ALNUM = r"[^\W_]"  # a letter (café, jalapeño) or digit
+# t-shirt, 10:30, AT&T, 3.5 and 1,000 stay one token, as PTB keeps them; "dog,cat" is two
+_WORD = rf"{_ALNUM}+(?:[-./:&]{_ALNUM}+|(?<=\d),\d+)*"
+_TOKEN = re.compile(rf"o'clock|{_WORD}(?=n't\b)|n't\b|'(?:s|re|ve|ll|d|m)\b|{_WORD}|[()\[\]{{}}]"
+                    rf"|[^\s\w.?!,:;'`\"()\[\]{{}}\-]")
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})  # PTB reads curly as straight
 
 
 def caption_tokens(text: str) -> str:
     """"A dog's T-shirt, (red)." -> "a dog 's t-shirt -lrb- red -rrb-" (the form the scorers compare: PTB's)."""
-    return " ".join(_BRACKETS.get(t, t) for t in _TOKEN.findall(text.lower()))
+    text = re.sub(r"\bcannot\b", "can not", text.lower().translate(_QUOTES))
+    return " ".join(_BRACKETS.get(t, t) for t in _TOKEN.findall(text))
 
 
 def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float | None]:

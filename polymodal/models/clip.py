@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from polymodal.data.images import ImageTransform
 from polymodal.data.tokenizer import warn_once_if_cut
 from polymodal.errors import PolymodalError
 from polymodal.models.base import EmbeddingModel
-from polymodal.models.openai_convert import is_openai_layout, openai_to_hf, widths
+from polymodal.models.openai_convert import OPEN_CLIP_VISION_HEADS, is_openai_layout, openai_to_hf, widths
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ EXPECTED = (
 # PIL enum values used by HF processors
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 OPEN_CLIP_CONFIG = "open_clip_config.json"  # what open_clip (and its hub repos) keep beside the weights
+_WIDE_VIT = {1280: "H", 1408: "g", 1664: "bigG"}
 
 
 class ClipModel(EmbeddingModel):
@@ -241,9 +243,10 @@ def load_hf_clip(folder: str | Path, tokenizer: str | Path | None = None) -> Cli
                              f"not in its architecture: {_few(extra)}); pass the config.json these weights were "
                              "saved with")
     settings = _image_processor_config(folder)[1]  # the preprocessing shapes the embeddings as much as the weights
-    version = fingerprint(list(weights) + ([settings] if settings.is_file() else []))
-    return ClipModel(model, tok, name=folder.resolve().name, version=version,
-                     transform=_fitted_transform(folder, model))
+    transform = _fitted_transform(folder, model)
+    version = fingerprint(list(weights) + ([settings] if settings.is_file() else [])) + _version_suffix(
+        {"transform": transform.to_dict()}, {"transform": _transform_as_before(folder, model).to_dict()})
+    return ClipModel(model, tok, name=folder.resolve().name, version=version, transform=transform)
 
 
 def _fitted_transform(folder: Path, model, missing: int = logging.WARNING) -> ImageTransform:
@@ -397,13 +400,17 @@ def load_openai_clip(
     stated, preprocess = _open_clip_settings(file.parent)
     asked = {"vision_heads": vision_heads, "text_heads": text_heads, "hidden_act": hidden_act}
     options = {**stated, **{k: v for k, v in asked.items() if v is not None}}
+    if "hidden_act" not in options and widths(sd)[0] in OPEN_CLIP_VISION_HEADS:
+        log.warning("%s: no open_clip_config.json beside it; loading it as open_clip's ViT-%s with GELU, as LAION's "
+                    "are. DFN5B and MetaCLIP weights use QuickGELU: put their open_clip_config.json beside the file "
+                    '(or one of {"model_cfg": {"quick_gelu": true}})', file, _WIDE_VIT[widths(sd)[0]])
     model = build_hf_clip(sd, **options, eos_token_id=tok.eos_token_id)
     # an OpenAI-layout file comes with no processor settings and OpenAI's are its format's own: info, not a warning
     if preprocess is not None and _image_processor_config(file.parent)[0] is None:
         transform = _fitted(preprocess, model)
     else:
         transform = _fitted_transform(file.parent, model, logging.INFO)
-    version = fingerprint([file]) + _settings_suffix(sd, model, transform)
+    version = fingerprint([file]) + _settings_suffix(sd, model, transform, file.parent)
     return ClipModel(model, tok, name=file.stem, version=version, transform=transform)
 
 
@@ -440,19 +447,41 @@ def _open_clip_settings(folder: Path) -> tuple[dict, ImageTransform | None]:
     return options, transform
 
 
-def _settings_suffix(sd: dict, model, transform: ImageTransform) -> str:
-    """'' when the file loads as it always has (OpenAI's activation, width // 64 heads, OpenAI's preprocessing),
-    so indexes built with it stay valid; else a digest of what differs, so an index built with other settings
-    (another hidden_act, vision_heads, open_clip_config.json) refuses this model instead of mixing two."""
+def _settings_suffix(sd: dict, model, transform: ImageTransform, folder: Path) -> str:
+    """'' when the file loads as it always has (OpenAI's activation, width // 64 heads, the preprocessing of the
+    folder's processor settings as read before, or OpenAI's), so indexes built with it stay valid; else a digest of
+    what differs, so an index built with other settings (another hidden_act, vision_heads, open_clip_config.json)
+    refuses this model instead of mixing two."""
     v, t = model.config.vision_config, model.config.text_config
     now = {"hidden_act": v.hidden_act, "vision_heads": v.num_attention_heads, "text_heads": t.num_attention_heads,
            "transform": transform.to_dict()}
     v_width, t_width = widths(sd)
     was = {"hidden_act": "quick_gelu", "vision_heads": max(1, v_width // 64), "text_heads": max(1, t_width // 64),
-           "transform": _fitted(OPENAI_CLIP_TRANSFORM, model).to_dict()}
-    if now == was:
-        return ""
-    return "-" + hashlib.sha256(json.dumps(now, sort_keys=True).encode()).hexdigest()[:6]
+           "transform": _transform_as_before(folder, model).to_dict()}
+    return _version_suffix(now, was)
+
+
+def _version_suffix(now: dict, was: dict) -> str:
+    """'' when a model loads with the settings earlier polymodal versions gave it (its indexes stay valid), else
+    '-' and a digest of the settings: a model key of its own."""
+    return "" if now == was else "-" + hashlib.sha256(json.dumps(now, sort_keys=True).encode()).hexdigest()[:6]
+
+
+def _transform_as_before(folder: Path, model) -> ImageTransform:
+    """The preprocessing polymodal read from the folder's processor settings before it honoured do_normalize,
+    do_rescale and rescale_factor, and every resample (1, 4, 5 were read as bicubic)."""
+    transform = _fitted(transform_from_preprocessor(folder, logging.DEBUG), model)
+    cfg = _image_processor_config(folder)[0]
+    if cfg is None:
+        return transform
+    resample = cfg.get("resample", 3)
+    try:
+        return replace(transform, mean=tuple(float(x) for x in cfg.get("image_mean", transform.mean)),
+                       std=tuple(float(x) for x in cfg.get("image_std", transform.std)),
+                       resample={0: "nearest", 2: "bilinear"}.get(resample, "bicubic") if isinstance(resample, int)
+                       else str(resample))
+    except (TypeError, ValueError):
+        return transform
 
 
 # -- dispatch -------------------------------------------------------------------------------------------------------

@@ -61,7 +61,8 @@ def _count_blocks(sd: dict, prefix: str) -> int:
 
 
 # open_clip's ViTs wider than OpenAI's (ViT-H, ViT-g, ViT-bigG) use 16 vision heads of 80, 88 and 104 channels, not
-# 64; every one of them was trained with GELU. Their widths divide by width // 64 too, so a guess would load silently.
+# 64 (their widths divide by width // 64 too, so that guess loaded silently). Most were trained with GELU (LAION's);
+# the "-quickgelu" ViT-H weights (DFN5B, MetaCLIP) were not: their open_clip_config.json says so.
 OPEN_CLIP_VISION_HEADS = {1280: 16, 1408: 16, 1664: 16}
 
 

@@ -72,6 +72,7 @@ class MicroBatcher:
         self._carry: deque = deque()  # a job taken while filling a batch that belongs to the next one
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._stop_queued = False  # one stop in the queue at most: two would put each other back for ever
         self._incoming = 0  # requests preprocessing their inputs, about to submit
         self._incoming_lock = threading.Lock()
 
@@ -137,17 +138,19 @@ class MicroBatcher:
             thread = self._thread
             if thread is None or not thread.is_alive():
                 return
-            self._queue.put(_STOP)
+            if not self._stop_queued:  # a second close() waits for the same stop
+                self._queue.put(_STOP)
+                self._stop_queued = True
         thread.join(timeout)
 
     def _stopping(self) -> bool:
         """On a stop: end the thread, or, when work came after the stop (its submit saw this thread alive), queue
         the stop again behind that work."""
         with self._start_lock:
-            if self._carry or not self._queue.empty():
+            if self._carry or not self._queue.empty():  # (the one stop was just taken: what is queued is work)
                 self._queue.put(_STOP)
                 return False
-            self._thread = None
+            self._thread, self._stop_queued = None, False
             return True
 
     # -- the worker thread -----------------------------------------------------------------------------------

@@ -107,6 +107,23 @@ def check_same_fusion(out: Path, arch) -> None:
         raise _another_run(out, changed)
 
 
+def check_same_answers(out: Path, answers: Sequence[str]) -> None:
+    """--resume of a VQA run: its checkpoint's answer head scores the vocabulary it was trained over, in that order.
+    Another one of the same size would load without a complaint and read every score under another answer."""
+    try:  # train_config.json records their count; the vocabulary is in the run's saved model
+        was = json.loads((Path(out) / "model" / "config.json").read_text()).get("answers")
+    except (OSError, ValueError, AttributeError):
+        return  # no model saved yet (killed in its first epoch): a vocabulary of another size fails to load
+    if not isinstance(was, list) or was == list(answers):
+        return
+    differ = sorted(set(was) ^ set(answers), key=str)
+    how = f"{len(differ)} differ, e.g. {', '.join(map(repr, differ[:4]))}" if differ else "the same ones in another order"
+    raise PolymodalError(f"the run in {out} trained its answer head over {len(was)} answers and this data gives "
+                         f"{len(answers)} ({how}); the data changed, or this polymodal counts answers evaluation "
+                         "scores as one ('yes!' and 'yes', 'two' and '2') as one class, which the run did not: resume "
+                         "on the data and polymodal it trained with, or train into a new --out")
+
+
 def _recorded(out: Path):
     """RUN/train_config.json as recorded, or None when there is none (or it cannot be read)."""
     try:

@@ -44,6 +44,7 @@ from polymodal.train.guards import (
 )
 from polymodal.train.run_settings import (
     absolute_paths,
+    check_same_answers,
     check_same_fusion,
     check_same_run,
     name_after_run,
@@ -361,7 +362,8 @@ def _itm_texts(rows: list[QARow], answers: list[str], seed: int) -> tuple[list[s
     pos, neg = [], []
     for r in rows:
         if (r.question, r.answer) not in negative:
-            others = [a for a in answers if a != r.answer] or answers
+            key = comparable_answer(r.answer)  # 'two' is no wrong answer to a row answered '2'
+            others = [a for a in answers if comparable_answer(a) != key] or answers
             negative[(r.question, r.answer)] = others[int(rng.integers(len(others)))]
         pos.append(texts.setdefault(f"{r.question} {r.answer}", len(texts)))
         neg.append(texts.setdefault(f"{r.question} {negative[(r.question, r.answer)]}", len(texts)))
@@ -443,7 +445,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
         check_same_fusion(Path(recipe.out), recipe.arch)
     model = build_vqa_model(recipe, train_rows)
     if resume:
-        # the vocabulary ("answers") is checked when the checkpoint loads
+        # the vocabulary ("answers") is checked once the unreadable rows are out (check_same_answers)
         check_same_run(Path(recipe.out), recipe.arch, recipe.train, ignore=("answers",), freeze=recipe.freeze,
                        val_fraction=None if recipe.val_qa else recipe.val_fraction,
                        seed_draws_validation=not recipe.val_qa and recipe.val_fraction > 0)
@@ -452,6 +454,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
         train_rows = train.rows
         set_seed(recipe.train.seed)
         model = build_vqa_model(recipe, train_rows)
+    if resume:
+        check_same_answers(Path(recipe.out), model.answers)
     targets = answer_targets(model.answer_index, train_rows)
     if (targets < 0).all():
         raise PolymodalError("no training answer is in the model's answer vocabulary")
