@@ -91,6 +91,7 @@ def test_a_captioner_export_with_few_pairs_is_not_warned_of_an_r_at_5_gate(tmp_p
     ("The man doesn’t smile at a “café”.", "the man does n't smile at a café"),  # curly quotes, a letter past ASCII
     ("A jalapeño pizza, a dog,cat.", "a jalapeño pizza a dog cat"),
     ("It's 5 o'clock. He cannot swim.", "it 's 5 o'clock he can not swim"),
+    ("Poke\u0301mon cards \u2014 a test\u2026 \u00abnew\u00bb", "poke\u0301mon cards a test new"),  # a combining mark
 ])
 def test_captions_are_compared_as_the_coco_evaluations_ptb_tokenizer_leaves_them(caption, ptb):
     from polymodal.eval.captions import caption_tokens

@@ -241,3 +241,16 @@ def test_a_wide_vit_without_its_config_is_loaded_as_laions_with_a_warning(tmp_pa
         model = load_clip(tmp_path / "vit-h.pt")
     assert model.model.config.vision_config.hidden_act == "quick_gelu" and "ViT-H" not in caplog.text
     assert model.model.config.vision_config.num_attention_heads == 16  # the shape's, the file naming no width
+
+
+def test_switches_without_a_mean_change_the_version_too(tmp_path):
+    """A processor without image_mean/image_std was read with OpenAI's: do_normalize false changes its pixels."""
+    from test_clip_checkpoints import make_tiny_clip
+
+    hf = make_tiny_clip(tmp_path / "hf")
+    (hf / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 32},
+                                                             "crop_size": {"height": 32, "width": 32}}))
+    assert len(load_clip(hf).version) == 12  # read as before
+    (hf / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 32}, "do_normalize": False,
+                                                             "crop_size": {"height": 32, "width": 32}}))
+    assert len(load_clip(hf).version) == 12 + 7  # its pixels are not what they were: a suffix

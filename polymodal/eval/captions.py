@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -22,19 +23,29 @@ log = logging.getLogger(__name__)
 # CIDEr-D weighs each n-gram by how few of the set's photos it describes: over one photo every weight is 0, so the
 # score is 0 whatever the caption. Below this many photos caption_scores gives None for it.
 MIN_CIDER_PHOTOS = 2
-_ALNUM = r"[^\W_]"  # a letter (café, jalapeño) or digit
-# t-shirt, 10:30, AT&T, 3.5 and 1,000 stay one token, as PTB keeps them; "dog,cat" is two
-_WORD = rf"{_ALNUM}+(?:[-./:&]{_ALNUM}+|(?<=\d),\d+)*"
-_TOKEN = re.compile(rf"o'clock|{_WORD}(?=n't\b)|n't\b|'(?:s|re|ve|ll|d|m)\b|{_WORD}|[()\[\]{{}}]"
-                    rf"|[^\s\w.?!,:;'`\"()\[\]{{}}\-]")
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})  # PTB reads curly as straight
+
+
+@lru_cache(maxsize=1)
+def _token_pattern() -> re.Pattern:
+    """PTB's tokens as one pattern (compiled on first use: the combining marks take a pass over Unicode's BMP)."""
+    import unicodedata
+
+    # a letter (café, jalapeño) or digit, with the combining marks that follow it (Hindi, Thai, a decomposed é)
+    marks = re.escape("".join(chr(i) for i in range(0x300, 0x10000) if unicodedata.category(chr(i)).startswith("M")))
+    alnum = rf"[^\W_][{marks}]*"
+    # t-shirt, 10:30, AT&T, 3.5 and 1,000 stay one token, as PTB keeps them; "dog,cat" is two
+    word = rf"(?:{alnum})+(?:[-./:&](?:{alnum})+|(?<=\d),\d+)*"
+    dropped = "\u2013\u2014\u2026\u00ab\u00bb\u2039\u203a"  # dashes, ellipsis, guillemets: punctuation PTB drops
+    return re.compile(rf"o'clock|{word}(?=n't\b)|n't\b|'(?:s|re|ve|ll|d|m)\b|{word}|[()\[\]{{}}]"
+                      rf"|[^\s\w.?!,:;'`\"()\[\]{{}}\-{marks}{dropped}]")
 
 
 def caption_tokens(text: str) -> str:
     """"A dog's T-shirt, (red)." -> "a dog 's t-shirt -lrb- red -rrb-" (the form the scorers compare: PTB's)."""
     text = re.sub(r"\bcannot\b", "can not", text.lower().translate(_QUOTES))
-    return " ".join(_BRACKETS.get(t, t) for t in _TOKEN.findall(text))
+    return " ".join(_BRACKETS.get(t, t) for t in _token_pattern().findall(text))
 
 
 def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float | None]:

@@ -476,8 +476,9 @@ def _transform_as_before(folder: Path, model) -> ImageTransform:
         return transform
     resample = cfg.get("resample", 3)
     try:
-        return replace(transform, mean=tuple(float(x) for x in cfg.get("image_mean", transform.mean)),
-                       std=tuple(float(x) for x in cfg.get("image_std", transform.std)),
+        d = OPENAI_CLIP_TRANSFORM  # (what a missing mean or std was read as)
+        return replace(transform, mean=tuple(float(x) for x in cfg.get("image_mean", d.mean)),
+                       std=tuple(float(x) for x in cfg.get("image_std", d.std)),
                        resample={0: "nearest", 2: "bilinear"}.get(resample, "bicubic") if isinstance(resample, int)
                        else str(resample))
     except (TypeError, ValueError):
