@@ -140,8 +140,8 @@ class OnnxFusionEncoder:
     def _rank_choices(self, logits: np.ndarray, choices: Sequence[str], grid: np.ndarray,
                       question: str) -> list[tuple[str, float]]:
         """The candidates ranked as the PyTorch model ranks them: by the logits restricted to them (softmax over
-        the candidates) when all of two or more are known, else known ones by their full-vocabulary probability and the others
-        by the match graph's probability for "QUESTION CHOICE" (0.0 without one)."""
+        the candidates) when all of two or more are known, else known ones by their full-vocabulary probability and
+        the others by the match graph's probability for "QUESTION CHOICE" (0.0 without one)."""
         seen = self.check_choices(choices)[0]
         outside = [c for c in seen if c not in self.answer_index]
         if not outside and len(seen) > 1:

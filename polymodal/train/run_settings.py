@@ -117,7 +117,8 @@ def check_same_answers(out: Path, answers: Sequence[str]) -> None:
     if not isinstance(was, list) or was == list(answers):
         return
     differ = sorted(set(was) ^ set(answers), key=str)
-    how = f"{len(differ)} differ, e.g. {', '.join(map(repr, differ[:4]))}" if differ else "the same ones in another order"
+    how = (f"{len(differ)} differ, e.g. {', '.join(map(repr, differ[:4]))}" if differ
+           else "the same ones in another order")
     raise PolymodalError(f"the run in {out} trained its answer head over {len(was)} answers and this data gives "
                          f"{len(answers)} ({how}); the data changed, or this polymodal counts answers evaluation "
                          "scores as one ('yes!' and 'yes', 'two' and '2') as one class, which the run did not: resume "
