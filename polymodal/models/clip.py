@@ -21,7 +21,8 @@ from polymodal.data.images import ImageTransform
 from polymodal.data.tokenizer import warn_once_if_cut
 from polymodal.errors import PolymodalError
 from polymodal.models.base import EmbeddingModel
-from polymodal.models.openai_convert import OPEN_CLIP_VISION_HEADS, is_openai_layout, openai_to_hf, widths
+from polymodal.models.openai_convert import (OPEN_CLIP_VISION_HEADS, check_activation, is_openai_layout, openai_to_hf,
+                                             widths)
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,6 @@ def _check_hf_config(folder: Path) -> None:
     if model_type != "clip":
         raise PolymodalError(f"{cfg_path} has model_type {model_type!r}, not 'clip'; {EXPECTED}")
     from transformers import CLIPConfig
-    from transformers.activations import ACT2FN
 
     try:  # transformers refuses bad values in many error types (its strict dataclasses' among them)
         config = CLIPConfig.from_pretrained(folder, local_files_only=True)
@@ -281,10 +281,8 @@ def _check_hf_config(folder: Path) -> None:
         reason = " ".join(line.strip() for line in str(exc).splitlines()).split(" Errors: ")[0]  # one line
         raise PolymodalError(f"{cfg_path} is not a valid CLIP config ({reason[:300]}); fix the value it names"
                              ) from None
-    for tower in (config.vision_config, config.text_config):  # an unknown one fails only as the model is built
-        if tower.hidden_act not in ACT2FN:
-            raise PolymodalError(f"{cfg_path}: hidden_act {tower.hidden_act!r} is not an activation transformers "
-                                 "knows; OpenAI CLIP uses 'quick_gelu', most open_clip (LAION) models 'gelu'")
+    for tower in (config.vision_config, config.text_config):
+        check_activation(tower.hidden_act, f"{cfg_path}: ")
 
 
 def _hf_weight_files(folder: Path) -> list[Path]:

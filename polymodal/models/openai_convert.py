@@ -13,6 +13,7 @@ import torch
 from transformers import CLIPConfig
 
 from polymodal.errors import PolymodalError
+from polymodal.models.inputs import check_count
 
 # Keys some checkpoints carry that hold no weights (OpenAI's JIT archives store these as scalars).
 IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
@@ -79,15 +80,20 @@ def widths(sd: dict) -> tuple[int, int]:
     return sd["visual.conv1.weight"].shape[0], sd["ln_final.weight"].shape[0]
 
 
-def _check_options(vision_heads, text_heads, hidden_act) -> None:
+def check_activation(hidden_act: str, where: str = "") -> None:
+    """One error for an activation transformers cannot build (it would fail only as the model is built)."""
     from transformers.activations import ACT2FN
 
+    if hidden_act not in ACT2FN:
+        raise PolymodalError(f"{where}hidden_act {hidden_act!r} is not an activation transformers knows; OpenAI CLIP "
+                             "uses 'quick_gelu', most open_clip (LAION) models 'gelu'")
+
+
+def _check_options(vision_heads, text_heads, hidden_act) -> None:
     for name, heads in (("vision_heads", vision_heads), ("text_heads", text_heads)):
-        if heads is not None and (isinstance(heads, bool) or not isinstance(heads, int) or heads < 1):
-            raise PolymodalError(f"{name} must be a whole number of attention heads (1 or more), got {heads!r}")
-    if hidden_act is not None and hidden_act not in ACT2FN:
-        raise PolymodalError(f"hidden_act {hidden_act!r} is not an activation transformers knows; OpenAI CLIP uses "
-                             "'quick_gelu', most open_clip (LAION) models 'gelu'")
+        check_count(heads, name, none_means="the checkpoint's shape's count")
+    if hidden_act is not None:
+        check_activation(hidden_act)
 
 
 def infer_config(
