@@ -340,21 +340,26 @@ def open_pair_image(image: Path | str, min_size: int | None = None) -> Image.Ima
 
 
 def split_by_image(pairset: PairSet, val_fraction: float, seed: int = 0) -> tuple[PairSet, PairSet]:
-    """(train, val) with every caption of an image on the same side. `val_fraction` of the images (rounded, at
-    least one when > 0) go to val, chosen by a seeded permutation of the image order: the same source and seed
-    give the same split on any machine."""
+    """(train, val) with every caption of an image on the same side: see held_out_images."""
     if not 0.0 <= val_fraction < 1.0:
         raise PolymodalError(f"val_fraction={val_fraction} is out of range; pass a fraction in [0, 1)")
-    n = len(pairset.images)
-    n_val = int(round(n * val_fraction))
-    if val_fraction > 0:
-        if n < 2:
-            raise PolymodalError(f"cannot split {n} image(s) into train and val; add images, or pass validation pairs "
-                                 "(--val-pairs FILE)")
-        n_val = min(max(1, n_val), n - 1)
-    order = make_rng(seed).permutation(n)
-    train_images, val_images = keep_copies_in_training(pairset.images, np.sort(order[n_val:]), np.sort(order[:n_val]))
+    if val_fraction == 0:
+        return pairset.subset(np.arange(len(pairset.images))), pairset.subset(np.arange(0))
+    train_images, val_images = held_out_images(pairset.images, val_fraction, seed,
+                                               "pass validation pairs (--val-pairs FILE)")
     return pairset.subset(train_images), pairset.subset(val_images)
+
+
+def held_out_images(images: Sequence, fraction: float, seed: int, hint: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) sorted indices of ``images``: ``fraction`` of them (rounded, at least one, never all) validate,
+    chosen by a seeded permutation of their order, so the same images and seed give the same split on any machine
+    (a resumed run depends on it); then keep_copies_in_training. ``hint``: how to validate otherwise."""
+    n = len(images)
+    if n < 2:
+        raise PolymodalError(f"cannot split {n} image(s) into train and validation; add images, or {hint}")
+    n_val = min(n - 1, max(1, round(fraction * n)))
+    order = make_rng(seed).permutation(n)
+    return keep_copies_in_training(images, np.sort(order[n_val:]), np.sort(order[:n_val]))
 
 
 def keep_copies_in_training(images, train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

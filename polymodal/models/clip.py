@@ -43,6 +43,7 @@ EXPECTED = (
 # PIL enum values used by HF processors
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 OPEN_CLIP_CONFIG = "open_clip_config.json"  # what open_clip (and its hub repos) keep beside the weights
+_warned_wide_vit: set[Path] = set()  # files whose wide-ViT guess was logged in this process
 _WIDE_VIT = {1280: "H", 1408: "g", 1664: "bigG"}
 
 
@@ -398,7 +399,8 @@ def load_openai_clip(
     stated, preprocess = _open_clip_settings(file.parent)
     asked = {"vision_heads": vision_heads, "text_heads": text_heads, "hidden_act": hidden_act}
     options = {**stated, **{k: v for k, v in asked.items() if v is not None}}
-    if "hidden_act" not in options and widths(sd)[0] in OPEN_CLIP_VISION_HEADS:
+    if "hidden_act" not in options and widths(sd)[0] in OPEN_CLIP_VISION_HEADS and file not in _warned_wide_vit:
+        _warned_wide_vit.add(file)  # once per file and process: a server or notebook may load it many times
         log.warning("%s: no open_clip_config.json beside it; loading it as open_clip's ViT-%s with GELU, as LAION's "
                     "are. DFN5B and MetaCLIP weights use QuickGELU: put their open_clip_config.json beside the file "
                     '(or one of {"model_cfg": {"quick_gelu": true}})', file, _WIDE_VIT[widths(sd)[0]])

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from polymodal.cache import cache_key
 from polymodal.data.images import draft_size_of
-from polymodal.data.pairs import PairSet, keep_copies_in_training, open_pair_image, read_pair_sources
+from polymodal.data.pairs import PairSet, held_out_images, open_pair_image, read_pair_sources
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import (
     FusionEncoder, FusionEncoderConfig, continued_folder, load_fusion_encoder,
@@ -174,12 +174,7 @@ def read_pairs(sources: Sequence[str | Path]) -> PairSet:
 
 def split_pairs_by_image(pairs: PairSet, fraction: float, seed: int = 0) -> tuple[PairSet, PairSet]:
     """Hold out ``fraction`` of the images with all their captions: no validation image is seen in training."""
-    n = len(pairs.images)
-    if n < 2:
-        raise PolymodalError("need at least 2 images to split off validation; pass --val-pairs")
-    n_val = min(n - 1, max(1, round(fraction * n)))
-    val = np.random.default_rng(seed).permutation(n)[:n_val]
-    train, val = keep_copies_in_training(pairs.images, np.setdiff1d(np.arange(n), val), np.sort(val))
+    train, val = held_out_images(pairs.images, fraction, seed, "pass --val-pairs")
     return pairs.subset(train), pairs.subset(val)
 
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from polymodal.cache import cache_key
 from polymodal.data.answers import comparable_answer
-from polymodal.data.pairs import keep_copies_in_training
+from polymodal.data.pairs import held_out_images
 from polymodal.errors import PolymodalError
 from polymodal.eval.vqa import QARow, accuracy_by_type, read_qa
 from polymodal.models.fusion_encoder import (
@@ -250,14 +250,7 @@ def readable_qa(model: FusionEncoder, rows: list[QARow], source, progress: bool 
 def split_by_image(rows: list[QARow], fraction: float, seed: int = 0) -> tuple[list[QARow], list[QARow]]:
     """Hold out ``fraction`` of the images (with all their questions): no validation image is seen in training."""
     images = sorted({str(r.image) for r in rows})
-    if len(images) < 2:
-        raise PolymodalError("need at least 2 images to split off validation; pass --val-qa")
-    rng = np.random.default_rng(seed)
-    n_val = min(len(images) - 1, max(1, round(fraction * len(images))))
-    chosen = set(rng.permutation(images)[:n_val].tolist())
-    index = np.arange(len(images))
-    _, val = keep_copies_in_training(images, index[[i not in chosen for i in images]],
-                                     index[[i in chosen for i in images]])
+    _, val = held_out_images(images, fraction, seed, "pass --val-qa")
     val = {images[i] for i in val}
     return [r for r in rows if str(r.image) not in val], [r for r in rows if str(r.image) in val]
 
