@@ -50,8 +50,8 @@ def test_photos_up_to_4096_pixels_on_their_short_side_keep_their_size_in_the_hea
     assert Image.open(save_heatmap(photo.read_bytes(), heat, tmp_path / "h.png")).size == (4000, 3000)
 
 
-def test_a_panorama_past_pillows_limit_is_drawn_at_the_smallest_draft(tmp_path):
+def test_a_panorama_past_pillows_limit_is_drawn_at_the_largest_draft_that_fits(tmp_path):
     pano = _jpeg(tmp_path / "pano.jpg", (48000, 4000))  # 192 MP; at 1/2 its short side (2000) is under 2048
     heat = np.eye(7, dtype=np.float32)
     out = save_heatmap(str(pano), heat, tmp_path / "h.png", transform=DraftingTopLeftModel.transform)
-    assert Image.open(out).size == (6000, 500)
+    assert Image.open(out).size == (24000, 2000)  # 1/2 (stop 37 drew it at 1/8)

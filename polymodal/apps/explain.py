@@ -85,16 +85,20 @@ OVERLAY_MIN_SIDE = 2048
 
 def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0.5, transform=None) -> Path:
     """Write ``image`` with ``heat`` overlaid, atomically, at the image's size (a JPEG file or bytes whose short side
-    passes 4096 pixels at 1/2 to 1/8 of it, see OVERLAY_MIN_SIDE); the file's suffix picks the format (.png, .jpg,
-    .webp). With the model's ``transform`` the grid covers the centre crop the model saw."""
+    passes 4096 pixels at 1/2 to 1/8 of it, see OVERLAY_MIN_SIDE; a panorama past Pillow's pixel limit at the largest
+    of those that fits); the file's suffix picks the format (.png, .jpg, .webp). With the model's ``transform`` the
+    grid covers the centre crop the model saw."""
     import io
 
     out = Path(out)
     fmt = heatmap_format(out)
-    try:
-        img = load_image(image, min_size=OVERLAY_MIN_SIDE)
-    except PolymodalError:  # a panorama past Pillow's limit with a short side under 4096: the smallest draft, 1/8
-        img = load_image(image, min_size=1)  # (and an unreadable image fails here again, with the same error)
+    for min_side in (OVERLAY_MIN_SIDE, OVERLAY_MIN_SIDE // 2, OVERLAY_MIN_SIDE // 4, 1):
+        try:  # a panorama past Pillow's limit with a short side under 4096: the largest draft that fits it
+            img = load_image(image, min_size=min_side)
+            break
+        except PolymodalError:
+            if min_side == 1:
+                raise  # an unreadable image (or one past the limit at 1/8)
     box = transform.source_box(img.size) if transform is not None else None
     buf = io.BytesIO()
     overlay_heatmap(img, heat, alpha, box).save(buf, format=fmt)
