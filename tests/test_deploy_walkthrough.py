@@ -170,7 +170,7 @@ def test_an_add_while_another_process_writes_is_409_with_retry_after(lite, db_co
     from filelock import FileLock
 
     with TestClient(create_app(lite, db_copy)) as c:
-        files = {"image": ("cat.jpg", (gallery / "cat.jpg").read_bytes(), "image/jpeg")}
+        files = {"image": ("cat.jpg", (gallery / "cat.jpg").read_bytes() + b"\0", "image/jpeg")}  # not indexed yet
         with FileLock(str(ImageIndex(db_copy).lock_path)):
             r = c.post("/v1/index", files=files)
             assert "being written by another process" in error_of(r, 409) and r.headers["retry-after"] == "5"

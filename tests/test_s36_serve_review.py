@@ -141,7 +141,7 @@ def test_a_200_megapixel_phone_photo_decodes_at_reduced_scale(lite, tmp_path):
     with TestClient(create_app(lite, db)) as c:
         hit = c.post("/v1/search", json={"text": "grey", "k": 1}).json()["hits"][0]
         thumb = c.get(hit["thumb"])
-        added = c.post("/v1/index", files=[("image", ("phone.jpg", data, "image/jpeg"))])
+        added = c.post("/v1/index", files=[("image", ("phone.jpg", data + b"\0", "image/jpeg"))])
     assert thumb.status_code == 200 and max(Image.open(io.BytesIO(thumb.content)).size) == 256
     assert added.status_code == 200 and [a["upload"] for a in added.json()["added"]] == ["phone.jpg"], added.text
 

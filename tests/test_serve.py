@@ -159,8 +159,9 @@ def test_vqa_replies_say_what_the_model_warned(lite, coco_yesno, db, gallery):
 def test_index_add_and_remove(lite, db_copy, gallery):
     with TestClient(create_app(lite, db_copy)) as c:
         before = c.get("/v1/info").json()["index"]["count"]
-        files = [("image", ("../../evil.jpg", jpeg(gallery, "cat"), "image/jpeg")),
-                 ("image", ("clock.jpg", jpeg(gallery, "clock"), "image/jpeg"))]
+        # (a byte after the JPEG's end: other bytes than the indexed photos', which an upload would skip)
+        files = [("image", ("../../evil.jpg", jpeg(gallery, "cat") + b"\0", "image/jpeg")),
+                 ("image", ("clock.jpg", jpeg(gallery, "clock") + b"\0", "image/jpeg"))]
         r = c.post("/v1/index", files=files)
         added = r.json()["added"]
         assert r.status_code == 200 and r.json()["count"] == before + 2 and len(added) == 2
@@ -183,7 +184,7 @@ def test_index_add_and_remove(lite, db_copy, gallery):
 
         # searches keep answering while an add runs, and see the index either before or after it, never half
         names = sorted(gallery.glob("*.jpg"))[:6]
-        adder = threading.Thread(target=lambda: c.post("/v1/index", files=[("image", (p.name, p.read_bytes(), "image/jpeg")) for p in names]))
+        adder = threading.Thread(target=lambda: c.post("/v1/index", files=[("image", (p.name, p.read_bytes() + b"\0", "image/jpeg")) for p in names]))
         adder.start()
         seen = set()
         while adder.is_alive() or not seen:
@@ -368,7 +369,7 @@ def test_kill_9_during_index_add_leaves_a_working_index(db_copy, gallery, tmp_pa
     before = ImageIndex(db_copy).info()["count"]
     proc, url = _start_server(db_copy, log)
     names = sorted(gallery.glob("*.jpg"))
-    files = [("image", (f"{i}.jpg", names[i % len(names)].read_bytes(), "image/jpeg")) for i in range(48)]
+    files = [("image", (f"{i}.jpg", names[i % len(names)].read_bytes() + b"\0" * (i + 1), "image/jpeg")) for i in range(48)]
     outcome = {}
 
     def post():
@@ -405,7 +406,7 @@ def test_kill_9_during_index_add_leaves_a_working_index(db_copy, gallery, tmp_pa
         assert info["index"]["count"] == count
         hits = httpx.post(url + "/v1/search", json={"text": "a cup of coffee", "k": 1000}).json()["hits"]
         assert len(hits) == count and hits[0]["name"] == "coffee.jpg"  # vectors and rows agree
-        r = httpx.post(url + "/v1/index", files={"image": ("c.jpg", names[0].read_bytes(), "image/jpeg")}, timeout=60)
+        r = httpx.post(url + "/v1/index", files={"image": ("c.jpg", names[0].read_bytes() + b"\0" * 99, "image/jpeg")}, timeout=60)
         assert r.status_code == 200 and r.json()["count"] == count + 1  # the writer lock was not left behind
     finally:
         proc.terminate()

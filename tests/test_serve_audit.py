@@ -152,7 +152,7 @@ def test_an_index_add_is_not_cut_off_by_the_timeout(lite, db, tmp_path, cat):
         gate = threading.Event()
         app.state.service.batcher.submit_call(gate.wait)  # the model thread is busy past the timeout
         out = {}
-        t = threading.Thread(target=lambda: out.update(r=c.post("/v1/index", files={"image": ("c.jpg", cat, "image/jpeg")})))
+        t = threading.Thread(target=lambda: out.update(r=c.post("/v1/index", files={"image": ("c.jpg", cat + b"\0", "image/jpeg")})))
         t.start()
         time.sleep(0.8)
         gate.set()

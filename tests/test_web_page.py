@@ -150,3 +150,20 @@ def test_page_over_a_qdrant_collection(browser_tools, lite, db, tmp_path):
         assert len(first.get_attribute("data-id")) == 36  # a UUID
         page.screenshot(path=str(tmp_path / "qdrant.png"), full_page=True)
         assert page.errors == []
+
+
+def test_adding_a_photo_the_index_holds_says_it_was_skipped(browser_tools, lite, db, gallery, tmp_path):
+    """Stop 38: the server adds no second row for bytes it holds; the page says why nothing was added."""
+    from polymodal.serve import create_app
+
+    copy = tmp_path / "db"
+    shutil.copytree(db, copy)
+    with _serving(create_app(lite, copy)) as url, _page(browser_tools, tmp_path) as page:
+        page.goto(url + "/", wait_until="domcontentloaded")
+        page.wait_for_function("document.getElementById('meta').textContent.includes('images')", timeout=20_000)
+        page.set_input_files("#add-files", str(gallery / "cat.jpg"))
+        page.click("#add-form button")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('added')", timeout=20_000)
+        text = page.inner_text("#status")
+        assert text.startswith("added 0 images (1 skipped: the same image is already in the index (id "), text
+        assert page.errors == []

@@ -56,6 +56,8 @@ _SCHEMA = (
 # Made when missing by every update, so indexes from before it get it too (no format change: older code ignores it).
 _FAILURES = ("CREATE TABLE IF NOT EXISTS failures (path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
              " mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL, failed TEXT NOT NULL)")
+# The same way: the server looks uploads up by content (a photo the index holds is not added twice)
+_BY_CONTENT = "CREATE INDEX IF NOT EXISTS images_sha256 ON images (sha256)"
 # what an index folder may hold (uploads/: the service's, written before its first update)
 _OWN_NAMES = {"meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm", "meta.sqlite-journal", "vectors.faiss", "index.lock",
               "vectors.lock", "uploads"}
@@ -231,6 +233,7 @@ class ImageIndex(SearchByModel):
                     meta = self._meta(con) or self._create(con, model)
                     self._check_model(meta, model)
                     con.execute(_FAILURES)
+                    con.execute(_BY_CONTENT)
                     index, from_file = self._load_vectors(con, meta)
                     known, failed = known_rows(con, "images"), known_rows(con, "failures")
                     drop, todo = _plan(con, files, known, failed, report)  # pops the rows it sees from both

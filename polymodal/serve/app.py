@@ -33,7 +33,7 @@ from polymodal.serve.limits import (
     ApiError, ServeSettings, check_k, check_templates, check_texts, check_unicode_field, open_image_checked,
 )
 from polymodal.serve.model_warnings import with_warnings
-from polymodal.serve.service import Service, open_index, thumb_ref, vqa_fields
+from polymodal.serve.service import Service, open_index, vqa_fields
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def _body(description: str, json_props: dict, form_props: dict | None) -> dict:
 
 DOCS_ASSETS = "/docs-assets"
 MAX_BEAM = 5  # /v1/caption: wider beams cost time per request and rarely change the caption
+CAPTION_CHUNK = 16  # /v1/caption photos per model job: caption()'s own batch size, so the captions are the same
 DOCS_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
 
 
@@ -79,7 +80,11 @@ def create_app(
     (easy-vqa, coco-yesno) passed as `model` becomes the VQA model, and the index's own model embeds and searches.
     /v1/caption writes captions with `caption_model` (a captioner passed as `model` serves it the same way).
     Names are loaded with polymodal.load(name, runtime=runtime, **load_options)."""
-    if api_key is not None and not api_key.strip():  # None is "no key"; a blank one is a mistake, not the same
+    if api_key is not None and api_key != api_key.strip():  # "KEY\n" from a secret file: clients can't send it
+        log.warning("the API key has whitespace around it (a newline from the file it was read from?), which no "
+                    "HTTP client can send in a header: it is used without it")
+        api_key = api_key.strip()
+    if api_key is not None and not api_key:  # None is "no key"; a blank one is a mistake, not the same
         raise PolymodalError("the API key (--api-key or $POLYMODAL_API_KEY) is blank, which would turn "
                              "authentication off; give a non-empty key, or none at all to serve without one")
     try:
@@ -89,6 +94,7 @@ def create_app(
         from starlette.concurrency import run_in_threadpool
         from starlette.datastructures import UploadFile
         from starlette.exceptions import HTTPException as StarletteHTTPException
+        from starlette.formparsers import MultiPartException, MultiPartParser
     except ImportError as exc:
         raise PolymodalError(
             f"serving needs the serve extra ({exc.name} is missing); pip install 'polymodal[serve]'"
@@ -98,6 +104,18 @@ def create_app(
     from polymodal.apps.zeroshot import ZeroShotMixin
     from polymodal.serve.middleware import ApiKeyMiddleware, LimitsMiddleware, MetricsMiddleware
     from polymodal.serve.page import render_page
+
+    class _StrictTextMultiPartParser(MultiPartParser):
+        def on_part_end(self) -> None:
+            # Starlette's private state: a version without it parses as before (text read as Latin-1 if need be)
+            part, charset = getattr(self, "_current_part", None), getattr(self, "_charset", None)
+            if part is not None and getattr(part, "file", True) is None:
+                try:
+                    bytes(getattr(part, "data", b"")).decode(charset or "utf-8")
+                except (UnicodeDecodeError, LookupError):
+                    raise MultiPartException(
+                        f"form field {part.field_name[:40]!r} is not UTF-8 text; send form text as UTF-8") from None
+            super().on_part_end()
 
     settings = settings or ServeSettings()
     # a missing index fails before the (slow) model load
@@ -182,8 +200,20 @@ def create_app(
         wanted = "application/json or multipart/form-data" if multipart else "application/json"
         raise ApiError(415, f"unsupported Content-Type {ctype or '(none)'!r}; send {wanted}")
 
-    def parse_form(request: Request):
-        return request.form(max_files=s.max_images_per_request, max_fields=s.max_labels + 16)
+    @asynccontextmanager
+    async def parse_form(request: Request):
+        """The multipart form, its text fields read as UTF-8 (or the charset the request declares) and refused
+        otherwise: Starlette falls back to Latin-1, which turned Windows-1251 or Shift-JIS text into mojibake."""
+        try:
+            parser = _StrictTextMultiPartParser(request.headers, request.stream(), max_files=s.max_images_per_request,
+                                                max_fields=s.max_labels + 16)
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise StarletteHTTPException(400, exc.message) from None
+        try:
+            yield form
+        finally:
+            await form.close()
 
     def check_form_fields(form, allowed: set[str], kind: str = "embed") -> None:
         unknown = sorted(set(form.keys()) - allowed)
@@ -362,8 +392,7 @@ def create_app(
             vectors = await svc.batcher.images(await prepare(items))
         hits = (await run_in_threadpool(svc.search, vectors, k))[0]
         for rank, hit in enumerate(hits, 1):
-            hit.update(rank=rank, name=Path(hit["path"]).name,
-                       thumb=thumb_url(request, thumb_ref(hit["id"], hit["path"])))
+            hit.update(rank=rank, name=Path(hit["path"]).name, thumb=thumb_url(request, hit["thumb"]))
         return JSONResponse({"model": model.key, "k": k, "hits": hits})
 
     @app.post(
@@ -476,7 +505,10 @@ def create_app(
                 check_form_fields(form, {"image", "beam", "model"}, kind="caption")
                 beam, items = form_text(form, "beam"), await form_images(form)
         beam = 3 if beam is None else check_k(beam, MAX_BEAM, "beam")
-        written = await svc.batcher.call(caption_model.caption, await decode(items, caption_model), beam)
+        images, written = await decode(items, caption_model), []
+        for start in range(0, len(images), CAPTION_CHUNK):  # one model job per chunk: other requests run between
+            # them, and a request past --timeout stops after its current chunk instead of holding the model thread
+            written += await svc.batcher.call(caption_model.caption, images[start : start + CAPTION_CHUNK], beam)
         return JSONResponse({"model": caption_model.key,
                              "results": [{"image": name, "caption": c} for (name, _), c in zip(items, written)]})
 
@@ -544,6 +576,8 @@ def create_app(
         elif exc.status_code == 400 and message.startswith("Too many files"):  # Starlette's max_files, as JSON's
             return JSONResponse({"error": f"more than {s.max_images_per_request} images in one request; the limit is "
                                           f"{s.max_images_per_request}: send them in several requests"}, status_code=413)
+        elif exc.status_code == 400 and message.startswith("form field"):  # a text field that is not UTF-8
+            pass
         elif exc.status_code == 400 and "multipart" in request.headers.get("content-type", ""):
             message = f"multipart body rejected ({message}); send multipart/form-data with the image in a file field named 'image'"
         elif exc.status_code == 405:
@@ -611,6 +645,7 @@ def _b64(value, where: str) -> bytes:
         raise ApiError(400, f"{where} must be a base64 string, got {_json_kind(value)}")
     if value.startswith("data:"):
         value = value.partition(",")[2]
+    value = "".join(value.split())  # MIME base64 wraps lines (GNU base64, encodebytes): whitespace is not data
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):

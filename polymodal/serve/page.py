@@ -249,7 +249,8 @@ $("add-form").addEventListener("submit", async (ev) => {
   status("adding " + files.length + " images…", false);
   try {
     const res = await api("/v1/index", { method: "POST", body: form });
-    status("added " + res.added.length + " images; the index holds " + res.count, false);
+    const held = res.skipped.length ? " (" + res.skipped.length + " skipped: " + res.skipped[0].reason + ")" : "";
+    status("added " + res.added.length + " images" + held + "; the index holds " + res.count, false);
     loadInfo();
   } catch (e) { status(e.message, true); }
 });

@@ -71,10 +71,12 @@ def open_index(db: str | Path | QdrantCollection) -> ImageIndex | QdrantCollecti
     return db if isinstance(db, QdrantCollection) else ImageIndex(db)
 
 
-def thumb_ref(image_id: int | str, path: str) -> str:
-    """The thumbnail's URL path. Browsers keep a thumbnail a day: ?v= (from the photo's path) gives an index rebuilt
-    at the same place, whose ids start again at 1, new URLs instead of the old photos' thumbnails."""
-    return f"/v1/thumb/{image_id}?v={hashlib.blake2b(path.encode(), digest_size=4).hexdigest()}"
+def thumb_ref(image_id: int | str, path: str, digest: str = "") -> str:
+    """The thumbnail's URL path. Browsers keep a thumbnail a day: ?v= (from the photo's path and, for a local index,
+    the sha256 its row records) gives an index rebuilt at the same place, whose ids start again at 1, new URLs
+    instead of the old photos' thumbnails, also for a photo edited in place that gets its old id back."""
+    key = f"{path}\0{digest}".encode()
+    return f"/v1/thumb/{image_id}?v={hashlib.blake2b(key, digest_size=4).hexdigest()}"
 
 
 class Service:
@@ -221,12 +223,23 @@ class Service:
     def paths_for(self, ids: Sequence[int]) -> dict[int, str]:
         return dict(self._query("SELECT id, path FROM images WHERE id IN ({})", list(dict.fromkeys(ids))))
 
+    def digests_for(self, ids: Sequence[int]) -> dict[int, str]:
+        return dict(self._query("SELECT id, sha256 FROM images WHERE id IN ({})", list(dict.fromkeys(ids))))
+
+    def ids_for_digests(self, digests: Sequence[str]) -> dict[str, int]:
+        """sha256 -> the id of a row holding those bytes (the lowest, when several do)."""
+        rows = self._query("SELECT sha256, MIN(id) FROM images WHERE sha256 IN ({}) GROUP BY sha256",
+                           list(dict.fromkeys(digests)))
+        return dict(rows)
+
     # -- reading ---------------------------------------------------------------------------------------------------
     def search(self, vectors: np.ndarray, k: int) -> list[list[dict]]:
         """[Q, D] -> per query [{id, path, score}] (+ host from a collection; call from a worker thread)."""
         with self._serving_index():  # a local index may be rebuilt with another model while serving: checked
             results = self.index.search(vectors, k, model=self.model)
-        return [[{"id": h.id, "path": h.path, "score": float(h.score), **({"host": h.host} if h.host else {})}
+            digests = self.digests_for([h.id for hits in results for h in hits]) if self.writable else {}
+        return [[{"id": h.id, "path": h.path, "score": float(h.score), **({"host": h.host} if h.host else {}),
+                  "thumb": thumb_ref(h.id, h.path, digests.get(h.id, ""))}
                  for h in hits] for hits in results]
 
     def thumbnail(self, image_id: int | str) -> bytes:
@@ -234,10 +247,10 @@ class Service:
         # index) may have removed the image since its thumbnail was cached, or rebuilt the index (ids start again
         # at 1 there, so the cache is keyed by id and path).
         with self._serving_index():
-            path = self._path_of(image_id)
+            path, digest = self._path_of(image_id)
         if path is None:
             raise ApiError(404, f"no image with id {image_id} in the index")
-        key = (image_id, path)
+        key = (image_id, path, digest)  # a photo edited in place, then indexed again at the same id: a new key
         with self._thumbs_lock:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
@@ -262,17 +275,19 @@ class Service:
         except ValueError:
             raise ApiError(422, f"image id {text[:40]!r} is not a point id (a UUID); ids come from /v1/search") from None
 
-    def _path_of(self, image_id: int | str) -> str | None:
+    def _path_of(self, image_id: int | str) -> tuple[str | None, str]:
+        """(path, sha256 of the row; "" for a collection), or (None, "")."""
         if self.writable:
-            return self.paths_for([image_id]).get(image_id)
+            rows = self._query("SELECT path, sha256 FROM images WHERE id IN ({})", [image_id])
+            return rows[0] if rows else (None, "")
         found = self.index.paths_for([image_id]).get(image_id)
         if found is None:
-            return None
+            return None, ""
         path, host = found
         if host not in (None, socket.gethostname()) and not os.path.exists(path):
             raise ApiError(404, f"image {image_id} is on host {host}, not on this server; a server there (or one "
                            "that mounts its files) shows its thumbnail")
-        return path
+        return path, ""
 
     def _make_thumbnail(self, path: str, image_id: int | str) -> bytes:
         size = self.settings.thumb_size
@@ -320,17 +335,34 @@ class Service:
         try:
             if not self.index.exists():  # index.update would quietly start a new, empty index in its place
                 raise self._gone()
+            # the same bytes already indexed (a second click on Add, a client retrying after a lost answer, a photo
+            # the folder index holds) or twice in this request: not added again, each search would show it twice
+            digests = [hashlib.sha256(data).hexdigest() for _, data in uploads]
+            known = self.ids_for_digests(digests)
+            fresh, duplicates, seen = [], [], {}
+            for (name, data), digest in zip(uploads, digests):
+                if digest in known or digest in seen:
+                    same = f"id {known[digest]}" if digest in known else f"upload {seen[digest]!r} of this request"
+                    duplicates.append({"upload": name, "reason": f"the same image is already in the index ({same})",
+                                       **({"id": known[digest]} if digest in known else {})})
+                else:
+                    seen[digest] = name
+                    fresh.append((name, data, digest))
+            if not fresh:
+                return {"added": [], "skipped": duplicates, "count": self.count()}
             batch = self.uploads / uuid.uuid4().hex
             batch.mkdir(parents=True)
             names: dict[str, str] = {}  # stored path -> client's name (echoed back only)
+            digest_of: dict[str, str] = {}
             try:
-                for n, (name, data) in enumerate(uploads):
+                for n, (name, data, digest) in enumerate(fresh):
                     path = batch / f"{n:03d}-{_safe_stem(name)}{image_suffix(data)}"
                     with open(path, "xb") as f:
                         f.write(data)
                         f.flush()
                         os.fsync(f.fileno())
                     names[canonical_path(path)] = name
+                    digest_of[canonical_path(path)] = digest
                 try:
                     report = self.index.update(batch, BatchedModel(self.model, self.batcher), progress=False,
                                                commit_every_s=None)  # one transaction: all or nothing
@@ -339,12 +371,13 @@ class Service:
             except BaseException:
                 shutil.rmtree(batch, ignore_errors=True)
                 raise
-            skipped = []
+            skipped = duplicates
             for path, reason in report.skipped:  # already validated, so unexpected; keep no file without a row
                 skipped.append({"upload": names.get(path, "?"), "reason": reason.replace(str(batch), "<upload>")})
                 Path(path).unlink(missing_ok=True)
             ids = self.ids_for(list(names))
-            added = [{"id": ids[p], "upload": names[p], "thumb": thumb_ref(ids[p], p)} for p in names if p in ids]
+            added = [{"id": ids[p], "upload": names[p], "thumb": thumb_ref(ids[p], p, digest_of[p])}
+                     for p in names if p in ids]
             return {"added": added, "skipped": skipped, "count": self.count()}
         finally:
             self._write_lock.release()
@@ -371,8 +404,8 @@ class Service:
                     except OSError:
                         pass
             with self._thumbs_lock:
-                for item in paths.items():
-                    self._thumbs.pop(item, None)
+                for key in [key for key in self._thumbs if (key[0], key[1]) in paths.items()]:
+                    self._thumbs.pop(key, None)
             return {"removed": sorted(paths), "not_found": [i for i in ids if i not in paths], "count": self.count()}
         finally:
             self._write_lock.release()
