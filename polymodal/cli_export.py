@@ -31,8 +31,8 @@ def cmd_export_onnx(args) -> int:
                              "folder it was made from")
     if args.val_limit < 2:
         raise PolymodalError(f"--val-limit must be at least 2, got {args.val_limit}")
-    if not args.timing_seconds > 0:  # also refuses nan
-        raise PolymodalError(f"--timing-seconds must be more than 0, got {args.timing_seconds}")
+    if not 0 < args.timing_seconds < float("inf"):  # also refuses nan; inf would time the first graph forever
+        raise PolymodalError(f"--timing-seconds must be more than 0 and finite, got {args.timing_seconds}")
     out = Path(args.out) if args.out else (onnx_export_dir(args.model) if args.model in MODELS else None)
     if out is None:
         raise PolymodalError("pass --out DIR: where to write the export of a model given by path")
@@ -42,7 +42,7 @@ def cmd_export_onnx(args) -> int:
     if foreign:  # the export replaces the whole folder: never delete files that are not an earlier export's
         raise PolymodalError(f"--out {out} holds files that are not a polymodal export ({', '.join(foreign[:3])}); "
                              "pass a new or empty folder")
-    if args.max_drop_points < 0:
+    if not args.max_drop_points >= 0:  # nan: every variant would be "over the nan-point limit"
         raise PolymodalError(f"--max-drop-points must be 0 or more, got {args.max_drop_points}")
     variants = _variants(args)
     if args.val_qa:

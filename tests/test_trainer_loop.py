@@ -174,3 +174,45 @@ def test_a_model_with_every_part_frozen_is_refused(tmp_path):
     trainer.model.requires_grad_(False)
     with pytest.raises(PolymodalError, match="nothing is left to train"):
         Trainer(trainer.model, trainer.objectives, trainer.cfg, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("batch", [16, 4])  # fewer / more steps per epoch than the 4 the epochs so far took
+def test_a_resume_with_other_steps_per_epoch_goes_on_down_the_curve(tmp_path, batch):
+    """Another --batch-size, or another torchrun process count, changes the steps per epoch on --resume: the cosine
+    went on from where it was and ended at the last step, instead of being laid over epochs x the new steps per epoch
+    (a rate of 0 for every remaining step when there are fewer, a rate that never decays when there are more)."""
+    first = _trainer(tmp_path, epochs=4, log_every=1)  # 4 steps an epoch
+    first.fit()  # 4 epochs done
+    resumed = _trainer(tmp_path, epochs=8, log_every=1)
+    resumed.objectives["fit"] = (resumed.objectives["fit"][0], 1.0,
+                                 DataLoader(resumed.objectives["fit"][2].dataset, batch_size=batch))
+    resumed.steps_per_epoch = 32 // batch
+    resumed.fit(resume=True)
+    lrs = [r["lr"] for r in read_metrics(tmp_path) if r["split"] == "train" and r["step"] > 16]
+    assert len(lrs) == 4 * 32 // batch
+    assert all(0 < lr for lr in lrs), lrs  # every resumed step learns
+    assert all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.05 * 0.05  # and the cosine ends at the run's end
+
+
+def test_a_learned_temperature_is_clamped_to_clips_range_after_each_step(tmp_path):
+    """A too-high --lr drove the log logit scale to -inf: contrastive_loss then refused "logit_scale is 0.0" (an API
+    message no flag answers) or warned that it "looks like a temperature". Clamped in place after each step, as CLIP
+    does, the scale stays in [1, 100] (and can come back, which the forward clamp alone cannot)."""
+    import math
+
+    class _Scaled(nn.Linear):
+        def __init__(self):
+            super().__init__(4, 1)
+            self.log_logit_scale = nn.Parameter(torch.tensor(math.log(14.3)))
+
+    class _Push(_Fit):  # a loss that pulls the scale down hard
+        def compute(self, model, batch):
+            loss, metrics = super().compute(model, batch)
+            return loss + 1e3 * model.log_logit_scale, metrics
+
+    x = torch.randn(32, 4)
+    loader = DataLoader(TensorDataset(x, x[:, :1]), batch_size=8)
+    model = _Scaled()
+    Trainer(model, {"fit": (_Push(), 1.0, loader)}, TrainConfig(epochs=2, lr=10.0, patience=0), tmp_path,
+            progress=False).fit()
+    assert 0.0 <= float(model.log_logit_scale.detach()) <= math.log(100.0)

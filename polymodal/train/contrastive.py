@@ -153,6 +153,8 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     dataset = CachedPairDataset(feats, texts, train_set.caption_image, seed=recipe.train.seed, rows=rows,
                                 negatives=negatives)
     batch = rank_batch_size(len(dataset), recipe.batch_size, distributed.world_size())
+    if resume:
+        _warn_of_another_global_batch(Path(recipe.out), batch, distributed.world_size())
     # The order of epoch e depends only on (seed, e), so a resumed run sees the batches the straight run saw.
     # DistributedSampler does exactly that, and also shards the data when torchrun starts several ranks.
     sampler = DistributedSampler(dataset, num_replicas=distributed.world_size(), rank=distributed.rank(),
@@ -189,7 +191,8 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     if distributed.is_main():
         prepare_run_folder(out, overwrite)
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("zeroshot_labels", "model")) | {
-        "train_images": len(train_set.images), "val_images": len(val_set.images) if val_set else 0}
+        "train_images": len(train_set.images), "val_images": len(val_set.images) if val_set else 0,
+        "world_size": distributed.world_size(), "global_batch": batch * distributed.world_size()}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train_set.images, recipe.model, chose, earlier=out / "model" if resume else None)
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
@@ -199,6 +202,23 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     if eval_fn is None and distributed.is_main():  # else on_best saved the best epoch, which this would replace
         photos.save(model, out / "model")
     return best
+
+
+def _warn_of_another_global_batch(out: Path, batch: int, world: int) -> None:
+    """--batch-size is per process: a run resumed under another process count (torchrun --nproc_per_node), or with
+    another --batch-size, trains on another global batch than its earlier epochs did; say so, with the flag that
+    keeps it."""
+    import json
+
+    try:
+        saved = json.loads((out / "train_config.json").read_text())
+        was, was_world = int(saved["global_batch"]), int(saved["world_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a run from before these were recorded
+    if was != batch * world and distributed.is_main():
+        keep = f"; pass --batch-size {was // world} to keep it" if was % world == 0 else ""
+        log.warning("the run trained on a global batch of %d (%d process%s x %d); this session's is %d (%d x %d)%s",
+                    was, was_world, "" if was_world == 1 else "es", was // was_world, batch * world, world, batch, keep)
 
 
 def _hard_negatives(model, train_set: PairSet, recipe: ContrastiveRecipe, progress: bool):

@@ -172,10 +172,8 @@ class Trainer:
             raise PolymodalError("the training data gives no batch (too few rows for the batch size); add data or "
                                  "lower --batch-size")
         total = self.steps_per_epoch * config.epochs
-        warmup = config.warmup_steps
-        if warmup is None:  # a full warmup would be the whole of a short run: the lr would never reach its peak
-            warmup = min(config.warmup_cap, math.floor(total * config.warmup_fraction + 1e-9))
-        elif warmup >= total:
+        warmup = self._warmup(total)
+        if config.warmup_steps is not None and warmup >= total:
             log.warning("warmup_steps=%d is not shorter than the whole run (%d steps): the learning rate never reaches "
                         "lr=%g nor decays; pass --warmup-steps %d (a tenth of the run) or train longer",
                         warmup, total, config.lr, min(max(1, total // 10), total - 1))  # a 1-step run: 0
@@ -183,6 +181,11 @@ class Trainer:
         self.step, self.epoch, self.best, self.bad_epochs = 0, 0, -math.inf, 0
         self.best_metrics: dict = {}  # the record of the best epoch so far (kept in the checkpoint)
         self.history: list[dict] = []
+
+    def _warmup(self, total: int) -> int:
+        if self.cfg.warmup_steps is None:  # a full warmup would be the whole of a short run: the lr would never peak
+            return min(self.cfg.warmup_cap, math.floor(total * self.cfg.warmup_fraction + 1e-9))
+        return self.cfg.warmup_steps
 
     # -- progressive unfreezing ------------------------------------------------------
     def _progressive_params(self) -> list:
@@ -230,6 +233,16 @@ class Trainer:
             raise PolymodalError(f"{self.checkpoint_path} does not fit this model ({_first_detail(exc)}); "
                                  "resume with the settings the run was trained with, or train into a new folder") from exc
         self.scheduler.load_state_dict(state["scheduler"])
+        if epoch and step != epoch * self.steps_per_epoch:
+            # the epochs trained took another number of steps each than this session's (another --batch-size,
+            # another process count under torchrun, other data): epochs x this session's steps per epoch would end
+            # the cosine before `step` (a rate of 0 for the rest of the run) or long after the last step. Count
+            # this session's steps in the earlier epochs' units, so the curve goes on from where it was and ends
+            # at the last step.
+            total = round(step / epoch * self.cfg.epochs)
+            curve, done, scale = warmup_cosine(self._warmup(total), total), step, step / epoch / self.steps_per_epoch
+            self.scheduler.lr_lambdas = [lambda s: curve(done + (s - done) * scale)
+                                         for _ in self.optimizer.param_groups]
         # the optimizer came back with the old schedule's last rate (0 at the end of a finished run): the step
         # about to run takes its rate from this run's schedule, which --epochs may have lengthened
         for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
@@ -385,6 +398,10 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(grads, self.cfg.grad_clip)
                 lr = self.scheduler.get_last_lr()[0]  # the rate this step uses; after scheduler.step() it is the next's
                 self.optimizer.step()
+                scale = getattr(self.model, "log_logit_scale", None)
+                if isinstance(scale, torch.nn.Parameter) and scale.requires_grad:  # CLIP's in-place clamp: [1, 100]
+                    with torch.no_grad():
+                        scale.clamp_(0.0, math.log(100.0))
                 self.scheduler.step()
                 self.step += 1
                 losses.append(total)
