@@ -54,11 +54,19 @@ def index_model_name(index, model_arg: str | None, new_index_model: str | None =
     return name
 
 
-def load_model(args, name: str):
-    """polymodal.load(name) with the command's --runtime and --precision (the commands that have them)."""
+def index_model_options(index, name: str) -> dict:
+    """The loader options the index recorded with its model (a tokenizer folder, ...), when `name` is that model."""
+    from polymodal.registry import recorded_options_for
+
+    return recorded_options_for(index.info(), name) if index.exists() else {}
+
+
+def load_model(args, name: str, options: dict | None = None):
+    """polymodal.load(name, **options) with the command's --runtime and --precision (the commands that have them)."""
     import polymodal
 
-    return polymodal.load(name, runtime=getattr(args, "runtime", "auto"), precision=getattr(args, "precision", "fp32"))
+    return polymodal.load(name, runtime=getattr(args, "runtime", "auto"), precision=getattr(args, "precision", "fp32"),
+                          **(options or {}))
 
 
 def add_run_options(parser) -> None:

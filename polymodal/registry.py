@@ -150,6 +150,30 @@ def onnx_export_dir(name: str) -> Path:
     return cache_dir() / "onnx" / name
 
 
+_UNRECORDED = {"threads"}  # runtime settings: the same vectors whatever their value
+
+
+def _recorded_options(kwargs: dict) -> dict:
+    """The loader options an index records beside the model's name, so that `search --db` / `index --db` load the
+    same model again (a tokenizer folder, hidden_act, lite's top_k): JSON values, paths made absolute."""
+    out = {}
+    for key, value in sorted(kwargs.items()):
+        if key in _UNRECORDED or value is None:
+            continue
+        if key == "tokenizer" or isinstance(value, os.PathLike):
+            value = str(Path(value).expanduser().resolve())
+        if isinstance(value, (str, int, float, bool)):
+            out[key] = value
+    return out
+
+
+def recorded_options_for(info: dict, name: str | Path) -> dict:
+    """The loader options an index's info() recorded with its model, when ``name`` is that model (else none)."""
+    name, recorded = str(name), info.get("model_name")
+    same = name == recorded or (os.path.exists(name) and os.path.realpath(name) == recorded)
+    return dict(info.get("model_options") or {}) if same else {}
+
+
 def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: str = "fp32", **kwargs):
     """Return a ready model. A registered name (see available_models()) or a local checkpoint path: a folder
     written by `polymodal train`, a Hugging Face CLIP folder, or an OpenAI/open_clip-layout CLIP state dict.
@@ -202,6 +226,7 @@ def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: st
         model = load_onnx(folder, **kwargs)
         if key not in MODELS:  # an index built with it records where to load it from again (as below)
             model.source = str(folder.resolve())
+        model.load_options = _recorded_options(kwargs)
         return model
     if is_onnx_folder(Path(key).expanduser()):
         raise PolymodalError(f"{key} is an ONNX export, which runs with runtime='onnx' (the default, 'auto', picks it; "
@@ -209,6 +234,7 @@ def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: st
     model = _load_torch(key, **kwargs)
     if key not in MODELS:  # a folder or file: an index built with it records where to load it from again
         model.source = str(Path(key).expanduser().resolve())
+    model.load_options = _recorded_options(kwargs)
     if precision != "fp32":
         set_image_precision(model, key, precision)
     return model

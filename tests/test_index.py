@@ -436,3 +436,40 @@ def test_unchanged_update_writes_back_a_missing_faiss_file(built) -> None:
     assert (report.added, report.updated, report.removed, report.unchanged) == (0, 0, 0, 3)
     assert index.faiss_path.is_file()
     assert _faiss_ids(index) == _sqlite_ids(index)
+
+
+def test_a_folder_that_cannot_be_listed_keeps_its_rows(tmp_path, photos, monkeypatch):
+    """A subfolder unlistable for one sync (permissions, a share's I/O error) is skipped, and its images stay: they
+    are unknown, not deleted (dropping them would re-embed them all once it is readable again)."""
+    index, model = ImageIndex(tmp_path / "db"), FakeModel()
+    index.update(photos, model, progress=False)
+    locked, real = str((photos / "sub").resolve()), os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = index.update(photos, model, progress=False)
+    assert (report.removed, report.unchanged, len(index)) == (0, 2, 3)
+    assert [why for _, why in report.skipped] == ["cannot list folder (Permission denied)"]
+    monkeypatch.setattr(os, "scandir", real)
+    (photos / "sub" / "Blue.JPG").unlink()  # listable again: a real deletion still leaves
+    assert index.update(photos, model, progress=False).removed == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_fifo_named_like_an_image_is_skipped_not_opened(tmp_path, photos):
+    os.mkfifo(photos / "pipe.jpg")  # opening it would block for ever
+    report = ImageIndex(tmp_path / "db").update(photos, FakeModel(), progress=False)
+    assert report.added == 3 and (str(photos.resolve() / "pipe.jpg"), "not a file") in report.skipped
+
+
+def test_an_index_folder_whose_path_is_not_utf8(tmp_path, photos):
+    """faiss.read_index takes no surrogate-escaped path: the cache file is read by Python."""
+    index, model = ImageIndex(tmp_path / "Fotos_M\udcfcller" / "db"), FakeModel()
+    index.update(photos, model, progress=False)
+    assert index.faiss_path.is_file()
+    assert ImageIndex(index.db).search_text(model, "red", k=1)[0].path.endswith("red.png")  # reads the file
+    assert index.update(photos, model, progress=False).unchanged == 3

@@ -237,12 +237,16 @@ def test_a_big_upload_to_the_service_that_fails_midway_adds_nothing(built, monke
     service = Service(FakeModel(), index.db)
     service.model = StopsAfter(32, RuntimeError("model crashed"))  # after the first batch of 32
     monkeypatch.setattr(store, "time", Clock(61))
-    png = io.BytesIO()
-    Image.new("RGB", (16, 16), COLOURS["cyan"]).save(png, "PNG")
+    pngs = []
+    for i in range(40):  # 40 different images: the service adds the same bytes once
+        png, image = io.BytesIO(), Image.new("RGB", (16, 16), COLOURS["cyan"])
+        image.putpixel((0, 0), (i, 0, 0))
+        image.save(png, "PNG")
+        pngs.append(png.getvalue())
     service.start()
     try:
         with pytest.raises(RuntimeError):
-            service.add_images([(f"{i}.png", png.getvalue()) for i in range(40)])
+            service.add_images([(f"{i}.png", data) for i, data in enumerate(pngs)])
     finally:
         service.close()
     assert len(ImageIndex(index.db)) == 3

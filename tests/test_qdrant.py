@@ -252,3 +252,24 @@ def test_index_checks_the_collection_before_embedding(tmp_path, capsys, monkeypa
     assert embedded == [] and not (tmp_path / "db16").exists()  # refused before any work
     assert main(["index", str(pics), "--db", str(tmp_path / "db2"), "--qdrant", "http://127.0.0.1:1"]) == 2
     assert "cannot reach Qdrant" in capsys.readouterr().err and not (tmp_path / "db2").exists()
+
+
+def test_a_copied_index_is_refused_a_moved_one_takes_its_points_over(tmp_path):
+    """Copied index folders share a uid, hence point ids: pushing both would overwrite each other's images."""
+    import shutil
+
+    collection = QdrantCollection(str(tmp_path / "q"), "shared")
+    a = ImageIndex(tmp_path / "a.idx")
+    a.update(_photos(tmp_path / "shared", ["red", "green"]), FakeModel(), progress=False)
+    shutil.copytree(a.db, tmp_path / "b.idx")
+    b = ImageIndex(tmp_path / "b.idx")
+    b.update(_photos(tmp_path / "theirs", ["blue"]), FakeModel(), progress=False)
+    a.update(_photos(tmp_path / "mine", ["yellow"]), FakeModel(), progress=False)
+    collection.push(b, progress=False)
+    with pytest.raises(PolymodalError, match="one was copied from the other"):
+        collection.push(a, progress=False)
+    moved = QdrantCollection(str(tmp_path / "q2"), "shared")
+    moved.push(a, progress=False)
+    shutil.move(str(a.db), str(tmp_path / "c.idx"))  # a move on this host: the points are the same rows
+    report = moved.push(ImageIndex(tmp_path / "c.idx"), progress=False)
+    assert (report.added, report.removed, report.unchanged) == (0, 0, 3)

@@ -112,6 +112,7 @@ class QdrantCollection(SearchByModel):
             with self._errors():
                 self._ensure(meta)
                 replaced = self._drop_replaced(meta["uid"], origin)
+                self._check_not_a_copy(meta["uid"], origin)
                 have = self._own_ids(meta["uid"])
             todo = []  # rows without a point; what stays in `have` are points whose rows are gone
             for r in rows:  # no {point id: row} map beside `have`: millions of rows would hold both in memory
@@ -199,6 +200,34 @@ class QdrantCollection(SearchByModel):
         if count:
             self._client_().delete(self.collection, models.FilterSelector(filter=stale), wait=True)
         return count
+
+    def _check_not_a_copy(self, uid: str, origin: dict) -> None:
+        """Refuse a push when points of this index's uid came from another host or --db folder that still holds it:
+        that is a copy of this index (a backup, a seeded second machine), whose row ids -> point ids collide with
+        ours, so the two pushes would overwrite and delete each other's images. An index moved on this host (its
+        old folder gone or another index now) takes its points over."""
+        from qdrant_client import models
+
+        mine = models.FieldCondition(key="index", match=models.MatchValue(value=uid))
+        here = [models.FieldCondition(key=k, match=models.MatchValue(value=v)) for k, v in origin.items()]
+        elsewhere = models.Filter(must=[mine], must_not=[models.Filter(must=here)])
+        points, _ = self._client_().scroll(self.collection, scroll_filter=elsewhere, limit=1,
+                                           with_payload=["host", "db"], with_vectors=False)
+        if not points:
+            return
+        host, db = points[0].payload.get("host"), points[0].payload.get("db")
+        if host == origin["host"]:
+            try:
+                other = ImageIndex(db)
+                alive = other.exists() and other._uid() == uid
+            except (PolymodalError, OSError):
+                alive = False
+            if not alive:  # moved: the points are ours
+                return
+        raise PolymodalError(f"{self.where()} holds points pushed from the index at {host}:{db}, which shares its id "
+                             f"with the index at {origin['db']}: one was copied from the other, and their pushes "
+                             "would overwrite each other's images; push the copy into another --collection, or "
+                             "rebuild it with a new --db")
 
     def _own_ids(self, uid: str) -> set[str]:
         from qdrant_client import models

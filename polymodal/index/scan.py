@@ -15,6 +15,14 @@ from polymodal.errors import PolymodalError
 log = logging.getLogger(__name__)
 
 
+UNLISTED = "cannot list folder"  # a skipped entry's reason: what was under that folder is unknown, not gone
+
+
+def unlisted_folders(skipped: list[tuple[str, str]]) -> list[str]:
+    """The folders scan_images could not list (permissions, an I/O error): their indexed images must stay."""
+    return [path for path, why in skipped if why.startswith(UNLISTED)]
+
+
 @dataclass(frozen=True)
 class ImageFile:
     path: str  # absolute, see canonical_path
@@ -82,7 +90,7 @@ def scan_images(folder: str | Path) -> tuple[list[ImageFile], list[tuple[str, st
     skipped: list[tuple[str, str]] = []
 
     def on_error(exc: OSError) -> None:
-        skipped.append((str(exc.filename), f"cannot list folder ({exc.strerror})"))
+        skipped.append((str(exc.filename), f"{UNLISTED} ({exc.strerror})"))
 
     # followlinks=False: a symlink loop can't hang the scan, and every parent folder is a real folder, so
     # root / relative path is already canonical (and under root, where update() looks for the rows to compare).
@@ -102,6 +110,9 @@ def scan_images(folder: str | Path) -> tuple[list[ImageFile], list[tuple[str, st
                 st = os.stat(path)  # follows a symlinked file, so its target's changes are seen
             except OSError as exc:
                 skipped.append((path, f"cannot stat ({exc.strerror})"))
+                continue
+            if not stat.S_ISREG(st.st_mode):  # a FIFO named x.jpg would block the hash's open() for ever
+                skipped.append((path, "not a file"))
                 continue
             files.append(ImageFile(path, st.st_size, st.st_mtime_ns))
 

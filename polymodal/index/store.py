@@ -21,6 +21,7 @@ BLOBs. Files that failed to decode are remembered (table failures) and not read 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import numbers
 import os
@@ -41,7 +42,7 @@ from filelock import FileLock, Timeout
 
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
-from polymodal.index.scan import ImageFile, canonical_path, file_sha256, image_file, scan_images
+from polymodal.index.scan import ImageFile, canonical_path, file_sha256, image_file, scan_images, unlisted_folders
 from polymodal.models.inputs import check_count
 from polymodal.progress import progress_bar
 
@@ -157,6 +158,10 @@ class ImageIndex(SearchByModel):
     def where(self) -> str:
         return f"index {self.db}"
 
+    def _uid(self) -> str:
+        with self._reading() as (_, meta):
+            return meta["uid"]
+
     def exists(self) -> bool:
         if not self.sqlite_path.is_file():
             return False
@@ -187,8 +192,9 @@ class ImageIndex(SearchByModel):
         files, skipped = scan_images(folder)
         root = Path(folder).expanduser().resolve()
         report = UpdateReport(skipped=list(skipped))
-        return self._sync(model, files, report, lambda con, table: _rows_under(con, root, table), True, batch_size,
-                          progress, commit_every_s)
+        unlisted = unlisted_folders(skipped)  # a folder that could not be listed: its rows stay, not "deleted"
+        return self._sync(model, files, report, lambda con, table: _rows_under(con, root, table, unlisted), True,
+                          batch_size, progress, commit_every_s)
 
     def add(self, paths: Iterable[str | Path], model, progress: bool = True, batch_size: int = 32,
             commit_every_s: float | None = COMMIT_EVERY_S) -> UpdateReport:
@@ -407,6 +413,7 @@ class ImageIndex(SearchByModel):
             "dim": meta["dim"],
             "created": meta["created"],
             "updated": meta["updated"],
+            **({"model_options": json.loads(meta["model_options"])} if "model_options" in meta else {}),
         }
 
     def __len__(self) -> int:
@@ -539,6 +546,9 @@ class ImageIndex(SearchByModel):
             "updated": now,
             "generation": 0,
         }
+        options = getattr(model, "load_options", None)  # polymodal.load(FILE, tokenizer=DIR): DIR is needed again
+        if options:
+            meta["model_options"] = json.dumps(options, sort_keys=True)
         con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
         return self._meta(con)
 
@@ -579,12 +589,13 @@ class ImageIndex(SearchByModel):
         dim = meta["dim"]
         if self.faiss_path.is_file():
             try:
-                index = faiss.read_index(str(self.faiss_path))
+                # bytes read by Python: faiss.read_index takes no path that is not UTF-8 (a TypeError from SWIG)
+                index = faiss.deserialize_index(np.fromfile(self.faiss_path, dtype=np.uint8))
                 ids = np.fromiter((r[0] for r in con.execute("SELECT id FROM images ORDER BY id")), dtype=np.int64)
                 if index.d == dim and np.array_equal(np.sort(faiss.vector_to_array(index.id_map)), ids):
                     return index, True
                 log.info("%s does not match %s; rebuilding it", self.faiss_path, self.sqlite_path)
-            except (RuntimeError, AttributeError) as exc:  # unreadable or not an IndexIDMap
+            except (RuntimeError, AttributeError, OSError) as exc:  # unreadable or not an IndexIDMap
                 log.warning("cannot read %s (%s); rebuilding it", self.faiss_path, exc)
         elif meta["generation"] > 0:
             log.info("%s is missing; rebuilding it from %s", self.faiss_path, self.sqlite_path)
@@ -685,12 +696,14 @@ def _select_in(con: sqlite3.Connection, columns: str, key: str, values: list, ta
         yield from con.execute(f"SELECT {columns} FROM {table} WHERE {key} IN ({','.join('?' * len(chunk))})", chunk)
 
 
-def _rows_under(con: sqlite3.Connection, root: Path, table: str = "images") -> dict[str, tuple]:
+def _rows_under(con: sqlite3.Connection, root: Path, table: str = "images",
+                except_under: Sequence[str] = ()) -> dict[str, tuple]:
     prefix = str(root) if str(root).endswith(os.sep) else str(root) + os.sep
     upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # every path starting with prefix sorts in [prefix, upper)
     columns, row = _COLUMNS[table]
     rows = con.execute(f"SELECT path, {columns} FROM {table} WHERE path >= ? AND path < ?", (prefix, upper))
-    return {path: row(*rest) for path, *rest in rows}
+    skip = tuple(p.rstrip(os.sep) + os.sep for p in except_under)
+    return {path: row(*rest) for path, *rest in rows if not (skip and path.startswith(skip))}
 
 
 def _delete(con: sqlite3.Connection, index, ids: Sequence[int]) -> None:

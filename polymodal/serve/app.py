@@ -119,16 +119,18 @@ def create_app(
 
     settings = settings or ServeSettings()
     # a missing index fails before the (slow) model load
-    index_model = open_index(db_path).info()["model_name"]
+    index_info = open_index(db_path).info()
+    index_model = index_info["model_name"]
 
     def load(m):
         import polymodal
-        from polymodal.registry import set_image_precision, settled_runtime
+        from polymodal.registry import recorded_options_for, set_image_precision, settled_runtime
 
         if not isinstance(m, (str, Path)):
             return m
         rt = settled_runtime(runtime, m)  # auto: each model by its own kind (an export beside a built-in name)
         options = {k: v for k, v in load_options.items() if k != "threads" or rt == "onnx"}  # onnxruntime's option
+        options = {**recorded_options_for(index_info, m), **options}  # the index's model as it was loaded (tokenizer=)
         precision = options.get("precision", "fp32")
         if precision == "fp32" or rt != "torch":  # (onnx + bf16: polymodal.load's own error)
             return polymodal.load(m, runtime=rt, **options)
