@@ -67,6 +67,25 @@ def test_gate_keeps_only_faster_and_accurate_variants():
     assert gate(200.0, 100.0, 1.0, 1.0)[1].endswith("R@5 drop 1.0 points (within the 1-point limit)")
     assert gate(200.0, 100.0, -2.4, 1.0)[1].endswith("R@5 gain 2.4 points (within the 1-point limit)")  # not "drop -2.4"
     assert gate(200.0, 100.0, -0.0, 1.0)[1].endswith("R@5 unchanged (within the 1-point limit)")
+    # stop 38: an embedding graph's vectors must stay near PyTorch's, whatever R@5 says (indexes mix runtimes)
+    assert gate(200.0, 100.0, 0.0, 1.0, min_cosine=0.989)[0] == "kept"
+    status, reason = gate(200.0, 100.0, 1.0, 1.0, min_cosine=0.70)
+    assert status == "rejected" and "vectors too far from PyTorch's (min cosine 0.700 < 0.95" in reason
+
+
+def test_a_variant_whose_vectors_stray_from_pytorchs_is_not_served(tiny_clip, tmp_path, monkeypatch):
+    skip_unless_clip_exports()
+    import polymodal.export.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "paired_speed", lambda *a, **k: (300.0, 100.0))  # always much faster
+    monkeypatch.setattr(onnx_export, "VARIANT_MIN_COSINE", 1.01)  # no int8 graph can be this close
+    report = export_onnx(tiny_clip, tmp_path / "out", _few_photos(), variants=["int8_dynamic"], max_drop_points=100.0,
+                         timing_seconds=0.02)
+    for row in report["tries"]:
+        skip_unless_int8_loaded(row)
+    rows = {(r["tower"], r["variant"]): r for r in report["tries"]}
+    assert report["served"] == {"image": "fp32", "text": "fp32"}
+    assert all("vectors too far" in rows[(t, "int8_dynamic")]["reason"] for t in ("image", "text"))
 
 
 def _few_photos(n: int = 4):

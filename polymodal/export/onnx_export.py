@@ -7,7 +7,8 @@
 3. Per tower, try int8 dynamic, int8 static (calibrated on validation inputs) and bf16 (skipped, with the reason in
    the report, where onnxruntime has only its CPU provider: it has no bf16 kernels). A variant is KEPT only if
    it is faster here than fp32 onnxruntime at batch 32 (by >= 5%, above timing noise) AND text->image and
-   image->text R@5 on the validation set drop by at most ``max_drop_points`` (1 point) against PyTorch fp32.
+   image->text R@5 on the validation set drop by at most ``max_drop_points`` (1 point) against PyTorch fp32
+   AND its vectors keep a cosine of at least VARIANT_MIN_COSINE with PyTorch's on every validation item.
    The fastest kept variant serves each tower; the combination is checked once more.
 4. Write onnx_config.json (what `polymodal.load(DIR, runtime="onnx")` reads: files, variants, preprocessing,
    tokenizer), tokenizer.json, report.json and report.md (every try, kept or not, and why), and delete the graphs
@@ -38,6 +39,10 @@ from polymodal.export.runtime import ONNX_CONFIG, drop_unserved, onnx_session, r
 log = logging.getLogger(__name__)
 
 PARITY_MIN_COSINE = 0.999
+# A faster variant's vectors must stay this close to PyTorch's (the smallest cosine over the validation items): an
+# index built with one runtime is searched with the other's queries. R@5 alone let an int8 static image graph at
+# min cosine 0.70 through (a 1.0-point drop on 300 photos); the text tower's int8 dynamic graphs measure 0.98-0.99.
+VARIANT_MIN_COSINE = 0.95
 MIN_SPEEDUP = 1.05
 SPEED_BATCH = 32
 
@@ -237,7 +242,8 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
             row = _row(tower, name, "", v_speed, eager[tower], fp32_now, v_emb, ref, tower, val, reference, "", path.name)
             # int8 dynamic quantizes activations per batch: a vector then depends on the rest of its batch
             row["alone_vs_batch_min_cosine"] = alone_vs_batch(alone, v_emb)
-            row["status"], row["reason"] = gate(v_speed, fp32_now, row["drop_points"], max_drop_points)
+            row["status"], row["reason"] = gate(v_speed, fp32_now, row["drop_points"], max_drop_points,
+                                                min_cosine=row["min_cosine_vs_pytorch"])
             rows.append(row)
             comparable = base_speed * v_speed / fp32_now  # on the fp32 row's scale, for choosing among kept ones
             if row["status"] == "kept" and comparable > chosen[tower][2]:
@@ -277,16 +283,21 @@ def alone_vs_batch(alone: np.ndarray, batched: np.ndarray) -> float:
 
 
 def gate(speed: float, base_speed: float, drop_points: float, max_drop_points: float,
-         metric: str = "R@5") -> tuple[str, str]:
-    """Keep a variant only if it is faster than fp32 onnxruntime (by MIN_SPEEDUP, above timing noise) and its
-    R@5 drop is within max_drop_points. -> (status, reason)."""
+         metric: str = "R@5", min_cosine: float | None = None) -> tuple[str, str]:
+    """Keep a variant only if it is faster than fp32 onnxruntime (by MIN_SPEEDUP, above timing noise), its
+    R@5 drop is within max_drop_points and (an embedding graph's, given ``min_cosine``) its vectors stay
+    within VARIANT_MIN_COSINE of PyTorch's. -> (status, reason)."""
     faster = speed >= MIN_SPEEDUP * base_speed
     accurate = drop_points <= max_drop_points
+    close = min_cosine is None or min_cosine >= VARIANT_MIN_COSINE
     change = f"{metric} drop {drop_points:.1f} points" if drop_points >= 0.05 else \
         f"{metric} gain {-drop_points:.1f} points" if drop_points <= -0.05 else f"{metric} unchanged"  # -0.0: none
     reason = (f"{'faster' if faster else 'not faster'} ({speed / base_speed:.2f}x fp32 onnxruntime); "
               f"{change} ({'within' if accurate else 'over'} the {max_drop_points:g}-point limit)")
-    return ("kept" if faster and accurate else "rejected"), reason
+    if not close:
+        reason += (f"; vectors too far from PyTorch's (min cosine {min_cosine:.3f} < {VARIANT_MIN_COSINE}: an index "
+                   "built with one runtime would not answer the other's queries alike)")
+    return ("kept" if faster and accurate and close else "rejected"), reason
 
 
 def _drop(reference: dict, metrics: dict) -> float:
