@@ -44,3 +44,20 @@ def test_serve_loads_the_indexs_model_with_the_options_it_recorded(tmp_path):
     with TestClient(create_app("lite", tmp_path / "db")) as c:  # what `serve --db` passes: the recorded name
         r = c.post("/v1/search", json={"text": "red", "k": 1})
     assert r.status_code == 200 and r.json()["model"].endswith("-k5"), r.text
+
+
+def test_a_collection_records_the_options_and_search_loads_its_model_with_them(tmp_path, capsys):
+    import pytest
+
+    pytest.importorskip("qdrant_client")
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(pics / "red.png")
+    ImageIndex(tmp_path / "db").update(pics, polymodal.load("lite", top_k=5), progress=False)
+    q = ["--qdrant", str(tmp_path / "q"), "--collection", "photos"]
+    assert main(["index", "--db", str(tmp_path / "db"), *q]) == 0  # push only
+    capsys.readouterr()
+    assert main(["info", *q, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["qdrant"]["model_options"] == {"top_k": 5}
+    assert main(["search", *q, "red", "--json"]) == 0  # loads lite with top_k=5: the collection's model
+    assert json.loads(capsys.readouterr().out)[0]["path"].endswith("red.png")

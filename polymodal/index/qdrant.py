@@ -17,6 +17,7 @@ Qdrant's embedded local mode (one process at a time; for trying it out and for t
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import re
@@ -167,7 +168,10 @@ class QdrantCollection(SearchByModel):
                     self.collection,
                     vectors_config=models.VectorParams(size=meta["dim"], distance=models.Distance.COSINE),
                     metadata={"made_by": "polymodal",
-                              **{k: meta[k] for k in ("model", "model_name", "model_version", "dim")}},
+                              **{k: meta[k] for k in ("model", "model_name", "model_version", "dim")},
+                              # the options the index's model was loaded with (tokenizer=DIR): search loads it so
+                              **({"model_options": json.loads(meta["model_options"])} if "model_options" in meta
+                                 else {})},
                 )
             except Exception:
                 if not client.collection_exists(self.collection):
@@ -284,7 +288,8 @@ class QdrantCollection(SearchByModel):
         # a local-mode folder as an absolute path, like the index's "db": the relative one means nothing elsewhere
         where = self.location if self.remote else os.path.abspath(os.path.expanduser(self.location))
         return {"qdrant": where, "collection": self.collection, "count": count,
-                **{k: meta.get(k) for k in ("model", "model_name", "model_version", "dim")}}
+                **{k: meta.get(k) for k in ("model", "model_name", "model_version", "dim")},
+                **({"model_options": meta["model_options"]} if meta.get("model_options") else {})}
 
     def _meta(self) -> dict:
         if self._metadata is None:
