@@ -69,7 +69,8 @@ def cmd_index(args) -> int:
         args.model = index_model_name(index, args.model, "lite")  # re-syncing an index needs no --model
         resolve_runtime(args)
         # a model that cannot embed is refused here, before the index folder is created
-        model = require_embedding(load_model(args, args.model, index_model_options(index, args.model)), args.model)
+        options = index_model_options(index, args.model, getattr(args, "runtime", "auto"))
+        model = require_embedding(load_model(args, args.model, options), args.model)
         if target_collection:
             target_collection.preflight(model)
         try:
@@ -169,7 +170,8 @@ def cmd_search(args) -> int:
         return _search_texts(args)
     index = qdrant_collection(args) or ImageIndex(args.db)
     name = index_model_name(index, args.model)
-    model = require_embedding(load_model(args, name, index_model_options(index, name)), name)
+    options = index_model_options(index, name, getattr(args, "runtime", "auto"))
+    model = require_embedding(load_model(args, name, options), name)
     index.check_model(model)
     query = model.encode_image([args.image]) if args.image is not None else model.encode_text([args.query])
     hits = index.search(query, args.k)[0]

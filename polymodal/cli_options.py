@@ -54,11 +54,11 @@ def index_model_name(index, model_arg: str | None, new_index_model: str | None =
     return name
 
 
-def index_model_options(index, name: str) -> dict:
+def index_model_options(index, name: str, runtime: str = "auto") -> dict:
     """The loader options the index recorded with its model (a tokenizer folder, ...), when `name` is that model."""
     from polymodal.registry import recorded_options_for
 
-    return recorded_options_for(index.info(), name) if index.exists() else {}
+    return recorded_options_for(index.info(), name, runtime) if index.exists() else {}
 
 
 def load_model(args, name: str, options: dict | None = None):

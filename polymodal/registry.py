@@ -167,11 +167,23 @@ def _recorded_options(kwargs: dict) -> dict:
     return out
 
 
-def recorded_options_for(info: dict, name: str | Path) -> dict:
-    """The loader options an index's info() recorded with its model, when ``name`` is that model (else none)."""
+def recorded_options_for(info: dict, name: str | Path, runtime: str = "auto") -> dict:
+    """The loader options an index's info() recorded with its model, when ``name`` is that model (else none).
+    None for the ONNX runtime: an export bakes its options in (its model key says which), and its loader takes only
+    runtime settings. A recorded tokenizer folder that is gone is dropped (the loader then looks beside the model)."""
+    import logging
+
     name, recorded = str(name), info.get("model_name")
     same = name == recorded or (os.path.exists(name) and os.path.realpath(name) == recorded)
-    return dict(info.get("model_options") or {}) if same else {}
+    if not same or settled_runtime(runtime, name) == "onnx":
+        return {}
+    options = dict(info.get("model_options") or {})
+    tokenizer = options.get("tokenizer")
+    if isinstance(tokenizer, str) and not os.path.isdir(tokenizer):
+        logging.getLogger(__name__).warning("the index's model was loaded with tokenizer=%s, which is gone; loading "
+                                            "%s with the tokenizer beside it", tokenizer, name)
+        del options["tokenizer"]
+    return options
 
 
 def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: str = "fp32", **kwargs):

@@ -61,3 +61,18 @@ def test_a_collection_records_the_options_and_search_loads_its_model_with_them(t
     assert json.loads(capsys.readouterr().out)["qdrant"]["model_options"] == {"top_k": 5}
     assert main(["search", *q, "red", "--json"]) == 0  # loads lite with top_k=5: the collection's model
     assert json.loads(capsys.readouterr().out)[0]["path"].endswith("red.png")
+
+
+def test_recorded_options_are_not_forced_where_they_cannot_apply(tmp_path, caplog):
+    import logging
+
+    from polymodal.registry import recorded_options_for
+
+    info = {"model_name": "lite", "model_options": {"top_k": 5}}
+    assert recorded_options_for(info, "lite") == {"top_k": 5}
+    assert recorded_options_for(info, "default") == {}  # another model: not its options
+    assert recorded_options_for(info, "lite", "onnx") == {}  # an export bakes its options in; its loader takes none
+    gone = {"model_name": str(tmp_path / "vit.pt"), "model_options": {"tokenizer": str(tmp_path / "moved-away")}}
+    with caplog.at_level(logging.WARNING):  # the loader looks beside the model again, instead of failing for ever
+        assert recorded_options_for(gone, gone["model_name"], "torch") == {}
+    assert "which is gone" in caplog.text

@@ -273,3 +273,38 @@ def test_a_copied_index_is_refused_a_moved_one_takes_its_points_over(tmp_path):
     shutil.move(str(a.db), str(tmp_path / "c.idx"))  # a move on this host: the points are the same rows
     report = moved.push(ImageIndex(tmp_path / "c.idx"), progress=False)
     assert (report.added, report.removed, report.unchanged) == (0, 0, 3)
+
+
+def test_a_push_after_the_hostname_changed_is_the_same_index(tmp_path, monkeypatch):
+    """A container or pod gets a new hostname on every start: the same --db pushed again is not "a copy"."""
+    import socket
+
+    collection = QdrantCollection(str(tmp_path / "q"), "shared")
+    index = ImageIndex(tmp_path / "a.idx")
+    index.update(_photos(tmp_path / "pics", ["red", "green"]), FakeModel(), progress=False)
+    monkeypatch.setattr(socket, "gethostname", lambda: "pod-abcde")
+    collection.push(index, progress=False)
+    monkeypatch.setattr(socket, "gethostname", lambda: "pod-fghij")  # restarted: same volume, new name
+    report = collection.push(ImageIndex(tmp_path / "a.idx"), progress=False)
+    assert (report.added, report.removed, report.unchanged) == (0, 0, 2)
+
+
+def test_a_copy_of_a_moved_index_is_refused_too(tmp_path):
+    """After a move, the unchanged points still named the old folder; the check looked at one point only, so a
+    copy of the moved index slipped through behind them. A takeover now renames the points, and every origin is
+    checked."""
+    import shutil
+
+    collection = QdrantCollection(str(tmp_path / "q"), "shared")
+    a = ImageIndex(tmp_path / "a.idx")
+    a.update(_photos(tmp_path / "pics", ["red", "green"]), FakeModel(), progress=False)
+    collection.push(a, progress=False)
+    shutil.move(str(tmp_path / "a.idx"), str(tmp_path / "c.idx"))  # moved on this host
+    c = ImageIndex(tmp_path / "c.idx")
+    c.update(_photos(tmp_path / "more", ["blue"]), FakeModel(), progress=False)
+    assert collection.push(c, progress=False).added == 1  # takes the points over
+    shutil.copytree(tmp_path / "c.idx", tmp_path / "b.idx")  # a copy of the live, moved index
+    b = ImageIndex(tmp_path / "b.idx")
+    b.update(_photos(tmp_path / "theirs", ["yellow"]), FakeModel(), progress=False)
+    with pytest.raises(PolymodalError, match="one was copied from the other"):
+        collection.push(b, progress=False)

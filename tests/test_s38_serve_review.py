@@ -26,6 +26,7 @@ def test_the_same_photo_uploaded_twice_is_one_row(lite, db, gallery, tmp_path):
         r = c.post("/v1/index", files=[("image", ("a.jpg", fresh, "image/jpeg")), ("image", ("b.jpg", fresh, "image/jpeg"))]).json()
         assert [a["upload"] for a in r["added"]] == ["a.jpg"] and r["count"] == before + 1
         assert r["skipped"][0]["upload"] == "b.jpg" and "already in the index" in r["skipped"][0]["reason"]
+        assert r["skipped"][0]["id"] == r["added"][0]["id"]  # the id its first copy got
         again = c.post("/v1/index", files={"image": ("c.jpg", fresh, "image/jpeg")}).json()  # a retried add
         assert again["added"] == [] and again["skipped"][0]["id"] == r["added"][0]["id"] and again["count"] == before + 1
         indexed = c.post("/v1/index", files={"image": ("d.jpg", (gallery / "clock.jpg").read_bytes(), "image/jpeg")}).json()

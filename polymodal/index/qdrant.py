@@ -212,26 +212,34 @@ class QdrantCollection(SearchByModel):
         old folder gone or another index now) takes its points over."""
         from qdrant_client import models
 
+        def at(place: dict) -> models.Filter:
+            return models.Filter(must=[models.FieldCondition(key=k, match=models.MatchValue(value=v))
+                                       for k, v in place.items() if v is not None])
+
         mine = models.FieldCondition(key="index", match=models.MatchValue(value=uid))
-        here = [models.FieldCondition(key=k, match=models.MatchValue(value=v)) for k, v in origin.items()]
-        elsewhere = models.Filter(must=[mine], must_not=[models.Filter(must=here)])
-        points, _ = self._client_().scroll(self.collection, scroll_filter=elsewhere, limit=1,
-                                           with_payload=["host", "db"], with_vectors=False)
-        if not points:
-            return
-        host, db = points[0].payload.get("host"), points[0].payload.get("db")
-        if host == origin["host"]:
-            try:
-                other = ImageIndex(db)
-                alive = other.exists() and other._uid() == uid
-            except (PolymodalError, OSError):
-                alive = False
-            if not alive:  # moved: the points are ours
-                return
-        raise PolymodalError(f"{self.where()} holds points pushed from the index at {host}:{db}, which shares its id "
-                             f"with the index at {origin['db']}: one was copied from the other, and their pushes "
-                             "would overwrite each other's images; push the copy into another --collection, or "
-                             "rebuild it with a new --db")
+        checked = [origin]
+        while True:  # every other origin of this uid, not the first point's only: a copy may hide behind a moved one
+            elsewhere = models.Filter(must=[mine], must_not=[at(o) for o in checked])
+            points, _ = self._client_().scroll(self.collection, scroll_filter=elsewhere, limit=1,
+                                               with_payload=["host", "db"], with_vectors=False)
+            if not points:
+                break
+            host, db = points[0].payload.get("host"), points[0].payload.get("db")
+            if host == origin["host"] or db == origin["db"]:  # this host, or this --db on a renamed host/new pod
+                try:
+                    other = ImageIndex(db) if db != origin["db"] else None
+                    alive = other is not None and other.exists() and other._uid() == uid
+                except (PolymodalError, OSError, TypeError):
+                    alive = False
+                if not alive:  # moved (or the host renamed): the points are ours
+                    checked.append({"host": host, "db": db})
+                    continue
+            raise PolymodalError(f"{self.where()} holds points pushed from the index at {host}:{db}, which shares "
+                                 f"its id with the index at {origin['db']}: one was copied from the other, and their "
+                                 "pushes would overwrite each other's images; push the copy into another --collection, "
+                                 "or rebuild it with a new --db")
+        if len(checked) > 1:  # taken over: the points name this folder from now on (a later rebuild here drops them)
+            self._client_().set_payload(self.collection, payload=origin, points=models.Filter(must=[mine]), wait=True)
 
     def _own_ids(self, uid: str) -> set[str]:
         from qdrant_client import models

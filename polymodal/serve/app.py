@@ -130,7 +130,7 @@ def create_app(
             return m
         rt = settled_runtime(runtime, m)  # auto: each model by its own kind (an export beside a built-in name)
         options = {k: v for k, v in load_options.items() if k != "threads" or rt == "onnx"}  # onnxruntime's option
-        options = {**recorded_options_for(index_info, m), **options}  # the index's model as it was loaded (tokenizer=)
+        options = {**recorded_options_for(index_info, m, rt), **options}  # the index's model as loaded (tokenizer=)
         precision = options.get("precision", "fp32")
         if precision == "fp32" or rt != "torch":  # (onnx + bf16: polymodal.load's own error)
             return polymodal.load(m, runtime=rt, **options)

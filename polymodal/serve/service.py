@@ -344,7 +344,7 @@ class Service:
                 if digest in known or digest in seen:
                     same = f"id {known[digest]}" if digest in known else f"upload {seen[digest]!r} of this request"
                     duplicates.append({"upload": name, "reason": f"the same image is already in the index ({same})",
-                                       **({"id": known[digest]} if digest in known else {})})
+                                       **({"id": known[digest]} if digest in known else {"_same": digest})})
                 else:
                     seen[digest] = name
                     fresh.append((name, data, digest))
@@ -378,6 +378,11 @@ class Service:
             ids = self.ids_for(list(names))
             added = [{"id": ids[p], "upload": names[p], "thumb": thumb_ref(ids[p], p, digest_of[p])}
                      for p in names if p in ids]
+            by_digest = {digest_of[p]: ids[p] for p in names if p in ids}
+            for entry in duplicates:  # a second copy in this request: the id its first copy got
+                same = entry.pop("_same", None)
+                if same in by_digest:
+                    entry["id"] = by_digest[same]
             return {"added": added, "skipped": skipped, "count": self.count()}
         finally:
             self._write_lock.release()
