@@ -206,10 +206,11 @@ class QdrantCollection(SearchByModel):
         return count
 
     def _check_not_a_copy(self, uid: str, origin: dict) -> None:
-        """Refuse a push when points of this index's uid came from another host or --db folder that still holds it:
-        that is a copy of this index (a backup, a seeded second machine), whose row ids -> point ids collide with
-        ours, so the two pushes would overwrite and delete each other's images. An index moved on this host (its
-        old folder gone or another index now) takes its points over."""
+        """Refuse a push when points of this index's uid came from another --db folder that still holds it, or
+        from another host's other --db: that is a copy of this index (a backup, a seeded second machine), whose row
+        ids -> point ids collide with ours, so the two pushes would overwrite and delete each other's images. An
+        index moved on this host (its old folder gone or another index now), or this --db pushed from a new
+        hostname (a restarted container), takes its points over: they are renamed to this folder."""
         from qdrant_client import models
 
         def at(place: dict) -> models.Filter:
