@@ -176,6 +176,7 @@ class _ImageCheck:
 
     def __init__(self, base: Path):
         self.base, self.seen = base, {}
+        self.rows: dict = {}  # (image, caption) -> "file:line" of the row that gave it first
 
     def __call__(self, image: str) -> Path | None:
         path = (self.base / Path(image).expanduser()).resolve()
@@ -233,7 +234,12 @@ def _add_row(pairs: list, skipped: list, where: str, image: Any, caption: Any, c
         skipped.append((where, missing_image(image, check.base)))
         return
     wrong = tuple(_negative_texts(negatives))
-    pairs.extend(Pair(resolved, c, tuple(n for n in wrong if n != c)) for c in captions)
+    for c in captions:
+        first = check.rows.setdefault((resolved, c), where)
+        if first != where:  # reported by its line, as other skipped rows are (without_repeats knows no lines)
+            skipped.append((where, f"repeats the caption {c!r} of {first}"))
+            continue
+        pairs.append(Pair(resolved, c, tuple(n for n in wrong if n != c)))
 
 
 def _read_csv(path: Path) -> tuple[list[Pair], list]:
@@ -316,7 +322,7 @@ def _read_folder(root: Path) -> tuple[list[Pair], list]:
 
 
 def _read_shards(patterns: Any) -> tuple[list[Pair], list]:
-    pairs, skipped = [], []
+    pairs, skipped = [], _shards.SummarisedSkips()  # reported once by the reader's summary
     for sample in _shards.iter_samples(patterns, read_images=False, skipped=skipped):
         ref = _shards.tar_ref(sample.shard, sample.image_name)
         negatives = sample.negatives or [()] * len(sample.captions)
