@@ -228,7 +228,8 @@ def cmd_eval_retrieval(args) -> int:
     check_strict(args, 0, unreadable)
     pairs = pairs_of_images(pairs, rows)
     warn_of_few(len(pairs.images), "photos", "recall")
-    warn_of_certain_recall(len(pairs.images), len(pairs.captions))
+    warn_of_certain_recall(len(pairs.images), len(pairs.captions),
+                           fewest_captions=int(np.bincount(pairs.caption_image, minlength=len(pairs.images)).min()))
     ranks: dict = {}
     metrics = retrieval_metrics(image_emb, encode_captions(model, pairs.captions, progress=True), pairs.caption_image,
                                 ranks)

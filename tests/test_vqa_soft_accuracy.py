@@ -47,3 +47,12 @@ def test_dict_rows_take_annotators_too():
     assert accuracy_by_type(["2"], rows)["accuracy"] == pytest.approx(2 / 3)  # each left-out view sees 2 of 3
     with pytest.raises(PolymodalError, match="blank answer"):
         accuracy_by_type(["2"], [{**rows[0], "answers": ["2", {"no": 1}]}])
+
+
+def test_none_is_zero_as_in_vqa_v2():
+    from polymodal.data.answers import comparable_answer
+    from polymodal.eval.vqa import accuracy_by_type, as_rows
+
+    assert comparable_answer("None.") == "0"
+    rows = as_rows([{"image": "x.jpg", "question": "How many dogs?", "answers": ["0"] * 10, "answer": "0"}])
+    assert accuracy_by_type(["none"], rows)["accuracy"] == 1.0

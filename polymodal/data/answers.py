@@ -18,6 +18,7 @@ def normalize_answer(text: Any) -> str:
 
 
 _NUMBERS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+_NUMBERS["none"] = "0"  # as VQA v2's manualMap: "how many ...?" "none" is the answer 0
 _ARTICLES = {"a", "an", "the"}
 
 

@@ -30,10 +30,12 @@ def warn_of_few(count: int, what: str, metric: str) -> None:
         log.warning("only %d %s: %s over so few says little; evaluate on %d or more", count, what, metric, FEW_PHOTOS)
 
 
-def warn_of_certain_recall(images: int, captions: int, ks=(1, 5, 10)) -> None:
-    """R@k is 1.0 by construction once k reaches the number of candidates: images for text->image, captions for
-    image->text."""
-    certain = [f"t2i_R@{k}" for k in ks if k >= images] + [f"i2t_R@{k}" for k in ks if k >= captions]
+def warn_of_certain_recall(images: int, captions: int, ks=(1, 5, 10), fewest_captions: int = 1) -> None:
+    """R@k is 1.0 by construction once k reaches the worst possible rank: the number of images for text->image;
+    for image->text, the captions less the fewest any one image has, plus one (its best caption can only be
+    outranked by the other images' captions)."""
+    worst_i2t = captions - max(1, fewest_captions) + 1
+    certain = [f"t2i_R@{k}" for k in ks if k >= images] + [f"i2t_R@{k}" for k in ks if k >= worst_i2t]
     if certain:
         log.warning("%s %s 1.0 by construction with %d images and %d captions (k reaches the candidates)",
                     ", ".join(certain), "is" if len(certain) == 1 else "are", images, captions)
