@@ -49,25 +49,38 @@ def copies_across(train_images, val_images) -> list[int]:
     without copies costs a stat per file; shard members are compared by name only."""
     names = {str(image) for image in train_images}
     same_name = {i for i, image in enumerate(val_images) if str(image) in names}
-    groups: dict = {}
-    for side, images in enumerate((train_images, val_images)):
-        for i, image in enumerate(images):
-            if side == 1 and i in same_name:
-                continue
-            try:
-                groups.setdefault(os.stat(image).st_size, []).append((side, i))
-            except (OSError, TypeError, ValueError):  # a shard member, or a file that is gone
-                continue
-    for key in (_head_hash, photo_hash):  # each pass splits the groups that still hold both sides
-        both = [(found, group) for found, group in groups.items() if len({side for side, _ in group}) == 2]
-        groups = {}
-        for found, group in both:
-            for side, i in group:
-                digest = key((train_images, val_images)[side][i])
-                if digest is not None:  # (unreadable: not compared)
-                    groups.setdefault((found, digest), []).append((side, i))
-    copies = {i for group in groups.values() if len({side for side, _ in group}) == 2 for side, i in group if side}
+    entries = [(0, i) for i in range(len(train_images))]
+    entries += [(1, i) for i in range(len(val_images)) if i not in same_name]
+    paths = [(train_images, val_images)[side][i] for side, i in entries]
+    groups = _same_bytes(paths, lambda group: len({entries[j][0] for j in group}) == 2)  # both sides
+    copies = {entries[j][1] for group in groups for j in group if entries[j][0] == 1}
     return sorted(same_name | copies)
+
+
+def copies_within(images) -> list[list[int]]:
+    """Groups (2+ indices) of ``images`` holding the same bytes under different names, compared as copies_across."""
+    return _same_bytes(images, lambda group: len(group) > 1)
+
+
+def _same_bytes(paths, wanted) -> list[list[int]]:
+    """Groups of indices of ``paths`` with the same bytes for which ``wanted(group)``: by size, then the first 64 KiB,
+    then the whole file, each pass hashing only the groups still wanted. Unreadable files and shard members are left
+    out."""
+    groups: dict = {}
+    for i, path in enumerate(paths):
+        try:
+            groups.setdefault(os.stat(path).st_size, []).append(i)
+        except (OSError, TypeError, ValueError):  # a shard member, or a file that is gone
+            continue
+    for key in (_head_hash, photo_hash):  # each pass splits the groups that are still wanted
+        kept = [(found, group) for found, group in groups.items() if wanted(group)]
+        groups = {}
+        for found, group in kept:
+            for i in group:
+                digest = key(paths[i])
+                if digest is not None:  # (unreadable: not compared)
+                    groups.setdefault((found, digest), []).append(i)
+    return [group for group in groups.values() if wanted(group)]
 
 
 def _head_hash(image) -> str | None:

@@ -9,3 +9,26 @@ def test_i2t_certain_counts_other_images_captions_only(caplog):
     with caplog.at_level(logging.WARNING):
         warn_of_certain_recall(2, 12, fewest_captions=6)  # best caption ranks 7 at worst
     assert "i2t_R@10" in caplog.text and "i2t_R@5" not in caplog.text
+
+
+def test_eval_retrieval_warns_of_a_photo_that_is_in_the_set_twice(lite, gallery, tmp_path, caplog):
+    import json
+    import shutil
+
+    from polymodal import cli
+
+    for name in ("cat", "clock", "coffee", "rocket"):
+        shutil.copy(gallery / f"{name}.jpg", tmp_path / f"{name}.jpg")
+    shutil.copy(gallery / "cat.jpg", tmp_path / "cat-again.jpg")  # the same bytes under another name
+    rows = [{"image": f"{n}.jpg", "caption": f"a photo of a {n.split('-')[0]}"}
+            for n in ("cat", "clock", "coffee", "rocket", "cat-again")]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["eval", "retrieval", "--pairs", str(tmp_path / "pairs.jsonl"), "--model", "lite"]) == 0
+    assert "1 photos are copies of others in this set" in caplog.text and "cat-again.jpg" in caplog.text
+    caplog.clear()
+    (tmp_path / "cat-again.jpg").unlink()
+    (tmp_path / "pairs.jsonl").write_text("\n".join(map(json.dumps, rows[:4])))
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["eval", "retrieval", "--pairs", str(tmp_path / "pairs.jsonl"), "--model", "lite"]) == 0
+    assert "copies of others" not in caplog.text

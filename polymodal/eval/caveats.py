@@ -30,6 +30,19 @@ def warn_of_few(count: int, what: str, metric: str) -> None:
         log.warning("only %d %s: %s over so few says little; evaluate on %d or more", count, what, metric, FEW_PHOTOS)
 
 
+def warn_of_copies(images) -> None:
+    """The same photo twice under two names: each of its captions ties with the copy, and a tie counts as a miss,
+    so recall comes out lower than the model's."""
+    from polymodal.training_photos import copies_within
+
+    groups = copies_within(images)
+    if groups:
+        first = groups[0]
+        log.warning("%d photos are copies of others in this set (the same bytes under other names, e.g. %s and %s): "
+                    "a caption ties with its photo's copy and ties count as misses, so recall comes out low; "
+                    "evaluate without the copies", sum(len(g) - 1 for g in groups), images[first[0]], images[first[1]])
+
+
 def warn_of_certain_recall(images: int, captions: int, ks=(1, 5, 10), fewest_captions: int = 1) -> None:
     """R@k is 1.0 by construction once k reaches the worst possible rank: the number of images for text->image;
     for image->text, the captions less the fewest any one image has, plus one (its best caption can only be
