@@ -211,7 +211,8 @@ def cmd_eval_retrieval(args) -> int:
 
     from polymodal.data.jsonl import counting_skipped
     from polymodal.eval.bootstrap import bootstrap_ci
-    from polymodal.eval.caveats import data_caveats, warn_of_certain_recall, warn_of_copies, warn_of_few
+    from polymodal.eval.caveats import (data_caveats, warn_of_certain_recall, warn_of_copies, warn_of_few,
+                                        warn_of_shared_captions)
     from polymodal.eval.per_item import check_out, check_strict, write_items
     from polymodal.eval.retrieval import encode_captions, encode_readable, pairs_of_images, read_pairs, retrieval_metrics
     from polymodal.registry import require_embedding
@@ -229,6 +230,7 @@ def cmd_eval_retrieval(args) -> int:
     pairs = pairs_of_images(pairs, rows)
     warn_of_few(len(pairs.images), "photos", "recall")
     warn_of_copies(pairs.images)
+    warn_of_shared_captions(pairs.captions, pairs.caption_image)
     warn_of_certain_recall(len(pairs.images), len(pairs.captions),
                            fewest_captions=int(np.bincount(pairs.caption_image, minlength=len(pairs.images)).min()))
     ranks: dict = {}

@@ -32,3 +32,18 @@ def test_eval_retrieval_warns_of_a_photo_that_is_in_the_set_twice(lite, gallery,
     with caplog.at_level(logging.WARNING):
         assert cli.main(["eval", "retrieval", "--pairs", str(tmp_path / "pairs.jsonl"), "--model", "lite"]) == 0
     assert "copies of others" not in caplog.text
+
+
+def test_caption_texts_under_several_photos_are_warned_of_when_they_are_many(caplog):
+    from polymodal.eval.caveats import warn_of_shared_captions
+
+    with caplog.at_level(logging.WARNING):
+        warn_of_shared_captions(["A dog runs.", "a cat", "a  dog runs.", "a car"], [0, 0, 1, 1])
+    assert "1 of 3 caption texts belong to several photos (e.g. 'a dog runs.')" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        warn_of_shared_captions(["a dog", "a dog"], [0, 0])  # one photo's own repeat: no tie with another photo
+        many = [f"caption {i}" for i in range(400)] + ["caption 0"]  # 1 of 400 shared: too few to move a figure
+        warn_of_shared_captions(many, list(range(400)) + [1])
+        warn_of_shared_captions([], [])
+    assert not caplog.text

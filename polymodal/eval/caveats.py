@@ -43,6 +43,21 @@ def warn_of_copies(images) -> None:
                     "evaluate without the copies", sum(len(g) - 1 for g in groups), images[first[0]], images[first[1]])
 
 
+SHARED_CAPTIONS = 0.01  # the share of caption texts under several photos from which image->text recall is warned of
+
+
+def warn_of_shared_captions(captions, caption_image) -> None:
+    """One caption text under two photos ("a dog runs"): image->text ties it with the other photo's copy of it, and a
+    tie counts as a miss."""
+    photos: dict[str, set] = {}
+    for text, image in zip(captions, caption_image):
+        photos.setdefault(" ".join(str(text).split()).casefold(), set()).add(int(image))
+    shared = [text for text, owners in photos.items() if len(owners) > 1]
+    if shared and len(shared) >= SHARED_CAPTIONS * len(photos):  # Flickr8k dev: 3 of 4,996, too few to matter
+        log.warning("%d of %d caption texts belong to several photos (e.g. %r): image->text recall counts the other "
+                    "photo's identical caption as a tie, and ties as misses", len(shared), len(photos), shared[0][:60])
+
+
 def warn_of_certain_recall(images: int, captions: int, ks=(1, 5, 10), fewest_captions: int = 1) -> None:
     """R@k is 1.0 by construction once k reaches the worst possible rank: the number of images for text->image;
     for image->text, the captions less the fewest any one image has, plus one (its best caption can only be
