@@ -62,6 +62,9 @@ def extras(model, n=16, negatives=6):
 if __name__ == "__main__":
     assert distributed.init_from_env("gloo")
     rank, world = distributed.rank(), distributed.world_size()
+    import logging  # rank 0 says each warning once; the others print errors only (stop 38)
+
+    assert logging.getLogger("polymodal").getEffectiveLevel() == (logging.ERROR if rank else logging.WARNING)
     model = DistributedDataParallel(build())
     images, texts = global_batch()
     b = len(images) // world

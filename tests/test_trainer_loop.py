@@ -216,3 +216,22 @@ def test_a_learned_temperature_is_clamped_to_clips_range_after_each_step(tmp_pat
     Trainer(model, {"fit": (_Push(), 1.0, loader)}, TrainConfig(epochs=2, lr=10.0, patience=0), tmp_path,
             progress=False).fit()
     assert 0.0 <= float(model.log_logit_scale.detach()) <= math.log(100.0)
+
+
+def test_samples_per_second_counts_every_rank(tmp_path, monkeypatch):
+    """Under torchrun each rank takes a batch a step: samples/s (bar, metrics.jsonl) is the run's, not one rank's."""
+    import itertools
+    import types
+
+    import polymodal.train.distributed as distributed
+    import polymodal.train.trainer as trainer_module
+
+    def rates(world: int, out) -> list[float]:
+        clock = itertools.count()  # a second a call: the same readings for both runs
+        monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+        monkeypatch.setattr(distributed, "world_size", lambda: world)
+        _trainer(out, epochs=1, log_every=1).fit()
+        return [r["samples_per_s"] for r in read_metrics(out) if r["split"] == "train"]
+
+    one, two = rates(1, tmp_path / "one"), rates(2, tmp_path / "two")
+    assert one and two == [2 * r for r in one]

@@ -77,4 +77,6 @@ def init_from_env(backend: str = "gloo") -> bool:
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend)  # reads the env:// variables checked above
     log.info("joined process group: rank %d of %d (%s)", rank(), world_size(), backend)
+    if rank() != 0:  # the ranks read the same settings and data: rank 0 says each warning once (errors still print)
+        logging.getLogger("polymodal").setLevel(logging.ERROR)
     return True

@@ -372,12 +372,15 @@ class Trainer:
             yield batch
 
     def _train_epoch(self, logger: MetricsLogger) -> dict:
+        from polymodal.train import distributed
+
         self.model.train()
         for _, _, loader in self.objectives.values():
             if hasattr(loader.dataset, "set_epoch"):
                 loader.dataset.set_epoch(self.epoch)
         bar = progress_bar(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
                            disable=not self.progress, leave=False)
+        world = distributed.world_size()  # every rank takes a batch a step: samples/s counts them all (torchrun)
         losses, samples, t0 = [], 0, time.perf_counter()
         try:  # an interrupt would leave the bar to be drawn again, as a stray "epoch 1/1: 0%" line
             for i, batches in enumerate(self._batches()):
@@ -405,7 +408,7 @@ class Trainer:
                 self.scheduler.step()
                 self.step += 1
                 losses.append(total)
-                samples += len(next(iter(batches.values()))[0])
+                samples += len(next(iter(batches.values()))[0]) * world
                 rate = samples / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}", refresh=False)
                 bar.update()
