@@ -389,12 +389,13 @@ def _iter_one_shard(shard: Path, read_images: bool, skipped: list | None) -> Ite
             yield sample
 
 
-def _make_sample(shard: Path, key: str, files: dict, skipped: list | None, seen: set | None = None) -> ShardSample | None:
+def _make_sample(shard: Path, key: str, files: dict, skipped: list | None,
+                 seen: set | None = None) -> ShardSample | None:
     location = f"{shard}:{key}"
     if seen is not None:
         if key in seen:
-            note_skipped(skipped, location, "the key repeats an earlier sample's in this shard (its members share their "
-                                            "names); give every sample its own key")
+            note_skipped(skipped, location, "the key repeats an earlier sample's in this shard (its members share "
+                                            "their names); give every sample its own key")
             return None
         seen.add(key)
     image_ext = next((e for e in IMAGE_EXTS if e in files), None)
