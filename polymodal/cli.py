@@ -13,8 +13,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from polymodal.cli_options import (add_precision, add_qdrant, add_runtime, index_model_name, index_model_options,
-                                   load_model, qdrant_collection, resolve_runtime)
+from polymodal.cli_options import (add_precision, add_qdrant, add_runtime, index_model_name, load_model,
+                                   qdrant_collection, resolve_runtime)
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import none_could_be, plural
 from polymodal.registry import require_embedding
@@ -69,8 +69,7 @@ def cmd_index(args) -> int:
         args.model = index_model_name(index, args.model, "lite")  # re-syncing an index needs no --model
         resolve_runtime(args)
         # a model that cannot embed is refused here, before the index folder is created
-        options = index_model_options(index, args.model, getattr(args, "runtime", "auto"))
-        model = require_embedding(load_model(args, args.model, options), args.model)
+        model = require_embedding(load_model(args, args.model, index), args.model)
         if target_collection:
             target_collection.preflight(model)
         try:
@@ -170,8 +169,7 @@ def cmd_search(args) -> int:
         return _search_texts(args)
     index = qdrant_collection(args) or ImageIndex(args.db)
     name = index_model_name(index, args.model)
-    options = index_model_options(index, name, getattr(args, "runtime", "auto"))
-    model = require_embedding(load_model(args, name, options), name)
+    model = require_embedding(load_model(args, name, index), name)
     index.check_model(model)
     query = model.encode_image([args.image]) if args.image is not None else model.encode_text([args.query])
     hits = index.search(query, args.k)[0]

@@ -54,19 +54,15 @@ def index_model_name(index, model_arg: str | None, new_index_model: str | None =
     return name
 
 
-def index_model_options(index, name: str, runtime: str = "auto") -> dict:
-    """The loader options the index recorded with its model (a tokenizer folder, ...), when `name` is that model."""
+def load_model(args, name: str, index=None):
+    """polymodal.load(name) with the command's --runtime and --precision (the commands that have them) and, when
+    `name` is the model of `index` (a local index or a collection), the loader options it recorded (tokenizer=)."""
+    import polymodal
     from polymodal.registry import recorded_options_for
 
-    return recorded_options_for(index.info(), name, runtime) if index.exists() else {}
-
-
-def load_model(args, name: str, options: dict | None = None):
-    """polymodal.load(name, **options) with the command's --runtime and --precision (the commands that have them)."""
-    import polymodal
-
-    return polymodal.load(name, runtime=getattr(args, "runtime", "auto"), precision=getattr(args, "precision", "fp32"),
-                          **(options or {}))
+    runtime = getattr(args, "runtime", "auto")
+    options = recorded_options_for(index.info(), name, runtime) if index is not None and index.exists() else {}
+    return polymodal.load(name, runtime=runtime, precision=getattr(args, "precision", "fp32"), **options)
 
 
 def add_run_options(parser) -> None:

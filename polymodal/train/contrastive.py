@@ -208,13 +208,13 @@ def _warn_of_another_global_batch(out: Path, batch: int, world: int) -> None:
     """--batch-size is per process: a run resumed under another process count (torchrun --nproc_per_node), or with
     another --batch-size, trains on another global batch than its earlier epochs did; say so, with the flag that
     keeps it."""
-    import json
+    from polymodal.train.run_settings import recorded_settings
 
     try:
-        saved = json.loads((out / "train_config.json").read_text())
+        saved = recorded_settings(out)
         was, was_world = int(saved["global_batch"]), int(saved["world_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # a run from before these were recorded
+    except (ValueError, KeyError, TypeError):
+        return  # a run from before these were recorded (or none: None)
     if was != batch * world and distributed.is_main():
         keep = f"; pass --batch-size {was // world} to keep it" if was % world == 0 else ""
         log.warning("the run trained on a global batch of %d (%d process%s x %d); this session's is %d (%d x %d)%s",

@@ -84,7 +84,7 @@ def check_same_run(out: Path, arch, train, ignore: Sequence[str] = (), freeze: S
     another validation split, partly of photos already trained on; so would another --seed where
     ``seed_draws_validation`` (a split, or pretraining's seeded negatives and masks): refused too. ``freeze``: the
     parts frozen now; the saved optimizer state holds the parameters trained then."""
-    saved = _recorded(out)
+    saved = recorded_settings(out)
     if saved is None:
         return  # a run from before train_config.json: loading the checkpoint is the check
     resumed = (*RESUMED_RATES, "seed") if seed_draws_validation else RESUMED_RATES
@@ -102,7 +102,7 @@ def check_same_run(out: Path, arch, train, ignore: Sequence[str] = (), freeze: S
 def check_same_fusion(out: Path, arch) -> None:
     """--resume asking for another --fusion, said before the model is built: the run's fusion options (a
     cross-attention's "query") would not fit the other fusion, and that error would hide this one."""
-    changed = _changed(_recorded(out), "arch", arch, lambda k: k == "fusion")  # nothing recorded: nothing changed
+    changed = _changed(recorded_settings(out), "arch", arch, lambda k: k == "fusion")  # nothing recorded: nothing changed
     if changed:
         raise _another_run(out, changed)
 
@@ -125,7 +125,7 @@ def check_same_answers(out: Path, answers: Sequence[str]) -> None:
                          "on the data and polymodal it trained with, or train into a new --out")
 
 
-def _recorded(out: Path):
+def recorded_settings(out: Path):
     """RUN/train_config.json as recorded, or None when there is none (or it cannot be read)."""
     try:
         return json.loads((Path(out) / "train_config.json").read_text())

@@ -381,6 +381,9 @@ class Trainer:
         bar = progress_bar(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
                            disable=not self.progress, leave=False)
         world = distributed.world_size()  # every rank takes a batch a step: samples/s counts them all (torchrun)
+        scale = getattr(self.model, "log_logit_scale", None)  # a learned temperature: kept in CLIP's range below
+        if not (isinstance(scale, torch.nn.Parameter) and scale.requires_grad):
+            scale = None
         losses, samples, t0 = [], 0, time.perf_counter()
         try:  # an interrupt would leave the bar to be drawn again, as a stray "epoch 1/1: 0%" line
             for i, batches in enumerate(self._batches()):
@@ -401,8 +404,7 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(grads, self.cfg.grad_clip)
                 lr = self.scheduler.get_last_lr()[0]  # the rate this step uses; after scheduler.step() it is the next's
                 self.optimizer.step()
-                scale = getattr(self.model, "log_logit_scale", None)
-                if isinstance(scale, torch.nn.Parameter) and scale.requires_grad:  # CLIP's in-place clamp: [1, 100]
+                if scale is not None:  # CLIP's in-place clamp: [1, 100]
                     with torch.no_grad():
                         scale.clamp_(0.0, math.log(100.0))
                 self.scheduler.step()
