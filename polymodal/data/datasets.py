@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from polymodal.data.augment import Augment, make_rng, photo_decode_size
 from polymodal.data.images import ImageTransform, load_image
 from polymodal.data.pairs import PairSet, open_pair_image
-from polymodal.data.shards import ShardSample, expand_shards, iter_samples, note_skipped
+from polymodal.data.shards import ShardSample, StreamSkips, expand_shards, iter_samples, note_skipped
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -164,20 +164,25 @@ class ShardDataset(IterableDataset):
         epoch = self.epoch
         shards, by_sample = self._own_shards(me, n, epoch)
         rng = make_rng(self.seed, epoch, me + 1)
-        stream: Iterable[ShardSample] = iter_samples(shards, read_images=True, skipped=self.skipped)
+        skipped = StreamSkips()  # this pass's: one warning, then a count when the pass ends
+        stream: Iterable[ShardSample] = iter_samples(shards, read_images=True, skipped=skipped)
         if by_sample:
             stream = (s for j, s in enumerate(stream) if j % n == me)
-        for sample in _shuffled(stream, self.shuffle_buffer, rng):
-            try:
-                image = load_image(sample.image, self.decode_size)
-                if self.augment is not None:
-                    image = self.augment(image, rng)
-                pixels = torch.from_numpy(self.transform([image])[0])
-            except PolymodalError as exc:
-                note_skipped(self.skipped, f"{sample.shard}:{sample.image_name}", str(exc))
-                continue
-            caption = sample.captions[int(rng.integers(len(sample.captions)))]
-            yield pixels, caption, sample.key
+        try:
+            for sample in _shuffled(stream, self.shuffle_buffer, rng):
+                try:
+                    image = load_image(sample.image, self.decode_size)
+                    if self.augment is not None:
+                        image = self.augment(image, rng)
+                    pixels = torch.from_numpy(self.transform([image])[0])
+                except PolymodalError as exc:
+                    note_skipped(skipped, f"{sample.shard}:{sample.image_name}", str(exc))
+                    continue
+                caption = sample.captions[int(rng.integers(len(sample.captions)))]
+                yield pixels, caption, sample.key
+        finally:
+            self.skipped.extend(skipped)
+            skipped.summarise(f"shards of epoch {epoch}" + (f" (consumer {me} of {n})" if n > 1 else ""))
 
 
 def _shuffled(stream: Iterable, size: int, rng: np.random.Generator) -> Iterator:

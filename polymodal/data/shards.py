@@ -346,9 +346,20 @@ class SummarisedSkips(list):
     logged at INFO (-v) instead of a warning per sample (200 samples without captions gave 201 lines)."""
 
 
+class StreamSkips(SummarisedSkips):
+    """A streaming reader's skips in one pass: the first is a warning, the rest INFO until `summarise()` at the
+    pass's end (a stream has no end of file to report at; 200 bad samples gave 200 warnings)."""
+
+    def summarise(self, what: str) -> None:
+        if len(self) > 1:
+            log.warning("%s: skipped %s samples (first: %s: %s; -v lists them all)", what, f"{len(self):,}", *self[0])
+
+
 def note_skipped(skipped: list | None, location: str, reason: str) -> None:
-    log.log(logging.INFO if isinstance(skipped, SummarisedSkips) else logging.WARNING, "skipping %s: %s", location,
-            reason)
+    first_of_stream = isinstance(skipped, StreamSkips) and not skipped
+    quiet = isinstance(skipped, SummarisedSkips) and not first_of_stream
+    later = "; later skips are counted and summarised when the pass ends (-v lists each)" if first_of_stream else ""
+    log.log(logging.INFO if quiet else logging.WARNING, "skipping %s: %s%s", location, reason, later)
     if skipped is not None:
         skipped.append((location, reason))
 
