@@ -19,6 +19,10 @@ class Objective:
     def compute(self, model, batch) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    def samples(self, batch) -> int:
+        """How many training samples ``batch`` holds (what samples/s counts): its first field's length."""
+        return len(batch[0])
+
     def backward(self, model, batch, weight: float = 1.0) -> dict:
         loss, metrics = self.compute(model, batch)
         (weight * loss).backward()

@@ -42,10 +42,14 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for key in (k for k in keys if "loss" in k and "neg_loss" not in k):  # val losses share the loss axis (neg_loss:
         # the captioner's loss negated for early stopping, the same curve upside down)
         axes[0].plot(*_series(val, key, "step"), "s--", label=key)
+    if "val/score" in keys:  # pretraining's score is minus its weighted sum of losses: a loss, on the loss axis
+        steps, score = _series(val, "val/score", "step")
+        axes[0].plot(steps, [-v for v in score], "s-", label="val weighted loss (-val/score)")
     axes[0].set(xlabel="step", ylabel="loss", title="loss")
     axes[1].plot([r["step"] for r in train], [r["lr"] for r in train])
     axes[1].set(xlabel="step", ylabel="learning rate", title="learning rate")
-    scores = [k for k in keys if "loss" not in k and k != "val/rsum"]  # rsum: six recalls summed, another scale
+    # rsum: six recalls summed, another scale; score (pretraining): minus a loss sum, drawn on the loss panel above
+    scores = [k for k in keys if "loss" not in k and k not in ("val/rsum", "val/score")]
     for key in sorted((k for k in scores if "median_rank" not in k), key=_natural):  # R@1, R@5, R@10
         axes[2].plot(*_series(val, key, "epoch"), "o-", label=key[4:])
     axes[2].set(xlabel="epoch", ylabel="score", title="validation")

@@ -59,11 +59,13 @@ from polymodal.train.guards import (
 )
 from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatch
 from polymodal.train.run_settings import (
+    _another_run,
     absolute_paths,
     check_same_fusion,
     check_same_run,
     name_after_run,
     recipe_parts,
+    recorded_settings,
     write_train_config,
 )
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
@@ -102,6 +104,8 @@ def parse_objectives(spec) -> dict[str, float]:
             raise PolymodalError(f"objective weight {weight!r} is not a number; {example}")
         if not value > 0 or value == math.inf:
             raise PolymodalError(f"objective {name} needs a positive weight, got {weight}")
+        if name in out:  # "itm:1,itm:2" would train ITM at the last weight without a word
+            raise PolymodalError(f"objective {name} is given twice ({out[name]:g} and {value:g}); name each once")
         out[name] = value
     if not out:
         raise PolymodalError("no pretraining objective given; pass e.g. --objectives itm:1,mlm:1,mrm:0.5")
@@ -585,6 +589,23 @@ def build_model(recipe: PretrainRecipe, resume: bool = False) -> FusionEncoder:
     return model
 
 
+def check_same_validation(out: Path, recipe: PretrainRecipe) -> None:
+    """--resume of a validated run: the objective weights make val/score (which picks RUN/model and stops early),
+    the MLM / MRM rates draw the validation masks and hard_k / negatives mine the validation negatives. Another
+    value would compare the new epochs' score with the best one under another definition (a lower weight "improves"
+    at once), as another --seed would: refused the same way."""
+    saved = recorded_settings(out)
+    if not isinstance(saved, dict):
+        return
+    now = asdict(recipe) | absolute_paths(recipe, (), ("negatives",))
+    names = recipe.objectives
+    keys = ["objectives", *(["mlm_rate"] if "mlm" in names else []), *(["mrm_rate"] if "mrm" in names else []),
+            *(["hard_k", "negatives"] if "itm" in names else [])]
+    changed = [(k, saved[k], now[k]) for k in keys if k in saved and saved[k] != now[k]]
+    if changed:
+        raise _another_run(out, changed)
+
+
 def _check_mrm_target(target: str, head: str, what: str) -> None:
     if target and head and target != head:
         raise PolymodalError(f"mrm_target {target!r} contradicts {what} ({head!r}); leave mrm_target out (it names "
@@ -624,6 +645,8 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
         check_same_run(Path(recipe.out), recipe.arch, recipe.train, freeze=recipe.freeze,
                        val_fraction=None if recipe.val_pairs else recipe.val_fraction,
                        seed_draws_validation=bool(recipe.val_pairs) or recipe.val_fraction > 0)  # masks too
+        if recipe.val_pairs or recipe.val_fraction > 0:
+            check_same_validation(Path(recipe.out), recipe)
     names = list(recipe.objectives)
     log.info("pretrain %s on %d captions of %d images; val: %d captions", names, len(train_pairs),
              len(train_pairs.images), len(val_pairs) if val_pairs else 0)

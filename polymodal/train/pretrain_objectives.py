@@ -75,6 +75,11 @@ class ITMObjective(Objective):
 
     name = "itm"
 
+    def samples(self, batch: PretrainBatch) -> int:
+        """The batch's captions (its matching rows), as MLM and MRM batches count them: each caption brings two
+        negative rows, which are not samples of their own."""
+        return int(batch.itm_labels.sum())
+
     def compute(self, model, batch: PretrainBatch) -> tuple[torch.Tensor, dict]:
         logits = model.itm_logits(batch.images, batch.states, batch.mask, batch.row_image)
         loss = itm_loss(logits, batch.itm_labels)

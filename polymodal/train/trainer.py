@@ -410,7 +410,9 @@ class Trainer:
                 self.scheduler.step()
                 self.step += 1
                 losses.append(total)
-                samples += len(next(iter(batches.values()))[0]) * world
+                first, (first_objective, _, _) = next(iter(self.objectives.items()))  # its batch's samples count
+                count = getattr(first_objective, "samples", None)
+                samples += (count(batches[first]) if count else len(batches[first][0])) * world
                 rate = samples / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}", refresh=False)
                 bar.update()
