@@ -304,6 +304,14 @@ def wrong_folder_hint(path: str | Path) -> str:
     """What to pass instead of a `polymodal train` run folder (its model is RUN/model; RUN/checkpoint.pt would
     otherwise be read as a CLIP checkpoint) or an index folder (built with a model it names). "" for other paths."""
     folder = Path(path).expanduser()
+    if folder.is_file() and folder.name == "checkpoint.pt" and (folder.parent / "model" / "config.json").is_file():
+        return (f"{path} is a training run's checkpoint (for --resume); the run's model is "
+                f"{folder.parent / 'model'}: pass that")
+    if folder.is_file() and folder.suffix == ".onnx":
+        from polymodal.export.runtime import is_onnx_folder
+
+        if is_onnx_folder(folder.parent):
+            return f"{path} is one graph of an ONNX export; pass the export folder {folder.parent}"
     if (folder / "model" / "config.json").is_file() and (folder / "checkpoint.pt").is_file():
         return f"{path} is a training run folder; its model is {folder / 'model'}: pass that"
     if (folder / "meta.sqlite").is_file():

@@ -9,7 +9,7 @@ import torch
 from polymodal.apps.zeroshot import PromptCache
 from polymodal.data.images import ImageTransform
 from polymodal.models.interface import EmbeddingInterface
-from polymodal.models.modes import in_eval_mode
+from polymodal.models.modes import check_float32, in_eval_mode
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -41,9 +41,11 @@ class EmbeddingModel(EmbeddingInterface):
     @torch.inference_mode()
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Preprocessed pixels [B, 3, H, W] (self.transform's output) -> float32 [B, dim], rows L2-normalised."""
+        check_float32(self, "model")
         return l2_normalize(self._image_batch(torch.from_numpy(np.ascontiguousarray(pixels)))).numpy()
 
     @in_eval_mode
     @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> np.ndarray:
+        check_float32(self, "model")
         return l2_normalize(self._text_batch(texts)).numpy()

@@ -31,7 +31,7 @@ from polymodal.errors import PolymodalError
 from polymodal.models.beam_search import MAX_TOKENS, NO_REPEAT, beam_search, caption_batches
 from polymodal.models.folders import folder_type, read_folder_config, settings_from, write_model_folder
 from polymodal.models.inputs import as_images, check_count, check_fraction
-from polymodal.models.modes import in_eval_mode
+from polymodal.models.modes import check_float32, in_eval_mode
 
 IMAGE_DIM = 1280
 
@@ -225,6 +225,7 @@ class Captioner(nn.Module):
     def caption(self, images: Any, beam: int = 3, max_tokens: int = 20, batch_size: int = 16,
                 no_repeat: int = NO_REPEAT) -> list[str]:
         """An image or images (paths, PIL images, arrays) -> one caption each (no_repeat: see generate)."""
+        check_float32(self, "captioner")
 
         def pieces_of(batch: list, beam: int, max_tokens: int, no_repeat: int) -> list[list[int]]:
             return self.generate(self.encode_images(batch, batch_size), beam=beam, max_tokens=max_tokens,

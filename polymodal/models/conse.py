@@ -17,7 +17,9 @@ import torch
 from polymodal.cache import atomic_write_bytes, cache_dir
 from polymodal.encoders.efficientnet import LITE0_TRANSFORM, EfficientNetLite0
 from polymodal.encoders.text import SentenceEncoder, minilm_path
+from polymodal.errors import PolymodalError
 from polymodal.models.base import EmbeddingModel
+from polymodal.models.inputs import check_count
 from polymodal.resources import imagenet_classes
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,10 @@ class ConSEModel(EmbeddingModel):
     logit_scale = 50.0  # MiniLM cosines spread less than CLIP's; 50 gives usable softmax scores
 
     def __init__(self, top_k: int = 10) -> None:
+        top_k = check_count(top_k, "top_k")  # 0 would embed every image as a zero vector; -1 or 2.5 fail later
+        n_classes = len(imagenet_classes())
+        if top_k > n_classes:
+            raise PolymodalError(f"top_k must be at most {n_classes} (the ImageNet classes ConSE mixes), got {top_k}")
         super().__init__()
         self.top_k = top_k
         self.version = f"{MODEL_VERSION}-k{top_k}"

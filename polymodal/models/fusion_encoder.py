@@ -49,7 +49,7 @@ from polymodal.errors import PolymodalError
 from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, build_fusion
 from polymodal.models.beam_search import MAX_TOKENS
 from polymodal.models.inputs import as_images, as_texts, check_count, check_fraction, one_question, vqa_rows
-from polymodal.models.modes import in_eval_mode
+from polymodal.models.modes import check_float32, in_eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class FusionEncoder(nn.Module):
     def image_cache_input(self, pixels: Tensor) -> Tensor:
         """Normalised pixels ``[B, 3, S, S]`` -> grid tokens ``[B, g*g, F]``: the tower's 1280-d cell features,
         followed (with pixel_patches) by the cell's raw pixels average-pooled to 8x8 (192 values)."""
-        self._check_float32()
+        check_float32(self, "fusion encoder")
         grid = self.image_tower.spatial(pixels).float()  # [B, 1280, g, g]
         tokens = grid.flatten(2).transpose(1, 2)
         if not self.config.pixel_patches:
@@ -339,17 +339,9 @@ class FusionEncoder(nn.Module):
         img = self.image_tokens(images, row_image, region_mask)
         return self.fuse_tokens(img, self.text_tokens(states), mask)
 
-    def _check_float32(self) -> None:
-        """.half() / .to(torch.bfloat16) would fail deep in a tower with a dtype mismatch: say what works instead."""
-        dtype = next(self.image_proj.parameters()).dtype
-        if dtype != torch.float32:
-            raise PolymodalError(f"this fusion encoder's weights are {dtype}, but it computes in float32: call "
-                                 ".float() on it; for bf16 image inference load it with polymodal.load(NAME, "
-                                 "precision='bf16')")
-
     def _check_inputs(self, images: Any, states: Any, mask: Any, row_image: Any) -> None:
         """One clear error for inputs that would fail deep inside torch (or, worse, broadcast)."""
-        self._check_float32()
+        check_float32(self, "fusion encoder")
         cells = self.config.grid**2
         width = IMAGE_DIM + (PATCH * PATCH * 3 if self.config.pixel_patches else 0)
         for what, x in (("images", images), ("states", states), ("mask", mask)):

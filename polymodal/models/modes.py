@@ -46,3 +46,16 @@ def in_eval_mode(method: Callable) -> Callable:
             return method(self, *args, **kwargs)
 
     return wrapper
+
+
+def check_float32(model: Any, what: str) -> None:
+    """.half() / .to(torch.bfloat16) / .double() on a model would fail deep in a tower ("Input type (float) and bias
+    type (c10::Half) should be the same"): one error saying what works instead. Models that are no nn.Module pass."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if dtype != torch.float32:
+        from polymodal.errors import PolymodalError
+
+        raise PolymodalError(f"this {what}'s weights are {dtype}, but it computes in float32: call .float() on it; "
+                             "for bf16 image inference load it with polymodal.load(NAME, precision='bf16')")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,6 +35,7 @@ from polymodal.errors import PolymodalError
 from polymodal.data.answers import YES_NO, comparable_answer, unique_choices, warn_of
 from polymodal.models.fusion_encoder import _dedupe, choice_rows
 from polymodal.models.inputs import as_images, as_texts, check_count, one_question, vqa_rows
+from polymodal.models.modes import evaluating
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,7 @@ class YesNoModel:
         self.name = self.config.get("name", "coco-yesno")
         self.version = self.config.get("version", "untrained")
         self._base = base
+        self._base_lock = threading.Lock()  # threads answering at once on a fresh model load the base once
 
     @property
     def key(self) -> str:
@@ -139,8 +142,9 @@ class YesNoModel:
     # -- the towers ---------------------------------------------------------------------------------------
     @property
     def base(self):
-        if self._base is None:
-            self._base = load_base(self.config["base"])
+        with self._base_lock:
+            if self._base is None:
+                self._base = load_base(self.config["base"])
         return self._base
 
     @property
@@ -157,11 +161,13 @@ class YesNoModel:
         images, batch_size = as_images(images), check_count(batch_size, "batch_size")  # one path is one image
         base = self.base
         out: dict[str, list] = {space: [np.zeros((0, DIM), np.float32)] for space in SPACES}
-        for i in range(0, len(images), batch_size):
-            pixels = torch.from_numpy(base.transform(list(images[i : i + batch_size])))
-            pooled = base.image_tower.pooled(pixels).float()
-            out["default"].append(_normalize(base.image_from_cache(pooled).numpy()))
-            out["conse"].append(_normalize(conse_embedding(base.image_tower.net._fc(pooled), base.class_matrix).numpy()))
+        with evaluating(base):  # the base's heads have dropout: off, however the caller left the base
+            for i in range(0, len(images), batch_size):
+                pixels = torch.from_numpy(base.transform(list(images[i : i + batch_size])))
+                pooled = base.image_tower.pooled(pixels).float()
+                out["default"].append(_normalize(base.image_from_cache(pooled).numpy()))
+                out["conse"].append(_normalize(conse_embedding(base.image_tower.net._fc(pooled),
+                                                               base.class_matrix).numpy()))
         return {space: np.concatenate(v) for space, v in out.items()}
 
     @torch.inference_mode()
@@ -172,11 +178,12 @@ class YesNoModel:
         keys = [question_to_statement(q)[1] for q in questions]
         base = self.base
         q_raw, k_raw, k_def = [np.zeros((0, DIM), np.float32)], [np.zeros((0, DIM), np.float32)], [np.zeros((0, DIM), np.float32)]
-        for i in range(0, len(keys), batch_size):
-            q_raw.append(_normalize(base.text_tower([str(q) for q in questions[i : i + batch_size]]).numpy()))
-            raw = base.text_tower(keys[i : i + batch_size])
-            k_raw.append(_normalize(raw.numpy()))
-            k_def.append(_normalize(base.text_head(raw).numpy()))
+        with evaluating(base):
+            for i in range(0, len(keys), batch_size):
+                q_raw.append(_normalize(base.text_tower([str(q) for q in questions[i : i + batch_size]]).numpy()))
+                raw = base.text_tower(keys[i : i + batch_size])
+                k_raw.append(_normalize(raw.numpy()))
+                k_def.append(_normalize(base.text_head(raw).numpy()))
         return {"question": np.concatenate(q_raw), "default": np.concatenate(k_def), "conse": np.concatenate(k_raw)}
 
     # -- features and probabilities -------------------------------------------------------------------------
