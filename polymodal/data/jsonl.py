@@ -94,8 +94,10 @@ def _check_split(path: Path, splits: Counter, wanted: str) -> None:
     _SPLITS[-1][1] += 1  # a JSON file was read under --split
     kept = sum(n for name, n in splits.items() if name.casefold() == wanted.casefold())
     if not kept:
-        carried = ("its rows carry " + ", ".join(f"{name} {n:,}" for name, n in splits.most_common())
-                   if splits else 'its rows carry no "split" field')
+        if not splits:
+            raise PolymodalError(f'{path} has no rows of split {wanted!r}: its rows carry no "split" field; leave '
+                                 "--split out to read every row")
+        carried = "its rows carry " + ", ".join(f"{name} {n:,}" for name, n in splits.most_common())
         raise PolymodalError(f"{path} has no rows of split {wanted!r}: {carried}; pass one of those to --split, "
                              "or leave --split out to read every row")
     if len(splits) > 1:

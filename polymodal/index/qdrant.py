@@ -38,6 +38,7 @@ from polymodal.progress import progress_bar
 log = logging.getLogger(__name__)
 
 DEFAULT_COLLECTION = "polymodal"
+NEEDS_EXTRA = "the Qdrant backend needs the qdrant extra: pip install 'polymodal[qdrant]'"
 _ID_SPACE = uuid.UUID("6f1c1c53-8a55-4d4e-9a7e-2f0c3b1f6d2a")  # polymodal's namespace for point ids
 _PAGE = 10_000  # ids per scroll page and per delete call
 _FLOATS_PER_REQUEST = 2**19  # vector floats per upsert: 256 rows of 2048 dims
@@ -327,7 +328,7 @@ class QdrantCollection(SearchByModel):
             try:
                 from qdrant_client import QdrantClient
             except ImportError:
-                raise PolymodalError("the Qdrant backend needs the qdrant extra: pip install 'polymodal[qdrant]'") from None
+                raise PolymodalError(NEEDS_EXTRA) from None
             folder = os.path.expanduser(self.location)
             if not self.remote and not create and not os.path.isdir(folder):  # a typo must not leave a new folder
                 raise PolymodalError(f"no Qdrant folder at {self.location}; push an index there first (polymodal "
@@ -369,6 +370,8 @@ class QdrantCollection(SearchByModel):
             self._metadata = None  # read again next time: the collection may be gone, or made anew
             if isinstance(exc, PolymodalError):
                 raise
+            if isinstance(exc, ImportError) and (exc.name or "").partition(".")[0] == "qdrant_client":
+                raise PolymodalError(NEEDS_EXTRA) from None
             raise self._explain(exc) from exc  # the client raises several unrelated types (httpx, its own, ...)
 
     def _explain(self, exc: Exception) -> PolymodalError:

@@ -28,7 +28,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
             raise PolymodalError(f"{run_dir} is a run's model folder; its metrics are in the run folder: "
                                  f"polymodal plot {parent}")
         raise PolymodalError(f"no metrics.jsonl in {run_dir}; pass a folder written by `polymodal train`")
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise PolymodalError("plotting needs matplotlib (the train extra): pip install 'polymodal[train]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
