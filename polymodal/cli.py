@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "with; lite for a new index)")
     s.add_argument("--batch-size", type=int, default=32, help="images embedded per forward pass (default 32)")
     s.add_argument("--json", action="store_true", help="print the report as one JSON object, no progress bar")
-    add_runtime(s)
+    add_runtime(s, from_index=True)
     add_precision(s)
     s.set_defaults(func=cmd_index)
 
@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "top match made it match (occlusion: each 2x2 block of a 7x7 grid blanked in turn; 37 extra "
                    "image passes)")
     s.add_argument("--json", action="store_true", help="print the matches as one JSON list")
-    add_runtime(s)
+    add_runtime(s, from_index=True)
     add_precision(s)
     s.set_defaults(func=cmd_search)
 

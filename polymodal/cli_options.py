@@ -21,11 +21,12 @@ EMBED_RUNTIME_HELP = ("onnx: embed with --model's export through onnxruntime (a 
                       "key, so an index built with either runtime searches with the other")
 
 
-def add_runtime(parser, help: str = EMBED_RUNTIME_HELP) -> None:
-    """--runtime (default auto: onnx for an export folder, else torch); `resolve_runtime` settles auto after parsing."""
+def add_runtime(parser, help: str = EMBED_RUNTIME_HELP, from_index: bool = False) -> None:
+    """--runtime (default auto: onnx for an export folder, else torch); `resolve_runtime` settles auto after parsing.
+    from_index: the command falls back to the index's model without --model."""
+    which = "--model, or without it the index's model," if from_index else "--model"
     parser.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
-                        help=f"{help} (default auto: onnx when --model, or without it the index's model, is an export "
-                        "folder, else torch)")
+                        help=f"{help} (default auto: onnx when {which} is an export folder, else torch)")
 
 
 def resolve_runtime(args, model: str | None = None) -> None:

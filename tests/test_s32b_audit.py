@@ -217,7 +217,7 @@ def test_the_embedding_report_table_shows_alone_vs_batch_in_its_column():
     from polymodal.export.onnx_export import report_table
 
     report = {"model": "lite", "validation": "sample", "reference_pytorch_fp32": {"t2i_R@5": 1.0, "i2t_R@5": 1.0},
-              "pytorch_eager_items_per_s": {"image": 10, "text": 100}, "served": {"image": "fp32", "text": "fp32"},
+              "pytorch_fp32_items_per_s": {"image": 10, "text": 100}, "served": {"image": "fp32", "text": "fp32"},
               "served_drop_points": 0.0,
               "tries": [{"tower": "text", "variant": "fp32", "status": "baseline", "items_per_s": 100.0,
                          "min_cosine_vs_pytorch": 1.0, "t2i_R@5": 1.0, "i2t_R@5": 1.0, "drop_points": 0.0,

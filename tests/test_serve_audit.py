@@ -201,7 +201,7 @@ def test_images_per_request_limit_json_and_multipart(client):
 
 
 def test_labels_limit_is_413_and_top_k_is_bounded_by_it(client, cat):
-    assert "4 labels; the limit is 3" in error_of(
+    assert "4 labels; the limit is 3: send at most 3 per request" in error_of(
         client.post("/v1/classify", json={"image": b64(cat), "labels": ["a", "b", "c", "d"]}), 413)
     assert "top_k must be between 1 and 3" in error_of(
         client.post("/v1/classify", json={"image": b64(cat), "labels": ["cat", "dog"], "top_k": 4}), 400)

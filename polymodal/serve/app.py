@@ -682,7 +682,7 @@ def _text_list(value, field: str, limit: int, max_chars: int = 200) -> list[str]
     if blank is not None:
         raise ApiError(400, f"{item} {blank} is empty; every {item} needs some text")
     if len(value) > limit:
-        raise ApiError(413, f"{len(value)} {field}; the limit is {limit}")
+        raise ApiError(413, f"{len(value)} {field}; the limit is {limit}: send at most {limit} per request")
     if any(len(x) > max_chars for x in value):
         raise ApiError(400, f"a {item} is longer than {max_chars} characters")
     return check_unicode_field(value, field)
