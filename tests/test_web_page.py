@@ -163,7 +163,29 @@ def test_adding_a_photo_the_index_holds_says_it_was_skipped(browser_tools, lite,
         page.wait_for_function("document.getElementById('meta').textContent.includes('images')", timeout=20_000)
         page.set_input_files("#add-files", str(gallery / "cat.jpg"))
         page.click("#add-form button")
-        page.wait_for_function("document.getElementById('status').textContent.startsWith('added')", timeout=20_000)
-        text = page.inner_text("#status")
+        page.wait_for_function("document.getElementById('add-status').textContent.startsWith('added')",
+                               timeout=20_000)
+        text = page.inner_text("#add-status")
         assert text.startswith("added 0 images (1 skipped: the same image is already in the index (id "), text
+        assert page.errors == []
+
+
+def test_a_damaged_upload_is_reported_in_the_add_panel(browser_tools, lite, db, gallery, tmp_path):
+    """Stop 39's review: the error of an upload with a truncated photo showed under the search box at the top of the
+    page, not in the Add panel the user was looking at; nothing is added (the request is all or nothing)."""
+    from polymodal.serve import create_app
+
+    copy = tmp_path / "db"
+    shutil.copytree(db, copy)
+    half = tmp_path / "half.jpg"
+    half.write_bytes((gallery / "rocket.jpg").read_bytes()[:3000])
+    with _serving(create_app(lite, copy)) as url, _page(browser_tools, tmp_path) as page:
+        page.goto(url + "/", wait_until="domcontentloaded")
+        page.wait_for_function("document.getElementById('meta').textContent.includes('images')", timeout=20_000)
+        before = page.inner_text("#meta")
+        page.set_input_files("#add-files", [str(gallery / "cat.jpg"), str(half)])
+        page.click("#add-form button")
+        page.wait_for_function("document.getElementById('add-status').className === 'error'", timeout=20_000)
+        assert "half.jpg is a damaged or truncated image" in page.inner_text("#add-status")
+        assert page.inner_text("#status") == "" and page.inner_text("#meta") == before
         assert page.errors == []

@@ -32,7 +32,8 @@ PAGE = r"""<!doctype html>
   #drop.over { border-color: var(--accent); color: var(--accent); }
   #drop label { color: var(--accent); cursor: pointer; text-decoration: underline; }
   #status { min-height: 22px; margin: 12px 0 4px; color: var(--muted); }
-  #status.error { color: #b42318; }
+  #add-status { margin-top: 10px; color: var(--muted); }
+  #status.error, #add-status.error { color: #b42318; }
   #results { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 14px; margin-top: 8px; }
   .hit { background: #fff; border: 1px solid var(--line); border-radius: 10px; overflow: hidden; }
   .hit img { width: 100%; aspect-ratio: 1; object-fit: cover; display: block; background: #eef0f3; }
@@ -90,6 +91,7 @@ PAGE = r"""<!doctype html>
   <section class="box" id="add">
     <h2>Add images to the index</h2>
     <form id="add-form"><input id="add-files" type="file" accept="image/*" multiple><button type="submit">Add</button></form>
+    <div id="add-status" role="status"></div>  <!-- here, not in #status far above, where no one adding looks -->
   </section>
 </main>
 <script>
@@ -103,9 +105,10 @@ function headers(extra) {
   if (apiKey) h["X-API-Key"] = apiKey;
   return h;
 }
-function status(text, isError) {
-  $("status").textContent = text;
-  $("status").className = isError ? "error" : "";
+function status(text, isError, where) {
+  const line = $(where || "status");
+  line.textContent = text;
+  line.className = isError ? "error" : "";
 }
 const ROOT_PATH = __ROOT_PATH__;  // where a reverse proxy mounts the service (serve --root-path), "" at the root
 async function api(path, options) {
@@ -243,16 +246,16 @@ $("caption-form").addEventListener("submit", async (ev) => {
 $("add-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const files = $("add-files").files;
-  if (!files.length) { status("choose images to add", true); return; }
+  if (!files.length) { status("choose images to add", true, "add-status"); return; }
   const form = new FormData();
   for (const f of files) form.append("image", f);
-  status("adding " + files.length + " images…", false);
+  status("adding " + files.length + " images…", false, "add-status");
   try {
     const res = await api("/v1/index", { method: "POST", body: form });
     const held = res.skipped.length ? " (" + res.skipped.length + " skipped: " + res.skipped[0].reason + ")" : "";
-    status("added " + res.added.length + " images" + held + "; the index holds " + res.count, false);
+    status("added " + res.added.length + " images" + held + "; the index holds " + res.count, false, "add-status");
     loadInfo();
-  } catch (e) { status(e.message, true); }
+  } catch (e) { status(e.message, true, "add-status"); }
 });
 $("key-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
