@@ -83,8 +83,13 @@ class ITMObjective(Objective):
     def compute(self, model, batch: PretrainBatch) -> tuple[torch.Tensor, dict]:
         logits = model.itm_logits(batch.images, batch.states, batch.mask, batch.row_image)
         loss = itm_loss(logits, batch.itm_labels)
-        correct = (logits > 0).float() == batch.itm_labels
-        return loss, {"itm_loss": float(loss.detach()), "itm_accuracy": float(correct.float().mean())}
+        correct = ((logits > 0).float() == batch.itm_labels).float()
+        positive = batch.itm_labels > 0.5
+        # two negatives a caption: "never a match" scores 2/3 accuracy; balanced accuracy (the mean of the
+        # positives' and the negatives' accuracy) is 0.5 for it and for chance
+        balanced = (correct[positive].mean() + correct[~positive].mean()) / 2
+        return loss, {"itm_loss": float(loss.detach()), "itm_accuracy": float(correct.mean()),
+                      "itm_balanced_accuracy": float(balanced)}
 
 
 class MLMObjective(Objective):

@@ -401,14 +401,17 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
     return model
 
 
+def layers_under_heads_train(model: FusionEncoder) -> bool:
+    """Whether the projections or the fusion, which every head reads, train in this run."""
+    under = set(FREEZABLE["projections"]) | set(FREEZABLE["fusion"])
+    return any(p.requires_grad for n, p in model.named_parameters() if n.split(".")[0] in under)
+
+
 def warn_of_a_drifting_itm_head(model: FusionEncoder, itm_weight: float, name: str) -> bool:
     """A continued model's ITM head that this run does not train (itm_weight 0) while the projections or fusion
     under it do: its scores drift, and multiple choice uses them for choices outside the answer vocabulary.
     Warned of (not dropped): a drifted head still ranks those choices, where no head would score them all 0."""
-    if model.itm is None or itm_weight > 0:
-        return False
-    under = set(FREEZABLE["projections"]) | set(FREEZABLE["fusion"])
-    if not any(p.requires_grad for n, p in model.named_parameters() if n.split(".")[0] in under):
+    if model.itm is None or itm_weight > 0 or not layers_under_heads_train(model):
         return False
     log.warning("%s's image-text matching (ITM) head does not train in this run (itm_weight 0) but the layers under "
                 "it do, so its scores drift; multiple choice uses them for choices outside the answer vocabulary. "
