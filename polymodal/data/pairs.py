@@ -142,7 +142,17 @@ def read_pair_sources(sources: Sequence[str | Path]) -> PairSet:
     if len(sets) == 1:
         return sets[0]
     repeats: list = []  # the same pair in two sources: counted once, and said (each source reported its own)
-    pairs = without_repeats([p for ps in sets for p in ps.pairs], repeats)
+    first: dict = {}  # (image, caption) -> the source that gave it first
+    pairs = []
+    for ps, given in zip(sets, sources):
+        for pair in ps.pairs:
+            key = (pair.image, pair.caption)
+            if key in first:
+                repeats.append((str(pair.image), f"repeats in {given} the caption {pair.caption!r} given for it in "
+                                                 f"{first[key]}"))
+                continue
+            first[key] = given
+            pairs.append(pair)
     source = ",".join(map(str, sources))
     report_skipped(source, repeats, len(pairs), "image-caption pairs", f"pass {FORMATS}", "repeated row")
     return PairSet.from_pairs(pairs, [x for ps in sets for x in ps.skipped] + repeats, source=source)
