@@ -33,7 +33,10 @@ def _umask() -> int:
 def temp_beside(path: Path) -> tuple[int, str]:
     """(fd, name) of a new hidden temporary file in `path`'s folder, to be renamed onto `path` once complete."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # name the file the user asked for, not a hidden temporary name they never gave
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result is an ordinary file, as open() would make it
     return fd, tmp
 
