@@ -533,6 +533,7 @@ def main(argv=None) -> int:
     resolve_runtime(args)
     before = _checkpoint_stamp(args)  # what an interrupted `train` kept is judged against it
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # -v: not its "Could not load library with AVX512" chatter
     try:
         from polymodal.eval.per_item import strict_reading
 
