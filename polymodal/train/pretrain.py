@@ -59,8 +59,8 @@ from polymodal.train.guards import (
 )
 from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatch
 from polymodal.train.run_settings import (
-    _another_run,
     absolute_paths,
+    another_run,
     check_same_fusion,
     check_same_run,
     name_after_run,
@@ -603,7 +603,7 @@ def check_same_validation(out: Path, recipe: PretrainRecipe) -> None:
             *(["hard_k", "negatives"] if "itm" in names else [])]
     changed = [(k, saved[k], now[k]) for k in keys if k in saved and saved[k] != now[k]]
     if changed:
-        raise _another_run(out, changed)
+        raise another_run(out, changed)
 
 
 def _check_mrm_target(target: str, head: str, what: str) -> None:

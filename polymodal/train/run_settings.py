@@ -96,7 +96,7 @@ def check_same_run(out: Path, arch, train, ignore: Sequence[str] = (), freeze: S
     if freeze is not None and isinstance(was_frozen, list) and sorted(was_frozen) != sorted(freeze):
         changed.append(("freeze", ",".join(was_frozen) or '""', ",".join(freeze) or '""'))
     if changed:
-        raise _another_run(out, changed)
+        raise another_run(out, changed)
 
 
 def check_same_fusion(out: Path, arch) -> None:
@@ -104,7 +104,7 @@ def check_same_fusion(out: Path, arch) -> None:
     cross-attention's "query") would not fit the other fusion, and that error would hide this one."""
     changed = _changed(recorded_settings(out), "arch", arch, lambda k: k == "fusion")  # nothing recorded: nothing changed
     if changed:
-        raise _another_run(out, changed)
+        raise another_run(out, changed)
 
 
 def check_same_answers(out: Path, answers: Sequence[str]) -> None:
@@ -133,7 +133,7 @@ def recorded_settings(out: Path):
         return None
 
 
-def _another_run(out: Path, changed: list[tuple]) -> PolymodalError:
+def another_run(out: Path, changed: list[tuple]) -> PolymodalError:
     was = ", ".join(f"--{k.replace('_', '-')} {_flag_value(old)} (asked now: {_flag_value(new)})"
                     for k, old, new in changed)
     return PolymodalError(f"the run in {out} was trained with {was}; resume with the run's settings (leave them "
