@@ -20,8 +20,31 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "polymodal"
     )
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only HOME (containers): caches are recomputed (write_cache_bytes says so)
+        log.debug("cannot create the cache folder %s: %s", path, exc)
     return path
+
+
+_UNWRITABLE_WARNED: set[str] = set()
+
+
+def write_cache_bytes(path: Path, data: bytes) -> bool:
+    """atomic_write_bytes for a file that only saves time (class prompts, features): where it cannot be written (a
+    read-only HOME or POLYMODAL_CACHE, a full disk) one warning naming POLYMODAL_CACHE, and False: the caller keeps
+    its result in memory, so built-in models load and answer all the same."""
+    path = Path(path)
+    try:
+        atomic_write_bytes(path, data)
+        return True
+    except OSError as exc:
+        folder = str(cache_dir())
+        if folder not in _UNWRITABLE_WARNED:
+            _UNWRITABLE_WARNED.add(folder)
+            log.warning("cannot write the cache folder %s (%s): its files are recomputed each run; set "
+                        "POLYMODAL_CACHE to a writable folder to keep them", folder, exc.strerror or exc)
+        return False
 
 
 def _umask() -> int:
@@ -128,12 +151,14 @@ def load_cached(key: str, kind: str):
 
 
 def store_cached(path: Path, array):
-    """Write `array` to `path` atomically; -> it, memory-mapped from there."""
+    """Write `array` to `path` atomically; -> it, memory-mapped from there (or `array` itself where the cache cannot
+    be written)."""
     import io
 
     import numpy as np
 
     buf = io.BytesIO()
     np.save(buf, array)
-    atomic_write_bytes(path, buf.getvalue())
+    if not write_cache_bytes(path, buf.getvalue()):
+        return np.asarray(array)
     return np.load(path, mmap_mode="r")

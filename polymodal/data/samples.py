@@ -41,12 +41,14 @@ def _sklearn(filename: str) -> np.ndarray:
     return load_sample_image(filename)
 
 
-def sample_photos() -> dict[str, tuple[np.ndarray, str]]:
-    """name -> (HxWx3 uint8 array, description). Needs scikit-image (pip install 'polymodal[demo]')."""
+def sample_photos(needed_by: str = "the sample gallery", extra: str = "demo",
+                  instead: str = "") -> dict[str, tuple[np.ndarray, str]]:
+    """name -> (HxWx3 uint8 array, description). Needs scikit-image (the demo and onnx extras); the error names
+    ``needed_by``, the ``extra`` that brings it there and, where the caller has one, what to do ``instead``."""
     try:
         photos = {n: (_skimage(src), d) for n, (src, d) in SKIMAGE_PHOTOS.items()}
     except ImportError as exc:
-        raise PolymodalError("the sample gallery needs scikit-image; pip install 'polymodal[demo]'") from exc
+        raise PolymodalError(f"{needed_by} needs scikit-image; pip install 'polymodal[{extra}]'{instead}") from exc
     try:
         photos.update({n: (_sklearn(src), d) for n, (src, d) in SKLEARN_PHOTOS.items()})
     except ImportError:

@@ -74,7 +74,8 @@ def validation_set(pairs: str | Path | Sequence | None = None, limit: int = 300,
     if pairs is None:
         from polymodal.data.samples import sample_photos
 
-        photos = sample_photos()
+        photos = sample_photos("checking an export on the built-in sample photos", "onnx",
+                               " or pass --val-pairs FILE (image-caption pairs)")
         return ValidationSet([a for a, _ in photos.values()], [d for _, d in photos.values()],
                              np.arange(len(photos)), "built-in sample photos (pass --val-pairs for a real gate)")
     from polymodal.eval.retrieval import read_pairs

@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import torch
 
-from polymodal.cache import atomic_write_bytes, cache_dir
+from polymodal.cache import cache_dir, write_cache_bytes
 from polymodal.encoders.efficientnet import LITE0_TRANSFORM, EfficientNetLite0
 from polymodal.encoders.text import SentenceEncoder, minilm_path
 from polymodal.errors import PolymodalError
@@ -53,7 +53,7 @@ def class_prompt_matrix(text_tower) -> np.ndarray:
     matrix = torch.nn.functional.normalize(matrix, dim=-1).numpy()
     buf = io.BytesIO()
     np.save(buf, matrix)
-    atomic_write_bytes(path, buf.getvalue())
+    write_cache_bytes(path, buf.getvalue())  # a read-only cache: computed again next time, with a warning
     return matrix
 
 
