@@ -61,6 +61,9 @@ def _padding_mask(m, i: int, fusion: str) -> Tensor:
         except (TypeError, ValueError, RuntimeError):
             raise PolymodalError(f"{fusion} fusion: mask {i} must be a [B, T] tensor (True = real token), got "
                                  f"{type(m).__name__}") from None
+    if m.is_floating_point() and _vmapped(m):  # vmap cannot read values: the 0/1 check below would fail inside it
+        raise PolymodalError(f"{fusion} fusion: mask {i} is a float mask under torch.func.vmap, where its values cannot "
+                             "be checked for 0 and 1; pass a bool mask (True = real token), e.g. mask.bool()")
     if m.is_floating_point() and not bool(((m == 0) | (m == 1)).all()):
         raise PolymodalError(f"{fusion} fusion: mask {i} holds values other than 0 and 1 (an additive attention "
                              "mask, 0 / -inf?); pass a bool mask with True for real tokens, e.g. mask == 0")
@@ -73,6 +76,17 @@ INVERTED_CHECKS = 16
 def _tracing() -> bool:
     """While tracing or compiling, a data-dependent branch (and a counter the compiler would guard on) is out."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def _vmapped(m: Tensor) -> bool:
+    """True for a tensor that torch.func.vmap maps over (per-sample gradients, ensembles): reading its values
+    (bool(), .item()) raises inside vmap, so the checks that read a mask skip it (or, for a float mask, refuse it)."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(m):  # vmap(grad(f)): grad's wrapper around vmap's batched tensor
+        if functorch.is_batchedtensor(m):
+            return True
+        m = functorch.get_unwrapped(m)
+    return False
 
 
 def _looks_inverted(m: Tensor) -> bool:
@@ -196,7 +210,8 @@ class FusionModule(nn.Module):
                         f"got {tuple(m.shape)}"
                     )
                 m = m.to(device=x.device) != 0 if m.dtype != torch.bool else m.to(device=x.device)
-                if not _tracing() and self._inverted_checks_left > 0:  # never read while compiling: no guard on it
+                # never read while compiling (no guard on it) or inside vmap (a mapped mask cannot be read)
+                if not _tracing() and self._inverted_checks_left > 0 and not _vmapped(m):
                     self._inverted_checks_left -= 1
                     if _looks_inverted(m):
                         self._inverted_checks_left = 0
@@ -211,14 +226,21 @@ class FusionModule(nn.Module):
 
     def _as_weight_dtype(self, x: Tensor, i: int) -> Tensor:
         """Integer or bool features become the weights' dtype (every fusion then takes them, not only the linear
-        ones); another float dtype is a mistake to name (torch.from_numpy of a float64 array), unless autocast runs."""
+        ones); another float dtype is a mistake to name (torch.from_numpy of a float64 array), unless autocast runs
+        and takes it (float32, or autocast's own dtype)."""
         weight = next(self.parameters(), None)
         if weight is None or x.dtype == weight.dtype:
             return x
         if not (x.is_floating_point() or x.is_complex()):
             return x.to(weight.dtype)
         if torch.is_autocast_enabled(x.device.type):
-            return x
+            # autocast casts float32 to its dtype, but never float64 (and a third dtype meets torch.cat's promotion
+            # unprepared): those failed inside the first matmul as "mat1 and mat2 must have the same dtype"
+            fast = torch.get_autocast_dtype(x.device.type)
+            if x.dtype in (torch.float32, fast):
+                return x
+            raise PolymodalError(f"{self.name} fusion: modality {i} is {x.dtype}; under autocast ({fast}) pass "
+                                 f"float32 or {fast} inputs (x.float())")
         raise PolymodalError(f"{self.name} fusion: modality {i} is {x.dtype} but the module's weights are "
                              f"{weight.dtype}; cast the inputs (x.to({weight.dtype})) or the module (.to(dtype))")
 
