@@ -1,7 +1,8 @@
 """Captioning speed: beam search keeping keys/values (generate's default) vs rerunning [prefix ; words] each step.
 
     python benchmarks/caption_speed.py [--photos 32] [--beam 3]
-    python benchmarks/caption_speed.py --onnx DIR    # end to end (photo files -> captions): PyTorch vs the export
+    python benchmarks/caption_speed.py --onnx DIR    # whole caption() calls on decoded photos (image tower + beam
+                                                     # search; JPEG decoding is not timed): PyTorch vs the export
                                                      # in DIR (`polymodal export onnx captioner --out DIR`)
 
 Both decode the same photos (scikit-image's gallery, repeated) from the built-in captioner; prints one JSON line per
@@ -10,11 +11,17 @@ way and their ratio, and whether the captions agree.
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 
-import torch
+# Idle OpenMP threads sleep unless the caller chose (OMP_WAIT_POLICY=ACTIVE for a quiet machine), as the CLI does
+# (polymodal/cli.py): beside other jobs, spinning threads made this ratio swing by several times from run to run
+# (benchmarks/omp_wait_policy.py). OpenMP reads it when torch loads; each line records it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -32,7 +39,6 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_sample_gallery(tmp)
         photos = [paths[i % len(paths)] for i in range(args.photos)]
-        grid = model.encode_images(photos)
         if args.onnx:
             from polymodal.data.images import load_image
 
@@ -41,6 +47,7 @@ def main(argv=None) -> int:
             ways = {"onnx": lambda: exported.caption(images, beam=args.beam),
                     "pytorch": lambda: model.caption(images, beam=args.beam)}
         else:
+            grid = model.encode_images(photos)  # computed beforehand: only the beam search is timed
             batches = [grid[i : i + 16] for i in range(0, len(grid), 16)]
             ways = {"cached": lambda: [c for g in batches for c in model.generate(g, beam=args.beam)],
                     "rerun": lambda: [c for g in batches for c in model.generate(g, beam=args.beam, use_cache=False)]}
@@ -53,7 +60,8 @@ def main(argv=None) -> int:
                     results.setdefault(name, []).append(time.perf_counter() - t0)
     for name, times in results.items():
         print(json.dumps({"decoding": name, "photos": args.photos, "beam": args.beam,
-                          "photos_per_s": round(args.photos / min(times), 2)}))
+                          "photos_per_s": round(args.photos / min(times), 2), "threads": torch.get_num_threads(),
+                          "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}))
     first, second = ways
     print(json.dumps({f"{first}_over_{second}": round(min(results[second]) / min(results[first]), 2),
                       "same_captions": outputs[first] == outputs[second]}))

@@ -92,6 +92,10 @@ def main(argv=None) -> int:
 
     from polymodal.data.pairs import open_pair_image, read_pair_source, split_by_image
 
+    for needed in (SHARED / "flickr8k-dev" / "pairs.jsonl", SHARED / "coco-mini-train" / "pairs.jsonl"):
+        if not needed.is_file():
+            print(f"needs {needed} (see ../shared/data/README.md)", file=sys.stderr)
+            return 2
     flickr = read_pair_source(SHARED / "flickr8k-dev" / "pairs.jsonl")
     coco = read_pair_source(SHARED / "coco-mini-train" / "pairs.jsonl")
     train_set, held = split_by_image(flickr, args.heldout_fraction, seed=0)

@@ -37,6 +37,14 @@ CHOSEN = "CHOSEN: 4 z-scores + question embedding (LR C=0.3, shipped code)"
 CAPTION_KS = (10, 25, 50, 100)  # caption-kNN neighbour counts; each fold picks one by inner CV on its training rows
 
 
+def needs_sklearn() -> None:
+    """The attempts fit scikit-learn's models: without it, one line naming the extra, not a traceback."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise SystemExit("this benchmark needs scikit-learn: pip install 'polymodal[demo]'") from None
+
+
 def read_rows(qa: Path) -> list[dict]:
     rows = [json.loads(line) for line in qa.read_text().splitlines() if line.strip()]
     for r in rows:
@@ -290,6 +298,7 @@ def main() -> int:
                     help="caption pair files for the joint-heads and caption-kNN attempts (none: skip them)")
     ap.add_argument("--save-builtin", action="store_true")
     args = ap.parse_args()
+    needs_sklearn()
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
 

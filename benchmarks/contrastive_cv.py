@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from polymodal.data.augment import Augment, make_rng
 from polymodal.data.pairs import PairSet, read_pair_source
+from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.index.store import query_matrix
 from polymodal.models.dual_encoder import DualEncoder
@@ -44,17 +45,21 @@ def main(argv=None) -> int:
                          "from the images alone, and from images and texts both")
     args = ap.parse_args(argv)
 
-    settings = json.loads(open(args.config).read()) if args.config else {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        section, _, name = key.rpartition(".")
-        (settings.setdefault(section, {}) if section else settings)[name] = json.loads(value)
-    settings.update(pairs=[args.pairs], out=tempfile.mkdtemp(prefix="cv-"))
-    recipe = ContrastiveRecipe.from_dict(settings)
+    try:
+        settings = json.loads(open(args.config).read()) if args.config else {}
+        for item in args.set:
+            key, value = item.split("=", 1)
+            section, _, name = key.rpartition(".")
+            (settings.setdefault(section, {}) if section else settings)[name] = json.loads(value)
+        main_set = read_pair_source(args.pairs)
+        extra = PairSet.from_pairs([p for s in args.extra_pairs for p in read_pair_source(s).pairs])
+        settings.update(pairs=[args.pairs], out=tempfile.mkdtemp(prefix="cv-"))
+        recipe = ContrastiveRecipe.from_dict(settings)
+    except (OSError, ValueError, PolymodalError) as exc:  # a missing file, a bad --set or recipe key
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     recipe.train.patience = 0  # fixed epochs: held-out folds must not choose the model
 
-    main_set = read_pair_source(args.pairs)
-    extra = PairSet.from_pairs([p for s in args.extra_pairs for p in read_pair_source(s).pairs])
     all_set = PairSet.from_pairs(main_set.pairs + extra.pairs)
     n_main = len(main_set.images)
     set_seed(recipe.train.seed)

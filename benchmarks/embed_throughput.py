@@ -1,4 +1,4 @@
-"""Images/s and texts/s of a model at batch 1 and 32, PyTorch eager and ONNX runtime; one JSON line each.
+"""Images/s and texts/s of a model at batch 1 and 32, PyTorch (fp32 BatchNorm-folded, bf16) and onnxruntime.
 
     python benchmarks/embed_throughput.py --model lite                        # torch and onnx (exported to a temp dir)
     python benchmarks/embed_throughput.py --model lite --onnx-dir EXPORT      # an existing `polymodal export onnx`
@@ -6,18 +6,24 @@
 
 End to end from decoded photos (preprocessing included). With both runtimes, ratio lines give onnx/torch per kind
 and batch size (and torch-bf16/torch), measured in the same run, the runtimes alternating (this machine is noisy:
-compare ratios, not absolute rates). torch-bf16 is left out, with a line saying so, on a CPU without bf16 kernels.
+compare ratios, not absolute rates). torch-bf16 is left out, with a line saying so, on a CPU without bf16 kernels,
+and onnx where the onnx extra is not installed.
 """
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import polymodal
-from polymodal.data.samples import sample_photos
+# idle OpenMP threads sleep unless the caller chose (ACTIVE on a quiet machine): spinning beside other jobs
+# made speed ratios swing by several times (benchmarks/omp_wait_policy.py); OpenMP reads it when torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import polymodal  # noqa: E402
+from polymodal.data.samples import sample_photos  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere (the tests load it by path)
 from cpu_runtimes import runnable  # noqa: E402
@@ -55,7 +61,11 @@ def main(argv=None) -> int:
     rates = {}
     with tempfile.TemporaryDirectory(prefix="embed-throughput-") as tmp:
         models = {}
-        for runtime in runnable(args.runtime.split(","), "embed_throughput"):
+        runtimes = runnable(args.runtime.split(","), "embed_throughput")
+        if not runtimes:
+            print("none of --runtime runs here (see the skipped lines); add torch", file=sys.stderr)
+            return 2
+        for runtime in runtimes:
             if runtime == "onnx":
                 folder = args.onnx_dir or _export(args.model, Path(tmp) / "onnx")
                 models[runtime] = polymodal.load(folder, runtime="onnx")

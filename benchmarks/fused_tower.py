@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
-import torch
+# idle OpenMP threads sleep unless the caller chose (ACTIVE on a quiet machine): spinning beside other jobs
+# made speed ratios swing by several times (benchmarks/omp_wait_policy.py); OpenMP reads it when torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 
 def _rate(fn, items: int, seconds: float) -> float:

@@ -56,6 +56,9 @@ def main(argv=None) -> int:
     from polymodal.export.onnx_export import export_onnx, validation_set
     from polymodal.export.runtime import OnnxEmbeddingModel
 
+    if args.pairs and not Path(args.pairs).is_file():
+        print(f"no pairs file at {args.pairs}; pass --pairs", file=sys.stderr)
+        return 2
     texts = _texts(args.pairs, args.texts)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "lite"

@@ -26,7 +26,8 @@ from PIL import Image
 
 from polymodal.data.images import ImageTransform
 from polymodal.index import ImageIndex
-from polymodal.index.qdrant import QdrantCollection
+from polymodal.errors import PolymodalError
+from polymodal.index.qdrant import NEEDS_EXTRA, QdrantCollection
 from polymodal.models.base import EmbeddingModel
 
 
@@ -65,13 +66,26 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=20_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--qdrant", help="a server URL; default: Qdrant's local mode in a temp folder")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    try:
+        import qdrant_client  # noqa: F401
+    except ImportError:
+        print(f"error: {NEEDS_EXTRA}", file=sys.stderr)
+        return 2
+    try:
+        return _run(args)
+    except PolymodalError as exc:  # e.g. no server at --qdrant
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = RandomVectors(args.dim)

@@ -9,10 +9,16 @@ batch 1 and 32 in this process. Ratio lines (polymodal / transformers) are what 
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
+
+# Idle OpenMP threads sleep unless the caller chose (OMP_WAIT_POLICY=ACTIVE for a quiet machine), as the CLI does
+# (polymodal/cli.py): beside other jobs, spinning threads made this ratio swing by several times from run to run
+# (benchmarks/omp_wait_policy.py). OpenMP reads it when torch loads; each line records it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 STARTUP = {
     "polymodal": (
@@ -91,7 +97,8 @@ def main(argv=None) -> int:
                      "transformers": texts_per_second(encode_theirs, batch, args.seconds)}
             for side, rate in rates.items():
                 print(json.dumps({"bench": "text_tower_throughput", "side": side, "batch": batch,
-                                  "texts_per_s": round(rate, 1)}))
+                                  "texts_per_s": round(rate, 1), "threads": torch.get_num_threads(),
+                                  "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}))
             print(json.dumps({"bench": "text_tower_throughput", "batch": batch, "ratio": "polymodal/transformers",
                               "value": round(rates["polymodal"] / rates["transformers"], 3)}))
     return 0

@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
-import numpy as np
-import torch
+# idle OpenMP threads sleep unless the caller chose (ACTIVE on a quiet machine): spinning beside other jobs
+# made speed ratios swing by several times (benchmarks/omp_wait_policy.py); OpenMP reads it when torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from polymodal.data.samples import sample_photos
-from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig
-from polymodal.train.features import image_features, text_features
-from polymodal.train.objectives import ContrastiveObjective
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from polymodal.data.samples import sample_photos  # noqa: E402
+from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig  # noqa: E402
+from polymodal.train.features import image_features, text_features  # noqa: E402
+from polymodal.train.objectives import ContrastiveObjective  # noqa: E402
 
 CAPTIONS = ["a dog runs on the beach", "two children play football", "a man rides a bike", "food on a table"]
 

@@ -1,0 +1,46 @@
+"""A benchmark whose data is missing says so in one line and exits 2, never with a traceback: captioning.py without
+../shared/data, contrastive_cv.py and int8_batch_dependence.py with a --pairs (or --config) that is not there."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _main(name: str):
+    spec = importlib.util.spec_from_file_location(f"_benchmark_s40_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(spec.name, None)
+    return module
+
+
+def test_captioning_without_the_shared_data(tmp_path, capsys, monkeypatch):
+    module = _main("captioning")
+    monkeypatch.setattr(module, "SHARED", tmp_path / "shared" / "data")
+    assert module.main(["--epochs", "1"]) == 2
+    assert "needs " + str(tmp_path / "shared" / "data" / "flickr8k-dev" / "pairs.jsonl") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--pairs", "{missing}"], ["--pairs", "{pairs}", "--extra-pairs", "{missing}"],
+                                  ["--pairs", "{pairs}", "--config", "{missing}"]])
+def test_contrastive_cv_with_a_missing_file(argv, tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"image": "a.jpg", "caption": "a cat"}\n')
+    argv = [a.format(missing=tmp_path / "nothing.jsonl", pairs=pairs) for a in argv]
+    assert _main("contrastive_cv").main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nothing.jsonl" in err and "Traceback" not in err
+
+
+def test_int8_batch_dependence_with_a_missing_pairs_file(tmp_path, capsys):
+    assert _main("int8_batch_dependence").main(["--pairs", str(tmp_path / "nothing.jsonl")]) == 2
+    assert f"no pairs file at {tmp_path / 'nothing.jsonl'}" in capsys.readouterr().err
