@@ -170,7 +170,8 @@ class FusionModule(nn.Module):
         """Validate and normalise: returns ``[B, T_i, D_i]`` tokens with padded positions zeroed, and
         ``[B, T_i]`` bool masks (never None)."""
         if isinstance(inputs, Tensor) or len(inputs) != len(self.dims):
-            got = "one tensor" if isinstance(inputs, Tensor) else f"{len(inputs)} inputs"
+            got = "one tensor" if isinstance(inputs, Tensor) else (
+                "1 input" if len(inputs) == 1 else f"{len(inputs)} inputs")
             raise PolymodalError(
                 f"{self.name} fusion was built for {len(self.dims)} modalities (dims={self.dims}) but got {got}; "
                 "pass a list with one [B, T, D] or [B, D] tensor per modality"
@@ -218,7 +219,8 @@ class FusionModule(nn.Module):
                         log.warning("%s fusion: mask %d looks inverted (rows whose tokens start after padding, "
                                     "beside rows of padding only): polymodal's masks are True for real tokens, as "
                                     "Hugging Face's attention_mask; PyTorch's key_padding_mask is the opposite: "
-                                    "pass ~mask", self.name, i)
+                                    "pass ~mask (left-padded text beside an empty row looks the same: then it is "
+                                    "right as it is)", self.name, i)
                 x = torch.where(m[..., None], x, x.new_zeros(()))
             tokens_out.append(x)
             masks_out.append(m)
