@@ -145,7 +145,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--db", help="index folder built by `polymodal index`")
     add_qdrant(s, "serve this Qdrant collection instead of --db (searches and thumbnails; images are added by "
                "pushing indexes to it: polymodal index --qdrant); several servers can share one")
-    add_runtime(s, "onnx: serve the export of --model (`polymodal export onnx`) through onnxruntime, without torch")
+    add_runtime(s, "onnx: serve the export of --model (`polymodal export onnx`) through onnxruntime, without torch",
+                from_index=True)  # without --model it serves the index's model
     add_precision(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     s.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")

@@ -45,3 +45,14 @@ def test_resume_with_the_same_settings_still_runs(one_epoch, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(out, run)
     assert cli.main(["train", "pretrain", "--out", str(run), "--epochs", "2", "--resume", "--quiet"]) == 0
+
+
+def test_resume_with_random_negatives_takes_another_hard_k(gallery, tmp_path):
+    """hard_k mines nothing with --negatives random: another value changes no validation negative, so it is no
+    reason to refuse the resume."""
+    pairs = gallery / "s39-random-pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"image": f"{n}.jpg", "caption": f"a photo of a {n}"}) + "\n" for n in NAMES))
+    args = ["train", "pretrain", "--pairs", str(pairs), "--val-pairs", str(pairs), "--objectives", "itm", "--dim", "32",
+            "--batch-size", "16", "--negatives", "random", "--out", str(tmp_path / "run"), "--quiet"]
+    assert cli.main(args + ["--epochs", "1"]) == 0
+    assert cli.main(args + ["--epochs", "2", "--resume", "--hard-k", "3"]) == 0

@@ -11,13 +11,24 @@ import pytest
 from test_benchmarks_run import BENCHMARKS, run_benchmark
 
 PROBE = """import os, runpy, sys
+seen = []  # the policy when torch is first imported: what OpenMP reads (set after it, it is too late)
+
+
+class FirstTorchImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+        return None
+
+
+sys.meta_path.insert(0, FirstTorchImport())
 script = sys.argv[1]
 sys.argv = [script, "--help"]
 try:
     runpy.run_path(script, run_name="__main__")
 except SystemExit:
     pass
-print(os.environ.get("OMP_WAIT_POLICY"))
+print(seen[0] if seen else os.environ.get("OMP_WAIT_POLICY"))  # (torch not imported by --help: set by the end)
 """
 
 

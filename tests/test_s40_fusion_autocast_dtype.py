@@ -21,7 +21,7 @@ def test_float64_inputs_under_autocast_are_named(name):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with pytest.raises(PolymodalError, match=r"modality 0 is torch.float64; under autocast"):
             fusion([x0.double(), x1])
-        with pytest.raises(PolymodalError, match=r"modality 1 is torch.float16"):
-            fusion([x0, x1.half()])
-        for a, b in ((x0, x1), (x0.bfloat16(), x1)):  # float32 and autocast's own dtype still run
+        # float32, autocast's own dtype and another half dtype (float16 under bf16: 7 of 9 fusions ran it before
+        # the check, concat and gated failed in torch.cat) all run
+        for a, b in ((x0, x1), (x0.bfloat16(), x1), (x0, x1.half()), (x0.half(), x1.half())):
             assert torch.isfinite(fusion([a, b]).pooled.float()).all()

@@ -15,7 +15,7 @@ def _runtime_help(args, capsys) -> str:
 
 
 @pytest.mark.parametrize("args, from_index", [
-    (["index"], True), (["search"], True), (["classify"], False), (["caption"], False), (["vqa"], False),
+    (["index"], True), (["search"], True), (["serve"], True), (["classify"], False), (["caption"], False), (["vqa"], False),
     (["eval", "retrieval"], False), (["eval", "vqa"], False),
 ])
 def test_runtime_help_names_the_index_only_where_there_is_one(args, from_index, capsys):

@@ -80,3 +80,15 @@ def test_continued_pretraining_of_a_vqa_model_warns_that_its_answers_drift(pairs
                          "--objectives", "itm", "--epochs", "1", "--out", str(tmp_path / "f"), "--quiet",
                          "--freeze", "projections,fusion"]) == 0
     assert "VQA head does not train" not in caplog.text
+
+
+def test_the_hard_k_warning_does_not_call_mined_captions_random(gallery, tmp_path, caplog):
+    """Two captions an image: hard_k = images - 1 takes every other image, but only half the other images' captions,
+    so the hard caption negatives are still mined: the warning must not say hard measures what random does."""
+    path = gallery / "s40-two-captions.jsonl"
+    path.write_text("".join(json.dumps({"image": f"{n}.jpg", "caption": t.format(n)}) + "\n"
+                            for n in NAMES for t in ("a photo of a {}", "the {} is shown here")))
+    with caplog.at_level(logging.WARNING):
+        assert _pretrain(path, tmp_path / "c", "--objectives", "itm", "--hard-k", str(len(NAMES) - 1)) == 0
+    assert "mined 'hard' images are all the others" in caplog.text
+    assert "val/itm_*_hard measure what val/itm_*_random do" not in caplog.text

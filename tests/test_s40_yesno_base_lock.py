@@ -27,3 +27,11 @@ def test_threads_on_a_fresh_model_load_the_base_once(monkeypatch):
     for t in threads:
         t.join()
     assert loads == ["default"] and len(got) == 4 and all(b is base for b in got)
+
+
+def test_a_model_with_its_lock_still_copies():
+    import copy
+
+    model = yesno.YesNoModel(polymodal.load("coco-yesno").state, polymodal.load("coco-yesno").config)
+    twin = copy.deepcopy(model)  # TypeError: cannot pickle '_thread.lock' object
+    assert twin.name == model.name and twin._base_lock is not model._base_lock

@@ -229,18 +229,21 @@ class FusionModule(nn.Module):
     def _as_weight_dtype(self, x: Tensor, i: int) -> Tensor:
         """Integer or bool features become the weights' dtype (every fusion then takes them, not only the linear
         ones); another float dtype is a mistake to name (torch.from_numpy of a float64 array), unless autocast runs
-        and takes it (float32, or autocast's own dtype)."""
+        and takes it (float32 and autocast's own dtype as they are; another half dtype cast to autocast's)."""
         weight = next(self.parameters(), None)
         if weight is None or x.dtype == weight.dtype:
             return x
         if not (x.is_floating_point() or x.is_complex()):
             return x.to(weight.dtype)
         if torch.is_autocast_enabled(x.device.type):
-            # autocast casts float32 to its dtype, but never float64 (and a third dtype meets torch.cat's promotion
-            # unprepared): those failed inside the first matmul as "mat1 and mat2 must have the same dtype"
+            # autocast casts float32 and other half dtypes to its own, but never float64, which failed inside the
+            # first matmul as "mat1 and mat2 must have the same dtype"; a third dtype (float16 under bf16) ran in most
+            # fusions but met torch.cat's promotion unprepared in concat and gated: cast here, as autocast would
             fast = torch.get_autocast_dtype(x.device.type)
             if x.dtype in (torch.float32, fast):
                 return x
+            if x.dtype != torch.float64 and x.is_floating_point():
+                return x.to(fast)
             raise PolymodalError(f"{self.name} fusion: modality {i} is {x.dtype}; under autocast ({fast}) pass "
                                  f"float32 or {fast} inputs (x.float())")
         raise PolymodalError(f"{self.name} fusion: modality {i} is {x.dtype} but the module's weights are "

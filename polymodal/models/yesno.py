@@ -135,6 +135,13 @@ class YesNoModel:
         self._base = base
         self._base_lock = threading.Lock()  # threads answering at once on a fresh model load the base once
 
+    def __getstate__(self) -> dict:  # a lock cannot be copied or pickled (copy.deepcopy(model) worked before it)
+        return {k: v for k, v in self.__dict__.items() if k != "_base_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._base_lock = threading.Lock()
+
     @property
     def key(self) -> str:
         return f"{self.name}@{self.version}"

@@ -599,8 +599,11 @@ def check_same_validation(out: Path, recipe: PretrainRecipe) -> None:
         return
     now = asdict(recipe) | absolute_paths(recipe, (), ("negatives",))
     names = recipe.objectives
-    keys = ["objectives", *(["mlm_rate"] if "mlm" in names else []), *(["mrm_rate"] if "mrm" in names else []),
-            *(["hard_k", "negatives"] if "itm" in names else [])]
+    # hard_k mines nothing with random negatives (either side random: --negatives itself is reported as changed)
+    mined = now["negatives"] != "random" and saved.get("negatives") != "random"
+    keys = ["objectives", "zero_images", *(["mlm_rate"] if "mlm" in names else []),
+            *(["mrm_rate"] if "mrm" in names else []),
+            *(["negatives", *(["hard_k"] if mined else [])] if "itm" in names else [])]
     changed = [(k, saved[k], now[k]) for k in keys if k in saved and saved[k] != now[k]]
     if changed:
         raise another_run(out, changed)
@@ -662,9 +665,13 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     train = encode_split(model, train_pairs, names, recipe, miner, progress)
     val = encode_split(model, val_pairs, names, recipe, miner, progress) if val_pairs is not None else None
     if val is not None and val.hard_images is not None and recipe.hard_k >= len(val.pairs.images) - 1:
+        # the hard captions are drawn from the other images' captions, several an image: often still mined
+        captions_too = recipe.hard_k >= int((~val.positive).sum(1).max())
+        what = ("val/itm_*_hard measure what val/itm_*_random do" if captions_too else
+                "val/itm_*_hard's image negatives are uniform (only its caption negatives are mined)")
         log.warning("validation holds %d images and hard_k is %d: each caption's mined 'hard' images are all the "
-                    "others, so val/itm_*_hard measure what val/itm_*_random do; hold out more images for a harder "
-                    "validation (--val-fraction, --val-pairs)", len(val.pairs.images), recipe.hard_k)
+                    "others, so %s; hold out more images for a harder validation (--val-fraction, --val-pairs)",
+                    len(val.pairs.images), recipe.hard_k, what)
     del miner
     t_cached = time.perf_counter()
 
