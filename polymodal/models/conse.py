@@ -8,13 +8,12 @@ compared with any text.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 
 import numpy as np
 import torch
 
-from polymodal.cache import cache_dir, write_cache_bytes
+from polymodal.cache import cache_dir, store_cached
 from polymodal.encoders.efficientnet import LITE0_TRANSFORM, EfficientNetLite0
 from polymodal.encoders.text import SentenceEncoder, minilm_path
 from polymodal.errors import PolymodalError
@@ -51,9 +50,7 @@ def class_prompt_matrix(text_tower) -> np.ndarray:
     with torch.inference_mode():
         matrix = torch.cat([text_tower(prompts[i : i + 64]) for i in range(0, len(prompts), 64)])
     matrix = torch.nn.functional.normalize(matrix, dim=-1).numpy()
-    buf = io.BytesIO()
-    np.save(buf, matrix)
-    write_cache_bytes(path, buf.getvalue())  # a read-only cache: computed again next time, with a warning
+    store_cached(path, matrix)  # a read-only cache: computed again next time, with a warning
     return matrix
 
 
