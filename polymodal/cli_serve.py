@@ -30,11 +30,13 @@ def cmd_serve(args) -> int:
         import uvicorn  # noqa: F401
         import fastapi  # noqa: F401
         from starlette import formparsers
+
+        # Starlette imports python-multipart lazily: without it every upload would be a 500
+        missing = "python-multipart" if formparsers.multipart is None else None
     except ImportError as exc:
-        raise PolymodalError(f"serving needs the serve extra ({exc.name} is missing); pip install 'polymodal[serve]'") from exc
-    if formparsers.multipart is None:  # Starlette imports python-multipart lazily: every upload would be a 500
-        raise PolymodalError("serving needs the serve extra (python-multipart is missing); "
-                             "pip install 'polymodal[serve]'")
+        missing = exc.name
+    if missing:
+        raise PolymodalError(f"serving needs the serve extra ({missing} is missing); pip install 'polymodal[serve]'")
     if args.max_body_mb < 1:  # checked here, not only by ServeSettings: its message would name max_body_bytes
         raise PolymodalError(f"--max-body-mb must be at least 1, got {args.max_body_mb}")
     if not 0 < args.timeout < math.inf:
