@@ -239,10 +239,14 @@ def _search_texts(args) -> int:
 def cmd_classify(args) -> int:
     if args.top_k is not None and args.top_k < 1:
         raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
-    from polymodal.apps.zeroshot import same_label
+    from polymodal.apps.zeroshot import distinct_labels, merged_labels_note
 
     labels = _labels(args)
-    if len({same_label(x) for x in labels}) == 1:  # a softmax over one label is 1 whatever the image: say so rather than look confident
+    note = merged_labels_note(labels)
+    if note:  # said once here: classify() would say it again for each batch of images (each image, after a bad one)
+        logging.getLogger(__name__).warning("%s", note)
+    labels = distinct_labels(labels)
+    if len(labels) == 1:  # a softmax over one label is 1 whatever the image: say so rather than look confident
         print(f"polymodal: note: with one label every image scores 1.000 (scores are shared out among the labels); "
               f"pass two or more, e.g. --labels {labels[0]},other", file=sys.stderr)
     templates = args.template or None

@@ -110,6 +110,14 @@ def merged_labels(labels: list[str]) -> list[str]:
     return merged
 
 
+def distinct_labels(labels: list[str]) -> list[str]:
+    """Each label once, spelled as first given (what rank_labels keeps)."""
+    first: dict[str, str] = {}
+    for label in labels:
+        first.setdefault(same_label(label), label)
+    return list(first.values())
+
+
 def merged_labels_note(labels: list[str]) -> str:
     """The warning for labels that rank_labels folds into an earlier spelling, or "" when none is."""
     merged = merged_labels(labels)
@@ -133,7 +141,7 @@ def rank_labels(
     probs = np.exp(logits)
     probs /= probs.sum(axis=1, keepdims=True)
     k = len(labels) if top_k is None else min(top_k, len(labels))
-    order = np.argsort(-probs, axis=1)[:, :k]
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # tied labels (alike to the model) in the order given
     return [[(labels[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
 
 

@@ -169,9 +169,14 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
         images, labels = [images[i] for i in rows], [labels[i] for i in rows]
     else:
         emb, unreadable = image_emb, 0
-    order = np.argsort(-(emb @ class_emb.T), axis=1)
+    scores = emb @ class_emb.T
+    order = np.argsort(-scores, axis=1, kind="stable")
     truth = np.array([classes.index(label) for label in labels])
-    rank = (order == truth[:, None]).argmax(axis=1)
+    # 0-based rank: the classes scoring at least the label's, as retrieval ranks. A tie with another class counts
+    # against the image (classes the model embeds alike, e.g. emoji it reads as one unknown token, are not told
+    # apart; sorting would give the tie to the first class by name), and a row with NaN or inf ranks last
+    own = scores[np.arange(len(truth)), truth]
+    rank = np.where(np.isfinite(scores).all(axis=1), (scores >= own[:, None]).sum(axis=1) - 1, len(classes) - 1)
     if details is not None:
         details.extend({"image": str(image), "label": label, "predicted": classes[int(top)], "rank": int(r) + 1}
                        for image, label, top, r in zip(images, labels, order[:, 0], rank))
