@@ -30,8 +30,8 @@ from polymodal.train.guards import (
     warn_of_shared_photos,
 )
 from polymodal.train.objectives import Objective
-from polymodal.train.run_settings import (absolute_paths, check_same_run, name_after_run, recipe_parts,
-                                          write_train_config)
+from polymodal.train.run_settings import (absolute_paths, another_run, check_same_run, name_after_run,
+                                          recipe_parts, recorded_settings, write_train_config)
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.training_photos import TrainingPhotos
 
@@ -118,6 +118,26 @@ def _readable(model: Captioner, pairs: PairSet, progress: bool) -> tuple[PairSet
     return readable_pairs(pairs, rows), feats[0][rows]
 
 
+def warn_of_unknown_pieces(model: Captioner, captions: list[str]) -> None:
+    """Words MiniLM's uncased English vocabulary lacks (most Chinese characters, emoji) are one [UNK] piece, which
+    training fits and the captioner never writes (beam_search.UNK): say so, rather than train silently a model
+    that drops those words."""
+    from polymodal.models.beam_search import UNK
+
+    unknown, total, example = 0, 0, None
+    for start in range(0, len(captions), 1024):
+        chunk = captions[start : start + 1024]
+        ids, mask = model.tokenize(chunk)
+        unk = (ids == UNK) & mask
+        unknown, total = unknown + int(unk.sum()), total + int(mask.sum()) - 2 * len(chunk)  # less [CLS], [SEP]
+        if example is None and bool(unk.any()):
+            example = chunk[int(unk.any(1).nonzero()[0, 0])]
+    if total and unknown >= 0.01 * total:
+        log.warning("%d of the captions' %d word pieces (%.0f%%) are unknown to the captioner's vocabulary (uncased, "
+                    "mostly English; e.g. %r): it learns them as one [UNK] piece and never writes them", unknown, total,
+                    100 * unknown / total, example)
+
+
 def caption_eval(model: Captioner, pairs: PairSet, grids: np.ndarray, limit: int, batch_size: int = 32,
                  progress: bool = False) -> dict:
     """Validation loss over every caption, and (with pycocoevalcap) BLEU-4 / CIDEr of greedy captions for the first
@@ -159,12 +179,31 @@ def build_captioner(recipe: CaptionRecipe) -> Captioner:
     if recipe.model in ("new", "", None):
         return Captioner(recipe.arch)
     import polymodal
-    from polymodal.registry import MODELS, require_captioner
+    from polymodal.registry import MODELS, require_captioner, wrong_folder_hint
 
     if not (is_captioner_folder(recipe.model) or (recipe.model in MODELS and recipe.model != "lite")):
-        raise PolymodalError(f"--model {recipe.model}: pass 'new', 'captioner' or a folder written by "
+        raise PolymodalError(wrong_folder_hint(recipe.model)  # the run folder or its checkpoint: name RUN/model
+                             or f"--model {recipe.model}: pass 'new', 'captioner' or a folder written by "
                              "`polymodal train captioner`")
     return require_captioner(polymodal.load(recipe.model), recipe.model).train()
+
+
+def check_same_validation(out: Path, recipe: CaptionRecipe) -> None:
+    """--resume: the epoch kept is the best validation score so far. --val-pairs given to a run that split its own
+    validation photos (or validated on none) would train on the photos that validated and compare scores on other
+    photos (or val/cider with the training loss); another --val-images scores CIDEr-D on another number of photos.
+    Refused, as another --val-fraction is."""
+    saved = recorded_settings(out)
+    if not isinstance(saved, dict):
+        return
+    now = asdict(recipe) | absolute_paths(recipe, ("val_pairs",))
+    changed = [(k, saved[k], now[k]) for k in ("val_images",) if k in saved and saved[k] != now[k]]
+    if isinstance(saved.get("val_pairs"), list) and bool(saved["val_pairs"]) != bool(now["val_pairs"]):
+        split = "none: a --val-fraction split" if saved.get("val_fraction") else "none"
+        changed.append(("val_pairs", " ".join(saved["val_pairs"]) or f"({split})",
+                        " ".join(now["val_pairs"]) or "(none)"))
+    if changed:
+        raise another_run(out, changed)
 
 
 def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
@@ -191,7 +230,9 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
         check_same_run(Path(recipe.out), recipe.arch, recipe.train,
                        val_fraction=None if recipe.val_pairs else recipe.val_fraction,
                        seed_draws_validation=not recipe.val_pairs and recipe.val_fraction > 0)
+        check_same_validation(Path(recipe.out), recipe)
     pairs, grids = _readable(model, pairs, progress)
+    warn_of_unknown_pieces(model, [p.caption for p in pairs.pairs])
     loader = DataLoader(_Captions(grids, pairs), batch_size=recipe.batch_size, shuffle=True, collate_fn=_collate(model))
     eval_fn = None
     if val is not None and len(val):
