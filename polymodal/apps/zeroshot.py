@@ -110,12 +110,17 @@ def merged_labels(labels: list[str]) -> list[str]:
     return merged
 
 
-def distinct_labels(labels: list[str]) -> list[str]:
-    """Each label once, spelled as first given (what rank_labels keeps)."""
-    first: dict[str, str] = {}
-    for label in labels:
-        first.setdefault(same_label(label), label)
+def first_spellings(labels: list[str]) -> list[int]:
+    """The index of each label's first spelling, in the order given (what rank_labels keeps)."""
+    first: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        first.setdefault(same_label(label), i)
     return list(first.values())
+
+
+def distinct_labels(labels: list[str]) -> list[str]:
+    """Each label once, spelled as first given."""
+    return [labels[i] for i in first_spellings(labels)]
 
 
 def merged_labels_note(labels: list[str]) -> str:
@@ -132,9 +137,8 @@ def rank_labels(
 ) -> list[list[tuple[str, float]]]:
     # a label given twice is one label, spelled as first given: two copies would split its probability and show
     # up twice. "Dog" and "dog " are one label too, as `eval zeroshot` counts them (one class)
-    first = {same_label(label): i for i, label in reversed(list(enumerate(labels)))}
-    if len(first) < len(labels):
-        keep = sorted(first.values())
+    keep = first_spellings(labels)
+    if len(keep) < len(labels):
         labels, label_emb = [labels[i] for i in keep], np.asarray(label_emb)[keep]
     logits = logit_scale * image_emb @ label_emb.T
     logits -= logits.max(axis=1, keepdims=True)

@@ -381,6 +381,8 @@ class Trainer:
         bar = progress_bar(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
                            disable=not self.progress, leave=False)
         world = distributed.world_size()  # every rank takes a batch a step: samples/s counts them all (torchrun)
+        first, (first_objective, _, _) = next(iter(self.objectives.items()))  # its batches' samples are counted
+        count = getattr(first_objective, "samples", None) or (lambda batch: len(batch[0]))
         scale = getattr(self.model, "log_logit_scale", None)  # a learned temperature: kept in CLIP's range below
         if not (isinstance(scale, torch.nn.Parameter) and scale.requires_grad):
             scale = None
@@ -410,9 +412,7 @@ class Trainer:
                 self.scheduler.step()
                 self.step += 1
                 losses.append(total)
-                first, (first_objective, _, _) = next(iter(self.objectives.items()))  # its batch's samples count
-                count = getattr(first_objective, "samples", None)
-                samples += (count(batches[first]) if count else len(batches[first][0])) * world
+                samples += count(batches[first]) * world
                 rate = samples / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}", refresh=False)
                 bar.update()
