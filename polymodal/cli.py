@@ -398,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     s.add_argument("--labels", help="comma-separated, e.g. cat,dog,car")
     s.add_argument("--labels-from", metavar="FILE", help="a text file with one label per line (a line starting with # is a comment)")
-    s.add_argument("--template", action="append", help="prompt template with {}; repeat for an ensemble")
+    s.add_argument("--template", action="append",
+                   help="prompt template with {}; repeat for an ensemble (default: 'a photo of a {}.')")
     s.add_argument("--top-k", type=int, default=None, help="labels shown per image (default: all)")
     s.add_argument("--model", default="lite", help="built-in name, checkpoint or export folder (default: lite)")
     s.add_argument("--json", action="store_true", help="print one JSON list of the images and their labels")

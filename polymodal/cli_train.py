@@ -332,7 +332,8 @@ def add_parsers(sub) -> dict:
     s.add_argument("--labels-file", required=True, metavar="FILE",
                    help="a JSONL file of {\"image\": path relative to the file, \"label\"} rows")
     s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
-    s.add_argument("--template", action="append", help="prompt template with {}; repeat for an ensemble")
+    s.add_argument("--template", action="append",
+                   help="prompt template with {}; repeat for an ensemble (default: the mean of 4, see the README)")
     s.add_argument("--classes", metavar="FILE", help="the candidate classes, one per line (or a JSON list), e.g. all "
                    "of a dataset's; default: the labels the file holds")
     add_runtime(s)

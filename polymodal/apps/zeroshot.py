@@ -161,6 +161,10 @@ class ZeroShotMixin:
         ``progress`` shows a bar while the prompts are encoded."""
         labels = as_texts(labels, "labels")
         templates = None if templates is None else as_texts(templates, "templates")
+        if templates == []:  # `or` below would take the default for it, unasked
+            raise PolymodalError(f"templates is empty; pass templates=None for the model's default "
+                                 f"{list(self.DEFAULT_TEMPLATES)!r}, or at least one template with '{{}}' where the "
+                                 "label goes, e.g. ['a photo of a {}.']")
         if "_prompts" not in self.__dict__:
             self._prompts = PromptCache(self)
         return self._prompts.get(labels, templates or self.DEFAULT_TEMPLATES, progress=progress)

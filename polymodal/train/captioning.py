@@ -30,8 +30,9 @@ from polymodal.train.guards import (
     warn_of_shared_photos,
 )
 from polymodal.train.objectives import Objective
-from polymodal.train.run_settings import (absolute_paths, another_run, check_same_run, name_after_run,
-                                          recipe_parts, recorded_settings, write_train_config)
+from polymodal.train.run_settings import (absolute_paths, another_run, check_same_run, check_same_validation_set,
+                                          name_after_run, recipe_parts, recorded_settings, validation_record,
+                                          write_train_config)
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.training_photos import TrainingPhotos
 
@@ -231,6 +232,8 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
                        val_fraction=None if recipe.val_pairs else recipe.val_fraction,
                        seed_draws_validation=not recipe.val_pairs and recipe.val_fraction > 0)
         check_same_validation(Path(recipe.out), recipe)
+        check_same_validation_set(Path(recipe.out), val)
+    validation = validation_record(val)  # before unreadable photos are dropped: what the data gives
     pairs, grids = _readable(model, pairs, progress)
     warn_of_unknown_pieces(model, [p.caption for p in pairs.pairs])
     loader = DataLoader(_Captions(grids, pairs), batch_size=recipe.batch_size, shuffle=True, collate_fn=_collate(model))
@@ -249,7 +252,7 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
                       recipe.out, eval_fn, progress)
     out = prepare_run_folder(recipe.out, overwrite)
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("model",)) | {
-        "train_captions": len(pairs), "train_images": len(pairs.images)}
+        "train_captions": len(pairs), "train_images": len(pairs.images), "validation": validation}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(pairs.images, recipe.model, val.images if eval_fn else (),
                             earlier=out / "model" if resume else None)

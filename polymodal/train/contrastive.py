@@ -32,8 +32,8 @@ from polymodal.train.guards import (
     warn_of_shared_photos,
 )
 from polymodal.train.objectives import ContrastiveObjective
-from polymodal.train.run_settings import (absolute_paths, check_same_run, name_after_run, recipe_parts,
-                                          write_train_config)
+from polymodal.train.run_settings import (absolute_paths, check_same_run, check_same_validation_set, name_after_run,
+                                          recipe_parts, validation_record, write_train_config)
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.training_photos import TrainingPhotos
 
@@ -144,6 +144,8 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train,
                        val_fraction=None if recipe.val_pairs else recipe.val_fraction,
                        seed_draws_validation=not recipe.val_pairs and recipe.val_fraction > 0)
+        check_same_validation_set(Path(recipe.out), val_set)
+    validation = validation_record(val_set)  # before unreadable photos are dropped: what the data gives
     feats = image_features(model, train_set.images, views=recipe.views, augment=Augment(), seed=recipe.train.seed,
                            progress=progress, skip_unreadable=True)
     rows = readable_rows(feats)
@@ -192,7 +194,8 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         prepare_run_folder(out, overwrite)
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("zeroshot_labels", "model")) | {
         "train_images": len(train_set.images), "val_images": len(val_set.images) if val_set else 0,
-        "world_size": distributed.world_size(), "global_batch": batch * distributed.world_size()}
+        "world_size": distributed.world_size(), "global_batch": batch * distributed.world_size(),
+        "validation": validation}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train_set.images, recipe.model, chose, earlier=out / "model" if resume else None)
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),

@@ -63,9 +63,11 @@ from polymodal.train.run_settings import (
     another_run,
     check_same_fusion,
     check_same_run,
+    check_same_validation_set,
     name_after_run,
     recipe_parts,
     recorded_settings,
+    validation_record,
     write_train_config,
 )
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
@@ -654,6 +656,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
                        seed_draws_validation=bool(recipe.val_pairs) or recipe.val_fraction > 0)  # masks too
         if recipe.val_pairs or recipe.val_fraction > 0:
             check_same_validation(Path(recipe.out), recipe)
+        check_same_validation_set(Path(recipe.out), val_pairs)
     names = list(recipe.objectives)
     log.info("pretrain %s on %d captions of %d images; val: %d captions", names, len(train_pairs),
              len(train_pairs.images), len(val_pairs) if val_pairs else 0)
@@ -692,7 +695,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     out = prepare_run_folder(recipe.out, overwrite)
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("model", "negatives")) | {
         "train_captions": len(train.pairs), "train_images": len(train.pairs.images),
-        "val_captions": len(val.pairs) if val else 0}
+        "val_captions": len(val.pairs) if val else 0, "validation": validation_record(val_pairs)}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train.pairs.images, recipe.model, val.pairs.images if val is not None else (),
                             earlier=out / "model" if resume else None)

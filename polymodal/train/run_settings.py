@@ -3,6 +3,7 @@ any folder: data paths are stored absolute) and refuses another architecture bef
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, is_dataclass
@@ -123,6 +124,38 @@ def check_same_answers(out: Path, answers: Sequence[str]) -> None:
                          f"{len(answers)} ({how}); the data changed, or this polymodal counts answers evaluation "
                          "scores as one ('yes!' and 'yes', 'two' and '2') as one class, which the run did not: resume "
                          "on the data and polymodal it trained with, or train into a new --out")
+
+
+def validation_record(pairs, rows: Sequence[tuple] | None = None, noun: str = "captions") -> dict | None:
+    """What a run validated on, whatever file or split it came from: its photo and caption counts and a hash of the
+    photos' file names with their texts (names, not paths: a data folder moved elsewhere is the same set).
+    ``rows``: (image, text, ...) tuples to hash instead of a PairSet's pairs (VQA's questions and answers)."""
+    if pairs is None and rows is None:
+        return None
+    rows = [(p.image, p.caption) for p in pairs.pairs] if rows is None else rows
+    lines = sorted("\t".join([Path(str(image)).name, *map(str, texts)]) for image, *texts in rows)
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+    return {"photos": len({str(r[0]) for r in rows}), noun: len(rows), "digest": digest}
+
+
+def check_same_validation_set(out: Path, pairs, rows: Sequence[tuple] | None = None, noun: str = "captions") -> None:
+    """--resume: the epoch kept is the best validation score so far, so the scores of the epochs to come must be taken
+    on the same pairs. Another --val-pairs file (or the same file edited), or a --val-fraction split of changed
+    --pairs, would compare them with a best score taken on other photos, some of them perhaps trained on since."""
+    saved = recorded_settings(out)
+    was = saved.get("validation") if isinstance(saved, dict) else None
+    now = validation_record(pairs, rows, noun)
+    if not isinstance(was, dict) or now is None or was.get("digest") == now["digest"]:
+        return  # a run from before the record, or one without validation (a change there is refused elsewhere)
+    raise PolymodalError(f"the run in {out} chose its best epoch on {_pairs_text(was)} and this data validates on "
+                         f"other pairs ({_pairs_text(now)}): resume with the --pairs / --val-pairs data the run "
+                         "trained and validated with, or train into a new --out (--model RUN/model starts from "
+                         "its weights)")
+
+
+def _pairs_text(record: dict) -> str:
+    noun = next((k for k in record if k not in ("photos", "digest")), "captions")
+    return f"{record.get(noun)} {noun} of {record.get('photos')} photos"
 
 
 def recorded_settings(out: Path):
