@@ -36,6 +36,15 @@ def make_rng(seed: Any = None, *keys: int) -> np.random.Generator:
     return np.random.default_rng([int(p) for p in parts])
 
 
+def _pair(value: Any, name: str, rule: str) -> tuple[float, float]:
+    """(min, max) as two floats, or one error naming the setting (not numpy's or Python's unpacking error)."""
+    try:
+        low, high = (float(x) for x in value)
+    except (TypeError, ValueError):
+        raise PolymodalError(f"Augment {name}={value!r} is invalid; pass (min, max) with {rule}") from None
+    return low, high
+
+
 @dataclass
 class Augment:
     """Random resized crop (box only; the transform resizes) and horizontal flip with probability 0.5."""
@@ -47,12 +56,13 @@ class Augment:
     seed: int | None = None
 
     def __post_init__(self):
-        s0, s1 = (float(x) for x in self.scale)
-        r0, r1 = (float(x) for x in self.ratio)
+        s0, s1 = _pair(self.scale, "scale", "0 < min <= max <= 1")
+        r0, r1 = _pair(self.ratio, "ratio", "0 < min <= max, both finite")
         if not 0.0 < s0 <= s1 <= 1.0:
             raise PolymodalError(f"Augment scale={self.scale} is invalid; pass (min, max) with 0 < min <= max <= 1")
-        if not 0.0 < r0 <= r1:
-            raise PolymodalError(f"Augment ratio={self.ratio} is invalid; pass (min, max) with 0 < min <= max")
+        if not 0.0 < r0 <= r1 < math.inf:  # an infinite ratio overflowed numpy's uniform draw
+            raise PolymodalError(f"Augment ratio={self.ratio} is invalid; pass (min, max) with 0 < min <= max, "
+                                 "both finite")
         self.scale, self.ratio = (s0, s1), (r0, r1)
         self._rng = make_rng(self.seed)
 

@@ -65,8 +65,9 @@ class CaptionerConfig:
             raise PolymodalError(f"max_caption_tokens must be at most {MAX_TOKENS} (the text tower's positions), "
                                  f"got {self.max_caption_tokens}")
         check_fraction(self.dropout, "dropout")
-        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
-            raise PolymodalError(f"lora_alpha must be a number above 0, got {self.lora_alpha!r}")
+        if (isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float))
+                or not 0 < self.lora_alpha < float("inf")):  # also refuses nan: the adapters' scale alpha / rank
+            raise PolymodalError(f"lora_alpha must be a finite number above 0, got {self.lora_alpha!r}")
         if self.image_size % 32:
             raise PolymodalError(f"image_size must be a multiple of 32 (the tower's stride), got {self.image_size}")
         if self.prefix_grid > self.image_size // 32:

@@ -21,8 +21,8 @@ from polymodal.data.images import ImageTransform
 from polymodal.data.tokenizer import warn_once_if_cut
 from polymodal.errors import PolymodalError
 from polymodal.models.base import EmbeddingModel
-from polymodal.models.openai_convert import (OPEN_CLIP_VISION_HEADS, check_activation, is_openai_layout, openai_to_hf,
-                                             widths)
+from polymodal.models.openai_convert import (OPEN_CLIP_VISION_HEADS, check_activation, default_arch, is_openai_layout,
+                                             openai_to_hf, widths)
 
 log = logging.getLogger(__name__)
 
@@ -246,9 +246,26 @@ def load_hf_clip(folder: str | Path, tokenizer: str | Path | None = None) -> Cli
                              "saved with")
     settings = _image_processor_config(folder)[1]  # the preprocessing shapes the embeddings as much as the weights
     transform = _fitted_transform(folder, model)
-    version = fingerprint(list(weights) + ([settings] if settings.is_file() else [])) + _version_suffix(
-        {"transform": transform.to_dict()}, {"transform": _transform_as_before(folder, model).to_dict()})
+    now, was = {"transform": transform.to_dict()}, {"transform": _transform_as_before(folder, model).to_dict()}
+    if (arch := _hf_arch(model.config)) != _default_hf_arch(model.config):
+        now["arch"] = arch  # config.json values the weights' shapes do not fix: another space for the same weights
+    version = fingerprint(list(weights) + ([settings] if settings.is_file() else [])) + _version_suffix(now, was)
     return ClipModel(model, tok, name=folder.resolve().name, version=version, transform=transform)
+
+
+def _hf_arch(config) -> dict:
+    """What config.json says that changes the embeddings but not the weights' shapes (so a load with another value
+    succeeds): each tower's activation, head count and LayerNorm epsilon."""
+    return {name: [tower.hidden_act, int(tower.num_attention_heads), float(tower.layer_norm_eps)]
+            for name, tower in (("vision", config.vision_config), ("text", config.text_config))}
+
+
+def _default_hf_arch(config) -> dict:
+    """_hf_arch of the config.json OpenAI's and LAION's wide-ViT conversions ship (default_arch: QuickGELU and
+    width // 64 heads, or open_clip's for its wider ViTs; epsilon 1e-5): such folders keep the version they had
+    before config.json counted."""
+    act, v_heads, t_heads = default_arch(config.vision_config.hidden_size, config.text_config.hidden_size)
+    return {"vision": [act, v_heads, 1e-5], "text": [act, t_heads, 1e-5]}
 
 
 def _fitted_transform(folder: Path, model, missing: int = logging.WARNING) -> ImageTransform:
@@ -426,6 +443,7 @@ def _open_clip_settings(folder: Path) -> tuple[dict, ImageTransform | None]:
         cfg = json.loads(path.read_text())
         model_cfg = cfg.get("model_cfg", cfg)  # open_clip's own model configs are the bare model_cfg
         vision, text = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
+        _check_open_clip_towers(path, vision, text)
         options = {"hidden_act": "quick_gelu" if model_cfg.get("quick_gelu") else "gelu"}
         if "heads" in text:  # (a file naming only what differs, e.g. {"model_cfg": {"quick_gelu": false}}, is fine)
             options["text_heads"] = int(text["heads"])
@@ -445,6 +463,29 @@ def _open_clip_settings(folder: Path) -> tuple[dict, ImageTransform | None]:
     except (OSError, ValueError, TypeError, AttributeError, ZeroDivisionError) as exc:
         raise PolymodalError(f"unusable {path} ({exc}); fix it, or delete it to load with OpenAI's settings") from None
     return options, transform
+
+
+# open_clip settings that change what a tower computes from the same weights (so the strict load cannot catch them),
+# with the values transformers' CLIPModel computes as: CLS-token image pooling, text pooled at <|endoftext|> behind a
+# causal mask, exact GELU (or QuickGELU), LayerNorm epsilon 1e-5, learned positions.
+_OPEN_CLIP_AS_CLIP = {
+    "vision_cfg": {"global_average_pool": (False,), "pool_type": ("tok",), "attentional_pool": (False,),
+                   "pos_embed_type": ("learnable",), "act_kwargs": ({},), "norm_kwargs": ({}, {"eps": 1e-5})},
+    "text_cfg": {"pool_type": ("argmax", "eos"), "no_causal_mask": (False,), "act_kwargs": ({},),
+                 "norm_kwargs": ({}, {"eps": 1e-5})},
+}
+
+
+def _check_open_clip_towers(path: Path, vision: dict, text: dict) -> None:
+    """One error for an open_clip_config.json whose towers pool, mask or normalise otherwise than CLIP's: the weights
+    load, but would embed unlike open_clip's own model of them."""
+    for section, cfg in (("vision_cfg", vision), ("text_cfg", text)):
+        for key, plain in _OPEN_CLIP_AS_CLIP[section].items():
+            if key in cfg and cfg[key] is not None and cfg[key] not in plain:
+                raise PolymodalError(
+                    f"{path} sets {section}.{key} = {json.dumps(cfg[key])}, which polymodal's CLIP loader cannot "
+                    f"reproduce (it computes ViT CLIP as OpenAI's: {section}.{key} = {json.dumps(plain[0])}); these "
+                    "weights would embed unlike open_clip's model of them: use open_clip for this checkpoint")
 
 
 def _settings_suffix(sd: dict, model, transform: ImageTransform, folder: Path) -> str:

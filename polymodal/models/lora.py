@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from polymodal.errors import PolymodalError
+
 # the Linear layers of a BERT layer that get adapters (query/key/value, attention output, feed-forward in/out)
 BERT_TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                 "intermediate.dense", "output.dense")
@@ -22,6 +24,10 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
         super().__init__()
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise PolymodalError(f"LoRA rank must be a positive int, got {rank!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+            raise PolymodalError(f"LoRA alpha must be a finite number above 0, got {alpha!r}")  # nan/inf: NaN outputs
         self.base, self.scale = base, alpha / rank
         self.base.requires_grad_(False)
         self.lora_a = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))

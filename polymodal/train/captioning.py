@@ -210,6 +210,9 @@ def check_same_validation(out: Path, recipe: CaptionRecipe) -> None:
 def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     """Train (or continue training) a captioner; returns the best validation record plus timings."""
     t_start = time.perf_counter()
+    from polymodal.train.distributed import refuse_torchrun
+
+    refuse_torchrun('train captioner')
     recipe.validate()
     check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs, recipe.train.patience)
     if recipe.train.early_stop_metric == "val/cider" and not has_caption_metrics():

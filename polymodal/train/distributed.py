@@ -54,6 +54,21 @@ def same_on_all_ranks(value: int, what: str, fix: str) -> None:
         raise PolymodalError(f"the processes disagree on {what} ({values} by rank); {fix}")
 
 
+def refuse_torchrun(command: str) -> None:
+    """`command` trains in one process: under torchrun every process would train the whole run on its own (the same
+    data, the same steps) and write the same run folder (metrics.jsonl rows twice, a TensorBoard file and a result
+    line per process). Refuse on every process, before anything is read or written."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        world = 1
+    if world > 1:
+        raise PolymodalError(f"`polymodal {command}` trains in one process and does not split its work under "
+                             f"torchrun (each of the {world} processes would train the whole run and write the same "
+                             f"folder); start it as `polymodal {command} ...`. `train contrastive` is the command "
+                             "that trains across torchrun processes")
+
+
 def init_from_env(backend: str = "gloo") -> bool:
     """Join the process group torchrun describes in RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT.
 

@@ -621,6 +621,9 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
                    overwrite: bool = False) -> dict:
     """Pretrain (or continue pretraining) a fusion encoder; returns the best validation metrics plus timings."""
     t_start = time.perf_counter()
+    from polymodal.train.distributed import refuse_torchrun
+
+    refuse_torchrun('train pretrain')
     recipe.validate()
     check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs, recipe.train.patience)
     if recipe.model != "new":

@@ -78,6 +78,9 @@ class TrainConfig:
         })
 
 
+RANK_STREAM = 0x5EED  # a key of its own for make_rng: no data stream (seed, epoch, i[, ...]) shares these draws
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -285,6 +288,7 @@ class Trainer:
                 self._score_start(logger, on_best if main else None)
             while self.epoch < self.cfg.epochs:
                 self._apply_unfreezing()
+                self._seed_rank()
                 train_metrics = self._train_epoch(logger)
                 self.epoch += 1
                 record = {"step": self.step, "epoch": self.epoch, "split": "val", **train_metrics}
@@ -322,6 +326,19 @@ class Trainer:
                         "unchanged; try a lower --lr, more data or other settings", metric, self.best,
                         self.out / "model")
         return self.best_metrics
+
+    def _seed_rank(self) -> None:
+        """Under torchrun every process seeds alike (so all start from the same initial weights), and would then draw
+        the same dropout masks (and any other torch/numpy/random draw) as every other process: sample j of each
+        process's batch shared one mask. Each epoch starts each process's generators from (seed, epoch, rank)
+        instead: the processes draw apart, and a resumed run (which restarts at an epoch) draws what the straight
+        run drew on every process, without keeping each process's state in the checkpoint. One process keeps the
+        single stream from set_seed and the checkpoint, as before."""
+        from polymodal.data.augment import make_rng
+        from polymodal.train import distributed
+
+        if distributed.world_size() > 1:
+            set_seed(int(make_rng(self.cfg.seed, self.epoch, distributed.rank(), RANK_STREAM).integers(2**32)))
 
     def _check_metric(self, metrics: dict) -> dict:
         """Validation's metrics, or one error when they lack early_stop_metric: a misspelt name would otherwise

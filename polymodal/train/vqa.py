@@ -423,6 +423,9 @@ def warn_of_a_drifting_itm_head(model: FusionEncoder, itm_weight: float, name: s
 def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     """Train (or continue training) a fusion encoder; returns the best validation metrics plus timings."""
     t_start = time.perf_counter()
+    from polymodal.train.distributed import refuse_torchrun
+
+    refuse_torchrun('train vqa')
     recipe.validate()
     check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs, recipe.train.patience)
     if recipe.model != "new":
