@@ -49,7 +49,7 @@ def test_resume_refuses_another_validation_file(one_epoch, gallery, tmp_path, ca
     capsys.readouterr()
     assert _resume(one_epoch, tmp_path, "--val-pairs", other) == [2, 1]  # refused, nothing trained
     err = capsys.readouterr().err
-    assert "chose its best epoch on 3 captions of 3 photos and this data validates on other pairs" in err, err
+    assert "chose its best epoch on 3 captions of 3 photos and this data validates on other ones" in err, err
     assert "Traceback" not in err and err.count("\n") == 1
 
 
@@ -58,7 +58,7 @@ def test_resume_refuses_the_validation_file_edited(one_epoch, gallery, tmp_path,
     edited = _write(tmp_path / "val.jsonl", NAMES[6:9], gallery, "{} (checked)")  # same photos, other captions
     capsys.readouterr()
     assert _resume(one_epoch, tmp_path, "--val-pairs", edited)[0] == 2
-    assert "validates on other pairs" in capsys.readouterr().err
+    assert "validates on other ones" in capsys.readouterr().err
 
 
 def test_resume_on_the_same_validation_pairs_moved_elsewhere_runs(one_epoch, gallery, tmp_path):
@@ -79,4 +79,4 @@ def test_resume_refuses_a_split_of_changed_training_pairs(gallery, tmp_path, cap
     _write(pairs, NAMES, gallery)  # photos added: the split draws other validation photos
     capsys.readouterr()
     assert cli.main(args + ["--epochs", "2", "--resume"]) == 2
-    assert "validates on other pairs" in capsys.readouterr().err
+    assert "validates on other ones" in capsys.readouterr().err

@@ -23,16 +23,20 @@ from conftest import cli_json
 NAMES = sorted({**SKIMAGE_PHOTOS, **SKLEARN_PHOTOS})
 
 
-@pytest.fixture(scope="module")
-def qa_file(gallery):
-    """Per photo: what is it (15 answers), and one yes and one no question: 45 rows, majority answer 1/3."""
-    path = gallery / "qa.jsonl"
+def write_qa(path, names):
+    """Per photo: what is it, and one yes and one no question (about the photo 5 names on)."""
     with path.open("w") as f:
-        for i, name in enumerate(NAMES):
+        for i, name in enumerate(names):
             other = NAMES[(i + 5) % len(NAMES)]
             for q, a in (("what is in the picture?", name), (f"is this a {name}?", "yes"), (f"is this a {other}?", "no")):
                 f.write(json.dumps({"image": f"{name}.jpg", "question": q, "answer": a}) + "\n")
     return path
+
+
+@pytest.fixture(scope="module")
+def qa_file(gallery):
+    """All 15 photos: 45 rows (15 answers), majority answer 1/3."""
+    return write_qa(gallery / "qa.jsonl", NAMES)
 
 
 @pytest.fixture(scope="module")

@@ -108,15 +108,19 @@ def check_same_fusion(out: Path, arch) -> None:
         raise another_run(out, changed)
 
 
-def check_same_answers(out: Path, answers: Sequence[str]) -> None:
+def check_same_answers(out: Path, answers: Sequence[str], because: Sequence[tuple] = ()) -> None:
     """--resume of a VQA run: its checkpoint's answer head scores the vocabulary it was trained over, in that order.
-    Another one of the same size would load without a complaint and read every score under another answer."""
+    Another one of the same size would load without a complaint and read every score under another answer.
+    ``because``: (key, saved value, value now) of the settings that shape the vocabulary and differ from the run's
+    (--min-answer-count, --max-answers): named as the cause when the vocabulary differs."""
     try:  # train_config.json records their count; the vocabulary is in the run's saved model
         was = json.loads((Path(out) / "model" / "config.json").read_text()).get("answers")
     except (OSError, ValueError, AttributeError):
         return  # no model saved yet (killed in its first epoch): a vocabulary of another size fails to load
     if not isinstance(was, list) or was == list(answers):
         return
+    if because:
+        raise another_run(out, list(because))
     differ = sorted(set(was) ^ set(answers), key=str)
     how = (f"{len(differ)} differ, e.g. {', '.join(map(repr, differ[:4]))}" if differ
            else "the same ones in another order")
@@ -148,9 +152,8 @@ def check_same_validation_set(out: Path, pairs, rows: Sequence[tuple] | None = N
     if not isinstance(was, dict) or now is None or was.get("digest") == now["digest"]:
         return  # a run from before the record, or one without validation (a change there is refused elsewhere)
     raise PolymodalError(f"the run in {out} chose its best epoch on {_pairs_text(was)} and this data validates on "
-                         f"other pairs ({_pairs_text(now)}): resume with the --pairs / --val-pairs data the run "
-                         "trained and validated with, or train into a new --out (--model RUN/model starts from "
-                         "its weights)")
+                         f"other ones ({_pairs_text(now)}): resume on the data the run trained and validated "
+                         "with, or train into a new --out (--model RUN/model starts from its weights)")
 
 
 def _pairs_text(record: dict) -> str:

@@ -44,11 +44,15 @@ from polymodal.train.guards import (
 )
 from polymodal.train.run_settings import (
     absolute_paths,
+    another_run,
     check_same_answers,
     check_same_fusion,
     check_same_run,
+    check_same_validation_set,
     name_after_run,
     recipe_parts,
+    recorded_settings,
+    validation_record,
     write_train_config,
 )
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
@@ -380,6 +384,7 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
     a fresh VQA head over the training answers (its pretraining MLM/MRM heads are dropped). ``freeze`` parts stop
     training."""
     keeps_answers = False  # the folder's answer vocabulary, kept: rows with other answers cannot train
+    fresh: list[str] = []  # heads this run makes for a continued model: random, so freezing them keeps them random
     if recipe.model == "new":
         model = FusionEncoder(replace(recipe.arch, answers=answer_vocabulary(train_rows, recipe.min_answer_count,
                                                                             recipe.max_answers)))
@@ -390,15 +395,42 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
         keeps_answers = bool(model.answers) and not recipe.new_head
         if not keeps_answers:  # fine-tune a pretrained encoder: a fresh head over these answers
             model.add_vqa_head(answer_vocabulary(train_rows, recipe.min_answer_count, recipe.max_answers))
+            fresh.append("vqa")
         if recipe.itm_weight > 0:
+            fresh += ["itm"] if model.itm is None else []
             model.add_itm_head()
         recipe.arch = model.config
+    frozen_fresh = [p for p in fresh if p in recipe.freeze]
+    if frozen_fresh:
+        why = {"vqa": "the VQA head is made for this run (--new-head, or an encoder that was only pretrained)",
+               "itm": "the ITM head is added by this run (--itm-weight on a model without one)"}
+        raise PolymodalError(f"--freeze {','.join(frozen_fresh)}: {'; '.join(why[p] for p in frozen_fresh)}, so it "
+                             "starts random and would stay random; drop it from --freeze")
     name_after_run(model, recipe.out)
     freeze_parts(model, recipe.freeze, recipe.model)
     if recipe.itm_weight > 0 and model.itm is None:
         raise PolymodalError("itm_weight > 0 needs an ITM head: set itm_head: true in arch (or --itm-head)")
     model.keeps_folder_answers = keeps_answers
+    model.fresh_itm_head = "itm" in fresh  # untrained at epoch 0: not saved with the model as it came
     return model
+
+
+def check_same_validation(out: Path, recipe: VQARecipe) -> None:
+    """--resume: the epoch kept is the best validation accuracy so far. --val-qa given to a run that split its own
+    validation photos would train on the photos that validated it (and one that validated on nothing compares
+    accuracy with the training loss); said before the data is read. Other questions in --val-qa are refused once
+    they are read (check_same_validation_set), as another --val-fraction is."""
+    saved = recorded_settings(out)
+    if not isinstance(saved, dict) or not isinstance(saved.get("val_qa"), list):
+        return  # a run from before train_config.json: nothing to compare
+    was, now = saved["val_qa"], absolute_paths(recipe, ("val_qa",))["val_qa"]
+    if bool(was) != bool(now):
+        split = "none: a --val-fraction split" if saved.get("val_fraction") else "none"
+        raise another_run(out, [("val_qa", " ".join(was) or f"({split})", " ".join(now) or "(none)")])
+
+
+def _validation_rows(rows: Sequence[QARow]) -> list[tuple]:
+    return [(r.image, r.question, r.answer, "|".join(r.answers), "|".join(r.choices)) for r in rows]
 
 
 def layers_under_heads_train(model: FusionEncoder) -> bool:
@@ -430,6 +462,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs, recipe.train.patience)
     if recipe.model != "new":
         continued_folder(recipe.model, "vqa")  # what --model names is said before the data is read
+    if resume:
+        check_same_validation(Path(recipe.out), recipe)
     set_seed(recipe.train.seed)
     train_rows = read_qa(recipe.qa)
     if recipe.val_qa:
@@ -448,13 +482,19 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
         check_same_run(Path(recipe.out), recipe.arch, recipe.train, ignore=("answers",), freeze=recipe.freeze,
                        val_fraction=None if recipe.val_qa else recipe.val_fraction,
                        seed_draws_validation=not recipe.val_qa and recipe.val_fraction > 0)
+        check_same_validation_set(Path(recipe.out), None, _validation_rows(val_rows), "questions")
+    validation = validation_record(None, _validation_rows(val_rows), "questions") if val_rows else None
     train, feats = readable_qa(model, train_rows, ",".join(map(str, recipe.qa)), progress)
     if len(train.rows) < len(train_rows):  # the answer vocabulary comes from the readable rows alone
         train_rows = train.rows
         set_seed(recipe.train.seed)
         model = build_vqa_model(recipe, train_rows)
     if resume:
-        check_same_answers(Path(recipe.out), model.answers)
+        saved = recorded_settings(Path(recipe.out))
+        because = [] if model.keeps_folder_answers or not isinstance(saved, dict) else [
+            (k, saved[k], getattr(recipe, k)) for k in ("min_answer_count", "max_answers")
+            if k in saved and saved[k] != getattr(recipe, k)]  # they build a new head's vocabulary
+        check_same_answers(Path(recipe.out), model.answers, because)
     targets = answer_targets(model.answer_index, train_rows)
     if (targets < 0).all():
         raise PolymodalError("no training answer is in the model's answer vocabulary")
@@ -495,12 +535,25 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     out = prepare_run_folder(recipe.out, overwrite)
     settings = asdict(recipe) | absolute_paths(recipe, ("qa", "val_qa"), ("model",)) | {
         "train_questions": len(train_rows), "train_images": len(train.images), "val_questions": len(val_rows),
-        "images_per_batch": images_per_batch}
+        "images_per_batch": images_per_batch, "validation": validation}
     settings["arch"]["answers"] = len(model.answers)  # the vocabulary itself is in model/config.json
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train.images, recipe.model, val.images if eval_fn else (),
                             earlier=out / "model" if resume else None)
-    best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
+
+    def save_best(m: FusionEncoder) -> None:
+        if trainer.epoch == 0 and getattr(m, "fresh_itm_head", False):
+            # the model as it came (score_start) is kept without the ITM head this run added and has not yet
+            # trained: a random head would score multiple-choice candidates outside the vocabulary
+            itm, m.itm, m.config.itm_head = m.itm, None, False
+            try:
+                photos.save(m, out / "model")
+            finally:
+                m.itm, m.config.itm_head = itm, True
+        else:
+            photos.save(m, out / "model")
+
+    best = trainer.fit(resume=resume, on_best=save_best,
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
                        score_start=model.keeps_folder_answers)  # a head made for this run is random: nothing to keep
     if not val_rows:
