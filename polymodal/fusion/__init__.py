@@ -16,9 +16,8 @@ import inspect
 from typing import Sequence
 
 from polymodal.errors import PolymodalError
-from polymodal.models.inputs import check_fraction
 from polymodal.fusion.attention import AttentionPoolFusion, CoAttentionFusion, CrossAttentionFusion
-from polymodal.fusion.base import FusionModule, FusionOutput, _positive_int, masked_mean, masked_softmax
+from polymodal.fusion.base import FusionModule, FusionOutput, masked_mean, masked_softmax
 from polymodal.fusion.bilinear import BilinearFusion, TensorFusion
 from polymodal.fusion.concat import ConcatFusion
 from polymodal.fusion.gated import GatedFusion
@@ -68,17 +67,7 @@ def build_fusion(name: str, dims: Sequence[int], out_dim: int, **kw) -> FusionMo
         raise PolymodalError(
             f"{name} fusion has no option {', '.join(map(repr, unknown))}; its options are {', '.join(options)}"
         )
-    for key, value in kw.items():  # the shared options, checked here before torch meets them
-        sizes = value if isinstance(value, (list, tuple)) and key == "hidden" else [value]  # tensor: one per modality
-        if key in _COUNTS and value is not None and not all(_positive_int(v) for v in sizes):
-            raise PolymodalError(f"{name} fusion: {key} must be a whole number of at least 1, got {value!r}")
-        if key == "dropout":
-            check_fraction(value, f"{name} fusion: dropout")
-    return cls(dims, out_dim, **kw)
-
-
-# sizes (None: the module's default where it has one): 0 or 2.5 would fail inside torch, hidden=0 became out_dim
-_COUNTS = ("hidden", "post_hidden", "heads", "layers", "factors", "max_len", "max_size")
+    return cls(dims, out_dim, **kw)  # the shared options are checked as any FusionModule is built
 
 
 __all__ = [

@@ -15,6 +15,8 @@ padded for one modality (a missing modality) gives zeros from `masked_mean` and 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -127,6 +129,22 @@ def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+# sizes (None: the module's default where it has one): 0 or 2.5 would fail inside torch, hidden=0 became out_dim
+_COUNTS = ("hidden", "post_hidden", "heads", "layers", "factors", "max_len", "max_size")
+
+
+def check_options(name: str, options: dict) -> None:
+    """The options fusions share, checked before torch meets them."""
+    from polymodal.models.inputs import check_fraction
+
+    for key, value in options.items():
+        sizes = value if isinstance(value, (list, tuple)) and key == "hidden" else [value]  # tensor: one per modality
+        if key in _COUNTS and value is not None and not all(_positive_int(v) for v in sizes):
+            raise PolymodalError(f"{name} fusion: {key} must be a whole number of at least 1, got {value!r}")
+        if key == "dropout":
+            check_fraction(value, f"{name} fusion: dropout")
+
+
 class FusionModule(nn.Module):
     """Base class: validates ``dims`` / ``out_dim`` and turns ``(inputs, masks)`` into token form.
 
@@ -136,6 +154,27 @@ class FusionModule(nn.Module):
     name = "fusion"
     min_modalities = 2
     max_modalities: int | None = None
+
+    def __init_subclass__(cls, **kw) -> None:
+        """Each subclass's options are checked however it is built: by build_fusion or as ``Cls(dims, out_dim, ...)``
+        (the outermost class checks, once)."""
+        super().__init_subclass__(**kw)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def checked(self, *args, **kwargs):
+            if type(self) is cls:
+                try:
+                    bound = signature.bind_partial(self, *args, **kwargs).arguments
+                except TypeError:  # an unknown option: the class's own __init__ says so below
+                    bound = {}
+                check_options(self.name, {k: v for k, v in bound.items() if k not in ("self", "dims", "out_dim")})
+            init(self, *args, **kwargs)
+
+        cls.__init__ = checked
 
     def __init__(self, dims: Sequence[int], out_dim: int) -> None:
         super().__init__()
