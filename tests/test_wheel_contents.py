@@ -4,6 +4,7 @@ offline from package data, so a resource folder left out of the wheel breaks the
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -37,3 +38,22 @@ def test_the_wheel_holds_every_tracked_module_and_resource(tmp_path):
     assert any(n.startswith("polymodal/resources/models/") for n in names)  # the built-ins' weights
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "polymodal = polymodal.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def test_the_sdist_holds_the_tests_with_their_conftest_and_the_files_they_read(tmp_path, monkeypatch):
+    """An sdist is what distributions (conda-forge, Debian) build and test from: it had tests/test_*.py (setuptools'
+    default) but not tests/conftest.py, nor the recipes, benchmarks and scripts some tests read."""
+    from setuptools import build_meta
+
+    wanted = {p for p in _tracked(".") if "/__pycache__/" not in p and not p.startswith(".")}
+    source = tmp_path / "src"
+    for rel in wanted:
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, source / rel)
+    monkeypatch.chdir(source)  # build_meta builds the project in the working folder
+    name = build_meta.build_sdist(str(tmp_path))
+    with tarfile.open(tmp_path / name) as sdist:
+        names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
+    expected = {p for p in wanted if p.split("/")[0] in ("tests", "recipes", "benchmarks", "scripts")}
+    assert "tests/conftest.py" in expected
+    assert not expected - names, sorted(expected - names)[:10]
