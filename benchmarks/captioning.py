@@ -18,6 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -89,6 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--onnx", action="store_true",
                     help="also score the held-out model's ONNX export: fp32 graphs and the int8 (dynamic) step graph")
     args = ap.parse_args(argv)
+    announce(__file__)
 
     from polymodal.data.pairs import open_pair_image, read_pair_source, split_by_image
 

@@ -28,6 +28,7 @@ from polymodal.index.store import query_matrix
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from image_centering import centered  # noqa: E402
+from run_context import announce  # noqa: E402
 
 # category -> caption words that name it
 CATEGORIES = {
@@ -58,6 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["lite", "default"])
     ap.add_argument("--betas", nargs="+", type=float, default=[0.5, 1.0])
     args = ap.parse_args(argv)
+    announce(__file__)
     try:
         test, ref = read_pairs(args.pairs), read_pairs(args.ref_pairs)
         named = weak_labels(test.captions, test.caption_image, len(test.images))

@@ -24,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
 
 SEARCH = "from polymodal.cli import main; sys.exit(main(sys.argv[1:]))"
 WAYS = {"now": f"import sys; {SEARCH}",
@@ -52,6 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", help="working folder (default: a temporary one)")
     args = ap.parse_args(argv)
+    announce(__file__)
     out = Path(args.out or tempfile.mkdtemp(prefix="cli-startup-"))
     db = setup(out)
     times: dict[str, list[float]] = {way: [] for way in WAYS}

@@ -26,6 +26,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from yesno_joint_heads import train_and_score  # noqa: E402
+from run_context import announce  # noqa: E402
 
 DEFAULT_QA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vqa-coco-yesno-train" / "qa.jsonl"
 if not DEFAULT_QA.is_file():
@@ -298,6 +299,7 @@ def main() -> int:
                     help="caption pair files for the joint-heads and caption-kNN attempts (none: skip them)")
     ap.add_argument("--save-builtin", action="store_true")
     args = ap.parse_args()
+    announce(__file__)
     needs_sklearn()
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold

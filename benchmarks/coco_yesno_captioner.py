@@ -27,6 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import numpy as np  # noqa: E402
 
 from coco_yesno import CHOSEN_C, DEFAULT_QA, cached, key_phrases, load_qa, needs_sklearn, pair_ranking  # noqa: E402
+from run_context import announce  # noqa: E402
 
 
 def texts_for(rows: list[dict]) -> dict[str, list[str]]:
@@ -77,6 +78,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pool", type=int, default=24, help="other photos each text is also scored on")
     args = ap.parse_args()
+    announce(__file__)
     needs_sklearn()
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold

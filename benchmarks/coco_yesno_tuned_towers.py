@@ -27,6 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import numpy as np  # noqa: E402
 
 from coco_yesno import CAPTIONS, CHOSEN_C, DEFAULT_QA, key_phrases, load_qa, needs_sklearn, pair_ranking  # noqa: E402
+from run_context import announce  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "default.json"
 
@@ -64,6 +65,7 @@ def main() -> int:
     ap.add_argument("--qa", type=Path, default=DEFAULT_QA)
     ap.add_argument("--configs", default="0:0,2:0,4:0,2:2")
     args = ap.parse_args()
+    announce(__file__)
     needs_sklearn()
     configs = parse_configs(args.configs)
     captions = [f for f in CAPTIONS if f.is_file()]

@@ -28,6 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from coco_yesno import CHOSEN_C, DEFAULT_QA, cached, image_pool_z, load_qa, needs_sklearn, pair_ranking, pool_z  # noqa: E402
+from run_context import announce  # noqa: E402
 
 TOWERS = {"lite0": 224, "lite2": 260}  # input size of each EfficientNet-Lite variant
 CROP = 0.6
@@ -116,6 +117,7 @@ def main() -> int:
     ap.add_argument("--towers", default="lite0,lite2")
     ap.add_argument("--no-dense", action="store_true", help="skip the grid-cell attempt")
     args = ap.parse_args()
+    announce(__file__)
     needs_sklearn()
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold

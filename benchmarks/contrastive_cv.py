@@ -16,6 +16,7 @@ import json
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from polymodal.train.features import CachedPairDataset, collate_cached, image_fe
 from polymodal.train.objectives import ContrastiveObjective
 from polymodal.train.trainer import Trainer, set_seed
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,6 +48,7 @@ def main(argv=None) -> int:
                     help="also score with beta x the fold's mean training embedding subtracted (hubness check): "
                          "from the images alone, and from images and texts both")
     args = ap.parse_args(argv)
+    announce(__file__)
 
     try:
         settings = json.loads(open(args.config).read()) if args.config else {}

@@ -27,6 +27,7 @@ from polymodal.data.samples import sample_photos  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere (the tests load it by path)
 from cpu_runtimes import runnable  # noqa: E402
+from run_context import announce  # noqa: E402
 
 SENTENCES = [
     "a dog runs along the beach",
@@ -55,6 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runtime", default="torch,torch-bf16,onnx", help="comma-separated: torch, torch-bf16, onnx")
     ap.add_argument("--onnx-dir", help="export of --model to measure (default: exported now into a temporary folder)")
     args = ap.parse_args(argv)
+    announce(__file__)
     photos = [arr for arr, _ in sample_photos().values()]
     images = [photos[i % len(photos)] for i in range(64)]
     texts = [SENTENCES[i % len(SENTENCES)] for i in range(64)]

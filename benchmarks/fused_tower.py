@@ -21,6 +21,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
+
 
 def _rate(fn, items: int, seconds: float) -> float:
     done, start = 0, time.perf_counter()
@@ -49,6 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--photos", type=int, default=15, help="sample photos encoded end to end (at most 15)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    announce(__file__)
 
     import polymodal
     from polymodal.data.samples import sample_photos

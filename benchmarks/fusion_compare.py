@@ -18,6 +18,7 @@ Datasets:
               image (seed 0): 80% train (+ validation from it), 20% held-out test; nothing is copied into the repo
 
 stdout gets JSON lines:
+  {"context": ...}          first: polymodal version and commit, torch, threads, CPU, date (benchmarks/run_context.py)
   {"kind": "dataset", ...}  per dataset: split sizes, the majority-answer baseline on its test split, the tower
                             caching seconds and the tower cost per sample (image tower ms/image incl. decoding and
                             resizing, text tower ms/question) -- the towers dominate end-to-end inference
@@ -43,10 +44,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# idle OpenMP threads sleep unless the caller chose (ACTIVE on a quiet machine): spinning beside other jobs
+# made speed ratios swing by several times (benchmarks/omp_wait_policy.py); OpenMP reads it when torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
 
 log = logging.getLogger("fusion_compare")
 
@@ -343,6 +350,7 @@ def main(argv=None) -> int:
     p.add_argument("--verbose", action="store_true", help="per-epoch training bars and debug logs")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
     args = p.parse_args(argv)
+    announce(__file__)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 

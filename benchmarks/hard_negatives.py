@@ -16,10 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+# idle OpenMP threads sleep unless the caller chose (ACTIVE on a quiet machine): spinning beside other jobs
+# made speed ratios swing by several times (benchmarks/omp_wait_policy.py); OpenMP reads it when torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     ap.add_argument("--views", type=int, default=None, help="cached image views (default: the recipe's)")
     args = ap.parse_args(argv)
+    announce(__file__)
 
     from polymodal.data.pairs import PairSet, read_pair_source, split_by_image
     from polymodal.eval.retrieval import retrieval_metrics

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +24,9 @@ import polymodal
 from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import read_pairs, retrieval_metrics
 from polymodal.index.store import query_matrix
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
 
 
 def centered(image_emb: np.ndarray, mean: np.ndarray, beta: float) -> np.ndarray:
@@ -38,6 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--betas", nargs="+", type=float, default=[0.0, 0.5, 1.0])
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args(argv)
+    announce(__file__)
     try:
         test, ref = read_pairs(args.pairs), read_pairs(args.ref_pairs)
         if set(map(str, test.images)) & set(map(str, ref.images)):

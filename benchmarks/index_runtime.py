@@ -22,6 +22,9 @@ from pathlib import Path
 # made speed ratios swing by several times (benchmarks/omp_wait_policy.py); OpenMP reads it when torch loads
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = ["a dog running on the grass", "children playing in the water", "a man riding a bicycle",
            "a crowd of people in a city street", "a snowy mountain"]
@@ -33,6 +36,7 @@ def main() -> int:
     ap.add_argument("--model", default="lite")
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
+    announce(__file__)
     import polymodal
     from polymodal.errors import PolymodalError
     from polymodal.index import ImageIndex

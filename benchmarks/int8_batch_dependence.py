@@ -19,6 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
+
 import numpy as np
 
 
@@ -50,6 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--texts", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    announce(__file__, onnx_threads=args.threads)
 
     import polymodal
     from polymodal.export import variants as V

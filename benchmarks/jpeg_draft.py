@@ -27,6 +27,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PAIRS = ROOT.parent / "shared" / "data" / "coco-mini-train" / "pairs.jsonl"
@@ -84,6 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="4032x3024", help="camera photo size, WxH (default: a 12 MP phone)")
     ap.add_argument("--limit", type=int, default=80, help="photos used (default 80)")
     args = ap.parse_args(argv)
+    announce(__file__)
 
     import polymodal
     from polymodal.eval.retrieval import read_pairs, retrieval_metrics

@@ -18,6 +18,9 @@ import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
+
 MEASURE = r"""
 import json, sys, time
 import torch
@@ -71,6 +74,7 @@ def main(argv=None) -> int:
                     help="comma-separated: default, PASSIVE, ACTIVE or spin:N (GOMP_SPINCOUNT); ratios are to the first")
     ap.add_argument("--repeats", type=int, default=1, help="rounds over the policies, interleaved; the median is kept")
     args = ap.parse_args(argv)
+    announce(__file__)
     policies = [x.strip() for x in args.policies.split(",") if x.strip()]
     base = policies[0]
     for condition in ("quiet", "busy"):

@@ -34,13 +34,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+# idle OpenMP threads sleep unless the caller chose (ACTIVE on a quiet machine): spinning beside other jobs
+# made speed ratios swing by several times (benchmarks/omp_wait_policy.py); OpenMP reads it when torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
+
 DEFAULT_PAIRS = ROOT.parent / "shared" / "data" / "flickr8k-dev" / "pairs.jsonl"
 
 
@@ -122,6 +130,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    announce(__file__)
     from polymodal.models.fusion_encoder import load_fusion_encoder
     from polymodal.train.pretrain import (
         PretrainRecipe,

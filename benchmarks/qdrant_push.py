@@ -30,6 +30,9 @@ from polymodal.errors import PolymodalError
 from polymodal.index.qdrant import NEEDS_EXTRA, QdrantCollection
 from polymodal.models.base import EmbeddingModel
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
+
 
 class RandomVectors(EmbeddingModel):
     """A unit vector per photo, seeded by its pixels (generated photos differ), so re-runs embed alike."""
@@ -73,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--qdrant", help="a server URL; default: Qdrant's local mode in a temp folder")
     args = ap.parse_args(argv)
+    announce(__file__)
     try:
         import qdrant_client  # noqa: F401
     except ImportError:

@@ -9,10 +9,14 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import polymodal
 from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import read_pairs, retrieval_metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -21,6 +25,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="lite", help="built-in name or checkpoint path")
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args(argv)
+    announce(__file__)
     try:
         pairs = read_pairs(args.pairs)
         model = polymodal.load(args.model)

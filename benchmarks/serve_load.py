@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from cpu_runtimes import runnable
+from run_context import announce
 
 RUNTIMES = ("torch", "torch-bf16", "onnx")  # torch-bf16: `serve --precision bf16`
 
@@ -179,6 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--onnx-dir", help="an existing export of --model (default: exported into a temporary folder)")
     ap.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for a server to start")
     args = ap.parse_args(argv)
+    announce(__file__)
     levels = [int(c) for c in args.concurrency.split(",")]
     runtimes = [r for r in args.runtime.split(",") if r]
     if not runtimes or set(runtimes) - set(RUNTIMES):

@@ -20,6 +20,9 @@ import time
 # (benchmarks/omp_wait_policy.py). OpenMP reads it when torch loads; each line records it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
+
 STARTUP = {
     "polymodal": (
         "from polymodal.encoders.text import SentenceEncoder, minilm_path\n"
@@ -63,6 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes per side for start-up")
     ap.add_argument("--seconds", type=float, default=3.0, help="time per throughput measurement")
     args = ap.parse_args(argv)
+    announce(__file__)
 
     times = {side: [] for side in STARTUP}
     for _ in range(args.repeats):

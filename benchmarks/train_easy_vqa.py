@@ -24,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
 
 BUILTIN = ROOT / "polymodal" / "resources" / "models" / "easy-vqa"
 
@@ -71,6 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--save-builtin", action="store_true", help=f"copy the best model to {BUILTIN.relative_to(ROOT)}")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
+    announce(__file__)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
     from polymodal.eval.vqa import read_qa, vqa_accuracy

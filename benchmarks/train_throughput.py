@@ -29,6 +29,8 @@ from polymodal.data.samples import sample_photos  # noqa: E402
 from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig  # noqa: E402
 from polymodal.train.features import image_features, text_features  # noqa: E402
 from polymodal.train.objectives import ContrastiveObjective  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
 
 CAPTIONS = ["a dog runs on the beach", "two children play football", "a man rides a bike", "food on a table"]
 
@@ -49,6 +51,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3)
     args = ap.parse_args(argv)
+    announce(__file__)
     photos = [arr for arr, _ in sample_photos().values()]
     images = [photos[i % len(photos)] for i in range(args.batch)]
     texts = [f"{CAPTIONS[i % 4]} ({i})" for i in range(args.batch)]

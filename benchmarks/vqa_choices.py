@@ -26,6 +26,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
+from run_context import announce  # noqa: E402
 
 
 def easy_vqa_rows(limit: int) -> list[dict]:
@@ -58,6 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="easy-vqa")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    announce(__file__)
 
     import polymodal
     from polymodal.eval.vqa import vqa_accuracy

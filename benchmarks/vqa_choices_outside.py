@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_context import announce  # noqa: E402
 
 HELD = {"circle", "green"}
 KINDS = {"shape": ["rectangle", "circle", "triangle"],
@@ -72,6 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--test-rows", type=int, default=600)
     ap.add_argument("--epochs", type=int, default=4)
     args = ap.parse_args(argv)
+    announce(__file__)
     import polymodal
     from polymodal.train.vqa import VQARecipe, train_vqa
     from train_easy_vqa import write_easy_vqa

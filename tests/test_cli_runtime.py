@@ -121,7 +121,8 @@ def test_the_index_runtime_benchmark_runs(cache_with_export, gallery):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "index_runtime.py"
     out = subprocess.run([sys.executable, str(script), "--images", str(gallery)], capture_output=True, text=True,
                          timeout=600, env={**os.environ, "POLYMODAL_CACHE": str(cache_with_export)}, check=True).stdout
-    rows = [json.loads(line) for line in out.splitlines()]
+    context, *rows = [json.loads(line) for line in out.splitlines()]  # the run context first (run_context.py)
+    assert context["context"] == "index_runtime.py"
     assert [r.get("runtime") for r in rows[:2]] == ["torch", "onnx"] and all(r["images"] == 15 for r in rows[:2])
     assert rows[-1]["ratio"] > 0 and rows[-1]["top10_overlap_of_the_two_indexes"] > 0.8
 
