@@ -158,10 +158,10 @@ def cmd_search(args) -> int:
         raise PolymodalError(f'the text query is empty; pass some words, e.g. polymodal search {where} "a dog"')
     if args.k < 1:
         raise PolymodalError(f"-k must be at least 1, got {args.k}")
-    if args.explain:  # a bad file name is refused before the model loads and the 37 occlusion passes run
-        from polymodal.apps.explain import heatmap_format
+    if args.explain is not None:  # a bad file name or folder is refused before the model loads and the 37 passes
+        from polymodal.apps.explain import check_heatmap_path
 
-        heatmap_format(args.explain)
+        check_heatmap_path(args.explain)  # (an empty --explain "" too, rather than no map and no word)
     if sum((bool(args.db), args.qdrant is not None, bool(args.texts))) != 1:
         raise PolymodalError('pass one of --db DB (a local index), --qdrant URL (a collection) or --texts FILE (one '
                              'text per line), e.g. polymodal search --db DB "a dog"')

@@ -37,25 +37,25 @@ def cmd_vqa(args) -> int:
         raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
     # a missing or unreadable image, or a heat map name of no image format, fails here, before the model loads
     check_image_file(args.image)
-    if args.explain:
-        from polymodal.apps.explain import heatmap_format
+    if args.explain is not None:
+        from polymodal.apps.explain import check_heatmap_path
 
-        heatmap_format(args.explain)
+        check_heatmap_path(args.explain)
     choices = None if args.choices is None else [c.strip() for c in args.choices.split(",") if c.strip()]
     if choices == []:  # `--choices ""` (an empty shell variable) would otherwise answer open-ended without a word
         raise PolymodalError(f"--choices {args.choices!r} names no answer; pass candidates like --choices yes,no, "
                              "or leave --choices out for an open answer")
     model = _load_vqa_model(args.model, args.runtime)
+    if args.explain and not hasattr(model, "explain"):  # said before answering, not after
+        raise PolymodalError(f"--explain needs the PyTorch runtime (gradients and attention maps); {args.model} "
+                             "runs through onnxruntime: pass the model folder it was exported from, without "
+                             "--runtime onnx")
     # the path, not the decoded image: the model reads the file as evaluation and training do (see draft_size_of)
     from polymodal.serve.model_warnings import with_warnings
 
     # the warnings stay on stderr and are also in --json's "warnings", as /v1/vqa replies carry them
     result, warnings = with_warnings(lambda: model.answer(args.image, args.question, choices=choices, top_k=args.top_k))
     if args.explain:
-        if not hasattr(model, "explain"):
-            raise PolymodalError(f"--explain needs the PyTorch runtime (gradients and attention maps); {args.model} "
-                                 "runs through onnxruntime: pass the model folder it was exported from, without "
-                                 "--runtime onnx")
         from polymodal.apps.explain import save_heatmap
 
         # the map of the answer printed (with --choices often not the open top answer a map would show by default)

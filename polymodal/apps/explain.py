@@ -77,6 +77,37 @@ def heatmap_format(out: str | Path) -> str:
     return fmt
 
 
+def check_heatmap_path(out: str | Path) -> str:
+    """heatmap_format(out), after making sure the file can be written: a folder of that name, a parent that is a
+    file, or a folder that cannot be written in is one PolymodalError here, before the model loads and the occlusion
+    passes run, rather than an OSError naming a hidden temporary file after them. Missing folders are fine (saving
+    makes them)."""
+    import os
+
+    from polymodal.cache import temp_beside
+
+    fmt = heatmap_format(out)
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise PolymodalError(f"cannot write a heat map to {out}: it is a folder; name a file, e.g. {path / 'heat.png'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:  # the nearest folder that exists: saving makes the rest
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PolymodalError(f"cannot write a heat map to {out}: {parent} is a file, not a folder")
+    try:
+        if parent == path.parent:  # try it: permissions, a read-only mount, a full disk's inodes
+            fd, tmp = temp_beside(path)
+            os.close(fd)
+            os.unlink(tmp)
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", str(parent))
+    except OSError as exc:
+        raise PolymodalError(f"cannot write a heat map to {out} ({exc.strerror or exc}); pass a path in a folder "
+                             "you can write") from None
+    return fmt
+
+
 # A heat map is drawn over the photo decoded with both sides at least this long: a JPEG past 4096 pixels on its
 # short side (48-200 MP phone photos) is decoded at 1/2-1/8 scale, which a 7x7 grid loses nothing to, and a 200 MP
 # one fits Pillow's pixel limit; other photos are drawn at their own size.
@@ -91,7 +122,7 @@ def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0
     import io
 
     out = Path(out)
-    fmt = heatmap_format(out)
+    fmt = check_heatmap_path(out)
     for min_side in (OVERLAY_MIN_SIDE, OVERLAY_MIN_SIDE // 2, OVERLAY_MIN_SIDE // 4, 1):
         try:  # a panorama past Pillow's limit with a short side under 4096: the largest draft that fits it
             img = load_image(image, min_size=min_side)

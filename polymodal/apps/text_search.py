@@ -37,7 +37,11 @@ def read_text_lines(path: str | Path, what: str = "texts") -> tuple[list[str], l
         raise PolymodalError(f"{what} file not found: {path}; pass a text file with {one}") from None
     except IsADirectoryError:
         raise PolymodalError(f"{path} is a folder; pass a text file with one of the {what} per line") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:  # say where: "position 85316" is no place an editor shows
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise PolymodalError(f"cannot read {what} file {path}: line {line} is not UTF-8 (byte "
+                             f"0x{exc.object[exc.start]:02x}); save it as UTF-8, with {one}") from None
+    except OSError as exc:
         raise PolymodalError(f"cannot read {what} file {path} ({exc}); pass a UTF-8 text file with {one}") from None
     # split on newlines only (reading made CRLF and CR into "\n"): str.splitlines would also split a caption at a
     # form feed, U+0085 or U+2028, giving two texts and line numbers an editor does not show
@@ -48,6 +52,42 @@ def read_text_lines(path: str | Path, what: str = "texts") -> tuple[list[str], l
     return [t for _, t in kept], [n for n, _ in kept]
 
 
+def text_signature(model) -> tuple[str, ...]:
+    """What decides a model's text vectors besides its key: the runtime (an ONNX export shares the model's key but
+    may run an int8 text tower, whose variant is named too) and a digest of its tokenizer, which the key leaves out
+    (``polymodal.load(FILE, tokenizer=DIR)`` gives a checkpoint the same key whichever tokenizer folder it reads)."""
+    runtime = f"{type(model).__module__}.{type(model).__name__}"
+    variant = str(getattr(model, "variants", {}).get("text", ""))
+    return runtime, *(part for part in (variant, _tokenizer_digest(model)) if part)  # (a model with neither: as before)
+
+
+def _tokenizer_digest(model) -> str:
+    """A digest of the tokenizer a model keeps as ``model.tokenizer`` (a CLIP checkpoint's, which
+    ``tokenizer=DIR`` picks; an ONNX export's tokenizer.json): vocabulary, merges, normalisation, special tokens and
+    the length texts are cut at; "" for a model with no such tokenizer (the lite towers' text tower is built in,
+    and their key covers it). The padding and truncation settings a call leaves behind are not part of it: they
+    change no text's vector, and would change the digest after the first call."""
+    import hashlib
+    import json
+
+    tok = getattr(model, "tokenizer", None)
+    tok = getattr(tok, "backend_tokenizer", None) or getattr(tok, "tok", None) or tok  # transformers / FastTokenizer
+    if tok is None:
+        return ""
+    if hasattr(tok, "to_str"):  # a tokenizers.Tokenizer
+        spec = json.loads(tok.to_str())
+        spec.pop("padding", None)
+        spec.pop("truncation", None)
+    elif hasattr(tok, "get_vocab"):  # a slow transformers tokenizer: its vocabulary, merges and special tokens
+        spec = {"vocab": tok.get_vocab(), "merges": [list(m) for m in sorted(getattr(tok, "bpe_ranks", {}), key=str)],
+                "special": list(getattr(tok, "all_special_tokens", []))}
+    else:
+        return ""
+    max_length = getattr(model, "max_length", None) or getattr(model, "_max_length", None)
+    text = json.dumps([spec, max_length], default=str)  # (tokenizers writes its vocabulary in id order)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _text_bank(model, texts: Sequence[str], progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """([U, dim] float16 embeddings of the distinct texts, memory-mapped from the cache; [N] the row of each text
     there). A line written twice is embedded once, and scores exactly like its twin. ``progress``: a bar while
@@ -55,8 +95,7 @@ def _text_bank(model, texts: Sequence[str], progress: bool = False) -> tuple[np.
     rows: dict[str, int] = {}
     which = np.fromiter((rows.setdefault(t, len(rows)) for t in as_texts(texts)), np.int64)
     distinct = list(rows)
-    runtime = f"{type(model).__module__}.{type(model).__name__}"
-    path, cached = load_cached(cache_key(model.key, runtime, *distinct), "text-bank")
+    path, cached = load_cached(cache_key(model.key, *text_signature(model), *distinct), "text-bank")
     if cached is not None and cached.shape == (len(distinct), model.dim):
         return cached, which
     from polymodal.progress import progress_bar
@@ -71,8 +110,8 @@ def _text_bank(model, texts: Sequence[str], progress: bool = False) -> tuple[np.
 
 
 def text_embeddings(model, texts: Sequence[str]) -> np.ndarray:
-    """[N, dim] float32 `model.encode_text(texts)`, cached on disk per model (key and version), runtime and list of
-    texts (the ONNX export shares the model's key but may run an int8 text tower)."""
+    """[N, dim] float32 `model.encode_text(texts)`, cached on disk per model (key and version), runtime, tokenizer
+    (see text_signature) and list of texts."""
     bank, which = _text_bank(model, texts)
     return np.asarray(bank[which], np.float32)
 
