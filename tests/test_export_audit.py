@@ -308,8 +308,8 @@ def test_load_onnx_picks_the_vqa_runtime_and_passes_threads(vqa_export):
 # --- the embedding runtime: config reading, preprocessing, truncation --------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_clip_export(tmp_path_factory):
+def export_tiny_clip(tmp):
+    """(a tiny random CLIP checkpoint's model, its fp32 ONNX export folder tmp/onnx)."""
     from conftest import skip_unless_clip_exports
     from test_clip_checkpoints import make_tiny_clip
 
@@ -317,10 +317,14 @@ def tiny_clip_export(tmp_path_factory):
     from polymodal.models.clip import load_clip
 
     skip_unless_clip_exports()
-    tmp = tmp_path_factory.mktemp("clip")
     model = load_clip(make_tiny_clip(tmp / "tiny-clip"))
     export_onnx(model, tmp / "onnx", validation_set(None), variants=[], timing_seconds=0.01)
     return model, tmp / "onnx"
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_export(tmp_path_factory):
+    return export_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def test_embedding_runtime_matches_pytorch_scores_and_truncation(tiny_clip_export, gallery):

@@ -40,6 +40,7 @@ def read_export_config(folder: str | Path) -> dict:
 
 
 GRAPHS = {"onnx_fusion_encoder": ("grid", "question", "head"), "onnx_captioner": ("prefix", "step")}
+EXPORT_TYPES = ("onnx_embedding", *GRAPHS)  # the kinds of export this polymodal writes and runs
 
 
 def graph_files(config: dict) -> dict[str, str]:
@@ -181,6 +182,14 @@ class OnnxEmbeddingModel(EmbeddingInterface):
 def load_onnx(folder: str | Path, **kwargs):
     """An export folder -> its runtime model: OnnxEmbeddingModel, OnnxFusionEncoder (VQA) or OnnxCaptioner."""
     kind = read_export_config(folder).get("type")
+    if kind is None:  # every export polymodal wrote names its kind
+        raise damaged_export(Path(folder), f"{ONNX_CONFIG} names no type")
+    if kind not in EXPORT_TYPES:  # another kind's keys must not be read as an embedding export's (or as damage)
+        from polymodal import __version__
+
+        raise PolymodalError(f"{folder} is an ONNX export of a kind this polymodal ({__version__}) does not know "
+                             f"({str(kind)[:60]!r}; made by a newer polymodal?): upgrade polymodal, or export the model "
+                             f"again with this one (`polymodal export onnx MODEL --out {folder}`)")
     if kind == "onnx_fusion_encoder":
         from polymodal.export.fusion_runtime import OnnxFusionEncoder as runtime
     elif kind == "onnx_captioner":
