@@ -145,7 +145,7 @@ def load_cached(key: str, kind: str):
     if path.is_file():
         try:
             return path, np.load(path, mmap_mode="r")
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):  # EOFError: an empty file (a copy cut short, a full disk)
             log.warning("feature cache %s is unreadable; recomputing", path)
     return path, None
 

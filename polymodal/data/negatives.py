@@ -8,8 +8,11 @@ on a short list of function words. Trailing punctuation stays where it was.
 
 from __future__ import annotations
 
+import logging
 import re
 import zlib
+from collections import defaultdict
+from typing import Collection
 
 from polymodal.data.augment import make_rng
 from polymodal.errors import PolymodalError
@@ -21,6 +24,7 @@ FUNCTION_WORDS = frozenset(
     "is are was were be been being has have had do does did it its his her their them they he she we you "
     "i me my our your who which what whose whom".split()
 )
+log = logging.getLogger(__name__)
 _WORD = re.compile(r"^([A-Za-z][A-Za-z'-]*)([^A-Za-z]*)$")  # a word and its trailing punctuation
 
 
@@ -36,9 +40,15 @@ def _coordinated(between: list[str]) -> bool:
     return any(w in ("and", "or") for w in words) and all(w in FUNCTION_WORDS or not w for w in words)
 
 
-def swapped_captions(caption: str, k: int = 2, seed: int = 0) -> list[str]:
+def same_text(text: str) -> str:
+    """A caption as compared with others: case, spacing and a final period aside ("A dog ." is "a dog")."""
+    return " ".join(text.lower().split()).rstrip(" .")
+
+
+def swapped_captions(caption: str, k: int = 2, seed: int = 0, exclude: Collection[str] = ()) -> list[str]:
     """Up to `k` distinct captions, each `caption` with two of its content words swapped. Deterministic for a given
-    (caption, seed); fewer than `k` (or none) when the caption has too few different content words."""
+    (caption, seed); fewer than `k` (or none) when the caption has too few different content words. A swap that
+    reads as a text in ``exclude`` (`same_text` forms: the photo's other captions) is passed over."""
     tokens = caption.split()
     words = _content_words(tokens)
     positions = list(words)
@@ -52,7 +62,7 @@ def swapped_captions(caption: str, k: int = 2, seed: int = 0) -> list[str]:
         new = list(tokens)
         new[i], new[j] = wj + pi, wi + pj
         text = " ".join(new)
-        if text != caption and text not in out:
+        if text != caption and text not in out and same_text(text) not in exclude:
             out.append(text)
         if len(out) == k:
             break
@@ -69,5 +79,18 @@ def negatives_per_caption(pairs, mode: str = "data", per_caption: int = 2, seed:
         raise PolymodalError(f"hard_negatives must be one of {', '.join(HARD_NEGATIVE_MODES)}, got {mode!r}")
     if mode == "none":
         return [() for _ in pairs]
-    return [p.negatives or (tuple(swapped_captions(p.caption, per_caption, seed)) if mode == "swap" else ())
-            for p in pairs]
+    # A negative that is one of the photo's own captions ("a man next to a woman" swapped is "a woman next to a
+    # man", which may describe the same photo) would teach the model that a true caption is wrong: left out.
+    own = defaultdict(set)
+    for p in pairs:
+        own[p.image].add(same_text(p.caption))
+    out, dropped = [], []
+    for p in pairs:
+        given = tuple(n for n in p.negatives if same_text(n) not in own[p.image])
+        dropped += [n for n in p.negatives if n not in given]
+        out.append(given or (tuple(swapped_captions(p.caption, per_caption, seed, own[p.image]))
+                             if mode == "swap" else ()))
+    if dropped:
+        log.warning("left out %d hard negative%s that %s a caption of the same photo (first: %r)", len(dropped),
+                    "" if len(dropped) == 1 else "s", "is" if len(dropped) == 1 else "are", dropped[0])
+    return out

@@ -43,7 +43,7 @@ def class_prompt_matrix(text_tower) -> np.ndarray:
             matrix = np.load(path)
             if matrix.shape == (len(names), text_tower.dim):
                 return matrix
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):  # EOFError: an empty file
             log.warning("class prompt cache %s is unreadable; recomputing", path)
     log.info("computing %d class prompt embeddings (once; cached at %s)", len(names), path)
     prompts = [CLASS_TEMPLATE.format(c) for c in names]

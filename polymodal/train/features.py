@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 
 
 def _identity(image) -> str:
-    """Path + size + mtime (content changes invalidate the cache); a shard member by name + its shard's inode, size
-    and mtime (write_shards names the samples of any data alike: shard-000000.tar#000000000.jpg, ...); an image in
-    memory by a digest of its content."""
+    """Path + size + mtime + ctime (content changes invalidate the cache; ctime also when the photo was replaced
+    and its mtime put back, as cp -p, rsync -a, tar -x and touch -r do); a shard member by name + its shard's
+    inode, size and mtime (write_shards names the samples of any data alike: shard-000000.tar#000000000.jpg, ...);
+    an image in memory by a digest of its content."""
     if not isinstance(image, (str, os.PathLike)):
         return _content_identity(image)
     split = split_tar_ref(image)
@@ -42,7 +43,7 @@ def _identity(image) -> str:
         return f"{image}|{_file_identity(split[0])}"
     try:
         st = os.stat(image)
-        return f"{image}|{st.st_size}|{st.st_mtime_ns}"
+        return f"{image}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
     except (OSError, ValueError):
         return str(image)
 
@@ -91,10 +92,9 @@ def image_features(
     image is an error, or with ``skip_unreadable`` gets NaN features (see `readable_rows`). Both kinds of caller
     share one cache entry: one that skips nothing fails on a NaN row as it would have on the image."""
     augment = augment or Augment()
-    path, cached = _load_cached(cache_key(model.image_cache_signature, f"loader {LOADER_VERSION}", views, repr(augment),
-                                          seed, *map(_identity, images)), "image")
-    if cached is not None and not skip_unreadable and len(unread := _nan_rows(cached[0])):
-        open_pair_image(images[unread[0]])  # raises the image's own error; if it reads now, compute afresh
+    path, cached = _load_cached(cache_key(model.image_cache_signature, *_precision(model), f"loader {LOADER_VERSION}",
+                                          views, repr(augment), seed, *map(_identity, images)), "image")
+    if cached is not None and _reads_now(model, images, _nan_rows(cached[0]), skip_unreadable):
         cached = None
     if cached is not None:
         return cached
@@ -105,6 +105,31 @@ def image_features(
         raise PolymodalError(f"none of the {plural(len(images), 'image')} could be read (first: {images[0]}); check "
                              "the image files (polymodal -v ... names each one)")
     return _store(path, out)
+
+
+def _precision(model) -> tuple[str, ...]:
+    """The image tower's precision where it is not fp32: a model loaded with precision="bf16" computes other
+    features (a frozen bf16 graph) than the fp32 model whose cache key it would otherwise share."""
+    precision = getattr(getattr(model, "image_tower", None), "precision", "fp32")
+    return () if precision == "fp32" else (f"precision {precision}",)
+
+
+def _reads_now(model, images: Sequence, unread: np.ndarray, skip_unreadable: bool) -> bool:
+    """Whether an image the cache holds as unreadable (a NaN row) reads now: a transient error (a network file
+    system, too many open files) is not kept for good. Without ``skip_unreadable`` the first one that still fails
+    raises its own error; with it each is logged again (-v says why on a cached run too)."""
+    size = photo_decode_size(model, None)
+    for i in unread:
+        try:
+            open_pair_image(images[i], size)
+            return True
+        except PolymodalError as exc:
+            if not skip_unreadable:
+                raise  # the image's own error
+            if stopping_at_first_unreadable():
+                raise Unreadable(str(exc)) from None
+            log.info("left out: %s", exc)
+    return False
 
 
 def _encode_views(model, images: Sequence, views: int, augment: Augment, seed: int, batch_size: int,
