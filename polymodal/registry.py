@@ -138,6 +138,8 @@ def settled_runtime(runtime: str, name_or_path: str | Path) -> str:
     too, even when exported)."""
     if runtime != "auto":
         return runtime
+    if str(name_or_path) in MODELS:  # the name, even beside a folder called so (./default): load() takes the name
+        return "torch"
     from polymodal.export.runtime import is_onnx_folder  # torch-free
 
     return "onnx" if is_onnx_folder(Path(name_or_path).expanduser()) else "torch"
@@ -204,6 +206,8 @@ def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: st
     key = str(name_or_path)
     if runtime not in RUNTIMES:
         raise PolymodalError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if key in MODELS and os.path.isdir(key):
+        _warn_of_shadowed_folder(key)
     from polymodal.export.runtime import is_onnx_folder, load_onnx
 
     runtime = settled_runtime(runtime, key)
@@ -211,9 +215,7 @@ def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: st
         if precision != "fp32":
             raise PolymodalError("precision applies to the PyTorch runtime; an ONNX export's variants are chosen "
                                  "and gated by `polymodal export onnx`")
-        folder = Path(key).expanduser()
-        if not is_onnx_folder(folder) and key in MODELS:
-            folder = onnx_export_dir(key)
+        folder = onnx_export_dir(key) if key in MODELS else Path(key).expanduser()  # a name is the name (as in torch)
         if not is_onnx_folder(folder):
             if key in NO_ONNX:
                 raise PolymodalError(f"{key} has no ONNX form ({NO_ONNX[key]}); run it with --runtime torch")
@@ -223,7 +225,7 @@ def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: st
                 from polymodal.resources import HERE
 
                 checked_on = " --val-qa FILE.jsonl" if folder_type(HERE / "models" / key) == "fusion_encoder" else ""
-                raise PolymodalError(f"no ONNX export of {key!r} (looked in {key} and {folder}); create it with "
+                raise PolymodalError(f"no ONNX export of {key!r} (looked in {folder}); create it with "
                                      f"`polymodal export onnx {key}{checked_on}` or pass an export folder")
 
             if folder_type(folder):  # a saved model (RUN/model): its export is made from it
@@ -240,7 +242,7 @@ def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: st
             model.source = str(folder.resolve())
         model.load_options = _recorded_options(kwargs)
         return model
-    if is_onnx_folder(Path(key).expanduser()):
+    if key not in MODELS and is_onnx_folder(Path(key).expanduser()):
         raise PolymodalError(f"{key} is an ONNX export, which runs with runtime='onnx' (the default, 'auto', picks it; "
                              "CLI: --runtime onnx or no --runtime)")
     model = _load_torch(key, **kwargs)
@@ -250,6 +252,18 @@ def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: st
     if precision != "fp32":
         set_image_precision(model, key, precision)
     return model
+
+
+def _warn_of_shadowed_folder(name: str) -> None:
+    """A folder in the working directory called like a built-in (a model saved as ./default, an export written to
+    ./lite) is not what the name loads: say so, with the path that loads it."""
+    import logging
+
+    from polymodal.resources import HERE
+
+    if os.path.realpath(name) != os.path.realpath(HERE / "models" / name):
+        logging.getLogger(__name__).warning("%r is the built-in model, not the folder ./%s here; pass ./%s to load "
+                                            "that folder", name, name, name)
 
 
 def set_image_precision(model, key: str, precision: str) -> None:

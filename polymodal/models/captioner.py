@@ -251,7 +251,7 @@ class Captioner(nn.Module):
         self.version = hashlib.sha256(data).hexdigest()[:12]
         config = {"type": "captioner", "version": self.version, **asdict(self.config),
                   "transform": self.transform.to_dict()}
-        return write_model_folder(folder, data, config)
+        return write_model_folder(folder, data, config, getattr(self, "loaded_from", None))
 
 
 def is_captioner_folder(path: str | Path) -> bool:
@@ -261,7 +261,7 @@ def is_captioner_folder(path: str | Path) -> bool:
 def load_captioner(folder: str | Path) -> Captioner:
     folder = Path(folder)
     raw = read_folder_config(folder, "`polymodal train captioner`")
-    model = Captioner(settings_from(folder, raw, CaptionerConfig), version=str(raw.get("version", "unknown")))
+    model = Captioner(settings_from(folder, raw, CaptionerConfig))
     from polymodal.models.dual_encoder import load_trained_weights
 
-    return load_trained_weights(model, folder)
+    return load_trained_weights(model, folder, raw)

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from polymodal.models.folders import WEIGHTS_FILE, folder_type, read_folder_config, settings_from, write_model_folder
+from polymodal.models.folders import (WEIGHTS_FILE, folder_type, folder_version, read_folder_config, settings_from,
+                                      write_model_folder)
 from polymodal.encoders.efficientnet import LITE0_TRANSFORM, EfficientNetLite0
 from polymodal.encoders.text import SentenceEncoder, minilm_path
 from polymodal.errors import PolymodalError
@@ -209,7 +210,7 @@ class DualEncoder(nn.Module, EmbeddingModel):
         self.version = hashlib.sha256(data).hexdigest()[:12]
         config = {"type": "dual_encoder", "version": self.version, **asdict(self.config),
                   "transform": self.transform.to_dict()}
-        return write_model_folder(folder, data, config)
+        return write_model_folder(folder, data, config, getattr(self, "loaded_from", None))
 
 
 def is_dual_encoder_folder(path: Path) -> bool:
@@ -219,13 +220,14 @@ def is_dual_encoder_folder(path: Path) -> bool:
 def load_dual_encoder(folder: str | Path) -> DualEncoder:
     folder = Path(folder)
     raw = read_folder_config(folder, "`polymodal train`")
-    model = DualEncoder(settings_from(folder, raw, DualEncoderConfig), version=str(raw.get("version", "unknown")))
-    return load_trained_weights(model, folder)
+    model = DualEncoder(settings_from(folder, raw, DualEncoderConfig))
+    return load_trained_weights(model, folder, raw)
 
 
-def load_trained_weights(model, folder: Path):
-    """Load folder/model.safetensors into a model built from its config; the keys must be exactly what
-    model.trained_state() saves. Shared by every model saved this way (dual and fusion encoders)."""
+def load_trained_weights(model, folder: Path, raw: dict):
+    """Load folder/model.safetensors into a model built from its config (``raw``, as read); the keys must be exactly
+    what model.trained_state() saves. Shared by every model saved this way (dual and fusion encoders, captioners).
+    The model's version is its weights' hash, which must be the one config.json records (folder_version)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -247,4 +249,6 @@ def load_trained_weights(model, folder: Path):
                              f"{list(state[k].shape)} in the weights, {list(expected[k].shape)} by config.json "
                              f"({len(shapes)} such); the folder is damaged or its config was edited")
     model.load_state_dict(state, strict=False)
+    model.version = folder_version(folder, raw)  # after the checks above: they say more about a damaged file
+    model.loaded_from = folder  # its save() carries the folder's training photos
     return model.eval()

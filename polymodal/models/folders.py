@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -27,6 +28,25 @@ def read_folder_config(folder: Path, written_by: str) -> dict:
         raise PolymodalError(f"cannot read {folder / CONFIG_FILE}; pass a folder written by {written_by}") from exc
 
 
+def folder_version(folder: Path, raw: dict) -> str:
+    """The saved model's version: the first 12 hex digits of its weights file's SHA-256, as every save() (and
+    scripts/ship_model.py) writes it into config.json. The version names the model in its key (indexes and caches
+    refuse vectors of another key), so weights that config.json was not written with (a model.safetensors copied from
+    another model, a folder half rewritten) are one error rather than another model's vectors under this one's key;
+    a config.json without a version (hand-written) gets its weights' own, not "unknown" shared by every such model."""
+    try:
+        found = hashlib.sha256((Path(folder) / WEIGHTS_FILE).read_bytes()).hexdigest()[:12]
+    except OSError as exc:
+        raise PolymodalError(f"cannot read {Path(folder) / WEIGHTS_FILE} ({exc}); the model folder is incomplete") from exc
+    recorded = raw.get("version")
+    if recorded is not None and str(recorded) != found:
+        raise PolymodalError(f"{Path(folder) / WEIGHTS_FILE} is not the weights {Path(folder) / CONFIG_FILE} was saved "
+                             f"with (its version is {recorded}, these weights' {found}): the folder mixes two models' "
+                             "files or was half rewritten; copy or save the model folder again (weights you "
+                             "changed on purpose: delete \"version\" from config.json, which then takes theirs)")
+    return found
+
+
 def settings_from(folder: Path, raw: dict, kind: type):
     """A model folder's config.json (as read) -> its settings dataclass; a value of the wrong type (an edited or
     hand-written file) is one error naming the key and the file, not a TypeError as the model is built."""
@@ -37,7 +57,13 @@ def settings_from(folder: Path, raw: dict, kind: type):
     return settings
 
 
-def write_model_folder(folder: Path, weights: bytes, config: dict) -> Path:
+def write_model_folder(folder: Path, weights: bytes, config: dict, loaded_from: Path | None = None) -> Path:
+    """``loaded_from``: the folder the model was loaded from, whose training_photos.txt goes with it (a model loaded
+    and saved again still learned from those photos: `eval` of the copy warns of them as of the original)."""
     atomic_write_bytes(folder / WEIGHTS_FILE, weights)
     atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())
+    if loaded_from is not None and Path(loaded_from).resolve() != Path(folder).resolve():
+        from polymodal.training_photos import copy_training_photos
+
+        copy_training_photos(Path(loaded_from), folder)
     return folder

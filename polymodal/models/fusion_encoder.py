@@ -625,7 +625,7 @@ class FusionEncoder(nn.Module):
         self.version = hashlib.sha256(data).hexdigest()[:12]
         config = {"type": "fusion_encoder", "version": self.version, **asdict(self.config),
                   "transform": self.transform.to_dict()}
-        return write_model_folder(folder, data, config)
+        return write_model_folder(folder, data, config, getattr(self, "loaded_from", None))
 
 
 def choice_rows(images: Any, questions: Any, choices: Any, check) -> tuple[list, list, list[int], list[str], list[int]]:
@@ -687,7 +687,7 @@ def load_fusion_encoder(folder: str | Path) -> FusionEncoder:
     raw = read_folder_config(folder, "`polymodal train vqa`")
     if raw.get("type") != "fusion_encoder":
         raise PolymodalError(f"{folder} holds a {raw.get('type', 'unknown')!r} model, not a fusion encoder")
-    model = FusionEncoder(settings_from(folder, raw, FusionEncoderConfig), version=str(raw.get("version", "unknown")))
+    model = FusionEncoder(settings_from(folder, raw, FusionEncoderConfig))
     from polymodal.models.dual_encoder import load_trained_weights
 
-    return load_trained_weights(model, folder)
+    return load_trained_weights(model, folder, raw)

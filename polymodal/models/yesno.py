@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from polymodal.models.folders import WEIGHTS_FILE, folder_type, read_folder_config, write_model_folder
+from polymodal.models.folders import WEIGHTS_FILE, folder_type, folder_version, read_folder_config, write_model_folder
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import YES_NO, comparable_answer, unique_choices, warn_of
 from polymodal.models.fusion_encoder import _dedupe, choice_rows
@@ -275,7 +275,7 @@ class YesNoModel:
         config = {**self.config, "type": MODEL_TYPE, "version": self.version, "name": self.name,
                   "features": list(FEATURES) + ["question_embedding[384]"]}
         self.config = config
-        return write_model_folder(folder, data, config)
+        return write_model_folder(folder, data, config, getattr(self, "loaded_from", None))
 
 
 def row_features(state: dict, image_emb: dict, question_emb: dict, row_image, row_question=None) -> np.ndarray:
@@ -372,4 +372,6 @@ def load_yesno(folder: str | Path, base=None) -> YesNoModel:
         state = load_file(str(folder / WEIGHTS_FILE))
     except (OSError, SafetensorError) as exc:
         raise PolymodalError(f"cannot read {folder / WEIGHTS_FILE} ({exc}); the model folder is incomplete") from exc
-    return YesNoModel(state, config, base=base)
+    model = YesNoModel(state, {**config, "version": folder_version(folder, config)}, base=base)
+    model.loaded_from = folder  # its save() carries the folder's training photos
+    return model
