@@ -5,7 +5,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,7 +91,8 @@ def staged_folder(out: Path) -> Iterator[Path]:
     Linux the old and new folders swap places in one step, so there is no moment without `out` either."""
     out = Path(out).resolve()  # `--out .` and symlinks: work on the real folder and its real parent
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    _remove_dead_stages(out)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{_STAGE_OWNER}-", suffix=".partial"))
     os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
     try:
         yield stage
@@ -107,6 +110,36 @@ def staged_folder(out: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # the old folder after a swap; the new one after an error
+
+
+_STAGE_OWNER = f"{socket.gethostname()}-{os.getpid()}"  # in each stage's name: which process on which machine
+
+
+def _remove_dead_stages(out: Path) -> None:
+    """A process killed outright (SIGKILL, the out-of-memory killer) cannot remove its stage (an export's: 100+ MB),
+    and each later kill would add one: the stages for ``out`` of this machine's processes that no longer run are
+    removed as the next one starts. Another machine's (a shared file system) and older unnamed ones are left."""
+    if os.name != "posix":  # os.kill(pid, 0) only asks on POSIX (on Windows it would end the process)
+        return
+    owned = re.compile(rf"\.{re.escape(out.name)}\.{re.escape(socket.gethostname())}-(\d+)-.*\.partial")
+    try:
+        entries = [e for e in os.scandir(out.parent) if owned.fullmatch(e.name)]
+    except OSError:
+        return
+    for entry in entries:
+        pid = int(owned.fullmatch(entry.name).group(1))
+        if pid != os.getpid() and not _running(pid):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it runs, as another user
+        return True
+    return True
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,16 @@ def removed_line(report: dict) -> list[str]:
     return [f"Deleted after choosing, not served: {', '.join(gone)} (`--keep-unserved` {keeps}).", ""]
 
 
+def _allowed_cores() -> int | None:
+    """The cores this process may run on when fewer than the machine has (taskset, a container's cpuset): onnxruntime
+    sizes its default pool by the machine's cores and would start more threads than can run. None: its default."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on this OS (macOS, Windows)
+        return None
+    return allowed if 0 < allowed < (os.cpu_count() or allowed) else None
+
+
 def onnx_session(path: Path, threads: int | None = None, inputs: set[str] | None = None):
     """An onnxruntime session of one graph of an export; a missing or damaged file, or a graph without the
     ``inputs`` expected of it, is one clear error that says to export again."""
@@ -102,6 +113,7 @@ def onnx_session(path: Path, threads: int | None = None, inputs: set[str] | None
     # idle intra-op threads sleep instead of spinning: in a server the spinning starves the request threads
     # (benchmarks/serve_load.py)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    threads = threads or _allowed_cores()
     if threads:
         opts.intra_op_num_threads = threads
     try:
