@@ -328,6 +328,9 @@ def wrong_folder_hint(path: str | Path) -> str:
             return f"{path} is one graph of an ONNX export; pass the export folder {folder.parent}"
     if (folder / "model" / "config.json").is_file() and (folder / "checkpoint.pt").is_file():
         return f"{path} is a training run folder; its model is {folder / 'model'}: pass that"
+    if folder.is_dir() and not (folder / "config.json").exists() and _holds_polymodal_weights(folder):
+        return (f"{path} holds a polymodal model's weights but no config.json: the folder is incomplete (copied in "
+                "part?); copy the whole model folder again, or save the model again")
     if (folder / "meta.sqlite").is_file():
         from polymodal.index import ImageIndex
 
@@ -337,6 +340,26 @@ def wrong_folder_hint(path: str | Path) -> str:
             built_with = ""
         return f"{path} is an index (polymodal index --db), not a model{built_with}"
     return ""
+
+
+# the first names of the tensors polymodal's own models save (dual encoder, fusion encoder, captioner, yes/no)
+POLYMODAL_TENSORS = {"image_head", "text_head", "log_logit_scale", "fusion", "vqa_head", "image_proj", "text_proj",
+                     "decoder", "prefix_proj", "coef"}
+
+
+def _holds_polymodal_weights(folder: Path) -> bool:
+    """Whether folder/model.safetensors was written by a polymodal model's save() (read from its header only), so a
+    missing config.json is said as such rather than as a CLIP checkpoint without CLIP's tensors."""
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "np") as f:
+            return bool({k.split(".")[0] for k in f.keys()} & POLYMODAL_TENSORS)
+    except Exception:  # noqa: BLE001 -- a damaged file: the loader that reads it says so
+        return False
 
 
 def unknown_model(name: str) -> PolymodalError:

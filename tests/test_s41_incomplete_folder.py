@@ -1,0 +1,34 @@
+"""A polymodal model folder without its config.json (copied in part) is said as such, not as a CLIP checkpoint
+that lacks visual.conv1.weight."""
+
+import shutil
+
+import pytest
+
+import polymodal
+from polymodal import cli
+from polymodal.errors import PolymodalError
+from polymodal.resources import HERE
+
+
+@pytest.mark.parametrize("name", ["default", "easy-vqa", "captioner", "coco-yesno"])
+def test_a_model_folder_without_config_json_is_called_incomplete(name, tmp_path, capsys):
+    folder = tmp_path / f"{name}-copy"
+    shutil.copytree(HERE / "models" / name, folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(PolymodalError, match="holds a polymodal model's weights but no config.json: the folder is "
+                                             "incomplete"):
+        polymodal.load(folder)
+    assert cli.main(["classify", str(folder / "model.safetensors"), "--labels", "a,b", "--model", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "no config.json" in err and "visual.conv1" not in err
+
+
+def test_other_weights_without_config_json_still_get_the_checkpoint_message(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    (tmp_path / "w").mkdir()
+    save_file({"encoder.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "w" / "model.safetensors"))
+    with pytest.raises(PolymodalError, match="visual.conv1.weight"):
+        polymodal.load(tmp_path / "w")
