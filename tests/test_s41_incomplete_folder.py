@@ -32,3 +32,15 @@ def test_other_weights_without_config_json_still_get_the_checkpoint_message(tmp_
     save_file({"encoder.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "w" / "model.safetensors"))
     with pytest.raises(PolymodalError, match="visual.conv1.weight"):
         polymodal.load(tmp_path / "w")
+
+
+@pytest.mark.parametrize("name", ["default", "easy-vqa", "captioner"])
+def test_a_config_key_this_polymodal_does_not_know_suggests_a_newer_polymodal(name, tmp_path):
+    import json
+
+    folder = tmp_path / name
+    shutil.copytree(HERE / "models" / name, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "speech_head": True}))
+    with pytest.raises(PolymodalError, match=r"config keys \['speech_head'\].*saved by a newer polymodal\? this is "):
+        polymodal.load(folder)

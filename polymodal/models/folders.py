@@ -52,7 +52,15 @@ def settings_from(folder: Path, raw: dict, kind: type):
     hand-written file) is one error naming the key and the file, not a TypeError as the model is built."""
     from polymodal.train.guards import check_types
 
-    settings = kind.from_dict(raw)
+    try:
+        settings = kind.from_dict(raw)
+    except PolymodalError as exc:
+        if not str(exc).startswith("unknown "):
+            raise
+        from polymodal import __version__  # keys this polymodal does not know: most likely a newer one saved it
+
+        raise PolymodalError(f"{exc} (in {Path(folder) / CONFIG_FILE}: saved by a newer polymodal? this is "
+                             f"{__version__}; upgrade polymodal to load it)") from None
     check_types(settings, f"in {Path(folder) / CONFIG_FILE}")
     return settings
 
