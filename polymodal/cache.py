@@ -92,7 +92,7 @@ def staged_folder(out: Path) -> Iterator[Path]:
     out = Path(out).resolve()  # `--out .` and symlinks: work on the real folder and its real parent
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_stages(out)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{_STAGE_OWNER}-", suffix=".partial"))
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{_stage_owner()}-", suffix=".partial"))
     os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
     try:
         yield stage
@@ -112,16 +112,31 @@ def staged_folder(out: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)  # the old folder after a swap; the new one after an error
 
 
-_STAGE_OWNER = f"{socket.gethostname()}-{os.getpid()}"  # in each stage's name: which process on which machine
+def _pid_namespace() -> str:
+    """This process's PID namespace (Linux: the inode of /proc/self/ns/pid): a container with its host's hostname
+    (docker --network host, a Kubernetes pod's containers) numbers its processes apart, so a PID is only asked
+    about in its own namespace. "0" where there is no such file."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
+def _stage_owner() -> str:
+    """In each stage's name: which process (host, PID namespace, PID) made it. Asked at each stage, not once at
+    import: a forked child has its own PID and must not name its stage after its parent."""
+    return f"{socket.gethostname()}-{_pid_namespace()}-{os.getpid()}"
 
 
 def _remove_dead_stages(out: Path) -> None:
     """A process killed outright (SIGKILL, the out-of-memory killer) cannot remove its stage (an export's: 100+ MB),
     and each later kill would add one: the stages for ``out`` of this machine's processes that no longer run are
-    removed as the next one starts. Another machine's (a shared file system) and older unnamed ones are left."""
+    removed as the next one starts. Another machine's (a shared file system), another PID namespace's (a container
+    on this host) and older unnamed ones are left."""
     if os.name != "posix":  # os.kill(pid, 0) only asks on POSIX (on Windows it would end the process)
         return
-    owned = re.compile(rf"\.{re.escape(out.name)}\.{re.escape(socket.gethostname())}-(\d+)-.*\.partial")
+    here = f"{socket.gethostname()}-{_pid_namespace()}"
+    owned = re.compile(rf"\.{re.escape(out.name)}\.{re.escape(here)}-(\d+)-.*\.partial")
     try:
         entries = [e for e in os.scandir(out.parent) if owned.fullmatch(e.name)]
     except OSError:

@@ -261,9 +261,21 @@ def _warn_of_shadowed_folder(name: str) -> None:
 
     from polymodal.resources import HERE
 
-    if os.path.realpath(name) != os.path.realpath(HERE / "models" / name):
-        logging.getLogger(__name__).warning("%r is the built-in model, not the folder ./%s here; pass ./%s to load "
-                                            "that folder", name, name, name)
+    if os.path.realpath(name) == os.path.realpath(HERE / "models" / name):
+        return
+    from polymodal.export.runtime import is_onnx_folder
+
+    folder = Path(name)
+    # only a folder that holds a model (saved, Hugging Face, exported) or a run's: any other folder of that name
+    # (notes, data, an index) is no model the user could have meant, and ./NAME would not load
+    if (folder / "config.json").is_file() or is_onnx_folder(folder):
+        meant = f"./{name}"
+    elif (folder / "model" / "config.json").is_file():
+        meant = f"./{name}/model"  # a training run folder: its model
+    else:
+        return
+    logging.getLogger(__name__).warning("%r is the built-in model, not the folder ./%s here; pass %s to load that "
+                                        "folder's model", name, name, meant)
 
 
 def set_image_precision(model, key: str, precision: str) -> None:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from polymodal.cache import staged_folder
+from polymodal.cache import _pid_namespace, staged_folder
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="process ids are asked with os.kill(pid, 0) on POSIX only")
 
@@ -20,7 +20,7 @@ def _dead_pid() -> int:
 
 
 def test_a_killed_process_stage_is_removed_by_the_next_and_others_are_kept(tmp_path):
-    host = socket.gethostname()
+    host = f"{socket.gethostname()}-{_pid_namespace()}"  # this machine, this PID namespace
     dead = tmp_path / f".export.{host}-{_dead_pid()}-abc123.partial"
     alive = tmp_path / f".export.{host}-{os.getppid()}-def456.partial"  # pytest's parent: running
     elsewhere = tmp_path / f".export.other-host-{_dead_pid()}-ghi789.partial"  # another machine's: unknown

@@ -166,12 +166,17 @@ class FusionModule(nn.Module):
 
         @functools.wraps(init)
         def checked(self, *args, **kwargs):
-            if type(self) is cls:
+            # the first __init__ called: this class's, or an ancestor's that a subclass without its own inherits
+            if next(k for k in type(self).__mro__ if "__init__" in k.__dict__) is cls:
                 try:
                     bound = signature.bind_partial(self, *args, **kwargs).arguments
                 except TypeError:  # an unknown option: the class's own __init__ says so below
                     bound = {}
-                check_options(self.name, {k: v for k, v in bound.items() if k not in ("self", "dims", "out_dim")})
+                options = {}
+                for key, value in bound.items():  # options passed on as **kw are checked under their own names
+                    var_kw = signature.parameters[key].kind is inspect.Parameter.VAR_KEYWORD
+                    options.update(value if var_kw else {key: value})
+                check_options(self.name, {k: v for k, v in options.items() if k not in ("self", "dims", "out_dim")})
             init(self, *args, **kwargs)
 
         cls.__init__ = checked

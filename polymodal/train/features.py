@@ -119,17 +119,7 @@ def _reads_now(model, images: Sequence, unread: np.ndarray, skip_unreadable: boo
     system, too many open files) is not kept for good. Without ``skip_unreadable`` the first one that still fails
     raises its own error; with it each is logged again (-v says why on a cached run too)."""
     size = photo_decode_size(model, None)
-    for i in unread:
-        try:
-            open_pair_image(images[i], size)
-            return True
-        except PolymodalError as exc:
-            if not skip_unreadable:
-                raise  # the image's own error
-            if stopping_at_first_unreadable():
-                raise Unreadable(str(exc)) from None
-            log.info("left out: %s", exc)
-    return False
+    return any(_open_or_none(images[i], skip_unreadable, size) is not None for i in unread)  # (stops at one)
 
 
 def _encode_views(model, images: Sequence, views: int, augment: Augment, seed: int, batch_size: int,
