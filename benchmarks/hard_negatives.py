@@ -94,7 +94,8 @@ def main(argv=None) -> int:
                 "train_s": round(seconds, 1),
                 "rsum": round(sum(v for k, v in metrics.items() if "R@" in k), 4),
                 **{k: round(v, 4) for k, v in metrics.items() if "R@" in k}}
-        order = word_order_accuracy(model, held_out.images, first_caption)
+        order = word_order_accuracy(model, held_out.images, first_caption,
+                                    other_captions=[held_out.captions_of(i) for i in range(len(held_out.images))])
         line.update({k: round(v, 4) for k, v in order.items() if not k.endswith("_n")})
         print(json.dumps(line), flush=True)
     return 0

@@ -252,7 +252,10 @@ def cmd_eval_retrieval(args) -> int:
         # each image's first caption: one pass (np.unique's first indices; every image has a caption), not one per image
         _, first_rows = np.unique(pairs.caption_image, return_index=True)
         first = [pairs.captions[int(i)] for i in first_rows]
-        metrics |= word_order_accuracy(model, pairs.images, first, image_emb=image_emb)
+        own: list[list[str]] = [[] for _ in pairs.images]  # a scrambled copy that is one of them is no wrong caption
+        for caption, i in zip(pairs.captions, pairs.caption_image):
+            own[int(i)].append(caption)
+        metrics |= word_order_accuracy(model, pairs.images, first, image_emb=image_emb, other_captions=own)
     # an ONNX export: which graph (fp32 or a gated int8/bf16 one) ran per tower, not the PyTorch-only --precision
     how = {"variants": model.variants} if hasattr(model, "variants") else {"precision": args.precision}
     print(json.dumps({"model": args.model, "runtime": args.runtime, **how, "images": len(pairs.images),

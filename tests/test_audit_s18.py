@@ -119,7 +119,7 @@ def test_prune_forgets_only_the_failures_of_vanished_files(pruned_index):
     broken = photos / "broken.png"
     broken.write_bytes(b"not a png")
     with sqlite3.connect(index.sqlite_path) as con:
-        con.executemany("INSERT INTO failures VALUES (?, 1, 1, 'broken', 'now')",
+        con.executemany("INSERT INTO failures (path, size, mtime_ns, reason, failed) VALUES (?, 1, 1, 'broken', 'now')",
                         [(str(broken),), (str(photos / "gone.png"),)])
     assert index.prune() == []
     with sqlite3.connect(index.sqlite_path) as con:

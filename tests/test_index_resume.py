@@ -283,7 +283,7 @@ def test_an_interrupt_during_the_second_folder_counts_the_first(built, tmp_path,
     index, photos = built  # 4 new photos in `photos`, then 2 in `more`
     more = tmp_path / "more"
     for colour in ("red", "blue"):
-        paint(more / f"{colour}.png", colour)
+        paint(more / f"{colour}.jpg", colour)  # not the bytes of photos/'s PNGs, whose vectors would be reused
     monkeypatch.setattr(polymodal, "load", lambda *a, **kw: StopsAfter(5))
     monkeypatch.setattr(store, "time", MinuteClock())
     db = str(index.db)
@@ -306,7 +306,8 @@ def test_prune_drops_the_images_of_a_moved_folder(tmp_path, capsys, monkeypatch)
     assert cli.main(["index", str(first), "--db", db]) == 0
     index = ImageIndex(db)
     with sqlite3.connect(index.sqlite_path) as con:  # a remembered decode failure of a file that then vanishes
-        con.execute("INSERT INTO failures VALUES (?, 1, 1, 'broken', 'now')", (str(first / "bad.png"),))
+        con.execute("INSERT INTO failures (path, size, mtime_ns, reason, failed) VALUES (?, 1, 1, 'broken', 'now')",
+                    (str(first / "bad.png"),))
     first.rename(tmp_path / "second")
     assert cli.main(["index", str(first), "--db", db]) == 2
     assert "--prune alone drops its images" in capsys.readouterr().err

@@ -28,6 +28,9 @@ class ImageFile:
     path: str  # absolute, see canonical_path
     size: int
     mtime_ns: int
+    # changes with every write, rename or utime (cp -p, rsync -a, tar -x and touch -r put mtime back, never ctime):
+    # a file replaced by one of its size under its old mtime is seen by it. None: not known (made by hand)
+    ctime_ns: int | None = None
 
 
 def canonical_path(path: str | Path) -> str:
@@ -69,7 +72,7 @@ def image_file(path: str | Path) -> ImageFile | tuple[str, str]:
         return path, f"cannot stat ({exc.strerror})"
     if not stat.S_ISREG(st.st_mode):
         return path, "not a file"
-    return ImageFile(path, st.st_size, st.st_mtime_ns)
+    return ImageFile(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def scan_images(folder: str | Path) -> tuple[list[ImageFile], list[tuple[str, str]]]:
@@ -114,7 +117,7 @@ def scan_images(folder: str | Path) -> tuple[list[ImageFile], list[tuple[str, st
             if not stat.S_ISREG(st.st_mode):  # a FIFO named x.jpg would block the hash's open() for ever
                 skipped.append((path, "not a file"))
                 continue
-            files.append(ImageFile(path, st.st_size, st.st_mtime_ns))
+            files.append(ImageFile(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
 
     if not files:
         why = f"; skipped {skipped[0][0]}: {skipped[0][1]}" if skipped else ""  # e.g. all were in a linked folder

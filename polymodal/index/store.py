@@ -1,7 +1,7 @@
 """A persistent, incrementally updated image index in one folder.
 
 Layout of the folder (the CLI's --db):
-  meta.sqlite    the source of truth: one row per image (path, size, mtime, sha256, float32 vector BLOB) and
+  meta.sqlite    the source of truth: one row per image (path, size, mtime, ctime, sha256, float32 vector BLOB) and
                  index-level meta (model, dim, times, generation)
   vectors.faiss  a derived cache for fast search: IndexIDMap2(IndexFlatIP), ids = SQLite row ids
   index.lock     held by the one writer (process or thread) allowed to write; only writers take it
@@ -15,7 +15,8 @@ files leave together in the first commit, and each commit bumps the generation. 
 committed states. vectors.faiss is replaced atomically after the last commit. A row's vector never changes (a
 changed file gets a new row) and ids are never reused (AUTOINCREMENT), so vectors.faiss is valid exactly when its
 id set equals the table's; if not (an update interrupted or still running, file deleted), it is rebuilt from the
-BLOBs. Files that failed to decode are remembered (table failures) and not read again until they change.
+BLOBs. Files that failed to decode are remembered (table failures) and not read again until they change. A file is
+unchanged while its size, mtime and ctime are; when only the times changed its sha256 decides (read, not decoded).
 """
 
 from __future__ import annotations
@@ -62,9 +63,13 @@ _BY_CONTENT = "CREATE INDEX IF NOT EXISTS images_sha256 ON images (sha256)"
 # what an index folder may hold (uploads/: the service's, written before its first update)
 _OWN_NAMES = {"meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm", "meta.sqlite-journal", "vectors.faiss", "index.lock",
               "vectors.lock", "uploads"}
-_Row = namedtuple("_Row", "id size mtime_ns sha256")
-_Failure = namedtuple("_Failure", "size mtime_ns reason failed")
-_COLUMNS = {"images": ("id, size, mtime_ns, sha256", _Row), "failures": ("size, mtime_ns, reason, failed", _Failure)}
+# ctime_ns: added by every update to indexes from before it (ALTER TABLE; older code writes NULL there, and a NULL is
+# trusted on size + mtime once, then filled in, so the first update after it reads no file)
+_CTIME = "ctime_ns"
+_Row = namedtuple("_Row", "id size mtime_ns sha256 ctime_ns")
+_Failure = namedtuple("_Failure", "size mtime_ns reason failed ctime_ns")
+_COLUMNS = {"images": ("id, size, mtime_ns, sha256, ctime_ns", _Row),
+            "failures": ("size, mtime_ns, reason, failed, ctime_ns", _Failure)}
 
 # Commits come by time, not by count: the work a crash loses stays about a minute whatever the model's speed (a GPU
 # embeds thousands of images a minute, a CPU a few dozen), and each commit makes live readers rebuild their FAISS
@@ -240,6 +245,7 @@ class ImageIndex(SearchByModel):
                     self._check_model(meta, model)
                     con.execute(_FAILURES)
                     con.execute(_BY_CONTENT)
+                    _add_ctime(con)
                     index, from_file = self._load_vectors(con, meta)
                     known, failed = known_rows(con, "images"), known_rows(con, "failures")
                     drop, todo = _plan(con, files, known, failed, report)  # pops the rows it sees from both
@@ -247,9 +253,12 @@ class ImageIndex(SearchByModel):
                         report.removed = len(known)  # rows under the folder whose file is gone
                         drop += [row.id for row in known.values()]
                         con.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in failed])
+                    # the vectors of rows about to go, by content: a renamed or moved photo takes its old vector
+                    reuse = dict(_select_in(con, "sha256, vector", "id", drop + [old for _, old, _ in todo if old]))
                     _delete(con, index, drop)
                     done.total = len(todo)
-                    self._embed_all(con, index, meta, model, todo, report, batch_size, progress, commit_every_s, done)
+                    self._embed_all(con, index, meta, model, todo, report, batch_size, progress, commit_every_s, done,
+                                    reuse)
                     # a changed file's old row left in _embed_batch even when its new one failed to embed
                     changed = bool(drop or report.added or any(old is not None for _, old, _ in todo))
                     state = _touch(con, meta, bump=changed)
@@ -316,14 +325,14 @@ class ImageIndex(SearchByModel):
         return rows
 
     def _embed_all(self, con, index, meta: dict, model, todo, report: UpdateReport, batch_size: int,
-                   progress: bool, commit_every_s: float | None, done: _Done) -> None:
+                   progress: bool, commit_every_s: float | None, done: _Done, reuse: dict[str, bytes]) -> None:
         # Rows go into the open transaction batch by batch, so memory stays flat; it is committed (and a new one
         # begun) every commit_every_s seconds, and the caller commits the rest. Readers see only commits.
         last_commit = time.monotonic()
         with progress_bar(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
-                self._embed_batch(con, index, model, batch, report)
+                self._embed_batch(con, index, model, batch, report, reuse)
                 bar.update(len(batch))
                 finished = start + len(batch)
                 due = commit_every_s is not None and time.monotonic() - last_commit >= commit_every_s
@@ -334,9 +343,11 @@ class ImageIndex(SearchByModel):
                     con.execute("BEGIN IMMEDIATE")
                     last_commit = time.monotonic()
 
-    def _embed_batch(self, con, index, model, batch, report: UpdateReport) -> None:
+    def _embed_batch(self, con, index, model, batch, report: UpdateReport, reuse: dict[str, bytes]) -> None:
         """Embed one batch into the open transaction: new rows in, the old rows of changed files out (in the same
-        commit, whatever happens to the new one), files that fail to decode remembered."""
+        commit, whatever happens to the new one), files that fail to decode remembered. A file whose bytes the index
+        holds (a copy; a photo renamed or its folder moved: `reuse`, the dropped rows) takes that vector, read and
+        hashed but not decoded again."""
         # size/mtime come from the scan, taken before hashing: if the file changes meanwhile, the next update
         # sees a newer mtime and looks again.
         _delete(con, index, [old for _, old, _ in batch if old is not None])
@@ -346,20 +357,23 @@ class ImageIndex(SearchByModel):
                 ready.append((f, old, digest or file_sha256(f.path)))
             except OSError as exc:  # not remembered: permissions or a mount can come back without a new mtime
                 report.skipped.append((f.path, f"cannot read ({exc.strerror})"))
-        results = _embed(model, [f.path for f, _, _ in ready]) if ready else []
+        known = {d: reuse.get(d) or _vector_of(con, d) for _, _, d in ready}
+        fresh = {d: f.path for f, _, d in reversed(ready) if known[d] is None}  # copies in the batch: decoded once
+        embedded = dict(zip(fresh, _embed(model, list(fresh.values())))) if fresh else {}
+        results = [embedded[d] if known[d] is None else np.frombuffer(known[d], "<f4") for _, _, d in ready]
         ids, vectors = [], []
         for (f, old, digest), result in zip(ready, results):
             if isinstance(result, str):
                 report.skipped.append((f.path, result))
                 if image_file(f.path) != f:  # gone or changed since the scan: not remembered, looked at again next time
                     continue
-                con.execute("INSERT OR REPLACE INTO failures (path, size, mtime_ns, reason, failed) VALUES "
-                            "(?, ?, ?, ?, ?)", (f.path, f.size, f.mtime_ns, result, _now()))
+                con.execute("INSERT OR REPLACE INTO failures (path, size, mtime_ns, reason, failed, ctime_ns) VALUES "
+                            "(?, ?, ?, ?, ?, ?)", (f.path, f.size, f.mtime_ns, result, _now(), f.ctime_ns))
                 continue
             con.execute("DELETE FROM failures WHERE path = ?", (f.path,))  # it failed before and is fixed now
             cur = con.execute(
-                "INSERT INTO images (path, size, mtime_ns, sha256, vector) VALUES (?, ?, ?, ?, ?)",
-                (f.path, f.size, f.mtime_ns, digest, result.astype("<f4").tobytes()),
+                "INSERT INTO images (path, size, mtime_ns, sha256, vector, ctime_ns) VALUES (?, ?, ?, ?, ?, ?)",
+                (f.path, f.size, f.mtime_ns, digest, result.astype("<f4").tobytes(), f.ctime_ns),
             )
             ids.append(cur.lastrowid)
             vectors.append(result)
@@ -649,23 +663,40 @@ def _transaction(con: sqlite3.Connection) -> Iterator[None]:
     con.execute("COMMIT")
 
 
+def _add_ctime(con: sqlite3.Connection) -> None:
+    for table in ("images", "failures"):
+        if _CTIME not in [r[1] for r in con.execute(f"PRAGMA table_info({table})")]:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {_CTIME} INTEGER")
+
+
+def _same_stat(stored, f: ImageFile) -> bool:
+    """The file's size, mtime and ctime are the stored ones. A replacement of the same size whose mtime was put back
+    (cp -p, rsync -a, tar -x, touch -r, exiftool -P) has a new ctime; a stored NULL (a row from before ctimes were
+    kept) is compared on size and mtime alone."""
+    return (stored.size, stored.mtime_ns) == (f.size, f.mtime_ns) and stored.ctime_ns in (None, f.ctime_ns)
+
+
 def _plan(con: sqlite3.Connection, files: list[ImageFile], known: dict[str, _Row], failed: dict[str, _Failure],
           report: UpdateReport) -> tuple[list[int], list[tuple[ImageFile, int | None, str | None]]]:
     """Compare files with their stored rows and failures (popped from `known` and `failed`): -> row ids to drop now
     and files to embed as (file, id of its old row or None, sha256 if already computed). Unchanged files count in
-    the report, unchanged files that failed before are skipped unread; a file touched without a content change
-    only gets its new mtime."""
+    the report, unchanged files that failed before are skipped unread; a file whose size is the same but whose mtime or
+    ctime is not is hashed: the same bytes (touched, chmod-ed, copied over itself) only get the new times."""
     drop: list[int] = []
     todo: list[tuple[ImageFile, int | None, str | None]] = []
     for f in files:
         row, failure = known.pop(f.path, None), failed.pop(f.path, None)
         if row is None:
-            if failure is not None and (failure.size, failure.mtime_ns) == (f.size, f.mtime_ns):
+            if failure is not None and _same_stat(failure, f):
+                if failure.ctime_ns is None:
+                    con.execute("UPDATE failures SET ctime_ns = ? WHERE path = ?", (f.ctime_ns, f.path))
                 report.skipped.append((f.path, f"{failure.reason}; unchanged since it failed on {failure.failed[:10]}, "
                                                "so not read again"))
             else:
                 todo.append((f, None, None))
-        elif (row.size, row.mtime_ns) == (f.size, f.mtime_ns):
+        elif _same_stat(row, f):
+            if row.ctime_ns is None:
+                con.execute("UPDATE images SET ctime_ns = ? WHERE id = ?", (f.ctime_ns, row.id))
             report.unchanged += 1
         elif row.size != f.size:
             todo.append((f, row.id, None))
@@ -676,8 +707,8 @@ def _plan(con: sqlite3.Connection, files: list[ImageFile], known: dict[str, _Row
                 report.skipped.append((f.path, f"cannot read ({exc.strerror})"))
                 drop.append(row.id)  # don't keep a vector for content we can't see
                 continue
-            if digest == row.sha256:  # touched or copied, same bytes: remember the new mtime only
-                con.execute("UPDATE images SET mtime_ns = ? WHERE id = ?", (f.mtime_ns, row.id))
+            if digest == row.sha256:  # touched, copied or chmod-ed, same bytes: remember the new times only
+                con.execute("UPDATE images SET mtime_ns = ?, ctime_ns = ? WHERE id = ?", (f.mtime_ns, f.ctime_ns, row.id))
                 report.unchanged += 1
             else:
                 todo.append((f, row.id, digest))
@@ -736,6 +767,12 @@ def _check_interval(commit_every_s) -> None:
                                        or not commit_every_s >= 0):
         raise PolymodalError(f"commit_every_s must be a number of seconds >= 0 (or None: commit once, at the end), "
                              f"got {commit_every_s!r}")
+
+
+def _vector_of(con: sqlite3.Connection, sha256: str) -> bytes | None:
+    """The stored vector of a row with these bytes (images_sha256 finds it), or None."""
+    row = con.execute("SELECT vector FROM images WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone()
+    return row and row[0]
 
 
 def _paths(con: sqlite3.Connection, ids: list[int]) -> dict[int, str]:
