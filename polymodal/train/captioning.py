@@ -31,8 +31,8 @@ from polymodal.train.guards import (
 )
 from polymodal.train.objectives import Objective
 from polymodal.train.run_settings import (absolute_paths, another_run, check_same_run, check_same_validation_set,
-                                          name_after_run, recipe_parts, recorded_settings, validation_record,
-                                          write_train_config)
+                                          name_after_run, recipe_parts, recorded_settings, switched_validation,
+                                          validation_record, write_train_config)
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.training_photos import TrainingPhotos
 
@@ -199,10 +199,7 @@ def check_same_validation(out: Path, recipe: CaptionRecipe) -> None:
         return
     now = asdict(recipe) | absolute_paths(recipe, ("val_pairs",))
     changed = [(k, saved[k], now[k]) for k in ("val_images",) if k in saved and saved[k] != now[k]]
-    if isinstance(saved.get("val_pairs"), list) and bool(saved["val_pairs"]) != bool(now["val_pairs"]):
-        split = "none: a --val-fraction split" if saved.get("val_fraction") else "none"
-        changed.append(("val_pairs", " ".join(saved["val_pairs"]) or f"({split})",
-                        " ".join(now["val_pairs"]) or "(none)"))
+    changed += switched_validation(saved, "val_pairs", now["val_pairs"])
     if changed:
         raise another_run(out, changed)
 

@@ -156,6 +156,17 @@ def check_same_validation_set(out: Path, pairs, rows: Sequence[tuple] | None = N
                          "with, or train into a new --out (--model RUN/model starts from its weights)")
 
 
+def switched_validation(saved, key: str, now: Sequence[str]) -> list[tuple]:
+    """[(key, was, now)] when a run that validated on files (``key``: val_pairs, val_qa) is resumed with its own
+    split or on nothing instead, or the reverse: the photos that validated would train, or the scores compared would
+    be of another kind (validation with the training loss). [] when it stays, or nothing was recorded."""
+    was = saved.get(key) if isinstance(saved, dict) else None
+    if not isinstance(was, list) or bool(was) == bool(now):
+        return []
+    split = "none: a --val-fraction split" if saved.get("val_fraction") else "none"
+    return [(key, " ".join(was) or f"({split})", " ".join(now) or "(none)")]
+
+
 def _pairs_text(record: dict) -> str:
     noun = next((k for k in record if k not in ("photos", "digest")), "captions")
     return f"{record.get(noun)} {noun} of {record.get('photos')} photos"

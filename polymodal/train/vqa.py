@@ -52,6 +52,7 @@ from polymodal.train.run_settings import (
     name_after_run,
     recipe_parts,
     recorded_settings,
+    switched_validation,
     validation_record,
     write_train_config,
 )
@@ -420,13 +421,9 @@ def check_same_validation(out: Path, recipe: VQARecipe) -> None:
     validation photos would train on the photos that validated it (and one that validated on nothing compares
     accuracy with the training loss); said before the data is read. Other questions in --val-qa are refused once
     they are read (check_same_validation_set), as another --val-fraction is."""
-    saved = recorded_settings(out)
-    if not isinstance(saved, dict) or not isinstance(saved.get("val_qa"), list):
-        return  # a run from before train_config.json: nothing to compare
-    was, now = saved["val_qa"], absolute_paths(recipe, ("val_qa",))["val_qa"]
-    if bool(was) != bool(now):
-        split = "none: a --val-fraction split" if saved.get("val_fraction") else "none"
-        raise another_run(out, [("val_qa", " ".join(was) or f"({split})", " ".join(now) or "(none)")])
+    changed = switched_validation(recorded_settings(out), "val_qa", absolute_paths(recipe, ("val_qa",))["val_qa"])
+    if changed:
+        raise another_run(out, changed)
 
 
 def _validation_rows(rows: Sequence[QARow]) -> list[tuple]:
