@@ -86,7 +86,7 @@ def cmd_train_captioner(args) -> int:
 def cmd_eval_captions(args) -> int:
     from polymodal.data.jsonl import counting_skipped
     from polymodal.data.pairs import read_pair_sources
-    from polymodal.eval.captions import MIN_CIDER_PHOTOS, evaluate_captions
+    from polymodal.eval.captions import MIN_CIDER_PHOTOS, evaluate_captions, scorers
     from polymodal.eval.caveats import data_caveats, warn_of_few
     from polymodal.eval.per_item import check_out, check_strict, refuse_ci, write_items
 
@@ -94,6 +94,7 @@ def cmd_eval_captions(args) -> int:
     if args.limit is not None and args.limit < 1:  # before the data is read and the model loads
         raise PolymodalError(f"--limit must be at least 1, got {args.limit}")
     refuse_ci(args, "BLEU and CIDEr-D are corpus scores, not means of per-photo scores that a bootstrap resamples")
+    scorers()  # before the data is read and the model loads
     check_out(args.out, args.pairs)
     with counting_skipped(args.split) as skipped:
         pairs = read_pair_sources(args.pairs)

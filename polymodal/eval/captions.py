@@ -48,6 +48,16 @@ def caption_tokens(text: str) -> str:
     return " ".join(_BRACKETS.get(t, t) for t in _token_pattern().findall(text))
 
 
+def scorers() -> tuple[type, type]:
+    """pycocoevalcap's Bleu and Cider, or one clear error: evaluate_captions asks before captioning any photo."""
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+    except ImportError as exc:
+        raise PolymodalError("caption metrics need pycocoevalcap: pip install 'polymodal[captions]'") from exc
+    return Bleu, Cider
+
+
 def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float | None]:
     """Corpus BLEU-1..4 and CIDEr-D of one generated caption per image against that image's reference captions
     (CIDEr-D None below MIN_CIDER_PHOTOS images)."""
@@ -57,11 +67,7 @@ def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str
         raise PolymodalError("no captions to score")
     if any(not refs for refs in references):
         raise PolymodalError("every image needs at least one reference caption")
-    try:
-        from pycocoevalcap.bleu.bleu import Bleu
-        from pycocoevalcap.cider.cider import Cider
-    except ImportError as exc:
-        raise PolymodalError("caption metrics need pycocoevalcap: pip install 'polymodal[captions]'") from exc
+    Bleu, Cider = scorers()
     gts = {i: [caption_tokens(r) for r in refs] for i, refs in enumerate(references)}
     res = {i: [caption_tokens(h)] for i, h in enumerate(hypotheses)}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
@@ -106,6 +112,7 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
         raise PolymodalError(f"--limit must be at least 1, got {limit}")
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
         raise PolymodalError(f"examples must be a whole number of at least 0, got {examples!r}")
+    scorers()  # missing, it would fail after every photo was captioned
     pairs, refs_of = _with_references(pairs)
     images = list(pairs.images[:limit] if limit else pairs.images)
     names = pairs.image_names() if hasattr(pairs, "image_names") else [str(image) for image in pairs.images]

@@ -10,7 +10,7 @@ import numpy as np
 
 from polymodal.data.images import ImageTransform
 from polymodal.export.runtime import export_tokenizer, graph_files, graph_variants, onnx_session, read_export_config
-from polymodal.models.beam_search import CLS, NO_REPEAT, beam_search, caption_batches
+from polymodal.models.beam_search import CLS, NO_REPEAT, beam_search, caption_batches, caption_text
 from polymodal.models.inputs import as_images
 
 
@@ -66,7 +66,7 @@ class OnnxCaptioner:
         # captions than each alone (6 of 12 Flickr8k photos did), so an int8 step graph decodes one photo at a time
         alone = self.variants["step"] != "fp32"
         return caption_batches(images, 1 if alone else batch_size, beam, max_tokens, no_repeat, pieces_of,
-                               self.tokenizer.decode)
+                               lambda pieces: caption_text(self.tokenizer.decode(pieces)))
 
     def __repr__(self) -> str:
         return f"OnnxCaptioner({self.key}, step={self.files['step']})"

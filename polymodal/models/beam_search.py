@@ -7,7 +7,9 @@ values reorders them by it), and ``logits`` ``[N, V]`` score the next piece.
 
 from __future__ import annotations
 
-from numbers import Integral
+import math
+import re
+from numbers import Integral, Real
 from typing import Any, Callable
 
 import numpy as np
@@ -20,6 +22,21 @@ UNK, MASK = 100, 103  # never written: the export's tokenizer drops them in deco
 NO_REPEAT = 3  # captions never repeat a 3-gram or a piece twice in a row (benchmarks/captioning.py --no-repeat)
 MAX_BEAM = 20  # keys and values grow with beam x batch: --beam 1000 took 2.9 GB for one photo; 5+ rarely changes it
 MAX_TOKENS = 512  # MiniLM's position table: a word piece past position 511 has no position embedding
+
+
+# word-piece decoding writes the pieces of "t-shirt", "man's" and "3.5" apart ("t - shirt", "man ' s", "3. 5"): the
+# caption as it was written, so that it reads right and the COCO tokens it is scored on ("t-shirt", "man 's") match
+# the references' (a spaced dash is never in Flickr8k's or COCO's captions; a hyphenated word is in 2%). "1, 000"
+# stays: it may be a list
+_JOINED = ((re.compile(r"(?<=\w) - (?=\w)"), "-"), (re.compile(r"(?<=\w) ' (?=(?:s|t|re|ve|ll|d|m)\b)"), "'"),
+           (re.compile(r"\bo ' clock\b"), "o'clock"), (re.compile(r"(?<=\d) ?([.:]) (?=\d)"), r"\1"))
+
+
+def caption_text(decoded: str) -> str:
+    """A caption's decoded word pieces -> its text: hyphenated words, clitics and decimals written whole."""
+    for pattern, joined in _JOINED:
+        decoded = pattern.sub(joined, decoded)
+    return decoded
 
 
 def repeats(sequences: list[list[int]], n: int) -> list[list[int]]:
@@ -56,6 +73,14 @@ def check_decoding(beam, max_tokens, no_repeat=NO_REPEAT, batch_size=1, flags: b
     return beam, max_tokens, check_no_repeat(no_repeat, name("no_repeat")), check_count(batch_size, name("batch_size"))
 
 
+def check_search(beam, max_tokens, length_penalty, no_repeat) -> None:
+    """beam_search's options (generate's too, which calls it without caption()'s checks): one clear error."""
+    check_decoding(beam, max_tokens, no_repeat)
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, Real) or not math.isfinite(length_penalty):
+        raise PolymodalError(f"length_penalty must be a finite number (1.0 ranks captions by log-probability per "
+                             f"piece, 0 by their total), got {length_penalty!r}")
+
+
 def caption_batches(images: Any, batch_size: int, beam: int, max_tokens: int, no_repeat: int,
                     pieces_of: Callable[..., list[list[int]]], text_of: Callable[[list[int]], str]) -> list[str]:
     """caption() of both runtimes: an image or images (paths, PIL images, arrays) -> one caption each, after one
@@ -78,12 +103,16 @@ def beam_search(step: Callable[[np.ndarray, np.ndarray], np.ndarray], images: in
     """The word pieces of the best caption per image (without [CLS]/[SEP]). Finished beams are ranked by
     log-probability / length**length_penalty. no_repeat=n (>= 2) forbids a piece that would repeat an n-gram of
     the caption so far or the piece just written; 0 allows repeats."""
+    check_search(beam, max_tokens, length_penalty, no_repeat)
     b, k = images, beam
     ids = np.full((b * k, 1), CLS, dtype=np.int64)
     origin = np.arange(b * k)
     score = np.full((b, k), -np.inf, dtype=np.float32)
     score[:, 0] = 0.0  # one live beam per image at the start
     done = np.zeros(b * k, dtype=bool)
+    # the best caption per image that finished and then left the beam (k live ones overtook its total
+    # log-probability, then ended less likely per piece): kept aside, so the search never loses a caption it found
+    kept: list[tuple[float, list[int]]] = [(-np.inf, [])] * b
     for _ in range(max_tokens):
         logp = _log_softmax(np.asarray(step(ids, origin)))
         logp[:, [PAD, UNK, CLS, MASK]] = -np.inf
@@ -93,17 +122,26 @@ def beam_search(step: Callable[[np.ndarray, np.ndarray], np.ndarray], images: in
         logp[done] = -np.inf
         logp[done, PAD] = 0.0  # a finished beam continues with padding at no cost
         vocab = logp.shape[-1]
+        score_before = score
         cand = (score.reshape(-1, 1) + logp).reshape(b, k * vocab)
         top = np.argpartition(-cand, k - 1, axis=1)[:, :k]
         flat = np.take_along_axis(top, np.argsort(-np.take_along_axis(cand, top, 1), axis=1, kind="stable"), 1)
         score = np.take_along_axis(cand, flat, 1)
         origin = ((flat // vocab) + np.arange(b)[:, None] * k).reshape(-1)
         token = (flat % vocab).reshape(-1)
+        left = done & ~np.isin(np.arange(b * k), origin)  # finished rows no row continues: they leave the beam
+        for row in np.flatnonzero(left):
+            pieces = [t for t in ids[row].tolist() if t not in (PAD, CLS)]
+            normed = float(score_before[row // k, row % k]) / max(len(pieces), 1) ** length_penalty
+            if normed > kept[row // k][0]:
+                kept[row // k] = (normed, [t for t in pieces if t != SEP])
         ids = np.concatenate([ids[origin], token[:, None]], 1)
         done = done[origin] | (token == SEP) | (token == PAD)
         if done.all():
             break
     lengths = np.maximum(((ids != PAD) & (ids != CLS)).sum(1), 1).astype(np.float32).reshape(b, k)
-    best = (score / lengths**length_penalty).argmax(1)
+    normed = score / lengths**length_penalty
+    best = normed.argmax(1)
     chosen = ids.reshape(b, k, -1)[np.arange(b), best]
-    return [[t for t in row.tolist() if t not in (PAD, CLS, SEP)] for row in chosen]
+    return [kept[i][1] if kept[i][0] > normed[i, best[i]] else [t for t in row.tolist() if t not in (PAD, CLS, SEP)]
+            for i, row in enumerate(chosen)]

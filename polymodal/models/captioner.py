@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
-from polymodal.models.beam_search import MAX_TOKENS, NO_REPEAT, beam_search, caption_batches
+from polymodal.models.beam_search import (MAX_TOKENS, NO_REPEAT, beam_search, caption_batches, caption_text,
+                                          check_search)
 from polymodal.models.folders import folder_type, read_folder_config, settings_from, write_model_folder
 from polymodal.models.inputs import as_images, check_count, check_fraction
 from polymodal.models.modes import check_float32, in_eval_mode
@@ -208,6 +209,7 @@ class Captioner(nn.Module):
         see later ones under the prefix-LM mask, so their states do not change), so each step runs the new word
         only (3.4x faster at beam 3, benchmarks/caption_speed.py; the same captions); without, [prefix ; words] is
         rerun every step. no_repeat: see beam_search."""
+        check_search(beam, max_tokens, length_penalty, no_repeat)  # before the prefix is repeated beam times
         prefix = self.prefix(grid).repeat_interleave(beam, 0)  # [B*k, P, D]
         past = self.past_of(prefix) if use_cache else []
 
@@ -236,7 +238,7 @@ class Captioner(nn.Module):
 
     def decode(self, pieces: list[int]) -> str:
         """Word pieces (as `generate` returns them) -> text."""
-        return self._text[0].decode(pieces)
+        return caption_text(self._text[0].decode(pieces))
 
     # -- saving ---------------------------------------------------------------------------------
     def trained_state(self) -> dict[str, Tensor]:
