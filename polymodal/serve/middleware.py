@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 # a client's made-up methods count as "other": each would be a new metrics series, counted before the API key check
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+CLIENT_CLOSED = 499  # the status metrics count a request under when its client left before it was answered
 
 
 async def send_error(send, status: int, message: str, headers: dict | None = None) -> None:
@@ -63,17 +64,19 @@ class MetricsMiddleware:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), 500
+        start, status, answered = time.perf_counter(), 500, False
         endpoint = self._endpoint(scope)
 
         async def send_status(message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, send_status)
+            if status == 500 and not answered:  # no answer and no error: the client went away first (nginx's 499),
+                status = CLIENT_CLOSED              # not a server error for an error-rate alert
         finally:
             method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
             self.metrics.observe_request(endpoint, method, status, time.perf_counter() - start)
@@ -100,6 +103,37 @@ class ApiKeyMiddleware:
 
 class _TooLarge(Exception):
     pass
+
+
+async def _unless_disconnected(app_call, receive, timeout: float, answered) -> bool:
+    """Runs app_call within `timeout` (asyncio.TimeoutError past it) while watching `receive` for the client's
+    disconnect; True when the client went away before `answered()`, the app then cancelled: a client that gave up
+    (its own timeout, a closed tab) no longer leaves its request decoding and embedding until --timeout, or past it."""
+    app_task = asyncio.ensure_future(app_call)
+
+    async def watch() -> None:
+        # after the body, a server's only message is the disconnect (anything else: stop watching, never spin on it);
+        # it says so once the answer is sent too, which is not a client leaving
+        if (await receive())["type"] != "http.disconnect" or answered():
+            await asyncio.Event().wait()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({app_task, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if app_task in done:
+            app_task.result()  # its exception, if any
+            return False
+        if watcher in done and not app_task.done():  # the client left (after the answer, receive says so too)
+            app_task.cancel()
+            await asyncio.gather(app_task, return_exceptions=True)
+            return True
+        app_task.cancel()  # past the deadline, as asyncio.wait_for did
+        await asyncio.gather(app_task, return_exceptions=True)
+        raise asyncio.TimeoutError
+    finally:
+        watcher.cancel()
+        if not app_task.done():  # this coroutine itself cancelled
+            app_task.cancel()
 
 
 class LimitsMiddleware:
@@ -161,7 +195,14 @@ class LimitsMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # after the body: wait for the disconnect, as the server would
 
-        if route_path(scope) in self.no_deadline:
+        async def replay_then_wait():  # after the body, receive is _unless_disconnected's: the app waits
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()
+
+        if route_path(scope) in self.no_deadline:  # an index add runs to the end, client or not
             return await self.app(scope, replay, send)
         started = False
 
@@ -173,7 +214,9 @@ class LimitsMiddleware:
 
         remaining = max(self.timeout - (time.monotonic() - start), 0.001)
         try:
-            await asyncio.wait_for(self.app(scope, replay, send_tracked), remaining)
+            if await _unless_disconnected(self.app(scope, replay_then_wait, send_tracked), receive, remaining,
+                                          lambda: started):
+                log.info("%s %s: the client went away; its request was stopped", scope["method"], scope["path"])
         except asyncio.TimeoutError:
             log.warning("%s %s took longer than %g s; answered 503", scope["method"], scope["path"], self.timeout)
             if not started:

@@ -177,18 +177,18 @@ class Service:
             raise
 
     # -- images in -------------------------------------------------------------------------------------------------
-    def decode(self, uploads: list[tuple[str, bytes]], model) -> list[Image.Image]:
+    def decode(self, uploads: list[tuple[str, bytes]], model, held: tuple[int, int] = (0, 0)) -> list[Image.Image]:
         """(name, bytes) -> RGB PIL images for `model` (decoded as it decodes files), each checked against the pixel
-        limit before decoding."""
+        limit before decoding. `held`: (images, pixels) of this request decoded before these, by earlier calls."""
         size, limit = self.draft_sizes.get(id(model)), self.settings.max_request_pixels
-        images, total = [], 0
+        images, (before, total) = [], held
         for name, data in uploads:
             images.append(open_image_checked(data, self.settings.max_image_pixels, name, size))
             total += images[-1].width * images[-1].height
             if total > limit:  # all of them stay decoded until the model has run: bound the memory one request holds
-                raise ApiError(413, f"the first {len(images)} images of this request decode to {total:,} pixels; the "
-                                    f"limit is {limit:,} ({limit / 1e6:g} MP) per request: send fewer or smaller images "
-                                    "per request")
+                raise ApiError(413, f"the first {before + len(images)} images of this request decode to {total:,} "
+                                    f"pixels; the limit is {limit:,} ({limit / 1e6:g} MP) per request: send fewer or "
+                                    "smaller images per request")
         return images
 
     def prepare(self, uploads: list[tuple[str, bytes]]) -> list:
