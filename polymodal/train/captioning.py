@@ -227,13 +227,13 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
         val = None
     model = build_captioner(recipe)
     name_after_run(model, recipe.out)
+    validation = validation_record(val)  # before unreadable photos are dropped: what the data gives
     if resume:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train,
                        val_fraction=None if recipe.val_pairs else recipe.val_fraction,
                        seed_draws_validation=not recipe.val_pairs and recipe.val_fraction > 0)
         check_same_validation(Path(recipe.out), recipe)
-        check_same_validation_set(Path(recipe.out), val)
-    validation = validation_record(val)  # before unreadable photos are dropped: what the data gives
+        check_same_validation_set(Path(recipe.out), validation)
     pairs, grids = _readable(model, pairs, progress)
     warn_of_unknown_pieces(model, [p.caption for p in pairs.pairs])
     loader = DataLoader(_Captions(grids, pairs), batch_size=recipe.batch_size, shuffle=True, collate_fn=_collate(model))

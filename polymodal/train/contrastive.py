@@ -140,12 +140,12 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
                              or f"cannot train from {recipe.model!r}; pass --model lite or the model folder of a "
                              "`polymodal train contrastive` run (RUN/model)")
     name_after_run(model, recipe.out)
+    validation = validation_record(val_set)  # before unreadable photos are dropped: what the data gives
     if resume:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train,
                        val_fraction=None if recipe.val_pairs else recipe.val_fraction,
                        seed_draws_validation=not recipe.val_pairs and recipe.val_fraction > 0)
-        check_same_validation_set(Path(recipe.out), val_set)
-    validation = validation_record(val_set)  # before unreadable photos are dropped: what the data gives
+        check_same_validation_set(Path(recipe.out), validation)
     feats = image_features(model, train_set.images, views=recipe.views, augment=Augment(), seed=recipe.train.seed,
                            progress=progress, skip_unreadable=True)
     rows = readable_rows(feats)

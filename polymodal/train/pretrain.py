@@ -653,13 +653,14 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
         log.warning("%s's VQA head does not train in pretraining but the layers under it do, so its answers drift "
                     "(easy-vqa: test accuracy 1.000 -> 0.997 after 10 epochs of ITM); fine-tune it again with "
                     "`polymodal train vqa --model RUN/model`, or --freeze projections,fusion", recipe.model)
+    validation = validation_record(val_pairs)
     if resume:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train, freeze=recipe.freeze,
                        val_fraction=None if recipe.val_pairs else recipe.val_fraction,
                        seed_draws_validation=bool(recipe.val_pairs) or recipe.val_fraction > 0)  # masks too
         if recipe.val_pairs or recipe.val_fraction > 0:
             check_same_validation(Path(recipe.out), recipe)
-        check_same_validation_set(Path(recipe.out), val_pairs)
+        check_same_validation_set(Path(recipe.out), validation)
     names = list(recipe.objectives)
     log.info("pretrain %s on %d captions of %d images; val: %d captions", names, len(train_pairs),
              len(train_pairs.images), len(val_pairs) if val_pairs else 0)
@@ -698,7 +699,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     out = prepare_run_folder(recipe.out, overwrite)
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("model", "negatives")) | {
         "train_captions": len(train.pairs), "train_images": len(train.pairs.images),
-        "val_captions": len(val.pairs) if val else 0, "validation": validation_record(val_pairs)}
+        "val_captions": len(val.pairs) if val else 0, "validation": validation}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train.pairs.images, recipe.model, val.pairs.images if val is not None else (),
                             earlier=out / "model" if resume else None)

@@ -142,13 +142,12 @@ def validation_record(pairs, rows: Sequence[tuple] | None = None, noun: str = "c
     return {"photos": len({str(r[0]) for r in rows}), noun: len(rows), "digest": digest}
 
 
-def check_same_validation_set(out: Path, pairs, rows: Sequence[tuple] | None = None, noun: str = "captions") -> None:
-    """--resume: the epoch kept is the best validation score so far, so the scores of the epochs to come must be taken
-    on the same pairs. Another --val-pairs file (or the same file edited), or a --val-fraction split of changed
+def check_same_validation_set(out: Path, now: dict | None) -> None:
+    """--resume: ``now`` (validation_record of this data) must be what the run recorded. The epoch kept is the best
+    validation score so far, so the scores of the epochs to come must be taken on the same pairs. Another --val-pairs file (or the same file edited), or a --val-fraction split of changed
     --pairs, would compare them with a best score taken on other photos, some of them perhaps trained on since."""
     saved = recorded_settings(out)
     was = saved.get("validation") if isinstance(saved, dict) else None
-    now = validation_record(pairs, rows, noun)
     if not isinstance(was, dict) or now is None or was.get("digest") == now["digest"]:
         return  # a run from before the record, or one without validation (a change there is refused elsewhere)
     raise PolymodalError(f"the run in {out} chose its best epoch on {_pairs_text(was)} and this data validates on "

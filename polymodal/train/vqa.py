@@ -474,13 +474,13 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     if resume and recipe.model == "new":  # a continued model's fusion comes from its folder, not from arch
         check_same_fusion(Path(recipe.out), recipe.arch)
     model = build_vqa_model(recipe, train_rows)
+    validation = validation_record(None, _validation_rows(val_rows), "questions")
     if resume:
         # the vocabulary ("answers") is checked once the unreadable rows are out (check_same_answers)
         check_same_run(Path(recipe.out), recipe.arch, recipe.train, ignore=("answers",), freeze=recipe.freeze,
                        val_fraction=None if recipe.val_qa else recipe.val_fraction,
                        seed_draws_validation=not recipe.val_qa and recipe.val_fraction > 0)
-        check_same_validation_set(Path(recipe.out), None, _validation_rows(val_rows), "questions")
-    validation = validation_record(None, _validation_rows(val_rows), "questions") if val_rows else None
+        check_same_validation_set(Path(recipe.out), validation)
     train, feats = readable_qa(model, train_rows, ",".join(map(str, recipe.qa)), progress)
     if len(train.rows) < len(train_rows):  # the answer vocabulary comes from the readable rows alone
         train_rows = train.rows
@@ -532,7 +532,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     out = prepare_run_folder(recipe.out, overwrite)
     settings = asdict(recipe) | absolute_paths(recipe, ("qa", "val_qa"), ("model",)) | {
         "train_questions": len(train_rows), "train_images": len(train.images), "val_questions": len(val_rows),
-        "images_per_batch": images_per_batch, "validation": validation}
+        "images_per_batch": images_per_batch,
+        "validation": validation if val_rows else None}
     settings["arch"]["answers"] = len(model.answers)  # the vocabulary itself is in model/config.json
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train.images, recipe.model, val.images if eval_fn else (),
