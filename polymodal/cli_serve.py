@@ -56,13 +56,8 @@ def cmd_serve(args) -> int:
         request_timeout_s=args.timeout,
     )
     # --runtime auto stays auto: create_app settles it per model (an export beside a built-in VQA model, say)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise PolymodalError(f"--threads must be at least 1, got {args.threads}")
-        if args.runtime != "onnx":
-            import torch
-
-            torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise PolymodalError(f"--threads must be at least 1, got {args.threads}")
     from polymodal.serve.app import create_app
 
     sock = _bind(args.host, args.port)  # before the slow model load: a busy port is one line and exit 2
@@ -75,6 +70,11 @@ def cmd_serve(args) -> int:
     except BaseException:
         sock.close()
         raise
+    if args.threads is not None and "torch" in sys.modules:  # only if some model runs on torch: an export served
+        # by --runtime auto stays torch-free. The model thread starts with the server, after this, and takes the count
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this address can use and change the index", args.host)
     import uvicorn
@@ -163,8 +163,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
     s.add_argument("--no-batching", action="store_true", help="run each request's forward pass alone")
     s.add_argument("--threads", type=int, default=None,
-                   help="threads for the model's forward passes: torch's with --runtime torch, each onnxruntime session's "
-                   "with --runtime onnx (default: the runtime's choice; 1 can be steadier on a busy machine)")
+                   help="threads for the models' forward passes: torch's for models run by PyTorch, each onnxruntime session's "
+                   "for exports (default: the runtime's choice; 1 can be steadier on a busy machine)")
     s.add_argument("--max-body-mb", type=int, default=20, help="largest request body in MB (default 20)")
     s.add_argument("--timeout", type=float, default=30.0, help="request timeout in seconds (default 30)")
     s.set_defaults(func=cmd_serve, runtime_per_model=True)  # --runtime auto: settled per model by create_app

@@ -144,7 +144,7 @@ def test_threads_help_says_it_applies_to_onnx_too(capsys):
     with pytest.raises(SystemExit):
         cli.main(["serve", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "--runtime onnx" in help_text.split("--threads THREADS", 2)[2].split("--max-body-mb")[0]
+    assert "onnxruntime session" in help_text.split("--threads THREADS", 2)[2].split("--max-body-mb")[0]
 
 
 def test_onnx_load_of_a_path_that_is_no_export_names_it_once(tmp_path):

@@ -378,3 +378,29 @@ def test_the_fastest_kept_variant_serves(tiny_clip, tmp_path, monkeypatch):
                                  "text.int8_static.onnx"]
     config = json.loads((out / "onnx_config.json").read_text())
     assert config["image"]["file"] == "image.int8_dynamic.onnx"
+
+
+def test_serve_threads_with_an_export_under_runtime_auto_never_imports_torch(lite_export, db):
+    """`serve --model EXPORT --threads N` (the default --runtime auto) imported torch only to set its thread count;
+    a torch model still gets the count, set before the server's model thread starts."""
+    out, _ = lite_export
+    script = textwrap.dedent(f"""
+        import sys
+        import polymodal.cli_serve as cs
+        from polymodal.cli import main
+
+        class Quiet:  # the server started: report instead of serving
+            def __init__(self, uvicorn, config, line):
+                pass
+            def run(self, sockets):
+                import sys
+                torch = sys.modules.get("torch")
+                print("TORCH", torch is not None, torch.get_num_threads() if torch else None)
+        cs._announcing_server = Quiet
+        assert main(["serve", "--db", {str(db)!r}, "--port", "0", "--model", sys.argv[1], "--threads", "1"]) == 0
+    """)
+    for model, want in ((str(out), "TORCH False None"), ("lite", "TORCH True 1")):
+        result = subprocess.run([sys.executable, "-c", script, model], capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "OMP_NUM_THREADS": "2"})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().splitlines()[-1] == want
