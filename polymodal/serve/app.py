@@ -225,7 +225,7 @@ def create_app(
         unknown = sorted(set(form.keys()) - allowed)
         if unknown:
             raise ApiError(400, f"unknown form field(s) {', '.join(map(repr, unknown))}; this endpoint takes {', '.join(sorted(allowed))}")
-        check_model_field(form.get("model"), kind)
+        check_model_field(form_text(form, "model"), kind)
 
     def check_model_field(name, kind: str = "embed") -> None:
         """`model` names the model that answers this endpoint: the VQA model on /v1/vqa, the captioner on
@@ -245,17 +245,21 @@ def create_app(
                             f"drop the model field or start a server with {flag} {str(name)[:100]}")
 
     def form_text(form, key: str) -> str | None:
-        value = form.get(key)
-        if value is not None and not isinstance(value, str):
-            raise ApiError(400, f"form field {key!r} must be text, not a file")
-        return value
+        """A single-valued text field. Sent twice, it is refused: Starlette keeps the last value without a word."""
+        values = form_texts(form, key)
+        if len(values) > 1:
+            raise ApiError(400, f"form field {key!r} was sent {len(values)} times; send it once")
+        return values[0] if values else None
 
-    def form_list(form, key: str) -> list[str] | None:
-        """A multipart list field (labels, choices): each value comma-separated, and it may be repeated."""
+    def form_texts(form, key: str) -> list[str]:
         values = form.getlist(key)
         if not all(isinstance(v, str) for v in values):
             raise ApiError(400, f"form field {key!r} must be text, not a file")
-        return [part.strip() for v in values for part in v.split(",") if part.strip()] or None
+        return values
+
+    def form_list(form, key: str) -> list[str] | None:
+        """A multipart list field (labels, choices): each value comma-separated, and it may be repeated."""
+        return [part.strip() for v in form_texts(form, key) for part in v.split(",") if part.strip()] or None
 
     async def form_images(form, required: bool = True) -> list[tuple[str, bytes]]:
         out = []
@@ -441,7 +445,7 @@ def create_app(
             async with parse_form(request) as form:
                 check_form_fields(form, {"image", "labels", "top_k", "templates", "model"})
                 labels = form_list(form, "labels")
-                top_k, templates = form_text(form, "top_k"), form.getlist("templates") or None
+                top_k, templates = form_text(form, "top_k"), form_texts(form, "templates") or None
                 items = await form_images(form)
         labels = _text_list(labels, "labels", s.max_labels)
         templates = check_templates(templates, s.max_templates)
@@ -600,6 +604,10 @@ def create_app(
         elif exc.status_code == 400 and message.startswith("Too many files"):  # Starlette's max_files, as JSON's
             return JSONResponse({"error": f"more than {s.max_images_per_request} images in one request; the limit is "
                                           f"{s.max_images_per_request}: send them in several requests"}, status_code=413)
+        elif exc.status_code == 400 and message.startswith("Too many fields"):  # labels sent as fields, one each
+            return JSONResponse({"error": f"more than {s.max_labels + 16:,} form fields in one request; send labels "
+                                          f"comma-separated in one field, at most {s.max_labels:,} per request"},
+                                status_code=413)
         elif exc.status_code == 400 and message.startswith("form field"):  # a text field that is not UTF-8
             pass
         elif exc.status_code == 400 and "multipart" in request.headers.get("content-type", ""):
