@@ -251,6 +251,10 @@ def test_an_index_rebuilt_with_another_model_while_serving_is_503_not_wrong_answ
         r = c.post("/v1/search", json={"text": "a cat", "k": 1})
         assert "was rebuilt with another model while serving" in error_of(r, 503)
         assert "other@1" in r.json()["error"]
+        png = (gallery / "cat.jpg").read_bytes()  # an upload: the same 503, not a 409 "could not add"
+        r = c.post("/v1/index", files=[("image", ("new.jpg", png + b"\0", "image/jpeg"))])
+        assert "was rebuilt with another model while serving" in error_of(r, 503)
+        assert not any((db_copy / "uploads").glob("*/*"))  # the upload's file is not kept
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -364,8 +364,11 @@ class Service:
                     names[canonical_path(path)] = name
                     digest_of[canonical_path(path)] = digest
                 try:
-                    report = self.index.update(batch, BatchedModel(self.model, self.batcher), progress=False,
-                                               commit_every_s=None)  # one transaction: all or nothing
+                    with self._serving_index():  # rebuilt with another model meanwhile: 503, as searches get
+                        report = self.index.update(batch, BatchedModel(self.model, self.batcher), progress=False,
+                                                   commit_every_s=None)  # one transaction: all or nothing
+                except ApiError:
+                    raise
                 except PolymodalError as exc:
                     raise _conflict("could not add to the index", exc) from None
             except BaseException:
