@@ -190,7 +190,7 @@ def test_openai_semantics(reference, hf_folder, tmp_path):
     np.testing.assert_allclose(model.encode_image(_images()), image, atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt", ["pt", "safetensors", "wrapped"])
+@pytest.mark.parametrize("fmt", ["pt", "safetensors", "wrapped", "compiled", "ddp-compiled"])
 def test_openai_layout_round_trip(hf_folder, reference, tmp_path, fmt):
     ref_model = reference[0]
     sd = hf_to_openai(ref_model.state_dict(), ref_model.config)
@@ -200,7 +200,9 @@ def test_openai_layout_round_trip(hf_folder, reference, tmp_path, fmt):
         save_file(sd, str(file))
     else:
         file = tmp_path / "tiny.pt"
-        torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}} if fmt == "wrapped" else sd, file)
+        prefix = {"wrapped": "module.", "compiled": "_orig_mod.", "ddp-compiled": "module._orig_mod."}.get(fmt, "")
+        sd = {f"{prefix}{k}": v for k, v in sd.items()}  # DDP's, torch.compile's, both
+        torch.save({"state_dict": sd} if fmt == "wrapped" else sd, file)
     model = load_clip(file, tokenizer=hf_folder.parent / "bare-tokenizer")
     assert model.dim == 32 and model.name == "tiny"
     assert model.model.config.vision_config.image_size == 32 and model.model.config.text_config.num_attention_heads == 1

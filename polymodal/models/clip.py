@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -336,7 +337,8 @@ def read_state_dict(file: str | Path) -> dict:
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
         raise PolymodalError(f"{file} does not hold a state dict; {EXPECTED}")
-    return {k.removeprefix("module."): v for k, v in sd.items()}  # DataParallel/DDP prefix
+    # DataParallel/DDP's prefix and torch.compile's, in either order when both wrapped the model
+    return {re.sub(r"^(?:module\.|_orig_mod\.)+", "", k): v for k, v in sd.items()}
 
 
 def _first_line(exc: Exception) -> str:
