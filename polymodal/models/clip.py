@@ -44,6 +44,7 @@ EXPECTED = (
 # PIL enum values used by HF processors
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 OPEN_CLIP_CONFIG = "open_clip_config.json"  # what open_clip (and its hub repos) keep beside the weights
+OPEN_CLIP_TEXT_HEADS = 8  # open_clip's CLIPTextCfg.heads default
 _warned_wide_vit: set[Path] = set()  # files whose wide-ViT guess was logged in this process
 _WIDE_VIT = {1280: "H", 1408: "g", 1664: "bigG"}
 
@@ -436,8 +437,9 @@ def load_openai_clip(
 def _open_clip_settings(folder: Path) -> tuple[dict, ImageTransform | None]:
     """(load options, image transform or None) from the open_clip_config.json in ``folder``, if there is one:
     {"model_cfg": {"quick_gelu", "vision_cfg": {"width", "head_width"}, "text_cfg": {"heads"}}, "preprocess_cfg":
-    {"mean", "std", "interpolation", "resize_mode"}}. What it leaves out: open_clip's defaults (GELU, heads of 64)
-    or, for heads without a width, the shapes' (openai_convert.default_arch)."""
+    {"mean", "std", "interpolation", "resize_mode"}}. What it leaves out: open_clip's defaults (GELU, vision heads
+    of 64 channels, 8 text heads for a text tower given a width) or, for a tower without a width, the shapes'
+    (openai_convert.default_arch)."""
     path = folder / OPEN_CLIP_CONFIG
     if not path.is_file():
         return {}, None
@@ -449,6 +451,8 @@ def _open_clip_settings(folder: Path) -> tuple[dict, ImageTransform | None]:
         options = {"hidden_act": "quick_gelu" if model_cfg.get("quick_gelu") else "gelu"}
         if "heads" in text:  # (a file naming only what differs, e.g. {"model_cfg": {"quick_gelu": false}}, is fine)
             options["text_heads"] = int(text["heads"])
+        elif "width" in text:  # a text tower stated without heads: open_clip's CLIPTextCfg default, not width // 64
+            options["text_heads"] = OPEN_CLIP_TEXT_HEADS
         if "width" in vision:
             options["vision_heads"] = int(vision["width"]) // int(vision.get("head_width", 64))
         pre = cfg.get("preprocess_cfg")
