@@ -3,11 +3,19 @@ heads (CLIPTextCfg), not OpenAI's width // 64."""
 
 import json
 
+import pytest
+
 from polymodal.models.clip import load_clip
-from test_s41_clip import _open_clip_folder, hf_folder  # noqa: F401 (a fixture)
+from test_clip_checkpoints import make_tiny_clip
+from test_s41_clip import _open_clip_folder
 
 
-def test_a_text_tower_without_heads_gets_open_clips_default(hf_folder, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    return make_tiny_clip(tmp_path_factory.mktemp("s42") / "clip")
+
+
+def test_a_text_tower_without_heads_gets_open_clips_default(hf_folder, tmp_path):
     folder = _open_clip_folder(hf_folder, tmp_path)
     path = folder / "open_clip_config.json"
     cfg = json.loads(path.read_text())
