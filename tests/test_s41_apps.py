@@ -41,11 +41,11 @@ def test_the_text_bank_is_not_shared_by_one_checkpoint_loaded_with_two_tokenizer
     assert np.abs(a.encode_text(TEXTS) - fresh_b).max() > 0.05  # the tokenizers really embed differently
     text_embeddings(a, TEXTS)  # caches A's vectors
     np.testing.assert_allclose(text_embeddings(b, TEXTS), fresh_b, atol=2e-3)  # B's own, not A's from the cache
-    from polymodal.apps.text_search import text_signature
+    from polymodal.apps.text_search import _tokenizer_spec_digest
 
-    signature = text_signature(b)
+    signature = _tokenizer_spec_digest(b)  # (not text_signature: it keeps the digest on the model, s42)
     b.encode_text(["a much longer caption than any before it"])  # leaves padding/truncation state behind
-    assert text_signature(b) == signature  # the digest does not drift after a call: the cache is still hit
+    assert _tokenizer_spec_digest(b) == signature  # the digest does not drift after a call: the cache is still hit
 
 
 def test_the_lite_towers_keep_their_text_bank_key(lite):
