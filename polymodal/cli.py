@@ -62,6 +62,7 @@ def cmd_index(args) -> int:
             files.append(target)
     folders = _outermost(folders)  # `index pics pics/2023`: each image is synced (and counted) once
     files = list({os.path.abspath(f): f for f in files}.values())  # `index a.jpg ./a.jpg` is one file
+    files = [f for f in files if not _synced_by(f, folders)]  # `index pics pics/a.jpg`: a.jpg is counted once
     index = ImageIndex(args.db)
     fresh = not index.exists()
     reports = []
@@ -146,6 +147,19 @@ def _outermost(folders: list[str]) -> list[str]:
         if not inside:
             keep.append(folder)
     return keep
+
+
+def _synced_by(file: str, folders: list[str]) -> bool:
+    """Whether syncing one of `folders` embeds (and counts) `file` already: it lies under it and no part of its path
+    there is hidden (the scan skips those, so a hidden file named by itself is still added)."""
+    from polymodal.index.scan import canonical_path
+
+    path = Path(canonical_path(file))
+    for folder in folders:
+        root = Path(folder).expanduser().resolve()
+        if path.is_relative_to(root) and not any(part.startswith(".") for part in path.relative_to(root).parts):
+            return True
+    return False
 
 
 def cmd_search(args) -> int:

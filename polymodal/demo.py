@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import html
+import os
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
@@ -37,7 +39,8 @@ def _write_page(out: Path, sections: list[tuple[str, list]], captions: list[tupl
     for title, hits in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")
         for h in hits:
-            src = Path(h.path).relative_to(out.resolve()).as_posix()
+            # a hit outside `out` (a copied index's row) still gets a link; quoted, as a '#' in a folder name ends a URL
+            src = quote(Path(os.path.relpath(h.path, out.resolve())).as_posix())
             parts.append(f"<figure><img src='{html.escape(src)}'><figcaption>{html.escape(Path(h.path).name)} "
                          f"{h.score:.3f}</figcaption></figure>")
     parts.append("<h2>captions</h2>")
@@ -53,6 +56,7 @@ def run(out: Path, model_name: str) -> None:
     import polymodal
     from polymodal.data.samples import write_sample_gallery
     from polymodal.index import ImageIndex
+    from polymodal.index.store import IndexModelMismatch
 
     out.mkdir(parents=True, exist_ok=True)
     gallery = out / "gallery"
@@ -61,7 +65,15 @@ def run(out: Path, model_name: str) -> None:
     print(f"2. Loading model {model_name!r} (offline; the first run caches the class-prompt matrix)")
     model = polymodal.load(model_name)
     index = ImageIndex(out / "index")
-    report = index.update(gallery, model)
+    try:
+        report = index.update(gallery, model)
+    except IndexModelMismatch:  # its advice names --db, which `polymodal index` has and the demo has not
+        built = index.info()["model_name"]
+        raise PolymodalError(f"{out} holds the demo's index of model {built}; pass another --out to try --model "
+                             f"{model_name} (or --model {built} to run it again here)") from None
+    # an index from before the folder was moved or renamed holds the gallery under its old path too: those rows
+    # would show each photo twice in every search
+    report.removed += len(index.prune())
     print(f"3. Indexed {gallery}: {report.summary()}")
 
     sections = []
@@ -116,6 +128,11 @@ def main(argv=None) -> int:
         run(args.out, args.model)
     except PolymodalError as exc:
         print(f"polymodal: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # --out names a file, or a folder that cannot be written
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"polymodal: error: {exc.strerror or exc}{where} (pass --out a folder that can be written)",
+              file=sys.stderr)
         return 2
     return 0
 

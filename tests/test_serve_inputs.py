@@ -4,6 +4,7 @@ the wrong type says which type it wants; VQA answers read well on the page; a ti
 import asyncio
 import base64
 import logging
+import time
 
 import pytest
 
@@ -198,4 +199,28 @@ def test_page_shows_a_vqa_answer_readably(browser_tools, asker, db, gallery, tmp
         text = page.inner_text("#vqa-answer")
         assert "{" not in text and "red" in text and "75%" in text and "blue" in text and "20%" in text, text
         assert "note: answers only yes or no" in text  # the model's warning, which the CLI shows on stderr
+        assert page.errors == []
+
+
+# the first question's answer comes 1.5 s late and says "stale": it must not replace the second question's answer
+STALE_FIRST_ANSWER = """const fetchNow = window.fetch; let asked = 0; window.fetch = (url, opts) => {
+  if (!String(url).endsWith("/v1/vqa") || ++asked > 1) return fetchNow(url, opts);
+  const stale = new Response(JSON.stringify({answer: "stale", score: 1, alternatives: []}),
+                             {headers: {"Content-Type": "application/json"}});
+  return new Promise((done) => setTimeout(() => done(stale), 1500));
+};"""
+
+
+def test_page_shows_the_last_questions_answer_not_the_last_to_arrive(browser_tools, asker, db, gallery, tmp_path):  # noqa: F811
+    with _serving(create_app(asker, db)) as url, _page(browser_tools, tmp_path) as page:
+        page.add_init_script(STALE_FIRST_ANSWER)
+        page.goto(url + "/", wait_until="domcontentloaded")
+        page.wait_for_selector("#vqa", state="visible", timeout=20_000)
+        page.set_input_files("#vqa-file", str(gallery / "cat.jpg"))
+        page.fill("#vqa-q", "what colour is it?")
+        page.click("#vqa-form button")
+        page.click("#vqa-form button")  # asked again before the first answer came
+        page.wait_for_function("document.getElementById('vqa-answer').textContent.includes('red')", timeout=20_000)
+        time.sleep(2.0)  # past the first question's late answer
+        assert "stale" not in page.inner_text("#vqa-answer") and "red" in page.inner_text("#vqa-answer")
         assert page.errors == []

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 
 # file name -> (loader, what it shows)
@@ -63,7 +65,9 @@ def write_sample_gallery(folder: str | Path) -> list[Path]:
     paths = []
     for name, (arr, _) in sample_photos().items():
         path = folder / f"{name}.jpg"
-        if not path.exists():
-            Image.fromarray(arr).convert("RGB").save(path, quality=92)
+        if not path.exists():  # whole or not at all: half a photo from a killed run would be kept by every re-run
+            buf = io.BytesIO()
+            Image.fromarray(arr).convert("RGB").save(buf, "JPEG", quality=92)
+            atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
     return paths

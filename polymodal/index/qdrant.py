@@ -31,7 +31,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from polymodal.errors import PolymodalError
-from polymodal.index.store import Hit, ImageIndex, IndexModelMismatch, SearchByModel, check_query_dim, query_matrix
+from polymodal.index.store import (Hit, ImageIndex, IndexModelMismatch, SearchByModel, check_query_dim, mismatch_fix,
+                                   query_matrix)
 from polymodal.models.inputs import check_count
 from polymodal.progress import progress_bar
 
@@ -78,6 +79,14 @@ class QdrantCollection(SearchByModel):
         if not self.remote and re.fullmatch(r"[\w.-]+:\d+", self.location) and not os.path.exists(self.location):
             raise PolymodalError(f"--qdrant {self.location}: a server needs its scheme, e.g. http://{self.location}; "
                                  "a folder name is taken as Qdrant's local mode")
+        # any other address-like value (http:/host, grpc://host:6334, host:6333/) would be taken as a folder, made
+        # in the current one, and a push there would "succeed" with nothing sent to the server (a folder that exists
+        # stays local mode; "C:/..." has a one-letter scheme)
+        if (not self.remote and re.match(r"[A-Za-z][\w+.-]+:(/|\d)", self.location)
+                and not os.path.exists(os.path.expanduser(self.location))):
+            raise PolymodalError(f"--qdrant {self.location} looks like a server address, but polymodal talks to Qdrant "
+                                 "over http:// or https:// only (the REST port, 6333 by default), e.g. "
+                                 "http://localhost:6333; a folder name is taken as Qdrant's local mode")
         self.api_key = api_key if api_key is not None else os.environ.get("QDRANT_API_KEY") or None
         self._client = None
         self._metadata: dict | None = None  # the collection's, once read: a search then costs one request, not three
@@ -289,7 +298,8 @@ class QdrantCollection(SearchByModel):
         with self._errors():
             meta = self._meta()
             self._check_model(meta, model.key, model.dim,
-                              f"use --model {meta['model_name']} with it, or another --collection for {model.name}")
+                              mismatch_fix(meta, model, "with it", f"another --collection for {model.name}",
+                                           "push an index built with it into another --collection"))
 
     def info(self) -> dict:
         with self._errors():

@@ -570,7 +570,8 @@ class ImageIndex(SearchByModel):
         if meta["model"] != model.key or meta["dim"] != model.dim:
             raise IndexModelMismatch(
                 f"index {self.db} was built with model {meta['model']} (dim {meta['dim']}), not {model.key} "
-                f"(dim {model.dim}); use --model {meta['model_name']} with this index, or a new --db for {model.name}"
+                f"(dim {model.dim}); " + mismatch_fix(meta, model, "with this index", f"a new --db for {model.name}",
+                                                      "index its photos again into a new --db")
             )
 
     def _missing(self) -> PolymodalError:
@@ -810,6 +811,16 @@ def query_matrix(query_vectors: Any) -> np.ndarray:
         raise PolymodalError(f"query vector row(s) {bad[:5]} hold NaN or infinite values; embed the query again")
     # Normalising makes inner product = cosine even for raw vectors; model outputs are unchanged by it.
     return np.ascontiguousarray(q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12))
+
+
+def mismatch_fix(meta: dict, model, with_it: str, elsewhere: str, rebuild: str) -> str:
+    """What to do when `model` does not match the index's (or collection's) recorded model: load that one, or, when
+    `model` is that one already (its key changed since: a polymodal upgrade, edited weights or preprocessing
+    settings), rebuild: --model would only load it again."""
+    if meta.get("model_name") == (getattr(model, "source", None) or model.name):
+        return (f"{meta['model_name']} has changed since these vectors were made (another polymodal version, or its "
+                f"weights or preprocessing settings edited), so --model cannot match them; {rebuild}")
+    return f"use --model {meta['model_name']} {with_it}, or {elsewhere}"
 
 
 def check_query_dim(q: np.ndarray, meta: dict, where: str) -> None:

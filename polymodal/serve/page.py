@@ -99,6 +99,11 @@ PAGE = r"""<!doctype html>
 const $ = (id) => document.getElementById(id);
 let apiKey = sessionStorage.getItem("polymodal-key") || "";
 const thumbUrls = [];
+const started = {};  // requests started per panel: an earlier one answering after a later one must not replace it
+function begin(panel) {  // -> a function telling whether this request is still the panel's latest
+  const mine = started[panel] = (started[panel] || 0) + 1;
+  return () => mine === started[panel];
+}
 
 function headers(extra) {
   const h = Object.assign({}, extra || {});
@@ -169,24 +174,26 @@ function showHits(hits, what) {
   status(hits.length ? hits.length + " results for " + what : "no results for " + what, false);
 }
 async function searchText(text) {
+  const current = begin("search");
   status("searching…", false);
   try {
     const res = await api("/v1/search", {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ text: text, k: parseInt($("k").value, 10) }),
     });
-    showHits(res.hits, "\u201c" + text + "\u201d");
-  } catch (e) { status(e.message, true); }
+    if (current()) showHits(res.hits, "\u201c" + text + "\u201d");
+  } catch (e) { if (current()) status(e.message, true); }
 }
 async function searchImage(file) {
+  const current = begin("search");
   status("searching by image…", false);
   const form = new FormData();
   form.append("image", file);
   form.append("k", $("k").value);
   try {
     const res = await api("/v1/search", { method: "POST", body: form });
-    showHits(res.hits, file.name || "the image");
-  } catch (e) { status(e.message, true); }
+    if (current()) showHits(res.hits, file.name || "the image");
+  } catch (e) { if (current()) status(e.message, true); }
 }
 $("search-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
@@ -226,10 +233,11 @@ $("vqa-form").addEventListener("submit", async (ev) => {
   form.append("image", file);
   form.append("question", $("vqa-q").value);
   $("vqa-answer").textContent = "thinking…";
+  const current = begin("vqa");
   try {
     const res = await api("/v1/vqa", { method: "POST", body: form });
-    showAnswer(res);
-  } catch (e) { $("vqa-answer").textContent = e.message; }
+    if (current()) showAnswer(res);
+  } catch (e) { if (current()) $("vqa-answer").textContent = e.message; }
 });
 $("caption-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -238,10 +246,11 @@ $("caption-form").addEventListener("submit", async (ev) => {
   const form = new FormData();
   form.append("image", file);
   $("caption-text").textContent = "writing…";
+  const current = begin("caption");
   try {
     const res = await api("/v1/caption", { method: "POST", body: form });
-    $("caption-text").textContent = res.results[0].caption;
-  } catch (e) { $("caption-text").textContent = e.message; }
+    if (current()) $("caption-text").textContent = res.results[0].caption;
+  } catch (e) { if (current()) $("caption-text").textContent = e.message; }
 });
 $("add-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();

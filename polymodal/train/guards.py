@@ -201,3 +201,17 @@ def freeze_parts(model, parts, model_name: str) -> None:
                     "pass --model FOLDER (a trained or pretrained fusion encoder)", ", ".join(parts))
     frozen = model.freeze(parts)
     log.info("frozen: %d parameter tensors (%s)", len(frozen), ", ".join(parts))
+
+
+def save_without_untrained_itm(save, model, epoch: int) -> None:
+    """save(model), except that the model as it came (epoch 0, kept when no epoch beats it) is saved without the ITM
+    head this run added and has not trained (model.fresh_itm_head): a random head would score multiple-choice
+    candidates outside the answer vocabulary."""
+    if epoch != 0 or not getattr(model, "fresh_itm_head", False):
+        save(model)
+        return
+    itm, model.itm, model.config.itm_head = model.itm, None, False
+    try:
+        save(model)
+    finally:
+        model.itm, model.config.itm_head = itm, True

@@ -55,7 +55,7 @@ from polymodal.progress import progress_bar
 from polymodal.train.features import _load_cached, _store, readable_pairs, readable_subset
 from polymodal.train.guards import (
     FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder, refuse_unfreezing,
-    freeze_parts, warn_of_shared_photos,
+    freeze_parts, save_without_untrained_itm, warn_of_shared_photos,
 )
 from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatch
 from polymodal.train.run_settings import (
@@ -580,6 +580,12 @@ def build_model(recipe: PretrainRecipe, resume: bool = False) -> FusionEncoder:
         recipe.arch = model.config  # what was built is what train_config.json records
         return model
     model = load_fusion_encoder(continued_folder(recipe.model, "pretrain"))  # a folder, or a built-in name
+    # an ITM head this run adds starts random: frozen it would stay random, and the model as it came (epoch 0,
+    # kept when no epoch beats it) is saved without it, as `train vqa` does with the ITM head --itm-weight adds
+    model.fresh_itm_head = "itm" in names and model.itm is None
+    if model.fresh_itm_head and "itm" in recipe.freeze:
+        raise PolymodalError(f"--freeze itm: {recipe.model} has no ITM head, so this run adds one that starts random "
+                             "and would stay random; drop itm from --freeze")
     if "itm" in names:
         model.add_itm_head()
     missing = [n for n, head in (("mlm", model.mlm_transform), ("mrm", model.mrm)) if n in names and head is None]
@@ -703,7 +709,11 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train.pairs.images, recipe.model, val.pairs.images if val is not None else (),
                             earlier=out / "model" if resume else None)
-    best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
+
+    def save_best(m: FusionEncoder) -> None:
+        save_without_untrained_itm(lambda model: photos.save(model, out / "model"), m, trainer.epoch)
+
+    best = trainer.fit(resume=resume, on_best=save_best,
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
                        score_start=recipe.model != "new")
     if val is None:

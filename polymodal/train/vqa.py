@@ -40,7 +40,7 @@ from polymodal.train.features import (
 )
 from polymodal.train.guards import (
     AT_LEAST_1, AT_LEAST_2, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
-    freeze_parts, refuse_unfreezing, warn_of_shared_photos,
+    freeze_parts, refuse_unfreezing, save_without_untrained_itm, warn_of_shared_photos,
 )
 from polymodal.train.run_settings import (
     absolute_paths,
@@ -540,16 +540,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
                             earlier=out / "model" if resume else None)
 
     def save_best(m: FusionEncoder) -> None:
-        if trainer.epoch == 0 and getattr(m, "fresh_itm_head", False):
-            # the model as it came (score_start) is kept without the ITM head this run added and has not yet
-            # trained: a random head would score multiple-choice candidates outside the vocabulary
-            itm, m.itm, m.config.itm_head = m.itm, None, False
-            try:
-                photos.save(m, out / "model")
-            finally:
-                m.itm, m.config.itm_head = itm, True
-        else:
-            photos.save(m, out / "model")
+        save_without_untrained_itm(lambda model: photos.save(model, out / "model"), m, trainer.epoch)
 
     best = trainer.fit(resume=resume, on_best=save_best,
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
