@@ -38,6 +38,7 @@ def write_cache_bytes(path: Path, data: bytes) -> bool:
     its result in memory, so built-in models load and answer all the same."""
     path = Path(path)
     try:
+        remove_stale_temps(path.parent)
         atomic_write_bytes(path, data)
         return True
     except OSError as exc:
@@ -47,6 +48,27 @@ def write_cache_bytes(path: Path, data: bytes) -> bool:
             log.warning("cannot write the cache folder %s (%s): its files are recomputed each run; set "
                         "POLYMODAL_CACHE to a writable folder to keep them", folder, exc.strerror or exc)
         return False
+
+
+STALE_TEMP_S = 3600  # a write in progress touches its file every few seconds: one untouched for an hour was killed
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Delete temporary files (temp_beside's) that a killed write left in a cache folder: a feature cache for 100,000
+    grids is ~12 GB, and the hidden leftover stayed until the folder was deleted."""
+    import time
+
+    try:
+        leftovers = list(Path(folder).glob(".*.tmp"))
+    except OSError:
+        return
+    for tmp in leftovers:
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_TEMP_S:
+                tmp.unlink()
+                log.info("deleted %s, left by a cache write that did not finish", tmp)
+        except OSError:  # gone already (another process cleaned it), or not ours to delete
+            pass
 
 
 def _umask() -> int:
