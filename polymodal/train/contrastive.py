@@ -147,10 +147,11 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
                        seed_draws_validation=not recipe.val_pairs and recipe.val_fraction > 0)
         check_same_validation_set(Path(recipe.out), validation)
     feats = image_features(model, train_set.images, views=recipe.views, augment=Augment(), seed=recipe.train.seed,
-                           progress=progress, skip_unreadable=True)
+                           progress=progress, skip_unreadable=True, split_across_ranks=True)  # torchrun: a share each
     rows = readable_rows(feats)
     train_set = readable_pairs(train_set, rows)
-    texts = text_features(model, train_set.captions, progress=progress) if model.text_frozen else train_set.captions
+    texts = (text_features(model, train_set.captions, progress=progress, split_across_ranks=True) if model.text_frozen
+             else train_set.captions)
     negatives = _hard_negatives(model, train_set, recipe, progress)
     dataset = CachedPairDataset(feats, texts, train_set.caption_image, seed=recipe.train.seed, rows=rows,
                                 negatives=negatives)
@@ -167,7 +168,8 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
 
     eval_fn = None
     if val_set is not None:
-        val_img = image_features(model, val_set.images, views=1, progress=progress, skip_unreadable=True)
+        val_img = image_features(model, val_set.images, views=1, progress=progress, skip_unreadable=True,
+                                 split_across_ranks=True)
         rows = readable_rows(val_img)
         if len(rows) < len(val_set.images):
             val_set, val_img = readable_pairs(val_set, rows), val_img[:, rows]
@@ -175,7 +177,8 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
             log.warning("only %d validation photos: recall over so few hardly changes between epochs (R@5 is 1.0 below 6, "
                         "R@10 below 11), so the epoch kept says little; validate on %d or more (--val-pairs, or a larger "
                         "--val-fraction)", len(val_set.images), MIN_VAL_PHOTOS)
-        val_txt = text_features(model, val_set.captions, progress=progress) if model.text_frozen else val_set.captions
+        val_txt = (text_features(model, val_set.captions, progress=progress, split_across_ranks=True)
+                   if model.text_frozen else val_set.captions)
         eval_fn = lambda m: retrieval_eval(m, val_img, val_txt, val_set.caption_image)  # noqa: E731
 
     chose = list(val_set.images) if val_set is not None else []  # the photos that choose the epoch kept
@@ -236,7 +239,7 @@ def _hard_negatives(model, train_set: PairSet, recipe: ContrastiveRecipe, progre
              recipe.hard_negatives)
     ends = np.cumsum([len(texts) for texts in lists])
     negatives_of = [np.arange(end - len(texts), end) for end, texts in zip(ends, lists)]
-    features = text_features(model, flat, progress=progress) if model.text_frozen else flat
+    features = text_features(model, flat, progress=progress, split_across_ranks=True) if model.text_frozen else flat
     return features, negatives_of
 
 

@@ -54,6 +54,49 @@ def same_on_all_ranks(value: int, what: str, fix: str) -> None:
         raise PolymodalError(f"the processes disagree on {what} ({values} by rank); {fix}")
 
 
+def share_of_batches(n: int, batch_size: int, split: bool = True) -> range:
+    """Starts of the batches (of ``batch_size`` rows out of ``n``) this process computes when the processes build a
+    cache together: rank r takes batches r, r + world, ... (every batch without torchrun, or ``split`` False)."""
+    if not split:
+        return range(0, n, batch_size)
+    return range(rank() * batch_size, n, world_size() * batch_size)
+
+
+def all_true(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (a collective: each one must call it), so that all take one path."""
+    if not is_distributed() or world_size() == 1:
+        return flag
+    t = torch.tensor([int(bool(flag))])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def any_shape(shape: tuple | None) -> tuple | None:
+    """The first process's non-None ``shape`` (each passes its own; a collective), or None when every one's is."""
+    if not is_distributed() or world_size() == 1:
+        return shape
+    shapes: list = [None] * world_size()
+    dist.all_gather_object(shapes, shape)
+    return next((tuple(x) for x in shapes if x is not None), None)
+
+
+SUM_CHUNK = 1 << 24  # values per all_reduce: a float32 copy of one chunk (64 MB) at a time, not of the whole cache
+
+
+def sum_in_place(array) -> None:
+    """Sum a numpy array over the processes, in place, in float32 chunks. Each process holds its share of the rows
+    and zeros elsewhere, so the sum is every row exactly (NaN rows, images that could not be read, stay NaN)."""
+    if not is_distributed() or world_size() == 1:
+        return
+    import numpy as np
+
+    flat = array.reshape(-1)  # a view: the array is contiguous
+    for start in range(0, flat.size, SUM_CHUNK):
+        t = torch.from_numpy(np.ascontiguousarray(flat[start : start + SUM_CHUNK], dtype=np.float32))
+        dist.all_reduce(t)
+        flat[start : start + SUM_CHUNK] = t.numpy()
+
+
 def refuse_torchrun(command: str) -> None:
     """`command` trains in one process: under torchrun every process would train the whole run on its own (the same
     data, the same steps) and write the same run folder (metrics.jsonl rows twice, a TensorBoard file and a result

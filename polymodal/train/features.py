@@ -86,21 +86,34 @@ def _open_or_none(image, skip_unreadable: bool, min_size: int | None):
 @torch.inference_mode()
 def image_features(
     model, images: Sequence, views: int = 1, augment: Augment | None = None, seed: int = 0,
-    batch_size: int = 32, progress: bool = True, skip_unreadable: bool = False,
+    batch_size: int = 32, progress: bool = True, skip_unreadable: bool = False, split_across_ranks: bool = False,
 ) -> np.ndarray:
     """[views, N, *feature_shape] float16, memory-mapped from the cache (computed on first use). An unreadable
     image is an error, or with ``skip_unreadable`` gets NaN features (see `readable_rows`). Both kinds of caller
-    share one cache entry: one that skips nothing fails on a NaN row as it would have on the image."""
+    share one cache entry: one that skips nothing fails on a NaN row as it would have on the image.
+    ``split_across_ranks`` (every torchrun process calls this together): each computes a share of the batches and
+    all get the whole array, instead of each computing all of it."""
     augment = augment or Augment()
     path, cached = _load_cached(cache_key(model.image_cache_signature, *_precision(model), f"loader {LOADER_VERSION}",
                                           views, repr(augment), seed, *map(_identity, images)), "image")
     if cached is not None and _reads_now(model, images, _nan_rows(cached[0]), skip_unreadable):
         cached = None
-    if cached is not None:
+    split = split_across_ranks and distributed.world_size() > 1
+    if distributed.all_true(cached is not None) if split else cached is not None:  # all ranks compute, or none
         return cached
-    bar = progress_bar(total=views * len(images), desc="caching image features", unit="img", disable=not progress)
+    starts = distributed.share_of_batches(len(images), batch_size, split)
+    mine = sum(min(batch_size, len(images) - i) for i in starts)
+    bar = progress_bar(total=views * mine, desc="caching image features", unit="img", disable=not progress)
     with bar:  # closed on an error too: no bar line after the error's
-        out = _encode_views(model, images, views, augment, seed, batch_size, skip_unreadable, bar)
+        out = _encode_views(model, images, views, augment, seed, starts, batch_size, skip_unreadable, bar)
+    if split:  # each rank holds its batches' rows and zeros elsewhere: the sum is every row
+        shape = distributed.any_shape(None if out is None else out.shape)
+        if out is None and shape is not None:  # none of this rank's images could be read; others' could
+            out = np.zeros(shape, np.float16)
+            for i in starts:
+                out[:, i : i + batch_size] = np.nan
+        if out is not None:
+            distributed.sum_in_place(out)
     if out is None:
         raise PolymodalError(f"none of the {plural(len(images), 'image')} could be read (first: {images[0]}); check "
                              "the image files (polymodal -v ... names each one)")
@@ -122,13 +135,14 @@ def _reads_now(model, images: Sequence, unread: np.ndarray, skip_unreadable: boo
     return any(_open_or_none(images[i], skip_unreadable, size) is not None for i in unread)  # (stops at one)
 
 
-def _encode_views(model, images: Sequence, views: int, augment: Augment, seed: int, batch_size: int,
+def _encode_views(model, images: Sequence, views: int, augment: Augment, seed: int, starts: range, batch_size: int,
                   skip_unreadable: bool, bar) -> np.ndarray | None:
-    """[views, N, *feature_shape] float16 features, NaN rows for unreadable images; None when none could be read."""
+    """[views, N, *feature_shape] float16 features of the batches starting at ``starts``, NaN rows for unreadable
+    images among them, zeros in the rows of other batches (other ranks' share); None when none could be read."""
     out = None
     for v in range(views):
         size = photo_decode_size(model, augment if v > 0 else None)  # view 0 is the photo as the model sees it
-        for i in range(0, len(images), batch_size):
+        for i in starts:
             pils = [_open_or_none(x, skip_unreadable, size) for x in images[i : i + batch_size]]
             if v > 0:  # view v of image j depends only on (seed, j, v)
                 pils = [p and augment(p, make_rng(seed, i + j, v)) for j, p in enumerate(pils)]
@@ -136,7 +150,10 @@ def _encode_views(model, images: Sequence, views: int, augment: Augment, seed: i
             if rows:
                 feats = model.image_cache_input(torch.from_numpy(model.transform([pils[j] for j in rows]))).float().numpy()
                 if out is None:
-                    out = np.full((views, len(images), *feats.shape[1:]), np.nan, dtype=np.float16)
+                    out = np.zeros((views, len(images), *feats.shape[1:]), dtype=np.float16)
+                    for w in range(views):  # every row of this share unread until its features are in
+                        for k in starts:
+                            out[w, k : k + batch_size] = np.nan
                 out[v, [i + j for j in rows]] = feats
             bar.update(len(pils))
     return out
@@ -203,15 +220,26 @@ def readable_subset(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray | RowSubs
 
 
 @torch.inference_mode()
-def text_features(model, captions: Sequence[str], batch_size: int = 128, progress: bool = True) -> np.ndarray:
-    """[C, 384] float32 pooled sentence features of the frozen text tower (cached)."""
+def text_features(model, captions: Sequence[str], batch_size: int = 128, progress: bool = True,
+                  split_across_ranks: bool = False) -> np.ndarray:
+    """[C, 384] float32 pooled sentence features of the frozen text tower (cached). ``split_across_ranks``: as
+    `image_features`'."""
     path, cached = _load_cached(cache_key(model.text_cache_signature, *captions), "text")
-    if cached is not None:
+    split = split_across_ranks and distributed.world_size() > 1
+    if distributed.all_true(cached is not None) if split else cached is not None:
         return cached
-    chunks = []
-    for i in progress_bar(range(0, len(captions), batch_size), desc="caching text features", disable=not progress):
-        chunks.append(model.text_tower(list(captions[i : i + batch_size])).float().numpy())
-    return _store(path, np.concatenate(chunks))
+    out = None
+    starts = distributed.share_of_batches(len(captions), batch_size, split)
+    for i in progress_bar(starts, desc="caching text features", disable=not progress):
+        feats = model.text_tower(list(captions[i : i + batch_size])).float().numpy()
+        if out is None:
+            out = np.zeros((len(captions), *feats.shape[1:]), np.float32)
+        out[i : i + len(feats)] = feats
+    if split:  # a rank with no batch (fewer batches than ranks) learns the shape from the others
+        shape = distributed.any_shape(None if out is None else out.shape)
+        out = np.zeros(shape, np.float32) if out is None else out
+        distributed.sum_in_place(out)
+    return _store(path, out)
 
 
 class CachedPairDataset(Dataset):
