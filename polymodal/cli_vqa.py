@@ -47,9 +47,8 @@ def cmd_vqa(args) -> int:
                              "or leave --choices out for an open answer")
     model = _load_vqa_model(args.model, args.runtime)
     if args.explain and not hasattr(model, "explain"):  # said before answering, not after
-        raise PolymodalError(f"--explain needs the PyTorch runtime (gradients and attention maps); {args.model} "
-                             "runs through onnxruntime: pass the model folder it was exported from, without "
-                             "--runtime onnx")
+        raise PolymodalError(f"--explain needs a model that draws heat maps (explain(): fusion encoders and yes/no "
+                             f"models, and their ONNX exports); {args.model} has no explain(): drop --explain")
     # the path, not the decoded image: the model reads the file as evaluation and training do (see draft_size_of)
     from polymodal.serve.model_warnings import with_warnings
 
@@ -131,7 +130,7 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--model", default="easy-vqa", help="built-in name or fusion-encoder folder (default: easy-vqa)")
     s.add_argument("--top-k", type=int, default=3, help="alternatives shown with their scores (default 3)")
     s.add_argument("--explain", metavar="OUT_PNG", help="also save a heat map of where the model looked")
-    add_runtime(s, "onnx: answer with the model's `polymodal export onnx` folder (no --explain)")
+    add_runtime(s, "onnx: answer with the model's `polymodal export onnx` folder (--explain then maps by occlusion)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_vqa)
 

@@ -213,7 +213,7 @@ def test_vqa_passes_choices_top_k_and_runtime(capsys, spy_load, photos):
 def test_vqa_explain_without_explain_support_is_one_line(capsys, spy_load, photos, tmp_path):
     err = one_line_error(capsys, "vqa", photos / "red.png", "is it red?", "--model", "fake-vqa", "--explain",
                          tmp_path / "h.png")
-    assert "--explain needs the PyTorch runtime" in err and not (tmp_path / "h.png").exists()
+    assert "has no explain(): drop --explain" in err and not (tmp_path / "h.png").exists()
 
 
 @pytest.mark.parametrize("choices", ["", " , "])

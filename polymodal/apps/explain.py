@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -25,23 +25,29 @@ def heat_colors(heat: np.ndarray) -> np.ndarray:
 
 def occlusion_heat(model, image: Any, query: np.ndarray, grid: int = 7, window: int = 2, batch: int = 32) -> np.ndarray:
     """Why an embedding model matched ``image`` to ``query`` (a unit vector from encode_text or encode_image), for any
-    model with ``transform`` and ``embed_pixels`` (lite, default, CLIP, their ONNX exports): blank a ``window`` x
-    ``window`` block of a ``grid`` x ``grid`` partition of the crop the model sees (0 after normalisation: the
-    dataset's mean colour), at every position, and measure how much the cosine with the query drops; each cell gets
-    the mean drop of the blocks covering it (blocks, not single cells: one cell is rarely the only evidence).
-    ``[grid, grid]`` float32, >= 0, largest where it matters."""
-    pixels = model.transform([image])
+    model with ``transform`` and ``embed_pixels`` (lite, default, CLIP, their ONNX exports): `occlusion_map` of the
+    cosine with the query. ``[grid, grid]`` float32, >= 0, largest where it matters."""
+    q = np.asarray(query, dtype=np.float32).reshape(-1)
+    return occlusion_map(model.transform([image]), lambda pixels: model.embed_pixels(pixels) @ q, grid, window, batch)
+
+
+def occlusion_map(pixels: np.ndarray, score: Callable[[np.ndarray], np.ndarray], grid: int = 7, window: int = 2,
+                  batch: int = 32) -> np.ndarray:
+    """Blank a ``window`` x ``window`` block of a ``grid`` x ``grid`` partition of ``pixels`` ([1, C, H, W], the crop
+    the model sees; 0 after normalisation: the dataset's mean colour), at every position, and measure how much
+    ``score`` ([N, C, H, W] -> [N]) drops; each cell gets the mean drop of the blocks covering it (blocks, not single
+    cells: one cell is rarely the only evidence). ``[grid, grid]`` float32, >= 0."""
     edges = np.linspace(0, pixels.shape[-1], grid + 1).round().astype(int)
     window = max(1, min(window, grid))
     starts = [(r, c) for r in range(grid - window + 1) for c in range(grid - window + 1)]
     occluded = np.repeat(pixels, len(starts), axis=0)
     for k, (r, c) in enumerate(starts):
         occluded[k, :, edges[r] : edges[r + window], edges[c] : edges[c + window]] = 0.0
-    q = np.asarray(query, dtype=np.float32).reshape(-1)
-    base = float(model.embed_pixels(pixels)[0] @ q)
-    sims = np.concatenate([model.embed_pixels(occluded[i : i + batch]) @ q for i in range(0, len(occluded), batch)])
+    base = float(np.asarray(score(pixels)).reshape(-1)[0])
+    scores = np.concatenate([np.asarray(score(occluded[i : i + batch])).reshape(-1)
+                             for i in range(0, len(occluded), batch)])
     heat, covered = np.zeros((grid, grid), np.float32), np.zeros((grid, grid), np.float32)
-    for (r, c), drop in zip(starts, np.clip(base - sims, 0, None)):
+    for (r, c), drop in zip(starts, np.clip(base - scores, 0, None)):
         heat[r : r + window, c : c + window] += drop
         covered[r : r + window, c : c + window] += 1
     return heat / covered

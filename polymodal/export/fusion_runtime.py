@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from polymodal.data.answers import check_row_choices, choice_index, unique_choices, warn_of
+from polymodal.data.answers import check_row_choices, choice_index, comparable_answer, unique_choices, warn_of
 from polymodal.data.images import ImageTransform
 from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
@@ -109,6 +109,44 @@ class OnnxFusionEncoder:
         else:
             ranked = self._rank_choices(logits[0], choices, grid, question)[:top_k]
         return {"answer": ranked[0][0], "score": ranked[0][1], "alternatives": ranked}
+
+    def explain(self, image: Any, question: str, answer: str | None = None) -> np.ndarray:
+        """A ``[g, g]`` (7x7) float32 heat map in [0, 1] over the image grid: where the photo made ``answer`` (the
+        top answer by default) likely. An export keeps no attention maps or gradients, so this is `occlusion_map` of
+        the answer's probability, or for an answer outside the vocabulary of the match graph's for "QUESTION ANSWER"
+        (as a choice is scored): 36 more passes of the grid graph."""
+        from polymodal.apps.explain import occlusion_map
+
+        question = one_question(question)
+        key = None if answer is None else comparable_answer(answer)
+        by_itm = key is not None and key not in self.answer_index
+        if by_itm and self.match is None:
+            raise PolymodalError(f"{answer!r} is not among {self.name!r}'s answers and it was exported without an ITM "
+                                 "head to score it; explain one of its answers")
+        tokens = self.tokenizer([f"{question} {answer}" if by_itm else question])
+        states = self.question.run(None, tokens)[0]
+
+        def run(graph, grid: np.ndarray) -> np.ndarray:  # one question's states beside each (occluded) photo
+            n = len(grid)
+            return graph.run(None, {"grid": grid, "states": np.repeat(states, n, 0),
+                                    "attention_mask": np.repeat(tokens["attention_mask"], n, 0)})[0]
+
+        pixels = self.transform([image])
+        grid = self.grid.run(None, {"pixels": pixels})[0]
+        side = int(round(grid.shape[1] ** 0.5))  # the grid graph's tokens: side x side cells
+        if by_itm:
+            def score(p):
+                return 1 / (1 + np.exp(-run(self.match, self.grid.run(None, {"pixels": p})[0]).reshape(-1)))
+        else:
+            index = int(run(self.head, grid)[0].argmax()) if key is None else self.answer_index[key]
+
+            def score(p):  # log-probability: a confident answer's probability barely moves (0.999 -> 0.99)
+                logits = run(self.head, self.grid.run(None, {"pixels": p})[0])
+                top = logits.max(-1)
+                return logits[:, index] - top - np.log(np.exp(logits - top[:, None]).sum(-1))
+        heat = occlusion_map(pixels, score, grid=side)
+        top = float(heat.max())
+        return (heat / top if top > 0 else heat).astype(np.float32)
 
     def predict_choices(self, images: Sequence[Any], questions: Sequence[str], choices: Sequence[Sequence[str]],
                         batch_size: int = 32) -> list[tuple[str, float]]:
