@@ -197,7 +197,10 @@ def _open(source, name: str, min_size: int | None = None) -> Image.Image:
         if min_size:
             img.draft(None, (min_size, min_size))  # JPEG only (other formats ignore it); before any pixel is decoded
         img.load()
-        return img
+    # refused here, where the file's name is known: the transform's own check could only say "image is 2000x1"
+    # and, being no reading error, ended a training run instead of leaving the photo out as unreadable
+    check_image_size(*img.size, name)
+    return img
 
 
 _JPEG_START = b"\xff\xd8\xff"  # SOI and the next marker's first byte

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator
 
 from polymodal.cache import temp_beside
 from polymodal.data.images import IMAGE_EXTENSIONS, load_image
+from polymodal.data.jsonl import not_unicode
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -306,7 +307,10 @@ def _encoded_image(image: Any) -> tuple[str, bytes]:
 
 def _source_name(image: Any) -> str:
     split = split_tar_ref(image)
-    return Path(split[1]).name if split else Path(image).name
+    name = Path(split[1]).name if split else Path(image).name
+    # a file name that is not UTF-8 (Latin-1 "caf\xe9.jpg") reaches Python as a surrogate escape, which the .json
+    # cannot encode: spelled out as "caf\udce9.jpg" rather than failing the whole write
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -422,8 +426,13 @@ def _make_sample(shard: Path, key: str, files: dict, skipped: list | None,
     if not captions:
         note_skipped(skipped, location, "no caption (.txt lines or .json 'caption'/'captions')")
         return None
+    negatives = _negatives(meta, captions)
+    broken = not_unicode(captions, "caption") or not_unicode([list(n) for n in negatives], "negatives")
+    if broken:  # a .json's "\ud83d" escape: no tokenizer takes it (a training run ended with a traceback)
+        note_skipped(skipped, location, broken)
+        return None
     name, data = files[image_ext]
-    return ShardSample(shard, key, name, data, captions, _negatives(meta, captions))
+    return ShardSample(shard, key, name, data, captions, negatives)
 
 
 def _meta(files: dict) -> dict:
