@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from polymodal.errors import PolymodalError
+
 log = logging.getLogger(__name__)
 
 
@@ -88,9 +90,23 @@ def temp_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+def refuse_special_file(path: Path) -> None:
+    """A rename onto /dev/stdout, /dev/null, a named pipe or a terminal would put a plain file in the device's place
+    (as root) or fail after the work: refused, naming the path."""
+    try:
+        device = os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
+        special = device or os.path.islink(path) and os.readlink(path).startswith("/proc/")
+    except OSError:
+        return
+    if special:
+        raise PolymodalError(f"{path} is not a regular file (a device, a pipe or a process's own output); "
+                             "polymodal writes files whole and renames them into place: pass a file name")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path = Path(path)
+    refuse_special_file(path)
     if not path.parent.exists():  # (a file there: the OS's own "Not a directory" below, not "File exists")
         path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_beside(path)

@@ -225,7 +225,8 @@ def cmd_eval_retrieval(args) -> int:
     caveats = data_caveats(args.model, pairs.images, skipped[0], args.split)  # said before the images are encoded
     # a corrupt photo is left out, not fatal; the bar goes to stderr, the JSON line to stdout
     image_emb, rows = encode_readable(model, pairs.images, ", ".join(args.pairs), progress=True)
-    unreadable = len(pairs.images) - len(rows)  # counted in the JSON line, as eval captions and eval vqa do
+    # counted in the JSON line, as eval captions and eval vqa do; with the shard members read_pairs left out
+    unreadable = pairs.unreadable + len(pairs.images) - len(rows)
     check_strict(args, 0, unreadable)
     pairs = pairs_of_images(pairs, rows)
     warn_of_few(len(pairs.images), "photos", "recall")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,8 +41,22 @@ def check_out(path: str | None, inputs=()) -> None:
                              f"e.g. --out {out.with_name(out.stem + '.items.jsonl')}")
     if out.is_dir():
         raise PolymodalError(f"--out {out} is a folder; pass a file name, e.g. --out {out / 'items.jsonl'}")
+    # /dev/stdout, /dev/null, a shell's >(...) or a named pipe: write_items renames a finished file onto the path,
+    # which (as root) puts a plain file in place of the device, and otherwise fails after the whole evaluation
+    if out.exists() and (not out.is_file() or any(_is_stream(out, fd) for fd in (1, 2))):
+        raise PolymodalError(f"--out {out} is not a regular file (a device, a pipe or this command's own output); "
+                             "--out writes a file whole and then renames it into place: pass a file name, e.g. "
+                             "--out items.jsonl (the JSON line of figures goes to stdout already)")
     if not out.resolve().parent.is_dir():
         raise PolymodalError(f"--out {out}: the folder {out.resolve().parent} does not exist; create it first")
+
+
+def _is_stream(path: Path, fd: int) -> bool:
+    """Whether ``path`` is the file open as ``fd`` (``/dev/stdout`` while stdout is redirected to a file)."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(fd))
+    except (OSError, ValueError):
+        return False
 
 
 def write_items(path: str | Path, items: list[dict], model=None, images=(), names=None) -> None:

@@ -20,6 +20,7 @@ class Pairs:
     captions: list[str]
     caption_image: np.ndarray  # [C] index into images for each caption
     names: list[str] | None = None  # how to name each image in output: a shard's image is bytes, named "<shard>#<member>"
+    unreadable: int = 0  # images read_pairs left out (a shard member that does not decode): eval's JSON counts them
 
     def image_names(self) -> list[str]:
         return list(self.names) if self.names is not None else [str(image) for image in self.images]
@@ -41,7 +42,11 @@ def read_pairs(path: str | Path | Sequence[str | Path]) -> Pairs:
     rows = readable_results(results, "image", pairset.source)
     pairs = Pairs([r if isinstance(r, (bytes, Path)) else None for r in results], pairset.captions,
                   pairset.caption_image, [str(image) for image in pairset.images])
-    return pairs if len(rows) == len(results) else pairs_of_images(pairs, np.asarray(rows, dtype=np.int64))
+    if len(rows) == len(results):
+        return pairs
+    kept = pairs_of_images(pairs, np.asarray(rows, dtype=np.int64))
+    kept.unreadable = len(results) - len(rows)
+    return kept
 
 
 def _shard_image(ref: str) -> bytes:

@@ -146,6 +146,19 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     counts rows, ``photos`` distinct photos, ``unreadable`` the photos left out. ``details``, a list, gets one
     dict per scored row: its image, label, the predicted class and the label's rank (1 = top)."""
     require_embedding(model)
+    # labels pair with images by position: a string ("dog") would be read as the classes "d", "o", "g", and a list
+    # of another length silently dropped labels (or ended in an IndexError)
+    from polymodal.models.inputs import as_images
+
+    images = as_images(images)  # one path is one image, as encode_image reads it
+    if isinstance(labels, str) or len(labels) != len(images) or (image_emb is not None
+                                                                   and len(image_emb) != len(images)):
+        if isinstance(labels, str):
+            raise PolymodalError(f"labels is one string ({labels!r:.40}); pass a list with one label per image, "
+                                 f"e.g. [{labels!r:.40}]")
+        rows = "" if image_emb is None else f" and {len(image_emb)} rows of image_emb"
+        raise PolymodalError(f"zero-shot accuracy needs one label per image: got {len(images)} images, "
+                             f"{len(labels)} labels{rows}")
     if classes is None:
         classes = _classes(labels)
     else:
