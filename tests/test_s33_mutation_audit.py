@@ -242,6 +242,9 @@ def _itm_fake(batch_size_seen):
             return {"input_ids": np.array([[int(t.split()[0][1:])] for t in texts]),
                     "attention_mask": np.ones((len(texts), 1), np.int64)}
 
+        def question_with_answer(self, question, answer):  # as FastTokenizer's for a text that fits
+            return f"{question} {answer}"
+
     class Question:
         def run(self, _, feeds):
             return [feeds["input_ids"].astype(np.float32)[:, :, None]]
