@@ -175,7 +175,7 @@ def cmd_search(args) -> int:
     if args.explain is not None:  # a bad file name or folder is refused before the model loads and the 37 passes
         from polymodal.apps.explain import check_heatmap_path
 
-        check_heatmap_path(args.explain)  # (an empty --explain "" too, rather than no map and no word)
+        check_heatmap_path(args.explain, args.image)  # (an empty --explain "" too; the query photo's own file too)
     if sum((bool(args.db), args.qdrant is not None, bool(args.texts))) != 1:
         raise PolymodalError('pass one of --db DB (a local index), --qdrant URL (a collection) or --texts FILE (one '
                              'text per line), e.g. polymodal search --db DB "a dog"')

@@ -40,7 +40,7 @@ def cmd_vqa(args) -> int:
     if args.explain is not None:
         from polymodal.apps.explain import check_heatmap_path
 
-        check_heatmap_path(args.explain)
+        check_heatmap_path(args.explain, args.image)
     choices = None if args.choices is None else [c.strip() for c in args.choices.split(",") if c.strip()]
     if choices == []:  # `--choices ""` (an empty shell variable) would otherwise answer open-ended without a word
         raise PolymodalError(f"--choices {args.choices!r} names no answer; pass candidates like --choices yes,no, "

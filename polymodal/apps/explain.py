@@ -83,11 +83,11 @@ def heatmap_format(out: str | Path) -> str:
     return fmt
 
 
-def check_heatmap_path(out: str | Path) -> str:
+def check_heatmap_path(out: str | Path, image: Any = None) -> str:
     """heatmap_format(out), after making sure the file can be written: a folder of that name, a parent that is a
-    file, or a folder that cannot be written in is one PolymodalError here, before the model loads and the occlusion
-    passes run, rather than an OSError naming a hidden temporary file after them. Missing folders are fine (saving
-    makes them)."""
+    file, a folder that cannot be written in, or the file of ``image`` itself (the photo explained, which the map
+    would replace) is one PolymodalError here, before the model loads and the occlusion passes run, rather than an
+    OSError naming a hidden temporary file after them. Missing folders are fine (saving makes them)."""
     import os
 
     from polymodal.cache import temp_beside
@@ -96,6 +96,14 @@ def check_heatmap_path(out: str | Path) -> str:
     path = Path(out).expanduser()
     if path.is_dir():
         raise PolymodalError(f"cannot write a heat map to {out}: it is a folder; name a file, e.g. {path / 'heat.png'}")
+    if isinstance(image, (str, os.PathLike)) and path.is_file():
+        try:
+            same = os.path.samefile(path, Path(image).expanduser())
+        except OSError:
+            same = False
+        if same:  # `vqa photo.png "q" --explain photo.png` replaced the photo with its heat map
+            raise PolymodalError(f"cannot write a heat map to {out}: it is the image it explains, which it would "
+                                 f"replace; name another file, e.g. {path.with_name(path.stem + '-heat' + path.suffix)}")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:  # the nearest folder that exists: saving makes the rest
         parent = parent.parent
@@ -128,7 +136,7 @@ def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0
     import io
 
     out = Path(out)
-    fmt = check_heatmap_path(out)
+    fmt = check_heatmap_path(out, image)
     for min_side in (OVERLAY_MIN_SIDE, OVERLAY_MIN_SIDE // 2, OVERLAY_MIN_SIDE // 4, 1):
         try:  # a panorama past Pillow's limit with a short side under 4096: the largest draft that fits it
             img = load_image(image, min_size=min_side)

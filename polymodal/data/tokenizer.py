@@ -82,6 +82,20 @@ class FastTokenizer:
         return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
 
+    def question_with_answer(self, question: str, answer: str) -> str:
+        """"QUESTION ANSWER", the text an ITM head scores a candidate answer by, with the question's end dropped when
+        the two are longer than the model reads: cutting at the limit would drop the answer, and every candidate
+        outside the vocabulary would then score the same (the first given winning the tie)."""
+        text = f"{question} {answer}"
+        if not self.tok.encode(text).overflowing:
+            return text
+        limit = self.tok.truncation["max_length"]
+        room = limit - 2 - len(self.tok.encode(answer, add_special_tokens=False).ids)  # [CLS] .. [SEP]
+        if room < 1:  # the answer alone fills the model's length: nothing of the question fits
+            return text
+        kept = self.tok.encode(question, add_special_tokens=False).offsets[room - 1][1]
+        return f"{question[:kept]} {answer}"
+
     def warn_if_question_cut(self, question: str, limit: str) -> None:
         """A question longer than the model reads loses its end (often the part that asks): say so. ``limit``
         names the setting, e.g. "max_question_tokens=32"."""

@@ -4,7 +4,7 @@ numpy preprocessing and no torch import: answer(), predict() and logits() like t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -99,6 +99,8 @@ class OnnxFusionEncoder:
         """-> {"answer", "score", "alternatives"}; with ``choices``, only those compete (see _rank_choices)."""
         question, top_k = one_question(question), check_count(top_k, "top_k")
         self.tokenizer.warn_if_question_cut(question, f"max_question_tokens={self.max_length}")
+        if isinstance(choices, Iterator):  # a generator: checked here and ranked below, it must be read once
+            choices = list(choices)
         if choices is not None:
             warn_of(self.check_choices(choices)[1])  # before the image is read
         grid, logits = next(self._batches([image], [question], 1))
@@ -123,7 +125,7 @@ class OnnxFusionEncoder:
         if by_itm and self.match is None:
             raise PolymodalError(f"{answer!r} is not among {self.name!r}'s answers and it was exported without an ITM "
                                  "head to score it; explain one of its answers")
-        tokens = self.tokenizer([f"{question} {answer}" if by_itm else question])
+        tokens = self.tokenizer([self.tokenizer.question_with_answer(question, answer) if by_itm else question])
         states = self.question.run(None, tokens)[0]
 
         def run(graph, grid: np.ndarray) -> np.ndarray:  # one question's states beside each (occluded) photo
@@ -187,8 +189,9 @@ class OnnxFusionEncoder:
         else:  # a lone known choice too: a softmax over one says 1.0 whatever the photo
             probs = _softmax(logits)
             scores = {c: probs[self.answer_index[c]] for c in seen if c in self.answer_index}
-            if outside:
-                match = self._match(grid, [f"{question} {seen[c]}" for c in outside]) if self.match is not None \
-                    else np.zeros(len(outside))
-                scores.update(zip(outside, match))
+            if outside and self.match is not None:
+                texts = [self.tokenizer.question_with_answer(question, seen[c]) for c in outside]  # answer kept whole
+                scores.update(zip(outside, self._match(grid, texts)))
+            else:
+                scores.update({c: 0.0 for c in outside})
         return sorted(((seen[c], float(scores[c])) for c in seen), key=lambda t: -t[1])

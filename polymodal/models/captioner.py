@@ -248,8 +248,10 @@ class Captioner(nn.Module):
     def save(self, folder: str | Path) -> Path:
         from safetensors.torch import save as save_bytes
 
+        from polymodal.models.dual_encoder import state_to_save
+
         folder = Path(folder)
-        data = save_bytes(self.trained_state())
+        data = save_bytes(state_to_save(self))
         self.version = hashlib.sha256(data).hexdigest()[:12]
         config = {"type": "captioner", "version": self.version, **asdict(self.config),
                   "transform": self.transform.to_dict()}

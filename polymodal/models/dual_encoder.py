@@ -206,7 +206,7 @@ class DualEncoder(nn.Module, EmbeddingModel):
         from safetensors.torch import save as save_bytes
 
         folder = Path(folder)
-        data = save_bytes(self.trained_state())
+        data = save_bytes(state_to_save(self))
         self.version = hashlib.sha256(data).hexdigest()[:12]
         config = {"type": "dual_encoder", "version": self.version, **asdict(self.config),
                   "transform": self.transform.to_dict()}
@@ -222,6 +222,24 @@ def load_dual_encoder(folder: str | Path) -> DualEncoder:
     raw = read_folder_config(folder, "`polymodal train`")
     model = DualEncoder(settings_from(folder, raw, DualEncoderConfig))
     return load_trained_weights(model, folder, raw)
+
+
+def state_to_save(model) -> dict:
+    """model.trained_state(), each tensor in the dtype its folder held it in where it converts back exactly: a
+    built-in's fp16 weights, untouched, are saved as fp16 again, so the copy has the same bytes and version (indexes
+    built with the original accept it); a tensor training changed past what fp16 holds is saved as it is."""
+    import torch
+
+    loaded = getattr(model, "loaded_dtypes", {})
+    out = {}
+    for key, tensor in model.trained_state().items():
+        dtype = loaded.get(key)
+        if dtype is not None and dtype != tensor.dtype:
+            narrow = tensor.to(dtype)
+            if torch.equal(narrow.to(tensor.dtype), tensor):
+                tensor = narrow
+        out[key] = tensor
+    return out
 
 
 def load_trained_weights(model, folder: Path, raw: dict):
@@ -249,6 +267,7 @@ def load_trained_weights(model, folder: Path, raw: dict):
                              f"{list(state[k].shape)} in the weights, {list(expected[k].shape)} by config.json "
                              f"({len(shapes)} such); the folder is damaged or its config was edited")
     model.load_state_dict(state, strict=False)
+    model.loaded_dtypes = {k: v.dtype for k, v in state.items()}  # save() keeps them where nothing changed
     model.version = folder_version(folder, raw)  # after the checks above: they say more about a damaged file
     model.loaded_from = folder  # its save() carries the folder's training photos
     return model.eval()

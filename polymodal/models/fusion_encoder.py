@@ -36,7 +36,7 @@ import hashlib
 import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -492,6 +492,8 @@ class FusionEncoder(nn.Module):
         question = one_question(question)
         top_k = check_count(top_k, "top_k")
         self._warn_if_cut(question)
+        if isinstance(choices, Iterator):  # a generator: checked here and ranked below, it must be read once
+            choices = list(choices)
         if choices is not None:
             warn_of(self.check_choices(choices)[1])  # before the image is read
         image_inputs = self.encode_images([image])
@@ -504,6 +506,12 @@ class FusionEncoder(nn.Module):
             ranked = self._rank_choices(logits, image_inputs, question, choices)
         top = ranked[:top_k]
         return {"answer": top[0][0], "score": top[0][1], "alternatives": top}
+
+    def _itm_text(self, question: str, answer: str) -> str:
+        """The text the ITM head scores a candidate by: "QUESTION ANSWER", the answer kept whole however long the
+        question (see FastTokenizer.question_with_answer)."""
+        fast = getattr(self.text_tower, "_fast", None)
+        return fast.question_with_answer(question, answer) if fast is not None else f"{question} {answer}"
 
     def _warn_if_cut(self, question: str) -> None:
         """A question longer than max_question_tokens loses its end (often the part that asks): say so."""
@@ -559,7 +567,7 @@ class FusionEncoder(nn.Module):
             probs = logits.softmax(-1)
             scores = {k: float(probs[self.answer_index[k]]) for k in inside}
             if outside and self.itm is not None:
-                states, mask = self.encode_questions([f"{question} {seen[k]}" for k in outside])
+                states, mask = self.encode_questions([self._itm_text(question, seen[k]) for k in outside])
                 match = torch.sigmoid(self.itm_logits(image_inputs, states, mask, torch.zeros(len(outside), dtype=torch.long)))
                 scores.update(zip(outside, match.tolist()))
             else:
@@ -586,7 +594,7 @@ class FusionEncoder(nn.Module):
                                  "explain one of its answers")
         with torch.inference_mode():
             image_inputs = self.encode_images([image])
-            states, mask = self.encode_questions([f"{question} {answer}" if by_itm else question])
+            states, mask = self.encode_questions([self._itm_text(question, answer) if by_itm else question])
         image_inputs, states, mask = image_inputs.clone(), states.clone(), mask.clone()  # leave inference mode
         with torch.no_grad():
             out = self.fuse(image_inputs, states, mask)
@@ -620,8 +628,10 @@ class FusionEncoder(nn.Module):
         """Write config.json (with the answer vocabulary) + model.safetensors atomically; returns the folder."""
         from safetensors.torch import save as save_bytes
 
+        from polymodal.models.dual_encoder import state_to_save
+
         folder = Path(folder)
-        data = save_bytes(self.trained_state())
+        data = save_bytes(state_to_save(self))
         self.version = hashlib.sha256(data).hexdigest()[:12]
         config = {"type": "fusion_encoder", "version": self.version, **asdict(self.config),
                   "transform": self.transform.to_dict()}

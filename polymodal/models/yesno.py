@@ -25,7 +25,7 @@ import logging
 import re
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -224,6 +224,8 @@ class YesNoModel:
         if not re.match(rf"{_AUX}\b|(am|may|might)\b", _unnegated(question.strip().lower())):
             log.warning("%s answers only yes or no; %r does not read like a yes/no question (is/are/can/does ...)",
                         self.name, question)
+        if isinstance(choices, Iterator):  # a generator: checked here and ranked below, it must be read once
+            choices = list(choices)
         if choices is not None:
             warn_of(self.check_choices(choices)[1])  # before the image is read
         p_yes = float(self.probabilities(self.encode_images([image]), self.encode_questions([question]), [0])[0])
