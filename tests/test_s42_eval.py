@@ -78,3 +78,17 @@ def test_zeroshot_accuracy_needs_one_label_per_image(lite, gallery) -> None:
         zeroshot_accuracy(lite, photos, ["cat"], image_emb=np.ones((2, 4)))
     with pytest.raises(PolymodalError, match="one string"):  # it was the classes "c", "a", "t": top1 1.0
         zeroshot_accuracy(lite, photos[0], "cat")
+
+
+def test_punctuation_only_references_are_warned_of(caplog):
+    """A reference of "..." tokenises to nothing: it was scored as an empty reference without a word."""
+    pytest.importorskip("pycocoevalcap")
+    from polymodal.eval.captions import caption_scores
+
+    with caplog.at_level("WARNING"):
+        caption_scores([["a dog runs on grass", "..."], ["a red bus"]], ["a dog runs", "a bus"])
+    assert "1 reference caption has no words" in caplog.text and "'...'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        caption_scores([["a dog runs on grass"], ["a red bus"]], ["a dog runs", "a bus"])
+    assert "no words" not in caplog.text

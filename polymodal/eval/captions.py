@@ -69,6 +69,10 @@ def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str
         raise PolymodalError("every image needs at least one reference caption")
     Bleu, Cider = scorers()
     gts = {i: [caption_tokens(r) for r in refs] for i, refs in enumerate(references)}
+    empty = [r for refs, tokens in zip(references, gts.values()) for r, t in zip(refs, tokens) if not t]
+    if empty:  # "..." or "!!": scored as a reference with no words, which no caption matches
+        log.warning("%d reference caption%s no words once tokenised as COCO does (punctuation only, first: %r): "
+                    "scored as empty references", len(empty), " has" if len(empty) == 1 else "s have", empty[0][:40])
     res = {i: [caption_tokens(h)] for i, h in enumerate(hypotheses)}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     cider = float(Cider().compute_score(gts, res)[0]) if len(hypotheses) >= MIN_CIDER_PHOTOS else None
