@@ -20,6 +20,7 @@ from polymodal.data.negatives import HARD_NEGATIVE_MODES, negatives_per_caption
 from polymodal.data.pairs import PairSet, read_pair_sources, split_by_image
 from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import retrieval_metrics
+from polymodal.eval.zeroshot import read_labelled_images
 from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig, is_dual_encoder_folder, load_dual_encoder
 from polymodal.models.inputs import as_paths, as_settings
 from polymodal.registry import wrong_folder_hint
@@ -77,6 +78,12 @@ class ContrastiveRecipe:
                                                lambda v: v in HARD_NEGATIVE_MODES)})
         self.train.validate()
         self.arch.validate()
+        if self.train.early_stop_metric.startswith("val/zeroshot") and not self.zeroshot_labels:
+            # without the labels nothing reports it: the run would keep epochs by the training loss, or fail after
+            # its first epoch (on --resume: the run's metric, chosen when it had --zeroshot-labels)
+            raise PolymodalError(f"early_stop_metric {self.train.early_stop_metric!r} is zero-shot accuracy on "
+                                 "--zeroshot-labels FILE, and none is given; pass the labels file (the run's, "
+                                 "on --resume)")
         if self.train.unfreeze_every and not self.arch.image_trainable_blocks:  # min(0, ...) would open nothing
             raise PolymodalError("unfreeze_every opens one more image block every E epochs, up to "
                                  "image_trainable_blocks, which is 0; set both, e.g. --unfreeze-every 2 "
@@ -141,11 +148,21 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
                              "`polymodal train contrastive` run (RUN/model)")
     name_after_run(model, recipe.out)
     validation = validation_record(val_set)  # before unreadable photos are dropped: what the data gives
+    # zero-shot labels read before any photo is encoded (a wrong file is an error at once); when zero-shot top-1
+    # chooses the epoch kept, its labelled photos are validation data too: another labels file on --resume would
+    # compare the best score with one taken on other photos
+    labelled = read_labelled_images(recipe.zeroshot_labels) if recipe.zeroshot_labels else None
+    if labelled is not None and val_set is None and recipe.train.early_stop_metric == "val/rsum":  # no recall
+        log.info("no validation pairs: the best epoch is the one with the best zero-shot top-1")
+        recipe.train.early_stop_metric = "val/zeroshot_top1"
+    chooses = labelled is not None and recipe.train.early_stop_metric.startswith("val/zeroshot")
+    zeroshot_validation = validation_record(None, list(zip(*labelled)), "labels") if chooses else None
     if resume:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train,
                        val_fraction=None if recipe.val_pairs else recipe.val_fraction,
                        seed_draws_validation=not recipe.val_pairs and recipe.val_fraction > 0)
         check_same_validation_set(Path(recipe.out), validation)
+        check_same_validation_set(Path(recipe.out), zeroshot_validation, "zeroshot_validation")
     feats = image_features(model, train_set.images, views=recipe.views, augment=Augment(), seed=recipe.train.seed,
                            progress=progress, skip_unreadable=True, split_across_ranks=True)  # torchrun: a share each
     rows = readable_rows(feats)
@@ -182,13 +199,10 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         eval_fn = lambda m: retrieval_eval(m, val_img, val_txt, val_set.caption_image)  # noqa: E731
 
     chose = list(val_set.images) if val_set is not None else []  # the photos that choose the epoch kept
-    if recipe.zeroshot_labels:
-        eval_fn, labelled = _with_zeroshot(eval_fn, recipe.zeroshot_labels)
-        if val_set is None and recipe.train.early_stop_metric == "val/rsum":  # no validation pairs: no recall
-            log.info("no validation pairs: the best epoch is the one with the best zero-shot top-1")
-            recipe.train.early_stop_metric = "val/zeroshot_top1"
-        if recipe.train.early_stop_metric.startswith("val/zeroshot"):
-            chose += labelled
+    if labelled is not None:
+        eval_fn = _with_zeroshot(eval_fn, *labelled)
+        if chooses:
+            chose += list(labelled[0])
 
     objective = ContrastiveObjective(gradcache_chunk=recipe.gradcache_chunk or None, gather=distributed.is_distributed())
     trainer = Trainer(model, {"contrastive": (objective, 1.0, loader)}, recipe.train, recipe.out, eval_fn, progress)
@@ -198,7 +212,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("zeroshot_labels", "model")) | {
         "train_images": len(train_set.images), "val_images": len(val_set.images) if val_set else 0,
         "world_size": distributed.world_size(), "global_batch": batch * distributed.world_size(),
-        "validation": validation}
+        "validation": validation, "zeroshot_validation": zeroshot_validation}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train_set.images, recipe.model, chose, earlier=out / "model" if resume else None)
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
@@ -243,11 +257,9 @@ def _hard_negatives(model, train_set: PairSet, recipe: ContrastiveRecipe, progre
     return features, negatives_of
 
 
-def _with_zeroshot(eval_fn, labels_file: str):
-    """(eval_fn that adds zero-shot top-1/top-5 on the labelled photos, those photos)."""
-    from polymodal.eval.zeroshot import read_labelled_images, zeroshot_accuracy
-
-    images, labels = read_labelled_images(labels_file)
+def _with_zeroshot(eval_fn, images: list, labels: list):
+    """eval_fn that adds zero-shot top-1/top-5 on the labelled photos."""
+    from polymodal.eval.zeroshot import zeroshot_accuracy
 
     def run(model) -> dict:
         metrics = eval_fn(model) if eval_fn else {}
@@ -255,7 +267,7 @@ def _with_zeroshot(eval_fn, labels_file: str):
         z = zeroshot_accuracy(model, images, labels)
         return metrics | {"val/zeroshot_top1": z["top1"], "val/zeroshot_top5": z["top5"]}
 
-    return run, list(images)
+    return run
 
 
 def _both(f, g):

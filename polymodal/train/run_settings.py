@@ -142,12 +142,13 @@ def validation_record(pairs, rows: Sequence[tuple] | None = None, noun: str = "c
     return {"photos": len({str(r[0]) for r in rows}), noun: len(rows), "digest": digest}
 
 
-def check_same_validation_set(out: Path, now: dict | None) -> None:
+def check_same_validation_set(out: Path, now: dict | None, key: str = "validation") -> None:
     """--resume: ``now`` (validation_record of this data) must be what the run recorded. The epoch kept is the best
     validation score so far, so the scores of the epochs to come must be taken on the same pairs. Another --val-pairs file (or the same file edited), or a --val-fraction split of changed
-    --pairs, would compare them with a best score taken on other photos, some of them perhaps trained on since."""
+    --pairs, would compare them with a best score taken on other photos, some of them perhaps trained on since.
+    ``key``: the record in train_config.json (zeroshot_validation: the labelled photos whose zero-shot top-1 chose)."""
     saved = recorded_settings(out)
-    was = saved.get("validation") if isinstance(saved, dict) else None
+    was = saved.get(key) if isinstance(saved, dict) else None
     if not isinstance(was, dict) or now is None or was.get("digest") == now["digest"]:
         return  # a run from before the record, or one without validation (a change there is refused elsewhere)
     raise PolymodalError(f"the run in {out} chose its best epoch on {_pairs_text(was)} and this data validates on "

@@ -76,6 +76,12 @@ class TrainConfig:
             "patience": NON_NEGATIVE, "unfreeze_every": NON_NEGATIVE, "log_every": AT_LEAST_1,
             "seed": ("in 0..2**32-1", lambda v: 0 <= v < 2**32),  # numpy's seed range
         })
+        # the loop keeps the epoch with the highest value: a rank or a loss would keep the worst epoch
+        name = self.early_stop_metric.rsplit("/", 1)[-1]
+        if "median_rank" in name or (name.endswith("loss") and not name.startswith("neg_")):
+            raise PolymodalError(f"early_stop_metric {self.early_stop_metric!r} is lower when better, and the epoch "
+                                 "kept is the one with the highest value; name a score (a recall, val/rsum, "
+                                 "val/accuracy, ...) or a loss negated (val/neg_loss where reported)")
 
 
 RANK_STREAM = 0x5EED  # a key of its own for make_rng: no data stream (seed, epoch, i[, ...]) shares these draws
