@@ -129,7 +129,8 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--model", default="captioner", help="built-in name or captioner folder (default: captioner)")
     _decoding_options(s)
     s.add_argument("--batch-size", type=int, default=16, help="photos decoded and captioned at a time (default 16)")
-    s.add_argument("--json", action="store_true", help="one {image, caption} object per line")
+    s.add_argument("--json", action="store_true",
+                   help="one {image, caption} object per line, in order ({image, error} for an unreadable photo)")
     s.set_defaults(func=cmd_caption)
 
     s = actions["train"].add_parser("captioner", help="image captioning model on image-caption pairs")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from pathlib import Path
@@ -184,6 +185,12 @@ def with_run_settings(settings: dict, recipe_cls, overwrite: bool = False) -> di
     if foreign:
         raise PolymodalError(f"{settings['out']} holds a run that another `polymodal train` command started (its "
                              f"settings include {', '.join(foreign[:3])}); continue it with that command and --resume")
+    model, was = settings.get("model"), saved.get("model")
+    if isinstance(model, str) and isinstance(was, str) and _model_named(model) != was:
+        # the checkpoint's weights continue whatever --model says: only the record would change (train_config.json
+        # naming it, RUN/model's training_photos.txt inheriting its photos)
+        raise PolymodalError(f"the run in {settings['out']} was trained with --model {was} (asked now: {model}); the "
+                             "checkpoint continues the model it started from: drop --model, or start another run")
     for key in ("pairs", "qa"):  # other data is allowed (more data, a fixed file), but it is another curve
         if settings.get(key) and saved.get(key) and _resolved(settings[key]) != _resolved(saved[key]):
             logging.getLogger(__name__).warning(
@@ -193,6 +200,13 @@ def with_run_settings(settings: dict, recipe_cls, overwrite: bool = False) -> di
     for section in ("arch", "train"):
         merged[section] = {**saved.get(section, {}), **settings[section]}
     return merged
+
+
+def _model_named(model: str) -> str:
+    """--model as train_config.json records it: an existing folder or file as an absolute path, a name as given."""
+    from polymodal.train.run_settings import absolute_paths
+
+    return absolute_paths(argparse.Namespace(model=model), (), ("model",)).get("model", model)
 
 
 def _listed(value) -> list:

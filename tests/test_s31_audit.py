@@ -243,7 +243,7 @@ def test_mrm_target_defaults_to_the_models_own_head(built, monkeypatch, tmp_path
     assert pretrain.build_model(recipe).config.mrm_head == "classify"
 
     folder = SimpleNamespace(config=FusionEncoderConfig(fusion="co_attention", mrm_head="classify"),
-                             mlm_transform=object(), mrm=object(), add_itm_head=lambda: None)
+                             mlm_transform=object(), mrm=object(), itm=object(), add_itm_head=lambda: None)
     _any_folder_continues(monkeypatch)
     monkeypatch.setattr(pretrain, "load_fusion_encoder", lambda path: folder)
     recipe = PretrainRecipe(pairs="p.jsonl", out=str(tmp_path), model="runs/pt/model")

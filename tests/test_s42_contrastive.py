@@ -87,3 +87,17 @@ def test_a_missing_labels_file_is_said_before_any_photo_is_encoded(data, tmp_pat
     monkeypatch.setattr(contrastive, "image_features", encode)
     _one_line_error(capsys, _train(data, tmp_path / "run", "--zeroshot-labels", tmp_path / "nope.jsonl"),
                     "labels file not found")
+
+
+def test_resume_refuses_another_starting_model_and_takes_the_same_one(data, tmp_path, capsys, monkeypatch):
+    """As captioner runs (tests/test_s42_captrain.py): the checkpoint continues whatever --model says, so another
+    one would only be recorded, its training photos claimed."""
+    run = tmp_path / "run"
+    assert cli.main(_train(data, run, "--val-pairs", data["pairs"], "--epochs", "1")) == 0
+    assert cli.main(_train(data, tmp_path / "other", "--val-pairs", data["pairs"], "--epochs", "1")) == 0
+    capsys.readouterr()
+    _one_line_error(capsys, ["train", "contrastive", "--out", run, "--resume", "--epochs", "2", "--quiet",
+                             "--model", tmp_path / "other" / "model"], "was trained with --model lite (asked now:")
+    monkeypatch.chdir(tmp_path)  # the same model named again (a name as recorded) is fine
+    assert cli.main(["train", "contrastive", "--out", "run", "--resume", "--epochs", "2", "--quiet",
+                     "--model", "lite"]) == 0

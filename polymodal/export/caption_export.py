@@ -76,7 +76,7 @@ def export_captioner_onnx(model, out: str | Path, images: Sequence, references: 
     size = draft_size_of(model)  # as the captioner reads a file
     opened = each_or_error(lambda one: [open_pair_image(one[0], size)], list(images), batch_size=1)  # decoded once
     kept = readable_results(opened, "validation photo")
-    names = [str(getattr(images[i], "name", images[i]))[-60:] for i in kept[:3]]
+    names = [_photo_name(images[i], i, references) for i in kept[:3]]
     images = [opened[i] for i in kept]
     references = None if references is None else [references[i] for i in kept]
     out = Path(out)
@@ -185,6 +185,15 @@ def caption_report_table(report: dict) -> str:
     lines += removed_line(report)
     lines += V.tries_table(report["tries"], ("photos_per_s", "photos/s"), ("cider", "CIDEr-D"))
     return "\n".join(lines) + "\n"
+
+
+def _photo_name(image, i: int, references) -> str:
+    """A validation photo as the report's examples name it: its path's end, or for a photo given as pixels (the
+    built-in sample photos) its number and first reference (str() of an array printed its pixel values)."""
+    if isinstance(image, (str, Path)) or isinstance(getattr(image, "name", None), str):
+        return str(getattr(image, "name", image))[-60:]
+    described = f" ({references[i][0]})" if references is not None and len(references[i]) else ""
+    return f"photo {i + 1}{described}"
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
