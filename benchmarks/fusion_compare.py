@@ -360,6 +360,11 @@ def main(argv=None) -> int:
     from polymodal.fusion import FUSIONS
 
     datasets = _names(args.datasets, DATASETS, "dataset")
+    if "coco-yesno" in datasets and not Path(args.coco_yesno).is_file():
+        # said before any fusion trains: found missing after easy-VQA's runs, it ended them in a traceback
+        print(f"error: coco-yesno needs {args.coco_yesno} (see ../shared/data/README.md); pass --coco-yesno FILE "
+              "or --datasets easy-vqa", file=sys.stderr)
+        return 2
     epochs = _epochs(args.epochs, datasets, QUICK["epochs"] if args.quick else RECIPE["epochs"])
     fusions = list(FUSIONS) if args.fusions == "all" else _names(args.fusions, list(FUSIONS), "fusion")
     data_root = Path(args.data_dir or Path(tempfile.gettempdir()) / "polymodal-fusion-compare")

@@ -22,6 +22,35 @@ TRAIN_FLAGS = {
     "workers": ("", int), "zeroshot_labels": ("", str), "hard_negatives": ("", str),
 }
 ARCH_KEYS = ("fusion_options", "pixel_patches", "itm_head")  # architecture flags outside the flag tables
+# --help for the settings whose values or interplay `--help` would otherwise not say (the README does); each
+# text names its default with %(recipe_default)s, the recipe's own value
+CONTRASTIVE_HELPS = {
+    "hard_negatives": "hard-negative captions: data (the rows' own \"negatives\", when they have some), swap (also, "
+                      "for each caption without its own, two copies with two content words swapped) or none (default: "
+                      "%(recipe_default)s)",
+    "image_features": "pooled (one vector per photo) or spatial (the 7x7 grid, for --image-head attention) "
+                      "(default: %(recipe_default)s)",
+    "image_head": "linear, mlp, attention (needs --image-features spatial), residual or conse_residual (default: "
+                  "%(recipe_default)s)",
+    "text_head": "linear, mlp or residual (default: %(recipe_default)s)",
+    "image_trainable_blocks": "train the last N EfficientNet blocks too (the trunk before them is cached) (default: "
+                              "%(recipe_default)s)",
+    "text_trainable_layers": "train the last N MiniLM layers too (default: %(recipe_default)s)",
+    "tower_lr_scale": "unfrozen tower layers learn at this x --lr (default: %(recipe_default)s)",
+    "unfreeze_every": "progressive unfreezing: one more image block every E epochs, up to --image-trainable-blocks "
+                      "N, which it needs; 0 = all N from the start (default: %(recipe_default)s)",
+    "warmup_steps": "linear warmup steps before the cosine decay; unset: 50, but at most a tenth of the run "
+                    "(default: %(recipe_default)s)",
+    "patience": "stop after this many epochs without a better validation score; 0 = never (default: "
+                "%(recipe_default)s)",
+    "gradcache_chunk": "GradCache chunk size: large contrastive batches in little memory; 0 = off (default: "
+                       "%(recipe_default)s)",
+    "views": "augmented views cached per photo; 1 = the centre crop only (default: %(recipe_default)s)",
+    "val_fraction": "share of the photos split off for validation when --val-pairs is not given (default: "
+                    "%(recipe_default)s)",
+    "zeroshot_labels": "a JSONL of {\"image\", \"label\"} rows scored zero-shot after each epoch (the early-stopping "
+                       "metric when there are no validation pairs) (default: %(recipe_default)s)",
+}
 
 
 def _read_config(path: str) -> dict:
@@ -310,7 +339,8 @@ def cmd_eval_zeroshot(args) -> int:
     warn_of_few(metrics["photos"], "photos", "accuracy")
     if metrics["classes"] <= 5:
         logging.getLogger(__name__).warning("top5 is 1.0 by construction with %d classes", metrics["classes"])
-    print(json.dumps({"model": args.model, "runtime": args.runtime, **caveats, **metrics}))
+    how = {"variants": model.variants} if hasattr(model, "variants") else {}  # which ONNX graphs ran, as retrieval's
+    print(json.dumps({"model": args.model, "runtime": args.runtime, **how, **caveats, **metrics}))
     return 0
 
 
@@ -331,7 +361,7 @@ def add_parsers(sub) -> dict:
     s.add_argument("--model", help="'lite' (default: new heads over the lite towers) or a trained model folder")
     s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
     add_run_options(s)
-    add_recipe_flags(s, TRAIN_FLAGS, "polymodal.train.contrastive:ContrastiveRecipe")
+    add_recipe_flags(s, TRAIN_FLAGS, "polymodal.train.contrastive:ContrastiveRecipe", CONTRASTIVE_HELPS)
     s.set_defaults(func=cmd_train_contrastive)
 
     ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="task", required=True)

@@ -141,7 +141,8 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--model", help="'new' (default) or a fusion-encoder folder to continue training or to fine-tune "
                                    "(a pretrained encoder from `polymodal train pretrain` gets a fresh VQA head)")
     s.add_argument("--new-head", action="store_true", help="with --model FOLDER: a fresh VQA head over these answers")
-    s.add_argument("--freeze", help="comma-separated parts not to train: projections, image_proj, text_proj, fusion, itm")
+    s.add_argument("--freeze", help="comma-separated parts not to train: projections, image_proj, text_proj, fusion, itm, "
+                                     "vqa")
     s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
     s.add_argument("--fusion-options", help='JSON options for the fusion, e.g. \'{"layers": 2}\'')
     s.add_argument("--pixel-patches", action="store_true", help="add raw-pixel patch embeddings to the grid tokens")

@@ -133,12 +133,13 @@ def _positive_int(value) -> bool:
 _COUNTS = ("hidden", "post_hidden", "heads", "layers", "factors", "max_len", "max_size")
 
 
-def check_options(name: str, options: dict) -> None:
-    """The options fusions share, checked before torch meets them."""
+def check_options(name: str, options: dict, per_modality: Sequence[str] = ()) -> None:
+    """The options fusions share, checked before torch meets them. ``per_modality``: the options that may also be
+    one size per modality (tensor fusion's ``hidden``); elsewhere a list reached nn.Linear as a TypeError."""
     from polymodal.models.inputs import check_fraction
 
     for key, value in options.items():
-        sizes = value if isinstance(value, (list, tuple)) and key == "hidden" else [value]  # tensor: one per modality
+        sizes = value if isinstance(value, (list, tuple)) and key in per_modality else [value]
         if key in _COUNTS and value is not None and not all(_positive_int(v) for v in sizes):
             raise PolymodalError(f"{name} fusion: {key} must be a whole number of at least 1, got {value!r}")
         if key == "dropout":
@@ -154,6 +155,7 @@ class FusionModule(nn.Module):
     name = "fusion"
     min_modalities = 2
     max_modalities: int | None = None
+    per_modality_options: tuple[str, ...] = ()  # size options that may be a list, one per modality
 
     def __init_subclass__(cls, **kw) -> None:
         """Each subclass's options are checked however it is built: by build_fusion or as ``Cls(dims, out_dim, ...)``
@@ -176,7 +178,8 @@ class FusionModule(nn.Module):
                 for key, value in bound.items():  # options passed on as **kw are checked under their own names
                     var_kw = signature.parameters[key].kind is inspect.Parameter.VAR_KEYWORD
                     options.update(value if var_kw else {key: value})
-                check_options(self.name, {k: v for k, v in options.items() if k not in ("self", "dims", "out_dim")})
+                check_options(self.name, {k: v for k, v in options.items() if k not in ("self", "dims", "out_dim")},
+                              self.per_modality_options)
             init(self, *args, **kwargs)
 
         cls.__init__ = checked

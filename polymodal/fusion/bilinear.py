@@ -61,6 +61,7 @@ class TensorFusion(FusionModule):
     (default 65,536), ``dropout``."""
 
     name = "tensor"
+    per_modality_options = ("hidden",)
 
     def __init__(
         self,

@@ -348,11 +348,14 @@ class ImageQuestionSet(Dataset):
         return batch._replace(itm_states=s, itm_mask=m, itm_labels=labels, itm_row_image=torch.cat([row_image, row_image]))
 
 
-def _itm_texts(rows: list[QARow], answers: list[str], seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _itm_texts(rows: list[QARow], answers: list[str], seed: int, text=None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per row: "question answer" (matching) and "question other-answer" (not), the wrong answer drawn once per
     distinct (question, answer) so the texts to encode stay few. Wrong answers come from the vocabulary and the rows'
     own answers: an answer outside the vocabulary must also appear as a wrong one, or the head learns that such
-    answers always match."""
+    answers always match. ``text(question, answer)`` makes the text (the model's `_itm_text`, as multiple choice
+    scores candidates): it keeps the answer whole when the question is long, where cutting "question answer" at the
+    tower's limit dropped the answer and made a row's matching and wrong texts the same."""
+    text = text or (lambda question, answer: f"{question} {answer}")
     rng = np.random.default_rng(seed)
     answers = list(dict.fromkeys([*answers, *(r.answer for r in rows)]))
     texts: dict[str, int] = {}
@@ -363,8 +366,8 @@ def _itm_texts(rows: list[QARow], answers: list[str], seed: int) -> tuple[list[s
             key = comparable_answer(r.answer)  # 'two' is no wrong answer to a row answered '2'
             others = [a for a in answers if comparable_answer(a) != key] or answers
             negative[(r.question, r.answer)] = others[int(rng.integers(len(others)))]
-        pos.append(texts.setdefault(f"{r.question} {r.answer}", len(texts)))
-        neg.append(texts.setdefault(f"{r.question} {negative[(r.question, r.answer)]}", len(texts)))
+        pos.append(texts.setdefault(text(r.question, r.answer), len(texts)))
+        neg.append(texts.setdefault(text(r.question, negative[(r.question, r.answer)]), len(texts)))
     return list(texts), np.asarray(pos, np.int64), np.asarray(neg, np.int64)
 
 
@@ -510,7 +513,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     q_states, q_len = question_features(model, train.questions, progress=progress)
     itm = None
     if recipe.itm_weight > 0:
-        texts, row_pos, row_neg = _itm_texts(train_rows, model.answers, recipe.train.seed)
+        texts, row_pos, row_neg = _itm_texts(train_rows, model.answers, recipe.train.seed, model._itm_text)
         itm = (*question_features(model, texts, progress=progress), row_pos, row_neg)
     dataset = ImageQuestionSet(feats, q_states, q_len, train.row_image, train.row_question, targets, itm,
                                seed=recipe.train.seed)
