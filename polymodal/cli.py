@@ -543,29 +543,59 @@ def _quiet_openmp_waits() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def main(argv=None) -> int:
-    _quiet_openmp_waits()
-    from polymodal.data.images import quiet_pillow_size_warnings
+def _file_names_print() -> None:
+    """A file name that is not UTF-8 (a Latin-1 photo archive) reaches Python with its odd bytes as surrogates, which
+    stdout refuses under a strict locale such as en_US.UTF-8 (C.UTF-8 writes them back as bytes): `classify *.jpg`
+    and `caption` stopped halfway with a traceback. They are written back as the bytes, as `ls` shows them; another
+    character the locale's encoding lacks as \\uXXXX."""
+    if getattr(sys.stdout, "errors", None) != "strict" or not hasattr(sys.stdout, "reconfigure"):
+        return
+    import codecs
 
-    quiet_pillow_size_warnings()
-    args = build_parser().parse_args(argv)
-    resolve_runtime(args)
-    before = _checkpoint_stamp(args)  # what an interrupted `train` kept is judged against it
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    logging.getLogger("faiss").setLevel(logging.WARNING)  # -v: not its "Could not load library with AVX512" chatter
+    def as_bytes(exc):
+        try:
+            return codecs.lookup_error("surrogateescape")(exc)
+        except UnicodeError:
+            return codecs.lookup_error("backslashreplace")(exc)
+
+    codecs.register_error("polymodal.file_names", as_bytes)
     try:
+        sys.stdout.reconfigure(errors="polymodal.file_names")
+    except (OSError, ValueError):  # a closed or detached stdout
+        pass
+
+
+def _quiet_closed_stdout() -> int:
+    """`polymodal ... | head`: the reader left; stop quietly like other Unix tools (exit 141, as SIGPIPE would)."""
+    try:  # later flushes (at exit) then go nowhere instead of failing again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141
+
+
+def main(argv=None) -> int:
+    args = before = None
+    try:  # from the start: Ctrl-C while the parser's imports load is one line too, not a traceback
+        _quiet_openmp_waits()
+        _file_names_print()
+        from polymodal.data.images import quiet_pillow_size_warnings
+
+        quiet_pillow_size_warnings()
+        args = build_parser().parse_args(argv)
+        resolve_runtime(args)
+        before = _checkpoint_stamp(args)  # what an interrupted `train` kept is judged against it
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(message)s")
+        logging.getLogger("faiss").setLevel(logging.WARNING)  # -v: not its "Could not load library with AVX512" chatter
         from polymodal.eval.per_item import strict_reading
 
         with _sigterm_cleans_up(), strict_reading(args):
             code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handler, not at interpreter exit
         return code
-    except BrokenPipeError:  # `polymodal ... | head`: the reader left; stop quietly like other Unix tools
-        try:  # later flushes (at exit) then go nowhere instead of failing again
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return 141
+    except BrokenPipeError:
+        return _quiet_closed_stdout()
     except PolymodalError as exc:  # text from the command line or a file name may hold undecodable bytes
         print(f"polymodal: error: {str(exc).encode('utf-8', 'backslashreplace').decode()}", file=sys.stderr)
         return 2
@@ -575,7 +605,7 @@ def main(argv=None) -> int:
         print(f"polymodal: {word}{_saved_work(exc, args, before)}", file=sys.stderr)
         return code
     except OSError as exc:  # mostly a path that cannot be made or written (its parent is a file, no permission)
-        if args.verbose:
+        if getattr(args, "verbose", False):
             raise  # the whole story, for a bug report
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
         print(f"polymodal: error: {exc.strerror or exc}{': ' + where if where else ''} (a file-system error: check "

@@ -47,3 +47,14 @@ def test_labels_sent_one_field_each_past_the_limit_are_a_413(client):
     one_field = ",".join(f"label {i}" for i in range(1001))
     r = client.post("/v1/classify", files=[("image", ("a.png", _png(), "image/png")), ("labels", (None, one_field))])
     assert r.status_code == 413
+
+
+def test_templates_are_taken_as_the_python_api_takes_them(client):
+    """/v1/classify refused a template with two '{}' or other braces, which `classify` and `model.classify` take
+    (every '{}' filled by replacement, other braces kept as text)."""
+    image = ("image", ("a.png", _png(), "image/png"))
+    for template in ("a {} next to another {}", "a photo of a {} {in braces}"):
+        r = client.post("/v1/classify", files=[image, ("labels", (None, "cat,dog")), ("templates", (None, template))])
+        assert r.status_code == 200, r.text
+    r = client.post("/v1/classify", files=[image, ("labels", (None, "cat,dog")), ("templates", (None, "a {x}"))])
+    assert r.status_code == 400 and "with a '{}' where the label goes" in r.json()["error"]

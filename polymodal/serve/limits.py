@@ -165,7 +165,8 @@ def check_unicode_field(texts: list[str], field: str) -> list[str]:
 
 
 def check_templates(templates, limit: int) -> list[str] | None:
-    """Prompt templates with exactly one '{}' and no other braces (so str.format can't reach attributes)."""
+    """Prompt templates as the Python API and the CLI take them: each with a '{}' where the label goes (every '{}' is
+    filled by plain replacement, so other braces are text and str.format never runs)."""
     if templates is None:
         return None
     if isinstance(templates, str):
@@ -173,6 +174,7 @@ def check_templates(templates, limit: int) -> list[str] | None:
     if not isinstance(templates, list) or not templates or len(templates) > limit:
         raise ApiError(400, f'"templates" must be a list of 1 to {limit} strings like "a photo of a {{}}."')
     for t in templates:
-        if not isinstance(t, str) or t.count("{") != 1 or t.count("}") != 1 or "{}" not in t or len(t) > 500:
-            raise ApiError(400, f"template {str(t)[:80]!r} must contain exactly one '{{}}' (where the label goes) and no other braces")
+        if not isinstance(t, str) or "{}" not in t or len(t) > 500:
+            raise ApiError(400, f"template {str(t)[:80]!r} must be text of at most 500 characters with a '{{}}' where "
+                                "the label goes, e.g. \"a photo of a {}.\"")
     return templates
