@@ -16,7 +16,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from polymodal.errors import PolymodalError
-from polymodal.models.inputs import tensor_to_array
+from polymodal.models.inputs import as_images, tensor_to_array
 
 # Bumped when decoding changes pixels (2: EXIF rotation, alpha over white, 16-bit scaling; 3: 8-bit values in
 # 32-bit "I" images; 4: crop-box resize of tall images in the full resize's pass order; 5: large JPEGs decoded at
@@ -345,7 +345,10 @@ class ImageTransform:
         return band.resize((c, c), resample, box=(x0 - left, 0, x1 - left, c))
 
     def __call__(self, images: Sequence[Any]) -> np.ndarray:
-        """Images -> float32 [B, 3, crop, crop]."""
+        """An image or images (as encode_image takes them) -> float32 [B, 3, crop, crop]."""
+        # one path, PIL image or [H, W, C] array is one image, as encode_image reads it (it was iterated: a path's
+        # characters read as files, an array's rows as 224 images), and a generator has no len()
+        images = as_images(images)
         mean = np.asarray(self.mean, dtype=np.float64)
         std = np.asarray(self.std, dtype=np.float64)
         # (x / 255 - mean) / std as one multiply-add per pixel, straight from the uint8 pixels

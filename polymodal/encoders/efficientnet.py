@@ -68,7 +68,15 @@ class EfficientNetLite0(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
     def __getstate__(self):
-        return {**super().__getstate__(), "_fused": None}  # a pickle or deepcopy does not carry the folded copy
+        # a pickle or deepcopy carries neither the folded copy nor the frozen bf16 graph (TorchScript refuses to be
+        # pickled: "Tried to serialize object ... which does not have a __getstate__ method"); __setstate__
+        # freezes the graph again
+        return {**super().__getstate__(), "_fused": None, "frozen": None}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if self.precision != "fp32":
+            self.set_precision(self.precision)
 
     def set_precision(self, precision: str) -> None:
         """"bf16": inference (no gradients) runs a frozen bf16 graph of the trunk (polymodal.encoders.frozen_trunk);

@@ -9,14 +9,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from polymodal.data.images import ImageTransform
-from polymodal.export.runtime import export_tokenizer, graph_files, graph_variants, onnx_session, read_export_config
+from polymodal.export.runtime import (ReloadsFromFolder, export_tokenizer, graph_files, graph_variants, onnx_session,
+                                      read_export_config)
 from polymodal.models.beam_search import CLS, NO_REPEAT, beam_search, caption_batches, caption_text
 from polymodal.models.inputs import as_images
 
 
-class OnnxCaptioner:
+class OnnxCaptioner(ReloadsFromFolder):
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
         folder = Path(folder)
+        self._reload = (str(folder), threads)
         config = read_export_config(folder)
         self.config = config
         self.name, self.version = config["name"], config["version"]

@@ -12,7 +12,8 @@ from polymodal.data.answers import check_row_choices, choice_index, comparable_a
 from polymodal.data.images import ImageTransform
 from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
-from polymodal.export.runtime import export_tokenizer, graph_files, graph_variants, onnx_session, read_export_config
+from polymodal.export.runtime import (ReloadsFromFolder, export_tokenizer, graph_files, graph_variants, onnx_session,
+                                      read_export_config)
 from polymodal.models.inputs import check_count, one_question, vqa_rows
 
 
@@ -21,9 +22,10 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-class OnnxFusionEncoder:
+class OnnxFusionEncoder(ReloadsFromFolder):
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
         folder = Path(folder)
+        self._reload = (str(folder), threads)
         config = read_export_config(folder)
         self.config = config
         self.name, self.version = config["name"], config["version"]

@@ -18,6 +18,7 @@ import numpy as np
 from polymodal.data.images import ImageTransform
 from polymodal.data.tokenizer import FastTokenizer, warn_once_if_cut
 from polymodal.errors import PolymodalError
+from polymodal.models.inputs import as_pixels
 from polymodal.models.interface import EmbeddingInterface
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,23 @@ def export_tokenizer(path: Path):
         raise damaged_export(path.parent, f"{path.name} cannot be read: {exc}") from exc
 
 
-class OnnxEmbeddingModel(EmbeddingInterface):
+class ReloadsFromFolder:
+    """Pickled (multiprocessing, joblib) or deep-copied, an export's runtime model loads again from its folder:
+    onnxruntime sessions cannot be pickled ("TypeError: cannot pickle 'InferenceSession' object"). Subclasses set
+    ``self._reload = (folder, threads)`` in __init__."""
+
+    def __reduce__(self):
+        kept = {k: v for k, v in vars(self).items() if k in ("source", "load_options")}  # set by polymodal.load
+        return _reloaded, (type(self), *self._reload, kept)
+
+
+def _reloaded(cls, folder: str, threads, kept: dict):
+    model = cls(folder, threads)
+    vars(model).update(kept)
+    return model
+
+
+class OnnxEmbeddingModel(ReloadsFromFolder, EmbeddingInterface):
     """The EmbeddingModel interface (encode_image, encode_text, embed_pixels, classify, key, dim) over ONNX graphs."""
 
 
@@ -164,6 +181,7 @@ class OnnxEmbeddingModel(EmbeddingInterface):
         folder = Path(folder)
         config = read_export_config(folder)
         self.folder, self.config = folder, config
+        self._reload = (str(folder), threads)
         self.name, self.version, self.dim = config["name"], config["version"], int(config["dim"])
         self.logit_scale = float(config["logit_scale"])
         self.transform = ImageTransform.from_dict(config["transform"])
@@ -178,7 +196,11 @@ class OnnxEmbeddingModel(EmbeddingInterface):
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Preprocessed pixels [B, 3, H, W] -> float32 [B, dim], rows L2-normalised."""
-        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        pixels = as_pixels(pixels)
+        size = tuple(self.image_session.get_inputs()[0].shape[2:])  # the graph's, fixed at export
+        if all(isinstance(n, int) for n in size) and pixels.shape[2:] != size:  # onnxruntime's error names none
+            raise PolymodalError(f"this export's image graph takes pixels of {size[0]}x{size[1]} (model.transform"
+                                 f"(images)), got {pixels.shape[2]}x{pixels.shape[3]}")
         return self.image_session.run(None, {"pixels": pixels})[0].astype(np.float32, copy=False)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:

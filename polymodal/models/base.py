@@ -8,6 +8,7 @@ import torch
 
 from polymodal.apps.zeroshot import PromptCache
 from polymodal.data.images import ImageTransform
+from polymodal.models.inputs import as_pixels
 from polymodal.models.interface import EmbeddingInterface
 from polymodal.models.modes import check_float32, in_eval_mode
 
@@ -42,7 +43,7 @@ class EmbeddingModel(EmbeddingInterface):
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Preprocessed pixels [B, 3, H, W] (self.transform's output) -> float32 [B, dim], rows L2-normalised."""
         check_float32(self, "model")
-        return l2_normalize(self._image_batch(torch.from_numpy(np.ascontiguousarray(pixels)))).numpy()
+        return l2_normalize(self._image_batch(torch.from_numpy(as_pixels(pixels)))).numpy()
 
     @in_eval_mode
     @torch.inference_mode()

@@ -54,6 +54,7 @@ from polymodal.models.modes import check_float32, in_eval_mode
 log = logging.getLogger(__name__)
 
 IMAGE_DIM, TEXT_DIM = 1280, 384
+IMAGE_BLOCK = 512  # distinct images predict() and predict_choices() encode and hold at a time (~128 MB of grids)
 PATCH = 8  # raw-pixel patch side per grid cell (pixels are average-pooled to grid * PATCH first)
 MRM_TARGETS = ("", "regress", "classify")
 N_CLASSES = 1000  # ImageNet classes of the image tower's classifier (MRM "classify" targets)
@@ -468,20 +469,38 @@ class FusionEncoder(nn.Module):
 
     @in_eval_mode
     def predict(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 256) -> list[tuple[str, float]]:
-        """One (answer, probability) per (image, question) row; each distinct image and question is encoded once."""
+        """One (answer, probability) per (image, question) row; each distinct image is encoded once, and each distinct
+        question once per block of IMAGE_BLOCK images (see _block_logits)."""
         images, questions = vqa_rows(images, questions)
         batch_size = check_count(batch_size, "batch_size")
         if not questions:
             return []
+        out: list = [None] * len(questions)
+        for rows, logits, _, _, _ in self._block_logits(images, questions, batch_size):
+            score, best = logits.softmax(-1).max(-1)
+            for r, b, s in zip(rows, best, score):
+                out[r] = (self.answers[int(b)], float(s))
+        return out
+
+    @torch.inference_mode()
+    def _block_logits(self, images: list, questions: list[str], batch_size: int) -> Iterator[tuple]:
+        """Answer logits of the rows, IMAGE_BLOCK distinct images at a time: each distinct image is encoded once,
+        and only one block's grids (0.25 MB per image at 224 px) are held, however many rows predict() is given
+        (all of them were: 20,000 photos held 5 GB). -> (the block's row positions, their logits [R, A], the
+        block's image inputs, each row's image index in them, each row's question)."""
         img_list, row_image = _dedupe(images)
-        q_list, row_question = _dedupe(questions)
-        with torch.inference_mode():
-            image_inputs = self.encode_images(img_list)
+        blocks: dict[int, list[int]] = {}
+        for r, i in enumerate(row_image):
+            blocks.setdefault(i // IMAGE_BLOCK, []).append(r)
+        for block, rows in sorted(blocks.items()):
+            first = block * IMAGE_BLOCK
+            image_inputs = self.encode_images(img_list[first : first + IMAGE_BLOCK])
+            q_list, row_question = _dedupe([questions[r] for r in rows])
             q_states, q_mask = self.encode_questions(q_list)
-        probs = self.logits_for(image_inputs, q_states, q_mask, torch.as_tensor(row_image),
-                                torch.as_tensor(row_question), batch_size).softmax(-1)
-        score, best = probs.max(-1)
-        return [(self.answers[int(b)], float(s)) for b, s in zip(best, score)]
+            local = [row_image[r] - first for r in rows]
+            logits = self.logits_for(image_inputs, q_states, q_mask, torch.as_tensor(local),
+                                     torch.as_tensor(row_question), batch_size)
+            yield rows, logits, image_inputs, local, [q_list[q] for q in row_question]
 
     @in_eval_mode
     @torch.inference_mode()
@@ -524,17 +543,17 @@ class FusionEncoder(nn.Module):
     def predict_choices(self, images: Sequence[Any], questions: Sequence[str], choices: Sequence[Sequence[str]],
                         batch_size: int = 256) -> list[tuple[str, float]]:
         """Multiple choice over rows: the best of each row's candidates and its score, ranked as ``answer(...,
-        choices=...)`` ranks them; each distinct image and question is encoded once."""
-        choices, img_list, row_image, q_list, row_question = choice_rows(images, questions, choices, self.check_choices)
+        choices=...)`` ranks them; images and questions are encoded as predict() encodes them."""
+        images, questions = vqa_rows(images, questions)
+        choices = check_row_choices(choices, len(questions), self.check_choices)
         batch_size = check_count(batch_size, "batch_size")  # before the towers run
         if not choices:
             return []
-        image_inputs = self.encode_images(img_list)
-        q_states, q_mask = self.encode_questions(q_list)
-        logits = self.logits_for(image_inputs, q_states, q_mask, torch.as_tensor(row_image),
-                                 torch.as_tensor(row_question), batch_size)
-        return [self._rank_choices(row_logits, image_inputs[i : i + 1], q_list[q], c)[0]
-                for row_logits, i, q, c in zip(logits, row_image, row_question, choices)]
+        out: list = [None] * len(questions)
+        for rows, logits, image_inputs, local, row_questions in self._block_logits(images, questions, batch_size):
+            for r, row_logits, i, q in zip(rows, logits, local, row_questions):
+                out[r] = self._rank_choices(row_logits, image_inputs[i : i + 1], q, choices[r])[0]
+        return out
 
     def check_choices(self, choices: Sequence[str]) -> tuple[dict[str, str], str]:
         """Candidate answers -> (unique_choices(choices), a warning naming those that score 0.0 (outside the

@@ -62,6 +62,25 @@ def tensor_to_array(value: Any) -> Any:
     return value
 
 
+def as_pixels(value: Any) -> Any:
+    """embed_pixels()'s input: preprocessed [B, 3, H, W] float pixels (a numpy array or torch tensor) -> a
+    C-contiguous float32 numpy array. Raw pixels (uint8 or other integers), one image without its batch axis, or
+    channels last are one error: the PyTorch towers failed on them with a RuntimeError from deep inside, and the
+    ONNX graphs took integer pixels as they were, embedding 0-255 values as normalised ones, silently."""
+    import numpy as np
+
+    arr = np.asarray(tensor_to_array(value))
+    if arr.dtype.kind != "f":
+        raise PolymodalError(f"embed_pixels takes the model's preprocessed pixels (model.transform(images): float32 "
+                             f"[B, 3, H, W]), got dtype {arr.dtype}; pass raw images (paths, PIL images, uint8 "
+                             "arrays) to encode_image")
+    if arr.ndim != 4 or arr.shape[1] != 3:
+        one = "; for one image add the batch axis (pixels[None])" if arr.ndim == 3 and arr.shape[0] == 3 else ""
+        raise PolymodalError(f"embed_pixels takes preprocessed pixels [B, 3, H, W] (model.transform(images)), got "
+                             f"shape {list(arr.shape)}{one}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
 def vqa_rows(images: Any, questions: Any) -> tuple[list, list[str]]:
     """predict()'s arguments as rows: a single image (path, PIL image, array) or question string is one row, not a
     sequence of characters; the counts must match."""

@@ -58,6 +58,9 @@ MAX_BEAM = 5  # /v1/caption: wider beams cost time per request and rarely change
 CAPTION_CHUNK = 16  # /v1/caption photos per model job: caption()'s own batch size, so the captions are the same
 # /v1/classify prompts (labels x templates) per model job: 4,000 in one job held the model thread 5.5 s on 2 cores
 PROMPT_CHUNK = 256
+# /v1/embed texts per model job: 256 texts of 10,000 characters (both within the limits) held the model thread ~40 s
+# in one job on 2 cores, every request 503 meanwhile, ~10 s past its own 503; 32 costs nothing for short texts
+TEXT_CHUNK = 32
 DOCS_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
 
 
@@ -291,7 +294,7 @@ def create_app(
         """Decoded and preprocessed in a worker thread, one image per thread job: ready for svc.batcher.images.
         A request cancelled (past --timeout, or its client gone) stops after its current image: in one job, 64
         at-limit PNGs kept a thread decoding for ~90 s after the request's 503."""
-        with svc.batcher.incoming():  # a batch being filled waits for this request
+        with svc.batcher.incoming("image"):  # an image batch being filled waits for this request
             out = []
             for item in items:
                 out += await run_in_threadpool(svc.prepare, [item])
@@ -364,7 +367,11 @@ def create_app(
                 if "image" in data or "images" in data:
                     raise ApiError(400, "send either texts or images in one request, not both")
                 texts = check_texts(data["texts"], s.max_texts_per_request, s.max_text_chars)
-                vectors = await svc.batcher.texts(texts)
+                # one model job per chunk: other requests run between them, and a request past --timeout stops
+                # after its current chunk instead of holding the model thread to the end
+                parts = [await svc.batcher.texts(texts[start : start + TEXT_CHUNK])
+                         for start in range(0, len(texts), TEXT_CHUNK)]
+                vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
             else:
                 if not ("image" in data or "images" in data):
                     raise ApiError(400, 'nothing to embed: send {"texts": [...]} or {"images": [base64, ...]}')

@@ -3,9 +3,10 @@
 Every model call of the service goes through the one worker thread, so the event loop is never blocked and the
 model is never used from two threads at once. Jobs are queued; the worker takes the first one and, when batching is
 on, keeps taking jobs of the same kind (images or texts) until the batch holds `max_batch` items or `max_wait_ms`
-has passed since it started waiting. Jobs that are already queued when the wait ends still join (up to
-`max_batch`), so under load batches fill without any waiting at all. It waits only while another request is on its
-way (being decoded: see `incoming()`); a lone request runs at once instead of paying max_wait_ms.
+has passed since it started waiting (jobs of the other kind are looked past and run next, in order). Jobs that are
+already queued when the wait ends still join (up to `max_batch`), so under load batches fill without any waiting at
+all. It waits only while another request of its kind is on its way (being decoded: see `incoming()`); a lone
+request runs at once instead of paying max_wait_ms.
 
     batcher = MicroBatcher(model, max_batch=32, max_wait_ms=5)
     vectors = batcher.submit_images([pil_image]).result()     # from any thread; or `await batcher.images([...])`
@@ -32,6 +33,7 @@ from polymodal.errors import PolymodalError
 log = logging.getLogger(__name__)
 
 _STOP = object()
+LOOKAHEAD = 64  # jobs of another kind a batch looks past for more of its own
 
 
 @dataclass
@@ -73,19 +75,24 @@ class MicroBatcher:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._stop_queued = False  # one stop in the queue at most: two would put each other back for ever
-        self._incoming = 0  # requests preprocessing their inputs, about to submit
+        self._incoming = {"image": 0, "text": 0}  # requests preprocessing their inputs, about to submit, by kind
         self._incoming_lock = threading.Lock()
 
     @contextmanager
-    def incoming(self):
-        """Wrap a request's preprocessing (decode, resize): while any is running, a batch waits for it to join."""
+    def incoming(self, kind: str | None = None):
+        """Wrap a request's preprocessing (decode, resize): while any is running, a batch waits for it to join.
+        `kind` ("image" or "text"): what it will submit; only a batch of that kind waits (it could never join the
+        other); None: either."""
+        kinds = list(self._incoming) if kind is None else [kind]
         with self._incoming_lock:
-            self._incoming += 1
+            for k in kinds:
+                self._incoming[k] += 1
         try:
             yield
         finally:
             with self._incoming_lock:
-                self._incoming -= 1
+                for k in kinds:
+                    self._incoming[k] -= 1
 
     # -- submitting (any thread) ------------------------------------------------------------------------------
     def submit_images(self, images: list) -> Future:
@@ -178,18 +185,29 @@ class MicroBatcher:
             batch, size = [job], len(job.items)
             if self.enabled:
                 deadline = time.monotonic() + self.max_wait
+                # jobs of another kind are set aside, not an end to the batch: under mixed traffic (text searches
+                # between image uploads) the queue alternates kinds, and stopping at the first one made every
+                # batch a single request. They go back in front of the queue, in order, and run next.
+                others: list = []
                 while size < self.max_batch:
                     try:
                         # nothing on its way: take what is queued, don't wait
-                        nxt = self._next(deadline - time.monotonic() if self._incoming else 0)
+                        nxt = self._next(deadline - time.monotonic() if self._incoming[job.kind] else 0)
                     except queue.Empty:
                         break
-                    if nxt is _STOP or nxt.kind != job.kind or size + len(nxt.items) > self.max_batch:
-                        self._carry.append(nxt)
+                    if nxt is not _STOP and nxt.kind != job.kind:
+                        others.append(nxt)
+                        if len(others) < LOOKAHEAD:  # (a long backlog is not scanned for every batch)
+                            continue
+                        break
+                    if nxt is _STOP or size + len(nxt.items) > self.max_batch:
+                        others.append(nxt)
                         break
                     if nxt.future.set_running_or_notify_cancel():
                         batch.append(nxt)
                         size += len(nxt.items)
+                # (what was taken from the carry came off its front, so the set-aside jobs go back there)
+                self._carry.extendleft(reversed(others))
             self._run_batch(job.kind, batch)
 
     def _forward(self, kind: str, items: list) -> np.ndarray:
