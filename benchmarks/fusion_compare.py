@@ -360,7 +360,7 @@ def main(argv=None) -> int:
     from polymodal.fusion import FUSIONS
 
     datasets = _names(args.datasets, DATASETS, "dataset")
-    if "coco-yesno" in datasets and not Path(args.coco_yesno).is_file():
+    if "coco-yesno" in datasets and not Path(args.coco_yesno).expanduser().is_file():  # ~ as read_qa reads it
         # said before any fusion trains: found missing after easy-VQA's runs, it ended them in a traceback
         print(f"error: coco-yesno needs {args.coco_yesno} (see ../shared/data/README.md); pass --coco-yesno FILE "
               "or --datasets easy-vqa", file=sys.stderr)

@@ -215,7 +215,7 @@ def with_run_settings(settings: dict, recipe_cls, overwrite: bool = False) -> di
         raise PolymodalError(f"{settings['out']} holds a run that another `polymodal train` command started (its "
                              f"settings include {', '.join(foreign[:3])}); continue it with that command and --resume")
     model, was = settings.get("model"), saved.get("model")
-    if isinstance(model, str) and isinstance(was, str) and _model_named(model) != was:
+    if isinstance(model, str) and isinstance(was, str) and _other_model(model, was):
         # the checkpoint's weights continue whatever --model says: only the record would change (train_config.json
         # naming it, RUN/model's training_photos.txt inheriting its photos)
         raise PolymodalError(f"the run in {settings['out']} was trained with --model {was} (asked now: {model}); the "
@@ -236,6 +236,25 @@ def _model_named(model: str) -> str:
     from polymodal.train.run_settings import absolute_paths
 
     return absolute_paths(argparse.Namespace(model=model), (), ("model",)).get("model", model)
+
+
+def _other_model(model: str, was: str) -> bool:
+    """Whether --model ``model`` names another model than the run recorded (``was``). A recorded folder that is
+    gone (moved or renamed since) cannot be compared: --model then names its new place, the only way to resume
+    (without --model the old path no longer loads). The same folder by another path (a symlink) is the same."""
+    import os
+
+    now = _model_named(model)
+    if now == was:
+        return False
+    if os.path.isabs(was) and not os.path.exists(was):
+        logging.getLogger(__name__).warning("the run started from --model %s, which no longer exists; continuing "
+                                            "with --model %s as its new place", was, model)
+        return False
+    try:
+        return not (os.path.isabs(now) and os.path.isabs(was) and os.path.samefile(now, was))
+    except OSError:
+        return True
 
 
 def _listed(value) -> list:

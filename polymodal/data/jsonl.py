@@ -41,19 +41,21 @@ def utf8_text(path: Path, **open_args):
                              f"{exc.object[exc.start:exc.end]!r}); save the file as UTF-8") from None
 
 
-def not_unicode(value: Any, key: str) -> str | None:
+def not_unicode(value: Any, key: str, path: bool = False) -> str | None:
     """Why ``value`` (a JSON row's ``key``: text, or a list or object holding texts) is not valid Unicode, or None.
     JSON can escape half of a surrogate pair ("\\ud83d", an emoji cut in two by whatever wrote the file), which is
-    no character: no tokenizer takes it, and a path holding one cannot be looked up."""
+    no character: no tokenizer takes it, and a path holding one cannot be looked up. ``path``: a file name, where
+    \\udc80-\\udcff are the bytes of a name that is not UTF-8 as Python reads it (json.dumps of os.listdir's
+    "caf\\udce9.jpg"), which open() finds."""
     values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
     for text in values:
         if isinstance(text, (dict, list)):
-            why = not_unicode(text, key)
+            why = not_unicode(text, key, path)
             if why:
                 return why
         elif isinstance(text, str):
             try:
-                text.encode("utf-8")
+                text.encode("utf-8", "surrogateescape" if path else "strict")
             except UnicodeEncodeError as exc:
                 return (f'"{key}" is not valid Unicode (\\u{ord(text[exc.start]):04x} at character {exc.start + 1}: '
                         "half of a surrogate pair, an emoji cut in two?); fix that text")
@@ -70,10 +72,12 @@ def _first_undecodable_line(path: Path) -> int | str:
     return "?"
 
 
-def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = ()) -> Iterator[tuple[str, dict | None, str]]:
+def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (),
+                   paths: Sequence[str] = ()) -> Iterator[tuple[str, dict | None, str]]:
     """-> (where "file:line", row, "") per usable object, or (where, None, why) per unusable line. A file that
     starts as a JSON array but does not parse is an error whose message ends with ``fix``. A row whose ``texts``
-    keys hold text that is not valid Unicode is unusable too (see not_unicode)."""
+    keys hold text that is not valid Unicode is unusable too, or whose ``paths`` keys hold no file name (see
+    not_unicode)."""
     splits: Counter = Counter()
     wanted = _SPLITS[-1][0] if _SPLITS else None
     with utf8_text(path) as f:
@@ -103,7 +107,8 @@ def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = ()) -> Iterator[
                 splits[item["split"]] += 1
             if wanted is not None and str(item.get("split", "")).casefold() != wanted.casefold():
                 continue  # another split: left out, neither read nor skipped
-            broken = next((why for key in texts if (why := not_unicode(item.get(key), key))), None)
+            broken = next((why for key in (*texts, *paths)
+                           if (why := not_unicode(item.get(key), key, path=key in paths))), None)
             if broken:  # no tokenizer takes it: it ended a training run with a traceback, an evaluation with no line
                 yield where, None, broken
                 continue

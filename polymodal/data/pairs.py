@@ -206,8 +206,8 @@ def _clean(caption: Any) -> str:
 def _read_jsonl(path: Path) -> tuple[list[Pair], list]:
     pairs, skipped = [], []
     check = _ImageCheck(path.parent)
-    for where, row, why in iter_json_rows(path, "pass one JSON object per line",
-                                          IMAGE_COLUMNS + CAPTION_COLUMNS + NEGATIVE_COLUMNS):
+    for where, row, why in iter_json_rows(path, "pass one JSON object per line", CAPTION_COLUMNS + NEGATIVE_COLUMNS,
+                                          IMAGE_COLUMNS):
         if row is None:
             skipped.append((where, why))
             continue

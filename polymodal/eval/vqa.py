@@ -63,7 +63,7 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
     path = existing_file(Path(source).expanduser(), "QA file", f"pass {QA_FORMAT}")
     rows, skipped, exists, repeats = [], [], {}, {}
     for where, item, why in iter_json_rows(path, f"pass {QA_FORMAT}",
-                                           ("image", "question", "answer", "answers", "choices", "answer_type")):
+                                           ("question", "answer", "answers", "choices", "answer_type"), ("image",)):
         if item is None:
             skipped.append((where, why))
             continue

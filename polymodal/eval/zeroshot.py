@@ -23,7 +23,7 @@ def read_labelled_images(path: str | Path, one_class: bool = False) -> tuple[lis
     missing image file) are counted and logged like eval retrieval's and eval vqa's; none left is an error."""
     path = existing_file(Path(path), "labels file", f"pass {LABELS_FORMAT}")
     images, labels, skipped, repeats = [], [], [], {}
-    for where, row, why in iter_json_rows(path, f"pass {LABELS_FORMAT}", ("image", "label")):
+    for where, row, why in iter_json_rows(path, f"pass {LABELS_FORMAT}", ("label",), ("image",)):
         if row is None:
             skipped.append((where, why))
         elif row.get("image") in (None, "") or row.get("label") in (None, ""):

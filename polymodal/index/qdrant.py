@@ -81,8 +81,9 @@ class QdrantCollection(SearchByModel):
                                  "a folder name is taken as Qdrant's local mode")
         # any other address-like value (http:/host, grpc://host:6334, host:6333/) would be taken as a folder, made
         # in the current one, and a push there would "succeed" with nothing sent to the server (a folder that exists
-        # stays local mode; "C:/..." has a one-letter scheme)
-        if (not self.remote and re.match(r"[A-Za-z][\w+.-]+:(/|\d)", self.location)
+        # stays local mode; "C:/..." has a one-letter scheme; a port is digits up to a "/" or the end, so a new
+        # folder named with a time, "qdrant-2024-05-01T10:30:00", stays a folder)
+        if (not self.remote and re.match(r"[A-Za-z][\w+.-]+:(/|\d+(/|$))", self.location)
                 and not os.path.exists(os.path.expanduser(self.location))):
             raise PolymodalError(f"--qdrant {self.location} looks like a server address, but polymodal talks to Qdrant "
                                  "over http:// or https:// only (the REST port, 6333 by default), e.g. "
