@@ -47,8 +47,8 @@ def cmd_vqa(args) -> int:
                              "or leave --choices out for an open answer")
     model = _load_vqa_model(args.model, args.runtime)
     if args.explain and not hasattr(model, "explain"):  # said before answering, not after
-        raise PolymodalError(f"--explain needs a model that draws heat maps (explain(): fusion encoders and yes/no "
-                             f"models, and their ONNX exports); {args.model} has no explain(): drop --explain")
+        raise PolymodalError(f"--explain needs a model that draws heat maps (explain(): fusion encoders, their ONNX "
+                             f"exports, yes/no models); {args.model} has no explain(): drop --explain")
     # the path, not the decoded image: the model reads the file as evaluation and training do (see draft_size_of)
     from polymodal.serve.model_warnings import with_warnings
 
