@@ -93,6 +93,8 @@ def cmd_eval_captions(args) -> int:
     decoding = _check_decoding(args)
     if args.limit is not None and args.limit < 1:  # before the data is read and the model loads
         raise PolymodalError(f"--limit must be at least 1, got {args.limit}")
+    if args.examples < 0:  # (evaluate_captions checks it too, but only after the model has loaded)
+        raise PolymodalError(f"--examples must be at least 0, got {args.examples}")
     refuse_ci(args, "BLEU and CIDEr-D are corpus scores, not means of per-photo scores that a bootstrap resamples")
     scorers()  # before the data is read and the model loads
     check_out(args.out, args.pairs)

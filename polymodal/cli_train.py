@@ -390,7 +390,8 @@ def add_parsers(sub) -> dict:
     s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
     s.add_argument("--word-order", action="store_true",
                    help="also: how often each photo's first caption beats 4 scrambled copies of it (order/swap, "
-                        "order/trigrams, order/within, order/shuffle; chance 0.2)")
+                        "order/trigrams, order/within, order/shuffle; chance 0.2 if the five scores were random, lower when "
+                        "a model scores the copies alike: ties count as misses)")
     add_runtime(s)
     add_precision(s)
     add_item_options(s)

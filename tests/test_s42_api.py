@@ -101,3 +101,8 @@ def test_a_bf16_model_pickles(gallery):
     copied = pickle.loads(pickle.dumps(model))  # RuntimeError: Tried to serialize object ... _Features
     assert copied.image_tower.precision == "bf16" and copied.image_tower.frozen is not None
     np.testing.assert_allclose(copied.encode_image(photo), model.encode_image(photo), atol=1e-6)
+
+
+def test_a_zero_dimensional_array_of_a_path_is_one_image(lite, gallery):
+    path = str(sorted(gallery.glob("*.jpg"))[0])
+    np.testing.assert_array_equal(lite.encode_image(np.array(path)), lite.encode_image([path]))

@@ -92,3 +92,14 @@ def test_punctuation_only_references_are_warned_of(caplog):
     with caplog.at_level("WARNING"):
         caption_scores([["a dog runs on grass"], ["a red bus"]], ["a dog runs", "a bus"])
     assert "no words" not in caplog.text
+
+
+def test_eval_captions_refuses_negative_examples_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("pycocoevalcap")
+    from polymodal import cli, cli_caption
+
+    monkeypatch.setattr(cli_caption, "load_captioner_model", lambda *a: pytest.fail("the model loaded"))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"image": "a.jpg", "caption": "a cat"}\n')
+    assert cli.main(["eval", "captions", "--pairs", str(pairs), "--examples", "-1"]) == 2
+    assert "--examples must be at least 0, got -1" in capsys.readouterr().err

@@ -48,6 +48,8 @@ def as_images(value: Any) -> list:
                              "(0-1 or 0-255) pixels")
     if ndim is not None and getattr(value, "dtype", None) is not None and value.dtype.kind in "biuf" and ndim <= 3:
         return [value]  # pixels: H x W, H x W x C or C x H x W
+    if ndim == 0:  # np.array("x.jpg"): one path (iterating a 0-d array is a bare TypeError)
+        return [value.item()]
     if isinstance(value, Iterable):
         return list(value)
     return [value]
