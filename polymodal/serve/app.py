@@ -191,7 +191,7 @@ def create_app(
     async def read_json(request: Request, allowed: set[str], example: str, kind: str = "embed") -> dict:
         raw = await request.body()
         try:
-            data = json.loads(raw)
+            data = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise ApiError(400, f"malformed JSON ({str(exc)[:200]}); send an object like {example}") from None
         if not isinstance(data, dict):
@@ -668,6 +668,17 @@ def _client_name(filename: str | None, i: int) -> str:
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(c for c in name if c.isprintable())[:100]
     return name or f"upload {i}"
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    """A JSON object with a key twice is refused, as a form field sent twice is: json.loads keeps the last value
+    without a word ({"k": 1, "k": 500} searched for 500), where a proxy or a log may read the first."""
+    data = dict(pairs)
+    if len(data) < len(pairs):
+        seen = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {twice[:40]!r} appears twice in one object")
+    return data
 
 
 def _json_kind(value) -> str:

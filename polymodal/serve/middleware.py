@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 # a client's made-up methods count as "other": each would be a new metrics series, counted before the API key check
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # read only: other sites' pages may load thumbnails
 CLIENT_CLOSED = 499  # the status metrics count a request under when its client left before it was answered
 
 
@@ -91,7 +92,17 @@ class ApiKeyMiddleware:
         self.open_paths = set(open_paths)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or self.key is None or route_path(scope) in self.open_paths:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.key is None:
+            # any web page may POST a multipart form to a server without a key (a "simple" request: no CORS
+            # preflight), and its images were added to the index; browsers mark such requests Sec-Fetch-Site:
+            # cross-site, the web page's own same-origin. (With a key, the X-API-Key header needs a preflight.)
+            if scope["method"] not in SAFE_METHODS and _header(scope, b"sec-fetch-site") == b"cross-site":
+                return await send_error(send, 403, "cross-site request refused: a server without --api-key takes "
+                                        "requests from its own web page and from non-browser clients only")
+            return await self.app(scope, receive, send)
+        if route_path(scope) in self.open_paths:
             return await self.app(scope, receive, send)
         given = _header(scope, b"x-api-key")
         if given is None:
