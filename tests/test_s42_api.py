@@ -65,7 +65,7 @@ def test_vqa_predict_encodes_a_block_of_distinct_images_at_a_time(easy_vqa, gall
     monkeypatch.setattr(fusion_encoder, "IMAGE_BLOCK", 2, raising=False)
     encoded = []
     encode = easy_vqa.encode_images
-    monkeypatch.setattr(easy_vqa, "encode_images", lambda batch, *a, **k: encoded.append(len(batch)) or
+    monkeypatch.setitem(vars(easy_vqa), "encode_images", lambda batch, *a, **k: encoded.append(len(batch)) or
                         encode(batch, *a, **k))
     got = easy_vqa.predict(images, questions)
     # all of them were encoded and held at once (0.25 MB of grid per photo: 20,000 photos held 5 GB)

@@ -100,7 +100,9 @@ def test_embed_texts_past_the_timeout_stop_after_their_current_chunk(lite, db, m
         r = c.post("/v1/embed", json={"texts": texts[:40]})  # (the real encoder: warmed up, then timed)
         assert r.status_code == 200
         np.testing.assert_allclose(r.json()["vectors"], real(texts[:40]), atol=1e-5)  # chunked: the same vectors
-        monkeypatch.setattr(lite, "encode_text", slow)
+        # in the instance's dict, so that undoing it removes it: setattr's undo would leave the bound method there,
+        # shadowing the class's encode_text for later tests that patch the class (test_text_search)
+        monkeypatch.setitem(vars(lite), "encode_text", slow)
         r = c.post("/v1/embed", json={"texts": texts})
         assert r.status_code == 503 and r.headers["retry-after"], r.text
         time.sleep(1.5)  # all 256 would be done by now (1.3 s) if they were still running
