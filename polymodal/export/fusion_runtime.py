@@ -14,12 +14,17 @@ from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
 from polymodal.export.runtime import (ReloadsFromFolder, export_tokenizer, graph_files, graph_variants, onnx_session,
                                       read_export_config)
+from polymodal.models.beam_search import log_softmax
 from polymodal.models.inputs import check_count, one_question, vqa_rows
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1 / (1 + np.exp(-x))).astype(np.float32)
 
 
 class OnnxFusionEncoder(ReloadsFromFolder):
@@ -91,7 +96,7 @@ class OnnxFusionEncoder(ReloadsFromFolder):
         states = self.question.run(None, tokens)[0]
         grid = np.repeat(grid, len(texts), 0) if len(grid) == 1 else grid
         logits = self.match.run(None, {"grid": grid, "states": states, "attention_mask": tokens["attention_mask"]})[0]
-        return (1 / (1 + np.exp(-logits))).astype(np.float32)
+        return _sigmoid(logits)
 
     def predict(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 32) -> list[tuple[str, float]]:
         probs = _softmax(self.logits(images, questions, batch_size))
@@ -140,14 +145,12 @@ class OnnxFusionEncoder(ReloadsFromFolder):
         side = int(round(grid.shape[1] ** 0.5))  # the grid graph's tokens: side x side cells
         if by_itm:
             def score(p):
-                return 1 / (1 + np.exp(-run(self.match, self.grid.run(None, {"pixels": p})[0]).reshape(-1)))
+                return _sigmoid(run(self.match, self.grid.run(None, {"pixels": p})[0]).reshape(-1))
         else:
             index = int(run(self.head, grid)[0].argmax()) if key is None else self.answer_index[key]
 
             def score(p):  # log-probability: a confident answer's probability barely moves (0.999 -> 0.99)
-                logits = run(self.head, self.grid.run(None, {"pixels": p})[0])
-                top = logits.max(-1)
-                return logits[:, index] - top - np.log(np.exp(logits - top[:, None]).sum(-1))
+                return log_softmax(run(self.head, self.grid.run(None, {"pixels": p})[0]))[:, index]
         heat = occlusion_map(pixels, score, grid=side)
         top = float(heat.max())
         return (heat / top if top > 0 else heat).astype(np.float32)

@@ -92,7 +92,7 @@ def caption_batches(images: Any, batch_size: int, beam: int, max_tokens: int, no
             for pieces in pieces_of(images[i : i + batch_size], beam, max_tokens, no_repeat)]
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float32, copy=False)
     shifted = x - x.max(-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
@@ -114,7 +114,7 @@ def beam_search(step: Callable[[np.ndarray, np.ndarray], np.ndarray], images: in
     # log-probability, then ended less likely per piece): kept aside, so the search never loses a caption it found
     kept: list[tuple[float, list[int]]] = [(-np.inf, [])] * b
     for _ in range(max_tokens):
-        logp = _log_softmax(np.asarray(step(ids, origin)))
+        logp = log_softmax(np.asarray(step(ids, origin)))
         logp[:, [PAD, UNK, CLS, MASK]] = -np.inf
         if no_repeat:
             for row, banned in enumerate(repeats(ids.tolist(), no_repeat)):
