@@ -90,15 +90,19 @@ def temp_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def refuse_special_file(path: Path) -> None:
-    """A rename onto /dev/stdout, /dev/null, a named pipe or a terminal would put a plain file in the device's place
-    (as root) or fail after the work: refused, naming the path."""
+def is_special_file(path: Path) -> bool:
+    """Whether ``path`` is a device, a pipe or a terminal (/dev/null, a shell's >(...)), or a link into /proc
+    (/dev/stdout): a rename onto it would put a plain file in the device's place (as root) or fail after the work."""
     try:
         device = os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
-        special = device or os.path.islink(path) and os.readlink(path).startswith("/proc/")
+        return device or os.path.islink(path) and os.readlink(path).startswith("/proc/")
     except OSError:
-        return
-    if special:
+        return False
+
+
+def refuse_special_file(path: Path) -> None:
+    """is_special_file(path) refused, naming the path."""
+    if is_special_file(path):
         raise PolymodalError(f"{path} is not a regular file (a device, a pipe or a process's own output); "
                              "polymodal writes files whole and renames them into place: pass a file name")
 

@@ -10,7 +10,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from polymodal.cache import atomic_write_bytes
+from polymodal.cache import atomic_write_bytes, is_special_file
 from polymodal.errors import PolymodalError
 
 
@@ -41,9 +41,10 @@ def check_out(path: str | None, inputs=()) -> None:
                              f"e.g. --out {out.with_name(out.stem + '.items.jsonl')}")
     if out.is_dir():
         raise PolymodalError(f"--out {out} is a folder; pass a file name, e.g. --out {out / 'items.jsonl'}")
-    # /dev/stdout, /dev/null, a shell's >(...) or a named pipe: write_items renames a finished file onto the path,
-    # which (as root) puts a plain file in place of the device, and otherwise fails after the whole evaluation
-    if out.exists() and (not out.is_file() or any(_is_stream(out, fd) for fd in (1, 2))):
+    # write_items renames a finished file onto the path (see cache.is_special_file), and this command's own output
+    # redirected to a file (`--out items.jsonl > items.jsonl`) would be replaced under the shell: both refused
+    # before the whole evaluation, not after it
+    if is_special_file(out) or any(_is_stream(out, fd) for fd in (1, 2)):
         raise PolymodalError(f"--out {out} is not a regular file (a device, a pipe or this command's own output); "
                              "--out writes a file whole and then renames it into place: pass a file name, e.g. "
                              "--out items.jsonl (the JSON line of figures goes to stdout already)")
