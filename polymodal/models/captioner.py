@@ -16,8 +16,7 @@ Captions come out lower case (MiniLM's vocabulary is uncased). Decoding is beam 
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.models.beam_search import (MAX_TOKENS, NO_REPEAT, beam_search, caption_batches, caption_text,
                                           check_search)
-from polymodal.models.folders import folder_type, read_folder_config, settings_from, write_model_folder
+from polymodal.models.folders import folder_type, read_folder_config, settings_from
 from polymodal.models.inputs import as_images, check_count, check_fraction
 from polymodal.models.modes import check_float32, in_eval_mode
 
@@ -246,16 +245,9 @@ class Captioner(nn.Module):
         return {k: v.detach().contiguous() for k, v in self.named_parameters() if k in self._trained}
 
     def save(self, folder: str | Path) -> Path:
-        from safetensors.torch import save as save_bytes
+        from polymodal.models.dual_encoder import save_trained
 
-        from polymodal.models.dual_encoder import state_to_save
-
-        folder = Path(folder)
-        data = save_bytes(state_to_save(self))
-        self.version = hashlib.sha256(data).hexdigest()[:12]
-        config = {"type": "captioner", "version": self.version, **asdict(self.config),
-                  "transform": self.transform.to_dict()}
-        return write_model_folder(folder, data, config, getattr(self, "loaded_from", None))
+        return save_trained(self, folder, "captioner")
 
 
 def is_captioner_folder(path: str | Path) -> bool:

@@ -203,14 +203,7 @@ class DualEncoder(nn.Module, EmbeddingModel):
 
     def save(self, folder: str | Path) -> Path:
         """Write config.json + model.safetensors atomically; returns the folder."""
-        from safetensors.torch import save as save_bytes
-
-        folder = Path(folder)
-        data = save_bytes(state_to_save(self))
-        self.version = hashlib.sha256(data).hexdigest()[:12]
-        config = {"type": "dual_encoder", "version": self.version, **asdict(self.config),
-                  "transform": self.transform.to_dict()}
-        return write_model_folder(folder, data, config, getattr(self, "loaded_from", None))
+        return save_trained(self, folder, "dual_encoder")
 
 
 def is_dual_encoder_folder(path: Path) -> bool:
@@ -222,6 +215,18 @@ def load_dual_encoder(folder: str | Path) -> DualEncoder:
     raw = read_folder_config(folder, "`polymodal train`")
     model = DualEncoder(settings_from(folder, raw, DualEncoderConfig))
     return load_trained_weights(model, folder, raw)
+
+
+def save_trained(model, folder: str | Path, kind: str) -> Path:
+    """save() of every model saved this way (dual and fusion encoders, captioners): model.safetensors (state_to_save)
+    and config.json ({"type": kind, "version": the weights' hash, the config's fields, "transform"}), atomically;
+    the model takes the new version. Returns the folder."""
+    from safetensors.torch import save as save_bytes
+
+    data = save_bytes(state_to_save(model))
+    model.version = hashlib.sha256(data).hexdigest()[:12]
+    config = {"type": kind, "version": model.version, **asdict(model.config), "transform": model.transform.to_dict()}
+    return write_model_folder(Path(folder), data, config, getattr(model, "loaded_from", None))
 
 
 def state_to_save(model) -> dict:

@@ -32,9 +32,8 @@ sigmoid(ITM(image, question + " " + candidate)) -- or 0.0 when the model has no 
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from polymodal.models.folders import folder_type, read_folder_config, settings_from, write_model_folder
+from polymodal.models.folders import folder_type, read_folder_config, settings_from
 from polymodal.data.answers import check_row_choices, choice_index, comparable_answer, unique_choices, warn_of
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
@@ -645,16 +644,9 @@ class FusionEncoder(nn.Module):
 
     def save(self, folder: str | Path) -> Path:
         """Write config.json (with the answer vocabulary) + model.safetensors atomically; returns the folder."""
-        from safetensors.torch import save as save_bytes
+        from polymodal.models.dual_encoder import save_trained
 
-        from polymodal.models.dual_encoder import state_to_save
-
-        folder = Path(folder)
-        data = save_bytes(state_to_save(self))
-        self.version = hashlib.sha256(data).hexdigest()[:12]
-        config = {"type": "fusion_encoder", "version": self.version, **asdict(self.config),
-                  "transform": self.transform.to_dict()}
-        return write_model_folder(folder, data, config, getattr(self, "loaded_from", None))
+        return save_trained(self, folder, "fusion_encoder")
 
 
 def choice_rows(images: Any, questions: Any, choices: Any, check) -> tuple[list, list, list[int], list[str], list[int]]:
