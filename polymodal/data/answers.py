@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from polymodal.errors import PolymodalError
 
@@ -60,6 +60,17 @@ def unique_choices(choices: Sequence[Any]) -> dict[str, str]:
         raise PolymodalError("no choices given; pass candidate answers: --choices yes,no, or choices=['yes', 'no'] "
                              "in Python")
     return seen
+
+
+def checked_choices(choices: Any, check) -> Any:
+    """answer()'s ``choices``, read once (a generator is checked here and ranked afterwards) and passed to the model's
+    ``check`` (check_choices), whose warning is given before the image is read. None stays None."""
+    if choices is None:
+        return None
+    if isinstance(choices, Iterator):
+        choices = list(choices)
+    warn_of(check(choices)[1])
+    return choices
 
 
 def check_row_choices(choices: Any, rows: int, check) -> list[list[str]]:

@@ -4,11 +4,11 @@ numpy preprocessing and no torch import: answer(), predict() and logits() like t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from polymodal.data.answers import check_row_choices, choice_index, comparable_answer, unique_choices, warn_of
+from polymodal.data.answers import check_row_choices, checked_choices, choice_index, comparable_answer, unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
@@ -106,10 +106,7 @@ class OnnxFusionEncoder(ReloadsFromFolder):
         """-> {"answer", "score", "alternatives"}; with ``choices``, only those compete (see _rank_choices)."""
         question, top_k = one_question(question), check_count(top_k, "top_k")
         self.tokenizer.warn_if_question_cut(question, f"max_question_tokens={self.max_length}")
-        if isinstance(choices, Iterator):  # a generator: checked here and ranked below, it must be read once
-            choices = list(choices)
-        if choices is not None:
-            warn_of(self.check_choices(choices)[1])  # before the image is read
+        choices = checked_choices(choices, self.check_choices)  # before the image is read
         grid, logits = next(self._batches([image], [question], 1))
         if choices is None:
             probs = _softmax(logits[0])

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.models.folders import folder_type, read_folder_config, settings_from
-from polymodal.data.answers import check_row_choices, choice_index, comparable_answer, unique_choices, warn_of
+from polymodal.data.answers import check_row_choices, checked_choices, choice_index, comparable_answer, unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, build_fusion
@@ -510,10 +510,7 @@ class FusionEncoder(nn.Module):
         question = one_question(question)
         top_k = check_count(top_k, "top_k")
         self._warn_if_cut(question)
-        if isinstance(choices, Iterator):  # a generator: checked here and ranked below, it must be read once
-            choices = list(choices)
-        if choices is not None:
-            warn_of(self.check_choices(choices)[1])  # before the image is read
+        choices = checked_choices(choices, self.check_choices)  # before the image is read
         image_inputs = self.encode_images([image])
         states, mask = self.encode_questions([question])
         logits = self.vqa_logits(image_inputs, states, mask)[0].float()

@@ -25,14 +25,14 @@ import logging
 import re
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from polymodal.models.folders import WEIGHTS_FILE, folder_type, folder_version, read_folder_config, write_model_folder
 from polymodal.errors import PolymodalError
-from polymodal.data.answers import YES_NO, comparable_answer, unique_choices, warn_of
+from polymodal.data.answers import YES_NO, checked_choices, comparable_answer, unique_choices
 from polymodal.models.fusion_encoder import _dedupe, choice_rows
 from polymodal.models.inputs import as_images, as_texts, check_count, one_question, vqa_rows
 from polymodal.models.modes import evaluating
@@ -224,10 +224,7 @@ class YesNoModel:
         if not re.match(rf"{_AUX}\b|(am|may|might)\b", _unnegated(question.strip().lower())):
             log.warning("%s answers only yes or no; %r does not read like a yes/no question (is/are/can/does ...)",
                         self.name, question)
-        if isinstance(choices, Iterator):  # a generator: checked here and ranked below, it must be read once
-            choices = list(choices)
-        if choices is not None:
-            warn_of(self.check_choices(choices)[1])  # before the image is read
+        choices = checked_choices(choices, self.check_choices)  # before the image is read
         p_yes = float(self.probabilities(self.encode_images([image]), self.encode_questions([question]), [0])[0])
         if choices is None:
             ranked = sorted({"yes": p_yes, "no": 1.0 - p_yes}.items(), key=lambda kv: -kv[1])
