@@ -109,9 +109,7 @@ def image_features(
     if split:  # each rank holds its batches' rows and zeros elsewhere: the sum is every row
         shape = distributed.any_shape(None if out is None else out.shape)
         if out is None and shape is not None:  # none of this rank's images could be read; others' could
-            out = np.zeros(shape, np.float16)
-            for i in starts:
-                out[:, i : i + batch_size] = np.nan
+            out = _share_unread(shape, starts, batch_size)
         if out is not None:
             distributed.sum_in_place(out)
     if out is None:
@@ -150,12 +148,18 @@ def _encode_views(model, images: Sequence, views: int, augment: Augment, seed: i
             if rows:
                 feats = model.image_cache_input(torch.from_numpy(model.transform([pils[j] for j in rows]))).float().numpy()
                 if out is None:
-                    out = np.zeros((views, len(images), *feats.shape[1:]), dtype=np.float16)
-                    for w in range(views):  # every row of this share unread until its features are in
-                        for k in starts:
-                            out[w, k : k + batch_size] = np.nan
+                    out = _share_unread((views, len(images), *feats.shape[1:]), starts, batch_size)
                 out[v, [i + j for j in rows]] = feats
             bar.update(len(pils))
+    return out
+
+
+def _share_unread(shape: tuple, starts: range, batch_size: int) -> np.ndarray:
+    """[views, N, ...] float16: NaN (unread) in the rows of the batches at ``starts`` (this process's share, until
+    their features are in), zeros in the others' rows (other ranks' share, summed in)."""
+    out = np.zeros(shape, np.float16)
+    for i in starts:
+        out[:, i : i + batch_size] = np.nan
     return out
 
 
