@@ -565,6 +565,11 @@ def _file_names_print() -> None:
         pass
 
 
+def interrupt_status(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """(word, exit code) for a Ctrl-C or SIGTERM: 130 and 143, what a shell reports for a process they ended."""
+    return ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+
+
 def _quiet_closed_stdout() -> int:
     """`polymodal ... | head`: the reader left; stop quietly like other Unix tools (exit 141, as SIGPIPE would)."""
     try:  # later flushes (at exit) then go nowhere instead of failing again
@@ -600,8 +605,7 @@ def main(argv=None) -> int:
         print(f"polymodal: error: {str(exc).encode('utf-8', 'backslashreplace').decode()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        # 143 and 130: what a shell reports for a process SIGTERM or Ctrl-C ended
-        word, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        word, code = interrupt_status(exc)
         print(f"polymodal: {word}{_saved_work(exc, args, before)}", file=sys.stderr)
         return code
     except OSError as exc:  # mostly a path that cannot be made or written (its parent is a file, no permission)

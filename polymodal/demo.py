@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
-from polymodal.cli import Terminated, _quiet_closed_stdout, _sigterm_cleans_up, _table
+from polymodal.cli import _quiet_closed_stdout, _sigterm_cleans_up, _table, interrupt_status
 from polymodal.errors import PolymodalError
 
 TEXT_QUERIES = ["a cat", "a hot drink", "a rocket launch", "a motorbike", "an old building with a roof", "a flower"]
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # `python -m polymodal.demo | head` (before OSError: no folder is to blame)
         return _quiet_closed_stdout()
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: one line, as the polymodal commands say it
-        word, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        word, code = interrupt_status(exc)
         print(f"polymodal: {word}; run the demo again to finish (it keeps what {args.out} holds)", file=sys.stderr)
         return code
     except PolymodalError as exc:
