@@ -60,7 +60,7 @@ np.savez(out / f"{'split' if split else 'one'}-rank{rank}.npz", img=np.asarray(i
 '''
 
 
-def test_ranks_build_the_feature_caches_together(tmp_path):
+def test_ranks_build_the_feature_caches_together(tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(11):
@@ -76,11 +76,10 @@ def test_ranks_build_the_feature_caches_together(tmp_path):
             (tmp_path / "few" / f"f{i}.jpg").write_bytes(b"")
     script = tmp_path / "cache.py"
     script.write_text(SCRIPT)
-    os.environ["POLYMODAL_CACHE"] = str(tmp_path / "cache-split")
-    try:
-        _launch(script, tmp_path)
-    finally:
-        os.environ.pop("POLYMODAL_CACHE")
+    # setenv, not os.environ: undone, the session's own cache folder comes back (popping it sent every later test in
+    # this worker to ~/.cache/polymodal, where an earlier run's text banks made test_text_search's first call a hit)
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache-split"))
+    _launch(script, tmp_path)
     import subprocess
 
     env = dict(os.environ, SPLIT="0", POLYMODAL_CACHE=str(tmp_path / "cache-one"), OMP_NUM_THREADS="1")
