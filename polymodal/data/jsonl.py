@@ -7,7 +7,7 @@ import logging
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from polymodal.errors import PolymodalError
 
@@ -72,12 +72,15 @@ def _first_undecodable_line(path: Path) -> int | str:
     return "?"
 
 
-def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (),
-                   paths: Sequence[str] = ()) -> Iterator[tuple[str, dict | None, str]]:
+def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (), paths: Sequence[str] = (),
+                   document_rows: Callable[[Path, dict], list | None] | None = None
+                   ) -> Iterator[tuple[str, dict | None, str]]:
     """-> (where "file:line", row, "") per usable object, or (where, None, why) per unusable line. A file that
     starts as a JSON array but does not parse is an error whose message ends with ``fix``. A row whose ``texts``
     keys hold text that is not valid Unicode is unusable too, or whose ``paths`` keys hold no file name (see
-    not_unicode)."""
+    not_unicode). A file that is one JSON object (pretty-printed, or one line with an "images" list) is turned into
+    rows by ``document_rows`` (None: not a kind it knows; a PolymodalError in its list: a row it could not make),
+    else it is an error ending with ``fix``."""
     splits: Counter = Counter()
     wanted = _SPLITS[-1][0] if _SPLITS else None
     with utf8_text(path) as f:
@@ -85,7 +88,13 @@ def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (),
         while head.isspace():
             head = f.read(1)
         f.seek(0)
-        if head == "[":  # a JSON array of row objects is accepted too
+        document = _whole_object(path, f, fix) if head == "{" else None
+        if document is not None:  # e.g. COCO's captions_val2017.json: "where" is the row's number in the file
+            rows = document_rows(path, document) if document_rows else None
+            if rows is None:
+                raise PolymodalError(f"{path} is one JSON object, not rows of objects; {fix}")
+            items = enumerate(rows, 1)
+        elif head == "[":  # a JSON array of row objects is accepted too
             try:
                 items = enumerate(json.load(f), 1)
             except json.JSONDecodeError as exc:
@@ -100,6 +109,9 @@ def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (),
                 except json.JSONDecodeError as exc:
                     yield where, None, f"bad JSON ({exc.msg})"
                     continue
+            if isinstance(item, PolymodalError):  # a row document_rows could not make, and why
+                yield where, None, str(item)
+                continue
             if not isinstance(item, dict):
                 yield where, None, "not a JSON object"
                 continue
@@ -114,9 +126,31 @@ def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (),
                 continue
             yield where, item, ""
     if wanted is None:
-        _warn_of_mixed_splits(path, splits, head == "[")
+        _warn_of_mixed_splits(path, splits, None if document is not None else head == "[")
     else:
         _check_split(path, splits, wanted)
+
+
+def _whole_object(path: Path, f, fix: str) -> Any:
+    """The file (which starts with "{") as one JSON document when it is one: its first line is a lone "{" (pretty-
+    printed) or an object with an "images" list (COCO's and Karpathy's caption files are one line); else None, and
+    it is read as JSON Lines, a row at a time (a JSONL file whose first row is broken stays a file of rows)."""
+    first = f.readline()
+    f.seek(0)
+    if first.strip() != "{":
+        try:
+            single = json.loads(first)
+        except json.JSONDecodeError:
+            return None
+        if not (isinstance(single, dict) and isinstance(single.get("images"), list)):
+            return None
+    try:
+        document = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise PolymodalError(f"{path} is not valid JSON ({exc}); {fix}") from exc
+    finally:
+        f.seek(0)
+    return document
 
 
 def _check_split(path: Path, splits: Counter, wanted: str) -> None:
@@ -148,7 +182,7 @@ def _held_out(splits: Counter) -> str:
     return names[-1]
 
 
-def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool) -> None:
+def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool | None) -> None:
     """Rows marked with several splits ("train", "dev") are all read: nothing filters on the field, and scoring a
     model on its training split alongside the rest is a slip worth one line. The filter it suggests keeps a
     held-out split and writes a new file beside this one (image paths stay relative to that folder)."""
@@ -156,9 +190,10 @@ def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool) -> None:
         counts = ", ".join(f"{name} {n:,}" for name, n in splits.most_common())
         one = _held_out(splits)
         select = f"{'.[] | ' if array else ''}select(.split == \"{one}\")"
+        jq = (f", or filter the file, e.g. jq -c '{select}' {path} > {path.with_name(f'{path.stem}.{one}.jsonl')}"
+              if array is not None else "")
         log.warning("%s: rows carry %d split values (%s) and all of them are read; to use one, pass `eval ... "
-                    "--split %s`, or filter the file, e.g. jq -c '%s' %s > %s", path, len(splits), counts, one, select,
-                    path, path.with_name(f"{path.stem}.{one}.jsonl"))
+                    "--split %s`%s", path, len(splits), counts, one, jq)
 
 
 _TALLIES: list[list[int]] = []  # open counting_skipped() blocks

@@ -1,7 +1,8 @@
 """Image-caption pairs for contrastive training and retrieval evaluation.
 
 `read_pair_source(path)` reads any of:
-- a JSONL file of {"image": path relative to the file, "caption": text} rows (extra keys ignored);
+- a JSONL file of {"image": path relative to the file, "caption": text} rows (extra keys ignored), or a JSON array
+  of them, or COCO's or Karpathy's caption JSON as downloaded (see `polymodal.data.caption_json`);
 - a CSV/TSV file with a header naming an image column (image, filepath) and a caption column (caption, title,
   text), as open_clip's CSV loader expects (tab-separated when the header has a tab); paths relative to the file;
 - a folder of images with same-named .txt captions (`cat.jpg` + `cat.txt`, one caption per non-empty line);
@@ -29,6 +30,7 @@ from PIL import Image
 
 from polymodal.data import shards as _shards
 from polymodal.data.augment import make_rng
+from polymodal.data.caption_json import caption_json_rows
 from polymodal.data.images import IMAGE_EXTENSIONS, load_image
 from polymodal.data.jsonl import iter_json_rows, missing_image, report_skipped, utf8_text
 from polymodal.errors import PolymodalError
@@ -40,7 +42,8 @@ CAPTION_COLUMNS = ("caption", "title", "text")
 NEGATIVE_COLUMNS = ("negatives", "negative")
 NEGATIVE_SEPARATOR = "|"  # several negatives in one CSV cell
 FORMATS = (
-    "a JSONL file of {\"image\", \"caption\"} rows, a CSV with image,caption (or filepath,title) columns, "
+    "a JSONL file of {\"image\", \"caption\"} rows (or COCO's or Karpathy's caption JSON), a CSV with "
+    "image,caption (or filepath,title) columns, "
     "a folder of images with same-named .txt captions, or tar shards (file, folder, glob or {000..009} pattern)"
 )
 
@@ -206,8 +209,8 @@ def _clean(caption: Any) -> str:
 def _read_jsonl(path: Path) -> tuple[list[Pair], list]:
     pairs, skipped = [], []
     check = _ImageCheck(path.parent)
-    for where, row, why in iter_json_rows(path, "pass one JSON object per line", CAPTION_COLUMNS + NEGATIVE_COLUMNS,
-                                          IMAGE_COLUMNS):
+    for where, row, why in iter_json_rows(path, "pass one JSON object per line, or COCO's or Karpathy's caption JSON",
+                                          CAPTION_COLUMNS + NEGATIVE_COLUMNS, IMAGE_COLUMNS, caption_json_rows):
         if row is None:
             skipped.append((where, why))
             continue
