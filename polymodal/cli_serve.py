@@ -54,6 +54,7 @@ def cmd_serve(args) -> int:
         max_wait_ms=args.max_wait_ms,
         max_body_bytes=args.max_body_mb * 2**20,
         request_timeout_s=args.timeout,
+        allowed_hosts=tuple(args.allow_host or ()),
     )
     # --runtime auto stays auto: create_app settles it per model (an export beside a built-in VQA model, say)
     if args.threads is not None and args.threads < 1:
@@ -159,6 +160,10 @@ def add_parsers(sub) -> None:
         help="require this key in the X-API-Key header on every endpoint but /healthz and the page shell "
         "(default: $POLYMODAL_API_KEY; the variable keeps the key out of the process list)",
     )
+    s.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="without --api-key, the server answers only requests addressed to localhost, an IP address or "
+                   "this machine's name (a web page cannot then reach it by rebinding its own DNS name): add a name "
+                   "clients use, e.g. the one a reverse proxy passes as Host (repeat for more; * for any)")
     s.add_argument("--max-batch", type=int, default=8, help="items per merged forward pass (default 8)")
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
     s.add_argument("--no-batching", action="store_true", help="run each request's forward pass alone")

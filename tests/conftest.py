@@ -7,6 +7,14 @@ import pytest
 # and subprocesses tests start (benchmarks/omp_wait_policy.py: 2-8x slower beside a busy process)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+try:  # Starlette's TestClient calls the server "testserver", a name a keyless polymodal server refuses (it answers
+    # names DNS rebinding cannot take: polymodal.serve.hosts); tests address it as a local user does, as localhost
+    from starlette import testclient as _testclient
+
+    _testclient.TestClient.__init__.__defaults__ = ("http://localhost", *_testclient.TestClient.__init__.__defaults__[1:])
+except ImportError:  # no serve extra: no server tests either
+    pass
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

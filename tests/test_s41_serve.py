@@ -85,7 +85,7 @@ def test_a_client_that_goes_away_stops_its_request_and_counts_as_499(lite, db):
     on), answering no one; a client that hung up mid-body was counted as status 500."""
     app = create_app(lite, db)
     done, metrics = _slow_prepare(app), app.state.service.metrics
-    request = httpx.Request("POST", "http://t/v1/embed", files=_files())
+    request = httpx.Request("POST", "http://localhost/v1/embed", files=_files())
     body = request.read()
     scope = _scope(request)
 

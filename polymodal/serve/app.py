@@ -641,7 +641,8 @@ def create_app(
                        no_deadline=("/v1/index",))
     # the page shell and the API docs hold no data: they load without the key (every call they make needs it)
     docs_paths = ("/docs", "/openapi.json", *(f"{DOCS_ASSETS}/{n}" for n in DOCS_FILES))
-    app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=("/healthz", "/", *docs_paths))
+    app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=("/healthz", "/", *docs_paths),
+                       allowed_hosts=s.allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=svc.metrics, routes_of=app)
     if api_key:  # /docs then shows "Authorize" and sends X-API-Key with "Try it out" (else every try is a 401)
         schema_of = app.openapi

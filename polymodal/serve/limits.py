@@ -58,18 +58,23 @@ class ServeSettings:
     max_prompts: int = 4000
     max_remove_ids: int = 10_000
     thumb_size: int = 256  # longest side of served thumbnails, pixels
+    # Host names a server without an API key answers besides localhost, IP addresses and this machine's own names
+    # ("*": any); see polymodal.serve.hosts
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.allowed_hosts, str) or not all(isinstance(h, str) and h for h in self.allowed_hosts):
+            raise PolymodalError(f"serve setting allowed_hosts must be a tuple of host names, got {self.allowed_hosts!r}")
         for key, value in asdict(self).items():
-            if isinstance(value, bool):
+            if isinstance(value, bool) or key == "allowed_hosts":
                 continue
             finite = isinstance(value, (int, float)) and 0 <= value < math.inf  # (nan fails too)
             if not finite or (value == 0 and key != "max_wait_ms"):
                 raise PolymodalError(f"serve setting {key} must be a positive number, got {value!r}")
 
     def public(self) -> dict:
-        """What clients may know (shown by GET /v1/info)."""
-        return asdict(self)
+        """What clients may know (shown by GET /v1/info): the limits, not which names the server answers."""
+        return {k: v for k, v in asdict(self).items() if k != "allowed_hosts"}
 
 
 def open_image_checked(data: bytes, max_pixels: int, name: str = "upload", min_size: int | None = None) -> Image.Image:

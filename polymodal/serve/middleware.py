@@ -12,6 +12,8 @@ import json
 import logging
 import time
 
+from polymodal.serve.hosts import host_allowed, hostname_of
+
 log = logging.getLogger(__name__)
 
 # a client's made-up methods count as "other": each would be a new metrics series, counted before the API key check
@@ -86,15 +88,22 @@ class MetricsMiddleware:
 class ApiKeyMiddleware:
     """With a key set, every request except the open paths needs `X-API-Key: KEY` (compared in constant time)."""
 
-    def __init__(self, app, api_key: str | None, open_paths: tuple = ("/healthz",)) -> None:
+    def __init__(self, app, api_key: str | None, open_paths: tuple = ("/healthz",), allowed_hosts=()) -> None:
         self.app = app
         self.key = api_key.encode() if api_key else None
         self.open_paths = set(open_paths)
+        self.allowed_hosts = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if self.key is None:
+            host = _header(scope, b"host")
+            if not host_allowed(host, self.allowed_hosts):  # a page that rebound its own name to this server
+                name = hostname_of(host)[:80]
+                return await send_error(send, 403, f"request for host {name!r} refused: a server without --api-key "
+                                        "answers requests addressed to localhost, an IP address or this machine's "
+                                        f"name; to serve this name, pass --allow-host {name} (or set --api-key)")
             # any web page may POST a multipart form to a server without a key (a "simple" request: no CORS
             # preflight), and its images were added to the index; browsers mark such requests Sec-Fetch-Site:
             # cross-site, the web page's own same-origin. (With a key, the X-API-Key header needs a preflight.)
