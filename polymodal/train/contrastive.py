@@ -105,7 +105,12 @@ def rank_batch_size(images: int, batch_size: int, world: int = 1) -> int:
 def retrieval_eval(model, image_feats: np.ndarray, text_feats, caption_image: np.ndarray, prefix: str = "val/") -> dict:
     """R@1/5/10 both ways on cached features, plus rsum (sum of the six recalls) for early stopping."""
     with torch.no_grad():
-        img = torch.nn.functional.normalize(model.image_from_cache(torch.from_numpy(np.array(image_feats[0], np.float32))), dim=-1)
+        # a batch at a time, as the texts: with --image-trainable-blocks the cache holds the trunk, and the blocks
+        # run over the whole validation set at once took ~1 MB (2 blocks) to ~10 MB (16) per photo in one go
+        view = image_feats[0]
+        img = torch.cat([model.image_from_cache(torch.from_numpy(np.array(view[i : i + 128], np.float32)))
+                         for i in range(0, len(view), 128)])
+        img = torch.nn.functional.normalize(img, dim=-1)
         if isinstance(text_feats, np.ndarray):
             txt = model.text_from_pooled(torch.from_numpy(np.array(text_feats, np.float32)))
         else:
