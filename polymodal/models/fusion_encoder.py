@@ -134,6 +134,13 @@ class FusionEncoderConfig:
             raise PolymodalError(f"image_size must be a multiple of 32 (the tower's stride), got {self.image_size}")
         if self.mrm_head not in MRM_TARGETS:
             raise PolymodalError(f"mrm_head must be one of {', '.join(map(repr, MRM_TARGETS))}, got {self.mrm_head!r}")
+        max_len = self.fusion_options.get("max_len") if self.fusion == "single_stream" else None
+        longest = max((self.image_size // 32) ** 2, mq)  # image grid cells, question word pieces
+        if isinstance(max_len, int) and not isinstance(max_len, bool) and max_len < longest:
+            # found here, not at the first training step, after every photo and question was encoded and cached
+            raise PolymodalError(f"single_stream fusion's max_len {max_len} is below the {longest} tokens a modality "
+                                 f"can have ({(self.image_size // 32) ** 2} grid cells at image_size "
+                                 f"{self.image_size}, max_question_tokens {mq}); pass max_len={longest} or more")
         support = fused_token_modalities(self.fusion, self.fusion_options)
         if self.mlm_head and "text" not in support:
             raise PolymodalError(
