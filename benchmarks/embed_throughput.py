@@ -24,6 +24,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import polymodal  # noqa: E402
 from polymodal.data.samples import sample_photos  # noqa: E402
+from polymodal.errors import PolymodalError  # noqa: E402
+from polymodal.registry import require_embedding  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere (the tests load it by path)
 from cpu_runtimes import runnable  # noqa: E402
@@ -67,12 +69,18 @@ def main(argv=None) -> int:
         if not runtimes:
             print("none of --runtime runs here (see the skipped lines); add torch", file=sys.stderr)
             return 2
-        for runtime in runtimes:
-            if runtime == "onnx":
-                folder = args.onnx_dir or _export(args.model, Path(tmp) / "onnx")
-                models[runtime] = polymodal.load(folder, runtime="onnx")
-            else:
-                models[runtime] = polymodal.load(args.model, precision="bf16" if runtime == "torch-bf16" else "fp32")
+        try:  # a mistyped --model or --onnx-dir, a VQA model: one line, not a traceback
+            for runtime in runtimes:
+                if runtime == "onnx":
+                    folder = args.onnx_dir or _export(args.model, Path(tmp) / "onnx")
+                    models[runtime] = polymodal.load(folder, runtime="onnx")
+                else:
+                    models[runtime] = polymodal.load(args.model,
+                                                     precision="bf16" if runtime == "torch-bf16" else "fp32")
+                require_embedding(models[runtime], args.model)
+        except PolymodalError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         for batch in (int(b) for b in args.batches.split(",")):
             for kind, items, method in (("images", images, "encode_image"), ("texts", texts, "encode_text")):
                 for runtime, model in models.items():  # runtimes alternate: a busy spell slows them alike

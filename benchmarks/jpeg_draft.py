@@ -99,7 +99,13 @@ def main(argv=None) -> int:
     captions = [(c, i) for c, i in zip(pairs.captions, pairs.caption_image) if i < len(keep)]
     size = tuple(int(x) for x in args.size.lower().split("x"))
     jpegs = camera_jpegs([pairs.images[i] for i in keep], size)
-    model = polymodal.load(args.model)
+    from polymodal.errors import PolymodalError
+
+    try:  # a mistyped --model: one line, not a traceback
+        model = polymodal.load(args.model)
+    except PolymodalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     t = model.transform
     if t.draft_size is None:
         print(f"{args.model}'s transform decodes at full size (a CLIP checkpoint?); pass a lite-tower model",

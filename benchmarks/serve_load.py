@@ -61,6 +61,7 @@ class Server:
             cmd.append("--no-batching")
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        self.log = Path(log.name)
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
 
     def wait_ready(self, timeout: float) -> None:
@@ -69,7 +70,8 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"server exited with code {self.proc.returncode}; see the log")
+                # the log lives in the run's temporary folder, gone once this exits: say its last line here
+                raise SystemExit(f"server exited with code {self.proc.returncode}: {_last_line(self.log)}")
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return
@@ -85,6 +87,14 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    return lines[-1].strip() if lines else "(it wrote nothing)"
 
 
 TEXT = "a brown dog runs along the beach next to the water"
@@ -159,8 +169,12 @@ def _gallery_db(model: str, workdir: Path) -> Path:
     gallery = workdir / "gallery"
     write_sample_gallery(gallery)
     db = workdir / "db"
-    subprocess.run([sys.executable, "-m", "polymodal", "index", str(gallery), "--db", str(db), "--model", model,
-                    "--json"], check=True, stdout=subprocess.DEVNULL, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "polymodal", "index", str(gallery), "--db", str(db), "--model",
+                           model, "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    if done.returncode:  # e.g. a mistyped --model: polymodal's own line, not a CalledProcessError traceback
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise SystemExit(f"indexing the sample gallery with --model {model} failed: "
+                         f"{lines[-1] if lines else f'exit code {done.returncode}'}")
     return db
 
 
@@ -189,6 +203,9 @@ def main(argv=None) -> int:
     if not runtimes:
         raise SystemExit("none of --runtime runs on this CPU; add torch or onnx")
 
+    for flag, path in (("--db", args.db), ("--image", args.image), ("--onnx-dir", args.onnx_dir)):
+        if path and not Path(path).exists():  # before any server starts, not a traceback (or a dead server) later
+            raise SystemExit(f"no {flag} at {path}")
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         work = Path(tmp)
         db = Path(args.db) if args.db else _gallery_db(args.model, work)

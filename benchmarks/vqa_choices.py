@@ -63,9 +63,15 @@ def main(argv=None) -> int:
     announce(__file__)
 
     import polymodal
+    from polymodal.errors import PolymodalError
     from polymodal.eval.vqa import vqa_accuracy
+    from polymodal.registry import require_vqa
 
-    model = polymodal.load(args.model)
+    try:  # a mistyped --model, or one that does not answer questions: one line, not a traceback
+        model = require_vqa(polymodal.load(args.model), args.model)
+    except PolymodalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rows = with_choices(easy_vqa_rows(args.rows), list(model.answers), args.choices, args.seed)
     images, questions, choices = ([r[k] for r in rows] for k in ("image", "question", "choices"))
     model.predict_choices(images[:2], questions[:2], choices[:2])  # warm-up: first-call costs out of both timings

@@ -343,6 +343,13 @@ def wrong_folder_hint(path: str | Path) -> str:
     if folder.is_dir() and not (folder / "config.json").exists() and _holds_polymodal_weights(folder):
         return (f"{path} holds a polymodal model's weights but no config.json: the folder is incomplete (copied in "
                 "part?); copy the whole model folder again, or save the model again")
+    if folder.is_dir() and (folder / "config.json").is_file():
+        if hint := _unloadable_config_hint(folder, path):
+            return hint
+    if folder.is_file() and folder.name in ("config.json", "model.safetensors") and \
+            (_folder_type_known(folder.parent) or _holds_polymodal_weights(folder.parent)):
+        # RUN/model/model.safetensors: a polymodal folder's file, not a CLIP state dict to read
+        return f"{path} is one file of the model folder {folder.parent}; pass that folder"
     if (folder / "meta.sqlite").is_file():
         from polymodal.index import ImageIndex
 
@@ -351,6 +358,38 @@ def wrong_folder_hint(path: str | Path) -> str:
         except PolymodalError:
             built_with = ""
         return f"{path} is an index (polymodal index --db), not a model{built_with}"
+    return ""
+
+
+# the "type" each polymodal model folder's config.json names (dual encoder, fusion encoder, captioner, yes/no)
+FOLDER_TYPES = ("dual_encoder", "fusion_encoder", "captioner", "yesno")
+
+
+def _folder_type_known(folder: Path) -> bool:
+    from polymodal.models.folders import folder_type
+
+    return folder_type(folder) in FOLDER_TYPES
+
+
+def _unloadable_config_hint(folder: Path, path) -> str:
+    """A polymodal model folder whose config.json names a type this polymodal does not load (a newer one saved it),
+    or that cannot be read (cut short, edited), is said as such: it would otherwise be read as a Hugging Face CLIP
+    folder and refused for its model_type. "" for other folders (a CLIP folder, a known type)."""
+    import json
+
+    from polymodal import __version__
+
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        raw = None
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if isinstance(kind, str) and kind not in FOLDER_TYPES and ("version" in raw or _holds_polymodal_weights(folder)):
+        return (f"{path} holds a polymodal model of type {kind[:60]!r}, which this polymodal ({__version__}) does not "
+                "load (saved by a newer polymodal?); upgrade polymodal to load it")
+    if not isinstance(kind, str) and _holds_polymodal_weights(folder):
+        return (f"{path} holds a polymodal model's weights but its config.json is damaged (cut short or edited: no "
+                "readable \"type\"); copy the whole model folder again, or save the model again")
     return ""
 
 
@@ -376,6 +415,17 @@ def _holds_polymodal_weights(folder: Path) -> bool:
 
 def unknown_model(name: str) -> PolymodalError:
     return PolymodalError(
-        f"unknown model {name!r}: not a built-in name ({', '.join(available_models())}) and no such path; "
-        "pass one of those names or a local checkpoint folder/file"
+        f"unknown model {name!r}{_did_you_mean(name)}: not a built-in name ({', '.join(available_models())}) and no "
+        "such path; pass one of those names or a local checkpoint folder/file"
     )
+
+
+def _did_you_mean(name: str) -> str:
+    """' (did you mean 'easy-vqa'?)' for a near miss of a built-in name (easy_vqa, Lite, defualt), else ""."""
+    import difflib
+
+    plain = str(name).strip().lower().replace("_", "-")
+    if any(c in plain for c in "/\\.~"):  # a path that is not there: no name was meant
+        return ""
+    close = [n for n in MODELS if n == plain] or difflib.get_close_matches(plain, list(MODELS), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
