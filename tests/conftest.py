@@ -111,3 +111,24 @@ def skip_unless_int8_loaded(row: dict) -> None:
         import onnxruntime
 
         pytest.skip(f"onnxruntime {onnxruntime.__version__} cannot load the {row['variant']} graph: {row['reason']}")
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_module(name: str, tag: str = "test"):
+    """benchmarks/NAME.py loaded as a module (they are scripts, not a package), with its folder on sys.path for the
+    helpers they import (run_context, cpu_runtimes)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"_benchmark_{tag}_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(spec.name, None)
+        sys.path.remove(str(BENCHMARKS))
+    return module

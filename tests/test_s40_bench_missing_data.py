@@ -1,25 +1,14 @@
 """A benchmark whose data is missing says so in one line and exits 2, never with a traceback: captioning.py without
 ../shared/data, contrastive_cv.py and int8_batch_dependence.py with a --pairs (or --config) that is not there."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 from PIL import Image
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import benchmark_module
 
 
 def _main(name: str):
-    spec = importlib.util.spec_from_file_location(f"_benchmark_s40_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop(spec.name, None)
-    return module
+    return benchmark_module(name, "s40")
 
 
 def test_captioning_without_the_shared_data(tmp_path, capsys, monkeypatch):

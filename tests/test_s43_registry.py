@@ -3,7 +3,6 @@ polymodal's type, a damaged config.json, one file of a folder) instead of as a C
 built-in name is suggested; benchmarks given a wrong --model, --image or --db say so in one line, and serve_load's
 dead server names its error instead of a log that is deleted with its temporary folder."""
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ import polymodal
 from polymodal.errors import PolymodalError
 from polymodal.resources import HERE
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import benchmark_module
 
 
 def _copy_default(tmp_path) -> Path:
@@ -63,16 +62,7 @@ def test_a_missing_path_gets_no_suggestion(tmp_path):
 
 
 def _bench(name: str):
-    sys.path.insert(0, str(BENCHMARKS))  # their own imports (run_context, cpu_runtimes)
-    spec = importlib.util.spec_from_file_location(f"_benchmark_s43_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop(spec.name, None)
-        sys.path.remove(str(BENCHMARKS))
-    return module
+    return benchmark_module(name, "s43")
 
 
 @pytest.mark.parametrize("name, argv, said", [
