@@ -41,7 +41,10 @@ def cmd_export_onnx(args) -> int:
         raise PolymodalError("pass --out DIR: where to write the export of a model given by path")
     if out.exists() and not out.is_dir():
         raise PolymodalError(f"--out {out} is a file; pass a folder")
-    foreign = sorted(p.name for p in out.iterdir() if not _export_file(p.name)) if out.is_dir() else []
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    foreign = [name for name in entries if not _export_file(name)]
+    if entries and not foreign and not is_onnx_folder(out):
+        foreign = entries  # an earlier export always holds its config (it is moved into place whole)
     if foreign:  # the export replaces the whole folder: never delete files that are not an earlier export's
         raise PolymodalError(f"--out {out} holds files that are not a polymodal export ({', '.join(foreign[:3])}); "
                              "pass a new or empty folder")
@@ -80,10 +83,15 @@ def cmd_export_onnx(args) -> int:
 
 
 def _export_file(name: str) -> bool:
-    """What `polymodal export onnx` writes: graphs, the tokenizer, its config and reports."""
-    from polymodal.export.runtime import ONNX_CONFIG
+    """What `polymodal export onnx` writes: graphs, the tokenizer, its config and reports. Graphs only by the names
+    an export gives them (image.fp32.onnx, step.int8_dynamic.onnx, ...): any *.onnx let a folder of the user's own
+    ONNX models pass as an earlier export, and the export then replaced (deleted) them."""
+    from polymodal.export.runtime import GRAPHS, ONNX_CONFIG
+    from polymodal.export.variants import VARIANTS
 
-    return name.endswith(".onnx") or name in (ONNX_CONFIG, "tokenizer.json", "report.json", "report.md", FILE_NAME)
+    parts = ("image", "text", "match", *(g for graphs in GRAPHS.values() for g in graphs))
+    graphs = {f"{g}.onnx" for g in parts} | {f"{g}.{v}.onnx" for g in parts for v in ("fp32", *VARIANTS)}
+    return name in graphs or name in (ONNX_CONFIG, "tokenizer.json", "report.json", "report.md", FILE_NAME)
 
 
 def _variants(args) -> list[str] | None:

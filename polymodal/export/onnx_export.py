@@ -35,6 +35,7 @@ from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.export import variants as V
 from polymodal.export.graphs import ImageGraph, TextGraph, check_exportable, export_graph
 from polymodal.export.runtime import ONNX_CONFIG, drop_unserved, onnx_session, removed_line
+from polymodal.models.inputs import each_or_error, readable_results
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,15 @@ def validation_set(pairs: str | Path | Sequence | None = None, limit: int = 300,
     if warn_few:
         warn_if_the_gate_is_coarse(len(p.images))
     keep = sorted(random.Random(seed).sample(range(len(p.images)), min(limit, len(p.images))))
+    return _subset(ValidationSet(p.images, p.captions, p.caption_image, ""), keep, f"{pairs} ({len(keep)} images)")
+
+
+def _subset(val: ValidationSet, keep: list[int], source: str) -> ValidationSet:
+    """The images at ``keep`` (ascending) and their captions."""
     new_index = {old: new for new, old in enumerate(keep)}
-    rows = [c for c in range(len(p.captions)) if int(p.caption_image[c]) in new_index]
-    return ValidationSet([p.images[i] for i in keep], [p.captions[c] for c in rows],
-                         np.array([new_index[int(p.caption_image[c])] for c in rows]), f"{pairs} ({len(keep)} images)")
+    rows = [c for c in range(len(val.captions)) if int(val.caption_image[c]) in new_index]
+    return ValidationSet([val.images[i] for i in keep], [val.captions[c] for c in rows],
+                         np.array([new_index[int(val.caption_image[c])] for c in rows], dtype=np.int64), source)
 
 
 def _items_per_second(run: Callable[[], Any], items: int, min_seconds: float = 1.0, repeats: int = 3,
@@ -165,6 +171,9 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
     unknown = set(variants) - set(V.VARIANTS)
     if unknown:
         raise PolymodalError(f"unknown variants {sorted(unknown)}; choose from {', '.join(V.VARIANTS)}")
+    # each once: a second try of a name rewrites the first's file, and a rejected second try deleted the graph a
+    # kept first one serves (`--variants int8_dynamic,int8_dynamic`: an export that cannot load)
+    variants = list(dict.fromkeys(variants))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     hf_tok, max_length = model.text_tokenizer
@@ -177,7 +186,13 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
     tokenizer = FastTokenizer(out / "tokenizer.json", tok_cfg["max_length"], tok_cfg["pad_id"], pad_token)
 
     progress(f"preprocessing {len(val.images)} validation images and {len(val.captions)} captions")
-    pixels = np.concatenate([model.transform(val.images[i : i + 64]) for i in range(0, len(val.images), 64)])
+    # an unreadable photo is left out with a warning, as `eval retrieval` and the captioner's export leave it out,
+    # rather than ending the export
+    decoded = each_or_error(lambda batch: list(model.transform(batch)), list(val.images), batch_size=64)
+    readable = readable_results(decoded, "validation photo")
+    if len(readable) < len(val.images):
+        val = _subset(val, readable, f"{val.source}; {len(val.images) - len(readable)} unreadable left out")
+    pixels = np.stack([decoded[i] for i in readable])
     captions = list(val.captions)
     if tokenizer(captions[:16])["input_ids"].tolist() != hf_tok(captions[:16], padding=True, truncation=True,
                                                                max_length=max_length)["input_ids"]:

@@ -194,7 +194,7 @@ def _has_tokenizer(folder: Path) -> bool:
 
 
 def load_tokenizer(folder: str | Path):
-    from transformers import AutoTokenizer, CLIPTokenizer
+    from transformers import AutoTokenizer, CLIPTokenizerFast
 
     folder = Path(folder).expanduser()
     if not folder.is_dir() or not _has_tokenizer(folder):
@@ -205,7 +205,9 @@ def load_tokenizer(folder: str | Path):
     try:
         if (folder / "tokenizer_config.json").is_file():
             return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)  # bare vocab/merges: no class recorded
+        # bare vocab/merges: no class recorded. The fast class: transformers 4's CLIPTokenizer is the slow one, which
+        # `export onnx` cannot save as tokenizer.json (transformers 5's CLIPTokenizer is this class)
+        return CLIPTokenizerFast.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - transformers and tokenizers raise many types for one bad file
         raise PolymodalError(
             f"cannot load the tokenizer in {folder} ({_first_line(exc)}); pass a folder with CLIP tokenizer files"
