@@ -203,7 +203,7 @@ def _pick(row: dict, names: Sequence[str]) -> Any:
 
 
 def _clean(caption: Any) -> str:
-    return " ".join(str(caption).split())
+    return _shards.clean_caption(str(caption))
 
 
 def _read_jsonl(path: Path) -> tuple[list[Pair], list]:

@@ -24,6 +24,7 @@ import os
 import re
 import tarfile
 import threading
+import unicodedata
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -459,16 +460,27 @@ def _negatives(meta: dict, captions: list[str]) -> list[tuple[str, ...]]:
     return [tuple(n for n in negs if n != c) for c, negs in zip(captions, per_caption)]
 
 
+_INVISIBLE = {"Cc", "Cf", "Zs", "Zl", "Zp"}  # controls, format characters (U+200B, U+2060, U+FEFF) and spaces
+
+
+def clean_caption(text: str) -> str:
+    """A caption with its runs of whitespace made one space; "" when nothing in it shows: zero-width characters
+    are no whitespace to str.split, but a tokenizer finds no word in them, and a caption of them alone trained a
+    captioner to end at once and counted as a reference that no caption matches."""
+    text = " ".join(text.split())
+    return text if any(unicodedata.category(c) not in _INVISIBLE for c in text) else ""
+
+
 def _captions(files: dict, meta: dict) -> list[str]:
     listed = meta.get("captions")
     if isinstance(listed, list) and listed:
-        return [c for c in (" ".join(x.split()) for x in listed if isinstance(x, str)) if c]  # not null, 5
+        return [c for c in (clean_caption(x) for x in listed if isinstance(x, str)) if c]  # not null, 5
     for ext in ("txt", "caption", "text"):
         if ext in files:
-            return [c for c in (" ".join(line.split()) for line in files[ext][1].decode("utf-8-sig").splitlines()) if c]
+            return [c for c in (clean_caption(line) for line in files[ext][1].decode("utf-8-sig").splitlines()) if c]
     for name in ("caption", "text"):
-        if isinstance(meta.get(name), str) and meta[name].strip():
-            return [" ".join(meta[name].split())]
+        if isinstance(meta.get(name), str) and clean_caption(meta[name]):
+            return [clean_caption(meta[name])]
     return []
 
 

@@ -4,9 +4,10 @@ Captions are compared as the COCO evaluation's PTB tokenizer leaves them before 
 the scorers themselves are plain Python): lower case, punctuation dropped, hyphenated words and numbers kept whole,
 clitics ('s, n't, 're ...) their own tokens, brackets as "-lrb-" and "-rrb-" (pycocoevalcap lower-cases them before
 it drops its "-LRB-"). On the 5,400 Flickr8k-dev and COCO-mini captions this gives PTB's tokens but for 2 (an
-abbreviation's final full stop, "d.c."). CIDEr's word weights
-come from the references of the evaluated set, as in the COCO evaluation: scores are comparable between models
-on the same set, not across sets.
+abbreviation's final full stop, "d.c."). Both sides are first read as the captioner's tokenizer reads text (see
+as_captioner_reads: no accents, no invisible format characters), as PTB's lower case already leaves case out.
+CIDEr's word weights come from the references of the evaluated set, as in the COCO evaluation: scores are
+comparable between models on the same set, not across sets.
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ def caption_tokens(text: str) -> str:
     return " ".join(_BRACKETS.get(t, t) for t in _token_pattern().findall(text))
 
 
+def as_captioner_reads(text: str) -> str:
+    """"Un café" -> "Un cafe": accents (combining marks, once decomposed) and invisible format characters (U+200B,
+    a soft hyphen) removed, as the normaliser of the captioners' uncased MiniLM vocabulary does before it sees a
+    caption. No caption they write has "café", so an accented word of a reference is one no captioner here can
+    match (the reference "a woman reads in a café with a jalapeño pizza", written back by the captioner as closely
+    as it can, matched 7 of its 9 words). Both sides are compared in this form, as both are lower-cased; Flickr8k's
+    and COCO's captions are plain ASCII, and score as before."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFD", text)
+    return unicodedata.normalize("NFC", "".join(c for c in text if unicodedata.category(c) not in ("Mn", "Cf")))
+
+
 def scorers() -> tuple[type, type]:
     """pycocoevalcap's Bleu and Cider, or one clear error: evaluate_captions asks before captioning any photo."""
     try:
@@ -68,12 +82,13 @@ def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str
     if any(not refs for refs in references):
         raise PolymodalError("every image needs at least one reference caption")
     Bleu, Cider = scorers()
-    gts = {i: [caption_tokens(r) for r in refs] for i, refs in enumerate(references)}
+    gts = {i: [caption_tokens(as_captioner_reads(r)) for r in refs] for i, refs in enumerate(references)}
     empty = [r for refs, tokens in zip(references, gts.values()) for r, t in zip(refs, tokens) if not t]
-    if empty:  # "..." or "!!": scored as a reference with no words, which no caption matches
-        log.warning("%d reference caption%s no words once tokenised as COCO does (punctuation only, first: %r): "
+    if empty:  # "...", "!!" or zero-width characters: scored as a reference with no words, which no caption matches
+        log.warning("%d reference caption%s no words once tokenised as COCO does (punctuation or invisible "
+                    "characters only, first: %r): "
                     "scored as empty references", len(empty), " has" if len(empty) == 1 else "s have", empty[0][:40])
-    res = {i: [caption_tokens(h)] for i, h in enumerate(hypotheses)}
+    res = {i: [caption_tokens(as_captioner_reads(h))] for i, h in enumerate(hypotheses)}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     cider = float(Cider().compute_score(gts, res)[0]) if len(hypotheses) >= MIN_CIDER_PHOTOS else None
     return {**{f"bleu{n}": float(b) for n, b in enumerate(bleu, 1)}, "cider": cider}

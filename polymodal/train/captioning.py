@@ -139,6 +139,30 @@ def warn_of_unknown_pieces(model: Captioner, captions: list[str]) -> None:
                     100 * unknown / total, example)
 
 
+def warn_of_long_captions(model: Captioner, captions: list[str]) -> None:
+    """Captions longer than the captioner reads (max_caption_tokens word pieces, [CLS] and [SEP] included) lose their
+    end, and it learns to stop there: say how many, and the flag that changes it. This replaces the text tower's
+    general warning, which named no flag and also counted a caption that exactly fits as cut."""
+    text = model._text[0]
+    limit = model.config.max_caption_tokens
+    cut, longest = 0, 0
+    for start in range(0, len(captions), 1024):
+        chunk = captions[start : start + 1024]
+        if text._fast is not None:  # the bundled MiniLM: its encodings say what truncation left over
+            lengths = [sum(e.attention_mask) + sum(sum(o.attention_mask) - 2 for o in e.overflowing)
+                       for e in text._fast.tok.encode_batch(chunk)]
+        else:
+            lengths = [len(ids) for ids in text.tokenizer(chunk)["input_ids"]]  # not truncated: no max_length
+        cut += sum(n > limit for n in lengths)
+        longest = max([longest, *lengths])
+    text._warned_cut = True  # said here, for all of them, or not at all
+    if cut:
+        log.warning("%d of the %d captions are longer than the captioner reads (max_caption_tokens %d word pieces, "
+                    "[CLS] and [SEP] included; the longest has %d): their ends are cut, and it learns to stop there. "
+                    "A new captioner reads more with --max-caption-tokens (one continued from --model keeps its own)",
+                    cut, len(captions), limit, longest)
+
+
 def caption_eval(model: Captioner, pairs: PairSet, grids: np.ndarray, limit: int, batch_size: int = 32,
                  progress: bool = False) -> dict:
     """Validation loss over every caption, and (with pycocoevalcap) BLEU-4 / CIDEr of greedy captions for the first
@@ -235,6 +259,7 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
         check_same_validation(Path(recipe.out), recipe)
         check_same_validation_set(Path(recipe.out), validation)
     pairs, grids = _readable(model, pairs, progress)
+    warn_of_long_captions(model, [p.caption for p in pairs.pairs] + ([p.caption for p in val.pairs] if val else []))
     warn_of_unknown_pieces(model, [p.caption for p in pairs.pairs])
     loader = DataLoader(_Captions(grids, pairs), batch_size=recipe.batch_size, shuffle=True, collate_fn=_collate(model))
     eval_fn = None
