@@ -47,10 +47,10 @@ def cmd_index(args) -> int:
         raise PolymodalError("pass folders of images or image files to index, e.g. polymodal index photos --db DB "
                              "(or only --prune, or --qdrant URL to push an existing index)")
     target_collection = qdrant_collection(args)  # a bad --qdrant or --collection is refused before any work
-    folders, files = [], []
+    folders, files, scans = [], [], {}
     for target in args.paths:  # every path is checked here, before the model loads
         if os.path.isdir(target):
-            scan_images(target)  # an empty folder fails here
+            scans[target] = scan_images(target)  # an empty folder fails here; the sync below uses this listing
             folders.append(target)
         else:
             found = image_file(target)
@@ -75,7 +75,8 @@ def cmd_index(args) -> int:
             target_collection.preflight(model)
         try:
             for f in folders:
-                reports.append(index.update(f, model, progress=not args.json, batch_size=args.batch_size))
+                reports.append(index.update(f, model, progress=not args.json, batch_size=args.batch_size,
+                                            scanned=scans[f]))
             if files:
                 reports.append(index.add(files, model, progress=not args.json, batch_size=args.batch_size))
         except BaseException as exc:  # an interrupt's "N of M saved" counts the paths finished before too

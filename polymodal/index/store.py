@@ -175,7 +175,7 @@ class ImageIndex(SearchByModel):
 
     # -- writing ---------------------------------------------------------------
     def update(self, folder: str | Path, model, progress: bool = True, batch_size: int = 32,
-               commit_every_s: float | None = COMMIT_EVERY_S) -> UpdateReport:
+               commit_every_s: float | None = COMMIT_EVERY_S, scanned: tuple | None = None) -> UpdateReport:
         """Make the index match the images under `folder`: embed new and changed files, drop deleted ones.
 
         Only rows under `folder` are compared, so one index can hold several folders. Unreadable files are
@@ -194,7 +194,9 @@ class ImageIndex(SearchByModel):
                                  "in a folder and pass it (one index can hold several folders)")
         if self.exists():  # refuse a wrong model before a long scan
             self.check_model(model)
-        files, skipped = scan_images(folder)
+        # scanned: scan_images(folder) made by the caller (the CLI lists each folder before loading the model, to
+        # refuse an empty one early): listing it again doubled the stat calls on a slow network share
+        files, skipped = scanned if scanned is not None else scan_images(folder)
         root = Path(folder).expanduser().resolve()
         report = UpdateReport(skipped=list(skipped))
         unlisted = unlisted_folders(skipped)  # a folder that could not be listed: its rows stay, not "deleted"
