@@ -96,3 +96,20 @@ def test_serve_load_names_the_error_of_a_server_that_exited(tmp_path):
         server.proc.wait(30)
         with pytest.raises(SystemExit, match="server exited with code 2: polymodal: error: no index at /x$"):
             server.wait_ready(30)
+
+
+def test_tensorboard_tags_name_each_value_once(tmp_path):
+    """An epoch's record ({"split": "val", "val/rsum", "train_loss"}) was logged as val/val/rsum and val/train_loss."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from polymodal.train.metrics import MetricsLogger
+
+    logger = MetricsLogger(tmp_path / "run")
+    logger.write({"step": 1, "epoch": 1, "split": "train", "loss": 2.0, "lr": 0.1})
+    logger.write({"step": 1, "epoch": 1, "split": "val", "train_loss": 1.5, "val/rsum": 3.0})
+    logger.close()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["epoch/train_loss", "train/loss", "train/lr", "val/rsum"]
+    assert events.Scalars("val/rsum")[0].value == 3.0

@@ -40,11 +40,20 @@ class MetricsLogger:
         if self._tb is not None:
             for key, value in record.items():
                 if key not in ("step", "epoch", "split") and isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"{record.get('split', 'train')}/{key}", value, record["step"])
+                    self._tb.add_scalar(scalar_tag(record.get("split", "train"), key), value, record["step"])
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def scalar_tag(split: str, key: str) -> str:
+    """TensorBoard's name for a record's value: "train/loss" for a step's; an epoch's (split "val") validation
+    metrics keep their own "val/rsum", and its training figures are "epoch/train_loss" (split + key made
+    "val/val/rsum" and put the epoch's training loss and speed under val/)."""
+    if "/" in key:
+        return key
+    return f"epoch/{key}" if split == "val" else f"{split}/{key}"
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
