@@ -51,6 +51,9 @@ def cmd_export_onnx(args) -> int:
     if not args.max_drop_points >= 0:  # nan: every variant would be "over the nan-point limit"
         raise PolymodalError(f"--max-drop-points must be 0 or more, got {args.max_drop_points}")
     variants = _variants(args)
+    if args.val_qa and args.val_pairs:  # one checks a VQA export, the other an embedding or captioner export
+        raise PolymodalError("pass --val-qa (questions, for a VQA model) or --val-pairs (photos with captions, for an "
+                             "embedding model or a captioner), not both")
     if args.val_qa:
         return _export_vqa(args, out)
     val = validation_set(args.val_pairs, limit=args.val_limit, warn_few=False)  # (read before the model loads)

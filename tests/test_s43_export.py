@@ -82,3 +82,15 @@ def test_bare_clip_vocab_and_merges_load_as_a_fast_tokenizer(tiny_clip, monkeypa
     monkeypatch.setattr(transformers, "CLIPTokenizer", Slow, raising=False)
     tok = load_tokenizer(tiny_clip.parent / "bare-tokenizer")  # vocab.json + merges.txt, as beside OpenAI .pt files
     assert tok.is_fast and tok("a cat")["input_ids"][0] == tok.bos_token_id
+
+
+def test_val_qa_and_val_pairs_together_are_refused(tmp_path, capsys):
+    """--val-pairs beside --val-qa was ignored without a word (the VQA path took --val-qa)."""
+    from polymodal.cli import main
+
+    (tmp_path / "qa.jsonl").write_text("")
+    (tmp_path / "pairs.jsonl").write_text("")
+    code = main(["export", "onnx", "easy-vqa", "--out", str(tmp_path / "x"), "--val-qa", str(tmp_path / "qa.jsonl"),
+                 "--val-pairs", str(tmp_path / "pairs.jsonl")])
+    assert code == 2 and "not both" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
