@@ -27,3 +27,18 @@ def test_validation_runs_the_image_side_a_batch_at_a_time():
     from polymodal.eval.retrieval import retrieval_metrics
     whole = retrieval_metrics(img.numpy(), txt.numpy(), np.arange(n))
     assert all(abs(m["val/" + k] - v) < 1e-9 for k, v in whole.items())
+
+
+def test_feature_caches_of_nothing_are_one_clear_error(monkeypatch, tmp_path):
+    import pytest
+
+    from polymodal.errors import PolymodalError
+    from polymodal.train.features import image_features, text_features
+
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path))
+    model = DualEncoder(DualEncoderConfig(embed_dim=8)).eval()
+    for _ in range(2):  # the second call met the file the first had stored
+        with pytest.raises(PolymodalError, match="no captions to encode"):
+            text_features(model, [], progress=False)
+    with pytest.raises(PolymodalError, match="no images to encode"):
+        image_features(model, [], skip_unreadable=True, progress=False)

@@ -93,6 +93,8 @@ def image_features(
     share one cache entry: one that skips nothing fails on a NaN row as it would have on the image.
     ``split_across_ranks`` (every torchrun process calls this together): each computes a share of the batches and
     all get the whole array, instead of each computing all of it."""
+    if not len(images):  # (the error below names the first image)
+        raise PolymodalError("no images to encode; pass at least one")
     augment = augment or Augment()
     path, cached = _load_cached(cache_key(model.image_cache_signature, *_precision(model), f"loader {LOADER_VERSION}",
                                           views, repr(augment), seed, *map(_identity, images)), "image")
@@ -228,6 +230,8 @@ def text_features(model, captions: Sequence[str], batch_size: int = 128, progres
                   split_across_ranks: bool = False) -> np.ndarray:
     """[C, 384] float32 pooled sentence features of the frozen text tower (cached). ``split_across_ranks``: as
     `image_features`'."""
+    if not len(captions):  # an empty array has no shape to cache: it was stored as a file every later call failed on
+        raise PolymodalError("no captions to encode; pass at least one")
     path, cached = _load_cached(cache_key(model.text_cache_signature, *captions), "text")
     split = split_across_ranks and distributed.world_size() > 1
     if distributed.all_true(cached is not None) if split else cached is not None:
