@@ -303,8 +303,8 @@ def test_metrics_append_tag_by_split_and_truncate_after_the_checkpoint_step(tmp_
         logger.write({"step": step, "epoch": 0, "split": "train", "loss": 1.0 / step, "lr": 0.1})
     logger.write({"step": 3, "epoch": 1, "split": "val", "train_loss": 0.5, "val/R@1": 0.25})
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 3]
-    assert ("train/loss", 0.5, 2) in board.scalars and ("val/train_loss", 0.5, 3) in board.scalars
-    assert ("val/val/R@1", 0.25, 3) in board.scalars
+    assert ("train/loss", 0.5, 2) in board.scalars and ("epoch/train_loss", 0.5, 3) in board.scalars
+    assert ("val/R@1", 0.25, 3) in board.scalars  # the metric's own name, not val/val/R@1
     assert not any(tag.endswith(("/step", "/epoch", "/split")) for tag, _, _ in board.scalars)
     logger.truncate_after(2)
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
