@@ -77,7 +77,9 @@ def cmd_serve(args) -> int:
 
         torch.set_num_threads(args.threads)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
-        log.warning("serving on %s without --api-key: anyone who can reach this address can use and change the index", args.host)
+        log.warning("serving on %s without --api-key: anyone who can reach this address can use and change the index "
+                    "(requests must name the server by an IP address, localhost or this machine's name: add the names "
+                    "clients use, such as a container's service name, with --allow-host)", args.host)
     import uvicorn
 
     from polymodal.serve.service import runs_on
