@@ -53,8 +53,21 @@ CONTRASTIVE_HELPS = {
 }
 
 
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes polymodal installs with itself (in the wheel, so `--config default` works outside a clone)."""
+    from polymodal.resources import HERE
+
+    return {p.stem: p for p in (HERE / "recipes").glob("*.json")}
+
+
+def _recipe_path(path: str) -> Path:
+    """--config's file: a path, or the name of a recipe polymodal ships (when no such file exists here)."""
+    p, shipped = Path(path).expanduser(), shipped_recipes()
+    return shipped[path] if path in shipped and not p.exists() else p
+
+
 def _read_config(path: str) -> dict:
-    p = Path(path)
+    p = _recipe_path(path)
     try:
         if p.suffix == ".toml":
             try:
@@ -65,7 +78,8 @@ def _read_config(path: str) -> dict:
             return tomllib.loads(p.read_text())
         return json.loads(p.read_text())
     except FileNotFoundError as exc:
-        raise PolymodalError(f"config file not found: {p}") from exc
+        raise PolymodalError(f"config file not found: {p} (the recipes polymodal ships are named: "
+                             f"{', '.join(sorted(shipped_recipes()))})") from exc
     except ValueError as exc:
         raise PolymodalError(f"cannot parse config {p} ({exc}); use JSON or TOML with the flag names as keys") from exc
 
@@ -378,7 +392,8 @@ def add_parsers(sub) -> dict:
     s.add_argument("--val-pairs", nargs="+", help="validation pairs (default: split off --val-fraction by image)")
     s.add_argument("--out", help="run folder: model/, checkpoint.pt, metrics.jsonl, tensorboard/")
     s.add_argument("--model", help="'lite' (default: new heads over the lite towers) or a trained model folder")
-    s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
+    s.add_argument("--config", help="JSON or TOML with the same keys as the flags (flags override it), or the name "
+                   "of a recipe polymodal ships: default (the recipe the built-in `default` was trained with)")
     add_run_options(s)
     add_recipe_flags(s, TRAIN_FLAGS, "polymodal.train.contrastive:ContrastiveRecipe", CONTRASTIVE_HELPS)
     s.set_defaults(func=cmd_train_contrastive)

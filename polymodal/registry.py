@@ -69,7 +69,7 @@ MODELS: dict[str, Callable] = {
 DESCRIPTIONS = {
     "lite": "EfficientNet-Lite0 + all-MiniLM-L6-v2 joined by ConSE (no paired training), 384-d",
     "default": "the lite towers with contrastive heads trained on Flickr8k + COCO captions and word-swapped hard "
-               "negatives (polymodal train contrastive --config recipes/default.json)",
+               "negatives (polymodal train contrastive --config default)",
     "easy-vqa": "VQA fusion encoder (frozen lite towers: 7x7 image grid + question tokens, concat fusion) "
                 "trained on easy-VQA shapes and colours (benchmarks/train_easy_vqa.py); polymodal vqa IMAGE QUESTION",
     "coco-yesno": "yes/no questions about photos: question -> key phrase scored against the image with the "
