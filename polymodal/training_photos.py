@@ -99,7 +99,7 @@ def model_folder(name_or_path) -> Path | None:
     if isinstance(name_or_path, str) and name_or_path in MODELS:
         folder = HERE / "models" / name_or_path
     else:
-        folder = Path(name_or_path)
+        folder = Path(name_or_path).expanduser()  # as registry.load reads it: --model=~/runs/x/model loads that model
     return folder if folder.is_dir() else None
 
 

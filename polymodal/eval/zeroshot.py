@@ -183,7 +183,6 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     else:
         emb, unreadable = image_emb, 0
     scores = emb @ class_emb.T
-    order = np.argsort(-scores, axis=1, kind="stable")
     truth = np.array([classes.index(label) for label in labels])
     # 0-based rank: the classes scoring at least the label's, as retrieval ranks. A tie with another class counts
     # against the image (classes the model embeds alike, e.g. emoji it reads as one unknown token, are not told
@@ -191,8 +190,12 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     own = scores[np.arange(len(truth)), truth]
     rank = np.where(np.isfinite(scores).all(axis=1), (scores >= own[:, None]).sum(axis=1) - 1, len(classes) - 1)
     if details is not None:
-        details.extend({"image": str(image), "label": label, "predicted": classes[int(top)], "rank": int(r) + 1}
-                       for image, label, top, r in zip(images, labels, order[:, 0], rank))
+        # "predicted" agrees with "rank": a label tied with another class for the top is a miss, so the class named
+        # is that other one (the first by sort order would often be the label itself, a miss reading as a hit)
+        others = np.where(np.arange(len(classes)) == truth[:, None], -np.inf, scores).argmax(axis=1)
+        top = np.where(rank == 0, truth, others)
+        details.extend({"image": str(image), "label": label, "predicted": classes[int(t)], "rank": int(r) + 1}
+                       for image, label, t, r in zip(images, labels, top, rank))
     per_label = [float((rank[truth == c] < 1).mean()) for c in np.unique(truth)]
     return {"top1": round(float((rank < 1).mean()), 4), "top5": round(float((rank < 5).mean()), 4),
             "balanced_top1": round(float(np.mean(per_label)), 4), "images": len(labels),
