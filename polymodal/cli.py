@@ -37,6 +37,23 @@ def _table(rows: list[tuple], headers: tuple) -> str:
 
 CLASSIFY_BATCH = 32  # images per forward pass; more images (or label prompts) than this show a progress bar
 TIP_RUNTIME_AT = 500  # images embedded with torch in one run, from which `index` mentions --runtime onnx
+# options holding paths (files, folders, or a model: a name or a path): "~" expanded (see expand_home)
+PATH_OPTIONS = ("caption_model", "classes", "config", "db", "explain", "image", "images", "labels_file", "labels_from",
+                "model", "negatives", "out", "pairs", "paths", "qa", "run", "val_pairs", "val_qa", "vqa_model",
+                "zeroshot_labels")
+
+
+def expand_home(args) -> None:
+    """`--out=~/runs/x` reaches polymodal with its "~": a shell expands it only at the start of a word. Each path
+    option starting with "~" is expanded, as every shell user expects; left as it was, `--out=~/x` made a folder
+    named "~" in the working directory, and `--model=~/x` loaded the model but missed its training photos."""
+    for name in PATH_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
+        elif isinstance(value, list):
+            setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
+                                 for v in value])
 
 
 def cmd_index(args) -> int:
@@ -589,6 +606,7 @@ def main(argv=None) -> int:
 
         quiet_pillow_size_warnings()
         args = build_parser().parse_args(argv)
+        expand_home(args)
         resolve_runtime(args)
         before = _checkpoint_stamp(args)  # what an interrupted `train` kept is judged against it
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
