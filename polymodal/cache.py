@@ -127,6 +127,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 @contextmanager
+def check_creatable(folder: Path, what: str) -> None:
+    """Refuse a folder that cannot be made or written (under a file, without write permission, on a read-only file
+    system) before the work that fills it: found at the first write, it came after minutes of reading data (a
+    training run's caching) or loading a model (an export). ``what`` names it in the message ("--out runs/x")."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PolymodalError(f"{what} cannot be made: {existing} is a file, not a folder; pass a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PolymodalError(f"{what} cannot be {'written' if existing == folder else 'made'}: no permission to "
+                             f"write in {existing} (or its file system is read-only); pass a folder you can write")
+
+
 def staged_folder(out: Path) -> Iterator[Path]:
     """Build a folder's contents in a hidden sibling; on success it replaces `out` (an old `out` is removed only
     then), on an error it is removed. A crash or kill never leaves `out` half-written, only a hidden .partial; on

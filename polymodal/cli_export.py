@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from polymodal.cache import staged_folder
+from polymodal.cache import check_creatable, staged_folder
 from polymodal.errors import PolymodalError
 from polymodal.training_photos import FILE_NAME, copy_training_photos
 
@@ -48,6 +48,8 @@ def cmd_export_onnx(args) -> int:
     if foreign:  # the export replaces the whole folder: never delete files that are not an earlier export's
         raise PolymodalError(f"--out {out} holds files that are not a polymodal export ({', '.join(foreign[:3])}); "
                              "pass a new or empty folder")
+    # the export is built beside --out and swapped in: its parent must be writable (found after the model loaded)
+    check_creatable(out.resolve().parent, f"--out {out}")
     if not args.max_drop_points >= 0:  # nan: every variant would be "over the nan-point limit"
         raise PolymodalError(f"--max-drop-points must be 0 or more, got {args.max_drop_points}")
     variants = _variants(args)

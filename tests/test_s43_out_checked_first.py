@@ -38,3 +38,11 @@ def test_a_folder_without_write_permission_is_refused(data, monkeypatch, capsys)
     monkeypatch.setattr(guards.os, "access", lambda path, mode: False if str(path) == str(data) else real_access(path, mode))
     assert main(["train", "contrastive", "--pairs", str(data / "pairs.jsonl"), "--out", str(data / "run")]) == 2
     assert f"no permission to write in {data}" in capsys.readouterr().err
+
+
+def test_export_out_under_a_file_is_refused_before_the_model_loads(data, monkeypatch, capsys):
+    import polymodal
+
+    monkeypatch.setattr(polymodal, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    assert main(["export", "onnx", "lite", "--out", str(data / "a-file" / "export")]) == 2
+    assert "a-file is a file, not a folder" in capsys.readouterr().err

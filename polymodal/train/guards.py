@@ -12,6 +12,7 @@ import shutil
 import typing
 from pathlib import Path
 
+from polymodal.cache import check_creatable
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def check_run_folder(out, resume: bool, overwrite: bool, epochs: int | None = No
                              "(overwrite=True in Python) to replace it, not both")
     if out.exists() and not out.is_dir():
         raise PolymodalError(f"--out {out} is a file; pass a folder for the run (the recipe's out)")
-    check_creatable(out)
+    check_creatable(out, f"--out {out}")
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():  # RUN/model given as --out
         raise PolymodalError(f"--out {out} holds a saved model, not a run; pass a new folder for the run (a model to "
                              "start from goes in --model)")
@@ -119,19 +120,6 @@ def check_run_folder(out, resume: bool, overwrite: bool, epochs: int | None = No
     elif not overwrite and any((out / name).exists() for name in RUN_FILES[:-1]):
         raise PolymodalError(f"{out} already holds a training run; pass --resume (resume=True in Python) to continue it, "
                              "--overwrite (overwrite=True in Python) to replace it, or choose another --out")
-
-
-def check_creatable(out: Path) -> None:
-    """Refuse a run folder that cannot be made or written (under a file, in a folder without write permission, on a
-    read-only file system) now: it was found at the first write, after minutes of reading and caching the data."""
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise PolymodalError(f"--out {out} cannot be made: {existing} is a file, not a folder; pass a folder path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PolymodalError(f"--out {out} cannot be {'written' if existing == out else 'made'}: no permission to "
-                             f"write in {existing} (or its file system is read-only); pass a folder you can write")
 
 
 # Where --overwrite moves the old run until the new one has saved its first epoch: a new run that fails or is
