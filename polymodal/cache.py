@@ -126,7 +126,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-@contextmanager
 def check_creatable(folder: Path, what: str) -> None:
     """Refuse a folder that cannot be made or written (under a file, without write permission, on a read-only file
     system) before the work that fills it: found at the first write, it came after minutes of reading data (a
@@ -142,6 +141,7 @@ def check_creatable(folder: Path, what: str) -> None:
                              f"write in {existing} (or its file system is read-only); pass a folder you can write")
 
 
+@contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """Build a folder's contents in a hidden sibling; on success it replaces `out` (an old `out` is removed only
     then), on an error it is removed. A crash or kill never leaves `out` half-written, only a hidden .partial; on
