@@ -627,6 +627,17 @@ def main(argv=None) -> int:
         word, code = interrupt_status(exc)
         print(f"polymodal: {word}{_saved_work(exc, args, before)}", file=sys.stderr)
         return code
+    except RuntimeError as exc:
+        distributed = sys.modules.get("polymodal.train.distributed")  # loaded by the commands that run under torchrun
+        if getattr(args, "verbose", False) or distributed is None or not distributed.another_process_stopped(exc):
+            raise
+        # under torchrun: another process stopped first (its own error, or killed: torchrun says so); this one's
+        # traceback of the collective that lost its peer would only bury that
+        print(f"polymodal: error: process {distributed.rank()} of {distributed.world_size()} stops: another process "
+              f"of this torchrun run stopped first (its error, or torchrun's report of how it ended, says why)"
+              f"{_saved_work(exc, args, before)}",
+              file=sys.stderr)
+        return 2
     except OSError as exc:  # mostly a path that cannot be made or written (its parent is a file, no permission)
         if getattr(args, "verbose", False):
             raise  # the whole story, for a bug report

@@ -97,6 +97,18 @@ def sum_in_place(array) -> None:
         flat[start : start + SUM_CHUNK] = t.numpy()
 
 
+# what gloo's collectives say when a process of the group has exited: "Connection closed by peer [...]. This is
+# typically caused by a remote worker crashing" (and "reset by peer" when the exit cut a send short)
+_PEER_GONE = ("closed by peer", "reset by peer", "remote worker crash")
+
+
+def another_process_stopped(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another torchrun process stopped (with an error of its own,
+    which it printed, or killed, which torchrun reports): this process's traceback would only bury that."""
+    return (isinstance(exc, RuntimeError) and is_distributed() and world_size() > 1
+            and any(text in str(exc) for text in _PEER_GONE))
+
+
 def refuse_torchrun(command: str) -> None:
     """`command` trains in one process: under torchrun every process would train the whole run on its own (the same
     data, the same steps) and write the same run folder (metrics.jsonl rows twice, a TensorBoard file and a result
