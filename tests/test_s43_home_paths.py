@@ -42,3 +42,4 @@ def test_plot_writes_under_home_not_a_folder_named_tilde(monkeypatch, tmp_path):
     monkeypatch.chdir(cwd)
     assert main(["plot", str(home / "run"), "--out=~/curves.png"]) == 0
     assert (home / "curves.png").is_file() and not (cwd / "~").exists()
+

@@ -30,6 +30,9 @@ class EmbeddingModel(EmbeddingInterface):
     def __init__(self) -> None:
         self._prompts = PromptCache(self)
 
+    def __repr__(self) -> str:  # (torch models among the subclasses keep nn.Module's, which comes first)
+        return f"{type(self).__name__}({self.key}, dim={self.dim})"
+
     # -- subclass hooks -------------------------------------------------------
     def _image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -146,6 +146,9 @@ class YesNoModel:
     def key(self) -> str:
         return f"{self.name}@{self.version}"
 
+    def __repr__(self) -> str:
+        return f"YesNoModel({self.key}, answers yes/no, base={self.config['base']})"
+
     # -- the towers ---------------------------------------------------------------------------------------
     @property
     def base(self):
