@@ -28,3 +28,10 @@ def test_index_lists_each_folder_once(gallery, lite, tmp_path, caplog, monkeypat
     Image.new("RGB", (48, 48), (10, 200, 30)).save(folder / "green.png")
     report = ImageIndex(tmp_path / "db").update(folder, lite, progress=False)
     assert len(walks) == 2 and report.added == 1
+
+
+def test_a_file_given_as_db_is_called_a_file(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["info", "--db", str(tmp_path / "notes.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "it is a file; an index is a folder" in err and f"--db {tmp_path / 'notes.txt'}`" not in err

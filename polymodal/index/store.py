@@ -589,6 +589,9 @@ class ImageIndex(SearchByModel):
             return PolymodalError(f"no index at {self.db}: it is a folder of other files ({other[0]}, "
                                   f"...); build an index of it with `polymodal index {self.db} --db "
                                   f"{self.db.name}.idx`, then search that")
+        if self.db.is_file():  # an index is a folder: `polymodal index DIR --db THAT_FILE` cannot make one there
+            return PolymodalError(f"no index at {self.db}: it is a file; an index is a folder, made with "
+                                  f"`polymodal index DIR --db {self.db.name}.idx` (any new folder name)")
         return PolymodalError(f"no index at {self.db}; build one with `polymodal index DIR --db {self.db}`")
 
     # -- FAISS -----------------------------------------------------------------
