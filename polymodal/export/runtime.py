@@ -186,6 +186,7 @@ class OnnxEmbeddingModel(ReloadsFromFolder, EmbeddingInterface):
         self.logit_scale = float(config["logit_scale"])
         self.transform = ImageTransform.from_dict(config["transform"])
         self.variants = {tower: config[tower]["variant"] for tower in ("image", "text")}
+        self.texts_batch_independent = self.variants["text"] == "fp32"  # int8 scales a batch by its own range
         self.image_session = onnx_session(folder / config["image"]["file"], threads, {"pixels"})
         self.text_session = onnx_session(folder / config["text"]["file"], threads, {"input_ids"})
         t = config["text"]

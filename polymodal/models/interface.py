@@ -17,6 +17,9 @@ class EmbeddingInterface(ZeroShotMixin):
     dim: int = 0
     image_batch_size: int = 32
     text_batch_size: int = 64
+    # False where a text's vector depends on the other texts in its batch (an int8 dynamic graph scales each batch
+    # by its own range): encode_text then keeps the caller's order in its batches
+    texts_batch_independent: bool = True
 
     @property
     def key(self) -> str:
@@ -35,10 +38,19 @@ class EmbeddingInterface(ZeroShotMixin):
         """A string or strings -> float32 [N, dim], rows L2-normalised (embed_texts in batches of batch_size)."""
         texts = as_texts(texts)
         bs = check_count(batch_size, "batch_size", "the default") or self.text_batch_size
-        out = [np.zeros((0, self.dim), np.float32)]
+        if len(texts) <= bs or not self.texts_batch_independent:
+            out = [np.zeros((0, self.dim), np.float32)]
+            for i in range(0, len(texts), bs):
+                out.append(self.embed_texts(texts[i : i + bs]))
+            return np.concatenate(out)
+        # A batch is padded to its longest text: cut in order of length, 2,000 Flickr8k captions run 1.03x their
+        # tokens instead of 1.86x (~1.37x less CPU, torch and onnxruntime alike), the same vectors to ~2e-7
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self.dim), np.float32)
         for i in range(0, len(texts), bs):
-            out.append(self.embed_texts(texts[i : i + bs]))
-        return np.concatenate(out)
+            rows = order[i : i + bs]
+            out[rows] = self.embed_texts([texts[j] for j in rows])
+        return out
 
     def encode_image(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """Paths, PIL images or numpy arrays -> float32 [N, dim], rows L2-normalised (self.transform, then
