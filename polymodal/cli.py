@@ -39,8 +39,8 @@ CLASSIFY_BATCH = 32  # images per forward pass; more images (or label prompts) t
 TIP_RUNTIME_AT = 500  # images embedded with torch in one run, from which `index` mentions --runtime onnx
 # options holding paths (files, folders, or a model: a name or a path): "~" expanded (see expand_home)
 PATH_OPTIONS = ("caption_model", "classes", "config", "db", "explain", "image", "images", "labels_file", "labels_from",
-                "model", "negatives", "out", "pairs", "paths", "qa", "run", "val_pairs", "val_qa", "vqa_model",
-                "zeroshot_labels")
+                "model", "negatives", "out", "pairs", "paths", "qa", "run", "texts", "val_pairs", "val_qa",
+                "vqa_model", "zeroshot_labels")
 
 
 def expand_home(args) -> None:

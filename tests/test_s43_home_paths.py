@@ -20,7 +20,7 @@ def test_path_options_are_the_parsers_path_options():
 
     walk(build_parser())
     assert set(PATH_OPTIONS) <= dests
-    assert not {"query", "question", "labels", "choices", "texts", "template", "api_key"} & set(PATH_OPTIONS)
+    assert not {"query", "question", "labels", "choices", "template", "api_key"} & set(PATH_OPTIONS)
 
 
 def test_tilde_paths_expand(monkeypatch, tmp_path):

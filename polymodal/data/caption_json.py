@@ -16,6 +16,8 @@ from typing import Any
 
 from polymodal.errors import PolymodalError
 
+PHOTOS_LOOKED_FOR = 100  # photos tried in turn to find where a COCO file's photos lie (all missing: ~2 stats each)
+
 
 def caption_json_rows(path: Path, document: Any) -> list[dict] | None:
     """Rows {"image", "caption", "split"?} of a COCO or Karpathy caption file, or None when ``document`` is neither
@@ -37,7 +39,7 @@ def _coco_rows(path: Path, document: dict) -> list[dict]:
     if not names:
         raise PolymodalError(f'{path} has COCO "annotations" but no "images" with an "id" and a "file_name"; '
                              "pass COCO's captions_*.json as downloaded")
-    folder = _photo_folder(path, next(iter(names.values())))
+    folder = _photo_folder(path, list(names.values()))
     rows = []
     for note in document["annotations"]:
         if not isinstance(note, dict):
@@ -51,14 +53,17 @@ def _coco_rows(path: Path, document: dict) -> list[dict]:
     return rows
 
 
-def _photo_folder(path: Path, first_name: str) -> str:
+def _photo_folder(path: Path, file_names: list[str]) -> str:
     """"" when the photos lie beside the file, "../val2017/" in COCO's layout (annotations/captions_val2017.json
-    beside val2017/), else "" (each missing photo is then reported with where it was looked for)."""
-    if (path.parent / first_name).is_file():
-        return ""
+    beside val2017/), else "" (each missing photo is then reported with where it was looked for). Decided by the
+    first photo found in either place: judged by the first photo listed alone, one missing photo made every row
+    of a file in COCO's layout "not found"."""
     split = re.fullmatch(r"captions_(\w+)\.json", path.name.lower())
-    if split and (path.parent.parent / split.group(1) / first_name).is_file():
-        return f"../{split.group(1)}/"
+    for name in file_names[:PHOTOS_LOOKED_FOR]:
+        if (path.parent / name).is_file():
+            return ""
+        if split and (path.parent.parent / split.group(1) / name).is_file():
+            return f"../{split.group(1)}/"
     return ""
 
 

@@ -169,6 +169,13 @@ def _check_split(path: Path, splits: Counter, wanted: str) -> None:
 
 
 HELD_OUT_SPLITS = ("test", "val", "dev", "eval")  # contained in "validation", "minival", "test-dev"
+TRAINING_SPLITS = ("train", "restval")  # Karpathy's COCO file trains on "restval" too: it holds "val", yet trains
+
+
+def _is_held_out(name: str) -> bool:
+    low = name.casefold()
+    return (not any(word in low for word in TRAINING_SPLITS)
+            and any(word in low for word in HELD_OUT_SPLITS + ("valid",)))
 
 
 def _held_out(splits: Counter) -> str:
@@ -176,25 +183,42 @@ def _held_out(splits: Counter) -> str:
     "test-dev", "minival"), else the least common one (training splits are usually the largest)."""
     names = [name for name, _ in splits.most_common()]
     for name in names:
-        low = name.casefold()
-        if "train" not in low and any(word in low for word in HELD_OUT_SPLITS + ("valid",)):
+        if _is_held_out(name):
             return name
     return names[-1]
+
+
+def _training_splits(splits: Counter) -> list[str]:
+    """The splits to suggest training on: those not named like a held-out split (Karpathy's "train" and
+    "restval"), else the most common one."""
+    names = [name for name, _ in splits.most_common()]
+    return [name for name in names if not _is_held_out(name)] or names[:1]
 
 
 def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool | None) -> None:
     """Rows marked with several splits ("train", "dev") are all read: nothing filters on the field, and scoring a
     model on its training split alongside the rest is a slip worth one line. The filter it suggests keeps a
-    held-out split and writes a new file beside this one (image paths stay relative to that folder)."""
-    if len(splits) > 1:
-        counts = ", ".join(f"{name} {n:,}" for name, n in splits.most_common())
-        one = _held_out(splits)
-        select = f"{'.[] | ' if array else ''}select(.split == \"{one}\")"
-        jq = (f", or filter the file, e.g. jq -c '{select}' {path} > {path.with_name(f'{path.stem}.{one}.jsonl')}"
-              if array is not None else "")
-        log.warning("%s: rows carry %d split values (%s) and all of them are read; to use one, pass `eval ... "
-                    "--split %s`%s", path, len(splits), counts, one, jq)
-
+    held-out split and writes a new file beside this one (image paths stay relative to that folder). Outside an
+    evaluation (`train`, `export --val-pairs`), which has no --split and so trained on a Karpathy file's test photos
+    too, it also says how to keep the training splits (a Karpathy file in its own format)."""
+    if len(splits) <= 1:
+        return
+    counts = ", ".join(f"{name} {n:,}" for name, n in splits.most_common())
+    one = _held_out(splits)
+    select = f"{'.[] | ' if array else ''}select(.split == \"{one}\")"
+    jq = (f", or filter the file, e.g. jq -c '{select}' {path} > {path.with_name(f'{path.stem}.{one}.jsonl')}"
+          if array is not None else "")
+    training = ""
+    if not _TALLIES:  # not inside an `eval` (counting_skipped): a training run or export, which have no --split
+        keep = _training_splits(splits)
+        test = " or ".join(f'.split == "{name}"' for name in keep)
+        train, ext = ((f".images |= map(select({test}))", "json") if array is None  # Karpathy's {"images": [...]}
+                      else (f"{'.[] | ' if array else ''}select({test})", "jsonl"))
+        out = path.with_name(f"{path.stem}.{'+'.join(keep)}.{ext}")
+        training = (f"; `train` and `export` have no --split and read every split, held-out photos included: to "
+                    f"train on {' and '.join(keep)} only, filter the file, e.g. jq -c '{train}' {path} > {out}")
+    log.warning("%s: rows carry %d split values (%s) and all of them are read; to use one, pass `eval ... "
+                "--split %s`%s%s", path, len(splits), counts, one, jq, training)
 
 _TALLIES: list[list[int]] = []  # open counting_skipped() blocks
 _SPLITS: list[list] = []  # open counting_skipped(split) blocks: [split, JSON files read]

@@ -34,6 +34,17 @@ def hostname_of(header: bytes) -> str:
     return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
 
 
+def allowed_name(value: str) -> str:
+    """An --allow-host value as the name host_allowed compares: "Photos.Example:8080" (as the address bar shows it)
+    and "http://photos.example:8080/" mean photos.example. Kept as given, a port or a scheme made a name no request's
+    Host ever equals, so every request was refused naming the very flag that had been passed."""
+    text = value.strip()
+    if text == ANY_HOST:
+        return text
+    text = text.split("://", 1)[-1].split("/", 1)[0]
+    return hostname_of(text.encode("latin-1", "replace")).rstrip(".")
+
+
 def host_allowed(header: bytes | None, allowed: frozenset[str]) -> bool:
     """Whether a keyless server may answer a request with this Host header (``allowed``: the operator's extra
     names, ANY_HOST for all). A request with no Host (HTTP/1.0) comes from no browser: allowed."""

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 
-from polymodal.serve.hosts import host_allowed, hostname_of
+from polymodal.serve.hosts import allowed_name, host_allowed, hostname_of
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class ApiKeyMiddleware:
         self.app = app
         self.key = api_key.encode() if api_key else None
         self.open_paths = set(open_paths)
-        self.allowed_hosts = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
+        self.allowed_hosts = frozenset(allowed_name(h) for h in allowed_hosts)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
