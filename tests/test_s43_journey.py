@@ -6,19 +6,11 @@ import logging
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from polymodal.cli import build_parser, expand_home
 from polymodal.data.jsonl import counting_skipped
 from polymodal.data.pairs import read_pair_source
-
-
-def _photos(folder: Path, n: int) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    names = [f"{i:012d}.jpg" for i in range(n)]
-    for i, name in enumerate(names):
-        Image.new("RGB", (40, 40), (i * 60, 20, 20)).save(folder / name)
-    return names
+from test_s43_caption_json import _photos  # numbered 40-px JPEGs
 
 
 def test_search_texts_file_expands_home(monkeypatch, tmp_path):
