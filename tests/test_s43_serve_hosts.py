@@ -66,3 +66,9 @@ def test_cli_flag_reaches_settings(monkeypatch, db):
     monkeypatch.setattr("polymodal.serve.app.create_app", fake_create_app)
     assert main(["serve", "--db", str(db), "--port", "0", "--allow-host", "a.example", "--allow-host", "b.example"]) == 2
     assert seen["settings"].allowed_hosts == ("a.example", "b.example")
+
+
+def test_healthz_answers_any_host(lite, db):
+    with TestClient(create_app(lite, db)) as c:
+        assert c.get("/healthz", headers={"host": "polymodal-svc:8000"}).status_code == 200
+        assert c.get("/v1/info", headers={"host": "polymodal-svc:8000"}).status_code == 403
