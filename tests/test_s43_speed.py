@@ -3,6 +3,7 @@ The CLI keeps freed memory in glibc's heap instead of unmapping each large block
 page-faulted in afresh on every pass (~30% of the `lite` image tower's CPU time was system time). encode_text cuts
 its batches in order of text length (each batch is padded to its longest text)."""
 
+import json
 import os
 import platform
 import subprocess
@@ -111,3 +112,15 @@ def test_one_batch_and_batch_dependent_graphs_keep_the_callers_order():
     int8 = _Recorder(independent=False)  # an int8 dynamic text graph: its vectors depend on the batch's other texts
     int8.encode_text(_TEXTS, batch_size=4)
     assert int8.batches == [_TEXTS[0:4], _TEXTS[4:8], _TEXTS[8:]]
+
+
+@glibc_only
+def test_heap_reuse_benchmark_compares_both_sides(gallery, capsys):
+    from conftest import benchmark_module
+
+    bench = benchmark_module("heap_reuse", "s43")
+    assert bench.main(["--images", str(gallery), "--repeats", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r.get("heap") for r in rows[:2]] == ["kept", "glibc default"]
+    assert rows[-1]["cpu_default_over_kept"] > 0 and rows[-1]["peak_kept_over_default"] > 0
+    assert bench.main(["--images", str(gallery / "nowhere")]) == 2
