@@ -124,3 +124,15 @@ def test_heap_reuse_benchmark_compares_both_sides(gallery, capsys):
     assert [r.get("heap") for r in rows[:2]] == ["kept", "glibc default"]
     assert rows[-1]["cpu_default_over_kept"] > 0 and rows[-1]["peak_kept_over_default"] > 0
     assert bench.main(["--images", str(gallery / "nowhere")]) == 2
+
+
+def test_text_batching_benchmark_gives_same_vectors_both_ways(tmp_path, capsys):
+    from conftest import benchmark_module
+
+    rows = [{"image": "x.jpg", "caption": " ".join(["word"] * (1 + i % 17))} for i in range(70)]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    bench = benchmark_module("text_batching", "s43")
+    assert bench.main(["--pairs", str(tmp_path / "p.jsonl"), "--captions", "70", "--repeats", "1"]) == 0
+    last = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert last["max_abs_diff"] < 1e-5 and last["in_order_over_by_length"] > 0
+    assert bench.main(["--pairs", str(tmp_path / "nowhere.jsonl")]) == 2
