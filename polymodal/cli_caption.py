@@ -11,6 +11,13 @@ from polymodal.errors import PolymodalError
 from polymodal.eval.per_item import add_item_options
 
 # flag -> (recipe section, type), as polymodal.cli_train.recipe_settings reads them
+CAPTION_HELPS = {
+    "prefix_grid": "the photo's 7x7 grid average-pooled to N x N (plus its mean) as the caption's prefix tokens",
+    "lora_rank": "rank of the LoRA adapters trained in the frozen text decoder's layers",
+    "max_caption_tokens": "word pieces a caption is read to, [CLS] and [SEP] included; longer ones are cut",
+    "batch_size": "captions per step",
+    "val_images": "validation photos captioned after each epoch for BLEU and CIDEr-D (greedy decoding)",
+}
 CAPTION_FLAGS = {
     "epochs": ("train", int), "lr": ("train", float), "weight_decay": ("train", float),
     "warmup_steps": ("train", int), "grad_clip": ("train", float), "seed": ("train", int),
@@ -143,7 +150,7 @@ def add_parsers(sub, actions: dict) -> None:
                                    "fine-tunes the shipped one on your own captions)")
     s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
     add_run_options(s)
-    add_recipe_flags(s, CAPTION_FLAGS, "polymodal.train.captioning:CaptionRecipe")
+    add_recipe_flags(s, CAPTION_FLAGS, "polymodal.train.captioning:CaptionRecipe", CAPTION_HELPS)
     s.set_defaults(func=cmd_train_captioner)
 
     s = actions["eval"].add_parser("captions", help="BLEU-1..4 and CIDEr-D of generated captions against references")

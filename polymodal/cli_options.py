@@ -93,12 +93,33 @@ def qdrant_collection(args):
     return QdrantCollection(args.qdrant, args.collection or DEFAULT_COLLECTION)
 
 
+# what the settings every trainer shares mean (each command's own helps add to or override these)
+TRAIN_HELPS = {
+    "epochs": "passes over the training data",
+    "lr": "peak learning rate of the trained parts (AdamW; linear warmup, then cosine decay)",
+    "weight_decay": "AdamW weight decay",
+    "warmup_steps": "linear warmup steps before the cosine decay; unset: the recipe's own, shortened for a short run",
+    "grad_clip": "clip the gradients' global norm to this; 0 = no clipping",
+    "seed": "seed of the initial weights, the data order, dropout and the validation split",
+    "patience": "stop after this many epochs without a better validation score; 0 = never",
+    "log_every": "write a train row to RUN/metrics.jsonl every N steps",
+    "val_fraction": "share of the photos (with all their rows) split off for validation when no validation file is "
+                    "given",
+    "label_smoothing": "label smoothing of the classification loss (0 = none)",
+    "workers": "DataLoader worker processes (0: the main process)",
+    # the fusion encoders' (train vqa, train pretrain)
+    "dim": "width of the fused tokens",
+    "dropout": "dropout of the projections, the fusion and the heads",
+    "image_size": "side the photo is resized and centre-cropped to, a multiple of 32 (224: a 7x7 grid of tokens)",
+}
+
+
 def add_recipe_flags(parser, flags: dict, recipe: str, helps: dict | None = None) -> None:
     """One --flag per recipe setting (flags: {key: (section, type)}); `--help` shows the recipe's default, what a run
     uses unless the flag or --config sets it. recipe: "module:Class", imported only when help is shown (the recipes
     import torch, which commands like `index --runtime onnx` never load)."""
     for key, (section, typ) in flags.items():
-        text = (helps or {}).get(key)
+        text = {**TRAIN_HELPS, **(helps or {})}.get(key)
         if not (text and "default" in text):
             text = f"{text} (default: %(recipe_default)s)" if text else "default: %(recipe_default)s"
         action = parser.add_argument("--" + key.replace("_", "-"), type=typ, default=None, help=text)

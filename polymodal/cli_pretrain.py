@@ -45,6 +45,9 @@ def add_parsers(sub, actions: dict) -> None:
         "hard_fraction": "share of ITM training negatives that are hard, the rest uniform (default 0.5)",
         "mrm_target": "regress (1280-d cell features, default for a new model) or classify (their ImageNet class distribution)",
         "batch_size": "caption rows per objective per step (default 64)",
+        "mlm_rate": "share of a caption's words masked for masked language modelling (at least one)",
+        "mlm_variants": "masked copies of each caption cached; epoch e trains on copy e mod N",
+        "mrm_rate": "share of the grid cells masked for masked region modelling (at least one), drawn per epoch",
         "freeze": "comma-separated parts not to train, continuing a model: projections, image_proj, text_proj, fusion, "
                   "itm, mlm, mrm",
     }

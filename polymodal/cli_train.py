@@ -25,6 +25,10 @@ ARCH_KEYS = ("fusion_options", "pixel_patches", "itm_head")  # architecture flag
 # --help for the settings whose values or interplay `--help` would otherwise not say (the README does); each
 # text names its default with %(recipe_default)s, the recipe's own value
 CONTRASTIVE_HELPS = {
+    "embed_dim": "dimension of the joint space the heads project both towers into",
+    "head_dropout": "dropout inside the mlp and residual heads",
+    "batch_size": "image-caption pairs per step, per process under torchrun (the other pairs, of every process, "
+                  "are each pair's negatives)",
     "hard_negatives": "hard-negative captions: data (the rows' own \"negatives\", when they have some), swap (also, "
                       "for each caption without its own, two copies with two content words swapped) or none (default: "
                       "%(recipe_default)s)",

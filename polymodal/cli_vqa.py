@@ -11,6 +11,14 @@ from polymodal.errors import PolymodalError
 from polymodal.eval.per_item import add_item_options
 
 # flag -> (recipe section, type): "train" = TrainConfig, "arch" = FusionEncoderConfig, "" = the recipe itself
+VQA_HELPS = {
+    "fusion": "the fusion module joining grid and question tokens (python -c \"import polymodal.fusion as f; "
+              "print(list(f.FUSIONS))\" lists them)",
+    "batch_size": "questions per step (whole photos are packed, so about this many)",
+    "min_answer_count": "answers seen fewer times in training are left out of the answer vocabulary",
+    "max_answers": "the answer vocabulary keeps at most this many of the most frequent answers",
+    "itm_weight": "weight of the image-text matching loss (true vs wrong answers; needs --itm-head); 0 = off",
+}
 VQA_FLAGS = {
     "epochs": ("train", int), "lr": ("train", float), "weight_decay": ("train", float),
     "warmup_steps": ("train", int), "grad_clip": ("train", float), "seed": ("train", int),
@@ -148,7 +156,7 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--pixel-patches", action="store_true", help="add raw-pixel patch embeddings to the grid tokens")
     s.add_argument("--itm-head", action="store_true", help="add an image-text matching head (train with --itm-weight)")
     add_run_options(s)
-    add_recipe_flags(s, VQA_FLAGS, "polymodal.train.vqa:VQARecipe")
+    add_recipe_flags(s, VQA_FLAGS, "polymodal.train.vqa:VQARecipe", VQA_HELPS)
     s.set_defaults(func=cmd_train_vqa)
 
     s = actions["eval"].add_parser("vqa", help="VQA accuracy, overall and per answer type, on a QA JSONL (rows "
