@@ -365,9 +365,13 @@ class OneLineParser(argparse.ArgumentParser):
     error, instead of the command's whole usage block (27 lines for `train contrastive`) before it."""
 
     def error(self, message: str):
+        unknown = [a for a in getattr(self, "_argv", ()) if a.startswith("-") and a not in self._option_string_actions]
+        if message.endswith("required: command") and unknown:  # `polymodal -x`: the flag is the mistake, not a
+            message = f"unrecognized arguments: {' '.join(unknown)}"  # missing command
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
         # the innermost (sub)command parsed finishes first and names itself: an unknown flag is then reported by the
         # top-level parser, which would otherwise point at `polymodal --help` instead of `polymodal classify --help`
         namespace, extras = super().parse_known_args(args, namespace)

@@ -23,3 +23,15 @@ def test_every_recipe_flag_explains_itself(task):
     assert bare == []
     help_text = parser.format_help()
     assert "default: %(" not in help_text  # every recipe default was filled in
+
+
+def test_an_unknown_flag_without_a_command_is_named(capsys):
+    from polymodal.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["-x"])
+    assert info.value.code == 2
+    assert "unrecognized arguments: -x" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["-v"])  # a known flag: the command is what is missing
+    assert "required: command" in capsys.readouterr().err
