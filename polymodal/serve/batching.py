@@ -33,6 +33,7 @@ from polymodal.errors import PolymodalError
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_WAKE = object()  # a request a batch was waiting for failed before submitting: stop waiting for it
 LOOKAHEAD = 64  # jobs of another kind a batch looks past for more of its own
 
 
@@ -87,12 +88,18 @@ class MicroBatcher:
         with self._incoming_lock:
             for k in kinds:
                 self._incoming[k] += 1
+        failed = False
         try:
             yield
+        except BaseException:
+            failed = True
+            raise
         finally:
             with self._incoming_lock:
                 for k in kinds:
                     self._incoming[k] -= 1
+            if failed:  # (a bad image): a batch waiting for it would otherwise wait out max_wait_ms for nothing
+                self._queue.put(_WAKE)
 
     # -- submitting (any thread) ------------------------------------------------------------------------------
     def submit_images(self, images: list) -> Future:
@@ -173,6 +180,8 @@ class MicroBatcher:
     def _run(self) -> None:
         while True:
             job = self._next(None)
+            if job is _WAKE:
+                continue
             if job is _STOP:
                 if self._stopping():
                     return
@@ -195,6 +204,8 @@ class MicroBatcher:
                         nxt = self._next(deadline - time.monotonic() if self._incoming[job.kind] else 0)
                     except queue.Empty:
                         break
+                    if nxt is _WAKE:  # look again: wait on only if another request is still on its way
+                        continue
                     if nxt is not _STOP and nxt.kind != job.kind:
                         others.append(nxt)
                         if len(others) < LOOKAHEAD:  # (a long backlog is not scanned for every batch)
