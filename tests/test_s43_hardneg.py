@@ -42,3 +42,26 @@ def test_feature_caches_of_nothing_are_one_clear_error(monkeypatch, tmp_path):
             text_features(model, [], progress=False)
     with pytest.raises(PolymodalError, match="no images to encode"):
         image_features(model, [], skip_unreadable=True, progress=False)
+
+
+def test_one_view_is_cached_once_whatever_the_seed(monkeypatch, tmp_path):
+    from PIL import Image
+
+    from polymodal.data.augment import Augment
+    from polymodal.train.features import image_features
+
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
+    photos = []
+    for i in range(3):
+        Image.new("RGB", (40, 40), (80 * i, 10, 10)).save(tmp_path / f"{i}.png")
+        photos.append(tmp_path / f"{i}.png")
+    model = DualEncoder(DualEncoderConfig(embed_dim=8)).eval()
+    calls = []
+    real = model.image_cache_input
+    monkeypatch.setitem(vars(model), "image_cache_input", lambda x: calls.append(len(x)) or real(x))
+    first = image_features(model, photos, views=1, seed=0, progress=False)
+    again = image_features(model, photos, views=1, seed=7, augment=Augment(), progress=False)
+    assert sum(calls) == 3 and np.array_equal(np.asarray(first), np.asarray(again))
+    image_features(model, photos, views=2, seed=0, progress=False)
+    image_features(model, photos, views=2, seed=7, progress=False)
+    assert sum(calls) == 3 + 6 + 6  # with augmented views the seed draws them: each seed its own cache

@@ -96,8 +96,11 @@ def image_features(
     if not len(images):  # (the error below names the first image)
         raise PolymodalError("no images to encode; pass at least one")
     augment = augment or Augment()
+    # one view is the photo as the model sees it, whatever the augmentation and seed: a run with another --seed
+    # reuses it (the key held both, so it encoded every photo again)
+    drawn = (views, repr(augment), seed) if views > 1 else (1,)
     path, cached = _load_cached(cache_key(model.image_cache_signature, *_precision(model), f"loader {LOADER_VERSION}",
-                                          views, repr(augment), seed, *map(_identity, images)), "image")
+                                          *drawn, *map(_identity, images)), "image")
     if cached is not None and _reads_now(model, images, _nan_rows(cached[0]), skip_unreadable):
         cached = None
     split = split_across_ranks and distributed.world_size() > 1
