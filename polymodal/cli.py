@@ -563,6 +563,17 @@ def _quiet_openmp_waits() -> None:
     when torch loads, so this runs before any command imports torch; onnxruntime's sessions already sleep
     (allow_spinning 0)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _threads_within_quota()
+
+
+def _threads_within_quota() -> None:
+    """In a container with a CPU limit (or under taskset), PyTorch's OpenMP pool is still sized by the host's cores:
+    OMP_NUM_THREADS (read when torch loads) is set to the CPUs this process can use, unless the user set it.
+    onnxruntime's sessions take the same count (export.runtime.onnx_session)."""
+    from polymodal.cpus import usable_cpus
+
+    if "OMP_NUM_THREADS" not in os.environ and (usable := usable_cpus()):
+        os.environ["OMP_NUM_THREADS"] = str(usable)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -88,13 +87,12 @@ def removed_line(report: dict) -> list[str]:
 
 
 def _allowed_cores() -> int | None:
-    """The cores this process may run on when fewer than the machine has (taskset, a container's cpuset): onnxruntime
-    sizes its default pool by the machine's cores and would start more threads than can run. None: its default."""
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # no affinity on this OS (macOS, Windows)
-        return None
-    return allowed if 0 < allowed < (os.cpu_count() or allowed) else None
+    """The CPUs this process may use when fewer than the machine has (taskset, a container's cpuset or CPU quota):
+    onnxruntime sizes its default pool by the machine's cores and would start more threads than can run. None: its
+    default."""
+    from polymodal.cpus import usable_cpus
+
+    return usable_cpus()
 
 
 def onnx_session(path: Path, threads: int | None = None, inputs: set[str] | None = None):
