@@ -132,3 +132,16 @@ def benchmark_module(name: str, tag: str = "test"):
         sys.modules.pop(spec.name, None)
         sys.path.remove(str(BENCHMARKS))
     return module
+
+
+def identity_onnx(path: Path) -> Path:
+    """A one-node ONNX graph (y = x, float [1]) saved at path: enough to open an onnxruntime session."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path

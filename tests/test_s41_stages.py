@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from polymodal.cache import _pid_namespace, staged_folder
+from conftest import identity_onnx
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="process ids are asked with os.kill(pid, 0) on POSIX only")
 
@@ -40,16 +41,13 @@ def test_a_killed_process_stage_is_removed_by_the_next_and_others_are_kept(tmp_p
 def test_onnx_sessions_start_as_many_threads_as_the_process_may_use(tmp_path, monkeypatch):
     """onnxruntime sizes its default pool by the machine's cores: under taskset or a container's cpuset it started
     more threads than could run. An explicit thread count is kept."""
-    onnx = pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
-    from onnx import TensorProto, helper
-
+    identity_onnx(tmp_path / "g.onnx")
     from polymodal.export import runtime
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "g.onnx")
+    from polymodal import cpus
+
+    monkeypatch.setattr(cpus, "CGROUP_V2", tmp_path / "no-cpu.max")  # this machine's own quota, if any, aside
+    monkeypatch.setattr(cpus, "CGROUP_V1", (tmp_path / "no-quota", tmp_path / "no-period"))
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     assert runtime.onnx_session(tmp_path / "g.onnx").get_session_options().intra_op_num_threads == 3

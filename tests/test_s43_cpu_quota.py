@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from polymodal import cpus
+from conftest import identity_onnx
 
 
 @pytest.fixture
@@ -38,16 +39,9 @@ def test_cgroup_v1_quota_and_affinity(host, monkeypatch):
 
 
 def test_onnx_sessions_follow_the_quota(host, tmp_path):
-    onnx = pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
-    from onnx import TensorProto, helper
-
+    identity_onnx(tmp_path / "g.onnx")
     from polymodal.export import runtime
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "g.onnx")
     (host / "cpu.max").write_text("200000 100000\n")
     assert runtime.onnx_session(tmp_path / "g.onnx").get_session_options().intra_op_num_threads == 2
 
