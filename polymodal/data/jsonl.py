@@ -136,14 +136,22 @@ def _whole_object(path: Path, f, fix: str) -> Any:
     printed) or an object with an "images" list (COCO's and Karpathy's caption files are one line); else None, and
     it is read as JSON Lines, a row at a time (a JSONL file whose first row is broken stays a file of rows)."""
     first = f.readline()
-    f.seek(0)
     if first.strip() != "{":
         try:
             single = json.loads(first)
         except json.JSONDecodeError:
+            f.seek(0)
             return None
         if not (isinstance(single, dict) and isinstance(single.get("images"), list)):
+            f.seek(0)
             return None
+        rest = f.read(1 << 16)
+        while rest.isspace():
+            rest = f.read(1 << 16)
+        f.seek(0)
+        if not rest:  # the file was that one line: parsed once (COCO's train2017 file: 100 MB, 1.3 s, 0.4 GB)
+            return single
+    f.seek(0)
     try:
         document = json.load(f)
     except json.JSONDecodeError as exc:

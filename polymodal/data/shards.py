@@ -249,7 +249,7 @@ def write_shards(
     groups: dict[Any, list[str]] = {}
     negatives: dict[Any, list[list[str]]] = {}  # per image, aligned with its captions
     for pair in items:
-        caption = " ".join(str(pair.caption).split())
+        caption = clean_caption(str(pair.caption))  # as reading cleans it: a caption it drops would unpair negatives
         if caption:
             groups.setdefault(pair.image, []).append(caption)
             negatives.setdefault(pair.image, []).append(list(getattr(pair, "negatives", ())))

@@ -10,7 +10,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from polymodal.cache import atomic_write_bytes, is_special_file
+from polymodal.cache import atomic_write_bytes, is_special_file, temp_beside
 from polymodal.errors import PolymodalError
 
 
@@ -48,8 +48,21 @@ def check_out(path: str | None, inputs=()) -> None:
         raise PolymodalError(f"--out {out} is not a regular file (a device, a pipe or this command's own output); "
                              "--out writes a file whole and then renames it into place: pass a file name, e.g. "
                              "--out items.jsonl (the JSON line of figures goes to stdout already)")
-    if not out.resolve().parent.is_dir():
-        raise PolymodalError(f"--out {out}: the folder {out.resolve().parent} does not exist; create it first")
+    parent = out.resolve().parent
+    blocker = next((p for p in (parent, *parent.parents) if p.exists()), parent)
+    if not blocker.is_dir():  # ("does not exist" was said of a file)
+        raise PolymodalError(f"--out {out}: {blocker} is a file, not a folder; pass a file name in a folder")
+    if not parent.is_dir():
+        raise PolymodalError(f"--out {out}: the folder {parent} does not exist; create it first")
+    # the items are written at the end, as a temporary file renamed into place: one that cannot be made (no
+    # permission, a read-only file system) is found here, not after the whole evaluation (as train's --out is)
+    try:
+        fd, tmp = temp_beside(out)
+    except OSError as exc:
+        raise PolymodalError(f"--out {out} cannot be written: {exc.strerror} in {parent}; pass a file in a folder "
+                             "you can write") from exc
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _is_stream(path: Path, fd: int) -> bool:

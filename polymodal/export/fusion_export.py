@@ -90,6 +90,7 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
                              "`polymodal train vqa --model FOLDER` before exporting")
     if not rows:
         raise PolymodalError("VQA export needs validation questions: pass --val-qa FILE.jsonl")
+    rows = _readable_rows(model, rows)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.eval().requires_grad_(False)
@@ -268,6 +269,19 @@ def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, wan
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+
+
+def _readable_rows(model, rows: list) -> list:
+    """The rows whose photo reads; the others are left out with one warning, as `eval vqa` and the embedding and
+    captioner exports leave an unreadable validation photo out (here it ended the export after the graphs were
+    written). None readable: one error."""
+    from polymodal.models.inputs import each_or_error, readable_results
+
+    key = lambda image: str(image) if isinstance(image, (str, Path)) else id(image)  # noqa: E731 - a photo once
+    photos = list({key(r.image): r.image for r in rows}.items())
+    decoded = each_or_error(lambda batch: [None] * len(model.transform([image for _, image in batch])), photos)
+    readable = {photos[i][0] for i in readable_results(decoded, "validation photo")}
+    return [r for r in rows if key(r.image) in readable]
 
 
 @torch.inference_mode()

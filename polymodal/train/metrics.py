@@ -50,8 +50,9 @@ class MetricsLogger:
 def scalar_tag(split: str, key: str) -> str:
     """TensorBoard's name for a record's value: "train/loss" for a step's; an epoch's (split "val") validation
     metrics keep their own "val/rsum", and its training figures are "epoch/train_loss" (split + key made
-    "val/val/rsum" and put the epoch's training loss and speed under val/)."""
-    if "/" in key:
+    "val/val/rsum" and put the epoch's training loss and speed under val/). A step's per-objective values
+    ("contrastive/loss", "itm/loss") stay under train/: only a key already under its split keeps its own name."""
+    if key.startswith(f"{split}/"):
         return key
     return f"epoch/{key}" if split == "val" else f"{split}/{key}"
 
