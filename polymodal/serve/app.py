@@ -3,6 +3,10 @@
     from polymodal.serve import create_app
     app = create_app("lite", "pics.idx", api_key=None)       # then: uvicorn.run(app, host="127.0.0.1")
 
+Without an API key the app answers only Host names DNS rebinding cannot take (localhost, IP addresses, this
+machine's names, ServeSettings(allowed_hosts=...)): in tests, Starlette's TestClient (which calls the server
+"testserver") needs TestClient(app, base_url="http://localhost").
+
 Endpoints (JSON in, JSON out; every user error is a 4xx {"error": "..."}):
   POST /v1/embed     {"texts": [...]} | {"images": [base64, ...]} | multipart `image` file(s)  -> vectors
   POST /v1/search    {"text": "...", "k": 10} | {"image": base64, "k": 10} | multipart `image` + `k`  -> hits
