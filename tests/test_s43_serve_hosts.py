@@ -72,3 +72,9 @@ def test_healthz_answers_any_host(lite, db):
     with TestClient(create_app(lite, db)) as c:
         assert c.get("/healthz", headers={"host": "polymodal-svc:8000"}).status_code == 200
         assert c.get("/v1/info", headers={"host": "polymodal-svc:8000"}).status_code == 403
+
+
+def test_starlettes_test_client_name_gets_the_hint(lite, db):
+    with TestClient(create_app(lite, db), base_url="http://testserver") as c:
+        answer = c.get("/v1/info")
+    assert answer.status_code == 403 and 'base_url="http://localhost"' in answer.json()["error"]

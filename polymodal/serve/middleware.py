@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 # a client's made-up methods count as "other": each would be a new metrics series, counted before the API key check
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # read only: other sites' pages may load thumbnails
+# Starlette's TestClient calls the server "testserver": a user testing a keyless create_app meets the Host check first
+TEST_CLIENT_HINT = "; in tests, TestClient(app, base_url=\"http://localhost\")"
 CLIENT_CLOSED = 499  # the status metrics count a request under when its client left before it was answered
 
 
@@ -104,7 +106,8 @@ class ApiKeyMiddleware:
                 name = hostname_of(host)[:80]
                 return await send_error(send, 403, f"request for host {name!r} refused: a server without --api-key "
                                         "answers requests addressed to localhost, an IP address or this machine's "
-                                        f"name; to serve this name, pass --allow-host {name} (or set --api-key)")
+                                        f"name; to serve this name, pass --allow-host {name} (or set --api-key)"
+                                        + (TEST_CLIENT_HINT if name == "testserver" else ""))
             # any web page may POST a multipart form to a server without a key (a "simple" request: no CORS
             # preflight), and its images were added to the index; browsers mark such requests Sec-Fetch-Site:
             # cross-site, the web page's own same-origin. (With a key, the X-API-Key header needs a preflight.)
