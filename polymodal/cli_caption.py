@@ -24,6 +24,7 @@ CAPTION_FLAGS = {
     "patience": ("train", int), "log_every": ("train", int),
     "prefix_grid": ("arch", int), "lora_rank": ("arch", int), "max_caption_tokens": ("arch", int),
     "batch_size": ("", int), "val_fraction": ("", float), "label_smoothing": ("", float), "val_images": ("", int),
+    "split": ("", str), "val_split": ("", str),
 }
 
 

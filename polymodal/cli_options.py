@@ -107,6 +107,9 @@ TRAIN_HELPS = {
                     "given",
     "label_smoothing": "label smoothing of the classification loss (0 = none)",
     "workers": "DataLoader worker processes (0: the main process)",
+    "split": "read only the JSON rows whose \"split\" field is one of these comma-separated names (Karpathy's "
+             "files: train,restval); unset: every row",
+    "val_split": "the same for the validation file, e.g. val",
     # the fusion encoders' (train vqa, train pretrain)
     "dim": "width of the fused tokens",
     "dropout": "dropout of the projections, the fusion and the heads",

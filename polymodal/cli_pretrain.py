@@ -14,7 +14,7 @@ PRETRAIN_FLAGS = {
     "fusion": ("arch", str), "dim": ("arch", int), "dropout": ("arch", float), "image_size": ("arch", int),
     "objectives": ("", str), "batch_size": ("", int), "val_fraction": ("", float), "negatives": ("", str),
     "hard_k": ("", int), "hard_fraction": ("", float), "mlm_rate": ("", float), "mlm_variants": ("", int), "mrm_rate": ("", float),
-    "mrm_target": ("", str), "workers": ("", int), "freeze": ("", str),
+    "mrm_target": ("", str), "workers": ("", int), "freeze": ("", str), "split": ("", str), "val_split": ("", str),
 }
 
 

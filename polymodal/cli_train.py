@@ -19,7 +19,8 @@ TRAIN_FLAGS = {
     "embed_dim": ("arch", int), "image_features": ("arch", str), "image_head": ("arch", str),
     "text_head": ("arch", str), "head_dropout": ("arch", float), "image_trainable_blocks": ("arch", int), "text_trainable_layers": ("arch", int),
     "batch_size": ("", int), "gradcache_chunk": ("", int), "views": ("", int), "val_fraction": ("", float),
-    "workers": ("", int), "zeroshot_labels": ("", str), "hard_negatives": ("", str),
+    "workers": ("", int), "zeroshot_labels": ("", str), "hard_negatives": ("", str), "split": ("", str),
+    "val_split": ("", str),
 }
 ARCH_KEYS = ("fusion_options", "pixel_patches", "itm_head")  # architecture flags outside the flag tables
 # --help for the settings whose values or interplay `--help` would otherwise not say (the README does); each

@@ -25,7 +25,8 @@ VQA_FLAGS = {
     "patience": ("train", int), "log_every": ("train", int),
     "fusion": ("arch", str), "dim": ("arch", int), "dropout": ("arch", float), "image_size": ("arch", int),
     "batch_size": ("", int), "val_fraction": ("", float), "min_answer_count": ("", int), "max_answers": ("", int),
-    "label_smoothing": ("", float), "itm_weight": ("", float), "workers": ("", int),
+    "label_smoothing": ("", float), "itm_weight": ("", float), "workers": ("", int), "split": ("", str),
+    "val_split": ("", str),
 }
 
 

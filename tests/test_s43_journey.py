@@ -44,20 +44,20 @@ def _karpathy(tmp_path: Path) -> Path:
 
 
 def test_training_on_a_karpathy_file_is_told_how_to_keep_its_training_split(tmp_path, caplog):
-    """Training reads every split, test photos included; the warning named only `eval ... --split`, which no
-    `train` command has (and no filter for a Karpathy file). It now says so and gives a filter that keeps
-    Karpathy's format and its training splits."""
+    """Training reads every split, test photos included; the warning named only `eval ... --split`. It now names
+    `train ... --split train,restval` (added later in stop 43) and, for `export`, a filter that keeps Karpathy's
+    format and its training splits."""
     path = _karpathy(tmp_path)
     with caplog.at_level(logging.WARNING):
         read_pair_source(path)  # as `train contrastive --pairs dataset_coco.json` reads it
     message = " ".join(r.getMessage() for r in caplog.records)
-    assert "`train` and `export` have no --split" in message and "held-out photos included" in message
+    assert "pass `train ... --split train,restval`" in message and "--val-split test" in message
     assert """.images |= map(select(.split == "train" or .split == "restval"))""" in message
     caplog.clear()
     with caplog.at_level(logging.WARNING), counting_skipped():  # an `eval` without --split: as before
         read_pair_source(path)
     message = " ".join(r.getMessage() for r in caplog.records)
-    assert "--split test" in message and "have no --split" not in message
+    assert "--split test" in message and "train ..." not in message
 
 
 @pytest.mark.parametrize("given", ["box:8765", "http://Box:8765/"])

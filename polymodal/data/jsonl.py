@@ -82,7 +82,7 @@ def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (), paths: Seque
     rows by ``document_rows`` (None: not a kind it knows; a PolymodalError in its list: a row it could not make),
     else it is an error ending with ``fix``."""
     splits: Counter = Counter()
-    wanted = _SPLITS[-1][0] if _SPLITS else None
+    wanted = _SPLITS[-1][0] if _SPLITS else None  # casefolded split names, or None: every row
     with utf8_text(path) as f:
         head = f.read(1)
         while head.isspace():
@@ -117,7 +117,7 @@ def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (), paths: Seque
                 continue
             if isinstance(item.get("split"), str):
                 splits[item["split"]] += 1
-            if wanted is not None and str(item.get("split", "")).casefold() != wanted.casefold():
+            if wanted is not None and str(item.get("split", "")).casefold() not in wanted:
                 continue  # another split: left out, neither read nor skipped
             broken = next((why for key in (*texts, *paths)
                            if (why := not_unicode(item.get(key), key, path=key in paths))), None)
@@ -161,19 +161,20 @@ def _whole_object(path: Path, f, fix: str) -> Any:
     return document
 
 
-def _check_split(path: Path, splits: Counter, wanted: str) -> None:
+def _check_split(path: Path, splits: Counter, wanted: frozenset) -> None:
     _SPLITS[-1][1] += 1  # a JSON file was read under --split
-    kept = sum(n for name, n in splits.items() if name.casefold() == wanted.casefold())
+    flag, named = _SPLITS[-1][2], _SPLITS[-1][3]
+    kept = sum(n for name, n in splits.items() if name.casefold() in wanted)
     if not kept:
         if not splits:
-            raise PolymodalError(f'{path} has no rows of split {wanted!r}: its rows carry no "split" field; leave '
-                                 "--split out to read every row")
+            raise PolymodalError(f'{path} has no rows of split {named!r}: its rows carry no "split" field; leave '
+                                 f"{flag} out to read every row")
         carried = "its rows carry " + ", ".join(f"{name} {n:,}" for name, n in splits.most_common())
-        raise PolymodalError(f"{path} has no rows of split {wanted!r}: {carried}; pass one of those to --split, "
-                             "or leave --split out to read every row")
+        raise PolymodalError(f"{path} has no rows of split {named!r}: {carried}; pass one of those to {flag} "
+                             "(several joined by commas), or leave it out to read every row")
     if len(splits) > 1:
-        log.info("%s: read the %s rows of split %r, left out %s", path, f"{kept:,}", wanted,
-                 ", ".join(f"{name} {n:,}" for name, n in splits.most_common() if name.casefold() != wanted.casefold()))
+        log.info("%s: read the %s rows of split %r, left out %s", path, f"{kept:,}", named,
+                 ", ".join(f"{name} {n:,}" for name, n in splits.most_common() if name.casefold() not in wanted))
 
 
 HELD_OUT_SPLITS = ("test", "val", "dev", "eval")  # contained in "validation", "minival", "test-dev"
@@ -217,40 +218,56 @@ def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool | None) -> No
     jq = (f", or filter the file, e.g. jq -c '{select}' {path} > {path.with_name(f'{path.stem}.{one}.jsonl')}"
           if array is not None else "")
     training = ""
-    if not _TALLIES:  # not inside an `eval` (counting_skipped): a training run or export, which have no --split
+    if not _TALLIES:  # not inside an `eval` (counting_skipped): a training run, or an export, which has no --split
         keep = _training_splits(splits)
         test = " or ".join(f'.split == "{name}"' for name in keep)
         train, ext = ((f".images |= map(select({test}))", "json") if array is None  # Karpathy's {"images": [...]}
                       else (f"{'.[] | ' if array else ''}select({test})", "jsonl"))
         out = path.with_name(f"{path.stem}.{'+'.join(keep)}.{ext}")
-        training = (f"; `train` and `export` have no --split and read every split, held-out photos included: to "
-                    f"train on {' and '.join(keep)} only, filter the file, e.g. jq -c '{train}' {path} > {out}")
+        training = (f"; to train on {' and '.join(keep)} only, pass `train ... --split {','.join(keep)}` (and "
+                    f"`--val-split {one}` for validation rows from it); `export` reads every split: filter the "
+                    f"file, e.g. jq -c '{train}' {path} > {out}")
     log.warning("%s: rows carry %d split values (%s) and all of them are read; to use one, pass `eval ... "
                 "--split %s`%s%s", path, len(splits), counts, one, jq, training)
 
 _TALLIES: list[list[int]] = []  # open counting_skipped() blocks
-_SPLITS: list[list] = []  # open counting_skipped(split) blocks: [split, JSON files read]
+_SPLITS: list[list] = []  # open only_splits blocks: [casefolded names, JSON files read, flag, split as given]
 
 
 @contextmanager
 def counting_skipped(split: str | None = None) -> Iterator[list[int]]:
     """Counts the rows every data file read inside the block skipped, as [n]: an evaluation puts the count in its
     JSON line, where a figure computed on part of the data would otherwise read as computed on all of it. With
-    ``split`` (`eval --split`), JSON rows whose "split" field is another value (in any case) are left out, a JSON
-    file with none of that split is an error, and so is a block that read no JSON file (nothing to filter)."""
+    ``split`` (`eval --split`), see only_splits."""
     tally = [0]
     _TALLIES.append(tally)
-    if split is not None:
-        _SPLITS.append(entry := [split, 0])
     try:
-        yield tally
-        if split is not None and not entry[1]:
-            raise PolymodalError(f"--split {split} filters JSON/JSONL rows on their \"split\" field, and none of "
-                                 "the data files given is one; filter the data yourself, or leave --split out")
+        with only_splits(split):
+            yield tally
     finally:
         _TALLIES[:] = [t for t in _TALLIES if t is not tally]  # by identity: two tallies may hold equal counts
-        if split is not None:
-            _SPLITS[:] = [e for e in _SPLITS if e is not entry]
+
+
+@contextmanager
+def only_splits(split: str | None, flag: str = "--split") -> Iterator[None]:
+    """Inside the block, JSON rows whose "split" field is not one of ``split``'s comma-separated names (in any case)
+    are left out (`eval --split test`, `train --split train,restval`); a JSON file with none of them is an error,
+    and so is a block that read no JSON file (nothing to filter). None or "": every row. ``flag`` names the option
+    in messages (--split, --val-split)."""
+    if not split:
+        yield
+        return
+    names = frozenset(n.strip().casefold() for n in str(split).split(",") if n.strip())
+    if not names:
+        raise PolymodalError(f"{flag} {split!r} names no split; pass a name such as test, or several joined by commas")
+    _SPLITS.append(entry := [names, 0, flag, str(split)])
+    try:
+        yield
+        if not entry[1]:
+            raise PolymodalError(f"{flag} {split} filters JSON/JSONL rows on their \"split\" field, and none of "
+                                 f"the data files given is one; filter the data yourself, or leave {flag} out")
+    finally:
+        _SPLITS[:] = [e for e in _SPLITS if e is not entry]
 
 
 def report_skipped(source, skipped: list, usable: int, what: str, fix: str, noun: str = "unusable row") -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from polymodal.data.jsonl import only_splits
 from polymodal.data.pairs import PairSet, read_pair_sources, split_by_image
 from polymodal.errors import PolymodalError
 from polymodal.eval.captions import MIN_CIDER_PHOTOS
@@ -55,6 +56,8 @@ class CaptionRecipe:
     batch_size: int = 32  # captions per step
     label_smoothing: float = 0.1
     val_images: int = 200  # photos captioned after each epoch for the validation scores (greedy decoding)
+    split: str = ""  # JSON rows of these "split" values only (comma-separated), e.g. "train,restval"; "": every row
+    val_split: str = ""  # the same for val_pairs
 
     def __post_init__(self) -> None:
         self.pairs, self.val_pairs = as_paths(self.pairs, "pairs"), as_paths(self.val_pairs, "val_pairs")
@@ -241,9 +244,11 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
                     "CIDEr-D, chooses the epoch to keep")
         recipe.train.early_stop_metric = "val/neg_loss"
     set_seed(recipe.train.seed)
-    pairs = read_pair_sources(recipe.pairs)
+    with only_splits(recipe.split):
+        pairs = read_pair_sources(recipe.pairs)
     if recipe.val_pairs:
-        val = read_pair_sources(recipe.val_pairs)
+        with only_splits(recipe.val_split, "--val-split"):
+            val = read_pair_sources(recipe.val_pairs)
         warn_of_shared_photos(pairs.images, val.images, "--val-pairs")
     elif recipe.val_fraction > 0:
         pairs, val = split_by_image(pairs, recipe.val_fraction, recipe.train.seed)

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from polymodal.data.augment import Augment
+from polymodal.data.jsonl import only_splits
 from polymodal.data.negatives import HARD_NEGATIVE_MODES, negatives_per_caption
 from polymodal.data.pairs import PairSet, read_pair_sources, split_by_image
 from polymodal.errors import PolymodalError
@@ -58,6 +59,8 @@ class ContrastiveRecipe:
     # NegCLIP hard-negative captions in the image->text softmax: "data" = the pairs' own "negatives" (if any),
     # "swap" = those, else two word-swapped copies of the caption (polymodal.data.negatives), "none" = off
     hard_negatives: str = "data"
+    split: str = ""  # JSON rows of these "split" values only (comma-separated), e.g. "train,restval"; "": every row
+    val_split: str = ""  # the same for val_pairs
 
     def __post_init__(self) -> None:  # from Python, nested settings may come as dicts (as in a --config file)
         self.pairs, self.val_pairs = as_paths(self.pairs, "pairs"), as_paths(self.val_pairs, "val_pairs")  # one file may come bare
@@ -132,9 +135,11 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs, recipe.train.patience)
     distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
     set_seed(recipe.train.seed)  # before the heads are initialised: same seed, same run
-    train_set = read_pair_sources(recipe.pairs)
+    with only_splits(recipe.split):
+        train_set = read_pair_sources(recipe.pairs)
     if recipe.val_pairs:
-        val_set = read_pair_sources(recipe.val_pairs)
+        with only_splits(recipe.val_split, "--val-split"):
+            val_set = read_pair_sources(recipe.val_pairs)
         warn_of_shared_photos(train_set.images, val_set.images, "--val-pairs")
     elif recipe.val_fraction > 0:
         train_set, val_set = split_by_image(train_set, recipe.val_fraction, seed=recipe.train.seed)

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from polymodal.cache import cache_key
 from polymodal.data.images import draft_size_of
+from polymodal.data.jsonl import only_splits
 from polymodal.data.pairs import PairSet, held_out_images, open_pair_image, read_pair_sources
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import (
@@ -136,6 +137,8 @@ class PretrainRecipe:
     #                       arch's (or a continued model's) mrm_head, else regress
     zero_images: bool = False  # control runs: every image feature is zero (text-only baseline)
     workers: int = 0
+    split: str = ""  # JSON rows of these "split" values only (comma-separated), e.g. "train,restval"; "": every row
+    val_split: str = ""  # the same for val_pairs
 
     def __post_init__(self) -> None:  # from Python, nested settings may come as dicts (as in a --config file)
         self.pairs, self.val_pairs = as_paths(self.pairs, "pairs"), as_paths(self.val_pairs, "val_pairs")  # one file may come bare
@@ -635,9 +638,11 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     if recipe.model != "new":
         continued_folder(recipe.model, "pretrain")  # what --model names is said before the data is read
     set_seed(recipe.train.seed)
-    pairs = read_pairs(recipe.pairs)
+    with only_splits(recipe.split):
+        pairs = read_pairs(recipe.pairs)
     if recipe.val_pairs:
-        train_pairs, val_pairs = pairs, read_pairs(recipe.val_pairs)
+        with only_splits(recipe.val_split, "--val-split"):
+            train_pairs, val_pairs = pairs, read_pairs(recipe.val_pairs)
         warn_of_shared_photos(train_pairs.images, val_pairs.images, "--val-pairs")
     elif recipe.val_fraction > 0:
         train_pairs, val_pairs = split_pairs_by_image(pairs, recipe.val_fraction, recipe.train.seed)

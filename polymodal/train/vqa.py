@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from polymodal.cache import cache_key
 from polymodal.data.answers import comparable_answer
+from polymodal.data.jsonl import only_splits
 from polymodal.data.pairs import held_out_images
 from polymodal.errors import PolymodalError
 from polymodal.eval.vqa import QARow, accuracy_by_type, read_qa
@@ -85,6 +86,8 @@ class VQARecipe:
     label_smoothing: float = 0.0
     itm_weight: float = 0.0  # > 0 trains the ITM head (arch.itm_head) on true vs sampled wrong answers
     workers: int = 0
+    split: str = ""  # JSON rows of these "split" values only (comma-separated), e.g. "train"; "": every row
+    val_split: str = ""  # the same for val_qa
 
     def __post_init__(self) -> None:  # from Python, nested settings may come as dicts (as in a --config file)
         self.qa, self.val_qa = as_paths(self.qa, "qa"), as_paths(self.val_qa, "val_qa")  # one file may come bare
@@ -465,9 +468,11 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     if resume:
         check_same_validation(Path(recipe.out), recipe)
     set_seed(recipe.train.seed)
-    train_rows = read_qa(recipe.qa)
+    with only_splits(recipe.split):
+        train_rows = read_qa(recipe.qa)
     if recipe.val_qa:
-        val_rows = read_qa(recipe.val_qa)
+        with only_splits(recipe.val_split, "--val-split"):
+            val_rows = read_qa(recipe.val_qa)
         warn_of_shared_photos([r.image for r in train_rows], [r.image for r in val_rows], "--val-qa")
     elif recipe.val_fraction > 0:
         train_rows, val_rows = split_by_image(train_rows, recipe.val_fraction, recipe.train.seed)
