@@ -93,3 +93,13 @@ def test_real_coco_pairs_read_the_same_as_coco_json(tmp_path):
     from_rows = read_pair_source(root / "pairs.jsonl")
     assert len(from_coco.pairs) == len(from_rows.pairs) == 400
     assert [(p.image.name, p.caption) for p in from_coco.pairs] == [(p.image.name, p.caption) for p in from_rows.pairs]
+
+
+def test_a_hand_edited_coco_file_with_list_ids_is_rows_skipped_not_a_traceback(tmp_path):
+    names = _photos(tmp_path, 2)
+    document = {"images": [{"id": 1, "file_name": names[0]}, {"id": [2], "file_name": names[1]}],
+                "annotations": [{"image_id": 1, "caption": "one"}, {"image_id": [2], "caption": "two"},
+                                {"image_id": {"x": 1}, "caption": "three"}]}
+    (tmp_path / "caps.json").write_text(json.dumps(document))
+    pairs = read_pair_source(tmp_path / "caps.json")
+    assert [p.caption for p in pairs.pairs] == ["one"] and len(pairs.skipped) == 2

@@ -34,7 +34,9 @@ def caption_json_rows(path: Path, document: Any) -> list[dict] | None:
 def _coco_rows(path: Path, document: dict) -> list[dict]:
     names = {}
     for image in document["images"]:
-        if isinstance(image, dict) and "id" in image and isinstance(image.get("file_name"), str):
+        # an id is a number or a text in COCO's files; a list or object (a hand-edited file) is no key to look up
+        if isinstance(image, dict) and isinstance(image.get("id"), (int, str)) \
+                and isinstance(image.get("file_name"), str):
             names[image["id"]] = image["file_name"]
     if not names:
         raise PolymodalError(f'{path} has COCO "annotations" but no "images" with an "id" and a "file_name"; '
@@ -45,9 +47,10 @@ def _coco_rows(path: Path, document: dict) -> list[dict]:
         if not isinstance(note, dict):
             rows.append(None)  # reported by the caller as "not a JSON object"
             continue
-        name = names.get(note.get("image_id"))
+        image_id = note.get("image_id")
+        name = names.get(image_id) if isinstance(image_id, (int, str)) else None
         if name is None:
-            rows.append(PolymodalError(f'its image_id {note.get("image_id")!r} is the "id" of no entry in "images"'))
+            rows.append(PolymodalError(f'its image_id {image_id!r:.40} is the "id" of no entry in "images"'))
             continue
         rows.append({"caption": note.get("caption"), "image": folder + name})
     return rows
