@@ -84,6 +84,10 @@ def cmd_index(args) -> int:
     fresh = not index.exists()
     reports = []
     if args.paths:
+        if not index.exists():  # a --db that cannot be made is said before the model loads
+            from polymodal.cache import check_creatable
+
+            check_creatable(index.db, f"--db {args.db}")
         args.model = index_model_name(index, args.model, "lite")  # re-syncing an index needs no --model
         resolve_runtime(args)
         # a model that cannot embed is refused here, before the index folder is created

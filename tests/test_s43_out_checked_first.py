@@ -46,3 +46,11 @@ def test_export_out_under_a_file_is_refused_before_the_model_loads(data, monkeyp
     monkeypatch.setattr(polymodal, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
     assert main(["export", "onnx", "lite", "--out", str(data / "a-file" / "export")]) == 2
     assert "a-file is a file, not a folder" in capsys.readouterr().err
+
+
+def test_index_db_under_a_file_is_refused_before_the_model_loads(data, monkeypatch, capsys):
+    import polymodal.cli as cli
+
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    assert main(["index", str(data), "--db", str(data / "a-file" / "db")]) == 2
+    assert "a-file is a file, not a folder" in capsys.readouterr().err
