@@ -17,13 +17,23 @@ from polymodal.errors import PolymodalError
 log = logging.getLogger("polymodal.encoders.text")  # where the warning was always logged from
 
 
-def warn_once_if_cut(owner, attention_mask, max_length: int, tower: str) -> None:
+def overflowed(encodings) -> int | None:
+    """How many of a batch's `tokenizers` encodings were cut (their ``overflowing`` holds the rest), or None when
+    there are none to ask (a slow transformers tokenizer)."""
+    if not encodings:
+        return None
+    return sum(1 for e in encodings if getattr(e, "overflowing", None))
+
+
+def warn_once_if_cut(owner, attention_mask, max_length: int, tower: str, cut: int | None = None) -> None:
     """Texts longer than the tower's token limit are cut (as every CLIP-style library does); say so once per
     model, since a long product description or caption then matches on its first part only. ``attention_mask``:
-    a torch tensor or numpy array ``[B, L]``."""
+    a torch tensor or numpy array ``[B, L]``. ``cut``: how many were cut (overflowed), where the tokenizer says;
+    else a text that fills the limit counts as cut (one that fits it exactly cannot be told apart)."""
     if getattr(owner, "_warned_cut", False) or attention_mask.shape[1] < max_length:
         return
-    cut = int((attention_mask.sum(1) >= max_length).sum())
+    if cut is None:
+        cut = int((attention_mask.sum(1) >= max_length).sum())
     if cut:
         owner._warned_cut = True
         log.warning("a text reached the %s's limit of %d tokens and was cut there (%d in this batch): later words "
@@ -44,6 +54,8 @@ def check_unicode(texts: list[str]) -> None:
 
 class FastTokenizer:
     """tokenizer.json -> padded int64 ids and mask, as the PyTorch model's tokenizer makes them."""
+
+    last_cut: int | None = None  # how many texts of the last call were cut at max_length
 
     def __init__(self, path, max_length: int, pad_id: int, pad_token: str) -> None:
         """``path``: a tokenizer.json, or a tokenizers.Tokenizer already read from one."""
@@ -79,6 +91,7 @@ class FastTokenizer:
         except TypeError:  # what tokenizers raises for a lone surrogate (bad bytes from a shell, "\ud800" in JSON)
             check_unicode(texts)
             raise
+        self.last_cut = overflowed(enc)  # for warn_once_if_cut: a text that exactly fits is not cut
         return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
 

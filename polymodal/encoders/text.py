@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from polymodal.data.tokenizer import warn_once_if_cut
+from polymodal.data.tokenizer import overflowed, warn_once_if_cut
 from polymodal.errors import PolymodalError
 
 
@@ -84,10 +84,12 @@ class SentenceEncoder(nn.Module):
         """Texts -> {"input_ids", "attention_mask"} int64 tensors [B, L], padded to the longest, truncated."""
         if self._fast is not None:
             batch = {k: torch.from_numpy(v) for k, v in self._fast(list(texts)).items()}
+            cut = self._fast.last_cut
         else:
             batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors="pt")
-        warn_once_if_cut(self, batch["attention_mask"], self.max_length, "text tower")
+            cut = overflowed(getattr(batch, "encodings", None))
+        warn_once_if_cut(self, batch["attention_mask"], self.max_length, "text tower", cut)
         return batch
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -204,7 +204,8 @@ class OnnxEmbeddingModel(ReloadsFromFolder, EmbeddingInterface):
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenizer(texts)
-        warn_once_if_cut(self, tokens["attention_mask"], self._max_length, "text tower")  # as the PyTorch model does
+        warn_once_if_cut(self, tokens["attention_mask"], self._max_length, "text tower",  # as the PyTorch model does
+                         self.tokenizer.last_cut)
         feeds = {k: v for k, v in tokens.items() if k in self._text_inputs}
         return self.text_session.run(None, feeds)[0].astype(np.float32, copy=False)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from polymodal.data.images import ImageTransform
-from polymodal.data.tokenizer import warn_once_if_cut
+from polymodal.data.tokenizer import overflowed, warn_once_if_cut
 from polymodal.errors import PolymodalError
 from polymodal.models.base import EmbeddingModel
 from polymodal.models.openai_convert import (OPEN_CLIP_VISION_HEADS, check_activation, default_arch, is_openai_layout,
@@ -69,7 +69,8 @@ class ClipModel(EmbeddingModel):
     def _text_batch(self, texts: list[str]) -> torch.Tensor:
         # truncation keeps <|endoftext|> (the post-processor adds it after truncating), which pooling needs
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        warn_once_if_cut(self, enc["attention_mask"], self.max_length, "CLIP text tower")
+        warn_once_if_cut(self, enc["attention_mask"], self.max_length, "CLIP text tower",
+                         overflowed(getattr(enc, "encodings", None)))
         return self.text_from_tokens(enc["input_ids"], enc["attention_mask"])
 
     # what polymodal.export turns into the text graph
