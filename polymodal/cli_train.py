@@ -50,7 +50,8 @@ CONTRASTIVE_HELPS = {
                 "%(recipe_default)s)",
     "gradcache_chunk": "GradCache chunk size: large contrastive batches in little memory; 0 = off (default: "
                        "%(recipe_default)s)",
-    "views": "augmented views cached per photo; 1 = the centre crop only (default: %(recipe_default)s)",
+    "views": "views cached per photo, the centre crop and N-1 augmented ones (each epoch draws one); 1 = the centre "
+             "crop only (default: %(recipe_default)s)",
     "val_fraction": "share of the photos split off for validation when --val-pairs is not given (default: "
                     "%(recipe_default)s)",
     "zeroshot_labels": "a JSONL of {\"image\", \"label\"} rows scored zero-shot after each epoch (the early-stopping "
