@@ -29,7 +29,7 @@ from polymodal.registry import require_embedding  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere (the tests load it by path)
 from cpu_runtimes import runnable  # noqa: E402
-from run_context import announce  # noqa: E402
+from run_context import announce, counts  # noqa: E402
 
 SENTENCES = [
     "a dog runs along the beach",
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lite")
     ap.add_argument("--seconds", type=float, default=5.0, help="time per measurement")
-    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--batches", type=counts, default=[1, 32], help="batch sizes, e.g. 1,8,32")
     ap.add_argument("--runtime", default="torch,torch-bf16,onnx", help="comma-separated: torch, torch-bf16, onnx")
     ap.add_argument("--onnx-dir", help="export of --model to measure (default: exported now into a temporary folder)")
     args = ap.parse_args(argv)
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         except PolymodalError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        for batch in (int(b) for b in args.batches.split(",")):
+        for batch in args.batches:
             for kind, items, method in (("images", images, "encode_image"), ("texts", texts, "encode_text")):
                 for runtime, model in models.items():  # runtimes alternate: a busy spell slows them alike
                     encode = getattr(model, method)

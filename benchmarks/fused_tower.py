@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run_context.py (tests load scripts by path)
-from run_context import announce  # noqa: E402
+from run_context import announce, counts  # noqa: E402
 
 
 def _rate(fn, items: int, seconds: float) -> float:
@@ -46,7 +46,7 @@ def _paired(fns: dict, items: int, seconds: float, turns: int = 3) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--batches", type=counts, default=[1, 8, 32], help="batch sizes, e.g. 1,8,32")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each measurement (3 alternating turns)")
     ap.add_argument("--photos", type=int, default=15, help="sample photos encoded end to end (at most 15)")
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         eager, fused = tower.net, tower._inference_net()  # the folded copy exists only where gradients are off
         assert fused is not eager
         diff = float((eager.extract_features(x[:8]) - fused.extract_features(x[:8])).abs().max())
-        for batch in (int(b) for b in args.batches.split(",")):
+        for batch in args.batches:
             chunk = x[:batch]
             rates = _paired({"eager": lambda c=chunk: eager.extract_features(c),
                              "fused": lambda c=chunk: fused.extract_features(c)}, batch, args.seconds)

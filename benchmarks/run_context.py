@@ -108,3 +108,16 @@ def announce(script: str, **extra) -> dict | None:
     except Exception as exc:  # noqa: BLE001 -- never fail the benchmark over its context line
         print(f"run_context: no context line ({type(exc).__name__}: {exc})", file=sys.stderr)
         return None
+
+
+def counts(text: str) -> list[int]:
+    """An argparse type: "1,8,32" -> [1, 8, 32]; anything else is argparse's one-line usage error, not a traceback."""
+    import argparse
+
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers joined by commas, e.g. 1,8,32; got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"each number must be at least 1, got {text!r}")
+    return values

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from cpu_runtimes import runnable
-from run_context import announce
+from run_context import announce, counts
 
 RUNTIMES = ("torch", "torch-bf16", "onnx")  # torch-bf16: `serve --precision bf16`
 
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     ap.add_argument("--db", help="an existing index (default: the sample gallery, indexed into a temporary folder)")
     ap.add_argument("--kinds", default="image,text", help="what the requests embed: image, text or both")
     ap.add_argument("--image", help="query image file (default: the sample gallery's coffee.jpg)")
-    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--concurrency", type=counts, default=[1, 8, 32], help="concurrent clients, e.g. 1,8,32")
     ap.add_argument("--requests", type=int, default=320, help="requests per concurrency level")
     ap.add_argument("--time-limit", type=float, default=60.0, help="seconds per concurrency level, at most")
     ap.add_argument("--max-batch", type=int, default=8)
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     ap.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for a server to start")
     args = ap.parse_args(argv)
     announce(__file__)
-    levels = [int(c) for c in args.concurrency.split(",")]
+    levels = args.concurrency
     runtimes = [r for r in args.runtime.split(",") if r]
     if not runtimes or set(runtimes) - set(RUNTIMES):
         raise SystemExit(f"--runtime takes a comma-separated subset of {', '.join(RUNTIMES)}")

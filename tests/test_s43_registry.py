@@ -113,3 +113,12 @@ def test_tensorboard_tags_name_each_value_once(tmp_path):
     events.Reload()
     assert sorted(events.Tags()["scalars"]) == ["epoch/train_loss", "train/loss", "train/lr", "val/rsum"]
     assert events.Scalars("val/rsum")[0].value == 3.0
+
+
+@pytest.mark.parametrize("name, flag", [("embed_throughput", "--batches"), ("fused_tower", "--batches"),
+                                        ("serve_load", "--concurrency")])
+def test_a_benchmark_count_list_that_is_not_numbers_is_one_line(name, flag, capsys):
+    with pytest.raises(SystemExit) as info:
+        _bench(name).main([flag, "a"])
+    assert info.value.code == 2
+    assert "expected whole numbers joined by commas" in capsys.readouterr().err
