@@ -225,8 +225,8 @@ def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool | None) -> No
                       else (f"{'.[] | ' if array else ''}select({test})", "jsonl"))
         out = path.with_name(f"{path.stem}.{'+'.join(keep)}.{ext}")
         training = (f"; to train on {' and '.join(keep)} only, pass `train ... --split {','.join(keep)}` (and "
-                    f"`--val-split {one}` for validation rows from it); `export` reads every split: filter the "
-                    f"file, e.g. jq -c '{train}' {path} > {out}")
+                    f"this file as --val-pairs, or --val-qa, with `--val-split {one}` for validation rows from it); "
+                    f"`export` reads every split: filter the file, e.g. jq -c '{train}' {path} > {out}")
     log.warning("%s: rows carry %d split values (%s) and all of them are read; to use one, pass `eval ... "
                 "--split %s`%s%s", path, len(splits), counts, one, jq, training)
 

@@ -28,7 +28,7 @@ from polymodal.progress import progress_bar
 from polymodal.train.features import image_features, readable_pairs, readable_rows
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, check_ranges, check_run_folder, check_types, prepare_run_folder, refuse_unfreezing,
-    warn_of_shared_photos,
+    refuse_lone_val_split, warn_of_shared_photos,
 )
 from polymodal.train.objectives import Objective
 from polymodal.train.run_settings import (absolute_paths, another_run, check_same_run, check_same_validation_set,
@@ -76,6 +76,7 @@ class CaptionRecipe:
         self.arch.validate()
         self.train.validate()
         refuse_unfreezing(self.train)
+        refuse_lone_val_split(self)
 
 
 class CaptionObjective(Objective):

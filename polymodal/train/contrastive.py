@@ -31,7 +31,7 @@ from polymodal.train.features import (
 )
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
-    warn_of_shared_photos,
+    refuse_lone_val_split, warn_of_shared_photos,
 )
 from polymodal.train.objectives import ContrastiveObjective
 from polymodal.train.run_settings import (absolute_paths, check_same_run, check_same_validation_set, name_after_run,
@@ -81,6 +81,7 @@ class ContrastiveRecipe:
                                                lambda v: v in HARD_NEGATIVE_MODES)})
         self.train.validate()
         self.arch.validate()
+        refuse_lone_val_split(self)
         if self.train.early_stop_metric.startswith("val/zeroshot") and not self.zeroshot_labels:
             # without the labels nothing reports it: the run would keep epochs by the training loss, or fail after
             # its first epoch (on --resume: the run's metric, chosen when it had --zeroshot-labels)

@@ -194,6 +194,16 @@ def refuse_unfreezing(train) -> None:
                              "encoder; this model trains over cached, frozen image-tower features: leave it 0")
 
 
+def refuse_lone_val_split(recipe, val_key: str = "val_pairs") -> None:
+    """--val-split filters the validation file's rows; without one (``val_key``: val_pairs, val_qa) nothing reads
+    it, and the run validated on a --val-fraction split of the training rows instead, without a word."""
+    if recipe.val_split and not getattr(recipe, val_key):
+        flag = "--" + val_key.replace("_", "-")
+        raise PolymodalError(f"--val-split {recipe.val_split} keeps those rows of {flag}, and no {flag} is given; "
+                             f"pass {flag} FILE (the --{val_key[4:]} file again, for its rows of that split), or "
+                             "leave --val-split out")
+
+
 def freeze_parts(model, parts, model_name: str) -> None:
     """Stop training ``parts`` of a fusion encoder (`FusionEncoder.freeze` checks the names)."""
     if not parts:

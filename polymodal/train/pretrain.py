@@ -56,7 +56,7 @@ from polymodal.progress import progress_bar
 from polymodal.train.features import _load_cached, _store, readable_pairs, readable_subset
 from polymodal.train.guards import (
     FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder, refuse_unfreezing,
-    freeze_parts, save_without_untrained_itm, warn_of_shared_photos,
+    refuse_lone_val_split, freeze_parts, save_without_untrained_itm, warn_of_shared_photos,
 )
 from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatch
 from polymodal.train.run_settings import (
@@ -161,6 +161,7 @@ class PretrainRecipe:
         check_ranges(self, {"workers": NON_NEGATIVE, "val_fraction": FRACTION})
         self.train.validate()
         refuse_unfreezing(self.train)
+        refuse_lone_val_split(self)
         if not 0 < self.mlm_rate <= 1 or not 0 < self.mrm_rate <= 1:
             raise PolymodalError("mlm_rate and mrm_rate must be in (0, 1]")
         if not 0 <= self.hard_fraction <= 1:

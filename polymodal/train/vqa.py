@@ -41,7 +41,7 @@ from polymodal.train.features import (
 )
 from polymodal.train.guards import (
     AT_LEAST_1, AT_LEAST_2, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
-    freeze_parts, refuse_unfreezing, save_without_untrained_itm, warn_of_shared_photos,
+    freeze_parts, refuse_lone_val_split, refuse_unfreezing, save_without_untrained_itm, warn_of_shared_photos,
 )
 from polymodal.train.run_settings import (
     absolute_paths,
@@ -107,6 +107,7 @@ class VQARecipe:
                             "label_smoothing": FRACTION, "itm_weight": NON_NEGATIVE, "workers": NON_NEGATIVE,
                             "val_fraction": FRACTION})
         refuse_unfreezing(self.train)
+        refuse_lone_val_split(self, "val_qa")
         if self.model == "new" and self.arch.itm_head and not self.itm_weight:
             # the head would never train, yet answer(choices=) scores candidates outside the vocabulary with it
             raise PolymodalError("itm_head without itm_weight builds an image-text matching head that never trains, "
