@@ -3,24 +3,14 @@
 import json
 
 import pytest
-from PIL import Image
 
 from polymodal.cli import main
 from polymodal.errors import PolymodalError
+from test_s43_train_split import _karpathy as karpathy_file  # 12 photos: train 6, restval 2, val 2, test 2
 
 
 def _karpathy(tmp_path):
-    (tmp_path / "imgs").mkdir()
-    names = [f"{i:03d}.jpg" for i in range(12)]
-    for i, name in enumerate(names):
-        Image.new("RGB", (40, 40), (i * 20, 255 - i * 20, (i * 70) % 256)).save(tmp_path / "imgs" / name)
-    splits = ["train"] * 6 + ["restval"] * 2 + ["val"] * 2 + ["test"] * 2
-    document = {"images": [{"filepath": "imgs", "filename": n, "split": s,
-                            "sentences": [{"raw": f"a photo of shade {i}"}, {"raw": f"square number {i}"}]}
-                           for i, (n, s) in enumerate(zip(names, splits))]}
-    path = tmp_path / "dataset_coco.json"
-    path.write_text(json.dumps(document))
-    return path
+    return karpathy_file(tmp_path)[0]
 
 
 def test_val_split_without_a_validation_file_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
