@@ -98,6 +98,27 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
+def largest(x: np.ndarray, k: int) -> np.ndarray:
+    """Per row of ``x`` ``[B, n]``, the columns of its k largest values (ties: the lowest column first), as
+    np.argpartition(-x, k - 1)[:, :k] finds them but in k argmax passes: over a step's candidates (images x beam x
+    30,522) argpartition took ~40 ms, ~15% of `polymodal caption`'s decoding at beam 3 (caption_stage_ab.py of the
+    stop-43 speed2 review: 1.18x less CPU, the same captions). x is left as it was."""
+    rows = np.arange(x.shape[0])
+    picked, values = np.empty((x.shape[0], k), dtype=np.intp), np.empty((x.shape[0], k), dtype=x.dtype)
+    for j in range(k):
+        picked[:, j] = x.argmax(1)
+        values[:, j] = x[rows, picked[:, j]]
+        x[rows, picked[:, j]] = -np.inf
+    for j in reversed(range(k)):  # the first value taken from a column is the one to put back
+        x[rows, picked[:, j]] = values[:, j]
+    ordered = np.sort(picked, 1)
+    # argmax takes NaN first and repeats a column when a row has fewer than k values above -inf: such rows (a broken
+    # model's NaN; never in a beam search otherwise) get what argpartition gave, which puts NaN last
+    if np.isnan(values).any() or (ordered[:, 1:] == ordered[:, :-1]).any():
+        return np.argpartition(-x, k - 1, axis=1)[:, :k]
+    return picked
+
+
 def beam_search(step: Callable[[np.ndarray, np.ndarray], np.ndarray], images: int, beam: int, max_tokens: int,
                 length_penalty: float = 1.0, no_repeat: int = 0) -> list[list[int]]:
     """The word pieces of the best caption per image (without [CLS]/[SEP]). Finished beams are ranked by
@@ -124,7 +145,7 @@ def beam_search(step: Callable[[np.ndarray, np.ndarray], np.ndarray], images: in
         vocab = logp.shape[-1]
         score_before = score
         cand = (score.reshape(-1, 1) + logp).reshape(b, k * vocab)
-        top = np.argpartition(-cand, k - 1, axis=1)[:, :k]
+        top = largest(cand, k)
         flat = np.take_along_axis(top, np.argsort(-np.take_along_axis(cand, top, 1), axis=1, kind="stable"), 1)
         score = np.take_along_axis(cand, flat, 1)
         origin = ((flat // vocab) + np.arange(b)[:, None] * k).reshape(-1)
