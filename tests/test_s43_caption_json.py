@@ -103,3 +103,13 @@ def test_a_hand_edited_coco_file_with_list_ids_is_rows_skipped_not_a_traceback(t
     (tmp_path / "caps.json").write_text(json.dumps(document))
     pairs = read_pair_source(tmp_path / "caps.json")
     assert [p.caption for p in pairs.pairs] == ["one"] and len(pairs.skipped) == 2
+
+
+def test_a_missing_photo_in_cocos_layout_is_named_where_it_was_looked_for(tmp_path):
+    names = _photos(tmp_path / "val2017", 2)
+    captions = {100: "one", 101: "two"}
+    _coco(tmp_path / "annotations" / "captions_val2017.json", names + ["000000000099.jpg"], {**captions, 102: "gone"})
+    pairs = read_pair_source(tmp_path / "annotations" / "captions_val2017.json")
+    assert len(pairs.pairs) == 2 and len(pairs.skipped) == 1
+    why = pairs.skipped[0][1]
+    assert str((tmp_path / "val2017" / "000000000099.jpg").resolve()) in why and "/../" not in why

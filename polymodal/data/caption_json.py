@@ -10,6 +10,7 @@ Image paths: COCO's `file_name` is relative to the photo folder, which COCO's la
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def _coco_rows(path: Path, document: dict) -> list[dict]:
 
 
 def _photo_folder(path: Path, file_names: list[str]) -> str:
-    """"" when the photos lie beside the file, "../val2017/" in COCO's layout (annotations/captions_val2017.json
+    """"" when the photos lie beside the file, the val2017/ folder in COCO's layout (annotations/captions_val2017.json
     beside val2017/), else "" (each missing photo is then reported with where it was looked for). Decided by the
     first photo found in either place: judged by the first photo listed alone, one missing photo made every row
     of a file in COCO's layout "not found"."""
@@ -66,7 +67,9 @@ def _photo_folder(path: Path, file_names: list[str]) -> str:
         if (path.parent / name).is_file():
             return ""
         if split and (path.parent.parent / split.group(1) / name).is_file():
-            return f"../{split.group(1)}/"
+            # the folder itself, not "../val2017/": a missing photo is then named where it was looked for, not
+            # as annotations/../val2017/x.jpg
+            return f"{(path.parent.parent / split.group(1)).resolve()}{os.sep}"
     return ""
 
 
