@@ -245,8 +245,9 @@ def with_run_settings(settings: dict, recipe_cls, overwrite: bool = False) -> di
             logging.getLogger(__name__).warning(
                 "--resume with other %s than the run started with (%s); its epochs so far trained on %s", key,
                 ", ".join(map(str, _listed(settings[key]))), ", ".join(map(str, _listed(saved[key]))))
-    names = lambda split: {n.strip().casefold() for n in str(split or "").split(",") if n.strip()}  # noqa: E731
-    if "split" in settings and names(settings["split"]) != names(saved.get("split")):  # other rows: as above
+    from polymodal.data.jsonl import split_names
+
+    if "split" in settings and split_names(settings["split"]) != split_names(saved.get("split")):  # as above
         logging.getLogger(__name__).warning(
             "--resume with --split %s; the run's epochs so far trained on %s", settings["split"] or '""',
             f"its rows of split {saved['split']}" if saved.get("split") else "every split of its data")

@@ -134,31 +134,29 @@ def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (), paths: Seque
 def _whole_object(path: Path, f, fix: str) -> Any:
     """The file (which starts with "{") as one JSON document when it is one: its first line is a lone "{" (pretty-
     printed) or an object with an "images" list (COCO's and Karpathy's caption files are one line); else None, and
-    it is read as JSON Lines, a row at a time (a JSONL file whose first row is broken stays a file of rows)."""
-    first = f.readline()
-    if first.strip() != "{":
-        try:
-            single = json.loads(first)
-        except json.JSONDecodeError:
-            f.seek(0)
-            return None
-        if not (isinstance(single, dict) and isinstance(single.get("images"), list)):
-            f.seek(0)
-            return None
-        rest = f.read(1 << 16)
-        while rest.isspace():
-            rest = f.read(1 << 16)
-        f.seek(0)
-        if not rest:  # the file was that one line: parsed once (COCO's train2017 file: 100 MB, 1.3 s, 0.4 GB)
-            return single
-    f.seek(0)
+    it is read as JSON Lines, a row at a time (a JSONL file whose first row is broken stays a file of rows). The
+    file is left at its start either way."""
     try:
-        document = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise PolymodalError(f"{path} is not valid JSON ({exc}); {fix}") from exc
+        first = f.readline()
+        if first.strip() != "{":
+            try:
+                single = json.loads(first)
+            except json.JSONDecodeError:
+                return None
+            if not (isinstance(single, dict) and isinstance(single.get("images"), list)):
+                return None
+            rest = f.read(1 << 16)
+            while rest.isspace():
+                rest = f.read(1 << 16)
+            if not rest:  # the file was that one line: parsed once (COCO's train2017 file: 100 MB, 1.3 s, 0.4 GB)
+                return single
+        f.seek(0)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as exc:
+            raise PolymodalError(f"{path} is not valid JSON ({exc}); {fix}") from exc
     finally:
         f.seek(0)
-    return document
 
 
 def _check_split(path: Path, splits: Counter, wanted: frozenset) -> None:
@@ -248,6 +246,11 @@ def counting_skipped(split: str | None = None) -> Iterator[list[int]]:
         _TALLIES[:] = [t for t in _TALLIES if t is not tally]  # by identity: two tallies may hold equal counts
 
 
+def split_names(split: str | None) -> frozenset[str]:
+    """--split's comma-separated names as compared with a row's "split" field: in any case, spaces dropped."""
+    return frozenset(n.strip().casefold() for n in str(split or "").split(",") if n.strip())
+
+
 @contextmanager
 def only_splits(split: str | None, flag: str = "--split") -> Iterator[None]:
     """Inside the block, JSON rows whose "split" field is not one of ``split``'s comma-separated names (in any case)
@@ -257,7 +260,7 @@ def only_splits(split: str | None, flag: str = "--split") -> Iterator[None]:
     if not split:
         yield
         return
-    names = frozenset(n.strip().casefold() for n in str(split).split(",") if n.strip())
+    names = split_names(split)
     if not names:
         raise PolymodalError(f"{flag} {split!r} names no split; pass a name such as test, or several joined by commas")
     _SPLITS.append(entry := [names, 0, flag, str(split)])

@@ -479,8 +479,8 @@ def _captions(files: dict, meta: dict) -> list[str]:
         if ext in files:
             return [c for c in (clean_caption(line) for line in files[ext][1].decode("utf-8-sig").splitlines()) if c]
     for name in ("caption", "text"):
-        if isinstance(meta.get(name), str) and clean_caption(meta[name]):
-            return [clean_caption(meta[name])]
+        if isinstance(meta.get(name), str) and (caption := clean_caption(meta[name])):
+            return [caption]
     return []
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from polymodal.data.images import ImageTransform
+from polymodal.cpus import usable_cpus
 from polymodal.data.tokenizer import FastTokenizer, warn_once_if_cut
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import as_pixels
@@ -86,15 +87,6 @@ def removed_line(report: dict) -> list[str]:
     return [f"Deleted after choosing, not served: {', '.join(gone)} (`--keep-unserved` {keeps}).", ""]
 
 
-def _allowed_cores() -> int | None:
-    """The CPUs this process may use when fewer than the machine has (taskset, a container's cpuset or CPU quota):
-    onnxruntime sizes its default pool by the machine's cores and would start more threads than can run. None: its
-    default."""
-    from polymodal.cpus import usable_cpus
-
-    return usable_cpus()
-
-
 def onnx_session(path: Path, threads: int | None = None, inputs: set[str] | None = None):
     """An onnxruntime session of one graph of an export; a missing or damaged file, or a graph without the
     ``inputs`` expected of it, is one clear error that says to export again."""
@@ -112,7 +104,9 @@ def onnx_session(path: Path, threads: int | None = None, inputs: set[str] | None
     # idle intra-op threads sleep instead of spinning: in a server the spinning starves the request threads
     # (benchmarks/serve_load.py)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    threads = threads or _allowed_cores()
+    # onnxruntime sizes its default pool by the machine's cores: under taskset, a cpuset or a CPU quota it would
+    # start more threads than can run (None: fewer cannot be, its default is right)
+    threads = threads or usable_cpus()
     if threads:
         opts.intra_op_num_threads = threads
     try:
