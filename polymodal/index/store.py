@@ -259,8 +259,10 @@ class ImageIndex(SearchByModel):
                     reuse = dict(_select_in(con, "sha256, vector", "id", drop + [old for _, old, _ in todo if old]))
                     _delete(con, index, drop)
                     done.total = len(todo)
+                    stale: list[int] = []  # FAISS ids of changed files' old rows, removed in one pass per commit
                     self._embed_all(con, index, meta, model, todo, report, batch_size, progress, commit_every_s, done,
-                                    reuse)
+                                    reuse, stale)
+                    _remove_vectors(index, stale)
                     # a changed file's old row left in _embed_batch even when its new one failed to embed
                     changed = bool(drop or report.added or any(old is not None for _, old, _ in todo))
                     state = _touch(con, meta, bump=changed)
@@ -327,32 +329,39 @@ class ImageIndex(SearchByModel):
         return rows
 
     def _embed_all(self, con, index, meta: dict, model, todo, report: UpdateReport, batch_size: int,
-                   progress: bool, commit_every_s: float | None, done: _Done, reuse: dict[str, bytes]) -> None:
+                   progress: bool, commit_every_s: float | None, done: _Done, reuse: dict[str, bytes],
+                   stale: list[int]) -> None:
         # Rows go into the open transaction batch by batch, so memory stays flat; it is committed (and a new one
         # begun) every commit_every_s seconds, and the caller commits the rest. Readers see only commits.
+        # FAISS removes by compacting the whole index, so the old vectors of changed files leave once per commit
+        # (`stale`), not once per batch: per batch, re-embedding every file of a large folder was quadratic.
         last_commit = time.monotonic()
         with progress_bar(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
-                self._embed_batch(con, index, model, batch, report, reuse)
+                self._embed_batch(con, index, model, batch, report, reuse, stale)
                 bar.update(len(batch))
                 finished = start + len(batch)
                 due = commit_every_s is not None and time.monotonic() - last_commit >= commit_every_s
                 if due and finished < len(todo):  # the last batch goes in the caller's commit
+                    _remove_vectors(index, stale)
                     _touch(con, meta, bump=True)
                     con.execute("COMMIT")
                     done.saved = finished
                     con.execute("BEGIN IMMEDIATE")
                     last_commit = time.monotonic()
 
-    def _embed_batch(self, con, index, model, batch, report: UpdateReport, reuse: dict[str, bytes]) -> None:
+    def _embed_batch(self, con, index, model, batch, report: UpdateReport, reuse: dict[str, bytes],
+                     stale: list[int]) -> None:
         """Embed one batch into the open transaction: new rows in, the old rows of changed files out (in the same
         commit, whatever happens to the new one), files that fail to decode remembered. A file whose bytes the index
         holds (a copy; a photo renamed or its folder moved: `reuse`, the dropped rows) takes that vector, read and
         hashed but not decoded again."""
         # size/mtime come from the scan, taken before hashing: if the file changes meanwhile, the next update
         # sees a newer mtime and looks again.
-        _delete(con, index, [old for _, old, _ in batch if old is not None])
+        old_ids = [old for _, old, _ in batch if old is not None]
+        _delete_rows(con, old_ids)
+        stale += old_ids  # their vectors leave FAISS before the commit (ids are never reused: AUTOINCREMENT)
         ready = []
         for f, old, digest in batch:
             try:
@@ -744,9 +753,19 @@ def _rows_under(con: sqlite3.Connection, root: Path, table: str = "images",
 
 
 def _delete(con: sqlite3.Connection, index, ids: Sequence[int]) -> None:
+    _delete_rows(con, ids)
+    _remove_vectors(index, list(ids))
+
+
+def _delete_rows(con: sqlite3.Connection, ids: Sequence[int]) -> None:
+    con.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])
+
+
+def _remove_vectors(index, ids: list[int]) -> None:
+    """Remove these ids' vectors from the FAISS index and empty the list."""
     if ids:
-        con.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])
         index.remove_ids(np.asarray(ids, dtype=np.int64))
+        ids.clear()
 
 
 def _touch(con: sqlite3.Connection, meta: dict, bump: bool) -> tuple:
