@@ -82,6 +82,7 @@ def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (), paths: Seque
     rows by ``document_rows`` (None: not a kind it knows; a PolymodalError in its list: a row it could not make),
     else it is an error ending with ``fix``."""
     splits: Counter = Counter()
+    unmarked = 0  # rows with no "split" name: --split leaves them out, and says how many
     wanted = _SPLITS[-1][0] if _SPLITS else None  # casefolded split names, or None: every row
     with utf8_text(path) as f:
         head = f.read(1)
@@ -117,6 +118,8 @@ def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (), paths: Seque
                 continue
             if isinstance(item.get("split"), str):
                 splits[item["split"]] += 1
+            else:
+                unmarked += 1
             if wanted is not None and str(item.get("split", "")).casefold() not in wanted:
                 continue  # another split: left out, neither read nor skipped
             broken = next((why for key in (*texts, *paths)
@@ -128,7 +131,7 @@ def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (), paths: Seque
     if wanted is None:
         _warn_of_mixed_splits(path, splits, None if document is not None else head == "[")
     else:
-        _check_split(path, splits, wanted)
+        _check_split(path, splits, wanted, unmarked)
 
 
 def _whole_object(path: Path, f, fix: str) -> Any:
@@ -159,17 +162,22 @@ def _whole_object(path: Path, f, fix: str) -> Any:
         f.seek(0)
 
 
-def _check_split(path: Path, splits: Counter, wanted: frozenset) -> None:
+def _check_split(path: Path, splits: Counter, wanted: frozenset, unmarked: int) -> None:
     _SPLITS[-1][1] += 1  # a JSON file was read under --split
     flag, named = _SPLITS[-1][2], _SPLITS[-1][3]
     kept = sum(n for name, n in splits.items() if name.casefold() in wanted)
+    no_field = f'{unmarked:,} {"row" if unmarked == 1 else "rows"} with no "split" field'
     if not kept:
         if not splits:
             raise PolymodalError(f'{path} has no rows of split {named!r}: its rows carry no "split" field; leave '
                                  f"{flag} out to read every row")
         carried = "its rows carry " + ", ".join(f"{name} {n:,}" for name, n in splits.most_common())
-        raise PolymodalError(f"{path} has no rows of split {named!r}: {carried}; pass one of those to {flag} "
-                             "(several joined by commas), or leave it out to read every row")
+        raise PolymodalError(f"{path} has no rows of split {named!r}: {carried}{', and ' + no_field if unmarked else ''}"
+                             f"; pass one of those to {flag} (several joined by commas), or leave it out to read every "
+                             "row")
+    if unmarked:  # likely rows the user meant to keep: a warning, where other splits left out are only INFO
+        log.warning("%s: left out %s (%s keeps only rows marked %r); give them one, or leave %s out", path,
+                    no_field, flag, named, flag)
     if len(splits) > 1:
         log.info("%s: read the %s rows of split %r, left out %s", path, f"{kept:,}", named,
                  ", ".join(f"{name} {n:,}" for name, n in splits.most_common() if name.casefold() not in wanted))
