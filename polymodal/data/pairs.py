@@ -260,8 +260,14 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
     pairs, skipped = [], []
     check = _ImageCheck(path.parent)
     with utf8_text(path, newline="") as f:
-        header = f.readline()
-        f.seek(0)
+        blank = 0  # blank lines above the header: csv takes the first line as the header, and a blank one named
+        while True:  # no column (the file was called empty); rows keep their line numbers in the file
+            start = f.tell()
+            header = f.readline()
+            if header.strip() or not header:
+                break
+            blank += 1
+        f.seek(start)
         delimiter = "\t" if "\t" in header or path.suffix.lower() == ".tsv" else ","
         reader = csv.DictReader(f, delimiter=delimiter)
         columns = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
@@ -276,8 +282,9 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
                 f"and a caption column ({', '.join(CAPTION_COLUMNS)})"
             )
         for row in reader:
-            where = f"{path}:{reader.line_num}"
-            joined = _lines_run_together(row, reader.line_num)
+            line = reader.line_num + blank
+            where = f"{path}:{line}"
+            joined = _lines_run_together(row, line, delimiter)
             if joined:
                 first, last = joined
                 why = (f"a quoted field runs over lines {first}-{last} (an unclosed \" quote?), so their "
@@ -295,11 +302,14 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
     return pairs, skipped
 
 
-def _lines_run_together(row: dict, end: int) -> tuple[int, int] | None:
-    """(first, last) line of the row when a cell holds a line break, else None. Captions are one line: a break means a
-    quote left open, which makes csv read every following row into this one (up to the next quote, or to the end of
-    the file)."""
+def _lines_run_together(row: dict, end: int, delimiter: str = ",") -> tuple[int, int] | None:
+    """(first, last) line of the row when a cell holds a line break followed by a line with the delimiter, else None.
+    Such a break means a quote left open, which makes csv read every following row into this one (up to the next
+    quote, or to the end of the file). A quoted caption whose later lines hold no delimiter is one caption written
+    over lines (valid CSV: Excel and pandas write a cell's line breaks so): it is read, its breaks made spaces."""
     cells = [v for value in row.values() for v in (value if isinstance(value, list) else [value])]
+    if not any(delimiter in v.split("\n", 1)[1] for v in cells if isinstance(v, str) and "\n" in v):
+        return None  # no swallowed row: every row of the file has the delimiter between its image and its caption
     # the swallowed cell's own last break ends the row; blank lines after it at EOF are lines csv read too
     breaks = sum(v.count("\n") - v.endswith("\n") for v in cells if isinstance(v, str))
     return (end - breaks, end) if breaks else None

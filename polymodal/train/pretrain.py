@@ -47,6 +47,7 @@ from polymodal.cache import cache_key
 from polymodal.data.images import draft_size_of
 from polymodal.data.jsonl import only_splits
 from polymodal.data.pairs import PairSet, held_out_images, open_pair_image, read_pair_sources
+from polymodal.data.tokenizer import overflowed, warn_once_if_cut
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import (
     FusionEncoder, FusionEncoderConfig, continued_folder, load_fusion_encoder,
@@ -233,7 +234,15 @@ def region_masks(rows: int, cells: int, rate: float, rng: np.random.Generator) -
 def tokenize_captions(model: FusionEncoder, captions: Sequence[str]) -> list[list[int]]:
     """Word-piece ids with [CLS]/[SEP], truncated to the model's max_question_tokens (what text_cache_input sees)."""
     tok = model.text_tower.tokenizer
-    return tok(list(captions), truncation=True, max_length=model.config.max_question_tokens)["input_ids"]
+    limit = model.config.max_question_tokens
+    batch = tok(list(captions), truncation=True, max_length=limit)
+    ids = batch["input_ids"]
+    # said once per model, as the towers say it: cut silently, a long caption trained ITM and MLM on its first words
+    longest = max(map(len, ids), default=0)
+    mask = np.array([[1] * len(row) + [0] * (longest - len(row)) for row in ids]).reshape(len(ids), longest)
+    warn_once_if_cut(model, mask, limit, "fusion encoder",
+                     overflowed(getattr(batch, "encodings", None)))
+    return ids
 
 
 @torch.inference_mode()
