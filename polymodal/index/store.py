@@ -95,6 +95,20 @@ def _file_paths(paths, method: str) -> list:
     return paths
 
 
+def _row_ids(ids) -> list[int]:
+    """remove_ids()'s argument: one id or an iterable of them -> a list of ints. Anything but whole numbers is refused:
+    int() read "12" digit by digit as rows 1 and 2, and cut 3.9 down to row 3, removing rows no one named."""
+    if isinstance(ids, numbers.Integral) and not isinstance(ids, bool):
+        ids = [ids]
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise PolymodalError(f"remove_ids() takes integer row ids (a hit's .id), got {type(ids).__name__} {ids!r:.40}")
+    ids = list(ids)
+    for i in ids:  # numpy integers pass (numbers.Integral); bools, floats and digit strings do not
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise PolymodalError(f"remove_ids() takes integer row ids (a hit's .id), got {type(i).__name__} {i!r:.40}")
+    return [int(i) for i in ids]
+
+
 class IndexModelMismatch(PolymodalError):
     """The index was built with another model than the one at hand."""
 
@@ -178,8 +192,9 @@ class ImageIndex(SearchByModel):
                commit_every_s: float | None = COMMIT_EVERY_S, scanned: tuple | None = None) -> UpdateReport:
         """Make the index match the images under `folder`: embed new and changed files, drop deleted ones.
 
-        Only rows under `folder` are compared, so one index can hold several folders. Unreadable files are
-        skipped and reported; ones that fail to decode are remembered: not read again until they change. Work is
+        Only rows under `folder` are compared, so one index can hold several folders; hidden files under it, which
+        the scan skips, stay as add() left them. Unreadable files are skipped and reported; ones that fail to decode
+        are remembered: not read again until they change. Work is
         committed every `commit_every_s` seconds, so an error or interrupt keeps what was committed and a re-run
         does the rest (the exception's `index_progress` is (files done and saved, files to do)); None commits once,
         at the end: all or nothing.
@@ -285,12 +300,13 @@ class ImageIndex(SearchByModel):
             raise self._missing()
         return len(self._drop(lambda con: list(_select_in(con, "id, path", "path", targets))))
 
-    def remove_ids(self, ids: Iterable[int]) -> dict[int, str]:
-        """Drop these row ids (search hits' ids) from the index; -> {id: path} of the rows that were there. By id,
-        not path: a stored path no longer names its row once a folder on it became a symlink."""
+    def remove_ids(self, ids: int | Iterable[int]) -> dict[int, str]:
+        """Drop these row ids (one id or several: search hits' ids) from the index; -> {id: path} of the rows that
+        were there. By id, not path: a stored path no longer names its row once a folder on it became a symlink."""
+        ids = _row_ids(ids)
         if not self.sqlite_path.is_file():
             raise self._missing()
-        ids = [i for i in dict.fromkeys(int(i) for i in ids) if -2**63 <= i < 2**63]  # SQLite's integers
+        ids = [i for i in dict.fromkeys(ids) if -2**63 <= i < 2**63]  # SQLite's integers
         return dict(self._drop(lambda con: list(_select_in(con, "id, path", "id", ids))))
 
     def prune(self) -> list[str]:
@@ -749,7 +765,10 @@ def _rows_under(con: sqlite3.Connection, root: Path, table: str = "images",
     columns, row = _COLUMNS[table]
     rows = con.execute(f"SELECT path, {columns} FROM {table} WHERE path >= ? AND path < ?", (prefix, upper))
     skip = tuple(p.rstrip(os.sep) + os.sep for p in except_under)
-    return {path: row(*rest) for path, *rest in rows if not (skip and path.startswith(skip))}
+    # a hidden file or folder under root (".x.jpg", ".thumbs/") is never in the scan: its rows came from add() (a
+    # file named by itself) and are left alone, not taken for deleted files and dropped by every sync of the folder
+    return {path: row(*rest) for path, *rest in rows if not (skip and path.startswith(skip))
+            and not any(part.startswith(".") for part in path[len(prefix):].split(os.sep))}
 
 
 def _delete(con: sqlite3.Connection, index, ids: Sequence[int]) -> None:

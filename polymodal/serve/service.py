@@ -88,13 +88,16 @@ class Service:
                  vqa_model=None, caption_model=None) -> None:
         self.settings = settings or ServeSettings()
         self.index = open_index(db)
-        self.writable = isinstance(self.index, ImageIndex)  # a collection is written by its indexes' pushes
+        self.local = isinstance(self.index, ImageIndex)  # else a collection: ids are point ids, paths its payloads
+        # a collection is written by its indexes' pushes; a local index in a folder this process cannot write (a
+        # read-only mount, another user's index) is searched only: adding to it failed as a 500
+        self.writable = self.local and os.access(self.index.db, os.W_OK)
         require_embedding(model)
         self.index.check_model(model)  # also: a missing index raises here, with the command that builds one
         self.model = model
         self.vqa_model = require_vqa(vqa_model) if vqa_model is not None else model if answers(model) else None
         self.caption_model = require_captioner(caption_model) if caption_model is not None else None
-        self.uploads = self.index.db / UPLOADS if self.writable else None
+        self.uploads = self.index.db / UPLOADS if self.local else None
         self.metrics = Metrics()
         s = self.settings
         self.pixels = preprocesses_outside(model)
@@ -147,7 +150,7 @@ class Service:
         }
 
     def _gone(self) -> ApiError:
-        if not self.writable:
+        if not self.local:
             return ApiError(503, f"{self.index.where()} is gone: it was deleted while serving; push an index to "
                             "it again (polymodal index --db DB --qdrant ...)", {"Retry-After": "30"})
         return ApiError(
@@ -237,7 +240,7 @@ class Service:
         """[Q, D] -> per query [{id, path, score}] (+ host from a collection; call from a worker thread)."""
         with self._serving_index():  # a local index may be rebuilt with another model while serving: checked
             results = self.index.search(vectors, k, model=self.model)
-            digests = self.digests_for([h.id for hits in results for h in hits]) if self.writable else {}
+            digests = self.digests_for([h.id for hits in results for h in hits]) if self.local else {}
         return [[{"id": h.id, "path": h.path, "score": float(h.score), **({"host": h.host} if h.host else {}),
                   "thumb": thumb_ref(h.id, h.path, digests.get(h.id, ""))}
                  for h in hits] for hits in results]
@@ -264,7 +267,7 @@ class Service:
 
     def parse_id(self, text: str) -> int | str:
         """An image id from a URL: an index's integer row id, or a collection's point id (a UUID)."""
-        if self.writable:
+        if self.local:
             if not re.fullmatch(r"-?[0-9]{1,30}", text):
                 raise ApiError(422, f"image id {text[:40]!r} is not a valid integer; ids come from /v1/search")
             if not 0 <= int(text) < 2**63:  # larger ones can't be SQLite ids
@@ -277,7 +280,7 @@ class Service:
 
     def _path_of(self, image_id: int | str) -> tuple[str | None, str]:
         """(path, sha256 of the row; "" for a collection), or (None, "")."""
-        if self.writable:
+        if self.local:
             rows = self._query("SELECT path, sha256 FROM images WHERE id IN ({})", [image_id])
             return rows[0] if rows else (None, "")
         found = self.index.paths_for([image_id]).get(image_id)
@@ -302,7 +305,7 @@ class Service:
                 img.save(out, "JPEG", quality=85)
                 return out.getvalue()
         except FileNotFoundError:
-            again = "re-index its folder" + ("" if self.writable else " and push the index again")
+            again = "re-index its folder" + ("" if self.local else " and push the index again")
             raise ApiError(404, f"image {image_id} is in the index but its file is gone; {again}") from None
         except ApiError:
             raise
@@ -318,6 +321,10 @@ class Service:
             )
 
     def _read_only(self) -> ApiError:
+        if self.local:
+            return ApiError(405, f"this server cannot write its index {self.index.db} (a read-only folder or mount), "
+                            "so it only searches it; add or remove images with `polymodal index` where the index can "
+                            "be written")
         return ApiError(405, f"this server searches {self.index.where()}, which it does not write; add or remove "
                         "images where they are indexed, then push: polymodal index PHOTOS --db DB --qdrant "
                         f"{self.index.location} --collection {self.index.collection}")
