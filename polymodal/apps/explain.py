@@ -27,7 +27,14 @@ def occlusion_heat(model, image: Any, query: np.ndarray, grid: int = 7, window: 
     """Why an embedding model matched ``image`` to ``query`` (a unit vector from encode_text or encode_image), for any
     model with ``transform`` and ``embed_pixels`` (lite, default, CLIP, their ONNX exports): `occlusion_map` of the
     cosine with the query. ``[grid, grid]`` float32, >= 0, largest where it matters."""
+    if isinstance(query, str):  # else numpy's "could not convert string to float"
+        raise PolymodalError("occlusion_heat takes the query's vector, not its text: pass "
+                             "model.encode_text([text])[0] (or model.encode_image([image])[0])")
     q = np.asarray(query, dtype=np.float32).reshape(-1)
+    dim = getattr(model, "dim", None)
+    if dim is not None and q.size != dim:  # several queries, or another model's vector: else a numpy matmul error
+        raise PolymodalError(f"occlusion_heat takes one query vector of {dim} values (this model's), got "
+                             f"{np.shape(query)}; pass one row, e.g. model.encode_text([text])[0]")
     return occlusion_map(model.transform([image]), lambda pixels: model.embed_pixels(pixels) @ q, grid, window, batch)
 
 

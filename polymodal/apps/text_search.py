@@ -138,15 +138,21 @@ def search_texts(model, query_vectors, texts: Sequence[str], k: int = 10,
     in file order (a line written twice is listed twice, with each line number). ``progress``: a bar while the
     texts are embedded the first time."""
     from polymodal.index.store import query_matrix
+    from polymodal.registry import require_embedding
 
+    if not callable(getattr(model, "encode_text", None)):  # a name ("lite") or a VQA model: one error, not an
+        require_embedding(model)  # AttributeError from model.key (a text-only model is fine: it ranks texts)
     k = check_count(k, "k")
     texts = as_texts(texts)
+    lines = list(lines) if lines is not None else list(range(1, len(texts) + 1))
+    if len(lines) != len(texts):  # a short list ended in an IndexError
+        raise PolymodalError(f"got {len(lines)} line numbers for {len(texts)} texts; pass one per text "
+                             "(read_text_lines returns both)")
     q = query_matrix(query_vectors)
     bank, which = _text_bank(model, texts, progress)
     if q.shape[1] != bank.shape[1]:
         raise PolymodalError(f"query vectors have dimension {q.shape[1]}, the texts' {bank.shape[1]} ({model.key}); "
                              f"embed queries with {model.key}")
-    lines = list(lines) if lines is not None else list(range(1, len(texts) + 1))
     # the bank a chunk at a time and the queries a block at a time: a million texts need neither a float32 copy
     # of the whole bank nor a [Q, N] float32 score matrix for many queries
     n = len(bank)

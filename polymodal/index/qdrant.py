@@ -118,6 +118,8 @@ class QdrantCollection(SearchByModel):
         Reads one committed snapshot of the index, so it may run beside `polymodal index` (it pushes what that
         had committed). Idempotent: an interrupted push is finished by running it again."""
         batch_size = check_count(batch_size, "batch_size")
+        if isinstance(index, (str, os.PathLike)):  # push("pics.idx"): the folder, as --db gives it (no AttributeError)
+            index = ImageIndex(index)
         with index._reading() as (con, meta):
             rows = [r[0] for r in con.execute("SELECT id FROM images")]
             origin = {"host": socket.gethostname(), "db": str(index.db)}

@@ -46,6 +46,7 @@ from polymodal.errors import PolymodalError
 from polymodal.index.scan import ImageFile, canonical_path, file_sha256, image_file, scan_images, unlisted_folders
 from polymodal.models.inputs import check_count
 from polymodal.progress import progress_bar
+from polymodal.registry import require_embedding
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +150,15 @@ class SearchByModel:
         if not isinstance(text, str):
             raise PolymodalError(f"search_text takes one query string, got {type(text).__name__}; for several "
                                  "queries use search(model.encode_text(queries), k)")
+        # a name ("lite") or a VQA model: one error, not an AttributeError (from a Qdrant collection, one dressed as
+        # a server error)
+        require_embedding(model)
         self.check_model(model)
         return self.search(model.encode_text([text]), k)[0]
 
     def search_image(self, model, image: Any, k: int = 10) -> list[Hit]:
         """`image`: a path, PIL image or numpy array."""
+        require_embedding(model)
         self.check_model(model)
         return self.search(model.encode_image([image]), k)[0]
 
@@ -199,8 +204,6 @@ class ImageIndex(SearchByModel):
         does the rest (the exception's `index_progress` is (files done and saved, files to do)); None commits once,
         at the end: all or nothing.
         """
-        from polymodal.registry import require_embedding
-
         batch_size = check_count(batch_size, "batch_size")
         _check_interval(commit_every_s)
         require_embedding(model)  # a VQA model (or None) is refused before any index file is made
@@ -227,8 +230,6 @@ class ImageIndex(SearchByModel):
         The index keeps paths, not pixels, so it can notice later changes: save in-memory images as files first.
         Commits as update() does.
         """
-        from polymodal.registry import require_embedding
-
         batch_size = check_count(batch_size, "batch_size")
         _check_interval(commit_every_s)
         require_embedding(model)
