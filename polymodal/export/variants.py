@@ -106,6 +106,12 @@ def failure_reason(exc: BaseException) -> str:
     return f"failed here: {type(exc).__name__}" + (f": {lines[0][:200]}" if lines else "")
 
 
+# the variants' speed-ups are paired timings; a reader dividing two items/s cells got another figure and a doubt
+PAIRED_NOTE = ("x fp32 ORT is timed against fp32 back to back, turn by turn, and the turn least favourable to the variant "
+               "is kept (a speed-up must hold in every turn); the items/s cells come from separate runs, so their "
+               "ratio can differ from it.")
+
+
 def tries_table(tries: list[dict], speed: tuple[str, str], metric: tuple[str, str],
                 extra: tuple[str, str] | None = None) -> list[str]:
     """Markdown rows of the variants an export tried: (key, column title) of its speed, its quality metric and an
@@ -120,4 +126,4 @@ def tries_table(tries: list[dict], speed: tuple[str, str], metric: tuple[str, st
                  t.get(metric[0], ""), t.get("drop_points", ""), *(t.get(key, "") for key, _ in more),
                  t.get("reason", "")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return lines
+    return [*lines, "", PAIRED_NOTE]
