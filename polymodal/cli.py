@@ -15,6 +15,7 @@ from pathlib import Path
 
 from polymodal.cli_options import (add_precision, add_qdrant, add_runtime, index_model_name, load_model,
                                    qdrant_collection, resolve_runtime)
+from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import none_could_be, plural
 from polymodal.registry import require_embedding
@@ -190,7 +191,7 @@ def cmd_search(args) -> int:
     where = f"--texts {args.texts}" if args.texts else "--db DB"  # the examples name what the user searches
     if (args.query is None) == (args.image is None):
         raise PolymodalError(f'pass either a text query or --image FILE, e.g. polymodal search {where} "a dog"')
-    if args.query is not None and not args.query.strip():
+    if args.query is not None and is_blank(args.query):
         raise PolymodalError(f'the text query is empty; pass some words, e.g. polymodal search {where} "a dog"')
     if args.k < 1:
         raise PolymodalError(f"-k must be at least 1, got {args.k}")

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import as_texts, check_count
 
@@ -63,7 +64,7 @@ class PromptCache:
         if not labels:
             raise PolymodalError("no labels given; pass at least one label: --labels cat,dog, or ['cat', 'dog'] "
                                  "in Python")
-        blank = next((i for i, label in enumerate(labels) if not label.strip()), None)
+        blank = next((i for i, label in enumerate(labels) if is_blank(label)), None)
         if blank is not None:  # a blank prompt ("a photo of a .") is near every image and takes the softmax
             raise PolymodalError(f"label {blank} is empty; every label needs some text (drop the blank one a "
                                  "trailing comma or an empty line leaves)")

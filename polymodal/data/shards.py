@@ -24,7 +24,6 @@ import os
 import re
 import tarfile
 import threading
-import unicodedata
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any, Iterable, Iterator
 from polymodal.cache import temp_beside
 from polymodal.data.images import IMAGE_EXTENSIONS, load_image
 from polymodal.data.jsonl import not_unicode
+from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -460,15 +460,12 @@ def _negatives(meta: dict, captions: list[str]) -> list[tuple[str, ...]]:
     return [tuple(n for n in negs if n != c) for c, negs in zip(captions, per_caption)]
 
 
-_INVISIBLE = {"Cc", "Cf", "Zs", "Zl", "Zp"}  # controls, format characters (U+200B, U+2060, U+FEFF) and spaces
-
-
 def clean_caption(text: str) -> str:
     """A caption with its runs of whitespace made one space; "" when nothing in it shows: zero-width characters
     are no whitespace to str.split, but a tokenizer finds no word in them, and a caption of them alone trained a
     captioner to end at once and counted as a reference that no caption matches."""
     text = " ".join(text.split())
-    return text if any(unicodedata.category(c) not in _INVISIBLE for c in text) else ""
+    return "" if is_blank(text) else text
 
 
 def _captions(files: dict, meta: dict) -> list[str]:

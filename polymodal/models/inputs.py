@@ -11,6 +11,7 @@ from contextvars import ContextVar
 from numbers import Integral
 from typing import Any
 
+from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def vqa_rows(images: Any, questions: Any) -> tuple[list, list[str]]:
     images, questions = as_images(images), as_texts(questions, "questions")
     if len(images) != len(questions):
         raise PolymodalError(f"got {len(images)} images but {len(questions)} questions; pass one image per question")
-    blank = next((i for i, q in enumerate(questions) if not q.strip()), None)
+    blank = next((i for i, q in enumerate(questions) if is_blank(q)), None)
     if blank is not None:  # answer() refuses one too: a blank question would get a confident answer to nothing
         raise PolymodalError(f"question {blank} is empty; ask something about its image")
     return images, questions
@@ -100,7 +101,7 @@ def one_question(value: Any, ask: str = "ask something about the image") -> str:
     if not isinstance(value, str):
         raise PolymodalError(f"the question must be one string, got {type(value).__name__}; "
                              "predict() answers many (image, question) rows")
-    if not value.strip():
+    if is_blank(value):
         raise PolymodalError(f"the question is empty; {ask}")
     return value
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 from polymodal.registry import answers, captions, embeds
 from polymodal.serve.limits import (
@@ -415,7 +416,7 @@ def create_app(
             raise ApiError(400, 'send either a text query or one image, e.g. {"text": "a dog on a beach", "k": 10}')
         if len(items) > 1:
             raise ApiError(400, "search takes one image per request")
-        if text is not None and not text.strip():
+        if text is not None and is_blank(text):
             raise ApiError(400, '"text" is blank; send what to look for, e.g. "a dog on a beach"')
         if text is not None:
             vectors = await svc.batcher.texts(check_texts([text], 1, s.max_text_chars, "text"))
@@ -513,7 +514,7 @@ def create_app(
             raise ApiError(400, "vqa takes exactly one image")
         if question is not None and not isinstance(question, str):
             raise ApiError(400, f'"question" must be a string, got {_json_kind(question)}')
-        if question is None or not question.strip():
+        if question is None or is_blank(question):
             raise ApiError(400, 'no question: send "question", e.g. "what colour is the car?"')
         question = check_texts([question], 1, 2000, "question")[0]
         if choices is not None:
@@ -719,7 +720,7 @@ def _text_list(value, field: str, limit: int, max_chars: int = 200) -> list[str]
         raise ApiError(400, f'"{field}" must be a list of strings, e.g. ["{eg[0]}", "{eg[1]}"], or one comma-separated string')
     if not value:
         raise ApiError(400, f"no {field} given; pass at least one {item}, e.g. {eg[0]},{eg[1]}")
-    blank = next((i for i, x in enumerate(value) if not x.strip()), None)
+    blank = next((i for i, x in enumerate(value) if is_blank(x)), None)
     if blank is not None:
         raise ApiError(400, f"{item} {blank} is empty; every {item} needs some text")
     if len(value) > limit:
