@@ -142,7 +142,7 @@ def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0
     grid covers the centre crop the model saw."""
     import io
 
-    out = Path(out)
+    out = Path(out).expanduser()  # as check_heatmap_path checks it: "~/heat.png" made a folder named "~" here
     fmt = check_heatmap_path(out, image)
     for min_side in (OVERLAY_MIN_SIDE, OVERLAY_MIN_SIDE // 2, OVERLAY_MIN_SIDE // 4, 1):
         try:  # a panorama past Pillow's limit with a short side under 4096: the largest draft that fits it

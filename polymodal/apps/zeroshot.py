@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import sys
+import unicodedata
 from collections import OrderedDict
 from typing import Sequence
 
@@ -96,8 +97,9 @@ class PromptCache:
 
 
 def same_label(label: str) -> str:
-    """What two spellings of one label share: case and surrounding spaces do not make another class."""
-    return label.strip().casefold()
+    """What two spellings of one label share: case, surrounding spaces and Unicode form (a composed "é" or "e" plus
+    an accent, as macOS and some editors write it: the same text to the tokenizer) do not make another class."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", label.strip()).casefold())
 
 
 def merged_labels(labels: list[str]) -> list[str]:

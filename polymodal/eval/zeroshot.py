@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from polymodal.apps.zeroshot import same_label
 from polymodal.data.jsonl import existing_file, iter_json_rows, missing_image, report_skipped
 from polymodal.errors import PolymodalError
 from polymodal.registry import require_embedding
@@ -36,7 +37,7 @@ def read_labelled_images(path: str | Path, one_class: bool = False) -> tuple[lis
             skipped.append((where, missing_image(row["image"], path.parent)))
         else:
             image, label = (path.parent / str(row["image"])).resolve(), " ".join(row["label"].split())
-            key = (image, label.casefold())  # "horse " and "horse" are one class
+            key = (image, same_label(label))  # "horse " and "horse" are one class
             if key in repeats:  # a repeated row would count twice in the accuracy
                 skipped.append((where, f"repeats {repeats[key]} (the same image and label)"))
                 continue
@@ -64,10 +65,11 @@ def _warn_of_several_labels(images: list, source) -> None:
 
 
 def spellings(names) -> dict[str, str]:
-    """casefold -> the first of ``names`` spelled that way: names that differ only in case are one class."""
+    """same_label -> the first of ``names`` spelled that way: names that differ only in case (or Unicode form) are
+    one class."""
     first: dict[str, str] = {}
     for name in names:
-        first.setdefault(name.casefold(), name)
+        first.setdefault(same_label(name), name)
     return first
 
 
@@ -76,12 +78,12 @@ def _one_spelling(labels: list[str], source) -> list[str]:
     classes they would compete with each other and lower top-1."""
     counts = Counter(labels)
     spelling = spellings(label for label, _ in counts.most_common())  # most common first; ties keep the file's order
-    merged = sorted({label for label in counts if spelling[label.casefold()] != label})
+    merged = sorted({label for label in counts if spelling[same_label(label)] != label})
     if merged:
-        log.warning("%s: labels differing only in case are one class: %s", source,
-                    "; ".join(f"{m!r} counted as {spelling[m.casefold()]!r}" for m in merged[:3])
+        log.warning("%s: labels differing only in case (or in how an accent is encoded) are one class: %s", source,
+                    "; ".join(f"{m!r} counted as {spelling[same_label(m)]!r}" for m in merged[:3])
                     + (f"; and {len(merged) - 3} more" if len(merged) > 3 else ""))
-    return [spelling[label.casefold()] for label in labels]
+    return [spelling[same_label(label)] for label in labels]
 
 
 def _classes(labels: list[str]) -> list[str]:
@@ -127,8 +129,9 @@ def keep_candidates(images: list, labels: list[str], classes: list[str], source)
     """The rows whose label is one of ``classes`` (in any case), relabelled with the classes' spelling, and how
     many were left out (with a warning naming the first): a label no candidate names could never be ranked."""
     spelling = spellings(classes)
-    kept = [(image, spelling[label.casefold()]) for image, label in zip(images, labels) if label.casefold() in spelling]
-    outside = sorted({label for label in labels if label.casefold() not in spelling})
+    kept = [(image, spelling[same_label(label)]) for image, label in zip(images, labels)
+            if same_label(label) in spelling]
+    outside = sorted({label for label in labels if same_label(label) not in spelling})
     if outside:
         left = len(labels) - len(kept)
         log.warning("%s: skipped %d row%s whose label is not in --classes (first: %r)", source, left,
@@ -164,7 +167,7 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     else:
         spelling = spellings(classes)  # "Cat" is the class "cat", as the CLI reads it: one spelling each, the first
         classes = list(spelling.values())
-        labels = [spelling.get(label.casefold(), label) for label in labels]
+        labels = [spelling.get(same_label(label), label) for label in labels]
         outside = sorted(set(labels) - set(classes))
         if outside:
             raise PolymodalError(f"{len(outside)} label(s) are not among the classes (first: {outside[0]!r}); "
