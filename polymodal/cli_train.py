@@ -166,7 +166,9 @@ def run_recipe(args, settings: dict, data: str, recipe_cls, train) -> int:
     return 0
 
 
-CONTINUED_ARCH_KEYS = {"itm_head"}  # architecture settings that still apply to a model trained further (VQA's ITM head)
+# architecture settings that still apply to a model trained further (VQA's ITM head), and the name: no architecture
+# (recipes/default.json names its arch "default", while the model it trained took its run folder's name)
+CONTINUED_ARCH_KEYS = {"itm_head", "name"}
 
 
 def check_arch_of_continued_model(settings: dict) -> None:

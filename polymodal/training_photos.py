@@ -149,13 +149,15 @@ class TrainingPhotos:
 
     def __init__(self, images, start=None, val_images=(), earlier=None) -> None:
         self._images, self._val, self._hashes = list(images), list(val_images), None
-        self._inherit = [source for source in (start, earlier) if source is not None]
+        # read now, before the run folder is prepared: --overwrite moves the run's RUN/model aside, and --model
+        # may name that very folder (a run retrained in place from its own model)
+        self._inherited = [r for r in map(_recorded, (s for s in (start, earlier) if s is not None)) if r is not None]
 
     def hashes(self) -> tuple[set[str], set[str]]:
         """(training, validation) hashes."""
         if self._hashes is None:
             train, val = photo_hashes(self._images), photo_hashes(self._val)
-            for recorded in filter(None, map(_recorded, self._inherit)):
+            for recorded in self._inherited:
                 train, val = train | recorded[0], val | recorded[1]
             self._hashes = (train, val)
         return self._hashes

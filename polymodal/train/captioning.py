@@ -281,12 +281,13 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     t_cached = time.perf_counter()
     trainer = Trainer(model, {"caption": (CaptionObjective(recipe.label_smoothing), 1.0, loader)}, recipe.train,
                       recipe.out, eval_fn, progress)
-    out = prepare_run_folder(recipe.out, overwrite)
+    out = Path(recipe.out)
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("model",)) | {
         "train_captions": len(pairs), "train_images": len(pairs.images), "validation": validation}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(pairs.images, recipe.model, val.images if eval_fn else (),
                             earlier=out / "model" if resume else None)
+    prepare_run_folder(out, overwrite)  # after what reads --model's folder: --overwrite moves RUN/model aside
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),
                        score_start=recipe.model != "new")

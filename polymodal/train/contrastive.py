@@ -218,14 +218,14 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     objective = ContrastiveObjective(gradcache_chunk=recipe.gradcache_chunk or None, gather=distributed.is_distributed())
     trainer = Trainer(model, {"contrastive": (objective, 1.0, loader)}, recipe.train, recipe.out, eval_fn, progress)
     out = Path(recipe.out)
-    if distributed.is_main():
-        prepare_run_folder(out, overwrite)
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("zeroshot_labels", "model")) | {
         "train_images": len(train_set.images), "val_images": len(val_set.images) if val_set else 0,
         "world_size": distributed.world_size(), "global_batch": batch * distributed.world_size(),
         "validation": validation, "zeroshot_validation": zeroshot_validation}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train_set.images, recipe.model, chose, earlier=out / "model" if resume else None)
+    if distributed.is_main():  # after what reads --model's folder: --overwrite moves RUN/model aside
+        prepare_run_folder(out, overwrite)
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
                        # lite's space: scored as epoch 0, RUN/model stays it unless an epoch ties or beats it

@@ -717,13 +717,14 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
         eval_fn = lambda m: evaluate(m, sets, recipe.objectives)  # noqa: E731
 
     trainer = Trainer(model, loaders, recipe.train, recipe.out, eval_fn, progress)  # refuses an empty epoch
-    out = prepare_run_folder(recipe.out, overwrite)
+    out = Path(recipe.out)
     settings = asdict(recipe) | absolute_paths(recipe, ("pairs", "val_pairs"), ("model", "negatives")) | {
         "train_captions": len(train.pairs), "train_images": len(train.pairs.images),
         "val_captions": len(val.pairs) if val else 0, "validation": validation}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train.pairs.images, recipe.model, val.pairs.images if val is not None else (),
                             earlier=out / "model" if resume else None)
+    prepare_run_folder(out, overwrite)  # after what reads --model's folder: --overwrite moves RUN/model aside
 
     def save_best(m: FusionEncoder) -> None:
         save_without_untrained_itm(lambda model: photos.save(model, out / "model"), m, trainer.epoch)

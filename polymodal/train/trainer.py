@@ -268,8 +268,9 @@ class Trainer:
     def fit(self, resume: bool = False, on_best: Callable | None = None, on_start: Callable | None = None,
             score_start: bool = False) -> dict:
         """Train; returns the record of the best epoch ({} when none improved: a NaN metric, or a resumed older
-        checkpoint). on_best(model) runs whenever validation improves (a tie too: the later, more trained, epoch
-        is kept, though a tie does not hold off early stopping); on_start() once the checkpoint to resume has
+        checkpoint; without eval_fn, the last epoch's). on_best(model) runs whenever validation improves (a tie too:
+        the later, more trained, epoch is kept, though a tie does not hold off early stopping; without eval_fn,
+        after every epoch); on_start() once the checkpoint to resume has
         loaded and before the first step (e.g. to write the run's settings: a refused resume writes nothing).
         score_start (fine-tuning a saved model): validate the model before training as epoch 0, so that it stays
         the best (RUN/model) unless an epoch ties or beats it."""
@@ -304,13 +305,18 @@ class Trainer:
                         record.update(self._check_metric(self.eval_fn(self.model)))
                 logger.write(record)
                 score = record.get(self.cfg.early_stop_metric, -record.get("train_loss", 0.0))
-                if score >= self.best:  # a tie keeps the later, more trained epoch, but is no progress for patience
+                improved = score >= self.best  # a tie keeps the later, more trained epoch, but is no progress for patience
+                if improved:
                     self.bad_epochs = 0 if score > self.best else self.bad_epochs + 1
-                    self.best, self.best_metrics = score, record
-                    if on_best is not None and main:
-                        on_best(self.model)
+                    self.best = score
                 else:
                     self.bad_epochs += 1
+                # without validation nothing chooses an epoch: the trainers keep the last one as RUN/model, so it
+                # is the one reported (the lowest training loss was, beside a model of a later epoch)
+                if improved or self.eval_fn is None:
+                    self.best_metrics = record
+                    if on_best is not None and main:
+                        on_best(self.model)
                 if main:
                     self.save_checkpoint()
                     if not saved and not resume:

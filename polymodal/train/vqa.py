@@ -538,7 +538,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
 
     objective = VQAObjective(recipe.label_smoothing, recipe.itm_weight)
     trainer = Trainer(model, {"vqa": (objective, 1.0, loader)}, recipe.train, recipe.out, eval_fn, progress)
-    out = prepare_run_folder(recipe.out, overwrite)
+    out = Path(recipe.out)
     settings = asdict(recipe) | absolute_paths(recipe, ("qa", "val_qa"), ("model",)) | {
         "train_questions": len(train_rows), "train_images": len(train.images), "val_questions": len(val_rows),
         "images_per_batch": images_per_batch,
@@ -547,6 +547,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train.images, recipe.model, val.images if eval_fn else (),
                             earlier=out / "model" if resume else None)
+    prepare_run_folder(out, overwrite)  # after what reads --model's folder: --overwrite moves RUN/model aside
 
     def save_best(m: FusionEncoder) -> None:
         save_without_untrained_itm(lambda model: photos.save(model, out / "model"), m, trainer.epoch)
