@@ -10,14 +10,19 @@ import pytest
 
 
 def _csv_pairs(gallery, name: str, text: str):
+    """_read_csv of `text` written to a folder of its own beside links to the gallery's photos (the session's
+    gallery stays as other tests count it)."""
+    import tempfile
+    from pathlib import Path
+
     from polymodal.data.pairs import _read_csv
 
-    path = gallery / name
-    path.write_text(text, newline="")
-    try:
+    with tempfile.TemporaryDirectory() as tmp:
+        for photo in gallery.glob("*.jpg"):
+            (Path(tmp) / photo.name).symlink_to(photo)
+        path = Path(tmp) / name
+        path.write_text(text, newline="")
         return _read_csv(path)
-    finally:
-        path.unlink()
 
 
 @pytest.mark.parametrize("end", ["\n", "\r\n"])

@@ -43,7 +43,9 @@ def test_a_hidden_file_added_by_path_is_left_alone_by_a_sync_of_its_folder(galle
     # the scan skips hidden files and folders; a sync took their rows (made by add()) for deleted files and dropped
     # them, though the README says files added by path are "left alone by folder syncs"
     folder = tmp_path / "photos"
-    shutil.copytree(gallery, folder)
+    folder.mkdir()
+    for photo in gallery.glob("*.jpg"):  # the photos only: other tests write data files into the shared gallery
+        shutil.copy(photo, folder)
     first = sorted(folder.iterdir())[0]
     (folder / ".thumbs").mkdir()
     hidden = [folder / ".kept.jpg", folder / ".thumbs" / "kept.jpg"]
@@ -52,9 +54,10 @@ def test_a_hidden_file_added_by_path_is_left_alone_by_a_sync_of_its_folder(galle
     index = ImageIndex(tmp_path / "db")
     index.add(hidden, lite, progress=False)
     report = index.update(folder, lite, progress=False)
-    assert report.removed == 0
+    assert report.removed == 0 and report.added > 0
+    visible = report.added
     report = index.update(folder, lite, progress=False)  # a second sync too
-    assert report.removed == 0 and report.unchanged == len(list(gallery.iterdir()))
+    assert report.removed == 0 and report.unchanged == visible
     paths = {h.path for h in index.search_text(lite, "a photo", k=100)}
     assert {str(p) for p in hidden} <= paths
     # a deleted one stays too (the sync never sees hidden files), until --prune
