@@ -107,6 +107,11 @@ def check_run_folder(out, resume: bool, overwrite: bool, epochs: int | None = No
                              "start from goes in --model)")
     if resume:
         if not (out / "checkpoint.pt").is_file():
+            if (out / REPLACED_RUN / "checkpoint.pt").is_file():  # an --overwrite killed (SIGKILL) before its epoch 1
+                raise PolymodalError(f"no checkpoint at {out / 'checkpoint.pt'}: an --overwrite of this run was killed "
+                                     "before its first epoch finished, and the run it was replacing is kept in "
+                                     f"{out / REPLACED_RUN}; run the --overwrite command again to replace it, or move "
+                                     f"that folder's files back into {out} (over the new run's) to resume it")
             if any((out / name).exists() for name in RUN_FILES[1:-1]):  # killed (SIGKILL, out of memory) early
                 raise PolymodalError(f"no checkpoint at {out / 'checkpoint.pt'}: the run there has none to continue "
                                      "from (it was killed before its first epoch finished, or the file was deleted); "
