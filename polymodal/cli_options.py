@@ -101,7 +101,7 @@ TRAIN_HELPS = {
     "warmup_steps": "linear warmup steps before the cosine decay; unset: the recipe's own, shortened for a short run",
     "grad_clip": "clip the gradients' global norm to this; 0 = no clipping",
     "seed": "seed of the initial weights, the data order, dropout and the validation split",
-    "patience": "stop after this many epochs without a better validation score; 0 = never",
+    "patience": "stop after this many epochs without a better validation score (training loss when nothing validates); 0 = never",
     "log_every": "write a train row to RUN/metrics.jsonl every N steps",
     "val_fraction": "share of the photos (with all their rows) split off for validation when no validation file is "
                     "given",

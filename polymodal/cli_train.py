@@ -46,8 +46,8 @@ CONTRASTIVE_HELPS = {
                       "N, which it needs; 0 = all N from the start (default: %(recipe_default)s)",
     "warmup_steps": "linear warmup steps before the cosine decay; unset: 50, but at most a tenth of the run "
                     "(default: %(recipe_default)s)",
-    "patience": "stop after this many epochs without a better validation score; 0 = never (default: "
-                "%(recipe_default)s)",
+    "patience": "stop after this many epochs without a better validation score (training loss when nothing "
+                "validates); 0 = never (default: %(recipe_default)s)",
     "gradcache_chunk": "GradCache chunk size: large contrastive batches in little memory; 0 = off (default: "
                        "%(recipe_default)s)",
     "views": "views cached per photo, the centre crop and N-1 augmented ones (each epoch draws one); 1 = the centre "
