@@ -3,6 +3,8 @@ tokenizers apart, and a heat map path that cannot be written is refused before a
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +21,7 @@ TEXTS = ["a cat", "a dog photo", "cat dog"]
 
 @pytest.fixture(scope="module")
 def clip_file(tmp_path_factory):
-    """A tiny OpenAI-layout CLIP file and two tokenizer folders: A (with merges) and B (the same vocabulary, none)."""
+    """A tiny OpenAI-layout CLIP file and two tokenizer folders: A and B (the same files, "cat" and "dog" swapped)."""
     from transformers import CLIPModel
 
     root = tmp_path_factory.mktemp("s41-clip")
@@ -28,7 +30,10 @@ def clip_file(tmp_path_factory):
     torch.save(hf_to_openai(CLIPModel.from_pretrained(hf).state_dict()), root / "ck" / "tiny.pt")
     _write_tokenizer_files(root / "tok-a")
     _write_tokenizer_files(root / "tok-b")
-    (root / "tok-b" / "merges.txt").write_text("#version: 0.2\n")  # "cat" -> c a t: other ids, other vectors
+    # other ids, other vectors (not a merges.txt emptied: that is refused as cut short, s44)
+    vocab = json.loads((root / "tok-b" / "vocab.json").read_text())
+    vocab["cat</w>"], vocab["dog</w>"] = vocab["dog</w>"], vocab["cat</w>"]
+    (root / "tok-b" / "vocab.json").write_text(json.dumps(vocab))
     return root / "ck" / "tiny.pt", root / "tok-a", root / "tok-b"
 
 

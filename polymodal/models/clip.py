@@ -208,11 +208,31 @@ def load_tokenizer(folder: str | Path):
             return AutoTokenizer.from_pretrained(folder, local_files_only=True)
         # bare vocab/merges: no class recorded. The fast class: transformers 4's CLIPTokenizer is the slow one, which
         # `export onnx` cannot save as tokenizer.json (transformers 5's CLIPTokenizer is this class)
-        return CLIPTokenizerFast.from_pretrained(folder, local_files_only=True)
+        tok = CLIPTokenizerFast.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - transformers and tokenizers raise many types for one bad file
         raise PolymodalError(
             f"cannot load the tokenizer in {folder} ({_first_line(exc)}); pass a folder with CLIP tokenizer files"
         ) from exc
+    _check_merges(folder, tok)
+    return tok
+
+
+def _check_merges(folder: Path, tok) -> None:
+    """One error for a BPE tokenizer with fewer merges than its vocabulary has merged tokens (each merge makes one):
+    a merges.txt cut short at a line break (or empty) loads, and splits words into other tokens than the model was
+    trained on: every text embeds wrongly, silently."""
+    try:
+        model = json.loads(tok.backend_tokenizer.to_str())["model"]
+    except (AttributeError, KeyError, TypeError, ValueError):  # not a tokenizers-backed tokenizer: nothing to count
+        return
+    if model.get("type") != "BPE":
+        return
+    suffix, added = model.get("end_of_word_suffix") or "", set(tok.get_added_vocab())
+    merged = sum(1 for t in model.get("vocab", {}) if t not in added and len(t.removesuffix(suffix) if suffix else t) > 1)
+    if len(model.get("merges") or []) < merged:
+        raise PolymodalError(f"the tokenizer in {folder} has {len(model.get('merges') or [])} merges for {merged} "
+                             "merged tokens in its vocabulary: merges.txt (or tokenizer.json) is cut short; copy the "
+                             "tokenizer files again")
 
 
 # -- Hugging Face folder --------------------------------------------------------------------------------------------
@@ -223,9 +243,10 @@ def load_hf_clip(folder: str | Path, tokenizer: str | Path | None = None) -> Cli
     from transformers import CLIPModel
 
     folder = Path(folder).expanduser()
-    _check_hf_config(folder)
+    config = _check_hf_config(folder)
     weights = _hf_weight_files(folder)
     tok = load_tokenizer(tokenizer if tokenizer is not None else folder)
+    _check_eos(folder, config.text_config.eos_token_id, tok)
     from transformers.utils import logging as hf_logging
 
     bar = hf_logging.is_progress_bar_enabled()
@@ -258,6 +279,19 @@ def load_hf_clip(folder: str | Path, tokenizer: str | Path | None = None) -> Cli
     return ClipModel(model, tok, name=folder.resolve().name, version=version, transform=transform)
 
 
+def _check_eos(folder: Path, eos: int | None, tok) -> None:
+    """One error for a config.json whose text eos_token_id is not the tokenizer's end token: CLIPModel pools each
+    text at the first token of that id (2: the legacy argmax, at <|endoftext|> too), which the tokenizer never
+    writes, so every text was pooled at its first token and all texts embedded alike, silently."""
+    if eos != 2 and tok.eos_token_id is not None and eos != tok.eos_token_id:
+        raise PolymodalError(f"{folder / 'config.json'}: text_config.eos_token_id is {eos}, but the tokenizer's end "
+                             f"token {tok.eos_token} has id {tok.eos_token_id}: CLIP pools each text at its first token "
+                             f"{eos}, which the tokenizer does not end texts with (a text without one is pooled at its "
+                             f"first token: all embed alike); set \"eos_token_id\": "
+                             f"{tok.eos_token_id} in config.json's text_config (or pass the tokenizer the model was "
+                             "trained with)")
+
+
 def _hf_arch(config) -> dict:
     """What config.json says that changes the embeddings but not the weights' shapes (so a load with another value
     succeeds): each tower's activation, head count and LayerNorm epsilon."""
@@ -286,7 +320,7 @@ def _fitted(transform: ImageTransform, model) -> ImageTransform:
     return transform
 
 
-def _check_hf_config(folder: Path) -> None:
+def _check_hf_config(folder: Path):
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise PolymodalError(f"{folder} has no config.json; {EXPECTED}")
@@ -306,6 +340,7 @@ def _check_hf_config(folder: Path) -> None:
                              ) from None
     for tower in (config.vision_config, config.text_config):
         check_activation(tower.hidden_act, f"{cfg_path}: ")
+    return config
 
 
 def _hf_weight_files(folder: Path) -> list[Path]:
