@@ -55,9 +55,10 @@ def cmd_vqa(args) -> int:
         raise PolymodalError(f"--choices {args.choices!r} names no answer; pass candidates like --choices yes,no, "
                              "or leave --choices out for an open answer")
     model = _load_vqa_model(args.model, args.runtime)
-    if args.explain and not hasattr(model, "explain"):  # said before answering, not after
-        raise PolymodalError(f"--explain needs a model that draws heat maps (explain(): fusion encoders, their ONNX "
-                             f"exports, yes/no models); {args.model} has no explain(): drop --explain")
+    if args.explain and not (hasattr(model, "explain") and getattr(model, "draws_heat_maps", True)):  # before answering
+        raise PolymodalError(f"--explain needs a model that draws heat maps (explain(): fusion encoders such as "
+                             f"easy-vqa and `polymodal train vqa` models, and their ONNX exports; not coco-yesno, which "
+                             f"scores the whole image); {args.model} has no explain(): drop --explain")
     # the path, not the decoded image: the model reads the file as evaluation and training do (see draft_size_of)
     from polymodal.serve.model_warnings import with_warnings
 

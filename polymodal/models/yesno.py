@@ -261,6 +261,8 @@ class YesNoModel:
         seen = self.check_choices(choices)[0]
         return sorted(((seen[k], scores.get(k, 0.0)) for k in seen), key=lambda kv: -kv[1])
 
+    draws_heat_maps = False  # explain() is only there to say why: the CLI refuses --explain before answering
+
     def explain(self, image: Any, question: str, answer: str | None = None) -> np.ndarray:
         raise PolymodalError(f"{self.name} scores the whole image against the question and has no heat map; "
                              "drop --explain or use a fusion encoder")
