@@ -133,14 +133,18 @@ def _positive_int(value) -> bool:
 _COUNTS = ("hidden", "post_hidden", "heads", "layers", "factors", "max_len", "max_size")
 
 
-def check_options(name: str, options: dict, per_modality: Sequence[str] = ()) -> None:
+def check_options(name: str, options: dict, per_modality: Sequence[str] = (), nullable: Sequence[str] | None = None
+                  ) -> None:
     """The options fusions share, checked before torch meets them. ``per_modality``: the options that may also be
-    one size per modality (tensor fusion's ``hidden``); elsewhere a list reached nn.Linear as a TypeError."""
+    one size per modality (tensor fusion's ``hidden``); elsewhere a list reached nn.Linear as a TypeError.
+    ``nullable``: the size options whose None means the module's default (None: any); another None is refused
+    (max_len=None, a JSON null, reached torch.randn as a TypeError)."""
     from polymodal.models.inputs import check_fraction
 
     for key, value in options.items():
         sizes = value if isinstance(value, (list, tuple)) and key in per_modality else [value]
-        if key in _COUNTS and value is not None and not all(_positive_int(v) for v in sizes):
+        takes_none = value is None and (nullable is None or key in nullable)
+        if key in _COUNTS and not takes_none and not all(_positive_int(v) for v in sizes):
             raise PolymodalError(f"{name} fusion: {key} must be a whole number of at least 1, got {value!r}")
         if key == "dropout":
             check_fraction(value, f"{name} fusion: dropout")
@@ -165,6 +169,9 @@ class FusionModule(nn.Module):
         if init is None:
             return
         signature = inspect.signature(init)
+        # options whose default is None, here or in an ancestor a **kw passes them on to
+        nullable = {p.name for k in cls.__mro__ if issubclass(k, FusionModule) and "__init__" in k.__dict__
+                    for p in inspect.signature(k.__dict__["__init__"]).parameters.values() if p.default is None}
 
         @functools.wraps(init)
         def checked(self, *args, **kwargs):
@@ -179,7 +186,7 @@ class FusionModule(nn.Module):
                     var_kw = signature.parameters[key].kind is inspect.Parameter.VAR_KEYWORD
                     options.update(value if var_kw else {key: value})
                 check_options(self.name, {k: v for k, v in options.items() if k not in ("self", "dims", "out_dim")},
-                              self.per_modality_options)
+                              self.per_modality_options, nullable)
             init(self, *args, **kwargs)
 
         cls.__init__ = checked

@@ -32,6 +32,7 @@ sigmoid(ITM(image, question + " " + candidate)) -- or 0.0 when the model has no 
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -134,12 +135,16 @@ class FusionEncoderConfig:
             raise PolymodalError(f"image_size must be a multiple of 32 (the tower's stride), got {self.image_size}")
         if self.mrm_head not in MRM_TARGETS:
             raise PolymodalError(f"mrm_head must be one of {', '.join(map(repr, MRM_TARGETS))}, got {self.mrm_head!r}")
-        max_len = self.fusion_options.get("max_len") if self.fusion == "single_stream" else None
+        max_len = None
+        if self.fusion == "single_stream":  # its default (512) too: a 768 px grid has 576 cells
+            default = inspect.signature(FUSIONS["single_stream"]).parameters["max_len"].default
+            max_len = self.fusion_options.get("max_len", default)
         longest = max((self.image_size // 32) ** 2, mq)  # image grid cells, question word pieces
         if isinstance(max_len, int) and not isinstance(max_len, bool) and max_len < longest:
             # found here, not at the first training step, after every photo and question was encoded and cached
-            raise PolymodalError(f"single_stream fusion's max_len {max_len} is below the {longest} tokens a modality "
-                                 f"can have ({(self.image_size // 32) ** 2} grid cells at image_size "
+            said = "" if "max_len" in self.fusion_options else " (its default)"
+            raise PolymodalError(f"single_stream fusion's max_len {max_len}{said} is below the {longest} tokens a "
+                                 f"modality can have ({(self.image_size // 32) ** 2} grid cells at image_size "
                                  f"{self.image_size}, max_question_tokens {mq}); pass max_len={longest} or more")
         support = fused_token_modalities(self.fusion, self.fusion_options)
         if self.mlm_head and "text" not in support:
