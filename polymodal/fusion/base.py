@@ -45,6 +45,9 @@ class FusionOutput:
         stream's tokens attending over modality i. Use it for heat maps over image patches or words.
     modality_weights: ``[B, M]`` how much each modality counts per sample (late fusion's decision weights,
         gated fusion's mean gate), else None.
+    decisions: ``[B, M, out_dim]`` each modality's own prediction (late fusion), which ``pooled`` averages with
+        ``modality_weights``; a model keeping fusion decision-level applies its heads to these and averages their
+        outputs (see ``decision_level``), else None.
     """
 
     pooled: Tensor
@@ -52,6 +55,16 @@ class FusionOutput:
     mask: Tensor | None = None
     attention: tuple[Tensor | None, ...] | None = None
     modality_weights: Tensor | None = None
+    decisions: Tensor | None = None
+
+
+def decision_level(head, out: "FusionOutput") -> Tensor:
+    """``head`` over a fusion's output: over each modality's decision, outputs averaged with the modality weights,
+    when the fusion gives decisions (late fusion); else over ``pooled``. A nonlinear head over the averaged
+    decisions would read them as one additive embedding, learning interactions late fusion by design leaves out."""
+    if out.decisions is None:
+        return head(out.pooled)
+    return (out.modality_weights[..., None] * head(out.decisions)).sum(dim=1)
 
 
 def _padding_mask(m, i: int, fusion: str) -> Tensor:

@@ -71,4 +71,4 @@ class LateFusion(FusionModule):
         w = self.weights().to(preds.dtype)[None, :] * present  # [B, M]
         w = w / w.sum(dim=1, keepdim=True).clamp(min=torch.finfo(w.dtype).tiny)
         pooled = (w[..., None] * preds).sum(dim=1)
-        return FusionOutput(pooled=pooled, modality_weights=w)
+        return FusionOutput(pooled=pooled, modality_weights=w, decisions=preds)

@@ -47,6 +47,7 @@ from polymodal.data.answers import check_row_choices, checked_choices, choice_in
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
 from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, build_fusion
+from polymodal.fusion.base import decision_level
 from polymodal.models.beam_search import MAX_TOKENS
 from polymodal.models.inputs import as_images, as_texts, check_count, check_fraction, one_question, vqa_rows
 from polymodal.models.modes import check_float32, in_eval_mode
@@ -95,6 +96,9 @@ class FusionEncoderConfig:
     pixel_patches: bool = False  # add a linear embedding of each grid cell's raw pixels (exact colour)
     image_size: int = 224  # resize (short side) and centre crop; 224 -> a 7x7 grid
     max_question_tokens: int = 32
+    # late fusion: the VQA and ITM heads read each modality's decision and their outputs are averaged (decision
+    # level); False, as models saved before it load: the heads read the averaged decision (additive fusion)
+    decision_heads: bool = True
 
     @classmethod
     def from_dict(cls, d: dict) -> "FusionEncoderConfig":
@@ -393,7 +397,7 @@ class FusionEncoder(nn.Module):
         if self.vqa_head is None:
             raise PolymodalError("this fusion encoder has no VQA head (it was only pretrained); fine-tune one with "
                                  "`polymodal train vqa --model FOLDER --qa ...`")
-        return self.vqa_head(self.fuse(images, states, mask, row_image).pooled)
+        return self._head(self.vqa_head, self.fuse(images, states, mask, row_image))
 
     def mlm_logits(self, images: Tensor, states: Tensor, mask: Tensor, positions: Tensor,
                    row_image: Tensor | None = None) -> Tensor:
@@ -434,7 +438,10 @@ class FusionEncoder(nn.Module):
         """-> ``[R]`` image-text match logits (needs ``itm_head``)."""
         if self.itm is None:
             raise PolymodalError("this fusion encoder has no ITM head; train it with itm_head: true")
-        return self.itm(self.fuse(images, states, mask, row_image).pooled)[:, 0]
+        return self._head(self.itm, self.fuse(images, states, mask, row_image))[:, 0]
+
+    def _head(self, head: nn.Module, out: FusionOutput) -> Tensor:
+        return decision_level(head, out) if self.config.decision_heads else head(out.pooled)
 
     def forward(self, images: Tensor, states: Tensor, mask: Tensor, row_image: Tensor | None = None) -> Tensor:
         return self.vqa_logits(images, states, mask, row_image)
@@ -633,11 +640,11 @@ class FusionEncoder(nn.Module):
         else:
             with torch.enable_grad():
                 img = self.image_tokens(image_inputs).detach().requires_grad_(True)
-                pooled = self.fuse_tokens(img, self.text_tokens(states), mask).pooled
+                fused = self.fuse_tokens(img, self.text_tokens(states), mask)
                 if by_itm:
-                    target = self.itm(pooled)[0, 0]
+                    target = self._head(self.itm, fused)[0, 0]
                 else:
-                    logits = self.vqa_head(pooled)[0]
+                    logits = self._head(self.vqa_head, fused)[0]
                     target = logits[logits.argmax() if key is None else self.answer_index[key]]
                 (grad,) = torch.autograd.grad(target, img)
             heat = (grad * img.detach())[0].sum(-1).abs()  # |gradient x input| per token
@@ -717,6 +724,7 @@ def load_fusion_encoder(folder: str | Path) -> FusionEncoder:
     raw = read_folder_config(folder, "`polymodal train vqa`")
     if raw.get("type") != "fusion_encoder":
         raise PolymodalError(f"{folder} holds a {raw.get('type', 'unknown')!r} model, not a fusion encoder")
+    raw = {"decision_heads": False, **raw}  # saved before the setting: its heads read the averaged decision
     model = FusionEncoder(settings_from(folder, raw, FusionEncoderConfig))
     from polymodal.models.dual_encoder import load_trained_weights
 
