@@ -30,7 +30,7 @@ PAGE = r"""<!doctype html>
   button.primary { background: var(--accent); border-color: var(--accent); color: #fff; }
   #drop { margin-top: 12px; border: 2px dashed var(--line); border-radius: 10px; padding: 18px; text-align: center; color: var(--muted); background: #fff; }
   #drop.over { border-color: var(--accent); color: var(--accent); }
-  #drop label { color: var(--accent); cursor: pointer; text-decoration: underline; }
+  #drop button.link { padding: 0; border: 0; background: none; color: var(--accent); text-decoration: underline; }
   #status { min-height: 22px; margin: 12px 0 4px; color: var(--muted); }
   #add-status { margin-top: 10px; color: var(--muted); }
   #status.error, #add-status.error { color: #b42318; }
@@ -63,7 +63,8 @@ PAGE = r"""<!doctype html>
     <select id="k" aria-label="number of results"><option>10</option><option selected>20</option><option>50</option><option>100</option></select>
     <button id="search-btn" class="primary" type="submit">Search</button>
   </form>
-  <div id="drop">Drop an image here to find similar ones, or <label for="file">choose a file</label>
+  <!-- a button, not a label for the hidden input: a label takes no keyboard focus, so no Tab reached it -->
+  <div id="drop">Drop an image here to find similar ones, or <button id="choose" class="link" type="button">choose a file</button>
     <input id="file" type="file" accept="image/*" hidden></div>
 
   <div id="status" role="status"></div>
@@ -119,7 +120,10 @@ const ROOT_PATH = __ROOT_PATH__;  // where a reverse proxy mounts the service (s
 async function api(path, options) {
   const opts = Object.assign({}, options || {});
   opts.headers = headers(opts.headers);
-  const res = await fetch(ROOT_PATH + path, opts);
+  let res;
+  try { res = await fetch(ROOT_PATH + path, opts); } catch (e) {  // the browser's own words: "Failed to fetch"
+    throw new Error("cannot reach the server (" + e.message + "); is polymodal serve still running?");
+  }
   let body = null;
   try { body = await res.json(); } catch (e) { body = null; }
   if (res.status === 401) { $("keybox").hidden = false; }
@@ -200,7 +204,12 @@ $("search-form").addEventListener("submit", (ev) => {
   const text = $("q").value.trim();
   if (text) searchText(text); else status("type what you are looking for", true);
 });
-$("file").addEventListener("change", () => { if ($("file").files[0]) searchImage($("file").files[0]); });
+$("choose").addEventListener("click", () => $("file").click());
+$("file").addEventListener("change", () => {
+  const file = $("file").files[0];
+  $("file").value = "";  // else choosing the same photo again fires no change event: the search did nothing
+  if (file) searchImage(file);
+});
 const drop = $("drop");
 ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (ev) => { ev.preventDefault(); drop.classList.add("over"); }));
 ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (ev) => { ev.preventDefault(); drop.classList.remove("over"); }));
@@ -252,6 +261,14 @@ $("caption-form").addEventListener("submit", async (ev) => {
     if (current()) $("caption-text").textContent = res.results[0].caption;
   } catch (e) { if (current()) $("caption-text").textContent = e.message; }
 });
+function skippedNote(skipped) {
+  // each file named with its own reason: one reason for them all ("... already in the index (id 2)") said every
+  // skipped file was the first one's copy
+  if (!skipped.length) return "";
+  if (skipped.length === 1) return " (1 skipped: " + skipped[0].reason + ")";
+  const named = skipped.slice(0, 3).map((s) => s.upload + ": " + s.reason);
+  return " (" + skipped.length + " skipped: " + named.join("; ") + (skipped.length > 3 ? "; …" : "") + ")";
+}
 $("add-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const files = $("add-files").files;
@@ -261,8 +278,8 @@ $("add-form").addEventListener("submit", async (ev) => {
   status("adding " + files.length + " images…", false, "add-status");
   try {
     const res = await api("/v1/index", { method: "POST", body: form });
-    const held = res.skipped.length ? " (" + res.skipped.length + " skipped: " + res.skipped[0].reason + ")" : "";
-    status("added " + res.added.length + " images" + held + "; the index holds " + res.count, false, "add-status");
+    status("added " + res.added.length + " images" + skippedNote(res.skipped) + "; the index holds " + res.count, false,
+           "add-status");
     loadInfo();
   } catch (e) { status(e.message, true, "add-status"); }
 });
