@@ -278,7 +278,7 @@ $("add-form").addEventListener("submit", async (ev) => {
   status("adding " + files.length + " images…", false, "add-status");
   try {
     const res = await api("/v1/index", { method: "POST", body: form });
-    status("added " + res.added.length + " images" + skippedNote(res.skipped) + "; the index holds " + res.count, false,
+    status("added " + res.added.length + (res.added.length === 1 ? " image" : " images") + skippedNote(res.skipped) + "; the index holds " + res.count, false,
            "add-status");
     loadInfo();
   } catch (e) { status(e.message, true, "add-status"); }
