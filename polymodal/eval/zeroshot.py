@@ -142,12 +142,15 @@ def keep_candidates(images: list, labels: list[str], classes: list[str], source)
 
 
 def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, image_emb: np.ndarray | None = None,
-                      progress: bool = False, details: list | None = None, classes: list[str] | None = None) -> dict:
+                      progress: bool = False, details: list | None = None, classes: list[str] | None = None,
+                      class_emb: np.ndarray | None = None) -> dict:
     """Top-1/top-5 of each image's label among the candidate classes' prompt embeddings: ``classes`` (say, all of
     a dataset's), or else the distinct labels, so that figures on two samples of a dataset compare only when they
     share the classes. ``balanced_top1`` is the mean over the labels present of each one's top-1; ``images``
     counts rows, ``photos`` distinct photos, ``unreadable`` the photos left out. ``details``, a list, gets one
-    dict per scored row: its image, label, the predicted class and the label's rank (1 = top)."""
+    dict per scored row: its image, label, the predicted class and the label's rank (1 = top). ``class_emb``
+    (training's per-epoch score, from tower outputs it keeps): the classes' prompt embeddings, in the order of
+    ``classes`` (or of the sorted distinct labels), instead of model.label_embeddings."""
     require_embedding(model)
     # labels pair with images by position: a string ("dog") would be read as the classes "d", "o", "g", and a list
     # of another length silently dropped labels (or ended in an IndexError)
@@ -175,8 +178,9 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     from polymodal.apps.zeroshot import ZeroShotMixin
 
     # our models show a bar over the prompts; a model of your own needs only label_embeddings(classes, templates)
-    class_emb = (model.label_embeddings(classes, templates, progress=progress) if isinstance(model, ZeroShotMixin)
-                 else model.label_embeddings(classes, templates))
+    if class_emb is None:
+        class_emb = (model.label_embeddings(classes, templates, progress=progress) if isinstance(model, ZeroShotMixin)
+                     else model.label_embeddings(classes, templates))
     if image_emb is None:  # an unreadable image is left out with a warning, not the end of the evaluation
         from polymodal.eval.retrieval import encode_readable
 
