@@ -162,6 +162,10 @@ def create_app(
         rt = settled_runtime(runtime, caption_model)  # --threads too (onnxruntime's option); not --precision
         threads = {"threads": load_options["threads"]} if rt == "onnx" and "threads" in load_options else {}
         caption_model = polymodal.load(caption_model, runtime=rt, **threads)
+    if vqa_model is not None and answers(model) and not embeds(model):  # else "cannot embed images", about --model
+        raise PolymodalError(f"two VQA models: --model {getattr(model, 'name', model)} answers questions (the "
+                             f"index's own model then embeds), and so would --vqa-model "
+                             f"{getattr(vqa_model, 'name', vqa_model)}; pass one of them")
     if vqa_model is None and answers(model) and not embeds(model):
         # an index holds embeddings, which a VQA model cannot make: the index's own model serves it
         model, vqa_model = load(index_model), model

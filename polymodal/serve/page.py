@@ -275,7 +275,7 @@ $("add-form").addEventListener("submit", async (ev) => {
   if (!files.length) { status("choose images to add", true, "add-status"); return; }
   const form = new FormData();
   for (const f of files) form.append("image", f);
-  status("adding " + files.length + " images…", false, "add-status");
+  status("adding " + files.length + (files.length === 1 ? " image…" : " images…"), false, "add-status");
   try {
     const res = await api("/v1/index", { method: "POST", body: form });
     status("added " + res.added.length + (res.added.length === 1 ? " image" : " images") + skippedNote(res.skipped) + "; the index holds " + res.count, false,
