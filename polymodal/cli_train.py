@@ -256,6 +256,9 @@ def with_run_settings(settings: dict, recipe_cls, overwrite: bool = False) -> di
     merged = {k: v for k, v in saved.items() if k in known} | settings
     for section in ("arch", "train"):
         merged[section] = {**saved.get(section, {}), **settings[section]}
+    if "decision_heads" in arch and "decision_heads" not in saved.get("arch", {}):
+        # a run started before late fusion's heads became decision-level resumes as its checkpoint was trained
+        merged["arch"].setdefault("decision_heads", False)
     return merged
 
 

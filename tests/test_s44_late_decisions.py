@@ -100,3 +100,25 @@ def test_the_onnx_export_of_a_decision_level_model_matches_pytorch(tmp_path):
     for row in rows[:3]:
         ours, theirs = model.answer(row.image, row.question), onnx.answer(row.image, row.question)
         assert ours["answer"] == theirs["answer"] and abs(ours["score"] - theirs["score"]) < 1e-4
+
+
+def test_a_run_started_before_resumes_with_the_heads_it_trained(gallery, tmp_path):
+    """A late-fusion run whose train_config.json predates decision_heads trained with the head over the averaged
+    decision; --resume rebuilds the model from that file, and with the new default would have put the checkpoint's
+    weights into decision-level heads."""
+    from polymodal import cli
+
+    names = ["cat", "rocket", "coffee", "moon"]
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"image": str(gallery / f"{n}.jpg"), "question": "what is it?", "answer": n})
+                          + "\n" for n in names))
+    out = tmp_path / "run"
+    train = ["train", "vqa", "--qa", str(qa), "--val-qa", str(qa), "--out", str(out), "--fusion", "late", "--dim",
+             "16", "--batch-size", "2", "--quiet"]
+    assert cli.main([*train, "--epochs", "1"]) == 0
+    assert json.loads((out / "model" / "config.json").read_text())["decision_heads"] is True
+    config = json.loads((out / "train_config.json").read_text())
+    del config["arch"]["decision_heads"]  # as a run started before stop 44 wrote it
+    (out / "train_config.json").write_text(json.dumps(config))
+    assert cli.main([*train, "--epochs", "2", "--resume"]) == 0
+    assert json.loads((out / "model" / "config.json").read_text())["decision_heads"] is False
