@@ -108,8 +108,9 @@ def merged_labels(labels: list[str]) -> list[str]:
     merged = []
     for label in labels:
         first = seen.setdefault(same_label(label), label)
-        if first != label:
-            merged.append(f"{label!r} as {first!r}")
+        if first != label:  # two forms of one text print alike ('café' as 'café'): say which difference it is
+            form = unicodedata.normalize("NFC", label) == unicodedata.normalize("NFC", first)
+            merged.append(f"{label!r} as {first!r}" + (" (the same text, an accent encoded another way)" * form))
     return merged
 
 

@@ -284,7 +284,7 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
         for row in reader:
             line = reader.line_num + blank
             where = f"{path}:{line}"
-            joined = _lines_run_together(row, line, delimiter)
+            joined = _lines_run_together(row, line, delimiter, check.base)
             if joined:
                 first, last = joined
                 why = (f"a quoted field runs over lines {first}-{last} (an unclosed \" quote?), so their "
@@ -302,17 +302,35 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
     return pairs, skipped
 
 
-def _lines_run_together(row: dict, end: int, delimiter: str = ",") -> tuple[int, int] | None:
-    """(first, last) line of the row when a cell holds a line break followed by a line with the delimiter, else None.
-    Such a break means a quote left open, which makes csv read every following row into this one (up to the next
-    quote, or to the end of the file). A quoted caption whose later lines hold no delimiter is one caption written
-    over lines (valid CSV: Excel and pandas write a cell's line breaks so): it is read, its breaks made spaces."""
+def _lines_run_together(row: dict, end: int, delimiter: str = ",", base: Path | None = None
+                        ) -> tuple[int, int] | None:
+    """(first, last) line of the row when a cell holds a line break followed by a line that reads as a row of the
+    file (a field naming an image), else None. Such a break means a quote left open, which makes csv read every
+    following row into this one (up to the next quote, or to the end of the file). A quoted caption whose later lines
+    name no image is one caption written over lines (valid CSV: Excel and pandas write a cell's line breaks so): it is
+    read, its breaks made spaces, a comma on a later line too ("It is sunny, and warm.")."""
     cells = [v for value in row.values() for v in (value if isinstance(value, list) else [value])]
-    if not any(delimiter in v.split("\n", 1)[1] for v in cells if isinstance(v, str) and "\n" in v):
-        return None  # no swallowed row: every row of the file has the delimiter between its image and its caption
+    later = (line for v in cells if isinstance(v, str) for line in v.split("\n")[1:] if delimiter in line)
+    if not any(_names_an_image(line, delimiter, base) for line in later):
+        return None  # no swallowed row: every row of the file names its image
     # the swallowed cell's own last break ends the row; blank lines after it at EOF are lines csv read too
     breaks = sum(v.count("\n") - v.endswith("\n") for v in cells if isinstance(v, str))
     return (end - breaks, end) if breaks else None
+
+
+def _names_an_image(line: str, delimiter: str, base: Path | None) -> bool:
+    """Whether a line inside a quoted cell looks like a row of the file: one of its fields ends in an image extension
+    or names an existing file (an image column without extensions)."""
+    for value in line.split(delimiter):
+        value = value.strip().strip('"').strip()
+        if value.lower().endswith(IMAGE_EXTENSIONS):
+            return True
+        try:
+            if value and base is not None and (base / value).is_file():
+                return True
+        except (OSError, ValueError):  # a name too long, a NUL: caption text, not a path
+            pass
+    return False
 
 
 def _folder_images(root: Path) -> list[Path]:

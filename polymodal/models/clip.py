@@ -204,11 +204,12 @@ def load_tokenizer(folder: str | Path):
             "put those files beside the checkpoint (in Python, load_clip(..., tokenizer=FOLDER) also takes them)"
         )
     try:
-        if (folder / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        # bare vocab/merges: no class recorded. The fast class: transformers 4's CLIPTokenizer is the slow one, which
-        # `export onnx` cannot save as tokenizer.json (transformers 5's CLIPTokenizer is this class)
-        tok = CLIPTokenizerFast.from_pretrained(folder, local_files_only=True)
+        if (folder / "tokenizer_config.json").is_file():  # checked below too: a slow tokenizer's save_pretrained
+            tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)  # writes vocab/merges, no tokenizer.json
+        else:
+            # bare vocab/merges: no class recorded. The fast class: transformers 4's CLIPTokenizer is the slow one,
+            # which `export onnx` cannot save as tokenizer.json (transformers 5's CLIPTokenizer is this class)
+            tok = CLIPTokenizerFast.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - transformers and tokenizers raise many types for one bad file
         raise PolymodalError(
             f"cannot load the tokenizer in {folder} ({_first_line(exc)}); pass a folder with CLIP tokenizer files"
