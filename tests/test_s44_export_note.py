@@ -20,4 +20,6 @@ def test_the_embedding_report_says_it_too():
     report = {"model": "lite", "validation": "sample", "reference_pytorch_fp32": {"t2i_R@5": 1.0, "i2t_R@5": 1.0},
               "pytorch_fp32_items_per_s": {"image": 10, "text": 100}, "served": {"image": "fp32", "text": "fp32"},
               "served_drop_points": 0.0, "tries": [{"tower": "text", "variant": "fp32", "status": "baseline"}]}
+    assert PAIRED_NOTE not in report_table(report)  # no variant tried (--variants ''): nothing paired to explain
+    report["tries"].append({"tower": "text", "variant": "int8_dynamic", "status": "kept", "x_fp32_onnx": 2.49})
     assert report_table(report).rstrip().endswith(PAIRED_NOTE)

@@ -347,4 +347,5 @@ def report_table(report: dict) -> str:
                  r.get("alone_vs_batch_min_cosine", ""), r.get("t2i_R@5", ""),
                  r.get("i2t_R@5", ""), r.get("drop_points", ""), r.get("reason", "")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join([*lines, "", V.PAIRED_NOTE]) + "\n"
+    paired = any("x_fp32_onnx" in r for r in report["tries"])  # a variant was timed against fp32
+    return "\n".join([*lines, *(["", V.PAIRED_NOTE] if paired else [])]) + "\n"
