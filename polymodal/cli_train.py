@@ -184,6 +184,10 @@ def check_arch_of_continued_model(settings: dict) -> None:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return  # not a model folder: the trainer says what --model takes
+    if isinstance(config, dict) and config.get("type") == "fusion_encoder":
+        from polymodal.models.fusion_encoder import as_recorded
+
+        config = as_recorded(config)  # as load_fusion_encoder reads it
     differ = sorted(k for k, v in settings.get("arch", {}).items()
                     if k not in CONTINUED_ARCH_KEYS and k in config and config[k] != v)
     if differ:
@@ -256,9 +260,12 @@ def with_run_settings(settings: dict, recipe_cls, overwrite: bool = False) -> di
     merged = {k: v for k, v in saved.items() if k in known} | settings
     for section in ("arch", "train"):
         merged[section] = {**saved.get(section, {}), **settings[section]}
-    if "decision_heads" in arch and "decision_heads" not in saved.get("arch", {}):
-        # a run started before late fusion's heads became decision-level resumes as its checkpoint was trained
-        merged["arch"].setdefault("decision_heads", False)
+    if "decision_heads" in arch:  # a late-fusion run started before decision_heads resumes as its checkpoint trained
+        from polymodal.models.fusion_encoder import as_recorded
+
+        recorded = as_recorded(saved.get("arch", {}))
+        if "decision_heads" in recorded:
+            merged["arch"].setdefault("decision_heads", recorded["decision_heads"])
     return merged
 
 

@@ -719,13 +719,20 @@ def continued_folder(name: str, task: str) -> Path:
                          f"pass {takes}")
 
 
+def as_recorded(arch: dict) -> dict:
+    """A late-fusion encoder's settings (config.json, a run's recorded arch) from before ``decision_heads`` existed:
+    its heads read the averaged decision, so that is what it loads, resumes and continues as."""
+    if arch.get("fusion") == "late" and "decision_heads" not in arch:
+        return {**arch, "decision_heads": False}
+    return arch
+
+
 def load_fusion_encoder(folder: str | Path) -> FusionEncoder:
     folder = Path(folder)
     raw = read_folder_config(folder, "`polymodal train vqa`")
     if raw.get("type") != "fusion_encoder":
         raise PolymodalError(f"{folder} holds a {raw.get('type', 'unknown')!r} model, not a fusion encoder")
-    raw = {"decision_heads": False, **raw}  # saved before the setting: its heads read the averaged decision
-    model = FusionEncoder(settings_from(folder, raw, FusionEncoderConfig))
+    model = FusionEncoder(settings_from(folder, as_recorded(raw), FusionEncoderConfig))
     from polymodal.models.dual_encoder import load_trained_weights
 
     return load_trained_weights(model, folder, raw)

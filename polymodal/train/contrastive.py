@@ -285,6 +285,11 @@ def _with_zeroshot(eval_fn, images: list, labels: list):
     return run
 
 
+class _TooLargeToKeep(Exception):
+    """The labelled photos' tower outputs pass ZeroShotTowerOutputs.MAX_BYTES (not a PolymodalError: each_or_error
+    would take it for an unreadable photo)."""
+
+
 class ZeroShotTowerOutputs:
     """Zero-shot accuracy after each epoch from the frozen towers' outputs on the labelled photos and the class
     prompts, kept from the first call (in memory, float32: the figures `zeroshot_accuracy` gives, to float
@@ -327,20 +332,26 @@ class ZeroShotTowerOutputs:
     def _keep(self, model, classes: list, templates: tuple) -> None:
         from polymodal.models.inputs import as_pixels, each_or_error, readable_results
 
+        kept = [0]  # bytes so far
+
         def tower(chunk: list) -> list:  # encode_image's pass up to what image_from_cache takes
             with torch.inference_mode():
-                return list(model.image_cache_input(torch.from_numpy(as_pixels(model.transform(chunk)))).float())
+                out = model.image_cache_input(torch.from_numpy(as_pixels(model.transform(chunk)))).float()
+            kept[0] += out.element_size() * out.nelement()
+            if kept[0] > self.MAX_BYTES:  # stop at once: the whole pass, thrown away, cost an epoch's scoring again
+                raise _TooLargeToKeep
+            return list(out)
 
         was = model.training
         model.eval()
         try:
-            results = each_or_error(tower, self.images, 32)
-            rows = readable_results(results, "image")
-            feats = torch.stack([results[i] for i in rows])
-            if feats.element_size() * feats.nelement() > self.MAX_BYTES:
+            try:
+                results = each_or_error(tower, self.images, 32)
+            except _TooLargeToKeep:
                 self.off = True
                 return
-            self.pixels_out = feats, rows
+            rows = readable_results(results, "image")
+            self.pixels_out = torch.stack([results[i] for i in rows]), rows
             prompts = [t.replace("{}", label) for label in classes for t in templates]
             self.prompts_out = torch.from_numpy(np.array(text_features(model, prompts, progress=False), np.float32))
         finally:

@@ -88,6 +88,12 @@ def check_same_run(out: Path, arch, train, ignore: Sequence[str] = (), freeze: S
     saved = recorded_settings(out)
     if saved is None:
         return  # a run from before train_config.json: loading the checkpoint is the check
+    if isinstance(saved, dict) and isinstance(saved.get("arch"), dict):
+        from polymodal.models.fusion_encoder import as_recorded
+
+        # a late run recorded before decision_heads trained its heads on the averaged decision (the CLI's --resume
+        # reads it so; a recipe from Python takes the new default, which loads into the same tensor shapes)
+        saved = {**saved, "arch": as_recorded(saved["arch"])}
     resumed = (*RESUMED_RATES, "seed") if seed_draws_validation else RESUMED_RATES
     changed = _changed(saved, "arch", arch, lambda k: k not in ignore) + _changed(saved, "train", train,
                                                                                 lambda k: k in resumed)
