@@ -3,7 +3,8 @@
     image -> EfficientNet-Lite0 spatial map [B, 1280, g, g] -> g*g grid tokens -> LayerNorm + Linear -> [B, g*g, D]
              (+ learned 2-D position embedding, + optionally a linear embedding of the raw pixel patch of each cell)
     text  -> MiniLM token states [B, L, 384] (attention mask = padding mask) -> LayerNorm + Linear -> [B, L, D]
-    fusion (any of polymodal.fusion, named in the config) -> pooled [B, D]
+    fusion (any of polymodal.fusion, named in the config) -> pooled [B, D] (late fusion: each modality's decision
+             [B, M, D]; with decision_heads the VQA and ITM heads read each and their outputs are averaged)
     heads:  VQA: MLP -> logits over the answer vocabulary (built from the training answers; absent in an encoder
                  that was only pretrained -- `add_vqa_head` adds a fresh one for fine-tuning)
             ITM (optional): Linear -> one logit, "does this text match this image"
@@ -46,7 +47,7 @@ from polymodal.models.folders import folder_type, read_folder_config, settings_f
 from polymodal.data.answers import check_row_choices, checked_choices, choice_index, comparable_answer, unique_choices
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
-from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, build_fusion
+from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, LateFusion, build_fusion
 from polymodal.fusion.base import decision_level
 from polymodal.models.beam_search import MAX_TOKENS
 from polymodal.models.inputs import as_images, as_texts, check_count, check_fraction, one_question, vqa_rows
@@ -721,8 +722,10 @@ def continued_folder(name: str, task: str) -> Path:
 
 def as_recorded(arch: dict) -> dict:
     """A late-fusion encoder's settings (config.json, a run's recorded arch) from before ``decision_heads`` existed:
-    its heads read the averaged decision, so that is what it loads, resumes and continues as."""
-    if arch.get("fusion") == "late" and "decision_heads" not in arch:
+    its heads read the averaged decision, so that is what it loads, resumes and continues as. Late is "late" or a
+    registered subclass of it (a user's own late fusion gives decisions too)."""
+    cls = FUSIONS.get(arch.get("fusion")) if isinstance(arch.get("fusion"), str) else None
+    if cls is not None and issubclass(cls, LateFusion) and "decision_heads" not in arch:
         return {**arch, "decision_heads": False}
     return arch
 
