@@ -34,7 +34,12 @@ def warn_once_if_cut(owner, attention_mask, max_length: int, tower: str, cut: in
         return
     if cut is None:
         cut = int((attention_mask.sum(1) >= max_length).sum())
-    if cut:
+    warn_once_of_cut(owner, cut, max_length, tower)
+
+
+def warn_once_of_cut(owner, cut: int, max_length: int, tower: str) -> None:
+    """warn_once_if_cut's warning, for a caller that counted the ``cut`` texts itself (unpadded id lists)."""
+    if cut and not getattr(owner, "_warned_cut", False):
         owner._warned_cut = True
         log.warning("a text reached the %s's limit of %d tokens and was cut there (%d in this batch): later words "
                     "do not count; shown once per model, later texts may be cut too", tower, max_length, cut)

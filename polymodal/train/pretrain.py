@@ -47,7 +47,7 @@ from polymodal.cache import cache_key
 from polymodal.data.images import draft_size_of
 from polymodal.data.jsonl import only_splits
 from polymodal.data.pairs import PairSet, held_out_images, open_pair_image, read_pair_sources
-from polymodal.data.tokenizer import overflowed, warn_once_if_cut
+from polymodal.data.tokenizer import overflowed, warn_once_of_cut
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import (
     FusionEncoder, FusionEncoderConfig, continued_folder, load_fusion_encoder,
@@ -238,10 +238,10 @@ def tokenize_captions(model: FusionEncoder, captions: Sequence[str]) -> list[lis
     batch = tok(list(captions), truncation=True, max_length=limit)
     ids = batch["input_ids"]
     # said once per model, as the towers say it: cut silently, a long caption trained ITM and MLM on its first words
-    longest = max(map(len, ids), default=0)
-    mask = np.array([[1] * len(row) + [0] * (longest - len(row)) for row in ids]).reshape(len(ids), longest)
-    warn_once_if_cut(model, mask, limit, "fusion encoder",
-                     overflowed(getattr(batch, "encodings", None)))
+    cut = overflowed(getattr(batch, "encodings", None))
+    if cut is None:  # a slow tokenizer says nothing: a caption that fills the limit counts as cut, as for the towers
+        cut = sum(len(row) >= limit for row in ids)
+    warn_once_of_cut(model, cut, limit, "fusion encoder")
     return ids
 
 
