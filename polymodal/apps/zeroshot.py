@@ -81,19 +81,30 @@ class PromptCache:
             self._items.move_to_end(key)
             return self._items[key]
         self.misses += 1
-        prompts = [t.replace("{}", label) for label in labels for t in templates]  # never raises on other braces
+        prompts = class_prompts(labels, templates)
         if progress:  # a dataset's 1,000 classes x 4 templates: half a minute of MiniLM on 2 cores
             from polymodal.eval.retrieval import encode_captions
 
             emb = encode_captions(self._model, prompts, progress=True, desc="class prompts")
         else:
             emb = self._model.encode_text(prompts)
-        emb = emb.reshape(len(labels), len(templates), -1).mean(axis=1)
-        emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
+        emb = averaged_prompts(emb, len(labels), len(templates))
         self._items[key] = emb
         if len(self._items) > self._size:
             self._items.popitem(last=False)
         return emb
+
+
+def class_prompts(labels: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Each label in each template, label by label (what averaged_prompts folds back)."""
+    return [t.replace("{}", label) for label in labels for t in templates]  # never raises on other braces
+
+
+def averaged_prompts(emb: np.ndarray, n_labels: int, n_templates: int) -> np.ndarray:
+    """class_prompts' embeddings [L * T, D] -> one unit vector per label [L, D], the mean of its templates'."""
+    emb = emb.reshape(n_labels, n_templates, -1).mean(axis=1)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
+    return emb
 
 
 def same_label(label: str) -> str:

@@ -11,6 +11,12 @@ from polymodal.apps.zeroshot import ZeroShotMixin
 from polymodal.models.inputs import as_images, as_texts, check_count
 
 
+def length_order(texts) -> np.ndarray:
+    """Indices of ``texts`` shortest first (stable). A batch is padded to its longest text: batches cut in this
+    order run about their own tokens (2,000 Flickr8k captions: 1.03x instead of 1.86x), the same vectors to ~2e-7."""
+    return np.argsort([len(t) for t in texts], kind="stable")
+
+
 class EmbeddingInterface(ZeroShotMixin):
     name: str = "model"
     version: str = "0"
@@ -43,9 +49,7 @@ class EmbeddingInterface(ZeroShotMixin):
             for i in range(0, len(texts), bs):
                 out.append(self.embed_texts(texts[i : i + bs]))
             return np.concatenate(out)
-        # A batch is padded to its longest text: cut in order of length, 2,000 Flickr8k captions run 1.03x their
-        # tokens instead of 1.86x (~1.37x less CPU, torch and onnxruntime alike), the same vectors to ~2e-7
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        order = length_order(texts)  # ~1.37x less CPU on Flickr8k captions, torch and onnxruntime alike
         out = np.empty((len(texts), self.dim), np.float32)
         for i in range(0, len(texts), bs):
             rows = order[i : i + bs]

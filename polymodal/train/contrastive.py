@@ -307,6 +307,7 @@ class ZeroShotTowerOutputs:
     def score(self, model) -> dict | None:
         """{"top1", "top5", ...} as `zeroshot_accuracy(model, images, labels)`, or None where the towers' outputs
         cannot be kept (a text tower that trains)."""
+        from polymodal.apps.zeroshot import averaged_prompts
         from polymodal.eval.zeroshot import TEMPLATES, _classes, zeroshot_accuracy
         from polymodal.models.base import l2_normalize
 
@@ -322,14 +323,14 @@ class ZeroShotTowerOutputs:
             image_emb = torch.cat([l2_normalize(model.image_from_cache(feats[i : i + 32]))
                                    for i in range(0, len(feats), 32)]).numpy()
             prompts = l2_normalize(model.text_from_pooled(self.prompts_out)).numpy()
-        class_emb = prompts.reshape(len(classes), len(TEMPLATES), -1).mean(axis=1)  # as PromptCache averages them
-        class_emb /= np.linalg.norm(class_emb, axis=1, keepdims=True) + 1e-12
+        class_emb = averaged_prompts(prompts, len(classes), len(TEMPLATES))  # as PromptCache averages them
         # the classes of every labelled photo, as zeroshot_accuracy ranks them when some cannot be read
         return zeroshot_accuracy(model, [self.images[i] for i in rows], [self.labels[i] for i in rows],
                                  image_emb=image_emb, class_emb=class_emb,
                                  classes=classes if len(rows) < len(self.labels) else None)
 
     def _keep(self, model, classes: list, templates: tuple) -> None:
+        from polymodal.apps.zeroshot import class_prompts
         from polymodal.models.inputs import as_pixels, each_or_error, readable_results
 
         kept = [0]  # bytes so far
@@ -352,7 +353,7 @@ class ZeroShotTowerOutputs:
                 return
             rows = readable_results(results, "image")
             self.pixels_out = torch.stack([results[i] for i in rows]), rows
-            prompts = [t.replace("{}", label) for label in classes for t in templates]
+            prompts = class_prompts(classes, templates)
             self.prompts_out = torch.from_numpy(np.array(text_features(model, prompts, progress=False), np.float32))
         finally:
             model.train(was)
