@@ -257,15 +257,14 @@ def with_run_settings(settings: dict, recipe_cls, overwrite: bool = False) -> di
         logging.getLogger(__name__).warning(
             "--resume with --split %s; the run's epochs so far trained on %s", settings["split"] or '""',
             f"its rows of split {saved['split']}" if saved.get("split") else "every split of its data")
-    merged = {k: v for k, v in saved.items() if k in known} | settings
-    for section in ("arch", "train"):
-        merged[section] = {**saved.get(section, {}), **settings[section]}
+    recorded = {section: saved.get(section, {}) for section in ("arch", "train")}
     if "decision_heads" in arch:  # a late-fusion run started before decision_heads resumes as its checkpoint trained
         from polymodal.models.fusion_encoder import as_recorded
 
-        recorded = as_recorded(saved.get("arch", {}))
-        if "decision_heads" in recorded:
-            merged["arch"].setdefault("decision_heads", recorded["decision_heads"])
+        recorded["arch"] = as_recorded(recorded["arch"])
+    merged = {k: v for k, v in saved.items() if k in known} | settings
+    for section in ("arch", "train"):
+        merged[section] = {**recorded[section], **settings[section]}
     return merged
 
 

@@ -230,8 +230,9 @@ def _check_merges(folder: Path, tok) -> None:
         return
     suffix, added = model.get("end_of_word_suffix") or "", set(tok.get_added_vocab())
     merged = sum(1 for t in model.get("vocab", {}) if t not in added and len(t.removesuffix(suffix) if suffix else t) > 1)
-    if len(model.get("merges") or []) < merged:
-        raise PolymodalError(f"the tokenizer in {folder} has {len(model.get('merges') or [])} merges for {merged} "
+    merges = len(model.get("merges") or [])
+    if merges < merged:
+        raise PolymodalError(f"the tokenizer in {folder} has {merges} merges for {merged} "
                              "merged tokens in its vocabulary: merges.txt (or tokenizer.json) is cut short; copy the "
                              "tokenizer files again")
 
