@@ -16,6 +16,7 @@ PAGE = r"""<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>polymodal search</title>
+<link rel="icon" href="data:,">  <!-- no icon to fetch: each page load asked for /favicon.ico, a 404 -->
 <style>
   :root { --fg: #1d2330; --muted: #667085; --line: #d0d5dd; --accent: #2f5bea; --bg: #f7f8fa; }
   * { box-sizing: border-box; }
