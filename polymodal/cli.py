@@ -643,6 +643,15 @@ def _quiet_closed_stdout() -> int:
     return 141
 
 
+def _say(text: str) -> None:
+    """One error line on stderr in one write: under torchrun every process prints its error to the same stderr,
+    and print()'s two writes (the text, then the newline) let two processes' lines run together
+    ("... or choose another --outpolymodal: error: ...")."""
+    if sys.stderr is not None:  # (pythonw: none; print() wrote nothing there either)
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
 def main(argv=None) -> int:
     args = before = None
     try:  # from the start: Ctrl-C while the parser's imports load is one line too, not a traceback
@@ -669,11 +678,11 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         return _quiet_closed_stdout()
     except PolymodalError as exc:  # text from the command line or a file name may hold undecodable bytes
-        print(f"polymodal: error: {str(exc).encode('utf-8', 'backslashreplace').decode()}", file=sys.stderr)
+        _say(f"polymodal: error: {str(exc).encode('utf-8', 'backslashreplace').decode()}")
         return 2
     except KeyboardInterrupt as exc:
         word, code = interrupt_status(exc)
-        print(f"polymodal: {word}{_saved_work(exc, args, before)}", file=sys.stderr)
+        _say(f"polymodal: {word}{_saved_work(exc, args, before)}")
         return code
     except RuntimeError as exc:
         distributed = sys.modules.get("polymodal.train.distributed")  # loaded by the commands that run under torchrun
@@ -681,17 +690,16 @@ def main(argv=None) -> int:
             raise
         # under torchrun: another process stopped first (its own error, or killed: torchrun says so); this one's
         # traceback of the collective that lost its peer would only bury that
-        print(f"polymodal: error: process {distributed.rank()} of {distributed.world_size()} stops: another process "
-              f"of this torchrun run stopped first (its error, or torchrun's report of how it ended, says why)"
-              f"{_saved_work(exc, args, before)}",
-              file=sys.stderr)
+        _say(f"polymodal: error: process {distributed.rank()} of {distributed.world_size()} stops: another process "
+             f"of this torchrun run stopped first (its error, or torchrun's report of how it ended, says why)"
+             f"{_saved_work(exc, args, before)}")
         return 2
     except OSError as exc:  # mostly a path that cannot be made or written (its parent is a file, no permission)
         if getattr(args, "verbose", False):
             raise  # the whole story, for a bug report
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
-        print(f"polymodal: error: {exc.strerror or exc}{': ' + where if where else ''} (a file-system error: check "
-              "that path and the free space; -v shows the details)", file=sys.stderr)
+        _say(f"polymodal: error: {exc.strerror or exc}{': ' + where if where else ''} (a file-system error: check "
+             "that path and the free space; -v shows the details)")
         return 2
 
 
