@@ -152,6 +152,22 @@ class TrainingPhotos:
         # read now, before the run folder is prepared: --overwrite moves the run's RUN/model aside, and --model
         # may name that very folder (a run retrained in place from its own model)
         self._inherited = [r for r in map(_recorded, (s for s in (start, earlier) if s is not None)) if r is not None]
+        if start is not None and self._val:
+            self._warn_if_start_learned(start)
+
+    def _warn_if_start_learned(self, start) -> None:
+        """Validation photos the starting model learned from (the built-in captioner learned all of Flickr8k-dev
+        and COCO-mini) score it high before any epoch: its figure is optimistic, and RUN/model may stay that model
+        ("no epoch beat the model training started from") with no reason given. Say so, with the count."""
+        learned = read_training_photos(start)
+        if not learned:
+            return
+        val = photo_hashes(self._val)
+        seen = len(val & learned)
+        if seen:
+            log.warning("%s of the %s validation photos are photos the model training starts from (--model %s) was "
+                        "trained on: its score before training, and so the epoch kept, is optimistic (RUN/model may "
+                        "stay that model); validate on photos it has not seen", f"{seen:,}", f"{len(val):,}", start)
 
     def hashes(self) -> tuple[set[str], set[str]]:
         """(training, validation) hashes."""
