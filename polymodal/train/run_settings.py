@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,23 +16,35 @@ from polymodal.errors import PolymodalError
 
 def recipe_parts(cls, d: dict, label: str = "", train_defaults: dict | None = None,
                  list_keys: Sequence[str] = ()) -> tuple[Any, Any, dict]:
-    """A recipe dict -> (its "arch" entry as given, its TrainConfig, the recipe's other keys). Train settings may sit
-    under "train" or at the top level (flags): defaults < "train" < top level. A key the recipe class does not
-    have is one error listing the known ones; ``list_keys`` given as one string become a one-item list."""
+    """A recipe dict -> (its "arch" entry, its TrainConfig, the recipe's other keys). Train and architecture
+    settings may sit under "train" / "arch" or at the top level (flags): defaults < "train" / "arch" < top level. A
+    key the recipe has nowhere is one error listing the known ones; ``list_keys`` given as one string become a
+    one-item list."""
     from polymodal.train.trainer import TrainConfig
 
     d = dict(d)
     arch = d.pop("arch", {})
-    train_keys = set(TrainConfig.__dataclass_fields__)
+    train_keys, arch_keys = set(TrainConfig.__dataclass_fields__), _arch_keys(cls)
     train = {**(train_defaults or {}), **d.pop("train", {}), **{k: d.pop(k) for k in list(d) if k in train_keys}}
+    flat_arch = {k: d.pop(k) for k in list(d) if k in arch_keys}
+    if flat_arch:  # as the train keys: "arch" < top level
+        if not isinstance(arch, dict):
+            raise PolymodalError(f"give {sorted(flat_arch)} inside arch, beside its other settings")
+        arch = {**arch, **flat_arch}
     unknown = set(d) - set(cls.__dataclass_fields__)
     if unknown:
         raise PolymodalError(f"unknown {label}settings {sorted(unknown)}; known: "
-                             f"{sorted(set(cls.__dataclass_fields__) | train_keys)}")
+                             f"{sorted(set(cls.__dataclass_fields__) | train_keys | arch_keys)}")
     for key in list_keys:
         if isinstance(d.get(key), str):
             d[key] = [d[key]]
     return arch, TrainConfig.from_dict(train), d
+
+
+def _arch_keys(cls) -> set[str]:
+    """The keys of a recipe's architecture settings ("arch"), which may also sit at the recipe's top level."""
+    make = cls.__dataclass_fields__["arch"].default_factory
+    return {f.name for f in fields(make())} - set(cls.__dataclass_fields__)
 
 
 def absolute_source(source: str) -> str:
