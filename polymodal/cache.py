@@ -11,7 +11,7 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from polymodal.errors import PolymodalError
 
@@ -109,6 +109,11 @@ def refuse_special_file(path: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """atomic_write_bytes for content that write(file) streams in: a large file is never held whole in memory."""
     path = Path(path)
     refuse_special_file(path)
     if not path.parent.exists():  # (a file there: the OS's own "Not a directory" below, not "File exists")
@@ -116,7 +121,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -39,15 +39,15 @@ def test_a_writer_is_not_refused_while_a_search_writes_back_its_cache(built, pho
     built.faiss_path.unlink()  # the next search rebuilds the cache from the BLOBs and writes it back
     reader = ImageIndex(built.db)
     writing, release = threading.Event(), threading.Event()
-    real_write = store.atomic_write_bytes
+    real_write = store.atomic_write_with
 
-    def slow_write(path, data):  # the reader's write-back stays in progress until released
+    def slow_write(path, write):  # the reader's write-back stays in progress until released
         if threading.current_thread() is searcher:
             writing.set()
             assert release.wait(10)
-        real_write(path, data)
+        real_write(path, write)
 
-    monkeypatch.setattr(store, "atomic_write_bytes", slow_write)
+    monkeypatch.setattr(store, "atomic_write_with", slow_write)
     searcher = threading.Thread(target=reader.search_text, args=(FakeModel(), "red"))
     searcher.start()
     try:

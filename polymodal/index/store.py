@@ -41,7 +41,7 @@ import faiss
 import numpy as np
 from filelock import FileLock, Timeout
 
-from polymodal.cache import atomic_write_bytes
+from polymodal.cache import atomic_write_with
 from polymodal.errors import PolymodalError
 from polymodal.index.scan import ImageFile, canonical_path, file_sha256, image_file, scan_images, unlisted_folders
 from polymodal.models.inputs import check_count
@@ -514,6 +514,9 @@ class ImageIndex(SearchByModel):
             ) from None
         try:
             with closing(self._connect()) as con:
+                # 16 KiB pages for a new index (no effect on an existing one): a row holds a 2 KiB vector (dim 512),
+                # and 4 KiB pages fit one row each, half empty, so meta.sqlite took twice the vectors' size on disk
+                con.execute("PRAGMA page_size = 16384")
                 # WAL: readers keep searching the last committed state during a long update.
                 con.execute("PRAGMA journal_mode=WAL")
                 yield con
@@ -635,8 +638,10 @@ class ImageIndex(SearchByModel):
         dim = meta["dim"]
         if self.faiss_path.is_file():
             try:
-                # bytes read by Python: faiss.read_index takes no path that is not UTF-8 (a TypeError from SWIG)
-                index = faiss.deserialize_index(np.fromfile(self.faiss_path, dtype=np.uint8))
+                # read by Python: faiss.read_index takes no path that is not UTF-8 (a TypeError from SWIG); streamed,
+                # not np.fromfile + deserialize_index, which held the vectors three times over while opening
+                with open(self.faiss_path, "rb") as f:
+                    index = faiss.read_index(faiss.PyCallbackIOReader(f.read))
                 ids = np.fromiter((r[0] for r in con.execute("SELECT id FROM images ORDER BY id")), dtype=np.int64)
                 if index.d == dim and np.array_equal(np.sort(faiss.vector_to_array(index.id_map)), ids):
                     return index, True
@@ -663,7 +668,12 @@ class ImageIndex(SearchByModel):
             log.warning("could not write %s (%s); it will be rebuilt on next open", self.faiss_path, exc)
 
     def _write_vectors(self, index) -> None:
-        atomic_write_bytes(self.faiss_path, faiss.serialize_index(index))
+        # always under vectors.lock, so any temporary file of ours is a leftover of a save that was killed (kill -9,
+        # power loss): each was up to the size of the vectors, hidden, and never removed
+        for tmp in self.db.glob(f".{self.faiss_path.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        # streamed into the file: serialize_index held two more copies of the vectors in memory while saving
+        atomic_write_with(self.faiss_path, lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
         # mkstemp makes 0600 files; give it meta.sqlite's mode so the same users can read both
         os.chmod(self.faiss_path, stat.S_IMODE(self.sqlite_path.stat().st_mode))
 
