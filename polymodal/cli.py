@@ -96,9 +96,9 @@ def cmd_index(args) -> int:
         if target_collection:
             target_collection.preflight(model)
         try:
-            for f in folders:
-                reports.append(index.update(f, model, progress=not args.json, batch_size=args.batch_size,
-                                            scanned=scans[f]))
+            if folders:  # one sync: a photo moved from one folder to another keeps its vector in either order
+                reports.append(index.update_folders(folders, model, progress=not args.json,
+                                                    batch_size=args.batch_size, scanned=[scans[f] for f in folders]))
             if files:
                 reports.append(index.add(files, model, progress=not args.json, batch_size=args.batch_size))
         except BaseException as exc:  # an interrupt's "N of M saved" counts the paths finished before too

@@ -204,22 +204,39 @@ class ImageIndex(SearchByModel):
         does the rest (the exception's `index_progress` is (files done and saved, files to do)); None commits once,
         at the end: all or nothing.
         """
+        if not isinstance(folder, (str, os.PathLike)):
+            raise PolymodalError(f"update() takes one folder (a path), got {type(folder).__name__}; put the images "
+                                 "in a folder and pass it (one index can hold several folders: update_folders() "
+                                 "syncs several at once)")
+        return self.update_folders([folder], model, progress, batch_size, commit_every_s,
+                                   None if scanned is None else [scanned])
+
+    def update_folders(self, folders: Sequence[str | Path], model, progress: bool = True, batch_size: int = 32,
+                       commit_every_s: float | None = COMMIT_EVERY_S, scanned: Sequence[tuple] | None = None
+                       ) -> UpdateReport:
+        """update() of several folders in one sync: a photo moved from one of them to another keeps its vector,
+        whichever folder comes first (synced one by one, the first could drop its row before the second met it, and
+        it was decoded again). ``scanned``: scan_images() of each folder, made by the caller."""
+        if isinstance(folders, (str, os.PathLike)) or not all(isinstance(f, (str, os.PathLike)) for f in folders):
+            raise PolymodalError("update_folders() takes a list of folders (paths); update() takes one")
         batch_size = check_count(batch_size, "batch_size")
         _check_interval(commit_every_s)
         require_embedding(model)  # a VQA model (or None) is refused before any index file is made
-        if not isinstance(folder, (str, os.PathLike)):
-            raise PolymodalError(f"update() takes one folder (a path), got {type(folder).__name__}; put the images "
-                                 "in a folder and pass it (one index can hold several folders)")
         if self.exists():  # refuse a wrong model before a long scan
             self.check_model(model)
         # scanned: scan_images(folder) made by the caller (the CLI lists each folder before loading the model, to
         # refuse an empty one early): listing it again doubled the stat calls on a slow network share
-        files, skipped = scanned if scanned is not None else scan_images(folder)
-        root = Path(folder).expanduser().resolve()
+        scans = list(scanned) if scanned is not None else [scan_images(f) for f in folders]
+        files = list({f.path: f for found, _ in scans for f in found}.values())  # nested folders: each file once
+        skipped = [s for _, why in scans for s in why]
+        roots = [Path(f).expanduser().resolve() for f in folders]
         report = UpdateReport(skipped=list(skipped))
         unlisted = unlisted_folders(skipped)  # a folder that could not be listed: its rows stay, not "deleted"
-        return self._sync(model, files, report, lambda con, table: _rows_under(con, root, table, unlisted), True,
-                          batch_size, progress, commit_every_s)
+
+        def under_roots(con, table):
+            return {path: row for root in roots for path, row in _rows_under(con, root, table, unlisted).items()}
+
+        return self._sync(model, files, report, under_roots, True, batch_size, progress, commit_every_s)
 
     def add(self, paths: Iterable[str | Path], model, progress: bool = True, batch_size: int = 32,
             commit_every_s: float | None = COMMIT_EVERY_S) -> UpdateReport:
