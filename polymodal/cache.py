@@ -18,12 +18,18 @@ from polymodal.errors import PolymodalError
 log = logging.getLogger(__name__)
 
 
+_RESOLVED: dict[str, Path] = {}
+
+
 def cache_dir() -> Path:
     # An empty XDG_CACHE_HOME counts as unset (XDG spec), not as "" (which would be a relative folder in the cwd).
     root = os.environ.get("POLYMODAL_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "polymodal"
     )
-    path = Path(root)
+    # made absolute once, on first use: a relative POLYMODAL_CACHE=cache then stays the folder it named when the
+    # process started using it (a later os.chdir, e.g. a notebook's %cd, moved it), and `polymodal info` prints
+    # where it is; "~" (a quoted or env-file value the shell did not expand) is the home folder, not a folder "~"
+    path = _RESOLVED.setdefault(root, Path(root).expanduser().absolute())
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a read-only HOME (containers): caches are recomputed (write_cache_bytes says so)

@@ -371,8 +371,9 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         unknown = [a for a in getattr(self, "_argv", ()) if a.startswith("-") and a not in self._option_string_actions]
-        if message.endswith("required: command") and unknown:  # `polymodal -x`: the flag is the mistake, not a
-            message = f"unrecognized arguments: {' '.join(unknown)}"  # missing command
+        # `polymodal -x`, `polymodal train -x`: the flag is the mistake, not a missing command (or task)
+        if self._subparsers is not None and message.startswith("the following arguments are required") and unknown:
+            message = f"unrecognized arguments: {' '.join(unknown)}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def parse_known_args(self, args=None, namespace=None):
@@ -380,7 +381,10 @@ class OneLineParser(argparse.ArgumentParser):
         # the innermost (sub)command parsed finishes first and names itself: an unknown flag is then reported by the
         # top-level parser, which would otherwise point at `polymodal --help` instead of `polymodal classify --help`
         namespace, extras = super().parse_known_args(args, namespace)
-        if not hasattr(namespace, "_command_prog"):
+        # ... unless the unknown flag came before this parser's (sub)command: `polymodal -x search` gave -x to
+        # polymodal, not to search (the flags before a command are this parser's own, none taking a value)
+        before = self._argv[:next((i for i, a in enumerate(self._argv) if not a.startswith("-")), 0)]
+        if not hasattr(namespace, "_command_prog") or (self._subparsers is not None and set(extras) & set(before)):
             namespace._command_prog = self.prog
         return namespace, extras
 

@@ -41,7 +41,10 @@ def cmd_export_onnx(args) -> int:
         raise PolymodalError("pass --out DIR: where to write the export of a model given by path")
     if out.exists() and not out.is_dir():
         raise PolymodalError(f"--out {out} is a file; pass a folder")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    # files a file manager leaves in any folder it shows (Finder's .DS_Store) are neither the user's data nor a
+    # mistake: a new folder holding one is empty, and an earlier export holding one is still that export. Other
+    # hidden files (.git, .env) may be the user's: the export replaces the whole folder, so they stay refused
+    entries = sorted(p.name for p in out.iterdir() if not _os_metadata(p.name)) if out.is_dir() else []
     foreign = [name for name in entries if not _export_file(name)]
     if entries and not foreign and not is_onnx_folder(out):
         foreign = entries  # an earlier export always holds its config (it is moved into place whole)
@@ -85,6 +88,11 @@ def cmd_export_onnx(args) -> int:
     return _print_result(args, out, report, report_table(report),
                          f"{use} on index, search, classify and eval, e.g. `polymodal serve --db INDEX {use}`",
                          load=f"polymodal.load({args.model!r}, runtime='onnx')" if by_name else None)
+
+
+def _os_metadata(name: str) -> bool:
+    """Finder's .DS_Store and ._ AppleDouble files, Windows Explorer's Thumbs.db and desktop.ini."""
+    return name in (".DS_Store", "Thumbs.db", "desktop.ini") or name.startswith("._")
 
 
 def _export_file(name: str) -> bool:

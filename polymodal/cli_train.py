@@ -387,9 +387,10 @@ def cmd_eval_zeroshot(args) -> int:
     metrics = zeroshot_accuracy(model, images, labels, templates, progress=True, details=items, classes=classes)
     check_strict(args, 0, metrics["unreadable"])
     if args.ci:
-        ranks, photos = np.array([item["rank"] for item in items]), [item["image"] for item in items]
+        scored = [item for item in items if "rank" in item]  # not the unreadable photos' error items
+        ranks, photos = np.array([item["rank"] for item in scored]), [item["image"] for item in scored]
         metrics |= {"top1_ci95": bootstrap_ci(ranks <= 1, photos), "top5_ci95": bootstrap_ci(ranks <= 5, photos),
-                    "balanced_top1_ci95": bootstrap_ci(ranks <= 1, photos, by=[item["label"] for item in items])}
+                    "balanced_top1_ci95": bootstrap_ci(ranks <= 1, photos, by=[item["label"] for item in scored])}
     if args.out:
         write_items(args.out, items, args.model, images)
     warn_of_few(metrics["photos"], "photos", "accuracy")

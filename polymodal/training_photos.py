@@ -23,9 +23,9 @@ VAL_HEADER = "# its validation photos (they chose the epoch kept): eval warns of
 VAL = "val "
 
 
-def photo_hash(image) -> str | None:
+def photo_hash(image, only_images: bool = False) -> str | None:
     """A photo's content hash: a file path, a tar shard's "<shard>#<member>" or encoded bytes; None when it cannot
-    be read."""
+    be read (with ``only_images``, also when its bytes are no image format Pillow knows: evaluation leaves it out)."""
     from polymodal.data.shards import read_tar_member, split_tar_ref
 
     if isinstance(image, (bytes, bytearray)):  # a shard's image, as eval retrieval reads it
@@ -36,7 +36,22 @@ def photo_hash(image) -> str | None:
             data = read_tar_member(*split) if split else Path(image).read_bytes()
         except Exception:  # noqa: BLE001 - an unreadable photo is left out of the count, as evaluation leaves it out
             return None
+    if only_images and not _is_image(data):
+        return None
     return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def _is_image(data: bytes) -> bool:
+    """Whether Pillow knows the bytes' image format (their header only: no pixels decoded)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)):
+            return True
+    except Exception:  # noqa: BLE001 - any failure to identify it is "not an image", as evaluation reads it
+        return False
 
 
 def photo_hashes(images) -> set[str]:
@@ -214,16 +229,18 @@ def count_seen_photos(model, images, what: str = "photos") -> tuple[int, int] | 
     known = _known(model)
     if known is None:
         return None
-    images = list(images)
-    hashes = photo_hashes(images)
+    # "N of the M evaluated photos": M leaves out the files that are no image, which evaluation leaves out as
+    # unreadable (5 photos scored of 7 rows read "5 of the 7"); a file damaged past its header still counts
+    found = [h for h in (photo_hash(image, only_images=True) for image in images) if h is not None]
+    hashes = set(found)
     seen, chose = len(hashes & known[0]), len(hashes & known[1])
     if seen:
         log.warning("%s of the %s evaluated %s %s photos the model %r was trained on: these figures are optimistic; "
                     "evaluate on photos it has not seen (--out marks each item's seen_in_training)", f"{seen:,}",
-                    f"{len(images):,}", what, "is one of the" if seen == 1 else "are", model)
+                    f"{len(found):,}", what, "is one of the" if seen == 1 else "are", model)
     if chose:
         log.warning("%s of the %s evaluated %s %s the validation photos that chose the epoch of %r (its run kept "
                     "the epoch that scored best on them): these figures are optimistic; evaluate on photos it has "
-                    "not seen (--out marks each item's seen_in_validation)", f"{chose:,}", f"{len(images):,}", what,
+                    "not seen (--out marks each item's seen_in_validation)", f"{chose:,}", f"{len(found):,}", what,
                     "is one of" if chose == 1 else "are", model)
     return seen, chose

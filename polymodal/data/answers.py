@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from polymodal.errors import PolymodalError
 
@@ -12,9 +12,24 @@ log = logging.getLogger(__name__)
 YES_NO = ("yes", "no")
 
 
+def answer_text(value: Any) -> Any:
+    """A number as the text that answers with it: 2 -> "2", and 2.0 -> "2" too (JSON writers often give a count as
+    2.0, and "2.0" would match neither the choice 2 nor the annotators' "2"); 2.5 -> "2.5". Anything else (text,
+    True) as it is. Answers, annotators' answers and choices all read numbers this way, in a QA file and in
+    ``answer(..., choices=[1, 2])`` alike."""
+    import numbers
+
+    if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, numbers.Real):
+        return value
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    value = float(value)
+    return str(int(value)) if value.is_integer() else str(value)
+
+
 def normalize_answer(text: Any) -> str:
     """Lower case, single spaces, no trailing full stop: 'Yes.' and ' yes' are the same answer."""
-    return " ".join(str(text).lower().split()).rstrip(".").strip()
+    return " ".join(str(answer_text(text)).lower().split()).rstrip(".").strip()
 
 
 _NUMBERS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
@@ -52,6 +67,8 @@ def unique_choices(choices: Sequence[Any]) -> dict[str, str]:
     if isinstance(choices, str) and "," in choices:  # answer(img, q, choices="yes,no") meant two, not one
         raise PolymodalError(f"choices is one string ({choices!r}); pass a list of candidate answers, e.g. "
                              f"{[c.strip() for c in choices.split(',') if c.strip()]!r}")
+    if isinstance(choices, Iterable) and not isinstance(choices, (str, bytes, Mapping)):  # [1, 2]: "1", "2"
+        choices = [answer_text(c) for c in choices]
     seen: dict[str, str] = {}
     for c in as_texts(choices, "choices"):  # one string is one choice, not its letters
         if c.strip():

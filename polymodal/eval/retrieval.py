@@ -105,10 +105,11 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image
 
 
 def encode_readable(model, images: list, source: str = "", batch_size: int = 32,
-                    progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                    progress: bool = False, reasons: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``model.encode_image`` over ``images``, leaving out the ones that cannot be read (a truncated JPEG, a file
     that is no image) with one warning instead of ending the evaluation. -> (embeddings of the readable images,
-    their indices into ``images``). None readable is an error. ``progress`` shows a bar (the CLI's evaluations)."""
+    their indices into ``images``). None readable is an error. ``progress`` shows a bar (the CLI's evaluations).
+    ``reasons``, a dict, gets {index: why it could not be read} for each image left out (--out's error items)."""
     from polymodal.models.inputs import as_images, each_or_error, readable_results
     from polymodal.progress import progress_bar
 
@@ -121,6 +122,8 @@ def encode_readable(model, images: list, source: str = "", batch_size: int = 32,
 
         results = each_or_error(encode, images, batch_size)
         bar.update(len(images) - bar.n)  # the unreadable ones were looked at too
+    if reasons is not None:
+        reasons.update((i, r) for i, r in enumerate(results) if isinstance(r, str))
     rows = readable_results(results, "image", source)
     return np.stack([results[i] for i in rows]), np.asarray(rows, dtype=np.int64)
 

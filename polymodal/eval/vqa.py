@@ -20,7 +20,8 @@ from typing import Any, Iterable, Sequence
 
 from polymodal.data.jsonl import existing_file, iter_json_rows, missing_image, report_skipped
 from polymodal.errors import PolymodalError
-from polymodal.data.answers import YES_NO, comparable_answer, normalize_answer, soft_vqa_score, unique_choices
+from polymodal.data.answers import (YES_NO, answer_text, comparable_answer, normalize_answer, soft_vqa_score,
+                                    unique_choices)
 from polymodal.models.inputs import each_or_error, plural, readable_results
 
 log = logging.getLogger(__name__)
@@ -142,9 +143,9 @@ def row_choices(value: Any, answer: str) -> tuple[str, ...]:
         raise PolymodalError(f'"choices" must be a list of candidate answers, e.g. ["red", "blue"], got {value!r:.60}')
     if any(isinstance(c, bool) or not isinstance(c, (str, int, float)) for c in value):
         raise PolymodalError(f'"choices" must hold text (a number is fine), got {value!r:.60}')
-    if not any(str(c).strip() for c in value):
+    if not any(str(answer_text(c)).strip() for c in value):
         raise PolymodalError('"choices" is empty; give two or more candidate answers, or leave "choices" out')
-    seen = unique_choices([str(c) for c in value])
+    seen = unique_choices(list(value))  # numbers as their text (answer_text), as the answer reads them
     if len(seen) < 2:
         raise PolymodalError(f'"choices" needs two or more different candidates, got {value!r:.60}')
     if comparable_answer(answer) not in seen:

@@ -148,7 +148,8 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     a dataset's), or else the distinct labels, so that figures on two samples of a dataset compare only when they
     share the classes. ``balanced_top1`` is the mean over the labels present of each one's top-1; ``images``
     counts rows, ``photos`` distinct photos, ``unreadable`` the photos left out. ``details``, a list, gets one
-    dict per scored row: its image, label, the predicted class and the label's rank (1 = top). ``class_emb``
+    dict per row: its image, label, the predicted class and the label's rank (1 = top), or why its image could not
+    be read ("error"). ``class_emb``
     (training's per-epoch score, from tower outputs it keeps): the classes' prompt embeddings, in the order of
     ``classes`` (or of the sorted distinct labels), instead of model.label_embeddings."""
     require_embedding(model)
@@ -184,11 +185,13 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     if image_emb is None:  # an unreadable image is left out with a warning, not the end of the evaluation
         from polymodal.eval.retrieval import encode_readable
 
-        emb, rows = encode_readable(model, images, progress=progress)
+        reasons: dict = {}
+        emb, rows = encode_readable(model, images, progress=progress, reasons=reasons)
         unreadable = len(set(map(str, images))) - len({str(images[i]) for i in rows})  # photos, not rows
-        images, labels = [images[i] for i in rows], [labels[i] for i in rows]
+        # (the rows as given, for the error items below)
+        given, images, labels = list(zip(images, labels)), [images[i] for i in rows], [labels[i] for i in rows]
     else:
-        emb, unreadable = image_emb, 0
+        emb, unreadable, reasons, given = image_emb, 0, {}, []
     scores = emb @ class_emb.T
     truth = np.array([classes.index(label) for label in labels])
     # 0-based rank: the classes scoring at least the label's, as retrieval ranks. A tie with another class counts
@@ -201,8 +204,11 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
         # is that other one (the first by sort order would often be the label itself, a miss reading as a hit)
         others = np.where(np.arange(len(classes)) == truth[:, None], -np.inf, scores).argmax(axis=1)
         top = np.where(rank == 0, truth, others)
-        details.extend({"image": str(image), "label": label, "predicted": classes[int(t)], "rank": int(r) + 1}
-                       for image, label, t, r in zip(images, labels, top, rank))
+        scored = iter({"image": str(image), "label": label, "predicted": classes[int(t)], "rank": int(r) + 1}
+                      for image, label, t, r in zip(images, labels, top, rank))
+        # an unreadable photo gets an error item in its place, as eval vqa's and eval captions' --out give it
+        details.extend({"image": str(given[i][0]), "label": given[i][1], "error": reasons[i]} if i in reasons
+                       else next(scored) for i in range(len(labels) + len(reasons)))
     per_label = [float((rank[truth == c] < 1).mean()) for c in np.unique(truth)]
     return {"top1": round(float((rank < 1).mean()), 4), "top5": round(float((rank < 5).mean()), 4),
             "balanced_top1": round(float(np.mean(per_label)), 4), "images": len(labels),
