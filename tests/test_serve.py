@@ -4,9 +4,9 @@ import base64
 import json
 import io
 import os
+import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -334,30 +334,28 @@ def test_cli_unknown_model_and_missing_index(lite, db, tmp_path, capsys, monkeyp
 
 
 # -- a real server process, killed with SIGKILL in the middle of an index add -----------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(db: Path, log: Path):
     import httpx
 
-    port = _free_port()
+    # --port 0: the server binds a free port itself and names it in its "serving ... on http://..." line. A port
+    # picked here and bound by the server ~2 s later (its imports) could be taken meanwhile by any other process of
+    # the test run binding a port (gloo, uvicorn), and the server then stopped with "cannot listen"
+    out = log.with_name(f"{log.name}.{time.monotonic_ns()}.out")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "polymodal", "serve", "--model", "lite", "--db", str(db), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=open(log, "ab"),
+        [sys.executable, "-m", "polymodal", "serve", "--model", "lite", "--db", str(db), "--port", "0"],
+        stdout=open(out, "wb"), stderr=open(log, "ab"),
     )
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        serving = re.search(r" on (http://127\.0\.0\.1:\d+) ", out.read_text())
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
+            if serving and httpx.get(serving[1] + "/healthz", timeout=1).status_code == 200:
+                return proc, serving[1]
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     proc.kill()
     pytest.fail("server did not start within 120 s")
 
