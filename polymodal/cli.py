@@ -370,11 +370,22 @@ class OneLineParser(argparse.ArgumentParser):
     error, instead of the command's whole usage block (27 lines for `train contrastive`) before it."""
 
     def error(self, message: str):
-        unknown = [a for a in getattr(self, "_argv", ()) if a.startswith("-") and a not in self._option_string_actions]
+        # a flag of one of its (sub)commands is no mistake: `polymodal train --resume` misses the task, not a flag
+        known = self._flags_below()
+        unknown = [a for a in getattr(self, "_argv", ()) if a.startswith("-") and a.split("=")[0] not in known]
         # `polymodal -x`, `polymodal train -x`: the flag is the mistake, not a missing command (or task)
         if self._subparsers is not None and message.startswith("the following arguments are required") and unknown:
             message = f"unrecognized arguments: {' '.join(unknown)}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _flags_below(self) -> set[str]:
+        """The flags this parser or any of its (sub)commands takes."""
+        flags = set(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for parser in action.choices.values():
+                    flags |= parser._flags_below() if isinstance(parser, OneLineParser) else set()
+        return flags
 
     def parse_known_args(self, args=None, namespace=None):
         self._argv = list(sys.argv[1:] if args is None else args)

@@ -148,7 +148,7 @@ def run_recipe(args, settings: dict, data: str, recipe_cls, train) -> int:
     if not settings.get(data) or not settings.get("out"):
         raise PolymodalError(f"pass --{data} FILE and --out RUN_DIR (or put them in --config)")
     if not args.resume:
-        check_arch_of_continued_model(settings)
+        check_arch_of_continued_model(settings, recipe_cls)
     result = train(recipe_cls.from_dict(settings), resume=args.resume, progress=not args.quiet,
                    overwrite=args.overwrite)
     if not distributed.is_main():  # under torchrun every rank trains; rank 0 reports
@@ -171,10 +171,12 @@ def run_recipe(args, settings: dict, data: str, recipe_cls, train) -> int:
 CONTINUED_ARCH_KEYS = {"itm_head", "name"}
 
 
-def check_arch_of_continued_model(settings: dict) -> None:
+def check_arch_of_continued_model(settings: dict, recipe_cls=None) -> None:
     """A model continued from a folder (--model) keeps its own architecture: an architecture setting that differs
-    from it would be silently ignored (and recorded in train_config.json as if used), so it is refused."""
+    from it would be silently ignored (and recorded in train_config.json as if used), so it is refused. With
+    ``recipe_cls``, architecture keys at the settings' top level count too (the recipe reads them as "arch")."""
     from polymodal.resources import HERE
+    from polymodal.train.run_settings import _arch_keys
 
     name = settings.get("model")
     if not isinstance(name, str) or name in ("new", "lite"):  # (a number: the recipe's type check says so)
@@ -188,10 +190,13 @@ def check_arch_of_continued_model(settings: dict) -> None:
         from polymodal.models.fusion_encoder import as_recorded
 
         config = as_recorded(config)  # as load_fusion_encoder reads it
-    differ = sorted(k for k, v in settings.get("arch", {}).items()
-                    if k not in CONTINUED_ARCH_KEYS and k in config and config[k] != v)
+    # a --config key without a flag (logit_scale_init, decision_heads) may sit at the top level: recipe_parts
+    # folds it into "arch" (top level over "arch"), so it would be ignored just the same
+    arch = {**settings.get("arch", {}),
+            **({k: v for k, v in settings.items() if k in _arch_keys(recipe_cls)} if recipe_cls else {})}
+    differ = sorted(k for k, v in arch.items() if k not in CONTINUED_ARCH_KEYS and k in config and config[k] != v)
     if differ:
-        given = ", ".join(f"{k} {settings['arch'][k]!r}" for k in differ)
+        given = ", ".join(f"{k} {arch[k]!r}" for k in differ)
         has = ", ".join(f"{k} {config[k]!r}" for k in differ)
         raise PolymodalError(f"--model {name} keeps its own architecture ({has}), so {given} (flags or --config) "
                              "would be ignored; drop them, or train a new model without --model")

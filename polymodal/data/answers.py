@@ -23,8 +23,9 @@ def answer_text(value: Any) -> Any:
         return value
     if isinstance(value, numbers.Integral):
         return str(int(value))
-    value = float(value)
-    return str(int(value)) if value.is_integer() else str(value)
+    number = float(value)
+    # str(value), not str(number): numpy's float32 0.1 is "0.1", where float() of it is 0.10000000149011612
+    return str(int(number)) if number.is_integer() else str(value)
 
 
 def normalize_answer(text: Any) -> str:

@@ -217,7 +217,9 @@ class ImageIndex(SearchByModel):
         """update() of several folders in one sync: a photo moved from one of them to another keeps its vector,
         whichever folder comes first (synced one by one, the first could drop its row before the second met it, and
         it was decoded again). ``scanned``: scan_images() of each folder, made by the caller."""
-        if isinstance(folders, (str, os.PathLike)) or not all(isinstance(f, (str, os.PathLike)) for f in folders):
+        # a list first: a generator, used up by the check, synced nothing
+        folders = list(folders) if isinstance(folders, Iterable) and not isinstance(folders, str) else [None]
+        if not all(isinstance(f, (str, os.PathLike)) for f in folders):
             raise PolymodalError("update_folders() takes a list of folders (paths); update() takes one")
         batch_size = check_count(batch_size, "batch_size")
         _check_interval(commit_every_s)
@@ -228,7 +230,7 @@ class ImageIndex(SearchByModel):
         # refuse an empty one early): listing it again doubled the stat calls on a slow network share
         scans = list(scanned) if scanned is not None else [scan_images(f) for f in folders]
         files = list({f.path: f for found, _ in scans for f in found}.values())  # nested folders: each file once
-        skipped = [s for _, why in scans for s in why]
+        skipped = list(dict.fromkeys(s for _, why in scans for s in why))  # (nested folders: each skip once too)
         roots = [Path(f).expanduser().resolve() for f in folders]
         report = UpdateReport(skipped=list(skipped))
         unlisted = unlisted_folders(skipped)  # a folder that could not be listed: its rows stay, not "deleted"
