@@ -328,11 +328,12 @@ def cmd_eval_retrieval(args) -> int:
     model = require_embedding(load_model(args, args.model), args.model)
     caveats = data_caveats(args.model, pairs.images, skipped[0], args.split)  # said before the images are encoded
     # a corrupt photo is left out, not fatal; the bar goes to stderr, the JSON line to stdout
-    image_emb, rows = encode_readable(model, pairs.images, ", ".join(args.pairs), progress=True)
+    reasons: dict = {}  # why each unreadable photo could not be read: --out's error items
+    image_emb, rows = encode_readable(model, pairs.images, ", ".join(args.pairs), progress=True, reasons=reasons)
     # counted in the JSON line, as eval captions and eval vqa do; with the shard members read_pairs left out
     unreadable = pairs.unreadable + len(pairs.images) - len(rows)
     check_strict(args, 0, unreadable)
-    pairs = pairs_of_images(pairs, rows)
+    pairs = pairs_of_images(pairs, rows, reasons)
     warn_of_few(len(pairs.images), "photos", "recall")
     warn_of_copies(pairs.images)
     warn_of_shared_captions(pairs.captions, pairs.caption_image)
@@ -347,9 +348,14 @@ def cmd_eval_retrieval(args) -> int:
                     for side in ("t2i", "i2t") for k in (1, 5, 10)}
     if args.out:
         names = pairs.image_names()  # "<shard>#<member>" for a shard's photo, not its bytes
+        # an unreadable photo and each of its captions get an error item (after the scored ones), as eval
+        # zeroshot's, vqa's and captions' --out give one: the photo is in the items, with why, not missing
         write_items(args.out, [{"query": "text", "caption": c, "image": names[i], "rank": int(r)}
                                for c, i, r in zip(pairs.captions, pairs.caption_image, ranks["t2i"])]
-                    + [{"query": "image", "image": name, "rank": int(r)} for name, r in zip(names, ranks["i2t"])],
+                    + [{"query": "text", "caption": c, "image": name, "error": why}
+                       for name, captions, why in pairs.left_out for c in captions]
+                    + [{"query": "image", "image": name, "rank": int(r)} for name, r in zip(names, ranks["i2t"])]
+                    + [{"query": "image", "image": name, "error": why} for name, _, why in pairs.left_out],
                     args.model, pairs.images, names)
     if args.word_order:
         from polymodal.eval.word_order import word_order_accuracy

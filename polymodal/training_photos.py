@@ -58,6 +58,15 @@ def photo_hashes(images) -> set[str]:
     return {h for h in map(photo_hash, images) if h is not None}
 
 
+def image_hashes(images) -> list[str]:
+    """The hashes of those of ``images`` that are images, one per photo (a path listed twice once; copies under
+    other names each): the M of the warnings "N of the M evaluated/validation photos ...". A file that is no image
+    is left out, as evaluation and validation leave it out as unreadable; a file damaged past its header counts."""
+    paths = {str(image): image for image in images if not isinstance(image, (bytes, bytearray))}
+    unique = [image for image in images if isinstance(image, (bytes, bytearray))] + list(paths.values())
+    return [h for h in (photo_hash(image, only_images=True) for image in unique) if h is not None]
+
+
 def copies_across(train_images, val_images) -> list[int]:
     """Indices of the val images that are training images: the same name, or the same bytes under another name (as
     scraped caption sets hold). Only files whose size, then first 64 KiB, match another's are hashed whole, so a set
@@ -177,8 +186,8 @@ class TrainingPhotos:
         learned = read_training_photos(start)
         if not learned:
             return
-        val = photo_hashes(self._val)
-        seen = len(val & learned)
+        val = image_hashes(self._val)  # M counted as eval's warning counts it (count_seen_photos)
+        seen = len(set(val) & learned)
         if seen:
             log.warning("%s of the %s validation photos are photos the model training starts from (--model %s) was "
                         "trained on: its score before training, and so the epoch kept, is optimistic (RUN/model may "
@@ -231,7 +240,7 @@ def count_seen_photos(model, images, what: str = "photos") -> tuple[int, int] | 
         return None
     # "N of the M evaluated photos": M leaves out the files that are no image, which evaluation leaves out as
     # unreadable (5 photos scored of 7 rows read "5 of the 7"); a file damaged past its header still counts
-    found = [h for h in (photo_hash(image, only_images=True) for image in images) if h is not None]
+    found = image_hashes(images)
     hashes = set(found)
     seen, chose = len(hashes & known[0]), len(hashes & known[1])
     if seen:

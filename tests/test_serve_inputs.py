@@ -111,7 +111,7 @@ def test_form_choices_split_on_commas_and_json_choices_are_taken_as_given(client
     assert r.status_code == 200, r.text
     assert asker.choices[-1] == ["red", "blue"]
     assert "choice 1 is empty" in error_of(client.post("/v1/vqa", json={"image": b64, "question": "?", "choices": ["red", " "]}), 400)
-    assert "must be a list" in error_of(client.post("/v1/vqa", json={"image": b64, "question": "?", "choices": [1]}), 400)
+    assert "must be a list" in error_of(client.post("/v1/vqa", json={"image": b64, "question": "?", "choices": [True]}), 400)
 
 
 class _Vqa:

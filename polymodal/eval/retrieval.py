@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +21,8 @@ class Pairs:
     caption_image: np.ndarray  # [C] index into images for each caption
     names: list[str] | None = None  # how to name each image in output: a shard's image is bytes, named "<shard>#<member>"
     unreadable: int = 0  # images read_pairs left out (a shard member that does not decode): eval's JSON counts them
+    # (name, its captions, why) of each image left out as unreadable (pairs_of_images' reasons): --out's error items
+    left_out: list[tuple[str, list[str], str]] = field(default_factory=list)
 
     def image_names(self) -> list[str]:
         return list(self.names) if self.names is not None else [str(image) for image in self.images]
@@ -44,7 +46,8 @@ def read_pairs(path: str | Path | Sequence[str | Path]) -> Pairs:
                   pairset.caption_image, [str(image) for image in pairset.images])
     if len(rows) == len(results):
         return pairs
-    kept = pairs_of_images(pairs, np.asarray(rows, dtype=np.int64))
+    kept = pairs_of_images(pairs, np.asarray(rows, dtype=np.int64),
+                           {i: r for i, r in enumerate(results) if isinstance(r, str)})
     kept.unreadable = len(results) - len(rows)
     return kept
 
@@ -142,11 +145,16 @@ def encode_captions(model, captions: list[str], progress: bool = False, chunk: i
     return np.concatenate(parts)
 
 
-def pairs_of_images(pairs: Pairs, rows: np.ndarray) -> Pairs:
-    """The pairs of the images at ``rows`` (see `encode_readable`): other images and their captions are dropped."""
+def pairs_of_images(pairs: Pairs, rows: np.ndarray, reasons: dict | None = None) -> Pairs:
+    """The pairs of the images at ``rows`` (see `encode_readable`): other images and their captions are dropped.
+    ``reasons`` ({image index: why it could not be read}, as encode_readable gives them): each such image is kept in
+    ``left_out`` with its captions, for eval retrieval --out's error items."""
     new_index = np.full(len(pairs.images), -1, dtype=np.int64)
     new_index[rows] = np.arange(len(rows))
     keep = new_index[np.asarray(pairs.caption_image)] >= 0
     names = pairs.image_names()
+    left_out = list(pairs.left_out)
+    for i, why in sorted((reasons or {}).items()):
+        left_out.append((names[i], [c for c, j in zip(pairs.captions, pairs.caption_image) if j == i], why))
     return Pairs([pairs.images[i] for i in rows], [c for c, k in zip(pairs.captions, keep) if k],
-                 new_index[np.asarray(pairs.caption_image)[keep]], [names[i] for i in rows])
+                 new_index[np.asarray(pairs.caption_image)[keep]], [names[i] for i in rows], left_out=left_out)

@@ -49,6 +49,10 @@ _FILE = {"type": "string", "format": "binary"}
 _FILES = {"type": "array", "items": _FILE}
 _STR_LIST = {"type": "array", "items": {"type": "string"}}
 _COMMAS = {"type": "string", "description": "comma-separated, e.g. cat,dog (or repeat the field)"}
+# /v1/vqa's JSON choices: a number is its text (2 and 2.0: "2"), as in a QA file's "choices" and in answer()
+_CHOICES = {"anyOf": [{"type": "array", "items": {"type": ["string", "number"]}},
+                      {"type": "string", "description": "comma-separated, e.g. red,blue"}],
+            "description": 'candidate answers, e.g. ["red", "blue"] or [1, 2] (a number is its text: 2.0 is "2")'}
 
 
 def _body(description: str, json_props: dict, form_props: dict | None) -> dict:
@@ -493,7 +497,7 @@ def create_app(
         summary="Answer a question about an image (only for models with a VQA head; 404 otherwise)",
         openapi_extra=_body(
             "multipart image + question (+ choices), or JSON with a base64 image",
-            {"image": _IMAGE_B64, "question": {"type": "string"}, "choices": _STR_LIST},
+            {"image": _IMAGE_B64, "question": {"type": "string"}, "choices": _CHOICES},
             {"image": _FILE, "question": {"type": "string"}, "choices": _COMMAS},
         ),
     )
@@ -522,7 +526,7 @@ def create_app(
             raise ApiError(400, 'no question: send "question", e.g. "what colour is the car?"')
         question = check_texts([question], 1, 2000, "question")[0]
         if choices is not None:
-            choices = _text_list(choices, "choices", s.max_labels, max_chars=500)
+            choices = _text_list(choices, "choices", s.max_labels, max_chars=500, numbers=True)
         image = (await decode(items, vqa_model))[0]
         answer, warnings = await svc.batcher.call(with_warnings, vqa_model.answer, image, question, choices)
         # the reply's own fields last: an answer dict holding "model" or "question" keys cannot replace them
@@ -712,16 +716,22 @@ def _b64(value, where: str) -> bytes:
         raise ApiError(400, f"{where} is not valid base64; send the image bytes base64-encoded") from None
 
 
-def _text_list(value, field: str, limit: int, max_chars: int = 200) -> list[str]:
+def _text_list(value, field: str, limit: int, max_chars: int = 200, numbers: bool = False) -> list[str]:
     """A list field (labels, choices): a JSON list as given (an item may hold a comma: "Washington, D.C."), a string
-    comma-separated (form lists come already split); blank items refused."""
+    comma-separated (form lists come already split); blank items refused. ``numbers`` (choices): a JSON number in
+    the list is its text, as answer_text reads it (2 and 2.0: "2"); true and false stay refused."""
     item, eg = field.removesuffix("s"), ("red", "blue") if field == "choices" else ("cat", "dog")
     if value is None:
         raise ApiError(400, f'no {field}: send {field}, e.g. "{eg[0]},{eg[1]}" (form) or ["{eg[0]}", "{eg[1]}"] (JSON)')
     if isinstance(value, str):  # a JSON string stays comma-separated, as it always was (a list keeps commas)
         value = [x.strip() for x in value.split(",") if x.strip()]
+    if numbers and isinstance(value, list):
+        from polymodal.data.answers import answer_text
+
+        value = [answer_text(x) for x in value]  # leaves true/false (and lists, objects) as they are: refused below
     if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-        raise ApiError(400, f'"{field}" must be a list of strings, e.g. ["{eg[0]}", "{eg[1]}"], or one comma-separated string')
+        kind = "strings or numbers" if numbers else "strings"
+        raise ApiError(400, f'"{field}" must be a list of {kind}, e.g. ["{eg[0]}", "{eg[1]}"], or one comma-separated string')
     if not value:
         raise ApiError(400, f"no {field} given; pass at least one {item}, e.g. {eg[0]},{eg[1]}")
     blank = next((i for i, x in enumerate(value) if is_blank(x)), None)
