@@ -109,3 +109,25 @@ def test_benchmark_runs(capsys) -> None:
     assert steps["build_update"]["report"].startswith("added 20,") and steps["info"]["count"] == 20
     assert steps["remove_10k"]["removed"] == 20 and steps["rescan"]["report"].endswith("unchanged 20, skipped 0")
     assert all(line["peak_rss_mb"] > 0 for line in lines if "peak_rss_mb" in line)
+
+
+def test_a_leftover_that_cannot_be_removed_does_not_fail_the_save(tmp_path, monkeypatch) -> None:
+    from pathlib import Path
+
+    photos = _files(tmp_path / "photos", 2)
+    index = ImageIndex(tmp_path / "db")
+    index.update(photos, RandomVectors(), progress=False)
+    leftover = index.db / ".vectors.faiss.0ther_.tmp"  # another user's, in a sticky shared folder
+    leftover.write_bytes(b"\0")
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self == leftover:
+            raise PermissionError(1, "Operation not permitted", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    index.update(_files(photos, 1, start=2), RandomVectors(), progress=False)
+    import faiss
+
+    assert faiss.read_index(str(index.faiss_path)).ntotal == 3  # saved: not left for every open to rebuild

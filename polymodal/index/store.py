@@ -690,7 +690,10 @@ class ImageIndex(SearchByModel):
         # always under vectors.lock, so any temporary file of ours is a leftover of a save that was killed (kill -9,
         # power loss): each was up to the size of the vectors, hidden, and never removed
         for tmp in self.db.glob(f".{self.faiss_path.name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # another user's, in a shared sticky folder: theirs to remove, no reason to fail a save
+                log.debug("could not remove %s", tmp)
         # streamed into the file: serialize_index held two more copies of the vectors in memory while saving
         atomic_write_with(self.faiss_path, lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
         # mkstemp makes 0600 files; give it meta.sqlite's mode so the same users can read both
