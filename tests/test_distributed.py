@@ -2,9 +2,9 @@
 
 import os
 import runpy
-import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -110,41 +110,43 @@ if __name__ == "__main__":
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextmanager
+def rendezvous(world: int):
+    """The environment that joins ``world`` processes as torchrun's does: a TCPStore hosted here, on a port the OS
+    picks, which every rank joins as a client (TORCHELASTIC_USE_AGENT_STORE, as under torchrun's agent). A port
+    picked free here and bound by rank 0 about 2 s later, after its imports, could be taken in between."""
+    store = torch.distributed.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False)
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(world),
+           "TORCHELASTIC_USE_AGENT_STORE": "True", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if sys.platform.startswith("linux"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo on loopback whatever the hostname resolves to
+    try:
+        yield env
+    finally:
+        del store  # the ranks have exited: the server stops
 
 
 def _launch(script: Path, out: Path) -> None:
-    env = dict(
-        os.environ,
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
-        WORLD_SIZE=str(WORLD),
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    )
-    if sys.platform.startswith("linux"):
-        env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo on loopback whatever the hostname resolves to
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(out)],
-            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(WORLD)
-    ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=60)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    with rendezvous(WORLD) as env:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(script), str(out)],
+                env=dict(os.environ, **env, RANK=str(r), LOCAL_RANK=str(r)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for r in range(WORLD)
+        ]
+        logs = []
+        try:
+            for p in procs:
+                logs.append(p.communicate(timeout=60)[0])
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
     for r, p in enumerate(procs):
         assert p.returncode == 0, f"rank {r} failed:\n" + "\n".join(logs)
     # the collectives torch 2.13 deprecated warn once per call on every rank: the loss uses their new names

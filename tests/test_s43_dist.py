@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from test_distributed import REPO, WORLD, _free_port  # noqa: E402 (tests/ is on the path)
+from test_distributed import WORLD, rendezvous  # noqa: E402 (tests/ is on the path)
 
 # Started once per rank through polymodal's CLI: `train contrastive` stands in for a run in which rank 0 stops with
 # an error of its own (a full disk while saving, say) while rank 1 waits in a collective.
@@ -32,20 +32,16 @@ sys.exit(cli.main(["train", "contrastive", "--pairs", "pairs.jsonl", "--out", sy
 
 
 def _run_ranks(script, *args) -> list:
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(WORLD),
-               OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    if sys.platform.startswith("linux"):
-        env["GLOO_SOCKET_IFNAME"] = "lo"
-    procs = [subprocess.Popen([sys.executable, str(script), *map(str, args)],
-                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(WORLD)]
-    try:
-        return [(p.wait(timeout=60), *p.communicate()) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    with rendezvous(WORLD) as env:
+        procs = [subprocess.Popen([sys.executable, str(script), *map(str, args)],
+                                  env=dict(os.environ, **env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for r in range(WORLD)]
+        try:
+            return [(p.wait(timeout=60), *p.communicate()) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
 
 
 def test_a_process_whose_peer_stopped_says_so_in_one_line(tmp_path):

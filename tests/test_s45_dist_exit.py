@@ -5,7 +5,7 @@ the cause of a failed CI run), and torchrun then reported a finished run as fail
 import subprocess
 import sys
 
-from test_distributed import REPO, _free_port  # noqa: E402 (tests/ is on the path)
+from test_distributed import rendezvous  # noqa: E402 (tests/ is on the path)
 
 SCRIPT = """
 import atexit
@@ -18,11 +18,8 @@ print("group still up" if dist.is_initialized() else "group left")
 
 
 def test_a_process_leaves_its_group_as_it_exits():
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port()), "PYTHONPATH": str(REPO),
-           "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    if sys.platform.startswith("linux"):
-        env["GLOO_SOCKET_IFNAME"] = "lo"
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=60)
+    with rendezvous(1) as env:
+        env = dict(env, RANK="0", LOCAL_RANK="0", PATH="/usr/bin:/bin")
+        done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "group left"
