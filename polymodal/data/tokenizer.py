@@ -45,16 +45,17 @@ def warn_once_of_cut(owner, cut: int, max_length: int, tower: str) -> None:
                     "do not count; shown once per model, later texts may be cut too", tower, max_length, cut)
 
 
-def check_unicode(texts: list[str]) -> None:
+def check_unicode(texts: list[str], what: str | None = None) -> None:
     """One error naming the first text holding a lone surrogate (not a character: bytes that were not UTF-8, or half
-    of an escaped pair in JSON), which no tokenizer takes. The message leaves the text out: it could not be printed."""
+    of an escaped pair in JSON), which no tokenizer takes. The message leaves the text out: it could not be printed.
+    ``what`` names a lone text ("the question"); default "text N"."""
     for i, text in enumerate(texts):
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise PolymodalError(f"text {i + 1} is not valid Unicode (U+{ord(text[exc.start]):04X} at character "
-                                 f"{exc.start + 1}, half of a surrogate pair or bytes that were not UTF-8); send it as "
-                                 "UTF-8 text") from None
+            raise PolymodalError(f"{what or f'text {i + 1}'} is not valid Unicode (U+{ord(text[exc.start]):04X} at "
+                                 f"character {exc.start + 1}, half of a surrogate pair or bytes that were not UTF-8); "
+                                 "send it as UTF-8 text") from None
 
 
 class FastTokenizer:
@@ -100,12 +101,22 @@ class FastTokenizer:
         return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
 
+    def _encode(self, text: str, what: str, **kwargs):
+        """tok.encode(text), with one PolymodalError for a lone surrogate (a question or choice from a shell in
+        another encoding) instead of tokenizers' TypeError traceback, as __call__ gives for a batch."""
+        try:
+            return self.tok.encode(text, **kwargs)
+        except TypeError:
+            check_unicode([text], what)
+            raise
+
     def question_with_answer(self, question: str, answer: str) -> str:
         """"QUESTION ANSWER", the text an ITM head scores a candidate answer by, with the question's end dropped when
         the two are longer than the model reads: cutting at the limit would drop the answer, and every candidate
         outside the vocabulary would then score the same (the first given winning the tie)."""
         text = f"{question} {answer}"
-        if not self.tok.encode(text).overflowing:
+        check_unicode([answer], "a choice")  # a choice from a shell in another encoding: one error, not a traceback
+        if not self.tok.encode(text).overflowing:  # (the question was encoded before this)
             return text
         limit = self.tok.truncation["max_length"]
         room = limit - 2 - len(self.tok.encode(answer, add_special_tokens=False).ids)  # [CLS] .. [SEP]
@@ -117,7 +128,7 @@ class FastTokenizer:
     def warn_if_question_cut(self, question: str, limit: str) -> None:
         """A question longer than the model reads loses its end (often the part that asks): say so. ``limit``
         names the setting, e.g. "max_question_tokens=32"."""
-        encoding = self.tok.encode(question)
+        encoding = self._encode(question, "the question")
         if encoding.overflowing:
             cut = sum(sum(o.attention_mask) - 2 for o in encoding.overflowing)  # each is [CLS] .. [SEP], padded
             logging.getLogger("polymodal.models.fusion_encoder").warning(

@@ -14,7 +14,7 @@ an error.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -217,7 +217,10 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     open_rows = [r for r in rows if not r.choices]
     mc_rows = [r for r in rows if r.choices]
     unscorable = unscorable_choices(model, mc_rows, len(open_rows))  # first: errors before any image is read
-    asked = [r for r in rows if r.choices not in unscorable]
+    warn_of_answers_outside(model, open_rows)
+    # a row whose choices the model cannot score is still asked (as an open question, its answer then dropped): its
+    # photo may be unreadable, which must count as "unreadable" (and fail --strict), not as a scored wrong row
+    asked = [replace(r, choices=()) if r.choices in unscorable else r for r in rows]
     if cache and isinstance(model, FusionEncoder) and all(isinstance(r.image, (str, Path)) for r in asked):
         from polymodal.train.vqa import cached_predictions
 
@@ -228,8 +231,8 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
 
         with progress_bar(total=len(asked), desc="questions", unit="q", disable=not progress) as bar:
             answered = each_or_error(lambda chunk: _predict_rows(model, chunk), asked, 256, bar)
-    answered = iter(answered)
-    results = [("", 0.0) if r.choices in unscorable else next(answered) for r in rows]
+    results = [("", 0.0) if r.choices in unscorable and not isinstance(res, str) else res
+               for r, res in zip(rows, answered)]
     # a row whose image cannot be read is left out (as training does), with one warning; none readable is an error
     kept = readable_results(results, "row")
     if details is not None:
@@ -244,8 +247,35 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
         out["multiple_choice_count"] = len(mc)
         out["multiple_choice_accuracy"] = accuracy_by_type([results[i][0] for i in mc], [rows[i] for i in mc])["accuracy"]
         # rows counted wrong: the model scores none of their choices
-        out["multiple_choice_unscorable"] = sum(r.choices in unscorable for r in mc_rows)
+        out["multiple_choice_unscorable"] = sum(rows[i].choices in unscorable for i in mc)
     return out
+
+
+def answers_outside(answers: Sequence[str], rows: Sequence[QARow]) -> list[QARow]:
+    """The open ``rows`` no answer of the vocabulary ``answers`` can score on: their answer (or every annotator's
+    answer) is outside it, so they count as wrong whatever the model sees."""
+    known = {comparable_answer(a) for a in answers}
+    return [r for r in rows
+            if not r.choices and not any(comparable_answer(a) in known for a in (r.answers or (r.answer,)))]
+
+
+def warn_of_answers_outside(model, rows: Sequence[QARow], what: str = "open questions",
+                            counted: str = "they count as wrong") -> int:
+    """One warning when open ``rows`` have answers ``model`` can never give (outside its answer vocabulary, e.g. 'red'
+    for coco-yesno, or an answer too rare to make a trained model's vocabulary): accuracy counts them as wrong, and
+    a whole file of them scored 0 with nothing said (`eval vqa --model coco-yesno` on open questions). -> how many."""
+    answers = getattr(model, "answers", None)
+    if not answers:
+        return 0
+    outside = answers_outside(answers, rows)
+    if outside:
+        names = list(dict.fromkeys(r.answer for r in outside))
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        log.warning("%s of %s have answers outside %s's %s (%s%s): %s, as the model can never give them",
+                    f"{len(outside):,}", plural(sum(not r.choices for r in rows), what.rstrip("s")),
+                    getattr(model, "name", "the model"), plural(len(answers), "answer"),
+                    ", ".join(map(repr, names[:5])), more, counted)
+    return len(outside)
 
 
 def _predict_rows(model, rows: list[QARow]) -> list:

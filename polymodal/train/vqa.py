@@ -25,7 +25,7 @@ from polymodal.data.answers import comparable_answer
 from polymodal.data.jsonl import only_splits
 from polymodal.data.pairs import held_out_images
 from polymodal.errors import PolymodalError
-from polymodal.eval.vqa import QARow, accuracy_by_type, read_qa
+from polymodal.eval.vqa import QARow, accuracy_by_type, read_qa, warn_of_answers_outside
 from polymodal.models.fusion_encoder import (
     FREEZABLE,
     FusionEncoder,
@@ -545,6 +545,9 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     if val_rows:
         val, val_feats = readable_qa(model, val_rows, ",".join(map(str, recipe.val_qa or recipe.qa)), progress)
         val_rows = val.rows
+        # rare answers left out of the vocabulary (--min-answer-count, --max-answers) or a continued model's other
+        # answers: validation scores them wrong, which caps val/accuracy below 1.0 with nothing said
+        warn_of_answers_outside(model, val_rows, "validation questions", "val/accuracy counts them as wrong")
         val_states, val_len = question_features(model, val.questions, progress=progress)
         eval_fn = lambda m: feature_eval(m, val, val_feats, val_states, val_len)  # noqa: E731
     t_cached = time.perf_counter()
