@@ -284,6 +284,11 @@ class ImageTransform:
         for key in ("mean", "std"):
             if key in d:
                 d[key] = tuple(float(x) for x in d[key])
+                if len(d[key]) != 3:
+                    raise ValueError(f"transform {key} needs 3 values (R, G, B), got {len(d[key])}")
+        # checked here, not on the first photo: an unknown name was a KeyError traceback from deep in preprocessing
+        if d.get("resample", cls.resample) not in _RESAMPLE:
+            raise ValueError(f"transform resample {d['resample']!r} is not one of {', '.join(_RESAMPLE)}")
         return cls(**d)
 
     @property

@@ -186,6 +186,13 @@ class OnnxEmbeddingModel(ReloadsFromFolder, EmbeddingInterface):
                                        t["pad_token"])
         self._max_length = int(t["max_length"])
         self._text_inputs = {i.name for i in self.text_session.get_inputs()}
+        for tower, session in (("image", self.image_session), ("text", self.text_session)):
+            # the graphs fix the width: a config whose "dim" differs (edited, copied from another export) ended in
+            # numpy's concatenate error on the first batch of more than one
+            width = session.get_outputs()[0].shape[-1]
+            if isinstance(width, int) and width != self.dim:
+                raise damaged_export(folder, f"{ONNX_CONFIG} says dim {self.dim}, but {config[tower]['file']} "
+                                             f"gives {width}-d vectors")
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Preprocessed pixels [B, 3, H, W] -> float32 [B, dim], rows L2-normalised."""
