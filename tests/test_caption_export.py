@@ -50,6 +50,7 @@ def test_export_writes_a_parity_checked_report_and_captions_without_torch(export
     report = json.loads((out / "report.json").read_text())
     assert report["parity"]["same_captions"] == 1.0 and report["parity"]["min_first_step_logit_cosine"] >= 0.999
     assert report["photos"] == 2 and report["photos_per_s"]["onnx"] > 0  # broken.png left out, not fatal
+    assert report["made_with"]["polymodal"] == __import__("polymodal").__version__
     assert {"prefix.onnx", "step.onnx", "tokenizer.json", "onnx_config.json"} <= {p.name for p in out.iterdir()}
     table = (out / "report.md").read_text()  # --variants '': said, not a table of headers only
     assert "No variants were tried" in table and "| graph |" not in table

@@ -33,6 +33,11 @@ def lite_export(lite, tmp_path_factory):
 
 def test_export_writes_parity_checked_graphs_and_a_report(lite_export):
     out, report = lite_export
+    import onnxruntime
+
+    # the versions it was checked with, for a deployer with another onnxruntime (s45)
+    assert json.loads((out / "report.json").read_text())["made_with"] == report["made_with"]
+    assert report["made_with"]["onnxruntime"] == onnxruntime.__version__ and report["made_with"]["opset"] == 17
     rows = {(r["tower"], r["variant"]): r for r in report["tries"]}
     for tower in ("image", "text"):
         base = rows[(tower, "fp32")]
@@ -309,6 +314,7 @@ def test_vqa_model_exports_with_parity_and_answers_without_torch(easy_vqa_rows, 
                      "--timing-seconds", "0.05"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["parity"]["same_top1"] == 1.0 and report["parity"]["min_logit_cosine"] >= 0.999
+    assert report["made_with"]["torch"] == __import__("torch").__version__
     assert report["accuracy_onnx"]["accuracy"] == report["accuracy_pytorch"]["accuracy"] >= 0.9
     tried = {(t["graph"], t["variant"]) for t in report["tries"]}
     assert tried == {("grid", "int8_static"), ("grid", "int8_dynamic"), ("question", "int8_dynamic")}

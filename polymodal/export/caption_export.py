@@ -26,7 +26,7 @@ from torch import nn
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 from polymodal.export import variants as V
-from polymodal.export.graphs import export_graph
+from polymodal.export.graphs import export_graph, made_with
 from polymodal.export.runtime import ONNX_CONFIG, drop_unserved, graph_files, removed_line
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ def export_captioner_onnx(model, out: str | Path, images: Sequence, references: 
                                                            max_drop_points, timing_seconds, progress)]
     report["served"] = graph_files(config)["step"]
     report["removed"] = [] if keep_unserved else drop_unserved(out, config)
+    report["made_with"] = made_with()
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
     atomic_write_bytes(out / "report.md", caption_report_table(report).encode())
     return report

@@ -26,7 +26,7 @@ from torch import nn
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 from polymodal.export import variants as V
-from polymodal.export.graphs import export_graph
+from polymodal.export.graphs import export_graph, made_with
 from polymodal.export.runtime import ONNX_CONFIG, drop_unserved, graph_files, removed_line
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
         parity["match_served_max_abs_diff"] = _match_parity(model, final, rows, tolerance=None, reference=match_ref)
     report = {"model": model.key, "questions": len(rows), "parity": parity, "accuracy_pytorch": acc_torch,
               "accuracy_onnx": acc_onnx, "served": graph_files(config), "accuracy_served": acc_served, "tries": tries,
-              "removed": [] if keep_unserved else drop_unserved(out, config)}
+              "removed": [] if keep_unserved else drop_unserved(out, config), "made_with": made_with()}
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
     atomic_write_bytes(out / "report.md", vqa_report_table(report).encode())
     return report

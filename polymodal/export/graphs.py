@@ -20,6 +20,22 @@ from polymodal.errors import PolymodalError
 OPSET = 17
 
 
+def made_with() -> dict:
+    """The versions an export was made and checked with (report.json): a deployer whose box has an older onnxruntime
+    can tell which one the parity figures hold for."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from polymodal import __version__
+
+    found = {"polymodal": __version__, "opset": OPSET}
+    for package in ("torch", "onnx", "onnxruntime"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
+
+
 class _Graph(nn.Module):
     """Registers the model's modules and tensors so the tracer sees weights as parameters, not constants
     (lite is not an nn.Module itself)."""

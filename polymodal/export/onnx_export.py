@@ -33,7 +33,7 @@ from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.export import variants as V
-from polymodal.export.graphs import ImageGraph, TextGraph, check_exportable, export_graph
+from polymodal.export.graphs import ImageGraph, TextGraph, check_exportable, export_graph, made_with
 from polymodal.export.runtime import ONNX_CONFIG, drop_unserved, onnx_session, removed_line
 from polymodal.models.inputs import each_or_error, readable_results
 
@@ -285,7 +285,8 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
     report = {"model": model.key, "validation": val.source, "max_drop_points": max_drop_points,
               "reference_pytorch_fp32": reference, "served": {t: chosen[t][1] for t in chosen},
               "served_metrics": combined, "served_drop_points": round(drop, 2),
-              "pytorch_fp32_items_per_s": {t: round(v, 1) for t, v in torch_speed.items()}, "tries": rows}
+              "pytorch_fp32_items_per_s": {t: round(v, 1) for t, v in torch_speed.items()}, "tries": rows,
+              "made_with": made_with()}
     atomic_write_bytes(out / ONNX_CONFIG, json.dumps(config, indent=2).encode())  # first: it must name what stays
     report["removed"] = [] if keep_unserved else drop_unserved(out, config)
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
