@@ -115,8 +115,11 @@ class FastTokenizer:
         the two are longer than the model reads: cutting at the limit would drop the answer, and every candidate
         outside the vocabulary would then score the same (the first given winning the tie)."""
         text = f"{question} {answer}"
-        check_unicode([answer], "a choice")  # a choice from a shell in another encoding: one error, not a traceback
-        if not self.tok.encode(text).overflowing:  # (the question was encoded before this)
+        # from a shell in another encoding: one error, not a traceback (explain() gets here before the question is
+        # encoded anywhere else)
+        check_unicode([question], "the question")
+        check_unicode([answer], "a choice")
+        if not self.tok.encode(text).overflowing:
             return text
         limit = self.tok.truncation["max_length"]
         room = limit - 2 - len(self.tok.encode(answer, add_special_tokens=False).ids)  # [CLS] .. [SEP]

@@ -154,7 +154,13 @@ def pairs_of_images(pairs: Pairs, rows: np.ndarray, reasons: dict | None = None)
     keep = new_index[np.asarray(pairs.caption_image)] >= 0
     names = pairs.image_names()
     left_out = list(pairs.left_out)
+    # the captions grouped in one pass: a pass per unreadable photo took minutes on a scraped set with dead links
+    captions_of: dict[int, list[str]] = {int(i): [] for i in (reasons or {})}
+    if captions_of:
+        for c, j in zip(pairs.captions, np.asarray(pairs.caption_image).tolist()):
+            if j in captions_of:
+                captions_of[j].append(c)
     for i, why in sorted((reasons or {}).items()):
-        left_out.append((names[i], [c for c, j in zip(pairs.captions, pairs.caption_image) if j == i], why))
+        left_out.append((names[i], captions_of[int(i)], why))
     return Pairs([pairs.images[i] for i in rows], [c for c, k in zip(pairs.captions, keep) if k],
                  new_index[np.asarray(pairs.caption_image)[keep]], [names[i] for i in rows], left_out=left_out)
