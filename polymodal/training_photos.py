@@ -175,15 +175,15 @@ class TrainingPhotos:
         self._images, self._val, self._hashes = list(images), list(val_images), None
         # read now, before the run folder is prepared: --overwrite moves the run's RUN/model aside, and --model
         # may name that very folder (a run retrained in place from its own model)
-        self._inherited = [r for r in map(_recorded, (s for s in (start, earlier) if s is not None)) if r is not None]
-        if start is not None and self._val:
-            self._warn_if_start_learned(start)
+        started = _recorded(start) if start is not None else None
+        self._inherited = [r for r in (started, _recorded(earlier) if earlier is not None else None) if r is not None]
+        if started is not None and self._val:
+            self._warn_if_start_learned(start, started[0])
 
-    def _warn_if_start_learned(self, start) -> None:
-        """Validation photos the starting model learned from (the built-in captioner learned all of Flickr8k-dev
-        and COCO-mini) score it high before any epoch: its figure is optimistic, and RUN/model may stay that model
-        ("no epoch beat the model training started from") with no reason given. Say so, with the count."""
-        learned = read_training_photos(start)
+    def _warn_if_start_learned(self, start, learned: set[str]) -> None:
+        """Validation photos the starting model learned from (``learned``: the built-in captioner learned all of
+        Flickr8k-dev and COCO-mini) score it high before any epoch: its figure is optimistic, and RUN/model may stay
+        that model ("no epoch beat the model training started from") with no reason given. Say so, with the count."""
         if not learned:
             return
         val = image_hashes(self._val)  # M counted as eval's warning counts it (count_seen_photos)
