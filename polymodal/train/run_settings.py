@@ -24,7 +24,7 @@ def recipe_parts(cls, d: dict, label: str = "", train_defaults: dict | None = No
 
     d = dict(d)
     arch = d.pop("arch", {})
-    train_keys, arch_keys = set(TrainConfig.__dataclass_fields__), _arch_keys(cls)
+    train_keys, arch_keys = set(TrainConfig.__dataclass_fields__), recipe_arch_keys(cls)
     train = {**(train_defaults or {}), **d.pop("train", {}), **{k: d.pop(k) for k in list(d) if k in train_keys}}
     flat_arch = {k: d.pop(k) for k in list(d) if k in arch_keys}
     if flat_arch:  # as the train keys: "arch" < top level
@@ -41,7 +41,7 @@ def recipe_parts(cls, d: dict, label: str = "", train_defaults: dict | None = No
     return arch, TrainConfig.from_dict(train), d
 
 
-def _arch_keys(cls) -> set[str]:
+def recipe_arch_keys(cls) -> set[str]:
     """The keys of a recipe's architecture settings ("arch"), which may also sit at the recipe's top level."""
     make = cls.__dataclass_fields__["arch"].default_factory
     return {f.name for f in fields(make())} - set(cls.__dataclass_fields__)
