@@ -176,7 +176,7 @@ def check_arch_of_continued_model(settings: dict, recipe_cls=None) -> None:
     from it would be silently ignored (and recorded in train_config.json as if used), so it is refused. With
     ``recipe_cls``, architecture keys at the settings' top level count too (the recipe reads them as "arch")."""
     from polymodal.resources import HERE
-    from polymodal.train.run_settings import recipe_arch_keys
+    from polymodal.train.run_settings import recipe_arch
 
     name = settings.get("model")
     if not isinstance(name, str) or name in ("new", "lite"):  # (a number: the recipe's type check says so)
@@ -190,10 +190,9 @@ def check_arch_of_continued_model(settings: dict, recipe_cls=None) -> None:
         from polymodal.models.fusion_encoder import as_recorded
 
         config = as_recorded(config)  # as load_fusion_encoder reads it
-    # a --config key without a flag (logit_scale_init, decision_heads) may sit at the top level: recipe_parts
-    # folds it into "arch" (top level over "arch"), so it would be ignored just the same
-    arch = {**settings.get("arch", {}),
-            **({k: v for k, v in settings.items() if k in recipe_arch_keys(recipe_cls)} if recipe_cls else {})}
+    # a --config key without a flag (logit_scale_init, decision_heads) may sit at the top level: the recipe folds
+    # it into "arch", so it would be ignored just the same
+    arch = recipe_arch(recipe_cls, settings) if recipe_cls else settings.get("arch", {})
     differ = sorted(k for k, v in arch.items() if k not in CONTINUED_ARCH_KEYS and k in config and config[k] != v)
     if differ:
         given = ", ".join(f"{k} {arch[k]!r}" for k in differ)

@@ -22,15 +22,10 @@ def recipe_parts(cls, d: dict, label: str = "", train_defaults: dict | None = No
     one-item list."""
     from polymodal.train.trainer import TrainConfig
 
-    d = dict(d)
-    arch = d.pop("arch", {})
     train_keys, arch_keys = set(TrainConfig.__dataclass_fields__), recipe_arch_keys(cls)
+    arch = recipe_arch(cls, d)
+    d = {k: v for k, v in d.items() if k != "arch" and k not in arch_keys}
     train = {**(train_defaults or {}), **d.pop("train", {}), **{k: d.pop(k) for k in list(d) if k in train_keys}}
-    flat_arch = {k: d.pop(k) for k in list(d) if k in arch_keys}
-    if flat_arch:  # as the train keys: "arch" < top level
-        if not isinstance(arch, dict):
-            raise PolymodalError(f"give {sorted(flat_arch)} inside arch, beside its other settings")
-        arch = {**arch, **flat_arch}
     unknown = set(d) - set(cls.__dataclass_fields__)
     if unknown:
         raise PolymodalError(f"unknown {label}settings {sorted(unknown)}; known: "
@@ -39,6 +34,18 @@ def recipe_parts(cls, d: dict, label: str = "", train_defaults: dict | None = No
         if isinstance(d.get(key), str):
             d[key] = [d[key]]
     return arch, TrainConfig.from_dict(train), d
+
+
+def recipe_arch(cls, d: dict) -> Any:
+    """A recipe dict's architecture settings: its "arch" entry, with the architecture keys at its top level over it
+    (as the train keys: "arch" < top level)."""
+    arch = d.get("arch", {})
+    flat_arch = {k: v for k, v in d.items() if k in recipe_arch_keys(cls)}
+    if not flat_arch:
+        return arch
+    if not isinstance(arch, dict):
+        raise PolymodalError(f"give {sorted(flat_arch)} inside arch, beside its other settings")
+    return {**arch, **flat_arch}
 
 
 def recipe_arch_keys(cls) -> set[str]:
