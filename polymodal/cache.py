@@ -152,16 +152,24 @@ def check_creatable(folder: Path, what: str) -> None:
                              f"write in {existing} (or its file system is read-only); pass a folder you can write")
 
 
+_FILLING: set[Path] = set()  # the stages staged_folder calls are filling now (each a new, unique folder)
+
+
 @contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """Build a folder's contents in a hidden sibling; on success it replaces `out` (an old `out` is removed only
     then), on an error it is removed. A crash or kill never leaves `out` half-written, only a hidden .partial; on
-    Linux the old and new folders swap places in one step, so there is no moment without `out` either."""
+    Linux the old and new folders swap places in one step, so there is no moment without `out` either. Given a stage
+    it is filling, it fills that stage: a stage in a stage would be a hidden folder no later run cleans up."""
     out = Path(out).resolve()  # `--out .` and symlinks: work on the real folder and its real parent
+    if out in _FILLING:  # a stage of this process already (the CLI stages export_onnx, which stages too): fill it
+        yield out
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_stages(out)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{_stage_owner()}-", suffix=".partial"))
     os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
+    _FILLING.add(stage)
     try:
         yield stage
         if out.is_dir() and _exchange(stage, out):
@@ -177,6 +185,7 @@ def staged_folder(out: Path) -> Iterator[Path]:
             raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
+        _FILLING.discard(stage)
         shutil.rmtree(stage, ignore_errors=True)  # the old folder after a swap; the new one after an error
 
 

@@ -6,9 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from polymodal.cache import check_creatable, staged_folder
+from polymodal.cache import staged_folder
 from polymodal.errors import PolymodalError
-from polymodal.training_photos import FILE_NAME, copy_training_photos
+from polymodal.export.out_folder import check_out_folder
+from polymodal.training_photos import copy_training_photos
 
 
 def cmd_export_onnx(args) -> int:
@@ -39,20 +40,9 @@ def cmd_export_onnx(args) -> int:
     out = Path(args.out) if args.out else (onnx_export_dir(args.model) if args.model in MODELS else None)
     if out is None:
         raise PolymodalError("pass --out DIR: where to write the export of a model given by path")
-    if out.exists() and not out.is_dir():
-        raise PolymodalError(f"--out {out} is a file; pass a folder")
-    # files a file manager leaves in any folder it shows (Finder's .DS_Store) are neither the user's data nor a
-    # mistake: a new folder holding one is empty, and an earlier export holding one is still that export. Other
-    # hidden files (.git, .env) may be the user's: the export replaces the whole folder, so they stay refused
-    entries = sorted(p.name for p in out.iterdir() if not _os_metadata(p.name)) if out.is_dir() else []
-    foreign = [name for name in entries if not _export_file(name)]
-    if entries and not foreign and not is_onnx_folder(out):
-        foreign = entries  # an earlier export always holds its config (it is moved into place whole)
-    if foreign:  # the export replaces the whole folder: never delete files that are not an earlier export's
-        raise PolymodalError(f"--out {out} holds files that are not a polymodal export ({', '.join(foreign[:3])}); "
-                             "pass a new or empty folder")
-    # the export is built beside --out and swapped in: its parent must be writable (found after the model loaded)
-    check_creatable(out.resolve().parent, f"--out {out}")
+    # refused before the model loads: a file, another folder's files (the export replaces the whole folder), or a
+    # parent that cannot be written (the export is built beside it)
+    check_out_folder(out, f"--out {out}")
     if not args.max_drop_points >= 0:  # nan: every variant would be "over the nan-point limit"
         raise PolymodalError(f"--max-drop-points must be 0 or more, got {args.max_drop_points}")
     variants = _variants(args)
@@ -88,23 +78,6 @@ def cmd_export_onnx(args) -> int:
     return _print_result(args, out, report, report_table(report),
                          f"{use} on index, search, classify and eval, e.g. `polymodal serve --db INDEX {use}`",
                          load=f"polymodal.load({args.model!r}, runtime='onnx')" if by_name else None)
-
-
-def _os_metadata(name: str) -> bool:
-    """Finder's .DS_Store and ._ AppleDouble files, Windows Explorer's Thumbs.db and desktop.ini."""
-    return name in (".DS_Store", "Thumbs.db", "desktop.ini") or name.startswith("._")
-
-
-def _export_file(name: str) -> bool:
-    """What `polymodal export onnx` writes: graphs, the tokenizer, its config and reports. Graphs only by the names
-    an export gives them (image.fp32.onnx, step.int8_dynamic.onnx, ...): any *.onnx let a folder of the user's own
-    ONNX models pass as an earlier export, and the export then replaced (deleted) them."""
-    from polymodal.export.runtime import GRAPHS, ONNX_CONFIG
-    from polymodal.export.variants import VARIANTS
-
-    parts = ("image", "text", "match", *(g for graphs in GRAPHS.values() for g in graphs))
-    graphs = {f"{g}.onnx" for g in parts} | {f"{g}.{v}.onnx" for g in parts for v in ("fp32", *VARIANTS)}
-    return name in graphs or name in (ONNX_CONFIG, "tokenizer.json", "report.json", "report.md", FILE_NAME)
 
 
 def _variants(args) -> list[str] | None:

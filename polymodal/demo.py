@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import io
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
+from polymodal.cache import atomic_write_bytes
 from polymodal.cli import _quiet_closed_stdout, _sigterm_cleans_up, _table, interrupt_status
 from polymodal.errors import PolymodalError
 
@@ -27,7 +29,9 @@ def _query_image(gallery: Path, out: Path) -> Path:
     img = ImageOps.mirror(Image.open(gallery / "coffee.jpg").convert("RGB"))
     w, h = img.size
     path = out / "query-coffee-mirrored.jpg"
-    img.crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(path)
+    buf = io.BytesIO()  # written whole, then renamed: a run stopped mid-write left a cut JPEG in place of the last
+    img.crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(buf, "JPEG")
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -48,7 +52,7 @@ def _write_page(out: Path, sections: list[tuple[str, list]], captions: list[tupl
         src = path.resolve().relative_to(out.resolve()).as_posix()
         parts.append(f"<figure><img src='{html.escape(src)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
     page = out / "results.html"
-    page.write_text("\n".join(parts), encoding="utf-8")
+    atomic_write_bytes(page, "\n".join(parts).encode("utf-8"))  # the last run's page stays whole until replaced
     return page
 
 

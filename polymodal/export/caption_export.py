@@ -27,6 +27,7 @@ from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 from polymodal.export import variants as V
 from polymodal.export.graphs import export_graph, made_with
+from polymodal.export.out_folder import staged_export
 from polymodal.export.runtime import ONNX_CONFIG, drop_unserved, graph_files, removed_line
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,15 @@ class _Step(nn.Module):
         return logits, torch.stack([k for k, _ in past]), torch.stack([v for _, v in past])
 
 
+@staged_export
 def export_captioner_onnx(model, out: str | Path, images: Sequence, references: Sequence[Sequence[str]] | None = None,
                           progress: Callable[[str], None] = log.info, beam: int = 3, max_drop_points: float = 1.0,
                           timing_seconds: float = 1.0, variants: Sequence[str] | None = None,
                           keep_unserved: bool = False) -> dict:
-    """Export a Captioner to ``out``; ``images`` (paths or PIL images) check parity and time both runtimes, their
-    ``references`` (captions per image) gate the int8 step graph (``variants=[]`` tries none). Graphs tried but
-    not served (the fp32 step graph a kept int8 one replaces) are deleted unless ``keep_unserved``."""
+    """Export a Captioner to ``out`` (new, empty or an earlier export: replaced whole once complete); ``images``
+    (paths or PIL images) check parity and time both runtimes, their ``references`` (captions per image) gate the
+    int8 step graph (``variants=[]`` tries none). Graphs tried but not served (the fp32 step graph a kept int8 one
+    replaces) are deleted unless ``keep_unserved``."""
     import time
 
     from polymodal.data.images import draft_size_of
@@ -79,8 +82,6 @@ def export_captioner_onnx(model, out: str | Path, images: Sequence, references: 
     names = [_photo_name(images[i], i, references) for i in kept[:3]]
     images = [opened[i] for i in kept]
     references = None if references is None else [references[i] for i in kept]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     model.eval().requires_grad_(False)
     model._text[0].tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
     pixels = torch.from_numpy(model.transform(images[:2] * (2 if len(images) < 2 else 1)))

@@ -27,6 +27,7 @@ from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 from polymodal.export import variants as V
 from polymodal.export.graphs import export_graph, made_with
+from polymodal.export.out_folder import staged_export
 from polymodal.export.runtime import ONNX_CONFIG, drop_unserved, graph_files, removed_line
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,12 @@ def check_vqa_variants(variants: Sequence[str] | None) -> None:
         raise PolymodalError(f"VQA exports have no {', '.join(missing)} variant; choose from {', '.join(known)}")
 
 
+@staged_export
 def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callable[[str], None] = log.info,
                        max_drop_points: float = 1.0, timing_seconds: float = 1.0,
                        variants: Sequence[str] | None = None, keep_unserved: bool = False) -> dict:
-    """Export a FusionEncoder with a VQA head to ``out``; ``rows`` (QARow) check parity and accuracy. ``variants``
+    """Export a FusionEncoder with a VQA head to ``out`` (new, empty or an earlier export: replaced whole once
+    complete); ``rows`` (QARow) check parity and accuracy. ``variants``
     limits which int8 variants are tried (default: all of TOWER_VARIANTS; [] = none). Graphs tried but not served
     are deleted unless ``keep_unserved``."""
     from polymodal.eval.vqa import accuracy_by_type, as_rows
@@ -91,8 +94,6 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
     if not rows:
         raise PolymodalError("VQA export needs validation questions: pass --val-qa FILE.jsonl")
     rows = _readable_rows(model, rows)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     model.eval().requires_grad_(False)
     tok = model.text_tower.tokenizer
     tok.backend_tokenizer.save(str(out / "tokenizer.json"))

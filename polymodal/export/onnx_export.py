@@ -34,6 +34,7 @@ from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.export import variants as V
 from polymodal.export.graphs import ImageGraph, TextGraph, check_exportable, export_graph, made_with
+from polymodal.export.out_folder import staged_export
 from polymodal.export.runtime import ONNX_CONFIG, drop_unserved, onnx_session, removed_line
 from polymodal.models.inputs import each_or_error, readable_results
 
@@ -153,10 +154,12 @@ class _Session:
         return np.concatenate([self.run(items[i : i + batch]) for i in range(0, len(items), batch)])
 
 
+@staged_export
 def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[str] = V.VARIANTS,
                 max_drop_points: float = 1.0, progress: Callable[[str], None] = log.info,
                 timing_seconds: float = 1.0, keep_unserved: bool = False) -> dict:
-    """Export ``model`` to ``out`` (see the module docstring); returns the report (also written to out).
+    """Export ``model`` to ``out`` (see the module docstring); returns the report (also written to out). ``out``:
+    a new or empty folder, or an earlier export, replaced whole once this one is complete (staged_export).
     ``timing_seconds``: each speed figure is the best of 3 runs of at least this long. Graphs tried but not served
     (the fp32 graph a kept variant replaces, a kept but slower variant) are deleted unless ``keep_unserved``."""
 
@@ -174,8 +177,6 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
     # each once: a second try of a name rewrites the first's file, and a rejected second try deleted the graph a
     # kept first one serves (`--variants int8_dynamic,int8_dynamic`: an export that cannot load)
     variants = list(dict.fromkeys(variants))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     hf_tok, max_length = model.text_tokenizer
     if not getattr(hf_tok, "is_fast", False):
         raise PolymodalError("the ONNX runtime needs a fast (tokenizer.json) tokenizer; this model's is a slow one")

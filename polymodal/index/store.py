@@ -41,7 +41,7 @@ import faiss
 import numpy as np
 from filelock import FileLock, Timeout
 
-from polymodal.cache import atomic_write_with
+from polymodal.cache import atomic_write_with, check_creatable
 from polymodal.errors import PolymodalError
 from polymodal.index.scan import ImageFile, canonical_path, file_sha256, image_file, scan_images, unlisted_folders
 from polymodal.models.inputs import check_count
@@ -522,6 +522,8 @@ class ImageIndex(SearchByModel):
         if self.db.exists() and not self.db.is_dir():
             raise PolymodalError(f"--db {self.db} is a file; pass a folder to hold the index")
         self._check_not_foreign()
+        if not self.db.exists():  # under a file, or in a read-only folder: one error, as `polymodal index` says it
+            check_creatable(self.db, f"--db {self.db}")
         self.db.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.lock_path), timeout=0)
         try:
