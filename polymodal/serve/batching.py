@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from polymodal.errors import PolymodalError
+from polymodal.models.inputs import as_images
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +228,20 @@ class MicroBatcher:
             return self.image_forward(items)
         return self.model.encode_text(items, batch_size=max(len(items), 1))
 
+    def _passes(self, kind: str, items: list) -> list[tuple[int, int]]:
+        """[start, end) of each forward pass over `items`: images max_batch at a time (one request may hold more:
+        up to 64), texts in one pass (the app sends them in chunks of its own)."""
+        step = self.max_batch if kind == "image" else max(len(items), 1)
+        return [(start, min(start + step, len(items))) for start in range(0, len(items), step)] or [(0, 0)]
+
+    def _forward_passes(self, kind: str, items: list) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        passes = self._passes(kind, items)
+        return np.concatenate([self._forward(kind, items[a:b]) for a, b in passes]), passes
+
     def _run_batch(self, kind: str, batch: list[_Job]) -> None:
         items = [x for job in batch for x in job.items]
         try:
-            vectors = self._forward(kind, items)
+            vectors, passes = self._forward_passes(kind, items)
         except BaseException as exc:  # noqa: BLE001 - reported to the waiting requests
             if len(batch) > 1:  # one bad request must not fail the others: retry each alone
                 for job in batch:
@@ -238,19 +249,23 @@ class MicroBatcher:
                 return
             batch[0].future.set_exception(exc)
             return
-        self._report(kind, len(items), len(batch))
-        start = 0
+        spans, start = [], 0  # each job's [start, end) in items
         for job in batch:
-            job.future.set_result(vectors[start : start + len(job.items)])
+            spans.append((start, start + len(job.items)))
             start += len(job.items)
+        for a, b in passes:  # each pass as it ran, with the number of requests it held a part of
+            self._report(kind, b - a, sum(1 for s, e in spans if s < b and a < e) or 1)
+        for job, (s, e) in zip(batch, spans):
+            job.future.set_result(vectors[s:e])
 
     def _run_alone(self, kind: str, job: _Job) -> None:
         try:
-            result = self._forward(kind, job.items)
+            result, passes = self._forward_passes(kind, job.items)
         except BaseException as exc:  # noqa: BLE001
             job.future.set_exception(exc)
             return
-        self._report(kind, len(job.items), 1)
+        for a, b in passes:
+            self._report(kind, b - a, 1)
         job.future.set_result(result)
 
     def _run_call(self, job: _Job) -> None:
@@ -276,7 +291,14 @@ class BatchedModel:
         self.name, self.version, self.dim, self.key = model.name, model.version, model.dim, model.key
 
     def encode_image(self, images, batch_size: int | None = None) -> np.ndarray:
-        return self._batcher.submit_call(self._model.encode_image, images, batch_size).result()
+        images = as_images(images)  # (one path or several, as encode_image takes them)
+        vectors = self._batcher.submit_call(self._model.encode_image, images, batch_size).result()
+        # counted in the batch metrics as kind "index" (not "image": a request batch): encode_image runs batch_size
+        # images a pass
+        step = batch_size or getattr(self._model, "image_batch_size", None) or max(len(images), 1)
+        for start in range(0, len(images), step):
+            self._batcher._report("index", min(step, len(images) - start), 1)
+        return vectors
 
     def encode_text(self, texts, batch_size: int | None = None) -> np.ndarray:
         return self._batcher.submit_call(self._model.encode_text, texts, batch_size).result()

@@ -82,13 +82,14 @@ class Metrics:
             for endpoint, h in sorted(self.latency.items()):
                 lines += h.lines("polymodal_request_duration_seconds", {"endpoint": endpoint})
             lines += [
-                "# HELP polymodal_batch_size Items (images or texts) per model forward pass.",
+                "# HELP polymodal_batch_size Items per model forward pass: kind image or text for requests (merged by "
+                "the batcher), index for images added by /v1/index.",
                 "# TYPE polymodal_batch_size histogram",
             ]
             for kind, h in sorted(self.batch_items.items()):
                 lines += h.lines("polymodal_batch_size", {"kind": kind})
             lines += [
-                "# HELP polymodal_batch_requests Requests merged into one model forward pass.",
+                "# HELP polymodal_batch_requests Requests with items in one model forward pass.",
                 "# TYPE polymodal_batch_requests histogram",
             ]
             for kind, h in sorted(self.batch_requests.items()):

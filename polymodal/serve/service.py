@@ -314,10 +314,13 @@ class Service:
 
     # -- writing (call from a worker thread) ---------------------------------------------------------------------
     def _acquire_write(self) -> None:
+        # updates run one at a time, each about a second at 100k images (vectors.faiss is read and rewritten whole):
+        # under a burst of uploads the wait is the queue ahead, not one long update, as this said before
         if not self._write_lock.acquire(timeout=self.settings.request_timeout_s):
             raise ApiError(
-                503, f"another index update has been running for over {self.settings.request_timeout_s:g} s; "
-                "retry later", {"Retry-After": "5"},
+                503, f"this index update waited over {self.settings.request_timeout_s:g} s for the updates ahead of "
+                "it (uploads and removals run one at a time); retry later, or send more images per request",
+                {"Retry-After": "5"},
             )
 
     def _read_only(self) -> ApiError:
