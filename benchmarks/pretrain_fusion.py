@@ -131,6 +131,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     announce(__file__)
+    from polymodal.errors import PolymodalError
     from polymodal.models.fusion_encoder import load_fusion_encoder
     from polymodal.train.pretrain import (
         PretrainRecipe,
@@ -143,9 +144,6 @@ def main(argv=None) -> int:
         train_pretrain,
     )
 
-    if not Path(args.pairs).is_file():
-        raise SystemExit(f"no pairs at {args.pairs}; pass --pairs FILE.jsonl")
-    out_root = Path(args.out or tempfile.mkdtemp(prefix="pretrain-fusion-"))
     multitask = {"itm": 1.0, "mlm": 1.0, "mrm": 0.5}
     runs = {
         "multitask": {"objectives": multitask},  # half the ITM negatives hard (the default), half uniform
@@ -155,14 +153,24 @@ def main(argv=None) -> int:
         "text_only": {"objectives": {"mlm": 1.0}, "zero_images": True},
     }
     wanted = [r for r in args.runs.split(",") if r]
-    unknown = set(wanted) - set(runs)
-    if unknown:
-        raise SystemExit(f"unknown runs {sorted(unknown)}; choose from {', '.join(runs)}")
-
-    t0 = time.perf_counter()
     base = {"pairs": [args.pairs], "val_fraction": 0.1, "batch_size": args.batch_size, "mlm_variants": args.mlm_variants,
             "arch": {"fusion": args.fusion, "dim": args.dim, "dropout": 0.1},
             "train": {"epochs": args.epochs, "lr": args.lr, "warmup_steps": 30, "patience": 0, "seed": 0}}
+    try:  # a mistake in the command line (a path, a run, a --fusion): one line and exit 2, as the other benchmarks
+        if not Path(args.pairs).is_file():
+            raise PolymodalError(f"no pairs at {args.pairs}; pass --pairs FILE.jsonl")
+        if unknown := set(wanted) - set(runs):
+            raise PolymodalError(f"unknown runs {sorted(unknown)}; choose from {', '.join(runs)}")
+        for name in wanted:  # each run's settings, before the first one trains
+            recipe = PretrainRecipe.from_dict({**base, **runs[name], "out": "unused"})
+            recipe.validate()
+            recipe.arch.validate()
+    except PolymodalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out_root = Path(args.out or tempfile.mkdtemp(prefix="pretrain-fusion-"))
+
+    t0 = time.perf_counter()
     held_out = None
     summary = {}
     for name in wanted:

@@ -173,7 +173,7 @@ def _gallery_db(model: str, workdir: Path) -> Path:
                            model, "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
     if done.returncode:  # e.g. a mistyped --model: polymodal's own line, not a CalledProcessError traceback
         lines = [line for line in done.stderr.splitlines() if line.strip()]
-        raise SystemExit(f"indexing the sample gallery with --model {model} failed: "
+        raise UsageError(f"indexing the sample gallery with --model {model} failed: "
                          f"{lines[-1] if lines else f'exit code {done.returncode}'}")
     return db
 
@@ -195,17 +195,29 @@ def main(argv=None) -> int:
     ap.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for a server to start")
     args = ap.parse_args(argv)
     announce(__file__)
+    try:
+        return _run(args)
+    except UsageError as exc:  # as the other benchmarks: one line and exit 2, as argparse's own mistakes
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+class UsageError(Exception):
+    """A mistake in the command line (a --runtime, a path, a --model): one line, no traceback."""
+
+
+def _run(args) -> int:
     levels = args.concurrency
     runtimes = [r for r in args.runtime.split(",") if r]
     if not runtimes or set(runtimes) - set(RUNTIMES):
-        raise SystemExit(f"--runtime takes a comma-separated subset of {', '.join(RUNTIMES)}")
+        raise UsageError(f"--runtime takes a comma-separated subset of {', '.join(RUNTIMES)}")
     runtimes = runnable(runtimes, "serve_load")
     if not runtimes:
-        raise SystemExit("none of --runtime runs on this CPU; add torch or onnx")
+        raise UsageError("none of --runtime runs on this CPU; add torch or onnx")
 
     for flag, path in (("--db", args.db), ("--image", args.image), ("--onnx-dir", args.onnx_dir)):
         if path and not Path(path).exists():  # before any server starts, not a traceback (or a dead server) later
-            raise SystemExit(f"no {flag} at {path}")
+            raise UsageError(f"no {flag} at {path}")
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         work = Path(tmp)
         db = Path(args.db) if args.db else _gallery_db(args.model, work)

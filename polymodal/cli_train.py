@@ -355,7 +355,9 @@ def cmd_eval_retrieval(args) -> int:
                        for name, captions, why in pairs.left_out for c in captions]
                     + [{"query": "image", "image": name, "rank": int(r)} for name, r in zip(names, ranks["i2t"])]
                     + [{"query": "image", "image": name, "error": why} for name, _, why in pairs.left_out],
-                    args.model, pairs.images, names)
+                    # the unreadable photos too (their file's or shard member's bytes), as eval zeroshot's items
+                    args.model, [*pairs.images, *(n for n, _, _ in pairs.left_out)],
+                    names + [n for n, _, _ in pairs.left_out])
     if args.word_order:
         from polymodal.eval.word_order import word_order_accuracy
 

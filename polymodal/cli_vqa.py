@@ -37,6 +37,20 @@ def _load_vqa_model(name: str, runtime: str = "auto"):
     return require_vqa(polymodal.load(name, runtime=runtime), name)
 
 
+def _check_distinct(choices: list[str], given: str) -> None:
+    """One error for a candidate named twice (red,red; red,Red: answers compare so): it was scored once, silently,
+    where a QA file row whose choices repeat is skipped with a reason. A typo for another candidate, most likely."""
+    from polymodal.data.answers import comparable_answer
+
+    first: dict[str, str] = {}
+    for c in choices:
+        key = comparable_answer(c)
+        if key in first:
+            raise PolymodalError(f"--choices {given!r} names one answer twice ({first[key]}, {c}); pass each "
+                                 "candidate once")
+        first[key] = c
+
+
 def cmd_vqa(args) -> int:
     from polymodal.data.images import check_image_file
     from polymodal.models.inputs import one_question
@@ -54,6 +68,7 @@ def cmd_vqa(args) -> int:
     if choices == []:  # `--choices ""` (an empty shell variable) would otherwise answer open-ended without a word
         raise PolymodalError(f"--choices {args.choices!r} names no answer; pass candidates like --choices yes,no, "
                              "or leave --choices out for an open answer")
+    _check_distinct(choices or [], args.choices)
     model = _load_vqa_model(args.model, args.runtime)
     if args.explain and not (hasattr(model, "explain") and getattr(model, "draws_heat_maps", True)):  # before answering
         raise PolymodalError(f"--explain needs a model that draws heat maps (explain(): fusion encoders such as "

@@ -262,7 +262,7 @@ def _reason(exc: Exception) -> str:
 class ImageTransform:
     """Resize the short side, centre-crop, scale to [0,1], normalise. Settings live in the model config."""
 
-    resize: int = 256
+    resize: int = 256  # the short side's length before the crop; 0: no resize (a CLIP processor's do_resize false)
     crop: int = 224
     mean: tuple = (0.5, 0.5, 0.5)
     std: tuple = (0.5, 0.5, 0.5)
@@ -302,6 +302,8 @@ class ImageTransform:
     def _resized(self, w: int, h: int) -> tuple[int, int, int, int]:
         """(resized w, resized h, crop left, crop top) for a w x h image. The long side is truncated as CLIP's
         processors (HF and torchvision) do, so CLIP checkpoints match exactly."""
+        if not self.resize:  # the crop of the photo as it is; Pillow pads a smaller one with black where HF's does
+            return w, h, (w - self.crop) // 2, (h - self.crop) // 2
         nw, nh = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
         nw, nh = max(self.crop, nw), max(self.crop, nh)
         return nw, nh, (nw - self.crop) // 2, (nh - self.crop) // 2
@@ -318,12 +320,12 @@ class ImageTransform:
         w, h = img.size
         check_image_size(w, h)
         keep = _MAX_RESIZED_ASPECT * min(w, h)
-        if not self.crop_box and max(w, h) > keep:  # the box path below only resizes the crop already
+        if self.resize and not self.crop_box and max(w, h) > keep:  # the box path below only resizes the crop already
             x0, y0 = (w - min(w, keep)) // 2, (h - min(h, keep)) // 2
             img = img.crop((x0, y0, x0 + min(w, keep), y0 + min(h, keep)))
             w, h = img.size
         nw, nh, left, top = self._resized(w, h)
-        if not self.crop_box:
+        if not self.crop_box or not self.resize:
             return img.resize((nw, nh), _RESAMPLE[self.resample]).crop((left, top, left + self.crop, top + self.crop))
         return self._box_resize(img, nw, nh)
 

@@ -4,7 +4,8 @@
 - a JSONL file of {"image": path relative to the file, "caption": text} rows (extra keys ignored), or a JSON array
   of them, or COCO's or Karpathy's caption JSON as downloaded (see `polymodal.data.caption_json`);
 - a CSV/TSV file with a header naming an image column (image, filepath) and a caption column (caption, title,
-  text), as open_clip's CSV loader expects (tab-separated when the header has a tab); paths relative to the file;
+  text), as open_clip's CSV loader expects (tab-separated when the header has a tab, or as Excel's "sep=;" first line
+  says); paths relative to the file;
 - a folder of images with same-named .txt captions (`cat.jpg` + `cat.txt`, one caption per non-empty line);
 - tar shards: a .tar file, a folder of them, a glob, or a brace pattern like `shards-{000..009}.tar`
   (see `polymodal.data.shards`); their images are referenced as "<shard>#<member>" strings.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -260,15 +262,19 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
     pairs, skipped = [], []
     check = _ImageCheck(path.parent)
     with utf8_text(path, newline="") as f:
-        blank = 0  # blank lines above the header: csv takes the first line as the header, and a blank one named
-        while True:  # no column (the file was called empty); rows keep their line numbers in the file
+        blank, delimiter = 0, None  # blank lines above the header: csv takes the first line as the header, and a
+        while True:  # blank one named no column (the file was called empty); rows keep their line numbers in the file
             start = f.tell()
             header = f.readline()
+            excel = delimiter is None and re.fullmatch(r'"?sep=(.)"?', header.rstrip("\r\n"))
+            if excel:  # Excel's "sep=;" first line: the separator its rows use (a ; in locales with a decimal comma)
+                delimiter, blank = excel.group(1), blank + 1
+                continue
             if header.strip() or not header:
                 break
             blank += 1
         f.seek(start)
-        delimiter = "\t" if "\t" in header or path.suffix.lower() == ".tsv" else ","
+        delimiter = delimiter or ("\t" if "\t" in header or path.suffix.lower() == ".tsv" else ",")
         reader = csv.DictReader(f, delimiter=delimiter)
         columns = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
         image_col = next((columns[c] for c in IMAGE_COLUMNS if c in columns), None)
@@ -293,11 +299,12 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
                 skipped.append((f"{path}:{first}-{last}", why))
                 skipped.extend((f"{path}:{line}", why) for line in range(first + 1, last + 1))  # each line a row
                 continue
-            if None in row or any(v is None for v in row.values()):
+            # a short row is read when only cells it needs not are missing (a spreadsheet drops empty trailing ones)
+            if None in row or row[image_col] is None or row[caption_col] is None:
                 skipped.append((where, f"row does not have the header's {len(columns)} fields"))
                 continue
             image, caption = row[image_col].strip() or None, row[caption_col]
-            negatives = row[negative_col].split(NEGATIVE_SEPARATOR) if negative_col else None
+            negatives = row[negative_col].split(NEGATIVE_SEPARATOR) if negative_col and row[negative_col] else None
             _add_row(pairs, skipped, where, image, caption, check, negatives)
     return pairs, skipped
 

@@ -110,15 +110,16 @@ class FastTokenizer:
             check_unicode([text], what)
             raise
 
-    def question_with_answer(self, question: str, answer: str) -> str:
+    def question_with_answer(self, question: str, answer: str, what: str = "a choice") -> str:
         """"QUESTION ANSWER", the text an ITM head scores a candidate answer by, with the question's end dropped when
         the two are longer than the model reads: cutting at the limit would drop the answer, and every candidate
-        outside the vocabulary would then score the same (the first given winning the tie)."""
+        outside the vocabulary would then score the same (the first given winning the tie). ``what`` names the
+        answer in an error ("the answer" for explain())."""
         text = f"{question} {answer}"
         # from a shell in another encoding: one error, not a traceback (explain() gets here before the question is
         # encoded anywhere else)
         check_unicode([question], "the question")
-        check_unicode([answer], "a choice")
+        check_unicode([answer], what)
         if not self.tok.encode(text).overflowing:
             return text
         limit = self.tok.truncation["max_length"]

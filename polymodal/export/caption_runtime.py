@@ -8,9 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from polymodal.data.images import ImageTransform
-from polymodal.export.runtime import (ReloadsFromFolder, export_tokenizer, graph_files, graph_variants, onnx_session,
-                                      read_export_config)
+from polymodal.export.runtime import (ReloadsFromFolder, export_tokenizer, export_transform, graph_files,
+                                      graph_variants, onnx_session, read_export_config)
 from polymodal.models.beam_search import CLS, NO_REPEAT, beam_search, caption_batches, caption_text
 from polymodal.models.inputs import as_images
 
@@ -22,7 +21,7 @@ class OnnxCaptioner(ReloadsFromFolder):
         config = read_export_config(folder)
         self.config = config
         self.name, self.version = config["name"], config["version"]
-        self.transform = ImageTransform.from_dict(config["transform"])
+        self.transform = export_transform(folder, config)
         self.files = graph_files(config)
         self.prefix = onnx_session(folder / self.files["prefix"], threads, {"pixels"})
         self.step = onnx_session(folder / self.files["step"], threads, {"ids", "position", "keys", "values"})

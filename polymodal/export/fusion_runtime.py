@@ -9,11 +9,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from polymodal.data.answers import check_row_choices, checked_choices, choice_index, comparable_answer, unique_choices
-from polymodal.data.images import ImageTransform
 from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
-from polymodal.export.runtime import (ReloadsFromFolder, export_tokenizer, graph_files, graph_variants, onnx_session,
-                                      read_export_config)
+from polymodal.export.runtime import (ReloadsFromFolder, export_tokenizer, export_transform, graph_files,
+                                      graph_variants, onnx_session, read_export_config)
 from polymodal.models.beam_search import log_softmax
 from polymodal.models.inputs import check_count, one_question, vqa_rows
 
@@ -36,7 +35,7 @@ class OnnxFusionEncoder(ReloadsFromFolder):
         self.name, self.version = config["name"], config["version"]
         self.answers = list(config["answers"])
         self.answer_index = choice_index(self.answers)  # keyed as unique_choices keys the choices
-        self.transform = ImageTransform.from_dict(config["transform"])
+        self.transform = export_transform(folder, config)
         self.files = files = graph_files(config)
         self.grid = onnx_session(folder / files["grid"], threads, {"pixels"})
         self.question = onnx_session(folder / files["question"], threads, {"input_ids"})
@@ -129,7 +128,8 @@ class OnnxFusionEncoder(ReloadsFromFolder):
         if by_itm and self.match is None:
             raise PolymodalError(f"{answer!r} is not among {self.name!r}'s answers and it was exported without an ITM "
                                  "head to score it; explain one of its answers")
-        tokens = self.tokenizer([self.tokenizer.question_with_answer(question, answer) if by_itm else question])
+        tokens = self.tokenizer([self.tokenizer.question_with_answer(question, answer, "the answer") if by_itm
+                                 else question])
         states = self.question.run(None, tokens)[0]
 
         def run(graph, grid: np.ndarray) -> np.ndarray:  # one question's states beside each (occluded) photo

@@ -125,6 +125,29 @@ def onnx_session(path: Path, threads: int | None = None, inputs: set[str] | None
     return session
 
 
+# what every export polymodal wrote holds in its transform (crop_box came later: older exports lack it)
+TRANSFORM_KEYS = ("resize", "crop", "mean", "std", "resample")
+
+
+def export_transform(folder: Path, config: dict) -> ImageTransform:
+    """The export's preprocessing. A key a newer polymodal added (unknown here) is a warning, not damage: the
+    export is still read with the keys this one knows. A known key missing (it would take a default size or
+    mean) or invalid is the damaged-export error, via load_onnx."""
+    import dataclasses
+
+    from polymodal import __version__
+
+    transform = dict(config["transform"])
+    if missing := [k for k in TRANSFORM_KEYS if k not in transform]:
+        raise damaged_export(folder, f"{ONNX_CONFIG}'s transform lacks {', '.join(missing)}")
+    known = {f.name for f in dataclasses.fields(ImageTransform)}
+    if extra := sorted(set(transform) - known):
+        log.warning("%s: the transform in %s holds %s, which this polymodal (%s) does not know (a newer one made the "
+                    "export?); preprocessing without it: upgrade polymodal if the results look off", folder,
+                    ONNX_CONFIG, ", ".join(extra), __version__)
+    return ImageTransform.from_dict({k: v for k, v in transform.items() if k in known})
+
+
 def damaged_export(folder: Path, what: str) -> PolymodalError:
     return PolymodalError(f"{folder} is an incomplete or damaged export ({what}); export the model again with "
                           f"`polymodal export onnx MODEL --out {folder}`")
@@ -176,7 +199,7 @@ class OnnxEmbeddingModel(ReloadsFromFolder, EmbeddingInterface):
         self._reload = (str(folder), threads)
         self.name, self.version, self.dim = config["name"], config["version"], int(config["dim"])
         self.logit_scale = float(config["logit_scale"])
-        self.transform = ImageTransform.from_dict(config["transform"])
+        self.transform = export_transform(folder, config)
         self.variants = {tower: config[tower]["variant"] for tower in ("image", "text")}
         self.texts_batch_independent = self.variants["text"] == "fp32"  # int8 scales a batch by its own range
         self.image_session = onnx_session(folder / config["image"]["file"], threads, {"pixels"})

@@ -138,9 +138,11 @@ def _image_processor_config(folder: Path) -> tuple[dict | None, Path]:
     return None, folder
 
 
-def transform_from_preprocessor(folder: Path, missing: int = logging.WARNING) -> ImageTransform:
+def transform_from_preprocessor(folder: Path, missing: int = logging.WARNING, *,
+                                honour_do_resize: bool = True) -> ImageTransform:
     """ImageTransform from the folder's CLIPImageProcessor settings; OpenAI CLIP's if it has none, logged at level
-    `missing` (a warning: the embeddings then differ from CLIPProcessor's if the model was trained otherwise)."""
+    `missing` (a warning: the embeddings then differ from CLIPProcessor's if the model was trained otherwise).
+    honour_do_resize=False: do_resize false read as a resize to "size", as polymodal did before it honoured it."""
     cfg, path = _image_processor_config(folder)
     d = OPENAI_CLIP_TRANSFORM
     if cfg is None:
@@ -151,8 +153,9 @@ def transform_from_preprocessor(folder: Path, missing: int = logging.WARNING) ->
                 folder, d.resample, d.mean, d.std)
         return OPENAI_CLIP_TRANSFORM
     size, crop = cfg.get("size", d.resize), cfg.get("crop_size", d.crop)
+    resize = not honour_do_resize or cfg.get("do_resize") is not False
     if isinstance(size, dict):
-        if "shortest_edge" not in size:
+        if "shortest_edge" not in size and resize:
             log.warning("%s resizes to a fixed %s; approximating with short-side resize + centre crop", path, size)
         size = size.get("shortest_edge") or min(size.get("height", d.resize), size.get("width", d.resize))
     if isinstance(crop, dict):
@@ -161,7 +164,7 @@ def transform_from_preprocessor(folder: Path, missing: int = logging.WARNING) ->
         crop = size
     try:
         mean, std = _normalisation(cfg, d)
-        return ImageTransform(resize=int(size), crop=int(crop), mean=mean, std=std,
+        return ImageTransform(resize=int(size) if resize else 0, crop=int(crop), mean=mean, std=std,
                               resample=_resample_name(cfg.get("resample", 3)))
     except (TypeError, ValueError) as exc:
         raise PolymodalError(f"{path}: unusable image processor settings ({exc}); fix or delete it") from None
@@ -318,7 +321,8 @@ def _fitted_transform(folder: Path, model, missing: int = logging.WARNING) -> Im
 def _fitted(transform: ImageTransform, model) -> ImageTransform:
     size = model.config.vision_config.image_size
     if transform.crop != size:
-        transform = ImageTransform(size, size, transform.mean, transform.std, transform.resample)
+        transform = ImageTransform(size if transform.resize else 0, size, transform.mean, transform.std,
+                                   transform.resample)
     return transform
 
 
@@ -556,8 +560,8 @@ def _version_suffix(now: dict, was: dict) -> str:
 
 def _transform_as_before(folder: Path, model) -> ImageTransform:
     """The preprocessing polymodal read from the folder's processor settings before it honoured do_normalize,
-    do_rescale and rescale_factor, and every resample (1, 4, 5 were read as bicubic)."""
-    transform = _fitted(transform_from_preprocessor(folder, logging.DEBUG), model)
+    do_rescale and rescale_factor, do_resize, and every resample (1, 4, 5 were read as bicubic)."""
+    transform = _fitted(transform_from_preprocessor(folder, logging.DEBUG, honour_do_resize=False), model)
     cfg = _image_processor_config(folder)[0]
     if cfg is None:
         return transform

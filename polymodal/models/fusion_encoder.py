@@ -542,11 +542,11 @@ class FusionEncoder(nn.Module):
         top = ranked[:top_k]
         return {"answer": top[0][0], "score": top[0][1], "alternatives": top}
 
-    def _itm_text(self, question: str, answer: str) -> str:
+    def _itm_text(self, question: str, answer: str, what: str = "a choice") -> str:
         """The text the ITM head scores a candidate by: "QUESTION ANSWER", the answer kept whole however long the
-        question (see FastTokenizer.question_with_answer)."""
+        question (see FastTokenizer.question_with_answer; ``what`` names the answer in its error)."""
         fast = getattr(self.text_tower, "_fast", None)
-        return fast.question_with_answer(question, answer) if fast is not None else f"{question} {answer}"
+        return fast.question_with_answer(question, answer, what) if fast is not None else f"{question} {answer}"
 
     def _warn_if_cut(self, question: str) -> None:
         """A question longer than max_question_tokens loses its end (often the part that asks): say so."""
@@ -629,7 +629,8 @@ class FusionEncoder(nn.Module):
                                  "explain one of its answers")
         with torch.inference_mode():
             image_inputs = self.encode_images([image])
-            states, mask = self.encode_questions([self._itm_text(question, answer) if by_itm else question])
+            states, mask = self.encode_questions([self._itm_text(question, answer, "the answer") if by_itm
+                                                  else question])
         image_inputs, states, mask = image_inputs.clone(), states.clone(), mask.clone()  # leave inference mode
         with torch.no_grad():
             out = self.fuse(image_inputs, states, mask)

@@ -93,6 +93,10 @@ def vqa_rows(images: Any, questions: Any) -> tuple[list, list[str]]:
     blank = next((i for i, q in enumerate(questions) if is_blank(q)), None)
     if blank is not None:  # answer() refuses one too: a blank question would get a confident answer to nothing
         raise PolymodalError(f"question {blank} is empty; ask something about its image")
+    from polymodal.data.tokenizer import check_unicode
+
+    for i, question in enumerate(questions):  # here, by its row: the tokenizer sees chunks of distinct ones as "texts"
+        check_unicode([question], f"question {i}")
     return images, questions
 
 
@@ -103,6 +107,9 @@ def one_question(value: Any, ask: str = "ask something about the image") -> str:
                              "predict() answers many (image, question) rows")
     if is_blank(value):
         raise PolymodalError(f"the question is empty; {ask}")
+    from polymodal.data.tokenizer import check_unicode
+
+    check_unicode([value], "the question")  # explain() of a vocabulary answer called it "text 1"
     return value
 
 

@@ -79,6 +79,9 @@ def write_train_config(out: Path, settings: dict) -> None:
 
 
 RESUMED_RATES = ("lr", "tower_lr_scale", "weight_decay")  # the checkpoint's optimizer state brings these back
+# settings no `polymodal train` command has a flag for (keys of --config only): a refusal names them as keys
+CONFIG_ONLY_KEYS = frozenset({"decision_heads", "max_question_tokens", "mlm_head", "mrm_head", "logit_scale_init",
+                              "lora_alpha", "name", "early_stop_metric", "warmup_cap", "warmup_fraction"})
 
 
 def name_after_run(model, out) -> None:
@@ -206,7 +209,8 @@ def recorded_settings(out: Path):
 
 
 def another_run(out: Path, changed: list[tuple]) -> PolymodalError:
-    was = ", ".join(f"--{k.replace('_', '-')} {_flag_value(old)} (asked now: {_flag_value(new)})"
+    was = ", ".join(f'"{k}": {json.dumps(old)} (a --config key; asked now: {json.dumps(new)})' if k in CONFIG_ONLY_KEYS
+                    else f"--{k.replace('_', '-')} {_flag_value(old)} (asked now: {_flag_value(new)})"
                     for k, old, new in changed)
     return PolymodalError(f"the run in {out} was trained with {was}; resume with the run's settings (leave them "
                           f"out: --resume reads {Path(out) / 'train_config.json'}), or train into a new --out")
