@@ -193,6 +193,7 @@ def test_keyboard_interrupt_exits_130(capsys, monkeypatch, tmp_path):
 def test_file_system_error_is_one_line_unless_verbose(capsys, spy_load, photos, tmp_path, monkeypatch):
     # the --db check that says this before the model loads (stop 43) is set aside: the OSError path is under test
     monkeypatch.setattr("polymodal.cache.check_creatable", lambda folder, what: None)
+    monkeypatch.setattr("polymodal.index.store.check_creatable", lambda folder, what: None)  # (the index's, s46)
     (tmp_path / "file").write_text("x")
     db = tmp_path / "file" / "sub" / "db"  # under a file: cannot be created
     err = one_line_error(capsys, "index", photos, "--db", db, "--model", "fake")

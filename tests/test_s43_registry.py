@@ -81,9 +81,10 @@ def test_a_benchmark_given_a_wrong_model_says_so_in_one_line(name, argv, said, t
 
 
 @pytest.mark.parametrize("flag", ["--image", "--db"])
-def test_serve_load_refuses_a_missing_input_before_starting_a_server(flag, tmp_path):
-    with pytest.raises(SystemExit, match=f"no {flag} at {tmp_path / 'nothing'}"):
-        _bench("serve_load").main([flag, str(tmp_path / "nothing"), "--runtime", "torch"])
+def test_serve_load_refuses_a_missing_input_before_starting_a_server(flag, tmp_path, capsys):
+    # one line and exit 2 since s46 (was SystemExit with the message: exit 1)
+    assert _bench("serve_load").main([flag, str(tmp_path / "nothing"), "--runtime", "torch"]) == 2
+    assert capsys.readouterr().err == f"error: no {flag} at {tmp_path / 'nothing'}\n"
 
 
 def test_serve_load_names_the_error_of_a_server_that_exited(tmp_path):
