@@ -6,7 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install clean
 
+# Python 3.10+ is checked before the .venv is made: pip's "requires a different Python" came only after a .venv of
+# the old Python existed, and `venv` over it keeps that interpreter, so a retry with PYTHON=python3.12 failed alike.
+# A .venv whose python is too old or gone (a removed pyenv version) is made again.
+NEEDS_310 := import sys; sys.exit(0 if sys.version_info >= (3, 10) else "polymodal needs Python 3.10 or newer; %s is %s: run make again with PYTHON=python3.12 (any 3.10+)" % (sys.argv[1], sys.version.split()[0]))
+
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c '$(NEEDS_310)' '$(PYTHON)'
+	@if [ -e $(VENV) ] && ! $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then \
+		echo "$(VENV) holds an older or missing Python: making it again"; rm -rf $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[demo,train,serve,onnx,test]'
