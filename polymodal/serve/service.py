@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import OrderedDict
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -36,6 +37,7 @@ from polymodal.registry import answers, require_captioner, require_embedding, re
 from polymodal.serve.batching import BatchedModel, MicroBatcher
 from polymodal.serve.limits import INDEXED_FORMATS, ApiError, ServeSettings, image_suffix, open_image_checked
 from polymodal.serve.metrics import Metrics
+from polymodal.serve.writes import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,10 @@ class Service:
             model, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, enabled=s.batching,
             on_batch=self.metrics.observe_batch, image_forward=self._forward_pixels if self.pixels else None,
         )
-        self._write_lock = threading.Lock()  # adds and removes, one at a time (the index also has a file lock)
+        self._write_lock = threading.Lock()  # adds and removes, one group at a time (the index also has a file lock)
+        # queued adds (removes) are written as one index update: a group holds up to 4 full requests' images
+        self.writes = GroupCommit(self._write_lock, self._write_group, 4 * s.max_images_per_request,
+                                  s.request_timeout_s, self._waited_too_long)
         self._thumbs: OrderedDict[tuple[int | str, str], bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
         self.metrics.gauge("polymodal_index_images", "Images in the index.", self.count)
@@ -313,15 +318,14 @@ class Service:
             raise ApiError(422, f"image {image_id} cannot be read for a thumbnail ({exc.__class__.__name__})") from None
 
     # -- writing (call from a worker thread) ---------------------------------------------------------------------
-    def _acquire_write(self) -> None:
-        # updates run one at a time, each about a second at 100k images (vectors.faiss is read and rewritten whole):
-        # under a burst of uploads the wait is the queue ahead, not one long update, as this said before
-        if not self._write_lock.acquire(timeout=self.settings.request_timeout_s):
-            raise ApiError(
-                503, f"this index update waited over {self.settings.request_timeout_s:g} s for the updates ahead of "
-                "it (uploads and removals run one at a time); retry later, or send more images per request",
-                {"Retry-After": "5"},
-            )
+    def _waited_too_long(self) -> ApiError:
+        # groups run one at a time, each about a second at 100k images (vectors.faiss is read and rewritten whole):
+        # the wait is the groups ahead, not one long update
+        return ApiError(
+            503, f"this index update waited over {self.settings.request_timeout_s:g} s for the updates ahead of "
+            "it (uploads and removals run one group at a time); retry later, or send more images per request",
+            {"Retry-After": "5"},
+        )
 
     def _read_only(self) -> ApiError:
         if self.local:
@@ -337,96 +341,142 @@ class Service:
         indexed (search results then show a name people recognise, never a path the client chose).
 
         All or nothing: the index adds the batch in one transaction; if that fails (or the process dies) no row
-        points at the files, and a failed call deletes them.
+        points at the files, and a failed call deletes them. Adds queued meanwhile share that transaction (see
+        GroupCommit); each gets the reply it would get alone, after the adds queued before it.
         """
         if not self.writable:
             raise self._read_only()
-        self._acquire_write()
-        try:
-            if not self.index.exists():  # index.update would quietly start a new, empty index in its place
-                raise self._gone()
-            # the same bytes already indexed (a second click on Add, a client retrying after a lost answer, a photo
-            # the folder index holds) or twice in this request: not added again, each search would show it twice
-            digests = [hashlib.sha256(data).hexdigest() for _, data in uploads]
-            known = self.ids_for_digests(digests)
-            fresh, duplicates, seen = [], [], {}
-            for (name, data), digest in zip(uploads, digests):
-                if digest in known or digest in seen:
-                    same = f"id {known[digest]}" if digest in known else f"upload {seen[digest]!r} of this request"
-                    duplicates.append({"upload": name, "reason": f"the same image is already in the index ({same})",
-                                       **({"id": known[digest]} if digest in known else {"_same": digest})})
-                else:
-                    seen[digest] = name
-                    fresh.append((name, data, digest))
-            if not fresh:
-                return {"added": [], "skipped": duplicates, "count": self.count()}
-            batch = self.uploads / uuid.uuid4().hex
-            batch.mkdir(parents=True)
-            names: dict[str, str] = {}  # stored path -> client's name (echoed back only)
-            digest_of: dict[str, str] = {}
-            try:
-                for n, (name, data, digest) in enumerate(fresh):
-                    path = batch / f"{n:03d}-{_safe_stem(name)}{image_suffix(data)}"
-                    with open(path, "xb") as f:
-                        f.write(data)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    names[canonical_path(path)] = name
-                    digest_of[canonical_path(path)] = digest
-                try:
-                    with self._serving_index():  # rebuilt with another model meanwhile: 503, as searches get
-                        report = self.index.update(batch, BatchedModel(self.model, self.batcher), progress=False,
-                                                   commit_every_s=None)  # one transaction: all or nothing
-                except ApiError:
-                    raise
-                except PolymodalError as exc:
-                    raise _conflict("could not add to the index", exc) from None
-            except BaseException:
-                shutil.rmtree(batch, ignore_errors=True)
-                raise
-            skipped = duplicates
-            for path, reason in report.skipped:  # already validated, so unexpected; keep no file without a row
-                skipped.append({"upload": names.get(path, "?"), "reason": reason.replace(str(batch), "<upload>")})
-                Path(path).unlink(missing_ok=True)
-            ids = self.ids_for(list(names))
-            added = [{"id": ids[p], "upload": names[p], "thumb": thumb_ref(ids[p], p, digest_of[p])}
-                     for p in names if p in ids]
-            by_digest = {digest_of[p]: ids[p] for p in names if p in ids}
-            for entry in duplicates:  # a second copy in this request: the id its first copy got
-                same = entry.pop("_same", None)
-                if same in by_digest:
-                    entry["id"] = by_digest[same]
-            return {"added": added, "skipped": skipped, "count": self.count()}
-        finally:
-            self._write_lock.release()
+        return self.writes.submit("add", uploads, len(uploads))
 
     def remove_ids(self, ids: list[int]) -> dict:
         """Drop these ids from the index; files the server uploaded are deleted too, other files are untouched."""
         if not self.writable:
             raise self._read_only()
-        self._acquire_write()
+        return self.writes.submit("remove", ids, len(ids))
+
+    def _write_group(self, kind: str, requests: list) -> list:
+        """GroupCommit's run, under the writer lock: one outcome (reply or exception) per request, in order."""
+        return self._add_group(requests) if kind == "add" else self._remove_group(requests)
+
+    def _add_group(self, requests: list[list[tuple[str, bytes]]]) -> list:
+        if not self.index.exists():  # index.update would quietly start a new, empty index in its place
+            raise self._gone()
+        # the same bytes already indexed (a second click on Add, a client retrying after a lost answer, a photo the
+        # folder index holds), twice in one request or in an earlier request of the group: not added again, each
+        # search would show it twice
+        digests = [[hashlib.sha256(data).hexdigest() for _, data in uploads] for uploads in requests]
+        known = self.ids_for_digests([d for ds in digests for d in ds])
+        earlier: dict[str, str] = {}  # digest -> stored path, of the group's requests before this one
+        outcomes: list = []
+        for uploads, request_digests in zip(requests, digests):
+            try:
+                outcomes.append(self._stage(uploads, request_digests, known, earlier))
+            except Exception as exc:  # noqa: BLE001 - this request's failure (its files could not be written)
+                outcomes.append(exc)
+        staged = [o for o in outcomes if isinstance(o, _Staged)]
+        failed = self._index_staged(staged) if staged else {}
+        ids = self.ids_for([p for st in staged for p in st.names])
+        count = self.count()
+        return [o if not isinstance(o, _Staged) else failed[id(o)] if id(o) in failed else o.reply(ids, count)
+                for o in outcomes]
+
+    def _stage(self, uploads: list[tuple[str, bytes]], digests: list[str], known: dict[str, int],
+               earlier: dict[str, str]) -> "_Staged":
+        """One add request's new images written (fsynced) to their own batch folder; its duplicates noted."""
+        fresh, duplicates, seen = [], [], {}
+        for (name, data), digest in zip(uploads, digests):
+            if digest in known or digest in seen:
+                same = f"id {known[digest]}" if digest in known else f"upload {seen[digest]!r} of this request"
+                duplicates.append({"upload": name, "reason": f"the same image is already in the index ({same})",
+                                   **({"id": known[digest]} if digest in known else {"_same": digest})})
+            elif digest in earlier:  # added by a request queued before this one: its id is known once committed
+                duplicates.append({"upload": name, "_earlier": earlier[digest]})
+            else:
+                seen[digest] = name
+                fresh.append((name, data, digest))
+        staged = _Staged(None, {}, {}, duplicates)
+        if not fresh:
+            return staged
+        staged.batch = batch = self.uploads / uuid.uuid4().hex
+        batch.mkdir(parents=True)
+        try:
+            for n, (name, data, digest) in enumerate(fresh):
+                path = batch / f"{n:03d}-{_safe_stem(name)}{image_suffix(data)}"
+                with open(path, "xb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                staged.names[canonical_path(path)] = name
+                staged.digest_of[canonical_path(path)] = digest
+        except BaseException:
+            shutil.rmtree(batch, ignore_errors=True)
+            raise
+        for path, digest in staged.digest_of.items():
+            earlier[digest] = path
+        return staged
+
+    def _index_staged(self, staged: list["_Staged"]) -> dict[int, BaseException]:
+        """Index the staged requests' batch folders in one transaction (one read and one rewrite of vectors.faiss).
+        -> {id(staged): exception} for those that failed; their files are deleted. An unexpected failure of a group
+        is retried request by request, so that only the request that caused it fails."""
+        batches = [st.batch for st in staged if st.batch is not None]
+        if not batches:
+            return {}
         try:
             try:
-                with self._serving_index():
-                    paths = self.index.remove_ids(ids)  # the rows actually dropped, so the reply never claims more
-            except ApiError:  # the index is gone (503)
+                with self._serving_index():  # rebuilt with another model meanwhile: 503, as searches get
+                    report = self.index.update_folders(batches, BatchedModel(self.model, self.batcher), progress=False,
+                                                       commit_every_s=None)  # one transaction: all or nothing
+            except ApiError:
                 raise
             except PolymodalError as exc:
-                raise _conflict("could not remove from the index", exc) from None
-            uploads = str(self.uploads) + os.sep
-            for path in paths.values():
-                if path.startswith(uploads):
-                    Path(path).unlink(missing_ok=True)
-                    try:
-                        Path(path).parent.rmdir()  # the batch folder, once empty
-                    except OSError:
-                        pass
-            with self._thumbs_lock:
-                for key in [key for key in self._thumbs if (key[0], key[1]) in paths.items()]:
-                    self._thumbs.pop(key, None)
-            return {"removed": sorted(paths), "not_found": [i for i in ids if i not in paths], "count": self.count()}
-        finally:
-            self._write_lock.release()
+                raise _conflict("could not add to the index", exc) from None
+        except BaseException as exc:
+            retry = [st for st in staged if st.batch is not None]
+            # an ApiError is the index's state (gone, busy, another model), the same for every request
+            if len(retry) > 1 and isinstance(exc, Exception) and not isinstance(exc, ApiError):
+                failed: dict[int, BaseException] = {}
+                for st in retry:
+                    failed.update(self._index_staged([st]))
+                return failed
+            for st in retry:
+                shutil.rmtree(st.batch, ignore_errors=True)
+            if not isinstance(exc, Exception):
+                raise
+            return {id(st): exc for st in retry}
+        for path, reason in report.skipped:  # already validated, so unexpected; keep no file without a row
+            for st in staged:
+                if path in st.names:
+                    st.skipped.append({"upload": st.names[path], "reason": reason.replace(str(st.batch), "<upload>")})
+            Path(path).unlink(missing_ok=True)
+        return {}
+
+    def _remove_group(self, requests: list[list[int]]) -> list:
+        try:
+            with self._serving_index():
+                # the rows actually dropped, so no reply claims more; an id named by two requests is the first's
+                paths = self.index.remove_ids([i for ids in requests for i in ids])
+        except ApiError:  # the index is gone (503)
+            raise
+        except PolymodalError as exc:
+            raise _conflict("could not remove from the index", exc) from None
+        uploads = str(self.uploads) + os.sep
+        for path in paths.values():
+            if path.startswith(uploads):
+                Path(path).unlink(missing_ok=True)
+                try:
+                    Path(path).parent.rmdir()  # the batch folder, once empty
+                except OSError:
+                    pass
+        with self._thumbs_lock:
+            for key in [key for key in self._thumbs if (key[0], key[1]) in paths.items()]:
+                self._thumbs.pop(key, None)
+        count, claimed, replies = self.count(), set(), []
+        for ids in requests:
+            mine = {i for i in ids if i in paths and i not in claimed}
+            claimed |= mine
+            replies.append({"removed": sorted(mine), "not_found": [i for i in ids if i not in mine], "count": count})
+        return replies
 
     def clean_orphan_uploads(self) -> int:
         """Delete upload batches that no index row points at (left by an add that crashed), once they are old."""
@@ -452,6 +502,34 @@ def _safe_stem(name: str) -> str:
     60 characters."""
     stem = re.sub(r"[^\w-]+", "_", Path(str(name).replace("\\", "/")).stem).strip("_")
     return stem[:60] or "image"
+
+
+@dataclass
+class _Staged:
+    """One add request of a group, its files written: `names` stored path -> client's name, `digest_of` stored path
+    -> sha256, `duplicates` the reply's entries for uploads not added (some resolved once the group is committed)."""
+
+    batch: Path | None
+    names: dict[str, str]
+    digest_of: dict[str, str]
+    duplicates: list[dict]
+    skipped: list[dict] = field(default_factory=list)  # files the index skipped (unexpected: validated already)
+
+    def reply(self, ids: dict[str, int], count: int) -> dict:
+        added = [{"id": ids[p], "upload": self.names[p], "thumb": thumb_ref(ids[p], p, self.digest_of[p])}
+                 for p in self.names if p in ids]
+        by_digest = {self.digest_of[p]: ids[p] for p in self.names if p in ids}
+        for entry in self.duplicates:
+            same = entry.pop("_same", None)  # a second copy in this request: the id its first copy got
+            if same in by_digest:
+                entry["id"] = by_digest[same]
+            path = entry.pop("_earlier", None)  # a copy of an earlier request's upload: that one's id, or its fate
+            if path is not None:
+                entry["reason"] = (f"the same image is already in the index (id {ids[path]})" if path in ids else
+                                   "the same image was sent by another request just before, and could not be added")
+                if path in ids:
+                    entry["id"] = ids[path]
+        return {"added": added, "skipped": self.duplicates + self.skipped, "count": count}
 
 
 def _conflict(what: str, exc: PolymodalError) -> ApiError:
