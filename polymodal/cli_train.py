@@ -42,8 +42,9 @@ CONTRASTIVE_HELPS = {
                               "%(recipe_default)s)",
     "text_trainable_layers": "train the last N MiniLM layers too (default: %(recipe_default)s)",
     "tower_lr_scale": "unfrozen tower layers learn at this x --lr (default: %(recipe_default)s)",
-    "unfreeze_every": "progressive unfreezing: one more image block every E epochs, up to --image-trainable-blocks "
-                      "N, which it needs; 0 = all N from the start (default: %(recipe_default)s)",
+    "unfreeze_every": "progressive unfreezing: one more image block every E epochs from epoch E+1, up to "
+                      "--image-trainable-blocks N, which it needs (and --epochs N*E+1 or more); 0 = all N from the "
+                      "start (default: %(recipe_default)s)",
     "warmup_steps": "linear warmup steps before the cosine decay; unset: 50, but at most a tenth of the run "
                     "(default: %(recipe_default)s)",
     "patience": "stop after this many epochs without a better validation score (training loss when nothing "

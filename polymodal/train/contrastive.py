@@ -92,6 +92,25 @@ class ContrastiveRecipe:
             raise PolymodalError("unfreeze_every opens one more image block every E epochs, up to "
                                  "image_trainable_blocks, which is 0; set both, e.g. --unfreeze-every 2 "
                                  "--image-trainable-blocks 4")
+        check_unfreezing_schedule(self.train.unfreeze_every, self.arch.image_trainable_blocks, self.train.epochs)
+
+
+def check_unfreezing_schedule(every: int, blocks: int, epochs: int) -> None:
+    """Epoch k (from 1) trains min(blocks, (k - 1) // every) image blocks: a schedule that has not opened all
+    `blocks` by the last epoch would train fewer blocks than asked (none when every >= epochs), while the run
+    still caches the trunk under all of them and runs the frozen ones every step."""
+    if not every or not blocks:
+        return
+    opened, needed = min(blocks, (epochs - 1) // every), blocks * every + 1
+    if opened < blocks:
+        raise PolymodalError(f"unfreeze_every {every} with epochs {epochs} opens {opened} of the "
+                             f"{blocks} image blocks (image_trainable_blocks) by the last epoch: one more opens "
+                             f"every {every} epochs, from epoch {every + 1}, so all {blocks} need epochs {needed} "
+                             f"or more; pass --epochs {needed}, or --image-trainable-blocks {opened}"
+                             if opened else
+                             f"unfreeze_every {every} with epochs {epochs} opens no image block: the first opens in "
+                             f"epoch {every + 1}; pass --epochs {needed} (all {blocks} blocks open by then) or a "
+                             f"smaller --unfreeze-every")
 
 
 def rank_batch_size(images: int, batch_size: int, world: int = 1) -> int:
