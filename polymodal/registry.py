@@ -113,8 +113,18 @@ def _require(model, name, can: bool, lacks: str, other: str, use: str):
 
 def require_embedding(model, name=None):
     """The model, or one PolymodalError before any work (or any file written) when it cannot embed images."""
-    return _require(model, name, embeds(model), "cannot embed images", " is a VQA model and" if answers(model) else "",
+    return _require(model, name, embeds(model), "cannot embed images", _kind_of_non_embedder(model),
                     "an embedding model such as 'lite' or 'default'")
+
+
+def _kind_of_non_embedder(model) -> str:
+    """What a model that cannot embed is, for require_embedding's message: a fusion model that was only pretrained
+    has answer() but no VQA head yet, and "a VQA model" sent its user looking for answers it cannot give."""
+    if not answers(model):
+        return ""
+    if getattr(model, "vqa_head", "") is None:
+        return " is a pretrained fusion model (no VQA head: `polymodal train vqa --model` fine-tunes it) and"
+    return " is a VQA model and"
 
 
 def require_captioner(model, name=None):
