@@ -9,7 +9,7 @@ import re
 import shutil
 import socket
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -169,6 +169,7 @@ def staged_folder(out: Path) -> Iterator[Path]:
     _remove_dead_stages(out)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{_stage_owner()}-", suffix=".partial"))
     os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
+    inside = _working_folder_is(out)  # export_onnx(model, "."): the old folder, the process's, is deleted below
     _FILLING.add(stage)
     try:
         yield stage
@@ -187,6 +188,16 @@ def staged_folder(out: Path) -> Iterator[Path]:
     finally:
         _FILLING.discard(stage)
         shutil.rmtree(stage, ignore_errors=True)  # the old folder after a swap; the new one after an error
+        if inside:  # into the folder now at `out` (relative paths, polymodal.load("."), kept working)
+            with suppress(OSError):
+                os.chdir(out)
+
+
+def _working_folder_is(folder: Path) -> bool:
+    try:
+        return Path.cwd() == folder
+    except OSError:  # the working folder is deleted already
+        return False
 
 
 def _pid_namespace() -> str:

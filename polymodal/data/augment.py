@@ -10,13 +10,13 @@ sample, and `views(img, n, seed)` for n fixed views (e.g. to cache image feature
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from polymodal.data.images import draft_size_of, load_image
+from polymodal.data.images import ImageTransform, draft_size_of, load_image
 from polymodal.errors import PolymodalError
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom (PIL crop box)
@@ -129,6 +129,16 @@ class Augment:
 def views(image: Any, n: int, seed: int = 0, augment: Augment | None = None) -> list[Image.Image]:
     """n fixed augmented views of an image (default `Augment()` settings); see `Augment.views`."""
     return (augment or Augment()).views(image, n, seed)
+
+
+def view_transform(transform: Any) -> Any:
+    """The transform an augmented photo goes through. Augment only picks a box and the transform resizes it; one
+    that does not resize (resize 0: a CLIP processor's do_resize false) centre-cropped a box smaller than its input
+    with black borders (a quarter of each view of a photo at the model's size): its views are resized to the crop,
+    as torchvision's RandomResizedCrop makes them."""
+    if isinstance(transform, ImageTransform) and not transform.resize:
+        return replace(transform, resize=transform.crop)
+    return transform
 
 
 def photo_decode_size(model_or_transform: Any, augment: Augment | None) -> int | None:

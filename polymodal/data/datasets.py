@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from polymodal.data.augment import Augment, make_rng, photo_decode_size
+from polymodal.data.augment import Augment, make_rng, photo_decode_size, view_transform
 from polymodal.data.images import ImageTransform, load_image
 from polymodal.data.pairs import PairSet, open_pair_image
 from polymodal.data.shards import ShardSample, StreamSkips, expand_shards, iter_samples, note_skipped
@@ -43,7 +43,8 @@ class ImageCaptionDataset(Dataset):
         self.captions: list[list[str]] = [[] for _ in self.images]
         for pair, owner in zip(pairset.pairs, pairset.caption_image):
             self.captions[owner].append(pair.caption)
-        self.transform, self.augment, self.seed = transform, augment, int(seed)
+        self.transform = transform if augment is None else view_transform(transform)  # (resize 0: views resized)
+        self.augment, self.seed = augment, int(seed)
         self.decode_size = photo_decode_size(transform, augment)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -126,7 +127,8 @@ class ShardDataset(IterableDataset):
     ):
         super().__init__()
         self.shards = expand_shards(patterns)
-        self.transform, self.augment = transform, augment
+        self.transform = transform if augment is None else view_transform(transform)  # (resize 0: views resized)
+        self.augment = augment
         self.decode_size = photo_decode_size(transform, augment)
         self.shuffle_buffer, self.seed, self.shuffle_shards = int(shuffle_buffer), int(seed), shuffle_shards
         _rank_world(rank, world_size)  # validate now, resolve when iterating (torch.distributed may start later)

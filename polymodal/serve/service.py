@@ -374,11 +374,25 @@ class Service:
             except Exception as exc:  # noqa: BLE001 - this request's failure (its files could not be written)
                 outcomes.append(exc)
         staged = [o for o in outcomes if isinstance(o, _Staged)]
-        failed = self._index_staged(staged) if staged else {}
+        try:
+            failed = self._index_staged(staged) if staged else {}
+        except Exception:
+            if len(requests) == 1:
+                raise
+            # unexpected (the model failed on one request's photo): each request again alone, in order, so that only
+            # the one that causes it fails, and the others get the replies they got alone (a copy of that request's
+            # photo in a later one is added by the later one, not skipped as "sent just before")
+            return [self._add_alone(uploads) for uploads in requests]
         ids = self.ids_for([p for st in staged for p in st.names])
         count = self.count()
         return [o if not isinstance(o, _Staged) else failed[id(o)] if id(o) in failed else o.reply(ids, count)
                 for o in outcomes]
+
+    def _add_alone(self, uploads: list[tuple[str, bytes]]) -> Any:
+        try:
+            return self._add_group([uploads])[0]
+        except Exception as exc:  # noqa: BLE001 - this request's outcome
+            return exc
 
     def _stage(self, uploads: list[tuple[str, bytes]], digests: list[str], known: dict[str, int],
                earlier: dict[str, str]) -> "_Staged":
@@ -417,8 +431,8 @@ class Service:
 
     def _index_staged(self, staged: list["_Staged"]) -> dict[int, BaseException]:
         """Index the staged requests' batch folders in one transaction (one read and one rewrite of vectors.faiss).
-        -> {id(staged): exception} for those that failed; their files are deleted. An unexpected failure of a group
-        is retried request by request, so that only the request that caused it fails."""
+        -> {id(staged): exception} for those that failed on the index's state (gone, busy, another model: the same
+        for every request); their files are deleted. Any other failure deletes them too, and is raised."""
         batches = [st.batch for st in staged if st.batch is not None]
         if not batches:
             return {}
@@ -432,18 +446,11 @@ class Service:
             except PolymodalError as exc:
                 raise _conflict("could not add to the index", exc) from None
         except BaseException as exc:
-            retry = [st for st in staged if st.batch is not None]
-            # an ApiError is the index's state (gone, busy, another model), the same for every request
-            if len(retry) > 1 and isinstance(exc, Exception) and not isinstance(exc, ApiError):
-                failed: dict[int, BaseException] = {}
-                for st in retry:
-                    failed.update(self._index_staged([st]))
-                return failed
-            for st in retry:
-                shutil.rmtree(st.batch, ignore_errors=True)
-            if not isinstance(exc, Exception):
+            for batch in batches:
+                shutil.rmtree(batch, ignore_errors=True)
+            if not isinstance(exc, ApiError):
                 raise
-            return {id(st): exc for st in retry}
+            return {id(st): exc for st in staged if st.batch is not None}
         for path, reason in report.skipped:  # already validated, so unexpected; keep no file without a row
             for st in staged:
                 if path in st.names:

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from polymodal.cache import cache_key
 from polymodal.cache import load_cached as _load_cached
 from polymodal.cache import store_cached as _store
-from polymodal.data.augment import Augment, make_rng, photo_decode_size
+from polymodal.data.augment import Augment, make_rng, photo_decode_size, view_transform
 from polymodal.data.images import LOADER_VERSION
 from polymodal.data.pairs import PairSet, open_pair_image
 from polymodal.data.shards import _file_identity, split_tar_ref
@@ -146,13 +146,14 @@ def _encode_views(model, images: Sequence, views: int, augment: Augment, seed: i
     out = None
     for v in range(views):
         size = photo_decode_size(model, augment if v > 0 else None)  # view 0 is the photo as the model sees it
+        transform = view_transform(model.transform) if v > 0 else model.transform
         for i in starts:
             pils = [_open_or_none(x, skip_unreadable, size) for x in images[i : i + batch_size]]
             if v > 0:  # view v of image j depends only on (seed, j, v)
                 pils = [p and augment(p, make_rng(seed, i + j, v)) for j, p in enumerate(pils)]
             rows = [j for j, p in enumerate(pils) if p is not None]
             if rows:
-                feats = model.image_cache_input(torch.from_numpy(model.transform([pils[j] for j in rows]))).float().numpy()
+                feats = model.image_cache_input(torch.from_numpy(transform([pils[j] for j in rows]))).float().numpy()
                 if out is None:
                     out = _share_unread((views, len(images), *feats.shape[1:]), starts, batch_size)
                 out[v, [i + j for j in rows]] = feats
