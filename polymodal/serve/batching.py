@@ -47,6 +47,11 @@ class _Job:
     future: Future = field(default_factory=Future)
 
 
+def spans(n: int, step: int) -> list[tuple[int, int]]:
+    """[start, end) of each pass over n items, step at a time."""
+    return [(start, min(start + step, n)) for start in range(0, n, step)]
+
+
 class MicroBatcher:
     """Runs model work on one thread; merges concurrent `image` and `text` jobs when `enabled`.
 
@@ -231,8 +236,7 @@ class MicroBatcher:
     def _passes(self, kind: str, items: list) -> list[tuple[int, int]]:
         """[start, end) of each forward pass over `items`: images max_batch at a time (one request may hold more:
         up to 64), texts in one pass (the app sends them in chunks of its own)."""
-        step = self.max_batch if kind == "image" else max(len(items), 1)
-        return [(start, min(start + step, len(items))) for start in range(0, len(items), step)] or [(0, 0)]
+        return spans(len(items), self.max_batch if kind == "image" else max(len(items), 1)) or [(0, 0)]
 
     def _forward_passes(self, kind: str, items: list) -> tuple[np.ndarray, list[tuple[int, int]]]:
         passes = self._passes(kind, items)
@@ -296,8 +300,8 @@ class BatchedModel:
         # counted in the batch metrics as kind "index" (not "image": a request batch): encode_image runs batch_size
         # images a pass
         step = batch_size or getattr(self._model, "image_batch_size", None) or max(len(images), 1)
-        for start in range(0, len(images), step):
-            self._batcher._report("index", min(step, len(images) - start), 1)
+        for start, end in spans(len(images), step):
+            self._batcher._report("index", end - start, 1)
         return vectors
 
     def encode_text(self, texts, batch_size: int | None = None) -> np.ndarray:

@@ -39,8 +39,8 @@ def recipe_parts(cls, d: dict, label: str = "", train_defaults: dict | None = No
 def recipe_arch(cls, d: dict) -> Any:
     """A recipe dict's architecture settings: its "arch" entry, with the architecture keys at its top level over it
     (as the train keys: "arch" < top level)."""
-    arch = d.get("arch", {})
-    flat_arch = {k: v for k, v in d.items() if k in recipe_arch_keys(cls)}
+    arch, arch_keys = d.get("arch", {}), recipe_arch_keys(cls)
+    flat_arch = {k: v for k, v in d.items() if k in arch_keys}
     if not flat_arch:
         return arch
     if not isinstance(arch, dict):
