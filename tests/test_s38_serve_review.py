@@ -125,6 +125,8 @@ def test_caption_runs_in_chunks_that_let_other_requests_through(lite, db):
 
 def test_a_caption_request_past_the_timeout_stops_after_its_current_chunk(lite, db):
     slow = _SlowCaptioner(0.4)
+    with TestClient(create_app(lite, db)) as c:  # warm-up under the default timeout: the worker's first text search
+        assert c.post("/v1/search", json={"text": "a cat", "k": 1}).status_code == 200  # is slower; timed below
     app = create_app(lite, db, caption_model=slow, settings=ServeSettings(request_timeout_s=0.6))
     with TestClient(app) as c:
         r = c.post("/v1/caption", files=_pngs(64))
