@@ -10,6 +10,10 @@ The model is a stand-in returning random unit vectors (nothing decoded). Without
 an index is made by update() of one file and the rest of the rows are inserted with SQL under synthetic paths
 (vectors.faiss then rebuilt by the first search, as after an interrupted update). Disk: about 2 x rows x dim x 4
 bytes, in a temporary folder (--keep DIR keeps it there).
+
+Steps ending in `_whole` are the peer for the writer's delta (polymodal/index/delta.py): the same operation with
+MERGE_FRACTION 0, so that vectors.faiss is read and rewritten whole on every commit, as before stop 47.
+`served_adds` is what `polymodal serve` does with uploads: one process, a search, then 10 x (add one photo, search).
 """
 
 from __future__ import annotations
@@ -63,8 +67,10 @@ def _folder_mb(db: Path) -> float:
 
 # -- steps, each run in its own process ------------------------------------------------------------------------
 def step(name: str, db: Path, photos: Path, dim: int, queries: int) -> dict:
-    from polymodal.index import ImageIndex
+    from polymodal.index import ImageIndex, delta
 
+    if name.endswith("_whole"):  # the peer: every commit rewrites vectors.faiss
+        delta.MERGE_FRACTION, name = 0.0, name.removesuffix("_whole")
     index = ImageIndex(db)
     model = RandomVectors(dim)
     q = RandomVectors(dim).encode_text(["q"] * queries)
@@ -96,10 +102,19 @@ def step(name: str, db: Path, photos: Path, dim: int, queries: int) -> dict:
             ids = [r[0] for r in con.execute("SELECT id FROM images LIMIT 10000")]
         out["removed"] = len(index.remove_ids(ids))
     elif name == "add_1":  # what one upload to `serve` costs the index (same writer path as update)
-        one = photos.parent / "one"
-        one.mkdir(exist_ok=True)
-        (one / f"new-{time.time_ns()}.jpg").write_bytes(os.urandom(64))
-        out["report"] = index.update(one, model, progress=False).summary()
+        out["report"] = _add_one(index, photos, model).summary()
+    elif name == "served_adds":  # one process, as `serve`: its cache is caught up after each add
+        index.search(q[:1], 10)
+        adds, searches = [], []
+        for _ in range(10):
+            t = time.perf_counter()
+            _add_one(index, photos, model)
+            adds.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            index.search(q[:1], 10)
+            searches.append(time.perf_counter() - t)
+        out["add_median_s"], out["add_max_s"] = round(float(np.median(adds)), 3), round(max(adds), 3)
+        out["search_after_add_median_s"] = round(float(np.median(searches)), 4)
     elif name == "faiss_direct":  # baseline: faiss.read_index + the same queries
         import faiss
 
@@ -129,8 +144,16 @@ def step(name: str, db: Path, photos: Path, dim: int, queries: int) -> dict:
         out["open_s"] = round(t1 - t0, 2)
     else:
         raise SystemExit(f"unknown step {name}")
-    out.update(step=name, seconds=round(time.perf_counter() - t0, 2), peak_rss_mb=_peak_mb(), base_rss_mb=base)
+    out.update(step=name + ("_whole" if delta.MERGE_FRACTION == 0 else ""), seconds=round(time.perf_counter() - t0, 2), peak_rss_mb=_peak_mb(), base_rss_mb=base)
     return out
+
+
+def _add_one(index, photos: Path, model):
+    one = photos.parent / "one"
+    one.mkdir(exist_ok=True)
+    new = one / f"new-{time.time_ns()}.jpg"
+    new.write_bytes(os.urandom(64))
+    return index.add([new], model, progress=False)
 
 
 # -- building ---------------------------------------------------------------------------------------------------
@@ -201,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(build(work / "photos", work / "db", args.rows, args.dim)), flush=True)
         vectors_mb = round(args.rows * args.dim * 4 / 2**20, 1)
         steps = ["info", "first_search", "search_k10", "search_loop", "faiss_direct", "numpy_direct"]
-        steps += ([] if args.synthetic else ["rescan"]) + ["add_1", "remove_1", "remove_10k"]
+        steps += ([] if args.synthetic else ["rescan"]) + ["add_1", "remove_1", "served_adds", "search_k10"]
+        steps += ["add_1_whole", "remove_1_whole", "served_adds_whole", "remove_10k"]
         for name in steps:
             line = run_step(name, work, args.dim, args.queries)
             line["vectors_mb"] = vectors_mb

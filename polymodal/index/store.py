@@ -3,7 +3,8 @@
 Layout of the folder (the CLI's --db):
   meta.sqlite    the source of truth: one row per image (path, size, mtime, ctime, sha256, float32 vector BLOB) and
                  index-level meta (model, dim, times, generation)
-  vectors.faiss  a derived cache for fast search: IndexIDMap2(IndexFlatIP), ids = SQLite row ids
+  vectors.faiss  a derived cache for fast search: IndexIDMap2(IndexFlatIP), ids = SQLite row ids; it may lag the
+                 table by a few percent of its rows, which readers replay from SQLite (delta.py)
   index.lock     held by the one writer (process or thread) allowed to write; only writers take it
   vectors.lock   held while vectors.faiss is written: by a writer after its commit, or by a reader writing back
                  the cache it rebuilt (never index.lock, so searches never make a writer fail with IndexBusy)
@@ -12,10 +13,10 @@ Crash safety: an update commits its work in SQLite transactions about a minute a
 crash, kill or Ctrl-C loses only about the last minute and a re-run embeds only the rest. Every commit is a
 consistent index: a changed file's old row leaves in the commit that brings its new one, the rows of deleted
 files leave together in the first commit, and each commit bumps the generation. Readers (WAL) only ever see
-committed states. vectors.faiss is replaced atomically after the last commit. A row's vector never changes (a
-changed file gets a new row) and ids are never reused (AUTOINCREMENT), so vectors.faiss is valid exactly when its
-id set equals the table's; if not (an update interrupted or still running, file deleted), it is rebuilt from the
-BLOBs. Files that failed to decode are remembered (table failures) and not read again until they change. A file is
+committed states. A row's vector never changes (a changed file gets a new row) and ids are never reused
+(AUTOINCREMENT), so vectors.faiss needs no rewrite per commit: readers add the rows above its highest id and remove
+the ids recorded as deleted since (delta.py), and the writer replaces it atomically once that delta passes 5% of the
+rows. A file the replay cannot bring to the table's rows (deleted, from elsewhere) is rebuilt from the BLOBs. Files that failed to decode are remembered (table failures) and not read again until they change. A file is
 unchanged while its size, mtime and ctime are; when only the times changed its sha256 decides (read, not decoded).
 """
 
@@ -43,6 +44,7 @@ from filelock import FileLock, Timeout
 
 from polymodal.cache import atomic_write_with, check_creatable
 from polymodal.errors import PolymodalError
+from polymodal.index import delta
 from polymodal.index.scan import ImageFile, canonical_path, file_sha256, image_file, scan_images, unlisted_folders
 from polymodal.models.inputs import check_count
 from polymodal.progress import progress_bar
@@ -69,6 +71,8 @@ _OWN_NAMES = {"meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm", "meta.sqlite-
 _CTIME = "ctime_ns"
 _Row = namedtuple("_Row", "id size mtime_ns sha256 ctime_ns")
 _Failure = namedtuple("_Failure", "size mtime_ns reason failed ctime_ns")
+# a process's FAISS index of one snapshot: state (uid, generation), and top (delta.top_id) to catch it up from
+_Cached = namedtuple("_Cached", "state index top")
 _COLUMNS = {"images": ("id, size, mtime_ns, sha256, ctime_ns", _Row),
             "failures": ("size, mtime_ns, reason, failed, ctime_ns", _Failure)}
 
@@ -174,7 +178,7 @@ class ImageIndex(SearchByModel):
         self.faiss_path = self.db / "vectors.faiss"
         self.lock_path = self.db / "index.lock"
         self.vectors_lock_path = self.db / "vectors.lock"
-        self._cache: tuple[tuple, Any] | None = None  # ((uid, generation), faiss index) for repeated searches
+        self._cache: _Cached | None = None  # the FAISS index of the last snapshot searched, for repeated searches
 
     def __repr__(self) -> str:
         return f"ImageIndex({str(self.db)!r})"
@@ -282,8 +286,8 @@ class ImageIndex(SearchByModel):
                     self._check_model(meta, model)
                     con.execute(_FAILURES)
                     con.execute(_BY_CONTENT)
+                    con.execute(delta.REMOVED_TABLE)
                     _add_ctime(con)
-                    index, from_file = self._load_vectors(con, meta)
                     known, failed = known_rows(con, "images"), known_rows(con, "failures")
                     drop, todo = _plan(con, files, known, failed, report)  # pops the rows it sees from both
                     if drop_unseen:
@@ -292,19 +296,14 @@ class ImageIndex(SearchByModel):
                         con.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in failed])
                     # the vectors of rows about to go, by content: a renamed or moved photo takes its old vector
                     reuse = dict(_select_in(con, "sha256, vector", "id", drop + [old for _, old, _ in todo if old]))
-                    _delete(con, index, drop)
+                    _delete_rows(con, drop, meta)
                     done.total = len(todo)
-                    stale: list[int] = []  # FAISS ids of changed files' old rows, removed in one pass per commit
-                    self._embed_all(con, index, meta, model, todo, report, batch_size, progress, commit_every_s, done,
-                                    reuse, stale)
-                    _remove_vectors(index, stale)
+                    self._embed_all(con, meta, model, todo, report, batch_size, progress, commit_every_s, done, reuse)
                     # a changed file's old row left in _embed_batch even when its new one failed to embed
                     changed = bool(drop or report.added or any(old is not None for _, old, _ in todo))
-                    state = _touch(con, meta, bump=changed)
+                    _touch(con, meta, bump=changed)
                 done.saved = done.total
-                self._cache = (state, index)  # committed: this process's searches use it at once, no rebuild
-                if changed or not from_file:
-                    self._save_vectors(index)
+                self._settle(con, meta)
         except BaseException as exc:
             exc.index_progress = (done.saved, done.total)  # for the CLI's "N of M were saved" line
             raise
@@ -356,48 +355,40 @@ class ImageIndex(SearchByModel):
                     raise self._missing()
                 rows = pick(con)
                 if rows:
-                    index = self._load_vectors(con, meta)[0]
-                    _delete(con, index, [i for i, _ in rows])
-                    state = _touch(con, meta, bump=True)
+                    con.execute(delta.REMOVED_TABLE)
+                    _delete_rows(con, [i for i, _ in rows], meta)
+                    _touch(con, meta, bump=True)
             if rows:
-                self._cache = (state, index)
-                self._save_vectors(index)
+                self._settle(con, meta)
         return rows
 
-    def _embed_all(self, con, index, meta: dict, model, todo, report: UpdateReport, batch_size: int,
-                   progress: bool, commit_every_s: float | None, done: _Done, reuse: dict[str, bytes],
-                   stale: list[int]) -> None:
+    def _embed_all(self, con, meta: dict, model, todo, report: UpdateReport, batch_size: int,
+                   progress: bool, commit_every_s: float | None, done: _Done, reuse: dict[str, bytes]) -> None:
         # Rows go into the open transaction batch by batch, so memory stays flat; it is committed (and a new one
         # begun) every commit_every_s seconds, and the caller commits the rest. Readers see only commits.
-        # FAISS removes by compacting the whole index, so the old vectors of changed files leave once per commit
-        # (`stale`), not once per batch: per batch, re-embedding every file of a large folder was quadratic.
         last_commit = time.monotonic()
         with progress_bar(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
-                self._embed_batch(con, index, model, batch, report, reuse, stale)
+                self._embed_batch(con, meta, model, batch, report, reuse)
                 bar.update(len(batch))
                 finished = start + len(batch)
                 due = commit_every_s is not None and time.monotonic() - last_commit >= commit_every_s
                 if due and finished < len(todo):  # the last batch goes in the caller's commit
-                    _remove_vectors(index, stale)
                     _touch(con, meta, bump=True)
                     con.execute("COMMIT")
                     done.saved = finished
                     con.execute("BEGIN IMMEDIATE")
                     last_commit = time.monotonic()
 
-    def _embed_batch(self, con, index, model, batch, report: UpdateReport, reuse: dict[str, bytes],
-                     stale: list[int]) -> None:
+    def _embed_batch(self, con, meta: dict, model, batch, report: UpdateReport, reuse: dict[str, bytes]) -> None:
         """Embed one batch into the open transaction: new rows in, the old rows of changed files out (in the same
         commit, whatever happens to the new one), files that fail to decode remembered. A file whose bytes the index
         holds (a copy; a photo renamed or its folder moved: `reuse`, the dropped rows) takes that vector, read and
         hashed but not decoded again."""
         # size/mtime come from the scan, taken before hashing: if the file changes meanwhile, the next update
         # sees a newer mtime and looks again.
-        old_ids = [old for _, old, _ in batch if old is not None]
-        _delete_rows(con, old_ids)
-        stale += old_ids  # their vectors leave FAISS before the commit (ids are never reused: AUTOINCREMENT)
+        _delete_rows(con, [old for _, old, _ in batch if old is not None], meta)
         ready = []
         for f, old, digest in batch:
             try:
@@ -408,7 +399,6 @@ class ImageIndex(SearchByModel):
         fresh = {d: f.path for f, _, d in reversed(ready) if known[d] is None}  # copies in the batch: decoded once
         embedded = dict(zip(fresh, _embed(model, list(fresh.values())))) if fresh else {}
         results = [embedded[d] if known[d] is None else np.frombuffer(known[d], "<f4") for _, _, d in ready]
-        ids, vectors = [], []
         for (f, old, digest), result in zip(ready, results):
             if isinstance(result, str):
                 report.skipped.append((f.path, result))
@@ -418,18 +408,14 @@ class ImageIndex(SearchByModel):
                             "(?, ?, ?, ?, ?, ?)", (f.path, f.size, f.mtime_ns, result, _now(), f.ctime_ns))
                 continue
             con.execute("DELETE FROM failures WHERE path = ?", (f.path,))  # it failed before and is fixed now
-            cur = con.execute(
+            con.execute(
                 "INSERT INTO images (path, size, mtime_ns, sha256, vector, ctime_ns) VALUES (?, ?, ?, ?, ?, ?)",
                 (f.path, f.size, f.mtime_ns, digest, result.astype("<f4").tobytes(), f.ctime_ns),
             )
-            ids.append(cur.lastrowid)
-            vectors.append(result)
             if old is not None:
                 report.updated += 1
             else:
                 report.added += 1
-        if ids:
-            index.add_with_ids(np.stack(vectors).astype(np.float32), np.asarray(ids, dtype=np.int64))
 
     # -- reading ---------------------------------------------------------------
     def search(self, query_vectors: Any, k: int = 10, model=None) -> list[list[Hit]]:
@@ -646,16 +632,25 @@ class ImageIndex(SearchByModel):
 
     # -- FAISS -----------------------------------------------------------------
     def _vectors(self, con: sqlite3.Connection, meta: dict) -> tuple[Any, bool]:
-        """The FAISS index for this snapshot (cached across searches) and whether it had to be rebuilt."""
-        state = (meta["uid"], meta["generation"])
-        if self._cache is not None and self._cache[0] == state:
-            return self._cache[1], False
-        index, from_file = self._load_vectors(con, meta)
-        self._cache = (state, index)
-        return index, not from_file
+        """The FAISS index for this snapshot (cached across searches; a cache of an earlier generation is caught up
+        from SQLite, not read again) and whether vectors.faiss should be written back (rebuilt, or far behind)."""
+        state, cached = (meta["uid"], meta["generation"]), self._cache
+        if cached is not None and cached.state == state:
+            return cached.index, False
+        top, index, stale = delta.top_id(con), None, False
+        if cached is not None and cached.state[0] == state[0] and cached.state[1] < state[1]:
+            copy = faiss.clone_index(cached.index)  # searches in other threads go on with the cached one meanwhile
+            if delta.replay(con, copy, cached.top, meta["dim"], since_generation=cached.state[1]) is not None:
+                index = copy
+        if index is None:
+            index, current = self._load_vectors(con, meta)
+            stale = not current
+        self._cache = _Cached(state, index, top)
+        return index, stale
 
     def _load_vectors(self, con: sqlite3.Connection, meta: dict) -> tuple[Any, bool]:
-        """A fresh FAISS index matching the table: the file if its ids match, else rebuilt. -> (index, from_file)"""
+        """A fresh FAISS index matching the table: the file brought up to date, else rebuilt from the BLOBs.
+        -> (index, whether the file was near enough to leave as it is)"""
         dim = meta["dim"]
         if self.faiss_path.is_file():
             try:
@@ -663,30 +658,44 @@ class ImageIndex(SearchByModel):
                 # not np.fromfile + deserialize_index, which held the vectors three times over while opening
                 with open(self.faiss_path, "rb") as f:
                     index = faiss.read_index(faiss.PyCallbackIOReader(f.read))
-                ids = np.fromiter((r[0] for r in con.execute("SELECT id FROM images ORDER BY id")), dtype=np.int64)
-                if index.d == dim and np.array_equal(np.sort(faiss.vector_to_array(index.id_map)), ids):
-                    return index, True
+                if index.d == dim:
+                    ids = faiss.vector_to_array(index.id_map)
+                    behind = delta.replay(con, index, int(ids.max()) if len(ids) else 0, dim)
+                    if behind is not None:
+                        return index, delta.small(behind, index.ntotal)
                 log.info("%s does not match %s; rebuilding it", self.faiss_path, self.sqlite_path)
             except (RuntimeError, AttributeError, OSError) as exc:  # unreadable or not an IndexIDMap
                 log.warning("cannot read %s (%s); rebuilding it", self.faiss_path, exc)
         elif meta["generation"] > 0:
             log.info("%s is missing; rebuilding it from %s", self.faiss_path, self.sqlite_path)
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        cur = con.execute("SELECT id, vector FROM images")
-        while rows := cur.fetchmany(10_000):
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
-            index.add_with_ids(vectors.astype(np.float32), np.asarray([r[0] for r in rows], dtype=np.int64))
+        delta.replay(con, index, 0, dim)  # every row
         return index, False
 
-    def _save_vectors(self, index) -> None:
+    def _settle(self, con: sqlite3.Connection, meta: dict) -> None:
+        """After a writer's commit: bring this process's cache up to it (a server searches on at once), and write
+        vectors.faiss when it is missing or the delta it lacks has passed delta.MERGE_FRACTION of the rows."""
+        rows = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        behind = delta.pending(con, meta)
+        merge = behind is None or not delta.small(behind, rows) or not self.faiss_path.is_file()
+        if not merge and self._cache is None:
+            return
+        index = self._vectors(con, meta)[0]  # cached before the write, which may wait for a reader's write-back
+        if merge and self._save_vectors(index):
+            with _transaction(con):
+                delta.merged(con, self._cache.top, meta["generation"])
+
+    def _save_vectors(self, index) -> bool:
         """A writer's save, after its commit, under vectors.lock: it waits for a reader's write-back in progress, so
-        that an older rebuild can't land after it. A failure here costs only a rebuild on the next open, so warn
-        instead of failing."""
+        that an older rebuild can't land after it. A failure here costs only a replay or rebuild on the next open, so
+        warn instead of failing. -> whether it wrote."""
         try:
             with FileLock(str(self.vectors_lock_path), timeout=SAVE_WAIT_S):
                 self._write_vectors(index)
+            return True
         except (Timeout, OSError) as exc:
             log.warning("could not write %s (%s); it will be rebuilt on next open", self.faiss_path, exc)
+            return False
 
     def _write_vectors(self, index) -> None:
         # always under vectors.lock, so any temporary file of ours is a leftover of a save that was killed (kill -9,
@@ -806,20 +815,11 @@ def _rows_under(con: sqlite3.Connection, root: Path, table: str = "images",
             and not any(part.startswith(".") for part in path[len(prefix):].split(os.sep))}
 
 
-def _delete(con: sqlite3.Connection, index, ids: Sequence[int]) -> None:
-    _delete_rows(con, ids)
-    _remove_vectors(index, list(ids))
-
-
-def _delete_rows(con: sqlite3.Connection, ids: Sequence[int]) -> None:
+def _delete_rows(con: sqlite3.Connection, ids: Sequence[int], meta: dict) -> None:
+    """Delete rows in the open transaction, and record their ids for readers of an older vectors.faiss: they leave in
+    the next commit, whose generation is one above meta's."""
     con.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])
-
-
-def _remove_vectors(index, ids: list[int]) -> None:
-    """Remove these ids' vectors from the FAISS index and empty the list."""
-    if ids:
-        index.remove_ids(np.asarray(ids, dtype=np.int64))
-        ids.clear()
+    delta.record_removed(con, ids, meta["generation"] + 1)
 
 
 def _touch(con: sqlite3.Connection, meta: dict, bump: bool) -> tuple:
