@@ -162,3 +162,41 @@ def test_changed_files_keep_one_row_each_through_commits_along_the_way(built, la
     fresh = ImageIndex(index.db)
     assert [top(fresh, c) for c in ("yellow", "cyan", "magenta")] == ["red.png", "green.png", "Blue.JPG"]
     assert len(fresh.search_text(FakeModel(), "red", k=20)) == 3
+
+
+def _ranked(index: ImageIndex, colour: str) -> list[tuple[str, float]]:
+    return [(Path(h.path).name, round(h.score, 5)) for h in index.search_text(FakeModel(), colour, k=20)]
+
+
+def test_a_cache_keeps_added_rows_beside_its_faiss_index_and_ranks_them_with_it(built, lagging) -> None:
+    """Adds since the cache was made are searched beside it (no copy of the FAISS index per upload), and every
+    answer ranks as a fresh reader's single index does."""
+    index, photos = built
+    server = ImageIndex(index.db)
+    top(server, "red")
+    base = server._cache.index
+    for colour in ("white", "cyan", "magenta"):
+        server.add([paint(photos / f"{colour}.png", colour)], FakeModel(), progress=False)
+    assert server._cache.index is base and len(server._cache.recent_ids) == 3
+    fresh = ImageIndex(index.db)
+    for colour in ("red", "white", "cyan", "blue"):
+        assert _ranked(server, colour) == _ranked(fresh, colour)
+    assert [h.path for h in server.search_text(FakeModel(), "cyan", k=2)] == \
+        [h.path for h in fresh.search_text(FakeModel(), "cyan", k=2)]  # k below the rows of either part
+    server.remove([photos / "cyan.png"])  # a removal: one copy, the added rows folded into it
+    assert server._cache.index is not base and len(server._cache.recent_ids) == 0
+    assert _ranked(server, "cyan") == _ranked(ImageIndex(index.db), "cyan")
+    assert "cyan.png" not in {name for name, _ in _ranked(server, "cyan")}
+
+
+def test_a_cache_folds_its_added_rows_in_once_they_pass_the_fraction(built, monkeypatch) -> None:
+    index, photos = built
+    monkeypatch.setattr(delta, "MERGE_FRACTION", 0.5)
+    top(index, "red")
+    base = index._cache.index
+    index.add([paint(photos / "white.png", "white")], FakeModel(), progress=False)  # 1 beside 3: kept beside
+    assert index._cache.index is base and len(index._cache.recent_ids) == 1
+    index.add([paint(photos / "cyan.png", "cyan")], FakeModel(), progress=False)  # 2 beside 3: folded in
+    assert len(index._cache.recent_ids) == 0 and index._cache.index.ntotal == 5
+    assert _faiss_ids(index) == [1, 2, 3]  # the file is the writer's own business: 2 behind 5 rows is not past 0.5
+    assert _ranked(index, "white") == _ranked(ImageIndex(index.db), "white")

@@ -17,6 +17,7 @@ without recording it, a file from elsewhere) is rebuilt from the BLOBs as before
 from __future__ import annotations
 
 import sqlite3
+from typing import Iterator
 
 import numpy as np
 
@@ -44,6 +45,27 @@ def _has_removed(con: sqlite3.Connection) -> bool:
     return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'removed'").fetchone() is not None
 
 
+def removed_ids(con: sqlite3.Connection, top: int, since_generation: int | None = None) -> list[int]:
+    """Ids up to `top` deleted in commits after `since_generation` (every recorded one when None)."""
+    if not _has_removed(con):
+        return []
+    where, args = ("id <= ?", (top,)) if since_generation is None else ("id <= ? AND generation > ?",
+                                                                      (top, since_generation))
+    return [r[0] for r in con.execute(f"SELECT id FROM removed WHERE {where}", args)]
+
+
+def rows_above(con: sqlite3.Connection, top: int, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, float32 vectors) of the rows above `top`, 10,000 at a time (memory stays flat on a rebuild)."""
+    cur = con.execute("SELECT id, vector FROM images WHERE id > ?", (top,))
+    while rows := cur.fetchmany(10_000):
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+        yield np.asarray([r[0] for r in rows], dtype=np.int64), vectors.astype(np.float32)
+
+
+def row_count(con: sqlite3.Connection) -> int:
+    return con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+
 def replay(con: sqlite3.Connection, index, top: int, dim: int, since_generation: int | None = None) -> int | None:
     """Bring `index` (vectors.faiss as read, or a copy of a cache) to this snapshot, in place: remove the ids deleted
     since (those of commits after `since_generation`, or every recorded one when None) up to `top`, and add the rows
@@ -51,20 +73,14 @@ def replay(con: sqlite3.Connection, index, top: int, dim: int, since_generation:
     caller rebuilds)."""
     if top > top_id(con):  # written after this snapshot: holds rows this reader must not see
         return None
-    gone: list[int] = []
-    if _has_removed(con):
-        where, args = ("id <= ?", (top,)) if since_generation is None else ("id <= ? AND generation > ?",
-                                                                          (top, since_generation))
-        gone = [r[0] for r in con.execute(f"SELECT id FROM removed WHERE {where}", args)]
+    gone = removed_ids(con, top, since_generation)
     if gone:
         index.remove_ids(np.asarray(gone, dtype=np.int64))  # one compaction, however many ids
     added = 0
-    cur = con.execute("SELECT id, vector FROM images WHERE id > ?", (top,))
-    while rows := cur.fetchmany(10_000):
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
-        index.add_with_ids(vectors.astype(np.float32), np.asarray([r[0] for r in rows], dtype=np.int64))
-        added += len(rows)
-    if index.ntotal != con.execute("SELECT COUNT(*) FROM images").fetchone()[0]:
+    for ids, vectors in rows_above(con, top, dim):
+        index.add_with_ids(vectors, ids)
+        added += len(ids)
+    if index.ntotal != row_count(con):
         return None
     return len(gone) + added
 

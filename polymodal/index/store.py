@@ -46,6 +46,7 @@ from polymodal.cache import atomic_write_with, check_creatable
 from polymodal.errors import PolymodalError
 from polymodal.index import delta
 from polymodal.index.scan import ImageFile, canonical_path, file_sha256, image_file, scan_images, unlisted_folders
+from polymodal.index.snapshot import Snapshot
 from polymodal.models.inputs import check_count
 from polymodal.progress import progress_bar
 from polymodal.registry import require_embedding
@@ -71,8 +72,6 @@ _OWN_NAMES = {"meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm", "meta.sqlite-
 _CTIME = "ctime_ns"
 _Row = namedtuple("_Row", "id size mtime_ns sha256 ctime_ns")
 _Failure = namedtuple("_Failure", "size mtime_ns reason failed ctime_ns")
-# a process's FAISS index of one snapshot: state (uid, generation), and top (delta.top_id) to catch it up from
-_Cached = namedtuple("_Cached", "state index top")
 _COLUMNS = {"images": ("id, size, mtime_ns, sha256, ctime_ns", _Row),
             "failures": ("size, mtime_ns, reason, failed, ctime_ns", _Failure)}
 
@@ -178,7 +177,7 @@ class ImageIndex(SearchByModel):
         self.faiss_path = self.db / "vectors.faiss"
         self.lock_path = self.db / "index.lock"
         self.vectors_lock_path = self.db / "vectors.lock"
-        self._cache: _Cached | None = None  # the FAISS index of the last snapshot searched, for repeated searches
+        self._cache: Snapshot | None = None  # the vectors of the last snapshot searched, for repeated searches
 
     def __repr__(self) -> str:
         return f"ImageIndex({str(self.db)!r})"
@@ -428,15 +427,15 @@ class ImageIndex(SearchByModel):
             if model is not None:
                 self._check_model(meta, model)
             check_query_dim(q, meta, f"index {self.db}")
-            index, rebuilt = self._vectors(con, meta)
-            k = min(k, index.ntotal)
+            snap, rebuilt = self._vectors(con, meta)
+            k = min(k, snap.ntotal)
             if k == 0:
                 return [[] for _ in q]
-            scores, ids = index.search(q, k)
+            scores, ids = snap.search(q, k)
             scores = np.clip(scores, -1.0, 1.0)  # cosines of unit vectors; float32 rounding gave a photo 1.0000001
             paths = _paths(con, ids[ids >= 0].tolist())
         if rebuilt:
-            self._try_save(index, meta)
+            self._try_save(snap.single(), meta)
         # An id without a path can't happen within one snapshot; the filter is only a guard.
         return [
             [Hit(paths[i], s, id=i) for s, i in zip(srow, irow) if i in paths]
@@ -631,22 +630,20 @@ class ImageIndex(SearchByModel):
         return PolymodalError(f"no index at {self.db}; build one with `polymodal index DIR --db {self.db}`")
 
     # -- FAISS -----------------------------------------------------------------
-    def _vectors(self, con: sqlite3.Connection, meta: dict) -> tuple[Any, bool]:
-        """The FAISS index for this snapshot (cached across searches; a cache of an earlier generation is caught up
-        from SQLite, not read again) and whether vectors.faiss should be written back (rebuilt, or far behind)."""
+    def _vectors(self, con: sqlite3.Connection, meta: dict) -> tuple[Snapshot, bool]:
+        """The vectors of this snapshot (cached across searches; a cache of an earlier generation is caught up from
+        SQLite, not read again) and whether vectors.faiss should be written back (rebuilt, or far behind)."""
         state, cached = (meta["uid"], meta["generation"]), self._cache
         if cached is not None and cached.state == state:
-            return cached.index, False
-        top, index, stale = delta.top_id(con), None, False
+            return cached, False
+        snap, stale = None, False
         if cached is not None and cached.state[0] == state[0] and cached.state[1] < state[1]:
-            copy = faiss.clone_index(cached.index)  # searches in other threads go on with the cached one meanwhile
-            if delta.replay(con, copy, cached.top, meta["dim"], since_generation=cached.state[1]) is not None:
-                index = copy
-        if index is None:
+            snap = cached.caught_up(con, state, meta["dim"])
+        if snap is None:
             index, current = self._load_vectors(con, meta)
-            stale = not current
-        self._cache = _Cached(state, index, top)
-        return index, stale
+            snap, stale = Snapshot(state, index, delta.top_id(con)), not current
+        self._cache = snap
+        return snap, stale
 
     def _load_vectors(self, con: sqlite3.Connection, meta: dict) -> tuple[Any, bool]:
         """A fresh FAISS index matching the table: the file brought up to date, else rebuilt from the BLOBs.
@@ -680,10 +677,13 @@ class ImageIndex(SearchByModel):
         merge = behind is None or not delta.small(behind, rows) or not self.faiss_path.is_file()
         if not merge and self._cache is None:
             return
-        index = self._vectors(con, meta)[0]  # cached before the write, which may wait for a reader's write-back
-        if merge and self._save_vectors(index):
-            with _transaction(con):
-                delta.merged(con, self._cache.top, meta["generation"])
+        snap = self._vectors(con, meta)[0]  # cached before the write, which may wait for a reader's write-back
+        if merge:
+            index = snap.single()
+            self._cache = Snapshot(snap.state, index, snap.top)  # searches use it, not a copy beside it
+            if self._save_vectors(index):
+                with _transaction(con):
+                    delta.merged(con, snap.top, snap.state[1])
 
     def _save_vectors(self, index) -> bool:
         """A writer's save, after its commit, under vectors.lock: it waits for a reader's write-back in progress, so
