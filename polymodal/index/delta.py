@@ -74,15 +74,16 @@ def replay(con: sqlite3.Connection, index, top: int, dim: int, since_generation:
     if top > top_id(con):  # written after this snapshot: holds rows this reader must not see
         return None
     gone = removed_ids(con, top, since_generation)
-    if gone:
-        index.remove_ids(np.asarray(gone, dtype=np.int64))  # one compaction, however many ids
+    # one compaction, however many ids; counted only as far as the index held them: a file a reader wrote back lacks
+    # them while `removed` keeps them until the writer merges (counted, every next reader rewrote the file)
+    removed = int(index.remove_ids(np.asarray(gone, dtype=np.int64))) if gone else 0
     added = 0
     for ids, vectors in rows_above(con, top, dim):
         index.add_with_ids(vectors, ids)
         added += len(ids)
     if index.ntotal != row_count(con):
         return None
-    return len(gone) + added
+    return removed + added
 
 
 def small(delta: int, rows: int) -> bool:

@@ -20,7 +20,7 @@ from polymodal.index import delta
 
 @dataclass(frozen=True)
 class Snapshot:
-    state: tuple  # (uid, generation) of the index it holds
+    state: tuple  # (uid, generation, meta.sqlite's (st_dev, st_ino)) of the index it holds
     index: Any  # faiss IndexIDMap2
     top: int  # delta.top_id of that generation: rows above it are newer
     recent_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))

@@ -76,11 +76,11 @@ _COLUMNS = {"images": ("id, size, mtime_ns, sha256, ctime_ns", _Row),
             "failures": ("size, mtime_ns, reason, failed, ctime_ns", _Failure)}
 
 # Commits come by time, not by count: the work a crash loses stays about a minute whatever the model's speed (a GPU
-# embeds thousands of images a minute, a CPU a few dozen), and each commit makes live readers rebuild their FAISS
-# cache from the BLOBs, which once a minute stays cheap.
+# embeds thousands of images a minute, a CPU a few dozen), and live readers catch their FAISS cache up to each
+# commit from SQLite (delta.py), which once a minute stays cheap.
 COMMIT_EVERY_S = 60.0
 # How long a writer waits, after its commit, for a reader that is writing back vectors.faiss (a few seconds even for
-# a large index); past it the writer leaves the file, which the next open sees is stale and rebuilds.
+# a large index); past it the writer leaves the file, which the next open brings up to date from SQLite.
 SAVE_WAIT_S = 60.0
 
 
@@ -633,11 +633,14 @@ class ImageIndex(SearchByModel):
     def _vectors(self, con: sqlite3.Connection, meta: dict) -> tuple[Snapshot, bool]:
         """The vectors of this snapshot (cached across searches; a cache of an earlier generation is caught up from
         SQLite, not read again) and whether vectors.faiss should be written back (rebuilt, or far behind)."""
-        state, cached = (meta["uid"], meta["generation"]), self._cache
+        # meta.sqlite's identity too: an index folder swapped for a copy that was written on separately (a backup put
+        # back, then updated) has the same uid and may reuse ids, so its generations are not this cache's future
+        where = os.stat(self.sqlite_path)
+        state, cached = (meta["uid"], meta["generation"], (where.st_dev, where.st_ino)), self._cache
         if cached is not None and cached.state == state:
             return cached, False
         snap, stale = None, False
-        if cached is not None and cached.state[0] == state[0] and cached.state[1] < state[1]:
+        if cached is not None and cached.state[::2] == state[::2] and cached.state[1] < state[1]:
             snap = cached.caught_up(con, state, meta["dim"])
         if snap is None:
             index, current = self._load_vectors(con, meta)

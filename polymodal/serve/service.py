@@ -319,7 +319,7 @@ class Service:
 
     # -- writing (call from a worker thread) ---------------------------------------------------------------------
     def _waited_too_long(self) -> ApiError:
-        # groups run one at a time, each about a second at 100k images (vectors.faiss is read and rewritten whole):
+        # groups run one at a time (each embeds its photos and commits; now and then one rewrites vectors.faiss):
         # the wait is the groups ahead, not one long update
         return ApiError(
             503, f"this index update waited over {self.settings.request_timeout_s:g} s for the updates ahead of "
@@ -430,7 +430,7 @@ class Service:
         return staged
 
     def _index_staged(self, staged: list["_Staged"]) -> dict[int, BaseException]:
-        """Index the staged requests' batch folders in one transaction (one read and one rewrite of vectors.faiss).
+        """Index the staged requests' batch folders in one transaction (one commit, one catch-up of the cache).
         -> {id(staged): exception} for those that failed on the index's state (gone, busy, another model: the same
         for every request); their files are deleted. Any other failure deletes them too, and is raised."""
         batches = [st.batch for st in staged if st.batch is not None]

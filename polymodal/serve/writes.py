@@ -1,10 +1,11 @@
 """Group commit: index updates that wait for the writer are written together.
 
-Each update of a local index reads and rewrites vectors.faiss whole (about 0.5 s at 100k images, 3 s at 1M), and
-updates run one at a time, so under a burst of single-image uploads each one waited for every update ahead of it
-(8 at once at 100k: the last answered after 14 s; 32 at once: a 503 past --timeout). Now a request queues its update;
-the request that gets the writer takes every update queued by then (of one kind, in order, up to `max_items` items)
-and runs them as one, then hands each request its own outcome. N queued uploads pay one read and one rewrite.
+Updates of a local index run one at a time, and each used to read and rewrite vectors.faiss whole (about 0.5 s at
+100k images, 3 s at 1M; since stop 47 that happens only once the index's delta passes 5%, see index/delta.py), so
+under a burst of single-image uploads each one waited for every update ahead of it (8 at once at 100k: the last
+answered after 14 s; 32 at once: a 503 past --timeout). Now a request queues its update; the request that gets the
+writer takes every update queued by then (of one kind, in order, up to `max_items` items) and runs them as one, then
+hands each request its own outcome. N queued uploads pay one SQLite commit (and at most one rewrite).
 
 No thread of its own: the writing is done by one of the waiting request threads (the "leader"), so a server
 draining on SIGTERM just finishes its in-flight requests, as before.
@@ -48,7 +49,7 @@ class GroupCommit:
                  timeout_error: Callable[[], BaseException]) -> None:
         self.lock, self.run, self.max_items = lock, run, int(max_items)
         self.timeout_s, self.timeout_error = float(timeout_s), timeout_error
-        self.groups = 0  # groups run (each one index read and rewrite)
+        self.groups = 0  # groups run (each one index commit)
         self._cond = threading.Condition()  # guards _queue, _leading and the jobs' state
         self._queue: list[_Write] = []
         self._leading = False  # a request is running groups (or waiting for `lock` to do so)

@@ -1,0 +1,50 @@
+"""Review of the vectors.faiss delta (s47, delta.py): found by a stress run and crash-point scripts."""
+
+from __future__ import annotations
+
+import pytest
+
+from polymodal.index import ImageIndex
+from tests.test_index import FakeModel, _faiss_ids, _sqlite_ids, built, paint, photos  # noqa: F401 (fixtures)
+
+
+def test_a_file_written_back_by_a_reader_is_not_written_again_by_every_next_reader(built, monkeypatch) -> None:
+    """An update interrupted after a commit that removed many rows leaves the file far behind; the first reader
+    writes it back. The ids the file no longer holds stay recorded in `removed` until the writer's next merge, and
+    were counted as the next readers' delta too: each fresh reader (each `polymodal search`) rewrote the whole file."""
+    index, photos = built
+    (photos / "red.png").unlink()
+    (photos / "green.png").unlink()
+    paint(photos / "white.png", "white")
+    paint(photos / "yellow.png", "yellow")
+    with pytest.raises(RuntimeError, match="model crashed"):  # the first batch's commit (2 rows out, 1 in) stays
+        index.update(photos, FakeModel(fail_after=1), progress=False, batch_size=1, commit_every_s=0)
+    assert len(_faiss_ids(index)) == 3 and len(_sqlite_ids(index)) == 2
+    writes = []
+    real = ImageIndex._write_vectors
+    monkeypatch.setattr(ImageIndex, "_write_vectors", lambda self, vectors: writes.append(1) or real(self, vectors))
+    for _ in range(3):  # three searches from new processes, no writer in between
+        assert len(ImageIndex(index.db).search_text(FakeModel(), "white", k=10)) == 2
+    assert _faiss_ids(index) == _sqlite_ids(index)
+    assert len(writes) == 1  # was 3: the ids in `removed` still counted as a delta of 2 rows for 2
+
+
+def test_a_folder_swapped_for_a_copy_written_on_separately_is_read_anew(built, tmp_path) -> None:
+    """A live process's cache is caught up only from its own meta.sqlite. A copy of the folder that was updated on its
+    own (a backup put back, then indexed into) reuses ids for other photos: caught up from it, id 4 kept the vector
+    of the photo the process had added as id 4."""
+    import shutil
+    from pathlib import Path
+
+    index, photos = built
+    server = ImageIndex(index.db)
+    server.search_text(FakeModel(), "red", k=1)
+    shutil.copytree(index.db, tmp_path / "copy")
+    server.add([paint(photos / "white.png", "white")], FakeModel(), progress=False)  # id 4 here
+    elsewhere = ImageIndex(tmp_path / "copy")
+    elsewhere.add([paint(photos / "cyan.png", "cyan")], FakeModel(), progress=False)  # id 4 there
+    elsewhere.add([paint(photos / "magenta.png", "magenta")], FakeModel(), progress=False)  # a later generation
+    index.db.rename(tmp_path / "old")
+    (tmp_path / "copy").rename(index.db)
+    hit = server.search_text(FakeModel(), "cyan", k=1)[0]
+    assert Path(hit.path).name == "cyan.png" and hit.score == pytest.approx(1.0, abs=1e-5)
