@@ -101,7 +101,9 @@ def step(name: str, db: Path, photos: Path, dim: int, queries: int) -> dict:
         with index._reading() as (con, _):
             ids = [r[0] for r in con.execute("SELECT id FROM images LIMIT 10000")]
         out["removed"] = len(index.remove_ids(ids))
-    elif name == "add_1":  # what one upload to `serve` costs the index (same writer path as update)
+    elif name in ("first_write", "add_1"):  # what one upload to `serve` costs the index (same writer path as update)
+        # first_write: rows inserted with SQL (--synthetic) or by a reader's write-back are news to the writer, whose
+        # first commit writes vectors.faiss once, as after any interrupted update
         out["report"] = _add_one(index, photos, model).summary()
     elif name == "served_adds":  # one process, as `serve`: its cache is caught up after each add
         index.search(q[:1], 10)
@@ -224,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(build(work / "photos", work / "db", args.rows, args.dim)), flush=True)
         vectors_mb = round(args.rows * args.dim * 4 / 2**20, 1)
         steps = ["info", "first_search", "search_k10", "search_loop", "faiss_direct", "numpy_direct"]
-        steps += ([] if args.synthetic else ["rescan"]) + ["add_1", "remove_1", "served_adds", "search_k10"]
+        steps += ([] if args.synthetic else ["rescan"]) + ["first_write", "add_1", "remove_1", "served_adds",
+                                                           "search_k10"]
         steps += ["add_1_whole", "remove_1_whole", "served_adds_whole", "remove_10k"]
         for name in steps:
             line = run_step(name, work, args.dim, args.queries)

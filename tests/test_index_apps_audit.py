@@ -118,7 +118,7 @@ def test_a_reader_does_not_write_back_a_rebuild_older_than_the_last_commit(built
         stale, _ = reader._load_vectors(con, meta)  # what a reader rebuilt just before a writer committed
     paint(photos / "white.png", "white")
     assert built.update(photos, FakeModel(), progress=False).added == 1
-    reader._try_save(stale, meta)
+    reader._try_save(stale.single(), meta)
     assert faiss_ids(built) == sqlite_ids(built) and len(sqlite_ids(built)) == 4
 
 

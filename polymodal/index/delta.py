@@ -62,28 +62,12 @@ def rows_above(con: sqlite3.Connection, top: int, dim: int) -> Iterator[tuple[np
         yield np.asarray([r[0] for r in rows], dtype=np.int64), vectors.astype(np.float32)
 
 
+def rows_above_count(con: sqlite3.Connection, top: int) -> int:
+    return con.execute("SELECT COUNT(*) FROM images WHERE id > ?", (top,)).fetchone()[0]
+
+
 def row_count(con: sqlite3.Connection) -> int:
     return con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-
-
-def replay(con: sqlite3.Connection, index, top: int, dim: int, since_generation: int | None = None) -> int | None:
-    """Bring `index` (vectors.faiss as read, or a copy of a cache) to this snapshot, in place: remove the ids deleted
-    since (those of commits after `since_generation`, or every recorded one when None) up to `top`, and add the rows
-    above `top`. -> how many rows it removed and added, or None when the result does not match the table (the
-    caller rebuilds)."""
-    if top > top_id(con):  # written after this snapshot: holds rows this reader must not see
-        return None
-    gone = removed_ids(con, top, since_generation)
-    # one compaction, however many ids; counted only as far as the index held them: a file a reader wrote back lacks
-    # them while `removed` keeps them until the writer merges (counted, every next reader rewrote the file)
-    removed = int(index.remove_ids(np.asarray(gone, dtype=np.int64))) if gone else 0
-    added = 0
-    for ids, vectors in rows_above(con, top, dim):
-        index.add_with_ids(vectors, ids)
-        added += len(ids)
-    if index.ntotal != row_count(con):
-        return None
-    return removed + added
 
 
 def small(delta: int, rows: int) -> bool:
@@ -97,7 +81,7 @@ def pending(con: sqlite3.Connection, meta: dict) -> int | None:
     A reader's write-back does not update this, so it only ever overcounts (an early merge, never a stale file)."""
     if MERGED_TOP not in meta:
         return None
-    added = con.execute("SELECT COUNT(*) FROM images WHERE id > ?", (int(meta[MERGED_TOP]),)).fetchone()[0]
+    added = rows_above_count(con, int(meta[MERGED_TOP]))
     removed = con.execute("SELECT COUNT(*) FROM removed").fetchone()[0] if _has_removed(con) else 0
     return added + removed
 

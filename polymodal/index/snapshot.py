@@ -45,29 +45,66 @@ class Snapshot:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
-    def single(self) -> Any:
-        """One FAISS index of every row (what vectors.faiss holds): the index itself, or a copy with `recent` added."""
+    def single(self, copy: bool = True) -> Any:
+        """One FAISS index of every row (what vectors.faiss holds): the index itself, or a copy with `recent` added
+        (with copy=False, `recent` is added to the index itself: only while no search can be using it)."""
         if not len(self.recent_ids):
             return self.index
-        copy = faiss.clone_index(self.index)
-        copy.add_with_ids(self.recent, self.recent_ids)
-        return copy
+        index = faiss.clone_index(self.index) if copy else self.index
+        index.add_with_ids(self.recent, self.recent_ids)
+        return index
 
     def caught_up(self, con: sqlite3.Connection, state: tuple, dim: int) -> "Snapshot | None":
         """This snapshot brought to the one `con` reads (a later generation of the same index), or None when that
         does not give the table's rows (removals it can't see: the caller loads the file instead)."""
-        top, since = delta.top_id(con), self.state[1]
-        if delta.removed_ids(con, self.top, since):  # a removal compacts a copy, once
-            copy = faiss.clone_index(self.index)
-            if len(self.recent_ids):
-                copy.add_with_ids(self.recent, self.recent_ids)
-            return Snapshot(state, copy, top) if delta.replay(con, copy, self.top, dim, since) is not None else None
-        chunks = list(delta.rows_above(con, self.top, dim))
-        ids = np.concatenate([self.recent_ids, *(i for i, _ in chunks)])
-        recent = np.concatenate([self.recent if self.recent is not None else np.zeros((0, dim), np.float32),
-                                 *(v for _, v in chunks)])
-        if self.index.ntotal + len(ids) != delta.row_count(con):
-            return None
-        grown = Snapshot(state, self.index, top, ids, recent)
-        # a long update elsewhere can add many rows: past a few percent, one copy keeps every later search fast
-        return grown if delta.small(len(ids), self.index.ntotal) else Snapshot(state, grown.single(), top)
+        found = forward(con, state, dim, self.index, self.top, self.state[1], self.recent_ids, self.recent)
+        return found and found[0]
+
+
+_NO_IDS = np.zeros(0, np.int64)
+
+
+def forward(con: sqlite3.Connection, state: tuple, dim: int, index, top: int, since: int | None,
+            recent_ids: np.ndarray = _NO_IDS, recent: np.ndarray | None = None, shared: bool = True
+            ) -> "tuple[Snapshot, int] | None":
+    """`index` (as of `top`, with `recent` beside it) brought to the snapshot `con` reads: the ids deleted in commits
+    after generation `since` (every recorded one when None: a file) leave, and the rows above `top` go beside it.
+    -> (that snapshot, how many rows it removed and added), or None when the result is not the table's rows.
+    `shared`: others search `index` (a cache), so a removal compacts a copy; a file just read is changed in place."""
+    if top > delta.top_id(con):  # written after this snapshot: holds rows this reader must not see
+        return None
+    removed, gone = 0, delta.removed_ids(con, top, since)
+    if gone:
+        index = faiss.clone_index(index) if shared else index
+        if len(recent_ids):
+            index.add_with_ids(recent, recent_ids)
+            recent_ids, recent = _NO_IDS, None
+        # counted only as far as the index held them: a file a reader wrote back lacks ids `removed` keeps until the
+        # writer merges (counted, every next reader rewrote the file)
+        removed = int(index.remove_ids(np.asarray(gone, dtype=np.int64)))  # one compaction, however many ids
+    chunks = list(delta.rows_above(con, top, dim)) if shared or delta.small(delta.rows_above_count(con, top),
+                                                                             index.ntotal) else []
+    added = sum(len(i) for i, _ in chunks)
+    if not shared and not chunks:  # a file far behind: into it, 10,000 rows at a time (memory stays flat)
+        for new_ids, new_vectors in delta.rows_above(con, top, dim):
+            index.add_with_ids(new_vectors, new_ids)
+            added += len(new_ids)
+    ids = np.concatenate([recent_ids, *(i for i, _ in chunks)])
+    vectors = np.concatenate([recent if recent is not None else np.zeros((0, dim), np.float32),
+                              *(v for _, v in chunks)])
+    if index.ntotal + len(ids) != delta.row_count(con):
+        return None
+    grown = Snapshot(state, index, delta.top_id(con), ids, vectors)
+    # many rows beside (a long update elsewhere, a file far behind): one copy keeps every later search fast. Beside
+    # a file, not in it: FAISS grows its buffer by copying it whole (2 GB held at 1M photos)
+    if not delta.small(len(ids), index.ntotal):
+        grown = Snapshot(state, grown.single(copy=shared), grown.top)
+    return grown, removed + added
+
+
+def rebuild(con: sqlite3.Connection, dim: int) -> Any:
+    """A FAISS index of every row, from the BLOBs."""
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    for ids, vectors in delta.rows_above(con, 0, dim):
+        index.add_with_ids(vectors, ids)
+    return index

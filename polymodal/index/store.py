@@ -16,8 +16,9 @@ files leave together in the first commit, and each commit bumps the generation. 
 committed states. A row's vector never changes (a changed file gets a new row) and ids are never reused
 (AUTOINCREMENT), so vectors.faiss needs no rewrite per commit: readers add the rows above its highest id and remove
 the ids recorded as deleted since (delta.py), and the writer replaces it atomically once that delta passes 5% of the
-rows. A file the replay cannot bring to the table's rows (deleted, from elsewhere) is rebuilt from the BLOBs. Files that failed to decode are remembered (table failures) and not read again until they change. A file is
-unchanged while its size, mtime and ctime are; when only the times changed its sha256 decides (read, not decoded).
+rows. A file the replay cannot bring to the table's rows (deleted, from elsewhere) is rebuilt from the BLOBs. Files
+that failed to decode are remembered (table failures) and not read again until they change. A file is unchanged
+while its size, mtime and ctime are; when only the times changed its sha256 decides (read, not decoded).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from polymodal.cache import atomic_write_with, check_creatable
 from polymodal.errors import PolymodalError
 from polymodal.index import delta
 from polymodal.index.scan import ImageFile, canonical_path, file_sha256, image_file, scan_images, unlisted_folders
-from polymodal.index.snapshot import Snapshot
+from polymodal.index.snapshot import Snapshot, forward, rebuild
 from polymodal.models.inputs import check_count
 from polymodal.progress import progress_bar
 from polymodal.registry import require_embedding
@@ -633,24 +634,27 @@ class ImageIndex(SearchByModel):
     def _vectors(self, con: sqlite3.Connection, meta: dict) -> tuple[Snapshot, bool]:
         """The vectors of this snapshot (cached across searches; a cache of an earlier generation is caught up from
         SQLite, not read again) and whether vectors.faiss should be written back (rebuilt, or far behind)."""
-        # meta.sqlite's identity too: an index folder swapped for a copy that was written on separately (a backup put
-        # back, then updated) has the same uid and may reuse ids, so its generations are not this cache's future
-        where = os.stat(self.sqlite_path)
-        state, cached = (meta["uid"], meta["generation"], (where.st_dev, where.st_ino)), self._cache
+        state, cached = self._state(meta), self._cache
         if cached is not None and cached.state == state:
             return cached, False
         snap, stale = None, False
         if cached is not None and cached.state[::2] == state[::2] and cached.state[1] < state[1]:
             snap = cached.caught_up(con, state, meta["dim"])
         if snap is None:
-            index, current = self._load_vectors(con, meta)
-            snap, stale = Snapshot(state, index, delta.top_id(con)), not current
+            snap, current = self._load_vectors(con, meta, state)
+            stale = not current
         self._cache = snap
         return snap, stale
 
-    def _load_vectors(self, con: sqlite3.Connection, meta: dict) -> tuple[Any, bool]:
-        """A fresh FAISS index matching the table: the file brought up to date, else rebuilt from the BLOBs.
-        -> (index, whether the file was near enough to leave as it is)"""
+    def _state(self, meta: dict) -> tuple:
+        # meta.sqlite's identity too: an index folder swapped for a copy that was written on separately (a backup put
+        # back, then updated) has the same uid and may reuse ids, so its generations are not this cache's future
+        where = os.stat(self.sqlite_path)
+        return meta["uid"], meta["generation"], (where.st_dev, where.st_ino)
+
+    def _load_vectors(self, con: sqlite3.Connection, meta: dict, state: tuple = ()) -> tuple[Snapshot, bool]:
+        """The vectors of this snapshot: the file brought up to date, else rebuilt from the BLOBs.
+        -> (them, whether the file was near enough to leave as it is)"""
         dim = meta["dim"]
         if self.faiss_path.is_file():
             try:
@@ -660,17 +664,15 @@ class ImageIndex(SearchByModel):
                     index = faiss.read_index(faiss.PyCallbackIOReader(f.read))
                 if index.d == dim:
                     ids = faiss.vector_to_array(index.id_map)
-                    behind = delta.replay(con, index, int(ids.max()) if len(ids) else 0, dim)
-                    if behind is not None:
-                        return index, delta.small(behind, index.ntotal)
+                    found = forward(con, state, dim, index, int(ids.max()) if len(ids) else 0, None, shared=False)
+                    if found is not None:
+                        return found[0], delta.small(found[1], index.ntotal)
                 log.info("%s does not match %s; rebuilding it", self.faiss_path, self.sqlite_path)
             except (RuntimeError, AttributeError, OSError) as exc:  # unreadable or not an IndexIDMap
                 log.warning("cannot read %s (%s); rebuilding it", self.faiss_path, exc)
         elif meta["generation"] > 0:
             log.info("%s is missing; rebuilding it from %s", self.faiss_path, self.sqlite_path)
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        delta.replay(con, index, 0, dim)  # every row
-        return index, False
+        return Snapshot(state, rebuild(con, dim), delta.top_id(con)), False
 
     def _settle(self, con: sqlite3.Connection, meta: dict) -> None:
         """After a writer's commit: bring this process's cache up to it (a server searches on at once), and write
@@ -678,15 +680,21 @@ class ImageIndex(SearchByModel):
         rows = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
         behind = delta.pending(con, meta)
         merge = behind is None or not delta.small(behind, rows) or not self.faiss_path.is_file()
-        if not merge and self._cache is None:
-            return
-        snap = self._vectors(con, meta)[0]  # cached before the write, which may wait for a reader's write-back
-        if merge:
+        if self._cache is None:
+            if not merge:
+                return
+            # no search holds what this loads yet, so the rows beside the file go into it in place, not into a copy
+            snap = self._load_vectors(con, meta, self._state(meta))[0]
+            index = snap.single(copy=False)
+        else:
+            snap = self._vectors(con, meta)[0]
+            if not merge:
+                return
             index = snap.single()
-            self._cache = Snapshot(snap.state, index, snap.top)  # searches use it, not a copy beside it
-            if self._save_vectors(index):
-                with _transaction(con):
-                    delta.merged(con, snap.top, snap.state[1])
+        self._cache = Snapshot(snap.state, index, snap.top)  # set before the write, which may wait for a write-back
+        if self._save_vectors(index):
+            with _transaction(con):
+                delta.merged(con, snap.top, snap.state[1])
 
     def _save_vectors(self, index) -> bool:
         """A writer's save, after its commit, under vectors.lock: it waits for a reader's write-back in progress, so
