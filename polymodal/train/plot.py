@@ -1,6 +1,7 @@
 """`polymodal plot RUN`: training curves (loss, learning rate, validation metrics) as one PNG, for every kind of run:
 recall for contrastive runs, accuracy for VQA, CIDEr-D and BLEU-4 for captioners, ITM accuracy for pretraining;
-validation losses go beside the training loss."""
+validation losses go beside the training loss, and a run of several objectives gets a panel of each one's training
+loss. Legends go below their panels: inside, they covered the curves."""
 
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     train = [r for r in records if r.get("split") == "train"]
     val = [r for r in records if r.get("split") == "val"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    # pretraining (itm/loss, mlm/loss, ...): one curve each, unweighted, on a log axis (MLM's 8 beside ITM's 0.7)
+    objectives = sorted({k for r in train for k, v in r.items() if k.endswith("/loss") and isinstance(v, (int, float))})
+    fig, axes = plt.subplots(1, 4 if len(objectives) > 1 else 3, figsize=(20 if len(objectives) > 1 else 15, 4))
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (step)")
     axes[0].plot(*_series(val, "train_loss", "step"), "o-", label="train loss (epoch mean)")  # none before epoch 1
     keys = sorted({k for r in val for k, v in r.items() if k.startswith("val/") and isinstance(v, (int, float))})
@@ -65,11 +68,20 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         right.set(ylabel="median rank (lower is better)", yscale="log")
         more = right.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]
-    if handles:  # one legend below the panel: inside it, six recalls and two ranks covered the curves
-        axes[2].legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4)
-    for ax in axes:
-        if ax is not axes[2] and ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="best")
+    if len(objectives) > 1:
+        for key in objectives:
+            axes[3].plot(*_series(train, key, "step"), label=key.removesuffix("/loss"))
+        axes[3].set(xlabel="step", ylabel="loss (unweighted)", yscale="log", title="training loss per objective")
+        ticker, y = matplotlib.ticker, axes[3].yaxis
+        y.set_minor_locator(ticker.LogLocator(subs=(2, 5)))  # 0.5, 1, 2, 5: labelled plainly, not 5x10^-1
+        for set_format in (y.set_major_formatter, y.set_minor_formatter):
+            set_format(ticker.FormatStrFormatter("%g"))
+    # the validation panel's legend holds its median-rank axis's lines too
+    legends = [(handles, labels) if ax is axes[2] else ax.get_legend_handles_labels() for ax in axes]
+    for ax, (handles, labels) in zip(axes, legends):
+        if handles:  # below each panel: inside it, the legend covered curves (six recalls; five loss lines)
+            ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+                      ncol=4 if ax is axes[2] else 2)
         ax.grid(alpha=0.3)
     fig.suptitle(str(run_dir))
     fig.tight_layout()
