@@ -73,30 +73,33 @@ def forward(con: sqlite3.Connection, state: tuple, dim: int, index, top: int, si
     `shared`: others search `index` (a cache), so a removal compacts a copy; a file just read is changed in place."""
     if top > delta.top_id(con):  # written after this snapshot: holds rows this reader must not see
         return None
-    removed, gone = 0, delta.removed_ids(con, top, since)
-    if gone:
+    removed, gone = 0, np.asarray(delta.removed_ids(con, top, since), dtype=np.int64)
+    if gone.size and len(recent_ids):  # rows beside leave without touching the index (a served upload deleted)
+        stay = ~np.isin(recent_ids, gone)
+        removed, recent_ids, recent = int((~stay).sum()), recent_ids[stay], recent[stay]
+    # only ids the index holds: a file a reader wrote back lacks ids `removed` keeps until the writer merges (counted,
+    # every next reader rewrote the file), and a compaction is a copy of the whole index when others search it
+    held = gone[np.isin(gone, faiss.vector_to_array(index.id_map))] if gone.size else gone
+    if held.size:
         index = faiss.clone_index(index) if shared else index
-        if len(recent_ids):
-            index.add_with_ids(recent, recent_ids)
-            recent_ids, recent = _NO_IDS, None
-        # counted only as far as the index held them: a file a reader wrote back lacks ids `removed` keeps until the
-        # writer merges (counted, every next reader rewrote the file)
-        removed = int(index.remove_ids(np.asarray(gone, dtype=np.int64)))  # one compaction, however many ids
-    chunks = list(delta.rows_above(con, top, dim)) if shared or delta.small(delta.rows_above_count(con, top),
-                                                                             index.ntotal) else []
-    added = sum(len(i) for i, _ in chunks)
-    if not shared and not chunks:  # a file far behind: into it, 10,000 rows at a time (memory stays flat)
-        for new_ids, new_vectors in delta.rows_above(con, top, dim):
+        removed += int(index.remove_ids(held))  # one compaction, however many ids
+    # beside the index, or (a file far behind) into it, 10,000 rows at a time: memory stays flat
+    beside = shared or delta.small(delta.rows_above_count(con, top), index.ntotal)
+    chunks, added = [], 0
+    for new_ids, new_vectors in delta.rows_above(con, top, dim):
+        if beside:
+            chunks.append((new_ids, new_vectors))
+        else:
             index.add_with_ids(new_vectors, new_ids)
-            added += len(new_ids)
+        added += len(new_ids)
     ids = np.concatenate([recent_ids, *(i for i, _ in chunks)])
     vectors = np.concatenate([recent if recent is not None else np.zeros((0, dim), np.float32),
                               *(v for _, v in chunks)])
     if index.ntotal + len(ids) != delta.row_count(con):
         return None
     grown = Snapshot(state, index, delta.top_id(con), ids, vectors)
-    # many rows beside (a long update elsewhere, a file far behind): one copy keeps every later search fast. Beside
-    # a file, not in it: FAISS grows its buffer by copying it whole (2 GB held at 1M photos)
+    # many rows beside (a long update elsewhere): one copy keeps every later search fast. Beside a file rather than
+    # in it: FAISS grows its buffer by copying it whole (2 GB held at 1M photos for one row)
     if not delta.small(len(ids), index.ntotal):
         grown = Snapshot(state, grown.single(copy=shared), grown.top)
     return grown, removed + added

@@ -652,10 +652,10 @@ class ImageIndex(SearchByModel):
         where = os.stat(self.sqlite_path)
         return meta["uid"], meta["generation"], (where.st_dev, where.st_ino)
 
-    def _load_vectors(self, con: sqlite3.Connection, meta: dict, state: tuple = ()) -> tuple[Snapshot, bool]:
+    def _load_vectors(self, con: sqlite3.Connection, meta: dict, state: tuple | None = None) -> tuple[Snapshot, bool]:
         """The vectors of this snapshot: the file brought up to date, else rebuilt from the BLOBs.
         -> (them, whether the file was near enough to leave as it is)"""
-        dim = meta["dim"]
+        dim, state = meta["dim"], state or self._state(meta)
         if self.faiss_path.is_file():
             try:
                 # read by Python: faiss.read_index takes no path that is not UTF-8 (a TypeError from SWIG); streamed,
@@ -666,7 +666,7 @@ class ImageIndex(SearchByModel):
                     ids = faiss.vector_to_array(index.id_map)
                     found = forward(con, state, dim, index, int(ids.max()) if len(ids) else 0, None, shared=False)
                     if found is not None:
-                        return found[0], delta.small(found[1], index.ntotal)
+                        return found[0], delta.small(found[1], len(ids))
                 log.info("%s does not match %s; rebuilding it", self.faiss_path, self.sqlite_path)
             except (RuntimeError, AttributeError, OSError) as exc:  # unreadable or not an IndexIDMap
                 log.warning("cannot read %s (%s); rebuilding it", self.faiss_path, exc)
