@@ -119,7 +119,8 @@ def test_an_older_file_after_its_deletions_were_forgotten_is_rebuilt(built, monk
 @pytest.mark.parametrize("change", ["add", "remove", "remove and add"])
 def test_a_file_written_after_the_readers_snapshot_is_not_mixed_into_it(built, monkeypatch, change) -> None:
     """A writer merged after a reader's snapshot began: the new file holds rows the snapshot lacks (its top is above
-    the snapshot's) or lacks rows the snapshot holds (the counts differ). Either way the reader rebuilds its snapshot."""
+    the snapshot's) or lacks rows the snapshot holds (the counts differ). Either way the reader rebuilds its
+    snapshot."""
     index, photos = built
     monkeypatch.setattr(delta, "MERGE_FRACTION", 0.0)
     reader = ImageIndex(index.db)

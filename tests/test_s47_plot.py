@@ -20,8 +20,8 @@ def _plot(tmp_path, monkeypatch, rows):
 
 
 def _pretraining_rows():
-    rows = [{"step": s, "epoch": 1 + s // 4, "split": "train", "loss": 9.0 - s / 4, "lr": 1e-3, "itm/loss": 0.69 - s / 100,
-             "itm/accuracy": 0.5, "mlm/loss": 8.5 - s / 3, "mrm/loss": 1.26 - s / 50} for s in range(1, 9)]
+    rows = [{"step": s, "epoch": 1 + s // 4, "split": "train", "loss": 9.0 - s / 4, "lr": 1e-3,
+             "itm/loss": 0.69 - s / 100, "itm/accuracy": 0.5, "mlm/loss": 8.5 - s / 3, "mrm/loss": 1.26 - s / 50} for s in range(1, 9)]
     rows += [{"step": 4 * e, "epoch": e, "split": "val", "train_loss": 9.0 - e, "val/itm_loss_hard": 0.6,
               "val/itm_accuracy_hard": 0.6, "val/mlm_loss": 7.0 - e, "val/score": -8.0 + e} for e in (1, 2)]
     return rows

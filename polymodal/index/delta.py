@@ -2,9 +2,10 @@
 
 A writer no longer reads and rewrites vectors.faiss on every commit (3 s for one photo at 1M images). Its rows go
 into SQLite as before, and the ids it deletes into the table `removed` (with the generation of their commit). A
-reader loads vectors.faiss and brings it up to its snapshot: it removes the ids deleted since, and adds the rows
-whose id is above the file's highest. The writer rewrites vectors.faiss only when that delta passes MERGE_FRACTION of
-the rows, then forgets the ids the new file no longer holds.
+reader loads vectors.faiss and brings it up to its snapshot: it removes the ids deleted since, and keeps the rows
+whose id is above the file's highest beside it (snapshot.py; in it, when the file is far behind). The writer rewrites
+vectors.faiss only when that delta passes MERGE_FRACTION of the rows, then forgets the ids the new file no longer
+holds.
 
 Why the result is exact without comparing every id: ids come from AUTOINCREMENT (never reused), a row's vector never
 changes, and writers commit one at a time. So a file written at any snapshot holds every row of today's table whose id
@@ -32,7 +33,8 @@ MERGED_TOP = "vectors_top_id"
 
 def record_removed(con: sqlite3.Connection, ids, generation: int) -> None:
     """Remember deleted row ids with the generation of the commit they leave in (inside that transaction)."""
-    con.executemany("INSERT OR REPLACE INTO removed (id, generation) VALUES (?, ?)", [(int(i), generation) for i in ids])
+    con.executemany("INSERT OR REPLACE INTO removed (id, generation) VALUES (?, ?)",
+                    [(int(i), generation) for i in ids])
 
 
 def top_id(con: sqlite3.Connection) -> int:

@@ -6,8 +6,9 @@ Layout of the folder (the CLI's --db):
   vectors.faiss  a derived cache for fast search: IndexIDMap2(IndexFlatIP), ids = SQLite row ids; it may lag the
                  table by a few percent of its rows, which readers replay from SQLite (delta.py)
   index.lock     held by the one writer (process or thread) allowed to write; only writers take it
-  vectors.lock   held while vectors.faiss is written: by a writer after its commit, or by a reader writing back
-                 the cache it rebuilt (never index.lock, so searches never make a writer fail with IndexBusy)
+  vectors.lock   held while vectors.faiss is written: by a writer after a commit that took the lag past 5%, or by a
+                 reader writing back a cache it rebuilt or brought far forward (never index.lock, so searches never
+                 make a writer fail with IndexBusy)
 
 Crash safety: an update commits its work in SQLite transactions about a minute apart (COMMIT_EVERY_S), so a
 crash, kill or Ctrl-C loses only about the last minute and a re-run embeds only the rest. Every commit is a
@@ -424,7 +425,7 @@ class ImageIndex(SearchByModel):
         index may be rebuilt with another model while it runs: IndexModelMismatch)."""
         k = check_count(k, "k")
         q = query_matrix(query_vectors)
-        with self._reading() as (con, meta):
+        with self._reading_current() as (con, meta):
             if model is not None:
                 self._check_model(meta, model)
             check_query_dim(q, meta, f"index {self.db}")
@@ -501,6 +502,20 @@ class ImageIndex(SearchByModel):
             finally:
                 if con.in_transaction:
                     con.execute("ROLLBACK")
+
+    @contextmanager
+    def _reading_current(self) -> Iterator[tuple[sqlite3.Connection, dict]]:
+        """_reading(), begun again (twice at most) while this process's cache holds a later commit than the snapshot:
+        a search begun just before a commit would load the file for the older state (1 GB at 1M photos) and put it in
+        place of the newer cache."""
+        for attempt in range(3):
+            with self._reading() as (con, meta):
+                cached = self._cache
+                if (attempt < 2 and cached is not None and cached.state[0] == meta["uid"]
+                        and cached.state[1] > meta["generation"]):
+                    continue
+                yield con, meta
+                return
 
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
@@ -677,7 +692,7 @@ class ImageIndex(SearchByModel):
     def _settle(self, con: sqlite3.Connection, meta: dict) -> None:
         """After a writer's commit: bring this process's cache up to it (a server searches on at once), and write
         vectors.faiss when it is missing or the delta it lacks has passed delta.MERGE_FRACTION of the rows."""
-        rows = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        rows = delta.row_count(con)
         behind = delta.pending(con, meta)
         merge = behind is None or not delta.small(behind, rows) or not self.faiss_path.is_file()
         if self._cache is None:
@@ -692,9 +707,13 @@ class ImageIndex(SearchByModel):
                 return
             index = snap.single()
         self._cache = Snapshot(snap.state, index, snap.top)  # set before the write, which may wait for a write-back
-        if self._save_vectors(index):
+        if not self._save_vectors(index):
+            return
+        try:
             with _transaction(con):
                 delta.merged(con, snap.top, snap.state[1])
+        except sqlite3.Error as exc:  # a disk full since the write: the update is committed; the next merge comes early
+            log.warning("could not record the write of %s (%s); the next update writes it again", self.faiss_path, exc)
 
     def _save_vectors(self, index) -> bool:
         """A writer's save, after its commit, under vectors.lock: it waits for a reader's write-back in progress, so
@@ -705,7 +724,8 @@ class ImageIndex(SearchByModel):
                 self._write_vectors(index)
             return True
         except (Timeout, OSError) as exc:
-            log.warning("could not write %s (%s); it will be rebuilt on next open", self.faiss_path, exc)
+            log.warning("could not write %s (%s); searches take what it lacks from %s", self.faiss_path, exc,
+                        self.sqlite_path.name)
             return False
 
     def _write_vectors(self, index) -> None:
@@ -722,9 +742,9 @@ class ImageIndex(SearchByModel):
         os.chmod(self.faiss_path, stat.S_IMODE(self.sqlite_path.stat().st_mode))
 
     def _try_save(self, index, meta: dict) -> None:
-        """A reader that rebuilt the cache writes it back, unless a commit came since its snapshot or another save is
-        in progress. It takes vectors.lock, never the writer lock, so it never makes a writer fail: a writer that
-        commits meanwhile waits for this save, then writes its own file over it."""
+        """A reader that rebuilt the cache (or found the file far behind) writes it back, unless a commit came since
+        its snapshot or another save is in progress. It takes vectors.lock, never the writer lock, so it never makes a
+        writer fail: a writer that commits meanwhile waits for this save, then writes its own file over it."""
         try:
             with FileLock(str(self.vectors_lock_path), timeout=0):
                 with closing(self._connect()) as con:
