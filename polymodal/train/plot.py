@@ -66,22 +66,20 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         for key in ranks:
             right.plot(*_series(val, key, "epoch"), "x--", label=key[4:])
         right.set(ylabel="median rank (lower is better)", yscale="log")
+        _plain_log_labels(right.yaxis)
         more = right.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]
     if len(objectives) > 1:
         for key in objectives:
             axes[3].plot(*_series(train, key, "step"), label=key.removesuffix("/loss"))
         axes[3].set(xlabel="step", ylabel="loss (unweighted)", yscale="log", title="training loss per objective")
-        ticker, y = matplotlib.ticker, axes[3].yaxis
-        y.set_minor_locator(ticker.LogLocator(subs=(2, 5)))  # 0.5, 1, 2, 5: labelled plainly, not 5x10^-1
-        for set_format in (y.set_major_formatter, y.set_minor_formatter):
-            set_format(ticker.FormatStrFormatter("%g"))
+        _plain_log_labels(axes[3].yaxis)
     # the validation panel's legend holds its median-rank axis's lines too
     legends = [(handles, labels) if ax is axes[2] else ax.get_legend_handles_labels() for ax in axes]
     for ax, (handles, labels) in zip(axes, legends):
-        if handles:  # below each panel: inside it, the legend covered curves (six recalls; five loss lines)
-            ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2),
-                      ncol=4 if ax is axes[2] else 2)
+        if handles:  # below each panel (inside, it covered curves: six recalls, five loss lines), clear of the x
+            # label; two columns, so that pretraining's long names don't widen the figure and squeeze every panel
+            ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
         ax.grid(alpha=0.3)
     fig.suptitle(str(run_dir))
     fig.tight_layout()
@@ -91,6 +89,15 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     # a new folder is made, as --explain and train --out make theirs; an interrupted plot leaves the previous picture
     atomic_write_bytes(out, buffer.getvalue())
     return out
+
+
+def _plain_log_labels(axis) -> None:
+    """A log axis labelled 0.5, 1, 2, 5, 10, 20 ..., not 5x10^-1."""
+    from matplotlib import ticker
+
+    axis.set_minor_locator(ticker.LogLocator(subs=(2, 5)))
+    for set_format in (axis.set_major_formatter, axis.set_minor_formatter):
+        set_format(ticker.FormatStrFormatter("%g"))
 
 
 def _natural(key: str) -> list:
