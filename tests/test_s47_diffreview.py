@@ -74,3 +74,29 @@ def test_a_search_begun_just_before_a_commit_reads_again_instead_of_loading_an_o
     assert hits[0].path.endswith("white.png")
     assert loads == [] and index._cache is newer and next(calls, None) is None  # the stale read was used, and left
     early.__exit__(None, None, None)
+
+
+def test_searching_the_rows_beside_the_index_holds_no_queries_by_rows_matrix() -> None:
+    """Many queries (from Python) against the rows kept beside the FAISS index: their whole score matrix was held
+    (about 4 GB for 5,000 queries beside 50k rows at 1M photos); it is scanned in blocks now, with the same answer."""
+    import tracemalloc
+
+    import faiss
+    import numpy as np
+
+    from polymodal.index.snapshot import Snapshot
+
+    rng = np.random.default_rng(0)
+    base, recent = rng.standard_normal((50, 8)).astype(np.float32), rng.standard_normal((5000, 8)).astype(np.float32)
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(8))
+    index.add_with_ids(base, np.arange(1, 51))
+    snap = Snapshot(("u", 1, (0, 0)), index, 5050, np.arange(51, 5051), recent)
+    q = rng.standard_normal((2000, 8)).astype(np.float32)
+    tracemalloc.start()
+    scores, ids = snap.search(q, 5)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 10e6  # the score matrix alone is 2,000 x 5,000 x 4 bytes = 40 MB
+    brute = q @ np.concatenate([base, recent]).T
+    want = np.argsort(-brute, axis=1, kind="stable")[:, :5] + 1
+    assert (ids == want).all() and np.allclose(scores, np.take_along_axis(brute, want - 1, 1), atol=1e-5)
