@@ -2,7 +2,7 @@
 
 Copying a FAISS index to add one upload cost about 0.1 s at 100k photos and 1 s at 1M (the copy, then another as
 FAISS grows its buffer). So the rows added since the index was made stay beside it in a small matrix (`recent`),
-searched exactly with numpy and merged into each answer. Only removing a row the index holds, or writing
+searched exactly (faiss.knn) and merged into each answer. Only removing a row the index holds, or writing
 vectors.faiss, copies the index, once. A snapshot never changes: searches in other threads use it without a lock
 while a newer one is made.
 """

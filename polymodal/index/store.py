@@ -429,14 +429,14 @@ class ImageIndex(SearchByModel):
             if model is not None:
                 self._check_model(meta, model)
             check_query_dim(q, meta, f"index {self.db}")
-            snap, rebuilt = self._vectors(con, meta)
+            snap, write_back = self._vectors(con, meta)
             k = min(k, snap.ntotal)
             if k == 0:
                 return [[] for _ in q]
             scores, ids = snap.search(q, k)
             scores = np.clip(scores, -1.0, 1.0)  # cosines of unit vectors; float32 rounding gave a photo 1.0000001
             paths = _paths(con, ids[ids >= 0].tolist())
-        if rebuilt:
+        if write_back:
             self._try_save(snap.single(), meta)
         # An id without a path can't happen within one snapshot; the filter is only a guard.
         return [
@@ -699,7 +699,7 @@ class ImageIndex(SearchByModel):
             if not merge:
                 return
             # no search holds what this loads yet, so the rows beside the file go into it in place, not into a copy
-            snap = self._load_vectors(con, meta, self._state(meta))[0]
+            snap = self._load_vectors(con, meta)[0]
             index = snap.single(copy=False)
         else:
             snap = self._vectors(con, meta)[0]
@@ -853,14 +853,13 @@ def _delete_rows(con: sqlite3.Connection, ids: Sequence[int], meta: dict) -> Non
     delta.record_removed(con, ids, meta["generation"] + 1)
 
 
-def _touch(con: sqlite3.Connection, meta: dict, bump: bool) -> tuple:
-    """Record the update time; bump the generation (in `meta` too) when vectors changed. -> (uid, generation)."""
+def _touch(con: sqlite3.Connection, meta: dict, bump: bool) -> None:
+    """Record the update time; bump the generation (in `meta` too) when vectors changed."""
     meta["generation"] += int(bump)
     con.executemany(
         "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
         [("generation", str(meta["generation"])), ("updated", _now())],
     )
-    return meta["uid"], meta["generation"]
 
 
 @dataclass
