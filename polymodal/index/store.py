@@ -534,6 +534,10 @@ class ImageIndex(SearchByModel):
                 f"index {self.db} is being written by another process or thread (lock file {self.lock_path}); "
                 "wait for it to finish, then retry"
             ) from None
+        except OSError as exc:  # a read-only mount, a colleague's index: it searches, but cannot take a writer
+            raise PolymodalError(f"index {self.db} cannot be updated here: its lock file {self.lock_path} cannot be "
+                                 f"written ({exc.strerror or exc}); searches work, updates need a folder you can "
+                                 "write (copy the index folder to one)") from None
         try:
             with closing(self._connect()) as con:
                 # 16 KiB pages for a new index (no effect on an existing one): a row holds a 2 KiB vector (dim 512),
