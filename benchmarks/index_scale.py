@@ -146,7 +146,8 @@ def step(name: str, db: Path, photos: Path, dim: int, queries: int) -> dict:
         out["open_s"] = round(t1 - t0, 2)
     else:
         raise SystemExit(f"unknown step {name}")
-    out.update(step=name + ("_whole" if delta.MERGE_FRACTION == 0 else ""), seconds=round(time.perf_counter() - t0, 2), peak_rss_mb=_peak_mb(), base_rss_mb=base)
+    out.update(step=name + ("_whole" if delta.MERGE_FRACTION == 0 else ""), seconds=round(time.perf_counter() - t0, 2),
+               peak_rss_mb=_peak_mb(), base_rss_mb=base)
     return out
 
 
