@@ -69,3 +69,26 @@ def test_removing_a_row_kept_beside_the_cache_copies_nothing(built, monkeypatch)
     server.remove([photos / "white.png"])
     assert copies == [] and server._cache.index is base and len(server._cache.recent_ids) == 0
     assert "white.png" not in {h.path.rsplit("/", 1)[-1] for h in server.search_text(FakeModel(), "white", k=10)}
+
+
+def test_a_copy_written_over_the_index_in_place_is_read_anew(built, tmp_path) -> None:
+    """`cp -a backup/. db/` over a folder a server has open (same meta.sqlite file): the backup, written to since, has
+    the server's generations with other photos under the same ids. Each generation's token tells the histories apart
+    (before, the server brought its cache forward from the copy and kept one photo's vector under another's id)."""
+    import shutil
+    from pathlib import Path
+
+    index, photos = built
+    server = ImageIndex(index.db)
+    server.search_text(FakeModel(), "red", k=1)
+    shutil.copytree(index.db, tmp_path / "copy")
+    server.add([paint(photos / "white.png", "white")], FakeModel(), progress=False)  # id 4 here
+    elsewhere = ImageIndex(tmp_path / "copy")
+    elsewhere.add([paint(photos / "cyan.png", "cyan")], FakeModel(), progress=False)  # id 4 there
+    elsewhere.add([paint(photos / "magenta.png", "magenta")], FakeModel(), progress=False)
+    inode = (index.db / "meta.sqlite").stat().st_ino
+    for name in ("meta.sqlite", "vectors.faiss"):
+        (index.db / name).write_bytes((tmp_path / "copy" / name).read_bytes())  # in place: the same inode
+    assert (index.db / "meta.sqlite").stat().st_ino == inode
+    hit = server.search_text(FakeModel(), "cyan", k=1)[0]
+    assert Path(hit.path).name == "cyan.png" and hit.score == pytest.approx(1.0, abs=1e-5)

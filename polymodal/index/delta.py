@@ -18,6 +18,7 @@ without recording it, a file from elsewhere) is rebuilt from the BLOBs as before
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from typing import Iterator
 
 import numpy as np
@@ -27,8 +28,33 @@ import numpy as np
 MERGE_FRACTION = 0.05
 # Made when missing by every writer (older indexes get it too; older code ignores it and rewrites the whole file).
 REMOVED_TABLE = "CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY, generation INTEGER NOT NULL)"
+# One random token per generation, so that a cache is brought forward only along its own history: a copy of the index
+# written over this one in place (the same file) and written to since has the same generations, with other photos
+# under the same ids. The last KEEP_COMMITS are kept (a cache older than that loads the file).
+COMMITS_TABLE = "CREATE TABLE IF NOT EXISTS commits (generation INTEGER PRIMARY KEY, token TEXT NOT NULL)"
+KEEP_COMMITS = 1000
 # meta key: the top id (see top_id) of the snapshot the writer last wrote vectors.faiss at
 MERGED_TOP = "vectors_top_id"
+
+
+def make_tables(con: sqlite3.Connection) -> None:
+    """The writer's tables for the delta, made when missing (indexes from before them get them too)."""
+    con.execute(REMOVED_TABLE)
+    con.execute(COMMITS_TABLE)
+
+
+def record_commit(con: sqlite3.Connection, generation: int) -> None:
+    """A new token for this generation (inside the transaction that commits it)."""
+    con.execute("INSERT OR REPLACE INTO commits (generation, token) VALUES (?, ?)", (generation, uuid.uuid4().hex))
+    con.execute("DELETE FROM commits WHERE generation < ?", (generation - KEEP_COMMITS,))
+
+
+def commit_token(con: sqlite3.Connection, generation: int) -> str | None:
+    """The token of this generation, or None (an index from before the tokens, or a generation long gone)."""
+    if not _has_table(con, "commits"):
+        return None
+    row = con.execute("SELECT token FROM commits WHERE generation = ?", (generation,)).fetchone()
+    return row[0] if row else None
 
 
 def record_removed(con: sqlite3.Connection, ids, generation: int) -> None:
@@ -43,13 +69,13 @@ def top_id(con: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def _has_removed(con: sqlite3.Connection) -> bool:
-    return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'removed'").fetchone() is not None
+def _has_table(con: sqlite3.Connection, name: str) -> bool:
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
 def removed_ids(con: sqlite3.Connection, top: int, since_generation: int | None = None) -> list[int]:
     """Ids up to `top` deleted in commits after `since_generation` (every recorded one when None)."""
-    if not _has_removed(con):
+    if not _has_table(con, "removed"):
         return []
     where, args = ("id <= ?", (top,)) if since_generation is None else ("id <= ? AND generation > ?",
                                                                       (top, since_generation))
@@ -84,7 +110,7 @@ def pending(con: sqlite3.Connection, meta: dict) -> int | None:
     if MERGED_TOP not in meta:
         return None
     added = rows_above_count(con, int(meta[MERGED_TOP]))
-    removed = con.execute("SELECT COUNT(*) FROM removed").fetchone()[0] if _has_removed(con) else 0
+    removed = con.execute("SELECT COUNT(*) FROM removed").fetchone()[0] if _has_table(con, "removed") else 0
     return added + removed
 
 
@@ -93,5 +119,5 @@ def merged(con: sqlite3.Connection, top: int, generation: int) -> None:
     transaction): record its top and forget the removals it already lacks. A crash before this costs only an early
     merge next time."""
     con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (MERGED_TOP, str(top)))
-    if _has_removed(con):
+    if _has_table(con, "removed"):
         con.execute("DELETE FROM removed WHERE generation <= ?", (generation,))

@@ -287,7 +287,7 @@ class ImageIndex(SearchByModel):
                     self._check_model(meta, model)
                     con.execute(_FAILURES)
                     con.execute(_BY_CONTENT)
-                    con.execute(delta.REMOVED_TABLE)
+                    delta.make_tables(con)
                     _add_ctime(con)
                     known, failed = known_rows(con, "images"), known_rows(con, "failures")
                     drop, todo = _plan(con, files, known, failed, report)  # pops the rows it sees from both
@@ -356,7 +356,7 @@ class ImageIndex(SearchByModel):
                     raise self._missing()
                 rows = pick(con)
                 if rows:
-                    con.execute(delta.REMOVED_TABLE)
+                    delta.make_tables(con)
                     _delete_rows(con, [i for i, _ in rows], meta)
                     _touch(con, meta, bump=True)
             if rows:
@@ -653,11 +653,12 @@ class ImageIndex(SearchByModel):
     def _vectors(self, con: sqlite3.Connection, meta: dict) -> tuple[Snapshot, bool]:
         """The vectors of this snapshot (cached across searches; a cache of an earlier generation is caught up from
         SQLite, not read again) and whether vectors.faiss should be written back (rebuilt, or far behind)."""
-        state, cached = self._state(meta), self._cache
+        state, cached = self._state(con, meta), self._cache
         if cached is not None and cached.state == state:
             return cached, False
         snap, stale = None, False
-        if cached is not None and cached.state[::2] == state[::2] and cached.state[1] < state[1]:
+        if (cached is not None and cached.state[::2] == state[::2] and cached.state[1] < state[1]
+                and delta.commit_token(con, cached.state[1]) == cached.state[3]):  # its generation is in this history
             snap = cached.caught_up(con, state, meta["dim"])
         if snap is None:
             snap, current = self._load_vectors(con, meta, state)
@@ -665,16 +666,18 @@ class ImageIndex(SearchByModel):
         self._cache = snap
         return snap, stale
 
-    def _state(self, meta: dict) -> tuple:
-        # meta.sqlite's identity too: an index folder swapped for a copy that was written on separately (a backup put
-        # back, then updated) has the same uid and may reuse ids, so its generations are not this cache's future
+    def _state(self, con: sqlite3.Connection, meta: dict) -> tuple:
+        # meta.sqlite's identity and the generation's token too: an index folder swapped for a copy that was written on
+        # separately (a backup put back, then updated) has the same uid and may reuse ids for other photos, so its
+        # generations are not this cache's future
         where = os.stat(self.sqlite_path)
-        return meta["uid"], meta["generation"], (where.st_dev, where.st_ino)
+        return (meta["uid"], meta["generation"], (where.st_dev, where.st_ino),
+                delta.commit_token(con, meta["generation"]))
 
     def _load_vectors(self, con: sqlite3.Connection, meta: dict, state: tuple | None = None) -> tuple[Snapshot, bool]:
         """The vectors of this snapshot: the file brought up to date, else rebuilt from the BLOBs.
         -> (them, whether the file was near enough to leave as it is)"""
-        dim, state = meta["dim"], state or self._state(meta)
+        dim, state = meta["dim"], state or self._state(con, meta)
         if self.faiss_path.is_file():
             try:
                 # read by Python: faiss.read_index takes no path that is not UTF-8 (a TypeError from SWIG); streamed,
@@ -858,12 +861,15 @@ def _delete_rows(con: sqlite3.Connection, ids: Sequence[int], meta: dict) -> Non
 
 
 def _touch(con: sqlite3.Connection, meta: dict, bump: bool) -> None:
-    """Record the update time; bump the generation (in `meta` too) when vectors changed."""
+    """Record the update time; bump the generation (in `meta` too) when vectors changed, with a new token for it
+    (delta.make_tables has run in this transaction)."""
     meta["generation"] += int(bump)
     con.executemany(
         "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
         [("generation", str(meta["generation"])), ("updated", _now())],
     )
+    if bump:
+        delta.record_commit(con, meta["generation"])
 
 
 @dataclass
