@@ -29,25 +29,37 @@ def test_a_file_written_back_by_a_reader_is_not_written_again_by_every_next_read
     assert len(writes) == 1  # was 3: the ids in `removed` still counted as a delta of 2 rows for 2
 
 
-def test_a_folder_swapped_for_a_copy_written_on_separately_is_read_anew(built, tmp_path) -> None:
-    """A live process's cache is caught up only from its own meta.sqlite. A copy of the folder that was updated on its
-    own (a backup put back, then indexed into) reuses ids for other photos: caught up from it, id 4 kept the vector
-    of the photo the process had added as id 4."""
+def _diverged_copy(built, tmp_path):
+    """A served index and a copy of it, each written to since (id 4: white.png here, cyan.png there; the copy a
+    generation further). -> (the server, with its cache of the index, the copy's folder)"""
     import shutil
-    from pathlib import Path
 
     index, photos = built
     server = ImageIndex(index.db)
     server.search_text(FakeModel(), "red", k=1)
     shutil.copytree(index.db, tmp_path / "copy")
-    server.add([paint(photos / "white.png", "white")], FakeModel(), progress=False)  # id 4 here
+    server.add([paint(photos / "white.png", "white")], FakeModel(), progress=False)
     elsewhere = ImageIndex(tmp_path / "copy")
-    elsewhere.add([paint(photos / "cyan.png", "cyan")], FakeModel(), progress=False)  # id 4 there
-    elsewhere.add([paint(photos / "magenta.png", "magenta")], FakeModel(), progress=False)  # a later generation
-    index.db.rename(tmp_path / "old")
-    (tmp_path / "copy").rename(index.db)
+    elsewhere.add([paint(photos / "cyan.png", "cyan")], FakeModel(), progress=False)
+    elsewhere.add([paint(photos / "magenta.png", "magenta")], FakeModel(), progress=False)
+    return server, tmp_path / "copy"
+
+
+def _finds_cyan_itself(server) -> bool:
+    from pathlib import Path
+
     hit = server.search_text(FakeModel(), "cyan", k=1)[0]
-    assert Path(hit.path).name == "cyan.png" and hit.score == pytest.approx(1.0, abs=1e-5)
+    return Path(hit.path).name == "cyan.png" and hit.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_folder_swapped_for_a_copy_written_on_separately_is_read_anew(built, tmp_path) -> None:
+    """A live process's cache is caught up only from its own meta.sqlite. A copy of the folder that was updated on its
+    own (a backup put back, then indexed into) reuses ids for other photos: caught up from it, id 4 kept the vector
+    of the photo the process had added as id 4."""
+    server, copy = _diverged_copy(built, tmp_path)
+    server.db.rename(tmp_path / "old")
+    copy.rename(server.db)
+    assert _finds_cyan_itself(server)
 
 
 def test_removing_a_row_kept_beside_the_cache_copies_nothing(built, monkeypatch) -> None:
@@ -75,20 +87,9 @@ def test_a_copy_written_over_the_index_in_place_is_read_anew(built, tmp_path) ->
     """`cp -a backup/. db/` over a folder a server has open (same meta.sqlite file): the backup, written to since, has
     the server's generations with other photos under the same ids. Each generation's token tells the histories apart
     (before, the server brought its cache forward from the copy and kept one photo's vector under another's id)."""
-    import shutil
-    from pathlib import Path
-
-    index, photos = built
-    server = ImageIndex(index.db)
-    server.search_text(FakeModel(), "red", k=1)
-    shutil.copytree(index.db, tmp_path / "copy")
-    server.add([paint(photos / "white.png", "white")], FakeModel(), progress=False)  # id 4 here
-    elsewhere = ImageIndex(tmp_path / "copy")
-    elsewhere.add([paint(photos / "cyan.png", "cyan")], FakeModel(), progress=False)  # id 4 there
-    elsewhere.add([paint(photos / "magenta.png", "magenta")], FakeModel(), progress=False)
-    inode = (index.db / "meta.sqlite").stat().st_ino
+    server, copy = _diverged_copy(built, tmp_path)
+    inode = (server.db / "meta.sqlite").stat().st_ino
     for name in ("meta.sqlite", "vectors.faiss"):
-        (index.db / name).write_bytes((tmp_path / "copy" / name).read_bytes())  # in place: the same inode
-    assert (index.db / "meta.sqlite").stat().st_ino == inode
-    hit = server.search_text(FakeModel(), "cyan", k=1)[0]
-    assert Path(hit.path).name == "cyan.png" and hit.score == pytest.approx(1.0, abs=1e-5)
+        (server.db / name).write_bytes((copy / name).read_bytes())  # in place: the same inode
+    assert (server.db / "meta.sqlite").stat().st_ino == inode
+    assert _finds_cyan_itself(server)
