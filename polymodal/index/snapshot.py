@@ -72,7 +72,8 @@ def forward(con: sqlite3.Connection, state: tuple, dim: int, index, top: int, si
     after generation `since` (every recorded one when None: a file) leave, and the rows above `top` go beside it.
     -> (that snapshot, how many rows it removed and added), or None when the result is not the table's rows.
     `shared`: others search `index` (a cache), so a removal compacts a copy; a file just read is changed in place."""
-    if top > delta.top_id(con):  # written after this snapshot: holds rows this reader must not see
+    now = delta.top_id(con)
+    if top > now:  # written after this snapshot: holds rows this reader must not see
         return None
     removed, gone = 0, np.asarray(delta.removed_ids(con, top, since), dtype=np.int64)
     if gone.size and len(recent_ids):  # rows beside leave without touching the index (a served upload deleted)
@@ -98,7 +99,7 @@ def forward(con: sqlite3.Connection, state: tuple, dim: int, index, top: int, si
                               *(v for _, v in chunks)])
     if index.ntotal + len(ids) != delta.row_count(con):
         return None
-    grown = Snapshot(state, index, delta.top_id(con), ids, vectors)
+    grown = Snapshot(state, index, now, ids, vectors)
     # many rows beside (a long update elsewhere): one copy keeps every later search fast. Beside a file rather than
     # in it: FAISS grows its buffer by copying it whole (2 GB held at 1M photos for one row)
     if not delta.small(len(ids), index.ntotal):
