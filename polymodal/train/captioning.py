@@ -259,9 +259,11 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     name_after_run(model, recipe.out)
     validation = validation_record(val)  # before unreadable photos are dropped: what the data gives
     if resume:
+        from polymodal.cli_caption import CAPTION_FLAGS  # a refusal names dropout a --config key (--dropout: `train vqa`)
+
         check_same_run(Path(recipe.out), recipe.arch, recipe.train,
                        val_fraction=None if recipe.val_pairs else recipe.val_fraction,
-                       seed_draws_validation=not recipe.val_pairs and recipe.val_fraction > 0)
+                       seed_draws_validation=not recipe.val_pairs and recipe.val_fraction > 0, flags=CAPTION_FLAGS)
         check_same_validation(Path(recipe.out), recipe)
         check_same_validation_set(Path(recipe.out), validation)
     pairs, grids = _readable(model, pairs, progress)

@@ -8,7 +8,7 @@ import json
 import os
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
@@ -99,14 +99,16 @@ def name_after_run(model, out) -> None:
 
 
 def check_same_run(out: Path, arch, train, ignore: Sequence[str] = (), freeze: Sequence[str] | None = None,
-                   val_fraction: float | None = None, seed_draws_validation: bool = False) -> None:
+                   val_fraction: float | None = None, seed_draws_validation: bool = False,
+                   flags: Collection[str] | None = None) -> None:
     """--resume (RUN/train_config.json): the checkpoint only fits the architecture it was trained with (``ignore``:
     arch keys that are no flag, checked when the checkpoint loads), and the optimizer and schedule continue at the
     rates they were saved with, so another --lr, --tower-lr-scale or --weight-decay would be recorded but not used:
     refuse both. ``val_fraction`` (None: the run validates on its own files, no split): another one would draw
     another validation split, partly of photos already trained on; so would another --seed where
     ``seed_draws_validation`` (a split, or pretraining's seeded negatives and masks): refused too. ``freeze``: the
-    parts frozen now; the saved optimizer state holds the parameters trained then."""
+    parts frozen now; the saved optimizer state holds the parameters trained then. ``flags``: the settings the
+    command has a flag for (the refusal names the others as --config keys), when not every command's are."""
     saved = recorded_settings(out)
     if saved is None:
         return  # a run from before train_config.json: loading the checkpoint is the check
@@ -125,7 +127,7 @@ def check_same_run(out: Path, arch, train, ignore: Sequence[str] = (), freeze: S
     if freeze is not None and isinstance(was_frozen, list) and sorted(was_frozen) != sorted(freeze):
         changed.append(("freeze", ",".join(was_frozen) or '""', ",".join(freeze) or '""'))
     if changed:
-        raise another_run(out, changed)
+        raise another_run(out, changed, flags)
 
 
 def check_same_fusion(out: Path, arch) -> None:
@@ -208,8 +210,11 @@ def recorded_settings(out: Path):
         return None
 
 
-def another_run(out: Path, changed: list[tuple]) -> PolymodalError:
-    was = ", ".join(f'"{k}": {json.dumps(old)} (a --config key; asked now: {json.dumps(new)})' if k in CONFIG_ONLY_KEYS
+def another_run(out: Path, changed: list[tuple], flags: Collection[str] | None = None) -> PolymodalError:
+    """``flags``: the settings the command has a flag for (`train captioner` has no --dropout, which `train vqa` has);
+    None: every setting some command has a flag for."""
+    config_key = (lambda k: k not in flags) if flags is not None else CONFIG_ONLY_KEYS.__contains__
+    was = ", ".join(f'"{k}": {json.dumps(old)} (a --config key; asked now: {json.dumps(new)})' if config_key(k)
                     else f"--{k.replace('_', '-')} {_flag_value(old)} (asked now: {_flag_value(new)})"
                     for k, old, new in changed)
     return PolymodalError(f"the run in {out} was trained with {was}; resume with the run's settings (leave them "
