@@ -98,6 +98,30 @@ def sum_in_place(array) -> None:
         flat[start : start + SUM_CHUNK] = t.numpy()
 
 
+def average_gradients(params) -> None:
+    """Average the gradients of ``params`` over the processes, in place (what DDP does), in buckets of up to SUM_CHUNK
+    values: one collective each, not one per parameter. A parameter no process has a gradient for keeps none, as in
+    one process (a zero one would not be the same: AdamW would decay it and move it on by its momentum); one that
+    only some have gets the others' zeros."""
+    params = [p for p in params if p.requires_grad]
+    if not is_distributed() or world_size() == 1 or not params:
+        return
+    held = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
+    dist.all_reduce(held)
+    live, bucket, size = [p for p, h in zip(params, held.tolist()) if h], [], 0
+    for i, p in enumerate(live):
+        bucket.append(p)
+        size += p.numel()
+        if i + 1 < len(live) and size + live[i + 1].numel() <= SUM_CHUNK:
+            continue
+        flat = torch.cat([(q.grad if q.grad is not None else torch.zeros_like(q)).reshape(-1).float() for q in bucket])
+        dist.all_reduce(flat)
+        flat /= world_size()
+        for q, g in zip(bucket, flat.split([q.numel() for q in bucket])):
+            q.grad = g.view_as(q).to(q.dtype)
+        bucket, size = [], 0
+
+
 # what gloo's collectives say when a process of the group has exited: "Connection closed by peer [...]. This is
 # typically caused by a remote worker crashing" (and "reset by peer" when the exit cut a send short)
 _PEER_GONE = ("closed by peer", "reset by peer", "remote worker crash")

@@ -377,16 +377,7 @@ class Trainer:
         world_size x its share, so the average is exactly the single-process global-batch gradient."""
         from polymodal.train import distributed
 
-        if not distributed.is_distributed() or distributed.world_size() == 1:
-            return
-        world = distributed.world_size()
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                if p.requires_grad:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= world
+        distributed.average_gradients(p for group in self.optimizer.param_groups for p in group["params"])
 
     def _batches(self):
         iters = {name: iter(loader) for name, (_, _, loader) in self.objectives.items()}
