@@ -203,6 +203,13 @@ def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: st
     written by `polymodal train`, a Hugging Face CLIP folder, or an OpenAI/open_clip-layout CLIP state dict.
     Nothing is downloaded.
 
+    What comes back depends on the model's kind: an embedding model (lite, default, CLIP, `train contrastive`
+    folders) has ``encode_image(images)`` / ``encode_text(texts)`` -> float32 numpy ``[N, dim]`` with unit rows and
+    ``classify(images, labels)`` -> per image ``[(label, score), ...]`` best first; a VQA model (easy-vqa, coco-yesno,
+    `train vqa` folders) has ``answer(image, question)`` -> ``{"answer", "score", "alternatives"}`` and
+    ``predict(images, questions)`` -> ``[(answer, probability), ...]``; a captioner has ``caption(images)`` ->
+    ``[str, ...]``, one per image.
+
     ``runtime="onnx"`` serves an export (`polymodal export onnx`) through onnxruntime without importing torch:
     pass the export folder, or a built-in name exported to its default folder (onnx_export_dir(name)). The default,
     ``"auto"``, loads an export folder with onnx and everything else (built-in names too) with torch.

@@ -61,8 +61,8 @@ def _vertical_first(w: int, h: int, out_w: int, out_h: int) -> bool:
 
 
 def load_image(image: Any, min_size: int | None = None) -> Image.Image:
-    """Path, bytes, PIL image or HxW[xC] numpy array (or torch tensor) -> RGB PIL image (first frame of
-    animations). With ``min_size``, a JPEG file or bytes may decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
+    """Path, bytes, binary file object, PIL image or HxW[xC] numpy array (or torch tensor) -> RGB PIL image (first
+    frame of animations). With ``min_size``, a JPEG file or bytes may decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
     scaling) while both sides stay at least min_size pixels: a 12 MP camera photo that a model shrinks to 224 pixels
     anyway decodes several times faster (ImageTransform.draft_size says what a transform needs)."""
     image = tensor_to_array(image)
@@ -81,6 +81,12 @@ def load_image(image: Any, min_size: int | None = None) -> Image.Image:
         img = Image.fromarray(arr)
     elif isinstance(image, (bytes, bytearray, memoryview)):
         img = _open(io.BytesIO(image), "the given bytes", min_size)
+    elif hasattr(image, "read"):  # a file object: read here, so a stream that cannot seek decodes too
+        name = str(getattr(image, "name", "the given file object"))
+        data = None if isinstance(image, io.TextIOBase) else image.read()  # text mode fails on a JPEG's bytes
+        if not isinstance(data, (bytes, bytearray)):
+            raise PolymodalError(f"{name} is open in text mode; open image files in binary mode: open(path, 'rb')")
+        img = _open(io.BytesIO(data), name, min_size)
     elif isinstance(image, str) and _URL.match(image):  # Path() would also eat one slash of "https://"
         raise PolymodalError(
             f"{image} is a URL; polymodal works offline and does not download images: download the file first "

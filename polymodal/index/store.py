@@ -49,7 +49,7 @@ from polymodal.errors import PolymodalError
 from polymodal.index import delta
 from polymodal.index.scan import ImageFile, canonical_path, file_sha256, image_file, scan_images, unlisted_folders
 from polymodal.index.snapshot import Snapshot, forward, rebuild
-from polymodal.models.inputs import check_count
+from polymodal.models.inputs import as_images, check_count
 from polymodal.progress import progress_bar
 from polymodal.registry import require_embedding
 
@@ -126,6 +126,9 @@ class IndexBusy(PolymodalError):
 
 @dataclass
 class Hit:
+    """One search result: ``path``, ``score`` (cosine similarity to the query, -1 to 1; hit lists come best first),
+    ``id`` (its row, for remove_ids) and ``host`` (Qdrant collections only)."""
+
     path: str
     score: float  # cosine similarity
     host: str | None = None  # the machine that holds the file (Qdrant collections fed by several machines)
@@ -134,6 +137,8 @@ class Hit:
 
 @dataclass
 class UpdateReport:
+    """What update() / add() did: counts of files, and the (path, reason) of each file skipped."""
+
     added: int = 0
     updated: int = 0
     removed: int = 0
@@ -162,16 +167,24 @@ class SearchByModel:
         return self.search(model.encode_text([text]), k)[0]
 
     def search_image(self, model, image: Any, k: int = 10) -> list[Hit]:
-        """`image`: a path, PIL image or numpy array."""
+        """One query image (a path, bytes, file object, PIL image or array); for several,
+        search(model.encode_image(images), k) returns one hit list per image."""
+        images = as_images(image)
+        if len(images) != 1:  # a list of images read as one failed with "cannot read an image from list"
+            raise PolymodalError(f"search_image takes one query image, got {len(images)}; for several queries use "
+                                 "search(model.encode_image(images), k)")
         require_embedding(model)
         self.check_model(model)
-        return self.search(model.encode_image([image]), k)[0]
+        return self.search(model.encode_image(images), k)[0]
 
 
 class ImageIndex(SearchByModel):
     """Open or create the index in folder `db`. Nothing is touched until a method runs."""
 
     def __init__(self, db: str | Path) -> None:
+        if not isinstance(db, (str, os.PathLike)):  # ImageIndex(os.environ.get("DB")): not a bare TypeError
+            raise PolymodalError(f"ImageIndex takes the index folder's path, got {type(db).__name__}; "
+                                 "e.g. ImageIndex('pics.idx')")
         if not str(db).strip():  # Path("") is the current folder: `--db "$UNSET"` would index into the cwd
             raise PolymodalError("--db is empty; pass the index folder, e.g. --db pics.idx")
         self.db = Path(db).expanduser().resolve()
@@ -450,6 +463,8 @@ class ImageIndex(SearchByModel):
             self._check_model(meta, model)
 
     def info(self) -> dict:
+        """-> {"db", "count" (images), "model" (its key), "model_name", "model_version", "dim", "created",
+        "updated" (UTC ISO times), "model_options" (only for a model loaded with options)}."""
         with self._reading() as (con, meta):
             count = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
         return {

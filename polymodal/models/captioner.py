@@ -81,7 +81,10 @@ class CaptionerConfig:
 
 
 class Captioner(nn.Module):
-    """Image grid features ``[B, 49, 1280]`` + caption word pieces ``[B, L]`` -> next-word logits ``[B, L, V]``."""
+    """Writes captions: ``caption(images)`` -> a list of strings, one per image (lower case).
+
+    As a module: image grid features ``[B, 49, 1280]`` + caption word pieces ``[B, L]`` -> next-word logits
+    ``[B, L, V]``."""
 
     def __init__(self, config: CaptionerConfig, version: str = "untrained") -> None:
         super().__init__()
@@ -245,6 +248,7 @@ class Captioner(nn.Module):
         return {k: v.detach().contiguous() for k, v in self.named_parameters() if k in self._trained}
 
     def save(self, folder: str | Path) -> Path:
+        """Write config.json + model.safetensors (the trained parts) atomically; returns the folder."""
         from polymodal.models.dual_encoder import save_trained
 
         return save_trained(self, folder, "captioner")

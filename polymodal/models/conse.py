@@ -55,6 +55,10 @@ def class_prompt_matrix(text_tower) -> np.ndarray:
 
 
 class ConSEModel(EmbeddingModel):
+    """The built-in ``lite`` model: an image embeds as the MiniLM embeddings of its ``top_k`` ImageNet classes
+    weighted by EfficientNet-Lite0's probabilities (ConSE), a text as its MiniLM embedding. ``encode_image`` /
+    ``encode_text`` -> float32 numpy ``[N, 384]``, rows L2-normalised; ``classify`` -> ``[[(label, score), ...]]``."""
+
     name = "lite"
     transform = LITE0_TRANSFORM
     logit_scale = 50.0  # MiniLM cosines spread less than CLIP's; 50 gives usable softmax scores

@@ -80,6 +80,10 @@ class DualEncoderConfig:
 
 
 class DualEncoder(nn.Module, EmbeddingModel):
+    """Two towers (EfficientNet-Lite0, MiniLM) with trained heads into one space: the built-in ``default`` and what
+    `polymodal train contrastive` writes. ``encode_image`` / ``encode_text`` -> float32 numpy ``[N, embed_dim]``,
+    rows L2-normalised; ``classify`` -> ``[[(label, score), ...]]`` best first."""
+
     transform = LITE0_TRANSFORM
 
     def __init__(self, config: DualEncoderConfig | None = None, version: str = "untrained") -> None:

@@ -33,12 +33,14 @@ def as_texts(value: Any, what: str = "texts") -> list[str]:
 
 
 def as_images(value: Any) -> list:
-    """One image (a path, bytes, a PIL image, an array of up to 3 dimensions) -> [it]; a batch (a list, tuple,
-    array of paths, [N, H, W, C] array, generator, pandas Series ...) -> a list of its items."""
+    """One image (a path, bytes, a file object, a PIL image, an array of up to 3 dimensions) -> [it]; a batch (a
+    list, tuple, array of paths, [N, H, W, C] array, generator, pandas Series ...) -> a list of its items."""
     if isinstance(value, (str, bytes, bytearray, os.PathLike)) or hasattr(value, "getpixel"):  # getpixel: PIL
         return [value]
     if isinstance(value, memoryview):  # a buffer of file bytes, not a sequence of ints
         return [bytes(value)]
+    if hasattr(value, "read"):  # a file object (open(p, "rb"), BytesIO, an upload): one image, not its lines
+        return [value]
     if isinstance(value, Mapping):  # iterating would read its keys as paths
         raise PolymodalError(f"images must be a path, PIL image, array or a list of them, got {type(value).__name__}; "
                              "pass list(d.values()) for a dict of images")

@@ -18,6 +18,10 @@ def length_order(texts) -> np.ndarray:
 
 
 class EmbeddingInterface(ZeroShotMixin):
+    """An embedding model: ``encode_image(images)`` and ``encode_text(texts)`` -> float32 numpy ``[N, dim]``, rows
+    L2-normalised, in one space (cosine = dot product); ``classify(images, labels)`` -> for each image a list of
+    ``(label, score)`` best first (softmax over the labels). ``key`` names the space; ``dim`` is its size."""
+
     name: str = "model"
     version: str = "0"
     dim: int = 0
