@@ -40,6 +40,9 @@ from polymodal.serve.limits import (
     ApiError, ServeSettings, check_k, check_templates, check_texts, check_unicode_field, open_image_checked,
 )
 from polymodal.serve.model_warnings import with_warnings
+from polymodal.serve.openapi import (
+    CAPTION, CLASSIFY, EMBED, ERROR_SCHEMA, HEALTH, INDEX, INFO, JPEG, SEARCH, VQA, post_replies, replies,
+)
 from polymodal.serve.service import Service, open_index, vqa_fields
 
 log = logging.getLogger(__name__)
@@ -55,10 +58,21 @@ _CHOICES = {"anyOf": [{"type": "array", "items": {"type": ["string", "number"]}}
             "description": 'candidate answers, e.g. ["red", "blue"] or [1, 2] (a number is its text: 2.0 is "2")'}
 
 
-def _body(description: str, json_props: dict, form_props: dict | None) -> dict:
-    content = {"application/json": {"schema": {"type": "object", "properties": json_props}}}
+_MODEL = {"type": "string", "description": "optional: the name or key of the model this server runs here (another "
+                                          "is refused, so a client cannot get another model's answers unawares)"}
+
+
+def _body(description: str, json_props: dict, form_props: dict | None, json_required: tuple = (),
+          form_required: tuple = ()) -> dict:
+    """An endpoint's request body: JSON and (if form_props) multipart, each with the fields the server refuses a
+    request without (an either/or pair, text or image, is required by neither)."""
+    def schema(props: dict, required: tuple) -> dict:
+        out = {"type": "object", "properties": {**props, "model": _MODEL}}
+        return {**out, "required": list(required)} if required else out
+
+    content = {"application/json": {"schema": schema(json_props, json_required)}}
     if form_props is not None:
-        content["multipart/form-data"] = {"schema": {"type": "object", "properties": form_props}}
+        content["multipart/form-data"] = {"schema": schema(form_props, form_required)}
     return {"requestBody": {"required": True, "description": description, "content": content}}
 
 
@@ -216,6 +230,11 @@ def create_app(
         return data
 
     def content_type(request: Request, multipart: bool = True) -> str:
+        # a compressed body (a client's gzip option) was read as it came: "malformed JSON ('utf-8' codec can't
+        # decode byte 0x8b...)", or "multipart body rejected" for a form, never naming the compression
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise ApiError(415, f"Content-Encoding {encoding[:40]!r} is not supported; send the body uncompressed")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json" or (multipart and ctype == "multipart/form-data"):
             return ctype
@@ -351,15 +370,17 @@ def create_app(
         return FileResponse(assets / name, headers={"Cache-Control": "max-age=86400"})
 
     @app.head("/healthz", include_in_schema=False)  # a second route: one with both methods repeats its operation id
-    @app.get("/healthz", summary="Liveness: 200 while the service runs (never needs the API key)")
+    @app.get("/healthz", summary="Liveness: 200 while the service runs (never needs the API key)",
+             responses=replies(HEALTH, common=()))
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/v1/info", summary="The model, the index size, batching and limits")
+    @app.get("/v1/info", summary="The model, the index size, batching and limits", responses=replies(INFO, 503))
     async def info():
         return JSONResponse(await run_in_threadpool(svc.info))
 
-    @app.get("/metrics", summary="Prometheus metrics (text format)", response_class=PlainTextResponse)
+    @app.get("/metrics", summary="Prometheus metrics (text format)", response_class=PlainTextResponse,
+             responses=replies(None))
     async def metrics():
         text = await run_in_threadpool(svc.metrics.render)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -370,8 +391,9 @@ def create_app(
         openapi_extra=_body(
             "JSON texts or base64 images, or multipart image files",
             {"texts": _STR_LIST, "images": {"type": "array", "items": _IMAGE_B64}, "image": _IMAGE_B64},
-            {"image": _FILES},
+            {"image": _FILES}, form_required=("image",),
         ),
+        responses=post_replies(EMBED),
     )
     async def embed(request: Request):
         if content_type(request) == "application/json":
@@ -404,6 +426,7 @@ def create_app(
             {"text": {"type": "string"}, "image": _IMAGE_B64, "k": {"type": "integer", "default": 10}},
             {"image": _FILE, "text": {"type": "string"}, "k": {"type": "integer", "default": 10}},
         ),
+        responses=post_replies(SEARCH),
     )
     async def search(request: Request):
         if content_type(request) == "application/json":
@@ -451,7 +474,9 @@ def create_app(
             {"image": _IMAGE_B64, "images": {"type": "array", "items": _IMAGE_B64}, "labels": _STR_LIST,
              "top_k": {"type": "integer"}, "templates": _STR_LIST},
             {"image": _FILES, "labels": _COMMAS, "top_k": {"type": "integer"}, "templates": _STR_LIST},
+            json_required=("labels",), form_required=("image", "labels"),
         ),
+        responses=post_replies(CLASSIFY),
     )
     async def classify(request: Request):
         if content_type(request) == "application/json":
@@ -499,7 +524,9 @@ def create_app(
             "multipart image + question (+ choices), or JSON with a base64 image",
             {"image": _IMAGE_B64, "question": {"type": "string"}, "choices": _CHOICES},
             {"image": _FILE, "question": {"type": "string"}, "choices": _COMMAS},
+            json_required=("image", "question"), form_required=("image", "question"),
         ),
+        responses=post_replies(VQA, 404),
     )
     async def vqa(request: Request):
         if vqa_model is None:
@@ -538,8 +565,9 @@ def create_app(
         openapi_extra=_body(
             "multipart image file(s) (+ beam), or JSON with base64 image(s)",
             {"image": _IMAGE_B64, "images": {"type": "array", "items": _IMAGE_B64}, "beam": {"type": "integer"}},
-            {"image": _FILES, "beam": {"type": "integer"}},
+            {"image": _FILES, "beam": {"type": "integer"}}, form_required=("image",),
         ),
+        responses=post_replies(CAPTION, 404),
     )
     async def caption(request: Request):
         if caption_model is None:
@@ -566,8 +594,9 @@ def create_app(
         openapi_extra=_body(
             "multipart image file(s) to add, or JSON {\"remove\": [ids]}",
             {"remove": {"type": "array", "items": {"type": "integer"}}},
-            {"image": _FILES},
+            {"image": _FILES}, json_required=("remove",), form_required=("image",),
         ),
+        responses=post_replies(INDEX, 405, 409),
     )
     async def index_write(request: Request):
         if not svc.writable:  # before reading the body: nothing it holds could be done
@@ -602,7 +631,8 @@ def create_app(
             entry["thumb"] = thumb_url(request, entry["thumb"])
         return JSONResponse(result)
 
-    @app.get("/v1/thumb/{image_id}", summary="A JPEG thumbnail of an indexed image, by id", response_class=Response)
+    @app.get("/v1/thumb/{image_id}", summary="A JPEG thumbnail of an indexed image, by id", response_class=Response,
+             responses=replies(JPEG, 404, 422, 503, media_type="image/jpeg"))
     async def thumb(image_id: str):
         data = await run_in_threadpool(svc.thumbnail, svc.parse_id(image_id))
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
@@ -657,17 +687,18 @@ def create_app(
     app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=("/healthz", "/", *docs_paths),
                        allowed_hosts=s.allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=svc.metrics, routes_of=app)
-    if api_key:  # /docs then shows "Authorize" and sends X-API-Key with "Try it out" (else every try is a 401)
-        schema_of = app.openapi
+    schema_of = app.openapi
 
-        def openapi_with_key() -> dict:
-            schema = schema_of()  # built once and cached by FastAPI; setting these twice changes nothing
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+    def openapi_complete() -> dict:
+        schema = schema_of()  # built once and cached by FastAPI; setting these twice changes nothing
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {})["Error"] = ERROR_SCHEMA  # every error's body (polymodal.serve.openapi)
+        if api_key:  # /docs then shows "Authorize" and sends X-API-Key with "Try it out" (else every try is a 401)
+            components["securitySchemes"] = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
             schema["security"] = [{"ApiKey": []}]
-            return schema
+        return schema
 
-        app.openapi = openapi_with_key
+    app.openapi = openapi_complete
     return app
 
 

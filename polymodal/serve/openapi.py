@@ -1,0 +1,81 @@
+"""What /openapi.json says each endpoint answers: its 200 body and its errors, every one {"error": "..."}.
+
+The handlers return JSONResponse, so FastAPI knew neither: every 200 was documented as `{}` and no error at all, so
+a client generated from the schema (openapi-python-client, openapi-generator) parsed every answer as None and raised
+"unexpected status" on each 400, and /v1/thumb documented a 422 body ({"detail": [...]}) the server never sends.
+"""
+
+from __future__ import annotations
+
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+ERROR_SCHEMA = {"title": "Error", "type": "object", "required": ["error"],
+                "properties": {"error": {"type": "string", "description": "what was wrong and what to do"}}}
+
+_ERRORS = {
+    400: "a bad request: the message names the field and the fix",
+    401: "missing or wrong X-API-Key (a server started with --api-key)",
+    403: "a Host name this server does not answer without --api-key, or a cross-site request from a browser",
+    404: "not found",
+    405: "this server does not write its index (a read-only folder, or a Qdrant collection)",
+    408: "the request body did not arrive within --timeout",
+    409: "the index could not be changed (another process is writing it: retry)",
+    413: "too large: the body, an image's pixels, or too many items (the limits are in GET /v1/info)",
+    415: "a Content-Type other than application/json or multipart/form-data, or a compressed body",
+    422: "an image id that is not an id (ids come from /v1/search), or an indexed file that cannot be thumbnailed",
+    500: "an internal error (see the server log)",
+    503: "busy past --timeout, or the index was deleted or rebuilt with another model (Retry-After says when to retry)",
+}
+_POST = (400, 408, 413, 415, 503)
+
+
+def replies(ok: dict | None, *errors: int, media_type: str = "application/json", common=(401, 403, 500)) -> dict:
+    """FastAPI `responses=` for an endpoint: its 200 body (a JSON schema, or {"type": "string", "format":
+    "binary"} with media_type), the 4xx/5xx it may answer besides `common` (every endpoint's) and their body."""
+    out: dict = {200: {"content": {media_type: {"schema": ok}}}} if ok is not None else {}
+    for status in sorted({*common, *errors}):
+        out[status] = {"description": _ERRORS[status], "content": {"application/json": {"schema": ERROR_REF}}}
+    return out
+
+
+def post_replies(ok: dict, *errors: int) -> dict:
+    """replies() for a POST endpoint: the errors any request body can meet, and these."""
+    return replies(ok, *_POST, *errors)
+
+
+def _obj(required: dict, optional: dict | None = None) -> dict:
+    return {"type": "object", "required": list(required), "properties": {**required, **(optional or {})}}
+
+
+_STR, _INT, _NUM, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
+_LIST = lambda items: {"type": "array", "items": items}  # noqa: E731
+_ID = {"anyOf": [_INT, _STR], "description": "an integer for a local index, a UUID for a Qdrant collection"}
+_THUMB = {"type": "string", "description": "the thumbnail's URL path (GET it)"}
+_WARNINGS = _LIST(_STR)
+_SCORED = lambda key: _obj({key: _STR, "score": _NUM})  # noqa: E731
+
+EMBED = _obj({"model": _STR, "dim": _INT, "vectors": _LIST(_LIST(_NUM))})
+HIT = _obj({"id": _ID, "path": _STR, "score": _NUM, "thumb": _THUMB, "rank": _INT, "name": _STR},
+           {"host": {"type": "string", "description": "the machine holding the file (a Qdrant collection's hits)"}})
+SEARCH = _obj({"model": _STR, "k": _INT, "hits": _LIST(HIT)})
+CLASSIFY = _obj({"model": _STR, "results": _LIST(_obj({"image": _STR, "labels": _LIST(_SCORED("label"))})),
+                 "warnings": _WARNINGS})
+VQA = _obj({"model": _STR, "question": _STR, "answer": {"description": "the answer (text for the built-in models)"},
+            "warnings": _WARNINGS},
+           {"score": _NUM, "alternatives": _LIST(_SCORED("answer"))})
+CAPTION = _obj({"model": _STR, "results": _LIST(_obj({"image": _STR, "caption": _STR}))})
+_SKIPPED = _obj({"upload": _STR, "reason": _STR}, {"id": _INT})
+INDEX = {"description": "an add answers added/skipped/count, a removal removed/not_found/count",
+         "anyOf": [_obj({"added": _LIST(_obj({"id": _INT, "upload": _STR, "thumb": _THUMB})),
+                         "skipped": _LIST(_SKIPPED), "count": _INT}),
+                   _obj({"removed": _LIST(_INT), "not_found": _LIST(_INT), "count": _INT})]}
+INFO = _obj({
+    "model": _obj({"name": _STR, "key": _STR, "dim": _INT, "vqa": _BOOL, "vqa_model": {"type": ["string", "null"]},
+                   "caption_model": {"type": ["string", "null"]}, "runtime": _STR, "precision": _STR}),
+    "index": _obj({"count": _INT, "model": _STR, "updated": {"type": ["string", "null"]}, "writable": _BOOL,
+                   "where": _STR}),
+    "batching": _obj({"enabled": _BOOL, "max_batch": _INT, "max_wait_ms": _NUM}),
+    "limits": {"type": "object", "additionalProperties": {"type": ["number", "boolean"]},
+               "description": "ServeSettings: the request limits"},
+})
+HEALTH = _obj({"status": {"type": "string", "enum": ["ok"]}})
+JPEG = {"type": "string", "format": "binary"}
