@@ -40,7 +40,7 @@ class _Rows:
     def backward(self, model, batch, weight=1.0):
         loss = (model.weight ** 2).sum()
         (weight * loss).backward()
-        return {"loss": float(loss)}
+        return {"loss": loss.item()}
 
 
 class _Loader(list):
