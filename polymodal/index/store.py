@@ -31,6 +31,7 @@ import numbers
 import os
 import sqlite3
 import stat
+import threading
 import time
 import uuid
 from collections import namedtuple
@@ -47,6 +48,7 @@ from filelock import FileLock, Timeout
 from polymodal.cache import atomic_write_with, check_creatable
 from polymodal.errors import PolymodalError
 from polymodal.index import delta
+from polymodal.index.pages import advise_huge_pages
 from polymodal.index.scan import ImageFile, canonical_path, file_sha256, image_file, scan_images, unlisted_folders
 from polymodal.index.snapshot import Snapshot, forward, rebuild
 from polymodal.models.inputs import as_images, check_count
@@ -179,9 +181,11 @@ class SearchByModel:
 
 
 class ImageIndex(SearchByModel):
-    """Open or create the index in folder `db`. Nothing is touched until a method runs."""
+    """Open or create the index in folder `db`. Nothing is touched until a method runs. ``huge_pages``: for a process
+    that searches on (a server), each set of vectors it loads is moved onto 2 MB pages in a background thread, so
+    that later searches run faster (index/pages.py: 1.4-2.3x; the move costs about as much CPU as 100 searches)."""
 
-    def __init__(self, db: str | Path) -> None:
+    def __init__(self, db: str | Path, huge_pages: bool = False) -> None:
         if not isinstance(db, (str, os.PathLike)):  # ImageIndex(os.environ.get("DB")): not a bare TypeError
             raise PolymodalError(f"ImageIndex takes the index folder's path, got {type(db).__name__}; "
                                  "e.g. ImageIndex('pics.idx')")
@@ -193,6 +197,7 @@ class ImageIndex(SearchByModel):
         self.lock_path = self.db / "index.lock"
         self.vectors_lock_path = self.db / "vectors.lock"
         self._cache: Snapshot | None = None  # the vectors of the last snapshot searched, for repeated searches
+        self.huge_pages, self._advised = huge_pages, None  # the FAISS index last put on 2 MB pages
 
     def __repr__(self) -> str:
         return f"ImageIndex({str(self.db)!r})"
@@ -678,8 +683,17 @@ class ImageIndex(SearchByModel):
         if snap is None:
             snap, current = self._load_vectors(con, meta, state)
             stale = not current
-        self._cache = snap
+        self._keep(snap)
         return snap, stale
+
+    def _keep(self, snap: Snapshot) -> None:
+        """Cache `snap`; with huge_pages, a FAISS index it is the first to hold goes onto 2 MB pages meanwhile (the
+        thread keeps the index alive; searches read it as it moves). A cache's index is never changed in place."""
+        self._cache = snap
+        if self.huge_pages and snap.index is not self._advised:
+            self._advised = snap.index
+            threading.Thread(target=advise_huge_pages, args=(snap.index,), name="polymodal-huge-pages",
+                             daemon=True).start()
 
     def _state(self, con: sqlite3.Connection, meta: dict) -> tuple:
         # meta.sqlite's identity and the generation's token too: an index folder swapped for a copy that was written on
@@ -728,7 +742,7 @@ class ImageIndex(SearchByModel):
             if not merge:
                 return
             index = snap.single()
-        self._cache = Snapshot(snap.state, index, snap.top)  # set before the write, which may wait for a write-back
+        self._keep(Snapshot(snap.state, index, snap.top))  # before the write, which may wait for a write-back
         if not self._save_vectors(index):
             return
         try:

@@ -69,8 +69,8 @@ def runs_on(model) -> dict:
 
 
 def open_index(db: str | Path | QdrantCollection) -> ImageIndex | QdrantCollection:
-    """A collection as it is, or the local index in folder `db`."""
-    return db if isinstance(db, QdrantCollection) else ImageIndex(db)
+    """A collection as it is, or the local index in folder `db` (its vectors on 2 MB pages: a server searches on)."""
+    return db if isinstance(db, QdrantCollection) else ImageIndex(db, huge_pages=True)
 
 
 def thumb_ref(image_id: int | str, path: str, digest: str = "") -> str:
