@@ -152,7 +152,8 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("image", help="image file")
     s.add_argument("question", help='e.g. "what color is the shape?"')
     s.add_argument("--choices", help="comma-separated candidate answers, e.g. yes,no")
-    s.add_argument("--model", default="easy-vqa", help="built-in name or fusion-encoder folder (default: easy-vqa)")
+    s.add_argument("--model", default="easy-vqa", help="built-in name, fusion-encoder folder or ONNX export "
+                   "(default: easy-vqa)")
     s.add_argument("--top-k", type=int, default=3, help="alternatives shown with their scores (default 3)")
     s.add_argument("--explain", metavar="OUT_PNG", help="also save a heat map of where the model looked")
     add_runtime(s, "onnx: answer with the model's `polymodal export onnx` folder (--explain then maps by occlusion)")

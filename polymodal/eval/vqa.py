@@ -40,8 +40,9 @@ class QARow:
 
     @property
     def type(self) -> str:
-        """The row's answer type: its own ``answer_type`` if given, else "yes/no" or "other"."""
-        return self.answer_type or answer_type(self.answer)
+        """The row's answer type: its own ``answer_type`` if given, else "yes/no" or "other". Case and spaces
+        aside ("Yes/No " is "yes/no"): a file typed by hand in places would otherwise split one type's figures."""
+        return " ".join((self.answer_type or "").split()).lower() or answer_type(self.answer)
 
 
 def answer_type(answer: str) -> str:
