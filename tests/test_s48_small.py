@@ -19,3 +19,18 @@ def test_a_captioner_resume_names_its_config_only_settings_as_config_keys(tmp_pa
     err = capsys.readouterr().err
     assert '"dropout": 0.1 (a --config key; asked now: 0.3)' in err, err
     assert "--dropout" not in err, err
+
+
+def test_a_small_photos_heat_map_is_enlarged_to_be_seen(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from polymodal.apps.explain import VIEW_MIN_SIDE, save_heatmap
+
+    heat = np.zeros((7, 7), np.float32)
+    heat[0, 0] = 1  # the top-left cell
+    photo = Image.new("RGB", (64, 48), "gray")  # easy-VQA's are 64x64: the map was 64x64, 9 pixels a cell
+    out = np.asarray(Image.open(save_heatmap(photo, heat, tmp_path / "h.png")), np.int16)
+    assert out.shape == (240, 320, 3) and VIEW_MIN_SIDE == 224  # 5 times: each pixel a 5x5 block
+    hot, cold = out[:20, :20].mean((0, 1)), out[-20:, -20:].mean((0, 1))
+    assert np.abs(hot - cold).max() > 40  # the hot cell still sits over the photo's top left

@@ -131,14 +131,17 @@ def check_heatmap_path(out: str | Path, image: Any = None) -> str:
 
 # A heat map is drawn over the photo decoded with both sides at least this long: a JPEG past 4096 pixels on its
 # short side (48-200 MP phone photos) is decoded at 1/2-1/8 scale, which a 7x7 grid loses nothing to, and a 200 MP
-# one fits Pillow's pixel limit; other photos are drawn at their own size.
+# one fits Pillow's pixel limit; other photos are drawn at their own size,
 OVERLAY_MIN_SIDE = 2048
+# except small ones, enlarged a whole number of times (each pixel a square block) until their short side is at least
+# this long: easy-VQA's 64x64 photos gave a 64x64 map (9 pixels a cell), too small to read
+VIEW_MIN_SIDE = 224
 
 
 def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0.5, transform=None) -> Path:
     """Write ``image`` with ``heat`` overlaid, atomically, at the image's size (a JPEG file or bytes whose short side
     passes 4096 pixels at 1/2 to 1/8 of it, see OVERLAY_MIN_SIDE; a panorama past Pillow's pixel limit at the largest
-    of those that fits); the file's suffix picks the format (.png, .jpg, .webp). With the model's ``transform`` the
+    of those that fits; a smaller image than VIEW_MIN_SIDE enlarged a whole number of times); the file's suffix picks the format (.png, .jpg, .webp). With the model's ``transform`` the
     grid covers the centre crop the model saw."""
     import io
 
@@ -151,6 +154,9 @@ def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0
         except PolymodalError:
             if min_side == 1:
                 raise  # an unreadable image (or one past the limit at 1/8)
+    times = -(-VIEW_MIN_SIDE // min(img.size))
+    if times > 1:
+        img = img.resize((img.width * times, img.height * times), Image.NEAREST)
     box = transform.source_box(img.size) if transform is not None else None
     buf = io.BytesIO()
     overlay_heatmap(img, heat, alpha, box).save(buf, format=fmt)
