@@ -36,6 +36,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     train = [r for r in records if r.get("split") == "train"]
     val = [r for r in records if r.get("split") == "val"]
@@ -81,6 +82,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
             # label; two columns, so that pretraining's long names don't widen the figure and squeeze every panel
             ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # steps and epochs: a 2-epoch run read 1.2, 1.4
     fig.suptitle(str(run_dir))
     fig.tight_layout()
     buffer = io.BytesIO()
