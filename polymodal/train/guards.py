@@ -14,6 +14,7 @@ from pathlib import Path
 
 from polymodal.cache import check_creatable
 from polymodal.errors import PolymodalError
+from polymodal.train.run_lock import refuse_if_busy
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def check_run_folder(out, resume: bool, overwrite: bool, epochs: int | None = No
     if out.exists() and not out.is_dir():
         raise PolymodalError(f"--out {out} is a file; pass a folder for the run (the recipe's out)")
     check_creatable(out, f"--out {out}")
+    refuse_if_busy(out)  # a run still going there: --resume and --overwrite would write over it as it trains
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():  # RUN/model given as --out
         raise PolymodalError(f"--out {out} holds a saved model, not a run; pass a new folder for the run (a model to "
                              "start from goes in --model)")

@@ -18,6 +18,7 @@ import torch
 from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 from polymodal.progress import progress_bar
+from polymodal.train import run_lock
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, NONE_OR_NON_NEGATIVE, POSITIVE, check_ranges, check_types,
     discard_unfinished_run,
@@ -273,7 +274,19 @@ class Trainer:
         after every epoch); on_start() once the checkpoint to resume has
         loaded and before the first step (e.g. to write the run's settings: a refused resume writes nothing).
         score_start (fine-tuning a saved model): validate the model before training as epoch 0, so that it stays
-        the best (RUN/model) unless an epoch ties or beats it."""
+        the best (RUN/model) unless an epoch ties or beats it.
+        Rank 0, which writes the run folder, holds its lock meanwhile: one training process at a time there."""
+        from polymodal.train import distributed
+
+        if not distributed.is_main():
+            return self._fit(resume, on_best, on_start, score_start)
+        self.out.mkdir(parents=True, exist_ok=True)
+        with run_lock.holding(self.out):
+            return self._fit(resume, on_best, on_start, score_start)
+
+    def _fit(self, resume: bool = False, on_best: Callable | None = None, on_start: Callable | None = None,
+             score_start: bool = False) -> dict:
+        """fit's loop (rank 0 runs it holding the run folder's lock)."""
         from polymodal.train import distributed
 
         if resume:
