@@ -3,6 +3,7 @@ would change the validation split or forget earlier photos, runs killed before t
 runs resumed, and --config values of the wrong type."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -150,6 +151,10 @@ def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         trainer(Fit(stop_at=11)).fit()
+    # TensorBoard reads a run's event files in name order: time in seconds, host, pid, then the process's count of
+    # writers, so within one second the 10th writer's file (".10") came before the 9th's (".9") in a test process
+    # that had trained 9 times (a resume in a new process, as users make, has another second or pid)
+    time.sleep(1.01 - time.time() % 1)
     trainer(Fit()).fit(resume=True)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
