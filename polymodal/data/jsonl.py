@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -295,6 +296,19 @@ def report_skipped(source, skipped: list, usable: int, what: str, fix: str, noun
                     noun.replace("row", "rows").replace("file", "files"), first[:-1] + more)
         for where, why in skipped:
             log.info("skipped %s: %s", where, why)
+
+
+def data_file_image(folder: Path, image) -> Path:
+    """A data file's image path (relative to ``folder``, the file's) resolved. A relative path written with Windows
+    backslashes (`images\\cat.jpg`: a CSV or JSONL made on Windows) is read with slashes when only that file exists:
+    on Linux and macOS a backslash is part of a file name, so every row of such a file was "not found"."""
+    text = str(image)
+    path = (folder / Path(text).expanduser()).resolve()
+    if "\\" in text and os.sep == "/" and not path.is_file():
+        posix = (folder / Path(text.replace("\\", "/")).expanduser()).resolve()
+        if posix.is_file():
+            return posix
+    return path
 
 
 def missing_image(image, folder: Path) -> str:

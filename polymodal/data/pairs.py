@@ -5,7 +5,7 @@
   of them, or COCO's or Karpathy's caption JSON as downloaded (see `polymodal.data.caption_json`);
 - a CSV/TSV file with a header naming an image column (image, filepath) and a caption column (caption, title,
   text), as open_clip's CSV loader expects (tab-separated when the header has a tab, or as Excel's "sep=;" first line
-  says); paths relative to the file;
+  says), or Flickr30k's results.csv ("image_name| comment_number| comment"); paths relative to the file;
 - a folder of images with same-named .txt captions (`cat.jpg` + `cat.txt`, one caption per non-empty line);
 - tar shards: a .tar file, a folder of them, a glob, or a brace pattern like `shards-{000..009}.tar`
   (see `polymodal.data.shards`); their images are referenced as "<shard>#<member>" strings.
@@ -34,13 +34,13 @@ from polymodal.data import shards as _shards
 from polymodal.data.augment import make_rng
 from polymodal.data.caption_json import caption_json_rows
 from polymodal.data.images import IMAGE_EXTENSIONS, load_image
-from polymodal.data.jsonl import iter_json_rows, missing_image, report_skipped, utf8_text
+from polymodal.data.jsonl import data_file_image, iter_json_rows, missing_image, report_skipped, utf8_text
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
 
-IMAGE_COLUMNS = ("image", "filepath", "image_path", "file", "path")
-CAPTION_COLUMNS = ("caption", "title", "text")
+IMAGE_COLUMNS = ("image", "filepath", "image_path", "file", "path", "image_name")  # image_name, comment: Flickr30k's
+CAPTION_COLUMNS = ("caption", "title", "text", "comment")  # results.csv ("image_name| comment_number| comment")
 NEGATIVE_COLUMNS = ("negatives", "negative")
 NEGATIVE_SEPARATOR = "|"  # several negatives in one CSV cell
 FORMATS = (
@@ -133,6 +133,10 @@ def read_pair_source(source: str | Path | Sequence[str | Path]) -> PairSet:
             return _finish(_read_csv(path), source)
         if _shards.is_tar(name):
             return _finish(_read_shards(path), source)
+        if name.endswith(".parquet") and path.with_suffix(".tar").is_file():  # img2dataset's, beside its shard
+            raise PolymodalError(f"{path} is Parquet, which is not read: img2dataset's .parquet lists the metadata "
+                                 f"of the .tar shard beside it; pass the shards (the folder {path.parent}, or a "
+                                 "pattern such as '{00000..00009}.tar')")
         raise PolymodalError(f"unknown pairs format: {path}; pass {FORMATS}")
     if _shards.looks_like_pattern(text):
         return _finish(_read_shards(text), source)
@@ -194,7 +198,7 @@ class _ImageCheck:
         self.rows: dict = {}  # (image, caption) -> "file:line" of the row that gave it first
 
     def __call__(self, image: str) -> Path | None:
-        path = (self.base / Path(image).expanduser()).resolve()
+        path = data_file_image(self.base, image)
         if path not in self.seen:
             self.seen[path] = path.is_file()
         return path if self.seen[path] else None
@@ -274,7 +278,9 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
                 break
             blank += 1
         f.seek(start)
-        delimiter = delimiter or ("\t" if "\t" in header or path.suffix.lower() == ".tsv" else ",")
+        # "|" only where the header has neither tab nor comma: Flickr30k's results.csv separates its cells so
+        delimiter = delimiter or ("\t" if "\t" in header or path.suffix.lower() == ".tsv" else
+                                  "|" if "|" in header and "," not in header else ",")
         reader = csv.DictReader(f, delimiter=delimiter)
         columns = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
         image_col = next((columns[c] for c in IMAGE_COLUMNS if c in columns), None)

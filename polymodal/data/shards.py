@@ -373,6 +373,8 @@ def _iter_one_shard(shard: Path, read_images: bool, skipped: list | None) -> Ite
     current: str | None = None
     files: dict[str, tuple[str, bytes | None]] = {}
     seen: set[str] = set()  # keys of earlier samples: a repeat's "<shard>#<member>" would read the first's image
+    incomplete: set[str] = set()  # keys of samples that lacked their image or caption
+    start = len(skipped) if skipped is not None else 0
     try:
         with open(shard, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
             for member in tf:
@@ -391,6 +393,11 @@ def _iter_one_shard(shard: Path, read_images: bool, skipped: list | None) -> Ite
                         sample = _make_sample(shard, current, files, skipped, seen)
                         if sample is not None:
                             yield sample
+                        elif not set(files) & set(IMAGE_EXTS) or not set(files) & {"txt", "json", "caption", "text"}:
+                            incomplete.add(current)
+                    if key in incomplete:  # the rest of a sample skipped as lacking it: the tar's order is wrong
+                        _members_apart(shard, key, skipped, start)
+                        return
                     current, files = key, {}
                 wanted = read_images or ext not in IMAGE_EXTS
                 data = tf.extractfile(member).read() if wanted else None
@@ -403,6 +410,19 @@ def _iter_one_shard(shard: Path, read_images: bool, skipped: list | None) -> Ite
         sample = _make_sample(shard, current, files, skipped, seen)
         if sample is not None:
             yield sample
+
+
+def _members_apart(shard: Path, key: str, skipped: list | None, start: int) -> None:
+    """A shard whose samples' files are apart (`tar -cf x.tar folder/` lists files in directory order, `*.jpg *.txt`
+    all images first): each image was skipped as having no caption and each caption as having no image, which
+    named the symptom (a .txt the user can see in `tar -tf`), and the few samples whose files fell together by
+    chance were all that was read. One skip naming the cause replaces this shard's."""
+    if skipped is not None:
+        del skipped[start:]
+    note_skipped(skipped, str(shard), f"the files of sample {key!r} are not next to each other (a tar of a folder "
+                                      "lists its files in directory order), so the rest of the shard is skipped; "
+                                      "a shard keeps each sample's files together: write it with `tar --sort=name "
+                                      "-cf`")
 
 
 def _make_sample(shard: Path, key: str, files: dict, skipped: list | None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from polymodal.apps.zeroshot import same_label
-from polymodal.data.jsonl import existing_file, iter_json_rows, missing_image, report_skipped
+from polymodal.data.jsonl import data_file_image, existing_file, iter_json_rows, missing_image, report_skipped
 from polymodal.errors import PolymodalError
 from polymodal.registry import require_embedding
 
@@ -33,10 +33,10 @@ def read_labelled_images(path: str | Path, one_class: bool = False) -> tuple[lis
             # str() would make ["a", "b"] the class "['a', 'b']" and 0 the prompt "a photo of a 0."
             skipped.append((where, f"the label must be a class name (text), got {row['label']!r:.60}; top-1 ranks "
                                    "one label per photo: give its main class"))
-        elif not (path.parent / str(row["image"])).is_file():
+        elif not (image := data_file_image(path.parent, row["image"])).is_file():
             skipped.append((where, missing_image(row["image"], path.parent)))
         else:
-            image, label = (path.parent / str(row["image"])).resolve(), " ".join(row["label"].split())
+            label = " ".join(row["label"].split())
             key = (image, same_label(label))  # "horse " and "horse" are one class
             if key in repeats:  # a repeated row would count twice in the accuracy
                 skipped.append((where, f"repeats {repeats[key]} (the same image and label)"))

@@ -1,0 +1,105 @@
+"""What a review of the data formats users already have on disk found (stop 48): a CSV or JSONL written on Windows
+(`images\\cat.jpg`) had every row "not found" on Linux; Flickr30k's results.csv ("image_name| comment_number|
+comment") was refused for its header; a tar shard made with `tar -cf x.tar folder/` (a sample's files apart) had
+each photo skipped as having "no caption" though its .txt was in the tar, and the few samples whose files fell
+together by chance were evaluated with a warning naming that symptom, not the cause; VQA v2's questions / annotations files failed as a row with "no image, question, answer"; and
+img2dataset's .parquet beside its shards was an "unknown pairs format"."""
+
+import io
+import json
+import tarfile
+
+import pytest
+from PIL import Image
+
+from polymodal.data.pairs import read_pair_source
+from polymodal.errors import PolymodalError
+from polymodal.eval.vqa import read_qa
+from polymodal.eval.zeroshot import read_labelled_images
+
+
+def _photos(folder, n):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (16, 16), (i * 40, 10, 10)).save(folder / f"p{i}.jpg")
+    return [f"p{i}.jpg" for i in range(n)]
+
+
+def test_windows_backslash_paths_find_their_photos(tmp_path):
+    names = _photos(tmp_path / "images", 3)
+    (tmp_path / "pairs.csv").write_bytes(b"filepath,title\r\n" + b"".join(
+        f"images\\{n},photo {i}\r\n".encode() for i, n in enumerate(names)))
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"image": f"images\\{n}", "caption": f"photo {i}"})
+                                                  + "\n" for i, n in enumerate(names)))
+    for source in ("pairs.csv", "pairs.jsonl"):
+        pairs = read_pair_source(tmp_path / source)
+        assert [(p.image, p.caption) for p in pairs.pairs] == [
+            ((tmp_path / "images" / n).resolve(), f"photo {i}") for i, n in enumerate(names)]
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"image": "images\\p1.jpg", "question": "red?", "answer": "no"}))
+    assert [r.image for r in read_qa(tmp_path / "qa.jsonl")] == [(tmp_path / "images" / "p1.jpg").resolve()]
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps({"image": f"images\\{n}", "label": lab}) + "\n"
+                                                   for n, lab in zip(names, ["cat", "dog", "cat"])))
+    images, _ = read_labelled_images(tmp_path / "labels.jsonl")
+    assert images == [(tmp_path / "images" / n).resolve() for n in names]
+
+
+def test_flickr30k_results_csv(tmp_path):
+    names = _photos(tmp_path, 2)
+    lines = ["image_name| comment_number| comment"]
+    lines += [f"{n}| {k}| photo {i} , take {k} ." for i, n in enumerate(names) for k in range(2)]
+    lines.append(f"{names[1]}| 2 a row that lost its separator .")  # as in Kaggle's copy: skipped, not misread
+    (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
+    pairs = read_pair_source(tmp_path / "results.csv")
+    assert [(p.image.name, p.caption) for p in pairs.pairs] == [
+        (n, f"photo {i} , take {k} .") for i, n in enumerate(names) for k in range(2)]
+    assert len(pairs.skipped) == 1
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+def test_shard_with_a_samples_files_apart_names_the_cause(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(buf, format="JPEG")
+    jpg = buf.getvalue()
+    # `tar -cf x.tar *.jpg *.txt`, or a folder in directory order: one sample's files fall together by chance
+    _tar(tmp_path / "x.tar", [("a.jpg", jpg), ("b.jpg", jpg), ("b.txt", b"photo b"), ("c.jpg", jpg),
+                              ("a.txt", b"photo a"), ("c.txt", b"photo c")])
+    pairs = read_pair_source(tmp_path / "x.tar")
+    assert pairs.captions == ["photo b"]  # read before the disorder showed; the skip says the rest is skipped
+    assert len(pairs.skipped) == 1 and "not next to each other" in pairs.skipped[0][1]  # was 2: "no caption" first
+    assert "tar --sort=name" in pairs.skipped[0][1]
+    _tar(tmp_path / "z.tar", [("a.jpg", jpg), ("b.jpg", jpg), ("a.txt", b"photo a"), ("b.txt", b"photo b")])
+    with pytest.raises(PolymodalError, match=r"not next to each other .*tar --sort=name"):
+        read_pair_source(tmp_path / "z.tar")
+    # a well-formed shard after it still reads
+    _tar(tmp_path / "y.tar", [("d.jpg", jpg), ("d.txt", b"photo d"), ("e.jpg", jpg), ("e.txt", b"photo e")])
+    pairs = read_pair_source([tmp_path / "z.tar", tmp_path / "y.tar"])
+    assert pairs.captions == ["photo d", "photo e"]
+    assert len(pairs.skipped) == 1 and "tar --sort=name" in pairs.skipped[0][1]
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_vqa_v2_files_name_themselves(tmp_path, indent):
+    questions = {"info": {}, "task_type": "Open-Ended", "data_type": "mscoco", "data_subtype": "val2014",
+                 "questions": [{"image_id": 42, "question": "Is it red?", "question_id": 42000}]}
+    annotations = {"info": {}, "data_subtype": "val2014", "annotations": [
+        {"question_id": 42000, "image_id": 42, "answer_type": "yes/no", "multiple_choice_answer": "yes",
+         "answers": [{"answer": "yes", "answer_confidence": "yes", "answer_id": k} for k in range(1, 11)]}]}
+    for name, document in (("questions.json", questions), ("annotations.json", annotations)):
+        (tmp_path / name).write_text(json.dumps(document, indent=indent))
+        with pytest.raises(PolymodalError, match=r"VQA v2's .* file, which --qa does not read; join .*question_id.*"
+                                                 r"val2014/COCO_val2014_"):
+            read_qa(tmp_path / name)
+
+
+def test_img2dataset_parquet_points_to_its_shards(tmp_path):
+    (tmp_path / "00000.tar").write_bytes(b"")
+    (tmp_path / "00000.parquet").write_bytes(b"PAR1")
+    with pytest.raises(PolymodalError, match=r"Parquet.*img2dataset.*pass the shards"):
+        read_pair_source(tmp_path / "00000.parquet")
