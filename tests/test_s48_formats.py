@@ -7,7 +7,6 @@ img2dataset's .parquet beside its shards was an "unknown pairs format"."""
 
 import io
 import json
-import tarfile
 
 import pytest
 from PIL import Image
@@ -16,6 +15,7 @@ from polymodal.data.pairs import read_pair_source
 from polymodal.errors import PolymodalError
 from polymodal.eval.vqa import read_qa
 from polymodal.eval.zeroshot import read_labelled_images
+from test_s38_data_review import _shard as _tar
 
 
 def _photos(folder, n):
@@ -53,14 +53,6 @@ def test_flickr30k_results_csv(tmp_path):
     assert [(p.image.name, p.caption) for p in pairs.pairs] == [
         (n, f"photo {i} , take {k} .") for i, n in enumerate(names) for k in range(2)]
     assert len(pairs.skipped) == 1
-
-
-def _tar(path, members):
-    with tarfile.open(path, "w") as tf:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
 
 
 def test_shard_with_a_samples_files_apart_names_the_cause(tmp_path):
