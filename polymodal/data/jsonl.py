@@ -135,9 +135,13 @@ def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (), paths: Seque
         _check_split(path, splits, wanted, unmarked)
 
 
+_DOCUMENT_LISTS = ("images", "questions", "annotations")  # a one-line object holding one of these is a document
+
+
 def _whole_object(path: Path, f, fix: str) -> Any:
     """The file (which starts with "{") as one JSON document when it is one: its first line is a lone "{" (pretty-
-    printed) or an object with an "images" list (COCO's and Karpathy's caption files are one line); else None, and
+    printed) or an object with an "images" list (COCO's and Karpathy's caption files are one line; VQA v2's files,
+    with "questions" or "annotations"); else None, and
     it is read as JSON Lines, a row at a time (a JSONL file whose first row is broken stays a file of rows). The
     file is left at its start either way."""
     try:
@@ -147,7 +151,7 @@ def _whole_object(path: Path, f, fix: str) -> Any:
                 single = json.loads(first)
             except json.JSONDecodeError:
                 return None
-            if not (isinstance(single, dict) and isinstance(single.get("images"), list)):
+            if not (isinstance(single, dict) and any(isinstance(single.get(k), list) for k in _DOCUMENT_LISTS)):
                 return None
             rest = f.read(1 << 16)
             while rest.isspace():

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from polymodal.data.jsonl import data_file_image, existing_file, iter_json_rows, missing_image, report_skipped
+from polymodal.data.vqa_v2 import vqa_v2_rows
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import (YES_NO, answer_text, comparable_answer, normalize_answer, soft_vqa_score,
                                     unique_choices)
@@ -66,11 +67,10 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
     rows, skipped, exists, repeats = [], [], {}, {}
     for where, item, why in iter_json_rows(path, f"pass {QA_FORMAT}",
                                            ("question", "answer", "answers", "choices", "answer_type"), ("image",),
-                                           _not_vqa_v2):
+                                           vqa_v2_rows):
         if item is None:
             skipped.append((where, why))
             continue
-        _not_vqa_v2(path, item)  # the file on one line reads as one row
         try:
             annotators = annotator_answers(item.get("answers"))
         except PolymodalError as exc:
@@ -109,21 +109,6 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
         rows.append(row)
     report_skipped(path, skipped, len(rows), "question-answer rows", f"pass {QA_FORMAT}")
     return rows
-
-
-def _not_vqa_v2(path: Path, document: Any) -> None:
-    """One error for VQA v2's questions or annotations file as downloaded (one JSON object holding every question,
-    their answers in the other file), which read as one row with "no image, question, answer" (or as "one JSON
-    object"), naming no cause; None for anything else, left to the row reader."""
-    kind = next((k for k in ("questions", "annotations") if isinstance(document, dict)
-                 and isinstance(document.get(k), list) and "question" not in document), None)
-    if kind is None:
-        return None
-    subtype = document.get("data_subtype") if isinstance(document.get("data_subtype"), str) else "val2014"
-    raise PolymodalError(
-        f"{path} is VQA v2's {kind} file, which --qa does not read; join the questions and annotations files on "
-        f'question_id into JSONL rows {{"image": "{subtype}/COCO_{subtype}_<image_id, 12 digits>.jpg", "question": ..., '
-        '"answers": the annotation\'s answers, "answer_type": ...} (image paths relative to the new file)')
 
 
 def _wrong_types(item: dict) -> str | None:
