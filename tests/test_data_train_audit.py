@@ -136,6 +136,7 @@ def test_an_animation_left_on_a_later_frame_loads_its_first_frame(tmp_path):
     img = Image.open(tmp_path / "a.gif")
     img.seek(1)
     assert load_image(img).getpixel((0, 0)) == (255, 0, 0)
+    assert img.tell() == 1  # the caller's image is left on its frame (stop 48: it was moved to the first)
 
 
 def test_out_of_range_samples_are_clipped_not_wrapped():

@@ -135,9 +135,19 @@ def _existing_file(path: str | Path) -> Path:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """A decoded image as the RGB pixels a viewer shows: first frame, EXIF rotation applied, 16-bit and float
-    samples scaled to 8 bits, transparency over white. Shared by load_image and the service's uploads."""
-    if getattr(img, "n_frames", 1) > 1:
+    samples scaled to 8 bits, transparency over white. Shared by load_image and the service's uploads. A caller's
+    animation left on a later frame is left there again (this reads its first frame)."""
+    frame = img.tell() if getattr(img, "n_frames", 1) > 1 else 0
+    if frame:
         img.seek(0)
+        try:
+            return _first_frame_rgb(img)
+        finally:
+            img.seek(frame)
+    return _first_frame_rgb(img)
+
+
+def _first_frame_rgb(img: Image.Image) -> Image.Image:
     if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # phones store photos sideways plus this tag
         img = ImageOps.exif_transpose(img)
     if img.mode.startswith("I") or img.mode == "F":  # convert("RGB") would clip these samples at 255
