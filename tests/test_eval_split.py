@@ -67,4 +67,4 @@ def test_a_split_no_row_carries_or_nothing_to_filter_is_one_error(gallery, tmp_p
     csv = tmp_path / "pairs.csv"
     csv.write_text("image,caption\n" + "".join(f"{gallery / n}.jpg,a {n}\n" for n in NAMES))
     assert cli.main(["eval", "retrieval", "--pairs", str(csv), "--model", "lite", "--split", "dev"]) == 2
-    assert "none of the data files given is one" in capsys.readouterr().err
+    assert "none of the data files given has one" in capsys.readouterr().err

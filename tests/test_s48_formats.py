@@ -81,3 +81,25 @@ def test_img2dataset_parquet_points_to_its_shards(tmp_path):
     (tmp_path / "00000.parquet").write_bytes(b"PAR1")
     with pytest.raises(PolymodalError, match=r"Parquet.*img2dataset.*pass the shards"):
         read_pair_source(tmp_path / "00000.parquet")
+
+
+def test_a_csv_split_column_is_filtered_and_said_as_json_rows_are(tmp_path, caplog):
+    from polymodal.data.jsonl import only_splits
+
+    names = _photos(tmp_path, 4)
+    rows = [f"{n},photo {i},{'test' if i == 3 else 'train'}" for i, n in enumerate(names)]
+    (tmp_path / "pairs.csv").write_text("image,caption,split\n" + "\n".join(rows) + "\n")
+    everything = read_pair_source(tmp_path / "pairs.csv")  # read whole, as before, but no longer without a word
+    assert len(everything.pairs) == 4
+    assert "rows carry 2 split values (train 3, test 1) and all of them are read" in caplog.text
+    assert "jq" not in caplog.text  # its filter is for JSON
+    with only_splits("test"):
+        assert [p.caption for p in read_pair_source(tmp_path / "pairs.csv").pairs] == ["photo 3"]
+    with only_splits("TRAIN"):
+        assert len(read_pair_source(tmp_path / "pairs.csv").pairs) == 3
+    with pytest.raises(PolymodalError, match=r"has no rows of split 'dev'"), only_splits("dev"):
+        read_pair_source(tmp_path / "pairs.csv")
+    (tmp_path / "plain.csv").write_text("image,caption\n" + "\n".join(f"{n},photo" for n in names) + "\n")
+    with pytest.raises(PolymodalError, match=r"and CSV rows on a split column\), and none of the data files"):
+        with only_splits("test"):
+            read_pair_source(tmp_path / "plain.csv")

@@ -82,9 +82,7 @@ def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (), paths: Seque
     not_unicode). A file that is one JSON object (pretty-printed, or one line with an "images" list) is turned into
     rows by ``document_rows`` (None: not a kind it knows; a PolymodalError in its list: a row it could not make),
     else it is an error ending with ``fix``."""
-    splits: Counter = Counter()
-    unmarked = 0  # rows with no "split" name: --split leaves them out, and says how many
-    wanted = _SPLITS[-1][0] if _SPLITS else None  # casefolded split names, or None: every row
+    splits = SplitTally(path)
     with utf8_text(path) as f:
         head = f.read(1)
         while head.isspace():
@@ -117,11 +115,7 @@ def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (), paths: Seque
             if not isinstance(item, dict):
                 yield where, None, "not a JSON object"
                 continue
-            if isinstance(item.get("split"), str):
-                splits[item["split"]] += 1
-            else:
-                unmarked += 1
-            if wanted is not None and str(item.get("split", "")).casefold() not in wanted:
+            if not splits.keep(item.get("split") if isinstance(item.get("split"), str) else None):
                 continue  # another split: left out, neither read nor skipped
             broken = next((why for key in (*texts, *paths)
                            if (why := not_unicode(item.get(key), key, path=key in paths))), None)
@@ -129,10 +123,32 @@ def iter_json_rows(path: Path, fix: str, texts: Sequence[str] = (), paths: Seque
                 yield where, None, broken
                 continue
             yield where, item, ""
-    if wanted is None:
-        _warn_of_mixed_splits(path, splits, None if document is not None else head == "[")
-    else:
-        _check_split(path, splits, wanted, unmarked)
+    splits.finish(None if document is not None else head == "[")
+
+
+class SplitTally:
+    """A data file's rows by their "split" name, as they are read: which to keep under --split (only_splits), and
+    at the end the warning or error that the splits found call for (see _warn_of_mixed_splits, _check_split)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.splits, self.unmarked = path, Counter(), 0  # unmarked: rows with no split name
+        self.wanted = _SPLITS[-1][0] if _SPLITS else None  # casefolded split names, or None: every row
+
+    def keep(self, split: str | None) -> bool:
+        """Count a row of this split (None or "": none named) -> whether it is read."""
+        if split:
+            self.splits[split] += 1
+        else:
+            self.unmarked += 1
+        return self.wanted is None or str(split or "").casefold() in self.wanted
+
+    def finish(self, array: bool | None, csv: bool = False) -> None:
+        """``array``: the file was a JSON array (True), JSON Lines (False) or one JSON document (None); ``csv``:
+        a CSV file, with a split column (its hints name no jq filter)."""
+        if self.wanted is None:
+            _warn_of_mixed_splits(self.path, self.splits, array, csv)
+        else:
+            _check_split(self.path, self.splits, self.wanted, self.unmarked)
 
 
 _DOCUMENT_LISTS = ("images", "questions", "annotations")  # a one-line object holding one of these is a document
@@ -168,7 +184,7 @@ def _whole_object(path: Path, f, fix: str) -> Any:
 
 
 def _check_split(path: Path, splits: Counter, wanted: frozenset, unmarked: int) -> None:
-    _SPLITS[-1][1] += 1  # a JSON file was read under --split
+    _SPLITS[-1][1] += 1  # a file with split names (JSON, or CSV with a split column) was read under --split
     flag, named = _SPLITS[-1][2], _SPLITS[-1][3]
     kept = sum(n for name, n in splits.items() if name.casefold() in wanted)
     no_field = f'{unmarked:,} {"row" if unmarked == 1 else "rows"} with no "split" field'
@@ -215,7 +231,7 @@ def _training_splits(splits: Counter) -> list[str]:
     return [name for name in names if not _is_held_out(name)] or names[:1]
 
 
-def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool | None) -> None:
+def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool | None, csv: bool = False) -> None:
     """Rows marked with several splits ("train", "dev") are all read: nothing filters on the field, and scoring a
     model on its training split alongside the rest is a slip worth one line. The filter it suggests keeps a
     held-out split and writes a new file beside this one (image paths stay relative to that folder). Outside an
@@ -227,7 +243,7 @@ def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool | None) -> No
     one = _held_out(splits)
     select = f"{'.[] | ' if array else ''}select(.split == \"{one}\")"
     jq = (f", or filter the file, e.g. jq -c '{select}' {path} > {path.with_name(f'{path.stem}.{one}.jsonl')}"
-          if array is not None else "")
+          if array is not None and not csv else "")
     training = ""
     if not _TALLIES:  # not inside an `eval` (counting_skipped): a training run, or an export, which has no --split
         keep = _training_splits(splits)
@@ -235,9 +251,11 @@ def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool | None) -> No
         train, ext = ((f".images |= map(select({test}))", "json") if array is None  # Karpathy's {"images": [...]}
                       else (f"{'.[] | ' if array else ''}select({test})", "jsonl"))
         out = path.with_name(f"{path.stem}.{'+'.join(keep)}.{ext}")
+        export = (f"filter the file, e.g. jq -c '{train}' {path} > {out}" if not csv
+                  else "keep the rows of the splits to export with in a file of their own")
         training = (f"; to train on {' and '.join(keep)} only, pass `train ... --split {','.join(keep)}` (and "
                     f"this file as --val-pairs, or --val-qa, with `--val-split {one}` for validation rows from it); "
-                    f"`export` reads every split: filter the file, e.g. jq -c '{train}' {path} > {out}")
+                    f"`export` reads every split: {export}")
     log.warning("%s: rows carry %d split values (%s) and all of them are read; to use one, pass `eval ... "
                 "--split %s`%s%s", path, len(splits), counts, one, jq, training)
 
@@ -280,8 +298,9 @@ def only_splits(split: str | None, flag: str = "--split") -> Iterator[None]:
     try:
         yield
         if not entry[1]:
-            raise PolymodalError(f"{flag} {split} filters JSON/JSONL rows on their \"split\" field, and none of "
-                                 f"the data files given is one; filter the data yourself, or leave {flag} out")
+            raise PolymodalError(f"{flag} {split} filters JSON/JSONL rows on their \"split\" field (and CSV rows "
+                                 f"on a split column), and none of the data files given has one; filter the data "
+                                 f"yourself, or leave {flag} out")
     finally:
         _SPLITS[:] = [e for e in _SPLITS if e is not entry]
 

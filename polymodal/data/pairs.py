@@ -34,7 +34,8 @@ from polymodal.data import shards as _shards
 from polymodal.data.augment import make_rng
 from polymodal.data.caption_json import caption_json_rows
 from polymodal.data.images import IMAGE_EXTENSIONS, load_image
-from polymodal.data.jsonl import data_file_image, iter_json_rows, missing_image, report_skipped, utf8_text
+from polymodal.data.jsonl import (SplitTally, data_file_image, iter_json_rows, missing_image, report_skipped,
+                                  utf8_text)
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -286,6 +287,8 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
         image_col = next((columns[c] for c in IMAGE_COLUMNS if c in columns), None)
         caption_col = next((columns[c] for c in CAPTION_COLUMNS if c in columns), None)
         negative_col = next((columns[c] for c in NEGATIVE_COLUMNS if c in columns), None)
+        # a split column is read as JSON rows' "split" field is: --split keeps some, and all of them read is said
+        splits = SplitTally(path) if "split" in columns else None
         if not columns:
             raise PolymodalError(f"{path} is empty; write a header line (e.g. image,caption), then one row per pair")
         if image_col is None or caption_col is None:
@@ -309,9 +312,13 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
             if None in row or row[image_col] is None or row[caption_col] is None:
                 skipped.append((where, f"row does not have the header's {len(columns)} fields"))
                 continue
+            if splits is not None and not splits.keep((row[columns["split"]] or "").strip()):
+                continue  # another split: left out, neither read nor skipped
             image, caption = row[image_col].strip() or None, row[caption_col]
             negatives = row[negative_col].split(NEGATIVE_SEPARATOR) if negative_col and row[negative_col] else None
             _add_row(pairs, skipped, where, image, caption, check, negatives)
+    if splits is not None:
+        splits.finish(False, csv=True)
     return pairs, skipped
 
 
