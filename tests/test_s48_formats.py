@@ -103,3 +103,27 @@ def test_a_csv_split_column_is_filtered_and_said_as_json_rows_are(tmp_path, capl
     with pytest.raises(PolymodalError, match=r"and CSV rows on a split column\), and none of the data files"):
         with only_splits("test"):
             read_pair_source(tmp_path / "plain.csv")
+
+
+def test_flickr_caption_text_files_as_published_and_as_kaggle_copies_them(tmp_path):
+    # Flickr8k's zips: Flickr8k_text/Flickr8k.token.txt beside Flicker8k_Dataset/ (sic)
+    names = _photos(tmp_path / "flickr8k" / "Flicker8k_Dataset", 2)
+    (tmp_path / "flickr8k" / "Flickr8k_text").mkdir()
+    token = tmp_path / "flickr8k" / "Flickr8k_text" / "Flickr8k.token.txt"
+    token.write_text("".join(f"{n}#{k}\tA photo {i} , take {k} .\n" for i, n in enumerate(names) for k in range(2))
+                     + "a line that is no caption\n")
+    pairs = read_pair_source(token)
+    photos = (tmp_path / "flickr8k" / "Flicker8k_Dataset").resolve()
+    assert [(p.image, p.caption) for p in pairs.pairs] == [
+        (photos / n, f"A photo {i} , take {k} .") for i, n in enumerate(names) for k in range(2)]
+    assert len(pairs.skipped) == 1 and "NAME.jpg#N<tab>caption" in pairs.skipped[0][1]
+    # Kaggle's Flickr8k: captions.txt (a CSV) beside Images/
+    names = _photos(tmp_path / "kaggle" / "Images", 2)
+    (tmp_path / "kaggle" / "captions.txt").write_text("image,caption\n" + "".join(
+        f"{n},a photo {i}\n" for i, n in enumerate(names)))
+    pairs = read_pair_source(tmp_path / "kaggle" / "captions.txt")
+    assert [(p.image, p.caption) for p in pairs.pairs] == [
+        ((tmp_path / "kaggle" / "Images" / n).resolve(), f"a photo {i}") for i, n in enumerate(names)]
+    (tmp_path / "notes.txt").write_text("some words\n")
+    with pytest.raises(PolymodalError, match="unknown pairs format"):
+        read_pair_source(tmp_path / "notes.txt")

@@ -6,6 +6,8 @@
 - a CSV/TSV file with a header naming an image column (image, filepath) and a caption column (caption, title,
   text), as open_clip's CSV loader expects (tab-separated when the header has a tab, or as Excel's "sep=;" first line
   says), or Flickr30k's results.csv ("image_name| comment_number| comment"); paths relative to the file;
+- Flickr8k's and Flickr30k's caption text files as published (Flickr8k.token.txt: "NAME.jpg#N<tab>caption") or as
+  Kaggle's copies (captions.txt, a CSV), their photos found where those downloads put them (_FLICKR_PHOTOS);
 - a folder of images with same-named .txt captions (`cat.jpg` + `cat.txt`, one caption per non-empty line);
 - tar shards: a .tar file, a folder of them, a glob, or a brace pattern like `shards-{000..009}.tar`
   (see `polymodal.data.shards`); their images are referenced as "<shard>#<member>" strings.
@@ -46,7 +48,7 @@ NEGATIVE_COLUMNS = ("negatives", "negative")
 NEGATIVE_SEPARATOR = "|"  # several negatives in one CSV cell
 FORMATS = (
     "a JSONL file of {\"image\", \"caption\"} rows (or COCO's or Karpathy's caption JSON), a CSV with "
-    "image,caption (or filepath,title) columns, "
+    "image,caption (or filepath,title) columns (or Flickr8k's or Flickr30k's caption .txt), "
     "a folder of images with same-named .txt captions, or tar shards (file, folder, glob or {000..009} pattern)"
 )
 
@@ -132,6 +134,9 @@ def read_pair_source(source: str | Path | Sequence[str | Path]) -> PairSet:
             return _finish(_read_jsonl(path), source)
         if name.endswith((".csv", ".tsv")):
             return _finish(_read_csv(path), source)
+        if name.endswith((".txt", ".token")) and (kind := _flickr_text_kind(path)):
+            base = _flickr_photos(path)
+            return _finish(_read_csv(path, base) if kind == "csv" else _read_flickr_token(path, base), source)
         if _shards.is_tar(name):
             return _finish(_read_shards(path), source)
         if name.endswith(".parquet") and path.with_suffix(".tar").is_file():  # img2dataset's, beside its shard
@@ -263,9 +268,10 @@ def _add_row(pairs: list, skipped: list, where: str, image: Any, caption: Any, c
         pairs.append(Pair(resolved, c, tuple(n for n in wrong if n != c)))
 
 
-def _read_csv(path: Path) -> tuple[list[Pair], list]:
+def _read_csv(path: Path, base: Path | None = None) -> tuple[list[Pair], list]:
+    """``base``: the folder image paths are relative to (default: the file's)."""
     pairs, skipped = [], []
-    check = _ImageCheck(path.parent)
+    check = _ImageCheck(base or path.parent)
     with utf8_text(path, newline="") as f:
         blank, delimiter = 0, None  # blank lines above the header: csv takes the first line as the header, and a
         while True:  # blank one named no column (the file was called empty); rows keep their line numbers in the file
@@ -319,6 +325,49 @@ def _read_csv(path: Path) -> tuple[list[Pair], list]:
             _add_row(pairs, skipped, where, image, caption, check, negatives)
     if splits is not None:
         splits.finish(False, csv=True)
+    return pairs, skipped
+
+
+# Flickr8k's and Flickr30k's caption files as published: "NAME.jpg#N<tab>caption" lines (Flickr8k.token.txt,
+# results_20130124.token), or Kaggle's copies, a CSV with an image,caption header named captions.txt
+_TOKEN_LINE = re.compile(r"([^\t#]+)#\d+\t(.*)")
+# where those photos lie, first to last: beside the file, in its Images/ (Kaggle's), or in the folder the Flickr zips
+# unpack beside the text files' (Flicker8k_Dataset: sic)
+_FLICKR_PHOTOS = (".", "Images", "images", "../Flicker8k_Dataset", "../Flickr8k_Dataset", "../flickr30k-images",
+                  "../Images", "../images")
+
+
+def _flickr_text_kind(path: Path) -> str | None:
+    """"token" or "csv" for a .txt (or .token) file in one of Flickr's caption layouts, else None."""
+    with utf8_text(path) as f:
+        first = next((line for line in f if line.strip()), "")
+    if _TOKEN_LINE.fullmatch(first.rstrip("\r\n")):
+        return "token"
+    cells = {c.strip().lower() for c in re.split(r"[,\t|]", first)}
+    return "csv" if cells & set(IMAGE_COLUMNS) and cells & set(CAPTION_COLUMNS) else None
+
+
+def _flickr_photos(path: Path) -> Path:
+    """The first of _FLICKR_PHOTOS (relative to the file's folder) that holds an image, else the file's folder."""
+    for name in _FLICKR_PHOTOS:
+        folder = (path.parent / name).resolve()
+        if folder.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir()):
+            return folder
+    return path.parent
+
+
+def _read_flickr_token(path: Path, base: Path) -> tuple[list[Pair], list]:
+    pairs, skipped = [], []
+    check = _ImageCheck(base)
+    with utf8_text(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            match = _TOKEN_LINE.fullmatch(line.rstrip("\r\n"))
+            if match is None:
+                skipped.append((f"{path}:{n}", "not a NAME.jpg#N<tab>caption line"))
+                continue
+            _add_row(pairs, skipped, f"{path}:{n}", match.group(1).strip(), match.group(2), check)
     return pairs, skipped
 
 
