@@ -293,7 +293,7 @@ def _read_csv(path: Path, base: Path | None = None) -> tuple[list[Pair], list]:
         image_col = next((columns[c] for c in IMAGE_COLUMNS if c in columns), None)
         caption_col = next((columns[c] for c in CAPTION_COLUMNS if c in columns), None)
         negative_col = next((columns[c] for c in NEGATIVE_COLUMNS if c in columns), None)
-        # a split column is read as JSON rows' "split" field is: --split keeps some, and all of them read is said
+        # a split column works as JSON rows' "split" field: --split keeps some rows, and a file read whole says so
         splits = SplitTally(path) if "split" in columns else None
         if not columns:
             raise PolymodalError(f"{path} is empty; write a header line (e.g. image,caption), then one row per pair")
