@@ -127,3 +127,20 @@ def test_flickr_caption_text_files_as_published_and_as_kaggle_copies_them(tmp_pa
     (tmp_path / "notes.txt").write_text("some words\n")
     with pytest.raises(PolymodalError, match="unknown pairs format"):
         read_pair_source(tmp_path / "notes.txt")
+
+
+def test_flickr8k_split_lists_beside_the_token_file_name_each_photos_split(tmp_path, caplog):
+    from polymodal.data.jsonl import only_splits
+
+    names = _photos(tmp_path / "Flicker8k_Dataset", 3)
+    text = tmp_path / "Flickr8k_text"
+    text.mkdir()
+    (text / "Flickr8k.token.txt").write_text("".join(f"{n}#0\tphoto {i}\n" for i, n in enumerate(names)))
+    (text / "Flickr_8k.trainImages.txt").write_text(f"{names[0]}\n{names[1]}\n")
+    (text / "Flickr_8k.testImages.txt").write_text(f"{names[2]}\n")
+    assert len(read_pair_source(text / "Flickr8k.token.txt").pairs) == 3
+    assert "rows carry 2 split values (train 2, test 1) and all of them are read" in caplog.text
+    with only_splits("test"):
+        assert [p.caption for p in read_pair_source(text / "Flickr8k.token.txt").pairs] == ["photo 2"]
+    with only_splits("train"):
+        assert [p.caption for p in read_pair_source(text / "Flickr8k.token.txt").pairs] == ["photo 0", "photo 1"]

@@ -142,11 +142,11 @@ class SplitTally:
             self.unmarked += 1
         return self.wanted is None or str(split or "").casefold() in self.wanted
 
-    def finish(self, array: bool | None, csv: bool = False) -> None:
-        """``array``: the file was a JSON array (True), JSON Lines (False) or one JSON document (None); ``csv``:
-        a CSV file, with a split column (its hints name no jq filter)."""
+    def finish(self, array: bool | None, jq: bool = True) -> None:
+        """``array``: the file was a JSON array (True), JSON Lines (False) or one JSON document (None); ``jq``:
+        False for a file that is not JSON (a CSV's split column, Flickr8k's split lists), whose hints name no jq."""
         if self.wanted is None:
-            _warn_of_mixed_splits(self.path, self.splits, array, csv)
+            _warn_of_mixed_splits(self.path, self.splits, array, jq)
         else:
             _check_split(self.path, self.splits, self.wanted, self.unmarked)
 
@@ -231,7 +231,7 @@ def _training_splits(splits: Counter) -> list[str]:
     return [name for name in names if not _is_held_out(name)] or names[:1]
 
 
-def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool | None, csv: bool = False) -> None:
+def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool | None, jq: bool = True) -> None:
     """Rows marked with several splits ("train", "dev") are all read: nothing filters on the field, and scoring a
     model on its training split alongside the rest is a slip worth one line. The filter it suggests keeps a
     held-out split and writes a new file beside this one (image paths stay relative to that folder). Outside an
@@ -242,8 +242,8 @@ def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool | None, csv: 
     counts = ", ".join(f"{name} {n:,}" for name, n in splits.most_common())
     one = _held_out(splits)
     select = f"{'.[] | ' if array else ''}select(.split == \"{one}\")"
-    jq = (f", or filter the file, e.g. jq -c '{select}' {path} > {path.with_name(f'{path.stem}.{one}.jsonl')}"
-          if array is not None and not csv else "")
+    filtered = (f", or filter the file, e.g. jq -c '{select}' {path} > {path.with_name(f'{path.stem}.{one}.jsonl')}"
+                if array is not None and jq else "")
     training = ""
     if not _TALLIES:  # not inside an `eval` (counting_skipped): a training run, or an export, which has no --split
         keep = _training_splits(splits)
@@ -251,13 +251,13 @@ def _warn_of_mixed_splits(path: Path, splits: Counter, array: bool | None, csv: 
         train, ext = ((f".images |= map(select({test}))", "json") if array is None  # Karpathy's {"images": [...]}
                       else (f"{'.[] | ' if array else ''}select({test})", "jsonl"))
         out = path.with_name(f"{path.stem}.{'+'.join(keep)}.{ext}")
-        export = (f"filter the file, e.g. jq -c '{train}' {path} > {out}" if not csv
+        export = (f"filter the file, e.g. jq -c '{train}' {path} > {out}" if jq
                   else "keep the rows of the splits to export with in a file of their own")
         training = (f"; to train on {' and '.join(keep)} only, pass `train ... --split {','.join(keep)}` (and "
                     f"this file as --val-pairs, or --val-qa, with `--val-split {one}` for validation rows from it); "
                     f"`export` reads every split: {export}")
     log.warning("%s: rows carry %d split values (%s) and all of them are read; to use one, pass `eval ... "
-                "--split %s`%s%s", path, len(splits), counts, one, jq, training)
+                "--split %s`%s%s", path, len(splits), counts, one, filtered, training)
 
 _TALLIES: list[list[int]] = []  # open counting_skipped() blocks
 _SPLITS: list[list] = []  # open only_splits blocks: [casefolded names, JSON files read, flag, split as given]

@@ -324,7 +324,7 @@ def _read_csv(path: Path, base: Path | None = None) -> tuple[list[Pair], list]:
             negatives = row[negative_col].split(NEGATIVE_SEPARATOR) if negative_col and row[negative_col] else None
             _add_row(pairs, skipped, where, image, caption, check, negatives)
     if splits is not None:
-        splits.finish(False, csv=True)
+        splits.finish(False, jq=False)
     return pairs, skipped
 
 
@@ -357,8 +357,12 @@ def _flickr_photos(path: Path) -> Path:
 
 
 def _read_flickr_token(path: Path, base: Path) -> tuple[list[Pair], list]:
+    """Rows of a token file; with Flickr8k's split lists beside it (Flickr_8k.trainImages.txt, ...), each photo's split
+    is the list naming it: --split keeps some, as a JSON row's "split" field does."""
     pairs, skipped = [], []
     check = _ImageCheck(base)
+    split_of = _flickr8k_splits(path.parent)
+    splits = SplitTally(path) if split_of else None
     with utf8_text(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -367,8 +371,24 @@ def _read_flickr_token(path: Path, base: Path) -> tuple[list[Pair], list]:
             if match is None:
                 skipped.append((f"{path}:{n}", "not a NAME.jpg#N<tab>caption line"))
                 continue
-            _add_row(pairs, skipped, f"{path}:{n}", match.group(1).strip(), match.group(2), check)
+            image = match.group(1).strip()
+            if splits is not None and not splits.keep(split_of.get(image)):
+                continue  # another split: left out, neither read nor skipped
+            _add_row(pairs, skipped, f"{path}:{n}", image, match.group(2), check)
+    if splits is not None:
+        splits.finish(False, jq=False)
     return pairs, skipped
+
+
+def _flickr8k_splits(folder: Path) -> dict[str, str]:
+    """photo name -> "train", "dev" or "test", from Flickr8k's split lists in ``folder`` ({} without them)."""
+    split_of = {}
+    for split in ("train", "dev", "test"):
+        names = folder / f"Flickr_8k.{split}Images.txt"
+        if names.is_file():
+            with utf8_text(names) as f:
+                split_of.update((line.strip(), split) for line in f if line.strip())
+    return split_of
 
 
 def _lines_run_together(row: dict, end: int, delimiter: str = ",", base: Path | None = None
