@@ -62,7 +62,7 @@ def test_an_index_opened_to_search_on_asks_once_for_each_faiss_index(db, lite, t
 
     asked, done = [], threading.Event()
 
-    def record(index):
+    def record(index, *_):
         asked.append(index)
         done.set()
         return True

@@ -23,6 +23,9 @@ def vqa_v2_rows(path: Path, document) -> list | None:
             raise PolymodalError(f"{path} is VQA v2's annotations file; pass its questions file "
                                  "(v2_OpenEnded_mscoco_<split>_questions.json), whose answers it finds here")
         return None
+    # the folders around it, as absolute paths: a relative `--qa Questions/...json` has "." as its parent's parent,
+    # and a photo path made from it was read again from the questions file's folder (every row "not found")
+    path = path.absolute()
     split = str(document.get("data_subtype") or "")
     answers = _annotations(path, split)
     photos = _photo_folder(path, split)

@@ -688,12 +688,13 @@ class ImageIndex(SearchByModel):
 
     def _keep(self, snap: Snapshot) -> None:
         """Cache `snap`; with huge_pages, a FAISS index it is the first to hold goes onto 2 MB pages meanwhile (the
-        thread keeps the index alive; searches read it as it moves). A cache's index is never changed in place."""
+        thread keeps the index alive; searches read it as it moves; it stops once a newer one is kept: a removal's
+        copy). A cache's index is never changed in place."""
         self._cache = snap
         if self.huge_pages and snap.index is not self._advised:
-            self._advised = snap.index
-            threading.Thread(target=advise_huge_pages, args=(snap.index,), name="polymodal-huge-pages",
-                             daemon=True).start()
+            self._advised = index = snap.index
+            threading.Thread(target=advise_huge_pages, args=(index, lambda: self._advised is index),
+                             name="polymodal-huge-pages", daemon=True).start()
 
     def _state(self, con: sqlite3.Connection, meta: dict) -> tuple:
         # meta.sqlite's identity and the generation's token too: an index folder swapped for a copy that was written on
