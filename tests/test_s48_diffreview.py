@@ -1,10 +1,9 @@
 """Review of stop 48's diff (helper s48/diffreview): the run folder check of torchrun's ranks, VQA v2's questions
-file given by a relative path, and the 2 MB pages move of an index no longer searched."""
+file given by a relative path, and the 2 MB pages move of an index no longer searched (a served index's: in
+test_s48_huge_pages.py)."""
 
 import json
 import os
-import shutil
-import threading
 
 import faiss
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 from PIL import Image
 
 from polymodal.errors import PolymodalError
-from polymodal.index import ImageIndex, pages
+from polymodal.index import pages
 from polymodal.train import run_lock
 
 fcntl = pytest.importorskip("fcntl")  # the run folder's lock is an flock: none on Windows
@@ -66,29 +65,3 @@ def test_a_move_onto_huge_pages_stops_when_it_is_no_longer_wanted(monkeypatch):
     from test_s48_huge_pages import _kernel_can_move
 
     assert len(asked) == 2 if _kernel_can_move() else len(asked) <= 2  # stopped at the second chunk
-
-
-def test_a_served_index_stops_moving_an_index_a_removal_replaced(db, lite, tmp_path, monkeypatch):
-    # a served removal copies the index: moving the old copy on held a second index (+400 MB at 1M x 256) and 2 s
-    # of CPU for vectors no search reads again
-    from polymodal.index import store
-
-    asked, done = [], threading.Event()
-
-    def record(index, wanted=None):
-        asked.append((index, wanted))
-        done.set()
-        return True
-
-    monkeypatch.setattr(store, "advise_huge_pages", record)
-    path = tmp_path / "db"
-    shutil.copytree(db, path)
-    q = lite.encode_text(["a cat"])
-    served = ImageIndex(path, huge_pages=True)
-    first = served.search(q, 3)
-    assert done.wait(10) and asked[0][1] is not None and asked[0][1]()
-    done.clear()
-    served.remove_ids([first[0][0].id])
-    served.search(q, 3)
-    assert done.wait(10) and len(asked) == 2
-    assert not asked[0][1]() and asked[1][1]()  # the replaced index's move stops; the new one's goes on

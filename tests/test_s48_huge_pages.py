@@ -60,10 +60,11 @@ def test_a_small_index_is_left_as_it_is():
 def test_an_index_opened_to_search_on_asks_once_for_each_faiss_index(db, lite, tmp_path, monkeypatch):
     from polymodal.index import store
 
-    asked, done = [], threading.Event()
+    asked, wanted, done = [], [], threading.Event()
 
-    def record(index, *_):
+    def record(index, still_wanted):
         asked.append(index)
+        wanted.append(still_wanted)
         done.set()
         return True
 
@@ -83,6 +84,8 @@ def test_an_index_opened_to_search_on_asks_once_for_each_faiss_index(db, lite, t
     done.clear()
     assert gone not in [h.id for h in served.search(q, 3)[0]]
     assert done.wait(10) and len(asked) == 2 and asked[1] is served._cache.index and asked[1] is not asked[0]
+    # the replaced index's move stops (it held a second copy of the vectors on); the new one's goes on
+    assert not wanted[0]() and wanted[1]()
 
 
 def test_the_server_opens_its_index_to_search_on(db):
