@@ -34,3 +34,17 @@ def test_a_small_photos_heat_map_is_enlarged_to_be_seen(tmp_path):
     assert out.shape == (240, 320, 3) and VIEW_MIN_SIDE == 224  # 5 times: each pixel a 5x5 block
     hot, cold = out[:20, :20].mean((0, 1)), out[-20:, -20:].mean((0, 1))
     assert np.abs(hot - cold).max() > 40  # the hot cell still sits over the photo's top left
+
+
+def test_a_thin_strips_heat_map_is_not_enlarged_past_a_readable_size(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from polymodal.apps.explain import OVERLAY_MIN_SIDE, save_heatmap
+
+    heat = np.eye(7, dtype=np.float32)
+    strip = Image.new("RGB", (3000, 2), "gray")  # enlarged 112 times it was a 336000x224 PNG (34 s, 7 GB)
+    assert Image.open(save_heatmap(strip, heat, tmp_path / "h.png")).size == (3000, 2)
+    small = Image.new("RGB", (500, 20), "gray")  # 4 times: the long side stays within OVERLAY_MIN_SIDE
+    assert Image.open(save_heatmap(small, heat, tmp_path / "s.png")).size == (2000, 80)
+    assert 2000 <= OVERLAY_MIN_SIDE

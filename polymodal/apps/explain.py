@@ -134,7 +134,8 @@ def check_heatmap_path(out: str | Path, image: Any = None) -> str:
 # one fits Pillow's pixel limit; other photos are drawn at their own size,
 OVERLAY_MIN_SIDE = 2048
 # except small ones, enlarged a whole number of times (each pixel a square block) until their short side is at least
-# this long: easy-VQA's 64x64 photos gave a 64x64 map (9 pixels a cell), too small to read
+# this long: easy-VQA's 64x64 photos gave a 64x64 map (9 pixels a cell), too small to read; never past OVERLAY_MIN_SIDE
+# on the long side (a 3000x2 strip became a 336000x224 PNG: 34 s and 7 GB)
 VIEW_MIN_SIDE = 224
 
 
@@ -154,7 +155,7 @@ def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0
         except PolymodalError:
             if min_side == 1:
                 raise  # an unreadable image (or one past the limit at 1/8)
-    times = -(-VIEW_MIN_SIDE // min(img.size))
+    times = min(-(-VIEW_MIN_SIDE // min(img.size)), max(1, OVERLAY_MIN_SIDE // max(img.size)))
     if times > 1:
         img = img.resize((img.width * times, img.height * times), Image.NEAREST)
     box = transform.source_box(img.size) if transform is not None else None
