@@ -106,7 +106,7 @@ def average_gradients(params) -> None:
     params = [p for p in params if p.requires_grad]
     if not is_distributed() or world_size() == 1 or not params:
         return
-    held = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
+    held = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)  # nccl: GPU
     dist.all_reduce(held)
     live, bucket, size = [p for p, h in zip(params, held.tolist()) if h], [], 0
     for i, p in enumerate(live):
