@@ -52,5 +52,5 @@ def test_save_heatmap_writes_a_tilde_path_under_home(tmp_path, monkeypatch) -> N
     photo = tmp_path / "photo.png"
     Image.new("RGB", (32, 24), (200, 100, 50)).save(photo)
     out = save_heatmap(photo, np.random.default_rng(0).random((7, 7)), "~/heat.png")
-    assert out == home / "heat.png" and Image.open(home / "heat.png").size == (320, 240)  # 10 times: enlarged to be seen
+    assert out == home / "heat.png" and Image.open(home / "heat.png").size == (320, 240)  # 10 times: to be seen
     assert not (work / "~").exists()

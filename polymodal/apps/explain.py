@@ -142,8 +142,8 @@ VIEW_MIN_SIDE = 224
 def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0.5, transform=None) -> Path:
     """Write ``image`` with ``heat`` overlaid, atomically, at the image's size (a JPEG file or bytes whose short side
     passes 4096 pixels at 1/2 to 1/8 of it, see OVERLAY_MIN_SIDE; a panorama past Pillow's pixel limit at the largest
-    of those that fits; a smaller image than VIEW_MIN_SIDE enlarged a whole number of times); the file's suffix picks the format (.png, .jpg, .webp). With the model's ``transform`` the
-    grid covers the centre crop the model saw."""
+    of those that fits; one smaller than VIEW_MIN_SIDE enlarged a whole number of times); the file's suffix picks the
+    format (.png, .jpg, .webp). With the model's ``transform`` the grid covers the centre crop the model saw."""
     import io
 
     out = Path(out).expanduser()  # as check_heatmap_path checks it: "~/heat.png" made a folder named "~" here

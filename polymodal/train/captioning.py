@@ -259,7 +259,7 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     name_after_run(model, recipe.out)
     validation = validation_record(val)  # before unreadable photos are dropped: what the data gives
     if resume:
-        from polymodal.cli_caption import CAPTION_FLAGS  # a refusal names dropout a --config key (--dropout: `train vqa`)
+        from polymodal.cli_caption import CAPTION_FLAGS  # a refusal names dropout a --config key (a `train vqa` flag)
 
         check_same_run(Path(recipe.out), recipe.arch, recipe.train,
                        val_fraction=None if recipe.val_pairs else recipe.val_fraction,
