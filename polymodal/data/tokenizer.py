@@ -101,6 +101,14 @@ class FastTokenizer:
         return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
 
+    def counts(self, texts: list[str]) -> list[int] | None:
+        """Each text's token count as __call__ would pad it (cut at max_length), for ordering batches by length;
+        None for a text tokenizers refuses (__call__ then raises its error)."""
+        try:
+            return [sum(e.attention_mask) for e in self.tok.encode_batch(texts)]
+        except TypeError:  # a lone surrogate
+            return None
+
     def _encode(self, text: str, what: str, **kwargs):
         """tok.encode(text), with one PolymodalError for a lone surrogate (a question or choice from a shell in
         another encoding) instead of tokenizers' TypeError traceback, as __call__ gives for a batch."""

@@ -6,7 +6,14 @@ Folding the (frozen, eval-mode) BatchNorm into the conv weights, moving symmetri
 clipping ReLU6 in place gives the same features to ~3e-5 and 1.3-2x the images/s of eager fp32 (2-core AMX Xeon,
 benchmarks/fused_tower.py: batch 1 50 -> 67, batch 8 38 -> 69, batch 32 31 -> 61 images/s; `lite` end to end 1.56x).
 Training never runs it: the eager module keeps its BatchNorms and gradients.
-"""
+
+The five stride-2 layers pad one side only (ZeroPad2d(a, a+1)), which still wrote each one's input into a new,
+larger tensor (fill, then copy: ~30 of the ~170 ms a batch of 8 took in a profile without the CLI's heap setting,
+as `train` runs, where fresh buffers fault their pages in). Each becomes a kernel one wider whose first row
+and column are zero, padded a+1 on both sides inside the conv: the same features (bit for bit on a 2-core EPYC),
+1.07-1.11x the tower's images/s with the CLI's heap setting, 1.23-1.31x without (benchmarks/fused_tower_rewrites.py).
+Running the 1x1 convs as matrix products instead was tried: 1.02x with one thread, 0.93x with two (oneDNN's 1x1
+convs are faster there)."""
 
 from __future__ import annotations
 
@@ -16,8 +23,9 @@ import torch
 from torch import nn
 
 
-def fused_copy(net: nn.Module) -> nn.Module:
-    """A deep copy of an efficientnet_lite_pytorch EfficientNet, BatchNorms folded, for inference only."""
+def fused_copy(net: nn.Module, rewrite: bool = True) -> nn.Module:
+    """A deep copy of an efficientnet_lite_pytorch EfficientNet, BatchNorms folded, for inference only.
+    ``rewrite=False``: the one-sided pads left as they were (the copy before `_pad_inside`, for benchmarks)."""
     net = copy.deepcopy(net).eval().requires_grad_(False)
     _fold(net._conv_stem, net._bn0)
     _fold(net._conv_head, net._bn1)
@@ -31,6 +39,10 @@ def fused_copy(net: nn.Module) -> nn.Module:
         block._bn1, block._bn2 = nn.Identity(), nn.Identity()
         block._swish = nn.ReLU6(inplace=True)  # each follows a conv whose output nothing else reads
     net._swish = nn.ReLU6(inplace=True)
+    if rewrite:
+        _pad_inside(net._conv_stem)
+        for block in net._blocks:
+            _pad_inside(block._depthwise_conv)
     return net.to(memory_format=torch.channels_last)
 
 
@@ -48,6 +60,23 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         if left == right and top == bottom:  # stride-2 layers pad one side only: those keep their ZeroPad2d
             conv.padding = (top, left)
             conv.static_padding = nn.Identity()
+
+
+def _pad_inside(conv: nn.Conv2d) -> None:
+    """ZeroPad2d(a, a+1) on each axis then a stride-2 conv -> the same conv with a kernel one wider, its first row and
+    column zero, padded a+1 on both sides: output i reads inputs 2i-a-1 .. 2i-a+k-1, the first against a zero weight,
+    so the same sums for any input size, without padding the input into a new tensor first."""
+    pad = getattr(conv, "static_padding", None)
+    if not isinstance(pad, nn.ZeroPad2d) or tuple(conv.stride) != (2, 2) or tuple(conv.padding) != (0, 0) \
+            or tuple(conv.dilation) != (1, 1):
+        return
+    left, right, top, bottom = pad.padding
+    if right != left + 1 or bottom != top + 1:
+        return
+    weight = conv.weight.new_zeros(*conv.weight.shape[:2], conv.weight.shape[2] + 1, conv.weight.shape[3] + 1)
+    weight[:, :, 1:, 1:] = conv.weight
+    conv.weight = nn.Parameter(weight, requires_grad=False)
+    conv.kernel_size, conv.padding, conv.static_padding = tuple(weight.shape[2:]), (bottom, right), nn.Identity()
 
 
 def weights_key(module: nn.Module) -> tuple:

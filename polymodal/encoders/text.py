@@ -92,6 +92,10 @@ class SentenceEncoder(nn.Module):
         warn_once_if_cut(self, batch["attention_mask"], self.max_length, "text tower", cut)
         return batch
 
+    def token_counts(self, texts: list[str]) -> list[int] | None:
+        """Each text's token count (cut at max_length), or None without a tokenizer.json (see `tower_lengths`)."""
+        return self._fast.counts(list(texts)) if self._fast is not None else None
+
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token ids and mask ``[B, L]`` -> mean of the real tokens' states ``[B, D]`` (the exported text graph)."""
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

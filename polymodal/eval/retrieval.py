@@ -134,15 +134,27 @@ def encode_readable(model, images: list, source: str = "", batch_size: int = 32,
 def encode_captions(model, captions: list[str], progress: bool = False, chunk: int = 512,
                     desc: str = "captions") -> np.ndarray:
     """``model.encode_text`` in chunks under a bar: 5,000 captions take about as long as 1,000 photos, and a silent
-    half of an evaluation reads as a hang."""
+    half of an evaluation reads as a hang. The chunks are cut in order of length (token counts where the model
+    counts them), as encode_text cuts its batches: cut in the captions' order, each chunk's batches spanned most
+    lengths (Flickr8k dev: 1.14x the tokens, against 1.01x). A model whose text vectors depend on their batch keeps
+    the captions' order."""
+    from polymodal.models.interface import length_order
     from polymodal.progress import progress_bar
 
-    parts = []
+    order = np.arange(len(captions))
+    if getattr(model, "texts_batch_independent", True) and len(captions) > chunk:
+        lengths = model.text_lengths(captions) if hasattr(model, "text_lengths") else None
+        order = length_order(captions, lengths)
+    out = None
     with progress_bar(total=len(captions), desc=desc, unit="text", disable=not progress) as bar:
         for start in range(0, len(captions), chunk):
-            parts.append(np.asarray(model.encode_text(captions[start:start + chunk])))
-            bar.update(len(parts[-1]))
-    return np.concatenate(parts)
+            rows = order[start:start + chunk]
+            part = np.asarray(model.encode_text([captions[j] for j in rows]))
+            if out is None:
+                out = np.empty((len(captions), *part.shape[1:]), part.dtype)
+            out[rows] = part
+            bar.update(len(part))
+    return out if out is not None else np.asarray(model.encode_text([]))
 
 
 def pairs_of_images(pairs: Pairs, rows: np.ndarray, reasons: dict | None = None) -> Pairs:

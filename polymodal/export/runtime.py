@@ -226,6 +226,9 @@ class OnnxEmbeddingModel(ReloadsFromFolder, EmbeddingInterface):
                                  f"(images)), got {pixels.shape[2]}x{pixels.shape[3]}")
         return self.image_session.run(None, {"pixels": pixels})[0].astype(np.float32, copy=False)
 
+    def text_lengths(self, texts: list[str]) -> list[int] | None:
+        return self.tokenizer.counts(texts)
+
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenizer(texts)
         warn_once_if_cut(self, tokens["attention_mask"], self._max_length, "text tower",  # as the PyTorch model does
