@@ -20,10 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +30,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run_context.py (tests load scripts by path)
+from old_and_new import first_photos, spread, timed_run  # noqa: E402
 from run_context import announce  # noqa: E402
 
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -45,10 +43,6 @@ _BOOT = ("import sys, functools\n"
          "    f.fused_copy = functools.partial(f.fused_copy, rewrite=False)\n"
          "from polymodal.cli import main\n"
          "sys.exit(main(sys.argv[1:]))\n")
-
-
-def _spread(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
 def tower(repeats: int, batch: int) -> None:
@@ -72,20 +66,8 @@ def tower(repeats: int, batch: int) -> None:
                 ms[k].append((time.perf_counter() - start) * 1000 / (3 * batch))
     ratios = [o / n for o, n in zip(ms["old"], ms["new"])]
     print(json.dumps({"part": "tower", "batch": batch, "threads": torch.get_num_threads(), "turns": repeats,
-                      "old_ms_per_image": _spread(ms["old"]), "new_ms_per_image": _spread(ms["new"]),
-                      "old/new": _spread(ratios), "max_abs_feature_diff": diff}), flush=True)
-
-
-def _run(path: str, argv: list[str], env: dict) -> tuple[float, float]:
-    """(wall s, CPU s) of one CLI run in a fresh process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _BOOT, path, *argv], env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[:2])} ({path}) failed:\n{done.stderr[-2000:]}")
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+                      "old_ms_per_image": spread(ms["old"]), "new_ms_per_image": spread(ms["new"]),
+                      "old/new": spread(ratios), "max_abs_feature_diff": diff}), flush=True)
 
 
 def commands(names: list[str], repeats: int, photos: Path, pairs: Path, train_images: int, work: Path) -> None:
@@ -95,17 +77,8 @@ def commands(names: list[str], repeats: int, photos: Path, pairs: Path, train_im
         raise SystemExit(f"no pairs file at {pairs}: pass --pairs (Flickr8k dev's pairs.jsonl)")
     if "index" in names and not photos.is_dir():
         raise SystemExit(f"no photo folder at {photos}: pass --photos")
-    if "train" in names:  # the first train_images photos of pairs, with every caption of theirs
-        rows, images = [], []
-        for line in pairs.read_text().splitlines():
-            row = json.loads(line)
-            row["image"] = str((pairs.parent / row["image"]).resolve())
-            if row["image"] not in images:
-                if len(images) == train_images:
-                    continue
-                images.append(row["image"])
-            rows.append(json.dumps(row))
-        subset.write_text("\n".join(rows) + "\n")
+    if "train" in names:
+        subset.write_text("\n".join(first_photos(pairs, train_images)[0]) + "\n")
     for name in names:
         times = {"old": [], "new": []}
         for turn in range(repeats):
@@ -118,15 +91,15 @@ def commands(names: list[str], repeats: int, photos: Path, pairs: Path, train_im
                     argv = ["train", "contrastive", "--config", "default", "--pairs", str(subset), "--epochs", "1",
                             "--warmup-steps", "1", "--out", str(work / "run"), "--quiet"]
                     run_env = {**env, "POLYMODAL_CACHE": str(work / "run" / "cache")}  # cold: the tower runs
-                times[path].append(_run(path, argv, run_env))
+                times[path].append(timed_run(["-c", _BOOT, path, *argv], run_env, f"{' '.join(argv[:2])} ({path})")[:2])
         wall = {k: [w for w, _ in v] for k, v in times.items()}
         cpu = {k: [c for _, c in v] for k, v in times.items()}
         print(json.dumps({"part": "command", "command": name, "turns": repeats,
                           "photos": train_images if name == "train" else len(list(photos.iterdir())),
-                          "old_wall_s": _spread(wall["old"]), "new_wall_s": _spread(wall["new"]),
-                          "old/new_wall": _spread([o / n for o, n in zip(wall["old"], wall["new"])]),
-                          "old_cpu_s": _spread(cpu["old"]), "new_cpu_s": _spread(cpu["new"]),
-                          "old/new_cpu": _spread([o / n for o, n in zip(cpu["old"], cpu["new"])])}), flush=True)
+                          "old_wall_s": spread(wall["old"]), "new_wall_s": spread(wall["new"]),
+                          "old/new_wall": spread([o / n for o, n in zip(wall["old"], wall["new"])]),
+                          "old_cpu_s": spread(cpu["old"]), "new_cpu_s": spread(cpu["new"]),
+                          "old/new_cpu": spread([o / n for o, n in zip(cpu["old"], cpu["new"])])}), flush=True)
 
 
 def main(argv=None) -> int:

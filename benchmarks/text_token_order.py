@@ -17,9 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run_context.py (tests load scripts by path)
+from old_and_new import first_photos, spread, timed_run  # noqa: E402
 from run_context import announce  # noqa: E402
 
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -55,10 +53,6 @@ _BOOT = ("import sys\n"
          "    sys.argv.pop(1)\n"
          "from polymodal.cli import main\n"
          "sys.exit(main(sys.argv[1:]))\n")
-
-
-def _spread(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
 def texts_part(captions: list[str], repeats: int) -> None:
@@ -99,24 +93,16 @@ def texts_part(captions: list[str], repeats: int) -> None:
             cpu[name].append(time.process_time() - c)
             wall[name].append(time.perf_counter() - w)
     print(json.dumps({"part": "texts", "model": "lite", "captions": len(captions), "threads": torch.get_num_threads(),
-                      "turns": repeats, "old_cpu_s": _spread(cpu["old"]), "new_cpu_s": _spread(cpu["new"]),
-                      "old/new_cpu": _spread([o / n for o, n in zip(cpu["old"], cpu["new"])]),
-                      "old/new_wall": _spread([o / n for o, n in zip(wall["old"], wall["new"])]),
+                      "turns": repeats, "old_cpu_s": spread(cpu["old"]), "new_cpu_s": spread(cpu["new"]),
+                      "old/new_cpu": spread([o / n for o, n in zip(cpu["old"], cpu["new"])]),
+                      "old/new_wall": spread([o / n for o, n in zip(wall["old"], wall["new"])]),
                       "old_tokens_per_real_token": round(padded["old"], 3),
                       "new_tokens_per_real_token": round(padded["new"], 3),
                       "max_abs_vector_diff": float(np.abs(vectors["old"] - vectors["new"]).max())}), flush=True)
 
 
 def command_part(pairs: Path, images: int, repeats: int) -> None:
-    rows, seen = [], []
-    for line in pairs.read_text().splitlines():
-        row = json.loads(line)
-        row["image"] = str((pairs.parent / row["image"]).resolve())
-        if row["image"] not in seen:
-            if len(seen) == images:
-                continue
-            seen.append(row["image"])
-        rows.append(json.dumps(row))
+    rows, seen = first_photos(pairs, images)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CHECKOUT), os.environ.get("PYTHONPATH", "")])}
     wall, cpu, figures = {"old": [], "new": []}, {"old": [], "new": []}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,23 +111,18 @@ def command_part(pairs: Path, images: int, repeats: int) -> None:
         argv = ["eval", "retrieval", "--pairs", str(subset), "--model", "lite"]
         for turn in range(repeats):
             for path in ("old", "new") if turn % 2 == 0 else ("new", "old"):
-                before = resource.getrusage(resource.RUSAGE_CHILDREN)
-                start = time.perf_counter()
-                done = subprocess.run([sys.executable, "-c", _BOOT, path, str(CHECKOUT / "benchmarks"), *argv],
-                                      env=env, capture_output=True, text=True)
-                wall[path].append(time.perf_counter() - start)
-                after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                cpu[path].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-                if done.returncode != 0:
-                    raise SystemExit(f"eval retrieval ({path}) failed:\n{done.stderr[-2000:]}")
-                figures[path] = json.loads(done.stdout.strip().splitlines()[-1])
+                took, used, out = timed_run(["-c", _BOOT, path, str(CHECKOUT / "benchmarks"), *argv], env,
+                                            f"eval retrieval ({path})")
+                wall[path].append(took)
+                cpu[path].append(used)
+                figures[path] = json.loads(out.strip().splitlines()[-1])
     same = {k: figures["old"][k] for k in figures["old"] if "R@" in k or "median" in k}
     print(json.dumps({"part": "command", "command": "eval retrieval --model lite", "images": len(seen),
-                      "captions": len(rows), "turns": repeats, "old_wall_s": _spread(wall["old"]),
-                      "new_wall_s": _spread(wall["new"]),
-                      "old/new_wall": _spread([o / n for o, n in zip(wall["old"], wall["new"])]),
-                      "old_cpu_s": _spread(cpu["old"]), "new_cpu_s": _spread(cpu["new"]),
-                      "old/new_cpu": _spread([o / n for o, n in zip(cpu["old"], cpu["new"])]),
+                      "captions": len(rows), "turns": repeats, "old_wall_s": spread(wall["old"]),
+                      "new_wall_s": spread(wall["new"]),
+                      "old/new_wall": spread([o / n for o, n in zip(wall["old"], wall["new"])]),
+                      "old_cpu_s": spread(cpu["old"]), "new_cpu_s": spread(cpu["new"]),
+                      "old/new_cpu": spread([o / n for o, n in zip(cpu["old"], cpu["new"])]),
                       "same_figures": all(figures["new"][k] == v for k, v in same.items()), "figures": same}),
           flush=True)
 

@@ -4,10 +4,7 @@ review s48/speed)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +13,6 @@ import torch.nn.functional as F
 
 from polymodal.data.samples import sample_photos
 from polymodal.encoders.efficientnet import LITE0_TRANSFORM, EfficientNetLite0
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -75,18 +70,9 @@ def test_the_tower_on_photos_gives_the_old_copys_features_and_classes(pixels):
 
 
 def test_the_benchmark_compares_both_copies_in_one_run(capsys, tmp_path):
-    threads = torch.get_num_threads()
-    spec = importlib.util.spec_from_file_location("_s48_bench", BENCHMARKS / "fused_tower_rewrites.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        # --heap glibc: the CLI's heap setting would stay on in this test process
-        assert module.main(["--repeats", "1", "--batch", "2", "--heap", "glibc", "--commands", "none"]) == 0
-    finally:
-        sys.modules.pop(spec.name, None)
-        torch.set_num_threads(threads)
-    (tower,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    # --heap glibc: the CLI's heap setting would stay on in this test process
+    (tower,) = _run_benchmark("fused_tower_rewrites", ["--repeats", "1", "--batch", "2", "--heap", "glibc",
+                                                      "--commands", "none"], capsys)
     assert tower["part"] == "tower" and tower["old/new"]["median"] > 0 and tower["max_abs_feature_diff"] < 1e-5
 
 
@@ -164,16 +150,18 @@ def test_the_text_benchmark_compares_both_orders_in_one_run(capsys, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"image": "x.jpg", "caption": MIXED[i % 6] + " ." * (i % 3)}) + "\n"
                              for i in range(40)))
-    threads = torch.get_num_threads()
-    spec = importlib.util.spec_from_file_location("_s48_text_bench", BENCHMARKS / "text_token_order.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        assert module.main(["--pairs", str(pairs), "--repeats", "1", "--captions", "40", "--commands", "none"]) == 0
-    finally:
-        sys.modules.pop(spec.name, None)
-        torch.set_num_threads(threads)
-    (texts,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    (texts,) = _run_benchmark("text_token_order", ["--pairs", pairs, "--repeats", "1", "--captions", "40",
+                                                  "--commands", "none"], capsys)
     assert texts["captions"] == 40 and texts["max_abs_vector_diff"] < 1e-5
     assert texts["new_tokens_per_real_token"] <= texts["old_tokens_per_real_token"]
+
+
+def _run_benchmark(name: str, argv: list, capsys) -> list[dict]:
+    """test_benchmarks_run's run_benchmark, leaving this process's torch threads as they were (scripts set theirs)."""
+    from test_benchmarks_run import run_benchmark
+
+    threads = torch.get_num_threads()
+    try:
+        return run_benchmark(name, argv, capsys)
+    finally:
+        torch.set_num_threads(threads)
