@@ -149,3 +149,12 @@ def test_a_compressed_body_is_refused_by_name(served):
                                                               "body uncompressed"), r.text
         r = c.post("/v1/search", content=body, headers={"content-type": kind, "content-encoding": "identity"})
         assert r.status_code == 200, r.text
+
+
+def test_an_empty_images_list_is_named_as_sent(served):
+    # /v1/caption's field is "images": '{"images": []}' was answered 'no image: send {"image": ...}'
+    c, _ = served
+    r = c.post("/v1/classify", json={"images": [], "labels": ["cat", "dog"]})
+    assert r.status_code == 400 and r.json()["error"].startswith('"images" is empty: send'), r.text
+    r = c.post("/v1/classify", json={"labels": ["cat", "dog"]})
+    assert r.status_code == 400 and r.json()["error"].startswith("no image: send"), r.text

@@ -316,8 +316,10 @@ def create_app(
             if not isinstance(data["images"], list):
                 raise ApiError(400, f'"images" must be a list of base64 strings, got {_json_kind(data["images"])}')
             fields += [(f'"images"[{i}]', x) for i, x in enumerate(data["images"])]
-        if required and not fields:
-            raise ApiError(400, 'no image: send {"image": "<base64 bytes>"} or a multipart file field \'image\'')
+        if required and not fields:  # an empty "images" list is named as what was sent
+            sent = '"images" is empty' if "images" in data else "no image"
+            raise ApiError(400, f'{sent}: send {{"image": "<base64 bytes>"}} or {{"images": [...]}}, or a multipart '
+                                "file field 'image'")
         if len(fields) > s.max_images_per_request:
             raise ApiError(413, f"{len(fields)} images in one request; the limit is {s.max_images_per_request}")
         return [(f"image {i}", _b64(x, where)) for i, (where, x) in enumerate(fields)]
