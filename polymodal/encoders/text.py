@@ -93,7 +93,7 @@ class SentenceEncoder(nn.Module):
         return batch
 
     def token_counts(self, texts: list[str]) -> list[int] | None:
-        """Each text's token count (cut at max_length), or None without a tokenizer.json (see `tower_lengths`)."""
+        """Each text's token count (cut at max_length), or None without a tokenizer.json (see models.interface.token_counts)."""
         return self._fast.counts(list(texts)) if self._fast is not None else None
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

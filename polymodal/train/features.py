@@ -25,7 +25,7 @@ from polymodal.data.pairs import PairSet, open_pair_image
 from polymodal.data.shards import _file_identity, split_tar_ref
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import Unreadable, plural, stopping_at_first_unreadable
-from polymodal.models.interface import length_order, tower_lengths
+from polymodal.models.interface import batch_order
 from polymodal.progress import progress_bar
 from polymodal.train import distributed
 
@@ -256,9 +256,7 @@ def _encode_texts(model, captions: Sequence[str], starts, batch_size: int, by_le
     ``by_length``: the batches are cut from the captions in order of length, as encode_text cuts them: a batch is
     padded to its longest text, and in the captions' own order 128-caption batches of Flickr8k ran ~1.8x their
     tokens (the same features to ~1e-6; benchmarks/train_caching.py)."""
-    tower = getattr(model, "text_tower", None)  # token counts where it has them, else characters
-    lengths = tower_lengths(tower, captions) if by_length else None
-    order = length_order(captions, lengths) if by_length else np.arange(len(captions))
+    order = batch_order(model, captions, by_length)  # by token counts where the tower has them, else characters
     out = None
     for i in starts:
         rows = order[i : i + batch_size]

@@ -34,7 +34,7 @@ from polymodal.models.fusion_encoder import (
     load_fusion_encoder,
 )
 from polymodal.models.inputs import as_parts, as_paths, as_settings
-from polymodal.models.interface import length_order, tower_lengths
+from polymodal.models.interface import batch_order
 from polymodal.models.modes import evaluating
 from polymodal.progress import progress_bar
 from polymodal.train.features import (
@@ -145,9 +145,7 @@ def _question_states(model: FusionEncoder, questions: Sequence[str], batch_size:
     """question_features' arrays, computed. ``by_length``: batches cut in order of length (each is padded to its
     longest question: in the questions' order the COCO yes/no questions ran 1.8x their tokens, in order of length
     1.4x; the same states to ~1e-6, benchmarks/train_caching.py)."""
-    tower = getattr(model, "text_tower", None)  # token counts where it has them, else characters
-    counts = tower_lengths(tower, questions) if by_length else None
-    order = length_order(questions, counts) if by_length else np.arange(len(questions))
+    order = batch_order(model, questions, by_length)  # by token counts where the tower has them, else characters
     chunks, lengths = [], np.zeros(len(questions), np.int64)
     for i in progress_bar(range(0, len(questions), batch_size), desc="caching question tokens", disable=not progress):
         rows = order[i : i + batch_size]
