@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 IMAGE_EXTS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+CAPTION_EXTS = ("txt", "caption", "text")  # a sample's caption file, first found first (else its .json's)
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's split: key up to the first dot of the base name
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
@@ -393,7 +394,7 @@ def _iter_one_shard(shard: Path, read_images: bool, skipped: list | None) -> Ite
                         sample = _make_sample(shard, current, files, skipped, seen)
                         if sample is not None:
                             yield sample
-                        elif not set(files) & set(IMAGE_EXTS) or not set(files) & {"txt", "json", "caption", "text"}:
+                        elif not set(files) & set(IMAGE_EXTS) or not set(files) & {*CAPTION_EXTS, "json"}:
                             incomplete.add(current)
                     if key in incomplete:  # the rest of a sample skipped as lacking it: the tar's order is wrong
                         _members_apart(shard, key, skipped, start)
@@ -492,7 +493,7 @@ def _captions(files: dict, meta: dict) -> list[str]:
     listed = meta.get("captions")
     if isinstance(listed, list) and listed:
         return [c for c in (clean_caption(x) for x in listed if isinstance(x, str)) if c]  # not null, 5
-    for ext in ("txt", "caption", "text"):
+    for ext in CAPTION_EXTS:
         if ext in files:
             return [c for c in (clean_caption(line) for line in files[ext][1].decode("utf-8-sig").splitlines()) if c]
     for name in ("caption", "text"):
