@@ -70,10 +70,13 @@ def _folder_mb(db: Path) -> float:
 
 # -- steps, each run in its own process ------------------------------------------------------------------------
 def step(name: str, db: Path, photos: Path, dim: int, queries: int) -> dict:
-    from polymodal.index import ImageIndex, delta
+    from polymodal.index import ImageIndex, delta, snapshot
 
+    label = name  # the step as printed, peers' suffixes included
     if name.endswith("_whole"):  # the peer: every commit rewrites vectors.faiss
         delta.MERGE_FRACTION, name = 0.0, name.removesuffix("_whole")
+    if name.endswith("_copy"):  # the peer: a removal compacts a copy of the cached index at once
+        snapshot.HIDE_AT_MOST, name = 0, name.removesuffix("_copy")
     index = ImageIndex(db)
     model = RandomVectors(dim)
     q = RandomVectors(dim).encode_text(["q"] * queries)
@@ -127,6 +130,21 @@ def step(name: str, db: Path, photos: Path, dim: int, queries: int) -> dict:
             searches.append(time.perf_counter() - t)
         out["add_median_s"], out["add_max_s"] = round(float(np.median(adds)), 3), round(max(adds), 3)
         out["search_after_add_median_s"] = round(float(np.median(searches)), 4)
+    elif name == "served_removes":  # one process, as `serve`: 10 removals of rows its cached index holds
+        index.search(q[:1], 10)
+        with index._reading() as (con, _):
+            ids = [r[0] for r in con.execute("SELECT id FROM images ORDER BY id LIMIT 10")]
+        removes, searches = [], []
+        for i in ids:
+            t = time.perf_counter()
+            index.remove_ids([i])
+            removes.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for row in q:
+                index.search(row, 10)
+            searches.append((time.perf_counter() - t) / len(q))
+        out["remove_median_s"], out["remove_max_s"] = round(float(np.median(removes)), 3), round(max(removes), 3)
+        out["ms_per_query_k10_after"] = round(float(np.median(searches)) * 1000, 2)
     elif name == "faiss_direct":  # baseline: faiss.read_index + the same queries
         import faiss
 
@@ -156,8 +174,7 @@ def step(name: str, db: Path, photos: Path, dim: int, queries: int) -> dict:
         out["open_s"] = round(t1 - t0, 2)
     else:
         raise SystemExit(f"unknown step {name}")
-    out.update(step=name + ("_whole" if delta.MERGE_FRACTION == 0 else ""), seconds=round(time.perf_counter() - t0, 2),
-               peak_rss_mb=_peak_mb(), base_rss_mb=base)
+    out.update(step=label, seconds=round(time.perf_counter() - t0, 2), peak_rss_mb=_peak_mb(), base_rss_mb=base)
     return out
 
 
@@ -240,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                  "numpy_direct"]
         steps += ([] if args.synthetic else ["rescan"]) + ["first_write", "add_1", "remove_1", "served_adds",
                                                            "search_k10"]
-        steps += ["add_1_whole", "remove_1_whole", "served_adds_whole", "remove_10k"]
+        steps += ["add_1_whole", "remove_1_whole", "served_adds_whole", "served_removes", "served_removes_copy",
+                  "remove_10k"]
         for name in steps:
             line = run_step(name, work, args.dim, args.queries)
             line["vectors_mb"] = vectors_mb

@@ -108,9 +108,11 @@ def test_benchmark_runs(capsys) -> None:
     lines = run_benchmark("index_scale", ["--rows", "20", "--queries", "1"], capsys)
     steps = {line["step"]: line for line in lines}
     assert steps["build_update"]["report"].startswith("added 20,") and steps["info"]["count"] == 20
-    # 20 rows, +1 (first write) +1 -1 +10 with the delta, +1 -1 +10 rewriting the file whole (the peer), all removed
-    assert steps["remove_10k"]["removed"] == 41 and steps["rescan"]["report"].endswith("unchanged 20, skipped 0")
+    # 20 rows, +1 (first write) +1 -1 +10 with the delta, +1 -1 +10 rewriting the file whole (the peer), -10 removed
+    # hidden, -10 by a copy (the peer), the rest removed
+    assert steps["remove_10k"]["removed"] == 21 and steps["rescan"]["report"].endswith("unchanged 20, skipped 0")
     assert steps["served_adds"]["add_median_s"] > 0 and steps["served_adds_whole"]["add_median_s"] > 0
+    assert steps["served_removes"]["remove_median_s"] > 0 and steps["served_removes_copy"]["remove_median_s"] > 0
     assert steps["search_loop_huge_pages"]["ms_per_query_k10"] > 0
     assert all(line["peak_rss_mb"] > 0 for line in lines if "peak_rss_mb" in line)
 

@@ -186,8 +186,8 @@ def test_a_cache_keeps_added_rows_beside_its_faiss_index_and_ranks_them_with_it(
         [h.path for h in fresh.search_text(FakeModel(), "cyan", k=2)]  # k below the rows of either part
     server.remove([photos / "cyan.png"])  # a row beside: it just leaves
     assert server._cache.index is base and len(server._cache.recent_ids) == 2
-    server.remove([photos / "red.png"])  # a row of the FAISS index: compacted in a copy (searches hold the index)
-    assert server._cache.index is not base and len(server._cache.recent_ids) == 2
+    server.remove([photos / "red.png"])  # a row of the FAISS index: hidden from its searches, nothing copied
+    assert server._cache.index is base and len(server._cache.recent_ids) == 2 and len(server._cache.hidden) == 1
     for colour in ("cyan", "red", "white"):
         assert _ranked(server, colour) == _ranked(ImageIndex(index.db), colour)
     assert not {"cyan.png", "red.png"} & {name for name, _ in _ranked(server, "cyan")}

@@ -67,7 +67,7 @@ def test_a_small_index_is_left_as_it_is():
 
 
 def test_an_index_opened_to_search_on_asks_once_for_each_faiss_index(db, lite, tmp_path, monkeypatch):
-    from polymodal.index import store
+    from polymodal.index import delta, snapshot, store
 
     asked, wanted, done = [], [], threading.Event()
 
@@ -78,6 +78,7 @@ def test_an_index_opened_to_search_on_asks_once_for_each_faiss_index(db, lite, t
         return True
 
     monkeypatch.setattr(store, "advise_huge_pages", record)
+    monkeypatch.setattr(delta, "MERGE_FRACTION", 10.0)  # the writer leaves the file: the server catches up
     path = tmp_path / "db"
     shutil.copytree(db, path)
     q = lite.encode_text(["a cat"])
@@ -89,7 +90,10 @@ def test_an_index_opened_to_search_on_asks_once_for_each_faiss_index(db, lite, t
     served.search(q, 3)
     assert len(asked) == 1  # the same vectors: asked once
     gone = first[0][0].id
-    ImageIndex(path).remove_ids([gone])  # another process removes a row the cached index holds
+    ImageIndex(path).remove_ids([gone])  # another process removes a row the cached index holds: hidden, not copied
+    assert gone not in [h.id for h in served.search(q, 3)[0]] and len(asked) == 1
+    monkeypatch.setattr(snapshot, "HIDE_AT_MOST", 0)  # past the limit, one copy compacts them: a new index to move
+    ImageIndex(path).remove_ids([first[0][1].id])
     done.clear()
     assert gone not in [h.id for h in served.search(q, 3)[0]]
     assert done.wait(10) and len(asked) == 2 and asked[1] is served._cache.index and asked[1] is not asked[0]
