@@ -37,6 +37,16 @@ def _load_vqa_model(name: str, runtime: str = "auto"):
     return require_vqa(polymodal.load(name, runtime=runtime), name)
 
 
+def given_choices(args) -> list[str] | None:
+    """--choices as a list (None when not given); one error for a list that names no answer, or one twice."""
+    choices = None if args.choices is None else [c.strip() for c in args.choices.split(",") if c.strip()]
+    if choices == []:  # `--choices ""` (an empty shell variable) would otherwise answer open-ended without a word
+        raise PolymodalError(f"--choices {args.choices!r} names no answer; pass candidates like --choices yes,no, "
+                             "or leave --choices out for an open answer")
+    _check_distinct(choices or [], args.choices)
+    return choices
+
+
 def _check_distinct(choices: list[str], given: str) -> None:
     """One error for a candidate named twice (red,red; red,Red: answers compare so): it was scored once, silently,
     where a QA file row whose choices repeat is skipped with a reason. A typo for another candidate, most likely."""
@@ -55,6 +65,16 @@ def cmd_vqa(args) -> int:
     from polymodal.data.images import check_image_file
     from polymodal.models.inputs import one_question
 
+    if args.qa:
+        from polymodal.cli_vqa_batch import answer_questions_file
+
+        return answer_questions_file(args)
+    if args.out:
+        raise PolymodalError("--out writes the answers of a questions file: pass it with --qa FILE (for one question, "
+                             "--json prints the answer as JSON)")
+    if args.image is None or args.question is None:
+        raise PolymodalError("pass an image and a question (polymodal vqa photo.jpg \"what is this?\"), or a "
+                             "questions file with --qa FILE")
     one_question(args.question)  # an empty question fails here, before the model loads
     if args.top_k < 1:
         raise PolymodalError(f"--top-k must be at least 1, got {args.top_k}")
@@ -64,11 +84,7 @@ def cmd_vqa(args) -> int:
         from polymodal.apps.explain import check_heatmap_path
 
         check_heatmap_path(args.explain, args.image)
-    choices = None if args.choices is None else [c.strip() for c in args.choices.split(",") if c.strip()]
-    if choices == []:  # `--choices ""` (an empty shell variable) would otherwise answer open-ended without a word
-        raise PolymodalError(f"--choices {args.choices!r} names no answer; pass candidates like --choices yes,no, "
-                             "or leave --choices out for an open answer")
-    _check_distinct(choices or [], args.choices)
+    choices = given_choices(args)
     model = _load_vqa_model(args.model, args.runtime)
     if args.explain and not (hasattr(model, "explain") and getattr(model, "draws_heat_maps", True)):  # before answering
         raise PolymodalError(f"--explain needs a model that draws heat maps (explain(): fusion encoders such as "
@@ -148,10 +164,16 @@ def cmd_eval_vqa(args) -> int:
 
 
 def add_parsers(sub, actions: dict) -> None:
-    s = sub.add_parser("vqa", help="answer a question about an image")
-    s.add_argument("image", help="image file")
-    s.add_argument("question", help='e.g. "what color is the shape?"')
-    s.add_argument("--choices", help="comma-separated candidate answers, e.g. yes,no")
+    s = sub.add_parser("vqa", help="answer a question about an image (or every question of a file: --qa)")
+    s.add_argument("image", nargs="?", help="image file")
+    s.add_argument("question", nargs="?", help='e.g. "what color is the shape?"')
+    s.add_argument("--qa", nargs="+", metavar="FILE", help='instead of IMAGE QUESTION: answer every question of '
+                   'these files (rows {"image", "question"}, "answer" not needed; VQA v2 questions files as '
+                   'downloaded, test-dev too), one JSON line each')
+    s.add_argument("--out", metavar="FILE", help="with --qa: write the answers to FILE instead: .jsonl one JSON line "
+                   "each, .json the VQA evaluation server's results file ([{question_id, answer}])")
+    s.add_argument("--choices", help="comma-separated candidate answers, e.g. yes,no (with --qa: for the rows "
+                   "without their own \"choices\")")
     s.add_argument("--model", default="easy-vqa", help="built-in name, fusion-encoder folder or ONNX export "
                    "(default: easy-vqa)")
     s.add_argument("--top-k", type=int, default=3, help="alternatives shown with their scores (default 3)")

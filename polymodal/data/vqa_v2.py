@@ -15,9 +15,11 @@ from pathlib import Path
 from polymodal.errors import PolymodalError
 
 
-def vqa_v2_rows(path: Path, document) -> list | None:
-    """Rows {"image", "question", "answers", "answer", "answer_type"} of a VQA v2 questions document read from
-    ``path`` (a PolymodalError in the list for a question without an annotation), or None for another document."""
+def vqa_v2_rows(path: Path, document, need_answers: bool = True) -> list | None:
+    """Rows {"image", "question", "question_id", "answers", "answer", "answer_type"} of a VQA v2 questions document
+    read from ``path`` (a PolymodalError in the list for a question without an annotation), or None for another
+    document. Without ``need_answers`` (questions to answer: test-dev's have no published answers) the annotations
+    are read only where the file is found, and a question without one is a row without answers."""
     if not _holds(document, "questions", "question_id"):
         if _holds(document, "annotations", "question_id"):
             raise PolymodalError(f"{path} is VQA v2's annotations file; pass its questions file "
@@ -27,7 +29,9 @@ def vqa_v2_rows(path: Path, document) -> list | None:
     # and a photo path made from it was read again from the questions file's folder (every row "not found")
     path = path.absolute()
     split = str(document.get("data_subtype") or "")
-    answers = _annotations(path, split)
+    answers = _annotations(path, split) if need_answers or _annotations_file(path, split)[0] else {}
+    # test-dev's photos are a part of COCO's test2015 (test2015/COCO_test2015_...jpg): there is no test-dev folder
+    split = split.replace("test-dev", "test")
     photos = _photo_folder(path, split)
     rows: list = []
     for q in document["questions"]:
@@ -35,15 +39,17 @@ def vqa_v2_rows(path: Path, document) -> list | None:
             rows.append(PolymodalError(f"a question must be an object, got {q!r:.60}"))
             continue
         a = answers.get(q.get("question_id"))
-        if a is None:
+        if a is None and need_answers:
             rows.append(PolymodalError(f"question_id {q.get('question_id')!r} has no annotation in the annotations "
                                        "file"))
             continue
         image_id = q.get("image_id")
         name = f"COCO_{split}_{image_id:012d}.jpg" if isinstance(image_id, int) else f"{image_id}"
-        rows.append({"image": str(photos / name), "question": q.get("question"),
-                     "answers": [x.get("answer") if isinstance(x, dict) else x for x in a.get("answers") or []],
-                     "answer": a.get("multiple_choice_answer"), "answer_type": a.get("answer_type")})
+        row = {"image": str(photos / name), "question": q.get("question"), "question_id": q.get("question_id")}
+        if a is not None:
+            row.update(answers=[x.get("answer") if isinstance(x, dict) else x for x in a.get("answers") or []],
+                       answer=a.get("multiple_choice_answer"), answer_type=a.get("answer_type"))
+        rows.append(row)
     return rows
 
 
@@ -55,13 +61,14 @@ def _holds(document, key: str, field: str) -> bool:
 def _annotations(path: Path, split: str) -> dict:
     """question_id -> its annotation, from the split's annotations file beside the questions file or in
     ../Annotations (the VQA download's folders)."""
-    name = f"v2_mscoco_{split}_annotations.json"
-    tried = [path.parent / name, path.parent.parent / "Annotations" / name]
-    found = next((p for p in tried if p.is_file()), None)
+    found, tried = _annotations_file(path, split)
+    name = tried[0].name
     if found is None:
         raise PolymodalError(f"{path} is VQA v2's questions of {split or 'a split'}; their answers are in {name}, "
                              f"found neither at {tried[0]} nor at {tried[1]}: put it there (test and test-dev "
-                             "questions have no published answers: they cannot be scored or trained on)")
+                             "questions have no published answers: they cannot be scored or trained on; "
+                             f"`polymodal vqa --qa {path.name} --out results.json` answers them for the VQA "
+                             "evaluation server)")
     try:
         with open(found, encoding="utf-8") as f:
             document = json.load(f)
@@ -70,6 +77,13 @@ def _annotations(path: Path, split: str) -> dict:
     if not _holds(document, "annotations", "question_id"):
         raise PolymodalError(f"{found} holds no VQA v2 annotations; download VQA v2's annotations file again")
     return {a.get("question_id"): a for a in document["annotations"] if isinstance(a, dict)}
+
+
+def _annotations_file(path: Path, split: str) -> tuple[Path | None, list[Path]]:
+    """-> (the split's annotations file, or None; where it was looked for)."""
+    name = f"v2_mscoco_{split}_annotations.json"
+    tried = [path.parent / name, path.parent.parent / "Annotations" / name]
+    return next((p for p in tried if p.is_file()), None), tried
 
 
 def _photo_folder(path: Path, split: str) -> Path:

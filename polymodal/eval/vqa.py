@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -38,6 +39,7 @@ class QARow:
     answer_type: str | None = None
     answers: tuple[str, ...] = ()  # the annotators' answers (VQA v2 soft accuracy), normalised; () = exact match
     choices: tuple[str, ...] = ()  # candidate answers as given (multiple choice); () = open-ended
+    question_id: Any = None  # the row's "question_id" (VQA v2's), kept for answers written for an evaluation server
 
     @property
     def type(self) -> str:
@@ -50,12 +52,13 @@ def answer_type(answer: str) -> str:
     return "yes/no" if comparable_answer(answer) in YES_NO else "other"  # 'Yes!' is scored as yes: typed so too
 
 
-def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
-    """One or several QA JSONL files -> rows (image paths resolved against each file's folder)."""
+def read_qa(source: str | Path | Sequence[str | Path], need_answers: bool = True) -> list[QARow]:
+    """One or several QA JSONL files -> rows (image paths resolved against each file's folder). Without
+    ``need_answers`` (questions to answer, not to score) a row may have no answer: its ``answer`` is ""."""
     if isinstance(source, (list, tuple)):
         rows, repeats, seen = [], [], set()
         for one in source:
-            for row in read_qa(one):
+            for row in read_qa(one, need_answers):
                 (repeats if row in seen else rows).append(row)
                 seen.add(row)
         if repeats:  # the same row in two files (or one file passed twice) would count twice
@@ -68,7 +71,7 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
     resolved: dict[str, Path] = {}  # a row's image as written -> its path: a photo has several questions (VQA v2: 5)
     for where, item, why in iter_json_rows(path, f"pass {QA_FORMAT}",
                                            ("question", "answer", "answers", "choices", "answer_type"), ("image",),
-                                           vqa_v2_rows):
+                                           partial(vqa_v2_rows, need_answers=need_answers)):
         if item is None:
             skipped.append((where, why))
             continue
@@ -80,9 +83,11 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
         if item.get("answer") in (None, "") and annotators:
             item = {**item, "answer": max(annotators, key=annotators.count)}  # the most common, first on a tie
         missing = [k for k in ("image", "question", "answer") if item.get(k) in (None, "")]
-        if missing:
+        if missing and not (missing == ["answer"] and not need_answers):
             skipped.append((where, f"no {', '.join(missing)}"))
             continue
+        if item.get("answer") in (None, ""):  # a question to answer
+            item = {**item, "answer": ""}
         wrong = _wrong_types(item)
         if wrong:
             skipped.append((where, wrong))
@@ -97,7 +102,8 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
             skipped.append((where, missing_image(item["image"], path.parent)))
             continue
         question, answer = " ".join(str(item["question"]).split()), normalize_answer(item["answer"])
-        if not question or not answer:  # blank once spaces (and for answers, punctuation) are tidied
+        if not question or (not answer and (need_answers or item["answer"])):  # blank once spaces (and for
+            # answers, punctuation) are tidied
             skipped.append((where, f"blank {'question' if not question else 'answer'}"))
             continue
         try:
@@ -105,7 +111,8 @@ def read_qa(source: str | Path | Sequence[str | Path]) -> list[QARow]:
         except PolymodalError as exc:
             skipped.append((where, str(exc)))
             continue
-        row = QARow(image, question, answer, item.get("answer_type") or None, annotators, choices)
+        row = QARow(image, question, answer, item.get("answer_type") or None, annotators, choices,
+                    item.get("question_id"))
         if row in repeats:  # it would weigh twice in accuracy and in training, as a repeated caption would
             skipped.append((where, f"repeats {repeats[row]} (the same photo, question and answer)"))
             continue
@@ -155,7 +162,7 @@ def row_choices(value: Any, answer: str) -> tuple[str, ...]:
     seen = unique_choices(list(value))  # numbers as their text (answer_text), as the answer reads them
     if len(seen) < 2:
         raise PolymodalError(f'"choices" needs two or more different candidates, got {value!r:.60}')
-    if comparable_answer(answer) not in seen:
+    if answer and comparable_answer(answer) not in seen:  # (no answer: a question to answer)
         raise PolymodalError(f"the answer {answer!r} is not among its choices ({', '.join(seen.values())})")
     return tuple(seen.values())
 
@@ -214,32 +221,14 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     paths only), so a second evaluation costs no tower pass. ``details``, a list, gets one dict per row: its
     image, question, answer, the predicted answer, the model's confidence in it and the row's score (its
     correctness), or why its image could not be read."""
-    from polymodal.models.fusion_encoder import FusionEncoder
     from polymodal.registry import require_vqa
 
     require_vqa(model)
     rows = as_rows(rows)
     if not rows:
         raise PolymodalError("no rows to evaluate")
-    open_rows = [r for r in rows if not r.choices]
-    mc_rows = [r for r in rows if r.choices]
-    unscorable = unscorable_choices(model, mc_rows, len(open_rows))  # first: errors before any image is read
-    warn_of_answers_outside(model, open_rows)
-    # a row whose choices the model cannot score is still asked (as an open question, its answer then dropped): its
-    # photo may be unreadable, which must count as "unreadable" (and fail --strict), not as a scored wrong row
-    asked = [replace(r, choices=()) if r.choices in unscorable else r for r in rows]
-    if cache and isinstance(model, FusionEncoder) and all(isinstance(r.image, (str, Path)) for r in asked):
-        from polymodal.train.vqa import cached_predictions
-
-        answered = cached_predictions(model, [r.image for r in asked], [r.question for r in asked], progress=progress,
-                                      skip_unreadable=True, choices=[list(r.choices) for r in asked]) if asked else []
-    else:
-        from polymodal.progress import progress_bar
-
-        with progress_bar(total=len(asked), desc="questions", unit="q", disable=not progress) as bar:
-            answered = each_or_error(lambda chunk: _predict_rows(model, chunk), asked, 256, bar)
-    results = [("", 0.0) if r.choices in unscorable and not isinstance(res, str) else res
-               for r, res in zip(rows, answered)]
+    results, unscorable = answer_rows(model, rows, cache, progress,
+                                      lambda: warn_of_answers_outside(model, [r for r in rows if not r.choices]))
     # a row whose image cannot be read is left out (as training does), with one warning; none readable is an error
     kept = readable_results(results, "row")
     if details is not None:
@@ -256,6 +245,34 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
         # rows counted wrong: the model scores none of their choices
         out["multiple_choice_unscorable"] = sum(rows[i].choices in unscorable for i in mc)
     return out
+
+
+def answer_rows(model, rows: list[QARow], cache: bool = True, progress: bool = False, before=None
+                ) -> tuple[list, dict]:
+    """Each row answered -> ([(answer, confidence), or why its photo could not be read (a str)], unscorable_choices).
+    A multiple-choice row whose choices the model can score none of gets ("", 0.0). ``before``: called once the
+    choices are checked and before any image is read (a warning of the caller's). ``cache``: see vqa_accuracy."""
+    from polymodal.models.fusion_encoder import FusionEncoder
+
+    open_rows = [r for r in rows if not r.choices]
+    unscorable = unscorable_choices(model, [r for r in rows if r.choices], len(open_rows))  # errors before images
+    if before is not None:
+        before()
+    # a row whose choices the model cannot score is still asked (as an open question, its answer then dropped): its
+    # photo may be unreadable, which must count as "unreadable" (and fail --strict), not as a scored wrong row
+    asked = [replace(r, choices=()) if r.choices in unscorable else r for r in rows]
+    if cache and isinstance(model, FusionEncoder) and all(isinstance(r.image, (str, Path)) for r in asked):
+        from polymodal.train.vqa import cached_predictions
+
+        answered = cached_predictions(model, [r.image for r in asked], [r.question for r in asked], progress=progress,
+                                      skip_unreadable=True, choices=[list(r.choices) for r in asked]) if asked else []
+    else:
+        from polymodal.progress import progress_bar
+
+        with progress_bar(total=len(asked), desc="questions", unit="q", disable=not progress) as bar:
+            answered = each_or_error(lambda chunk: _predict_rows(model, chunk), asked, 256, bar)
+    return [("", 0.0) if r.choices in unscorable and not isinstance(res, str) else res
+            for r, res in zip(rows, answered)], unscorable
 
 
 def answers_outside(answers: Sequence[str], rows: Sequence[QARow]) -> list[QARow]:
