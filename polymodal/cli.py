@@ -210,14 +210,14 @@ def cmd_search(args) -> int:
     index.check_model(model)
     query = model.encode_image([args.image]) if args.image is not None else model.encode_text([args.query])
     hits = index.search(query, args.k)[0]
-    explained = None
+    explained, shown = None, _first_other(hits, args.image)
     if args.explain and hits:  # why the top match matched: occlusion relevance against the same query vector
         from polymodal.apps.explain import occlusion_heat, save_heatmap
 
-        top = hits[0].path
+        top = hits[shown].path
         if not os.path.exists(top):  # not a file the user passed: say where it went
-            if hits[0].host not in (None, socket.gethostname()):
-                raise PolymodalError(f"--explain needs the top match's image, {top}, which is on {hits[0].host}; "
+            if hits[shown].host not in (None, socket.gethostname()):
+                raise PolymodalError(f"--explain needs the top match's image, {top}, which is on {hits[shown].host}; "
                                      "run the search there, or drop --explain")
             push = " and push the index again" if args.qdrant else ""  # deleted or moved since it was indexed
             raise PolymodalError(f"--explain needs the top match's image, {top}, which is no longer there (moved or "
@@ -228,17 +228,29 @@ def cmd_search(args) -> int:
         rows = [{"rank": i + 1, "path": h.path, "score": round(h.score, 4), **({"host": h.host} if h.host else {})}
                 for i, h in enumerate(hits)]
         if explained:  # on the row it explains, so the output is the same list with or without --explain
-            rows[0]["explain"] = explained
+            rows[shown]["explain"] = explained
         _print_json(rows)
     else:
         here = socket.gethostname()  # a collection fed by several machines: say which one holds the file
         print(_table([(i + 1, f"{h.score:.3f}", h.path if h.host in (None, here) else f"{h.host}:{h.path}")
                       for i, h in enumerate(hits)], ("rank", "score", "path")))
         if explained:
-            print(f"heat map of why rank 1 matched: {explained}")
+            print(f"heat map of why rank {shown + 1} matched: {explained}")
         if not hits:  # a header alone would look like "nothing matched"
             print(f"polymodal: note: {index.where()} holds no images yet; `polymodal index FOLDER --db DB` adds some"
                   + (" and --qdrant URL pushes them" if args.qdrant else ""), file=sys.stderr)
+    return 0
+
+
+def _first_other(hits, image) -> int:
+    """The rank (0-based) --explain maps: the top hit, or with --image an indexed query photo's own file the first
+    hit after it: the photo matched with itself (score 1.0) maps nothing a user asked about."""
+    for i, hit in enumerate(hits if image is not None else []):
+        try:
+            if not os.path.samefile(hit.path, image):
+                return i
+        except OSError:  # gone, or on another machine: not the query's file
+            return i
     return 0
 
 
@@ -319,14 +331,23 @@ def cmd_classify(args) -> int:
 
 
 def _labels(args) -> list[str]:
-    """--labels a,b,c or --labels-from FILE (one label per line: for long lists and labels with commas)."""
+    """--labels a,b,c or --labels-from FILE (one label per line, or a JSON list: for long lists and labels with
+    commas)."""
     if (args.labels is None) == (args.labels_from is None):
         raise PolymodalError("pass either --labels cat,dog,car or --labels-from FILE (one label per line)")
     if args.labels is not None:
         return [x.strip() for x in args.labels.split(",") if x.strip()]
     from polymodal.apps.text_search import read_text_lines
 
-    return read_text_lines(args.labels_from, "labels")[0]
+    labels = read_text_lines(args.labels_from, "labels")[0]
+    if labels[0].startswith("["):  # a JSON list of names, as `eval zeroshot --classes` reads one (it was one label)
+        from polymodal.eval.zeroshot import json_names
+
+        labels = [name.strip() for name in json_names(args.labels_from, "\n".join(labels), "label") if name.strip()]
+        if not labels:
+            raise PolymodalError(f"{args.labels_from} holds no labels; write one label per line, or a JSON list of "
+                                 "names")
+    return labels
 
 
 def cmd_info(args) -> int:
@@ -453,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("classify", help="zero-shot classification of images against labels")
     s.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     s.add_argument("--labels", help="comma-separated, e.g. cat,dog,car")
-    s.add_argument("--labels-from", metavar="FILE", help="a text file with one label per line (a line starting with # is a comment)")
+    s.add_argument("--labels-from", metavar="FILE", help="a text file with one label per line (a line starting "
+                   "with # is a comment), or a JSON list of names")
     s.add_argument("--template", action="append",
                    help="prompt template with {}; repeat for an ensemble (default: 'a photo of a {}.')")
     s.add_argument("--top-k", type=int, default=None, help="labels shown per image (default: all)")

@@ -55,8 +55,9 @@ CONTRASTIVE_HELPS = {
              "crop only (default: %(recipe_default)s)",
     "val_fraction": "share of the photos split off for validation when --val-pairs is not given (default: "
                     "%(recipe_default)s)",
-    "zeroshot_labels": "a JSONL of {\"image\", \"label\"} rows scored zero-shot after each epoch (the early-stopping "
-                       "metric when there are no validation pairs) (default: %(recipe_default)s)",
+    "zeroshot_labels": "a JSONL of {\"image\", \"label\"} rows (or a folder of class folders) scored zero-shot "
+                       "after each epoch (the early-stopping metric when there are no validation pairs) (default: "
+                       "%(recipe_default)s)",
 }
 
 
@@ -399,8 +400,13 @@ def cmd_eval_zeroshot(args) -> int:
     items: list = []
     metrics = zeroshot_accuracy(model, images, labels, templates, progress=True, details=items, classes=classes)
     check_strict(args, 0, metrics["unreadable"])
+    scored = [item for item in items if "rank" in item]  # not the unreadable photos' error items
+    hits: dict = {}  # which class the model misses, as eval vqa's per_type: balanced_top1 says only that one does
+    for item in scored:
+        hits.setdefault(item["label"], []).append(item["rank"] <= 1)
+    metrics |= {"per_class": {c: round(float(np.mean(h)), 4) for c, h in sorted(hits.items())},
+                "per_class_count": {c: len(h) for c, h in sorted(hits.items())}}
     if args.ci:
-        scored = [item for item in items if "rank" in item]  # not the unreadable photos' error items
         ranks, photos = np.array([item["rank"] for item in scored]), [item["image"] for item in scored]
         metrics |= {"top1_ci95": bootstrap_ci(ranks <= 1, photos), "top5_ci95": bootstrap_ci(ranks <= 5, photos),
                     "balanced_top1_ci95": bootstrap_ci(ranks <= 1, photos, by=[item["label"] for item in scored])}
@@ -448,9 +454,11 @@ def add_parsers(sub) -> dict:
     add_precision(s)
     add_item_options(s)
     s.set_defaults(func=cmd_eval_retrieval)
-    s = ev.add_parser("zeroshot", help="zero-shot top-1/top-5 accuracy over a JSONL of {image, label}")
+    s = ev.add_parser("zeroshot", help="zero-shot top-1/top-5 accuracy over a JSONL of {image, label} or class "
+                      "folders")
     s.add_argument("--labels-file", required=True, metavar="FILE",
-                   help="a JSONL file of {\"image\": path relative to the file, \"label\"} rows")
+                   help="a JSONL file of {\"image\": path relative to the file, \"label\"} rows, or a folder "
+                        "with one subfolder of photos per class (ImageNet's layout), named as the class")
     s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
     s.add_argument("--template", action="append",
                    help="prompt template with {}; repeat for an ensemble (default: the mean of 4, see the README)")

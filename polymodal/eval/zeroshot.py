@@ -1,8 +1,10 @@
-"""Zero-shot classification accuracy (top-1/top-5) with prompt ensembles over a JSONL of {"image", "label"}."""
+"""Zero-shot classification accuracy (top-1/top-5) with prompt ensembles over a JSONL of {"image", "label"} or a
+folder of class folders."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -20,9 +22,52 @@ TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a close-up photo of a {}
 
 
 def read_labelled_images(path: str | Path, one_class: bool = False) -> tuple[list[Path], list[str]]:
-    """Images (resolved against the file's folder) and their labels. Unusable rows (bad JSON, no image or label,
-    missing image file) are counted and logged like eval retrieval's and eval vqa's; none left is an error."""
-    path = existing_file(Path(path), "labels file", f"pass {LABELS_FORMAT}")
+    """Images (resolved against the file's folder) and their labels, from a JSONL file or a folder of class
+    folders (class_folders). Unusable rows (bad JSON, no image or label, missing image file) are counted and logged
+    like eval retrieval's and eval vqa's; none left is an error."""
+    if Path(path).is_dir():
+        images, labels = class_folders(Path(path))
+    else:
+        images, labels = _labelled_rows(Path(path))
+    labels = _one_spelling(labels, path)
+    _warn_of_several_labels(images, path)
+    if not one_class:  # one class (and no candidate list): refused before a model loads or a training run starts
+        _classes(labels)
+    return images, labels
+
+
+def class_folders(folder: Path) -> tuple[list[Path], list[str]]:
+    """A labelled set laid out as ImageNet's and torchvision's ImageFolder: one subfolder per class, named as the
+    class, holding its photos. Photos beside the class folders are skipped and counted (they have no class)."""
+    from polymodal.data.images import IMAGE_EXTENSIONS
+
+    def photos(where: Path) -> list[Path]:
+        return sorted(p.resolve() for p in where.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+    images, labels = [], []
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for sub in classes:
+        found = photos(sub)
+        if not found and any(p.is_dir() for p in sub.iterdir()):  # train/dog/1.jpg: "train" is no class
+            raise PolymodalError(f"{sub} holds folders, not photos; pass the folder whose subfolders are the classes "
+                                 f"(e.g. {sub})")
+        images += found
+        labels += [" ".join(sub.name.split())] * len(found)
+    if not images:
+        raise PolymodalError(f"{folder} holds no class folders of photos; pass a folder with one subfolder of photos "
+                             f"per class (named as the class), or {LABELS_FORMAT}")
+    wordnet = [sub.name for sub in classes if re.fullmatch(r"n\d{8}", sub.name)]
+    if wordnet:  # ImageNet's own folders: "a photo of a n01440764." names nothing the text tower knows
+        log.warning("%s: %d class folders are named by WordNet ids (first: %s), so the prompts hold the id, not a "
+                    "class name: rename the folders to class names (tench, goldfish, ...)", folder, len(wordnet),
+                    wordnet[0])
+    report_skipped(folder, [(p, "a photo outside the class folders has no class") for p in photos(folder)],
+                   len(images), "photos", f"pass {LABELS_FORMAT}", "file")
+    return images, labels
+
+
+def _labelled_rows(path: Path) -> tuple[list[Path], list[str]]:
+    path = existing_file(path, "labels file", f"pass {LABELS_FORMAT}, or a folder of class folders")
     images, labels, skipped, repeats = [], [], [], {}
     for where, row, why in iter_json_rows(path, f"pass {LABELS_FORMAT}", ("label",), ("image",)):
         if row is None:
@@ -45,10 +90,6 @@ def read_labelled_images(path: str | Path, one_class: bool = False) -> tuple[lis
             images.append(image)
             labels.append(label)
     report_skipped(path, skipped, len(images), "rows", f"pass {LABELS_FORMAT}")
-    labels = _one_spelling(labels, path)
-    _warn_of_several_labels(images, path)
-    if not one_class:  # one class (and no candidate list): refused before a model loads or a training run starts
-        _classes(labels)
     return images, labels
 
 
@@ -108,14 +149,7 @@ def read_classes(path: str | Path) -> list[str]:
         raise PolymodalError(f"{path} holds JSON objects, not class names; pass one class name per line or a JSON "
                              "list of names (the labelled rows go in --labels-file)")
     if text.lstrip().startswith("["):
-        import json
-
-        try:
-            names = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PolymodalError(f"{path} is not valid JSON ({exc}); pass a JSON list of class names") from exc
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise PolymodalError(f"{path}: a JSON classes file must be a list of names (text)")
+        names = json_names(path, text, "class")
     else:
         names = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     classes = list(spellings(name for name in (" ".join(n.split()) for n in names) if name).values())  # file order
@@ -123,6 +157,19 @@ def read_classes(path: str | Path) -> list[str]:
         raise PolymodalError(f"{path} names {len(classes)} class{'' if len(classes) == 1 else 'es'}; zero-shot ranks "
                              "each image's label among at least two")
     return classes
+
+
+def json_names(path: Path, text: str, what: str) -> list[str]:
+    """The names of a file that is a JSON list (``what``: "class", "label"), or one error saying what it is instead."""
+    import json
+
+    try:
+        names = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PolymodalError(f"{path} is not valid JSON ({exc}); pass a JSON list of {what} names") from exc
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise PolymodalError(f"{path}: a JSON file of {what} names must be a list of names (text)")
+    return names
 
 
 def keep_candidates(images: list, labels: list[str], classes: list[str], source) -> tuple[list, list[str], int]:
