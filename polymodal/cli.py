@@ -565,6 +565,23 @@ def _sigterm_cleans_up():
             signal.signal(signal.SIGTERM, previous)
 
 
+def _refuse_torchrun(args) -> None:
+    """Under torchrun every process runs the command: `train` splits its work (or, for the one-process trainers,
+    refuses with its own line); the other commands would each do all of it (`index` failed on the other process's
+    index lock with "terminated: 0 of N images saved", `eval` printed its figures once per process). LOCAL_RANK too,
+    which torchrun gives each process: a cluster job (Kubernetes' PyTorchJob) sets WORLD_SIZE for the whole
+    container, where a script may run `polymodal eval` after its torchrun."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        world = 1
+    if world > 1 and "LOCAL_RANK" in os.environ and args.command != "train":
+        raise PolymodalError(f"`polymodal {args.command}` runs in one process and does not split its work under "
+                             f"torchrun (each of the {world} processes would do all of it); start it as "
+                             f"`polymodal {args.command} ...`. `train contrastive` is the command that trains "
+                             "across torchrun processes")
+
+
 def _checkpoint_stamp(args) -> tuple | None:
     """A `train` command's RUN/checkpoint.pt as it was when the command began (None: none there). Every checkpoint
     is written to a new file and renamed, so one this command wrote never matches (compared by identity, not by a
@@ -698,6 +715,7 @@ def main(argv=None) -> int:
 
         quiet_pillow_size_warnings()
         args = build_parser().parse_args(argv)
+        _refuse_torchrun(args)
         if args.command != "train":  # training through unfrozen blocks peaked 43% higher (1.8 -> 2.6 GB) with it
             _keep_freed_memory()
         expand_home(args)

@@ -157,9 +157,11 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     set_seed(recipe.train.seed)  # before the heads are initialised: same seed, same run
     with only_splits(recipe.split):
         train_set = read_pair_sources(recipe.pairs)
+    _same_pairs_on_all_ranks(train_set, "--pairs")
     if recipe.val_pairs:
         with only_splits(recipe.val_split, "--val-split"):
             val_set = read_pair_sources(recipe.val_pairs)
+        _same_pairs_on_all_ranks(val_set, "--val-pairs")
         warn_of_shared_photos(train_set.images, val_set.images, "--val-pairs")
     elif recipe.val_fraction > 0:
         train_set, val_set = split_by_image(train_set, recipe.val_fraction, seed=recipe.train.seed)
@@ -269,6 +271,14 @@ def _warn_of_another_global_batch(out: Path, batch: int, world: int) -> None:
         keep = f"; pass --batch-size {was // world} to keep it" if was % world == 0 else ""
         log.warning("the run trained on a global batch of %d (%d process%s x %d); this session's is %d (%d x %d)%s",
                     was, was_world, "" if was_world == 1 else "es", was // was_world, batch * world, world, batch, keep)
+
+
+def _same_pairs_on_all_ranks(pairs: PairSet, flag: str) -> None:
+    """torchrun: every process must read the same pairs (see distributed.same_rows_on_all_ranks). Photos by file
+    name, as validation_record hashes them: machines that mount the data at other paths still train together."""
+    rows = ["\t".join([Path(str(p.image)).name, p.caption, *p.negatives]) for p in pairs.pairs]
+    distributed.same_rows_on_all_ranks(rows, f"{flag} data", "every process must read the same files (torchrun "
+                                       "--nnodes: the same data on every machine, e.g. on storage they share)")
 
 
 def _hard_negatives(model, train_set: PairSet, recipe: ContrastiveRecipe, progress: bool):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import hashlib
 import logging
 import os
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -53,6 +55,21 @@ def same_on_all_ranks(value: int, what: str, fix: str) -> None:
     dist.all_gather_object(values, int(value))
     if len(set(values)) > 1:
         raise PolymodalError(f"the processes disagree on {what} ({values} by rank); {fix}")
+
+
+def same_rows_on_all_ranks(rows: Sequence[str], what: str, fix: str) -> None:
+    """Raise the same PolymodalError on every rank when the ranks read different ``rows`` (their data's lines, in
+    order; a count and a hash are compared). The processes build the feature caches by summing their shares: other
+    data there made gloo abort a process ("Received data size doesn't match expected size"), or, at the same count,
+    mixed one process's photos with another's captions."""
+    if not is_distributed() or world_size() == 1:
+        return
+    seen: list = [None] * world_size()
+    dist.all_gather_object(seen, (len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest()))
+    if len(set(seen)) > 1:
+        counts = [n for n, _ in seen]
+        differ = f"{counts} rows by rank" if len(set(counts)) > 1 else f"{counts[0]} rows each, with other contents"
+        raise PolymodalError(f"the processes read different {what} ({differ}); {fix}")
 
 
 def share_of_batches(n: int, batch_size: int, split: bool = True) -> range:
