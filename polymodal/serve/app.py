@@ -110,13 +110,13 @@ def create_app(
     (easy-vqa, coco-yesno) passed as `model` becomes the VQA model, and the index's own model embeds and searches.
     /v1/caption writes captions with `caption_model` (a captioner passed as `model` serves it the same way).
     Names are loaded with polymodal.load(name, runtime=runtime, **load_options)."""
+    if api_key is not None and not api_key.strip():  # None is "no key"; a blank one is a mistake, not the same
+        raise PolymodalError("the API key (--api-key or $POLYMODAL_API_KEY) is blank, which would turn "
+                             "authentication off; give a non-empty key, or none at all to serve without one")
     if api_key is not None and api_key != api_key.strip():  # "KEY\n" from a secret file: clients can't send it
         log.warning("the API key has whitespace around it (a newline from the file it was read from?), which no "
                     "HTTP client can send in a header: it is used without it")
         api_key = api_key.strip()
-    if api_key is not None and not api_key:  # None is "no key"; a blank one is a mistake, not the same
-        raise PolymodalError("the API key (--api-key or $POLYMODAL_API_KEY) is blank, which would turn "
-                             "authentication off; give a non-empty key, or none at all to serve without one")
     try:
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
