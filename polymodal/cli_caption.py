@@ -144,7 +144,7 @@ def add_parsers(sub, actions: dict) -> None:
     s.set_defaults(func=cmd_caption)
 
     s = actions["train"].add_parser("captioner", help="image captioning model on image-caption pairs")
-    s.add_argument("--pairs", nargs="+", help="JSONL/CSV file, caption folder or tar shards (several allowed)")
+    s.add_argument("--pairs", nargs="+", help="JSONL/CSV/Parquet file, caption folder or tar shards (several allowed)")
     s.add_argument("--val-pairs", nargs="+", help="validation pairs (default: split off --val-fraction by image)")
     s.add_argument("--out", help="run folder: model/, checkpoint.pt, metrics.jsonl")
     s.add_argument("--model", help="'new' (default) or a captioner to continue from (e.g. --model captioner "

@@ -28,7 +28,7 @@ def cmd_train_pretrain(args) -> int:
 def add_parsers(sub, actions: dict) -> None:
     s = actions["train"].add_parser(
         "pretrain", help="pretrain a fusion encoder on image-caption pairs: ITM (hard negatives), MLM, MRM")
-    s.add_argument("--pairs", nargs="+", help="JSONL/CSV file, caption folder or tar shards (several allowed)")
+    s.add_argument("--pairs", nargs="+", help="JSONL/CSV/Parquet file, caption folder or tar shards (several allowed)")
     s.add_argument("--val-pairs", nargs="+", help="validation pairs (default: split off --val-fraction by image)")
     s.add_argument("--out", help="run folder: model/ (fine-tune it with `polymodal train vqa --model RUN/model`), "
                                  "checkpoint.pt, metrics.jsonl")

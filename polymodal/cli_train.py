@@ -431,7 +431,7 @@ def add_parsers(sub) -> dict:
     """Adds train, eval and plot; returns {"train": ..., "eval": ...}, their sub-actions, for other tasks' parsers."""
     train = sub.add_parser("train", help="train or fine-tune on your own data").add_subparsers(dest="task", required=True)
     s = train.add_parser("contrastive", help="CLIP-style dual encoder on image-caption pairs (InfoNCE)")
-    s.add_argument("--pairs", nargs="+", help="JSONL/CSV file, caption folder or tar shards (several allowed)")
+    s.add_argument("--pairs", nargs="+", help="JSONL/CSV/Parquet file, caption folder or tar shards (several allowed)")
     s.add_argument("--val-pairs", nargs="+", help="validation pairs (default: split off --val-fraction by image)")
     s.add_argument("--out", help="run folder: model/, checkpoint.pt, metrics.jsonl, tensorboard/")
     s.add_argument("--model", help="'lite' (default: new heads over the lite towers) or a trained model folder")
@@ -444,7 +444,7 @@ def add_parsers(sub) -> dict:
     ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="task", required=True)
     s = ev.add_parser("retrieval", help="text->image and image->text Recall@1/5/10 and median rank")
     s.add_argument("--pairs", nargs="+", required=True,
-                   help="JSONL/CSV file, caption folder or tar shards (several allowed: evaluated as one set)")
+                   help="JSONL/CSV/Parquet file, caption folder or tar shards (several allowed: evaluated as one set)")
     s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
     s.add_argument("--word-order", action="store_true",
                    help="also: how often each photo's first caption beats 4 scrambled copies of it (order/swap, "

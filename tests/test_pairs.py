@@ -153,7 +153,7 @@ def test_sources_without_pairs_are_errors(data, tmp_path):
     (tmp_path / "void").mkdir()
     cases = {
         "empty.jsonl": "no usable", "allbad.jsonl": "2 skipped", "header.csv": "caption column",
-        "pairs.parquet": "unknown pairs format", "nocap": "no usable", "void": "no images",
+        "pairs.parquet": "not a readable Parquet file", "nocap": "no usable", "void": "no images",
         "missing.jsonl": "not found", "none-*.tar": "no tar shards match",
     }
     for name, message in cases.items():

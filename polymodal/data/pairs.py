@@ -10,7 +10,9 @@
   Kaggle's copies (captions.txt, a CSV), their photos found where those downloads put them (_FLICKR_PHOTOS);
 - a folder of images with same-named .txt captions (`cat.jpg` + `cat.txt`, one caption per non-empty line);
 - tar shards: a .tar file, a folder of them, a glob, or a brace pattern like `shards-{000..009}.tar`
-  (see `polymodal.data.shards`); their images are referenced as "<shard>#<member>" strings.
+  (see `polymodal.data.shards`); their images are referenced as "<shard>#<member>" strings;
+- Parquet as Hugging Face datasets and img2dataset write it, the images inside referenced as "<file>#<row>" (see
+  `polymodal.data.parquet_pairs`; needs pyarrow).
 JSONL rows may carry "negatives" (a text or a list), CSV files a "negatives" column (texts joined by "|") and
 shard samples a "negatives" key in their .json (see `polymodal.data.shards.write_shards`):
 hard-negative captions that describe the row's photo wrongly (NegCLIP; `polymodal train contrastive` uses them).
@@ -49,7 +51,8 @@ NEGATIVE_SEPARATOR = "|"  # several negatives in one CSV cell
 FORMATS = (
     "a JSONL file of {\"image\", \"caption\"} rows (or COCO's or Karpathy's caption JSON), a CSV with "
     "image,caption (or filepath,title) columns (or Flickr8k's or Flickr30k's caption .txt), "
-    "a folder of images with same-named .txt captions, or tar shards (file, folder, glob or {000..009} pattern)"
+    "a folder of images with same-named .txt captions, tar shards (file, folder, glob or {000..009} pattern), "
+    "or Parquet with the images inside (Hugging Face datasets, img2dataset)"
 )
 
 
@@ -109,7 +112,7 @@ ROWS_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv")  # files of pair rows, as 
 
 
 def read_pair_source(source: str | Path | Sequence[str | Path]) -> PairSet:
-    """JSONL, CSV/TSV, caption folder or tar shards -> PairSet (see the module docstring)."""
+    """JSONL, CSV/TSV, Parquet, caption folder or tar shards -> PairSet (see the module docstring)."""
     if isinstance(source, (list, tuple)):
         return _finish(_read_shards(source), source)
     text = str(source)
@@ -143,6 +146,8 @@ def read_pair_source(source: str | Path | Sequence[str | Path]) -> PairSet:
             raise PolymodalError(f"{path} is Parquet, which is not read: img2dataset's .parquet lists the metadata "
                                  f"of the .tar shard beside it; pass the shards (the folder {path.parent}, or a "
                                  "pattern such as '{00000..00009}.tar')")
+        if name.endswith(".parquet"):
+            return _finish(_read_parquet(path), source)
         raise PolymodalError(f"unknown pairs format: {path}; pass {FORMATS}")
     if _shards.looks_like_pattern(text):
         return _finish(_read_shards(text), source)
@@ -244,7 +249,8 @@ def _negative_texts(value: Any) -> list[str]:
 
 
 def _add_row(pairs: list, skipped: list, where: str, image: Any, caption: Any, check: _ImageCheck,
-             negatives: Any = None) -> None:
+             negatives: Any = None, ref: bool = False) -> None:
+    """``ref``: ``image`` names an image inside a file ("<file>#<row>"), not a path to check."""
     if image is None:
         skipped.append((where, f"no image key (one of {', '.join(IMAGE_COLUMNS)})"))
         return
@@ -255,7 +261,7 @@ def _add_row(pairs: list, skipped: list, where: str, image: Any, caption: Any, c
     if not captions:
         skipped.append((where, f"no caption (one of {', '.join(CAPTION_COLUMNS)})"))
         return
-    resolved = check(str(image))
+    resolved = image if ref else check(str(image))
     if resolved is None:
         skipped.append((where, missing_image(image, check.base)))
         return
@@ -266,6 +272,25 @@ def _add_row(pairs: list, skipped: list, where: str, image: Any, caption: Any, c
             skipped.append((where, f"repeats the caption {c!r} of {first}"))
             continue
         pairs.append(Pair(resolved, c, tuple(n for n in wrong if n != c)))
+
+
+def _read_parquet(path: Path) -> tuple[list[Pair], list]:
+    """Hugging Face datasets' and img2dataset's Parquet (data/parquet_pairs.py): images inside the file, or paths."""
+    from polymodal.data.parquet_pairs import rows_of
+
+    pairs, skipped = [], []
+    check = _ImageCheck(path.parent)
+    kind, has_split, rows = rows_of(path)
+    splits = SplitTally(path) if has_split else None  # as a CSV's split column
+    for row, image, caption, split in rows:
+        if splits is not None and not splits.keep(str(split or "").strip()):
+            continue
+        inside = kind != "path"
+        _add_row(pairs, skipped, f"{path}:row {row}", f"{path}#{row}" if inside else image, caption, check,
+                 ref=inside)
+    if splits is not None:
+        splits.finish(False, jq=False)
+    return pairs, skipped
 
 
 def _read_csv(path: Path, base: Path | None = None) -> tuple[list[Pair], list]:

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Iterator
 from polymodal.cache import temp_beside
 from polymodal.data.images import IMAGE_EXTENSIONS, load_image
 from polymodal.data.jsonl import not_unicode
+from polymodal.data.parquet_pairs import is_parquet, read_image_bytes
 from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 
@@ -140,7 +141,7 @@ def split_tar_ref(ref: Any) -> tuple[Path, str] | None:
     if not isinstance(ref, str) or "#" not in ref:
         return None
     for i, c in enumerate(ref):
-        if c == "#" and is_tar(ref[:i]):
+        if c == "#" and (is_tar(ref[:i]) or is_parquet(ref[:i])):  # a Parquet file's row is "<file>#<row>" alike
             return Path(ref[:i]), ref[i + 1 :]
     return None
 
@@ -173,7 +174,9 @@ def _file_identity(path: str | Path) -> tuple | None:
 
 def read_tar_member(shard: str | Path, member: str) -> bytes:
     """Bytes of one member of a tar file (random access; open files cached per process, reopened when the file
-    changed since)."""
+    changed since). A Parquet file's "member" is a row number (parquet_pairs)."""
+    if is_parquet(shard):
+        return read_image_bytes(shard, member)
     key = (os.getpid(), str(shard))  # per process: a forked DataLoader worker must not share a file offset
     identity = _file_identity(shard)
     with _TAR_LOCK:
