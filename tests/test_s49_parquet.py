@@ -1,4 +1,4 @@
-"""`--pairs data.parquet` (stop 49, polymodal/data/parquet_pairs.py): Hugging Face datasets' and img2dataset's
+"""`--pairs data.parquet` (stop 49, polymodal/data/parquet_rows.py): Hugging Face datasets' and img2dataset's
 Parquet read where they are, images inside the file named "<file>#<row>" as a tar shard's are."""
 
 import io
@@ -89,3 +89,23 @@ def test_mistakes_are_one_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # pyarrow not installed
     with pytest.raises(PolymodalError, match=r"reading Parquet needs pyarrow: pip install 'polymodal\[parquet\]'"):
         read_pair_source(tmp_path / "urls.parquet")
+
+
+def test_a_vqa_parquet_scores_as_the_same_rows_as_files(tmp_path, capsys):
+    """Hugging Face's VQAv2 layout: the photo inside, ten annotators' answers as objects, question_id, split."""
+    answers = lambda a: [{"answer": a, "answer_confidence": "yes", "answer_id": k} for k in range(1, 11)]  # noqa: E731
+    rows = [{"question": f"what color is the shape? ({w})", "answers": answers(w), "question_id": 10 + i,
+             "answer_type": "other", "split": "val" if i else "train"} for i, w in enumerate(WORDS)]
+    pq.write_table(pa.table({"image": [{"bytes": _jpeg(c), "path": None} for c in COLOURS],
+                             **{k: [r[k] for r in rows] for k in rows[0]}}), tmp_path / "vqa.parquet", row_group_size=4)
+    for c, w, r in zip(COLOURS, WORDS, rows):
+        (tmp_path / f"{w}.jpg").write_bytes(_jpeg(c))
+        r["image"] = f"{w}.jpg"
+    (tmp_path / "same.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = []
+    for qa in ("vqa.parquet", "same.jsonl"):
+        assert cli.main(["eval", "vqa", "--qa", str(tmp_path / qa), "--split", "val"]) == 0
+        lines.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert lines[0]["questions"] == 5 and lines[0]["accuracy"] == lines[1]["accuracy"]
+    assert cli.main(["vqa", "--qa", str(tmp_path / "vqa.parquet"), "--out", str(tmp_path / "results.json")]) == 0
+    assert [r["question_id"] for r in json.loads((tmp_path / "results.json").read_text())] == [10, 11, 12, 13, 14, 15]

@@ -12,7 +12,7 @@
 - tar shards: a .tar file, a folder of them, a glob, or a brace pattern like `shards-{000..009}.tar`
   (see `polymodal.data.shards`); their images are referenced as "<shard>#<member>" strings;
 - Parquet as Hugging Face datasets and img2dataset write it, the images inside referenced as "<file>#<row>" (see
-  `polymodal.data.parquet_pairs`; needs pyarrow).
+  `polymodal.data.parquet_rows`; needs pyarrow).
 JSONL rows may carry "negatives" (a text or a list), CSV files a "negatives" column (texts joined by "|") and
 shard samples a "negatives" key in their .json (see `polymodal.data.shards.write_shards`):
 hard-negative captions that describe the row's photo wrongly (NegCLIP; `polymodal train contrastive` uses them).
@@ -275,21 +275,15 @@ def _add_row(pairs: list, skipped: list, where: str, image: Any, caption: Any, c
 
 
 def _read_parquet(path: Path) -> tuple[list[Pair], list]:
-    """Hugging Face datasets' and img2dataset's Parquet (data/parquet_pairs.py): images inside the file, or paths."""
-    from polymodal.data.parquet_pairs import rows_of
+    """Hugging Face datasets' and img2dataset's Parquet (data/parquet_rows.py): images inside the file, or paths."""
+    from polymodal.data.parquet_rows import CAPTION_COLUMNS as CAPTIONS, captions_of, read_rows
 
     pairs, skipped = [], []
     check = _ImageCheck(path.parent)
-    kind, has_split, rows = rows_of(path)
-    splits = SplitTally(path) if has_split else None  # as a CSV's split column
-    for row, image, caption, split in rows:
-        if splits is not None and not splits.keep(str(split or "").strip()):
-            continue
-        inside = kind != "path"
-        _add_row(pairs, skipped, f"{path}:row {row}", f"{path}#{row}" if inside else image, caption, check,
-                 ref=inside)
-    if splits is not None:
-        splits.finish(False, jq=False)
+    inside, rows = read_rows(path, CAPTIONS)
+    for where, row in rows:
+        _add_row(pairs, skipped, where, row["image"], captions_of(_pick(row, CAPTIONS)), check,
+                 _pick(row, NEGATIVE_COLUMNS), ref=inside)
     return pairs, skipped
 
 

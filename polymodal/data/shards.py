@@ -33,7 +33,7 @@ from typing import Any, Iterable, Iterator
 from polymodal.cache import temp_beside
 from polymodal.data.images import IMAGE_EXTENSIONS, load_image
 from polymodal.data.jsonl import not_unicode
-from polymodal.data.parquet_pairs import is_parquet, read_image_bytes
+from polymodal.data.parquet_rows import is_parquet, read_image_bytes
 from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 
@@ -174,7 +174,7 @@ def _file_identity(path: str | Path) -> tuple | None:
 
 def read_tar_member(shard: str | Path, member: str) -> bytes:
     """Bytes of one member of a tar file (random access; open files cached per process, reopened when the file
-    changed since). A Parquet file's "member" is a row number (parquet_pairs)."""
+    changed since). A Parquet file's "member" is a row number (parquet_rows)."""
     if is_parquet(shard):
         return read_image_bytes(shard, member)
     key = (os.getpid(), str(shard))  # per process: a forked DataLoader worker must not share a file offset

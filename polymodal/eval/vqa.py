@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from polymodal.data.jsonl import data_file_image, existing_file, iter_json_rows, missing_image, report_skipped
+from polymodal.data.parquet_rows import is_parquet, read_rows
 from polymodal.data.vqa_v2 import vqa_v2_rows
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import (YES_NO, answer_text, comparable_answer, normalize_answer, soft_vqa_score,
@@ -69,9 +70,14 @@ def read_qa(source: str | Path | Sequence[str | Path], need_answers: bool = True
     path = existing_file(Path(source).expanduser(), "QA file", f"pass {QA_FORMAT}")
     rows, skipped, exists, repeats = [], [], {}, {}
     resolved: dict[str, Path] = {}  # a row's image as written -> its path: a photo has several questions (VQA v2: 5)
-    for where, item, why in iter_json_rows(path, f"pass {QA_FORMAT}",
-                                           ("question", "answer", "answers", "choices", "answer_type"), ("image",),
-                                           partial(vqa_v2_rows, need_answers=need_answers)):
+    inside = False  # images inside the file (Parquet): "<file>#<row>", no path to resolve
+    if is_parquet(path):
+        inside, parquet = read_rows(path, ("question",), f"pass {QA_FORMAT}")
+        source = ((where, item, "") for where, item in parquet)
+    else:
+        source = iter_json_rows(path, f"pass {QA_FORMAT}", ("question", "answer", "answers", "choices", "answer_type"),
+                                ("image",), partial(vqa_v2_rows, need_answers=need_answers))
+    for where, item, why in source:
         if item is None:
             skipped.append((where, why))
             continue
@@ -94,10 +100,10 @@ def read_qa(source: str | Path | Sequence[str | Path], need_answers: bool = True
             continue
         written = str(item["image"])
         if written not in resolved:  # resolving each row's path was 40% of reading VQA v2's 214,354 questions
-            resolved[written] = data_file_image(path.parent, written)
+            resolved[written] = written if inside else data_file_image(path.parent, written)
         image = resolved[written]
         if image not in exists:
-            exists[image] = image.is_file()
+            exists[image] = inside or image.is_file()
         if not exists[image]:
             skipped.append((where, missing_image(item["image"], path.parent)))
             continue

@@ -217,7 +217,7 @@ def cached_predictions(model: FusionEncoder, images: Sequence, questions: Sequen
     row_image = np.array([img_index.setdefault(str(Path(i)), len(img_index)) for i in images], dtype=np.int64)
     row_question = np.array([q_index.setdefault(str(q), len(q_index)) for q in questions], dtype=np.int64)
     choices = list(choices) if choices is not None else [None] * len(row_image)
-    paths = [Path(p) for p in img_index]
+    paths = list(img_index)  # as text: a Parquet file's or a shard's "<file>#<row>" is no path (open_pair_image)
     feats = grid_features(model, paths, progress=progress, skip_unreadable=skip_unreadable)
     q_list = list(q_index)
     states, lengths = question_features(model, q_list, progress=progress)

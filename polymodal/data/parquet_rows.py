@@ -1,10 +1,12 @@
-"""Parquet files of image-caption rows, as Hugging Face datasets (the Image feature: a struct of "bytes" and "path")
-and img2dataset's parquet output ("jpg" bytes beside "txt") store them, read where they are: `--pairs data.parquet`.
+"""Parquet files of rows, as Hugging Face datasets (the Image feature: a struct of "bytes" and "path") and
+img2dataset's parquet output ("jpg" bytes beside "txt") store them, read where they are: `--pairs data.parquet`,
+`--qa data.parquet`.
 
 An image inside the file is named "<file>#<row>", as a tar shard's member is "<shard>#<member>", so the feature
 cache, training and evaluation take it as they take a shard's; its bytes are read by row group, the last one kept
 per process (feature caching reads the rows in order). A path column instead of bytes names files relative to the
-parquet file, as a CSV's does. Needs pyarrow (`pip install 'polymodal[parquet]'`), imported only here.
+parquet file, as a CSV's does. A "split" column works as a JSON row's "split" (--split keeps some rows). Needs
+pyarrow (`pip install 'polymodal[parquet]'`), imported only here.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import bisect
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from polymodal.errors import PolymodalError
 
@@ -47,23 +49,21 @@ def _open(path: Path):
         raise PolymodalError(f"{path} is not a readable Parquet file ({exc})") from exc
 
 
-def columns_of(path: Path, schema) -> tuple[str, str, str]:
-    """-> (image column, how it holds the image: "bytes", "struct" or "path", caption column)."""
+def image_column(path: Path, schema) -> tuple[str | None, str]:
+    """-> (the image column or None, how it holds the image: "bytes", "struct" or "path")."""
     import pyarrow as pa
 
     names = {n.lower(): n for n in schema.names}
     image = next((names[c] for c in IMAGE_COLUMNS if c in names), None)
-    caption = next((names[c] for c in CAPTION_COLUMNS if c in names), None)
-    if image is None or caption is None:
-        raise PolymodalError(f"{path}: its columns are {schema.names}; it needs an image column "
-                             f"({', '.join(IMAGE_COLUMNS)}) and a caption column ({', '.join(CAPTION_COLUMNS)})")
+    if image is None:
+        return None, ""
     kind = schema.field(image).type
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        return image, "bytes", caption
+        return image, "bytes"
     if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:  # Hugging Face's Image feature
-        return image, "struct", caption
+        return image, "struct"
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return image, "path", caption
+        return image, "path"
     raise PolymodalError(f"{path}: the column {image!r} holds {kind}, not an image's bytes or its path")
 
 
@@ -77,24 +77,41 @@ def captions_of(value: Any) -> Any:
     return value
 
 
-def rows_of(path: Path) -> tuple[str, bool, Iterator[tuple[int, Any, Any, Any]]]:
-    """-> (how the image column holds images, whether there is a "split" column, the rows: (row number, the image
-    cell of a "path" column else None, the caption cell, the split or None)). The image bytes are not read."""
-    f = _open(path)
-    image, kind, caption = columns_of(path, f.schema_arrow)
-    split = next((n for n in f.schema_arrow.names if n.lower() == "split"), None)
-    wanted = [caption] + ([image] if kind == "path" else []) + ([split] if split else [])
+def read_rows(path: Path, needs: Sequence[str] = (), fix: str = "") -> tuple[bool, Iterator[tuple[str, dict]]]:
+    """-> (whether images are inside the file, its rows as ("file:row N", {column: value} with "image" the image's
+    "<file>#<row>" or its path as written)), the image bytes not read. ``needs``: column names of which the file
+    must have one besides the image column (else one error naming them, ending with ``fix``)."""
+    from polymodal.data.jsonl import SplitTally
 
-    def rows() -> Iterator[tuple[int, Any, Any, Any]]:
-        row = 0
+    f = _open(path)
+    schema = f.schema_arrow
+    image, kind = image_column(path, schema)
+    if image is None or (needs and not {n.lower() for n in schema.names} & set(needs)):
+        raise PolymodalError(f"{path}: its columns are {schema.names}; it needs an image column "
+                             f"({', '.join(IMAGE_COLUMNS)}){' and one of ' + ', '.join(needs) if needs else ''}"
+                             f"{'; ' + fix if fix else ''}")
+    inside = kind != "path"
+    wanted = [n for n in schema.names if n != image or not inside]  # never the images' bytes
+    split = next((n for n in schema.names if n.lower() == "split"), None)
+    splits = SplitTally(path) if split else None  # as a CSV's split column
+
+    def rows() -> Iterator[tuple[str, dict]]:
+        n = 0
         for batch in f.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
             cols = batch.to_pydict()
             for i in range(batch.num_rows):
-                yield (row, cols[image][i] if kind == "path" else None, captions_of(cols[caption][i]),
-                       cols[split][i] if split else None)
-                row += 1
+                row = {k.lower(): v[i] for k, v in cols.items()}
+                if inside:
+                    row["image"] = f"{path}#{n}"
+                elif image.lower() != "image":
+                    row["image"] = row.pop(image.lower())
+                n += 1
+                if splits is None or splits.keep(str(row.get("split") or "").strip()):
+                    yield f"{path}:row {n - 1}", row
+        if splits is not None:
+            splits.finish(False, jq=False)
 
-    return kind, split is not None, rows()
+    return inside, rows()
 
 
 class _Opened:
@@ -102,7 +119,7 @@ class _Opened:
 
     def __init__(self, path: Path, identity: tuple):
         self.file, self.identity = _open(path), identity
-        self.image, self.kind, _ = columns_of(path, self.file.schema_arrow)
+        self.image = image_column(path, self.file.schema_arrow)[0]
         meta = self.file.metadata
         self.starts = [0]
         for g in range(meta.num_row_groups):
