@@ -60,7 +60,7 @@ def answer_questions_file(args) -> int:
     if suffix == ".json":  # the server wants an answer to every question it asked
         unanswered = sum("error" in i for i in items)
         if unanswered:
-            log.warning("%s whose photo could not be read %s the answer \"\" in %s", f"{unanswered:,} questions",
+            log.warning("%s whose photo could not be read %s the answer \"\" in %s", plural(unanswered, "question"),
                         "have" if unanswered > 1 else "has", args.out)
         if skipped[0]:
             log.warning("%s (above) left out of %s: the evaluation server refuses a results file without every "

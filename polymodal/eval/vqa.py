@@ -40,7 +40,8 @@ class QARow:
     answer_type: str | None = None
     answers: tuple[str, ...] = ()  # the annotators' answers (VQA v2 soft accuracy), normalised; () = exact match
     choices: tuple[str, ...] = ()  # candidate answers as given (multiple choice); () = open-ended
-    question_id: Any = None  # the row's "question_id" (VQA v2's), kept for answers written for an evaluation server
+    question_id: Any = None  # the row's "question_id" (VQA v2's) for answers written for an evaluation server (None
+    # in rows read to score or train: see read_qa)
 
     @property
     def type(self) -> str:
@@ -117,8 +118,13 @@ def read_qa(source: str | Path | Sequence[str | Path], need_answers: bool = True
         except PolymodalError as exc:
             skipped.append((where, str(exc)))
             continue
-        row = QARow(image, question, answer, item.get("answer_type") or None, annotators, choices,
-                    item.get("question_id"))
+        # the id names an answer for an evaluation server; rows scored or trained on are compared without it (the
+        # same photo, question and answer twice is a repeat whatever their ids), and an unhashable one broke that
+        question_id = None if need_answers else item.get("question_id")
+        if isinstance(question_id, bool) or not isinstance(question_id, (int, float, str, type(None))):
+            skipped.append((where, f'the "question_id" must be a number or text, got {question_id!r:.60}'))
+            continue
+        row = QARow(image, question, answer, item.get("answer_type") or None, annotators, choices, question_id)
         if row in repeats:  # it would weigh twice in accuracy and in training, as a repeated caption would
             skipped.append((where, f"repeats {repeats[row]} (the same photo, question and answer)"))
             continue
