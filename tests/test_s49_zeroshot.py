@@ -87,3 +87,16 @@ def test_image_search_explains_the_first_match_that_is_not_the_query(capsys, spy
     code, out, _ = run(capsys, "search", "--db", tmp_path / "db", "--image", photos / "red.png", "-k", "1",
                        "--explain", why, "--json")  # only the query itself: it is what there is to map
     assert code == 0 and json.loads(out)[0]["explain"] == str(why)
+
+
+def test_class_folders_count_the_photos_in_their_own_subfolders(tmp_path):
+    """As torchvision's ImageFolder: dog/puppies/1.jpg is a dog (it was left out without a word); hidden folders not."""
+    from PIL import Image
+
+    from polymodal.eval.zeroshot import read_labelled_images
+
+    for where in ("dog/a.jpg", "dog/puppies/b.jpg", "dog/.thumbs/c.jpg", "cat/d.jpg"):
+        (tmp_path / where).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), "red").save(tmp_path / where)
+    images, labels = read_labelled_images(tmp_path)
+    assert sorted(zip(labels, (p.name for p in images))) == [("cat", "d.jpg"), ("dog", "a.jpg"), ("dog", "b.jpg")]

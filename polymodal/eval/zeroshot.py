@@ -38,19 +38,22 @@ def read_labelled_images(path: str | Path, one_class: bool = False) -> tuple[lis
 
 def class_folders(folder: Path) -> tuple[list[Path], list[str]]:
     """A labelled set laid out as ImageNet's and torchvision's ImageFolder: one subfolder per class, named as the
-    class, holding its photos. Photos beside the class folders are skipped and counted (they have no class)."""
+    class, holding its photos (in folders below it too, as ImageFolder reads them). Photos beside the class folders
+    are skipped and counted (they have no class)."""
     from polymodal.data.images import IMAGE_EXTENSIONS
 
-    def photos(where: Path) -> list[Path]:
-        return sorted(p.resolve() for p in where.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    def photos(where: Path, below: bool = False) -> list[Path]:
+        found = where.rglob("*") if below else where.iterdir()
+        return sorted(p.resolve() for p in found if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                      and not any(part.startswith(".") for part in p.relative_to(where).parts))
 
     images, labels = [], []
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     for sub in classes:
-        found = photos(sub)
-        if not found and any(p.is_dir() for p in sub.iterdir()):  # train/dog/1.jpg: "train" is no class
+        if not photos(sub) and any(p.is_dir() for p in sub.iterdir()):  # train/dog/1.jpg: "train" is no class
             raise PolymodalError(f"{sub} holds folders, not photos; pass the folder whose subfolders are the classes "
                                  f"(e.g. {sub})")
+        found = photos(sub, below=True)
         images += found
         labels += [" ".join(sub.name.split())] * len(found)
     if not images:
