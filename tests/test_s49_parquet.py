@@ -109,3 +109,17 @@ def test_a_vqa_parquet_scores_as_the_same_rows_as_files(tmp_path, capsys):
     assert lines[0]["questions"] == 5 and lines[0]["accuracy"] == lines[1]["accuracy"]
     assert cli.main(["vqa", "--qa", str(tmp_path / "vqa.parquet"), "--out", str(tmp_path / "results.json")]) == 0
     assert [r["question_id"] for r in json.loads((tmp_path / "results.json").read_text())] == [10, 11, 12, 13, 14, 15]
+
+
+def test_a_hugging_face_classification_parquet_names_its_classes(tmp_path, capsys):
+    """A ClassLabel column stores numbers; the file's schema metadata names them (cifar10's "img", "label")."""
+    meta = {"info": {"features": {"img": {"_type": "Image"}, "label": {"names": WORDS, "_type": "ClassLabel"}}}}
+    table = pa.table({"img": [{"bytes": _jpeg(c), "path": None} for c in COLOURS], "label": list(range(6))})
+    pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps(meta)}), tmp_path / "test.parquet")
+    from polymodal.eval.zeroshot import read_labelled_images
+
+    images, labels = read_labelled_images(tmp_path / "test.parquet")
+    assert labels == WORDS and images[2] == f"{tmp_path / 'test.parquet'}#2"
+    assert cli.main(["eval", "zeroshot", "--labels-file", str(tmp_path / "test.parquet"), "--model", "lite"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["images"] == 6 and line["unreadable"] == 0 and sorted(line["per_class"]) == sorted(WORDS)

@@ -114,6 +114,20 @@ def read_rows(path: Path, needs: Sequence[str] = (), fix: str = "") -> tuple[boo
     return inside, rows()
 
 
+def class_names(path: Path) -> dict[str, list[str]]:
+    """{column (lower case): its class names} of the ClassLabel columns Hugging Face datasets records in the file's
+    schema metadata, so that a label stored as 3 reads as "cat"; {} when it records none."""
+    import json
+
+    meta = (_open(path).schema_arrow.metadata or {}).get(b"huggingface")
+    try:
+        features = json.loads(meta)["info"]["features"] if meta else {}
+        return {k.lower(): list(v["names"]) for k, v in features.items()
+                if isinstance(v, dict) and v.get("_type") == "ClassLabel" and isinstance(v.get("names"), list)}
+    except (ValueError, KeyError, TypeError):  # metadata of another shape: labels read as stored
+        return {}
+
+
 class _Opened:
     """One process's open file: row group starts, and the image column of the row group read last."""
 

@@ -116,10 +116,13 @@ def encode_readable(model, images: list, source: str = "", batch_size: int = 32,
     from polymodal.models.inputs import as_images, each_or_error, readable_results
     from polymodal.progress import progress_bar
 
+    from polymodal.data.shards import split_tar_ref
+
     images = as_images(images)
     with progress_bar(total=len(images), desc="embedding", unit="img", disable=not progress) as bar:
         def encode(chunk: list) -> np.ndarray:
-            out = model.encode_image(chunk)
+            # an image inside a shard or a Parquet file ("<file>#<row>") as its bytes, read a batch at a time
+            out = model.encode_image([_shard_image(x) if split_tar_ref(x) is not None else x for x in chunk])
             bar.update(len(chunk))  # a batch retried photo by photo (one unreadable) counts once, when it succeeds
             return out
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from polymodal.apps.zeroshot import same_label
 from polymodal.data.jsonl import data_file_image, existing_file, iter_json_rows, missing_image, report_skipped
+from polymodal.data.parquet_rows import class_names, is_parquet, read_rows
 from polymodal.errors import PolymodalError
 from polymodal.registry import require_embedding
 
@@ -72,7 +73,13 @@ def class_folders(folder: Path) -> tuple[list[Path], list[str]]:
 def _labelled_rows(path: Path) -> tuple[list[Path], list[str]]:
     path = existing_file(path, "labels file", f"pass {LABELS_FORMAT}, or a folder of class folders")
     images, labels, skipped, repeats = [], [], [], {}
-    for where, row, why in iter_json_rows(path, f"pass {LABELS_FORMAT}", ("label",), ("image",)):
+    inside = False  # images inside the file (Parquet): "<file>#<row>", no path to resolve
+    if is_parquet(path):
+        inside, rows = read_rows(path, LABEL_COLUMNS, f"pass {LABELS_FORMAT}")
+        source = ((where, _named_label(row, class_names(path)), "") for where, row in rows)
+    else:
+        source = iter_json_rows(path, f"pass {LABELS_FORMAT}", ("label",), ("image",))
+    for where, row, why in source:
         if row is None:
             skipped.append((where, why))
         elif row.get("image") in (None, "") or row.get("label") in (None, ""):
@@ -81,9 +88,10 @@ def _labelled_rows(path: Path) -> tuple[list[Path], list[str]]:
             # str() would make ["a", "b"] the class "['a', 'b']" and 0 the prompt "a photo of a 0."
             skipped.append((where, f"the label must be a class name (text), got {row['label']!r:.60}; top-1 ranks "
                                    "one label per photo: give its main class"))
-        elif not (image := data_file_image(path.parent, row["image"])).is_file():
+        elif not inside and not (image := data_file_image(path.parent, row["image"])).is_file():
             skipped.append((where, missing_image(row["image"], path.parent)))
         else:
+            image = row["image"] if inside else image
             label = " ".join(row["label"].split())
             key = (image, same_label(label))  # "horse " and "horse" are one class
             if key in repeats:  # a repeated row would count twice in the accuracy
@@ -94,6 +102,19 @@ def _labelled_rows(path: Path) -> tuple[list[Path], list[str]]:
             labels.append(label)
     report_skipped(path, skipped, len(images), "rows", f"pass {LABELS_FORMAT}")
     return images, labels
+
+
+LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "category")  # a Parquet file's (Hugging Face's names)
+
+
+def _named_label(row: dict, names: dict[str, list[str]]) -> dict:
+    """A Parquet row with its label as "label": the first label column's value, a Hugging Face ClassLabel's number
+    read as its class name."""
+    column = next(c for c in LABEL_COLUMNS if c in row)
+    value = row[column]
+    if column in names and isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(names[column]):
+        value = names[column][value]
+    return {**row, "label": value}
 
 
 def _warn_of_several_labels(images: list, source) -> None:
