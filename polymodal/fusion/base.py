@@ -58,6 +58,11 @@ class FusionOutput:
     decisions: Tensor | None = None
 
 
+# a pytree node, so that torch.export (and the ONNX exporter built on it) takes a fusion module as it is, not
+# only a wrapper returning its tensors ("not a known type" before)
+torch.export.register_dataclass(FusionOutput, serialized_type_name="polymodal.fusion.FusionOutput")
+
+
 def decision_level(head, out: "FusionOutput") -> Tensor:
     """``head`` over a fusion's output: over each modality's decision, outputs averaged with the modality weights,
     when the fusion gives decisions (late fusion); else over ``pooled``. A nonlinear head over the averaged
@@ -76,10 +81,14 @@ def _padding_mask(m, i: int, fusion: str) -> Tensor:
         except (TypeError, ValueError, RuntimeError):
             raise PolymodalError(f"{fusion} fusion: mask {i} must be a [B, T] tensor (True = real token), got "
                                  f"{type(m).__name__}") from None
-    if m.is_floating_point() and _vmapped(m):  # vmap cannot read values: the 0/1 check below would fail inside it
+    if not m.is_floating_point() or _tracing():
+        # the 0/1 check reads values, a branch torch.export and compile(fullgraph=True) refused on a 0/1 float mask
+        # (a plain compile broke its graph here): eager calls check, as for the inverted-mask check
+        return m
+    if _vmapped(m):  # vmap cannot read values: the 0/1 check below would fail inside it
         raise PolymodalError(f"{fusion} fusion: mask {i} is a float mask under torch.func.vmap, where its values cannot "
                              "be checked for 0 and 1; pass a bool mask (True = real token), e.g. mask.bool()")
-    if m.is_floating_point() and not bool(((m == 0) | (m == 1)).all()):
+    if not bool(((m == 0) | (m == 1)).all()):
         raise PolymodalError(f"{fusion} fusion: mask {i} holds values other than 0 and 1 (an additive attention "
                              "mask, 0 / -inf?); pass a bool mask with True for real tokens, e.g. mask == 0")
     return m

@@ -31,6 +31,8 @@ class BilinearFusion(FusionModule):
         super().__init__(dims, out_dim)
         if not isinstance(factors, int) or factors <= 0:
             raise PolymodalError(f"bilinear fusion: factors must be a positive int, got {factors!r}")
+        if not isinstance(normalize, bool):  # a JSON "false" is a true string: it normalised, silently
+            raise PolymodalError(f"bilinear fusion: normalize must be true or false, got {normalize!r}")
         self.factors = factors
         self.normalize = normalize
         self.u = nn.Linear(self.dims[0], out_dim * factors)
