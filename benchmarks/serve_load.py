@@ -12,6 +12,12 @@ The client runs on the same machine as the server and takes CPU from it; compare
 not with benchmarks/embed_throughput.py. `--runtime torch,torch-bf16,onnx` (the default) measures PyTorch fp32,
 PyTorch with `--precision bf16`, and onnxruntime in one run; the ONNX runtime serves the export of --model
 (`polymodal export onnx`, made into a temporary folder unless --onnx-dir).
+
+Every configuration's server runs from the start, and the loads take turns between them: `--repeat 3` measures each
+(kind, concurrency) three times, the configurations in a rotated order each round, and the ratio lines give the
+median of the rounds' ratios (and their range), so a busy spell on a shared machine lands on one round's turn, not
+on one configuration. `--kinds search` sends text searches (/v1/search), `--image DIR` cycles through the photos of
+a folder instead of one photo.
 """
 
 import argparse
@@ -100,17 +106,25 @@ def _last_line(path: Path) -> str:
 TEXT = "a brown dog runs along the beach next to the water"
 
 
+KINDS = ("image", "text", "search")
+BATCH_KIND = {"image": "image", "text": "text", "search": "text"}  # the batcher's kind each request kind runs as
+
+
 def _request_bytes(kind: str, image: bytes, port: int) -> bytes:
     """One complete HTTP/1.1 request, built once: the load client only writes bytes and reads replies, so it takes
     as little CPU as possible from the server it shares the machine with (httpx spent ~2 ms per request here)."""
-    if kind == "text":
+    path = "/v1/search" if kind == "search" else "/v1/embed"
+    if kind == "search":
+        body, ctype = json.dumps({"text": TEXT, "k": 10}).encode(), "application/json"
+    elif kind == "text":
         body, ctype = json.dumps({"texts": [TEXT]}).encode(), "application/json"
     else:
         b = "polymodal-bench-boundary"
         body = (f'--{b}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
                 f"Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{b}--\r\n".encode()
         ctype = f"multipart/form-data; boundary={b}"
-    head = f"POST /v1/embed HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode() + body
 
 
@@ -124,9 +138,10 @@ async def _exchange(reader, writer, request: bytes) -> int:
     return int(head.split(b" ", 2)[1])
 
 
-async def _load(url: str, image: bytes, concurrency: int, requests: int, time_limit: float, kind: str = "image") -> dict:
+async def _load(url: str, images: list[bytes], concurrency: int, requests: int, time_limit: float,
+                kind: str = "image") -> dict:
     host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
-    request = _request_bytes(kind, image, int(port))
+    built = [_request_bytes(kind, image, int(port)) for image in (images if kind == "image" else images[:1])]
     latencies: list[float] = []
     errors = 0
     issued = 0
@@ -136,6 +151,7 @@ async def _load(url: str, image: bytes, concurrency: int, requests: int, time_li
         nonlocal issued, errors
         conn = None
         while issued < requests and time.monotonic() < deadline:
+            request = built[issued % len(built)]
             issued += 1
             t0 = time.perf_counter()
             try:
@@ -182,8 +198,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lite")
     ap.add_argument("--db", help="an existing index (default: the sample gallery, indexed into a temporary folder)")
-    ap.add_argument("--kinds", default="image,text", help="what the requests embed: image, text or both")
-    ap.add_argument("--image", help="query image file (default: the sample gallery's coffee.jpg)")
+    ap.add_argument("--kinds", default="image,text", help="what the requests do: image, text (embed) or search "
+                    "(a text search), comma-separated")
+    ap.add_argument("--image", help="query image file, or a folder whose photos (the first 64) the image requests "
+                    "cycle through (default: the sample gallery's coffee.jpg)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds; the configurations take turns in each")
     ap.add_argument("--concurrency", type=counts, default=[1, 8, 32], help="concurrent clients, e.g. 1,8,32")
     ap.add_argument("--requests", type=int, default=320, help="requests per concurrency level")
     ap.add_argument("--time-limit", type=float, default=60.0, help="seconds per concurrency level, at most")
@@ -211,6 +230,11 @@ def _run(args) -> int:
     runtimes = [r for r in args.runtime.split(",") if r]
     if not runtimes or set(runtimes) - set(RUNTIMES):
         raise UsageError(f"--runtime takes a comma-separated subset of {', '.join(RUNTIMES)}")
+    kinds = [k for k in args.kinds.split(",") if k]
+    if not kinds or set(kinds) - set(KINDS):
+        raise UsageError(f"--kinds takes a comma-separated subset of {', '.join(KINDS)}")
+    if args.repeat < 1:
+        raise UsageError(f"--repeat must be at least 1, got {args.repeat}")
     runtimes = runnable(runtimes, "serve_load")
     if not runtimes:
         raise UsageError("none of --runtime runs on this CPU; add torch or onnx")
@@ -221,27 +245,63 @@ def _run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         work = Path(tmp)
         db = Path(args.db) if args.db else _gallery_db(args.model, work)
-        image = Path(args.image).read_bytes() if args.image else _default_image(work)
-        qps: dict[tuple[str, bool, int], float] = {}
+        images = _images(args.image, work)
+        qps: dict[tuple, float] = {}  # (runtime, batching, concurrency, kind, round) -> QPS
+        servers: dict[tuple[str, bool], Server] = {}
         with open(work / "server.log", "ab") as log:
+            try:
+                for runtime in runtimes:
+                    model = args.model
+                    if runtime == "onnx":
+                        model = args.onnx_dir or _export(args.model, work / "onnx", log)
+                    for batching in (True, False):
+                        servers[(runtime, batching)] = Server(args, db, batching, log, runtime, model)
+                for server in servers.values():
+                    _warm_up(server, args.start_timeout, images[0])
+                configs = list(servers)
+                for rnd in range(args.repeat):
+                    for kind in kinds:
+                        for c in levels:
+                            turn = rnd % len(configs)  # each round starts at another configuration
+                            for runtime, batching in configs[turn:] + configs[:turn]:
+                                _measure(args, servers[(runtime, batching)], images, c, kind, runtime, batching,
+                                         rnd, qps)
+            finally:
+                for server in servers.values():
+                    server.stop()
+    for kind in kinds:
+        for c in levels:
             for runtime in runtimes:
-                model = args.model
-                if runtime == "onnx":
-                    model = args.onnx_dir or _export(args.model, work / "onnx", log)
-                for batching in (True, False):
-                    _measure(args, db, image, levels, runtime, model, batching, log, qps)
-    top = max(levels)
-    for kind in args.kinds.split(","):
-        for runtime in runtimes:
-            on, off = qps.get((runtime, True, top, kind)), qps.get((runtime, False, top, kind))
-            print(json.dumps({"bench": "serve_load", "runtime": runtime, "kind": kind, "ratio": "qps_batching/qps_no_batching",
-                              "concurrency": top, "value": round(on / off, 2) if on and off else None,
-                              "cpus": os.cpu_count()}))
-        for runtime in (r for r in runtimes if r != "torch" and "torch" in runtimes):
-            on, off = qps.get((runtime, True, top, kind)), qps.get(("torch", True, top, kind))
-            print(json.dumps({"bench": "serve_load", "kind": kind, "ratio": f"qps_{runtime}/qps_torch (batching on)",
-                              "concurrency": top, "value": round(on / off, 2) if on and off else None}))
+                _ratio(qps, kind, c, "qps_batching/qps_no_batching", (runtime, True), (runtime, False),
+                       runtime=runtime, cpus=os.cpu_count())
+            for runtime in (r for r in runtimes if r != "torch" and "torch" in runtimes):
+                _ratio(qps, kind, c, f"qps_{runtime}/qps_torch (batching on)", (runtime, True), ("torch", True))
     return 0
+
+
+def _ratio(qps: dict, kind: str, c: int, name: str, top: tuple, bottom: tuple, **extra) -> None:
+    """One JSON line: the median over rounds of QPS(top) / QPS(bottom), each round's pair measured back to back."""
+    rounds = sorted({key[4] for key in qps})
+    values = [qps[(*top, c, kind, r)] / qps[(*bottom, c, kind, r)] for r in rounds
+              if qps.get((*top, c, kind, r)) and qps.get((*bottom, c, kind, r))]
+    print(json.dumps({"bench": "serve_load", **{k: v for k, v in extra.items() if k == "runtime"}, "kind": kind,
+                      "ratio": name, "concurrency": c,
+                      "value": round(float(np.median(values)), 2) if values else None,
+                      "range": [round(min(values), 2), round(max(values), 2)] if values else None,
+                      "rounds": len(values), **{k: v for k, v in extra.items() if k != "runtime"}}))
+
+
+def _images(image: str | None, work: Path) -> list[bytes]:
+    """The bytes of the query photos: --image's file, the first 64 photos of its folder, or the default photo."""
+    if image is None:
+        return [_default_image(work)]
+    path = Path(image)
+    if not path.is_dir():
+        return [path.read_bytes()]
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:64]
+    if not files:
+        raise UsageError(f"no .jpg or .png photos in --image {image}")
+    return [p.read_bytes() for p in files]
 
 
 def _export(model: str, out: Path, log) -> str:
@@ -251,29 +311,30 @@ def _export(model: str, out: Path, log) -> str:
     return str(out)
 
 
-def _measure(args, db, image, levels, runtime, model, batching, log, qps) -> None:
+def _warm_up(server: Server, timeout: float, image: bytes) -> None:
     import httpx
 
-    server = Server(args, db, batching, log, runtime, model)
-    try:
-        server.wait_ready(args.start_timeout)
-        for _ in range(4):  # warm-up: first calls allocate and fill caches
-            httpx.post(server.url + "/v1/embed", files={"image": ("q.jpg", image, "image/jpeg")}, timeout=60)
-        for kind in args.kinds.split(","):
-            for c in levels:
-                before = _batch_stats(httpx.get(server.url + "/metrics").text, kind)
-                result = asyncio.run(_load(server.url, image, c, args.requests, args.time_limit, kind))
-                after = _batch_stats(httpx.get(server.url + "/metrics").text, kind)
-                passes = after[1] - before[1]
-                mean_batch = round((after[0] - before[0]) / passes, 2) if passes else None
-                qps[(runtime, batching, c, kind)] = result["qps"]
-                line = {"bench": "serve_load", "runtime": runtime, "kind": kind, "model": args.model,
-                        "threads": args.threads, "batching": batching, "concurrency": c, **result,
-                        "mean_batch": mean_batch}
-                print(json.dumps(line))
-                sys.stdout.flush()
-    finally:
-        server.stop()
+    server.wait_ready(timeout)
+    for _ in range(4):  # warm-up: first calls allocate and fill caches
+        httpx.post(server.url + "/v1/embed", files={"image": ("q.jpg", image, "image/jpeg")}, timeout=60)
+    httpx.post(server.url + "/v1/search", json={"text": TEXT, "k": 10}, timeout=60)
+
+
+def _measure(args, server: Server, images, c: int, kind: str, runtime: str, batching: bool, rnd: int, qps) -> None:
+    import httpx
+
+    if server.proc.poll() is not None:
+        raise SystemExit(f"server exited with code {server.proc.returncode}: {_last_line(server.log)}")
+    before = _batch_stats(httpx.get(server.url + "/metrics").text, BATCH_KIND[kind])
+    result = asyncio.run(_load(server.url, images, c, args.requests, args.time_limit, kind))
+    after = _batch_stats(httpx.get(server.url + "/metrics").text, BATCH_KIND[kind])
+    passes = after[1] - before[1]
+    mean_batch = round((after[0] - before[0]) / passes, 2) if passes else None
+    qps[(runtime, batching, c, kind, rnd)] = result["qps"]
+    line = {"bench": "serve_load", "runtime": runtime, "kind": kind, "model": args.model, "threads": args.threads,
+            "batching": batching, "concurrency": c, "round": rnd, **result, "mean_batch": mean_batch}
+    print(json.dumps(line))
+    sys.stdout.flush()
 
 
 def _default_image(work: Path) -> bytes:

@@ -271,14 +271,17 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
 
     combined = _r5(retrieval_metrics(embeddings["image"], embeddings["text"], val.caption_image))
     drop = _drop(reference, combined)
+    why = {}  # tower -> why its kept variants do not serve, when not "a faster kept variant serves"
     if drop > max_drop_points and "fp32" not in (chosen["image"][1], chosen["text"][1]):
         # each variant passed alone but not together: serve the text tower in fp32 (the image tower is the cost)
+        why["text"] = (f"with the image graph's {chosen['image'][1]} R@5 dropped {drop:.1f} points (over the "
+                       f"{max_drop_points:g}-point limit): fp32 serves")
         chosen["text"] = ("text.fp32.onnx", "fp32", 0.0)
         combined = _r5(retrieval_metrics(embeddings["image"], ref["text"], val.caption_image))
         drop = _drop(reference, combined)
     for row in rows:
         if row["status"] == "kept" and chosen[row["tower"]][0] != row["file"]:
-            V.mark_not_served(row)
+            V.mark_not_served(row, why.get(row["tower"]))
     config = {"type": "onnx_embedding", "name": model.name, "version": model.version, "dim": int(model.dim),
               "logit_scale": float(model.logit_scale), "transform": model.transform.to_dict(),
               "image": {"file": chosen["image"][0], "variant": chosen["image"][1]},

@@ -113,16 +113,40 @@ def onnx_session(path: Path, threads: int | None = None, inputs: set[str] | None
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...) for a bad file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        if type(exc).__name__ == "NotImplemented":  # a sound graph with an operator this build has no kernel for
+        newer = _newer_format(str(exc))
+        if type(exc).__name__ == "NotImplemented" or newer:  # a sound graph with an operator this build has no
+            # kernel for, or stamped with an IR version or opset it does not know (a newer exporter made it)
             raise PolymodalError(
-                f"{path} cannot run on this onnxruntime ({ort.__version__}): {first}. Install a newer onnxruntime "
-                f"(pip install -U onnxruntime), or export the model again here (`polymodal export onnx MODEL --out "
-                f"{path.parent}`): the export keeps only the variants this onnxruntime runs") from exc
+                f"{path} cannot run on this onnxruntime ({ort.__version__}): {newer or first}"
+                f"{_made_with(path.parent, ort.__version__)}. Install a newer onnxruntime (pip install -U "
+                f"onnxruntime), or export the model again here (`polymodal export onnx MODEL --out {path.parent}`): "
+                "the export keeps only the variants this onnxruntime runs") from exc
         raise damaged_export(path.parent, f"{path.name} cannot be loaded: {first}") from exc
     missing = (inputs or set()) - {i.name for i in session.get_inputs()}
     if missing:
         raise damaged_export(path.parent, f"{path.name} is not the graph expected there (no input {sorted(missing)})")
     return session
+
+
+def _newer_format(error: str) -> str | None:
+    """onnxruntime's reason for refusing a graph newer than it knows, in a few words (its message starts with a C++
+    signature that hid the reason within the first 200 characters), or None for any other error."""
+    import re
+
+    if m := re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", error):
+        return f"the graph's IR version is {m[1]}, this onnxruntime reads up to {m[2]}"
+    if m := re.search(r"Opset (\d+) is under development.*?is till opset (\d+)", error, re.S):
+        return f"the graph uses opset {m[1]}, this onnxruntime knows up to {m[2]}"
+    return None
+
+
+def _made_with(folder: Path, here: str) -> str:
+    """" (it was exported with onnxruntime X)", from its report.json's made_with, when that names another version."""
+    try:
+        made = json.loads((folder / "report.json").read_text())["made_with"]["onnxruntime"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f" (it was exported with onnxruntime {made})" if made != here else ""
 
 
 # what every export polymodal wrote holds in its transform (crop_box came later: older exports lack it)

@@ -95,9 +95,10 @@ def check_variant_list(variants) -> None:
         raise PolymodalError(f"variants must be a list of names, e.g. [{variants!r}], got the string {variants!r}")
 
 
-def mark_not_served(row: dict) -> None:
-    """A try the gate kept while a faster kept variant serves its graph: say so in the report."""
-    row["status"], row["reason"] = "kept (not served)", row["reason"] + "; a faster kept variant serves"
+def mark_not_served(row: dict, why: str | None = None) -> None:
+    """A try the gate kept that does not serve its graph (a faster kept variant does, unless ``why`` says otherwise):
+    say so in the report."""
+    row["status"], row["reason"] = "kept (not served)", f"{row['reason']}; {why or 'a faster kept variant serves'}"
 
 
 def failure_reason(exc: BaseException) -> str:
