@@ -57,3 +57,12 @@ def test_a_served_removal_copies_nothing_until_the_hidden_ids_pile_up(built, mon
     server.remove([photos / "white.png"])  # a third: past HIDE_AT_MOST, one copy compacts all three
     assert copies == [1] and server._cache.index is not base and len(server._cache.hidden) == 0
     assert server._cache.index.ntotal == 3 and base.ntotal == 6  # the index searches held is never changed
+
+
+def test_the_hidden_ids_benchmark_runs(capsys) -> None:
+    from test_benchmarks_run import run_benchmark
+
+    lines = run_benchmark("index_hidden_ids", ["--rows", 2000, "--dim", 8, "--queries", 2, "--turns", 2], capsys)
+    assert sorted((line["hidden"], line["k"]) for line in lines) == [(h, k) for h in (0, 10, 100, 1024)
+                                                                      for k in (10, 1000)]
+    assert all(line["ms_per_query"] > 0 and len(line["turns"]) == 2 for line in lines)
