@@ -25,8 +25,10 @@ PAGE = r"""<!doctype html>
   header h1 { font-size: 18px; margin: 0; }
   header .meta { color: var(--muted); font-size: 13px; }
   main { max-width: 1100px; margin: 0 auto; padding: 20px 24px 40px; }
-  form { display: flex; gap: 8px; margin: 0; }
-  input[type=search], input[type=text], input[type=password] { flex: 1; padding: 9px 12px; border: 1px solid var(--line); border-radius: 8px; font: inherit; }
+  /* wrap: on a 375 px phone the Search, Ask and Caption buttons sat beyond the screen's edge */
+  form { display: flex; flex-wrap: wrap; gap: 8px; margin: 0; }
+  input[type=file] { max-width: 100%; }
+  input[type=search], input[type=text], input[type=password] { flex: 1 1 10em; min-width: 0; padding: 9px 12px; border: 1px solid var(--line); border-radius: 8px; font: inherit; }
   select, button { padding: 9px 14px; border: 1px solid var(--line); border-radius: 8px; font: inherit; background: #fff; cursor: pointer; }
   button.primary { background: var(--accent); border-color: var(--accent); color: #fff; }
   #drop { margin-top: 12px; border: 2px dashed var(--line); border-radius: 10px; padding: 18px; text-align: center; color: var(--muted); background: #fff; }
@@ -34,7 +36,7 @@ PAGE = r"""<!doctype html>
   #drop button.link { padding: 0; border: 0; background: none; color: var(--accent); text-decoration: underline; }
   #status { min-height: 22px; margin: 12px 0 4px; color: var(--muted); }
   #add-status { margin-top: 10px; color: var(--muted); }
-  #status.error, #add-status.error { color: #b42318; }
+  #status.error, #add-status.error, #vqa-answer.error, #caption-text.error { color: #b42318; font-weight: normal; }
   #results { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 14px; margin-top: 8px; }
   .hit { background: #fff; border: 1px solid var(--line); border-radius: 10px; overflow: hidden; }
   .hit img { width: 100%; aspect-ratio: 1; object-fit: cover; display: block; background: #eef0f3; }
@@ -65,7 +67,7 @@ PAGE = r"""<!doctype html>
     <button id="search-btn" class="primary" type="submit">Search</button>
   </form>
   <!-- a button, not a label for the hidden input: a label takes no keyboard focus, so no Tab reached it -->
-  <div id="drop">Drop an image here to find similar ones, or <button id="choose" class="link" type="button">choose a file</button>
+  <div id="drop">Drop or paste an image here to find similar ones, or <button id="choose" class="link" type="button">choose a file</button>
     <input id="file" type="file" accept="image/*" hidden></div>
 
   <div id="status" role="status"></div>
@@ -216,7 +218,13 @@ const drop = $("drop");
 ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (ev) => { ev.preventDefault(); drop.classList.remove("over"); }));
 drop.addEventListener("drop", (ev) => {
   const file = ev.dataTransfer && ev.dataTransfer.files[0];
-  if (file) searchImage(file);
+  // a result's thumbnail (or a picture from another page) drops a link, no file: it did nothing, without a word
+  if (file) searchImage(file); else status("that drop held no image file (a picture dragged from a web page comes as a link): "
+                                         + "drop a photo from your files, or choose a file", true);
+});
+document.addEventListener("paste", (ev) => {  // Ctrl+V of a copied picture; pasted text still goes to the box
+  const file = [...((ev.clipboardData && ev.clipboardData.files) || [])].find((f) => f.type.startsWith("image/"));
+  if (file) { ev.preventDefault(); searchImage(file); }
 });
 function pct(score) {
   return typeof score === "number" ? " (" + Math.round(score * 100) + "%)" : "";
@@ -238,29 +246,29 @@ function showAnswer(reply) {
 $("vqa-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const file = $("vqa-file").files[0];
-  if (!file) { $("vqa-answer").textContent = "choose an image first"; return; }
+  if (!file) { status("choose an image first", true, "vqa-answer"); return; }
   const form = new FormData();
   form.append("image", file);
   form.append("question", $("vqa-q").value);
-  $("vqa-answer").textContent = "thinking…";
+  status("thinking…", false, "vqa-answer");
   const current = begin("vqa");
   try {
     const res = await api("/v1/vqa", { method: "POST", body: form });
     if (current()) showAnswer(res);
-  } catch (e) { if (current()) $("vqa-answer").textContent = e.message; }
+  } catch (e) { if (current()) status(e.message, true, "vqa-answer"); }  // red, not bold like an answer
 });
 $("caption-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const file = $("caption-file").files[0];
-  if (!file) { $("caption-text").textContent = "choose an image first"; return; }
+  if (!file) { status("choose an image first", true, "caption-text"); return; }
   const form = new FormData();
   form.append("image", file);
-  $("caption-text").textContent = "writing…";
+  status("writing…", false, "caption-text");
   const current = begin("caption");
   try {
     const res = await api("/v1/caption", { method: "POST", body: form });
     if (current()) $("caption-text").textContent = res.results[0].caption;
-  } catch (e) { if (current()) $("caption-text").textContent = e.message; }
+  } catch (e) { if (current()) status(e.message, true, "caption-text"); }
 });
 function skippedNote(skipped) {
   // each file named with its own reason: one reason for them all ("... already in the index (id 2)") said every
