@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import unicodedata
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,10 +29,17 @@ def _print_json(obj) -> None:
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}  # a newline in a file name would break a table row
 
 
+def _width(text: str) -> int:
+    """Columns a terminal gives the text: CJK characters and most emoji take two, combining accents and joiners
+    none (len() put a Chinese label's score a column to the right per character)."""
+    return sum(0 if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me", "Cf")
+               else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
 def _table(rows: list[tuple], headers: tuple) -> str:
     cells = [tuple(str(c) for c in headers)] + [tuple(str(c).translate(_CONTROL) for c in r) for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    widths = [max(_width(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c + " " * (w - _width(c)) for c, w in zip(r, widths)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -147,6 +147,27 @@ def merged_labels_note(labels: list[str]) -> str:
     return "labels differing only in case or spaces are one label: " + "; ".join(merged[:3]) + more
 
 
+def alike_labels_note(labels: list[str], label_emb: np.ndarray) -> str:
+    """The warning for distinct labels the model embeds alike, or "" when none are: its text tower reads them as the
+    same word pieces (emoji, most Chinese characters: one [UNK] piece to the bundled MiniLM), so they score the same
+    for every image, listed in the order given, and the table reads as a choice the model never made."""
+    emb = np.asarray(label_emb, dtype=np.float32)
+    groups, taken = [], set()
+    for start in range(0, len(labels), 1024):  # in blocks: 21k classes at once would be a 1.7 GB matrix
+        same = emb[start : start + 1024] @ emb.T >= 1 - 1e-5  # unit vectors, alike up to another batch's rounding
+        for i in range(start, min(start + 1024, len(labels))):
+            group = [j for j in np.flatnonzero(same[i - start]) if j >= i and j not in taken] if i not in taken else []
+            if len(group) > 1:
+                taken.update(group)
+                groups.append(", ".join(repr(labels[j]) for j in group[:4]) + (" ..." if len(group) > 4 else ""))
+    if not groups:
+        return ""
+    more = f"; and {len(groups) - 3} more" if len(groups) > 3 else ""
+    return ("labels the model cannot tell apart (its text tower reads them as the same words, e.g. ones outside its "
+            "vocabulary such as emoji) score the same for every image: " + "; ".join(groups[:3]) + more +
+            "; name them in words it knows")
+
+
 def rank_labels(
     image_emb: np.ndarray, label_emb: np.ndarray, labels: list[str], logit_scale: float, top_k: int | None = None
 ) -> list[list[tuple[str, float]]]:
@@ -202,4 +223,9 @@ class ZeroShotMixin:
         if note:
             log.warning("%s", note)
         label_emb = self.label_embeddings(labels, templates)
+        if self.__dict__.get("_alike_noted") != (labels, templates):  # once for labels classified batch by batch
+            self._alike_noted = (labels, templates)
+            keep = first_spellings(labels)
+            if note := alike_labels_note([labels[i] for i in keep], label_emb[keep]):
+                log.warning("%s", note)
         return rank_labels(self.encode_image(images), label_emb, labels, self.logit_scale, top_k)

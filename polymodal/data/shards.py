@@ -142,7 +142,8 @@ def split_tar_ref(ref: Any) -> tuple[Path, str] | None:
         return None
     for i, c in enumerate(ref):
         if c == "#" and (is_tar(ref[:i]) or is_parquet(ref[:i])):  # a Parquet file's row is "<file>#<row>" alike
-            return Path(ref[:i]), ref[i + 1 :]
+            # a photo named so ("x.tar#1.jpg", a file path as a VQA file or a string gives it) is that file
+            return None if os.path.isfile(ref) else (Path(ref[:i]), ref[i + 1 :])
     return None
 
 

@@ -45,6 +45,26 @@ def warn_once_of_cut(owner, cut: int, max_length: int, tower: str) -> None:
                     "do not count; shown once per model, later texts may be cut too", tower, max_length, cut)
 
 
+def warn_once_if_unknown(owner, input_ids, attention_mask, unk_id: int | None, texts: list[str], tower: str) -> None:
+    """Texts whose word pieces are mostly [UNK] (a WordPiece vocabulary's one piece for every word it lacks: the
+    bundled MiniLM's is uncased and mostly English, so Chinese characters and emoji read as [UNK]) embed alike
+    whatever they say, and a search or caption in them ranks photos by the rest of the words, or by nothing: say so
+    once per model, with an example. ``input_ids``/``attention_mask``: torch tensors or numpy arrays ``[B, L]``,
+    [CLS] ... [SEP] per row; ``unk_id`` None (a tokenizer with no such piece, as CLIP's byte-level BPE) says nothing."""
+    if unk_id is None or getattr(owner, "_warned_unknown", False):
+        return
+    ids, mask = np.asarray(input_ids), np.asarray(attention_mask).astype(bool)
+    unknown = ((ids == unk_id) & mask).sum(1)
+    mostly = (unknown > 0) & (2 * unknown >= mask.sum(1) - 2)  # at least half of the pieces between [CLS] and [SEP]
+    if mostly.any():
+        owner._warned_unknown = True
+        first = int(mostly.argmax())
+        log.warning("%d of %d texts are mostly word pieces the %s does not know (e.g. %r: %d of its %d pieces are "
+                    "[UNK]): words outside its vocabulary (the bundled MiniLM's is uncased and mostly English; most "
+                    "Chinese characters and emoji are outside it) embed alike whatever they say; shown once per model",
+                    int(mostly.sum()), len(texts), tower, texts[first], int(unknown[first]), int(mask[first].sum()) - 2)
+
+
 def check_unicode(texts: list[str], what: str | None = None) -> None:
     """One error naming the first text holding a lone surrogate (not a character: bytes that were not UTF-8, or half
     of an escaped pair in JSON), which no tokenizer takes. The message leaves the text out: it could not be printed.
@@ -62,6 +82,7 @@ class FastTokenizer:
     """tokenizer.json -> padded int64 ids and mask, as the PyTorch model's tokenizer makes them."""
 
     last_cut: int | None = None  # how many texts of the last call were cut at max_length
+    unk_id: int | None = None  # a WordPiece vocabulary's [UNK] (warn_once_if_unknown); None for other tokenizers
 
     def __init__(self, path, max_length: int, pad_id: int, pad_token: str) -> None:
         """``path``: a tokenizer.json, or a tokenizers.Tokenizer already read from one."""
@@ -70,6 +91,8 @@ class FastTokenizer:
         self.tok = path if isinstance(path, Tokenizer) else Tokenizer.from_file(str(path))
         self.tok.enable_truncation(max_length=max_length)
         self.tok.enable_padding(pad_id=pad_id, pad_token=pad_token)  # to the longest row, as padding=True does
+        if type(self.tok.model).__name__ == "WordPiece":  # a BPE's unk_token may be its end token (CLIP's)
+            self.unk_id = self.tok.token_to_id(self.tok.model.unk_token)
 
     @classmethod
     def from_model_folder(cls, folder: Path, max_length: int) -> "FastTokenizer | None":

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from polymodal.data.tokenizer import overflowed, warn_once_if_cut
+from polymodal.data.tokenizer import overflowed, warn_once_if_cut, warn_once_if_unknown
 from polymodal.errors import PolymodalError
 
 
@@ -90,6 +90,9 @@ class SentenceEncoder(nn.Module):
                                    return_tensors="pt")
             cut = overflowed(getattr(batch, "encodings", None))
         warn_once_if_cut(self, batch["attention_mask"], self.max_length, "text tower", cut)
+        if self._fast is not None:
+            warn_once_if_unknown(self, batch["input_ids"], batch["attention_mask"], self._fast.unk_id, texts,
+                                 "text tower")
         return batch
 
     def token_counts(self, texts: list[str]) -> list[int] | None:

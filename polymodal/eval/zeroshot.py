@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polymodal.apps.zeroshot import same_label
+from polymodal.apps.zeroshot import alike_labels_note, same_label
 from polymodal.data.jsonl import data_file_image, existing_file, iter_json_rows, missing_image, report_skipped
 from polymodal.data.parquet_rows import class_names, is_parquet, read_rows
 from polymodal.errors import PolymodalError
@@ -253,6 +253,8 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     if class_emb is None:
         class_emb = (model.label_embeddings(classes, templates, progress=progress) if isinstance(model, ZeroShotMixin)
                      else model.label_embeddings(classes, templates))
+    if note := alike_labels_note(classes, class_emb):  # their ties count as misses below: say why
+        log.warning("%s", note)
     if image_emb is None:  # an unreadable image is left out with a warning, not the end of the evaluation
         from polymodal.eval.retrieval import encode_readable
 

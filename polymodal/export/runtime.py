@@ -16,7 +16,7 @@ import numpy as np
 
 from polymodal.data.images import ImageTransform
 from polymodal.cpus import usable_cpus
-from polymodal.data.tokenizer import FastTokenizer, warn_once_if_cut
+from polymodal.data.tokenizer import FastTokenizer, warn_once_if_cut, warn_once_if_unknown
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import as_pixels
 from polymodal.models.interface import EmbeddingInterface
@@ -257,6 +257,8 @@ class OnnxEmbeddingModel(ReloadsFromFolder, EmbeddingInterface):
         tokens = self.tokenizer(texts)
         warn_once_if_cut(self, tokens["attention_mask"], self._max_length, "text tower",  # as the PyTorch model does
                          self.tokenizer.last_cut)
+        warn_once_if_unknown(self, tokens["input_ids"], tokens["attention_mask"], self.tokenizer.unk_id, texts,
+                             "text tower")
         feeds = {k: v for k, v in tokens.items() if k in self._text_inputs}
         return self.text_session.run(None, feeds)[0].astype(np.float32, copy=False)
 

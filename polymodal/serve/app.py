@@ -130,7 +130,7 @@ def create_app(
             f"serving needs the serve extra ({exc.name} is missing); pip install 'polymodal[serve]'"
         ) from exc
 
-    from polymodal.apps.zeroshot import merged_labels_note, rank_labels, same_label
+    from polymodal.apps.zeroshot import alike_labels_note, first_spellings, merged_labels_note, rank_labels, same_label
     from polymodal.apps.zeroshot import ZeroShotMixin
     from polymodal.serve.middleware import ApiKeyMiddleware, LimitsMiddleware, MetricsMiddleware
     from polymodal.serve.page import render_page
@@ -506,7 +506,10 @@ def create_app(
             image_emb = await svc.batcher.images(await prepare(items))
             label_emb = await label_embeddings(labels, templates, per_label)
             ranked = rank_labels(image_emb, label_emb, labels, model.logit_scale, top_k)
+            keep = first_spellings(labels)
+            alike = alike_labels_note([labels[i] for i in keep], label_emb[keep])
         else:
+            alike = ""
             ranked = await svc.batcher.call(model.classify, await decode(items, model), labels, templates, top_k)
         results = [
             {"image": name, "labels": [{"label": l, "score": float(p)} for l, p in r]}
@@ -515,8 +518,7 @@ def create_app(
         # as `polymodal classify` notes it: a softmax over one label is 1.0 whatever the image
         warnings = ["with one label every image scores 1.0 (scores are shared out among the labels); send two or "
                     "more labels"] if len({same_label(x) for x in labels}) == 1 else []
-        if note := merged_labels_note(labels):
-            warnings.append(note)
+        warnings += [note for note in (merged_labels_note(labels), alike) if note]
         return JSONResponse({"model": model.key, "results": results, "warnings": warnings})
 
     @app.post(

@@ -130,6 +130,7 @@ def warn_of_unknown_pieces(model: Captioner, captions: list[str]) -> None:
     from polymodal.models.beam_search import UNK
 
     unknown, total, example = 0, 0, None
+    model._text[0]._warned_unknown = True  # this warning stands for the text tower's own (warn_once_if_unknown)
     for start in range(0, len(captions), 1024):
         chunk = captions[start : start + 1024]
         ids, mask = model.tokenize(chunk)
