@@ -43,19 +43,29 @@ def test_a_hugging_face_parquet_reads_with_its_images_inside(tmp_path):
         assert open_pair_image(f"{path}#{row}").getpixel((20, 20)) == pytest.approx(COLOURS[row], abs=6)
 
 
-def test_eval_retrieval_scores_it_as_the_same_photos_as_files(tmp_path, capsys):
-    path = _hf(tmp_path / "data.parquet")
-    rows = []
-    for c, w in zip(COLOURS, WORDS):
-        (tmp_path / f"{w}.jpg").write_bytes(_jpeg(c))
+def retrieval_lines_beside_files(parquet, colours, words, capsys) -> list[dict]:
+    """`eval retrieval`'s JSON line for ``parquet`` and for the same photos as files beside a JSONL (two captions
+    each, "a {w} square" and "something {w}"), in that order."""
+    folder, rows = parquet.parent, []
+    for c, w in zip(colours, words):
+        (folder / f"{w}.jpg").write_bytes(_jpeg(c))
         rows += [{"image": f"{w}.jpg", "caption": f"a {w} square"}, {"image": f"{w}.jpg", "caption": f"something {w}"}]
-    (tmp_path / "same.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "same.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     lines = []
-    for pairs in (path, tmp_path / "same.jsonl"):
+    for pairs in (parquet, folder / "same.jsonl"):
         assert cli.main(["eval", "retrieval", "--pairs", str(pairs), "--model", "lite"]) == 0
         lines.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
-    figures = [{k: v for k, v in line.items() if "R@" in k or "rank" in k} for line in lines]
-    assert figures[0] == figures[1] and lines[0]["images"] == 6 and lines[0]["captions"] == 12
+    return lines
+
+
+def figures(line: dict) -> dict:
+    return {k: v for k, v in line.items() if "R@" in k or "rank" in k or k in ("images", "captions")}
+
+
+def test_eval_retrieval_scores_it_as_the_same_photos_as_files(tmp_path, capsys):
+    path = _hf(tmp_path / "data.parquet")
+    lines = retrieval_lines_beside_files(path, COLOURS, WORDS, capsys)
+    assert figures(lines[0]) == figures(lines[1]) and lines[0]["images"] == 6 and lines[0]["captions"] == 12
     assert cli.main(["eval", "retrieval", "--pairs", str(path), "--model", "lite", "--split", "test"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["images"] == 2  # the split column kept
 

@@ -3,10 +3,11 @@ img2dataset's parquet output ("jpg" bytes beside "txt") store them, read where t
 `--qa data.parquet`.
 
 An image inside the file is named "<file>#<row>", as a tar shard's member is "<shard>#<member>", so the feature
-cache, training and evaluation take it as they take a shard's; its bytes are read by row group, the last one kept
-per process (feature caching reads the rows in order). A path column instead of bytes names files relative to the
-parquet file, as a CSV's does. A "split" column works as a JSON row's "split" (--split keeps some rows). Needs
-pyarrow (`pip install 'polymodal[parquet]'`), imported only here.
+cache, training and evaluation take it as they take a shard's (a photo repeated over rows, one caption or question
+each, is named by its first row); its bytes are read by row group, the last one kept per process (feature caching
+reads the rows in order). A path column instead of bytes names files relative to the parquet file, as a CSV's does.
+A "split" column works as a JSON row's "split" (--split keeps some rows). Needs pyarrow (`pip install
+'polymodal[parquet]'`), imported only here.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def _pq():
 
 
 def _open(path: Path):
+    pq = _pq()  # first: without pyarrow, `import pyarrow` here was a traceback, not the line saying what to install
     import pyarrow as pa
 
     try:
-        return _pq().ParquetFile(path)
+        return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
         raise PolymodalError(f"{path} is not a readable Parquet file ({exc})") from exc
 
@@ -92,6 +94,7 @@ def read_rows(path: Path, needs: Sequence[str] = (), fix: str = "") -> tuple[boo
                              f"{'; ' + fix if fix else ''}")
     inside = kind != "path"
     wanted = [n for n in schema.names if n != image or not inside]  # never the images' bytes
+    same = _repeated_photos(f, image) if kind == "struct" else {}
     split = next((n for n in schema.names if n.lower() == "split"), None)
     splits = SplitTally(path) if split else None  # as a CSV's split column
 
@@ -102,7 +105,7 @@ def read_rows(path: Path, needs: Sequence[str] = (), fix: str = "") -> tuple[boo
             for i in range(batch.num_rows):
                 row = {k.lower(): v[i] for k, v in cols.items()}
                 if inside:
-                    row["image"] = f"{path}#{n}"
+                    row["image"] = f"{path}#{same.get(n, n)}"
                 elif image.lower() != "image":
                     row["image"] = row.pop(image.lower())
                 n += 1
@@ -112,6 +115,45 @@ def read_rows(path: Path, needs: Sequence[str] = (), fix: str = "") -> tuple[boo
             splits.finish(False, jq=False)
 
     return inside, rows()
+
+
+def _repeated_photos(f, image: str) -> dict[int, int]:
+    """{row: the first row of the same photo} for Hugging Face rows that repeat a photo (one caption or question per
+    row): each row's "<file>#<row>" was a photo of its own, so retrieval scored 5 copies of one photo as ties (t2i
+    R@1 0.0) and training took a copy as another photo's negative. Rows are one photo when their Image names the
+    same file and holds the same bytes (a name alone is no proof: two class folders may each hold "0001.jpg");
+    only rows whose name repeats are read."""
+    import hashlib
+
+    if f.schema_arrow.field(image).type.get_field_index("path") < 0:
+        return {}
+    rows_of: dict[str, list[int]] = {}
+    n = 0
+    for batch in f.iter_batches(batch_size=BATCH_ROWS * 16, columns=[f"{image}.path"]):
+        for name in batch.column(0).field(0).to_pylist():
+            if name:
+                rows_of.setdefault(name, []).append(n)
+            n += 1
+    wanted = sorted(r for rows in rows_of.values() if len(rows) > 1 for r in rows)
+    if not wanted:
+        return {}
+    digest: dict[int, bytes | None] = {}
+    meta, start = f.metadata, 0
+    for g in range(meta.num_row_groups):  # a row group's images at a time, as reading them for features does
+        end = start + meta.row_group(g).num_rows
+        lo, hi = bisect.bisect_left(wanted, start), bisect.bisect_left(wanted, end)
+        if lo < hi:
+            cells = f.read_row_group(g, columns=[image]).column(0).combine_chunks().field("bytes")
+            for r in wanted[lo:hi]:
+                data = cells[r - start].as_py()
+                digest[r] = None if data is None else hashlib.blake2b(data, digest_size=16).digest()
+        start = end
+    same: dict[int, int] = {}
+    for rows in rows_of.values():
+        first: dict = {}
+        for r in rows if len(rows) > 1 else ():
+            same[r] = first.setdefault(digest[r], r)  # no bytes (a path to a file): the name is the file
+    return {r: kept for r, kept in same.items() if kept != r}
 
 
 def class_names(path: Path) -> dict[str, list[str]]:
