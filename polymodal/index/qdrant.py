@@ -297,6 +297,12 @@ class QdrantCollection(SearchByModel):
             found = self._client_().retrieve(self.collection, ids, with_payload=["path", "host"], with_vectors=False)
         return {str(p.id): (p.payload["path"], p.payload.get("host")) for p in found}
 
+    def vectors_of(self, ids: list[str]) -> dict[str, np.ndarray]:
+        """Point id -> its stored vector (float32), for the ids in the collection ("more like this" searches)."""
+        with self._errors():
+            found = self._client_().retrieve(self.collection, ids, with_payload=False, with_vectors=True)
+        return {str(p.id): np.asarray(p.vector, dtype=np.float32) for p in found}
+
     def check_model(self, model) -> None:
         with self._errors():
             meta = self._meta()

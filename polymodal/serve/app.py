@@ -9,7 +9,8 @@ machine's names, ServeSettings(allowed_hosts=...)): in tests, Starlette's TestCl
 
 Endpoints (JSON in, JSON out; every user error is a 4xx {"error": "..."}):
   POST /v1/embed     {"texts": [...]} | {"images": [base64, ...]} | multipart `image` file(s)  -> vectors
-  POST /v1/search    {"text": "...", "k": 10} | {"image": base64, "k": 10} | multipart `image` + `k`  -> hits
+  POST /v1/search    {"text": "...", "k": 10} | {"image": base64, "k": 10} | {"like": id, "k": 10} | multipart
+                     `image` + `k`  -> hits
   POST /v1/classify  multipart `image` + `labels` (comma-separated) | {"image": base64, "labels": [...]}
   POST /v1/vqa       multipart `image` + `question` (+ `choices`, comma-separated)
                      | {"image": base64, "question": "...", "choices": [...]}  (with a VQA model)
@@ -424,21 +425,31 @@ def create_app(
         "/v1/search",
         summary="Search the index by text or by image",
         openapi_extra=_body(
-            "JSON text (or base64 image) and k, or a multipart image file (or text field) and k",
-            {"text": {"type": "string"}, "image": _IMAGE_B64, "k": {"type": "integer", "default": 10}},
+            "JSON text (or base64 image, or \"like\": an indexed image's id) and k, or a multipart image file (or "
+            "text field) and k",
+            {"text": {"type": "string"}, "image": _IMAGE_B64, "like": {"type": ["integer", "string"]},
+             "k": {"type": "integer", "default": 10}},
             {"image": _FILE, "text": {"type": "string"}, "k": {"type": "integer", "default": 10}},
         ),
         responses=post_replies(SEARCH),
     )
     async def search(request: Request):
         if content_type(request) == "application/json":
-            data = await read_json(request, {"text", "image", "k", "model"}, '{"text": "a dog", "k": 10}')
+            data = await read_json(request, {"text", "image", "like", "k", "model"}, '{"text": "a dog", "k": 10}')
             k = check_k(data.get("k", 10), s.max_k)
             text = data.get("text")
             if text is not None and not isinstance(text, str):
                 raise ApiError(400, f'"text" must be a string (one query), got {_json_kind(text)}; '
                                "to embed several texts use /v1/embed")
             items = json_images(data, required=False)
+            if data.get("like") is not None:  # more like an indexed image: its stored vector, nothing embedded
+                if text is not None or items:
+                    raise ApiError(400, 'send one of "text", "image" or "like" (an indexed image\'s id), not several')
+                like = data["like"]
+                if isinstance(like, bool) or not isinstance(like, (int, str)):
+                    raise ApiError(400, f'"like" must be an image id from /v1/search, got {_json_kind(like)}')
+                vectors = await run_in_threadpool(svc.vector_of, svc.parse_id(str(like)))
+                return await _hits(request, vectors, k)
         else:
             async with parse_form(request) as form:
                 check_form_fields(form, {"image", "text", "k", "model"})
@@ -455,6 +466,9 @@ def create_app(
             vectors = await svc.batcher.texts(check_texts([text], 1, s.max_text_chars, "text"))
         else:
             vectors = await svc.batcher.images(await prepare(items))
+        return await _hits(request, vectors, k)
+
+    async def _hits(request: Request, vectors, k: int) -> JSONResponse:
         hits = (await run_in_threadpool(svc.search, vectors, k))[0]
         for rank, hit in enumerate(hits, 1):
             hit.update(rank=rank, name=Path(hit["path"]).name, thumb=thumb_url(request, hit["thumb"]))

@@ -43,6 +43,9 @@ PAGE = r"""<!doctype html>
   .hit .cap { padding: 6px 10px; font-size: 13px; display: flex; justify-content: space-between; gap: 8px; }
   .hit .name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
   .hit .score { color: var(--muted); font-variant-numeric: tabular-nums; }
+  .hit .like { display: block; width: 100%; padding: 0; border: 0; border-radius: 0; background: none; }
+  .hit .remove { padding: 0 6px; border: 0; background: none; color: var(--muted); line-height: 1; }
+  .hit .remove:hover, .hit .remove:focus { color: #b42318; }
   section.box { margin-top: 26px; padding: 16px; background: #fff; border: 1px solid var(--line); border-radius: 10px; }
   section.box h2 { font-size: 15px; margin: 0 0 10px; }
   #keybox { margin: 0 0 16px; }  /* above the search bar, which it must not touch */
@@ -103,6 +106,7 @@ PAGE = r"""<!doctype html>
 const $ = (id) => document.getElementById(id);
 let apiKey = sessionStorage.getItem("polymodal-key") || "";
 const thumbUrls = [];
+let writable = false;  // the index takes uploads and removals (a Qdrant collection is filled by pushes)
 const started = {};  // requests started per panel: an earlier one answering after a later one must not replace it
 function begin(panel) {  // -> a function telling whether this request is still the panel's latest
   const mine = started[panel] = (started[panel] || 0) + 1;
@@ -141,7 +145,8 @@ async function loadInfo() {
       (info.batching.enabled ? " · micro-batching on" : "");
     $("vqa").hidden = !info.model.vqa;
     $("caption").hidden = !info.model.caption_model;
-    $("add").hidden = !info.index.writable;  // a Qdrant collection is filled by pushes, not uploads
+    writable = info.index.writable === true;
+    $("add").hidden = !writable;  // a Qdrant collection is filled by pushes, not uploads
     $("keybox").hidden = true;
   } catch (e) {
     $("meta").textContent = "not connected";
@@ -168,6 +173,11 @@ function showHits(hits, what) {
     img.alt = hit.name;
     img.loading = "lazy";
     setThumb(img, hit.thumb);
+    // the photo is a button: more like it, searched with its stored vector (a click did nothing)
+    const like = document.createElement("button");
+    like.type = "button"; like.className = "like"; like.title = "more like " + hit.name;
+    like.addEventListener("click", () => searchLike(hit));
+    like.append(img);
     const cap = document.createElement("figcaption");
     cap.className = "cap";
     const name = document.createElement("span");
@@ -175,7 +185,15 @@ function showHits(hits, what) {
     const score = document.createElement("span");
     score.className = "score"; score.textContent = hit.score.toFixed(3);
     cap.append(name, score);
-    card.append(img, cap);
+    if (writable) {  // a wrong upload was undone only with curl and the JSON API
+      const remove = document.createElement("button");
+      remove.type = "button"; remove.className = "remove"; remove.textContent = "\u00d7";
+      remove.title = "remove " + hit.name + " from the index";
+      remove.setAttribute("aria-label", remove.title);
+      remove.addEventListener("click", () => removeHit(hit, card));
+      cap.append(remove);
+    }
+    card.append(like, cap);
     grid.append(card);
   }
   status(hits.length ? hits.length + " results for " + what : "no results for " + what, false);
@@ -190,6 +208,28 @@ async function searchText(text) {
     });
     if (current()) showHits(res.hits, "\u201c" + text + "\u201d");
   } catch (e) { if (current()) status(e.message, true); }
+}
+async function searchLike(hit) {
+  const current = begin("search");
+  status("searching like " + hit.name + "…", false);
+  try {
+    const res = await api("/v1/search", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ like: hit.id, k: parseInt($("k").value, 10) }),
+    });
+    if (current()) showHits(res.hits, "photos like " + hit.name);
+  } catch (e) { if (current()) status(e.message, true); }
+}
+async function removeHit(hit, card) {
+  if (!window.confirm("Remove " + hit.name + " from the index? (The file itself stays where it is.)")) return;
+  try {
+    const res = await api("/v1/index", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ remove: [hit.id] }),
+    });
+    card.remove();
+    status((res.removed.length ? "removed " + hit.name + " from the index" : hit.name + " was no longer in the index")
+           + "; it holds " + res.count + " images", false);
+  } catch (e) { status(e.message, true); }
 }
 async function searchImage(file) {
   const current = begin("search");

@@ -250,6 +250,20 @@ class Service:
                   "thumb": thumb_ref(h.id, h.path, digests.get(h.id, ""))}
                  for h in hits] for hits in results]
 
+    def vector_of(self, image_id: int | str) -> np.ndarray:
+        """[1, D] the stored vector of an indexed image (a search "like" it embeds nothing; call from a worker
+        thread); 404 when no image has that id."""
+        with self._serving_index():
+            if self.local:
+                rows = self._query("SELECT vector FROM images WHERE id IN ({})", [image_id])
+                found = np.frombuffer(rows[0][0], dtype="<f4").astype(np.float32) if rows else None
+            else:
+                found = self.index.vectors_of([image_id]).get(image_id)
+        if found is None:
+            raise ApiError(404, f"no image with id {image_id} in the index (it was removed, or the id is not one "
+                           "/v1/search gave)")
+        return found[None, :]
+
     def thumbnail(self, image_id: int | str) -> bytes:
         # Looked up on every call, cached or not: another writer (`polymodal index`, a second server on this
         # index) may have removed the image since its thumbnail was cached, or rebuilt the index (ids start again
