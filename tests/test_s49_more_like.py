@@ -79,3 +79,24 @@ def test_the_page_searches_like_a_clicked_photo_and_removes_one(browser_tools, l
             "() => api('/v1/search', {method: 'POST', headers: {'Content-Type': 'application/json'},"
             " body: JSON.stringify({text: 'a cup of coffee', k: 50})}).then((r) => r.hits)")]
         assert page.errors == []
+
+
+def test_the_page_classifies_an_image_by_the_labels_typed(browser_tools, lite, db, gallery, tmp_path):
+    """The server answered /v1/classify, but the page offered no way to ask it."""
+    from polymodal.serve import create_app
+
+    with _serving(create_app(lite, db)) as url, _page(browser_tools, tmp_path) as page:
+        page.goto(url + "/", wait_until="domcontentloaded")
+        page.wait_for_function(INFO_LOADED, timeout=20_000)
+        page.click("#classify-form button")
+        assert page.inner_text("#classify-answer") == "choose an image first"
+        page.set_input_files("#classify-file", str(gallery / "coffee.jpg"))
+        page.fill("#classify-labels", "a cup of coffee, a rocket, a cat")
+        page.click("#classify-form button")
+        page.wait_for_function("$('classify-answer').textContent.includes('%')", timeout=20_000)
+        best, others = page.inner_text("#classify-answer").splitlines()[:2]
+        assert best.startswith("a cup of coffee (") and others.startswith("also: ") and "a rocket" in others
+        page.fill("#classify-labels", "cat")  # one label: the server's note shows
+        page.click("#classify-form button")
+        page.wait_for_function("$('classify-answer').textContent.includes('note: with one label')", timeout=20_000)
+        assert page.errors == []

@@ -36,7 +36,7 @@ PAGE = r"""<!doctype html>
   #drop button.link { padding: 0; border: 0; background: none; color: var(--accent); text-decoration: underline; }
   #status { min-height: 22px; margin: 12px 0 4px; color: var(--muted); }
   #add-status { margin-top: 10px; color: var(--muted); }
-  #status.error, #add-status.error, #vqa-answer.error, #caption-text.error { color: #b42318; font-weight: normal; }
+  #status.error, #add-status.error, #vqa-answer.error, #caption-text.error, #classify-answer.error { color: #b42318; font-weight: normal; }
   #results { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 14px; margin-top: 8px; }
   .hit { background: #fff; border: 1px solid var(--line); border-radius: 10px; overflow: hidden; }
   .hit img { width: 100%; aspect-ratio: 1; object-fit: cover; display: block; background: #eef0f3; }
@@ -49,10 +49,10 @@ PAGE = r"""<!doctype html>
   section.box { margin-top: 26px; padding: 16px; background: #fff; border: 1px solid var(--line); border-radius: 10px; }
   section.box h2 { font-size: 15px; margin: 0 0 10px; }
   #keybox { margin: 0 0 16px; }  /* above the search bar, which it must not touch */
-  #add-form, #vqa-form, #caption-form { align-items: center; }
+  #add-form, #vqa-form, #caption-form, #classify-form { align-items: center; }
   #caption-text { margin-top: 10px; font-weight: 600; }
-  #vqa-answer { margin-top: 10px; font-weight: 600; }
-  #vqa-answer .alternatives { font-weight: normal; color: var(--muted); font-size: 13px; }
+  #vqa-answer, #classify-answer { margin-top: 10px; font-weight: 600; }
+  #vqa-answer .alternatives, #classify-answer .alternatives { font-weight: normal; color: var(--muted); font-size: 13px; }
   [hidden] { display: none !important; }
 </style>
 </head>
@@ -84,6 +84,16 @@ PAGE = r"""<!doctype html>
       <button class="primary" type="submit">Ask</button>
     </form>
     <div id="vqa-answer"></div>
+  </section>
+
+  <section id="classify" class="box">
+    <h2>Classify an image by your labels</h2>
+    <form id="classify-form">
+      <input id="classify-file" type="file" accept="image/*">
+      <input id="classify-labels" type="text" placeholder="Labels, comma-separated, e.g. cat, dog, car">
+      <button class="primary" type="submit">Classify</button>
+    </form>
+    <div id="classify-answer"></div>
   </section>
 
   <section id="caption" class="box" hidden>
@@ -269,9 +279,9 @@ document.addEventListener("paste", (ev) => {  // Ctrl+V of a copied picture; pas
 function pct(score) {
   return typeof score === "number" ? " (" + Math.round(score * 100) + "%)" : "";
 }
-function showAnswer(reply) {
+function showAnswer(reply, where) {
   // a VQA model's reply: {answer, score, alternatives: [{answer, score}, ...]}; another model may send anything as answer
-  const box = $("vqa-answer");
+  const box = $(where || "vqa-answer");
   const best = document.createElement("div");
   best.textContent = typeof reply.answer === "string" ? reply.answer + pct(reply.score) : JSON.stringify(reply.answer);
   const others = (reply.alternatives || []).filter((a) => a && a.answer !== reply.answer);
@@ -283,6 +293,25 @@ function showAnswer(reply) {
   notes.textContent = (reply.warnings || []).map((w) => "note: " + w).join(" ");
   box.replaceChildren(best, alts, notes);
 }
+$("classify-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const file = $("classify-file").files[0];
+  const labels = $("classify-labels").value;
+  if (!file) { status("choose an image first", true, "classify-answer"); return; }
+  if (!labels.trim()) { status("type two or more labels, e.g. cat, dog, car", true, "classify-answer"); return; }
+  const form = new FormData();
+  form.append("image", file);
+  form.append("labels", labels);
+  status("classifying…", false, "classify-answer");
+  const current = begin("classify");
+  try {
+    const res = await api("/v1/classify", { method: "POST", body: form });
+    const ranked = res.results[0].labels.map((l) => ({ answer: l.label, score: l.score }));
+    // shown as an answer is: the best label, then the others by score, then the server's notes
+    if (current()) showAnswer({ answer: ranked[0].answer, score: ranked[0].score, alternatives: ranked.slice(0, 6),
+                                warnings: res.warnings }, "classify-answer");
+  } catch (e) { if (current()) status(e.message, true, "classify-answer"); }
+});
 $("vqa-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const file = $("vqa-file").files[0];
