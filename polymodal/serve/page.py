@@ -276,23 +276,6 @@ document.addEventListener("paste", (ev) => {  // Ctrl+V of a copied picture; pas
   const file = [...((ev.clipboardData && ev.clipboardData.files) || [])].find((f) => f.type.startsWith("image/"));
   if (file) { ev.preventDefault(); searchImage(file); }
 });
-function pct(score) {
-  return typeof score === "number" ? " (" + Math.round(score * 100) + "%)" : "";
-}
-function showAnswer(reply, where) {
-  // a VQA model's reply: {answer, score, alternatives: [{answer, score}, ...]}; another model may send anything as answer
-  const box = $(where || "vqa-answer");
-  const best = document.createElement("div");
-  best.textContent = typeof reply.answer === "string" ? reply.answer + pct(reply.score) : JSON.stringify(reply.answer);
-  const others = (reply.alternatives || []).filter((a) => a && a.answer !== reply.answer);
-  const alts = document.createElement("div");
-  alts.className = "alternatives";
-  alts.textContent = others.length ? "also: " + others.map((a) => a.answer + pct(a.score)).join(", ") : "";
-  const notes = document.createElement("div");  // e.g. a yes/no model asked another kind of question
-  notes.className = "alternatives";
-  notes.textContent = (reply.warnings || []).map((w) => "note: " + w).join(" ");
-  box.replaceChildren(best, alts, notes);
-}
 $("classify-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const file = $("classify-file").files[0];
@@ -312,6 +295,23 @@ $("classify-form").addEventListener("submit", async (ev) => {
                                 warnings: res.warnings }, "classify-answer");
   } catch (e) { if (current()) status(e.message, true, "classify-answer"); }
 });
+function pct(score) {
+  return typeof score === "number" ? " (" + Math.round(score * 100) + "%)" : "";
+}
+function showAnswer(reply, where) {
+  // a VQA model's reply: {answer, score, alternatives: [{answer, score}, ...]}; another model may send anything as answer
+  const box = $(where || "vqa-answer");
+  const best = document.createElement("div");
+  best.textContent = typeof reply.answer === "string" ? reply.answer + pct(reply.score) : JSON.stringify(reply.answer);
+  const others = (reply.alternatives || []).filter((a) => a && a.answer !== reply.answer);
+  const alts = document.createElement("div");
+  alts.className = "alternatives";
+  alts.textContent = others.length ? "also: " + others.map((a) => a.answer + pct(a.score)).join(", ") : "";
+  const notes = document.createElement("div");  // e.g. a yes/no model asked another kind of question
+  notes.className = "alternatives";
+  notes.textContent = (reply.warnings || []).map((w) => "note: " + w).join(" ");
+  box.replaceChildren(best, alts, notes);
+}
 $("vqa-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const file = $("vqa-file").files[0];
