@@ -66,6 +66,15 @@ def _shard_image(ref: str) -> bytes:
     return data
 
 
+def inside_as_bytes(image):
+    """An image inside a tar shard or a Parquet file ("<file>#<member or row>") -> its encoded bytes (checked to
+    decode, see _shard_image); any other image as it is. The models open paths only: a Parquet question file's
+    photos were "image not found" to a model answered without the feature cache (coco-yesno, ONNX exports)."""
+    from polymodal.data.shards import split_tar_ref
+
+    return _shard_image(image) if split_tar_ref(image) is not None else image
+
+
 def _ranks(sim: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:
     """1-based rank of the best-ranked positive in each row of sim [Q, N]. A tie with a non-positive counts against
     the query, and a row with NaN or inf ranks last: a collapsed or diverged model scores R@1 = 0, not 1, so early
@@ -116,13 +125,11 @@ def encode_readable(model, images: list, source: str = "", batch_size: int = 32,
     from polymodal.models.inputs import as_images, each_or_error, readable_results
     from polymodal.progress import progress_bar
 
-    from polymodal.data.shards import split_tar_ref
-
     images = as_images(images)
     with progress_bar(total=len(images), desc="embedding", unit="img", disable=not progress) as bar:
         def encode(chunk: list) -> np.ndarray:
             # an image inside a shard or a Parquet file ("<file>#<row>") as its bytes, read a batch at a time
-            out = model.encode_image([_shard_image(x) if split_tar_ref(x) is not None else x for x in chunk])
+            out = model.encode_image([inside_as_bytes(x) for x in chunk])
             bar.update(len(chunk))  # a batch retried photo by photo (one unreadable) counts once, when it succeeds
             return out
 

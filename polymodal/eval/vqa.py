@@ -318,9 +318,12 @@ def warn_of_answers_outside(model, rows: Sequence[QARow], what: str = "open ques
 
 def _predict_rows(model, rows: list[QARow]) -> list:
     """Open rows answered by ``predict``, multiple-choice rows by ``predict_choices``, back in the rows' order."""
+    from polymodal.eval.retrieval import inside_as_bytes
+
     open_rows, mc_rows = [r for r in rows if not r.choices], [r for r in rows if r.choices]
-    answered = iter(model.predict([r.image for r in open_rows], [r.question for r in open_rows]) if open_rows else [])
-    chosen = iter(model.predict_choices([r.image for r in mc_rows], [r.question for r in mc_rows],
+    answered = iter(model.predict([inside_as_bytes(r.image) for r in open_rows], [r.question for r in open_rows])
+                    if open_rows else [])
+    chosen = iter(model.predict_choices([inside_as_bytes(r.image) for r in mc_rows], [r.question for r in mc_rows],
                                         [list(r.choices) for r in mc_rows]) if mc_rows else [])
     return [next(chosen) if r.choices else next(answered) for r in rows]
 

@@ -276,13 +276,21 @@ def _readable_rows(model, rows: list) -> list:
     """The rows whose photo reads; the others are left out with one warning, as `eval vqa` and the embedding and
     captioner exports leave an unreadable validation photo out (here it ended the export after the graphs were
     written). None readable: one error."""
+    from dataclasses import replace
+
+    from polymodal.eval.retrieval import inside_as_bytes
     from polymodal.models.inputs import each_or_error, readable_results
+
+    def read(batch: list) -> list:  # a Parquet file's or a shard's "<file>#<row>" as its bytes: no model opens it
+        images = [inside_as_bytes(image) for _, image in batch]
+        model.transform(images)
+        return [(image,) for image in images]  # (a str is each_or_error's failure)
 
     key = lambda image: str(image) if isinstance(image, (str, Path)) else id(image)  # noqa: E731 - a photo once
     photos = list({key(r.image): r.image for r in rows}.items())
-    decoded = each_or_error(lambda batch: [None] * len(model.transform([image for _, image in batch])), photos)
-    readable = {photos[i][0] for i in readable_results(decoded, "validation photo")}
-    return [r for r in rows if key(r.image) in readable]
+    decoded = each_or_error(read, photos)
+    readable = {photos[i][0]: decoded[i][0] for i in readable_results(decoded, "validation photo")}
+    return [replace(r, image=readable[key(r.image)]) for r in rows if key(r.image) in readable]
 
 
 @torch.inference_mode()
