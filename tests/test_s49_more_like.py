@@ -100,3 +100,19 @@ def test_the_page_classifies_an_image_by_the_labels_typed(browser_tools, lite, d
         page.click("#classify-form button")
         page.wait_for_function("$('classify-answer').textContent.includes('note: with one label')", timeout=20_000)
         assert page.errors == []
+
+
+def test_a_search_in_words_the_model_does_not_know_says_so(client, browser_tools, lite, db, tmp_path):
+    """The text tower warned once in the server log, which an API client or the page never sees."""
+    r = client.post("/v1/search", json={"text": "一只狗在海滩上奔跑", "k": 3}).json()
+    assert len(r["hits"]) == 3 and "6 of the query's 9 word pieces are unknown" in r["warnings"][0]
+    assert client.post("/v1/search", json={"text": "a dog on a beach", "k": 3}).json()["warnings"] == []
+    from polymodal.serve import create_app
+
+    with _serving(create_app(lite, db)) as url, _page(browser_tools, tmp_path) as page:
+        page.goto(url + "/", wait_until="domcontentloaded")
+        page.wait_for_function(INFO_LOADED, timeout=20_000)
+        page.fill("#q", "🐶🐶")
+        page.click("#search-btn")
+        page.wait_for_function("$('status').textContent.includes('note: ')", timeout=20_000)
+        assert "word pieces are unknown" in page.inner_text("#status") and page.errors == []

@@ -65,6 +65,22 @@ def warn_once_if_unknown(owner, input_ids, attention_mask, unk_id: int | None, t
                     int(mostly.sum()), len(texts), tower, texts[first], int(unknown[first]), int(mask[first].sum()) - 2)
 
 
+def unknown_words_note(model, text: str) -> str | None:
+    """For one query (a served search, whose reply says what the server log would): a note when most of its word
+    pieces are [UNK] to ``model``'s WordPiece text tower (see warn_once_if_unknown), else None."""
+    tokenizer = getattr(getattr(model, "text_tower", None), "_fast", None) or getattr(model, "tokenizer", None)
+    if not isinstance(tokenizer, FastTokenizer) or tokenizer.unk_id is None:
+        return None
+    enc = tokenizer._encode(text, "the text")
+    pieces = [i for i, special in zip(enc.ids, enc.special_tokens_mask) if not special]
+    unknown = sum(i == tokenizer.unk_id for i in pieces)
+    if not unknown or 2 * unknown < len(pieces):
+        return None
+    return (f"{unknown} of the query's {len(pieces)} word pieces are unknown to the model's vocabulary ([UNK]: it is "
+            "mostly English; most Chinese characters and emoji are outside it), so photos are ranked by the rest of "
+            "the words, or by nothing: ask in English words")
+
+
 def check_unicode(texts: list[str], what: str | None = None) -> None:
     """One error naming the first text holding a lone surrogate (not a character: bytes that were not UTF-8, or half
     of an escaped pair in JSON), which no tokenizer takes. The message leaves the text out: it could not be printed.

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from polymodal.data.tokenizer import unknown_words_note
 from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 from polymodal.registry import answers, captions, embeds
@@ -449,7 +450,7 @@ def create_app(
                 if isinstance(like, bool) or not isinstance(like, (int, str)):
                     raise ApiError(400, f'"like" must be an image id from /v1/search, got {_json_kind(like)}')
                 vectors = await run_in_threadpool(svc.vector_of, svc.parse_id(str(like)))
-                return await _hits(request, vectors, k)
+                return await _hits(request, vectors, k, [])
         else:
             async with parse_form(request) as form:
                 check_form_fields(form, {"image", "text", "k", "model"})
@@ -462,17 +463,20 @@ def create_app(
             raise ApiError(400, "search takes one image per request")
         if text is not None and is_blank(text):
             raise ApiError(400, '"text" is blank; send what to look for, e.g. "a dog on a beach"')
+        warnings = []
         if text is not None:
             vectors = await svc.batcher.texts(check_texts([text], 1, s.max_text_chars, "text"))
+            # the text tower says it once in the server log, which a client never sees: each reply says it
+            warnings = [note] if (note := unknown_words_note(model, text)) else []
         else:
             vectors = await svc.batcher.images(await prepare(items))
-        return await _hits(request, vectors, k)
+        return await _hits(request, vectors, k, warnings)
 
-    async def _hits(request: Request, vectors, k: int) -> JSONResponse:
+    async def _hits(request: Request, vectors, k: int, warnings: list[str]) -> JSONResponse:
         hits = (await run_in_threadpool(svc.search, vectors, k))[0]
         for rank, hit in enumerate(hits, 1):
             hit.update(rank=rank, name=Path(hit["path"]).name, thumb=thumb_url(request, hit["thumb"]))
-        return JSONResponse({"model": model.key, "k": k, "hits": hits})
+        return JSONResponse({"model": model.key, "k": k, "hits": hits, "warnings": warnings})
 
     async def label_embeddings(labels: list[str], templates, per_label: int):
         # labels in chunks, one model job each: other requests run between them, and a request past --timeout stops

@@ -56,7 +56,7 @@ _SCORED = lambda key: _obj({key: _STR, "score": _NUM})  # noqa: E731
 EMBED = _obj({"model": _STR, "dim": _INT, "vectors": _LIST(_LIST(_NUM))})
 HIT = _obj({"id": _ID, "path": _STR, "score": _NUM, "thumb": _THUMB, "rank": _INT, "name": _STR},
            {"host": {"type": "string", "description": "the machine holding the file (a Qdrant collection's hits)"}})
-SEARCH = _obj({"model": _STR, "k": _INT, "hits": _LIST(HIT)})
+SEARCH = _obj({"model": _STR, "k": _INT, "hits": _LIST(HIT), "warnings": _WARNINGS})
 CLASSIFY = _obj({"model": _STR, "results": _LIST(_obj({"image": _STR, "labels": _LIST(_SCORED("label"))})),
                  "warnings": _WARNINGS})
 VQA = _obj({"model": _STR, "question": _STR, "answer": {"description": "the answer (text for the built-in models)"},

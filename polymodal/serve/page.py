@@ -169,7 +169,7 @@ function setThumb(img, url) {
     if (b) { const u = URL.createObjectURL(b); thumbUrls.push(u); img.src = u; }
   });
 }
-function showHits(hits, what) {
+function showHits(hits, what, warnings) {
   while (thumbUrls.length) URL.revokeObjectURL(thumbUrls.pop());
   const grid = $("results");
   grid.replaceChildren();
@@ -206,7 +206,9 @@ function showHits(hits, what) {
     card.append(like, cap);
     grid.append(card);
   }
-  status(hits.length ? hits.length + " results for " + what : "no results for " + what, false);
+  // a server's note (a query in words the model does not know) beside the count, where it is read
+  const notes = (warnings || []).map((w) => " \u2014 note: " + w).join("");
+  status((hits.length ? hits.length + " results for " + what : "no results for " + what) + notes, false);
 }
 async function searchText(text) {
   const current = begin("search");
@@ -216,7 +218,7 @@ async function searchText(text) {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ text: text, k: parseInt($("k").value, 10) }),
     });
-    if (current()) showHits(res.hits, "\u201c" + text + "\u201d");
+    if (current()) showHits(res.hits, "\u201c" + text + "\u201d", res.warnings);
   } catch (e) { if (current()) status(e.message, true); }
 }
 async function searchLike(hit) {
