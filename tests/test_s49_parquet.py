@@ -91,8 +91,12 @@ def test_img2dataset_bytes_and_path_columns(tmp_path):
 
 def test_mistakes_are_one_error(tmp_path, monkeypatch):
     pq.write_table(pa.table({"url": ["http://x/1.jpg"], "caption": ["a"]}), tmp_path / "urls.parquet")
-    with pytest.raises(PolymodalError, match=r"its columns are \['url', 'caption'\]; it needs an image column"):
+    with pytest.raises(PolymodalError, match=r"urls.parquet lists photo links \('url'\), not the photos; download "
+                                             r"them first .* --url_col url --caption_col caption --output_format"):
         read_pair_source(tmp_path / "urls.parquet")
+    pq.write_table(pa.table({"id": [1], "caption": ["a"]}), tmp_path / "none.parquet")
+    with pytest.raises(PolymodalError, match=r"its columns are \['id', 'caption'\]; it needs an image column"):
+        read_pair_source(tmp_path / "none.parquet")
     (tmp_path / "fake.parquet").write_text("image,caption\n")
     with pytest.raises(PolymodalError, match="fake.parquet is not a readable Parquet file"):
         read_pair_source(tmp_path / "fake.parquet")

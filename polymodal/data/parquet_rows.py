@@ -88,6 +88,14 @@ def read_rows(path: Path, needs: Sequence[str] = (), fix: str = "") -> tuple[boo
     f = _open(path)
     schema = f.schema_arrow
     image, kind = image_column(path, schema)
+    urls = next((n for n in schema.names if n.lower() in ("url", "image_url")), None)
+    if image is None and urls is not None:  # LAION's and Conceptual Captions' lists: links, no photos
+        text = next((n for n in schema.names if n.lower() in CAPTION_COLUMNS), None)
+        caption = f" --caption_col {text}" if text else ""
+        raise PolymodalError(f"{path} lists photo links ({urls!r}), not the photos; download them first where the "
+                             f"network allows, e.g. `img2dataset --url_list {path.name} --input_format parquet "
+                             f"--url_col {urls}{caption} --output_format webdataset --output_folder shards`, then "
+                             "pass that folder of tar shards")
     if image is None or (needs and not {n.lower() for n in schema.names} & set(needs)):
         raise PolymodalError(f"{path}: its columns are {schema.names}; it needs an image column "
                              f"({', '.join(IMAGE_COLUMNS)}){' and one of ' + ', '.join(needs) if needs else ''}"
