@@ -48,7 +48,8 @@ def answer_questions_file(args) -> int:
         rows = [r if r.choices else replace(r, choices=tuple(choices)) for r in rows]
     model = _load_vqa_model(args.model, args.runtime)
     results, _ = answer_rows(model, rows, progress=True)
-    readable_results(results, "question")  # one warning for unreadable photos; none readable is an error
+    # one warning for unreadable photos; none readable is an error
+    unreadable = len(results) - len(readable_results(results, "question"))
     items = []
     for row, result in zip(rows, results):
         item = {"image": str(row.image), "question": row.question}
@@ -58,10 +59,9 @@ def answer_questions_file(args) -> int:
                     {"answer": result[0], "score": round(float(result[1]), 4)})
         items.append(item)
     if suffix == ".json":  # the server wants an answer to every question it asked
-        unanswered = sum("error" in i for i in items)
-        if unanswered:
-            log.warning("%s whose photo could not be read %s the answer \"\" in %s", plural(unanswered, "question"),
-                        "have" if unanswered > 1 else "has", args.out)
+        if unreadable:
+            log.warning("%s whose photo could not be read %s the answer \"\" in %s", plural(unreadable, "question"),
+                        "have" if unreadable > 1 else "has", args.out)
         if skipped[0]:
             log.warning("%s (above) left out of %s: the evaluation server refuses a results file without every "
                         "question's answer; fix them and run again", plural(skipped[0], "skipped row"), args.out)
@@ -73,5 +73,5 @@ def answer_questions_file(args) -> int:
         return 0
     atomic_write_bytes(Path(args.out), text.encode())
     print(json.dumps({"model": getattr(model, "key", args.model), "questions": len(rows),
-                      "unreadable": sum("error" in i for i in items), "out": args.out}))
+                      "unreadable": unreadable, "out": args.out}))
     return 0
