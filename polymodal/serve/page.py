@@ -169,10 +169,13 @@ function setThumb(img, url) {
     if (b) { const u = URL.createObjectURL(b); thumbUrls.push(u); img.src = u; }
   });
 }
-function showHits(hits, what, warnings) {
+function clearHits() {
   while (thumbUrls.length) URL.revokeObjectURL(thumbUrls.pop());
+  $("results").replaceChildren();
+}
+function showHits(hits, what, warnings) {
+  clearHits();
   const grid = $("results");
-  grid.replaceChildren();
   for (const hit of hits) {
     const card = document.createElement("figure");
     card.className = "hit";
@@ -210,6 +213,10 @@ function showHits(hits, what, warnings) {
   const notes = (warnings || []).map((w) => " \u2014 note: " + w).join("");
   status((hits.length ? hits.length + " results for " + what : "no results for " + what) + notes, false);
 }
+function searchFailed(e) {  // the last search's photos under this error read as its results
+  clearHits();
+  status(e.message, true);
+}
 async function searchText(text) {
   const current = begin("search");
   status("searching…", false);
@@ -219,7 +226,7 @@ async function searchText(text) {
       body: JSON.stringify({ text: text, k: parseInt($("k").value, 10) }),
     });
     if (current()) showHits(res.hits, "\u201c" + text + "\u201d", res.warnings);
-  } catch (e) { if (current()) status(e.message, true); }
+  } catch (e) { if (current()) searchFailed(e); }
 }
 async function searchLike(hit) {
   const current = begin("search");
@@ -230,7 +237,7 @@ async function searchLike(hit) {
       body: JSON.stringify({ like: hit.id, k: parseInt($("k").value, 10) }),
     });
     if (current()) showHits(res.hits, "photos like " + hit.name);
-  } catch (e) { if (current()) status(e.message, true); }
+  } catch (e) { if (current()) searchFailed(e); }
 }
 async function removeHit(hit, card) {
   if (!window.confirm("Remove " + hit.name + " from the index? (The file itself stays where it is.)")) return;
@@ -252,7 +259,7 @@ async function searchImage(file) {
   try {
     const res = await api("/v1/search", { method: "POST", body: form });
     if (current()) showHits(res.hits, file.name || "the image");
-  } catch (e) { if (current()) status(e.message, true); }
+  } catch (e) { if (current()) searchFailed(e); }
 }
 $("search-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
