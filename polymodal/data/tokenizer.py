@@ -81,6 +81,14 @@ def unknown_words_note(model, text: str) -> str | None:
             "the words, or by nothing: ask in English words")
 
 
+def unknown_words_notes(model, texts: list[str], at_most: int = 5) -> list[str]:
+    """unknown_words_note for a served batch of texts (/v1/embed), each note naming its text's place in the list;
+    past ``at_most`` notes, one line counts the rest (a batch of 256 Chinese texts gets 6 lines, not 256)."""
+    notes = [f"texts[{i}]: {note}" for i, text in enumerate(texts) if (note := unknown_words_note(model, text))]
+    rest = len(notes) - at_most
+    return notes[:at_most] + ([f"and {rest} more texts mostly in unknown word pieces"] if rest > 0 else [])
+
+
 def check_unicode(texts: list[str], what: str | None = None) -> None:
     """One error naming the first text holding a lone surrogate (not a character: bytes that were not UTF-8, or half
     of an escaped pair in JSON), which no tokenizer takes. The message leaves the text out: it could not be printed.

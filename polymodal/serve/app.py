@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from polymodal.data.tokenizer import unknown_words_note
+from polymodal.data.tokenizer import unknown_words_note, unknown_words_notes
 from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 from polymodal.registry import answers, captions, embeds
@@ -400,6 +400,7 @@ def create_app(
         responses=post_replies(EMBED),
     )
     async def embed(request: Request):
+        warnings = []
         if content_type(request) == "application/json":
             data = await read_json(request, {"texts", "image", "images", "model"}, '{"texts": ["a dog"]}')
             if "texts" in data:
@@ -411,6 +412,7 @@ def create_app(
                 parts = [await svc.batcher.texts(texts[start : start + TEXT_CHUNK])
                          for start in range(0, len(texts), TEXT_CHUNK)]
                 vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                warnings = await run_in_threadpool(unknown_words_notes, model, texts)
             else:
                 if not ("image" in data or "images" in data):
                     raise ApiError(400, 'nothing to embed: send {"texts": [...]} or {"images": [base64, ...]}')
@@ -420,7 +422,8 @@ def create_app(
                 check_form_fields(form, {"image", "model"})
                 items = await form_images(form)
             vectors = await svc.batcher.images(await prepare(items))
-        return JSONResponse({"model": model.key, "dim": int(vectors.shape[1]), "vectors": vectors.tolist()})
+        return JSONResponse({"model": model.key, "dim": int(vectors.shape[1]), "vectors": vectors.tolist(),
+                             "warnings": warnings})
 
     @app.post(
         "/v1/search",

@@ -53,7 +53,7 @@ _THUMB = {"type": "string", "description": "the thumbnail's URL path (GET it)"}
 _WARNINGS = _LIST(_STR)
 _SCORED = lambda key: _obj({key: _STR, "score": _NUM})  # noqa: E731
 
-EMBED = _obj({"model": _STR, "dim": _INT, "vectors": _LIST(_LIST(_NUM))})
+EMBED = _obj({"model": _STR, "dim": _INT, "vectors": _LIST(_LIST(_NUM)), "warnings": _WARNINGS})
 HIT = _obj({"id": _ID, "path": _STR, "score": _NUM, "thumb": _THUMB, "rank": _INT, "name": _STR},
            {"host": {"type": "string", "description": "the machine holding the file (a Qdrant collection's hits)"}})
 SEARCH = _obj({"model": _STR, "k": _INT, "hits": _LIST(HIT), "warnings": _WARNINGS})
