@@ -14,6 +14,7 @@ import unicodedata
 from dataclasses import asdict
 from pathlib import Path
 
+from polymodal.apps.templates import add_template_options, chosen_templates
 from polymodal.cli_options import (add_precision, add_qdrant, add_runtime, index_model_name, load_model,
                                    qdrant_collection, resolve_runtime)
 from polymodal.data.visible import is_blank
@@ -48,8 +49,8 @@ CLASSIFY_BATCH = 32  # images per forward pass; more images (or label prompts) t
 TIP_RUNTIME_AT = 500  # images embedded with torch in one run, from which `index` mentions --runtime onnx
 # options holding paths (files, folders, or a model: a name or a path): "~" expanded (see expand_home)
 PATH_OPTIONS = ("caption_model", "classes", "config", "db", "explain", "image", "images", "labels_file", "labels_from",
-                "model", "negatives", "out", "pairs", "paths", "qa", "run", "texts", "val_pairs", "val_qa",
-                "vqa_model", "zeroshot_labels")
+                "model", "negatives", "out", "pairs", "paths", "qa", "run", "templates_file", "texts", "val_pairs",
+                "val_qa", "vqa_model", "zeroshot_labels")
 
 
 def expand_home(args) -> None:
@@ -306,7 +307,7 @@ def cmd_classify(args) -> int:
     if len(labels) == 1:  # a softmax over one label is 1 whatever the image: say so rather than look confident
         print(f"polymodal: note: with one label every image scores 1.000 (scores are shared out among the labels); "
               f"pass two or more, e.g. --labels {labels[0]},other", file=sys.stderr)
-    templates = args.template or None
+    templates = chosen_templates(args)  # a bad template or templates file is refused before the model loads
     model = require_embedding(load_model(args, args.model), args.model)
     # label and template mistakes end the command here, before any image; a long label list shows a bar
     prompts = len(labels) * len(templates or model.DEFAULT_TEMPLATES)
@@ -484,8 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", help="comma-separated, e.g. cat,dog,car")
     s.add_argument("--labels-from", metavar="FILE", help="a text file with one label per line (a line starting "
                    "with # is a comment), or a JSON list of names")
-    s.add_argument("--template", action="append",
-                   help="prompt template with {}; repeat for an ensemble (default: 'a photo of a {}.')")
+    add_template_options(s, "'a photo of a {}.'")
     s.add_argument("--top-k", type=int, default=None, help="labels shown per image (default: all)")
     s.add_argument("--model", default="lite", help="built-in name, checkpoint or export folder (default: lite)")
     s.add_argument("--json", action="store_true", help="print one JSON list of the images and their labels")
@@ -509,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     from polymodal.cli_caption import add_parsers as add_caption_parsers
 
     add_caption_parsers(sub, actions)
+    from polymodal.cli_eval_images import add_parsers as add_eval_images_parsers
+
+    add_eval_images_parsers(sub, actions)
     from polymodal.cli_serve import add_parsers
 
     add_parsers(sub)

@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from polymodal.apps.templates import add_template_options
 from polymodal.cli_options import add_precision, add_recipe_flags, add_run_options, add_runtime, load_model
 from polymodal.errors import PolymodalError
 from polymodal.eval.per_item import add_item_options
@@ -380,6 +381,7 @@ def cmd_eval_retrieval(args) -> int:
 def cmd_eval_zeroshot(args) -> int:
     import numpy as np
 
+    from polymodal.apps.templates import chosen_templates
     from polymodal.data.jsonl import counting_skipped
     from polymodal.eval.bootstrap import bootstrap_ci
     from polymodal.eval.caveats import data_caveats, warn_of_few
@@ -387,6 +389,7 @@ def cmd_eval_zeroshot(args) -> int:
     from polymodal.eval.zeroshot import TEMPLATES, keep_candidates, read_classes, read_labelled_images, zeroshot_accuracy
 
     check_out(args.out, [args.labels_file] + ([args.classes] if args.classes else []))
+    templates = chosen_templates(args) or TEMPLATES  # before the photos are read and the model loads
     classes = read_classes(args.classes) if args.classes else None
     with counting_skipped(args.split) as skipped:  # with candidates given, photos of one class are fine
         images, labels = read_labelled_images(args.labels_file, one_class=classes is not None)
@@ -395,7 +398,6 @@ def cmd_eval_zeroshot(args) -> int:
         skipped[0] += outside
     check_strict(args, skipped[0])
     model = load_model(args, args.model)
-    templates = args.template or TEMPLATES
     caveats = data_caveats(args.model, set(images), skipped[0], args.split)
     items: list = []
     metrics = zeroshot_accuracy(model, images, labels, templates, progress=True, details=items, classes=classes)
@@ -460,8 +462,7 @@ def add_parsers(sub) -> dict:
                    help="a JSONL file of {\"image\": path relative to the file, \"label\"} rows, or a folder "
                         "with one subfolder of photos per class (ImageNet's layout), named as the class")
     s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
-    s.add_argument("--template", action="append",
-                   help="prompt template with {}; repeat for an ensemble (default: the mean of 4, see the README)")
+    add_template_options(s, "the mean of 4, see the README")
     s.add_argument("--classes", metavar="FILE", help="the candidate classes, one per line (or a JSON list), e.g. all "
                    "of a dataset's; default: the labels the file holds")
     add_runtime(s)

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from polymodal.apps.templates import check_template
 from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import as_texts, check_count
@@ -70,10 +71,7 @@ class PromptCache:
             raise PolymodalError(f"label {blank} is empty; every label needs some text (drop the blank one a "
                                  "trailing comma or an empty line leaves)")
         for t in templates:
-            if "{}" not in t:
-                named = " (only an empty {} is filled, not a named field)" if "{" in t else ""
-                raise PolymodalError(f"template {t!r} has no '{{}}' where the label goes{named}, e.g. 'a photo of a "
-                                     "{}.'")
+            check_template(t)
         key = (labels, templates)
         if self._weights.changed():  # trained or reloaded since: every cached matrix is stale
             self._items.clear()

@@ -30,17 +30,20 @@ def warn_of_few(count: int, what: str, metric: str) -> None:
         log.warning("only %d %s: %s over so few says little; evaluate on %d or more", count, what, metric, FEW_PHOTOS)
 
 
-def warn_of_copies(images) -> None:
-    """The same photo twice under two names: each of its captions ties with the copy, and a tie counts as a miss,
-    so recall comes out lower than the model's."""
+COPIES_IN_RETRIEVAL = "a caption ties with its photo's copy and ties count as misses, so recall comes out low"
+
+
+def warn_of_copies(images, effect: str = COPIES_IN_RETRIEVAL) -> None:
+    """The same photo twice under two names: in text<->image retrieval each of its captions ties with the copy, and
+    a tie counts as a miss, so recall comes out lower than the model's (``effect`` says what a copy does elsewhere)."""
     from polymodal.training_photos import copies_within
 
     groups = copies_within(images)
     if groups:
         first = groups[0]
         log.warning("%d photos are copies of others in this set (the same bytes under other names, e.g. %s and %s): "
-                    "a caption ties with its photo's copy and ties count as misses, so recall comes out low; "
-                    "evaluate without the copies", sum(len(g) - 1 for g in groups), images[first[0]], images[first[1]])
+                    "%s; evaluate without the copies", sum(len(g) - 1 for g in groups), images[first[0]],
+                    images[first[1]], effect)
 
 
 SHARED_CAPTIONS = 0.01  # the share of caption texts under several photos from which image->text recall is warned of

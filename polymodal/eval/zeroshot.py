@@ -23,16 +23,19 @@ LABELS_FORMAT = 'a JSONL of {"image": path relative to the file, "label": ...} r
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a close-up photo of a {}.", "a photo of the {}.")
 
 
-def read_labelled_images(path: str | Path, one_class: bool = False) -> tuple[list[Path], list[str]]:
+def read_labelled_images(path: str | Path, one_class: bool = False,
+                         several_labels: bool = True) -> tuple[list[Path], list[str]]:
     """Images (resolved against the file's folder) and their labels, from a JSONL file or a folder of class
     folders (class_folders). Unusable rows (bad JSON, no image or label, missing image file) are counted and logged
-    like eval retrieval's and eval vqa's; none left is an error."""
+    like eval retrieval's and eval vqa's; none left is an error. ``several_labels``: warn of a photo on rows of
+    several labels as top-1 reads it (False: the caller says what it does with them)."""
     if Path(path).is_dir():
         images, labels = class_folders(Path(path))
     else:
         images, labels = _labelled_rows(Path(path))
     labels = _one_spelling(labels, path)
-    _warn_of_several_labels(images, path)
+    if several_labels:
+        _warn_of_several_labels(images, path)
     if not one_class:  # one class (and no candidate list): refused before a model loads or a training run starts
         _classes(labels)
     return images, labels

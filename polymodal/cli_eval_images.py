@@ -1,0 +1,87 @@
+"""`polymodal eval images`: image->image retrieval ("more like this") over labelled photos, a thin wrapper over
+polymodal.eval.image_retrieval. Photos and labels are read as `eval zeroshot` reads them."""
+
+from __future__ import annotations
+
+import json
+
+from polymodal.cli_options import add_precision, add_runtime, load_model
+from polymodal.errors import PolymodalError
+from polymodal.eval.per_item import add_item_options
+
+
+def cmd_eval_images(args) -> int:
+    import numpy as np
+
+    from polymodal.data.jsonl import counting_skipped
+    from polymodal.eval.bootstrap import bootstrap_ci
+    from polymodal.eval.caveats import data_caveats, warn_of_copies, warn_of_few
+    from polymodal.eval.image_retrieval import (COPIES_IN_I2I, first_label_each, image_retrieval_metrics,
+                                                warn_of_certain_r_at_k, warn_of_singletons)
+    from polymodal.eval.per_item import check_out, check_strict, write_items
+    from polymodal.eval.retrieval import encode_readable
+    from polymodal.registry import require_embedding
+
+    check_out(args.out, [args.labels_file])
+    with counting_skipped(args.split) as skipped:  # (a labels file's rows, or photos beside the class folders)
+        images, labels, repeats = first_label_each(*read_labelled(args.labels_file), args.labels_file)
+    skipped = skipped[0] + repeats
+    check_strict(args, skipped)
+    model = require_embedding(load_model(args, args.model), args.model)
+    caveats = data_caveats(args.model, images, skipped, args.split)
+    reasons: dict = {}  # why each unreadable photo could not be read: --out's error items
+    emb, rows = encode_readable(model, images, str(args.labels_file), progress=True, reasons=reasons)
+    check_strict(args, 0, len(images) - len(rows))
+    kept, kept_labels = [images[i] for i in rows], [labels[i] for i in rows]
+    warn_of_few(len(kept), "photos", "image retrieval")
+    warn_of_singletons(kept_labels)
+    warn_of_copies(kept, COPIES_IN_I2I)
+    details: dict = {}
+    metrics = image_retrieval_metrics(emb, kept_labels, details=details)
+    scored = np.flatnonzero(details["scored"])
+    warn_of_certain_r_at_k(int(details["positives"][scored].min()), len(kept))
+    hits: dict = {}  # which label the model finds least, as eval zeroshot's per_class
+    for i in scored:
+        hits.setdefault(kept_labels[i], []).append(details["rank"][i] <= 1)
+    metrics |= {"per_class": {c: round(float(np.mean(h)), 4) for c, h in sorted(hits.items())},
+                "per_class_count": {c: len(h) for c, h in sorted(hits.items())}}
+    if args.ci:  # one query per photo: resampled photo by photo
+        metrics |= {"R@1_ci95": bootstrap_ci(details["rank"][scored] <= 1),
+                    "MAP@R_ci95": bootstrap_ci(details["map_r"][scored])}
+    if args.out:
+        names = [str(image) for image in kept]
+        items = [{"image": names[i], "label": kept_labels[i], "nearest": names[details["nearest"][i]],
+                  "nearest_label": kept_labels[details["nearest"][i]], "rank": int(details["rank"][i]),
+                  "map_r": round(float(details["map_r"][i]), 4)} if details["scored"][i] else
+                 {"image": names[i], "label": kept_labels[i], "skipped": "no other photo of its label"}
+                 for i in range(len(kept))]
+        items += [{"image": str(images[i]), "label": labels[i], "error": why} for i, why in sorted(reasons.items())]
+        write_items(args.out, items, args.model, [*kept, *(images[i] for i in sorted(reasons))])
+    how = {"variants": model.variants} if hasattr(model, "variants") else {"precision": args.precision}
+    print(json.dumps({"model": args.model, "runtime": args.runtime, **how, "images": len(kept),
+                      "unreadable": len(images) - len(rows), **caveats, "classes": len(set(kept_labels)), **metrics}))
+    return 0
+
+
+def read_labelled(path) -> tuple[list, list[str]]:
+    """`eval zeroshot --labels-file`'s photos and labels; fewer than two labels is refused (every photo a hit)."""
+    from polymodal.eval.zeroshot import read_labelled_images
+
+    images, labels = read_labelled_images(path, one_class=True, several_labels=False)
+    if len(set(labels)) < 2:
+        raise PolymodalError(f"every photo of {path} has the label {labels[0]!r}: every other photo would be a hit; "
+                             "label photos of at least two classes")
+    return images, labels
+
+
+def add_parsers(sub, actions: dict) -> None:
+    s = actions["eval"].add_parser("images", help="image->image retrieval ('more like this'): each labelled photo "
+                                   "queries the others; R@1/5/10, R-Precision, MAP@R")
+    s.add_argument("--labels-file", required=True, metavar="FILE",
+                   help="a JSONL file of {\"image\": path relative to the file, \"label\"} rows, or a folder "
+                        "with one subfolder of photos per class, named as the class (as eval zeroshot reads them)")
+    s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
+    add_runtime(s)
+    add_precision(s)
+    add_item_options(s)
+    s.set_defaults(func=cmd_eval_images)
