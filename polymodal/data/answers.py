@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from polymodal.errors import PolymodalError
@@ -38,15 +39,26 @@ _NUMBERS["none"] = "0"  # as VQA v2's manualMap: "how many ...?" "none" is the a
 _ARTICLES = {"a", "an", "the"}
 
 
+# The marks VQA v2's evaluation script (vqaEval.py's processPunctuation) takes out of an answer; it keeps the others
+# (':' in "10:30", '%', '$', '&', '#'), so "10:30" is no "10 30" and "50%" no "50"
+_VQA_PUNCTUATION = ';/[]"{}()=+\\_-><@`,?!'
+_DIGIT_COMMA = re.compile(r"\d,\d")
+_STRAY_PERIOD = re.compile(r"\.(?!\d)")  # a full stop not before a digit: "3.5" and ".5" keep theirs
+
+
 def comparable_answer(text: Any) -> str:
-    """An answer as the VQA v2 evaluation compares it: normalize_answer, then punctuation dropped (a decimal point
-    kept), number words as digits, articles dropped: 'Two dogs!' -> '2 dogs', 'the red one' -> 'red 1'. (The
-    official script also expands contractions such as 'dont'; this does not.)"""
-    text = normalize_answer(text).replace("'", "")  # "it's" -> "its", as the official script does
-    chars = [c if c.isalnum() or c.isspace() or (c == "." and 0 < i < len(text) - 1 and text[i - 1].isdigit()
-                                                     and text[i + 1].isdigit()) else " "
-             for i, c in enumerate(text)]
-    words = [_NUMBERS.get(w, w) for w in "".join(chars).split() if w not in _ARTICLES]
+    """An answer as the VQA v2 evaluation compares it: normalize_answer, then its punctuation rule (the marks of
+    _VQA_PUNCTUATION become spaces, or go where one stands beside a space or the answer holds a number such as
+    "1,000", which becomes "1000"; a full stop goes unless a digit follows), number words as digits, articles
+    dropped: 'Two dogs!' -> '2 dogs', 'the red one' -> 'red 1', '1,000' -> '1000'. One difference: apostrophes are
+    dropped ("don't" = "dont", as the official script's list of contractions also makes them, but "it's" = "its" and
+    "girl's" = "girls" too, which it tells apart)."""
+    text = normalize_answer(text).replace("'", "").replace("\u2019", "")
+    given, glued = text, _DIGIT_COMMA.search(text) is not None
+    for mark in _VQA_PUNCTUATION:
+        if mark in text:  # as the official script decides it: from the answer as given, for each mark alike
+            text = text.replace(mark, "" if glued or mark + " " in given or " " + mark in given else " ")
+    words = [_NUMBERS.get(w, w) for w in _STRAY_PERIOD.sub("", text).split() if w not in _ARTICLES]
     return " ".join(words)
 
 

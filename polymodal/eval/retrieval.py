@@ -112,7 +112,8 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image
     for name, ranks in (("t2i", t2i), ("i2t", i2t)):
         for k in (1, 5, 10):
             out[f"{name}_R@{k}"] = round(float((ranks <= k).mean()), 4)
-        out[f"{name}_median_rank"] = float(np.median(ranks))
+        # the lower middle rank of an even count, as open_clip and VSE++ report it (floor of the median): 33, not 33.5
+        out[f"{name}_median_rank"] = float(np.floor(np.median(ranks)))
     return out
 
 
