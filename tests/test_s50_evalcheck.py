@@ -56,3 +56,15 @@ def test_median_rank_is_the_lower_middle_as_open_clip_reports_it():
     assert ranks["t2i"].tolist() == [1, 1, 2, 2]
     # open_clip: np.floor(np.median(0-based ranks)) + 1 = floor(0.5) + 1 = 1 (np.median of 1-based ranks: 1.5)
     assert m["t2i_median_rank"] == 1.0
+
+
+def test_rows_without_a_type_answered_with_a_number_are_typed_number():
+    """VQA v2 types answers yes/no, number or other; a row without its own type got "yes/no" or "other", so a file
+    of how-many questions had no "number" figure to compare with the field's."""
+    from polymodal.eval.vqa import answer_type
+
+    assert [answer_type(a) for a in ("2", "Two.", "none", "10", "2 dogs", "yes", "blue")] == \
+        ["number", "number", "number", "number", "other", "yes/no", "other"]
+    rows = as_rows([{"image": "x.jpg", "question": "how many?", "answer": "two"},
+                    {"image": "x.jpg", "question": "what colour?", "answer": "red"}])
+    assert accuracy_by_type(["2", "blue"], rows)["per_type"] == {"number": 1.0, "other": 0.0}

@@ -45,13 +45,16 @@ class QARow:
 
     @property
     def type(self) -> str:
-        """The row's answer type: its own ``answer_type`` if given, else "yes/no" or "other". Case and spaces
+        """The row's answer type: its own ``answer_type`` if given, else "yes/no", "number" or "other". Case and spaces
         aside ("Yes/No " is "yes/no"): a file typed by hand in places would otherwise split one type's figures."""
         return " ".join((self.answer_type or "").split()).lower() or answer_type(self.answer)
 
 
 def answer_type(answer: str) -> str:
-    return "yes/no" if comparable_answer(answer) in YES_NO else "other"  # 'Yes!' is scored as yes: typed so too
+    """VQA v2's three types for a row that gives none: 'Yes!' is scored as yes, so typed "yes/no"; 'two' is scored
+    as '2', so typed "number" (as VQA v2 types how-many answers); the rest "other"."""
+    key = comparable_answer(answer)
+    return "yes/no" if key in YES_NO else "number" if key.isdigit() else "other"
 
 
 def read_qa(source: str | Path | Sequence[str | Path], need_answers: bool = True) -> list[QARow]:
@@ -228,7 +231,7 @@ def accuracy_by_type(predicted: Sequence[str], rows: Sequence[QARow]) -> dict:
 def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool = False,
                  details: list | None = None) -> dict:
     """Exact-match accuracy of a fusion encoder on QA rows, overall and per answer type ("yes/no" when the answer
-    is yes or no, else "other"; a row's own answer_type wins); rows with choices are multiple choice, also reported
+    is yes or no, "number" when a whole number, else "other"; a row's own answer_type wins); rows with choices are multiple choice, also reported
     apart. With ``cache``, the rows' image and question features go through the on-disk feature cache (image
     paths only), so a second evaluation costs no tower pass. ``details``, a list, gets one dict per row: its
     image, question, answer, the predicted answer, the model's confidence in it and the row's score (its
