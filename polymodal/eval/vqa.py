@@ -45,7 +45,7 @@ class QARow:
 
     @property
     def type(self) -> str:
-        """The row's answer type: its own ``answer_type`` if given, else "yes/no", "number" or "other". Case and spaces
+        """The row's answer type: its own ``answer_type`` if given, else answer_type's. Case and spaces
         aside ("Yes/No " is "yes/no"): a file typed by hand in places would otherwise split one type's figures."""
         return " ".join((self.answer_type or "").split()).lower() or answer_type(self.answer)
 
@@ -230,9 +230,8 @@ def accuracy_by_type(predicted: Sequence[str], rows: Sequence[QARow]) -> dict:
 
 def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool = False,
                  details: list | None = None) -> dict:
-    """Exact-match accuracy of a fusion encoder on QA rows, overall and per answer type ("yes/no" when the answer
-    is yes or no, "number" when a whole number, else "other"; a row's own answer_type wins); rows with choices are multiple choice, also reported
-    apart. With ``cache``, the rows' image and question features go through the on-disk feature cache (image
+    """Exact-match accuracy of a fusion encoder on QA rows, overall and per answer type (a row's own answer_type,
+    else answer_type's "yes/no", "number" or "other"); rows with choices are multiple choice, also reported apart. With ``cache``, the rows' image and question features go through the on-disk feature cache (image
     paths only), so a second evaluation costs no tower pass. ``details``, a list, gets one dict per row: its
     image, question, answer, the predicted answer, the model's confidence in it and the row's score (its
     correctness), or why its image could not be read."""
