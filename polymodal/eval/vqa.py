@@ -231,8 +231,9 @@ def accuracy_by_type(predicted: Sequence[str], rows: Sequence[QARow]) -> dict:
 def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool = False,
                  details: list | None = None) -> dict:
     """Exact-match accuracy of a fusion encoder on QA rows, overall and per answer type (a row's own answer_type,
-    else answer_type's "yes/no", "number" or "other"); rows with choices are multiple choice, also reported apart. With ``cache``, the rows' image and question features go through the on-disk feature cache (image
-    paths only), so a second evaluation costs no tower pass. ``details``, a list, gets one dict per row: its
+    else answer_type's "yes/no", "number" or "other"); rows with choices are multiple choice, also reported apart.
+    With ``cache``, the rows' image and question features go through the on-disk feature cache (image paths only),
+    so a second evaluation costs no tower pass. ``details``, a list, gets one dict per row: its
     image, question, answer, the predicted answer, the model's confidence in it and the row's score (its
     correctness), or why its image could not be read."""
     from polymodal.registry import require_vqa
