@@ -38,7 +38,18 @@ def main(argv=None) -> int:
 
     import polymodal
     from polymodal.data.samples import write_sample_gallery
+    from polymodal.errors import PolymodalError
 
+    if args.onnx:  # a wrong folder: one line before anything loads, not a traceback
+        try:
+            exported = polymodal.load(args.onnx, runtime="onnx")
+        except PolymodalError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if not hasattr(exported, "caption"):
+            print(f"error: {args.onnx} is not a captioner's export (`polymodal export onnx captioner --out DIR`)",
+                  file=sys.stderr)
+            return 2
     model = polymodal.load("captioner").eval()
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_sample_gallery(tmp)
@@ -47,7 +58,6 @@ def main(argv=None) -> int:
             from polymodal.data.images import load_image
 
             images = [load_image(p) for p in photos]
-            exported = polymodal.load(args.onnx, runtime="onnx")
             ways = {"onnx": lambda: exported.caption(images, beam=args.beam),
                     "pytorch": lambda: model.caption(images, beam=args.beam)}
         else:

@@ -277,17 +277,18 @@ def _inner_folds(gi: np.ndarray, tr: np.ndarray, splits: int = 5, seed: int = 0)
     return list(GroupKFold(splits, shuffle=True, random_state=seed).split(tr, groups=gi[tr]))
 
 
-def pair_ranking(rows: list[dict], score: np.ndarray, image_index: np.ndarray) -> tuple[int, float]:
+def pair_ranking(rows: list[dict], score: np.ndarray, image_index: np.ndarray) -> tuple[int, float | None]:
     """Over every (yes row, no row) pair with the same key phrase and different photos: how often the yes row's
     score is the higher. The phrase's own bias cancels, so this is the image-text alignment alone. Chance 0.5. On a
     phrase asked once each way, one threshold per phrase that is not told the answers scores about this fraction
-    at best: between the two scores it gets both rows right or both wrong, anywhere else exactly one."""
+    at best: between the two scores it gets both rows right or both wrong, anywhere else exactly one. No pairs (a
+    small --qa file): None, printed as null (NaN is not JSON)."""
     by: dict[str, list[int]] = {}
     for i, k in enumerate(key_phrases(rows)):
         by.setdefault(k, []).append(i)
     wins = [score[a] > score[b] for ix in by.values() for a in ix for b in ix
             if rows[a]["answer"] == "yes" and rows[b]["answer"] == "no" and image_index[a] != image_index[b]]
-    return len(wins), round(float(np.mean(wins)), 4) if wins else float("nan")
+    return len(wins), round(float(np.mean(wins)), 4) if wins else None
 
 
 def main() -> int:

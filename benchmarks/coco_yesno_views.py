@@ -112,7 +112,7 @@ def best_cell(cells: np.ndarray, phrases: np.ndarray) -> np.ndarray:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--qa", type=Path, default=DEFAULT_QA)
     ap.add_argument("--towers", default="lite0,lite2")
     ap.add_argument("--no-dense", action="store_true", help="skip the grid-cell attempt")

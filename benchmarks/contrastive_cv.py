@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     announce(__file__)
 
+    work = tempfile.TemporaryDirectory(prefix="cv-")  # the folds' runs and checkpoints: removed when the run ends
     try:
         settings = json.loads(open(args.config).read()) if args.config else {}
         for item in args.set:
@@ -58,11 +59,17 @@ def main(argv=None) -> int:
             (settings.setdefault(section, {}) if section else settings)[name] = json.loads(value)
         main_set = read_pair_source(args.pairs)
         extra = PairSet.from_pairs([p for s in args.extra_pairs for p in read_pair_source(s).pairs])
-        settings.update(pairs=[args.pairs], out=tempfile.mkdtemp(prefix="cv-"))
+        settings.update(pairs=[args.pairs], out=work.name)
         recipe = ContrastiveRecipe.from_dict(settings)
     except (OSError, ValueError, PolymodalError) as exc:  # a missing file, a bad --set or recipe key
+        work.cleanup()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    with work:
+        return _cross_validate(args, recipe, settings, main_set, extra)
+
+
+def _cross_validate(args, recipe: ContrastiveRecipe, settings: dict, main_set: PairSet, extra: PairSet) -> int:
     recipe.train.patience = 0  # fixed epochs: held-out folds must not choose the model
 
     all_set = PairSet.from_pairs(main_set.pairs + extra.pairs)
@@ -116,7 +123,7 @@ def main(argv=None) -> int:
                           "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
     metrics = retrieval_metrics(np.concatenate(held_img), np.concatenate(held_txt), np.concatenate(held_owner))
     print(json.dumps({"pool_images": offset, **metrics, "train_seconds": round(time.perf_counter() - t0, 1),
-                      "recipe": settings}))
+                      "recipe": {k: v for k, v in settings.items() if k != "out"}}))  # (out: removed)
     for beta in args.center_betas:
         for what in ("images", "both"):
             img = np.concatenate([query_matrix(e - beta * m[0]) for e, m in zip(held_img, train_means)])

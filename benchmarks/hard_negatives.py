@@ -53,10 +53,6 @@ def main(argv=None) -> int:
     announce(__file__)
 
     from polymodal.data.pairs import PairSet, read_pair_source, split_by_image
-    from polymodal.eval.retrieval import retrieval_metrics
-    from polymodal.eval.word_order import word_order_accuracy
-    from polymodal.models.dual_encoder import load_dual_encoder
-    from polymodal.train.contrastive import ContrastiveRecipe, train_contrastive
 
     flickr = DATA / "flickr8k-dev" / "pairs.jsonl"
     if not flickr.is_file():
@@ -67,8 +63,16 @@ def main(argv=None) -> int:
     if coco.is_file():
         train_set = PairSet.from_pairs(train_set.pairs + read_pair_source(coco).pairs)
     first_caption = [held_out.captions_of(i)[0] for i in range(len(held_out.images))]
+    with tempfile.TemporaryDirectory(prefix="hard-negatives-") as work:  # each mode's run: removed when it ends
+        return _train_modes(args, train_set, held_out, first_caption, Path(work))
 
-    work = Path(tempfile.mkdtemp(prefix="hard-negatives-"))
+
+def _train_modes(args, train_set, held_out, first_caption: list[str], work: Path) -> int:
+    from polymodal.eval.retrieval import retrieval_metrics
+    from polymodal.eval.word_order import word_order_accuracy
+    from polymodal.models.dual_encoder import load_dual_encoder
+    from polymodal.train.contrastive import ContrastiveRecipe, train_contrastive
+
     train_file = _write(train_set.pairs, work / "train.jsonl")
     settings = json.loads((ROOT / "recipes" / "default.json").read_text())
     settings["arch"]["text_trainable_layers"] = args.text_layers

@@ -44,7 +44,7 @@ def run_index(images: Path, db: Path, heap_kept: bool) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "flickr8k-dev" / "images")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args(argv)

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from polymodal.index.snapshot import HIDE_AT_MOST, Snapshot
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--queries", type=int, default=20)

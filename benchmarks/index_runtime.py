@@ -31,7 +31,7 @@ QUERIES = ["a dog running on the grass", "children playing in the water", "a man
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "flickr8k-dev" / "images")
     ap.add_argument("--model", default="lite")
     ap.add_argument("--repeats", type=int, default=1)
@@ -56,7 +56,11 @@ def main() -> int:
             for runtime, model in models.items():
                 index = ImageIndex(Path(tmp) / f"{runtime}-{r}")
                 t0 = time.perf_counter()
-                report = index.update(args.images, model, progress=False)
+                try:
+                    report = index.update(args.images, model, progress=False)
+                except PolymodalError as exc:  # e.g. a folder without photos: its one line, not a traceback
+                    print(f"{exc}", file=sys.stderr)
+                    return 2
                 seconds = time.perf_counter() - t0
                 rates[runtime].append(report.added / seconds)
                 print(json.dumps({"runtime": runtime, "images": report.added, "seconds": round(seconds, 1),

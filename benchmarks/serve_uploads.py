@@ -98,7 +98,7 @@ def burst(url: str, size: int, seed: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--bursts", default="1,8,32,64", help="uploads sent at once, comma-separated")
     args = ap.parse_args(argv)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=Path, default=ROOT.parent / "shared" / "data" / "flickr8k-dev" / "pairs.jsonl")
     ap.add_argument("--captions", type=int, default=640)
     ap.add_argument("--model", default="lite")

@@ -56,7 +56,7 @@ def _cpu(fn):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=Path, default=ROOT.parent / "shared" / "data" / "flickr8k-dev" / "pairs.jsonl")
     ap.add_argument("--config", type=Path, default=ROOT / "recipes" / "default.json", help="the recipe's arch")
     ap.add_argument("--photos", type=int, default=50, help="labelled photos for zero-shot")
@@ -70,7 +70,21 @@ def main(argv=None) -> int:
         return 2
     import tempfile
 
-    os.environ["POLYMODAL_CACHE"] = tempfile.mkdtemp(prefix="train-caching-")  # nothing cached beforehand
+    # nothing cached beforehand; the folder and the setting end with the run (left behind, each run kept a folder
+    # in /tmp, and a test calling main() in-process moved the rest of its process's caches there)
+    previous = os.environ.get("POLYMODAL_CACHE")
+    with tempfile.TemporaryDirectory(prefix="train-caching-") as cache:
+        os.environ["POLYMODAL_CACHE"] = cache
+        try:
+            return _measure(args)
+        finally:
+            if previous is None:
+                os.environ.pop("POLYMODAL_CACHE", None)
+            else:
+                os.environ["POLYMODAL_CACHE"] = previous
+
+
+def _measure(args) -> int:
     import numpy as np
     import torch
 
