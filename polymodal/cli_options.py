@@ -63,7 +63,25 @@ def load_model(args, name: str, index=None):
 
     runtime = getattr(args, "runtime", "auto")
     options = recorded_options_for(index.info(), name, runtime) if index is not None and index.exists() else {}
-    return polymodal.load(name, runtime=runtime, precision=getattr(args, "precision", "fp32"), **options)
+    try:
+        return polymodal.load(name, runtime=runtime, precision=getattr(args, "precision", "fp32"), **options)
+    except PolymodalError as exc:
+        if error := old_index_model(index, name, exc):
+            raise error from None
+        raise
+
+
+def old_index_model(index, name: str, exc: Exception) -> PolymodalError | None:
+    """The error for an index whose recorded model name loads nothing, or None. Indexes built by polymodal before it
+    recorded a trained model's folder name the model by its kind ('dual-encoder'): "unknown model 'dual-encoder'"
+    read as if the user had typed that name."""
+    from polymodal.registry import MODELS  # (torch-free)
+
+    if (index is None or name in MODELS or os.path.exists(name) or f"unknown model {name!r}" not in str(exc)
+            or not index.exists() or index.info().get("model_name") != name):
+        return None
+    return PolymodalError(f"{index.where()} records its model only as {name!r}, no built-in name or path (an index "
+                          "built by an older polymodal with a trained model); pass --model with that model's folder")
 
 
 def add_run_options(parser) -> None:

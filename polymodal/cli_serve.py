@@ -10,7 +10,8 @@ import re
 import socket
 import sys
 
-from polymodal.cli_options import add_precision, add_qdrant, add_runtime, index_model_name, qdrant_collection
+from polymodal.cli_options import (add_precision, add_qdrant, add_runtime, index_model_name, old_index_model,
+                                   qdrant_collection)
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import plural
 
@@ -61,13 +62,19 @@ def cmd_serve(args) -> int:
         raise PolymodalError(f"--threads must be at least 1, got {args.threads}")
     from polymodal.serve.app import create_app
 
+    name = index_model_name(index, args.model)
     sock = _bind(args.host, args.port)  # before the slow model load: a busy port is one line and exit 2
     try:
         extra = {"threads": args.threads} if args.runtime != "torch" else {}  # create_app: for onnx models only
         # a VQA --model answers /v1/vqa next to the index's own model (create_app loads both)
-        app = create_app(index_model_name(index, args.model), args.db or index, api_key=args.api_key, settings=settings,
+        app = create_app(name, args.db or index, api_key=args.api_key, settings=settings,
                          runtime=args.runtime, precision=args.precision, vqa_model=args.vqa_model,
                          caption_model=args.caption_model, **extra)
+    except PolymodalError as exc:
+        sock.close()
+        if error := old_index_model(index, name, exc):
+            raise error from None
+        raise
     except BaseException:
         sock.close()
         raise

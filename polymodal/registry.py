@@ -251,6 +251,8 @@ def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: st
             what = "does not exist" if not folder.exists() else "is not an ONNX export (no onnx_config.json)"
             raise PolymodalError(f"{key} {what}; pass a folder written by `polymodal export onnx MODEL --out DIR`, "
                                  f"or a built-in name ({', '.join(sorted(MODELS))}) exported to its default folder")
+        if key in MODELS:
+            _check_builtin_export(key, folder)
         from polymodal.export.runtime import OnnxEmbeddingModel  # the VQA runtime takes the same options
 
         _check_options(kwargs, _options(OnnxEmbeddingModel, skip=1), f"the ONNX export {folder}")
@@ -269,6 +271,28 @@ def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: st
     if precision != "fp32":
         set_image_precision(model, key, precision)
     return model
+
+
+def _check_builtin_export(name: str, folder: Path) -> None:
+    """A built-in's export in the cache made before an upgrade that re-shipped the built-in (`default` was retrained)
+    holds the old weights: refused, instead of served as today's model (its vectors then also refused the indexes
+    built with it, with advice to index again). lite ships no folder; its version changes only with the code."""
+    import json
+
+    from polymodal.export.runtime import read_export_config
+    from polymodal.models.folders import folder_type
+    from polymodal.resources import HERE
+
+    try:
+        shipped = json.loads((HERE / "models" / name / "config.json").read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return  # no shipped folder (lite), or a broken install the torch loader reports
+    made = read_export_config(folder).get("version")
+    if shipped is not None and made != shipped:
+        checked_on = " --val-qa FILE.jsonl" if folder_type(HERE / "models" / name) == "fusion_encoder" else ""
+        raise PolymodalError(f"the ONNX export of {name!r} in {folder} was made from an older {name} (version "
+                             f"{made}; this polymodal's is {shipped}); export it again with `polymodal export onnx "
+                             f"{name}{checked_on}`")
 
 
 def _warn_of_shadowed_folder(name: str) -> None:
