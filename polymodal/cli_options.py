@@ -29,11 +29,11 @@ def add_runtime(parser, help: str = EMBED_RUNTIME_HELP, from_index: bool = False
                         help=f"{help} (default auto: onnx when {which} is an export folder, else torch)")
 
 
-def resolve_runtime(args, model: str | None = None) -> None:
-    """--runtime auto becomes onnx when the model (``model``, else --model) is an export folder, torch otherwise, so
+def resolve_runtime(args) -> None:
+    """--runtime auto becomes onnx when the model (--model) is an export folder, torch otherwise, so
     that the commands' checks and JSON lines see the runtime that runs. Without a model (search uses the index's) it
     stays auto and polymodal.load settles it from the folder it loads; `serve` settles it per model it loads."""
-    model = model or getattr(args, "model", None)
+    model = getattr(args, "model", None)
     if getattr(args, "runtime", None) != "auto" or not model or getattr(args, "runtime_per_model", False):
         return
     from polymodal.registry import settled_runtime  # (registry imports no torch)

@@ -224,14 +224,7 @@ def seen_flags(model, images) -> list[tuple[bool, bool]] | None:
     return [(h in known[0], h in known[1]) for h in map(photo_hash, images)]
 
 
-def count_training_photos(model, images, what: str = "photos") -> int | None:
-    """How many of the evaluated photos the model learned from (None: it records no training photos); warns as
-    count_seen_photos does."""
-    counts = count_seen_photos(model, images, what)
-    return None if counts is None else counts[0]
-
-
-def count_seen_photos(model, images, what: str = "photos") -> tuple[int, int] | None:
+def count_seen_photos(model, images) -> tuple[int, int] | None:
     """How many of the evaluated photos the model learned from, and how many of the others chose its epoch (its
     validation photos); None when it records no training photos. A warning for each kind found: those figures are
     not held-out ones. Copies of one photo count once."""
@@ -244,12 +237,12 @@ def count_seen_photos(model, images, what: str = "photos") -> tuple[int, int] | 
     hashes = set(found)
     seen, chose = len(hashes & known[0]), len(hashes & known[1])
     if seen:
-        log.warning("%s of the %s evaluated %s %s photos the model %r was trained on: these figures are optimistic; "
-                    "evaluate on photos it has not seen (--out marks each item's seen_in_training)", f"{seen:,}",
-                    f"{len(found):,}", what, "is one of the" if seen == 1 else "are", model)
+        log.warning("%s of the %s evaluated photos %s photos the model %r was trained on: these figures are "
+                    "optimistic; evaluate on photos it has not seen (--out marks each item's seen_in_training)",
+                    f"{seen:,}", f"{len(found):,}", "is one of the" if seen == 1 else "are", model)
     if chose:
-        log.warning("%s of the %s evaluated %s %s the validation photos that chose the epoch of %r (its run kept "
-                    "the epoch that scored best on them): these figures are optimistic; evaluate on photos it has "
-                    "not seen (--out marks each item's seen_in_validation)", f"{chose:,}", f"{len(found):,}", what,
+        log.warning("%s of the %s evaluated photos %s the validation photos that chose the epoch of %r (its run "
+                    "kept the epoch that scored best on them): these figures are optimistic; evaluate on photos it has "
+                    "not seen (--out marks each item's seen_in_validation)", f"{chose:,}", f"{len(found):,}",
                     "is one of" if chose == 1 else "are", model)
     return seen, chose

@@ -19,10 +19,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from polymodal.data.augment import Augment, make_rng
 from polymodal.data.images import ImageTransform, load_image
 from polymodal.data.jsonl import iter_json_rows
-from polymodal.data.datasets import ImageCaptionDataset, ShardDataset
 from polymodal.data.pairs import Pair, PairSet, open_pair_image, read_pair_source, split_by_image
 from polymodal.data.shards import (
-    expand_braces, expand_shards, iter_samples, iter_shards, write_shards,
+    expand_braces, expand_shards, iter_samples, write_shards,
 )
 from polymodal.errors import PolymodalError
 from polymodal.train.features import CachedPairDataset, image_features
@@ -265,21 +264,6 @@ def test_a_split_always_leaves_train_an_image():
     assert len(train.images) == 1 and len(val.images) == 39
 
 
-def test_an_image_gets_a_new_caption_order_in_each_cycle():
-    ps = PairSet.from_pairs([Pair(f"/img/{i}.jpg", f"c{i}.{j}") for i in range(6) for j in range(3)])
-    ds = ImageCaptionDataset(ps, TRANSFORM, seed=0)
-    orders = {i: [[ds.caption_for(i, cycle * 3 + e) for e in range(3)] for cycle in range(4)] for i in range(6)}
-    for i, cycles in orders.items():
-        assert all(sorted(c) == sorted(ps.captions_of(i)) for c in cycles)  # every caption once per cycle
-    assert any(len({tuple(c) for c in cycles}) > 1 for cycles in orders.values())
-
-
-def test_dataset_refuses_negative_indices(imgs):
-    ds = ImageCaptionDataset(PairSet.from_pairs([Pair(imgs / "img0.png", "a")]), TRANSFORM)
-    with pytest.raises(IndexError):
-        ds[-1]
-
-
 def test_an_unreadable_shard_image_names_its_shard(tmp_path):
     with tarfile.open(tmp_path / "s.tar", "w") as tf:
         _add(tf, "x.png", b"not a png")
@@ -311,8 +295,9 @@ def test_shards_joined_by_double_colon_and_the_same_shard_twice(tmp_path):
 def test_images_of_other_formats_are_stored_as_png(tmp_path):
     Image.new("RGB", (6, 4), (10, 120, 240)).save(tmp_path / "a.tiff")
     shard, = write_shards([Pair(str(tmp_path / "a.tiff"), "tiff")], tmp_path / "out")
-    (key, image, caption), = iter_shards(shard)
-    assert caption == "tiff" and image.getpixel((0, 0)) == (10, 120, 240)
+    sample, = iter_samples(shard)
+    assert sample.captions == ["tiff"]
+    assert load_image(sample.image).getpixel((0, 0)) == (10, 120, 240)
 
 
 def test_a_truncated_shard_reports_its_unreadable_tail(tmp_path):
@@ -337,30 +322,6 @@ def test_a_json_that_is_not_an_object_skips_the_sample(tmp_path):
     skipped = []
     assert [(s.key, s.captions) for s in iter_samples(tmp_path / "s.tar", skipped=skipped)] == [("b", ["one", "two"])]
     assert len(skipped) == 1 and "not an object" in skipped[0][1]
-
-
-def _keys(ds, epoch):
-    ds.set_epoch(epoch)
-    return [k for _, _, k in ds]
-
-
-def test_shard_order_changes_per_epoch_unless_turned_off(tmp_path):
-    pairs = [Pair(str(png(tmp_path / f"{i}.png", (i * 40, 0, 0))), f"c{i}") for i in range(5)]
-    shards = write_shards(pairs, tmp_path / "out", samples_per_shard=1)
-    ds = ShardDataset(shards, ImageTransform(8), shuffle_buffer=0, seed=0)
-    orders = {tuple(_keys(ds, e)) for e in range(4)}
-    assert len(orders) > 1 and all(sorted(o) == [f"{i:09d}" for i in range(5)] for o in orders)
-    fixed = ShardDataset(shards, ImageTransform(8), shuffle_buffer=0, shuffle_shards=False)
-    assert {tuple(_keys(fixed, e)) for e in range(4)} == {tuple(f"{i:09d}" for i in range(5))}
-
-
-def test_a_shuffle_buffer_larger_than_the_data_still_shuffles(tmp_path):
-    pairs = [Pair(str(png(tmp_path / f"{i}.png", (i * 40, 0, 0))), f"c{i}") for i in range(6)]
-    shard, = write_shards(pairs, tmp_path / "out")
-    ds = ShardDataset(shard, ImageTransform(8), shuffle_buffer=100, seed=0)
-    stored = [f"{i:09d}" for i in range(6)]
-    orders = [_keys(ds, e) for e in range(3)]
-    assert all(sorted(o) == stored for o in orders) and any(o != stored for o in orders)
 
 
 # ---------------------------------------------------------------------------------------------- Trainer

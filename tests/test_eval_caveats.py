@@ -18,7 +18,7 @@ from polymodal.data.pairs import read_pair_source
 from polymodal.eval.caveats import warn_of_certain_recall
 from polymodal.eval.retrieval import encode_captions
 from polymodal.eval.zeroshot import read_labelled_images
-from polymodal.training_photos import (TrainingPhotos, count_training_photos, photo_hash, read_training_photos,
+from polymodal.training_photos import (TrainingPhotos, count_seen_photos, photo_hash, read_training_photos,
                                        write_training_photos)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,11 +45,11 @@ def test_overlap_is_counted_by_content_so_a_renamed_copy_counts(gallery, tmp_pat
     renamed = tmp_path / "kitty.jpg"
     shutil.copyfile(gallery / "cat.jpg", renamed)
     with caplog.at_level(logging.WARNING):
-        assert count_training_photos(str(tmp_path / "model"), [renamed, gallery / "rocket.jpg"]) == 1
+        assert count_seen_photos(str(tmp_path / "model"), [renamed, gallery / "rocket.jpg"])[0] == 1
     assert "1 of the 2 evaluated photos" in caplog.text and "optimistic" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        assert count_training_photos(str(tmp_path / "model"), [gallery / "rocket.jpg"]) == 0
+        assert count_seen_photos(str(tmp_path / "model"), [gallery / "rocket.jpg"])[0] == 0
     assert caplog.text == ""
     assert photo_hash(tmp_path / "gone.jpg") is None and photo_hash(renamed.read_bytes()) == photo_hash(renamed)
 
@@ -61,16 +61,16 @@ def test_every_trained_built_in_records_its_training_photos(name) -> None:
 
 def test_built_ins_know_the_shared_photos_they_were_trained_on() -> None:
     flickr = read_pair_source(shared_data("flickr8k-dev") / "pairs.jsonl").images[:50]
-    assert count_training_photos("default", flickr) == 50
-    assert count_training_photos("captioner", flickr) == 50
-    assert count_training_photos("easy-vqa", flickr) == 0
+    assert count_seen_photos("default", flickr)[0] == 50
+    assert count_seen_photos("captioner", flickr)[0] == 50
+    assert count_seen_photos("easy-vqa", flickr)[0] == 0
 
 
 def test_easy_vqa_test_photos_are_not_its_training_photos() -> None:
     easy_vqa = pytest.importorskip("easy_vqa")
     test_paths = easy_vqa.get_test_image_paths()
     paths = list(test_paths.values() if isinstance(test_paths, dict) else test_paths)[:200]
-    assert count_training_photos("easy-vqa", paths) == 0
+    assert count_seen_photos("easy-vqa", paths)[0] == 0
 
 
 def test_ship_model_copies_the_training_photos(gallery, tmp_path, monkeypatch) -> None:

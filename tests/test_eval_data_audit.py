@@ -25,9 +25,8 @@ from polymodal.data.augment import Augment
 from polymodal.data.jsonl import iter_json_rows
 from polymodal.data.pairs import Pair
 from polymodal.data.samples import write_sample_gallery
-from polymodal.data.datasets import ShardDataset
 from polymodal.data.shards import (
-    image_bytes, iter_samples, iter_shards, split_tar_ref, tar_ref, write_shards,
+    image_bytes, iter_samples, split_tar_ref, tar_ref, write_shards,
 )
 from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import retrieval_metrics
@@ -375,28 +374,6 @@ def test_json_captions_list_and_hidden_members(tmp_path):
     samples = list(iter_samples(tmp_path / "s.tar", skipped=skipped))
     assert [(s.key, s.captions) for s in samples] == [("x", ["one", "two words"])]
     assert skipped == []
-    assert [c for _, _, c in iter_shards(tmp_path / "s.tar")] == ["one", "two words"]
-
-
-def test_shard_dataset_rank_must_be_below_world_size(tmp_path):
-    shard, = write_shards([Pair(str(png(tmp_path / "a.png")), "x")], tmp_path / "out")
-    from polymodal.data.images import ImageTransform
-
-    with pytest.raises(PolymodalError, match="rank"):
-        ShardDataset(shard, ImageTransform(8), rank=2, world_size=2)
-
-
-def test_shard_dataset_uses_every_caption_across_epochs(tmp_path):
-    from polymodal.data.images import ImageTransform
-
-    a = png(tmp_path / "a.png")
-    shard, = write_shards([Pair(str(a), c) for c in ("one", "two", "three")], tmp_path / "out")
-    ds = ShardDataset(shard, ImageTransform(8), shuffle_buffer=0, seed=0)
-    seen = set()
-    for epoch in range(30):
-        ds.set_epoch(epoch)
-        seen.update(c for _, c, _ in ds)
-    assert seen == {"one", "two", "three"}
 
 
 def test_a_rewritten_shard_is_read_again_not_from_the_open_file_cache(tmp_path):

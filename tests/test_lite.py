@@ -18,7 +18,7 @@ def photos():
 def _imagenet_top(lite, arr, k=3):
     pixels = torch.from_numpy(lite.transform([arr]))
     with torch.no_grad():
-        probs = lite.class_probabilities(pixels)[0]
+        probs = lite.image_tower(pixels).softmax(dim=-1)[0]
     return [imagenet_classes()[i] for i in probs.topk(k).indices.tolist()]
 
 

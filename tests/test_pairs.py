@@ -1,4 +1,4 @@
-"""Image-caption pair sources, splitting, training datasets, tar shards and augmentation."""
+"""Image-caption pair sources, splitting, tar shards and augmentation."""
 
 import csv
 import io
@@ -9,16 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from conftest import shared_data
 from polymodal.data.augment import Augment, views
 from polymodal.data.images import ImageTransform
-from polymodal.data.datasets import ImageCaptionDataset, ShardDataset, collate_pairs
 from polymodal.data.pairs import Pair, PairSet, open_pair_image, read_pair_source, split_by_image
-from polymodal.data.shards import expand_braces, expand_shards, iter_shards, write_shards
+from polymodal.data.shards import expand_braces, expand_shards, iter_samples, write_shards
 from polymodal.errors import PolymodalError
 from polymodal.eval.retrieval import read_pairs
 
@@ -183,53 +180,6 @@ def test_split_by_image(tmp_path):
             split_by_image(ps, bad)
 
 
-# ---------------------------------------------------------------------------------------------- training dataset
-
-
-def test_dataset_one_caption_per_image_per_epoch(data):
-    ps = read_pair_source(data / "pairs.jsonl")
-    ds = ImageCaptionDataset(ps, TRANSFORM, seed=1)
-    assert len(ds) == 6
-    loader = DataLoader(ds, batch_size=4, shuffle=True, collate_fn=collate_pairs)
-    per_epoch = []
-    for epoch in range(6):
-        ds.set_epoch(epoch)
-        seen = {}
-        for pixels, captions, ids in loader:
-            assert pixels.shape[1:] == (3, 16, 16) and pixels.dtype == torch.float32
-            assert ids.dtype == torch.int64
-            for i, c in zip(ids.tolist(), captions):
-                assert i not in seen  # one caption per image per epoch: no duplicate-image false negatives
-                seen[i] = c
-        assert sorted(seen) == list(range(6))
-        for i, c in seen.items():
-            assert c in ps.captions_of(i)
-        per_epoch.append(seen)
-    # captions change across epochs; an image with k captions uses all of them within k epochs
-    assert any(per_epoch[e][0] != per_epoch[e + 1][0] for e in range(5))
-    assert {per_epoch[e][2] for e in range(3)} == set(CAPTIONS["img2.jpg"])
-    assert {per_epoch[e][2] for e in range(3, 6)} == set(CAPTIONS["img2.jpg"])
-    # deterministic: the same (seed, epoch) gives the same caption and pixels, from a fresh object too
-    other = ImageCaptionDataset(ps, TRANSFORM, augment=Augment(), seed=1)
-    ds.augment = Augment()
-    ds.set_epoch(2), other.set_epoch(2)
-    a, b = ds[2], other[2]
-    assert a[1] == b[1] == per_epoch[2][2] and torch.equal(a[0], b[0])
-    other.set_epoch(3)
-    assert not torch.equal(other[2][0], a[0])
-    with pytest.raises(IndexError):
-        ds[6]
-
-
-def test_dataset_epoch_reaches_persistent_workers(data):
-    ds = ImageCaptionDataset(read_pair_source(data), TRANSFORM, seed=0)
-    loader = DataLoader(ds, batch_size=6, num_workers=1, persistent_workers=True, collate_fn=collate_pairs)
-    for epoch in range(3):
-        ds.set_epoch(epoch)
-        (_, captions, ids), = list(loader)
-        assert captions == [ds.caption_for(i, epoch) for i in ids.tolist()]
-
-
 # ---------------------------------------------------------------------------------------------- shards
 
 
@@ -246,45 +196,16 @@ def test_shards_round_trip_and_split(data, tmp_path):
     assert len(shards) == 3
     assert expand_shards(str(tmp_path / "s-{000000..000002}.tar")) == shards
     assert expand_shards(f"{shards[2]}::{tmp_path}/s-00000[01].tar") == [shards[2], shards[0], shards[1]]
-    triples = list(iter_shards(str(tmp_path / "s-{000000..000002}.tar")))
-    assert [c for _, _, c in triples] == ps.captions
-    keys = [k for k, _, _ in triples]
-    assert keys[:2] == ["000000000", "000000000"] and len(set(keys)) == 6
-    for (key, image, _), owner in zip(triples, ps.caption_image):
-        assert isinstance(image, Image.Image)
-        assert np.array_equal(np.asarray(image), _pixels(ps.images[owner]))
-    raw = next(iter_shards(shards[1:], decode=False))
-    assert isinstance(raw[1], bytes) and raw[0] == "000000002"
+    samples = list(iter_samples(str(tmp_path / "s-{000000..000002}.tar")))
+    assert [c for s in samples for c in s.captions] == ps.captions
+    assert [s.key for s in samples] == [f"{i:09d}" for i in range(6)]  # one sample per image, all its captions
+    for s, image in zip(samples, ps.images):
+        assert np.array_equal(_pixels(s.image), _pixels(image))
+    assert next(iter_samples(shards[1:])).key == "000000002"
     # rewriting the same pairs gives byte-identical shards
     again = write_shards(ps, tmp_path / "again", samples_per_shard=2, prefix="s")
     assert [a.read_bytes() for a in again] == [s.read_bytes() for s in shards]
 
-    def keys_of(**kw):
-        ds = ShardDataset(str(tmp_path / "*.tar"), TRANSFORM, shuffle_buffer=4, seed=5, **kw)
-        out = [(k, c) for _, c, k in ds]
-        for k, c in out:
-            assert c in ps.captions_of(int(k))
-        return [k for k, _ in out]
-
-    everything = keys_of()
-    assert sorted(everything) == [f"{i:09d}" for i in range(6)]
-    # two ranks: shard i goes to rank i % 2; disjoint, together complete
-    r0, r1 = keys_of(rank=0, world_size=2), keys_of(rank=1, world_size=2)
-    assert not set(r0) & set(r1) and sorted(r0 + r1) == sorted(everything)
-    # four ranks, three shards: split by sample instead, still disjoint and complete
-    parts = [keys_of(rank=r, world_size=4) for r in range(4)]
-    assert sorted(sum(parts, [])) == sorted(everything) and all(parts)
-    # two DataLoader workers
-    ds = ShardDataset(shards, TRANSFORM, Augment(seed=0), shuffle_buffer=3, seed=5)
-    batches = list(DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_pairs))
-    got = [k for _, _, ks in batches for k in ks]
-    assert sorted(got) == sorted(everything)
-    assert batches[0][0].shape == (2, 3, 16, 16)
-    # seeded: the same epoch repeats, another epoch reorders (with six samples, almost surely)
-    ds = ShardDataset(shards, TRANSFORM, shuffle_buffer=6, seed=5)
-    order = [[k for _, _, k in ds] for _ in range(2)]
-    ds.set_epoch(1)
-    assert order[0] == order[1] and [k for _, _, k in ds] != order[0]
 
 
 def test_corrupt_shard_samples_are_skipped(data, tmp_path, caplog):
@@ -306,14 +227,12 @@ def test_corrupt_shard_samples_are_skipped(data, tmp_path, caplog):
         add(tf, "e.json", b"{broken")
     (tmp_path / "truncated.tar").write_bytes((tmp_path / "mixed.tar").read_bytes()[:2000])
     with caplog.at_level(logging.WARNING):
-        triples = list(iter_shards([tmp_path / "mixed.tar"]))
-        assert [(k, c) for k, _, c in triples] == [("a", "fine sample"), ("d", "from json")]
         ps = read_pair_source(tmp_path / "mixed.tar")  # listing does not decode: b is kept here
         assert ps.captions == ["fine sample", "broken image", "from json"] and len(ps.skipped) == 2
-        ds = ShardDataset(tmp_path / "*.tar", TRANSFORM, shuffle_buffer=0)
-        assert sorted(k for _, _, k in ds) == ["a", "d"]  # truncated.tar: the tail is dropped, nothing usable
-    reasons = " | ".join(r for _, r in ds.skipped)
-    assert "no caption" in reasons and "not a readable image" in reasons and "unreadable" in reasons
+        skipped = []
+        assert [s.key for s in iter_samples(tmp_path / "truncated.tar", skipped=skipped)] == []  # the tail: dropped
+    reasons = " | ".join(r for _, r in ps.skipped + skipped)
+    assert "no caption" in reasons and "unreadable" in reasons
     assert "skipping" in caplog.text
     with pytest.raises(PolymodalError, match="not a readable image"):
         open_pair_image(ps.images[1])

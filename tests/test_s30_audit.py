@@ -14,7 +14,7 @@ import polymodal
 from polymodal import cli
 from polymodal.errors import PolymodalError
 from polymodal.eval.bootstrap import bootstrap_ci
-from polymodal.training_photos import (FILE_NAME, TrainingPhotos, count_training_photos, photo_hash,
+from polymodal.training_photos import (FILE_NAME, TrainingPhotos, count_seen_photos, photo_hash,
                                        read_training_photos, write_training_photos)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_a_hand_edited_record_with_blank_lines_reads_as_its_hashes(gallery, tmp_
 
 def test_an_empty_record_means_none_seen_not_unknown(gallery, tmp_path) -> None:
     write_training_photos(tmp_path, set())
-    assert count_training_photos(str(tmp_path), [gallery / "cat.jpg"]) == 0
+    assert count_seen_photos(str(tmp_path), [gallery / "cat.jpg"])[0] == 0
 
 
 def test_record_script_reads_qa_files_and_refuses_to_record_nothing(gallery, tmp_path) -> None:

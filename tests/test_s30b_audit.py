@@ -15,7 +15,7 @@ import polymodal
 from polymodal import cli
 from polymodal.errors import PolymodalError
 from polymodal.eval.bootstrap import bootstrap_ci
-from polymodal.training_photos import count_training_photos, photo_hash, write_training_photos
+from polymodal.training_photos import count_seen_photos, photo_hash, write_training_photos
 
 
 def _jsonl(path: Path, rows) -> Path:
@@ -131,7 +131,7 @@ def test_items_say_which_photos_the_model_was_trained_on(gallery, tmp_path) -> N
 def test_training_photos_are_counted_for_a_path_and_any_iterable(gallery, tmp_path, caplog) -> None:
     model = _model_trained_on(tmp_path, gallery, "cat")
     with caplog.at_level(logging.WARNING):
-        assert count_training_photos(model, (gallery / f"{n}.jpg" for n in ("cat", "rocket"))) == 1
+        assert count_seen_photos(model, (gallery / f"{n}.jpg" for n in ("cat", "rocket")))[0] == 1
     assert "1 of the 2 evaluated photos is one of the photos the model" in caplog.text
 
 

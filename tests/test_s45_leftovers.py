@@ -34,13 +34,13 @@ def test_eval_zeroshot_out_writes_an_error_item_for_an_unreadable_photo(gallery,
 def test_seen_photos_warning_counts_only_the_photos_evaluated(gallery, tmp_path, caplog) -> None:
     # a file that is no image is left out of the evaluation as unreadable: "5 of the 7 evaluated photos" where 5
     # were scored read as though 2 more held-out photos were scored
-    from polymodal.training_photos import count_training_photos, photo_hash, write_training_photos
+    from polymodal.training_photos import count_seen_photos, photo_hash, write_training_photos
 
     write_training_photos(tmp_path / "model", {photo_hash(gallery / "cat.jpg")})
     (tmp_path / "bad.jpg").write_text("not an image")
     with caplog.at_level(logging.WARNING):
-        assert count_training_photos(str(tmp_path / "model"),
-                                     [gallery / "cat.jpg", gallery / "rocket.jpg", tmp_path / "bad.jpg"]) == 1
+        assert count_seen_photos(str(tmp_path / "model"),
+                                 [gallery / "cat.jpg", gallery / "rocket.jpg", tmp_path / "bad.jpg"])[0] == 1
     assert "1 of the 2 evaluated photos" in caplog.text
 
 

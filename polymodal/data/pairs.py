@@ -19,7 +19,7 @@ hard-negative captions that describe the row's photo wrongly (NegCLIP; `polymoda
 Rows that cannot be used (bad JSON, missing key, missing image file) are collected in `PairSet.skipped` and
 logged; only a source with no usable pair at all is an error.
 
-Torch-free: the training datasets over pairs and shards are in `polymodal.data.datasets`.
+Torch-free: training reads the photos through `open_pair_image` (`polymodal.train.features` embeds them).
 """
 
 from __future__ import annotations
@@ -81,10 +81,6 @@ class PairSet:
     @property
     def captions(self) -> list[str]:
         return [p.caption for p in self.pairs]
-
-    @property
-    def has_negatives(self) -> bool:
-        return any(p.negatives for p in self.pairs)
 
     def captions_of(self, image_index: int) -> list[str]:
         return [self.pairs[c].caption for c in np.flatnonzero(self.caption_image == image_index)]

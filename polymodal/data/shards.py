@@ -6,8 +6,7 @@ A sample is the run of consecutive tar members that share a key (the name up to 
 per unique image with all of its captions, so a training stream never shows the same image twice in an epoch.
 
 - `write_shards(pairs, out_dir, samples_per_shard)` writes shards atomically (temporary file, then rename).
-- `iter_shards(patterns)` streams (key, PIL image or bytes, caption) with `tarfile` in "r|*" mode.
-- `polymodal.data.datasets.ShardDataset` is the training stream over them (torch); this module is torch-free.
+- `iter_samples(patterns)` streams their samples with `tarfile` in "r|*" mode; torch-free.
 
 Patterns are paths, globs (`shards/*.tar`), brace patterns (`shards-{000..009}.tar`, `{a,b}.tar`), folders of
 shards, or several of these joined by "::" or given as a list.
@@ -356,20 +355,9 @@ class SummarisedSkips(list):
     logged at INFO (-v) instead of a warning per sample (200 samples without captions gave 201 lines)."""
 
 
-class StreamSkips(SummarisedSkips):
-    """A streaming reader's skips in one pass: the first is a warning, the rest INFO until `summarise()` at the
-    pass's end (a stream has no end of file to report at; 200 bad samples gave 200 warnings)."""
-
-    def summarise(self, what: str) -> None:
-        if len(self) > 1:
-            log.warning("%s: skipped %s samples (first: %s: %s; -v lists them all)", what, f"{len(self):,}", *self[0])
-
-
 def note_skipped(skipped: list | None, location: str, reason: str) -> None:
-    first_of_stream = isinstance(skipped, StreamSkips) and not skipped
-    quiet = isinstance(skipped, SummarisedSkips) and not first_of_stream
-    later = "; later skips are counted and summarised when the pass ends (-v lists each)" if first_of_stream else ""
-    log.log(logging.INFO if quiet else logging.WARNING, "skipping %s: %s%s", location, reason, later)
+    quiet = isinstance(skipped, SummarisedSkips)
+    log.log(logging.INFO if quiet else logging.WARNING, "skipping %s: %s", location, reason)
     if skipped is not None:
         skipped.append((location, reason))
 
@@ -505,17 +493,3 @@ def _captions(files: dict, meta: dict) -> list[str]:
             return [caption]
     return []
 
-
-def iter_shards(patterns: Any, decode: bool = True) -> Iterator[tuple[str, Any, str]]:
-    """Stream (key, image, caption) triples, one per caption: image is an RGB PIL image, or the encoded bytes
-    with decode=False. Samples whose image does not decode are logged and skipped."""
-    for sample in iter_samples(patterns):
-        image: Any = sample.image
-        if decode:
-            try:
-                image = load_image(sample.image)
-            except PolymodalError as exc:
-                note_skipped(None, f"{sample.shard}:{sample.image_name}", str(exc))
-                continue
-        for caption in sample.captions:
-            yield sample.key, image, caption

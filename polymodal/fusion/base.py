@@ -236,10 +236,6 @@ class FusionModule(nn.Module):
         # INVERTED_CHECKS masks only: a swapped convention shows in the first batch, and is said once per module.
         self._inverted_checks_left = INVERTED_CHECKS
 
-    @property
-    def num_modalities(self) -> int:
-        return len(self.dims)
-
     def prepare(
         self, inputs: Sequence[Tensor], masks: Sequence[Tensor | None] | None = None
     ) -> tuple[list[Tensor], list[Tensor]]:

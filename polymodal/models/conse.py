@@ -77,9 +77,6 @@ class ConSEModel(EmbeddingModel):
         self.class_names = imagenet_classes()
         self.class_matrix = torch.from_numpy(class_prompt_matrix(self.text_tower))  # [1000, D], rows normalised
 
-    def class_probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.image_tower(pixels).softmax(dim=-1)
-
     def _image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
         return conse_embedding(self.image_tower(pixels), self.class_matrix, self.top_k)
 

@@ -155,11 +155,11 @@ class FusionEncoderConfig:
         if self.mlm_head and "text" not in support:
             raise PolymodalError(
                 f"masked language modelling predicts words from the fused text tokens, but the {self.fusion} fusion "
-                f"{_returns(self.fusion, support)}; use co_attention or single_stream (or cross_attention with query 1)")
+                f"{_returns(support)}; use co_attention or single_stream (or cross_attention with query 1)")
         if self.mrm_head and "image" not in support:
             raise PolymodalError(
                 f"masked region modelling predicts grid cells from the fused image tokens, but the {self.fusion} fusion "
-                f"{_returns(self.fusion, support)}; use co_attention or single_stream (or cross_attention with query 0)")
+                f"{_returns(support)}; use co_attention or single_stream (or cross_attention with query 0)")
 
     @property
     def grid(self) -> int:
@@ -688,7 +688,7 @@ def _dedupe(items: Sequence[Any]) -> tuple[list, list[int]]:
     return unique, rows
 
 
-def _returns(fusion: str, support: tuple[str, ...]) -> str:
+def _returns(support: tuple[str, ...]) -> str:
     if not support:
         return "returns only a pooled vector (no per-token outputs)"
     return f"returns fused tokens only for the {' and '.join(support)}"

@@ -125,7 +125,7 @@ def rank_batch_size(images: int, batch_size: int, world: int = 1) -> int:
     return min(batch_size, images // world)
 
 
-def retrieval_eval(model, image_feats: np.ndarray, text_feats, caption_image: np.ndarray, prefix: str = "val/") -> dict:
+def retrieval_eval(model, image_feats: np.ndarray, text_feats, caption_image: np.ndarray) -> dict:
     """R@1/5/10 both ways on cached features, plus rsum (sum of the six recalls) for early stopping."""
     with torch.no_grad():
         # a batch at a time, as the texts: with --image-trainable-blocks the cache holds the trunk, and the blocks
@@ -141,7 +141,7 @@ def retrieval_eval(model, image_feats: np.ndarray, text_feats, caption_image: np
         txt = torch.nn.functional.normalize(txt, dim=-1)
     m = retrieval_metrics(img.numpy(), txt.numpy(), caption_image)
     m["rsum"] = sum(v for k, v in m.items() if "R@" in k)
-    return {prefix + k: v for k, v in m.items()}
+    return {"val/" + k: v for k, v in m.items()}
 
 
 MIN_VAL_PHOTOS = 20  # below this, validation recall barely ranks epochs

@@ -190,7 +190,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup, total))
         self.step, self.epoch, self.best, self.bad_epochs = 0, 0, -math.inf, 0
         self.best_metrics: dict = {}  # the record of the best epoch so far (kept in the checkpoint)
-        self.history: list[dict] = []
 
     def _warmup(self, total: int) -> int:
         if self.cfg.warmup_steps is None:  # a full warmup would be the whole of a short run: the lr would never peak

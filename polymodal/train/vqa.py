@@ -388,12 +388,12 @@ def _itm_texts(rows: list[QARow], answers: list[str], seed: int, text=None) -> t
     return list(texts), np.asarray(pos, np.int64), np.asarray(neg, np.int64)
 
 
-def feature_eval(model: FusionEncoder, data: EncodedQA, feats: np.ndarray, states: np.ndarray, lengths: np.ndarray,
-                 prefix: str = "val/") -> dict:
+def feature_eval(model: FusionEncoder, data: EncodedQA, feats: np.ndarray, states: np.ndarray,
+                 lengths: np.ndarray) -> dict:
     """Accuracy overall and per answer type on cached features: {"val/accuracy": .., "val/acc_yes/no": ..}."""
     best, _ = predict_features(model, feats, states, lengths, data.row_image, data.row_question)
     m = accuracy_by_type([model.answers[b] for b in best], data.rows)
-    return {prefix + "accuracy": m["accuracy"], **{f"{prefix}acc_{t}": v for t, v in m["per_type"].items()}}
+    return {"val/accuracy": m["accuracy"], **{f"val/acc_{t}": v for t, v in m["per_type"].items()}}
 
 
 # -- the recipe -----------------------------------------------------------------------------------------------------
