@@ -389,7 +389,7 @@ def read_state_dict(file: str | Path) -> dict:
 def _first_line(exc: Exception) -> str:
     """torch's unpickling errors run to a page of advice about weights_only; say what failed in a few words."""
     if "Weights only load failed" in str(exc):  # torch wraps every unpickling error in this advice
-        if "Unsupported global" in str(exc):
+        if "unsupported global" in str(exc).lower():  # a module allowed but not listed, or one blocked (os)
             return "it holds Python objects besides tensors, which are not unpickled for safety"
         return "its bytes are not a torch checkpoint's: a damaged file or another format"
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 UPLOADS = "uploads"
 ORPHAN_AGE_S = 3600  # an upload batch with no indexed rows older than this is from a crashed add: deleted at start
+BATCH_NAME = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as _stage names a batch folder
 
 
 def preprocesses_outside(model) -> bool:
@@ -481,9 +482,8 @@ class Service:
             raise
         except PolymodalError as exc:
             raise _conflict("could not remove from the index", exc) from None
-        uploads = str(self.uploads) + os.sep
         for path in paths.values():
-            if path.startswith(uploads):
+            if self._own_batch(Path(path).parent) and Path(path).name != "..":
                 Path(path).unlink(missing_ok=True)
                 try:
                     Path(path).parent.rmdir()  # the batch folder, once empty
@@ -499,6 +499,14 @@ class Service:
             replies.append({"removed": sorted(mine), "not_found": [i for i in ids if i not in mine], "count": count})
         return replies
 
+    def _own_batch(self, folder: Path) -> bool:
+        """Whether `folder` is a batch folder this server writes uploads to: named as _stage names them, right under
+        DB/uploads, no symlink or `..` on the way. Only those are deleted: an index folder from someone else (a tar
+        or zip keeps symlinks) may hold an uploads/ linking to `..`, or rows naming any path, and the cleanup at
+        start, or a removal, deleted the user's own folders and files through them."""
+        return (folder.parent == self.uploads and BATCH_NAME.fullmatch(folder.name) is not None
+                and os.path.realpath(folder) == str(folder))
+
     def clean_orphan_uploads(self) -> int:
         """Delete upload batches that no index row points at (left by an add that crashed), once they are old."""
         if not self.uploads.is_dir():
@@ -506,7 +514,8 @@ class Service:
         removed = 0
         with self._write_lock:
             for batch in self.uploads.iterdir():
-                if not batch.is_dir() or time.time() - batch.stat().st_mtime < ORPHAN_AGE_S:
+                if (not self._own_batch(batch) or not batch.is_dir()
+                        or time.time() - batch.stat().st_mtime < ORPHAN_AGE_S):
                     continue
                 files = [canonical_path(p) for p in batch.iterdir()]
                 if files and self.ids_for(files):

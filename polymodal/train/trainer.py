@@ -94,15 +94,31 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _checkpoint_globals() -> list:
+    """What a checkpoint holds besides tensors and plain values: numpy's RNG state (an array) and metrics that may be
+    numpy scalars. Only these are unpickled: a run folder from someone else cannot run code on --resume."""
+    try:
+        from numpy._core import multiarray  # numpy 2
+    except ImportError:  # numpy 1.26
+        from numpy.core import multiarray
+    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *{type(np.dtype(t)) for t in
+            ("uint32", "float32", "float64", "int64")}]
+
+
 def read_checkpoint(path: Path) -> dict:
     """A run's checkpoint.pt, or one error saying it is damaged (truncated by an interrupted copy, or no checkpoint
-    at all)."""
+    at all) or holds more than a checkpoint does."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_checkpoint_globals()):  # weights_only: a pickle may run any code
+            state = torch.load(path, map_location="cpu", weights_only=True)
         missing = [key for key in ("step", "epoch", "best", "bad_epochs") if key not in state]
         if missing:
             raise KeyError(missing[0])
     except Exception as exc:  # not a traceback
+        if "unsupported global" in str(exc).lower():  # weights_only refused a global (allowed or blocked module)
+            raise PolymodalError(f"cannot read {path}: it holds Python objects a training checkpoint does not, which "
+                                 "are not unpickled for safety (loading them could run any code); start the run over "
+                                 "with --overwrite") from None
         detail = _first_detail(exc)
         if len(detail) > 160:  # torch goes on: "... directory. This is an internal miniz error. If you are ..."
             detail = detail.split(". ")[0]
