@@ -967,7 +967,7 @@ def mismatch_fix(meta: dict, model, with_it: str, elsewhere: str, rebuild: str) 
     settings), rebuild: --model would only load it again."""
     if meta.get("model_name") == (getattr(model, "source", None) or model.name):
         return (f"{meta['model_name']} has changed since these vectors were made (another polymodal version, or its "
-                f"weights or preprocessing settings edited), so --model cannot match them; {rebuild}")
+                f"weights or preprocessing settings edited), and no --model loads the old one; {rebuild}")
     return f"use --model {meta['model_name']} {with_it}, or {elsewhere}"
 
 
