@@ -203,7 +203,7 @@ def cmd_search(args) -> int:
     if args.query is not None and is_blank(args.query):
         raise PolymodalError(f'the text query is empty; pass some words, e.g. polymodal search {where} "a dog"')
     if args.k < 1:
-        raise PolymodalError(f"-k must be at least 1, got {args.k}")
+        raise PolymodalError(f"-k/--top-k must be at least 1, got {args.k}")
     if args.explain is not None:  # a bad file name or folder is refused before the model loads and the 37 passes
         from polymodal.apps.explain import check_heatmap_path
 
@@ -470,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--texts", metavar="FILE", help="rank the lines of this text file instead of images (image->text "
                    "with --image, text->text with a query; a line starting with # is a comment); model default: default")
     add_qdrant(s, "search this Qdrant collection instead of --db (pushed by polymodal index --qdrant)")
-    s.add_argument("-k", type=int, default=10, help="how many matches to show (default 10)")
+    # --top-k as classify's and vqa's: a script passing one flag name to every ranking command
+    s.add_argument("-k", "--top-k", dest="k", type=int, default=10,
+                   help="how many matches to show (default 10)")
     s.add_argument("--model", help="defaults to the index's model; another model is refused")
     s.add_argument("--explain", metavar="OUT", help="also save a heat map (.png, .jpg or .webp) of which parts of the "
                    "top match made it match (occlusion: each 2x2 block of a 7x7 grid blanked in turn; 37 extra "
@@ -490,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="lite", help="built-in name, checkpoint or export folder (default: lite)")
     s.add_argument("--json", action="store_true", help="print one JSON list of the images and their labels")
     add_runtime(s)
+    add_precision(s)  # as search and eval zeroshot: the same lite image tower embeds the photos
     s.set_defaults(func=cmd_classify)
 
     s = sub.add_parser("info", help="version, built-in models, and an index's details")

@@ -125,8 +125,8 @@ TRAIN_HELPS = {
                     "given",
     "label_smoothing": "label smoothing of the classification loss (0 = none)",
     "workers": "DataLoader worker processes (0: the main process)",
-    "split": "read only the JSON rows whose \"split\" field is one of these comma-separated names (Karpathy's "
-             "files: train,restval); unset: every row",
+    "split": "read only the rows whose \"split\" (JSON field or CSV column, as eval's --split) is one of these "
+             "comma-separated names (Karpathy's files: train,restval); unset: every row",
     "val_split": "the same for the validation file, e.g. val",
     # the fusion encoders' (train vqa, train pretrain)
     "dim": "width of the fused tokens",

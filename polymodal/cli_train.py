@@ -417,7 +417,8 @@ def cmd_eval_zeroshot(args) -> int:
     warn_of_few(metrics["photos"], "photos", "accuracy")
     if metrics["classes"] <= 5:
         logging.getLogger(__name__).warning("top5 is 1.0 by construction with %d classes", metrics["classes"])
-    how = {"variants": model.variants} if hasattr(model, "variants") else {}  # which ONNX graphs ran, as retrieval's
+    # which ONNX graphs ran, or the PyTorch precision, as retrieval's line says
+    how = {"variants": model.variants} if hasattr(model, "variants") else {"precision": args.precision}
     print(json.dumps({"model": args.model, "runtime": args.runtime, **how, **caveats, **metrics}))
     return 0
 
@@ -466,6 +467,7 @@ def add_parsers(sub) -> dict:
     s.add_argument("--classes", metavar="FILE", help="the candidate classes, one per line (or a JSON list), e.g. all "
                    "of a dataset's; default: the labels the file holds")
     add_runtime(s)
+    add_precision(s)
     add_item_options(s)
     s.set_defaults(func=cmd_eval_zeroshot)
 
