@@ -18,7 +18,7 @@ PAGE = r"""<!doctype html>
 <title>polymodal search</title>
 <link rel="icon" href="data:,">  <!-- no icon to fetch: each page load asked for /favicon.ico, a 404 -->
 <style>
-  :root { --fg: #1d2330; --muted: #667085; --line: #d0d5dd; --accent: #2f5bea; --bg: #f7f8fa; }
+  :root { --fg: #1d2330; --muted: #667085; --line: #d0d5dd; --field: #7c8595; --accent: #2f5bea; --bg: #f7f8fa; }
   * { box-sizing: border-box; }
   body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: var(--bg); }
   header { padding: 14px 24px; background: #fff; border-bottom: 1px solid var(--line); display: flex; gap: 16px; align-items: baseline; }
@@ -28,7 +28,8 @@ PAGE = r"""<!doctype html>
   /* wrap: on a 375 px phone the Search, Ask and Caption buttons sat beyond the screen's edge */
   form { display: flex; flex-wrap: wrap; gap: 8px; margin: 0; }
   input[type=file] { max-width: 100%; }
-  input[type=search], input[type=text], input[type=password] { flex: 1 1 10em; min-width: 0; padding: 9px 12px; border: 1px solid var(--line); border-radius: 8px; font: inherit; }
+  /* --field, not --line: a text box's edge at 1.4:1 on white was hard to find with low vision (WCAG 1.4.11 asks 3:1) */
+  input[type=search], input[type=text], input[type=password] { flex: 1 1 10em; min-width: 0; padding: 9px 12px; border: 1px solid var(--field); border-radius: 8px; font: inherit; }
   select, button { padding: 9px 14px; border: 1px solid var(--line); border-radius: 8px; font: inherit; background: #fff; cursor: pointer; }
   button.primary { background: var(--accent); border-color: var(--accent); color: #fff; }
   #drop { margin-top: 12px; border: 2px dashed var(--line); border-radius: 10px; padding: 18px; text-align: center; color: var(--muted); background: #fff; }
@@ -44,6 +45,8 @@ PAGE = r"""<!doctype html>
   .hit .name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
   .hit .score { color: var(--muted); font-variant-numeric: tabular-nums; }
   .hit .like { display: block; width: 100%; padding: 0; border: 0; border-radius: 0; background: none; }
+  /* inside the photo: the card's overflow:hidden left of the focus ring a 1 px dark line, lost on a dark photo */
+  .hit .like:focus-visible { outline: 3px solid var(--accent); outline-offset: -3px; }
   .hit .remove { padding: 0 6px; border: 0; background: none; color: var(--muted); line-height: 1; }
   .hit .remove:hover, .hit .remove:focus { color: #b42318; }
   section.box { margin-top: 26px; padding: 16px; background: #fff; border: 1px solid var(--line); border-radius: 10px; }
@@ -61,11 +64,13 @@ PAGE = r"""<!doctype html>
 <main>
   <section id="keybox" class="box" hidden>
     <h2>API key</h2>
-    <form id="key-form"><input id="key" type="password" placeholder="X-API-Key" autocomplete="off"><button class="primary" type="submit">Use key</button></form>
+    <form id="key-form"><input id="key" type="password" placeholder="X-API-Key" aria-label="API key" autocomplete="off">
+      <button class="primary" type="submit">Use key</button></form>
   </section>
 
   <form id="search-form" role="search">
-    <input id="q" name="q" type="search" placeholder="Describe a picture, e.g. a dog on a beach" autocomplete="off" autofocus>
+    <input id="q" name="q" type="search" placeholder="Describe a picture, e.g. a dog on a beach"
+           aria-label="Describe a picture" aria-describedby="status" autocomplete="off" autofocus>
     <select id="k" aria-label="number of results"><option>10</option><option selected>20</option><option>50</option><option>100</option></select>
     <button id="search-btn" class="primary" type="submit">Search</button>
   </form>
@@ -76,38 +81,45 @@ PAGE = r"""<!doctype html>
   <div id="status" role="status"></div>
   <div id="results"></div>
 
+  <!-- aria-label: a placeholder is gone once one types, and each file input was read only as "Choose File";
+       role=status: an answer or an error was not announced; aria-describedby: an error is read again at its field -->
   <section id="vqa" class="box" hidden>
     <h2>Ask about an image</h2>
     <form id="vqa-form">
-      <input id="vqa-file" type="file" accept="image/*">
-      <input id="vqa-q" type="text" placeholder="Question, e.g. what colour is the car?">
+      <input id="vqa-file" type="file" accept="image/*" aria-label="image to ask about" aria-describedby="vqa-answer">
+      <input id="vqa-q" type="text" placeholder="Question, e.g. what colour is the car?" aria-label="Question"
+             aria-describedby="vqa-answer">
       <button class="primary" type="submit">Ask</button>
     </form>
-    <div id="vqa-answer"></div>
+    <div id="vqa-answer" role="status"></div>
   </section>
 
   <section id="classify" class="box">
     <h2>Classify an image by your labels</h2>
     <form id="classify-form">
-      <input id="classify-file" type="file" accept="image/*">
-      <input id="classify-labels" type="text" placeholder="Labels, comma-separated, e.g. cat, dog, car">
+      <input id="classify-file" type="file" accept="image/*" aria-label="image to classify"
+             aria-describedby="classify-answer">
+      <input id="classify-labels" type="text" placeholder="Labels, comma-separated, e.g. cat, dog, car"
+             aria-label="Labels, comma-separated" aria-describedby="classify-answer">
       <button class="primary" type="submit">Classify</button>
     </form>
-    <div id="classify-answer"></div>
+    <div id="classify-answer" role="status"></div>
   </section>
 
   <section id="caption" class="box" hidden>
     <h2>Describe an image</h2>
     <form id="caption-form">
-      <input id="caption-file" type="file" accept="image/*">
+      <input id="caption-file" type="file" accept="image/*" aria-label="image to describe"
+             aria-describedby="caption-text">
       <button class="primary" type="submit">Caption</button>
     </form>
-    <div id="caption-text"></div>
+    <div id="caption-text" role="status"></div>
   </section>
 
   <section class="box" id="add">
     <h2>Add images to the index</h2>
-    <form id="add-form"><input id="add-files" type="file" accept="image/*" multiple><button type="submit">Add</button></form>
+    <form id="add-form"><input id="add-files" type="file" accept="image/*" multiple aria-label="images to add"
+          aria-describedby="add-status"><button type="submit">Add</button></form>
     <div id="add-status" role="status"></div>  <!-- here, not in #status far above, where no one adding looks -->
   </section>
 </main>
@@ -189,6 +201,7 @@ function showHits(hits, what, warnings) {
     // the photo is a button: more like it, searched with its stored vector (a click did nothing)
     const like = document.createElement("button");
     like.type = "button"; like.className = "like"; like.title = "more like " + hit.name;
+    like.setAttribute("aria-label", like.title);  // else named by the photo's alt: "cat.jpg", not what it does
     like.addEventListener("click", () => searchLike(hit));
     like.append(img);
     const cap = document.createElement("figcaption");
@@ -245,7 +258,11 @@ async function removeHit(hit, card) {
     const res = await api("/v1/index", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ remove: [hit.id] }),
     });
+    // the removed button held the focus: it fell to <body>, nothing showed where it was, a screen reader lost its place
+    const hadFocus = card.contains(document.activeElement);
+    const next = card.nextElementSibling || card.previousElementSibling;
     card.remove();
+    if (hadFocus) (next ? next.querySelector(".like") : $("q")).focus();
     status((res.removed.length ? "removed " + hit.name + " from the index" : hit.name + " was no longer in the index")
            + "; it holds " + res.count + " images", false);
   } catch (e) { status(e.message, true); }
