@@ -3,18 +3,10 @@ test_web_page.py). WCAG 2.1 AA basics, asserted as the concrete properties (name
 
 import shutil
 
-import pytest
 
+from test_s49_webpage import server  # noqa: F401 - a fixture: a served lite index
 from test_web_page import _page, _serving, browser_tools  # noqa: F401 - browser_tools is a fixture
 from test_s44_web import INFO_LOADED
-
-
-@pytest.fixture(scope="module")
-def server(browser_tools, lite, db):
-    from polymodal.serve import create_app
-
-    with _serving(create_app(lite, db)) as url:
-        yield url
 
 
 def _open(page, url):

@@ -101,8 +101,11 @@ def _checkpoint_globals() -> list:
         from numpy._core import multiarray  # numpy 2
     except ImportError:  # numpy 1.26
         from numpy.core import multiarray
-    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *{type(np.dtype(t)) for t in
-            ("uint32", "float32", "float64", "int64")}]
+    # a pickle names these by the module of the numpy that wrote it, numpy.core (1.x) or numpy._core (2.x): a run
+    # trained before a numpy upgrade, or on a machine with the other numpy, resumes too (it was "not unpickled")
+    functions = [(f, f"{module}.multiarray.{f.__name__}") for f in (multiarray._reconstruct, multiarray.scalar)
+                 for module in ("numpy.core", "numpy._core")]
+    return [*functions, np.ndarray, np.dtype, *{type(np.dtype(t)) for t in ("uint32", "float32", "float64", "int64")}]
 
 
 def read_checkpoint(path: Path) -> dict:
