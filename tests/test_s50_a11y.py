@@ -3,7 +3,6 @@ test_web_page.py). WCAG 2.1 AA basics, asserted as the concrete properties (name
 
 import shutil
 
-
 from test_s49_webpage import server  # noqa: F401 - a fixture: a served lite index
 from test_web_page import _page, _serving, browser_tools  # noqa: F401 - browser_tools is a fixture
 from test_s44_web import INFO_LOADED
