@@ -169,6 +169,20 @@ def _remove_run_files(out: Path, names, quiet: bool = False) -> None:
                 raise
 
 
+def remove_killed_writes(out) -> None:
+    """Delete the hidden temporary files (atomic_write_bytes') of run files whose write a kill cut short (SIGKILL,
+    the out-of-memory killer, a scheduler's kill at the time limit): checkpoint.pt's is as large as the checkpoint,
+    and each such kill left one that nothing removed. Called holding the run folder's lock: no other training
+    process writes there, so every one of them is dead."""
+    for name in ("checkpoint.pt", "metrics.jsonl", "train_config.json"):
+        for tmp in Path(out).glob(f".{name}.*.tmp"):
+            try:
+                tmp.unlink()
+                log.info("deleted %s, left by a run killed while it wrote %s", tmp, name)
+            except OSError:  # gone already, or not ours to delete: training goes on
+                pass
+
+
 def forget_replaced_run(out) -> None:
     """The new run saved an epoch: the run it replaces (moved aside by prepare_run_folder) goes for good."""
     _remove_run_files(Path(out), (REPLACED_RUN,), quiet=True)

@@ -23,6 +23,7 @@ from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, NONE_OR_NON_NEGATIVE, POSITIVE, check_ranges, check_types,
     discard_unfinished_run,
     forget_replaced_run,
+    remove_killed_writes,
 )
 from polymodal.train.metrics import MetricsLogger
 
@@ -300,6 +301,7 @@ class Trainer:
             return self._fit(resume, on_best, on_start, score_start)
         self.out.mkdir(parents=True, exist_ok=True)
         with run_lock.holding(self.out):
+            remove_killed_writes(self.out)
             return self._fit(resume, on_best, on_start, score_start)
 
     def _fit(self, resume: bool = False, on_best: Callable | None = None, on_start: Callable | None = None,
