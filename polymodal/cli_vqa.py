@@ -18,6 +18,9 @@ VQA_HELPS = {
     "min_answer_count": "answers seen fewer times in training are left out of the answer vocabulary",
     "max_answers": "the answer vocabulary keeps at most this many of the most frequent answers",
     "itm_weight": "weight of the image-text matching loss (true vs wrong answers; needs --itm-head); 0 = off",
+    # not the shared help's "CSV column": question files are JSONL or Parquet (a CSV is refused as bad JSON)
+    "split": "read only the rows whose \"split\" (JSON field or Parquet column) is one of these comma-separated names; "
+             "unset: every row",
 }
 VQA_FLAGS = {
     "epochs": ("train", int), "lr": ("train", float), "weight_decay": ("train", float),
