@@ -16,9 +16,9 @@ from polymodal.errors import PolymodalError
 
 def add_item_options(parser, ci: bool = True) -> None:
     parser.add_argument("--out", metavar="FILE.jsonl", help="also write one JSON line per evaluated item")
-    parser.add_argument("--split", metavar="NAME", help='read only the rows whose "split" (JSON field or CSV '
-                        "column) is one of these comma-separated names (e.g. dev, or train,restval); the JSON line "
-                        "then names it")
+    parser.add_argument("--split", metavar="NAME", help='read only the rows whose "split" (JSON field, CSV or '
+                        "Parquet column) is one of these comma-separated names (e.g. dev, or train,restval); the JSON "
+                        "line then names it")
     parser.add_argument("--strict", action="store_true",
                         help="fail (exit 2, no figures) when any row is skipped or any image cannot be read")
     parser.add_argument("--ci", action="store_true", help=(
