@@ -262,7 +262,8 @@ async function removeHit(hit, card) {
     const hadFocus = card.contains(document.activeElement);
     const next = card.nextElementSibling || card.previousElementSibling;
     card.remove();
-    if (hadFocus) (next ? next.querySelector(".like") : $("q")).focus();
+    // the next photo's × (Enter again asks before removing it); its "more like" would replace the results unasked
+    if (hadFocus) (next ? next.querySelector(".remove") : $("q")).focus();
     status((res.removed.length ? "removed " + hit.name + " from the index" : hit.name + " was no longer in the index")
            + "; it holds " + res.count + " images", false);
   } catch (e) { status(e.message, true); }
