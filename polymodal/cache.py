@@ -131,10 +131,18 @@ def atomic_write_with(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        name_the_file(exc, path)
         raise
+
+
+def name_the_file(exc: BaseException, path: Path) -> None:
+    """An OSError from writing a file object (a full disk's ENOSPC) carries no file name, so the CLI's one line said
+    "No space left on device" without saying where: give it the file being written."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(path)
 
 
 def check_creatable(folder: Path, what: str) -> None:

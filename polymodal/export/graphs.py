@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from polymodal.cache import temp_beside
+from polymodal.cache import name_the_file, temp_beside
 from polymodal.errors import PolymodalError
 
 OPSET = 17
@@ -121,6 +121,9 @@ def export_graph(graph: nn.Module, example: tuple[torch.Tensor, ...], names: lis
             torch.onnx.export(graph, example, tmp, input_names=names, output_names=outputs,
                               dynamic_axes=axes, opset_version=OPSET, dynamo=False)
         os.replace(tmp, path)
+    except OSError as exc:
+        name_the_file(exc, path)
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

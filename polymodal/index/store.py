@@ -25,10 +25,12 @@ while its size, mtime and ctime are; when only the times changed its sha256 deci
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import numbers
 import os
+import shutil
 import sqlite3
 import stat
 import threading
@@ -495,10 +497,22 @@ class ImageIndex(SearchByModel):
     def _connect_reader(self) -> sqlite3.Connection:
         """A connection for reading. In a folder this process cannot write (a read-only mount, another user's index)
         a WAL database opens only read-only, and only if a writer's -shm file is there to share, or as immutable
-        when none is (no writer has it open)."""
-        if os.access(self.db, os.W_OK):
-            return self._connect()
+        when none is (no writer has it open). On a full disk SQLite cannot make the -shm file that a WAL reader needs:
+        with nothing in the -wal (no commit beyond meta.sqlite, and no writer can add one there) the file alone is the
+        index, read as immutable, so searches go on."""
         uri = self.sqlite_path.resolve().as_uri() + "?mode=ro"
+        if os.access(self.db, os.W_OK):
+            con = self._connect()
+            try:
+                con.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # opening is lazy: this is where it fails
+                return con
+            except sqlite3.OperationalError as exc:
+                con.close()
+                wal = self.sqlite_path.with_name(self.sqlite_path.name + "-wal")
+                if _disk_error(exc, self.sqlite_path) is None or wal.is_file() and wal.stat().st_size > 0:
+                    raise
+                log.info("%s: %s; reading the index without its -shm file", self.sqlite_path, exc)
+                return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=30, isolation_level=None)
         con = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
         try:
             con.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # opening is lazy: this is where it fails
@@ -512,7 +526,7 @@ class ImageIndex(SearchByModel):
         """A connection inside one read transaction: a consistent snapshot, even while a writer commits."""
         if not self.sqlite_path.is_file():  # checked first: connecting would create the file
             raise self._missing()
-        with closing(self._connect_reader()) as con:
+        with closing(self._connect_reader()) as con, _disk_errors(self.sqlite_path):
             con.execute("BEGIN")
             try:
                 meta = self._meta(con)
@@ -559,7 +573,7 @@ class ImageIndex(SearchByModel):
                                  f"written ({exc.strerror or exc}); searches work, updates need a folder you can "
                                  "write (copy the index folder to one)") from None
         try:
-            with closing(self._connect()) as con:
+            with closing(self._connect()) as con, _disk_errors(self.sqlite_path):
                 # 16 KiB pages for a new index (no effect on an existing one): a row holds a 2 KiB vector (dim 512),
                 # and 4 KiB pages fit one row each, half empty, so meta.sqlite took twice the vectors' size on disk
                 con.execute("PRAGMA page_size = 16384")
@@ -609,8 +623,9 @@ class ImageIndex(SearchByModel):
             if not con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
                 return None  # an empty file, e.g. left by a first update that crashed
             meta = dict(con.execute("SELECT key, value FROM meta"))
-        except sqlite3.DatabaseError as exc:
-            raise PolymodalError(f"{self.sqlite_path} is not a readable index ({exc}); use a new --db") from exc
+        except sqlite3.DatabaseError as exc:  # a full disk is not a damaged index: no "use a new --db" for it
+            raise _disk_error(exc, self.sqlite_path) or PolymodalError(
+                f"{self.sqlite_path} is not a readable index ({exc}); use a new --db") from exc
         if meta.get("schema") != SCHEMA_VERSION:
             raise PolymodalError(
                 f"index {self.db} has format {meta.get('schema')}, this polymodal reads format {SCHEMA_VERSION}; "
@@ -793,6 +808,31 @@ class ImageIndex(SearchByModel):
 
 
 # -- helpers on an open connection ------------------------------------------------
+def _disk_error(exc: sqlite3.Error, path: Path) -> OSError | None:
+    """SQLite's "database or disk is full" (SQLITE_FULL) and "disk I/O error" (SQLITE_IOERR: also what a -shm file
+    that cannot grow on a full disk gives) as the OSError they are, naming the file: the CLI says it in one line (no
+    traceback), the server answers 507. None for any other error."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; before it, SQLite's fixed messages
+    primary = code & 0xFF if code is not None else None
+    if primary == 13 or "database or disk is full" in str(exc):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    if primary == 10 or "disk I/O error" in str(exc):
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(path.parent).free < 1 << 20:  # SQLite's "I/O error" for a -shm it could not grow
+                return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return OSError(errno.EIO, "disk I/O error", str(path))
+    return None
+
+
+@contextmanager
+def _disk_errors(path: Path) -> Iterator[None]:
+    """_disk_error() applied to what SQLite raises inside the block."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise _disk_error(exc, path) or exc from exc
+
+
 @contextmanager
 def _transaction(con: sqlite3.Connection) -> Iterator[None]:
     """BEGIN IMMEDIATE ... COMMIT; any exception (or a kill) leaves the database as it was."""

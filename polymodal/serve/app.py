@@ -26,6 +26,7 @@ each, commas and all). Over --timeout: 503 (408 while the body is still arriving
 
 import base64
 import binascii
+import errno
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -621,7 +622,7 @@ def create_app(
             {"remove": {"type": "array", "items": {"type": "integer"}}},
             {"image": _FILES}, json_required=("remove",), form_required=("image",),
         ),
-        responses=post_replies(INDEX, 405, 409),
+        responses=post_replies(INDEX, 405, 409, 507),
     )
     async def index_write(request: Request):
         if not svc.writable:  # before reading the body: nothing it holds could be done
@@ -698,6 +699,15 @@ def create_app(
             where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "path", "query"))
             parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         return JSONResponse({"error": "invalid request: " + "; ".join(parts)}, status_code=422)
+
+    @app.exception_handler(OSError)  # its own handler: Exception's is re-raised into the ASGI server's traceback log
+    async def disk_error(request, exc: OSError):
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return await internal_error(request, exc)
+        # an upload on a full disk: the add's transaction rolled back and its staged files were removed
+        log.error("%s %s: %s: %s", request.method, request.url.path, exc.strerror, exc.filename or "(no file name)")
+        return JSONResponse({"error": "the server's disk is full: nothing was changed (the index is as it was); "
+                                      "retry once space is freed there"}, status_code=507)
 
     @app.exception_handler(Exception)
     async def internal_error(request, exc: Exception):

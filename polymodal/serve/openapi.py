@@ -24,6 +24,7 @@ _ERRORS = {
     422: "an image id that is not an id (ids come from /v1/search), or an indexed file that cannot be thumbnailed",
     500: "an internal error (see the server log)",
     503: "busy past --timeout, or the index was deleted or rebuilt with another model (Retry-After says when to retry)",
+    507: "the server's disk is full: nothing was changed; retry once space is freed there",
 }
 _POST = (400, 408, 413, 415, 503)
 
