@@ -141,7 +141,7 @@ def atomic_write_with(path: Path, write: Callable[[BinaryIO], Any]) -> None:
 def name_the_file(exc: BaseException, path: Path) -> None:
     """An OSError from writing a file object (a full disk's ENOSPC) carries no file name, so the CLI's one line said
     "No space left on device" without saying where: give it the file being written."""
-    if isinstance(exc, OSError) and exc.filename is None:
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:  # (OSError("text") kept whole)
         exc.filename = str(path)
 
 

@@ -498,8 +498,10 @@ class ImageIndex(SearchByModel):
         """A connection for reading. In a folder this process cannot write (a read-only mount, another user's index)
         a WAL database opens only read-only, and only if a writer's -shm file is there to share, or as immutable
         when none is (no writer has it open). On a full disk SQLite cannot make the -shm file that a WAL reader needs:
-        with nothing in the -wal (no commit beyond meta.sqlite, and no writer can add one there) the file alone is the
-        index, read as immutable, so searches go on."""
+        there the index opens in exclusive locking mode, which keeps the -wal's index in the connection's own memory,
+        so searches go on (committed work in the -wal included), and holds the file's lock while it reads, so a writer
+        that found room meanwhile waits for the read (immutable=1 took no lock: a commit's checkpoint rewrote pages
+        under the read, "database disk image is malformed")."""
         uri = self.sqlite_path.resolve().as_uri() + "?mode=ro"
         if os.access(self.db, os.W_OK):
             con = self._connect()
@@ -508,11 +510,13 @@ class ImageIndex(SearchByModel):
                 return con
             except sqlite3.OperationalError as exc:
                 con.close()
-                wal = self.sqlite_path.with_name(self.sqlite_path.name + "-wal")
-                if _disk_error(exc, self.sqlite_path) is None or wal.is_file() and wal.stat().st_size > 0:
+                if _disk_error(exc, self.sqlite_path) is None:
                     raise
                 log.info("%s: %s; reading the index without its -shm file", self.sqlite_path, exc)
-                return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=30, isolation_level=None)
+                con = sqlite3.connect(self.sqlite_path, timeout=30, isolation_level=None)
+                # before the first read: SQLite then keeps the -wal index in this connection's memory, no -shm
+                con.execute("PRAGMA locking_mode = EXCLUSIVE")
+                return con
         con = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
         try:
             con.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # opening is lazy: this is where it fails
