@@ -363,15 +363,18 @@ def cmd_info(args) -> int:
     import polymodal
     from polymodal.cache import cache_dir
     from polymodal.export.runtime import is_onnx_folder
-    from polymodal.registry import DESCRIPTIONS, onnx_export_dir
+    from polymodal.registry import DESCRIPTIONS, onnx_export_dir, stale_builtin_export
 
     names = polymodal.available_models()
+    exports = {n: onnx_export_dir(n) for n in names if is_onnx_folder(onnx_export_dir(n))}
     info = {
         "polymodal": polymodal.__version__,
         "models": {name: DESCRIPTIONS.get(name, "") for name in names},
         "cache": str(cache_dir()),
         # the built-in models `--runtime onnx` can run by name (`polymodal export onnx NAME` made these)
-        "onnx_exports": {n: str(onnx_export_dir(n)) for n in names if is_onnx_folder(onnx_export_dir(n))},
+        "onnx_exports": {n: str(folder) for n, folder in exports.items()},
+        # those made from an older built-in (loading them is refused): listed as if they served
+        "onnx_exports_stale": [n for n, folder in exports.items() if stale_builtin_export(n, folder)],
     }
     if args.db:
         from polymodal.index import ImageIndex
@@ -384,7 +387,8 @@ def cmd_info(args) -> int:
         return 0
     print(f"polymodal {info['polymodal']}  (cache: {info['cache']})")
     print(_table(sorted(info["models"].items()), ("model", "description")))
-    exported = ", ".join(info["onnx_exports"]) or "none (polymodal export onnx NAME makes one)"
+    exported = ", ".join(n + (" (made from an older one: export it again)" if n in info["onnx_exports_stale"] else "")
+                         for n in info["onnx_exports"]) or "none (polymodal export onnx NAME makes one)"
     print(f"ONNX exports for --runtime onnx: {exported}")
     if "index" in info:
         print()

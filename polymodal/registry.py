@@ -276,7 +276,14 @@ def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: st
 def _check_builtin_export(name: str, folder: Path) -> None:
     """A built-in's export in the cache made before an upgrade that re-shipped the built-in (`default` was retrained)
     holds the old weights: refused, instead of served as today's model (its vectors then also refused the indexes
-    built with it, with advice to index again). lite ships no folder; its version changes only with the code."""
+    built with it, with advice to index again)."""
+    if why := stale_builtin_export(name, folder):
+        raise PolymodalError(why)
+
+
+def stale_builtin_export(name: str, folder: Path) -> str | None:
+    """Why the export of built-in ``name`` in ``folder`` is not today's ``name`` (made from an older one), or None.
+    lite ships no folder; its version changes only with the code."""
     import json
 
     from polymodal.export.runtime import read_export_config
@@ -286,13 +293,16 @@ def _check_builtin_export(name: str, folder: Path) -> None:
     try:
         shipped = json.loads((HERE / "models" / name / "config.json").read_text()).get("version")
     except (OSError, ValueError, AttributeError):
-        return  # no shipped folder (lite), or a broken install the torch loader reports
-    made = read_export_config(folder).get("version")
-    if shipped is not None and made != shipped:
-        checked_on = " --val-qa FILE.jsonl" if folder_type(HERE / "models" / name) == "fusion_encoder" else ""
-        raise PolymodalError(f"the ONNX export of {name!r} in {folder} was made from an older {name} (version "
-                             f"{made}; this polymodal's is {shipped}); export it again with `polymodal export onnx "
-                             f"{name}{checked_on}`")
+        return None  # no shipped folder (lite), or a broken install the torch loader reports
+    try:
+        made = read_export_config(folder).get("version")
+    except PolymodalError:  # a damaged config: loading it says so; `info` lists it as it is
+        return None
+    if shipped is None or made == shipped:
+        return None
+    checked_on = " --val-qa FILE.jsonl" if folder_type(HERE / "models" / name) == "fusion_encoder" else ""
+    return (f"the ONNX export of {name!r} in {folder} was made from an older {name} (version {made}; this "
+            f"polymodal's is {shipped}); export it again with `polymodal export onnx {name}{checked_on}`")
 
 
 def _warn_of_shadowed_folder(name: str) -> None:

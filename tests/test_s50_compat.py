@@ -80,3 +80,18 @@ def test_an_old_index_naming_its_model_by_kind_asks_for_the_model(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "records its model only as 'dual-encoder'" in err[0]
     assert "pass --model with that model's folder" in err[0] and "unknown model" not in err[0]
+
+
+def test_info_says_which_cached_export_is_stale(tmp_path, monkeypatch, capsys):
+    """`polymodal info` listed an export made from an older `default` as if it served today's (loading it is
+    refused since 485efec): the listing says to export it again."""
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path))
+    _default_export(tmp_path, "3add725d407c")
+    assert cli.main(["info"]) == 0
+    assert "default (made from an older one: export it again)" in capsys.readouterr().out
+    assert cli.main(["info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["onnx_exports_stale"] == ["default"]
+    (tmp_path / "onnx" / "default" / "onnx_config.json").write_text(json.dumps({"type": "onnx_embedding",
+                                                                               "version": SHIPPED}))
+    assert cli.main(["info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["onnx_exports_stale"] == []
