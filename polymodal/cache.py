@@ -53,8 +53,10 @@ def write_cache_bytes(path: Path, data: bytes) -> bool:
         folder = str(cache_dir())
         if folder not in _UNWRITABLE_WARNED:
             _UNWRITABLE_WARNED.add(folder)
-            log.warning("cannot write the cache folder %s (%s): its files are recomputed each run; set "
-                        "POLYMODAL_CACHE to a writable folder to keep them", folder, exc.strerror or exc)
+            fix = ("free some space there, or set POLYMODAL_CACHE to a folder on another disk" if exc.errno in
+                   (errno.ENOSPC, errno.EDQUOT) else "set POLYMODAL_CACHE to a writable folder")
+            log.warning("cannot write the cache folder %s (%s): its files are recomputed each run; %s to keep them",
+                        folder, exc.strerror or exc, fix)
         return False
 
 

@@ -111,3 +111,23 @@ def test_an_upload_on_a_full_disk_is_a_507_and_the_index_serves_on(index_of_two,
         assert "507" in client.get("/openapi.json").json()["paths"]["/v1/index"]["post"]["responses"]
         assert client.post("/v1/search", json={"text": "a red square", "k": 5}).json()["hits"] == before
         assert not [p for p in (db / "uploads").rglob("*") if p.is_file()]  # the staged upload went with the add
+
+
+def test_a_full_cache_disk_says_to_free_space_not_to_find_a_writable_folder(tmp_path, monkeypatch, caplog):
+    """The one warning for a cache that cannot be written said "set POLYMODAL_CACHE to a writable folder" on a full
+    disk too, where the folder is writable."""
+    import errno
+    import logging
+
+    from polymodal import cache
+
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "_UNWRITABLE_WARNED", set())
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache, "atomic_write_bytes", full)
+    with caplog.at_level(logging.WARNING, logger="polymodal"):
+        assert cache.write_cache_bytes(tmp_path / "cache" / "x.npy", b"1") is False
+    assert "free some space there, or set POLYMODAL_CACHE to a folder on another disk" in caplog.text
