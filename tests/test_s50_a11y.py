@@ -156,3 +156,18 @@ def test_the_page_reflows_at_320_px(browser_tools, server, tmp_path):
         width, scroll = page.evaluate("[document.documentElement.clientWidth, document.documentElement.scrollWidth]")
         assert scroll == width == 320
         assert page.errors == []
+
+
+def test_more_like_this_from_the_keyboard_keeps_the_focus_in_the_results(browser_tools, server, tmp_path):  # noqa: F811
+    """Enter on a photo searched for more like it and replaced the results, the pressed button with them: the focus
+    fell to the page's <body>. It goes to the first new photo."""
+    with _page(browser_tools, tmp_path) as page:
+        page.goto(server + "/", wait_until="domcontentloaded")
+        page.wait_for_function(INFO_LOADED, timeout=20_000)
+        _search_by_keyboard(page)
+        name = page.locator("#results .hit").first.get_attribute("data-name")
+        _tab_to(page, "#results .hit:first-child .like")
+        page.keyboard.press("Enter")
+        page.wait_for_function(f"$('status').textContent.includes('results for photos like {name}')", timeout=20_000)
+        assert page.evaluate("document.activeElement.matches('#results .hit:first-child .like')")
+        assert page.errors == []

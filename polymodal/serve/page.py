@@ -249,7 +249,12 @@ async function searchLike(hit) {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ like: hit.id, k: parseInt($("k").value, 10) }),
     });
-    if (current()) showHits(res.hits, "photos like " + hit.name);
+    if (!current()) return;
+    // the pressed photo goes with the old results: its focus fell to the page, and a keyboard user lost their place
+    const wasInResults = $("results").contains(document.activeElement);
+    showHits(res.hits, "photos like " + hit.name);
+    const first = $("results").querySelector(".like");
+    if (wasInResults && first) first.focus();
   } catch (e) { if (current()) searchFailed(e); }
 }
 async function removeHit(hit, card) {
