@@ -63,20 +63,22 @@ def write_cache_bytes(path: Path, data: bytes) -> bool:
 STALE_TEMP_S = 3600  # a write in progress touches its file every few seconds: one untouched for an hour was killed
 
 
-def remove_stale_temps(folder: Path) -> None:
-    """Delete temporary files (temp_beside's) that a killed write left in a cache folder: a feature cache for 100,000
-    grids is ~12 GB, and the hidden leftover stayed until the folder was deleted."""
+def remove_stale_temps(folder: Path, names=None, older_than_s: float = STALE_TEMP_S) -> None:
+    """Delete temporary files (temp_beside's) that a killed write left in a folder: a feature cache for 100,000
+    grids is ~12 GB, and the hidden leftover stayed until the folder was deleted. ``names``: only those of these
+    files (else any); ``older_than_s``: 0 where no write can be in progress (the caller holds the folder's lock)."""
     import time
 
+    patterns = [f".{name}.*.tmp" for name in names] if names else [".*.tmp"]
     try:
-        leftovers = list(Path(folder).glob(".*.tmp"))
+        leftovers = [tmp for pattern in patterns for tmp in Path(folder).glob(pattern)]
     except OSError:
         return
     for tmp in leftovers:
         try:
-            if time.time() - tmp.stat().st_mtime > STALE_TEMP_S:
+            if time.time() - tmp.stat().st_mtime >= older_than_s:
                 tmp.unlink()
-                log.info("deleted %s, left by a cache write that did not finish", tmp)
+                log.info("deleted %s, left by a write that did not finish", tmp)
         except OSError:  # gone already (another process cleaned it), or not ours to delete
             pass
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from polymodal.cli_options import add_precision, add_runtime, load_model
+from polymodal.cli_options import add_precision, add_runtime, how_it_ran, load_model
 from polymodal.errors import PolymodalError
 from polymodal.eval.per_item import add_item_options
 
@@ -57,8 +57,7 @@ def cmd_eval_images(args) -> int:
                  for i in range(len(kept))]
         items += [{"image": str(images[i]), "label": labels[i], "error": why} for i, why in sorted(reasons.items())]
         write_items(args.out, items, args.model, [*kept, *(images[i] for i in sorted(reasons))])
-    how = {"variants": model.variants} if hasattr(model, "variants") else {"precision": args.precision}
-    print(json.dumps({"model": args.model, "runtime": args.runtime, **how, "images": len(kept),
+    print(json.dumps({"model": args.model, "runtime": args.runtime, **how_it_ran(model, args), "images": len(kept),
                       "unreadable": len(images) - len(rows), **caveats, "classes": len(set(kept_labels)), **metrics}))
     return 0
 

@@ -84,6 +84,12 @@ def old_index_model(index, name: str, exc: Exception) -> PolymodalError | None:
                           "built by an older polymodal with a trained model); pass --model with that model's folder")
 
 
+def how_it_ran(model, args) -> dict:
+    """For an eval command's JSON line: an ONNX export's graphs that ran per tower (fp32 or a gated int8/bf16 one),
+    else the PyTorch --precision."""
+    return {"variants": model.variants} if hasattr(model, "variants") else {"precision": args.precision}
+
+
 def add_run_options(parser) -> None:
     """--resume / --overwrite / --quiet of a training command (polymodal.cli_train.run_recipe reads them)."""
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")

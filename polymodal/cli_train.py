@@ -8,7 +8,8 @@ import logging
 from pathlib import Path
 
 from polymodal.apps.templates import add_template_options
-from polymodal.cli_options import add_precision, add_recipe_flags, add_run_options, add_runtime, load_model
+from polymodal.cli_options import (add_precision, add_recipe_flags, add_run_options, add_runtime, how_it_ran,
+                                   load_model)
 from polymodal.errors import PolymodalError
 from polymodal.eval.per_item import add_item_options
 
@@ -371,10 +372,9 @@ def cmd_eval_retrieval(args) -> int:
         for caption, i in zip(pairs.captions, pairs.caption_image):
             own[int(i)].append(caption)
         metrics |= word_order_accuracy(model, pairs.images, first, image_emb=image_emb, other_captions=own)
-    # an ONNX export: which graph (fp32 or a gated int8/bf16 one) ran per tower, not the PyTorch-only --precision
-    how = {"variants": model.variants} if hasattr(model, "variants") else {"precision": args.precision}
-    print(json.dumps({"model": args.model, "runtime": args.runtime, **how, "images": len(pairs.images),
-                      "unreadable": unreadable, **caveats, "captions": len(pairs.captions), **metrics}))
+    print(json.dumps({"model": args.model, "runtime": args.runtime, **how_it_ran(model, args),
+                      "images": len(pairs.images), "unreadable": unreadable, **caveats, "captions": len(pairs.captions),
+                      **metrics}))
     return 0
 
 
@@ -417,9 +417,7 @@ def cmd_eval_zeroshot(args) -> int:
     warn_of_few(metrics["photos"], "photos", "accuracy")
     if metrics["classes"] <= 5:
         logging.getLogger(__name__).warning("top5 is 1.0 by construction with %d classes", metrics["classes"])
-    # which ONNX graphs ran, or the PyTorch precision, as retrieval's line says
-    how = {"variants": model.variants} if hasattr(model, "variants") else {"precision": args.precision}
-    print(json.dumps({"model": args.model, "runtime": args.runtime, **how, **caveats, **metrics}))
+    print(json.dumps({"model": args.model, "runtime": args.runtime, **how_it_ran(model, args), **caveats, **metrics}))
     return 0
 
 

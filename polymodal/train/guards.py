@@ -12,7 +12,7 @@ import shutil
 import typing
 from pathlib import Path
 
-from polymodal.cache import check_creatable
+from polymodal.cache import check_creatable, remove_stale_temps
 from polymodal.errors import PolymodalError
 from polymodal.train.run_lock import refuse_if_busy
 
@@ -173,14 +173,8 @@ def remove_killed_writes(out) -> None:
     """Delete the hidden temporary files (atomic_write_bytes') of run files whose write a kill cut short (SIGKILL,
     the out-of-memory killer, a scheduler's kill at the time limit): checkpoint.pt's is as large as the checkpoint,
     and each such kill left one that nothing removed. Called holding the run folder's lock: no other training
-    process writes there, so every one of them is dead."""
-    for name in ("checkpoint.pt", "metrics.jsonl", "train_config.json"):
-        for tmp in Path(out).glob(f".{name}.*.tmp"):
-            try:
-                tmp.unlink()
-                log.info("deleted %s, left by a run killed while it wrote %s", tmp, name)
-            except OSError:  # gone already, or not ours to delete: training goes on
-                pass
+    process writes there, so every one of them is dead, whatever its age."""
+    remove_stale_temps(out, ("checkpoint.pt", "metrics.jsonl", "train_config.json"), older_than_s=0)
 
 
 def forget_replaced_run(out) -> None:
