@@ -4,6 +4,7 @@
     python benchmarks/captioning.py --save-builtin       # then train on all of it (+ COCO mini) and ship 'captioner'
     python benchmarks/captioning.py --run DIR            # keep the held-out run in DIR; a later call reuses it
     python benchmarks/captioning.py --run DIR --onnx     # also its ONNX export, fp32 and int8 step graph
+    python benchmarks/captioning.py --photos 40 --epochs 1   # a smoke run in about a minute (figures mean nothing)
 
 Held out: the other 20% of Flickr8k dev (by photo, seeded) and the 80 COCO mini photos (another photo source).
 Peer: retrieval captioning, each photo gets the training caption closest to it in `lite`'s space (`polymodal search
@@ -27,6 +28,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 def write_pairs(pairset, path: Path) -> Path:
     path.write_text("".join(json.dumps({"image": str(p.image), "caption": p.caption}) + "\n" for p in pairset.pairs))
     return path
+
+
+def first_photos(pairset, limit: int | None):
+    return pairset if limit is None else pairset.subset(range(min(limit, len(pairset.images))))
 
 
 def train(pairs: list[Path], out: Path, epochs: int) -> Path:
@@ -74,7 +79,8 @@ def score(system: str, name: str, pairset, captions: list[str], seconds: float) 
     print(json.dumps({"system": system, "set": name, "photos": len(captions),
                       **{k: round(v, 4) for k, v in result.items()},
                       "photos_per_s": round(len(captions) / seconds, 2),
-                      "examples": [[Path(str(pairset.images[i])).name, captions[i]] for i in range(3)]}), flush=True)
+                      "examples": [[Path(str(pairset.images[i])).name, captions[i]]
+                                   for i in range(min(3, len(captions)))]}), flush=True)
 
 
 def main(argv=None) -> int:
@@ -84,6 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-repeat", type=int, nargs="+", default=[3, 0],
                     help="beam search's no-repeat n-gram sizes to score on the same model (0: repeats allowed)")
     ap.add_argument("--heldout-fraction", type=float, default=0.2)
+    ap.add_argument("--photos", type=int, default=None,
+                    help="use only the first N photos of each set (a smoke run; the full run takes over 10 minutes)")
     ap.add_argument("--save-builtin", action="store_true", help="also train on all the photos and ship 'captioner'")
     ap.add_argument("--skip-heldout", action="store_true", help="with --save-builtin: only train and ship")
     ap.add_argument("--run", type=Path, default=None,
@@ -100,8 +108,10 @@ def main(argv=None) -> int:
         if not needed.is_file():
             print(f"needs {needed} (see ../shared/data/README.md)", file=sys.stderr)
             return 2
-    flickr = read_pair_source(SHARED / "flickr8k-dev" / "pairs.jsonl")
-    coco = read_pair_source(SHARED / "coco-mini-train" / "pairs.jsonl")
+    if args.photos is not None and args.photos < 10:
+        ap.error(f"--photos {args.photos} is too few to split; pass 10 or more")
+    flickr, coco = (first_photos(read_pair_source(SHARED / name / "pairs.jsonl"), args.photos)
+                    for name in ("flickr8k-dev", "coco-mini-train"))
     train_set, held = split_by_image(flickr, args.heldout_fraction, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

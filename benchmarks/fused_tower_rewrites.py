@@ -73,10 +73,6 @@ def tower(repeats: int, batch: int) -> None:
 def commands(names: list[str], repeats: int, photos: Path, pairs: Path, train_images: int, work: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CHECKOUT), os.environ.get("PYTHONPATH", "")])}
     subset = work / "pairs.jsonl"
-    if "train" in names and not pairs.is_file():
-        raise SystemExit(f"no pairs file at {pairs}: pass --pairs (Flickr8k dev's pairs.jsonl)")
-    if "index" in names and not photos.is_dir():
-        raise SystemExit(f"no photo folder at {photos}: pass --photos")
     if "train" in names:
         subset.write_text("\n".join(first_photos(pairs, train_images)[0]) + "\n")
     for name in names:
@@ -116,6 +112,13 @@ def main(argv=None) -> int:
     names = [n for n in args.commands.split(",") if n and n != "none"]
     if bad := [n for n in names if n not in ("index", "train")]:
         ap.error(f"--commands takes index and/or train, got {','.join(bad)}")
+    # checked before the tower part runs (minutes), and exiting 2 as the other scripts do for missing data
+    if "train" in names and not args.pairs.is_file():
+        print(f"error: no pairs file at {args.pairs}: pass --pairs (Flickr8k dev's pairs.jsonl)", file=sys.stderr)
+        return 2
+    if "index" in names and not args.photos.is_dir():
+        print(f"error: no photo folder at {args.photos}: pass --photos", file=sys.stderr)
+        return 2
     if args.heap == "cli":
         from polymodal.cli import _keep_freed_memory
 

@@ -68,6 +68,9 @@ def main(argv=None) -> int:
     if not args.pairs.is_file():
         print(f"error: no pairs file at {args.pairs}; pass --pairs FILE.jsonl", file=sys.stderr)
         return 2
+    if args.parts.split(",") == ["questions"] and not args.qa.is_file():  # nothing else would run
+        print(f"error: no QA file at {args.qa}; pass --qa FILE.jsonl", file=sys.stderr)
+        return 2
     import tempfile
 
     # nothing cached beforehand; the folder and the setting end with the run (left behind, each run kept a folder
