@@ -47,7 +47,9 @@ PAGE = r"""<!doctype html>
   .hit .like { display: block; width: 100%; padding: 0; border: 0; border-radius: 0; background: none; }
   /* inside the photo: the card's overflow:hidden left of the focus ring a 1 px dark line, lost on a dark photo */
   .hit .like:focus-visible { outline: 3px solid var(--accent); outline-offset: -3px; }
-  .hit .remove { padding: 0 6px; border: 0; background: none; color: var(--muted); line-height: 1; }
+  /* 24 x 24 px at least: a smaller target is hard to hit with a tremor or a finger (WCAG 2.2, 2.5.8) */
+  .hit .remove { min-width: 24px; min-height: 24px; padding: 0 6px; border: 0; background: none; color: var(--muted);
+                 line-height: 1; }
   .hit .remove:hover, .hit .remove:focus { color: #b42318; }
   section.box { margin-top: 26px; padding: 16px; background: #fff; border: 1px solid var(--line); border-radius: 10px; }
   section.box h2 { font-size: 15px; margin: 0 0 10px; }
@@ -156,7 +158,10 @@ async function api(path, options) {
   let body = null;
   try { body = await res.json(); } catch (e) { body = null; }
   if (res.status === 401) { $("keybox").hidden = false; }
-  if (!res.ok) throw new Error((body && body.error) || ("HTTP " + res.status));
+  // no JSON: a proxy or gateway answered (its own HTML page), not polymodal; say so instead of a bare status
+  if (!res.ok) throw new Error((body && body.error) || ("HTTP " + res.status +
+    (res.statusText ? " " + res.statusText : "") +
+    (body ? "" : " from something between this page and polymodal (a proxy?), not from the server itself")));
   return body;
 }
 async function loadInfo() {
@@ -208,6 +213,7 @@ function showHits(hits, what, warnings) {
     cap.className = "cap";
     const name = document.createElement("span");
     name.className = "name"; name.textContent = hit.name; name.title = hit.path;
+    name.dir = "auto";  // a right-to-left file name is isolated: it doesn't reorder the score beside it
     const score = document.createElement("span");
     score.className = "score"; score.textContent = hit.score.toFixed(3);
     cap.append(name, score);
