@@ -31,6 +31,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from polymodal.errors import PolymodalError
+from polymodal.index.hits_view import Hits
 from polymodal.index.store import (Hit, ImageIndex, IndexModelMismatch, SearchByModel, check_query_dim, mismatch_fix,
                                    query_matrix)
 from polymodal.models.inputs import check_count
@@ -268,7 +269,7 @@ class QdrantCollection(SearchByModel):
                 return ids
 
     # -- reading ---------------------------------------------------------------
-    def search(self, query_vectors: Any, k: int = 10, model=None) -> list[list[Hit]]:
+    def search(self, query_vectors: Any, k: int = 10, model=None) -> list[Hits]:
         """Nearest images by cosine for each query row ([Q, D] or [D]), as ImageIndex.search. ``model``: the model
         that made the queries; hits of another model's vectors (the collection was deleted and pushed again from
         another model's index) raise IndexModelMismatch, as a rebuilt local index does."""
@@ -288,8 +289,8 @@ class QdrantCollection(SearchByModel):
                                          f"{model.key}")
         # scores as float32, as the local index gives them (Qdrant's float64 showed 1.0000000000000002 for a photo
         # against itself)
-        return [[Hit(p.payload["path"], float(np.clip(np.float32(p.score), -1, 1)), p.payload.get("host"), str(p.id))
-                 for p in a.points] for a in answers]
+        return [Hits(Hit(p.payload["path"], float(np.clip(np.float32(p.score), -1, 1)), p.payload.get("host"),
+                         str(p.id)) for p in a.points) for a in answers]
 
     def paths_for(self, ids: list[str]) -> dict[str, tuple[str, str | None]]:
         """Point id -> (path, host) for the ids that are in the collection."""

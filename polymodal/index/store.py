@@ -50,6 +50,7 @@ from filelock import FileLock, Timeout
 from polymodal.cache import atomic_write_with, check_creatable
 from polymodal.errors import PolymodalError
 from polymodal.index import delta
+from polymodal.index.hits_view import Hits
 from polymodal.index.pages import advise_huge_pages
 from polymodal.index.scan import ImageFile, canonical_path, file_sha256, image_file, scan_images, unlisted_folders
 from polymodal.index.snapshot import Snapshot, forward, rebuild
@@ -159,7 +160,7 @@ class UpdateReport:
 class SearchByModel:
     """search_text / search_image over a store's search(vectors, k) and check_model(model)."""
 
-    def search_text(self, model, text: str, k: int = 10) -> list[Hit]:
+    def search_text(self, model, text: str, k: int = 10) -> Hits:
         """One query string; for several, search(model.encode_text(queries), k) returns one hit list per query."""
         if not isinstance(text, str):
             raise PolymodalError(f"search_text takes one query string, got {type(text).__name__}; for several "
@@ -170,7 +171,7 @@ class SearchByModel:
         self.check_model(model)
         return self.search(model.encode_text([text]), k)[0]
 
-    def search_image(self, model, image: Any, k: int = 10) -> list[Hit]:
+    def search_image(self, model, image: Any, k: int = 10) -> Hits:
         """One query image (a path, bytes, file object, PIL image or array); for several,
         search(model.encode_image(images), k) returns one hit list per image."""
         images = as_images(image)
@@ -439,7 +440,7 @@ class ImageIndex(SearchByModel):
                 report.added += 1
 
     # -- reading ---------------------------------------------------------------
-    def search(self, query_vectors: Any, k: int = 10, model=None) -> list[list[Hit]]:
+    def search(self, query_vectors: Any, k: int = 10, model=None) -> list[Hits]:
         """Nearest images by cosine for each query row ([Q, D] or [D]); k is clamped to the number of images.
         ``model``: the model that made the queries, checked against the index's in the same snapshot (a server's
         index may be rebuilt with another model while it runs: IndexModelMismatch)."""
@@ -452,7 +453,7 @@ class ImageIndex(SearchByModel):
             snap, write_back = self._vectors(con, meta)
             k = min(k, snap.ntotal)
             if k == 0:
-                return [[] for _ in q]
+                return [Hits() for _ in q]
             scores, ids = snap.search(q, k)
             scores = np.clip(scores, -1.0, 1.0)  # cosines of unit vectors; float32 rounding gave a photo 1.0000001
             paths = _paths(con, ids[ids >= 0].tolist())
@@ -460,7 +461,7 @@ class ImageIndex(SearchByModel):
             self._try_save(snap.single(), meta)
         # An id without a path can't happen within one snapshot; the filter is only a guard.
         return [
-            [Hit(paths[i], s, id=i) for s, i in zip(srow, irow) if i in paths]
+            Hits(Hit(paths[i], s, id=i) for s, i in zip(srow, irow) if i in paths)
             for srow, irow in zip(scores.tolist(), ids.tolist())
         ]
 

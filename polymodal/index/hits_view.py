@@ -1,0 +1,56 @@
+"""A hit list that shows itself in a notebook: Jupyter renders `index.search_text(model, "a dog")` as a grid of
+thumbnails with names and scores (``_repr_html_``) rather than a wall of dataclass reprs. Anywhere else a Hits is
+the plain list it subclasses: nothing is read until a notebook asks for the picture."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from polymodal.data.images import open_image, to_rgb
+
+SHOWN = 48  # a notebook cell with k=1000 should not embed a thousand photos
+THUMB_PX = 128
+
+
+class Hits(list):
+    """list[Hit], best first, as every search returns it."""
+
+    def _repr_html_(self) -> str:
+        figures = "".join(_figure(hit) for hit in self[:SHOWN])
+        more = f", the first {SHOWN} shown" if len(self) > SHOWN else ""
+        return (f"<div><p>{len(self)} hit{'' if len(self) == 1 else 's'}{more}</p>"
+                f"<div style='display:flex;flex-wrap:wrap;gap:8px'>{figures}</div></div>")
+
+
+def _figure(hit) -> str:
+    name = Path(hit.path).name
+    where = hit.path if hit.host is None else f"{hit.path} on {hit.host}"
+    thumb = _thumbnail(hit.path)
+    if thumb.startswith("data:"):
+        picture = f"<img src='{thumb}' alt='{html.escape(name)}' style='width:{THUMB_PX}px;height:{THUMB_PX}px;" \
+                  "object-fit:cover;display:block'>"
+    else:  # the file is gone, on another machine, or unreadable: say which instead of a broken image
+        picture = f"<div style='width:{THUMB_PX}px;height:{THUMB_PX}px;background:#eef0f3;color:#555;" \
+                  f"font-size:12px;display:flex;align-items:center;justify-content:center'>{html.escape(thumb)}</div>"
+    return (f"<figure style='margin:0;width:{THUMB_PX}px' title='{html.escape(where)}'>{picture}"
+            f"<figcaption style='font-size:12px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap'>"
+            f"<span dir='auto'>{html.escape(name)}</span> {hit.score:.3f}</figcaption></figure>")
+
+
+def _thumbnail(path: str) -> str:
+    """A data: URL of the photo's JPEG thumbnail, or why there is none."""
+    try:
+        with open_image(path, THUMB_PX) as img:  # a 200 MP JPEG decodes at 1/8 scale, as it was indexed
+            img.draft("RGB", (THUMB_PX, THUMB_PX))
+            img = to_rgb(img)  # EXIF rotation, 16-bit, alpha on white: the pixels the model saw
+            img.thumbnail((THUMB_PX, THUMB_PX))
+            out = io.BytesIO()
+            img.save(out, "JPEG", quality=80)
+    except FileNotFoundError:
+        return "file not found here"
+    except Exception as exc:  # noqa: BLE001 - a picture of results must not fail on one bad file
+        return f"unreadable ({exc.__class__.__name__})"
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
