@@ -40,6 +40,8 @@ def cmd_serve(args) -> int:
         raise PolymodalError(f"serving needs the serve extra ({missing} is missing); pip install 'polymodal[serve]'")
     if args.max_body_mb < 1:  # checked here, not only by ServeSettings: its message would name max_body_bytes
         raise PolymodalError(f"--max-body-mb must be at least 1, got {args.max_body_mb}")
+    if args.max_connections < 1:
+        raise PolymodalError(f"--max-connections must be at least 1, got {args.max_connections}")
     if not 0 < args.timeout < math.inf:
         raise PolymodalError(f"--timeout must be a finite number of seconds over 0, got {args.timeout:g}")
     if args.root_path and not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+/?", args.root_path):
@@ -56,6 +58,7 @@ def cmd_serve(args) -> int:
         max_body_bytes=args.max_body_mb * 2**20,
         request_timeout_s=args.timeout,
         allowed_hosts=tuple(args.allow_host or ()),
+        follow_symlinks=args.follow_symlinks,
     )
     # --runtime auto stays auto: create_app settles it per model (an export beside a built-in VQA model, say)
     if args.threads is not None and args.threads < 1:
@@ -89,6 +92,7 @@ def cmd_serve(args) -> int:
                     "clients use, such as a container's service name, with --allow-host)", args.host)
     import uvicorn
 
+    from polymodal.serve.protocol import header_deadline_protocol
     from polymodal.serve.service import runs_on
 
     host, port = sock.getsockname()[:2]
@@ -98,8 +102,11 @@ def cmd_serve(args) -> int:
     if svc.caption_model is not None:  # an ONNX captioner's int8 step writes other captions than fp32: say which
         vqa += f", captioning with {svc.caption_model.key} ({runs_on(svc.caption_model)['precision']})"
     how = runs_on(svc.model)
+    # limit_concurrency: past it (open connections, or requests in progress) uvicorn answers 503 at once, so N slow
+    # uploads cannot hold N x --max-body-mb of memory; the protocol closes connections whose headers do not come
     config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", timeout_keep_alive=5,
-                            server_header=False, root_path=args.root_path)
+                            server_header=False, root_path=args.root_path, limit_concurrency=args.max_connections,
+                            http=header_deadline_protocol())
     line = (f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} "
             f"({plural(info['count'], 'image')}{vqa}) on http://{shown}:{port} - web page at /, API docs at /docs; "
             "Ctrl-C stops")
@@ -173,6 +180,10 @@ def add_parsers(sub) -> None:
                    help="without --api-key, the server answers only requests addressed to localhost, an IP address or "
                    "this machine's name (a web page cannot then reach it by rebinding its own DNS name): add a name "
                    "clients use, e.g. the one a reverse proxy passes as Host (repeat for more; * for any)")
+    s.add_argument("--follow-symlinks", action="store_true",
+                   help="show thumbnails of indexed files that are links to files outside the indexed folders (a "
+                   "dataset made of links); by default such a link is refused (403), as one in a folder someone sent "
+                   "could show any photo of this machine to every client")
     s.add_argument("--max-batch", type=int, default=8, help="items per merged forward pass (default 8)")
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
     s.add_argument("--no-batching", action="store_true", help="run each request's forward pass alone")
@@ -181,4 +192,8 @@ def add_parsers(sub) -> None:
                    "for exports (default: the runtime's choice; 1 can be steadier on a busy machine)")
     s.add_argument("--max-body-mb", type=int, default=20, help="largest request body in MB (default 20)")
     s.add_argument("--timeout", type=float, default=30.0, help="request timeout in seconds (default 30)")
+    s.add_argument("--max-connections", type=int, default=256,
+                   help="open connections (and requests in progress) the server takes at once; past it a request gets "
+                   "503 at once (default 256; a browser opens up to 6). Connections whose request headers take over "
+                   "10 s are closed. A server shared widely belongs behind a reverse proxy (nginx, Caddy)")
     s.set_defaults(func=cmd_serve, runtime_per_model=True)  # --runtime auto: settled per model by create_app

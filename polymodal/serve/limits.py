@@ -61,6 +61,10 @@ class ServeSettings:
     # Host names a server without an API key answers besides localhost, IP addresses and this machine's own names
     # ("*": any); see polymodal.serve.hosts
     allowed_hosts: tuple[str, ...] = ()
+    # serve thumbnails of indexed files that are links to files outside the indexed folders (`serve
+    # --follow-symlinks`: a dataset made of links); by default such a link in a folder someone sent could show any
+    # photo of this machine to every client, see Service.check_servable
+    follow_symlinks: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.allowed_hosts, str) or not all(isinstance(h, str) and h for h in self.allowed_hosts):
@@ -73,8 +77,8 @@ class ServeSettings:
                 raise PolymodalError(f"serve setting {key} must be a positive number, got {value!r}")
 
     def public(self) -> dict:
-        """What clients may know (shown by GET /v1/info): the limits, not which names the server answers."""
-        return {k: v for k, v in asdict(self).items() if k != "allowed_hosts"}
+        """What clients may know (shown by GET /v1/info): the limits, not which names or files the server serves."""
+        return {k: v for k, v in asdict(self).items() if k not in ("allowed_hosts", "follow_symlinks")}
 
 
 def open_image_checked(data: bytes, max_pixels: int, name: str = "upload", min_size: int | None = None) -> Image.Image:

@@ -14,7 +14,8 @@ ERROR_SCHEMA = {"title": "Error", "type": "object", "required": ["error"],
 _ERRORS = {
     400: "a bad request: the message names the field and the fix",
     401: "missing or wrong X-API-Key (a server started with --api-key)",
-    403: "a Host name this server does not answer without --api-key, or a cross-site request from a browser",
+    403: "a Host name this server does not answer without --api-key, a cross-site request from a browser, or a "
+         "thumbnail of a link to a file outside the indexed folders (see serve --follow-symlinks)",
     404: "not found",
     405: "this server does not write its index (a read-only folder, or a Qdrant collection)",
     408: "the request body did not arrive within --timeout",

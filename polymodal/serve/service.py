@@ -118,6 +118,7 @@ class Service:
                                   s.request_timeout_s, self._waited_too_long)
         self._thumbs: OrderedDict[tuple[int | str, str], bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
+        self._refusals_logged: set[str] = set()  # link folders whose refused thumbnails were logged once
         self.metrics.gauge("polymodal_index_images", "Images in the index.", self.count)
         self.metrics.gauge("polymodal_queue_depth", "Model jobs waiting for the model thread.", self.batcher.pending)
 
@@ -273,6 +274,7 @@ class Service:
             path, digest = self._path_of(image_id)
         if path is None:
             raise ApiError(404, f"no image with id {image_id} in the index")
+        self.check_servable(image_id, path)  # on every call: a link may be repointed after its thumbnail was cached
         key = (image_id, path, digest)  # a photo edited in place, then indexed again at the same id: a new key
         with self._thumbs_lock:
             if key in self._thumbs:
@@ -284,6 +286,35 @@ class Service:
             while len(self._thumbs) > 512:
                 self._thumbs.popitem(last=False)
         return data
+
+    def check_servable(self, image_id: int | str, path: str) -> None:
+        """403 unless the row's file really lies in the indexed folders (or the uploads). Rows store a real folder and
+        the file's name (canonical_path), and a scan follows symlinked files: a folder someone sent with
+        `holiday.jpg -> /home/me/private/passport.jpg` was indexed, and its thumbnail went to every client. A link is
+        followed to a file under its own folder (also: a folder moved after indexing and linked back), under
+        DB/uploads, or to a photo the index holds itself (a dataset's train/ of links into its all/);
+        `--follow-symlinks` serves any. (An index whose rows themselves name private paths, crafted by someone else,
+        is not stopped: it names its own folders. Serve a colleague's index read-only or from a copy, as README
+        says.)"""
+        if self.settings.follow_symlinks:
+            return
+        real = os.path.realpath(path)
+        if real == path or not os.path.exists(real):  # no link on the way (the usual case); or gone: 404 below
+            return
+        if _under(real, os.path.realpath(os.path.dirname(path))):
+            return
+        if self.uploads is not None and _under(real, os.path.realpath(self.uploads)):
+            return
+        if self.local and self.ids_for([real]):  # the photo it points at is indexed itself (one lookup)
+            return
+        folder = os.path.dirname(path)
+        if folder not in self._refusals_logged and len(self._refusals_logged) < 1000:
+            self._refusals_logged.add(folder)
+            log.warning("thumbnail of image %s refused: %s is a link to %s, outside the indexed folders (further "
+                        "refusals for links in %s are not logged); serve with --follow-symlinks to show such links",
+                        image_id, path, real, folder)
+        raise ApiError(403, f"image {image_id} is a link to a file outside the indexed folders, whose thumbnail this "
+                       "server does not show (its operator can allow it with `polymodal serve --follow-symlinks`)")
 
     def parse_id(self, text: str) -> int | str:
         """An image id from a URL: an index's integer row id, or a collection's point id (a UUID)."""
@@ -525,6 +556,11 @@ class Service:
         if removed:
             log.info("deleted %d orphan upload batches under %s", removed, self.uploads)
         return removed
+
+
+def _under(path: str, folder: str) -> bool:
+    """Whether real path `path` lies inside real folder `folder`."""
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _safe_stem(name: str) -> str:

@@ -1,0 +1,58 @@
+"""uvicorn's HTTP/1.1 protocol (h11) with a deadline for each request's headers.
+
+uvicorn times out neither a connection that sends nothing nor one that sends its headers a byte at a time: its
+keep-alive timer runs only between requests, and every byte received stops it (uvicorn issue #157 lists a
+request-start timeout as not done). Under `serve --max-connections` a few hundred such connections would then hold
+every slot for ever, and every other client get 503s. Here a request's headers must arrive within `timeout_s` of the
+connection opening, or of the request's first byte on a kept-alive connection; else the connection is closed. The
+body has `--timeout` (LimitsMiddleware, 408).
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+HEADER_TIMEOUT_S = 10.0
+
+
+def header_deadline_protocol(timeout_s: float | None = None):
+    """uvicorn's H11Protocol, closing a connection whose request headers take over `timeout_s` (HEADER_TIMEOUT_S)
+    to arrive, for uvicorn.Config(http=...) (uvicorn is imported here: the serve extra stays optional)."""
+    timeout_s = HEADER_TIMEOUT_S if timeout_s is None else timeout_s
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineH11(H11Protocol):
+        _deadline = None  # the asyncio timer, while a request's headers are awaited
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._deadline = self.loop.call_later(timeout_s, self._headers_too_slow)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE:  # the request's headers are not all here yet
+                if self._deadline is None and not self.transport.is_closing():
+                    self._deadline = self.loop.call_later(timeout_s, self._headers_too_slow)
+            else:
+                self._disarm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _headers_too_slow(self) -> None:
+            self._deadline = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                log.info("closed a connection from %s: its request headers did not arrive within %g s",
+                         self.client[0] if self.client else "?", timeout_s)
+                self.transport.close()
+
+    return HeaderDeadlineH11
