@@ -401,15 +401,28 @@ def cmd_info(args) -> int:
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse's own mistakes (a bad flag value, a missing argument) as one line, like every other polymodal
-    error, instead of the command's whole usage block (27 lines for `train contrastive`) before it."""
+    error, instead of the command's whole usage block (27 lines for `train contrastive`) before it.
+
+    No abbreviated flags: argparse took `search --t FILE` for --texts until --top-k made it ambiguous, so any new
+    flag could break, or silently change, a script's abbreviation. Every (sub)command parser is this class
+    (add_subparsers makes its parsers of the parent's type, but passes no allow_abbrev down), so the default here
+    covers them all."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         # a flag of one of its (sub)commands is no mistake: `polymodal train --resume` misses the task, not a flag
         known = self._flags_below()
-        unknown = [a for a in getattr(self, "_argv", ()) if a.startswith("-") and a.split("=")[0] not in known]
+        unknown = [a for a in getattr(self, "_argv", ()) if a.startswith("-") and a.split("=")[0] not in known
+                   and not self._negative_number_matcher.match(a)]
+        missing = message.startswith("the following arguments are required")
         # `polymodal -x`, `polymodal train -x`: the flag is the mistake, not a missing command (or task)
-        if self._subparsers is not None and message.startswith("the following arguments are required") and unknown:
+        if self._subparsers is not None and missing and unknown:
             message = f"unrecognized arguments: {' '.join(unknown)}"
+        elif missing and unknown:  # `index pics --d DB`: --db is missing because --d is no flag (none is abbreviated)
+            message += f"; unrecognized arguments: {' '.join(unknown)}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def _flags_below(self) -> set[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from polymodal.cli_options import add_recipe_flags, add_run_options, add_runtime
+from polymodal.cli_options import add_precision, add_quiet, add_recipe_flags, add_run_options, add_runtime, how_it_ran
 from polymodal.errors import PolymodalError
 from polymodal.eval.per_item import add_item_options
 
@@ -28,11 +28,11 @@ CAPTION_FLAGS = {
 }
 
 
-def load_captioner_model(name: str, runtime: str = "auto"):
+def load_captioner_model(name: str, runtime: str = "auto", precision: str = "fp32"):
     import polymodal
     from polymodal.registry import require_captioner
 
-    return require_captioner(polymodal.load(name, runtime=runtime), name)
+    return require_captioner(polymodal.load(name, runtime=runtime, precision=precision), name)
 
 
 def _check_decoding(args) -> dict:
@@ -59,7 +59,7 @@ def cmd_caption(args) -> int:
     if not args.json:  # said now, not after a long run (--json lists them in order)
         for path, reason in errors.items():
             print(f"polymodal: skipped {path}: {reason}", file=sys.stderr, flush=True)
-    model = load_captioner_model(args.model, args.runtime)
+    model = load_captioner_model(args.model, args.runtime, args.precision)
     # a batch at a time: memory stays flat over thousands of photos, and each batch's captions show as they come;
     # a photo damaged past its header fails its batch, which is then captioned one photo at a time
     captioned = 0
@@ -109,18 +109,18 @@ def cmd_eval_captions(args) -> int:
     with counting_skipped(args.split) as skipped:
         pairs = read_pair_sources(args.pairs)
     check_strict(args, skipped[0])
-    model = load_captioner_model(args.model, args.runtime)
+    model = load_captioner_model(args.model, args.runtime, args.precision)
     images = pairs.images[:args.limit] if args.limit else pairs.images
     caveats = data_caveats(args.model, images, skipped[0], args.split)  # said before the captioning, not after minutes of it
     items: list = []
-    result = evaluate_captions(model, pairs, limit=args.limit, examples=args.examples, details=items, **decoding)
+    result = evaluate_captions(model, pairs, limit=args.limit, examples=args.examples, details=items,
+                               progress=not args.quiet, **decoding)
     check_strict(args, 0, result["unreadable"])
     if args.out:
         write_items(args.out, items, args.model, images)
     if result["images"] >= MIN_CIDER_PHOTOS:  # below, evaluate_captions said CIDEr-D was not scored at all
         warn_of_few(result["images"], "photos", "CIDEr-D (its word weights come from these photos' captions)")
-    how = {"variants": model.variants} if hasattr(model, "variants") else {}  # which ONNX graphs wrote them
-    print(json.dumps({"model": args.model, "runtime": args.runtime, **how, **caveats, **result}))
+    print(json.dumps({"model": args.model, "runtime": args.runtime, **how_it_ran(model, args), **caveats, **result}))
     return 0
 
 
@@ -131,6 +131,7 @@ def _decoding_options(s) -> None:
                    help="forbid repeating an n-gram of this many word pieces, or a piece twice in a row (default 3; "
                         "0 allows repeats, e.g. 'a man in a red shirt and a woman in a red shirt')")
     add_runtime(s, "onnx: caption with the model's `polymodal export onnx` folder through onnxruntime")
+    add_precision(s, "; the decoder, most of a caption's time, stays fp32")  # the captioner's lite image tower
 
 
 def add_parsers(sub, actions: dict) -> None:
@@ -162,5 +163,6 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--limit", type=int, help="caption only the first N photos")
     s.add_argument("--examples", type=int, default=5, help="photos whose captions the JSON line shows (default 5)")
     _decoding_options(s)
+    add_quiet(s)
     add_item_options(s, ci=False)  # BLEU and CIDEr-D are corpus scores, not means of per-photo ones
     s.set_defaults(func=cmd_eval_captions)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from polymodal.cli_options import add_precision, add_runtime, how_it_ran, load_model
+from polymodal.cli_options import add_precision, add_quiet, add_runtime, how_it_ran, load_model
 from polymodal.errors import PolymodalError
 from polymodal.eval.per_item import add_item_options
 
@@ -30,7 +30,7 @@ def cmd_eval_images(args) -> int:
     model = require_embedding(load_model(args, args.model), args.model)
     caveats = data_caveats(args.model, images, skipped, args.split)
     reasons: dict = {}  # why each unreadable photo could not be read: --out's error items
-    emb, rows = encode_readable(model, images, str(args.labels_file), progress=True, reasons=reasons)
+    emb, rows = encode_readable(model, images, str(args.labels_file), progress=not args.quiet, reasons=reasons)
     check_strict(args, 0, len(images) - len(rows))
     kept, kept_labels = [images[i] for i in rows], [labels[i] for i in rows]
     warn_of_few(len(kept), "photos", "image retrieval")
@@ -82,5 +82,6 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
     add_runtime(s)
     add_precision(s)
+    add_quiet(s)
     add_item_options(s)
     s.set_defaults(func=cmd_eval_images)

@@ -8,12 +8,19 @@ import os
 from polymodal.errors import PolymodalError
 
 
-def add_precision(parser) -> None:
+def add_precision(parser, note: str = "") -> None:
+    """--precision, read by load_model (note: what the command's models add to the help)."""
     parser.add_argument(
         "--precision", choices=("fp32", "bf16"), default="fp32",
         help="image inference precision for the PyTorch runtime: bf16 runs a frozen bf16 graph of the "
-        "EfficientNet-Lite0 tower, faster on CPUs with bf16 instructions (1.1-1.2x fp32 here; default fp32)",
+        f"EfficientNet-Lite0 tower, faster on CPUs with bf16 instructions (1.1-1.2x fp32 here{note}; default fp32)",
     )
+
+
+def add_quiet(parser) -> None:
+    """--quiet: no progress bars on stderr (warnings and errors still go there). The bars pass tqdm's disable=
+    themselves, which overrides tqdm's TQDM_DISABLE variable, so the flag is the way to turn them off."""
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 EMBED_RUNTIME_HELP = ("onnx: embed with --model's export through onnxruntime (a built-in name once `polymodal export "
@@ -95,7 +102,7 @@ def add_run_options(parser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run already in --out (its checkpoint, model, metrics and TensorBoard logs)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(parser)
 
 
 def add_qdrant(parser, what: str) -> None:

@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 
 from polymodal.apps.templates import add_template_options
-from polymodal.cli_options import (add_precision, add_recipe_flags, add_run_options, add_runtime, how_it_ran,
-                                   load_model)
+from polymodal.cli_options import (add_precision, add_quiet, add_recipe_flags, add_run_options, add_runtime,
+                                   how_it_ran, load_model)
 from polymodal.errors import PolymodalError
 from polymodal.eval.per_item import add_item_options
 
@@ -332,7 +332,8 @@ def cmd_eval_retrieval(args) -> int:
     caveats = data_caveats(args.model, pairs.images, skipped[0], args.split)  # said before the images are encoded
     # a corrupt photo is left out, not fatal; the bar goes to stderr, the JSON line to stdout
     reasons: dict = {}  # why each unreadable photo could not be read: --out's error items
-    image_emb, rows = encode_readable(model, pairs.images, ", ".join(args.pairs), progress=True, reasons=reasons)
+    image_emb, rows = encode_readable(model, pairs.images, ", ".join(args.pairs), progress=not args.quiet,
+                                      reasons=reasons)
     # counted in the JSON line, as eval captions and eval vqa do; with the shard members read_pairs left out
     unreadable = pairs.unreadable + len(pairs.images) - len(rows)
     check_strict(args, 0, unreadable)
@@ -343,8 +344,8 @@ def cmd_eval_retrieval(args) -> int:
     warn_of_certain_recall(len(pairs.images), len(pairs.captions),
                            fewest_captions=int(np.bincount(pairs.caption_image, minlength=len(pairs.images)).min()))
     ranks: dict = {}
-    metrics = retrieval_metrics(image_emb, encode_captions(model, pairs.captions, progress=True), pairs.caption_image,
-                                ranks)
+    metrics = retrieval_metrics(image_emb, encode_captions(model, pairs.captions, progress=not args.quiet),
+                                pairs.caption_image, ranks)
     if args.ci:  # photos resampled: t2i takes each photo's captions together
         groups = {"t2i": pairs.caption_image, "i2t": None}
         metrics |= {f"{side}_R@{k}_ci95": bootstrap_ci(ranks[side] <= k, groups[side])
@@ -387,6 +388,7 @@ def cmd_eval_zeroshot(args) -> int:
     from polymodal.eval.caveats import data_caveats, warn_of_few
     from polymodal.eval.per_item import check_out, check_strict, write_items
     from polymodal.eval.zeroshot import TEMPLATES, keep_candidates, read_classes, read_labelled_images, zeroshot_accuracy
+    from polymodal.registry import require_embedding
 
     check_out(args.out, [args.labels_file] + ([args.classes] if args.classes else []))
     templates = chosen_templates(args) or TEMPLATES  # before the photos are read and the model loads
@@ -397,10 +399,13 @@ def cmd_eval_zeroshot(args) -> int:
         images, labels, outside = keep_candidates(images, labels, classes, args.labels_file)
         skipped[0] += outside
     check_strict(args, skipped[0])
-    model = load_model(args, args.model)
+    # a model that cannot embed is refused before the caveats, as in eval retrieval and images (a warning that
+    # captioner's figures are optimistic came first)
+    model = require_embedding(load_model(args, args.model), args.model)
     caveats = data_caveats(args.model, set(images), skipped[0], args.split)
     items: list = []
-    metrics = zeroshot_accuracy(model, images, labels, templates, progress=True, details=items, classes=classes)
+    metrics = zeroshot_accuracy(model, images, labels, templates, progress=not args.quiet, details=items,
+                                classes=classes)
     check_strict(args, 0, metrics["unreadable"])
     scored = [item for item in items if "rank" in item]  # not the unreadable photos' error items
     hits: dict = {}  # which class the model misses, as eval vqa's per_type: balanced_top1 says only that one does
@@ -453,6 +458,7 @@ def add_parsers(sub) -> dict:
                         "a model scores the copies alike: ties count as misses)")
     add_runtime(s)
     add_precision(s)
+    add_quiet(s)
     add_item_options(s)
     s.set_defaults(func=cmd_eval_retrieval)
     s = ev.add_parser("zeroshot", help="zero-shot top-1/top-5 accuracy over a JSONL of {image, label} or class "
@@ -466,6 +472,7 @@ def add_parsers(sub) -> dict:
                    "of a dataset's; default: the labels the file holds")
     add_runtime(s)
     add_precision(s)
+    add_quiet(s)
     add_item_options(s)
     s.set_defaults(func=cmd_eval_zeroshot)
 

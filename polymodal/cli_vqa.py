@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from polymodal.cli_options import add_recipe_flags, add_run_options, add_runtime
+from polymodal.cli_options import add_precision, add_quiet, add_recipe_flags, add_run_options, add_runtime, how_it_ran
 from polymodal.errors import PolymodalError
 from polymodal.eval.per_item import add_item_options
 
@@ -33,11 +33,11 @@ VQA_FLAGS = {
 }
 
 
-def _load_vqa_model(name: str, runtime: str = "auto"):
+def _load_vqa_model(name: str, runtime: str = "auto", precision: str = "fp32"):
     import polymodal
     from polymodal.registry import require_vqa
 
-    return require_vqa(polymodal.load(name, runtime=runtime), name)
+    return require_vqa(polymodal.load(name, runtime=runtime, precision=precision), name)
 
 
 def given_choices(args) -> list[str] | None:
@@ -88,7 +88,7 @@ def cmd_vqa(args) -> int:
 
         check_heatmap_path(args.explain, args.image)
     choices = given_choices(args)
-    model = _load_vqa_model(args.model, args.runtime)
+    model = _load_vqa_model(args.model, args.runtime, args.precision)
     if args.explain and not (hasattr(model, "explain") and getattr(model, "draws_heat_maps", True)):  # before answering
         raise PolymodalError(f"--explain needs a model that draws heat maps (explain(): fusion encoders such as "
                              f"easy-vqa and `polymodal train vqa` models, and their ONNX exports; not coco-yesno, which "
@@ -148,21 +148,21 @@ def cmd_eval_vqa(args) -> int:
     with counting_skipped(args.split) as skipped:
         rows = read_qa(args.qa)
     check_strict(args, skipped[0])
-    model = _load_vqa_model(args.model, args.runtime)
+    model = _load_vqa_model(args.model, args.runtime, args.precision)
     images = {str(r.image) for r in rows}
     caveats = data_caveats(args.model, sorted(images), skipped[0], args.split)
     warn_of_few(len(images), "photos", "accuracy")
     items: list = []
-    metrics = vqa_accuracy(model, rows, details=items, progress=True)  # (stderr: the JSON line stays alone on stdout)
+    # the bar goes to stderr: the JSON line stays alone on stdout
+    metrics = vqa_accuracy(model, rows, details=items, progress=not args.quiet)
     check_strict(args, 0, metrics.get("unreadable", 0))
     if args.ci:
         scored = [item for item in items if "score" in item]  # a photo's questions resampled together
         metrics["accuracy_ci95"] = bootstrap_ci([i["score"] for i in scored], [i["image"] for i in scored])
     if args.out:
         write_items(args.out, items, args.model, [r.image for r in rows])
-    how = {"variants": model.variants} if hasattr(model, "variants") else {}  # which ONNX graphs answered
-    print(json.dumps({"model": args.model, "runtime": args.runtime, **how, "questions": len(rows), **caveats,
-                      **metrics}))
+    print(json.dumps({"model": args.model, "runtime": args.runtime, **how_it_ran(model, args), "questions": len(rows),
+                      **caveats, **metrics}))
     return 0
 
 
@@ -182,6 +182,8 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--top-k", type=int, default=3, help="alternatives shown with their scores (default 3)")
     s.add_argument("--explain", metavar="OUT_PNG", help="also save a heat map of where the model looked")
     add_runtime(s, "onnx: answer with the model's `polymodal export onnx` folder (--explain then maps by occlusion)")
+    add_precision(s, "; coco-yesno runs fp32 only")  # easy-vqa, `train vqa` models: the fusion encoder's lite tower
+    add_quiet(s)  # (a bar only with --qa)
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_vqa)
 
@@ -208,5 +210,7 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--model", default="easy-vqa", help="built-in name, fusion-encoder folder or ONNX export "
                                                        "(default: easy-vqa)")
     add_runtime(s, "onnx: answer with the model's `polymodal export onnx` folder")
+    add_precision(s, "; coco-yesno runs fp32 only")
+    add_quiet(s)
     add_item_options(s)
     s.set_defaults(func=cmd_eval_vqa)

@@ -46,8 +46,8 @@ def answer_questions_file(args) -> int:
                                  f"write --out {Path(args.out).with_suffix('.jsonl')} (one JSON line per question)")
     if choices:
         rows = [r if r.choices else replace(r, choices=tuple(choices)) for r in rows]
-    model = _load_vqa_model(args.model, args.runtime)
-    results, _ = answer_rows(model, rows, progress=True)
+    model = _load_vqa_model(args.model, args.runtime, args.precision)
+    results, _ = answer_rows(model, rows, progress=not args.quiet)
     # one warning for unreadable photos; none readable is an error
     unreadable = len(results) - len(readable_results(results, "question"))
     items = []

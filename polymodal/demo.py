@@ -124,7 +124,7 @@ def _indent(text: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)  # as polymodal's own
     ap.add_argument("--out", default="demo-out", type=Path)
     ap.add_argument("--model", default="lite")
     args = ap.parse_args(argv)

@@ -105,7 +105,7 @@ def test_vqa_explain_on_the_onnx_runtime_is_refused_before_answering(tmp_path, m
         def answer(self, *args, **kwargs):
             raise AssertionError("answered before refusing --explain")
 
-    monkeypatch.setattr(cli_vqa, "_load_vqa_model", lambda name, runtime: OnnxLike())
+    monkeypatch.setattr(cli_vqa, "_load_vqa_model", lambda name, runtime, precision="fp32": OnnxLike())
     image = tmp_path / "q.png"
     Image.new("RGB", (8, 8)).save(image)
     assert cli.main(["vqa", str(image), "what is it?", "--model", "x", "--explain", str(tmp_path / "h.png")]) == 2
