@@ -3,7 +3,7 @@
 - VQA answers compare by the official VQA v2 evaluation's punctuation rule (GT-Vision-Lab/VQA vqaEval.py): "1,000"
   is "1000" (polymodal read it "1 000" and scored 0 where the official script scores 1), and the marks it keeps
   (':', '%', '$', '&', a full stop before a digit) stay, so "10:30" is not "10 30" (polymodal scored that 1, the
-  official script 0). Apostrophes are still dropped: the one documented difference.
+  official script 0). (Apostrophes were still dropped here; stop 51 keeps them, as the script does.)
 - Retrieval's median rank is the lower middle rank of an even count, as open_clip's get_clip_metrics and VSE++
   report it (floor of the median), not the mean of the two middle ranks (33.5 where open_clip says 33).
 """
@@ -24,7 +24,7 @@ from polymodal.eval.vqa import accuracy_by_type, as_rows
     ("t-shirt", "t shirt"), ("yes, it is", "yes it is"), ("red-white - blue", "redwhite blue"),
     ("10:30", "10:30"), ("50%", "50%"), ("$5", "$5"), ("black & white", "black & white"),
     (".5", ".5"), ("3.5", "3.5"), ("st.louis", "stlouis"), ("st. louis", "st louis"), ("Two dogs!", "2 dogs"),
-    ("the red one", "red 1"), ("None.", "0"), ("(a) cat", "cat"), ("it's ok", "its ok"),  # apostrophes: dropped
+    ("the red one", "red 1"), ("None.", "0"), ("(a) cat", "cat"), ("it's ok", "it's ok"),  # apostrophes: kept (stop 51)
 ])
 def test_answers_compare_as_the_official_script_reads_them(given, expected):
     assert comparable_answer(given) == expected

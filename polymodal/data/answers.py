@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import lru_cache
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from polymodal.errors import PolymodalError
@@ -34,42 +35,104 @@ def normalize_answer(text: Any) -> str:
     return " ".join(str(answer_text(text)).lower().split()).rstrip(".").strip()
 
 
-_NUMBERS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
-_NUMBERS["none"] = "0"  # as VQA v2's manualMap: "how many ...?" "none" is the answer 0
+# The official VQA evaluation's tables, copied as they stand (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/
+# vqaEval.py at c4e6a0e, (c) 2014 Aishwarya Agrawal): answers compared as published VQA accuracies compare them. Its
+# lookups come after lower-casing, so the keys "Im", "Ive", "Id've" and "I'dve" never match ("im" stays "im").
+_CONTRACTIONS = {"aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't", "dont": "don't",
+    "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't",
+    "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd", "howll": "how'll",
+    "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've", "isnt": "isn't", "itd": "it'd",
+    "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's", "maam": "ma'am",
+    "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've",
+    "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock",
+    "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't",
+    "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
+    "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
+    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
+    "somethingd've": "something'd've", "something'dve": "something'd've", "somethingll": "something'll",
+    "thats": "that's", "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
+    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've",
+    "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't",
+    "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll",
+    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
+    "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've",
+    "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
+    "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
+    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've"}
+_MANUAL_MAP = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+               "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 _ARTICLES = {"a", "an", "the"}
-
-
-# The marks VQA v2's evaluation script (vqaEval.py's processPunctuation) takes out of an answer; it keeps the others
-# (':' in "10:30", '%', '$', '&', '#'), so "10:30" is no "10 30" and "50%" no "50"
+# the marks processPunctuation takes out; it keeps the others: "'" (contractions), ':' ("10:30"), '%', '$', '&', '#'
 _VQA_PUNCTUATION = ';/[]"{}()=+\\_-><@`,?!'
-_DIGIT_COMMA = re.compile(r"\d,\d")
-_STRAY_PERIOD = re.compile(r"\.(?!\d)")  # a full stop not before a digit: "3.5" and ".5" keep theirs
+_DIGIT_COMMA = re.compile(r"(\d)(,)(\d)")
+_STRAY_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # as written there: in effect a full stop not before a digit
+
+
+@lru_cache(maxsize=1 << 16)  # an evaluation compares each of a few thousand answers again and again
+def vqa_punctuation(text: str) -> str:
+    """The official script's processPunctuation: each mark of _VQA_PUNCTUATION becomes a space, or goes where one
+    stands beside a space or the answer holds a number such as "1,000" (decided on the answer as given, for each
+    mark alike); then a full stop goes unless a digit follows ("3.5", ".5" keep theirs). Case is kept."""
+    glued = _DIGIT_COMMA.search(text) is not None
+    out = text
+    for mark in _VQA_PUNCTUATION:
+        if mark in text:
+            out = out.replace(mark, "" if glued or mark + " " in text or " " + mark in text else " ")
+    return _STRAY_PERIOD.sub("", out, 32)  # there re.UNICODE (32) is passed as the count: at most 32 full stops go
 
 
 def comparable_answer(text: Any) -> str:
-    """An answer as the VQA v2 evaluation compares it: normalize_answer, then its punctuation rule (the marks of
-    _VQA_PUNCTUATION become spaces, or go where one stands beside a space or the answer holds a number such as
-    "1,000", which becomes "1000"; a full stop goes unless a digit follows), number words as digits, articles
-    dropped: 'Two dogs!' -> '2 dogs', 'the red one' -> 'red 1', '1,000' -> '1000'. One difference: apostrophes are
-    dropped ("don't" = "dont", as the official script's list of contractions also makes them, but "it's" = "its" and
-    "girl's" = "girls" too, which it tells apart)."""
-    text = normalize_answer(text).replace("'", "").replace("\u2019", "")
-    given, glued = text, _DIGIT_COMMA.search(text) is not None
-    for mark in _VQA_PUNCTUATION:
-        if mark in text:  # as the official script decides it: from the answer as given, for each mark alike
-            text = text.replace(mark, "" if glued or mark + " " in given or " " + mark in given else " ")
-    words = [_NUMBERS.get(w, w) for w in _STRAY_PERIOD.sub("", text).split() if w not in _ARTICLES]
-    return " ".join(words)
+    """An answer as the official VQA evaluation compares a model's answer: vqa_punctuation, lower case, number words
+    as digits ("none" = "0"), articles dropped, a contraction missing its apostrophe given one: 'Two dogs!' ->
+    '2 dogs', 'the red one' -> 'red 1', '1,000' -> '1000', 'dont' -> "don't"; "it's" and "its" stay apart. Used
+    for every answer polymodal compares (choices, vocabularies, training classes, exact-match rows) so that they
+    agree with the score."""
+    return _comparable(str(answer_text(text)))
 
 
-def soft_vqa_score(predicted: str, annotators: Sequence[str]) -> float:
-    """VQA v2 accuracy of one prediction against the annotators' answers (all already comparable_answer): the mean,
-    over leaving out each annotator in turn, of min(1, matching others / 3). Ten annotators who all agree: 1.0;
-    two of ten: 0.6."""
-    matches = sum(a == predicted for a in annotators)
+@lru_cache(maxsize=1 << 16)
+def _comparable(text: str) -> str:
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    words = (_MANUAL_MAP.get(w, w) for w in vqa_punctuation(text).lower().split())
+    return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
+
+
+def annotators_as_compared(annotators: Sequence[str]) -> list[str]:
+    """The annotators' answers (as written in the data) as the official script compares them with a model's
+    comparable_answer: unchanged when they all agree, else with vqa_punctuation alone. Neither lower case, digits
+    nor articles: 'Two' or 'a dog' is matched by no answer (see unmatchable_annotators)."""
+    return [vqa_punctuation(a) for a in annotators] if len(set(annotators)) > 1 else list(annotators)
+
+
+def soft_vqa_score(predicted: Any, annotators: Sequence[str]) -> float:
+    """VQA v2 accuracy of a model's answer against the annotators' answers (as written): the official script's mean,
+    over leaving out each annotator in turn, of min(1, matching others / 3), answers compared as it compares them
+    (comparable_answer, annotators_as_compared). Ten annotators who all agree: 1.0; two of ten: 0.6. One annotator
+    is exact match of comparable_answer on both sides (a file's single answer; the formula would always give 0)."""
+    predicted = comparable_answer(predicted)
     if len(annotators) == 1:
-        return float(matches)
-    return sum(min(1.0, (matches - (a == predicted)) / 3) for a in annotators) / len(annotators)
+        return float(predicted == comparable_answer(annotators[0]))
+    matches = [a == predicted for a in annotators_as_compared(annotators)]
+    total = sum(matches)
+    return sum(min(1.0, (total - m) / 3) for m in matches) / len(annotators)
+
+
+def matchable(text: str) -> bool:
+    """Whether a model's answer can compare equal to ``text``: comparable_answer gives it back ('2', not 'Two')."""
+    return comparable_answer(text) == text
+
+
+def unmatchable_annotators(annotators: Sequence[str]) -> list[str]:
+    """Those of a row's annotators' answers that no model answer can match as soft_vqa_score compares them ('Two',
+    'a dog', 'Yes'). [] for a single answer (exact match)."""
+    if len(annotators) < 2:
+        return []
+    return [a for a, c in zip(annotators, annotators_as_compared(annotators)) if not matchable(c)]
 
 
 def unique_choices(choices: Sequence[Any]) -> dict[str, str]:

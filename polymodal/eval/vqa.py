@@ -3,8 +3,9 @@
 A QA file is JSONL with one ``{"image": path relative to the file, "question": text, "answer": text}`` per line
 (optional ``"answer_type"``; a JSON array of such objects works too). A row may carry the annotators' answers as
 ``"answers"`` (strings, or VQA v2's ``{"answer": ...}`` objects; ``"answer"`` then defaults to the most common): such
-rows score the VQA v2 soft accuracy (min(1, agreeing annotators / 3), averaged over leaving each annotator out), the
-others exact match; both compare answers as the VQA v2 evaluation does (``comparable_answer``: 'Two.' = '2').
+rows score the VQA v2 soft accuracy (min(1, agreeing annotators / 3), averaged over leaving each annotator out) as the
+official evaluation script computes it; the others (and a single annotator's answer) exact match, both sides compared
+as the script compares a model's answer (``comparable_answer``: 'Two.' = '2').
 A row with ``"choices"`` (two or more candidate answers, the answer among them) is multiple choice: the model picks
 the best of those candidates (``predict_choices``, as ``answer(..., choices=...)`` ranks them).
 Unusable rows (bad JSON, missing keys, missing image file) are counted and logged; a file without any usable row is
@@ -24,7 +25,7 @@ from polymodal.data.parquet_rows import is_parquet, read_rows
 from polymodal.data.vqa_v2 import vqa_v2_rows
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import (YES_NO, answer_text, comparable_answer, normalize_answer, soft_vqa_score,
-                                    unique_choices)
+                                    matchable, unique_choices, unmatchable_annotators, vqa_punctuation)
 from polymodal.models.inputs import each_or_error, plural, readable_results
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class QARow:
     question: str
     answer: str  # normalised (see normalize_answer)
     answer_type: str | None = None
-    answers: tuple[str, ...] = ()  # the annotators' answers (VQA v2 soft accuracy), normalised; () = exact match
+    answers: tuple[str, ...] = ()  # the annotators' answers (VQA v2 soft accuracy) as written; () = exact match
     choices: tuple[str, ...] = ()  # candidate answers as given (multiple choice); () = open-ended
     question_id: Any = None  # the row's "question_id" (VQA v2's) for answers written for an evaluation server (None
     # in rows read to score or train: see read_qa)
@@ -54,7 +55,8 @@ def answer_type(answer: str) -> str:
     """VQA v2's three types for a row that gives none: 'Yes!' is scored as yes, so typed "yes/no"; 'two' is scored
     as '2', so typed "number" (as VQA v2 types how-many answers); the rest "other"."""
     key = comparable_answer(answer)
-    return "yes/no" if key in YES_NO else "number" if key.isdigit() else "other"
+    # ASCII digits: str.isdigit() is true of '²' and '٣' too
+    return "yes/no" if key in YES_NO else "number" if key.isascii() and key.isdigit() else "other"
 
 
 def read_qa(source: str | Path | Sequence[str | Path], need_answers: bool = True) -> list[QARow]:
@@ -91,7 +93,8 @@ def read_qa(source: str | Path | Sequence[str | Path], need_answers: bool = True
             skipped.append((where, str(exc)))
             continue
         if item.get("answer") in (None, "") and annotators:
-            item = {**item, "answer": max(annotators, key=annotators.count)}  # the most common, first on a tie
+            spelled = [normalize_answer(a) for a in annotators]  # 'Red' and 'red' count as one
+            item = {**item, "answer": max(spelled, key=spelled.count)}  # the most common, first on a tie
         missing = [k for k in ("image", "question", "answer") if item.get(k) in (None, "")]
         if missing and not (missing == ["answer"] and not need_answers):
             skipped.append((where, f"no {', '.join(missing)}"))
@@ -153,13 +156,14 @@ def _wrong_types(item: dict) -> str | None:
 
 
 def annotator_answers(value: Any) -> tuple[str, ...]:
-    """A row's "answers": None, or a list of strings or of VQA v2 {"answer": ...} objects -> normalised tuple."""
+    """A row's "answers": None, or a list of strings or of VQA v2 {"answer": ...} objects -> tuple of them as written
+    (a number as its text): the official script compares them as written, less its punctuation (soft_vqa_score)."""
     if value is None:
         return ()
     if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
         raise PolymodalError(f'"answers" must be a list of the annotators\' answers, got {value!r:.60}')
-    out = tuple(normalize_answer(a.get("answer", "") if isinstance(a, dict) else a) for a in value)
-    if not all(out):
+    out = tuple(str(answer_text(a.get("answer", "") if isinstance(a, dict) else a)) for a in value)
+    if not all(normalize_answer(a) for a in out):
         raise PolymodalError('"answers" holds a blank answer (or an object without "answer")')
     return out
 
@@ -201,12 +205,11 @@ def as_rows(rows: Iterable[Any]) -> list[QARow]:
 
 
 def row_score(predicted: str, row: QARow) -> float:
-    """One row's accuracy: VQA v2 soft accuracy when it has annotators' answers, else exact match (answers compared
-    as comparable_answer)."""
-    pred = comparable_answer(predicted)
+    """One row's accuracy: VQA v2 soft accuracy when it has annotators' answers (soft_vqa_score), else exact match
+    (answers compared as comparable_answer)."""
     if row.answers:
-        return soft_vqa_score(pred, [comparable_answer(a) for a in row.answers])
-    return float(pred == comparable_answer(row.answer))
+        return soft_vqa_score(predicted, row.answers)
+    return float(comparable_answer(predicted) == comparable_answer(row.answer))
 
 
 def accuracy_by_type(predicted: Sequence[str], rows: Sequence[QARow]) -> dict:
@@ -242,6 +245,7 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     rows = as_rows(rows)
     if not rows:
         raise PolymodalError("no rows to evaluate")
+    warn_of_unmatchable_annotators(rows)
     results, unscorable = answer_rows(model, rows, cache, progress,
                                       lambda: warn_of_answers_outside(model, [r for r in rows if not r.choices]))
     # a row whose image cannot be read is left out (as training does), with one warning; none readable is an error
@@ -317,6 +321,23 @@ def warn_of_answers_outside(model, rows: Sequence[QARow], what: str = "open ques
                     getattr(model, "name", "the model"), plural(len(answers), "answer"),
                     ", ".join(map(repr, names[:5])), more, counted)
     return len(outside)
+
+
+def warn_of_unmatchable_annotators(rows: Sequence[QARow]) -> int:
+    """One warning when annotators' answers are written so that no answer can match them as the official script
+    compares them (a custom file's 'Two' or 'A dog': it never lower-cases them or maps their words); -> how many
+    rows. Silent scores of 0 otherwise: polymodal compared them fully normalised before stop 51."""
+    written = set().union(*(r.answers for r in rows))  # each answer checked once (VQA v2 val: 2 million, ~2,000)
+    doubtful = {a for a in written if not matchable(a) or not matchable(vqa_punctuation(a))}
+    found = [bad for r in rows if not doubtful.isdisjoint(r.answers) for bad in [unmatchable_annotators(r.answers)]
+             if bad]
+    if found:
+        names = list(dict.fromkeys(a for bad in found for a in bad))
+        log.warning("%s have annotators' answers that no model answer can match, as the official VQA evaluation "
+                    "compares them (%s%s); in a file of your own, write them in lower case, with digits and without "
+                    "articles ('2', 'dog')", plural(len(found), "row"),
+                    ", ".join(map(repr, names[:5])), f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return len(found)
 
 
 def _predict_rows(model, rows: list[QARow]) -> list:

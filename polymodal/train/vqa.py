@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from polymodal.cache import cache_key
-from polymodal.data.answers import comparable_answer
+from polymodal.data.answers import comparable_answer, normalize_answer
 from polymodal.data.jsonl import only_splits
 from polymodal.data.pairs import held_out_images
 from polymodal.errors import PolymodalError
@@ -447,7 +447,9 @@ def check_same_validation(out: Path, recipe: VQARecipe) -> None:
 
 
 def _validation_rows(rows: Sequence[QARow]) -> list[tuple]:
-    return [(r.image, r.question, r.answer, "|".join(r.answers), "|".join(r.choices)) for r in rows]
+    # annotators' answers normalised, as rows held them before they were kept as written: a resumed run's check
+    return [(r.image, r.question, r.answer, "|".join(map(normalize_answer, r.answers)), "|".join(r.choices))
+            for r in rows]
 
 
 def layers_under_heads_train(model: FusionEncoder) -> bool:
