@@ -382,6 +382,10 @@ def cmd_info(args) -> int:
         info["index"] = ImageIndex(args.db).info()
     if collection := qdrant_collection(args):
         info["qdrant"] = collection.info()
+    if args.model:
+        from polymodal.trained_with import describe
+
+        info["model"] = describe(args.model)
     if args.json:
         _print_json(info)
         return 0
@@ -396,6 +400,11 @@ def cmd_info(args) -> int:
     if "qdrant" in info:
         print()
         print(_table(sorted((k, v) for k, v in info["qdrant"].items()), ("qdrant collection", "value")))
+    if "model" in info:
+        from polymodal.trained_with import summary_rows
+
+        print()
+        print(_table(summary_rows(info["model"]), ("model", "value")))
     return 0
 
 
@@ -512,8 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_precision(s)  # as search and eval zeroshot: the same lite image tower embeds the photos
     s.set_defaults(func=cmd_classify)
 
-    s = sub.add_parser("info", help="version, built-in models, and an index's details")
+    s = sub.add_parser("info", help="version, built-in models, and an index's or a model's details")
     s.add_argument("--db", help="also show this index folder's details")
+    s.add_argument("--model", help="also show this model folder's (RUN/model, an export) key and how it was trained")
     add_qdrant(s, "also show this Qdrant collection's details")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_info)

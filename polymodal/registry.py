@@ -253,6 +253,8 @@ def load(name_or_path: str | Path = "lite", runtime: str = "auto", precision: st
                                  f"or a built-in name ({', '.join(sorted(MODELS))}) exported to its default folder")
         if key in MODELS:
             _check_builtin_export(key, folder)
+        else:
+            _warn_of_older_builtin_export(folder)
         from polymodal.export.runtime import OnnxEmbeddingModel  # the VQA runtime takes the same options
 
         _check_options(kwargs, _options(OnnxEmbeddingModel, skip=1), f"the ONNX export {folder}")
@@ -281,9 +283,26 @@ def _check_builtin_export(name: str, folder: Path) -> None:
         raise PolymodalError(why)
 
 
-def stale_builtin_export(name: str, folder: Path) -> str | None:
+def _warn_of_older_builtin_export(folder: Path) -> None:
+    """An export loaded by its path (`export onnx default --out DIR`) of a built-in since re-shipped serves the older
+    weights under the built-in's name, as the cached one did before it was refused. Warned, not refused: a path names
+    that folder, whose weights and version agree (an index built with it stays consistent with it)."""
+    from polymodal.export.runtime import read_export_config
+
+    try:
+        name = read_export_config(folder).get("name")
+    except PolymodalError:
+        return  # loading it says what is wrong
+    if name in MODELS and (why := stale_builtin_export(name, folder, by_path=True)):
+        import logging
+
+        logging.getLogger(__name__).warning("%s", why)
+
+
+def stale_builtin_export(name: str, folder: Path, by_path: bool = False) -> str | None:
     """Why the export of built-in ``name`` in ``folder`` is not today's ``name`` (made from an older one), or None.
-    lite ships no folder; its version changes only with the code."""
+    lite ships no folder; its version changes only with the code. ``by_path``: the folder was given as a path (it is
+    served, as that older model)."""
     import json
 
     from polymodal.export.runtime import read_export_config
@@ -301,6 +320,10 @@ def stale_builtin_export(name: str, folder: Path) -> str | None:
     if shipped is None or made == shipped:
         return None
     checked_on = " --val-qa FILE.jsonl" if folder_type(HERE / "models" / name) == "fusion_encoder" else ""
+    if by_path:
+        return (f"{folder} is an ONNX export of an older {name} (version {made}; this polymodal's is {shipped}): it "
+                f"serves that older model; for today's, export it again with `polymodal export onnx {name}"
+                f"{checked_on} --out {folder}`")
     return (f"the ONNX export of {name!r} in {folder} was made from an older {name} (version {made}; this "
             f"polymodal's is {shipped}); export it again with `polymodal export onnx {name}{checked_on}`")
 

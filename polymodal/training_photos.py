@@ -169,10 +169,14 @@ class TrainingPhotos:
     """Written beside each model a training run saves: the run's training photos plus those of the model it
     started from, and the validation photos that chose the epoch (``val_images``: pass none when no validation
     ran) plus the starting model's. ``earlier``: a resumed run's own RUN/model, whose list holds the photos its
-    earlier sessions learned from (a resume on other data keeps what they taught). Hashed once, on the first save."""
+    earlier sessions learned from (a resume on other data keeps what they taught). Hashed once, on the first save.
+    ``settings``: the run's (train_config.json's), saved beside the model as its trained_with.json."""
 
-    def __init__(self, images, start=None, val_images=(), earlier=None) -> None:
+    def __init__(self, images, start=None, val_images=(), earlier=None, settings: dict | None = None) -> None:
+        from polymodal.trained_with import trained_with
+
         self._images, self._val, self._hashes = list(images), list(val_images), None
+        self._record = trained_with(settings) if settings is not None else None
         # read now, before the run folder is prepared: --overwrite moves the run's RUN/model aside, and --model
         # may name that very folder (a run retrained in place from its own model)
         started = _recorded(start) if start is not None else None
@@ -203,12 +207,16 @@ class TrainingPhotos:
         return self._hashes
 
     def save(self, model, folder) -> None:
-        """Weights, config and this list appear together: built in a hidden sibling folder, then renamed over
-        ``folder`` (a kill between two files left new weights beside the old config's version)."""
+        """Weights, config, this list and the run's record appear together: built in a hidden sibling folder, then
+        renamed over ``folder`` (a kill between two files left new weights beside the old config's version)."""
+        from polymodal.trained_with import write_trained_with
+
         hashes = self.hashes()  # first: ``earlier`` may be this folder
         with staged_folder(folder) as stage:
             model.save(stage)
             write_training_photos(stage, *hashes)
+            if self._record is not None:
+                write_trained_with(stage, self._record)
 
 
 def _known(model) -> tuple[set[str], set[str]] | None:

@@ -109,7 +109,8 @@ def test_existing_run_is_refused_and_overwrite_replaces_it(capsys, pairs_file, t
     assert (out / "notes.txt").read_text() == "mine"  # only the run's own files go
     # RUN/model as --out (mixed up with --model) would mix a run into the model folder
     _one_line_error(capsys, _contrastive(pairs_file, out / "model"), "holds a saved model, not a run")
-    assert sorted(p.name for p in (out / "model").iterdir()) == ["config.json", "model.safetensors", "training_photos.txt"]
+    assert sorted(p.name for p in (out / "model").iterdir()) == ["config.json", "model.safetensors", "trained_with.json",
+                                                                 "training_photos.txt"]
 
 
 def test_overwrite_stopped_before_its_first_epoch_puts_the_old_run_back(capsys, monkeypatch, pairs_file, tmp_path):

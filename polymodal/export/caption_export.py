@@ -163,6 +163,7 @@ def _try_int8(out: Path, config: dict, fp32_model, images: Sequence, references,
         speed, fp32_speed = paired_speed(lambda: trial.caption(few, beam=beam),
                                          lambda: fp32_model.caption(few, beam=beam), len(few), seconds)
     except Exception as exc:  # an unsupported operator is a finding for the report, not a crash
+        V.raise_if_disk_full(exc)  # a full disk is not
         path.unlink(missing_ok=True)
         return {**row, "status": "failed", "reason": V.failure_reason(exc)}
     finally:

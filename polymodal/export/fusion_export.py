@@ -244,6 +244,7 @@ def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, wan
                                                  lambda: fp32_session.run(None, inputs[graph]),
                                                  len(next(iter(inputs[graph].values()))), seconds)
             except Exception as exc:  # an unsupported operator is a finding for the report, not a crash
+                V.raise_if_disk_full(exc)  # a full disk is not
                 tries.append({"graph": graph, "variant": name, "status": "failed",
                               "reason": V.failure_reason(exc)})
                 path.unlink(missing_ok=True)

@@ -252,6 +252,7 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
                                                  lambda: session.run(speed_items[tower]),
                                                  len(speed_items[tower]), timing_seconds)
             except Exception as exc:  # an unsupported operator or type is a finding for the report, not a crash
+                V.raise_if_disk_full(exc)  # a full disk is not
                 reason = V.failure_reason(exc)
                 rows.append({"tower": tower, "variant": name, "status": "failed", "reason": reason})
                 path.unlink(missing_ok=True)

@@ -5,8 +5,11 @@ and bfloat16. Each builder writes one file or raises; whether the variant is kep
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator
@@ -21,28 +24,65 @@ log = logging.getLogger(__name__)
 VARIANTS = ("int8_dynamic", "int8_static", "bf16")
 
 
-def _atomic(build: Callable[[str], None], out: Path) -> Path:
+def _atomic(build: Callable[[str], None], out: Path, source: Path | None = None) -> Path:
     fd, tmp = temp_beside(out)
     os.close(fd)
     disabled = logging.root.manager.disable  # the caller's own logging.disable level comes back after
     logging.disable(max(disabled, logging.WARNING))  # the quantizer logs a warning per LayerNorm weight: noise
+    # the quantizer's shape inference writes a copy of the graph ``source`` beside it (text.fp32-inferred.onnx:
+    # 90 MB for MiniLM) and leaves it there when it fails
+    inferred = Path(source).with_name(f"{Path(source).stem}-inferred{Path(source).suffix}") if source else None
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):  # and numpy warnings on constant tensors
             warnings.simplefilter("ignore")
             build(tmp)
         os.replace(tmp, out)
+    except Exception as exc:
+        full = _full_disk(exc, out)  # before the cleanup below frees the space
+        if full is None or full is exc:
+            raise
+        raise full from exc
     finally:
         logging.disable(disabled)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in (tmp, inferred):
+            if leftover is not None and os.path.exists(leftover):
+                os.unlink(leftover)
     return out
+
+
+def _full_disk(exc: BaseException, out: Path) -> OSError | None:
+    """The error naming the full disk when a variant failed for lack of space, else None. Not only ENOSPC: onnx
+    writes the shape-inferred copy from C++, which truncates it silently on a full disk, and reading it back fails
+    with protobuf's DecodeError ("Wire format was corrupt"), so any failure with under 1 MiB left beside ``out``
+    counts. An ENOSPC while that disk has room came from the calibration's copies in the temporary folder."""
+    own = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if own and exc.filename:
+        return exc
+    try:
+        full_here = shutil.disk_usage(out.parent).free < 1 << 20
+    except OSError:
+        full_here = False
+    if full_here:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
+    if own:
+        return OSError(exc.errno, f"{os.strerror(exc.errno)} in the temporary folder (onnxruntime's quantizer writes "
+                       "copies of the graph there; TMPDIR chooses it)", tempfile.gettempdir())
+    return None
+
+
+def raise_if_disk_full(exc: BaseException) -> None:
+    """A variant that failed for lack of space is no finding about the variant: the export stops with the error (the
+    CLI's one line names the file; an earlier export stays), instead of serving fp32 with "failed" in the report."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise exc
 
 
 def int8_dynamic(fp32: Path, out: Path, calibration=None) -> Path:
     """Weights int8, activations quantized per batch at run time (no calibration)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    return _atomic(lambda tmp: quantize_dynamic(str(fp32), tmp, weight_type=QuantType.QInt8, per_channel=True), out)
+    return _atomic(lambda tmp: quantize_dynamic(str(fp32), tmp, weight_type=QuantType.QInt8, per_channel=True), out,
+                   fp32)
 
 
 class _Feeds:
@@ -67,7 +107,7 @@ def int8_static(fp32: Path, out: Path, calibration: list[dict[str, np.ndarray]])
     reader = type("Reader", (_Feeds, CalibrationDataReader), {})(calibration)
     return _atomic(lambda tmp: quantize_static(
         str(fp32), tmp, reader, quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8), out)
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8), out, fp32)
 
 
 BF16_PROVIDERS = ("CUDAExecutionProvider", "ROCMExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider")

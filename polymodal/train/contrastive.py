@@ -244,7 +244,8 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         "world_size": distributed.world_size(), "global_batch": batch * distributed.world_size(),
         "validation": validation, "zeroshot_validation": zeroshot_validation}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
-    photos = TrainingPhotos(train_set.images, recipe.model, chose, earlier=out / "model" if resume else None)
+    photos = TrainingPhotos(train_set.images, recipe.model, chose, earlier=out / "model" if resume else None,
+                            settings=settings)
     if distributed.is_main():  # after what reads --model's folder: --overwrite moves RUN/model aside
         prepare_run_folder(out, overwrite)
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),

@@ -723,7 +723,8 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
         "val_captions": len(val.pairs) if val else 0, "validation": validation}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train.pairs.images, recipe.model, val.pairs.images if val is not None else (),
-                            earlier=out / "model" if resume else None)
+                            earlier=out / "model" if resume else None,
+                            settings=settings)
     prepare_run_folder(out, overwrite)  # after what reads --model's folder: --overwrite moves RUN/model aside
 
     def save_best(m: FusionEncoder) -> None:

@@ -564,7 +564,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     settings["arch"]["answers"] = len(model.answers)  # the vocabulary itself is in model/config.json
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train.images, recipe.model, val.images if eval_fn else (),
-                            earlier=out / "model" if resume else None)
+                            earlier=out / "model" if resume else None,
+                            settings=settings)
     prepare_run_folder(out, overwrite)  # after what reads --model's folder: --overwrite moves RUN/model aside
 
     def save_best(m: FusionEncoder) -> None:

@@ -1,0 +1,112 @@
+"""How a saved model was trained, kept beside its weights (trained_with.json), so that a model folder shared alone
+(RUN/model without RUN/train_config.json) says how to train it again: the run's settings as train_config.json records
+them (the seed, the data paths made absolute, the architecture), the command line and the polymodal that ran it.
+
+Not inside config.json: the polymodal versions already installed refuse a config.json key they do not know ("saved by
+a newer polymodal?"), so a model trained after this change would not load there, and config.json holds what builds
+the model. No loader reads this file, and the model's key (name@version, its weights' hash) does not depend on it;
+`polymodal info --model FOLDER` shows it."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from polymodal.cache import atomic_write_bytes
+from polymodal.errors import PolymodalError
+
+FILE_NAME = "trained_with.json"
+
+
+def trained_with(settings: dict) -> dict:
+    """The record of a run whose train_config.json holds ``settings`` (kept by reference: written as they are when
+    the model is saved)."""
+    from polymodal import __version__
+
+    return {"polymodal": __version__, "source": _source_commit(), "command": _command(), "settings": settings}
+
+
+def write_trained_with(folder, record: dict) -> None:
+    atomic_write_bytes(Path(folder) / FILE_NAME, json.dumps(record, indent=2, default=str).encode())
+
+
+def read_trained_with(folder) -> dict | None:
+    """The record in a model folder; None when it has none (saved before polymodal kept it, a built-in, an export)."""
+    try:
+        record = json.loads((Path(folder) / FILE_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _command() -> list[str]:
+    """This process's command line, `python -m polymodal` and the installed script both as "polymodal"."""
+    argv = list(sys.argv)
+    if argv and (Path(argv[0]).name == "polymodal" or Path(argv[0]).parts[-2:] == ("polymodal", "__main__.py")):
+        argv[0] = "polymodal"
+    return argv
+
+
+def _source_commit() -> str | None:
+    """The git commit of this polymodal's source, when it runs from a checkout (__version__ stays the same over many
+    commits); None for an installed package. Only a checkout whose root holds this package counts, not a repository
+    that happens to hold the virtual environment it is installed in."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def describe(name_or_path: str) -> dict:
+    """`polymodal info --model`: a model folder's (or ONNX export's) type, key and how it was trained."""
+    from polymodal.export.runtime import ONNX_CONFIG, is_onnx_folder
+    from polymodal.registry import MODELS
+    from polymodal.training_photos import model_folder
+
+    folder = model_folder(name_or_path)
+    if folder is not None and not (folder / "config.json").is_file() and (folder / "model" / "config.json").is_file():
+        folder = folder / "model"  # a run folder, as polymodal.load reads it
+    if folder is None or not ((folder / "config.json").is_file() or is_onnx_folder(folder)):
+        if name_or_path in MODELS:
+            raise PolymodalError(f"{name_or_path} is built from its towers when it loads: no model folder to describe")
+        raise PolymodalError(f"--model {name_or_path}: not a model folder (a built-in name, a folder `polymodal "
+                             "train` saved, such as RUN/model, or an ONNX export)")
+    try:
+        config = json.loads((folder / (ONNX_CONFIG if is_onnx_folder(folder) else "config.json")).read_text())
+    except (OSError, ValueError) as exc:
+        raise PolymodalError(f"cannot read the config of {folder} ({exc})") from exc
+    config = config if isinstance(config, dict) else {}
+    version = config.get("version")
+    return {"folder": str(folder.resolve()), "type": config.get("type"),
+            "key": f"{config.get('name')}@{version}" if version else None, "trained_with": read_trained_with(folder)}
+
+
+def summary_rows(details: dict) -> list[tuple[str, str]]:
+    """`polymodal info --model`'s table: (field, value) rows."""
+    rows = [("folder", details["folder"]), ("type", str(details["type"])), ("key", str(details["key"]))]
+    record = details["trained_with"]
+    if record is None:
+        return [*rows, ("trained with", "not recorded (saved before polymodal recorded it, or not by `polymodal "
+                                        "train`); a run folder's train_config.json has its settings")]
+    settings = record.get("settings") if isinstance(record.get("settings"), dict) else {}
+    train = settings.get("train") if isinstance(settings.get("train"), dict) else {}
+    source = f" ({record['source']})" if record.get("source") else ""
+    command = record.get("command")
+    rows += [("trained by", f"polymodal {record.get('polymodal')}{source}"),
+             ("command", shlex.join(map(str, command)) if isinstance(command, list) else str(command)),
+             ("seed", str(train.get("seed")))]
+    for label, keys in (("data", ("pairs", "qa")), ("validation data", ("val_pairs", "val_qa"))):
+        files = next((settings[k] for k in keys if settings.get(k)), None)
+        if files:
+            rows.append((label, ", ".join(map(str, files)) if isinstance(files, list) else str(files)))
+    if settings.get("model"):
+        rows.append(("started from", str(settings["model"])))
+    return [*rows, ("all settings", "--json shows them (model.trained_with.settings)")]
