@@ -16,14 +16,20 @@ _NOTEBOOK = any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)
 
 
 def progress_bar(iterable=None, **kwargs) -> tqdm:
-    """tqdm(iterable, **kwargs), throttled and kept when its output is a file (not a terminal, not a notebook's
+    """tqdm(iterable, **kwargs), throttled and kept when its output is a file (not a terminal, not a notebook or its
     widget). Per-step ``set_postfix`` calls should pass refresh=False: a refresh ignores the throttle."""
     stream = kwargs.get("file") or sys.stderr
-    if not _NOTEBOOK and not _is_terminal(stream):
+    if not _NOTEBOOK and not _is_terminal(stream) and not _is_kernel_stream(stream):
         kwargs["mininterval"] = max(kwargs.get("mininterval", 0.1), LOG_INTERVAL_S)
         kwargs["maxinterval"] = max(kwargs.get("maxinterval", 10.0), LOG_INTERVAL_S)  # its monitor thread's redraws
         kwargs["leave"] = True
     return tqdm(iterable, **kwargs)
+
+
+def _is_kernel_stream(stream) -> bool:
+    """A Jupyter kernel's stderr without ipywidgets (tqdm.auto then falls back to the text bar): the notebook redraws
+    the bar's line in place as a terminal does, so 30 s between redraws left it at 0% through a whole cell."""
+    return type(stream).__module__.startswith("ipykernel.")
 
 
 def _is_terminal(stream) -> bool:

@@ -97,7 +97,9 @@ def load_image(image: Any, min_size: int | None = None) -> Image.Image:
         try:
             return to_rgb(_open(path, str(path), min_size))
         except PolymodalError as exc:  # a float TIFF holding NaN: say which file
-            raise PolymodalError(exc if str(path) in str(exc) else f"{path}: {exc}") from exc
+            if str(path) in str(exc):
+                raise  # (wrapped again, a notebook's traceback showed the same error twice, chained to itself)
+            raise PolymodalError(f"{path}: {exc}") from exc.__cause__
     else:
         raise PolymodalError(
             f"cannot read an image from {type(image).__name__}; pass a path, PIL image or numpy array"

@@ -18,6 +18,11 @@ THUMB_PX = 128
 class Hits(list):
     """list[Hit], best first, as every search returns it."""
 
+    def __getitem__(self, item):
+        # hits[:5] is a Hits too (list's slice is a plain list): a notebook cell showing the top few gets the photos
+        got = super().__getitem__(item)
+        return Hits(got) if isinstance(item, slice) else got
+
     def _repr_html_(self) -> str:
         figures = "".join(_figure(hit) for hit in self[:SHOWN])
         more = f", the first {SHOWN} shown" if len(self) > SHOWN else ""

@@ -328,6 +328,9 @@ class ImageIndex(SearchByModel):
                 self._settle(con, meta)
         except BaseException as exc:
             exc.index_progress = (done.saved, done.total)  # for the CLI's "N of M were saved" line
+            if done.total and hasattr(exc, "add_note"):  # (3.11+) a notebook's interrupted cell says it too
+                exc.add_note(f"index {self.db}: {done.saved:,} of {done.total:,} images to embed were saved; "
+                             "the same update again embeds the rest")
             raise
         log.info("index %s: %s", self.db, report.summary())
         return report
