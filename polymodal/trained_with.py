@@ -30,7 +30,14 @@ def trained_with(settings: dict) -> dict:
 
 
 def write_trained_with(folder, record: dict) -> None:
-    atomic_write_bytes(Path(folder) / FILE_NAME, json.dumps(record, indent=2, default=str).encode())
+    """The record, stamped with the version of the weights it describes (config.json's, written first): weights
+    saved over them later (model.save() of a model changed in Python) keep the file but are not what it describes."""
+    try:
+        version = json.loads((Path(folder) / "config.json").read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        version = None
+    atomic_write_bytes(Path(folder) / FILE_NAME,
+                       json.dumps({**record, "version": version}, indent=2, default=str).encode())
 
 
 def read_trained_with(folder) -> dict | None:
@@ -58,8 +65,9 @@ def _source_commit() -> str | None:
     if not (root / ".git").exists():
         return None
     try:
-        done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-                              capture_output=True, text=True, timeout=10)
+        # --no-optional-locks: --dirty would otherwise refresh (write) the checkout's .git/index at each run's start
+        done = subprocess.run(["git", "--no-optional-locks", "-C", str(root), "describe", "--always", "--dirty",
+                               "--abbrev=12"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() or None if done.returncode == 0 else None
@@ -85,14 +93,22 @@ def describe(name_or_path: str) -> dict:
         raise PolymodalError(f"cannot read the config of {folder} ({exc})") from exc
     config = config if isinstance(config, dict) else {}
     version = config.get("version")
-    return {"folder": str(folder.resolve()), "type": config.get("type"),
-            "key": f"{config.get('name')}@{version}" if version else None, "trained_with": read_trained_with(folder)}
+    record = read_trained_with(folder)
+    details = {"folder": str(folder.resolve()), "type": config.get("type"),
+               "key": f"{config.get('name')}@{version}" if version else None, "trained_with": record}
+    if record is not None and record.get("version") not in (None, version):  # saved over since: not these weights'
+        details.update(trained_with=None, trained_with_other_weights=record)
+    return details
 
 
 def summary_rows(details: dict) -> list[tuple[str, str]]:
     """`polymodal info --model`'s table: (field, value) rows."""
     rows = [("folder", details["folder"]), ("type", str(details["type"])), ("key", str(details["key"]))]
     record = details["trained_with"]
+    if details.get("trained_with_other_weights"):
+        return [*rows, ("trained with", f"not recorded for these weights: trained_with.json describes weights "
+                                        f"{details['trained_with_other_weights']['version']}, saved over since "
+                                        "(--json shows it as trained_with_other_weights)")]
     if record is None:
         return [*rows, ("trained with", "not recorded (saved before polymodal recorded it, or not by `polymodal "
                                         "train`); a run folder's train_config.json has its settings")]

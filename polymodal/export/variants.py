@@ -62,8 +62,10 @@ def _full_disk(exc: BaseException, out: Path) -> OSError | None:
         full_here = shutil.disk_usage(out.parent).free < 1 << 20
     except OSError:
         full_here = False
-    if full_here:
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
+    if full_here:  # the build's own error said too: under 1 MiB left need not be why it failed (an unknown operator)
+        said = "" if own else (" (under 1 MiB left there; the build then failed: "
+                               f"{failure_reason(exc).removeprefix('failed here: ')})")
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + said, str(out))
     if own:
         return OSError(exc.errno, f"{os.strerror(exc.errno)} in the temporary folder (onnxruntime's quantizer writes "
                        "copies of the graph there; TMPDIR chooses it)", tempfile.gettempdir())
