@@ -50,14 +50,21 @@ from polymodal.serve.service import Service, open_index, vqa_fields
 
 log = logging.getLogger(__name__)
 
-_IMAGE_B64 = {"type": "string", "description": "base64 image bytes (a data: URL is accepted too)"}
-_FILE = {"type": "string", "format": "binary"}
-_FILES = {"type": "array", "items": _FILE}
-_STR_LIST = {"type": "array", "items": {"type": "string"}}
+_IMAGE_B64 = {"type": "string", "minLength": 1, "description": "base64 image bytes (a data: URL is accepted too)"}
+_FILE = {"type": "string", "format": "binary", "minLength": 1}
+# what the handlers refuse with a 400 that a schema can say: no file, an empty list, blank text, no item in a list
+_FILES = {"type": "array", "items": _FILE, "minItems": 1}
+_IMAGES_B64 = {"type": "array", "items": _IMAGE_B64, "minItems": 1}
+_TEXTS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+_TEMPLATES = {"type": "array", "items": {"type": "string", "pattern": r"\{\}", "maxLength": 500}, "minItems": 1,
+              "description": 'each with {} where the label goes, e.g. "a photo of a {}."'}
+_TEXT = {"type": "string", "minLength": 1, "pattern": r"\S"}  # a query or question
+_LABELS = {"type": "array", "items": _TEXT, "minItems": 1}
 _COMMAS = {"type": "string", "description": "comma-separated, e.g. cat,dog (or repeat the field)"}
+_SOME_COMMAS = {**_COMMAS, "pattern": r"[^,\s]"}  # labels; a form's blank "choices" is no choices, JSON's a 400
 # /v1/vqa's JSON choices: a number is its text (2 and 2.0: "2"), as in a QA file's "choices" and in answer()
-_CHOICES = {"anyOf": [{"type": "array", "items": {"type": ["string", "number"]}},
-                      {"type": "string", "description": "comma-separated, e.g. red,blue"}],
+_CHOICES = {"anyOf": [{"type": "array", "items": {"type": ["string", "number"], "pattern": r"\S"}, "minItems": 1},
+                      {**_SOME_COMMAS, "description": "comma-separated, e.g. red,blue"}],
             "description": 'candidate answers, e.g. ["red", "blue"] or [1, 2] (a number is its text: 2.0 is "2")'}
 
 
@@ -65,12 +72,25 @@ _MODEL = {"type": "string", "description": "optional: the name or key of the mod
                                           "is refused, so a client cannot get another model's answers unawares)"}
 
 
+def _count_field(most: int, default: int | None = None) -> dict:
+    """k, top_k, beam: a whole number from 1 to `most` (check_k)."""
+    out = {"type": "integer", "minimum": 1, "maximum": most}
+    return out if default is None else {**out, "default": default}
+
+
+def _model_field(served) -> dict:
+    """The `model` field of an endpoint answered by `served`: its name or key, the only values check_model_field
+    takes (a plain string let a generated client send "" or another model's name, each a 400)."""
+    return _MODEL if served is None else {**_MODEL, "enum": list(dict.fromkeys([served.name, served.key]))}
+
+
 def _body(description: str, json_props: dict, form_props: dict | None, json_required: tuple = (),
-          form_required: tuple = ()) -> dict:
+          form_required: tuple = (), served=None) -> dict:
     """An endpoint's request body: JSON and (if form_props) multipart, each with the fields the server refuses a
-    request without (an either/or pair, text or image, is required by neither)."""
+    request without (an either/or pair, text or image, is required by neither); `served`: the model answering it.
+    Other fields are refused (read_json, check_form_fields): additionalProperties false says so."""
     def schema(props: dict, required: tuple) -> dict:
-        out = {"type": "object", "properties": {**props, "model": _MODEL}}
+        out = {"type": "object", "properties": {**props, "model": _model_field(served)}, "additionalProperties": False}
         return {**out, "required": list(required)} if required else out
 
     content = {"application/json": {"schema": schema(json_props, json_required)}}
@@ -122,6 +142,7 @@ def create_app(
         api_key = api_key.strip()
     try:
         from fastapi import FastAPI, Request
+        from fastapi import Path as UrlPath
         from fastapi.exceptions import RequestValidationError
         from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
         from starlette.concurrency import run_in_threadpool
@@ -195,6 +216,9 @@ def create_app(
     svc = Service(model, db_path, settings, vqa_model=vqa_model, caption_model=caption_model)
     vqa_model = svc.vqa_model  # (not `vqa`: that name is the endpoint below)
     s = settings
+    # an image id as Service.parse_id reads it: an index's row id (any other text is a 422), a collection's UUID
+    id_text = {"type": "string", "pattern": "^[0-9]{1,19}$"} if svc.local else {"type": "string", "format": "uuid"}
+    like_id = {"anyOf": [{"type": "integer", "minimum": 0}, id_text]} if svc.local else id_text
 
     @asynccontextmanager
     async def lifespan(app):
@@ -395,8 +419,8 @@ def create_app(
         summary="Embed texts or images into the model's space (L2-normalised float32)",
         openapi_extra=_body(
             "JSON texts or base64 images, or multipart image files",
-            {"texts": _STR_LIST, "images": {"type": "array", "items": _IMAGE_B64}, "image": _IMAGE_B64},
-            {"image": _FILES}, form_required=("image",),
+            {"texts": _TEXTS, "images": _IMAGES_B64, "image": _IMAGE_B64},
+            {"image": _FILES}, form_required=("image",), served=model,
         ),
         responses=post_replies(EMBED),
     )
@@ -432,11 +456,10 @@ def create_app(
         openapi_extra=_body(
             "JSON text (or base64 image, or \"like\": an indexed image's id) and k, or a multipart image file (or "
             "text field) and k",
-            {"text": {"type": "string"}, "image": _IMAGE_B64, "like": {"type": ["integer", "string"]},
-             "k": {"type": "integer", "default": 10}},
-            {"image": _FILE, "text": {"type": "string"}, "k": {"type": "integer", "default": 10}},
+            {"text": _TEXT, "image": _IMAGE_B64, "like": like_id, "k": _count_field(s.max_k, 10)},
+            {"image": _FILE, "text": _TEXT, "k": _count_field(s.max_k, 10)}, served=model,
         ),
-        responses=post_replies(SEARCH),
+        responses=post_replies(SEARCH, 404, 422),  # "like": an id not in the index, or not an id
     )
     async def search(request: Request):
         if content_type(request) == "application/json":
@@ -495,10 +518,10 @@ def create_app(
         summary="Zero-shot classification of images against labels",
         openapi_extra=_body(
             "multipart image file(s) + labels (comma-separated or repeated), or JSON with base64 image(s)",
-            {"image": _IMAGE_B64, "images": {"type": "array", "items": _IMAGE_B64}, "labels": _STR_LIST,
-             "top_k": {"type": "integer"}, "templates": _STR_LIST},
-            {"image": _FILES, "labels": _COMMAS, "top_k": {"type": "integer"}, "templates": _STR_LIST},
-            json_required=("labels",), form_required=("image", "labels"),
+            {"image": _IMAGE_B64, "images": _IMAGES_B64, "labels": _LABELS,
+             "top_k": _count_field(s.max_labels), "templates": _TEMPLATES},
+            {"image": _FILES, "labels": _SOME_COMMAS, "top_k": _count_field(s.max_labels), "templates": _TEMPLATES},
+            json_required=("labels",), form_required=("image", "labels"), served=model,
         ),
         responses=post_replies(CLASSIFY),
     )
@@ -548,9 +571,9 @@ def create_app(
         summary="Answer a question about an image (only for models with a VQA head; 404 otherwise)",
         openapi_extra=_body(
             "multipart image + question (+ choices), or JSON with a base64 image",
-            {"image": _IMAGE_B64, "question": {"type": "string"}, "choices": _CHOICES},
-            {"image": _FILE, "question": {"type": "string"}, "choices": _COMMAS},
-            json_required=("image", "question"), form_required=("image", "question"),
+            {"image": _IMAGE_B64, "question": _TEXT, "choices": _CHOICES},
+            {"image": _FILE, "question": _TEXT, "choices": _COMMAS},
+            json_required=("image", "question"), form_required=("image", "question"), served=vqa_model,
         ),
         responses=post_replies(VQA, 404),
     )
@@ -590,8 +613,8 @@ def create_app(
         summary="Write a caption for each image (only with a captioner: serve --caption-model captioner; 404 otherwise)",
         openapi_extra=_body(
             "multipart image file(s) (+ beam), or JSON with base64 image(s)",
-            {"image": _IMAGE_B64, "images": {"type": "array", "items": _IMAGE_B64}, "beam": {"type": "integer"}},
-            {"image": _FILES, "beam": {"type": "integer"}}, form_required=("image",),
+            {"image": _IMAGE_B64, "images": _IMAGES_B64, "beam": _count_field(MAX_BEAM, 3)},
+            {"image": _FILES, "beam": _count_field(MAX_BEAM, 3)}, form_required=("image",), served=caption_model,
         ),
         responses=post_replies(CAPTION, 404),
     )
@@ -619,8 +642,8 @@ def create_app(
         summary="Add uploaded images to the index, or remove images by id",
         openapi_extra=_body(
             "multipart image file(s) to add, or JSON {\"remove\": [ids]}",
-            {"remove": {"type": "array", "items": {"type": "integer"}}},
-            {"image": _FILES}, json_required=("remove",), form_required=("image",),
+            {"remove": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": s.max_remove_ids}},
+            {"image": _FILES}, json_required=("remove",), form_required=("image",), served=model,
         ),
         responses=post_replies(INDEX, 405, 409, 507),
     )
@@ -659,7 +682,7 @@ def create_app(
 
     @app.get("/v1/thumb/{image_id}", summary="A JPEG thumbnail of an indexed image, by id", response_class=Response,
              responses=replies(JPEG, 404, 422, 503, media_type="image/jpeg"))
-    async def thumb(image_id: str):
+    async def thumb(image_id: str = UrlPath(json_schema_extra=id_text)):  # documented only: parse_id's own 422
         data = await run_in_threadpool(svc.thumbnail, svc.parse_id(image_id))
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
@@ -731,6 +754,7 @@ def create_app(
         if api_key:  # /docs then shows "Authorize" and sends X-API-Key with "Try it out" (else every try is a 401)
             components["securitySchemes"] = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
             schema["security"] = [{"ApiKey": []}]
+            schema["paths"]["/healthz"]["get"]["security"] = []  # open (ApiKeyMiddleware): probes send no key
         return schema
 
     app.openapi = openapi_complete
