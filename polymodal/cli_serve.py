@@ -103,9 +103,10 @@ def cmd_serve(args) -> int:
         vqa += f", captioning with {svc.caption_model.key} ({runs_on(svc.caption_model)['precision']})"
     how = runs_on(svc.model)
     # limit_concurrency: past it (open connections, or requests in progress) uvicorn answers 503 at once, so N slow
-    # uploads cannot hold N x --max-body-mb of memory; the protocol closes connections whose headers do not come
+    # uploads cannot hold N x --max-body-mb of memory; the protocol closes connections whose headers do not come.
+    # + 1: uvicorn counts the asking connection itself (limit 1 answered every request 503; N served N - 1)
     config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", timeout_keep_alive=5,
-                            server_header=False, root_path=args.root_path, limit_concurrency=args.max_connections,
+                            server_header=False, root_path=args.root_path, limit_concurrency=args.max_connections + 1,
                             http=header_deadline_protocol())
     line = (f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} "
             f"({plural(info['count'], 'image')}{vqa}) on http://{shown}:{port} - web page at /, API docs at /docs; "

@@ -3,6 +3,7 @@ indexed folders or the server's uploads (a symlinked file in a folder someone se
 every client), unless --follow-symlinks; a connection limit and a deadline for request headers. Seconds on a CPU,
 with a fake model (the CLI tests use the session's `lite`)."""
 
+import contextlib
 import io
 import logging
 import os
@@ -103,7 +104,8 @@ def test_a_link_repointed_after_its_thumbnail_was_cached_is_refused(linked):
 
 
 # -- `polymodal serve`: the flags reach the server ------------------------------------------------------------------
-def _served(monkeypatch, lite, db, *flags) -> "uvicorn.Server":
+def _served(monkeypatch, lite, db, *flags):
+    """`polymodal serve FLAGS` up to uvicorn's run -> the uvicorn.Server it would run."""
     uvicorn = pytest.importorskip("uvicorn")
     monkeypatch.setitem(registry.MODELS, "lite", lambda **kw: lite)
     served = {}
@@ -114,10 +116,10 @@ def _served(monkeypatch, lite, db, *flags) -> "uvicorn.Server":
 
 def test_cli_serve_limits_connections_and_follows_links_only_when_asked(lite, db, monkeypatch, capsys):
     server = _served(monkeypatch, lite, db)
-    assert server.config.limit_concurrency == 256
+    assert server.config.limit_concurrency == 257  # + 1: uvicorn counts the asking connection (s51 diffreviewA)
     assert server.config.app.state.service.settings.follow_symlinks is False
     server = _served(monkeypatch, lite, db, "--max-connections", "12", "--follow-symlinks")
-    assert server.config.limit_concurrency == 12
+    assert server.config.limit_concurrency == 13
     assert server.config.app.state.service.settings.follow_symlinks is True
     assert cli.main(["serve", "--db", str(db), "--max-connections", "0"]) == 2
     assert "--max-connections must be at least 1, got 0" in capsys.readouterr().err
@@ -125,22 +127,12 @@ def test_cli_serve_limits_connections_and_follows_links_only_when_asked(lite, db
 
 def test_a_connection_whose_headers_do_not_come_is_closed(lite, db, monkeypatch):
     """Live: a real uvicorn server as `serve` configures it (the header deadline cut to 0.5 s)."""
-    uvicorn = pytest.importorskip("uvicorn")
     from polymodal.serve import protocol
 
     monkeypatch.setattr(protocol, "HEADER_TIMEOUT_S", 0.5)
     server = _served(monkeypatch, lite, db, "--max-connections", "2")
     monkeypatch.undo()  # the real run() again
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server.config.log_level = "warning"
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 30
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
+    with live(server) as port:
         silent, slow = socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port))
         slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-A: ")  # half a header block, then nothing
         for conn in (silent, slow):
@@ -152,6 +144,21 @@ def test_a_connection_whose_headers_do_not_come_is_closed(lite, db, monkeypatch)
             conn.settimeout(5)
             conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             assert conn.recv(100).startswith(b"HTTP/1.1 200")
+
+
+@contextlib.contextmanager
+def live(server, log_level="warning"):
+    """A uvicorn Server (as `serve` configured it) running in a thread on a free local port -> the port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server.config.log_level = log_level
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        yield sock.getsockname()[1]
     finally:
         server.should_exit = True
         thread.join(10)

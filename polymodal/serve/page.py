@@ -158,10 +158,12 @@ async function api(path, options) {
   let body = null;
   try { body = await res.json(); } catch (e) { body = null; }
   if (res.status === 401) { $("keybox").hidden = false; }
-  // no JSON: a proxy or gateway answered (its own HTML page), not polymodal; say so instead of a bare status
+  // no JSON: a proxy or gateway answered (its own HTML page), not polymodal; say so instead of a bare status. But a
+  // plain-text 503 is polymodal's own server at serve --max-connections (uvicorn answers it before the app)
   if (!res.ok) throw new Error((body && body.error) || ("HTTP " + res.status +
-    (res.statusText ? " " + res.statusText : "") +
-    (body ? "" : " from something between this page and polymodal (a proxy?), not from the server itself")));
+    (res.statusText ? " " + res.statusText : "") + (body ? "" : res.status === 503 ?
+      ": the server (or a proxy in front of it) has too many connections open; try again in a moment" :
+      " from something between this page and polymodal (a proxy?), not from the server itself")));
   return body;
 }
 async function loadInfo() {

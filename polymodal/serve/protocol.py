@@ -26,22 +26,29 @@ def header_deadline_protocol(timeout_s: float | None = None):
 
     class HeaderDeadlineH11(H11Protocol):
         _deadline = None  # the asyncio timer, while a request's headers are awaited
+        unsupported = False  # this uvicorn's H11Protocol lacks what the deadline reads: plain h11 from then on
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            self._deadline = self.loop.call_later(timeout_s, self._headers_too_slow)
+            self._guarded(self._arm)
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self.conn.their_state is h11.IDLE:  # the request's headers are not all here yet
-                if self._deadline is None and not self.transport.is_closing():
-                    self._deadline = self.loop.call_later(timeout_s, self._headers_too_slow)
-            else:
-                self._disarm()
+            self._guarded(self._watch)
 
         def connection_lost(self, exc) -> None:
             self._disarm()
             super().connection_lost(exc)
+
+        def _watch(self) -> None:
+            if self.conn.their_state is h11.IDLE:  # the request's headers are not all here yet
+                if self._deadline is None and not self.transport.is_closing():
+                    self._arm()
+            else:
+                self._disarm()
+
+        def _arm(self) -> None:
+            self._deadline = self.loop.call_later(timeout_s, self._guarded, self._headers_too_slow)
 
         def _disarm(self) -> None:
             if self._deadline is not None:
@@ -54,5 +61,19 @@ def header_deadline_protocol(timeout_s: float | None = None):
                 log.info("closed a connection from %s: its request headers did not arrive within %g s",
                          self.client[0] if self.client else "?", timeout_s)
                 self.transport.close()
+
+        def _guarded(self, step) -> None:
+            # conn, loop, transport, client: H11Protocol's own (uvicorn 0.29 to 0.55; pyproject has no upper bound).
+            # A uvicorn that renamed one made every connection fail (conn: each request dropped unanswered): serve
+            # without the deadline instead, and say so once
+            if HeaderDeadlineH11.unsupported:
+                return
+            try:
+                step()
+            except AttributeError as exc:
+                HeaderDeadlineH11.unsupported = True
+                self._disarm()
+                log.warning("serving without a deadline for request headers: this uvicorn's H11Protocol changed (%s)",
+                            exc)
 
     return HeaderDeadlineH11

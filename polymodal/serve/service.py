@@ -32,7 +32,7 @@ from polymodal.errors import PolymodalError
 from polymodal.index import ImageIndex, IndexBusy
 from polymodal.index.store import IndexModelMismatch
 from polymodal.index.qdrant import QdrantCollection, QdrantUnavailable
-from polymodal.index.scan import canonical_path
+from polymodal.index.scan import canonical_path, file_sha256
 from polymodal.registry import answers, require_captioner, require_embedding, require_vqa
 from polymodal.serve.batching import BatchedModel, MicroBatcher
 from polymodal.serve.limits import INDEXED_FORMATS, ApiError, ServeSettings, image_suffix, open_image_checked
@@ -274,7 +274,8 @@ class Service:
             path, digest = self._path_of(image_id)
         if path is None:
             raise ApiError(404, f"no image with id {image_id} in the index")
-        self.check_servable(image_id, path)  # on every call: a link may be repointed after its thumbnail was cached
+        # on every call: a link may be repointed after its thumbnail was cached
+        self.check_servable(image_id, path, digest)
         key = (image_id, path, digest)  # a photo edited in place, then indexed again at the same id: a new key
         with self._thumbs_lock:
             if key in self._thumbs:
@@ -287,27 +288,31 @@ class Service:
                 self._thumbs.popitem(last=False)
         return data
 
-    def check_servable(self, image_id: int | str, path: str) -> None:
+    def check_servable(self, image_id: int | str, path: str, digest: str = "") -> None:
         """403 unless the row's file really lies in the indexed folders (or the uploads). Rows store a real folder and
         the file's name (canonical_path), and a scan follows symlinked files: a folder someone sent with
         `holiday.jpg -> /home/me/private/passport.jpg` was indexed, and its thumbnail went to every client. A link is
         followed to a file under its own folder (also: a folder moved after indexing and linked back), under
         DB/uploads, or to a photo the index holds itself (a dataset's train/ of links into its all/);
-        `--follow-symlinks` serves any. (An index whose rows themselves name private paths, crafted by someone else,
-        is not stopped: it names its own folders. Serve a colleague's index read-only or from a copy, as README
-        says.)"""
+        `--follow-symlinks` serves any. A folder that became a link after indexing must still hold the indexed bytes
+        (`digest`, the row's sha256; a collection has none). (An index whose rows themselves name private paths,
+        crafted by someone else, is not stopped: it names its own folders. Serve a colleague's index read-only or
+        from a copy, as README says.)"""
         if self.settings.follow_symlinks:
             return
         real = os.path.realpath(path)
         if real == path or not os.path.exists(real):  # no link on the way (the usual case); or gone: 404 below
             return
-        if _under(real, os.path.realpath(os.path.dirname(path))):
+        folder, real_folder = os.path.dirname(path), os.path.realpath(os.path.dirname(path))
+        # a link within its own folder; or a folder moved after indexing and linked back (same bytes). A shared or
+        # synced folder (git pull, Syncthing) that became a link points wherever its sender chose, at the names
+        # they chose (IMG_0001.JPG): its files must still be the ones indexed
+        if _under(real, real_folder) and (real_folder == folder or not digest or file_sha256(real) == digest):
             return
         if self.uploads is not None and _under(real, os.path.realpath(self.uploads)):
             return
         if self.local and self.ids_for([real]):  # the photo it points at is indexed itself (one lookup)
             return
-        folder = os.path.dirname(path)
         if folder not in self._refusals_logged and len(self._refusals_logged) < 1000:
             self._refusals_logged.add(folder)
             log.warning("thumbnail of image %s refused: %s is a link to %s, outside the indexed folders (further "
