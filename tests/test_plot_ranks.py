@@ -2,9 +2,14 @@
 
 import json
 
-import matplotlib.pyplot as plt
+import matplotlib
 
-from polymodal.train.plot import _natural, plot_run
+# Agg before plot_run's own matplotlib.use("Agg"): matplotlib < 3.10 switching from the unresolved default calls
+# plt.close("all"), which the patched close below would take for the figure (this file run alone, matplotlib 3.8.4)
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from polymodal.train.plot import _natural, plot_run  # noqa: E402
 
 
 def test_median_rank_is_on_its_own_log_axis_and_recalls_sort_naturally(tmp_path, monkeypatch) -> None:
