@@ -9,8 +9,9 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# imported directly, brought by the declared distribution beside it (fastapi requires starlette)
-BROUGHT_BY = {"starlette": "fastapi"}
+# imported directly, brought by the declared distribution beside it (fastapi requires starlette; uvicorn requires
+# h11, its HTTP/1.1 protocol, which polymodal/serve/protocol.py subclasses)
+BROUGHT_BY = {"starlette": "fastapi", "h11": "uvicorn"}
 
 
 def _project() -> dict:
