@@ -59,6 +59,7 @@ def cmd_serve(args) -> int:
         request_timeout_s=args.timeout,
         allowed_hosts=tuple(args.allow_host or ()),
         follow_symlinks=args.follow_symlinks,
+        hide_paths=args.hide_paths,
     )
     # --runtime auto stays auto: create_app settles it per model (an export beside a built-in VQA model, say)
     if args.threads is not None and args.threads < 1:
@@ -185,6 +186,11 @@ def add_parsers(sub) -> None:
                    help="show thumbnails of indexed files that are links to files outside the indexed folders (a "
                    "dataset made of links); by default such a link is refused (403), as one in a folder someone sent "
                    "could show any photo of this machine to every client")
+    s.add_argument("--hide-paths", action="store_true",
+                   help="tell clients file names, not where files lie: a search hit's path is its file name (its id "
+                   "tells same-named files apart), and /v1/info and error messages leave out the index's folder (or "
+                   "Qdrant's address); for a server shared widely, whose paths would show user and project names. "
+                   "Default: hits give the absolute path on this machine")
     s.add_argument("--max-batch", type=int, default=8, help="items per merged forward pass (default 8)")
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
     s.add_argument("--no-batching", action="store_true", help="run each request's forward pass alone")

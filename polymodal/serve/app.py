@@ -686,14 +686,14 @@ def create_app(
         data = await run_in_threadpool(svc.thumbnail, svc.parse_id(image_id))
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
-    # -- errors: always {"error": "..."} ----------------------------------------------------------------------------
+    # -- errors: always {"error": "..."}; under --hide-paths without the index's place (svc.hide) ---------------------
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+        return JSONResponse({"error": svc.hide(exc.message)}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(PolymodalError)
     async def polymodal_error(request, exc: PolymodalError):
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"error": svc.hide(str(exc))}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
@@ -713,7 +713,8 @@ def create_app(
             message = f"multipart body rejected ({message}); send multipart/form-data with the image in a file field named 'image'"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}; see /docs for the right method"
-        return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse({"error": svc.hide(message)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, exc: RequestValidationError):

@@ -65,6 +65,9 @@ class ServeSettings:
     # --follow-symlinks`: a dataset made of links); by default such a link in a folder someone sent could show any
     # photo of this machine to every client, see Service.check_servable
     follow_symlinks: bool = False
+    # answers name files, not where they lie (`serve --hide-paths`: a server shared widely): a hit's path is its file
+    # name, and the index's folder (or Qdrant's address) is left out of /v1/info and every error, see Service.hide
+    hide_paths: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.allowed_hosts, str) or not all(isinstance(h, str) and h for h in self.allowed_hosts):
@@ -78,7 +81,8 @@ class ServeSettings:
 
     def public(self) -> dict:
         """What clients may know (shown by GET /v1/info): the limits, not which names or files the server serves."""
-        return {k: v for k, v in asdict(self).items() if k not in ("allowed_hosts", "follow_symlinks")}
+        return {k: v for k, v in asdict(self).items() if k not in ("allowed_hosts", "follow_symlinks",
+                                                                       "hide_paths")}
 
 
 def open_image_checked(data: bytes, max_pixels: int, name: str = "upload", min_size: int | None = None) -> Image.Image:

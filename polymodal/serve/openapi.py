@@ -56,7 +56,9 @@ _WARNINGS = _LIST(_STR)
 _SCORED = lambda key: _obj({key: _STR, "score": _NUM})  # noqa: E731
 
 EMBED = _obj({"model": _STR, "dim": _INT, "vectors": _LIST(_LIST(_NUM)), "warnings": _WARNINGS})
-HIT = _obj({"id": _ID, "path": _STR, "score": _NUM, "thumb": _THUMB, "rank": _INT, "name": _STR},
+_PATH = {"type": "string", "description": "the file's absolute path on the server; a server started with --hide-paths "
+         "(GET /v1/info: index.paths_hidden) gives its file name only: tell same-named files apart by id"}
+HIT = _obj({"id": _ID, "path": _PATH, "score": _NUM, "thumb": _THUMB, "rank": _INT, "name": _STR},
            {"host": {"type": "string", "description": "the machine holding the file (a Qdrant collection's hits)"}})
 SEARCH = _obj({"model": _STR, "k": _INT, "hits": _LIST(HIT), "warnings": _WARNINGS})
 CLASSIFY = _obj({"model": _STR, "results": _LIST(_obj({"image": _STR, "labels": _LIST(_SCORED("label"))})),
@@ -74,7 +76,10 @@ INFO = _obj({
     "model": _obj({"name": _STR, "key": _STR, "dim": _INT, "vqa": _BOOL, "vqa_model": {"type": ["string", "null"]},
                    "caption_model": {"type": ["string", "null"]}, "runtime": _STR, "precision": _STR}),
     "index": _obj({"count": _INT, "model": _STR, "updated": {"type": ["string", "null"]}, "writable": _BOOL,
-                   "where": _STR}),
+                   "where": {"type": "string", "description": "the index folder or Qdrant collection served (with "
+                             "--hide-paths: \"a local index\", or the collection's name)"},
+                   "paths_hidden": {"type": "boolean",
+                                    "description": "serve --hide-paths: hits' paths are file names"}}),
     "batching": _obj({"enabled": _BOOL, "max_batch": _INT, "max_wait_ms": _NUM}),
     "limits": {"type": "object", "additionalProperties": {"type": ["number", "boolean"]},
                "description": "ServeSettings: the request limits"},

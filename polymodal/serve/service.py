@@ -101,6 +101,7 @@ class Service:
         self.vqa_model = require_vqa(vqa_model) if vqa_model is not None else model if answers(model) else None
         self.caption_model = require_captioner(caption_model) if caption_model is not None else None
         self.uploads = self.index.db / UPLOADS if self.local else None
+        self._hidden = _places_of(self.index) if self.settings.hide_paths else []
         self.metrics = Metrics()
         s = self.settings
         self.pixels = preprocesses_outside(model)
@@ -150,11 +151,31 @@ class Service:
                       "caption_model": self.caption_model.key if self.caption_model is not None else None,
                       **runs_on(self.model)},
             "index": {"count": info["count"], "model": info["model"], "updated": info.get("updated"),
-                      "writable": self.writable, "where": self.index.where()},
+                      "writable": self.writable, "where": self.where(), "paths_hidden": self.settings.hide_paths},
             "batching": {"enabled": self.batcher.enabled, "max_batch": self.batcher.max_batch,
                          "max_wait_ms": self.batcher.max_wait * 1000},
             "limits": self.settings.public(),
         }
+
+    def where(self) -> str:
+        """What this server serves, as clients are told: under hide_paths without the index's folder or Qdrant's
+        address."""
+        if not self.settings.hide_paths:
+            return self.index.where()
+        return "a local index" if self.local else f"Qdrant collection {self.index.collection}"
+
+    def hide(self, text: str) -> str:
+        """`text` (an error message, a skip reason) as a client may read it: under hide_paths, the index's folder
+        (the uploads are in it) or Qdrant's address or folder replaced by <index> or <qdrant>. Messages name no
+        other place of this machine: photos reach answers only as hits, whose paths search() shortens."""
+        for place, shown in self._hidden:
+            text = text.replace(place, shown)
+        return text
+
+    def shown_path(self, path: str) -> str:
+        """A hit's path as clients get it: under hide_paths only the file's name (its id tells same-named files
+        apart), as a relative path of a folder would still name projects or people (`/home/ann/acme-merger/`)."""
+        return Path(path).name if self.settings.hide_paths else path
 
     def _gone(self) -> ApiError:
         if not self.local:
@@ -248,8 +269,8 @@ class Service:
         with self._serving_index():  # a local index may be rebuilt with another model while serving: checked
             results = self.index.search(vectors, k, model=self.model)
             digests = self.digests_for([h.id for hits in results for h in hits]) if self.local else {}
-        return [[{"id": h.id, "path": h.path, "score": float(h.score), **({"host": h.host} if h.host else {}),
-                  "thumb": thumb_ref(h.id, h.path, digests.get(h.id, ""))}
+        return [[{"id": h.id, "path": self.shown_path(h.path), "score": float(h.score),
+                  **({"host": h.host} if h.host else {}), "thumb": thumb_ref(h.id, h.path, digests.get(h.id, ""))}
                  for h in hits] for hits in results]
 
     def vector_of(self, image_id: int | str) -> np.ndarray:
@@ -505,7 +526,8 @@ class Service:
         for path, reason in report.skipped:  # already validated, so unexpected; keep no file without a row
             for st in staged:
                 if path in st.names:
-                    st.skipped.append({"upload": st.names[path], "reason": reason.replace(str(st.batch), "<upload>")})
+                    why = self.hide(reason.replace(str(st.batch), "<upload>"))
+                    st.skipped.append({"upload": st.names[path], "reason": why})
             Path(path).unlink(missing_ok=True)
         return {}
 
@@ -561,6 +583,21 @@ class Service:
         if removed:
             log.info("deleted %d orphan upload batches under %s", removed, self.uploads)
         return removed
+
+
+def _places_of(index: ImageIndex | QdrantCollection) -> list[tuple[str, str]]:
+    """(place, placeholder) pairs Service.hide replaces, longest first: the index folder, or a collection's URL or
+    local-mode folder, as written (unless relative: "q" would turn up in any word) and absolute (messages name
+    either)."""
+    if isinstance(index, ImageIndex):
+        return [(str(index.db), "<index>")]  # (resolved: rows and messages name it so)
+    location, places = index.location, set()
+    if index.remote or os.path.isabs(location):
+        places.add(location)
+    if not index.remote:
+        folder = os.path.expanduser(location)
+        places |= {os.path.abspath(folder), os.path.realpath(folder)}
+    return [(p, "<qdrant>") for p in sorted(places, key=len, reverse=True) if p != os.sep]
 
 
 def _under(path: str, folder: str) -> bool:
