@@ -96,7 +96,7 @@ def cmd_eval_captions(args) -> int:
     from polymodal.data.pairs import read_pair_sources
     from polymodal.eval.captions import MIN_CIDER_PHOTOS, evaluate_captions, scorers
     from polymodal.eval.caveats import data_caveats, warn_of_few
-    from polymodal.eval.per_item import check_out, check_strict, refuse_ci, write_items
+    from polymodal.eval.per_item import check_outputs, check_strict, refuse_ci, write_items, write_page
 
     decoding = _check_decoding(args)
     if args.limit is not None and args.limit < 1:  # before the data is read and the model loads
@@ -105,7 +105,7 @@ def cmd_eval_captions(args) -> int:
         raise PolymodalError(f"--examples must be at least 0, got {args.examples}")
     refuse_ci(args, "BLEU and CIDEr-D are corpus scores, not means of per-photo scores that a bootstrap resamples")
     scorers()  # before the data is read and the model loads
-    check_out(args.out, args.pairs)
+    check_outputs(args, args.pairs)
     with counting_skipped(args.split) as skipped:
         pairs = read_pair_sources(args.pairs)
     check_strict(args, skipped[0])
@@ -120,7 +120,9 @@ def cmd_eval_captions(args) -> int:
         write_items(args.out, items, args.model, images)
     if result["images"] >= MIN_CIDER_PHOTOS:  # below, evaluate_captions said CIDEr-D was not scored at all
         warn_of_few(result["images"], "photos", "CIDEr-D (its word weights come from these photos' captions)")
-    print(json.dumps({"model": args.model, "runtime": args.runtime, **how_it_ran(model, args), **caveats, **result}))
+    line = {"model": args.model, "runtime": args.runtime, **how_it_ran(model, args), **caveats, **result}
+    write_page(args, "captions", line, items)
+    print(json.dumps(line))
     return 0
 
 

@@ -18,11 +18,11 @@ def cmd_eval_images(args) -> int:
     from polymodal.eval.caveats import data_caveats, warn_of_copies, warn_of_few
     from polymodal.eval.image_retrieval import (COPIES_IN_I2I, first_label_each, image_retrieval_metrics,
                                                 warn_of_certain_r_at_k, warn_of_singletons)
-    from polymodal.eval.per_item import check_out, check_strict, write_items
+    from polymodal.eval.per_item import check_outputs, check_strict, write_items, write_page
     from polymodal.eval.retrieval import encode_readable
     from polymodal.registry import require_embedding
 
-    check_out(args.out, [args.labels_file])
+    check_outputs(args, [args.labels_file])
     with counting_skipped(args.split) as skipped:  # (a labels file's rows, or photos beside the class folders)
         images, labels, repeats = first_label_each(*read_labelled(args.labels_file), args.labels_file)
     skipped = skipped[0] + repeats
@@ -48,17 +48,20 @@ def cmd_eval_images(args) -> int:
     if args.ci:  # one query per photo: resampled photo by photo
         metrics |= {"R@1_ci95": bootstrap_ci(details["rank"][scored] <= 1),
                     "MAP@R_ci95": bootstrap_ci(details["map_r"][scored])}
+    names = [str(image) for image in kept]
+    items = [{"image": names[i], "label": kept_labels[i], "nearest": names[details["nearest"][i]],
+              "nearest_label": kept_labels[details["nearest"][i]], "rank": int(details["rank"][i]),
+              "map_r": round(float(details["map_r"][i]), 4), "top": [names[j] for j in details["top"][i]]}
+             if details["scored"][i] else
+             {"image": names[i], "label": kept_labels[i], "skipped": "no other photo of its label"}
+             for i in range(len(kept))]
+    items += [{"image": str(images[i]), "label": labels[i], "error": why} for i, why in sorted(reasons.items())]
     if args.out:
-        names = [str(image) for image in kept]
-        items = [{"image": names[i], "label": kept_labels[i], "nearest": names[details["nearest"][i]],
-                  "nearest_label": kept_labels[details["nearest"][i]], "rank": int(details["rank"][i]),
-                  "map_r": round(float(details["map_r"][i]), 4)} if details["scored"][i] else
-                 {"image": names[i], "label": kept_labels[i], "skipped": "no other photo of its label"}
-                 for i in range(len(kept))]
-        items += [{"image": str(images[i]), "label": labels[i], "error": why} for i, why in sorted(reasons.items())]
         write_items(args.out, items, args.model, [*kept, *(images[i] for i in sorted(reasons))])
-    print(json.dumps({"model": args.model, "runtime": args.runtime, **how_it_ran(model, args), "images": len(kept),
-                      "unreadable": len(images) - len(rows), **caveats, "classes": len(set(kept_labels)), **metrics}))
+    line = {"model": args.model, "runtime": args.runtime, **how_it_ran(model, args), "images": len(kept),
+            "unreadable": len(images) - len(rows), **caveats, "classes": len(set(kept_labels)), **metrics}
+    write_page(args, "images", line, items)
+    print(json.dumps(line))
     return 0
 
 

@@ -320,11 +320,11 @@ def cmd_eval_retrieval(args) -> int:
     from polymodal.eval.bootstrap import bootstrap_ci
     from polymodal.eval.caveats import (data_caveats, warn_of_certain_recall, warn_of_copies, warn_of_few,
                                         warn_of_shared_captions)
-    from polymodal.eval.per_item import check_out, check_strict, write_items
+    from polymodal.eval.per_item import check_outputs, check_strict, write_items, write_page
     from polymodal.eval.retrieval import encode_captions, encode_readable, pairs_of_images, read_pairs, retrieval_metrics
     from polymodal.registry import require_embedding
 
-    check_out(args.out, args.pairs)
+    check_outputs(args, args.pairs)
     with counting_skipped(args.split) as skipped:
         pairs = read_pairs(args.pairs)
     check_strict(args, skipped[0])
@@ -345,23 +345,24 @@ def cmd_eval_retrieval(args) -> int:
                            fewest_captions=int(np.bincount(pairs.caption_image, minlength=len(pairs.images)).min()))
     ranks: dict = {}
     metrics = retrieval_metrics(image_emb, encode_captions(model, pairs.captions, progress=not args.quiet),
-                                pairs.caption_image, ranks)
+                                pairs.caption_image, ranks, top=3 if args.out or args.page else 0)
     if args.ci:  # photos resampled: t2i takes each photo's captions together
         groups = {"t2i": pairs.caption_image, "i2t": None}
         metrics |= {f"{side}_R@{k}_ci95": bootstrap_ci(ranks[side] <= k, groups[side])
                     for side in ("t2i", "i2t") for k in (1, 5, 10)}
-    if args.out:
+    items: list = []
+    if args.out or args.page:
         names = pairs.image_names()  # "<shard>#<member>" for a shard's photo, not its bytes
         # an unreadable photo and each of its captions get an error item (after the scored ones), as eval
         # zeroshot's, vqa's and captions' --out give one: the photo is in the items, with why, not missing
-        write_items(args.out, [{"query": "text", "caption": c, "image": names[i], "rank": int(r)}
-                               for c, i, r in zip(pairs.captions, pairs.caption_image, ranks["t2i"])]
-                    + [{"query": "text", "caption": c, "image": name, "error": why}
-                       for name, captions, why in pairs.left_out for c in captions]
-                    + [{"query": "image", "image": name, "rank": int(r)} for name, r in zip(names, ranks["i2t"])]
-                    + [{"query": "image", "image": name, "error": why} for name, _, why in pairs.left_out],
-                    # the unreadable photos too (their file's or shard member's bytes), as eval zeroshot's items
-                    args.model, [*pairs.images, *(n for n, _, _ in pairs.left_out)],
+        items = ([{"query": "text", "caption": c, "image": names[i], "rank": int(r), "top": [names[j] for j in top]}
+                  for c, i, r, top in zip(pairs.captions, pairs.caption_image, ranks["t2i"], ranks["t2i_top"])]
+                 + [{"query": "text", "caption": c, "image": name, "error": why}
+                    for name, captions, why in pairs.left_out for c in captions]
+                 + [{"query": "image", "image": name, "rank": int(r)} for name, r in zip(names, ranks["i2t"])]
+                 + [{"query": "image", "image": name, "error": why} for name, _, why in pairs.left_out])
+    if args.out:  # the unreadable photos too (their file's or shard member's bytes), as eval zeroshot's items
+        write_items(args.out, items, args.model, [*pairs.images, *(n for n, _, _ in pairs.left_out)],
                     names + [n for n, _, _ in pairs.left_out])
     if args.word_order:
         from polymodal.eval.word_order import word_order_accuracy
@@ -373,9 +374,10 @@ def cmd_eval_retrieval(args) -> int:
         for caption, i in zip(pairs.captions, pairs.caption_image):
             own[int(i)].append(caption)
         metrics |= word_order_accuracy(model, pairs.images, first, image_emb=image_emb, other_captions=own)
-    print(json.dumps({"model": args.model, "runtime": args.runtime, **how_it_ran(model, args),
-                      "images": len(pairs.images), "unreadable": unreadable, **caveats, "captions": len(pairs.captions),
-                      **metrics}))
+    line = {"model": args.model, "runtime": args.runtime, **how_it_ran(model, args), "images": len(pairs.images),
+            "unreadable": unreadable, **caveats, "captions": len(pairs.captions), **metrics}
+    write_page(args, "retrieval", line, items)
+    print(json.dumps(line))
     return 0
 
 
@@ -386,11 +388,11 @@ def cmd_eval_zeroshot(args) -> int:
     from polymodal.data.jsonl import counting_skipped
     from polymodal.eval.bootstrap import bootstrap_ci
     from polymodal.eval.caveats import data_caveats, warn_of_few
-    from polymodal.eval.per_item import check_out, check_strict, write_items
+    from polymodal.eval.per_item import check_outputs, check_strict, write_items, write_page
     from polymodal.eval.zeroshot import TEMPLATES, keep_candidates, read_classes, read_labelled_images, zeroshot_accuracy
     from polymodal.registry import require_embedding
 
-    check_out(args.out, [args.labels_file] + ([args.classes] if args.classes else []))
+    check_outputs(args, [args.labels_file] + ([args.classes] if args.classes else []))
     templates = chosen_templates(args) or TEMPLATES  # before the photos are read and the model loads
     classes = read_classes(args.classes) if args.classes else None
     with counting_skipped(args.split) as skipped:  # with candidates given, photos of one class are fine
@@ -422,7 +424,9 @@ def cmd_eval_zeroshot(args) -> int:
     warn_of_few(metrics["photos"], "photos", "accuracy")
     if metrics["classes"] <= 5:
         logging.getLogger(__name__).warning("top5 is 1.0 by construction with %d classes", metrics["classes"])
-    print(json.dumps({"model": args.model, "runtime": args.runtime, **how_it_ran(model, args), **caveats, **metrics}))
+    line = {"model": args.model, "runtime": args.runtime, **how_it_ran(model, args), **caveats, **metrics}
+    write_page(args, "zeroshot", line, items)
+    print(json.dumps(line))
     return 0
 
 

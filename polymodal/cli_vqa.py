@@ -141,10 +141,10 @@ def cmd_eval_vqa(args) -> int:
     from polymodal.data.jsonl import counting_skipped
     from polymodal.eval.bootstrap import bootstrap_ci
     from polymodal.eval.caveats import data_caveats, warn_of_few
-    from polymodal.eval.per_item import check_out, check_strict, write_items
+    from polymodal.eval.per_item import check_outputs, check_strict, write_items, write_page
     from polymodal.eval.vqa import read_qa, vqa_accuracy
 
-    check_out(args.out, args.qa)
+    check_outputs(args, args.qa)
     with counting_skipped(args.split) as skipped:
         rows = read_qa(args.qa)
     check_strict(args, skipped[0])
@@ -161,8 +161,10 @@ def cmd_eval_vqa(args) -> int:
         metrics["accuracy_ci95"] = bootstrap_ci([i["score"] for i in scored], [i["image"] for i in scored])
     if args.out:
         write_items(args.out, items, args.model, [r.image for r in rows])
-    print(json.dumps({"model": args.model, "runtime": args.runtime, **how_it_ran(model, args), "questions": len(rows),
-                      **caveats, **metrics}))
+    line = {"model": args.model, "runtime": args.runtime, **how_it_ran(model, args), "questions": len(rows),
+            **caveats, **metrics}
+    write_page(args, "vqa", line, items)
+    print(json.dumps(line))
     return 0
 
 

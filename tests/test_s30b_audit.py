@@ -41,24 +41,24 @@ def _model_trained_on(tmp_path, gallery, *names) -> Path:
 NAMES = ["cat", "rocket", "coffee", "astronaut", "motorcycle", "flower", "clock", "moon"]
 
 
-class StemModel:
-    """A fake of every model kind, by file name: embeds a photo (and a text or class naming one of NAMES) to that
+class NameModel:
+    """A fake of every model kind, by file name: embeds a photo (and a text or class naming one of `names`) to that
     name's axis, answers a question with the photo's name (confidence 0.25), captions "a photo of a NAME". A photo
-    named broken cannot be read; `variants` stands for an ONNX export's graphs."""
+    named broken cannot be read."""
 
     name = "stem"
+    names = NAMES
     dim = len(NAMES) + 1
-    variants = {"grid": "int8_dynamic", "question": "fp32", "head": "fp32"}
 
     @staticmethod
     def _stem(image) -> str:
-        stem = Path(str(getattr(image, "filename", image))).stem
-        if stem == "broken":
-            raise PolymodalError("cannot read broken.jpg")
-        return stem
+        path = Path(str(getattr(image, "filename", image)))
+        if path.stem == "broken":
+            raise PolymodalError(f"cannot read {path.name}")
+        return path.stem.split("_as_")[-1]  # "dog_as_cat.png": a dog the model sees as a cat
 
     def _axis(self, text: str) -> np.ndarray:
-        hit = [i for i, n in enumerate(NAMES) if n in str(text)]
+        hit = [i for i, n in enumerate(self.names) if n in str(text)]
         return np.eye(self.dim)[hit[0] if hit else -1]
 
     def encode_image(self, images):
@@ -78,6 +78,12 @@ class StemModel:
 
     def caption(self, images, **decoding):
         return [f"a photo of a {self._stem(i)}" for i in images]
+
+
+class StemModel(NameModel):
+    """NameModel with `variants`, as an ONNX export's graphs."""
+
+    variants = {"grid": "int8_dynamic", "question": "fp32", "head": "fp32"}
 
 
 @pytest.fixture()

@@ -25,7 +25,7 @@ def image_retrieval_metrics(emb: np.ndarray, labels: list[str], ks=KS, details: 
     of another label ranks that photo first (as eval retrieval's ties count against the query), and a query whose
     similarities are not finite scores 0. ``details``, a dict, gets per-photo arrays: "scored" (has another photo of
     its label), "positives" (its R), "rank" (1-based rank of its first same-label photo), "nearest" (row of its
-    nearest photo), "map_r"."""
+    nearest photo), "top" (rows of its 3 nearest, best first), "map_r"."""
     labels = list(labels)
     if len(labels) != len(emb):
         raise PolymodalError(f"image->image retrieval needs one label per photo: got {len(emb)} photos, "
@@ -42,6 +42,7 @@ def image_retrieval_metrics(emb: np.ndarray, labels: list[str], ks=KS, details: 
         raise PolymodalError("no label has two photos: image->image retrieval looks for another photo of each "
                              "photo's label; give each class at least two photos")
     rank, nearest, map_r, r_prec = (np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n), np.zeros(n))
+    top = np.zeros((n, min(3, n - 1)), np.int64)
     step = max(1, CELLS // n)
     for start in range(0, n, step):
         rows = np.arange(start, min(n, start + step))
@@ -61,8 +62,9 @@ def image_retrieval_metrics(emb: np.ndarray, labels: list[str], ks=KS, details: 
         r_prec[rows] = np.where(finite, found[np.arange(len(rows)), r - 1] / r, 0.0)
         rank[rows] = np.where(finite & hits.any(axis=1), hits.argmax(axis=1) + 1, n)
         nearest[rows] = order[:, 0]
+        top[rows] = order[:, :top.shape[1]]
     if details is not None:
-        details.update(scored=scored, positives=positives, rank=rank, nearest=nearest, map_r=map_r)
+        details.update(scored=scored, positives=positives, rank=rank, nearest=nearest, top=top, map_r=map_r)
     out = {f"R@{k}": round(float((rank[scored] <= k).mean()), 4) for k in ks}
     return {**out, "R_precision": round(float(r_prec[scored].mean()), 4),
             "MAP@R": round(float(map_r[scored].mean()), 4), "queries": int(scored.sum())}

@@ -16,6 +16,9 @@ from polymodal.errors import PolymodalError
 
 def add_item_options(parser, ci: bool = True) -> None:
     parser.add_argument("--out", metavar="FILE.jsonl", help="also write one JSON line per evaluated item")
+    parser.add_argument("--page", metavar="FILE.html", help="also write a page to look at in a browser: the figures, "
+                        "then the items with their photos, the model's failures first (the first 200; one file that "
+                        "opens offline)")
     parser.add_argument("--split", metavar="NAME", help='read only the rows whose "split" (JSON field, CSV or '
                         "Parquet column) is one of these comma-separated names (e.g. dev, or train,restval); the JSON "
                         "line then names it")
@@ -31,36 +34,49 @@ def refuse_ci(args, why: str) -> None:
         raise PolymodalError(f"--ci is not offered here: {why}")
 
 
-def check_out(path: str | None, inputs=()) -> None:
+def check_outputs(args, inputs=()) -> None:
+    """check_out for --out and --page, and the two not one file (the page would replace the items)."""
+    check_out(args.out, inputs)
+    page = getattr(args, "page", None)
+    check_out(page, inputs, "--page", ".html")
+    if page is not None and args.out is not None and Path(page).resolve() == Path(args.out).resolve():
+        other = Path(page).with_suffix(".html") if Path(page).suffix != ".html" else \
+            Path(page).with_name(Path(page).stem + ".page.html")
+        raise PolymodalError(f"--page {page} is also --out: pass two file names, e.g. --page {other}")
+
+
+def check_out(path: str | None, inputs=(), flag: str = "--out", suffix: str = ".jsonl") -> None:
     """Before any work: a folder, a file in a folder that is not there, or one of the evaluation's own data files
-    (``inputs``) is one error, not a lost evaluation or overwritten data."""
+    (``inputs``) is one error, not a lost evaluation or overwritten data. ``flag`` names the option (``suffix`` its
+    files' ending, for the examples)."""
     if path is None:
         return
     out = Path(path)
+    example = "items" + suffix if suffix == ".jsonl" else "results" + suffix
     if any(out.resolve() == Path(i).resolve() for i in inputs):
-        raise PolymodalError(f"--out {out} is one of the data files being evaluated; pass another file name, "
-                             f"e.g. --out {out.with_name(out.stem + '.items.jsonl')}")
+        raise PolymodalError(f"{flag} {out} is one of the data files being evaluated; pass another file name, "
+                             f"e.g. {flag} {out.with_name(out.stem + '.' + example)}")
     if out.is_dir():
-        raise PolymodalError(f"--out {out} is a folder; pass a file name, e.g. --out {out / 'items.jsonl'}")
+        raise PolymodalError(f"{flag} {out} is a folder; pass a file name, e.g. {flag} {out / example}")
     # write_items renames a finished file onto the path (see cache.is_special_file), and this command's own output
     # redirected to a file (`--out items.jsonl > items.jsonl`) would be replaced under the shell: both refused
     # before the whole evaluation, not after it
     if is_special_file(out) or any(_is_stream(out, fd) for fd in (1, 2)):
-        raise PolymodalError(f"--out {out} is not a regular file (a device, a pipe or this command's own output); "
-                             "--out writes a file whole and then renames it into place: pass a file name, e.g. "
-                             "--out items.jsonl (the JSON line of figures goes to stdout already)")
+        raise PolymodalError(f"{flag} {out} is not a regular file (a device, a pipe or this command's own output); "
+                             f"{flag} writes a file whole and then renames it into place: pass a file name, e.g. "
+                             f"{flag} {example} (the JSON line of figures goes to stdout already)")
     parent = out.resolve().parent
     blocker = next((p for p in (parent, *parent.parents) if p.exists()), parent)
     if not blocker.is_dir():  # ("does not exist" was said of a file)
-        raise PolymodalError(f"--out {out}: {blocker} is a file, not a folder; pass a file name in a folder")
+        raise PolymodalError(f"{flag} {out}: {blocker} is a file, not a folder; pass a file name in a folder")
     if not parent.is_dir():
-        raise PolymodalError(f"--out {out}: the folder {parent} does not exist; create it first")
+        raise PolymodalError(f"{flag} {out}: the folder {parent} does not exist; create it first")
     # the items are written at the end, as a temporary file renamed into place: one that cannot be made (no
     # permission, a read-only file system) is found here, not after the whole evaluation (as train's --out is)
     try:
         fd, tmp = temp_beside(out)
     except OSError as exc:
-        raise PolymodalError(f"--out {out} cannot be written: {exc.strerror} in {parent}; pass a file in a folder "
+        raise PolymodalError(f"{flag} {out} cannot be written: {exc.strerror} in {parent}; pass a file in a folder "
                              "you can write") from exc
     os.close(fd)
     os.unlink(tmp)
@@ -87,6 +103,14 @@ def write_items(path: str | Path, items: list[dict], model=None, images=(), name
         items = [{**item, "seen_in_training": flag and flag[0], "seen_in_validation": flag and flag[1]}
                  for item in items for flag in [seen.get(item.get("image"))]]
     atomic_write_bytes(Path(path), "".join(json.dumps(item) + "\n" for item in items).encode())
+
+
+def write_page(args, command: str, line: dict, items: list[dict]) -> None:
+    """--page, when given: the items under the figures ``line``, failures first (polymodal.eval.page)."""
+    if getattr(args, "page", None):
+        from polymodal.eval.page import write_page as write
+
+        write(args.page, command, line, items)
 
 
 @contextmanager

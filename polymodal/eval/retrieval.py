@@ -88,11 +88,29 @@ def _ranks(sim: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:
     return ranks
 
 
+def _nearest(sim: np.ndarray, truth: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
+    """The ``k`` columns of each row of ``sim`` that score highest, best first, ties in column order; the row's
+    ``truth`` column after the columns it ties with (as _ranks counts a tie against it), non-finite scores last."""
+    k = min(k, sim.shape[1])
+    out = np.empty((len(sim), k), dtype=np.int64)
+    for start in range(0, len(sim), chunk):  # a copy of a chunk at a time, not of the whole [C, I]
+        part = np.array(sim[start:start + chunk], dtype=np.float64)
+        part[~np.isfinite(part)] = -np.inf
+        rows, own = np.arange(len(part)), truth[start:start + chunk]
+        part[rows, own] = np.nextafter(part[rows, own], -np.inf)
+        kth = -np.partition(-part, k - 1, axis=1)[:, k - 1]  # no full sort of each row: those at least the k-th
+        for r, (row, least) in enumerate(zip(part, kth)):
+            best = np.flatnonzero(row >= least)
+            out[start + r] = best[np.argsort(-row[best], kind="stable")[:k]]
+    return out
+
+
 def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image: np.ndarray,
-                      ranks: dict | None = None) -> dict:
+                      ranks: dict | None = None, top: int = 0) -> dict:
     """Text->image and image->text R@1/5/10 and median rank. Rows are L2-normalised embeddings; ``caption_image``
     [C] gives each text row's image row. ``ranks``, a dict, gets the 1-based ranks themselves: "t2i" [C] (each
-    caption's image) and "i2t" [I] (each image's best-ranked caption)."""
+    caption's image) and "i2t" [I] (each image's best-ranked caption), and with ``top`` "t2i_top" [C, top]: each
+    caption's nearest image rows, best first (what a miss found instead)."""
     caption_image = np.asarray(caption_image)
     if caption_image.shape != (len(text_emb),) or (len(caption_image) and (
             caption_image.dtype.kind not in "iu" or caption_image.min() < 0 or caption_image.max() >= len(image_emb))):
@@ -108,6 +126,8 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image
     i2t = _ranks(sim.T, owners)
     if ranks is not None:
         ranks.update(t2i=t2i, i2t=i2t)
+        if top:
+            ranks["t2i_top"] = _nearest(sim, caption_image, top)
     out = {}
     for name, ranks in (("t2i", t2i), ("i2t", i2t)):
         for k in (1, 5, 10):

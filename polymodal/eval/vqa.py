@@ -237,8 +237,8 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     else answer_type's "yes/no", "number" or "other"); rows with choices are multiple choice, also reported apart.
     With ``cache``, the rows' image and question features go through the on-disk feature cache (image paths only),
     so a second evaluation costs no tower pass. ``details``, a list, gets one dict per row: its
-    image, question, answer, the predicted answer, the model's confidence in it and the row's score (its
-    correctness), or why its image could not be read."""
+    image, question, answer (and choices, if any), the predicted answer, the model's confidence in it and the row's
+    score (its correctness), or why its image could not be read."""
     from polymodal.registry import require_vqa
 
     require_vqa(model)
@@ -252,6 +252,7 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     kept = readable_results(results, "row")
     if details is not None:
         details.extend({"image": str(r.image), "question": r.question, "answer": r.answer,
+                        **({"choices": list(r.choices)} if r.choices else {}),
                         **({"error": res} if isinstance(res, str) else
                            {"predicted": res[0], "confidence": float(res[1]), "score": row_score(res[0], r)})}
                        for r, res in zip(rows, results))

@@ -4,15 +4,13 @@ the plain list it subclasses: nothing is read until a notebook asks for the pict
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 
-from polymodal.data.images import open_image, to_rgb
+from polymodal.data.thumbnails import THUMB_PX
+from polymodal.data.thumbnails import thumbnail_url as _thumbnail
 
 SHOWN = 48  # a notebook cell with k=1000 should not embed a thousand photos
-THUMB_PX = 128
 
 
 class Hits(list):
@@ -43,19 +41,3 @@ def _figure(hit) -> str:
     return (f"<figure style='margin:0;width:{THUMB_PX}px' title='{html.escape(where)}'>{picture}"
             f"<figcaption style='font-size:12px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap'>"
             f"<span dir='auto'>{html.escape(name)}</span> {hit.score:.3f}</figcaption></figure>")
-
-
-def _thumbnail(path: str) -> str:
-    """A data: URL of the photo's JPEG thumbnail, or why there is none."""
-    try:
-        with open_image(path, THUMB_PX) as img:  # a 200 MP JPEG decodes at 1/8 scale, as it was indexed
-            img.draft("RGB", (THUMB_PX, THUMB_PX))
-            img = to_rgb(img)  # EXIF rotation, 16-bit, alpha on white: the pixels the model saw
-            img.thumbnail((THUMB_PX, THUMB_PX))
-            out = io.BytesIO()
-            img.save(out, "JPEG", quality=80)
-    except FileNotFoundError:
-        return "file not found here"
-    except Exception as exc:  # noqa: BLE001 - a picture of results must not fail on one bad file
-        return f"unreadable ({exc.__class__.__name__})"
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
