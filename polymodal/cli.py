@@ -308,6 +308,11 @@ def cmd_classify(args) -> int:
         print(f"polymodal: note: with one label every image scores 1.000 (scores are shared out among the labels); "
               f"pass two or more, e.g. --labels {labels[0]},other", file=sys.stderr)
     templates = chosen_templates(args)  # a bad template or templates file is refused before the model loads
+    from polymodal.models.inputs import unreadable_files
+    from polymodal.registry import check_model_name
+
+    check_model_name(args.model)
+    unreadable_files(args.images)  # none readable: said from their headers, not after ~5 s of loading the model
     model = require_embedding(load_model(args, args.model), args.model)
     # label and template mistakes end the command here, before any image; a long label list shows a bar
     prompts = len(labels) * len(templates or model.DEFAULT_TEMPLATES)

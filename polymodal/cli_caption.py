@@ -46,16 +46,12 @@ def _check_decoding(args) -> dict:
 
 
 def cmd_caption(args) -> int:
-    from polymodal.data.images import check_image_file
-    from polymodal.models.inputs import each_or_error, none_could_be
+    from polymodal.models.inputs import each_or_error, none_could_be, unreadable_files
 
     decoding = _check_decoding(args)
     # missing or unreadable files are found from their headers before the model loads: all of them bad is one
     # error; otherwise each bad one is reported and skipped, as `classify` does (one damaged photo costs no others)
-    checked = each_or_error(lambda chunk: [check_image_file(p) for p in chunk], args.images)
-    errors = {p: r for p, r in zip(args.images, checked) if isinstance(r, str)}
-    if all(isinstance(r, str) for r in checked):
-        raise PolymodalError(none_could_be("read", checked))
+    errors = unreadable_files(args.images)
     if not args.json:  # said now, not after a long run (--json lists them in order)
         for path, reason in errors.items():
             print(f"polymodal: skipped {path}: {reason}", file=sys.stderr, flush=True)

@@ -21,13 +21,12 @@ def cmd_export_onnx(args) -> int:
     import polymodal
     from polymodal.export.onnx_export import export_onnx, report_table, validation_set, warn_if_the_gate_is_coarse
     from polymodal.export.runtime import is_onnx_folder
-    from polymodal.registry import MODELS, NO_ONNX, onnx_export_dir, unknown_model
+    from polymodal.registry import MODELS, NO_ONNX, check_model_name, onnx_export_dir
 
     if args.model in NO_ONNX:  # before reading --val-qa or loading it: "not a VQA model" would be wrong advice
         raise PolymodalError(f"{args.model} has no ONNX form ({NO_ONNX[args.model]}); run it with the PyTorch "
                              "runtime (the default)")
-    if args.model not in MODELS and not Path(args.model).expanduser().exists():  # before other advice ("pass --out")
-        raise unknown_model(args.model)
+    check_model_name(args.model)  # before other advice ("pass --out")
     if args.model not in MODELS and is_onnx_folder(Path(args.model).expanduser()):
         made_from = _exported_from(Path(args.model).expanduser())
         raise PolymodalError(f"{args.model} is already an ONNX export{made_from}; use it as it "

@@ -487,6 +487,12 @@ def _holds_polymodal_weights(folder: Path) -> bool:
         return False
 
 
+def check_model_name(name: str) -> None:
+    """Refuse a name that is neither a built-in nor a path, before other checks and advice (no model loaded)."""
+    if name not in MODELS and not Path(name).expanduser().exists():
+        raise unknown_model(name)
+
+
 def unknown_model(name: str) -> PolymodalError:
     return PolymodalError(
         f"unknown model {name!r}{_did_you_mean(name)}: not a built-in name ({', '.join(available_models())}) and no "

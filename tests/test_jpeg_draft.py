@@ -111,7 +111,7 @@ def test_an_uploaded_camera_photo_embeds_as_the_same_file_on_disk(camera, lite, 
 class _SizeSpy:
     """A VQA model and a captioner that report the size of the image the server hands them."""
 
-    key = "spy@0"
+    name, key = "spy", "spy@0"
     transform = ImageTransform(resize=384, crop=384)  # crop_box off: full decode
 
     def answer(self, image, question, choices=None, top_k=3):

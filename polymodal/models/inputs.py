@@ -241,6 +241,17 @@ def none_could_be(done: str, reasons: list[str]) -> str:
     return f"none of the {len(reasons)} images could be {done} (first: {reasons[0]})"
 
 
+def unreadable_files(paths: list) -> dict:
+    """{path: why} of the image files whose header check_image_file refuses, checked before a model loads: every
+    one of them bad is one error then (none_could_be), not seconds of loading a model to say so."""
+    from polymodal.data.images import check_image_file
+
+    checked = each_or_error(lambda chunk: [check_image_file(p) for p in chunk], paths)
+    if all(isinstance(r, str) for r in checked):
+        raise PolymodalError(none_could_be("read", checked))
+    return {p: r for p, r in zip(paths, checked) if isinstance(r, str)}
+
+
 def plural(n: int, noun: str) -> str:
     """"1 image", "2 images"."""
     return f"{n:,} {noun}{'s' * (n != 1)}"
