@@ -329,8 +329,10 @@ class ImageIndex(SearchByModel):
         except BaseException as exc:
             exc.index_progress = (done.saved, done.total)  # for the CLI's "N of M were saved" line
             if done.total and hasattr(exc, "add_note"):  # (3.11+) a notebook's interrupted cell says it too
-                exc.add_note(f"index {self.db}: {done.saved:,} of {done.total:,} images to embed were saved; "
-                             "the same update again embeds the rest")
+                saved = (f"{done.saved:,} of {done.total:,} images to embed were saved; the same update again "
+                         "embeds the rest") if done.saved else (f"none of the {done.total:,} images to embed was saved "
+                                                                "(no commit yet); the same update again embeds them")
+                exc.add_note(f"index {self.db}: {saved}")
             raise
         log.info("index %s: %s", self.db, report.summary())
         return report

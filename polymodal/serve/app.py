@@ -29,6 +29,7 @@ import binascii
 import errno
 import json
 import logging
+import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -111,15 +112,29 @@ DOCS_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
 
 
 def swagger_assets() -> Path | None:
-    """Swagger UI's files from the swagger-ui-bundle package (the serve extra), or None: /docs then falls back
-    to FastAPI's CDN links, which need internet."""
+    """Swagger UI 5's files from the swagger-ui-bundle-v2 package (the serve extra), or None: /docs then falls back
+    to FastAPI's CDN links, which need internet. Swagger UI 4 (swagger-ui-bundle 1.x, the same module) cannot read
+    the OpenAPI 3.1 schema FastAPI writes: its /docs showed only "Unable to render this definition"."""
     try:
         import swagger_ui_bundle
     except ImportError:
-        log.warning("swagger-ui-bundle is not installed: /docs loads Swagger UI from a CDN (needs internet)")
+        log.warning("swagger-ui-bundle-v2 is not installed: /docs loads Swagger UI from a CDN (needs internet)")
         return None
-    folder = Path(swagger_ui_bundle.swagger_ui_path)
-    return folder if all((folder / n).is_file() for n in DOCS_FILES) else None
+    # both packages unpack into swagger_ui_bundle/vendor/swagger-ui-X.Y.Z; either one's __init__ may be the one left
+    folders = Path(swagger_ui_bundle.swagger_ui_path).parent.glob("swagger-ui-*")
+    usable = [(_swagger_version(f.name), f) for f in folders if all((f / n).is_file() for n in DOCS_FILES)]
+    usable = [(version, f) for version, f in usable if version >= (5,)]
+    if not usable:
+        log.warning("swagger-ui-bundle holds no Swagger UI 5 (Swagger UI 4 cannot show an OpenAPI 3.1 schema): /docs "
+                    "loads Swagger UI from a CDN (needs internet); pip install swagger-ui-bundle-v2 serves it offline")
+        return None
+    return max(usable)[1]
+
+
+def _swagger_version(folder_name: str) -> tuple[int, ...]:
+    """'swagger-ui-5.31.0' -> (5, 31, 0); () for a name without one."""
+    found = re.fullmatch(r"swagger-ui-(\d+(?:\.\d+)*)", folder_name)
+    return tuple(int(x) for x in found.group(1).split(".")) if found else ()
 
 
 def create_app(
