@@ -358,8 +358,10 @@ def set_image_precision(model, key: str, precision: str) -> None:
 
     tower = getattr(model, "image_tower", None)
     if not isinstance(tower, EfficientNetLite0):
-        raise PolymodalError(f"precision {precision!r} needs a model with the EfficientNet-Lite0 image tower (lite, "
-                             f"default, trained dual or fusion encoders); {key} has none: use precision fp32")
+        # (coco-yesno has the tower, inside a base model it loads later: "has none" was untrue)
+        raise PolymodalError(f"precision {precision!r} runs on lite, default and trained dual or fusion encoders, "
+                             f"whose EfficientNet-Lite0 image tower it switches; {key} offers no such switch: use "
+                             "precision fp32")
     tower.set_precision(precision)
 
 

@@ -4,6 +4,7 @@ that lacks visual.conv1.weight."""
 import shutil
 
 import pytest
+from PIL import Image
 
 import polymodal
 from polymodal import cli
@@ -19,7 +20,9 @@ def test_a_model_folder_without_config_json_is_called_incomplete(name, tmp_path,
     with pytest.raises(PolymodalError, match="holds a polymodal model's weights but no config.json: the folder is "
                                              "incomplete"):
         polymodal.load(folder)
-    assert cli.main(["classify", str(folder / "model.safetensors"), "--labels", "a,b", "--model", str(folder)]) == 2
+    photo = tmp_path / "photo.png"  # a real photo: a command checks its photos before it loads a model
+    Image.new("RGB", (8, 8)).save(photo)
+    assert cli.main(["classify", str(photo), "--labels", "a,b", "--model", str(folder)]) == 2
     err = capsys.readouterr().err
     assert "no config.json" in err and "visual.conv1" not in err
 

@@ -14,6 +14,7 @@ import json
 import sqlite3
 
 import pytest
+from PIL import Image
 
 import polymodal
 from polymodal import cli
@@ -36,12 +37,13 @@ def _default_export(cache, version: str):
 
 def test_an_export_of_an_older_builtin_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path))
-    folder = _default_export(tmp_path, "3add725d407c")  # `default` as shipped before 69b841c
+    _default_export(tmp_path, "3add725d407c")  # `default` as shipped before 69b841c
     with pytest.raises(PolymodalError, match=r"made from an older default \(version 3add725d407c; this polymodal's "
                                              rf"is {SHIPPED}\); export it again with `polymodal export onnx default`"):
         polymodal.load("default", runtime="onnx")
-    assert cli.main(["classify", str(folder / "onnx_config.json"), "--labels", "a,b", "--model", "default",
-                     "--runtime", "onnx"]) == 2
+    photo = tmp_path / "photo.png"  # a real photo: a command checks its photos before it loads a model
+    Image.new("RGB", (8, 8)).save(photo)
+    assert cli.main(["classify", str(photo), "--labels", "a,b", "--model", "default", "--runtime", "onnx"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "export it again" in err[0]
 
