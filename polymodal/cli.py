@@ -494,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_precision(s)
     s.set_defaults(func=cmd_index)
 
-    s = sub.add_parser("search", help="search an index by text or by image")
+    s = sub.add_parser("search", help="search an index (or a Qdrant collection) by text or by image, or rank the "
+                       "lines of a text file (--texts)")
     s.add_argument("query", nargs="?", help="text query")
     s.add_argument("--image", help="query image file")
     s.add_argument("--db", help="a local index folder (built by polymodal index)")

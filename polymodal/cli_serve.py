@@ -154,7 +154,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def add_parsers(sub) -> None:
-    s = sub.add_parser("serve", help="serve an index over HTTP: embed, search, classify, web page (needs [serve])")
+    s = sub.add_parser("serve", help="serve an index (or a Qdrant collection) over HTTP: embed, search, classify, "
+                       "answer questions and caption (--vqa-model, --caption-model), web page (needs [serve])")
     s.add_argument("--model", default=None, help="built-in name or checkpoint path (default: the index's model); "
                    "a VQA model (easy-vqa, coco-yesno) answers /v1/vqa while the index's model embeds and searches")
     s.add_argument("--vqa-model", default=None,

@@ -16,9 +16,10 @@ from polymodal.errors import PolymodalError
 
 def add_item_options(parser, ci: bool = True) -> None:
     parser.add_argument("--out", metavar="FILE.jsonl", help="also write one JSON line per evaluated item")
+    # ci=False: corpus scores (eval captions), no per-item score to put failures first by
+    order = "the model's failures first" if ci else "in the data's order"
     parser.add_argument("--page", metavar="FILE.html", help="also write a page to look at in a browser: the figures, "
-                        "then the items with their photos, the model's failures first (the first 200; one file that "
-                        "opens offline)")
+                        f"then the items with their photos, {order} (the first 200; one file that opens offline)")
     parser.add_argument("--split", metavar="NAME", help='read only the rows whose "split" (JSON field, CSV or '
                         "Parquet column) is one of these comma-separated names (e.g. dev, or train,restval); the JSON "
                         "line then names it")

@@ -334,9 +334,9 @@ def warn_of_unmatchable_annotators(rows: Sequence[QARow]) -> int:
              if bad]
     if found:
         names = list(dict.fromkeys(a for bad in found for a in bad))
-        log.warning("%s have annotators' answers that no model answer can match, as the official VQA evaluation "
+        log.warning("%s %s annotators' answers that no model answer can match, as the official VQA evaluation "
                     "compares them (%s%s); in a file of your own, write them in lower case, with digits and without "
-                    "articles ('2', 'dog')", plural(len(found), "row"),
+                    "articles ('2', 'dog')", plural(len(found), "row"), "has" if len(found) == 1 else "have",
                     ", ".join(map(repr, names[:5])), f" and {len(names) - 5} more" if len(names) > 5 else "")
     return len(found)
 
