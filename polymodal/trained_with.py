@@ -81,7 +81,7 @@ def describe(name_or_path: str) -> dict:
 
     folder = model_folder(name_or_path)
     if folder is not None and not (folder / "config.json").is_file() and (folder / "model" / "config.json").is_file():
-        folder = folder / "model"  # a run folder, as polymodal.load reads it
+        folder = folder / "model"  # a run folder: its model (info takes it; loading commands ask for RUN/model)
     if folder is None or not ((folder / "config.json").is_file() or is_onnx_folder(folder)):
         if name_or_path in MODELS:
             raise PolymodalError(f"{name_or_path} is built from its towers when it loads: no model folder to describe")
