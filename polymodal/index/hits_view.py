@@ -7,8 +7,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from polymodal.data.thumbnails import THUMB_PX
-from polymodal.data.thumbnails import thumbnail_url as _thumbnail
+from polymodal.data.thumbnails import THUMB_PX, thumbnail_url
 
 SHOWN = 48  # a notebook cell with k=1000 should not embed a thousand photos
 
@@ -31,7 +30,7 @@ class Hits(list):
 def _figure(hit) -> str:
     name = Path(hit.path).name
     where = hit.path if hit.host is None else f"{hit.path} on {hit.host}"
-    thumb = _thumbnail(hit.path)
+    thumb = thumbnail_url(hit.path)
     if thumb.startswith("data:"):
         picture = f"<img src='{thumb}' alt='{html.escape(name)}' style='width:{THUMB_PX}px;height:{THUMB_PX}px;" \
                   "object-fit:cover;display:block'>"
