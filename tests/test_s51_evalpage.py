@@ -175,11 +175,18 @@ def test_vqa_page_shows_question_answer_truth_and_choices_wrong_answers_first(ca
 
 
 def test_captions_page_shows_the_generated_caption_and_the_references(capsys, loads, data):
-    text, _ = _page(capsys, data, "captions")
+    """The lowest CIDEr-D first: each photo's own, as --out's items give it (the page kept the data's order)."""
+    text, line = _page(capsys, data, "captions", "--out", data.parent / "items.jsonl")
     sections = text.split("<section")[1:]
-    assert len(sections) == 4 and "photos, in the order of the data" in text  # no per-photo score to sort by
-    assert "a photo of a dog" in sections[1] and "a dog &lt;script&gt;x&lt;/script&gt;" in sections[1]
-    assert "&lt;b&gt;sun.png" in sections[2]
+    assert len(sections) == 4 and "captioned photos, the lowest CIDEr-D first" in text
+    items = [json.loads(x) for x in (data.parent / "items.jsonl").read_text().splitlines()]
+    assert abs(sum(i["cider"] for i in items) / len(items) - line["cider"]) < 1e-3  # the corpus figure is their mean
+    ranked = sorted(items, key=lambda i: i["cider"])
+    assert ranked != items  # the data's order is not already the lowest first: the test can tell
+    for section, item in zip(sections, ranked):
+        assert f"CIDEr-D {item['cider']:.2f}" in section and html.escape(Path(item["image"]).name) in section
+    dog = next(s for s in sections if "dog_as_cat.png" in s)
+    assert "a photo of a dog" in dog and "a dog &lt;script&gt;x&lt;/script&gt;" in dog
 
 
 @pytest.mark.parametrize("command", sorted(ARGV))

@@ -17,11 +17,11 @@ def _page_help(text: str) -> str:
     return text[start: text.index(" --split NAME ", start)]
 
 
-def test_eval_captions_page_help_says_the_data_order(capsys):
-    """`eval captions --help` said its --page puts "the model's failures first", as every eval's does; captions have no
-    per-photo score (BLEU and CIDEr-D are corpus scores), so the page lists them in the data's order (as it says)."""
+def test_eval_captions_page_help_says_its_own_order(capsys):
+    """`eval captions --help` said its --page puts "the model's failures first", as every eval's does; a caption is
+    not right or wrong: the page puts the lowest per-photo CIDEr-D first (as it says)."""
     captions = _page_help(_help(["eval", "captions"], capsys))
-    assert "data's order" in captions and "failures first" not in captions
+    assert "lowest CIDEr-D first" in captions and "failures first" not in captions
     for task in ("retrieval", "zeroshot", "vqa", "images"):  # the others do put failures first
         assert "failures first" in _page_help(_help(["eval", task], capsys)), task
 

@@ -72,9 +72,11 @@ def scorers() -> tuple[type, type]:
     return Bleu, Cider
 
 
-def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float | None]:
+def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str],
+                   per_photo: list | None = None) -> dict[str, float | None]:
     """Corpus BLEU-1..4 and CIDEr-D of one generated caption per image against that image's reference captions
-    (CIDEr-D None below MIN_CIDER_PHOTOS images)."""
+    (CIDEr-D None below MIN_CIDER_PHOTOS images). ``per_photo``, a list, gets each image's own CIDEr-D (the
+    corpus figure is their mean; word weights from the whole set), when CIDEr-D is scored."""
     if len(references) != len(hypotheses):
         raise PolymodalError(f"{len(hypotheses)} captions for {len(references)} sets of references; give one each")
     if not hypotheses:
@@ -90,7 +92,12 @@ def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str
                     "scored as empty references", len(empty), " has" if len(empty) == 1 else "s have", empty[0][:40])
     res = {i: [caption_tokens(as_captioner_reads(h))] for i, h in enumerate(hypotheses)}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    cider = float(Cider().compute_score(gts, res)[0]) if len(hypotheses) >= MIN_CIDER_PHOTOS else None
+    cider = None
+    if len(hypotheses) >= MIN_CIDER_PHOTOS:
+        cider, each = Cider().compute_score(gts, res)
+        cider = float(cider)
+        if per_photo is not None:
+            per_photo.extend(float(c) for c in each)
     return {**{f"bleu{n}": float(b) for n, b in enumerate(bleu, 1)}, "cider": cider}
 
 
@@ -151,10 +158,13 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
         log.warning("CIDEr-D needs at least %d photos (its word weights come from the set): scored BLEU only",
                     MIN_CIDER_PHOTOS)
     refs = [refs_of(i) for i in kept]
+    each: list = []  # each photo's CIDEr-D: --out's items, and --page's order (the lowest first)
+    scores = caption_scores(refs, hyps, each)
     if details is not None:
-        said = dict(zip(kept, zip(hyps, refs)))
-        details.extend({"image": names[i], **({"caption": said[i][0], "references": said[i][1]} if i in said else
-                                                {"error": results[i]})} for i in range(len(images)))
-    return {"images": len(kept), "unreadable": unreadable, **caption_scores(refs, hyps),
+        said = {i: {"caption": h, "references": r, **({"cider": round(c, 4)} if each else {})}
+                for i, h, r, c in zip(kept, hyps, refs, each or [None] * len(kept))}
+        details.extend({"image": names[i], **(said[i] if i in said else {"error": results[i]})}
+                       for i in range(len(images)))
+    return {"images": len(kept), "unreadable": unreadable, **scores,
             "examples": [{"image": names[i], "caption": h, "reference": r[0]}
                          for i, h, r in list(zip(kept, hyps, refs))[:examples]]}

@@ -26,6 +26,9 @@ def write_page(path, command: str, line: dict, items: list[dict]) -> None:
     """The page of ``command``'s ``items`` (as --out writes them) under its JSON ``line``, written atomically."""
     if command == "retrieval":  # the text queries: a photo's best caption rank says less about what went wrong
         items = [item for item in items if item.get("query") == "text"]
+    ranked = command == "captions" and any("cider" in item for item in items)
+    if ranked:  # the lowest CIDEr-D first (each photo's, under the set's word weights); unreadable photos last
+        items = sorted(items, key=lambda item: item.get("cider", float("inf")))
     failed, right, unscored = _ordered(command, items)
     shown = (failed + right + unscored)[:SHOWN]
     labels = {item["image"]: item.get("label") for item in items}  # eval images: its hits' labels
@@ -35,8 +38,9 @@ def write_page(path, command: str, line: dict, items: list[dict]) -> None:
         return _photo(name, thumbs, note, mark)
 
     rows = "".join(_ROWS[command](item, photo, labels) for item in shown)
-    if command == "captions":  # no per-photo score (BLEU and CIDEr-D are corpus scores): as the data lists them
-        headline = f"{len(right):,} captioned photos, in the order of the data"
+    if command == "captions":  # below MIN_CIDER_PHOTOS no CIDEr-D is scored: as the data lists them
+        headline = f"{len(right):,} captioned photos, " + ("the lowest CIDEr-D first" if ranked else
+                                                           "in the order of the data (too few for CIDEr-D)")
     else:
         headline = f"{len(failed):,} of {len(failed) + len(right):,} {FAILURE[command]}, worst first"
     if unscored:
@@ -150,7 +154,7 @@ def _vqa(item, photo, labels) -> str:
 def _captions(item, photo, labels) -> str:
     if "caption" not in item:
         return _error(item, photo, [])
-    return _item("", None, photo(item["image"]),
+    return _item("" if "cider" not in item else f"CIDEr-D {item['cider']:.2f}", None, photo(item["image"]),
                  [("generated", item["caption"]), ("references", item["references"])])
 
 

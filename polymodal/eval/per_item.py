@@ -16,8 +16,8 @@ from polymodal.errors import PolymodalError
 
 def add_item_options(parser, ci: bool = True) -> None:
     parser.add_argument("--out", metavar="FILE.jsonl", help="also write one JSON line per evaluated item")
-    # ci=False: corpus scores (eval captions), no per-item score to put failures first by
-    order = "the model's failures first" if ci else "in the data's order"
+    # ci=False: corpus scores (eval captions), whose page puts the photos with the lowest CIDEr-D of their own first
+    order = "the model's failures first" if ci else "the lowest CIDEr-D first"
     parser.add_argument("--page", metavar="FILE.html", help="also write a page to look at in a browser: the figures, "
                         f"then the items with their photos, {order} (the first 200; one file that opens offline)")
     parser.add_argument("--split", metavar="NAME", help='read only the rows whose "split" (JSON field, CSV or '
