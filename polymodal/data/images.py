@@ -87,11 +87,6 @@ def load_image(image: Any, min_size: int | None = None) -> Image.Image:
         if not isinstance(data, (bytes, bytearray)):
             raise PolymodalError(f"{name} is open in text mode; open image files in binary mode: open(path, 'rb')")
         img = _open(io.BytesIO(data), name, min_size)
-    elif isinstance(image, str) and _URL.match(image):  # Path() would also eat one slash of "https://"
-        raise PolymodalError(
-            f"{image} is a URL; polymodal works offline and does not download images: download the file first "
-            "and pass its local path"
-        )
     elif isinstance(image, (str, Path)):
         path = _existing_file(image)
         try:
@@ -126,6 +121,12 @@ def check_image_file(path: str | Path) -> None:
 
 
 def _existing_file(path: str | Path) -> Path:
+    # here, not in load_image only: check_image_file (classify's and caption's header check) said "image not found"
+    if isinstance(path, str) and _URL.match(path):  # Path() would also eat one slash of "https://"
+        raise PolymodalError(
+            f"{path} is a URL; polymodal works offline and does not download images: download the file first "
+            "and pass its local path"
+        )
     path = Path(path)
     if path.is_dir():  # "not found" would send the user looking for a path that is right there
         raise PolymodalError(f"{path} is a folder, not an image file; pass an image file inside it "
