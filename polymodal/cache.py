@@ -37,6 +37,21 @@ def cache_dir() -> Path:
     return path
 
 
+def out_of_space(exc: BaseException) -> bool:
+    """A full disk or an exhausted quota (ENOSPC, EDQUOT): the user frees space, nothing else is wrong."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def nearly_full(folder) -> bool:
+    """Under 1 MiB left on the disk holding ``folder``: where a writer's own error does not say ENOSPC (SQLite's
+    "disk I/O error" for a -shm it could not grow, onnx's silently truncated copy read back), this is why. False
+    when it cannot be told."""
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
 _UNWRITABLE_WARNED: set[str] = set()
 
 
@@ -53,8 +68,8 @@ def write_cache_bytes(path: Path, data: bytes) -> bool:
         folder = str(cache_dir())
         if folder not in _UNWRITABLE_WARNED:
             _UNWRITABLE_WARNED.add(folder)
-            fix = ("free some space there, or set POLYMODAL_CACHE to a folder on another disk" if exc.errno in
-                   (errno.ENOSPC, errno.EDQUOT) else "set POLYMODAL_CACHE to a writable folder")
+            fix = ("free some space there, or set POLYMODAL_CACHE to a folder on another disk" if out_of_space(exc)
+                   else "set POLYMODAL_CACHE to a writable folder")
             log.warning("cannot write the cache folder %s (%s): its files are recomputed each run; %s to keep them",
                         folder, exc.strerror or exc, fix)
         return False

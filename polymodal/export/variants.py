@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from polymodal.cache import temp_beside
+from polymodal.cache import nearly_full, out_of_space, temp_beside
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
@@ -55,14 +54,10 @@ def _full_disk(exc: BaseException, out: Path) -> OSError | None:
     writes the shape-inferred copy from C++, which truncates it silently on a full disk, and reading it back fails
     with protobuf's DecodeError ("Wire format was corrupt"), so any failure with under 1 MiB left beside ``out``
     counts. An ENOSPC while that disk has room came from the calibration's copies in the temporary folder."""
-    own = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    own = out_of_space(exc)
     if own and exc.filename:
         return exc
-    try:
-        full_here = shutil.disk_usage(out.parent).free < 1 << 20
-    except OSError:
-        full_here = False
-    if full_here:  # the build's own error said too: under 1 MiB left need not be why it failed (an unknown operator)
+    if nearly_full(out.parent):  # the build's own error said too: under 1 MiB left need not be why it failed (an unknown operator)
         said = "" if own else (" (under 1 MiB left there; the build then failed: "
                                f"{failure_reason(exc).removeprefix('failed here: ')})")
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + said, str(out))
@@ -75,7 +70,7 @@ def _full_disk(exc: BaseException, out: Path) -> OSError | None:
 def raise_if_disk_full(exc: BaseException) -> None:
     """A variant that failed for lack of space is no finding about the variant: the export stops with the error (the
     CLI's one line names the file; an earlier export stays), instead of serving fp32 with "failed" in the report."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if out_of_space(exc):
         raise exc
 
 

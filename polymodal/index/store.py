@@ -30,7 +30,6 @@ import json
 import logging
 import numbers
 import os
-import shutil
 import sqlite3
 import stat
 import threading
@@ -47,7 +46,7 @@ import faiss
 import numpy as np
 from filelock import FileLock, Timeout
 
-from polymodal.cache import atomic_write_with, check_creatable
+from polymodal.cache import atomic_write_with, check_creatable, nearly_full
 from polymodal.errors import PolymodalError
 from polymodal.index import delta
 from polymodal.index.hits_view import Hits
@@ -827,9 +826,8 @@ def _disk_error(exc: sqlite3.Error, path: Path) -> OSError | None:
     if primary == 13 or "database or disk is full" in str(exc):
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
     if primary == 10 or "disk I/O error" in str(exc):
-        with contextlib.suppress(OSError):
-            if shutil.disk_usage(path.parent).free < 1 << 20:  # SQLite's "I/O error" for a -shm it could not grow
-                return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        if nearly_full(path.parent):  # SQLite's "I/O error" for a -shm it could not grow
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return OSError(errno.EIO, "disk I/O error", str(path))
     return None
 

@@ -26,7 +26,6 @@ each, commas and all). Over --timeout: 503 (408 while the body is still arriving
 
 import base64
 import binascii
-import errno
 import json
 import logging
 import re
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from polymodal.cache import out_of_space
 from polymodal.data.tokenizer import unknown_words_note, unknown_words_notes
 from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
@@ -741,7 +741,7 @@ def create_app(
 
     @app.exception_handler(OSError)  # its own handler: Exception's is re-raised into the ASGI server's traceback log
     async def disk_error(request, exc: OSError):
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not out_of_space(exc):
             return await internal_error(request, exc)
         # an upload on a full disk: the add's transaction rolled back and its staged files were removed
         log.error("%s %s: %s: %s", request.method, request.url.path, exc.strerror, exc.filename or "(no file name)")
