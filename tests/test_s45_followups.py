@@ -48,7 +48,8 @@ def test_vqa_json_choices_take_numbers_as_their_text(lite, db, gallery) -> None:
         choices = schema["application/json"]["schema"]["properties"]["choices"]
         # (stop 51: the list also says it holds at least one item, none blank)
         assert [o["items"]["type"] for o in choices["anyOf"] if o["type"] == "array"] == [["string", "number"]]
-        assert {"string"} == {s["type"] for s in choices["anyOf"] if s["type"] != "array"}
+        # (stop 52: or null, "not sent", as in every optional JSON field)
+        assert {"string", "null"} == {s["type"] for s in choices["anyOf"] if s["type"] != "array"}
 
 
 def _eval_retrieval_items(pairs, out, lite, monkeypatch, capsys) -> tuple[dict, list[dict]]:

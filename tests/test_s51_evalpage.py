@@ -99,8 +99,12 @@ def _page(capsys, data, command, *more) -> tuple[str, dict]:
     # the figures line at the top, as printed; nothing fetched from elsewhere, no script; every photo inlined
     assert html.escape(out.strip()) in text and text.index("class='figures'") < text.index("<section")
     assert "<script" not in text and not re.search(r"""(src|href)=['"](?!data:image/jpeg;base64,)""", text)
-    for encoded in re.findall(r"src='data:image/jpeg;base64,([^']+)'", text):
+    # (stop 52: each photo inlined once, as a CSS class its places name, not as an <img> in each place)
+    assert not re.search(r"url\((?!data:image/jpeg;base64,)", text)
+    pictures = dict(re.findall(r"\.(p\d+)\{background-image:url\(data:image/jpeg;base64,([^)]+)\)\}", text))
+    for encoded in pictures.values():
         assert max(Image.open(io.BytesIO(base64.b64decode(encoded))).size) <= 128
+    assert set(re.findall(r"class='img (p\d+)'", text)) == set(pictures)
     return text, json.loads(out)
 
 
@@ -126,7 +130,7 @@ def test_retrieval_page_shows_each_missed_caption_with_its_photo_and_the_models_
     # its photo, then the model's top 3: the look-alike before it (a tie ranks the right photo after the others)
     assert re.findall(r"<figcaption dir='auto'>([^<]*)<br>", sections[1]) == ["cat.png", "dog_as_cat.png",
                                                                              "cat.png", "&lt;b&gt;sun.png"]
-    assert sections[1].count("data:image/jpeg;base64,") == 4
+    assert len(re.findall(r"class='img p\d+'", sections[1])) == 4
     items = [json.loads(x) for x in (tmp_path / "items.jsonl").read_text().splitlines()]
     assert [Path(n).name for n in items[0]["top"]] == ["dog_as_cat.png", "cat.png", "<b>sun.png"]  # --out has them too
 

@@ -30,3 +30,15 @@ def thumbnail_url(image, px: int = THUMB_PX) -> str:
     except Exception as exc:  # noqa: BLE001 - a picture of results must not fail on one bad file
         return f"unreadable ({exc.__class__.__name__})"
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def thumbnail_urls(images, px: int = THUMB_PX) -> dict:
+    """{image: thumbnail_url(image)} of each distinct image, a Parquet file's rows read in file and row order: a
+    row group's photos are read together (in a page's order each photo could read its ~14 MB row group again)."""
+    from polymodal.data.shards import split_tar_ref
+
+    def where(image) -> tuple:
+        split = split_tar_ref(image)
+        return (str(split[0]), int(split[1]) if split[1].isdigit() else 0, split[1]) if split else (str(image), 0, "")
+
+    return {image: thumbnail_url(image, px) for image in sorted(set(images), key=where)}

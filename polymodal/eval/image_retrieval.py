@@ -52,7 +52,11 @@ def image_retrieval_metrics(emb: np.ndarray, labels: list[str], ks=KS, details: 
         sim[np.arange(len(rows)), rows] = -np.inf  # the query itself: ranked last, and no hit
         relevant = codes[rows][:, None] == codes[None, :]
         relevant[np.arange(len(rows)), rows] = False
-        order = np.lexsort((relevant, -sim), axis=-1)  # by similarity; a tie puts the other labels first
+        # a query whose row is not finite ranks its label's photos last (rank n below): its top hits say so too
+        sim[~finite[:, None] & relevant] = -np.inf
+        tie = relevant.astype(np.int8)
+        tie[np.arange(len(rows)), rows] = 2  # the query itself after every other photo, even those at -inf
+        order = np.lexsort((tie, -sim), axis=-1)  # by similarity; a tie puts the other labels first
         hits = np.take_along_axis(relevant, order, axis=1)[:, :n - 1]  # the query itself is the last column
         found = np.cumsum(hits, axis=1)
         r = np.maximum(positives[rows], 1)

@@ -1,5 +1,6 @@
 """`eval ... --page FILE.html`: an evaluation to look at, where the JSON line and --out's items only say it. One
-self-contained file (photos inlined as JPEG thumbnails, no script, nothing fetched: it opens from disk, offline):
+self-contained file (each photo's JPEG thumbnail inlined once, in its style sheet; no script, nothing fetched: it
+opens from disk, offline):
 the figures line at the top, then the items, the model's failures first, worst first, each with its photo(s), the
 question, query or caption, the model's answer or top hits, and the truth."""
 
@@ -10,9 +11,9 @@ from html import escape
 from pathlib import Path
 
 from polymodal.cache import atomic_write_bytes
-from polymodal.data.thumbnails import THUMB_PX, thumbnail_url
+from polymodal.data.thumbnails import THUMB_PX, thumbnail_urls
 
-SHOWN = 200  # items on the page: each brings up to four ~4 KB thumbnails; --out has every item
+SHOWN = 200  # items on the page: each brings up to four ~5 KB thumbnails; --out has every item
 
 # what a failure is, per command (the page's headline counts them)
 FAILURE = {"retrieval": "captions whose photo was not the top hit (text->image)",
@@ -32,12 +33,20 @@ def write_page(path, command: str, line: dict, items: list[dict]) -> None:
     failed, right, unscored = _ordered(command, items)
     shown = (failed + right + unscored)[:SHOWN]
     labels = {item["image"]: item.get("label") for item in items}  # eval images: its hits' labels
-    thumbs: dict = {}  # a photo that recurs (its several captions, a common nearest hit) is read once
+    names: list = []  # the photos the rows show: read first, a Parquet file's in row order (thumbnail_urls)
+    for item in shown:
+        _ROWS[command](item, lambda name, *_: names.append(name) or "", labels)
+    thumbs = thumbnail_urls(names)
+    # a photo that recurs (its several captions, a common nearest hit) is inlined once, as a CSS class: inlined in
+    # each place, a retrieval page at the cap was ~4.4 MB
+    ids = {name: f"p{n}" for n, name in enumerate(dict.fromkeys(names))}
 
     def photo(name: str, note: str = "", mark: str = "") -> str:
-        return _photo(name, thumbs, note, mark)
+        return _photo(name, thumbs[name], ids[name], note, mark)
 
     rows = "".join(_ROWS[command](item, photo, labels) for item in shown)
+    pictures = "".join(f".{ids[name]}{{background-image:url({url})}}" for name, url in thumbs.items()
+                       if url.startswith("data:"))
     if command == "captions":  # below MIN_CIDER_PHOTOS no CIDEr-D is scored: as the data lists them
         headline = f"{len(right):,} captioned photos, " + ("the lowest CIDEr-D first" if ranked else
                                                            "in the order of the data (too few for CIDEr-D)")
@@ -50,7 +59,7 @@ def write_page(path, command: str, line: dict, items: list[dict]) -> None:
         if more else ""
     title = f"polymodal eval {command}: {line.get('model', '')}"
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>"
+            f"<style>{_STYLE}</style><style>{pictures}</style></head><body><h1>{escape(title)}</h1>"
             f"<pre class='figures'>{escape(json.dumps(line))}</pre><p class='headline'>{escape(headline)}</p>{note}"
             f"{rows}</body></html>")
     atomic_write_bytes(Path(path), page.encode("utf-8"))
@@ -80,14 +89,12 @@ def _badness(command: str, item: dict) -> tuple | None:
     return (item["rank"] - 1, -item.get("map_r", 0.0)) if item["rank"] > 1 else (0,)
 
 
-def _photo(name: str, thumbs: dict, note: str = "", mark: str = "") -> str:
-    """A thumbnail with its file name (and ``note``) under it; ``mark`` "truth" or "wrong" frames it."""
-    if name not in thumbs:
-        thumbs[name] = thumbnail_url(name)
-    url = thumbs[name]
+def _photo(name: str, url: str, picture: str, note: str = "", mark: str = "") -> str:
+    """A thumbnail (``url``, inlined once as the class ``picture``) with its file name (and ``note``) under it;
+    ``mark`` "truth" or "wrong" frames it."""
     base = Path(name).name or name
-    picture = f"<img src='{url}' alt='{escape(base)}'>" if url.startswith("data:") else \
-        f"<div class='none'>{escape(url)}</div>"  # gone or unreadable: why, not a broken image
+    picture = f"<div class='img {picture}' role='img' aria-label='{escape(base)}'></div>" if url.startswith("data:") \
+        else f"<div class='none'>{escape(url)}</div>"  # gone or unreadable: why, not a broken image
     caption = escape(base) + (f"<br>{escape(note)}" if note else "")
     return (f"<figure class='{mark}' title='{escape(name)}'>{picture}"
             f"<figcaption dir='auto'>{caption}</figcaption></figure>")
@@ -166,9 +173,10 @@ _STYLE = f"""body{{font:14px system-ui,sans-serif;margin:16px;color:#222}}h1{{fo
 .item{{display:flex;gap:12px;padding:8px 0;border-top:1px solid #ddd;align-items:flex-start}}
 .verdict{{width:72px;flex:none;font-weight:600;color:#2a7}}.bad .verdict{{color:#c33}}.unscored .verdict{{color:#777}}
 .photos{{display:flex;gap:6px;flex:none}}.sep{{width:10px}}figure{{margin:0;width:{THUMB_PX}px}}
-figure img,.none{{width:{THUMB_PX}px;height:{THUMB_PX}px;object-fit:cover;display:block;border:3px solid transparent}}
+.img,.none{{width:{THUMB_PX}px;height:{THUMB_PX}px;display:block;border:3px solid transparent}}
+.img{{background:center/cover no-repeat;-webkit-print-color-adjust:exact;print-color-adjust:exact}}
 .none{{background:#eef0f3;color:#555;font-size:12px;display:flex;align-items:center;justify-content:center;
-text-align:center}}figure.truth img{{border-color:#2a7}}figure.wrong img{{border-color:#c33}}
+text-align:center}}figure.truth .img{{border-color:#2a7}}figure.wrong .img{{border-color:#c33}}
 figcaption{{font-size:12px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}}
 dl{{margin:0;display:grid;grid-template-columns:max-content 1fr;gap:2px 10px}}dt{{color:#666}}dd{{margin:0}}
 ul{{margin:0;padding-left:16px}}"""

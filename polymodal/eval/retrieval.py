@@ -90,18 +90,21 @@ def _ranks(sim: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:
 
 def _nearest(sim: np.ndarray, truth: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
     """The ``k`` columns of each row of ``sim`` that score highest, best first, ties in column order; the row's
-    ``truth`` column after the columns it ties with (as _ranks counts a tie against it), non-finite scores last."""
+    ``truth`` column after the columns it ties with (as _ranks counts a tie against it), non-finite scores last,
+    and in a row holding any, the truth last of all (_ranks ranks it last: the page showed it as hit 1 beside
+    "rank 1000")."""
     k = min(k, sim.shape[1])
     out = np.empty((len(sim), k), dtype=np.int64)
     for start in range(0, len(sim), chunk):  # a copy of a chunk at a time, not of the whole [C, I]
         part = np.array(sim[start:start + chunk], dtype=np.float64)
-        part[~np.isfinite(part)] = -np.inf
+        finite = np.isfinite(part)
+        part[~finite] = -np.inf
         rows, own = np.arange(len(part)), truth[start:start + chunk]
-        part[rows, own] = np.nextafter(part[rows, own], -np.inf)
+        part[rows, own] = np.where(finite.all(axis=1), part[rows, own], -np.inf)
         kth = -np.partition(-part, k - 1, axis=1)[:, k - 1]  # no full sort of each row: those at least the k-th
         for r, (row, least) in enumerate(zip(part, kth)):
             best = np.flatnonzero(row >= least)
-            out[start + r] = best[np.argsort(-row[best], kind="stable")[:k]]
+            out[start + r] = best[np.lexsort((best == own[r], -row[best]))[:k]]  # a tie: the truth after the others
     return out
 
 

@@ -85,16 +85,27 @@ def _model_field(served) -> dict:
     return _MODEL if served is None else {**_MODEL, "enum": list(dict.fromkeys([served.name, served.key]))}
 
 
+def _or_null(field: dict) -> dict:
+    """``field`` or null, as pydantic documents an Optional field (its description and default outside)."""
+    outside = {k: v for k, v in field.items() if k in ("description", "default")}
+    inside = {k: v for k, v in field.items() if k not in outside}
+    options = inside["anyOf"] if list(inside) == ["anyOf"] else [inside]  # choices: one anyOf, not two nested
+    return {"anyOf": [*options, {"type": "null"}], **outside}
+
+
 def _body(description: str, json_props: dict, form_props: dict | None, json_required: tuple = (),
           form_required: tuple = (), served=None) -> dict:
     """An endpoint's request body: JSON and (if form_props) multipart, each with the fields the server refuses a
     request without (an either/or pair, text or image, is required by neither); `served`: the model answering it.
-    Other fields are refused (read_json, check_form_fields): additionalProperties false says so."""
+    Other fields are refused (read_json, check_form_fields): additionalProperties false says so. A JSON field not
+    required may be null, "not sent" (read_json drops it)."""
     def schema(props: dict, required: tuple) -> dict:
         out = {"type": "object", "properties": {**props, "model": _model_field(served)}, "additionalProperties": False}
         return {**out, "required": list(required)} if required else out
 
     content = {"application/json": {"schema": schema(json_props, json_required)}}
+    props = content["application/json"]["schema"]["properties"]
+    props.update((k, _or_null(v)) for k, v in list(props.items()) if k not in json_required)
     if form_props is not None:
         content["multipart/form-data"] = {"schema": schema(form_props, form_required)}
     return {"requestBody": {"required": True, "description": description, "content": content}}
@@ -269,7 +280,9 @@ def create_app(
         if unknown:
             raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; this endpoint takes {', '.join(sorted(allowed))}")
         check_model_field(data.get("model"), kind)
-        return data
+        # null is "not sent", in every field (a generated client sends its unset fields so): "k": null was a 400
+        # where "top_k": null took the default, and "image": null beside "images" a 400
+        return {key: value for key, value in data.items() if value is not None}
 
     def content_type(request: Request, multipart: bool = True) -> str:
         # a compressed body (a client's gzip option) was read as it came: "malformed JSON ('utf-8' codec can't
