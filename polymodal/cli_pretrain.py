@@ -38,6 +38,8 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--pixel-patches", action="store_true", help="add raw-pixel patch embeddings to the grid tokens")
     add_run_options(s)
     helps = {
+        "seed": "seed of the initial weights, the data order, dropout, the validation split, ITM's negatives and "
+                "the MLM and MRM masks (default: %(recipe_default)s)",
         "objectives": "weighted objectives, e.g. itm:1,mlm:1,mrm:0.5 (default)",
         "fusion": "fusion module (default co_attention; MLM needs fused text tokens, MRM fused image tokens)",
         "negatives": "contrastive model mining ITM hard negatives: default, a dual-encoder folder, or random",

@@ -28,6 +28,9 @@ ARCH_KEYS = ("fusion_options", "pixel_patches", "itm_head")  # architecture flag
 # --help for the settings whose values or interplay `--help` would otherwise not say (the README does); each
 # text names its default with %(recipe_default)s, the recipe's own value
 CONTRASTIVE_HELPS = {
+    # a seed sweep varies these draws too, not only the shared help's
+    "seed": "seed of the initial weights, the data order, dropout, the validation split, the --views augmentations "
+            "and the --hard-negatives swap copies (default: %(recipe_default)s)",
     "embed_dim": "dimension of the joint space the heads project both towers into",
     "head_dropout": "dropout inside the mlp and residual heads",
     "batch_size": "image-caption pairs per step, per process under torchrun (the other pairs, of every process, "

@@ -12,6 +12,8 @@ from polymodal.eval.per_item import add_item_options
 
 # flag -> (recipe section, type): "train" = TrainConfig, "arch" = FusionEncoderConfig, "" = the recipe itself
 VQA_HELPS = {
+    "seed": "seed of the initial weights, the data order, dropout, the validation split and the wrong answers of "
+            "the ITM rows (--itm-head) (default: %(recipe_default)s)",
     "fusion": "the fusion module joining grid and question tokens (python -c \"import polymodal.fusion as f; "
               "print(list(f.FUSIONS))\" lists them)",
     "batch_size": "questions per step (whole photos are packed, so about this many)",
