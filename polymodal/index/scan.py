@@ -139,8 +139,13 @@ def _linked_folder(root: Path, path: str) -> tuple[str, str]:
 
 def file_sha256(path: str | Path) -> str:
     """Content hash, read in 1 MiB chunks so big files don't load whole."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+        return stream_sha256(f)
+
+
+def stream_sha256(f) -> str:
+    """file_sha256 of a file already open for reading, from where it stands."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        digest.update(chunk)
     return digest.hexdigest()

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -32,7 +33,7 @@ from polymodal.errors import PolymodalError
 from polymodal.index import ImageIndex, IndexBusy
 from polymodal.index.store import IndexModelMismatch
 from polymodal.index.qdrant import QdrantCollection, QdrantUnavailable
-from polymodal.index.scan import canonical_path, file_sha256
+from polymodal.index.scan import canonical_path, stream_sha256
 from polymodal.registry import answers, require_captioner, require_embedding, require_vqa
 from polymodal.serve.batching import BatchedModel, MicroBatcher
 from polymodal.serve.limits import INDEXED_FORMATS, ApiError, ServeSettings, image_suffix, open_image_checked
@@ -295,22 +296,25 @@ class Service:
             path, digest = self._path_of(image_id)
         if path is None:
             raise ApiError(404, f"no image with id {image_id} in the index")
-        # on every call: a link may be repointed after its thumbnail was cached
-        self.check_servable(image_id, path, digest)
-        key = (image_id, path, digest)  # a photo edited in place, then indexed again at the same id: a new key
-        with self._thumbs_lock:
-            if key in self._thumbs:
-                self._thumbs.move_to_end(key)
-                return self._thumbs[key]
-        data = self._make_thumbnail(path, image_id)
+        # opened first, then the open file is checked and decoded: a check of the path before the open let someone
+        # who can write in an indexed folder swap the checked file for a link out in between (stop 52)
+        with self._open_photo(path, image_id) as f:
+            self.check_servable(image_id, path, digest, f)  # on every call: a link may be repointed since cached
+            key = (image_id, path, digest)  # a photo edited in place, then indexed again at the same id: a new key
+            with self._thumbs_lock:
+                if key in self._thumbs:
+                    self._thumbs.move_to_end(key)
+                    return self._thumbs[key]
+            data = self._make_thumbnail(f, image_id)
         with self._thumbs_lock:
             self._thumbs[key] = data
             while len(self._thumbs) > 512:
                 self._thumbs.popitem(last=False)
         return data
 
-    def check_servable(self, image_id: int | str, path: str, digest: str = "") -> None:
-        """403 unless the row's file really lies in the indexed folders (or the uploads). Rows store a real folder and
+    def check_servable(self, image_id: int | str, path: str, digest: str, opened: io.BufferedReader) -> None:
+        """403 unless the row's file, as `opened` holds it, really lies in the indexed folders (or the uploads): the
+        file checked is the one served, whatever the path names by now. Rows store a real folder and
         the file's name (canonical_path), and a scan follows symlinked files: a folder someone sent with
         `holiday.jpg -> /home/me/private/passport.jpg` was indexed, and its thumbnail went to every client. A link is
         followed to a file under its own folder (also: a folder moved after indexing and linked back), under
@@ -321,24 +325,26 @@ class Service:
         from a copy, as README says.)"""
         if self.settings.follow_symlinks:
             return
-        real = os.path.realpath(path)
-        if real == path or not os.path.exists(real):  # no link on the way (the usual case); or gone: 404 below
+        real = _opened_path(opened, path)
+        if real == path:  # no link on the way (the usual case)
             return
         folder, real_folder = os.path.dirname(path), os.path.realpath(os.path.dirname(path))
         # a link within its own folder; or a folder moved after indexing and linked back (same bytes). A shared or
         # synced folder (git pull, Syncthing) that became a link points wherever its sender chose, at the names
         # they chose (IMG_0001.JPG): its files must still be the ones indexed
-        if _under(real, real_folder) and (real_folder == folder or not digest or file_sha256(real) == digest):
-            return
-        if self.uploads is not None and _under(real, os.path.realpath(self.uploads)):
-            return
-        if self.local and self.ids_for([real]):  # the photo it points at is indexed itself (one lookup)
+        if real is not None and (
+            (_under(real, real_folder) and (real_folder == folder or not digest or _sha256_of(opened) == digest))
+            or (self.uploads is not None and _under(real, os.path.realpath(self.uploads)))
+            or (self.local and self.ids_for([real]))  # the photo it points at is indexed itself (one lookup)
+        ):
             return
         if folder not in self._refusals_logged and len(self._refusals_logged) < 1000:
             self._refusals_logged.add(folder)
-            log.warning("thumbnail of image %s refused: %s is a link to %s, outside the indexed folders (further "
-                        "refusals for links in %s are not logged); serve with --follow-symlinks to show such links",
-                        image_id, path, real, folder)
+            # (not "outside the indexed folders": an annexed photo's target is in its repository's .git/annex)
+            log.warning("thumbnail of image %s refused: %s is a link to %s, which is not in the link's own folder, "
+                        "the uploads or the index's photos (further refusals for links in %s are not logged); serve "
+                        "with --follow-symlinks to show such links", image_id, path,
+                        real or "a file that changed while it was opened", folder)
         raise ApiError(403, f"image {image_id} is a link to a file outside the indexed folders, whose thumbnail this "
                        "server does not show (its operator can allow it with `polymodal serve --follow-symlinks`)")
 
@@ -369,10 +375,26 @@ class Service:
                            "that mounts its files) shows its thumbnail")
         return path, ""
 
-    def _make_thumbnail(self, path: str, image_id: int | str) -> bytes:
+    def _open_photo(self, path: str, image_id: int | str) -> io.BufferedReader:
+        """The row's file opened for reading (links followed; check_servable then judges what was opened). Not
+        blocking: a photo replaced by a named pipe waited for a writer, holding a worker thread for good."""
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            again = "re-index its folder" + ("" if self.local else " and push the index again")
+            raise ApiError(404, f"image {image_id} is in the index but its file is gone; {again}") from None
+        except OSError as exc:
+            raise ApiError(422, f"image {image_id} cannot be read for a thumbnail ({exc.__class__.__name__})") from None
+        f = os.fdopen(fd, "rb")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a pipe, a device, a folder
+            f.close()
+            raise ApiError(422, f"image {image_id} cannot be read for a thumbnail (not a regular file)")
+        return f
+
+    def _make_thumbnail(self, f: io.BufferedReader, image_id: int | str) -> bytes:
         size = self.settings.thumb_size
         try:
-            with open_image(path, size, INDEXED_FORMATS) as img:  # a 200 MP phone photo: drafted, as indexed
+            with open_image(f, size, INDEXED_FORMATS) as img:  # a 200 MP phone photo: drafted, as indexed
                 img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
                 if img.width * img.height > max(self.settings.max_image_pixels, Image.MAX_IMAGE_PIXELS or 0):
                     raise ApiError(422, f"image {image_id} is {img.width}x{img.height}; too large to thumbnail")
@@ -381,9 +403,6 @@ class Service:
                 out = io.BytesIO()
                 img.save(out, "JPEG", quality=85)
                 return out.getvalue()
-        except FileNotFoundError:
-            again = "re-index its folder" + ("" if self.local else " and push the index again")
-            raise ApiError(404, f"image {image_id} is in the index but its file is gone; {again}") from None
         except ApiError:
             raise
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -598,6 +617,31 @@ def _places_of(index: ImageIndex | QdrantCollection) -> list[tuple[str, str]]:
         folder = os.path.expanduser(location)
         places |= {os.path.abspath(folder), os.path.realpath(folder)}
     return [(p, "<qdrant>") for p in sorted(places, key=len, reverse=True) if p != os.sep]
+
+
+def _opened_path(f: io.BufferedReader, path: str) -> str | None:
+    """The real path of the file `f` holds open, links resolved: on Linux the kernel's name for its descriptor (exact,
+    however the path changes meanwhile); elsewhere `path` resolved after the open, if that is still the opened file.
+    None when it is not (the file was swapped while being opened)."""
+    try:
+        real = os.readlink(f"/proc/self/fd/{f.fileno()}")
+        if os.path.isabs(real):  # (a photo deleted since it was opened: "PATH (deleted)", still under its folder)
+            return real
+    except OSError:  # no /proc (macOS, Windows)
+        pass
+    real = os.path.realpath(path)
+    try:
+        return real if os.path.samestat(os.stat(real), os.fstat(f.fileno())) else None
+    except OSError:
+        return None
+
+
+def _sha256_of(f: io.BufferedReader) -> str:
+    """file_sha256 of an open file (read from its start; left at its start for the decoder)."""
+    f.seek(0)
+    digest = stream_sha256(f)
+    f.seek(0)
+    return digest
 
 
 def _under(path: str, folder: str) -> bool:
