@@ -9,7 +9,7 @@ from pathlib import Path
 from polymodal.cache import staged_folder
 from polymodal.errors import PolymodalError
 from polymodal.export.out_folder import check_out_folder
-from polymodal.training_photos import copy_training_photos
+from polymodal.training_photos import copy_training_records
 
 
 def cmd_export_onnx(args) -> int:
@@ -67,7 +67,7 @@ def cmd_export_onnx(args) -> int:
     with staged_folder(out) as stage:
         report = export_onnx(model, stage, val, max_drop_points=args.max_drop_points, progress=progress,
                              timing_seconds=args.timing_seconds, **kwargs)
-        copy_training_photos(args.model, stage)  # `eval --runtime onnx --model OUT` warns of them too
+        copy_training_records(args.model, stage)  # `eval --model OUT` warns of its photos, `info` says how it trained
     from polymodal.registry import MODELS, onnx_export_dir
 
     # a built-in name exported to its default folder is found by name
@@ -111,7 +111,7 @@ def _export_vqa(args, out: Path) -> int:
                                     print(f"polymodal: {m}", file=sys.stderr, flush=True),
                                     max_drop_points=args.max_drop_points, timing_seconds=args.timing_seconds,
                                     variants=_variants(args), keep_unserved=args.keep_unserved)
-        copy_training_photos(args.model, stage)  # `eval --runtime onnx --model OUT` warns of them too
+        copy_training_records(args.model, stage)  # `eval --model OUT` warns of its photos, `info` says how it trained
     return _print_result(args, out, report, vqa_report_table(report),
                          f"`polymodal vqa IMAGE QUESTION --model {out}`")
 
@@ -127,7 +127,7 @@ def _export_captioner(args, model, val, out: Path, variants) -> int:
                                        max_drop_points=args.max_drop_points, timing_seconds=args.timing_seconds,
                                        progress=lambda m: None if args.json else
                                        print(f"polymodal: {m}", file=sys.stderr, flush=True))
-        copy_training_photos(args.model, stage)  # `eval --runtime onnx --model OUT` warns of them too
+        copy_training_records(args.model, stage)  # `eval --model OUT` warns of its photos, `info` says how it trained
     return _print_result(args, out, report, caption_report_table(report),
                          f"`polymodal caption IMAGE --model {out}`")
 

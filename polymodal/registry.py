@@ -490,9 +490,25 @@ def _holds_polymodal_weights(folder: Path) -> bool:
 
 
 def check_model_name(name: str) -> None:
-    """Refuse a name that is neither a built-in nor a path, before other checks and advice (no model loaded)."""
-    if name not in MODELS and not Path(name).expanduser().exists():
+    """Refuse a name that is neither a built-in nor a path, or a folder that holds no model (an empty one, a run
+    folder, an index), before other checks and advice ("pass --out"; no model loaded)."""
+    if name in MODELS:
+        return
+    path = Path(name).expanduser()
+    if not path.exists():
         raise unknown_model(name)
+    if not path.is_dir() or _folder_type_known(path):
+        return
+    if hint := wrong_folder_hint(path):
+        raise PolymodalError(hint)
+    from polymodal.export.runtime import is_onnx_folder
+
+    checkpoints = (".pt", ".pth", ".bin", ".safetensors")  # clip.WEIGHT_SUFFIXES (clip.py imports transformers)
+    if not (path / "config.json").is_file() and not is_onnx_folder(path) and \
+            not any(p.suffix in checkpoints for p in path.iterdir() if p.is_file()):
+        raise PolymodalError(f"{name} holds no model (no config.json, no checkpoint file); pass a model folder (such "
+                             "as RUN/model of `polymodal train`), a CLIP checkpoint or a built-in name "
+                             f"({', '.join(available_models())})")
 
 
 def unknown_model(name: str) -> PolymodalError:

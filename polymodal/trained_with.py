@@ -5,7 +5,8 @@ them (the seed, the data paths made absolute, the architecture), the command lin
 Not inside config.json: the polymodal versions already installed refuse a config.json key they do not know ("saved by
 a newer polymodal?"), so a model trained after this change would not load there, and config.json holds what builds
 the model. No loader reads this file, and the model's key (name@version, its weights' hash) does not depend on it;
-`polymodal info --model FOLDER` shows it."""
+`polymodal info --model FOLDER` shows it. It travels with the model's ONNX export and with a copy saved from Python
+(training_photos.copy_training_records)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,19 @@ from polymodal.errors import PolymodalError
 FILE_NAME = "trained_with.json"
 
 
-def trained_with(settings: dict) -> dict:
+def trained_with(settings: dict, call: str | None = None) -> dict:
     """The record of a run whose train_config.json holds ``settings`` (kept by reference: written as they are when
-    the model is saved)."""
+    the model is saved). ``call``: the training function as python_call() names it, recorded for a run started
+    from Python."""
     from polymodal import __version__
 
-    return {"polymodal": __version__, "source": _source_commit(), "command": _command(), "settings": settings}
+    return {"polymodal": __version__, "source": _source_commit(), "command": _command(call), "settings": settings}
+
+
+def python_call(function, recipe, resume: bool = False) -> str:
+    """How a run started from Python was called, e.g. polymodal.train.vqa.train_vqa(VQARecipe(...)): the recipe's
+    keys are the record's settings."""
+    return f"{function.__module__}.{function.__name__}({type(recipe).__name__}(...){', resume=True' if resume else ''})"
 
 
 def write_trained_with(folder, record: dict) -> None:
@@ -41,7 +49,8 @@ def write_trained_with(folder, record: dict) -> None:
 
 
 def read_trained_with(folder) -> dict | None:
-    """The record in a model folder; None when it has none (saved before polymodal kept it, a built-in, an export)."""
+    """The record in a model folder or export; None when it has none (saved before polymodal kept it, a built-in, an
+    export made before exports carried it)."""
     try:
         record = json.loads((Path(folder) / FILE_NAME).read_text())
     except (OSError, ValueError):
@@ -49,12 +58,21 @@ def read_trained_with(folder) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def _command() -> list[str]:
-    """This process's command line, `python -m polymodal` and the installed script both as "polymodal"."""
+def _command(call: str | None = None) -> list[str] | str:
+    """This process's command line when it is polymodal's, `python -m polymodal` and the installed script both as
+    "polymodal"; from Python, the call that trained and where it ran: sys.argv is then a Jupyter kernel's launcher
+    (`ipykernel_launcher.py -f kernel-....json`, no way to run it again) or the user's script."""
     argv = list(sys.argv)
     if argv and (Path(argv[0]).name == "polymodal" or Path(argv[0]).parts[-2:] == ("polymodal", "__main__.py")):
-        argv[0] = "polymodal"
-    return argv
+        return ["polymodal", *argv[1:]]
+    first = Path(argv[0]) if argv else None
+    if first is None or argv[0] in ("", "-c"):  # the interactive interpreter, python -c
+        where = "in an interactive session or `python -c`"
+    elif first.name == "ipykernel_launcher.py" or first.parts[-2:] == ("ipykernel", "__main__.py"):
+        where = "in a Jupyter kernel"
+    else:
+        where = f"run as `{'python ' if first.suffix == '.py' else ''}{shlex.join(argv)}`"
+    return f"from Python: {call or 'a polymodal.train function'} with the recipe in settings, {where}"
 
 
 def _source_commit() -> str | None:

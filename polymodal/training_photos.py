@@ -158,11 +158,15 @@ def write_training_photos(folder, hashes: set[str], val_hashes: set[str] = froze
     atomic_write_bytes(Path(folder) / FILE_NAME, text.encode())
 
 
-def copy_training_photos(name_or_path, folder) -> None:
-    """A model's list travels with what is made from it (an ONNX export, a shipped copy): `eval` of that still warns."""
+def copy_training_records(name_or_path, folder) -> None:
+    """A model's list and its trained_with.json travel with what is made from it (an ONNX export, a copy saved from
+    Python, a shipped copy): `eval` of that still warns, and `info --model` of it still says how it was trained."""
+    from polymodal.trained_with import FILE_NAME as TRAINED_WITH
+
     src = model_folder(name_or_path)
-    if src is not None and (src / FILE_NAME).is_file():
-        atomic_write_bytes(Path(folder) / FILE_NAME, (src / FILE_NAME).read_bytes())
+    for name in (FILE_NAME, TRAINED_WITH):
+        if src is not None and (src / name).is_file():
+            atomic_write_bytes(Path(folder) / name, (src / name).read_bytes())
 
 
 class TrainingPhotos:
@@ -170,13 +174,15 @@ class TrainingPhotos:
     started from, and the validation photos that chose the epoch (``val_images``: pass none when no validation
     ran) plus the starting model's. ``earlier``: a resumed run's own RUN/model, whose list holds the photos its
     earlier sessions learned from (a resume on other data keeps what they taught). Hashed once, on the first save.
-    ``settings``: the run's (train_config.json's), saved beside the model as its trained_with.json."""
+    ``settings``: the run's (train_config.json's), saved beside the model as its trained_with.json, with ``call``
+    (trained_with.python_call()) as its command when the run was started from Python."""
 
-    def __init__(self, images, start=None, val_images=(), earlier=None, settings: dict | None = None) -> None:
+    def __init__(self, images, start=None, val_images=(), earlier=None, settings: dict | None = None,
+                 call: str | None = None) -> None:
         from polymodal.trained_with import trained_with
 
         self._images, self._val, self._hashes = list(images), list(val_images), None
-        self._record = trained_with(settings) if settings is not None else None
+        self._record = trained_with(settings, call) if settings is not None else None
         # read now, before the run folder is prepared: --overwrite moves the run's RUN/model aside, and --model
         # may name that very folder (a run retrained in place from its own model)
         started = _recorded(start) if start is not None else None

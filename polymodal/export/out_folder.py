@@ -59,8 +59,10 @@ def _export_file(name: str) -> bool:
     ONNX models pass as an earlier export, and the export then replaced (deleted) them."""
     from polymodal.export.runtime import GRAPHS, ONNX_CONFIG
     from polymodal.export.variants import VARIANTS
+    from polymodal.trained_with import FILE_NAME as TRAINED_WITH
     from polymodal.training_photos import FILE_NAME
 
     parts = ("image", "text", "match", *(g for graphs in GRAPHS.values() for g in graphs))
     graphs = {f"{g}.onnx" for g in parts} | {f"{g}.{v}.onnx" for g in parts for v in ("fp32", *VARIANTS)}
-    return name in graphs or name in (ONNX_CONFIG, "tokenizer.json", "report.json", "report.md", FILE_NAME)
+    return name in graphs or name in (ONNX_CONFIG, "tokenizer.json", "report.json", "report.md", FILE_NAME,
+                                      TRAINED_WITH)

@@ -87,6 +87,16 @@ def removed_line(report: dict) -> list[str]:
     return [f"Deleted after choosing, not served: {', '.join(gone)} (`--keep-unserved` {keeps}).", ""]
 
 
+class GraphLoadError(PolymodalError):
+    """onnxruntime refused a graph file; ``said``: its reason, in a few words. An export trying a variant reports that
+    reason (variants.failure_reason): the graph it has just built is no damaged export, and the advice to export again
+    (into its temporary folder) is no advice there."""
+
+    def __init__(self, message: str, said: str) -> None:
+        super().__init__(message)
+        self.said = said
+
+
 def onnx_session(path: Path, threads: int | None = None, inputs: set[str] | None = None):
     """An onnxruntime session of one graph of an export; a missing or damaged file, or a graph without the
     ``inputs`` expected of it, is one clear error that says to export again."""
@@ -116,12 +126,12 @@ def onnx_session(path: Path, threads: int | None = None, inputs: set[str] | None
         newer = _newer_format(str(exc))
         if type(exc).__name__ == "NotImplemented" or newer:  # a sound graph with an operator this build has no
             # kernel for, or stamped with an IR version or opset it does not know (a newer exporter made it)
-            raise PolymodalError(
+            raise GraphLoadError(
                 f"{path} cannot run on this onnxruntime ({ort.__version__}): {newer or first}"
                 f"{_made_with(path.parent, ort.__version__)}. Install a newer onnxruntime (pip install -U "
                 f"onnxruntime), or export the model again here (`polymodal export onnx MODEL --out {path.parent}`): "
-                "the export keeps only the variants this onnxruntime runs") from exc
-        raise damaged_export(path.parent, f"{path.name} cannot be loaded: {first}") from exc
+                "the export keeps only the variants this onnxruntime runs", newer or first) from exc
+        raise GraphLoadError(str(damaged_export(path.parent, f"{path.name} cannot be loaded: {first}")), first) from exc
     missing = (inputs or set()) - {i.name for i in session.get_inputs()}
     if missing:
         raise damaged_export(path.parent, f"{path.name} is not the graph expected there (no input {sorted(missing)})")

@@ -140,6 +140,14 @@ def mark_not_served(row: dict, why: str | None = None) -> None:
 
 def failure_reason(exc: BaseException) -> str:
     """A variant's failure as one report line; some errors (MemoryError()) have no message at all."""
+    from polymodal.export.runtime import GraphLoadError
+
+    if isinstance(exc, GraphLoadError):  # onnxruntime 1.19 cannot load the int8 graphs its own quantizer made of
+        # the captioner's step graph, nor run the image tower's ConvInteger: the runtime's doing, not a damaged export
+        import onnxruntime as ort
+
+        return (f"failed here: onnxruntime {ort.__version__} cannot load this variant's graph ({exc.said}); a newer "
+                "onnxruntime may (pip install -U onnxruntime, then export again)")
     lines = str(exc).strip().splitlines()
     return f"failed here: {type(exc).__name__}" + (f": {lines[0][:200]}" if lines else "")
 

@@ -66,12 +66,13 @@ def settings_from(folder: Path, raw: dict, kind: type):
 
 
 def write_model_folder(folder: Path, weights: bytes, config: dict, loaded_from: Path | None = None) -> Path:
-    """``loaded_from``: the folder the model was loaded from, whose training_photos.txt goes with it (a model loaded
-    and saved again still learned from those photos: `eval` of the copy warns of them as of the original)."""
+    """``loaded_from``: the folder the model was loaded from, whose training_photos.txt and trained_with.json go with
+    it (a model loaded and saved again still learned from those photos: `eval` of the copy warns of them as of the
+    original, and `info --model` of it says how it was trained)."""
     atomic_write_bytes(folder / WEIGHTS_FILE, weights)
     atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())
     if loaded_from is not None and Path(loaded_from).resolve() != Path(folder).resolve():
-        from polymodal.training_photos import copy_training_photos
+        from polymodal.training_photos import copy_training_records
 
-        copy_training_photos(Path(loaded_from), folder)
+        copy_training_records(Path(loaded_from), folder)
     return folder

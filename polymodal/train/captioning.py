@@ -35,6 +35,7 @@ from polymodal.train.run_settings import (absolute_paths, another_run, check_sam
                                           name_after_run, recipe_parts, recorded_settings, switched_validation,
                                           validation_record, write_train_config)
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
+from polymodal.trained_with import python_call
 from polymodal.training_photos import TrainingPhotos
 
 log = logging.getLogger(__name__)
@@ -290,7 +291,7 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(pairs.images, recipe.model, val.images if eval_fn else (),
                             earlier=out / "model" if resume else None,
-                            settings=settings)
+                            settings=settings, call=python_call(train_captioner, recipe, resume))
     prepare_run_folder(out, overwrite)  # after what reads --model's folder: --overwrite moves RUN/model aside
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),

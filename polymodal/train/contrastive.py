@@ -37,6 +37,7 @@ from polymodal.train.objectives import ContrastiveObjective
 from polymodal.train.run_settings import (absolute_paths, check_same_run, check_same_validation_set, name_after_run,
                                           recipe_parts, validation_record, write_train_config)
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
+from polymodal.trained_with import python_call
 from polymodal.training_photos import TrainingPhotos
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         "validation": validation, "zeroshot_validation": zeroshot_validation}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train_set.images, recipe.model, chose, earlier=out / "model" if resume else None,
-                            settings=settings)
+                            settings=settings, call=python_call(train_contrastive, recipe, resume))
     if distributed.is_main():  # after what reads --model's folder: --overwrite moves RUN/model aside
         prepare_run_folder(out, overwrite)
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),

@@ -74,6 +74,7 @@ from polymodal.train.run_settings import (
 )
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa import EpochShuffle, grid_features, layers_under_heads_train
+from polymodal.trained_with import python_call
 from polymodal.training_photos import TrainingPhotos
 
 log = logging.getLogger(__name__)
@@ -724,7 +725,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train.pairs.images, recipe.model, val.pairs.images if val is not None else (),
                             earlier=out / "model" if resume else None,
-                            settings=settings)
+                            settings=settings, call=python_call(train_pretrain, recipe, resume))
     prepare_run_folder(out, overwrite)  # after what reads --model's folder: --overwrite moves RUN/model aside
 
     def save_best(m: FusionEncoder) -> None:

@@ -60,6 +60,7 @@ from polymodal.train.run_settings import (
 )
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa_objective import VQABatch, VQAObjective
+from polymodal.trained_with import python_call
 from polymodal.training_photos import TrainingPhotos
 
 log = logging.getLogger(__name__)
@@ -565,7 +566,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train.images, recipe.model, val.images if eval_fn else (),
                             earlier=out / "model" if resume else None,
-                            settings=settings)
+                            settings=settings, call=python_call(train_vqa, recipe, resume))
     prepare_run_folder(out, overwrite)  # after what reads --model's folder: --overwrite moves RUN/model aside
 
     def save_best(m: FusionEncoder) -> None:
