@@ -12,7 +12,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save
 
 from polymodal.cache import atomic_write_bytes
-from polymodal.training_photos import copy_training_photos
+from polymodal.training_photos import FILE_NAME as TRAINING_PHOTOS
 
 HERE = Path(__file__).resolve().parents[1] / "polymodal" / "resources" / "models"
 
@@ -26,7 +26,9 @@ def main(src: str, name: str) -> int:
     config["name"] = name
     atomic_write_bytes(dst / "model.safetensors", data)
     atomic_write_bytes(dst / "config.json", json.dumps(config, indent=2).encode())
-    copy_training_photos(src_dir, dst)  # the photos it trained on travel with it: `eval` warns when it scores them
+    if (src_dir / TRAINING_PHOTOS).is_file():  # the photos it trained on travel with it: `eval` warns when it scores
+        # them (not its trained_with.json: a built-in's data paths would be this machine's)
+        atomic_write_bytes(dst / TRAINING_PHOTOS, (src_dir / TRAINING_PHOTOS).read_bytes())
     print(f"shipped {src_dir} as {name!r}: {dst} ({len(data) / 1e6:.1f} MB, version {config['version']})")
     return 0
 

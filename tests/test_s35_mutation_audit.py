@@ -143,6 +143,7 @@ def test_a_captioner_exports_hint_names_the_export_folder(tmp_path, monkeypatch)
     monkeypatch.setattr(cx, "export_captioner_onnx", lambda *a, **k: {})
     monkeypatch.setattr(cx, "caption_report_table", lambda report: "table")
     (tmp_path / "cap").mkdir()  # a saved captioner's folder (polymodal.load is faked)
+    (tmp_path / "cap" / "config.json").write_text("{}")  # (stop 52: a folder holding no model is refused first)
     out = tmp_path / "out"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
