@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
-from run_context import announce  # noqa: E402
+from run_context import SHARED_DATA, announce  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def write_pairs(pairset, path: Path) -> Path:
@@ -104,13 +103,13 @@ def main(argv=None) -> int:
 
     from polymodal.data.pairs import open_pair_image, read_pair_source, split_by_image
 
-    for needed in (SHARED / "flickr8k-dev" / "pairs.jsonl", SHARED / "coco-mini-train" / "pairs.jsonl"):
+    for needed in (SHARED_DATA / "flickr8k-dev" / "pairs.jsonl", SHARED_DATA / "coco-mini-train" / "pairs.jsonl"):
         if not needed.is_file():
             print(f"needs {needed} (see ../shared/data/README.md)", file=sys.stderr)
             return 2
     if args.photos is not None and args.photos < 10:
         ap.error(f"--photos {args.photos} is too few to split; pass 10 or more")
-    flickr, coco = (first_photos(read_pair_source(SHARED / name / "pairs.jsonl"), args.photos)
+    flickr, coco = (first_photos(read_pair_source(SHARED_DATA / name / "pairs.jsonl"), args.photos)
                     for name in ("flickr8k-dev", "coco-mini-train"))
     train_set, held = split_by_image(flickr, args.heldout_fraction, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,7 +139,7 @@ def main(argv=None) -> int:
         if args.save_builtin:
             import subprocess
 
-            both = [SHARED / "flickr8k-dev" / "pairs.jsonl", SHARED / "coco-mini-train" / "pairs.jsonl"]
+            both = [SHARED_DATA / "flickr8k-dev" / "pairs.jsonl", SHARED_DATA / "coco-mini-train" / "pairs.jsonl"]
             folder = train(both, tmp / "all", args.epochs)
             subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "ship_model.py"),
                             str(folder), "captioner"], check=True)

@@ -26,9 +26,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from yesno_joint_heads import train_and_score  # noqa: E402
-from run_context import announce  # noqa: E402
+from run_context import SHARED_DATA, announce  # noqa: E402
 
-DEFAULT_QA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vqa-coco-yesno-train" / "qa.jsonl"
+DEFAULT_QA = SHARED_DATA / "vqa-coco-yesno-train" / "qa.jsonl"
 if not DEFAULT_QA.is_file():
     DEFAULT_QA = Path("/work/shared/data/vqa-coco-yesno-train/qa.jsonl")
 CAPTIONS = [DEFAULT_QA.parents[1] / "flickr8k-dev" / "pairs.jsonl", DEFAULT_QA.parents[1] / "coco-mini-train" / "pairs.jsonl"]

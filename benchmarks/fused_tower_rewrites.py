@@ -31,10 +31,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run_context.py (tests load scripts by path)
 from old_and_new import first_photos, spread, timed_run  # noqa: E402
-from run_context import announce  # noqa: E402
+from run_context import SHARED_DATA, announce  # noqa: E402
 
 CHECKOUT = Path(__file__).resolve().parents[1]
-DATA = CHECKOUT.parent / "shared" / "data" / "flickr8k-dev"
+DATA = SHARED_DATA / "flickr8k-dev"
 
 # runs the CLI with fused_copy's rewrites off (old) or on (new): the same checkout, one switch
 _BOOT = ("import sys, functools\n"

@@ -53,12 +53,12 @@ HERE = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))  # run_context.py (tests load scripts by path)
-from run_context import announce  # noqa: E402
+from run_context import SHARED_DATA, announce  # noqa: E402
 
 log = logging.getLogger("fusion_compare")
 
 DATASETS = ("easy-vqa", "coco-yesno")
-COCO_YESNO = ROOT.parent / "shared" / "data" / "vqa-coco-yesno-train" / "qa.jsonl"
+COCO_YESNO = SHARED_DATA / "vqa-coco-yesno-train" / "qa.jsonl"
 # the shipped easy-vqa model's recipe (benchmarks/train_easy_vqa.py defaults)
 # warmup_steps: the VQA recipe's fixed 30 steps when the README's table was measured (its default is now 30 but at
 # most half the run, which on coco-yesno's 48 steps would be 24)

@@ -27,11 +27,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
-from run_context import announce  # noqa: E402
+from run_context import SHARED_DATA, announce  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 
 
 def _write(pairs, path: Path) -> Path:
@@ -54,12 +53,12 @@ def main(argv=None) -> int:
 
     from polymodal.data.pairs import PairSet, read_pair_source, split_by_image
 
-    flickr = DATA / "flickr8k-dev" / "pairs.jsonl"
+    flickr = SHARED_DATA / "flickr8k-dev" / "pairs.jsonl"
     if not flickr.is_file():
         print(f"needs the Flickr8k dev pairs at {flickr} (see ../shared/data/README.md)", file=sys.stderr)
         return 2
     train_set, held_out = split_by_image(read_pair_source(flickr), 0.2, seed=0)
-    coco = DATA / "coco-mini-train" / "pairs.jsonl"
+    coco = SHARED_DATA / "coco-mini-train" / "pairs.jsonl"
     if coco.is_file():
         train_set = PairSet.from_pairs(train_set.pairs + read_pair_source(coco).pairs)
     first_caption = [held_out.captions_of(i)[0] for i in range(len(held_out.images))]

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
-from run_context import announce  # noqa: E402
+from run_context import SHARED_DATA, announce  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def run_index(images: Path, db: Path, heap_kept: bool) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "flickr8k-dev" / "images")
+    ap.add_argument("--images", type=Path, default=SHARED_DATA / "flickr8k-dev" / "images")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args(argv)
     if not sys.platform.startswith("linux"):

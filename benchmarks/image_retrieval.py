@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from run_context import announce  # noqa: E402
+from run_context import SHARED_DATA, announce  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GROUPS = {"dog": "dog|dogs|puppy|puppies",
           "bicycle": "bike|bikes|bicycle|bicycles|biker|bikers|cyclist|cyclists|bmx",
           "snow": "snow|snowy|ski|skier|skiers|skiing|snowboard|snowboarder|snowboarding",
@@ -59,7 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--labels-out", help="also write the labelled rows here (JSONL for `polymodal eval images`)")
     args = ap.parse_args(argv)
     announce(__file__)
-    pairs = SHARED / "flickr8k-dev" / "pairs.jsonl"
+    pairs = SHARED_DATA / "flickr8k-dev" / "pairs.jsonl"
     if not pairs.is_file():
         print(f"error: this benchmark needs {pairs} (the shared Flickr8k dev photos)", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
-from run_context import announce  # noqa: E402
+from run_context import SHARED_DATA, announce  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = ["a dog running on the grass", "children playing in the water", "a man riding a bicycle",
@@ -32,7 +32,7 @@ QUERIES = ["a dog running on the grass", "children playing in the water", "a man
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "flickr8k-dev" / "images")
+    ap.add_argument("--images", type=Path, default=SHARED_DATA / "flickr8k-dev" / "images")
     ap.add_argument("--model", default="lite")
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()

@@ -28,10 +28,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
-from run_context import announce  # noqa: E402
+from run_context import SHARED_DATA, announce  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PAIRS = ROOT.parent / "shared" / "data" / "coco-mini-train" / "pairs.jsonl"
+DEFAULT_PAIRS = SHARED_DATA / "coco-mini-train" / "pairs.jsonl"
 
 
 def camera_jpegs(photos: list, size: tuple[int, int], seed: int = 0) -> list[bytes]:

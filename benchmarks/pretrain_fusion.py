@@ -47,9 +47,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
-from run_context import announce  # noqa: E402
+from run_context import SHARED_DATA, announce  # noqa: E402
 
-DEFAULT_PAIRS = ROOT.parent / "shared" / "data" / "flickr8k-dev" / "pairs.jsonl"
+DEFAULT_PAIRS = SHARED_DATA / "flickr8k-dev" / "pairs.jsonl"
 
 
 def itm_scores(model, data, hard: bool, seed: int = 0, batch_size: int = 128) -> dict:

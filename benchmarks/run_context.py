@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parents[1]
+SHARED_DATA = CHECKOUT.parent / "shared" / "data"  # the data sets the benchmarks read by default (see its README.md)
 
 
 def _git(*args: str) -> str | None:

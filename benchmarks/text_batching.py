@@ -22,14 +22,14 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # (see benchmarks/omp_wait_policy.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
-from run_context import announce  # noqa: E402
+from run_context import SHARED_DATA, announce  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pairs", type=Path, default=ROOT.parent / "shared" / "data" / "flickr8k-dev" / "pairs.jsonl")
+    ap.add_argument("--pairs", type=Path, default=SHARED_DATA / "flickr8k-dev" / "pairs.jsonl")
     ap.add_argument("--captions", type=int, default=640)
     ap.add_argument("--model", default="lite")
     ap.add_argument("--runtime", default="torch", choices=("torch", "onnx"))

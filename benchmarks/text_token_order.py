@@ -29,10 +29,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run_context.py (tests load scripts by path)
 from old_and_new import first_photos, spread, timed_run  # noqa: E402
-from run_context import announce  # noqa: E402
+from run_context import SHARED_DATA, announce  # noqa: E402
 
 CHECKOUT = Path(__file__).resolve().parents[1]
-PAIRS = CHECKOUT.parent / "shared" / "data" / "flickr8k-dev" / "pairs.jsonl"
+PAIRS = SHARED_DATA / "flickr8k-dev" / "pairs.jsonl"
 
 
 def old_encode_captions(model, captions, progress=False, chunk=512, desc="captions"):

@@ -24,7 +24,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # (see benchmarks/omp_wait_policy.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
-from run_context import announce  # noqa: E402
+from run_context import SHARED_DATA, announce  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # weak labels from the captions: a photo is labelled with the first category two or more of its captions name
@@ -57,12 +57,12 @@ def _cpu(fn):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", type=Path, default=ROOT.parent / "shared" / "data" / "flickr8k-dev" / "pairs.jsonl")
+    ap.add_argument("--pairs", type=Path, default=SHARED_DATA / "flickr8k-dev" / "pairs.jsonl")
     ap.add_argument("--config", type=Path, default=ROOT / "recipes" / "default.json", help="the recipe's arch")
     ap.add_argument("--photos", type=int, default=50, help="labelled photos for zero-shot")
     ap.add_argument("--captions", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=3, help="zero-shot scores timed (heads changed between them)")
-    ap.add_argument("--qa", type=Path, default=ROOT.parent / "shared" / "data" / "vqa-coco-yesno-train" / "qa.jsonl")
+    ap.add_argument("--qa", type=Path, default=SHARED_DATA / "vqa-coco-yesno-train" / "qa.jsonl")
     ap.add_argument("--parts", default="text,questions,zeroshot")
     args = ap.parse_args(argv)
     if not args.pairs.is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Callable
@@ -365,32 +366,29 @@ def set_image_precision(model, key: str, precision: str) -> None:
     tower.set_precision(precision)
 
 
+# the "type" each polymodal model folder's config.json names -> what an error calls such a folder, and the module and
+# function that load it (imported only when such a folder loads)
+_FOLDER_LOADERS = {
+    "dual_encoder": ("dual-encoder folder", "polymodal.models.dual_encoder", "load_dual_encoder"),
+    "fusion_encoder": ("fusion-encoder folder", "polymodal.models.fusion_encoder", "load_fusion_encoder"),
+    "captioner": ("captioner folder", "polymodal.models.captioner", "load_captioner"),
+    "yesno": ("yes/no model folder", "polymodal.models.yesno", "load_yesno"),
+}
+FOLDER_TYPES = tuple(_FOLDER_LOADERS)  # a tuple: a "type" that is a list or an object is unknown, not a TypeError
+
+
 def _load_torch(key: str, **kwargs):
     if key in MODELS:
         return MODELS[key](**kwargs)
     path = Path(key).expanduser()
     if path.exists():
-        from polymodal.models.dual_encoder import is_dual_encoder_folder, load_dual_encoder
+        from polymodal.models.folders import folder_type
 
-        if path.is_dir() and is_dual_encoder_folder(path):
-            _check_options(kwargs, [], f"the dual-encoder folder {path}")
-            return load_dual_encoder(path)
-        from polymodal.models.fusion_encoder import is_fusion_encoder_folder, load_fusion_encoder
-
-        if path.is_dir() and is_fusion_encoder_folder(path):
-            _check_options(kwargs, [], f"the fusion-encoder folder {path}")
-            return load_fusion_encoder(path)
-        from polymodal.models.captioner import is_captioner_folder, load_captioner
-
-        if path.is_dir() and is_captioner_folder(path):
-            _check_options(kwargs, [], f"the captioner folder {path}")
-            return load_captioner(path)
-        from polymodal.models.yesno import is_yesno_folder, load_yesno
-
-        if path.is_dir() and is_yesno_folder(path):
-            _check_options(kwargs, [], f"the yes/no model folder {path}")
-            return load_yesno(path)
-
+        kind = folder_type(path) if path.is_dir() else None
+        if kind in FOLDER_TYPES:
+            what, module, loader = _FOLDER_LOADERS[kind]
+            _check_options(kwargs, [], f"the {what} {path}")
+            return getattr(importlib.import_module(module), loader)(path)
         if hint := wrong_folder_hint(path):
             raise PolymodalError(hint)
         # imported here, not above: it brings transformers (~2 s), which trained models' folders never need
@@ -435,10 +433,6 @@ def wrong_folder_hint(path: str | Path) -> str:
             built_with = ""
         return f"{path} is an index (polymodal index --db), not a model{built_with}"
     return ""
-
-
-# the "type" each polymodal model folder's config.json names (dual encoder, fusion encoder, captioner, yes/no)
-FOLDER_TYPES = ("dual_encoder", "fusion_encoder", "captioner", "yesno")
 
 
 def _folder_type_known(folder: Path) -> bool:

@@ -20,7 +20,7 @@ from polymodal.fusion import build_fusion
 from polymodal.fusion.base import INVERTED_CHECKS
 from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig
 from polymodal.models.inputs import as_paths
-from polymodal.train import pretrain
+from polymodal.train import fusion_run, pretrain
 from polymodal.train.guards import freeze_parts
 from polymodal.train.pretrain import PretrainRecipe
 
@@ -184,7 +184,8 @@ def test_a_tuple_of_files_passes_as_it_is():
 
 
 def _any_folder_continues(monkeypatch):
-    """--model names a folder, whatever is there."""
+    """--model names a folder, whatever is there (checked at the start of the run, and where the model is built)."""
+    monkeypatch.setattr(fusion_run, "continued_folder", lambda name, task: name)
     monkeypatch.setattr(pretrain, "continued_folder", lambda name, task: name)
 
 

@@ -129,7 +129,7 @@ class _Stop(Exception):
 @pytest.mark.parametrize("itm_weight", [0.0, 0.5])
 def test_train_vqa_asks_about_the_itm_head_with_the_runs_itm_weight(itm_weight, monkeypatch, tmp_path):
     from polymodal.eval.vqa import QARow
-    from polymodal.train import vqa
+    from polymodal.train import fusion_run, vqa
 
     rows = [QARow("a.jpg", "q0", "yes"), QARow("b.jpg", "q1", "no")]
     model = _itm_model()
@@ -139,7 +139,7 @@ def test_train_vqa_asks_about_the_itm_head_with_the_runs_itm_weight(itm_weight, 
         asked.append((m, weight, name))
         raise _Stop  # what follows (question features, training) is not this test's business
 
-    monkeypatch.setattr(vqa, "continued_folder", lambda path, task: Path(path))
+    monkeypatch.setattr(fusion_run, "continued_folder", lambda path, task: Path(path))  # the run's start checks it
     monkeypatch.setattr(vqa, "read_qa", lambda paths: list(rows))
     monkeypatch.setattr(vqa, "build_vqa_model", lambda recipe, train_rows: model)
     monkeypatch.setattr(vqa, "readable_qa", lambda m, r, source, progress: (vqa.EncodedQA.from_rows(r), None))

@@ -13,7 +13,7 @@ def _main(name: str):
 
 def test_captioning_without_the_shared_data(tmp_path, capsys, monkeypatch):
     module = _main("captioning")
-    monkeypatch.setattr(module, "SHARED", tmp_path / "shared" / "data")
+    monkeypatch.setattr(module, "SHARED_DATA", tmp_path / "shared" / "data")
     assert module.main(["--epochs", "1"]) == 2
     assert "needs " + str(tmp_path / "shared" / "data" / "flickr8k-dev" / "pairs.jsonl") in capsys.readouterr().err
 

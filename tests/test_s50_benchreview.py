@@ -95,7 +95,7 @@ def test_hard_negatives_leaves_no_runs_behind(gallery, scratch_tmp, tmp_path, ca
     module = benchmark_module("hard_negatives", "s50")
     (tmp_path / "data" / "flickr8k-dev").mkdir(parents=True)
     _gallery_pairs(gallery, tmp_path / "data" / "flickr8k-dev" / "pairs.jsonl", long_first=True)
-    module.DATA = tmp_path / "data"  # (no coco-mini-train there: Flickr8k's stand-in alone)
+    module.SHARED_DATA = tmp_path / "data"  # (no coco-mini-train there: Flickr8k's stand-in alone)
     assert module.main(["--modes", "none", "--epochs", "1", "--views", "1"]) == 0
     (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert line["hard_negatives"] == "none" and line["held_out_images"] >= 1 and 0.0 <= line["rsum"] <= 6.0

@@ -129,7 +129,7 @@ def test_the_image_retrieval_benchmark_labels_photos_by_their_captions(tmp_path,
     from conftest import benchmark_module
 
     module = benchmark_module("image_retrieval", "s50")
-    monkeypatch.setattr(module, "SHARED", tmp_path / "data")
+    monkeypatch.setattr(module, "SHARED_DATA", tmp_path / "data")
     assert module.main([]) == 2  # no shared data: one line, no traceback
     assert capsys.readouterr().err.startswith("error: this benchmark needs ")
     pairs = tmp_path / "data" / "flickr8k-dev" / "pairs.jsonl"

@@ -8,33 +8,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from polymodal.export.runtime import (ReloadsFromFolder, export_tokenizer, export_transform, graph_files,
-                                      graph_variants, onnx_session, read_export_config)
+from polymodal.export.graph_runtime import GraphExport
+from polymodal.export.runtime import export_tokenizer, onnx_session
 from polymodal.models.beam_search import CLS, NO_REPEAT, beam_search, caption_batches, caption_text
 from polymodal.models.inputs import as_images
 
 
-class OnnxCaptioner(ReloadsFromFolder):
+class OnnxCaptioner(GraphExport):
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
         folder = Path(folder)
-        self._reload = (str(folder), threads)
-        config = read_export_config(folder)
-        self.config = config
-        self.name, self.version = config["name"], config["version"]
-        self.transform = export_transform(folder, config)
-        self.files = graph_files(config)
+        super().__init__(folder, threads)
         self.prefix = onnx_session(folder / self.files["prefix"], threads, {"pixels"})
         self.step = onnx_session(folder / self.files["step"], threads, {"ids", "position", "keys", "values"})
-        self.tokenizer = export_tokenizer(folder / config["tokenizer"])
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    @property
-    def variants(self) -> dict[str, str]:
-        """The variant each graph runs, e.g. {"prefix": "fp32", "step": "int8_dynamic"}: int8 writes other captions."""
-        return graph_variants(self.files)
+        self.tokenizer = export_tokenizer(folder / self.config["tokenizer"])
 
     def _prefix(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         return self.prefix.run(None, {"pixels": self.transform(list(images))})

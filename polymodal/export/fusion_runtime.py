@@ -11,8 +11,8 @@ import numpy as np
 from polymodal.data.answers import check_row_choices, checked_choices, choice_index, comparable_answer, unique_choices
 from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
-from polymodal.export.runtime import (ReloadsFromFolder, export_tokenizer, export_transform, graph_files,
-                                      graph_variants, onnx_session, read_export_config)
+from polymodal.export.graph_runtime import GraphExport
+from polymodal.export.runtime import export_tokenizer, onnx_session
 from polymodal.models.beam_search import log_softmax
 from polymodal.models.inputs import check_count, one_question, vqa_rows
 
@@ -26,17 +26,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (1 / (1 + np.exp(-x))).astype(np.float32)
 
 
-class OnnxFusionEncoder(ReloadsFromFolder):
+class OnnxFusionEncoder(GraphExport):
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
         folder = Path(folder)
-        self._reload = (str(folder), threads)
-        config = read_export_config(folder)
-        self.config = config
-        self.name, self.version = config["name"], config["version"]
+        super().__init__(folder, threads)
+        config, files = self.config, self.files
         self.answers = list(config["answers"])
         self.answer_index = choice_index(self.answers)  # keyed as unique_choices keys the choices
-        self.transform = export_transform(folder, config)
-        self.files = files = graph_files(config)
         self.grid = onnx_session(folder / files["grid"], threads, {"pixels"})
         self.question = onnx_session(folder / files["question"], threads, {"input_ids"})
         self.head = onnx_session(folder / files["head"], threads, {"grid", "states", "attention_mask"})
@@ -46,15 +42,6 @@ class OnnxFusionEncoder(ReloadsFromFolder):
         self.max_length = int(config["max_length"])
         self.tokenizer = FastTokenizer(export_tokenizer(folder / config["tokenizer"]), self.max_length,
                                        config["pad_id"], config["pad_token"])
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    @property
-    def variants(self) -> dict[str, str]:
-        """The variant each graph runs, e.g. {"grid": "int8_dynamic", "question": "fp32", "head": "fp32"}."""
-        return graph_variants(self.files)
 
     def logits(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """``[R, A]`` answer logits, one row per (image, question)."""

@@ -56,9 +56,10 @@ from polymodal.models.inputs import as_parts, as_paths, as_settings
 from polymodal.progress import progress_bar
 from polymodal.train.features import _load_cached, _store, readable_pairs, readable_subset
 from polymodal.train.guards import (
-    FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder, refuse_unfreezing,
-    refuse_lone_val_split, freeze_parts, save_without_untrained_itm, warn_of_shared_photos,
+    FRACTION, NON_NEGATIVE, check_ranges, check_types, refuse_unfreezing, refuse_lone_val_split, freeze_parts,
+    warn_of_shared_photos,
 )
+from polymodal.train.fusion_run import check_fusion_start, fit_and_save
 from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatch
 from polymodal.train.run_settings import (
     absolute_paths,
@@ -70,7 +71,6 @@ from polymodal.train.run_settings import (
     recipe_parts,
     recorded_settings,
     validation_record,
-    write_train_config,
 )
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa import EpochShuffle, grid_features, layers_under_heads_train
@@ -641,13 +641,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
                    overwrite: bool = False) -> dict:
     """Pretrain (or continue pretraining) a fusion encoder; returns the best validation metrics plus timings."""
     t_start = time.perf_counter()
-    from polymodal.train.distributed import refuse_torchrun
-
-    refuse_torchrun('train pretrain')
-    recipe.validate()
-    check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs, recipe.train.patience)
-    if recipe.model != "new":
-        continued_folder(recipe.model, "pretrain")  # what --model names is said before the data is read
+    check_fusion_start(recipe, "pretrain", resume, overwrite)
     set_seed(recipe.train.seed)
     with only_splits(recipe.split):
         pairs = read_pairs(recipe.pairs)
@@ -726,15 +720,6 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     photos = TrainingPhotos(train.pairs.images, recipe.model, val.pairs.images if val is not None else (),
                             earlier=out / "model" if resume else None,
                             settings=settings, call=python_call(train_pretrain, recipe, resume))
-    prepare_run_folder(out, overwrite)  # after what reads --model's folder: --overwrite moves RUN/model aside
-
-    def save_best(m: FusionEncoder) -> None:
-        save_without_untrained_itm(lambda model: photos.save(model, out / "model"), m, trainer.epoch)
-
-    best = trainer.fit(resume=resume, on_best=save_best,
-                       on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
-                       score_start=recipe.model != "new")
-    if val is None:
-        photos.save(model, out / "model")
+    best = fit_and_save(trainer, photos, settings, resume, overwrite, score_start=recipe.model != "new")
     t_end = time.perf_counter()
     return {**best, "cache_seconds": t_cached - t_start, "train_seconds": t_end - t_cached, "epochs_run": trainer.epoch}

@@ -41,9 +41,10 @@ from polymodal.train.features import (
     _load_cached, _nan_rows, _store, image_features, readable_subset, report_unreadable,
 )
 from polymodal.train.guards import (
-    AT_LEAST_1, AT_LEAST_2, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
-    freeze_parts, refuse_lone_val_split, refuse_unfreezing, save_without_untrained_itm, warn_of_shared_photos,
+    AT_LEAST_1, AT_LEAST_2, FRACTION, NON_NEGATIVE, check_ranges, check_types, freeze_parts, refuse_lone_val_split,
+    refuse_unfreezing, warn_of_shared_photos,
 )
+from polymodal.train.fusion_run import check_fusion_start, fit_and_save
 from polymodal.train.run_settings import (
     absolute_paths,
     another_run,
@@ -56,7 +57,6 @@ from polymodal.train.run_settings import (
     recorded_settings,
     switched_validation,
     validation_record,
-    write_train_config,
 )
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa_objective import VQABatch, VQAObjective
@@ -475,13 +475,7 @@ def warn_of_a_drifting_itm_head(model: FusionEncoder, itm_weight: float, name: s
 def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     """Train (or continue training) a fusion encoder; returns the best validation metrics plus timings."""
     t_start = time.perf_counter()
-    from polymodal.train.distributed import refuse_torchrun
-
-    refuse_torchrun('train vqa')
-    recipe.validate()
-    check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs, recipe.train.patience)
-    if recipe.model != "new":
-        continued_folder(recipe.model, "vqa")  # what --model names is said before the data is read
+    check_fusion_start(recipe, "vqa", resume, overwrite)
     if resume:
         check_same_validation(Path(recipe.out), recipe)
     set_seed(recipe.train.seed)
@@ -567,16 +561,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     photos = TrainingPhotos(train.images, recipe.model, val.images if eval_fn else (),
                             earlier=out / "model" if resume else None,
                             settings=settings, call=python_call(train_vqa, recipe, resume))
-    prepare_run_folder(out, overwrite)  # after what reads --model's folder: --overwrite moves RUN/model aside
-
-    def save_best(m: FusionEncoder) -> None:
-        save_without_untrained_itm(lambda model: photos.save(model, out / "model"), m, trainer.epoch)
-
-    best = trainer.fit(resume=resume, on_best=save_best,
-                       on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
-                       score_start=model.keeps_folder_answers)  # a head made for this run is random: nothing to keep
-    if not val_rows:
-        photos.save(model, out / "model")
+    best = fit_and_save(trainer, photos, settings, resume, overwrite,
+                        score_start=model.keeps_folder_answers)  # a head made for this run is random: nothing to keep
     t_end = time.perf_counter()
     return {**best, "cache_seconds": t_cached - t_start, "train_seconds": t_end - t_cached,
             "epochs_run": trainer.epoch}
