@@ -29,12 +29,18 @@ def test_the_wheel_holds_every_tracked_module_and_resource(tmp_path):
     for rel in wanted | {"pyproject.toml", "README.md"}:
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, source / rel)
+    # what running polymodal from a tree leaves: package data's resources/**/* matched it, and `pip wheel .` of a
+    # used tree shipped it (stop 52; the sdist, and so `python -m build`, drops it through MANIFEST.in)
+    for rel in ("polymodal/resources/__pycache__/__init__.cpython-311.pyc", "polymodal/__pycache__/cli.cpython-311.pyc"):
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_bytes(b"\x00" * 16)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source),
                             "-w", str(tmp_path)], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = tmp_path.glob("polymodal-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert not wanted - names, sorted(wanted - names)[:10]
+    assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))]
     assert any(n.startswith("polymodal/resources/models/") for n in names)  # the built-ins' weights
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "polymodal = polymodal.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
