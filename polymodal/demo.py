@@ -9,6 +9,7 @@ import argparse
 import html
 import io
 import os
+import shutil
 import sys
 from pathlib import Path
 from urllib.parse import quote
@@ -112,11 +113,27 @@ def run(out: Path, model_name: str) -> None:
     page = _write_page(out, sections, list(zip(captioned, captions)))
     print(f"\n8. Thumbnails of these results: {page}")
     print("\nOn your own photos:")
-    print("  .venv/bin/polymodal index ~/Pictures --db pics.idx")
-    print('  .venv/bin/polymodal search --db pics.idx "a dog on the beach" -k 10')
-    print("  .venv/bin/polymodal search --db pics.idx --image query.jpg")
-    print("  .venv/bin/polymodal classify photo.jpg --labels cat,dog,car")
-    print("  .venv/bin/polymodal caption photo.jpg")
+    command = polymodal_command()
+    print(f"  {command} index ~/Pictures --db pics.idx")
+    print(f'  {command} search --db pics.idx "a dog on the beach" -k 10')
+    print(f"  {command} search --db pics.idx --image query.jpg")
+    print(f"  {command} classify photo.jpg --labels cat,dog,car")
+    print(f"  {command} caption photo.jpg")
+
+
+def polymodal_command() -> str:
+    """How to run polymodal from here: `polymodal` where the PATH finds this install's script; else the script's
+    path (`.venv/bin/polymodal` after `make demo`; a pip install into another environment has its own)."""
+    script = Path(sys.executable).parent / ("polymodal.exe" if os.name == "nt" else "polymodal")
+    found = shutil.which("polymodal")
+    if found and Path(found).resolve() == script.resolve():
+        return "polymodal"
+    if not script.is_file():  # no console script (run from a checkout without installing): the module
+        return f"{Path(sys.executable).name} -m polymodal"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def _indent(text: str) -> str:
