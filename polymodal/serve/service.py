@@ -377,19 +377,27 @@ class Service:
 
     def _open_photo(self, path: str, image_id: int | str) -> io.BufferedReader:
         """The row's file opened for reading (links followed; check_servable then judges what was opened). Not
-        blocking: a photo replaced by a named pipe waited for a writer, holding a worker thread for good."""
+        blocking: a photo replaced by a named pipe waited for a writer, holding a worker thread for good. Never a
+        controlling terminal: a server with none (systemd's, setsid) opening a photo swapped for a link to a terminal
+        took it for its own, and the terminal's hangup then ended the server (SIGHUP)."""
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+        not_regular = ApiError(422, f"image {image_id} cannot be read for a thumbnail (not a regular file)")
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+            # a device is not even opened (opening some acts: a watchdog arms, a tape rewinds); one swapped in after
+            # this stat is still refused below, unread
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise not_regular
+            fd = os.open(path, flags)
         except FileNotFoundError:
             again = "re-index its folder" + ("" if self.local else " and push the index again")
             raise ApiError(404, f"image {image_id} is in the index but its file is gone; {again}") from None
         except OSError as exc:
             raise ApiError(422, f"image {image_id} cannot be read for a thumbnail ({exc.__class__.__name__})") from None
-        f = os.fdopen(fd, "rb")
+        # checked before fdopen, which refuses a folder: its IsADirectoryError was a 500 and left the descriptor open
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # a pipe, a device, a folder
-            f.close()
-            raise ApiError(422, f"image {image_id} cannot be read for a thumbnail (not a regular file)")
-        return f
+            os.close(fd)
+            raise not_regular
+        return os.fdopen(fd, "rb")
 
     def _make_thumbnail(self, f: io.BufferedReader, image_id: int | str) -> bytes:
         size = self.settings.thumb_size
