@@ -62,6 +62,7 @@ def test_a_run_trained_from_a_notebook_records_the_call_not_the_kernel_launcher(
     (["-c"], "in an interactive session or `python -c`"),
     ([""], "in an interactive session or `python -c`"),
     (["/venv/lib/python3.11/site-packages/ipykernel/__main__.py", "-f", "k.json"], "in a Jupyter kernel"),
+    (["/usr/bin/ipython"], "in an IPython session"),  # (it read "run as `/usr/bin/ipython`")
 ])
 def test_where_a_run_from_python_was_started_is_said(monkeypatch, argv, where):
     from polymodal.trained_with import _command, python_call
