@@ -176,7 +176,8 @@ def add_parsers(sub) -> None:
                    "proxy strips it): the page, /docs and thumbnail links then point there")
     s.add_argument(
         "--api-key", default=os.environ.get("POLYMODAL_API_KEY"),  # set but blank: create_app refuses it
-        help="require this key in the X-API-Key header on every endpoint but /healthz, the page shell and the API docs "
+        help="require this key in the X-API-Key header (or as Authorization: Bearer KEY, which Prometheus sends) on "
+        "every endpoint but /healthz, the page shell and the API docs "
         "(default: $POLYMODAL_API_KEY; the variable keeps the key out of the process list)",
     )
     s.add_argument("--allow-host", action="append", metavar="NAME",

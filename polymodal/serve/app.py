@@ -764,6 +764,7 @@ def create_app(
     @app.exception_handler(Exception)
     async def internal_error(request, exc: Exception):
         log.exception("internal error on %s %s", request.method, request.url.path)
+        exc.polymodal_logged = True  # Starlette re-raises it to the server: _LoggedOnce drops uvicorn's 2nd traceback
         return JSONResponse({"error": "internal server error; see the server log"}, status_code=500)
 
     # -- middleware: added innermost first ------------------------------------------------------------------------
@@ -781,13 +782,27 @@ def create_app(
         components = schema.setdefault("components", {})
         components.setdefault("schemas", {})["Error"] = ERROR_SCHEMA  # every error's body (polymodal.serve.openapi)
         if api_key:  # /docs then shows "Authorize" and sends X-API-Key with "Try it out" (else every try is a 401)
-            components["securitySchemes"] = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
-            schema["security"] = [{"ApiKey": []}]
+            components["securitySchemes"] = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                                              "Bearer": {"type": "http", "scheme": "bearer"}}  # what Prometheus sends
+            schema["security"] = [{"ApiKey": []}, {"Bearer": []}]  # either
             schema["paths"]["/healthz"]["get"]["security"] = []  # open (ApiKeyMiddleware): probes send no key
         return schema
 
     app.openapi = openapi_complete
+    logging.getLogger("uvicorn.error").addFilter(LOGGED_ONCE)  # added once however many apps (the same filter)
     return app
+
+
+class _LoggedOnce(logging.Filter):
+    """Leaves out uvicorn's "Exception in ASGI application" for an error that internal_error logged already, with
+    the request's method and path: Starlette re-raises each error it answered with a 500 for the server to log, so
+    every 500's traceback was logged twice, the second time without saying which request it was."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record.exc_info[1] if record.exc_info else None, "polymodal_logged", False)
+
+
+LOGGED_ONCE = _LoggedOnce()
 
 
 def _version() -> str:

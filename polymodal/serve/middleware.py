@@ -88,7 +88,8 @@ class MetricsMiddleware:
 
 
 class ApiKeyMiddleware:
-    """With a key set, every request except the open paths needs `X-API-Key: KEY` (compared in constant time)."""
+    """With a key set, every request except the open paths needs `X-API-Key: KEY` or `Authorization: Bearer KEY`
+    (compared in constant time)."""
 
     def __init__(self, app, api_key: str | None, open_paths: tuple = ("/healthz",), allowed_hosts=()) -> None:
         self.app = app
@@ -117,12 +118,21 @@ class ApiKeyMiddleware:
             return await self.app(scope, receive, send)
         if route_path(scope) in self.open_paths:
             return await self.app(scope, receive, send)
-        given = _header(scope, b"x-api-key")
+        given, where = _header(scope, b"x-api-key"), "X-API-Key"
+        if given is None:  # Prometheus's scrape config can send an Authorization header only (before 2.55: no other)
+            given, where = _bearer(_header(scope, b"authorization")), "Authorization"
         if given is None:
-            return await send_error(send, 401, "missing API key: send it in the X-API-Key header")
+            return await send_error(send, 401, "missing API key: send it in the X-API-Key header (or as "
+                                    "Authorization: Bearer KEY, as Prometheus's `authorization: credentials` does)")
         if not hmac.compare_digest(given, self.key):
-            return await send_error(send, 401, "wrong API key in the X-API-Key header")
+            return await send_error(send, 401, f"wrong API key in the {where} header")
         await self.app(scope, receive, send)
+
+
+def _bearer(value: bytes | None) -> bytes | None:
+    """KEY of `Authorization: Bearer KEY` (scheme in any case); None for no header or another scheme (Basic)."""
+    scheme, _, token = (value or b"").strip().partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else None
 
 
 class _TooLarge(Exception):
