@@ -230,9 +230,8 @@ def test_uploads_keep_a_safe_form_of_the_client_name(name, stem):
     assert _safe_stem(name) == stem
 
 
-def test_an_index_rebuilt_with_another_model_while_serving_is_503_not_wrong_answers(lite, db_copy, gallery):
-    """The server checked the index's model once, at start: rebuilt under it with another model of the same
-    dimension (`default` for `lite`), searches answered 200 with lite queries against default vectors."""
+def other_model(lite):
+    """A model of lite's dimension under another key ("other@1"), embedding every photo alike."""
     import torch
 
     from polymodal.models.base import EmbeddingModel
@@ -244,10 +243,16 @@ def test_an_index_rebuilt_with_another_model_while_serving_is_503_not_wrong_answ
         def _image_batch(self, pixels):
             return torch.ones(len(pixels), self.dim)
 
+    return Other()
+
+
+def test_an_index_rebuilt_with_another_model_while_serving_is_503_not_wrong_answers(lite, db_copy, gallery):
+    """The server checked the index's model once, at start: rebuilt under it with another model of the same
+    dimension (`default` for `lite`), searches answered 200 with lite queries against default vectors."""
     with TestClient(create_app(lite, db_copy)) as c:
         assert c.post("/v1/search", json={"text": "a cat", "k": 1}).status_code == 200
         shutil.rmtree(db_copy)
-        ImageIndex(db_copy).add([gallery / "cat.jpg"], Other())
+        ImageIndex(db_copy).add([gallery / "cat.jpg"], other_model(lite))
         r = c.post("/v1/search", json={"text": "a cat", "k": 1})
         assert "was rebuilt with another model while serving" in error_of(r, 503)
         assert "other@1" in r.json()["error"]

@@ -16,7 +16,8 @@ Endpoints (JSON in, JSON out; every user error is a 4xx {"error": "..."}):
                      | {"image": base64, "question": "...", "choices": [...]}  (with a VQA model)
                      -> {"answer": {...}, "warnings": [what the model noted, e.g. a question it cut short]}
   POST /v1/index     multipart `image` file(s) to add | {"remove": [ids]}
-  GET  /v1/thumb/{id}  a JPEG thumbnail of an indexed image;  GET /v1/info;  GET /healthz;  GET /metrics;  GET /docs
+  GET  /v1/thumb/{id}  a JPEG thumbnail of an indexed image;  GET /v1/info;  GET /healthz;  GET /readyz;
+  GET  /metrics;  GET /docs
   GET  /             the web page
 Multipart text fields are strings, so a list there is comma-separated; a JSON list is taken as given (one item
 each, commas and all). Over --timeout: 503 (408 while the body is still arriving).
@@ -182,7 +183,7 @@ def create_app(
 
     from polymodal.apps.zeroshot import alike_labels_note, first_spellings, merged_labels_note, rank_labels, same_label
     from polymodal.apps.zeroshot import ZeroShotMixin
-    from polymodal.serve.middleware import ApiKeyMiddleware, LimitsMiddleware, MetricsMiddleware
+    from polymodal.serve.middleware import PROBES, ApiKeyMiddleware, LimitsMiddleware, MetricsMiddleware
     from polymodal.serve.page import render_page
 
     class _StrictTextMultiPartParser(MultiPartParser):
@@ -430,6 +431,17 @@ def create_app(
     @app.get("/healthz", summary="Liveness: 200 while the service runs (never needs the API key)",
              responses=replies(HEALTH, common=()))
     async def healthz():
+        return {"status": "ok"}
+
+    @app.head("/readyz", include_in_schema=False)
+    @app.get("/readyz", summary="Readiness: 200 while searches can be answered, else 503 saying why (never needs the "
+             "API key)", responses=replies(HEALTH, 503, common=()))
+    async def readyz():
+        # /healthz stays 200 while the index is moved away or rebuilt with another model: a load balancer keeps
+        # sending searches that all get 503
+        why = await run_in_threadpool(svc.not_ready)
+        if why:
+            raise ApiError(503, why, {"Retry-After": "30"})
         return {"status": "ok"}
 
     @app.get("/v1/info", summary="The model, the index size, batching and limits", responses=replies(INFO, 503))
@@ -772,7 +784,7 @@ def create_app(
                        no_deadline=("/v1/index",))
     # the page shell and the API docs hold no data: they load without the key (every call they make needs it)
     docs_paths = ("/docs", "/openapi.json", *(f"{DOCS_ASSETS}/{n}" for n in DOCS_FILES))
-    app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=("/healthz", "/", *docs_paths),
+    app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=(*PROBES, "/", *docs_paths),
                        allowed_hosts=s.allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=svc.metrics, routes_of=app)
     schema_of = app.openapi
@@ -785,7 +797,8 @@ def create_app(
             components["securitySchemes"] = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                                               "Bearer": {"type": "http", "scheme": "bearer"}}  # what Prometheus sends
             schema["security"] = [{"ApiKey": []}, {"Bearer": []}]  # either
-            schema["paths"]["/healthz"]["get"]["security"] = []  # open (ApiKeyMiddleware): probes send no key
+            for probe in PROBES:  # open (ApiKeyMiddleware): probes send no key
+                schema["paths"][probe]["get"]["security"] = []
         return schema
 
     app.openapi = openapi_complete

@@ -87,6 +87,9 @@ class MetricsMiddleware:
             self.metrics.observe_request(endpoint, method, status, time.perf_counter() - start)
 
 
+PROBES = ("/healthz", "/readyz")  # a load balancer's or orchestrator's probes: open, any Host
+
+
 class ApiKeyMiddleware:
     """With a key set, every request except the open paths needs `X-API-Key: KEY` or `Authorization: Bearer KEY`
     (compared in constant time)."""
@@ -102,8 +105,8 @@ class ApiKeyMiddleware:
             return await self.app(scope, receive, send)
         if self.key is None:
             host = _header(scope, b"host")
-            # /healthz holds nothing to read: a health probe by a service or container name needs no --allow-host
-            if route_path(scope) != "/healthz" and not host_allowed(host, self.allowed_hosts):  # a rebound name
+            # /healthz and /readyz hold nothing to read: a probe by a service or container name needs no --allow-host
+            if route_path(scope) not in PROBES and not host_allowed(host, self.allowed_hosts):  # a rebound name
                 name = hostname_of(host)[:80]
                 return await send_error(send, 403, f"request for host {name!r} refused: a server without --api-key "
                                         "answers requests addressed to localhost, an IP address or this machine's "

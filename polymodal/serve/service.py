@@ -158,6 +158,18 @@ class Service:
             "limits": self.settings.public(),
         }
 
+    def not_ready(self) -> str | None:
+        """Why searches cannot be answered now, in words naming no path (/readyz answers without the key); None when
+        they can."""
+        try:
+            with self._serving_index():
+                model = self.index.info()["model"]
+        except (ApiError, PolymodalError):
+            return "the index cannot be searched now (moved, deleted or unreachable); /v1/info says why"
+        if model and model != self.model.key:  # searches check this and answer 503
+            return "the index was rebuilt with another model while serving; restart the server with that model"
+        return None
+
     def where(self) -> str:
         """What this server serves, as clients are told: under hide_paths without the index's folder or Qdrant's
         address."""
