@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (test
 from run_context import SHARED_DATA, announce  # noqa: E402
 
 
-
 def write_pairs(pairset, path: Path) -> Path:
     path.write_text("".join(json.dumps({"image": str(p.image), "caption": p.caption}) + "\n" for p in pairset.pairs))
     return path

@@ -23,8 +23,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
 from run_context import SHARED_DATA, announce  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def run_index(images: Path, db: Path, heap_kept: bool) -> dict:
     """One `polymodal index` in a child process -> its CPU seconds and peak resident memory (from wait4)."""

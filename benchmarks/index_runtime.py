@@ -25,7 +25,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
 from run_context import SHARED_DATA, announce  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 QUERIES = ["a dog running on the grass", "children playing in the water", "a man riding a bicycle",
            "a crowd of people in a city street", "a snowy mountain"]
 

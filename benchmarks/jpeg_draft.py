@@ -30,7 +30,6 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
 from run_context import SHARED_DATA, announce  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PAIRS = SHARED_DATA / "coco-mini-train" / "pairs.jsonl"
 
 

@@ -24,8 +24,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # (see benchmarks/omp_wait_
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (tests load scripts by path)
 from run_context import SHARED_DATA, announce  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -1,5 +1,6 @@
-"""The part of loading an export of several graphs (a captioner's prefix and step, a VQA model's grid, question and
-head) that does not depend on which model it is: its config, name@version key, image transform and graph files."""
+"""The part of loading an export whose graphs runtime.GRAPHS names (a captioner's prefix and step, a VQA model's grid,
+question and head; not an embedding export, whose config names its towers' files) that does not depend on which
+model it is: its config, name@version key, image transform and graph files."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from polymodal.models.folders import WEIGHTS_FILE, folder_type, folder_version, read_folder_config, write_model_folder
+from polymodal.models.folders import WEIGHTS_FILE, folder_version, read_folder_config, write_model_folder
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import YES_NO, checked_choices, comparable_answer, unique_choices
 from polymodal.models.fusion_encoder import _dedupe, choice_rows
@@ -357,10 +357,6 @@ def load_base(name: str):
     if getattr(base, "config", None) is None or base.config.image_head != "conse_residual" or base.dim != DIM:
         raise PolymodalError(f"the yes/no model needs a conse_residual dual encoder with {DIM}-d embeddings as base")
     return base
-
-
-def is_yesno_folder(path: str | Path) -> bool:
-    return folder_type(path) == MODEL_TYPE
 
 
 def load_yesno(folder: str | Path, base=None) -> YesNoModel:
