@@ -17,8 +17,22 @@ from polymodal.models.inputs import plural
 
 log = logging.getLogger(__name__)
 
+# At a stop (SIGTERM, Ctrl-C), requests in flight have their answers by --timeout (their deadline's 503 or 408
+# included; an index write runs to its end); from --timeout + this, a connection whose client does not take its
+# answer is cut (it held the process until systemd's SIGKILL)
+DRAIN_GRACE_S = 5.0
+
 
 def cmd_serve(args) -> int:
+    try:
+        _serve(args)
+    except KeyboardInterrupt:  # re-raised by uvicorn after its graceful shutdown, or come while the models load (the
+        pass  # seconds before the "serving" line: a stop during them exited 143 / 130, a failed unit to systemd)
+    print("polymodal: server stopped", file=sys.stderr)  # a requested stop: exit 0, or systemd marks it failed
+    return 0
+
+
+def _serve(args) -> None:
     from polymodal.index import ImageIndex
     from polymodal.serve.limits import ServeSettings
 
@@ -108,18 +122,15 @@ def cmd_serve(args) -> int:
     # + 1: uvicorn counts the asking connection itself (limit 1 answered every request 503; N served N - 1)
     config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", timeout_keep_alive=5,
                             server_header=False, root_path=args.root_path, limit_concurrency=args.max_connections + 1,
-                            http=header_deadline_protocol())
+                            http=header_deadline_protocol(drain_s=args.timeout + DRAIN_GRACE_S))
     line = (f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} "
             f"({plural(info['count'], 'image')}{vqa}) on http://{shown}:{port} - web page at /, API docs at /docs; "
             "Ctrl-C stops")
-    try:
+    try:  # uvicorn re-raises Ctrl-C / SIGTERM after its graceful shutdown, most of the time (once in a busy test run,
+        # a Ctrl-C right after startup came back as a plain return): cmd_serve takes both
         _announcing_server(uvicorn, config, line).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C / SIGTERM after its graceful shutdown, most of the time
-        pass  # (once in a busy test run, a Ctrl-C right after startup came back as a plain return)
     finally:
         sock.close()
-    print("polymodal: server stopped", file=sys.stderr)  # a requested stop: exit 0, or systemd marks it failed
-    return 0
 
 
 def _announcing_server(uvicorn, config, line: str):

@@ -1,4 +1,4 @@
-"""uvicorn's HTTP/1.1 protocol (h11) with a deadline for each request's headers.
+"""uvicorn's HTTP/1.1 protocol (h11) with a deadline for each request's headers, and one for answers at a stop.
 
 uvicorn times out neither a connection that sends nothing nor one that sends its headers a byte at a time: its
 keep-alive timer runs only between requests, and every byte received stops it (uvicorn issue #157 lists a
@@ -6,6 +6,11 @@ request-start timeout as not done). Under `serve --max-connections` a few hundre
 every slot for ever, and every other client get 503s. Here a request's headers must arrive within `timeout_s` of the
 connection opening, or of the request's first byte on a kept-alive connection; else the connection is closed. The
 body has `--timeout` (LimitsMiddleware, 408).
+
+At a stop (SIGTERM, Ctrl-C) uvicorn waits for every connection to finish sending its answer, without a limit: a
+client that stopped reading (its answers filling the socket buffers) held the process until systemd's SIGKILL, 90 s
+later. From `drain_s` after the stop, a connection with answer bytes the client is not taking is cut; one whose
+request is still running (an index write, which has no deadline once started) is still waited for.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ log = logging.getLogger(__name__)
 HEADER_TIMEOUT_S = 10.0
 
 
-def header_deadline_protocol(timeout_s: float | None = None):
+def header_deadline_protocol(timeout_s: float | None = None, drain_s: float | None = None):
     """uvicorn's H11Protocol, closing a connection whose request headers take over `timeout_s` (HEADER_TIMEOUT_S)
-    to arrive, for uvicorn.Config(http=...) (uvicorn is imported here: the serve extra stays optional)."""
+    to arrive, and at a stop, from `drain_s` after it (None: never), one whose client does not take its answer, for
+    uvicorn.Config(http=...) (uvicorn is imported here: the serve extra stays optional)."""
     timeout_s = HEADER_TIMEOUT_S if timeout_s is None else timeout_s
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -39,6 +45,19 @@ def header_deadline_protocol(timeout_s: float | None = None):
         def connection_lost(self, exc) -> None:
             self._disarm()
             super().connection_lost(exc)
+
+        def shutdown(self) -> None:  # the server stops: an idle connection closes now, a busy one after its answer
+            super().shutdown()
+            if drain_s is not None:
+                self._guarded(lambda: self.loop.call_later(drain_s, self._guarded, self._cut_if_stuck))
+
+        def _cut_if_stuck(self) -> None:
+            if self.transport.get_write_buffer_size():  # answer bytes the client is not taking
+                log.info("closed a connection from %s at shutdown: its client did not read its answer",
+                         self.client[0] if self.client else "?")
+                self.transport.abort()
+            elif not self.transport.is_closing():  # its request still runs: look again
+                self.loop.call_later(1.0, self._guarded, self._cut_if_stuck)
 
         def _watch(self) -> None:
             if self.conn.their_state is h11.IDLE:  # the request's headers are not all here yet
