@@ -159,3 +159,29 @@ def test_a_variant_this_onnxruntime_cannot_load_is_not_called_a_damaged_export(t
                              f"({said[tower]}); a newer onnxruntime may (pip install -U onnxruntime, then export "
                              "again)" for tower in ("image", "text")}
     assert report["served"] == {"image": "fp32", "text": "fp32"}
+
+
+def test_an_export_from_python_carries_the_models_records(tmp_path):
+    """`polymodal export onnx` copied them, but export_onnx(model, out) from Python did not: a model loaded from a
+    folder (its loaded_from) now brings its training photos and trained_with.json to any export (stop 52)."""
+    from types import SimpleNamespace
+
+    from polymodal.export.out_folder import staged_export
+    from polymodal.trained_with import FILE_NAME, trained_with, write_trained_with
+    from polymodal.training_photos import FILE_NAME as PHOTOS
+
+    trained = tmp_path / "run" / "model"
+    trained.mkdir(parents=True)
+    write_trained_with(trained, trained_with({"train": {"seed": 5}}))
+    (trained / PHOTOS).write_text("0" * 64 + "\n")
+
+    @staged_export
+    def export(model, out):  # stands for export_onnx and its kin
+        (out / "image.fp32.onnx").write_bytes(b"graph")
+        return {}
+
+    export(SimpleNamespace(loaded_from=trained), tmp_path / "exp")
+    for name in (FILE_NAME, PHOTOS):
+        assert (tmp_path / "exp" / name).read_bytes() == (trained / name).read_bytes()
+    export(SimpleNamespace(), tmp_path / "exp2")  # a model from no folder: nothing to carry
+    assert sorted(p.name for p in (tmp_path / "exp2").iterdir()) == ["image.fp32.onnx"]

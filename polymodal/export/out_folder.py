@@ -43,7 +43,13 @@ def staged_export(export: Callable[..., dict]) -> Callable[..., dict]:
     def staged(model, out: str | Path, *args, **kwargs) -> dict:
         check_out_folder(Path(out), f"out {out}")
         with staged_folder(out) as stage:
-            return export(model, stage, *args, **kwargs)
+            report = export(model, stage, *args, **kwargs)
+            if getattr(model, "loaded_from", None) is not None:  # an export from Python too says what the model
+                # learned from and how (`eval` warns of those photos, `info --model` shows trained_with.json)
+                from polymodal.training_photos import copy_training_records
+
+                copy_training_records(model.loaded_from, stage)
+            return report
 
     return staged
 
