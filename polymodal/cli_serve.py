@@ -63,6 +63,9 @@ def _serve(args) -> None:
     args.root_path = args.root_path.rstrip("/")
     if bool(args.db) == (args.qdrant is not None):
         raise PolymodalError("pass either --db DB (a local index) or --qdrant URL (a collection) to serve")
+    from polymodal.serve.logs import configure
+
+    configure(args.log_format)  # times, request ids; before the model loads, whose warnings are log lines too
     index = qdrant_collection(args) or ImageIndex(args.db)
     info = index.info()  # a missing index: one line, before the model loads
     settings = ServeSettings(
@@ -120,7 +123,7 @@ def _serve(args) -> None:
     # limit_concurrency: past it (open connections, or requests in progress) uvicorn answers 503 at once, so N slow
     # uploads cannot hold N x --max-body-mb of memory; the protocol closes connections whose headers do not come.
     # + 1: uvicorn counts the asking connection itself (limit 1 answered every request 503; N served N - 1)
-    config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", timeout_keep_alive=5,
+    config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", log_config=None, timeout_keep_alive=5,
                             server_header=False, root_path=args.root_path, limit_concurrency=args.max_connections + 1,
                             http=header_deadline_protocol(drain_s=args.timeout + DRAIN_GRACE_S))
     line = (f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} "
@@ -216,4 +219,8 @@ def add_parsers(sub) -> None:
                    help="open connections (and requests in progress) the server takes at once; past it a request gets "
                    "503 at once (default 256; a browser opens up to 6). Connections whose request headers take over "
                    "10 s are closed. A server shared widely belongs behind a reverse proxy (nginx, Caddy)")
+    s.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="text: a line per record, with its time (but where systemd's journal adds one) and the "
+                   "request's id (X-Request-ID, answered in every response); json: a JSON object per line (time, "
+                   "level, logger, message, request_id, method, path, status, duration_ms), for a log collector")
     s.set_defaults(func=cmd_serve, runtime_per_model=True)  # --runtime auto: settled per model by create_app

@@ -66,7 +66,8 @@ def test_a_500_is_logged_once_with_its_request_under_uvicorn(tmp_path, caplog):
             with pytest.raises(urllib.error.HTTPError) as answer:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/thumb/1", timeout=30)
             assert answer.value.code == 500
-            assert json.loads(answer.value.read()) == {"error": "internal server error; see the server log"}
+            rid = answer.value.headers["X-Request-ID"]  # s52 logging: the message gives the log's request id
+            assert json.loads(answer.value.read()) == {"error": f"internal server error; see the server log (request id {rid})"}
             time.sleep(0.2)  # uvicorn logs after the answer is sent
     finally:
         server.should_exit = True

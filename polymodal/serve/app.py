@@ -183,6 +183,7 @@ def create_app(
 
     from polymodal.apps.zeroshot import alike_labels_note, first_spellings, merged_labels_note, rank_labels, same_label
     from polymodal.apps.zeroshot import ZeroShotMixin
+    from polymodal.serve.logs import RequestIdMiddleware, request_id, request_path
     from polymodal.serve.middleware import PROBES, ApiKeyMiddleware, LimitsMiddleware, MetricsMiddleware
     from polymodal.serve.page import render_page
 
@@ -769,15 +770,18 @@ def create_app(
         if not out_of_space(exc):
             return await internal_error(request, exc)
         # an upload on a full disk: the add's transaction rolled back and its staged files were removed
-        log.error("%s %s: %s: %s", request.method, request.url.path, exc.strerror, exc.filename or "(no file name)")
+        log.error("%s %s: %s: %s", request.method, request_path(request.scope), exc.strerror,
+                  exc.filename or "(no file name)")
         return JSONResponse({"error": "the server's disk is full: nothing was changed (the index is as it was); "
                                       "retry once space is freed there"}, status_code=507)
 
     @app.exception_handler(Exception)
     async def internal_error(request, exc: Exception):
-        log.exception("internal error on %s %s", request.method, request.url.path)
+        log.exception("internal error on %s %s", request.method, request_path(request.scope))
         exc.polymodal_logged = True  # Starlette re-raises it to the server: _LoggedOnce drops uvicorn's 2nd traceback
-        return JSONResponse({"error": "internal server error; see the server log"}, status_code=500)
+        # the id finds the traceback in the log: a user who reports the message (the page shows it) gives it too
+        rid = f" (request id {request_id()})" if request_id() else ""
+        return JSONResponse({"error": f"internal server error; see the server log{rid}"}, status_code=500)
 
     # -- middleware: added innermost first ------------------------------------------------------------------------
     app.add_middleware(LimitsMiddleware, max_body_bytes=s.max_body_bytes, timeout_s=s.request_timeout_s,
@@ -787,6 +791,10 @@ def create_app(
     app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=(*PROBES, "/", *docs_paths),
                        allowed_hosts=s.allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=svc.metrics, routes_of=app)
+    # the request id outside them all, Starlette's error middleware too (it answers a 500 past every add_middleware
+    # layer): every answer has its X-Request-ID, and internal_error's log line the id
+    stack_of = app.build_middleware_stack
+    app.build_middleware_stack = lambda: RequestIdMiddleware(stack_of())
     schema_of = app.openapi
 
     def openapi_complete() -> dict:

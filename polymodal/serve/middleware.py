@@ -13,6 +13,7 @@ import logging
 import time
 
 from polymodal.serve.hosts import allowed_name, host_allowed, hostname_of
+from polymodal.serve.logs import request_path
 
 log = logging.getLogger(__name__)
 
@@ -253,9 +254,10 @@ class LimitsMiddleware:
         try:
             if await _unless_disconnected(self.app(scope, replay_then_wait, send_tracked), receive, remaining,
                                           lambda: started):
-                log.info("%s %s: the client went away; its request was stopped", scope["method"], scope["path"])
+                log.info("%s %s: the client went away; its request was stopped", scope["method"], request_path(scope))
         except asyncio.TimeoutError:
-            log.warning("%s %s took longer than %g s; answered 503", scope["method"], scope["path"], self.timeout)
+            log.warning("%s %s took longer than %g s; answered 503", scope["method"], request_path(scope),
+                        self.timeout)
             if not started:
                 await send_error(
                     send, 503, f"the request took longer than {self.timeout:g} s (--timeout): the server is busy or "
