@@ -20,7 +20,10 @@ def test_a_server_stopped_while_its_models_load_exits_0(db, sig):
     """`systemctl stop` (SIGTERM) or Ctrl-C in the seconds before the "serving" line (the models loading: 3-5 s for
     `lite` here) exited 143 / 130, which systemd counts as a failed unit; a stop once serving already exited 0."""
     script = textwrap.dedent(f"""
-        import os, sys, time
+        import os, signal, sys, time
+        # Ctrl-C as in a terminal: a shell's background job (a CI runner's) inherits SIGINT ignored, and Python then
+        # installs no handler of its own
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         import polymodal.serve.app as app
         def create_app(*a, **k):  # the slow part of a start: the signal comes while it runs
             os.kill(os.getpid(), {int(sig)})
