@@ -182,6 +182,10 @@ def soak(base: str, pid: int, images: list[bytes], requests: int, clients: int, 
     if mix.uploaded:  # the last uploads leave too: --db ends as it was
         with httpx.Client(base_url=base, timeout=60) as c:
             c.post("/v1/index", json={"remove": mix.uploaded}).raise_for_status()
+    if not rows:  # no request answered (the first ones failed, or --seconds ran out): that failure is the result
+        summary = {"bench": "serve_soak", "requests": 0, "failure": failures[0] if failures else "no request answered"}
+        out(json.dumps(summary))
+        return summary
     # the first and the last third of the windows after warm-up, each by its median: one busy window on a shared
     # machine moves a window's p50 by a third, and would read as growth compared alone
     steady = rows[min(warm_up, len(rows) - 1):]
@@ -221,6 +225,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the server")
     ap.add_argument("--start-timeout", type=float, default=180.0)
     args = ap.parse_args(argv)
+    for flag, value in (("--requests", args.requests), ("--clients", args.clients), ("--window", args.window)):
+        if value < 1:  # (0 ended in a traceback: no window to compare, or a division by zero in each client)
+            print(f"error: {flag} must be at least 1, got {value}", file=sys.stderr)
+            return 2
     announce(__file__)
     for flag, path in (("--db", args.db), ("--images", args.images)):
         if path and not Path(path).exists():

@@ -9,6 +9,7 @@ import argparse
 import html
 import io
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -123,17 +124,33 @@ def run(out: Path, model_name: str) -> None:
 
 def polymodal_command() -> str:
     """How to run polymodal from here: `polymodal` where the PATH finds this install's script; else the script's
-    path (`.venv/bin/polymodal` after `make demo`; a pip install into another environment has its own)."""
-    script = Path(sys.executable).parent / ("polymodal.exe" if os.name == "nt" else "polymodal")
+    path (`.venv/bin/polymodal` after `make demo`; a pip install into another environment has its own); without
+    one, this interpreter's `-m polymodal`."""
+    python = Path(sys.executable)
+    script = python.parent / ("polymodal.exe" if os.name == "nt" else "polymodal")
     found = shutil.which("polymodal")
     if found and Path(found).resolve() == script.resolve():
         return "polymodal"
-    if not script.is_file():  # no console script (run from a checkout without installing): the module
-        return f"{Path(sys.executable).name} -m polymodal"
+    if script.is_file():
+        return _as_typed(script)
+    # no console script (run from a checkout without installing): the module, with this interpreter. Its bare name
+    # only where the PATH finds this very file (not resolved: a venv's python is a link to one without its packages)
+    on_path = shutil.which(python.name)
+    same = on_path is not None and os.path.abspath(on_path) == os.path.abspath(python)
+    return f"{python.name if same else _as_typed(python)} -m polymodal"
+
+
+def _as_typed(path: Path) -> str:
+    """`path` as a shell runs it: relative to the working folder where it lies under it, never a bare name (a shell
+    looks that up on the PATH, which does not find this one), quoted where it holds a space."""
     try:
-        return str(script.relative_to(Path.cwd()))
-    except ValueError:
-        return str(script)
+        relative = path.relative_to(Path.cwd())
+        typed = str(relative) if len(relative.parts) > 1 else os.path.join(".", relative)
+    except (ValueError, OSError):  # not under the working folder (or that folder was deleted)
+        typed = str(path)
+    if os.name == "nt":  # cmd.exe's quoting
+        return f'"{typed}"' if " " in typed else typed
+    return shlex.quote(typed)
 
 
 def _indent(text: str) -> str:

@@ -66,9 +66,10 @@ def _command(call: str | None = None) -> list[str] | str:
     if argv and (Path(argv[0]).name == "polymodal" or Path(argv[0]).parts[-2:] == ("polymodal", "__main__.py")):
         return ["polymodal", *argv[1:]]
     first = Path(argv[0]) if argv else None
-    if first is None or argv[0] in ("", "-c", "-m"):  # the interactive interpreter, python -c
+    if first is None or argv[0] in ("", "-c", "-m"):  # the interactive interpreter, python -c (-m: while importing)
         where = "in an interactive session or `python -c`"
-    elif first.name in ("ipython", "ipython3"):  # its command line says nothing of what was typed there either
+    elif first.name in ("ipython", "ipython3") or first.parts[-2:] == ("IPython", "__main__.py"):  # (python -m IPython)
+        # its command line says nothing of what was typed there either
         where = "in an IPython session"
     elif first.name == "ipykernel_launcher.py" or first.parts[-2:] == ("ipykernel", "__main__.py"):
         where = "in a Jupyter kernel"

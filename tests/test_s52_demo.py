@@ -42,4 +42,5 @@ def test_the_module_where_no_script_was_installed(tmp_path, monkeypatch):
     bin_dir = _install(tmp_path, script=False)
     monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
     monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))
-    assert polymodal_command() == "python -m polymodal"
+    # this interpreter by its path: the PATH finds no python here (a bare `python` ran another one, diffreviewC)
+    assert polymodal_command() == f"{bin_dir / 'python'} -m polymodal"
