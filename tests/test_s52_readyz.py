@@ -40,3 +40,19 @@ def test_readyz_is_503_once_the_index_holds_another_models_vectors(lite, db_copy
         ImageIndex(db_copy).add([gallery / "cat.jpg"], other_model(lite))
         assert "rebuilt with another model" in error_of(c.get("/readyz"), 503)
         assert c.get("/v1/info").status_code == 200  # (info still answers: it shows both keys)
+
+
+def test_readyz_is_503_not_a_500_when_the_index_is_damaged(lite, db_copy):  # noqa: F811
+    """A meta.sqlite that is no database any more was a 500 and a logged traceback on every probe."""
+    with TestClient(create_app(lite, db_copy), raise_server_exceptions=False) as c:
+        assert c.get("/readyz").status_code == 200
+        (db_copy / "meta.sqlite").write_bytes(b"not a database" * 100)
+        assert "cannot be searched now" in error_of(c.get("/readyz"), 503)
+
+
+def test_a_bearer_header_without_its_key_is_a_missing_key(lite, db):
+    """`Authorization: Bearer` with nothing after it said "wrong API key"; it is no key at all."""
+    with TestClient(create_app(lite, db, api_key="s3cret")) as c:
+        assert "missing API key" in error_of(c.get("/metrics", headers={"Authorization": "Bearer "}), 401)
+        assert "missing API key" in error_of(c.get("/metrics", headers={"Authorization": "Bearer"}), 401)
+        assert c.get("/metrics", headers={"Authorization": "bearer s3cret"}).status_code == 200

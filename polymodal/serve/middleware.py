@@ -134,9 +134,9 @@ class ApiKeyMiddleware:
 
 
 def _bearer(value: bytes | None) -> bytes | None:
-    """KEY of `Authorization: Bearer KEY` (scheme in any case); None for no header or another scheme (Basic)."""
+    """KEY of `Authorization: Bearer KEY` (scheme in any case); None for no header, another scheme (Basic) or no key."""
     scheme, _, token = (value or b"").strip().partition(b" ")
-    return token.strip() if scheme.lower() == b"bearer" else None
+    return token.strip() or None if scheme.lower() == b"bearer" else None
 
 
 class _TooLarge(Exception):

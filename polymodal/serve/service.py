@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import stat
 import threading
 import time
@@ -164,8 +165,9 @@ class Service:
         try:
             with self._serving_index():
                 model = self.index.info()["model"]
-        except (ApiError, PolymodalError):
-            return "the index cannot be searched now (moved, deleted or unreachable); /v1/info says why"
+        except (ApiError, PolymodalError, OSError, sqlite3.Error):  # a damaged meta.sqlite: a 500 and a traceback
+            # on every probe, where a probe wants the answer "not ready"
+            return "the index cannot be searched now (moved, deleted, damaged or unreachable); /v1/info says why"
         if model and model != self.model.key:  # searches check this and answer 503
             return "the index was rebuilt with another model while serving; restart the server with that model"
         return None
