@@ -496,10 +496,10 @@ def check_model_name(name: str) -> None:
     if hint := wrong_folder_hint(path):
         raise PolymodalError(hint)
     from polymodal.export.runtime import is_onnx_folder
+    from polymodal.models.folders import WEIGHT_SUFFIXES
 
-    checkpoints = (".pt", ".pth", ".bin", ".safetensors")  # clip.WEIGHT_SUFFIXES (clip.py imports transformers)
     if not (path / "config.json").is_file() and not is_onnx_folder(path) and \
-            not any(p.suffix in checkpoints for p in path.iterdir() if p.is_file()):
+            not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir() if p.is_file()):
         raise PolymodalError(f"{name} holds no model (no config.json, no checkpoint file); pass a model folder (such "
                              "as RUN/model of `polymodal train`), a CLIP checkpoint or a built-in name "
                              f"({', '.join(available_models())})")

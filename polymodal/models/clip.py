@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from polymodal.data.images import ImageTransform
+from polymodal.models.folders import WEIGHT_SUFFIXES
 from polymodal.data.tokenizer import overflowed, warn_once_if_cut
 from polymodal.errors import PolymodalError
 from polymodal.models.base import EmbeddingModel
@@ -34,7 +35,6 @@ OPENAI_CLIP_TRANSFORM = ImageTransform(
     std=(0.26862954, 0.26130258, 0.27577711),
     resample="bicubic",
 )
-WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 EXPECTED = (

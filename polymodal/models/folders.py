@@ -10,6 +10,8 @@ from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+# a checkpoint file of another layout (OpenAI / open_clip state dicts, Hugging Face weights) that a folder may hold
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
 def folder_type(path: str | Path) -> str | None:
