@@ -307,10 +307,23 @@ def load_cached(key: str, kind: str):
     path = cache_dir() / "features" / f"{kind}-{key}.npy"
     if path.is_file():
         try:
-            return path, np.load(path, mmap_mode="r")
+            array = np.load(path, mmap_mode="r")
+        except FileNotFoundError:  # deleted since is_file (`polymodal cache clear` in another shell): recomputed
+            return path, None
         except (OSError, ValueError, EOFError):  # EOFError: an empty file (a copy cut short, a full disk)
             log.warning("feature cache %s is unreadable; recomputing", path)
+            return path, None
+        mark_used(path)
+        return path, array
     return path, None
+
+
+def mark_used(path: Path) -> None:
+    """Touch a cache file as it is served: its mtime is its last use, which `polymodal cache clear --older-than`
+    goes by (atime is not kept on noatime mounts, nor updated more than daily under relatime). A read-only cache
+    keeps its times."""
+    with suppress(OSError):
+        os.utime(path)
 
 
 def store_cached(path: Path, array):
@@ -324,4 +337,7 @@ def store_cached(path: Path, array):
     np.save(buf, array)
     if not write_cache_bytes(path, buf.getvalue()):
         return np.asarray(array)
-    return np.load(path, mmap_mode="r")
+    try:
+        return np.load(path, mmap_mode="r")
+    except FileNotFoundError:  # deleted as soon as written (`polymodal cache clear` meanwhile): this run has it
+        return np.asarray(array)

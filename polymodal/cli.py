@@ -554,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     from polymodal.cli_export import add_parsers as add_export_parsers
 
     add_export_parsers(sub)
+    from polymodal.cli_cache import add_parsers as add_cache_parsers
+
+    add_cache_parsers(sub)
     _verbose_everywhere(p)
     return p
 

@@ -28,7 +28,27 @@ def trained_with(settings: dict, call: str | None = None) -> dict:
     from Python."""
     from polymodal import __version__
 
-    return {"polymodal": __version__, "source": _source_commit(), "command": _command(call), "settings": settings}
+    return {"polymodal": __version__, "source": _source_commit(), "command": _command(call), "settings": settings,
+            "environment": environment()}
+
+
+def environment() -> dict:
+    """What else moves the weights of the same command and seed: torch's version and thread count (summation
+    order; the float16 feature cache a run fills: heads trained on a cache filled at 2 threads differed from those at
+    1 by up to 1.7e-3), and the numpy, transformers and Python that ran it. A run reading a cache filled earlier
+    has that run's features, whatever its own thread count."""
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    found = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    for name in ("numpy", "transformers"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return {**found, "python": platform.python_version()}
 
 
 def python_call(function, recipe, resume: bool = False) -> str:
@@ -122,6 +142,18 @@ def describe(name_or_path: str) -> dict:
     return details
 
 
+def _environment_row(env) -> str:
+    """"torch 2.13.0+cpu at 1 thread, numpy 2.3.1, transformers 4.57.1, Python 3.11.2"; records written before it
+    was kept have none."""
+    if not isinstance(env, dict):
+        return "not recorded (trained before polymodal recorded torch's version and thread count)"
+    threads = env.get("threads")
+    at = f" at {threads} thread{'' if threads == 1 else 's'}" if threads is not None else ""
+    parts = [f"torch {env.get('torch')}{at}", *(f"{name} {env[name]}" for name in ("numpy", "transformers")
+                                                 if env.get(name)), f"Python {env.get('python')}"]
+    return ", ".join(parts)
+
+
 def summary_rows(details: dict) -> list[tuple[str, str]]:
     """`polymodal info --model`'s table: (field, value) rows."""
     rows = [("folder", details["folder"]), ("type", str(details["type"])), ("key", str(details["key"]))]
@@ -139,7 +171,7 @@ def summary_rows(details: dict) -> list[tuple[str, str]]:
     command = record.get("command")
     rows += [("trained by", f"polymodal {record.get('polymodal')}{source}"),
              ("command", shlex.join(map(str, command)) if isinstance(command, list) else str(command)),
-             ("seed", str(train.get("seed")))]
+             ("seed", str(train.get("seed"))), ("environment", _environment_row(record.get("environment")))]
     for label, keys in (("data", ("pairs", "qa")), ("validation data", ("val_pairs", "val_qa"))):
         files = next((settings[k] for k in keys if settings.get(k)), None)
         if files:

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import torch
 
-from polymodal.cache import cache_dir, store_cached
+from polymodal.cache import cache_dir, mark_used, store_cached
 from polymodal.encoders.efficientnet import LITE0_TRANSFORM, EfficientNetLite0
 from polymodal.encoders.text import SentenceEncoder, minilm_path
 from polymodal.errors import PolymodalError
@@ -42,6 +42,7 @@ def class_prompt_matrix(text_tower) -> np.ndarray:
         try:
             matrix = np.load(path)
             if matrix.shape == (len(names), text_tower.dim):
+                mark_used(path)  # (`polymodal cache clear --older-than` goes by last use)
                 return matrix
         except (OSError, ValueError, EOFError):  # EOFError: an empty file
             log.warning("class prompt cache %s is unreadable; recomputing", path)
