@@ -80,6 +80,10 @@ def overlay_heatmap(image: Any, heat: np.ndarray, alpha: float = 0.5, box: tuple
 
 
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+# the longest side each format's encoder takes: a panorama's map past it is scaled down to fit (a 20000-pixel-wide
+# one as .webp was a traceback, a 70000-pixel one as .jpg "broken data stream ... check the free space", after all
+# the model's passes)
+_MAX_SIDE = {"JPEG": 65500, "WEBP": 16383}
 
 
 def heatmap_format(out: str | Path) -> str:
@@ -142,8 +146,9 @@ VIEW_MIN_SIDE = 224
 def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0.5, transform=None) -> Path:
     """Write ``image`` with ``heat`` overlaid, atomically, at the image's size (a JPEG file or bytes whose short side
     passes 4096 pixels at 1/2 to 1/8 of it, see OVERLAY_MIN_SIDE; a panorama past Pillow's pixel limit at the largest
-    of those that fits; one smaller than VIEW_MIN_SIDE enlarged a whole number of times); the file's suffix picks the
-    format (.png, .jpg, .webp). With the model's ``transform`` the grid covers the centre crop the model saw."""
+    of those that fits; one smaller than VIEW_MIN_SIDE enlarged a whole number of times; one longer than its
+    format allows, .jpg's 65,500 or .webp's 16,383 pixels, shrunk to fit); the file's suffix picks the format (.png,
+    .jpg, .webp). With the model's ``transform`` the grid covers the centre crop the model saw."""
     import io
 
     out = Path(out).expanduser()  # as check_heatmap_path checks it: "~/heat.png" made a folder named "~" here
@@ -159,7 +164,11 @@ def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0
     if times > 1:
         img = img.resize((img.width * times, img.height * times), Image.NEAREST)
     box = transform.source_box(img.size) if transform is not None else None
+    picture = overlay_heatmap(img, heat, alpha, box)
+    limit = _MAX_SIDE.get(fmt)
+    if limit and max(picture.size) > limit:
+        picture.thumbnail((limit, limit), Image.BILINEAR)  # keeps the aspect ratio
     buf = io.BytesIO()
-    overlay_heatmap(img, heat, alpha, box).save(buf, format=fmt)
+    picture.save(buf, format=fmt)
     atomic_write_bytes(out, buf.getvalue())
     return out
