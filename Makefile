@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install dist clean
 
 # Python 3.10+ is checked before the .venv is made: pip's "requires a different Python" came only after a .venv of
 # the old Python existed, and `venv` over it keeps that interpreter, so a retry with PYTHON=python3.12 failed alike.
@@ -29,5 +29,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2
 
+# A release: dist/ holds the sdist and the wheel built from it (`pip install dist/polymodal-*.whl` elsewhere). The
+# wheel comes from the unpacked sdist, not from this tree: `pip wheel .` reuses build/lib, so a module deleted since
+# an earlier build still shipped. No build isolation: .venv's build and setuptools>=77 (the test extra; a new venv's
+# own setuptools 65 cannot read pyproject) build it, so a release needs no registry once .venv is made, and uses
+# the setuptools that the suite's wheel test built with.
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --no-isolation
+
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) demo-out build dist
