@@ -66,6 +66,9 @@ def _serve(args) -> None:
     from polymodal.serve.logs import configure
 
     configure(args.log_format)  # times, request ids; before the model loads, whose warnings are log lines too
+    level = args.log_level or ("info" if args.verbose else "warning")
+    if args.log_level:  # else as the CLI's basicConfig set it from -v
+        logging.getLogger().setLevel(level.upper())
     index = qdrant_collection(args) or ImageIndex(args.db)
     info = index.info()  # a missing index: one line, before the model loads
     settings = ServeSettings(
@@ -123,7 +126,7 @@ def _serve(args) -> None:
     # limit_concurrency: past it (open connections, or requests in progress) uvicorn answers 503 at once, so N slow
     # uploads cannot hold N x --max-body-mb of memory; the protocol closes connections whose headers do not come.
     # + 1: uvicorn counts the asking connection itself (limit 1 answered every request 503; N served N - 1)
-    config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", log_config=None, timeout_keep_alive=5,
+    config = uvicorn.Config(app, log_level=level, log_config=None, timeout_keep_alive=5,
                             server_header=False, root_path=args.root_path, limit_concurrency=args.max_connections + 1,
                             http=header_deadline_protocol(drain_s=args.timeout + DRAIN_GRACE_S))
     line = (f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} "
@@ -223,4 +226,6 @@ def add_parsers(sub) -> None:
                    help="text: a line per record, with its time (but where systemd's journal adds one) and the "
                    "request's id (X-Request-ID, answered in every response); json: a JSON object per line (time, "
                    "level, logger, message, request_id, method, path, status, duration_ms), for a log collector")
+    s.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   help="the least severe records logged (default: warning; info with -v, which adds the access log)")
     s.set_defaults(func=cmd_serve, runtime_per_model=True)  # --runtime auto: settled per model by create_app

@@ -117,7 +117,7 @@ def _source_commit() -> str | None:
 def describe(name_or_path: str) -> dict:
     """`polymodal info --model`: a model folder's (or ONNX export's) type, key and how it was trained."""
     from polymodal.export.runtime import ONNX_CONFIG, is_onnx_folder
-    from polymodal.registry import MODELS
+    from polymodal.registry import FOLDER_TYPES, MODELS, wrong_folder_hint
     from polymodal.training_photos import model_folder
 
     folder = model_folder(name_or_path)
@@ -133,9 +133,15 @@ def describe(name_or_path: str) -> dict:
     except (OSError, ValueError) as exc:
         raise PolymodalError(f"cannot read the config of {folder} ({exc})") from exc
     config = config if isinstance(config, dict) else {}
+    kind = config.get("type")
+    if not is_onnx_folder(folder) and kind not in FOLDER_TYPES and config.get("model_type") != "clip":
+        # a folder load refuses (a newer polymodal's type, a damaged "type", a list, null) is refused here too
+        raise PolymodalError(wrong_folder_hint(folder) or f"{folder} holds no model polymodal loads: its config.json "
+                             f"names type {repr(kind)[:60]}, not one of {', '.join(FOLDER_TYPES)}, and it is no "
+                             "Hugging Face CLIP folder (model_type 'clip')")
     version = config.get("version")
     record = read_trained_with(folder)
-    details = {"folder": str(folder.resolve()), "type": config.get("type"),
+    details = {"folder": str(folder.resolve()), "type": kind,
                "key": f"{config.get('name')}@{version}" if version else None, "trained_with": record}
     if record is not None and record.get("version") not in (None, version):  # saved over since: not these weights'
         details.update(trained_with=None, trained_with_other_weights=record)

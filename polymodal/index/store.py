@@ -123,6 +123,10 @@ class IndexModelMismatch(PolymodalError):
     """The index was built with another model than the one at hand."""
 
 
+class IndexDamaged(PolymodalError):
+    """meta.sqlite is no readable SQLite database any more (overwritten, cut short, a failing disk)."""
+
+
 class IndexBusy(PolymodalError):
     """Another writer (another process, or another thread of this one) holds the index's writer lock: a passing
     condition, worth retrying."""
@@ -198,11 +202,20 @@ class ImageIndex(SearchByModel):
         self.faiss_path = self.db / "vectors.faiss"
         self.lock_path = self.db / "index.lock"
         self.vectors_lock_path = self.db / "vectors.lock"
+        # one object, so the lock is re-entrant in the thread holding it (writing()); other threads, objects and
+        # processes open their own descriptor and find it taken
+        self._writer = FileLock(str(self.lock_path), timeout=0)
         self._cache: Snapshot | None = None  # the vectors of the last snapshot searched, for repeated searches
         self.huge_pages, self._advised = huge_pages, None  # the FAISS index last put on 2 MB pages
 
     def __repr__(self) -> str:
         return f"ImageIndex({str(self.db)!r})"
+
+    def __getstate__(self) -> dict:  # a FileLock does not pickle: a copy (another process's) gets its own, unheld
+        return {key: value for key, value in self.__dict__.items() if key != "_writer"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _writer=FileLock(str(state["lock_path"]), timeout=0))
 
     def where(self) -> str:
         return f"index {self.db}"
@@ -214,7 +227,7 @@ class ImageIndex(SearchByModel):
     def exists(self) -> bool:
         if not self.sqlite_path.is_file():
             return False
-        with closing(self._connect_reader()) as con:
+        with _disk_errors(self.sqlite_path), closing(self._connect_reader()) as con:
             return self._meta(con) is not None
 
     # -- writing ---------------------------------------------------------------
@@ -535,7 +548,7 @@ class ImageIndex(SearchByModel):
         """A connection inside one read transaction: a consistent snapshot, even while a writer commits."""
         if not self.sqlite_path.is_file():  # checked first: connecting would create the file
             raise self._missing()
-        with closing(self._connect_reader()) as con, _disk_errors(self.sqlite_path):
+        with _disk_errors(self.sqlite_path), closing(self._connect_reader()) as con:  # (opening reads it first)
             con.execute("BEGIN")
             try:
                 meta = self._meta(con)
@@ -569,9 +582,21 @@ class ImageIndex(SearchByModel):
         if not self.db.exists():  # under a file, or in a read-only folder: one error, as `polymodal index` says it
             check_creatable(self.db, f"--db {self.db}")
         self.db.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.lock_path), timeout=0)
+        with self.writing(), closing(self._connect()) as con, _disk_errors(self.sqlite_path):
+            # 16 KiB pages for a new index (no effect on an existing one): a row holds a 2 KiB vector (dim 512),
+            # and 4 KiB pages fit one row each, half empty, so meta.sqlite took twice the vectors' size on disk
+            con.execute("PRAGMA page_size = 16384")
+            # WAL: readers keep searching the last committed state during a long update.
+            con.execute("PRAGMA journal_mode=WAL")
+            yield con
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """The writer lock, held by this thread across several calls (a check, then the update it decides, as the
+        server's duplicate check before an upload): the updates inside take it again; any other writer gets IndexBusy
+        meanwhile. The index folder must exist."""
         try:
-            lock.acquire()
+            self._writer.acquire()
         except Timeout:
             raise IndexBusy(
                 f"index {self.db} is being written by another process or thread (lock file {self.lock_path}); "
@@ -582,15 +607,9 @@ class ImageIndex(SearchByModel):
                                  f"written ({exc.strerror or exc}); searches work, updates need a folder you can "
                                  "write (copy the index folder to one)") from None
         try:
-            with closing(self._connect()) as con, _disk_errors(self.sqlite_path):
-                # 16 KiB pages for a new index (no effect on an existing one): a row holds a 2 KiB vector (dim 512),
-                # and 4 KiB pages fit one row each, half empty, so meta.sqlite took twice the vectors' size on disk
-                con.execute("PRAGMA page_size = 16384")
-                # WAL: readers keep searching the last committed state during a long update.
-                con.execute("PRAGMA journal_mode=WAL")
-                yield con
+            yield
         finally:
-            lock.release()
+            self._writer.release()
 
     def _check_not_foreign(self) -> None:
         """Refuse to start an index in a folder that holds other things (`--db` naming the photo folder itself would
@@ -633,7 +652,7 @@ class ImageIndex(SearchByModel):
                 return None  # an empty file, e.g. left by a first update that crashed
             meta = dict(con.execute("SELECT key, value FROM meta"))
         except sqlite3.DatabaseError as exc:  # a full disk is not a damaged index: no "use a new --db" for it
-            raise _disk_error(exc, self.sqlite_path) or PolymodalError(
+            raise _disk_error(exc, self.sqlite_path) or _damaged(exc, self.sqlite_path) or PolymodalError(
                 f"{self.sqlite_path} is not a readable index ({exc}); use a new --db") from exc
         if meta.get("schema") != SCHEMA_VERSION:
             raise PolymodalError(
@@ -832,13 +851,23 @@ def _disk_error(exc: sqlite3.Error, path: Path) -> OSError | None:
     return None
 
 
+def _damaged(exc: sqlite3.Error, path: Path) -> IndexDamaged | None:
+    """A damaged file (SQLITE_CORRUPT, SQLITE_NOTADB) as IndexDamaged: one line from the CLI, a 503 from the server
+    (each was a traceback: a 500 per request). None for any other error."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; before it, SQLite's fixed messages
+    if (code or 0) & 0xFF in (11, 26) or any(text in str(exc) for text in ("file is not a database", "malformed")):
+        return IndexDamaged(f"index {path.parent} is damaged ({path.name}: {exc}); restore the index folder from a "
+                            "backup, or index the photos again into a new folder: polymodal index PHOTOS --db NEW_DB")
+    return None
+
+
 @contextmanager
 def _disk_errors(path: Path) -> Iterator[None]:
-    """_disk_error() applied to what SQLite raises inside the block."""
+    """_disk_error() and _damaged() applied to what SQLite raises inside the block."""
     try:
         yield
-    except sqlite3.OperationalError as exc:
-        raise _disk_error(exc, path) or exc from exc
+    except sqlite3.DatabaseError as exc:  # (OperationalError's base: "file is not a database" is not one)
+        raise _disk_error(exc, path) or _damaged(exc, path) or exc from exc
 
 
 @contextmanager

@@ -40,6 +40,7 @@ from polymodal.cache import out_of_space
 from polymodal.data.tokenizer import unknown_words_note, unknown_words_notes
 from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
+from polymodal.index.store import IndexDamaged
 from polymodal.registry import answers, captions, embeds
 from polymodal.serve.limits import (
     ApiError, ServeSettings, check_k, check_templates, check_texts, check_unicode_field, open_image_checked,
@@ -268,6 +269,7 @@ def create_app(
         docs_url=None,  # served below from local files: no CDN, so /docs works offline
     )
     app.state.service = svc
+    damage_logged: set[str] = set()  # messages of a damaged index already logged
 
     # -- request parsing ------------------------------------------------------------------------------------------
     async def read_json(request: Request, allowed: set[str], example: str, kind: str = "embed") -> dict:
@@ -731,6 +733,13 @@ def create_app(
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
         return JSONResponse({"error": svc.hide(exc.message)}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(IndexDamaged)  # the server's problem, not the client's (PolymodalError's 400)
+    async def index_damaged(request, exc: IndexDamaged):
+        if str(exc) not in damage_logged:  # once, not a line (it was a traceback) per request
+            damage_logged.add(str(exc))
+            log.error("%s; requests that read the index answer 503 until it is restored", exc)
+        return JSONResponse({"error": svc.hide(str(exc))}, status_code=503, headers={"Retry-After": "30"})
 
     @app.exception_handler(PolymodalError)
     async def polymodal_error(request, exc: PolymodalError):
