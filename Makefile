@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install dist clean
+.PHONY: demo test install dist wheelhouse clean
 
 # Python 3.10+ is checked before the .venv is made: pip's "requires a different Python" came only after a .venv of
 # the old Python existed, and `venv` over it keeps that interpreter, so a retry with PYTHON=python3.12 failed alike.
@@ -38,5 +38,20 @@ dist: $(STAMP)
 	rm -rf dist
 	$(PY) -m build --no-isolation
 
+# For a machine with no network: wheelhouse/ gets polymodal's wheel and every wheel it needs with EXTRAS; carry it
+# over and `pip install --no-index --find-links wheelhouse 'polymodal[EXTRAS]'` (README, "Installing without network").
+# torch comes from PyTorch's CPU index alone, then is named by its file: PyPI's Linux torch bundles CUDA (GBs), and
+# an index that only adds the CPU one falls back to that build, unseen, when the CPU index cannot be reached.
+# Wheels only: the offline machine builds nothing. They fit this machine's OS, CPU and Python unless TARGET_ARGS names
+# another (pip download's --python-version, --platform).
+EXTRAS ?= demo,train,serve,onnx
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_PIN := $(shell sed -n 's/^ *"\(torch==[^"]*\)".*/\1/p' pyproject.toml)
+wheelhouse: dist
+	rm -rf wheelhouse
+	$(PY) -m pip download --only-binary=:all: $(TARGET_ARGS) -d wheelhouse --no-deps --index-url $(TORCH_CPU_INDEX) '$(TORCH_PIN)'
+	$(PY) -m pip download --only-binary=:all: $(TARGET_ARGS) -d wheelhouse wheelhouse/torch-*.whl "$$(ls dist/*.whl)[$(EXTRAS)]"
+	@du -sh wheelhouse
+
 clean:
-	rm -rf $(VENV) demo-out build dist
+	rm -rf $(VENV) demo-out build dist wheelhouse
