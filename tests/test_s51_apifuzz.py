@@ -123,7 +123,7 @@ def test_what_the_schema_allows_is_answered_and_what_it_rules_out_is_refused(ser
 
 def test_a_thumbnail_id_is_documented_as_the_server_reads_it(served):
     c, spec = served
-    (param,) = spec["paths"]["/v1/thumb/{image_id}"]["get"]["parameters"]
+    (param,) = [p for p in spec["paths"]["/v1/thumb/{image_id}"]["get"]["parameters"] if p.get("in") == "path"]
     first = c.post("/v1/search", json={"text": "a cat", "k": 1}).json()["hits"][0]["id"]
     for image_id, status in (("abc", 422), ("1e3", 422), (" 1", 422), ("99999", 404), (str(first), 200)):
         assert _fits(image_id, param["schema"]) == (status != 422), image_id  # documented: never a 422

@@ -47,7 +47,8 @@ from polymodal.serve.limits import (
 )
 from polymodal.serve.model_warnings import with_warnings
 from polymodal.serve.openapi import (
-    CAPTION, CLASSIFY, EMBED, ERROR_SCHEMA, HEALTH, INDEX, INFO, JPEG, SEARCH, VQA, post_replies, replies,
+    CAPTION, CLASSIFY, EMBED, ERROR_SCHEMA, HEALTH, INDEX, INFO, JPEG, SEARCH, VQA, document_request_id, post_replies,
+    replies,
 )
 from polymodal.serve.service import Service, open_index, vqa_fields
 
@@ -185,7 +186,8 @@ def create_app(
     from polymodal.apps.zeroshot import alike_labels_note, first_spellings, merged_labels_note, rank_labels, same_label
     from polymodal.apps.zeroshot import ZeroShotMixin
     from polymodal.serve.logs import RequestIdMiddleware, request_id, request_path
-    from polymodal.serve.middleware import PROBES, ApiKeyMiddleware, LimitsMiddleware, MetricsMiddleware
+    from polymodal.serve.middleware import (PROBES, ApiKeyMiddleware, LimitsMiddleware, MetricsMiddleware,
+                                           SecurityHeadersMiddleware)
     from polymodal.serve.page import render_page
 
     class _StrictTextMultiPartParser(MultiPartParser):
@@ -801,15 +803,16 @@ def create_app(
                        allowed_hosts=s.allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=svc.metrics, routes_of=app)
     # the request id outside them all, Starlette's error middleware too (it answers a 500 past every add_middleware
-    # layer): every answer has its X-Request-ID, and internal_error's log line the id
+    # layer): every answer has its X-Request-ID (and the security headers), and internal_error's log line the id
     stack_of = app.build_middleware_stack
-    app.build_middleware_stack = lambda: RequestIdMiddleware(stack_of())
+    app.build_middleware_stack = lambda: RequestIdMiddleware(SecurityHeadersMiddleware(stack_of()))
     schema_of = app.openapi
 
     def openapi_complete() -> dict:
         schema = schema_of()  # built once and cached by FastAPI; setting these twice changes nothing
         components = schema.setdefault("components", {})
         components.setdefault("schemas", {})["Error"] = ERROR_SCHEMA  # every error's body (polymodal.serve.openapi)
+        document_request_id(schema)
         if api_key:  # /docs then shows "Authorize" and sends X-API-Key with "Try it out" (else every try is a 401)
             components["securitySchemes"] = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                                               "Bearer": {"type": "http", "scheme": "bearer"}}  # what Prometheus sends

@@ -139,6 +139,30 @@ def _bearer(value: bytes | None) -> bytes | None:
     return token.strip() or None if scheme.lower() == b"bearer" else None
 
 
+# no page of another site may frame this one's (it could trick clicks on "add", "remove" or a stored API key's
+# page); no answer is to be read as another type than it says (a browser "sniffing" an error reply as HTML)
+SECURITY_HEADERS = [(b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"),
+                    (b"x-content-type-options", b"nosniff")]
+
+
+class SecurityHeadersMiddleware:
+    """Adds SECURITY_HEADERS to every answer (create_app puts it outside Starlette's error middleware: 500s too)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *SECURITY_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 class _TooLarge(Exception):
     pass
 

@@ -44,6 +44,26 @@ def post_replies(ok: dict, *errors: int) -> dict:
     return replies(ok, *_POST, *errors)
 
 
+_REQUEST_ID = ("the request's id in the server's log lines: the client's own X-Request-ID when it is up to 128 "
+               "letters, digits or ._~:;/+=@-, else a new one")
+
+
+def document_request_id(schema: dict) -> None:
+    """Every operation takes an optional X-Request-ID header and every answer has one (logs.RequestIdMiddleware)."""
+    components = schema.setdefault("components", {})
+    components.setdefault("parameters", {})["RequestId"] = {
+        "name": "X-Request-ID", "in": "header", "required": False, "description": _REQUEST_ID,
+        "schema": {"type": "string", "maxLength": 128}}
+    components.setdefault("headers", {})["RequestId"] = {"description": _REQUEST_ID, "schema": {"type": "string"}}
+    param, header = {"$ref": "#/components/parameters/RequestId"}, {"$ref": "#/components/headers/RequestId"}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if param not in operation.setdefault("parameters", []):  # (FastAPI hands back its cached schema)
+                operation["parameters"].append(param)
+            for reply in operation.get("responses", {}).values():
+                reply.setdefault("headers", {})["X-Request-ID"] = header
+
+
 def _obj(required: dict, optional: dict | None = None) -> dict:
     return {"type": "object", "required": list(required), "properties": {**required, **(optional or {})}}
 
@@ -59,7 +79,8 @@ EMBED = _obj({"model": _STR, "dim": _INT, "vectors": _LIST(_LIST(_NUM)), "warnin
 _PATH = {"type": "string", "description": "the file's absolute path on the server; a server started with --hide-paths "
          "(GET /v1/info: index.paths_hidden) gives its file name only: tell same-named files apart by id"}
 HIT = _obj({"id": _ID, "path": _PATH, "score": _NUM, "thumb": _THUMB, "rank": _INT, "name": _STR},
-           {"host": {"type": "string", "description": "the machine holding the file (a Qdrant collection's hits)"}})
+           {"host": {"type": "string", "description": "the machine holding the file (a Qdrant collection's hits; "
+                     "not under --hide-paths)"}})
 SEARCH = _obj({"model": _STR, "k": _INT, "hits": _LIST(HIT), "warnings": _WARNINGS})
 CLASSIFY = _obj({"model": _STR, "results": _LIST(_obj({"image": _STR, "labels": _LIST(_SCORED("label"))})),
                  "warnings": _WARNINGS})

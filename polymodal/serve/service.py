@@ -76,12 +76,13 @@ def open_index(db: str | Path | QdrantCollection) -> ImageIndex | QdrantCollecti
     return db if isinstance(db, QdrantCollection) else ImageIndex(db, huge_pages=True)
 
 
-def thumb_ref(image_id: int | str, path: str, digest: str = "") -> str:
+def thumb_ref(image_id: int | str, path: str, digest: str = "", key: bytes = b"") -> str:
     """The thumbnail's URL path. Browsers keep a thumbnail a day: ?v= (from the photo's path and, for a local index,
     the sha256 its row records) gives an index rebuilt at the same place, whose ids start again at 1, new URLs
-    instead of the old photos' thumbnails, also for a photo edited in place that gets its old id back."""
-    key = f"{path}\0{digest}".encode()
-    return f"/v1/thumb/{image_id}?v={hashlib.blake2b(key, digest_size=4).hexdigest()}"
+    instead of the old photos' thumbnails, also for a photo edited in place that gets its old id back. `key`: the
+    server's secret under --hide-paths (Service.thumb_key), without which ?v= confirms a guessed path offline."""
+    text = f"{path}\0{digest}".encode()
+    return f"/v1/thumb/{image_id}?v={hashlib.blake2b(text, digest_size=4, key=key).hexdigest()}"
 
 
 class Service:
@@ -104,6 +105,9 @@ class Service:
         self.caption_model = require_captioner(caption_model) if caption_model is not None else None
         self.uploads = self.index.db / UPLOADS if self.local else None
         self._hidden = _places_of(self.index) if self.settings.hide_paths else []
+        # per process, never stored (a read-only index or a collection has no place for it): a restart only makes
+        # browsers fetch each thumbnail once more; servers sharing a collection give their own ?v=, which none checks
+        self.thumb_key = os.urandom(32) if self.settings.hide_paths else b""
         self.metrics = Metrics()
         s = self.settings
         self.pixels = preprocesses_outside(model)
@@ -280,12 +284,14 @@ class Service:
 
     # -- reading ---------------------------------------------------------------------------------------------------
     def search(self, vectors: np.ndarray, k: int) -> list[list[dict]]:
-        """[Q, D] -> per query [{id, path, score}] (+ host from a collection; call from a worker thread)."""
+        """[Q, D] -> per query [{id, path, score}] (+ a collection's host, not under hide_paths): in a worker thread."""
         with self._serving_index():  # a local index may be rebuilt with another model while serving: checked
             results = self.index.search(vectors, k, model=self.model)
             digests = self.digests_for([h.id for hits in results for h in hits]) if self.local else {}
+        show_host = not self.settings.hide_paths  # a machine's name says where files lie, as their folders do
         return [[{"id": h.id, "path": self.shown_path(h.path), "score": float(h.score),
-                  **({"host": h.host} if h.host else {}), "thumb": thumb_ref(h.id, h.path, digests.get(h.id, ""))}
+                  **({"host": h.host} if h.host and show_host else {}),
+                  "thumb": thumb_ref(h.id, h.path, digests.get(h.id, ""), self.thumb_key)}
                  for h in hits] for hits in results]
 
     def vector_of(self, image_id: int | str) -> np.ndarray:
@@ -385,7 +391,8 @@ class Service:
             return None, ""
         path, host = found
         if host not in (None, socket.gethostname()) and not os.path.exists(path):
-            raise ApiError(404, f"image {image_id} is on host {host}, not on this server; a server there (or one "
+            where = "another host" if self.settings.hide_paths else f"host {host}"
+            raise ApiError(404, f"image {image_id} is on {where}, not on this server; a server there (or one "
                            "that mounts its files) shows its thumbnail")
         return path, ""
 
@@ -508,8 +515,8 @@ class Service:
             return [self._add_alone(uploads) for uploads in requests]
         ids = self.ids_for([p for st in staged for p in st.names])
         count = self.count()
-        return [o if not isinstance(o, _Staged) else failed[id(o)] if id(o) in failed else o.reply(ids, count)
-                for o in outcomes]
+        return [o if not isinstance(o, _Staged) else failed[id(o)] if id(o) in failed
+                else o.reply(ids, count, self.thumb_key) for o in outcomes]
 
     def _add_alone(self, uploads: list[tuple[str, bytes]]) -> Any:
         try:
@@ -699,8 +706,8 @@ class _Staged:
     duplicates: list[dict]
     skipped: list[dict] = field(default_factory=list)  # files the index skipped (unexpected: validated already)
 
-    def reply(self, ids: dict[str, int], count: int) -> dict:
-        added = [{"id": ids[p], "upload": self.names[p], "thumb": thumb_ref(ids[p], p, self.digest_of[p])}
+    def reply(self, ids: dict[str, int], count: int, key: bytes = b"") -> dict:
+        added = [{"id": ids[p], "upload": self.names[p], "thumb": thumb_ref(ids[p], p, self.digest_of[p], key)}
                  for p in self.names if p in ids]
         by_digest = {self.digest_of[p]: ids[p] for p in self.names if p in ids}
         for entry in self.duplicates:
