@@ -278,6 +278,10 @@ class YesNoModel:
         self.version = hashlib.sha256(data).hexdigest()[:12]
         config = {**self.config, "type": MODEL_TYPE, "version": self.version, "name": self.name,
                   "features": list(FEATURES) + ["question_embedding[384]"]}
+        if "base_version" not in config and getattr(self, "loaded_from", None) is None:
+            # fit in this process, over the base it holds: load_yesno refuses the folder once that base is re-shipped
+            if (fit_on := getattr(self.base, "version", None)) is not None:
+                config["base_version"] = str(fit_on)
         self.config = config
         return write_model_folder(folder, data, config, getattr(self, "loaded_from", None))
 
@@ -359,6 +363,36 @@ def load_base(name: str):
     return base
 
 
+# coco-yesno as shipped before 69b841c (saved copies of it record no "base_version"): fit over the `default` before
+# its retraining
+_FIT_BEFORE_BASE_VERSION = {"6e81bec85cee": "3add725d407c"}
+
+
+def _check_fit_base(folder: Path, config: dict, version: str, base) -> None:
+    """The pool statistics and weights hold the base's spaces as they were when the model was fit, but the base loads
+    by name: after an upgrade that re-shipped it, a saved model answered from spaces it was not fit on, under its
+    same key (a copy of coco-yesno saved before `default` was retrained: 22 of 200 answers changed). Refused."""
+    import json
+
+    from polymodal.resources import HERE
+
+    fit_on = config.get("base_version") or _FIT_BEFORE_BASE_VERSION.get(version)
+    name = str(config.get("base", "default"))
+    if base is not None:
+        now = getattr(base, "version", None)
+    else:
+        try:
+            now = json.loads((HERE / "models" / name / "config.json").read_text()).get("version")
+        except (OSError, ValueError, AttributeError):
+            return  # no such built-in: loading the base says so
+    if fit_on is None or now is None or str(fit_on) == str(now):
+        return
+    raise PolymodalError(f"{folder} is a yes/no model fit over another {name} (version {fit_on}; this polymodal's is "
+                         f"{now}), so its answers would be wrong; save the built-in again "
+                         "(`polymodal.load('coco-yesno').save(FOLDER)`) or fit yours again "
+                         "(polymodal.models.yesno.train_yesno)")
+
+
 def load_yesno(folder: str | Path, base=None) -> YesNoModel:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
@@ -372,6 +406,8 @@ def load_yesno(folder: str | Path, base=None) -> YesNoModel:
         state = load_file(str(folder / WEIGHTS_FILE))
     except (OSError, SafetensorError) as exc:
         raise PolymodalError(f"cannot read {folder / WEIGHTS_FILE} ({exc}); the model folder is incomplete") from exc
-    model = YesNoModel(state, {**config, "version": folder_version(folder, config)}, base=base)
+    version = folder_version(folder, config)
+    _check_fit_base(folder, config, version, base)
+    model = YesNoModel(state, {**config, "version": version}, base=base)
     model.loaded_from = folder  # its save() carries the folder's training photos
     return model
