@@ -59,10 +59,20 @@ def write_cache_bytes(path: Path, data: bytes) -> bool:
     """atomic_write_bytes for a file that only saves time (class prompts, features): where it cannot be written (a
     read-only HOME or POLYMODAL_CACHE, a full disk) one warning naming POLYMODAL_CACHE, and False: the caller keeps
     its result in memory, so built-in models load and answer all the same."""
+    return _write_cache(path, lambda: atomic_write_bytes(path, data))
+
+
+def write_cache_with(path: Path, write: Callable[[BinaryIO], Any]) -> bool:
+    """write_cache_bytes for content that write(file) streams in (atomic_write_with's): a feature array goes to
+    the file without a copy in memory."""
+    return _write_cache(path, lambda: atomic_write_with(path, write))
+
+
+def _write_cache(path: Path, write: Callable[[], Any]) -> bool:
     path = Path(path)
     try:
         remove_stale_temps(path.parent)
-        atomic_write_bytes(path, data)
+        write()
         return True
     except OSError as exc:
         folder = str(cache_dir())
@@ -329,13 +339,11 @@ def mark_used(path: Path) -> None:
 def store_cached(path: Path, array):
     """Write `array` to `path` atomically; -> it, memory-mapped from there (or `array` itself where the cache cannot
     be written)."""
-    import io
-
     import numpy as np
 
-    buf = io.BytesIO()
-    np.save(buf, array)
-    if not write_cache_bytes(path, buf.getvalue()):
+    # straight into the file: np.save into a BytesIO, then its getvalue(), held two more copies of a feature array
+    # (a grid cache for 100,000 photos is ~12 GB) at once
+    if not write_cache_with(path, lambda f: np.save(f, array)):
         return np.asarray(array)
     try:
         return np.load(path, mmap_mode="r")

@@ -18,7 +18,7 @@ from polymodal.apps.templates import add_template_options, chosen_templates
 from polymodal.cli_options import (add_precision, add_qdrant, add_runtime, index_model_name, load_model,
                                    qdrant_collection, resolve_runtime)
 from polymodal.data.visible import is_blank
-from polymodal.errors import PolymodalError
+from polymodal.errors import PolymodalError, out_of_memory
 from polymodal.models.inputs import none_could_be, plural
 from polymodal.registry import require_embedding
 
@@ -615,6 +615,21 @@ def _sigterm_cleans_up():
             signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _memory_said(args, before: tuple | None):
+    """Running out of memory is one line (what the command kept, what to do), not the traceback of whichever
+    allocator failed: PyTorch's, onnxruntime's, numpy's. -v keeps the traceback."""
+    try:
+        yield
+    except Exception as exc:
+        how = None if getattr(args, "verbose", False) else out_of_memory(exc)
+        if how is None:
+            raise
+        raise PolymodalError(f"out of memory ({how}){_saved_work(exc, args, before)}; close other programs or run "
+                             "where more memory is free (a smaller --batch-size, where the command has one, needs "
+                             "less); -v shows where it ran out") from exc
+
+
 def _refuse_torchrun(args) -> None:
     """Under torchrun every process runs the command: `train` splits its work (or, for the one-process trainers,
     refuses with its own line); the other commands would each do all of it (`index` failed on the other process's
@@ -776,7 +791,7 @@ def main(argv=None) -> int:
         logging.getLogger("faiss").setLevel(logging.WARNING)  # -v: not its "Could not load library with AVX512" chatter
         from polymodal.eval.per_item import strict_reading
 
-        with _sigterm_cleans_up(), strict_reading(args):
+        with _sigterm_cleans_up(), strict_reading(args), _memory_said(args, before):
             code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handler, not at interpreter exit
         return code

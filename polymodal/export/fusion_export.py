@@ -251,6 +251,7 @@ def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, wan
                 continue
             finally:
                 atomic_write_bytes(out / ONNX_CONFIG, json.dumps(config, indent=2).encode())
+                trial = session = None  # its sessions must not live on while the next variant is quantized
             drop = round(100 * (acc_ref - acc), 2)
             status, reason = gate(speed, fp32_speed, drop, max_drop, metric="VQA accuracy")
             tries.append({"graph": graph, "variant": name, "status": status, "items_per_s": round(speed, 1),

@@ -257,6 +257,8 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
                 rows.append({"tower": tower, "variant": name, "status": "failed", "reason": reason})
                 path.unlink(missing_ok=True)
                 continue
+            finally:  # its onnxruntime session (the int8 dynamic image graph's: 0.7 GB after batches of 32) must
+                trial = None  # not live on while the next variant is quantized beside the fp32 one
             row = _row(tower, name, "", v_speed, torch_speed[tower], fp32_now, v_emb, ref, tower, val, reference, "",
                        path.name)
             # int8 dynamic quantizes activations per batch: a vector then depends on the rest of its batch
@@ -269,6 +271,7 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
                 chosen[tower], embeddings[tower] = (path.name, name, comparable), v_emb
             elif row["status"] != "kept":
                 path.unlink(missing_ok=True)
+        session = None  # the next tower's graphs are traced and quantized without this one's session
 
     combined = _r5(retrieval_metrics(embeddings["image"], embeddings["text"], val.caption_image))
     drop = _drop(reference, combined)
