@@ -17,7 +17,9 @@ from pathlib import Path
 
 from polymodal.cache import STALE_TEMP_S, cache_dir
 
-_KIND = re.compile(r"(.+)-[0-9a-f]{16,}\.npy")  # image-<key>.npy, text-bank-<key>.npy, conse-classes-<key>.npy
+# image-<key>.npy, text-bank-<key>.npy, conse-classes-<key>.npy: only names polymodal gives are listed or deleted
+# (POLYMODAL_CACHE pointed at a project folder: its own features/embeddings.npy was deleted by `cache clear`)
+_KIND = re.compile(r"(.+)-[0-9a-f]{16,}\.npy")
 
 
 def entries() -> list[dict]:
@@ -29,15 +31,15 @@ def entries() -> list[dict]:
             st = path.stat()
         except OSError:  # deleted meanwhile (another clear)
             continue
-        match = _KIND.fullmatch(path.name)
-        found.append({"path": path, "kind": match.group(1) if match else path.stem, "bytes": st.st_size,
+        found.append({"path": path, "kind": _KIND.fullmatch(path.name).group(1), "bytes": st.st_size,
                       "used": st.st_mtime})
     return found
 
 
 def _listed(folder: Path, pattern: str) -> list[Path]:
     try:
-        return [p for p in folder.glob(pattern) if not p.name.startswith(".") and p.is_file()]
+        return [p for p in folder.glob(pattern)
+                if not p.name.startswith(".") and _KIND.fullmatch(p.name) and p.is_file()]
     except OSError:
         return []
 

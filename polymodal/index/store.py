@@ -204,7 +204,7 @@ class ImageIndex(SearchByModel):
         self.vectors_lock_path = self.db / "vectors.lock"
         # one object, so the lock is re-entrant in the thread holding it (writing()); other threads, objects and
         # processes open their own descriptor and find it taken
-        self._writer = FileLock(str(self.lock_path), timeout=0)
+        self._writer, self._writer_pid = FileLock(str(self.lock_path), timeout=0), os.getpid()
         self._cache: Snapshot | None = None  # the vectors of the last snapshot searched, for repeated searches
         self.huge_pages, self._advised = huge_pages, None  # the FAISS index last put on 2 MB pages
 
@@ -212,10 +212,10 @@ class ImageIndex(SearchByModel):
         return f"ImageIndex({str(self.db)!r})"
 
     def __getstate__(self) -> dict:  # a FileLock does not pickle: a copy (another process's) gets its own, unheld
-        return {key: value for key, value in self.__dict__.items() if key != "_writer"}
+        return {key: value for key, value in self.__dict__.items() if key not in ("_writer", "_writer_pid")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _writer=FileLock(str(state["lock_path"]), timeout=0))
+        self.__dict__.update(state, _writer=FileLock(str(state["lock_path"]), timeout=0), _writer_pid=os.getpid())
 
     def where(self) -> str:
         return f"index {self.db}"
@@ -595,8 +595,12 @@ class ImageIndex(SearchByModel):
         """The writer lock, held by this thread across several calls (a check, then the update it decides, as the
         server's duplicate check before an upload): the updates inside take it again; any other writer gets IndexBusy
         meanwhile. The index folder must exist."""
+        if self._writer_pid != os.getpid():  # made before a fork (a Pool or Celery worker): filelock refuses an
+            # inherited lock object (RuntimeError), so this process makes its own
+            self._writer, self._writer_pid = FileLock(str(self.lock_path), timeout=0), os.getpid()
+        writer = self._writer
         try:
-            self._writer.acquire()
+            writer.acquire()
         except Timeout:
             raise IndexBusy(
                 f"index {self.db} is being written by another process or thread (lock file {self.lock_path}); "
@@ -609,7 +613,7 @@ class ImageIndex(SearchByModel):
         try:
             yield
         finally:
-            self._writer.release()
+            writer.release()
 
     def _check_not_foreign(self) -> None:
         """Refuse to start an index in a folder that holds other things (`--db` naming the photo folder itself would

@@ -363,9 +363,10 @@ def load_base(name: str):
     return base
 
 
-# coco-yesno as shipped before 69b841c (saved copies of it record no "base_version"): fit over the `default` before
-# its retraining
-_FIT_BEFORE_BASE_VERSION = {"6e81bec85cee": "3add725d407c"}
+# coco-yesno's versions shipped before 8d6f58b, whose saved copies record no "base_version" -> the `default` each was
+# fit over: 6e81bec85cee before that default's retraining (69b841c), 9d1379a30248 over today's (so copies saved from
+# it are refused too once `default` is re-shipped again)
+_FIT_BEFORE_BASE_VERSION = {"6e81bec85cee": "3add725d407c", "9d1379a30248": "542b67f56d7a"}
 
 
 def _check_fit_base(folder: Path, config: dict, version: str, base) -> None:

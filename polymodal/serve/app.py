@@ -122,7 +122,9 @@ PROMPT_CHUNK = 256
 # /v1/embed texts per model job: 256 texts of 10,000 characters (both within the limits) held the model thread ~40 s
 # in one job on 2 cores, every request 503 meanwhile, ~10 s past its own 503; 32 costs nothing for short texts
 TEXT_CHUNK = 32
-DOCS_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
+# each with its type, not the one mimetypes guesses: on Windows it reads the registry, where .js is often text/plain,
+# and under nosniff (SECURITY_HEADERS) Chromium then refused to run Swagger UI: /docs stayed blank
+DOCS_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
 
 
 def swagger_assets() -> Path | None:
@@ -430,7 +432,7 @@ def create_app(
     async def docs_asset(name: str):
         if assets is None or name not in DOCS_FILES:
             raise ApiError(404, f"no docs asset {name[:60]!r}")
-        return FileResponse(assets / name, headers={"Cache-Control": "max-age=86400"})
+        return FileResponse(assets / name, media_type=DOCS_FILES[name], headers={"Cache-Control": "max-age=86400"})
 
     @app.head("/healthz", include_in_schema=False)  # a second route: one with both methods repeats its operation id
     @app.get("/healthz", summary="Liveness: 200 while the service runs (never needs the API key)",

@@ -32,7 +32,7 @@ from PIL import Image
 from polymodal.data.images import draft_size_of, open_image, to_rgb
 from polymodal.errors import PolymodalError
 from polymodal.index import ImageIndex, IndexBusy
-from polymodal.index.store import IndexModelMismatch
+from polymodal.index.store import IndexDamaged, IndexModelMismatch
 from polymodal.index.qdrant import QdrantCollection, QdrantUnavailable
 from polymodal.index.scan import canonical_path, stream_sha256
 from polymodal.registry import answers, require_captioner, require_embedding, require_vqa
@@ -571,7 +571,7 @@ class Service:
                 with self._serving_index():  # rebuilt with another model meanwhile: 503, as searches get
                     report = self.index.update_folders(batches, BatchedModel(self.model, self.batcher), progress=False,
                                                        commit_every_s=None)  # one transaction: all or nothing
-            except ApiError:
+            except (ApiError, IndexDamaged):
                 raise
             except PolymodalError as exc:
                 raise _conflict("could not add to the index", exc) from None
@@ -594,7 +594,7 @@ class Service:
             with self._serving_index():
                 # the rows actually dropped, so no reply claims more; an id named by two requests is the first's
                 paths = self.index.remove_ids([i for ids in requests for i in ids])
-        except ApiError:  # the index is gone (503)
+        except (ApiError, IndexDamaged):  # the index is gone (503), or damaged (the app's 503, logged once): no 409
             raise
         except PolymodalError as exc:
             raise _conflict("could not remove from the index", exc) from None
