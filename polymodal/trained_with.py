@@ -140,6 +140,10 @@ def describe(name_or_path: str) -> dict:
                              f"names type {repr(kind)[:60]}, not one of {', '.join(FOLDER_TYPES)}, and it is no "
                              "Hugging Face CLIP folder (model_type 'clip')")
     version = config.get("version")
+    if kind == "yesno":  # one fit over another `default` than this polymodal's: refused as load refuses it
+        from polymodal.models.yesno_base import check_fit_base
+
+        check_fit_base(folder, config, str(version), None)
     record = read_trained_with(folder)
     details = {"folder": str(folder.resolve()), "type": kind,
                "key": f"{config.get('name')}@{version}" if version else None, "trained_with": record}

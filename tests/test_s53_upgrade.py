@@ -17,7 +17,7 @@ from PIL import Image
 import polymodal
 from polymodal import cli
 from polymodal.errors import PolymodalError
-from polymodal.models import yesno
+from polymodal.models import yesno_base
 from polymodal.models.yesno import YesNoModel, _empty_state, load_yesno
 from polymodal.resources import HERE
 
@@ -46,11 +46,14 @@ def test_a_yesno_folder_fit_over_an_older_default_is_refused(tmp_path, capsys):
     assert cli.main(["vqa", str(photo), "is there a dog?", "--model", str(folder)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "save the built-in again" in err[0] and "Traceback" not in err[0]
+    assert cli.main(["info", "--model", str(folder)]) == 2  # info says so too (it showed the key, exit 0)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fit over another default" in err[0]
 
 
 def test_a_copy_of_the_coco_yesno_shipped_before_69b841c_is_refused(tmp_path, monkeypatch):
     # Such copies record no base_version; they are known by their version (here today's weights stand in for them).
-    monkeypatch.setitem(yesno._FIT_BEFORE_BASE_VERSION, YESNO_NOW, "3add725d407c")
+    monkeypatch.setitem(yesno_base.FIT_BEFORE_BASE_VERSION, YESNO_NOW, "3add725d407c")
     folder = _copy_of_builtin(tmp_path, base_version=None)
     with pytest.raises(PolymodalError, match="fit over another default"):
         load_yesno(folder)

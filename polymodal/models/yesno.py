@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from polymodal.models.folders import WEIGHTS_FILE, folder_version, read_folder_config, write_model_folder
+from polymodal.models.yesno_base import check_fit_base
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import YES_NO, checked_choices, comparable_answer, unique_choices
 from polymodal.models.fusion_encoder import _dedupe, choice_rows
@@ -363,37 +364,6 @@ def load_base(name: str):
     return base
 
 
-# coco-yesno's versions shipped before 8d6f58b, whose saved copies record no "base_version" -> the `default` each was
-# fit over: 6e81bec85cee before that default's retraining (69b841c), 9d1379a30248 over today's (so copies saved from
-# it are refused too once `default` is re-shipped again)
-_FIT_BEFORE_BASE_VERSION = {"6e81bec85cee": "3add725d407c", "9d1379a30248": "542b67f56d7a"}
-
-
-def _check_fit_base(folder: Path, config: dict, version: str, base) -> None:
-    """The pool statistics and weights hold the base's spaces as they were when the model was fit, but the base loads
-    by name: after an upgrade that re-shipped it, a saved model answered from spaces it was not fit on, under its
-    same key (a copy of coco-yesno saved before `default` was retrained: 22 of 200 answers changed). Refused."""
-    import json
-
-    from polymodal.resources import HERE
-
-    fit_on = config.get("base_version") or _FIT_BEFORE_BASE_VERSION.get(version)
-    name = str(config.get("base", "default"))
-    if base is not None:
-        now = getattr(base, "version", None)
-    else:
-        try:
-            now = json.loads((HERE / "models" / name / "config.json").read_text()).get("version")
-        except (OSError, ValueError, AttributeError):
-            return  # no such built-in: loading the base says so
-    if fit_on is None or now is None or str(fit_on) == str(now):
-        return
-    raise PolymodalError(f"{folder} is a yes/no model fit over another {name} (version {fit_on}; this polymodal's is "
-                         f"{now}), so its answers would be wrong; save the built-in again "
-                         "(`polymodal.load('coco-yesno').save(FOLDER)`) or fit yours again "
-                         "(polymodal.models.yesno.train_yesno)")
-
-
 def load_yesno(folder: str | Path, base=None) -> YesNoModel:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
@@ -408,7 +378,7 @@ def load_yesno(folder: str | Path, base=None) -> YesNoModel:
     except (OSError, SafetensorError) as exc:
         raise PolymodalError(f"cannot read {folder / WEIGHTS_FILE} ({exc}); the model folder is incomplete") from exc
     version = folder_version(folder, config)
-    _check_fit_base(folder, config, version, base)
+    check_fit_base(folder, config, version, base)
     model = YesNoModel(state, {**config, "version": version}, base=base)
     model.loaded_from = folder  # its save() carries the folder's training photos
     return model
