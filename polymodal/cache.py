@@ -336,14 +336,30 @@ def mark_used(path: Path) -> None:
         os.utime(path)
 
 
+def _free_bytes(folder: Path) -> float:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return float("inf")
+
+
 def store_cached(path: Path, array):
     """Write `array` to `path` atomically; -> it, memory-mapped from there (or `array` itself where the cache cannot
     be written)."""
     import numpy as np
 
+    def save(f) -> None:
+        try:
+            np.save(f, array)
+        except OSError as exc:  # numpy writes a real file through C: a full disk is an OSError without errno ("Not
+            # enough free space to write N bytes"), which the cache's warning read as an unwritable folder
+            if exc.errno is None and _free_bytes(Path(path).parent) < np.asarray(array).nbytes:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from exc
+            raise
+
     # straight into the file: np.save into a BytesIO, then its getvalue(), held two more copies of a feature array
     # (a grid cache for 100,000 photos is ~12 GB) at once
-    if not write_cache_with(path, lambda f: np.save(f, array)):
+    if not write_cache_with(path, save):
         return np.asarray(array)
     try:
         return np.load(path, mmap_mode="r")

@@ -13,8 +13,12 @@ def out_of_memory(exc: BaseException) -> str | None:
     import re
 
     text = str(exc)
-    if not (isinstance(exc, MemoryError) or isinstance(exc, OSError) and exc.errno == errno.ENOMEM
-            or any(s in text for s in ("allocate memory", "bad_alloc"))):
+    if isinstance(exc, PolymodalError):  # already the user's line, which may quote a path ("photos/bad_alloc")
+        return None
+    if isinstance(exc, OSError):  # by its errno alone: its text names a file ("No such file: 'x/bad_alloc.npy'")
+        if exc.errno != errno.ENOMEM:
+            return None
+    elif not (isinstance(exc, MemoryError) or any(s in text for s in ("allocate memory", "bad_alloc"))):
         return None
     size = re.search(r"(?:allocate|mmap) (\d+) bytes|buffer of size (\d+)", text)  # PyTorch's, onnxruntime's
     if size:
