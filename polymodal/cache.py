@@ -75,14 +75,18 @@ def _write_cache(path: Path, write: Callable[[], Any]) -> bool:
         write()
         return True
     except OSError as exc:
-        folder = str(cache_dir())
-        if folder not in _UNWRITABLE_WARNED:
-            _UNWRITABLE_WARNED.add(folder)
-            fix = ("free some space there, or set POLYMODAL_CACHE to a folder on another disk" if out_of_space(exc)
-                   else "set POLYMODAL_CACHE to a writable folder")
-            log.warning("cannot write the cache folder %s (%s): its files are recomputed each run; %s to keep them",
-                        folder, exc.strerror or exc, fix)
+        _warn_unwritable(exc)
         return False
+
+
+def _warn_unwritable(exc: OSError) -> None:
+    folder = str(cache_dir())
+    if folder not in _UNWRITABLE_WARNED:
+        _UNWRITABLE_WARNED.add(folder)
+        fix = ("free some space there, or set POLYMODAL_CACHE to a folder on another disk" if out_of_space(exc)
+               else "set POLYMODAL_CACHE to a writable folder")
+        log.warning("cannot write the cache folder %s (%s): its files are recomputed each run; %s to keep them",
+                    folder, exc.strerror or exc, fix)
 
 
 STALE_TEMP_S = 3600  # a write in progress touches its file every few seconds: one untouched for an hour was killed
@@ -365,3 +369,77 @@ def store_cached(path: Path, array):
         return np.load(path, mmap_mode="r")
     except FileNotFoundError:  # deleted as soon as written (`polymodal cache clear` meanwhile): this run has it
         return np.asarray(array)
+
+
+class CacheFill:
+    """A cache array of ``shape`` written block by block as it is computed: into a hidden temporary beside ``path``
+    (temp_beside's), renamed onto ``path`` by ``finish``. store_cached needs the whole array first: a grid cache for
+    VQA v2's 82,000 photos (~10 GB) was more than many machines' memory. Where the cache cannot be written (read-only,
+    a full disk, at the start or midway) the array is kept in memory instead, as store_cached does."""
+
+    def __init__(self, path: Path, shape: tuple, dtype) -> None:
+        import numpy as np
+
+        self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+        self.memory, self.file = None, None
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.path.parent)
+            fd, self.tmp = temp_beside(self.path)
+            self.file = os.fdopen(fd, "w+b")
+            np.lib.format.write_array_header_1_0(self.file, header)  # (np.save's header for such a shape)
+            self.start = self.file.tell()
+            self.file.truncate(self.start + int(np.prod(self.shape)) * self.dtype.itemsize)  # sparse: no space yet
+        except OSError as exc:
+            self._keep_in_memory(exc)
+
+    def write(self, row: int, block) -> None:
+        """Rows ``row, row + 1, ...`` of the array (counted over its leading dimensions) are ``block``'s."""
+        if self.file is not None:
+            try:
+                self.file.seek(self.start + row * block[0].nbytes)
+                self.file.write(block.tobytes())
+                return
+            except OSError as exc:  # a full disk midway: the rows so far are read back
+                self._keep_in_memory(exc)
+        self.memory.reshape(-1, *block.shape[1:])[row : row + len(block)] = block
+
+    def _keep_in_memory(self, exc: OSError) -> None:
+        import numpy as np
+
+        _warn_unwritable(exc)
+        self.memory = np.zeros(self.shape, self.dtype)
+        if self.file is not None:
+            with suppress(OSError):
+                self.file.seek(self.start)
+                self.file.readinto(memoryview(self.memory.reshape(-1)).cast("B"))
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the temporary (an error or an interrupt while the array was computed)."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+            with suppress(OSError):
+                os.unlink(self.tmp)
+
+    def finish(self):
+        """The array: memory-mapped from ``path``, or in memory where it could not be written."""
+        import numpy as np
+
+        if self.file is None:
+            return self.memory
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            array = np.load(self.tmp, mmap_mode="r")  # before the rename: a `cache clear` then cannot take it
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self._keep_in_memory(exc)
+            return self.memory
+        self.file.close()
+        self.file = None
+        with suppress(OSError, ValueError):  # the same file under its own name (its memmap's .filename)
+            array = np.load(self.path, mmap_mode="r")
+        return array

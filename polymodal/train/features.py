@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from polymodal.cache import cache_key
+from polymodal.cache import CacheFill, cache_key
 from polymodal.cache import load_cached as _load_cached
 from polymodal.cache import store_cached as _store
 from polymodal.data.augment import Augment, make_rng, photo_decode_size, view_transform
@@ -111,7 +111,10 @@ def image_features(
     mine = sum(min(batch_size, len(images) - i) for i in starts)
     bar = progress_bar(total=views * mine, desc="caching image features", unit="img", disable=not progress)
     with bar:  # closed on an error too: no bar line after the error's
-        out = _encode_views(model, images, views, augment, seed, starts, batch_size, skip_unreadable, bar)
+        out = _encode_views(model, images, views, augment, seed, starts, batch_size, skip_unreadable, bar,
+                            None if split else path)
+    if isinstance(out, CacheFill):
+        return out.finish()
     if split:  # each rank holds its batches' rows and zeros elsewhere: the sum is every row
         shape = distributed.any_shape(None if out is None else out.shape)
         if out is None and shape is not None:  # none of this rank's images could be read; others' could
@@ -140,25 +143,50 @@ def _reads_now(model, images: Sequence, unread: np.ndarray, skip_unreadable: boo
 
 
 def _encode_views(model, images: Sequence, views: int, augment: Augment, seed: int, starts: range, batch_size: int,
-                  skip_unreadable: bool, bar) -> np.ndarray | None:
+                  skip_unreadable: bool, bar, path=None) -> np.ndarray | CacheFill | None:
     """[views, N, *feature_shape] float16 features of the batches starting at ``starts``, NaN rows for unreadable
-    images among them, zeros in the rows of other batches (other ranks' share); None when none could be read."""
-    out = None
-    for v in range(views):
-        size = photo_decode_size(model, augment if v > 0 else None)  # view 0 is the photo as the model sees it
-        transform = view_transform(model.transform) if v > 0 else model.transform
-        for i in starts:
-            pils = [_open_or_none(x, skip_unreadable, size) for x in images[i : i + batch_size]]
-            if v > 0:  # view v of image j depends only on (seed, j, v)
-                pils = [p and augment(p, make_rng(seed, i + j, v)) for j, p in enumerate(pils)]
-            rows = [j for j, p in enumerate(pils) if p is not None]
-            if rows:
-                feats = model.image_cache_input(torch.from_numpy(transform([pils[j] for j in rows]))).float().numpy()
+    images among them; None when none could be read. With ``path``: written to that cache file batch by batch (a
+    CacheFill), never held whole in memory. Without: in memory, zeros in the rows of other batches (other ranks')."""
+    out, unread = None, []  # unread: (row, count) of the batches before the first image that could be read
+    try:
+        for v in range(views):
+            size = photo_decode_size(model, augment if v > 0 else None)  # view 0 is the photo as the model sees it
+            transform = view_transform(model.transform) if v > 0 else model.transform
+            for i in starts:
+                pils = [_open_or_none(x, skip_unreadable, size) for x in images[i : i + batch_size]]
+                if v > 0:  # view v of image j depends only on (seed, j, v)
+                    pils = [p and augment(p, make_rng(seed, i + j, v)) for j, p in enumerate(pils)]
+                rows = [j for j, p in enumerate(pils) if p is not None]
+                feats = None
+                if rows:
+                    pixels = torch.from_numpy(transform([pils[j] for j in rows]))
+                    feats = model.image_cache_input(pixels).float().numpy()
+                    if out is None:
+                        shape = (views, len(images), *feats.shape[1:])
+                        out = CacheFill(path, shape, np.float16) if path else _share_unread(shape, starts, batch_size)
+                        for row, count in unread:
+                            _put(out, row, np.full((count, *shape[2:]), np.nan, np.float16))
                 if out is None:
-                    out = _share_unread((views, len(images), *feats.shape[1:]), starts, batch_size)
-                out[v, [i + j for j in rows]] = feats
-            bar.update(len(pils))
+                    unread.append((v * len(images) + i, len(pils)))
+                else:
+                    block = np.full((len(pils), *out.shape[2:]), np.nan, np.float16)
+                    if feats is not None:
+                        block[rows] = feats
+                    _put(out, v * len(images) + i, block)
+                bar.update(len(pils))
+    except BaseException:
+        if isinstance(out, CacheFill):
+            out.discard()
+        raise
     return out
+
+
+def _put(out: np.ndarray | CacheFill, row: int, block: np.ndarray) -> None:
+    """Rows ``row, ...`` of ``out`` (counted over its views and images) are ``block``'s."""
+    if isinstance(out, CacheFill):
+        out.write(row, block)
+    else:
+        out.reshape(-1, *block.shape[1:])[row : row + len(block)] = block
 
 
 def _share_unread(shape: tuple, starts: range, batch_size: int) -> np.ndarray:
