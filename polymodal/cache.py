@@ -2,6 +2,7 @@
 
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
@@ -381,15 +382,19 @@ class CacheFill:
         import numpy as np
 
         self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
-        self.memory, self.file = None, None
+        self.memory, self.file, self.start = None, None, None  # start: where the rows begin, once the header is in
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(self.path.parent)
             fd, self.tmp = temp_beside(self.path)
-            self.file = os.fdopen(fd, "w+b")
-            np.lib.format.write_array_header_1_0(self.file, header)  # (np.save's header for such a shape)
-            self.start = self.file.tell()
+            # unbuffered: a full disk fails the write that hit it, never a later seek or close, whose buffered rows
+            # were lost (the read-back then gave zeros, and close's error ended the run)
+            self.file = os.fdopen(fd, "w+b", buffering=0)
+            head = io.BytesIO()
+            np.lib.format.write_array_header_1_0(head, header)  # (np.save's header for such a shape)
+            self._write_at(0, head.getvalue())
+            self.start = len(head.getvalue())
             self.file.truncate(self.start + int(np.prod(self.shape)) * self.dtype.itemsize)  # sparse: no space yet
         except OSError as exc:
             self._keep_in_memory(exc)
@@ -398,28 +403,36 @@ class CacheFill:
         """Rows ``row, row + 1, ...`` of the array (counted over its leading dimensions) are ``block``'s."""
         if self.file is not None:
             try:
-                self.file.seek(self.start + row * block[0].nbytes)
-                self.file.write(block.tobytes())
+                self._write_at(self.start + row * block[0].nbytes, block.tobytes())
                 return
             except OSError as exc:  # a full disk midway: the rows so far are read back
                 self._keep_in_memory(exc)
         self.memory.reshape(-1, *block.shape[1:])[row : row + len(block)] = block
+
+    def _write_at(self, offset: int, data: bytes) -> None:
+        self.file.seek(offset)
+        view = memoryview(data)
+        while view:  # a raw write may take part of it (the disk filled up): the rest raises the error
+            view = view[self.file.write(view) :]
 
     def _keep_in_memory(self, exc: OSError) -> None:
         import numpy as np
 
         _warn_unwritable(exc)
         self.memory = np.zeros(self.shape, self.dtype)
-        if self.file is not None:
+        if self.start is not None:
             with suppress(OSError):
                 self.file.seek(self.start)
-                self.file.readinto(memoryview(self.memory.reshape(-1)).cast("B"))
-            self.discard()
+                view = memoryview(self.memory.reshape(-1)).cast("B")
+                while view:  # a raw read gives at most ~2 GB (Linux's limit for one read)
+                    view = view[self.file.readinto(view) or len(view) :]
+        self.discard()
 
     def discard(self) -> None:
         """Remove the temporary (an error or an interrupt while the array was computed)."""
         if self.file is not None:
-            self.file.close()
+            with suppress(OSError):
+                self.file.close()
             self.file = None
             with suppress(OSError):
                 os.unlink(self.tmp)
@@ -431,7 +444,6 @@ class CacheFill:
         if self.file is None:
             return self.memory
         try:
-            self.file.flush()
             os.fsync(self.file.fileno())
             array = np.load(self.tmp, mmap_mode="r")  # before the rename: a `cache clear` then cannot take it
             os.replace(self.tmp, self.path)

@@ -80,8 +80,8 @@ def test_a_disk_that_fills_midway_gives_the_features_in_memory(tmp_path, monkeyp
     monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
     fdopen = os.fdopen
 
-    def filling(fd, mode):  # the cache file takes the header and two batches, then the disk is full
-        f = fdopen(fd, mode)
+    def filling(fd, mode, buffering=-1):  # the cache file takes the header and two batches, then the disk is full
+        f = fdopen(fd, mode, buffering)
         write, room = f.write, [3]
 
         def write_until_full(data):
