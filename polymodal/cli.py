@@ -384,7 +384,11 @@ def cmd_info(args) -> int:
     if args.db:
         from polymodal.index import ImageIndex
 
+        from polymodal.registry import stale_index
+
         info["index"] = ImageIndex(args.db).info()
+        if why := stale_index(info["index"]):
+            info["index"]["stale"] = why
     if collection := qdrant_collection(args):
         info["qdrant"] = collection.info()
     if args.model:

@@ -300,19 +300,40 @@ def _warn_of_older_builtin_export(folder: Path) -> None:
         logging.getLogger(__name__).warning("%s", why)
 
 
+def shipped_version(name: str) -> str | None:
+    """The version of built-in ``name`` as this polymodal ships it (its folder's config.json), without loading it;
+    None where it ships no folder (lite: its version changes only with the code) or the install is broken (the
+    loader reports that)."""
+    import json
+
+    from polymodal.resources import HERE
+
+    try:
+        return json.loads((HERE / "models" / name / "config.json").read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def stale_index(info: dict) -> str | None:
+    """Why an index (ImageIndex.info()) built with a built-in cannot be searched with today's (an upgrade re-shipped
+    it: `default` was retrained), or None. `polymodal info --db` showed such an index as if nothing were wrong."""
+    name, made = info.get("model_name"), info.get("model_version")
+    shipped = shipped_version(name) if name in MODELS else None
+    if shipped is None or made in (None, shipped):
+        return None
+    return (f"built with an older {name} (version {made}; this polymodal's is {shipped}): searches refuse it; "
+            f"index its photos again into a new --db")
+
+
 def stale_builtin_export(name: str, folder: Path, by_path: bool = False) -> str | None:
     """Why the export of built-in ``name`` in ``folder`` is not today's ``name`` (made from an older one), or None.
     lite ships no folder; its version changes only with the code. ``by_path``: the folder was given as a path (it is
     served, as that older model)."""
-    import json
-
     from polymodal.export.runtime import read_export_config
     from polymodal.models.folders import folder_type
     from polymodal.resources import HERE
 
-    try:
-        shipped = json.loads((HERE / "models" / name / "config.json").read_text()).get("version")
-    except (OSError, ValueError, AttributeError):
+    if (shipped := shipped_version(name)) is None:
         return None  # no shipped folder (lite), or a broken install the torch loader reports
     try:
         made = read_export_config(folder).get("version")

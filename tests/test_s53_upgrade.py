@@ -72,3 +72,26 @@ def test_saved_yesno_folders_record_their_base(tmp_path):
     assert load_yesno(fitted, base=Base()).name == "mine"  # given the base it was fit over, it loads
     with pytest.raises(PolymodalError, match=r"version 0123456789ab; this polymodal's is"):
         load_yesno(fitted)
+
+
+def test_info_db_says_an_index_of_an_older_builtin_is_stale(tmp_path, capsys):
+    # `polymodal info --db` showed an index built with `default` before its retraining as if nothing were wrong,
+    # while every search of it is refused
+    import sqlite3
+
+    from test_s50_compat import _old_index
+
+    db = tmp_path / "old.idx"
+    _old_index(db, "default")  # model_version 63c91bdf6bb2, not today's default
+    assert cli.main(["info", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert f"built with an older default (version 63c91bdf6bb2; this polymodal's is {DEFAULT_NOW})" in out
+    assert "index its photos again into a new --db" in out
+    with sqlite3.connect(db / "meta.sqlite") as con:  # the same index as today's default would have built it
+        con.execute("UPDATE meta SET value = ? WHERE key = 'model_version'", (DEFAULT_NOW,))
+    assert cli.main(["info", "--db", str(db), "--json"]) == 0
+    assert "stale" not in json.loads(capsys.readouterr().out)["index"]
+    other = tmp_path / "mine.idx"
+    _old_index(other, "runs/mine/model")  # not a built-in: nothing to compare it with
+    assert cli.main(["info", "--db", str(other), "--json"]) == 0
+    assert "stale" not in json.loads(capsys.readouterr().out)["index"]

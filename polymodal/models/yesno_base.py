@@ -3,11 +3,9 @@ one, and `polymodal info --model` says so as quickly."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from polymodal.errors import PolymodalError
-from polymodal.resources import HERE
 
 # coco-yesno's versions shipped before 8d6f58b, whose saved copies record no "base_version" -> the `default` each was
 # fit over: 6e81bec85cee before that default's retraining (69b841c), 9d1379a30248 over today's (so copies saved from
@@ -24,10 +22,9 @@ def check_fit_base(folder: Path, config: dict, version: str, base) -> None:
     if base is not None:
         now = getattr(base, "version", None)
     else:
-        try:
-            now = json.loads((HERE / "models" / name / "config.json").read_text()).get("version")
-        except (OSError, ValueError, AttributeError):
-            return  # no such built-in: loading the base says so
+        from polymodal.registry import shipped_version
+
+        now = shipped_version(name)  # None: no such built-in, which loading the base says
     if fit_on is None or now is None or str(fit_on) == str(now):
         return
     raise PolymodalError(f"{folder} is a yes/no model fit over another {name} (version {fit_on}; this polymodal's is "
