@@ -43,12 +43,12 @@ def out_of_space(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def nearly_full(folder) -> bool:
-    """Under 1 MiB left on the disk holding ``folder``: where a writer's own error does not say ENOSPC (SQLite's
-    "disk I/O error" for a -shm it could not grow, onnx's silently truncated copy read back), this is why. False
-    when it cannot be told."""
+def nearly_full(folder, under: int = 1 << 20) -> bool:
+    """Under ``under`` bytes (1 MiB) left on the disk holding ``folder``: where a writer's own error does not say
+    ENOSPC (SQLite's "disk I/O error" for a -shm it could not grow, onnx's silently truncated copy read back, numpy's
+    errno-less "Not enough free space"), this is why. False when it cannot be told."""
     try:
-        return shutil.disk_usage(folder).free < 1 << 20
+        return shutil.disk_usage(folder).free < under
     except OSError:
         return False
 
@@ -93,24 +93,29 @@ def _warn_unwritable(exc: OSError) -> None:
 STALE_TEMP_S = 3600  # a write in progress touches its file every few seconds: one untouched for an hour was killed
 
 
-def remove_stale_temps(folder: Path, names=None, older_than_s: float = STALE_TEMP_S) -> None:
+def remove_stale_temps(folder: Path, names=None, older_than_s: float = STALE_TEMP_S) -> list[int]:
     """Delete temporary files (temp_beside's) that a killed write left in a folder: a feature cache for 100,000
     grids is ~12 GB, and the hidden leftover stayed until the folder was deleted. ``names``: only those of these
-    files (else any); ``older_than_s``: 0 where no write can be in progress (the caller holds the folder's lock)."""
+    files (else any); ``older_than_s``: 0 where no write can be in progress (the caller holds the folder's lock).
+    -> the sizes of the files deleted (`polymodal cache clear` counts them)."""
     import time
 
     patterns = [f".{name}.*.tmp" for name in names] if names else [".*.tmp"]
     try:
         leftovers = [tmp for pattern in patterns for tmp in Path(folder).glob(pattern)]
     except OSError:
-        return
+        return []
+    freed = []
     for tmp in leftovers:
         try:
-            if time.time() - tmp.stat().st_mtime >= older_than_s:
+            st = tmp.stat()
+            if time.time() - st.st_mtime >= older_than_s:
                 tmp.unlink()
                 log.info("deleted %s, left by a write that did not finish", tmp)
+                freed.append(st.st_size)
         except OSError:  # gone already (another process cleaned it), or not ours to delete
             pass
+    return freed
 
 
 def _umask() -> int:
@@ -341,13 +346,6 @@ def mark_used(path: Path) -> None:
         os.utime(path)
 
 
-def _free_bytes(folder: Path) -> float:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return float("inf")
-
-
 def store_cached(path: Path, array):
     """Write `array` to `path` atomically; -> it, memory-mapped from there (or `array` itself where the cache cannot
     be written)."""
@@ -358,7 +356,7 @@ def store_cached(path: Path, array):
             np.save(f, array)
         except OSError as exc:  # numpy writes a real file through C: a full disk is an OSError without errno ("Not
             # enough free space to write N bytes"), which the cache's warning read as an unwritable folder
-            if exc.errno is None and _free_bytes(Path(path).parent) < np.asarray(array).nbytes:
+            if exc.errno is None and nearly_full(Path(path).parent, under=np.asarray(array).nbytes):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from exc
             raise
 
@@ -370,6 +368,12 @@ def store_cached(path: Path, array):
         return np.load(path, mmap_mode="r")
     except FileNotFoundError:  # deleted as soon as written (`polymodal cache clear` meanwhile): this run has it
         return np.asarray(array)
+
+
+def put_rows(array, row: int, block) -> None:
+    """Rows ``row, row + 1, ...`` of ``array`` (counted over its leading dimensions: views x images) are
+    ``block``'s."""
+    array.reshape(-1, *block.shape[1:])[row : row + len(block)] = block
 
 
 class CacheFill:
@@ -407,7 +411,7 @@ class CacheFill:
                 return
             except OSError as exc:  # a full disk midway: the rows so far are read back
                 self._keep_in_memory(exc)
-        self.memory.reshape(-1, *block.shape[1:])[row : row + len(block)] = block
+        put_rows(self.memory, row, block)
 
     def _write_at(self, offset: int, data: bytes) -> None:
         self.file.seek(offset)

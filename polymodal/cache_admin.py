@@ -15,7 +15,7 @@ import re
 import time
 from pathlib import Path
 
-from polymodal.cache import STALE_TEMP_S, cache_dir
+from polymodal.cache import cache_dir, remove_stale_temps
 
 # image-<key>.npy, text-bank-<key>.npy, conse-classes-<key>.npy: only names polymodal gives are listed or deleted
 # (POLYMODAL_CACHE pointed at a project folder: its own features/embeddings.npy was deleted by `cache clear`)
@@ -88,14 +88,8 @@ def clear(older_than_days: float | None = None) -> dict:
             kept += 1
             continue
         removed, freed = removed + 1, freed + e["bytes"]
-    for tmp in _unfinished():
-        try:
-            size = _size(tmp)
-            if time.time() - tmp.stat().st_mtime >= STALE_TEMP_S:  # a live write touches its file every few seconds
-                tmp.unlink()
-                removed, freed = removed + 1, freed + size
-        except OSError:
-            continue
+    stale = remove_stale_temps(cache_dir() / "features")  # a live write touches its file every few seconds
+    removed, freed = removed + len(stale), freed + sum(stale)
     return {"files": removed, "bytes": freed, "kept": kept}
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from polymodal.cache import CacheFill, cache_key
+from polymodal.cache import CacheFill, cache_key, put_rows
 from polymodal.cache import load_cached as _load_cached
 from polymodal.cache import store_cached as _store
 from polymodal.data.augment import Augment, make_rng, photo_decode_size, view_transform
@@ -186,7 +186,7 @@ def _put(out: np.ndarray | CacheFill, row: int, block: np.ndarray) -> None:
     if isinstance(out, CacheFill):
         out.write(row, block)
     else:
-        out.reshape(-1, *block.shape[1:])[row : row + len(block)] = block
+        put_rows(out, row, block)
 
 
 def _share_unread(shape: tuple, starts: range, batch_size: int) -> np.ndarray:
