@@ -58,7 +58,7 @@ def write_page(path, command: str, line: dict, items: list[dict]) -> None:
     note = f"<p>The first {len(shown):,} items; {more:,} more not shown (--out FILE.jsonl writes every item).</p>" \
         if more else ""
     title = f"polymodal eval {command}: {line.get('model', '')}"
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
             f"<style>{_STYLE}</style><style>{pictures}</style></head><body><h1>{escape(title)}</h1>"
             f"<pre class='figures'>{escape(json.dumps(line))}</pre><p class='headline'>{escape(headline)}</p>{note}"
             f"{rows}</body></html>")
@@ -100,10 +100,11 @@ def _photo(name: str, url: str, picture: str, note: str = "", mark: str = "") ->
             f"<figcaption dir='auto'>{caption}</figcaption></figure>")
 
 
-def _item(verdict: str, bad: bool | None, photos: str, facts: list[tuple[str, object]]) -> str:
-    """One item: the verdict (red when ``bad``, grey when None: not scored), its photos, then its texts."""
+def _item(verdict: str, bad: bool | None, photos: str, facts: list[tuple[str, object]], state: str = "") -> str:
+    """One item: the verdict (red when ``bad``, grey when None: not scored; ``state`` "measured": a score that is
+    neither right nor wrong, in the text's colour), its photos, then its texts."""
     lines = "".join(f"<dt>{escape(k)}</dt><dd dir='auto'>{_text(v)}</dd>" for k, v in facts if v is not None)
-    state = " bad" if bad else " unscored" if bad is None else ""
+    state = f" {state}" if state else " bad" if bad else " unscored" if bad is None else ""
     return (f"<section class='item{state}'><div class='verdict'>{escape(verdict)}</div>"
             f"<div class='photos'>{photos}</div><dl>{lines}</dl></section>")
 
@@ -121,7 +122,10 @@ def _error(item: dict, photo, facts) -> str:
 def _retrieval(item, photo, labels) -> str:
     if "rank" not in item:
         return _error(item, photo, [("caption", item["caption"])])
-    hits = "".join(photo(name, f"hit {n}", "truth" if name == item["image"] else "wrong")
+    # which hit is its photo said in words too: a frame's colour alone is lost on a red-green colour-blind reader,
+    # in a high-contrast theme and to a screen reader
+    hits = "".join(photo(name, f"hit {n}: its photo", "truth") if name == item["image"] else
+                   photo(name, f"hit {n}", "wrong")
                    for n, name in enumerate(item.get("top", []), 1))
     truth = photo(item["image"], "its photo", "truth")
     return _item("right" if item["rank"] == 1 else f"rank {item['rank']}", item["rank"] > 1,
@@ -161,22 +165,27 @@ def _vqa(item, photo, labels) -> str:
 def _captions(item, photo, labels) -> str:
     if "caption" not in item:
         return _error(item, photo, [])
+    # a caption is neither right nor wrong: its score in the text's colour, not in the grey of "not scored"
     return _item("" if "cider" not in item else f"CIDEr-D {item['cider']:.2f}", None, photo(item["image"]),
-                 [("generated", item["caption"]), ("references", item["references"])])
+                 [("generated", item["caption"]), ("references", item["references"])], "measured")
 
 
 _ROWS = {"retrieval": _retrieval, "zeroshot": _zeroshot, "images": _images, "vqa": _vqa, "captions": _captions}
 
+# frames inside the thumbnail's 128 px (outside it, neighbouring hits' frames touched); a miss's dashed and a gone
+# photo's grey box framed too: truth and miss told apart without colour
 _STYLE = f"""body{{font:14px system-ui,sans-serif;margin:16px;color:#222}}h1{{font-size:18px}}
 .figures{{white-space:pre-wrap;word-break:break-all;background:#f4f5f7;padding:8px;font-size:12px}}
 .headline{{font-weight:600}}
 .item{{display:flex;gap:12px;padding:8px 0;border-top:1px solid #ddd;align-items:flex-start}}
 .verdict{{width:72px;flex:none;font-weight:600;color:#2a7}}.bad .verdict{{color:#c33}}.unscored .verdict{{color:#777}}
+.measured .verdict{{color:inherit}}
 .photos{{display:flex;gap:6px;flex:none}}.sep{{width:10px}}figure{{margin:0;width:{THUMB_PX}px}}
-.img,.none{{width:{THUMB_PX}px;height:{THUMB_PX}px;display:block;border:3px solid transparent}}
+.img,.none{{width:{THUMB_PX}px;height:{THUMB_PX}px;display:block;border:3px solid transparent;
+box-sizing:border-box}}
 .img{{background:center/cover no-repeat;-webkit-print-color-adjust:exact;print-color-adjust:exact}}
 .none{{background:#eef0f3;color:#555;font-size:12px;display:flex;align-items:center;justify-content:center;
-text-align:center}}figure.truth .img{{border-color:#2a7}}figure.wrong .img{{border-color:#c33}}
+text-align:center}}figure.truth>div{{border-color:#2a7}}figure.wrong>div{{border-color:#c33;border-style:dashed}}
 figcaption{{font-size:12px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}}
 dl{{margin:0;display:grid;grid-template-columns:max-content 1fr;gap:2px 10px}}dt{{color:#666}}dd{{margin:0}}
 ul{{margin:0;padding-left:16px}}"""
