@@ -350,7 +350,7 @@ def _labels(args) -> list[str]:
     if (args.labels is None) == (args.labels_from is None):
         raise PolymodalError("pass either --labels cat,dog,car or --labels-from FILE (one label per line)")
     if args.labels is not None:
-        return [x.strip() for x in args.labels.split(",") if x.strip()]
+        return [x.strip() for x in args.labels.split(",") if not is_blank(x)]  # "a,,b": a stray comma
     from polymodal.apps.text_search import read_text_lines
 
     labels = read_text_lines(args.labels_from, "labels")[0]

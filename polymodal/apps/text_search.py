@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from polymodal.cache import cache_key, load_cached, store_cached
+from polymodal.data.jsonl import UTF16_FIX, utf16_or_binary
+from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import as_texts, check_count
 
@@ -32,7 +34,10 @@ def read_text_lines(path: str | Path, what: str = "texts") -> tuple[list[str], l
     """The non-empty lines of a UTF-8 text file that do not start with # (a BOM is dropped), and their line numbers."""
     one = f"one {what.removesuffix('s')} per line"  # "one text per line"
     try:
-        raw = Path(path).read_text(encoding="utf-8-sig")  # -sig: a BOM from Notepad is not text
+        data = Path(path).read_bytes()
+        if utf16_or_binary(data[:4096]):
+            raise PolymodalError(f"cannot read {what} file {path}: it is {UTF16_FIX}, with {one}")
+        raw = data.decode("utf-8-sig")  # -sig: a BOM from Notepad is not text
     except FileNotFoundError:
         raise PolymodalError(f"{what} file not found: {path}; pass a text file with {one}") from None
     except IsADirectoryError:
@@ -43,10 +48,11 @@ def read_text_lines(path: str | Path, what: str = "texts") -> tuple[list[str], l
                              f"0x{exc.object[exc.start]:02x}); save it as UTF-8, with {one}") from None
     except OSError as exc:
         raise PolymodalError(f"cannot read {what} file {path} ({exc}); pass a UTF-8 text file with {one}") from None
-    # split on newlines only (reading made CRLF and CR into "\n"): str.splitlines would also split a caption at a
-    # form feed, U+0085 or U+2028, giving two texts and line numbers an editor does not show
-    kept = [(n, line.strip()) for n, line in enumerate(raw.split("\n"), 1)
-            if line.strip() and not line.lstrip().startswith("#")]
+    # split on CRLF, CR and LF only: str.splitlines would also split a caption at a form feed, U+0085 or U+2028,
+    # giving two texts and line numbers an editor does not show. A line of zero-width or control characters alone
+    # is as blank as an empty one (a tokenizer finds no word in it: it embedded as the empty text)
+    kept = [(n, line.strip()) for n, line in enumerate(raw.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1)
+            if not is_blank(line) and not line.lstrip().startswith("#")]
     if not kept:
         raise PolymodalError(f"{path} holds no {what}; write {one} (lines starting with # are comments)")
     return [t for _, t in kept], [n for n, _ in kept]

@@ -25,15 +25,22 @@ def existing_file(path: Path, what: str, fix: str) -> Path:
     return path
 
 
+UTF16_FIX = "UTF-16 (or binary), not UTF-8 text; save it as UTF-8 (in PowerShell: Out-File -Encoding utf8)"
+
+
+def utf16_or_binary(head: bytes) -> bool:
+    """Whether a file's first bytes are UTF-16 (PowerShell 5's `>` writes it) or binary: read as UTF-8, ASCII
+    UTF-16 without a BOM decodes without an error into letters between NULs."""
+    return head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head
+
+
 @contextmanager
 def utf8_text(path: Path, **open_args):
     """The file opened as UTF-8 text (a BOM is fine), or one error naming the line that is not UTF-8: a Latin-1 or
     UTF-16 export would otherwise be read as garbled words, or as rows that make no sense."""
     with path.open("rb") as raw:
-        head = raw.read(4096)
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
-        raise PolymodalError(f"{path} is UTF-16 (or binary), not UTF-8 text; save it as UTF-8 (in PowerShell: "
-                             "Out-File -Encoding utf8)")
+        if utf16_or_binary(raw.read(4096)):
+            raise PolymodalError(f"{path} is {UTF16_FIX}")
     try:
         with path.open(encoding="utf-8-sig", **open_args) as f:
             yield f

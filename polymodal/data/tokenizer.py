@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from polymodal.data.word_pieces import few_whole_words, mostly_fragments, piece_counts, piece_kinds
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger("polymodal.encoders.text")  # where the warning was always logged from
@@ -45,40 +46,64 @@ def warn_once_of_cut(owner, cut: int, max_length: int, tower: str) -> None:
                     "do not count; shown once per model, later texts may be cut too", tower, max_length, cut)
 
 
-def warn_once_if_unknown(owner, input_ids, attention_mask, unk_id: int | None, texts: list[str], tower: str) -> None:
+def warn_once_if_unknown(owner, input_ids, attention_mask, tokenizer, texts: list[str], tower: str) -> None:
     """Texts whose word pieces are mostly [UNK] (a WordPiece vocabulary's one piece for every word it lacks: the
     bundled MiniLM's is uncased and mostly English, so Chinese characters and emoji read as [UNK]) embed alike
-    whatever they say, and a search or caption in them ranks photos by the rest of the words, or by nothing: say so
-    once per model, with an example. ``input_ids``/``attention_mask``: torch tensors or numpy arrays ``[B, L]``,
-    [CLS] ... [SEP] per row; ``unk_id`` None (a tokenizer with no such piece, as CLIP's byte-level BPE) says nothing."""
-    if unk_id is None or getattr(owner, "_warned_unknown", False):
+    whatever they say, and a search or caption in them ranks photos by the rest of the words, or by nothing; texts
+    whose words are mostly fragments of words it knows (Russian, Arabic, Greek: letter by letter; French or German
+    over a batch) embed poorly too: say so once per model, with an example. ``input_ids``/``attention_mask``: torch
+    tensors or numpy arrays ``[B, L]``, [CLS] ... [SEP] per row; ``tokenizer``: a FastTokenizer, whose ``unk_id``
+    None (a tokenizer with no such piece, as CLIP's byte-level BPE) says nothing."""
+    if getattr(tokenizer, "unk_id", None) is None or getattr(owner, "_warned_unknown", False):
         return
-    ids, mask = np.asarray(input_ids), np.asarray(attention_mask).astype(bool)
-    unknown = ((ids == unk_id) & mask).sum(1)
-    mostly = (unknown > 0) & (2 * unknown >= mask.sum(1) - 2)  # at least half of the pieces between [CLS] and [SEP]
+    pieces, unknown, words, whole = tokenizer.piece_counts(input_ids, attention_mask)
+    mostly, fragments = (unknown > 0) & (2 * unknown >= pieces), mostly_fragments(words, whole)
     if mostly.any():
-        owner._warned_unknown = True
         first = int(mostly.argmax())
         log.warning("%d of %d texts are mostly word pieces the %s does not know (e.g. %r: %d of its %d pieces are "
                     "[UNK]): words outside its vocabulary (the bundled MiniLM's is uncased and mostly English; most "
                     "Chinese characters and emoji are outside it) embed alike whatever they say; shown once per model",
-                    int(mostly.sum()), len(texts), tower, texts[first], int(unknown[first]), int(mask[first].sum()) - 2)
+                    int(mostly.sum()), len(texts), tower, texts[first], int(unknown[first]), int(pieces[first]))
+    elif few_whole_words(words, whole):
+        first = int(np.argmax(whole < words))
+        log.warning("only %d%% of the words of these %d texts are in the %s's vocabulary (English captions: 87%% or "
+                    "more; e.g. %r reads %r): the bundled MiniLM reads English, and words it splits into fragments "
+                    "(other languages; rare names, as dog breeds) embed poorly, so searches, labels and training in "
+                    "them work poorly; shown once per model",
+                    int(100 * whole.sum() / words.sum()), len(texts), tower, texts[first],
+                    tokenizer.pieces(input_ids[first], attention_mask[first]))
+    elif fragments.any():
+        first = int(fragments.argmax())
+        log.warning("%d of %d texts are mostly words the %s splits into fragments (e.g. %r: %d of its %d words are in "
+                    "its vocabulary; it reads %r): its vocabulary is mostly English (the bundled MiniLM's; Cyrillic, "
+                    "Arabic, Greek or Hebrew words read letter by letter), so such texts embed poorly whatever they "
+                    "say; shown once per model", int(fragments.sum()), len(texts), tower, texts[first],
+                    int(whole[first]), int(words[first]), tokenizer.pieces(input_ids[first], attention_mask[first]))
+    else:
+        return
+    owner._warned_unknown = True
 
 
 def unknown_words_note(model, text: str) -> str | None:
     """For one query (a served search, whose reply says what the server log would): a note when most of its word
-    pieces are [UNK] to ``model``'s WordPiece text tower (see warn_once_if_unknown), else None."""
+    pieces are [UNK], or most of its words fragments, to ``model``'s WordPiece text tower (see
+    warn_once_if_unknown), else None."""
     tokenizer = getattr(getattr(model, "text_tower", None), "_fast", None) or getattr(model, "tokenizer", None)
     if not isinstance(tokenizer, FastTokenizer) or tokenizer.unk_id is None:
         return None
     enc = tokenizer._encode(text, "the text")
-    pieces = [i for i, special in zip(enc.ids, enc.special_tokens_mask) if not special]
-    unknown = sum(i == tokenizer.unk_id for i in pieces)
-    if not unknown or 2 * unknown < len(pieces):
-        return None
-    return (f"{unknown} of the query's {len(pieces)} word pieces are unknown to the model's vocabulary ([UNK]: it is "
-            "mostly English; most Chinese characters and emoji are outside it), so photos are ranked by the rest of "
-            "the words, or by nothing: ask in English words")
+    ids, mask = np.array([enc.ids]), np.array([enc.attention_mask])
+    pieces, unknown, words, whole = (int(n[0]) for n in tokenizer.piece_counts(ids, mask))
+    if unknown and 2 * unknown >= pieces:
+        return (f"{unknown} of the query's {pieces} word pieces are unknown to the model's vocabulary ([UNK]: it is "
+                "mostly English; most Chinese characters and emoji are outside it), so photos are ranked by the rest "
+                "of the words, or by nothing: ask in English words")
+    if mostly_fragments(np.array(words), np.array(whole)):
+        return (f"{words - whole} of the query's {words} words are not in the model's vocabulary and read as "
+                f"fragments ({tokenizer.pieces(ids[0], mask[0])!r}: it is mostly English; Cyrillic, Arabic, Greek or "
+                "Hebrew words read letter by letter), so photos are ranked by little of what it says: ask in English "
+                "words")
+    return None
 
 
 def unknown_words_notes(model, texts: list[str], at_most: int = 5) -> list[str]:
@@ -117,6 +142,18 @@ class FastTokenizer:
         self.tok.enable_padding(pad_id=pad_id, pad_token=pad_token)  # to the longest row, as padding=True does
         if type(self.tok.model).__name__ == "WordPiece":  # a BPE's unk_token may be its end token (CLIP's)
             self.unk_id = self.tok.token_to_id(self.tok.model.unk_token)
+        self._kinds = None  # word_pieces.piece_kinds, made on first use
+
+    def piece_counts(self, input_ids, attention_mask) -> tuple[np.ndarray, ...]:
+        """Per row of a WordPiece batch: pieces, [UNK] pieces, words and whole words (see word_pieces)."""
+        if self._kinds is None:
+            self._kinds = piece_kinds(self.tok)
+        return piece_counts(self._kinds, self.unk_id, input_ids, attention_mask)
+
+    def pieces(self, input_ids, attention_mask, at_most: int = 12) -> str:
+        """A row's word pieces between [CLS] and [SEP], as a warning shows how a text reads ("chi ##en ...")."""
+        ids = [int(i) for i, m in zip(np.asarray(input_ids), np.asarray(attention_mask)) if m][1:-1]
+        return " ".join(self.tok.id_to_token(i) for i in ids[:at_most]) + (" ..." if len(ids) > at_most else "")
 
     @classmethod
     def from_model_folder(cls, folder: Path, max_length: int) -> "FastTokenizer | None":
@@ -184,12 +221,13 @@ class FastTokenizer:
         kept = self.tok.encode(question, add_special_tokens=False).offsets[room - 1][1]
         return f"{question[:kept]} {answer}"
 
-    def warn_if_question_cut(self, question: str, limit: str) -> None:
-        """A question longer than the model reads loses its end (often the part that asks): say so. ``limit``
-        names the setting, e.g. "max_question_tokens=32"."""
+    def warn_if_question_cut(self, question: str, limit: str) -> bool:
+        """A question longer than the model reads loses its end (often the part that asks): say so, and whether it
+        was said. ``limit`` names the setting, e.g. "max_question_tokens=32"."""
         encoding = self._encode(question, "the question")
         if encoding.overflowing:
             cut = sum(sum(o.attention_mask) - 2 for o in encoding.overflowing)  # each is [CLS] .. [SEP], padded
             logging.getLogger("polymodal.models.fusion_encoder").warning(
                 "the question is %d word pieces longer than this model reads (%s); its end was cut off: ask it in "
                 "fewer words", cut, limit)
+        return bool(encoding.overflowing)

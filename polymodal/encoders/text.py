@@ -91,7 +91,7 @@ class SentenceEncoder(nn.Module):
             cut = overflowed(getattr(batch, "encodings", None))
         warn_once_if_cut(self, batch["attention_mask"], self.max_length, "text tower", cut)
         if self._fast is not None:
-            warn_once_if_unknown(self, batch["input_ids"], batch["attention_mask"], self._fast.unk_id, texts,
+            warn_once_if_unknown(self, batch["input_ids"], batch["attention_mask"], self._fast, texts,
                                  "text tower")
         return batch
 

@@ -267,7 +267,7 @@ class OnnxEmbeddingModel(ReloadsFromFolder, EmbeddingInterface):
         tokens = self.tokenizer(texts)
         warn_once_if_cut(self, tokens["attention_mask"], self._max_length, "text tower",  # as the PyTorch model does
                          self.tokenizer.last_cut)
-        warn_once_if_unknown(self, tokens["input_ids"], tokens["attention_mask"], self.tokenizer.unk_id, texts,
+        warn_once_if_unknown(self, tokens["input_ids"], tokens["attention_mask"], self.tokenizer, texts,
                              "text tower")
         feeds = {k: v for k, v in tokens.items() if k in self._text_inputs}
         return self.text_session.run(None, feeds)[0].astype(np.float32, copy=False)

@@ -551,8 +551,9 @@ class FusionEncoder(nn.Module):
     def _warn_if_cut(self, question: str) -> None:
         """A question longer than max_question_tokens loses its end (often the part that asks): say so."""
         fast = getattr(self.text_tower, "_fast", None)
-        if fast is not None:
-            fast.warn_if_question_cut(question, f"max_question_tokens={self.config.max_question_tokens}")
+        if fast is not None and fast.warn_if_question_cut(question,
+                                                          f"max_question_tokens={self.config.max_question_tokens}"):
+            self.text_tower._warned_cut = True  # this warning stands for the tower's (warn_once_if_cut): one, not two
 
     @in_eval_mode
     @torch.inference_mode()
