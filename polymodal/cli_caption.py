@@ -46,9 +46,11 @@ def _check_decoding(args) -> dict:
 
 
 def cmd_caption(args) -> int:
+    from polymodal.eval.per_item import check_out, write_page
     from polymodal.models.inputs import each_or_error, none_could_be, unreadable_files
 
     decoding = _check_decoding(args)
+    check_out(args.page, args.images, "--page", ".html")  # before the model loads, as eval's --page
     # missing or unreadable files are found from their headers before the model loads: all of them bad is one
     # error; otherwise each bad one is reported and skipped, as `classify` does (one damaged photo costs no others)
     errors = unreadable_files(args.images)
@@ -58,7 +60,7 @@ def cmd_caption(args) -> int:
     model = load_captioner_model(args.model, args.runtime, args.precision)
     # a batch at a time: memory stays flat over thousands of photos, and each batch's captions show as they come;
     # a photo damaged past its header fails its batch, which is then captioned one photo at a time
-    captioned = 0
+    captioned, items = 0, []
     for start in range(0, len(args.images), args.batch_size):
         paths = args.images[start : start + args.batch_size]
         readable = [p for p in paths if p not in errors]
@@ -67,6 +69,8 @@ def cmd_caption(args) -> int:
         errors.update(damaged)
         captions = {p: r[0] for p, r in zip(readable, said) if not isinstance(r, str)}
         for path in paths:
+            items.append({"image": path, "caption": captions[path]} if path in captions else
+                         {"image": path, "error": errors[path]})
             if path in captions:
                 captioned += 1
                 print(json.dumps({"image": path, "caption": captions[path]}) if args.json else
@@ -77,6 +81,8 @@ def cmd_caption(args) -> int:
                 print(f"polymodal: skipped {path}: {errors[path]}", file=sys.stderr, flush=True)
     if not captioned:
         raise PolymodalError(none_could_be("read", [errors[p] for p in args.images]))
+    write_page(args, "caption", {"model": args.model, "runtime": args.runtime, **decoding, "images": captioned,
+                                 "unreadable": len(args.images) - captioned}, items)
     return 0
 
 
@@ -140,6 +146,8 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--batch-size", type=int, default=16, help="photos decoded and captioned at a time (default 16)")
     s.add_argument("--json", action="store_true",
                    help="one {image, caption} object per line, in order ({image, error} for an unreadable photo)")
+    s.add_argument("--page", metavar="FILE.html", help="also write a page to look at in a browser: each photo with "
+                   "its caption, in order (the first 200; one file that opens offline)")
     s.set_defaults(func=cmd_caption)
 
     s = actions["train"].add_parser("captioner", help="image captioning model on image-caption pairs")

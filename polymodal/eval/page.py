@@ -1,6 +1,6 @@
-"""`eval ... --page FILE.html`: an evaluation to look at, where the JSON line and --out's items only say it. One
-self-contained file (each photo's JPEG thumbnail inlined once, in its style sheet; no script, nothing fetched: it
-opens from disk, offline):
+"""`eval ... --page FILE.html` (and `caption --page`): an evaluation to look at, where the JSON line and --out's
+items only say it. One self-contained file (each photo's JPEG thumbnail inlined once, in its style sheet; no script,
+nothing fetched: it opens from disk, offline):
 the figures line at the top, then the items, the model's failures first, worst first, each with its photo(s), the
 question, query or caption, the model's answer or top hits, and the truth."""
 
@@ -47,17 +47,19 @@ def write_page(path, command: str, line: dict, items: list[dict]) -> None:
     rows = "".join(_ROWS[command](item, photo, labels) for item in shown)
     pictures = "".join(f".{ids[name]}{{background-image:url({url})}}" for name, url in thumbs.items()
                        if url.startswith("data:"))
-    if command == "captions":  # below MIN_CIDER_PHOTOS no CIDEr-D is scored: as the data lists them
+    if command == "caption":  # `polymodal caption`: the photos as given, nothing to score them against
+        headline = f"{len(right):,} captioned photos, in the order given"
+    elif command == "captions":  # below MIN_CIDER_PHOTOS no CIDEr-D is scored: as the data lists them
         headline = f"{len(right):,} captioned photos, " + ("the lowest CIDEr-D first" if ranked else
                                                            "in the order of the data (too few for CIDEr-D)")
     else:
         headline = f"{len(failed):,} of {len(failed) + len(right):,} {FAILURE[command]}, worst first"
     if unscored:
-        headline += f"; {len(unscored):,} not scored (last)"
+        headline += f"; {len(unscored):,} {'unreadable' if command == 'caption' else 'not scored'} (last)"
     more = len(items) - len(shown)
-    note = f"<p>The first {len(shown):,} items; {more:,} more not shown (--out FILE.jsonl writes every item).</p>" \
-        if more else ""
-    title = f"polymodal eval {command}: {line.get('model', '')}"
+    every = "--json lists every caption" if command == "caption" else "--out FILE.jsonl writes every item"
+    note = f"<p>The first {len(shown):,} items; {more:,} more not shown ({every}).</p>" if more else ""
+    title = f"polymodal {'' if command == 'caption' else 'eval '}{command}: {line.get('model', '')}"
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
             f"<style>{_STYLE}</style><style>{pictures}</style></head><body><h1>{escape(title)}</h1>"
             f"<pre class='figures'>{escape(json.dumps(line))}</pre><p class='headline'>{escape(headline)}</p>{note}"
@@ -81,7 +83,7 @@ def _badness(command: str, item: dict) -> tuple | None:
     if command == "vqa":  # a confident wrong answer before a hesitant one
         return None if "score" not in item else (0,) if item["score"] >= 1 else \
             (1 - item["score"], item["confidence"])
-    if command == "captions":
+    if command in ("captions", "caption"):
         return None if "caption" not in item else (0,)
     if "rank" not in item:
         return None
@@ -167,10 +169,11 @@ def _captions(item, photo, labels) -> str:
         return _error(item, photo, [])
     # a caption is neither right nor wrong: its score in the text's colour, not in the grey of "not scored"
     return _item("" if "cider" not in item else f"CIDEr-D {item['cider']:.2f}", None, photo(item["image"]),
-                 [("generated", item["caption"]), ("references", item["references"])], "measured")
+                 [("generated", item["caption"] or "(empty)"), ("references", item.get("references"))], "measured")
 
 
-_ROWS = {"retrieval": _retrieval, "zeroshot": _zeroshot, "images": _images, "vqa": _vqa, "captions": _captions}
+_ROWS = {"retrieval": _retrieval, "zeroshot": _zeroshot, "images": _images, "vqa": _vqa, "captions": _captions,
+         "caption": _captions}
 
 # frames inside the thumbnail's 128 px (outside it, neighbouring hits' frames touched); a miss's dashed and a gone
 # photo's grey box framed too: truth and miss told apart without colour

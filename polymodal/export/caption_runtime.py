@@ -53,7 +53,7 @@ class OnnxCaptioner(GraphExport):
         # captions than each alone (6 of 12 Flickr8k photos did), so an int8 step graph decodes one photo at a time
         alone = self.variants["step"] != "fp32"
         return caption_batches(images, 1 if alone else batch_size, beam, max_tokens, no_repeat, pieces_of,
-                               lambda pieces: caption_text(self.tokenizer.decode(pieces)))
+                               lambda pieces: caption_text(self.tokenizer.decode(pieces)), owner=self)
 
     def __repr__(self) -> str:
         return f"OnnxCaptioner({self.key}, step={self.files['step']})"

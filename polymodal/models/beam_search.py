@@ -7,6 +7,7 @@ values reorders them by it), and ``logits`` ``[N, V]`` score the next piece.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from numbers import Integral, Real
@@ -17,11 +18,14 @@ import numpy as np
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import as_images, check_count
 
+log = logging.getLogger(__name__)
+
 CLS, SEP, PAD = 101, 102, 0  # MiniLM's (BERT uncased) special word pieces
 UNK, MASK = 100, 103  # never written: the export's tokenizer drops them in decoding, and neither reads as a word
 NO_REPEAT = 3  # captions never repeat a 3-gram or a piece twice in a row (benchmarks/captioning.py --no-repeat)
 MAX_BEAM = 20  # keys and values grow with beam x batch: --beam 1000 took 2.9 GB for one photo; 5+ rarely changes it
 MAX_TOKENS = 512  # MiniLM's position table: a word piece past position 511 has no position embedding
+STOPS = (1012, 999, 1029)  # ".", "!", "?": a caption at max_tokens that ends so reads whole, [SEP] or not
 
 
 # word-piece decoding writes the pieces of "t-shirt", "man's" and "3.5" apart ("t - shirt", "man ' s", "3. 5"): the
@@ -82,14 +86,40 @@ def check_search(beam, max_tokens, length_penalty, no_repeat) -> None:
 
 
 def caption_batches(images: Any, batch_size: int, beam: int, max_tokens: int, no_repeat: int,
-                    pieces_of: Callable[..., list[list[int]]], text_of: Callable[[list[int]], str]) -> list[str]:
+                    pieces_of: Callable[..., list[list[int]]], text_of: Callable[[list[int]], str],
+                    owner: Any = None) -> list[str]:
     """caption() of both runtimes: an image or images (paths, PIL images, arrays) -> one caption each, after one
     check of the decoding options. ``pieces_of(batch, beam, max_tokens, no_repeat)`` writes the word pieces of a
-    batch of images; ``text_of`` turns them into text."""
+    batch of images; ``text_of`` turns them into text. ``owner`` (the model) is told of empty and cut captions
+    once (warn_once_if_unfinished)."""
     beam, max_tokens, no_repeat, batch_size = check_decoding(beam, max_tokens, no_repeat, batch_size)
     images = as_images(images)
-    return [text_of(pieces) for i in range(0, len(images), batch_size)
-            for pieces in pieces_of(images[i : i + batch_size], beam, max_tokens, no_repeat)]
+    written = [pieces for i in range(0, len(images), batch_size)
+               for pieces in pieces_of(images[i : i + batch_size], beam, max_tokens, no_repeat)]
+    if owner is not None:
+        warn_once_if_unfinished(owner, written, max_tokens)
+    return [text_of(pieces) for pieces in written]
+
+
+def warn_once_if_unfinished(owner: Any, written: list[list[int]], max_tokens: int) -> None:
+    """An empty caption (the model ended it before any word) or one cut at max_tokens (beam_search writes
+    max_tokens pieces only when no end came: "a woman a woman a woman ... a") reads as the model's whole answer:
+    say why, once per model (a server or a long `caption` run would repeat it). One that reached max_tokens with a
+    full stop is not counted: the built-in captioner wrote 1 of 85 Flickr8k photos' captions so, whole but for
+    [SEP] ("a woman in a white shirt is wearing a blue shirt and black shirt is sitting on the street.")."""
+    if getattr(owner, "_warned_unfinished", False):
+        return
+    empty = sum(not pieces for pieces in written)
+    cut = sum(len(pieces) >= max_tokens and pieces[-1] not in STOPS for pieces in written)
+    if empty or cut:
+        owner._warned_unfinished = True
+    if empty:
+        log.warning("%d of %d captions are empty: the model wrote its end before any word (as one trained on few "
+                    "photos or epochs may); shown once per model", empty, len(written))
+    if cut:
+        log.warning("%d of %d captions reached max_tokens (%d word pieces) before their end and are cut there: raise "
+                    "--max-tokens (max_tokens=), or, where they repeat themselves up to it, train the model longer or "
+                    "on more photos; shown once per model", cut, len(written), max_tokens)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -236,7 +236,8 @@ class Captioner(nn.Module):
             return self.generate(self.encode_images(batch, batch_size), beam=beam, max_tokens=max_tokens,
                                  no_repeat=no_repeat)
 
-        return caption_batches(images, batch_size, beam, max_tokens, no_repeat, pieces_of, self.decode)
+        return caption_batches(images, batch_size, beam, max_tokens, no_repeat, pieces_of, self.decode,
+                              owner=self)
 
     def decode(self, pieces: list[int]) -> str:
         """Word pieces (as `generate` returns them) -> text."""
