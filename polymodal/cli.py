@@ -345,14 +345,23 @@ def cmd_classify(args) -> int:
 
 
 def _labels(args) -> list[str]:
-    """--labels a,b,c or --labels-from FILE (one label per line, or a JSON list: for long lists and labels with
-    commas)."""
+    """--labels a,b,c or --labels-from FILE (one label per line, a JSON list or a one-column CSV: for long lists and
+    labels with commas)."""
     if (args.labels is None) == (args.labels_from is None):
         raise PolymodalError("pass either --labels cat,dog,car or --labels-from FILE (one label per line)")
     if args.labels is not None:
         return [x.strip() for x in args.labels.split(",") if not is_blank(x)]  # "a,,b": a stray comma
     from polymodal.apps.text_search import read_text_lines
+    from polymodal.data.csv_rows import csv_names, is_csv
 
+    if is_csv(args.labels_from):  # its header is no label, nor is "cat,a photo of a cat"
+        from polymodal.data.jsonl import existing_file
+
+        path = existing_file(Path(args.labels_from), "labels file", "pass a text file with one label per line")
+        labels = csv_names(path, "label")
+        if not labels:
+            raise PolymodalError(f"{path} holds no labels; write one label per line (under a header such as label)")
+        return labels
     labels = read_text_lines(args.labels_from, "labels")[0]
     if labels[0].startswith("["):  # a JSON list of names, as `eval zeroshot --classes` reads one (it was one label)
         from polymodal.eval.zeroshot import json_names
@@ -522,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     s.add_argument("--labels", help="comma-separated, e.g. cat,dog,car")
     s.add_argument("--labels-from", metavar="FILE", help="a text file with one label per line (a line starting "
-                   "with # is a comment), or a JSON list of names")
+                   "with # is a comment), a JSON list of names, or a one-column .csv (a header such as label is "
+                   "no label)")
     add_template_options(s, "'a photo of a {}.'")
     s.add_argument("--top-k", type=int, default=None, help="labels shown per image (default: all)")
     s.add_argument("--model", default="lite", help="built-in name, checkpoint or export folder (default: lite)")

@@ -80,8 +80,9 @@ def add_parsers(sub, actions: dict) -> None:
     s = actions["eval"].add_parser("images", help="image->image retrieval ('more like this'): each labelled photo "
                                    "queries the others; R@1/5/10, R-Precision, MAP@R")
     s.add_argument("--labels-file", required=True, metavar="FILE",
-                   help="a JSONL file of {\"image\": path relative to the file, \"label\"} rows, or a folder "
-                        "with one subfolder of photos per class, named as the class (as eval zeroshot reads them)")
+                   help="a JSONL file of {\"image\": path relative to the file, \"label\"} rows, a CSV with "
+                        "image,label columns, or a folder with one subfolder of photos per class, named as the class "
+                        "(as eval zeroshot reads them)")
     s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
     add_runtime(s)
     add_precision(s)

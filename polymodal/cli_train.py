@@ -60,9 +60,9 @@ CONTRASTIVE_HELPS = {
              "crop only (default: %(recipe_default)s)",
     "val_fraction": "share of the photos split off for validation when --val-pairs is not given (default: "
                     "%(recipe_default)s)",
-    "zeroshot_labels": "a JSONL of {\"image\", \"label\"} rows (or a folder of class folders) scored zero-shot "
-                       "after each epoch (the early-stopping metric when there are no validation pairs) (default: "
-                       "%(recipe_default)s)",
+    "zeroshot_labels": "a JSONL of {\"image\", \"label\"} rows (or an image,label CSV, or a folder of class "
+                       "folders) scored zero-shot after each epoch (the early-stopping metric when there are no "
+                       "validation pairs) (default: %(recipe_default)s)",
 }
 
 
@@ -196,7 +196,8 @@ def check_arch_of_continued_model(settings: dict, recipe_cls=None) -> None:
     if isinstance(config, dict) and config.get("type") == "fusion_encoder":
         from polymodal.models.fusion_encoder import as_recorded
 
-        config = as_recorded(config)  # as load_fusion_encoder reads it
+        config = {**as_recorded(config), **getattr(recipe_cls, "CONTINUED_ARCH", {})}  # as load_fusion_encoder
+        # reads it, and as the trainer continues it (VQA drops the pretraining heads)
     # a --config key without a flag (logit_scale_init, decision_heads) may sit at the top level: the recipe folds
     # it into "arch", so it would be ignored just the same
     arch = recipe_arch(recipe_cls, settings) if recipe_cls else settings.get("arch", {})
@@ -434,9 +435,10 @@ def cmd_eval_zeroshot(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from polymodal.train.plot import plot_run
+    from polymodal.train.plot import curves_summary, plot_run
 
-    print(plot_run(args.run, args.out))
+    out = plot_run(args.run, args.out)
+    print(json.dumps({"out": str(out), **curves_summary(args.run)}) if args.json else out)
     return 0
 
 
@@ -471,12 +473,13 @@ def add_parsers(sub) -> dict:
     s = ev.add_parser("zeroshot", help="zero-shot top-1/top-5 accuracy over a JSONL of {image, label} or class "
                       "folders")
     s.add_argument("--labels-file", required=True, metavar="FILE",
-                   help="a JSONL file of {\"image\": path relative to the file, \"label\"} rows, or a folder "
-                        "with one subfolder of photos per class (ImageNet's layout), named as the class")
+                   help="a JSONL file of {\"image\": path relative to the file, \"label\"} rows, a CSV with "
+                        "image,label columns, or a folder with one subfolder of photos per class (ImageNet's layout), "
+                        "named as the class")
     s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
     add_template_options(s, "the mean of 4, see the README")
-    s.add_argument("--classes", metavar="FILE", help="the candidate classes, one per line (or a JSON list), e.g. all "
-                   "of a dataset's; default: the labels the file holds")
+    s.add_argument("--classes", metavar="FILE", help="the candidate classes, one per line (or a JSON list, or a "
+                   "one-column .csv), e.g. all of a dataset's; default: the labels the file holds")
     add_runtime(s)
     add_precision(s)
     add_quiet(s)
@@ -486,5 +489,7 @@ def add_parsers(sub) -> dict:
     s = sub.add_parser("plot", help="training curves of a run as a PNG")
     s.add_argument("run", help="a training run folder (the --out of polymodal train)")
     s.add_argument("--out", help="PNG path (default RUN/curves.png)")
+    s.add_argument("--json", action="store_true", help="print one JSON object: the picture's path and the last and "
+                   "the best epoch's figures")
     s.set_defaults(func=cmd_plot)
     return {"train": train, "eval": ev}

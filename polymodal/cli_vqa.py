@@ -134,8 +134,8 @@ def cmd_train_vqa(args) -> int:
         settings["freeze"] = [p.strip() for p in args.freeze.split(",") if p.strip()]
     if args.resume:
         settings = with_run_settings(settings, VQARecipe, args.overwrite)
-        if isinstance(settings["arch"].get("answers"), int):  # train_config.json keeps only their number
-            del settings["arch"]["answers"]
+    if isinstance(settings["arch"].get("answers"), int):  # train_config.json keeps only their number (--resume, or
+        del settings["arch"]["answers"]  # --config RUN/train_config.json): not --model's vocabulary to compare
     return run_recipe(args, settings, "qa", VQARecipe, train_vqa)
 
 

@@ -93,6 +93,23 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
+def curves_summary(run_dir: str | Path) -> dict:
+    """What `plot --json` prints beside the picture's path: the metric that chose the run's epoch (train_config.json's
+    early_stop_metric), the last epoch's record ("final"; before the first epoch ends, the last step's) and the best
+    one's, chosen as the trainer chose RUN/model: the highest metric, the later of a tie (an epoch 0 scored before
+    training included), or without that metric (no validation) the last epoch."""
+    from polymodal.train.run_settings import recorded_settings
+
+    records = read_metrics(Path(run_dir))
+    val = [r for r in records if r.get("split") == "val"]
+    settings = recorded_settings(Path(run_dir))
+    train = settings.get("train") if isinstance(settings, dict) else None
+    metric = train.get("early_stop_metric") if isinstance(train, dict) else None
+    scored = [r for r in val if isinstance(r.get(metric), (int, float))]
+    best = max(reversed(scored), key=lambda r: r[metric]) if scored else (val[-1] if val else None)  # max: the first
+    return {"metric": metric, "final": val[-1] if val else (records[-1] if records else None), "best": best}
+
+
 def _plain_log_labels(axis) -> None:
     """A log axis labelled 0.5, 1, 2, 5, 10, 20 ..., not 5x10^-1."""
     from matplotlib import ticker

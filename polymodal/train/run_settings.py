@@ -24,7 +24,8 @@ def recipe_parts(cls, d: dict, label: str = "", train_defaults: dict | None = No
 
     train_keys, arch_keys = set(TrainConfig.__dataclass_fields__), recipe_arch_keys(cls)
     arch = recipe_arch(cls, d)
-    d = {k: v for k, v in d.items() if k != "arch" and k not in arch_keys}
+    d = {k: v for k, v in d.items() if k != "arch" and k not in arch_keys
+         and (k not in RUN_RECORD_KEYS or k in cls.__dataclass_fields__)}  # a run's train_config.json read back
     train = {**(train_defaults or {}), **d.pop("train", {}), **{k: d.pop(k) for k in list(d) if k in train_keys}}
     unknown = set(d) - set(cls.__dataclass_fields__)
     if unknown:
@@ -72,6 +73,14 @@ def absolute_paths(recipe, sources: Sequence[str] = (), names: Sequence[str] = (
         if value and os.path.exists(os.path.expanduser(str(value))):
             out[key] = absolute_source(value)
     return out
+
+
+# what the trainers write into train_config.json beside the recipe's settings: a record of the run (its data's counts,
+# its validation set's hash, its processes), no setting, so a recipe read from that file (`--config
+# RUN/train_config.json` to vary a run) leaves them out; the captioner's val_images is a setting of its own and stays
+RUN_RECORD_KEYS = frozenset({"train_images", "val_images", "train_captions", "val_captions", "train_questions",
+                             "val_questions", "images_per_batch", "world_size", "global_batch", "validation",
+                             "zeroshot_validation"})
 
 
 def write_train_config(out: Path, settings: dict) -> None:

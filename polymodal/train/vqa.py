@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -90,6 +90,9 @@ class VQARecipe:
     workers: int = 0
     split: str = ""  # JSON rows of these "split" values only (comma-separated), e.g. "train"; "": every row
     val_split: str = ""  # the same for val_qa
+    # build_vqa_model drops a continued model's pretraining heads, and train_config.json records it so: a run's
+    # settings read back (--config RUN/train_config.json) compare with --model's architecture as continued
+    CONTINUED_ARCH: ClassVar[dict] = {"mlm_head": False, "mrm_head": ""}
 
     def __post_init__(self) -> None:  # from Python, nested settings may come as dicts (as in a --config file)
         self.qa, self.val_qa = as_paths(self.qa, "qa"), as_paths(self.val_qa, "val_qa")  # one file may come bare
@@ -100,6 +103,8 @@ class VQARecipe:
     @classmethod
     def from_dict(cls, d: dict) -> "VQARecipe":
         arch, train, d = recipe_parts(cls, d, "VQA training ", VQA_TRAIN_DEFAULTS, ("qa", "val_qa"))
+        if isinstance(arch, dict) and isinstance(arch.get("answers"), int):  # train_config.json keeps their number
+            arch = {k: v for k, v in arch.items() if k != "answers"}
         arch = FusionEncoderConfig.from_dict(arch) if isinstance(arch, dict) else arch  # answers: from the data
         return cls(arch=arch, train=train, **d)
 

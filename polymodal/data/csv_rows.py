@@ -1,0 +1,82 @@
+"""Zero-shot labels in a CSV (or TSV) file, as a spreadsheet saves them: labelled photos (`eval zeroshot
+--labels-file`, `eval images`, `train --zeroshot-labels`: an image column and a label column, as `--pairs` CSVs have
+an image and a caption column) and label names (`classify --labels-from`, `eval zeroshot --classes`: one column, its
+header optional). Read as such, a CSV's header is no label and "cat,a photo of a cat" is no class name."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from polymodal.data.visible import is_blank
+from polymodal.errors import PolymodalError
+
+NAME_COLUMNS = ("label", "labels", "class", "category", "name")  # a names file's header, when it has one
+
+
+def is_csv(path) -> bool:
+    return Path(path).suffix.lower() in (".csv", ".tsv")
+
+
+def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) of the file's non-blank lines; tab-separated for .tsv or a tab in the first line."""
+    from polymodal.data.jsonl import utf8_text
+
+    with utf8_text(path, newline="") as f:
+        lines = f.read().splitlines()
+    first = next((line for line in lines if line.strip()), "")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in first else ","
+    for n, line in enumerate(lines, 1):  # one row a line: a label or a path holds no line break
+        if line.strip():
+            yield n, [cell.strip() for cell in next(csv.reader([line], delimiter=delimiter))]
+
+
+def csv_label_rows(path: Path, image_columns: Sequence[str], label_columns: Sequence[str],
+                   fix: str) -> Iterator[tuple[str, dict | None, str]]:
+    """-> (where "file:line", {"image", "label"[, "split"]}, "") per row, or (where, None, why) per short row, as
+    polymodal.data.jsonl.iter_json_rows yields JSON rows; a header without an image and a label column is an error
+    ending with ``fix``. A "split" column works as JSON rows' "split" field (--split)."""
+    from polymodal.data.jsonl import SplitTally
+
+    rows = _rows(path)
+    _, header = next(rows, (0, []))
+    columns = [c.lower() for c in header]
+    image = next((columns.index(c) for c in image_columns if c in columns), None)
+    label = next((columns.index(c) for c in label_columns if c in columns), None)
+    if image is None or label is None:
+        raise PolymodalError(f"{path}: header has columns {header}; a CSV of labelled photos needs an image column "
+                             f"({', '.join(image_columns)}) and a label column ({', '.join(label_columns)}); {fix}")
+    split = columns.index("split") if "split" in columns else None
+    splits = SplitTally(path) if split is not None else None
+    for n, cells in rows:
+        if len(cells) < len(header):
+            yield f"{path}:{n}", None, f"row does not have the header's {len(header)} fields"
+        elif splits is None or splits.keep(cells[split]):
+            yield f"{path}:{n}", {"image": cells[image], "label": cells[label]}, ""
+    if splits is not None:
+        splits.finish(False, jq=False)
+
+
+def csv_names(path: Path, what: str) -> list[str]:
+    """The names (``what``: "label", "class") of a one-column CSV, below its header when the first cell names the
+    column (label, class, ...). Several columns need that header, and only the names column is read: another one (a
+    prompt per label) would be ignored, so it is refused."""
+    rows = list(_rows(path))
+    if not rows:
+        raise PolymodalError(f"{path} holds no {what}s; write one {what} per line")
+    header = [c.lower() for c in rows[0][1]]
+    named = next((c for c in NAME_COLUMNS if c in header), None)
+    if len(header) == 1:
+        wide = next((n for n, cells in rows if len(cells) > 1), None)
+        if wide is not None:  # cat, dog unquoted: two cells, and the second would be dropped
+            raise PolymodalError(f"{path}:{wide} holds several cells in a one-column CSV; quote a {what} holding a "
+                                 f"comma (\"cat, black\"), or write one {what} per line in a .txt file")
+        return [cells[0] for _, cells in rows[1 if named else 0:] if not is_blank(cells[0])]
+    if named is None:
+        raise PolymodalError(f"{path} has {len(header)} columns and no header naming the {what}s "
+                             f"({', '.join(NAME_COLUMNS)}); write a header, e.g. {what}, or one {what} per line")
+    others = [c for c in rows[0][1] if c.lower() != named]
+    raise PolymodalError(f"{path}: only the {named} column names {what}s, and its other columns ({', '.join(others)}) "
+                         f"would be ignored (the prompts come from --template / --templates-file); keep the {named} "
+                         "column alone")
