@@ -19,7 +19,7 @@ def cmd_eval_images(args) -> int:
     from polymodal.eval.image_retrieval import (COPIES_IN_I2I, first_label_each, image_retrieval_metrics,
                                                 warn_of_certain_r_at_k, warn_of_singletons)
     from polymodal.eval.per_item import check_outputs, check_strict, write_items, write_page
-    from polymodal.eval.retrieval import encode_readable
+    from polymodal.eval.retrieval import encode_readable, not_finite
     from polymodal.registry import require_embedding
 
     check_outputs(args, [args.labels_file])
@@ -31,7 +31,8 @@ def cmd_eval_images(args) -> int:
     caveats = data_caveats(args.model, images, skipped, args.split)
     reasons: dict = {}  # why each unreadable photo could not be read: --out's error items
     emb, rows = encode_readable(model, images, str(args.labels_file), progress=not args.quiet, reasons=reasons)
-    check_strict(args, 0, len(images) - len(rows))
+    nan = not_finite(reasons)  # photos the model embeds as NaN: left out, counted apart from unreadable ones
+    check_strict(args, 0, len(images) - len(rows) - nan, nan)
     kept, kept_labels = [images[i] for i in rows], [labels[i] for i in rows]
     warn_of_few(len(kept), "photos", "image retrieval")
     warn_of_singletons(kept_labels)
@@ -59,7 +60,8 @@ def cmd_eval_images(args) -> int:
     if args.out:
         write_items(args.out, items, args.model, [*kept, *(images[i] for i in sorted(reasons))])
     line = {"model": args.model, "runtime": args.runtime, **how_it_ran(model, args), "images": len(kept),
-            "unreadable": len(images) - len(rows), **caveats, "classes": len(set(kept_labels)), **metrics}
+            "unreadable": len(images) - len(rows) - nan, "not_finite": nan, **caveats, "classes": len(set(kept_labels)),
+            **metrics}
     write_page(args, "images", line, items)
     print(json.dumps(line))
     return 0

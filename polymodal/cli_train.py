@@ -325,7 +325,8 @@ def cmd_eval_retrieval(args) -> int:
     from polymodal.eval.caveats import (data_caveats, warn_of_certain_recall, warn_of_copies, warn_of_few,
                                         warn_of_shared_captions)
     from polymodal.eval.per_item import check_outputs, check_strict, write_items, write_page
-    from polymodal.eval.retrieval import encode_captions, encode_readable, pairs_of_images, read_pairs, retrieval_metrics
+    from polymodal.eval.retrieval import (check_finite_texts, encode_captions, encode_readable, not_finite,
+                                          pairs_of_images, read_pairs, retrieval_metrics)
     from polymodal.registry import require_embedding
 
     check_outputs(args, args.pairs)
@@ -337,10 +338,12 @@ def cmd_eval_retrieval(args) -> int:
     # a corrupt photo is left out, not fatal; the bar goes to stderr, the JSON line to stdout
     reasons: dict = {}  # why each unreadable photo could not be read: --out's error items
     image_emb, rows = encode_readable(model, pairs.images, ", ".join(args.pairs), progress=not args.quiet,
-                                      reasons=reasons)
-    # counted in the JSON line, as eval captions and eval vqa do; with the shard members read_pairs left out
-    unreadable = pairs.unreadable + len(pairs.images) - len(rows)
-    check_strict(args, 0, unreadable)
+                                      reasons=reasons, names=pairs.image_names())
+    # counted in the JSON line, as eval captions and eval vqa do; with the shard members read_pairs left out (and
+    # apart, the photos the model embeds as NaN)
+    nan = not_finite(reasons)
+    unreadable = pairs.unreadable + len(pairs.images) - len(rows) - nan
+    check_strict(args, 0, unreadable, nan)
     pairs = pairs_of_images(pairs, rows, reasons)
     warn_of_few(len(pairs.images), "photos", "recall")
     warn_of_copies(pairs.images)
@@ -348,8 +351,9 @@ def cmd_eval_retrieval(args) -> int:
     warn_of_certain_recall(len(pairs.images), len(pairs.captions),
                            fewest_captions=int(np.bincount(pairs.caption_image, minlength=len(pairs.images)).min()))
     ranks: dict = {}
-    metrics = retrieval_metrics(image_emb, encode_captions(model, pairs.captions, progress=not args.quiet),
-                                pairs.caption_image, ranks, top=3 if args.out or args.page else 0)
+    text_emb = encode_captions(model, pairs.captions, progress=not args.quiet)
+    check_finite_texts(text_emb, pairs.captions, "caption")
+    metrics = retrieval_metrics(image_emb, text_emb, pairs.caption_image, ranks, top=3 if args.out or args.page else 0)
     if args.ci:  # photos resampled: t2i takes each photo's captions together
         groups = {"t2i": pairs.caption_image, "i2t": None}
         metrics |= {f"{side}_R@{k}_ci95": bootstrap_ci(ranks[side] <= k, groups[side])
@@ -379,7 +383,7 @@ def cmd_eval_retrieval(args) -> int:
             own[int(i)].append(caption)
         metrics |= word_order_accuracy(model, pairs.images, first, image_emb=image_emb, other_captions=own)
     line = {"model": args.model, "runtime": args.runtime, **how_it_ran(model, args), "images": len(pairs.images),
-            "unreadable": unreadable, **caveats, "captions": len(pairs.captions), **metrics}
+            "unreadable": unreadable, "not_finite": nan, **caveats, "captions": len(pairs.captions), **metrics}
     write_page(args, "retrieval", line, items)
     print(json.dumps(line))
     return 0
@@ -412,7 +416,7 @@ def cmd_eval_zeroshot(args) -> int:
     items: list = []
     metrics = zeroshot_accuracy(model, images, labels, templates, progress=not args.quiet, details=items,
                                 classes=classes)
-    check_strict(args, 0, metrics["unreadable"])
+    check_strict(args, 0, metrics["unreadable"], metrics.get("not_finite", 0))  # (.get: a stand-in may not count)
     scored = [item for item in items if "rank" in item]  # not the unreadable photos' error items
     hits: dict = {}  # which class the model misses, as eval vqa's per_type: balanced_top1 says only that one does
     for item in scored:

@@ -115,7 +115,7 @@ def test_zeroshot_top1_top5_from_known_ranks():
     out = zeroshot_accuracy(model, images, labels, templates=("a photo of a {}.",))
     # balanced: c0 is right on 1 of its 4 images, c1..c6 on theirs: (0.25 + 6) / 7
     assert out == {"top1": 0.7, "top5": 0.9, "balanced_top1": 0.8929, "images": 10, "photos": 10, "unreadable": 0,
-                   "classes": 7}
+                   "not_finite": 0, "classes": 7}
 
 
 def test_zeroshot_uses_every_template(tmp_path):

@@ -586,7 +586,7 @@ def test_zeroshot_accuracy_uses_given_image_embeddings():
     classes = model.label_embeddings(["x", "y"], ("a {}.",))
     out = zeroshot_accuracy(model, ["one", "two"], ["y", "x"], templates=("a {}.",), image_emb=classes[::-1])
     assert out == {"top1": 1.0, "top5": 1.0, "balanced_top1": 1.0, "images": 2, "photos": 2, "unreadable": 0,
-                   "classes": 2}
+                   "not_finite": 0, "classes": 2}
 
 
 def test_labels_file_skips_a_folder_named_like_an_image(tmp_path):

@@ -230,7 +230,7 @@ def test_eval_vqa_counts_skipped_rows_writes_items_and_intervals_over_scored_row
     assert result["skipped_rows"] == 1 and result["questions"] == 24 and result["unreadable"] == 6
     items = [json.loads(line) for line in out.read_text().splitlines()]
     scores = [i["score"] for i in items if "score" in i]
-    assert len(items) == 24 and len(scores) == 18 and result["accuracy"] == pytest.approx(np.mean(scores))
+    assert len(items) == 24 and len(scores) == 18 and result["accuracy"] == round(np.mean(scores), 4)
     photos = [i["image"] for i in items if "score" in i]  # a photo's questions go together
     assert result["accuracy_ci95"] == bootstrap_ci(scores, photos)  # the unreadable rows are not scored 0
     assert "only 4 photos" in caplog.text  # photos, not the 24 questions about them

@@ -7,6 +7,8 @@
   where the script gives 0.0. A row with one answer stays exact match (custom data; the formula would give 0).
 - answer_type no longer calls '²' (or another non-ASCII digit) a number.
 The expected values come from a transcription of the official functions run on each case (not from this code).
+Since stop 54 typographic apostrophes read as ASCII ones ("don’t" = "don't", where the script keeps them apart):
+test_s54_evalfix covers that departure, so "don’t" is no longer in the list below.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ ANSWERS = [
     ("it's", "it's"), ("its", "its"), ("it's ok", "it's ok"), ("girl's", "girl's"), ("girls", "girls"),
     ("dont", "don't"), ("don't", "don't"), ("Don't.", "don't"), ("cant", "can't"), ("wont", "won't"),
     ("oclock", "o'clock"), ("10 oclock", "10 o'clock"), ("yall", "y'all"), ("whats", "what's"), ("let's", "let's"),
-    ("lets", "lets"), ("Im", "im"), ("i'm", "i'm"), ("somebody'd", "somebodyd"), ("don\u2019t", "don\u2019t"),
+    ("lets", "lets"), ("Im", "im"), ("i'm", "i'm"), ("somebody'd", "somebodyd"),
     ("two", "2"), ("Two dogs!", "2 dogs"), ("none", "0"), ("ten", "10"), ("eleven", "eleven"),
     ("the red one", "red 1"), ("an apple", "apple"), ("A", ""), ("1,000", "1000"), ("1,000,000", "1000000"),
     ("1,000 t-shirts", "1000 tshirts"), ("t-shirt", "t shirt"), ("yes.", "yes"), ("Yes.", "yes"), ("yes!", "yes"),

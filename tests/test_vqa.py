@@ -163,7 +163,7 @@ def test_eval_scores_rows_with_choices_as_multiple_choice(model, gallery, tmp_pa
     assert out["multiple_choice_count"] == 6 and out["multiple_choice_accuracy"] == 1.0
     assert out["accuracy"] == pytest.approx(7 / 7) and out["count"] == 7
     no_choices = vqa_accuracy(model, [{**r, "image": gallery / r["image"], "choices": None} for r in rows])
-    assert no_choices["accuracy"] == pytest.approx(1 / 7) and "multiple_choice_count" not in no_choices
+    assert no_choices["accuracy"] == round(1 / 7, 4) and "multiple_choice_count" not in no_choices
 
     # the CLI: same figures; a model that can score none of a row's choices is one error, not unreadable rows
     assert cli.main(["eval", "vqa", "--qa", str(qa), "--model", str(model.save(tmp_path / "m"))]) == 0

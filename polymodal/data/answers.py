@@ -69,6 +69,10 @@ _MANUAL_MAP = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "
 _ARTICLES = {"a", "an", "the"}
 # the marks processPunctuation takes out; it keeps the others: "'" (contractions), ':' ("10:30"), '%', '$', '&', '#'
 _VQA_PUNCTUATION = ';/[]"{}()=+\\_-><@`,?!'
+# typographic apostrophes and quotes, as word processors, phones and language models write them, read as the ASCII
+# marks the tables above hold: "don’t" is "don't", “yes” is "yes". The official script has no such step (there
+# "don’t" misses "don't"): the one place polymodal scores more leniently than it, on answers differing in typing only
+_TYPOGRAPHIC = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'})
 _DIGIT_COMMA = re.compile(r"(\d)(,)(\d)")
 _STRAY_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # as written there: in effect a full stop not before a digit
 
@@ -89,15 +93,15 @@ def vqa_punctuation(text: str) -> str:
 def comparable_answer(text: Any) -> str:
     """An answer as the official VQA evaluation compares a model's answer: vqa_punctuation, lower case, number words
     as digits ("none" = "0"), articles dropped, a contraction missing its apostrophe given one: 'Two dogs!' ->
-    '2 dogs', 'the red one' -> 'red 1', '1,000' -> '1000', 'dont' -> "don't"; "it's" and "its" stay apart. Used
-    for every answer polymodal compares (choices, vocabularies, training classes, exact-match rows) so that they
-    agree with the score."""
+    '2 dogs', 'the red one' -> 'red 1', '1,000' -> '1000', 'dont' -> "don't", and "don’t" too (_TYPOGRAPHIC);
+    "it's" and "its" stay apart. Used for every answer polymodal compares (choices, vocabularies, training classes,
+    exact-match rows) so that they agree with the score."""
     return _comparable(str(answer_text(text)))
 
 
 @lru_cache(maxsize=1 << 16)
 def _comparable(text: str) -> str:
-    text = text.replace("\n", " ").replace("\t", " ").strip()
+    text = text.replace("\n", " ").replace("\t", " ").strip().translate(_TYPOGRAPHIC)
     words = (_MANUAL_MAP.get(w, w) for w in vqa_punctuation(text).lower().split())
     return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
 
@@ -105,7 +109,9 @@ def _comparable(text: str) -> str:
 def annotators_as_compared(annotators: Sequence[str]) -> list[str]:
     """The annotators' answers (as written in the data) as the official script compares them with a model's
     comparable_answer: unchanged when they all agree, else with vqa_punctuation alone. Neither lower case, digits
-    nor articles: 'Two' or 'a dog' is matched by no answer (see unmatchable_annotators)."""
+    nor articles: 'Two' or 'a dog' is matched by no answer (see unmatchable_annotators). Typographic apostrophes
+    and quotes read as ASCII ones first (_TYPOGRAPHIC), as in a model's answer."""
+    annotators = [a.translate(_TYPOGRAPHIC) for a in annotators]
     return [vqa_punctuation(a) for a in annotators] if len(set(annotators)) > 1 else list(annotators)
 
 

@@ -165,6 +165,8 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
                 for i, h, r, c in zip(kept, hyps, refs, each or [None] * len(kept))}
         details.extend({"image": names[i], **(said[i] if i in said else {"error": results[i]})}
                        for i in range(len(images)))
-    return {"images": len(kept), "unreadable": unreadable, **scores,
+    # 4 decimals, as every eval command's figures (caption_scores' stay exact for training and export checks)
+    return {"images": len(kept), "unreadable": unreadable,
+            **{k: v if v is None else round(v, 4) for k, v in scores.items()},
             "examples": [{"image": names[i], "caption": h, "reference": r[0]}
                          for i, h, r in list(zip(kept, hyps, refs))[:examples]]}

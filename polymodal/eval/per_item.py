@@ -131,10 +131,12 @@ def strict_reading(args):
                              "rest") from None
 
 
-def check_strict(args, skipped: int, unreadable: int = 0) -> None:
-    """--strict: figures on part of the data are refused; the warnings above name the rows."""
-    if getattr(args, "strict", False) and (skipped or unreadable):
+def check_strict(args, skipped: int, unreadable: int = 0, not_finite: int = 0) -> None:
+    """--strict: figures on part of the data are refused; the warnings above name the rows. ``not_finite``: images
+    left out because the model embeds them as NaN or inf."""
+    if getattr(args, "strict", False) and (skipped or unreadable or not_finite):
         what = [f"{n:,} {noun}{'' if n == 1 else 's'}" for n, noun in ((skipped, "skipped row"),
-                                                                        (unreadable, "unreadable image")) if n]
+                                                                        (unreadable, "unreadable image"),
+                                                                        (not_finite, "NaN-embedded image")) if n]
         raise PolymodalError(f"--strict: {' and '.join(what)} (see the warnings above; -v lists each); fix the data "
                              "or drop --strict to evaluate the rest")

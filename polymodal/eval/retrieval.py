@@ -140,12 +140,19 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image
     return out
 
 
-def encode_readable(model, images: list, source: str = "", batch_size: int = 32,
-                    progress: bool = False, reasons: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+# why an image whose embedding holds NaN or inf is left out (its --out error item; callers count them apart)
+NOT_FINITE = "the model embeds it as NaN or inf (no similarity to it can be ranked)"
+
+
+def encode_readable(model, images: list, source: str = "", batch_size: int = 32, progress: bool = False,
+                    reasons: dict | None = None, names: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``model.encode_image`` over ``images``, leaving out the ones that cannot be read (a truncated JPEG, a file
     that is no image) with one warning instead of ending the evaluation. -> (embeddings of the readable images,
     their indices into ``images``). None readable is an error. ``progress`` shows a bar (the CLI's evaluations).
-    ``reasons``, a dict, gets {index: why it could not be read} for each image left out (--out's error items)."""
+    ``reasons``, a dict, gets {index: why it could not be read} for each image left out (--out's error items).
+    An image the model embeds as NaN or inf is left out too (reason NOT_FINITE, one warning naming it: ``names``,
+    how to name each image, else the image itself): a NaN is in every similarity to it, and one such photo scored
+    every query of `eval images` and every text query of `eval retrieval` 0. None finite is an error."""
     from polymodal.models.inputs import as_images, each_or_error, readable_results
     from polymodal.progress import progress_bar
 
@@ -159,10 +166,41 @@ def encode_readable(model, images: list, source: str = "", batch_size: int = 32,
 
         results = each_or_error(encode, images, batch_size)
         bar.update(len(images) - bar.n)  # the unreadable ones were looked at too
+    rows = readable_results(results, "image", source)
+    bad = [i for i in rows if not np.isfinite(results[i]).all()]
+    if bad:
+        shown = (names if names is not None else images)[bad[0]]
+        name = shown if isinstance(shown, (str, Path)) else f"image {bad[0] + 1}"  # (bytes, a PIL image: its place)
+        if len(bad) == len(rows):
+            where = f" of {source}" if source else ""
+            raise PolymodalError(f"the model embeds all {len(rows):,} readable images{where} as NaN or inf (first: "
+                                 f"{name}): its weights are broken (a training that diverged?); no figure can be "
+                                 "computed")
+        log.warning("%sleft out %s the model embeds as NaN or inf (first: %s): no similarity to %s can be ranked; "
+                    "the figures are over the rest", f"{source}: " if source else "",
+                    f"{len(bad):,} image{'s' * (len(bad) != 1)}", name, "it" if len(bad) == 1 else "them")
+        for i in bad:
+            results[i] = NOT_FINITE
+        rows = [i for i in rows if not isinstance(results[i], str)]
     if reasons is not None:
         reasons.update((i, r) for i, r in enumerate(results) if isinstance(r, str))
-    rows = readable_results(results, "image", source)
     return np.stack([results[i] for i in rows]), np.asarray(rows, dtype=np.int64)
+
+
+def not_finite(reasons: dict) -> int:
+    """How many of encode_readable's ``reasons`` are NOT_FINITE: the JSON line counts them apart from unreadable."""
+    return sum(why == NOT_FINITE for why in reasons.values())
+
+
+def check_finite_texts(emb: np.ndarray, texts: list[str], what: str) -> None:
+    """One error when the model embeds a text (a caption, a class's prompts: ``what``) as NaN or inf: the NaN is in
+    every image's similarities to it, so every image->text query of `eval retrieval` ranked last (i2t R@K 0), and
+    in `eval zeroshot` every photo."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(emb)).reshape(len(emb), -1).all(axis=1))
+    if len(bad):
+        raise PolymodalError(f"the model embeds {len(bad):,} {what}{'s' * (len(bad) != 1)} as NaN or inf (first: "
+                             f"{texts[bad[0]]!r:.80}): every photo's ranking would hold a NaN and score 0; check the "
+                             "model's text tower")
 
 
 def encode_captions(model, captions: list[str], progress: bool = False, chunk: int = 512,

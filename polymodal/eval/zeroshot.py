@@ -234,9 +234,10 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     """Top-1/top-5 of each image's label among the candidate classes' prompt embeddings: ``classes`` (say, all of
     a dataset's), or else the distinct labels, so that figures on two samples of a dataset compare only when they
     share the classes. ``balanced_top1`` is the mean over the labels present of each one's top-1; ``images``
-    counts rows, ``photos`` distinct photos, ``unreadable`` the photos left out. ``details``, a list, gets one
-    dict per row: its image, label, the predicted class and the label's rank (1 = top), or why its image could not
-    be read ("error"). ``class_emb``
+    counts rows, ``photos`` distinct photos, ``unreadable`` the photos left out as unreadable, ``not_finite`` those
+    left out because the model embeds them as NaN or inf (a class it embeds so is an error). ``details``, a list,
+    gets one dict per row: its image, label, the predicted class and the label's rank (1 = top), or why its image
+    could not be read ("error"). ``class_emb``
     (training's per-epoch score, from tower outputs it keeps): the classes' prompt embeddings, in the order of
     ``classes`` (or of the sorted distinct labels), instead of model.label_embeddings."""
     require_embedding(model)
@@ -269,18 +270,23 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     if class_emb is None:
         class_emb = (model.label_embeddings(classes, templates, progress=progress) if isinstance(model, ZeroShotMixin)
                      else model.label_embeddings(classes, templates))
+        from polymodal.eval.retrieval import check_finite_texts
+
+        check_finite_texts(class_emb, classes, "class")  # (training passes its own class_emb: a NaN there ranks last)
     if note := alike_labels_note(classes, class_emb):  # their ties count as misses below: say why
         log.warning("%s", note)
     if image_emb is None:  # an unreadable image is left out with a warning, not the end of the evaluation
-        from polymodal.eval.retrieval import encode_readable
+        from polymodal.eval.retrieval import NOT_FINITE, encode_readable
 
         reasons: dict = {}
         emb, rows = encode_readable(model, images, progress=progress, reasons=reasons)
-        unreadable = len(set(map(str, images))) - len({str(images[i]) for i in rows})  # photos, not rows
+        # photos, not rows; those the model embeds as NaN counted apart
+        nan = len({str(images[i]) for i, why in reasons.items() if why == NOT_FINITE})
+        unreadable = len(set(map(str, images))) - len({str(images[i]) for i in rows}) - nan
         # (the rows as given, for the error items below)
         given, images, labels = list(zip(images, labels)), [images[i] for i in rows], [labels[i] for i in rows]
     else:
-        emb, unreadable, reasons, given = image_emb, 0, {}, []
+        emb, unreadable, nan, reasons, given = image_emb, 0, 0, {}, []
     scores = emb @ class_emb.T
     truth = np.array([classes.index(label) for label in labels])
     # 0-based rank: the classes scoring at least the label's, as retrieval ranks. A tie with another class counts
@@ -301,4 +307,5 @@ def zeroshot_accuracy(model, images, labels: list[str], templates=TEMPLATES, ima
     per_label = [float((rank[truth == c] < 1).mean()) for c in np.unique(truth)]
     return {"top1": round(float((rank < 1).mean()), 4), "top5": round(float((rank < 5).mean()), 4),
             "balanced_top1": round(float(np.mean(per_label)), 4), "images": len(labels),
-            "photos": len(set(map(str, images))), "unreadable": unreadable, "classes": len(classes)}
+            "photos": len(set(map(str, images))), "unreadable": unreadable, "not_finite": nan,
+            "classes": len(classes)}
