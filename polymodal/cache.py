@@ -319,6 +319,69 @@ def cache_key(*parts) -> str:
     return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:20]
 
 
+def row_key(*parts) -> bytes:
+    """cache_key for one row (one photo) of an entry: 16 bytes of the digest. Rows with the same key hold the same
+    features, whichever list's entry they are in."""
+    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).digest()[:16]
+
+
+def rows_file(path: Path) -> Path:
+    """Beside entry KIND-<key>.npy: rowkeys-KIND-<key>.npy, the row_key of each of its rows (`cache info/clear`
+    count and delete it as an entry of its own kind; a glob for KIND-*.npy does not match it)."""
+    return path.with_name(f"rowkeys-{path.name}")
+
+
+def store_row_keys(path: Path, keys) -> None:
+    """Record the row_key of each row of the entry at ``path`` (its rows along axis 1: views x items)."""
+    import numpy as np
+
+    write_cache_with(rows_file(path), lambda f: np.save(f, np.asarray(keys, "S16")))
+
+
+def rows_elsewhere(path: Path, keys) -> dict:
+    """The rows of ``keys`` that entries of ``path``'s kind hold (another list of the same photos: another --seed's
+    split, the list before a photo was dropped): {row i: (that entry, memory-mapped; its row)}, taken from the most
+    recently used entries first, which count as used. Entries without a rows file (from before rows were keyed)
+    offer none; an entry deleted meanwhile (`cache clear`) is passed over."""
+    import numpy as np
+
+    wanted: dict[bytes, list[int]] = {}
+    for i, key in enumerate(np.asarray(keys, "S16").tolist()):  # as the file's read back: trailing NULs dropped
+        wanted.setdefault(key, []).append(i)
+    own = re.compile(rf"rowkeys-{re.escape(path.name.rsplit('-', 1)[0])}-[0-9a-f]{{16,}}\.npy")
+    try:
+        sides = sorted((p for p in path.parent.iterdir() if own.fullmatch(p.name)), key=_mtime, reverse=True)
+    except OSError:  # no folder yet: none reused, all computed
+        return {}
+    found = {}
+    for side in sides:
+        entry = side.with_name(side.name[len("rowkeys-"):])
+        try:
+            held = np.load(side)
+            array = np.load(entry, mmap_mode="r")
+        except (OSError, ValueError, EOFError):
+            continue
+        if held.ndim != 1 or array.ndim < 2 or len(held) != array.shape[1]:
+            continue
+        used = False
+        for row, key in enumerate(held.tolist()):
+            for i in wanted.pop(key, ()):
+                found[i], used = (array, row), True
+        if used:
+            mark_used(entry)
+            mark_used(side)
+        if not wanted:
+            break
+    return found
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # deleted meanwhile (`cache clear`): last, and passed over
+        return 0.0
+
+
 def load_cached(key: str, kind: str):
     """(path, memory-mapped array or None) of cache entry `kind`-`key` under cache_dir()/features (numpy only: the
     torch-free runtime uses it too)."""

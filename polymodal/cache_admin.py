@@ -2,10 +2,12 @@
 
 Nothing prunes the feature cache as it fills: each training's image and caption lists, each `--views`/spatial/
 trainable-block variant and each edit of the data (one caption, one photo) is a new whole file, and the old ones
-stay (a day of a helper's trainings and tests: 685 MB in 252 files). Entries are deleted one file at a time, never
-the folder: a run reading one holds it memory-mapped (on POSIX its data stays readable until it closes it), a run
-that opens one just deleted computes it again, and a write in progress (a hidden .tmp touched within the hour) is
-left alone. "Last used" is a file's mtime: load_cached touches an entry each time it serves it.
+stay (a day of a helper's trainings and tests: 685 MB in 252 files; a new image file copies the rows it shares with
+old ones rather than encoding them: that saves time, not space; its rowkeys-image-<key>.npy is an entry too).
+Entries are deleted one file at a time, never the folder: a run reading one holds it memory-mapped (on POSIX its
+data stays readable until it closes it), a run that opens one just deleted computes it again, and a write in
+progress (a hidden .tmp touched within the hour) is left alone. "Last used" is a file's mtime: load_cached touches
+an entry each time it serves it.
 ONNX exports under onnx/ are kept: they are made by `polymodal export onnx`, not recomputed by the next run."""
 
 from __future__ import annotations

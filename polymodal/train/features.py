@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from polymodal.cache import CacheFill, cache_key, put_rows
+from polymodal.cache import CacheFill, cache_key, mark_used, put_rows, row_key, rows_elsewhere, rows_file
+from polymodal.cache import store_row_keys
 from polymodal.cache import load_cached as _load_cached
 from polymodal.cache import store_cached as _store
 from polymodal.data.augment import Augment, make_rng, photo_decode_size, view_transform
@@ -100,13 +101,21 @@ def image_features(
     # one view is the photo as the model sees it, whatever the augmentation and seed: a run with another --seed
     # reuses it (the key held both, so it encoded every photo again)
     drawn = (views, repr(augment), seed) if views > 1 else (1,)
-    path, cached = _load_cached(cache_key(model.image_cache_signature, *_precision(model), f"loader {LOADER_VERSION}",
-                                          *drawn, *map(_identity, images)), "image")
+    shared = (model.image_cache_signature, *_precision(model), f"loader {LOADER_VERSION}", *drawn)
+    identities = [_identity(image) for image in images]
+    path, cached = _load_cached(cache_key(*shared, *identities), "image")
     if cached is not None and _reads_now(model, images, _nan_rows(cached[0]), skip_unreadable):
         cached = None
     split = split_across_ranks and distributed.world_size() > 1
     if distributed.all_true(cached is not None) if split else cached is not None:  # all ranks compute, or none
+        mark_used(rows_file(path))
         return cached
+    # one view: a row per photo, which other lists' entries may hold (augmented views are drawn per position)
+    keys = [row_key(*shared, identity) for identity in identities] if views == 1 else None
+    if keys and not split:
+        reused = _reuse_rows(model, images, keys, path, batch_size, progress, skip_unreadable)
+        if reused is not None:
+            return reused
     starts = distributed.share_of_batches(len(images), batch_size, split)
     mine = sum(min(batch_size, len(images) - i) for i in starts)
     bar = progress_bar(total=views * mine, desc="caching image features", unit="img", disable=not progress)
@@ -114,7 +123,7 @@ def image_features(
         out = _encode_views(model, images, views, augment, seed, starts, batch_size, skip_unreadable, bar,
                             None if split else path)
     if isinstance(out, CacheFill):
-        return out.finish()
+        return _with_row_keys(out.finish(), path, keys)
     if split:  # each rank holds its batches' rows and zeros elsewhere: the sum is every row
         shape = distributed.any_shape(None if out is None else out.shape)
         if out is None and shape is not None:  # none of this rank's images could be read; others' could
@@ -124,7 +133,60 @@ def image_features(
     if out is None:
         raise PolymodalError(f"none of the {plural(len(images), 'image')} could be read (first: {images[0]}); check "
                              "the image files (polymodal -v ... names each one)")
-    return _store(path, out)
+    return _with_row_keys(_store(path, out), path, keys)
+
+
+def _with_row_keys(feats: np.ndarray, path, keys) -> np.ndarray:
+    """``feats``, whose file at ``path`` (where it could be written) now says which photo each row is."""
+    if keys and isinstance(feats, np.memmap):
+        store_row_keys(path, keys)
+    return feats
+
+
+def _reuse_rows(model, images: Sequence, keys: list, path, batch_size: int, progress: bool,
+                skip_unreadable: bool) -> np.ndarray | None:
+    """[1, N, ...] features of ``images`` written to ``path``, with the rows that other entries hold copied from
+    them and only the other photos encoded: another --seed splits the same photos into other lists, and one photo
+    dropped or added made another list, each of which encoded every photo again. None where no entry holds one.
+    (The tower gives a photo the same features in any batch at one thread; at two, alone vs in a batch of 32, up to
+    1.3e-5 apart: 7x7 grids, repro batch_invariance.py.)"""
+    found = {i: held for i, held in rows_elsewhere(path, keys).items()
+             if not np.isnan(held[0][0, held[1]].reshape(-1)[0])}  # unreadable then: tried again
+    if not found:
+        return None
+    donor, _ = next(iter(found.values()))
+    fill = CacheFill(path, (1, len(images), *donor.shape[2:]), np.float16)
+    missing = [i for i in range(len(images)) if i not in found]
+    log.info("image features: %d of %d photos from earlier runs' cache, %d to encode", len(found), len(images),
+             len(missing))
+    size = photo_decode_size(model, None)
+    try:
+        for i, (array, row) in found.items():
+            fill.write(i, array[0, row : row + 1])
+        with progress_bar(total=len(missing), desc="caching image features", unit="img",
+                          disable=not progress or not missing) as bar:
+            for start in range(0, len(missing), batch_size):
+                rows = missing[start : start + batch_size]
+                pils = [_open_or_none(images[i], skip_unreadable, size) for i in rows]
+                block = np.full((len(rows), *fill.shape[2:]), np.nan, np.float16)
+                read, feats = _encode(model, model.transform, pils)
+                if read:
+                    block[read] = feats
+                for i, feat in zip(rows, block):
+                    fill.write(i, feat[None])
+                bar.update(len(rows))
+    except BaseException:
+        fill.discard()
+        raise
+    return _with_row_keys(fill.finish(), path, keys)
+
+
+def _encode(model, transform, pils: list) -> tuple[list[int], np.ndarray | None]:
+    """(positions of the images read, their tower features) of a batch of opened images (None: unreadable)."""
+    read = [j for j, p in enumerate(pils) if p is not None]
+    if not read:
+        return read, None
+    return read, model.image_cache_input(torch.from_numpy(transform([pils[j] for j in read]))).float().numpy()
 
 
 def _precision(model) -> tuple[str, ...]:
@@ -156,11 +218,8 @@ def _encode_views(model, images: Sequence, views: int, augment: Augment, seed: i
                 pils = [_open_or_none(x, skip_unreadable, size) for x in images[i : i + batch_size]]
                 if v > 0:  # view v of image j depends only on (seed, j, v)
                     pils = [p and augment(p, make_rng(seed, i + j, v)) for j, p in enumerate(pils)]
-                rows = [j for j, p in enumerate(pils) if p is not None]
-                feats = None
+                rows, feats = _encode(model, transform, pils)
                 if rows:
-                    pixels = torch.from_numpy(transform([pils[j] for j in rows]))
-                    feats = model.image_cache_input(pixels).float().numpy()
                     if out is None:
                         shape = (views, len(images), *feats.shape[1:])
                         out = CacheFill(path, shape, np.float16) if path else _share_unread(shape, starts, batch_size)
