@@ -6,6 +6,7 @@ header optional). Read as such, a CSV's header is no label and "cat,a photo of a
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -20,13 +21,20 @@ def is_csv(path) -> bool:
 
 
 def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(line number, cells) of the file's non-blank lines; tab-separated for .tsv or a tab in the first line."""
+    """(line number, cells) of the file's non-blank lines; tab-separated for .tsv or a tab in the first line,
+    semicolon-separated as Excel writes a CSV where the decimal mark is a comma (its "sep=;" first line, or a ";"
+    and no "," in the first line: "label;description" was read as one class named so)."""
     from polymodal.data.jsonl import utf8_text
 
     with utf8_text(path, newline="") as f:
         lines = f.read().splitlines()
-    first = next((line for line in lines if line.strip()), "")
-    delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in first else ","
+    first = next((n for n, line in enumerate(lines) if line.strip()), 0)
+    excel = re.fullmatch(r'"?sep=(.)"?', lines[first].strip()) if lines else None
+    if excel:  # the separator Excel's rows use, said on a line of its own (no header)
+        lines[first] = ""
+    head = lines[first] if lines else ""
+    delimiter = (excel.group(1) if excel else "\t" if path.suffix.lower() == ".tsv" or "\t" in head else
+                 ";" if ";" in head and "," not in head else ",")
     for n, line in enumerate(lines, 1):  # one row a line: a label or a path holds no line break
         if line.strip():
             yield n, [cell.strip() for cell in next(csv.reader([line], delimiter=delimiter))]

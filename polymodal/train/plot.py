@@ -6,6 +6,7 @@ loss. Legends go below their panels: inside, they covered the curves."""
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 from polymodal.cache import atomic_write_bytes
@@ -97,7 +98,8 @@ def curves_summary(run_dir: str | Path) -> dict:
     """What `plot --json` prints beside the picture's path: the metric that chose the run's epoch (train_config.json's
     early_stop_metric), the last epoch's record ("final"; before the first epoch ends, the last step's) and the best
     one's, chosen as the trainer chose RUN/model: the highest metric, the later of a tie (an epoch 0 scored before
-    training included), or without that metric (no validation) the last epoch."""
+    training included), or without that metric (no validation) the last epoch. An epoch scored NaN is never the
+    best (the trainer's `score >= best` is false for it), and a NaN or inf figure is written null: JSON has no NaN."""
     from polymodal.train.run_settings import recorded_settings
 
     records = read_metrics(Path(run_dir))
@@ -105,9 +107,20 @@ def curves_summary(run_dir: str | Path) -> dict:
     settings = recorded_settings(Path(run_dir))
     train = settings.get("train") if isinstance(settings, dict) else None
     metric = train.get("early_stop_metric") if isinstance(train, dict) else None
-    scored = [r for r in val if isinstance(r.get(metric), (int, float))]
-    best = max(reversed(scored), key=lambda r: r[metric]) if scored else (val[-1] if val else None)  # max: the first
-    return {"metric": metric, "final": val[-1] if val else (records[-1] if records else None), "best": best}
+    scored = [r for r in val if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+    validated = any(metric in r for r in val)  # else no validation: the trainer kept the last epoch
+    best = (max(reversed(scored), key=lambda r: r[metric]) if scored  # max: the first
+            else None if validated or not val else val[-1])  # every score NaN: no epoch was kept
+    final = val[-1] if val else (records[-1] if records else None)
+    return {"metric": metric, "final": _json_safe(final), "best": _json_safe(best)}
+
+
+def _json_safe(record: dict | None) -> dict | None:
+    """A metrics record with its NaN and inf figures as None: metrics.jsonl holds them as Python writes them (NaN),
+    which strict JSON parsers (JavaScript's, jq's, Go's) refuse."""
+    if record is None:
+        return None
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
 
 
 def _plain_log_labels(axis) -> None:
