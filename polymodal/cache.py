@@ -338,11 +338,13 @@ def store_row_keys(path: Path, keys) -> None:
     write_cache_with(rows_file(path), lambda f: np.save(f, np.asarray(keys, "S16")))
 
 
-def rows_elsewhere(path: Path, keys) -> dict:
+def rows_elsewhere(path: Path, keys) -> Iterator[tuple[Any, dict]]:
     """The rows of ``keys`` that entries of ``path``'s kind hold (another list of the same photos: another --seed's
-    split, the list before a photo was dropped): {row i: (that entry, memory-mapped; its row)}, taken from the most
-    recently used entries first, which count as used. Entries without a rows file (from before rows were keyed)
-    offer none; an entry deleted meanwhile (`cache clear`) is passed over."""
+    split, the list before a photo was dropped): (an entry, memory-mapped; {row i: its row}) per entry holding some,
+    the most recently used first, which count as used. One entry at a time: each mapping holds a file descriptor,
+    and a list drawn from hundreds of entries held them all (past `ulimit -n`, 256 on macOS, the cache file could
+    not be made: "cannot write the cache folder"). Entries without a rows file (from before rows were keyed) offer
+    none; an entry deleted meanwhile (`cache clear`) is passed over."""
     import numpy as np
 
     wanted: dict[bytes, list[int]] = {}
@@ -352,8 +354,7 @@ def rows_elsewhere(path: Path, keys) -> dict:
     try:
         sides = sorted((p for p in path.parent.iterdir() if own.fullmatch(p.name)), key=_mtime, reverse=True)
     except OSError:  # no folder yet: none reused, all computed
-        return {}
-    found = {}
+        return
     for side in sides:
         entry = side.with_name(side.name[len("rowkeys-"):])
         try:
@@ -363,16 +364,14 @@ def rows_elsewhere(path: Path, keys) -> dict:
             continue
         if held.ndim != 1 or array.ndim < 2 or len(held) != array.shape[1]:
             continue
-        used = False
-        for row, key in enumerate(held.tolist()):
-            for i in wanted.pop(key, ()):
-                found[i], used = (array, row), True
-        if used:
+        rows = {i: row for row, key in enumerate(held.tolist()) for i in wanted.pop(key, ())}
+        if rows:
             mark_used(entry)
             mark_used(side)
+            yield array, rows
+        del array  # (closed before the next is opened)
         if not wanted:
             break
-    return found
 
 
 def _mtime(path: Path) -> float:

@@ -5,6 +5,8 @@ again. Now only the photos no entry holds are encoded; the rest are copied, the 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from polymodal import cache_admin, cli
 from polymodal.cache import cache_dir
 from polymodal.data.samples import SKIMAGE_PHOTOS, SKLEARN_PHOTOS
 from polymodal.models.dual_encoder import DualEncoder
+import polymodal.train.features as features_module
 from polymodal.train.features import image_features
 
 
@@ -147,3 +150,37 @@ def test_another_seed_encodes_no_photo_and_trains_the_model_a_cold_cache_gives(p
     assert cold.keys() == warm.keys()
     for name in cold:
         np.testing.assert_array_equal(cold[name], warm[name], err_msg=name)
+
+
+def _open_entries(folder: Path) -> int:
+    """Open file descriptors onto image feature entries under ``folder`` (memory maps hold one each; other tests of
+    this process may hold theirs)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            count += target.name.startswith("image-") and folder in target.parents
+        except OSError:
+            pass
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
+def test_a_list_drawn_from_many_entries_holds_few_open(tmp_path, monkeypatch):
+    """Rows are copied one entry at a time (review s54): every entry stayed memory-mapped, a file descriptor each,
+    until the list was written; past `ulimit -n` (256 on macOS) its own cache file could not be made."""
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
+    photos = []
+    for i in range(41):
+        photos.append(str(tmp_path / f"{i:02d}.png"))
+        Image.new("RGB", (4, 4), (i * 6, 7, 9)).save(photos[-1])
+    for i in range(40):  # one entry per photo (a questions file a day, each about one photo)
+        image_features(_Model(), photos[i : i + 1], progress=False)
+    held, encode = [], features_module._encode
+    monkeypatch.setattr(features_module, "_encode", lambda *a: (held.append(_open_entries(tmp_path)), encode(*a))[1])
+    model = _Model()
+    feats = image_features(model, photos, progress=False)
+    assert model.encoded == 1 and held and max(held) <= 2  # was 40: every entry copied from, still open
+    assert isinstance(feats, np.memmap)
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cold"))
+    np.testing.assert_array_equal(np.array(feats), np.array(image_features(_Model(), photos, progress=False)))

@@ -150,19 +150,27 @@ def _reuse_rows(model, images: Sequence, keys: list, path, batch_size: int, prog
     dropped or added made another list, each of which encoded every photo again. None where no entry holds one.
     (The tower gives a photo the same features in any batch at one thread; at two, alone vs in a batch of 32, up to
     1.3e-5 apart: 7x7 grids, repro batch_invariance.py.)"""
-    found = {i: held for i, held in rows_elsewhere(path, keys).items()
-             if not np.isnan(held[0][0, held[1]].reshape(-1)[0])}  # unreadable then: tried again
-    if not found:
+    fill, found = None, set()
+    try:
+        for array, rows in rows_elsewhere(path, keys):  # each entry copied from, then closed
+            for i, row in rows.items():
+                if np.isnan(array[0, row].reshape(-1)[0]):  # unreadable then: tried again
+                    continue
+                if fill is None:
+                    fill = CacheFill(path, (1, len(images), *array.shape[2:]), np.float16)
+                fill.write(i, array[0, row : row + 1])
+                found.add(i)
+    except BaseException:
+        if fill is not None:
+            fill.discard()
+        raise
+    if fill is None:
         return None
-    donor, _ = next(iter(found.values()))
-    fill = CacheFill(path, (1, len(images), *donor.shape[2:]), np.float16)
     missing = [i for i in range(len(images)) if i not in found]
     log.info("image features: %d of %d photos from earlier runs' cache, %d to encode", len(found), len(images),
              len(missing))
     size = photo_decode_size(model, None)
     try:
-        for i, (array, row) in found.items():
-            fill.write(i, array[0, row : row + 1])
         with progress_bar(total=len(missing), desc="caching image features", unit="img",
                           disable=not progress or not missing) as bar:
             for start in range(0, len(missing), batch_size):
