@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polymodal.data.word_pieces import few_whole_words, mostly_fragments, piece_counts, piece_kinds
+from polymodal.data.word_pieces import few_whole_words, mostly_fragments, piece_counts, piece_kinds, sentences
 from polymodal.errors import PolymodalError
 
 log = logging.getLogger("polymodal.encoders.text")  # where the warning was always logged from
@@ -65,12 +65,13 @@ def warn_once_if_unknown(owner, input_ids, attention_mask, tokenizer, texts: lis
                     "Chinese characters and emoji are outside it) embed alike whatever they say; shown once per model",
                     int(mostly.sum()), len(texts), tower, texts[first], int(unknown[first]), int(pieces[first]))
     elif few_whole_words(words, whole):
-        first = int(np.argmax(whole < words))
+        long = sentences(words)  # labels and keywords are not counted (see word_pieces.sentences)
+        first = int(np.argmax(long & (whole < words)))
         log.warning("only %d%% of the words of these %d texts are in the %s's vocabulary (English captions: 87%% or "
                     "more; e.g. %r reads %r): the bundled MiniLM reads English, and words it splits into fragments "
                     "(other languages; rare names, as dog breeds) embed poorly, so searches, labels and training in "
                     "them work poorly; shown once per model",
-                    int(100 * whole.sum() / words.sum()), len(texts), tower, texts[first],
+                    int(100 * whole[long].sum() / words[long].sum()), int(long.sum()), tower, texts[first],
                     tokenizer.pieces(input_ids[first], attention_mask[first]))
     elif fragments.any():
         first = int(fragments.argmax())
