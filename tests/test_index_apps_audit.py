@@ -536,10 +536,10 @@ def test_save_heatmap_replaces_the_file_instead_of_rewriting_it(tmp_path):
     from polymodal.apps.explain import save_heatmap
 
     img = Image.new("RGB", (32, 32), "gray")
-    out = save_heatmap(img, np.eye(3), tmp_path / "h.png")
+    out = save_heatmap(img, np.eye(3), tmp_path / "h.png", transform=None)
     os.link(out, tmp_path / "old.png")  # e.g. a viewer holding the previous picture
     before = (tmp_path / "old.png").read_bytes()
-    save_heatmap(img, np.eye(3)[::-1], out)
+    save_heatmap(img, np.eye(3)[::-1], out, transform=None)
     assert (tmp_path / "old.png").read_bytes() == before and out.read_bytes() != before
 
 

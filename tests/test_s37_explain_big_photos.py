@@ -45,9 +45,9 @@ def test_photos_up_to_4096_pixels_on_their_short_side_keep_their_size_in_the_hea
     heat = np.eye(7, dtype=np.float32)
     for size in [(4032, 3024), (640, 480)]:  # a 12 MP phone photo; a small one
         photo = _jpeg(tmp_path / f"{size[0]}.jpg", size)
-        assert Image.open(save_heatmap(str(photo), heat, tmp_path / "h.png")).size == size
+        assert Image.open(save_heatmap(str(photo), heat, tmp_path / "h.png", transform=None)).size == size
     photo = _jpeg(tmp_path / "48mp.jpg", (8000, 6000))  # 48 MP: half size, both sides still past 2048
-    assert Image.open(save_heatmap(photo.read_bytes(), heat, tmp_path / "h.png")).size == (4000, 3000)
+    assert Image.open(save_heatmap(photo.read_bytes(), heat, tmp_path / "h.png", transform=None)).size == (4000, 3000)
 
 
 def test_a_panorama_past_pillows_limit_is_drawn_at_the_largest_draft_that_fits(tmp_path):

@@ -36,7 +36,8 @@ def test_save_heatmap_never_writes_over_the_image_it_explains(tmp_path):
     with pytest.raises(PolymodalError, match="it is the image it explains"):
         save_heatmap(str(photo), np.ones((7, 7), np.float32), photo)
     assert photo.read_bytes() == before
-    assert save_heatmap(str(photo), np.ones((7, 7), np.float32), tmp_path / "heat.png").is_file()  # another name
+    assert save_heatmap(str(photo), np.ones((7, 7), np.float32), tmp_path / "heat.png",
+                        transform=None).is_file()  # another name
 
 
 def test_choices_from_a_generator_are_ranked_not_called_missing(easy_vqa):

@@ -143,16 +143,24 @@ OVERLAY_MIN_SIDE = 2048
 VIEW_MIN_SIDE = 224
 
 
-def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0.5, transform=None) -> Path:
+# save_heatmap's transform when none is passed: refused, since a bare grid cannot say which crop it covers
+_NO_TRANSFORM = object()
+
+
+def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0.5, transform=_NO_TRANSFORM) -> Path:
     """Write ``image`` with ``heat`` overlaid, atomically, at the image's size (a JPEG file or bytes whose short side
     passes 4096 pixels at 1/2 to 1/8 of it, see OVERLAY_MIN_SIDE; a panorama past Pillow's pixel limit at the largest
     of those that fits; one smaller than VIEW_MIN_SIDE enlarged a whole number of times; one longer than its
     format allows, .jpg's 65,500 or .webp's 16,383 pixels, shrunk to fit); the file's suffix picks the format (.png,
-    .jpg, .webp). With the model's ``transform`` the grid covers the centre crop the model saw."""
+    .jpg, .webp). ``transform`` is required: the model's (``model.transform``) puts the grid over the centre crop
+    the model saw (a map from ``explain`` or `occlusion_heat`); None spreads it over the whole image."""
     import io
 
     out = Path(out).expanduser()  # as check_heatmap_path checks it: "~/heat.png" made a folder named "~" here
     fmt = check_heatmap_path(out, image)
+    if transform is _NO_TRANSFORM:  # the whole image was the default: a wide photo's map landed off the crop it maps
+        raise PolymodalError("save_heatmap needs transform=: pass model.transform (the model that made the map) to "
+                             "draw it over the crop the model saw, or transform=None to spread it over the whole image")
     for min_side in (OVERLAY_MIN_SIDE, OVERLAY_MIN_SIDE // 2, OVERLAY_MIN_SIDE // 4, 1):
         try:  # a panorama past Pillow's limit with a short side under 4096: the largest draft that fits it
             img = load_image(image, min_size=min_side)
