@@ -29,7 +29,9 @@ from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.index.store import query_matrix
 from polymodal.models.dual_encoder import DualEncoder
 from polymodal.train.contrastive import ContrastiveRecipe, _hard_negatives
-from polymodal.train.features import CachedPairDataset, collate_cached, image_features, text_features
+from polymodal.train.features import (
+    CachedPairDataset, TextRows, collate_cached, image_features, text_features,
+)
 from polymodal.train.objectives import ContrastiveObjective
 from polymodal.train.trainer import Trainer, set_seed
 
@@ -93,7 +95,7 @@ def _cross_validate(args, recipe: ContrastiveRecipe, settings: dict, main_set: P
         dataset = CachedPairDataset(
             np.asarray(feats[:, order]), texts[cap_idx] if isinstance(texts, np.ndarray) else [texts[c] for c in cap_idx],
             np.array([remap[all_set.pairs[c].image] for c in cap_idx]), seed=recipe.train.seed,
-            negatives=_hard_negatives(model, sub, recipe, progress=False),  # sub's pairs are cap_idx, in order
+            negatives=_hard_negatives(model, sub, recipe, TextRows(()), progress=False),  # sub's pairs: cap_idx
         )
         sampler = DistributedSampler(dataset, num_replicas=1, rank=0, seed=recipe.train.seed, drop_last=True)
         loader = DataLoader(dataset, batch_size=min(recipe.batch_size, len(dataset)), sampler=sampler,

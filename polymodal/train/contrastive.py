@@ -27,7 +27,8 @@ from polymodal.models.inputs import as_paths, as_settings
 from polymodal.registry import wrong_folder_hint
 from polymodal.train import distributed
 from polymodal.train.features import (
-    CachedPairDataset, collate_cached, image_features, readable_pairs, readable_rows, text_features,
+    CachedPairDataset, RowSubset, TextRows, collate_cached, image_features, readable_pairs, readable_rows,
+    text_features,
 )
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, NON_NEGATIVE, check_ranges, check_run_folder, check_types, prepare_run_folder,
@@ -135,8 +136,8 @@ def retrieval_eval(model, image_feats: np.ndarray, text_feats, caption_image: np
         img = torch.cat([model.image_from_cache(torch.from_numpy(np.array(view[i : i + 128], np.float32)))
                          for i in range(0, len(view), 128)])
         img = torch.nn.functional.normalize(img, dim=-1)
-        if isinstance(text_feats, np.ndarray):
-            txt = model.text_from_pooled(torch.from_numpy(np.array(text_feats, np.float32)))
+        if isinstance(text_feats, (np.ndarray, RowSubset)):  # features, not the captions
+            txt = model.text_from_pooled(torch.from_numpy(np.array(text_feats[:], np.float32)))
         else:
             txt = torch.cat([model._text_batch(text_feats[i : i + 128]) for i in range(0, len(text_feats), 128)])
         txt = torch.nn.functional.normalize(txt, dim=-1)
@@ -159,6 +160,9 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     with only_splits(recipe.split):
         train_set = read_pair_sources(recipe.pairs)
     _same_pairs_on_all_ranks(train_set, "--pairs")
+    # the texts are encoded before the split, as one list no --seed changes (a list per split was a new cache entry
+    # for every seed, all its captions encoded again)
+    texts_of_run = TextRows(_texts_of(train_set, recipe))
     if recipe.val_pairs:
         with only_splits(recipe.val_split, "--val-split"):
             val_set = read_pair_sources(recipe.val_pairs)
@@ -200,9 +204,9 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
                            progress=progress, skip_unreadable=True, split_across_ranks=True)  # torchrun: a share each
     rows = readable_rows(feats)
     train_set = readable_pairs(train_set, rows)
-    texts = (text_features(model, train_set.captions, progress=progress, split_across_ranks=True) if model.text_frozen
-             else train_set.captions)
-    negatives = _hard_negatives(model, train_set, recipe, progress)
+    texts = (texts_of_run.of(model, train_set.captions, progress=progress, split_across_ranks=True)
+             if model.text_frozen else train_set.captions)
+    negatives = _hard_negatives(model, train_set, recipe, texts_of_run, progress)
     dataset = CachedPairDataset(feats, texts, train_set.caption_image, seed=recipe.train.seed, rows=rows,
                                 negatives=negatives)
     batch = rank_batch_size(len(dataset), recipe.batch_size, distributed.world_size())
@@ -227,7 +231,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
             log.warning("only %d validation photos: recall over so few hardly changes between epochs (R@5 is 1.0 below 6, "
                         "R@10 below 11), so the epoch kept says little; validate on %d or more (--val-pairs, or a larger "
                         "--val-fraction)", len(val_set.images), MIN_VAL_PHOTOS)
-        val_txt = (text_features(model, val_set.captions, progress=progress, split_across_ranks=True)
+        val_txt = (texts_of_run.of(model, val_set.captions, progress=progress, split_across_ranks=True)
                    if model.text_frozen else val_set.captions)
         eval_fn = lambda m: retrieval_eval(m, val_img, val_txt, val_set.caption_image)  # noqa: E731
 
@@ -283,7 +287,13 @@ def _same_pairs_on_all_ranks(pairs: PairSet, flag: str) -> None:
                                        "--nnodes: the same data on every machine, e.g. on storage they share)")
 
 
-def _hard_negatives(model, train_set: PairSet, recipe: ContrastiveRecipe, progress: bool):
+def _texts_of(pairs: PairSet, recipe: ContrastiveRecipe) -> list[str]:
+    """The texts a run over ``pairs`` may encode: captions, and the data's hard negatives when they are used."""
+    negatives = [n for p in pairs.pairs for n in p.negatives] if recipe.hard_negatives != "none" else []
+    return pairs.captions + negatives
+
+
+def _hard_negatives(model, train_set: PairSet, recipe: ContrastiveRecipe, texts_of_run: TextRows, progress: bool):
     """(negative features or texts [M], per caption the indices of its negatives), or None without negatives."""
     lists = negatives_per_caption(train_set.pairs, recipe.hard_negatives, seed=recipe.train.seed)
     flat = [text for texts in lists for text in texts]
@@ -295,7 +305,7 @@ def _hard_negatives(model, train_set: PairSet, recipe: ContrastiveRecipe, progre
              recipe.hard_negatives)
     ends = np.cumsum([len(texts) for texts in lists])
     negatives_of = [np.arange(end - len(texts), end) for end, texts in zip(ends, lists)]
-    features = text_features(model, flat, progress=progress, split_across_ranks=True) if model.text_frozen else flat
+    features = texts_of_run.of(model, flat, progress=progress, split_across_ranks=True) if model.text_frozen else flat
     return features, negatives_of
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -344,6 +344,29 @@ def text_features(model, captions: Sequence[str], batch_size: int = 128, progres
         out = np.zeros(shape, np.float32) if out is None else out
         distributed.sum_in_place(out)
     return _store(path, out)
+
+
+class TextRows:
+    """A run's texts encoded once (`text_features`) as one list, the distinct texts sorted, before the split by
+    --seed; `of` gives the rows of some of them. A list per split (train, validation) was a new cache entry for
+    every --seed, every caption encoded again; this list is the same whatever the seed or the rows' order. (Copying
+    rows across lists would not be exact: a text's features shift with its batch's padding, up to 8e-7 on Flickr8k.)"""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self.given, self.row, self.feats = texts, None, None
+
+    def of(self, model, texts: Sequence[str], progress: bool = True,
+           split_across_ranks: bool = False) -> RowSubset | np.ndarray:
+        """[len(texts), 384] features of ``texts``: memory-mapped rows of the run's list (encoded when first asked
+        for, after the photos as the per-split lists were) where it holds them all; else ``texts`` as their own list
+        (word swaps drawn by the seed, --val-pairs' captions: a list no seed changes already)."""
+        if self.row is None:  # sorted when first needed: a run that trains its text tower never is
+            self.row = {t: i for i, t in enumerate(sorted(set(self.given)))}
+        if not all(t in self.row for t in texts):
+            return text_features(model, texts, progress=progress, split_across_ranks=split_across_ranks)
+        if self.feats is None:
+            self.feats = text_features(model, list(self.row), progress=progress, split_across_ranks=split_across_ranks)
+        return RowSubset(self.feats, np.array([self.row[t] for t in texts], dtype=np.int64))
 
 
 def _encode_texts(model, captions: Sequence[str], starts, batch_size: int, by_length: bool = True) -> np.ndarray | None:

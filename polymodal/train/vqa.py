@@ -283,6 +283,17 @@ def split_by_image(rows: list[QARow], fraction: float, seed: int = 0) -> tuple[l
     return [r for r in rows if str(r.image) not in val], [r for r in rows if str(r.image) in val]
 
 
+def asked_features(model: FusionEncoder, questions: dict[str, int], data: EncodedQA,
+                   progress: bool = True) -> tuple[EncodedQA, np.ndarray, np.ndarray]:
+    """(``data``, its questions' states and lengths: `question_features`) with its rows pointing into the run's list
+    ``questions`` (text -> row, made before the split by --seed) where that holds all of its questions; else into
+    its own list (--val-qa's: a list no seed changes already)."""
+    if all(q in questions for q in data.questions):
+        rows = np.asarray([questions[q] for q in data.questions], np.int64)
+        data = replace(data, questions=list(questions), row_question=rows[data.row_question])
+    return (data, *question_features(model, data.questions, progress=progress))
+
+
 def answer_vocabulary(rows: Sequence[QARow], min_count: int = 1, max_answers: int = 3000) -> list[str]:
     """The most frequent training answers (ties alphabetical), each seen at least min_count times. Answers that
     evaluation scores as one ('Yes!' and 'yes', 'two' and '2', 'a dog' and 'dog': comparable_answer) are one class,
@@ -486,6 +497,9 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     set_seed(recipe.train.seed)
     with only_splits(recipe.split):
         train_rows = read_qa(recipe.qa)
+    # the questions are encoded before the split, as one list no --seed changes (a list per split was a new cache
+    # entry for every seed, all its questions encoded again); sorted, so the rows' order changes nothing either
+    questions = {q: i for i, q in enumerate(sorted({r.question for r in train_rows}))}
     if recipe.val_qa:
         with only_splits(recipe.val_split, "--val-split"):
             val_rows = read_qa(recipe.val_qa)
@@ -531,7 +545,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     warn_of_a_drifting_itm_head(model, recipe.itm_weight, recipe.model)
     log.info("train: %d questions over %d images (%d answers); val: %d questions",
              len(train_rows), len(train.images), len(model.answers), len(val_rows))
-    q_states, q_len = question_features(model, train.questions, progress=progress)
+    train, q_states, q_len = asked_features(model, questions, train, progress)
     itm = None
     if recipe.itm_weight > 0:
         texts, row_pos, row_neg = _itm_texts(train_rows, model.answers, recipe.train.seed, model._itm_text)
@@ -550,7 +564,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
         # rare answers left out of the vocabulary (--min-answer-count, --max-answers) or a continued model's other
         # answers: validation scores them wrong, which caps val/accuracy below 1.0 with nothing said
         warn_of_answers_outside(model, val_rows, "validation questions", "val/accuracy counts them as wrong")
-        val_states, val_len = question_features(model, val.questions, progress=progress)
+        val, val_states, val_len = asked_features(model, questions, val, progress)
         eval_fn = lambda m: feature_eval(m, val, val_feats, val_states, val_len)  # noqa: E731
     t_cached = time.perf_counter()
 
