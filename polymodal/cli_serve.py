@@ -61,16 +61,19 @@ def _serve(args) -> None:
     if args.root_path and not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+/?", args.root_path):
         raise PolymodalError(f"--root-path must be a URL path like /photos, got {args.root_path[:80]!r}")
     args.root_path = args.root_path.rstrip("/")
-    if bool(args.db) == (args.qdrant is not None):
-        raise PolymodalError("pass either --db DB (a local index) or --qdrant URL (a collection) to serve")
+    # no index: a server of /v1/vqa or /v1/caption alone, when a model for one is named (create_app checks the rest)
+    indexless = not args.db and args.qdrant is None and bool(args.vqa_model or args.caption_model or args.model)
+    if bool(args.db) == (args.qdrant is not None) and not indexless:
+        raise PolymodalError("pass either --db DB (a local index) or --qdrant URL (a collection) to serve, or only "
+                             "--caption-model / --vqa-model to serve captions or answers without an index")
     from polymodal.serve.logs import configure
 
     configure(args.log_format)  # times, request ids; before the model loads, whose warnings are log lines too
     level = args.log_level or ("info" if args.verbose else "warning")
     if args.log_level:  # else as the CLI's basicConfig set it from -v
         logging.getLogger().setLevel(level.upper())
-    index = qdrant_collection(args) or ImageIndex(args.db)
-    info = index.info()  # a missing index: one line, before the model loads
+    index = None if indexless else qdrant_collection(args) or ImageIndex(args.db)
+    info = index.info() if index is not None else None  # a missing index: one line, before the model loads
     settings = ServeSettings(
         batching=not args.no_batching,
         max_batch=args.max_batch,
@@ -86,7 +89,7 @@ def _serve(args) -> None:
         raise PolymodalError(f"--threads must be at least 1, got {args.threads}")
     from polymodal.serve.app import create_app
 
-    name = index_model_name(index, args.model)
+    name = index_model_name(index, args.model) if index is not None else args.model
     sock = _bind(args.host, args.port)  # before the slow model load: a busy port is one line and exit 2
     try:
         extra = {"threads": args.threads} if args.runtime != "torch" else {}  # create_app: for onnx models only
@@ -119,19 +122,22 @@ def _serve(args) -> None:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     svc = app.state.service
-    vqa = f", answering questions with {svc.vqa_model.key}" if svc.vqa and svc.vqa_model is not svc.model else ""
+    served = [f"answering questions with {svc.vqa_model.key}"] if svc.vqa and svc.vqa_model is not svc.model else []
     if svc.caption_model is not None:  # an ONNX captioner's int8 step writes other captions than fp32: say which
-        vqa += f", captioning with {svc.caption_model.key} ({runs_on(svc.caption_model)['precision']})"
-    how = runs_on(svc.model)
+        served.append(f"captioning with {svc.caption_model.key} ({runs_on(svc.caption_model)['precision']})")
     # limit_concurrency: past it (open connections, or requests in progress) uvicorn answers 503 at once, so N slow
     # uploads cannot hold N x --max-body-mb of memory; the protocol closes connections whose headers do not come.
     # + 1: uvicorn counts the asking connection itself (limit 1 answered every request 503; N served N - 1)
     config = uvicorn.Config(app, log_level=level, log_config=None, timeout_keep_alive=5,
                             server_header=False, root_path=args.root_path, limit_concurrency=args.max_connections + 1,
                             http=header_deadline_protocol(drain_s=args.timeout + DRAIN_GRACE_S))
-    line = (f"polymodal: serving {svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} "
-            f"({plural(info['count'], 'image')}{vqa}) on http://{shown}:{port} - web page at /, API docs at /docs; "
-            "Ctrl-C stops")
+    if index is not None:
+        how = runs_on(svc.model)
+        what = (f"{svc.model.key} ({how['runtime']}, {how['precision']}) over {args.db or index.where()} "
+                f"({', '.join([plural(info['count'], 'image'), *served])})")
+    else:  # what it answers, and that nothing searches
+        what = f"{' and '.join(served)}, without an index (no search, embed or classify)"
+    line = f"polymodal: serving {what} on http://{shown}:{port} - web page at /, API docs at /docs; Ctrl-C stops"
     try:  # uvicorn re-raises Ctrl-C / SIGTERM after its graceful shutdown, most of the time (once in a busy test run,
         # a Ctrl-C right after startup came back as a plain return): cmd_serve takes both
         _announcing_server(uvicorn, config, line).run(sockets=[sock])
@@ -181,7 +187,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--caption-model", default=None,
                    help="a captioner (captioner, a `polymodal train captioner` folder or, with --runtime onnx, "
                         "its `polymodal export onnx` folder) for /v1/caption")
-    s.add_argument("--db", help="index folder built by `polymodal index`")
+    s.add_argument("--db", help="index folder built by `polymodal index` (without --db or --qdrant: a server of "
+                   "/v1/vqa and /v1/caption alone, for --vqa-model and --caption-model)")
     add_qdrant(s, "serve this Qdrant collection instead of --db (searches and thumbnails; images are added by "
                "pushing indexes to it: polymodal index --qdrant); several servers can share one")
     add_runtime(s, "onnx: serve the export of --model (`polymodal export onnx`) through onnxruntime, without torch",

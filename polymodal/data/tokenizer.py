@@ -115,6 +115,31 @@ def unknown_words_notes(model, texts: list[str], at_most: int = 5) -> list[str]:
     return notes[:at_most] + ([f"and {rest} more texts mostly in unknown word pieces"] if rest > 0 else [])
 
 
+def cut_texts(model, texts: list[str]) -> tuple[list[int], int]:
+    """Which of ``texts`` ``model``'s text tower cuts at its token limit (as encode_text does, warning once per
+    model), and that limit; ([], 0) where its tokenizer cannot tell (a slow transformers one)."""
+    fast = getattr(getattr(model, "text_tower", None), "_fast", None) or getattr(model, "tokenizer", None)
+    if isinstance(fast, FastTokenizer):
+        limit, encodings = fast.tok.truncation["max_length"], fast.tok.encode_batch(texts)
+    elif hasattr(model, "text_tokenizer"):  # a transformers tokenizer (CLIP; a text tower without tokenizer.json)
+        tokenizer, limit = model.text_tokenizer
+        encodings = getattr(tokenizer(texts, truncation=True, max_length=limit), "encodings", None) or []
+    else:
+        return [], 0
+    return [i for i, e in enumerate(encodings) if e.overflowing], limit
+
+
+def cut_texts_notes(model, texts: list[str], one: str | None = None) -> list[str]:
+    """For a served reply's warnings (the server log says it once per model, a client never): a note naming the
+    texts ``model`` cuts (`cut_texts`), or none. ``one``: what a lone text is called ("the query")."""
+    cut, limit = cut_texts(model, texts)
+    if not cut:
+        return []
+    which = one or ", ".join(f"texts[{i}]" for i in cut[:5]) + (f" and {len(cut) - 5} more" if len(cut) > 5 else "")
+    return [f"{which} reached the text tower's limit of {limit} tokens and {'was' if len(cut) == 1 else 'were'} cut "
+            "there: later words do not count; send shorter texts"]
+
+
 def check_unicode(texts: list[str], what: str | None = None) -> None:
     """One error naming the first text holding a lone surrogate (not a character: bytes that were not UTF-8, or half
     of an escaped pair in JSON), which no tokenizer takes. The message leaves the text out: it could not be printed.

@@ -97,29 +97,42 @@ def caption_batches(images: Any, batch_size: int, beam: int, max_tokens: int, no
     written = [pieces for i in range(0, len(images), batch_size)
                for pieces in pieces_of(images[i : i + batch_size], beam, max_tokens, no_repeat)]
     if owner is not None:
-        warn_once_if_unfinished(owner, written, max_tokens)
+        kinds = unfinished(written, max_tokens)
+        owner.last_unfinished = (kinds, max_tokens)  # for a served reply (read on the thread that captioned)
+        warn_once_if_unfinished(owner, kinds, max_tokens)
     return [text_of(pieces) for pieces in written]
 
 
-def warn_once_if_unfinished(owner: Any, written: list[list[int]], max_tokens: int) -> None:
-    """An empty caption (the model ended it before any word) or one cut at max_tokens (beam_search writes
-    max_tokens pieces only when no end came: "a woman a woman a woman ... a") reads as the model's whole answer:
-    say why, once per model (a server or a long `caption` run would repeat it). One that reached max_tokens with a
-    full stop is not counted: the built-in captioner wrote 1 of 85 Flickr8k photos' captions so, whole but for
-    [SEP] ("a woman in a white shirt is wearing a blue shirt and black shirt is sitting on the street.")."""
-    if getattr(owner, "_warned_unfinished", False):
-        return
-    empty = sum(not pieces for pieces in written)
-    cut = sum(len(pieces) >= max_tokens and pieces[-1] not in STOPS for pieces in written)
-    if empty or cut:
-        owner._warned_unfinished = True
-    if empty:
-        log.warning("%d of %d captions are empty: the model wrote its end before any word (as one trained on few "
-                    "photos or epochs may); shown once per model", empty, len(written))
+def unfinished(written: list[list[int]], max_tokens: int) -> list[str | None]:
+    """Per caption's word pieces: "empty" (the model ended it before any word), "cut" (max_tokens pieces:
+    beam_search writes that many only when no end came, "a woman a woman a woman ... a") or None. One that reached
+    max_tokens with a full stop is whole: the built-in captioner wrote 1 of 85 Flickr8k photos' captions so, whole
+    but for [SEP] ("a woman in a white shirt is wearing a blue shirt and black shirt is sitting on the street.")."""
+    return ["empty" if not pieces else "cut" if len(pieces) >= max_tokens and pieces[-1] not in STOPS else None
+            for pieces in written]
+
+
+def unfinished_notes(kinds: list[str | None], max_tokens: int,
+                     fix: str = "raise --max-tokens (max_tokens=), or, ") -> list[str]:
+    """What is said of `unfinished` captions, by the CLI's warning and a served reply (whose client cannot change
+    max_tokens: ``fix`` "")."""
+    empty, cut, n = kinds.count("empty"), kinds.count("cut"), len(kinds)
+    notes = [f"{empty} of {n} captions are empty: the model wrote its end before any word (as one trained on few "
+             "photos or epochs may)"] if empty else []
     if cut:
-        log.warning("%d of %d captions reached max_tokens (%d word pieces) before their end and are cut there: raise "
-                    "--max-tokens (max_tokens=), or, where they repeat themselves up to it, train the model longer or "
-                    "on more photos; shown once per model", cut, len(written), max_tokens)
+        notes.append(f"{cut} of {n} captions reached max_tokens ({max_tokens} word pieces) before their end and are "
+                     f"cut there: {fix}where they repeat themselves up to it, train the model longer or on more photos")
+    return notes
+
+
+def warn_once_if_unfinished(owner: Any, kinds: list[str | None], max_tokens: int) -> None:
+    """Empty and cut captions (`unfinished`) read as the model's whole answer: say why, once per model (a server or
+    a long `caption` run would repeat it)."""
+    notes = [] if getattr(owner, "_warned_unfinished", False) else unfinished_notes(kinds, max_tokens)
+    if notes:
+        owner._warned_unfinished = True
+    for note in notes:
+        log.warning("%s; shown once per model", note)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

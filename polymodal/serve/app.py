@@ -37,10 +37,11 @@ from typing import Any
 import numpy as np
 
 from polymodal.cache import out_of_space
-from polymodal.data.tokenizer import unknown_words_note, unknown_words_notes
+from polymodal.data.tokenizer import cut_texts_notes, unknown_words_note, unknown_words_notes
 from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 from polymodal.index.store import IndexDamaged
+from polymodal.models.beam_search import unfinished_notes
 from polymodal.registry import answers, captions, embeds
 from polymodal.serve.limits import (
     ApiError, ServeSettings, check_k, check_templates, check_texts, check_unicode_field, open_image_checked,
@@ -59,7 +60,7 @@ _FILE = {"type": "string", "format": "binary", "minLength": 1}
 # what the handlers refuse with a 400 that a schema can say: no file, an empty list, blank text, no item in a list
 _FILES = {"type": "array", "items": _FILE, "minItems": 1}
 _IMAGES_B64 = {"type": "array", "items": _IMAGE_B64, "minItems": 1}
-_TEXTS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+_TEXTS = {"type": "array", "items": {"type": "string", "minLength": 1, "pattern": r"\S"}, "minItems": 1}
 _TEMPLATES = {"type": "array", "items": {"type": "string", "pattern": r"\{\}", "maxLength": 500}, "minItems": 1,
               "description": 'each with {} where the label goes, e.g. "a photo of a {}."'}
 _TEXT = {"type": "string", "minLength": 1, "pattern": r"\S"}  # a query or question
@@ -115,6 +116,8 @@ def _body(description: str, json_props: dict, form_props: dict | None, json_requ
 
 
 DOCS_ASSETS = "/docs-assets"
+# the endpoints of an index and its embedding model: absent from a server without one (serve --caption-model alone)
+INDEX_PATHS = ("/v1/embed", "/v1/search", "/v1/classify", "/v1/index", "/v1/thumb/{image_id}")
 MAX_BEAM = 5  # /v1/caption: wider beams cost time per request and rarely change the caption
 CAPTION_CHUNK = 16  # /v1/caption photos per model job: caption()'s own batch size, so the captions are the same
 # /v1/classify prompts (labels x templates) per model job: 4,000 in one job held the model thread 5.5 s on 2 cores
@@ -154,11 +157,13 @@ def _swagger_version(folder_name: str) -> tuple[int, ...]:
 
 
 def create_app(
-    model: Any, db_path: str | Path, api_key: str | None = None, settings: ServeSettings | None = None,
+    model: Any, db_path: str | Path | None, api_key: str | None = None, settings: ServeSettings | None = None,
     runtime: str = "auto", vqa_model: Any = None, caption_model: Any = None, **load_options,
 ):
     """A FastAPI app serving `model` (a registered name, a checkpoint path, or a loaded model) over the index at
     `db_path` (or a QdrantCollection: searched, not written). A missing index, an unknown model or a model that doesn't match the index raises PolymodalError.
+    `db_path` None: no index and no embedding model; the app answers /v1/vqa and /v1/caption only (a VQA model or
+    captioner passed as `model` serves them), and the index's endpoints are left out of the API (a 404 saying why).
 
     /v1/vqa answers with `vqa_model`, or with `model` itself when it answers questions. A VQA model that cannot embed
     (easy-vqa, coco-yesno) passed as `model` becomes the VQA model, and the index's own model embeds and searches.
@@ -206,8 +211,8 @@ def create_app(
 
     settings = settings or ServeSettings()
     # a missing index fails before the (slow) model load
-    index_info = open_index(db_path).info()
-    index_model = index_info["model_name"]
+    index_info = open_index(db_path).info() if db_path is not None else {}
+    index_model = index_info.get("model_name")  # None without an index: load(None) is None
 
     def load(m):
         import polymodal
@@ -246,6 +251,13 @@ def create_app(
         model, vqa_model = load(index_model), model
     elif caption_model is None and captions(model) and not embeds(model):  # the same for a captioner
         model, caption_model = load(index_model), model
+    if db_path is None and model is not None:  # an embedding model serves an index (what would it search?)
+        raise PolymodalError(f"{getattr(model, 'name', model)} embeds images for an index: pass --db DB (or --qdrant "
+                             "URL) to serve it; without an index a server answers /v1/vqa (--vqa-model) and "
+                             "/v1/caption (--caption-model) only")
+    if db_path is None and vqa_model is None and caption_model is None:
+        raise PolymodalError("nothing to serve: pass --db DB (an index built by polymodal index) or --qdrant URL, or "
+                             "--vqa-model / --caption-model to serve only answers or captions")
     svc = Service(model, db_path, settings, vqa_model=vqa_model, caption_model=caption_model)
     vqa_model = svc.vqa_model  # (not `vqa`: that name is the endpoint below)
     s = settings
@@ -264,9 +276,11 @@ def create_app(
     app = FastAPI(
         title="polymodal",
         version=_version(),
-        description=f"Embed, search, classify with model `{model.key}` over an image index"
-        + (f"; answer questions with `{vqa_model.key}`" if vqa_model is not None else "")
-        + (f"; write captions with `{caption_model.key}`. " if caption_model is not None else ". ")
+        description="; ".join(
+            ([f"Embed, search, classify with model `{model.key}` over an image index"] if model is not None else
+             ["No index (served without --db): no embedding, search or classification"])
+            + ([f"answer questions with `{vqa_model.key}`"] if vqa_model is not None else [])
+            + ([f"write captions with `{caption_model.key}`"] if caption_model is not None else [])) + ". "
         + "Errors are JSON `{\"error\": \"...\"}`." + (" Send the API key in the `X-API-Key` header." if api_key else ""),
         lifespan=lifespan,
         redoc_url=None,
@@ -484,7 +498,8 @@ def create_app(
                 parts = [await svc.batcher.texts(texts[start : start + TEXT_CHUNK])
                          for start in range(0, len(texts), TEXT_CHUNK)]
                 vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
-                warnings = await run_in_threadpool(unknown_words_notes, model, texts)
+                warnings = (await run_in_threadpool(cut_texts_notes, model, texts)
+                            + await run_in_threadpool(unknown_words_notes, model, texts))
             else:
                 if not ("image" in data or "images" in data):
                     raise ApiError(400, 'nothing to embed: send {"texts": [...]} or {"images": [base64, ...]}')
@@ -541,7 +556,8 @@ def create_app(
         if text is not None:
             vectors = await svc.batcher.texts(check_texts([text], 1, s.max_text_chars, "text"))
             # the text tower says it once in the server log, which a client never sees: each reply says it
-            warnings = [note] if (note := unknown_words_note(model, text)) else []
+            warnings = cut_texts_notes(model, [text], "the query")
+            warnings += [note] if (note := unknown_words_note(model, text)) else []
         else:
             vectors = await svc.batcher.images(await prepare(items))
         return await _hits(request, vectors, k, warnings)
@@ -625,6 +641,9 @@ def create_app(
         responses=post_replies(VQA, 404),
     )
     async def vqa(request: Request):
+        if vqa_model is None and model is None:  # a captioning server, no index
+            raise ApiError(404, "this server has no VQA model; start it with --vqa-model easy-vqa (or another VQA "
+                                "model)")
         if vqa_model is None:
             raise ApiError(
                 404, f"model {model.name!r} cannot answer questions and this server has no VQA model; start it with "
@@ -677,12 +696,17 @@ def create_app(
                 check_form_fields(form, {"image", "beam", "model"}, kind="caption")
                 beam, items = form_text(form, "beam"), await form_images(form)
         beam = 3 if beam is None else check_k(beam, MAX_BEAM, "beam")
-        images, written = await decode(items, caption_model), []
+        images, written, kinds, max_tokens = await decode(items, caption_model), [], [], 0
         for start in range(0, len(images), CAPTION_CHUNK):  # one model job per chunk: other requests run between
             # them, and a request past --timeout stops after its current chunk instead of holding the model thread
-            written += await svc.batcher.call(caption_model.caption, images[start : start + CAPTION_CHUNK], beam)
+            chunk, chunk_kinds, max_tokens = await svc.batcher.call(
+                _captions, caption_model, images[start : start + CAPTION_CHUNK], beam)
+            written, kinds = written + chunk, kinds + chunk_kinds
+        # the server log says it once per model, which a client never sees: each reply says it
         return JSONResponse({"model": caption_model.key,
-                             "results": [{"image": name, "caption": c} for (name, _), c in zip(items, written)]})
+                             "results": [{"image": name, "caption": c, "cut": kind == "cut"}
+                                         for (name, _), c, kind in zip(items, written, kinds)],
+                             "warnings": unfinished_notes(kinds, max_tokens, fix="")})
 
     @app.post(
         "/v1/index",
@@ -733,6 +757,10 @@ def create_app(
         data = await run_in_threadpool(svc.thumbnail, svc.parse_id(image_id))
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
+    if svc.index is None:  # no index, no embedding model: these are left out of the API and /docs (a 404 says why)
+        app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in INDEX_PATHS]
+    served = [p for p, m in (("/v1/vqa", vqa_model), ("/v1/caption", caption_model)) if m is not None]
+
     # -- errors: always {"error": "..."}; under --hide-paths without the index's place (svc.hide) ---------------------
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
@@ -752,7 +780,10 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
         message = str(exc.detail)
-        if exc.status_code == 404 and message == "Not Found":
+        if exc.status_code == 404 and message == "Not Found" and svc.index is None and _index_path(request.scope):
+            message = (f"this server has no index (it was started without --db), so no {request.url.path}: it "
+                       f"answers {' and '.join(served)}; search, embed and classify need a server with --db DB")
+        elif exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}; see /docs for the API"
         elif exc.status_code == 400 and message.startswith("Too many files"):  # Starlette's max_files, as JSON's
             return JSONResponse({"error": f"more than {s.max_images_per_request} images in one request; the limit is "
@@ -844,6 +875,21 @@ def _version() -> str:
     from polymodal import __version__
 
     return __version__
+
+
+def _index_path(scope) -> bool:
+    """The request is for an endpoint of INDEX_PATHS (a thumbnail's by its prefix), wherever a proxy mounts the app."""
+    path, root = scope["path"], scope.get("root_path", "")
+    path = path[len(root):] if root and path.startswith(root + "/") else path
+    return path in INDEX_PATHS or path.startswith("/v1/thumb/")
+
+
+def _captions(model, images: list, beam: int) -> tuple[list[str], list, int]:
+    """model.caption(images, beam), each caption's `unfinished` kind ("cut", "empty" or None) and the max_tokens it
+    was written to (none for a captioner that does not say)."""
+    captions = model.caption(images, beam)
+    kinds, max_tokens = getattr(model, "last_unfinished", None) or ([None] * len(captions), 0)
+    return captions, kinds, max_tokens
 
 
 def _client_name(filename: str | None, i: int) -> str:

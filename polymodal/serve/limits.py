@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from polymodal.data.images import check_image_size, open_image, to_rgb
 from polymodal.data.tokenizer import check_unicode
+from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 
 # Formats the service decodes from request bytes. Restricting Pillow to these keeps exotic decoders away from them;
@@ -164,6 +165,8 @@ def check_texts(texts, limit: int, max_chars: int, field: str = "texts") -> list
             raise ApiError(400, f'"{field}"[{i}] must be a string, got {type(t).__name__}')
         if len(t) > max_chars:
             raise ApiError(413, f'"{field}"[{i}] has {len(t)} characters; the limit is {max_chars}')
+        if is_blank(t):  # as search and classify refuse a blank query or label: it embeds as nothing in particular
+            raise ApiError(400, f'"{field}"[{i}] is blank; every text needs some words')
     return check_unicode_field(texts, field)
 
 

@@ -64,8 +64,9 @@ def document_request_id(schema: dict) -> None:
                 reply.setdefault("headers", {})["X-Request-ID"] = header
 
 
-def _obj(required: dict, optional: dict | None = None) -> dict:
-    return {"type": "object", "required": list(required), "properties": {**required, **(optional or {})}}
+def _obj(required: dict, optional: dict | None = None, description: str | None = None) -> dict:
+    out = {"type": "object", "required": list(required), "properties": {**required, **(optional or {})}}
+    return {**out, "description": description} if description else out
 
 
 _STR, _INT, _NUM, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
@@ -75,7 +76,9 @@ _THUMB = {"type": "string", "description": "the thumbnail's URL path (GET it)"}
 _WARNINGS = _LIST(_STR)
 _SCORED = lambda key: _obj({key: _STR, "score": _NUM})  # noqa: E731
 
-EMBED = _obj({"model": _STR, "dim": _INT, "vectors": _LIST(_LIST(_NUM)), "warnings": _WARNINGS})
+EMBED = _obj({"model": _STR, "dim": _INT, "vectors": _LIST(_LIST(_NUM)),
+              "warnings": {**_WARNINGS, "description": "texts the text tower cut at its token limit (their later "
+                           "words do not count), texts mostly in words the model does not know"}})
 _PATH = {"type": "string", "description": "the file's absolute path on the server; a server started with --hide-paths "
          "(GET /v1/info: index.paths_hidden) gives its file name only: tell same-named files apart by id"}
 HIT = _obj({"id": _ID, "path": _PATH, "score": _NUM, "thumb": _THUMB, "rank": _INT, "name": _STR},
@@ -87,20 +90,28 @@ CLASSIFY = _obj({"model": _STR, "results": _LIST(_obj({"image": _STR, "labels": 
 VQA = _obj({"model": _STR, "question": _STR, "answer": {"description": "the answer (text for the built-in models)"},
             "warnings": _WARNINGS},
            {"score": _NUM, "alternatives": _LIST(_SCORED("answer"))})
-CAPTION = _obj({"model": _STR, "results": _LIST(_obj({"image": _STR, "caption": _STR}))})
+_CUT = {"type": "boolean", "description": "the caption reached the server's max_tokens (word pieces) before the model "
+        "ended it, and is cut there: an undertrained model repeats itself up to it (warnings says more)"}
+CAPTION = _obj({"model": _STR, "results": _LIST(_obj({"image": _STR, "caption": _STR, "cut": _CUT})),
+                "warnings": {**_WARNINGS, "description": "captions cut at max_tokens, and empty ones (the model "
+                             "ended them before any word), counted, with what to do"}})
 _SKIPPED = _obj({"upload": _STR, "reason": _STR}, {"id": _INT})
 INDEX = {"description": "an add answers added/skipped/count, a removal removed/not_found/count",
          "anyOf": [_obj({"added": _LIST(_obj({"id": _INT, "upload": _STR, "thumb": _THUMB})),
                          "skipped": _LIST(_SKIPPED), "count": _INT}),
                    _obj({"removed": _LIST(_INT), "not_found": _LIST(_INT), "count": _INT})]}
+_INDEX = _obj({"count": _INT, "model": _STR, "updated": {"type": ["string", "null"]}, "writable": _BOOL,
+               "where": {"type": "string", "description": "the index folder or Qdrant collection served (with "
+                         "--hide-paths: \"a local index\", or the collection's name)"},
+               "paths_hidden": {"type": "boolean", "description": "serve --hide-paths: hits' paths are file names"}})
+_NO_INDEX = "null on a server without an index (serve --vqa-model or --caption-model without --db)"
+_OR_NULL = lambda kind: {"type": [kind, "null"]}  # noqa: E731
 INFO = _obj({
-    "model": _obj({"name": _STR, "key": _STR, "dim": _INT, "vqa": _BOOL, "vqa_model": {"type": ["string", "null"]},
-                   "caption_model": {"type": ["string", "null"]}, "runtime": _STR, "precision": _STR}),
-    "index": _obj({"count": _INT, "model": _STR, "updated": {"type": ["string", "null"]}, "writable": _BOOL,
-                   "where": {"type": "string", "description": "the index folder or Qdrant collection served (with "
-                             "--hide-paths: \"a local index\", or the collection's name)"},
-                   "paths_hidden": {"type": "boolean",
-                                    "description": "serve --hide-paths: hits' paths are file names"}}),
+    "model": _obj({"name": _OR_NULL("string"), "key": _OR_NULL("string"), "dim": _OR_NULL("integer"), "vqa": _BOOL,
+                   "vqa_model": _OR_NULL("string"), "caption_model": _OR_NULL("string"),
+                   "runtime": _OR_NULL("string"), "precision": _OR_NULL("string")},
+                  description=f"name, key, dim, runtime and precision are the embedding model's: {_NO_INDEX}"),
+    "index": {"anyOf": [_INDEX, {"type": "null"}], "description": _NO_INDEX},
     "batching": _obj({"enabled": _BOOL, "max_batch": _INT, "max_wait_ms": _NUM}),
     "limits": {"type": "object", "additionalProperties": {"type": ["number", "boolean"]},
                "description": "ServeSettings: the request limits"},

@@ -56,6 +56,7 @@ PAGE = r"""<!doctype html>
   #keybox { margin: 0 0 16px; }  /* above the search bar, which it must not touch */
   #add-form, #vqa-form, #caption-form, #classify-form { align-items: center; }
   #caption-text { margin-top: 10px; font-weight: 600; }
+  #caption-note { color: var(--muted); font-size: 13px; }
   #vqa-answer, #classify-answer { margin-top: 10px; font-weight: 600; }
   #vqa-answer .alternatives, #classify-answer .alternatives { font-weight: normal; color: var(--muted); font-size: 13px; }
   [hidden] { display: none !important; }
@@ -116,6 +117,7 @@ PAGE = r"""<!doctype html>
       <button class="primary" type="submit">Caption</button>
     </form>
     <div id="caption-text" role="status"></div>
+    <div id="caption-note" role="status"></div>  <!-- the server's note of a cut or empty caption -->
   </section>
 
   <section class="box" id="add">
@@ -131,6 +133,7 @@ const $ = (id) => document.getElementById(id);
 let apiKey = sessionStorage.getItem("polymodal-key") || "";
 const thumbUrls = [];
 let writable = false;  // the index takes uploads and removals (a Qdrant collection is filled by pushes)
+let searchable = true;  // the server has an index (serve without --db answers questions or captions only)
 const started = {};  // requests started per panel: an earlier one answering after a later one must not replace it
 function begin(panel) {  // -> a function telling whether this request is still the panel's latest
   const mine = started[panel] = (started[panel] || 0) + 1;
@@ -169,12 +172,17 @@ async function api(path, options) {
 async function loadInfo() {
   try {
     const info = await api("/v1/info");
-    $("meta").textContent = info.model.name + " · " + info.index.count + " images" +
+    searchable = !!info.index;  // null: served without --db, for questions or captions only
+    $("meta").textContent = searchable ? info.model.name + " · " + info.index.count + " images" +
       (info.index.writable === false ? " in " + info.index.where : "") +
-      (info.batching.enabled ? " · micro-batching on" : "");
+      (info.batching.enabled ? " · micro-batching on" : "") :
+      [info.model.vqa_model && "answering questions with " + info.model.vqa_model,
+       info.model.caption_model && "captioning with " + info.model.caption_model].filter(Boolean).join(" · ") +
+      " · no index to search";
+    for (const id of ["search-form", "drop", "classify"]) $(id).hidden = !searchable;
     $("vqa").hidden = !info.model.vqa;
     $("caption").hidden = !info.model.caption_model;
-    writable = info.index.writable === true;
+    if (searchable) writable = info.index.writable === true;  // (else false, as it starts)
     $("add").hidden = !writable;  // a Qdrant collection is filled by pushes, not uploads
     $("keybox").hidden = true;
   } catch (e) {
@@ -314,7 +322,7 @@ drop.addEventListener("drop", (ev) => {
 });
 document.addEventListener("paste", (ev) => {  // Ctrl+V of a copied picture; pasted text still goes to the box
   const file = [...((ev.clipboardData && ev.clipboardData.files) || [])].find((f) => f.type.startsWith("image/"));
-  if (file) { ev.preventDefault(); searchImage(file); }
+  if (file && searchable) { ev.preventDefault(); searchImage(file); }
 });
 $("classify-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -369,6 +377,7 @@ $("vqa-form").addEventListener("submit", async (ev) => {
 $("caption-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const file = $("caption-file").files[0];
+  $("caption-note").textContent = "";  // the last caption's
   if (!file) { status("choose an image first", true, "caption-text"); return; }
   const form = new FormData();
   form.append("image", file);
@@ -376,7 +385,9 @@ $("caption-form").addEventListener("submit", async (ev) => {
   const current = begin("caption");
   try {
     const res = await api("/v1/caption", { method: "POST", body: form });
-    if (current()) $("caption-text").textContent = res.results[0].caption;
+    if (!current()) return;
+    $("caption-text").textContent = res.results[0].caption;
+    $("caption-note").textContent = res.warnings.map((w) => "note: " + w).join(" ");
   } catch (e) { if (current()) status(e.message, true, "caption-text"); }
 });
 function skippedNote(skipped) {

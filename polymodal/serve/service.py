@@ -88,23 +88,25 @@ def thumb_ref(image_id: int | str, path: str, digest: str = "", key: bytes = b""
 class Service:
     """`model` embeds, searches and classifies over the index; `vqa_model` (default: `model`, if it answers questions)
     answers /v1/vqa: an index holds embeddings, so a VQA model is served next to the index's own embedding model;
-    `caption_model` writes /v1/caption's captions."""
+    `caption_model` writes /v1/caption's captions. `db` None (with `model` None): no index and no embedding model,
+    a server of /v1/vqa or /v1/caption alone."""
 
-    def __init__(self, model, db: str | Path | QdrantCollection, settings: ServeSettings | None = None,
+    def __init__(self, model, db: str | Path | QdrantCollection | None, settings: ServeSettings | None = None,
                  vqa_model=None, caption_model=None) -> None:
         self.settings = settings or ServeSettings()
-        self.index = open_index(db)
+        self.index = open_index(db) if db is not None else None
         self.local = isinstance(self.index, ImageIndex)  # else a collection: ids are point ids, paths its payloads
         # a collection is written by its indexes' pushes; a local index in a folder this process cannot write (a
         # read-only mount, another user's index) is searched only: adding to it failed as a 500
         self.writable = self.local and os.access(self.index.db, os.W_OK)
-        require_embedding(model)
-        self.index.check_model(model)  # also: a missing index raises here, with the command that builds one
+        if self.index is not None:
+            require_embedding(model)
+            self.index.check_model(model)  # also: a missing index raises here, with the command that builds one
         self.model = model
         self.vqa_model = require_vqa(vqa_model) if vqa_model is not None else model if answers(model) else None
         self.caption_model = require_captioner(caption_model) if caption_model is not None else None
         self.uploads = self.index.db / UPLOADS if self.local else None
-        self._hidden = _places_of(self.index) if self.settings.hide_paths else []
+        self._hidden = _places_of(self.index) if self.settings.hide_paths and self.index is not None else []
         # per process, never stored (a read-only index or a collection has no place for it): a restart only makes
         # browsers fetch each thumbnail once more; servers sharing a collection give their own ?v=, which none checks
         self.thumb_key = os.urandom(32) if self.settings.hide_paths else b""
@@ -126,7 +128,8 @@ class Service:
         self._thumbs: OrderedDict[tuple[int | str, str], bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
         self._refusals_logged: set[str] = set()  # link folders whose refused thumbnails were logged once
-        self.metrics.gauge("polymodal_index_images", "Images in the index.", self.count)
+        if self.index is not None:
+            self.metrics.gauge("polymodal_index_images", "Images in the index.", self.count)
         self.metrics.gauge("polymodal_queue_depth", "Model jobs waiting for the model thread.", self.batcher.pending)
 
     @property
@@ -149,15 +152,19 @@ class Service:
         return self.index.info()["count"]
 
     def info(self) -> dict:
-        with self._serving_index():
-            info = self.index.info()
+        """Without an index: "index" null and the embedding model's fields null (a /v1/vqa or /v1/caption server)."""
+        m, index = self.model, None
+        if self.index is not None:
+            with self._serving_index():
+                info = self.index.info()
+            index = {"count": info["count"], "model": info["model"], "updated": info.get("updated"),
+                     "writable": self.writable, "where": self.where(), "paths_hidden": self.settings.hide_paths}
         return {
-            "model": {"name": self.model.name, "key": self.model.key, "dim": self.model.dim, "vqa": self.vqa,
+            "model": {"name": m and m.name, "key": m and m.key, "dim": m and m.dim, "vqa": self.vqa,
                       "vqa_model": self.vqa_model.key if self.vqa else None,
                       "caption_model": self.caption_model.key if self.caption_model is not None else None,
-                      **runs_on(self.model)},
-            "index": {"count": info["count"], "model": info["model"], "updated": info.get("updated"),
-                      "writable": self.writable, "where": self.where(), "paths_hidden": self.settings.hide_paths},
+                      **(runs_on(m) if m is not None else {"runtime": None, "precision": None})},
+            "index": index,
             "batching": {"enabled": self.batcher.enabled, "max_batch": self.batcher.max_batch,
                          "max_wait_ms": self.batcher.max_wait * 1000},
             "limits": self.settings.public(),
@@ -166,6 +173,8 @@ class Service:
     def not_ready(self) -> str | None:
         """Why searches cannot be answered now, in words naming no path (/readyz answers without the key); None when
         they can."""
+        if self.index is None:  # a /v1/vqa or /v1/caption server: ready once its models are loaded
+            return None
         try:
             with self._serving_index():
                 model = self.index.info()["model"]
