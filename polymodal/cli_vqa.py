@@ -157,7 +157,7 @@ def cmd_eval_vqa(args) -> int:
     items: list = []
     # the bar goes to stderr: the JSON line stays alone on stdout
     metrics = vqa_accuracy(model, rows, details=items, progress=not args.quiet)
-    check_strict(args, 0, metrics.get("unreadable", 0))
+    check_strict(args, 0, metrics.get("unreadable", 0), metrics.get("not_finite", 0), "NaN-answered question")
     if args.ci:
         scored = [item for item in items if "score" in item]  # a photo's questions resampled together
         metrics["accuracy_ci95"] = bootstrap_ci([i["score"] for i in scored], [i["image"] for i in scored])

@@ -22,8 +22,8 @@ def answer_questions_file(args) -> int:
     from polymodal.cli_vqa import _load_vqa_model, given_choices
     from polymodal.data.jsonl import counting_skipped
     from polymodal.eval.per_item import check_out
-    from polymodal.eval.vqa import answer_rows, read_qa
-    from polymodal.models.inputs import plural, readable_results
+    from polymodal.eval.vqa import answer_rows, read_qa, scored_rows
+    from polymodal.models.inputs import plural
 
     if args.image is not None:
         raise PolymodalError("pass an image and a question, or --qa FILE, not both (the questions file names each "
@@ -48,8 +48,9 @@ def answer_questions_file(args) -> int:
         rows = [r if r.choices else replace(r, choices=tuple(choices)) for r in rows]
     model = _load_vqa_model(args.model, args.runtime, args.precision)
     results, _ = answer_rows(model, rows, progress=not args.quiet)
-    # one warning for unreadable photos; none readable is an error
-    unreadable = len(results) - len(readable_results(results, "question"))
+    # one warning for unreadable photos (none readable is an error), apart from the questions answered as NaN
+    kept, nan = scored_rows(results, "question")
+    unreadable = len(results) - len(kept) - nan
     items = []
     for row, result in zip(rows, results):
         item = {"image": str(row.image), "question": row.question}
@@ -59,9 +60,11 @@ def answer_questions_file(args) -> int:
                     {"answer": result[0], "score": round(float(result[1]), 4)})
         items.append(item)
     if suffix == ".json":  # the server wants an answer to every question it asked
-        if unreadable:
-            log.warning("%s whose photo could not be read %s the answer \"\" in %s", plural(unreadable, "question"),
-                        "have" if unreadable > 1 else "has", args.out)
+        for count, why in ((unreadable, "whose photo could not be read"),
+                           (nan, "whose answers the model scores as NaN")):
+            if count:
+                log.warning("%s %s %s the answer \"\" in %s", plural(count, "question"), why,
+                            "have" if count > 1 else "has", args.out)
         if skipped[0]:
             log.warning("%s (above) left out of %s: the evaluation server refuses a results file without every "
                         "question's answer; fix them and run again", plural(skipped[0], "skipped row"), args.out)
@@ -73,5 +76,5 @@ def answer_questions_file(args) -> int:
         return 0
     atomic_write_bytes(Path(args.out), text.encode())
     print(json.dumps({"model": getattr(model, "key", args.model), "questions": len(rows),
-                      "unreadable": unreadable, "out": args.out}))
+                      "unreadable": unreadable, "not_finite": nan, "out": args.out}))
     return 0

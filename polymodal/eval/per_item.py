@@ -131,12 +131,14 @@ def strict_reading(args):
                              "rest") from None
 
 
-def check_strict(args, skipped: int, unreadable: int = 0, not_finite: int = 0) -> None:
+def check_strict(args, skipped: int, unreadable: int = 0, not_finite: int = 0,
+                 not_finite_noun: str = "NaN-embedded image") -> None:
     """--strict: figures on part of the data are refused; the warnings above name the rows. ``not_finite``: images
-    left out because the model embeds them as NaN or inf."""
+    left out because the model embeds them as NaN or inf (or, ``not_finite_noun`` saying so, questions it answers
+    so)."""
     if getattr(args, "strict", False) and (skipped or unreadable or not_finite):
         what = [f"{n:,} {noun}{'' if n == 1 else 's'}" for n, noun in ((skipped, "skipped row"),
                                                                         (unreadable, "unreadable image"),
-                                                                        (not_finite, "NaN-embedded image")) if n]
+                                                                        (not_finite, not_finite_noun)) if n]
         raise PolymodalError(f"--strict: {' and '.join(what)} (see the warnings above; -v lists each); fix the data "
                              "or drop --strict to evaluate the rest")

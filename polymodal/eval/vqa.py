@@ -27,6 +27,7 @@ from polymodal.errors import PolymodalError
 from polymodal.data.answers import (YES_NO, answer_text, comparable_answer, normalize_answer, soft_vqa_score,
                                     matchable, unique_choices, unmatchable_annotators, vqa_punctuation)
 from polymodal.models.inputs import each_or_error, plural, readable_results
+from polymodal.models.not_finite import BROKEN, NOT_FINITE, is_finite_answer
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,9 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     With ``cache``, the rows' image and question features go through the on-disk feature cache (image paths only),
     so a second evaluation costs no tower pass. ``details``, a list, gets one dict per row: its
     image, question, answer (and choices, if any), the predicted answer, the model's confidence in it and the row's
-    score (its correctness), or why its image could not be read."""
+    score (its correctness), or why its image could not be read or why it was left out. A row whose answers the
+    model scores as NaN or inf is left out with one warning and counted as ``not_finite`` (every row so: an
+    error)."""
     from polymodal.registry import require_vqa
 
     require_vqa(model)
@@ -249,7 +252,7 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     results, unscorable = answer_rows(model, rows, cache, progress,
                                       lambda: warn_of_answers_outside(model, [r for r in rows if not r.choices]))
     # a row whose image cannot be read is left out (as training does), with one warning; none readable is an error
-    kept = readable_results(results, "row")
+    kept, nan = scored_rows(results)
     if details is not None:
         details.extend({"image": str(r.image), "question": r.question, "answer": r.answer,
                         **({"choices": list(r.choices)} if r.choices else {}),
@@ -260,7 +263,7 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     # 4 decimals, as every eval command's figures (the official script prints 2 of a percentage): 0.7333, not
     # 0.7333333333333333 (accuracy_by_type's figures stay exact for training and export checks)
     out = {**_rounded(accuracy_by_type([results[i][0] for i in kept], [rows[i] for i in kept])),
-           "unreadable": len(rows) - len(kept)}
+           "unreadable": len(rows) - len(kept) - nan, "not_finite": nan}
     mc = [i for i in kept if rows[i].choices]
     if mc:  # reported apart too: choosing among a few candidates is an easier task than open answers
         out["multiple_choice_count"] = len(mc)
@@ -279,7 +282,8 @@ def _rounded(metrics: dict) -> dict:
 
 def answer_rows(model, rows: list[QARow], cache: bool = True, progress: bool = False, before=None
                 ) -> tuple[list, dict]:
-    """Each row answered -> ([(answer, confidence), or why its photo could not be read (a str)], unscorable_choices).
+    """Each row answered -> ([(answer, confidence), or why its photo could not be read or NOT_FINITE (a str)],
+    unscorable_choices).
     A multiple-choice row whose choices the model can score none of gets ("", 0.0). ``before``: called once the
     choices are checked and before any image is read (a warning of the caller's). ``cache``: see vqa_accuracy."""
     from polymodal.models.fusion_encoder import FusionEncoder
@@ -301,8 +305,35 @@ def answer_rows(model, rows: list[QARow], cache: bool = True, progress: bool = F
 
         with progress_bar(total=len(asked), desc="questions", unit="q", disable=not progress) as bar:
             answered = each_or_error(lambda chunk: _predict_rows(model, chunk), asked, 256, bar)
-    return [("", 0.0) if r.choices in unscorable and not isinstance(res, str) else res
-            for r, res in zip(rows, answered)], unscorable
+    results = [("", 0.0) if r.choices in unscorable and not isinstance(res, str) else res
+               for r, res in zip(rows, answered)]
+    return _finite(results, rows), unscorable
+
+
+def _finite(results: list, rows: list[QARow]) -> list:
+    """answer_rows' results with each answer scored NaN or inf as NOT_FINITE (its row left out, not counted as the
+    vocabulary's first answer), with one warning; every answered row so is one error (a broken model)."""
+    answered = [i for i, res in enumerate(results) if not isinstance(res, str)]
+    bad = [i for i in answered if not is_finite_answer(results[i])]
+    if not bad:
+        return results
+    first = f"{rows[bad[0]].question!r:.80} on {rows[bad[0]].image}"
+    if len(bad) == len(answered):
+        every = "its one question" if len(bad) == 1 else f"all {len(bad):,} questions"
+        raise PolymodalError(f"the model scores the answers to {every} as NaN or inf (first: {first}), so none can "
+                             f"be chosen: {BROKEN}")
+    log.warning("left out %s whose answers the model scores as NaN or inf (first: %s): no answer can be chosen; "
+                "the figures are over the rest", plural(len(bad), "question"), first)
+    bad = set(bad)
+    return [NOT_FINITE if i in bad else res for i, res in enumerate(results)]
+
+
+def scored_rows(results: list, what: str = "row") -> tuple[list[int], int]:
+    """answer_rows' results -> (the positions of those answered, how many are NOT_FINITE); one warning for the
+    unreadable rest (readable_results), none readable is an error."""
+    nan = sum(res == NOT_FINITE for res in results)
+    readable = readable_results([None if res == NOT_FINITE else res for res in results], what)
+    return [i for i in readable if results[i] != NOT_FINITE], nan
 
 
 def answers_outside(answers: Sequence[str], rows: Sequence[QARow]) -> list[QARow]:

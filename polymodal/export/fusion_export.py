@@ -29,6 +29,7 @@ from polymodal.export import variants as V
 from polymodal.export.graphs import export_graph, made_with
 from polymodal.export.out_folder import staged_export
 from polymodal.export.runtime import ONNX_CONFIG, drop_unserved, graph_files, removed_line
+from polymodal.models.not_finite import BROKEN
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,9 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
         raise PolymodalError("VQA export needs validation questions: pass --val-qa FILE.jsonl")
     rows = _readable_rows(model, rows)
     model.eval().requires_grad_(False)
+    images, questions = [r.image for r in rows], [r.question for r in rows]
+    ref_logits = _torch_logits(model, images, questions)  # first: a broken model is refused before any graph is made
+    _check_finite(ref_logits, questions)
     tok = model.text_tower.tokenizer
     tok.backend_tokenizer.save(str(out / "tokenizer.json"))
     max_length = int(model.text_tower.max_length)
@@ -122,9 +126,7 @@ def export_fusion_onnx(model, out: str | Path, rows: Sequence, progress: Callabl
     atomic_write_bytes(out / ONNX_CONFIG, json.dumps(config, indent=2).encode())
 
     progress(f"parity and accuracy on {len(rows)} validation questions")
-    images, questions = [r.image for r in rows], [r.question for r in rows]
     onnx_model = OnnxFusionEncoder(out)
-    ref_logits = _torch_logits(model, images, questions)
     got_logits = onnx_model.logits(images, questions)
     cosine = float((_unit(ref_logits) * _unit(got_logits)).sum(1).min())
     same_top1 = float((ref_logits.argmax(1) == got_logits.argmax(1)).mean())
@@ -268,6 +270,15 @@ def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, wan
                 if t["graph"] == graph and t["status"] == "kept" and f"{graph}.{t['variant']}.onnx" != best[0]:
                     V.mark_not_served(t)
     return tries
+
+
+def _check_finite(logits: np.ndarray, questions: Sequence[str]) -> None:
+    """One error when the model's answer logits on --val-qa are NaN or inf: parity passed on them (NaN's argmax is
+    the first answer on both sides) and the report held "min_logit_cosine": NaN."""
+    bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+    if len(bad):
+        raise PolymodalError(f"the model's answer logits are NaN or inf on {len(bad):,} of the {len(logits):,} "
+                             f"--val-qa questions (first: {questions[bad[0]]!r:.80}): {BROKEN}; nothing to export")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from polymodal.export.graph_runtime import GraphExport
 from polymodal.export.runtime import export_tokenizer, onnx_session
 from polymodal.models.beam_search import log_softmax
 from polymodal.models.inputs import check_count, one_question, vqa_rows
+from polymodal.models.not_finite import finite_answer, finite_ranking
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -100,7 +101,7 @@ class OnnxFusionEncoder(GraphExport):
             ranked = [(self.answers[int(i)], float(probs[i])) for i in order]
         else:
             ranked = self._rank_choices(logits[0], choices, grid, question)[:top_k]
-        return {"answer": ranked[0][0], "score": ranked[0][1], "alternatives": ranked}
+        return finite_answer({"answer": ranked[0][0], "score": ranked[0][1], "alternatives": ranked})
 
     def explain(self, image: Any, question: str, answer: str | None = None) -> np.ndarray:
         """A ``[g, g]`` (7x7) float32 heat map in [0, 1] over the image grid: where the photo made ``answer`` (the
@@ -183,4 +184,5 @@ class OnnxFusionEncoder(GraphExport):
                 scores.update(zip(outside, self._match(grid, texts)))
             else:
                 scores.update({c: 0.0 for c in outside})
-        return sorted(((seen[c], float(scores[c])) for c in seen), key=lambda t: -t[1])
+        return finite_ranking(sorted(((seen[c], float(scores[c])) for c in seen), key=lambda t: -t[1]),
+                              bool(np.isfinite(logits).all()))

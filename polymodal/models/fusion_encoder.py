@@ -52,6 +52,7 @@ from polymodal.fusion.base import decision_level
 from polymodal.models.beam_search import MAX_TOKENS
 from polymodal.models.inputs import as_images, as_texts, check_count, check_fraction, one_question, vqa_rows
 from polymodal.models.modes import check_float32, in_eval_mode
+from polymodal.models.not_finite import finite_answer, finite_ranking
 
 log = logging.getLogger(__name__)
 
@@ -540,7 +541,7 @@ class FusionEncoder(nn.Module):
         else:
             ranked = self._rank_choices(logits, image_inputs, question, choices)
         top = ranked[:top_k]
-        return {"answer": top[0][0], "score": top[0][1], "alternatives": top}
+        return finite_answer({"answer": top[0][0], "score": top[0][1], "alternatives": top})
 
     def _itm_text(self, question: str, answer: str, what: str = "a choice") -> str:
         """The text the ITM head scores a candidate by: "QUESTION ANSWER", the answer kept whole however long the
@@ -609,7 +610,7 @@ class FusionEncoder(nn.Module):
             else:
                 scores.update({k: 0.0 for k in outside})  # (none when every choice is known)
         order = sorted(seen, key=lambda k: -scores[k])
-        return [(seen[k], float(scores[k])) for k in order]
+        return finite_ranking([(seen[k], float(scores[k])) for k in order], bool(torch.isfinite(logits).all()))
 
     @in_eval_mode
     def explain(self, image: Any, question: str, answer: str | None = None) -> np.ndarray:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import threading
 from pathlib import Path
@@ -37,6 +38,7 @@ from polymodal.data.answers import YES_NO, checked_choices, comparable_answer, u
 from polymodal.models.fusion_encoder import _dedupe, choice_rows
 from polymodal.models.inputs import as_images, as_texts, check_count, one_question, vqa_rows
 from polymodal.models.modes import evaluating
+from polymodal.models.not_finite import finite_answer, finite_ranking
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +237,7 @@ class YesNoModel:
         else:
             ranked = self._rank_choices(p_yes, choices)
         top = ranked[:top_k]
-        return {"answer": top[0][0], "score": top[0][1], "alternatives": top}
+        return finite_answer({"answer": top[0][0], "score": top[0][1], "alternatives": top})
 
     def predict_choices(self, images: Sequence[Any], questions: Sequence[str], choices: Sequence[Sequence[str]],
                         batch_size: int = 32) -> list[tuple[str, float]]:
@@ -260,7 +262,8 @@ class YesNoModel:
     def _rank_choices(self, p_yes: float, choices: Sequence[str]) -> list[tuple[str, float]]:
         scores = {"yes": p_yes, "no": 1.0 - p_yes}
         seen = self.check_choices(choices)[0]
-        return sorted(((seen[k], scores.get(k, 0.0)) for k in seen), key=lambda kv: -kv[1])
+        return finite_ranking(sorted(((seen[k], scores.get(k, 0.0)) for k in seen), key=lambda kv: -kv[1]),
+                              math.isfinite(p_yes))
 
     draws_heat_maps = False  # explain() is only there to say why: the CLI refuses --explain before answering
 

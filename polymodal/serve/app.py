@@ -42,6 +42,7 @@ from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 from polymodal.index.store import IndexDamaged
 from polymodal.models.beam_search import unfinished_notes
+from polymodal.models.not_finite import NotFiniteAnswer
 from polymodal.registry import answers, captions, embeds
 from polymodal.serve.limits import (
     ApiError, ServeSettings, check_k, check_templates, check_texts, check_unicode_field, open_image_checked,
@@ -772,6 +773,13 @@ def create_app(
             damage_logged.add(str(exc))
             log.error("%s; requests that read the index answer 503 until it is restored", exc)
         return JSONResponse({"error": svc.hide(str(exc))}, status_code=503, headers={"Retry-After": "30"})
+
+    @app.exception_handler(NotFiniteAnswer)  # the served model's fault, not the request's (PolymodalError's 400)
+    async def not_finite_answer(request, exc: NotFiniteAnswer):
+        if str(exc) not in damage_logged:  # once, as a damaged index is
+            damage_logged.add(str(exc))
+            log.error("/v1/vqa: %s", exc)
+        return JSONResponse({"error": svc.hide(str(exc))}, status_code=500)
 
     @app.exception_handler(PolymodalError)
     async def polymodal_error(request, exc: PolymodalError):

@@ -36,6 +36,7 @@ from polymodal.models.fusion_encoder import (
 from polymodal.models.inputs import as_parts, as_paths, as_settings
 from polymodal.models.interface import batch_order
 from polymodal.models.modes import evaluating
+from polymodal.models.not_finite import BROKEN
 from polymodal.progress import progress_bar
 from polymodal.train.features import (
     _load_cached, _nan_rows, _store, image_features, readable_subset, report_unreadable,
@@ -407,8 +408,15 @@ def _itm_texts(rows: list[QARow], answers: list[str], seed: int, text=None) -> t
 
 def feature_eval(model: FusionEncoder, data: EncodedQA, feats: np.ndarray, states: np.ndarray,
                  lengths: np.ndarray) -> dict:
-    """Accuracy overall and per answer type on cached features: {"val/accuracy": .., "val/acc_yes/no": ..}."""
-    best, _ = predict_features(model, feats, states, lengths, data.row_image, data.row_question)
+    """Accuracy overall and per answer type on cached features: {"val/accuracy": .., "val/acc_yes/no": ..}. One
+    error when the model scores a question's answers as NaN or inf: the argmax of NaN logits is the first answer,
+    often the commonest, and a diverged epoch scored so was kept as the best model."""
+    best, prob = predict_features(model, feats, states, lengths, data.row_image, data.row_question)
+    bad = int((~np.isfinite(prob)).sum())
+    if bad:
+        raise PolymodalError(f"validation: the model scores the answers to {bad:,} of the {len(prob):,} questions as "
+                             f"NaN or inf: {BROKEN}; lower --lr, or check --model; the run keeps its last checkpoint, "
+                             "if any")
     m = accuracy_by_type([model.answers[b] for b in best], data.rows)
     return {"val/accuracy": m["accuracy"], **{f"val/acc_{t}": v for t, v in m["per_type"].items()}}
 
