@@ -8,6 +8,7 @@ import sys
 
 from polymodal.cli_options import add_precision, add_quiet, add_recipe_flags, add_run_options, add_runtime, how_it_ran
 from polymodal.errors import PolymodalError
+from polymodal.eval.limit import add_limit
 from polymodal.eval.per_item import add_item_options
 
 # flag -> (recipe section, type), as polymodal.cli_train.recipe_settings reads them
@@ -98,11 +99,11 @@ def cmd_eval_captions(args) -> int:
     from polymodal.data.pairs import read_pair_sources
     from polymodal.eval.captions import MIN_CIDER_PHOTOS, evaluate_captions, scorers
     from polymodal.eval.caveats import data_caveats, warn_of_few
+    from polymodal.eval.limit import check_limit
     from polymodal.eval.per_item import check_outputs, check_strict, refuse_ci, write_items, write_page
 
     decoding = _check_decoding(args)
-    if args.limit is not None and args.limit < 1:  # before the data is read and the model loads
-        raise PolymodalError(f"--limit must be at least 1, got {args.limit}")
+    check_limit(args.limit)
     if args.examples < 0:  # (evaluate_captions checks it too, but only after the model has loaded)
         raise PolymodalError(f"--examples must be at least 0, got {args.examples}")
     refuse_ci(args, "BLEU and CIDEr-D are corpus scores, not means of per-photo scores that a bootstrap resamples")
@@ -113,7 +114,8 @@ def cmd_eval_captions(args) -> int:
     check_strict(args, skipped[0])
     model = load_captioner_model(args.model, args.runtime, args.precision)
     images = pairs.images[:args.limit] if args.limit else pairs.images
-    caveats = data_caveats(args.model, images, skipped[0], args.split)  # said before the captioning, not after minutes of it
+    # said before the captioning, not after minutes of it
+    caveats = data_caveats(args.model, images, skipped[0], args.split, args.limit)
     items: list = []
     result = evaluate_captions(model, pairs, limit=args.limit, examples=args.examples, details=items,
                                progress=not args.quiet, **decoding)
@@ -166,7 +168,7 @@ def add_parsers(sub, actions: dict) -> None:
                    help="image-caption pairs, one or several sources: every caption of a photo is a reference")
     s.add_argument("--model", default="captioner", help="built-in name, captioner folder or ONNX export "
                                                          "(default: captioner)")
-    s.add_argument("--limit", type=int, help="caption only the first N photos")
+    add_limit(s, "caption")
     s.add_argument("--examples", type=int, default=5, help="photos whose captions the JSON line shows (default 5)")
     _decoding_options(s)
     add_quiet(s)

@@ -7,6 +7,7 @@ import json
 
 from polymodal.cli_options import add_precision, add_quiet, add_runtime, how_it_ran, load_model
 from polymodal.errors import PolymodalError
+from polymodal.eval.limit import add_limit
 from polymodal.eval.per_item import add_item_options
 
 
@@ -18,17 +19,23 @@ def cmd_eval_images(args) -> int:
     from polymodal.eval.caveats import data_caveats, warn_of_copies, warn_of_few
     from polymodal.eval.image_retrieval import (COPIES_IN_I2I, first_label_each, image_retrieval_metrics,
                                                 warn_of_certain_r_at_k, warn_of_singletons)
+    from polymodal.eval.limit import check_limit, warn_of_fewer_labels
     from polymodal.eval.per_item import check_outputs, check_strict, write_items, write_page
     from polymodal.eval.retrieval import encode_readable, not_finite
     from polymodal.registry import require_embedding
 
+    check_limit(args.limit)
     check_outputs(args, [args.labels_file])
     with counting_skipped(args.split) as skipped:  # (a labels file's rows, or photos beside the class folders)
         images, labels, repeats = first_label_each(*read_labelled(args.labels_file), args.labels_file)
+    if args.limit is not None:  # each photo is on one row now
+        one_label(labels[:args.limit], f"the first {args.limit} of {args.labels_file}", "raise --limit")
+        warn_of_fewer_labels(labels[:args.limit], labels, args.limit)
+        images, labels = images[:args.limit], labels[:args.limit]
     skipped = skipped[0] + repeats
     check_strict(args, skipped)
     model = require_embedding(load_model(args, args.model), args.model)
-    caveats = data_caveats(args.model, images, skipped, args.split)
+    caveats = data_caveats(args.model, images, skipped, args.split, args.limit)
     reasons: dict = {}  # why each unreadable photo could not be read: --out's error items
     emb, rows = encode_readable(model, images, str(args.labels_file), progress=not args.quiet, reasons=reasons)
     nan = not_finite(reasons)  # photos the model embeds as NaN: left out, counted apart from unreadable ones
@@ -72,10 +79,14 @@ def read_labelled(path) -> tuple[list, list[str]]:
     from polymodal.eval.zeroshot import read_labelled_images
 
     images, labels = read_labelled_images(path, one_class=True, several_labels=False)
-    if len(set(labels)) < 2:
-        raise PolymodalError(f"every photo of {path} has the label {labels[0]!r}: every other photo would be a hit; "
-                             "label photos of at least two classes")
+    one_label(labels, path)
     return images, labels
+
+
+def one_label(labels: list[str], photos, fix: str = "label photos of at least two classes") -> None:
+    if len(set(labels)) < 2:
+        raise PolymodalError(f"every photo of {photos} has the label {labels[0]!r}: every other photo would be a hit; "
+                             f"{fix}")
 
 
 def add_parsers(sub, actions: dict) -> None:
@@ -86,6 +97,7 @@ def add_parsers(sub, actions: dict) -> None:
                         "image,label columns, or a folder with one subfolder of photos per class, named as the class "
                         "(as eval zeroshot reads them)")
     s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
+    add_limit(s, note=" (a quick look: each queries the other N-1, so recall comes out higher)")
     add_runtime(s)
     add_precision(s)
     add_quiet(s)

@@ -11,6 +11,7 @@ from polymodal.apps.templates import add_template_options
 from polymodal.cli_options import (add_precision, add_quiet, add_recipe_flags, add_run_options, add_runtime,
                                    how_it_ran, load_model)
 from polymodal.errors import PolymodalError
+from polymodal.eval.limit import add_limit
 from polymodal.eval.per_item import add_item_options
 
 # flag -> (recipe section, key, type); a config file uses the same keys (section "arch" for architecture)
@@ -324,17 +325,20 @@ def cmd_eval_retrieval(args) -> int:
     from polymodal.eval.bootstrap import bootstrap_ci
     from polymodal.eval.caveats import (data_caveats, warn_of_certain_recall, warn_of_copies, warn_of_few,
                                         warn_of_shared_captions)
+    from polymodal.eval.limit import check_limit
     from polymodal.eval.per_item import check_outputs, check_strict, write_items, write_page
     from polymodal.eval.retrieval import (check_finite_texts, encode_captions, encode_readable, not_finite,
                                           pairs_of_images, read_pairs, retrieval_metrics)
     from polymodal.registry import require_embedding
 
+    check_limit(args.limit)
     check_outputs(args, args.pairs)
     with counting_skipped(args.split) as skipped:
-        pairs = read_pairs(args.pairs)
+        pairs = read_pairs(args.pairs, args.limit)
     check_strict(args, skipped[0])
     model = require_embedding(load_model(args, args.model), args.model)
-    caveats = data_caveats(args.model, pairs.images, skipped[0], args.split)  # said before the images are encoded
+    # said before the images are encoded
+    caveats = data_caveats(args.model, pairs.images, skipped[0], args.split, args.limit)
     # a corrupt photo is left out, not fatal; the bar goes to stderr, the JSON line to stdout
     reasons: dict = {}  # why each unreadable photo could not be read: --out's error items
     image_emb, rows = encode_readable(model, pairs.images, ", ".join(args.pairs), progress=not args.quiet,
@@ -396,10 +400,12 @@ def cmd_eval_zeroshot(args) -> int:
     from polymodal.data.jsonl import counting_skipped
     from polymodal.eval.bootstrap import bootstrap_ci
     from polymodal.eval.caveats import data_caveats, warn_of_few
+    from polymodal.eval.limit import check_limit, first_photos, warn_of_fewer_labels
     from polymodal.eval.per_item import check_outputs, check_strict, write_items, write_page
     from polymodal.eval.zeroshot import TEMPLATES, keep_candidates, read_classes, read_labelled_images, zeroshot_accuracy
     from polymodal.registry import require_embedding
 
+    check_limit(args.limit)
     check_outputs(args, [args.labels_file] + ([args.classes] if args.classes else []))
     templates = chosen_templates(args) or TEMPLATES  # before the photos are read and the model loads
     classes = read_classes(args.classes) if args.classes else None
@@ -408,11 +414,16 @@ def cmd_eval_zeroshot(args) -> int:
     if classes:
         images, labels, outside = keep_candidates(images, labels, classes, args.labels_file)
         skipped[0] += outside
+    if args.limit is not None:  # every label of the file stays a candidate: the same classes as the whole set's run
+        classes, every = classes or sorted(set(labels)), labels
+        rows = first_photos(images, args.limit)
+        images, labels = [images[i] for i in rows], [labels[i] for i in rows]
+        warn_of_fewer_labels(labels, every, args.limit)
     check_strict(args, skipped[0])
     # a model that cannot embed is refused before the caveats, as in eval retrieval and images (a warning that
     # captioner's figures are optimistic came first)
     model = require_embedding(load_model(args, args.model), args.model)
-    caveats = data_caveats(args.model, set(images), skipped[0], args.split)
+    caveats = data_caveats(args.model, set(images), skipped[0], args.split, args.limit)
     items: list = []
     metrics = zeroshot_accuracy(model, images, labels, templates, progress=not args.quiet, details=items,
                                 classes=classes)
@@ -469,6 +480,7 @@ def add_parsers(sub) -> dict:
                    help="also: how often each photo's first caption beats 4 scrambled copies of it (order/swap, "
                         "order/trigrams, order/within, order/shuffle; chance 0.2 if the five scores were random, lower when "
                         "a model scores the copies alike: ties count as misses)")
+    add_limit(s, note=", each with all its captions (a quick look: recall among N photos comes out higher)")
     add_runtime(s)
     add_precision(s)
     add_quiet(s)
@@ -484,6 +496,7 @@ def add_parsers(sub) -> dict:
     add_template_options(s, "the mean of 4, see the README")
     s.add_argument("--classes", metavar="FILE", help="the candidate classes, one per line (or a JSON list, or a "
                    "one-column .csv), e.g. all of a dataset's; default: the labels the file holds")
+    add_limit(s, note=" (a quick look; the candidates stay every label of the file, or the --classes)")
     add_runtime(s)
     add_precision(s)
     add_quiet(s)

@@ -8,6 +8,7 @@ import json
 
 from polymodal.cli_options import add_precision, add_quiet, add_recipe_flags, add_run_options, add_runtime, how_it_ran
 from polymodal.errors import PolymodalError
+from polymodal.eval.limit import add_limit
 from polymodal.eval.per_item import add_item_options
 
 # flag -> (recipe section, type): "train" = TrainConfig, "arch" = FusionEncoderConfig, "" = the recipe itself
@@ -143,16 +144,19 @@ def cmd_eval_vqa(args) -> int:
     from polymodal.data.jsonl import counting_skipped
     from polymodal.eval.bootstrap import bootstrap_ci
     from polymodal.eval.caveats import data_caveats, warn_of_few
+    from polymodal.eval.limit import check_limit, first_photos
     from polymodal.eval.per_item import check_outputs, check_strict, write_items, write_page
     from polymodal.eval.vqa import read_qa, vqa_accuracy
 
+    check_limit(args.limit)
     check_outputs(args, args.qa)
     with counting_skipped(args.split) as skipped:
         rows = read_qa(args.qa)
+    rows = [rows[i] for i in first_photos([r.image for r in rows], args.limit)]  # a photo's questions stay together
     check_strict(args, skipped[0])
     model = _load_vqa_model(args.model, args.runtime, args.precision)
     images = {str(r.image) for r in rows}
-    caveats = data_caveats(args.model, sorted(images), skipped[0], args.split)
+    caveats = data_caveats(args.model, sorted(images), skipped[0], args.split, args.limit)
     warn_of_few(len(images), "photos", "accuracy")
     items: list = []
     # the bar goes to stderr: the JSON line stays alone on stdout
@@ -213,6 +217,7 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--qa", nargs="+", required=True, help="QA JSONL file(s), read as one set")
     s.add_argument("--model", default="easy-vqa", help="built-in name, fusion-encoder folder or ONNX export "
                                                        "(default: easy-vqa)")
+    add_limit(s, note=", each with all its questions")
     add_runtime(s, "onnx: answer with the model's `polymodal export onnx` folder")
     add_precision(s, "; coco-yesno runs fp32 only")
     add_quiet(s)

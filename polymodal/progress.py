@@ -1,5 +1,5 @@
-"""Progress bars: tqdm's live bar on a terminal or in a notebook; in a log file, a line at most every 30 s and the
-final state kept.
+"""Progress bars: tqdm's live bar on a terminal or in a notebook (its text bar, once a second, in a kernel without
+ipywidgets); in a log file, a line at most every 30 s and the final state kept.
 
 On a terminal tqdm redraws one line with carriage returns; written to a file (`make demo > log`, CI) every redraw stays,
 and a bar closed with leave=False leaves its 0% line behind. Every bar in polymodal comes from here.
@@ -7,10 +7,15 @@ and a bar closed with leave=False leaves its 0% line behind. Every bar in polymo
 from __future__ import annotations
 
 import sys
+import warnings
 
-from tqdm.auto import tqdm
+with warnings.catch_warnings():  # Jupyter without ipywidgets: tqdm.auto falls back to the text bar, which works, after
+    # "IProgress not found. Please update jupyter and ipywidgets" on stderr, a fault polymodal's user need not fix
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    from tqdm.auto import tqdm
 
 LOG_INTERVAL_S = 30.0
+KERNEL_INTERVAL_S = 1.0  # a headless run (papermill, nbclient) saves each redraw as an output: 10 a second at 0.1 s
 # In Jupyter tqdm.auto gives a widget bar (and stderr is no terminal there): that one is left as it is
 _NOTEBOOK = any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)
 
@@ -19,7 +24,9 @@ def progress_bar(iterable=None, **kwargs) -> tqdm:
     """tqdm(iterable, **kwargs), throttled and kept when its output is a file (not a terminal, not a notebook or its
     widget). Per-step ``set_postfix`` calls should pass refresh=False: a refresh ignores the throttle."""
     stream = kwargs.get("file") or sys.stderr
-    if not _NOTEBOOK and not _is_terminal(stream) and not _is_kernel_stream(stream):
+    if not _NOTEBOOK and _is_kernel_stream(stream):
+        kwargs.setdefault("mininterval", KERNEL_INTERVAL_S)
+    elif not _NOTEBOOK and not _is_terminal(stream):
         kwargs["mininterval"] = max(kwargs.get("mininterval", 0.1), LOG_INTERVAL_S)
         kwargs["maxinterval"] = max(kwargs.get("maxinterval", 10.0), LOG_INTERVAL_S)  # its monitor thread's redraws
         kwargs["leave"] = True

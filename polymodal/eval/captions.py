@@ -127,6 +127,7 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
     ``details``, a list, gets one dict per photo: its caption and every reference (or why it could not be read)."""
     from polymodal.data.images import draft_size_of
     from polymodal.data.pairs import open_pair_image  # reads files and images inside tar shards alike
+    from polymodal.eval.limit import check_limit
     from polymodal.models.beam_search import NO_REPEAT, check_decoding
     from polymodal.models.inputs import each_or_error, readable_results
     from polymodal.progress import progress_bar
@@ -134,8 +135,7 @@ def evaluate_captions(model, pairs, beam: int = 3, max_tokens: int = 20, limit: 
     # checked before any photo: a bad option raised inside the loop would read as "photos could not be read"
     beam, max_tokens, _, batch_size = check_decoding(beam, max_tokens, decoding.get("no_repeat", NO_REPEAT),
                                                      batch_size)
-    if limit is not None and limit < 1:
-        raise PolymodalError(f"--limit must be at least 1, got {limit}")
+    check_limit(limit)
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
         raise PolymodalError(f"examples must be a whole number of at least 0, got {examples!r}")
     scorers()  # missing, it would fail after every photo was captioned

@@ -13,13 +13,14 @@ log = logging.getLogger(__name__)
 FEW_PHOTOS = 20  # below this a recall or a CIDEr-D barely tells two models apart (training warns at the same count)
 
 
-def data_caveats(model: str, images, skipped_rows: int, split: str | None = None) -> dict:
-    """{"skipped_rows", "seen_in_training", "seen_in_validation"} (and "split" when `--split` chose one) for the
-    JSON line; the seen counts are None when the model records no training photos (`lite`, an ONNX export of such a
-    model, a model trained before polymodal kept them). seen_in_validation: photos that chose the model's epoch
-    (0 for a model trained before polymodal recorded them)."""
+def data_caveats(model: str, images, skipped_rows: int, split: str | None = None, limit: int | None = None) -> dict:
+    """{"skipped_rows", "seen_in_training", "seen_in_validation"} (and "split" when `--split` chose one, "limit"
+    when `--limit` did) for the JSON line; the seen counts are None when the model records no training photos
+    (`lite`, an ONNX export of such a model, a model trained before polymodal kept them). seen_in_validation:
+    photos that chose the model's epoch (0 for a model trained before polymodal recorded them)."""
     seen = count_seen_photos(model, list(images))
-    return {**({"split": split} if split is not None else {}), "skipped_rows": skipped_rows,
+    return {**({"split": split} if split is not None else {}), **({"limit": limit} if limit is not None else {}),
+            "skipped_rows": skipped_rows,
             "seen_in_training": None if seen is None else seen[0],
             "seen_in_validation": None if seen is None else seen[1]}
 

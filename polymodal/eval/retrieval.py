@@ -28,17 +28,20 @@ class Pairs:
         return list(self.names) if self.names is not None else [str(image) for image in self.images]
 
 
-def read_pairs(path: str | Path | Sequence[str | Path]) -> Pairs:
+def read_pairs(path: str | Path | Sequence[str | Path], limit: int | None = None) -> Pairs:
     """Image-caption pairs from any source `polymodal.data.pairs.read_pair_source` reads: a JSONL of
     {"image": path relative to the file, "caption": text} rows, a CSV (image,caption or filepath,title), a folder
     of images with same-named .txt captions, or tar shards; a list or tuple is several such sources read as one
     (as training's --pairs). Unusable rows are skipped with a logged warning.
-    Images inside tar shards are returned as their encoded bytes (which every encoder accepts), checked to decode."""
+    Images inside tar shards are returned as their encoded bytes (which every encoder accepts), checked to decode.
+    ``limit``: only the first N images and their captions (`eval retrieval --limit`); the others are not read."""
     from polymodal.data.pairs import read_pair_source, read_pair_sources
     from polymodal.data.shards import split_tar_ref
     from polymodal.models.inputs import each_or_error, readable_results
 
     pairset = read_pair_sources(path) if isinstance(path, (list, tuple)) else read_pair_source(path)
+    if limit is not None:  # before the shards' photos are read and checked: a quick look reads only its N
+        pairset = pairset.subset(range(min(limit, len(pairset.images))))
     results = each_or_error(lambda one: [_shard_image(one[0]) if split_tar_ref(one[0]) is not None else Path(one[0])],
                             list(pairset.images), batch_size=1)
     rows = readable_results(results, "image", pairset.source)
