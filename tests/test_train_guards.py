@@ -145,6 +145,7 @@ def test_every_trainer_refuses_an_existing_run(capsys, tmp_path, argv):
     ([], {"epochs": "two"}, "epochs must be an integer"),
     ([], {"train": {"foo": 1}}, "unknown settings under train: ['foo']"),
     (["--lr", "-1"], None, "lr must be above 0"),
+    (["--lr", "1e38"], None, "lr must be above 0 and at most 10, got 1e+38"),  # was Adam's overflow traceback
     (["--epochs", "0"], None, "epochs must be at least 1"),
     (["--batch-size", "0"], None, "batch_size must be at least 2"),
     (["--val-fraction", "1"], None, "val_fraction must be in [0, 1)"),

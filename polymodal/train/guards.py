@@ -31,6 +31,9 @@ POSITIVE = ("above 0", lambda v: v > 0)
 NON_NEGATIVE = ("0 or more", lambda v: v >= 0)
 NONE_OR_NON_NEGATIVE = ("0 or more (or unset)", lambda v: v is None or v >= 0)
 FRACTION = ("in [0, 1)", lambda v: 0 <= v < 1)
+# AdamW moves each weight by about lr a step (usual: 1e-5 to 1e-2): far above 10 every run diverges, and from ~3e37
+# Adam's bias-corrected step overflows float32 (a RuntimeError traceback, not a line)
+LEARNING_RATE = ("above 0 and at most 10", lambda v: 0 < v <= 10)
 
 
 def _matches(value, kind) -> bool:

@@ -20,7 +20,7 @@ from polymodal.errors import PolymodalError
 from polymodal.progress import progress_bar
 from polymodal.train import run_lock
 from polymodal.train.guards import (
-    AT_LEAST_1, FRACTION, NON_NEGATIVE, NONE_OR_NON_NEGATIVE, POSITIVE, check_ranges, check_types,
+    AT_LEAST_1, FRACTION, LEARNING_RATE, NON_NEGATIVE, NONE_OR_NON_NEGATIVE, check_ranges, check_types,
     discard_unfinished_run,
     forget_replaced_run,
     remove_killed_writes,
@@ -72,7 +72,7 @@ class TrainConfig:
     def validate(self) -> None:
         check_types(self)
         check_ranges(self, {
-            "epochs": AT_LEAST_1, "lr": POSITIVE, "tower_lr_scale": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
+            "epochs": AT_LEAST_1, "lr": LEARNING_RATE, "tower_lr_scale": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
             "warmup_steps": NONE_OR_NON_NEGATIVE, "warmup_cap": NON_NEGATIVE, "warmup_fraction": FRACTION,
             "grad_clip": NON_NEGATIVE,
             "patience": NON_NEGATIVE, "unfreeze_every": NON_NEGATIVE, "log_every": AT_LEAST_1,
