@@ -337,8 +337,12 @@ def text_features(model, captions: Sequence[str], batch_size: int = 128, progres
     if distributed.all_true(cached is not None) if split else cached is not None:
         return cached
     starts = distributed.share_of_batches(len(captions), batch_size, split)
+    # one process: written to the file batch by batch, as image features are (a run's one list of captions and
+    # hard negatives was held whole in memory: 2.3x the peak of its largest list before, repro text_peak.py)
     out = _encode_texts(model, captions, progress_bar(starts, desc="caching text features", disable=not progress),
-                        batch_size)
+                        batch_size, path=None if split else path)
+    if isinstance(out, CacheFill):
+        return out.finish()
     if split:  # a rank with no batch (fewer batches than ranks) learns the shape from the others
         shape = distributed.any_shape(None if out is None else out.shape)
         out = np.zeros(shape, np.float32) if out is None else out
@@ -369,19 +373,31 @@ class TextRows:
         return RowSubset(self.feats, np.array([self.row[t] for t in texts], dtype=np.int64))
 
 
-def _encode_texts(model, captions: Sequence[str], starts, batch_size: int, by_length: bool = True) -> np.ndarray | None:
+def _encode_texts(model, captions: Sequence[str], starts, batch_size: int, by_length: bool = True,
+                  path=None) -> np.ndarray | CacheFill | None:
     """[C, D] float32 text-tower features of the batches at ``starts`` (zeros elsewhere; None without a batch).
     ``by_length``: the batches are cut from the captions in order of length, as encode_text cuts them: a batch is
     padded to its longest text, and in the captions' own order 128-caption batches of Flickr8k ran ~1.8x their
-    tokens (the same features to ~1e-6; benchmarks/train_caching.py)."""
+    tokens (the same features to ~1e-6; benchmarks/train_caching.py). With ``path`` (``starts``: every batch):
+    written to that cache file batch by batch (a CacheFill), never held whole in memory."""
     order = batch_order(model, captions, by_length)  # by token counts where the tower has them, else characters
     out = None
-    for i in starts:
-        rows = order[i : i + batch_size]
-        feats = model.text_tower([captions[j] for j in rows]).float().numpy()
-        if out is None:
-            out = np.zeros((len(captions), *feats.shape[1:]), np.float32)
-        out[rows] = feats
+    try:
+        for i in starts:
+            rows = order[i : i + batch_size]
+            feats = model.text_tower([captions[j] for j in rows]).float().numpy()
+            if out is None:
+                shape = (len(captions), *feats.shape[1:])
+                out = CacheFill(path, shape, np.float32) if path else np.zeros(shape, np.float32)
+            if isinstance(out, CacheFill):
+                for row, feat in zip(rows, feats):  # a batch's rows are apart (cut in order of length)
+                    out.write(int(row), feat[None])
+            else:
+                out[rows] = feats
+    except BaseException:
+        if isinstance(out, CacheFill):
+            out.discard()
+        raise
     return out
 
 
