@@ -134,15 +134,27 @@ def test_onnx_export_refuses_a_nan_model_before_making_graphs(data, tmp_path, mo
         fusion_export.export_fusion_onnx(polymodal.load(str(data / "nan")), tmp_path, read_qa(data / "qa.jsonl"))
 
 
-def test_training_never_keeps_an_epoch_whose_answers_are_nan(capsys, data, tmp_path):
-    """--lr 1e30: the first step's loss is finite, its update sends the weights to 1e30 and every answer logit to NaN.
-    That epoch validated at the rate of the first answer and was kept as RUN/model; now validation stops the run."""
+def test_training_never_keeps_an_epoch_whose_answers_are_nan(capsys, data, tmp_path, monkeypatch):
+    """A diverging step (as --lr 1e30 gave before --lr was capped): the first step's loss is finite, its update sends
+    the weights to 1e30 and every answer logit to NaN. That epoch validated at the rate of the first answer and was
+    kept as RUN/model; now validation stops the run."""
+    step = torch.optim.AdamW.step
+
+    def diverging(self, *args, **kwargs):
+        loss = step(self, *args, **kwargs)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for param in group["params"]:
+                    param.fill_(1e30)
+        return loss
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", diverging)
     train = tmp_path / "train.jsonl"
     rows = [json.loads(line) for line in (data / "qa.jsonl").read_text().splitlines()]
     train.write_text("".join(json.dumps({**r, "image": str(data / r["image"])}) + "\n" for r in rows
                              if not r.get("choices")))
-    code, out, err = _run(capsys, "train", "vqa", "--qa", train, "--out", tmp_path / "run", "--epochs", 2, "--lr",
-                          "1e30", "--dim", 16, "--fusion", "concat", "--val-fraction", 0.5, "--quiet")
+    code, out, err = _run(capsys, "train", "vqa", "--qa", train, "--out", tmp_path / "run", "--epochs", 2, "--dim", 16,
+                          "--fusion", "concat", "--val-fraction", 0.5, "--quiet")
     assert code == 2 and "validation: the model scores the answers" in err and "Traceback" not in err, err
     assert not (tmp_path / "run" / "model").exists()
 
