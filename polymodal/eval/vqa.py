@@ -305,9 +305,11 @@ def answer_rows(model, rows: list[QARow], cache: bool = True, progress: bool = F
 
         with progress_bar(total=len(asked), desc="questions", unit="q", disable=not progress) as bar:
             answered = each_or_error(lambda chunk: _predict_rows(model, chunk), asked, 256, bar)
-    results = [("", 0.0) if r.choices in unscorable and not isinstance(res, str) else res
-               for r, res in zip(rows, answered)]
-    return _finite(results, rows), unscorable
+    # NaN checked on what the model said, the rows of unscorable choices too: their ("", 0.0) was no answer of the
+    # model's, and counting it as one scored a model answering every question as NaN over those rows alone
+    answered = _finite(answered, asked)
+    return [("", 0.0) if r.choices in unscorable and not isinstance(res, str) else res
+            for r, res in zip(rows, answered)], unscorable
 
 
 def _finite(results: list, rows: list[QARow]) -> list:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from numbers import Integral, Real
 from typing import Any, Callable
 
@@ -98,9 +99,20 @@ def caption_batches(images: Any, batch_size: int, beam: int, max_tokens: int, no
                for pieces in pieces_of(images[i : i + batch_size], beam, max_tokens, no_repeat)]
     if owner is not None:
         kinds = unfinished(written, max_tokens)
-        owner.last_unfinished = (kinds, max_tokens)  # for a served reply (read on the thread that captioned)
+        _LAST.call = (id(owner), kinds, max_tokens)  # for a served reply (last_unfinished)
         warn_once_if_unfinished(owner, kinds, max_tokens)
     return [text_of(pieces) for pieces in written]
+
+
+_LAST = threading.local()  # this thread's last caption_batches call with an owner: (id(owner), kinds, max_tokens)
+
+
+def last_unfinished(owner: Any) -> tuple[list[str | None], int] | None:
+    """The `unfinished` kinds and max_tokens of ``owner``'s last caption() on this thread, or None. Per thread, not
+    an attribute of the model: two threads captioning with one model (two apps sharing it, each with its model
+    thread) could replace each other's between caption() and the read, and a reply for 3 photos held 1 result."""
+    last = getattr(_LAST, "call", None)
+    return last[1:] if last is not None and last[0] == id(owner) else None
 
 
 def unfinished(written: list[list[int]], max_tokens: int) -> list[str | None]:

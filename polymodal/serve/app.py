@@ -41,7 +41,7 @@ from polymodal.data.tokenizer import cut_texts_notes, unknown_words_note, unknow
 from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 from polymodal.index.store import IndexDamaged
-from polymodal.models.beam_search import unfinished_notes
+from polymodal.models.beam_search import last_unfinished, unfinished_notes
 from polymodal.models.not_finite import NotFiniteAnswer
 from polymodal.registry import answers, captions, embeds
 from polymodal.serve.limits import (
@@ -896,7 +896,7 @@ def _captions(model, images: list, beam: int) -> tuple[list[str], list, int]:
     """model.caption(images, beam), each caption's `unfinished` kind ("cut", "empty" or None) and the max_tokens it
     was written to (none for a captioner that does not say)."""
     captions = model.caption(images, beam)
-    kinds, max_tokens = getattr(model, "last_unfinished", None) or ([None] * len(captions), 0)
+    kinds, max_tokens = last_unfinished(model) or ([None] * len(captions), 0)
     return captions, kinds, max_tokens
 
 
