@@ -71,8 +71,9 @@ def csv_names(path: Path, what: str) -> list[str]:
     column (label, class, ...). Several columns need that header, and only the names column is read: another one (a
     prompt per label) would be ignored, so it is refused."""
     rows = list(_rows(path))
+    whats = what + ("es" if what.endswith("s") else "s")  # "classes", not "classs"
     if not rows:
-        raise PolymodalError(f"{path} holds no {what}s; write one {what} per line")
+        raise PolymodalError(f"{path} holds no {whats}; write one {what} per line")
     header = [c.lower() for c in rows[0][1]]
     named = next((c for c in NAME_COLUMNS if c in header), None)
     if len(header) == 1:
@@ -82,9 +83,9 @@ def csv_names(path: Path, what: str) -> list[str]:
                                  f"comma (\"cat, black\"), or write one {what} per line in a .txt file")
         return [cells[0] for _, cells in rows[1 if named else 0:] if not is_blank(cells[0])]
     if named is None:
-        raise PolymodalError(f"{path} has {len(header)} columns and no header naming the {what}s "
+        raise PolymodalError(f"{path} has {len(header)} columns and no header naming the {whats} "
                              f"({', '.join(NAME_COLUMNS)}); write a header, e.g. {what}, or one {what} per line")
     others = [c for c in rows[0][1] if c.lower() != named]
-    raise PolymodalError(f"{path}: only the {named} column names {what}s, and its other columns ({', '.join(others)}) "
+    raise PolymodalError(f"{path}: only the {named} column names {whats}, and its other columns ({', '.join(others)}) "
                          f"would be ignored (the prompts come from --template / --templates-file); keep the {named} "
                          "column alone")

@@ -23,8 +23,10 @@ def add_item_options(parser, ci: bool = True) -> None:
     parser.add_argument("--split", metavar="NAME", help='read only the rows whose "split" (JSON field, CSV or '
                         "Parquet column) is one of these comma-separated names (e.g. dev, or train,restval); the JSON "
                         "line then names it")
-    parser.add_argument("--strict", action="store_true",
-                        help="fail (exit 2, no figures) when any row is skipped or any image cannot be read")
+    # the scores of eval captions are corpus scores, of no photo embedded or question answered
+    broken = ", or the model embeds a photo (or answers a question) as NaN or inf (not_finite)" if ci else ""
+    parser.add_argument("--strict", action="store_true", help="fail (exit 2, no figures) when any row is skipped"
+                        f"{',' if ci else ' or'} any image cannot be read{broken}")
     parser.add_argument("--ci", action="store_true", help=(
         "add 95%% intervals as NAME_ci95: [low, high] (bootstrap over photos, 1,000 resamples, seed 0; Wilson when "
         "every item scores the same)") if ci else argparse.SUPPRESS)
