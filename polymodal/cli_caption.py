@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import sys
 
-from polymodal.cli_options import add_precision, add_quiet, add_recipe_flags, add_run_options, add_runtime, how_it_ran
+from polymodal.cli_options import (
+    CONFIG_HELP, add_precision, add_quiet, add_recipe_flags, add_run_options, add_runtime, how_it_ran,
+)
 from polymodal.errors import PolymodalError
 from polymodal.eval.limit import add_limit
 from polymodal.eval.per_item import add_item_options
@@ -158,7 +160,7 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--out", help="run folder: model/, checkpoint.pt, metrics.jsonl")
     s.add_argument("--model", help="'new' (default) or a captioner to continue from (e.g. --model captioner "
                                    "fine-tunes the shipped one on your own captions)")
-    s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
+    s.add_argument("--config", help=CONFIG_HELP)
     add_run_options(s)
     add_recipe_flags(s, CAPTION_FLAGS, "polymodal.train.captioning:CaptionRecipe", CAPTION_HELPS)
     s.set_defaults(func=cmd_train_captioner)

@@ -148,6 +148,11 @@ TRAIN_HELPS = {
 }
 
 
+# --config of every train command: a run's own record is such a file too (`--config runs/a/train_config.json --out
+# runs/b --seed 1` trains run a again with another seed)
+CONFIG_HELP = "JSON or TOML with the same keys as the flags, or a run's own RUN/train_config.json; flags override it"
+
+
 def add_recipe_flags(parser, flags: dict, recipe: str, helps: dict | None = None) -> None:
     """One --flag per recipe setting (flags: {key: (section, type)}); `--help` shows the recipe's default, what a run
     uses unless the flag or --config sets it. recipe: "module:Class", imported only when help is shown (the recipes

@@ -4,7 +4,7 @@ fusion encoder on image-caption pairs). `add_parsers(sub, actions)` takes the "t
 
 from __future__ import annotations
 
-from polymodal.cli_options import add_recipe_flags, add_run_options
+from polymodal.cli_options import CONFIG_HELP, add_recipe_flags, add_run_options
 
 # flag -> (recipe section, type): "train" = TrainConfig, "arch" = FusionEncoderConfig, "" = the recipe itself
 PRETRAIN_FLAGS = {
@@ -33,7 +33,7 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--out", help="run folder: model/ (fine-tune it with `polymodal train vqa --model RUN/model`), "
                                  "checkpoint.pt, metrics.jsonl")
     s.add_argument("--model", help="'new' (default) or a fusion-encoder folder to continue pretraining")
-    s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
+    s.add_argument("--config", help=CONFIG_HELP)
     s.add_argument("--fusion-options", help='JSON options for the fusion, e.g. \'{"layers": 2}\'')
     s.add_argument("--pixel-patches", action="store_true", help="add raw-pixel patch embeddings to the grid tokens")
     add_run_options(s)

@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 
 from polymodal.apps.templates import add_template_options
-from polymodal.cli_options import (add_precision, add_quiet, add_recipe_flags, add_run_options, add_runtime,
-                                   how_it_ran, load_model)
+from polymodal.cli_options import (CONFIG_HELP, add_precision, add_quiet, add_recipe_flags, add_run_options,
+                                   add_runtime, how_it_ran, load_model)
 from polymodal.errors import PolymodalError
 from polymodal.eval.limit import add_limit
 from polymodal.eval.per_item import add_item_options
@@ -465,8 +465,8 @@ def add_parsers(sub) -> dict:
     s.add_argument("--val-pairs", nargs="+", help="validation pairs (default: split off --val-fraction by image)")
     s.add_argument("--out", help="run folder: model/, checkpoint.pt, metrics.jsonl, tensorboard/")
     s.add_argument("--model", help="'lite' (default: new heads over the lite towers) or a trained model folder")
-    s.add_argument("--config", help="JSON or TOML with the same keys as the flags (flags override it), or the name "
-                   "of a recipe polymodal ships: default (the recipe the built-in `default` was trained with)")
+    s.add_argument("--config", help=f"{CONFIG_HELP}; or the name of a recipe polymodal ships: default (the recipe "
+                   "the built-in `default` was trained with)")
     add_run_options(s)
     add_recipe_flags(s, TRAIN_FLAGS, "polymodal.train.contrastive:ContrastiveRecipe", CONTRASTIVE_HELPS)
     s.set_defaults(func=cmd_train_contrastive)

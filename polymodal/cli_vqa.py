@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 
-from polymodal.cli_options import add_precision, add_quiet, add_recipe_flags, add_run_options, add_runtime, how_it_ran
+from polymodal.cli_options import (
+    CONFIG_HELP, add_precision, add_quiet, add_recipe_flags, add_run_options, add_runtime, how_it_ran,
+)
 from polymodal.errors import PolymodalError
 from polymodal.eval.limit import add_limit
 from polymodal.eval.per_item import add_item_options
@@ -204,7 +206,7 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--new-head", action="store_true", help="with --model FOLDER: a fresh VQA head over these answers")
     s.add_argument("--freeze", help="comma-separated parts not to train: projections, image_proj, text_proj, fusion, itm, "
                                      "vqa")
-    s.add_argument("--config", help="JSON or TOML with the same keys as the flags; flags override it")
+    s.add_argument("--config", help=CONFIG_HELP)
     s.add_argument("--fusion-options", help='JSON options for the fusion, e.g. \'{"layers": 2}\'')
     s.add_argument("--pixel-patches", action="store_true", help="add raw-pixel patch embeddings to the grid tokens")
     s.add_argument("--itm-head", action="store_true", help="add an image-text matching head (train with --itm-weight)")
