@@ -69,3 +69,13 @@ def test_label_names_in_a_semicolon_csv(tmp_path):
         csv_names(path, "label")
     path.write_text("sep=;\nlabel\ncat\nmoon, full\n")
     assert csv_names(path, "label") == ["cat", "moon, full"]
+
+
+def test_empty_cells_at_a_rows_end_are_no_column(tmp_path):
+    """Excel saves a sheet with a blank column beside the names as "cat;": such a file was refused with "its other
+    columns () would be ignored"."""
+    path = tmp_path / "names.csv"
+    path.write_text("label;\ncat;\nmoon;\n")
+    assert csv_names(path, "label") == ["cat", "moon"]
+    path.write_text("cat,,\ndog,\n")
+    assert csv_names(path, "label") == ["cat", "dog"]

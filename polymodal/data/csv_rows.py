@@ -70,7 +70,8 @@ def csv_names(path: Path, what: str) -> list[str]:
     """The names (``what``: "label", "class") of a one-column CSV, below its header when the first cell names the
     column (label, class, ...). Several columns need that header, and only the names column is read: another one (a
     prompt per label) would be ignored, so it is refused."""
-    rows = list(_rows(path))
+    # empty cells at a row's end are no column: Excel writes "cat;" for a sheet with a blank column beside the names
+    rows = [(n, cells[:max(1, len(cells) - _trailing_blanks(cells))]) for n, cells in _rows(path)]
     whats = what + ("es" if what.endswith("s") else "s")  # "classes", not "classs"
     if not rows:
         raise PolymodalError(f"{path} holds no {whats}; write one {what} per line")
@@ -89,3 +90,7 @@ def csv_names(path: Path, what: str) -> list[str]:
     raise PolymodalError(f"{path}: only the {named} column names {whats}, and its other columns ({', '.join(others)}) "
                          f"would be ignored (the prompts come from --template / --templates-file); keep the {named} "
                          "column alone")
+
+
+def _trailing_blanks(cells: list[str]) -> int:
+    return next((i for i, cell in enumerate(reversed(cells)) if cell), len(cells))
