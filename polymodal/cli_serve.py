@@ -111,9 +111,11 @@ def _serve(args) -> None:
 
         torch.set_num_threads(args.threads)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
-        log.warning("serving on %s without --api-key: anyone who can reach this address can use and change the index "
-                    "(requests must name the server by an IP address, localhost or this machine's name: add the names "
-                    "clients use, such as a container's service name, with --allow-host)", args.host)
+        exposed = "use and change the index" if index is not None else "use " + " and ".join(
+            app.state.service.endpoints())  # no index: its models, for anyone's photos
+        log.warning("serving on %s without --api-key: anyone who can reach this address can %s (requests must name "
+                    "the server by an IP address, localhost or this machine's name: add the names clients use, such "
+                    "as a container's service name, with --allow-host)", args.host, exposed)
     import uvicorn
 
     from polymodal.serve.protocol import header_deadline_protocol

@@ -154,7 +154,7 @@ def test_a_non_finite_loss_stops_the_run_before_the_step_and_a_first_epoch_leave
     (out / "notes.txt").write_text("mine")  # not a run's file: kept
     trainer = _blowing_trainer(out, at=3)
     before = trainer.model.weight.detach().clone()
-    with pytest.raises(PolymodalError, match=r"loss became inf at step 3 \(epoch 1\).*Lower --lr"):
+    with pytest.raises(PolymodalError, match=r"loss became inf at step 3 \(epoch 1\).*lower --lr"):
         trainer.fit(on_start=lambda: (out / "train_config.json").write_text("{}"))
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # no half-written run to block the next one
     assert torch.isfinite(trainer.model.weight).all() and not torch.equal(trainer.model.weight, before)

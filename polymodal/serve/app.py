@@ -428,7 +428,8 @@ def create_app(
     # HEAD too on the page and /healthz: load balancers and uptime checks send it (Starlette drops HEAD's body)
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page(request: Request) -> HTMLResponse:
-        return HTMLResponse(render_page(request.scope.get("root_path", "")))
+        serves = list(svc.endpoints().values()) if svc.index is None else None
+        return HTMLResponse(render_page(request.scope.get("root_path", ""), serves))
 
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import FileResponse

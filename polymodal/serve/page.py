@@ -15,7 +15,7 @@ PAGE = r"""<!doctype html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>polymodal search</title>
+<title>__TITLE__</title>
 <link rel="icon" href="data:,">  <!-- no icon to fetch: each page load asked for /favicon.ico, a 404 -->
 <style>
   :root { --fg: #1d2330; --muted: #667085; --line: #d0d5dd; --field: #7c8595; --accent: #2f5bea; --bg: #f7f8fa; }
@@ -426,6 +426,8 @@ loadInfo();
 """
 
 
-def render_page(root_path: str = "") -> str:
-    """The page, its API calls prefixed with `root_path` (as a JSON string, with "<" escaped: it sits in a script)."""
-    return PAGE.replace("__ROOT_PATH__", json.dumps(root_path).replace("<", "\\u003c"))
+def render_page(root_path: str = "", serves: list[str] | None = None) -> str:
+    """The page, its API calls prefixed with `root_path` (as a JSON string, with "<" escaped: it sits in a script);
+    `serves`: what a server without an index gives ("answers", "captions"), which its title says instead of search."""
+    title = "polymodal " + " and ".join(serves) if serves else "polymodal search"
+    return PAGE.replace("__ROOT_PATH__", json.dumps(root_path).replace("<", "\\u003c")).replace("__TITLE__", title)

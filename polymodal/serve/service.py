@@ -136,6 +136,12 @@ class Service:
     def vqa(self) -> bool:
         return self.vqa_model is not None
 
+    def endpoints(self) -> dict[str, str]:
+        """A server without an index: {endpoint: what it gives}, what its page's title and the warning of a server
+        open to anyone name (instead of search and the index)."""
+        served = {"/v1/vqa": ("answers", self.vqa), "/v1/caption": ("captions", self.caption_model is not None)}
+        return {path: what for path, (what, on) in served.items() if on}
+
     def start(self) -> None:
         self.batcher.start()
         if not self.writable:

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 # What a run writes into its folder; all but curves.png (from `polymodal plot`) mark the folder as holding a run.
 RUN_FILES = ("checkpoint.pt", "model", "metrics.jsonl", "tensorboard", "train_config.json", "curves.png")
+# A run that diverged (a NaN loss, NaN answers): the advice it stops with. --resume refuses another --lr (the
+# checkpoint's optimizer state brings the old one back), and the same command again meets the run it left.
+LOWER_LR = "train again with a lower --lr and --overwrite, or into a new --out (--resume keeps the run's --lr)"
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "an object",
                list: "a list"}

@@ -21,7 +21,7 @@ from polymodal.progress import progress_bar
 from polymodal.train import run_lock
 from polymodal.train.guards import (
     AT_LEAST_1, FRACTION, LEARNING_RATE, NON_NEGATIVE, NONE_OR_NON_NEGATIVE, check_ranges, check_types,
-    discard_unfinished_run,
+    LOWER_LR, discard_unfinished_run,
     forget_replaced_run,
     remove_killed_writes,
 )
@@ -450,8 +450,8 @@ class Trainer:
                     metrics.update({f"{name}/{k}": v for k, v in m.items()})
                 if not math.isfinite(total):  # stop before the step: NaN weights would be saved as the best model
                     raise PolymodalError(f"the training loss became {total} at step {self.step + 1} (epoch "
-                                         f"{self.epoch + 1}); the weights were not updated with it. Lower --lr "
-                                         f"(now {self.cfg.lr:g}) or check the data; the run keeps its last "
+                                         f"{self.epoch + 1}) at --lr {self.cfg.lr:g}; the weights were not updated "
+                                         f"with it: {LOWER_LR}, or check the data; the run keeps its last "
                                          "checkpoint, if any")
                 self._sync_gradients()
                 if self.cfg.grad_clip:

@@ -42,8 +42,8 @@ from polymodal.train.features import (
     _load_cached, _nan_rows, _store, image_features, readable_subset, report_unreadable,
 )
 from polymodal.train.guards import (
-    AT_LEAST_1, AT_LEAST_2, FRACTION, NON_NEGATIVE, check_ranges, check_types, freeze_parts, refuse_lone_val_split,
-    refuse_unfreezing, warn_of_shared_photos,
+    AT_LEAST_1, AT_LEAST_2, FRACTION, LOWER_LR, NON_NEGATIVE, check_ranges, check_types, freeze_parts,
+    refuse_lone_val_split, refuse_unfreezing, warn_of_shared_photos,
 )
 from polymodal.train.fusion_run import check_fusion_start, fit_and_save
 from polymodal.train.run_settings import (
@@ -415,7 +415,7 @@ def feature_eval(model: FusionEncoder, data: EncodedQA, feats: np.ndarray, state
     bad = int((~np.isfinite(prob)).sum())
     if bad:
         raise PolymodalError(f"validation: the model scores the answers to {bad:,} of the {len(prob):,} questions as "
-                             f"NaN or inf: {BROKEN}; lower --lr, or check --model; the run keeps its last checkpoint, "
+                             f"NaN or inf: {BROKEN}; {LOWER_LR}, or check --model; the run keeps its last checkpoint, "
                              "if any")
     m = accuracy_by_type([model.answers[b] for b in best], data.rows)
     return {"val/accuracy": m["accuracy"], **{f"val/acc_{t}": v for t, v in m["per_type"].items()}}
