@@ -152,6 +152,7 @@ def run_recipe(args, settings: dict, data: str, recipe_cls, train) -> int:
     """Check that the recipe names its data (`data`: 'pairs' or 'qa') and run folder, train, print one JSON line.
     The trainer checks the settings and the run folder (--resume / --overwrite) before it writes anything."""
     from polymodal.train import distributed
+    from polymodal.train.guards import LOWER_LR
 
     if not settings.get(data) or not settings.get("out"):
         raise PolymodalError(f"pass --{data} FILE and --out RUN_DIR (or put them in --config)")
@@ -168,7 +169,7 @@ def run_recipe(args, settings: dict, data: str, recipe_cls, train) -> int:
     else:
         note = ("no epoch of this session improved the validation metric; the model from before the resume is kept"
                 if args.resume and model.is_dir() else
-                "no epoch improved the validation metric (a NaN loss? try a lower --lr)")
+                f"no epoch improved the validation metric (a NaN loss?): {LOWER_LR}")
         line |= {"best": None, "note": note, **result}
     print(json.dumps(line))
     return 0

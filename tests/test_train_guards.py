@@ -200,6 +200,7 @@ def test_result_line_on_rank_0_only_and_says_when_nothing_improved(capsys, tmp_p
     assert run_recipe(args, settings, "pairs", recipe, lambda r, **kw: {}) == 0
     line = json.loads(capsys.readouterr().out)
     assert line["best"] is None and "no epoch improved" in line["note"] and line["model"] is None
+    assert "--overwrite" in line["note"]  # "try a lower --lr" alone met "already holds a training run"
     (tmp_path / "run" / "model").mkdir(parents=True)  # a resumed run whose new epochs did not beat the old model
     assert run_recipe(SimpleNamespace(resume=True, quiet=True, overwrite=False), settings, "pairs", recipe,
                       lambda r, **kw: {}) == 0

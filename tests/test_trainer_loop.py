@@ -106,6 +106,7 @@ def test_fine_tuning_keeps_the_starting_model_unless_an_epoch_beats_it(tmp_path,
     assert len(saved) == saves
     assert ("no epoch beat the model training started from (val/rsum 5 before training)" in caplog.text) == (
         best_epoch == 0)
+    assert ("train again with --overwrite" in caplog.text) == (best_epoch == 0)  # the run folder holds a run now
 
 
 def test_without_a_starting_model_there_is_no_epoch_0(tmp_path):

@@ -368,7 +368,8 @@ class Trainer:
         if self.best_metrics.get("epoch") == 0:
             metric = self.cfg.early_stop_metric
             log.warning("no epoch beat the model training started from (%s %.4g before training): %s is that model, "
-                        "unchanged; try a lower --lr, more data or other settings", metric, self.best,
+                        "unchanged; to try a lower --lr, more data or other settings, train again with --overwrite or into "
+                        "a new --out", metric, self.best,
                         self.out / "model")
         return self.best_metrics
 
