@@ -181,17 +181,16 @@ def read_classes(path: str | Path) -> list[str]:
     path = existing_file(Path(path), "classes file", "pass a text file with one class name per line")
     from polymodal.data.jsonl import utf8_text
 
-    with utf8_text(path) as f:
-        text = f.read()
-    if is_csv(path):
+    if is_csv(path):  # (csv_names reads the file itself)
         names = csv_names(path, "class")
-    elif text.lstrip().startswith("{"):  # a JSON object or a JSONL file of rows: not one name per line
-        raise PolymodalError(f"{path} holds JSON objects, not class names; pass one class name per line or a JSON "
-                             "list of names (the labelled rows go in --labels-file)")
-    elif text.lstrip().startswith("["):
-        names = json_names(path, text, "class")
     else:
-        names = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        with utf8_text(path) as f:
+            text = f.read()
+        if text.lstrip().startswith("{"):  # a JSON object or a JSONL file of rows: not one name per line
+            raise PolymodalError(f"{path} holds JSON objects, not class names; pass one class name per line or a "
+                                 "JSON list of names (the labelled rows go in --labels-file)")
+        names = (json_names(path, text, "class") if text.lstrip().startswith("[") else
+                 [line for line in text.splitlines() if not line.lstrip().startswith("#")])
     classes = list(spellings(name for name in (" ".join(n.split()) for n in names) if name).values())  # file order
     if len(classes) < 2:
         raise PolymodalError(f"{path} names {len(classes)} class{'' if len(classes) == 1 else 'es'}; zero-shot ranks "

@@ -20,10 +20,8 @@ from polymodal.errors import PolymodalError
 from polymodal.progress import progress_bar
 from polymodal.train import run_lock
 from polymodal.train.guards import (
-    AT_LEAST_1, FRACTION, LEARNING_RATE, NON_NEGATIVE, NONE_OR_NON_NEGATIVE, check_ranges, check_types,
-    LOWER_LR, discard_unfinished_run,
-    forget_replaced_run,
-    remove_killed_writes,
+    AT_LEAST_1, FRACTION, LEARNING_RATE, LOWER_LR, NON_NEGATIVE, NONE_OR_NON_NEGATIVE, check_ranges, check_types,
+    discard_unfinished_run, forget_replaced_run, remove_killed_writes,
 )
 from polymodal.train.metrics import MetricsLogger
 
@@ -368,9 +366,8 @@ class Trainer:
         if self.best_metrics.get("epoch") == 0:
             metric = self.cfg.early_stop_metric
             log.warning("no epoch beat the model training started from (%s %.4g before training): %s is that model, "
-                        "unchanged; to try a lower --lr, more data or other settings, train again with --overwrite or into "
-                        "a new --out", metric, self.best,
-                        self.out / "model")
+                        "unchanged; to try a lower --lr, more data or other settings, train again with --overwrite "
+                        "or into a new --out", metric, self.best, self.out / "model")
         return self.best_metrics
 
     def _seed_rank(self) -> None:
