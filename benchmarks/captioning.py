@@ -98,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--onnx", action="store_true",
                     help="also score the held-out model's ONNX export: fp32 graphs and the int8 (dynamic) step graph")
     args = ap.parse_args(argv)
+    if args.photos is not None and args.photos < 10:  # the arguments first: they need no data to be checked
+        ap.error(f"--photos {args.photos} is too few to split; pass 10 or more")
     announce(__file__)
 
     from polymodal.data.pairs import open_pair_image, read_pair_source, split_by_image
@@ -106,8 +108,6 @@ def main(argv=None) -> int:
         if not needed.is_file():
             print(f"needs {needed} (see ../shared/data/README.md)", file=sys.stderr)
             return 2
-    if args.photos is not None and args.photos < 10:
-        ap.error(f"--photos {args.photos} is too few to split; pass 10 or more")
     flickr, coco = (first_photos(read_pair_source(SHARED_DATA / name / "pairs.jsonl"), args.photos)
                     for name in ("flickr8k-dev", "coco-mini-train"))
     train_set, held = split_by_image(flickr, args.heldout_fraction, seed=0)
