@@ -232,7 +232,10 @@ def cmd_search(args) -> int:
             raise PolymodalError(f"--explain needs the top match's image, {top}, which is no longer there (moved or "
                                  f"deleted since it was indexed); re-index its folder{push} to drop it from the "
                                  "results, or drop --explain")
-        explained = str(save_heatmap(top, occlusion_heat(model, top, query[0]), args.explain, transform=model.transform))
+        asked = f"the image {args.image}" if args.image is not None else f'"{args.query}"'
+        caption = f"Query: {asked}\nMatch: rank {shown + 1}, {top} (score {hits[shown].score:.3f}), model {name}"
+        explained = str(save_heatmap(top, occlusion_heat(model, top, query[0]), args.explain, transform=model.transform,
+                                     caption=caption))
     if args.json:
         rows = [{"rank": i + 1, "path": h.path, "score": round(h.score, 4), **({"host": h.host} if h.host else {})}
                 for i, h in enumerate(hits)]
@@ -280,7 +283,9 @@ def _search_texts(args) -> int:
         from polymodal.apps.explain import occlusion_heat, save_heatmap
 
         heat = occlusion_heat(model, args.image, model.encode_text([hits[0].text])[0])
-        explained = str(save_heatmap(args.image, heat, args.explain, transform=model.transform))
+        caption = (f'Text: "{hits[0].text}" (rank 1, score {hits[0].score:.3f}), model {name}\n'
+                   f"where it matches {args.image}")
+        explained = str(save_heatmap(args.image, heat, args.explain, transform=model.transform, caption=caption))
     if args.json:
         rows = [{"rank": i + 1, "text": h.text, "score": round(h.score, 4), "line": h.line} for i, h in enumerate(hits)]
         if explained:

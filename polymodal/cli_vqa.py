@@ -107,8 +107,10 @@ def cmd_vqa(args) -> int:
         from polymodal.apps.explain import save_heatmap
 
         # the map of the answer printed (with --choices often not the open top answer a map would show by default)
+        caption = (f"Q: {args.question}\nA: {result['answer']} (score {result['score']:.3f}), "
+                   f"model {getattr(model, 'key', args.model)}")  # the PNG alone says what it explains
         save_heatmap(args.image, model.explain(args.image, args.question, answer=result["answer"]), args.explain,
-                     transform=model.transform)
+                     transform=model.transform, caption=caption)
         result["explain"] = str(args.explain)
     if args.json:
         print(json.dumps({"model": getattr(model, "key", args.model), "image": args.image, "question": args.question,

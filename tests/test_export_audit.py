@@ -472,5 +472,5 @@ def test_an_onnx_vqa_export_explains_by_occlusion(vqa_export, onnx_vqa, tmp_path
     from PIL import Image
 
     with Image.open(out) as img, Image.open(rows[0][0]) as photo:  # easy-VQA's 64x64 photo, 4 times (stop 48)
-        assert img.size == (photo.width * 4, photo.height * 4) == (256, 256)
+        assert img.width == photo.width * 4 == 256 and img.height > photo.height * 4  # and the strip below it
     assert f"heat map: {out}" in capsys.readouterr().out

@@ -51,6 +51,6 @@ def test_save_heatmap_writes_a_tilde_path_under_home(tmp_path, monkeypatch) -> N
     monkeypatch.chdir(work)
     photo = tmp_path / "photo.png"
     Image.new("RGB", (32, 24), (200, 100, 50)).save(photo)
-    out = save_heatmap(photo, np.random.default_rng(0).random((7, 7)), "~/heat.png", transform=None)
+    out = save_heatmap(photo, np.random.default_rng(0).random((7, 7)), "~/heat.png", transform=None, legend=False)
     assert out == home / "heat.png" and Image.open(home / "heat.png").size == (320, 240)  # 10 times: to be seen
     assert not (work / "~").exists()

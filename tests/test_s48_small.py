@@ -30,7 +30,7 @@ def test_a_small_photos_heat_map_is_enlarged_to_be_seen(tmp_path):
     heat = np.zeros((7, 7), np.float32)
     heat[0, 0] = 1  # the top-left cell
     photo = Image.new("RGB", (64, 48), "gray")  # easy-VQA's are 64x64: the map was 64x64, 9 pixels a cell
-    out = np.asarray(Image.open(save_heatmap(photo, heat, tmp_path / "h.png", transform=None)), np.int16)
+    out = np.asarray(Image.open(save_heatmap(photo, heat, tmp_path / "h.png", transform=None, legend=False)), np.int16)
     assert out.shape == (240, 320, 3) and VIEW_MIN_SIDE == 224  # 5 times: each pixel a 5x5 block
     hot, cold = out[:20, :20].mean((0, 1)), out[-20:, -20:].mean((0, 1))
     assert np.abs(hot - cold).max() > 40  # the hot cell still sits over the photo's top left
@@ -44,7 +44,7 @@ def test_a_thin_strips_heat_map_is_not_enlarged_past_a_readable_size(tmp_path):
 
     heat = np.eye(7, dtype=np.float32)
     strip = Image.new("RGB", (3000, 2), "gray")  # enlarged 112 times it was a 336000x224 PNG (34 s, 7 GB)
-    assert Image.open(save_heatmap(strip, heat, tmp_path / "h.png", transform=None)).size == (3000, 2)
+    assert Image.open(save_heatmap(strip, heat, tmp_path / "h.png", transform=None, legend=False)).size == (3000, 2)
     small = Image.new("RGB", (500, 20), "gray")  # 4 times: the long side stays within OVERLAY_MIN_SIDE
-    assert Image.open(save_heatmap(small, heat, tmp_path / "s.png", transform=None)).size == (2000, 80)
+    assert Image.open(save_heatmap(small, heat, tmp_path / "s.png", transform=None, legend=False)).size == (2000, 80)
     assert 2000 <= OVERLAY_MIN_SIDE

@@ -12,6 +12,6 @@ def test_a_panoramas_heat_map_past_the_formats_limit_is_shrunk_to_fit(tmp_path, 
     # a 20000-pixel-wide panorama's map as .webp was a traceback (WebP's limit), a 70000-pixel one as .jpg "broken
     # data stream ... check the free space": after the model's passes, and nothing written
     wide = np.full((8, longest + 100, 3), 120, np.uint8)
-    out = save_heatmap(wide, np.eye(7, dtype=np.float32), tmp_path / f"heat{suffix}", transform=None)
+    out = save_heatmap(wide, np.eye(7, dtype=np.float32), tmp_path / f"heat{suffix}", transform=None, legend=False)
     width, height = Image.open(out).size
     assert width == longest and height in (7, 8)  # the aspect ratio kept

@@ -37,7 +37,8 @@ def _wide_photo(path: Path) -> Path:
 
 
 def _mapped_columns(photo: Path, out: Path) -> tuple[int, int]:
-    changed = np.abs(np.asarray(Image.open(out), np.int16) - np.asarray(Image.open(photo), np.int16)).sum(-1)
+    picture = Image.open(out).crop((0, 0, *Image.open(photo).size))  # the strip below it aside
+    changed = np.abs(np.asarray(picture, np.int16) - np.asarray(Image.open(photo), np.int16)).sum(-1)
     cols = np.where(changed.any(0))[0]
     return int(cols.min()), int(cols.max())
 

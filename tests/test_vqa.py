@@ -213,7 +213,7 @@ def test_explain_heatmap_attention_and_gradient(model, gallery, tmp_path):
     heat = model.explain(gallery / "cat.jpg", "what is in the picture?")
     assert heat.shape == (7, 7) and heat.dtype == np.float32
     assert heat.max() == pytest.approx(1.0) and heat.min() >= 0
-    out = save_heatmap(gallery / "cat.jpg", heat, tmp_path / "heat.png", transform=model.transform)
+    out = save_heatmap(gallery / "cat.jpg", heat, tmp_path / "heat.png", transform=model.transform, legend=False)
     with Image.open(out) as png, Image.open(gallery / "cat.jpg") as src:
         assert png.format == "PNG" and png.size == src.size
 

@@ -9,18 +9,10 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from polymodal.apps.heat_scale import heat_colors, with_legend
 from polymodal.cache import atomic_write_bytes
 from polymodal.data.images import load_image
 from polymodal.errors import PolymodalError
-
-
-def heat_colors(heat: np.ndarray) -> np.ndarray:
-    """``[H, W]`` values in [0, 1] -> ``[H, W, 3]`` uint8 on a blue -> green -> yellow -> red ramp."""
-    stops = np.array([[0, 0, 128], [0, 128, 255], [0, 200, 80], [255, 230, 0], [230, 20, 0]], dtype=np.float32)
-    pos = np.clip(heat, 0, 1) * (len(stops) - 1)
-    lo = np.floor(pos).astype(int).clip(0, len(stops) - 2)
-    frac = (pos - lo)[..., None]
-    return (stops[lo] * (1 - frac) + stops[lo + 1] * frac).astype(np.uint8)
 
 
 def occlusion_heat(model, image: Any, query: np.ndarray, grid: int = 7, window: int = 2, batch: int = 32) -> np.ndarray:
@@ -143,17 +135,32 @@ OVERLAY_MIN_SIDE = 2048
 VIEW_MIN_SIDE = 224
 
 
+class _Required:
+    """The default of an argument that must be passed, named for help() (a bare object() read there as
+    ``transform=<object object at 0x7f...>``)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"<required: {self.what}>"
+
+
 # save_heatmap's transform when none is passed: refused, since a bare grid cannot say which crop it covers
-_NO_TRANSFORM = object()
+_NO_TRANSFORM = _Required("model.transform, or None")
 
 
-def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0.5, transform=_NO_TRANSFORM) -> Path:
+def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0.5, transform=_NO_TRANSFORM, *,
+                 caption: str | None = None, legend: bool = True) -> Path:
     """Write ``image`` with ``heat`` overlaid, atomically, at the image's size (a JPEG file or bytes whose short side
     passes 4096 pixels at 1/2 to 1/8 of it, see OVERLAY_MIN_SIDE; a panorama past Pillow's pixel limit at the largest
     of those that fits; one smaller than VIEW_MIN_SIDE enlarged a whole number of times; one longer than its
     format allows, .jpg's 65,500 or .webp's 16,383 pixels, shrunk to fit); the file's suffix picks the format (.png,
     .jpg, .webp). ``transform`` is required: the model's (``model.transform``) puts the grid over the centre crop
-    the model saw (a map from ``explain`` or `occlusion_heat`); None spreads it over the whole image."""
+    the model saw (a map from ``explain`` or `occlusion_heat`); None spreads it over the whole image. Below the
+    picture comes a strip (see heat_scale.with_legend) with ``caption`` (what the map explains: the question and
+    answer, the query and the match) and the colour scale; ``legend=False`` writes the picture alone, at the
+    image's size."""
     import io
 
     out = Path(out).expanduser()  # as check_heatmap_path checks it: "~/heat.png" made a folder named "~" here
@@ -173,6 +180,8 @@ def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0
         img = img.resize((img.width * times, img.height * times), Image.NEAREST)
     box = transform.source_box(img.size) if transform is not None else None
     picture = overlay_heatmap(img, heat, alpha, box)
+    if legend:
+        picture = with_legend(picture, caption)
     limit = _MAX_SIDE.get(fmt)
     if limit and max(picture.size) > limit:
         picture.thumbnail((limit, limit), Image.BILINEAR)  # keeps the aspect ratio
