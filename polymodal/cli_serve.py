@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import math
 import os
@@ -41,9 +42,10 @@ def _serve(args) -> None:
                              f"{args.max_batch}, {args.max_wait_ms}")
     if not 0 <= args.port <= 65535:
         raise PolymodalError(f"--port must be 0-65535, got {args.port}")
-    try:
-        import uvicorn  # noqa: F401
-        import fastapi  # noqa: F401
+    try:  # the serve extra, checked before the model loads (uvicorn is used below; fastapi by create_app)
+        import uvicorn
+
+        importlib.import_module("fastapi")
         from starlette import formparsers
 
         # Starlette imports python-multipart lazily: without it every upload would be a 500
@@ -110,20 +112,20 @@ def _serve(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    svc = app.state.service
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
-        exposed = "use and change the index" if index is not None else "use " + " and ".join(
-            app.state.service.endpoints())  # no index: its models, for anyone's photos
+        # what anyone could do: no index, its models for anyone's photos; a Qdrant collection (or a read-only
+        # folder) is only searched
+        exposed = ("use " + " and ".join(svc.endpoints()) if index is None else
+                   "use and change the index" if svc.writable else "use the index but not change it")
         log.warning("serving on %s without --api-key: anyone who can reach this address can %s (requests must name "
                     "the server by an IP address, localhost or this machine's name: add the names clients use, such "
                     "as a container's service name, with --allow-host)", args.host, exposed)
-    import uvicorn
-
     from polymodal.serve.protocol import header_deadline_protocol
     from polymodal.serve.service import runs_on
 
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    svc = app.state.service
     served = [f"answering questions with {svc.vqa_model.key}"] if svc.vqa and svc.vqa_model is not svc.model else []
     if svc.caption_model is not None:  # an ONNX captioner's int8 step writes other captions than fp32: say which
         served.append(f"captioning with {svc.caption_model.key} ({runs_on(svc.caption_model)['precision']})")

@@ -102,6 +102,28 @@ def captions(model) -> bool:
     return callable(getattr(model, "caption", None))
 
 
+def names_an_embedder(name) -> bool:
+    """True when ``name`` (a built-in name, a model or export folder) is an embedding model by its name or config
+    file alone, before the slow load (serve without an index refuses one); False for others and for the unknown."""
+    from polymodal.models.folders import folder_type
+    from polymodal.resources import HERE
+
+    if not isinstance(name, (str, os.PathLike)):
+        return False
+    if str(name) == "lite":  # the one built-in without a folder: ConSE over two pretrained towers
+        return True
+    folder = HERE / "models" / str(name) if str(name) in MODELS else Path(name).expanduser()
+    kind = folder_type(folder)
+    if kind is None and folder.is_dir():  # an ONNX export names its kind in its own config
+        from polymodal.export.runtime import is_onnx_folder, read_export_config  # (numpy, tokenizers: folders only)
+
+        try:
+            kind = read_export_config(folder).get("type") if is_onnx_folder(folder) else None
+        except PolymodalError:  # an unreadable one: polymodal.load says so
+            pass
+    return kind in ("dual_encoder", "onnx_embedding")
+
+
 def _require(model, name, can: bool, lacks: str, other: str, use: str):
     if isinstance(model, (str, os.PathLike)):  # ImageIndex(...).update(folder, "lite") from Python
         raise PolymodalError(f"got the model name {str(model)!r} where a loaded model goes; pass "

@@ -43,7 +43,7 @@ from polymodal.errors import PolymodalError
 from polymodal.index.store import IndexDamaged
 from polymodal.models.beam_search import last_unfinished, unfinished_notes
 from polymodal.models.not_finite import NotFiniteAnswer
-from polymodal.registry import answers, captions, embeds
+from polymodal.registry import answers, captions, embeds, names_an_embedder
 from polymodal.serve.limits import (
     ApiError, ServeSettings, check_k, check_templates, check_texts, check_unicode_field, open_image_checked,
 )
@@ -157,6 +157,11 @@ def _swagger_version(folder_name: str) -> tuple[int, ...]:
     return tuple(int(x) for x in found.group(1).split(".")) if found else ()
 
 
+def _needs_index(name) -> PolymodalError:
+    return PolymodalError(f"{name} embeds images for an index: pass --db DB (or --qdrant URL) to serve it; without "
+                          "an index a server answers /v1/vqa (--vqa-model) and /v1/caption (--caption-model) only")
+
+
 def create_app(
     model: Any, db_path: str | Path | None, api_key: str | None = None, settings: ServeSettings | None = None,
     runtime: str = "auto", vqa_model: Any = None, caption_model: Any = None, **load_options,
@@ -234,6 +239,8 @@ def create_app(
             log.info("%s runs in fp32: --precision %s applies to EfficientNet-Lite0 image towers", m, precision)
         return loaded
 
+    if db_path is None and names_an_embedder(model):  # refused as below, but before its slow load
+        raise _needs_index(model)
     model, vqa_model = load(model), load(vqa_model)
     if isinstance(caption_model, (str, Path)):
         import polymodal
@@ -253,9 +260,7 @@ def create_app(
     elif caption_model is None and captions(model) and not embeds(model):  # the same for a captioner
         model, caption_model = load(index_model), model
     if db_path is None and model is not None:  # an embedding model serves an index (what would it search?)
-        raise PolymodalError(f"{getattr(model, 'name', model)} embeds images for an index: pass --db DB (or --qdrant "
-                             "URL) to serve it; without an index a server answers /v1/vqa (--vqa-model) and "
-                             "/v1/caption (--caption-model) only")
+        raise _needs_index(getattr(model, "name", model))
     if db_path is None and vqa_model is None and caption_model is None:
         raise PolymodalError("nothing to serve: pass --db DB (an index built by polymodal index) or --qdrant URL, or "
                              "--vqa-model / --caption-model to serve only answers or captions")
@@ -429,7 +434,10 @@ def create_app(
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page(request: Request) -> HTMLResponse:
         serves = list(svc.endpoints().values()) if svc.index is None else None
-        return HTMLResponse(render_page(request.scope.get("root_path", ""), serves))
+        panels = {"search": svc.index is not None, "add": svc.writable, "vqa": svc.vqa,
+                  "caption": svc.caption_model is not None}
+        return HTMLResponse(render_page(request.scope.get("root_path", ""), serves,
+                                        tuple(panel for panel, served in panels.items() if served)))
 
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import FileResponse

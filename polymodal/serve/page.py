@@ -86,7 +86,7 @@ PAGE = r"""<!doctype html>
 
   <!-- aria-label: a placeholder is gone once one types, and each file input was read only as "Choose File";
        role=status: an answer or an error was not announced; aria-describedby: an error is read again at its field -->
-  <section id="vqa" class="box" hidden>
+  <section id="vqa" class="box">
     <h2>Ask about an image</h2>
     <form id="vqa-form">
       <input id="vqa-file" type="file" accept="image/*" aria-label="image to ask about" aria-describedby="vqa-answer">
@@ -109,7 +109,7 @@ PAGE = r"""<!doctype html>
     <div id="classify-answer" role="status"></div>
   </section>
 
-  <section id="caption" class="box" hidden>
+  <section id="caption" class="box">
     <h2>Describe an image</h2>
     <form id="caption-form">
       <input id="caption-file" type="file" accept="image/*" aria-label="image to describe"
@@ -133,7 +133,7 @@ const $ = (id) => document.getElementById(id);
 let apiKey = sessionStorage.getItem("polymodal-key") || "";
 const thumbUrls = [];
 let writable = false;  // the index takes uploads and removals (a Qdrant collection is filled by pushes)
-let searchable = true;  // the server has an index (serve without --db answers questions or captions only)
+let searchable = __SEARCHABLE__;  // the server has an index (serve without --db answers questions or captions only)
 const started = {};  // requests started per panel: an earlier one answering after a later one must not replace it
 function begin(panel) {  // -> a function telling whether this request is still the panel's latest
   const mine = started[panel] = (started[panel] || 0) + 1;
@@ -426,8 +426,19 @@ loadInfo();
 """
 
 
-def render_page(root_path: str = "", serves: list[str] | None = None) -> str:
+# the panels of the page, by what they serve: the page comes with those of its server only (all were shown until
+# /v1/info answered: an index-less server's search box, a read-only index's Add panel)
+PANELS = {"search": ("search-form", "drop", "classify"), "add": ("add",), "vqa": ("vqa",), "caption": ("caption",)}
+
+
+def render_page(root_path: str = "", serves: list[str] | None = None,
+                panels: tuple[str, ...] = ("search", "add")) -> str:
     """The page, its API calls prefixed with `root_path` (as a JSON string, with "<" escaped: it sits in a script);
-    `serves`: what a server without an index gives ("answers", "captions"), which its title says instead of search."""
+    `serves`: what a server without an index gives ("answers", "captions"), which its title says instead of search;
+    `panels`: the PANELS the server serves, the others hidden (/v1/info's answer shows and hides them too)."""
+    page = PAGE
+    for element in (e for panel, ids in PANELS.items() if panel not in panels for e in ids):
+        page = page.replace(f'id="{element}"', f'id="{element}" hidden', 1)
     title = "polymodal " + " and ".join(serves) if serves else "polymodal search"
-    return PAGE.replace("__ROOT_PATH__", json.dumps(root_path).replace("<", "\\u003c")).replace("__TITLE__", title)
+    page = page.replace("__ROOT_PATH__", json.dumps(root_path).replace("<", "\\u003c")).replace("__TITLE__", title)
+    return page.replace("__SEARCHABLE__", json.dumps("search" in panels))

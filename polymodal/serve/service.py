@@ -37,6 +37,7 @@ from polymodal.index.qdrant import QdrantCollection, QdrantUnavailable
 from polymodal.index.scan import canonical_path, stream_sha256
 from polymodal.registry import answers, require_captioner, require_embedding, require_vqa
 from polymodal.serve.batching import BatchedModel, MicroBatcher
+from polymodal.serve.busy import BusyWriter
 from polymodal.serve.limits import INDEXED_FORMATS, ApiError, ServeSettings, image_suffix, open_image_checked
 from polymodal.serve.metrics import Metrics
 from polymodal.serve.writes import GroupCommit
@@ -122,6 +123,7 @@ class Service:
             on_batch=self.metrics.observe_batch, image_forward=self._forward_pixels if self.pixels else None,
         )
         self._write_lock = threading.Lock()  # adds and removes, one group at a time (the index also has a file lock)
+        self.busy = BusyWriter()  # how long clients refused by another writer of the index should wait
         # queued adds (removes) are written as one index update: a group holds up to 4 full requests' images
         self.writes = GroupCommit(self._write_lock, self._write_group, 4 * s.max_images_per_request,
                                   s.request_timeout_s, self._waited_too_long)
@@ -493,6 +495,11 @@ class Service:
         """GroupCommit's run, under the writer lock: one outcome (reply or exception) per request, in order."""
         return self._add_group(requests) if kind == "add" else self._remove_group(requests)
 
+    def _conflict(self, what: str, exc: PolymodalError) -> ApiError:
+        """409; with Retry-After when another process holds the index's writer lock, which passes (busy.py)."""
+        busy = isinstance(exc, IndexBusy)
+        return ApiError(409, f"{what}: {exc}", {"Retry-After": str(self.busy.retry_after())} if busy else None)
+
     def _add_group(self, requests: list[list[tuple[str, bytes]]]) -> list:
         if not self.index.exists():  # index.update would quietly start a new, empty index in its place
             raise self._gone()
@@ -502,7 +509,8 @@ class Service:
             try:
                 held.enter_context(self.index.writing())
             except PolymodalError as exc:  # another writer holds it (409 with Retry-After), or it cannot be taken
-                raise _conflict("could not add to the index", exc) from None
+                raise self._conflict("could not add to the index", exc) from None
+            self.busy.taken()
             return self._add_held(requests)
 
     def _add_held(self, requests: list[list[tuple[str, bytes]]]) -> list:
@@ -589,7 +597,7 @@ class Service:
             except (ApiError, IndexDamaged):
                 raise
             except PolymodalError as exc:
-                raise _conflict("could not add to the index", exc) from None
+                raise self._conflict("could not add to the index", exc) from None
         except BaseException as exc:
             for batch in batches:
                 shutil.rmtree(batch, ignore_errors=True)
@@ -612,7 +620,8 @@ class Service:
         except (ApiError, IndexDamaged):  # the index is gone (503), or damaged (the app's 503, logged once): no 409
             raise
         except PolymodalError as exc:
-            raise _conflict("could not remove from the index", exc) from None
+            raise self._conflict("could not remove from the index", exc) from None
+        self.busy.taken()
         for path in paths.values():
             if self._own_batch(Path(path).parent) and Path(path).name != "..":
                 Path(path).unlink(missing_ok=True)
@@ -736,12 +745,6 @@ class _Staged:
                 if path in ids:
                     entry["id"] = ids[path]
         return {"added": added, "skipped": self.duplicates + self.skipped, "count": count}
-
-
-def _conflict(what: str, exc: PolymodalError) -> ApiError:
-    """409; with Retry-After when another process holds the index's writer lock, which passes: 1 s, the least the
-    header can say, as another server's upload holds it ~0.1 s (1 photo) to ~0.7 s (8), 1.7 s at most measured."""
-    return ApiError(409, f"{what}: {exc}", {"Retry-After": "1"} if isinstance(exc, IndexBusy) else None)
 
 
 def vqa_fields(answer: Any) -> dict:
