@@ -15,6 +15,7 @@ an error.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -27,7 +28,7 @@ from polymodal.errors import PolymodalError
 from polymodal.data.answers import (YES_NO, answer_text, comparable_answer, normalize_answer, soft_vqa_score,
                                     matchable, unique_choices, unmatchable_annotators, vqa_punctuation)
 from polymodal.models.inputs import each_or_error, plural, readable_results
-from polymodal.models.not_finite import BROKEN, NOT_FINITE, is_finite_answer
+from polymodal.models.not_finite import NOT_FINITE, NotFiniteAnswer, all_not_finite, is_finite_answer
 
 log = logging.getLogger(__name__)
 
@@ -321,9 +322,7 @@ def _finite(results: list, rows: list[QARow]) -> list:
         return results
     first = f"{rows[bad[0]].question!r:.80} on {rows[bad[0]].image}"
     if len(bad) == len(answered):
-        every = "its one question" if len(bad) == 1 else f"all {len(bad):,} questions"
-        raise PolymodalError(f"the model scores the answers to {every} as NaN or inf (first: {first}), so none can "
-                             f"be chosen: {BROKEN}")
+        raise all_not_finite(len(bad), first=first)
     log.warning("left out %s whose answers the model scores as NaN or inf (first: %s): no answer can be chosen; "
                 "the figures are over the rest", plural(len(bad), "question"), first)
     bad = set(bad)
@@ -389,11 +388,20 @@ def _predict_rows(model, rows: list[QARow]) -> list:
     from polymodal.eval.retrieval import inside_as_bytes
 
     open_rows, mc_rows = [r for r in rows if not r.choices], [r for r in rows if r.choices]
-    answered = iter(model.predict([inside_as_bytes(r.image) for r in open_rows], [r.question for r in open_rows])
-                    if open_rows else [])
-    chosen = iter(model.predict_choices([inside_as_bytes(r.image) for r in mc_rows], [r.question for r in mc_rows],
-                                        [list(r.choices) for r in mc_rows]) if mc_rows else [])
+    answered = iter(_scored(model.predict, [inside_as_bytes(r.image) for r in open_rows],
+                            [r.question for r in open_rows]) if open_rows else [])
+    chosen = iter(_scored(model.predict_choices, [inside_as_bytes(r.image) for r in mc_rows],
+                          [r.question for r in mc_rows], [list(r.choices) for r in mc_rows]) if mc_rows else [])
     return [next(chosen) if r.choices else next(answered) for r in rows]
+
+
+def _scored(predict, images: list, *args) -> list:
+    """predict(images, *args), with rows the model scores all as NaN as (no answer, NaN) again: predict() raises
+    for them, and each_or_error would retry them one by one and count each as unreadable; _finite counts them."""
+    try:
+        return predict(images, *args)
+    except NotFiniteAnswer:
+        return [("", math.nan)] * len(images)
 
 
 def unscorable_choices(model, rows: list[QARow], open_rows: int = 0) -> dict:

@@ -52,7 +52,7 @@ from polymodal.fusion.base import decision_level
 from polymodal.models.beam_search import MAX_TOKENS
 from polymodal.models.inputs import as_images, as_texts, check_count, check_fraction, one_question, vqa_rows
 from polymodal.models.modes import check_float32, in_eval_mode
-from polymodal.models.not_finite import finite_answer, finite_ranking
+from polymodal.models.not_finite import finite_answer, finite_ranking, finite_rows
 
 log = logging.getLogger(__name__)
 
@@ -487,10 +487,12 @@ class FusionEncoder(nn.Module):
             out.append(self.vqa_logits(image_inputs[used], states[:, :width], mask[:, :width], local).float())
         return torch.cat(out) if out else torch.zeros(0, len(self.answers))
 
+    @finite_rows
     @in_eval_mode
     def predict(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 256) -> list[tuple[str, float]]:
         """One (answer, probability) per (image, question) row; each distinct image is encoded once, and each distinct
-        question once per block of IMAGE_BLOCK images (see _block_logits)."""
+        question once per block of IMAGE_BLOCK images (see _block_logits). A row scored NaN has no answer; every row
+        so is an error (see not_finite.finite_rows)."""
         images, questions = vqa_rows(images, questions)
         batch_size = check_count(batch_size, "batch_size")
         if not questions:
@@ -556,12 +558,13 @@ class FusionEncoder(nn.Module):
                                                           f"max_question_tokens={self.config.max_question_tokens}"):
             self.text_tower._warned_cut = True  # this warning stands for the tower's (warn_once_if_cut): one, not two
 
+    @finite_rows
     @in_eval_mode
     @torch.inference_mode()
     def predict_choices(self, images: Sequence[Any], questions: Sequence[str], choices: Sequence[Sequence[str]],
                         batch_size: int = 256) -> list[tuple[str, float]]:
         """Multiple choice over rows: the best of each row's candidates and its score, ranked as ``answer(...,
-        choices=...)`` ranks them; images and questions are encoded as predict() encodes them."""
+        choices=...)`` ranks them; images and questions are encoded as predict() encodes them (NaN: as predict())."""
         images, questions = vqa_rows(images, questions)
         choices = check_row_choices(choices, len(questions), self.check_choices)
         batch_size = check_count(batch_size, "batch_size")  # before the towers run

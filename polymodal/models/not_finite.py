@@ -5,7 +5,9 @@ was no strict JSON). So no such answer is counted, printed or sent."""
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable
 
 from polymodal.errors import PolymodalError
 
@@ -38,3 +40,26 @@ def finite_ranking(ranked: list[tuple[str, float]], inputs_finite: bool) -> list
 def is_finite_answer(result) -> bool:
     """A row's (answer, score), as predict() and predict_choices() give it, has a finite score."""
     return math.isfinite(result[1])
+
+
+def all_not_finite(count: int, model: str = "the model", first: str = "") -> NotFiniteAnswer:
+    """The error for a model that scores the answers to every one of ``count`` questions as NaN or inf."""
+    every = "its one question" if count == 1 else f"all {count:,} questions"
+    where = f" (first: {first})" if first else ""
+    return NotFiniteAnswer(f"{model} scores the answers to {every} as NaN or inf{where}, so none can be chosen: "
+                           f"{BROKEN}")
+
+
+def finite_rows(predict: Callable) -> Callable:
+    """For a VQA model's predict() and predict_choices(): one error when every row is scored NaN or inf. Each row's
+    answer was then the vocabulary's first (the argmax of NaN), and only its NaN score said that it was none. A row
+    scored so among finite rows (a photo that overflows the model) keeps its NaN score: `eval vqa` leaves it out."""
+
+    @functools.wraps(predict)
+    def checked(self, *args, **kwargs):
+        rows = predict(self, *args, **kwargs)
+        if rows and not any(map(is_finite_answer, rows)):
+            raise all_not_finite(len(rows), f"model {getattr(self, 'name', type(self).__name__)!r}")
+        return rows
+
+    return checked

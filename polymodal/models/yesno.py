@@ -38,7 +38,7 @@ from polymodal.data.answers import YES_NO, checked_choices, comparable_answer, u
 from polymodal.models.fusion_encoder import _dedupe, choice_rows
 from polymodal.models.inputs import as_images, as_texts, check_count, one_question, vqa_rows
 from polymodal.models.modes import evaluating
-from polymodal.models.not_finite import finite_answer, finite_ranking
+from polymodal.models.not_finite import finite_answer, finite_ranking, finite_rows
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +209,10 @@ class YesNoModel:
         logit = x @ self.state["coef"] + self.state["intercept"][0]
         return 1.0 / (1.0 + np.exp(-logit))
 
+    @finite_rows
     def predict(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 32) -> list[tuple[str, float]]:
         """One (answer, probability of that answer) per (image, question) row; each distinct image and question is
-        encoded once."""
+        encoded once. NaN scores: as FusionEncoder.predict."""
         images, questions = vqa_rows(images, questions)
         batch_size = check_count(batch_size, "batch_size")
         if not questions:
@@ -239,6 +240,7 @@ class YesNoModel:
         top = ranked[:top_k]
         return finite_answer({"answer": top[0][0], "score": top[0][1], "alternatives": top})
 
+    @finite_rows
     def predict_choices(self, images: Sequence[Any], questions: Sequence[str], choices: Sequence[Sequence[str]],
                         batch_size: int = 32) -> list[tuple[str, float]]:
         """Multiple choice over rows: the best of each row's candidates and its score, as answer(..., choices=...)."""

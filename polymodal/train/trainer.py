@@ -329,6 +329,7 @@ class Trainer:
                 self._seed_rank()
                 train_metrics = self._train_epoch(logger)
                 self.epoch += 1
+                self._refuse_broken_weights()  # before validation: a NaN model scored 0 there, and was kept
                 record = {"step": self.step, "epoch": self.epoch, "split": "val", **train_metrics}
                 if self.eval_fn is not None:
                     self.model.eval()
@@ -382,6 +383,17 @@ class Trainer:
 
         if distributed.world_size() > 1:
             set_seed(int(make_rng(self.cfg.seed, self.epoch, distributed.rank(), RANK_STREAM).integers(2**32)))
+
+    def _refuse_broken_weights(self) -> None:
+        """One error when the epoch left a weight it trains NaN or inf (a step whose loss was finite, as the loss
+        check before each step sees it, can still diverge): nothing would look at that epoch's weights again, and
+        they would be saved as the checkpoint and (without validation) as RUN/model, which then answered NaN."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):  # one GPU sync, not one a tensor
+            return
+        raise PolymodalError(f"the weights became NaN or inf in epoch {self.epoch} (by step {self.step}) at --lr "
+                             f"{self.cfg.lr:g}, though the training loss was finite: {LOWER_LR}, or check the data; "
+                             "the run keeps its last checkpoint, if any")
 
     def _check_metric(self, metrics: dict) -> dict:
         """Validation's metrics, or one error when they lack early_stop_metric: a misspelt name would otherwise
