@@ -475,6 +475,25 @@ class CacheFill:
                 self._keep_in_memory(exc)
         put_rows(self.memory, row, block)
 
+    def values(self, start: int, count: int):
+        """Values ``start .. start + count`` of the array, flattened (rows not written yet are zeros): what a
+        torchrun sum reads a chunk at a time; ``write(start, values)`` puts them back."""
+        import numpy as np
+
+        if self.file is not None:
+            data = bytearray(count * self.dtype.itemsize)
+            try:
+                self._read_at(self.start + start * self.dtype.itemsize, memoryview(data))
+                return np.frombuffer(data, self.dtype)
+            except OSError as exc:
+                self._keep_in_memory(exc)
+        return self.memory.reshape(-1)[start : start + count]
+
+    def _read_at(self, offset: int, view: memoryview) -> None:
+        self.file.seek(offset)
+        while view:  # a raw read gives at most ~2 GB (Linux's limit for one read)
+            view = view[self.file.readinto(view) or len(view) :]
+
     def _write_at(self, offset: int, data: bytes) -> None:
         self.file.seek(offset)
         view = memoryview(data)
@@ -488,10 +507,7 @@ class CacheFill:
         self.memory = np.zeros(self.shape, self.dtype)
         if self.start is not None:
             with suppress(OSError):
-                self.file.seek(self.start)
-                view = memoryview(self.memory.reshape(-1)).cast("B")
-                while view:  # a raw read gives at most ~2 GB (Linux's limit for one read)
-                    view = view[self.file.readinto(view) or len(view) :]
+                self._read_at(self.start, memoryview(self.memory.reshape(-1)).cast("B"))
         self.discard()
 
     def discard(self) -> None:

@@ -444,6 +444,11 @@ class OneLineParser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def exit(self, status: int = 0, message: str | None = None):
+        if status and _said_by_another_process():  # torchrun: the mistake once, not once per process
+            message = None
+        super().exit(status, message)
+
     def error(self, message: str):
         # a flag of one of its (sub)commands is no mistake: `polymodal train --resume` misses the task, not a flag
         known = self._flags_below()
@@ -652,18 +657,35 @@ def _memory_said(args, before: tuple | None):
 def _refuse_torchrun(args) -> None:
     """Under torchrun every process runs the command: `train` splits its work (or, for the one-process trainers,
     refuses with its own line); the other commands would each do all of it (`index` failed on the other process's
-    index lock with "terminated: 0 of N images saved", `eval` printed its figures once per process). LOCAL_RANK too,
-    which torchrun gives each process: a cluster job (Kubernetes' PyTorchJob) sets WORLD_SIZE for the whole
-    container, where a script may run `polymodal eval` after its torchrun."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    except ValueError:
-        world = 1
-    if world > 1 and "LOCAL_RANK" in os.environ and args.command != "train":
+    index lock with "terminated: 0 of N images saved", `eval` printed its figures once per process)."""
+    world = _torchrun_processes()
+    if world > 1 and args.command != "train":
         raise PolymodalError(f"`polymodal {args.command}` runs in one process and does not split its work under "
                              f"torchrun (each of the {world} processes would do all of it); start it as "
                              f"`polymodal {args.command} ...`. `train contrastive` is the command that trains "
                              "across torchrun processes")
+
+
+def _torchrun_processes() -> int:
+    """How many processes torchrun started for this run (1: not under torchrun). LOCAL_RANK too, which torchrun
+    gives each process: a cluster job (Kubernetes' PyTorchJob) sets WORLD_SIZE for the whole container, where a
+    script may run `polymodal eval` after its torchrun."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        world = 1
+    return world if "LOCAL_RANK" in os.environ else 1
+
+
+def _said_by_another_process(exc: BaseException | None = None) -> bool:
+    """Under torchrun, whether another process prints this error, so that this one exits 2 without a line: the
+    processes read the same command line and files, and each printed the same mistake. Once they have joined their
+    group, `distributed` marks such errors (SaidElsewhere); before, each process of a machine runs the same code on
+    the same input, and the machine's first process (LOCAL_RANK 0) says it."""
+    distributed = sys.modules.get("polymodal.train.distributed")  # loaded by the commands that run under torchrun
+    if distributed is not None and distributed.is_distributed():
+        return isinstance(exc, distributed.SaidElsewhere)
+    return _torchrun_processes() > 1 and os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
 
 
 def _checkpoint_stamp(args) -> tuple | None:
@@ -817,7 +839,8 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         return _quiet_closed_stdout()
     except PolymodalError as exc:  # text from the command line or a file name may hold undecodable bytes
-        _say(f"polymodal: error: {str(exc).encode('utf-8', 'backslashreplace').decode()}")
+        if not _said_by_another_process(exc):
+            _say(f"polymodal: error: {str(exc).encode('utf-8', 'backslashreplace').decode()}")
         return 2
     except KeyboardInterrupt as exc:
         word, code = interrupt_status(exc)

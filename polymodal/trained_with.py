@@ -20,6 +20,7 @@ from polymodal.cache import atomic_write_bytes
 from polymodal.errors import PolymodalError
 
 FILE_NAME = "trained_with.json"
+NOT_RECORDED = "not recorded (saved before polymodal recorded it, or not by `polymodal train`)"
 
 
 def trained_with(settings: dict, call: str | None = None) -> dict:
@@ -164,6 +165,18 @@ def _environment_row(env) -> str:
     return ", ".join(parts)
 
 
+def recorded_command(record: dict) -> str:
+    """The record's command as one line: a CLI run's arguments joined, or the Python call it names."""
+    command = record.get("command")
+    return shlex.join(map(str, command)) if isinstance(command, list) else str(command)
+
+
+def recorded_settings(record: dict) -> tuple[dict, dict]:
+    """The record's settings and their "train" part ({} where either is missing or damaged)."""
+    settings = record.get("settings") if isinstance(record.get("settings"), dict) else {}
+    return settings, settings.get("train") if isinstance(settings.get("train"), dict) else {}
+
+
 def summary_rows(details: dict) -> list[tuple[str, str]]:
     """`polymodal info --model`'s table: (field, value) rows."""
     rows = [("folder", details["folder"]), ("type", str(details["type"])), ("key", str(details["key"]))]
@@ -173,14 +186,10 @@ def summary_rows(details: dict) -> list[tuple[str, str]]:
                                         f"{details['trained_with_other_weights']['version']}, saved over since "
                                         "(--json shows it as trained_with_other_weights)")]
     if record is None:
-        return [*rows, ("trained with", "not recorded (saved before polymodal recorded it, or not by `polymodal "
-                                        "train`); a run folder's train_config.json has its settings")]
-    settings = record.get("settings") if isinstance(record.get("settings"), dict) else {}
-    train = settings.get("train") if isinstance(settings.get("train"), dict) else {}
+        return [*rows, ("trained with", f"{NOT_RECORDED}; a run folder's train_config.json has its settings")]
+    settings, train = recorded_settings(record)
     source = f" ({record['source']})" if record.get("source") else ""
-    command = record.get("command")
-    rows += [("trained by", f"polymodal {record.get('polymodal')}{source}"),
-             ("command", shlex.join(map(str, command)) if isinstance(command, list) else str(command)),
+    rows += [("trained by", f"polymodal {record.get('polymodal')}{source}"), ("command", recorded_command(record)),
              ("seed", str(train.get("seed"))), ("environment", _environment_row(record.get("environment")))]
     for label, keys in (("data", ("pairs", "qa")), ("validation data", ("val_pairs", "val_qa"))):
         files = next((settings[k] for k in keys if settings.get(k)), None)

@@ -45,12 +45,14 @@ def test_processes_that_read_other_data_stop_with_one_line(tmp_path, monkeypatch
         differ = "(4 rows each, with other contents)"
     script = tmp_path / "ranks.py"
     script.write_text(SCRIPT)
-    for rc, _, err in _run_ranks(script, tmp_path):
+    ranks = _run_ranks(script, tmp_path)
+    for rc, _, err in ranks:
         assert rc == 2, err
         assert "Traceback" not in err, err
-        assert [line for line in err.splitlines() if line.startswith("polymodal:")] == [
-            f"polymodal: error: the processes read different --pairs data {differ}; every process must read the same "
-            "files (torchrun --nnodes: the same data on every machine, e.g. on storage they share)"], err
+    said = [[line for line in err.splitlines() if line.startswith("polymodal:")] for _, _, err in ranks]
+    assert said == [[  # rank 0 says it; every rank stops (s55: each said it, the same line once per process)
+        f"polymodal: error: the processes read different --pairs data {differ}; every process must read the same "
+        "files (torchrun --nnodes: the same data on every machine, e.g. on storage they share)"], []], ranks
     assert not (tmp_path / "run" / "model").exists()
 
 
@@ -67,7 +69,7 @@ def test_commands_that_do_not_split_their_work_refuse_torchrun(command, tmp_path
     monkeypatch.setenv("WORLD_SIZE", "2")  # a cluster job's container alone (no LOCAL_RANK): not torchrun
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert main(["info"]) == 0
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")  # (the machine's first process says it: test_s55_scaleout)
     capsys.readouterr()
     assert main(argv) == 2
     out, err = capsys.readouterr()

@@ -13,12 +13,31 @@ SHOWN = 48  # a notebook cell with k=1000 should not embed a thousand photos
 
 
 class Hits(list):
-    """list[Hit], best first, as every search returns it."""
+    """list[Hit], best first, as every search returns it. What list makes of it stays a Hits, in list's order:
+    ``hits[:5]``, ``dog_hits + cat_hits`` (the first list, then the second: not re-ranked, as scores of two queries
+    do not compare), ``hits * 2``, ``hits.copy()``."""
 
     def __getitem__(self, item):
         # hits[:5] is a Hits too (list's slice is a plain list): a notebook cell showing the top few gets the photos
         got = super().__getitem__(item)
         return Hits(got) if isinstance(item, slice) else got
+
+    # list's own return plain lists: `hits + more` in a notebook showed a wall of Hit reprs instead of the photos
+    def __add__(self, other):
+        return Hits(super().__add__(other))
+
+    def __radd__(self, other):  # [hit] + hits (list has no __radd__: a non-list is list's TypeError, as for +)
+        if not isinstance(other, list):
+            return NotImplemented
+        return Hits(list(other) + list(self))
+
+    def __mul__(self, n):
+        return Hits(super().__mul__(n))
+
+    __rmul__ = __mul__
+
+    def copy(self):
+        return Hits(self)
 
     def _repr_html_(self) -> str:
         figures = "".join(_figure(hit) for hit in self[:SHOWN])

@@ -47,6 +47,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from polymodal.cache import atomic_write_with, check_creatable, nearly_full
+from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 from polymodal.index import delta
 from polymodal.index.hits_view import Hits
@@ -168,6 +169,8 @@ class SearchByModel:
         if not isinstance(text, str):
             raise PolymodalError(f"search_text takes one query string, got {type(text).__name__}; for several "
                                  "queries use search(model.encode_text(queries), k)")
+        if is_blank(text):  # as the CLI and the server refuse it: a blank text's vector ranks photos by nothing
+            raise PolymodalError("the text query is empty; pass some words, e.g. search_text(model, 'a dog')")
         # a name ("lite") or a VQA model: one error, not an AttributeError (from a Qdrant collection, one dressed as
         # a server error)
         require_embedding(model)

@@ -30,7 +30,7 @@ class EmbeddingModel(EmbeddingInterface):
     def __init__(self) -> None:
         self._prompts = PromptCache(self)
 
-    def __repr__(self) -> str:  # (torch models among the subclasses keep nn.Module's, which comes first)
+    def __repr__(self) -> str:  # (DualEncoder, a torch module, has its own: models/summary.py)
         return f"{type(self).__name__}({self.key}, dim={self.dim})"
 
     # -- subclass hooks -------------------------------------------------------

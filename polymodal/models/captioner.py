@@ -32,6 +32,7 @@ from polymodal.models.beam_search import (MAX_TOKENS, NO_REPEAT, beam_search, ca
 from polymodal.models.folders import folder_type, read_folder_config, settings_from
 from polymodal.models.inputs import as_images, check_count, check_fraction
 from polymodal.models.modes import check_float32, in_eval_mode
+from polymodal.models.summary import image_tower, summary
 
 IMAGE_DIM = 1280
 
@@ -121,6 +122,12 @@ class Captioner(nn.Module):
     @property
     def key(self) -> str:
         return f"{self.name}@{self.version}"
+
+    def __repr__(self) -> str:  # what it is, not nn.Module's layer tree (models/summary.py)
+        c = self.config
+        return summary(self, "writes captions", [
+            ("towers", f"{image_tower(self)} grid -> {1 + c.prefix_grid ** 2} prefix tokens, MiniLM-L6 decoder with "
+                       f"LoRA rank {c.lora_rank}")])
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -229,7 +236,8 @@ class Captioner(nn.Module):
     @in_eval_mode
     def caption(self, images: Any, beam: int = 3, max_tokens: int = 20, batch_size: int = 16,
                 no_repeat: int = NO_REPEAT) -> list[str]:
-        """An image or images (paths, PIL images, arrays) -> one caption each (no_repeat: see generate)."""
+        """An image or images (paths, bytes, file objects, PIL images, arrays, tensors) -> one caption each
+        (no_repeat: see generate)."""
         check_float32(self, "captioner")
 
         def pieces_of(batch: list, beam: int, max_tokens: int, no_repeat: int) -> list[list[int]]:

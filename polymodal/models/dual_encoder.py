@@ -21,6 +21,7 @@ from polymodal.encoders.text import SentenceEncoder, minilm_path
 from polymodal.errors import PolymodalError
 from polymodal.models.base import EmbeddingModel
 from polymodal.models.heads import build_head
+from polymodal.models.summary import image_tower, summary, tuned
 
 N_IMAGE_BLOCKS = 16
 IMAGE_DIM = 1280
@@ -135,6 +136,12 @@ class DualEncoder(nn.Module, EmbeddingModel):
     @property
     def logit_scale_tensor(self) -> torch.Tensor:
         return self.log_logit_scale.clamp(max=math.log(100.0)).exp()  # CLIP's clamp at 100
+
+    def __repr__(self) -> str:  # what it is, not nn.Module's layer tree (models/summary.py)
+        c = self.config
+        return summary(self, f"dim={self.dim}", [
+            ("image", f"{image_tower(self)} -> {c.image_head} head{tuned(c.image_trainable_blocks, 'block')}"),
+            ("text", f"MiniLM-L6 -> {c.text_head} head{tuned(c.text_trainable_layers, 'layer')}")])
 
     @property
     def logit_scale(self) -> float:  # EmbeddingModel uses a float for zero-shot softmax

@@ -53,6 +53,7 @@ from polymodal.models.beam_search import MAX_TOKENS
 from polymodal.models.inputs import as_images, as_texts, check_count, check_fraction, one_question, vqa_rows
 from polymodal.models.modes import check_float32, in_eval_mode
 from polymodal.models.not_finite import finite_answer, finite_ranking, finite_rows
+from polymodal.models.summary import image_tower, summary
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,9 @@ class FusionEncoderConfig:
 
 
 class FusionEncoder(nn.Module):
-    """Image grid tokens + question tokens -> fusion -> VQA answer logits (and an optional ITM logit).
+    """Answers questions about images: ``answer(image, question)`` -> ``{"answer", "score", "alternatives"}``,
+    ``predict(images, questions)`` / ``predict_choices(...)`` for many rows, ``explain(image, question)`` -> a heat
+    map. Inside: image grid tokens + question tokens -> fusion -> VQA answer logits (and an optional ITM logit).
 
     Shapes: image cache input ``[B, g*g, F]`` (F = 1280, + 3*8*8 raw pixels with ``pixel_patches``); text cache
     input ``([B, L, 384], mask [B, L])``; answer logits ``[B, A]``. Pretraining heads: see the module docstring."""
@@ -285,6 +288,15 @@ class FusionEncoder(nn.Module):
     @property
     def key(self) -> str:
         return f"{self.name}@{self.version}"
+
+    def __repr__(self) -> str:  # what it is, not nn.Module's layer tree (models/summary.py)
+        c, g = self.config, self.config.grid
+        heads = [f"VQA over {len(self.answers)} answers" if self.vqa_head is not None else "no VQA head (pretrained)",
+                 *(name for name, on in (("ITM", c.itm_head), ("MLM", c.mlm_head), (f"MRM {c.mrm_head}", c.mrm_head))
+                   if on)]
+        return summary(self, f"{len(self.answers)} answers", [
+            ("towers", f"{image_tower(self)} {g}x{g} grid + MiniLM-L6 question tokens, frozen"),
+            ("fusion", f"{c.fusion}, dim {c.dim}"), ("heads", ", ".join(heads))])
 
     # -- what the feature cache stores ----------------------------------------------------------
     @property

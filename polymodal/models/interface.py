@@ -80,8 +80,9 @@ class EmbeddingInterface(ZeroShotMixin):
         return out
 
     def encode_image(self, images: Any, batch_size: int | None = None) -> np.ndarray:
-        """Paths, PIL images or numpy arrays -> float32 [N, dim], rows L2-normalised (self.transform, then
-        embed_pixels: the service relies on this split to preprocess in request threads)."""
+        """An image or images (paths, bytes, binary file objects, PIL images, numpy arrays or torch tensors, as
+        README's "Use it" says) -> float32 [N, dim], rows L2-normalised (self.transform, then embed_pixels: the
+        service relies on this split to preprocess in request threads)."""
         images = as_images(images)
         bs = check_count(batch_size, "batch_size", "the default") or self.image_batch_size
         out = [np.zeros((0, self.dim), np.float32)]

@@ -270,8 +270,12 @@ class YesNoModel:
     draws_heat_maps = False  # explain() is only there to say why: the CLI refuses --explain before answering
 
     def explain(self, image: Any, question: str, answer: str | None = None) -> np.ndarray:
-        raise PolymodalError(f"{self.name} scores the whole image against the question and has no heat map; "
-                             "drop --explain or use a fusion encoder")
+        """Refused: this model scores the whole image against the question, so it has no heat map. Only Python
+        reaches it (the CLI refuses --explain first), so the advice is Python's."""
+        raise PolymodalError(f"{self.name} scores the whole image against the question and has no heat map; for "
+                             "one, ask a fusion encoder (polymodal.load('easy-vqa').explain(image, question), or a "
+                             "`polymodal train vqa` model's), or map a phrase with an embedding model: "
+                             "polymodal.apps.explain.occlusion_heat(model, image, model.encode_text([phrase])[0])")
 
     # -- saving ---------------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:

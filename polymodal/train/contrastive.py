@@ -154,17 +154,18 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     recipe.validate()
     distributed.init_from_env()
     progress = progress and distributed.is_main()  # one set of progress bars under torchrun, not one per rank
-    check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs, recipe.train.patience)
-    distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
+    # torchrun: every process checks the same settings and reads the same files, and a mistake is printed once
+    with distributed.said_once():  # (its collective: every rank has checked the folder before rank 0 writes to it)
+        check_run_folder(recipe.out, resume, overwrite, recipe.train.epochs, recipe.train.patience)
     set_seed(recipe.train.seed)  # before the heads are initialised: same seed, same run
-    with only_splits(recipe.split):
+    with distributed.said_once(), only_splits(recipe.split):
         train_set = read_pair_sources(recipe.pairs)
     _same_pairs_on_all_ranks(train_set, "--pairs")
     # the texts are encoded before the split, as one list no --seed changes (a list per split was a new cache entry
     # for every seed, all its captions encoded again)
     texts_of_run = TextRows(_texts_of(train_set, recipe))
     if recipe.val_pairs:
-        with only_splits(recipe.val_split, "--val-split"):
+        with distributed.said_once(), only_splits(recipe.val_split, "--val-split"):
             val_set = read_pair_sources(recipe.val_pairs)
         _same_pairs_on_all_ranks(val_set, "--val-pairs")
         warn_of_shared_photos(train_set.images, val_set.images, "--val-pairs")
@@ -174,32 +175,33 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         val_set = None
     log.info("train: %s; val: %s", train_set, val_set)
 
-    if recipe.model == "lite":
-        model = DualEncoder(recipe.arch)
-    elif is_dual_encoder_folder(Path(recipe.model)):
-        model = load_dual_encoder(recipe.model)  # continue training a saved dual encoder
-        recipe.arch = model.config
-    else:
-        raise PolymodalError(wrong_folder_hint(recipe.model)
-                             or f"cannot train from {recipe.model!r}; pass --model lite or the model folder of a "
-                             "`polymodal train contrastive` run (RUN/model)")
-    name_after_run(model, recipe.out)
-    validation = validation_record(val_set)  # before unreadable photos are dropped: what the data gives
-    # zero-shot labels read before any photo is encoded (a wrong file is an error at once); when zero-shot top-1
-    # chooses the epoch kept, its labelled photos are validation data too: another labels file on --resume would
-    # compare the best score with one taken on other photos
-    labelled = read_labelled_images(recipe.zeroshot_labels) if recipe.zeroshot_labels else None
-    if labelled is not None and val_set is None and recipe.train.early_stop_metric == "val/rsum":  # no recall
-        log.info("no validation pairs: the best epoch is the one with the best zero-shot top-1")
-        recipe.train.early_stop_metric = "val/zeroshot_top1"
-    chooses = labelled is not None and recipe.train.early_stop_metric.startswith("val/zeroshot")
-    zeroshot_validation = validation_record(None, list(zip(*labelled)), "labels") if chooses else None
-    if resume:
-        check_same_run(Path(recipe.out), recipe.arch, recipe.train,
-                       val_fraction=None if recipe.val_pairs else recipe.val_fraction,
-                       seed_draws_validation=not recipe.val_pairs and recipe.val_fraction > 0)
-        check_same_validation_set(Path(recipe.out), validation)
-        check_same_validation_set(Path(recipe.out), zeroshot_validation, "zeroshot_validation")
+    with distributed.said_once():  # --model, --zeroshot-labels, --resume's checks: a mistake is printed once
+        if recipe.model == "lite":
+            model = DualEncoder(recipe.arch)
+        elif is_dual_encoder_folder(Path(recipe.model)):
+            model = load_dual_encoder(recipe.model)  # continue training a saved dual encoder
+            recipe.arch = model.config
+        else:
+            raise PolymodalError(wrong_folder_hint(recipe.model)
+                                 or f"cannot train from {recipe.model!r}; pass --model lite or the model folder of a "
+                                 "`polymodal train contrastive` run (RUN/model)")
+        name_after_run(model, recipe.out)
+        validation = validation_record(val_set)  # before unreadable photos are dropped: what the data gives
+        # zero-shot labels read before any photo is encoded (a wrong file is an error at once); when zero-shot top-1
+        # chooses the epoch kept, its labelled photos are validation data too: another labels file on --resume would
+        # compare the best score with one taken on other photos
+        labelled = read_labelled_images(recipe.zeroshot_labels) if recipe.zeroshot_labels else None
+        if labelled is not None and val_set is None and recipe.train.early_stop_metric == "val/rsum":  # no recall
+            log.info("no validation pairs: the best epoch is the one with the best zero-shot top-1")
+            recipe.train.early_stop_metric = "val/zeroshot_top1"
+        chooses = labelled is not None and recipe.train.early_stop_metric.startswith("val/zeroshot")
+        zeroshot_validation = validation_record(None, list(zip(*labelled)), "labels") if chooses else None
+        if resume:
+            check_same_run(Path(recipe.out), recipe.arch, recipe.train,
+                           val_fraction=None if recipe.val_pairs else recipe.val_fraction,
+                           seed_draws_validation=not recipe.val_pairs and recipe.val_fraction > 0)
+            check_same_validation_set(Path(recipe.out), validation)
+            check_same_validation_set(Path(recipe.out), zeroshot_validation, "zeroshot_validation")
     feats = image_features(model, train_set.images, views=recipe.views, augment=Augment(), seed=recipe.train.seed,
                            progress=progress, skip_unreadable=True, split_across_ranks=True)  # torchrun: a share each
     rows = readable_rows(feats)

@@ -6,6 +6,7 @@ import atexit
 import hashlib
 import logging
 import os
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -46,6 +47,42 @@ def barrier() -> None:
         dist.barrier()
 
 
+class SaidElsewhere(PolymodalError):
+    """An error another process of this torchrun run prints: each made the same mistake (a missing --pairs file),
+    or another made one of its own. The CLI exits 2 without a line, so the user reads a mistake once, not once per
+    process (torchrun's report still lists each process's exit)."""
+
+
+def error_of_every_rank(message: str) -> PolymodalError:
+    """The error each rank raises alike (after a collective that told them all): rank 0 prints it."""
+    return PolymodalError(message) if rank() == 0 else SaidElsewhere(message)
+
+
+@contextmanager
+def said_once():
+    """Run a block every process runs alike (checks of the same settings and files), then learn how the others
+    fared: a mistake they all make is printed by the first process that made it only, and a mistake some make stops
+    the others at once, silently, instead of in their next collective. The end of the block is a collective: it
+    must hold none itself (a process that failed would not join it)."""
+    if not is_distributed() or world_size() == 1:
+        yield
+        return
+    error = None
+    try:
+        yield
+    except PolymodalError as exc:
+        error = exc
+    said: list = [None] * world_size()
+    dist.all_gather_object(said, None if error is None else str(error))
+    if error is not None and said.index(str(error)) == rank():
+        raise error
+    if error is not None:
+        raise SaidElsewhere(str(error)) from None
+    first = next((r for r, text in enumerate(said) if text is not None), None)
+    if first is not None:
+        raise SaidElsewhere(f"process {first} of {world_size()} stopped: {said[first]}")
+
+
 def same_on_all_ranks(value: int, what: str, fix: str) -> None:
     """Raise the same PolymodalError on every rank when ranks hold different values of ``what`` (they would
     otherwise run different numbers of steps and hang in a collective)."""
@@ -54,7 +91,7 @@ def same_on_all_ranks(value: int, what: str, fix: str) -> None:
     values: list = [None] * world_size()
     dist.all_gather_object(values, int(value))
     if len(set(values)) > 1:
-        raise PolymodalError(f"the processes disagree on {what} ({values} by rank); {fix}")
+        raise error_of_every_rank(f"the processes disagree on {what} ({values} by rank); {fix}")
 
 
 def same_rows_on_all_ranks(rows: Sequence[str], what: str, fix: str) -> None:
@@ -69,7 +106,7 @@ def same_rows_on_all_ranks(rows: Sequence[str], what: str, fix: str) -> None:
     if len(set(seen)) > 1:
         counts = [n for n, _ in seen]
         differ = f"{counts} rows by rank" if len(set(counts)) > 1 else f"{counts[0]} rows each, with other contents"
-        raise PolymodalError(f"the processes read different {what} ({differ}); {fix}")
+        raise error_of_every_rank(f"the processes read different {what} ({differ}); {fix}")
 
 
 def share_of_batches(n: int, batch_size: int, split: bool = True) -> range:
@@ -101,18 +138,20 @@ def any_shape(shape: tuple | None) -> tuple | None:
 SUM_CHUNK = 1 << 24  # values per all_reduce: a float32 copy of one chunk (64 MB) at a time, not of the whole cache
 
 
-def sum_in_place(array) -> None:
-    """Sum a numpy array over the processes, in place, in float32 chunks. Each process holds its share of the rows
-    and zeros elsewhere, so the sum is every row exactly (NaN rows, images that could not be read, stay NaN)."""
+def sum_in_place(fill) -> None:
+    """Sum a cache array over the processes, in place, in float32 chunks. ``fill`` (a polymodal.cache.CacheFill)
+    holds this process's share of the rows and zeros elsewhere, so the sum is every row exactly (NaN rows, images
+    that could not be read, stay NaN). A chunk at a time from its file: each process used to hold the whole array in
+    memory, though it computed a share of it (a grid cache for 82,000 photos is ~10 GB)."""
     if not is_distributed() or world_size() == 1:
         return
     import numpy as np
 
-    flat = array.reshape(-1)  # a view: the array is contiguous
-    for start in range(0, flat.size, SUM_CHUNK):
-        t = torch.from_numpy(np.ascontiguousarray(flat[start : start + SUM_CHUNK], dtype=np.float32))
+    size = int(np.prod(fill.shape))
+    for start in range(0, size, SUM_CHUNK):
+        t = torch.from_numpy(np.array(fill.values(start, min(SUM_CHUNK, size - start)), dtype=np.float32))
         dist.all_reduce(t)
-        flat[start : start + SUM_CHUNK] = t.numpy()
+        fill.write(start, t.numpy().astype(fill.dtype))
 
 
 def average_gradients(params) -> None:

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from polymodal.cache import CacheFill, cache_key, mark_used, put_rows, row_key, rows_elsewhere, rows_file
+from polymodal.cache import CacheFill, cache_key, mark_used, row_key, rows_elsewhere, rows_file
 from polymodal.cache import store_row_keys
 from polymodal.cache import load_cached as _load_cached
-from polymodal.cache import store_cached as _store
 from polymodal.data.augment import Augment, make_rng, photo_decode_size, view_transform
 from polymodal.data.images import LOADER_VERSION
 from polymodal.data.pairs import PairSet, open_pair_image
@@ -120,20 +119,30 @@ def image_features(
     mine = sum(min(batch_size, len(images) - i) for i in starts)
     bar = progress_bar(total=views * mine, desc="caching image features", unit="img", disable=not progress)
     with bar:  # closed on an error too: no bar line after the error's
-        out = _encode_views(model, images, views, augment, seed, starts, batch_size, skip_unreadable, bar,
-                            None if split else path)
-    if isinstance(out, CacheFill):
-        return _with_row_keys(out.finish(), path, keys)
-    if split:  # each rank holds its batches' rows and zeros elsewhere: the sum is every row
+        out = _encode_views(model, images, views, augment, seed, starts, batch_size, skip_unreadable, bar, path)
+    if split:  # a rank none of whose images could be read (others' could) marks its rows unread
+        out = _sum_shares(out, lambda shape: _share_unread(path, shape, starts, batch_size))
+    if out is None:  # (torchrun: on every rank alike, and rank 0 says so)
+        error = distributed.error_of_every_rank if split else PolymodalError
+        raise error(f"none of the {plural(len(images), 'image')} could be read (first: {images[0]}); check the "
+                    "image files (polymodal -v ... names each one)")
+    return _with_row_keys(out.finish(), path, keys)
+
+
+def _sum_shares(out: CacheFill | None, empty) -> CacheFill | None:
+    """torchrun: each rank's ``out`` holds its batches' rows, zeros elsewhere (a sparse file), so their sum is every
+    row; a rank without any gets ``empty(shape)`` first. None where no rank had one."""
+    try:
         shape = distributed.any_shape(None if out is None else out.shape)
-        if out is None and shape is not None:  # none of this rank's images could be read; others' could
-            out = _share_unread(shape, starts, batch_size)
+        if out is None and shape is not None:
+            out = empty(shape)
         if out is not None:
             distributed.sum_in_place(out)
-    if out is None:
-        raise PolymodalError(f"none of the {plural(len(images), 'image')} could be read (first: {images[0]}); check "
-                             "the image files (polymodal -v ... names each one)")
-    return _with_row_keys(_store(path, out), path, keys)
+        return out
+    except BaseException:  # another process stopped: no temporary file left behind
+        if out is not None:
+            out.discard()
+        raise
 
 
 def _with_row_keys(feats: np.ndarray, path, keys) -> np.ndarray:
@@ -213,10 +222,10 @@ def _reads_now(model, images: Sequence, unread: np.ndarray, skip_unreadable: boo
 
 
 def _encode_views(model, images: Sequence, views: int, augment: Augment, seed: int, starts: range, batch_size: int,
-                  skip_unreadable: bool, bar, path=None) -> np.ndarray | CacheFill | None:
+                  skip_unreadable: bool, bar, path) -> CacheFill | None:
     """[views, N, *feature_shape] float16 features of the batches starting at ``starts``, NaN rows for unreadable
-    images among them; None when none could be read. With ``path``: written to that cache file batch by batch (a
-    CacheFill), never held whole in memory. Without: in memory, zeros in the rows of other batches (other ranks')."""
+    images among them, zeros in the rows of other batches (other ranks'); None when none could be read. Written to
+    the cache file at ``path`` batch by batch (a CacheFill), never held whole in memory."""
     out, unread = None, []  # unread: (row, count) of the batches before the first image that could be read
     try:
         for v in range(views):
@@ -230,38 +239,32 @@ def _encode_views(model, images: Sequence, views: int, augment: Augment, seed: i
                 if rows:
                     if out is None:
                         shape = (views, len(images), *feats.shape[1:])
-                        out = CacheFill(path, shape, np.float16) if path else _share_unread(shape, starts, batch_size)
+                        out = CacheFill(path, shape, np.float16)
                         for row, count in unread:
-                            _put(out, row, np.full((count, *shape[2:]), np.nan, np.float16))
+                            out.write(row, np.full((count, *shape[2:]), np.nan, np.float16))
                 if out is None:
                     unread.append((v * len(images) + i, len(pils)))
                 else:
                     block = np.full((len(pils), *out.shape[2:]), np.nan, np.float16)
                     if feats is not None:
                         block[rows] = feats
-                    _put(out, v * len(images) + i, block)
+                    out.write(v * len(images) + i, block)
                 bar.update(len(pils))
     except BaseException:
-        if isinstance(out, CacheFill):
+        if out is not None:
             out.discard()
         raise
     return out
 
 
-def _put(out: np.ndarray | CacheFill, row: int, block: np.ndarray) -> None:
-    """Rows ``row, ...`` of ``out`` (counted over its views and images) are ``block``'s."""
-    if isinstance(out, CacheFill):
-        out.write(row, block)
-    else:
-        put_rows(out, row, block)
-
-
-def _share_unread(shape: tuple, starts: range, batch_size: int) -> np.ndarray:
-    """[views, N, ...] float16: NaN (unread) in the rows of the batches at ``starts`` (this process's share, until
-    their features are in), zeros in the others' rows (other ranks' share, summed in)."""
-    out = np.zeros(shape, np.float16)
-    for i in starts:
-        out[:, i : i + batch_size] = np.nan
+def _share_unread(path, shape: tuple, starts: range, batch_size: int) -> CacheFill:
+    """[views, N, ...] float16 at ``path``: NaN (unread) in the rows of the batches at ``starts`` (this process's
+    share, none of which it could read), zeros in the others' rows (other ranks' share, summed in)."""
+    out = CacheFill(path, shape, np.float16)
+    for v in range(shape[0]):
+        for i in starts:
+            block = np.full((min(batch_size, shape[1] - i), *shape[2:]), np.nan, np.float16)
+            out.write(v * shape[1] + i, block)
     return out
 
 
@@ -340,14 +343,10 @@ def text_features(model, captions: Sequence[str], batch_size: int = 128, progres
     # one process: written to the file batch by batch, as image features are (a run's one list of captions and
     # hard negatives was held whole in memory: 2.3x the peak of its largest list before, repro text_peak.py)
     out = _encode_texts(model, captions, progress_bar(starts, desc="caching text features", disable=not progress),
-                        batch_size, path=None if split else path)
-    if isinstance(out, CacheFill):
-        return out.finish()
+                        batch_size, path=path)
     if split:  # a rank with no batch (fewer batches than ranks) learns the shape from the others
-        shape = distributed.any_shape(None if out is None else out.shape)
-        out = np.zeros(shape, np.float32) if out is None else out
-        distributed.sum_in_place(out)
-    return _store(path, out)
+        out = _sum_shares(out, lambda shape: CacheFill(path, shape, np.float32))
+    return out.finish()
 
 
 class TextRows:

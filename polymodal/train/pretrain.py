@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from polymodal.cache import cache_key
+from polymodal.cache import store_cached as _store
 from polymodal.data.images import draft_size_of
 from polymodal.data.jsonl import only_splits
 from polymodal.data.pairs import PairSet, held_out_images, open_pair_image, read_pair_sources
@@ -54,7 +55,7 @@ from polymodal.models.fusion_encoder import (
 )
 from polymodal.models.inputs import as_parts, as_paths, as_settings
 from polymodal.progress import progress_bar
-from polymodal.train.features import _load_cached, _store, readable_pairs, readable_subset
+from polymodal.train.features import _load_cached, readable_pairs, readable_subset
 from polymodal.train.guards import (
     FRACTION, NON_NEGATIVE, check_ranges, check_types, refuse_unfreezing, refuse_lone_val_split, freeze_parts,
     warn_of_shared_photos,

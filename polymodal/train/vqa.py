@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from polymodal.cache import cache_key
+from polymodal.cache import store_cached as _store
 from polymodal.data.answers import comparable_answer, normalize_answer
 from polymodal.data.jsonl import only_splits
 from polymodal.data.pairs import held_out_images
@@ -39,7 +40,7 @@ from polymodal.models.modes import evaluating
 from polymodal.models.not_finite import BROKEN
 from polymodal.progress import progress_bar
 from polymodal.train.features import (
-    _load_cached, _nan_rows, _store, image_features, readable_subset, report_unreadable,
+    _load_cached, _nan_rows, image_features, readable_subset, report_unreadable,
 )
 from polymodal.train.guards import (
     AT_LEAST_1, AT_LEAST_2, FRACTION, LOWER_LR, NON_NEGATIVE, check_ranges, check_types, freeze_parts,
