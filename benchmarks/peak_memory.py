@@ -5,8 +5,9 @@
 Each command runs in a fresh interpreter (`python -m polymodal ...`, OMP_NUM_THREADS=1 unless set, a feature cache
 of its own: the first, cold run) on real photos from ../shared/data: an index of --photos photos (Flickr8k dev photos
 and the 80 full-size COCO photos), text and image searches of it, `eval retrieval` and `train contrastive` (1 epoch)
-on Flickr8k pairs, `train vqa` (1 epoch) on the COCO yes/no questions, `caption` of 10 COCO photos, `export onnx
-default`, and `serve` idle and after 15 requests. Prints one JSON line per command: its peak RSS (the kernel's
+on Flickr8k pairs, `train vqa` (1 epoch) on the COCO yes/no questions, `caption` of 10 COCO photos, `export onnx`
+of `default` (100 validation photos), of `easy-vqa` (150 COCO yes/no questions) and of `captioner` (100 validation
+photos), and `serve` idle and after 15 requests. Prints one JSON line per command: its peak RSS (the kernel's
 ru_maxrss of that process), seconds and the exact command.
 """
 
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_context.py (test
 from run_context import SHARED_DATA, announce  # noqa: E402
 
 COMMANDS = ("index", "search_text", "search_image", "eval_retrieval", "caption", "train_contrastive", "train_vqa",
-            "export_onnx", "serve")
+            "export_onnx", "export_onnx_vqa", "export_onnx_captioner", "serve")
 
 
 def _rows(path: Path) -> list[dict]:
@@ -81,6 +82,10 @@ def argvs(f: dict, out: Path) -> dict[str, list[str]]:
                       "--batch-size", "64", "--out", str(out / "run-vqa"), "--quiet", "--overwrite"],
         "export_onnx": ["export", "onnx", "default", "--out", str(out / "onnx-default"), "--val-pairs", str(f["val"]),
                         "--val-limit", "100", "--json"],
+        "export_onnx_vqa": ["export", "onnx", "easy-vqa", "--out", str(out / "onnx-vqa"), "--val-qa", str(f["qa_val"]),
+                            "--json"],
+        "export_onnx_captioner": ["export", "onnx", "captioner", "--out", str(out / "onnx-captioner"), "--val-pairs",
+                                  str(f["val"]), "--val-limit", "100", "--json"],
         "serve": ["serve", "--db", db, "--caption-model", "captioner", "--port", str(_free_port())],
     }
 

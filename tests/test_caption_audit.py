@@ -315,6 +315,9 @@ class _FakeOnnx:
     def caption(self, images, beam=3, **decoding):
         return self.damage.get(self.step_file, lambda x: x)(self.model.caption(images, beam=beam))
 
+    def release_memory(self, image):  # (no arenas to give back)
+        pass
+
 
 @pytest.fixture
 def export_stand_ins(fresh, monkeypatch, tmp_path):
@@ -391,7 +394,7 @@ class _LoopingSession:
     def __init__(self, graph) -> None:
         self.graph = graph
 
-    def run(self, outputs, feeds):
+    def run(self, outputs, feeds, options=None):  # (as InferenceSession.run: run options last)
         if self.graph == "prefix":
             keys = feeds["pixels"][:, :1, :1, :1][None].astype(np.float32)  # [layers 1, B, heads 1, P 1, 1]
             return [keys, keys]

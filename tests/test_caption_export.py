@@ -126,7 +126,7 @@ def test_the_int8_step_graph_is_served_only_when_the_gate_keeps_it(exported, tmp
         assert (out / "step.int8_dynamic.onnx").stat().st_size < (out / "step.onnx").stat().st_size / 2
         rows = []  # int8 scales activations per batch: each photo decodes alone, its captions the same in a batch
         real = served.step.run
-        served.step.run = lambda names, feeds: rows.append(len(feeds["ids"])) or real(names, feeds)
+        served.step.run = lambda names, feeds, *options: rows.append(len(feeds["ids"])) or real(names, feeds, *options)
         together = served.caption(photos, max_tokens=4)
         assert max(rows) == 3 and together == [served.caption([p], max_tokens=4)[0] for p in photos]
     else:

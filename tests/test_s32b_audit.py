@@ -248,6 +248,9 @@ def test_answers_changed_alone_counts_the_answers_a_lone_question_changes(tmp_pa
         def __init__(self, out):
             self.grid = SimpleNamespace(run=lambda *a: None)
 
+        def release_memory(self, image, question):
+            pass
+
         def predict(self, images, questions):
             if len(questions) == 1:  # alone
                 return [("b" if questions[0] in ("q0", "q2") else "a", 0.5)]
@@ -255,12 +258,12 @@ def test_answers_changed_alone_counts_the_answers_a_lone_question_changes(tmp_pa
 
     monkeypatch.setattr(fusion_runtime, "OnnxFusionEncoder", Fake)
     monkeypatch.setattr(V, "int8_dynamic", lambda fp32, path, calibration=None: path.write_bytes(b"x"))
-    monkeypatch.setattr(onnx_export, "paired_speed", lambda run, base, items, seconds: (20.0, 10.0))
+    monkeypatch.setattr(onnx_export, "paired_speed", lambda run, base, items, seconds, release: (20.0, 10.0))
     monkeypatch.setattr("polymodal.eval.vqa.accuracy_by_type",
                         lambda said, rows: {"accuracy": sum(s == r.answer for s, r in zip(said, rows)) / len(rows)})
     fp32 = SimpleNamespace(transform=lambda images: np.zeros((len(images), 3, 4, 4), np.float32),
                            tokenizer=lambda questions: {"input_ids": np.zeros((len(questions), 3), np.int64)},
-                           grid=SimpleNamespace(run=lambda *a: None))
+                           grid=SimpleNamespace(run=lambda *a: None), release_memory=lambda image, question: None)
     tries = fusion_export._try_variants(tmp_path, {"files": {"grid": "grid.onnx"}}, fp32, rows, 1.0,
                                         {"grid": ("int8_dynamic",)}, 1.0, 0.01, lambda m: None)
     assert [t["answers_changed_alone"] for t in tries] == ["2 of 6"], tries

@@ -246,11 +246,11 @@ def _itm_fake(batch_size_seen):
             return f"{question} {answer}"
 
     class Question:
-        def run(self, _, feeds):
+        def run(self, _, feeds, options=None):
             return [feeds["input_ids"].astype(np.float32)[:, :, None]]
 
     class Match:
-        def run(self, _, feeds):
+        def run(self, _, feeds, options=None):
             assert len(feeds["grid"]) == len(feeds["states"])  # one image row per statement
             return [(feeds["grid"][:, 0, 0] + 10 * feeds["states"][:, 0, 0]) / 100]
 

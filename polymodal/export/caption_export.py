@@ -154,6 +154,7 @@ def _try_int8(out: Path, config: dict, fp32_model, images: Sequence, references,
         return {**row, "status": "skipped", "reason": str(exc)}
     path = out / "step.int8_dynamic.onnx"
     progress("trying int8_dynamic for the step graph")
+    fp32_model.release_memory(images[0])  # the variant is built and checked without its arenas
     try:
         V.int8_dynamic(out / "step.onnx", path)
         atomic_write_bytes(out / ONNX_CONFIG, json.dumps({**config, "files": {"step": path.name}}).encode())
@@ -161,7 +162,9 @@ def _try_int8(out: Path, config: dict, fp32_model, images: Sequence, references,
         cider = caption_scores(references, trial.caption(images, beam=beam))["cider"]
         few = list(images[:8])
         speed, fp32_speed = paired_speed(lambda: trial.caption(few, beam=beam),
-                                         lambda: fp32_model.caption(few, beam=beam), len(few), seconds)
+                                         lambda: fp32_model.caption(few, beam=beam), len(few), seconds,
+                                         release=(lambda: trial.release_memory(few[0]),
+                                                  lambda: fp32_model.release_memory(few[0])))
     except Exception as exc:  # an unsupported operator is a finding for the report, not a crash
         V.raise_if_disk_full(exc)  # a full disk is not
         path.unlink(missing_ok=True)

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from polymodal.export.graph_runtime import GraphExport
-from polymodal.export.runtime import export_tokenizer, onnx_session
+from polymodal.export.runtime import export_tokenizer, onnx_session, return_freed_memory, shrink_arena
 from polymodal.models.beam_search import CLS, NO_REPEAT, beam_search, caption_batches, caption_text
 from polymodal.models.inputs import as_images
 
@@ -22,17 +22,25 @@ class OnnxCaptioner(GraphExport):
         self.step = onnx_session(folder / self.files["step"], threads, {"ids", "position", "keys", "values"})
         self.tokenizer = export_tokenizer(folder / self.config["tokenizer"])
 
-    def _prefix(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-        return self.prefix.run(None, {"pixels": self.transform(list(images))})
+    def _prefix(self, images: Sequence[Any], options=None) -> tuple[np.ndarray, np.ndarray]:
+        return self.prefix.run(None, {"pixels": self.transform(list(images))}, options)
 
-    def _logits(self, ids: np.ndarray, keys: np.ndarray, values: np.ndarray):
+    def _logits(self, ids: np.ndarray, keys: np.ndarray, values: np.ndarray, options=None):
         position = np.array([ids.shape[1] - 1], dtype=np.int64)
-        return self.step.run(None, {"ids": ids[:, -1:], "position": position, "keys": keys, "values": values})
+        return self.step.run(None, {"ids": ids[:, -1:], "position": position, "keys": keys, "values": values},
+                             options)
 
-    def first_logits(self, images: Sequence[Any]) -> np.ndarray:
-        """The logits of each photo's first word (the export's parity check)."""
-        keys, values = self._prefix(as_images(images))
-        return self._logits(np.full((keys.shape[1], 1), CLS, dtype=np.int64), keys, values)[0]
+    def first_logits(self, images: Sequence[Any], options=None) -> np.ndarray:
+        """The logits of each photo's first word (the export's parity check); ``options``: onnxruntime RunOptions."""
+        keys, values = self._prefix(as_images(images), options)
+        return self._logits(np.full((keys.shape[1], 1), CLS, dtype=np.int64), keys, values, options)[0]
+
+    def release_memory(self, image: Any) -> None:
+        """Give back the memory both graphs' runs keep for the next one (onnxruntime keeps a session's arena at its
+        largest batch's size): a first step for one photo that shrinks the arenas after it. The export checks its
+        int8 step graph while the fp32 graphs' arenas would otherwise live beside the variant's."""
+        self.first_logits([image], shrink_arena())
+        return_freed_memory()
 
     def caption(self, images: Any, beam: int = 3, max_tokens: int = 20, batch_size: int = 16,
                 no_repeat: int = NO_REPEAT) -> list[str]:

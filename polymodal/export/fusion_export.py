@@ -225,6 +225,7 @@ def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, wan
     calibration = {"grid": [{"pixels": pixels[i : i + 8]} for i in range(0, len(pixels), 8)],
                    "question": [fp32_model.tokenizer(questions[i : i + 8]) for i in range(0, min(len(questions), 64), 8)]}
     tries = []
+    fp32_model.release_memory(images[0], questions[0])  # the variants are built and checked without its arenas
     for graph, names in wanted.items():
         fp32_session = getattr(fp32_model, graph)
         best = None
@@ -244,7 +245,9 @@ def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, wan
                 session = getattr(trial, graph)
                 speed, fp32_speed = paired_speed(lambda: session.run(None, inputs[graph]),
                                                  lambda: fp32_session.run(None, inputs[graph]),
-                                                 len(next(iter(inputs[graph].values()))), seconds)
+                                                 len(next(iter(inputs[graph].values()))), seconds,
+                                                 release=(lambda: trial.release_memory(images[0], questions[0]),
+                                                          lambda: fp32_model.release_memory(images[0], questions[0])))
             except Exception as exc:  # an unsupported operator is a finding for the report, not a crash
                 V.raise_if_disk_full(exc)  # a full disk is not
                 tries.append({"graph": graph, "variant": name, "status": "failed",

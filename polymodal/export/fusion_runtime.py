@@ -12,7 +12,7 @@ from polymodal.data.answers import check_row_choices, checked_choices, choice_in
 from polymodal.data.tokenizer import FastTokenizer
 from polymodal.errors import PolymodalError
 from polymodal.export.graph_runtime import GraphExport
-from polymodal.export.runtime import export_tokenizer, onnx_session
+from polymodal.export.runtime import export_tokenizer, onnx_session, return_freed_memory, shrink_arena
 from polymodal.models.beam_search import log_softmax
 from polymodal.models.inputs import check_count, one_question, vqa_rows
 from polymodal.models.not_finite import finite_answer, finite_ranking
@@ -50,17 +50,27 @@ class OnnxFusionEncoder(GraphExport):
         out += [logits for _, logits in self._batches(images, questions, batch_size)]
         return np.concatenate(out)
 
-    def _batches(self, images: Sequence[Any], questions: Sequence[str], batch_size: int):
-        """-> (grid tokens, answer logits) of each batch of rows: multiple choice reuses a row's grid."""
+    def _batches(self, images: Sequence[Any], questions: Sequence[str], batch_size: int, options=None):
+        """-> (grid tokens, answer logits) of each batch of rows: multiple choice reuses a row's grid. ``options``:
+        onnxruntime RunOptions for every graph's run."""
         images, questions = vqa_rows(images, questions)  # one image or question string is one row
         batch_size = check_count(batch_size, "batch_size")
         for i in range(0, len(images), batch_size):
             pixels = self.transform(list(images[i : i + batch_size]))
-            grid = self.grid.run(None, {"pixels": pixels})[0]
+            grid = self.grid.run(None, {"pixels": pixels}, options)[0]
             tokens = self.tokenizer([str(q) for q in questions[i : i + batch_size]])
-            states = self.question.run(None, tokens)[0]
+            states = self.question.run(None, tokens, options)[0]
             yield grid, self.head.run(None, {"grid": grid, "states": states,
-                                             "attention_mask": tokens["attention_mask"]})[0]
+                                             "attention_mask": tokens["attention_mask"]}, options)[0]
+
+    def release_memory(self, image: Any, question: str) -> None:
+        """Give back the memory each graph's runs keep for the next one (onnxruntime keeps a session's arena at its
+        largest batch's size): a run of one row that shrinks the arenas after it. The export checks a variant while
+        the fp32 graphs' arenas would otherwise live beside the variant's."""
+        grid, _ = next(self._batches([image], [question], 1, shrink_arena()))
+        if self.match is not None:
+            self._match(grid, [str(question)], shrink_arena())
+        return_freed_memory()
 
     def match_scores(self, images: Sequence[Any], texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """``[R]`` ITM match probabilities of each (image, text) row (needs a model exported with an ITM head)."""
@@ -75,14 +85,15 @@ class OnnxFusionEncoder(GraphExport):
             out.append(self._match(grid, [str(t) for t in texts[i : i + batch_size]]))
         return np.concatenate(out)
 
-    def _match(self, grid: np.ndarray, texts: list[str]) -> np.ndarray:
+    def _match(self, grid: np.ndarray, texts: list[str], options=None) -> np.ndarray:
         """Grid tokens (one row per text, or one row that every text shares) + texts -> match probabilities."""
         if not texts:
             return np.zeros(0, np.float32)
         tokens = self.tokenizer(texts)
-        states = self.question.run(None, tokens)[0]
+        states = self.question.run(None, tokens, options)[0]
         grid = np.repeat(grid, len(texts), 0) if len(grid) == 1 else grid
-        logits = self.match.run(None, {"grid": grid, "states": states, "attention_mask": tokens["attention_mask"]})[0]
+        logits = self.match.run(None, {"grid": grid, "states": states, "attention_mask": tokens["attention_mask"]},
+                                options)[0]
         return _sigmoid(logits)
 
     def predict(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 32) -> list[tuple[str, float]]:

@@ -138,6 +138,28 @@ def onnx_session(path: Path, threads: int | None = None, inputs: set[str] | None
     return session
 
 
+def shrink_arena():
+    """onnxruntime's run options that hand a session's unused arena memory back to the system after the run (it keeps
+    the memory of a session's largest batch for the session's life otherwise)."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
+def return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing): the CLI serves every
+    allocation from the heap (cli._keep_freed_memory), so an arena shrink_arena gave back stayed resident there,
+    and `export onnx lite` peaked 0.2 GB higher with the shrinking than without."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # no glibc (musl, macOS: no malloc_trim; Windows: no CDLL(None))
+        pass
+
+
 def _newer_format(error: str) -> str | None:
     """onnxruntime's reason for refusing a graph newer than it knows, in a few words (its message starts with a C++
     signature that hid the reason within the first 200 characters), or None for any other error."""
