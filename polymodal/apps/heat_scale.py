@@ -33,7 +33,7 @@ def with_legend(picture: Image.Image, caption: str | None = None) -> Image.Image
     size = max(12, min(64, round(width / 36)))
     font = _font(size)
     pad, line = size // 2, round(size * 1.3)
-    lines = wrapped(caption or "", font, width - 2 * pad)
+    lines = wrapped(_drawable(caption or "", font), font, width - 2 * pad)
     bar = heat_colors(np.linspace(0, 1, width - 2 * pad, dtype=np.float32)[None].repeat(size, 0))
     top = picture.height + pad
     canvas = Image.new("RGB", (width, top + len(lines) * line + (pad if lines else 0) + size + line + pad), _PAPER)
@@ -89,9 +89,17 @@ def _font(size: int):
     for name in _FONTS:
         try:
             return ImageFont.truetype(name, size)
-        except OSError:  # not on this machine
+        except (OSError, ImportError):  # not on this machine; ImportError: a Pillow built without FreeType
             continue
     try:
         return ImageFont.load_default(size)  # Aileron, ASCII only
-    except TypeError:  # Pillow 10.0: no sizes, its small bitmap font
+    except (TypeError, ImportError):  # Pillow 10.0 (no sizes), or no FreeType: its small bitmap font
         return ImageFont.load_default()
+
+
+def _drawable(text: str, font) -> str:
+    """``text`` as ``font`` can draw it: Pillow's bitmap font encodes text as Latin-1 and raised UnicodeEncodeError
+    for any other character (a Greek question, a photo named in Chinese); those are drawn as "?" instead."""
+    if isinstance(font, ImageFont.FreeTypeFont):  # a missing glyph is a box, never an error
+        return text
+    return text.encode("latin-1", "replace").decode("latin-1")

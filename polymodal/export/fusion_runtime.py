@@ -15,7 +15,7 @@ from polymodal.export.graph_runtime import GraphExport
 from polymodal.export.runtime import export_tokenizer, onnx_session, return_freed_memory, shrink_arena
 from polymodal.models.beam_search import log_softmax
 from polymodal.models.inputs import check_count, one_question, vqa_rows
-from polymodal.models.not_finite import finite_answer, finite_ranking
+from polymodal.models.not_finite import finite_answer, finite_ranking, finite_rows
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -96,6 +96,7 @@ class OnnxFusionEncoder(GraphExport):
                                 options)[0]
         return _sigmoid(logits)
 
+    @finite_rows  # every row NaN: one error, as the PyTorch model's predict() (a row's answer was the first)
     def predict(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 32) -> list[tuple[str, float]]:
         probs = _softmax(self.logits(images, questions, batch_size))
         return [(self.answers[int(i)], float(p[i])) for p, i in zip(probs, probs.argmax(1))]
@@ -151,6 +152,7 @@ class OnnxFusionEncoder(GraphExport):
         top = float(heat.max())
         return (heat / top if top > 0 else heat).astype(np.float32)
 
+    @finite_rows
     def predict_choices(self, images: Sequence[Any], questions: Sequence[str], choices: Sequence[Sequence[str]],
                         batch_size: int = 32) -> list[tuple[str, float]]:
         """Multiple choice over rows: the best of each row's candidates and its score, as answer(..., choices=...)."""

@@ -387,13 +387,18 @@ class Trainer:
     def _refuse_broken_weights(self) -> None:
         """One error when the epoch left a weight it trains NaN or inf (a step whose loss was finite, as the loss
         check before each step sees it, can still diverge): nothing would look at that epoch's weights again, and
-        they would be saved as the checkpoint and (without validation) as RUN/model, which then answered NaN."""
+        they would be saved as the checkpoint and (without validation) as RUN/model, which then answered NaN.
+        Under torchrun the processes hold the same weights and stop together: rank 0 says it, not each process."""
+        from polymodal.train import distributed
+
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        if bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):  # one GPU sync, not one a tensor
+        finite = bool(torch.stack([torch.isfinite(p).all() for p in params]).all())  # one GPU sync, not one a tensor
+        if distributed.all_true(finite):  # agreed: a process that differed would leave the others waiting
             return
-        raise PolymodalError(f"the weights became NaN or inf in epoch {self.epoch} (by step {self.step}) at --lr "
-                             f"{self.cfg.lr:g}, though the training loss was finite: {LOWER_LR}, or check the data; "
-                             "the run keeps its last checkpoint, if any")
+        raise distributed.error_of_every_rank(
+            f"the weights became NaN or inf in epoch {self.epoch} (by step {self.step}) at --lr {self.cfg.lr:g}, "
+            f"though the training loss was finite: {LOWER_LR}, or check the data; the run keeps its last checkpoint, "
+            "if any")
 
     def _check_metric(self, metrics: dict) -> dict:
         """Validation's metrics, or one error when they lack early_stop_metric: a misspelt name would otherwise
