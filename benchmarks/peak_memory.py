@@ -63,7 +63,9 @@ def prepare(data: Path, out: Path, photos: int) -> dict:
     files["qa_train"] = _write(out / "qa_train.jsonl", qa[:400])
     files["qa_val"] = _write(out / "qa_val.jsonl", qa[400:550])
     files["photos"] = folder
-    files["coco"] = sorted(folder.glob("coco_*"))[:10]
+    # the photos captioned, searched with and sent to the server: from the data, not the index's folder, which
+    # --photos can leave with fewer than 10 (none: --photos 0 crashed every command, even those that need no photo)
+    files["coco"] = [data / "coco-mini-train" / name for name in coco_images[:10]]
     return files
 
 
@@ -174,6 +176,12 @@ def main(argv=None) -> int:
     if unknown:
         print(f"error: unknown commands {unknown}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    if any(c in chosen for c in ("search_text", "search_image", "serve")) and "index" not in chosen:
+        chosen.insert(0, "index")  # they search its index
+    if args.photos < 0 or (args.photos == 0 and "index" in chosen):
+        why = "the index (which search and serve use) needs 1 or more" if args.photos == 0 else "give 0 or more"
+        print(f"error: --photos {args.photos}: {why}", file=sys.stderr)
+        return 2
     data = Path(args.data)
     for need in ("flickr8k-dev/pairs.jsonl", "coco-mini-train/pairs.jsonl", "vqa-coco-yesno-train/qa.jsonl"):
         if not (data / need).is_file():
@@ -185,8 +193,6 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         files = prepare(data, out, args.photos)
         commands = argvs(files, out)
-        if any(c in chosen for c in ("search_text", "search_image", "serve")) and "index" not in chosen:
-            chosen.insert(0, "index")  # they search its index
         for name in [c for c in COMMANDS if c in chosen]:
             row = serve(commands[name], out, files["coco"][0]) if name == "serve" else run(commands[name], out)
             print(json.dumps({"command": name, **row, "argv": "polymodal " + " ".join(commands[name])}), flush=True)

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from polymodal.apps.templates import add_template_options, chosen_templates
-from polymodal.cli_options import (add_precision, add_qdrant, add_runtime, index_model_name, load_model,
+from polymodal.cli_options import (add_precision, add_qdrant, add_quiet, add_runtime, index_model_name, load_model,
                                    qdrant_collection, resolve_runtime)
 from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError, out_of_memory
@@ -93,6 +93,7 @@ def cmd_index(args) -> int:
     index = ImageIndex(args.db)
     fresh = not index.exists()
     reports = []
+    bars = not (args.json or args.quiet)
     if args.paths:
         if not index.exists():  # a --db that cannot be made is said before the model loads
             from polymodal.cache import check_creatable
@@ -106,10 +107,10 @@ def cmd_index(args) -> int:
             target_collection.preflight(model)
         try:
             if folders:  # one sync: a photo moved from one folder to another keeps its vector in either order
-                reports.append(index.update_folders(folders, model, progress=not args.json,
-                                                    batch_size=args.batch_size, scanned=[scans[f] for f in folders]))
+                reports.append(index.update_folders(folders, model, progress=bars, batch_size=args.batch_size,
+                                                    scanned=[scans[f] for f in folders]))
             if files:
-                reports.append(index.add(files, model, progress=not args.json, batch_size=args.batch_size))
+                reports.append(index.add(files, model, progress=bars, batch_size=args.batch_size))
         except BaseException as exc:  # an interrupt's "N of M saved" counts the paths finished before too
             if hasattr(exc, "index_progress"):
                 finished = sum(r.added + r.updated for r in reports)
@@ -126,7 +127,7 @@ def cmd_index(args) -> int:
         return _none_readable(report, discarded=True)
     pruned = index.prune() if args.prune else []
     info = index.info()
-    pushed = target_collection and target_collection.push(index, progress=not args.json)
+    pushed = target_collection and target_collection.push(index, progress=bars)
     if args.json:
         extra = {"qdrant": {**asdict(pushed), **target_collection.info()}} if pushed else {}
         if args.prune:
@@ -513,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "with; lite for a new index)")
     s.add_argument("--batch-size", type=int, default=32, help="images embedded per forward pass (default 32)")
     s.add_argument("--json", action="store_true", help="print the report as one JSON object, no progress bar")
+    add_quiet(s)
     add_runtime(s, from_index=True)
     add_precision(s)
     s.set_defaults(func=cmd_index)

@@ -19,7 +19,8 @@ from test_s54_vqanan import data as _data_fixture
 
 untrained = _untrained_fixture  # the fixtures, under their own names
 data = _data_fixture
-ADVICE = "train again with a lower --lr and --overwrite, or into a new --out (--resume keeps the run's --lr)"
+ADVICE = ("train again with a lower --lr and --overwrite, or into a new --out (--resume keeps the run's --lr; "
+          "train.lr with overwrite=True or another out in Python)")
 
 
 def _run(capsys, *argv):

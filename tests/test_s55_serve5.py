@@ -1,8 +1,8 @@
 """Stop 55, `polymodal serve` leftovers: an embedding model served without an index is refused before its slow load;
 a server of a Qdrant collection no longer warns that anyone can change its index; the page comes with only the
-panels its server serves (an index-less server showed its search box until /v1/info answered); cli_serve.py is
-pyflakes-clean; a 409 for another process's writer lock says to wait longer as the hold goes on (Retry-After 1
-throughout had clients retry every second through a `polymodal index` of minutes)."""
+panels its server serves (an index-less server showed its search box until /v1/info answered); a 409 for another
+process's writer lock says to wait longer as the hold goes on (Retry-After 1 throughout had clients retry every
+second through a `polymodal index` of minutes)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import json
 import logging
 import shutil
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
@@ -104,22 +103,6 @@ def test_a_server_of_a_qdrant_collection_does_not_warn_that_anyone_can_change_it
                          "--port", "0"]) == 0
     warning = next(r.getMessage() for r in caplog.records if "without --api-key" in r.getMessage())
     assert "anyone who can reach this address can use the index but not change it (" in warning
-
-
-def test_cli_serve_is_pyflakes_clean():
-    api = pytest.importorskip("pyflakes.api")
-    from pyflakes.reporter import Reporter
-
-    class Remarks:
-        def __init__(self):
-            self.lines = []
-
-        def write(self, text):
-            self.lines.append(text)
-
-    remarks = Remarks()
-    path = Path(cli.__file__).with_name("cli_serve.py")
-    assert api.check(path.read_text(), str(path), Reporter(remarks, remarks)) == 0, "".join(remarks.lines)
 
 
 def test_the_retry_after_of_a_held_writer_lock_grows_with_the_hold(lite, db, gallery, tmp_path, monkeypatch):

@@ -44,6 +44,10 @@ class OnnxFusionEncoder(GraphExport):
         self.tokenizer = FastTokenizer(export_tokenizer(folder / config["tokenizer"]), self.max_length,
                                        config["pad_id"], config["pad_token"])
 
+    def __repr__(self) -> str:
+        variants = self.variants  # the graphs an export may serve as int8 (fusion_export.TOWER_VARIANTS)
+        return f"OnnxFusionEncoder({self.key}, grid={variants['grid']}, question={variants['question']})"
+
     def logits(self, images: Sequence[Any], questions: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """``[R, A]`` answer logits, one row per (image, question)."""
         out = [np.zeros((0, len(self.answers)), np.float32)]

@@ -44,6 +44,8 @@ NEEDS_EXTRA = "the Qdrant backend needs the qdrant extra: pip install 'polymodal
 _ID_SPACE = uuid.UUID("6f1c1c53-8a55-4d4e-9a7e-2f0c3b1f6d2a")  # polymodal's namespace for point ids
 _PAGE = 10_000  # ids per scroll page and per delete call
 _FLOATS_PER_REQUEST = 2**19  # vector floats per upsert: 256 rows of 2048 dims
+# a collection holds one model's vectors: an index of another goes elsewhere (QdrantCollection(url, collection=))
+TO_ANOTHER = "push the index to another --collection (another collection= in Python)"
 
 
 class QdrantUnavailable(PolymodalError):
@@ -111,7 +113,7 @@ class QdrantCollection(SearchByModel):
         holds `model`'s vectors (found after an hour of embedding, each would be a wasted wait)."""
         with self._errors():
             if self._client_(create=True).collection_exists(self.collection):
-                self._check_model(self._meta(), model.key, model.dim, "push the index to another --collection")
+                self._check_model(self._meta(), model.key, model.dim, TO_ANOTHER)
 
     def push(self, index: ImageIndex, progress: bool = True, batch_size: int = 256) -> PushReport:
         """Make this collection hold exactly `index`'s images (its own points; other indexes' are left alone).
@@ -198,7 +200,7 @@ class QdrantCollection(SearchByModel):
                     raise PolymodalError(f"Qdrant at {self.location} does not keep collection metadata (servers "
                                          "before 1.16), where polymodal records the model; upgrade the server")
         # the index's model is fixed: the way out is another collection (--model would re-embed the index)
-        self._check_model(self._meta(), meta["model"], meta["dim"], "push the index to another --collection")
+        self._check_model(self._meta(), meta["model"], meta["dim"], TO_ANOTHER)
         # pushes and deletes filter on it; checked on every push, as a push stopped right after creating the
         # collection leaves it without (local mode has no payload indexes and warns)
         if self.remote:
@@ -252,7 +254,8 @@ class QdrantCollection(SearchByModel):
             raise PolymodalError(f"{self.where()} holds points pushed from the index at {host}:{db}, which shares "
                                  f"its id with the index at {origin['db']}: one was copied from the other, and their "
                                  "pushes would overwrite each other's images; push the copy into another --collection, "
-                                 "or rebuild it with a new --db")
+                                 "or rebuild it with a new --db (another collection=, or an ImageIndex of a new "
+                                 "folder, in Python)")
         if len(checked) > 1:  # taken over: the points name this folder from now on (a later rebuild here drops them)
             self._client_().set_payload(self.collection, payload=origin, points=models.Filter(must=[mine]), wait=True)
 
@@ -309,7 +312,8 @@ class QdrantCollection(SearchByModel):
             meta = self._meta()
             self._check_model(meta, model.key, model.dim,
                               mismatch_fix(meta, model, "with it", f"another --collection for {model.name}",
-                                           "push an index built with it into another --collection"))
+                                           "push an index built with it into another --collection",
+                                           "another collection="))
 
     def info(self) -> dict:
         with self._errors():
@@ -330,11 +334,12 @@ class QdrantCollection(SearchByModel):
         client = self._client_()
         if not client.collection_exists(self.collection):
             raise PolymodalError(f"no {self.where()}; push an index into it with `polymodal index --db DB --qdrant "
-                                 f"{self.location} --collection {self.collection}`")
+                                 f"{self.location} --collection {self.collection}` (.push(ImageIndex(DB)) in "
+                                 "Python)")
         meta = client.get_collection(self.collection).config.metadata or {}
         if meta.get("made_by") != "polymodal":
             raise PolymodalError(f"{self.where()} was not made by polymodal (it has no model recorded); pass another "
-                                 "--collection")
+                                 "--collection (another collection= in Python)")
         return meta
 
     def _check_model(self, meta: dict, key: str, dim: int, fix: str) -> None:
@@ -352,7 +357,8 @@ class QdrantCollection(SearchByModel):
             folder = os.path.expanduser(self.location)
             if not self.remote and not create and not os.path.isdir(folder):  # a typo must not leave a new folder
                 raise PolymodalError(f"no Qdrant folder at {self.location}; push an index there first (polymodal "
-                                     f"index --db DB --qdrant {self.location}), or pass a server URL (http://...)")
+                                     f"index --db DB --qdrant {self.location}; .push(ImageIndex(DB)) in Python), or "
+                                     "pass a server URL (http://...)")
             if not self.remote:
                 self._check_local_folder(folder)
             with self._errors():
@@ -405,7 +411,7 @@ class QdrantCollection(SearchByModel):
             return kind(f"Qdrant at {self.location} answered {exc.status_code}: {exc.content[:300]!r}")
         if isinstance(exc, ResponseHandlingException):
             return QdrantUnavailable(f"cannot reach Qdrant at {self.location} ({exc}); start the server, or fix "
-                                     "--qdrant")
+                                     "--qdrant (the location in Python)")
         if "already accessed by another instance" in str(exc):
             return PolymodalError(f"the Qdrant folder {self.location} is open in another process (local mode allows "
                                   "one at a time); stop that one, or run a Qdrant server and pass its URL")

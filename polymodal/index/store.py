@@ -199,7 +199,8 @@ class ImageIndex(SearchByModel):
             raise PolymodalError(f"ImageIndex takes the index folder's path, got {type(db).__name__}; "
                                  "e.g. ImageIndex('pics.idx')")
         if not str(db).strip():  # Path("") is the current folder: `--db "$UNSET"` would index into the cwd
-            raise PolymodalError("--db is empty; pass the index folder, e.g. --db pics.idx")
+            raise PolymodalError("--db is empty; pass the index folder, e.g. --db pics.idx (ImageIndex('pics.idx') in "
+                                 "Python)")
         self.db = Path(db).expanduser().resolve()
         self.sqlite_path = self.db / "meta.sqlite"
         self.faiss_path = self.db / "vectors.faiss"
@@ -624,7 +625,8 @@ class ImageIndex(SearchByModel):
         other = self._foreign_files()
         if other:
             raise PolymodalError(f"--db {self.db} is a folder holding other files ({other[0]}, ...) and no index; pass "
-                                 f"a new or empty folder for the index, e.g. --db {self.db.name}.idx")
+                                 f"a new or empty folder for the index, e.g. --db {self.db.name}.idx "
+                                 f"(ImageIndex('{self.db.name}.idx') in Python)")
 
     def discard_if_empty(self) -> bool:
         """Remove an index that holds no image (a first `index` run that could read none of its photos): left in
@@ -660,11 +662,12 @@ class ImageIndex(SearchByModel):
             meta = dict(con.execute("SELECT key, value FROM meta"))
         except sqlite3.DatabaseError as exc:  # a full disk is not a damaged index: no "use a new --db" for it
             raise _disk_error(exc, self.sqlite_path) or _damaged(exc, self.sqlite_path) or PolymodalError(
-                f"{self.sqlite_path} is not a readable index ({exc}); use a new --db") from exc
+                f"{self.sqlite_path} is not a readable index ({exc}); use a new --db (an ImageIndex of a new folder in "
+                "Python)") from exc
         if meta.get("schema") != SCHEMA_VERSION:
             raise PolymodalError(
                 f"index {self.db} has format {meta.get('schema')}, this polymodal reads format {SCHEMA_VERSION}; "
-                "build a new one with a new --db"
+                "build a new one with a new --db (an ImageIndex of a new folder in Python)"
             )
         meta["dim"] = int(meta["dim"])
         meta["generation"] = int(meta["generation"])
@@ -698,7 +701,8 @@ class ImageIndex(SearchByModel):
             raise IndexModelMismatch(
                 f"index {self.db} was built with model {meta['model']} (dim {meta['dim']}), not {model.key} "
                 f"(dim {model.dim}); " + mismatch_fix(meta, model, "with this index", f"a new --db for {model.name}",
-                                                      "index its photos again into a new --db")
+                                                      "index its photos again into a new --db",
+                                                      "an ImageIndex of a new folder")
             )
 
     def _missing(self) -> PolymodalError:
@@ -713,11 +717,14 @@ class ImageIndex(SearchByModel):
         if other:  # the photo folder itself given as --db: index it into a folder of its own
             return PolymodalError(f"no index at {self.db}: it is a folder of other files ({other[0]}, "
                                   f"...); build an index of it with `polymodal index {self.db} --db "
-                                  f"{self.db.name}.idx`, then search that")
+                                  f"{self.db.name}.idx` (ImageIndex('{self.db.name}.idx').update(FOLDER, model) in "
+                                  "Python), then search that")
         if self.db.is_file():  # an index is a folder: `polymodal index DIR --db THAT_FILE` cannot make one there
             return PolymodalError(f"no index at {self.db}: it is a file; an index is a folder, made with "
-                                  f"`polymodal index DIR --db {self.db.name}.idx` (any new folder name)")
-        return PolymodalError(f"no index at {self.db}; build one with `polymodal index DIR --db {self.db}`")
+                                  f"`polymodal index DIR --db {self.db.name}.idx` (any new folder name; "
+                                  f"ImageIndex('{self.db.name}.idx').update(DIR, model) in Python)")
+        return PolymodalError(f"no index at {self.db}; build one with `polymodal index DIR --db {self.db}` "
+                              "(index.update(DIR, model) in Python)")
 
     # -- FAISS -----------------------------------------------------------------
     def _vectors(self, con: sqlite3.Connection, meta: dict) -> tuple[Snapshot, bool]:
@@ -864,7 +871,8 @@ def _damaged(exc: sqlite3.Error, path: Path) -> IndexDamaged | None:
     code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; before it, SQLite's fixed messages
     if (code or 0) & 0xFF in (11, 26) or any(text in str(exc) for text in ("file is not a database", "malformed")):
         return IndexDamaged(f"index {path.parent} is damaged ({path.name}: {exc}); restore the index folder from a "
-                            "backup, or index the photos again into a new folder: polymodal index PHOTOS --db NEW_DB")
+                            "backup, or index the photos again into a new folder: polymodal index PHOTOS --db NEW_DB "
+                            "(ImageIndex(NEW_DB).update(PHOTOS, model) in Python)")
     return None
 
 
@@ -1045,14 +1053,17 @@ def query_matrix(query_vectors: Any) -> np.ndarray:
     return np.ascontiguousarray(q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12))
 
 
-def mismatch_fix(meta: dict, model, with_it: str, elsewhere: str, rebuild: str) -> str:
+def mismatch_fix(meta: dict, model, with_it: str, elsewhere: str, rebuild: str, python: str) -> str:
     """What to do when `model` does not match the index's (or collection's) recorded model: load that one, or, when
     `model` is that one already (its key changed since: a polymodal upgrade, edited weights or preprocessing
-    settings), rebuild: --model would only load it again."""
+    settings), rebuild: --model would only load it again. ``python``: the other place as Python names it (the
+    mismatch is met from Python too: ImageIndex.update, check_model)."""
     if meta.get("model_name") == (getattr(model, "source", None) or model.name):
         return (f"{meta['model_name']} has changed since these vectors were made (another polymodal version, or its "
-                f"weights or preprocessing settings edited), and no --model loads the old one; {rebuild}")
-    return f"use --model {meta['model_name']} {with_it}, or {elsewhere}"
+                f"weights or preprocessing settings edited), and no --model loads the old one; {rebuild} ({python} "
+                "in Python)")
+    return (f"use --model {meta['model_name']} {with_it}, or {elsewhere} (in Python: "
+            f"polymodal.load({meta['model_name']!r}), or {python})")
 
 
 def check_query_dim(q: np.ndarray, meta: dict, where: str) -> None:

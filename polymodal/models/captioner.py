@@ -61,7 +61,8 @@ class CaptionerConfig:
                 raise PolymodalError(f"{key} must be a positive int, got {getattr(self, key)!r}")
         if self.max_caption_tokens < 3:  # [CLS] and [SEP] take two: every caption would train as empty
             raise PolymodalError(f"max_caption_tokens must be at least 3 ([CLS], a word, [SEP]), got "
-                                 f"{self.max_caption_tokens}; pass --max-caption-tokens 32 or so")
+                                 f"{self.max_caption_tokens}; pass --max-caption-tokens 32 or so "
+                                 "(max_caption_tokens in Python)")
         if self.max_caption_tokens > MAX_TOKENS:
             raise PolymodalError(f"max_caption_tokens must be at most {MAX_TOKENS} (the text tower's positions), "
                                  f"got {self.max_caption_tokens}")

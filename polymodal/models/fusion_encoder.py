@@ -410,7 +410,8 @@ class FusionEncoder(nn.Module):
         """-> ``[R, A]`` answer logits."""
         if self.vqa_head is None:
             raise PolymodalError("this fusion encoder has no VQA head (it was only pretrained); fine-tune one with "
-                                 "`polymodal train vqa --model FOLDER --qa ...`")
+                                 "`polymodal train vqa --model FOLDER --qa ...` (train_vqa with model=FOLDER in "
+                                 "Python)")
         return self._head(self.vqa_head, self.fuse(images, states, mask, row_image))
 
     def mlm_logits(self, images: Tensor, states: Tensor, mask: Tensor, positions: Tensor,

@@ -165,7 +165,8 @@ def warn_of_long_captions(model: Captioner, captions: list[str]) -> None:
     if cut:
         log.warning("%d of the %d captions are longer than the captioner reads (max_caption_tokens %d word pieces, "
                     "[CLS] and [SEP] included; the longest has %d): their ends are cut, and it learns to stop there. "
-                    "A new captioner reads more with --max-caption-tokens (one continued from --model keeps its own)",
+                    "A new captioner reads more with --max-caption-tokens (arch.max_caption_tokens in Python; one "
+                    "continued from --model keeps its own)",
                     cut, len(captions), limit, longest)
 
 
@@ -215,7 +216,7 @@ def build_captioner(recipe: CaptionRecipe) -> Captioner:
     if not (is_captioner_folder(recipe.model) or (recipe.model in MODELS and recipe.model != "lite")):
         raise PolymodalError(wrong_folder_hint(recipe.model)  # the run folder or its checkpoint: name RUN/model
                              or f"--model {recipe.model}: pass 'new', 'captioner' or a folder written by "
-                             "`polymodal train captioner`")
+                             "`polymodal train captioner` (train_captioner in Python)")
     return require_captioner(polymodal.load(recipe.model), recipe.model).train()
 
 

@@ -88,12 +88,13 @@ class ContrastiveRecipe:
             # without the labels nothing reports it: the run would keep epochs by the training loss, or fail after
             # its first epoch (on --resume: the run's metric, chosen when it had --zeroshot-labels)
             raise PolymodalError(f"early_stop_metric {self.train.early_stop_metric!r} is zero-shot accuracy on "
-                                 "--zeroshot-labels FILE, and none is given; pass the labels file (the run's, "
-                                 "on --resume)")
+                                 "--zeroshot-labels FILE (zeroshot_labels in Python), and none is given; pass the "
+                                 "labels file (the run's, on --resume)")
         if self.train.unfreeze_every and not self.arch.image_trainable_blocks:  # min(0, ...) would open nothing
             raise PolymodalError("unfreeze_every opens one more image block every E epochs, up to "
                                  "image_trainable_blocks, which is 0; set both, e.g. --unfreeze-every 2 "
-                                 "--image-trainable-blocks 4")
+                                 "--image-trainable-blocks 4 (train.unfreeze_every, arch.image_trainable_blocks in "
+                                 "Python)")
         check_unfreezing_schedule(self.train.unfreeze_every, self.arch.image_trainable_blocks, self.train.epochs)
 
 
@@ -108,11 +109,12 @@ def check_unfreezing_schedule(every: int, blocks: int, epochs: int) -> None:
         raise PolymodalError(f"unfreeze_every {every} with epochs {epochs} opens {opened} of the "
                              f"{blocks} image blocks (image_trainable_blocks) by the last epoch: one more opens "
                              f"every {every} epochs, from epoch {every + 1}, so all {blocks} need epochs {needed} "
-                             f"or more; pass --epochs {needed}, or --image-trainable-blocks {opened}"
+                             f"or more; pass --epochs {needed}, or --image-trainable-blocks {opened} (train.epochs, "
+                             "arch.image_trainable_blocks in Python)"
                              if opened else
                              f"unfreeze_every {every} with epochs {epochs} opens no image block: the first opens in "
                              f"epoch {every + 1}; pass --epochs {needed} (all {blocks} blocks open by then) or a "
-                             f"smaller --unfreeze-every")
+                             "smaller --unfreeze-every (train.epochs, train.unfreeze_every in Python)")
 
 
 def rank_batch_size(images: int, batch_size: int, world: int = 1) -> int:
@@ -120,7 +122,8 @@ def rank_batch_size(images: int, batch_size: int, world: int = 1) -> int:
     each rank images // world items and the loader drops a last partial batch)."""
     if images < 2:
         raise PolymodalError(f"need at least 2 training images, got {images}; add pairs (--val-fraction moves some "
-                             "images to validation: pass --val-pairs FILE to keep them all for training)")
+                             "images to validation: pass --val-pairs FILE to keep them all for training; "
+                             "val_fraction, val_pairs in Python)")
     if images < 2 * world:  # InfoNCE needs a second image in each batch to contrast with
         raise PolymodalError(f"{images} training images cannot give each of {world} processes a batch of 2; add "
                              "pairs or start fewer processes (torchrun --nproc_per_node)")
@@ -184,7 +187,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         else:
             raise PolymodalError(wrong_folder_hint(recipe.model)
                                  or f"cannot train from {recipe.model!r}; pass --model lite or the model folder of a "
-                                 "`polymodal train contrastive` run (RUN/model)")
+                                 "`polymodal train contrastive` run (RUN/model; model= in Python)")
         name_after_run(model, recipe.out)
         validation = validation_record(val_set)  # before unreadable photos are dropped: what the data gives
         # zero-shot labels read before any photo is encoded (a wrong file is an error at once); when zero-shot top-1
@@ -232,7 +235,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         if len(val_set.images) < MIN_VAL_PHOTOS:
             log.warning("only %d validation photos: recall over so few hardly changes between epochs (R@5 is 1.0 below 6, "
                         "R@10 below 11), so the epoch kept says little; validate on %d or more (--val-pairs, or a larger "
-                        "--val-fraction)", len(val_set.images), MIN_VAL_PHOTOS)
+                        "--val-fraction; val_pairs, val_fraction in Python)", len(val_set.images), MIN_VAL_PHOTOS)
         val_txt = (texts_of_run.of(model, val_set.captions, progress=progress, split_across_ranks=True)
                    if model.text_frozen else val_set.captions)
         eval_fn = lambda m: retrieval_eval(m, val_img, val_txt, val_set.caption_image)  # noqa: E731

@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 RUN_FILES = ("checkpoint.pt", "model", "metrics.jsonl", "tensorboard", "train_config.json", "curves.png")
 # A run that diverged (a NaN loss, NaN answers): the advice it stops with. --resume refuses another --lr (the
 # checkpoint's optimizer state brings the old one back), and the same command again meets the run it left.
-LOWER_LR = "train again with a lower --lr and --overwrite, or into a new --out (--resume keeps the run's --lr)"
+LOWER_LR = ("train again with a lower --lr and --overwrite, or into a new --out (--resume keeps the run's --lr; "
+            "train.lr with overwrite=True or another out in Python)")
+# Keeps the layers under a head (and so its outputs) as they are: the advice when a run moves them but not the head.
+FREEZE_UNDER_HEADS = "--freeze projections,fusion (freeze=['projections', 'fusion'] in Python)"
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "an object",
                list: "a list"}
@@ -112,7 +115,7 @@ def check_run_folder(out, resume: bool, overwrite: bool, epochs: int | None = No
     refuse_if_busy(out)  # a run still going there: --resume and --overwrite would write over it as it trains
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():  # RUN/model given as --out
         raise PolymodalError(f"--out {out} holds a saved model, not a run; pass a new folder for the run (a model to "
-                             "start from goes in --model)")
+                             "start from goes in --model, the recipe's model in Python)")
     if resume:
         if not (out / "checkpoint.pt").is_file():
             if (out / REPLACED_RUN / "checkpoint.pt").is_file():  # an --overwrite killed (SIGKILL) before its epoch 1
@@ -222,7 +225,7 @@ def refuse_lone_val_split(recipe, val_key: str = "val_pairs") -> None:
         flag = "--" + val_key.replace("_", "-")
         raise PolymodalError(f"--val-split {recipe.val_split} keeps those rows of {flag}, and no {flag} is given; "
                              f"pass {flag} FILE (the --{val_key[4:]} file again, for its rows of that split), or "
-                             "leave --val-split out")
+                             f"leave --val-split out ({val_key}, val_split in Python)")
 
 
 def freeze_parts(model, parts, model_name: str) -> None:
@@ -231,7 +234,7 @@ def freeze_parts(model, parts, model_name: str) -> None:
         return
     if model_name == "new":
         log.warning("freezing %s of a new model keeps those parts at their random start; to keep trained parts, "
-                    "pass --model FOLDER (a trained or pretrained fusion encoder)", ", ".join(parts))
+                    "pass --model FOLDER (a trained or pretrained fusion encoder; model= in Python)", ", ".join(parts))
     frozen = model.freeze(parts)
     log.info("frozen: %d parameter tensors (%s)", len(frozen), ", ".join(parts))
 

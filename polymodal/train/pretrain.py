@@ -57,8 +57,8 @@ from polymodal.models.inputs import as_parts, as_paths, as_settings
 from polymodal.progress import progress_bar
 from polymodal.train.features import _load_cached, readable_pairs, readable_subset
 from polymodal.train.guards import (
-    FRACTION, NON_NEGATIVE, check_ranges, check_types, refuse_unfreezing, refuse_lone_val_split, freeze_parts,
-    warn_of_shared_photos,
+    FRACTION, FREEZE_UNDER_HEADS, NON_NEGATIVE, check_ranges, check_types, refuse_unfreezing, refuse_lone_val_split,
+    freeze_parts, warn_of_shared_photos,
 )
 from polymodal.train.fusion_run import check_fusion_start, fit_and_save
 from polymodal.train.pretrain_objectives import IGNORE, OBJECTIVES, PretrainBatch
@@ -114,7 +114,8 @@ def parse_objectives(spec) -> dict[str, float]:
             raise PolymodalError(f"objective {name} is given twice ({out[name]:g} and {value:g}); name each once")
         out[name] = value
     if not out:
-        raise PolymodalError("no pretraining objective given; pass e.g. --objectives itm:1,mlm:1,mrm:0.5")
+        raise PolymodalError("no pretraining objective given; pass e.g. --objectives itm:1,mlm:1,mrm:0.5 "
+                             "(objectives={'itm': 1, 'mlm': 1, 'mrm': 0.5} in Python)")
     return out
 
 
@@ -181,7 +182,7 @@ class PretrainRecipe:
 def read_pairs(sources: Sequence[str | Path]) -> PairSet:
     """One PairSet from several pair sources (JSONL, CSV, caption folders, shards)."""
     if not sources:
-        raise PolymodalError("no pair source given; pass --pairs FILE.jsonl")
+        raise PolymodalError("no pair source given; pass --pairs FILE.jsonl (pairs= in Python)")
     return read_pair_sources(sources)
 
 
@@ -610,7 +611,7 @@ def build_model(recipe: PretrainRecipe, resume: bool = False) -> FusionEncoder:
     model.fresh_itm_head = "itm" in names and model.itm is None
     if model.fresh_itm_head and "itm" in recipe.freeze:
         raise PolymodalError(f"--freeze itm: {recipe.model} has no ITM head, so this run adds one that starts random "
-                             "and would stay random; drop itm from --freeze")
+                             "and would stay random; drop itm from --freeze (freeze= in Python)")
     if "itm" in names:
         model.add_itm_head()
     missing = [n for n, head in (("mlm", model.mlm_transform), ("mrm", model.mrm)) if n in names and head is None]
@@ -679,7 +680,8 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     if model.vqa_head is not None and layers_under_heads_train(model):
         log.warning("%s's VQA head does not train in pretraining but the layers under it do, so its answers drift "
                     "(easy-vqa: test accuracy 1.000 -> 0.997 after 10 epochs of ITM); fine-tune it again with "
-                    "`polymodal train vqa --model RUN/model`, or --freeze projections,fusion", recipe.model)
+                    "`polymodal train vqa --model RUN/model` (train_vqa with model='RUN/model' in Python), or %s",
+                    recipe.model, FREEZE_UNDER_HEADS)
     validation = validation_record(val_pairs)
     if resume:
         check_same_run(Path(recipe.out), recipe.arch, recipe.train, freeze=recipe.freeze,
@@ -695,7 +697,8 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     miner = load_miner(recipe.negatives) if "itm" in names and recipe.negatives != "random" else None
     if "itm" in names and recipe.negatives == "random" and recipe.hard_fraction not in (0.0, 0.5):  # 0.5: default
         log.warning("hard_fraction %g has no effect with negatives 'random': no hard negatives are mined, all are "
-                    "uniform; name a miner (--negatives default) for hard ones", recipe.hard_fraction)
+                    "uniform; name a miner (--negatives default; negatives='default' in Python) for hard ones",
+                    recipe.hard_fraction)
     train = encode_split(model, train_pairs, names, recipe, miner, progress)
     val = encode_split(model, val_pairs, names, recipe, miner, progress) if val_pairs is not None else None
     if val is not None and val.hard_images is not None and recipe.hard_k >= len(val.pairs.images) - 1:
@@ -704,7 +707,8 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
         what = ("val/itm_*_hard measure what val/itm_*_random do" if captions_too else
                 "val/itm_*_hard's image negatives are uniform (only its caption negatives are mined)")
         log.warning("validation holds %d images and hard_k is %d: each caption's mined 'hard' images are all the "
-                    "others, so %s; hold out more images for a harder validation (--val-fraction, --val-pairs)",
+                    "others, so %s; hold out more images for a harder validation (--val-fraction, --val-pairs; "
+                    "val_fraction, val_pairs in Python)",
                     len(val.pairs.images), recipe.hard_k, what)
     del miner
     t_cached = time.perf_counter()

@@ -52,7 +52,8 @@ def _lock(folder: Path, shared: bool = False) -> int | None:
     except BlockingIOError:
         os.close(fd)
         raise PolymodalError(f"another process is training into {folder} (a `polymodal train` still running there); "
-                             "wait for it to finish or stop it, then run again with --resume") from None
+                             "wait for it to finish or stop it, then run again with --resume (resume=True in "
+                             "Python)") from None
     except OSError:  # a filesystem without flock
         os.close(fd)
         return None

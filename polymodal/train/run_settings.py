@@ -166,7 +166,7 @@ def check_same_answers(out: Path, answers: Sequence[str], because: Sequence[tupl
     raise PolymodalError(f"the run in {out} trained its answer head over {len(was)} answers and this data gives "
                          f"{len(answers)} ({how}); the data changed, or this polymodal counts answers evaluation "
                          "scores as one ('yes!' and 'yes', 'two' and '2') as one class, which the run did not: resume "
-                         "on the data and polymodal it trained with, or train into a new --out")
+                         "on the data and polymodal it trained with, or train into a new --out (another out in Python)")
 
 
 def validation_record(pairs, rows: Sequence[tuple] | None = None, noun: str = "captions") -> dict | None:
@@ -192,7 +192,8 @@ def check_same_validation_set(out: Path, now: dict | None, key: str = "validatio
         return  # a run from before the record, or one without validation (a change there is refused elsewhere)
     raise PolymodalError(f"the run in {out} chose its best epoch on {_pairs_text(was)} and this data validates on "
                          f"other ones ({_pairs_text(now)}): resume on the data the run trained and validated "
-                         "with, or train into a new --out (--model RUN/model starts from its weights)")
+                         "with, or train into a new --out (another out in Python; --model RUN/model starts from its "
+                         "weights)")
 
 
 def switched_validation(saved, key: str, now: Sequence[str]) -> list[tuple]:

@@ -120,12 +120,12 @@ def read_checkpoint(path: Path) -> dict:
         if "unsupported global" in str(exc).lower():  # weights_only refused a global (allowed or blocked module)
             raise PolymodalError(f"cannot read {path}: it holds Python objects a training checkpoint does not, which "
                                  "are not unpickled for safety (loading them could run any code); start the run over "
-                                 "with --overwrite") from None
+                                 "with --overwrite (overwrite=True in Python)") from None
         detail = _first_detail(exc)
         if len(detail) > 160:  # torch goes on: "... directory. This is an internal miniz error. If you are ..."
             detail = detail.split(". ")[0]
         raise PolymodalError(f"cannot read {path} ({detail}): it is damaged; copy it again, or start the run over "
-                             "with --overwrite") from exc
+                             "with --overwrite (overwrite=True in Python)") from exc
     return state
 
 
@@ -134,11 +134,11 @@ def refuse_a_finished_run(out: Path, epoch: int, epochs: int, bad_epochs: int = 
     resuming it with the same --patience would train one more epoch per resume."""
     if epoch >= epochs:
         raise PolymodalError(f"the run in {out} already trained {epoch} epochs; pass --epochs {epoch + 1} or more "
-                             "to continue it")
+                             "(train.epochs in Python) to continue it")
     if patience and bad_epochs >= patience:
         raise PolymodalError(f"the run in {out} did not improve in its last {bad_epochs} of {epoch} epochs, which "
                              f"--patience {patience} counts as an early stop; pass --patience {bad_epochs + 1} or more "
-                             "(0: no early stop) to train on")
+                             "(0: no early stop; train.patience in Python) to train on")
 
 
 def check_resumable(out: Path, epochs: int, patience: int = 0) -> None:
@@ -189,7 +189,7 @@ class Trainer:
                 groups.setdefault((tower, p.ndim >= 2), []).append(p)
         if not groups:  # e.g. `train vqa --freeze` naming every part
             raise PolymodalError("nothing is left to train: every part of the model is frozen; freeze fewer parts "
-                                 "(--freeze)")
+                                 "(--freeze; freeze in Python)")
         self.optimizer = torch.optim.AdamW(
             [{"params": ps, "lr": config.lr * (config.tower_lr_scale if tower else 1.0),
               "weight_decay": config.weight_decay if decay else 0.0} for (tower, decay), ps in groups.items()],
@@ -198,12 +198,13 @@ class Trainer:
         self.steps_per_epoch = max(len(loader) for _, _, loader in objectives.values())
         if self.steps_per_epoch == 0:  # an epoch without a step would "finish" and save an untrained model
             raise PolymodalError("the training data gives no batch (too few rows for the batch size); add data or "
-                                 "lower --batch-size")
+                                 "lower --batch-size (batch_size in Python)")
         total = self.steps_per_epoch * config.epochs
         warmup = self._warmup(total)
         if config.warmup_steps is not None and warmup >= total:
             log.warning("warmup_steps=%d is not shorter than the whole run (%d steps): the learning rate never reaches "
-                        "lr=%g nor decays; pass --warmup-steps %d (a tenth of the run) or train longer",
+                        "lr=%g nor decays; pass --warmup-steps %d (a tenth of the run; train.warmup_steps in "
+                        "Python) or train longer",
                         warmup, total, config.lr, min(max(1, total // 10), total - 1))  # a 1-step run: 0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup, total))
         self.step, self.epoch, self.best, self.bad_epochs = 0, 0, -math.inf, 0
@@ -368,7 +369,8 @@ class Trainer:
             metric = self.cfg.early_stop_metric
             log.warning("no epoch beat the model training started from (%s %.4g before training): %s is that model, "
                         "unchanged; to try a lower --lr, more data or other settings, train again with --overwrite "
-                        "or into a new --out", metric, self.best, self.out / "model")
+                        "or into a new --out (overwrite=True or another out in Python)", metric, self.best,
+                        self.out / "model")
         return self.best_metrics
 
     def _seed_rank(self) -> None:

@@ -43,8 +43,8 @@ from polymodal.train.features import (
     _load_cached, _nan_rows, image_features, readable_subset, report_unreadable,
 )
 from polymodal.train.guards import (
-    AT_LEAST_1, AT_LEAST_2, FRACTION, LOWER_LR, NON_NEGATIVE, check_ranges, check_types, freeze_parts,
-    refuse_lone_val_split, refuse_unfreezing, warn_of_shared_photos,
+    AT_LEAST_1, AT_LEAST_2, FRACTION, FREEZE_UNDER_HEADS, LOWER_LR, NON_NEGATIVE, check_ranges, check_types,
+    freeze_parts, refuse_lone_val_split, refuse_unfreezing, warn_of_shared_photos,
 )
 from polymodal.train.fusion_run import check_fusion_start, fit_and_save
 from polymodal.train.run_settings import (
@@ -452,7 +452,7 @@ def build_vqa_model(recipe: VQARecipe, train_rows: Sequence[QARow]) -> FusionEnc
         why = {"vqa": "the VQA head is made for this run (--new-head, or an encoder that was only pretrained)",
                "itm": "the ITM head is added by this run (--itm-weight on a model without one)"}
         raise PolymodalError(f"--freeze {','.join(frozen_fresh)}: {'; '.join(why[p] for p in frozen_fresh)}, so it "
-                             "starts random and would stay random; drop it from --freeze")
+                             "starts random and would stay random; drop it from --freeze (freeze= in Python)")
     name_after_run(model, recipe.out)
     freeze_parts(model, recipe.freeze, recipe.model)
     if recipe.itm_weight > 0 and model.itm is None:
@@ -492,8 +492,8 @@ def warn_of_a_drifting_itm_head(model: FusionEncoder, itm_weight: float, name: s
         return False
     log.warning("%s's image-text matching (ITM) head does not train in this run (itm_weight 0) but the layers under "
                 "it do, so its scores drift; multiple choice uses them for choices outside the answer vocabulary. "
-                "Pass --itm-weight (e.g. 0.5) to train it too, or --freeze projections,fusion to keep it as it is",
-                name)
+                "Pass --itm-weight (e.g. 0.5; itm_weight in Python) to train it too, or %s to keep it as it is",
+                name, FREEZE_UNDER_HEADS)
     return True
 
 
@@ -547,7 +547,8 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
         trains = "they train through the ITM loss alone (the ITM head then scores them as multiple choices)" if recipe.itm_weight > 0 \
             else "they do not train"
         log.warning("%d of %d training rows have answers outside %s's %d answers (%s): %s, and the model can never "
-                    "give them as open answers; pass --new-head for a fresh head over this data's answers",
+                    "give them as open answers; pass --new-head (new_head=True in Python) for a fresh head over "
+                    "this data's answers",
                     int((targets < 0).sum()), len(targets), recipe.model, len(model.answers),
                     ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""),
                     trains)
