@@ -139,3 +139,13 @@ def test_an_unreachable_qdrant_names_the_location_for_python():
 
     exc = QdrantCollection("http://q:6333", "photos")._explain(ResponseHandlingException(OSError("refused")))
     assert str(exc).endswith("start the server, or fix --qdrant (the location in Python)")
+
+
+def test_resuming_with_other_settings_says_what_a_python_recipe_must_do(tmp_path):
+    """--resume fills left-out flags from train_config.json; a recipe built in Python is not filled, so "leave them
+    out" alone was wrong advice there."""
+    from polymodal.train.run_settings import another_run
+
+    message = str(another_run(tmp_path / "run", [("lr", 0.001, 0.01)], flags={"lr"}))
+    assert "--lr 0.001 (asked now: 0.01)" in message and "leave them out: --resume reads" in message
+    assert "in Python, a recipe with the run's values" in message

@@ -227,8 +227,10 @@ def another_run(out: Path, changed: list[tuple], flags: Collection[str] | None =
     was = ", ".join(f'"{k}": {json.dumps(old)} (a --config key; asked now: {json.dumps(new)})' if config_key(k)
                     else f"--{k.replace('_', '-')} {_flag_value(old)} (asked now: {_flag_value(new)})"
                     for k, old, new in changed)
+    # (a recipe built in Python is not filled from train_config.json: it states the run's values itself)
     return PolymodalError(f"the run in {out} was trained with {was}; resume with the run's settings (leave them "
-                          f"out: --resume reads {Path(out) / 'train_config.json'}), or train into a new --out")
+                          f"out: --resume reads {Path(out) / 'train_config.json'}; in Python, a recipe with the "
+                          "run's values), or train into a new --out")
 
 
 def _changed(saved, section: str, settings, compared) -> list[tuple]:
