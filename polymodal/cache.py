@@ -442,13 +442,18 @@ class CacheFill:
     """A cache array of ``shape`` written block by block as it is computed: into a hidden temporary beside ``path``
     (temp_beside's), renamed onto ``path`` by ``finish``. store_cached needs the whole array first: a grid cache for
     VQA v2's 82,000 photos (~10 GB) was more than many machines' memory. Where the cache cannot be written (read-only,
-    a full disk, at the start or midway) the array is kept in memory instead, as store_cached does."""
+    a full disk, at the start or midway) the array is kept in memory instead, as store_cached does; so it is with no
+    ``path`` (a caller that caches nothing)."""
 
-    def __init__(self, path: Path, shape: tuple, dtype) -> None:
+    def __init__(self, path: Path | None, shape: tuple, dtype) -> None:
         import numpy as np
 
-        self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self.memory, self.file, self.start = None, None, None  # start: where the rows begin, once the header is in
+        if path is None:
+            self.memory = np.zeros(self.shape, self.dtype)
+            return
+        self.path = Path(path)
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

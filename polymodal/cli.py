@@ -236,7 +236,7 @@ def cmd_search(args) -> int:
         asked = f"the image {args.image}" if args.image is not None else f'"{args.query}"'
         caption = f"Query: {asked}\nMatch: rank {shown + 1}, {top} (score {hits[shown].score:.3f}), model {name}"
         explained = str(save_heatmap(top, occlusion_heat(model, top, query[0]), args.explain, transform=model.transform,
-                                     caption=caption))
+                                     caption=caption, method="occlusion"))
     if args.json:
         rows = [{"rank": i + 1, "path": h.path, "score": round(h.score, 4), **({"host": h.host} if h.host else {})}
                 for i, h in enumerate(hits)]
@@ -286,7 +286,8 @@ def _search_texts(args) -> int:
         heat = occlusion_heat(model, args.image, model.encode_text([hits[0].text])[0])
         caption = (f'Text: "{hits[0].text}" (rank 1, score {hits[0].score:.3f}), model {name}\n'
                    f"where it matches {args.image}")
-        explained = str(save_heatmap(args.image, heat, args.explain, transform=model.transform, caption=caption))
+        explained = str(save_heatmap(args.image, heat, args.explain, transform=model.transform, caption=caption,
+                                     method="occlusion"))
     if args.json:
         rows = [{"rank": i + 1, "text": h.text, "score": round(h.score, 4), "line": h.line} for i, h in enumerate(hits)]
         if explained:
@@ -413,22 +414,25 @@ def cmd_info(args) -> int:
     if args.json:
         _print_json(info)
         return 0
-    print(f"polymodal {info['polymodal']}  (cache: {info['cache']})")
-    print(_table(sorted(info["models"].items()), ("model", "description")))
-    exported = ", ".join(n + (" (made from an older one: export it again)" if n in info["onnx_exports_stale"] else "")
-                         for n in info["onnx_exports"]) or "none (polymodal export onnx NAME makes one)"
-    print(f"ONNX exports for --runtime onnx: {exported}")
+    # the text shows what was asked: `info --qdrant URL` printed the built-in models' table (a screen of it) first.
+    # --json keeps every key: scripts read "models" beside "index"
+    blocks = []
+    if not {"index", "qdrant", "model"} & set(info):  # `info` alone: the version, the built-in models, their exports
+        stale = " (made from an older one: export it again)"
+        exported = ", ".join(n + (stale if n in info["onnx_exports_stale"] else "") for n in info["onnx_exports"]) \
+            or "none (polymodal export onnx NAME makes one)"
+        blocks.append(f"polymodal {info['polymodal']}  (cache: {info['cache']})\n"
+                      f"{_table(sorted(info['models'].items()), ('model', 'description'))}\n"
+                      f"ONNX exports for --runtime onnx: {exported}")
     if "index" in info:
-        print()
-        print(_table(sorted((k, v) for k, v in info["index"].items()), ("index", "value")))
+        blocks.append(_table(sorted((k, v) for k, v in info["index"].items()), ("index", "value")))
     if "qdrant" in info:
-        print()
-        print(_table(sorted((k, v) for k, v in info["qdrant"].items()), ("qdrant collection", "value")))
+        blocks.append(_table(sorted((k, v) for k, v in info["qdrant"].items()), ("qdrant collection", "value")))
     if "model" in info:
         from polymodal.trained_with import summary_rows
 
-        print()
-        print(_table(summary_rows(info["model"]), ("model", "value")))
+        blocks.append(_table(summary_rows(info["model"]), ("model", "value")))
+    print("\n\n".join(blocks))
     return 0
 
 
@@ -554,9 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_classify)
 
     s = sub.add_parser("info", help="version, built-in models, and an index's or a model's details")
-    s.add_argument("--db", help="also show this index folder's details")
-    s.add_argument("--model", help="also show this model folder's (RUN/model, an export) key and how it was trained")
-    add_qdrant(s, "also show this Qdrant collection's details")
+    # each of these shows its own details instead of the built-in models (what `info` alone shows)
+    s.add_argument("--db", help="show this index folder's details")
+    s.add_argument("--model", help="show this model folder's (RUN/model, an export) key and how it was trained")
+    add_qdrant(s, "show this Qdrant collection's details")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_info)
 

@@ -7,7 +7,7 @@ import json
 import sys
 
 from polymodal.cli_options import (
-    CONFIG_HELP, add_precision, add_quiet, add_recipe_flags, add_run_options, add_runtime, how_it_ran,
+    CONFIG_HELP, TRAIN_LOOP_FLAGS, add_precision, add_quiet, add_recipe_flags, add_run_options, add_runtime, how_it_ran,
 )
 from polymodal.errors import PolymodalError
 from polymodal.eval.limit import add_limit
@@ -22,9 +22,7 @@ CAPTION_HELPS = {
     "val_images": "validation photos captioned after each epoch for BLEU and CIDEr-D (greedy decoding)",
 }
 CAPTION_FLAGS = {
-    "epochs": ("train", int), "lr": ("train", float), "weight_decay": ("train", float),
-    "warmup_steps": ("train", int), "grad_clip": ("train", float), "seed": ("train", int),
-    "patience": ("train", int), "log_every": ("train", int),
+    **TRAIN_LOOP_FLAGS,
     "prefix_grid": ("arch", int), "lora_rank": ("arch", int), "max_caption_tokens": ("arch", int),
     "batch_size": ("", int), "val_fraction": ("", float), "label_smoothing": ("", float), "val_images": ("", int),
     "split": ("", str), "val_split": ("", str),

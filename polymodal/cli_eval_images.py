@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 
-from polymodal.cli_options import add_precision, add_quiet, add_runtime, how_it_ran, load_model
+from polymodal.cli_options import add_eval_options, how_it_ran, load_model
 from polymodal.errors import PolymodalError
-from polymodal.eval.limit import add_limit
-from polymodal.eval.per_item import add_item_options
 
 
 def cmd_eval_images(args) -> int:
@@ -97,9 +95,5 @@ def add_parsers(sub, actions: dict) -> None:
                         "image,label columns, or a folder with one subfolder of photos per class, named as the class "
                         "(as eval zeroshot reads them)")
     s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
-    add_limit(s, note=" (a quick look: each queries the other N-1, so recall comes out higher)")
-    add_runtime(s)
-    add_precision(s)
-    add_quiet(s)
-    add_item_options(s)
+    add_eval_options(s, " (a quick look: each queries the other N-1, so recall comes out higher)")
     s.set_defaults(func=cmd_eval_images)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -13,13 +14,8 @@ from polymodal.training_photos import copy_training_records
 
 
 def cmd_export_onnx(args) -> int:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise PolymodalError(f"ONNX export needs the onnx extra ({exc.name} is missing); pip install 'polymodal[onnx]'") from exc
-    import polymodal
-    from polymodal.export.onnx_export import export_onnx, report_table, validation_set, warn_if_the_gate_is_coarse
+    # the options are checked before onnx, onnxruntime and torch load (3-9 s on a busy 2-core machine): a missing
+    # --out was answered only after them
     from polymodal.export.runtime import is_onnx_folder
     from polymodal.registry import MODELS, NO_ONNX, check_model_name, onnx_export_dir
 
@@ -48,6 +44,15 @@ def cmd_export_onnx(args) -> int:
     if args.val_qa and args.val_pairs:  # one checks a VQA export, the other an embedding or captioner export
         raise PolymodalError("pass --val-qa (questions, for a VQA model) or --val-pairs (photos with captions, for an "
                              "embedding model or a captioner), not both")
+    for extra in ("onnx", "onnxruntime"):
+        try:
+            importlib.import_module(extra)
+        except ImportError as exc:
+            raise PolymodalError(f"ONNX export needs the onnx extra ({exc.name} is missing); pip install "
+                                 "'polymodal[onnx]'") from exc
+    import polymodal
+    from polymodal.export.onnx_export import export_onnx, report_table, validation_set, warn_if_the_gate_is_coarse
+
     if args.val_qa:
         return _export_vqa(args, out)
     val = validation_set(args.val_pairs, limit=args.val_limit, warn_few=False)  # (read before the model loads)

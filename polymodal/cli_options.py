@@ -6,6 +6,8 @@ import functools
 import os
 
 from polymodal.errors import PolymodalError
+from polymodal.eval.limit import add_limit
+from polymodal.eval.per_item import add_item_options
 
 
 def add_precision(parser, note: str = "") -> None:
@@ -34,6 +36,17 @@ def add_runtime(parser, help: str = EMBED_RUNTIME_HELP, from_index: bool = False
     which = "--model, or without it the index's model," if from_index else "--model"
     parser.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
                         help=f"{help} (default auto: onnx when {which} is an export folder, else torch)")
+
+
+def add_eval_options(parser, limit_note: str, runtime_help: str = EMBED_RUNTIME_HELP, precision_note: str = "") -> None:
+    """The options each eval command that scores items one by one (retrieval, zeroshot, images, vqa) ends with:
+    --limit, --runtime, --precision, --quiet, then the per-item outputs and checks (--out, --page, --split, --strict,
+    --ci). `eval captions` has its own (corpus scores: no --ci; decoding options between)."""
+    add_limit(parser, note=limit_note)
+    add_runtime(parser, runtime_help)
+    add_precision(parser, precision_note)
+    add_quiet(parser)
+    add_item_options(parser)
 
 
 def resolve_runtime(args) -> None:
@@ -123,6 +136,18 @@ def qdrant_collection(args):
 
     return QdrantCollection(args.qdrant, args.collection or DEFAULT_COLLECTION)
 
+
+# the TrainConfig settings of train captioner, vqa and pretrain, one flag each (flag -> (recipe section, type));
+# train contrastive's TRAIN_FLAGS has these and two more among them, in its own --help order
+TRAIN_LOOP_FLAGS = {
+    "epochs": ("train", int), "lr": ("train", float), "weight_decay": ("train", float),
+    "warmup_steps": ("train", int), "grad_clip": ("train", float), "seed": ("train", int),
+    "patience": ("train", int), "log_every": ("train", int),
+}
+# the fusion encoders' architecture flags (train vqa, train pretrain)
+FUSION_ARCH_FLAGS = {
+    "fusion": ("arch", str), "dim": ("arch", int), "dropout": ("arch", float), "image_size": ("arch", int),
+}
 
 # what the settings every trainer shares mean (each command's own helps add to or override these)
 TRAIN_HELPS = {

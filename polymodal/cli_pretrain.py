@@ -4,14 +4,11 @@ fusion encoder on image-caption pairs). `add_parsers(sub, actions)` takes the "t
 
 from __future__ import annotations
 
-from polymodal.cli_options import CONFIG_HELP, add_recipe_flags, add_run_options
+from polymodal.cli_options import CONFIG_HELP, FUSION_ARCH_FLAGS, TRAIN_LOOP_FLAGS, add_recipe_flags, add_run_options
 
 # flag -> (recipe section, type): "train" = TrainConfig, "arch" = FusionEncoderConfig, "" = the recipe itself
 PRETRAIN_FLAGS = {
-    "epochs": ("train", int), "lr": ("train", float), "weight_decay": ("train", float),
-    "warmup_steps": ("train", int), "grad_clip": ("train", float), "seed": ("train", int),
-    "patience": ("train", int), "log_every": ("train", int),
-    "fusion": ("arch", str), "dim": ("arch", int), "dropout": ("arch", float), "image_size": ("arch", int),
+    **TRAIN_LOOP_FLAGS, **FUSION_ARCH_FLAGS,
     "objectives": ("", str), "batch_size": ("", int), "val_fraction": ("", float), "negatives": ("", str),
     "hard_k": ("", int), "hard_fraction": ("", float), "mlm_rate": ("", float), "mlm_variants": ("", int), "mrm_rate": ("", float),
     "mrm_target": ("", str), "workers": ("", int), "freeze": ("", str), "split": ("", str), "val_split": ("", str),

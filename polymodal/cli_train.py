@@ -8,11 +8,9 @@ import logging
 from pathlib import Path
 
 from polymodal.apps.templates import add_template_options
-from polymodal.cli_options import (CONFIG_HELP, add_precision, add_quiet, add_recipe_flags, add_run_options,
-                                   add_runtime, how_it_ran, load_model)
+from polymodal.cli_options import (CONFIG_HELP, add_eval_options, add_recipe_flags, add_run_options, how_it_ran,
+                                   load_model)
 from polymodal.errors import PolymodalError
-from polymodal.eval.limit import add_limit
-from polymodal.eval.per_item import add_item_options
 
 # flag -> (recipe section, key, type); a config file uses the same keys (section "arch" for architecture)
 TRAIN_FLAGS = {
@@ -481,11 +479,7 @@ def add_parsers(sub) -> dict:
                    help="also: how often each photo's first caption beats 4 scrambled copies of it (order/swap, "
                         "order/trigrams, order/within, order/shuffle; chance 0.2 if the five scores were random, lower when "
                         "a model scores the copies alike: ties count as misses)")
-    add_limit(s, note=", each with all its captions (a quick look: recall among N photos comes out higher)")
-    add_runtime(s)
-    add_precision(s)
-    add_quiet(s)
-    add_item_options(s)
+    add_eval_options(s, ", each with all its captions (a quick look: recall among N photos comes out higher)")
     s.set_defaults(func=cmd_eval_retrieval)
     s = ev.add_parser("zeroshot", help="zero-shot top-1/top-5 accuracy over a JSONL of {image, label} or class "
                       "folders")
@@ -497,11 +491,7 @@ def add_parsers(sub) -> dict:
     add_template_options(s, "the mean of 4, see the README")
     s.add_argument("--classes", metavar="FILE", help="the candidate classes, one per line (or a JSON list, or a "
                    "one-column .csv), e.g. all of a dataset's; default: the labels the file holds")
-    add_limit(s, note=" (a quick look; the candidates stay every label of the file, or the --classes)")
-    add_runtime(s)
-    add_precision(s)
-    add_quiet(s)
-    add_item_options(s)
+    add_eval_options(s, " (a quick look; the candidates stay every label of the file, or the --classes)")
     s.set_defaults(func=cmd_eval_zeroshot)
 
     s = sub.add_parser("plot", help="training curves of a run as a PNG")

@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 
 from polymodal.cli_options import (
-    CONFIG_HELP, add_precision, add_quiet, add_recipe_flags, add_run_options, add_runtime, how_it_ran,
+    CONFIG_HELP, FUSION_ARCH_FLAGS, TRAIN_LOOP_FLAGS, add_eval_options, add_precision, add_quiet, add_recipe_flags,
+    add_run_options, add_runtime, how_it_ran,
 )
 from polymodal.errors import PolymodalError
-from polymodal.eval.limit import add_limit
-from polymodal.eval.per_item import add_item_options
 
 # flag -> (recipe section, type): "train" = TrainConfig, "arch" = FusionEncoderConfig, "" = the recipe itself
 VQA_HELPS = {
@@ -28,10 +27,7 @@ VQA_HELPS = {
              "unset: every row",
 }
 VQA_FLAGS = {
-    "epochs": ("train", int), "lr": ("train", float), "weight_decay": ("train", float),
-    "warmup_steps": ("train", int), "grad_clip": ("train", float), "seed": ("train", int),
-    "patience": ("train", int), "log_every": ("train", int),
-    "fusion": ("arch", str), "dim": ("arch", int), "dropout": ("arch", float), "image_size": ("arch", int),
+    **TRAIN_LOOP_FLAGS, **FUSION_ARCH_FLAGS,
     "batch_size": ("", int), "val_fraction": ("", float), "min_answer_count": ("", int), "max_answers": ("", int),
     "label_smoothing": ("", float), "itm_weight": ("", float), "workers": ("", int), "split": ("", str),
     "val_split": ("", str),
@@ -110,7 +106,7 @@ def cmd_vqa(args) -> int:
         caption = (f"Q: {args.question}\nA: {result['answer']} (score {result['score']:.3f}), "
                    f"model {getattr(model, 'key', args.model)}")  # the PNG alone says what it explains
         save_heatmap(args.image, model.explain(args.image, args.question, answer=result["answer"]), args.explain,
-                     transform=model.transform, caption=caption)
+                     transform=model.transform, caption=caption, method=getattr(model, "heat_map_method", None))
         result["explain"] = str(args.explain)
     if args.json:
         print(json.dumps({"model": getattr(model, "key", args.model), "image": args.image, "question": args.question,
@@ -221,9 +217,6 @@ def add_parsers(sub, actions: dict) -> None:
     s.add_argument("--qa", nargs="+", required=True, help="QA JSONL file(s), read as one set")
     s.add_argument("--model", default="easy-vqa", help="built-in name, fusion-encoder folder or ONNX export "
                                                        "(default: easy-vqa)")
-    add_limit(s, note=", each with all its questions")
-    add_runtime(s, "onnx: answer with the model's `polymodal export onnx` folder")
-    add_precision(s, "; coco-yesno runs fp32 only")
-    add_quiet(s)
-    add_item_options(s)
+    add_eval_options(s, ", each with all its questions", "onnx: answer with the model's `polymodal export onnx` folder",
+                     "; coco-yesno runs fp32 only")
     s.set_defaults(func=cmd_eval_vqa)

@@ -88,14 +88,12 @@ def run(out: Path, model_name: str) -> None:
         hits = index.search_text(model, q, k=3)
         sections.append((f"text: {q}", hits))
         print(f"\n  query: {q!r}")
-        print(_indent(_table([(i + 1, f"{h.score:.3f}", Path(h.path).name) for i, h in enumerate(hits)],
-                             ("rank", "score", "photo"))))
+        print(_hits_table(hits))
     query = _query_image(gallery, out)
     hits = index.search_image(model, query, k=3)
     sections.append((f"image: {query.name}", hits))
     print(f"\n5. Image -> image search with {query.name} (not in the gallery)")
-    print(_indent(_table([(i + 1, f"{h.score:.3f}", Path(h.path).name) for i, h in enumerate(hits)],
-                         ("rank", "score", "photo"))))
+    print(_hits_table(hits))
 
     # temple and flower come from scikit-learn, which the gallery does without (polymodal.data.samples)
     names = [n for n in ("cat", "coffee", "rocket", "motorcycle", "temple", "flower")
@@ -151,6 +149,12 @@ def _as_typed(path: Path) -> str:
     if os.name == "nt":  # cmd.exe's quoting
         return f'"{typed}"' if " " in typed else typed
     return shlex.quote(typed)
+
+
+def _hits_table(hits) -> str:
+    """A search's hits as the demo prints them (text and image queries alike): rank, score, the photo's name."""
+    return _indent(_table([(i + 1, f"{h.score:.3f}", Path(h.path).name) for i, h in enumerate(hits)],
+                          ("rank", "score", "photo")))
 
 
 def _indent(text: str) -> str:

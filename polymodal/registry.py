@@ -103,8 +103,9 @@ def captions(model) -> bool:
 
 
 def names_an_embedder(name) -> bool:
-    """True when ``name`` (a built-in name, a model or export folder) is an embedding model by its name or config
-    file alone, before the slow load (serve without an index refuses one); False for others and for the unknown."""
+    """True when ``name`` (a built-in name, a model or export folder, a CLIP checkpoint) is an embedding model by its
+    name, config file or tensor names alone, before the slow load (serve without an index refuses one); False for
+    others and for the unknown."""
     from polymodal.models.folders import folder_type
     from polymodal.resources import HERE
 
@@ -121,6 +122,10 @@ def names_an_embedder(name) -> bool:
             kind = read_export_config(folder).get("type") if is_onnx_folder(folder) else None
         except PolymodalError:  # an unreadable one: polymodal.load says so
             pass
+    if kind is None and str(name) not in MODELS:  # a Hugging Face CLIP folder or a CLIP state dict: always embeds
+        from polymodal.models.clip_keys import is_clip_checkpoint
+
+        return is_clip_checkpoint(folder)
     return kind in ("dual_encoder", "onnx_embedding")
 
 

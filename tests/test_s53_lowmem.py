@@ -53,7 +53,7 @@ def test_a_feed_without_one_batch_axis_is_passed_whole():
     assert list(iter(V._Feeds([feed]).get_next, None)) == [feed]
 
 
-def test_export_holds_one_session_per_tower_while_a_variant_is_built(tmp_path, monkeypatch):
+def test_export_holds_one_session_per_tower_while_a_variant_is_built(tmp_path, monkeypatch, young_heap):
     """A variant's session (the int8 dynamic image graph's: 0.7 GB after batches of 32) was kept while the next
     variant was quantized, and the last image one while the text tower was: the export peaked at 2.9 GB."""
     pytest.importorskip("onnxruntime")
@@ -92,7 +92,8 @@ def test_a_feature_cache_is_written_without_copies_in_memory(tmp_path, monkeypat
 
 
 
-def test_vqa_export_holds_no_earlier_variants_sessions_while_a_variant_is_built(tmp_path, monkeypatch):
+def test_vqa_export_holds_no_earlier_variants_sessions_while_a_variant_is_built(tmp_path, monkeypatch,
+                                                                               young_heap):
     """The same for a VQA model's export: each try loads the whole export (a session per graph)."""
     pytest.importorskip("onnxruntime")
     easy_vqa = pytest.importorskip("easy_vqa")

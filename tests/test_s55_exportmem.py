@@ -80,7 +80,7 @@ def test_no_two_sessions_hold_their_run_memory_at_once(tmp_path, monkeypatch):
     assert overlaps == []
 
 
-def test_the_decoded_photos_are_not_kept_beside_the_pixels(tmp_path, monkeypatch):
+def test_the_decoded_photos_are_not_kept_beside_the_pixels(tmp_path, monkeypatch, young_heap):
     """The photos' decoded batches were kept for the whole export beside the stacked pixels (180 MB at 300)."""
     pytest.importorskip("onnxruntime")
     import gc

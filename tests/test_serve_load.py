@@ -15,7 +15,7 @@ def test_serve_load_smoke():
     runtime = "torch-bf16" if bf16_supported() else "torch"
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--runtime", runtime, "--kinds", "image,text", "--concurrency", "1,6",
-         "--requests", "12", "--time-limit", "60"],
+         "--requests", "6", "--time-limit", "60"],
         capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -23,7 +23,7 @@ def test_serve_load_smoke():
     runs = [d for d in lines if "qps" in d]
     assert len(runs) == 2 * 2 * 2  # batching on/off x kinds x concurrency levels
     for d in runs:
-        assert d["errors"] == 0 and d["requests"] == 12 and d["qps"] > 0 and d["runtime"] == runtime, d
+        assert d["errors"] == 0 and d["requests"] == 6 and d["qps"] > 0 and d["runtime"] == runtime, d
         assert d["mean_batch"] >= 1.0 if d["batching"] else d["mean_batch"] == 1.0, d
     ratios = [d for d in lines if d.get("ratio") == "qps_batching/qps_no_batching"]
     assert {d["kind"] for d in ratios} == {"image", "text"} and all(d["value"] > 0 for d in ratios)

@@ -82,7 +82,8 @@ def test_an_unreachable_or_deleted_collection_is_the_servers_problem(client, col
 def test_the_page_hides_uploads_for_a_collection(client):
     page = client.get("/").text
     assert 'id="add"' in page and "writable = info.index.writable === true" in page  # the Add panel and the
-    assert '$("add").hidden = !writable' in page and "if (writable) {" in page  # results' remove buttons
+    assert 'showPanel("add", writable)' in page and '"add": ["add"]' in page  # (PANELS, rendered into the page)
+    assert "if (writable) {" in page  # the results' remove buttons
 
 
 @pytest.mark.parametrize("args, message", [

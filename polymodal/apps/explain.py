@@ -151,7 +151,7 @@ _NO_TRANSFORM = _Required("model.transform, or None")
 
 
 def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0.5, transform=_NO_TRANSFORM, *,
-                 caption: str | None = None, legend: bool = True) -> Path:
+                 caption: str | None = None, method: str | None = None, legend: bool = True) -> Path:
     """Write ``image`` with ``heat`` overlaid, atomically, at the image's size (a JPEG file or bytes whose short side
     passes 4096 pixels at 1/2 to 1/8 of it, see OVERLAY_MIN_SIDE; a panorama past Pillow's pixel limit at the largest
     of those that fits; one smaller than VIEW_MIN_SIDE enlarged a whole number of times; one longer than its
@@ -159,7 +159,8 @@ def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0
     .jpg, .webp). ``transform`` is required: the model's (``model.transform``) puts the grid over the centre crop
     the model saw (a map from ``explain`` or `occlusion_heat`); None spreads it over the whole image. Below the
     picture comes a strip (see heat_scale.with_legend) with ``caption`` (what the map explains: the question and
-    answer, the query and the match) and the colour scale; ``legend=False`` writes the picture alone, at the
+    answer, the query and the match), ``method`` (how the map was made: a VQA model's ``heat_map_method``,
+    "occlusion" for `occlusion_heat`) and the colour scale; ``legend=False`` writes the picture alone, at the
     image's size."""
     import io
 
@@ -181,7 +182,7 @@ def save_heatmap(image: Any, heat: np.ndarray, out: str | Path, alpha: float = 0
     box = transform.source_box(img.size) if transform is not None else None
     picture = overlay_heatmap(img, heat, alpha, box)
     if legend:
-        picture = with_legend(picture, caption)
+        picture = with_legend(picture, caption, method)
     limit = _MAX_SIDE.get(fmt)
     if limit and max(picture.size) > limit:
         picture.thumbnail((limit, limit), Image.BILINEAR)  # keeps the aspect ratio

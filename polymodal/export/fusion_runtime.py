@@ -119,6 +119,8 @@ class OnnxFusionEncoder(GraphExport):
             ranked = self._rank_choices(logits[0], choices, grid, question)[:top_k]
         return finite_answer({"answer": ranked[0][0], "score": ranked[0][1], "alternatives": ranked})
 
+    heat_map_method = "occlusion"  # how explain() makes its maps, as a saved map's strip names it
+
     def explain(self, image: Any, question: str, answer: str | None = None) -> np.ndarray:
         """A ``[g, g]`` (7x7) float32 heat map in [0, 1] over the image grid: where the photo made ``answer`` (the
         top answer by default) likely. An export keeps no attention maps or gradients, so this is `occlusion_map` of

@@ -334,14 +334,25 @@ def gate(speed: float, base_speed: float, drop_points: float, max_drop_points: f
     faster = speed >= MIN_SPEEDUP * base_speed
     accurate = drop_points <= max_drop_points
     close = min_cosine is None or min_cosine >= VARIANT_MIN_COSINE
-    change = f"{metric} drop {drop_points:.1f} points" if drop_points >= 0.05 else \
+    change = f"{metric} drop {_beside(drop_points, max_drop_points)} points" if drop_points >= 0.05 else \
         f"{metric} gain {-drop_points:.1f} points" if drop_points <= -0.05 else f"{metric} unchanged"  # -0.0: none
-    reason = (f"{'faster' if faster else 'not faster'} ({speed / base_speed:.2f}x fp32 onnxruntime); "
+    speedup = f"{_beside(speed / base_speed, MIN_SPEEDUP, 2)}x fp32 onnxruntime"
+    reason = (f"{'faster' if faster else 'not faster'} ({speedup}{'' if faster else f', {MIN_SPEEDUP:g}x needed'}); "
               f"{change} ({'within' if accurate else 'over'} the {max_drop_points:g}-point limit)")
     if not close:
         reason += (f"; vectors too far from PyTorch's (min cosine {min_cosine:.3f} < {VARIANT_MIN_COSINE}: an index "
                    "built with one runtime would not answer the other's queries alike)")
     return ("kept" if faster and accurate and close else "rejected"), reason
+
+
+def _beside(value: float, bar: float, digits: int = 1) -> str:
+    """``value`` to ``digits`` decimals, or more where rounding would put it on the other side of ``bar``: a 1.049x
+    speed-up printed "not faster (1.05x)", a 1.04-point drop "1.0 points (over the 1-point limit)"."""
+    for d in range(digits, 6):
+        text = f"{value:.{d}f}"
+        if (float(text) < bar) == (value < bar) and (float(text) > bar) == (value > bar):
+            return text
+    return repr(value)
 
 
 def _drop(reference: dict, metrics: dict) -> float:

@@ -11,6 +11,7 @@ import logging
 import math
 import re
 import threading
+from contextlib import contextmanager
 from numbers import Integral, Real
 from typing import Any, Callable
 
@@ -104,7 +105,8 @@ def caption_batches(images: Any, batch_size: int, beam: int, max_tokens: int, no
     return [text_of(pieces) for pieces in written]
 
 
-_LAST = threading.local()  # this thread's last caption_batches call with an owner: (id(owner), kinds, max_tokens)
+_LAST = threading.local()  # this thread's last caption_batches call with an owner: (id(owner), kinds, max_tokens);
+# .fix: the advice its warning gives there (see advising)
 
 
 def last_unfinished(owner: Any) -> tuple[list[str | None], int] | None:
@@ -124,8 +126,22 @@ def unfinished(written: list[list[int]], max_tokens: int) -> list[str | None]:
             for pieces in written]
 
 
-def unfinished_notes(kinds: list[str | None], max_tokens: int,
-                     fix: str = "raise --max-tokens (max_tokens=), or, ") -> list[str]:
+CAPTION_FIX = "raise --max-tokens (max_tokens=), or, "  # what `polymodal caption` and caption() can do of a cut one
+
+
+@contextmanager
+def advising(fix: str):
+    """Captions written on this thread while the block runs are warned of with ``fix`` (see unfinished_notes): a
+    server's log, whose `serve` has no --max-tokens, says its own."""
+    before = getattr(_LAST, "fix", CAPTION_FIX)
+    _LAST.fix = fix
+    try:
+        yield
+    finally:
+        _LAST.fix = before
+
+
+def unfinished_notes(kinds: list[str | None], max_tokens: int, fix: str = CAPTION_FIX) -> list[str]:
     """What is said of `unfinished` captions, by the CLI's warning and a served reply (whose client cannot change
     max_tokens: ``fix`` "")."""
     empty, cut, n = kinds.count("empty"), kinds.count("cut"), len(kinds)
@@ -140,7 +156,8 @@ def unfinished_notes(kinds: list[str | None], max_tokens: int,
 def warn_once_if_unfinished(owner: Any, kinds: list[str | None], max_tokens: int) -> None:
     """Empty and cut captions (`unfinished`) read as the model's whole answer: say why, once per model (a server or
     a long `caption` run would repeat it)."""
-    notes = [] if getattr(owner, "_warned_unfinished", False) else unfinished_notes(kinds, max_tokens)
+    notes = [] if getattr(owner, "_warned_unfinished", False) else \
+        unfinished_notes(kinds, max_tokens, getattr(_LAST, "fix", CAPTION_FIX))
     if notes:
         owner._warned_unfinished = True
     for note in notes:

@@ -16,7 +16,7 @@ Captions come out lower case (MiniLM's vocabulary is uncased). Decoding is beam 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polymodal.data.images import ImageTransform
+from polymodal.encoders.efficientnet import grid_transform
 from polymodal.errors import PolymodalError
 from polymodal.models.beam_search import (MAX_TOKENS, NO_REPEAT, beam_search, caption_batches, caption_text,
                                           check_search)
-from polymodal.models.folders import folder_type, read_folder_config, settings_from
+from polymodal.models.folders import config_from_dict, folder_type, read_folder_config, settings_from
 from polymodal.models.inputs import as_images, check_count, check_fraction
 from polymodal.models.modes import check_float32, in_eval_mode
 from polymodal.models.summary import image_tower, summary
@@ -49,11 +50,7 @@ class CaptionerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CaptionerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"type", "version", "transform"}
-        if unknown:
-            raise PolymodalError(f"unknown captioner config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d, "captioner")
 
     def validate(self) -> None:
         for key in ("prefix_grid", "lora_rank", "max_caption_tokens", "image_size"):
@@ -77,9 +74,7 @@ class CaptionerConfig:
 
     @property
     def transform(self) -> ImageTransform:
-        # the fusion encoder's (crop_box: camera JPEGs decode at reduced scale)
-        return ImageTransform(resize=self.image_size, crop=self.image_size, mean=(0.5, 0.5, 0.5),
-                              std=(0.5, 0.5, 0.5), resample="bicubic", crop_box=True)
+        return grid_transform(self.image_size)  # the fusion encoder's: image_cache_signature shares its grid cache
 
 
 class Captioner(nn.Module):

@@ -20,11 +20,13 @@ import torch
 
 from polymodal.data.images import ImageTransform
 from polymodal.models.folders import WEIGHT_SUFFIXES
+from polymodal.data.token_record import record_encodings
 from polymodal.data.tokenizer import overflowed, warn_once_if_cut
 from polymodal.errors import PolymodalError
 from polymodal.models.base import EmbeddingModel
-from polymodal.models.openai_convert import (OPEN_CLIP_VISION_HEADS, check_activation, default_arch, is_openai_layout,
-                                             openai_to_hf, widths)
+from polymodal.models.clip_keys import is_openai_layout, state_dict_keys
+from polymodal.models.openai_convert import (OPEN_CLIP_VISION_HEADS, check_activation, default_arch, openai_to_hf,
+                                             widths)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class ClipModel(EmbeddingModel):
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         warn_once_if_cut(self, enc["attention_mask"], self.max_length, "CLIP text tower",
                          overflowed(getattr(enc, "encodings", None)))
+        record_encodings(texts, getattr(enc, "encodings", None))  # for the server's notes on these texts
         return self.text_from_tokens(enc["input_ids"], enc["attention_mask"])
 
     # what polymodal.export turns into the text graph
@@ -599,13 +602,7 @@ def load_clip(path: str | Path, **kw) -> ClipModel:
 
 
 def _safetensors_is_openai(file: Path) -> bool:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(file), "pt") as f:
-            return is_openai_layout(f.keys())
-    except Exception:
-        return False
+    return is_openai_layout(state_dict_keys(file))
 
 
 def _few(items, n: int = 5) -> str:

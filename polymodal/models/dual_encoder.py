@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from polymodal.models.folders import (WEIGHTS_FILE, folder_type, folder_version, read_folder_config, settings_from,
-                                      write_model_folder)
+from polymodal.models.folders import (WEIGHTS_FILE, config_from_dict, folder_type, folder_version, read_folder_config,
+                                      read_weights, settings_from, write_model_folder)
 from polymodal.encoders.efficientnet import LITE0_TRANSFORM, EfficientNetLite0
 from polymodal.encoders.text import SentenceEncoder, minilm_path
 from polymodal.errors import PolymodalError
@@ -47,11 +47,7 @@ class DualEncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DualEncoderConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"type", "version", "transform"}
-        if unknown:
-            raise PolymodalError(f"unknown dual-encoder config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d, "dual-encoder")
 
     def validate(self) -> None:
         if not self.embed_dim >= 1:
@@ -262,13 +258,9 @@ def load_trained_weights(model, folder: Path, raw: dict):
     """Load folder/model.safetensors into a model built from its config (``raw``, as read); the keys must be exactly
     what model.trained_state() saves. Shared by every model saved this way (dual and fusion encoders, captioners).
     The model's version is its weights' hash, which must be the one config.json records (folder_version)."""
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    try:
-        state = load_file(str(folder / WEIGHTS_FILE))
-    except (OSError, SafetensorError) as exc:
-        raise PolymodalError(f"cannot read {folder / WEIGHTS_FILE} ({exc}); the model folder is incomplete") from exc
+    state = read_weights(folder, load_file)
     expected = model.trained_state()
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     if missing or unexpected:

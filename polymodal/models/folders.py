@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from polymodal.cache import atomic_write_bytes
@@ -47,6 +48,27 @@ def folder_version(folder: Path, raw: dict) -> str:
                              "files or was half rewritten; copy or save the model folder again (weights you "
                              "changed on purpose: delete \"version\" from config.json, which then takes theirs)")
     return found
+
+
+def config_from_dict(cls, d: dict, what: str):
+    """A model's settings dataclass from config.json's keys (or a run's recorded arch): the keys every folder's
+    config.json adds (type, version, transform) are passed over; another key the class lacks is one error, naming
+    ``what`` model it is (settings_from reads its "unknown " start as a newer polymodal's key)."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known - {"type", "version", "transform"}
+    if unknown:
+        raise PolymodalError(f"unknown {what} config keys {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def read_weights(folder: Path, load_file) -> dict:
+    """folder/model.safetensors through ``load_file`` (safetensors.torch's or safetensors.numpy's), or one error."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(folder / WEIGHTS_FILE))
+    except (OSError, SafetensorError) as exc:
+        raise PolymodalError(f"cannot read {folder / WEIGHTS_FILE} ({exc}); the model folder is incomplete") from exc
 
 
 def settings_from(folder: Path, raw: dict, kind: type):

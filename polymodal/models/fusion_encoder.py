@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -43,9 +43,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from polymodal.models.folders import folder_type, read_folder_config, settings_from
+from polymodal.models.folders import config_from_dict, folder_type, read_folder_config, settings_from
 from polymodal.data.answers import check_row_choices, checked_choices, choice_index, comparable_answer, unique_choices
 from polymodal.data.images import ImageTransform
+from polymodal.encoders.efficientnet import grid_transform
 from polymodal.errors import PolymodalError
 from polymodal.fusion import FUSIONS, CrossAttentionFusion, FusionOutput, LateFusion, build_fusion
 from polymodal.fusion.base import decision_level
@@ -105,11 +106,7 @@ class FusionEncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FusionEncoderConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"type", "version", "transform"}
-        if unknown:
-            raise PolymodalError(f"unknown fusion-encoder config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d, "fusion-encoder")
 
     def validate(self) -> None:
         if not isinstance(self.fusion, str):
@@ -169,10 +166,7 @@ class FusionEncoderConfig:
 
     @property
     def transform(self) -> ImageTransform:
-        # resize == crop: a square image keeps its borders (a 64x64 easy-VQA image loses nothing to the crop);
-        # crop_box: a camera JPEG decodes at reduced scale (draft_size), as for the lite towers
-        return ImageTransform(resize=self.image_size, crop=self.image_size, mean=(0.5, 0.5, 0.5),
-                              std=(0.5, 0.5, 0.5), resample="bicubic", crop_box=True)
+        return grid_transform(self.image_size)
 
 
 class FusionEncoder(nn.Module):
@@ -627,6 +621,18 @@ class FusionEncoder(nn.Module):
                 scores.update({k: 0.0 for k in outside})  # (none when every choice is known)
         order = sorted(seen, key=lambda k: -scores[k])
         return finite_ranking([(seen[k], float(scores[k])) for k in order], bool(torch.isfinite(logits).all()))
+
+    @property
+    @in_eval_mode  # (a fusion of the user's with batch statistics: the blank pass leaves them alone)
+    def heat_map_method(self) -> str:
+        """How explain() makes its maps, as a saved map's strip names it: "attention map" for a fusion that returns
+        attention over the image tokens, else "gradient relevance". Asked of the fusion itself (one pass over
+        blank tokens): a fusion registered by the user says by what it returns, as it does in explain()."""
+        d, cells = self.config.dim, self.config.grid**2
+        blank = self.image_pos.new_zeros(1, cells, d)
+        with torch.no_grad():
+            out = self.fuse_tokens(blank, blank[:, :1], torch.ones(1, 1, dtype=torch.bool, device=blank.device))
+        return "attention map" if out.attention and out.attention[0] is not None else "gradient relevance"
 
     @in_eval_mode
     def explain(self, image: Any, question: str, answer: str | None = None) -> np.ndarray:

@@ -51,10 +51,6 @@ _TOWERS = (  # OpenAI block prefix -> HF layer prefix
 )
 
 
-def is_openai_layout(keys) -> bool:
-    return "visual.conv1.weight" in set(keys)
-
-
 def _count_blocks(sd: dict, prefix: str) -> int:
     pat = re.compile(re.escape(prefix) + r"(\d+)\.")
     found = {int(m.group(1)) for k in sd if (m := pat.match(k))}

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from polymodal.models.folders import WEIGHTS_FILE, folder_version, read_folder_config, write_model_folder
+from polymodal.models.folders import folder_version, read_folder_config, read_weights, write_model_folder
 from polymodal.models.yesno_base import check_fit_base
 from polymodal.errors import PolymodalError
 from polymodal.data.answers import YES_NO, checked_choices, comparable_answer, unique_choices
@@ -374,7 +374,6 @@ def load_base(name: str):
 
 
 def load_yesno(folder: str | Path, base=None) -> YesNoModel:
-    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     folder = Path(folder)
@@ -382,10 +381,7 @@ def load_yesno(folder: str | Path, base=None) -> YesNoModel:
     if not isinstance(config, dict) or config.get("type") != MODEL_TYPE:
         raise PolymodalError(f"{folder} holds a {config.get('type', 'unknown') if isinstance(config, dict) else 'unknown'!r} "
                              "model, not a yes/no model")
-    try:
-        state = load_file(str(folder / WEIGHTS_FILE))
-    except (OSError, SafetensorError) as exc:
-        raise PolymodalError(f"cannot read {folder / WEIGHTS_FILE} ({exc}); the model folder is incomplete") from exc
+    state = read_weights(folder, load_file)
     version = folder_version(folder, config)
     check_fit_base(folder, config, version, base)
     model = YesNoModel(state, {**config, "version": version}, base=base)

@@ -134,6 +134,8 @@ let apiKey = sessionStorage.getItem("polymodal-key") || "";
 const thumbUrls = [];
 let writable = false;  // the index takes uploads and removals (a Qdrant collection is filled by pushes)
 let searchable = __SEARCHABLE__;  // the server has an index (serve without --db answers questions or captions only)
+const PANELS = __PANELS__;  // each panel's element ids: page.py's PANELS, which hides them before this runs
+function showPanel(panel, shown) { for (const id of PANELS[panel]) $(id).hidden = !shown; }
 const started = {};  // requests started per panel: an earlier one answering after a later one must not replace it
 function begin(panel) {  // -> a function telling whether this request is still the panel's latest
   const mine = started[panel] = (started[panel] || 0) + 1;
@@ -179,11 +181,11 @@ async function loadInfo() {
       [info.model.vqa_model && "answering questions with " + info.model.vqa_model,
        info.model.caption_model && "captioning with " + info.model.caption_model].filter(Boolean).join(" · ") +
       " · no index to search";
-    for (const id of ["search-form", "drop", "classify"]) $(id).hidden = !searchable;
-    $("vqa").hidden = !info.model.vqa;
-    $("caption").hidden = !info.model.caption_model;
+    showPanel("search", searchable);
+    showPanel("vqa", !!info.model.vqa);
+    showPanel("caption", !!info.model.caption_model);
     if (searchable) writable = info.index.writable === true;  // (else false, as it starts)
-    $("add").hidden = !writable;  // a Qdrant collection is filled by pushes, not uploads
+    showPanel("add", writable);  // a Qdrant collection is filled by pushes, not uploads
     $("keybox").hidden = true;
   } catch (e) {
     $("meta").textContent = "not connected";
@@ -441,4 +443,5 @@ def render_page(root_path: str = "", serves: list[str] | None = None,
         page = page.replace(f'id="{element}"', f'id="{element}" hidden', 1)
     title = "polymodal " + " and ".join(serves) if serves else "polymodal search"
     page = page.replace("__ROOT_PATH__", json.dumps(root_path).replace("<", "\\u003c")).replace("__TITLE__", title)
+    page = page.replace("__PANELS__", json.dumps(PANELS))  # the script shows and hides the same elements
     return page.replace("__SEARCHABLE__", json.dumps("search" in panels))

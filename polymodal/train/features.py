@@ -26,7 +26,7 @@ from polymodal.data.shards import _file_identity, split_tar_ref
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import Unreadable, plural, stopping_at_first_unreadable
 from polymodal.models.interface import batch_order
-from polymodal.progress import progress_bar
+from polymodal.progress import batch_progress, progress_bar
 from polymodal.train import distributed
 
 log = logging.getLogger(__name__)
@@ -342,8 +342,9 @@ def text_features(model, captions: Sequence[str], batch_size: int = 128, progres
     starts = distributed.share_of_batches(len(captions), batch_size, split)
     # one process: written to the file batch by batch, as image features are (a run's one list of captions and
     # hard negatives was held whole in memory: 2.3x the peak of its largest list before, repro text_peak.py)
-    out = _encode_texts(model, captions, progress_bar(starts, desc="caching text features", disable=not progress),
-                        batch_size, path=path)
+    bar = batch_progress(starts, len(captions), batch_size, desc="caching text features", unit="text",
+                         disable=not progress)
+    out = _encode_texts(model, captions, bar, batch_size, path=path)
     if split:  # a rank with no batch (fewer batches than ranks) learns the shape from the others
         out = _sum_shares(out, lambda shape: CacheFill(path, shape, np.float32))
     return out.finish()

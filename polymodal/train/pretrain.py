@@ -48,7 +48,7 @@ from polymodal.cache import store_cached as _store
 from polymodal.data.images import draft_size_of
 from polymodal.data.jsonl import only_splits
 from polymodal.data.pairs import PairSet, held_out_images, open_pair_image, read_pair_sources
-from polymodal.data.tokenizer import overflowed, warn_once_of_cut
+from polymodal.data.tokenizer import TOKENIZE_CHUNK, overflowed, warn_once_of_cut
 from polymodal.errors import PolymodalError
 from polymodal.models.fusion_encoder import (
     FusionEncoder, FusionEncoderConfig, continued_folder, load_fusion_encoder,
@@ -73,6 +73,7 @@ from polymodal.train.run_settings import (
     recorded_settings,
     validation_record,
 )
+from polymodal.train.token_states import StatesFill
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa import EpochShuffle, grid_features, layers_under_heads_train
 from polymodal.trained_with import python_call
@@ -238,35 +239,43 @@ def tokenize_captions(model: FusionEncoder, captions: Sequence[str]) -> list[lis
     """Word-piece ids with [CLS]/[SEP], truncated to the model's max_question_tokens (what text_cache_input sees)."""
     tok = model.text_tower.tokenizer
     limit = model.config.max_question_tokens
-    batch = tok(list(captions), truncation=True, max_length=limit)
-    ids = batch["input_ids"]
+    ids, cut = [], 0
+    for start in range(0, len(captions), TOKENIZE_CHUNK):  # a chunk's encodings at a time, not the whole list's
+        batch = tok(list(captions[start : start + TOKENIZE_CHUNK]), truncation=True, max_length=limit)
+        chunk = overflowed(getattr(batch, "encodings", None))
+        if chunk is None:  # a slow tokenizer says nothing: a caption that fills the limit counts as cut, as towers do
+            chunk = sum(len(row) >= limit for row in batch["input_ids"])
+        ids += batch["input_ids"]
+        cut += chunk
     # said once per model, as the towers say it: cut silently, a long caption trained ITM and MLM on its first words
-    cut = overflowed(getattr(batch, "encodings", None))
-    if cut is None:  # a slow tokenizer says nothing: a caption that fills the limit counts as cut, as for the towers
-        cut = sum(len(row) >= limit for row in ids)
     warn_once_of_cut(model, cut, limit, "fusion encoder")
     return ids
 
 
 @torch.inference_mode()
 def _encode_ids(model: FusionEncoder, rows: Sequence[Sequence[int]], batch_size: int = 128, progress: bool = True,
-                desc: str = "caching caption tokens") -> tuple[np.ndarray, np.ndarray]:
-    """Word-piece id rows -> token states ``[N, W, 384]`` float16 (padding zeroed) and lengths ``[N]``; rows are
-    encoded in order of length so batches carry little padding."""
+                desc: str = "caching caption tokens", path=None) -> tuple[np.ndarray, np.ndarray]:
+    """Word-piece id rows -> token states ``[N, W, 384]`` float16 (padding zeroed; written to the cache file at
+    ``path`` batch by batch, in memory without one) and lengths ``[N]``; rows are encoded in order of length so
+    batches carry little padding."""
     lengths = np.asarray([len(r) for r in rows], dtype=np.int64)
     width = max(1, int(lengths.max())) if len(rows) else 1
-    states = np.zeros((len(rows), width, model.text_tower.dim), dtype=np.float16)
+    states = StatesFill(path, len(rows), width, model.text_tower.dim)
     order = np.argsort(lengths, kind="stable")
-    for s in progress_bar(range(0, len(rows), batch_size), desc=desc, disable=not progress):
-        idx = order[s : s + batch_size]
-        w = int(lengths[idx].max())
-        ids = torch.zeros(len(idx), w, dtype=torch.long)
-        attn = torch.zeros(len(idx), w, dtype=torch.long)
-        for j, i in enumerate(idx):
-            ids[j, : lengths[i]] = torch.as_tensor(rows[i])
-            attn[j, : lengths[i]] = 1
-        states[idx, :w] = model.text_states(ids, attn).numpy().astype(np.float16)
-    return states, lengths
+    try:
+        for s in progress_bar(range(0, len(rows), batch_size), desc=desc, disable=not progress):
+            idx = order[s : s + batch_size]
+            w = int(lengths[idx].max())
+            ids = torch.zeros(len(idx), w, dtype=torch.long)
+            attn = torch.zeros(len(idx), w, dtype=torch.long)
+            for j, i in enumerate(idx):
+                ids[j, : lengths[i]] = torch.as_tensor(rows[i])
+                attn[j, : lengths[i]] = 1
+            states.write(idx, model.text_states(ids, attn).numpy())
+    except BaseException:  # an error or an interrupt: no temporary file left behind
+        states.discard()
+        raise
+    return states.finish(), lengths
 
 
 def caption_features(model: FusionEncoder, captions: Sequence[str], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -276,8 +285,8 @@ def caption_features(model: FusionEncoder, captions: Sequence[str], progress: bo
     len_path, lengths = _load_cached(key, "pretrain-textlen")
     if states is not None and lengths is not None:
         return states, lengths
-    states, lengths = _encode_ids(model, tokenize_captions(model, captions), progress=progress)
-    return _store(path, states), _store(len_path, lengths)
+    states, lengths = _encode_ids(model, tokenize_captions(model, captions), progress=progress, path=path)
+    return states, _store(len_path, lengths)
 
 
 def masked_caption_ids(model: FusionEncoder, captions: Sequence[str], variants: int, rate: float,
@@ -308,8 +317,8 @@ def masked_caption_features(model: FusionEncoder, captions: Sequence[str], varia
     if all(a is not None for _, a in paths):
         return tuple(a for _, a in paths)  # type: ignore[return-value]
     rows, targets = masked_caption_ids(model, captions, variants, rate, seed)
-    states, lengths = _encode_ids(model, rows, progress=progress, desc="caching masked captions")
-    return (_store(paths[0][0], states), _store(paths[1][0], lengths),
+    states, lengths = _encode_ids(model, rows, progress=progress, desc="caching masked captions", path=paths[0][0])
+    return (states, _store(paths[1][0], lengths),
             _store(paths[2][0], targets[:, : states.shape[1]]))
 
 

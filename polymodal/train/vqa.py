@@ -38,7 +38,7 @@ from polymodal.models.inputs import as_parts, as_paths, as_settings
 from polymodal.models.interface import batch_order
 from polymodal.models.modes import evaluating
 from polymodal.models.not_finite import BROKEN
-from polymodal.progress import progress_bar
+from polymodal.progress import batch_progress
 from polymodal.train.features import (
     _load_cached, _nan_rows, image_features, readable_subset, report_unreadable,
 )
@@ -60,6 +60,7 @@ from polymodal.train.run_settings import (
     switched_validation,
     validation_record,
 )
+from polymodal.train.token_states import StatesFill
 from polymodal.train.trainer import TrainConfig, Trainer, set_seed
 from polymodal.train.vqa_objective import VQABatch, VQAObjective
 from polymodal.trained_with import python_call
@@ -144,26 +145,31 @@ def question_features(model: FusionEncoder, questions: Sequence[str], batch_size
     len_path, lengths = _load_cached(key, "vqa-textlen")
     if states is not None and lengths is not None:
         return states, lengths
-    states, lengths = _question_states(model, questions, batch_size, progress)
-    return _store(path, states), _store(len_path, lengths)
+    states, lengths = _question_states(model, questions, batch_size, progress, path=path)
+    return states, _store(len_path, lengths)
 
 
 def _question_states(model: FusionEncoder, questions: Sequence[str], batch_size: int, progress: bool = False,
-                     by_length: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """question_features' arrays, computed. ``by_length``: batches cut in order of length (each is padded to its
-    longest question: in the questions' order the COCO yes/no questions ran 1.8x their tokens, in order of length
-    1.4x; the same states to ~1e-6, benchmarks/train_caching.py)."""
+                     by_length: bool = True, path=None) -> tuple[np.ndarray, np.ndarray]:
+    """question_features' arrays, computed: the states written to the cache file at ``path`` batch by batch (in
+    memory without one). ``by_length``: batches cut in order of length (each is padded to its longest question: in
+    the questions' order the COCO yes/no questions ran 1.8x their tokens, in order of length 1.4x; the same states
+    to ~1e-6, benchmarks/train_caching.py)."""
     order = batch_order(model, questions, by_length)  # by token counts where the tower has them, else characters
-    chunks, lengths = [], np.zeros(len(questions), np.int64)
-    for i in progress_bar(range(0, len(questions), batch_size), desc="caching question tokens", disable=not progress):
-        rows = order[i : i + batch_size]
-        s, m = model.text_cache_input([questions[j] for j in rows])
-        chunks.append((rows, s.numpy().astype(np.float16)))
-        lengths[rows] = m.sum(1).numpy()
-    states = np.zeros((len(questions), max(c.shape[1] for _, c in chunks), chunks[0][1].shape[2]), np.float16)
-    for rows, c in chunks:
-        states[rows, : c.shape[1]] = c
-    return states, lengths
+    starts = list(range(0, len(questions), batch_size))
+    starts = starts[-1:] + starts[:-1]  # the longest questions first: the file takes their batch's width at once
+    states, lengths = StatesFill(path, len(questions)), np.zeros(len(questions), np.int64)
+    try:
+        for i in batch_progress(starts, len(questions), batch_size, desc="caching question tokens", unit="question",
+                                disable=not progress):
+            rows = order[i : i + batch_size]
+            s, m = model.text_cache_input([questions[j] for j in rows])
+            states.write(rows, s.numpy())
+            lengths[rows] = m.sum(1).numpy()
+    except BaseException:  # an error or an interrupt: no temporary file left behind
+        states.discard()
+        raise
+    return states.finish(), lengths
 
 
 def _mask(lengths: np.ndarray, width: int) -> torch.Tensor:
