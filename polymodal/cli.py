@@ -859,7 +859,8 @@ def main(argv=None) -> int:
             raise
         # under torchrun: another process stopped first (its own error, or killed: torchrun says so); this one's
         # traceback of the collective that lost its peer would only bury that
-        _say(f"polymodal: error: process {distributed.rank()} of {distributed.world_size()} stops: another process "
+        where, world = distributed.place()
+        _say(f"polymodal: error: process {where} of {world} stops: another process "
              f"of this torchrun run stopped first (its error, or torchrun's report of how it ended, says why)"
              f"{_saved_work(exc, args, before)}")
         return 2

@@ -177,6 +177,23 @@ def recorded_settings(record: dict) -> tuple[dict, dict]:
     return settings, settings.get("train") if isinstance(settings.get("train"), dict) else {}
 
 
+def kept_text(record: dict) -> str | None:
+    """The record's epoch kept (Trainer.kept(), written at each save) in words: "epoch 6 of 10, the best val/rsum
+    4.374", or "the starting model (epoch 0), unchanged: no epoch of 3 beat its val/rsum 4.211"; None for a
+    record saved before polymodal kept it (or damaged)."""
+    kept = record.get("kept")
+    if not isinstance(kept, dict) or not isinstance(kept.get("epoch"), int):
+        return None
+    where = f"epoch {kept['epoch']} of {kept.get('epochs')}"
+    if not kept.get("metric"):
+        return f"{where}, the last (no validation chose it)"
+    value = kept.get("value")
+    figure = f"{kept['metric']} {value:.4g}" if isinstance(value, (int, float)) else str(kept["metric"])
+    if kept["epoch"] == 0:
+        return f"the starting model (epoch 0), unchanged: no epoch of {kept.get('epochs')} beat its {figure}"
+    return f"{where}, the best {figure}"
+
+
 def summary_rows(details: dict) -> list[tuple[str, str]]:
     """`polymodal info --model`'s table: (field, value) rows."""
     rows = [("folder", details["folder"]), ("type", str(details["type"])), ("key", str(details["key"]))]
@@ -191,6 +208,8 @@ def summary_rows(details: dict) -> list[tuple[str, str]]:
     source = f" ({record['source']})" if record.get("source") else ""
     rows += [("trained by", f"polymodal {record.get('polymodal')}{source}"), ("command", recorded_command(record)),
              ("seed", str(train.get("seed"))), ("environment", _environment_row(record.get("environment")))]
+    if kept := kept_text(record):
+        rows.insert(-2, ("epoch kept", kept))  # after the command that chose how many epochs
     for label, keys in (("data", ("pairs", "qa")), ("validation data", ("val_pairs", "val_qa"))):
         files = next((settings[k] for k in keys if settings.get(k)), None)
         if files:

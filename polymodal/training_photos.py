@@ -175,14 +175,17 @@ class TrainingPhotos:
     ran) plus the starting model's. ``earlier``: a resumed run's own RUN/model, whose list holds the photos its
     earlier sessions learned from (a resume on other data keeps what they taught). Hashed once, on the first save.
     ``settings``: the run's (train_config.json's), saved beside the model as its trained_with.json, with ``call``
-    (trained_with.python_call()) as its command when the run was started from Python."""
+    (trained_with.python_call()) as its command when the run was started from Python, and with the epoch each
+    save keeps (``trainer``'s Trainer.kept(): `info --model` said nothing of it, and a run that kept its starting
+    model looked trained)."""
 
     def __init__(self, images, start=None, val_images=(), earlier=None, settings: dict | None = None,
-                 call: str | None = None) -> None:
+                 call: str | None = None, trainer=None) -> None:
         from polymodal.trained_with import trained_with
 
         self._images, self._val, self._hashes = list(images), list(val_images), None
         self._record = trained_with(settings, call) if settings is not None else None
+        self._trainer = trainer
         # read now, before the run folder is prepared: --overwrite moves the run's RUN/model aside, and --model
         # may name that very folder (a run retrained in place from its own model)
         started = _recorded(start) if start is not None else None
@@ -222,7 +225,8 @@ class TrainingPhotos:
             model.save(stage)
             write_training_photos(stage, *hashes)
             if self._record is not None:
-                write_trained_with(stage, self._record)
+                kept = self._trainer.kept() if self._trainer is not None else None
+                write_trained_with(stage, {**self._record, "kept": kept} if kept else self._record)
 
 
 def _known(model) -> tuple[set[str], set[str]] | None:

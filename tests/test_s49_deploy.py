@@ -27,21 +27,27 @@ def tiny_clip(tmp_path_factory):
     return load_clip(make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip"))
 
 
-def test_a_text_variant_not_served_for_the_pairs_drop_says_why(tiny_clip, tmp_path, monkeypatch):
+def export_with_pair_drop(model, out, monkeypatch, drop: float) -> tuple[dict, dict]:
+    """An int8 export of ``model`` whose variants each pass the gate while the pair of them drops ``drop`` points ->
+    (the report, the text variant's row); skipped where int8 graphs cannot be made or loaded here."""
     skip_unless_clip_exports()
     import polymodal.export.onnx_export as onnx_export
 
     monkeypatch.setattr(onnx_export, "gate", lambda *a, **k: ("kept", "stub gate: kept"))
     monkeypatch.setattr(onnx_export, "paired_speed", lambda *a, **k: (300.0, 100.0))
-    monkeypatch.setattr(onnx_export, "_drop", lambda reference, metrics: 5.0)  # every pair drops past the limit
+    monkeypatch.setattr(onnx_export, "_drop", lambda reference, metrics: drop)  # every pair drops by it
     val = onnx_export.validation_set(None)
     val = dataclasses.replace(val, images=val.images[:4], captions=val.captions[:4],
                               caption_image=val.caption_image[:4])
-    report = onnx_export.export_onnx(tiny_clip, tmp_path / "out", val, variants=["int8_dynamic"], timing_seconds=0.02)
+    report = onnx_export.export_onnx(model, out, val, variants=["int8_dynamic"], timing_seconds=0.02)
     for row in report["tries"]:
         skip_unless_int8_loaded(row)
+    return report, next(r for r in report["tries"] if (r["tower"], r["variant"]) == ("text", "int8_dynamic"))
+
+
+def test_a_text_variant_not_served_for_the_pairs_drop_says_why(tiny_clip, tmp_path, monkeypatch):
+    report, text = export_with_pair_drop(tiny_clip, tmp_path / "out", monkeypatch, 5.0)  # past the limit
     assert report["served"] == {"image": "int8_dynamic", "text": "fp32"}
-    text = next(r for r in report["tries"] if (r["tower"], r["variant"]) == ("text", "int8_dynamic"))
     assert text["status"] == "kept (not served)"
     assert "a faster kept variant serves" not in text["reason"]
     assert text["reason"].endswith("with the image graph's int8_dynamic R@5 dropped 5.0 points (over the 1-point "

@@ -146,7 +146,7 @@ def test_the_servers_log_names_no_flag_serve_lacks(caplog):
     with caplog.at_level(logging.WARNING):
         _captions(_Cut(), photos, 1)
     assert "2 of 2 captions reached max_tokens (4 word pieces)" in caplog.text
-    assert "raise --max-tokens" not in caplog.text and "a server writes no longer ones" in caplog.text
+    assert "raise --max-tokens" not in caplog.text and "writes longer ones (a server cannot)" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         _Cut().caption(photos, 1)  # outside the server (a new model: warned once each): the CLI's advice, as before

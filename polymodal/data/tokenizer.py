@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from polymodal.data.token_record import record_encodings
 from polymodal.data.word_pieces import few_whole_words, mostly_fragments, piece_counts, piece_kinds, sentences
 from polymodal.errors import PolymodalError
 
@@ -86,15 +85,14 @@ def warn_once_if_unknown(owner, input_ids, attention_mask, tokenizer, texts: lis
     owner._warned_unknown = True
 
 
-def unknown_words_note(model, text: str, encoding=None) -> str | None:
+def unknown_words_note(model, text: str) -> str | None:
     """For one query (a served search, whose reply says what the server log would): a note when most of its word
     pieces are [UNK], or most of its words fragments, to ``model``'s WordPiece text tower (see
-    warn_once_if_unknown), else None. ``encoding``: the text's Encoding as the model embedded it (token_record),
-    else it is tokenized here."""
+    warn_once_if_unknown), else None."""
     tokenizer = getattr(getattr(model, "text_tower", None), "_fast", None) or getattr(model, "tokenizer", None)
     if not isinstance(tokenizer, FastTokenizer) or tokenizer.unk_id is None:
         return None
-    enc = encoding or tokenizer._encode(text, "the text")  # (padded in its batch: the counts go by the mask)
+    enc = tokenizer._encode(text, "the text")
     ids, mask = np.array([enc.ids]), np.array([enc.attention_mask])
     pieces, unknown, words, whole = (int(n[0]) for n in tokenizer.piece_counts(ids, mask))
     if unknown and 2 * unknown >= pieces:
@@ -109,50 +107,37 @@ def unknown_words_note(model, text: str, encoding=None) -> str | None:
     return None
 
 
-def unknown_words_notes(model, texts: list[str], at_most: int = 5, encodings=None) -> list[str]:
+def unknown_words_notes(model, texts: list[str], at_most: int = 5) -> list[str]:
     """unknown_words_note for a served batch of texts (/v1/embed), each note naming its text's place in the list;
-    past ``at_most`` notes, one line counts the rest (a batch of 256 Chinese texts gets 6 lines, not 256).
-    ``encodings``: each text's Encoding as the model embedded it, or None (tokenized here)."""
-    encodings = encodings or [None] * len(texts)
-    notes = [f"texts[{i}]: {note}" for i, (text, enc) in enumerate(zip(texts, encodings))
-             if (note := unknown_words_note(model, text, enc))]
+    past ``at_most`` notes, one line counts the rest (a batch of 256 Chinese texts gets 6 lines, not 256)."""
+    notes = [f"texts[{i}]: {note}" for i, text in enumerate(texts) if (note := unknown_words_note(model, text))]
     rest = len(notes) - at_most
     return notes[:at_most] + ([f"and {rest} more texts mostly in unknown word pieces"] if rest > 0 else [])
 
 
-def cut_texts(model, texts: list[str], encodings=None) -> tuple[list[int], int]:
+def cut_texts(model, texts: list[str]) -> tuple[list[int], int]:
     """Which of ``texts`` ``model``'s text tower cuts at its token limit (as encode_text does, warning once per
-    model), and that limit; ([], 0) where its tokenizer cannot tell (a slow transformers one). ``encodings``: each
-    text's Encoding as the model embedded it (token_record); where one is missing, the texts are tokenized here."""
+    model), and that limit; ([], 0) where its tokenizer cannot tell (a slow transformers one)."""
     fast = getattr(getattr(model, "text_tower", None), "_fast", None) or getattr(model, "tokenizer", None)
     if isinstance(fast, FastTokenizer):
-        tokenizer, limit = None, fast.tok.truncation["max_length"]
+        limit, encodings = fast.tok.truncation["max_length"], fast.tok.encode_batch(texts)
     elif hasattr(model, "text_tokenizer"):  # a transformers tokenizer (CLIP; a text tower without tokenizer.json)
         tokenizer, limit = model.text_tokenizer
+        encodings = getattr(tokenizer(texts, truncation=True, max_length=limit), "encodings", None) or []
     else:
         return [], 0
-    if encodings is None or any(e is None for e in encodings):
-        encodings = fast.tok.encode_batch(texts) if tokenizer is None else \
-            getattr(tokenizer(texts, truncation=True, max_length=limit), "encodings", None) or []
     return [i for i, e in enumerate(encodings) if e.overflowing], limit
 
 
-def cut_texts_notes(model, texts: list[str], one: str | None = None, encodings=None) -> list[str]:
+def cut_texts_notes(model, texts: list[str], one: str | None = None) -> list[str]:
     """For a served reply's warnings (the server log says it once per model, a client never): a note naming the
-    texts ``model`` cuts (`cut_texts`), or none. ``one``: what a lone text is called ("the query"); ``encodings``:
-    as the model embedded them (see cut_texts)."""
-    cut, limit = cut_texts(model, texts, encodings)
+    texts ``model`` cuts (`cut_texts`), or none. ``one``: what a lone text is called ("the query")."""
+    cut, limit = cut_texts(model, texts)
     if not cut:
         return []
     which = one or ", ".join(f"texts[{i}]" for i in cut[:5]) + (f" and {len(cut) - 5} more" if len(cut) > 5 else "")
     return [f"{which} reached the text tower's limit of {limit} tokens and {'was' if len(cut) == 1 else 'were'} cut "
             "there: later words do not count; send shorter texts"]
-
-
-def texts_notes(model, texts: list[str], encodings=None) -> list[str]:
-    """A served batch's notes (/v1/embed): the texts cut at the token limit, then those mostly in unknown word
-    pieces, from ``encodings`` where given (see cut_texts)."""
-    return cut_texts_notes(model, texts, encodings=encodings) + unknown_words_notes(model, texts, encodings=encodings)
 
 
 def check_unicode(texts: list[str], what: str | None = None) -> None:
@@ -228,7 +213,6 @@ class FastTokenizer:
             check_unicode(texts)
             raise
         self.last_cut = overflowed(enc)  # for warn_once_if_cut: a text that exactly fits is not cut
-        record_encodings(texts, enc)  # for the server's notes on these texts (token_record)
         return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from polymodal.data.token_record import record_encodings
 from polymodal.data.tokenizer import overflowed, warn_once_if_cut, warn_once_if_unknown
 from polymodal.errors import PolymodalError
 
@@ -90,7 +89,6 @@ class SentenceEncoder(nn.Module):
             batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors="pt")
             cut = overflowed(getattr(batch, "encodings", None))
-            record_encodings(texts, getattr(batch, "encodings", None))  # (the fast path records in self._fast)
         warn_once_if_cut(self, batch["attention_mask"], self.max_length, "text tower", cut)
         if self._fast is not None:
             warn_once_if_unknown(self, batch["input_ids"], batch["attention_mask"], self._fast, texts,

@@ -25,6 +25,7 @@ from polymodal.data.jsonl import data_file_image, existing_file, iter_json_rows,
 from polymodal.data.parquet_rows import is_parquet, read_rows
 from polymodal.data.vqa_v2 import vqa_v2_rows
 from polymodal.errors import PolymodalError
+from polymodal.eval.majority import majority_baseline
 from polymodal.data.answers import (YES_NO, answer_text, comparable_answer, normalize_answer, soft_vqa_score,
                                     matchable, unique_choices, unmatchable_annotators, vqa_punctuation)
 from polymodal.models.inputs import each_or_error, plural, readable_results
@@ -240,7 +241,9 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
     With ``cache``, the rows' image and question features go through the on-disk feature cache (image paths only),
     so a second evaluation costs no tower pass. ``details``, a list, gets one dict per row: its
     image, question, answer (and choices, if any), the predicted answer, the model's confidence in it and the row's
-    score (its correctness), or why its image could not be read or why it was left out. A row whose answers the
+    score (its correctness), or why its image could not be read or why it was left out. Beside the accuracy, the
+    majority answer's on the same rows, and the model's most given answer and its share (polymodal.eval.majority,
+    which warns when that share is 90% or more). A row whose answers the
     model scores as NaN or inf is left out with one warning and counted as ``not_finite`` (every row so: an
     error)."""
     from polymodal.registry import require_vqa
@@ -263,8 +266,9 @@ def vqa_accuracy(model, rows: Iterable[Any], cache: bool = True, progress: bool 
                        for r, res in zip(rows, results))
     # 4 decimals, as every eval command's figures (the official script prints 2 of a percentage): 0.7333, not
     # 0.7333333333333333 (accuracy_by_type's figures stay exact for training and export checks)
-    out = {**_rounded(accuracy_by_type([results[i][0] for i in kept], [rows[i] for i in kept])),
-           "unreadable": len(rows) - len(kept) - nan, "not_finite": nan}
+    predicted, scored = [results[i][0] for i in kept], [rows[i] for i in kept]
+    out = {**_rounded(accuracy_by_type(predicted, scored)), "unreadable": len(rows) - len(kept) - nan,
+           "not_finite": nan, **majority_baseline(predicted, scored)}  # what the accuracy is read against
     mc = [i for i in kept if rows[i].choices]
     if mc:  # reported apart too: choosing among a few candidates is an easier task than open answers
         out["multiple_choice_count"] = len(mc)

@@ -296,8 +296,8 @@ def export_onnx(model, out: str | Path, val: ValidationSet, variants: Sequence[s
     why = {}  # tower -> why its kept variants do not serve, when not "a faster kept variant serves"
     if drop > max_drop_points and "fp32" not in (chosen["image"][1], chosen["text"][1]):
         # each variant passed alone but not together: serve the text tower in fp32 (the image tower is the cost)
-        why["text"] = (f"with the image graph's {chosen['image'][1]} R@5 dropped {drop:.1f} points (over the "
-                       f"{max_drop_points:g}-point limit): fp32 serves")
+        why["text"] = (f"with the image graph's {chosen['image'][1]} R@5 dropped {_beside(drop, max_drop_points)} "
+                       f"points (over the {max_drop_points:g}-point limit): fp32 serves")
         chosen["text"] = ("text.fp32.onnx", "fp32", 0.0)
         combined = _r5(retrieval_metrics(embeddings["image"], ref["text"], val.caption_image))
         drop = _drop(reference, combined)
@@ -334,8 +334,9 @@ def gate(speed: float, base_speed: float, drop_points: float, max_drop_points: f
     faster = speed >= MIN_SPEEDUP * base_speed
     accurate = drop_points <= max_drop_points
     close = min_cosine is None or min_cosine >= VARIANT_MIN_COSINE
-    change = f"{metric} drop {_beside(drop_points, max_drop_points)} points" if drop_points >= 0.05 else \
-        f"{metric} gain {-drop_points:.1f} points" if drop_points <= -0.05 else f"{metric} unchanged"  # -0.0: none
+    # a drop over the limit is shown however small (--max-drop-points 0 and a 0.03-point drop read "unchanged")
+    change = f"{metric} drop {_beside(drop_points, max_drop_points)} points" if drop_points >= 0.05 or not accurate \
+        else f"{metric} gain {-drop_points:.1f} points" if drop_points <= -0.05 else f"{metric} unchanged"  # -0.0: none
     speedup = f"{_beside(speed / base_speed, MIN_SPEEDUP, 2)}x fp32 onnxruntime"
     reason = (f"{'faster' if faster else 'not faster'} ({speedup}{'' if faster else f', {MIN_SPEEDUP:g}x needed'}); "
               f"{change} ({'within' if accurate else 'over'} the {max_drop_points:g}-point limit)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -20,11 +19,10 @@ import torch
 
 from polymodal.data.images import ImageTransform
 from polymodal.models.folders import WEIGHT_SUFFIXES
-from polymodal.data.token_record import record_encodings
 from polymodal.data.tokenizer import overflowed, warn_once_if_cut
 from polymodal.errors import PolymodalError
 from polymodal.models.base import EmbeddingModel
-from polymodal.models.clip_keys import is_openai_layout, state_dict_keys
+from polymodal.models.clip_keys import is_openai_layout, state_dict_keys, state_dict_of
 from polymodal.models.openai_convert import (OPEN_CLIP_VISION_HEADS, check_activation, default_arch, openai_to_hf,
                                              widths)
 
@@ -73,7 +71,6 @@ class ClipModel(EmbeddingModel):
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         warn_once_if_cut(self, enc["attention_mask"], self.max_length, "CLIP text tower",
                          overflowed(getattr(enc, "encodings", None)))
-        record_encodings(texts, getattr(enc, "encodings", None))  # for the server's notes on these texts
         return self.text_from_tokens(enc["input_ids"], enc["attention_mask"])
 
     # what polymodal.export turns into the text graph
@@ -381,12 +378,10 @@ def read_state_dict(file: str | Path) -> dict:
             raise PolymodalError(f"not a readable safetensors file: {file} ({exc})") from exc
     else:
         sd = _torch_load(file)
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
+    found = state_dict_of(sd)  # (as serve's check before loading reads it: clip_keys)
+    if found is None:
         raise PolymodalError(f"{file} does not hold a state dict; {EXPECTED}")
-    # DataParallel/DDP's prefix and torch.compile's, in either order when both wrapped the model
-    return {re.sub(r"^(?:module\.|_orig_mod\.)+", "", k): v for k, v in sd.items()}
+    return found
 
 
 def _first_line(exc: Exception) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 import zipfile
 from collections import OrderedDict
@@ -16,6 +17,8 @@ from polymodal.models.folders import WEIGHT_SUFFIXES
 
 OPENAI_MARKER = "visual.conv1.weight"  # the vision tower's patch embedding: OpenAI's and open_clip's ViT layout
 _MAX_HEADER = 100 << 20  # a .safetensors header past this is no checkpoint's (a 1B-parameter CLIP's is ~100 kB)
+# DataParallel/DDP's prefix and torch.compile's, in either order when both wrapped the model
+_WRAPPERS = re.compile(r"^(?:module\.|_orig_mod\.)+")
 
 
 def is_openai_layout(keys) -> bool:
@@ -40,12 +43,25 @@ def is_clip_checkpoint(path: str | Path) -> bool:
 
 
 def state_dict_keys(file: Path) -> list[str]:
-    """The tensor names of a .safetensors file or a torch (zip) state dict, plain or under "state_dict"; [] for
+    """The tensor names of a .safetensors file or a torch (zip) state dict, as `state_dict_of` gives them; [] for
     anything else (a legacy or TorchScript torch file, a broken one)."""
     try:
-        return safetensors_keys(file) if file.suffix == ".safetensors" else _torch_keys(file)
+        found = state_dict_of(dict.fromkeys(safetensors_keys(file)) if file.suffix == ".safetensors"
+                              else _torch_object(file))
     except Exception:  # noqa: BLE001 - a broken or foreign file is not known to be CLIP: polymodal.load says what
         return []
+    return list(found or ())
+
+
+def state_dict_of(checkpoint) -> dict | None:
+    """A checkpoint's state dict as CLIP loading reads it: the checkpoint itself or its "state_dict" (open_clip's
+    training checkpoints), each key without the prefixes wrappers add (_WRAPPERS: an open_clip run on several GPUs
+    saves "module.visual..."); None where it holds none (not a dict, or a key that is not a string)."""
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, dict) or not all(isinstance(k, str) for k in checkpoint):
+        return None
+    return {_WRAPPERS.sub("", k): v for k, v in checkpoint.items()}
 
 
 def safetensors_keys(file: Path) -> list[str]:
@@ -77,13 +93,11 @@ class _KeysOnly(pickle.Unpickler):
         return None  # a tensor's storage, left in the archive
 
 
-def _torch_keys(file: Path) -> list[str]:
+def _torch_object(file: Path):
+    """What a torch zip file pickles, its tensors left unbuilt (_KeysOnly); None without one data.pkl."""
     with zipfile.ZipFile(file) as archive:
         pickled = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickled) != 1:
-            return []
+            return None
         with archive.open(pickled[0]) as f:
-            sd = _KeysOnly(f).load()
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    return [k for k in sd if isinstance(k, str)] if isinstance(sd, dict) else []
+            return _KeysOnly(f).load()

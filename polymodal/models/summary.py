@@ -18,7 +18,7 @@ def summary(model, size: str, parts: list[tuple[str, str]]) -> str:
     else:
         folder, built_in = Path(folder), _built_in(Path(folder))
         where = str(folder) if built_in is None else f"the built-in {built_in!r} ({folder})"
-        lines += [f"  loaded from: {where}", "  %s: %s" % _trained_with(model, folder, built_in)]
+        lines += [f"  loaded from: {where}", *("  %s: %s" % row for row in _trained_with(model, folder, built_in))]
     return "\n".join([*lines, f"  {LAYERS_HINT}"])
 
 
@@ -29,23 +29,25 @@ def _built_in(folder: Path) -> str | None:
     return folder.name if folder.resolve().parent == (HERE / "models").resolve() else None
 
 
-def _trained_with(model, folder: Path, built_in: str | None) -> tuple[str, str]:
-    """("trained with", the training command the folder records for these weights (its trained_with.json), briefly),
-    or for a built-in without one ("about", what the registry says of it)."""
+def _trained_with(model, folder: Path, built_in: str | None) -> list[tuple[str, str]]:
+    """[("trained with", the training command the folder records for these weights (its trained_with.json), briefly),
+    and ("epoch kept", which) where the record says], or for a built-in without one [("about", what the registry
+    says of it)]."""
     from polymodal.registry import DESCRIPTIONS
-    from polymodal.trained_with import NOT_RECORDED, read_trained_with, recorded_command, recorded_settings
+    from polymodal.trained_with import NOT_RECORDED, kept_text, read_trained_with, recorded_command, recorded_settings
 
     record = read_trained_with(folder)
     if record is None and built_in in DESCRIPTIONS:
-        return "about", DESCRIPTIONS[built_in]
+        return [("about", DESCRIPTIONS[built_in])]
     if record is None:
-        return "trained with", NOT_RECORDED
+        return [("trained with", NOT_RECORDED)]
     if record.get("version") not in (None, model.version):  # weights saved over the folder's since
-        return "trained with", "not recorded for these weights (the folder's trained_with.json describes others)"
+        return [("trained with", "not recorded for these weights (the folder's trained_with.json describes others)")]
     seed = recorded_settings(record)[1].get("seed")
     seed = f", seed {seed}" if seed is not None else ""
-    return "trained with", (f"{recorded_command(record)} (polymodal {record.get('polymodal')}{seed}; all of it: "
-                            f"polymodal info --model {folder})")
+    kept = kept_text(record)
+    return [("trained with", f"{recorded_command(record)} (polymodal {record.get('polymodal')}{seed}; all of it: "
+                             f"polymodal info --model {folder})"), *([("epoch kept", kept)] if kept else [])]
 
 
 def tuned(n: int, what: str) -> str:

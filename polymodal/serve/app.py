@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from polymodal.cache import out_of_space
-from polymodal.data.tokenizer import cut_texts_notes, texts_notes, unknown_words_note
+from polymodal.data.tokenizer import cut_texts_notes, unknown_words_note, unknown_words_notes
 from polymodal.data.visible import is_blank
 from polymodal.errors import PolymodalError
 from polymodal.index.store import IndexDamaged
@@ -505,12 +505,11 @@ def create_app(
                 texts = check_texts(data["texts"], s.max_texts_per_request, s.max_text_chars)
                 # one model job per chunk: other requests run between them, and a request past --timeout stops
                 # after its current chunk instead of holding the model thread to the end
-                parts = [await svc.batcher.texts_encoded(texts[start : start + TEXT_CHUNK])
+                parts = [await svc.batcher.texts(texts[start : start + TEXT_CHUNK])
                          for start in range(0, len(texts), TEXT_CHUNK)]
-                vectors = parts[0][0] if len(parts) == 1 else np.concatenate([v for v, _ in parts])
-                # from the encodings the model embedded the texts with: no second tokenizer pass (token_record)
-                encodings = [e for _, chunk in parts for e in chunk]
-                warnings = await run_in_threadpool(texts_notes, model, texts, encodings)
+                vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                warnings = (await run_in_threadpool(cut_texts_notes, model, texts)
+                            + await run_in_threadpool(unknown_words_notes, model, texts))
             else:
                 if not ("image" in data or "images" in data):
                     raise ApiError(400, 'nothing to embed: send {"texts": [...]} or {"images": [base64, ...]}')
@@ -565,10 +564,10 @@ def create_app(
             raise ApiError(400, '"text" is blank; send what to look for, e.g. "a dog on a beach"')
         warnings = []
         if text is not None:
-            vectors, (encoding,) = await svc.batcher.texts_encoded(check_texts([text], 1, s.max_text_chars, "text"))
+            vectors = await svc.batcher.texts(check_texts([text], 1, s.max_text_chars, "text"))
             # the text tower says it once in the server log, which a client never sees: each reply says it
-            warnings = cut_texts_notes(model, [text], "the query", [encoding])
-            warnings += [note] if (note := unknown_words_note(model, text, encoding)) else []
+            warnings = cut_texts_notes(model, [text], "the query")
+            warnings += [note] if (note := unknown_words_note(model, text)) else []
         else:
             vectors = await svc.batcher.images(await prepare(items))
         return await _hits(request, vectors, k, warnings)
@@ -903,7 +902,7 @@ def _index_path(scope) -> bool:
 
 
 # a served caption is written to the captioner's default max_tokens (20), which no flag or request changes
-SERVED_CAPTION_FIX = "a server writes no longer ones (`polymodal caption --max-tokens N` does); "
+SERVED_CAPTION_FIX = "`polymodal caption --max-tokens N` writes longer ones (a server cannot); "
 
 
 def _captions(model, images: list, beam: int) -> tuple[list[str], list, int]:

@@ -28,7 +28,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from polymodal.data.token_record import recording_encodings
 from polymodal.errors import PolymodalError
 from polymodal.models.inputs import as_images
 
@@ -46,7 +45,6 @@ class _Job:
     fn: Callable | None = None
     args: tuple = ()
     future: Future = field(default_factory=Future)
-    encodings: list | None = None  # a text job's: each text's tokenizer Encoding (None where none was kept)
 
 
 def spans(n: int, step: int) -> list[tuple[int, int]]:
@@ -126,13 +124,6 @@ class MicroBatcher:
 
     async def texts(self, texts: list[str]) -> np.ndarray:
         return await asyncio.wrap_future(self.submit_texts(texts))
-
-    async def texts_encoded(self, texts: list[str]) -> tuple[np.ndarray, list]:
-        """texts(), with each text's tokenizer Encoding as the model embedded it (None where its tokenizer keeps
-        none): which were cut at the token limit is read from them, not from a second tokenizer pass."""
-        job = _Job("text", list(texts))
-        vectors = await asyncio.wrap_future(self._submit(job))
-        return vectors, job.encodings
 
     async def call(self, fn: Callable, *args) -> Any:
         return await asyncio.wrap_future(self.submit_call(fn, *args))
@@ -247,23 +238,14 @@ class MicroBatcher:
         up to 64), texts in one pass (the app sends them in chunks of its own)."""
         return spans(len(items), self.max_batch if kind == "image" else max(len(items), 1)) or [(0, 0)]
 
-    def _forward_passes(self, kind: str, items: list) -> tuple[np.ndarray, list[tuple[int, int]], dict]:
-        """(vectors, passes, each text's Encoding as the text tower tokenized it: see token_record)."""
+    def _forward_passes(self, kind: str, items: list) -> tuple[np.ndarray, list[tuple[int, int]]]:
         passes = self._passes(kind, items)
-        with recording_encodings() as kept:
-            vectors = np.concatenate([self._forward(kind, items[a:b]) for a, b in passes])
-        return vectors, passes, kept
-
-    @staticmethod
-    def _done(job: _Job, vectors: np.ndarray, kept: dict) -> None:
-        if job.kind == "text":
-            job.encodings = [kept.get(text) for text in job.items]  # before the result: its waiter reads them
-        job.future.set_result(vectors)
+        return np.concatenate([self._forward(kind, items[a:b]) for a, b in passes]), passes
 
     def _run_batch(self, kind: str, batch: list[_Job]) -> None:
         items = [x for job in batch for x in job.items]
         try:
-            vectors, passes, kept = self._forward_passes(kind, items)
+            vectors, passes = self._forward_passes(kind, items)
         except BaseException as exc:  # noqa: BLE001 - reported to the waiting requests
             if len(batch) > 1:  # one bad request must not fail the others: retry each alone
                 for job in batch:
@@ -278,17 +260,17 @@ class MicroBatcher:
         for a, b in passes:  # each pass as it ran, with the number of requests it held a part of
             self._report(kind, b - a, sum(1 for s, e in spans if s < b and a < e) or 1)
         for job, (s, e) in zip(batch, spans):
-            self._done(job, vectors[s:e], kept)
+            job.future.set_result(vectors[s:e])
 
     def _run_alone(self, kind: str, job: _Job) -> None:
         try:
-            result, passes, kept = self._forward_passes(kind, job.items)
+            result, passes = self._forward_passes(kind, job.items)
         except BaseException as exc:  # noqa: BLE001
             job.future.set_exception(exc)
             return
         for a, b in passes:
             self._report(kind, b - a, 1)
-        self._done(job, result, kept)
+        job.future.set_result(result)
 
     def _run_call(self, job: _Job) -> None:
         try:

@@ -292,7 +292,7 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(pairs.images, recipe.model, val.images if eval_fn else (),
                             earlier=out / "model" if resume else None,
-                            settings=settings, call=python_call(train_captioner, recipe, resume))
+                            settings=settings, call=python_call(train_captioner, recipe, resume), trainer=trainer)
     prepare_run_folder(out, overwrite)  # after what reads --model's folder: --overwrite moves RUN/model aside
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),

@@ -228,7 +228,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
     eval_fn = None
     if val_set is not None:
         val_img = image_features(model, val_set.images, views=1, progress=progress, skip_unreadable=True,
-                                 split_across_ranks=True)
+                                 split_across_ranks=True, desc="caching validation image features")
         rows = readable_rows(val_img)
         if len(rows) < len(val_set.images):
             val_set, val_img = readable_pairs(val_set, rows), val_img[:, rows]
@@ -236,7 +236,8 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
             log.warning("only %d validation photos: recall over so few hardly changes between epochs (R@5 is 1.0 below 6, "
                         "R@10 below 11), so the epoch kept says little; validate on %d or more (--val-pairs, or a larger "
                         "--val-fraction; val_pairs, val_fraction in Python)", len(val_set.images), MIN_VAL_PHOTOS)
-        val_txt = (texts_of_run.of(model, val_set.captions, progress=progress, split_across_ranks=True)
+        val_txt = (texts_of_run.of(model, val_set.captions, progress=progress, split_across_ranks=True,
+                                   desc="caching validation caption features")
                    if model.text_frozen else val_set.captions)
         eval_fn = lambda m: retrieval_eval(m, val_img, val_txt, val_set.caption_image)  # noqa: E731
 
@@ -255,7 +256,7 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
         "validation": validation, "zeroshot_validation": zeroshot_validation}
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train_set.images, recipe.model, chose, earlier=out / "model" if resume else None,
-                            settings=settings, call=python_call(train_contrastive, recipe, resume))
+                            settings=settings, call=python_call(train_contrastive, recipe, resume), trainer=trainer)
     if distributed.is_main():  # after what reads --model's folder: --overwrite moves RUN/model aside
         prepare_run_folder(out, overwrite)
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
@@ -310,7 +311,8 @@ def _hard_negatives(model, train_set: PairSet, recipe: ContrastiveRecipe, texts_
              recipe.hard_negatives)
     ends = np.cumsum([len(texts) for texts in lists])
     negatives_of = [np.arange(end - len(texts), end) for end, texts in zip(ends, lists)]
-    features = texts_of_run.of(model, flat, progress=progress, split_across_ranks=True) if model.text_frozen else flat
+    features = (texts_of_run.of(model, flat, progress=progress, split_across_ranks=True,
+                                desc="caching hard-negative features") if model.text_frozen else flat)
     return features, negatives_of
 
 

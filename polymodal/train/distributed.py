@@ -185,19 +185,31 @@ _PEER_GONE = ("closed by peer", "reset by peer", "remote worker crash")
 
 def another_process_stopped(exc: BaseException) -> bool:
     """Whether ``exc`` is a collective failing because another torchrun process stopped (with an error of its own,
-    which it printed, or killed, which torchrun reports): this process's traceback would only bury that."""
-    return (isinstance(exc, RuntimeError) and is_distributed() and world_size() > 1
-            and any(text in str(exc) for text in _PEER_GONE))
+    which it printed, or killed, which torchrun reports): this process's traceback would only bury that. Also while
+    the group is being joined: a process that stops right after joining leaves the others in gloo's connectFullMesh
+    (seen on a busy machine)."""
+    return isinstance(exc, RuntimeError) and place()[1] > 1 and any(text in str(exc) for text in _PEER_GONE)
+
+
+def place() -> tuple[int, int]:
+    """(this process's rank, the world size): the group's once joined, else what torchrun launched it as."""
+    if is_distributed():
+        return rank(), world_size()
+    return _launched("RANK", 0), _launched("WORLD_SIZE", 1)
+
+
+def _launched(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default) or default)
+    except ValueError:
+        return default
 
 
 def refuse_torchrun(command: str) -> None:
     """`command` trains in one process: under torchrun every process would train the whole run on its own (the same
     data, the same steps) and write the same run folder (metrics.jsonl rows twice, a TensorBoard file and a result
     line per process). Refuse on every process, before anything is read or written."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    except ValueError:
-        world = 1
+    world = _launched("WORLD_SIZE", 1)
     if world > 1:
         raise PolymodalError(f"`polymodal {command}` trains in one process and does not split its work under "
                              f"torchrun (each of the {world} processes would train the whole run and write the same "

@@ -88,12 +88,13 @@ def _open_or_none(image, skip_unreadable: bool, min_size: int | None):
 def image_features(
     model, images: Sequence, views: int = 1, augment: Augment | None = None, seed: int = 0,
     batch_size: int = 32, progress: bool = True, skip_unreadable: bool = False, split_across_ranks: bool = False,
+    desc: str = "caching image features",
 ) -> np.ndarray:
     """[views, N, *feature_shape] float16, memory-mapped from the cache (computed on first use). An unreadable
     image is an error, or with ``skip_unreadable`` gets NaN features (see `readable_rows`). Both kinds of caller
     share one cache entry: one that skips nothing fails on a NaN row as it would have on the image.
     ``split_across_ranks`` (every torchrun process calls this together): each computes a share of the batches and
-    all get the whole array, instead of each computing all of it."""
+    all get the whole array, instead of each computing all of it. ``desc``: the progress bar's label."""
     if not len(images):  # (the error below names the first image)
         raise PolymodalError("no images to encode; pass at least one")
     augment = augment or Augment()
@@ -112,12 +113,12 @@ def image_features(
     # one view: a row per photo, which other lists' entries may hold (augmented views are drawn per position)
     keys = [row_key(*shared, identity) for identity in identities] if views == 1 else None
     if keys and not split:
-        reused = _reuse_rows(model, images, keys, path, batch_size, progress, skip_unreadable)
+        reused = _reuse_rows(model, images, keys, path, batch_size, progress, skip_unreadable, desc)
         if reused is not None:
             return reused
     starts = distributed.share_of_batches(len(images), batch_size, split)
     mine = sum(min(batch_size, len(images) - i) for i in starts)
-    bar = progress_bar(total=views * mine, desc="caching image features", unit="img", disable=not progress)
+    bar = progress_bar(total=views * mine, desc=desc, unit="img", disable=not progress)
     with bar:  # closed on an error too: no bar line after the error's
         out = _encode_views(model, images, views, augment, seed, starts, batch_size, skip_unreadable, bar, path)
     if split:  # a rank none of whose images could be read (others' could) marks its rows unread
@@ -153,7 +154,7 @@ def _with_row_keys(feats: np.ndarray, path, keys) -> np.ndarray:
 
 
 def _reuse_rows(model, images: Sequence, keys: list, path, batch_size: int, progress: bool,
-                skip_unreadable: bool) -> np.ndarray | None:
+                skip_unreadable: bool, desc: str = "caching image features") -> np.ndarray | None:
     """[1, N, ...] features of ``images`` written to ``path``, with the rows that other entries hold copied from
     them and only the other photos encoded: another --seed splits the same photos into other lists, and one photo
     dropped or added made another list, each of which encoded every photo again. None where no entry holds one.
@@ -180,7 +181,7 @@ def _reuse_rows(model, images: Sequence, keys: list, path, batch_size: int, prog
              len(missing))
     size = photo_decode_size(model, None)
     try:
-        with progress_bar(total=len(missing), desc="caching image features", unit="img",
+        with progress_bar(total=len(missing), desc=desc, unit="img",
                           disable=not progress or not missing) as bar:
             for start in range(0, len(missing), batch_size):
                 rows = missing[start : start + batch_size]
@@ -330,9 +331,9 @@ def readable_subset(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray | RowSubs
 
 @torch.inference_mode()
 def text_features(model, captions: Sequence[str], batch_size: int = 128, progress: bool = True,
-                  split_across_ranks: bool = False) -> np.ndarray:
+                  split_across_ranks: bool = False, desc: str = "caching text features") -> np.ndarray:
     """[C, 384] float32 pooled sentence features of the frozen text tower (cached). ``split_across_ranks``: as
-    `image_features`'."""
+    `image_features`'. ``desc``: the progress bar's label (what the texts are)."""
     if not len(captions):  # an empty array has no shape to cache: it was stored as a file every later call failed on
         raise PolymodalError("no captions to encode; pass at least one")
     path, cached = _load_cached(cache_key(model.text_cache_signature, *captions), "text")
@@ -342,7 +343,7 @@ def text_features(model, captions: Sequence[str], batch_size: int = 128, progres
     starts = distributed.share_of_batches(len(captions), batch_size, split)
     # one process: written to the file batch by batch, as image features are (a run's one list of captions and
     # hard negatives was held whole in memory: 2.3x the peak of its largest list before, repro text_peak.py)
-    bar = batch_progress(starts, len(captions), batch_size, desc="caching text features", unit="text",
+    bar = batch_progress(starts, len(captions), batch_size, desc=desc, unit="text",
                          disable=not progress)
     out = _encode_texts(model, captions, bar, batch_size, path=path)
     if split:  # a rank with no batch (fewer batches than ranks) learns the shape from the others
@@ -359,17 +360,19 @@ class TextRows:
     def __init__(self, texts: Iterable[str]) -> None:
         self.given, self.row, self.feats = texts, None, None
 
-    def of(self, model, texts: Sequence[str], progress: bool = True,
-           split_across_ranks: bool = False) -> RowSubset | np.ndarray:
+    def of(self, model, texts: Sequence[str], progress: bool = True, split_across_ranks: bool = False,
+           desc: str = "caching text features") -> RowSubset | np.ndarray:
         """[len(texts), 384] features of ``texts``: memory-mapped rows of the run's list (encoded when first asked
         for, after the photos as the per-split lists were) where it holds them all; else ``texts`` as their own list
-        (word swaps drawn by the seed, --val-pairs' captions: a list no seed changes already)."""
+        (word swaps drawn by the seed, --val-pairs' captions: a list no seed changes already), its bar labelled
+        ``desc`` (the run's list: "caching caption features"; two bars of one label read as one list twice)."""
         if self.row is None:  # sorted when first needed: a run that trains its text tower never is
             self.row = {t: i for i, t in enumerate(sorted(set(self.given)))}
         if not all(t in self.row for t in texts):
-            return text_features(model, texts, progress=progress, split_across_ranks=split_across_ranks)
+            return text_features(model, texts, progress=progress, split_across_ranks=split_across_ranks, desc=desc)
         if self.feats is None:
-            self.feats = text_features(model, list(self.row), progress=progress, split_across_ranks=split_across_ranks)
+            self.feats = text_features(model, list(self.row), progress=progress, split_across_ranks=split_across_ranks,
+                                       desc="caching caption features")
         return RowSubset(self.feats, np.array([self.row[t] for t in texts], dtype=np.int64))
 
 

@@ -743,7 +743,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train.pairs.images, recipe.model, val.pairs.images if val is not None else (),
                             earlier=out / "model" if resume else None,
-                            settings=settings, call=python_call(train_pretrain, recipe, resume))
+                            settings=settings, call=python_call(train_pretrain, recipe, resume), trainer=trainer)
     best = fit_and_save(trainer, photos, settings, resume, overwrite, score_start=recipe.model != "new")
     t_end = time.perf_counter()
     return {**best, "cache_seconds": t_cached - t_start, "train_seconds": t_end - t_cached, "epochs_run": trainer.epoch}

@@ -373,6 +373,18 @@ class Trainer:
                         self.out / "model")
         return self.best_metrics
 
+    def kept(self) -> dict | None:
+        """What a model saved now holds, for its trained_with.json: the best epoch so far (0: the starting model),
+        of how many the run trains, and the validation figure that chose it (``metric`` None: no validation, the
+        last epoch's). A later save rewrites it, so RUN/model's says which epoch the finished run kept. None
+        before any epoch is scored."""
+        if not isinstance(self.best_metrics.get("epoch"), int):
+            return None
+        metric = self.cfg.early_stop_metric if self.eval_fn is not None else None
+        value = self.best_metrics.get(metric) if metric else None
+        return {"epoch": self.best_metrics["epoch"], "epochs": self.cfg.epochs, "metric": metric,
+                "value": float(value) if isinstance(value, (int, float)) else None}
+
     def _seed_rank(self) -> None:
         """Under torchrun every process seeds alike (so all start from the same initial weights), and would then draw
         the same dropout masks (and any other torch/numpy/random draw) as every other process: sample j of each

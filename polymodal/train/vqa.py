@@ -595,7 +595,7 @@ def train_vqa(recipe: VQARecipe, resume: bool = False, progress: bool = True, ov
     # beside each saved model (with the validation photos that chose it): `eval` warns when it scores them
     photos = TrainingPhotos(train.images, recipe.model, val.images if eval_fn else (),
                             earlier=out / "model" if resume else None,
-                            settings=settings, call=python_call(train_vqa, recipe, resume))
+                            settings=settings, call=python_call(train_vqa, recipe, resume), trainer=trainer)
     best = fit_and_save(trainer, photos, settings, resume, overwrite,
                         score_start=model.keeps_folder_answers)  # a head made for this run is random: nothing to keep
     t_end = time.perf_counter()
