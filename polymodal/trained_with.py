@@ -179,19 +179,21 @@ def recorded_settings(record: dict) -> tuple[dict, dict]:
 
 def kept_text(record: dict) -> str | None:
     """The record's epoch kept (Trainer.kept(), written at each save) in words: "epoch 6 of 10, the best val/rsum
-    4.374", or "the starting model (epoch 0), unchanged: no epoch of 3 beat its val/rsum 4.211"; None for a
-    record saved before polymodal kept it (or damaged)."""
+    4.374", "epoch 6 of 9 trained (--epochs 20), ..." after an early stop, or "the starting model (epoch 0),
+    unchanged: no epoch of 3 beat its val/rsum 4.211"; None for a record saved before polymodal kept it (or
+    damaged)."""
     kept = record.get("kept")
     if not isinstance(kept, dict) or not isinstance(kept.get("epoch"), int):
         return None
-    where = f"epoch {kept['epoch']} of {kept.get('epochs')}"
+    # "of N" is the epochs the run trained; "asked" is there when that is fewer than its --epochs (an early stop)
+    of = f"{kept.get('epochs')}" + (f" trained (--epochs {kept['asked']})" if kept.get("asked") is not None else "")
     if not kept.get("metric"):
-        return f"{where}, the last (no validation chose it)"
+        return f"epoch {kept['epoch']} of {of}, the last (no validation chose it)"
     value = kept.get("value")
     figure = f"{kept['metric']} {value:.4g}" if isinstance(value, (int, float)) else str(kept["metric"])
     if kept["epoch"] == 0:
-        return f"the starting model (epoch 0), unchanged: no epoch of {kept.get('epochs')} beat its {figure}"
-    return f"{where}, the best {figure}"
+        return f"the starting model (epoch 0), unchanged: no epoch of {of} beat its {figure}"
+    return f"epoch {kept['epoch']} of {of}, the best {figure}"
 
 
 def summary_rows(details: dict) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ A model trained from another one inherits that one's photos."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -227,6 +228,23 @@ class TrainingPhotos:
             if self._record is not None:
                 kept = self._trainer.kept() if self._trainer is not None else None
                 write_trained_with(stage, {**self._record, "kept": kept} if kept else self._record)
+
+    def finish(self, model, folder) -> None:
+        """At the run's end: without validation (or without ``trainer``), ``model`` (the last epoch's) saved to
+        ``folder``; else the epoch kept, saved when it was the best, recorded again with the epochs the run trained
+        (it said the --epochs of the session that saved it: an early stop trains fewer, a resume that keeps an
+        older epoch more)."""
+        from polymodal.trained_with import FILE_NAME as TRAINED_WITH
+        from polymodal.trained_with import read_trained_with
+
+        if self._trainer is None or self._trainer.eval_fn is None:
+            self.save(model, folder)
+            return
+        record, kept = read_trained_with(folder), self._trainer.kept()
+        said = record.get("kept") if record is not None else None
+        if kept is None or not isinstance(said, dict) or said.get("epoch") != kept["epoch"] or said == kept:
+            return  # no record of this run's epoch (saved over, or before polymodal kept it), or nothing new
+        atomic_write_bytes(Path(folder) / TRAINED_WITH, json.dumps({**record, "kept": kept}, indent=2).encode())
 
 
 def _known(model) -> tuple[set[str], set[str]] | None:

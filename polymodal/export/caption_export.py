@@ -140,7 +140,7 @@ def _try_int8(out: Path, config: dict, fp32_model, images: Sequence, references,
     """The int8 dynamic step graph through the gate; a kept one is written into the config as the served step."""
     from polymodal.eval.captions import caption_scores
     from polymodal.export.caption_runtime import OnnxCaptioner
-    from polymodal.export.onnx_export import gate, paired_speed
+    from polymodal.export.onnx_export import gate, paired_speed, speed_up
 
     row = {"graph": "step", "variant": "int8_dynamic"}
     if not references:
@@ -178,7 +178,7 @@ def _try_int8(out: Path, config: dict, fp32_model, images: Sequence, references,
         atomic_write_bytes(out / ONNX_CONFIG, json.dumps(config, indent=2).encode())
     else:
         path.unlink(missing_ok=True)
-    return {**row, "status": status, "photos_per_s": round(speed, 2), "x_fp32_onnx": round(speed / fp32_speed, 2),
+    return {**row, "status": status, "photos_per_s": round(speed, 2), "x_fp32_onnx": speed_up(speed, fp32_speed),
             "cider": round(cider, 4), "cider_fp32": round(reference, 4), "drop_points": drop, "reason": reason}
 
 

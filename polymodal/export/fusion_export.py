@@ -216,7 +216,7 @@ def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, wan
     """int8 variants of the grid and question graphs through the gate; the kept fastest is written to the config."""
     from polymodal.eval.vqa import accuracy_by_type
     from polymodal.export.fusion_runtime import OnnxFusionEncoder
-    from polymodal.export.onnx_export import gate, paired_speed
+    from polymodal.export.onnx_export import gate, paired_speed, speed_up
 
     images, questions = [r.image for r in rows], [r.question for r in rows]
     pixels = fp32_model.transform(images[:32])
@@ -260,7 +260,7 @@ def _try_variants(out: Path, config: dict, fp32_model, rows, acc_ref: float, wan
             drop = round(100 * (acc_ref - acc), 2)
             status, reason = gate(speed, fp32_speed, drop, max_drop, metric="VQA accuracy")
             tries.append({"graph": graph, "variant": name, "status": status, "items_per_s": round(speed, 1),
-                          "x_fp32_onnx": round(speed / fp32_speed, 2), "accuracy": round(acc, 4), "drop_points": drop,
+                          "x_fp32_onnx": speed_up(speed, fp32_speed), "accuracy": round(acc, 4), "drop_points": drop,
                           "answers_changed_alone": f"{changed} of {min(len(said), ALONE_CHECKS)}", "reason": reason})
             if status == "kept" and (best is None or speed / fp32_speed > best[1]):
                 best = (path.name, speed / fp32_speed)

@@ -1,7 +1,8 @@
 """A CLIP checkpoint told by its files alone, without loading it (no torch, no transformers, no tensor read): a
 Hugging Face folder by its config.json's model_type, an OpenAI/open_clip-layout state dict by its key names (a
-.safetensors header; a torch file's pickled index, whose tensors are never built). `serve --model CLIP` without an
-index is refused with this before the load, which took 8-20 s to end in the same refusal."""
+.safetensors header; a torch file's pickled index, zip or legacy, whose tensors are never built; a TorchScript
+archive's pickled module tree, as OpenAI's own .pt files are). `serve --model CLIP` without an index is refused with
+this before the load, which took 8-20 s to end in the same refusal."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ OPENAI_MARKER = "visual.conv1.weight"  # the vision tower's patch embedding: Ope
 _MAX_HEADER = 100 << 20  # a .safetensors header past this is no checkpoint's (a 1B-parameter CLIP's is ~100 kB)
 # DataParallel/DDP's prefix and torch.compile's, in either order when both wrapped the model
 _WRAPPERS = re.compile(r"^(?:module\.|_orig_mod\.)+")
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, the first pickle of a legacy file
+_MAX_DEPTH = 64  # module nesting read in a TorchScript archive (a CLIP's is ~6 deep)
 
 
 def is_openai_layout(keys) -> bool:
@@ -43,8 +46,9 @@ def is_clip_checkpoint(path: str | Path) -> bool:
 
 
 def state_dict_keys(file: Path) -> list[str]:
-    """The tensor names of a .safetensors file or a torch (zip) state dict, as `state_dict_of` gives them; [] for
-    anything else (a legacy or TorchScript torch file, a broken one)."""
+    """The tensor names of a .safetensors file, a torch state dict (zip or legacy) or a TorchScript archive, as
+    `state_dict_of` gives them (a TorchScript module's as its state_dict() names them); [] for anything else (a
+    broken file, a pickled Python object, a format torch no longer reads)."""
     try:
         found = state_dict_of(dict.fromkeys(safetensors_keys(file)) if file.suffix == ".safetensors"
                               else _torch_object(file))
@@ -75,29 +79,71 @@ def safetensors_keys(file: Path) -> list[str]:
 
 
 class _Anything:
-    """What every pickled object but a dict becomes: tensors, storages and whatever else a checkpoint holds are
-    never built (nor any code of the file's choosing run), so reading keys is safe and takes no memory."""
+    """What every pickled object but a dict or a tensor becomes: whatever a checkpoint holds is never built (nor any
+    code of the file's choosing run), so reading keys is safe and takes no memory. Its attributes (the state a
+    TorchScript module is pickled with) are kept as read: names, and more such objects."""
+
+    state = None
 
     def __init__(self, *args, **kwargs) -> None:
         pass
 
     def __setstate__(self, state) -> None:
-        pass
+        self.state = state if isinstance(state, dict) else None
+
+
+class _Tensor(_Anything):
+    """A tensor (torch._utils' rebuild functions), its storage left in the file."""
 
 
 class _KeysOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        return OrderedDict if (module, name) == ("collections", "OrderedDict") else _Anything
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        return _Tensor if module == "torch._utils" and name.startswith("_rebuild_") else _Anything
 
     def persistent_load(self, pid):
         return None  # a tensor's storage, left in the archive
 
 
 def _torch_object(file: Path):
-    """What a torch zip file pickles, its tensors left unbuilt (_KeysOnly); None without one data.pkl."""
+    """What a torch file pickles, its tensors left unbuilt (_KeysOnly): a zip file's one data.pkl (a TorchScript
+    archive's module as its tensors by name), or a legacy file's object; None for neither."""
+    if not zipfile.is_zipfile(file):
+        return _legacy_object(file)
     with zipfile.ZipFile(file) as archive:
-        pickled = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        names = archive.namelist()
+        pickled = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickled) != 1:
             return None
         with archive.open(pickled[0]) as f:
-            return _KeysOnly(f).load()
+            found = _KeysOnly(f).load()
+    # torch.load hands an archive with constants.pkl to torch.jit.load (polymodal's loader too): a module tree
+    torchscript = pickled[0].replace("data.pkl", "constants.pkl") in names
+    return dict(_module_tensors(found)) if torchscript else found
+
+
+def _legacy_object(file: Path):
+    """A legacy torch file (torch.save(..., _use_new_zipfile_serialization=False)) is pickles in a row: a magic
+    number, the format's version, the machine's sizes, then the object; its tensors' bytes follow."""
+    with open(file, "rb") as f:
+        if f.read(1) != b"\x80":  # no pickle (its PROTO opcode) at all: not read further
+            return None
+        f.seek(0)
+        if _KeysOnly(f).load() != _LEGACY_MAGIC:
+            return None
+        for _ in range(2):  # the version and the sizes
+            _KeysOnly(f).load()
+        return _KeysOnly(f).load()
+
+
+def _module_tensors(module, prefix: str = "", depth: int = 0):
+    """(name, tensor) for each tensor attribute of a TorchScript module and its submodules, named by their path
+    ("visual.conv1.weight") as the loaded module's state_dict() names them."""
+    if not isinstance(module, _Anything) or module.state is None or depth > _MAX_DEPTH:
+        return
+    for name, value in module.state.items():
+        if isinstance(value, _Tensor):
+            yield f"{prefix}{name}", value
+        elif isinstance(name, str):
+            yield from _module_tensors(value, f"{prefix}{name}.", depth + 1)

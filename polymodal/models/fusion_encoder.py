@@ -623,11 +623,19 @@ class FusionEncoder(nn.Module):
         return finite_ranking([(seen[k], float(scores[k])) for k in order], bool(torch.isfinite(logits).all()))
 
     @property
-    @in_eval_mode  # (a fusion of the user's with batch statistics: the blank pass leaves them alone)
     def heat_map_method(self) -> str:
         """How explain() makes its maps, as a saved map's strip names it: "attention map" for a fusion that returns
         attention over the image tokens, else "gradient relevance". Asked of the fusion itself (one pass over
-        blank tokens): a fusion registered by the user says by what it returns, as it does in explain()."""
+        blank tokens): a fusion registered by the user says by what it returns, as it does in explain(). The pass
+        runs once per fusion: the answer is kept beside the fusion it is of (another fusion set later is asked)."""
+        known = self.__dict__.get("_heat_map_method")
+        if known is None or known[0] is not self.fusion:
+            known = (self.fusion, self._ask_heat_map_method())
+            self.__dict__["_heat_map_method"] = known  # a plain attribute: no submodule, no state_dict key
+        return known[1]
+
+    @in_eval_mode  # (a fusion of the user's with batch statistics: the blank pass leaves them alone)
+    def _ask_heat_map_method(self) -> str:
         d, cells = self.config.dim, self.config.grid**2
         blank = self.image_pos.new_zeros(1, cells, d)
         with torch.no_grad():

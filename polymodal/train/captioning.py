@@ -297,7 +297,6 @@ def train_captioner(recipe: CaptionRecipe, resume: bool = False, progress: bool 
     best = trainer.fit(resume=resume, on_best=lambda m: photos.save(m, out / "model"),
                        on_start=lambda: write_train_config(out, settings),
                        score_start=recipe.model != "new")
-    if eval_fn is None:
-        photos.save(model, out / "model")
+    photos.finish(model, out / "model")
     return {**best, "cache_seconds": t_cached - t_start, "train_seconds": time.perf_counter() - t_cached,
             "epochs_run": trainer.epoch}

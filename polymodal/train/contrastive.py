@@ -263,8 +263,8 @@ def train_contrastive(recipe: ContrastiveRecipe, resume: bool = False, progress:
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
                        # lite's space: scored as epoch 0, RUN/model stays it unless an epoch ties or beats it
                        score_start=recipe.model != "lite" or recipe.arch.starts_as_lite)
-    if eval_fn is None and distributed.is_main():  # else on_best saved the best epoch, which this would replace
-        photos.save(model, out / "model")
+    if distributed.is_main():  # without validation the last epoch's model; else the best's record, updated
+        photos.finish(model, out / "model")
     return best
 
 

@@ -33,6 +33,5 @@ def fit_and_save(trainer, photos, settings: dict, resume: bool, overwrite: bool,
     best = trainer.fit(resume=resume, on_best=save_best,
                        on_start=lambda: write_train_config(out, settings),  # after the checkpoint loaded
                        score_start=score_start)
-    if trainer.eval_fn is None:
-        photos.save(trainer.model, out / "model")
+    photos.finish(trainer.model, out / "model")
     return best

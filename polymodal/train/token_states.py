@@ -17,10 +17,11 @@ class StatesFill:
     """``rows`` texts' token states written by ``write(their row numbers, [b, w, D] states)`` into a CacheFill at
     ``path`` (in memory without one). The array's width W is its widest batch's: given (``width``, ``dim``) the
     file is made at once; else at the first batch, which had best be the widest (the last in order of length), for
-    a wider one later makes the file again, wider, copying its rows over a chunk at a time."""
+    a wider one later makes the file again, wider, copying its rows over a chunk at a time. ``dim`` alone: the
+    states' width, for the empty array of no texts."""
 
     def __init__(self, path, rows: int, width: int = 0, dim: int = 0) -> None:
-        self.path, self.rows, self.fill = path, rows, None
+        self.path, self.rows, self.dim, self.fill = path, rows, dim, None
         if width and dim:
             self.fill = CacheFill(path, (rows, width, dim), np.float16)
 
@@ -52,6 +53,6 @@ class StatesFill:
 
     def finish(self) -> np.ndarray:
         """The array: memory-mapped from ``path``, or in memory where it could not be written (or without texts)."""
-        if self.fill is None:  # no text: no batch gave a width
-            return np.zeros((self.rows, 1, 0), np.float16)
+        if self.fill is None:  # no text: no batch gave a width ([0, 1, D], as encode_questions gives for none)
+            return np.zeros((self.rows, 1, self.dim), np.float16)
         return self.fill.finish()

@@ -209,6 +209,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup, total))
         self.step, self.epoch, self.best, self.bad_epochs = 0, 0, -math.inf, 0
         self.best_metrics: dict = {}  # the record of the best epoch so far (kept in the checkpoint)
+        self.ended = False  # the loop ran to its end (--epochs or an early stop): kept() counts the epochs trained
 
     def _warmup(self, total: int) -> int:
         if self.cfg.warmup_steps is None:  # a full warmup would be the whole of a short run: the lr would never peak
@@ -308,6 +309,7 @@ class Trainer:
         """fit's loop (rank 0 runs it holding the run folder's lock)."""
         from polymodal.train import distributed
 
+        self.ended = False
         if resume:
             self.load_checkpoint()
             refuse_a_finished_run(self.out, self.epoch, self.cfg.epochs, self.bad_epochs, self.cfg.patience)
@@ -359,6 +361,7 @@ class Trainer:
                 if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
                     log.info("early stop: %s did not improve for %d epochs", self.cfg.early_stop_metric, self.bad_epochs)
                     break
+            self.ended = True
         except BaseException as exc:
             logger.close()
             if main and not resume and not saved and discard_unfinished_run(self.out):
@@ -375,15 +378,19 @@ class Trainer:
 
     def kept(self) -> dict | None:
         """What a model saved now holds, for its trained_with.json: the best epoch so far (0: the starting model),
-        of how many the run trains, and the validation figure that chose it (``metric`` None: no validation, the
-        last epoch's). A later save rewrites it, so RUN/model's says which epoch the finished run kept. None
-        before any epoch is scored."""
+        of how many (``epochs``: while the run trains, its --epochs; once it has ended, the epochs it trained, all
+        sessions together, with ``asked``, its --epochs, where an early stop trained fewer), and the validation
+        figure that chose it (``metric`` None: no validation, the last epoch's). A later save rewrites it, and so
+        does TrainingPhotos.finish at the end (an epoch kept was saved with the count of its time), so RUN/model's
+        says which epoch the finished run kept, of how many. None before any epoch is scored."""
         if not isinstance(self.best_metrics.get("epoch"), int):
             return None
         metric = self.cfg.early_stop_metric if self.eval_fn is not None else None
         value = self.best_metrics.get(metric) if metric else None
-        return {"epoch": self.best_metrics["epoch"], "epochs": self.cfg.epochs, "metric": metric,
-                "value": float(value) if isinstance(value, (int, float)) else None}
+        epochs = self.epoch if self.ended else self.cfg.epochs
+        return {"epoch": self.best_metrics["epoch"], "epochs": epochs, "metric": metric,
+                "value": float(value) if isinstance(value, (int, float)) else None,
+                **({"asked": self.cfg.epochs} if epochs != self.cfg.epochs else {})}
 
     def _seed_rank(self) -> None:
         """Under torchrun every process seeds alike (so all start from the same initial weights), and would then draw

@@ -29,6 +29,7 @@ from polymodal.errors import PolymodalError
 from polymodal.eval.vqa import QARow, accuracy_by_type, read_qa, warn_of_answers_outside
 from polymodal.models.fusion_encoder import (
     FREEZABLE,
+    TEXT_DIM,
     FusionEncoder,
     FusionEncoderConfig,
     continued_folder,
@@ -158,7 +159,7 @@ def _question_states(model: FusionEncoder, questions: Sequence[str], batch_size:
     order = batch_order(model, questions, by_length)  # by token counts where the tower has them, else characters
     starts = list(range(0, len(questions), batch_size))
     starts = starts[-1:] + starts[:-1]  # the longest questions first: the file takes their batch's width at once
-    states, lengths = StatesFill(path, len(questions)), np.zeros(len(questions), np.int64)
+    states, lengths = StatesFill(path, len(questions), dim=TEXT_DIM), np.zeros(len(questions), np.int64)
     try:
         for i in batch_progress(starts, len(questions), batch_size, desc="caching question tokens", unit="question",
                                 disable=not progress):
