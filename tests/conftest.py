@@ -173,3 +173,21 @@ def identity_onnx(path: Path) -> Path:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
+
+
+# trainserve (stop 57): a module's page tests share one Chromium, and the torchrun tests one launch (suite time)
+@pytest.fixture(scope="module")
+def browser():
+    """test_web_page.one_chromium, for a module: each page test opens a fresh context with `_tab(browser)`."""
+    from test_web_page import one_chromium
+
+    with one_chromium() as chromium:
+        yield chromium
+
+
+@pytest.fixture(scope="session")
+def launched(tmp_path_factory):
+    """test_distributed.launch_scenarios: the folder of each torchrun scenario, all run in one launch a test run."""
+    from test_distributed import launch_scenarios
+
+    return launch_scenarios(tmp_path_factory)

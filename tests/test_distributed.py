@@ -1,7 +1,9 @@
 """Contrastive loss with gather=True under 2-process CPU DDP (gloo, loopback) equals one process on the global batch."""
 
+import importlib
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -17,8 +19,8 @@ from polymodal.train import distributed
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
 
-# Written to tmp_path and started once per rank with torchrun's environment variables.
-SCRIPT = '''
+# Run by every rank of the shared launch (`launched`) with its folder as sys.argv[1].
+SCENARIO = '''
 import sys
 
 import torch
@@ -127,11 +129,11 @@ def rendezvous(world: int):
         del store  # the ranks have exited: the server stops
 
 
-def _launch(script: Path, out: Path) -> None:
+def _launch(script: Path, *args, timeout: float = 60) -> None:
     with rendezvous(WORLD) as env:
         procs = [
             subprocess.Popen(
-                [sys.executable, str(script), str(out)],
+                [sys.executable, str(script), *map(str, args)],
                 env=dict(os.environ, **env, RANK=str(r), LOCAL_RANK=str(r)),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -142,7 +144,7 @@ def _launch(script: Path, out: Path) -> None:
         logs = []
         try:
             for p in procs:
-                logs.append(p.communicate(timeout=60)[0])
+                logs.append(p.communicate(timeout=timeout)[0])
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -153,10 +155,59 @@ def _launch(script: Path, out: Path) -> None:
     assert "is deprecated" not in "\n".join(logs), "\n".join(logs)
 
 
-def test_ddp_gathered_loss_equals_single_process(tmp_path):
-    script = tmp_path / "ddp_clip.py"
-    script.write_text(SCRIPT)
-    _launch(script, tmp_path)
+# The modules whose SCENARIO script every rank runs, in this order, in one launch (each test's own launch started
+# Python, torch and polymodal in 2 processes: 3-5 s of a worker's time a test); each then checks what its own wrote.
+LAUNCHED = ("test_distributed", "test_s41_dist", "test_s42_dist_cache", "test_s48_dist_grads", "test_s55_scaleout")
+
+# Each rank: the scenarios in turn in one process group, each with its folder as sys.argv[1] and a feature cache of
+# its own; one scenario's destroy_process_group and SUM_CHUNK end with it.
+RUNNER = '''
+import os
+import runpy
+import sys
+
+import torch.distributed as dist
+
+from polymodal.train import distributed
+
+dist.destroy_process_group = lambda *args, **kwargs: None  # the group is left at exit (distributed._leave_group)
+chunk = distributed.SUM_CHUNK
+for script in sys.argv[1:]:
+    folder = os.path.dirname(script)
+    os.environ["POLYMODAL_CACHE"] = os.path.join(folder, "cache")
+    sys.argv = [script, folder]
+    runpy.run_path(script, run_name="__main__")
+    distributed.SUM_CHUNK = chunk
+    distributed.barrier()
+'''
+
+
+def launch_scenarios(tmp_path_factory) -> dict:
+    """The folder each LAUNCHED module's scenario wrote (its inputs from the module's write_inputs), by name: one
+    launch a test run (conftest's `launched`). Under xdist the first worker to ask launches; the other waits on the
+    lock, then reads."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "torchrun-scenarios"
+    folders = {name: root / name for name in LAUNCHED}
+    with FileLock(f"{root}.lock"):
+        if not (root / "done").exists():
+            shutil.rmtree(root, ignore_errors=True)  # a launch that failed: launched again, to fail the same way
+            for name, folder in folders.items():
+                module = importlib.import_module(name)
+                folder.mkdir(parents=True)
+                getattr(module, "write_inputs", lambda folder: None)(folder)
+                (folder / "scenario.py").write_text(module.SCENARIO)
+            (root / "runner.py").write_text(RUNNER)
+            _launch(root / "runner.py", *(folder / "scenario.py" for folder in folders.values()), timeout=300)
+            (root / "done").touch()
+    return folders
+
+
+def test_ddp_gathered_loss_equals_single_process(launched):
+    out = launched["test_distributed"]
+    script = out / "scenario.py"
 
     # Reference: one process, the same model and the whole batch of 16, no gathering.
     ns = runpy.run_path(str(script), run_name="reference")
@@ -174,7 +225,7 @@ def test_ddp_gathered_loss_equals_single_process(tmp_path):
     ref_ragged.backward()
 
     for r in range(WORLD):
-        got = torch.load(tmp_path / f"rank{r}.pt")
+        got = torch.load(out / f"rank{r}.pt")
         torch.testing.assert_close(got["loss"], ref.loss.detach(), atol=1e-5, rtol=0)
         torch.testing.assert_close(got["logits"], ref.logits_per_image.detach(), atol=1e-5, rtol=0)
         assert "drop_last=True" in got["unequal"], got["unequal"]

@@ -52,6 +52,9 @@ def test_search_texts_shows_a_bar_the_first_time_a_long_file_is_embedded(gallery
     from polymodal.apps import text_search
 
     monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
+    # a file longer than one chunk of the bar, its size aside: chunks of 64 (a multiple of encode_text's batches, as
+    # the 1,024 texts are), not 1,034 texts embedded twice
+    monkeypatch.setattr(text_search, "_ENCODE_CHUNK", 64)
     texts = tmp_path / "texts.txt"
     texts.write_text("".join(f"a caption, number {i}\n" for i in range(text_search._ENCODE_CHUNK + 10)))
     assert cli.main(["search", "a cat", "--texts", str(texts), "--model", "lite", "-k", "1"]) == 0

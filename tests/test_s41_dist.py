@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from polymodal.errors import PolymodalError
-from test_distributed import WORLD, _launch  # noqa: E402 (tests/ is on the path)
+from test_distributed import WORLD  # noqa: E402 (tests/ is on the path)
 
-# Started once per rank with torchrun's environment variables: a straight 2-epoch run (A), and a 1-epoch run (B)
-# resumed for its second epoch; every dropout mask each rank drew is saved.
-SCRIPT = '''
+# Run by every rank of test_distributed's shared launch: a straight 2-epoch run (A), and a 1-epoch run (B) resumed
+# for its second epoch; every dropout mask each rank drew is saved.
+SCENARIO = '''
 import sys
 from pathlib import Path
 
@@ -66,11 +66,8 @@ distributed.barrier()
 '''
 
 
-def test_torchrun_ranks_draw_their_own_dropout_masks(tmp_path):
-    script = tmp_path / "masks.py"
-    script.write_text(SCRIPT)
-    _launch(script, tmp_path)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
+def test_torchrun_ranks_draw_their_own_dropout_masks(launched):
+    r0, r1 = (torch.load(launched["test_s41_dist"] / f"rank{r}.pt") for r in range(WORLD))
     # the same initial weights on every rank, and the same weights after training (gradients are averaged) ...
     for got in ("init", "final"):
         for a, b in zip(r0[got], r1[got]):

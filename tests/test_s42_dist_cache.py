@@ -2,17 +2,19 @@
 computing a share of the batches, and every one gets the whole array: equal to one process's, unreadable photos
 NaN as before. Each process used to compute the whole cache."""
 
-import os
+import runpy
 import sys
 
 import numpy as np
+import torch
 from PIL import Image
 
-from test_distributed import WORLD, _launch  # noqa: E402 (tests/ is on the path)
+from test_distributed import WORLD  # noqa: E402 (tests/ is on the path)
 
-# Started once per rank: an image cache of 11 photos (photo 4 unreadable) in batches of 2, 2 views, and a text
-# cache of 7 captions in batches of 2; each rank saves what it got and how many rows it computed.
-SCRIPT = '''
+# Run by every rank of test_distributed's shared launch (and, with SPLIT=0, by one process for reference): an image
+# cache of 11 photos (photo 4 unreadable) in batches of 2, 2 views, and a text cache of 7 captions in batches of 2;
+# each rank saves what it got and how many rows it computed.
+SCENARIO = '''
 import os, sys
 from pathlib import Path
 
@@ -60,32 +62,42 @@ np.savez(out / f"{'split' if split else 'one'}-rank{rank}.npz", img=np.asarray(i
 '''
 
 
-def test_ranks_build_the_feature_caches_together(tmp_path, monkeypatch):
-    photos = tmp_path / "photos"
+def write_inputs(folder):
+    photos = folder / "photos"
     photos.mkdir()
     for i in range(11):
         if i == 4:
             (photos / f"p{i:02d}.jpg").write_bytes(b"not a jpeg")
         else:
             Image.new("RGB", (40, 30), (20 * i, 255 - 20 * i, 7 * i)).save(photos / f"p{i:02d}.jpg")
-    (tmp_path / "few").mkdir()
+    (folder / "few").mkdir()
     for i in range(4):
         if i < 2:
-            Image.new("RGB", (40, 30), (90, 9 * i, 40)).save(tmp_path / "few" / f"f{i}.jpg")
+            Image.new("RGB", (40, 30), (90, 9 * i, 40)).save(folder / "few" / f"f{i}.jpg")
         else:
-            (tmp_path / "few" / f"f{i}.jpg").write_bytes(b"")
-    script = tmp_path / "cache.py"
-    script.write_text(SCRIPT)
-    # setenv, not os.environ: undone, the session's own cache folder comes back (popping it sent every later test in
-    # this worker to ~/.cache/polymodal, where an earlier run's text banks made test_text_search's first call a hit)
-    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache-split"))
-    _launch(script, tmp_path)
-    import subprocess
+            (folder / "few" / f"f{i}.jpg").write_bytes(b"")
 
-    env = dict(os.environ, SPLIT="0", POLYMODAL_CACHE=str(tmp_path / "cache-one"), OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, check=True, timeout=120)
+
+def test_ranks_build_the_feature_caches_together(launched, tmp_path, monkeypatch):
+    split = launched["test_s42_dist_cache"]
+    # one process's caches, for reference: the scenario with no process group, in this process, on one thread as
+    # each rank (setenv, not os.environ: undone, the session's own cache folder comes back; popping it sent every
+    # later test in this worker to ~/.cache/polymodal, where an earlier run's text banks made test_text_search's
+    # first call a hit)
+    write_inputs(tmp_path)
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SPLIT", "0")
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache-one"))
+    monkeypatch.setattr(sys, "argv", ["scenario.py", str(tmp_path)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runpy.run_path(str(split / "scenario.py"), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
     one = np.load(tmp_path / "one-rank0.npz")
-    ranks = [np.load(tmp_path / f"split-rank{r}.npz") for r in range(WORLD)]
+    ranks = [np.load(split / f"split-rank{r}.npz") for r in range(WORLD)]
     assert np.isnan(one["img"][:, 4]).all() and not np.isnan(np.delete(one["img"], 4, axis=1)).any()
     for got in ranks:  # every rank holds the whole cache, as one process computes it
         np.testing.assert_array_equal(got["img"], one["img"])
@@ -96,6 +108,6 @@ def test_ranks_build_the_feature_caches_together(tmp_path, monkeypatch):
     assert one["computed"].tolist() == [22, 7]  # (+ the 2 readable photos of the second set)
     assert sum(r["computed"] for r in ranks).tolist() == [22, 7]
     assert all(r["computed"][0] > 0 for r in ranks)
-    cached = list((tmp_path / "cache-split" / "features").glob("*.npy"))
+    cached = list((split / "cache" / "features").glob("*.npy"))
     # stored: a second run reads them (+ the one-view image entry's rows file, for other lists of its photos: s54)
     assert len(cached) == 4 and len([p for p in cached if p.name.startswith("rowkeys-image-")]) == 1

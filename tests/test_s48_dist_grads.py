@@ -3,9 +3,10 @@ one process. A zero gradient is not the same: AdamW decays the weight and moves 
 
 import torch
 
-from test_distributed import WORLD, _launch
+from test_distributed import WORLD
 
-SCRIPT = '''
+# Run by every rank of test_distributed's shared launch.
+SCENARIO = '''
 import sys
 
 import torch
@@ -34,12 +35,9 @@ if __name__ == "__main__":
 '''
 
 
-def test_gradients_are_averaged_and_a_parameter_without_any_keeps_none(tmp_path):
-    script = tmp_path / "grads.py"
-    script.write_text(SCRIPT)
-    _launch(script, tmp_path)
+def test_gradients_are_averaged_and_a_parameter_without_any_keeps_none(launched):
     for r in range(WORLD):
-        got = torch.load(tmp_path / f"rank{r}.pt")
+        got = torch.load(launched["test_s48_dist_grads"] / f"rank{r}.pt")
         torch.testing.assert_close(got["both"], torch.full((3,), 1.5))
         torch.testing.assert_close(got["some"], torch.tensor([2.0, 4.0]))
         assert got["none"] is None and got["frozen"] is None, got

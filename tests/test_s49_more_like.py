@@ -10,7 +10,7 @@ import pytest
 import test_qdrant
 from test_index import FakeModel
 from test_s44_web import INFO_LOADED
-from test_web_page import _page, _serving, browser_tools  # noqa: F401 - browser_tools is a fixture
+from test_web_page import _serving, _tab
 
 built = test_qdrant.built  # an index of seven colours and an empty local-mode Qdrant collection
 
@@ -57,11 +57,11 @@ def test_a_collection_gives_its_points_vectors(built):
     assert collection.search(vector, 1)[0][0].id == hit.id and collection.vectors_of(["0" * 32]) == {}
 
 
-def test_the_page_searches_like_a_clicked_photo_and_removes_one(browser_tools, lite, db, tmp_path):
+def test_the_page_searches_like_a_clicked_photo_and_removes_one(browser, lite, db, tmp_path):
     from polymodal.serve import create_app
 
     shutil.copytree(db, tmp_path / "db")
-    with _serving(create_app(lite, tmp_path / "db")) as url, _page(browser_tools, tmp_path) as page:
+    with _serving(create_app(lite, tmp_path / "db")) as url, _tab(browser) as page:
         page.goto(url + "/", wait_until="domcontentloaded")
         page.wait_for_function(INFO_LOADED, timeout=20_000)
         page.fill("#q", "a cup of coffee")
@@ -81,11 +81,11 @@ def test_the_page_searches_like_a_clicked_photo_and_removes_one(browser_tools, l
         assert page.errors == []
 
 
-def test_the_page_classifies_an_image_by_the_labels_typed(browser_tools, lite, db, gallery, tmp_path):
+def test_the_page_classifies_an_image_by_the_labels_typed(browser, lite, db, gallery, tmp_path):
     """The server answered /v1/classify, but the page offered no way to ask it."""
     from polymodal.serve import create_app
 
-    with _serving(create_app(lite, db)) as url, _page(browser_tools, tmp_path) as page:
+    with _serving(create_app(lite, db)) as url, _tab(browser) as page:
         page.goto(url + "/", wait_until="domcontentloaded")
         page.wait_for_function(INFO_LOADED, timeout=20_000)
         page.click("#classify-form button")
@@ -102,14 +102,14 @@ def test_the_page_classifies_an_image_by_the_labels_typed(browser_tools, lite, d
         assert page.errors == []
 
 
-def test_a_search_in_words_the_model_does_not_know_says_so(client, browser_tools, lite, db, tmp_path):
+def test_a_search_in_words_the_model_does_not_know_says_so(client, browser, lite, db, tmp_path):
     """The text tower warned once in the server log, which an API client or the page never sees."""
     r = client.post("/v1/search", json={"text": "一只狗在海滩上奔跑", "k": 3}).json()
     assert len(r["hits"]) == 3 and "6 of the query's 9 word pieces are unknown" in r["warnings"][0]
     assert client.post("/v1/search", json={"text": "a dog on a beach", "k": 3}).json()["warnings"] == []
     from polymodal.serve import create_app
 
-    with _serving(create_app(lite, db)) as url, _page(browser_tools, tmp_path) as page:
+    with _serving(create_app(lite, db)) as url, _tab(browser) as page:
         page.goto(url + "/", wait_until="domcontentloaded")
         page.wait_for_function(INFO_LOADED, timeout=20_000)
         page.fill("#q", "🐶🐶")

@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from test_web_page import _page, _serving, browser_tools  # noqa: F401 - browser_tools is a fixture
+from test_web_page import _serving, _tab, browser_tools  # noqa: F401 - browser_tools is a fixture
 from test_s44_web import INFO_LOADED
 
 
@@ -22,10 +22,10 @@ def _open(page, url):
     page.evaluate("$('vqa').hidden = false; $('caption').hidden = false")  # the panels a VQA / caption server shows
 
 
-def test_the_page_fits_a_phone_screen(browser_tools, server, tmp_path):
+def test_the_page_fits_a_phone_screen(browser, server, tmp_path):
     """At 375 px the Search button sat half beyond the screen's edge and the Ask and Caption buttons outside their
     panels: the page scrolled sideways. The forms now wrap."""
-    with _page(browser_tools, tmp_path) as page:
+    with _tab(browser) as page:
         page.set_viewport_size({"width": 375, "height": 740})
         _open(page, server)
         page.fill("#q", "a cup of coffee")
@@ -40,11 +40,11 @@ def test_the_page_fits_a_phone_screen(browser_tools, server, tmp_path):
         assert page.errors == []
 
 
-def test_a_pasted_image_searches_and_a_dropped_link_says_why_nothing_happened(browser_tools, server, gallery, tmp_path):
+def test_a_pasted_image_searches_and_a_dropped_link_says_why_nothing_happened(browser, server, gallery, tmp_path):
     """Ctrl+V of a copied picture did nothing; dragging a result's thumbnail (a link, no file) onto the drop zone
     did nothing either, without a word."""
     b64 = base64.b64encode((gallery / "coffee.jpg").read_bytes()).decode()
-    with _page(browser_tools, tmp_path) as page:
+    with _tab(browser) as page:
         _open(page, server)
         page.evaluate("""(b64) => {
             const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -61,10 +61,10 @@ def test_a_pasted_image_searches_and_a_dropped_link_says_why_nothing_happened(br
         assert page.errors == []
 
 
-def test_question_and_caption_errors_look_like_errors(browser_tools, server, gallery, tmp_path):
+def test_question_and_caption_errors_look_like_errors(browser, server, gallery, tmp_path):
     """An error in the question or caption panel was shown in the answer's bold text: "the request took longer
     than 30 s ..." read like the caption. It is now red, as the search and Add panels' errors are."""
-    with _page(browser_tools, tmp_path) as page:
+    with _tab(browser) as page:
         _open(page, server)
         page.click("#vqa-form button")  # no image chosen
         assert page.inner_text("#vqa-answer") == "choose an image first"

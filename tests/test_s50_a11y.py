@@ -4,7 +4,7 @@ test_web_page.py). WCAG 2.1 AA basics, asserted as the concrete properties (name
 import shutil
 
 from test_s49_webpage import server  # noqa: F401 - a fixture: a served lite index
-from test_web_page import _page, _serving, browser_tools  # noqa: F401 - browser_tools is a fixture
+from test_web_page import _serving, _tab, browser_tools  # noqa: F401 - browser_tools is a fixture
 from test_s44_web import INFO_LOADED
 
 
@@ -20,12 +20,12 @@ def _search_by_keyboard(page):
     page.wait_for_selector("#results .hit", timeout=20_000)
 
 
-def test_every_control_is_named_by_more_than_a_placeholder(browser_tools, server, tmp_path):
+def test_every_control_is_named_by_more_than_a_placeholder(browser, server, tmp_path):
     """A screen reader read the four file inputs each as "Choose File", the text boxes by a placeholder that is gone
     once one types, and a result's photo button as its file name ("cat.jpg"), not what it does."""
     from playwright.sync_api import expect
 
-    with _page(browser_tools, tmp_path) as page:
+    with _tab(browser) as page:
         _open(page, server)
         _search_by_keyboard(page)
         assert page.get_attribute("html", "lang") == "en"
@@ -42,12 +42,12 @@ def test_every_control_is_named_by_more_than_a_placeholder(browser_tools, server
         assert page.errors == []
 
 
-def test_answers_and_errors_are_announced_and_read_again_at_their_field(browser_tools, server, tmp_path):
+def test_answers_and_errors_are_announced_and_read_again_at_their_field(browser, server, tmp_path):
     """The Ask, Classify and Caption panels' answers and errors changed without a word to a screen reader (only the
     search and Add lines were live regions), and no error was tied to the field it was about."""
     from playwright.sync_api import expect
 
-    with _page(browser_tools, tmp_path) as page:
+    with _tab(browser) as page:
         _open(page, server)
         for box in ("status", "vqa-answer", "classify-answer", "caption-text", "add-status"):
             assert page.get_attribute("#" + box, "role") == "status", box  # a polite live region
@@ -71,14 +71,14 @@ def _tab_to(page, selector):
     raise AssertionError(f"Tab never reached {selector}")
 
 
-def test_tab_shows_where_it_is_on_a_result_photo(browser_tools, server, tmp_path):
+def test_tab_shows_where_it_is_on_a_result_photo(browser, server, tmp_path):
     """The photo button's focus ring was drawn outside it, where the card's overflow:hidden cut off all but a 1 px
     near-black line round the photo, lost on a dark photo (galaxies.jpg, moon.jpg). It is drawn inside, 3 px thick."""
     import io
 
     from PIL import Image, ImageChops
 
-    with _page(browser_tools, tmp_path) as page:
+    with _tab(browser) as page:
         page.goto(server + "/", wait_until="domcontentloaded")
         page.wait_for_function(INFO_LOADED, timeout=20_000)
         _search_by_keyboard(page)
@@ -96,7 +96,7 @@ def test_tab_shows_where_it_is_on_a_result_photo(browser_tools, server, tmp_path
         assert page.errors == []
 
 
-def test_removing_from_the_keyboard_keeps_the_focus_in_the_results(browser_tools, lite, db, tmp_path):
+def test_removing_from_the_keyboard_keeps_the_focus_in_the_results(browser, lite, db, tmp_path):
     """Enter on a result's remove button opens the confirm dialog; after it the focus fell to the page's <body>
     (the button was gone): nothing showed the focus and a screen reader lost its place. It moves to the next photo's
     remove button."""
@@ -104,7 +104,7 @@ def test_removing_from_the_keyboard_keeps_the_focus_in_the_results(browser_tools
 
     copy = tmp_path / "db"
     shutil.copytree(db, copy)
-    with _serving(create_app(lite, copy)) as url, _page(browser_tools, tmp_path) as page:
+    with _serving(create_app(lite, copy)) as url, _tab(browser) as page:
         page.goto(url + "/", wait_until="domcontentloaded")
         page.wait_for_function(INFO_LOADED, timeout=20_000)
         _search_by_keyboard(page)
@@ -130,10 +130,10 @@ def _ratio(a, b):
     return (high + 0.05) / (low + 0.05)
 
 
-def test_text_box_edges_and_text_colours_have_contrast(browser_tools, server, tmp_path):
+def test_text_box_edges_and_text_colours_have_contrast(browser, server, tmp_path):
     """A text box's edge was #d0d5dd: 1.47:1 on white, 1.39:1 on the page's grey (WCAG 1.4.11 asks 3:1), hard to
     find with low vision. Text: the muted grey and the error red on the page's grey (AA asks 4.5:1 for text)."""
-    with _page(browser_tools, tmp_path) as page:
+    with _tab(browser) as page:
         _open(page, server)
         page.keyboard.press("Enter")  # an empty search: the error line
         def style(selector, prop):
@@ -147,9 +147,9 @@ def test_text_box_edges_and_text_colours_have_contrast(browser_tools, server, tm
         assert page.errors == []
 
 
-def test_the_page_reflows_at_320_px(browser_tools, server, tmp_path):
+def test_the_page_reflows_at_320_px(browser, server, tmp_path):
     """WCAG 1.4.10: 320 CSS px (a 1280 px window at 400% zoom) without scrolling sideways, every panel shown."""
-    with _page(browser_tools, tmp_path) as page:
+    with _tab(browser) as page:
         page.set_viewport_size({"width": 320, "height": 640})
         _open(page, server)
         _search_by_keyboard(page)
@@ -158,10 +158,10 @@ def test_the_page_reflows_at_320_px(browser_tools, server, tmp_path):
         assert page.errors == []
 
 
-def test_more_like_this_from_the_keyboard_keeps_the_focus_in_the_results(browser_tools, server, tmp_path):  # noqa: F811
+def test_more_like_this_from_the_keyboard_keeps_the_focus_in_the_results(browser, server, tmp_path):  # noqa: F811
     """Enter on a photo searched for more like it and replaced the results, the pressed button with them: the focus
     fell to the page's <body>. It goes to the first new photo."""
-    with _page(browser_tools, tmp_path) as page:
+    with _tab(browser) as page:
         page.goto(server + "/", wait_until="domcontentloaded")
         page.wait_for_function(INFO_LOADED, timeout=20_000)
         _search_by_keyboard(page)

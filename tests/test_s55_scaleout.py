@@ -7,12 +7,12 @@ import json
 import pytest
 from PIL import Image
 
-from test_distributed import _launch  # noqa: E402 (tests/ is on the path)
 from test_s43_dist import _run_ranks  # noqa: E402
 
-# Started once per rank: 48 photos whose cached features are 1 MB each (a stand-in tower), in batches of 4, and 48
-# captions of 256 KB each, in batches of 8; tracemalloc sees numpy's allocations. Rank 0 also computes both alone.
-CACHE_SCRIPT = '''
+# Run by every rank of test_distributed's shared launch: 48 photos whose cached features are 1 MB each (a stand-in
+# tower), in batches of 4, and 48 captions of 256 KB each, in batches of 8; tracemalloc sees numpy's allocations.
+# Rank 0 also computes both alone.
+SCENARIO = '''
 import json
 import sys
 import tracemalloc
@@ -62,16 +62,15 @@ if rank == 0:
 '''
 
 
-def test_ranks_build_the_caches_without_holding_them_whole(tmp_path, monkeypatch):
-    (tmp_path / "photos").mkdir()
+def write_inputs(folder):
+    (folder / "photos").mkdir()
     for i in range(48):
-        Image.new("RGB", (16, 16), (5 * i, 90, 40)).save(tmp_path / "photos" / f"p{i:02d}.png")
-    script = tmp_path / "cache.py"
-    script.write_text(CACHE_SCRIPT)
-    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
-    _launch(script, tmp_path)
+        Image.new("RGB", (16, 16), (5 * i, 90, 40)).save(folder / "photos" / f"p{i:02d}.png")
+
+
+def test_ranks_build_the_caches_without_holding_them_whole(launched):
     for rank in range(2):
-        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        got = json.loads((launched["test_s55_scaleout"] / f"rank{rank}.json").read_text())
         assert got["same"] and got["distinct"] == 48, got  # every row, as one process computes them
         for kind in ("image", "text"):
             size, peak = got[kind]

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from polymodal.serve import ServeSettings, create_app  # noqa: E402
 from polymodal.serve.middleware import LimitsMiddleware  # noqa: E402
-from test_web_page import _page, _serving, browser_tools  # noqa: E402,F401 - browser_tools is a fixture
+from test_web_page import _serving, _tab  # noqa: E402
 
 
 class _Asker:
@@ -188,8 +188,8 @@ def test_slow_body_says_what_to_do():
     assert sent[0]["status"] == 408 and b"--timeout" in sent[1]["body"]
 
 
-def test_page_shows_a_vqa_answer_readably(browser_tools, asker, db, gallery, tmp_path):  # noqa: F811
-    with _serving(create_app(asker, db)) as url, _page(browser_tools, tmp_path) as page:
+def test_page_shows_a_vqa_answer_readably(browser, asker, db, gallery, tmp_path):  # noqa: F811
+    with _serving(create_app(asker, db)) as url, _tab(browser) as page:
         page.goto(url + "/", wait_until="domcontentloaded")
         page.wait_for_selector("#vqa", state="visible", timeout=20_000)
         page.set_input_files("#vqa-file", str(gallery / "cat.jpg"))
@@ -211,8 +211,8 @@ STALE_FIRST_ANSWER = """const fetchNow = window.fetch; let asked = 0; window.fet
 };"""
 
 
-def test_page_shows_the_last_questions_answer_not_the_last_to_arrive(browser_tools, asker, db, gallery, tmp_path):  # noqa: F811
-    with _serving(create_app(asker, db)) as url, _page(browser_tools, tmp_path) as page:
+def test_page_shows_the_last_questions_answer_not_the_last_to_arrive(browser, asker, db, gallery, tmp_path):  # noqa: F811
+    with _serving(create_app(asker, db)) as url, _tab(browser) as page:
         page.add_init_script(STALE_FIRST_ANSWER)
         page.goto(url + "/", wait_until="domcontentloaded")
         page.wait_for_selector("#vqa", state="visible", timeout=20_000)

@@ -30,8 +30,8 @@ def _need(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def browser_tools():
+def playwright_or_skip():
+    """Playwright's sync_playwright; skipped (failed under CI) without Playwright, the serve extra or Chromium."""
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -41,6 +41,11 @@ def browser_tools():
     _need(Path(CHROMIUM).is_file() or bool(shutil.which(CHROMIUM)),
           f"{CHROMIUM} not found (apt-get install chromium, or run .ci/install-browser)")
     return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def browser_tools():
+    return playwright_or_skip()
 
 
 @contextlib.contextmanager
@@ -74,20 +79,51 @@ def server(browser_tools, lite, db):
         yield url
 
 
+VIEWPORT = {"width": 1100, "height": 800}
+
+
+def _watched(page):
+    """The page, with the script errors it raises collected in page.errors."""
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    return page
+
+
 @contextlib.contextmanager
 def _page(browser_tools, tmp_path):
+    """A page in a Chromium of its own (Playwright's driver and Chromium start and stop with it: 1.5-3 s)."""
     with browser_tools() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS,
-            viewport={"width": 1100, "height": 800},
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS, viewport=VIEWPORT,
         )
         try:
-            page = context.new_page()
-            page.errors = []
-            page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-            yield page
+            yield _watched(context.new_page())
         finally:
             context.close()
+
+
+@contextlib.contextmanager
+def one_chromium():
+    """One Chromium for a module's page tests (conftest's `browser`); `_tab` gives each test a context of its own (no
+    cookies, storage or cache of another test's, as a fresh profile). While it is open Playwright's event loop counts
+    as running in this thread, so asyncio.run() fails: a module takes it only where no test after its first page test
+    runs asyncio."""
+    with playwright_or_skip()() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@contextlib.contextmanager
+def _tab(browser):
+    """A page in a fresh context of the module's `browser`."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        yield _watched(context.new_page())
+    finally:
+        context.close()
 
 
 def _search(page, text: str):
@@ -101,8 +137,8 @@ def _search(page, text: str):
     return page.locator("#results .hit").first
 
 
-def test_search_page_finds_the_coffee(browser_tools, server, tmp_path):
-    with _page(browser_tools, tmp_path) as page:
+def test_search_page_finds_the_coffee(browser, server, tmp_path):
+    with _tab(browser) as page:
         page.goto(server + "/", wait_until="domcontentloaded")
         page.wait_for_function("document.getElementById('meta').textContent.includes('images')", timeout=20_000)
         assert page.is_hidden("#vqa")  # lite has no VQA head: no question box
@@ -116,10 +152,10 @@ def test_search_page_finds_the_coffee(browser_tools, server, tmp_path):
         assert page.errors == []
 
 
-def test_page_asks_for_the_api_key(browser_tools, lite, db, tmp_path):
+def test_page_asks_for_the_api_key(browser, lite, db, tmp_path):
     from polymodal.serve import create_app
 
-    with _serving(create_app(lite, db, api_key="s3cret")) as url, _page(browser_tools, tmp_path) as page:
+    with _serving(create_app(lite, db, api_key="s3cret")) as url, _tab(browser) as page:
         page.goto(url + "/", wait_until="domcontentloaded")
         page.wait_for_selector("#keybox", state="visible", timeout=20_000)  # /v1/info said 401
         page.fill("#key", "s3cret")
@@ -131,7 +167,7 @@ def test_page_asks_for_the_api_key(browser_tools, lite, db, tmp_path):
         assert page.errors == []
 
 
-def test_page_over_a_qdrant_collection(browser_tools, lite, db, tmp_path):
+def test_page_over_a_qdrant_collection(browser, lite, db, tmp_path):
     """`serve --qdrant`: thumbnails by point id (a UUID), and no upload box (the collection is filled by pushes)."""
     pytest.importorskip("qdrant_client")
     from polymodal.index import ImageIndex
@@ -140,7 +176,7 @@ def test_page_over_a_qdrant_collection(browser_tools, lite, db, tmp_path):
 
     collection = QdrantCollection(str(tmp_path / "q"), "photos")
     collection.push(ImageIndex(db), progress=False)
-    with _serving(create_app(lite, collection)) as url, _page(browser_tools, tmp_path) as page:
+    with _serving(create_app(lite, collection)) as url, _tab(browser) as page:
         page.goto(url + "/", wait_until="domcontentloaded")
         page.wait_for_function("document.getElementById('meta').textContent.includes('images')", timeout=20_000)
         assert page.is_hidden("#add")
@@ -152,13 +188,13 @@ def test_page_over_a_qdrant_collection(browser_tools, lite, db, tmp_path):
         assert page.errors == []
 
 
-def test_adding_a_photo_the_index_holds_says_it_was_skipped(browser_tools, lite, db, gallery, tmp_path):
+def test_adding_a_photo_the_index_holds_says_it_was_skipped(browser, lite, db, gallery, tmp_path):
     """Stop 38: the server adds no second row for bytes it holds; the page says why nothing was added."""
     from polymodal.serve import create_app
 
     copy = tmp_path / "db"
     shutil.copytree(db, copy)
-    with _serving(create_app(lite, copy)) as url, _page(browser_tools, tmp_path) as page:
+    with _serving(create_app(lite, copy)) as url, _tab(browser) as page:
         page.goto(url + "/", wait_until="domcontentloaded")
         page.wait_for_function("document.getElementById('meta').textContent.includes('images')", timeout=20_000)
         page.set_input_files("#add-files", str(gallery / "cat.jpg"))
@@ -170,7 +206,7 @@ def test_adding_a_photo_the_index_holds_says_it_was_skipped(browser_tools, lite,
         assert page.errors == []
 
 
-def test_a_damaged_upload_is_reported_in_the_add_panel(browser_tools, lite, db, gallery, tmp_path):
+def test_a_damaged_upload_is_reported_in_the_add_panel(browser, lite, db, gallery, tmp_path):
     """Stop 39's review: the error of an upload with a truncated photo showed under the search box at the top of the
     page, not in the Add panel the user was looking at; nothing is added (the request is all or nothing)."""
     from polymodal.serve import create_app
@@ -179,7 +215,7 @@ def test_a_damaged_upload_is_reported_in_the_add_panel(browser_tools, lite, db, 
     shutil.copytree(db, copy)
     half = tmp_path / "half.jpg"
     half.write_bytes((gallery / "rocket.jpg").read_bytes()[:3000])
-    with _serving(create_app(lite, copy)) as url, _page(browser_tools, tmp_path) as page:
+    with _serving(create_app(lite, copy)) as url, _tab(browser) as page:
         page.goto(url + "/", wait_until="domcontentloaded")
         page.wait_for_function("document.getElementById('meta').textContent.includes('images')", timeout=20_000)
         before = page.inner_text("#meta")
