@@ -1,12 +1,18 @@
 """The shipped `default` model (contrastive heads trained on Flickr8k + COCO captions) loads offline and works."""
 
 import numpy as np
+import pytest
 
 import polymodal
 
 
-def test_default_loads_and_retrieves_unseen_photos(gallery):
-    model = polymodal.load("default")
+@pytest.fixture(scope="module")
+def default():
+    return polymodal.load("default")  # loaded once for both tests: neither changes it
+
+
+def test_default_loads_and_retrieves_unseen_photos(default, gallery):
+    model = default
     assert model.dim == 384 and model.key.startswith("default@")
     names = ["cat", "coffee", "motorcycle", "flower", "astronaut"]
     img = model.encode_image([gallery / f"{n}.jpg" for n in names])
@@ -18,14 +24,14 @@ def test_default_loads_and_retrieves_unseen_photos(gallery):
     assert sum(hits) >= 4, ranks
 
 
-def test_default_prefers_a_caption_over_its_word_swapped_copies(gallery):
+def test_default_prefers_a_caption_over_its_word_swapped_copies(default, gallery):
     """`default` is trained with word-swapped hard negatives (recipes/default.json: hard_negatives swap). On the
     sample photos (not in its training data) the true caption should outscore its swapped copies for most photos;
     the heads trained without them managed 5 of 13."""
     from polymodal.data.negatives import swapped_captions
     from polymodal.data.samples import SKIMAGE_PHOTOS, SKLEARN_PHOTOS
 
-    model = polymodal.load("default")
+    model = default
     hits, total = 0, 0
     for name, (_, caption) in {**SKIMAGE_PHOTOS, **SKLEARN_PHOTOS}.items():
         copies = swapped_captions(caption, 3)

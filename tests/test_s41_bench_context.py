@@ -115,25 +115,37 @@ def test_every_benchmark_that_prints_json_announces_its_context():
         assert re.search(r"^from run_context import (.+, )?announce\b", p.read_text(), re.M), p.name
 
 
-def test_a_script_run_end_to_end_prints_the_context_line_first():
+def test_a_script_run_end_to_end_prints_the_context_line_first_then_its_figures():
+    """fused_tower.py as a program: the context line, then its figures, which test_benchmarks_run checks of the other
+    scripts run in-process (the BatchNorm-folded tower's parity with the eager one among them)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("OMP_WAIT_POLICY", None)
-    out = subprocess.run([sys.executable, str(BENCHMARKS / "fused_tower.py"), "--batches", "1", "--seconds", "0.05",
-                          "--photos", "1", "--threads", "1"], capture_output=True, text=True, timeout=120,
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "fused_tower.py"), "--batches", "2", "--seconds", "0.1",
+                          "--photos", "3", "--threads", "1"], capture_output=True, text=True, timeout=120,
                          check=True, env=env).stdout
     first, *rest = [json.loads(line) for line in out.splitlines()]
     assert set(first) == KEYS and first["context"] == "fused_tower.py"
     assert first["threads"] == 1 and first["omp_wait_policy"] == "PASSIVE"  # the script's default, set before torch
     assert [r.get("tower", r.get("model")) for r in rest] == ["efficientnet-lite0", "lite"]  # its figures follow
     assert not any("context" in r for r in rest)
+    tower, end_to_end = rest
+    assert tower["batch"] == 2 and tower["eager_images_per_s"] > 0 and tower["fused/eager"] > 0
+    assert tower["max_abs_feature_diff"] < 1e-3  # the BatchNorm-folded copy computes the same features
+    assert end_to_end["photos"] == 3 and end_to_end["fused_images_per_s"] > 0
 
 
-@pytest.mark.parametrize("name", ["fusion_compare", "pretrain_fusion", "hard_negatives"])
-def test_the_three_training_speed_scripts_set_the_wait_policy_before_torch(name):
+TRAINING_SPEED_SCRIPTS = ["fusion_compare", "pretrain_fusion", "hard_negatives"]
+
+
+@pytest.fixture(scope="module")
+def training_speed_policies() -> dict:
+    from test_s40_bench_omp_policy import first_torch_import_policies
+
+    return dict(zip(TRAINING_SPEED_SCRIPTS, first_torch_import_policies(
+        [(BENCHMARKS / f"{name}.py", None) for name in TRAINING_SPEED_SCRIPTS])))
+
+
+@pytest.mark.parametrize("name", TRAINING_SPEED_SCRIPTS)
+def test_the_three_training_speed_scripts_set_the_wait_policy_before_torch(name, training_speed_policies):
     """As the 8 timed scripts of test_s40_bench_omp_policy do (and the CLI): PASSIVE unless the caller chose."""
-    from test_s40_bench_omp_policy import PROBE
-
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", PROBE, str(BENCHMARKS / f"{name}.py")], env=env, capture_output=True,
-                         text=True, check=True, timeout=120).stdout
-    assert out.strip().splitlines()[-1] == "PASSIVE"
+    assert training_speed_policies[name] == "PASSIVE"

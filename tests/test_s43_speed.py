@@ -115,11 +115,17 @@ def test_one_batch_and_batch_dependent_graphs_keep_the_callers_order():
 
 
 @glibc_only
-def test_heap_reuse_benchmark_compares_both_sides(gallery, capsys):
+def test_heap_reuse_benchmark_compares_both_sides(gallery, tmp_path, capsys):
+    import shutil
+
     from conftest import benchmark_module
 
+    photos = tmp_path / "photos"  # two of the gallery's photos: each side indexes them in a process of its own
+    photos.mkdir()
+    for name in ("cat.jpg", "coffee.jpg"):
+        shutil.copy(gallery / name, photos / name)
     bench = benchmark_module("heap_reuse", "s43")
-    assert bench.main(["--images", str(gallery), "--repeats", "1"]) == 0
+    assert bench.main(["--images", str(photos), "--repeats", "1"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r.get("heap") for r in rows[:2]] == ["kept", "glibc default"]
     assert rows[-1]["cpu_default_over_kept"] > 0 and rows[-1]["peak_kept_over_default"] > 0

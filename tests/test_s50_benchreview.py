@@ -22,6 +22,7 @@ import torch
 
 from conftest import benchmark_module
 from test_benchmarks_run import BENCHMARKS, run_benchmark
+from test_s44_trainspeed import text_parts_config
 
 PROGRAMS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if 'if __name__ == "__main__"' in p.read_text())
 
@@ -75,7 +76,8 @@ def test_train_caching_leaves_no_folder_and_the_cache_setting_as_it_found_it(scr
     monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "mine"))
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"image": "a.jpg", "caption": c}) + "\n" for c in ("a dog", "two cats")))
-    *lines, ratios = run_benchmark("train_caching", ["--pairs", pairs, "--parts", "text"], capsys)
+    *lines, ratios = run_benchmark("train_caching", ["--pairs", pairs, "--parts", "text",
+                                                     "--config", text_parts_config(tmp_path)], capsys)
     assert [line["way"] for line in lines if "way" in line] == ["caption_order", "length_order"]
     assert set(ratios["speedup_old_over_new_cpu"]) == {"text_caching"}
     assert os.environ["POLYMODAL_CACHE"] == str(tmp_path / "mine")

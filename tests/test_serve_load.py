@@ -2,24 +2,22 @@
 (bf16 where the CPU has it), counts every request, and the batching line reports merged passes."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
+from conftest import benchmark_module
 from polymodal.encoders.frozen_trunk import bf16_supported
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
 
-
-def test_serve_load_smoke():
+def test_serve_load_smoke(capsys):
+    """The script's main() in this process (its servers and the gallery's `polymodal index` are processes of their
+    own, as in a user's run): a process for the script itself paid a torch import and start-up (~2 s) for nothing
+    this test checks."""
     runtime = "torch-bf16" if bf16_supported() else "torch"
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--runtime", runtime, "--kinds", "image,text", "--concurrency", "1,6",
-         "--requests", "6", "--time-limit", "60"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    code = benchmark_module("serve_load", "s57").main(["--runtime", runtime, "--kinds", "image,text",
+                                                        "--concurrency", "1,6", "--requests", "6",
+                                                        "--time-limit", "60"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     runs = [d for d in lines if "qps" in d]
     assert len(runs) == 2 * 2 * 2  # batching on/off x kinds x concurrency levels
     for d in runs:
