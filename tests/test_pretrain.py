@@ -15,6 +15,7 @@ from polymodal.data.pairs import Pair, PairSet
 from polymodal.data.samples import SKIMAGE_PHOTOS, SKLEARN_PHOTOS
 from polymodal.fusion import build_fusion
 from polymodal.models.fusion_encoder import FusionEncoder, FusionEncoderConfig, load_fusion_encoder
+from polymodal.train.caption_matches import CaptionMatches
 from polymodal.train.pretrain import (
     CaptionData,
     CaptionRows,
@@ -24,7 +25,6 @@ from polymodal.train.pretrain import (
     mine_hard_negatives,
     mine_pairs,
     parse_objectives,
-    positive_matrix,
     region_masks,
     whole_word_mask,
 )
@@ -89,7 +89,7 @@ def test_hard_negative_mining_returns_the_most_similar_non_matching_items():
     # images x captions: image 0 has captions 0, 1; image 1 caption 2 (same text as caption 0!); image 2 caption 3
     pairs = PairSet.from_pairs([Pair("a.jpg", "A dog runs ."), Pair("a.jpg", "grass"), Pair("b.jpg", "a dog runs"),
                                 Pair("c.jpg", "a cat")])
-    pos = positive_matrix(pairs)
+    pos = CaptionMatches.of(pairs).image_rows(np.arange(3))
     assert pos.tolist() == [[True, True, True, False], [True, False, True, False], [False, False, False, True]]
     image_emb = np.eye(3, dtype=np.float32)
     caption_emb = np.array([[1, 0, 0], [1, 0, 0], [0.9, 0.1, 0], [0.1, 0.9, 0.2]], dtype=np.float32)

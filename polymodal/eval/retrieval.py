@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from polymodal.errors import PolymodalError
+from polymodal.product_blocks import Product, per_block
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +123,18 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image
             caption_image.dtype.kind not in "iu" or caption_image.min() < 0 or caption_image.max() >= len(image_emb))):
         raise PolymodalError(f"caption_image must hold one image row index (0..{len(image_emb) - 1}) per text row "
                              f"({len(text_emb)}), got {caption_image.dtype} of shape {caption_image.shape}")
-    sim = text_emb @ image_emb.T  # [C, I]
-    t2i = _ranks(sim, [np.array([i]) for i in caption_image])
+    sim, texts, images = Product(text_emb, image_emb), len(text_emb), len(image_emb)  # [C, I], a block at a time
+    t2i = per_block(lambda a, b: _ranks(sim.rows(a, b), [np.array([i]) for i in caption_image[a:b]]), texts, images)
     owners = [np.flatnonzero(caption_image == i) for i in range(len(image_emb))]
     bare = [i for i, o in enumerate(owners) if not len(o)]
     if bare:
         raise PolymodalError(f"{len(bare)} of {len(image_emb)} images have no caption (first: image {bare[0]}); "
                              "image->text recall needs one per image: drop those images or caption them")
-    i2t = _ranks(sim.T, owners)
+    i2t = per_block(lambda a, b: _ranks(sim.columns(a, b), owners[a:b]), images, texts)
     if ranks is not None:
         ranks.update(t2i=t2i, i2t=i2t)
         if top:
-            ranks["t2i_top"] = _nearest(sim, caption_image, top)
+            ranks["t2i_top"] = per_block(lambda a, b: _nearest(sim.rows(a, b), caption_image[a:b], top), texts, images)
     out = {}
     for name, ranks in (("t2i", t2i), ("i2t", i2t)):
         for k in (1, 5, 10):

@@ -54,7 +54,9 @@ from polymodal.models.fusion_encoder import (
     FusionEncoder, FusionEncoderConfig, continued_folder, load_fusion_encoder,
 )
 from polymodal.models.inputs import as_parts, as_paths, as_settings
+from polymodal.product_blocks import Product, per_block
 from polymodal.progress import progress_bar
+from polymodal.train.caption_matches import CaptionMatches
 from polymodal.train.features import _load_cached, readable_pairs, readable_subset
 from polymodal.train.guards import (
     FRACTION, FREEZE_UNDER_HEADS, NON_NEGATIVE, check_ranges, check_types, refuse_unfreezing, refuse_lone_val_split,
@@ -331,10 +333,7 @@ def mine_hard_negatives(similarity: np.ndarray, positive: np.ndarray, k: int) ->
     similarity, positive = np.asarray(similarity), np.asarray(positive, dtype=bool)
     if similarity.shape != positive.shape:
         raise PolymodalError(f"similarity {similarity.shape} and positive {positive.shape} shapes differ")
-    available = int((~positive).sum(1).min()) if len(positive) else 0
-    if available < 1:
-        raise PolymodalError("some query has no non-matching item to mine a negative from (need 2+ images)")
-    k = min(k, available)
+    k = _mineable(k, int((~positive).sum(1).min()) if len(positive) else 0)
     return np.concatenate([_mine_rows(similarity[i : i + MINING_ROWS], positive[i : i + MINING_ROWS], k)
                            for i in range(0, len(similarity), MINING_ROWS)])
 
@@ -344,25 +343,18 @@ def mine_hard_negatives(similarity: np.ndarray, positive: np.ndarray, k: int) ->
 MINING_ROWS = 256
 
 
+def _mineable(k: int, available: int) -> int:
+    """k clipped to the fewest non-positives of any query (``available``), which must be 1+."""
+    if available < 1:
+        raise PolymodalError("some query has no non-matching item to mine a negative from (need 2+ images)")
+    return min(k, available)
+
+
 def _mine_rows(similarity: np.ndarray, positive: np.ndarray, k: int) -> np.ndarray:
     scores = np.where(positive, -np.inf, np.asarray(similarity, dtype=np.float64))
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
     return np.take_along_axis(top, order, axis=1)
-
-
-def _normalize_text(text: str) -> str:
-    return " ".join(str(text).lower().replace(" .", "").split()).rstrip(".")
-
-
-def positive_matrix(pairs: PairSet) -> np.ndarray:
-    """``[N images, C captions]`` bool: caption c describes image i (its own caption, or the same text as one of
-    image i's captions -- duplicate captions across images are not negatives)."""
-    texts: dict[str, int] = {}
-    text_id = np.asarray([texts.setdefault(_normalize_text(c), len(texts)) for c in pairs.captions], dtype=np.int64)
-    has_text = np.zeros((len(pairs.images), len(texts)), dtype=bool)
-    has_text[pairs.caption_image, text_id] = True
-    return has_text[:, text_id]
 
 
 @torch.inference_mode()
@@ -391,10 +383,17 @@ def contrastive_embeddings(miner, images: Sequence, captions: Sequence[str], pro
 
 def mine_pairs(image_emb: np.ndarray, caption_emb: np.ndarray, pairs: PairSet, k: int) -> tuple[np.ndarray, np.ndarray]:
     """-> (per image: its ``k`` most similar captions of other images ``[N, k]``, per caption: its ``k`` most
-    similar other images ``[C, k]``)."""
-    sim = image_emb @ caption_emb.T  # [N, C]
-    positive = positive_matrix(pairs)
-    return mine_hard_negatives(sim, positive, k), mine_hard_negatives(sim.T, positive.T, k)
+    similar other images ``[C, k]``). Scored and masked a block of rows at a time: the whole [N, C] scores and
+    positives were ~6 B a cell (~12 GB at 100k captions, ~400 GB at 600k)."""
+    matches, product = CaptionMatches.of(pairs), Product(image_emb, caption_emb)
+    n, c = len(image_emb), len(caption_emb)
+    k_captions = _mineable(k, c - int(matches.captions_per_image.max()) if n else 0)
+    hard_captions = per_block(lambda a, b: _mine_rows(product.rows(a, b), matches.image_rows(np.arange(a, b)),
+                                                      k_captions), n, c)
+    k_images = _mineable(k, n - int(matches.images_per_caption.max()) if c else 0)
+    hard_images = per_block(lambda a, b: _mine_rows(product.columns(a, b), matches.caption_rows(np.arange(a, b)),
+                                                    k_images), c, n)
+    return hard_captions, hard_images
 
 
 # -- datasets ---------------------------------------------------------------------------------------------------------
@@ -414,8 +413,8 @@ class CaptionData:
     hard_images: np.ndarray | None = None  # [C, k]
 
     @cached_property
-    def positive(self) -> np.ndarray:
-        return positive_matrix(self.pairs)
+    def matches(self) -> CaptionMatches:
+        return CaptionMatches.of(self.pairs)
 
 
 def _states(states: np.ndarray, lengths: np.ndarray, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -485,19 +484,19 @@ class CaptionRows(Dataset):
 
     def _uniform(self, captions: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         d, owner = self.data, self.data.pairs.caption_image
-        positive = d.positive
+        matches = d.matches
         neg_caption, neg_image = [], []
         for c in captions:
             i = owner[c]
-            if positive[i].all() or positive[:, c].all():
+            if matches.captions_per_image[i] == len(owner) or matches.images_per_caption[c] == len(d.pairs.images):
                 raise PolymodalError("need captions of at least 2 different images for ITM negatives")
             while True:
                 x = int(rng.integers(len(owner)))
-                if not positive[i, x]:
+                if not matches.matches(i, x):
                     break
             while True:
                 j = int(rng.integers(len(d.pairs.images)))
-                if not positive[j, c]:
+                if not matches.matches(j, c):
                     break
             neg_caption.append(x)
             neg_image.append(j)
@@ -712,7 +711,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: bool 
     val = encode_split(model, val_pairs, names, recipe, miner, progress) if val_pairs is not None else None
     if val is not None and val.hard_images is not None and recipe.hard_k >= len(val.pairs.images) - 1:
         # the hard captions are drawn from the other images' captions, several an image: often still mined
-        captions_too = recipe.hard_k >= int((~val.positive).sum(1).max())
+        captions_too = recipe.hard_k >= len(val.pairs) - int(val.matches.captions_per_image.min())
         what = ("val/itm_*_hard measure what val/itm_*_random do" if captions_too else
                 "val/itm_*_hard's image negatives are uniform (only its caption negatives are mined)")
         log.warning("validation holds %d images and hard_k is %d: each caption's mined 'hard' images are all the "
