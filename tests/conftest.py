@@ -191,3 +191,17 @@ def launched(tmp_path_factory):
     from test_distributed import launch_scenarios
 
     return launch_scenarios(tmp_path_factory)
+
+
+@pytest.fixture
+def fresh_cache(lite, tmp_path, monkeypatch):
+    """POLYMODAL_CACHE set to a new folder holding only the run's lite class-prompt matrix (a copy: `lite` computes
+    its 1,000 prompt embeddings, ~4 s, once per cache folder), for tests of what an empty cache leads to."""
+    import shutil
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    for matrix in Path(os.environ["POLYMODAL_CACHE"]).glob("conse-classes-*.npy"):
+        shutil.copyfile(matrix, folder / matrix.name)
+    monkeypatch.setenv("POLYMODAL_CACHE", str(folder))
+    return folder

@@ -95,14 +95,26 @@ def test_captioner_exports_refuse_variants_they_lack(exported, capsys):
     assert not (exported / "x").exists()
 
 
+@pytest.fixture(scope="module")
+def int8_step(exported, tmp_path_factory):
+    """The export's step graph quantized by the int8 builder _try_int8 calls, once for both verdicts (the
+    quantizer took ~70% of each test)."""
+    from polymodal.export import variants as V
+
+    return V.int8_dynamic(exported / "onnx" / "step.onnx", tmp_path_factory.mktemp("int8-step") / "step.onnx")
+
+
 @pytest.mark.parametrize("verdict", ["rejected", "kept"])
-def test_the_int8_step_graph_is_served_only_when_the_gate_keeps_it(exported, tmp_path, monkeypatch, verdict):
+def test_the_int8_step_graph_is_served_only_when_the_gate_keeps_it(exported, int8_step, tmp_path, monkeypatch,
+                                                                   verdict):
     pytest.importorskip("pycocoevalcap")
+    import filecmp
     import shutil
 
     import polymodal
     import polymodal.export.caption_export as caption_export
     import polymodal.export.onnx_export as onnx_export
+    from polymodal.export import variants as V
     from polymodal.export.caption_export import _try_int8
     from polymodal.export.runtime import read_export_config
 
@@ -116,6 +128,12 @@ def test_the_int8_step_graph_is_served_only_when_the_gate_keeps_it(exported, tmp
     assert row["status"] == "skipped" and "at least 5 photos" in row["reason"]  # CIDEr-D of 2 photos says nothing
     monkeypatch.setattr(caption_export, "MIN_GATE_PHOTOS", 2)  # two photos keep the test quick
     monkeypatch.setattr(onnx_export, "gate", lambda *a, **k: (verdict, "forced by the test"))
+
+    def built_once(fp32, path, calibration=None):  # the same input graph: the quantizer's output, copied
+        assert filecmp.cmp(fp32, exported / "onnx" / "step.onnx", shallow=False)
+        return shutil.copyfile(int8_step, path)
+
+    monkeypatch.setattr(V, "int8_dynamic", built_once)
     row = _try_int8(out, config, fp32, photos, references, written, 3, 1.0, 0.05, lambda m: None)
     skip_unless_int8_loaded(row)
     assert row["status"] == verdict and row["variant"] == "int8_dynamic" and "cider" in row

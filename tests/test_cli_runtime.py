@@ -145,11 +145,11 @@ def test_a_big_torch_index_run_mentions_the_onnx_runtime(gallery, tmp_path, caps
     assert "(after `polymodal export onnx lite`)" in first
 
 
-def test_the_onnx_tip_does_not_ask_for_an_export_the_cache_holds(gallery, tmp_path, capsys, monkeypatch):
+def test_the_onnx_tip_does_not_ask_for_an_export_the_cache_holds(gallery, fresh_cache, tmp_path, capsys,
+                                                                  monkeypatch):
     monkeypatch.setattr(cli, "TIP_RUNTIME_AT", 15)
-    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "cache" / "onnx" / "lite").mkdir(parents=True)
-    (tmp_path / "cache" / "onnx" / "lite" / "onnx_config.json").write_text("{}")  # an export is there
+    (fresh_cache / "onnx" / "lite").mkdir(parents=True)
+    (fresh_cache / "onnx" / "lite" / "onnx_config.json").write_text("{}")  # an export is there
     assert cli.main(["index", str(gallery), "--db", str(tmp_path / "db")]) == 0
     err = capsys.readouterr().err
     assert "tip: --runtime onnx embeds photos ~2x faster on a CPU; the index stays the same" in err

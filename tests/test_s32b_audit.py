@@ -296,14 +296,13 @@ def test_classify_warns_of_one_label_given_twice(lite, db, gallery):
         assert again["warnings"] == []  # nothing left over from the request before
 
 
-def test_the_tip_asks_for_an_export_when_the_cache_folder_holds_no_finished_one(gallery, tmp_path, capsys,
-                                                                               monkeypatch):
+def test_the_tip_asks_for_an_export_when_the_cache_folder_holds_no_finished_one(gallery, fresh_cache, tmp_path,
+                                                                               capsys, monkeypatch):
     """An export folder without onnx_config.json (an export stopped half way) is no export."""
     from polymodal import cli
 
     monkeypatch.setattr(cli, "TIP_RUNTIME_AT", 15)
-    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "cache" / "onnx" / "lite").mkdir(parents=True)
+    (fresh_cache / "onnx" / "lite").mkdir(parents=True)
     assert cli.main(["index", str(gallery), "--db", str(tmp_path / "db")]) == 0
     assert "(after `polymodal export onnx lite`)" in capsys.readouterr().err
 
