@@ -22,6 +22,9 @@ _MAX_HEADER = 100 << 20  # a .safetensors header past this is no checkpoint's (a
 _WRAPPERS = re.compile(r"^(?:module\.|_orig_mod\.)+")
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, the first pickle of a legacy file
 _MAX_DEPTH = 64  # module nesting read in a TorchScript archive (a CLIP's is ~6 deep)
+# a torch file's pickled index read (a CLIP's: ~30 kB-1 MB): unpickling holds several times its size (8x of None)
+_MAX_PICKLE = 16 << 20
+_MAX_MODULES = 100_000  # modules walked in a TorchScript tree (a CLIP's: ~300); shared submodules are walked per path
 
 
 def is_openai_layout(keys) -> bool:
@@ -96,10 +99,22 @@ class _Tensor(_Anything):
     """A tensor (torch._utils' rebuild functions), its storage left in the file."""
 
 
+class _Dict(OrderedDict):
+    """An OrderedDict that copies nothing it is built or set with: ``OrderedDict(other)`` a few bytes of pickle apart
+    made each a copy of one large dict (a 121 kB file took 291 MB; 260 kB, ~29 GB). State dicts pickle it empty and
+    fill it item by item (SETITEMS); its pickled attributes (a state dict's _metadata) are not needed here."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__()
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
 class _KeysOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) == ("collections", "OrderedDict"):
-            return OrderedDict
+            return _Dict
         return _Tensor if module == "torch._utils" and name.startswith("_rebuild_") else _Anything
 
     def persistent_load(self, pid):
@@ -114,7 +129,7 @@ def _torch_object(file: Path):
     with zipfile.ZipFile(file) as archive:
         names = archive.namelist()
         pickled = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-        if len(pickled) != 1:
+        if len(pickled) != 1 or archive.getinfo(pickled[0]).file_size > _MAX_PICKLE:
             return None
         with archive.open(pickled[0]) as f:
             found = _KeysOnly(f).load()
@@ -130,20 +145,49 @@ def _legacy_object(file: Path):
         if f.read(1) != b"\x80":  # no pickle (its PROTO opcode) at all: not read further
             return None
         f.seek(0)
-        if _KeysOnly(f).load() != _LEGACY_MAGIC:
+        capped = _Capped(f, _MAX_PICKLE)
+        if _KeysOnly(capped).load() != _LEGACY_MAGIC:
             return None
         for _ in range(2):  # the version and the sizes
-            _KeysOnly(f).load()
-        return _KeysOnly(f).load()
+            _KeysOnly(capped).load()
+        return _KeysOnly(capped).load()
 
 
-def _module_tensors(module, prefix: str = "", depth: int = 0):
+class _Capped:
+    """``file`` read by pickle through at most ``left`` bytes (a legacy file's pickles come before its tensors' bytes,
+    with no size ahead of them): one reading past it raises."""
+
+    def __init__(self, file, left: int) -> None:
+        self.file, self.left = file, left
+
+    def read(self, size: int = -1) -> bytes:
+        return self._took(self.file.read(self.left + 1 if size is None or size < 0 or size > self.left else size))
+
+    def readline(self) -> bytes:
+        return self._took(self.file.readline(self.left + 1))
+
+    def peek(self, size: int = 0) -> bytes:  # pickle reads ahead by it (a read per opcode without: ~2 s a MB)
+        return self.file.peek(size)[: self.left + 1]
+
+    def _took(self, data: bytes) -> bytes:
+        if len(data) > self.left:
+            raise ValueError(f"a pickle past {_MAX_PICKLE} bytes is no checkpoint's index")
+        self.left -= len(data)
+        return data
+
+
+def _module_tensors(module, prefix: str = "", depth: int = 0, walked: list | None = None):
     """(name, tensor) for each tensor attribute of a TorchScript module and its submodules, named by their path
-    ("visual.conv1.weight") as the loaded module's state_dict() names them."""
+    ("visual.conv1.weight") as the loaded module's state_dict() names them. A tree of more than _MAX_MODULES paths
+    raises: a file of a few hundred bytes can share one submodule twice per level (2**64 paths at _MAX_DEPTH)."""
     if not isinstance(module, _Anything) or module.state is None or depth > _MAX_DEPTH:
         return
+    walked = [0] if walked is None else walked
+    walked[0] += 1
+    if walked[0] > _MAX_MODULES:
+        raise ValueError(f"a TorchScript tree of more than {_MAX_MODULES} modules is no CLIP's")
     for name, value in module.state.items():
         if isinstance(value, _Tensor):
             yield f"{prefix}{name}", value
         elif isinstance(name, str):
-            yield from _module_tensors(value, f"{prefix}{name}.", depth + 1)
+            yield from _module_tensors(value, f"{prefix}{name}.", depth + 1, walked)

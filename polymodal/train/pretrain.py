@@ -387,6 +387,8 @@ def mine_pairs(image_emb: np.ndarray, caption_emb: np.ndarray, pairs: PairSet, k
     positives were ~6 B a cell (~12 GB at 100k captions, ~400 GB at 600k)."""
     matches, product = CaptionMatches.of(pairs), Product(image_emb, caption_emb)
     n, c = len(image_emb), len(caption_emb)
+    if (n, c) != (matches.images, len(matches.text_id)):  # the old whole-matrix check's words (else a numpy error)
+        raise PolymodalError(f"similarity {(n, c)} and positive {(matches.images, len(matches.text_id))} shapes differ")
     k_captions = _mineable(k, c - int(matches.captions_per_image.max()) if n else 0)
     hard_captions = per_block(lambda a, b: _mine_rows(product.rows(a, b), matches.image_rows(np.arange(a, b)),
                                                       k_captions), n, c)
