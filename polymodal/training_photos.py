@@ -9,7 +9,6 @@ A model trained from another one inherits that one's photos."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -234,8 +233,7 @@ class TrainingPhotos:
         ``folder``; else the epoch kept, saved when it was the best, recorded again with the epochs the run trained
         (it said the --epochs of the session that saved it: an early stop trains fewer, a resume that keeps an
         older epoch more)."""
-        from polymodal.trained_with import FILE_NAME as TRAINED_WITH
-        from polymodal.trained_with import read_trained_with
+        from polymodal.trained_with import read_trained_with, write_trained_with
 
         if self._trainer is None or self._trainer.eval_fn is None:
             self.save(model, folder)
@@ -244,7 +242,7 @@ class TrainingPhotos:
         said = record.get("kept") if record is not None else None
         if kept is None or not isinstance(said, dict) or said.get("epoch") != kept["epoch"] or said == kept:
             return  # no record of this run's epoch (saved over, or before polymodal kept it), or nothing new
-        atomic_write_bytes(Path(folder) / TRAINED_WITH, json.dumps({**record, "kept": kept}, indent=2).encode())
+        write_trained_with(folder, {**record, "kept": kept})  # the same weights: the same version stamp
 
 
 def _known(model) -> tuple[set[str], set[str]] | None:
