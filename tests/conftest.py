@@ -102,6 +102,17 @@ def db(_built_db, tmp_path_factory):
     return path
 
 
+def python_script(script: str):
+    """`python -c script` with this checkout importable and one OpenMP thread, stdout and stderr piped as text: a
+    server a test stops by a signal, with parts of it replaced by the script."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
 def cli_json(args: list) -> dict:
     """Run the CLI in-process (module-scoped fixtures cannot use capsys); it must exit 0; its last stdout line is
     JSON and is returned."""

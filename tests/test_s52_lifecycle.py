@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import python_script
 
 pytest.importorskip("fastapi")
 
@@ -59,9 +60,7 @@ def test_a_client_that_does_not_read_its_replies_cannot_hold_a_stop(db):
         from polymodal import cli
         sys.exit(cli.main(["serve", "--db", {str(db)!r}, "--port", "0", "--timeout", "1"]))
     """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = python_script(script)
     try:
         port = int(proc.stdout.readline().split("http://127.0.0.1:")[1].split()[0])
         with socket.create_connection(("127.0.0.1", port)) as client:
