@@ -39,7 +39,7 @@ dist: $(STAMP)
 	$(PY) -m build --no-isolation
 
 # For a machine with no network: wheelhouse/ gets polymodal's wheel and every wheel it needs with EXTRAS; carry it
-# over and `pip install --no-index --find-links wheelhouse 'polymodal[EXTRAS]'` (README, "Installing without network").
+# over and `pip install --no-index --find-links wheelhouse 'polymodal[EXTRAS]'` (docs/install.md, "Installing without network").
 # torch comes from PyTorch's CPU index alone, then is named by its file: PyPI's Linux torch bundles CUDA (GBs), and
 # an index that only adds the CPU one falls back to that build, unseen, when the CPU index cannot be reached.
 # Wheels only: the offline machine builds nothing. They fit this machine's OS, CPU and Python unless TARGET_ARGS names

@@ -24,7 +24,7 @@ TRAIN_FLAGS = {
     "val_split": ("", str),
 }
 ARCH_KEYS = ("fusion_options", "pixel_patches", "itm_head")  # architecture flags outside the flag tables
-# --help for the settings whose values or interplay `--help` would otherwise not say (the README does); each
+# --help for the settings whose values or interplay `--help` would otherwise not say (docs/ does); each
 # text names its default with %(recipe_default)s, the recipe's own value
 CONTRASTIVE_HELPS = {
     # a seed sweep varies these draws too, not only the shared help's
@@ -488,7 +488,7 @@ def add_parsers(sub) -> dict:
                         "image,label columns, or a folder with one subfolder of photos per class (ImageNet's layout), "
                         "named as the class")
     s.add_argument("--model", default="default", help="built-in name, model folder or ONNX export (default: default)")
-    add_template_options(s, "the mean of 4, see the README")
+    add_template_options(s, "the mean of 4, see docs/evaluation.md")
     s.add_argument("--classes", metavar="FILE", help="the candidate classes, one per line (or a JSON list, or a "
                    "one-column .csv), e.g. all of a dataset's; default: the labels the file holds")
     add_eval_options(s, " (a quick look; the candidates stay every label of the file, or the --classes)")

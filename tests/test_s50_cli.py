@@ -4,14 +4,14 @@ promises about flags and JSON output match the parsers."""
 import json
 import re
 import shlex
-from pathlib import Path
 
 import pytest
+from docs_text import docs_text
 from test_cli_encoders_audit import photos, run, spy_load  # noqa: F401 (fixtures)
 
 from polymodal.cli import build_parser
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+README = docs_text()  # README.md + docs/*.md: the claims and shell lines of every page
 
 
 def _commands_with(flag: str, parser=None, path=()):

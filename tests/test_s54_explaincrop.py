@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from docs_text import docs_text
 from PIL import Image
 
 from polymodal.apps.explain import occlusion_heat, save_heatmap
 from polymodal.data.images import ImageTransform
 from polymodal.errors import PolymodalError
-
-README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 class LeftHalfModel:
@@ -56,7 +55,7 @@ def test_save_heatmap_without_transform_refuses_rather_than_miss_the_crop(tmp_pa
 
 
 def test_readmes_python_route_runs_as_written(tmp_path, monkeypatch):
-    text = " ".join(README.read_text(encoding="utf-8").split())
+    text = " ".join(docs_text().split())
     call = re.search(r"`(save_heatmap\(\"photo\.jpg\", heat, \"why\.png\", transform=model\.transform\))`", text)
     assert call and "leaving `transform=` out is an error" in text
     monkeypatch.chdir(tmp_path)

@@ -3,16 +3,14 @@ of layers, `hits + more_hits` fell back to a plain list (no thumbnails), and the
 warned that the ITM head drifts (its CLI twin passes --itm-weight 0.5)."""
 
 import re
-from pathlib import Path
 
 import pytest
+from docs_text import docs_text
 
 import polymodal
 from polymodal.index import Hit
 from polymodal.index.hits_view import Hits
 from polymodal.trained_with import write_trained_with
-
-README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_a_builtin_torch_model_says_what_it_is_in_a_few_lines(easy_vqa):
@@ -75,7 +73,7 @@ def test_hit_lists_joined_like_lists_stay_hit_lists_and_show_their_photos():
 
 
 def test_the_readme_python_recipe_trains_the_itm_head_as_its_cli_twin_does():
-    text = README.read_text()
+    text = docs_text()
     cli = re.search(r"polymodal train vqa --qa train.jsonl --model runs/pt/model [^\n]*", text).group(0)
     python = re.search(r"best = train_vqa\(VQARecipe\([^)]*\)\)", text).group(0)
     assert "--itm-weight 0.5" in cli and "itm_weight=0.5" in python
@@ -119,7 +117,7 @@ def test_the_readme_names_the_other_recipes_as_they_are_spelled():
     such names; they are train_captioner and CaptionRecipe)."""
     import importlib
 
-    line = re.search(r"# also train\.contrastive [^\n]*", README.read_text()).group(0)
+    line = re.search(r"# also train\.contrastive [^\n]*", docs_text()).group(0)
     named = re.findall(r"train\.(\w+) \((\w+), (\w+)\)", line)
     assert [module for module, *_ in named] == ["contrastive", "captioning"]
     for module, recipe, function in named:

@@ -81,7 +81,7 @@ class EmbeddingInterface(ZeroShotMixin):
 
     def encode_image(self, images: Any, batch_size: int | None = None) -> np.ndarray:
         """An image or images (paths, bytes, binary file objects, PIL images, numpy arrays or torch tensors, as
-        README's "Use it" says) -> float32 [N, dim], rows L2-normalised (self.transform, then embed_pixels: the
+        docs/usage.md says) -> float32 [N, dim], rows L2-normalised (self.transform, then embed_pixels: the
         service relies on this split to preprocess in request threads)."""
         images = as_images(images)
         bs = check_count(batch_size, "batch_size", "the default") or self.image_batch_size

@@ -359,7 +359,7 @@ class Service:
         `--follow-symlinks` serves any. A folder that became a link after indexing must still hold the indexed bytes
         (`digest`, the row's sha256; a collection has none). (An index whose rows themselves name private paths,
         crafted by someone else, is not stopped: it names its own folders. Serve a colleague's index read-only or
-        from a copy, as README says.)"""
+        from a copy, as docs/serving-and-export.md says.)"""
         if self.settings.follow_symlinks:
             return
         real = _opened_path(opened, path)
