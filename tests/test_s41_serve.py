@@ -98,7 +98,8 @@ def test_a_client_that_goes_away_stops_its_request_and_counts_as_499(lite, db):
     thread.join(10)
     took = time.monotonic() - start
     assert not thread.is_alive()
-    assert took < 1.5 and len(done) < N_IMAGES, (took, len(done))  # stopped after the image being decoded
+    # stopped after the image being decoded (counted, not timed: a loaded machine slows the rest, not the sleeps)
+    assert len(done) <= N_IMAGES // 3, (took, len(done))
     time.sleep(0.3)
     assert len(done) < N_IMAGES
 
