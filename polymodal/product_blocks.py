@@ -6,7 +6,7 @@ overlaps the one before it, and a small product is made whole, as it always was.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -28,14 +28,25 @@ class Product:
         # columns of the same product, not rows of b @ a.T: that product may round differently
         return self.whole[:, start:stop].T if self.whole is not None else (self.a @ self.b[start:stop].T).T
 
+    def columns_at(self, index: np.ndarray) -> np.ndarray:
+        """Columns ``index`` (any, in any order) as rows; a block of fewer than 64 repeats its last column."""
+        if self.whole is not None:
+            return self.whole[:, index].T
+        padded = np.concatenate([index, np.repeat(index[-1:], BLOCK_MIN_ROWS - len(index))])
+        return (self.a @ self.b[padded].T).T[: len(index)]
+
+
+def blocks(queries: int, width: int) -> Iterator[tuple[int, int, int]]:
+    """(start, first, stop) of each block of ``queries`` rows ``width`` wide: rows start..stop are computed, rows
+    first..stop are new (a short last block overlaps the one before it: start < first)."""
+    rows = min(queries, max(BLOCK_MIN_ROWS, min(BLOCK_ROWS, BLOCK_CELLS // max(width, 1))))
+    for first in range(0, queries, max(rows, 1)):
+        stop = min(first + rows, queries)
+        yield stop - rows, first, stop
+
 
 def per_block(fn: Callable[[int, int], np.ndarray], queries: int, width: int) -> np.ndarray:
     """``fn(i, j)`` (one result row per query i..j of a block ``width`` wide) over all ``queries``, concatenated."""
-    rows = min(queries, max(BLOCK_MIN_ROWS, min(BLOCK_ROWS, BLOCK_CELLS // max(width, 1))))
-    if not rows:
+    if not queries:
         return fn(0, 0)
-    out = []
-    for first in range(0, queries, rows):
-        stop = min(first + rows, queries)
-        out.append(fn(stop - rows, stop)[first - (stop - rows) :])  # a short last block overlaps the one before
-    return np.concatenate(out)
+    return np.concatenate([fn(start, stop)[first - start :] for start, first, stop in blocks(queries, width)])

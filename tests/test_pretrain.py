@@ -22,7 +22,6 @@ from polymodal.train.pretrain import (
     mask_token_ids,
     maskable_words,
     masked_caption_ids,
-    mine_hard_negatives,
     mine_pairs,
     parse_objectives,
     region_masks,
@@ -75,16 +74,22 @@ def test_objective_spec_parsing():
 
 
 def test_hard_negative_mining_returns_the_most_similar_non_matching_items():
+    # eye(3) image embeddings: the product is caption_emb.T, exactly. Image 0 has caption 0, image 1 captions 1
+    # and 4, image 2 captions 2 and 3
     sim = np.array([[0.9, 0.8, 0.1, 0.7, 0.3],
-                    [0.2, 0.95, 0.6, 0.5, 0.4]])
-    positive = np.array([[True, False, False, False, False],
-                         [False, True, False, False, True]])
-    top = mine_hard_negatives(sim, positive, k=2)
-    assert top.tolist() == [[1, 3], [2, 3]]  # most similar first; the positives (0.9, 0.95) never come back
-    everything = mine_hard_negatives(sim, positive, k=10)  # k is clipped to the fewest non-positives (3)
-    assert everything.shape == (2, 3) and not positive[np.arange(2)[:, None], everything].any()
-    with pytest.raises(polymodal.PolymodalError):
-        mine_hard_negatives(sim[:, :1], positive[:, :1], 1)
+                    [0.2, 0.95, 0.6, 0.5, 0.4],
+                    [0.1, 0.2, 0.3, 0.4, 0.5]], dtype=np.float32)
+    owner = [0, 1, 2, 2, 1]
+    five = PairSet.from_pairs([Pair(f"{'abc'[i]}.jpg", f"caption {c}") for c, i in enumerate(owner)])
+    positive = CaptionMatches.of(five).image_rows(np.arange(3))
+    top, _ = mine_pairs(np.eye(3, dtype=np.float32), sim.T.copy(), five, k=2)
+    assert top[:2].tolist() == [[1, 3], [2, 3]]  # most similar first; the positives (0.9, 0.95) never come back
+    everything, _ = mine_pairs(np.eye(3, dtype=np.float32), sim.T.copy(), five, k=10)
+    # k is clipped to the fewest non-positives (3)
+    assert everything.shape == (3, 3) and not positive[np.arange(3)[:, None], everything].any()
+    with pytest.raises(polymodal.PolymodalError):  # one image: its captions all match it, none to mine
+        mine_pairs(np.eye(3, dtype=np.float32)[:1], np.eye(3, dtype=np.float32)[:2],
+                   PairSet.from_pairs([Pair("a.jpg", "x"), Pair("a.jpg", "y")]), 1)
 
     # images x captions: image 0 has captions 0, 1; image 1 caption 2 (same text as caption 0!); image 2 caption 3
     pairs = PairSet.from_pairs([Pair("a.jpg", "A dog runs ."), Pair("a.jpg", "grass"), Pair("b.jpg", "a dog runs"),

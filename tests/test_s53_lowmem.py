@@ -167,18 +167,21 @@ def test_out_of_memory_keeps_its_traceback_under_verbose_and_other_errors_are_un
 
 def test_hard_negatives_are_mined_a_block_of_rows_at_a_time(monkeypatch):
     """A whole [Q, K] matrix mined at once took ~10x its float32 size (4,000 x 20,000: 3.1 GB for 305 MB)."""
-    from polymodal.train.pretrain import mine_hard_negatives
+    from polymodal.data.pairs import Pair, PairSet
+    from polymodal.train import hard_negatives
+    from polymodal.train.pretrain import mine_pairs
 
     rng = np.random.default_rng(0)
-    sim = rng.standard_normal((600, 50)).astype(np.float32)
-    positive = np.zeros(sim.shape, bool)
-    positive[np.arange(600), np.arange(600) % 50] = True
-    whole = np.take_along_axis(np.argsort(-np.where(positive, -np.inf, sim), axis=1, kind="stable"),
-                               np.arange(5)[None].repeat(600, 0), axis=1)
+    image_emb, caption_emb = (rng.standard_normal((600, 8)).astype(np.float32) for _ in range(2))
+    pairs = PairSet.from_pairs(Pair(f"{i}.jpg", f"caption {i}") for i in range(600))  # one caption each: the diagonal
+    sim = image_emb @ caption_emb.T
+    np.fill_diagonal(sim, -np.inf)
+    whole = np.argsort(-sim, axis=1, kind="stable")[:, :5], np.argsort(-sim.T, axis=1, kind="stable")[:, :5]
     rows = []
-    argpartition = np.argpartition
-    monkeypatch.setattr(np, "argpartition", lambda a, *args, **kw: rows.append(len(a)) or argpartition(a, *args, **kw))
-    np.testing.assert_array_equal(mine_hard_negatives(sim, positive, 5), whole)
+    row_tops = hard_negatives._row_tops
+    monkeypatch.setattr(hard_negatives, "_row_tops", lambda block, k: rows.append(len(block)) or row_tops(block, k))
+    for got, want in zip(mine_pairs(image_emb, caption_emb, pairs, 5), whole):
+        np.testing.assert_array_equal(got, want)
     assert max(rows) <= 256 and sum(rows) == 600
 
 

@@ -9,9 +9,9 @@ import polymodal
 from polymodal import product_blocks
 from polymodal.data.pairs import Pair, PairSet
 from polymodal.eval.retrieval import retrieval_metrics
-from polymodal.train import pretrain
 from polymodal.train.caption_matches import CaptionMatches, normalize_text
-from polymodal.train.pretrain import CaptionData, CaptionRows, mine_hard_negatives, mine_pairs
+from polymodal.train.hard_negatives import top_columns
+from polymodal.train.pretrain import CaptionData, CaptionRows, mine_pairs
 
 
 def _pairs(images: int, per_image: int, seed: int = 0) -> PairSet:
@@ -52,14 +52,14 @@ def test_pairs_are_mined_in_blocks_as_the_whole_matrix_mined_them(monkeypatch):
     image_emb = rng.integers(-1000, 1000, (150, 8)).astype(np.float32)
     caption_emb = rng.integers(-1000, 1000, (450, 8)).astype(np.float32)
     sim, positive = image_emb @ caption_emb.T, _positive(pairs)
-    whole = mine_hard_negatives(sim, positive, 5), mine_hard_negatives(sim.T, positive.T, 5)
-    shapes, mine_rows = [], pretrain._mine_rows
-    monkeypatch.setattr(pretrain, "_mine_rows", lambda s, p, k: shapes.append(s.shape) or mine_rows(s, p, k))
+    whole = (top_columns(np.where(positive, -np.inf, sim), 5), top_columns(np.where(positive.T, -np.inf, sim.T), 5))
+    shapes, rows = [], product_blocks.Product.rows
+    monkeypatch.setattr(product_blocks.Product, "rows",
+                        lambda p, a, b: shapes.append((b - a, p.b.shape[0])) or rows(p, a, b))
     monkeypatch.setattr(product_blocks, "BLOCK_CELLS", 1)  # the smallest blocks: 64 rows, the last overlapping
     for got, want in zip(mine_pairs(image_emb, caption_emb, pairs, 5), whole):
         np.testing.assert_array_equal(got, want)
-    assert set(shapes) == {(64, 450), (64, 150)}  # never [150, 450]: 3 blocks of images, 8 of captions
-    assert len(shapes) == 3 + 8
+    assert shapes == [(64, 450)] * 3  # never [150, 450]: 3 blocks of images (stop 58: they serve both directions)
 
 
 def test_uniform_itm_negatives_and_their_check_need_no_positive_matrix():

@@ -124,8 +124,18 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image
         raise PolymodalError(f"caption_image must hold one image row index (0..{len(image_emb) - 1}) per text row "
                              f"({len(text_emb)}), got {caption_image.dtype} of shape {caption_image.shape}")
     sim, texts, images = Product(text_emb, image_emb), len(text_emb), len(image_emb)  # [C, I], a block at a time
-    t2i = per_block(lambda a, b: _ranks(sim.rows(a, b), [np.array([i]) for i in caption_image[a:b]]), texts, images)
-    owners = [np.flatnonzero(caption_image == i) for i in range(len(image_emb))]
+    top = top if ranks is not None else 0
+
+    def t2i_rows(a: int, b: int) -> np.ndarray:  # each caption's rank, then its top nearest: one product per block
+        block = sim.rows(a, b)
+        rank = _ranks(block, [np.array([i]) for i in caption_image[a:b]])
+        return np.column_stack([rank, _nearest(block, caption_image[a:b], top)]) if top else rank[:, None]
+
+    t2i_both = per_block(t2i_rows, texts, images)
+    t2i, t2i_top = t2i_both[:, 0].copy(), t2i_both[:, 1:].copy()
+    # each image's captions, ascending (a scan of every caption per image was O(images x captions))
+    owner = caption_image.astype(np.int64)  # an empty list is float
+    owners = np.split(np.argsort(owner, kind="stable"), np.cumsum(np.bincount(owner, minlength=images))[:-1])
     bare = [i for i, o in enumerate(owners) if not len(o)]
     if bare:
         raise PolymodalError(f"{len(bare)} of {len(image_emb)} images have no caption (first: image {bare[0]}); "
@@ -134,7 +144,7 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image
     if ranks is not None:
         ranks.update(t2i=t2i, i2t=i2t)
         if top:
-            ranks["t2i_top"] = per_block(lambda a, b: _nearest(sim.rows(a, b), caption_image[a:b], top), texts, images)
+            ranks["t2i_top"] = t2i_top
     out = {}
     for name, ranks in (("t2i", t2i), ("i2t", i2t)):
         for k in (1, 5, 10):

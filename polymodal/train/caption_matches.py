@@ -21,13 +21,18 @@ def _offsets(owner: np.ndarray, count: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=count))]).astype(np.int64)
 
 
-def _block(offsets: np.ndarray, values: np.ndarray, keys: np.ndarray, width: int) -> np.ndarray:
-    """[len(keys), width] bool: row r is True at key r's values."""
+def _spans(offsets: np.ndarray, values: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(r, value) for each of key r's values, r = 0..len(keys) - 1."""
     start, length = offsets[keys], offsets[keys + 1] - offsets[keys]
     row = np.repeat(np.arange(len(keys)), length)
     at = np.arange(int(length.sum())) - np.repeat(np.cumsum(length) - length, length) + np.repeat(start, length)
+    return row, values[at]
+
+
+def _block(offsets: np.ndarray, values: np.ndarray, keys: np.ndarray, width: int) -> np.ndarray:
+    """[len(keys), width] bool: row r is True at key r's values."""
     out = np.zeros((len(keys), width), dtype=bool)
-    out[row, values[at]] = True
+    out[_spans(offsets, values, keys)] = True
     return out
 
 
@@ -66,6 +71,18 @@ class CaptionMatches:
     def caption_rows(self, captions: np.ndarray) -> np.ndarray:
         """[len(captions), N] bool: the images matching each of ``captions``."""
         return _block(self.text_offsets, self.text_images, self.text_id[np.asarray(captions)], self.images)
+
+    def image_captions(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(r, caption) for each caption matching ``images[r]``: the True cells of ``image_rows(images)``, sparse
+        (~5 a COCO image; the dense rows were a pass over every caption)."""
+        at, texts = _spans(self.image_offsets, self.image_texts, np.asarray(images))
+        of_text, captions = _spans(*self._text_captions, texts)
+        return at[of_text], captions
+
+    @cached_property
+    def _text_captions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets [T + 1], captions by text): text t's captions are captions[offsets[t]:offsets[t + 1]]."""
+        return _offsets(self.text_id, len(self.text_offsets) - 1), np.argsort(self.text_id, kind="stable")
 
     def matches(self, image: int, caption: int) -> bool:
         texts = self.image_texts[self.image_offsets[image] : self.image_offsets[image + 1]]

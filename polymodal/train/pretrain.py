@@ -54,9 +54,9 @@ from polymodal.models.fusion_encoder import (
     FusionEncoder, FusionEncoderConfig, continued_folder, load_fusion_encoder,
 )
 from polymodal.models.inputs import as_parts, as_paths, as_settings
-from polymodal.product_blocks import Product, per_block
 from polymodal.progress import progress_bar
 from polymodal.train.caption_matches import CaptionMatches
+from polymodal.train import hard_negatives
 from polymodal.train.features import _load_cached, readable_pairs, readable_subset
 from polymodal.train.guards import (
     FRACTION, FREEZE_UNDER_HEADS, NON_NEGATIVE, check_ranges, check_types, refuse_unfreezing, refuse_lone_val_split,
@@ -327,34 +327,11 @@ def masked_caption_features(model: FusionEncoder, captions: Sequence[str], varia
 # -- hard negatives -------------------------------------------------------------------------------------------------
 
 
-def mine_hard_negatives(similarity: np.ndarray, positive: np.ndarray, k: int) -> np.ndarray:
-    """``[Q, K]`` similarities and ``[Q, K]`` bool positives -> ``[Q, k']`` indices of the most similar
-    non-positive items, most similar first (k' = min(k, fewest non-positives of any row)). Never a positive."""
-    similarity, positive = np.asarray(similarity), np.asarray(positive, dtype=bool)
-    if similarity.shape != positive.shape:
-        raise PolymodalError(f"similarity {similarity.shape} and positive {positive.shape} shapes differ")
-    k = _mineable(k, int((~positive).sum(1).min()) if len(positive) else 0)
-    return np.concatenate([_mine_rows(similarity[i : i + MINING_ROWS], positive[i : i + MINING_ROWS], k)
-                           for i in range(0, len(similarity), MINING_ROWS)])
-
-
-# Rows mined at once: the float64 scores and argpartition's int64 indices of a whole [Q, K] matrix were ~6x its
-# float32 size (4,000 images x 20,000 captions: 3.1 GB to mine a 305 MB matrix).
-MINING_ROWS = 256
-
-
 def _mineable(k: int, available: int) -> int:
     """k clipped to the fewest non-positives of any query (``available``), which must be 1+."""
     if available < 1:
         raise PolymodalError("some query has no non-matching item to mine a negative from (need 2+ images)")
     return min(k, available)
-
-
-def _mine_rows(similarity: np.ndarray, positive: np.ndarray, k: int) -> np.ndarray:
-    scores = np.where(positive, -np.inf, np.asarray(similarity, dtype=np.float64))
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1)
 
 
 @torch.inference_mode()
@@ -384,18 +361,14 @@ def contrastive_embeddings(miner, images: Sequence, captions: Sequence[str], pro
 def mine_pairs(image_emb: np.ndarray, caption_emb: np.ndarray, pairs: PairSet, k: int) -> tuple[np.ndarray, np.ndarray]:
     """-> (per image: its ``k`` most similar captions of other images ``[N, k]``, per caption: its ``k`` most
     similar other images ``[C, k]``). Scored and masked a block of rows at a time: the whole [N, C] scores and
-    positives were ~6 B a cell (~12 GB at 100k captions, ~400 GB at 600k)."""
-    matches, product = CaptionMatches.of(pairs), Product(image_emb, caption_emb)
-    n, c = len(image_emb), len(caption_emb)
+    positives were ~6 B a cell (~12 GB at 100k captions, ~400 GB at 600k); both directions come from one pass
+    over the product (hard_negatives.mine)."""
+    matches, n, c = CaptionMatches.of(pairs), len(image_emb), len(caption_emb)
     if (n, c) != (matches.images, len(matches.text_id)):  # the old whole-matrix check's words (else a numpy error)
         raise PolymodalError(f"similarity {(n, c)} and positive {(matches.images, len(matches.text_id))} shapes differ")
     k_captions = _mineable(k, c - int(matches.captions_per_image.max()) if n else 0)
-    hard_captions = per_block(lambda a, b: _mine_rows(product.rows(a, b), matches.image_rows(np.arange(a, b)),
-                                                      k_captions), n, c)
     k_images = _mineable(k, n - int(matches.images_per_caption.max()) if c else 0)
-    hard_images = per_block(lambda a, b: _mine_rows(product.columns(a, b), matches.caption_rows(np.arange(a, b)),
-                                                    k_images), c, n)
-    return hard_captions, hard_images
+    return hard_negatives.mine(image_emb, caption_emb, matches, k_captions, k_images)
 
 
 # -- datasets ---------------------------------------------------------------------------------------------------------
