@@ -4,6 +4,7 @@ Pillow's pixel limit at full size), so `vqa --explain` and `search --explain` ta
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from polymodal.apps.explain import OVERLAY_MIN_SIDE, occlusion_heat, save_heatmap
@@ -16,11 +17,17 @@ def _jpeg(path, size):
     return path
 
 
-def test_vqa_explain_on_a_200_megapixel_photo_answers_and_draws_its_heat_map(easy_vqa, tmp_path, capsys, monkeypatch):
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A 200 MP phone photo (16320x12240), written once for the module's two tests (neither changes it)."""
+    return _jpeg(tmp_path_factory.mktemp("s37-big") / "phone.jpg", (16320, 12240))
+
+
+def test_vqa_explain_on_a_200_megapixel_photo_answers_and_draws_its_heat_map(big, easy_vqa, tmp_path, capsys,
+                                                                             monkeypatch):
     import polymodal.cli_vqa as cli_vqa
     from polymodal import cli
 
-    big = _jpeg(tmp_path / "phone.jpg", (16320, 12240))
     monkeypatch.setattr(cli_vqa, "_load_vqa_model", lambda *a: easy_vqa)
     heat = tmp_path / "heat.png"
     assert cli.main(["vqa", str(big), "what color is the shape?", "--explain", str(heat), "--json"]) == 0
@@ -34,8 +41,7 @@ class DraftingTopLeftModel(TopLeftModel):
     transform = ImageTransform(resize=56, crop=56, crop_box=True)  # drafts JPEGs, as the lite towers do
 
 
-def test_a_search_heat_map_of_a_200_megapixel_top_match(tmp_path):
-    big = _jpeg(tmp_path / "phone.jpg", (16320, 12240))
+def test_a_search_heat_map_of_a_200_megapixel_top_match(big, tmp_path):
     model = DraftingTopLeftModel()
     heat = occlusion_heat(model, str(big), np.array([1.0, 1.0]) / np.sqrt(2))
     out = save_heatmap(str(big), heat, tmp_path / "why.jpg", transform=model.transform, legend=False)

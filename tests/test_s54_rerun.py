@@ -10,6 +10,7 @@ import pytest
 from polymodal import cli
 from polymodal.data.samples import SKIMAGE_PHOTOS, write_sample_gallery
 from polymodal.errors import PolymodalError
+from conftest import cli_json
 
 NAMES = sorted(SKIMAGE_PHOTOS)[:6]
 QUIET = ["--quiet", "--epochs", "1", "--batch-size", "4", "--warmup-steps", "1", "--patience", "0"]
@@ -45,20 +46,34 @@ COMMANDS = {"contrastive": ["--pairs", "pairs.jsonl", "--embed-dim", "8"], "vqa"
             "captioner": ["--pairs", "pairs.jsonl", "--val-fraction", "0.34"]}
 
 
+@pytest.fixture(scope="module")
+def first_run(data, tmp_path_factory):
+    """`first_run(command)`: (run folder, printed result) of COMMANDS[command] trained for one epoch, once per module:
+    the tests that start from that very run (contrastive's and VQA's twice) read it and change nothing in it."""
+    runs = {}
+
+    def run(command):
+        if command not in runs:
+            out = tmp_path_factory.mktemp(f"rerun-{command}") / "a"
+            flags = [data / f if f.endswith(".jsonl") else f for f in COMMANDS[command]]
+            runs[command] = out, cli_json(["train", command, *flags, "--out", out, *QUIET])
+        return runs[command]
+
+    return run
+
+
 @pytest.mark.parametrize("command", COMMANDS)
-def test_a_runs_train_config_is_taken_back_as_config(command, data, tmp_path, capsys):
+def test_a_runs_train_config_is_taken_back_as_config(command, first_run, tmp_path, capsys):
     """`--config RUN/train_config.json` was refused for every `train` command: the keys the trainers add beside the
     recipe (train_images, validation, world_size, ...) read as unknown settings, and VQA's recorded answer count
     as a vocabulary. Now the same settings come back, and a changed --epochs is the only difference."""
-    flags = [data / f if f.endswith(".jsonl") else f for f in COMMANDS[command]]
-    _train(command, *flags, "--out", tmp_path / "a", *QUIET)
-    _train(command, "--config", tmp_path / "a" / "train_config.json", "--out", tmp_path / "b", "--quiet")
-    assert _settings(tmp_path / "b") == _settings(tmp_path / "a")
-    a, b = (json.loads(line)["best"] for line in capsys.readouterr().out.strip().splitlines())
-    assert a["train_loss"] == b["train_loss"]  # the same run again
-    _train(command, "--config", tmp_path / "a" / "train_config.json", "--out", tmp_path / "c", "--epochs", "2",
-           "--quiet")
-    varied, was = _settings(tmp_path / "c"), _settings(tmp_path / "a")
+    run, printed = first_run(command)
+    _train(command, "--config", run / "train_config.json", "--out", tmp_path / "b", "--quiet")
+    assert _settings(tmp_path / "b") == _settings(run)
+    (b,) = (json.loads(line)["best"] for line in capsys.readouterr().out.strip().splitlines())
+    assert printed["best"]["train_loss"] == b["train_loss"]  # the same run again
+    _train(command, "--config", run / "train_config.json", "--out", tmp_path / "c", "--epochs", "2", "--quiet")
+    varied, was = _settings(tmp_path / "c"), _settings(run)
     assert varied["train"].pop("epochs") == 2 and was["train"].pop("epochs") == 1 and varied == was
 
 
@@ -90,23 +105,22 @@ def _toml(d: dict) -> str:
     return "\n".join(top) + "\n" + "\n".join(tables) + "\n"
 
 
-def test_without_another_out_the_saved_run_is_refused_not_replaced(data, tmp_path, capsys):
+def test_without_another_out_the_saved_run_is_refused_not_replaced(first_run, capsys):
     """The file names the run it came from as "out": reused as is, that run is refused (and kept), naming --out."""
-    _train("contrastive", "--pairs", data / "pairs.jsonl", "--embed-dim", "8", "--out", tmp_path / "a", *QUIET)
-    before = (tmp_path / "a" / "model" / "model.safetensors").read_bytes()
-    assert cli.main(["train", "contrastive", "--config", str(tmp_path / "a" / "train_config.json"), "--quiet"]) == 2
+    run, _ = first_run("contrastive")
+    before = (run / "model" / "model.safetensors").read_bytes()
+    assert cli.main(["train", "contrastive", "--config", str(run / "train_config.json"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "already holds a training run" in err and "choose another --out" in err
-    assert (tmp_path / "a" / "model" / "model.safetensors").read_bytes() == before
+    assert (run / "model" / "model.safetensors").read_bytes() == before
 
 
-def test_python_recipes_take_a_runs_settings_too(data, tmp_path):
+def test_python_recipes_take_a_runs_settings_too(first_run):
     """README: a recipe takes the same keys as --config; from Python the run's record keys and VQA's answer count
     are left out the same way."""
     from polymodal.train.vqa import VQARecipe
 
-    _train("vqa", "--qa", data / "qa.jsonl", "--dim", "16", "--out", tmp_path / "a", *QUIET)
-    saved = json.loads((tmp_path / "a" / "train_config.json").read_text())
+    saved = json.loads((first_run("vqa")[0] / "train_config.json").read_text())
     assert isinstance(saved["arch"]["answers"], int) and "train_questions" in saved
     recipe = VQARecipe.from_dict(saved)
     recipe.validate()
