@@ -4,6 +4,7 @@ options and output. Variant builders and timings are stubbed where a test is abo
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 
@@ -89,25 +90,34 @@ def _stubbed_export(model, out, rows, builders: dict, speeds: list, **kwargs):
 @pytest.fixture(scope="module")
 def choice_export(easy_vqa, vqa_qa, tmp_path_factory):
     """All variants are exact copies; grid: int8_static 3x and int8_dynamic 1.5x fp32 (both kept), question:
-    int8_dynamic 1.0x (not faster: rejected)."""
+    int8_dynamic 1.0x (not faster: rejected). -> (out, report, (variant file, OnnxFusionEncoders alive) at each
+    variant's build: test_s53_lowmem's count, made in this export rather than in one of its own)."""
+    from test_s53_lowmem import _count_sessions_at_each_variant
+
+    from polymodal.export.fusion_runtime import OnnxFusionEncoder
+
     out = tmp_path_factory.mktemp("vqa") / "choice"
-    report = _stubbed_export(easy_vqa, out, vqa_qa[1][:8],
-                             {"int8_static": _copy_variant, "int8_dynamic": _copy_variant},
-                             [(300.0, 100.0), (150.0, 100.0), (100.0, 100.0)])
-    return out, report
+    gc.freeze()  # as conftest's young_heap: the count's gc.collect() scans only what the export made
+    try:
+        with pytest.MonkeyPatch.context() as mp:  # the copying builders it patches are the variants here
+            built = _count_sessions_at_each_variant(mp, OnnxFusionEncoder, lambda fp32, out: out.name)
+            report = _stubbed_export(easy_vqa, out, vqa_qa[1][:8], {}, [(300.0, 100.0), (150.0, 100.0), (100.0, 100.0)])
+    finally:
+        gc.unfreeze()
+    return out, report, built
 
 
 @pytest.fixture(scope="module")
 def bad_variant_export(easy_vqa, vqa_qa, tmp_path_factory):
     """int8_dynamic only; the grid 'variant' outputs zeros, the question one is a copy; both 2x fp32; max drop 100
-    points, so the bad grid variant is kept and served."""
+    points, so the bad grid variant is kept and served; keep_unserved: the fp32 graphs they replace stay."""
     out = tmp_path_factory.mktemp("vqa") / "bad"
 
     def dynamic(src, dst, calibration=None):
         return (_zeroed_variant if src.name == "grid.onnx" else _copy_variant)(src, dst)
 
     report = _stubbed_export(easy_vqa, out, vqa_qa[1][:8], {"int8_dynamic": dynamic}, [(200.0, 100.0)] * 2,
-                             variants=["int8_dynamic"], max_drop_points=100.0)
+                             variants=["int8_dynamic"], max_drop_points=100.0, keep_unserved=True)
     return out, report
 
 
@@ -157,7 +167,7 @@ def test_vqa_export_tries_only_the_variants_asked_for(bad_variant_export, choice
 def test_vqa_fastest_kept_variant_serves_and_rejected_ones_leave_no_file(choice_export):
     from polymodal.export.fusion_runtime import OnnxFusionEncoder
 
-    out, report = choice_export
+    out, report, _ = choice_export
     status = {(t["graph"], t["variant"]): t["status"] for t in report["tries"]}
     assert status == {("grid", "int8_static"): "kept", ("grid", "int8_dynamic"): "kept (not served)",
                       ("question", "int8_dynamic"): "rejected"}
@@ -171,13 +181,18 @@ def test_vqa_fastest_kept_variant_serves_and_rejected_ones_leave_no_file(choice_
     assert "Deleted after choosing, not served: grid.int8_dynamic.onnx, grid.onnx" in (out / "report.md").read_text()
 
 
-def test_vqa_export_keeps_the_graphs_it_does_not_serve_when_asked(easy_vqa, vqa_qa, tmp_path):
-    out = tmp_path / "keep"
-    report = _stubbed_export(easy_vqa, out, vqa_qa[1][:8], {"int8_dynamic": _copy_variant}, [(200.0, 100.0)] * 2,
-                             variants=["int8_dynamic"], keep_unserved=True)
+def test_vqa_export_keeps_the_graphs_it_does_not_serve_when_asked(bad_variant_export):
+    out, report = bad_variant_export  # both variants kept and served, keep_unserved=True
     assert report["removed"] == [] and "Deleted after" not in (out / "report.md").read_text()
     assert sorted(p.name for p in out.glob("*.onnx")) == ["grid.int8_dynamic.onnx", "grid.onnx", "head.onnx",
                                                           "question.int8_dynamic.onnx", "question.onnx"]
+
+
+def test_vqa_export_holds_no_earlier_variants_sessions_while_a_variant_is_built(choice_export):
+    """Each try loads the whole export (a session per graph): the fp32 export's own encoder is the one alive at each
+    build, a kept variant's no more than a rejected one's (test_s53_lowmem has the embedding export's twin)."""
+    assert choice_export[2] == [("grid.int8_static.onnx", 1), ("grid.int8_dynamic.onnx", 1),
+                                ("question.int8_dynamic.onnx", 1)]
 
 
 def test_vqa_report_drop_and_served_accuracy_come_from_the_served_graphs(bad_variant_export):

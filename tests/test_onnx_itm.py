@@ -49,8 +49,19 @@ def itm_model(easy_vqa):
 
 @pytest.fixture(scope="module")
 def itm_export(itm_model, rows, tmp_path_factory):
+    """The export, its int8_dynamic 'variants' copies of the fp32 grid and question graphs timed at 2x fp32 (kept and
+    served): what the served graphs compute is the fp32 graphs', and the report has the served graphs' match figure
+    (one export for the fp32 and the served-variant checks)."""
+    import shutil
+
+    import polymodal.export.onnx_export as onnx_export
+    import polymodal.export.variants as V
+
     out = tmp_path_factory.mktemp("itm") / "export"
-    report = export_fusion_onnx(itm_model, out, rows, variants=[], timing_seconds=0.01)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(V, "int8_dynamic", lambda src, dst, calibration=None: shutil.copyfile(src, dst))
+        mp.setattr(onnx_export, "paired_speed", lambda *a, **k: (200.0, 100.0))
+        report = export_fusion_onnx(itm_model, out, rows, variants=["int8_dynamic"], timing_seconds=0.01)
     return out, report
 
 
@@ -98,18 +109,11 @@ def test_a_drifting_match_graph_fails_the_export(itm_model, rows, tmp_path, monk
         export_fusion_onnx(itm_model, tmp_path / "x", rows[:2], variants=[], timing_seconds=0.01)
 
 
-def test_served_int8_tower_graphs_get_a_match_figure_in_the_report(itm_model, rows, tmp_path, monkeypatch):
+def test_served_int8_tower_graphs_get_a_match_figure_in_the_report(itm_export):
     """An int8 grid or question graph feeds the match graph too: the report gives how far its scores moved (the VQA
-    accuracy gate decides; here the 'variants' are copies of the fp32 graphs, kept as faster)."""
-    import shutil
-
-    import polymodal.export.onnx_export as onnx_export
-    import polymodal.export.variants as V
-
-    monkeypatch.setattr(V, "int8_dynamic", lambda src, dst, calibration=None: shutil.copyfile(src, dst))
-    monkeypatch.setattr(onnx_export, "paired_speed", lambda *a, **k: (200.0, 100.0))
-    report = export_fusion_onnx(itm_model, tmp_path / "x", rows[:3], variants=["int8_dynamic"], timing_seconds=0.01)
+    accuracy gate decides; here the 'variants' are copies of the fp32 graphs, kept as faster: itm_export)."""
+    out, report = itm_export
     assert report["served"]["grid"] == "grid.int8_dynamic.onnx" and report["served"]["match"] == "match.onnx"
     assert 0 <= report["parity"]["match_served_max_abs_diff"] <= 1e-3
-    assert "with the served int8 graphs" in (tmp_path / "x" / "report.md").read_text()
-    assert (tmp_path / "x" / "match.onnx").is_file()
+    assert "with the served int8 graphs" in (out / "report.md").read_text()
+    assert (out / "match.onnx").is_file()

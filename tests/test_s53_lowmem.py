@@ -92,28 +92,8 @@ def test_a_feature_cache_is_written_without_copies_in_memory(tmp_path, monkeypat
 
 
 
-def test_vqa_export_holds_no_earlier_variants_sessions_while_a_variant_is_built(tmp_path, monkeypatch,
-                                                                               young_heap):
-    """The same for a VQA model's export: each try loads the whole export (a session per graph)."""
-    pytest.importorskip("onnxruntime")
-    easy_vqa = pytest.importorskip("easy_vqa")
-    import json
-
-    import polymodal
-    import polymodal.export.fusion_export as fusion_export
-    from polymodal.eval.vqa import read_qa
-    from polymodal.export import fusion_runtime
-
-    questions, answers, image_ids = easy_vqa.get_test_questions()
-    paths = easy_vqa.get_test_image_paths()
-    qa = tmp_path / "qa.jsonl"
-    qa.write_text("".join(json.dumps({"image": str(paths[i]), "question": q, "answer": a}) + "\n"
-                          for q, a, i in list(zip(questions, answers, image_ids))[:8]))
-    built = _count_sessions_at_each_variant(monkeypatch, fusion_runtime.OnnxFusionEncoder, lambda fp32, out: out.name)
-    fusion_export.export_fusion_onnx(polymodal.load("easy-vqa"), tmp_path / "out", read_qa(qa), timing_seconds=0.02)
-    # the fp32 export's own encoder is the one alive at each build
-    assert built == [("grid.int8_static.onnx", 1), ("grid.int8_dynamic.onnx", 1), ("question.int8_dynamic.onnx", 1)]
-
+# the VQA export's twin, test_export_audit.test_vqa_export_holds_no_earlier_variants_sessions_while_a_variant_is_built,
+# counts in that module's export with copying variants (one export fewer)
 
 TORCH_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
              "allocate 38535168 bytes. Error code 12 (Cannot allocate memory)")
