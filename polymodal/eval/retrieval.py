@@ -135,7 +135,8 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, caption_image
     t2i, t2i_top = t2i_both[:, 0].copy(), t2i_both[:, 1:].copy()
     # each image's captions, ascending (a scan of every caption per image was O(images x captions))
     owner = caption_image.astype(np.int64)  # an empty list is float
-    owners = np.split(np.argsort(owner, kind="stable"), np.cumsum(np.bincount(owner, minlength=images))[:-1])
+    # split at every image's end, the last split dropped: no images are no owners (np.split of nothing is one piece)
+    owners = np.split(np.argsort(owner, kind="stable"), np.cumsum(np.bincount(owner, minlength=images)))[:images]
     bare = [i for i, o in enumerate(owners) if not len(o)]
     if bare:
         raise PolymodalError(f"{len(bare)} of {len(image_emb)} images have no caption (first: image {bare[0]}); "

@@ -99,10 +99,12 @@ def mine(image_emb: np.ndarray, caption_emb: np.ndarray, matches: CaptionMatches
     similar non-matching images [C, k]), most similar first."""
     product, n, c = Product(image_emb, caption_emb), len(image_emb), len(caption_emb)
     hard_captions = np.empty((n, k_captions), dtype=np.int64)
-    columns = _ColumnTops(c, min(k_images + 1, n), np.result_type(image_emb, caption_emb))
+    scores = np.result_type(image_emb, caption_emb)
+    scores = scores if scores.kind == "f" else np.dtype(np.float64)  # an integer product holds no -inf (as before)
+    columns = _ColumnTops(c, min(k_images + 1, n), scores)
     for start, first, stop in blocks(n, c):
-        block = product.rows(start, stop)[first - start :]
-        block = block.copy() if product.whole is not None else block  # masked in place below
+        # masked in place below: the whole product's rows are copied
+        block = product.rows(start, stop)[first - start :].astype(scores, copy=product.whole is not None)
         block[matches.image_captions(np.arange(first, stop))] = -np.inf
         hard_captions[first:stop] = _row_tops(block, k_captions)
         columns.add(block, first)
